@@ -1,0 +1,129 @@
+import { encodeBulk, encodeError, encodeInteger, OK } from "../resp/encode.js";
+import type { LocalCommand } from "./local-commands.js";
+import type { ClientHandle } from "./registry.js";
+import type { ClientSession } from "./session.js";
+
+const NAME_OK = /^[!-~]*$/;
+
+function setName(session: ClientSession, argv: Buffer[]): void {
+  if (argv.length !== 3)
+    return session.replyError("ERR wrong number of arguments for 'client|setname' command");
+  const name = argv[2].toString();
+  if (!NAME_OK.test(name)) {
+    return session.replyError("ERR Client names cannot contain spaces, newlines or special characters.");
+  }
+  session.name = name;
+  session.replyNow(OK);
+}
+
+function setInfo(session: ClientSession, argv: Buffer[]): void {
+  if (argv.length !== 4)
+    return session.replyError("ERR wrong number of arguments for 'client|setinfo' command");
+  const attr = argv[2].toString().toLowerCase();
+  const value = argv[3].toString();
+  if (attr === "lib-name") session.libName = value;
+  else if (attr === "lib-ver") session.libVersion = value;
+  else return session.replyError(`ERR Unrecognized option '${argv[2].toString()}'`);
+  session.replyNow(OK);
+}
+
+function replyMode(session: ClientSession, argv: Buffer[]): void {
+  const mode = argv[2]?.toString().toLowerCase();
+  if (argv.length !== 3 || (mode !== "on" && mode !== "off" && mode !== "skip")) {
+    return session.replyError("ERR syntax error");
+  }
+  // Redis answers OK only to ON; OFF and SKIP are silent themselves.
+  session.replyMode = "on";
+  if (mode === "on") session.replyNow(OK);
+  session.replyMode = mode;
+}
+
+/** Which clients a CLIENT KILL filter list selects; an error text when the filters are bad. */
+function killFilter(session: ClientSession, args: string[]): ((c: ClientHandle) => boolean) | string {
+  const tests: ((c: ClientHandle) => boolean)[] = [];
+  let skipMe = true;
+  for (let i = 0; i < args.length; i += 2) {
+    const key = args[i].toLowerCase();
+    const value = args[i + 1];
+    if (value === undefined) return "ERR syntax error";
+    if (key === "id") {
+      const id = Number(value);
+      if (!Number.isInteger(id) || id <= 0) return "ERR client-id should be greater than 0";
+      tests.push((c) => c.id === id);
+    } else if (key === "addr") tests.push((c) => c.addr === value);
+    else if (key === "laddr") tests.push((c) => c.laddr === value);
+    else if (key === "user") tests.push(() => value === "default");
+    else if (key === "type") {
+      const type = value.toLowerCase();
+      if (type !== "normal" && type !== "pubsub") return `ERR Unknown client type '${value}'`;
+      tests.push((c) => c.isPubSub === (type === "pubsub"));
+    } else if (key === "skipme") {
+      if (value !== "yes" && value !== "no") return "ERR syntax error";
+      skipMe = value === "yes";
+    } else return "ERR syntax error";
+  }
+  return (c) => (!skipMe || c.id !== session.id) && tests.every((t) => t(c));
+}
+
+function kill(session: ClientSession, argv: Buffer[]): void {
+  const args = argv.slice(2).map((a) => a.toString());
+  if (args.length === 0) return session.replyError("ERR wrong number of arguments for 'client|kill' command");
+  const clients = session.ctx.clients;
+  if (args.length === 1) {
+    // Old form: CLIENT KILL addr:port, which may name the caller itself.
+    const target = [...clients.all()].find((c) => c.addr === args[0]);
+    if (target === undefined) return session.replyError("ERR No such client");
+    session.replyNow(OK);
+    target.kill("CLIENT KILL");
+    return;
+  }
+  const filter = killFilter(session, args);
+  if (typeof filter === "string") return session.replyError(filter);
+  const targets = [...clients.all()].filter(filter);
+  session.replyNow(encodeInteger(targets.length));
+  for (const target of targets) target.kill("CLIENT KILL");
+}
+
+function list(session: ClientSession, argv: Buffer[]): void {
+  let clients = [...session.ctx.clients.all()];
+  if (argv.length >= 4 && argv[2].toString().toLowerCase() === "id") {
+    const ids = new Set(argv.slice(3).map((a) => Number(a.toString())));
+    clients = clients.filter((c) => ids.has(c.id));
+  } else if (argv.length === 4 && argv[2].toString().toLowerCase() === "type") {
+    const type = argv[3].toString().toLowerCase();
+    clients = clients.filter((c) =>
+      type === "pubsub" ? c.isPubSub : type === "normal" ? !c.isPubSub : false,
+    );
+  } else if (argv.length !== 2) return session.replyError("ERR syntax error");
+  session.replyNow(encodeBulk(clients.map((c) => c.describe() + "\n").join("")));
+}
+
+/** CLIENT subcommands, answered for the proxy's own clients. */
+export const clientCommand: LocalCommand = (session, { argv }) => {
+  const sub = argv[1]?.toString().toLowerCase();
+  switch (sub) {
+    case "id":
+      return void session.replyNow(encodeInteger(session.id));
+    case "getname":
+      return void session.replyNow(encodeBulk(session.name === "" ? null : session.name));
+    case "setname":
+      return setName(session, argv);
+    case "setinfo":
+      return setInfo(session, argv);
+    case "info":
+      return void session.replyNow(encodeBulk(session.describe() + "\n"));
+    case "list":
+      return list(session, argv);
+    case "kill":
+      return kill(session, argv);
+    case "reply":
+      return replyMode(session, argv);
+    case "no-evict":
+    case "no-touch":
+      return void session.replyNow(OK);
+    case undefined:
+      return session.replyError("ERR wrong number of arguments for 'client' command");
+    default:
+      session.replyNow(encodeError(`ERR CLIENT ${sub.toUpperCase()} is not supported by gears-proxy`));
+  }
+};

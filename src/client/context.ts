@@ -1,0 +1,25 @@
+import type { ProxyConfig } from "../config.js";
+import type { Logger } from "../observability/log.js";
+import type { Router } from "../routing/router.js";
+import type { ClientRegistry } from "./registry.js";
+
+/** Counters shown in INFO's Proxy section. */
+export interface ProxyStats {
+  startedAt: number;
+  connectionsReceived: number;
+  rejectedConnections: number;
+  commandsProcessed: number;
+  protocolErrors: number;
+  outputLimitDisconnections: number;
+}
+
+/** What every client session shares: configuration, the router and the other clients. */
+export interface ProxyContext {
+  config: ProxyConfig;
+  log: Logger;
+  router: Router;
+  clients: ClientRegistry;
+  stats: ProxyStats;
+  /** redis_version of the upstream, reported by HELLO. */
+  upstreamVersion: string;
+}

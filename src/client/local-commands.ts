@@ -1,0 +1,173 @@
+import { encodeBulk, encodeSimple, encodeValue, OK } from "../resp/encode.js";
+import type { Request } from "../resp/request-parser.js";
+import { clientCommand } from "./client-command.js";
+import { infoCommand } from "./info-command.js";
+import type { ClientSession } from "./session.js";
+
+/** A command the proxy answers itself rather than forwarding. */
+export type LocalCommand = (session: ClientSession, request: Request) => void;
+
+/** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
+export const NO_AUTH_COMMANDS = new Set(["auth", "hello", "quit", "reset"]);
+
+const PONG = encodeSimple("PONG");
+
+export function wrongArity(name: string): string {
+  return `ERR wrong number of arguments for '${name}' command`;
+}
+
+const ping: LocalCommand = (session, { argv }) => {
+  if (argv.length > 2) session.replyError(wrongArity("ping"));
+  else session.replyNow(argv.length === 2 ? encodeBulk(argv[1]) : PONG);
+};
+
+const echo: LocalCommand = (session, { argv }) => {
+  if (argv.length !== 2) session.replyError(wrongArity("echo"));
+  else session.replyNow(encodeBulk(argv[1]));
+};
+
+const quit: LocalCommand = (session) => {
+  session.quitAfter(session.replyNow(OK));
+};
+
+const reset: LocalCommand = (session, request) => {
+  if (!session.waitForIdle(request)) return;
+  session.resetState();
+  session.replyNow(encodeSimple("RESET"));
+};
+
+const select: LocalCommand = (session, { argv }) => {
+  if (argv.length !== 2) {
+    session.replyError(wrongArity("select"));
+    return;
+  }
+  const text = argv[1].toString();
+  const db = Number(text);
+  if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(db)) {
+    session.replyError("ERR value is not an integer or out of range");
+    return;
+  }
+  if (session.ctx.router.topology.mode === "cluster" && db !== 0) {
+    session.replyError("ERR SELECT is not allowed in cluster mode");
+    return;
+  }
+  if (db < 0) {
+    session.replyError("ERR DB index is out of range");
+    return;
+  }
+  // The server validates the index; the session switches only when it agrees.
+  const slot = session.upstreamSlot();
+  slot.onReply = (data) => {
+    if (data[0] === 43 /* + */) session.db = db;
+  };
+  session.forwardInDb(argv, db, slot);
+};
+
+/** Checks a password against --requirepass; null when accepted, else the error to send. */
+function checkPassword(session: ClientSession, user: string, password: string): string | null {
+  const required = session.ctx.config.requirepass;
+  if (required === undefined) {
+    return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
+  }
+  if (user !== "default" || password !== required) {
+    return "WRONGPASS invalid username-password pair or user is disabled.";
+  }
+  return null;
+}
+
+const auth: LocalCommand = (session, { argv }) => {
+  if (argv.length < 2 || argv.length > 3) {
+    session.replyError(wrongArity("auth"));
+    return;
+  }
+  const user = argv.length === 3 ? argv[1].toString() : "default";
+  const error = checkPassword(session, user, argv[argv.length - 1].toString());
+  if (error !== null) {
+    session.replyError(error);
+    return;
+  }
+  session.markAuthenticated();
+  session.replyNow(OK);
+};
+
+const hello: LocalCommand = (session, { argv }) => {
+  if (argv.length >= 2) {
+    const text = argv[1].toString();
+    const version = Number(text);
+    if (!/^\d+$/.test(text)) {
+      session.replyError("ERR Protocol version is not an integer or out of range");
+      return;
+    }
+    // RESP3 is not offered yet: NOPROTO makes clients fall back to RESP2.
+    if (version !== 2) {
+      session.replyError("NOPROTO unsupported protocol version");
+      return;
+    }
+  }
+  let name: string | null = null;
+  for (let i = 2; i < argv.length; i++) {
+    const option = argv[i].toString().toLowerCase();
+    if (option === "auth" && i + 2 < argv.length) {
+      const error = checkPassword(session, argv[i + 1].toString(), argv[i + 2].toString());
+      if (error !== null) {
+        session.replyError(error);
+        return;
+      }
+      session.markAuthenticated();
+      i += 2;
+    } else if (option === "setname" && i + 1 < argv.length) {
+      name = argv[++i].toString();
+    } else {
+      session.replyError(`ERR Syntax error in HELLO option '${argv[i].toString()}'`);
+      return;
+    }
+  }
+  if (!session.authenticated) {
+    session.replyError(
+      "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+    );
+    return;
+  }
+  if (name !== null) session.name = name;
+  const mode = session.ctx.router.topology.mode;
+  session.replyNow(
+    encodeValue([
+      Buffer.from("server"),
+      Buffer.from("redis"),
+      Buffer.from("version"),
+      Buffer.from(session.ctx.upstreamVersion),
+      Buffer.from("proto"),
+      2,
+      Buffer.from("id"),
+      session.id,
+      Buffer.from("mode"),
+      Buffer.from(mode),
+      Buffer.from("role"),
+      Buffer.from("master"),
+      Buffer.from("modules"),
+      [],
+    ]),
+  );
+};
+
+const monitor: LocalCommand = (session) => {
+  session.replyError("ERR MONITOR is not supported by gears-proxy: run it against the Redis server itself");
+};
+
+const shutdown: LocalCommand = (session) => {
+  session.replyError("ERR SHUTDOWN is not allowed through gears-proxy: stop the Redis server itself");
+};
+
+export const LOCAL_COMMANDS = new Map<string, LocalCommand>([
+  ["ping", ping],
+  ["echo", echo],
+  ["quit", quit],
+  ["reset", reset],
+  ["select", select],
+  ["auth", auth],
+  ["hello", hello],
+  ["client", clientCommand],
+  ["info", infoCommand],
+  ["monitor", monitor],
+  ["shutdown", shutdown],
+]);

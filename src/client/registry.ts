@@ -1,0 +1,44 @@
+/** The part of a client session that other sessions may see or act on (CLIENT LIST/KILL). */
+export interface ClientHandle {
+  readonly id: number;
+  readonly addr: string;
+  readonly laddr: string;
+  /** One line of CLIENT LIST / CLIENT INFO for this client. */
+  describe(): string;
+  /** True when idle timeouts do not apply (blocked, subscribed). */
+  readonly exemptFromTimeout: boolean;
+  readonly idleMs: number;
+  readonly name: string;
+  readonly isPubSub: boolean;
+  kill(reason: string): void;
+}
+
+/** Every connected client, by id. */
+export class ClientRegistry {
+  private nextId = 1;
+  private readonly byId = new Map<number, ClientHandle>();
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  allocateId(): number {
+    return this.nextId++;
+  }
+
+  add(client: ClientHandle): void {
+    this.byId.set(client.id, client);
+  }
+
+  remove(client: ClientHandle): void {
+    this.byId.delete(client.id);
+  }
+
+  get(id: number): ClientHandle | undefined {
+    return this.byId.get(id);
+  }
+
+  all(): IterableIterator<ClientHandle> {
+    return this.byId.values();
+  }
+}

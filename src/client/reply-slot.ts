@@ -1,0 +1,36 @@
+import { encodeError } from "../resp/encode.js";
+import type { ReplySink } from "../upstream/reply-sink.js";
+
+/** What a slot reports to the session that owns it. */
+export interface SlotOwner {
+  slotFilled(slot: ReplySlot): void;
+}
+
+/**
+ * The place of one reply in a client's output, in request order. Replies from several
+ * upstreams may fill slots out of order; the session writes them out strictly in order.
+ */
+export class ReplySlot implements ReplySink {
+  data: Buffer | null = null;
+  next: ReplySlot | null = null;
+  /** True while an upstream holds this slot (counted in the session's in-flight total). */
+  upstream = false;
+  /** Not written to the client (CLIENT REPLY OFF/SKIP). */
+  silent = false;
+  /** Close the connection once this reply is written (QUIT). */
+  closeAfter = false;
+  /** Runs when the reply arrives, before it is written; may replace it. */
+  onReply: ((data: Buffer) => Buffer | void) | null = null;
+
+  constructor(private readonly owner: SlotOwner) {}
+
+  reply(data: Buffer): void {
+    if (this.onReply !== null) data = this.onReply(data) ?? data;
+    this.data = data;
+    this.owner.slotFilled(this);
+  }
+
+  fail(message: string): void {
+    this.reply(encodeError(message));
+  }
+}

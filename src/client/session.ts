@@ -1,0 +1,536 @@
+import type { Socket } from "node:net";
+import { OutputBuffer } from "../io/output-buffer.js";
+import { encodeCommand, encodeError } from "../resp/encode.js";
+import { ProtocolError, RequestParser, type Request } from "../resp/request-parser.js";
+import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
+import type { UpstreamConnection } from "../upstream/connection.js";
+import type { UpstreamNode } from "../upstream/node.js";
+import type { ProxyContext } from "./context.js";
+import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
+import type { ClientHandle } from "./registry.js";
+import { ReplySlot, type SlotOwner } from "./reply-slot.js";
+import { subscriptionCount } from "./subscription-frames.js";
+
+/** Where a client's commands currently go. Switching lanes waits for replies in flight. */
+type Lane = "shared" | "pinned" | "blocking" | "subscribed" | "idle";
+
+/** An upstream connection lent to this client alone. */
+interface Dedicated {
+  node: UpstreamNode;
+  conn: UpstreamConnection;
+}
+
+/** Stop reading from a client whose replies pile up beyond this; resume on drain. */
+const PAUSE_READING_BYTES = 4 * 1024 * 1024;
+/** Redis' client-query-buffer-limit: unparsed input a client may leave with us. */
+const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
+
+const NOT_IN_MULTI = new Set(["select", "client", "hello", "auth", "monitor", ...SUBSCRIBE_FAMILY]);
+
+/**
+ * One client connection: parses its requests, sends each where it belongs, and writes the
+ * replies back in request order. Ordinary commands share pipelined upstream connections;
+ * MULTI/WATCH, blocking commands and subscriptions borrow a dedicated one.
+ */
+export class ClientSession implements SlotOwner, ClientHandle {
+  readonly id: number;
+  readonly addr: string;
+  readonly laddr: string;
+  readonly createdAt = Date.now();
+  private lastActivity = Date.now();
+  private lastCommand = "NULL";
+
+  db = 0;
+  name = "";
+  libName = "";
+  libVersion = "";
+  authenticated: boolean;
+  /** CLIENT REPLY: on, off, or skip the next reply. */
+  replyMode: "on" | "off" | "skip" = "on";
+
+  private readonly parser: RequestParser;
+  private readonly out: OutputBuffer;
+  private head: ReplySlot | null = null;
+  private tail: ReplySlot | null = null;
+  private inFlight = 0;
+  private lane: Lane = "shared";
+  /** A request waiting for the replies in flight before it may switch lanes. */
+  private deferred: Request | null = null;
+  private processing = false;
+  private closed = false;
+  /** Set once a reply that ends the connection (QUIT, protocol error) is queued. */
+  private ending = false;
+  private readingPaused = false;
+
+  private pinned: Dedicated | null = null;
+  private inMulti = false;
+  private watching = false;
+  private multiDirty = false;
+  private blocking: Dedicated | null = null;
+  private blockedOnPinned = false;
+  private sub: Dedicated | null = null;
+  /** Channels and patterns subscribed, as the server last counted them. */
+  private subscriptions = 0;
+  /** processInput stopped early (lane switch or blocking call) and must run again on a reply. */
+  private stalled = false;
+
+  constructor(
+    private readonly socket: Socket,
+    readonly ctx: ProxyContext,
+  ) {
+    this.id = ctx.clients.allocateId();
+    this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.laddr = `${socket.localAddress}:${socket.localPort}`;
+    this.authenticated = ctx.config.requirepass === undefined;
+    this.parser = new RequestParser({ maxBulkLen: ctx.config.protoMaxBulkLen, maxArgs: 1024 * 1024 });
+    this.parser.authenticated = this.authenticated;
+    this.out = new OutputBuffer(socket);
+    socket.setNoDelay(true);
+    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    socket.on("error", () => this.close());
+    socket.on("close", () => this.close());
+    socket.on("drain", () => this.resumeReading());
+  }
+
+  // ---- ClientHandle -------------------------------------------------------------------
+
+  get idleMs(): number {
+    return Date.now() - this.lastActivity;
+  }
+
+  get exemptFromTimeout(): boolean {
+    return this.blocking !== null || this.blockedOnPinned || this.isPubSub;
+  }
+
+  get isPubSub(): boolean {
+    return this.subscriptions > 0;
+  }
+
+  kill(reason: string): void {
+    this.ctx.log.debug({ client: this.id, addr: this.addr, reason }, "closing client");
+    this.close();
+  }
+
+  describe(): string {
+    const age = Math.floor((Date.now() - this.createdAt) / 1000);
+    const idle = Math.floor(this.idleMs / 1000);
+    const flags =
+      (this.inMulti ? "x" : "") +
+        (this.blocking !== null || this.blockedOnPinned ? "b" : "") +
+        (this.isPubSub ? "P" : "") || "N";
+    const fields: [string, string | number][] = [
+      ["id", this.id],
+      ["addr", this.addr],
+      ["laddr", this.laddr],
+      ["fd", -1],
+      ["name", this.name],
+      ["age", age],
+      ["idle", idle],
+      ["flags", flags],
+      ["db", this.db],
+      ["sub", this.subscriptions],
+      ["multi", this.inMulti ? 0 : -1],
+      ["qbuf", this.parser.buffered],
+      ["omem", this.out.pending],
+      ["cmd", this.lastCommand],
+      ["user", "default"],
+      ["resp", 2],
+      ["lib-name", this.libName],
+      ["lib-ver", this.libVersion],
+    ];
+    return fields.map(([k, v]) => `${k}=${v}`).join(" ");
+  }
+
+  // ---- input ---------------------------------------------------------------------------
+
+  private onData(chunk: Buffer): void {
+    this.lastActivity = Date.now();
+    this.parser.push(chunk);
+    if (this.parser.buffered > QUERY_BUFFER_LIMIT) {
+      this.kill("query buffer limit reached");
+      return;
+    }
+    this.processInput();
+  }
+
+  /** Runs requests until input runs out or a request must wait (blocking call, lane switch). */
+  private processInput(): void {
+    if (this.processing) return;
+    this.processing = true;
+    try {
+      while (!this.closed && !this.ending) {
+        if (this.deferred !== null) {
+          if (this.inFlight > 0) {
+            this.stalled = true;
+            break;
+          }
+          const request = this.deferred;
+          this.deferred = null;
+          this.lane = "idle";
+          this.execute(request);
+          continue;
+        }
+        if (this.blocking !== null || this.blockedOnPinned) {
+          this.stalled = true;
+          break;
+        }
+        let request: Request | null;
+        try {
+          request = this.parser.next();
+        } catch (err) {
+          if (!(err instanceof ProtocolError)) throw err;
+          this.protocolError(err.message);
+          break;
+        }
+        if (request === null) break;
+        this.execute(request);
+      }
+    } finally {
+      this.processing = false;
+    }
+  }
+
+  private protocolError(message: string): void {
+    this.ctx.stats.protocolErrors++;
+    this.ctx.log.debug({ client: this.id, addr: this.addr, message }, "protocol error");
+    const slot = this.replyNow(encodeError(`ERR Protocol error: ${message}`));
+    slot.closeAfter = true;
+    this.ending = true;
+    this.flushReplies();
+  }
+
+  private execute(request: Request): void {
+    const argv = request.argv;
+    const name = argv[0].toString("latin1").toLowerCase();
+    this.ctx.stats.commandsProcessed++;
+    this.lastCommand = name;
+    if (!this.authenticated && !NO_AUTH_COMMANDS.has(name)) {
+      this.replyError("NOAUTH Authentication required.");
+      return;
+    }
+    if (this.subscriptions > 0 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
+      this.replyError(
+        `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
+      );
+      return;
+    }
+    if (this.inMulti) {
+      this.executeInMulti(name, request);
+      return;
+    }
+    if (this.isPubSub && name === "ping") {
+      this.sendSubscription(name, request);
+      return;
+    }
+    const local = LOCAL_COMMANDS.get(name);
+    if (local !== undefined) {
+      local(this, request);
+      return;
+    }
+    if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
+    else if (name === "multi" || name === "watch") this.sendPinned(name, request);
+    else if (this.pinned !== null) this.sendPinned(name, request);
+    else if (isBlocking(name, argv)) this.sendBlocking(request);
+    else if (name === "exec" || name === "discard" || name === "unwatch") this.forward(request);
+    else if (this.enterLane("shared", request)) this.forward(request);
+  }
+
+  /** Switches to `lane`, unless replies on another lane are still due: then the request waits. */
+  private enterLane(lane: Lane, request: Request): boolean {
+    if (lane !== this.lane && this.inFlight > 0) {
+      this.deferred = request;
+      return false;
+    }
+    this.lane = lane;
+    return true;
+  }
+
+  /** Lets `request` run only once every earlier reply has arrived (RESET, lane changes). */
+  waitForIdle(request: Request): boolean {
+    return this.enterLane("idle", request);
+  }
+
+  // ---- lanes ---------------------------------------------------------------------------
+
+  /** An ordinary command: the shared pipelined connection of the node that owns its keys. */
+  forward(request: Request): void {
+    this.ctx.router.forward(request.argv, request.raw, this.upstreamSlot(), {
+      db: this.db,
+      affinity: this.id,
+    });
+  }
+
+  /** Sends on the connection this client's commands currently use, in another database. */
+  forwardInDb(argv: Buffer[], db: number, slot: ReplySlot): void {
+    if (this.pinned !== null) this.pinned.conn.send(encodeCommand(argv), slot, db);
+    else this.ctx.router.forward(argv, null, slot, { db, affinity: this.id });
+  }
+
+  private sendPinned(name: string, request: Request): void {
+    if (this.pinned === null) {
+      if (!this.enterLane("pinned", request)) return;
+      const node = this.ctx.router.nodeFor(request.argv);
+      const conn = node.acquire();
+      if (conn === null) {
+        this.replyError(node.failure);
+        return;
+      }
+      this.pinned = { node, conn };
+      conn.onClose = () => this.unpin(true);
+    }
+    const slot = this.upstreamSlot();
+    if (name === "multi") this.inMulti = true;
+    else if (name === "watch") this.watching = true;
+    else if (name === "exec" || name === "discard" || name === "unwatch") {
+      this.watching = false;
+      slot.onReply = () => this.unpin(false);
+    } else if (isBlocking(name, request.argv)) {
+      this.blockedOnPinned = true;
+      slot.onReply = () => {
+        this.blockedOnPinned = false;
+      };
+    }
+    this.pinned.conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+  }
+
+  private executeInMulti(name: string, request: Request): void {
+    const pinned = this.pinned!;
+    if (name === "quit" || name === "reset") {
+      LOCAL_COMMANDS.get(name)!(this, request);
+      return;
+    }
+    if (NOT_IN_MULTI.has(name) || name.startsWith("rg.")) {
+      this.multiDirty = true;
+      this.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
+      return;
+    }
+    const slot = this.upstreamSlot();
+    if (name === "exec" || name === "discard") {
+      const abort = name === "exec" && this.multiDirty;
+      this.inMulti = false;
+      this.watching = false;
+      this.multiDirty = false;
+      slot.onReply = (data) => {
+        this.unpin(false);
+        if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
+        return data;
+      };
+      pinned.conn.send(
+        abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv)),
+        slot,
+      );
+      return;
+    }
+    pinned.conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+  }
+
+  /** Gives the pinned connection back once no MULTI or WATCH needs it (or it died). */
+  private unpin(lost: boolean): void {
+    const pinned = this.pinned;
+    if (pinned === null) return;
+    if (!lost && (this.inMulti || this.watching)) return;
+    this.pinned = null;
+    this.inMulti = false;
+    this.watching = false;
+    this.multiDirty = false;
+    pinned.conn.onClose = null;
+    if (lost) pinned.node.destroy(pinned.conn);
+    else pinned.node.release(pinned.conn);
+  }
+
+  private sendBlocking(request: Request): void {
+    if (!this.enterLane("blocking", request)) return;
+    const node = this.ctx.router.nodeFor(request.argv);
+    const conn = node.acquire();
+    if (conn === null) {
+      this.replyError(node.failure);
+      return;
+    }
+    const blocking = { node, conn };
+    this.blocking = blocking;
+    const slot = this.upstreamSlot();
+    slot.onReply = () => {
+      this.blocking = null;
+      node.release(conn);
+    };
+    conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+  }
+
+  private sendSubscription(name: string, request: Request): void {
+    if (this.sub === null) {
+      if (name.includes("unsubscribe")) {
+        // Nothing to leave: the server answers for an unsubscribed connection.
+        this.forward(request);
+        return;
+      }
+      if (!this.enterLane("subscribed", request)) return;
+      const node = this.ctx.router.nodeFor(request.argv);
+      const conn = node.acquire();
+      if (conn === null) {
+        this.replyError(node.failure);
+        return;
+      }
+      this.sub = { node, conn };
+      conn.pushHandler = (frame) => this.onSubscriptionFrame(frame);
+      // Subscriptions cannot be replayed transparently: the client must reconnect and resubscribe.
+      conn.onClose = () => this.kill("subscription connection lost");
+    }
+    this.lane = "subscribed";
+    // Count the subscription now, so a command pipelined behind it is refused as Redis would.
+    if (name !== "ping" && !name.includes("unsubscribe"))
+      this.subscriptions = Math.max(this.subscriptions, 1);
+    this.sub.conn.sendUnmatched(request.raw ?? encodeCommand(request.argv));
+  }
+
+  private onSubscriptionFrame(frame: Buffer): void {
+    const slot = this.newSlot();
+    slot.data = frame;
+    const total = subscriptionCount(frame);
+    if (total !== null) this.subscriptions = total;
+    this.flushReplies();
+  }
+
+  // ---- replies -------------------------------------------------------------------------
+
+  private newSlot(): ReplySlot {
+    const slot = new ReplySlot(this);
+    if (this.replyMode !== "on") {
+      slot.silent = true;
+      if (this.replyMode === "skip") this.replyMode = "on";
+    }
+    if (this.tail === null) this.head = slot;
+    else this.tail.next = slot;
+    this.tail = slot;
+    return slot;
+  }
+
+  /** A slot that an upstream will fill; counted until it does. */
+  upstreamSlot(): ReplySlot {
+    const slot = this.newSlot();
+    slot.upstream = true;
+    this.inFlight++;
+    return slot;
+  }
+
+  /** A slot for a reply the proxy will compute itself later (INFO, fan-outs). */
+  laterSlot(): ReplySlot {
+    return this.upstreamSlot();
+  }
+
+  replyNow(data: Buffer): ReplySlot {
+    const slot = this.newSlot();
+    slot.data = data;
+    if (slot === this.head) this.flushReplies();
+    return slot;
+  }
+
+  replyError(message: string): void {
+    this.replyNow(encodeError(message));
+  }
+
+  slotFilled(slot: ReplySlot): void {
+    if (slot.upstream) {
+      slot.upstream = false;
+      this.inFlight--;
+    }
+    if (this.closed) return;
+    if (slot === this.head) this.flushReplies();
+    if (this.stalled) {
+      this.stalled = false;
+      this.processInput();
+    }
+  }
+
+  private flushReplies(): void {
+    let slot = this.head;
+    while (slot !== null && slot.data !== null) {
+      if (!slot.silent) this.out.push(slot.data);
+      if (slot.closeAfter) {
+        this.endAfterWrite();
+        return;
+      }
+      slot = slot.next;
+    }
+    this.head = slot;
+    if (slot === null) this.tail = null;
+    this.applyBackpressure();
+  }
+
+  private applyBackpressure(): void {
+    const pending = this.out.pending;
+    if (pending > this.ctx.config.clientOutputBufferLimit) {
+      this.ctx.stats.outputLimitDisconnections++;
+      this.ctx.log.warn({ client: this.id, addr: this.addr, pending }, "client output buffer limit reached");
+      this.close();
+    } else if (pending > PAUSE_READING_BYTES && !this.readingPaused) {
+      this.readingPaused = true;
+      this.socket.pause();
+    }
+  }
+
+  private resumeReading(): void {
+    if (!this.readingPaused || this.closed) return;
+    this.readingPaused = false;
+    this.socket.resume();
+  }
+
+  private endAfterWrite(): void {
+    this.ending = true;
+    this.head = null;
+    this.tail = null;
+    this.out.flush();
+    this.socket.end();
+    this.release();
+  }
+
+  // ---- lifetime ------------------------------------------------------------------------
+
+  /** Drops every dedicated connection and client state, as RESET does. */
+  resetState(): void {
+    this.release();
+    this.db = 0;
+    this.name = "";
+    this.replyMode = "on";
+    this.lane = "shared";
+    this.authenticated = this.ctx.config.requirepass === undefined;
+    this.parser.authenticated = this.authenticated;
+  }
+
+  markAuthenticated(): void {
+    this.authenticated = true;
+    this.parser.authenticated = true;
+  }
+
+  /** Ends the connection after the replies already queued (QUIT). */
+  quitAfter(slot: ReplySlot): void {
+    slot.closeAfter = true;
+    this.ending = true;
+    if (slot === this.head) this.flushReplies();
+  }
+
+  private release(): void {
+    this.unpin(true);
+    if (this.blocking !== null) {
+      this.blocking.node.destroy(this.blocking.conn);
+      this.blocking = null;
+    }
+    if (this.sub !== null) {
+      this.sub.conn.onClose = null;
+      this.sub.node.destroy(this.sub.conn);
+      this.sub = null;
+    }
+    this.subscriptions = 0;
+    this.blockedOnPinned = false;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ctx.clients.remove(this);
+    this.release();
+    this.out.discard();
+    this.head = null;
+    this.tail = null;
+    this.socket.destroy();
+  }
+}

@@ -1,0 +1,27 @@
+import { decodeReply } from "../resp/decode.js";
+
+const KINDS = new Set([
+  "subscribe",
+  "unsubscribe",
+  "psubscribe",
+  "punsubscribe",
+  "ssubscribe",
+  "sunsubscribe",
+]);
+
+/**
+ * For a (un)subscribe confirmation frame, the number of subscriptions the connection
+ * has left (the frame's third element); null for messages and other replies. Messages,
+ * the bulk of the traffic, are told apart by their first bytes without decoding.
+ */
+export function subscriptionCount(frame: Buffer): number | null {
+  // "*3\r\n$7\r\nmessage..." and "*4\r\n$8\r\npmessage..." are by far the most common frames.
+  if (frame.length < 12 || frame[0] !== 42 || frame[4] !== 36) return null;
+  if (frame[5] === 55 /* 7: message */ || frame[5] === 56 /* 8: pmessage / smessage */) return null;
+  const value = decodeReply(frame);
+  if (!Array.isArray(value) || value.length !== 3) return null;
+  const kind = value[0];
+  const count = value[2];
+  if (!Buffer.isBuffer(kind) || typeof count !== "number") return null;
+  return KINDS.has(kind.toString()) ? count : null;
+}

@@ -1,0 +1,67 @@
+/** Everything the proxy can be told, after flags and the config file are merged. */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export interface ProxyConfig {
+  /** Where clients connect. */
+  port: number;
+  bind: string;
+  /** Redis servers or cluster seed nodes. Empty: start an embedded redis-server. */
+  upstreams: HostPort[];
+  upstreamUser?: string;
+  upstreamPassword?: string;
+  /** Shared pipelined connections per upstream node. */
+  upstreamConnections: number;
+  /** Milliseconds to wait for an upstream TCP connect before failing the queued commands. */
+  connectTimeoutMs: number;
+  /** Password clients must AUTH with; none when undefined. */
+  requirepass?: string;
+  maxclients: number;
+  /** Idle seconds before a client is closed; 0 disables. */
+  timeout: number;
+  logLevel: "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
+  /** Data directory for the embedded redis-server. */
+  dataDir: string;
+  /** Largest bulk string a client may send, in bytes (Redis' proto-max-bulk-len). */
+  protoMaxBulkLen: number;
+  /**
+   * Bytes of replies waiting for a slow client before it is disconnected (Redis'
+   * client-output-buffer-limit). Reading from the client pauses at a much smaller
+   * mark, so this mainly bounds pub/sub clients, which cannot be paused.
+   */
+  clientOutputBufferLimit: number;
+  /** Present the proxy as a one-node cluster to cluster-mode clients. */
+  clusterEmulation: boolean;
+  /** Address announced by the emulated cluster (defaults to bind:port). */
+  announceHost?: string;
+  announcePort?: number;
+}
+
+export const DEFAULT_CONFIG: ProxyConfig = {
+  port: 6380,
+  bind: "127.0.0.1",
+  upstreams: [],
+  upstreamConnections: 2,
+  connectTimeoutMs: 2000,
+  maxclients: 10000,
+  timeout: 0,
+  logLevel: "info",
+  dataDir: "./data",
+  protoMaxBulkLen: 512 * 1024 * 1024,
+  clientOutputBufferLimit: 256 * 1024 * 1024,
+  clusterEmulation: false,
+};
+
+/** Parses "host:port", "[v6]:port" or a bare port; throws with a message fit for a user. */
+export function parseHostPort(text: string): HostPort {
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]*):(\d+)$/.exec(text);
+  const host = m ? m[1] || "127.0.0.1" : "127.0.0.1";
+  const portText = m ? m[2] : text;
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port < 1 || port > 65535) {
+    throw new Error(`invalid address '${text}': expected host:port`);
+  }
+  return { host, port };
+}

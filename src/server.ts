@@ -1,0 +1,95 @@
+import net from "node:net";
+import { ClientRegistry } from "./client/registry.js";
+import type { ProxyContext, ProxyStats } from "./client/context.js";
+import { ClientSession } from "./client/session.js";
+import type { ProxyConfig } from "./config.js";
+import type { Logger } from "./observability/log.js";
+import { Router } from "./routing/router.js";
+import { connectUpstream } from "./upstream/connect.js";
+
+const MAX_CLIENTS_REPLY = Buffer.from("-ERR max number of clients reached\r\n");
+
+/**
+ * The proxy: connects to its upstream, listens for clients, and owns everything it
+ * started, so close() leaves nothing behind.
+ */
+export class ProxyServer {
+  private listener: net.Server | null = null;
+  private context: ProxyContext | null = null;
+  private sweeper: NodeJS.Timeout | null = null;
+
+  constructor(
+    readonly config: ProxyConfig,
+    readonly log: Logger,
+  ) {}
+
+  /** Resolves once listening; the port is the bound one (useful with port 0). */
+  async start(): Promise<{ host: string; port: number }> {
+    const upstream = await connectUpstream(this.config, this.log);
+    const stats: ProxyStats = {
+      startedAt: Date.now(),
+      connectionsReceived: 0,
+      rejectedConnections: 0,
+      commandsProcessed: 0,
+      protocolErrors: 0,
+      outputLimitDisconnections: 0,
+    };
+    const ctx: ProxyContext = {
+      config: this.config,
+      log: this.log,
+      router: new Router(upstream.topology),
+      clients: new ClientRegistry(),
+      stats,
+      upstreamVersion: upstream.version,
+    };
+    this.context = ctx;
+    const listener = net.createServer((socket) => this.accept(ctx, socket));
+    this.listener = listener;
+    await new Promise<void>((resolve, reject) => {
+      listener.once("error", reject);
+      listener.listen(this.config.port, this.config.bind, () => {
+        listener.off("error", reject);
+        resolve();
+      });
+    });
+    listener.on("error", (err) => this.log.error({ err: err.message }, "listener error"));
+    if (this.config.timeout > 0) {
+      this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);
+      this.sweeper.unref();
+    }
+    const address = listener.address() as net.AddressInfo;
+    // A client asking INFO should see the port it actually connected to.
+    this.config.port = address.port;
+    return { host: address.address, port: address.port };
+  }
+
+  private accept(ctx: ProxyContext, socket: net.Socket): void {
+    ctx.stats.connectionsReceived++;
+    if (ctx.clients.size >= this.config.maxclients) {
+      ctx.stats.rejectedConnections++;
+      socket.on("error", () => {});
+      socket.end(MAX_CLIENTS_REPLY);
+      return;
+    }
+    ctx.clients.add(new ClientSession(socket, ctx));
+  }
+
+  private closeIdleClients(ctx: ProxyContext): void {
+    const limitMs = this.config.timeout * 1000;
+    for (const client of ctx.clients.all()) {
+      if (client.idleMs > limitMs && !client.exemptFromTimeout) client.kill("idle timeout");
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.sweeper !== null) clearInterval(this.sweeper);
+    const ctx = this.context;
+    if (ctx !== null) {
+      for (const client of [...ctx.clients.all()]) client.kill("proxy shutting down");
+      ctx.router.topology.close();
+    }
+    const listener = this.listener;
+    this.listener = null;
+    if (listener !== null) await new Promise<void>((resolve) => listener.close(() => resolve()));
+  }
+}

@@ -1,0 +1,148 @@
+import net from "node:net";
+import type { HostPort } from "../config.js";
+import { Fifo } from "../io/fifo.js";
+import { OutputBuffer } from "../io/output-buffer.js";
+import { encodeCommand, type Arg } from "../resp/encode.js";
+import { ReplyScanner } from "../resp/reply-scanner.js";
+import type { RespValue } from "../resp/values.js";
+import { RespError } from "../resp/values.js";
+import { DISCARD, PromiseSink, type ReplySink } from "./reply-sink.js";
+
+export interface ConnectionOptions {
+  user?: string;
+  password?: string;
+  connectTimeoutMs: number;
+}
+
+export const CONNECTION_LOST = "ERR upstream connection lost";
+
+const SELECT_CACHE: Buffer[] = [];
+function selectCommand(db: number): Buffer {
+  return (SELECT_CACHE[db] ??= encodeCommand(["SELECT", db]));
+}
+
+/**
+ * One TCP connection to a Redis node, pipelined: requests are written as they come and
+ * replies are matched to their senders in order. When it fails, every sender still
+ * waiting gets an error at once; nothing waits on a dead socket.
+ */
+export class UpstreamConnection {
+  readonly address: HostPort;
+  private readonly socket: net.Socket;
+  private readonly out: OutputBuffer;
+  private readonly scanner = new ReplyScanner();
+  private readonly waiting = new Fifo<ReplySink>();
+  private connected = false;
+  private closedFlag = false;
+  private authFailure: string | null = null;
+  /** The database the connection has selected, so shared connections can serve every DB. */
+  private db = 0;
+  /** Receives replies that no request waits for: pub/sub messages on a subscribed connection. */
+  pushHandler: ((frame: Buffer) => void) | null = null;
+  /** Called once the TCP connection is up. */
+  onConnect: (() => void) | null = null;
+  /** Called once when the connection is gone, with the reason. */
+  onClose: ((reason: string) => void) | null = null;
+
+  constructor(address: HostPort, options: ConnectionOptions) {
+    this.address = address;
+    this.socket = net.connect({ host: address.host, port: address.port, noDelay: true });
+    this.out = new OutputBuffer(this.socket);
+    this.socket.setTimeout(options.connectTimeoutMs);
+    this.socket.once("connect", () => {
+      this.connected = true;
+      this.onConnect?.();
+      this.socket.setTimeout(0);
+      this.socket.setKeepAlive(true, 10_000);
+    });
+    this.socket.on("timeout", () => this.socket.destroy(new Error("connect timed out")));
+    this.socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    this.socket.on("error", (err) => this.lose(err.message));
+    this.socket.on("close", () => this.lose("closed by the server"));
+    if (options.password !== undefined) this.authenticate(options);
+  }
+
+  get closed(): boolean {
+    return this.closedFlag;
+  }
+
+  /** Replies still awaited; 0 means the connection is idle. */
+  get inFlight(): number {
+    return this.waiting.length;
+  }
+
+  /** Sends an encoded command in database `db`; its reply goes to `sink`. */
+  send(payload: Buffer, sink: ReplySink, db = this.db): void {
+    if (this.closedFlag) {
+      sink.fail(CONNECTION_LOST);
+      return;
+    }
+    if (db !== this.db) {
+      this.out.push(selectCommand(db));
+      this.waiting.push(DISCARD);
+      this.db = db;
+    }
+    this.out.push(payload);
+    this.waiting.push(sink);
+  }
+
+  /** Sends a command without awaiting a reply slot (pub/sub commands on a subscribed connection). */
+  sendUnmatched(payload: Buffer): void {
+    if (!this.closedFlag) this.out.push(payload);
+  }
+
+  /** The proxy's own request: resolves with the decoded reply (errors are RespError values). */
+  call(argv: readonly Arg[], db = this.db): Promise<RespValue> {
+    const sink = new PromiseSink();
+    this.send(encodeCommand(argv), sink, db);
+    return sink.promise;
+  }
+
+  close(): void {
+    this.socket.destroy();
+    this.lose("closed by the proxy");
+  }
+
+  private authenticate(options: ConnectionOptions): void {
+    const argv = options.user ? ["AUTH", options.user, options.password!] : ["AUTH", options.password!];
+    this.call(argv).then(
+      (reply) => {
+        if (reply instanceof RespError) {
+          this.authFailure = reply.message;
+          this.socket.destroy();
+        }
+      },
+      () => {},
+    );
+  }
+
+  private onData(chunk: Buffer): void {
+    const scanner = this.scanner;
+    scanner.push(chunk);
+    let reply: Buffer | null;
+    try {
+      while ((reply = scanner.next()) !== null) {
+        const sink = this.waiting.shift();
+        if (sink !== undefined) sink.reply(reply);
+        else if (this.pushHandler !== null) this.pushHandler(reply);
+      }
+    } catch (err) {
+      this.socket.destroy(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private lose(reason: string): void {
+    if (this.closedFlag) return;
+    this.closedFlag = true;
+    this.out.discard();
+    const where = `${this.address.host}:${this.address.port}`;
+    const message =
+      this.authFailure !== null
+        ? `ERR upstream ${where} refused the proxy's credentials: ${this.authFailure}`
+        : this.connected
+          ? CONNECTION_LOST
+          : `ERR upstream ${where} unavailable: ${reason}`;
+    for (const sink of this.waiting.drain()) sink.fail(message);
+    this.onClose?.(message);
+  }
+}

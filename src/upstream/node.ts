@@ -1,0 +1,127 @@
+import type { HostPort } from "../config.js";
+import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
+import { encodeCommand, type Arg } from "../resp/encode.js";
+import type { RespValue } from "../resp/values.js";
+import { PromiseSink, type ReplySink } from "./reply-sink.js";
+
+/** Idle dedicated connections kept per node for the next transaction or blocking call. */
+const MAX_IDLE_DEDICATED = 32;
+const FIRST_BACKOFF_MS = 50;
+const MAX_BACKOFF_MS = 2000;
+
+/**
+ * One Redis node as the proxy sees it: a few shared pipelined connections that carry
+ * ordinary commands, and a pool of dedicated ones lent to clients for MULTI, blocking
+ * commands and pub/sub. A dead connection is replaced on next use; after a failed
+ * connect, commands fail fast during a growing back-off instead of storming the node.
+ */
+export class UpstreamNode {
+  readonly id: string;
+  private readonly shared: (UpstreamConnection | null)[];
+  private readonly idle: UpstreamConnection[] = [];
+  private readonly lent = new Set<UpstreamConnection>();
+  private backoffMs = 0;
+  private downUntil = 0;
+  private lastFailure = "";
+
+  constructor(
+    readonly address: HostPort,
+    private readonly options: ConnectionOptions & { sharedConnections: number },
+  ) {
+    this.id = `${address.host}:${address.port}`;
+    this.shared = new Array<UpstreamConnection | null>(Math.max(1, options.sharedConnections)).fill(null);
+  }
+
+  /** True while the node refuses connections and we are backing off. */
+  get down(): boolean {
+    return Date.now() < this.downUntil;
+  }
+
+  /** Sends on the shared connection assigned to `affinity`, so one client's commands stay in order. */
+  send(affinity: number, payload: Buffer, sink: ReplySink, db: number): void {
+    const conn = this.sharedConnection(affinity);
+    if (conn === null) sink.fail(this.lastFailure);
+    else conn.send(payload, sink, db);
+  }
+
+  /** The proxy's own request; error replies resolve as RespError, a dead node rejects. */
+  call(argv: readonly Arg[], db = 0, affinity = 0): Promise<RespValue> {
+    const sink = new PromiseSink();
+    this.send(affinity, encodeCommand(argv), sink, db);
+    return sink.promise;
+  }
+
+  /** The shared connection for `affinity`, created if needed; null while backing off. */
+  sharedConnection(affinity: number): UpstreamConnection | null {
+    const i = affinity % this.shared.length;
+    let conn = this.shared[i];
+    if (conn === null || conn.closed) {
+      if (this.down) return null;
+      conn = this.open();
+      this.shared[i] = conn;
+    }
+    return conn;
+  }
+
+  /** A connection for one client's exclusive use; give it back with release() or destroy it. */
+  acquire(): UpstreamConnection | null {
+    let conn: UpstreamConnection | undefined;
+    while ((conn = this.idle.pop()) !== undefined) {
+      if (!conn.closed) break;
+    }
+    if (conn === undefined) {
+      if (this.down) return null;
+      conn = this.open();
+    }
+    this.lent.add(conn);
+    return conn;
+  }
+
+  /** Takes back a lent connection whose state is clean (no MULTI, WATCH or subscription). */
+  release(conn: UpstreamConnection): void {
+    this.lent.delete(conn);
+    if (conn.closed || conn.pushHandler !== null) return;
+    if (this.idle.length < MAX_IDLE_DEDICATED) this.idle.push(conn);
+    else conn.close();
+  }
+
+  /** Closes a lent connection whose state cannot be trusted (a client left mid-transaction). */
+  destroy(conn: UpstreamConnection): void {
+    this.lent.delete(conn);
+    conn.close();
+  }
+
+  /** Why the node is unusable, as a RESP error text. */
+  get failure(): string {
+    return this.lastFailure;
+  }
+
+  close(): void {
+    for (const conn of this.shared) conn?.close();
+    for (const conn of this.idle) conn.close();
+    for (const conn of this.lent) conn.close();
+    this.shared.fill(null);
+    this.idle.length = 0;
+    this.lent.clear();
+  }
+
+  get connectionCount(): number {
+    return this.shared.filter((c) => c !== null && !c.closed).length + this.idle.length + this.lent.size;
+  }
+
+  private open(): UpstreamConnection {
+    const conn = new UpstreamConnection(this.address, this.options);
+    let answered = false;
+    conn.onConnect = () => {
+      answered = true;
+      this.backoffMs = 0;
+    };
+    conn.onClose = (message) => {
+      if (answered) return;
+      this.backoffMs = this.backoffMs === 0 ? FIRST_BACKOFF_MS : Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+      this.downUntil = Date.now() + this.backoffMs;
+      this.lastFailure = message;
+    };
+    return conn;
+  }
+}

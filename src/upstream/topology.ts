@@ -1,0 +1,29 @@
+import type { UpstreamNode } from "./node.js";
+
+/** Which nodes serve which hash slots. The router asks it; it owns the node objects. */
+export interface Topology {
+  readonly mode: "standalone" | "cluster";
+  /** The master serving `slot` (standalone: the one server for every slot). */
+  nodeForSlot(slot: number): UpstreamNode;
+  /** Every master, each once. */
+  masters(): UpstreamNode[];
+  close(): void;
+}
+
+/** One Redis server behind the proxy. */
+export class StandaloneTopology implements Topology {
+  readonly mode = "standalone" as const;
+  constructor(readonly node: UpstreamNode) {}
+
+  nodeForSlot(): UpstreamNode {
+    return this.node;
+  }
+
+  masters(): UpstreamNode[] {
+    return [this.node];
+  }
+
+  close(): void {
+    this.node.close();
+  }
+}
