@@ -1,0 +1,21 @@
+# gears-proxy in front of an existing Redis server or cluster:
+#   docker build -t gears-proxy .
+#   docker run -p 6380:6380 -e UPSTREAM=redis:6379 gears-proxy [more flags, e.g. --requirepass secret]
+# UPSTREAM is required (host:port; several seeds separated by commas). The image has no redis-server.
+
+FROM node:20-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json tsconfig.json ./
+COPY src ./src
+# `npm ci` runs the `prepare` script, which compiles src/ into dist/ (typescript is a devDependency).
+RUN npm ci && npm prune --omit=dev
+
+FROM node:20-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build /app/package.json ./
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist/src ./dist/src
+USER node
+EXPOSE 6380
+ENTRYPOINT ["sh", "-c", ": \"${UPSTREAM:?set UPSTREAM to the Redis server, e.g. -e UPSTREAM=redis:6379}\"; exec node dist/src/cli.js --bind 0.0.0.0 --upstream \"$UPSTREAM\" \"$@\"", "gears-proxy"]

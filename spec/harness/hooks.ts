@@ -1,0 +1,15 @@
+import { closeAllProxies } from "./proxy.js";
+import { stopAll } from "./registry.js";
+
+/**
+ * Mocha root hook plugin (loaded through "require" in .mocharc.json): once the whole run is over,
+ * stop every redis-server a test left behind. The process 'exit' handler in registry.ts is the
+ * synchronous last resort (SIGKILL) when this hook never runs.
+ */
+export const mochaHooks = {
+  async afterAll(this: Mocha.Context): Promise<void> {
+    this.timeout(30_000);
+    await closeAllProxies();
+    await stopAll();
+  },
+};

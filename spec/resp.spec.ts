@@ -1,0 +1,143 @@
+import { expect } from "chai";
+import { decodeReply } from "../src/resp/decode.js";
+import { encodeCommand, encodeValue } from "../src/resp/encode.js";
+import { ProtocolError, RequestParser, splitInlineArgs } from "../src/resp/request-parser.js";
+import { ReplyScanner } from "../src/resp/reply-scanner.js";
+import { RespError } from "../src/resp/values.js";
+
+const LIMITS = { maxBulkLen: 512 * 1024 * 1024, maxArgs: 1024 * 1024 };
+
+function parseAll(parser: RequestParser): string[][] {
+  const out: string[][] = [];
+  for (let r = parser.next(); r !== null; r = parser.next()) out.push(r.argv.map((a) => a.toString()));
+  return out;
+}
+
+function protocolError(input: string | Buffer, authenticated = true): string {
+  const parser = new RequestParser(LIMITS);
+  parser.authenticated = authenticated;
+  parser.push(Buffer.from(input));
+  try {
+    parseAll(parser);
+  } catch (err) {
+    if (err instanceof ProtocolError) return err.message;
+    throw err;
+  }
+  return "no error";
+}
+
+describe("request parser", () => {
+  it("parses pipelined RESP arrays and keeps their raw bytes", () => {
+    const parser = new RequestParser(LIMITS);
+    const a = encodeCommand(["SET", "k", "v"]);
+    const b = encodeCommand(["GET", "k"]);
+    parser.push(Buffer.concat([a, b]));
+    const first = parser.next()!;
+    expect(first.argv.map(String)).to.deep.equal(["SET", "k", "v"]);
+    expect(first.raw!.equals(a)).to.equal(true);
+    expect(parser.next()!.raw!.equals(b)).to.equal(true);
+    expect(parser.next()).to.equal(null);
+  });
+
+  it("reassembles a request split at every byte", () => {
+    const bytes = encodeCommand(["SET", Buffer.from([0, 13, 10, 255]), "value"]);
+    const parser = new RequestParser(LIMITS);
+    const seen: Buffer[][] = [];
+    for (const byte of bytes) {
+      parser.push(Buffer.from([byte]));
+      const r = parser.next();
+      if (r) seen.push(r.argv);
+    }
+    expect(seen).to.have.length(1);
+    expect(seen[0][1].equals(Buffer.from([0, 13, 10, 255]))).to.equal(true);
+  });
+
+  it("collects a 10 MB argument arriving in 64 KB chunks", () => {
+    const value = Buffer.alloc(10 * 1024 * 1024, 7);
+    const bytes = encodeCommand(["SET", "big", value]);
+    const parser = new RequestParser(LIMITS);
+    let got = null;
+    for (let i = 0; i < bytes.length; i += 65536) {
+      parser.push(bytes.subarray(i, i + 65536));
+      got = parser.next() ?? got;
+    }
+    expect(got!.argv[2].equals(value)).to.equal(true);
+  });
+
+  it("parses inline commands with quotes and escapes", () => {
+    const parser = new RequestParser(LIMITS);
+    parser.push(Buffer.from('PING\r\nSET "a b" \'it\\\'s\' "\\x41\\n"\n\r\n'));
+    expect(parseAll(parser)).to.deep.equal([["PING"], ["SET", "a b", "it's", "A\n"]]);
+    expect(splitInlineArgs(Buffer.from('"unbalanced'))).to.equal(null);
+  });
+
+  it("skips empty arrays as Redis does", () => {
+    const parser = new RequestParser(LIMITS);
+    parser.push(Buffer.from("*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n"));
+    expect(parseAll(parser)).to.deep.equal([["PING"]]);
+  });
+
+  it("reports malformed input with Redis' own messages", () => {
+    expect(protocolError("*1\r\n$-5\r\n")).to.equal("invalid bulk length");
+    expect(protocolError("*1\r\n$1000000000\r\n")).to.equal("invalid bulk length");
+    expect(protocolError("*x\r\n")).to.equal("invalid multibulk length");
+    expect(protocolError("*1\r\n+PING\r\n")).to.equal("expected '$', got '+'");
+    expect(protocolError("*1\r\n$" + "9".repeat(70000))).to.equal("too big bulk count string");
+    expect(protocolError("*" + "1".repeat(70000))).to.equal("too big mbulk count string");
+    expect(protocolError("A".repeat(100 * 1024))).to.equal("too big inline request");
+    expect(protocolError('SET "a\r\n')).to.equal("unbalanced quotes in request");
+  });
+
+  it("accepts only small requests before authentication", () => {
+    expect(protocolError("*11\r\n", false)).to.equal("invalid multibulk length");
+    expect(protocolError("*1\r\n$20000\r\n", false)).to.equal("invalid bulk length");
+    expect(protocolError("*11\r\n", true)).to.equal("no error");
+  });
+});
+
+describe("reply scanner", () => {
+  const replies = [
+    "+OK\r\n",
+    "-ERR bad\r\n",
+    ":42\r\n",
+    "$-1\r\n",
+    "*-1\r\n",
+    "$5\r\nhe\r\no\r\n",
+    "*3\r\n$1\r\na\r\n*2\r\n:1\r\n$-1\r\n*0\r\n",
+    "%1\r\n+k\r\n*1\r\n_\r\n",
+    ">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",
+  ];
+
+  it("cuts a stream into whole replies, whatever the chunking", () => {
+    const stream = Buffer.from(replies.join(""));
+    for (const step of [1, 2, 3, 7, stream.length]) {
+      const scanner = new ReplyScanner();
+      const got: string[] = [];
+      for (let i = 0; i < stream.length; i += step) {
+        scanner.push(stream.subarray(i, i + step));
+        for (let r = scanner.next(); r !== null; r = scanner.next()) got.push(r.toString());
+      }
+      expect(got, `step ${step}`).to.deep.equal(replies);
+    }
+  });
+
+  it("resumes inside a large array instead of rescanning it", () => {
+    const items = Array.from({ length: 100000 }, (_, i) => `$${String(i).length}\r\n${i}\r\n`).join("");
+    const stream = Buffer.from(`*100000\r\n${items}`);
+    const scanner = new ReplyScanner();
+    let whole: Buffer | null = null;
+    for (let i = 0; i < stream.length; i += 1000) {
+      scanner.push(stream.subarray(i, i + 1000));
+      whole = scanner.next() ?? whole;
+    }
+    expect(whole!.length).to.equal(stream.length);
+  });
+});
+
+describe("reply decoding and encoding", () => {
+  it("round-trips nested values", () => {
+    const value = [Buffer.from("a"), 1, null, [Buffer.from("b"), "OK"], new RespError("ERR x")];
+    const decoded = decodeReply(encodeValue(value));
+    expect(encodeValue(decoded).toString()).to.equal(encodeValue(value).toString());
+  });
+});

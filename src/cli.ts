@@ -1,0 +1,233 @@
+#!/usr/bin/env node
+/** gears-proxy's command line: flags and config file -> ProxyConfig -> (embedded redis) -> server. */
+import fs from "node:fs";
+import { pathToFileURL } from "node:url";
+import yargs, { type Argv } from "yargs";
+import { hideBin } from "yargs/helpers";
+import type { HostPort, ProxyConfig } from "./config.js";
+import {
+  LOG_LEVELS,
+  OPTIONS,
+  PASSWORD_ENV,
+  UsageError,
+  convertOption,
+  mergeConfig,
+  readConfigFile,
+  type OptionSpec,
+} from "./config-file.js";
+import { createLogger, type Logger } from "./observability/log.js";
+import { ProxyServer } from "./server.js";
+import { startEmbeddedRedis, type EmbeddedRedis } from "./upstream/embedded-redis.js";
+
+export { UsageError };
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** What the command line asks for: run the proxy, or print help/version text and exit 0. */
+export type CliAction = { kind: "run"; config: ProxyConfig } | { kind: "print"; text: string };
+
+function packageVersion(): string {
+  try {
+    const text = fs.readFileSync(new URL("../../package.json", import.meta.url), "utf8");
+    const version: unknown = (JSON.parse(text) as Record<string, unknown>).version;
+    return typeof version === "string" ? version : "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+function addOption(parser: Argv, spec: OptionSpec): Argv {
+  return parser.option(spec.flag, {
+    describe: spec.describe,
+    requiresArg: spec.kind !== "flag",
+    ...(spec.kind === "flag" ? { type: "boolean" as const } : {}),
+    ...(spec.kind === "upstreams" ? { type: "array" as const, string: true } : {}),
+    ...(spec.kind === "level" ? { choices: [...LOG_LEVELS] } : {}),
+    ...(spec.defaultText !== undefined ? { defaultDescription: spec.defaultText } : {}),
+  });
+}
+
+function buildParser(): Argv {
+  let parser: Argv = yargs()
+    .scriptName("gears-proxy")
+    .usage(
+      "Usage: gears-proxy [options]\n\nA Redis-protocol proxy with server-side JavaScript (RG.* commands).",
+    )
+    .locale("en")
+    .detectLocale(false)
+    // Values stay text so they can be checked (and reported) exactly as typed. A repeated flag
+    // arrives as an array: --upstream collects them, other flags take the last (convertOption).
+    .parserConfiguration({ "parse-numbers": false })
+    .option("config", {
+      describe: "JSON file holding any of these options (kebab-case or camelCase keys); flags override it.",
+      requiresArg: true,
+    });
+  for (const spec of OPTIONS) parser = addOption(parser, spec);
+  return parser
+    .epilogue(
+      `The upstream password may also come from the ${PASSWORD_ENV} environment variable.\n` +
+        "Examples:\n" +
+        "  gears-proxy                               # starts its own redis-server, listens on 6380\n" +
+        "  gears-proxy --upstream 10.0.0.5:6379      # in front of a Redis server or cluster node",
+    )
+    .version(packageVersion())
+    .alias("v", "version")
+    .help()
+    .alias("h", "help")
+    .strict()
+    .exitProcess(false)
+    .wrap(100)
+    .fail((msg: string | undefined, err: Error | undefined) => {
+      throw err instanceof UsageError ? err : new UsageError(msg ?? err?.message ?? "invalid arguments");
+    });
+}
+
+function flagSettings(parsed: Record<string, unknown>): Partial<ProxyConfig> {
+  const settings: Record<string, unknown> = {};
+  for (const spec of OPTIONS) {
+    const value = parsed[spec.flag];
+    if (value !== undefined) settings[spec.key] = convertOption(spec, value, `--${spec.flag}`);
+  }
+  return settings as Partial<ProxyConfig>;
+}
+
+function envSettings(env: Env): Partial<ProxyConfig> {
+  const password = env[PASSWORD_ENV];
+  return password ? { upstreamPassword: password } : {};
+}
+
+/** Parses the arguments (without node and the script); throws UsageError on a bad command line. */
+export function parseCommandLine(argv: readonly string[], env: Env = process.env): CliAction {
+  let output = "";
+  const parsed = buildParser().parse([...argv], {}, (_err: unknown, _argv: unknown, out: string) => {
+    output = out;
+  }) as Record<string, unknown>;
+  if (parsed.help === true || parsed.version === true) return { kind: "print", text: output };
+  const configFile = parsed.config;
+  if (configFile !== undefined && typeof configFile !== "string") {
+    throw new UsageError("--config: expected one file name");
+  }
+  const file = configFile === undefined ? {} : readConfigFile(configFile);
+  return { kind: "run", config: mergeConfig(file, envSettings(env), flagSettings(parsed)) };
+}
+
+/** The ProxyConfig the arguments describe; throws UsageError (exit code 0 for --help/--version). */
+export function parseArgs(argv: readonly string[], env: Env = process.env): ProxyConfig {
+  const action = parseCommandLine(argv, env);
+  if (action.kind === "print") throw new UsageError(action.text, 0);
+  return action.config;
+}
+
+function formatAddress({ host, port }: HostPort): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+function describeUpstreams(config: ProxyConfig, embedded: EmbeddedRedis | undefined): string {
+  if (embedded) {
+    return `embedded redis-server at ${formatAddress(embedded)} (pid ${embedded.pid}, data in ${embedded.dataDir})`;
+  }
+  return `upstream ${config.upstreams.map(formatAddress).join(", ")}`;
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Owns what main() started, so a signal or a failed start can take it down in order. */
+class Running {
+  embedded?: EmbeddedRedis;
+  server?: ProxyServer;
+  private stopping = false;
+
+  constructor(readonly log: Logger) {}
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    try {
+      await this.server?.close();
+    } catch (err) {
+      this.log.error({ err }, "error while closing the proxy");
+    }
+    await this.embedded?.stop();
+  }
+
+  get isStopping(): boolean {
+    return this.stopping;
+  }
+}
+
+function onSignals(running: Running): void {
+  const handler = (signal: NodeJS.Signals): void => {
+    if (running.isStopping) {
+      running.log.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    running.log.info({ signal }, "shutting down");
+    running.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        process.stderr.write(`gears-proxy: error while shutting down: ${errorMessage(err)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGINT", handler);
+  process.on("SIGTERM", handler);
+}
+
+async function start(running: Running, config: ProxyConfig): Promise<void> {
+  let effective = config;
+  if (config.upstreams.length === 0) {
+    running.embedded = await startEmbeddedRedis(config.dataDir, running.log);
+    const { host, port } = running.embedded;
+    effective = { ...config, upstreams: [{ host, port }] };
+  }
+  running.server = new ProxyServer(effective, running.log);
+  const address = await running.server.start();
+  running.log.info(
+    { address, upstreams: effective.upstreams, embedded: running.embedded !== undefined },
+    `gears-proxy listening on ${formatAddress(address)}, in front of ${describeUpstreams(effective, running.embedded)}`,
+  );
+}
+
+async function main(): Promise<void> {
+  let action: CliAction;
+  try {
+    action = parseCommandLine(hideBin(process.argv), process.env);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`gears-proxy: ${err.message}\nRun 'gears-proxy --help' to see the options.\n`);
+    process.exit(err.exitCode);
+  }
+  if (action.kind === "print") {
+    process.stdout.write(`${action.text}\n`);
+    return;
+  }
+  const running = new Running(createLogger(action.config.logLevel));
+  onSignals(running);
+  try {
+    await start(running, action.config);
+  } catch (err) {
+    await running.stop();
+    process.stderr.write(`gears-proxy: could not start: ${errorMessage(err)}\n`);
+    process.exit(1);
+  }
+}
+
+function isMainModule(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return import.meta.url === pathToFileURL(fs.realpathSync(entry)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (isMainModule()) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`gears-proxy: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  });
+}

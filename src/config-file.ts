@@ -1,0 +1,315 @@
+/**
+ * The proxy's options in one table: their help text, how a value is checked, and how flags, the
+ * environment and a JSON config file merge into a ProxyConfig. The CLI (src/cli.ts) only feeds it.
+ */
+import fs from "node:fs";
+import { DEFAULT_CONFIG, parseHostPort, type HostPort, type ProxyConfig } from "./config.js";
+
+/** A mistake in the command line or the config file; main() prints it and exits with `exitCode`. */
+export class UsageError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 2,
+  ) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+export const LOG_LEVELS: readonly ProxyConfig["logLevel"][] = [
+  "trace",
+  "debug",
+  "info",
+  "warn",
+  "error",
+  "fatal",
+  "silent",
+];
+
+type Kind =
+  "port" | "listen-port" | "host" | "text" | "count" | "positive" | "size" | "flag" | "level" | "upstreams";
+
+export interface OptionSpec {
+  /** The flag, in kebab-case (the config file also accepts the camelCase key). */
+  flag: string;
+  key: keyof ProxyConfig;
+  kind: Kind;
+  describe: string;
+  /** Shown as the default in --help. */
+  defaultText?: string;
+}
+
+export const OPTIONS: readonly OptionSpec[] = [
+  {
+    flag: "port",
+    key: "port",
+    kind: "listen-port",
+    describe: "TCP port the proxy listens on for Redis clients (0 picks a free one).",
+    defaultText: String(DEFAULT_CONFIG.port),
+  },
+  {
+    flag: "bind",
+    key: "bind",
+    kind: "host",
+    describe: "Address the proxy listens on; use 0.0.0.0 to accept clients from other machines.",
+    defaultText: DEFAULT_CONFIG.bind,
+  },
+  {
+    flag: "upstream",
+    key: "upstreams",
+    kind: "upstreams",
+    describe:
+      "A Redis server or any node of a Redis Cluster, as host:port; repeat it (or separate with commas) " +
+      "for several seeds. Without it, the proxy starts its own redis-server from PATH.",
+  },
+  {
+    flag: "upstream-user",
+    key: "upstreamUser",
+    kind: "text",
+    describe: "ACL user name the proxy authenticates with on the upstreams.",
+  },
+  {
+    flag: "upstream-password",
+    key: "upstreamPassword",
+    kind: "text",
+    describe:
+      "Password the proxy authenticates with on the upstreams (better: set GEARS_PROXY_UPSTREAM_PASSWORD).",
+  },
+  {
+    flag: "upstream-connections",
+    key: "upstreamConnections",
+    kind: "positive",
+    describe: "Shared pipelined connections the proxy keeps open to each upstream node.",
+    defaultText: String(DEFAULT_CONFIG.upstreamConnections),
+  },
+  {
+    flag: "connect-timeout",
+    key: "connectTimeoutMs",
+    kind: "count",
+    describe: "Milliseconds to wait for an upstream TCP connect before failing the queued commands.",
+    defaultText: String(DEFAULT_CONFIG.connectTimeoutMs),
+  },
+  {
+    flag: "requirepass",
+    key: "requirepass",
+    kind: "text",
+    describe: "Password clients must send with AUTH before running commands; none by default.",
+  },
+  {
+    flag: "maxclients",
+    key: "maxclients",
+    kind: "positive",
+    describe: "Most client connections accepted at once; further clients get an error and are closed.",
+    defaultText: String(DEFAULT_CONFIG.maxclients),
+  },
+  {
+    flag: "timeout",
+    key: "timeout",
+    kind: "count",
+    describe: "Seconds a client may stay idle before the proxy closes it; 0 never closes idle clients.",
+    defaultText: String(DEFAULT_CONFIG.timeout),
+  },
+  {
+    flag: "log-level",
+    key: "logLevel",
+    kind: "level",
+    describe: "Least severe log lines written (JSON lines on stderr).",
+    defaultText: DEFAULT_CONFIG.logLevel,
+  },
+  {
+    flag: "data-dir",
+    key: "dataDir",
+    kind: "text",
+    describe: "Directory where the embedded redis-server keeps its data (used only without --upstream).",
+    defaultText: DEFAULT_CONFIG.dataDir,
+  },
+  {
+    flag: "proto-max-bulk-len",
+    key: "protoMaxBulkLen",
+    kind: "size",
+    describe: "Largest string argument a client may send, in bytes or with a unit (512mb, 1gb).",
+    defaultText: "512mb",
+  },
+  {
+    flag: "client-output-buffer-limit",
+    key: "clientOutputBufferLimit",
+    kind: "size",
+    describe: "Replies that may wait for a slow client before it is disconnected, in bytes or 256mb style.",
+    defaultText: "256mb",
+  },
+  {
+    flag: "cluster-emulation",
+    key: "clusterEmulation",
+    kind: "flag",
+    describe: "Present the proxy as a one-node Redis Cluster to clients that only speak cluster mode.",
+    defaultText: "false",
+  },
+  {
+    flag: "announce-host",
+    key: "announceHost",
+    kind: "host",
+    describe: "Host the emulated cluster tells clients to connect to (default: the bind address).",
+  },
+  {
+    flag: "announce-port",
+    key: "announcePort",
+    kind: "port",
+    describe: "Port the emulated cluster tells clients to connect to (default: --port).",
+  },
+];
+
+export const PASSWORD_ENV = "GEARS_PROXY_UPSTREAM_PASSWORD";
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1000,
+  kb: 1024,
+  m: 1000 ** 2,
+  mb: 1024 ** 2,
+  g: 1000 ** 3,
+  gb: 1024 ** 3,
+};
+
+/** "256mb" -> 268435456, Redis' units: k/m/g are powers of 1000, kb/mb/gb powers of 1024. */
+export function parseSize(text: string): number {
+  const m = /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(text);
+  const unit = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+  if (!m || unit === undefined) {
+    throw new Error(`'${text}' is not a size: expected bytes or a number with k, kb, m, mb, g or gb`);
+  }
+  const bytes = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(bytes)) throw new Error(`'${text}' is too large`);
+  return bytes;
+}
+
+function asText(value: unknown): string {
+  if (typeof value === "string" && value !== "") return value;
+  if (typeof value === "number" && Number.isFinite(value)) return String(value);
+  throw new Error("expected a value");
+}
+
+function asInteger(value: unknown, min: number, max: number): number {
+  const text = asText(value).trim();
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < min || n > max) {
+    throw new Error(`'${text}' is not an integer from ${min} to ${max}`);
+  }
+  return n;
+}
+
+function asFlag(value: unknown): boolean {
+  if (typeof value === "boolean") return value;
+  const text = typeof value === "string" ? value.toLowerCase() : "";
+  if (["true", "yes", "1"].includes(text)) return true;
+  if (["false", "no", "0"].includes(text)) return false;
+  throw new Error(`'${String(value)}' is not true or false`);
+}
+
+function asHost(value: unknown): string {
+  const text = asText(value);
+  if (/\s/.test(text)) throw new Error(`'${text}' is not a host name or address`);
+  return text;
+}
+
+function asLevel(value: unknown): ProxyConfig["logLevel"] {
+  const found = LOG_LEVELS.find((level) => level === value);
+  if (!found) throw new Error(`'${String(value)}' is not one of ${LOG_LEVELS.join(", ")}`);
+  return found;
+}
+
+function asUpstreams(value: unknown): HostPort[] {
+  const items = Array.isArray(value) ? value : [value];
+  const texts = items.flatMap((item) => asText(item).split(/[\s,]+/)).filter((t) => t !== "");
+  if (texts.length === 0) throw new Error("expected host:port");
+  return texts.map((text) => parseHostPort(text));
+}
+
+type OptionValue = ProxyConfig[keyof ProxyConfig];
+
+function convert(kind: Kind, value: unknown): OptionValue {
+  switch (kind) {
+    case "port":
+      return asInteger(value, 1, 65535);
+    case "listen-port":
+      return asInteger(value, 0, 65535);
+    case "count":
+      return asInteger(value, 0, Number.MAX_SAFE_INTEGER);
+    case "positive":
+      return asInteger(value, 1, Number.MAX_SAFE_INTEGER);
+    case "size":
+      return typeof value === "number"
+        ? asInteger(value, 0, Number.MAX_SAFE_INTEGER)
+        : parseSize(asText(value));
+    case "flag":
+      return asFlag(value);
+    case "host":
+      return asHost(value);
+    case "level":
+      return asLevel(value);
+    case "upstreams":
+      return asUpstreams(value);
+    case "text":
+      return asText(value);
+  }
+}
+
+/** Checks one value; the error names where it came from ("--port", or the file and its key). */
+export function convertOption(spec: OptionSpec, value: unknown, where: string): OptionValue {
+  // A repeated single-valued flag arrives as an array: the last one wins, as in redis-server.
+  const single = Array.isArray(value) && spec.kind !== "upstreams" ? value[value.length - 1] : value;
+  try {
+    return convert(spec.kind, single);
+  } catch (err) {
+    throw new UsageError(`${where}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+function camelCase(flag: string): string {
+  return flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+}
+
+/** The option a config-file key names: kebab-case or camelCase; "upstreams" is also accepted. */
+export function optionForKey(key: string): OptionSpec | undefined {
+  return OPTIONS.find((o) => o.flag === key || camelCase(o.flag) === key || o.key === key);
+}
+
+/** Reads a JSON config file into checked partial settings; unknown keys are refused. */
+export function readConfigFile(file: string): Partial<ProxyConfig> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    throw new UsageError(`cannot read config file ${file}: ${(err as Error).message}`);
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (err) {
+    throw new UsageError(`config file ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    throw new UsageError(`config file ${file} must hold a JSON object of options`);
+  }
+  return settingsFromFile(file, data as Record<string, unknown>);
+}
+
+function settingsFromFile(file: string, data: Record<string, unknown>): Partial<ProxyConfig> {
+  const settings: Record<string, OptionValue> = {};
+  for (const [key, value] of Object.entries(data)) {
+    const spec = optionForKey(key);
+    if (!spec) throw new UsageError(`config file ${file}: unknown option "${key}"`);
+    if (value === null) continue;
+    settings[spec.key] = convertOption(spec, value, `config file ${file}, "${key}"`);
+  }
+  return settings as Partial<ProxyConfig>;
+}
+
+/** Flags override the environment, which overrides the file, which overrides the defaults. */
+export function mergeConfig(
+  file: Partial<ProxyConfig>,
+  env: Partial<ProxyConfig>,
+  flags: Partial<ProxyConfig>,
+): ProxyConfig {
+  return { ...DEFAULT_CONFIG, ...file, ...env, ...flags };
+}

@@ -1,0 +1,228 @@
+/**
+ * The zero-config start: with no --upstream, the proxy runs its own redis-server (found on PATH)
+ * on a free loopback port, with its data in a directory of the user's choosing.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import readline from "node:readline";
+import type { Logger } from "../observability/log.js";
+
+export interface EmbeddedRedis {
+  host: string;
+  port: number;
+  pid: number;
+  /** Absolute path of the data directory. */
+  dataDir: string;
+  /** SIGTERM (redis-server saves and exits), SIGKILL if it is still running after 5 s. */
+  stop(): Promise<void>;
+}
+
+export const REDIS_INSTALL_HINT =
+  "redis-server was not found on PATH. Install Redis (Debian/Ubuntu: `sudo apt-get install redis-server`; " +
+  "macOS: `brew install redis`), or point the proxy at a running server with --upstream host:port.";
+
+const HOST = "127.0.0.1";
+const READY_TIMEOUT_MS = 10_000;
+const STOP_GRACE_MS = 5_000;
+const OUTPUT_LINES_KEPT = 40;
+
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  error?: Error;
+}
+
+/** The first executable called `name` in the PATH directories, if any. */
+export function findOnPath(name: string, searchPath = process.env.PATH ?? ""): string | undefined {
+  for (const dir of searchPath.split(path.delimiter)) {
+    if (dir === "") continue;
+    const candidate = path.join(dir, name);
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      if (fs.statSync(candidate).isFile()) return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** A loopback port nobody listened on a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.unref();
+    probe.once("error", reject);
+    probe.listen(0, HOST, () => {
+      const address = probe.address();
+      probe.close(() => (typeof address === "object" && address ? resolve(address.port) : reject()));
+    });
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** True when a PING on a fresh connection gets +PONG within a second. */
+function pingOnce(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: HOST, port });
+    let reply = "";
+    const done = (ok: boolean): void => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(1000, () => done(false));
+    socket.once("error", () => done(false));
+    socket.once("connect", () => socket.write("PING\r\n"));
+    socket.on("data", (chunk: Buffer) => {
+      reply += chunk.toString("latin1");
+      if (reply.includes("\r\n")) done(reply.startsWith("+PONG"));
+    });
+  });
+}
+
+/** A started redis-server child, its recent output and its exit. */
+class RedisChild {
+  readonly output: string[] = [];
+  readonly exited: Promise<Exit>;
+  private exit?: Exit;
+  private stopping = false;
+  private readonly removeExitHook: () => void;
+
+  constructor(
+    readonly child: ChildProcess,
+    readonly log: Logger,
+  ) {
+    this.exited = new Promise((resolve) => {
+      child.once("error", (error) => resolve((this.exit = { code: null, signal: null, error })));
+      child.once("exit", (code, signal) => resolve((this.exit = { code, signal })));
+    });
+    for (const stream of [child.stdout, child.stderr]) {
+      if (stream) readline.createInterface({ input: stream }).on("line", (line) => this.onLine(line));
+    }
+    // Should the proxy die without stop(), redis-server still gets told to save and exit.
+    const hook = (): void => {
+      if (!this.exit && child.pid) child.kill("SIGTERM");
+    };
+    process.once("exit", hook);
+    this.removeExitHook = () => process.removeListener("exit", hook);
+    void this.exited.then((exit) => this.onExit(exit));
+  }
+
+  get hasExited(): boolean {
+    return this.exit !== undefined;
+  }
+
+  recentOutput(): string {
+    return this.output.length === 0 ? "(no output)" : this.output.join("\n");
+  }
+
+  private onLine(line: string): void {
+    this.output.push(line);
+    if (this.output.length > OUTPUT_LINES_KEPT) this.output.shift();
+    this.log.debug({ redis: line }, "redis-server output");
+  }
+
+  private onExit(exit: Exit): void {
+    this.removeExitHook();
+    if (this.stopping) return;
+    this.log.error(
+      {
+        pid: this.child.pid,
+        code: exit.code,
+        signal: exit.signal,
+        err: exit.error,
+        output: this.recentOutput(),
+      },
+      "embedded redis-server exited unexpectedly",
+    );
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.hasExited) return;
+    this.child.kill("SIGTERM");
+    const timer = sleep(STOP_GRACE_MS).then(() => "timeout" as const);
+    if ((await Promise.race([this.exited, timer])) === "timeout") {
+      this.log.warn({ pid: this.child.pid }, "embedded redis-server did not exit after SIGTERM: killing it");
+      this.child.kill("SIGKILL");
+      await this.exited;
+    }
+  }
+
+  /** Resolves once PING answers; rejects (and kills the child) if it exits or takes too long. */
+  async waitUntilReady(port: number): Promise<void> {
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    while (!this.hasExited) {
+      if (await pingOnce(port)) return;
+      if (Date.now() > deadline) {
+        await this.stop();
+        throw new Error(
+          `redis-server did not answer PING on port ${port} within ${READY_TIMEOUT_MS / 1000} s. ` +
+            `Its output:\n${this.recentOutput()}`,
+        );
+      }
+      await sleep(50);
+    }
+    this.stopping = true;
+    const exit = await this.exited;
+    const how = exit.error ? exit.error.message : `exit code ${exit.code ?? exit.signal}`;
+    throw new Error(`redis-server stopped during startup (${how}). Its output:\n${this.recentOutput()}`);
+  }
+}
+
+function redisArgs(port: number, dataDir: string): string[] {
+  return [
+    "--port",
+    String(port),
+    "--bind",
+    HOST,
+    "--dir",
+    dataDir,
+    "--daemonize",
+    "no",
+    "--save",
+    ...["3600", "1", "300", "100", "60", "10000"],
+    "--appendonly",
+    "no",
+    "--protected-mode",
+    "yes",
+  ];
+}
+
+async function launch(binary: string, port: number, dataDir: string, log: Logger): Promise<EmbeddedRedis> {
+  // Its own process group: Ctrl-C reaches the proxy only, which then stops redis-server in order.
+  const child = spawn(binary, redisArgs(port, dataDir), {
+    cwd: dataDir,
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  const redis = new RedisChild(child, log);
+  await redis.waitUntilReady(port);
+  const pid = child.pid as number;
+  log.info({ port, pid, dir: dataDir }, `started embedded redis-server on ${HOST}:${port}`);
+  return { host: HOST, port, pid, dataDir, stop: () => redis.stop() };
+}
+
+/** Starts redis-server from PATH on a free loopback port, with its data in `dataDir`. */
+export async function startEmbeddedRedis(dataDir: string, log: Logger): Promise<EmbeddedRedis> {
+  const binary = findOnPath("redis-server");
+  if (!binary) throw new Error(REDIS_INSTALL_HINT);
+  const dir = path.resolve(dataDir);
+  fs.mkdirSync(dir, { recursive: true });
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    try {
+      return await launch(binary, port, dir, log);
+    } catch (err) {
+      // Another process may have taken the port between the probe and redis-server's bind.
+      const taken = err instanceof Error && /already in use/i.test(err.message);
+      if (!taken || attempt >= 3) throw err;
+      log.debug({ port }, "port taken before redis-server could bind it: trying another");
+    }
+  }
+}
