@@ -90,6 +90,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     defaultText: String(DEFAULT_CONFIG.connectTimeoutMs),
   },
   {
+    flag: "cluster-retry-timeout",
+    key: "clusterRetryTimeoutMs",
+    kind: "count",
+    describe:
+      "Milliseconds a command keeps being retried while a cluster heals (failover, CLUSTERDOWN, TRYAGAIN) before its error is returned.",
+    defaultText: String(DEFAULT_CONFIG.clusterRetryTimeoutMs),
+  },
+  {
     flag: "requirepass",
     key: "requirepass",
     kind: "text",

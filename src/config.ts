@@ -16,6 +16,8 @@ export interface ProxyConfig {
   upstreamConnections: number;
   /** Milliseconds to wait for an upstream TCP connect before failing the queued commands. */
   connectTimeoutMs: number;
+  /** Milliseconds a cluster command keeps being retried (failover, CLUSTERDOWN, TRYAGAIN). */
+  clusterRetryTimeoutMs: number;
   /** Password clients must AUTH with; none when undefined. */
   requirepass?: string;
   maxclients: number;
@@ -45,6 +47,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   upstreams: [],
   upstreamConnections: 2,
   connectTimeoutMs: 2000,
+  clusterRetryTimeoutMs: 10_000,
   maxclients: 10000,
   timeout: 0,
   logLevel: "info",

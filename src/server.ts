@@ -4,6 +4,7 @@ import type { ProxyContext, ProxyStats } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
+import { CommandTable } from "./routing/command-table.js";
 import { Router } from "./routing/router.js";
 import { connectUpstream } from "./upstream/connect.js";
 
@@ -37,7 +38,11 @@ export class ProxyServer {
     const ctx: ProxyContext = {
       config: this.config,
       log: this.log,
-      router: new Router(upstream.topology),
+      router: new Router(
+        upstream.topology,
+        upstream.commands === null ? null : new CommandTable(upstream.commands),
+        this.config.clusterRetryTimeoutMs,
+      ),
       clients: new ClientRegistry(),
       stats,
       upstreamVersion: upstream.version,
@@ -67,8 +72,9 @@ export class ProxyServer {
     ctx.stats.connectionsReceived++;
     if (ctx.clients.size >= this.config.maxclients) {
       ctx.stats.rejectedConnections++;
+      // Whatever the client already sent is never read: destroy once the reply is out.
       socket.on("error", () => {});
-      socket.end(MAX_CLIENTS_REPLY);
+      socket.end(MAX_CLIENTS_REPLY, () => socket.destroy());
       return;
     }
     ctx.clients.add(new ClientSession(socket, ctx));

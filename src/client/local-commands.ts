@@ -27,7 +27,7 @@ const echo: LocalCommand = (session, { argv }) => {
 };
 
 const quit: LocalCommand = (session) => {
-  session.quitAfter(session.replyNow(OK));
+  session.replyAndClose(OK);
 };
 
 const reset: LocalCommand = (session, request) => {
@@ -94,7 +94,7 @@ const hello: LocalCommand = (session, { argv }) => {
   if (argv.length >= 2) {
     const text = argv[1].toString();
     const version = Number(text);
-    if (!/^\d+$/.test(text)) {
+    if (!/^-?\d+$/.test(text)) {
       session.replyError("ERR Protocol version is not an integer or out of range");
       return;
     }

@@ -8,6 +8,8 @@ import type { UpstreamNode } from "../upstream/node.js";
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
+import { Transaction, type TransactionHost } from "./transaction.js";
+import type { Router } from "../routing/router.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 
@@ -25,14 +27,12 @@ const PAUSE_READING_BYTES = 4 * 1024 * 1024;
 /** Redis' client-query-buffer-limit: unparsed input a client may leave with us. */
 const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
-const NOT_IN_MULTI = new Set(["select", "client", "hello", "auth", "monitor", ...SUBSCRIBE_FAMILY]);
-
 /**
  * One client connection: parses its requests, sends each where it belongs, and writes the
  * replies back in request order. Ordinary commands share pipelined upstream connections;
  * MULTI/WATCH, blocking commands and subscriptions borrow a dedicated one.
  */
-export class ClientSession implements SlotOwner, ClientHandle {
+export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;
@@ -62,12 +62,8 @@ export class ClientSession implements SlotOwner, ClientHandle {
   private ending = false;
   private readingPaused = false;
 
-  private pinned: Dedicated | null = null;
-  private inMulti = false;
-  private watching = false;
-  private multiDirty = false;
+  private readonly txn: Transaction;
   private blocking: Dedicated | null = null;
-  private blockedOnPinned = false;
   private sub: Dedicated | null = null;
   /** Channels and patterns subscribed, as the server last counted them. */
   private subscriptions = 0;
@@ -85,6 +81,7 @@ export class ClientSession implements SlotOwner, ClientHandle {
     this.parser = new RequestParser({ maxBulkLen: ctx.config.protoMaxBulkLen, maxArgs: 1024 * 1024 });
     this.parser.authenticated = this.authenticated;
     this.out = new OutputBuffer(socket);
+    this.txn = new Transaction(this);
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", () => this.close());
@@ -99,7 +96,7 @@ export class ClientSession implements SlotOwner, ClientHandle {
   }
 
   get exemptFromTimeout(): boolean {
-    return this.blocking !== null || this.blockedOnPinned || this.isPubSub;
+    return this.blocking !== null || this.txn.blocked || this.isPubSub;
   }
 
   get isPubSub(): boolean {
@@ -115,8 +112,8 @@ export class ClientSession implements SlotOwner, ClientHandle {
     const age = Math.floor((Date.now() - this.createdAt) / 1000);
     const idle = Math.floor(this.idleMs / 1000);
     const flags =
-      (this.inMulti ? "x" : "") +
-        (this.blocking !== null || this.blockedOnPinned ? "b" : "") +
+      (this.txn.inMulti ? "x" : "") +
+        (this.blocking !== null || this.txn.blocked ? "b" : "") +
         (this.isPubSub ? "P" : "") || "N";
     const fields: [string, string | number][] = [
       ["id", this.id],
@@ -129,7 +126,7 @@ export class ClientSession implements SlotOwner, ClientHandle {
       ["flags", flags],
       ["db", this.db],
       ["sub", this.subscriptions],
-      ["multi", this.inMulti ? 0 : -1],
+      ["multi", this.txn.inMulti ? 0 : -1],
       ["qbuf", this.parser.buffered],
       ["omem", this.out.pending],
       ["cmd", this.lastCommand],
@@ -170,7 +167,7 @@ export class ClientSession implements SlotOwner, ClientHandle {
           this.execute(request);
           continue;
         }
-        if (this.blocking !== null || this.blockedOnPinned) {
+        if (this.blocking !== null || this.txn.blocked) {
           this.stalled = true;
           break;
         }
@@ -193,10 +190,7 @@ export class ClientSession implements SlotOwner, ClientHandle {
   private protocolError(message: string): void {
     this.ctx.stats.protocolErrors++;
     this.ctx.log.debug({ client: this.id, addr: this.addr, message }, "protocol error");
-    const slot = this.replyNow(encodeError(`ERR Protocol error: ${message}`));
-    slot.closeAfter = true;
-    this.ending = true;
-    this.flushReplies();
+    this.replyAndClose(encodeError(`ERR Protocol error: ${message}`));
   }
 
   private execute(request: Request): void {
@@ -214,8 +208,9 @@ export class ClientSession implements SlotOwner, ClientHandle {
       );
       return;
     }
-    if (this.inMulti) {
-      this.executeInMulti(name, request);
+    if (this.txn.inMulti) {
+      if (name === "quit" || name === "reset") LOCAL_COMMANDS.get(name)!(this, request);
+      else this.txn.queueCommand(name, request);
       return;
     }
     if (this.isPubSub && name === "ping") {
@@ -228,11 +223,11 @@ export class ClientSession implements SlotOwner, ClientHandle {
       return;
     }
     if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
-    else if (name === "multi" || name === "watch") this.sendPinned(name, request);
-    else if (this.pinned !== null) this.sendPinned(name, request);
-    else if (isBlocking(name, argv)) this.sendBlocking(request);
-    else if (name === "exec" || name === "discard" || name === "unwatch") this.forward(request);
-    else if (this.enterLane("shared", request)) this.forward(request);
+    else if (name === "multi") this.txn.multi(request);
+    else if (name === "watch") this.txn.watch(request);
+    else if (this.txn.owns(name, request.argv)) this.txn.send(name, request);
+    else if (isBlocking(name, argv)) this.sendBlocking(name, request);
+    else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
   /** Switches to `lane`, unless replies on another lane are still due: then the request waits. */
@@ -252,9 +247,17 @@ export class ClientSession implements SlotOwner, ClientHandle {
 
   // ---- lanes ---------------------------------------------------------------------------
 
+  get router(): Router {
+    return this.ctx.router;
+  }
+
+  enterPinnedLane(request: Request): boolean {
+    return this.enterLane("pinned", request);
+  }
+
   /** An ordinary command: the shared pipelined connection of the node that owns its keys. */
-  forward(request: Request): void {
-    this.ctx.router.forward(request.argv, request.raw, this.upstreamSlot(), {
+  forward(name: string, request: Request): void {
+    this.ctx.router.forward(name, request.argv, request.raw, this.upstreamSlot(), {
       db: this.db,
       affinity: this.id,
     });
@@ -262,91 +265,31 @@ export class ClientSession implements SlotOwner, ClientHandle {
 
   /** Sends on the connection this client's commands currently use, in another database. */
   forwardInDb(argv: Buffer[], db: number, slot: ReplySlot): void {
-    if (this.pinned !== null) this.pinned.conn.send(encodeCommand(argv), slot, db);
-    else this.ctx.router.forward(argv, null, slot, { db, affinity: this.id });
+    const pinned = this.txn.pinnedConnection;
+    if (pinned !== null) pinned.send(encodeCommand(argv), slot, db);
+    else this.ctx.router.forward("select", argv, null, slot, { db, affinity: this.id });
   }
 
-  private sendPinned(name: string, request: Request): void {
-    if (this.pinned === null) {
-      if (!this.enterLane("pinned", request)) return;
-      const node = this.ctx.router.nodeFor(request.argv);
-      const conn = node.acquire();
-      if (conn === null) {
-        this.replyError(node.failure);
-        return;
-      }
-      this.pinned = { node, conn };
-      conn.onClose = () => this.unpin(true);
+  /** Borrows a connection to the node for argv, or answers the error and returns null. */
+  private borrow(name: string, argv: readonly Buffer[]): Dedicated | null {
+    const node = this.ctx.router.nodeFor(name, argv, this.id);
+    if (typeof node === "string") {
+      this.replyError(node);
+      return null;
     }
-    const slot = this.upstreamSlot();
-    if (name === "multi") this.inMulti = true;
-    else if (name === "watch") this.watching = true;
-    else if (name === "exec" || name === "discard" || name === "unwatch") {
-      this.watching = false;
-      slot.onReply = () => this.unpin(false);
-    } else if (isBlocking(name, request.argv)) {
-      this.blockedOnPinned = true;
-      slot.onReply = () => {
-        this.blockedOnPinned = false;
-      };
-    }
-    this.pinned.conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
-  }
-
-  private executeInMulti(name: string, request: Request): void {
-    const pinned = this.pinned!;
-    if (name === "quit" || name === "reset") {
-      LOCAL_COMMANDS.get(name)!(this, request);
-      return;
-    }
-    if (NOT_IN_MULTI.has(name) || name.startsWith("rg.")) {
-      this.multiDirty = true;
-      this.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
-      return;
-    }
-    const slot = this.upstreamSlot();
-    if (name === "exec" || name === "discard") {
-      const abort = name === "exec" && this.multiDirty;
-      this.inMulti = false;
-      this.watching = false;
-      this.multiDirty = false;
-      slot.onReply = (data) => {
-        this.unpin(false);
-        if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
-        return data;
-      };
-      pinned.conn.send(
-        abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv)),
-        slot,
-      );
-      return;
-    }
-    pinned.conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
-  }
-
-  /** Gives the pinned connection back once no MULTI or WATCH needs it (or it died). */
-  private unpin(lost: boolean): void {
-    const pinned = this.pinned;
-    if (pinned === null) return;
-    if (!lost && (this.inMulti || this.watching)) return;
-    this.pinned = null;
-    this.inMulti = false;
-    this.watching = false;
-    this.multiDirty = false;
-    pinned.conn.onClose = null;
-    if (lost) pinned.node.destroy(pinned.conn);
-    else pinned.node.release(pinned.conn);
-  }
-
-  private sendBlocking(request: Request): void {
-    if (!this.enterLane("blocking", request)) return;
-    const node = this.ctx.router.nodeFor(request.argv);
     const conn = node.acquire();
     if (conn === null) {
       this.replyError(node.failure);
-      return;
+      return null;
     }
-    const blocking = { node, conn };
+    return { node, conn };
+  }
+
+  private sendBlocking(name: string, request: Request): void {
+    if (!this.enterLane("blocking", request)) return;
+    const blocking = this.borrow(name, request.argv);
+    if (blocking === null) return;
+    const { node, conn } = blocking;
     this.blocking = blocking;
     const slot = this.upstreamSlot();
     slot.onReply = () => {
@@ -360,20 +303,17 @@ export class ClientSession implements SlotOwner, ClientHandle {
     if (this.sub === null) {
       if (name.includes("unsubscribe")) {
         // Nothing to leave: the server answers for an unsubscribed connection.
-        this.forward(request);
+        this.forward(name, request);
         return;
       }
       if (!this.enterLane("subscribed", request)) return;
-      const node = this.ctx.router.nodeFor(request.argv);
-      const conn = node.acquire();
-      if (conn === null) {
-        this.replyError(node.failure);
-        return;
-      }
-      this.sub = { node, conn };
+      const sub = this.borrow(name, request.argv);
+      if (sub === null) return;
+      const conn = sub.conn;
+      this.sub = sub;
       conn.pushHandler = (frame) => this.onSubscriptionFrame(frame);
       // Subscriptions cannot be replayed transparently: the client must reconnect and resubscribe.
-      conn.onClose = () => this.kill("subscription connection lost");
+      conn.onBorrowerLost = () => this.kill("subscription connection lost");
     }
     this.lane = "subscribed";
     // Count the subscription now, so a command pipelined behind it is refused as Redis would.
@@ -501,26 +441,27 @@ export class ClientSession implements SlotOwner, ClientHandle {
     this.parser.authenticated = true;
   }
 
-  /** Ends the connection after the replies already queued (QUIT). */
-  quitAfter(slot: ReplySlot): void {
+  /** Queues a last reply; the connection closes once it and every earlier one are written. */
+  replyAndClose(data: Buffer): void {
+    const slot = this.newSlot();
     slot.closeAfter = true;
+    slot.data = data;
     this.ending = true;
     if (slot === this.head) this.flushReplies();
   }
 
   private release(): void {
-    this.unpin(true);
+    this.txn.finish(true);
     if (this.blocking !== null) {
       this.blocking.node.destroy(this.blocking.conn);
       this.blocking = null;
     }
     if (this.sub !== null) {
-      this.sub.conn.onClose = null;
+      this.sub.conn.onBorrowerLost = null;
       this.sub.node.destroy(this.sub.conn);
       this.sub = null;
     }
     this.subscriptions = 0;
-    this.blockedOnPinned = false;
   }
 
   close(): void {

@@ -1,8 +1,15 @@
-import { encodeCommand, type Arg } from "../resp/encode.js";
+import calculateSlot from "cluster-key-slot";
+import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
+import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
 import type { RespValue } from "../resp/values.js";
+import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamNode } from "../upstream/node.js";
-import type { ReplySink } from "../upstream/reply-sink.js";
 import type { Topology } from "../upstream/topology.js";
+import type { CommandTable } from "./command-table.js";
+import { FAN_OUT, type ClusterSender } from "./fan-out.js";
+import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
+import { RedirectingSink, type RedirectContext } from "./redirect.js";
+import { ScriptCache } from "./script-cache.js";
 
 /** Who is asking: the database to run in and which shared connection keeps their order. */
 export interface RouteContext {
@@ -10,27 +17,151 @@ export interface RouteContext {
   affinity: number;
 }
 
+/** slotOf() for a command without keys. */
+export const NO_KEYS = -1;
+/** slotOf() for a command whose keys hash to different slots. */
+export const CROSS_SLOT = -2;
+
+export const CROSSSLOT_ERROR = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/** Multi-key commands that may be split by slot: how their arguments group, and how replies merge. */
+const SPLITTABLE = new Map<string, { stride: number; merge: "sum" | "ok" | "position" }>([
+  ["mget", { stride: 1, merge: "position" }],
+  ["mset", { stride: 2, merge: "ok" }],
+  ["del", { stride: 1, merge: "sum" }],
+  ["unlink", { stride: 1, merge: "sum" }],
+  ["exists", { stride: 1, merge: "sum" }],
+  ["touch", { stride: 1, merge: "sum" }],
+]);
+
 /**
  * Decides where each command goes and sends it there. Client sessions and the gears
  * engine both reach Redis only through here.
  */
-export class Router {
-  constructor(readonly topology: Topology) {}
+export class Router implements ClusterSender {
+  readonly scripts = new ScriptCache();
+  private readonly cluster: ClusterTopology | null;
+  private readonly redirect: RedirectContext | null;
 
-  /** Forwards a client's command; the raw reply goes to `sink`. */
-  forward(argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
-    const node = this.nodeFor(argv);
-    node.send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db);
+  constructor(
+    readonly topology: Topology,
+    private readonly commands: CommandTable | null,
+    retryTimeoutMs: number,
+  ) {
+    this.cluster = topology.mode === "cluster" ? (topology as ClusterTopology) : null;
+    this.redirect =
+      this.cluster === null ? null : { topology: this.cluster, scripts: this.scripts, retryTimeoutMs };
   }
 
-  /** The node that should run `argv` (for commands that need a dedicated connection too). */
-  nodeFor(_argv: readonly Buffer[]): UpstreamNode {
-    return this.topology.nodeForSlot(0);
+  /** Forwards a client's command (`name` in lower case); the raw reply goes to `sink`. */
+  forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
+    if (this.cluster === null) {
+      this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db);
+      return;
+    }
+    const fanOut = FAN_OUT.get(name);
+    if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity);
+    const slot = this.slotOf(name, argv);
+    if (slot === CROSS_SLOT) return this.split(name, argv, sink, ctx.affinity);
+    if (name === "eval" || (name === "script" && argv[1]?.toString().toLowerCase() === "load")) {
+      this.scripts.remember(argv[name === "eval" ? 1 : 2] ?? Buffer.alloc(0));
+    }
+    const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
+    const node = this.cluster.route(slot, ctx.affinity);
+    new RedirectingSink(this.redirect!, raw ?? encodeCommand(argv), evalsha, sink, ctx.affinity, slot).send(
+      node,
+    );
   }
 
-  /** The proxy's own request, routed like a client's. */
+  /** The slot all keys of argv hash to, NO_KEYS, or CROSS_SLOT. */
+  slotOf(name: string, argv: readonly Buffer[]): number {
+    if (this.commands === null) return NO_KEYS;
+    const indexes = this.commands.keyIndexes(name, argv);
+    let slot = NO_KEYS;
+    for (const i of indexes) {
+      const s = calculateSlot(argv[i]);
+      if (slot === NO_KEYS) slot = s;
+      else if (s !== slot) return CROSS_SLOT;
+    }
+    return slot;
+  }
+
+  /**
+   * The node a command needing a dedicated connection (MULTI, blocking, subscribe) goes to,
+   * or the error to answer when its keys span slots.
+   */
+  nodeFor(name: string, argv: readonly Buffer[], affinity: number): UpstreamNode | string {
+    if (this.cluster === null) return this.topology.nodeForSlot(0);
+    const slot = this.slotOf(name, argv);
+    if (slot === CROSS_SLOT) return CROSSSLOT_ERROR;
+    return this.cluster.route(slot, affinity);
+  }
+
+  masters(): UpstreamNode[] {
+    return this.topology.masters();
+  }
+
+  /** The node for a slot, or for keyless commands (NO_KEYS) a master chosen by affinity. */
+  routeSlot(slot: number, affinity: number): UpstreamNode {
+    return this.cluster === null ? this.topology.nodeForSlot(0) : this.cluster.route(slot, affinity);
+  }
+
+  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number): void {
+    if (this.redirect === null) node.send(affinity, payload, sink, 0);
+    else new RedirectingSink(this.redirect, payload, null, sink, affinity, slot).send(node);
+  }
+
+  /** The proxy's own request, routed like a client's; error replies resolve as RespError. */
   call(argv: readonly Arg[], db = 0): Promise<RespValue> {
-    const node = this.topology.nodeForSlot(0);
-    return node.call(argv, db);
+    const sink = new PromiseSink();
+    const buffers = argv.map((a) => (Buffer.isBuffer(a) ? a : Buffer.from(String(a))));
+    this.forward(buffers[0].toString().toLowerCase(), buffers, null, sink, { db, affinity: 0 });
+    return sink.promise;
+  }
+
+  /** The same request on every master, replies in master order. */
+  callAll(argv: readonly Arg[]): Promise<RespValue[]> {
+    const payload = encodeCommand(argv);
+    return Promise.all(
+      this.masters().map((node) => {
+        const sink = new PromiseSink();
+        this.sendTo(node, payload, sink, 0, -1);
+        return sink.promise;
+      }),
+    );
+  }
+
+  /** A multi-key command across slots: split per slot where that is safe, else CROSSSLOT. */
+  private split(name: string, argv: Buffer[], sink: ReplySink, affinity: number): void {
+    const how = SPLITTABLE.get(name);
+    if (how === undefined || (argv.length - 1) % how.stride !== 0) {
+      sink.reply(encodeError(CROSSSLOT_ERROR));
+      return;
+    }
+    const groups = new Map<number, { args: Buffer[]; positions: number[] }>();
+    for (let i = 1, pos = 0; i < argv.length; i += how.stride, pos++) {
+      const slot = calculateSlot(argv[i]);
+      let group = groups.get(slot);
+      if (group === undefined) {
+        group = { args: [argv[0]], positions: [] };
+        groups.set(slot, group);
+      }
+      for (let j = 0; j < how.stride; j++) group.args.push(argv[i + j]);
+      group.positions.push(pos);
+    }
+    const parts = [...groups.entries()];
+    const merge =
+      how.merge === "sum"
+        ? mergeSum
+        : how.merge === "ok"
+          ? mergeAllOk
+          : mergeByPosition(
+              parts.map(([, g]) => g.positions),
+              (argv.length - 1) / how.stride,
+            );
+    const gather = new Gather(parts.length, merge, sink);
+    parts.forEach(([slot, group], i) => {
+      this.sendTo(this.cluster!.nodeForSlot(slot), encodeCommand(group.args), gather.part(i), affinity, slot);
+    });
   }
 }

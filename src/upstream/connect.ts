@@ -1,6 +1,7 @@
-import type { ProxyConfig } from "../config.js";
+import type { HostPort, ProxyConfig } from "../config.js";
 import type { Logger } from "../observability/log.js";
-import { RespError } from "../resp/values.js";
+import { RespError, type RespValue } from "../resp/values.js";
+import { ClusterTopology } from "./cluster-topology.js";
 import { UpstreamNode } from "./node.js";
 import { StandaloneTopology, type Topology } from "./topology.js";
 
@@ -9,46 +10,85 @@ export interface UpstreamInfo {
   topology: Topology;
   /** redis_version of the upstream, reported in HELLO. */
   version: string;
+  /** The reply of COMMAND (the upstream's command table), or null when it refused. */
+  commands: RespValue;
 }
 
 const STARTUP_RETRY_MS = 10_000;
 
-/**
- * Connects to the configured upstreams and finds out what they are. Waits a while for a
- * server that is still starting, then fails with a message that says which address.
- */
-export async function connectUpstream(config: ProxyConfig, log: Logger): Promise<UpstreamInfo> {
-  if (config.upstreams.length === 0) throw new Error("no upstream configured");
-  const seed = config.upstreams[0];
-  const options = {
+function nodeOptions(config: ProxyConfig) {
+  return {
     user: config.upstreamUser,
     password: config.upstreamPassword,
     connectTimeoutMs: config.connectTimeoutMs,
     sharedConnections: config.upstreamConnections,
   };
+}
+
+async function ask(node: UpstreamNode, argv: string[]): Promise<RespValue> {
+  const reply = await node.call(argv);
+  if (reply instanceof RespError) throw new Error(reply.message);
+  return reply;
+}
+
+/** Probes one seed: its version, whether it is a cluster node, and its command table. */
+async function probe(seed: HostPort, config: ProxyConfig) {
+  const node = new UpstreamNode(seed, nodeOptions(config));
+  try {
+    const server = String(await ask(node, ["INFO", "server"]));
+    const cluster = String(await ask(node, ["INFO", "cluster"]));
+    const commands = await node.call(["COMMAND"]);
+    return {
+      version: /redis_version:([^\r\n]+)/.exec(server)?.[1] ?? "7.0.0",
+      isCluster: /cluster_enabled:1/.test(cluster),
+      commands: commands instanceof RespError ? null : commands,
+      node,
+    };
+  } catch (err) {
+    node.close();
+    throw err;
+  }
+}
+
+/**
+ * Connects to the configured upstreams and finds out what they are: one server, or a
+ * cluster whose slot map is then loaded. Waits a while for a server that is still
+ * starting, then fails with a message that says which address.
+ */
+export async function connectUpstream(config: ProxyConfig, log: Logger): Promise<UpstreamInfo> {
+  if (config.upstreams.length === 0) throw new Error("no upstream configured");
   const deadline = Date.now() + STARTUP_RETRY_MS;
-  for (;;) {
-    const node = new UpstreamNode(seed, options);
+  for (let attempt = 0; ; attempt++) {
+    const seed = config.upstreams[attempt % config.upstreams.length];
     try {
-      const info = await node.call(["INFO", "server"]);
-      if (info instanceof RespError) throw new Error(info.message);
-      const text = info === null ? "" : info.toString();
-      const version = /redis_version:([^\r\n]+)/.exec(text)?.[1] ?? "7.0.0";
-      const cluster = await node.call(["INFO", "cluster"]);
-      if (
-        cluster !== null &&
-        !(cluster instanceof RespError) &&
-        /cluster_enabled:1/.test(cluster.toString())
-      ) {
-        node.close();
-        throw new Error("Redis Cluster upstreams are not supported yet");
+      const found = await probe(seed, config);
+      if (!found.isCluster) {
+        log.info(
+          { upstream: found.node.id, version: found.version, mode: "standalone" },
+          "connected to upstream",
+        );
+        return {
+          topology: new StandaloneTopology(found.node),
+          version: found.version,
+          commands: found.commands,
+        };
       }
-      log.info({ upstream: node.id, version, mode: "standalone" }, "connected to upstream");
-      return { topology: new StandaloneTopology(node), version };
+      found.node.close();
+      const topology = new ClusterTopology(config.upstreams, nodeOptions(config), log);
+      try {
+        await topology.refresh();
+      } catch (err) {
+        topology.close();
+        throw err;
+      }
+      log.info(
+        { masters: topology.masters().map((n) => n.id), version: found.version, mode: "cluster" },
+        "connected to upstream cluster",
+      );
+      return { topology, version: found.version, commands: found.commands };
     } catch (err) {
-      node.close();
       const message = err instanceof Error ? err.message : String(err);
-      if (/not supported|credentials|NOAUTH|WRONGPASS/.test(message) || Date.now() > deadline) {
+      if (/credentials|NOAUTH|WRONGPASS/.test(message) || Date.now() > deadline) {
         throw new Error(`cannot use upstream ${seed.host}:${seed.port}: ${message}`, { cause: err });
       }
       log.warn(

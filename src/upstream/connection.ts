@@ -41,8 +41,10 @@ export class UpstreamConnection {
   pushHandler: ((frame: Buffer) => void) | null = null;
   /** Called once the TCP connection is up. */
   onConnect: (() => void) | null = null;
-  /** Called once when the connection is gone, with the reason. */
+  /** Called once when the connection is gone, with the reason (for the node that owns it). */
   onClose: ((reason: string) => void) | null = null;
+  /** Called once when the connection is gone, for the client it is lent to. */
+  onBorrowerLost: ((reason: string) => void) | null = null;
 
   constructor(address: HostPort, options: ConnectionOptions) {
     this.address = address;
@@ -144,5 +146,6 @@ export class UpstreamConnection {
           : `ERR upstream ${where} unavailable: ${reason}`;
     for (const sink of this.waiting.drain()) sink.fail(message);
     this.onClose?.(message);
+    this.onBorrowerLost?.(message);
   }
 }

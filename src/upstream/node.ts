@@ -26,7 +26,11 @@ export class UpstreamNode {
 
   constructor(
     readonly address: HostPort,
-    private readonly options: ConnectionOptions & { sharedConnections: number },
+    private readonly options: ConnectionOptions & {
+      sharedConnections: number;
+      /** Told when a connection to this node fails, so the topology can be re-read. */
+      onLost?: () => void;
+    },
   ) {
     this.id = `${address.host}:${address.port}`;
     this.shared = new Array<UpstreamConnection | null>(Math.max(1, options.sharedConnections)).fill(null);
@@ -80,6 +84,7 @@ export class UpstreamNode {
   /** Takes back a lent connection whose state is clean (no MULTI, WATCH or subscription). */
   release(conn: UpstreamConnection): void {
     this.lent.delete(conn);
+    conn.onBorrowerLost = null;
     if (conn.closed || conn.pushHandler !== null) return;
     if (this.idle.length < MAX_IDLE_DEDICATED) this.idle.push(conn);
     else conn.close();
@@ -117,6 +122,7 @@ export class UpstreamNode {
       this.backoffMs = 0;
     };
     conn.onClose = (message) => {
+      this.options.onLost?.();
       if (answered) return;
       this.backoffMs = this.backoffMs === 0 ? FIRST_BACKOFF_MS : Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
       this.downUntil = Date.now() + this.backoffMs;

@@ -1,0 +1,213 @@
+import { encodeCommand, encodeError } from "../resp/encode.js";
+import type { Request } from "../resp/request-parser.js";
+import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
+import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "../routing/router.js";
+import type { UpstreamConnection } from "../upstream/connection.js";
+import type { UpstreamNode } from "../upstream/node.js";
+import type { ReplySlot } from "./reply-slot.js";
+
+/** What a transaction needs from the client session that owns it. */
+export interface TransactionHost {
+  readonly id: number;
+  readonly db: number;
+  readonly router: Router;
+  upstreamSlot(): ReplySlot;
+  replyError(message: string): void;
+  /** False when the request must wait for replies in flight (it will be run again). */
+  enterPinnedLane(request: Request): boolean;
+}
+
+/** Commands that change the client's own state, which a queued transaction cannot carry. */
+const NOT_IN_MULTI = new Set(["select", "client", "hello", "auth", "monitor", ...SUBSCRIBE_FAMILY]);
+
+/**
+ * MULTI/EXEC and WATCH for one client, on an upstream connection lent to it alone. In a
+ * cluster, every key of the transaction must hash to one slot, and the connection is
+ * chosen by the first key seen: MULTI and keyless commands before it wait in a queue.
+ */
+export class Transaction {
+  private node: UpstreamNode | null = null;
+  private conn: UpstreamConnection | null = null;
+  inMulti = false;
+  private watching = false;
+  /** A command was refused while queuing: EXEC must abort, as Redis does. */
+  private dirty = false;
+  /** The slot the transaction's keys hash to (cluster), or NO_KEYS. */
+  private slot = NO_KEYS;
+  /** Commands waiting for a connection (cluster: nothing with a key seen yet). */
+  private queue: { payload: Buffer; slot: ReplySlot }[] = [];
+  /** A blocking command runs on the pinned connection (WATCH then BLPOP). */
+  blocked = false;
+
+  constructor(private readonly host: TransactionHost) {}
+
+  /** True while the client holds a dedicated connection or is inside MULTI. */
+  get active(): boolean {
+    return this.conn !== null || this.inMulti;
+  }
+
+  get pinnedConnection(): UpstreamConnection | null {
+    return this.conn;
+  }
+
+  /** The slot of argv's keys, NO_KEYS, or CROSS_SLOT (always NO_KEYS in front of one server). */
+  private slotOf(name: string, argv: readonly Buffer[]): number {
+    const router = this.host.router;
+    return router.topology.mode === "cluster" ? router.slotOf(name, argv) : NO_KEYS;
+  }
+
+  /** Whether a command outside MULTI belongs on the pinned connection (same node's slot). */
+  owns(name: string, argv: readonly Buffer[]): boolean {
+    if (this.conn === null) return false;
+    const slot = this.slotOf(name, argv);
+    return slot === NO_KEYS || slot === this.slot || this.slot === NO_KEYS;
+  }
+
+  multi(request: Request): void {
+    if (this.conn === null && !this.host.enterPinnedLane(request)) return;
+    this.inMulti = true;
+    this.dirty = false;
+    const slot = this.host.upstreamSlot();
+    const payload = request.raw ?? encodeCommand(request.argv);
+    if (this.conn !== null) this.conn.send(payload, slot, this.host.db);
+    else if (this.host.router.topology.mode === "cluster") this.queue.push({ payload, slot });
+    else if (this.pin(NO_KEYS)) this.conn!.send(payload, slot, this.host.db);
+    else slot.fail(this.pinFailure);
+  }
+
+  watch(request: Request): void {
+    const slot = this.slotOf("watch", request.argv);
+    if (slot === CROSS_SLOT || (slot >= 0 && this.slot >= 0 && slot !== this.slot)) {
+      this.host.replyError(CROSSSLOT_ERROR);
+      return;
+    }
+    if (this.conn === null) {
+      if (!this.host.enterPinnedLane(request)) return;
+      if (!this.pin(slot)) {
+        this.host.replyError(this.pinFailure);
+        return;
+      }
+    }
+    if (slot >= 0) this.slot = slot;
+    this.watching = true;
+    this.conn!.send(request.raw ?? encodeCommand(request.argv), this.host.upstreamSlot(), this.host.db);
+  }
+
+  /** A command while WATCHing (not in MULTI): on the pinned connection. */
+  send(name: string, request: Request): void {
+    const slot = this.host.upstreamSlot();
+    if (name === "unwatch" || name === "exec" || name === "discard") {
+      this.watching = false;
+      slot.onReply = () => this.finish(false);
+    } else if (isBlocking(name, request.argv)) {
+      this.blocked = true;
+      slot.onReply = () => {
+        this.blocked = false;
+      };
+    }
+    this.conn!.send(request.raw ?? encodeCommand(request.argv), slot, this.host.db);
+  }
+
+  /** A command inside MULTI: queued on the server (or here, until a key picks the node). */
+  queueCommand(name: string, request: Request): void {
+    if (NOT_IN_MULTI.has(name) || name.startsWith("rg.")) {
+      this.dirty = true;
+      this.host.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
+      return;
+    }
+    if (name === "exec" || name === "discard") {
+      this.end(name, request);
+      return;
+    }
+    const keySlot = this.slotOf(name, request.argv);
+    if (keySlot === CROSS_SLOT || (keySlot >= 0 && this.slot >= 0 && keySlot !== this.slot)) {
+      this.dirty = true;
+      this.host.replyError(CROSSSLOT_ERROR);
+      return;
+    }
+    if (keySlot >= 0) this.slot = keySlot;
+    const payload = request.raw ?? encodeCommand(request.argv);
+    const slot = this.host.upstreamSlot();
+    if (this.conn === null && keySlot === NO_KEYS) {
+      this.queue.push({ payload, slot });
+      return;
+    }
+    if (this.conn === null && !this.pinAndFlush()) {
+      slot.fail(this.pinFailure);
+      return;
+    }
+    this.conn!.send(payload, slot, this.host.db);
+  }
+
+  private end(name: string, request: Request): void {
+    const abort = name === "exec" && this.dirty;
+    const slot = this.host.upstreamSlot();
+    this.inMulti = false;
+    this.watching = false;
+    this.dirty = false;
+    slot.onReply = (data) => {
+      this.finish(false);
+      if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
+      return data;
+    };
+    if (this.conn === null && !this.pinAndFlush()) {
+      slot.fail(this.pinFailure);
+      return;
+    }
+    const payload = abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
+    this.conn!.send(payload, slot, this.host.db);
+  }
+
+  private pinFailure = "";
+
+  /** Borrows a connection to the node of `slot` (any master for NO_KEYS). */
+  private pin(slot: number): boolean {
+    const router = this.host.router;
+    const node =
+      router.topology.mode === "cluster"
+        ? router.routeSlot(slot, this.host.id)
+        : router.topology.nodeForSlot(0);
+    const conn = node.acquire();
+    if (conn === null) {
+      this.pinFailure = node.failure;
+      return false;
+    }
+    this.node = node;
+    this.conn = conn;
+    conn.onBorrowerLost = () => this.finish(true);
+    return true;
+  }
+
+  /** Pins by the transaction's slot and sends what waited in the queue; on failure fails it. */
+  private pinAndFlush(): boolean {
+    const queued = this.queue;
+    this.queue = [];
+    if (!this.pin(this.slot)) {
+      for (const q of queued) q.slot.fail(this.pinFailure);
+      this.inMulti = false;
+      return false;
+    }
+    for (const q of queued) this.conn!.send(q.payload, q.slot, this.host.db);
+    return true;
+  }
+
+  /** Gives the connection back once no MULTI or WATCH needs it; `lost`: it died, or the client left. */
+  finish(lost: boolean): void {
+    if (!lost && (this.inMulti || this.watching)) return;
+    for (const q of this.queue) q.slot.fail("ERR transaction abandoned");
+    this.queue = [];
+    this.inMulti = false;
+    this.watching = false;
+    this.dirty = false;
+    this.blocked = false;
+    this.slot = NO_KEYS;
+    const node = this.node;
+    const conn = this.conn;
+    this.node = null;
+    this.conn = null;
+    if (node === null || conn === null) return;
+    conn.onBorrowerLost = null;
+    if (lost) node.destroy(conn);
+    else node.release(conn);
+  }
+}

@@ -1,0 +1,184 @@
+import type { RespValue } from "../resp/values.js";
+
+/** Where a key specification starts looking (Redis 7 key specs, begin_search). */
+type BeginSearch = { type: "index"; index: number } | { type: "keyword"; keyword: string; startFrom: number };
+/** How it finds the keys from there (find_keys). */
+type FindKeys =
+  | { type: "range"; lastKey: number; keyStep: number; limit: number }
+  | { type: "keynum"; keyNumIdx: number; firstKey: number; keyStep: number };
+
+interface KeySpec {
+  begin: BeginSearch;
+  find: FindKeys;
+}
+
+export interface CommandInfo {
+  name: string;
+  arity: number;
+  flags: Set<string>;
+  firstKey: number;
+  lastKey: number;
+  step: number;
+  specs: KeySpec[];
+  /** Container commands (OBJECT, XINFO...): their subcommands by lower-case name. */
+  subcommands: Map<string, CommandInfo>;
+}
+
+function str(v: RespValue | undefined): string {
+  return Buffer.isBuffer(v) ? v.toString() : typeof v === "string" ? v : String(v ?? "");
+}
+
+/** A RESP2 flat [key, value, key, value...] list as a lookup. */
+function pairs(v: RespValue | undefined): Map<string, RespValue> {
+  const map = new Map<string, RespValue>();
+  if (!Array.isArray(v)) return map;
+  for (let i = 0; i + 1 < v.length; i += 2) map.set(str(v[i]).toLowerCase(), v[i + 1]);
+  return map;
+}
+
+function num(v: RespValue | undefined): number {
+  return typeof v === "number" ? v : Number(str(v));
+}
+
+function parseKeySpec(raw: RespValue): KeySpec | null {
+  const spec = pairs(raw);
+  const begin = pairs(spec.get("begin_search"));
+  const find = pairs(spec.get("find_keys"));
+  const beginArgs = pairs(begin.get("spec"));
+  const findArgs = pairs(find.get("spec"));
+  let b: BeginSearch;
+  if (str(begin.get("type")) === "index") b = { type: "index", index: num(beginArgs.get("index")) };
+  else if (str(begin.get("type")) === "keyword") {
+    b = {
+      type: "keyword",
+      keyword: str(beginArgs.get("keyword")).toLowerCase(),
+      startFrom: num(beginArgs.get("startfrom")),
+    };
+  } else return null;
+  let f: FindKeys;
+  if (str(find.get("type")) === "range") {
+    f = {
+      type: "range",
+      lastKey: num(findArgs.get("lastkey")),
+      keyStep: num(findArgs.get("keystep")),
+      limit: num(findArgs.get("limit")),
+    };
+  } else if (str(find.get("type")) === "keynum") {
+    f = {
+      type: "keynum",
+      keyNumIdx: num(findArgs.get("keynumidx")),
+      firstKey: num(findArgs.get("firstkey")),
+      keyStep: num(findArgs.get("keystep")),
+    };
+  } else return null;
+  return { begin: b, find: f };
+}
+
+function parseCommand(raw: RespValue): CommandInfo | null {
+  if (!Array.isArray(raw) || raw.length < 6) return null;
+  const specs = Array.isArray(raw[8]) ? raw[8].map(parseKeySpec).filter((s): s is KeySpec => s !== null) : [];
+  const subcommands = new Map<string, CommandInfo>();
+  if (Array.isArray(raw[9])) {
+    for (const sub of raw[9]) {
+      const info = parseCommand(sub);
+      // Subcommands are named "container|sub".
+      if (info !== null) subcommands.set(info.name.slice(info.name.indexOf("|") + 1), info);
+    }
+  }
+  return {
+    name: str(raw[0]).toLowerCase(),
+    arity: num(raw[1]),
+    flags: new Set(Array.isArray(raw[2]) ? raw[2].map((f) => str(f).toLowerCase()) : []),
+    firstKey: num(raw[3]),
+    lastKey: num(raw[4]),
+    step: num(raw[5]),
+    specs,
+    subcommands,
+  };
+}
+
+/**
+ * The upstream's own command table (the reply of COMMAND), used to find which arguments
+ * are keys, so new and module commands route without a table of our own.
+ */
+export class CommandTable {
+  private readonly commands = new Map<string, CommandInfo>();
+
+  constructor(reply: RespValue) {
+    if (!Array.isArray(reply)) return;
+    for (const raw of reply) {
+      const info = parseCommand(raw);
+      if (info !== null) this.commands.set(info.name, info);
+    }
+  }
+
+  get size(): number {
+    return this.commands.size;
+  }
+
+  /** The entry for argv (the subcommand's, for container commands); undefined if unknown. */
+  lookup(name: string, argv: readonly Buffer[]): CommandInfo | undefined {
+    const info = this.commands.get(name);
+    if (info === undefined || info.subcommands.size === 0 || argv.length < 2) return info;
+    return info.subcommands.get(argv[1].toString("latin1").toLowerCase()) ?? info;
+  }
+
+  /** Indexes of the key arguments of argv, as Redis itself would find them. */
+  keyIndexes(name: string, argv: readonly Buffer[]): number[] {
+    const info = this.lookup(name, argv);
+    if (info === undefined) return [];
+    if (info.specs.length === 0) return legacyKeys(info, argv.length);
+    const keys: number[] = [];
+    for (const spec of info.specs) {
+      const first = beginSearch(spec.begin, argv);
+      if (first === 0) continue;
+      for (const i of findKeys(spec.find, first, argv)) if (!keys.includes(i)) keys.push(i);
+    }
+    return keys;
+  }
+}
+
+function beginSearch(begin: BeginSearch, argv: readonly Buffer[]): number {
+  const argc = argv.length;
+  if (begin.type === "index") return begin.index < argc ? begin.index : 0;
+  const forward = begin.startFrom > 0;
+  const start = forward ? begin.startFrom : argc + begin.startFrom;
+  const end = forward ? argc - 1 : 0;
+  for (let i = start; i !== end; i += forward ? 1 : -1) {
+    if (i >= argc || i < 1) break;
+    if (argv[i].toString("latin1").toLowerCase() === begin.keyword) return i + 1;
+  }
+  return 0;
+}
+
+function findKeys(find: FindKeys, first: number, argv: readonly Buffer[]): number[] {
+  const argc = argv.length;
+  let last: number;
+  let step: number;
+  if (find.type === "range") {
+    step = find.keyStep;
+    if (find.lastKey >= 0) last = first + find.lastKey;
+    else if (find.limit === 0) last = argc + find.lastKey;
+    else last = first + Math.floor((argc - first) / find.limit) + find.lastKey;
+  } else {
+    step = find.keyStep;
+    const at = first + find.keyNumIdx;
+    if (at >= argc) return [];
+    const numKeys = Number(argv[at].toString());
+    if (!Number.isInteger(numKeys) || numKeys < 0) return [];
+    first += find.firstKey;
+    last = first + (numKeys - 1) * step;
+  }
+  const out: number[] = [];
+  for (let i = first; i <= last && i < argc; i += Math.max(step, 1)) out.push(i);
+  return out;
+}
+
+/** Pre-Redis-7 servers: first key, last key, step from the command's fixed positions. */
+function legacyKeys(info: CommandInfo, argc: number): number[] {
+  if (info.firstKey <= 0) return [];
+  const last = info.lastKey < 0 ? argc + info.lastKey : info.lastKey;
+  const out: number[] = [];
+  for (let i = info.firstKey; i <= last && i < argc; i += Math.max(info.step, 1)) out.push(i);
+  return out;
+}

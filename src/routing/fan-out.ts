@@ -1,0 +1,141 @@
+import { decodeReply } from "../resp/decode.js";
+import { encodeCommand, encodeError, encodeValue, NULL_BULK } from "../resp/encode.js";
+import type { UpstreamNode } from "../upstream/node.js";
+import type { ReplySink } from "../upstream/reply-sink.js";
+import {
+  Gather,
+  firstError,
+  mergeAllOk,
+  mergeAnd,
+  mergeConcat,
+  mergeFirst,
+  mergeMin,
+  mergeSum,
+} from "./merge.js";
+
+/** What fan-out handlers need from the router. */
+export interface ClusterSender {
+  masters(): UpstreamNode[];
+  /** Sends to one node, following redirects; `slot` -1 for keyless commands. */
+  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number): void;
+}
+
+type FanOut = (r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number) => void;
+
+/** Sends argv to every master and merges the replies with `merge`. */
+function toAll(merge: (replies: Buffer[]) => Buffer): FanOut {
+  return (r, argv, sink, affinity) => {
+    const masters = r.masters();
+    const gather = new Gather(masters.length, merge, sink);
+    const payload = encodeCommand(argv);
+    masters.forEach((node, i) => r.sendTo(node, payload, gather.part(i), affinity, -1));
+  };
+}
+
+/** Keyless commands that concern one node: any master will do. */
+function toOne(r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number): void {
+  const masters = r.masters();
+  r.sendTo(masters[affinity % masters.length], encodeCommand(argv), sink, affinity, -1);
+}
+
+/** Picks a handler by subcommand (SCRIPT LOAD, FUNCTION FLUSH...), defaulting to one node. */
+function bySubcommand(table: Record<string, FanOut>): FanOut {
+  return (r, argv, sink, affinity) => {
+    const sub = argv[1]?.toString().toLowerCase() ?? "";
+    (table[sub] ?? toOne)(r, argv, sink, affinity);
+  };
+}
+
+/** RANDOMKEY: ask the masters in turn, from a random one, until one has a key. */
+const randomKey: FanOut = (r, argv, sink, affinity) => {
+  const masters = r.masters();
+  const start = Math.floor(Math.random() * masters.length);
+  const payload = encodeCommand(argv);
+  const attempt = (i: number): void => {
+    if (i === masters.length) return sink.reply(NULL_BULK);
+    r.sendTo(
+      masters[(start + i) % masters.length],
+      payload,
+      {
+        reply: (data) => (data[0] === 36 && data[1] === 45 /* $- */ ? attempt(i + 1) : sink.reply(data)),
+        fail: (message) => sink.fail(message),
+      },
+      affinity,
+      -1,
+    );
+  };
+  attempt(0);
+};
+
+/** Bits of a proxy SCAN cursor that name the master; the rest is that master's cursor. */
+const SHARD_BITS = 10n;
+
+/**
+ * SCAN across masters, one after another. The proxy's cursor is the master's own cursor
+ * shifted left, with the master's index (by slot order) in the low bits, so it stays a
+ * plain number below 2^63 as clients expect.
+ */
+const scan: FanOut = (r, argv, sink, affinity) => {
+  const masters = r.masters();
+  let cursor: bigint;
+  try {
+    cursor = BigInt(argv[1]?.toString() ?? "x");
+  } catch {
+    return sink.reply(encodeError("ERR invalid cursor"));
+  }
+  const index = Number(cursor & ((1n << SHARD_BITS) - 1n));
+  if (cursor < 0n || index >= masters.length) return sink.reply(encodeError("ERR invalid cursor"));
+  const shardCursor = cursor >> SHARD_BITS;
+  const sub = [argv[0], Buffer.from(shardCursor.toString()), ...argv.slice(2)];
+  r.sendTo(
+    masters[index],
+    encodeCommand(sub),
+    {
+      reply: (data) => {
+        const value = decodeReply(data);
+        if (!Array.isArray(value) || value.length !== 2) return sink.reply(data);
+        const next = BigInt(value[0]!.toString());
+        let proxyCursor: bigint;
+        if (next !== 0n) proxyCursor = (next << SHARD_BITS) | BigInt(index);
+        else proxyCursor = index + 1 < masters.length ? BigInt(index + 1) : 0n;
+        sink.reply(encodeValue([Buffer.from(proxyCursor.toString()), value[1]]));
+      },
+      fail: (message) => sink.fail(message),
+    },
+    affinity,
+    -1,
+  );
+};
+
+/** INFO-like replies are left to the client session; these are the keyless commands that span shards. */
+export const FAN_OUT = new Map<string, FanOut>([
+  ["dbsize", toAll(mergeSum)],
+  ["keys", toAll(mergeConcat)],
+  ["flushall", toAll(mergeAllOk)],
+  ["flushdb", toAll(mergeAllOk)],
+  ["wait", toAll(mergeMin)],
+  ["randomkey", randomKey],
+  ["scan", scan],
+  [
+    "script",
+    bySubcommand({
+      load: toAll(mergeFirst),
+      flush: toAll(mergeAllOk),
+      exists: toAll(mergeAnd),
+      kill: toAll((replies) => replies.find((r) => r[0] === 43) ?? firstError(replies)!),
+    }),
+  ],
+  [
+    "function",
+    bySubcommand({
+      load: toAll(mergeFirst),
+      delete: toAll(mergeFirst),
+      flush: toAll(mergeAllOk),
+      restore: toAll(mergeAllOk),
+    }),
+  ],
+  [
+    "config",
+    bySubcommand({ set: toAll(mergeAllOk), resetstat: toAll(mergeAllOk), rewrite: toAll(mergeAllOk) }),
+  ],
+]);

@@ -1,0 +1,102 @@
+import { decodeReply } from "../resp/decode.js";
+import { encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
+import type { RespValue } from "../resp/values.js";
+import type { ReplySink } from "../upstream/reply-sink.js";
+
+/**
+ * Collects the replies of the sub-requests of one client command and merges them into
+ * one reply once all are in. Each part is a sink of its own.
+ */
+export class Gather {
+  private readonly replies: Buffer[];
+  private remaining: number;
+
+  constructor(
+    count: number,
+    private readonly done: (replies: Buffer[]) => Buffer,
+    private readonly target: ReplySink,
+  ) {
+    this.replies = new Array<Buffer>(count);
+    this.remaining = count;
+    if (count === 0) target.reply(done([]));
+  }
+
+  part(index: number): ReplySink {
+    return {
+      reply: (data) => this.settle(index, data),
+      fail: (message) => this.settle(index, encodeError(message)),
+    };
+  }
+
+  private settle(index: number, data: Buffer): void {
+    this.replies[index] = data;
+    if (--this.remaining === 0) this.target.reply(this.done(this.replies));
+  }
+}
+
+/** The first error among raw replies, if any. */
+export function firstError(replies: Buffer[]): Buffer | undefined {
+  return replies.find((r) => r[0] === 45 /* - */);
+}
+
+/** Counts added up (DEL, EXISTS, DBSIZE...). */
+export function mergeSum(replies: Buffer[]): Buffer {
+  const error = firstError(replies);
+  if (error) return error;
+  return encodeInteger(replies.reduce((sum, r) => sum + Number(decodeReply(r)), 0));
+}
+
+/** OK when every part said OK (MSET, FLUSHALL...). */
+export function mergeAllOk(replies: Buffer[]): Buffer {
+  return firstError(replies) ?? OK;
+}
+
+/** The smallest count (WAIT). */
+export function mergeMin(replies: Buffer[]): Buffer {
+  const error = firstError(replies);
+  if (error) return error;
+  return encodeInteger(Math.min(...replies.map((r) => Number(decodeReply(r)))));
+}
+
+/** Arrays concatenated (KEYS). */
+export function mergeConcat(replies: Buffer[]): Buffer {
+  const error = firstError(replies);
+  if (error) return error;
+  const all: RespValue[] = [];
+  for (const r of replies) {
+    const v = decodeReply(r);
+    if (Array.isArray(v)) all.push(...v);
+  }
+  return encodeValue(all);
+}
+
+/** Element-wise AND of 0/1 arrays (SCRIPT EXISTS). */
+export function mergeAnd(replies: Buffer[]): Buffer {
+  const error = firstError(replies);
+  if (error) return error;
+  const arrays = replies.map((r) => decodeReply(r) as number[]);
+  return encodeValue(arrays[0].map((_, i) => (arrays.every((a) => a[i] === 1) ? 1 : 0)));
+}
+
+/** The same reply from every node (SCRIPT LOAD, FUNCTION LOAD): the first one, or an error. */
+export function mergeFirst(replies: Buffer[]): Buffer {
+  return firstError(replies) ?? replies[0];
+}
+
+/**
+ * MGET split by slot: each part answered for some key positions; put every value back
+ * at its key's position, nulls included.
+ */
+export function mergeByPosition(positions: number[][], total: number): (replies: Buffer[]) => Buffer {
+  return (replies) => {
+    const error = firstError(replies);
+    if (error) return error;
+    const out = new Array<RespValue>(total).fill(null);
+    replies.forEach((r, part) => {
+      const values = decodeReply(r);
+      if (!Array.isArray(values)) return;
+      positions[part].forEach((pos, i) => (out[pos] = values[i]));
+    });
+    return encodeValue(out);
+  };
+}

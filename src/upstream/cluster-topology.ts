@@ -1,0 +1,166 @@
+import type { HostPort } from "../config.js";
+import type { Logger } from "../observability/log.js";
+import { RespError, type RespValue } from "../resp/values.js";
+import type { ConnectionOptions } from "./connection.js";
+import { UpstreamNode } from "./node.js";
+import type { Topology } from "./topology.js";
+
+export const SLOT_COUNT = 16384;
+const PERIODIC_REFRESH_MS = 10_000;
+const MIN_REFRESH_GAP_MS = 100;
+
+type NodeOptions = ConnectionOptions & { sharedConnections: number };
+
+/** One master and the slots it serves, as CLUSTER SLOTS reported them. */
+interface ShardView {
+  master: HostPort;
+  ranges: [number, number][];
+}
+
+function text(v: RespValue | undefined): string {
+  return Buffer.isBuffer(v) ? v.toString() : typeof v === "string" ? v : "";
+}
+
+/** Reads a CLUSTER SLOTS reply; `queried` stands in for masters announced with an empty host. */
+export function parseClusterSlots(reply: RespValue, queried: HostPort): ShardView[] {
+  if (!Array.isArray(reply)) throw new Error("unexpected CLUSTER SLOTS reply");
+  const byMaster = new Map<string, ShardView>();
+  for (const entry of reply) {
+    if (!Array.isArray(entry) || entry.length < 3 || !Array.isArray(entry[2])) continue;
+    const [start, end, master] = entry;
+    let host = text(master[0]);
+    if (host === "" || host === "?") host = queried.host;
+    const port = Number(master[1]);
+    const key = `${host}:${port}`;
+    let shard = byMaster.get(key);
+    if (shard === undefined) {
+      shard = { master: { host, port }, ranges: [] };
+      byMaster.set(key, shard);
+    }
+    shard.ranges.push([Number(start), Number(end)]);
+  }
+  return [...byMaster.values()];
+}
+
+/**
+ * The slot map of a Redis Cluster and a node object for each master. It refreshes from
+ * CLUSTER SLOTS periodically, on MOVED, and when a connection to a node is lost;
+ * refreshes are coalesced so a storm of redirects costs one query.
+ */
+export class ClusterTopology implements Topology {
+  readonly mode = "cluster" as const;
+  private readonly slots = new Array<UpstreamNode | undefined>(SLOT_COUNT);
+  private readonly nodes = new Map<string, UpstreamNode>();
+  /** Masters ordered by their first slot: stable across failovers, so SCAN cursors stay valid. */
+  private masterList: UpstreamNode[] = [];
+  private refreshing: Promise<void> | null = null;
+  private lastRefresh = 0;
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(
+    private readonly seeds: HostPort[],
+    private readonly options: NodeOptions,
+    private readonly log: Logger,
+  ) {
+    this.timer = setInterval(() => void this.refresh().catch(() => {}), PERIODIC_REFRESH_MS);
+    this.timer.unref();
+  }
+
+  nodeForSlot(slot: number): UpstreamNode {
+    return this.slots[slot] ?? this.masterList[0];
+  }
+
+  masters(): UpstreamNode[] {
+    return this.masterList;
+  }
+
+  /** The node for a slot, or for a keyless command (slot -1) a master chosen by affinity. */
+  route(slot: number, affinity: number): UpstreamNode {
+    if (slot >= 0) return this.nodeForSlot(slot);
+    return this.masterList[affinity % this.masterList.length];
+  }
+
+  /** The node at an address a redirect named, created if the map does not know it yet. */
+  nodeAt(host: string, port: number): UpstreamNode {
+    const id = `${host}:${port}`;
+    let node = this.nodes.get(id);
+    if (node === undefined) {
+      node = new UpstreamNode({ host, port }, { ...this.options, onLost: () => this.scheduleRefresh() });
+      this.nodes.set(id, node);
+    }
+    return node;
+  }
+
+  /** A MOVED reply: the slot lives elsewhere now. Fix that slot at once, then re-read the map. */
+  moved(slot: number, node: UpstreamNode): void {
+    this.slots[slot] = node;
+    this.scheduleRefresh();
+  }
+
+  /** Asks for a refresh soon, without starting a second one while one runs. */
+  scheduleRefresh(): void {
+    if (this.refreshing !== null || this.closed) return;
+    const wait = Math.max(0, this.lastRefresh + MIN_REFRESH_GAP_MS - Date.now());
+    this.refreshing = new Promise<void>((resolve) => setTimeout(resolve, wait))
+      .then(() => this.load())
+      .catch((err: Error) => this.log.warn({ err: err.message }, "cluster topology refresh failed"))
+      .finally(() => {
+        this.refreshing = null;
+      });
+  }
+
+  /** Re-reads the slot map now (or joins the refresh already running). */
+  refresh(): Promise<void> {
+    if (this.refreshing === null) {
+      this.refreshing = this.load().finally(() => {
+        this.refreshing = null;
+      });
+    }
+    return this.refreshing;
+  }
+
+  private async load(): Promise<void> {
+    this.lastRefresh = Date.now();
+    const candidates = [...this.masterList, ...this.seeds.map((s) => this.nodeAt(s.host, s.port))];
+    let lastError = "no node answered";
+    for (const node of candidates) {
+      if (node.down) continue;
+      try {
+        const reply = await node.call(["CLUSTER", "SLOTS"]);
+        if (reply instanceof RespError) throw new Error(reply.message);
+        const shards = parseClusterSlots(reply, node.address);
+        if (shards.length === 0) throw new Error("the cluster has no slots assigned");
+        this.apply(shards);
+        return;
+      } catch (err) {
+        lastError = `${node.id}: ${err instanceof Error ? err.message : String(err)}`;
+      }
+    }
+    throw new Error(lastError);
+  }
+
+  private apply(shards: ShardView[]): void {
+    const masters: { node: UpstreamNode; first: number }[] = [];
+    for (const shard of shards) {
+      const node = this.nodeAt(shard.master.host, shard.master.port);
+      let first = SLOT_COUNT;
+      for (const [start, end] of shard.ranges) {
+        for (let s = start; s <= end; s++) this.slots[s] = node;
+        first = Math.min(first, start);
+      }
+      masters.push({ node, first });
+    }
+    masters.sort((a, b) => a.first - b.first);
+    const before = this.masterList.map((n) => n.id).join(",");
+    this.masterList = masters.map((m) => m.node);
+    const after = this.masterList.map((n) => n.id).join(",");
+    if (before !== after) this.log.info({ masters: this.masterList.map((n) => n.id) }, "cluster topology");
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const node of this.nodes.values()) node.close();
+  }
+}
