@@ -24,6 +24,12 @@ interface Dedicated {
 
 /** Stop reading from a client whose replies pile up beyond this; resume on drain. */
 const PAUSE_READING_BYTES = 4 * 1024 * 1024;
+/**
+ * Commands one client may have at the upstreams at once. Beyond it the client's input
+ * waits, so one client pipelining without reading cannot make the proxy hold an
+ * unbounded number of replies.
+ */
+const MAX_IN_FLIGHT = 128;
 /** Redis' client-query-buffer-limit: unparsed input a client may leave with us. */
 const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
@@ -167,7 +173,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
           this.execute(request);
           continue;
         }
-        if (this.blocking !== null || this.txn.blocked) {
+        if (
+          this.blocking !== null ||
+          this.txn.blocked ||
+          this.readingPaused ||
+          this.inFlight >= MAX_IN_FLIGHT
+        ) {
           this.stalled = true;
           break;
         }
@@ -412,6 +423,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     if (!this.readingPaused || this.closed) return;
     this.readingPaused = false;
     this.socket.resume();
+    this.processInput();
   }
 
   private endAfterWrite(): void {
@@ -451,7 +463,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   }
 
   private release(): void {
-    this.txn.finish(true);
+    this.txn.abandon();
     if (this.blocking !== null) {
       this.blocking.node.destroy(this.blocking.conn);
       this.blocking = null;

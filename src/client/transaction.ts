@@ -38,6 +38,8 @@ export class Transaction {
   private queue: { payload: Buffer; slot: ReplySlot }[] = [];
   /** A blocking command runs on the pinned connection (WATCH then BLPOP). */
   blocked = false;
+  /** The connection died inside MULTI: refuse everything until EXEC or DISCARD ends it. */
+  private broken = false;
 
   constructor(private readonly host: TransactionHost) {}
 
@@ -72,7 +74,10 @@ export class Transaction {
     if (this.conn !== null) this.conn.send(payload, slot, this.host.db);
     else if (this.host.router.topology.mode === "cluster") this.queue.push({ payload, slot });
     else if (this.pin(NO_KEYS)) this.conn!.send(payload, slot, this.host.db);
-    else slot.fail(this.pinFailure);
+    else {
+      this.inMulti = false;
+      slot.fail(this.pinFailure);
+    }
   }
 
   watch(request: Request): void {
@@ -110,6 +115,10 @@ export class Transaction {
 
   /** A command inside MULTI: queued on the server (or here, until a key picks the node). */
   queueCommand(name: string, request: Request): void {
+    if (this.broken) {
+      this.refuseBroken(name);
+      return;
+    }
     if (NOT_IN_MULTI.has(name) || name.startsWith("rg.")) {
       this.dirty = true;
       this.host.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
@@ -174,7 +183,7 @@ export class Transaction {
     }
     this.node = node;
     this.conn = conn;
-    conn.onBorrowerLost = () => this.finish(true);
+    conn.onBorrowerLost = () => this.connectionLost();
     return true;
   }
 
@@ -189,6 +198,40 @@ export class Transaction {
     }
     for (const q of queued) this.conn!.send(q.payload, q.slot, this.host.db);
     return true;
+  }
+
+  /**
+   * The pinned connection died. Inside MULTI the transaction is gone, but the client does
+   * not know yet: keep refusing its commands until its EXEC or DISCARD, so none of them
+   * runs outside the transaction it meant.
+   */
+  private connectionLost(): void {
+    const inMulti = this.inMulti;
+    this.finish(true);
+    if (inMulti) {
+      this.inMulti = true;
+      this.broken = true;
+    }
+  }
+
+  private refuseBroken(name: string): void {
+    if (name === "exec" || name === "discard") {
+      this.broken = false;
+      this.inMulti = false;
+      this.host.replyError(
+        name === "exec"
+          ? "EXECABORT Transaction discarded because the upstream connection was lost."
+          : "ERR transaction discarded: the upstream connection was lost",
+      );
+      return;
+    }
+    this.host.replyError("ERR transaction aborted: the upstream connection was lost; send EXEC or DISCARD");
+  }
+
+  /** The client is leaving or resetting: drop everything. */
+  abandon(): void {
+    this.broken = false;
+    this.finish(true);
   }
 
   /** Gives the connection back once no MULTI or WATCH needs it; `lost`: it died, or the client left. */

@@ -5,7 +5,6 @@ import { OutputBuffer } from "../io/output-buffer.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
 import { ReplyScanner } from "../resp/reply-scanner.js";
 import type { RespValue } from "../resp/values.js";
-import { RespError } from "../resp/values.js";
 import { DISCARD, PromiseSink, type ReplySink } from "./reply-sink.js";
 
 export interface ConnectionOptions {
@@ -107,15 +106,17 @@ export class UpstreamConnection {
 
   private authenticate(options: ConnectionOptions): void {
     const argv = options.user ? ["AUTH", options.user, options.password!] : ["AUTH", options.password!];
-    this.call(argv).then(
-      (reply) => {
-        if (reply instanceof RespError) {
-          this.authFailure = reply.message;
-          this.socket.destroy();
-        }
+    // Fail everything queued behind AUTH at once, before its replies (NOAUTH) reach anyone.
+    const sink: ReplySink = {
+      reply: (data) => {
+        if (data[0] !== 45 /* - */) return;
+        this.authFailure = data.toString("utf8", 1, data.length - 2);
+        this.socket.destroy();
+        this.lose("authentication failed");
       },
-      () => {},
-    );
+      fail: () => {},
+    };
+    this.send(encodeCommand(argv), sink);
   }
 
   private onData(chunk: Buffer): void {
@@ -123,7 +124,7 @@ export class UpstreamConnection {
     scanner.push(chunk);
     let reply: Buffer | null;
     try {
-      while ((reply = scanner.next()) !== null) {
+      while (!this.closedFlag && (reply = scanner.next()) !== null) {
         const sink = this.waiting.shift();
         if (sink !== undefined) sink.reply(reply);
         else if (this.pushHandler !== null) this.pushHandler(reply);
