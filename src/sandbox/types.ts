@@ -1,0 +1,51 @@
+/**
+ * The contract between the sandbox (QuickJS isolates in worker threads) and whoever
+ * creates isolates (the gears engine). The sandbox knows nothing of Redis: it runs guest
+ * code, enforces limits, and forwards the guest's host calls to a HostBridge.
+ */
+
+/** Values that cross between host and guest: plain JSON. */
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+export interface IsolateLimits {
+  /** Hard cap of the isolate's WebAssembly memory, in MiB (ScriptMemoryLimitMB). */
+  memoryLimitMb: number;
+  /** CPU time one entry into the guest may take, in ms (ScriptTimeoutMS). */
+  timeoutMs: number;
+}
+
+/** Why a guest entry failed. */
+export type SandboxErrorKind =
+  | "syntax" // the script does not parse
+  | "throw" // guest code threw
+  | "timeout" // the entry ran past timeoutMs (interrupt or watchdog)
+  | "memory" // the isolate ran out of its memory cap
+  | "stack" // guest recursion too deep
+  | "aborted" // abort() was called
+  | "terminated"; // the isolate is gone (disposed, or its worker died)
+
+export class SandboxError extends Error {
+  constructor(
+    readonly kind: SandboxErrorKind,
+    message: string,
+    /** Line in the user's script (filename "script") where it happened, when known. */
+    readonly line?: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The host side of the guest's calls. In the guest these are reachable as
+ * `__host.callSync(name, ...args)` (blocks the guest until the host answers, returns the
+ * value or throws an Error with the host's message), `__host.callAsync(name, ...args)`
+ * (returns a guest Promise; calls are collected and handed over in batches when the guest
+ * yields, so many can be in flight) and `__host.notify(name, ...args)` (fire and forget,
+ * batched; for logs).
+ */
+export interface HostBridge {
+  callSync(name: string, args: JsonValue[]): Promise<JsonValue>;
+  /** One batch of async calls; results in the same order (a rejected one is its error message). */
+  callAsync(calls: { name: string; args: JsonValue[] }[]): Promise<({ ok: JsonValue } | { error: string })[]>;
+  notify(name: string, args: JsonValue[]): void;
+}
