@@ -38,25 +38,56 @@ export function proxySection(ctx: ProxyContext): string {
 const PROXY_ONLY = new Set(["proxy"]);
 const WITH_PROXY = new Set(["", "default", "all", "everything", "proxy"]);
 
+function field(info: string, name: string): string | undefined {
+  return new RegExp(`^${name}:(.*)$`, "m").exec(info)?.[1]?.trim();
+}
+
+/**
+ * In front of a cluster: one line per shard, then the first master's own sections with
+ * the Keyspace section summed over every shard.
+ */
+async function clusterInfo(ctx: ProxyContext, sections: string[]): Promise<string> {
+  const replies = await ctx.router.callAll(["INFO", ...sections]);
+  const texts = replies.map((r) => (Buffer.isBuffer(r) ? r.toString() : ""));
+  const masters = ctx.router.topology.masters();
+  const shardLines = texts.map((t, i) => {
+    const keys = /^db0:keys=(\d+)/m.exec(t)?.[1] ?? "0";
+    return `shard${i}:addr=${masters[i]?.id},keys=${keys},used_memory=${field(t, "used_memory") ?? "?"}`;
+  });
+  const totals = new Map<string, number>();
+  for (const t of texts) {
+    for (const m of t.matchAll(/^(db\d+):keys=(\d+)/gm))
+      totals.set(m[1], (totals.get(m[1]) ?? 0) + Number(m[2]));
+  }
+  let first = texts[0] ?? "";
+  if (/^# Keyspace/m.test(first)) {
+    const keyspace = [...totals].map(([db, n]) => `${db}:keys=${n}`).join("\r\n");
+    first = first.replace(/# Keyspace\r\n[\s\S]*$/, `# Keyspace\r\n${keyspace}${keyspace ? "\r\n" : ""}`);
+  }
+  return `# Shards\r\n${shardLines.join("\r\n")}\r\n\r\n${first}`;
+}
+
 /** INFO: the proxy's section first, then the server's own sections. */
 export const infoCommand: LocalCommand = (session, { argv }) => {
+  const ctx = session.ctx;
   const sections = argv.slice(1).map((a) => a.toString().toLowerCase());
   const wantsProxy = sections.length === 0 || sections.some((s) => WITH_PROXY.has(s));
-  const ours = wantsProxy ? proxySection(session.ctx) : "";
+  const ours = wantsProxy ? proxySection(ctx) : "";
   const upstreamSections = sections.filter((s) => !PROXY_ONLY.has(s));
   if (sections.length > 0 && upstreamSections.length === 0) {
     session.replyNow(encodeBulk(ours));
     return;
   }
   const slot = session.laterSlot();
-  session.ctx.router.call(["INFO", ...upstreamSections]).then(
-    (reply) => {
-      if (reply instanceof RespError) slot.reply(encodeError(reply.message));
-      else {
-        const theirs = Buffer.isBuffer(reply) ? reply.toString() : "";
-        slot.reply(encodeBulk(ours + (ours && theirs ? "\r\n" : "") + theirs));
-      }
-    },
-    (err: Error) => slot.fail(err.message),
+  const theirs =
+    ctx.router.topology.mode === "cluster"
+      ? clusterInfo(ctx, upstreamSections)
+      : ctx.router.call(["INFO", ...upstreamSections]).then((reply) => {
+          if (reply instanceof RespError) throw new Error(reply.message);
+          return Buffer.isBuffer(reply) ? reply.toString() : "";
+        });
+  theirs.then(
+    (text) => slot.reply(encodeBulk(ours + (ours && text ? "\r\n" : "") + text)),
+    (err: Error) => slot.reply(encodeError(err.message)),
   );
 };

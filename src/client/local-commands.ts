@@ -1,6 +1,7 @@
 import { encodeBulk, encodeSimple, encodeValue, OK } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { clientCommand } from "./client-command.js";
+import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
 import { infoCommand } from "./info-command.js";
 import type { ClientSession } from "./session.js";
 
@@ -129,7 +130,8 @@ const hello: LocalCommand = (session, { argv }) => {
     return;
   }
   if (name !== null) session.name = name;
-  const mode = session.ctx.router.topology.mode;
+  const cluster = session.ctx.config.clusterEmulation || session.ctx.router.topology.mode === "cluster";
+  const mode = cluster ? "cluster" : "standalone";
   session.replyNow(
     encodeValue([
       Buffer.from("server"),
@@ -170,4 +172,8 @@ export const LOCAL_COMMANDS = new Map<string, LocalCommand>([
   ["info", infoCommand],
   ["monitor", monitor],
   ["shutdown", shutdown],
+  ["cluster", clusterCommand],
+  ["readonly", clusterFlagCommand],
+  ["readwrite", clusterFlagCommand],
+  ["asking", clusterFlagCommand],
 ]);

@@ -1,0 +1,101 @@
+import { createHash } from "node:crypto";
+import calculateSlot from "cluster-key-slot";
+import { encodeBulk, encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
+import type { RespValue } from "../resp/values.js";
+import type { ProxyContext } from "./context.js";
+import type { LocalCommand } from "./local-commands.js";
+import type { ClientSession } from "./session.js";
+
+/** The node the proxy pretends to be: a stable id derived from its announced address. */
+function self(ctx: ProxyContext): { id: string; host: string; port: number } {
+  const host = ctx.config.announceHost ?? ctx.config.bind;
+  const port = ctx.config.announcePort ?? ctx.config.port;
+  const id = createHash("sha1").update(`gears-proxy ${host}:${port}`).digest("hex");
+  return { id, host, port };
+}
+
+function bulk(text: string): Buffer {
+  return Buffer.from(text);
+}
+
+const EMULATED: Record<string, (session: ClientSession, argv: Buffer[]) => void> = {
+  slots(session) {
+    const me = self(session.ctx);
+    session.replyNow(encodeValue([[0, 16383, [bulk(me.host), me.port, bulk(me.id)]]]));
+  },
+  shards(session) {
+    const me = self(session.ctx);
+    const node: RespValue[] = [
+      bulk("id"),
+      bulk(me.id),
+      bulk("port"),
+      me.port,
+      bulk("ip"),
+      bulk(me.host),
+      bulk("endpoint"),
+      bulk(me.host),
+      bulk("role"),
+      bulk("master"),
+      bulk("replication-offset"),
+      0,
+      bulk("health"),
+      bulk("online"),
+    ];
+    session.replyNow(encodeValue([[bulk("slots"), [0, 16383], bulk("nodes"), [node]]]));
+  },
+  nodes(session) {
+    const me = self(session.ctx);
+    const line = `${me.id} ${me.host}:${me.port}@${me.port + 10000} myself,master - 0 0 1 connected 0-16383\n`;
+    session.replyNow(encodeBulk(line));
+  },
+  info(session) {
+    const lines = [
+      "cluster_enabled:1",
+      "cluster_state:ok",
+      "cluster_slots_assigned:16384",
+      "cluster_slots_ok:16384",
+      "cluster_slots_pfail:0",
+      "cluster_slots_fail:0",
+      "cluster_known_nodes:1",
+      "cluster_size:1",
+      "cluster_current_epoch:1",
+      "cluster_my_epoch:1",
+    ];
+    session.replyNow(encodeBulk(lines.join("\r\n") + "\r\n"));
+  },
+  myid(session) {
+    session.replyNow(encodeBulk(self(session.ctx).id));
+  },
+  keyslot(session, argv) {
+    if (argv.length !== 3)
+      return session.replyError("ERR wrong number of arguments for 'cluster|keyslot' command");
+    session.replyNow(encodeInteger(calculateSlot(argv[2])));
+  },
+};
+
+/**
+ * CLUSTER: with --cluster-emulation the proxy presents itself as a one-node cluster that
+ * owns every slot, so cluster-mode clients (ioredis Cluster, redis-cli -c) work through
+ * it; otherwise the command goes to the upstream like any other.
+ */
+export const clusterCommand: LocalCommand = (session, request) => {
+  const sub = request.argv[1]?.toString().toLowerCase() ?? "";
+  if (session.ctx.config.clusterEmulation) {
+    const handler = EMULATED[sub];
+    if (handler !== undefined) return handler(session, request.argv);
+    if (sub === "") return session.replyError("ERR wrong number of arguments for 'cluster' command");
+    return void session.replyNow(
+      encodeError(
+        `ERR CLUSTER ${sub.toUpperCase()} is not available through gears-proxy's cluster emulation`,
+      ),
+    );
+  }
+  session.forward("cluster", request);
+};
+
+/** READONLY/READWRITE/ASKING: connection flags of a cluster client, meaningless to the proxy. */
+export const clusterFlagCommand: LocalCommand = (session, request) => {
+  const clusterLike = session.ctx.config.clusterEmulation || session.ctx.router.topology.mode === "cluster";
+  if (clusterLike) session.replyNow(OK);
+  else session.forward(request.argv[0].toString().toLowerCase(), request);
+};
