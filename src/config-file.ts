@@ -146,6 +146,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     defaultText: "256mb",
   },
   {
+    flag: "read-from-replicas",
+    key: "readFromReplicas",
+    kind: "flag",
+    describe:
+      "Send read-only commands to replicas (cluster mode); writes and everything else still go to masters.",
+    defaultText: "false",
+  },
+  {
     flag: "cluster-emulation",
     key: "clusterEmulation",
     kind: "flag",

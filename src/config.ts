@@ -34,6 +34,8 @@ export interface ProxyConfig {
    * mark, so this mainly bounds pub/sub clients, which cannot be paused.
    */
   clientOutputBufferLimit: number;
+  /** Send read-only commands to replicas (cluster mode). */
+  readFromReplicas: boolean;
   /** Present the proxy as a one-node cluster to cluster-mode clients. */
   clusterEmulation: boolean;
   /** Address announced by the emulated cluster (defaults to bind:port). */
@@ -55,6 +57,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   protoMaxBulkLen: 512 * 1024 * 1024,
   clientOutputBufferLimit: 256 * 1024 * 1024,
   clusterEmulation: false,
+  readFromReplicas: false,
 };
 
 /** Parses "host:port", "[v6]:port" or a bare port; throws with a message fit for a user. */

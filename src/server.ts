@@ -4,7 +4,9 @@ import type { ProxyContext, ProxyStats } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
+import { GearsEngine } from "./gears/engine.js";
 import { CommandTable } from "./routing/command-table.js";
+import { Isolate } from "./sandbox/isolate.js";
 import { Router } from "./routing/router.js";
 import { connectUpstream } from "./upstream/connect.js";
 
@@ -35,17 +37,22 @@ export class ProxyServer {
       protocolErrors: 0,
       outputLimitDisconnections: 0,
     };
+    const router = new Router(
+      upstream.topology,
+      upstream.commands === null ? null : new CommandTable(upstream.commands),
+      this.config.clusterRetryTimeoutMs,
+      this.config.readFromReplicas,
+    );
     const ctx: ProxyContext = {
       config: this.config,
       log: this.log,
-      router: new Router(
-        upstream.topology,
-        upstream.commands === null ? null : new CommandTable(upstream.commands),
-        this.config.clusterRetryTimeoutMs,
-      ),
+      router,
       clients: new ClientRegistry(),
       stats,
       upstreamVersion: upstream.version,
+      gears: new GearsEngine(router, this.log.child({ component: "gears" }), (limits, bridge) =>
+        Isolate.create(limits, bridge),
+      ),
     };
     this.context = ctx;
     const listener = net.createServer((socket) => this.accept(ctx, socket));

@@ -1,6 +1,7 @@
 import type { ProxyConfig } from "../config.js";
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
+import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
 
 /** Counters shown in INFO's Proxy section. */
@@ -22,4 +23,6 @@ export interface ProxyContext {
   stats: ProxyStats;
   /** redis_version of the upstream, reported by HELLO. */
   upstreamVersion: string;
+  /** The RG.* commands' engine. */
+  gears: GearsEngine;
 }

@@ -5,6 +5,7 @@ import { ProtocolError, RequestParser, type Request } from "../resp/request-pars
 import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
+import { holdsClient, runGearsCommand } from "../gears/commands.js";
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
@@ -75,6 +76,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   private subscriptions = 0;
   /** processInput stopped early (lane switch or blocking call) and must run again on a reply. */
   private stalled = false;
+  /** Replies the client must have before its next command runs (blocking RG.* commands). */
+  private holds = 0;
 
   constructor(
     private readonly socket: Socket,
@@ -176,6 +179,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
         if (
           this.blocking !== null ||
           this.txn.blocked ||
+          this.holds > 0 ||
           this.readingPaused ||
           this.inFlight >= MAX_IN_FLIGHT
         ) {
@@ -233,7 +237,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       local(this, request);
       return;
     }
-    if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
+    if (name.startsWith("rg.")) this.runGears(name, request);
+    else if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
     else if (name === "multi") this.txn.multi(request);
     else if (name === "watch") this.txn.watch(request);
     else if (this.txn.owns(name, request.argv)) this.txn.send(name, request);
@@ -279,6 +284,21 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     const pinned = this.txn.pinnedConnection;
     if (pinned !== null) pinned.send(encodeCommand(argv), slot, db);
     else this.ctx.router.forward("select", argv, null, slot, { db, affinity: this.id });
+  }
+
+  /** An RG.* command: answered by the gears engine; blocking ones hold this client's next commands. */
+  private runGears(name: string, request: Request): void {
+    const slot = this.laterSlot();
+    const args = request.argv.slice(1);
+    const hold = holdsClient(name, args);
+    if (hold) this.holds++;
+    void runGearsCommand(this.ctx.gears, name, args).then((reply) => {
+      if (hold) {
+        this.holds--;
+        this.stalled = true;
+      }
+      slot.reply(reply);
+    });
   }
 
   /** Borrows a connection to the node for argv, or answers the error and returns null. */

@@ -4,6 +4,7 @@ import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "../routing/router.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
+import { DISCARD } from "../upstream/reply-sink.js";
 import type { ReplySlot } from "./reply-slot.js";
 
 /** What a transaction needs from the client session that owns it. */
@@ -22,8 +23,10 @@ const NOT_IN_MULTI = new Set(["select", "client", "hello", "auth", "monitor", ..
 
 /**
  * MULTI/EXEC and WATCH for one client, on an upstream connection lent to it alone. In a
- * cluster, every key of the transaction must hash to one slot, and the connection is
- * chosen by the first key seen: MULTI and keyless commands before it wait in a queue.
+ * cluster, every key of the transaction must hash to one slot. MULTI starts on any master;
+ * if the first key lives elsewhere, the transaction moves there: the first node's MULTI is
+ * discarded, and MULTI with the keyless commands queued so far is replayed on the key's
+ * node (the client already has their replies).
  */
 export class Transaction {
   private node: UpstreamNode | null = null;
@@ -34,8 +37,8 @@ export class Transaction {
   private dirty = false;
   /** The slot the transaction's keys hash to (cluster), or NO_KEYS. */
   private slot = NO_KEYS;
-  /** Commands waiting for a connection (cluster: nothing with a key seen yet). */
-  private queue: { payload: Buffer; slot: ReplySlot }[] = [];
+  /** MULTI and the keyless commands after it, to replay if the transaction moves to another node. */
+  private replay: Buffer[] = [];
   /** A blocking command runs on the pinned connection (WATCH then BLPOP). */
   blocked = false;
   /** The connection died inside MULTI: refuse everything until EXEC or DISCARD ends it. */
@@ -67,17 +70,16 @@ export class Transaction {
 
   multi(request: Request): void {
     if (this.conn === null && !this.host.enterPinnedLane(request)) return;
+    const slot = this.host.upstreamSlot();
+    if (this.conn === null && !this.pin(NO_KEYS)) {
+      slot.fail(this.pinFailure);
+      return;
+    }
     this.inMulti = true;
     this.dirty = false;
-    const slot = this.host.upstreamSlot();
     const payload = request.raw ?? encodeCommand(request.argv);
-    if (this.conn !== null) this.conn.send(payload, slot, this.host.db);
-    else if (this.host.router.topology.mode === "cluster") this.queue.push({ payload, slot });
-    else if (this.pin(NO_KEYS)) this.conn!.send(payload, slot, this.host.db);
-    else {
-      this.inMulti = false;
-      slot.fail(this.pinFailure);
-    }
+    this.replay = this.host.router.topology.mode === "cluster" ? [payload] : [];
+    this.conn!.send(payload, slot, this.host.db);
   }
 
   watch(request: Request): void {
@@ -134,18 +136,35 @@ export class Transaction {
       this.host.replyError(CROSSSLOT_ERROR);
       return;
     }
-    if (keySlot >= 0) this.slot = keySlot;
     const payload = request.raw ?? encodeCommand(request.argv);
-    const slot = this.host.upstreamSlot();
-    if (this.conn === null && keySlot === NO_KEYS) {
-      this.queue.push({ payload, slot });
-      return;
+    if (keySlot >= 0 && this.slot === NO_KEYS) {
+      this.slot = keySlot;
+      if (!this.moveTo(keySlot)) {
+        this.host.upstreamSlot().fail(this.pinFailure);
+        return;
+      }
     }
-    if (this.conn === null && !this.pinAndFlush()) {
-      slot.fail(this.pinFailure);
-      return;
+    const cluster = this.host.router.topology.mode === "cluster";
+    if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS) this.replay.push(payload);
+    this.conn!.send(payload, this.host.upstreamSlot(), this.host.db);
+  }
+
+  /** Moves an open transaction to the node of `slot`, replaying what it queued so far. */
+  private moveTo(slot: number): boolean {
+    const node = this.host.router.routeSlot(slot, this.host.id);
+    if (node === this.node) return true;
+    const old = { node: this.node!, conn: this.conn! };
+    old.conn.onBorrowerLost = null;
+    old.conn.send(encodeCommand(["DISCARD"]), DISCARD);
+    old.node.release(old.conn);
+    this.node = null;
+    this.conn = null;
+    if (!this.pin(slot)) {
+      this.finish(true);
+      return false;
     }
-    this.conn!.send(payload, slot, this.host.db);
+    for (const payload of this.replay) this.conn!.send(payload, DISCARD, this.host.db);
+    return true;
   }
 
   private end(name: string, request: Request): void {
@@ -159,10 +178,6 @@ export class Transaction {
       if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
       return data;
     };
-    if (this.conn === null && !this.pinAndFlush()) {
-      slot.fail(this.pinFailure);
-      return;
-    }
     const payload = abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
     this.conn!.send(payload, slot, this.host.db);
   }
@@ -184,19 +199,6 @@ export class Transaction {
     this.node = node;
     this.conn = conn;
     conn.onBorrowerLost = () => this.connectionLost();
-    return true;
-  }
-
-  /** Pins by the transaction's slot and sends what waited in the queue; on failure fails it. */
-  private pinAndFlush(): boolean {
-    const queued = this.queue;
-    this.queue = [];
-    if (!this.pin(this.slot)) {
-      for (const q of queued) q.slot.fail(this.pinFailure);
-      this.inMulti = false;
-      return false;
-    }
-    for (const q of queued) this.conn!.send(q.payload, q.slot, this.host.db);
     return true;
   }
 
@@ -237,8 +239,7 @@ export class Transaction {
   /** Gives the connection back once no MULTI or WATCH needs it; `lost`: it died, or the client left. */
   finish(lost: boolean): void {
     if (!lost && (this.inMulti || this.watching)) return;
-    for (const q of this.queue) q.slot.fail("ERR transaction abandoned");
-    this.queue = [];
+    this.replay = [];
     this.inMulti = false;
     this.watching = false;
     this.dirty = false;

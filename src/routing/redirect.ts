@@ -1,4 +1,4 @@
-import { encodeCommand } from "../resp/encode.js";
+import { encodeCommand, encodeError } from "../resp/encode.js";
 import { CONNECTION_LOST } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import { DISCARD, type ReplySink } from "../upstream/reply-sink.js";
@@ -44,6 +44,7 @@ function parseRedirect(
 export class RedirectingSink implements ReplySink {
   private node!: UpstreamNode;
   private redirects = 0;
+  private retries = 0;
   private readonly deadline: number;
   private scriptLoaded = false;
 
@@ -77,7 +78,12 @@ export class RedirectingSink implements ReplySink {
     const code = errorCode(data);
     if (code === "MOVED" || code === "ASK") {
       const where = parseRedirect(data, this.node);
-      if (where === null || ++this.redirects > MAX_REDIRECTS) return false;
+      if (where === null) return false;
+      if (++this.redirects > MAX_REDIRECTS) {
+        // A client of the proxy cannot follow a redirect itself: never hand one through.
+        this.target.reply(encodeError(`ERR cluster redirections did not settle for slot ${where.slot}`));
+        return true;
+      }
       const node = this.ctx.topology.nodeAt(where.host, where.port);
       if (code === "MOVED") {
         this.ctx.topology.moved(where.slot, node);
@@ -90,8 +96,7 @@ export class RedirectingSink implements ReplySink {
       }
       return true;
     }
-    if (code === "TRYAGAIN") return this.retryLater(false);
-    if (code === "CLUSTERDOWN") return this.retryLater(true);
+    if (code === "TRYAGAIN" || code === "CLUSTERDOWN") return this.retryLater(code === "CLUSTERDOWN");
     if (code === "NOSCRIPT" && this.isEvalsha !== null && !this.scriptLoaded) {
       const body = this.ctx.scripts.body(this.isEvalsha.toString());
       if (body === undefined) return false;
@@ -107,12 +112,15 @@ export class RedirectingSink implements ReplySink {
     const now = Date.now();
     if (now >= this.deadline) return false;
     if (refresh) this.ctx.topology.scheduleRefresh();
-    const delay = Math.min(50 * 2 ** Math.min(this.redirects++, 4), this.deadline - now);
+    const delay = Math.min(50 * 2 ** Math.min(this.retries++, 4), this.deadline - now);
+    // Start again from the slot's owner: an ASK target would only answer MOVED without ASKING,
+    // and after a refresh the slot may be served elsewhere.
+    this.redirects = 0;
     const node = this.node;
-    setTimeout(() => {
-      // After a refresh the slot may be served elsewhere: look it up again.
-      this.send(refresh ? this.ctx.topology.route(this.slot, this.affinity) : node);
-    }, delay);
+    setTimeout(
+      () => this.send(this.slot >= 0 ? this.ctx.topology.route(this.slot, this.affinity) : node),
+      delay,
+    );
     return true;
   }
 }

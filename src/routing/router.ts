@@ -47,6 +47,8 @@ export class Router implements ClusterSender {
     readonly topology: Topology,
     private readonly commands: CommandTable | null,
     retryTimeoutMs: number,
+    /** Send read-only commands to replicas (--read-from-replicas). */
+    private readonly readFromReplicas = false,
   ) {
     this.cluster = topology.mode === "cluster" ? (topology as ClusterTopology) : null;
     this.redirect =
@@ -59,18 +61,26 @@ export class Router implements ClusterSender {
       this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db);
       return;
     }
+    if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
+    else if (name === "script" && argv.length === 3 && argv[1].toString().toLowerCase() === "load") {
+      this.scripts.remember(argv[2]);
+    }
     const fanOut = FAN_OUT.get(name);
     if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity);
     const slot = this.slotOf(name, argv);
     if (slot === CROSS_SLOT) return this.split(name, argv, sink, ctx.affinity);
-    if (name === "eval" || (name === "script" && argv[1]?.toString().toLowerCase() === "load")) {
-      this.scripts.remember(argv[name === "eval" ? 1 : 2] ?? Buffer.alloc(0));
-    }
     const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
-    const node = this.cluster.route(slot, ctx.affinity);
+    const node =
+      this.readFromReplicas && slot >= 0 && this.isReadOnly(name, argv)
+        ? this.cluster.replicaFor(slot, ctx.affinity)
+        : this.cluster.route(slot, ctx.affinity);
     new RedirectingSink(this.redirect!, raw ?? encodeCommand(argv), evalsha, sink, ctx.affinity, slot).send(
       node,
     );
+  }
+
+  private isReadOnly(name: string, argv: readonly Buffer[]): boolean {
+    return this.commands?.lookup(name, argv)?.flags.has("readonly") ?? false;
   }
 
   /** The slot all keys of argv hash to, NO_KEYS, or CROSS_SLOT. */
@@ -134,8 +144,12 @@ export class Router implements ClusterSender {
   /** A multi-key command across slots: split per slot where that is safe, else CROSSSLOT. */
   private split(name: string, argv: Buffer[], sink: ReplySink, affinity: number): void {
     const how = SPLITTABLE.get(name);
-    if (how === undefined || (argv.length - 1) % how.stride !== 0) {
+    if (how === undefined) {
       sink.reply(encodeError(CROSSSLOT_ERROR));
+      return;
+    }
+    if ((argv.length - 1) % how.stride !== 0) {
+      sink.reply(encodeError(`ERR wrong number of arguments for '${name}' command`));
       return;
     }
     const groups = new Map<number, { args: Buffer[]; positions: number[] }>();

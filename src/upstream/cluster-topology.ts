@@ -14,6 +14,9 @@ type NodeOptions = ConnectionOptions & { sharedConnections: number };
 /** One master and the slots it serves, as CLUSTER SLOTS reported them. */
 interface ShardView {
   master: HostPort;
+  replicas: HostPort[];
+  /** The master's cluster node id. */
+  id: string;
   ranges: [number, number][];
 }
 
@@ -34,8 +37,16 @@ export function parseClusterSlots(reply: RespValue, queried: HostPort): ShardVie
     const key = `${host}:${port}`;
     let shard = byMaster.get(key);
     if (shard === undefined) {
-      shard = { master: { host, port }, ranges: [] };
+      shard = { master: { host, port }, replicas: [], id: text(master[2]), ranges: [] };
       byMaster.set(key, shard);
+      for (const replica of entry.slice(3)) {
+        if (!Array.isArray(replica)) continue;
+        const replicaHost = text(replica[0]);
+        shard.replicas.push({
+          host: replicaHost === "" || replicaHost === "?" ? queried.host : replicaHost,
+          port: Number(replica[1]),
+        });
+      }
     }
     shard.ranges.push([Number(start), Number(end)]);
   }
@@ -50,6 +61,8 @@ export function parseClusterSlots(reply: RespValue, queried: HostPort): ShardVie
 export class ClusterTopology implements Topology {
   readonly mode = "cluster" as const;
   private readonly slots = new Array<UpstreamNode | undefined>(SLOT_COUNT);
+  /** Replicas of each master, for --read-from-replicas. */
+  private replicasOf = new Map<UpstreamNode, UpstreamNode[]>();
   private readonly nodes = new Map<string, UpstreamNode>();
   /** Masters ordered by their first slot: stable across failovers, so SCAN cursors stay valid. */
   private masterList: UpstreamNode[] = [];
@@ -75,19 +88,53 @@ export class ClusterTopology implements Topology {
     return this.masterList;
   }
 
+  slotRanges(): [number, number, number][] {
+    const index = new Map(this.masterList.map((n, i) => [n, i]));
+    const ranges: [number, number, number][] = [];
+    for (let s = 0; s < SLOT_COUNT; s++) {
+      const owner = index.get(this.slots[s]!);
+      if (owner === undefined) continue;
+      const last = ranges[ranges.length - 1];
+      if (last !== undefined && last[2] === owner && last[1] === s - 1) last[1] = s;
+      else ranges.push([s, s, owner]);
+    }
+    return ranges;
+  }
+
   /** The node for a slot, or for a keyless command (slot -1) a master chosen by affinity. */
   route(slot: number, affinity: number): UpstreamNode {
     if (slot >= 0) return this.nodeForSlot(slot);
     return this.masterList[affinity % this.masterList.length];
   }
 
+  /** A replica serving `slot` chosen by affinity, or its master when it has none. */
+  replicaFor(slot: number, affinity: number): UpstreamNode {
+    const master = this.nodeForSlot(slot);
+    const replicas = (this.replicasOf.get(master) ?? []).filter((r) => !r.down);
+    return replicas.length === 0 ? master : replicas[affinity % replicas.length];
+  }
+
   /** The node at an address a redirect named, created if the map does not know it yet. */
   nodeAt(host: string, port: number): UpstreamNode {
+    return this.nodeIn(this.nodes, host, port, false);
+  }
+
+  private readonly replicaNodes = new Map<string, UpstreamNode>();
+
+  private nodeIn(
+    map: Map<string, UpstreamNode>,
+    host: string,
+    port: number,
+    readOnly: boolean,
+  ): UpstreamNode {
     const id = `${host}:${port}`;
-    let node = this.nodes.get(id);
+    let node = map.get(id);
     if (node === undefined) {
-      node = new UpstreamNode({ host, port }, { ...this.options, onLost: () => this.scheduleRefresh() });
-      this.nodes.set(id, node);
+      node = new UpstreamNode(
+        { host, port },
+        { ...this.options, readOnly, onLost: () => this.scheduleRefresh() },
+      );
+      map.set(id, node);
     }
     return node;
   }
@@ -142,8 +189,14 @@ export class ClusterTopology implements Topology {
 
   private apply(shards: ShardView[]): void {
     const masters: { node: UpstreamNode; first: number }[] = [];
+    const replicasOf = new Map<UpstreamNode, UpstreamNode[]>();
     for (const shard of shards) {
       const node = this.nodeAt(shard.master.host, shard.master.port);
+      replicasOf.set(
+        node,
+        shard.replicas.map((r) => this.nodeIn(this.replicaNodes, r.host, r.port, true)),
+      );
+      node.clusterId = shard.id;
       let first = SLOT_COUNT;
       for (const [start, end] of shard.ranges) {
         for (let s = start; s <= end; s++) this.slots[s] = node;
@@ -152,6 +205,7 @@ export class ClusterTopology implements Topology {
       masters.push({ node, first });
     }
     masters.sort((a, b) => a.first - b.first);
+    this.replicasOf = replicasOf;
     const before = this.masterList.map((n) => n.id).join(",");
     this.masterList = masters.map((m) => m.node);
     const after = this.masterList.map((n) => n.id).join(",");
@@ -162,5 +216,6 @@ export class ClusterTopology implements Topology {
     this.closed = true;
     clearInterval(this.timer);
     for (const node of this.nodes.values()) node.close();
+    for (const node of this.replicaNodes.values()) node.close();
   }
 }

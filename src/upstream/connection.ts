@@ -11,6 +11,8 @@ export interface ConnectionOptions {
   user?: string;
   password?: string;
   connectTimeoutMs: number;
+  /** A replica connection: send READONLY first so it serves reads of its slots. */
+  readOnly?: boolean;
 }
 
 export const CONNECTION_LOST = "ERR upstream connection lost";
@@ -61,6 +63,7 @@ export class UpstreamConnection {
     this.socket.on("error", (err) => this.lose(err.message));
     this.socket.on("close", () => this.lose("closed by the server"));
     if (options.password !== undefined) this.authenticate(options);
+    if (options.readOnly) this.send(encodeCommand(["READONLY"]), DISCARD);
   }
 
   get closed(): boolean {

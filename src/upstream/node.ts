@@ -17,6 +17,8 @@ const MAX_BACKOFF_MS = 2000;
  */
 export class UpstreamNode {
   readonly id: string;
+  /** The node's id in its Redis Cluster (40 hex characters); zeros for a lone server. */
+  clusterId = "0".repeat(40);
   private readonly shared: (UpstreamConnection | null)[];
   private readonly idle: UpstreamConnection[] = [];
   private readonly lent = new Set<UpstreamConnection>();
@@ -28,6 +30,7 @@ export class UpstreamNode {
     readonly address: HostPort,
     private readonly options: ConnectionOptions & {
       sharedConnections: number;
+      readOnly?: boolean;
       /** Told when a connection to this node fails, so the topology can be re-read. */
       onLost?: () => void;
     },

@@ -5,8 +5,12 @@ export interface Topology {
   readonly mode: "standalone" | "cluster";
   /** The master serving `slot` (standalone: the one server for every slot). */
   nodeForSlot(slot: number): UpstreamNode;
-  /** Every master, each once. */
+  /** Every master, each once, ordered by the first slot they serve. */
   masters(): UpstreamNode[];
+  /** Slot ranges as [first, last, index into masters()]. */
+  slotRanges(): [number, number, number][];
+  /** Re-reads the topology now (no-op for one server). */
+  refresh(): Promise<void>;
   close(): void;
 }
 
@@ -22,6 +26,12 @@ export class StandaloneTopology implements Topology {
   masters(): UpstreamNode[] {
     return [this.node];
   }
+
+  slotRanges(): [number, number, number][] {
+    return [[0, 16383, 0]];
+  }
+
+  async refresh(): Promise<void> {}
 
   close(): void {
     this.node.close();

@@ -1,0 +1,1102 @@
+/**
+ * Pass-through benchmark: redis-benchmark against redis-server directly, gears-proxy and
+ * twemproxy (nutcracker) in front of the same server, then gears-proxy in front of a
+ * 3-master cluster beside `redis-benchmark --cluster` against the shards directly; plus the
+ * proxy's RSS with idle clients and under load. Every figure is the median of alternating
+ * rounds run side by side in this one invocation. See `--help`.
+ */
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { startCluster, type RedisCluster } from "../spec/harness/cluster.js";
+import { freePort } from "../spec/harness/ports.js";
+import { startRedis, type RedisNode } from "../spec/harness/redis.js";
+import { sendCommand, type RespValue } from "../spec/harness/resp.js";
+
+// ---- options -----------------------------------------------------------------------------
+
+const ALL_TESTS = ["set", "get", "incr", "lpush", "lrange_100", "mset"] as const;
+type TestName = (typeof ALL_TESTS)[number];
+const ALL_TARGETS = ["direct", "gears", "twemproxy"] as const;
+type Target = (typeof ALL_TARGETS)[number];
+type Mode = "standalone" | "cluster";
+
+interface Options {
+  rounds: number;
+  seconds: number;
+  tests: TestName[];
+  pipelines: number[];
+  sizes: number[];
+  clients: number;
+  keyspace: number;
+  targets: Target[];
+  standalone: boolean;
+  cluster: boolean;
+  memory: boolean;
+  idleClients: number;
+  profileDir: string | undefined;
+  json: string | undefined;
+}
+
+const HELP = `Usage: node dist/bench/passthrough.js [options]
+
+  --quick              one round of get,set,mset at -d 3, 0.4 s per measurement
+  --rounds N           alternating rounds; medians are reported (default 3)
+  --seconds S          target duration of one measurement; -n is sized from the rates seen (default 0.6)
+  --tests LIST         of ${ALL_TESTS.join(",")} (default all)
+  --pipelines LIST     redis-benchmark -P values (default 1,16)
+  --sizes LIST         redis-benchmark -d values (default 3,1024)
+  --clients N          redis-benchmark -c (default 50)
+  --keyspace N         redis-benchmark -r (default 100000)
+  --targets LIST       of direct,gears,twemproxy for the standalone part (default all)
+  --no-standalone      skip the standalone part
+  --no-cluster         skip the cluster part
+  --no-memory          skip the idle-clients RSS measurement
+  --idle-clients N     idle clients for the RSS measurement (default 1000)
+  --profile DIR        run each gears-proxy under node --cpu-prof (profiles land in DIR) and
+                       print its hottest functions at the end
+  --json FILE          also write every sample as JSON
+  --help
+
+Profile example: --profile /tmp/prof --targets gears --no-cluster --no-memory --tests get --sizes 3 --rounds 1 --seconds 5
+`;
+
+function list(text: string, what: string): string[] {
+  const items = text
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+  if (items.length === 0) throw new Error(`${what}: empty list`);
+  return items;
+}
+
+function numbers(text: string, what: string): number[] {
+  return list(text, what).map((s) => {
+    const n = Number(s);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`${what}: '${s}' is not a positive number`);
+    return n;
+  });
+}
+
+function oneOf<T extends string>(allowed: readonly T[], text: string, what: string): T[] {
+  return list(text, what).map((s) => {
+    const found = allowed.find((a) => a === s.toLowerCase());
+    if (found === undefined) throw new Error(`${what}: '${s}' is not one of ${allowed.join(",")}`);
+    return found;
+  });
+}
+
+function parseOptions(argv: string[]): Options | null {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: "boolean" },
+      rounds: { type: "string" },
+      seconds: { type: "string" },
+      tests: { type: "string" },
+      pipelines: { type: "string" },
+      sizes: { type: "string" },
+      clients: { type: "string" },
+      keyspace: { type: "string" },
+      targets: { type: "string" },
+      "no-standalone": { type: "boolean" },
+      "no-cluster": { type: "boolean" },
+      "no-memory": { type: "boolean" },
+      "idle-clients": { type: "string" },
+      profile: { type: "string" },
+      json: { type: "string" },
+      help: { type: "boolean" },
+    },
+    strict: true,
+  });
+  if (values.help === true) {
+    process.stdout.write(HELP);
+    return null;
+  }
+  const quick = values.quick === true;
+  const one = (text: string | undefined, fallback: number, what: string): number =>
+    text === undefined ? fallback : numbers(text, what)[0];
+  return {
+    rounds: Math.round(one(values.rounds, quick ? 1 : 3, "--rounds")),
+    seconds: one(values.seconds, quick ? 0.4 : 0.6, "--seconds"),
+    tests: oneOf(ALL_TESTS, values.tests ?? (quick ? "get,set,mset" : ALL_TESTS.join(",")), "--tests"),
+    pipelines: numbers(values.pipelines ?? "1,16", "--pipelines").map(Math.round),
+    sizes: numbers(values.sizes ?? (quick ? "3" : "3,1024"), "--sizes").map(Math.round),
+    clients: Math.round(one(values.clients, 50, "--clients")),
+    keyspace: Math.round(one(values.keyspace, 100_000, "--keyspace")),
+    targets: oneOf(ALL_TARGETS, values.targets ?? ALL_TARGETS.join(","), "--targets"),
+    standalone: values["no-standalone"] !== true,
+    cluster: values["no-cluster"] !== true,
+    memory: values["no-memory"] !== true,
+    idleClients: Math.round(one(values["idle-clients"], 1000, "--idle-clients")),
+    profileDir: values.profile,
+    json: values.json,
+  };
+}
+
+// ---- processes -----------------------------------------------------------------------------
+
+const HOST = "127.0.0.1";
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+const PROXY_CLI = path.join(REPO, "dist", "src", "cli.js");
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A child process we started, with a promise for its exit. */
+interface Child {
+  readonly name: string;
+  readonly proc: ChildProcess;
+  readonly pid: number;
+  readonly exited: Promise<void>;
+  done: boolean;
+  output: string;
+}
+
+const children = new Set<Child>();
+
+function startChild(name: string, cmd: string, args: string[], keepOutput = true): Child {
+  const proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  const child: Child = {
+    name,
+    proc,
+    pid: proc.pid ?? -1,
+    done: false,
+    output: "",
+    exited: new Promise((resolve) => {
+      proc.once("exit", () => resolve());
+      proc.once("error", (err) => {
+        child.output += `\nspawn failed: ${err.message}`;
+        resolve();
+      });
+    }),
+  };
+  void child.exited.then(() => {
+    child.done = true;
+    children.delete(child);
+  });
+  const append = (chunk: Buffer): void => {
+    if (keepOutput) child.output = (child.output + chunk.toString()).slice(-256 * 1024);
+  };
+  proc.stdout?.on("data", append);
+  proc.stderr?.on("data", append);
+  children.add(child);
+  return child;
+}
+
+/** SIGTERM (SIGKILL after the grace period) and wait for the exit. */
+async function stopChild(child: Child, graceMs = 5000): Promise<void> {
+  if (child.done) return;
+  try {
+    process.kill(child.pid, "SIGTERM");
+  } catch {
+    // already gone
+  }
+  const timer = setTimeout(() => {
+    try {
+      process.kill(child.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }, graceMs);
+  await child.exited;
+  clearTimeout(timer);
+}
+
+/** Runs a command to completion; rejects on a non-zero exit or after timeoutMs. */
+async function run(name: string, cmd: string, args: string[], timeoutMs: number): Promise<string> {
+  const child = startChild(name, cmd, args);
+  let stdout = "";
+  child.proc.stdout?.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    void stopChild(child, 1000);
+  }, timeoutMs);
+  await child.exited;
+  clearTimeout(timer);
+  const code = child.proc.exitCode;
+  if (timedOut) throw new Error(`${name} timed out after ${timeoutMs} ms: ${child.output.slice(-2000)}`);
+  if (code !== 0) throw new Error(`${name} exited with ${code}: ${child.output.slice(-2000)}`);
+  return stdout;
+}
+
+async function ping(port: number): Promise<boolean> {
+  try {
+    return (await sendCommand(port, ["PING"], { host: HOST, timeoutMs: 1000 })) === "PONG";
+  } catch {
+    return false;
+  }
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, child: Child, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (child.done) throw new Error(`${what} exited before it was ready:\n${child.output}`);
+    if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs} ms:\n${child.output}`);
+    await sleep(50);
+  }
+}
+
+interface Proxy {
+  readonly child: Child;
+  readonly port: number;
+}
+
+async function startGears(upstreamPort: number, profileDir: string | undefined, cluster: boolean) {
+  const port = await freePort();
+  const nodeArgs = profileDir !== undefined ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [];
+  const args = [
+    ...nodeArgs,
+    PROXY_CLI,
+    "--port",
+    String(port),
+    "--upstream",
+    `${HOST}:${upstreamPort}`,
+    "--log-level",
+    "warn",
+  ];
+  const child = startChild("gears-proxy", process.execPath, args);
+  // In front of a cluster, PING answers before the slot map is read; a keyed command does not.
+  const ready = async (): Promise<boolean> => {
+    try {
+      return (await sendCommand(port, ["SET", "bench:ready", "1"], { host: HOST, timeoutMs: 1000 })) === "OK";
+    } catch {
+      return false;
+    }
+  };
+  await waitFor("gears-proxy", cluster ? ready : () => ping(port), child);
+  return { child, port } satisfies Proxy;
+}
+
+function which(cmd: string): boolean {
+  try {
+    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Makes sure nutcracker is installed; a reason when it is not and cannot be. */
+function ensureTwemproxy(): string | undefined {
+  if (which("nutcracker")) return undefined;
+  if (process.getuid?.() !== 0)
+    return "nutcracker is not installed and we are not root (apt-get install nutcracker)";
+  process.stderr.write("installing nutcracker (twemproxy) with apt-get...\n");
+  const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+  const install = (): void => {
+    execFileSync("apt-get", ["install", "-y", "--no-install-recommends", "nutcracker"], {
+      env,
+      stdio: "ignore",
+    });
+  };
+  try {
+    install();
+  } catch {
+    try {
+      execFileSync("apt-get", ["update"], { env, stdio: "ignore" });
+      install();
+    } catch (err) {
+      return `apt-get install nutcracker failed: ${err instanceof Error ? err.message : String(err)}`;
+    }
+  }
+  return which("nutcracker") ? undefined : "nutcracker still missing after apt-get install";
+}
+
+async function startTwemproxy(upstreamPort: number, dir: string): Promise<Proxy> {
+  const port = await freePort();
+  const statsPort = await freePort();
+  const conf = path.join(dir, "nutcracker.yml");
+  fs.writeFileSync(
+    conf,
+    [
+      "bench:",
+      `  listen: ${HOST}:${port}`,
+      "  hash: fnv1a_64",
+      "  distribution: ketama",
+      "  redis: true",
+      "  auto_eject_hosts: false",
+      "  servers:",
+      `    - ${HOST}:${upstreamPort}:1`,
+      "",
+    ].join("\n"),
+  );
+  const args = ["-c", conf, "-s", String(statsPort), "-a", HOST, "-v", "4", "-o", path.join(dir, "nc.log")];
+  const child = startChild("nutcracker", "nutcracker", args);
+  await waitFor("nutcracker", () => ping(port), child);
+  return { child, port };
+}
+
+// ---- memory --------------------------------------------------------------------------------
+
+function statusKb(pid: number, field: "VmRSS" | "VmHWM"): number {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+const mb = (kb: number): string => (Number.isNaN(kb) ? "n/a" : `${(kb / 1024).toFixed(1)} MB`);
+
+/** Samples a process' RSS every 100 ms until stopped; resolves the peak in kB. */
+function sampleRss(pid: number): () => number {
+  let peak = statusKb(pid, "VmRSS");
+  const timer = setInterval(() => {
+    const now = statusKb(pid, "VmRSS");
+    if (!(now <= peak)) peak = now;
+  }, 100);
+  return () => {
+    clearInterval(timer);
+    const now = statusKb(pid, "VmRSS");
+    return Number.isNaN(peak) || now > peak ? now : peak;
+  };
+}
+
+const PING_FRAME = Buffer.from("*1\r\n$4\r\nPING\r\n");
+
+/** Opens `count` connections that each PING once and then stay idle; resolves them. */
+async function openIdleClients(port: number, count: number): Promise<net.Socket[]> {
+  const sockets: net.Socket[] = [];
+  const openOne = (): Promise<net.Socket> =>
+    new Promise((resolve, reject) => {
+      const socket = net.connect({ host: HOST, port });
+      let got = "";
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error("idle client: no PONG within 10 s"));
+      }, 10_000);
+      socket.once("error", (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      socket.once("connect", () => socket.write(PING_FRAME));
+      socket.on("data", (chunk: Buffer) => {
+        got += chunk.toString();
+        if (got.includes("\r\n")) {
+          clearTimeout(timer);
+          if (got.startsWith("+PONG")) resolve(socket);
+          else {
+            socket.destroy();
+            reject(new Error(`idle client: unexpected reply ${JSON.stringify(got)}`));
+          }
+        }
+      });
+    });
+  try {
+    for (let i = 0; i < count; i += 100) {
+      const batch = await Promise.all(Array.from({ length: Math.min(100, count - i) }, openOne));
+      sockets.push(...batch);
+    }
+  } catch (err) {
+    for (const s of sockets) s.destroy();
+    throw err;
+  }
+  return sockets;
+}
+
+interface IdleMemory {
+  target: string;
+  /** "fresh" (just started) or "warm" (after the warm-up load). */
+  phase: string;
+  beforeKb: number;
+  idleKb: number;
+  clients: number;
+}
+
+async function measureIdle(target: string, phase: string, proxy: Proxy, count: number): Promise<IdleMemory> {
+  await sleep(300);
+  const beforeKb = statusKb(proxy.child.pid, "VmRSS");
+  const sockets = await openIdleClients(proxy.port, count);
+  await sleep(1000);
+  const idleKb = statusKb(proxy.child.pid, "VmRSS");
+  for (const s of sockets) s.destroy();
+  await sleep(500);
+  return { target, phase, beforeKb, idleKb, clients: count };
+}
+
+// ---- redis-benchmark -----------------------------------------------------------------------
+
+interface Sample {
+  rps: number;
+  p50: number;
+  p99: number;
+  n: number;
+  seconds: number;
+}
+
+/** Which CSV row reports a test: LRANGE_100 is preceded by its own LPUSH fill, which we skip. */
+function rowFor(test: TestName, name: string): boolean {
+  const upper = name.toUpperCase();
+  switch (test) {
+    case "lpush":
+      return upper === "LPUSH";
+    case "lrange_100":
+      return upper.startsWith("LRANGE_100");
+    case "mset":
+      return upper.startsWith("MSET");
+    default:
+      return upper === test.toUpperCase();
+  }
+}
+
+function parseCsv(text: string, test: TestName): Sample | undefined {
+  const lines = text.split("\n").filter((l) => l.startsWith('"'));
+  if (lines.length === 0) return undefined;
+  const header = [...lines[0].matchAll(/"([^"]*)"/g)].map((m) => m[1]);
+  for (const line of lines.slice(1)) {
+    const fields = [...line.matchAll(/"([^"]*)"/g)].map((m) => m[1]);
+    if (!rowFor(test, fields[0] ?? "")) continue;
+    const get = (col: string): number => {
+      const i = header.indexOf(col);
+      return i < 0 ? NaN : Number(fields[i]);
+    };
+    return { rps: get("rps"), p50: get("p50_latency_ms"), p99: get("p99_latency_ms"), n: 0, seconds: 0 };
+  }
+  return undefined;
+}
+
+/** A rough first guess of requests/s, before anything was measured; later rounds use what was seen. */
+function guessRps(test: TestName, pipeline: number, size: number): number {
+  let rps = pipeline === 1 ? 60_000 : 40_000 * Math.min(pipeline, 16);
+  if (test === "mset") rps *= pipeline === 1 ? 0.8 : 0.35;
+  if (test === "lrange_100") rps *= size > 512 ? (pipeline === 1 ? 0.25 : 0.03) : pipeline === 1 ? 0.7 : 0.25;
+  else if (size > 512 && pipeline > 1) rps *= 0.4;
+  return rps;
+}
+
+interface Config {
+  mode: Mode;
+  test: TestName;
+  pipeline: number;
+  size: number;
+}
+
+const configKey = (c: Config): string => `${c.mode} ${c.test} P=${c.pipeline} d=${c.size}`;
+
+class Bench {
+  /** Samples by config key, then by target label. */
+  readonly samples = new Map<string, Map<string, Sample[]>>();
+  readonly failures: string[] = [];
+  private readonly rates = new Map<string, number>();
+
+  constructor(private readonly opts: Options) {}
+
+  requests(c: Config, label: string): number {
+    const key = configKey(c);
+    const rate =
+      this.rates.get(`${key} ${label}`) ?? this.rates.get(key) ?? guessRps(c.test, c.pipeline, c.size);
+    const floor = this.opts.clients * c.pipeline * 4;
+    return Math.max(floor, Math.round((rate * this.opts.seconds) / 1000) * 1000);
+  }
+
+  async measure(c: Config, label: string, port: number, extra: string[] = []): Promise<Sample | undefined> {
+    const n = this.requests(c, label);
+    const o = this.opts;
+    const args = [
+      ...["-h", HOST, "-p", String(port), "-c", String(o.clients), "-n", String(n)],
+      ...["-P", String(c.pipeline), "-d", String(c.size), "-r", String(o.keyspace)],
+      ...["-t", c.test, "--csv", ...extra],
+    ];
+    const started = performance.now();
+    let sample: Sample | undefined;
+    try {
+      const out = await run("redis-benchmark", "redis-benchmark", args, Math.max(60_000, o.seconds * 30_000));
+      sample = parseCsv(out, c.test);
+      if (sample === undefined) throw new Error(`no CSV row for ${c.test} in:\n${out}`);
+    } catch (err) {
+      this.failures.push(`${configKey(c)} ${label}: ${err instanceof Error ? err.message : String(err)}`);
+      return undefined;
+    }
+    sample.n = n;
+    sample.seconds = (performance.now() - started) / 1000;
+    const key = configKey(c);
+    this.rates.set(`${key} ${label}`, sample.rps);
+    if (!this.rates.has(key)) this.rates.set(key, sample.rps);
+    let byTarget = this.samples.get(key);
+    if (byTarget === undefined) this.samples.set(key, (byTarget = new Map()));
+    const list = byTarget.get(label) ?? [];
+    list.push(sample);
+    byTarget.set(label, list);
+    return sample;
+  }
+
+  median(c: Config, label: string, field: "rps" | "p50" | "p99"): number {
+    const list = this.samples.get(configKey(c))?.get(label) ?? [];
+    const values = list.map((s) => s[field]).sort((a, b) => a - b);
+    if (values.length === 0) return NaN;
+    const mid = values.length >> 1;
+    return values.length % 2 === 1 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
+  }
+}
+
+// ---- data housekeeping ---------------------------------------------------------------------
+
+async function call(node: RedisNode, ...args: string[]): Promise<RespValue> {
+  return node.call(...args);
+}
+
+/** Drops the lists LPUSH/LRANGE_100 grow without bound (mylist, mylist{tag}). */
+async function dropLists(nodes: readonly RedisNode[]): Promise<void> {
+  for (const node of nodes) {
+    const keys = await call(node, "KEYS", "mylist*");
+    if (Array.isArray(keys)) for (const k of keys) await call(node, "UNLINK", String(k));
+  }
+}
+
+async function flushAll(nodes: readonly RedisNode[]): Promise<void> {
+  for (const node of nodes) await call(node, "FLUSHALL");
+}
+
+/** Fills the keyspace GET reads (key:N, or key{tag}:N in --cluster mode) with values of `size` bytes. */
+async function prefill(port: number, opts: Options, size: number, extra: string[] = []): Promise<void> {
+  const args = [
+    ...["-h", HOST, "-p", String(port), "-c", "50", "-n", String(opts.keyspace * 4), "-P", "16"],
+    ...["-d", String(size), "-r", String(opts.keyspace), "-t", "set", "-q", ...extra],
+  ];
+  await run("redis-benchmark (prefill)", "redis-benchmark", args, 120_000);
+}
+
+/** Warms a proxy up (JIT, buffers) before it is measured: a few seconds of mixed load. */
+async function warmUp(port: number, opts: Options, extra: string[] = []): Promise<void> {
+  for (const [pipeline, n] of [
+    [16, 200_000],
+    [1, 30_000],
+  ]) {
+    const args = [
+      ...[
+        "-h",
+        HOST,
+        "-p",
+        String(port),
+        "-c",
+        String(opts.clients),
+        "-n",
+        String(n),
+        "-P",
+        String(pipeline),
+      ],
+      ...["-r", String(opts.keyspace), "-t", "set,get,mset,lpush,lrange_100", "-q", ...extra],
+    ];
+    await run("redis-benchmark (warm-up)", "redis-benchmark", args, 120_000);
+  }
+}
+
+// ---- reporting -----------------------------------------------------------------------------
+
+const fmtRps = (v: number): string => (Number.isNaN(v) ? "n/a" : Math.round(v).toLocaleString("en-US"));
+const fmtMs = (v: number): string => (Number.isNaN(v) ? "n/a" : v.toFixed(3));
+const fmtRatio = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(2)}x` : "n/a");
+const TEST_LABEL: Record<TestName, string> = {
+  set: "SET",
+  get: "GET",
+  incr: "INCR",
+  lpush: "LPUSH",
+  lrange_100: "LRANGE_100",
+  mset: "MSET (10 keys)",
+};
+
+function table(header: string[], rows: string[][]): string {
+  const line = (cells: string[]): string => `| ${cells.join(" | ")} |`;
+  return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
+}
+
+function geomean(values: number[]): number {
+  const ok = values.filter((v) => Number.isFinite(v) && v > 0);
+  if (ok.length === 0) return NaN;
+  return Math.exp(ok.reduce((s, v) => s + Math.log(v), 0) / ok.length);
+}
+
+interface Verdict {
+  target: string;
+  rows: number;
+  worst: number;
+  geomean: number;
+  met: boolean;
+}
+
+function verdict(target: string, ratios: number[], ok: (r: number) => boolean, worstIsMax = false): Verdict {
+  const valid = ratios.filter((r) => Number.isFinite(r));
+  const worst = valid.length === 0 ? NaN : worstIsMax ? Math.max(...valid) : Math.min(...valid);
+  return {
+    target,
+    rows: valid.length,
+    worst,
+    geomean: geomean(valid),
+    met: valid.length > 0 && valid.every(ok),
+  };
+}
+
+function configs(mode: Mode, opts: Options): Config[] {
+  const out: Config[] = [];
+  for (const size of opts.sizes)
+    for (const pipeline of opts.pipelines)
+      for (const test of opts.tests) out.push({ mode, test, pipeline, size });
+  return out;
+}
+
+function standaloneReport(
+  bench: Bench,
+  opts: Options,
+  labels: string[],
+): { text: string; verdicts: Verdict[] } {
+  const has = (l: string): boolean => labels.includes(l);
+  const header = ["test", "P", "d"];
+  for (const l of labels) header.push(`${l} rps`);
+  if (has("direct") && has("gears")) header.push("gears/direct");
+  if (has("twemproxy") && has("gears")) header.push("gears/twemproxy");
+  for (const l of labels) header.push(`${l} p50/p99 ms`);
+  if (has("twemproxy") && has("gears")) header.push("p99 gears/twem");
+  const rows: string[][] = [];
+  const byP = new Map<number, number[]>();
+  const p99Ratios: number[] = [];
+  for (const c of configs("standalone", opts)) {
+    const row = [TEST_LABEL[c.test], String(c.pipeline), String(c.size)];
+    const rps = (l: string): number => bench.median(c, l, "rps");
+    for (const l of labels) row.push(fmtRps(rps(l)));
+    if (has("direct") && has("gears")) row.push(fmtRatio(rps("gears") / rps("direct")));
+    if (has("twemproxy") && has("gears")) {
+      const r = rps("gears") / rps("twemproxy");
+      row.push(fmtRatio(r));
+      const list = byP.get(c.pipeline) ?? [];
+      list.push(r);
+      byP.set(c.pipeline, list);
+    }
+    for (const l of labels)
+      row.push(`${fmtMs(bench.median(c, l, "p50"))} / ${fmtMs(bench.median(c, l, "p99"))}`);
+    if (has("twemproxy") && has("gears")) {
+      const r = bench.median(c, "gears", "p99") / bench.median(c, "twemproxy", "p99");
+      p99Ratios.push(r);
+      row.push(fmtRatio(r));
+    }
+    rows.push(row);
+  }
+  const verdicts: Verdict[] = [];
+  for (const [p, ratios] of byP) {
+    const need = p === 1 ? 0.8 : 0.7;
+    verdicts.push(verdict(`standalone P=${p}: gears >= ${need}x twemproxy rps`, ratios, (r) => r >= need));
+  }
+  if (p99Ratios.length > 0)
+    verdicts.push(verdict("standalone: gears p99 <= 1.5x twemproxy p99", p99Ratios, (r) => r <= 1.5, true));
+  return { text: table(header, rows), verdicts };
+}
+
+function clusterReport(bench: Bench, opts: Options): { text: string; verdicts: Verdict[] } {
+  const header = [
+    "test",
+    "P",
+    "d",
+    "direct --cluster rps",
+    "gears rps",
+    "gears/direct",
+    "direct p50/p99 ms",
+    "gears p50/p99 ms",
+  ];
+  const rows: string[][] = [];
+  const ratios: number[] = [];
+  for (const c of configs("cluster", opts)) {
+    const d = bench.median(c, "direct", "rps");
+    const g = bench.median(c, "gears", "rps");
+    ratios.push(g / d);
+    rows.push([
+      TEST_LABEL[c.test],
+      String(c.pipeline),
+      String(c.size),
+      fmtRps(d),
+      fmtRps(g),
+      fmtRatio(g / d),
+      `${fmtMs(bench.median(c, "direct", "p50"))} / ${fmtMs(bench.median(c, "direct", "p99"))}`,
+      `${fmtMs(bench.median(c, "gears", "p50"))} / ${fmtMs(bench.median(c, "gears", "p99"))}`,
+    ]);
+  }
+  return {
+    text: table(header, rows),
+    verdicts: [verdict("cluster: gears >= 0.5x redis-benchmark --cluster", ratios, (r) => r >= 0.5)],
+  };
+}
+
+// ---- cpu profiles --------------------------------------------------------------------------
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  hitCount?: number;
+  children?: number[];
+}
+interface CpuProfile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/** The hottest functions of a .cpuprofile by self time, and by inclusive time for the proxy's own code. */
+function summarizeProfile(file: string, top = 25): string {
+  const profile = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile;
+  const selfUs = new Map<number, number>();
+  profile.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const total = [...selfUs.values()].reduce((a, b) => a + b, 0);
+  const name = (n: ProfileNode): string => {
+    const f = n.callFrame;
+    const url = f.url.replace(/^file:\/\//, "").replace(`${REPO}/`, "");
+    return `${f.functionName || "(anonymous)"} ${url ? `${url}:${f.lineNumber + 1}` : ""}`.trim();
+  };
+  const selfByName = new Map<string, number>();
+  const inclByName = new Map<string, number>();
+  for (const [id, us] of selfUs) {
+    const node = byId.get(id);
+    if (node === undefined) continue;
+    selfByName.set(name(node), (selfByName.get(name(node)) ?? 0) + us);
+    const seen = new Set<string>();
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const n = byId.get(cur);
+      if (n === undefined) break;
+      const key = name(n);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      inclByName.set(key, (inclByName.get(key) ?? 0) + us);
+    }
+  }
+  const pct = (us: number): string => `${((100 * us) / total).toFixed(1)}%`;
+  const rank = (m: Map<string, number>, filter: (k: string) => boolean): string[][] =>
+    [...m.entries()]
+      .filter(([k]) => filter(k))
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([k, us]) => [pct(us), k]);
+  return [
+    `profile ${file}: ${(total / 1e6).toFixed(1)} s sampled`,
+    "",
+    "Self time:",
+    table(
+      ["self", "function"],
+      rank(selfByName, () => true),
+    ),
+    "",
+    "Inclusive time, proxy code (dist/src):",
+    table(
+      ["total", "function"],
+      rank(inclByName, (k) => k.includes("dist/src/")),
+    ),
+  ].join("\n");
+}
+
+// ---- main ----------------------------------------------------------------------------------
+
+function machine(): string {
+  const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
+  const version = (cmd: string, args: string[]): string => {
+    try {
+      return execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
+    } catch (err) {
+      const e = err as { stderr?: Buffer | string };
+      return String(e.stderr ?? "n/a").trim();
+    }
+  };
+  let nutcracker = "not installed";
+  if (which("nutcracker")) {
+    const r = spawnSyncText("nutcracker", ["-V"]);
+    nutcracker = r.split("\n")[0] ?? "unknown";
+  }
+  return [
+    `date: ${new Date().toISOString()}; load average at start: ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+    `machine: nproc ${os.availableParallelism()}, ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}`,
+    `node ${process.version}; ${version("redis-server", ["--version"])}; ${version("redis-benchmark", ["--version"])}; ${nutcracker}`,
+  ].join("\n");
+}
+
+function spawnSyncText(cmd: string, args: string[]): string {
+  try {
+    // nutcracker -V prints to stderr
+    return execFileSync("sh", ["-c", `${cmd} ${args.join(" ")} 2>&1`], { encoding: "utf8" }).trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+interface Stack {
+  redis?: RedisNode;
+  cluster?: RedisCluster;
+  proxies: Proxy[];
+  tmp?: string;
+}
+
+const stack: Stack = { proxies: [] };
+let cleaning: Promise<void> | null = null;
+
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    const all = [...children].filter((c) => c.name !== "gears-proxy" && c.name !== "nutcracker");
+    await Promise.allSettled(all.map((c) => stopChild(c, 1000)));
+    await Promise.allSettled(stack.proxies.map((p) => stopChild(p.child)));
+    await Promise.allSettled([...children].map((c) => stopChild(c)));
+    if (stack.redis !== undefined) await stack.redis.stop().catch(() => {});
+    if (stack.cluster !== undefined) await stack.cluster.stop().catch(() => {});
+    if (stack.tmp !== undefined) fs.rmSync(stack.tmp, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
+
+function say(text: string): void {
+  process.stderr.write(`${text}\n`);
+}
+
+async function runStandalone(
+  bench: Bench,
+  opts: Options,
+  memory: IdleMemory[],
+  peaks: Map<string, number>,
+  twemproxyMissing: string | undefined,
+): Promise<string[]> {
+  const redis = (stack.redis = await startRedis());
+  const targets: { label: Target; port: number; pid?: number }[] = [];
+  if (opts.targets.includes("direct")) targets.push({ label: "direct", port: redis.port });
+  let gears: Proxy | undefined;
+  if (opts.targets.includes("gears")) {
+    gears = await startGears(redis.port, opts.profileDir, false);
+    stack.proxies.push(gears);
+    targets.push({ label: "gears", port: gears.port, pid: gears.child.pid });
+  }
+  let twem: Proxy | undefined;
+  if (opts.targets.includes("twemproxy")) {
+    const why = twemproxyMissing;
+    if (why !== undefined) say(`twemproxy column skipped: ${why}`);
+    else {
+      twem = await startTwemproxy(redis.port, stack.tmp!);
+      stack.proxies.push(twem);
+      targets.push({ label: "twemproxy", port: twem.port, pid: twem.child.pid });
+    }
+  }
+  say(`standalone: redis ${redis.port}${targets.map((t) => `, ${t.label} ${t.port}`).join("")}`);
+
+  const proxies: [string, Proxy | undefined][] = [
+    ["gears-proxy", gears],
+    ["twemproxy", twem],
+  ];
+  for (const phase of ["fresh", "warm"]) {
+    if (phase === "warm") for (const [, p] of proxies) if (p !== undefined) await warmUp(p.port, opts);
+    await flushAll([redis]);
+    if (!opts.memory) continue;
+    for (const [name, p] of proxies)
+      if (p !== undefined) memory.push(await measureIdle(name, phase, p, opts.idleClients));
+  }
+
+  const all = configs("standalone", opts);
+  for (let round = 0; round < opts.rounds; round++) {
+    let lastSize = -1;
+    for (let i = 0; i < all.length; i++) {
+      const c = all[i];
+      if (c.size !== lastSize) {
+        lastSize = c.size;
+        await flushAll([redis]);
+        if (opts.tests.includes("get")) await prefill(redis.port, opts, c.size);
+      }
+      const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
+      for (const t of order) {
+        const stopSampling = t.pid !== undefined ? sampleRss(t.pid) : undefined;
+        const s = await bench.measure(c, t.label, t.port);
+        if (stopSampling !== undefined) {
+          const key = `${t.label} standalone P=${c.pipeline}`;
+          peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));
+        }
+        if (c.test === "lpush" || c.test === "lrange_100") await dropLists([redis]);
+        say(
+          `  round ${round + 1}/${opts.rounds} ${configKey(c)} ${t.label}: ${s ? `${fmtRps(s.rps)} rps, p99 ${fmtMs(s.p99)} ms (n=${s.n}, ${s.seconds.toFixed(2)} s)` : "FAILED"}`,
+        );
+      }
+    }
+  }
+  return targets.map((t) => t.label);
+}
+
+async function runCluster(bench: Bench, opts: Options, peaks: Map<string, number>): Promise<void> {
+  const cluster = (stack.cluster = await startCluster({ masters: 3 }));
+  const seed = cluster.nodes[0];
+  const gears = await startGears(seed.port, opts.profileDir, true);
+  stack.proxies.push(gears);
+  say(`cluster: nodes ${cluster.nodes.map((n) => n.port).join(",")}, gears ${gears.port}`);
+  const direct = ["--cluster"];
+  const targets = [
+    { label: "direct", port: seed.port, extra: direct, pid: undefined },
+    { label: "gears", port: gears.port, extra: [], pid: gears.child.pid },
+  ];
+  await warmUp(gears.port, opts);
+  const all = configs("cluster", opts);
+  for (let round = 0; round < opts.rounds; round++) {
+    let lastSize = -1;
+    for (let i = 0; i < all.length; i++) {
+      const c = all[i];
+      if (c.size !== lastSize) {
+        lastSize = c.size;
+        await flushAll(cluster.nodes);
+        if (opts.tests.includes("get")) {
+          await prefill(seed.port, opts, c.size, direct);
+          await prefill(gears.port, opts, c.size);
+        }
+      }
+      const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
+      for (const t of order) {
+        const stopSampling = t.pid !== undefined ? sampleRss(t.pid) : undefined;
+        const s = await bench.measure(c, t.label, t.port, t.extra);
+        if (stopSampling !== undefined) {
+          const key = `gears cluster P=${c.pipeline}`;
+          peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));
+        }
+        if (c.test === "lpush" || c.test === "lrange_100") await dropLists(cluster.nodes);
+        say(
+          `  round ${round + 1}/${opts.rounds} ${configKey(c)} ${t.label}: ${s ? `${fmtRps(s.rps)} rps, p99 ${fmtMs(s.p99)} ms (n=${s.n}, ${s.seconds.toFixed(2)} s)` : "FAILED"}`,
+        );
+      }
+    }
+  }
+}
+
+async function main(): Promise<number> {
+  const opts = parseOptions(process.argv.slice(2));
+  if (opts === null) return 0;
+  if (!fs.existsSync(PROXY_CLI)) throw new Error(`${PROXY_CLI} missing: build first (npx tsc -p .)`);
+  if (opts.profileDir !== undefined) fs.mkdirSync(opts.profileDir, { recursive: true });
+  const startedAt = Date.now();
+  const twemproxyMissing =
+    opts.standalone && opts.targets.includes("twemproxy") ? ensureTwemproxy() : undefined;
+  const header = machine();
+  const command =
+    `node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(" ")}`.trim();
+  say(header);
+  stack.tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gears-bench-"));
+  const bench = new Bench(opts);
+  const memory: IdleMemory[] = [];
+  const peaks = new Map<string, number>();
+  let labels: string[] = [];
+  const profilesBefore = new Set(opts.profileDir !== undefined ? fs.readdirSync(opts.profileDir) : []);
+  try {
+    if (opts.standalone) labels = await runStandalone(bench, opts, memory, peaks, twemproxyMissing);
+    if (stack.redis !== undefined) {
+      for (const p of stack.proxies) await stopChild(p.child);
+      stack.proxies = [];
+      await stack.redis.stop();
+      stack.redis = undefined;
+    }
+    if (opts.cluster && opts.targets.includes("gears")) await runCluster(bench, opts, peaks);
+  } finally {
+    await cleanup();
+  }
+
+  const out: string[] = [];
+  out.push("## gears-proxy pass-through benchmark", "", "```", header, `command: ${command}`, "```", "");
+  out.push(
+    `redis-benchmark -c ${opts.clients} -r ${opts.keyspace}, -n sized for ~${opts.seconds} s per measurement; ` +
+      `median of ${opts.rounds} alternating round(s); latencies in ms.`,
+    "",
+  );
+  const verdicts: Verdict[] = [];
+  if (opts.standalone && labels.length > 0) {
+    const r = standaloneReport(bench, opts, labels);
+    out.push("### Standalone (one redis-server)", "", r.text, "");
+    verdicts.push(...r.verdicts);
+  }
+  if (
+    opts.cluster &&
+    bench.samples.size > 0 &&
+    [...bench.samples.keys()].some((k) => k.startsWith("cluster"))
+  ) {
+    const r = clusterReport(bench, opts);
+    out.push("### Cluster (3 masters)", "", r.text, "");
+    verdicts.push(...r.verdicts);
+  }
+  const memRows = memory.map((m) => [
+    m.target,
+    m.phase === "fresh" ? "just started" : "after the warm-up load",
+    mb(m.beforeKb),
+    `${mb(m.idleKb)} (${m.clients} clients)`,
+  ]);
+  const peakRows = [...peaks.entries()].map(([k, kb]) => [k, mb(kb)]);
+  if (memRows.length > 0 || peakRows.length > 0) {
+    out.push("### Memory (RSS)", "");
+    if (memRows.length > 0)
+      out.push(table(["process", "when", "RSS before", "RSS with idle clients"], memRows), "");
+    if (peakRows.length > 0)
+      out.push(table(["process / load", "peak RSS during the measurements"], peakRows), "");
+    const gearsIdle = memory.filter((m) => m.target === "gears-proxy").sort((x, y) => y.idleKb - x.idleKb)[0];
+    if (gearsIdle !== undefined) {
+      verdicts.push({
+        target: `gears RSS with ${gearsIdle.clients} idle clients < 150 MB`,
+        rows: 1,
+        worst: gearsIdle.idleKb / 1024,
+        geomean: gearsIdle.idleKb / 1024,
+        met: gearsIdle.idleKb / 1024 < 150,
+      });
+    }
+  }
+  if (verdicts.length > 0) {
+    out.push("### Targets", "");
+    out.push(
+      table(
+        ["target", "rows", "worst row", "geomean", "met"],
+        verdicts.map((v) => [
+          v.target,
+          String(v.rows),
+          v.target.includes("RSS") ? `${v.worst.toFixed(1)} MB` : fmtRatio(v.worst),
+          v.target.includes("RSS") ? "" : fmtRatio(v.geomean),
+          v.met ? "met" : "MISSED",
+        ]),
+      ),
+      "",
+    );
+  }
+  if (twemproxyMissing !== undefined) out.push(`Note: twemproxy column skipped: ${twemproxyMissing}`, "");
+  if (bench.failures.length > 0) {
+    out.push("### Failed measurements", "", ...bench.failures.map((f) => `- ${f.split("\n")[0]}`), "");
+  }
+  if (opts.profileDir !== undefined) {
+    const files = fs
+      .readdirSync(opts.profileDir)
+      .filter((f) => f.endsWith(".cpuprofile") && !profilesBefore.has(f))
+      .map((f) => path.join(opts.profileDir!, f));
+    for (const f of files) out.push("### CPU profile", "", summarizeProfile(f), "");
+  }
+  out.push(
+    `total time: ${((Date.now() - startedAt) / 1000).toFixed(0)} s; load average at the end: ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")} (other processes on the machine add noise)`,
+  );
+  process.stdout.write(`${out.join("\n")}\n`);
+  if (opts.json !== undefined) {
+    const raw = Object.fromEntries(
+      [...bench.samples].map(([k, m]) => [k, Object.fromEntries(m)] as [string, Record<string, Sample[]>]),
+    );
+    fs.writeFileSync(
+      opts.json,
+      JSON.stringify({ header, command, opts, raw, memory, peaks: [...peaks] }, null, 2),
+    );
+  }
+  return bench.failures.length > 0 ? 1 : 0;
+}
+
+let interrupted = false;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    if (interrupted) process.exit(130);
+    interrupted = true;
+    say(`\n${signal}: stopping every process started by the bench...`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    say(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    void cleanup().finally(() => process.exit(1));
+  },
+);

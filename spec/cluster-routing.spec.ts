@@ -1,0 +1,684 @@
+import { createHash } from "node:crypto";
+import { expect } from "chai";
+import calculateSlot from "cluster-key-slot";
+import { Redis } from "ioredis";
+import {
+  SLOT_COUNT,
+  startCluster,
+  startProxy,
+  startRedis,
+  type RedisCluster,
+  type RedisNode,
+  type RespValue,
+  type RunningProxy,
+} from "./harness/index.js";
+import { encode, RawClient, ReplyError, toText, type Reply, type Value } from "./support/raw-client.js";
+
+// ---- helpers ------------------------------------------------------------------------------
+
+const CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot";
+const EXECABORT = "EXECABORT Transaction discarded because of previous errors.";
+const MAX_CURSOR = 2n ** 63n;
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function waitFor(
+  what: string,
+  check: () => Promise<boolean> | boolean,
+  timeoutMs = 5000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** The message of an error reply; fails when the reply is not an error. */
+function errorOf(reply: Reply): string {
+  if (!(reply instanceof ReplyError)) {
+    throw new Error(`expected an error reply, got ${JSON.stringify(toText(reply))}`);
+  }
+  return reply.message;
+}
+
+/** A reply made comparable: bulk strings as text, errors as "ERROR: <message>". */
+type Comparable = string | number | null | Comparable[];
+function comparable(reply: Reply): Comparable {
+  if (reply instanceof ReplyError) return `ERROR: ${reply.message}`;
+  if (Buffer.isBuffer(reply)) return reply.toString("utf8");
+  if (Array.isArray(reply)) return reply.map(comparable);
+  return reply;
+}
+
+function text(v: RespValue): string {
+  if (typeof v !== "string") throw new Error(`expected a string reply, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** One field of an INFO text. */
+function infoField(info: string, field: string): string | undefined {
+  const line = info.split("\r\n").find((l) => l.startsWith(`${field}:`));
+  return line?.slice(field.length + 1);
+}
+
+function sha1(body: string): string {
+  return createHash("sha1").update(body).digest("hex");
+}
+
+/** Owner port of every slot, from CLUSTER SLOTS of one node. */
+async function slotOwners(node: RedisNode): Promise<Int32Array> {
+  const reply = await node.call("CLUSTER", "SLOTS");
+  if (!Array.isArray(reply)) throw new Error("CLUSTER SLOTS: expected an array");
+  const owners = new Int32Array(SLOT_COUNT).fill(-1);
+  for (const range of reply) {
+    if (!Array.isArray(range) || !Array.isArray(range[2])) continue;
+    const port = Number(range[2][1]);
+    for (let s = Number(range[0]); s <= Number(range[1]); s++) owners[s] = port;
+  }
+  return owners;
+}
+
+/** MOVED and ASK errors the masters have sent so far (INFO errorstats). */
+async function redirectsSent(masters: readonly RedisNode[]): Promise<{ moved: number; ask: number }> {
+  let moved = 0;
+  let ask = 0;
+  for (const node of masters) {
+    const info = text(await node.call("INFO", "errorstats"));
+    const count = (code: string): number => {
+      const m = new RegExp(`^errorstat_${code}:count=(\\d+)`, "m").exec(info);
+      return m === null ? 0 : Number(m[1]);
+    };
+    moved += count("MOVED");
+    ask += count("ASK");
+  }
+  return { moved, ask };
+}
+
+// ---- the tests ----------------------------------------------------------------------------
+
+describe("cluster routing: a 3-master Redis Cluster behind the proxy", function () {
+  this.timeout(30_000);
+  let cluster: RedisCluster;
+  let masters: RedisNode[];
+  let reference: RedisNode;
+  let proxy: RunningProxy;
+  let io: Redis;
+  const raws: RawClient[] = [];
+  const ios: Redis[] = [];
+
+  async function client(port = proxy.port): Promise<RawClient> {
+    const c = await RawClient.connect(port);
+    raws.push(c);
+    return c;
+  }
+
+  function ioClient(): Redis {
+    const c = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
+    ios.push(c);
+    return c;
+  }
+
+  /** The master serving `key`, as the cluster itself says. */
+  function ownerOf(key: string): Promise<RedisNode> {
+    return cluster.nodeForSlot(calculateSlot(key));
+  }
+
+  /** A key named `${prefix}<n>` served by each master, in master order. */
+  async function keyPerMaster(prefix: string): Promise<string[]> {
+    const owners = await slotOwners(masters[0]);
+    return masters.map((m) => {
+      for (let n = 0; ; n++) {
+        const key = `${prefix}${n}`;
+        if (owners[calculateSlot(key)] === m.port) return key;
+      }
+    });
+  }
+
+  /** Runs `body` and checks that the masters sent no MOVED/ASK meanwhile: the proxy routed right. */
+  async function withoutRedirects(body: () => Promise<void>): Promise<void> {
+    const before = await redirectsSent(masters);
+    await body();
+    expect(await redirectsSent(masters)).to.deep.equal(before, "the proxy was redirected (MOVED/ASK)");
+  }
+
+  /** Writes key:<i> = value:<i> for i < count through the proxy, pipelined (ioredis). */
+  async function writeKeys(count: number, prefix = "key:"): Promise<string[]> {
+    const keys = Array.from({ length: count }, (_, i) => `${prefix}${i}`);
+    const pipeline = io.pipeline();
+    for (const key of keys) pipeline.set(key, `value:${key}`);
+    const results = (await pipeline.exec()) ?? [];
+    expect(results.filter(([err]) => err !== null)).to.deep.equal([]);
+    expect(results.map(([, v]) => v)).to.deep.equal(keys.map(() => "OK"));
+    return keys;
+  }
+
+  before(async function () {
+    this.timeout(60_000);
+    [cluster, reference] = await Promise.all([startCluster({ masters: 3 }), startRedis()]);
+    masters = await cluster.masters();
+    proxy = await startProxy([{ port: cluster.nodes[0].port }]);
+    io = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
+    expect(await io.ping()).to.equal("PONG");
+  });
+
+  beforeEach(async () => {
+    for (const node of [...masters, reference]) {
+      await node.call("FLUSHALL");
+      await node.call("SCRIPT", "FLUSH");
+    }
+  });
+
+  afterEach(() => {
+    for (const c of raws.splice(0)) c.close();
+    for (const c of ios.splice(0)) c.disconnect();
+  });
+
+  after(async () => {
+    io?.disconnect();
+    await proxy?.close();
+    await cluster?.stop();
+    await reference?.stop();
+  });
+
+  it("10,000 keys written through the proxy (pipelined) land on their slot's shard, and only there", async () => {
+    let keys: string[] = [];
+    await withoutRedirects(async () => {
+      keys = await writeKeys(10_000);
+    });
+    const owners = await slotOwners(masters[0]);
+    const expected = new Map<number, Set<string>>(masters.map((m) => [m.port, new Set<string>()]));
+    for (const key of keys) expected.get(owners[calculateSlot(key)])!.add(key);
+    for (const m of masters) expect(expected.get(m.port)!.size).to.be.above(2000, `keys for ${m.port}`);
+
+    // Each shard holds exactly the keys of its slots: count, and the names themselves.
+    for (const m of masters) {
+      expect(await m.call("DBSIZE"), `DBSIZE of ${m.port}`).to.equal(expected.get(m.port)!.size);
+      const onShard = await m.call("KEYS", "*");
+      if (!Array.isArray(onShard)) throw new Error("KEYS: expected an array");
+      const stray = onShard.map(String).filter((k) => !expected.get(m.port)!.has(k));
+      expect(stray, `keys on ${m.port} that belong elsewhere`).to.deep.equal([]);
+    }
+
+    // A sample, checked on the owner named by the cluster itself.
+    for (let i = 0; i < keys.length; i += 97) {
+      const key = keys[i];
+      const owner = await ownerOf(key);
+      expect(await owner.call("GET", key), key).to.equal(`value:${key}`);
+    }
+  });
+
+  it("MGET/DEL/EXISTS/TOUCH/UNLINK/MSET over 100 keys spanning every shard answer as one Redis does", async () => {
+    const keys = Array.from({ length: 100 }, (_, i) => `span:${i}`);
+    const owners = await slotOwners(masters[0]);
+    expect(new Set(keys.map((k) => owners[calculateSlot(k)])).size).to.equal(3, "keys on every master");
+    expect(new Set(keys.map((k) => calculateSlot(k))).size).to.be.above(90, "distinct slots");
+    const present = keys.filter((_, i) => i % 5 !== 0);
+    const steps: string[][] = [
+      ["MSET", ...present.flatMap((k) => [k, `v-${k}`])],
+      ["MGET", ...keys],
+      ["EXISTS", ...keys, keys[1], keys[1], keys[0]],
+      ["TOUCH", ...keys, keys[2], "span:none"],
+      ["DEL", ...keys.slice(0, 30), "span:none", keys[7]],
+      ["MGET", ...keys],
+      ["UNLINK", ...keys.slice(25, 50), keys[40]],
+      ["EXISTS", ...keys],
+      ["MSET", ...keys.flatMap((k) => [k, `w-${k}`])],
+      ["MGET", ...keys.slice(50), ...keys.slice(0, 50)],
+      ["DEL", ...keys, ...keys],
+      ["MGET", ...keys],
+      ["EXISTS", ...keys],
+    ];
+    const viaProxy = await client();
+    const single = await client(reference.port);
+    const answers: Comparable[] = [];
+    await withoutRedirects(async () => {
+      for (const step of steps) {
+        const want = comparable(await single.call(...step));
+        const got = comparable(await viaProxy.call(...step));
+        expect(got, `${step[0]} (step ${answers.length})`).to.deep.equal(want);
+        answers.push(want);
+      }
+    });
+    // The reference answers were not trivial: values and nulls mixed, counts neither 0 nor all.
+    expect(answers[1]).to.satisfy((a: Comparable[]) => a.includes(null) && a.includes("v-span:1"));
+    expect(answers[2]).to.equal(82);
+    expect(answers[4]).to.equal(24);
+    expect(answers[10]).to.equal(100);
+  });
+
+  it("split commands with a wrong argument count get Redis' own arity error", async () => {
+    const [a, b] = await keyPerMaster("arity:");
+    const viaProxy = await client();
+    const single = await client(reference.port);
+    for (const step of [["MSET", a, "1", b], ["MSET"], ["MGET"], ["DEL"], ["EXISTS"]]) {
+      const want = comparable(await single.call(...step));
+      expect(want).to.match(/^ERROR: ERR wrong number of arguments/);
+      expect(comparable(await viaProxy.call(...step)), step.join(" ")).to.equal(want);
+    }
+  });
+
+  it("MGET with missing keys keeps the nulls at their positions", async () => {
+    const keys = Array.from({ length: 60 }, (_, i) => `holes:${i}`);
+    const set = keys.filter((_, i) => i % 3 === 1);
+    expect(await io.mset(...set.flatMap((k) => [k, `val-${k}`]))).to.equal("OK");
+    const expected = keys.map((k, i) => (i % 3 === 1 ? `val-${k}` : null));
+    expect(await io.mget(...keys)).to.deep.equal(expected);
+    const reversed = [...keys].reverse();
+    expect(await io.mget(...reversed)).to.deep.equal([...expected].reverse());
+    expect(await io.mget("holes:none", keys[1], "holes:none2")).to.deep.equal([null, `val-${keys[1]}`, null]);
+    expect(await io.mget("holes:none", "holes:none2")).to.deep.equal([null, null]);
+  });
+
+  it("SCAN through the proxy returns each of 10,000 keys exactly once, with numeric cursors below 2^63", async () => {
+    const keys = await writeKeys(10_000, "scan:");
+    const c = await client();
+    const scanAll = async (...options: string[]): Promise<Map<string, number>> => {
+      const seen = new Map<string, number>();
+      let cursor = "0";
+      let calls = 0;
+      do {
+        const reply = toText(await c.call("SCAN", cursor, ...options));
+        if (!Array.isArray(reply) || reply.length !== 2 || !Array.isArray(reply[1])) {
+          throw new Error(`unexpected SCAN reply ${JSON.stringify(reply)}`);
+        }
+        cursor = String(reply[0]);
+        expect(cursor).to.match(/^\d+$/, "cursor is a non-negative decimal number");
+        expect(BigInt(cursor) < MAX_CURSOR).to.equal(true, `cursor ${cursor} below 2^63`);
+        for (const k of reply[1]) seen.set(String(k), (seen.get(String(k)) ?? 0) + 1);
+        expect(++calls).to.be.below(5000, "SCAN did not finish");
+      } while (cursor !== "0");
+      return seen;
+    };
+
+    const all = await scanAll("COUNT", "100");
+    expect(all.size).to.equal(keys.length);
+    expect([...all.values()].filter((n) => n !== 1)).to.deep.equal([], "keys returned more than once");
+    expect(keys.filter((k) => !all.has(k))).to.deep.equal([], "keys never returned");
+
+    const matching = await scanAll("MATCH", "scan:12*", "COUNT", "100");
+    const expected = keys.filter((k) => k.startsWith("scan:12")).sort();
+    expect([...matching.keys()].sort()).to.deep.equal(expected);
+    expect([...matching.values()].every((n) => n === 1)).to.equal(true, "MATCH: a key returned twice");
+  });
+
+  it("KEYS * and DBSIZE agree with the 10,000 keys written", async () => {
+    const keys = await writeKeys(10_000);
+    const c = await client();
+    const all = toText(await c.call("KEYS", "*"));
+    if (!Array.isArray(all)) throw new Error("KEYS: expected an array");
+    expect(all.length).to.equal(keys.length);
+    expect(all.map(String).sort()).to.deep.equal([...keys].sort());
+    expect(await c.call("DBSIZE")).to.equal(keys.length);
+    const some = toText(await c.call("KEYS", "key:99*"));
+    expect(Array.isArray(some) ? some.map(String).sort() : some).to.deep.equal(
+      keys.filter((k) => k.startsWith("key:99")).sort(),
+    );
+  });
+
+  it("DBSIZE sums the shards", async () => {
+    await writeKeys(1234, "db:");
+    const perShard = await Promise.all(masters.map(async (m) => Number(await m.call("DBSIZE"))));
+    expect(perShard.every((n) => n > 0)).to.equal(true, "every shard holds some keys");
+    expect(await io.dbsize()).to.equal(1234);
+    expect(perShard.reduce((a, b) => a + b, 0)).to.equal(1234);
+  });
+
+  it("FLUSHALL through the proxy empties every shard", async () => {
+    await writeKeys(3000, "flush:");
+    for (const m of masters) expect(Number(await m.call("DBSIZE"))).to.be.above(0);
+    expect(await io.flushall()).to.equal("OK");
+    for (const m of masters) expect(await m.call("DBSIZE"), `DBSIZE of ${m.port}`).to.equal(0);
+    expect(await io.dbsize()).to.equal(0);
+  });
+
+  it("RANDOMKEY returns a key wherever it lives; null when every shard is empty", async () => {
+    const c = await client();
+    expect(await c.call("RANDOMKEY")).to.equal(null);
+    // One key only: on one shard, so the proxy must look past empty ones.
+    for (const key of await keyPerMaster("rnd:")) {
+      expect(await c.text("SET", key, "x")).to.equal("OK");
+      for (let i = 0; i < 6; i++) expect(await c.text("RANDOMKEY")).to.equal(key);
+      expect(await c.call("DEL", key)).to.equal(1);
+    }
+  });
+
+  it("EVAL with keys in one slot works; across slots CROSSSLOT; numkeys 0 goes to any master", async () => {
+    const c = await client();
+    const body =
+      "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2]); return redis.call('MGET', KEYS[1], KEYS[2])";
+    for (const key of await keyPerMaster("ev:")) {
+      const [k1, k2] = [`{${key}}:a`, `{${key}}:b`];
+      await withoutRedirects(async () => {
+        expect(await c.text("EVAL", body, "2", k1, k2, "one", "two")).to.deep.equal(["one", "two"]);
+      });
+      expect(await (await ownerOf(k1)).call("MGET", k1, k2)).to.deep.equal(["one", "two"]);
+    }
+    const [x, y] = await keyPerMaster("evx:");
+    expect(errorOf(await c.call("EVAL", body, "2", x, y, "1", "2"))).to.equal(CROSSSLOT);
+    expect(await (await ownerOf(x)).call("EXISTS", x)).to.equal(0);
+    // numkeys 0: the arguments are not keys, even when they would span slots.
+    expect(await c.text("EVAL", "return ARGV[1] .. ARGV[2]", "0", x, y)).to.equal(x + y);
+    expect(await c.call("EVAL", "return 42", "0")).to.equal(42);
+    expect(errorOf(await c.call("EVAL", "return 1", "3", x))).to.match(/^ERR Number of keys/);
+  });
+
+  it("EVALSHA after SCRIPT FLUSH on the key's shard still succeeds: the proxy reloads what it saw", async () => {
+    const c = await client();
+    const [viaEval, viaLoad] = await keyPerMaster("nos:");
+    const evalBody = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    const evalSha = sha1(evalBody);
+    expect(await c.call("EVAL", evalBody, "1", viaEval, "5")).to.equal(5);
+    const owner = await ownerOf(viaEval);
+    expect(await owner.call("SCRIPT", "FLUSH")).to.equal("OK");
+    expect(await owner.call("SCRIPT", "EXISTS", evalSha)).to.deep.equal([0]);
+    expect(await c.call("EVALSHA", evalSha, "1", viaEval, "2")).to.equal(7);
+    expect(await owner.call("SCRIPT", "EXISTS", evalSha)).to.deep.equal([1]);
+
+    const loadBody = "return redis.call('APPEND', KEYS[1], ARGV[1])";
+    expect(await c.text("SCRIPT", "LOAD", loadBody)).to.equal(sha1(loadBody));
+    const loadOwner = await ownerOf(viaLoad);
+    expect(await loadOwner.call("SCRIPT", "FLUSH")).to.equal("OK");
+    expect(await c.call("EVALSHA", sha1(loadBody), "1", viaLoad, "abc")).to.equal(3);
+    expect(await loadOwner.call("GET", viaLoad)).to.equal("abc");
+
+    // A script the proxy never saw: NOSCRIPT, as Redis says.
+    expect(errorOf(await c.call("EVALSHA", sha1("return 0"), "1", viaLoad))).to.match(/^NOSCRIPT/);
+  });
+
+  it("SCRIPT LOAD reaches every master: SCRIPT EXISTS says 1 and EVALSHA works on keys of every shard", async () => {
+    const c = await client();
+    const body = "return {KEYS[1], redis.call('INCR', KEYS[1])}";
+    const sha = toText(await c.call("SCRIPT", "LOAD", body));
+    expect(sha).to.equal(sha1(body));
+    expect(await c.call("SCRIPT", "EXISTS", String(sha), sha1("nope"))).to.deep.equal([1, 0]);
+    for (const m of masters)
+      expect(await m.call("SCRIPT", "EXISTS", String(sha)), `on ${m.port}`).to.deep.equal([1]);
+    await withoutRedirects(async () => {
+      for (const key of await keyPerMaster("sha:")) {
+        expect(await c.text("EVALSHA", String(sha), "1", key)).to.deep.equal([key, 1]);
+        expect(await c.text("EVALSHA", String(sha), "1", key)).to.deep.equal([key, 2]);
+      }
+    });
+  });
+
+  it("MULTI with keys in two slots: CROSSSLOT for the second, EXEC gives EXECABORT, nothing runs", async () => {
+    const [a, b] = await keyPerMaster("txx:");
+    const c = await client();
+    c.write(
+      Buffer.concat([
+        encode(["MULTI"]),
+        encode(["SET", a, "1"]),
+        encode(["SET", b, "2"]),
+        encode(["EXEC"]),
+        encode(["MULTI"]),
+        encode(["MSET", `{${a}}x`, "1", `{${b}}y`, "2"]),
+        encode(["EXEC"]),
+      ]),
+    );
+    expect(await c.next()).to.equal("OK");
+    expect(await c.next()).to.equal("QUEUED");
+    expect(errorOf(await c.next())).to.equal(CROSSSLOT);
+    expect(errorOf(await c.next())).to.equal(EXECABORT);
+    expect(await c.next()).to.equal("OK");
+    expect(errorOf(await c.next())).to.equal(CROSSSLOT);
+    expect(errorOf(await c.next())).to.equal(EXECABORT);
+    expect(await (await ownerOf(a)).call("EXISTS", a)).to.equal(0);
+    expect(await (await ownerOf(b)).call("EXISTS", b)).to.equal(0);
+    expect(await c.text("PING")).to.equal("PONG");
+  });
+
+  it("MULTI in one slot ({tag}) works, with keyless commands (PING) queued before the first key", async () => {
+    for (const tag of await keyPerMaster("tag")) {
+      const [k, n] = [`{${tag}}:k`, `{${tag}}:n`];
+      const c = await client();
+      c.write(
+        Buffer.concat([
+          encode(["MULTI"]),
+          encode(["PING"]),
+          encode(["ECHO", "hi"]),
+          encode(["SET", k, "v"]),
+          encode(["INCRBY", n, "3"]),
+          encode(["GET", k]),
+          encode(["EXEC"]),
+        ]),
+      );
+      const replies: Value[] = [];
+      for (let i = 0; i < 7; i++) replies.push(toText(await c.next()));
+      expect(replies).to.deep.equal([
+        "OK",
+        "QUEUED",
+        "QUEUED",
+        "QUEUED",
+        "QUEUED",
+        "QUEUED",
+        ["PONG", "hi", "OK", 3, "v"],
+      ]);
+      expect(await (await ownerOf(k)).call("MGET", k, n)).to.deep.equal(["v", "3"]);
+      const io2 = ioClient();
+      expect(await io2.multi().ping().incr(n).get(n).exec()).to.deep.equal([
+        [null, "PONG"],
+        [null, 4],
+        [null, "4"],
+      ]);
+    }
+  });
+
+  it("MULTI one reply at a time (MULTI, PING, then keys of one slot): every reply comes without waiting for the next command", async () => {
+    for (const tag of await keyPerMaster("seq")) {
+      const k = `{${tag}}:k`;
+      const c = await client();
+      expect(await c.text("MULTI")).to.equal("OK");
+      expect(await c.text("PING")).to.equal("QUEUED");
+      expect(await c.text("SET", k, "v")).to.equal("QUEUED");
+      expect(await c.text("INCR", `{${tag}}:n`)).to.equal("QUEUED");
+      expect(await c.text("EXEC")).to.deep.equal(["PONG", "OK", 1]);
+      expect(await (await ownerOf(k)).call("GET", k)).to.equal("v");
+      expect(await c.text("MULTI")).to.equal("OK");
+      expect(await c.text("PING")).to.equal("QUEUED");
+      expect(await c.text("EXEC")).to.deep.equal(["PONG"]);
+    }
+  });
+
+  it("WATCH in a cluster: EXEC is null after another client's write, runs otherwise; WATCH across slots is CROSSSLOT", async () => {
+    for (const key of await keyPerMaster("watch:")) {
+      const a = await client();
+      const b = await client();
+      expect(await a.text("SET", key, "start")).to.equal("OK");
+      expect(await a.text("WATCH", key)).to.equal("OK");
+      expect(await b.text("SET", key, "by-b")).to.equal("OK");
+      a.write(Buffer.concat([encode(["MULTI"]), encode(["SET", key, "by-a"]), encode(["EXEC"])]));
+      expect(await a.next()).to.equal("OK");
+      expect(await a.next()).to.equal("QUEUED");
+      expect(await a.next()).to.equal(null);
+      expect(await (await ownerOf(key)).call("GET", key)).to.equal("by-b");
+
+      expect(await a.text("WATCH", key)).to.equal("OK");
+      expect(await a.text("MULTI")).to.equal("OK");
+      expect(await a.text("SET", key, "by-a")).to.equal("QUEUED");
+      expect(await a.text("EXEC")).to.deep.equal(["OK"]);
+      expect(await (await ownerOf(key)).call("GET", key)).to.equal("by-a");
+    }
+    const [x, y] = await keyPerMaster("watchx:");
+    const c = await client();
+    expect(errorOf(await c.call("WATCH", x, y))).to.equal(CROSSSLOT);
+    expect(await c.text("PING")).to.equal("PONG");
+  });
+
+  it("BLPOP on a key of each shard is woken by an LPUSH from another client", async () => {
+    for (const key of await keyPerMaster("bl:")) {
+      const a = await client();
+      const b = await client();
+      const owner = await ownerOf(key);
+      const blocked = async (): Promise<number> =>
+        Number(infoField(text(await owner.call("INFO", "clients")), "blocked_clients"));
+      a.send("BLPOP", key, "10");
+      await waitFor(`the BLPOP on ${key} to block on its shard`, async () => (await blocked()) === 1);
+      expect(await b.text("LPUSH", key, "woken")).to.equal(1);
+      expect(toText(await a.next())).to.deep.equal([key, "woken"]);
+      expect(await owner.call("EXISTS", key)).to.equal(0);
+      expect(await a.text("SET", key, "after")).to.equal("OK");
+    }
+  });
+
+  it("SUBSCRIBE/PSUBSCRIBE through the proxy get PUBLISHes from clients on every master", async () => {
+    const sub = ioClient();
+    const messages: string[][] = [];
+    sub.on("message", (channel: string, message: string) => messages.push(["message", channel, message]));
+    sub.on("pmessage", (pattern: string, channel: string, message: string) =>
+      messages.push(["pmessage", pattern, channel, message]),
+    );
+    expect(await sub.subscribe("cps:news")).to.equal(1);
+    expect(await sub.psubscribe("cps:n*")).to.equal(2);
+    // Consecutive clients: the proxy spreads keyless commands over the masters.
+    const publishers = await Promise.all([client(), client(), client(), client()]);
+    for (const [i, p] of publishers.entries()) {
+      const count = toText(await p.call("PUBLISH", "cps:news", `m${i}`));
+      expect(count).to.be.oneOf([0, 1, 2]);
+    }
+    // Published on each master directly: the subscription sits on one of them only.
+    for (const [i, m] of masters.entries()) await m.call("PUBLISH", "cps:news", `direct${i}`);
+    await waitFor("14 messages", () => messages.length >= 14);
+    await sleep(100);
+    const got = messages.map((m) => m.join("|")).sort();
+    const want = ["m0", "m1", "m2", "m3", "direct0", "direct1", "direct2"]
+      .flatMap((body) => [`message|cps:news|${body}`, `pmessage|cps:n*|cps:news|${body}`])
+      .sort();
+    expect(got).to.deep.equal(want);
+  });
+
+  it("SSUBSCRIBE/SPUBLISH are routed by the channel's slot", async () => {
+    for (const channel of await keyPerMaster("shard-chan:")) {
+      const sub = await client();
+      const pub = await client();
+      expect(toText(await sub.call("SSUBSCRIBE", channel))).to.deep.equal(["ssubscribe", channel, 1]);
+      const owner = await ownerOf(channel);
+      expect(await owner.call("PUBSUB", "SHARDNUMSUB", channel)).to.deep.equal([channel, 1]);
+      await withoutRedirects(async () => {
+        expect(await pub.call("SPUBLISH", channel, "hello")).to.equal(1);
+      });
+      expect(toText(await sub.next())).to.deep.equal(["smessage", channel, "hello"]);
+      expect(toText(await sub.call("SUNSUBSCRIBE", channel))).to.deep.equal(["sunsubscribe", channel, 0]);
+    }
+  });
+
+  it("XREAD routes by the keys after STREAMS (keyword key spec); BLOCK waits on the right shard", async () => {
+    const c = await client();
+    for (const tag of await keyPerMaster("xs")) {
+      const [s1, s2] = [`{${tag}}:a`, `{${tag}}:b`];
+      const id1 = toText(await c.call("XADD", s1, "1-1", "f", "v1"));
+      const id2 = toText(await c.call("XADD", s2, "2-1", "f", "v2"));
+      await withoutRedirects(async () => {
+        expect(toText(await c.call("XREAD", "COUNT", "10", "STREAMS", s1, s2, "0", "0"))).to.deep.equal([
+          [s1, [[id1, ["f", "v1"]]]],
+          [s2, [[id2, ["f", "v2"]]]],
+        ]);
+      });
+      const blocked = await client();
+      blocked.send("XREAD", "BLOCK", "5000", "STREAMS", s1, "$");
+      const owner = await ownerOf(s1);
+      await waitFor(
+        "XREAD BLOCK to block on its shard",
+        async () => Number(infoField(text(await owner.call("INFO", "clients")), "blocked_clients")) === 1,
+      );
+      expect(await c.text("XADD", s1, "3-1", "f", "v3")).to.equal("3-1");
+      expect(toText(await blocked.next())).to.deep.equal([[s1, [["3-1", ["f", "v3"]]]]]);
+    }
+    const [x, y] = await keyPerMaster("xsx:");
+    expect(errorOf(await c.call("XREAD", "STREAMS", x, y, "0", "0"))).to.equal(CROSSSLOT);
+  });
+
+  it("ZUNIONSTORE/ZUNION/SUNIONSTORE/SINTERCARD in one slot work (keynum and range keys), across slots CROSSSLOT", async () => {
+    const c = await client();
+    const single = await client(reference.port);
+    for (const tag of await keyPerMaster("un")) {
+      const [z1, z2, zd, s1, s2, sd] = ["z1", "z2", "zd", "s1", "s2", "sd"].map((n) => `{${tag}}:${n}`);
+      const steps: string[][] = [
+        ["ZADD", z1, "1", "a", "2", "b"],
+        ["ZADD", z2, "5", "b", "7", "c"],
+        ["ZUNIONSTORE", zd, "2", z1, z2, "WEIGHTS", "1", "10", "AGGREGATE", "MAX"],
+        ["ZRANGE", zd, "0", "-1", "WITHSCORES"],
+        ["ZUNION", "2", z1, z2, "WEIGHTS", "2", "1", "WITHSCORES"],
+        ["ZINTERCARD", "2", z1, z2],
+        ["SADD", s1, "a", "b"],
+        ["SADD", s2, "b", "c"],
+        ["SUNIONSTORE", sd, s1, s2],
+        ["SINTERCARD", "2", s1, s2],
+      ];
+      await withoutRedirects(async () => {
+        for (const step of steps) {
+          const want = comparable(await single.call(...step));
+          expect(want, `${step[0]} on one Redis`).to.not.match(/^ERROR/);
+          expect(comparable(await c.call(...step)), step.join(" ")).to.deep.equal(want);
+        }
+      });
+      expect(await (await ownerOf(zd)).call("ZCARD", zd)).to.equal(3);
+    }
+    const [x, y] = await keyPerMaster("unx:");
+    expect(errorOf(await c.call("ZUNIONSTORE", `{${x}}d`, "2", x, y))).to.equal(CROSSSLOT);
+    expect(errorOf(await c.call("SUNIONSTORE", `{${x}}d`, x, y))).to.equal(CROSSSLOT);
+    expect(await (await ownerOf(x)).call("EXISTS", `{${x}}d`)).to.equal(0);
+  });
+
+  it("INFO has the proxy section naming the 3 masters; SELECT 0 is accepted", async () => {
+    const c = await client();
+    const info = String(toText(await c.call("INFO", "proxy")));
+    expect(info).to.match(/^# Proxy\r\n/);
+    expect(infoField(info, "upstream_nodes")).to.equal("3");
+    for (const m of masters) expect(info).to.include(`127.0.0.1:${m.port}`);
+    const full = String(toText(await c.call("INFO")));
+    expect(full).to.match(/^# Proxy\r\n/m);
+    expect(full).to.match(/^redis_version:/m);
+    expect(await c.text("SELECT", "0")).to.equal("OK");
+    expect(errorOf(await c.call("SELECT", "1"))).to.equal("ERR SELECT is not allowed in cluster mode");
+    expect(await c.text("SET", "sel:k", "v")).to.equal("OK");
+    expect(await (await ownerOf("sel:k")).call("GET", "sel:k")).to.equal("v");
+  });
+
+  it("a slot migrated behind the proxy's back: ASK while migrating, MOVED after; right values, no error", async () => {
+    const [key] = await keyPerMaster("mig:");
+    const slot = calculateSlot(key);
+    const source = await ownerOf(key);
+    const target = masters.find((m) => m !== source)!;
+    const sibling = `{${key}}:sibling`;
+    const fresh = `{${key}}:fresh`;
+    const c = await client();
+    expect(await c.text("SET", key, "before")).to.equal("OK");
+    expect(await c.text("SET", sibling, "sib")).to.equal("OK");
+    const sourceId = text(await source.call("CLUSTER", "MYID"));
+    const targetId = text(await target.call("CLUSTER", "MYID"));
+    const before = await redirectsSent(masters);
+
+    // Migrating: the keys go over one by one; the source answers ASK for those already moved.
+    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", sourceId)).to.equal("OK");
+    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetId)).to.equal("OK");
+    expect(await source.call("MIGRATE", "127.0.0.1", String(target.port), key, "0", "5000")).to.equal("OK");
+    expect(await c.text("GET", key)).to.equal("before");
+    expect(await c.text("GET", sibling)).to.equal("sib");
+    expect(await c.text("SET", fresh, "new")).to.equal("OK");
+    const asked = await redirectsSent(masters);
+    expect(asked.ask - before.ask).to.be.at.least(2, "the source answered ASK");
+
+    // Finish: the rest of the keys, then every node learns the new owner.
+    expect(
+      await source.call("MIGRATE", "127.0.0.1", String(target.port), "", "0", "5000", "KEYS", sibling),
+    ).to.equal("OK");
+    for (const node of [target, source, ...masters.filter((m) => m !== source && m !== target)]) {
+      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId)).to.equal("OK");
+    }
+    await waitFor("every master to agree on the slot's owner", async () =>
+      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === target.port),
+    );
+    expect(await c.text("GET", key)).to.equal("before");
+    expect(await c.text("SET", key, "after")).to.equal("OK");
+    expect(await c.text("MGET", sibling, fresh, key)).to.deep.equal(["sib", "new", "after"]);
+    expect(await target.call("MGET", sibling, fresh, key)).to.deep.equal(["sib", "new", "after"]);
+    expect(await source.call("DBSIZE")).to.equal(0);
+    const after = await redirectsSent(masters);
+    expect(after.moved - asked.moved).to.be.at.least(1, "the proxy's stale map was corrected by MOVED");
+    // Once corrected, the proxy goes straight to the new owner.
+    await withoutRedirects(async () => {
+      for (let i = 0; i < 5; i++) expect(await c.text("GET", key)).to.equal("after");
+    });
+  });
+});

@@ -1,0 +1,224 @@
+import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
+import type { RespValue } from "../resp/values.js";
+import type { GearsEngine } from "./engine.js";
+import type { Execution } from "./execution.js";
+
+type Handler = (engine: GearsEngine, args: Buffer[]) => Promise<Buffer> | Buffer;
+
+const NO_EXECUTION = "execution plan does not exist";
+const b = (text: string): Buffer => Buffer.from(text);
+
+function arity(name: string): Buffer {
+  return encodeError(`ERR wrong number of arguments for '${name}' command`);
+}
+
+/** RG.EXECUTE <script> [UNBLOCKING] [ID <id>] [DESCRIPTION <text>] [UPGRADE] [REPLACE_WITH <old>] */
+async function execute(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
+  if (args.length < 1) return arity("rg.execute");
+  let unblocking = false;
+  let sessionId: string | undefined;
+  let description: string | undefined;
+  for (let i = 1; i < args.length; i++) {
+    const option = args[i].toString().toUpperCase();
+    if (option === "UNBLOCKING") unblocking = true;
+    else if (option === "ID") {
+      if (i + 1 >= args.length) return encodeError("ERR ID is missing");
+      sessionId = args[++i].toString();
+      if (!/^[A-Za-z0-9_-]+$/.test(sessionId)) {
+        return encodeError("ERR ID must be compose of: ['A'-'Z' | 'a'-'z' | '0' - '9' | '-' | '_']");
+      }
+    } else if (option === "DESCRIPTION") {
+      if (i + 1 >= args.length) return encodeError("ERR DESCRIPTION is missing");
+      description = args[++i].toString();
+    } else if (option === "UPGRADE" || option === "REPLACE_WITH") {
+      return encodeError(
+        `ERR ${option} needs sessions with registrations, which gears-proxy does not support yet`,
+      );
+    } else return encodeError(`ERR Unknown arguments were given: ${args[i].toString()}`);
+  }
+  return engine.execute({ script: args[0].toString(), unblocking, sessionId, description });
+}
+
+function finished(engine: GearsEngine, id: string): Execution | Buffer {
+  const execution = engine.get(id);
+  if (execution === undefined) return encodeError(NO_EXECUTION);
+  return execution;
+}
+
+function getResults(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length !== 1) return arity("rg.getresults");
+  const execution = finished(engine, args[0].toString());
+  if (Buffer.isBuffer(execution)) return execution;
+  if (!execution.isFinished) return encodeError("execution is still running");
+  return execution.reply();
+}
+
+async function getResultsBlocking(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
+  if (args.length !== 1) return arity("rg.getresultsblocking");
+  const execution = finished(engine, args[0].toString());
+  if (Buffer.isBuffer(execution)) return execution;
+  await execution.waitFinished();
+  return execution.reply();
+}
+
+function plan(execution: Execution): RespValue[] {
+  const steps: RespValue[] = [...execution.action.steps]
+    .reverse()
+    .map((s) => [b("type"), b(s.type), b("duration"), 0, b("name"), b(s.name), b("arg"), b(s.arg)]);
+  steps.push([
+    b("type"),
+    b("reader"),
+    b("duration"),
+    execution.readMs,
+    b("name"),
+    b(execution.action.reader),
+    b("arg"),
+    b(String(execution.action.arg)),
+  ]);
+  const end = execution.finishedAt || Date.now();
+  return [
+    b("status"),
+    b(execution.status),
+    b("shards_received"),
+    execution.partitions.count,
+    b("shards_completed"),
+    execution.isFinished ? execution.partitions.count : execution.partitionsDone,
+    b("results"),
+    execution.isFinished ? (execution.results?.length ?? 0) : -1,
+    b("errors"),
+    execution.isFinished ? execution.errors.map(b) : [],
+    b("total_duration"),
+    execution.startedAt ? end - execution.startedAt : 0,
+    b("read_duration"),
+    execution.readMs,
+    b("steps"),
+    steps,
+    b("records_read"),
+    execution.recordsRead,
+  ];
+}
+
+/** RG.GETEXECUTION <id> [SHARD|CLUSTER]: the plan and its progress, one entry per shard. */
+function getExecution(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length < 1 || args.length > 2) return arity("rg.getexecution");
+  const mode = args[1]?.toString().toUpperCase();
+  if (mode !== undefined && mode !== "SHARD" && mode !== "CLUSTER") return encodeError("unknown subcommand");
+  if (mode === "CLUSTER" && engine.router.topology.mode !== "cluster") {
+    return encodeError("no cluster detected - use `RG.GETEXECUTION <id> [SHARD]` instead");
+  }
+  const execution = finished(engine, args[0].toString());
+  if (Buffer.isBuffer(execution)) return execution;
+  const shards = mode === "SHARD" ? execution.partitions.shardIds.slice(0, 1) : execution.partitions.shardIds;
+  return encodeValue(shards.map((id) => [b("shard_id"), b(id), b("execution_plan"), plan(execution)]));
+}
+
+function dumpExecutions(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length !== 0) return arity("rg.dumpexecutions");
+  return encodeValue(
+    engine.list().map((e) => [b("executionId"), b(e.id), b("status"), b(e.status), b("registered"), 0]),
+  );
+}
+
+function dropExecution(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length !== 1) return arity("rg.dropexecution");
+  const execution = finished(engine, args[0].toString());
+  if (Buffer.isBuffer(execution)) return execution;
+  if (!execution.isFinished) return encodeError("can not drop a not yet finished execution, abort it first.");
+  engine.drop(execution.id);
+  return OK;
+}
+
+async function abortExecution(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
+  if (args.length !== 1) return arity("rg.abortexecution");
+  const execution = engine.get(args[0].toString());
+  if (execution === undefined) return encodeError("execution does not exist");
+  execution.abort();
+  await execution.waitFinished();
+  return OK;
+}
+
+function configGet(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length < 1) return arity("rg.configget");
+  return engine.config.get(args.map(String));
+}
+
+function configSet(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length < 2 || args.length % 2 !== 0) return arity("rg.configset");
+  const pairs: [string, string][] = [];
+  for (let i = 0; i < args.length; i += 2) pairs.push([args[i].toString(), args[i + 1].toString()]);
+  return engine.config.set(pairs);
+}
+
+function infoCluster(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length !== 0) return arity("rg.infocluster");
+  const topology = engine.router.topology;
+  if (topology.mode !== "cluster") return encodeBulk("no cluster mode");
+  const masters = topology.masters();
+  const shards = masters.map((node, i) => {
+    const ranges = topology.slotRanges().filter((r) => r[2] === i);
+    const min = Math.min(...ranges.map((r) => r[0]));
+    const max = Math.max(...ranges.map((r) => r[1]));
+    return [
+      b("id"),
+      b(node.clusterId),
+      b("ip"),
+      b(node.address.host),
+      b("port"),
+      node.address.port,
+      b("minHslot"),
+      min,
+      b("maxHslot"),
+      max,
+    ];
+  });
+  return encodeValue([b("MyId"), b(engine.proxyId), shards]);
+}
+
+async function refreshCluster(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
+  if (args.length !== 0) return arity("rg.refreshcluster");
+  await engine.router.topology.refresh();
+  return OK;
+}
+
+function pyExecute(): Buffer {
+  return encodeError("ERR RG.PYEXECUTE needs Python; send the script as JavaScript with RG.EXECUTE");
+}
+
+const HANDLERS = new Map<string, Handler>([
+  ["rg.execute", execute],
+  ["rg.pyexecute", pyExecute],
+  ["rg.getresults", getResults],
+  ["rg.getresultsblocking", getResultsBlocking],
+  ["rg.getexecution", getExecution],
+  ["rg.dumpexecutions", dumpExecutions],
+  ["rg.dropexecution", dropExecution],
+  ["rg.abortexecution", abortExecution],
+  ["rg.configget", configGet],
+  ["rg.configset", configSet],
+  ["rg.infocluster", infoCluster],
+  ["rg.refreshcluster", refreshCluster],
+]);
+
+/** Whether the client must wait for this command's reply before its next command runs. */
+export function holdsClient(name: string, args: Buffer[]): boolean {
+  if (name === "rg.getresultsblocking") return true;
+  return name === "rg.execute" && !args.some((a) => a.toString().toUpperCase() === "UNBLOCKING");
+}
+
+/** Runs an RG.* command; the reply as RESP bytes. Unknown RG commands get Redis' unknown-command error. */
+export async function runGearsCommand(engine: GearsEngine, name: string, args: Buffer[]): Promise<Buffer> {
+  const handler = HANDLERS.get(name);
+  if (handler === undefined) {
+    return encodeError(
+      `ERR unknown command '${name}', with args beginning with: ${args
+        .slice(0, 3)
+        .map((a) => `'${a}' `)
+        .join("")}`,
+    );
+  }
+  try {
+    return await handler(engine, args);
+  } catch (err) {
+    return encodeError(`ERR ${err instanceof Error ? err.message : String(err)}`);
+  }
+}

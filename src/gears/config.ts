@@ -1,0 +1,56 @@
+import { encodeError, encodeInteger, encodeValue } from "../resp/encode.js";
+
+/** RG.CONFIGGET/RG.CONFIGSET: the built-in settings of spec section 5, plus free-form extras. */
+export class GearsConfig {
+  private readonly numbers = new Map<string, number>([
+    ["MaxExecutions", 1000],
+    ["MaxExecutionsPerRegistration", 100],
+    ["ProfileExecutions", 0],
+    ["ExecutionMaxIdleTime", 5000],
+    ["ScriptMemoryLimitMB", 64],
+    ["ScriptTimeoutMS", 5000],
+    ["ExecutionThreads", 3],
+  ]);
+  /** Built-ins fixed at start. */
+  private readonly readOnly = new Set(["ExecutionThreads"]);
+  private readonly extra = new Map<string, string>();
+
+  number(name: string): number {
+    return this.numbers.get(name)!;
+  }
+
+  /** A value for the guest's configGet(): built-in or extra; null when unknown. */
+  lookup(name: string): string | number | null {
+    return this.numbers.get(name) ?? this.extra.get(name) ?? null;
+  }
+
+  get(names: string[]): Buffer {
+    const parts = names.map((name) => {
+      const n = this.numbers.get(name);
+      if (n !== undefined) return encodeInteger(n);
+      const e = this.extra.get(name);
+      if (e !== undefined) return encodeValue(Buffer.from(e));
+      return encodeError(`Unsupported config parameter: ${name}`);
+    });
+    return Buffer.concat([Buffer.from(`*${parts.length}\r\n`), ...parts]);
+  }
+
+  set(pairs: [string, string][]): Buffer {
+    const parts = pairs.map(([name, value]) => {
+      if (this.numbers.has(name)) {
+        if (this.readOnly.has(name)) return encodeError(`Config value ${name} not modifiable at runtime`);
+        const n = Number(value);
+        if (!/^\d+$/.test(value) || !Number.isSafeInteger(n))
+          return encodeError(`Failed setting config value ${name}`);
+        if ((name === "ScriptMemoryLimitMB" && n < 16) || (name === "ScriptTimeoutMS" && n < 1)) {
+          return encodeError(`Failed setting config value ${name}`);
+        }
+        this.numbers.set(name, n);
+        return encodeValue("OK");
+      }
+      this.extra.set(name, value);
+      return encodeValue("OK - value was saved in extra config dictionary");
+    });
+    return Buffer.concat([Buffer.from(`*${parts.length}\r\n`), ...parts]);
+  }
+}

@@ -1,0 +1,123 @@
+import type { JsonValue } from "../sandbox/types.js";
+import { executionError } from "./errors.js";
+import type { Action, GuestIsolate } from "./guest-isolate.js";
+import { encodeResults } from "./json-values.js";
+import type { Partitions } from "./partitions.js";
+import { READERS, type ReadContext } from "./readers.js";
+
+export type ExecutionStatus = "created" | "running" | "done" | "aborted";
+
+/**
+ * One batch run of a plan: every partition is read in parallel and its records are fed
+ * to the guest in batches (the next batch is fetched while the guest works on this one);
+ * then the guest runs the global steps and hands back the results.
+ */
+export class Execution {
+  status: ExecutionStatus = "created";
+  results: JsonValue[] | null = null;
+  readonly errors: string[] = [];
+  recordsRead = 0;
+  partitionsDone = 0;
+  readonly createdAt = Date.now();
+  startedAt = 0;
+  finishedAt = 0;
+  readMs = 0;
+  private abortRequested = false;
+  private readonly finished: Promise<void>;
+  private markFinished!: () => void;
+
+  constructor(
+    readonly id: string,
+    private readonly isolate: GuestIsolate,
+    readonly action: Action,
+    private readonly actionIndex: number,
+    readonly partitions: Partitions,
+  ) {
+    this.finished = new Promise((resolve) => (this.markFinished = resolve));
+  }
+
+  get isFinished(): boolean {
+    return this.status === "done" || this.status === "aborted";
+  }
+
+  waitFinished(): Promise<void> {
+    return this.finished;
+  }
+
+  /** Stops the execution promptly: the guest is interrupted and reading stops. */
+  abort(): void {
+    if (this.isFinished) return;
+    this.abortRequested = true;
+    if (this.status === "created") {
+      this.status = "aborted";
+      this.finish();
+    } else this.isolate.abort();
+  }
+
+  async run(): Promise<void> {
+    if (this.abortRequested) return;
+    this.status = "running";
+    this.startedAt = Date.now();
+    try {
+      const topology = { partitions: this.partitions.count, slots: this.partitions.ranges };
+      const execId = await this.isolate.call("__gears.start", [this.actionIndex, topology]);
+      const readStart = Date.now();
+      const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, execId));
+      await Promise.all(parts);
+      this.readMs = Date.now() - readStart;
+      if (this.abortRequested) throw new Error("aborted");
+      const out = (await this.isolate.call("__gears.finish", [execId])) as {
+        results: JsonValue[];
+        errors: string[];
+      };
+      this.results = out.results;
+      this.errors.push(...out.errors);
+      this.status = "done";
+    } catch (err) {
+      if (this.abortRequested) this.status = "aborted";
+      else {
+        this.errors.push(await executionError(err, this.isolate));
+        this.status = "done";
+      }
+      this.results ??= [];
+    } finally {
+      this.finish();
+    }
+  }
+
+  private async readPartition(partition: number, execId: JsonValue): Promise<void> {
+    const reader = READERS[this.action.reader];
+    const ctx: ReadContext = {
+      partition,
+      shard: this.partitions.shard(partition),
+      partitionOfSlot: (slot) => this.partitions.partitionOfSlot(slot),
+      shardId: this.partitions.shardIds[partition],
+    };
+    const arg = typeof this.action.arg === "string" ? this.action.arg : "*";
+    const batches = reader(ctx, arg, this.action.options);
+    try {
+      let next = batches.next();
+      for (;;) {
+        const batch = await next;
+        if (batch.done || this.abortRequested) break;
+        next = batches.next();
+        this.recordsRead += batch.value.length;
+        await this.isolate.call("__gears.feed", [execId, partition, batch.value]);
+      }
+    } finally {
+      await batches.return();
+    }
+    this.partitionsDone++;
+  }
+
+  private finish(): void {
+    this.finishedAt = Date.now();
+    void this.isolate.dispose().catch(() => {});
+    this.markFinished();
+  }
+
+  /** `[results, errors]`. */
+  reply(): Buffer {
+    return encodeResults(this.results ?? [], this.errors);
+  }
+}

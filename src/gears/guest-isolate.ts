@@ -1,0 +1,30 @@
+import type { HostBridge, IsolateLimits, JsonValue } from "../sandbox/types.js";
+
+/** What gears needs of an isolate (the sandbox's Isolate provides it). */
+export interface GuestIsolate {
+  evalScript(source: string, filename: string): Promise<JsonValue>;
+  call(path: string, args: JsonValue[]): Promise<JsonValue>;
+  abort(): void;
+  dispose(): Promise<void>;
+  readonly alive: boolean;
+}
+
+export type IsolateFactory = (limits: IsolateLimits, bridge: HostBridge) => Promise<GuestIsolate>;
+
+/** One step of a plan, as the guest library reports it. */
+export interface StepInfo {
+  type: string;
+  name: string;
+  arg: string;
+  line: number | null;
+}
+
+/** What a script asked for: run() or register(), as the guest library reports it. */
+export interface Action {
+  kind: "run" | "register";
+  reader: string;
+  arg: JsonValue;
+  options: Record<string, JsonValue>;
+  desc: string | null;
+  steps: StepInfo[];
+}

@@ -1,0 +1,31 @@
+import { encodeValue } from "../resp/encode.js";
+import { RespError, type RespValue } from "../resp/values.js";
+import type { JsonValue } from "../sandbox/types.js";
+
+/** A Redis reply as the guest sees it: strings, numbers, null and arrays. Errors throw. */
+export function replyToJson(reply: RespValue): JsonValue {
+  if (reply === null || typeof reply === "number" || typeof reply === "string") return reply;
+  if (Buffer.isBuffer(reply)) return reply.toString();
+  if (reply instanceof RespError) throw new Error(reply.message);
+  return reply.map(replyToJson);
+}
+
+/**
+ * A guest result as RESP: a string is a bulk string, an integer an integer reply, null a
+ * null bulk, an array an array; {"+": text} a status and {"-": text} an error reply.
+ */
+export function jsonToResp(value: JsonValue): RespValue {
+  if (value === null) return null;
+  if (typeof value === "string") return Buffer.from(value);
+  if (typeof value === "number") return Number.isInteger(value) ? value : Buffer.from(String(value));
+  if (typeof value === "boolean") return value ? 1 : 0;
+  if (Array.isArray(value)) return value.map(jsonToResp);
+  if (typeof value["+"] === "string") return value["+"];
+  if (typeof value["-"] === "string") return new RespError(value["-"]);
+  return Buffer.from(JSON.stringify(value));
+}
+
+/** `[results, errors]`, the reply of a finished execution. */
+export function encodeResults(results: JsonValue[], errors: string[]): Buffer {
+  return encodeValue([results.map(jsonToResp), errors.map((e) => Buffer.from(e))]);
+}

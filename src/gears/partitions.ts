@@ -1,0 +1,70 @@
+import calculateSlot from "cluster-key-slot";
+import type { Router } from "../routing/router.js";
+import type { Arg } from "../resp/encode.js";
+import { PromiseSink } from "../upstream/reply-sink.js";
+import { encodeCommand } from "../resp/encode.js";
+import type { RespValue } from "../resp/values.js";
+import type { ShardAccess } from "./readers.js";
+
+/**
+ * The shards of an execution, frozen when it starts: partition i is the i-th master in
+ * slot order. The guest gets the same slot ranges so repartition() needs no host call.
+ */
+export class Partitions {
+  readonly count: number;
+  readonly ranges: [number, number, number][];
+  readonly shardIds: string[];
+  private readonly owner = new Int16Array(16384);
+
+  constructor(private readonly router: Router) {
+    const masters = router.topology.masters();
+    this.count = masters.length;
+    this.ranges = router.topology.slotRanges();
+    this.shardIds = masters.map((m) => m.clusterId);
+    for (const [start, end, index] of this.ranges) this.owner.fill(index, start, end + 1);
+  }
+
+  partitionOfSlot(slot: number): number {
+    return this.owner[slot];
+  }
+
+  /** Commands sent to one partition's master directly (keyless commands of a step run there). */
+  shard(partition: number): ShardAccess {
+    const node = this.router.topology.masters()[partition];
+    return {
+      call: (argv: readonly Arg[]): Promise<RespValue> => {
+        const sink = new PromiseSink();
+        this.router.sendTo(node, encodeCommand(argv), sink, partition, -1);
+        return sink.promise;
+      },
+    };
+  }
+
+  /** A short string whose hash slot belongs to `partition` (the guest's hashtag()). */
+  hashtag(partition: number): string {
+    const table = slotNames();
+    for (const [start, end, index] of this.ranges) {
+      if (index === partition) return table[start] ?? table[end];
+    }
+    return table[0];
+  }
+}
+
+let names: string[] | null = null;
+
+/** For every slot, the shortest decimal string that hashes to it (computed once). */
+function slotNames(): string[] {
+  if (names !== null) return names;
+  const table = new Array<string>(16384);
+  let missing = 16384;
+  for (let i = 0; missing > 0; i++) {
+    const s = String(i);
+    const slot = calculateSlot(s);
+    if (table[slot] === undefined) {
+      table[slot] = s;
+      missing--;
+    }
+  }
+  names = table;
+  return table;
+}

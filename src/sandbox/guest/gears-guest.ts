@@ -1,0 +1,1224 @@
+/**
+ * The guest library: evaluated in every isolate before the user's script.
+ *
+ * `gearsGuest` is self-contained (no imports, nothing from module scope) because it is shipped
+ * into the isolate as source text (`GEARS_GUEST_SOURCE`); its compiled ES2022 form must run in
+ * plain QuickJS (ECMAScript only, no Node APIs).
+ *
+ * It defines the user API (`GearsBuilder`/`GB`, `execute`, `executeAsync`, `log`, `configGet`,
+ * `gearsConfigGet`, `hashtag`) and `__gears`, the engine the host drives:
+ *
+ * - `actions()` -> `[{kind, reader, arg, options, desc, line, steps: [{type, name, arg, line}]}]`
+ * - `start(actionIndex, {partitions, slots: [start, end, partition][]})` -> execution id
+ * - `feed(execId, partition, records | recordsJson)` -> undefined, or a Promise when async steps
+ *   are still in flight (it settles when the execution has nothing in flight any more)
+ * - `wants(execId, partition)` -> false once a `limit()` of the first stage is exhausted there
+ * - `finish(execId)` -> (Promise of) `{results, errors}`
+ * - `progress(execId)` -> `{recordsIn, recordsOut, stage, done, pending, errors}`
+ * - `current()` -> `{step, line}` of the user function running now, or null
+ * - `drop(execId)`, `slot(key)`, `onRegistered(actionIndex)`
+ *
+ * Records flow through one fused closure chain per execution, across global steps too: a
+ * global step moves a record to another partition by switching the "current partition" and
+ * passing it on; group/count/sort state is kept per execution in the guest and emitted by
+ * `finish()`, in pipeline order.
+ */
+
+/**
+ * The host calls available in the guest as `globalThis.__host` (src/sandbox/prelude.ts): the
+ * arguments after the name are the host's `args` array (HostBridge in ../types.ts).
+ */
+export interface GuestHost {
+  callSync(name: string, ...args: unknown[]): unknown;
+  callAsync(name: string, ...args: unknown[]): PromiseLike<unknown>;
+  notify(name: string, ...args: unknown[]): void;
+}
+
+export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
+  "use strict";
+
+  type Fn = (...args: unknown[]) => unknown;
+  type Push = (r: unknown) => void;
+  type Cont = (v: unknown, r: unknown) => void;
+
+  /** What `current()` reports. */
+  interface Where {
+    step: string;
+    line: number | null;
+  }
+
+  interface StepDef {
+    type: string;
+    name: string;
+    arg: string;
+    line: number | null;
+    fns: (Fn | undefined)[];
+    params: unknown[];
+    where: Where;
+  }
+
+  interface Action {
+    kind: "run" | "register";
+    reader: string;
+    arg: string;
+    options: Record<string, unknown>;
+    desc: string | null;
+    line: number | null;
+    steps: StepDef[];
+    onRegistered: Fn | null;
+  }
+
+  /** A fold (reduce) state; async reducers are applied one record at a time per state. */
+  interface Acc {
+    a: unknown;
+    k: string | null;
+    p: number;
+    busy: boolean;
+    q: unknown[] | null;
+    qi: number;
+  }
+
+  interface Phase {
+    stage: number;
+    where: Where;
+    run: () => void;
+  }
+
+  interface Waiter {
+    res: () => void;
+    rej: (e: unknown) => void;
+  }
+
+  interface Result {
+    results: unknown[];
+    errors: string[];
+  }
+
+  interface Exec {
+    id: number;
+    action: Action;
+    parts: number;
+    owner: Int16Array;
+    head: Push;
+    phases: Phase[];
+    results: unknown[][];
+    errors: string[];
+    closed: boolean[];
+    pending: number;
+    waiters: Waiter[];
+    fatal: { error: unknown } | null;
+    dropped: boolean;
+    finishing: boolean;
+    done: Result | null;
+    recordsIn: number;
+    recordsOut: number;
+    stage: number;
+  }
+
+  const READERS = ["KeysReader", "KeysOnlyReader", "StreamReader", "ShardsIDReader", "CommandReader"];
+  const NO_RUN = ["CommandReader"];
+  const NO_REGISTER = ["KeysOnlyReader", "ShardsIDReader"];
+  const GLOBAL_OPS = [
+    "collect",
+    "repartition",
+    "groupby",
+    "batchgroupby",
+    "aggregate",
+    "aggregateby",
+    "count",
+    "countby",
+    "avg",
+    "distinct",
+    "sort",
+  ];
+  const STATELESS_OPS = ["map", "flatmap", "foreach", "filter", "limit"];
+
+  /** Partition of the record being processed (null outside steps). */
+  let curPart: number | null = null;
+  /** The step whose user code runs now. */
+  let cur: Where | null = null;
+  let ranOnce = false;
+  const actions: Action[] = [];
+  const execs = new Map<number, Exec>();
+  let lastExecId = 0;
+
+  // ---------------------------------------------------------------- small helpers
+
+  function isThenable(v: unknown): v is PromiseLike<unknown> {
+    return (
+      v !== null &&
+      (typeof v === "object" || typeof v === "function") &&
+      typeof (v as { then?: unknown }).then === "function"
+    );
+  }
+
+  /** The first frame of a stack that is in the user's script (filename "script"). */
+  function scriptLine(stack: unknown): number | null {
+    if (typeof stack !== "string") return null;
+    const m = /(?:^|[\s(@])script:(\d+)/.exec(stack);
+    return m === null ? null : Number(m[1]);
+  }
+
+  function callerLine(): number | null {
+    return scriptLine(new Error().stack);
+  }
+
+  function safeString(v: unknown): string {
+    try {
+      return String(v);
+    } catch {
+      return Object.prototype.toString.call(v);
+    }
+  }
+
+  /** Errors the engine must not swallow: the isolate's own limits (memory, stack, interrupt). */
+  function isFatal(e: unknown): boolean {
+    if (e === null || typeof e !== "object") return false;
+    const o = e as { name?: unknown; message?: unknown };
+    if (o.name === "InternalError") return true;
+    return o.name === "RangeError" && typeof o.message === "string" && o.message.includes("call stack");
+  }
+
+  function formatError(e: unknown, type: string, line: number | null): string {
+    let name = "Error";
+    let message: string;
+    if (e !== null && typeof e === "object") {
+      const o = e as { name?: unknown; message?: unknown; stack?: unknown };
+      if (typeof o.name === "string" && o.name !== "") name = o.name;
+      message = typeof o.message === "string" ? o.message : safeString(e);
+      const l = scriptLine(o.stack);
+      if (l !== null) line = l;
+    } else {
+      message = safeString(e);
+    }
+    return `${name}: ${message} in ${type}` + (line === null ? "" : ` at script:${line}`);
+  }
+
+  function deepCopy(v: unknown, depth: number): unknown {
+    if (v === null || typeof v !== "object" || depth > 512) return v;
+    if (Array.isArray(v)) return v.map((x) => deepCopy(x, depth + 1));
+    if (v instanceof Map) {
+      const m = new Map<unknown, unknown>();
+      for (const [k, x] of v) m.set(k, deepCopy(x, depth + 1));
+      return m;
+    }
+    if (v instanceof Set) {
+      const s = new Set<unknown>();
+      for (const x of v) s.add(deepCopy(x, depth + 1));
+      return s;
+    }
+    if (v instanceof Date) return new Date(v.getTime());
+    const proto: unknown = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null) return v;
+    const o = Object.create(proto as object | null) as Record<string, unknown>;
+    for (const k of Object.keys(v)) o[k] = deepCopy((v as Record<string, unknown>)[k], depth + 1);
+    return o;
+  }
+
+  // ---------------------------------------------------------------- hash slots
+
+  const CRC = new Uint16Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i << 8;
+    for (let j = 0; j < 8; j++) c = c & 0x8000 ? ((c << 1) ^ 0x1021) & 0xffff : (c << 1) & 0xffff;
+    CRC[i] = c;
+  }
+
+  /** Redis Cluster hash slot: CRC16-XMODEM of the UTF-8 bytes (of the {hashtag} if any) mod 16384. */
+  function slotOf(key: string): number {
+    let s = 0;
+    let e = key.length;
+    const open = key.indexOf("{");
+    if (open >= 0) {
+      const close = key.indexOf("}", open + 1);
+      if (close > open + 1) {
+        s = open + 1;
+        e = close;
+      }
+    }
+    let crc = 0;
+    for (let i = s; i < e; i++) {
+      const c = key.charCodeAt(i);
+      if (c < 0x80) {
+        crc = ((crc << 8) & 0xffff) ^ CRC[((crc >> 8) ^ c) & 0xff];
+        continue;
+      }
+      let cp = c;
+      if (c >= 0xd800 && c <= 0xdfff) {
+        const d = i + 1 < e ? key.charCodeAt(i + 1) : 0;
+        if (c <= 0xdbff && d >= 0xdc00 && d <= 0xdfff) {
+          cp = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
+          i++;
+        } else {
+          cp = 0xfffd; // a lone surrogate encodes as U+FFFD, like TextEncoder and Buffer
+        }
+      }
+      let b0: number;
+      let n: number;
+      if (cp < 0x800) {
+        b0 = 0xc0 | (cp >> 6);
+        n = 1;
+      } else if (cp < 0x10000) {
+        b0 = 0xe0 | (cp >> 12);
+        n = 2;
+      } else {
+        b0 = 0xf0 | (cp >> 18);
+        n = 3;
+      }
+      crc = ((crc << 8) & 0xffff) ^ CRC[((crc >> 8) ^ b0) & 0xff];
+      for (let k = n - 1; k >= 0; k--) {
+        const b = 0x80 | ((cp >> (6 * k)) & 0x3f);
+        crc = ((crc << 8) & 0xffff) ^ CRC[((crc >> 8) ^ b) & 0xff];
+      }
+    }
+    return crc & 16383;
+  }
+
+  function ownerOf(ex: Exec, key: string): number {
+    return ex.parts === 1 ? 0 : ex.owner[slotOf(key)];
+  }
+
+  // ---------------------------------------------------------------- the user API
+
+  function fnName(f: unknown): string {
+    if (typeof f !== "function") return "";
+    const n = (f as { name?: unknown }).name;
+    return typeof n === "string" ? n : "";
+  }
+
+  function fnText(f: unknown): string {
+    return safeString(f).slice(0, 100);
+  }
+
+  function needFn(op: string, f: unknown): Fn {
+    if (typeof f !== "function") throw new TypeError(`${op} argument must be a function`);
+    return f as Fn;
+  }
+
+  function optFn(op: string, f: unknown): Fn | undefined {
+    return f === undefined ? undefined : needFn(op, f);
+  }
+
+  function plainOptions(o: unknown): Record<string, unknown> {
+    if (o === undefined || o === null) return {};
+    if (typeof o !== "object" || Array.isArray(o)) throw new TypeError("options must be an object");
+    return JSON.parse(JSON.stringify(o)) as Record<string, unknown>;
+  }
+
+  function isOptionsObject(v: unknown): boolean {
+    return v !== null && typeof v === "object" && !Array.isArray(v);
+  }
+
+  class Builder {
+    reader: string;
+    defaultArg: string;
+    desc: string | null;
+    steps: StepDef[] = [];
+
+    constructor(reader: unknown, defaultArg: unknown, desc: unknown) {
+      if (reader === undefined) reader = "KeysReader";
+      if (typeof reader !== "string") throw new TypeError("reader argument must be a string");
+      if (!READERS.includes(reader)) throw new Error("reader does not exists");
+      this.reader = reader;
+      this.defaultArg = defaultArg === undefined || defaultArg === null ? "*" : safeString(defaultArg);
+      this.desc = desc === undefined || desc === null ? null : safeString(desc);
+    }
+
+    add(type: string, fns: (Fn | undefined)[], params: unknown[], argText?: string): this {
+      const named = fns.find((f) => f !== undefined && fnName(f) !== "");
+      const texts = fns.filter((f) => f !== undefined).map((f) => fnText(f));
+      const line = callerLine();
+      this.steps.push({
+        type,
+        name: named === undefined ? "" : fnName(named),
+        arg: (argText ?? texts.join(", ")).slice(0, 100),
+        line,
+        fns,
+        params,
+        where: { step: type, line },
+      });
+      return this;
+    }
+
+    map(f: unknown): this {
+      return this.add("map", [needFn("map", f)], []);
+    }
+    flatmap(f: unknown): this {
+      return this.add("flatmap", [needFn("flatmap", f)], []);
+    }
+    foreach(f: unknown): this {
+      return this.add("foreach", [needFn("foreach", f)], []);
+    }
+    filter(f: unknown): this {
+      return this.add("filter", [needFn("filter", f)], []);
+    }
+    accumulate(f: unknown): this {
+      return this.add("accumulate", [needFn("accumulate", f)], []);
+    }
+    localgroupby(extract: unknown, reduce: unknown): this {
+      return this.add("localgroupby", [needFn("localgroupby", extract), needFn("localgroupby", reduce)], []);
+    }
+    limit(n: unknown, offset: unknown = 0): this {
+      if (typeof n !== "number" || !(n >= 0)) throw new TypeError("limit argument must be a number");
+      if (typeof offset !== "number" || !(offset >= 0)) throw new TypeError("limit offset must be a number");
+      return this.add("limit", [], [n, offset], `${n}, ${offset}`);
+    }
+    collect(): this {
+      return this.add("collect", [], []);
+    }
+    repartition(extract: unknown): this {
+      return this.add("repartition", [needFn("repartition", extract)], []);
+    }
+    groupby(extract: unknown, reduce: unknown): this {
+      return this.add("groupby", [needFn("groupby", extract), needFn("groupby", reduce)], []);
+    }
+    batchgroupby(extract: unknown, reduce: unknown): this {
+      return this.add("batchgroupby", [needFn("batchgroupby", extract), needFn("batchgroupby", reduce)], []);
+    }
+    aggregate(zero: unknown, seqOp: unknown, combOp: unknown): this {
+      const fns = [needFn("aggregate", seqOp), needFn("aggregate", combOp)];
+      return this.add("aggregate", fns, [zero]);
+    }
+    aggregateby(extract: unknown, zero: unknown, seqOp: unknown, combOp: unknown): this {
+      const fns = [
+        needFn("aggregateby", extract),
+        needFn("aggregateby", seqOp),
+        needFn("aggregateby", combOp),
+      ];
+      return this.add("aggregateby", fns, [zero]);
+    }
+    count(): this {
+      return this.add("count", [], []);
+    }
+    countby(extract?: unknown): this {
+      return this.add("countby", [optFn("countby", extract)], []);
+    }
+    avg(extract?: unknown): this {
+      return this.add("avg", [optFn("avg", extract)], []);
+    }
+    distinct(): this {
+      return this.add("distinct", [], []);
+    }
+    sort(reverse: unknown = false): this {
+      if (typeof reverse === "function") return this.add("sort", [reverse as Fn], [false]);
+      return this.add("sort", [], [Boolean(reverse)], String(Boolean(reverse)));
+    }
+
+    action(kind: "run" | "register", arg: unknown, options: unknown): number {
+      if (isOptionsObject(arg) && options === undefined) {
+        options = arg;
+        arg = undefined;
+      }
+      const opts = plainOptions(options);
+      const raw = options as { onRegistered?: unknown } | undefined;
+      const onRegistered = raw !== undefined && raw !== null ? raw.onRegistered : undefined;
+      const desc = typeof opts.desc === "string" ? opts.desc : this.desc;
+      actions.push({
+        kind,
+        reader: this.reader,
+        arg: arg === undefined || arg === null ? this.defaultArg : safeString(arg),
+        options: opts,
+        desc,
+        line: callerLine(),
+        steps: this.steps.slice(),
+        onRegistered: typeof onRegistered === "function" ? (onRegistered as Fn) : null,
+      });
+      return actions.length - 1;
+    }
+
+    run(arg?: unknown, options?: unknown): void {
+      if (NO_RUN.includes(this.reader)) throw new Error("reader do not support run");
+      if (ranOnce) throw new Error("Can not run more then 1 executions in a single script");
+      this.action("run", arg, options);
+      ranOnce = true;
+    }
+
+    register(prefixOrOptions?: unknown, options?: unknown): unknown {
+      if (NO_REGISTER.includes(this.reader)) throw new Error("reader do not support register");
+      const index = this.action("register", prefixOrOptions, options);
+      return host.callSync("register", index);
+    }
+  }
+
+  function GearsBuilder(reader?: unknown, defaultArg?: unknown, desc?: unknown): Builder {
+    return new Builder(reader, defaultArg, desc);
+  }
+
+  // GB() instanceof GearsBuilder
+  (GearsBuilder as unknown as { prototype: object }).prototype = Builder.prototype;
+  g.GearsBuilder = GearsBuilder;
+  g.GB = GearsBuilder;
+
+  g.execute = function execute(command: unknown, ...args: unknown[]): unknown {
+    return host.callSync("execute", curPart, safeString(command), ...args.map(safeString));
+  };
+  g.executeAsync = function executeAsync(command: unknown, ...args: unknown[]): PromiseLike<unknown> {
+    return host.callAsync("execute", curPart, safeString(command), ...args.map(safeString));
+  };
+  g.log = function log(message: unknown, level: unknown = "notice"): void {
+    host.notify("log", safeString(level), safeString(message));
+  };
+  const configGet = function configGet(name: unknown): unknown {
+    return host.callSync("configGet", safeString(name));
+  };
+  g.configGet = configGet;
+  g.gearsConfigGet = function gearsConfigGet(name: unknown, dflt?: unknown): unknown {
+    return configGet(name) ?? dflt ?? null;
+  };
+  g.hashtag = function hashtag(): unknown {
+    return host.callSync("hashtag", curPart);
+  };
+
+  // ---------------------------------------------------------------- the engine: calling user code
+
+  function settle(ex: Exec): void {
+    ex.pending--;
+    if (ex.pending === 0 && ex.fatal === null) {
+      const w = ex.waiters;
+      ex.waiters = [];
+      for (const x of w) x.res();
+    }
+  }
+
+  function failFatal(ex: Exec, e: unknown): void {
+    if (ex.fatal === null) ex.fatal = { error: e };
+    const w = ex.waiters;
+    ex.waiters = [];
+    for (const x of w) x.rej(e);
+  }
+
+  /** null when nothing is in flight, else a Promise that settles when nothing is. */
+  function whenSettled(ex: Exec): Promise<void> | null {
+    if (ex.fatal !== null) throw ex.fatal.error;
+    if (ex.pending === 0) return null;
+    return new Promise<void>((res, rej) => ex.waiters.push({ res, rej }));
+  }
+
+  function stepError(ex: Exec, st: StepDef, e: unknown): void {
+    if (isFatal(e)) throw e;
+    ex.errors.push(formatError(e, st.type, st.line));
+  }
+
+  /** Waits for a step's Promise, then continues the record in the partition it was in. */
+  function later(
+    ex: Exec,
+    st: StepDef,
+    v: PromiseLike<unknown>,
+    ok: (val: unknown) => void,
+    after?: () => void,
+  ): void {
+    const p = curPart;
+    ex.pending++;
+    const resume = (fn: () => void): void => {
+      if (ex.dropped) return;
+      const saved = curPart;
+      curPart = p;
+      try {
+        fn();
+        if (after !== undefined) after();
+      } catch (e) {
+        failFatal(ex, e);
+      }
+      curPart = saved;
+      settle(ex);
+    };
+    try {
+      v.then(
+        (val) => resume(() => ok(val)),
+        (err) => resume(() => stepError(ex, st, err)),
+      );
+    } catch (e) {
+      resume(() => stepError(ex, st, e));
+    }
+  }
+
+  /** fn(r), then k(result, r); a throw drops the record with an error. */
+  function call1(ex: Exec, st: StepDef, fn: Fn, r: unknown, k: Cont): void {
+    const prev = cur;
+    cur = st.where;
+    let v: unknown;
+    try {
+      v = fn(r);
+    } catch (e) {
+      if (isFatal(e)) throw e; // current() keeps naming this step
+      cur = prev;
+      stepError(ex, st, e);
+      return;
+    }
+    cur = prev;
+    if (isThenable(v)) later(ex, st, v, (val) => k(val, r));
+    else k(v, r);
+  }
+
+  /** fn(...args), then k(result); for the calls made when a step emits at the end. */
+  function callN(ex: Exec, st: StepDef, fn: Fn, args: unknown[], k: (v: unknown) => void): void {
+    const prev = cur;
+    cur = st.where;
+    let v: unknown;
+    try {
+      v = fn(...args);
+    } catch (e) {
+      if (isFatal(e)) throw e; // current() keeps naming this step
+      cur = prev;
+      stepError(ex, st, e);
+      return;
+    }
+    cur = prev;
+    if (isThenable(v)) later(ex, st, v, k);
+    else k(v);
+  }
+
+  function newAcc(a: unknown, k: string | null, p: number): Acc {
+    return { a, k, p, busy: false, q: null, qi: 0 };
+  }
+
+  /** a = fn(a, r) (or fn(k, a, r) for a keyed state); Promises are awaited in order per state. */
+  function fold(ex: Exec, st: StepDef, s: Acc, fn: Fn, r: unknown): void {
+    if (s.busy) {
+      if (s.q === null) s.q = [];
+      s.q.push(r);
+      return;
+    }
+    applyFold(ex, st, s, fn, r);
+  }
+
+  function applyFold(ex: Exec, st: StepDef, s: Acc, fn: Fn, r: unknown): void {
+    const prev = cur;
+    cur = st.where;
+    let v: unknown;
+    try {
+      v = s.k === null ? fn(s.a, r) : fn(s.k, s.a, r);
+    } catch (e) {
+      if (isFatal(e)) throw e; // current() keeps naming this step
+      cur = prev;
+      stepError(ex, st, e);
+      return;
+    }
+    cur = prev;
+    if (!isThenable(v)) {
+      s.a = v;
+      return;
+    }
+    s.busy = true;
+    later(
+      ex,
+      st,
+      v,
+      (val) => {
+        s.a = val;
+      },
+      () => {
+        s.busy = false;
+        drain(ex, st, s, fn);
+      },
+    );
+  }
+
+  function drain(ex: Exec, st: StepDef, s: Acc, fn: Fn): void {
+    const saved = curPart;
+    curPart = s.p;
+    while (!s.busy && s.q !== null && s.qi < s.q.length) {
+      const r = s.q[s.qi];
+      s.q[s.qi++] = undefined;
+      applyFold(ex, st, s, fn, r);
+    }
+    if (s.q !== null && s.qi >= s.q.length) {
+      s.q = null;
+      s.qi = 0;
+    }
+    curPart = saved;
+  }
+
+  /** String(k) for a group key; a key that cannot be a string drops the record. */
+  function toKey(ex: Exec, st: StepDef, v: unknown): string | null {
+    if (typeof v === "string") return v;
+    try {
+      return String(v);
+    } catch (e) {
+      stepError(ex, st, e);
+      return null;
+    }
+  }
+
+  function distinctKey(v: unknown): string {
+    if (typeof v === "string") return "s" + v;
+    if (v === undefined) return "u";
+    try {
+      return "j" + String(JSON.stringify(v));
+    } catch {
+      return "x" + safeString(v);
+    }
+  }
+
+  function compareStr(a: string, b: string): number {
+    if (a === b) return 0;
+    const n = Math.min(a.length, b.length);
+    for (let i = 0; i < n; i++) {
+      const x = a.charCodeAt(i);
+      const y = b.charCodeAt(i);
+      if (x === y) continue;
+      const xs = x >= 0xd800 && x <= 0xdfff;
+      const ys = y >= 0xd800 && y <= 0xdfff;
+      if (xs !== ys) return xs ? 1 : -1; // a surrogate pair is a code point above the BMP
+      return x - y;
+    }
+    return a.length - b.length;
+  }
+
+  function typeRank(v: unknown): number {
+    if (typeof v === "number") return 0;
+    if (typeof v === "string") return 1;
+    return 2;
+  }
+
+  /** Ascending: numbers numerically, then strings by code point, then the rest by their JSON. */
+  function compareValues(a: unknown, b: unknown): number {
+    const ra = typeRank(a);
+    const rb = typeRank(b);
+    if (ra !== rb) return ra - rb;
+    if (ra === 0) {
+      const x = a as number;
+      const y = b as number;
+      if (x < y) return -1;
+      if (x > y) return 1;
+      return Number.isNaN(x) ? (Number.isNaN(y) ? 0 : 1) : Number.isNaN(y) ? -1 : 0;
+    }
+    if (ra === 1) return compareStr(a as string, b as string);
+    return compareStr(distinctKey(a), distinctKey(b));
+  }
+
+  // ---------------------------------------------------------------- the engine: compiling a plan
+
+  function compile(ex: Exec): void {
+    const steps = ex.action.steps;
+    const P = ex.parts;
+    const stageOf: number[] = [];
+    let stage = 0;
+    for (const st of steps) {
+      stageOf.push(stage);
+      if (GLOBAL_OPS.includes(st.type)) stage++;
+    }
+    let statelessPrefix = 0;
+    while (statelessPrefix < steps.length && STATELESS_OPS.includes(steps[statelessPrefix].type))
+      statelessPrefix++;
+
+    const flushers: Phase[][] = [];
+    let next: Push = (r) => {
+      ex.results[curPart as number].push(r);
+      ex.recordsOut++;
+    };
+    for (let i = steps.length - 1; i >= 0; i--) {
+      const st = steps[i];
+      const phases: (() => void)[] = [];
+      next = build(ex, st, next, P, phases, i < statelessPrefix);
+      if (phases.length > 0) {
+        const s = GLOBAL_OPS.includes(st.type) ? stageOf[i] + 1 : stageOf[i];
+        flushers.push(phases.map((run) => ({ stage: s, where: st.where, run })));
+      }
+    }
+    flushers.reverse();
+    ex.head = next;
+    ex.phases = ([] as Phase[]).concat(...flushers);
+  }
+
+  /** One step as a link of the chain; `phases` receives what it does once its input is complete. */
+  function build(
+    ex: Exec,
+    st: StepDef,
+    next: Push,
+    P: number,
+    phases: (() => void)[],
+    closable: boolean,
+  ): Push {
+    const f0 = st.fns[0];
+    const f1 = st.fns[1];
+    const f2 = st.fns[2];
+    switch (st.type) {
+      case "map": {
+        const k: Cont = (v) => next(v);
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "flatmap": {
+        const k: Cont = (v) => {
+          if (Array.isArray(v)) for (let i = 0; i < v.length; i++) next(v[i]);
+          else next(v);
+        };
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "foreach": {
+        const k: Cont = (_v, r) => next(r);
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "filter": {
+        const k: Cont = (v, r) => {
+          if (v) next(r);
+        };
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "limit": {
+        const n = st.params[0] as number;
+        const offset = st.params[1] as number;
+        const end = offset + n;
+        const seen = new Array<number>(P).fill(0);
+        return (r) => {
+          const p = curPart as number;
+          const i = seen[p]++;
+          if (i >= offset && i < end) next(r);
+          if (closable && i + 1 >= end) ex.closed[p] = true;
+        };
+      }
+      case "accumulate": {
+        const states = new Array<Acc | undefined>(P);
+        phases.push(() => {
+          for (let p = 0; p < P; p++) {
+            const s = states[p];
+            if (s === undefined) continue;
+            curPart = p;
+            next(s.a);
+          }
+        });
+        return (r) => {
+          const p = curPart as number;
+          let s = states[p];
+          if (s === undefined) s = states[p] = newAcc(undefined, null, p);
+          fold(ex, st, s, f0 as Fn, r);
+        };
+      }
+      case "localgroupby": {
+        const groups: Map<string, Acc>[] = [];
+        for (let p = 0; p < P; p++) groups.push(new Map());
+        const k: Cont = (v, r) => {
+          const key = toKey(ex, st, v);
+          if (key === null) return;
+          const p = curPart as number;
+          let s = groups[p].get(key);
+          if (s === undefined) groups[p].set(key, (s = newAcc(undefined, key, p)));
+          fold(ex, st, s, f1 as Fn, r);
+        };
+        phases.push(() => {
+          for (let p = 0; p < P; p++) {
+            curPart = p;
+            for (const s of groups[p].values()) next({ key: s.k, value: s.a });
+          }
+        });
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "collect":
+        return (r) => {
+          const saved = curPart;
+          curPart = 0;
+          next(r);
+          curPart = saved;
+        };
+      case "repartition": {
+        const k: Cont = (v, r) => {
+          const key = toKey(ex, st, v);
+          if (key === null) return;
+          const saved = curPart;
+          curPart = ownerOf(ex, key);
+          next(r);
+          curPart = saved;
+        };
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "groupby": {
+        const groups = new Map<string, Acc>();
+        const k: Cont = (v, r) => {
+          const key = toKey(ex, st, v);
+          if (key === null) return;
+          let s = groups.get(key);
+          if (s === undefined) groups.set(key, (s = newAcc(undefined, key, ownerOf(ex, key))));
+          const saved = curPart;
+          curPart = s.p;
+          fold(ex, st, s, f1 as Fn, r);
+          curPart = saved;
+        };
+        phases.push(() => {
+          for (const s of groups.values()) {
+            curPart = s.p;
+            next({ key: s.k, value: s.a });
+          }
+        });
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "batchgroupby": {
+        const groups = new Map<string, { p: number; list: unknown[] }>();
+        const k: Cont = (v, r) => {
+          const key = toKey(ex, st, v);
+          if (key === null) return;
+          let gr = groups.get(key);
+          if (gr === undefined) groups.set(key, (gr = { p: ownerOf(ex, key), list: [] }));
+          gr.list.push(r);
+        };
+        phases.push(() => {
+          for (const [key, gr] of groups) {
+            curPart = gr.p;
+            callN(ex, st, f1 as Fn, [key, gr.list], (value) => next({ key, value }));
+          }
+        });
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "aggregate": {
+        const zero = st.params[0];
+        const states = new Array<Acc | undefined>(P);
+        const total = newAcc(undefined, null, 0);
+        phases.push(() => {
+          curPart = 0;
+          total.a = deepCopy(zero, 0);
+          for (let p = 0; p < P; p++) {
+            const s = states[p];
+            if (s !== undefined) fold(ex, st, total, f1 as Fn, s.a);
+          }
+        });
+        phases.push(() => {
+          curPart = 0;
+          next(total.a);
+        });
+        return (r) => {
+          const p = curPart as number;
+          let s = states[p];
+          if (s === undefined) s = states[p] = newAcc(deepCopy(zero, 0), null, p);
+          fold(ex, st, s, f0 as Fn, r);
+        };
+      }
+      case "aggregateby": {
+        const zero = st.params[0];
+        const local: Map<string, Acc>[] = [];
+        for (let p = 0; p < P; p++) local.push(new Map());
+        const global = new Map<string, Acc>();
+        const k: Cont = (v, r) => {
+          const key = toKey(ex, st, v);
+          if (key === null) return;
+          const p = curPart as number;
+          let s = local[p].get(key);
+          if (s === undefined) local[p].set(key, (s = newAcc(deepCopy(zero, 0), key, p)));
+          fold(ex, st, s, f1 as Fn, r);
+        };
+        phases.push(() => {
+          for (let p = 0; p < P; p++) {
+            for (const [key, s] of local[p]) {
+              let t = global.get(key);
+              if (t === undefined) global.set(key, (t = newAcc(deepCopy(zero, 0), key, ownerOf(ex, key))));
+              curPart = t.p;
+              fold(ex, st, t, f2 as Fn, s.a);
+            }
+          }
+        });
+        phases.push(() => {
+          for (const t of global.values()) {
+            curPart = t.p;
+            next({ key: t.k, value: t.a });
+          }
+        });
+        return (r) => call1(ex, st, f0 as Fn, r, k);
+      }
+      case "count": {
+        let n = 0;
+        phases.push(() => {
+          curPart = 0;
+          next(n);
+        });
+        return () => {
+          n++;
+        };
+      }
+      case "countby": {
+        const counts = new Map<string, { p: number; n: number }>();
+        const add = (key: string): void => {
+          const c = counts.get(key);
+          if (c === undefined) counts.set(key, { p: ownerOf(ex, key), n: 1 });
+          else c.n++;
+        };
+        phases.push(() => {
+          for (const [key, c] of counts) {
+            curPart = c.p;
+            next({ key, value: c.n });
+          }
+        });
+        const k: Cont = (v) => {
+          const key = toKey(ex, st, v);
+          if (key !== null) add(key);
+        };
+        if (f0 === undefined) return (r) => k(r, r);
+        return (r) => call1(ex, st, f0, r, k);
+      }
+      case "avg": {
+        let sum = 0;
+        let n = 0;
+        const k: Cont = (v) => {
+          sum += typeof v === "number" ? v : Number(v);
+          n++;
+        };
+        phases.push(() => {
+          if (n === 0) return;
+          curPart = 0;
+          next(sum / n);
+        });
+        if (f0 === undefined) {
+          return (r) => {
+            try {
+              k(Number(r), r);
+            } catch (e) {
+              stepError(ex, st, e);
+            }
+          };
+        }
+        return (r) =>
+          call1(ex, st, f0, r, (v, r0) => {
+            try {
+              k(v, r0);
+            } catch (e) {
+              stepError(ex, st, e);
+            }
+          });
+      }
+      case "distinct": {
+        const seen = new Map<string, unknown>();
+        phases.push(() => {
+          curPart = 0;
+          for (const v of seen.values()) next(v);
+        });
+        return (r) => {
+          const key = distinctKey(r);
+          if (!seen.has(key)) seen.set(key, r);
+        };
+      }
+      case "sort": {
+        const list: unknown[] = [];
+        const reverse = st.params[0] === true;
+        phases.push(() => {
+          curPart = 0;
+          const prev = cur;
+          cur = st.where;
+          try {
+            if (f0 !== undefined) list.sort((a, b) => Number(f0(a, b)));
+            else if (reverse) list.sort((a, b) => compareValues(b, a));
+            else list.sort(compareValues);
+          } catch (e) {
+            if (isFatal(e)) throw e;
+            cur = prev;
+            stepError(ex, st, e);
+            return;
+          }
+          cur = prev;
+          for (let i = 0; i < list.length; i++) next(list[i]);
+        });
+        return (r) => {
+          list.push(r);
+        };
+      }
+      default:
+        throw new Error(`unknown step ${st.type}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- the engine: results
+
+  function toStr(v: unknown): unknown {
+    if (typeof v === "string") return v;
+    if (v === null || v === undefined) return null;
+    const t = typeof v;
+    if (t === "number" || t === "boolean" || t === "bigint") return String(v);
+    if (t === "object") {
+      const s: unknown = JSON.stringify(v);
+      return typeof s === "string" ? s : null;
+    }
+    return null;
+  }
+
+  function toRaw(v: unknown, depth: number): unknown {
+    if (depth > 256) throw new TypeError("result is nested too deeply (or cyclic)");
+    if (typeof v === "string") return v;
+    if (typeof v === "number") return Number.isSafeInteger(v) ? (v === 0 ? 0 : v) : String(v);
+    if (typeof v === "boolean") return v ? 1 : 0;
+    if (typeof v === "bigint") return String(v);
+    if (v === null || typeof v !== "object") return null;
+    if (Array.isArray(v)) return v.map((x) => toRaw(x, depth + 1));
+    if (v instanceof Map) {
+      const out: unknown[] = [];
+      for (const [k, x] of v) out.push(toRaw(k, depth + 1), toRaw(x, depth + 1));
+      return out;
+    }
+    if (v instanceof Set) return Array.from(v, (x) => toRaw(x, depth + 1));
+    const toJSON = (v as { toJSON?: unknown }).toJSON;
+    if (typeof toJSON === "function") return toRaw((toJSON as Fn).call(v), depth + 1);
+    const out: unknown[] = [];
+    for (const k of Object.keys(v)) out.push(k, toRaw((v as Record<string, unknown>)[k], depth + 1));
+    return out;
+  }
+
+  function complete(ex: Exec): Result {
+    const opts = ex.action.options;
+    const str = opts.convertToStr !== false;
+    const perPartition: unknown[][] = [];
+    for (const list of ex.results) {
+      const out: unknown[] = [];
+      for (const r of list) {
+        try {
+          out.push(str ? toStr(r) : toRaw(r, 0));
+        } catch (e) {
+          if (isFatal(e)) throw e;
+          ex.errors.push(formatError(e, "results", ex.action.line));
+        }
+      }
+      perPartition.push(out);
+    }
+    const results = opts.collect === false ? perPartition : ([] as unknown[]).concat(...perPartition);
+    ex.done = { results, errors: ex.errors };
+    ex.results = [];
+    return ex.done;
+  }
+
+  function getExec(id: unknown): Exec {
+    const ex = execs.get(Number(id));
+    if (ex === undefined) throw new Error("execution plan does not exist");
+    return ex;
+  }
+
+  function topologyOf(t: unknown): { parts: number; owner: Int16Array } {
+    const owner = new Int16Array(16384);
+    const o = (t ?? {}) as { partitions?: unknown; slots?: unknown };
+    const parts = typeof o.partitions === "number" && o.partitions >= 1 ? Math.floor(o.partitions) : 1;
+    if (Array.isArray(o.slots)) {
+      for (const range of o.slots as unknown[]) {
+        if (!Array.isArray(range)) continue;
+        const [start, end, p] = range as number[];
+        if (p >= 0 && p < parts) owner.fill(p, Math.max(0, start), Math.min(16383, end) + 1);
+      }
+    }
+    return { parts, owner };
+  }
+
+  function finishFrom(ex: Exec, i: number): Result | Promise<Result> {
+    for (;;) {
+      const w = whenSettled(ex);
+      if (w !== null) return w.then(() => finishFrom(ex, i));
+      if (i >= ex.phases.length) {
+        ex.stage = ex.phases.length === 0 ? ex.stage : ex.phases[ex.phases.length - 1].stage;
+        return complete(ex);
+      }
+      const ph = ex.phases[i++];
+      ex.stage = ph.stage;
+      // No try/finally: after an interrupt, current() must still name this step.
+      const prev = cur;
+      cur = ph.where;
+      ph.run();
+      cur = prev;
+      curPart = null;
+    }
+  }
+
+  const gears = {
+    actions(): unknown[] {
+      return actions.map((a) => ({
+        kind: a.kind,
+        reader: a.reader,
+        arg: a.arg,
+        options: a.options,
+        desc: a.desc,
+        line: a.line,
+        steps: a.steps.map((s) => ({ type: s.type, name: s.name, arg: s.arg, line: s.line })),
+      }));
+    },
+
+    start(actionIndex: unknown, topology: unknown): number {
+      const action = actions[Number(actionIndex)];
+      if (action === undefined) throw new Error(`no action ${safeString(actionIndex)}`);
+      const { parts, owner } = topologyOf(topology);
+      const ex: Exec = {
+        id: ++lastExecId,
+        action,
+        parts,
+        owner,
+        head: () => undefined,
+        phases: [],
+        results: [],
+        errors: [],
+        closed: new Array<boolean>(parts).fill(false),
+        pending: 0,
+        waiters: [],
+        fatal: null,
+        dropped: false,
+        finishing: false,
+        done: null,
+        recordsIn: 0,
+        recordsOut: 0,
+        stage: 0,
+      };
+      for (let p = 0; p < parts; p++) ex.results.push([]);
+      compile(ex);
+      execs.set(ex.id, ex);
+      return ex.id;
+    },
+
+    feed(execId: unknown, partition: unknown, records: unknown): Promise<void> | undefined {
+      const ex = getExec(execId);
+      if (ex.finishing) throw new Error("execution already finishing");
+      const p = Number(partition);
+      if (!(p >= 0 && p < ex.parts && Number.isInteger(p)))
+        throw new RangeError(`no partition ${safeString(partition)}`);
+      const list: unknown = typeof records === "string" ? JSON.parse(records) : records;
+      if (!Array.isArray(list)) throw new TypeError("records must be an array");
+      const head = ex.head;
+      const closed = ex.closed;
+      const saved = curPart;
+      for (let i = 0; i < list.length; i++) {
+        if (closed[p]) break;
+        ex.recordsIn++;
+        curPart = p;
+        head(list[i]);
+      }
+      curPart = saved;
+      return whenSettled(ex) ?? undefined;
+    },
+
+    wants(execId: unknown, partition: unknown): boolean {
+      return !getExec(execId).closed[Number(partition)];
+    },
+
+    finish(execId: unknown): Result | Promise<Result> {
+      const ex = getExec(execId);
+      if (ex.done !== null) return ex.done;
+      ex.finishing = true;
+      return finishFrom(ex, 0);
+    },
+
+    progress(execId: unknown): unknown {
+      const ex = getExec(execId);
+      return {
+        recordsIn: ex.recordsIn,
+        recordsOut: ex.recordsOut,
+        stage: ex.stage,
+        done: ex.done !== null,
+        pending: ex.pending,
+        errors: ex.errors.length,
+      };
+    },
+
+    current(): Where | null {
+      return cur === null ? null : { step: cur.step, line: cur.line };
+    },
+
+    drop(execId: unknown): boolean {
+      const ex = execs.get(Number(execId));
+      if (ex === undefined) return false;
+      ex.dropped = true;
+      execs.delete(ex.id);
+      return true;
+    },
+
+    slot(key: unknown): number {
+      return slotOf(safeString(key));
+    },
+
+    onRegistered(actionIndex: unknown): unknown {
+      const a = actions[Number(actionIndex)];
+      return a !== undefined && a.onRegistered !== null ? a.onRegistered() : undefined;
+    },
+  };
+
+  Object.defineProperty(g, "__gears", { value: Object.freeze(gears), writable: false, configurable: false });
+}
+
+/** Evaluate this in an isolate (with `globalThis.__host` set) before the user's script. */
+export const GEARS_GUEST_SOURCE = "(" + gearsGuest.toString() + ")(globalThis.__host, globalThis);";

@@ -1,0 +1,486 @@
+/**
+ * An Isolate: one QuickJS runtime+context in its own worker thread (worker.ts), with a
+ * capped wasm memory, a deadline per entry, and a watchdog that ends the thread when a
+ * builtin ignores the interrupt. The main thread only passes messages and runs the
+ * HostBridge; all guest work happens in the worker.
+ */
+import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
+import {
+  CTL_ABORT,
+  CTL_BYTES,
+  CTL_DEADLINE_BYTE,
+  CTL_SIGNAL,
+  CTL_STATE,
+  STATE_GUEST,
+  type AsyncReply,
+  type EntryRequest,
+  type SyncReply,
+  type WorkerInit,
+  type WorkerMessage,
+  type WorkerRequest,
+} from "./protocol.js";
+import { abortedMessage, terminatedMessage, timeoutMessage } from "./messages.js";
+import { SandboxError, type HostBridge, type IsolateLimits, type JsonValue } from "./types.js";
+
+/** How long an entry may overrun its deadline before the watchdog ends the worker. */
+export const WATCHDOG_GRACE_MS = 500;
+/** How long an aborted entry may keep running (in a builtin) before the worker is ended. */
+const ABORT_GRACE_MS = 500;
+/** How long dispose() waits for the worker to free its runtime before terminating it. */
+const DISPOSE_WAIT_MS = 2000;
+/** The worker's native stack: QuickJS's 1 MB stack limit needs about 32x that (reference §0.2). */
+const WORKER_STACK_MB = 32;
+
+const WORKER_URL = new URL("./worker.js", import.meta.url);
+
+let wasmModule: Promise<WebAssembly.Module> | undefined;
+
+/** The QuickJS wasm, compiled once per process and shared with every worker. */
+function compiledWasm(): Promise<WebAssembly.Module> {
+  if (wasmModule === undefined) {
+    const pending = (async () => {
+      const path = createRequire(import.meta.url).resolve("@jitl/quickjs-wasmfile-release-sync/wasm");
+      return WebAssembly.compile(await readFile(path));
+    })();
+    wasmModule = pending;
+    pending.catch(() => {
+      if (wasmModule === pending) wasmModule = undefined;
+    });
+  }
+  return wasmModule;
+}
+
+function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+function toJson(value: unknown): string {
+  const json = JSON.stringify(value === undefined ? null : value);
+  return json === undefined ? "null" : json;
+}
+
+export interface IsolateStats {
+  /** __host.callSync round trips. */
+  syncCalls: number;
+  /** Round trips that carried __host.callAsync calls, and the calls they carried. */
+  asyncBatches: number;
+  asyncCalls: number;
+  /** Messages that carried __host.notify calls, and the calls they carried. */
+  notifyBatches: number;
+  notifications: number;
+}
+
+interface Entry {
+  request: EntryRequest;
+  resolve: (value: JsonValue) => void;
+  reject: (error: Error) => void;
+  aborted: boolean;
+}
+
+interface PendingReply {
+  seq: number;
+  kind: "sync" | "async";
+  count: number;
+}
+
+export class Isolate {
+  private readonly ctl: Int32Array;
+  private readonly deadlineSlot: BigInt64Array;
+  private readonly queue: Entry[] = [];
+  private current: Entry | undefined;
+  private pendingAbort = false;
+  private pendingReply: PendingReply | undefined;
+  private isAlive = true;
+  private disposing = false;
+  private watchdog: NodeJS.Timeout | undefined;
+  private abortTimer: NodeJS.Timeout | undefined;
+  private ready: { resolve: () => void; reject: (e: Error) => void } | undefined;
+  /** Settles when the worker thread has ended. */
+  readonly exited: Promise<void>;
+  /** Counts of the guest's host traffic (messages between the threads). */
+  readonly stats: IsolateStats = {
+    syncCalls: 0,
+    asyncBatches: 0,
+    asyncCalls: 0,
+    notifyBatches: 0,
+    notifications: 0,
+  };
+
+  private constructor(
+    readonly limits: IsolateLimits,
+    private readonly bridge: HostBridge,
+    private readonly worker: Worker,
+    private readonly replyPort: MessagePort,
+    control: SharedArrayBuffer,
+  ) {
+    this.ctl = new Int32Array(control, 0, 3);
+    this.deadlineSlot = new BigInt64Array(control, CTL_DEADLINE_BYTE, 1);
+    this.exited = new Promise((resolve) => worker.once("exit", () => resolve()));
+    worker.on("message", (m: WorkerMessage) => this.onMessage(m));
+    worker.on("error", (e: Error) => this.onCrash(e));
+    worker.on("exit", () => this.onCrash(undefined));
+  }
+
+  /** Starts a worker with a fresh runtime and context; resolves once the guest is ready. */
+  static async create(limits: IsolateLimits, bridge: HostBridge): Promise<Isolate> {
+    if (!(limits.timeoutMs > 0)) throw new RangeError("timeoutMs must be positive");
+    if (!(limits.memoryLimitMb >= 16)) throw new RangeError("memoryLimitMb must be at least 16");
+    const module = await compiledWasm();
+    const control = new SharedArrayBuffer(CTL_BYTES);
+    const { port1, port2 } = new MessageChannel();
+    const workerData: WorkerInit = {
+      wasmModule: module,
+      memoryLimitMb: limits.memoryLimitMb,
+      timeoutMs: limits.timeoutMs,
+      control,
+      replyPort: port2,
+    };
+    const worker = new Worker(WORKER_URL, {
+      workerData,
+      transferList: [port2],
+      resourceLimits: {
+        stackSizeMb: WORKER_STACK_MB,
+        // The worker's own heap holds only strings crossing to and from the guest.
+        maxOldGenerationSizeMb: 64 + 4 * Math.ceil(limits.memoryLimitMb),
+      },
+    });
+    const isolate = new Isolate({ ...limits }, bridge, worker, port1, control);
+    await new Promise<void>((resolve, reject) => {
+      isolate.ready = { resolve, reject };
+    });
+    return isolate;
+  }
+
+  /** False once the worker is gone (disposed, terminated by the watchdog, or crashed). */
+  get alive(): boolean {
+    return this.isAlive;
+  }
+
+  get threadId(): number {
+    return this.worker.threadId;
+  }
+
+  /**
+   * Runs a classic script in the isolate's global scope and returns the JSON of its
+   * completion value (null when it has none). A Promise completion is awaited.
+   */
+  evalScript(source: string, filename: string): Promise<JsonValue> {
+    return this.enqueue({ op: "eval", source, filename });
+  }
+
+  /** Calls the global function at a dotted path with JSON args; a returned Promise is awaited. */
+  call(path: string, args: JsonValue[]): Promise<JsonValue> {
+    let argsJson: string;
+    try {
+      argsJson = JSON.stringify(args);
+    } catch (e) {
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+    return this.enqueue({ op: "call", path, argsJson });
+  }
+
+  /** The current entry (or, if none runs, the next one) fails promptly with kind "aborted". */
+  abort(): void {
+    if (!this.isAlive) return;
+    const entry = this.current;
+    if (entry === undefined) {
+      this.pendingAbort = true;
+      return;
+    }
+    if (entry.aborted) return;
+    entry.aborted = true;
+    Atomics.store(this.ctl, CTL_ABORT, 1);
+    // The worker may be waiting for the host: answer it now, the interrupt does the rest.
+    const pending = this.pendingReply;
+    if (pending !== undefined) this.answerWithError(pending, abortedMessage());
+    const check = (): void => {
+      this.abortTimer = undefined;
+      if (this.current !== entry || !this.isAlive) return;
+      if (Atomics.load(this.ctl, CTL_STATE) === STATE_GUEST) {
+        this.kill(new SandboxError("aborted", abortedMessage()));
+      } else {
+        this.abortTimer = setTimeout(check, ABORT_GRACE_MS);
+      }
+    };
+    this.abortTimer = setTimeout(check, ABORT_GRACE_MS);
+  }
+
+  /** Frees the runtime and ends the worker; pending and later entries fail with "terminated". */
+  async dispose(): Promise<void> {
+    if (!this.disposing) {
+      this.disposing = true;
+      this.rejectQueued();
+      if (this.isAlive) {
+        if (this.current !== undefined) {
+          this.kill(new SandboxError("terminated", terminatedMessage()));
+        } else {
+          this.isAlive = false;
+          this.clearTimers();
+          this.worker.ref();
+          this.worker.postMessage({ op: "dispose" } satisfies WorkerRequest);
+          const timer = setTimeout(() => void this.worker.terminate(), DISPOSE_WAIT_MS);
+          void this.exited.then(() => clearTimeout(timer));
+        }
+      }
+    }
+    await this.exited;
+  }
+
+  // --- entries -------------------------------------------------------------------------------
+
+  private enqueue(request: EntryRequest): Promise<JsonValue> {
+    if (!this.isAlive) return Promise.reject(new SandboxError("terminated", terminatedMessage()));
+    return new Promise<JsonValue>((resolve, reject) => {
+      this.queue.push({ request, resolve, reject, aborted: false });
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    if (this.current !== undefined || !this.isAlive || this.ready !== undefined) return;
+    for (;;) {
+      const entry = this.queue.shift();
+      if (entry === undefined) {
+        this.worker.unref();
+        return;
+      }
+      if (this.pendingAbort) {
+        this.pendingAbort = false;
+        entry.reject(new SandboxError("aborted", abortedMessage()));
+        continue;
+      }
+      this.current = entry;
+      this.worker.ref();
+      this.worker.postMessage(entry.request satisfies WorkerRequest);
+      this.armWatchdog(this.limits.timeoutMs + WATCHDOG_GRACE_MS);
+      return;
+    }
+  }
+
+  private finishEntry(m: Extract<WorkerMessage, { t: "done" }>): void {
+    const entry = this.current;
+    if (entry === undefined) return;
+    this.current = undefined;
+    this.pendingReply = undefined;
+    this.clearTimers();
+    if (entry.aborted) {
+      Atomics.store(this.ctl, CTL_ABORT, 0);
+      entry.reject(new SandboxError("aborted", abortedMessage()));
+    } else if (m.ok) {
+      try {
+        entry.resolve(JSON.parse(m.json) as JsonValue);
+      } catch (e) {
+        entry.reject(new SandboxError("throw", `Error: ${errorMessage(e)}`));
+      }
+    } else {
+      entry.reject(new SandboxError(m.failure.kind, m.failure.message, m.failure.line));
+    }
+    if (!m.ok && m.fatal) {
+      this.kill(new SandboxError("terminated", terminatedMessage()));
+      return;
+    }
+    this.pump();
+  }
+
+  // --- watchdog ------------------------------------------------------------------------------
+
+  private armWatchdog(ms: number): void {
+    if (this.watchdog !== undefined) clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => this.checkWatchdog(), ms);
+  }
+
+  private checkWatchdog(): void {
+    this.watchdog = undefined;
+    if (this.current === undefined || !this.isAlive) return;
+    if (Atomics.load(this.ctl, CTL_STATE) === STATE_GUEST) {
+      const late = Date.now() - Number(Atomics.load(this.deadlineSlot, 0));
+      if (late > WATCHDOG_GRACE_MS) {
+        this.kill(new SandboxError("timeout", timeoutMessage(this.limits.timeoutMs)));
+        return;
+      }
+      this.armWatchdog(Math.max(10, WATCHDOG_GRACE_MS - late + 5));
+    } else {
+      // Waiting for the host (not counted), or between two guest segments.
+      this.armWatchdog(this.limits.timeoutMs + WATCHDOG_GRACE_MS);
+    }
+  }
+
+  private clearTimers(): void {
+    if (this.watchdog !== undefined) clearTimeout(this.watchdog);
+    if (this.abortTimer !== undefined) clearTimeout(this.abortTimer);
+    this.watchdog = undefined;
+    this.abortTimer = undefined;
+  }
+
+  /** Ends the worker now: the current entry fails with `error`, queued ones with "terminated". */
+  private kill(error: SandboxError): void {
+    if (!this.isAlive) return;
+    this.isAlive = false;
+    this.clearTimers();
+    void this.worker.terminate();
+    const entry = this.current;
+    this.current = undefined;
+    this.pendingReply = undefined;
+    entry?.reject(error);
+    this.rejectQueued();
+  }
+
+  private rejectQueued(): void {
+    for (const entry of this.queue.splice(0)) {
+      entry.reject(new SandboxError("terminated", terminatedMessage()));
+    }
+  }
+
+  private onCrash(error: Error | undefined): void {
+    const message =
+      error === undefined ? terminatedMessage() : `the isolate's worker failed: ${error.message}`;
+    if (this.ready !== undefined) {
+      const ready = this.ready;
+      this.ready = undefined;
+      this.isAlive = false;
+      void this.worker.terminate();
+      ready.reject(new SandboxError("terminated", message));
+      return;
+    }
+    this.kill(new SandboxError("terminated", message));
+  }
+
+  // --- messages from the worker --------------------------------------------------------------
+
+  private onMessage(m: WorkerMessage): void {
+    switch (m.t) {
+      case "ready": {
+        const ready = this.ready;
+        this.ready = undefined;
+        ready?.resolve();
+        this.pump();
+        return;
+      }
+      case "initError":
+        this.onCrash(new Error(m.message));
+        return;
+      case "sync":
+        this.onSync(m.seq, m.name, m.argsJson);
+        return;
+      case "async":
+        this.onAsync(m.seq, m.batchJson);
+        return;
+      case "notify":
+        this.onNotify(m.json);
+        return;
+      case "done":
+        this.finishEntry(m);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private onSync(seq: number, name: string, argsJson: string): void {
+    this.stats.syncCalls++;
+    const pending: PendingReply = { seq, kind: "sync", count: 1 };
+    this.pendingReply = pending;
+    if (this.current?.aborted) {
+      this.answerWithError(pending, abortedMessage());
+      return;
+    }
+    Promise.resolve()
+      .then(() => this.bridge.callSync(name, JSON.parse(argsJson) as JsonValue[]))
+      .then(
+        (value) => {
+          let json: string;
+          try {
+            json = toJson(value);
+          } catch (e) {
+            this.answer(pending, { seq, ok: false, message: errorMessage(e) });
+            return;
+          }
+          this.answer(pending, { seq, ok: true, json });
+        },
+        (e: unknown) => this.answer(pending, { seq, ok: false, message: errorMessage(e) }),
+      );
+  }
+
+  private onAsync(seq: number, batchJson: string): void {
+    let calls: { name: string; args: JsonValue[] }[];
+    try {
+      calls = (JSON.parse(batchJson) as [string, JsonValue[]][]).map(([name, args]) => ({ name, args }));
+    } catch {
+      calls = [];
+    }
+    this.stats.asyncBatches++;
+    this.stats.asyncCalls += calls.length;
+    const pending: PendingReply = { seq, kind: "async", count: calls.length };
+    this.pendingReply = pending;
+    if (this.current?.aborted) {
+      this.answerWithError(pending, abortedMessage());
+      return;
+    }
+    Promise.resolve()
+      .then(() => this.bridge.callAsync(calls))
+      .then(
+        (results) => {
+          const parts: string[] = [];
+          for (let i = 0; i < calls.length; i++) {
+            const r: unknown = results[i];
+            let part: string;
+            if (typeof r === "object" && r !== null && "ok" in r) {
+              try {
+                part = `[0,${toJson(r.ok)}]`;
+              } catch (e) {
+                part = `[1,${JSON.stringify(errorMessage(e))}]`;
+              }
+            } else if (typeof r === "object" && r !== null && "error" in r) {
+              part = `[1,${JSON.stringify(String(r.error))}]`;
+            } else {
+              part = `[1,"no result from the host"]`;
+            }
+            parts.push(part);
+          }
+          this.answer(pending, { seq, json: `[${parts.join(",")}]` });
+        },
+        (e: unknown) => this.answerWithError(pending, errorMessage(e)),
+      );
+  }
+
+  private onNotify(json: string): void {
+    let items: [string, JsonValue[]][];
+    try {
+      items = JSON.parse(json) as [string, JsonValue[]][];
+    } catch {
+      return;
+    }
+    this.stats.notifyBatches++;
+    this.stats.notifications += items.length;
+    for (const [name, args] of items) {
+      try {
+        this.bridge.notify(name, args);
+      } catch {
+        // A notification has no one to report to.
+      }
+    }
+  }
+
+  private answerWithError(pending: PendingReply, message: string): void {
+    if (pending.kind === "sync") {
+      this.answer(pending, { seq: pending.seq, ok: false, message });
+    } else {
+      const part = `[1,${JSON.stringify(message)}]`;
+      this.answer(pending, {
+        seq: pending.seq,
+        json: `[${new Array<string>(pending.count).fill(part).join(",")}]`,
+      });
+    }
+  }
+
+  /** Hands an answer to the worker blocked in Atomics.wait; each request is answered once. */
+  private answer(pending: PendingReply, reply: SyncReply | AsyncReply): void {
+    if (this.pendingReply !== pending || !this.isAlive) return;
+    this.pendingReply = undefined;
+    this.replyPort.postMessage(reply);
+    Atomics.store(this.ctl, CTL_SIGNAL, 1);
+    Atomics.notify(this.ctl, CTL_SIGNAL);
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Messages between an Isolate (main thread) and its worker thread (worker.ts).
+ *
+ * main -> worker (worker.postMessage): entries (eval, call) one at a time, and dispose.
+ * worker -> main (parentPort): host requests, notifications, entry results.
+ * main -> worker answers to host requests go through a dedicated MessagePort, which the worker
+ * reads synchronously (receiveMessageOnPort) after Atomics.wait on the shared control array.
+ */
+import type { MessagePort } from "node:worker_threads";
+import type { SandboxErrorKind } from "./types.js";
+
+/** Int32 slots of the shared control array. */
+export const CTL_ABORT = 0; // 1: abort the current entry (set by the main thread)
+export const CTL_SIGNAL = 1; // 1: an answer to the worker's host request is on the reply port
+export const CTL_STATE = 2; // what the worker is doing (STATE_*)
+/** Byte offset of a BigInt64 slot holding the guest's current deadline (ms since epoch). */
+export const CTL_DEADLINE_BYTE = 16;
+export const CTL_BYTES = 24;
+
+export const STATE_IDLE = 0;
+export const STATE_GUEST = 1; // guest code is running: the deadline counts
+export const STATE_HOST = 2; // the worker waits for the host: the deadline does not count
+
+export interface WorkerInit {
+  wasmModule: WebAssembly.Module;
+  memoryLimitMb: number;
+  timeoutMs: number;
+  control: SharedArrayBuffer;
+  replyPort: MessagePort;
+}
+
+export type EntryRequest =
+  { op: "eval"; source: string; filename: string } | { op: "call"; path: string; argsJson: string };
+
+export type WorkerRequest = EntryRequest | { op: "dispose" };
+
+export interface FailureInfo {
+  kind: SandboxErrorKind;
+  message: string;
+  line?: number;
+}
+
+export type WorkerMessage =
+  | { t: "ready" }
+  | { t: "initError"; message: string }
+  /** guest __host.callSync: the worker blocks until the answer (SyncReply) arrives. */
+  | { t: "sync"; seq: number; name: string; argsJson: string }
+  /** a batch of guest __host.callAsync calls, JSON of [name, args][]: the worker blocks until AsyncReply. */
+  | { t: "async"; seq: number; batchJson: string }
+  /** guest __host.notify calls, JSON of [name, args][]; no answer. */
+  | { t: "notify"; json: string }
+  | { t: "done"; ok: true; json: string }
+  /** fatal: the isolate's state is unusable; the main thread ends the worker. */
+  | { t: "done"; ok: false; failure: FailureInfo; fatal: boolean }
+  | { t: "disposed"; error?: string };
+
+export type SyncReply = { seq: number; ok: true; json: string } | { seq: number; ok: false; message: string };
+/** json: JSON of ([0, value] | [1, errorMessage])[], in the order of the batch. */
+export interface AsyncReply {
+  seq: number;
+  json: string;
+}

@@ -1,0 +1,433 @@
+/**
+ * Worker thread of one Isolate: one capped QuickJS wasm module, one runtime, one context.
+ * Everything here is synchronous: an entry runs to its end, and every wait for the host
+ * (callSync, a batch of callAsync) blocks this thread in Atomics.wait until the main thread
+ * answers on the reply port. The time spent waiting does not count against the deadline.
+ */
+import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
+import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";
+import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
+import {
+  CTL_ABORT,
+  CTL_DEADLINE_BYTE,
+  CTL_SIGNAL,
+  CTL_STATE,
+  STATE_GUEST,
+  STATE_HOST,
+  STATE_IDLE,
+  type AsyncReply,
+  type EntryRequest,
+  type FailureInfo,
+  type SyncReply,
+  type WorkerInit,
+  type WorkerMessage,
+  type WorkerRequest,
+} from "./protocol.js";
+import { PRELUDE_FILENAME, PRELUDE_SOURCE } from "./prelude.js";
+import { abortedMessage, memoryMessage, stackMessage, timeoutMessage } from "./messages.js";
+
+/** QuickJS's own stack limit; safe with the worker's 32 MB native stack (reference §0.2). */
+const MAX_STACK_BYTES = 1024 * 1024;
+/** Budget for reading an error object (its getters are guest code) once the entry's is spent. */
+const DESCRIBE_BUDGET_MS = 100;
+
+if (parentPort === null) throw new Error("sandbox worker must run in a worker thread");
+const port = parentPort;
+const init = workerData as WorkerInit;
+const ctl = new Int32Array(init.control, 0, 3);
+const deadlineSlot = new BigInt64Array(init.control, CTL_DEADLINE_BYTE, 1);
+
+/** A guest-side failure of an entry: the isolate stays usable. */
+class EntryFailure extends Error {
+  constructor(readonly info: FailureInfo) {
+    super(info.message);
+  }
+}
+
+// --- deadline accounting -------------------------------------------------------------------
+
+let inSegment = false;
+let deadline = Infinity;
+let remaining = 0;
+let interruptReason: "timeout" | "aborted" | undefined;
+
+function beginSegment(): void {
+  deadline = Date.now() + remaining;
+  Atomics.store(deadlineSlot, 0, BigInt(Math.ceil(deadline)));
+  inSegment = true;
+  Atomics.store(ctl, CTL_STATE, STATE_GUEST);
+}
+
+function endSegment(): void {
+  if (!inSegment) return;
+  remaining = Math.max(0, deadline - Date.now());
+  inSegment = false;
+  deadline = Infinity;
+  Atomics.store(ctl, CTL_STATE, STATE_IDLE);
+}
+
+function interruptHandler(): boolean {
+  if (!inSegment) return false;
+  if (Atomics.load(ctl, CTL_ABORT) !== 0) {
+    interruptReason ??= "aborted";
+    return true;
+  }
+  if (Date.now() > deadline) {
+    interruptReason ??= "timeout";
+    return true;
+  }
+  return false;
+}
+
+// --- host requests ---------------------------------------------------------------------------
+
+let seq = 0;
+
+type HostRequest = { t: "sync"; name: string; argsJson: string } | { t: "async"; batchJson: string };
+
+function hostRequest(request: HostRequest): { seq: number } {
+  const wasInSegment = inSegment;
+  endSegment();
+  Atomics.store(ctl, CTL_STATE, STATE_HOST);
+  Atomics.store(ctl, CTL_SIGNAL, 0);
+  const mySeq = ++seq;
+  port.postMessage({ ...request, seq: mySeq } satisfies WorkerMessage);
+  let reply: { seq: number } | undefined;
+  while (reply === undefined) {
+    Atomics.wait(ctl, CTL_SIGNAL, 0);
+    const got = receiveMessageOnPort(init.replyPort) as { message: { seq: number } } | undefined;
+    if (got === undefined) {
+      // The signal is up but the message is not readable yet: wait a moment and look again.
+      Atomics.wait(ctl, CTL_SIGNAL, 1, 1);
+      continue;
+    }
+    if (got.message.seq === mySeq) reply = got.message;
+  }
+  Atomics.store(ctl, CTL_SIGNAL, 0);
+  Atomics.store(ctl, CTL_STATE, STATE_IDLE);
+  if (wasInSegment) beginSegment();
+  return reply;
+}
+
+// --- the isolate -----------------------------------------------------------------------------
+
+interface Helpers {
+  call: QuickJSHandle;
+  start: QuickJSHandle;
+  state: QuickJSHandle;
+  finish: QuickJSHandle;
+  describe: QuickJSHandle;
+  takeNotes: QuickJSHandle;
+  takeBatch: QuickJSHandle;
+  deliver: QuickJSHandle;
+  reset: QuickJSHandle;
+}
+
+let wasmMemory: WebAssembly.Memory;
+let rt: QuickJSRuntime;
+let ctx: QuickJSContext;
+let internal: QuickJSHandle;
+let fns: Helpers;
+let broken = false;
+
+async function setUp(): Promise<void> {
+  const limitMb = Math.max(16, Math.floor(init.memoryLimitMb));
+  wasmMemory = new WebAssembly.Memory({ initial: 256, maximum: limitMb * 16 });
+  const mod = await newQuickJSWASMModuleFromVariant(
+    newVariant(RELEASE_SYNC, { wasmModule: init.wasmModule, wasmMemory }),
+  );
+  rt = mod.newRuntime();
+  rt.setMemoryLimit(limitMb * 1024 * 1024);
+  rt.setMaxStackSize(MAX_STACK_BYTES);
+  rt.setInterruptHandler(interruptHandler);
+  ctx = rt.newContext();
+
+  const rawSync = ctx.newFunction("callSync", (nameH, argsH) => {
+    const reply = hostRequest({
+      t: "sync",
+      name: ctx.getString(nameH),
+      argsJson: ctx.getString(argsH),
+    }) as SyncReply;
+    return ctx.newString(reply.ok ? "0" + reply.json : "1" + reply.message);
+  });
+  const rawNotify = ctx.newFunction("notify", (jsonH) => {
+    port.postMessage({ t: "notify", json: ctx.getString(jsonH) } satisfies WorkerMessage);
+  });
+  const factory = ctx.unwrapResult(ctx.evalCode(PRELUDE_SOURCE, PRELUDE_FILENAME));
+  internal = ctx.unwrapResult(ctx.callFunction(factory, ctx.undefined, rawSync, rawNotify));
+  factory.dispose();
+  rawSync.dispose();
+  rawNotify.dispose();
+  const get = (name: string): QuickJSHandle => ctx.getProp(internal, name);
+  fns = {
+    call: get("call"),
+    start: get("start"),
+    state: get("state"),
+    finish: get("finish"),
+    describe: get("describe"),
+    takeNotes: get("takeNotes"),
+    takeBatch: get("takeBatch"),
+    deliver: get("deliver"),
+    reset: get("reset"),
+  };
+}
+
+function tearDown(): void {
+  for (const h of Object.values(fns)) h.dispose();
+  internal.dispose();
+  ctx.dispose();
+  rt.dispose();
+}
+
+// --- errors ----------------------------------------------------------------------------------
+
+type Described =
+  { e: 1; name: string; message: string; stack: string; line: number } | { e: 0; text: string };
+
+function scriptLine(stack: string): number | undefined {
+  const m = /(?:^|[\s(])script:(\d+)/m.exec(stack);
+  return m ? Number(m[1]) : undefined;
+}
+
+function interruptInfo(): FailureInfo {
+  return interruptReason === "aborted"
+    ? { kind: "aborted", message: abortedMessage() }
+    : { kind: "timeout", message: timeoutMessage(init.timeoutMs) };
+}
+
+function classify(d: Described, compiling: boolean): FailureInfo {
+  if (d.e === 0) {
+    // QuickJS throws null when it cannot even allocate its "out of memory" error.
+    if (d.text === "null" && memoryNearlyFull()) {
+      return { kind: "memory", message: memoryMessage(init.memoryLimitMb) };
+    }
+    return { kind: "throw", message: d.text };
+  }
+  const line = scriptLine(d.stack);
+  if (d.name === "InternalError" && d.message === "out of memory") {
+    return { kind: "memory", message: memoryMessage(init.memoryLimitMb) };
+  }
+  if (
+    d.message === "stack overflow" ||
+    (d.name === "RangeError" && /Maximum call stack size exceeded/.test(d.message))
+  ) {
+    return { kind: "stack", message: stackMessage(), line };
+  }
+  if (compiling && d.name === "SyntaxError") {
+    return { kind: "syntax", message: `SyntaxError: ${d.message}`, line };
+  }
+  return { kind: "throw", message: `${d.name}: ${d.message}`, line };
+}
+
+function memoryNearlyFull(): boolean {
+  const maxBytes = Math.max(16, Math.floor(init.memoryLimitMb)) * 1024 * 1024;
+  return wasmMemory.buffer.byteLength >= maxBytes - 1024 * 1024;
+}
+
+/** Turns a guest error value into an EntryFailure; disposes the handle. */
+function failureOf(errH: QuickJSHandle, compiling = false): EntryFailure {
+  try {
+    if (interruptReason) return new EntryFailure(interruptInfo());
+    remaining = Math.max(remaining, DESCRIBE_BUDGET_MS);
+    beginSegment();
+    let r;
+    try {
+      r = ctx.callFunction(fns.describe, ctx.undefined, errH);
+    } finally {
+      endSegment();
+    }
+    if (r.error) {
+      r.error.dispose();
+      if (interruptReason) return new EntryFailure(interruptInfo());
+      if (memoryNearlyFull())
+        return new EntryFailure({ kind: "memory", message: memoryMessage(init.memoryLimitMb) });
+      return new EntryFailure({ kind: "throw", message: "Error: (the error could not be read)" });
+    }
+    const text = ctx.getString(r.value);
+    r.value.dispose();
+    return new EntryFailure(classify(JSON.parse(text) as Described, compiling));
+  } finally {
+    errH.dispose();
+  }
+}
+
+function fatalInfo(e: unknown): FailureInfo {
+  const text = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+  if (e instanceof RangeError && /call stack/i.test(e.message))
+    return { kind: "stack", message: stackMessage() };
+  if (/out of memory|OOM|Cannot enlarge memory|memory access out of bounds/i.test(text)) {
+    return { kind: "memory", message: memoryMessage(init.memoryLimitMb) };
+  }
+  return { kind: "terminated", message: `the isolate failed: ${text}` };
+}
+
+// --- entries ---------------------------------------------------------------------------------
+
+let owned: QuickJSHandle[] = [];
+
+function own(h: QuickJSHandle): QuickJSHandle {
+  owned.push(h);
+  return h;
+}
+
+function checkInterrupt(): void {
+  if (interruptReason) throw new EntryFailure(interruptInfo());
+}
+
+/** Calls an internal helper in a guest segment; a guest error becomes an EntryFailure. */
+function enter(fn: QuickJSHandle, ...args: QuickJSHandle[]): QuickJSHandle {
+  beginSegment();
+  let r;
+  try {
+    r = ctx.callFunction(fn, ctx.undefined, ...args);
+  } finally {
+    endSegment();
+  }
+  if (r.error) throw failureOf(r.error);
+  own(r.value);
+  checkInterrupt();
+  return r.value;
+}
+
+function evaluate(source: string, filename: string, compileOnly: boolean): QuickJSHandle {
+  beginSegment();
+  let r;
+  try {
+    r = ctx.evalCode(source, filename, compileOnly ? { compileOnly: true } : undefined);
+  } finally {
+    endSegment();
+  }
+  if (r.error) throw failureOf(r.error, compileOnly);
+  own(r.value);
+  checkInterrupt();
+  return r.value;
+}
+
+function runJobs(): void {
+  beginSegment();
+  let r;
+  try {
+    r = rt.executePendingJobs(-1);
+  } finally {
+    endSegment();
+  }
+  if (r.error) throw failureOf(r.error);
+  checkInterrupt();
+}
+
+function flushNotes(): void {
+  // Internal code only (no guest callbacks): runs outside a segment.
+  const r = ctx.callFunction(fns.takeNotes, ctx.undefined);
+  if (r.error) {
+    r.error.dispose();
+    return;
+  }
+  const json = ctx.getString(r.value);
+  r.value.dispose();
+  if (json !== "") port.postMessage({ t: "notify", json } satisfies WorkerMessage);
+}
+
+function abortRequested(): boolean {
+  return Atomics.load(ctl, CTL_ABORT) !== 0;
+}
+
+function runEntry(req: EntryRequest): WorkerMessage {
+  owned = [];
+  interruptReason = undefined;
+  remaining = init.timeoutMs;
+  let fatal = false;
+  try {
+    if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
+    let first: QuickJSHandle;
+    if (req.op === "eval") {
+      evaluate(req.source, req.filename, true);
+      first = evaluate(req.source, req.filename, false);
+    } else {
+      first = enter(fns.call, own(ctx.newString(req.path)), own(ctx.newString(req.argsJson)));
+    }
+    const rec = enter(fns.start, first);
+    for (;;) {
+      runJobs();
+      flushNotes();
+      const batch = ctx.getString(enter(fns.takeBatch));
+      if (batch !== "") {
+        const reply = hostRequest({ t: "async", batchJson: batch }) as AsyncReply;
+        enter(fns.deliver, own(ctx.newString(reply.json)));
+        continue;
+      }
+      if (ctx.getNumber(enter(fns.state, rec)) !== 0) break;
+      throw new EntryFailure({
+        kind: "throw",
+        message: "Error: the script awaits a promise that can never settle",
+      });
+    }
+    const out = ctx.getString(enter(fns.finish, rec));
+    if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
+    if (out[0] === "0") return { t: "done", ok: true, json: out.slice(1) };
+    throw new EntryFailure(classify(JSON.parse(out.slice(1)) as Described, false));
+  } catch (e) {
+    if (e instanceof EntryFailure) {
+      const r = ctx.callFunction(fns.reset, ctx.undefined);
+      if (r.error) r.error.dispose();
+      else r.value.dispose();
+      return { t: "done", ok: false, failure: e.info, fatal: false };
+    }
+    fatal = true;
+    broken = true;
+    return { t: "done", ok: false, failure: fatalInfo(e), fatal: true };
+  } finally {
+    inSegment = false;
+    deadline = Infinity;
+    Atomics.store(ctl, CTL_STATE, STATE_IDLE);
+    if (!fatal) {
+      for (const h of owned) if (h.alive) h.dispose();
+      try {
+        flushNotes();
+      } catch {
+        // nothing more to report
+      }
+    }
+    owned = [];
+  }
+}
+
+function onRequest(req: WorkerRequest): void {
+  if (req.op === "dispose") {
+    if (!broken) {
+      try {
+        tearDown();
+      } catch {
+        // A leak assertion or a broken runtime: the thread ends anyway.
+      }
+    }
+    process.exit(0);
+  }
+  if (broken) {
+    port.postMessage({
+      t: "done",
+      ok: false,
+      failure: { kind: "terminated", message: "the isolate is broken" },
+      fatal: true,
+    } satisfies WorkerMessage);
+    return;
+  }
+  let result: WorkerMessage;
+  try {
+    result = runEntry(req);
+  } catch (e) {
+    broken = true;
+    result = { t: "done", ok: false, failure: fatalInfo(e), fatal: true };
+  }
+  port.postMessage(result);
+}
+
+try {
+  await setUp();
+  port.on("message", onRequest);
+  port.postMessage({ t: "ready" } satisfies WorkerMessage);
+} catch (e) {
+  port.postMessage({
+    t: "initError",
+    message: e instanceof Error ? `${e.name}: ${e.message}` : String(e),
+  } satisfies WorkerMessage);
+}
