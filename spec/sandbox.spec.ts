@@ -240,7 +240,7 @@ describe("sandbox isolate", function () {
   });
 
   it("endless allocation hits the memory cap, RSS stays bounded, and the isolate can be disposed", async () => {
-    const iso = await isolate();
+    const iso = await isolate(recordingBridge(), { memoryLimitMb: 32, timeoutMs: 5000 });
     await iso.evalScript("function ok() { return 'fine'; }", "script");
     const rssBefore = process.memoryUsage().rss;
     const local = await expectKind(

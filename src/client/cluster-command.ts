@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import calculateSlot from "cluster-key-slot";
+import { keySlot as calculateSlot } from "../routing/key-slot.js";
 import { encodeBulk, encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
 import type { RespValue } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";

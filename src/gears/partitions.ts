@@ -1,4 +1,4 @@
-import calculateSlot from "cluster-key-slot";
+import { keySlot as calculateSlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
 import type { Arg } from "../resp/encode.js";
 import { PromiseSink } from "../upstream/reply-sink.js";

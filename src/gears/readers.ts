@@ -1,4 +1,4 @@
-import calculateSlot from "cluster-key-slot";
+import { keySlot as calculateSlot } from "../routing/key-slot.js";
 import type { Arg } from "../resp/encode.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import type { JsonValue } from "../sandbox/types.js";

@@ -1,4 +1,4 @@
-import calculateSlot from "cluster-key-slot";
+import { keySlot as calculateSlot } from "./key-slot.js";
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
 import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
 import type { RespValue } from "../resp/values.js";

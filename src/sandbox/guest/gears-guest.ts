@@ -18,6 +18,13 @@
  * - `current()` -> `{step, line}` of the user function running now, or null
  * - `drop(execId)`, `slot(key)`, `onRegistered(actionIndex)`
  *
+ * Host calls it makes (arguments after the name = the host's args array):
+ * `callSync("register", actionIndex)`, `callSync("execute", partition | null, cmd, ...args)`,
+ * `callAsync("execute", ...same)`, `notify("log", level, message)`, `callSync("configGet", name)`,
+ * `callSync("hashtag", partition | null)`. `partition` is that of the record being processed.
+ *
+ * Evaluate it with a filename other than "script": step lines are the first "script:N" stack frame.
+ *
  * Records flow through one fused closure chain per execution, across global steps too: a
  * global step moves a record to another partition by switching the "current partition" and
  * passing it on; group/count/sort state is kept per execution in the guest and emitted by
