@@ -1,0 +1,35 @@
+import { expect } from "chai";
+import { keySlot } from "../src/routing/key-slot.js";
+import { startRedis, type RedisNode } from "./harness/index.js";
+
+describe("key slots", () => {
+  let redis: RedisNode;
+  before(async () => {
+    redis = await startRedis({ args: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] });
+  });
+  after(async () => {
+    await redis.stop();
+  });
+
+  it("agree with CLUSTER KEYSLOT for plain, tagged and odd keys", async () => {
+    const keys = [
+      "foo",
+      "123456789",
+      "{user1000}.following",
+      "{user1000}.followers",
+      "foo{}{bar}",
+      "x{}}",
+      "{}",
+      "{",
+      "}{a}",
+      "a{b}c{d}",
+      "ключ",
+      "",
+      ...Array.from({ length: 200 }, (_, i) => `key:${i}:{t${i % 7}}`),
+    ];
+    for (const key of keys) {
+      const expected = Number(await redis.cli("CLUSTER", "KEYSLOT", key));
+      expect(keySlot(key), key).to.equal(expected);
+    }
+  });
+});
