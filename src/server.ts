@@ -99,6 +99,7 @@ export class ProxyServer {
     const ctx = this.context;
     if (ctx !== null) {
       for (const client of [...ctx.clients.all()]) client.kill("proxy shutting down");
+      ctx.gears.close();
       ctx.router.topology.close();
     }
     const listener = this.listener;

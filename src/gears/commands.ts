@@ -2,6 +2,11 @@ import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
 import type { RespValue } from "../resp/values.js";
 import type { GearsEngine } from "./engine.js";
 import type { Execution } from "./execution.js";
+import { keySlot } from "../routing/key-slot.js";
+import type { JsonValue } from "../sandbox/types.js";
+import { jsonToResp } from "./json-values.js";
+import { Partitions } from "./partitions.js";
+import type { Registration } from "./registration.js";
 
 type Handler = (engine: GearsEngine, args: Buffer[]) => Promise<Buffer> | Buffer;
 
@@ -16,8 +21,10 @@ function arity(name: string): Buffer {
 async function execute(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
   if (args.length < 1) return arity("rg.execute");
   let unblocking = false;
+  let upgrade = false;
   let sessionId: string | undefined;
   let description: string | undefined;
+  let replaceWith: string | undefined;
   for (let i = 1; i < args.length; i++) {
     const option = args[i].toString().toUpperCase();
     if (option === "UNBLOCKING") unblocking = true;
@@ -36,7 +43,14 @@ async function execute(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
       );
     } else return encodeError(`ERR Unknown arguments were given: ${args[i].toString()}`);
   }
-  return engine.execute({ script: args[0].toString(), unblocking, sessionId, description });
+  return engine.execute({
+    script: args[0].toString(),
+    unblocking,
+    sessionId,
+    description,
+    upgrade,
+    replaceWith,
+  });
 }
 
 function finished(engine: GearsEngine, id: string): Execution | Buffer {
@@ -180,6 +194,118 @@ async function refreshCluster(engine: GearsEngine, args: Buffer[]): Promise<Buff
   return OK;
 }
 
+function registrationArgs(r: Registration): RespValue[] {
+  if (r.reader === "CommandReader") return [b("trigger"), r.trigger === null ? null : b(r.trigger)];
+  const list = (v: string[] | null): RespValue => (v === null ? null : v.map(b));
+  return [
+    b("regex"),
+    b(r.prefix),
+    b("eventTypes"),
+    list(r.eventTypes),
+    b("keyTypes"),
+    list(r.keyTypes),
+    b("readValue"),
+    r.readValue ? 1 : 0,
+  ];
+}
+
+function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length !== 0) return arity("rg.dumpregistrations");
+  return encodeValue(
+    engine.registry.all().map((r) => {
+      const st = r.stats;
+      const data: RespValue[] = [
+        b("mode"),
+        b(r.mode),
+        b("numTriggered"),
+        st.numTriggered,
+        b("numSuccess"),
+        st.numSuccess,
+        b("numFailures"),
+        st.numFailures,
+        b("numAborted"),
+        st.numAborted,
+        b("lastRunDurationMS"),
+        st.lastRunDurationMS,
+        b("totalRunDurationMS"),
+        st.totalRunDurationMS,
+        b("avgRunDurationMS"),
+        b(st.avgRunDurationMS),
+        b("lastError"),
+        st.lastError === null ? null : b(st.lastError),
+        b("args"),
+        registrationArgs(r),
+      ];
+      if (r.reader === "KeysReader" && engine.keyspaceStatus !== null && !engine.keyspaceStatus.configured) {
+        data.push(
+          b("keyspaceNotifications"),
+          b("not enabled on every shard: events from writes are missing there"),
+        );
+      }
+      return [
+        b("id"),
+        b(r.id),
+        b("reader"),
+        b(r.reader),
+        b("desc"),
+        r.action.desc === null ? null : b(r.action.desc),
+        b("RegistrationData"),
+        data,
+        b("session"),
+        b(r.sessionId),
+      ];
+    }),
+  );
+}
+
+function unregister(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length < 1 || args.length > 2) return arity("rg.unregister");
+  return engine.unregister(args[0].toString()) ? OK : encodeError("execution is not registered");
+}
+
+function dumpSessions(engine: GearsEngine, args: Buffer[]): Buffer {
+  const words = args.map((a) => a.toString());
+  const verbose = words[0]?.toUpperCase() === "VERBOSE";
+  const at = words.findIndex((w) => w.toUpperCase() === "SESSIONS");
+  const only = at === -1 ? null : new Set(words.slice(at + 1));
+  const sessions = engine.registry.allSessions().filter((s) => only === null || only.has(s.id));
+  return encodeValue(
+    sessions.map((s) => [
+      b("ID"),
+      b(s.id),
+      b("sessionDescription"),
+      s.description === null ? null : b(s.description),
+      b("registrations"),
+      s.registrations.map((r) => (verbose ? [b("id"), b(r.id), b("reader"), b(r.reader)] : b(r.id))),
+    ]),
+  );
+}
+
+function clearRegistrationsStats(engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length !== 0) return arity("rg.clearregistrationsstats");
+  engine.registry.clearStats();
+  return OK;
+}
+
+/** RG.TRIGGER / RG.TRIGGERONKEY: one run of a CommandReader registration on [name, ...args]. */
+async function trigger(engine: GearsEngine, args: Buffer[], onKey: boolean): Promise<Buffer> {
+  if (args.length < (onKey ? 2 : 1)) return arity(onKey ? "rg.triggeronkey" : "rg.trigger");
+  const name = args[0].toString();
+  const found = engine.registry.byTrigger(name);
+  if (found === undefined) return encodeError("ERR subcommand not found");
+  const partitions = new Partitions(engine.router);
+  const partition = onKey ? partitions.partitionOfSlot(keySlot(args[1])) : 0;
+  const record: JsonValue = args.map((a) => a.toString());
+  const execution = await engine.registry.runExecution(
+    found.session,
+    found.registration,
+    partitions,
+    new Map([[partition, [record]]]),
+  );
+  if (execution.errors.length > 0) return encodeError(`ERR ${execution.errors[0]}`);
+  return encodeValue((execution.results ?? []).map(jsonToResp));
+}
+
 function pyExecute(): Buffer {
   return encodeError("ERR RG.PYEXECUTE needs Python; send the script as JavaScript with RG.EXECUTE");
 }
@@ -197,11 +323,18 @@ const HANDLERS = new Map<string, Handler>([
   ["rg.configset", configSet],
   ["rg.infocluster", infoCluster],
   ["rg.refreshcluster", refreshCluster],
+  ["rg.dumpregistrations", dumpRegistrations],
+  ["rg.unregister", unregister],
+  ["rg.dumpsessions", dumpSessions],
+  ["rg.pydumpsessions", dumpSessions],
+  ["rg.clearregistrationsstats", clearRegistrationsStats],
+  ["rg.trigger", (engine, args) => trigger(engine, args, false)],
+  ["rg.triggeronkey", (engine, args) => trigger(engine, args, true)],
 ]);
 
 /** Whether the client must wait for this command's reply before its next command runs. */
 export function holdsClient(name: string, args: Buffer[]): boolean {
-  if (name === "rg.getresultsblocking") return true;
+  if (name === "rg.getresultsblocking" || name === "rg.trigger" || name === "rg.triggeronkey") return true;
   return name === "rg.execute" && !args.some((a) => a.toString().toUpperCase() === "UNBLOCKING");
 }
 

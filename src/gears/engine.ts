@@ -6,7 +6,10 @@ import { GEARS_GUEST_SOURCE } from "../sandbox/guest/gears-guest.js";
 import { GearsConfig } from "./config.js";
 import { topLevelError } from "./errors.js";
 import { Execution } from "./execution.js";
-import type { Action, IsolateFactory } from "./guest-isolate.js";
+import type { Action, GuestIsolate, IsolateFactory } from "./guest-isolate.js";
+import { KeyspaceEventSource, type KeyspaceStatus } from "./events/keyspace-source.js";
+import { Registration } from "./registration.js";
+import { RegistrationRegistry } from "./registry.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 
@@ -15,6 +18,10 @@ export interface ExecuteRequest {
   unblocking: boolean;
   sessionId?: string;
   description?: string;
+  /** Replace the session of the same id. */
+  upgrade: boolean;
+  /** Replace this other session. */
+  replaceWith?: string;
 }
 
 /**
@@ -30,12 +37,34 @@ export class GearsEngine {
   private readonly executions = new Map<string, Execution>();
   private running = 0;
   private readonly waiting: Execution[] = [];
+  private registrationCounter = 0;
+  readonly registry: RegistrationRegistry;
+  private keyspace: KeyspaceEventSource | null = null;
 
   constructor(
     readonly router: Router,
     private readonly log: Logger,
     private readonly newIsolate: IsolateFactory,
-  ) {}
+  ) {
+    this.registry = new RegistrationRegistry(router, log, () => `${this.proxyId}-${++this.counter}`);
+  }
+
+  /** Checks RG.EXECUTE's session options against the live sessions; an error text or null. */
+  private sessionConflict(request: ExecuteRequest): string | null {
+    if (request.replaceWith !== undefined) {
+      if (this.registry.session(request.replaceWith) === undefined) {
+        return `Can not replace with ${request.replaceWith}, session does not exists.`;
+      }
+      if (request.sessionId !== undefined && this.registry.session(request.sessionId) !== undefined) {
+        return `Can not replace an existing session ${request.sessionId} with ${request.replaceWith}`;
+      }
+      return null;
+    }
+    if (request.sessionId !== undefined && !request.upgrade && this.registry.session(request.sessionId)) {
+      return `Session ${request.sessionId} already exists`;
+    }
+    return null;
+  }
 
   get(id: string): Execution | undefined {
     return this.executions.get(id);
@@ -51,12 +80,20 @@ export class GearsEngine {
 
   /** RG.EXECUTE: the reply to send (OK, an execution id, [results, errors], or an error). */
   async execute(request: ExecuteRequest): Promise<Buffer> {
+    const conflict = this.sessionConflict(request);
+    if (conflict !== null) return encodeError(`ERR ${conflict}`);
     let partitions: Partitions | null = null;
+    const registered = new Map<number, string>();
     const bridge = new GearsBridge(
       this.router,
       () => (partitions ??= new Partitions(this.router)),
       this.config,
       this.log,
+      (index) => {
+        const id = `${this.proxyId}-${++this.registrationCounter}`;
+        registered.set(index, id);
+        return id;
+      },
     );
     const limits = {
       memoryLimitMb: this.config.number("ScriptMemoryLimitMB"),
@@ -72,6 +109,7 @@ export class GearsEngine {
       await isolate.dispose().catch(() => {});
       return encodeError(`ERR ${topLevelError(err)}`);
     }
+    if (registered.size > 0) return this.installSession(request, isolate, actions, registered);
     const runIndex = actions.findIndex((a) => a.kind === "run");
     if (runIndex === -1) {
       await isolate.dispose();
@@ -91,6 +129,61 @@ export class GearsEngine {
     await execution.waitFinished();
     this.executions.delete(execution.id);
     return execution.reply();
+  }
+
+  /**
+   * A script that registered: its isolate becomes the session's, replacing the session of
+   * the same id (UPGRADE) or the one named by REPLACE_WITH at once. A run() in the same
+   * script is ignored, as RedisGears did.
+   */
+  private async installSession(
+    request: ExecuteRequest,
+    isolate: GuestIsolate,
+    actions: Action[],
+    registered: Map<number, string>,
+  ): Promise<Buffer> {
+    const id = request.sessionId ?? randomBytes(20).toString("hex");
+    const registrations = [...registered].map(
+      ([index, regId]) => new Registration(regId, actions[index], index, id),
+    );
+    const replaces = [id, ...(request.replaceWith !== undefined ? [request.replaceWith] : [])];
+    this.registry.install({ id, description: request.description ?? null, isolate, registrations }, replaces);
+    for (const index of registered.keys()) {
+      await isolate.call("__gears.onRegistered", [index]).catch((err: Error) => {
+        this.log.warn({ session: id, err: err.message }, "onRegistered failed");
+      });
+    }
+    if (this.registry.hasKeyRegistrations) await this.startKeyspaceEvents();
+    return OK;
+  }
+
+  private async startKeyspaceEvents(): Promise<void> {
+    if (this.keyspace !== null) return;
+    this.keyspace = new KeyspaceEventSource(this.router.topology, this.log, (events) =>
+      this.registry.dispatch(events),
+    );
+    const status = await this.keyspace.start();
+    this.keyspaceStatus = status;
+  }
+
+  /** What the keyspace event source reported when it started (for RG.DUMPREGISTRATIONS). */
+  keyspaceStatus: KeyspaceStatus | null = null;
+
+  /** RG.UNREGISTER. */
+  unregister(id: string): boolean {
+    const removed = this.registry.unregister(id);
+    if (removed && !this.registry.hasKeyRegistrations && this.keyspace !== null) {
+      this.keyspace.stop();
+      this.keyspace = null;
+    }
+    return removed;
+  }
+
+  close(): void {
+    this.keyspace?.stop();
+    this.keyspace = null;
+    this.registry.close();
+    for (const execution of this.executions.values()) execution.abort();
   }
 
   /** Keeps at most MaxExecutions: the oldest finished go first, then the oldest at all. */

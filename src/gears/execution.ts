@@ -32,6 +32,10 @@ export class Execution {
     readonly action: Action,
     private readonly actionIndex: number,
     readonly partitions: Partitions,
+    /** Records given by an event, by partition, instead of the action's reader. */
+    private readonly input: Map<number, JsonValue[]> | null = null,
+    /** A registration's execution runs in its session's isolate, which outlives it. */
+    private readonly ownsIsolate = true,
   ) {
     this.finished = new Promise((resolve) => (this.markFinished = resolve));
   }
@@ -86,6 +90,15 @@ export class Execution {
   }
 
   private async readPartition(partition: number, execId: JsonValue): Promise<void> {
+    if (this.input !== null) {
+      const records = this.input.get(partition);
+      if (records !== undefined && records.length > 0) {
+        this.recordsRead += records.length;
+        await this.isolate.call("__gears.feed", [execId, partition, records]);
+      }
+      this.partitionsDone++;
+      return;
+    }
     const reader = READERS[this.action.reader];
     const ctx: ReadContext = {
       partition,
@@ -112,7 +125,7 @@ export class Execution {
 
   private finish(): void {
     this.finishedAt = Date.now();
-    void this.isolate.dispose().catch(() => {});
+    if (this.ownsIsolate) void this.isolate.dispose().catch(() => {});
     this.markFinished();
   }
 

@@ -42,6 +42,8 @@ export class GearsBridge implements HostBridge {
     private readonly partitions: () => Partitions,
     private readonly config: GearsConfig,
     private readonly log: Logger,
+    /** register() in the script: the new registration's id. */
+    private readonly onRegister: (actionIndex: number) => string,
   ) {}
 
   async callSync(name: string, args: JsonValue[]): Promise<JsonValue> {
@@ -53,7 +55,7 @@ export class GearsBridge implements HostBridge {
       case "hashtag":
         return this.partitions().hashtag(typeof args[0] === "number" ? args[0] : 0);
       case "register":
-        throw new Error("register() is not supported yet by gears-proxy (event registrations are coming)");
+        return this.onRegister(Number(args[0]));
       default:
         throw new Error(`unknown host call '${name}'`);
     }

@@ -1,0 +1,416 @@
+import type { Logger } from "../../observability/log.js";
+import { decodeReply } from "../../resp/decode.js";
+import { encodeCommand } from "../../resp/encode.js";
+import { RespError, type RespValue } from "../../resp/values.js";
+import type { UpstreamConnection } from "../../upstream/connection.js";
+import type { UpstreamNode } from "../../upstream/node.js";
+import { UpstreamError } from "../../upstream/reply-sink.js";
+import type { Topology } from "../../upstream/topology.js";
+
+/** One keyspace event: `key` was touched by `event` (set, hset, del, expired, ...) on `shard`. */
+export interface KeyEvent {
+  key: Buffer;
+  event: string;
+  /** The master that emitted it: its node id, host:port. */
+  shard: string;
+}
+
+/** Whether keyevent notifications could be enabled on one master. */
+export interface ShardKeyspaceStatus {
+  /** host:port of the master. */
+  node: string;
+  /** notify-keyspace-events as last read from the server ("" when it could not be read). */
+  notifications: string;
+  /** True when the server's notify-keyspace-events is known to include E and every class. */
+  configured: boolean;
+  /** Why CONFIG GET/SET failed, when it did. */
+  error?: string;
+}
+
+export interface KeyspaceStatus {
+  /** True when every master is configured. */
+  configured: boolean;
+  shards: ShardKeyspaceStatus[];
+}
+
+/** Keyevent notifications of database 0, the only one a cluster has. */
+const PATTERN = "__keyevent@0__:*";
+const CHANNEL_PREFIX_LENGTH = PATTERN.length - 1;
+const PSUBSCRIBE = encodeCommand(["PSUBSCRIBE", PATTERN]);
+const PUNSUBSCRIBE = encodeCommand(["PUNSUBSCRIBE", PATTERN]);
+const PING = encodeCommand(["PING"]);
+
+/** How often the list of masters is compared with the subscriptions. */
+const RECONCILE_MS = 1000;
+const FIRST_RETRY_MS = 100;
+const MAX_RETRY_MS = 2000;
+/** How long stop() waits for PUNSUBSCRIBE to be confirmed before closing the connection. */
+const STOP_WAIT_MS = 500;
+
+/**
+ * The classes that "A" stands for ("d", module key types, joined them in Redis 7). A value
+ * holding all of them covers every class even if it spells them out one by one.
+ */
+const ALL_CLASSES = "g$lshzxet";
+
+/**
+ * notify-keyspace-events with keyevent notifications (E) for every class (A) added to what
+ * `current` already enables; `current` itself when nothing is missing.
+ */
+export function mergeNotifyFlags(current: string): string {
+  const has = new Set(current);
+  let merged = current;
+  if (!has.has("A") && ![...ALL_CLASSES].every((c) => has.has(c))) merged += "A";
+  if (!has.has("E")) merged += "E";
+  return merged;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function isWord(v: RespValue | undefined, word: string): boolean {
+  return (Buffer.isBuffer(v) || typeof v === "string") && v.toString().toLowerCase() === word;
+}
+
+/**
+ * The subscription to one master: a dedicated connection in subscribed mode, and the
+ * barriers waiting for the pong of their PING on it.
+ */
+class ShardSubscription {
+  conn: UpstreamConnection | null = null;
+  subscribed = false;
+  status: ShardKeyspaceStatus;
+  /** Barriers, in the order of their PINGs on `conn`. */
+  readonly pongs: (() => void)[] = [];
+  retryTimer: NodeJS.Timeout | null = null;
+  retryMs = 0;
+  /** The error last logged about CONFIG, so a retry loop logs it once. */
+  warnedConfig = "";
+  /** Resolves when the first attempt settled (subscribed or failed). */
+  readonly firstAttempt: Promise<void>;
+  settleFirst: () => void = () => {};
+  /** Set by stop(): resolves on PUNSUBSCRIBE's confirmation. */
+  onUnsubscribed: ((remaining: number) => void) | null = null;
+  dropped = false;
+
+  constructor(readonly node: UpstreamNode) {
+    this.status = { node: node.id, notifications: "", configured: false };
+    this.firstAttempt = new Promise<void>((resolve) => (this.settleFirst = resolve));
+  }
+
+  /** Lets every waiting barrier go (their notifications will never come, or have come). */
+  releaseBarriers(): void {
+    for (const resolve of this.pongs.splice(0)) resolve();
+  }
+}
+
+/**
+ * Keyspace notifications from every master, for KeysReader registrations.
+ *
+ * On each master it makes sure notify-keyspace-events includes keyevent notifications for
+ * every class (merged with what is set; when CONFIG is refused, as on managed services, it
+ * warns and says so in its status), then PSUBSCRIBEs `__keyevent@0__:*` on a dedicated
+ * connection. Events are handed over in batches, one call per event-loop turn, in arrival
+ * order per shard. It follows the topology: new masters get a subscription, old ones lose
+ * theirs, and a lost subscription is re-established with back-off.
+ *
+ * Redis pub/sub keeps nothing for absent subscribers: events written while a shard's
+ * subscription is down (the server restarting, a failover, a network cut) are lost.
+ */
+export class KeyspaceEventSource {
+  private readonly subs = new Map<string, ShardSubscription>();
+  private pending: KeyEvent[] = [];
+  private flushScheduled: NodeJS.Immediate | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private started = false;
+
+  constructor(
+    private readonly topology: Topology,
+    private readonly log: Logger,
+    private readonly onEvents: (events: KeyEvent[]) => void,
+  ) {}
+
+  /** Configures and subscribes every master; resolves once each has subscribed or failed once. */
+  async start(): Promise<KeyspaceStatus> {
+    if (this.started) throw new Error("KeyspaceEventSource already started");
+    this.started = true;
+    this.timer = setInterval(() => this.reconcile(), RECONCILE_MS);
+    this.timer.unref();
+    this.reconcile();
+    await Promise.all([...this.subs.values()].map((s) => s.firstAttempt));
+    return this.status();
+  }
+
+  /** What is known now about each master's notification settings. */
+  status(): KeyspaceStatus {
+    const shards = [...this.subs.values()].map((s) => ({ ...s.status }));
+    return { configured: shards.length > 0 && shards.every((s) => s.configured), shards };
+  }
+
+  /**
+   * Resolves once every notification caused by a write that `node` (or every master) has
+   * already acknowledged has been passed to onEvents: a PING on the subscription connection
+   * is answered after the notifications queued before it. A shard without a live
+   * subscription resolves at once (its notifications are lost, not late).
+   */
+  barrier(node?: UpstreamNode): Promise<void> {
+    const subs =
+      node === undefined
+        ? [...this.subs.values()]
+        : [this.subs.get(node.id)].filter((s): s is ShardSubscription => s !== undefined);
+    const waits: Promise<void>[] = [];
+    for (const sub of subs) {
+      const conn = sub.conn;
+      if (conn === null || conn.closed) continue;
+      waits.push(new Promise<void>((resolve) => sub.pongs.push(resolve)));
+      conn.sendUnmatched(PING);
+    }
+    if (waits.length === 0) return Promise.resolve();
+    return Promise.all(waits).then(() => {});
+  }
+
+  /** Unsubscribes, gives back or closes every connection, and clears every timer. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    this.flush();
+    await Promise.all([...this.subs.values()].map((s) => this.unsubscribe(s)));
+    this.subs.clear();
+    if (this.flushScheduled !== null) clearImmediate(this.flushScheduled);
+    this.flushScheduled = null;
+    this.pending = [];
+  }
+
+  /** Subscribes masters that have no subscription yet and drops those that are no longer masters. */
+  private reconcile(): void {
+    if (this.stopped) return;
+    const masters = this.topology.masters();
+    const ids = new Set(masters.map((n) => n.id));
+    for (const [id, sub] of this.subs) {
+      if (ids.has(id)) continue;
+      this.log.info({ node: id }, "no longer a master: dropping its keyspace subscription");
+      this.drop(sub);
+    }
+    for (const node of masters) {
+      if (this.subs.has(node.id)) continue;
+      const sub = new ShardSubscription(node);
+      this.subs.set(node.id, sub);
+      void this.attempt(sub);
+    }
+  }
+
+  private drop(sub: ShardSubscription): void {
+    sub.dropped = true;
+    this.subs.delete(sub.node.id);
+    if (sub.retryTimer !== null) clearTimeout(sub.retryTimer);
+    sub.retryTimer = null;
+    this.closeConnection(sub);
+    sub.settleFirst();
+  }
+
+  private closeConnection(sub: ShardSubscription): void {
+    const conn = sub.conn;
+    sub.conn = null;
+    sub.subscribed = false;
+    if (conn !== null) {
+      conn.onBorrowerLost = null;
+      conn.pushHandler = null;
+      sub.node.destroy(conn);
+    }
+    this.flush();
+    sub.releaseBarriers();
+  }
+
+  /** Configures notifications on the master, then opens its subscription. */
+  private async attempt(sub: ShardSubscription): Promise<void> {
+    sub.retryTimer = null;
+    sub.status = await this.configure(sub);
+    if (this.stopped || sub.dropped) return;
+    const conn = sub.node.acquire();
+    if (conn === null) {
+      this.lost(sub, sub.node.failure || "node unavailable");
+      return;
+    }
+    sub.conn = conn;
+    conn.pushHandler = (frame) => this.onFrame(sub, frame);
+    conn.onBorrowerLost = (reason) => {
+      if (sub.conn !== conn) return;
+      sub.conn = null;
+      this.lost(sub, reason);
+    };
+    conn.sendUnmatched(PSUBSCRIBE);
+  }
+
+  /**
+   * Reads notify-keyspace-events and adds what keyevent notifications need. Refusals are
+   * reported, not thrown: the subscription goes ahead, in case the operator set the flags.
+   */
+  private async configure(sub: ShardSubscription): Promise<ShardKeyspaceStatus> {
+    const node = sub.node;
+    let notifications = "";
+    try {
+      notifications = await this.readFlags(node);
+      const merged = mergeNotifyFlags(notifications);
+      if (merged !== notifications) {
+        const reply = await node.call(["CONFIG", "SET", "notify-keyspace-events", merged]);
+        if (reply instanceof RespError) throw new Error(`CONFIG SET: ${reply.message}`);
+        const before = notifications;
+        notifications = await this.readFlags(node);
+        this.log.info(
+          { node: node.id, before, after: notifications },
+          "enabled keyevent notifications (notify-keyspace-events)",
+        );
+      }
+      sub.warnedConfig = "";
+      return { node: node.id, notifications, configured: true };
+    } catch (err) {
+      const error = errorText(err);
+      if (err instanceof UpstreamError) {
+        // The node is unreachable: the subscription fails too, and is retried.
+        this.log.debug({ node: node.id, err: error }, "cannot read notify-keyspace-events");
+      } else if (error !== sub.warnedConfig) {
+        sub.warnedConfig = error;
+        this.log.warn(
+          { node: node.id, notifications, err: error },
+          "cannot enable keyspace notifications (CONFIG refused or failed): KeysReader registrations " +
+            "get events from this shard only if its notify-keyspace-events already includes 'E' and 'A'",
+        );
+      }
+      return { node: node.id, notifications, configured: false, error };
+    }
+  }
+
+  private async readFlags(node: UpstreamNode): Promise<string> {
+    const reply = await node.call(["CONFIG", "GET", "notify-keyspace-events"]);
+    if (reply instanceof RespError) throw new Error(`CONFIG GET: ${reply.message}`);
+    if (!Array.isArray(reply) || reply.length < 2) throw new Error("CONFIG GET: unexpected reply");
+    const value = reply[1];
+    return Buffer.isBuffer(value) || typeof value === "string" ? value.toString() : "";
+  }
+
+  /** A subscription failed or its connection died: re-read the topology, then retry later. */
+  private lost(sub: ShardSubscription, reason: string): void {
+    if (this.stopped || sub.dropped) return;
+    const wasSubscribed = sub.subscribed;
+    this.closeConnection(sub);
+    sub.settleFirst();
+    if (wasSubscribed) {
+      this.log.warn(
+        { node: sub.node.id, err: reason },
+        "keyspace subscription lost; events written to this shard until it is back are lost",
+      );
+    }
+    sub.retryMs = sub.retryMs === 0 ? FIRST_RETRY_MS : Math.min(sub.retryMs * 2, MAX_RETRY_MS);
+    sub.retryTimer = setTimeout(() => void this.retry(sub), sub.retryMs);
+    sub.retryTimer.unref();
+  }
+
+  private async retry(sub: ShardSubscription): Promise<void> {
+    sub.retryTimer = null;
+    if (this.stopped || sub.dropped) return;
+    // A lost master may have been failed over: ask the cluster before trying it again.
+    if (this.topology.mode === "cluster") await this.topology.refresh().catch(() => {});
+    if (this.stopped || sub.dropped) return;
+    this.reconcile();
+    if (sub.dropped) return;
+    await this.attempt(sub);
+  }
+
+  private onFrame(sub: ShardSubscription, frame: Buffer): void {
+    if (this.stopped && sub.onUnsubscribed === null) return;
+    let value: RespValue;
+    try {
+      value = decodeReply(frame);
+    } catch (err) {
+      this.log.warn({ node: sub.node.id, err: errorText(err) }, "undecodable keyspace frame");
+      return;
+    }
+    if (!Array.isArray(value)) {
+      if (value instanceof RespError) {
+        // PSUBSCRIBE refused (ACL, renamed): retry with back-off, the operator may fix it.
+        this.log.warn({ node: sub.node.id, err: value.message }, "keyspace PSUBSCRIBE refused");
+        if (sub.conn !== null) this.lost(sub, value.message);
+      } else if (isWord(value, "pong")) {
+        this.pong(sub);
+      }
+      return;
+    }
+    const kind = value[0];
+    if (isWord(kind, "pmessage")) {
+      if (this.stopped) return;
+      const channel = value[2];
+      const message = value[3];
+      if (!Buffer.isBuffer(channel) || !Buffer.isBuffer(message)) return;
+      this.pending.push({
+        // Copied: the frame is a view of the socket's buffer.
+        key: Buffer.from(message),
+        event: channel.toString("latin1", CHANNEL_PREFIX_LENGTH),
+        shard: sub.node.id,
+      });
+      this.flushScheduled ??= setImmediate(() => this.flush());
+    } else if (isWord(kind, "pong")) {
+      this.pong(sub);
+    } else if (isWord(kind, "psubscribe")) {
+      if (!sub.subscribed) {
+        sub.subscribed = true;
+        if (sub.retryMs !== 0) this.log.info({ node: sub.node.id }, "keyspace subscription restored");
+        sub.retryMs = 0;
+      }
+      sub.settleFirst();
+    } else if (isWord(kind, "punsubscribe")) {
+      sub.onUnsubscribed?.(Number(value[2]));
+    }
+  }
+
+  /** A barrier's PING came back: everything before it is delivered first. */
+  private pong(sub: ShardSubscription): void {
+    this.flush();
+    sub.pongs.shift()?.();
+  }
+
+  private flush(): void {
+    if (this.flushScheduled !== null) clearImmediate(this.flushScheduled);
+    this.flushScheduled = null;
+    if (this.pending.length === 0) return;
+    const events = this.pending;
+    this.pending = [];
+    try {
+      this.onEvents(events);
+    } catch (err) {
+      this.log.error({ err: errorText(err) }, "keyspace event consumer failed");
+    }
+  }
+
+  /** PUNSUBSCRIBE and hand the connection back when that is confirmed; else close it. */
+  private async unsubscribe(sub: ShardSubscription): Promise<void> {
+    sub.dropped = true;
+    if (sub.retryTimer !== null) clearTimeout(sub.retryTimer);
+    sub.retryTimer = null;
+    sub.settleFirst();
+    const conn = sub.conn;
+    if (conn === null || conn.closed || !sub.subscribed) {
+      this.closeConnection(sub);
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const remaining = await new Promise<number>((resolve) => {
+      sub.onUnsubscribed = resolve;
+      conn.onBorrowerLost = () => resolve(-1);
+      timer = setTimeout(() => resolve(-1), STOP_WAIT_MS);
+      conn.sendUnmatched(PUNSUBSCRIBE);
+    });
+    clearTimeout(timer);
+    sub.onUnsubscribed = null;
+    sub.releaseBarriers();
+    sub.conn = null;
+    sub.subscribed = false;
+    conn.onBorrowerLost = null;
+    conn.pushHandler = null;
+    if (remaining === 0 && !conn.closed && conn.inFlight === 0) sub.node.release(conn);
+    else sub.node.destroy(conn);
+  }
+}

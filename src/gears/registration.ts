@@ -1,0 +1,103 @@
+import type { JsonValue } from "../sandbox/types.js";
+import type { Action } from "./guest-isolate.js";
+
+/** A keyspace event waiting for its registration's next batch. */
+export interface QueuedKeyEvent {
+  key: Buffer;
+  event: string;
+  /** The master it came from (UpstreamNode id). */
+  shard: string;
+}
+
+/** The counters RG.DUMPREGISTRATIONS shows for each registration. */
+export class RegistrationStats {
+  numTriggered = 0;
+  numSuccess = 0;
+  numFailures = 0;
+  numAborted = 0;
+  lastRunDurationMS = 0;
+  totalRunDurationMS = 0;
+  lastError: string | null = null;
+
+  record(durationMs: number, errors: string[], aborted: boolean): void {
+    this.numTriggered++;
+    this.lastRunDurationMS = durationMs;
+    this.totalRunDurationMS += durationMs;
+    if (aborted) this.numAborted++;
+    else if (errors.length > 0) {
+      this.numFailures++;
+      this.lastError = errors[0];
+    } else this.numSuccess++;
+  }
+
+  get avgRunDurationMS(): string {
+    const runs = this.numSuccess + this.numFailures + this.numAborted;
+    return (runs === 0 ? 0 : this.totalRunDurationMS / runs).toFixed(1);
+  }
+
+  clear(): void {
+    Object.assign(this, new RegistrationStats());
+  }
+}
+
+function optionString(options: Record<string, JsonValue>, name: string): string | null {
+  const v = options[name];
+  return typeof v === "string" ? v : null;
+}
+
+function optionList(options: Record<string, JsonValue>, name: string): string[] | null {
+  const v = options[name];
+  if (!Array.isArray(v)) return null;
+  return v.map((x) => String(x).toLowerCase());
+}
+
+/**
+ * One register() of a script: what it listens to (reader, prefix, event and key types,
+ * trigger name) and its counters. Its steps live in its session's isolate, as action
+ * `actionIndex` of the guest library.
+ */
+export class Registration {
+  readonly stats = new RegistrationStats();
+  readonly mode: string;
+  readonly prefix: string;
+  readonly eventTypes: string[] | null;
+  readonly keyTypes: string[] | null;
+  readonly trigger: string | null;
+  /** Events wait here while an earlier batch of this registration runs (async: in order). */
+  readonly queue: QueuedKeyEvent[] = [];
+  running = false;
+
+  constructor(
+    readonly id: string,
+    readonly action: Action,
+    readonly actionIndex: number,
+    readonly sessionId: string,
+  ) {
+    const options = action.options;
+    this.mode = optionString(options, "mode") ?? "async";
+    this.prefix = typeof action.arg === "string" ? action.arg : "*";
+    this.eventTypes = optionList(options, "eventTypes");
+    this.keyTypes = optionList(options, "keyTypes");
+    this.trigger = optionString(options, "trigger");
+  }
+
+  get reader(): string {
+    return this.action.reader;
+  }
+
+  get readValue(): boolean {
+    return this.action.options.readValue !== false;
+  }
+
+  /** Whether a keyspace event concerns this KeysReader registration (key types are checked once read). */
+  matchesKeyEvent(key: string, event: string): boolean {
+    if (this.reader !== "KeysReader") return false;
+    if (this.eventTypes !== null && !this.eventTypes.includes(event.toLowerCase())) return false;
+    if (this.prefix.endsWith("*")) return key.startsWith(this.prefix.slice(0, -1));
+    return key === this.prefix;
+  }
+
+  matchesKeyType(type: string): boolean {
+    return this.keyTypes === null || this.keyTypes.includes(type);
+  }
+}

@@ -1,0 +1,187 @@
+import type { Logger } from "../observability/log.js";
+import type { Router } from "../routing/router.js";
+import type { JsonValue } from "../sandbox/types.js";
+import { Execution } from "./execution.js";
+import type { GuestIsolate } from "./guest-isolate.js";
+import { Partitions } from "./partitions.js";
+import { keyRecords } from "./readers.js";
+import type { QueuedKeyEvent, Registration } from "./registration.js";
+
+/** A script sent with RG.EXECUTE that registered something: its isolate lives on for its handlers. */
+export interface GearsSession {
+  id: string;
+  description: string | null;
+  isolate: GuestIsolate;
+  registrations: Registration[];
+}
+
+/**
+ * Every live session and registration: dispatches keyspace events to the KeysReader
+ * registrations they match (each registration handles its events in order, a batch at a
+ * time, in its session's isolate) and answers RG.TRIGGER for CommandReader ones.
+ */
+export class RegistrationRegistry {
+  private readonly sessions = new Map<string, GearsSession>();
+  private executionCounter = 0;
+
+  constructor(
+    private readonly router: Router,
+    private readonly log: Logger,
+    private readonly executionId: () => string,
+  ) {}
+
+  session(id: string): GearsSession | undefined {
+    return this.sessions.get(id);
+  }
+
+  allSessions(): GearsSession[] {
+    return [...this.sessions.values()];
+  }
+
+  all(): Registration[] {
+    return this.allSessions().flatMap((s) => s.registrations);
+  }
+
+  get hasKeyRegistrations(): boolean {
+    return this.all().some((r) => r.reader === "KeysReader");
+  }
+
+  /** Installs a session, replacing `replaces` (UPGRADE / REPLACE_WITH) in one step. */
+  install(session: GearsSession, replaces: string[]): void {
+    for (const id of replaces) {
+      const old = this.sessions.get(id);
+      if (old === undefined) continue;
+      this.sessions.delete(id);
+      void old.isolate.dispose().catch(() => {});
+    }
+    this.sessions.set(session.id, session);
+  }
+
+  /** RG.UNREGISTER: false when no such registration. A session left empty goes away. */
+  unregister(id: string): boolean {
+    for (const session of this.sessions.values()) {
+      const index = session.registrations.findIndex((r) => r.id === id);
+      if (index === -1) continue;
+      session.registrations.splice(index, 1);
+      if (session.registrations.length === 0) {
+        this.sessions.delete(session.id);
+        void session.isolate.dispose().catch(() => {});
+      }
+      return true;
+    }
+    return false;
+  }
+
+  byTrigger(name: string): { registration: Registration; session: GearsSession } | undefined {
+    for (const session of this.sessions.values()) {
+      const registration = session.registrations.find(
+        (r) => r.reader === "CommandReader" && r.trigger === name,
+      );
+      if (registration !== undefined) return { registration, session };
+    }
+    return undefined;
+  }
+
+  /** Keyspace events from the shards: queue them on the registrations they match. */
+  dispatch(events: QueuedKeyEvent[]): void {
+    for (const session of this.sessions.values()) {
+      for (const registration of session.registrations) {
+        let queued = false;
+        for (const e of events) {
+          if (!registration.matchesKeyEvent(e.key.toString(), e.event)) continue;
+          registration.queue.push(e);
+          queued = true;
+        }
+        if (queued) void this.drain(session, registration);
+      }
+    }
+  }
+
+  /** Runs a registration's queued events, a batch at a time, in order. */
+  private async drain(session: GearsSession, registration: Registration): Promise<void> {
+    if (registration.running) return;
+    registration.running = true;
+    try {
+      while (registration.queue.length > 0 && this.sessions.get(session.id) === session) {
+        const batch = registration.queue.splice(0, registration.queue.length);
+        await this.runBatch(session, registration, batch);
+      }
+    } finally {
+      registration.running = false;
+    }
+  }
+
+  private async runBatch(
+    session: GearsSession,
+    registration: Registration,
+    events: QueuedKeyEvent[],
+  ): Promise<void> {
+    const partitions = new Partitions(this.router);
+    const masters = this.router.topology.masters();
+    const input = new Map<number, JsonValue[]>();
+    const byShard = new Map<string, QueuedKeyEvent[]>();
+    for (const e of events) {
+      const list = byShard.get(e.shard) ?? [];
+      list.push(e);
+      byShard.set(e.shard, list);
+    }
+    for (const [shard, list] of byShard) {
+      const partition = Math.max(
+        0,
+        masters.findIndex((m) => m.id === shard),
+      );
+      const records = await keyRecords(
+        partitions.shard(partition),
+        list.map((e) => e.key),
+        registration.readValue,
+      );
+      const kept = records
+        .map((r, i): Record<string, JsonValue> => ({
+          ...(r as Record<string, JsonValue>),
+          event: list[i].event,
+        }))
+        .filter((r) => !registration.readValue || registration.matchesKeyType(String(r.type)));
+      if (kept.length > 0) input.set(partition, [...(input.get(partition) ?? []), ...kept]);
+    }
+    if (input.size === 0) return;
+    await this.runExecution(session, registration, partitions, input);
+  }
+
+  /** One execution of a registration's steps on given records; updates its counters. */
+  async runExecution(
+    session: GearsSession,
+    registration: Registration,
+    partitions: Partitions,
+    input: Map<number, JsonValue[]>,
+  ): Promise<Execution> {
+    const execution = new Execution(
+      this.executionId(),
+      session.isolate,
+      registration.action,
+      registration.actionIndex,
+      partitions,
+      input,
+      false,
+    );
+    this.executionCounter++;
+    const started = Date.now();
+    await execution.run();
+    registration.stats.record(Date.now() - started, execution.errors, execution.status === "aborted");
+    if (execution.errors.length > 0) {
+      this.log.debug(
+        { registration: registration.id, errors: execution.errors },
+        "registration execution failed",
+      );
+    }
+    return execution;
+  }
+
+  clearStats(): void {
+    for (const registration of this.all()) registration.stats.clear();
+  }
+
+  close(): void {
+    for (const session of this.sessions.values()) void session.isolate.dispose().catch(() => {});
+    this.sessions.clear();
+  }
+}
