@@ -37,10 +37,10 @@ async function execute(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
     } else if (option === "DESCRIPTION") {
       if (i + 1 >= args.length) return encodeError("ERR DESCRIPTION is missing");
       description = args[++i].toString();
-    } else if (option === "UPGRADE" || option === "REPLACE_WITH") {
-      return encodeError(
-        `ERR ${option} needs sessions with registrations, which gears-proxy does not support yet`,
-      );
+    } else if (option === "UPGRADE") upgrade = true;
+    else if (option === "REPLACE_WITH") {
+      if (i + 1 >= args.length) return encodeError("ERR REPLACE_WITH is missing");
+      replaceWith = args[++i].toString();
     } else return encodeError(`ERR Unknown arguments were given: ${args[i].toString()}`);
   }
   return engine.execute({
