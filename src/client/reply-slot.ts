@@ -21,11 +21,20 @@ export class ReplySlot implements ReplySink {
   closeAfter = false;
   /** Runs when the reply arrives, before it is written; may replace it. */
   onReply: ((data: Buffer) => Buffer | void) | null = null;
+  /** Holds the arrived reply back until this settles (writes waiting for `sync` handlers). */
+  gate: (() => Promise<void>) | null = null;
 
   constructor(private readonly owner: SlotOwner) {}
 
   reply(data: Buffer): void {
     if (this.onReply !== null) data = this.onReply(data) ?? data;
+    const gate = this.gate;
+    if (gate !== null) {
+      this.gate = null;
+      const fill = (): void => this.reply(data);
+      gate().then(fill, fill);
+      return;
+    }
     this.data = data;
     this.owner.slotFilled(this);
   }

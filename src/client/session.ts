@@ -273,10 +273,19 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
 
   /** An ordinary command: the shared pipelined connection of the node that owns its keys. */
   forward(name: string, request: Request): void {
-    this.ctx.router.forward(name, request.argv, request.raw, this.upstreamSlot(), {
-      db: this.db,
-      affinity: this.id,
-    });
+    const slot = this.upstreamSlot();
+    const gears = this.ctx.gears;
+    if (gears.holdsWrites && this.ctx.router.isWrite(name, request.argv)) {
+      // A `sync` registration: the client sees its write done only once the handlers ran,
+      // and its next command runs after them too, as if they ran inside the write.
+      this.holds++;
+      slot.gate = () =>
+        gears.afterWrite().finally(() => {
+          this.holds--;
+          this.stalled = true;
+        });
+    }
+    this.ctx.router.forward(name, request.argv, request.raw, slot, { db: this.db, affinity: this.id });
   }
 
   /** Sends on the connection this client's commands currently use, in another database. */

@@ -169,18 +169,33 @@ export class GearsEngine {
   /** What the keyspace event source reported when it started (for RG.DUMPREGISTRATIONS). */
   keyspaceStatus: KeyspaceStatus | null = null;
 
+  /** True while some KeysReader registration is in `sync` mode: writes through the proxy wait for it. */
+  get holdsWrites(): boolean {
+    return this.registry.hasSyncRegistrations;
+  }
+
+  /**
+   * Resolves once every keyspace event caused by writes acknowledged so far has been
+   * handled by the `sync` registrations: a barrier on the notification connections makes
+   * sure the events have arrived, then the sync queues must drain.
+   */
+  async afterWrite(): Promise<void> {
+    if (this.keyspace !== null) await this.keyspace.barrier();
+    await this.registry.syncIdle();
+  }
+
   /** RG.UNREGISTER. */
   unregister(id: string): boolean {
     const removed = this.registry.unregister(id);
     if (removed && !this.registry.hasKeyRegistrations && this.keyspace !== null) {
-      this.keyspace.stop();
+      void this.keyspace.stop();
       this.keyspace = null;
     }
     return removed;
   }
 
   close(): void {
-    this.keyspace?.stop();
+    void this.keyspace?.stop();
     this.keyspace = null;
     this.registry.close();
     for (const execution of this.executions.values()) execution.abort();

@@ -46,6 +46,35 @@ export class RegistrationRegistry {
     return this.all().some((r) => r.reader === "KeysReader");
   }
 
+  get hasSyncRegistrations(): boolean {
+    return this.syncCount > 0;
+  }
+
+  private syncCount = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  private countSync(): void {
+    this.syncCount = this.all().filter((r) => r.reader === "KeysReader" && r.mode === "sync").length;
+    this.wakeIdleWaiters();
+  }
+
+  private syncBusy(): boolean {
+    return this.all().some((r) => r.mode === "sync" && (r.running || r.queue.length > 0));
+  }
+
+  /** Resolves when no `sync` registration has events queued or running. */
+  syncIdle(): Promise<void> {
+    if (!this.syncBusy()) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private wakeIdleWaiters(): void {
+    if (this.idleWaiters.length === 0 || this.syncBusy()) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
   /** Installs a session, replacing `replaces` (UPGRADE / REPLACE_WITH) in one step. */
   install(session: GearsSession, replaces: string[]): void {
     for (const id of replaces) {
@@ -55,6 +84,7 @@ export class RegistrationRegistry {
       void old.isolate.dispose().catch(() => {});
     }
     this.sessions.set(session.id, session);
+    this.countSync();
   }
 
   /** RG.UNREGISTER: false when no such registration. A session left empty goes away. */
@@ -63,6 +93,7 @@ export class RegistrationRegistry {
       const index = session.registrations.findIndex((r) => r.id === id);
       if (index === -1) continue;
       session.registrations.splice(index, 1);
+      this.countSync();
       if (session.registrations.length === 0) {
         this.sessions.delete(session.id);
         void session.isolate.dispose().catch(() => {});
@@ -108,6 +139,7 @@ export class RegistrationRegistry {
       }
     } finally {
       registration.running = false;
+      this.wakeIdleWaiters();
     }
   }
 

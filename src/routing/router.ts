@@ -79,6 +79,11 @@ export class Router implements ClusterSender {
     );
   }
 
+  /** Whether the command writes (its COMMAND flags say "write"). */
+  isWrite(name: string, argv: readonly Buffer[]): boolean {
+    return this.commands?.lookup(name, argv)?.flags.has("write") ?? false;
+  }
+
   private isReadOnly(name: string, argv: readonly Buffer[]): boolean {
     return this.commands?.lookup(name, argv)?.flags.has("readonly") ?? false;
   }
