@@ -238,6 +238,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       return;
     }
     if (name.startsWith("rg.")) this.runGears(name, request);
+    else if (this.ctx.gears.hookFor(name, argv)) this.answerLater(this.ctx.gears.runHook(name, argv), true);
     else if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
     else if (name === "multi") this.txn.multi(request);
     else if (name === "watch") this.txn.watch(request);
@@ -297,17 +298,22 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
 
   /** An RG.* command: answered by the gears engine; blocking ones hold this client's next commands. */
   private runGears(name: string, request: Request): void {
-    const slot = this.laterSlot();
     const args = request.argv.slice(1);
-    const hold = holdsClient(name, args);
+    this.answerLater(runGearsCommand(this.ctx.gears, name, args), holdsClient(name, args));
+  }
+
+  /** A reply computed by the proxy; with `hold`, the client's next commands wait for it. */
+  private answerLater(reply: Promise<Buffer>, hold: boolean): void {
+    const slot = this.laterSlot();
     if (hold) this.holds++;
-    void runGearsCommand(this.ctx.gears, name, args).then((reply) => {
+    const settle = (data: Buffer): void => {
       if (hold) {
         this.holds--;
         this.stalled = true;
       }
-      slot.reply(reply);
-    });
+      slot.reply(data);
+    };
+    reply.then(settle, (err: Error) => settle(encodeError(`ERR ${err.message}`)));
   }
 
   /** Borrows a connection to the node for argv, or answers the error and returns null. */

@@ -3,8 +3,7 @@ import type { RespValue } from "../resp/values.js";
 import type { GearsEngine } from "./engine.js";
 import type { Execution } from "./execution.js";
 import { keySlot } from "../routing/key-slot.js";
-import type { JsonValue } from "../sandbox/types.js";
-import { jsonToResp } from "./json-values.js";
+import { replyValueToResp } from "./json-values.js";
 import { Partitions } from "./partitions.js";
 import type { Registration } from "./registration.js";
 
@@ -295,15 +294,10 @@ async function trigger(engine: GearsEngine, args: Buffer[], onKey: boolean): Pro
   if (found === undefined) return encodeError("ERR subcommand not found");
   const partitions = new Partitions(engine.router);
   const partition = onKey ? partitions.partitionOfSlot(keySlot(args[1])) : 0;
-  const record: JsonValue = args.map((a) => a.toString());
-  const execution = await engine.registry.runExecution(
-    found.session,
-    found.registration,
-    partitions,
-    new Map([[partition, [record]]]),
-  );
+  const record = args.map((a) => a.toString());
+  const execution = await engine.registry.runCommand(found, partitions, partition, record);
   if (execution.errors.length > 0) return encodeError(`ERR ${execution.errors[0]}`);
-  return encodeValue((execution.results ?? []).map(jsonToResp));
+  return encodeValue((execution.results ?? []).map(replyValueToResp));
 }
 
 function pyExecute(): Buffer {

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
-import { encodeBulk, encodeError, OK } from "../resp/encode.js";
+import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
 import { GEARS_GUEST_SOURCE } from "../sandbox/guest/gears-guest.js";
 import { GearsConfig } from "./config.js";
 import { topLevelError } from "./errors.js";
@@ -9,7 +9,9 @@ import { Execution } from "./execution.js";
 import type { Action, GuestIsolate, IsolateFactory } from "./guest-isolate.js";
 import { KeyspaceEventSource, type KeyspaceStatus } from "./events/keyspace-source.js";
 import { Registration } from "./registration.js";
-import { RegistrationRegistry } from "./registry.js";
+import { RegistrationRegistry, type GearsSession } from "./registry.js";
+import { keySlot } from "../routing/key-slot.js";
+import { replyValueToResp } from "./json-values.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 
@@ -84,15 +86,19 @@ export class GearsEngine {
     if (conflict !== null) return encodeError(`ERR ${conflict}`);
     let partitions: Partitions | null = null;
     const registered = new Map<number, string>();
+    const timerRequests: { id: number; seconds: number; keyName: string | null }[] = [];
     const bridge = new GearsBridge(
       this.router,
       () => (partitions ??= new Partitions(this.router)),
       this.config,
       this.log,
-      (index) => {
-        const id = `${this.proxyId}-${++this.registrationCounter}`;
-        registered.set(index, id);
-        return id;
+      {
+        register: (index) => {
+          const id = `${this.proxyId}-${++this.registrationCounter}`;
+          registered.set(index, id);
+          return id;
+        },
+        registerTimeEvent: (id, seconds, keyName) => void timerRequests.push({ id, seconds, keyName }),
       },
     );
     const limits = {
@@ -109,7 +115,9 @@ export class GearsEngine {
       await isolate.dispose().catch(() => {});
       return encodeError(`ERR ${topLevelError(err)}`);
     }
-    if (registered.size > 0) return this.installSession(request, isolate, actions, registered);
+    if (registered.size > 0 || timerRequests.length > 0) {
+      return this.installSession(request, isolate, bridge, actions, registered, timerRequests);
+    }
     const runIndex = actions.findIndex((a) => a.kind === "run");
     if (runIndex === -1) {
       await isolate.dispose();
@@ -139,15 +147,26 @@ export class GearsEngine {
   private async installSession(
     request: ExecuteRequest,
     isolate: GuestIsolate,
+    bridge: GearsBridge,
     actions: Action[],
     registered: Map<number, string>,
+    timerRequests: { id: number; seconds: number; keyName: string | null }[],
   ): Promise<Buffer> {
     const id = request.sessionId ?? randomBytes(20).toString("hex");
     const registrations = [...registered].map(
       ([index, regId]) => new Registration(regId, actions[index], index, id),
     );
     const replaces = [id, ...(request.replaceWith !== undefined ? [request.replaceWith] : [])];
-    this.registry.install({ id, description: request.description ?? null, isolate, registrations }, replaces);
+    const session: GearsSession = {
+      id,
+      description: request.description ?? null,
+      isolate,
+      bridge,
+      registrations,
+      timers: [],
+    };
+    session.timers = timerRequests.map((t) => this.startTimer(session, t.id, t.seconds, t.keyName));
+    this.registry.install(session, replaces);
     for (const index of registered.keys()) {
       await isolate.call("__gears.onRegistered", [index]).catch((err: Error) => {
         this.log.warn({ session: id, err: err.message }, "onRegistered failed");
@@ -155,6 +174,59 @@ export class GearsEngine {
     }
     if (this.registry.hasKeyRegistrations) await this.startKeyspaceEvents();
     return OK;
+  }
+
+  /** A registerTimeEvent(): calls the guest every `seconds`; with a key name, only while it exists. */
+  private startTimer(
+    session: GearsSession,
+    id: number,
+    seconds: number,
+    keyName: string | null,
+  ): NodeJS.Timeout {
+    let busy = false;
+    const timer = setInterval(async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        if (keyName !== null && (await this.router.call(["EXISTS", keyName])) === 0) {
+          clearInterval(timer);
+          return;
+        }
+        await session.isolate.call("__gears.timer", [id]);
+      } catch (err) {
+        this.log.warn(
+          { session: session.id, err: err instanceof Error ? err.message : String(err) },
+          "time event failed",
+        );
+      } finally {
+        busy = false;
+      }
+    }, seconds * 1000);
+    timer.unref();
+    return timer;
+  }
+
+  /** The hook registered for this command, if any (only checked when hooks exist). */
+  hookFor(name: string, argv: readonly Buffer[]): boolean {
+    return this.registry.hasHooks && this.registry.hookFor(name, argv) !== undefined;
+  }
+
+  /**
+   * Runs the hook of a command passing through the proxy: its pipeline gets the argv as
+   * its one record and must produce exactly one result, which becomes the reply;
+   * callNext() inside runs the command itself.
+   */
+  async runHook(name: string, argv: Buffer[]): Promise<Buffer> {
+    const found = this.registry.hookFor(name, argv);
+    if (found === undefined) return encodeError("ERR hook vanished");
+    const record = argv.map((a) => a.toString());
+    const partitions = new Partitions(this.router);
+    const partition = argv.length > 1 ? partitions.partitionOfSlot(keySlot(argv[1])) : 0;
+    const execution = await this.registry.runCommand(found, partitions, partition, record);
+    if (execution.errors.length > 0) return encodeError(`ERR ${execution.errors[0]}`);
+    const results = execution.results ?? [];
+    if (results.length !== 1) return encodeError("ERR Command hook must return exactly one result");
+    return encodeValue(replyValueToResp(results[0]));
   }
 
   private async startKeyspaceEvents(): Promise<void> {

@@ -7,6 +7,14 @@ import type { GearsConfig } from "./config.js";
 import { replyToJson } from "./json-values.js";
 import type { Partitions } from "./partitions.js";
 
+/** What a script's session does for it: registrations and timers. */
+export interface SessionCalls {
+  /** register() in the script: the new registration's id. */
+  register(actionIndex: number): string;
+  /** registerTimeEvent(): callback number `id` every `seconds`, while `keyName` (if any) exists. */
+  registerTimeEvent(id: number, seconds: number, keyName: string | null): void;
+}
+
 /** Commands that would tie up or change the state of a shared upstream connection. */
 const NOT_FROM_SCRIPTS = new Set([
   "multi",
@@ -42,9 +50,11 @@ export class GearsBridge implements HostBridge {
     private readonly partitions: () => Partitions,
     private readonly config: GearsConfig,
     private readonly log: Logger,
-    /** register() in the script: the new registration's id. */
-    private readonly onRegister: (actionIndex: number) => string,
+    private readonly session: SessionCalls,
   ) {}
+
+  /** The argv of the command a running hook or trigger was called for (getCommand, callNext). */
+  command: string[] | null = null;
 
   async callSync(name: string, args: JsonValue[]): Promise<JsonValue> {
     switch (name) {
@@ -55,7 +65,18 @@ export class GearsBridge implements HostBridge {
       case "hashtag":
         return this.partitions().hashtag(typeof args[0] === "number" ? args[0] : 0);
       case "register":
-        return this.onRegister(Number(args[0]));
+        return this.session.register(Number(args[0]));
+      case "registerTimeEvent":
+        this.session.registerTimeEvent(
+          Number(args[0]),
+          Number(args[1]),
+          args[2] === null ? null : String(args[2]),
+        );
+        return null;
+      case "getCommand":
+        return this.command;
+      case "callNext":
+        return this.callNext(args);
       default:
         throw new Error(`unknown host call '${name}'`);
     }
@@ -78,6 +99,14 @@ export class GearsBridge implements HostBridge {
     if (name !== "log") return;
     const level = LOG_LEVELS[String(args[0])] ?? "info";
     this.log[level]({ source: "script" }, String(args[1]));
+  }
+
+  /** A hook's callNext(...): the hooked command itself (or with the arguments given) on Redis. */
+  private async callNext(args: JsonValue[]): Promise<JsonValue> {
+    const command = this.command;
+    if (command === null) throw new Error("callNext() can only be called from a command hook");
+    const argv = [command[0], ...(args.length > 0 ? args.map(String) : command.slice(1))];
+    return replyToJson(await this.router.call(argv));
   }
 
   private async execute(args: JsonValue[]): Promise<JsonValue> {

@@ -25,6 +25,13 @@ export function jsonToResp(value: JsonValue): RespValue {
   return Buffer.from(JSON.stringify(value));
 }
 
+/** A trigger's or hook's result as a reply: "+text" is a status and "-text" an error reply. */
+export function replyValueToResp(value: JsonValue): RespValue {
+  if (typeof value === "string" && value.length > 1 && value[0] === "+") return value.slice(1);
+  if (typeof value === "string" && value.length > 1 && value[0] === "-") return new RespError(value.slice(1));
+  return jsonToResp(value);
+}
+
 /** `[results, errors]`, the reply of a finished execution. */
 export function encodeResults(results: JsonValue[], errors: string[]): Buffer {
   return encodeValue([results.map(jsonToResp), errors.map((e) => Buffer.from(e))]);

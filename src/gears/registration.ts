@@ -63,6 +63,9 @@ export class Registration {
   readonly eventTypes: string[] | null;
   readonly keyTypes: string[] | null;
   readonly trigger: string | null;
+  /** A command hook: the command name (lower case) and the key prefix it is limited to. */
+  readonly hook: string | null;
+  readonly keyPrefix: string | null;
   /** Events wait here while an earlier batch of this registration runs (async: in order). */
   readonly queue: QueuedKeyEvent[] = [];
   running = false;
@@ -79,6 +82,8 @@ export class Registration {
     this.eventTypes = optionList(options, "eventTypes");
     this.keyTypes = optionList(options, "keyTypes");
     this.trigger = optionString(options, "trigger");
+    this.hook = optionString(options, "hook")?.toLowerCase() ?? null;
+    this.keyPrefix = optionString(options, "keyprefix");
   }
 
   get reader(): string {

@@ -3,6 +3,7 @@ import type { Router } from "../routing/router.js";
 import type { JsonValue } from "../sandbox/types.js";
 import { Execution } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
+import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 import { keyRecords } from "./readers.js";
 import type { QueuedKeyEvent, Registration } from "./registration.js";
@@ -12,7 +13,17 @@ export interface GearsSession {
   id: string;
   description: string | null;
   isolate: GuestIsolate;
+  /** The isolate's host side: hooks and triggers tell it which command they run for. */
+  bridge: GearsBridge;
   registrations: Registration[];
+  /** registerTimeEvent() timers, stopped with the session. */
+  timers: NodeJS.Timeout[];
+}
+
+/** Ends a session's isolate and timers. */
+function endSession(session: GearsSession): void {
+  for (const timer of session.timers) clearInterval(timer);
+  void session.isolate.dispose().catch(() => {});
 }
 
 /**
@@ -81,7 +92,7 @@ export class RegistrationRegistry {
       const old = this.sessions.get(id);
       if (old === undefined) continue;
       this.sessions.delete(id);
-      void old.isolate.dispose().catch(() => {});
+      endSession(old);
     }
     this.sessions.set(session.id, session);
     this.countSync();
@@ -96,11 +107,31 @@ export class RegistrationRegistry {
       this.countSync();
       if (session.registrations.length === 0) {
         this.sessions.delete(session.id);
-        void session.isolate.dispose().catch(() => {});
+        endSession(session);
       }
       return true;
     }
     return false;
+  }
+
+  /** The CommandReader registration hooking this command (name lower case), if any. */
+  hookFor(
+    name: string,
+    argv: readonly Buffer[],
+  ): { registration: Registration; session: GearsSession } | undefined {
+    for (const session of this.sessions.values()) {
+      for (const registration of session.registrations) {
+        if (registration.hook !== name) continue;
+        const prefix = registration.keyPrefix;
+        if (prefix !== null && !(argv[1]?.toString().startsWith(prefix) ?? false)) continue;
+        return { registration, session };
+      }
+    }
+    return undefined;
+  }
+
+  get hasHooks(): boolean {
+    return this.all().some((r) => r.hook !== null);
   }
 
   byTrigger(name: string): { registration: Registration; session: GearsSession } | undefined {
@@ -208,12 +239,34 @@ export class RegistrationRegistry {
     return execution;
   }
 
+  /** A hook or trigger run: getCommand()/callNext() see `argv` while it runs. */
+  async runCommand(
+    found: { registration: Registration; session: GearsSession },
+    partitions: Partitions,
+    partition: number,
+    argv: string[],
+  ): Promise<Execution> {
+    const bridge = found.session.bridge;
+    const previous = bridge.command;
+    bridge.command = argv;
+    try {
+      return await this.runExecution(
+        found.session,
+        found.registration,
+        partitions,
+        new Map([[partition, [argv]]]),
+      );
+    } finally {
+      bridge.command = previous;
+    }
+  }
+
   clearStats(): void {
     for (const registration of this.all()) registration.stats.clear();
   }
 
   close(): void {
-    for (const session of this.sessions.values()) void session.isolate.dispose().catch(() => {});
+    for (const session of this.sessions.values()) endSession(session);
     this.sessions.clear();
   }
 }

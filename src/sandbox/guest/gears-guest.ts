@@ -475,6 +475,29 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
   g.hashtag = function hashtag(): unknown {
     return host.callSync("hashtag", curPart);
   };
+  g.callNext = function callNext(...args: unknown[]): unknown {
+    return host.callSync("callNext", ...args.map(safeString));
+  };
+  g.getCommand = function getCommand(): unknown {
+    return host.callSync("getCommand");
+  };
+  const timers: Fn[] = [];
+  g.registerTimeEvent = function registerTimeEvent(
+    seconds: unknown,
+    callback: unknown,
+    keyName?: unknown,
+  ): void {
+    if (typeof callback !== "function") throw new TypeError("registerTimeEvent needs a callback function");
+    const n = Number(seconds);
+    if (!(n > 0)) throw new RangeError("registerTimeEvent needs a positive number of seconds");
+    timers.push(callback as Fn);
+    host.callSync(
+      "registerTimeEvent",
+      timers.length - 1,
+      n,
+      keyName === undefined ? null : safeString(keyName),
+    );
+  };
 
   // ---------------------------------------------------------------- the engine: calling user code
 
@@ -1056,7 +1079,8 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
 
   function complete(ex: Exec): Result {
     const opts = ex.action.options;
-    const str = opts.convertToStr !== false;
+    // A hook's result becomes the command's reply: keep its type unless asked otherwise.
+    const str = opts.convertToStr === undefined ? !opts.hook : opts.convertToStr !== false;
     const perPartition: unknown[][] = [];
     for (const list of ex.results) {
       const out: unknown[] = [];
@@ -1216,6 +1240,18 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
 
     slot(key: unknown): number {
       return slotOf(safeString(key));
+    },
+
+    /** Runs the callback of registerTimeEvent number `id` (the host's timer fired). */
+    timer(id: unknown): unknown {
+      const callback = timers[Number(id)];
+      if (callback === undefined) throw new Error(`no timer ${safeString(id)}`);
+      const out = callback();
+      return out !== null &&
+        typeof out === "object" &&
+        typeof (out as PromiseLike<unknown>).then === "function"
+        ? Promise.resolve(out).then(() => null)
+        : null;
     },
 
     onRegistered(actionIndex: unknown): unknown {
