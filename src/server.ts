@@ -55,6 +55,7 @@ export class ProxyServer {
       ),
     };
     this.context = ctx;
+    await ctx.gears.restore();
     const listener = net.createServer((socket) => this.accept(ctx, socket));
     this.listener = listener;
     await new Promise<void>((resolve, reject) => {

@@ -11,6 +11,7 @@ import { KeyspaceEventSource, type KeyspaceStatus } from "./events/keyspace-sour
 import { Registration } from "./registration.js";
 import { RegistrationRegistry, type GearsSession } from "./registry.js";
 import { keySlot } from "../routing/key-slot.js";
+import { SessionStore, type StoredSession } from "./session-store.js";
 import { replyValueToResp } from "./json-values.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
@@ -24,6 +25,8 @@ export interface ExecuteRequest {
   upgrade: boolean;
   /** Replace this other session. */
   replaceWith?: string;
+  /** A stored session coming back: its registrations keep these ids (by register() index). */
+  restoredIds?: Record<string, string>;
 }
 
 /**
@@ -42,6 +45,7 @@ export class GearsEngine {
   private registrationCounter = 0;
   readonly registry: RegistrationRegistry;
   private keyspace: KeyspaceEventSource | null = null;
+  private readonly store: SessionStore;
 
   constructor(
     readonly router: Router,
@@ -49,6 +53,7 @@ export class GearsEngine {
     private readonly newIsolate: IsolateFactory,
   ) {
     this.registry = new RegistrationRegistry(router, log, () => `${this.proxyId}-${++this.counter}`);
+    this.store = new SessionStore(router, log);
   }
 
   /** Checks RG.EXECUTE's session options against the live sessions; an error text or null. */
@@ -94,7 +99,7 @@ export class GearsEngine {
       this.log,
       {
         register: (index) => {
-          const id = `${this.proxyId}-${++this.registrationCounter}`;
+          const id = request.restoredIds?.[index] ?? `${this.proxyId}-${++this.registrationCounter}`;
           registered.set(index, id);
           return id;
         },
@@ -167,6 +172,8 @@ export class GearsEngine {
     };
     session.timers = timerRequests.map((t) => this.startTimer(session, t.id, t.seconds, t.keyName));
     this.registry.install(session, replaces);
+    if (request.replaceWith !== undefined) await this.store.remove(request.replaceWith);
+    await this.persist(session, request.script);
     for (const index of registered.keys()) {
       await isolate.call("__gears.onRegistered", [index]).catch((err: Error) => {
         this.log.warn({ session: id, err: err.message }, "onRegistered failed");
@@ -256,9 +263,66 @@ export class GearsEngine {
     await this.registry.syncIdle();
   }
 
+  private readonly scripts = new Map<string, string>();
+
+  private async persist(session: GearsSession, script: string): Promise<void> {
+    this.scripts.set(session.id, script);
+    const registrations: Record<string, string> = {};
+    for (const r of session.registrations) registrations[r.actionIndex] = r.id;
+    await this.store.save({ id: session.id, script, description: session.description, registrations });
+  }
+
+  /**
+   * Brings back the sessions stored in Redis (at start): each script runs again in its
+   * session, and its registrations get their old ids; ones unregistered since stay away.
+   */
+  async restore(): Promise<void> {
+    let stored: StoredSession[];
+    try {
+      stored = await this.store.load();
+    } catch (err) {
+      this.log.warn(
+        { err: err instanceof Error ? err.message : String(err) },
+        "could not read stored gears sessions",
+      );
+      return;
+    }
+    for (const s of stored) {
+      const reply = await this.execute({
+        script: s.script,
+        unblocking: false,
+        sessionId: s.id,
+        description: s.description ?? undefined,
+        upgrade: true,
+        restoredIds: s.registrations,
+      });
+      const session = this.registry.session(s.id);
+      if (session === undefined) {
+        this.log.warn(
+          { session: s.id, reply: reply.toString().trim() },
+          "stored gears session did not come back",
+        );
+        continue;
+      }
+      const kept = new Set(Object.values(s.registrations));
+      for (const r of [...session.registrations]) if (!kept.has(r.id)) this.registry.unregister(r.id);
+      this.log.info(
+        { session: s.id, registrations: session.registrations.map((r) => r.id) },
+        "restored gears session",
+      );
+    }
+  }
+
   /** RG.UNREGISTER. */
   unregister(id: string): boolean {
+    const owner = this.registry.all().find((r) => r.id === id)?.sessionId;
     const removed = this.registry.unregister(id);
+    if (removed && owner !== undefined) {
+      const session = this.registry.session(owner);
+      const script = this.scripts.get(owner);
+      if (session === undefined) void this.store.remove(owner);
+      else if (script !== undefined) void this.persist(session, script);
+    }
     if (removed && !this.registry.hasKeyRegistrations && this.keyspace !== null) {
       void this.keyspace.stop();
       this.keyspace = null;

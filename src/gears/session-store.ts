@@ -1,0 +1,58 @@
+import type { Logger } from "../observability/log.js";
+import type { Router } from "../routing/router.js";
+import { RespError } from "../resp/values.js";
+
+/** One hash in Redis (one hashtag, so one slot) holds every session: id -> its script and ids. */
+export const SESSIONS_KEY = "{gears-proxy}:sessions";
+
+/** What is kept of a session so another proxy start can bring it back as it was. */
+export interface StoredSession {
+  id: string;
+  script: string;
+  description: string | null;
+  /** Registration ids by the index of the register() call in the script that made them. */
+  registrations: Record<string, string>;
+}
+
+/** Sessions persisted in Redis itself, so they survive the proxy. */
+export class SessionStore {
+  constructor(
+    private readonly router: Router,
+    private readonly log: Logger,
+  ) {}
+
+  async save(session: StoredSession): Promise<void> {
+    await this.write(["HSET", SESSIONS_KEY, session.id, JSON.stringify(session)]);
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.write(["HDEL", SESSIONS_KEY, id]);
+  }
+
+  async load(): Promise<StoredSession[]> {
+    const reply = await this.router.call(["HGETALL", SESSIONS_KEY]);
+    if (!Array.isArray(reply)) return [];
+    const out: StoredSession[] = [];
+    for (let i = 1; i < reply.length; i += 2) {
+      try {
+        out.push(JSON.parse(String(reply[i])) as StoredSession);
+      } catch {
+        this.log.warn({ session: String(reply[i - 1]) }, "stored gears session is unreadable; skipped");
+      }
+    }
+    return out;
+  }
+
+  private async write(argv: string[]): Promise<void> {
+    try {
+      const reply = await this.router.call(argv);
+      if (reply instanceof RespError) throw new Error(reply.message);
+    } catch (err) {
+      // The session still runs; it just will not come back after a restart.
+      this.log.warn(
+        { err: err instanceof Error ? err.message : String(err) },
+        "could not persist gears session",
+      );
+    }
+  }
+}
