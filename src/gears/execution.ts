@@ -62,9 +62,10 @@ export class Execution {
     if (this.abortRequested) return;
     this.status = "running";
     this.startedAt = Date.now();
+    let execId: JsonValue = null;
     try {
       const topology = { partitions: this.partitions.count, slots: this.partitions.ranges };
-      const execId = await this.isolate.call("__gears.start", [this.actionIndex, topology]);
+      execId = await this.isolate.call("__gears.start", [this.actionIndex, topology]);
       const readStart = Date.now();
       const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, execId));
       await Promise.all(parts);
@@ -85,6 +86,10 @@ export class Execution {
       }
       this.results ??= [];
     } finally {
+      // A session's isolate lives on: free the guest's state of this execution.
+      if (!this.ownsIsolate && execId !== null && this.isolate.alive) {
+        await this.isolate.call("__gears.drop", [execId]).catch(() => {});
+      }
       this.finish();
     }
   }
