@@ -40,7 +40,7 @@ interface ActionInfo {
 interface GearsApi {
   actions(): unknown;
   start(actionIndex: number, topology: Topology): number;
-  feed(execId: number, partition: number, records: unknown): unknown;
+  feed(execId: number, partition: number, records: unknown, budgetMs?: number): unknown;
   wants(execId: number, partition: number): boolean;
   finish(execId: number): unknown;
   progress(execId: number): unknown;
@@ -705,21 +705,35 @@ describe("guest library", () => {
       expect(maxInFlight()).to.be.greaterThan(10);
     });
 
-    it("feed() returns a Promise only while something is in flight", async () => {
+    it("feed() returns a Promise only while something is in flight, resolving to the records taken", async () => {
       const { guest } = asyncGuest();
       guest.script("GB().map(r => r > 1 ? executeAsync('GET', r) : r).run()");
       const id = guest.gears.start(0, STANDALONE);
-      expect(guest.gears.feed(id, 0, [1])).to.equal(undefined);
+      expect(guest.gears.feed(id, 0, [1])).to.equal(1);
       const p = guest.gears.feed(id, 0, [2, 3]);
       expect(p).to.be.an.instanceof(vm.runInContext("Promise", guest.ctx) as PromiseConstructor);
       expect(plain(guest.gears.progress(id))).to.deep.include({ pending: 2 });
-      await p;
+      expect(await p).to.equal(2);
       expect(plain(guest.gears.progress(id))).to.deep.include({ pending: 0 });
       expect(
         plain<Outcome>(await guest.gears.finish(id))
           .results.slice()
           .sort(),
       ).to.deep.equal(["1", "v2@0", "v3@0"]);
+    });
+
+    it("feed() with a time budget stops starting records once it is spent", () => {
+      const { guest } = asyncGuest();
+      guest.script("GB().map(r => { const t = Date.now(); while (Date.now() - t < 5) {} return r; }).run()");
+      const id = guest.gears.start(0, STANDALONE);
+      const taken = guest.gears.feed(
+        id,
+        0,
+        Array.from({ length: 100 }, (_, i) => i),
+        20,
+      ) as number;
+      expect(taken).to.be.within(1, 20);
+      expect(guest.gears.feed(id, 0, [1, 2, 3])).to.equal(3);
     });
 
     it("async foreach, flatmap and filter", async () => {

@@ -300,7 +300,8 @@ async function trigger(engine: GearsEngine, args: Buffer[], onKey: boolean): Pro
   return encodeValue((execution.results ?? []).map(replyValueToResp));
 }
 
-function pyExecute(): Buffer {
+function pyExecute(_engine: GearsEngine, args: Buffer[]): Buffer {
+  if (args.length < 1) return arity("rg.pyexecute");
   return encodeError("ERR RG.PYEXECUTE needs Python; send the script as JavaScript with RG.EXECUTE");
 }
 

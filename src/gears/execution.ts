@@ -99,7 +99,7 @@ export class Execution {
       const records = this.input.get(partition);
       if (records !== undefined && records.length > 0) {
         this.recordsRead += records.length;
-        await this.isolate.call("__gears.feed", [execId, partition, records]);
+        await this.feed(execId, partition, records);
       }
       this.partitionsDone++;
       return;
@@ -120,12 +120,25 @@ export class Execution {
         if (batch.done || this.abortRequested) break;
         next = batches.next();
         this.recordsRead += batch.value.length;
-        await this.isolate.call("__gears.feed", [execId, partition, batch.value]);
+        await this.feed(execId, partition, batch.value);
       }
     } finally {
       await batches.return();
     }
     this.partitionsDone++;
+  }
+
+  /**
+   * Feeds a batch, in as many guest entries as it takes: each entry stops starting records
+   * after half the time limit, so the limit applies to one step call, not to a whole batch.
+   */
+  private async feed(execId: JsonValue, partition: number, records: JsonValue[]): Promise<void> {
+    const budget = Math.max(1, Math.floor(this.isolate.limits.timeoutMs / 2));
+    let rest = records;
+    while (rest.length > 0 && !this.abortRequested) {
+      const taken = Number(await this.isolate.call("__gears.feed", [execId, partition, rest, budget]));
+      rest = taken >= rest.length ? [] : rest.slice(Math.max(1, taken));
+    }
   }
 
   private finish(): void {

@@ -7,6 +7,7 @@ export interface GuestIsolate {
   abort(): void;
   dispose(): Promise<void>;
   readonly alive: boolean;
+  readonly limits: IsolateLimits;
 }
 
 export type IsolateFactory = (limits: IsolateLimits, bridge: HostBridge) => Promise<GuestIsolate>;

@@ -90,8 +90,13 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
     },
   });
   defineProperty(globalThis, "__host", { value: host, writable: false, enumerable: false, configurable: false });
+  // A library bumps steps[0] each time it calls user code: the worker's interrupt handler
+  // reads it, so the time limit can apply to one call rather than to a whole entry.
+  const steps = new Float64Array(1);
+  defineProperty(globalThis, "__steps", { value: steps, writable: false, enumerable: false, configurable: false });
 
   return {
+    steps,
     call(path, argsJson) {
       const parts = apply(strSplit, path, ["."]);
       let self = globalThis;

@@ -66,11 +66,30 @@ function endSegment(): void {
   Atomics.store(ctl, CTL_STATE, STATE_IDLE);
 }
 
+/** The guest's step counter (prelude's __steps) as last seen by the interrupt handler. */
+let stepsSeen = 0;
+
+/** Reads __steps[0]: a plain typed-array element, no guest code runs. */
+function readSteps(): number {
+  const h = ctx.getProp(fns.steps, 0);
+  const n = ctx.getNumber(h);
+  h.dispose();
+  return n;
+}
+
 function interruptHandler(): boolean {
   if (!inSegment) return false;
   if (Atomics.load(ctl, CTL_ABORT) !== 0) {
     interruptReason ??= "aborted";
     return true;
+  }
+  const steps = readSteps();
+  if (steps !== stepsSeen) {
+    // A new call into user code started since the last look: it gets a full time limit.
+    stepsSeen = steps;
+    deadline = Date.now() + init.timeoutMs;
+    Atomics.store(deadlineSlot, 0, BigInt(Math.ceil(deadline)));
+    return false;
   }
   if (Date.now() > deadline) {
     interruptReason ??= "timeout";
@@ -112,6 +131,8 @@ function hostRequest(request: HostRequest): { seq: number } {
 // --- the isolate -----------------------------------------------------------------------------
 
 interface Helpers {
+  /** The prelude's __steps Float64Array. */
+  steps: QuickJSHandle;
   call: QuickJSHandle;
   start: QuickJSHandle;
   state: QuickJSHandle;
@@ -124,6 +145,8 @@ interface Helpers {
 }
 
 let wasmMemory: WebAssembly.Memory;
+/** Set when the heap could not grow past its cap during the current entry. */
+let capReached = false;
 let rt: QuickJSRuntime;
 let ctx: QuickJSContext;
 let internal: QuickJSHandle;
@@ -133,6 +156,16 @@ let broken = false;
 async function setUp(): Promise<void> {
   const limitMb = Math.max(16, Math.floor(init.memoryLimitMb));
   wasmMemory = new WebAssembly.Memory({ initial: 256, maximum: limitMb * 16 });
+  // Emscripten grows the heap through this object; a refused growth means the script hit its cap.
+  const grow = wasmMemory.grow.bind(wasmMemory);
+  wasmMemory.grow = (pages: number): number => {
+    try {
+      return grow(pages);
+    } catch (err) {
+      capReached = true;
+      throw err;
+    }
+  };
   const mod = await newQuickJSWASMModuleFromVariant(
     newVariant(RELEASE_SYNC, { wasmModule: init.wasmModule, wasmMemory }),
   );
@@ -160,6 +193,7 @@ async function setUp(): Promise<void> {
   rawNotify.dispose();
   const get = (name: string): QuickJSHandle => ctx.getProp(internal, name);
   fns = {
+    steps: get("steps"),
     call: get("call"),
     start: get("start"),
     state: get("state"),
@@ -198,7 +232,7 @@ function interruptInfo(): FailureInfo {
 function classify(d: Described, compiling: boolean): FailureInfo {
   if (d.e === 0) {
     // QuickJS throws null when it cannot even allocate its "out of memory" error.
-    if (d.text === "null" && memoryNearlyFull()) {
+    if (d.text === "null" && (capReached || memoryNearlyFull())) {
       return { kind: "memory", message: memoryMessage(init.memoryLimitMb) };
     }
     return { kind: "throw", message: d.text };
@@ -335,6 +369,7 @@ function runEntry(req: EntryRequest): WorkerMessage {
   owned = [];
   interruptReason = undefined;
   remaining = init.timeoutMs;
+  capReached = false;
   let fatal = false;
   try {
     if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
@@ -363,6 +398,10 @@ function runEntry(req: EntryRequest): WorkerMessage {
     }
     const out = ctx.getString(enter(fns.finish, rec));
     if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
+    // Reaching the memory cap ends the entry even when the script caught the error.
+    if (capReached) {
+      throw new EntryFailure({ kind: "memory", message: memoryMessage(init.memoryLimitMb) });
+    }
     if (out[0] === "0") return { t: "done", ok: true, json: out.slice(1) };
     throw new EntryFailure(classify(JSON.parse(out.slice(1)) as Described, false));
   } catch (e) {

@@ -58,7 +58,7 @@ const ALL_CLASSES = "g$lshzxet";
  * `current` already enables; `current` itself when nothing is missing.
  */
 export function mergeNotifyFlags(current: string): string {
-  const has = new Set(current + "EA");
+  const has = new Set(current);
   let merged = current;
   if (!has.has("A") && ![...ALL_CLASSES].every((c) => has.has(c))) merged += "A";
   if (!has.has("E")) merged += "E";

@@ -180,7 +180,9 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
 
   /** Errors the engine must not swallow: the isolate's own limits (memory, stack, interrupt). */
   function isFatal(e: unknown): boolean {
-    if (e === null || typeof e !== "object") return false;
+    // QuickJS throws null when it cannot even allocate the out-of-memory error.
+    if (e === null) return true;
+    if (typeof e !== "object") return false;
     const o = e as { name?: unknown; message?: unknown };
     if (o.name === "InternalError") return true;
     return o.name === "RangeError" && typeof o.message === "string" && o.message.includes("call stack");
@@ -563,9 +565,13 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
   }
 
   /** fn(r), then k(result, r); a throw drops the record with an error. */
+  /** Counts calls into user code; the sandbox gives each one its own time limit (prelude's __steps). */
+  const stepTicks: { [i: number]: number } = (g.__steps as Float64Array | undefined) ?? [0];
+
   function call1(ex: Exec, st: StepDef, fn: Fn, r: unknown, k: Cont): void {
     const prev = cur;
     cur = st.where;
+    stepTicks[0]++;
     let v: unknown;
     try {
       v = fn(r);
@@ -584,6 +590,7 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
   function callN(ex: Exec, st: StepDef, fn: Fn, args: unknown[], k: (v: unknown) => void): void {
     const prev = cur;
     cur = st.where;
+    stepTicks[0]++;
     let v: unknown;
     try {
       v = fn(...args);
@@ -615,6 +622,7 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
   function applyFold(ex: Exec, st: StepDef, s: Acc, fn: Fn, r: unknown): void {
     const prev = cur;
     cur = st.where;
+    stepTicks[0]++;
     let v: unknown;
     try {
       v = s.k === null ? fn(s.a, r) : fn(s.k, s.a, r);
@@ -1020,6 +1028,8 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
           curPart = 0;
           const prev = cur;
           cur = st.where;
+          stepTicks[0]++;
+          stepTicks[0]++;
           try {
             if (f0 !== undefined) list.sort((a, b) => Number(f0(a, b)));
             else if (reverse) list.sort((a, b) => compareValues(b, a));
@@ -1182,7 +1192,17 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
       return ex.id;
     },
 
-    feed(execId: unknown, partition: unknown, records: unknown): Promise<void> | undefined {
+    /**
+     * Runs records through the pipeline. With a time budget (ms), it stops starting new
+     * records once the budget is spent and answers how many it took, so the host can feed
+     * the rest in a fresh entry: the time limit then bounds each step call, not a batch.
+     */
+    feed(
+      execId: unknown,
+      partition: unknown,
+      records: unknown,
+      budgetMs?: unknown,
+    ): number | Promise<number> {
       const ex = getExec(execId);
       if (ex.finishing) throw new Error("execution already finishing");
       const p = Number(partition);
@@ -1193,14 +1213,22 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
       const head = ex.head;
       const closed = ex.closed;
       const saved = curPart;
-      for (let i = 0; i < list.length; i++) {
-        if (closed[p]) break;
+      const budget = typeof budgetMs === "number" && budgetMs > 0 ? budgetMs : 0;
+      const started = budget > 0 ? Date.now() : 0;
+      let taken = 0;
+      for (; taken < list.length; taken++) {
+        if (closed[p]) {
+          taken = list.length;
+          break;
+        }
+        if (budget > 0 && taken > 0 && Date.now() - started > budget) break;
         ex.recordsIn++;
         curPart = p;
-        head(list[i]);
+        head(list[taken]);
       }
       curPart = saved;
-      return whenSettled(ex) ?? undefined;
+      const settled = whenSettled(ex);
+      return settled ? settled.then(() => taken) : taken;
     },
 
     wants(execId: unknown, partition: unknown): boolean {
