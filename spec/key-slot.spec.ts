@@ -28,7 +28,7 @@ describe("key slots", () => {
       ...Array.from({ length: 200 }, (_, i) => `key:${i}:{t${i % 7}}`),
     ];
     for (const key of keys) {
-      const expected = Number(await redis.cli("CLUSTER", "KEYSLOT", key));
+      const expected = Number(await redis.call("CLUSTER", "KEYSLOT", key));
       expect(keySlot(key), key).to.equal(expected);
     }
   });
