@@ -25,6 +25,12 @@ const ALL_TARGETS = ["direct", "gears", "twemproxy"] as const;
 type Target = (typeof ALL_TARGETS)[number];
 type Mode = "standalone" | "cluster";
 
+interface Variant {
+  cli: string;
+  args: string[];
+  nodeArgs: string[];
+}
+
 interface Options {
   rounds: number;
   seconds: number;
@@ -39,6 +45,11 @@ interface Options {
   memory: boolean;
   idleClients: number;
   profileDir: string | undefined;
+  /** Extra gears-proxy flags, and extra node flags for the proxy process. */
+  proxyArgs: string[];
+  proxyNodeArgs: string[];
+  /** A second gears-proxy measured beside the first ("gears-b"), for A/B comparisons in one run. */
+  variant: Variant | undefined;
   json: string | undefined;
 }
 
@@ -46,7 +57,7 @@ const HELP = `Usage: node dist/bench/passthrough.js [options]
 
   --quick              one round of get,set,mset at -d 3, 0.4 s per measurement
   --rounds N           alternating rounds; medians are reported (default 3)
-  --seconds S          target duration of one measurement; -n is sized from the rates seen (default 0.6)
+  --seconds S          target duration of one measurement; -n is sized from the rates seen (default 0.5)
   --tests LIST         of ${ALL_TESTS.join(",")} (default all)
   --pipelines LIST     redis-benchmark -P values (default 1,16)
   --sizes LIST         redis-benchmark -d values (default 3,1024)
@@ -59,7 +70,15 @@ const HELP = `Usage: node dist/bench/passthrough.js [options]
   --idle-clients N     idle clients for the RSS measurement (default 1000)
   --profile DIR        run each gears-proxy under node --cpu-prof (profiles land in DIR) and
                        print its hottest functions at the end
+  --proxy-args="..."   extra gears-proxy flags (e.g. --proxy-args="--upstream-connections 1")
+  --proxy-node-args="..."  extra node flags for the proxy (e.g. --proxy-node-args=--max-semi-space-size=64)
+  --b-cli PATH         also measure a second gears-proxy ("gears-b") beside the first: another
+                       build's dist/src/cli.js (default: this one) ...
+  --b-args="..."       ... with these proxy flags ...
+  --b-node-args="..."  ... and these node flags; reported as a gears-b/gears ratio
+  (flags whose value starts with a dash need the --flag=value form)
   --json FILE          also write every sample as JSON
+  --from-json FILE     print the report of a run saved with --json, without running anything
   --help
 
 Profile example: --profile /tmp/prof --targets gears --no-cluster --no-memory --tests get --sizes 3 --rounds 1 --seconds 5
@@ -90,6 +109,8 @@ function oneOf<T extends string>(allowed: readonly T[], text: string, what: stri
   });
 }
 
+const words = (text: string | undefined): string[] => (text ?? "").split(/\s+/).filter((a) => a !== "");
+
 function parseOptions(argv: string[]): Options | null {
   const { values } = parseArgs({
     args: argv,
@@ -108,7 +129,13 @@ function parseOptions(argv: string[]): Options | null {
       "no-memory": { type: "boolean" },
       "idle-clients": { type: "string" },
       profile: { type: "string" },
+      "proxy-args": { type: "string" },
+      "proxy-node-args": { type: "string" },
+      "b-cli": { type: "string" },
+      "b-args": { type: "string" },
+      "b-node-args": { type: "string" },
       json: { type: "string" },
+      "from-json": { type: "string" },
       help: { type: "boolean" },
     },
     strict: true,
@@ -117,12 +144,17 @@ function parseOptions(argv: string[]): Options | null {
     process.stdout.write(HELP);
     return null;
   }
+  if (values["from-json"] !== undefined) {
+    const record = JSON.parse(fs.readFileSync(values["from-json"], "utf8")) as RunRecord;
+    process.stdout.write(render(record));
+    return null;
+  }
   const quick = values.quick === true;
   const one = (text: string | undefined, fallback: number, what: string): number =>
     text === undefined ? fallback : numbers(text, what)[0];
   return {
     rounds: Math.round(one(values.rounds, quick ? 1 : 3, "--rounds")),
-    seconds: one(values.seconds, quick ? 0.4 : 0.6, "--seconds"),
+    seconds: one(values.seconds, quick ? 0.4 : 0.5, "--seconds"),
     tests: oneOf(ALL_TESTS, values.tests ?? (quick ? "get,set,mset" : ALL_TESTS.join(",")), "--tests"),
     pipelines: numbers(values.pipelines ?? "1,16", "--pipelines").map(Math.round),
     sizes: numbers(values.sizes ?? (quick ? "3" : "3,1024"), "--sizes").map(Math.round),
@@ -134,6 +166,16 @@ function parseOptions(argv: string[]): Options | null {
     memory: values["no-memory"] !== true,
     idleClients: Math.round(one(values["idle-clients"], 1000, "--idle-clients")),
     profileDir: values.profile,
+    proxyArgs: words(values["proxy-args"]),
+    proxyNodeArgs: words(values["proxy-node-args"]),
+    variant:
+      values["b-cli"] === undefined && values["b-args"] === undefined && values["b-node-args"] === undefined
+        ? undefined
+        : {
+            cli: path.resolve(values["b-cli"] ?? PROXY_CLI),
+            args: words(values["b-args"]),
+            nodeArgs: words(values["b-node-args"]),
+          },
     json: values.json,
   };
 }
@@ -245,18 +287,20 @@ interface Proxy {
   readonly port: number;
 }
 
-async function startGears(upstreamPort: number, profileDir: string | undefined, cluster: boolean) {
+async function startGears(upstreamPort: number, opts: Options, cluster: boolean, variant?: Variant) {
   const port = await freePort();
-  const nodeArgs = profileDir !== undefined ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [];
+  const profile = opts.profileDir !== undefined ? ["--cpu-prof", "--cpu-prof-dir", opts.profileDir] : [];
   const args = [
-    ...nodeArgs,
-    PROXY_CLI,
+    ...profile,
+    ...(variant?.nodeArgs ?? opts.proxyNodeArgs),
+    variant?.cli ?? PROXY_CLI,
     "--port",
     String(port),
     "--upstream",
     `${HOST}:${upstreamPort}`,
     "--log-level",
     "warn",
+    ...(variant?.args ?? opts.proxyArgs),
   ];
   const child = startChild("gears-proxy", process.execPath, args);
   // In front of a cluster, PING answers before the slot map is read; a keyed command does not.
@@ -336,6 +380,27 @@ function statusKb(pid: number, field: "VmRSS" | "VmHWM"): number {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
     return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+let clockTicks = 0;
+
+/** User + system CPU seconds a process has used so far (/proc/<pid>/stat utime + stime). */
+function cpuSeconds(pid: number): number {
+  if (clockTicks === 0) {
+    try {
+      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the ")" closing the command name: state is field 3, utime 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks;
   } catch {
     return NaN;
   }
@@ -427,6 +492,8 @@ interface Sample {
   p99: number;
   n: number;
   seconds: number;
+  /** CPU time (user + system) the proxy process spent per request, in microseconds; NaN for direct. */
+  cpuUs: number;
 }
 
 /** Which CSV row reports a test: LRANGE_100 is preceded by its own LPUSH fill, which we skip. */
@@ -455,7 +522,14 @@ function parseCsv(text: string, test: TestName): Sample | undefined {
       const i = header.indexOf(col);
       return i < 0 ? NaN : Number(fields[i]);
     };
-    return { rps: get("rps"), p50: get("p50_latency_ms"), p99: get("p99_latency_ms"), n: 0, seconds: 0 };
+    return {
+      rps: get("rps"),
+      p50: get("p50_latency_ms"),
+      p99: get("p99_latency_ms"),
+      n: 0,
+      seconds: 0,
+      cpuUs: NaN,
+    };
   }
   return undefined;
 }
@@ -494,8 +568,15 @@ class Bench {
     return Math.max(floor, Math.round((rate * this.opts.seconds) / 1000) * 1000);
   }
 
-  async measure(c: Config, label: string, port: number, extra: string[] = []): Promise<Sample | undefined> {
+  async measure(
+    c: Config,
+    label: string,
+    port: number,
+    extra: string[] = [],
+    pid?: number,
+  ): Promise<Sample | undefined> {
     const n = this.requests(c, label);
+    const cpuBefore = pid === undefined ? NaN : cpuSeconds(pid);
     const o = this.opts;
     const args = [
       ...["-h", HOST, "-p", String(port), "-c", String(o.clients), "-n", String(n)],
@@ -514,9 +595,11 @@ class Bench {
     }
     sample.n = n;
     sample.seconds = (performance.now() - started) / 1000;
+    if (pid !== undefined) sample.cpuUs = ((cpuSeconds(pid) - cpuBefore) * 1e6) / n;
     const key = configKey(c);
     this.rates.set(`${key} ${label}`, sample.rps);
-    if (!this.rates.has(key)) this.rates.set(key, sample.rps);
+    // A target not measured yet in this config gets the slowest rate seen, so it cannot overrun.
+    this.rates.set(key, Math.min(this.rates.get(key) ?? Infinity, sample.rps));
     let byTarget = this.samples.get(key);
     if (byTarget === undefined) this.samples.set(key, (byTarget = new Map()));
     const list = byTarget.get(label) ?? [];
@@ -525,7 +608,7 @@ class Bench {
     return sample;
   }
 
-  median(c: Config, label: string, field: "rps" | "p50" | "p99"): number {
+  median(c: Config, label: string, field: "rps" | "p50" | "p99" | "cpuUs"): number {
     const list = this.samples.get(configKey(c))?.get(label) ?? [];
     const values = list.map((s) => s[field]).sort((a, b) => a - b);
     if (values.length === 0) return NaN;
@@ -555,17 +638,17 @@ async function flushAll(nodes: readonly RedisNode[]): Promise<void> {
 /** Fills the keyspace GET reads (key:N, or key{tag}:N in --cluster mode) with values of `size` bytes. */
 async function prefill(port: number, opts: Options, size: number, extra: string[] = []): Promise<void> {
   const args = [
-    ...["-h", HOST, "-p", String(port), "-c", "50", "-n", String(opts.keyspace * 4), "-P", "16"],
+    ...["-h", HOST, "-p", String(port), "-c", "50", "-n", String(opts.keyspace * 3), "-P", "16"],
     ...["-d", String(size), "-r", String(opts.keyspace), "-t", "set", "-q", ...extra],
   ];
   await run("redis-benchmark (prefill)", "redis-benchmark", args, 120_000);
 }
 
-/** Warms a proxy up (JIT, buffers) before it is measured: a few seconds of mixed load. */
+/** Warms a proxy up (JIT, buffers) before it is measured: the selected tests, pipelined and not. */
 async function warmUp(port: number, opts: Options, extra: string[] = []): Promise<void> {
   for (const [pipeline, n] of [
-    [16, 200_000],
-    [1, 30_000],
+    [16, 60_000],
+    [1, 10_000],
   ]) {
     const args = [
       ...[
@@ -580,7 +663,7 @@ async function warmUp(port: number, opts: Options, extra: string[] = []): Promis
         "-P",
         String(pipeline),
       ],
-      ...["-r", String(opts.keyspace), "-t", "set,get,mset,lpush,lrange_100", "-q", ...extra],
+      ...["-r", String(opts.keyspace), "-t", opts.tests.join(","), "-q", ...extra],
     ];
     await run("redis-benchmark (warm-up)", "redis-benchmark", args, 120_000);
   }
@@ -590,6 +673,7 @@ async function warmUp(port: number, opts: Options, extra: string[] = []): Promis
 
 const fmtRps = (v: number): string => (Number.isNaN(v) ? "n/a" : Math.round(v).toLocaleString("en-US"));
 const fmtMs = (v: number): string => (Number.isNaN(v) ? "n/a" : v.toFixed(3));
+const fmtUs = (v: number): string => (Number.isFinite(v) ? v.toFixed(2) : "n/a");
 const fmtRatio = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(2)}x` : "n/a");
 const TEST_LABEL: Record<TestName, string> = {
   set: "SET",
@@ -611,24 +695,37 @@ function geomean(values: number[]): number {
   return Math.exp(ok.reduce((s, v) => s + Math.log(v), 0) / ok.length);
 }
 
+/**
+ * A target judged on the geometric mean of its rows (single rows are noisy on a shared machine),
+ * with the rows that miss it counted.
+ */
 interface Verdict {
   target: string;
   rows: number;
   worst: number;
   geomean: number;
+  /** Rows that miss the target on their own. */
+  missing: number;
   met: boolean;
 }
 
 function verdict(target: string, ratios: number[], ok: (r: number) => boolean, worstIsMax = false): Verdict {
   const valid = ratios.filter((r) => Number.isFinite(r));
   const worst = valid.length === 0 ? NaN : worstIsMax ? Math.max(...valid) : Math.min(...valid);
+  const mean = geomean(valid);
   return {
     target,
     rows: valid.length,
     worst,
-    geomean: geomean(valid),
-    met: valid.length > 0 && valid.every(ok),
+    geomean: mean,
+    missing: valid.filter((r) => !ok(r)).length,
+    met: valid.length > 0 && ok(mean),
   };
+}
+
+function verdictText(v: Verdict): string {
+  if (!v.met) return `MISSED (${v.missing} of ${v.rows} rows miss)`;
+  return v.missing === 0 ? "met (every row)" : `met on geomean; ${v.missing} of ${v.rows} rows miss`;
 }
 
 function configs(mode: Mode, opts: Options): Config[] {
@@ -649,10 +746,14 @@ function standaloneReport(
   for (const l of labels) header.push(`${l} rps`);
   if (has("direct") && has("gears")) header.push("gears/direct");
   if (has("twemproxy") && has("gears")) header.push("gears/twemproxy");
+  if (has("gears-b") && has("gears")) header.push("gears-b/gears");
   for (const l of labels) header.push(`${l} p50/p99 ms`);
   if (has("twemproxy") && has("gears")) header.push("p99 gears/twem");
+  const proxies = labels.filter((l) => l !== "direct");
+  for (const l of proxies) header.push(`${l} CPU µs/req`);
   const rows: string[][] = [];
   const byP = new Map<number, number[]>();
+  const cpuByP = new Map<number, number[]>();
   const p99Ratios: number[] = [];
   for (const c of configs("standalone", opts)) {
     const row = [TEST_LABEL[c.test], String(c.pipeline), String(c.size)];
@@ -666,12 +767,19 @@ function standaloneReport(
       list.push(r);
       byP.set(c.pipeline, list);
     }
+    if (has("gears-b") && has("gears")) row.push(fmtRatio(rps("gears-b") / rps("gears")));
     for (const l of labels)
       row.push(`${fmtMs(bench.median(c, l, "p50"))} / ${fmtMs(bench.median(c, l, "p99"))}`);
     if (has("twemproxy") && has("gears")) {
       const r = bench.median(c, "gears", "p99") / bench.median(c, "twemproxy", "p99");
       p99Ratios.push(r);
       row.push(fmtRatio(r));
+    }
+    for (const l of proxies) row.push(fmtUs(bench.median(c, l, "cpuUs")));
+    if (has("twemproxy") && has("gears")) {
+      const list = cpuByP.get(c.pipeline) ?? [];
+      list.push(bench.median(c, "gears", "cpuUs") / bench.median(c, "twemproxy", "cpuUs"));
+      cpuByP.set(c.pipeline, list);
     }
     rows.push(row);
   }
@@ -682,36 +790,39 @@ function standaloneReport(
   }
   if (p99Ratios.length > 0)
     verdicts.push(verdict("standalone: gears p99 <= 1.5x twemproxy p99", p99Ratios, (r) => r <= 1.5, true));
-  return { text: table(header, rows), verdicts };
+  const cpu = [...cpuByP].map(([p, r]) => `P=${p} ${fmtRatio(geomean(r))}`).join(", ");
+  const note =
+    cpu === ""
+      ? ""
+      : `\n\nCPU time per request, gears/twemproxy (geomean over the rows; less sensitive to other load ` +
+        `on the machine than rps): ${cpu}.`;
+  return { text: table(header, rows) + note, verdicts };
 }
 
 function clusterReport(bench: Bench, opts: Options): { text: string; verdicts: Verdict[] } {
-  const header = [
-    "test",
-    "P",
-    "d",
-    "direct --cluster rps",
-    "gears rps",
-    "gears/direct",
-    "direct p50/p99 ms",
-    "gears p50/p99 ms",
-  ];
+  const withB = opts.variant !== undefined;
+  const labels = withB ? ["direct", "gears", "gears-b"] : ["direct", "gears"];
+  const header = ["test", "P", "d", "direct --cluster rps", "gears rps"];
+  if (withB) header.push("gears-b rps");
+  header.push("gears/direct");
+  if (withB) header.push("gears-b/gears");
+  header.push("direct p50/p99 ms", "gears p50/p99 ms");
+  if (withB) header.push("gears-b p50/p99 ms");
+  header.push("gears CPU µs/req");
+  if (withB) header.push("gears-b CPU µs/req");
   const rows: string[][] = [];
   const ratios: number[] = [];
   for (const c of configs("cluster", opts)) {
-    const d = bench.median(c, "direct", "rps");
-    const g = bench.median(c, "gears", "rps");
-    ratios.push(g / d);
-    rows.push([
-      TEST_LABEL[c.test],
-      String(c.pipeline),
-      String(c.size),
-      fmtRps(d),
-      fmtRps(g),
-      fmtRatio(g / d),
-      `${fmtMs(bench.median(c, "direct", "p50"))} / ${fmtMs(bench.median(c, "direct", "p99"))}`,
-      `${fmtMs(bench.median(c, "gears", "p50"))} / ${fmtMs(bench.median(c, "gears", "p99"))}`,
-    ]);
+    const rps = (l: string): number => bench.median(c, l, "rps");
+    ratios.push(rps("gears") / rps("direct"));
+    const row = [TEST_LABEL[c.test], String(c.pipeline), String(c.size)];
+    for (const l of labels) row.push(fmtRps(rps(l)));
+    row.push(fmtRatio(rps("gears") / rps("direct")));
+    if (withB) row.push(fmtRatio(rps("gears-b") / rps("gears")));
+    for (const l of labels)
+      row.push(`${fmtMs(bench.median(c, l, "p50"))} / ${fmtMs(bench.median(c, l, "p99"))}`);
+    for (const l of labels.slice(1)) row.push(fmtUs(bench.median(c, l, "cpuUs")));
+    rows.push(row);
   }
   return {
     text: table(header, rows),
@@ -858,13 +969,19 @@ async function runStandalone(
   twemproxyMissing: string | undefined,
 ): Promise<string[]> {
   const redis = (stack.redis = await startRedis());
-  const targets: { label: Target; port: number; pid?: number }[] = [];
+  const targets: { label: string; port: number; pid?: number }[] = [];
   if (opts.targets.includes("direct")) targets.push({ label: "direct", port: redis.port });
   let gears: Proxy | undefined;
   if (opts.targets.includes("gears")) {
-    gears = await startGears(redis.port, opts.profileDir, false);
+    gears = await startGears(redis.port, opts, false);
     stack.proxies.push(gears);
     targets.push({ label: "gears", port: gears.port, pid: gears.child.pid });
+  }
+  let gearsB: Proxy | undefined;
+  if (opts.variant !== undefined) {
+    gearsB = await startGears(redis.port, opts, false, opts.variant);
+    stack.proxies.push(gearsB);
+    targets.push({ label: "gears-b", port: gearsB.port, pid: gearsB.child.pid });
   }
   let twem: Proxy | undefined;
   if (opts.targets.includes("twemproxy")) {
@@ -880,6 +997,7 @@ async function runStandalone(
 
   const proxies: [string, Proxy | undefined][] = [
     ["gears-proxy", gears],
+    ["gears-b", gearsB],
     ["twemproxy", twem],
   ];
   for (const phase of ["fresh", "warm"]) {
@@ -890,30 +1008,28 @@ async function runStandalone(
       if (p !== undefined) memory.push(await measureIdle(name, phase, p, opts.idleClients));
   }
 
-  const all = configs("standalone", opts);
-  for (let round = 0; round < opts.rounds; round++) {
-    let lastSize = -1;
-    for (let i = 0; i < all.length; i++) {
-      const c = all[i];
-      if (c.size !== lastSize) {
-        lastSize = c.size;
-        await flushAll([redis]);
-        if (opts.tests.includes("get")) await prefill(redis.port, opts, c.size);
-      }
-      const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
-      for (const t of order) {
-        const stopSampling = t.pid !== undefined ? sampleRss(t.pid) : undefined;
-        const s = await bench.measure(c, t.label, t.port);
-        if (stopSampling !== undefined) {
-          const key = `${t.label} standalone P=${c.pipeline}`;
-          peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));
+  // Sizes outermost, so the keyspace GET reads is filled once per size; rounds alternate within.
+  for (const size of opts.sizes) {
+    await flushAll([redis]);
+    if (opts.tests.includes("get")) await prefill(redis.port, opts, size);
+    const all = configs("standalone", opts).filter((c) => c.size === size);
+    for (let round = 0; round < opts.rounds; round++)
+      for (let i = 0; i < all.length; i++) {
+        const c = all[i];
+        const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
+        for (const t of order) {
+          const stopSampling = t.pid !== undefined ? sampleRss(t.pid) : undefined;
+          const s = await bench.measure(c, t.label, t.port, [], t.pid);
+          if (stopSampling !== undefined) {
+            const key = `${t.label} standalone P=${c.pipeline}`;
+            peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));
+          }
+          if (c.test === "lpush" || c.test === "lrange_100") await dropLists([redis]);
+          say(
+            `  round ${round + 1}/${opts.rounds} ${configKey(c)} ${t.label}: ${s ? `${fmtRps(s.rps)} rps, p99 ${fmtMs(s.p99)} ms (n=${s.n}, ${s.seconds.toFixed(2)} s)` : "FAILED"}`,
+          );
         }
-        if (c.test === "lpush" || c.test === "lrange_100") await dropLists([redis]);
-        say(
-          `  round ${round + 1}/${opts.rounds} ${configKey(c)} ${t.label}: ${s ? `${fmtRps(s.rps)} rps, p99 ${fmtMs(s.p99)} ms (n=${s.n}, ${s.seconds.toFixed(2)} s)` : "FAILED"}`,
-        );
       }
-    }
   }
   return targets.map((t) => t.label);
 }
@@ -921,42 +1037,44 @@ async function runStandalone(
 async function runCluster(bench: Bench, opts: Options, peaks: Map<string, number>): Promise<void> {
   const cluster = (stack.cluster = await startCluster({ masters: 3 }));
   const seed = cluster.nodes[0];
-  const gears = await startGears(seed.port, opts.profileDir, true);
+  const gears = await startGears(seed.port, opts, true);
   stack.proxies.push(gears);
   say(`cluster: nodes ${cluster.nodes.map((n) => n.port).join(",")}, gears ${gears.port}`);
   const direct = ["--cluster"];
-  const targets = [
+  const targets: { label: string; port: number; extra: string[]; pid: number | undefined }[] = [
     { label: "direct", port: seed.port, extra: direct, pid: undefined },
     { label: "gears", port: gears.port, extra: [], pid: gears.child.pid },
   ];
-  await warmUp(gears.port, opts);
-  const all = configs("cluster", opts);
-  for (let round = 0; round < opts.rounds; round++) {
-    let lastSize = -1;
-    for (let i = 0; i < all.length; i++) {
-      const c = all[i];
-      if (c.size !== lastSize) {
-        lastSize = c.size;
-        await flushAll(cluster.nodes);
-        if (opts.tests.includes("get")) {
-          await prefill(seed.port, opts, c.size, direct);
-          await prefill(gears.port, opts, c.size);
-        }
-      }
-      const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
-      for (const t of order) {
-        const stopSampling = t.pid !== undefined ? sampleRss(t.pid) : undefined;
-        const s = await bench.measure(c, t.label, t.port, t.extra);
-        if (stopSampling !== undefined) {
-          const key = `gears cluster P=${c.pipeline}`;
-          peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));
-        }
-        if (c.test === "lpush" || c.test === "lrange_100") await dropLists(cluster.nodes);
-        say(
-          `  round ${round + 1}/${opts.rounds} ${configKey(c)} ${t.label}: ${s ? `${fmtRps(s.rps)} rps, p99 ${fmtMs(s.p99)} ms (n=${s.n}, ${s.seconds.toFixed(2)} s)` : "FAILED"}`,
-        );
-      }
+  if (opts.variant !== undefined) {
+    const b = await startGears(seed.port, opts, true, opts.variant);
+    stack.proxies.push(b);
+    targets.push({ label: "gears-b", port: b.port, extra: [], pid: b.child.pid });
+  }
+  for (const t of targets) if (t.pid !== undefined) await warmUp(t.port, opts);
+  for (const size of opts.sizes) {
+    await flushAll(cluster.nodes);
+    if (opts.tests.includes("get")) {
+      await prefill(seed.port, opts, size, direct);
+      await prefill(gears.port, opts, size);
     }
+    const all = configs("cluster", opts).filter((c) => c.size === size);
+    for (let round = 0; round < opts.rounds; round++)
+      for (let i = 0; i < all.length; i++) {
+        const c = all[i];
+        const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
+        for (const t of order) {
+          const stopSampling = t.pid !== undefined ? sampleRss(t.pid) : undefined;
+          const s = await bench.measure(c, t.label, t.port, t.extra, t.pid);
+          if (stopSampling !== undefined) {
+            const key = `${t.label} cluster P=${c.pipeline}`;
+            peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));
+          }
+          if (c.test === "lpush" || c.test === "lrange_100") await dropLists(cluster.nodes);
+          say(
+            `  round ${round + 1}/${opts.rounds} ${configKey(c)} ${t.label}: ${s ? `${fmtRps(s.rps)} rps, p99 ${fmtMs(s.p99)} ms (n=${s.n}, ${s.seconds.toFixed(2)} s)` : "FAILED"}`,
+          );
+        }
+      }
   }
 }
 
@@ -991,49 +1109,100 @@ async function main(): Promise<number> {
     await cleanup();
   }
 
+  const profiles: string[] = [];
+  if (opts.profileDir !== undefined) {
+    const files = fs
+      .readdirSync(opts.profileDir)
+      .filter((f) => f.endsWith(".cpuprofile") && !profilesBefore.has(f))
+      .map((f) => path.join(opts.profileDir!, f));
+    for (const f of files) profiles.push(summarizeProfile(f));
+  }
+  const record: RunRecord = {
+    header,
+    command,
+    opts,
+    labels,
+    samples: Object.fromEntries([...bench.samples].map(([k, m]) => [k, Object.fromEntries(m)])),
+    failures: bench.failures,
+    memory,
+    peaks: [...peaks],
+    twemproxyMissing,
+    profiles,
+    seconds: (Date.now() - startedAt) / 1000,
+    loadEnd: os.loadavg(),
+  };
+  if (opts.json !== undefined) fs.writeFileSync(opts.json, JSON.stringify(record, null, 2));
+  process.stdout.write(render(record));
+  return bench.failures.length > 0 ? 1 : 0;
+}
+
+/** Everything a run produced; --json writes it, --from-json renders it again. */
+interface RunRecord {
+  header: string;
+  command: string;
+  opts: Options;
+  labels: string[];
+  samples: Record<string, Record<string, Sample[]>>;
+  failures: string[];
+  memory: IdleMemory[];
+  peaks: [string, number][];
+  twemproxyMissing: string | undefined;
+  profiles: string[];
+  seconds: number;
+  loadEnd: number[];
+}
+
+function render(r: RunRecord): string {
+  const opts = r.opts;
+  const bench = new Bench(opts);
+  for (const [key, byTarget] of Object.entries(r.samples)) {
+    bench.samples.set(key, new Map(Object.entries(byTarget)));
+  }
   const out: string[] = [];
-  out.push("## gears-proxy pass-through benchmark", "", "```", header, `command: ${command}`, "```", "");
+  out.push("## gears-proxy pass-through benchmark", "", "```", r.header, `command: ${r.command}`, "```", "");
   out.push(
     `redis-benchmark -c ${opts.clients} -r ${opts.keyspace}, -n sized for ~${opts.seconds} s per measurement; ` +
-      `median of ${opts.rounds} alternating round(s); latencies in ms.`,
+      `median of ${opts.rounds} alternating round(s); latencies in ms; CPU µs/req is the proxy process' ` +
+      "user+system time per request.",
     "",
   );
   const verdicts: Verdict[] = [];
-  if (opts.standalone && labels.length > 0) {
-    const r = standaloneReport(bench, opts, labels);
-    out.push("### Standalone (one redis-server)", "", r.text, "");
-    verdicts.push(...r.verdicts);
+  if (opts.standalone && r.labels.length > 0) {
+    const rep = standaloneReport(bench, opts, r.labels);
+    out.push("### Standalone (one redis-server)", "", rep.text, "");
+    verdicts.push(...rep.verdicts);
   }
-  if (
-    opts.cluster &&
-    bench.samples.size > 0 &&
-    [...bench.samples.keys()].some((k) => k.startsWith("cluster"))
-  ) {
-    const r = clusterReport(bench, opts);
-    out.push("### Cluster (3 masters)", "", r.text, "");
-    verdicts.push(...r.verdicts);
+  if (opts.cluster && [...bench.samples.keys()].some((k) => k.startsWith("cluster"))) {
+    const rep = clusterReport(bench, opts);
+    out.push("### Cluster (3 masters)", "", rep.text, "");
+    verdicts.push(...rep.verdicts);
   }
-  const memRows = memory.map((m) => [
+  const memRows = r.memory.map((m) => [
     m.target,
     m.phase === "fresh" ? "just started" : "after the warm-up load",
     mb(m.beforeKb),
     `${mb(m.idleKb)} (${m.clients} clients)`,
   ]);
-  const peakRows = [...peaks.entries()].map(([k, kb]) => [k, mb(kb)]);
+  const peakRows = r.peaks.map(([k, kb]) => [k, mb(kb)]);
   if (memRows.length > 0 || peakRows.length > 0) {
     out.push("### Memory (RSS)", "");
     if (memRows.length > 0)
       out.push(table(["process", "when", "RSS before", "RSS with idle clients"], memRows), "");
     if (peakRows.length > 0)
       out.push(table(["process / load", "peak RSS during the measurements"], peakRows), "");
-    const gearsIdle = memory.filter((m) => m.target === "gears-proxy").sort((x, y) => y.idleKb - x.idleKb)[0];
+    const gearsIdle = r.memory
+      .filter((m) => m.target === "gears-proxy")
+      .sort((x, y) => y.idleKb - x.idleKb)[0];
     if (gearsIdle !== undefined) {
+      const worst = gearsIdle.idleKb / 1024;
+      const met = worst < 150;
       verdicts.push({
-        target: `gears RSS with ${gearsIdle.clients} idle clients < 150 MB`,
+        target: `gears RSS with ${gearsIdle.clients} idle clients < 150 MB (highest of fresh/warm)`,
         rows: 1,
-        worst: gearsIdle.idleKb / 1024,
-        geomean: gearsIdle.idleKb / 1024,
-        met: gearsIdle.idleKb / 1024 < 150,
+        worst,
+        geomean: worst,
+        missing: met ? 0 : 1,
+        met,
       });
     }
   }
@@ -1041,46 +1210,30 @@ async function main(): Promise<number> {
     out.push("### Targets", "");
     out.push(
       table(
-        ["target", "rows", "worst row", "geomean", "met"],
-        verdicts.map((v) => [
-          v.target,
-          String(v.rows),
-          v.target.includes("RSS") ? `${v.worst.toFixed(1)} MB` : fmtRatio(v.worst),
-          v.target.includes("RSS") ? "" : fmtRatio(v.geomean),
-          v.met ? "met" : "MISSED",
-        ]),
+        ["target", "geomean", "worst row", "verdict"],
+        verdicts.map((v) => {
+          const rss = v.target.includes("RSS");
+          return [
+            v.target,
+            rss ? `${v.geomean.toFixed(1)} MB` : fmtRatio(v.geomean),
+            rss ? "" : fmtRatio(v.worst),
+            verdictText(v),
+          ];
+        }),
       ),
       "",
     );
   }
-  if (twemproxyMissing !== undefined) out.push(`Note: twemproxy column skipped: ${twemproxyMissing}`, "");
-  if (bench.failures.length > 0) {
-    out.push("### Failed measurements", "", ...bench.failures.map((f) => `- ${f.split("\n")[0]}`), "");
+  if (r.twemproxyMissing) out.push(`Note: twemproxy column skipped: ${r.twemproxyMissing}`, "");
+  if (r.failures.length > 0) {
+    out.push("### Failed measurements", "", ...r.failures.map((f) => `- ${f.split("\n")[0]}`), "");
   }
-  if (opts.profileDir !== undefined) {
-    const files = fs
-      .readdirSync(opts.profileDir)
-      .filter((f) => f.endsWith(".cpuprofile") && !profilesBefore.has(f))
-      .map((f) => path.join(opts.profileDir!, f));
-    for (const f of files) out.push("### CPU profile", "", summarizeProfile(f), "");
-  }
+  for (const p of r.profiles) out.push("### CPU profile", "", p, "");
   out.push(
-    `total time: ${((Date.now() - startedAt) / 1000).toFixed(0)} s; load average at the end: ${os
-      .loadavg()
-      .map((l) => l.toFixed(2))
-      .join(" ")} (other processes on the machine add noise)`,
+    `total time: ${r.seconds.toFixed(0)} s; load average at the end: ` +
+      `${r.loadEnd.map((l) => l.toFixed(2)).join(" ")} (other processes on the machine add noise)`,
   );
-  process.stdout.write(`${out.join("\n")}\n`);
-  if (opts.json !== undefined) {
-    const raw = Object.fromEntries(
-      [...bench.samples].map(([k, m]) => [k, Object.fromEntries(m)] as [string, Record<string, Sample[]>]),
-    );
-    fs.writeFileSync(
-      opts.json,
-      JSON.stringify({ header, command, opts, raw, memory, peaks: [...peaks] }, null, 2),
-    );
-  }
-  return bench.failures.length > 0 ? 1 : 0;
+  return `${out.join("\n")}\n`;
 }
 
 let interrupted = false;

@@ -4,21 +4,34 @@ export type Arg = Buffer | string | number;
 
 const CRLF = "\r\n";
 
-/** Encodes a command as a RESP array of bulk strings. */
+/** Encodes a command as a RESP array of bulk strings, sized first and written into one buffer. */
 export function encodeCommand(argv: readonly Arg[]): Buffer {
-  const parts: Buffer[] = [Buffer.from(`*${argv.length}\r\n`)];
-  let small = "";
-  for (const arg of argv) {
-    if (Buffer.isBuffer(arg)) {
-      parts.push(Buffer.from(`${small}$${arg.length}\r\n`), arg, Buffer.from(CRLF));
-      small = "";
-    } else {
-      const s = String(arg);
-      small += `$${Buffer.byteLength(s)}\r\n${s}\r\n`;
-    }
+  const args: Buffer[] = new Array<Buffer>(argv.length);
+  let size = 1 + decimalLength(argv.length) + 2;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const b = Buffer.isBuffer(a) ? a : Buffer.from(String(a));
+    args[i] = b;
+    size += 1 + decimalLength(b.length) + 2 + b.length + 2;
   }
-  if (small) parts.push(Buffer.from(small));
-  return Buffer.concat(parts);
+  const out = Buffer.allocUnsafe(size);
+  let at = out.write(`*${argv.length}\r\n`, 0, "latin1");
+  for (const b of args) {
+    at += out.write(`$${b.length}\r\n`, at, "latin1");
+    at += b.copy(out, at);
+    out[at++] = 13;
+    out[at++] = 10;
+  }
+  return out;
+}
+
+function decimalLength(n: number): number {
+  let digits = 1;
+  while (n >= 10) {
+    n = Math.floor(n / 10);
+    digits++;
+  }
+  return digits;
 }
 
 export const OK = Buffer.from("+OK\r\n");

@@ -22,6 +22,16 @@ export interface CommandInfo {
   specs: KeySpec[];
   /** Container commands (OBJECT, XINFO...): their subcommands by lower-case name. */
   subcommands: Map<string, CommandInfo>;
+  /** The one key's position when it is that simple (GET, SET, HSET...): the router's fast path. */
+  singleKey: number | null;
+}
+
+/** A command whose only key is at a fixed index (one spec: index N, range with lastkey 0). */
+function singleKeyIndex(specs: KeySpec[]): number | null {
+  if (specs.length !== 1) return null;
+  const { begin, find } = specs[0];
+  if (begin.type !== "index" || find.type !== "range" || find.lastKey !== 0) return null;
+  return begin.index;
 }
 
 function str(v: RespValue | undefined): string {
@@ -94,6 +104,7 @@ function parseCommand(raw: RespValue): CommandInfo | null {
     step: num(raw[5]),
     specs,
     subcommands,
+    singleKey: subcommands.size === 0 ? singleKeyIndex(specs) : null,
   };
 }
 
@@ -116,6 +127,11 @@ export class CommandTable {
     return this.commands.size;
   }
 
+  /** The fixed index of the command's only key, when it has exactly one there (else null). */
+  singleKey(name: string): number | null {
+    return this.commands.get(name)?.singleKey ?? null;
+  }
+
   /** The entry for argv (the subcommand's, for container commands); undefined if unknown. */
   lookup(name: string, argv: readonly Buffer[]): CommandInfo | undefined {
     const info = this.commands.get(name);
@@ -127,6 +143,7 @@ export class CommandTable {
   keyIndexes(name: string, argv: readonly Buffer[]): number[] {
     const info = this.lookup(name, argv);
     if (info === undefined) return [];
+    if (info.singleKey !== null) return info.singleKey < argv.length ? [info.singleKey] : [];
     if (info.specs.length === 0) return legacyKeys(info, argv.length);
     const keys: number[] = [];
     for (const spec of info.specs) {

@@ -45,7 +45,8 @@ export class RedirectingSink implements ReplySink {
   private node!: UpstreamNode;
   private redirects = 0;
   private retries = 0;
-  private readonly deadline: number;
+  /** Set at the first retry: most commands never need one, and Date.now() is not free. */
+  private deadline = 0;
   private scriptLoaded = false;
 
   constructor(
@@ -56,9 +57,7 @@ export class RedirectingSink implements ReplySink {
     private readonly affinity: number,
     /** The slot the command's keys hash to; -1 when it has no keys. */
     private readonly slot: number,
-  ) {
-    this.deadline = Date.now() + ctx.retryTimeoutMs;
-  }
+  ) {}
 
   send(node: UpstreamNode): void {
     this.node = node;
@@ -110,6 +109,7 @@ export class RedirectingSink implements ReplySink {
 
   private retryLater(refresh: boolean): boolean {
     const now = Date.now();
+    if (this.deadline === 0) this.deadline = now + this.ctx.retryTimeoutMs;
     if (now >= this.deadline) return false;
     if (refresh) this.ctx.topology.scheduleRefresh();
     const delay = Math.min(50 * 2 ** Math.min(this.retries++, 4), this.deadline - now);

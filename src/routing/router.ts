@@ -91,6 +91,8 @@ export class Router implements ClusterSender {
   /** The slot all keys of argv hash to, NO_KEYS, or CROSS_SLOT. */
   slotOf(name: string, argv: readonly Buffer[]): number {
     if (this.commands === null) return NO_KEYS;
+    const single = this.commands.singleKey(name);
+    if (single !== null) return single < argv.length ? calculateSlot(argv[single]) : NO_KEYS;
     const indexes = this.commands.keyIndexes(name, argv);
     let slot = NO_KEYS;
     for (const i of indexes) {
