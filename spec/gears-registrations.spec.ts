@@ -195,6 +195,18 @@ for (const mode of BACKEND_MODES) {
     /** The master connection owning each slot. */
     let slotOwner: Redis[] = [];
     const clients: Redis[] = [];
+    /**
+     * Unhandled promise rejections while this suite runs (the proxy runs in this process).
+     * Mocha swallows them, but they end a real proxy process (Node's default).
+     */
+    const rejections: { test: string; reason: string }[] = [];
+    let currentTest = "";
+    const onRejection = (reason: unknown): void => {
+      rejections.push({
+        test: currentTest,
+        reason: reason instanceof Error ? reason.message : String(reason),
+      });
+    };
 
     function client(): Redis {
       const c = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
@@ -234,6 +246,7 @@ for (const mode of BACKEND_MODES) {
 
     before(async function () {
       this.timeout(90_000);
+      process.on("unhandledRejection", onRejection);
       backend = await Backend.start(mode);
       proxy = await startProxy([{ port: backend.seed.port }]);
       io = client();
@@ -255,6 +268,10 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    beforeEach(function () {
+      currentTest = this.currentTest?.title ?? "";
+    });
+
     afterEach(async () => {
       // Every test starts with no registration and the default time limit.
       for (const r of await registrations(io)) expect(await io.call("RG.UNREGISTER", r.id)).to.equal("OK");
@@ -263,6 +280,7 @@ for (const mode of BACKEND_MODES) {
     });
 
     after(async () => {
+      process.off("unhandledRejection", onRejection);
       for (const c of [...clients, ...masters]) c.disconnect();
       await proxy?.close();
       await backend?.stop();
@@ -270,58 +288,84 @@ for (const mode of BACKEND_MODES) {
 
     it("keeps a set of all keys: 10,000 SETs through the proxy and 1,000 written to the shards directly", async function () {
       this.timeout(90_000);
-      expect(await execute(io, ALL_KEYS)).to.equal("OK");
-      const regs = await registrations(io);
-      expect(regs).to.have.length(1);
-      const reg = regs[0];
-      expect(reg.id).to.match(REG_ID);
-      expect(reg.reader).to.equal("KeysReader");
-      expect(reg.stats.mode).to.equal("async");
+      // A proxy of its own, closed at the end: whatever work this registration leaves behind
+      // in a proxy goes away with it.
+      const own = await startProxy([{ port: backend.seed.port }]);
+      const c = new Redis({ port: own.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+      try {
+        expect(await execute(c, ALL_KEYS)).to.equal("OK");
+        const regs = await registrations(c);
+        expect(regs).to.have.length(1);
+        const reg = regs[0];
+        expect(reg.id).to.match(REG_ID);
+        expect(reg.reader).to.equal("KeysReader");
+        expect(reg.stats.mode).to.equal("async");
 
-      const viaProxy = Array.from({ length: 10_000 }, (_, i) => `ak:p:${i}`);
-      const viaShards = Array.from({ length: 1_000 }, (_, i) => `ak:d:${i}`);
-      for (let i = 0; i < viaProxy.length; i += 1000) {
-        const p = io.pipeline();
-        for (const key of viaProxy.slice(i, i + 1000)) p.set(key, "v");
-        for (const [err, reply] of (await p.exec()) ?? []) {
-          expect(err).to.equal(null);
-          expect(reply).to.equal("OK");
+        const viaProxy = Array.from({ length: 10_000 }, (_, i) => `ak:p:${i}`);
+        const viaShards = Array.from({ length: 1_000 }, (_, i) => `ak:d:${i}`);
+        for (let i = 0; i < viaProxy.length; i += 1000) {
+          const p = c.pipeline();
+          for (const key of viaProxy.slice(i, i + 1000)) p.set(key, "v");
+          for (const [err, reply] of (await p.exec()) ?? []) {
+            expect(err).to.equal(null);
+            expect(reply).to.equal("OK");
+          }
         }
+        const byOwner = new Map<Redis, string[]>();
+        for (const key of viaShards) byOwner.set(ownerOf(key), [...(byOwner.get(ownerOf(key)) ?? []), key]);
+        expect(byOwner.size, "the direct writes reach every master").to.equal(masters.length);
+        await Promise.all(
+          [...byOwner].map(async ([conn, keys]) => {
+            const p = conn.pipeline();
+            for (const key of keys) p.set(key, "d");
+            for (const [err] of (await p.exec()) ?? []) expect(err).to.equal(null);
+          }),
+        );
+
+        const expected = [...viaProxy, ...viaShards];
+        await eventually(
+          () => c.scard("all_keys"),
+          (n) => n >= expected.length,
+          "SCARD all_keys reaches 11,000",
+          45_000,
+        );
+        expect((await c.smembers("all_keys")).sort()).to.deep.equal([...expected].sort());
+
+        // The handler's own SADDs are events too (filtered out by the pipeline). A key written
+        // now on all_keys' shard comes after all of them: once it is in the set, the
+        // registration has caught up with every event.
+        const sentinel = "{all_keys}:sentinel";
+        expect(await c.set(sentinel, "v")).to.equal("OK");
+        await eventually(
+          () => c.sismember("all_keys", sentinel),
+          (n) => n === 1,
+          "the registration catches up with the events of its own SADDs",
+          15_000,
+        );
+        expect((await c.smembers("all_keys")).sort()).to.deep.equal([...expected, sentinel].sort());
+
+        // Counters: every event counts once (RedisGears 1.x: "each event increments numTriggered"):
+        // 11,001 SETs, plus the handler's own SADDs on all_keys (filtered out, but triggered).
+        const st = await stable(() => statsOf(c, reg.id), "registration counters");
+        expect(st.numFailures, `lastError ${st.lastError}`).to.equal(0);
+        expect(st.numAborted).to.equal(0);
+        expect(st.lastError).to.equal(null);
+        expect(st.numSuccess).to.equal(st.numTriggered);
+        expect(st.totalRunDurationMS).to.be.at.least(st.lastRunDurationMS);
+        expect(st.numTriggered, "numTriggered counts the events").to.be.within(
+          expected.length + 1,
+          2 * (expected.length + 1),
+        );
+      } finally {
+        // Best effort, so that no stored session outlives this proxy; bounded in case it is busy.
+        const regs = await registrations(c).catch(() => []);
+        await Promise.race([
+          Promise.all(regs.map((r) => c.call("RG.UNREGISTER", r.id).catch(() => null))),
+          sleep(5_000),
+        ]);
+        c.disconnect();
+        await own.close();
       }
-      const byOwner = new Map<Redis, string[]>();
-      for (const key of viaShards) byOwner.set(ownerOf(key), [...(byOwner.get(ownerOf(key)) ?? []), key]);
-      expect(byOwner.size, "the direct writes reach every master").to.equal(masters.length);
-      await Promise.all(
-        [...byOwner].map(async ([conn, keys]) => {
-          const p = conn.pipeline();
-          for (const key of keys) p.set(key, "d");
-          for (const [err] of (await p.exec()) ?? []) expect(err).to.equal(null);
-        }),
-      );
-
-      const expected = [...viaProxy, ...viaShards].sort();
-      await eventually(
-        () => io.scard("all_keys"),
-        (n) => n >= expected.length,
-        "SCARD all_keys reaches 11,000",
-        45_000,
-      );
-      const members = (await io.smembers("all_keys")).sort();
-      expect(members.length).to.equal(expected.length);
-      expect(members).to.deep.equal(expected);
-
-      // Counters: every event counts once (RedisGears 1.x: "each event increments numTriggered"):
-      // 11,000 SETs, plus the handler's own SADDs on all_keys (filtered out, but triggered).
-      const st = await stable(() => statsOf(io, reg.id), "registration counters");
-      expect(st.numFailures, `lastError ${st.lastError}`).to.equal(0);
-      expect(st.numAborted).to.equal(0);
-      expect(st.lastError).to.equal(null);
-      expect(st.numSuccess).to.equal(st.numTriggered);
-      expect(st.numTriggered, "numTriggered counts the events").to.be.within(
-        expected.length,
-        2 * expected.length,
-      );
-      expect(st.totalRunDurationMS).to.be.at.least(st.lastRunDurationMS);
     });
 
     it("KeysReader filters: prefix (glob and exact key), eventTypes, keyTypes, readValue: false; records {key, value, type, event}", async () => {
@@ -474,6 +518,37 @@ for (const mode of BACKEND_MODES) {
         () => io.get("alive-count"),
         (v) => v === "21",
         "the other session goes on",
+      );
+    });
+
+    it("a batch whose key reads fail on the shard (TYPE refused by ACL) is a failure; the proxy and the registration go on", async () => {
+      const script = "GB().foreach(x => execute('INCR', 'acl-count')).register('acl:*')";
+      expect(await execute(io, script, "ID", "aclfail")).to.equal("OK");
+      const reg = await onlyRegistrationOf(io, "aclfail");
+      const shard = ownerOf("acl:1");
+      expect(await shard.call("ACL", "SETUSER", "default", "-type")).to.equal("OK");
+      try {
+        const before = rejections.length;
+        await io.set("acl:1", "v");
+        const seen = await eventually(
+          async () => ({ stats: await statsOf(io, reg.id), unhandled: rejections.slice(before) }),
+          (v) => v.stats.numFailures >= 1 || v.unhandled.length > 0,
+          "the failed read counts as a failure",
+        );
+        expect(seen.unhandled, "unhandled promise rejections (a proxy process dies of them)").to.deep.equal(
+          [],
+        );
+        expect(seen.stats.lastError)
+          .to.be.a("string")
+          .and.to.match(/NOPERM|type/i);
+      } finally {
+        expect(await shard.call("ACL", "SETUSER", "default", "+type")).to.equal("OK");
+      }
+      await io.set("acl:2", "v");
+      await eventually(
+        () => io.get("acl-count"),
+        (v) => v === "1",
+        "the next event is handled",
       );
     });
 
@@ -743,6 +818,10 @@ for (const mode of BACKEND_MODES) {
       });
 
       it("RG.TRIGGERONKEY runs where the key lives (execute('DBSIZE') is that shard's DBSIZE)", async () => {
+        // Registered first: registering may write (the proxy persists sessions in Redis).
+        const script =
+          "GB('CommandReader').map(x => x[1] + '=' + execute('DBSIZE')).register({trigger: 'where'})";
+        expect(await execute(io, script, "ID", "trg-where")).to.equal("OK");
         // Give the masters distinct DBSIZEs, written directly, so the shard that answered shows.
         const sizes = async (): Promise<number[]> => Promise.all(masters.map((m) => m.dbsize()));
         let n = 0;
@@ -763,9 +842,6 @@ for (const mode of BACKEND_MODES) {
           for (let i = 0; ; i++) if (ownerOf(`where:${i}`) === m) return `where:${i}`;
         });
 
-        const script =
-          "GB('CommandReader').map(x => x[1] + '=' + execute('DBSIZE')).register({trigger: 'where'})";
-        expect(await execute(io, script, "ID", "trg-where")).to.equal("OK");
         for (let i = 0; i < masters.length; i++) {
           expect(await io.call("RG.TRIGGERONKEY", "where", keys[i]), `key ${keys[i]}`).to.deep.equal([
             `${keys[i]}=${dbsizes[i]}`,
@@ -807,6 +883,13 @@ for (const mode of BACKEND_MODES) {
             String(Math.floor(i / 7) + 1),
           );
         }
+      });
+    });
+
+    describe("afterwards", () => {
+      // Last: Mocha runs a suite's own tests before its nested suites.
+      it("no unhandled promise rejection came out of the proxy during these tests", () => {
+        expect(rejections).to.deep.equal([]);
       });
     });
   });

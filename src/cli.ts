@@ -174,6 +174,10 @@ function onSignals(running: Running): void {
   };
   process.on("SIGINT", handler);
   process.on("SIGTERM", handler);
+  // One failed background task (an event batch, a timer) must not take every client down.
+  process.on("unhandledRejection", (reason: unknown) => {
+    running.log.error({ err: errorMessage(reason) }, "unhandled rejection");
+  });
 }
 
 async function start(running: Running, config: ProxyConfig): Promise<void> {

@@ -5,6 +5,12 @@ import { encodeResults } from "./json-values.js";
 import type { Partitions } from "./partitions.js";
 import { READERS, type ReadContext } from "./readers.js";
 
+/** Records for one partition; with `values`, records carry `valueRef` (an index) instead of a value. */
+export interface PackedRecords {
+  records: JsonValue[];
+  values: JsonValue[] | null;
+}
+
 export type ExecutionStatus = "created" | "running" | "done" | "aborted";
 
 /**
@@ -33,7 +39,7 @@ export class Execution {
     private readonly actionIndex: number,
     readonly partitions: Partitions,
     /** Records given by an event, by partition, instead of the action's reader. */
-    private readonly input: Map<number, JsonValue[]> | null = null,
+    private readonly input: Map<number, PackedRecords> | null = null,
     /** A registration's execution runs in its session's isolate, which outlives it. */
     private readonly ownsIsolate = true,
   ) {
@@ -96,10 +102,10 @@ export class Execution {
 
   private async readPartition(partition: number, execId: JsonValue): Promise<void> {
     if (this.input !== null) {
-      const records = this.input.get(partition);
-      if (records !== undefined && records.length > 0) {
-        this.recordsRead += records.length;
-        await this.feed(execId, partition, records);
+      const packed = this.input.get(partition);
+      if (packed !== undefined && packed.records.length > 0) {
+        this.recordsRead += packed.records.length;
+        await this.feed(execId, partition, packed.records, packed.values);
       }
       this.partitionsDone++;
       return;
@@ -132,11 +138,17 @@ export class Execution {
    * Feeds a batch, in as many guest entries as it takes: each entry stops starting records
    * after half the time limit, so the limit applies to one step call, not to a whole batch.
    */
-  private async feed(execId: JsonValue, partition: number, records: JsonValue[]): Promise<void> {
+  private async feed(
+    execId: JsonValue,
+    partition: number,
+    records: JsonValue[],
+    values: JsonValue[] | null = null,
+  ): Promise<void> {
     const budget = Math.max(1, Math.floor(this.isolate.limits.timeoutMs / 2));
     let rest = records;
     while (rest.length > 0 && !this.abortRequested) {
-      const taken = Number(await this.isolate.call("__gears.feed", [execId, partition, rest, budget]));
+      const batch: JsonValue = values === null ? rest : { records: rest, values };
+      const taken = Number(await this.isolate.call("__gears.feed", [execId, partition, batch, budget]));
       rest = taken >= rest.length ? [] : rest.slice(Math.max(1, taken));
     }
   }

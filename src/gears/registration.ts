@@ -19,15 +19,22 @@ export class RegistrationStats {
   totalRunDurationMS = 0;
   lastError: string | null = null;
 
-  record(durationMs: number, errors: string[], aborted: boolean): void {
-    this.numTriggered++;
+  /**
+   * One execution over `events` events (a batch): as in RedisGears, where each event ran on
+   * its own, every event of the batch counts as triggered and shares the batch's outcome.
+   */
+  record(durationMs: number, errors: string[], aborted: boolean, events = 1): void {
+    this.numTriggered += events;
     this.lastRunDurationMS = durationMs;
     this.totalRunDurationMS += durationMs;
-    if (aborted) this.numAborted++;
+    if (aborted) this.numAborted += events;
     else if (errors.length > 0) {
-      this.numFailures++;
+      this.numFailures += events;
       this.lastError = errors[0];
-    } else this.numSuccess++;
+    } else {
+      this.numSuccess += events;
+      this.lastError = null;
+    }
   }
 
   get avgRunDurationMS(): string {

@@ -1,7 +1,7 @@
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
 import type { JsonValue } from "../sandbox/types.js";
-import { Execution } from "./execution.js";
+import { Execution, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
 import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
@@ -146,6 +146,11 @@ export class RegistrationRegistry {
 
   /** Keyspace events from the shards: queue them on the registrations they match. */
   dispatch(events: QueuedKeyEvent[]): void {
+    // The proxy's own keys ({gears-proxy}:...) are not the users' data.
+    events = events.filter(
+      (e) => !(e.key[0] === 123 && e.key.subarray(0, 13).toString() === "{gears-proxy}"),
+    );
+    if (events.length === 0) return;
     for (const session of this.sessions.values()) {
       for (const registration of session.registrations) {
         let queued = false;
@@ -179,35 +184,70 @@ export class RegistrationRegistry {
     registration: Registration,
     events: QueuedKeyEvent[],
   ): Promise<void> {
-    const partitions = new Partitions(this.router);
+    const started = Date.now();
+    try {
+      const partitions = new Partitions(this.router);
+      const input = await this.recordsOf(registration, partitions, events);
+      if (input.size > 0) await this.runExecution(session, registration, partitions, input, events.length);
+    } catch (err) {
+      // Reading the keys failed (NOPERM, a lost shard...): the batch counts as one failure.
+      const message = err instanceof Error ? err.message : String(err);
+      registration.stats.record(Date.now() - started, [message], false, events.length);
+      this.log.warn(
+        { registration: registration.id, err: message },
+        "could not read the keys of an event batch",
+      );
+    }
+  }
+
+  /**
+   * The records of a batch of events, by partition. Each distinct key is read once per
+   * batch, however many events it had: a hot key (a set the handler itself grows) costs
+   * one read per batch, not one per event.
+   */
+  private async recordsOf(
+    registration: Registration,
+    partitions: Partitions,
+    events: QueuedKeyEvent[],
+  ): Promise<Map<number, PackedRecords>> {
     const masters = this.router.topology.masters();
-    const input = new Map<number, JsonValue[]>();
     const byShard = new Map<string, QueuedKeyEvent[]>();
     for (const e of events) {
       const list = byShard.get(e.shard) ?? [];
       list.push(e);
       byShard.set(e.shard, list);
     }
+    const input = new Map<number, PackedRecords>();
     for (const [shard, list] of byShard) {
       const partition = Math.max(
         0,
         masters.findIndex((m) => m.id === shard),
       );
-      const records = await keyRecords(
-        partitions.shard(partition),
-        list.map((e) => e.key),
-        registration.readValue,
-      );
-      const kept = records
-        .map((r, i): Record<string, JsonValue> => ({
-          ...(r as Record<string, JsonValue>),
-          event: list[i].event,
-        }))
-        .filter((r) => !registration.readValue || registration.matchesKeyType(String(r.type)));
-      if (kept.length > 0) input.set(partition, [...(input.get(partition) ?? []), ...kept]);
+      const distinct = new Map<string, Buffer>();
+      for (const e of list) distinct.set(e.key.toString("latin1"), e.key);
+      const keys = [...distinct.values()];
+      const records = await keyRecords(partitions.shard(partition), keys, registration.readValue);
+      // Each distinct key's value is sent once; its events' records point at it.
+      const values: JsonValue[] = [];
+      const byKey = new Map<string, Record<string, JsonValue>>();
+      keys.forEach((k, i) => {
+        const record = { ...(records[i] as Record<string, JsonValue>) };
+        if ("value" in record) {
+          values.push(record.value);
+          delete record.value;
+          record.valueRef = values.length - 1;
+        }
+        byKey.set(k.toString("latin1"), record);
+      });
+      const kept: JsonValue[] = [];
+      for (const e of list) {
+        const record = byKey.get(e.key.toString("latin1"))!;
+        if (registration.readValue && !registration.matchesKeyType(String(record.type))) continue;
+        kept.push({ ...record, event: e.event });
+      }
+      if (kept.length > 0) input.set(partition, { records: kept, values });
     }
-    if (input.size === 0) return;
-    await this.runExecution(session, registration, partitions, input);
+    return input;
   }
 
   /** One execution of a registration's steps on given records; updates its counters. */
@@ -215,7 +255,8 @@ export class RegistrationRegistry {
     session: GearsSession,
     registration: Registration,
     partitions: Partitions,
-    input: Map<number, JsonValue[]>,
+    input: Map<number, PackedRecords>,
+    events = 1,
   ): Promise<Execution> {
     const execution = new Execution(
       this.executionId(),
@@ -229,7 +270,7 @@ export class RegistrationRegistry {
     this.executionCounter++;
     const started = Date.now();
     await execution.run();
-    registration.stats.record(Date.now() - started, execution.errors, execution.status === "aborted");
+    registration.stats.record(Date.now() - started, execution.errors, execution.status === "aborted", events);
     if (execution.errors.length > 0) {
       this.log.debug(
         { registration: registration.id, errors: execution.errors },
@@ -250,12 +291,8 @@ export class RegistrationRegistry {
     const previous = bridge.command;
     bridge.command = argv;
     try {
-      return await this.runExecution(
-        found.session,
-        found.registration,
-        partitions,
-        new Map([[partition, [argv]]]),
-      );
+      const input = new Map<number, PackedRecords>([[partition, { records: [argv], values: null }]]);
+      return await this.runExecution(found.session, found.registration, partitions, input);
     } finally {
       bridge.command = previous;
     }

@@ -1208,7 +1208,27 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
       const p = Number(partition);
       if (!(p >= 0 && p < ex.parts && Number.isInteger(p)))
         throw new RangeError(`no partition ${safeString(partition)}`);
-      const list: unknown = typeof records === "string" ? JSON.parse(records) : records;
+      let list: unknown = typeof records === "string" ? JSON.parse(records) : records;
+      if (list !== null && typeof list === "object" && !Array.isArray(list)) {
+        // {records, values}: records name their value by index, so a value that many
+        // records share (events on one key) crosses into the isolate once.
+        const packed = list as { records?: unknown; values?: unknown };
+        const values = Array.isArray(packed.values) ? packed.values : [];
+        list = packed.records;
+        if (Array.isArray(list)) {
+          for (const r of list) {
+            if (
+              r !== null &&
+              typeof r === "object" &&
+              typeof (r as { valueRef?: unknown }).valueRef === "number"
+            ) {
+              const rec = r as { valueRef?: number; value?: unknown };
+              rec.value = values[rec.valueRef!];
+              delete rec.valueRef;
+            }
+          }
+        }
+      }
       if (!Array.isArray(list)) throw new TypeError("records must be an array");
       const head = ex.head;
       const closed = ex.closed;
