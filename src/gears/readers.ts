@@ -72,8 +72,41 @@ const VALUE_READERS: Record<string, [(key: Buffer) => Arg[], (reply: RespValue) 
 };
 
 /**
- * KeysReader records for a batch of keys: every TYPE pipelined in one round trip, then
- * every value in a second one, so a batch costs two round trips whatever its size.
+ * Reads the type and whole value of every key given as ARGV, in one round trip and one
+ * reply. The keys come from SCAN on this very node, so they are local, but they span
+ * slots: hence the flags (no-writes also lets it run on a replica).
+ */
+const READ_KEYS_SCRIPT = `#!lua flags=no-writes,allow-cross-slot-keys
+local out = {}
+for i, k in ipairs(ARGV) do
+  local t = redis.call('TYPE', k)['ok']
+  local v = false
+  if t == 'string' then v = redis.call('GET', k)
+  elseif t == 'hash' then v = redis.call('HGETALL', k)
+  elseif t == 'list' then v = redis.call('LRANGE', k, 0, -1)
+  elseif t == 'set' then v = redis.call('SMEMBERS', k)
+  elseif t == 'zset' then v = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
+  elseif t == 'stream' then v = redis.call('XRANGE', k, '-', '+')
+  end
+  out[i] = {t, v}
+end
+return out`;
+
+function record(key: Buffer, rawType: string, value: RespValue): JsonValue {
+  const type = rawType === "none" ? "empty" : rawType;
+  const reader = VALUE_READERS[rawType];
+  return {
+    key: key.toString(),
+    value: type === "empty" || reader === undefined ? null : reader[1](value),
+    type,
+    event: null,
+  };
+}
+
+/**
+ * KeysReader records for a batch of keys. One server-side script reads every type and
+ * value in a single round trip; where scripts cannot run (a slot migrating, scripting
+ * disabled), every TYPE then every value is pipelined: two round trips per batch.
  */
 export async function keyRecords(
   shard: ShardAccess,
@@ -81,18 +114,21 @@ export async function keyRecords(
   readValue: boolean,
 ): Promise<JsonValue[]> {
   if (!readValue) return keys.map((k) => ({ key: k.toString(), event: null }));
+  const scripted = await shard.call(["EVAL", READ_KEYS_SCRIPT, 0, ...keys]).catch(() => null);
+  if (Array.isArray(scripted) && scripted.length === keys.length) {
+    return keys.map((k, i) => {
+      const [type, value] = scripted[i] as [RespValue, RespValue];
+      return record(k, text(type), value);
+    });
+  }
   const types = await Promise.all(keys.map((k) => shard.call(["TYPE", k]).then(text)));
   const values = await Promise.all(
     keys.map((k, i) => {
       const reader = VALUE_READERS[types[i]];
-      return reader === undefined ? null : shard.call(reader[0](k)).then(reader[1]);
+      return reader === undefined ? null : shard.call(reader[0](k));
     }),
   );
-  return keys.map((k, i) => {
-    const type = types[i] === "none" ? "empty" : types[i];
-    const value = type === "empty" ? null : values[i];
-    return { key: k.toString(), value, type, event: null };
-  });
+  return keys.map((k, i) => record(k, types[i], values[i]));
 }
 
 interface ScanOptions {
