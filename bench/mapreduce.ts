@@ -6,17 +6,32 @@
  * All three must give the counts computed while generating the data, or the bench fails.
  * See `--help`.
  */
-import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import calculateSlot from "cluster-key-slot";
 import { Redis } from "ioredis";
 import { startCluster, type RedisCluster } from "../spec/harness/cluster.js";
-import { freePort } from "../spec/harness/ports.js";
-import { sendCommand } from "../spec/harness/resp.js";
+import {
+  HOST,
+  PROXY_CLI,
+  children,
+  machineLines,
+  mb,
+  profileTimes,
+  rankProfile,
+  runBench,
+  sampleRss,
+  say,
+  sleep,
+  startGears,
+  statusKb,
+  stopChild,
+  table,
+  type Proxy,
+} from "./support.js";
 
 // ---- options -----------------------------------------------------------------------------
 
@@ -108,142 +123,6 @@ function parseOptions(argv: string[]): Options | null {
     proxyNodeArgs: (values["proxy-node-args"] ?? "").split(/\s+/).filter((a) => a !== ""),
     append: values.append,
     json: values.json,
-  };
-}
-
-// ---- processes -----------------------------------------------------------------------------
-
-const HOST = "127.0.0.1";
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-const PROXY_CLI = path.join(REPO, "dist", "src", "cli.js");
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** A child process we started, with a promise for its exit. */
-interface Child {
-  readonly name: string;
-  readonly proc: ChildProcess;
-  readonly pid: number;
-  readonly exited: Promise<void>;
-  done: boolean;
-  output: string;
-}
-
-const children = new Set<Child>();
-
-function startChild(name: string, cmd: string, args: string[]): Child {
-  const proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
-  const child: Child = {
-    name,
-    proc,
-    pid: proc.pid ?? -1,
-    done: false,
-    output: "",
-    exited: new Promise((resolve) => {
-      proc.once("exit", () => resolve());
-      proc.once("error", (err) => {
-        child.output += `\nspawn failed: ${err.message}`;
-        resolve();
-      });
-    }),
-  };
-  void child.exited.then(() => {
-    child.done = true;
-    children.delete(child);
-  });
-  const append = (chunk: Buffer): void => {
-    child.output = (child.output + chunk.toString()).slice(-256 * 1024);
-  };
-  proc.stdout?.on("data", append);
-  proc.stderr?.on("data", append);
-  children.add(child);
-  return child;
-}
-
-/** SIGTERM (SIGKILL after the grace period) and wait for the exit. */
-async function stopChild(child: Child, graceMs = 10_000): Promise<void> {
-  if (child.done) return;
-  try {
-    process.kill(child.pid, "SIGTERM");
-  } catch {
-    // already gone
-  }
-  const timer = setTimeout(() => {
-    try {
-      process.kill(child.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }, graceMs);
-  await child.exited;
-  clearTimeout(timer);
-}
-
-async function waitFor(what: string, check: () => Promise<boolean>, child: Child, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (child.done) throw new Error(`${what} exited before it was ready:\n${child.output}`);
-    if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs} ms:\n${child.output}`);
-    await sleep(50);
-  }
-}
-
-interface Proxy {
-  readonly child: Child;
-  readonly port: number;
-}
-
-async function startGears(upstreamPort: number, opts: Options): Promise<Proxy> {
-  const port = await freePort();
-  const profile = opts.profileDir !== undefined ? ["--cpu-prof", "--cpu-prof-dir", opts.profileDir] : [];
-  const args = [
-    ...profile,
-    ...opts.proxyNodeArgs,
-    PROXY_CLI,
-    "--port",
-    String(port),
-    "--upstream",
-    `${HOST}:${upstreamPort}`,
-    "--log-level",
-    "warn",
-    ...opts.proxyArgs,
-  ];
-  const child = startChild("gears-proxy", process.execPath, args);
-  // In front of a cluster, PING answers before the slot map is read; a keyed command does not.
-  const ready = async (): Promise<boolean> => {
-    try {
-      return (await sendCommand(port, ["SET", "bench:ready", "1"], { host: HOST, timeoutMs: 1000 })) === "OK";
-    } catch {
-      return false;
-    }
-  };
-  await waitFor("gears-proxy", ready, child);
-  return { child, port };
-}
-
-// ---- memory --------------------------------------------------------------------------------
-
-function statusKb(pid: number, field: "VmRSS" | "VmHWM"): number {
-  try {
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m ? Number(m[1]) : NaN;
-  } catch {
-    return NaN;
-  }
-}
-
-const mb = (kb: number): string => (Number.isNaN(kb) ? "n/a" : `${(kb / 1024).toFixed(1)} MB`);
-
-/** Samples a process' RSS every 50 ms until stopped; the stop function returns the peak in kB. */
-function sampleRss(pid: number): () => number {
-  let peak = statusKb(pid, "VmRSS");
-  const timer = setInterval(() => {
-    const now = statusKb(pid, "VmRSS");
-    if (!(now <= peak)) peak = now;
-  }, 50);
-  return () => {
-    clearInterval(timer);
-    const now = statusKb(pid, "VmRSS");
-    return Number.isNaN(peak) || now > peak ? now : peak;
   };
 }
 
@@ -397,91 +276,34 @@ function median(xs: number[]): number {
   return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
-function table(header: string[], rows: string[][]): string {
-  const line = (cells: string[]): string => `| ${cells.join(" | ")} |`;
-  return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
-}
-
-interface CpuProfileNode {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  children?: number[];
-}
-interface CpuProfile {
-  nodes: CpuProfileNode[];
-  samples: number[];
-  timeDeltas: number[];
-}
-
 /** The hottest functions of a .cpuprofile by self time, and by inclusive time for the proxy's code. */
 function summarizeProfile(file: string, top = 20): string {
-  const profile = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile;
-  const selfUs = new Map<number, number>();
-  profile.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
-  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-  const parent = new Map<number, number>();
-  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const total = [...selfUs.values()].reduce((a, b) => a + b, 0);
-  const name = (n: CpuProfileNode): string => {
-    const f = n.callFrame;
-    const url = f.url.replace(/^file:\/\//, "").replace(`${REPO}/`, "");
-    return `${f.functionName || "(anonymous)"} ${url ? `${url}:${f.lineNumber + 1}` : ""}`.trim();
-  };
-  const selfByName = new Map<string, number>();
-  const inclByName = new Map<string, number>();
-  for (const [id, us] of selfUs) {
-    const node = byId.get(id);
-    if (node === undefined) continue;
-    bump(selfByName, name(node), us);
-    const seen = new Set<string>();
-    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
-      const n = byId.get(cur);
-      if (n === undefined) break;
-      const key = name(n);
-      if (seen.has(key)) continue;
-      seen.add(key);
-      bump(inclByName, key, us);
-    }
-  }
+  const { total, selfByName, inclByName } = profileTimes(file);
   const idle = selfByName.get("(idle)") ?? 0;
   const pct = (us: number): string => `${((100 * us) / Math.max(1, total - idle)).toFixed(1)}%`;
-  const rank = (m: Map<string, number>, filter: (k: string) => boolean): string[][] =>
-    [...m.entries()]
-      .filter(([k]) => filter(k))
-      .sort((a, b) => b[1] - a[1])
-      .slice(0, top)
-      .map(([k, us]) => [pct(us), k]);
   return [
     `profile ${path.basename(file)}: ${(total / 1e6).toFixed(1)} s sampled, ${((total - idle) / 1e6).toFixed(1)} s not idle (percentages of the non-idle time)`,
     "",
     table(
       ["self", "function"],
-      rank(selfByName, (k) => !k.startsWith("(idle)")),
+      rankProfile(selfByName, (k) => !k.startsWith("(idle)"), top, pct),
     ),
     "",
     table(
       ["inclusive", "function (dist/src)"],
-      rank(inclByName, (k) => k.includes("dist/src/")),
+      rankProfile(inclByName, (k) => k.includes("dist/src/"), top, pct),
     ),
   ].join("\n");
 }
 
 function machine(): string {
-  const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
   let redis = "redis-server: unknown";
   try {
     redis = execFileSync("redis-server", ["--version"], { encoding: "utf8" }).trim();
   } catch {
     // reported as unknown
   }
-  return [
-    `date: ${new Date().toISOString()}; load average at start: ${os
-      .loadavg()
-      .map((l) => l.toFixed(2))
-      .join(" ")}`,
-    `machine: nproc ${os.availableParallelism()}, ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}`,
-    `node ${process.version}; ${redis}`,
-  ].join("\n");
+  return [...machineLines(), `node ${process.version}; ${redis}`].join("\n");
 }
 
 // ---- main ----------------------------------------------------------------------------------
@@ -498,15 +320,11 @@ let cleaning: Promise<void> | null = null;
 function cleanup(): Promise<void> {
   cleaning ??= (async () => {
     for (const c of stack.clients) c.disconnect();
-    if (stack.proxy !== undefined) await stopChild(stack.proxy.child);
-    await Promise.allSettled([...children].map((c) => stopChild(c)));
+    if (stack.proxy !== undefined) await stopChild(stack.proxy.child, 10_000);
+    await Promise.allSettled([...children].map((c) => stopChild(c, 10_000)));
     if (stack.cluster !== undefined) await stack.cluster.stop().catch(() => {});
   })();
   return cleaning;
-}
-
-function say(text: string): void {
-  process.stderr.write(`${text}\n`);
 }
 
 function client(port: number): Redis {
@@ -560,7 +378,12 @@ async function main(): Promise<number> {
     say(`loaded in ${run.loadSeconds.toFixed(1)} s (keys per master: ${run.perMaster.join(", ")})`);
 
     // proxy
-    const proxy = (stack.proxy = await startGears(seed.port, opts));
+    const proxy = (stack.proxy = await startGears(seed.port, {
+      profileDir: opts.profileDir,
+      nodeArgs: opts.proxyNodeArgs,
+      args: opts.proxyArgs,
+      readyWhen: "keyed",
+    }));
     const proxyClient = client(proxy.port);
     await proxyClient.connect();
     run.rssAfterLoadKb = statusKb(proxy.child.pid, "VmRSS");
@@ -615,7 +438,7 @@ async function main(): Promise<number> {
       const order = vs.map((_, k) => vs[(k + round) % vs.length]);
       for (const v of order) {
         await sleep(200);
-        const stopSampling = sampleRss(proxy.child.pid);
+        const stopSampling = sampleRss(proxy.child.pid, 50);
         const t0 = performance.now();
         const got = await runOnce(v);
         const ms = performance.now() - t0;
@@ -744,20 +567,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-let interrupted = false;
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.on(signal, () => {
-    if (interrupted) process.exit(130);
-    interrupted = true;
-    say(`\n${signal}: stopping every process started by the bench...`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
-
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    say(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
-    void cleanup().finally(() => process.exit(1));
-  },
-);
+runBench(main, cleanup);

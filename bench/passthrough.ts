@@ -5,17 +5,39 @@
  * proxy's RSS with idle clients and under load. Every figure is the median of alternating
  * rounds run side by side in this one invocation. See `--help`.
  */
-import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { startCluster, type RedisCluster } from "../spec/harness/cluster.js";
 import { freePort } from "../spec/harness/ports.js";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
-import { sendCommand, type RespValue } from "../spec/harness/resp.js";
+import type { RespValue } from "../spec/harness/resp.js";
+import {
+  HOST,
+  PROXY_CLI,
+  children,
+  machineLines,
+  mb,
+  ping,
+  profileTimes,
+  rankProfile,
+  run,
+  runBench,
+  sampleRss,
+  say,
+  sleep,
+  startChild,
+  startGears,
+  statusKb,
+  stopChild,
+  table,
+  waitFor,
+  which,
+  type Proxy,
+} from "./support.js";
 
 // ---- options -----------------------------------------------------------------------------
 
@@ -182,146 +204,19 @@ function parseOptions(argv: string[]): Options | null {
 
 // ---- processes -----------------------------------------------------------------------------
 
-const HOST = "127.0.0.1";
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-const PROXY_CLI = path.join(REPO, "dist", "src", "cli.js");
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** A child process we started, with a promise for its exit. */
-interface Child {
-  readonly name: string;
-  readonly proc: ChildProcess;
-  readonly pid: number;
-  readonly exited: Promise<void>;
-  done: boolean;
-  output: string;
-}
-
-const children = new Set<Child>();
-
-function startChild(name: string, cmd: string, args: string[], keepOutput = true): Child {
-  const proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
-  const child: Child = {
-    name,
-    proc,
-    pid: proc.pid ?? -1,
-    done: false,
-    output: "",
-    exited: new Promise((resolve) => {
-      proc.once("exit", () => resolve());
-      proc.once("error", (err) => {
-        child.output += `\nspawn failed: ${err.message}`;
-        resolve();
-      });
-    }),
-  };
-  void child.exited.then(() => {
-    child.done = true;
-    children.delete(child);
+function startGearsFor(
+  upstreamPort: number,
+  opts: Options,
+  cluster: boolean,
+  variant?: Variant,
+): Promise<Proxy> {
+  return startGears(upstreamPort, {
+    profileDir: opts.profileDir,
+    nodeArgs: variant?.nodeArgs ?? opts.proxyNodeArgs,
+    cli: variant?.cli,
+    args: variant?.args ?? opts.proxyArgs,
+    readyWhen: cluster ? "keyed" : "ping",
   });
-  const append = (chunk: Buffer): void => {
-    if (keepOutput) child.output = (child.output + chunk.toString()).slice(-256 * 1024);
-  };
-  proc.stdout?.on("data", append);
-  proc.stderr?.on("data", append);
-  children.add(child);
-  return child;
-}
-
-/** SIGTERM (SIGKILL after the grace period) and wait for the exit. */
-async function stopChild(child: Child, graceMs = 5000): Promise<void> {
-  if (child.done) return;
-  try {
-    process.kill(child.pid, "SIGTERM");
-  } catch {
-    // already gone
-  }
-  const timer = setTimeout(() => {
-    try {
-      process.kill(child.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }, graceMs);
-  await child.exited;
-  clearTimeout(timer);
-}
-
-/** Runs a command to completion; rejects on a non-zero exit or after timeoutMs. */
-async function run(name: string, cmd: string, args: string[], timeoutMs: number): Promise<string> {
-  const child = startChild(name, cmd, args);
-  let stdout = "";
-  child.proc.stdout?.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    void stopChild(child, 1000);
-  }, timeoutMs);
-  await child.exited;
-  clearTimeout(timer);
-  const code = child.proc.exitCode;
-  if (timedOut) throw new Error(`${name} timed out after ${timeoutMs} ms: ${child.output.slice(-2000)}`);
-  if (code !== 0) throw new Error(`${name} exited with ${code}: ${child.output.slice(-2000)}`);
-  return stdout;
-}
-
-async function ping(port: number): Promise<boolean> {
-  try {
-    return (await sendCommand(port, ["PING"], { host: HOST, timeoutMs: 1000 })) === "PONG";
-  } catch {
-    return false;
-  }
-}
-
-async function waitFor(what: string, check: () => Promise<boolean>, child: Child, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (child.done) throw new Error(`${what} exited before it was ready:\n${child.output}`);
-    if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs} ms:\n${child.output}`);
-    await sleep(50);
-  }
-}
-
-interface Proxy {
-  readonly child: Child;
-  readonly port: number;
-}
-
-async function startGears(upstreamPort: number, opts: Options, cluster: boolean, variant?: Variant) {
-  const port = await freePort();
-  const profile = opts.profileDir !== undefined ? ["--cpu-prof", "--cpu-prof-dir", opts.profileDir] : [];
-  const args = [
-    ...profile,
-    ...(variant?.nodeArgs ?? opts.proxyNodeArgs),
-    variant?.cli ?? PROXY_CLI,
-    "--port",
-    String(port),
-    "--upstream",
-    `${HOST}:${upstreamPort}`,
-    "--log-level",
-    "warn",
-    ...(variant?.args ?? opts.proxyArgs),
-  ];
-  const child = startChild("gears-proxy", process.execPath, args);
-  // In front of a cluster, PING answers before the slot map is read; a keyed command does not.
-  const ready = async (): Promise<boolean> => {
-    try {
-      return (await sendCommand(port, ["SET", "bench:ready", "1"], { host: HOST, timeoutMs: 1000 })) === "OK";
-    } catch {
-      return false;
-    }
-  };
-  await waitFor("gears-proxy", cluster ? ready : () => ping(port), child);
-  return { child, port } satisfies Proxy;
-}
-
-function which(cmd: string): boolean {
-  try {
-    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Makes sure nutcracker is installed; a reason when it is not and cannot be. */
@@ -376,15 +271,6 @@ async function startTwemproxy(upstreamPort: number, dir: string): Promise<Proxy>
 
 // ---- memory --------------------------------------------------------------------------------
 
-function statusKb(pid: number, field: "VmRSS" | "VmHWM"): number {
-  try {
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m ? Number(m[1]) : NaN;
-  } catch {
-    return NaN;
-  }
-}
-
 let clockTicks = 0;
 
 /** User + system CPU seconds a process has used so far (/proc/<pid>/stat utime + stime). */
@@ -404,22 +290,6 @@ function cpuSeconds(pid: number): number {
   } catch {
     return NaN;
   }
-}
-
-const mb = (kb: number): string => (Number.isNaN(kb) ? "n/a" : `${(kb / 1024).toFixed(1)} MB`);
-
-/** Samples a process' RSS every 100 ms until stopped; resolves the peak in kB. */
-function sampleRss(pid: number): () => number {
-  let peak = statusKb(pid, "VmRSS");
-  const timer = setInterval(() => {
-    const now = statusKb(pid, "VmRSS");
-    if (!(now <= peak)) peak = now;
-  }, 100);
-  return () => {
-    clearInterval(timer);
-    const now = statusKb(pid, "VmRSS");
-    return Number.isNaN(peak) || now > peak ? now : peak;
-  };
 }
 
 const PING_FRAME = Buffer.from("*1\r\n$4\r\nPING\r\n");
@@ -684,11 +554,6 @@ const TEST_LABEL: Record<TestName, string> = {
   mset: "MSET (10 keys)",
 };
 
-function table(header: string[], rows: string[][]): string {
-  const line = (cells: string[]): string => `| ${cells.join(" | ")} |`;
-  return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
-}
-
 function geomean(values: number[]): number {
   const ok = values.filter((v) => Number.isFinite(v) && v > 0);
   if (ok.length === 0) return NaN;
@@ -832,68 +697,23 @@ function clusterReport(bench: Bench, opts: Options): { text: string; verdicts: V
 
 // ---- cpu profiles --------------------------------------------------------------------------
 
-interface ProfileNode {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  hitCount?: number;
-  children?: number[];
-}
-interface CpuProfile {
-  nodes: ProfileNode[];
-  samples: number[];
-  timeDeltas: number[];
-}
-
 /** The hottest functions of a .cpuprofile by self time, and by inclusive time for the proxy's own code. */
 function summarizeProfile(file: string, top = 25): string {
-  const profile = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile;
-  const selfUs = new Map<number, number>();
-  profile.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
-  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-  const parent = new Map<number, number>();
-  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const total = [...selfUs.values()].reduce((a, b) => a + b, 0);
-  const name = (n: ProfileNode): string => {
-    const f = n.callFrame;
-    const url = f.url.replace(/^file:\/\//, "").replace(`${REPO}/`, "");
-    return `${f.functionName || "(anonymous)"} ${url ? `${url}:${f.lineNumber + 1}` : ""}`.trim();
-  };
-  const selfByName = new Map<string, number>();
-  const inclByName = new Map<string, number>();
-  for (const [id, us] of selfUs) {
-    const node = byId.get(id);
-    if (node === undefined) continue;
-    selfByName.set(name(node), (selfByName.get(name(node)) ?? 0) + us);
-    const seen = new Set<string>();
-    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
-      const n = byId.get(cur);
-      if (n === undefined) break;
-      const key = name(n);
-      if (seen.has(key)) continue;
-      seen.add(key);
-      inclByName.set(key, (inclByName.get(key) ?? 0) + us);
-    }
-  }
+  const { total, selfByName, inclByName } = profileTimes(file);
   const pct = (us: number): string => `${((100 * us) / total).toFixed(1)}%`;
-  const rank = (m: Map<string, number>, filter: (k: string) => boolean): string[][] =>
-    [...m.entries()]
-      .filter(([k]) => filter(k))
-      .sort((a, b) => b[1] - a[1])
-      .slice(0, top)
-      .map(([k, us]) => [pct(us), k]);
   return [
     `profile ${file}: ${(total / 1e6).toFixed(1)} s sampled`,
     "",
     "Self time:",
     table(
       ["self", "function"],
-      rank(selfByName, () => true),
+      rankProfile(selfByName, () => true, top, pct),
     ),
     "",
     "Inclusive time, proxy code (dist/src):",
     table(
       ["total", "function"],
-      rank(inclByName, (k) => k.includes("dist/src/")),
+      rankProfile(inclByName, (k) => k.includes("dist/src/"), top, pct),
     ),
   ].join("\n");
 }
@@ -901,7 +721,6 @@ function summarizeProfile(file: string, top = 25): string {
 // ---- main ----------------------------------------------------------------------------------
 
 function machine(): string {
-  const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
   const version = (cmd: string, args: string[]): string => {
     try {
       return execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
@@ -916,11 +735,7 @@ function machine(): string {
     nutcracker = r.split("\n")[0] ?? "unknown";
   }
   return [
-    `date: ${new Date().toISOString()}; load average at start: ${os
-      .loadavg()
-      .map((l) => l.toFixed(2))
-      .join(" ")}`,
-    `machine: nproc ${os.availableParallelism()}, ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}`,
+    ...machineLines(),
     `node ${process.version}; ${version("redis-server", ["--version"])}; ${version("redis-benchmark", ["--version"])}; ${nutcracker}`,
   ].join("\n");
 }
@@ -957,10 +772,6 @@ function cleanup(): Promise<void> {
   return cleaning;
 }
 
-function say(text: string): void {
-  process.stderr.write(`${text}\n`);
-}
-
 async function runStandalone(
   bench: Bench,
   opts: Options,
@@ -973,13 +784,13 @@ async function runStandalone(
   if (opts.targets.includes("direct")) targets.push({ label: "direct", port: redis.port });
   let gears: Proxy | undefined;
   if (opts.targets.includes("gears")) {
-    gears = await startGears(redis.port, opts, false);
+    gears = await startGearsFor(redis.port, opts, false);
     stack.proxies.push(gears);
     targets.push({ label: "gears", port: gears.port, pid: gears.child.pid });
   }
   let gearsB: Proxy | undefined;
   if (opts.variant !== undefined) {
-    gearsB = await startGears(redis.port, opts, false, opts.variant);
+    gearsB = await startGearsFor(redis.port, opts, false, opts.variant);
     stack.proxies.push(gearsB);
     targets.push({ label: "gears-b", port: gearsB.port, pid: gearsB.child.pid });
   }
@@ -1018,7 +829,7 @@ async function runStandalone(
         const c = all[i];
         const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
         for (const t of order) {
-          const stopSampling = t.pid !== undefined ? sampleRss(t.pid) : undefined;
+          const stopSampling = t.pid !== undefined ? sampleRss(t.pid, 100) : undefined;
           const s = await bench.measure(c, t.label, t.port, [], t.pid);
           if (stopSampling !== undefined) {
             const key = `${t.label} standalone P=${c.pipeline}`;
@@ -1037,7 +848,7 @@ async function runStandalone(
 async function runCluster(bench: Bench, opts: Options, peaks: Map<string, number>): Promise<void> {
   const cluster = (stack.cluster = await startCluster({ masters: 3 }));
   const seed = cluster.nodes[0];
-  const gears = await startGears(seed.port, opts, true);
+  const gears = await startGearsFor(seed.port, opts, true);
   stack.proxies.push(gears);
   say(`cluster: nodes ${cluster.nodes.map((n) => n.port).join(",")}, gears ${gears.port}`);
   const direct = ["--cluster"];
@@ -1046,7 +857,7 @@ async function runCluster(bench: Bench, opts: Options, peaks: Map<string, number
     { label: "gears", port: gears.port, extra: [], pid: gears.child.pid },
   ];
   if (opts.variant !== undefined) {
-    const b = await startGears(seed.port, opts, true, opts.variant);
+    const b = await startGearsFor(seed.port, opts, true, opts.variant);
     stack.proxies.push(b);
     targets.push({ label: "gears-b", port: b.port, extra: [], pid: b.child.pid });
   }
@@ -1063,7 +874,7 @@ async function runCluster(bench: Bench, opts: Options, peaks: Map<string, number
         const c = all[i];
         const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
         for (const t of order) {
-          const stopSampling = t.pid !== undefined ? sampleRss(t.pid) : undefined;
+          const stopSampling = t.pid !== undefined ? sampleRss(t.pid, 100) : undefined;
           const s = await bench.measure(c, t.label, t.port, t.extra, t.pid);
           if (stopSampling !== undefined) {
             const key = `${t.label} cluster P=${c.pipeline}`;
@@ -1236,20 +1047,4 @@ function render(r: RunRecord): string {
   return `${out.join("\n")}\n`;
 }
 
-let interrupted = false;
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.on(signal, () => {
-    if (interrupted) process.exit(130);
-    interrupted = true;
-    say(`\n${signal}: stopping every process started by the bench...`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
-
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    say(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
-    void cleanup().finally(() => process.exit(1));
-  },
-);
+runBench(main, cleanup);

@@ -2,6 +2,7 @@ import net from "node:net";
 import { expect } from "chai";
 import { Redis } from "ioredis";
 import { startRedis, startProxy, sendCommand, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { connectSocket } from "./support/raw-client.js";
 import { encodeCommand } from "./harness/resp.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -28,15 +29,8 @@ class RawClient {
     );
   }
 
-  static connect(port: number): Promise<RawClient> {
-    return new Promise((resolve, reject) => {
-      const socket = net.connect({ port, host: "127.0.0.1" });
-      socket.once("error", reject);
-      socket.once("connect", () => {
-        socket.off("error", reject);
-        resolve(new RawClient(socket));
-      });
-    });
+  static async connect(port: number): Promise<RawClient> {
+    return new RawClient(await connectSocket(port));
   }
 
   write(data: string | Buffer): void {

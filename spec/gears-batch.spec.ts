@@ -2,6 +2,7 @@ import { expect } from "chai";
 import { Redis, type RedisOptions } from "ioredis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES, Direct } from "./support/backend.js";
+import { asArray, connect, execAll, rejection, run, str, type Reply } from "./support/gears.js";
 
 /**
  * RG.EXECUTE batch executions against real redis-server, standalone and a 3-master cluster:
@@ -9,21 +10,6 @@ import { Backend, BACKEND_MODES, Direct } from "./support/backend.js";
  * example, concurrency. Expectations are computed from Redis directly (or plain JS), never
  * hard-coded.
  */
-
-/** Runs a pipeline; any error reply fails the test. */
-async function execAll(p: ReturnType<Redis["pipeline"]>): Promise<unknown[]> {
-  const out = (await p.exec()) ?? [];
-  for (const [err] of out) if (err) throw err;
-  return out.map(([, value]) => value);
-}
-
-/** A reply as ioredis hands it over (bulk strings as strings). */
-type Reply = string | number | null | Error | Reply[];
-
-interface Outcome {
-  results: Reply[];
-  errors: string[];
-}
 
 interface KeyRecord {
   key: string;
@@ -35,33 +21,6 @@ interface KeyRecord {
 interface Group {
   key: unknown;
   value: unknown;
-}
-
-function asArray(v: unknown, what: string): Reply[] {
-  if (!Array.isArray(v)) throw new Error(`${what}: expected an array, got ${JSON.stringify(v)}`);
-  return v as Reply[];
-}
-
-function str(v: unknown): string {
-  if (typeof v !== "string") throw new Error(`expected a string, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-/** The message of a rejected promise (an error reply). */
-async function rejection(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    return err instanceof Error ? err.message : String(err);
-  }
-  throw new Error("expected an error reply");
-}
-
-/** `[results, errors]` of a blocking RG.EXECUTE. */
-async function run(client: Redis, script: string): Promise<Outcome> {
-  const reply = asArray(await client.call("RG.EXECUTE", script), "RG.EXECUTE");
-  expect(reply).to.have.length(2);
-  return { results: asArray(reply[0], "results"), errors: asArray(reply[1], "errors").map(str) };
 }
 
 /** The results of a script that must not produce errors. */
@@ -142,7 +101,7 @@ for (const mode of BACKEND_MODES) {
     const clients: Redis[] = [];
 
     function client(options: RedisOptions = {}): Redis {
-      const c = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0, ...options });
+      const c = connect(proxy.port, options);
       clients.push(c);
       return c;
     }
@@ -183,7 +142,7 @@ for (const mode of BACKEND_MODES) {
       direct = new Direct(backend);
       io = client();
       masterPorts = (await backend.masters()).map((n) => n.port);
-      masters = masterPorts.map((port) => new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 0 }));
+      masters = masterPorts.map((port) => connect(port));
       const p = io.pipeline();
       for (let i = 0; i < N; i++) p.set(`num:${i}`, String(i));
       await execAll(p);

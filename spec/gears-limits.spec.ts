@@ -3,6 +3,7 @@ import { expect } from "chai";
 import { Redis, type RedisOptions } from "ioredis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
+import { asArray, connect, execAll, outcome, rejection, run, str, type Reply } from "./support/gears.js";
 
 /**
  * Gears executions against real redis-server, standalone and a 3-master cluster: script limits
@@ -10,51 +11,7 @@ import { Backend, BACKEND_MODES } from "./support/backend.js";
  * commands that watch, fetch, abort and drop them, configuration, cluster info.
  */
 
-/** Runs a pipeline; any error reply fails the test. */
-async function execAll(p: ReturnType<Redis["pipeline"]>): Promise<unknown[]> {
-  const out = (await p.exec()) ?? [];
-  for (const [err] of out) if (err) throw err;
-  return out.map(([, value]) => value);
-}
-
-/** A reply as ioredis hands it over (bulk strings as strings). */
-type Reply = string | number | null | Error | Reply[];
-
-interface Outcome {
-  results: Reply[];
-  errors: string[];
-}
-
-function asArray(v: unknown, what: string): Reply[] {
-  if (!Array.isArray(v)) throw new Error(`${what}: expected an array, got ${JSON.stringify(v)}`);
-  return v as Reply[];
-}
-
-function str(v: unknown): string {
-  if (typeof v !== "string") throw new Error(`expected a string, got ${JSON.stringify(v)}`);
-  return v;
-}
-
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function rejection(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    return err instanceof Error ? err.message : String(err);
-  }
-  throw new Error("expected an error reply");
-}
-
-function outcome(reply: unknown): Outcome {
-  const a = asArray(reply, "[results, errors]");
-  expect(a).to.have.length(2);
-  return { results: asArray(a[0], "results"), errors: asArray(a[1], "errors").map(str) };
-}
-
-async function run(client: Redis, script: string): Promise<Outcome> {
-  return outcome(await client.call("RG.EXECUTE", script));
-}
 
 /** A flat [name, value, ...] array as a lookup. */
 function fields(flat: Reply[]): Map<string, Reply> {
@@ -90,7 +47,7 @@ for (const mode of BACKEND_MODES) {
     const clients: Redis[] = [];
 
     function client(options: RedisOptions = {}): Redis {
-      const c = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0, ...options });
+      const c = connect(proxy.port, options);
       clients.push(c);
       return c;
     }
@@ -164,9 +121,7 @@ for (const mode of BACKEND_MODES) {
       backend = await Backend.start(mode);
       proxy = await startProxy([{ port: backend.seed.port }]);
       io = client();
-      masters = (await backend.masters()).map(
-        (n) => new Redis({ port: n.port, host: "127.0.0.1", maxRetriesPerRequest: 0 }),
-      );
+      masters = (await backend.masters()).map((n) => connect(n.port));
       const p = io.pipeline();
       for (let i = 0; i < SLOW_KEYS; i++) p.set(`slow:${i}`, String(i));
       await execAll(p);

@@ -10,6 +10,7 @@ import {
   type RespValue,
   type RunningProxy,
 } from "./harness/index.js";
+import { connectSocket } from "./support/raw-client.js";
 import { encodeCommand, parseReply } from "./harness/resp.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -50,15 +51,8 @@ class RawClient {
     socket.on("close", () => (this.closed = true));
   }
 
-  static connect(port: number): Promise<RawClient> {
-    return new Promise((resolve, reject) => {
-      const socket = net.connect({ port, host: "127.0.0.1" });
-      socket.once("error", reject);
-      socket.once("connect", () => {
-        socket.off("error", reject);
-        resolve(new RawClient(socket));
-      });
-    });
+  static async connect(port: number): Promise<RawClient> {
+    return new RawClient(await connectSocket(port));
   }
 
   send(...commands: string[][]): void {

@@ -68,6 +68,18 @@ export function toText(reply: Reply): Value {
   return reply;
 }
 
+/** A TCP connection to 127.0.0.1:port, resolved once connected. */
+export function connectSocket(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: "127.0.0.1" });
+    socket.once("error", reject);
+    socket.once("connect", () => {
+      socket.off("error", reject);
+      resolve(socket);
+    });
+  });
+}
+
 export class RawClient {
   private pending: Buffer[] = [];
   private pendingSize = 0;
@@ -90,15 +102,8 @@ export class RawClient {
     );
   }
 
-  static connect(port: number): Promise<RawClient> {
-    return new Promise((resolve, reject) => {
-      const socket = net.connect({ port, host: "127.0.0.1" });
-      socket.once("error", reject);
-      socket.once("connect", () => {
-        socket.off("error", reject);
-        resolve(new RawClient(socket));
-      });
-    });
+  static async connect(port: number): Promise<RawClient> {
+    return new RawClient(await connectSocket(port));
   }
 
   /** Every byte received so far. */

@@ -1,0 +1,322 @@
+/**
+ * What the benches share: starting, waiting for and stopping child processes (gears-proxy among
+ * them), /proc readings of their memory, CPU profile totals, the machine description, markdown
+ * tables and the signal/exit handling that stops every process a bench started.
+ */
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { freePort } from "../spec/harness/ports.js";
+import { sendCommand } from "../spec/harness/resp.js";
+
+// ---- processes -----------------------------------------------------------------------------
+
+export const HOST = "127.0.0.1";
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const PROXY_CLI = path.join(REPO, "dist", "src", "cli.js");
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A child process we started, with a promise for its exit. */
+export interface Child {
+  readonly name: string;
+  readonly proc: ChildProcess;
+  readonly pid: number;
+  readonly exited: Promise<void>;
+  done: boolean;
+  output: string;
+}
+
+/** Every child process started and not yet exited. */
+export const children = new Set<Child>();
+
+export function startChild(name: string, cmd: string, args: string[], keepOutput = true): Child {
+  const proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  const child: Child = {
+    name,
+    proc,
+    pid: proc.pid ?? -1,
+    done: false,
+    output: "",
+    exited: new Promise((resolve) => {
+      proc.once("exit", () => resolve());
+      proc.once("error", (err) => {
+        child.output += `\nspawn failed: ${err.message}`;
+        resolve();
+      });
+    }),
+  };
+  void child.exited.then(() => {
+    child.done = true;
+    children.delete(child);
+  });
+  const append = (chunk: Buffer): void => {
+    if (keepOutput) child.output = (child.output + chunk.toString()).slice(-256 * 1024);
+  };
+  proc.stdout?.on("data", append);
+  proc.stderr?.on("data", append);
+  children.add(child);
+  return child;
+}
+
+/** SIGTERM (SIGKILL after the grace period) and wait for the exit. */
+export async function stopChild(child: Child, graceMs = 5000): Promise<void> {
+  if (child.done) return;
+  try {
+    process.kill(child.pid, "SIGTERM");
+  } catch {
+    // already gone
+  }
+  const timer = setTimeout(() => {
+    try {
+      process.kill(child.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }, graceMs);
+  await child.exited;
+  clearTimeout(timer);
+}
+
+/** Runs a command to completion; rejects on a non-zero exit or after timeoutMs. */
+export async function run(name: string, cmd: string, args: string[], timeoutMs: number): Promise<string> {
+  const child = startChild(name, cmd, args);
+  let stdout = "";
+  child.proc.stdout?.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    void stopChild(child, 1000);
+  }, timeoutMs);
+  await child.exited;
+  clearTimeout(timer);
+  const code = child.proc.exitCode;
+  if (timedOut) throw new Error(`${name} timed out after ${timeoutMs} ms: ${child.output.slice(-2000)}`);
+  if (code !== 0) throw new Error(`${name} exited with ${code}: ${child.output.slice(-2000)}`);
+  return stdout;
+}
+
+export async function ping(port: number): Promise<boolean> {
+  try {
+    return (await sendCommand(port, ["PING"], { host: HOST, timeoutMs: 1000 })) === "PONG";
+  } catch {
+    return false;
+  }
+}
+
+export async function waitFor(
+  what: string,
+  check: () => Promise<boolean>,
+  child: Child,
+  timeoutMs = 15_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (child.done) throw new Error(`${what} exited before it was ready:\n${child.output}`);
+    if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs} ms:\n${child.output}`);
+    await sleep(50);
+  }
+}
+
+export interface Proxy {
+  readonly child: Child;
+  readonly port: number;
+}
+
+export interface GearsOptions {
+  /** Run under node --cpu-prof with the profiles landing here. */
+  profileDir: string | undefined;
+  /** Extra node flags for the proxy process. */
+  nodeArgs: string[];
+  /** The proxy's cli.js (default: this build's). */
+  cli?: string;
+  /** Extra gears-proxy flags. */
+  args: string[];
+  /**
+   * Ready when a keyed command succeeds (in front of a cluster, PING answers before the slot
+   * map is read; a keyed command does not), or when it answers PING.
+   */
+  readyWhen: "keyed" | "ping";
+}
+
+/** Starts gears-proxy in front of upstreamPort on a free port, and waits until it is ready. */
+export async function startGears(upstreamPort: number, o: GearsOptions): Promise<Proxy> {
+  const port = await freePort();
+  const profile = o.profileDir !== undefined ? ["--cpu-prof", "--cpu-prof-dir", o.profileDir] : [];
+  const args = [
+    ...profile,
+    ...o.nodeArgs,
+    o.cli ?? PROXY_CLI,
+    "--port",
+    String(port),
+    "--upstream",
+    `${HOST}:${upstreamPort}`,
+    "--log-level",
+    "warn",
+    ...o.args,
+  ];
+  const child = startChild("gears-proxy", process.execPath, args);
+  const keyed = async (): Promise<boolean> => {
+    try {
+      return (await sendCommand(port, ["SET", "bench:ready", "1"], { host: HOST, timeoutMs: 1000 })) === "OK";
+    } catch {
+      return false;
+    }
+  };
+  await waitFor("gears-proxy", o.readyWhen === "keyed" ? keyed : () => ping(port), child);
+  return { child, port };
+}
+
+// ---- memory --------------------------------------------------------------------------------
+
+export function statusKb(pid: number, field: "VmRSS" | "VmHWM"): number {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+export const mb = (kb: number): string => (Number.isNaN(kb) ? "n/a" : `${(kb / 1024).toFixed(1)} MB`);
+
+/** Samples a process' RSS every intervalMs until stopped; the stop function returns the peak in kB. */
+export function sampleRss(pid: number, intervalMs: number): () => number {
+  let peak = statusKb(pid, "VmRSS");
+  const timer = setInterval(() => {
+    const now = statusKb(pid, "VmRSS");
+    if (!(now <= peak)) peak = now;
+  }, intervalMs);
+  return () => {
+    clearInterval(timer);
+    const now = statusKb(pid, "VmRSS");
+    return Number.isNaN(peak) || now > peak ? now : peak;
+  };
+}
+
+// ---- report helpers ------------------------------------------------------------------------
+
+export function table(header: string[], rows: string[][]): string {
+  const line = (cells: string[]): string => `| ${cells.join(" | ")} |`;
+  return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
+}
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  hitCount?: number;
+  children?: number[];
+}
+interface CpuProfile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/** A .cpuprofile's sampled microseconds, in all and per function (by self and by inclusive time). */
+export interface ProfileTimes {
+  total: number;
+  selfByName: Map<string, number>;
+  inclByName: Map<string, number>;
+}
+
+export function profileTimes(file: string): ProfileTimes {
+  const profile = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile;
+  const selfUs = new Map<number, number>();
+  profile.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const total = [...selfUs.values()].reduce((a, b) => a + b, 0);
+  const name = (n: ProfileNode): string => {
+    const f = n.callFrame;
+    const url = f.url.replace(/^file:\/\//, "").replace(`${REPO}/`, "");
+    return `${f.functionName || "(anonymous)"} ${url ? `${url}:${f.lineNumber + 1}` : ""}`.trim();
+  };
+  const selfByName = new Map<string, number>();
+  const inclByName = new Map<string, number>();
+  const bump = (m: Map<string, number>, key: string, us: number): void => {
+    m.set(key, (m.get(key) ?? 0) + us);
+  };
+  for (const [id, us] of selfUs) {
+    const node = byId.get(id);
+    if (node === undefined) continue;
+    bump(selfByName, name(node), us);
+    const seen = new Set<string>();
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const n = byId.get(cur);
+      if (n === undefined) break;
+      const key = name(n);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      bump(inclByName, key, us);
+    }
+  }
+  return { total, selfByName, inclByName };
+}
+
+/** The top entries of m passing filter, hottest first, as [percentage, function] rows. */
+export function rankProfile(
+  m: Map<string, number>,
+  filter: (k: string) => boolean,
+  top: number,
+  pct: (us: number) => string,
+): string[][] {
+  return [...m.entries()]
+    .filter(([k]) => filter(k))
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(([k, us]) => [pct(us), k]);
+}
+
+/** The date, load average and machine lines of a report's header. */
+export function machineLines(): string[] {
+  const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
+  return [
+    `date: ${new Date().toISOString()}; load average at start: ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+    `machine: nproc ${os.availableParallelism()}, ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}`,
+  ];
+}
+
+export function which(cmd: string): boolean {
+  try {
+    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ---- running -------------------------------------------------------------------------------
+
+export function say(text: string): void {
+  process.stderr.write(`${text}\n`);
+}
+
+/**
+ * Runs main and exits with its code; on a failure, or on SIGINT/SIGTERM, runs cleanup (which
+ * stops every process started by the bench) first.
+ */
+export function runBench(main: () => Promise<number>, cleanup: () => Promise<void>): void {
+  let interrupted = false;
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.on(signal, () => {
+      if (interrupted) process.exit(130);
+      interrupted = true;
+      say(`\n${signal}: stopping every process started by the bench...`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      say(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      void cleanup().finally(() => process.exit(1));
+    },
+  );
+}
