@@ -241,12 +241,13 @@ export class GearsEngine {
     this.keyspace = new KeyspaceEventSource(this.router.topology, this.log, (events) =>
       this.registry.dispatch(events),
     );
-    const status = await this.keyspace.start();
-    this.keyspaceStatus = status;
+    await this.keyspace.start();
   }
 
-  /** What the keyspace event source reported when it started (for RG.DUMPREGISTRATIONS). */
-  keyspaceStatus: KeyspaceStatus | null = null;
+  /** Whether every shard sends keyspace notifications now (for RG.DUMPREGISTRATIONS). */
+  get keyspaceStatus(): KeyspaceStatus | null {
+    return this.keyspace?.status() ?? null;
+  }
 
   /** True while some KeysReader registration is in `sync` mode: writes through the proxy wait for it. */
   get holdsWrites(): boolean {
