@@ -64,8 +64,13 @@ export class RegistrationRegistry {
   private syncCount = 0;
   private idleWaiters: (() => void)[] = [];
 
-  private countSync(): void {
-    this.syncCount = this.all().filter((r) => r.reader === "KeysReader" && r.mode === "sync").length;
+  private hookCount = 0;
+
+  /** Recounts what the hot path asks about (sync registrations, hooks) after a change. */
+  private recount(): void {
+    const all = this.all();
+    this.syncCount = all.filter((r) => r.reader === "KeysReader" && r.mode === "sync").length;
+    this.hookCount = all.filter((r) => r.hook !== null).length;
     this.wakeIdleWaiters();
   }
 
@@ -95,7 +100,7 @@ export class RegistrationRegistry {
       endSession(old);
     }
     this.sessions.set(session.id, session);
-    this.countSync();
+    this.recount();
   }
 
   /** RG.UNREGISTER: false when no such registration. A session left empty goes away. */
@@ -104,7 +109,7 @@ export class RegistrationRegistry {
       const index = session.registrations.findIndex((r) => r.id === id);
       if (index === -1) continue;
       session.registrations.splice(index, 1);
-      this.countSync();
+      this.recount();
       if (session.registrations.length === 0) {
         this.sessions.delete(session.id);
         endSession(session);
@@ -130,8 +135,9 @@ export class RegistrationRegistry {
     return undefined;
   }
 
+  /** Asked for every command a client sends: kept as a flag, not recomputed. */
   get hasHooks(): boolean {
-    return this.all().some((r) => r.hook !== null);
+    return this.hookCount > 0;
   }
 
   byTrigger(name: string): { registration: Registration; session: GearsSession } | undefined {
@@ -305,5 +311,6 @@ export class RegistrationRegistry {
   close(): void {
     for (const session of this.sessions.values()) endSession(session);
     this.sessions.clear();
+    this.recount();
   }
 }
