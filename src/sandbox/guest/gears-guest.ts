@@ -652,6 +652,14 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
     );
   }
 
+  /** Emits each group's {key, value} record in the partition that owns the key. */
+  function emitGroups(groups: Map<string, Acc>, next: Push): void {
+    for (const s of groups.values()) {
+      curPart = s.p;
+      next({ key: s.k, value: s.a });
+    }
+  }
+
   function drain(ex: Exec, st: StepDef, s: Acc, fn: Fn): void {
     const saved = curPart;
     curPart = s.p;
@@ -871,12 +879,7 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
           fold(ex, st, s, f1 as Fn, r);
           curPart = saved;
         };
-        phases.push(() => {
-          for (const s of groups.values()) {
-            curPart = s.p;
-            next({ key: s.k, value: s.a });
-          }
-        });
+        phases.push(() => emitGroups(groups, next));
         return (r) => call1(ex, st, f0 as Fn, r, k);
       }
       case "batchgroupby": {
@@ -942,12 +945,7 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
             }
           }
         });
-        phases.push(() => {
-          for (const t of global.values()) {
-            curPart = t.p;
-            next({ key: t.k, value: t.a });
-          }
-        });
+        phases.push(() => emitGroups(global, next));
         return (r) => call1(ex, st, f0 as Fn, r, k);
       }
       case "count": {
