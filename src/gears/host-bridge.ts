@@ -55,6 +55,8 @@ export class GearsBridge implements HostBridge {
 
   /** The argv of the command a running hook or trigger was called for (getCommand, callNext). */
   command: string[] | null = null;
+  /** Set by overrideReply() while a `commands` registration handles its command's events. */
+  overriddenReply: { value: JsonValue } | null = null;
 
   async callSync(name: string, args: JsonValue[]): Promise<JsonValue> {
     switch (name) {
@@ -77,6 +79,14 @@ export class GearsBridge implements HostBridge {
         return this.command;
       case "callNext":
         return this.callNext(args);
+      case "overrideReply":
+        if (this.command === null) {
+          throw new Error(
+            "overrideReply() can only be called for an event of a registration with 'commands'",
+          );
+        }
+        this.overriddenReply = { value: args[0] ?? null };
+        return null;
       default:
         throw new Error(`unknown host call '${name}'`);
     }

@@ -483,6 +483,9 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
   g.getCommand = function getCommand(): unknown {
     return host.callSync("getCommand");
   };
+  g.overrideReply = function overrideReply(value: unknown): void {
+    host.callSync("overrideReply", value === undefined ? null : value);
+  };
   const timers: Fn[] = [];
   g.registerTimeEvent = function registerTimeEvent(
     seconds: unknown,
