@@ -41,7 +41,9 @@ function addOption(parser: Argv, spec: OptionSpec): Argv {
     describe: spec.describe,
     requiresArg: spec.kind !== "flag",
     ...(spec.kind === "flag" ? { type: "boolean" as const } : {}),
-    ...(spec.kind === "upstreams" ? { type: "array" as const, string: true } : {}),
+    ...(spec.kind === "upstreams" || spec.kind === "settings"
+      ? { type: "array" as const, string: true }
+      : {}),
     ...(spec.kind === "level" ? { choices: [...LOG_LEVELS] } : {}),
     ...(spec.defaultText !== undefined ? { defaultDescription: spec.defaultText } : {}),
   });

@@ -27,7 +27,17 @@ export const LOG_LEVELS: readonly ProxyConfig["logLevel"][] = [
 ];
 
 type Kind =
-  "port" | "listen-port" | "host" | "text" | "count" | "positive" | "size" | "flag" | "level" | "upstreams";
+  | "port"
+  | "listen-port"
+  | "host"
+  | "text"
+  | "count"
+  | "positive"
+  | "size"
+  | "flag"
+  | "level"
+  | "upstreams"
+  | "settings";
 
 export interface OptionSpec {
   /** The flag, in kebab-case (the config file also accepts the camelCase key). */
@@ -172,6 +182,13 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "port",
     describe: "Port the emulated cluster tells clients to connect to (default: --port).",
   },
+  {
+    flag: "gears-config",
+    key: "gearsConfig",
+    kind: "settings",
+    describe:
+      "A gears setting as Name=Value, as RG.CONFIGSET takes it (ScriptTimeoutMS=10000, EventLeaseMS=5000...); repeat it for several.",
+  },
 ];
 
 export const PASSWORD_ENV = "GEARS_PROXY_UPSTREAM_PASSWORD";
@@ -234,6 +251,22 @@ function asLevel(value: unknown): ProxyConfig["logLevel"] {
   return found;
 }
 
+/** Name=Value pairs (a list of them, or an object in the config file). */
+function asSettings(value: unknown): Record<string, string> {
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, asText(v)]));
+  }
+  const items = Array.isArray(value) ? value : [value];
+  const settings: Record<string, string> = {};
+  for (const item of items) {
+    const text = asText(item);
+    const eq = text.indexOf("=");
+    if (eq <= 0) throw new Error(`'${text}' is not Name=Value`);
+    settings[text.slice(0, eq)] = text.slice(eq + 1);
+  }
+  return settings;
+}
+
 function asUpstreams(value: unknown): HostPort[] {
   const items = Array.isArray(value) ? value : [value];
   const texts = items.flatMap((item) => asText(item).split(/[\s,]+/)).filter((t) => t !== "");
@@ -265,6 +298,8 @@ function convert(kind: Kind, value: unknown): OptionValue {
       return asLevel(value);
     case "upstreams":
       return asUpstreams(value);
+    case "settings":
+      return asSettings(value);
     case "text":
       return asText(value);
   }
@@ -273,7 +308,8 @@ function convert(kind: Kind, value: unknown): OptionValue {
 /** Checks one value; the error names where it came from ("--port", or the file and its key). */
 export function convertOption(spec: OptionSpec, value: unknown, where: string): OptionValue {
   // A repeated single-valued flag arrives as an array: the last one wins, as in redis-server.
-  const single = Array.isArray(value) && spec.kind !== "upstreams" ? value[value.length - 1] : value;
+  const many = spec.kind === "upstreams" || spec.kind === "settings";
+  const single = Array.isArray(value) && !many ? value[value.length - 1] : value;
   try {
     return convert(spec.kind, single);
   } catch (err) {

@@ -41,6 +41,8 @@ export interface ProxyConfig {
   /** Address announced by the emulated cluster (defaults to bind:port). */
   announceHost?: string;
   announcePort?: number;
+  /** Gears settings (RG.CONFIGSET names) applied at start. */
+  gearsConfig: Record<string, string>;
 }
 
 export const DEFAULT_CONFIG: ProxyConfig = {
@@ -58,6 +60,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   clientOutputBufferLimit: 256 * 1024 * 1024,
   clusterEmulation: false,
   readFromReplicas: false,
+  gearsConfig: {},
 };
 
 /** Parses "host:port", "[v6]:port" or a bare port; throws with a message fit for a user. */

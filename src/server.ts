@@ -55,6 +55,11 @@ export class ProxyServer {
       ),
     };
     this.context = ctx;
+    for (const [name, value] of Object.entries(this.config.gearsConfig)) {
+      const reply = ctx.gears.config.set([[name, value]]).toString();
+      if (reply.includes("\r\n-"))
+        throw new Error(`--gears-config ${name}=${value}: ${reply.split("\r\n-")[1].trim()}`);
+    }
     await ctx.gears.restore();
     const listener = net.createServer((socket) => this.accept(ctx, socket));
     this.listener = listener;
@@ -100,7 +105,10 @@ export class ProxyServer {
     const ctx = this.context;
     if (ctx !== null) {
       for (const client of [...ctx.clients.all()]) client.kill("proxy shutting down");
-      ctx.gears.close();
+      // Leases go back to Redis so another proxy takes the shards over at once; a dead
+      // upstream must not hold the shutdown up.
+      const closed = ctx.gears.close().catch(() => {});
+      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
       ctx.router.topology.close();
     }
     const listener = this.listener;

@@ -196,6 +196,23 @@ async function refreshCluster(engine: GearsEngine, args: Buffer[]): Promise<Buff
 function registrationArgs(r: Registration): RespValue[] {
   if (r.reader === "CommandReader") return [b("trigger"), r.trigger === null ? null : b(r.trigger)];
   const list = (v: string[] | null): RespValue => (v === null ? null : v.map(b));
+  if (r.stream !== null) {
+    const o = r.stream;
+    return [
+      b("batchSize"),
+      o.batch,
+      b("durationMS"),
+      o.durationMs,
+      b("stream"),
+      b(o.prefix),
+      b("trimStream"),
+      o.trimStream ? 1 : 0,
+      b("onFailedPolicy"),
+      b(o.onFailedPolicy),
+      b("retryInterval"),
+      o.retryIntervalSec,
+    ];
+  }
   return [
     b("regex"),
     b(r.prefix),
@@ -205,6 +222,8 @@ function registrationArgs(r: Registration): RespValue[] {
     list(r.keyTypes),
     b("readValue"),
     r.readValue ? 1 : 0,
+    b("hookCommands"),
+    list(r.commands),
   ];
 }
 
@@ -230,11 +249,17 @@ function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
         st.totalRunDurationMS,
         b("avgRunDurationMS"),
         b(st.avgRunDurationMS),
+      ];
+      if (r.consumer !== null) {
+        data.push(b("lastEstimatedLagMS"), r.consumer.lastLagMs, b("avgEstimatedLagMS"), r.consumer.avgLagMs);
+      }
+      data.push(
         b("lastError"),
         st.lastError === null ? null : b(st.lastError),
         b("args"),
         registrationArgs(r),
-      ];
+      );
+      if (r.consumer !== null) data.push(b("status"), b(r.consumer.status));
       if (r.reader === "KeysReader" && engine.keyspaceStatus !== null && !engine.keyspaceStatus.configured) {
         data.push(
           b("keyspaceNotifications"),
@@ -278,6 +303,20 @@ function dumpSessions(engine: GearsEngine, args: Buffer[]): Buffer {
       s.registrations.map((r) => (verbose ? [b("id"), b(r.id), b("reader"), b(r.reader)] : b(r.id))),
     ]),
   );
+}
+
+/** RG.PAUSEREGISTRATIONS / RG.UNPAUSEREGISTRATIONS <id> ...: StreamReader registrations stop or resume reading. */
+function setPaused(engine: GearsEngine, args: Buffer[], paused: boolean): Buffer {
+  const ids = args.map(String);
+  if (paused && ids[0]?.toUpperCase() === "ABORTPENDING") ids.shift();
+  if (ids.length === 0) return arity(paused ? "rg.pauseregistrations" : "rg.unpauseregistrations");
+  // All or nothing: every id is checked before any is changed.
+  for (const id of ids) {
+    const error = engine.registry.checkPausable(id, paused);
+    if (error !== null) return encodeError(`ERR ${error}`);
+  }
+  for (const id of ids) engine.registry.setPaused(id, paused);
+  return OK;
 }
 
 function clearRegistrationsStats(engine: GearsEngine, args: Buffer[]): Buffer {
@@ -324,6 +363,8 @@ const HANDLERS = new Map<string, Handler>([
   ["rg.pydumpsessions", dumpSessions],
   ["rg.clearregistrationsstats", clearRegistrationsStats],
   ["rg.trigger", (engine, args) => trigger(engine, args, false)],
+  ["rg.pauseregistrations", (engine, args) => setPaused(engine, args, true)],
+  ["rg.unpauseregistrations", (engine, args) => setPaused(engine, args, false)],
   ["rg.triggeronkey", (engine, args) => trigger(engine, args, true)],
 ]);
 

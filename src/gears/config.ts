@@ -10,6 +10,10 @@ export class GearsConfig {
     ["ScriptMemoryLimitMB", 64],
     ["ScriptTimeoutMS", 5000],
     ["ExecutionThreads", 3],
+    // Several proxies share the shards' keyspace events and timers by leases of this length.
+    ["EventLeaseMS", 5000],
+    // A stream entry unacknowledged this long by its consumer (a dead proxy) is claimed by another.
+    ["StreamClaimIdleMS", 30000],
   ]);
   /** Built-ins fixed at start. */
   private readonly readOnly = new Set(["ExecutionThreads"]);
@@ -42,7 +46,12 @@ export class GearsConfig {
         const n = Number(value);
         if (!/^\d+$/.test(value) || !Number.isSafeInteger(n))
           return encodeError(`Failed setting config value ${name}`);
-        if ((name === "ScriptMemoryLimitMB" && n < 16) || (name === "ScriptTimeoutMS" && n < 1)) {
+        if (
+          (name === "ScriptMemoryLimitMB" && n < 16) ||
+          (name === "ScriptTimeoutMS" && n < 1) ||
+          (name === "EventLeaseMS" && n < 300) ||
+          (name === "StreamClaimIdleMS" && n < 100)
+        ) {
           return encodeError(`Failed setting config value ${name}`);
         }
         this.numbers.set(name, n);

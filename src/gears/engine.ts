@@ -7,7 +7,9 @@ import { GearsConfig } from "./config.js";
 import { topLevelError } from "./errors.js";
 import { Execution } from "./execution.js";
 import type { Action, GuestIsolate, IsolateFactory } from "./guest-isolate.js";
-import { KeyspaceEventSource, type KeyspaceStatus } from "./events/keyspace-source.js";
+import { KeyspaceEventSource, type KeyEvent, type KeyspaceStatus } from "./events/keyspace-source.js";
+import { EventBacklog } from "./events/event-backlog.js";
+import { ShardLeases } from "./events/shard-leases.js";
 import { Registration } from "./registration.js";
 import { RegistrationRegistry, type GearsSession } from "./registry.js";
 import { keySlot } from "../routing/key-slot.js";
@@ -45,6 +47,11 @@ export class GearsEngine {
   private registrationCounter = 0;
   readonly registry: RegistrationRegistry;
   private keyspace: KeyspaceEventSource | null = null;
+  private leases: ShardLeases | null = null;
+  /** Other proxies' shards' recent events, replayed when this proxy takes a shard over. */
+  private readonly backlog = new EventBacklog(() => 2 * this.config.number("EventLeaseMS") + 2000);
+  /** Commands waiting for the keyspace events they cause (`commands` registrations). */
+  private readonly captures = new Set<{ keys: Set<string>; events: KeyEvent[] }>();
   private readonly store: SessionStore;
 
   constructor(
@@ -52,7 +59,12 @@ export class GearsEngine {
     private readonly log: Logger,
     private readonly newIsolate: IsolateFactory,
   ) {
-    this.registry = new RegistrationRegistry(router, log, () => `${this.proxyId}-${++this.counter}`);
+    this.registry = new RegistrationRegistry(router, log, () => `${this.proxyId}-${++this.counter}`, {
+      consumerName: this.proxyId,
+      claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
+    });
+    this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
+    this.registry.onForeignEvents = (events) => this.backlog.add(events);
     this.store = new SessionStore(router, log);
   }
 
@@ -161,6 +173,11 @@ export class GearsEngine {
     const registrations = [...registered].map(
       ([index, regId]) => new Registration(regId, actions[index], index, id),
     );
+    const invalid = registrations.map((r) => r.invalid()).find((e) => e !== null);
+    if (invalid !== undefined) {
+      await isolate.dispose().catch(() => {});
+      return encodeError(`ERR ${invalid}`);
+    }
     const replaces = [id, ...(request.replaceWith !== undefined ? [request.replaceWith] : [])];
     const session: GearsSession = {
       id,
@@ -179,7 +196,10 @@ export class GearsEngine {
         this.log.warn({ session: id, err: err.message }, "onRegistered failed");
       });
     }
-    if (this.registry.hasKeyRegistrations) await this.startKeyspaceEvents();
+    if (this.registry.hasKeyRegistrations || timerRequests.length > 0) await this.startKeyspaceEvents();
+    if (registrations.some((r) => r.commands !== null || (r.eventTypes?.includes("keymiss") ?? false))) {
+      await this.keyspace?.requireFlags("m");
+    }
     return OK;
   }
 
@@ -192,7 +212,7 @@ export class GearsEngine {
   ): NodeJS.Timeout {
     let busy = false;
     const timer = setInterval(async () => {
-      if (busy) return;
+      if (busy || !this.ownsTimer(keyName)) return;
       busy = true;
       try {
         if (keyName !== null && (await this.router.call(["EXISTS", keyName])) === 0) {
@@ -213,9 +233,23 @@ export class GearsEngine {
     return timer;
   }
 
-  /** The hook registered for this command, if any (only checked when hooks exist). */
+  /**
+   * Whether this proxy runs a timer now: when several proxies share the shards, the one
+   * holding the lease of the key's shard (of the first shard, for a timer without a key).
+   */
+  private ownsTimer(keyName: string | null): boolean {
+    if (this.leases === null) return true;
+    const slot = keyName === null ? 0 : keySlot(Buffer.from(keyName));
+    return this.leases.owns(this.router.topology.nodeForSlot(slot).id);
+  }
+
+  /**
+   * Whether a command takes the gears path instead of going straight through: a hook is
+   * registered for it, or a KeysReader registration names it in `commands`.
+   */
   hookFor(name: string, argv: readonly Buffer[]): boolean {
-    return this.registry.hasHooks && this.registry.hookFor(name, argv) !== undefined;
+    if (this.registry.hasHooks && this.registry.hookFor(name, argv) !== undefined) return true;
+    return this.registry.commandsWatched.size > 0 && this.registry.commandsWatched.has(name);
   }
 
   /**
@@ -225,7 +259,7 @@ export class GearsEngine {
    */
   async runHook(name: string, argv: Buffer[]): Promise<Buffer> {
     const found = this.registry.hookFor(name, argv);
-    if (found === undefined) return encodeError("ERR hook vanished");
+    if (found === undefined) return this.runWithEvents(name, argv);
     const record = argv.map((a) => a.toString());
     const partitions = new Partitions(this.router);
     const partition = argv.length > 1 ? partitions.partitionOfSlot(keySlot(argv[1])) : 0;
@@ -236,12 +270,80 @@ export class GearsEngine {
     return encodeValue(replyValueToResp(results[0]));
   }
 
+  /**
+   * A command named by a registration's `commands`: it runs, the notifications it caused
+   * are awaited (a barrier on the notification connections) and handled by those
+   * registrations in its path; one of them may override its reply with overrideReply().
+   */
+  private async runWithEvents(name: string, argv: Buffer[]): Promise<Buffer> {
+    const capture = {
+      keys: new Set(argv.slice(1).map((a) => a.toString("latin1"))),
+      events: [] as KeyEvent[],
+    };
+    this.captures.add(capture);
+    let reply;
+    try {
+      reply = await this.router.call(argv);
+      await this.keyspace?.barrier();
+    } finally {
+      this.captures.delete(capture);
+    }
+    if (capture.events.length === 0) return encodeValue(reply);
+    const override = await this.registry.runCommandEvents(
+      name,
+      argv.map((a) => a.toString()),
+      capture.events,
+    );
+    return encodeValue(override === null ? reply : replyValueToResp(override.value));
+  }
+
+  private onKeyspaceEvents(events: KeyEvent[]): void {
+    for (const capture of this.captures) {
+      for (const e of events) if (capture.keys.has(e.key.toString("latin1"))) capture.events.push(e);
+    }
+    this.registry.dispatch(events);
+  }
+
+  /** Keyspace notifications, and the shard leases that say which shards' events are this proxy's. */
   private async startKeyspaceEvents(): Promise<void> {
     if (this.keyspace !== null) return;
     this.keyspace = new KeyspaceEventSource(this.router.topology, this.log, (events) =>
-      this.registry.dispatch(events),
+      this.onKeyspaceEvents(events),
+    );
+    this.leases = new ShardLeases(
+      this.router,
+      this.log,
+      this.proxyId,
+      () => this.config.number("EventLeaseMS"),
+      {
+        acquired: (node, previous) => {
+          // At least once: events from a little before the last owner's mark are handled again.
+          const since = previous === null ? 0 : previous.handledThrough - 1000;
+          const replay = this.backlog.takeSince(node, since);
+          if (replay.length > 0)
+            this.log.info({ node, events: replay.length }, "replaying events of a shard taken over");
+          this.registry.dispatch(replay, true);
+        },
+        lost: () => {},
+        handledThrough: (node) => this.registry.handledThrough(node),
+      },
     );
     await this.keyspace.start();
+    await this.leases.start();
+  }
+
+  private async stopKeyspaceEvents(): Promise<void> {
+    const keyspace = this.keyspace;
+    const leases = this.leases;
+    this.keyspace = null;
+    this.leases = null;
+    this.backlog.clear();
+    await Promise.all([keyspace?.stop(), leases?.stop()]);
+  }
+
+  /** The masters whose events and timers this proxy handles now (all of them when alone). */
+  get ownedShards(): string[] | null {
+    return this.leases?.owned() ?? null;
   }
 
   /** Whether every shard sends keyspace notifications now (for RG.DUMPREGISTRATIONS). */
@@ -324,16 +426,16 @@ export class GearsEngine {
       if (session === undefined) void this.store.remove(owner);
       else if (script !== undefined) void this.persist(session, script);
     }
-    if (removed && !this.registry.hasKeyRegistrations && this.keyspace !== null) {
-      void this.keyspace.stop();
-      this.keyspace = null;
+    const timers = this.registry.allSessions().some((s) => s.timers.length > 0);
+    if (removed && !this.registry.hasKeyRegistrations && !timers && this.keyspace !== null) {
+      void this.stopKeyspaceEvents();
     }
     return removed;
   }
 
-  close(): void {
-    void this.keyspace?.stop();
-    this.keyspace = null;
+  /** Stops the event sources (giving the shard leases back to other proxies) and every session. */
+  async close(): Promise<void> {
+    await this.stopKeyspaceEvents();
     this.registry.close();
     for (const execution of this.executions.values()) execution.abort();
   }

@@ -1,12 +1,16 @@
 import type { JsonValue } from "../sandbox/types.js";
+import type { KeyEvent } from "./events/keyspace-source.js";
+import type { StreamConsumer, StreamOptions } from "./events/stream-consumer.js";
 import type { Action } from "./guest-isolate.js";
 
 /** A keyspace event waiting for its registration's next batch. */
-export interface QueuedKeyEvent {
-  key: Buffer;
-  event: string;
-  /** The master it came from (UpstreamNode id). */
-  shard: string;
+export type QueuedKeyEvent = KeyEvent;
+
+/** async_local: the events of one shard for one registration. */
+export interface LocalQueue {
+  queue: QueuedKeyEvent[];
+  inFlight: QueuedKeyEvent[];
+  running: boolean;
 }
 
 /** The counters RG.DUMPREGISTRATIONS shows for each registration. */
@@ -52,6 +56,14 @@ function optionString(options: Record<string, JsonValue>, name: string): string 
   return typeof v === "string" ? v : null;
 }
 
+function optionNumber(options: Record<string, JsonValue>, name: string, fallback: number): number {
+  const v = options[name];
+  return typeof v === "number" && Number.isFinite(v) ? v : fallback;
+}
+
+const MODES = new Set(["async", "async_local", "sync"]);
+const POLICIES = new Set(["continue", "abort", "retry"]);
+
 function optionList(options: Record<string, JsonValue>, name: string): string[] | null {
   const v = options[name];
   if (!Array.isArray(v)) return null;
@@ -76,6 +88,15 @@ export class Registration {
   /** Events wait here while an earlier batch of this registration runs (async: in order). */
   readonly queue: QueuedKeyEvent[] = [];
   running = false;
+  /** The batch being handled now (its events count as not yet handled for the shard's lease). */
+  inFlight: QueuedKeyEvent[] = [];
+  /** async_local: a queue per shard, each run on its own. */
+  readonly localQueues = new Map<string, LocalQueue>();
+  /** KeysReader `commands`: only events caused by these commands (lower case) passing through the proxy. */
+  readonly commands: string[] | null;
+  /** StreamReader: what register() asked for, and the consumer reading for it once installed. */
+  readonly stream: StreamOptions | null;
+  consumer: StreamConsumer | null = null;
 
   constructor(
     readonly id: string,
@@ -91,6 +112,34 @@ export class Registration {
     this.trigger = optionString(options, "trigger");
     this.hook = optionString(options, "hook")?.toLowerCase() ?? null;
     this.keyPrefix = optionString(options, "keyprefix");
+    this.commands = optionList(options, "commands");
+    this.stream =
+      action.reader === "StreamReader"
+        ? {
+            prefix: this.prefix,
+            batch: Math.max(1, Math.floor(optionNumber(options, "batch", 1))),
+            durationMs: Math.max(0, optionNumber(options, "duration", 0)),
+            onFailedPolicy: (optionString(options, "onFailedPolicy")?.toLowerCase() ??
+              "continue") as StreamOptions["onFailedPolicy"],
+            retryIntervalSec: Math.max(0.001, optionNumber(options, "onFailedRetryInterval", 1)),
+            trimStream: options.trimStream !== false,
+          }
+        : null;
+  }
+
+  /** What makes register()'s options unusable, as the error RG.EXECUTE answers; null when fine. */
+  invalid(): string | null {
+    if (!MODES.has(this.mode)) return `Unknown execution mode '${this.mode}' (async, async_local, sync)`;
+    if (this.stream !== null) {
+      const policy = this.stream.onFailedPolicy;
+      if (!POLICIES.has(policy)) return `onFailedPolicy must be continue, abort or retry, not '${policy}'`;
+      if (this.mode === "sync" && policy !== "continue") {
+        return "ExecutionMode sync can only be combined with OnFailedPolicy Continue";
+      }
+    }
+    if (this.commands !== null && this.reader !== "KeysReader")
+      return "commands is only for KeysReader registrations";
+    return null;
   }
 
   get reader(): string {
@@ -101,9 +150,21 @@ export class Registration {
     return this.action.options.readValue !== false;
   }
 
-  /** Whether a keyspace event concerns this KeysReader registration (key types are checked once read). */
+  /**
+   * Whether a keyspace event concerns this KeysReader registration (key types are checked
+   * once read). Registrations with `commands` see only their commands' events, in the
+   * command's own path.
+   */
   matchesKeyEvent(key: string, event: string): boolean {
-    if (this.reader !== "KeysReader") return false;
+    if (this.reader !== "KeysReader" || this.commands !== null) return false;
+    if (this.eventTypes !== null && !this.eventTypes.includes(event.toLowerCase())) return false;
+    if (this.prefix.endsWith("*")) return key.startsWith(this.prefix.slice(0, -1));
+    return key === this.prefix;
+  }
+
+  /** Whether an event caused by `command` passing through the proxy is this registration's (`commands`). */
+  matchesCommandEvent(command: string, key: string, event: string): boolean {
+    if (this.commands === null || !this.commands.includes(command)) return false;
     if (this.eventTypes !== null && !this.eventTypes.includes(event.toLowerCase())) return false;
     if (this.prefix.endsWith("*")) return key.startsWith(this.prefix.slice(0, -1));
     return key === this.prefix;

@@ -1,12 +1,14 @@
 import type { Logger } from "../observability/log.js";
+import { keySlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
 import type { JsonValue } from "../sandbox/types.js";
+import { StreamConsumer } from "./events/stream-consumer.js";
 import { Execution, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
 import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 import { keyRecords } from "./readers.js";
-import type { QueuedKeyEvent, Registration } from "./registration.js";
+import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js";
 
 /** A script sent with RG.EXECUTE that registered something: its isolate lives on for its handlers. */
 export interface GearsSession {
@@ -20,10 +22,30 @@ export interface GearsSession {
   timers: NodeJS.Timeout[];
 }
 
-/** Ends a session's isolate and timers. */
+/**
+ * Ends a session's isolate, timers and stream consumers. The consumer groups stay: a
+ * session upgraded in place reads on from them, and a restart finds them.
+ */
 function endSession(session: GearsSession): void {
   for (const timer of session.timers) clearInterval(timer);
+  for (const r of session.registrations) void r.consumer?.stop(false);
   void session.isolate.dispose().catch(() => {});
+}
+
+/** What the registry needs to know about this proxy. */
+export interface RegistryOptions {
+  /** This proxy's name as a stream consumer. */
+  consumerName: string;
+  /** How long a stream entry stays with a consumer that does not acknowledge it before another claims it. */
+  claimIdleMs: () => number;
+}
+
+/**
+ * The consumer group of a StreamReader registration: named after its session and its place
+ * in the script, so an upgraded session and a restarted proxy read on from the same group.
+ */
+export function streamGroupName(sessionId: string, actionIndex: number): string {
+  return `gears-proxy:${sessionId}:${actionIndex}`;
 }
 
 /**
@@ -35,10 +57,18 @@ export class RegistrationRegistry {
   private readonly sessions = new Map<string, GearsSession>();
   private executionCounter = 0;
 
+  /**
+   * Whether this proxy handles the keyspace events of a shard (its lease, when several
+   * proxies share the shards); events of other shards are given to `onForeignEvents`.
+   */
+  ownsShard: (shard: string) => boolean = () => true;
+  onForeignEvents: (events: QueuedKeyEvent[]) => void = () => {};
+
   constructor(
     private readonly router: Router,
     private readonly log: Logger,
     private readonly executionId: () => string,
+    private readonly options: RegistryOptions,
   ) {}
 
   session(id: string): GearsSession | undefined {
@@ -53,8 +83,9 @@ export class RegistrationRegistry {
     return this.allSessions().flatMap((s) => s.registrations);
   }
 
+  /** Whether some registration needs keyspace notifications (KeysReader, and StreamReader for xadd). */
   get hasKeyRegistrations(): boolean {
-    return this.all().some((r) => r.reader === "KeysReader");
+    return this.all().some((r) => r.reader === "KeysReader" || r.reader === "StreamReader");
   }
 
   get hasSyncRegistrations(): boolean {
@@ -65,17 +96,24 @@ export class RegistrationRegistry {
   private idleWaiters: (() => void)[] = [];
 
   private hookCount = 0;
+  /** Commands named in some KeysReader registration's `commands` (lower case). */
+  commandsWatched = new Set<string>();
 
   /** Recounts what the hot path asks about (sync registrations, hooks) after a change. */
   private recount(): void {
     const all = this.all();
-    this.syncCount = all.filter((r) => r.reader === "KeysReader" && r.mode === "sync").length;
+    this.syncCount = all.filter(
+      (r) => (r.reader === "KeysReader" || r.reader === "StreamReader") && r.mode === "sync",
+    ).length;
     this.hookCount = all.filter((r) => r.hook !== null).length;
+    this.commandsWatched = new Set(all.flatMap((r) => r.commands ?? []));
     this.wakeIdleWaiters();
   }
 
   private syncBusy(): boolean {
-    return this.all().some((r) => r.mode === "sync" && (r.running || r.queue.length > 0));
+    return this.all().some(
+      (r) => r.mode === "sync" && (r.running || r.queue.length > 0 || (r.consumer?.busy ?? false)),
+    );
   }
 
   /** Resolves when no `sync` registration has events queued or running. */
@@ -100,7 +138,55 @@ export class RegistrationRegistry {
       endSession(old);
     }
     this.sessions.set(session.id, session);
+    for (const r of session.registrations) if (r.stream !== null) this.startConsumer(session, r);
     this.recount();
+  }
+
+  private startConsumer(session: GearsSession, registration: Registration): void {
+    const consumer = new StreamConsumer(
+      this.router,
+      this.log,
+      streamGroupName(session.id, registration.actionIndex),
+      this.options.consumerName,
+      registration.stream!,
+      this.options.claimIdleMs,
+      (stream, records) => this.runStreamBatch(session, registration, stream, records),
+      () => this.wakeIdleWaiters(),
+    );
+    registration.consumer = consumer;
+    consumer.start();
+  }
+
+  /** One batch of stream entries through the registration's pipeline, on the stream's shard. */
+  private async runStreamBatch(
+    session: GearsSession,
+    registration: Registration,
+    stream: Buffer,
+    records: JsonValue[],
+  ): Promise<{ failed: boolean }> {
+    if (this.sessions.get(session.id) !== session) return { failed: true };
+    const partitions = new Partitions(this.router);
+    const partition = partitions.partitionOfSlot(keySlot(stream));
+    const input = new Map<number, PackedRecords>([[partition, { records, values: null }]]);
+    const execution = await this.runExecution(session, registration, partitions, input, records.length);
+    return { failed: execution.errors.length > 0 || execution.status === "aborted" };
+  }
+
+  /** Why RG.(UN)PAUSEREGISTRATIONS cannot take this id; null when it can. */
+  checkPausable(id: string, paused: boolean): string | null {
+    const registration = this.all().find((r) => r.id === id);
+    if (registration === undefined) return `Execution ${id} does not exists`;
+    if (registration.consumer === null) {
+      return `Reader ${registration.reader} does not support ${paused ? "pause" : "unpause"}`;
+    }
+    return null;
+  }
+
+  /** Pauses or resumes a StreamReader registration (checked with checkPausable first). */
+  setPaused(id: string, paused: boolean): void {
+    const consumer = this.all().find((r) => r.id === id)?.consumer;
+    if (paused) consumer?.pause();
+    else consumer?.unpause();
   }
 
   /** RG.UNREGISTER: false when no such registration. A session left empty goes away. */
@@ -108,7 +194,9 @@ export class RegistrationRegistry {
     for (const session of this.sessions.values()) {
       const index = session.registrations.findIndex((r) => r.id === id);
       if (index === -1) continue;
-      session.registrations.splice(index, 1);
+      const [removed] = session.registrations.splice(index, 1);
+      // Gone for good: its consumer groups go too.
+      void removed.consumer?.stop(true);
       this.recount();
       if (session.registrations.length === 0) {
         this.sessions.delete(session.id);
@@ -150,23 +238,97 @@ export class RegistrationRegistry {
     return undefined;
   }
 
-  /** Keyspace events from the shards: queue them on the registrations they match. */
-  dispatch(events: QueuedKeyEvent[]): void {
+  /**
+   * Keyspace events from the shards: `xadd`s wake the stream consumers they concern; the
+   * others queue on the KeysReader registrations they match, for the shards this proxy
+   * owns (the rest go to `onForeignEvents`, kept in case this proxy takes those shards over).
+   */
+  dispatch(events: QueuedKeyEvent[], owned = false): void {
     // The proxy's own keys ({gears-proxy}:...) are not the users' data.
     events = events.filter(
       (e) => !(e.key[0] === 123 && e.key.subarray(0, 13).toString() === "{gears-proxy}"),
     );
     if (events.length === 0) return;
+    const consumers = this.all().filter((r) => r.consumer !== null);
+    if (consumers.length > 0) {
+      for (const e of events) {
+        if (e.event !== "xadd") continue;
+        const key = e.key.toString();
+        for (const r of consumers) if (r.consumer!.matches(key)) r.consumer!.onAppended(e.key);
+      }
+    }
+    if (!owned) {
+      const foreign = events.filter((e) => !this.ownsShard(e.shard));
+      if (foreign.length > 0) {
+        this.onForeignEvents(foreign);
+        events = events.filter((e) => this.ownsShard(e.shard));
+      }
+    }
     for (const session of this.sessions.values()) {
       for (const registration of session.registrations) {
-        let queued = false;
+        const local = registration.mode === "async_local";
+        const touched = new Set<string>();
         for (const e of events) {
           if (!registration.matchesKeyEvent(e.key.toString(), e.event)) continue;
-          registration.queue.push(e);
-          queued = true;
+          if (local) {
+            this.localQueue(registration, e.shard).queue.push(e);
+            touched.add(e.shard);
+          } else {
+            registration.queue.push(e);
+            touched.add("");
+          }
         }
-        if (queued) void this.drain(session, registration);
+        for (const shard of touched) {
+          if (local) void this.drainLocal(session, registration, shard);
+          else void this.drain(session, registration);
+        }
       }
+    }
+  }
+
+  /**
+   * The arrival time of the oldest event of `shard` not yet handled by any registration
+   * (now, when there is none): a lease's "handled through" time.
+   */
+  handledThrough(shard: string): number {
+    let oldest = Date.now();
+    for (const r of this.all()) {
+      const queues = [
+        r.queue,
+        r.inFlight,
+        ...[...r.localQueues.values()].flatMap((q) => [q.queue, q.inFlight]),
+      ];
+      for (const queue of queues) {
+        const first = queue.find((e) => e.shard === shard);
+        if (first !== undefined && first.at < oldest) oldest = first.at;
+      }
+    }
+    return oldest;
+  }
+
+  private localQueue(registration: Registration, shard: string): LocalQueue {
+    let local = registration.localQueues.get(shard);
+    if (local === undefined) {
+      local = { queue: [], inFlight: [], running: false };
+      registration.localQueues.set(shard, local);
+    }
+    return local;
+  }
+
+  /** async_local: one shard's events of a registration, in order, beside the other shards'. */
+  private async drainLocal(session: GearsSession, registration: Registration, shard: string): Promise<void> {
+    const local = this.localQueue(registration, shard);
+    if (local.running) return;
+    local.running = true;
+    try {
+      while (local.queue.length > 0 && this.sessions.get(session.id) === session) {
+        local.inFlight = local.queue.splice(0, local.queue.length);
+        await this.runBatch(session, registration, local.inFlight);
+        local.inFlight = [];
+      }
+    } finally {
+      local.running = false;
+      local.inFlight = [];
     }
   }
 
@@ -176,11 +338,13 @@ export class RegistrationRegistry {
     registration.running = true;
     try {
       while (registration.queue.length > 0 && this.sessions.get(session.id) === session) {
-        const batch = registration.queue.splice(0, registration.queue.length);
-        await this.runBatch(session, registration, batch);
+        registration.inFlight = registration.queue.splice(0, registration.queue.length);
+        await this.runBatch(session, registration, registration.inFlight);
+        registration.inFlight = [];
       }
     } finally {
       registration.running = false;
+      registration.inFlight = [];
       this.wakeIdleWaiters();
     }
   }
@@ -304,8 +468,52 @@ export class RegistrationRegistry {
     }
   }
 
+  /**
+   * The events a command that passed through the proxy caused, for the registrations whose
+   * `commands` name it: each runs in the command's path, and may override its reply.
+   */
+  async runCommandEvents(
+    command: string,
+    argv: string[],
+    events: QueuedKeyEvent[],
+  ): Promise<{ value: JsonValue } | null> {
+    let override: { value: JsonValue } | null = null;
+    for (const session of [...this.sessions.values()]) {
+      for (const registration of session.registrations) {
+        const mine = events.filter((e) =>
+          registration.matchesCommandEvent(command, e.key.toString(), e.event),
+        );
+        if (mine.length === 0) continue;
+        const bridge = session.bridge;
+        const previous = bridge.command;
+        bridge.command = argv;
+        bridge.overriddenReply = null;
+        try {
+          const partitions = new Partitions(this.router);
+          const input = await this.recordsOf(registration, partitions, mine);
+          if (input.size > 0) await this.runExecution(session, registration, partitions, input, mine.length);
+          override = bridge.overriddenReply ?? override;
+        } catch (err) {
+          registration.stats.record(
+            0,
+            [err instanceof Error ? err.message : String(err)],
+            false,
+            mine.length,
+          );
+        } finally {
+          bridge.command = previous;
+          bridge.overriddenReply = null;
+        }
+      }
+    }
+    return override;
+  }
+
   clearStats(): void {
-    for (const registration of this.all()) registration.stats.clear();
+    for (const registration of this.all()) {
+      registration.stats.clear();
+      registration.consumer?.clearStats();
+    }
   }
 
   close(): void {

@@ -13,6 +13,8 @@ export interface KeyEvent {
   event: string;
   /** The master that emitted it: its node id, host:port. */
   shard: string;
+  /** When the proxy received it (ms): what a lease's "handled through" time is made of. */
+  at: number;
 }
 
 /** Whether keyevent notifications could be enabled on one master. */
@@ -57,11 +59,12 @@ const ALL_CLASSES = "g$lshzxet";
  * notify-keyspace-events with keyevent notifications (E) for every class (A) added to what
  * `current` already enables; `current` itself when nothing is missing.
  */
-export function mergeNotifyFlags(current: string): string {
+export function mergeNotifyFlags(current: string, extra = ""): string {
   const has = new Set(current);
   let merged = current;
   if (!has.has("A") && ![...ALL_CLASSES].every((c) => has.has(c))) merged += "A";
   if (!has.has("E")) merged += "E";
+  for (const flag of extra) if (!has.has(flag) && !merged.includes(flag)) merged += flag;
   return merged;
 }
 
@@ -125,6 +128,8 @@ export class KeyspaceEventSource {
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private started = false;
+  /** Classes beyond "A" some registration needs: "m" for keymiss. */
+  private extraFlags = "";
 
   constructor(
     private readonly topology: Topology,
@@ -141,6 +146,18 @@ export class KeyspaceEventSource {
     this.reconcile();
     await Promise.all([...this.subs.values()].map((s) => s.firstAttempt));
     return this.status();
+  }
+
+  /** Asks every master for more notification classes (keymiss: "m"); resolves once each has been asked. */
+  async requireFlags(flags: string): Promise<void> {
+    const missing = [...flags].filter((f) => !this.extraFlags.includes(f)).join("");
+    if (missing === "") return;
+    this.extraFlags += missing;
+    await Promise.all(
+      [...this.subs.values()].map(async (sub) => {
+        sub.status = await this.configure(sub);
+      }),
+    );
   }
 
   /** What is known now about each master's notification settings. */
@@ -254,7 +271,7 @@ export class KeyspaceEventSource {
     let notifications = "";
     try {
       notifications = await this.readFlags(node);
-      const merged = mergeNotifyFlags(notifications);
+      const merged = mergeNotifyFlags(notifications, this.extraFlags);
       if (merged !== notifications) {
         const reply = await node.call(["CONFIG", "SET", "notify-keyspace-events", merged]);
         if (reply instanceof RespError) throw new Error(`CONFIG SET: ${reply.message}`);
@@ -350,6 +367,7 @@ export class KeyspaceEventSource {
         key: Buffer.from(message),
         event: channel.toString("latin1", CHANNEL_PREFIX_LENGTH),
         shard: sub.node.id,
+        at: Date.now(),
       });
       this.flushScheduled ??= setImmediate(() => this.flush());
     } else if (isWord(kind, "pong")) {
