@@ -18,6 +18,9 @@ import { replyValueToResp } from "./json-values.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 
+/** How often the session store's version is checked for other proxies' changes. */
+const STORE_POLL_MS = 1000;
+
 export interface ExecuteRequest {
   script: string;
   unblocking: boolean;
@@ -189,8 +192,9 @@ export class GearsEngine {
     };
     session.timers = timerRequests.map((t) => this.startTimer(session, t.id, t.seconds, t.keyName));
     this.registry.install(session, replaces);
-    if (request.replaceWith !== undefined) await this.store.remove(request.replaceWith);
-    await this.persist(session, request.script);
+    if (request.replaceWith !== undefined) await this.forget(request.replaceWith);
+    // A session brought in from the store is stored already.
+    if (request.restoredIds === undefined) await this.persist(session, request.script);
     for (const index of registered.keys()) {
       await isolate.call("__gears.onRegistered", [index]).catch((err: Error) => {
         this.log.warn({ session: id, err: err.message }, "onRegistered failed");
@@ -367,22 +371,69 @@ export class GearsEngine {
   }
 
   private readonly scripts = new Map<string, string>();
+  /** Each session as this proxy last stored or loaded it (JSON): what is new in the store is what differs. */
+  private readonly storedJson = new Map<string, string>();
+  private storeVersion: string | null = null;
+  private storePoll: NodeJS.Timeout | null = null;
+  private syncing: Promise<void> = Promise.resolve();
 
-  private async persist(session: GearsSession, script: string): Promise<void> {
+  /**
+   * Store reads and writes run one at a time: a poll that read the store just before this
+   * proxy wrote a new session must not take that session for one removed elsewhere.
+   */
+  private serialized(task: () => Promise<void>): Promise<void> {
+    const next = this.syncing.then(task, task);
+    this.syncing = next.catch(() => {});
+    return next;
+  }
+
+  private persist(session: GearsSession, script: string): Promise<void> {
+    return this.serialized(() => this.save(session, script));
+  }
+
+  private async save(session: GearsSession, script: string): Promise<void> {
     this.scripts.set(session.id, script);
     const registrations: Record<string, string> = {};
     for (const r of session.registrations) registrations[r.actionIndex] = r.id;
-    await this.store.save({ id: session.id, script, description: session.description, registrations });
+    const stored: StoredSession = { id: session.id, script, description: session.description, registrations };
+    const json = JSON.stringify(stored);
+    if (this.storedJson.get(session.id) === json) return;
+    this.storedJson.set(session.id, json);
+    await this.store.save(stored);
+  }
+
+  private forget(id: string): Promise<void> {
+    return this.serialized(async () => {
+      this.storedJson.delete(id);
+      this.scripts.delete(id);
+      await this.store.remove(id);
+    });
   }
 
   /**
-   * Brings back the sessions stored in Redis (at start): each script runs again in its
-   * session, and its registrations get their old ids; ones unregistered since stay away.
+   * Brings back the sessions stored in Redis (at start), then keeps following the store:
+   * sessions another proxy in front of the same Redis adds, upgrades or unregisters are
+   * taken over here within about a second (a version counter is polled).
    */
   async restore(): Promise<void> {
+    await this.serialized(() => this.syncFromStore());
+    this.storePoll = setInterval(() => void this.serialized(() => this.pollStore()), STORE_POLL_MS);
+    this.storePoll.unref();
+  }
+
+  private async pollStore(): Promise<void> {
+    const version = await this.store.version().catch(() => null);
+    if (version === null || version === this.storeVersion) return;
+    await this.syncFromStore();
+  }
+
+  /** Makes the local sessions what the store holds (every session's registrations with their ids). */
+  private async syncFromStore(): Promise<void> {
     let stored: StoredSession[];
     try {
+      const version = await this.store.version();
       stored = await this.store.load();
+      this.storeVersion = version;
     } catch (err) {
       this.log.warn(
         { err: err instanceof Error ? err.message : String(err) },
@@ -390,29 +441,56 @@ export class GearsEngine {
       );
       return;
     }
+    const ids = new Set(stored.map((s) => s.id));
+    for (const [id] of this.storedJson) {
+      if (ids.has(id)) continue;
+      // Gone from the store: unregistered or replaced through another proxy.
+      this.storedJson.delete(id);
+      this.scripts.delete(id);
+      const session = this.registry.session(id);
+      for (const r of session?.registrations ?? []) this.registry.unregister(r.id);
+      this.log.info({ session: id }, "gears session removed by another proxy");
+    }
     for (const s of stored) {
-      const reply = await this.execute({
-        script: s.script,
-        unblocking: false,
-        sessionId: s.id,
-        description: s.description ?? undefined,
-        upgrade: true,
-        restoredIds: s.registrations,
-      });
-      const session = this.registry.session(s.id);
-      if (session === undefined) {
-        this.log.warn(
-          { session: s.id, reply: reply.toString().trim() },
-          "stored gears session did not come back",
-        );
-        continue;
-      }
-      const kept = new Set(Object.values(s.registrations));
-      for (const r of [...session.registrations]) if (!kept.has(r.id)) this.registry.unregister(r.id);
-      this.log.info(
-        { session: s.id, registrations: session.registrations.map((r) => r.id) },
-        "restored gears session",
+      const json = JSON.stringify(s);
+      if (this.storedJson.get(s.id) === json) continue;
+      await this.bringIn(s, json);
+    }
+    this.stopEventsIfUnused();
+  }
+
+  /** Runs a stored session's script in its session, with its registrations' old ids. */
+  private async bringIn(s: StoredSession, json: string): Promise<void> {
+    this.storedJson.set(s.id, json);
+    this.scripts.set(s.id, s.script);
+    const reply = await this.execute({
+      script: s.script,
+      unblocking: false,
+      sessionId: s.id,
+      description: s.description ?? undefined,
+      upgrade: true,
+      restoredIds: s.registrations,
+    });
+    const session = this.registry.session(s.id);
+    if (session === undefined) {
+      this.log.warn(
+        { session: s.id, reply: reply.toString().trim() },
+        "stored gears session did not come back",
       );
+      return;
+    }
+    const kept = new Set(Object.values(s.registrations));
+    for (const r of [...session.registrations]) if (!kept.has(r.id)) this.registry.unregister(r.id);
+    this.log.info(
+      { session: s.id, registrations: session.registrations.map((r) => r.id) },
+      "restored gears session",
+    );
+  }
+
+  private stopEventsIfUnused(): void {
+    const timers = this.registry.allSessions().some((s) => s.timers.length > 0);
+    if (!this.registry.hasKeyRegistrations && !timers && this.keyspace !== null) {
+      void this.stopKeyspaceEvents();
     }
   }
 
@@ -423,18 +501,16 @@ export class GearsEngine {
     if (removed && owner !== undefined) {
       const session = this.registry.session(owner);
       const script = this.scripts.get(owner);
-      if (session === undefined) void this.store.remove(owner);
+      if (session === undefined) void this.forget(owner);
       else if (script !== undefined) void this.persist(session, script);
     }
-    const timers = this.registry.allSessions().some((s) => s.timers.length > 0);
-    if (removed && !this.registry.hasKeyRegistrations && !timers && this.keyspace !== null) {
-      void this.stopKeyspaceEvents();
-    }
+    if (removed) this.stopEventsIfUnused();
     return removed;
   }
 
   /** Stops the event sources (giving the shard leases back to other proxies) and every session. */
   async close(): Promise<void> {
+    if (this.storePoll !== null) clearInterval(this.storePoll);
     await this.stopKeyspaceEvents();
     this.registry.close();
     for (const execution of this.executions.values()) execution.abort();

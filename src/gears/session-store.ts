@@ -4,6 +4,8 @@ import { RespError } from "../resp/values.js";
 
 /** One hash in Redis (one hashtag, so one slot) holds every session: id -> its script and ids. */
 export const SESSIONS_KEY = "{gears-proxy}:sessions";
+/** Counts changes to the sessions, so proxies notice another's change with one GET. */
+export const SESSIONS_VERSION_KEY = "{gears-proxy}:sessions:version";
 
 /** What is kept of a session so another proxy start can bring it back as it was. */
 export interface StoredSession {
@@ -23,10 +25,19 @@ export class SessionStore {
 
   async save(session: StoredSession): Promise<void> {
     await this.write(["HSET", SESSIONS_KEY, session.id, JSON.stringify(session)]);
+    await this.write(["INCR", SESSIONS_VERSION_KEY]);
   }
 
   async remove(id: string): Promise<void> {
     await this.write(["HDEL", SESSIONS_KEY, id]);
+    await this.write(["INCR", SESSIONS_VERSION_KEY]);
+  }
+
+  /** The change counter ("0" before any change); throws when Redis cannot be read. */
+  async version(): Promise<string> {
+    const reply = await this.router.call(["GET", SESSIONS_VERSION_KEY]);
+    if (reply instanceof RespError) throw new Error(reply.message);
+    return reply === null ? "0" : String(reply);
   }
 
   async load(): Promise<StoredSession[]> {
