@@ -3,6 +3,20 @@ import calculateSlot from "cluster-key-slot";
 import { Redis } from "ioredis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
+import {
+  sleep,
+  asArray,
+  num,
+  registrations,
+  registrationsOf,
+  onlyRegistrationOf,
+  statsOf,
+  sessions,
+  execute,
+  rejection,
+  eventually,
+  stable,
+} from "./support/registrations.js";
 
 /**
  * Event registrations (RG.EXECUTE scripts that call register()) against real redis-server,
@@ -13,170 +27,10 @@ import { Backend, BACKEND_MODES } from "./support/backend.js";
  * and `sync` mode. Keys a handler writes never match its own prefix (no event loops).
  */
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
 /** How long a negative check waits for an event that must not be handled. */
 const SETTLE_MS = 400;
 
 const REG_ID = /^[0-9a-f]{40}-\d+$/;
-
-function asArray(v: unknown, what: string): unknown[] {
-  if (!Array.isArray(v)) throw new Error(`${what}: expected an array, got ${JSON.stringify(v)}`);
-  return v as unknown[];
-}
-
-function str(v: unknown, what = "value"): string {
-  if (typeof v !== "string") throw new Error(`${what}: expected a string, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-/** A flat [name, value, name, value...] array as a map. */
-function fields(v: unknown, what: string): Map<string, unknown> {
-  const list = asArray(v, what);
-  const out = new Map<string, unknown>();
-  for (let i = 0; i + 1 < list.length; i += 2) out.set(str(list[i], `${what} field name`), list[i + 1]);
-  return out;
-}
-
-interface Stats {
-  mode: string;
-  numTriggered: number;
-  numSuccess: number;
-  numFailures: number;
-  numAborted: number;
-  lastRunDurationMS: number;
-  totalRunDurationMS: number;
-  lastError: string | null;
-}
-
-interface RegistrationInfo {
-  id: string;
-  reader: string;
-  desc: unknown;
-  session: string;
-  stats: Stats;
-  args: Map<string, unknown>;
-}
-
-interface SessionInfo {
-  id: string;
-  description: unknown;
-  registrations: string[];
-}
-
-function num(v: unknown, what: string): number {
-  if (typeof v !== "number") throw new Error(`${what}: expected an integer, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-/** RG.DUMPREGISTRATIONS, parsed. */
-async function registrations(c: Redis): Promise<RegistrationInfo[]> {
-  const reply = asArray(await c.call("RG.DUMPREGISTRATIONS"), "RG.DUMPREGISTRATIONS");
-  return reply.map((entry) => {
-    const top = fields(entry, "registration");
-    const data = fields(top.get("RegistrationData"), "RegistrationData");
-    const lastError = data.get("lastError");
-    return {
-      id: str(top.get("id"), "id"),
-      reader: str(top.get("reader"), "reader"),
-      desc: top.get("desc"),
-      session: str(top.get("session"), "session"),
-      stats: {
-        mode: str(data.get("mode"), "mode"),
-        numTriggered: num(data.get("numTriggered"), "numTriggered"),
-        numSuccess: num(data.get("numSuccess"), "numSuccess"),
-        numFailures: num(data.get("numFailures"), "numFailures"),
-        numAborted: num(data.get("numAborted"), "numAborted"),
-        lastRunDurationMS: num(data.get("lastRunDurationMS"), "lastRunDurationMS"),
-        totalRunDurationMS: num(data.get("totalRunDurationMS"), "totalRunDurationMS"),
-        lastError: lastError === null ? null : str(lastError, "lastError"),
-      },
-      args: fields(data.get("args"), "args"),
-    };
-  });
-}
-
-/** The registrations of one session. */
-async function registrationsOf(c: Redis, session: string): Promise<RegistrationInfo[]> {
-  return (await registrations(c)).filter((r) => r.session === session);
-}
-
-/** The one registration of a session. */
-async function onlyRegistrationOf(c: Redis, session: string): Promise<RegistrationInfo> {
-  const regs = await registrationsOf(c, session);
-  expect(regs, `registrations of session ${session}`).to.have.length(1);
-  return regs[0];
-}
-
-async function statsOf(c: Redis, id: string): Promise<Stats> {
-  const reg = (await registrations(c)).find((r) => r.id === id);
-  if (reg === undefined) throw new Error(`registration ${id} is not in RG.DUMPREGISTRATIONS`);
-  return reg.stats;
-}
-
-/** RG.DUMPSESSIONS [args], parsed. */
-async function sessions(c: Redis, ...args: string[]): Promise<SessionInfo[]> {
-  const reply = asArray(await c.call("RG.DUMPSESSIONS", ...args), "RG.DUMPSESSIONS");
-  return reply.map((entry) => {
-    const f = fields(entry, "session");
-    return {
-      id: str(f.get("ID"), "ID"),
-      description: f.get("sessionDescription"),
-      registrations: asArray(f.get("registrations"), "registrations").map((r) => str(r, "registration id")),
-    };
-  });
-}
-
-/** RG.EXECUTE <script> [options...]: the reply (OK for a script that registered). */
-async function execute(c: Redis, script: string, ...options: string[]): Promise<unknown> {
-  return c.call("RG.EXECUTE", script, ...options);
-}
-
-/** The message of a rejected promise (an error reply). */
-async function rejection(promise: Promise<unknown>): Promise<string> {
-  let value: unknown;
-  try {
-    value = await promise;
-  } catch (err) {
-    return err instanceof Error ? err.message : String(err);
-  }
-  throw new Error(`expected an error reply, got ${JSON.stringify(value)}`);
-}
-
-/**
- * Polls `probe` until `ok` holds; fails with the last value seen after `timeoutMs`.
- */
-async function eventually<T>(
-  probe: () => Promise<T>,
-  ok: (value: T) => boolean,
-  what: string,
-  timeoutMs = 10_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last = await probe();
-  while (!ok(last)) {
-    if (Date.now() > deadline) {
-      throw new Error(`${what}: not reached within ${timeoutMs} ms; last value ${JSON.stringify(last)}`);
-    }
-    await sleep(20);
-    last = await probe();
-  }
-  return last;
-}
-
-/** Polls `probe` until two reads `gapMs` apart agree (a counter that stopped moving). */
-async function stable<T>(probe: () => Promise<T>, what: string, gapMs = 250, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last = JSON.stringify(await probe());
-  for (;;) {
-    await sleep(gapMs);
-    const value = await probe();
-    const now = JSON.stringify(value);
-    if (now === last) return value;
-    if (Date.now() > deadline) throw new Error(`${what}: still changing after ${timeoutMs} ms (${now})`);
-    last = now;
-  }
-}
 
 /** A JSON record a handler pushed on a log list. */
 type LoggedRecord = Record<string, unknown>;

@@ -7,11 +7,12 @@ const LEASE_PREFIX = "{gears-proxy}:lease:";
 
 /**
  * Renews the lease only while this proxy still holds it, writing its new "handled through"
- * time; 0 when another proxy took it (after it expired).
+ * time; 0 when another proxy took it (after it expired). A lease key that vanished (a
+ * FLUSHALL) is this proxy's still: nobody else had it.
  */
 const RENEW_SCRIPT = `
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
+if (not v) or string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
   redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
   return 1
 end

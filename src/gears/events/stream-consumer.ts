@@ -275,14 +275,14 @@ export class StreamConsumer {
       if (claim) await this.claim(state);
       do {
         state.again = false;
-        const got = await this.read(state);
-        if (this.stopped || this.status !== "OK") return;
-        if (!this.ready(state)) {
-          if (got === 0) return;
-          continue;
+        // Entries already in hand (a retried or resumed batch) go first, before reading more.
+        const got = state.held.length >= READ_COUNT ? READ_COUNT : await this.read(state);
+        // As in RedisGears, an execution takes `batch` entries: the failure policy applies to exactly those.
+        while (!this.stopped && this.status === "OK" && this.ready(state)) {
+          const batch = state.held.splice(0, this.options.batch);
+          if (state.held.length > 0) state.heldSince = Date.now();
+          if (!(await this.run(state, batch))) return;
         }
-        const batch = state.held.splice(0, state.held.length);
-        if (!(await this.run(state, batch))) return;
         if (got < READ_COUNT && !state.again) return;
       } while (!this.stopped && this.status === "OK");
     } catch (err) {
