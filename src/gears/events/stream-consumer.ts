@@ -23,6 +23,8 @@ export type StreamBatchRunner = (stream: Buffer, records: JsonValue[]) => Promis
 const READ_COUNT = 512;
 /** How often each known stream is polled (missed notifications, entries of dead consumers). */
 const POLL_MS = 1000;
+/** A long drain trims the stream at least this often (in batches). */
+const TRIM_EVERY = 64;
 /** How often the shards are scanned for streams created while notifications were off. */
 const RESCAN_MS = 10_000;
 
@@ -71,6 +73,8 @@ class StreamState {
   heldSince = 0;
   durationTimer: NodeJS.Timeout | null = null;
   retryTimer: NodeJS.Timeout | null = null;
+  /** Batches acknowledged since the stream was last trimmed. */
+  untrimmed = 0;
   /** XAUTOCLAIM's cursor, walked one page per poll. */
   claimCursor = "0-0";
 
@@ -294,6 +298,8 @@ export class StreamConsumer {
         },
         "stream read failed",
       );
+    } finally {
+      if (state.untrimmed > 0) await this.trim(state);
     }
   }
 
@@ -417,17 +423,23 @@ export class StreamConsumer {
     this.kick(state);
   }
 
-  /** Acknowledges the batch and, with trimStream, deletes what every group has processed. */
+  /**
+   * Acknowledges the batch. Trimming (a script that reads every group's progress) is done
+   * once per drained loop, or every TRIM_EVERY batches of a long one, not once per batch.
+   */
   private async settle(state: StreamState, batch: StreamEntry[]): Promise<void> {
     const ids = batch.map((e) => e.id);
     const acked = await this.router.call(["XACK", state.key, this.group, ...ids]);
     const error = errorOf(acked);
     if (error !== null) throw new Error(`XACK: ${error}`);
-    if (this.options.trimStream) {
-      const trimmed = await this.router.call(["EVAL", TRIM_SCRIPT, "1", state.key]);
-      const trimError = errorOf(trimmed);
-      if (trimError !== null)
-        this.log.warn({ group: this.group, err: trimError }, "could not trim the stream");
-    }
+    if (this.options.trimStream && ++state.untrimmed >= TRIM_EVERY) await this.trim(state);
+  }
+
+  /** Deletes what every consumer group of the stream has processed. */
+  private async trim(state: StreamState): Promise<void> {
+    state.untrimmed = 0;
+    const trimmed = await this.router.call(["EVAL", TRIM_SCRIPT, "1", state.key]).catch((err: Error) => err);
+    const error = trimmed instanceof Error ? trimmed.message : errorOf(trimmed);
+    if (error !== null) this.log.warn({ group: this.group, err: error }, "could not trim the stream");
   }
 }
