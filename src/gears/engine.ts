@@ -18,6 +18,9 @@ import { replyValueToResp } from "./json-values.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 
+/** Events from this long before a dead lease owner's last mark are replayed too (clock skew, at least once). */
+const REPLAY_MARGIN_MS = 1000;
+
 /** How often the session store's version is checked for other proxies' changes. */
 const STORE_POLL_MS = 1000;
 
@@ -52,7 +55,11 @@ export class GearsEngine {
   private keyspace: KeyspaceEventSource | null = null;
   private leases: ShardLeases | null = null;
   /** Other proxies' shards' recent events, replayed when this proxy takes a shard over. */
-  private readonly backlog = new EventBacklog(() => 2 * this.config.number("EventLeaseMS") + 2000);
+  private readonly backlog = new EventBacklog(
+    () => 2 * this.config.number("EventLeaseMS") + 2000,
+    (shard) => this.leases?.ownerMark(shard) ?? null,
+    REPLAY_MARGIN_MS,
+  );
   /** Commands waiting for the keyspace events they cause (`commands` registrations). */
   private readonly captures = new Set<{ keys: Set<string>; events: KeyEvent[] }>();
   private readonly store: SessionStore;
@@ -322,7 +329,7 @@ export class GearsEngine {
       {
         acquired: (node, previous) => {
           // At least once: events from a little before the last owner's mark are handled again.
-          const since = previous === null ? 0 : previous.handledThrough - 1000;
+          const since = previous === null ? 0 : previous.handledThrough - REPLAY_MARGIN_MS;
           const replay = this.backlog.takeSince(node, since);
           if (replay.length > 0)
             this.log.info({ node, events: replay.length }, "replaying events of a shard taken over");

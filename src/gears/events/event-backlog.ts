@@ -11,10 +11,18 @@ const MAX_PER_SHARD = 200_000;
 export class EventBacklog {
   private readonly byShard = new Map<string, KeyEvent[]>();
 
-  constructor(private readonly keepMs: () => number) {}
+  constructor(
+    private readonly keepMs: () => number,
+    /**
+     * The time up to which the shard's owner last said it had handled its events: nothing
+     * after it (less a margin) is dropped, however far behind the owner is.
+     */
+    private readonly ownerMark: (shard: string) => number | null,
+    private readonly marginMs: number,
+  ) {}
 
   add(events: KeyEvent[]): void {
-    const cutoff = Date.now() - this.keepMs();
+    const recent = Date.now() - this.keepMs();
     for (const e of events) {
       let list = this.byShard.get(e.shard);
       if (list === undefined) {
@@ -23,7 +31,9 @@ export class EventBacklog {
       }
       list.push(e);
     }
-    for (const list of this.byShard.values()) {
+    for (const [shard, list] of this.byShard) {
+      const mark = this.ownerMark(shard);
+      const cutoff = mark === null ? recent : Math.min(recent, mark - this.marginMs);
       let drop = 0;
       while (drop < list.length && list[drop].at < cutoff) drop++;
       drop = Math.max(drop, list.length - MAX_PER_SHARD);

@@ -101,6 +101,11 @@ export class ShardLeases {
     return this.leases.get(node)?.owned ?? false;
   }
 
+  /** What the owner of the master `node`'s lease last said it had handled through (ms); null if unknown. */
+  ownerMark(node: string): number | null {
+    return this.leases.get(node)?.lastSeen?.handledThrough ?? null;
+  }
+
   /** The masters whose leases this proxy holds. */
   owned(): string[] {
     return [...this.leases].filter(([, l]) => l.owned).map(([node]) => node);
