@@ -3,7 +3,7 @@
  * them), /proc readings of their memory, CPU profile totals, the machine description, markdown
  * tables and the signal/exit handling that stops every process a bench started.
  */
-import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { spawn, fork, execFileSync, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -32,7 +32,19 @@ export interface Child {
 export const children = new Set<Child>();
 
 export function startChild(name: string, cmd: string, args: string[], keepOutput = true): Child {
-  const proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  return track(name, spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] }), keepOutput);
+}
+
+/**
+ * Forks a node module with an IPC channel (for a helper process the bench talks to with
+ * messages), tracked like startChild's children so cleanup stops it.
+ */
+export function forkChild(name: string, modulePath: string, args: string[]): Child {
+  return track(name, fork(modulePath, args, { stdio: ["ignore", "pipe", "pipe", "ipc"] }), true);
+}
+
+/** Registers a started process in `children` until it exits, keeping the tail of its output. */
+function track(name: string, proc: ChildProcess, keepOutput: boolean): Child {
   const child: Child = {
     name,
     proc,
@@ -42,7 +54,7 @@ export function startChild(name: string, cmd: string, args: string[], keepOutput
     exited: new Promise((resolve) => {
       proc.once("exit", () => resolve());
       proc.once("error", (err) => {
-        child.output += `\nspawn failed: ${err.message}`;
+        child.output += `\nstart failed: ${err.message}`;
         resolve();
       });
     }),
