@@ -180,6 +180,25 @@ for (const mode of BACKEND_MODES) {
       );
     });
 
+    it("a stream deleted and written again gets a new group and is read on", async () => {
+      await execute(io, "GB('StreamReader').foreach(x => execute('INCR', 'count')).register('gone')");
+      await io.xadd("gone", "*", "i", "1");
+      await eventually(
+        () => io.get("count"),
+        (v) => v === "1",
+        "first entry",
+      );
+      await io.del("gone");
+      await sleep(1500); // a poll or two meets the missing key
+      await io.xadd("gone", "*", "i", "2");
+      await eventually(
+        () => io.get("count"),
+        (v) => v === "2",
+        "entry of the new stream",
+      );
+      expect(((await io.xinfo("GROUPS", "gone")) as unknown[]).length).to.equal(1);
+    });
+
     it("batch and duration: an execution fires at `batch` entries, or `duration` ms after the first of an incomplete batch", async () => {
       await execute(
         io,

@@ -57,6 +57,9 @@ end
 if min1 == nil then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min1, min2))`;
 
+/** The stream key does not exist (deleted): its group cannot be created. */
+class StreamGone extends Error {}
+
 interface StreamEntry {
   id: string;
   value: Record<string, string>;
@@ -73,6 +76,8 @@ class StreamState {
   heldSince = 0;
   durationTimer: NodeJS.Timeout | null = null;
   retryTimer: NodeJS.Timeout | null = null;
+  /** The last read error logged, so a lasting one is logged once. */
+  lastError = "";
   /** Batches acknowledged since the stream was last trimmed. */
   untrimmed = 0;
   /** XAUTOCLAIM's cursor, walked one page per poll. */
@@ -290,14 +295,16 @@ export class StreamConsumer {
         if (got < READ_COUNT && !state.again) return;
       } while (!this.stopped && this.status === "OK");
     } catch (err) {
-      this.log.warn(
-        {
-          group: this.group,
-          stream: state.key.toString(),
-          err: err instanceof Error ? err.message : String(err),
-        },
-        "stream read failed",
-      );
+      if (err instanceof StreamGone) {
+        // Deleted (and not written again): nothing to read until an xadd brings it back.
+        if (state.held.length === 0) this.streams.delete(state.key.toString("latin1"));
+        return;
+      }
+      const message = err instanceof Error ? err.message : String(err);
+      // A shard that stays down would otherwise log this every poll.
+      if (message === state.lastError) return;
+      state.lastError = message;
+      this.log.warn({ group: this.group, stream: state.key.toString(), err: message }, "stream read failed");
     } finally {
       if (state.untrimmed > 0) await this.trim(state);
     }
@@ -327,6 +334,7 @@ export class StreamConsumer {
   private async createGroup(state: StreamState): Promise<void> {
     const reply = await this.router.call(["XGROUP", "CREATE", state.key, this.group, "0"]);
     const error = errorOf(reply);
+    if (error?.includes("requires the key to exist")) throw new StreamGone();
     if (error !== null && !error.startsWith("BUSYGROUP")) throw new Error(`XGROUP CREATE: ${error}`);
     state.groupReady = true;
   }
@@ -342,6 +350,7 @@ export class StreamConsumer {
     }
     const error = errorOf(reply);
     if (error !== null) throw new Error(`XREADGROUP: ${error}`);
+    state.lastError = "";
     const entries = Array.isArray(reply) && Array.isArray(reply[0]) ? parseEntries(reply[0][1]) : [];
     this.hold(state, entries);
     return entries.length;
