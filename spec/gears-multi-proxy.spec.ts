@@ -520,6 +520,34 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       );
     });
 
+    it("a sync registration holds a write through the proxy that does not own the shard until the owner has run its handler", async () => {
+      const a = await startB();
+      const idA = await proxyIdOf(a.c);
+      const script =
+        "GB().foreach(x => execute('SET', 'copy:' + x.key, x.value)).register('sync:*', {mode: 'sync'})";
+      expect(await a.c.call("RG.EXECUTE", script, "ID", "syncs")).to.equal("OK");
+      await waitFor(
+        "A holds every lease",
+        () => leaseOwners(gearsKeys),
+        (m) => m.size === 3 && [...m.values()].every((o) => o === idA),
+      );
+      const b = await startB();
+      await waitFor(
+        "B picks the session up",
+        async () => (await registrations(b.c)).length,
+        (n) => n === 1,
+        SYNC_MS,
+      );
+      // B owns no shard: every write's handler runs on A, and B's client must still see its effect.
+      for (let i = 0; i < 60; i++) {
+        const key = `sync:{${i}}`;
+        expect(await b.c.set(key, `v${i}`)).to.equal("OK");
+        expect(await b.c.get(`copy:${key}`), key).to.equal(`v${i}`);
+      }
+      // The markers are the proxies' own: no user registration saw them.
+      expect(await direct.keys("copy:*gears-proxy-sync*")).to.deep.equal([]);
+    });
+
     it("RG.UNREGISTER on A: B stops handling that KeysReader registration (B holds the leases)", async () => {
       const b = await startB();
       // B registers first, so B holds every shard's lease and handles the events.

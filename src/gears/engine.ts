@@ -10,6 +10,7 @@ import type { Action, GuestIsolate, IsolateFactory } from "./guest-isolate.js";
 import { KeyspaceEventSource, type KeyEvent, type KeyspaceStatus } from "./events/keyspace-source.js";
 import { EventBacklog } from "./events/event-backlog.js";
 import { ShardLeases } from "./events/shard-leases.js";
+import { isSyncMarker, SYNC_MARKER, SYNCED_CHANNEL } from "./events/sync-markers.js";
 import { Registration } from "./registration.js";
 import { RegistrationRegistry, type GearsSession } from "./registry.js";
 import { keySlot } from "../routing/key-slot.js";
@@ -62,6 +63,9 @@ export class GearsEngine {
   );
   /** Commands waiting for the keyspace events they cause (`commands` registrations). */
   private readonly captures = new Set<{ keys: Set<string>; events: KeyEvent[] }>();
+  /** Sync markers written to other proxies' shards, waiting for their answer. */
+  private syncSeq = 0;
+  private readonly syncWaiters = new Map<number, () => void>();
   private readonly store: SessionStore;
 
   constructor(
@@ -313,13 +317,70 @@ export class GearsEngine {
       for (const e of events) if (capture.keys.has(e.key.toString("latin1"))) capture.events.push(e);
     }
     this.registry.dispatch(events);
+    // After the dispatch: a marker's earlier events are queued by now.
+    for (const e of events) if (isSyncMarker(e.key)) this.answerSyncMarker(e);
+  }
+
+  /**
+   * Another proxy wrote a sync marker on a shard this proxy handles: once the `sync`
+   * registrations have run every event queued before it, say so on that proxy's channel.
+   */
+  private answerSyncMarker(e: KeyEvent): void {
+    if (!(this.leases?.owns(e.shard) ?? false)) return;
+    const [proxyId, seq] = e.key
+      .toString()
+      .slice(e.key.indexOf(SYNC_MARKER) + SYNC_MARKER.length)
+      .split(":");
+    if (proxyId === this.proxyId || seq === undefined) return;
+    void this.registry
+      .syncIdle()
+      .then(() => this.router.call(["PUBLISH", SYNCED_CHANNEL + proxyId, seq]))
+      .catch(() => {});
+  }
+
+  /**
+   * A write through this proxy to a shard another proxy handles: a marker key written to
+   * that shard after the write reaches the owner after the write's events (notifications
+   * keep their order per shard); the owner answers once its `sync` handlers have run them.
+   * An owner that does not answer (it died) holds the client for one lease time at most.
+   */
+  private async syncWithOwners(): Promise<void> {
+    const leases = this.leases;
+    if (leases === null) return;
+    const masters = this.router.topology.masters();
+    const foreign = masters.flatMap((m, index) => (leases.owns(m.id) ? [] : [index]));
+    if (foreign.length === 0) return;
+    const partitions = new Partitions(this.router);
+    await Promise.all(
+      foreign.map(async (index) => {
+        const seq = ++this.syncSeq;
+        let timer: NodeJS.Timeout | undefined;
+        const answered = new Promise<void>((resolve) => {
+          this.syncWaiters.set(seq, resolve);
+          timer = setTimeout(resolve, this.config.number("EventLeaseMS"));
+        });
+        const key = `{${partitions.hashtag(index)}}${SYNC_MARKER}${this.proxyId}:${seq}`;
+        await this.router.call(["SET", key, "1", "PX", "10000"]).catch(() => {});
+        await answered;
+        clearTimeout(timer);
+        this.syncWaiters.delete(seq);
+      }),
+    );
+  }
+
+  private onSynced(message: Buffer): void {
+    const seq = Number(message.toString());
+    this.syncWaiters.get(seq)?.();
   }
 
   /** Keyspace notifications, and the shard leases that say which shards' events are this proxy's. */
   private async startKeyspaceEvents(): Promise<void> {
     if (this.keyspace !== null) return;
-    this.keyspace = new KeyspaceEventSource(this.router.topology, this.log, (events) =>
-      this.onKeyspaceEvents(events),
+    this.keyspace = new KeyspaceEventSource(
+      this.router.topology,
+      this.log,
+      (events) => this.onKeyspaceEvents(events),
+      { pattern: SYNCED_CHANNEL + this.proxyId, onMessage: (_channel, message) => this.onSynced(message) },
     );
     this.leases = new ShardLeases(
       this.router,
@@ -375,6 +436,7 @@ export class GearsEngine {
   async afterWrite(): Promise<void> {
     if (this.keyspace !== null) await this.keyspace.barrier();
     await this.registry.syncIdle();
+    await this.syncWithOwners();
   }
 
   private readonly scripts = new Map<string, string>();

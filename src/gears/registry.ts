@@ -3,6 +3,7 @@ import { keySlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
 import type { JsonValue } from "../sandbox/types.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
+import { isSyncMarker } from "./events/sync-markers.js";
 import { Execution, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
 import type { GearsBridge } from "./host-bridge.js";
@@ -244,9 +245,10 @@ export class RegistrationRegistry {
    * owns (the rest go to `onForeignEvents`, kept in case this proxy takes those shards over).
    */
   dispatch(events: QueuedKeyEvent[], owned = false): void {
-    // The proxy's own keys ({gears-proxy}:...) are not the users' data.
+    // The proxy's own keys ({gears-proxy}:..., sync markers) are not the users' data.
     events = events.filter(
-      (e) => !(e.key[0] === 123 && e.key.subarray(0, 13).toString() === "{gears-proxy}"),
+      (e) =>
+        !(e.key[0] === 123 && (e.key.subarray(0, 13).toString() === "{gears-proxy}" || isSyncMarker(e.key))),
     );
     if (events.length === 0) return;
     const consumers = this.all().filter((r) => r.consumer !== null);

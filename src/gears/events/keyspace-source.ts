@@ -38,8 +38,8 @@ export interface KeyspaceStatus {
 /** Keyevent notifications of database 0, the only one a cluster has. */
 const PATTERN = "__keyevent@0__:*";
 const CHANNEL_PREFIX_LENGTH = PATTERN.length - 1;
-const PSUBSCRIBE = encodeCommand(["PSUBSCRIBE", PATTERN]);
-const PUNSUBSCRIBE = encodeCommand(["PUNSUBSCRIBE", PATTERN]);
+/** Every pattern at once: the confirmations count down to 0. */
+const PUNSUBSCRIBE = encodeCommand(["PUNSUBSCRIBE"]);
 const PING = encodeCommand(["PING"]);
 
 /** How often the list of masters is compared with the subscriptions. */
@@ -135,7 +135,16 @@ export class KeyspaceEventSource {
     private readonly topology: Topology,
     private readonly log: Logger,
     private readonly onEvents: (events: KeyEvent[]) => void,
-  ) {}
+    /** Another channel pattern to listen to on the same connections, and where its messages go. */
+    private readonly extra: {
+      pattern: string;
+      onMessage: (channel: Buffer, message: Buffer) => void;
+    } | null = null,
+  ) {
+    this.psubscribe = encodeCommand(["PSUBSCRIBE", PATTERN, ...(extra === null ? [] : [extra.pattern])]);
+  }
+
+  private readonly psubscribe: Buffer;
 
   /** Configures and subscribes every master; resolves once each has subscribed or failed once. */
   async start(): Promise<KeyspaceStatus> {
@@ -259,7 +268,7 @@ export class KeyspaceEventSource {
       sub.conn = null;
       this.lost(sub, reason);
     };
-    conn.sendUnmatched(PSUBSCRIBE);
+    conn.sendUnmatched(this.psubscribe);
   }
 
   /**
@@ -362,6 +371,10 @@ export class KeyspaceEventSource {
       const channel = value[2];
       const message = value[3];
       if (!Buffer.isBuffer(channel) || !Buffer.isBuffer(message)) return;
+      if (this.extra !== null && !isWord(value[1], PATTERN)) {
+        this.extra.onMessage(Buffer.from(channel), Buffer.from(message));
+        return;
+      }
       this.pending.push({
         // Copied: the frame is a view of the socket's buffer.
         key: Buffer.from(message),
@@ -416,7 +429,9 @@ export class KeyspaceEventSource {
     }
     let timer: NodeJS.Timeout | undefined;
     const remaining = await new Promise<number>((resolve) => {
-      sub.onUnsubscribed = resolve;
+      sub.onUnsubscribed = (remaining) => {
+        if (remaining <= 0) resolve(remaining);
+      };
       conn.onBorrowerLost = () => resolve(-1);
       timer = setTimeout(() => resolve(-1), STOP_WAIT_MS);
       conn.sendUnmatched(PUNSUBSCRIBE);
