@@ -484,6 +484,31 @@ describe("bad input and limits", function () {
     }
   });
 
+  it("counts with leading zeros, '-0' or '+' get the errors Redis itself gives; '*-2' is skipped", async () => {
+    const inputs = [
+      "*1\r\n$04\r\nPING\r\n",
+      "*01\r\n$4\r\nPING\r\n",
+      "*00\r\n*1\r\n$4\r\nPING\r\n",
+      "*1\r\n$-0\r\n",
+      "*-0\r\n",
+      "*1\r\n$+4\r\nPING\r\n",
+      "*-2\r\n*0\r\n*1\r\n$4\r\nPING\r\n",
+      "*1\r\n$4\r\nPINGxx*2\r\n$4\r\nECHO\r\n$0\r\n\r\n",
+    ];
+    for (const input of inputs) {
+      const answers: string[] = [];
+      for (const port of [redis.port, proxy.port]) {
+        const client = await raw(port);
+        client.write(input);
+        // Both either answer and close (protocol errors) or answer and wait: give them time.
+        await client.closesWithin(300);
+        answers.push(client.text);
+      }
+      expect(answers[1], `proxy vs redis for ${JSON.stringify(input)}`).to.equal(answers[0]);
+      expect(answers[0]).to.not.equal("");
+    }
+  });
+
   it("the proxy is still up and serving after all of the above", async () => {
     expect(await sendCommand(proxy.port, ["PING"])).to.equal("PONG");
     expect(await sendCommand(tight.port, ["PING"])).to.equal("PONG");

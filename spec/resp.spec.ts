@@ -1,7 +1,8 @@
 import { expect } from "chai";
 import { decodeReply } from "../src/resp/decode.js";
 import { encodeCommand, encodeValue } from "../src/resp/encode.js";
-import { ProtocolError, RequestParser, splitInlineArgs } from "../src/resp/request-parser.js";
+import { commandName, ProtocolError, RequestParser, splitInlineArgs } from "../src/resp/request-parser.js";
+import { findCrlf } from "../src/resp/byte-queue.js";
 import { ReplyScanner } from "../src/resp/reply-scanner.js";
 import { RespError } from "../src/resp/values.js";
 
@@ -10,6 +11,12 @@ const LIMITS = { maxBulkLen: 512 * 1024 * 1024, maxArgs: 1024 * 1024 };
 function parseAll(parser: RequestParser): string[][] {
   const out: string[][] = [];
   for (let r = parser.next(); r !== null; r = parser.next()) out.push(r.argv.map((a) => a.toString()));
+  return out;
+}
+
+function parseAllNames(parser: RequestParser): string[] {
+  const out: string[] = [];
+  for (let r = parser.next(); r !== null; r = parser.next()) out.push(r.name);
   return out;
 }
 
@@ -88,10 +95,87 @@ describe("request parser", () => {
     expect(protocolError('SET "a\r\n')).to.equal("unbalanced quotes in request");
   });
 
+  it("refuses counts with leading zeros, '-0' or a sign, as Redis' string2ll does", () => {
+    expect(protocolError("*01\r\n$4\r\nPING\r\n")).to.equal("invalid multibulk length");
+    expect(protocolError("*00\r\n")).to.equal("invalid multibulk length");
+    expect(protocolError("*-0\r\n")).to.equal("invalid multibulk length");
+    expect(protocolError("*1\r\n$04\r\nPING\r\n")).to.equal("invalid bulk length");
+    expect(protocolError("*1\r\n$-0\r\n")).to.equal("invalid bulk length");
+    expect(protocolError("*1\r\n$+4\r\nPING\r\n")).to.equal("invalid bulk length");
+    expect(protocolError("*1\r\n$0\r\n\r\n*-3\r\n*10\r\n")).to.equal("no error");
+  });
+
+  it("hands out lazily split arguments equal to the bytes sent, whatever the chunking", () => {
+    let seed = 7;
+    const random = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    const commands: Buffer[][] = [];
+    for (let i = 0; i < 300; i++) {
+      const argc = 1 + random(5);
+      const argv: Buffer[] = [];
+      for (let j = 0; j < argc; j++) {
+        const len = random(4) === 0 ? random(3000) : random(20);
+        argv.push(Buffer.from(Array.from({ length: len }, () => random(256))));
+      }
+      commands.push(argv);
+    }
+    const encoded = commands.map((argv) => encodeCommand(argv));
+    const stream = Buffer.concat(encoded);
+    const parser = new RequestParser(LIMITS);
+    const got: { argv: Buffer[]; raw: Buffer | null }[] = [];
+    for (let at = 0; at < stream.length;) {
+      const size = 1 + random(random(2) === 0 ? 10 : 5000);
+      parser.push(stream.subarray(at, at + size));
+      at += size;
+      // Arguments are read only after later input arrived: views must stay valid.
+      for (let r = parser.next(); r !== null; r = parser.next()) got.push(r);
+    }
+    expect(got).to.have.length(commands.length);
+    got.forEach((r, i) => {
+      expect(r.argv.length, `request ${i}`).to.equal(commands[i].length);
+      r.argv.forEach((a, j) => expect(a.equals(commands[i][j]), `request ${i} argument ${j}`).to.equal(true));
+      expect(r.raw!.equals(encoded[i]), `raw bytes of request ${i}`).to.equal(true);
+    });
+  });
+
+  it("names commands in lower case, the same string for any spelling", () => {
+    const parser = new RequestParser(LIMITS);
+    parser.push(Buffer.from("*1\r\n$3\r\nGET\r\n*1\r\n$3\r\ngEt\r\nget\r\n*1\r\n$2\r\nrG\r\n"));
+    const names = parseAllNames(parser);
+    expect(names).to.deep.equal(["get", "get", "get", "rg"]);
+    const long = "X".repeat(40);
+    expect(commandName(Buffer.from(long), 0, 40)).to.equal(long.toLowerCase());
+    // Latin-1 letters lower-case like String.toLowerCase, with or without the cache.
+    for (let i = 0; i < 2; i++) expect(commandName(Buffer.from([0x41, 0xc0]), 0, 2)).to.equal("a\u00e0");
+    expect(commandName(Buffer.from([0x61, 0xe0]), 0, 2)).to.equal("a\u00e0");
+    expect(commandName(Buffer.from("xxSETyy"), 2, 5)).to.equal("set");
+    expect(commandName(Buffer.alloc(0), 0, 0)).to.equal("");
+  });
+
   it("accepts only small requests before authentication", () => {
     expect(protocolError("*11\r\n", false)).to.equal("invalid multibulk length");
     expect(protocolError("*1\r\n$20000\r\n", false)).to.equal("invalid bulk length");
     expect(protocolError("*11\r\n", true)).to.equal("no error");
+  });
+});
+
+describe("findCrlf", () => {
+  it("finds the first CRLF before `end`, near or far, and never in spare capacity", () => {
+    for (const at of [0, 1, 5, 31, 32, 33, 40, 100, 5000]) {
+      const buf = Buffer.alloc(at + 10, 120);
+      buf[at] = 13;
+      buf[at + 1] = 10;
+      expect(findCrlf(buf, 0, buf.length), `CRLF at ${at}`).to.equal(at);
+      // The LF lies past `end`: not there yet.
+      expect(findCrlf(buf, 0, at + 1), `CRLF at ${at} cut`).to.equal(-1);
+      expect(findCrlf(buf, at + 1, buf.length)).to.equal(-1);
+    }
+    const lone = Buffer.from("ab\rcd\r\r\nxx");
+    expect(findCrlf(lone, 0, lone.length)).to.equal(6);
+    const far = Buffer.concat([Buffer.from("\r".repeat(50)), Buffer.from("\r\n")]);
+    expect(findCrlf(far, 0, far.length)).to.equal(50);
   });
 });
 

@@ -34,6 +34,28 @@ const MAX_IN_FLIGHT = 128;
 /** Redis' client-query-buffer-limit: unparsed input a client may leave with us. */
 const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
+const EMPTY = Buffer.alloc(0);
+
+let special: Set<string> | null = null;
+
+/**
+ * Names execute() must look at closely: answered locally, allowed before AUTH or while
+ * subscribed, or changing the client's lane. Every other command, once the client is
+ * authenticated, unsubscribed and outside MULTI, goes straight to forwarding. Built on
+ * first use rather than at load, so the import cycle with local-commands cannot see it empty.
+ */
+function isSpecial(name: string): boolean {
+  special ??= new Set([
+    ...LOCAL_COMMANDS.keys(),
+    ...NO_AUTH_COMMANDS,
+    ...ALLOWED_WHILE_SUBSCRIBED,
+    ...SUBSCRIBE_FAMILY,
+    "multi",
+    "watch",
+  ]);
+  return special.has(name) || name.startsWith("rg.");
+}
+
 /**
  * One client connection: parses its requests, sends each where it belongs, and writes the
  * replies back in request order. Ordinary commands share pipelined upstream connections;
@@ -199,6 +221,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       }
     } finally {
       this.processing = false;
+      // Outside `processing`: a slot failed at once (dead connection) may need to rerun us.
+      this.flushRun();
     }
   }
 
@@ -209,10 +233,16 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   }
 
   private execute(request: Request): void {
-    const argv = request.argv;
-    const name = argv[0].toString("latin1").toLowerCase();
+    const name = request.name;
     this.ctx.stats.commandsProcessed++;
     this.lastCommand = name;
+    if (this.authenticated && this.subscriptions === 0 && !this.txn.inMulti && !isSpecial(name)) {
+      // What the chain below comes to for an ordinary command, without its lookups.
+      this.executeOrdinary(name, request);
+      return;
+    }
+    this.flushRun();
+    const argv = request.argv;
     if (!this.authenticated && !NO_AUTH_COMMANDS.has(name)) {
       this.replyError("NOAUTH Authentication required.");
       return;
@@ -245,6 +275,22 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     else if (this.txn.owns(name, request.argv)) this.txn.send(name, request);
     else if (isBlocking(name, argv)) this.sendBlocking(name, request);
     else if (this.enterLane("shared", request)) this.forward(name, request);
+  }
+
+  /** An ordinary command from an authenticated client outside MULTI and pub/sub. */
+  private executeOrdinary(name: string, request: Request): void {
+    const gears = this.ctx.gears;
+    const argv = request.argv;
+    if (gears.hookFor(name, argv)) {
+      this.flushRun();
+      this.answerLater(gears.runHook(name, argv), true);
+    } else if (this.txn.owns(name, argv)) {
+      this.flushRun();
+      this.txn.send(name, request);
+    } else if (isBlocking(name, argv)) {
+      this.flushRun();
+      this.sendBlocking(name, request);
+    } else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
   /** Switches to `lane`, unless replies on another lane are still due: then the request waits. */
@@ -286,11 +332,80 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
           this.stalled = true;
         });
     }
-    this.ctx.router.forward(name, request.argv, request.raw, slot, { db: this.db, affinity: this.id });
+    const router = this.ctx.router;
+    if (this.processing && request.end > request.start) {
+      const conn = router.sharedConnection(this.id);
+      if (conn !== null) {
+        this.addToRun(conn, request, slot);
+        return;
+      }
+    }
+    this.flushRun();
+    router.forward(name, request.argv, request.raw, slot, { db: this.db, affinity: this.id });
+  }
+
+  // ---- runs: back-to-back requests leave as one slice of the input ----------------------
+
+  /** The connection the pending run goes to; null when there is none. */
+  private runConn: UpstreamConnection | null = null;
+  private runBuf: Buffer = EMPTY;
+  private runStart = 0;
+  private runEnd = 0;
+  private runDb = 0;
+  private readonly runSlots: ReplySlot[] = [];
+
+  /**
+   * Queues a request for `conn`. Requests that lie back to back in the input and go to the
+   * same connection are sent together at the end of processInput (or before any other
+   * command runs), as one slice, so a pipeline of 16 GETs costs one push and no per-request
+   * views instead of 16 of each.
+   */
+  private addToRun(conn: UpstreamConnection, request: Request, slot: ReplySlot): void {
+    if (
+      conn !== this.runConn ||
+      request.buf !== this.runBuf ||
+      request.start !== this.runEnd ||
+      this.db !== this.runDb
+    ) {
+      this.flushRun();
+      this.runConn = conn;
+      this.runBuf = request.buf;
+      this.runStart = request.start;
+      this.runDb = this.db;
+    }
+    this.runEnd = request.end;
+    this.runSlots.push(slot);
+  }
+
+  /** Sends the pending run, keeping the order of everything this client sent. */
+  private flushRun(): void {
+    const conn = this.runConn;
+    if (conn === null) return;
+    this.runConn = null;
+    const slots = this.runSlots;
+    const payload = this.runBuf.subarray(this.runStart, this.runEnd);
+    this.runBuf = EMPTY;
+    if (slots.length === 1) {
+      const slot = slots[0];
+      slots.length = 0;
+      conn.send(payload, slot, this.runDb);
+      return;
+    }
+    const sinks = slots.splice(0, slots.length);
+    conn.sendMany(payload, sinks, this.runDb);
   }
 
   /** Sends on the connection this client's commands currently use, in another database. */
   forwardInDb(argv: Buffer[], db: number, slot: ReplySlot): void {
+    // The database changes only when the server accepts it (SELECT): commands pipelined
+    // behind must wait for that answer, or they would run in the old database.
+    this.holds++;
+    const onReply = slot.onReply;
+    slot.onReply = (data) => {
+      this.holds--;
+      this.stalled = true;
+      return onReply === null ? undefined : onReply(data);
+    };
     const pinned = this.txn.pinnedConnection;
     if (pinned !== null) pinned.send(encodeCommand(argv), slot, db);
     else this.ctx.router.forward("select", argv, null, slot, { db, affinity: this.id });

@@ -56,11 +56,19 @@ export class ByteQueue {
 const CR = 13;
 const LF = 10;
 
+/** Header lines are a few bytes long: up to here a plain loop beats a call into native indexOf. */
+const SHORT_SCAN = 32;
+
 /** Index of the '\r' of the next "\r\n" in buf[from, end), or -1 when not there yet. */
 export function findCrlf(buf: Buffer, from: number, end: number): number {
-  let i = buf.indexOf(CR, from);
   // Bytes past `end` are spare capacity: a hit there means "not yet".
-  while (i !== -1 && i + 1 < end) {
+  const last = end - 1;
+  const short = Math.min(last, from + SHORT_SCAN);
+  let i = from;
+  for (; i < short; i++) if (buf[i] === CR && buf[i + 1] === LF) return i;
+  if (i >= last) return -1;
+  i = buf.indexOf(CR, i);
+  while (i !== -1 && i < last) {
     if (buf[i + 1] === LF) return i;
     i = buf.indexOf(CR, i + 1);
   }

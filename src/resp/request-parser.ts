@@ -1,10 +1,110 @@
 import { ByteQueue, findCrlf, parseIntAscii } from "./byte-queue.js";
 
-/** One client request: its arguments, and its exact bytes when it came as a RESP array. */
-export interface Request {
-  argv: Buffer[];
-  /** The request as received (zero-copy), so it can be forwarded without re-encoding. */
-  raw: Buffer | null;
+/**
+ * One client request. Its arguments stay in the bytes they arrived in until someone asks
+ * for them: a command forwarded as received needs only its name and its raw bytes, so the
+ * hot path creates no Buffer view per argument.
+ */
+export class Request {
+  private args: Buffer[] | null;
+  private view: Buffer | null = null;
+
+  /**
+   * @param name the command name in lower case, interned (see commandName)
+   * @param args the arguments when already split (inline commands); else read lazily from buf
+   * @param buf holds the request's bytes in [start, end); they are never overwritten (ByteQueue)
+   */
+  constructor(
+    readonly name: string,
+    args: Buffer[] | null,
+    readonly buf: Buffer,
+    readonly start: number,
+    readonly end: number,
+    readonly argc: number,
+  ) {
+    this.args = args;
+  }
+
+  get argv(): Buffer[] {
+    return (this.args ??= splitArray(this.buf, this.start, this.argc));
+  }
+
+  /** The request as received (zero-copy), so it can be forwarded without re-encoding; null when inline. */
+  get raw(): Buffer | null {
+    if (this.end === this.start) return null;
+    return (this.view ??= this.buf.subarray(this.start, this.end));
+  }
+}
+
+/** The argument views of a RESP array the parser has already validated. */
+function splitArray(buf: Buffer, start: number, argc: number): Buffer[] {
+  const argv = new Array<Buffer>(argc);
+  let at = start + 1;
+  while (buf[at] !== 10) at++;
+  at++;
+  for (let i = 0; i < argc; i++) {
+    // buf[at] is the '$' of a header whose digits the parser checked.
+    let len = 0;
+    let c: number;
+    for (at++; (c = buf[at]) !== 13; at++) len = len * 10 + c - 48;
+    const dataStart = at + 2;
+    argv[i] = buf.subarray(dataStart, dataStart + len);
+    // The two bytes after the data are skipped unchecked, as the parser did.
+    at = dataStart + len + 2;
+  }
+  return argv;
+}
+
+/**
+ * A count in a request header, as Redis' string2ll reads it: no sign but '-', no leading
+ * zeros ("03", "-0"), so the proxy refuses exactly what Redis refuses. NaN when invalid.
+ */
+function parseCount(buf: Buffer, from: number, to: number): number {
+  const first = buf[from];
+  if (first === 48 /* 0 */ && to - from > 1) return Number.NaN;
+  if (first === 45 /* - */ && buf[from + 1] === 48) return Number.NaN;
+  return parseIntAscii(buf, from, to);
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** Command names are short; longer first arguments are not worth caching. */
+const NAME_CACHE_MAX_LEN = 32;
+const NAME_CACHE_SIZE = 512;
+/** Direct-mapped, so a flood of distinct bogus names costs a bounded amount of memory. */
+const cachedBytes: (Buffer | null)[] = new Array<Buffer | null>(NAME_CACHE_SIZE).fill(null);
+const cachedNames: string[] = new Array<string>(NAME_CACHE_SIZE).fill("");
+
+/**
+ * buf[start, end) as a lower-case string, like toString("latin1").toLowerCase(), but
+ * served from a small cache: a command name costs a hash of its bytes instead of two
+ * string allocations, and equal names are the same string (cheap Map lookups).
+ */
+export function commandName(buf: Buffer, start: number, end: number): string {
+  const len = end - start;
+  if (len > NAME_CACHE_MAX_LEN) return buf.toString("latin1", start, end).toLowerCase();
+  let h = len;
+  for (let i = start; i < end; i++) h = Math.imul(h ^ foldAscii(buf[i]), 0x01000193);
+  const slot = (h ^ (h >>> 15)) & (NAME_CACHE_SIZE - 1);
+  const known = cachedBytes[slot];
+  if (known !== null && known.length === len && equalsFolded(known, buf, start)) return cachedNames[slot];
+  const name = buf.toString("latin1", start, end).toLowerCase();
+  const bytes = Buffer.from(name, "latin1");
+  // Only ASCII case folding is matched below; a name whose lower case differs otherwise stays uncached.
+  if (bytes.length === len && equalsFolded(bytes, buf, start)) {
+    cachedBytes[slot] = bytes;
+    cachedNames[slot] = name;
+  }
+  return name;
+}
+
+function foldAscii(c: number): number {
+  return c >= 65 && c <= 90 ? c | 32 : c;
+}
+
+function equalsFolded(known: Buffer, buf: Buffer, start: number): boolean {
+  for (let i = 0; i < known.length; i++) if (known[i] !== foldAscii(buf[start + i])) return false;
+  return true;
 }
 
 export interface RequestLimits {
@@ -32,7 +132,11 @@ export class RequestParser {
   readonly input = new ByteQueue();
   /** Arguments still expected by the array being read; 0 between requests. */
   private remaining = 0;
-  private argv: Buffer[] = [];
+  /** Arguments of the array being read. */
+  private argc = 0;
+  /** Where the first argument (the command name) lies, from input.start. */
+  private nameAt = 0;
+  private nameLen = 0;
   /** Offset from input.start where reading resumes inside the current request. */
   private pos = 0;
   authenticated = true;
@@ -58,7 +162,8 @@ export class RequestParser {
           const inline = this.readInline();
           if (inline === null) return null;
           if (inline.length === 0) continue;
-          return { argv: inline, raw: null };
+          const name = commandName(inline[0], 0, inline[0].length);
+          return new Request(name, inline, EMPTY, 0, 0, inline.length);
         }
         const count = this.readArrayHeader();
         if (count === null) return null;
@@ -69,15 +174,16 @@ export class RequestParser {
           continue;
         }
         this.remaining = count;
-        this.argv = [];
+        this.argc = count;
       }
       if (!this.readArguments()) return null;
-      const raw = q.buf.subarray(q.start, q.start + this.pos);
-      const argv = this.argv;
+      const start = q.start;
+      const end = start + this.pos;
+      const buf = q.buf;
+      const name = commandName(buf, start + this.nameAt, start + this.nameAt + this.nameLen);
       q.consume(this.pos);
       this.pos = 0;
-      this.argv = [];
-      return { argv, raw };
+      return new Request(name, null, buf, start, end, this.argc);
     }
   }
 
@@ -88,7 +194,7 @@ export class RequestParser {
       if (q.length > INLINE_MAX) throw new ProtocolError("too big mbulk count string");
       return null;
     }
-    const n = parseIntAscii(q.buf, q.start + 1, cr);
+    const n = parseCount(q.buf, q.start + 1, cr);
     if (Number.isNaN(n) || n > this.limits.maxArgs) throw new ProtocolError("invalid multibulk length");
     if (n > UNAUTHENTICATED_MAX_ARGS && !this.authenticated) {
       throw new ProtocolError("invalid multibulk length");
@@ -111,7 +217,7 @@ export class RequestParser {
         if (q.end - at > INLINE_MAX) throw new ProtocolError("too big bulk count string");
         return false;
       }
-      const len = parseIntAscii(q.buf, at + 1, cr);
+      const len = parseCount(q.buf, at + 1, cr);
       if (Number.isNaN(len) || len < 0 || len > this.limits.maxBulkLen) {
         throw new ProtocolError("invalid bulk length");
       }
@@ -121,7 +227,10 @@ export class RequestParser {
       const dataStart = cr + 2;
       // Like Redis, the two bytes after the data are skipped, not checked.
       if (dataStart + len + 2 > q.end) return false;
-      this.argv.push(q.buf.subarray(dataStart, dataStart + len));
+      if (this.remaining === this.argc) {
+        this.nameAt = dataStart - q.start;
+        this.nameLen = len;
+      }
       this.pos = dataStart + len + 2 - q.start;
       this.remaining--;
     }

@@ -3,6 +3,7 @@ import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
 import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
 import type { RespValue } from "../resp/values.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
+import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import type { Topology } from "../upstream/topology.js";
 import type { CommandTable } from "./command-table.js";
@@ -77,6 +78,14 @@ export class Router implements ClusterSender {
     new RedirectingSink(this.redirect!, raw ?? encodeCommand(argv), evalsha, sink, ctx.affinity, slot).send(
       node,
     );
+  }
+
+  /**
+   * The connection a client's ordinary commands take in front of one server (null in a
+   * cluster, where commands need redirect handling, or while the server is unreachable).
+   */
+  sharedConnection(affinity: number): UpstreamConnection | null {
+    return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity) : null;
   }
 
   /** Whether the command writes (its COMMAND flags say "write"). */

@@ -50,7 +50,7 @@ export class UpstreamConnection {
   constructor(address: HostPort, options: ConnectionOptions) {
     this.address = address;
     this.socket = net.connect({ host: address.host, port: address.port, noDelay: true });
-    this.out = new OutputBuffer(this.socket);
+    this.out = new OutputBuffer(this.socket, true);
     this.socket.setTimeout(options.connectTimeoutMs);
     this.socket.once("connect", () => {
       this.connected = true;
@@ -81,13 +81,28 @@ export class UpstreamConnection {
       sink.fail(CONNECTION_LOST);
       return;
     }
-    if (db !== this.db) {
-      this.out.push(selectCommand(db));
-      this.waiting.push(DISCARD);
-      this.db = db;
-    }
+    this.useDb(db);
     this.out.push(payload);
     this.waiting.push(sink);
+  }
+
+  /** Sends several encoded commands at once; their replies go to `sinks`, in order. */
+  sendMany(payload: Buffer, sinks: readonly ReplySink[], db = this.db): void {
+    if (this.closedFlag) {
+      for (const sink of sinks) sink.fail(CONNECTION_LOST);
+      return;
+    }
+    this.useDb(db);
+    this.out.push(payload);
+    for (const sink of sinks) this.waiting.push(sink);
+  }
+
+  /** A SELECT ahead of the next command when it runs in another database (its reply is dropped). */
+  private useDb(db: number): void {
+    if (db === this.db) return;
+    this.out.push(selectCommand(db));
+    this.waiting.push(DISCARD);
+    this.db = db;
   }
 
   /** Sends a command without awaiting a reply slot (pub/sub commands on a subscribed connection). */
