@@ -423,6 +423,25 @@ for (const mode of BACKEND_MODES) {
       );
     });
 
+    it("an event on a key too big to send along (over 1,000 elements) gets its value when the handler reads it", async () => {
+      const p = io.pipeline();
+      for (let i = 0; i < 1500; i++) p.sadd("big:set", `m${i}`);
+      await p.exec();
+      await execute(
+        io,
+        "GB().foreach(x => execute('RPUSH', 'sizes', x.key + '=' + (x.type === 'set' ? x.value.length : JSON.stringify(x.value)))).register('big:*')",
+      );
+      await io.sadd("big:set", "one-more");
+      await io.set("big:str", "small");
+      const sizes = await eventually(
+        () => io.lrange("sizes", 0, -1),
+        (l) => l.length === 2,
+        "both handled",
+      );
+      expect(sizes.sort()).to.deep.equal(["big:set=1501", 'big:str="small"']);
+      expect((await only()).stats.numFailures).to.equal(0);
+    });
+
     it("async_local runs each shard's events in order, beside the other shards'", async () => {
       await execute(
         io,

@@ -2,8 +2,24 @@ import type { JsonValue } from "../sandbox/types.js";
 import { executionError } from "./errors.js";
 import type { Action, GuestIsolate } from "./guest-isolate.js";
 import { encodeResults } from "./json-values.js";
+import { encodeBinary } from "../sandbox/bjson.js";
 import type { Partitions } from "./partitions.js";
-import { READERS, type ReadContext } from "./readers.js";
+import { READ_AHEAD_COMMANDS } from "./read-ahead.js";
+import { READERS, RecordBinary, type ReadContext } from "./readers.js";
+
+/**
+ * An isolate that takes a value in QuickJS's binary object format as one of a call's
+ * arguments (the sandbox's Isolate, when its QuickJS reads src/sandbox/bjson.ts's format).
+ */
+interface BinaryCalls {
+  readonly binary: boolean;
+  callBinary(path: string, argsJson: string, index: number, bytes: Uint8Array): Promise<JsonValue>;
+}
+
+function readsBinary(isolate: GuestIsolate): isolate is GuestIsolate & BinaryCalls {
+  const i = isolate as Partial<BinaryCalls>;
+  return i.binary === true && typeof i.callBinary === "function";
+}
 
 /** Records for one partition; with `values`, records carry `valueRef` (an index) instead of a value. */
 export interface PackedRecords {
@@ -70,7 +86,11 @@ export class Execution {
     this.startedAt = Date.now();
     let execId: JsonValue = null;
     try {
-      const topology = { partitions: this.partitions.count, slots: this.partitions.ranges };
+      const topology = {
+        partitions: this.partitions.count,
+        slots: this.partitions.ranges,
+        readAhead: READ_AHEAD_COMMANDS,
+      };
       execId = await this.isolate.call("__gears.start", [this.actionIndex, topology]);
       const readStart = Date.now();
       const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, execId));
@@ -116,6 +136,7 @@ export class Execution {
       shard: this.partitions.shard(partition),
       partitionOfSlot: (slot) => this.partitions.partitionOfSlot(slot),
       shardId: this.partitions.shardIds[partition],
+      binary: readsBinary(this.isolate),
     };
     const arg = typeof this.action.arg === "string" ? this.action.arg : "*";
     const batches = reader(ctx, arg, this.action.options);
@@ -141,10 +162,24 @@ export class Execution {
   private async feed(
     execId: JsonValue,
     partition: number,
-    records: JsonValue[],
+    records: JsonValue[] | RecordBinary,
     values: JsonValue[] | null = null,
   ): Promise<void> {
     const budget = Math.max(1, Math.floor(this.isolate.limits.timeoutMs / 2));
+    const isolate = this.isolate;
+    if (records instanceof RecordBinary || (values === null && readsBinary(isolate))) {
+      if (!readsBinary(isolate)) throw new Error("binary records for an isolate that cannot read them");
+      // The records go in as args[2], in the binary format: no JSON on either side.
+      const args = JSON.stringify([execId, partition, null, budget]);
+      let from = 0;
+      while (from < records.length && !this.abortRequested) {
+        const bytes =
+          records instanceof RecordBinary ? records.bytes(from) : encodeBinary(records.slice(from));
+        const taken = Number(await isolate.callBinary("__gears.feed", args, 2, bytes));
+        from = taken >= records.length - from ? records.length : from + Math.max(1, taken);
+      }
+      return;
+    }
     let rest = records;
     while (rest.length > 0 && !this.abortRequested) {
       const batch: JsonValue = values === null ? rest : { records: rest, values };

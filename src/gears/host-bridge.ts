@@ -2,10 +2,12 @@ import type { Logger } from "../observability/log.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
 import type { RespValue } from "../resp/values.js";
-import type { HostBridge, JsonValue } from "../sandbox/types.js";
+import type { HostBridge, JsonValue, RawJson } from "../sandbox/types.js";
 import type { GearsConfig } from "./config.js";
 import { replyToJson } from "./json-values.js";
+import { readKeyValue } from "./readers.js";
 import type { Partitions } from "./partitions.js";
+import { executeMany } from "./read-ahead.js";
 
 /** What a script's session does for it: registrations and timers. */
 export interface SessionCalls {
@@ -58,10 +60,12 @@ export class GearsBridge implements HostBridge {
   /** Set by overrideReply() while a `commands` registration handles its command's events. */
   overriddenReply: { value: JsonValue } | null = null;
 
-  async callSync(name: string, args: JsonValue[]): Promise<JsonValue> {
+  async callSync(name: string, args: JsonValue[]): Promise<JsonValue | RawJson> {
     switch (name) {
       case "execute":
         return this.execute(args);
+      case "executeMany":
+        return executeMany(this.router, this.partitions, args);
       case "configGet":
         return this.config.lookup(String(args[0]));
       case "hashtag":
@@ -79,6 +83,8 @@ export class GearsBridge implements HostBridge {
         return this.command;
       case "callNext":
         return this.callNext(args);
+      case "readValue":
+        return readKeyValue((argv) => this.router.call(argv), Buffer.from(String(args[0])));
       case "overrideReply":
         if (this.command === null) {
           throw new Error(
@@ -94,7 +100,7 @@ export class GearsBridge implements HostBridge {
 
   callAsync(
     calls: { name: string; args: JsonValue[] }[],
-  ): Promise<({ ok: JsonValue } | { error: string })[]> {
+  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
     return Promise.all(
       calls.map((c) =>
         this.callSync(c.name, c.args).then(

@@ -1,7 +1,7 @@
 import { keySlot as calculateSlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
 import type { Arg } from "../resp/encode.js";
-import { PromiseSink } from "../upstream/reply-sink.js";
+import { PromiseSink, UpstreamError, type ReplySink } from "../upstream/reply-sink.js";
 import { encodeCommand } from "../resp/encode.js";
 import type { RespValue } from "../resp/values.js";
 import type { ShardAccess } from "./readers.js";
@@ -37,6 +37,19 @@ export class Partitions {
         this.router.sendTo(node, encodeCommand(argv), sink, partition, -1);
         return sink.promise;
       },
+      callRaw: (payload: Buffer): Promise<Buffer> => {
+        const sink = new RawSink();
+        this.router.sendTo(node, payload, sink, partition, -1);
+        return sink.promise;
+      },
+      // No redirects here: a caller sees MOVED or ASK among the replies and reads again.
+      callMany: (payload: Buffer, count: number): Promise<Buffer[]> => {
+        const sink = new ManySink(count);
+        const conn = node.sharedConnection(partition);
+        if (conn === null) sink.fail(`ERR ${node.id} is unreachable`);
+        else conn.sendMany(payload, new Array<ReplySink>(count).fill(sink), 0);
+        return sink.promise;
+      },
     };
   }
 
@@ -47,6 +60,57 @@ export class Partitions {
       if (index === partition) return table[start] ?? table[end];
     }
     return table[0];
+  }
+}
+
+/** Resolves with the reply's bytes, error replies included: the caller reads them itself. */
+export class RawSink implements ReplySink {
+  readonly promise: Promise<Buffer>;
+  private resolve!: (v: Buffer) => void;
+  private reject!: (e: Error) => void;
+
+  constructor() {
+    this.promise = new Promise<Buffer>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  reply(data: Buffer): void {
+    this.resolve(data);
+  }
+
+  fail(message: string): void {
+    this.reject(new UpstreamError(message));
+  }
+}
+
+/** Takes the replies of `count` commands sent together, in order; one failure fails them all. */
+class ManySink implements ReplySink {
+  readonly promise: Promise<Buffer[]>;
+  private readonly replies: Buffer[] = [];
+  private resolve!: (v: Buffer[]) => void;
+  private reject!: (e: Error) => void;
+  private failed = false;
+
+  constructor(private readonly count: number) {
+    this.promise = new Promise<Buffer[]>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+    if (count === 0) this.resolve([]);
+  }
+
+  reply(data: Buffer): void {
+    if (this.failed) return;
+    this.replies.push(data);
+    if (this.replies.length === this.count) this.resolve(this.replies);
+  }
+
+  fail(message: string): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.reject(new UpstreamError(message));
   }
 }
 

@@ -8,7 +8,7 @@ import { Execution, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
 import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
-import { keyRecords } from "./readers.js";
+import { eventKeyRecords, keyRecords } from "./readers.js";
 import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js";
 
 /** A script sent with RG.EXECUTE that registered something: its isolate lives on for its handlers. */
@@ -398,7 +398,10 @@ export class RegistrationRegistry {
       const distinct = new Map<string, Buffer>();
       for (const e of list) distinct.set(e.key.toString("latin1"), e.key);
       const keys = [...distinct.values()];
-      const records = await keyRecords(partitions.shard(partition), keys, registration.readValue);
+      const access = partitions.shard(partition);
+      const records = registration.readValue
+        ? await eventKeyRecords(access, keys)
+        : await keyRecords(access, keys, false);
       // Each distinct key's value is sent once; its events' records point at it.
       const values: JsonValue[] = [];
       const byKey = new Map<string, Record<string, JsonValue>>();

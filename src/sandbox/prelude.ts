@@ -40,6 +40,19 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
     rawNotify(join(n));
   }
 
+  function invoke(path, args) {
+    const parts = apply(strSplit, path, ["."]);
+    let self = globalThis;
+    let fn = globalThis;
+    for (let i = 0; i < parts.length; i++) {
+      if (fn === null || fn === undefined) break;
+      self = fn;
+      fn = fn[parts[i]];
+    }
+    if (typeof fn !== "function") throw new TypeErrorCtor(path + " is not a function");
+    return apply(fn, self, args);
+  }
+
   function describe(e) {
     try {
       if (e !== null && typeof e === "object") {
@@ -98,16 +111,12 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
   return {
     steps,
     call(path, argsJson) {
-      const parts = apply(strSplit, path, ["."]);
-      let self = globalThis;
-      let fn = globalThis;
-      for (let i = 0; i < parts.length; i++) {
-        if (fn === null || fn === undefined) break;
-        self = fn;
-        fn = fn[parts[i]];
-      }
-      if (typeof fn !== "function") throw new TypeErrorCtor(path + " is not a function");
-      return apply(fn, self, parse(argsJson));
+      return invoke(path, parse(argsJson));
+    },
+    callAt(path, argsJson, index, value) {
+      const args = parse(argsJson);
+      args[index] = value;
+      return invoke(path, args);
     },
     start(v) {
       const rec = { s: 0, v: undefined };

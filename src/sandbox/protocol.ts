@@ -30,7 +30,10 @@ export interface WorkerInit {
 }
 
 export type EntryRequest =
-  { op: "eval"; source: string; filename: string } | { op: "call"; path: string; argsJson: string };
+  | { op: "eval"; source: string; filename: string }
+  | { op: "call"; path: string; argsJson: string }
+  /** call() with args[index] replaced by the value in `bytes` (QuickJS's binary object format). */
+  | { op: "callBinary"; path: string; argsJson: string; index: number; bytes: Uint8Array };
 
 export type WorkerRequest = EntryRequest | { op: "dispose" };
 
@@ -41,7 +44,8 @@ export interface FailureInfo {
 }
 
 export type WorkerMessage =
-  | { t: "ready" }
+  /** binary: the isolate reads bjson.ts's format (callBinary may be used). */
+  | { t: "ready"; binary: boolean }
   | { t: "initError"; message: string }
   /** guest __host.callSync: the worker blocks until the answer (SyncReply) arrives. */
   | { t: "sync"; seq: number; name: string; argsJson: string }

@@ -44,8 +44,18 @@ export class SandboxError extends Error {
  * batched; for logs).
  */
 export interface HostBridge {
-  callSync(name: string, args: JsonValue[]): Promise<JsonValue>;
+  callSync(name: string, args: JsonValue[]): Promise<JsonValue | RawJson>;
   /** One batch of async calls; results in the same order (a rejected one is its error message). */
-  callAsync(calls: { name: string; args: JsonValue[] }[]): Promise<({ ok: JsonValue } | { error: string })[]>;
+  callAsync(
+    calls: { name: string; args: JsonValue[] }[],
+  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]>;
   notify(name: string, args: JsonValue[]): void;
+}
+
+/**
+ * A host call's result given as JSON text already (built from reply bytes): the isolate
+ * hands it to the guest as it is instead of stringifying a value.
+ */
+export class RawJson {
+  constructor(readonly json: string) {}
 }

@@ -25,6 +25,7 @@ import {
 } from "./protocol.js";
 import { PRELUDE_FILENAME, PRELUDE_SOURCE } from "./prelude.js";
 import { abortedMessage, memoryMessage, stackMessage, timeoutMessage } from "./messages.js";
+import { BJSON_PROBE, encodeBinary } from "./bjson.js";
 
 /** QuickJS's own stack limit; safe with the worker's 32 MB native stack (reference §0.2). */
 const MAX_STACK_BYTES = 1024 * 1024;
@@ -134,6 +135,7 @@ interface Helpers {
   /** The prelude's __steps Float64Array. */
   steps: QuickJSHandle;
   call: QuickJSHandle;
+  callAt: QuickJSHandle;
   start: QuickJSHandle;
   state: QuickJSHandle;
   finish: QuickJSHandle;
@@ -174,6 +176,7 @@ async function setUp(): Promise<void> {
   rt.setMaxStackSize(MAX_STACK_BYTES);
   rt.setInterruptHandler(interruptHandler);
   ctx = rt.newContext();
+  binary = probeBinary();
 
   const rawSync = ctx.newFunction("callSync", (nameH, argsH) => {
     const reply = hostRequest({
@@ -181,7 +184,7 @@ async function setUp(): Promise<void> {
       name: ctx.getString(nameH),
       argsJson: ctx.getString(argsH),
     }) as SyncReply;
-    return ctx.newString(reply.ok ? "0" + reply.json : "1" + reply.message);
+    return newText(reply.ok ? "0" + reply.json : "1" + reply.message);
   });
   const rawNotify = ctx.newFunction("notify", (jsonH) => {
     port.postMessage({ t: "notify", json: ctx.getString(jsonH) } satisfies WorkerMessage);
@@ -195,6 +198,7 @@ async function setUp(): Promise<void> {
   fns = {
     steps: get("steps"),
     call: get("call"),
+    callAt: get("callAt"),
     start: get("start"),
     state: get("state"),
     finish: get("finish"),
@@ -204,6 +208,95 @@ async function setUp(): Promise<void> {
     deliver: get("deliver"),
     reset: get("reset"),
   };
+}
+
+/** The parts of quickjs-emscripten's context that newString() goes through. */
+interface ContextInternals {
+  module: { _malloc(bytes: number): number; _free(ptr: number): void };
+  ffi: {
+    QTS_NewString(ctx: unknown, ptr: number): number;
+    QTS_NewArrayBuffer(ctx: unknown, ptr: number, length: number): number;
+    QTS_ResolveException(ctx: unknown, value: unknown): number;
+  };
+  ctx: { value: unknown };
+  memory: { heapValueHandle(ptr: number): QuickJSHandle };
+}
+
+const encoder = new TextEncoder();
+/** Below this, ctx.newString() is as quick. */
+const FAST_STRING_CHARS = 1024;
+
+/**
+ * ctx.newString() for large texts (batches of records, replies): the library encodes UTF-8
+ * into the wasm heap in a JS loop, about 2 µs per record of a batch; encodeInto does it
+ * natively. Same C call underneath, same resulting string.
+ */
+function newText(text: string): QuickJSHandle {
+  if (text.length < FAST_STRING_CHARS) return ctx.newString(text);
+  const c = ctx as unknown as ContextInternals;
+  if (typeof c.module?._malloc !== "function" || typeof c.ffi?.QTS_NewString !== "function") {
+    return ctx.newString(text);
+  }
+  const bytes = Buffer.byteLength(text, "utf8");
+  const ptr = c.module._malloc(bytes + 1);
+  if (ptr === 0) return ctx.newString(text);
+  try {
+    const heap = new Uint8Array(wasmMemory.buffer, ptr, bytes + 1);
+    const { written } = encoder.encodeInto(text, heap);
+    heap[written] = 0;
+    return c.memory.heapValueHandle(c.ffi.QTS_NewString(c.ctx.value, ptr));
+  } finally {
+    c.module._free(ptr);
+  }
+}
+
+/**
+ * A value in the binary object format, decoded in the guest. Running out of the isolate's
+ * memory on the way is the script's memory error, as it would be while parsing JSON.
+ */
+function decodeBinary(bytes: Uint8Array): QuickJSHandle {
+  const c = ctx as unknown as ContextInternals;
+  const outOfMemory = (): EntryFailure =>
+    new EntryFailure({ kind: "memory", message: memoryMessage(init.memoryLimitMb) });
+  const ptr = c.module._malloc(Math.max(1, bytes.length));
+  if (ptr === 0) throw outOfMemory();
+  new Uint8Array(wasmMemory.buffer, ptr, bytes.length).set(bytes);
+  // The ArrayBuffer takes the allocation over (as ctx.newArrayBuffer() has it do).
+  const buffer = c.memory.heapValueHandle(c.ffi.QTS_NewArrayBuffer(c.ctx.value, ptr, bytes.length));
+  const value = buffer.consume((b) => ctx.decodeBinaryJSON(b));
+  const errorPtr = c.ffi.QTS_ResolveException(c.ctx.value, value.value);
+  if (errorPtr === 0) return value;
+  value.dispose();
+  const failure = failureOf(c.memory.heapValueHandle(errorPtr));
+  throw capReached ? outOfMemory() : failure;
+}
+
+/** Whether this QuickJS writes (and so reads) the probe exactly as bjson.ts writes it. */
+let binary = false;
+
+function probeBinary(): boolean {
+  const c = ctx as unknown as Partial<ContextInternals>;
+  const internals =
+    typeof c.module?._malloc === "function" &&
+    typeof c.ffi?.QTS_NewArrayBuffer === "function" &&
+    typeof c.ffi.QTS_ResolveException === "function" &&
+    typeof c.memory?.heapValueHandle === "function";
+  if (!internals) return false;
+  const handles: { dispose(): void; alive: boolean }[] = [];
+  try {
+    const value = ctx.unwrapResult(ctx.evalCode(`(${JSON.stringify(BJSON_PROBE)})`, "<probe>"));
+    handles.push(value);
+    const encoded = ctx.encodeBinaryJSON(value);
+    handles.push(encoded);
+    const bytes = ctx.getArrayBuffer(encoded);
+    const theirs = Buffer.from(bytes.value);
+    bytes.dispose();
+    return theirs.equals(encodeBinary(BJSON_PROBE));
+  } catch {
+    return false;
+  } finally {
+    for (const h of handles) if (h.alive) h.dispose();
+  }
 }
 
 function tearDown(): void {
@@ -377,8 +470,17 @@ function runEntry(req: EntryRequest): WorkerMessage {
     if (req.op === "eval") {
       evaluate(req.source, req.filename, true);
       first = evaluate(req.source, req.filename, false);
+    } else if (req.op === "call") {
+      first = enter(fns.call, own(ctx.newString(req.path)), own(newText(req.argsJson)));
     } else {
-      first = enter(fns.call, own(ctx.newString(req.path)), own(ctx.newString(req.argsJson)));
+      const value = own(decodeBinary(req.bytes));
+      first = enter(
+        fns.callAt,
+        own(ctx.newString(req.path)),
+        own(newText(req.argsJson)),
+        own(ctx.newNumber(req.index)),
+        value,
+      );
     }
     const rec = enter(fns.start, first);
     for (;;) {
@@ -387,7 +489,7 @@ function runEntry(req: EntryRequest): WorkerMessage {
       const batch = ctx.getString(enter(fns.takeBatch));
       if (batch !== "") {
         const reply = hostRequest({ t: "async", batchJson: batch }) as AsyncReply;
-        enter(fns.deliver, own(ctx.newString(reply.json)));
+        enter(fns.deliver, own(newText(reply.json)));
         continue;
       }
       if (ctx.getNumber(enter(fns.state, rec)) !== 0) break;
@@ -463,7 +565,7 @@ function onRequest(req: WorkerRequest): void {
 try {
   await setUp();
   port.on("message", onRequest);
-  port.postMessage({ t: "ready" } satisfies WorkerMessage);
+  port.postMessage({ t: "ready", binary } satisfies WorkerMessage);
 } catch (e) {
   port.postMessage({
     t: "initError",

@@ -48,10 +48,32 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
   type Push = (r: unknown) => void;
   type Cont = (v: unknown, r: unknown) => void;
 
-  /** What `current()` reports. */
+  /** What `current()` reports; the step's read-ahead state rides along. */
   interface Where {
     step: string;
     line: number | null;
+    /** Read-ahead is off for this step: its guesses missed. */
+    raOff?: boolean;
+    /** The feed in which it last read ahead, and that round. */
+    raFeed?: number;
+    raLast?: Round;
+  }
+
+  /**
+   * One read-ahead: a step's execute(name, ...argv) for records from..from+out.length-1 of
+   * the fed batch, `argv` with the record's key at the `at` positions. `out[j]` is the
+   * outcome for record from+j, `[0, value]` or `[1, message]`, until it is used.
+   */
+  interface Round {
+    name: string;
+    argv: string[];
+    at: boolean[];
+    keys: string[];
+    from: number;
+    out: (unknown[] | undefined)[];
+    used: number;
+    live: boolean;
+    where: Where;
   }
 
   interface StepDef {
@@ -458,12 +480,193 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
   g.GearsBuilder = GearsBuilder;
   g.GB = GearsBuilder;
 
+  // ---------------------------------------------------------------- read-ahead of execute()
+
+  /** Commands that may be read ahead (upper case), from the host at start(). */
+  let raNames: Record<string, boolean> = {};
+  /** The batch being fed, and the index of the record the pipeline is at (null outside feed). */
+  let feedList: unknown[] | null = null;
+  let feedAt = 0;
+  let feedSerial = 0;
+  /** Read-aheads of the current feed. */
+  let rounds: Round[] = [];
+  const MAX_ROUND = 2048;
+
+  /** The key a record stands for: the record itself (KeysOnlyReader) or its `key`. */
+  function keyOf(r: unknown): string | null {
+    if (typeof r === "string") return r;
+    if (r !== null && typeof r === "object") {
+      const k = (r as { key?: unknown }).key;
+      if (typeof k === "string") return k;
+    }
+    return null;
+  }
+
+  /** Any command that may write makes every reply read ahead unusable. */
+  function dropRounds(): void {
+    for (let i = 0; i < rounds.length; i++) rounds[i].live = false;
+  }
+
+  function sameCall(rd: Round, name: string, argv: string[], key: string): boolean {
+    if (rd.name !== name || rd.argv.length !== argv.length) return false;
+    for (let i = 0; i < argv.length; i++) {
+      if (argv[i] !== (rd.at[i] ? key : rd.argv[i])) return false;
+    }
+    return true;
+  }
+
+  /**
+   * The outcome of execute(name, ...argv) from a read-ahead, issuing one when this is the
+   * step's first keyed read of the batch; undefined when the host must be asked.
+   */
+  function readAhead(list: unknown[], name: string, argv: string[]): unknown[] | undefined {
+    if (raNames[name.toUpperCase()] !== true) {
+      dropRounds();
+      return undefined;
+    }
+    for (let i = 0; i < rounds.length; i++) {
+      const rd = rounds[i];
+      const j = feedAt - rd.from;
+      if (!rd.live || j < 0 || j >= rd.out.length) continue;
+      const o = rd.out[j];
+      if (o === undefined || !sameCall(rd, name, argv, rd.keys[j])) continue;
+      // Used once: a second identical call asks Redis again, as it always did.
+      rd.out[j] = undefined;
+      rd.used++;
+      return o;
+    }
+    const w = cur;
+    if (w === null || w.raOff === true) return undefined;
+    if (w.raFeed === feedSerial) {
+      // One round per step and batch, unless the last one was used up record after record.
+      const last = w.raLast!;
+      if (!last.live || feedAt < last.from + last.out.length || last.used * 2 < last.out.length) {
+        return undefined;
+      }
+    }
+    const key = keyOf(list[feedAt]);
+    if (key === null) return undefined;
+    const at: boolean[] = [];
+    const positions: number[] = [];
+    for (let i = 0; i < argv.length; i++) {
+      at.push(argv[i] === key);
+      if (argv[i] === key) positions.push(i + 1);
+    }
+    if (positions.length === 0) return undefined;
+    const keys: string[] = [];
+    const end = Math.min(list.length, feedAt + MAX_ROUND);
+    for (let j = feedAt; j < end; j++) {
+      const k = keyOf(list[j]);
+      if (k === null) break;
+      keys.push(k);
+    }
+    let out: unknown;
+    try {
+      out = host.callSync("executeMany", curPart, [name, ...argv], positions, keys);
+    } catch (e) {
+      if (isFatal(e)) throw e;
+      w.raOff = true;
+      return undefined;
+    }
+    if (!Array.isArray(out) || out.length !== keys.length) {
+      w.raOff = true;
+      return undefined;
+    }
+    const rd: Round = {
+      name,
+      argv,
+      at,
+      keys,
+      from: feedAt,
+      out: out as (unknown[] | undefined)[],
+      used: 1,
+      live: true,
+      where: w,
+    };
+    rounds.push(rd);
+    w.raFeed = feedSerial;
+    w.raLast = rd;
+    const first = rd.out[0];
+    rd.out[0] = undefined;
+    return first;
+  }
+
+  /** After a feed: a step whose read-ahead was mostly not used stops reading ahead. */
+  function endRounds(taken: number): void {
+    for (let i = 0; i < rounds.length; i++) {
+      const rd = rounds[i];
+      const fed = Math.min(taken - rd.from, rd.out.length);
+      if (rd.used * 2 < fed) rd.where.raOff = true;
+    }
+    rounds = [];
+  }
+
   g.execute = function execute(command: unknown, ...args: unknown[]): unknown {
-    return host.callSync("execute", curPart, safeString(command), ...args.map(safeString));
+    const name = safeString(command);
+    const argv = args.map(safeString);
+    if (feedList !== null) {
+      const o = readAhead(feedList, name, argv);
+      if (o !== undefined) {
+        if (o[0] === 0) return o[1];
+        throw new Error(safeString(o[1]));
+      }
+    }
+    return host.callSync("execute", curPart, name, ...argv);
   };
   g.executeAsync = function executeAsync(command: unknown, ...args: unknown[]): PromiseLike<unknown> {
-    return host.callAsync("execute", curPart, safeString(command), ...args.map(safeString));
+    const name = safeString(command);
+    if (rounds.length > 0 && raNames[name.toUpperCase()] !== true) dropRounds();
+    return host.callAsync("execute", curPart, name, ...args.map(safeString));
   };
+  /**
+   * An event record whose value was too big to send along (a set a handler keeps adding
+   * to): `value` is read from Redis the first time the handler touches it.
+   */
+  function lazyValue(rec: { key: unknown; lazyValue?: boolean }): void {
+    delete rec.lazyValue;
+    const settle = (v: unknown): void => {
+      Object.defineProperty(rec, "value", { value: v, writable: true, enumerable: true, configurable: true });
+    };
+    Object.defineProperty(rec, "value", {
+      get(): unknown {
+        const v = host.callSync("readValue", safeString(rec.key));
+        settle(v);
+        return v;
+      },
+      set: settle,
+      enumerable: true,
+      configurable: true,
+    });
+  }
+
+  const ownExecute = g.execute;
+  const ownExecuteAsync = g.executeAsync;
+
+  /**
+   * Whether a foreach function is only `(...) => execute(...)` with plain arguments: foreach
+   * ignores what it returns, so nothing in the script sees the reply, and its commands can
+   * be pipelined (an error reply still fails that record). Arguments that call anything
+   * could call execute() themselves and wait for it, so those stay synchronous.
+   */
+  function repliesUnused(f: Fn): boolean {
+    const src = Function.prototype.toString.call(f);
+    const arrow = src.indexOf("=>");
+    if (arrow === -1) return false;
+    return /^execute\s*\([^()`]*\)$/.test(src.slice(arrow + 2).trim());
+  }
+
+  /** f with its execute() calls sent as executeAsync() (unless the script replaced those globals). */
+  function pipelined(f: Fn): Fn {
+    return (r) => {
+      if (g.execute !== ownExecute || g.executeAsync !== ownExecuteAsync) return f(r);
+      g.execute = ownExecuteAsync;
+      try {
+        return f(r);
+      } finally {
+        g.execute = ownExecute;
+      }
+    };
+  }
   g.log = function log(message: unknown, level: unknown = "notice"): void {
     host.notify("log", safeString(level), safeString(message));
   };
@@ -478,6 +681,7 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
     return host.callSync("hashtag", curPart);
   };
   g.callNext = function callNext(...args: unknown[]): unknown {
+    dropRounds();
     return host.callSync("callNext", ...args.map(safeString));
   };
   g.getCommand = function getCommand(): unknown {
@@ -796,7 +1000,8 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
       }
       case "foreach": {
         const k: Cont = (_v, r) => next(r);
-        return (r) => call1(ex, st, f0 as Fn, r, k);
+        const f = repliesUnused(f0 as Fn) ? pipelined(f0 as Fn) : (f0 as Fn);
+        return (r) => call1(ex, st, f, r, k);
       }
       case "filter": {
         const k: Cont = (v, r) => {
@@ -1167,6 +1372,11 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
       const action = actions[Number(actionIndex)];
       if (action === undefined) throw new Error(`no action ${safeString(actionIndex)}`);
       const { parts, owner } = topologyOf(topology);
+      const names = (topology as { readAhead?: unknown } | null)?.readAhead;
+      if (Array.isArray(names)) {
+        raNames = {};
+        for (const n of names) if (typeof n === "string") raNames[n.toUpperCase()] = true;
+      }
       const ex: Exec = {
         id: ++lastExecId,
         action,
@@ -1226,6 +1436,12 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
               const rec = r as { valueRef?: number; value?: unknown };
               rec.value = values[rec.valueRef!];
               delete rec.valueRef;
+            } else if (
+              r !== null &&
+              typeof r === "object" &&
+              (r as { lazyValue?: unknown }).lazyValue === true
+            ) {
+              lazyValue(r as { key: unknown; lazyValue?: boolean });
             }
           }
         }
@@ -1237,15 +1453,29 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
       const budget = typeof budgetMs === "number" && budgetMs > 0 ? budgetMs : 0;
       const started = budget > 0 ? Date.now() : 0;
       let taken = 0;
-      for (; taken < list.length; taken++) {
-        if (closed[p]) {
-          taken = list.length;
-          break;
+      let check = 0;
+      feedList = list;
+      feedSerial++;
+      try {
+        for (; taken < list.length; taken++) {
+          if (closed[p]) {
+            taken = list.length;
+            break;
+          }
+          if (budget > 0 && taken >= check) {
+            const spent = Date.now() - started;
+            if (taken > 0 && spent > budget) break;
+            // While records are quick, the clock is read every 16th of them only.
+            check = taken + (spent * 64 < budget ? 16 : 1);
+          }
+          ex.recordsIn++;
+          curPart = p;
+          feedAt = taken;
+          head(list[taken]);
         }
-        if (budget > 0 && taken > 0 && Date.now() - started > budget) break;
-        ex.recordsIn++;
-        curPart = p;
-        head(list[taken]);
+      } finally {
+        feedList = null;
+        endRounds(taken);
       }
       curPart = saved;
       const settled = whenSettled(ex);
