@@ -442,6 +442,26 @@ for (const mode of BACKEND_MODES) {
       expect((await only()).stats.numFailures).to.equal(0);
     });
 
+    it("runs over the keyspace leave out the proxy's own keys (stored sessions, leases)", async () => {
+      await execute(io, "GB().foreach(x => execute('INCR', 'n')).register('own:*')");
+      await io.set("own:1", "x");
+      await eventually(
+        () => io.get("n"),
+        (v) => v === "1",
+        "handled",
+      );
+      const stored = await io.call("EXISTS", "{gears-proxy}:sessions", "{gears-proxy}:lease:0");
+      expect(stored, "the proxy's keys exist").to.be.at.least(1);
+      for (const reader of ["KeysOnlyReader", "KeysReader"]) {
+        const reply = (await io.call(
+          "RG.EXECUTE",
+          `GB('${reader}').map(r => typeof r === 'string' ? r : r.key).run('*')`,
+        )) as [string[], string[]];
+        expect(reply[1], reader).to.deep.equal([]);
+        expect([...reply[0]].sort(), reader).to.deep.equal(["n", "own:1"]);
+      }
+    });
+
     it("async_local runs each shard's events in order, beside the other shards'", async () => {
       await execute(
         io,

@@ -3,6 +3,7 @@ import { encodeCommand, type Arg } from "../resp/encode.js";
 import { NotHandled, ReplyErrorText, RespCursor } from "../resp/json-text.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { BinaryWriter, TAG_ARRAY, TAG_NULL, TAG_OBJECT } from "../sandbox/bjson.js";
+import { isSyncMarker } from "./events/sync-markers.js";
 import type { JsonValue } from "../sandbox/types.js";
 
 /** One shard as a reader sees it: somewhere to send commands. */
@@ -214,6 +215,13 @@ interface ScanOptions {
   noScan?: boolean;
 }
 
+const PROXY_PREFIX = Buffer.from("{gears-proxy}");
+
+/** The proxy's own keys (stored sessions, leases, sync markers) are not records of the users' data. */
+function isProxyKey(key: Buffer): boolean {
+  return key[0] === 123 && (key.subarray(0, PROXY_PREFIX.length).equals(PROXY_PREFIX) || isSyncMarker(key));
+}
+
 /** Key names of one partition matching a glob, a SCAN batch at a time; or the one key (noScan). */
 async function* scanKeys(ctx: ReadContext, pattern: string, options: ScanOptions): AsyncGenerator<Buffer[]> {
   if (options.noScan) {
@@ -230,8 +238,9 @@ async function* scanKeys(ctx: ReadContext, pattern: string, options: ScanOptions
       "COUNT",
       options.count ?? SCAN_COUNT,
     ]);
-    const [next, keys] = reply as [Buffer, Buffer[]];
+    const [next, found] = reply as [Buffer, Buffer[]];
     cursor = next.toString();
+    const keys = found.filter((k) => !isProxyKey(k));
     if (keys.length > 0) yield keys;
   } while (cursor !== "0");
 }
@@ -239,7 +248,10 @@ async function* scanKeys(ctx: ReadContext, pattern: string, options: ScanOptions
 /** One SCAN reply, read in place: the keys are ranges of `reply`. */
 interface RawKeys {
   reply: Buffer;
-  /** The keys' bulk strings, back to back: exactly how they are encoded as a command's arguments. */
+  /**
+   * The keys' bulk strings, back to back: exactly how they are encoded as a command's
+   * arguments (-1 when some were left out: the proxy's own keys).
+   */
   bodyStart: number;
   bodyEnd: number;
   /** Per key: where its bulk string starts (the `$`), and where its bytes start and end. */
@@ -279,15 +291,23 @@ async function* scanRawKeys(
     }
     if (n <= 0) continue;
     const bodyStart = c.at;
-    const heads = new Array<number>(n);
-    const starts = new Array<number>(n);
-    const ends = new Array<number>(n);
+    const heads: number[] = [];
+    const starts: number[] = [];
+    const ends: number[] = [];
+    let contiguous = true;
     for (let i = 0; i < n; i++) {
-      heads[i] = c.at;
-      starts[i] = c.bulk();
-      ends[i] = c.bulkEnd;
+      const head = c.at;
+      const start = c.bulk();
+      if (isProxyKey(reply.subarray(start, c.bulkEnd))) {
+        contiguous = false;
+        continue;
+      }
+      heads.push(head);
+      starts.push(start);
+      ends.push(c.bulkEnd);
     }
-    yield { reply, bodyStart, bodyEnd: c.at, heads, starts, ends };
+    if (starts.length === 0) continue;
+    yield { reply, bodyStart: contiguous ? bodyStart : -1, bodyEnd: c.at, heads, starts, ends };
   } while (cursor !== "0");
 }
 
@@ -299,8 +319,12 @@ const SCRIPT_HEAD = Buffer.from(
 function readKeysCommand(batch: RawKeys, which: number[] | null): Buffer {
   const n = which === null ? batch.starts.length : which.length;
   const parts: Buffer[] = [Buffer.from(`*${4 + n}\r\n`), SCRIPT_HEAD];
-  if (which === null) parts.push(batch.reply.subarray(batch.bodyStart, batch.bodyEnd));
-  else for (const i of which) parts.push(batch.reply.subarray(batch.heads[i], batch.ends[i] + 2));
+  if (which === null && batch.bodyStart >= 0)
+    parts.push(batch.reply.subarray(batch.bodyStart, batch.bodyEnd));
+  else {
+    for (const i of which ?? batch.heads.keys())
+      parts.push(batch.reply.subarray(batch.heads[i], batch.ends[i] + 2));
+  }
   return Buffer.concat(parts);
 }
 
