@@ -1482,6 +1482,45 @@ export function gearsGuest(host: GuestHost, g: Record<string, unknown>): void {
       return settled ? settled.then(() => taken) : taken;
     },
 
+    /**
+     * start, feed every partition's records, finish and drop, in one entry into the guest:
+     * for the small record sets of event handlers, where four hops cost more than the work.
+     */
+    once(actionIndex: unknown, topology: unknown, inputs: unknown): Result | Promise<Result> {
+      if (!Array.isArray(inputs)) throw new TypeError("inputs must be an array");
+      const id = gears.start(actionIndex, topology);
+      const drop = (): void => void gears.drop(id);
+      let i = 0;
+      const rest = (): Result | Promise<Result> => {
+        while (i < inputs.length) {
+          const [p, batch] = inputs[i++] as [unknown, unknown];
+          const fed = gears.feed(id, p, batch, 0);
+          if (isThenable(fed)) return (fed as Promise<number>).then(rest);
+        }
+        return gears.finish(id);
+      };
+      try {
+        const out = rest();
+        if (!isThenable(out)) {
+          drop();
+          return out;
+        }
+        return (out as Promise<Result>).then(
+          (r) => {
+            drop();
+            return r;
+          },
+          (e: unknown) => {
+            drop();
+            throw e;
+          },
+        );
+      } catch (e) {
+        drop();
+        throw e;
+      }
+    },
+
     wants(execId: unknown, partition: unknown): boolean {
       return !getExec(execId).closed[Number(partition)];
     },
