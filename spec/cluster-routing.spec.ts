@@ -13,6 +13,7 @@ import {
   type RunningProxy,
 } from "./harness/index.js";
 import { encode, RawClient, ReplyError, toText, type Reply, type Value } from "./support/raw-client.js";
+import { TestClients } from "./support/test-clients.js";
 
 // ---- helpers ------------------------------------------------------------------------------
 
@@ -104,20 +105,10 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
   let reference: RedisNode;
   let proxy: RunningProxy;
   let io: Redis;
-  const raws: RawClient[] = [];
-  const ios: Redis[] = [];
+  const clients = new TestClients(() => proxy.port);
 
-  async function client(port = proxy.port): Promise<RawClient> {
-    const c = await RawClient.connect(port);
-    raws.push(c);
-    return c;
-  }
-
-  function ioClient(): Redis {
-    const c = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
-    ios.push(c);
-    return c;
-  }
+  const client = (port?: number): Promise<RawClient> => clients.raw(port);
+  const ioClient = (): Redis => clients.io();
 
   /** The master serving `key`, as the cluster itself says. */
   function ownerOf(key: string): Promise<RedisNode> {
@@ -169,10 +160,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     }
   });
 
-  afterEach(() => {
-    for (const c of raws.splice(0)) c.close();
-    for (const c of ios.splice(0)) c.disconnect();
-  });
+  afterEach(() => clients.closeAll());
 
   after(async () => {
     io?.disconnect();

@@ -2,6 +2,7 @@ import { expect } from "chai";
 import { Redis } from "ioredis";
 import { startProxy, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES, Direct, SELECT_IN_CLUSTER_ERROR } from "./support/backend.js";
+import { TestClients } from "./support/test-clients.js";
 import {
   encode,
   encodeBulk,
@@ -92,21 +93,11 @@ for (const mode of BACKEND_MODES) {
     let backend: Backend;
     let proxy: RunningProxy;
     let direct: Direct;
-    const raws: RawClient[] = [];
-    const ios: Redis[] = [];
+    const clients = new TestClients(() => proxy.port);
     const cluster = mode === "cluster";
 
-    async function client(port = proxy.port): Promise<RawClient> {
-      const c = await RawClient.connect(port);
-      raws.push(c);
-      return c;
-    }
-
-    function ioClient(): Redis {
-      const c = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
-      ios.push(c);
-      return c;
-    }
+    const client = (port?: number): Promise<RawClient> => clients.raw(port);
+    const ioClient = (): Redis => clients.io();
 
     before(async function () {
       this.timeout(60_000);
@@ -115,10 +106,7 @@ for (const mode of BACKEND_MODES) {
       direct = new Direct(backend);
     });
 
-    afterEach(() => {
-      for (const c of raws.splice(0)) c.close();
-      for (const c of ios.splice(0)) c.disconnect();
-    });
+    afterEach(() => clients.closeAll());
 
     after(async () => {
       await direct?.close();
@@ -684,7 +672,7 @@ for (const mode of BACKEND_MODES) {
         expect(await d.text("AUTH", "default", password)).to.equal("OK");
         expect(await d.text("GET", "auth:k")).to.equal("authed");
         const io = new Redis({ port: authProxy.port, host: "127.0.0.1", password, maxRetriesPerRequest: 1 });
-        ios.push(io);
+        clients.track(io);
         expect(await io.get("auth:k")).to.equal("authed");
       });
 
@@ -778,7 +766,7 @@ for (const mode of BACKEND_MODES) {
           expect(toText(await blocked.next())).to.deep.equal(["to:q", "late"]);
           // PUBLISH counts the subscribers of the node it runs on: publish where the proxy subscribed.
           const publisher = await RawClient.connect((await direct.subscribedNode("to:chan")).port);
-          raws.push(publisher);
+          clients.track(publisher);
           expect(await publisher.text("PUBLISH", "to:chan", "still here")).to.equal(1);
           expect(toText(await subscriber.next())).to.deep.equal(["message", "to:chan", "still here"]);
         } finally {
