@@ -7,20 +7,6 @@ import type { Partitions } from "./partitions.js";
 import { READ_AHEAD_COMMANDS } from "./read-ahead.js";
 import { READERS, RecordBinary, type ReadContext } from "./readers.js";
 
-/**
- * An isolate that takes a value in QuickJS's binary object format as one of a call's
- * arguments (the sandbox's Isolate, when its QuickJS reads src/sandbox/bjson.ts's format).
- */
-interface BinaryCalls {
-  readonly binary: boolean;
-  callBinary(path: string, argsJson: string, index: number, bytes: Uint8Array): Promise<JsonValue>;
-}
-
-function readsBinary(isolate: GuestIsolate): isolate is GuestIsolate & BinaryCalls {
-  const i = isolate as Partial<BinaryCalls>;
-  return i.binary === true && typeof i.callBinary === "function";
-}
-
 /** Given inputs up to this many records run in one guest entry (start, feed, finish at once). */
 const ONCE_MAX_RECORDS = 256;
 
@@ -167,7 +153,7 @@ export class Execution {
       shard: this.partitions.shard(partition),
       partitionOfSlot: (slot) => this.partitions.partitionOfSlot(slot),
       shardId: this.partitions.shardIds[partition],
-      binary: readsBinary(this.isolate),
+      binary: this.isolate.binary,
     };
     const arg = typeof this.action.arg === "string" ? this.action.arg : "*";
     const batches = reader(ctx, arg, this.action.options);
@@ -198,8 +184,8 @@ export class Execution {
   ): Promise<void> {
     const budget = Math.max(1, Math.floor(this.isolate.limits.timeoutMs / 2));
     const isolate = this.isolate;
-    if (records instanceof RecordBinary || (values === null && readsBinary(isolate))) {
-      if (!readsBinary(isolate)) throw new Error("binary records for an isolate that cannot read them");
+    if (records instanceof RecordBinary || (values === null && isolate.binary)) {
+      if (!isolate.binary) throw new Error("binary records for an isolate that cannot read them");
       // The records go in as args[2], in the binary format: no JSON on either side.
       const args = JSON.stringify([execId, partition, null, budget]);
       let from = 0;

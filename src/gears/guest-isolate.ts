@@ -8,6 +8,10 @@ export interface GuestIsolate {
   dispose(): Promise<void>;
   readonly alive: boolean;
   readonly limits: IsolateLimits;
+  /** Whether callBinary() may be used: the isolate's QuickJS reads src/sandbox/bjson.ts's format. */
+  readonly binary: boolean;
+  /** call(), with args[index] given in QuickJS's binary object format instead of JSON. */
+  callBinary(path: string, argsJson: string, index: number, bytes: Uint8Array): Promise<JsonValue>;
 }
 
 export type IsolateFactory = (limits: IsolateLimits, bridge: HostBridge) => Promise<GuestIsolate>;
