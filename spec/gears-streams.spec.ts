@@ -462,6 +462,33 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("a registration's executions are listed as registered, at most MaxExecutionsPerRegistration, and readable and droppable by id", async () => {
+      expect(await io.call("RG.CONFIGSET", "MaxExecutionsPerRegistration", "3")).to.deep.equal(["OK"]);
+      try {
+        await execute(io, "GB('StreamReader').map(x => x.value.n).register('ex')");
+        for (let i = 0; i < 5; i++) await io.xadd("ex", "*", "n", String(i));
+        await eventually(
+          async () => (await only()).stats.numSuccess,
+          (n) => n === 5,
+          "handled",
+        );
+        const registered = async (): Promise<string[]> =>
+          ((await io.call("RG.DUMPEXECUTIONS")) as unknown[][])
+            .filter((e) => e[5] === 1)
+            .map((e) => String(e[1]));
+        const ids = await stable(registered, "registered executions");
+        expect(ids).to.have.length(3);
+        const last = ids[ids.length - 1];
+        expect(await io.call("RG.GETRESULTS", last)).to.deep.equal([["4"], []]);
+        const plan = (await io.call("RG.GETEXECUTION", last)) as unknown[][];
+        expect(plan[0][3]).to.include("done");
+        expect(await io.call("RG.DROPEXECUTION", last)).to.equal("OK");
+        expect(await registered()).to.deep.equal(ids.slice(0, 2));
+      } finally {
+        await io.call("RG.CONFIGSET", "MaxExecutionsPerRegistration", "100");
+      }
+    });
+
     it("async_local runs each shard's events in order, beside the other shards'", async () => {
       await execute(
         io,

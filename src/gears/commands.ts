@@ -128,7 +128,16 @@ function getExecution(engine: GearsEngine, args: Buffer[]): Buffer {
 function dumpExecutions(engine: GearsEngine, args: Buffer[]): Buffer {
   if (args.length !== 0) return arity("rg.dumpexecutions");
   return encodeValue(
-    engine.list().map((e) => [b("executionId"), b(e.id), b("status"), b(e.status), b("registered"), 0]),
+    engine
+      .dump()
+      .map(({ execution: e, registered }) => [
+        b("executionId"),
+        b(e.id),
+        b("status"),
+        b(e.status),
+        b("registered"),
+        registered ? 1 : 0,
+      ]),
   );
 }
 

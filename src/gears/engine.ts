@@ -76,6 +76,7 @@ export class GearsEngine {
     this.registry = new RegistrationRegistry(router, log, () => `${this.proxyId}-${++this.counter}`, {
       consumerName: this.proxyId,
       claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
+      maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
     });
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
     this.registry.onForeignEvents = (events) => this.backlog.add(events);
@@ -99,8 +100,17 @@ export class GearsEngine {
     return null;
   }
 
+  /** An execution of RG.EXECUTE, or one a registration ran. */
   get(id: string): Execution | undefined {
-    return this.executions.get(id);
+    return this.executions.get(id) ?? this.registry.findExecution(id);
+  }
+
+  /** RG.DUMPEXECUTIONS: RG.EXECUTE's executions, then the registrations' (registered). */
+  dump(): { execution: Execution; registered: boolean }[] {
+    return [
+      ...this.list().map((execution) => ({ execution, registered: false })),
+      ...this.registry.registeredExecutions().map((execution) => ({ execution, registered: true })),
+    ];
   }
 
   list(): Execution[] {
@@ -108,7 +118,7 @@ export class GearsEngine {
   }
 
   drop(id: string): void {
-    this.executions.delete(id);
+    if (!this.executions.delete(id)) this.registry.dropExecution(id);
   }
 
   /** RG.EXECUTE: the reply to send (OK, an execution id, [results, errors], or an error). */

@@ -1,6 +1,7 @@
 import type { JsonValue } from "../sandbox/types.js";
 import type { KeyEvent } from "./events/keyspace-source.js";
 import type { StreamConsumer, StreamOptions } from "./events/stream-consumer.js";
+import type { Execution } from "./execution.js";
 import type { Action } from "./guest-isolate.js";
 
 /** A keyspace event waiting for its registration's next batch. */
@@ -97,6 +98,8 @@ export class Registration {
   /** StreamReader: what register() asked for, and the consumer reading for it once installed. */
   readonly stream: StreamOptions | null;
   consumer: StreamConsumer | null = null;
+  /** Its latest executions (RG.DUMPEXECUTIONS shows them as registered), MaxExecutionsPerRegistration finished at most. */
+  readonly executions: Execution[] = [];
 
   constructor(
     readonly id: string,

@@ -39,6 +39,8 @@ export interface RegistryOptions {
   consumerName: string;
   /** How long a stream entry stays with a consumer that does not acknowledge it before another claims it. */
   claimIdleMs: () => number;
+  /** Finished executions kept per registration (MaxExecutionsPerRegistration). */
+  maxExecutionsPerRegistration: () => number;
 }
 
 /**
@@ -443,8 +445,10 @@ export class RegistrationRegistry {
       false,
     );
     this.executionCounter++;
+    registration.executions.push(execution);
     const started = Date.now();
     await execution.run();
+    this.trimExecutions(registration);
     registration.stats.record(Date.now() - started, execution.errors, execution.status === "aborted", events);
     if (execution.errors.length > 0) {
       this.log.debug(
@@ -453,6 +457,43 @@ export class RegistrationRegistry {
       );
     }
     return execution;
+  }
+
+  /** Drops the oldest finished executions beyond MaxExecutionsPerRegistration. */
+  private trimExecutions(registration: Registration): void {
+    const list = registration.executions;
+    let excess =
+      list.filter((e) => e.isFinished).length - Math.max(0, this.options.maxExecutionsPerRegistration());
+    for (let i = 0; excess > 0 && i < list.length;) {
+      if (list[i].isFinished) {
+        list.splice(i, 1);
+        excess--;
+      } else i++;
+    }
+  }
+
+  /** The kept executions of every registration. */
+  registeredExecutions(): Execution[] {
+    return this.all().flatMap((r) => r.executions);
+  }
+
+  findExecution(id: string): Execution | undefined {
+    for (const r of this.all()) {
+      const found = r.executions.find((e) => e.id === id);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+
+  /** RG.DROPEXECUTION of a registration's execution; false when there is none of that id. */
+  dropExecution(id: string): boolean {
+    for (const r of this.all()) {
+      const index = r.executions.findIndex((e) => e.id === id);
+      if (index === -1) continue;
+      r.executions.splice(index, 1);
+      return true;
+    }
+    return false;
   }
 
   /** A hook or trigger run: getCommand()/callNext() see `argv` while it runs. */
