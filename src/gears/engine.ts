@@ -273,9 +273,21 @@ export class GearsEngine {
    * registered for it, or a KeysReader registration names it in `commands`.
    */
   hookFor(name: string, argv: readonly Buffer[]): boolean {
-    if (this.registry.hasHooks && this.registry.hookFor(name, argv) !== undefined) return true;
+    if (this.registry.hasHooks) {
+      const found = this.registry.hookFor(name, argv);
+      if (found !== undefined) {
+        // runHook comes right after for the same argv: it takes this instead of looking again.
+        this.foundHook = { argv, found };
+        return true;
+      }
+    }
     return this.registry.commandsWatched.size > 0 && this.registry.commandsWatched.has(name);
   }
+
+  private foundHook: {
+    argv: readonly Buffer[];
+    found: ReturnType<RegistrationRegistry["hookFor"]>;
+  } | null = null;
 
   /**
    * Runs the hook of a command passing through the proxy: its pipeline gets the argv as
@@ -283,7 +295,8 @@ export class GearsEngine {
    * callNext() inside runs the command itself.
    */
   async runHook(name: string, argv: Buffer[]): Promise<Buffer> {
-    const found = this.registry.hookFor(name, argv);
+    const found = this.foundHook?.argv === argv ? this.foundHook.found : this.registry.hookFor(name, argv);
+    this.foundHook = null;
     if (found === undefined) return this.runWithEvents(name, argv);
     const record = argv.map((a) => a.toString());
     const partitions = new Partitions(this.router);
