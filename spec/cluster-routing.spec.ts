@@ -13,6 +13,7 @@ import {
   type RunningProxy,
 } from "./harness/index.js";
 import { encode, RawClient, ReplyError, toText, type Reply, type Value } from "./support/raw-client.js";
+import { waitUntil } from "./support/polling.js";
 import { TestClients } from "./support/test-clients.js";
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -22,18 +23,6 @@ const EXECABORT = "EXECABORT Transaction discarded because of previous errors.";
 const MAX_CURSOR = 2n ** 63n;
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(
-  what: string,
-  check: () => Promise<boolean> | boolean,
-  timeoutMs = 5000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 /** The message of an error reply; fails when the reply is not an error. */
 function errorOf(reply: Reply): string {
@@ -501,7 +490,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
       const blocked = async (): Promise<number> =>
         Number(infoField(text(await owner.call("INFO", "clients")), "blocked_clients"));
       a.send("BLPOP", key, "10");
-      await waitFor(`the BLPOP on ${key} to block on its shard`, async () => (await blocked()) === 1);
+      await waitUntil(`the BLPOP on ${key} to block on its shard`, async () => (await blocked()) === 1);
       expect(await b.text("LPUSH", key, "woken")).to.equal(1);
       expect(toText(await a.next())).to.deep.equal([key, "woken"]);
       expect(await owner.call("EXISTS", key)).to.equal(0);
@@ -526,7 +515,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     }
     // Published on each master directly: the subscription sits on one of them only.
     for (const [i, m] of masters.entries()) await m.call("PUBLISH", "cps:news", `direct${i}`);
-    await waitFor("14 messages", () => messages.length >= 14);
+    await waitUntil("14 messages", () => messages.length >= 14);
     await sleep(100);
     const got = messages.map((m) => m.join("|")).sort();
     const want = ["m0", "m1", "m2", "m3", "direct0", "direct1", "direct2"]
@@ -565,7 +554,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
       const blocked = await client();
       blocked.send("XREAD", "BLOCK", "5000", "STREAMS", s1, "$");
       const owner = await ownerOf(s1);
-      await waitFor(
+      await waitUntil(
         "XREAD BLOCK to block on its shard",
         async () => Number(infoField(text(await owner.call("INFO", "clients")), "blocked_clients")) === 1,
       );
@@ -654,7 +643,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     for (const node of [target, source, ...masters.filter((m) => m !== source && m !== target)]) {
       expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId)).to.equal("OK");
     }
-    await waitFor("every master to agree on the slot's owner", async () =>
+    await waitUntil("every master to agree on the slot's owner", async () =>
       (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === target.port),
     );
     expect(await c.text("GET", key)).to.equal("before");

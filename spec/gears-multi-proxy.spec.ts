@@ -20,6 +20,7 @@ import {
 } from "./harness/index.js";
 import { ChildProxy, stopChildProxies } from "./support/child-proxy.js";
 import { asArray, connect, execAll, str } from "./support/gears.js";
+import { eventually } from "./support/polling.js";
 
 /** Short leases and claim times so a takeover is seen within a test. */
 const LEASE_MS = 1000;
@@ -28,23 +29,6 @@ const FAST = { EventLeaseMS: String(LEASE_MS), StreamClaimIdleMS: "1000" };
 const SYNC_MS = 3000;
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `read` until `ok`; throws naming `what` and the last value when the deadline passes. */
-async function waitFor<T>(
-  what: string,
-  read: () => Promise<T>,
-  ok: (v: T) => boolean,
-  ms = 5000,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await read();
-    if (ok(v)) return v;
-    if (Date.now() > deadline)
-      throw new Error(`${what}: not within ${ms} ms; last seen ${JSON.stringify(v)}`);
-    await sleep(50);
-  }
-}
 
 function regIds(dump: unknown): string[] {
   return asArray(dump, "RG.DUMPREGISTRATIONS").map((entry) => str(asArray(entry, "registration")[1]));
@@ -146,10 +130,10 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       // 0 until the proxy has made its group (NOGROUP).
       const pendingOf = async (): Promise<number> =>
         Number(asArray(await direct.xpending("jobs", group).catch(() => [0]), "XPENDING")[0]);
-      await waitFor(
-        "the first proxy processing entries, with some pending",
+      await eventually(
         async () => ({ seen: await direct.scard("seen"), pending: await pendingOf() }),
         (v) => v.seen > 0 && v.pending > 0,
+        "the first proxy processing entries, with some pending",
         10_000,
       );
       await first.kill();
@@ -162,31 +146,34 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       const b = client(second.port);
       expect(await registrations(b), "the same registration ids").to.deep.equal(ids);
 
-      await waitFor(
-        "every entry processed",
+      await eventually(
         () => direct.scard("seen"),
         (n) => n === total,
+        "every entry processed",
         30_000,
       );
       expect((await direct.smembers("seen")).sort()).to.deep.equal([...written].sort());
-      await waitFor(
-        "the stream trimmed",
+      await eventually(
         () => direct.xlen("jobs"),
         (n) => n === 0,
+        "the stream trimmed",
+        5000,
       );
       expect(await pendingOf(), "nothing left pending").to.equal(0);
 
       const more = [await direct.xadd("jobs", "*", "n", "new1"), await b.xadd("jobs", "*", "n", "new2")];
-      await waitFor(
-        "new entries handled",
+      await eventually(
         () => direct.scard("seen"),
         (n) => n === total + 2,
+        "new entries handled",
+        5000,
       );
       for (const id of more) expect(await direct.sismember("seen", String(id))).to.equal(1);
-      await waitFor(
-        "the stream trimmed again",
+      await eventually(
         () => direct.xlen("jobs"),
         (n) => n === 0,
+        "the stream trimmed again",
+        5000,
       );
     });
 
@@ -197,10 +184,11 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       expect(await a.call("RG.EXECUTE", script, "ID", "keys")).to.equal("OK");
       const ids = await registrations(a);
       await a.set("k:before", "1");
-      await waitFor(
-        "handled before the kill",
+      await eventually(
         () => direct.sismember("kseen", "k:before"),
         (n) => n === 1,
+        "handled before the kill",
+        5000,
       );
       const firstId = await proxyIdOf(a);
       await first.kill();
@@ -212,13 +200,13 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       expect(secondId).to.not.equal(firstId);
       await direct.set("k:direct", "1");
       await b.set("k:proxied", "1");
-      await waitFor(
-        "writes after the restart handled",
+      await eventually(
         async () => [
           await direct.sismember("kseen", "k:direct"),
           await direct.sismember("kseen", "k:proxied"),
         ],
         (v) => v[0] === 1 && v[1] === 1,
+        "writes after the restart handled",
         LEASE_MS * 3 + 2000,
       );
       const owners = await leaseOwners((...args) => redis.call(...args));
@@ -285,18 +273,19 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
         "GB().filter(x => x.key !== 'handled').foreach(x => execute('HINCRBY', 'handled', x.key, 1)).register()";
       expect(await a.c.call("RG.EXECUTE", script, "ID", "counting")).to.equal("OK");
       const ids = await registrations(a.c);
-      await waitFor(
-        "B picks the session up",
+      await eventually(
         () => registrations(b.c),
         (v) => v.join() === ids.join(),
+        "B picks the session up",
         SYNC_MS,
       );
       const idA = await proxyIdOf(a.c);
       const idB = await proxyIdOf(b.c);
-      await waitFor(
-        "a lease per shard",
+      await eventually(
         () => leaseOwners(gearsKeys),
         (m) => m.size === 3,
+        "a lease per shard",
+        5000,
       );
 
       // Both alive: every key exactly once.
@@ -306,10 +295,10 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
         setAll(b.c, range("w:b:", 300)),
         setAll(direct, range("w:d:", 300)),
       ]);
-      await waitFor(
-        "every key handled",
+      await eventually(
         () => direct.hlen("handled"),
         (n) => n >= before.length,
+        "every key handled",
         10_000,
       );
       await sleep(500); // a second handler would show up by now
@@ -355,16 +344,17 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
         const got = await counts("handled");
         return keys.filter((k) => got[k] === undefined);
       };
-      await waitFor(
-        "keys written after the takeover handled",
+      await eventually(
         () => missing(after),
         (m) => m.length === 0,
+        "keys written after the takeover handled",
+        5000,
       );
       // Written between the kill and the takeover: only B's backlog replay can have them.
-      const lost = await waitFor(
-        "keys written between the kill and the takeover handled (replay)",
+      const lost = await eventually(
         () => missing([...gap, ...during]),
         (m) => m.length === 0,
+        "keys written between the kill and the takeover handled (replay)",
         3000,
       ).catch(async () => missing([...gap, ...during]));
       expect(
@@ -383,26 +373,27 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       const script = `GB().foreach(x => { const t = Date.now(); while (Date.now() - t < ${msPerKey}) {} execute('HINCRBY', 'handled', x.key, 1); }).register('burst:*')`;
       expect(await a.c.call("RG.EXECUTE", script, "ID", "burst")).to.equal("OK");
       const ids = await registrations(a.c);
-      await waitFor(
-        "B picks the session up",
+      await eventually(
         () => registrations(b.c),
         (v) => v.join() === ids.join(),
+        "B picks the session up",
         SYNC_MS,
       );
       const idA = await proxyIdOf(a.c);
-      await waitFor(
-        "A holds every lease",
+      await eventually(
         () => leaseOwners(gearsKeys),
         (m) => m.size === 3 && [...m.values()].every((o) => o === idA),
+        "A holds every lease",
+        5000,
       );
 
       const keys = range("burst:", count);
       const writtenAt = Date.now();
       await setAll(direct, keys);
-      await waitFor(
-        "A handling the burst",
+      await eventually(
         () => direct.hlen("handled"),
         (n) => n >= killAfter,
+        "A handling the burst",
         15_000,
       );
       await a.proxy.kill();
@@ -415,10 +406,10 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
         return keys.filter((k) => got[k] === undefined);
       };
       const deadline = LEASE_MS * 2 + count * msPerKey + 3000;
-      const lost = await waitFor(
-        "every key of the burst handled",
+      const lost = await eventually(
         missing,
         (m) => m.length === 0,
+        "every key of the burst handled",
         deadline,
       ).catch(missing);
       expect(
@@ -444,10 +435,10 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       const script = "GB('StreamReader').foreach(x => execute('HINCRBY', 'done', x.id, 1)).register('jobs')";
       expect(await a.c.call("RG.EXECUTE", script, "ID", "streams")).to.equal("OK");
       const ids = await registrations(a.c);
-      await waitFor(
-        "B picks the session up",
+      await eventually(
         () => registrations(b.c),
         (v) => v.join() === ids.join(),
+        "B picks the session up",
         SYNC_MS,
       );
 
@@ -458,10 +449,10 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
         written.push(...(await execAll(p)).map(String));
         await sleep(20);
       }
-      await waitFor(
-        "every entry processed",
+      await eventually(
         () => direct.hlen("done"),
         (n) => n >= written.length,
+        "every entry processed",
         15_000,
       );
       await sleep(500);
@@ -471,10 +462,11 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
         Object.entries(done).filter(([, n]) => n !== "1"),
         "entries processed more than once",
       ).to.deep.equal([]);
-      await waitFor(
-        "the stream trimmed",
+      await eventually(
         () => direct.xlen("jobs"),
         (n) => n === 0,
+        "the stream trimmed",
+        5000,
       );
 
       const consumers = asArray(
@@ -493,16 +485,17 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       const b = await startB();
       const script = "registerTimeEvent(0.5, () => execute('INCR', 'ticks'))";
       expect(await a.c.call("RG.EXECUTE", script, "ID", "ticker")).to.equal("OK");
-      await waitFor(
-        "B picks the session up",
+      await eventually(
         async () => JSON.stringify(await b.c.call("RG.DUMPSESSIONS")),
         (s) => s.includes("ticker"),
+        "B picks the session up",
         SYNC_MS,
       );
-      await waitFor(
-        "ticking",
+      await eventually(
         async () => Number(await direct.get("ticks")),
         (n) => n >= 1,
+        "ticking",
+        5000,
       );
       await sleep(LEASE_MS); // both timers run now; only one may act per period
       const t0 = Number(await direct.get("ticks"));
@@ -512,10 +505,10 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
 
       await a.proxy.kill();
       const atKill = Number(await direct.get("ticks"));
-      await waitFor(
-        "ticks go on after A is killed",
+      await eventually(
         async () => Number(await direct.get("ticks")),
         (n) => n >= atKill + 3,
+        "ticks go on after A is killed",
         LEASE_MS * 2 + 3000,
       );
     });
@@ -526,16 +519,17 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       const script =
         "GB().foreach(x => execute('SET', 'copy:' + x.key, x.value)).register('sync:*', {mode: 'sync'})";
       expect(await a.c.call("RG.EXECUTE", script, "ID", "syncs")).to.equal("OK");
-      await waitFor(
-        "A holds every lease",
+      await eventually(
         () => leaseOwners(gearsKeys),
         (m) => m.size === 3 && [...m.values()].every((o) => o === idA),
+        "A holds every lease",
+        5000,
       );
       const b = await startB();
-      await waitFor(
-        "B picks the session up",
+      await eventually(
         async () => (await registrations(b.c)).length,
         (n) => n === 1,
+        "B picks the session up",
         SYNC_MS,
       );
       // B owns no shard: every write's handler runs on A, and B's client must still see its effect.
@@ -554,10 +548,11 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       const marks = "GB().foreach(x => execute('SADD', 'marks', x.key)).register('mark:*')";
       expect(await b.c.call("RG.EXECUTE", marks, "ID", "marks")).to.equal("OK");
       const idB = await proxyIdOf(b.c);
-      await waitFor(
-        "B holds every lease",
+      await eventually(
         () => leaseOwners(gearsKeys),
         (m) => m.size === 3 && [...m.values()].every((o) => o === idB),
+        "B holds every lease",
+        5000,
       );
       const a = await startA();
       const script = "GB().foreach(x => execute('HINCRBY', 'u', x.key, 1)).register('u:*')";
@@ -565,35 +560,37 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       // A also restored B's session at its start: its registration ids are B's.
       const ours = (await registrations(a.c)).filter((r) => !r.startsWith(idB));
       expect(ours).to.have.length(1);
-      await waitFor(
-        "B picks the session up",
+      await eventually(
         () => registrations(b.c),
         (v) => v.includes(ours[0]),
+        "B picks the session up",
         SYNC_MS,
       );
       await direct.set("u:1", "1");
-      await waitFor(
-        "handled (by B)",
+      await eventually(
         () => direct.hget("u", "u:1"),
         (v) => v === "1",
+        "handled (by B)",
+        5000,
       );
 
       expect(await a.c.call("RG.UNREGISTER", ours[0])).to.equal("OK");
       const started = Date.now();
-      await waitFor(
-        "B drops the registration",
+      await eventually(
         () => registrations(b.c),
         (v) => !v.includes(ours[0]),
+        "B drops the registration",
         SYNC_MS,
       );
       const droppedMs = Date.now() - started;
       await direct.set("u:2", "1");
       await b.c.set("u:3", "1");
       await direct.set("mark:1", "1");
-      await waitFor(
-        "B still handles its own registration",
+      await eventually(
         () => direct.sismember("marks", "mark:1"),
         (n) => n === 1,
+        "B still handles its own registration",
+        5000,
       );
       await sleep(300);
       expect(
@@ -609,24 +606,25 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       const script = "GB('StreamReader').foreach(x => execute('SADD', 'sdone', x.id)).register('q')";
       expect(await a.c.call("RG.EXECUTE", script, "ID", "sunreg")).to.equal("OK");
       const ids = await registrations(a.c);
-      await waitFor(
-        "B picks the session up",
+      await eventually(
         () => registrations(b.c),
         (v) => v.join() === ids.join(),
+        "B picks the session up",
         SYNC_MS,
       );
       await direct.xadd("q", "*", "n", "1");
-      await waitFor(
-        "processed",
+      await eventually(
         () => direct.scard("sdone"),
         (n) => n === 1,
+        "processed",
+        5000,
       );
 
       expect(await a.c.call("RG.UNREGISTER", ids[0])).to.equal("OK");
-      await waitFor(
-        "B drops the registration",
+      await eventually(
         () => registrations(b.c),
         (v) => v.length === 0,
+        "B drops the registration",
         SYNC_MS,
       );
       await direct.xadd("q", "*", "n", "2");

@@ -2,6 +2,7 @@ import { expect } from "chai";
 import { Redis } from "ioredis";
 import { startProxy, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES, Direct, SELECT_IN_CLUSTER_ERROR } from "./support/backend.js";
+import { waitUntil } from "./support/polling.js";
 import { TestClients } from "./support/test-clients.js";
 import {
   encode,
@@ -23,18 +24,6 @@ function errorOf(reply: Reply): string {
     throw new Error(`expected an error reply, got ${JSON.stringify(toText(reply))}`);
   }
   return reply.message;
-}
-
-async function waitFor(
-  what: string,
-  check: () => Promise<boolean> | boolean,
-  timeoutMs = 5000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 /** Resolves true when the promise settles within `ms`. */
@@ -219,7 +208,7 @@ for (const mode of BACKEND_MODES) {
         const b = await client();
         const started = Date.now();
         a.send("BLPOP", "blk:q1", "10");
-        await waitFor(
+        await waitUntil(
           "the BLPOP to block on the server",
           async () => (await blockedOnServer(await backend.nodeOf("blk:q1"))) === 1,
         );
@@ -250,7 +239,7 @@ for (const mode of BACKEND_MODES) {
             encode(["GET", "blk:flag"]),
           ]),
         );
-        await waitFor(
+        await waitUntil(
           "the BLPOP to block on the server",
           async () => (await blockedOnServer(await backend.nodeOf("blk:q2"))) === 1,
         );
@@ -280,7 +269,7 @@ for (const mode of BACKEND_MODES) {
         if (cluster) expect(count).to.be.oneOf([0, 1]);
         else expect(count).to.equal(1);
         expect(await pub.publish("ps:nobody", "lost")).to.equal(0);
-        await waitFor("the message", () => messages.length > 0);
+        await waitUntil("the message", () => messages.length > 0);
         expect(messages).to.deep.equal([["ps:news", body]]);
         // The server sees exactly one subscriber for the channel (summed over a cluster's masters).
         expect(await direct.subscribers("ps:news")).to.equal(1);
@@ -298,7 +287,7 @@ for (const mode of BACKEND_MODES) {
         const count = await pub.publish("ps:sport.tennis", "match point");
         if (cluster) expect(count).to.be.oneOf([0, 1]);
         else expect(count).to.equal(1);
-        await waitFor("the pmessage", () => messages.length > 0);
+        await waitUntil("the pmessage", () => messages.length > 0);
         expect(messages).to.deep.equal([["ps:sport.*", "ps:sport.tennis", "match point"]]);
       });
 
@@ -469,7 +458,7 @@ for (const mode of BACKEND_MODES) {
         expect(toText(await c.call("SUBSCRIBE", "reset:chan"))).to.deep.equal(["subscribe", "reset:chan", 1]);
         expect(await c.call("RESET")).to.equal("RESET");
         expect(await c.text("SET", "reset:m", "normal")).to.equal("OK");
-        await waitFor(
+        await waitUntil(
           "the server to drop the subscription",
           async () => (await direct.subscribers("reset:chan")) === 0,
         );
@@ -579,7 +568,7 @@ for (const mode of BACKEND_MODES) {
         c.send("SET", "reply:k", "silent");
         c.send("GET", "reply:k");
         c.send("PING");
-        await waitFor(
+        await waitUntil(
           "the SET to reach the server",
           async () => (await direct.text("GET", "reply:k")) === "silent",
         );
@@ -599,7 +588,7 @@ for (const mode of BACKEND_MODES) {
       it("INFO has the proxy section with connected_clients and the server's sections; INFO proxy only ours", async () => {
         const c = await client();
         // Clients of earlier tests are closed in afterEach; wait until the proxy has seen them go.
-        await waitFor(
+        await waitUntil(
           "only this client to be connected",
           async () => Number(infoField(await c.text("INFO", "proxy"), "connected_clients")) === 1,
         );
@@ -618,7 +607,7 @@ for (const mode of BACKEND_MODES) {
         if (!cluster) expect(infoField(info, "run_id")).to.equal(infoField(serverInfo, "run_id"));
 
         extra[0].close();
-        await waitFor(
+        await waitUntil(
           "connected_clients to drop",
           async () => Number(infoField(await c.text("INFO", "proxy"), "connected_clients")) === before + 1,
         );
@@ -711,7 +700,7 @@ for (const mode of BACKEND_MODES) {
         expect(await a.text("PING")).to.equal("PONG");
         // A slot frees up when a client leaves.
         b.close();
-        await waitFor("a free client slot", async () => {
+        await waitUntil("a free client slot", async () => {
           const d = await client(small.port);
           d.send("PING");
           const reply = await d.next().catch(() => null);

@@ -1,11 +1,11 @@
 /**
  * Helpers of the registration spec files: RG.DUMPREGISTRATIONS / RG.DUMPSESSIONS parsed,
- * RG.EXECUTE, and polling for effects that arrive in the background.
+ * RG.EXECUTE; the polling helpers of ./polling.js are re-exported for them.
  */
 import { expect } from "chai";
 import type { Redis } from "ioredis";
 
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+export { eventually, sleep, stable } from "./polling.js";
 
 export function asArray(v: unknown, what: string): unknown[] {
   if (!Array.isArray(v)) throw new Error(`${what}: expected an array, got ${JSON.stringify(v)}`);
@@ -131,44 +131,4 @@ export async function rejection(promise: Promise<unknown>): Promise<string> {
     return err instanceof Error ? err.message : String(err);
   }
   throw new Error(`expected an error reply, got ${JSON.stringify(value)}`);
-}
-
-/**
- * Polls `probe` until `ok` holds; fails with the last value seen after `timeoutMs`.
- */
-export async function eventually<T>(
-  probe: () => Promise<T>,
-  ok: (value: T) => boolean,
-  what: string,
-  timeoutMs = 10_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last = await probe();
-  while (!ok(last)) {
-    if (Date.now() > deadline) {
-      throw new Error(`${what}: not reached within ${timeoutMs} ms; last value ${JSON.stringify(last)}`);
-    }
-    await sleep(20);
-    last = await probe();
-  }
-  return last;
-}
-
-/** Polls `probe` until two reads `gapMs` apart agree (a counter that stopped moving). */
-export async function stable<T>(
-  probe: () => Promise<T>,
-  what: string,
-  gapMs = 250,
-  timeoutMs = 15_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last = JSON.stringify(await probe());
-  for (;;) {
-    await sleep(gapMs);
-    const value = await probe();
-    const now = JSON.stringify(value);
-    if (now === last) return value;
-    if (Date.now() > deadline) throw new Error(`${what}: still changing after ${timeoutMs} ms (${now})`);
-    last = now;
-  }
 }
