@@ -3,7 +3,7 @@ import { encodeCommand, type Arg } from "../resp/encode.js";
 import { NotHandled, ReplyErrorText, RespCursor } from "../resp/json-text.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { BinaryWriter, TAG_ARRAY, TAG_NULL, TAG_OBJECT } from "../sandbox/bjson.js";
-import { isSyncMarker } from "./events/sync-markers.js";
+import { isProxyKey } from "./events/proxy-keys.js";
 import type { JsonValue } from "../sandbox/types.js";
 
 /** One shard as a reader sees it: somewhere to send commands. */
@@ -215,13 +215,6 @@ interface ScanOptions {
   noScan?: boolean;
 }
 
-const PROXY_PREFIX = Buffer.from("{gears-proxy}");
-
-/** The proxy's own keys (stored sessions, leases, sync markers) are not records of the users' data. */
-function isProxyKey(key: Buffer): boolean {
-  return key[0] === 123 && (key.subarray(0, PROXY_PREFIX.length).equals(PROXY_PREFIX) || isSyncMarker(key));
-}
-
 /** Key names of one partition matching a glob, a SCAN batch at a time; or the one key (noScan). */
 async function* scanKeys(ctx: ReadContext, pattern: string, options: ScanOptions): AsyncGenerator<Buffer[]> {
   if (options.noScan) {
@@ -298,7 +291,8 @@ async function* scanRawKeys(
     for (let i = 0; i < n; i++) {
       const head = c.at;
       const start = c.bulk();
-      if (isProxyKey(reply.subarray(start, c.bulkEnd))) {
+      // Only a key starting with "{" can be the proxy's: no view is made of the others.
+      if (reply[start] === 123 && isProxyKey(reply.subarray(start, c.bulkEnd))) {
         contiguous = false;
         continue;
       }

@@ -3,11 +3,11 @@ import { keySlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
 import type { JsonValue } from "../sandbox/types.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
-import { isSyncMarker } from "./events/sync-markers.js";
 import { Execution, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
 import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
+import { isProxyKey } from "./events/proxy-keys.js";
 import { eventKeyRecords, keyRecords } from "./readers.js";
 import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js";
 
@@ -247,11 +247,7 @@ export class RegistrationRegistry {
    * owns (the rest go to `onForeignEvents`, kept in case this proxy takes those shards over).
    */
   dispatch(events: QueuedKeyEvent[], owned = false): void {
-    // The proxy's own keys ({gears-proxy}:..., sync markers) are not the users' data.
-    events = events.filter(
-      (e) =>
-        !(e.key[0] === 123 && (e.key.subarray(0, 13).toString() === "{gears-proxy}" || isSyncMarker(e.key))),
-    );
+    events = events.filter((e) => !isProxyKey(e.key));
     if (events.length === 0) return;
     const consumers = this.all().filter((r) => r.consumer !== null);
     if (consumers.length > 0) {
@@ -262,11 +258,11 @@ export class RegistrationRegistry {
       }
     }
     if (!owned) {
-      const foreign = events.filter((e) => !this.ownsShard(e.shard));
-      if (foreign.length > 0) {
-        this.onForeignEvents(foreign);
-        events = events.filter((e) => this.ownsShard(e.shard));
-      }
+      const mine: QueuedKeyEvent[] = [];
+      const foreign: QueuedKeyEvent[] = [];
+      for (const e of events) (this.ownsShard(e.shard) ? mine : foreign).push(e);
+      if (foreign.length > 0) this.onForeignEvents(foreign);
+      events = mine;
     }
     for (const session of this.sessions.values()) {
       for (const registration of session.registrations) {

@@ -1,11 +1,12 @@
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
 import { RespError } from "../resp/values.js";
+import { PROXY_HASHTAG } from "./events/proxy-keys.js";
 
 /** One hash in Redis (one hashtag, so one slot) holds every session: id -> its script and ids. */
-export const SESSIONS_KEY = "{gears-proxy}:sessions";
+export const SESSIONS_KEY = `${PROXY_HASHTAG}:sessions`;
 /** Counts changes to the sessions, so proxies notice another's change with one GET. */
-export const SESSIONS_VERSION_KEY = "{gears-proxy}:sessions:version";
+export const SESSIONS_VERSION_KEY = `${PROXY_HASHTAG}:sessions:version`;
 
 /** What is kept of a session so another proxy start can bring it back as it was. */
 export interface StoredSession {

@@ -1,9 +1,10 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import { RespError, type RespValue } from "../../resp/values.js";
+import { PROXY_HASHTAG } from "./proxy-keys.js";
 
 /** Lease keys share one hashtag with the stored sessions: one slot, one place to look. */
-const LEASE_PREFIX = "{gears-proxy}:lease:";
+const LEASE_PREFIX = `${PROXY_HASHTAG}:lease:`;
 
 /**
  * Renews the lease only while this proxy still holds it, writing its new "handled through"
