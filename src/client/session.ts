@@ -5,7 +5,7 @@ import { ProtocolError, RequestParser, type Request } from "../resp/request-pars
 import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
-import { holdsClient, runGearsCommand } from "../gears/commands.js";
+import { holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
@@ -53,7 +53,7 @@ function isSpecial(name: string): boolean {
     "multi",
     "watch",
   ]);
-  return special.has(name) || name.startsWith("rg.");
+  return special.has(name) || isGearsCommand(name);
 }
 
 /**
@@ -267,7 +267,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       local(this, request);
       return;
     }
-    if (name.startsWith("rg.")) this.runGears(name, request);
+    if (isGearsCommand(name)) this.runGears(name, request);
     else if (this.ctx.gears.hookFor(name, argv)) this.answerLater(this.ctx.gears.runHook(name, argv), true);
     else if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
     else if (name === "multi") this.txn.multi(request);
@@ -414,7 +414,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   /** An RG.* command: answered by the gears engine; blocking ones hold this client's next commands. */
   private runGears(name: string, request: Request): void {
     const args = request.argv.slice(1);
-    this.answerLater(runGearsCommand(this.ctx.gears, name, args), holdsClient(name, args));
+    this.answerLater(
+      runGearsCommand(this.ctx.gears, name, args, { proto: 2, db: this.db, clientId: this.id }),
+      holdsClient(name, args),
+    );
   }
 
   /** A reply computed by the proxy; with `hold`, the client's next commands wait for it. */

@@ -5,6 +5,7 @@ import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "../routing/ro
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import { DISCARD } from "../upstream/reply-sink.js";
+import { isGearsCommand } from "../gears/commands.js";
 import type { ReplySlot } from "./reply-slot.js";
 
 /** What a transaction needs from the client session that owns it. */
@@ -121,7 +122,7 @@ export class Transaction {
       this.refuseBroken(name);
       return;
     }
-    if (NOT_IN_MULTI.has(name) || name.startsWith("rg.")) {
+    if (NOT_IN_MULTI.has(name) || isGearsCommand(name)) {
       this.dirty = true;
       this.host.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
       return;

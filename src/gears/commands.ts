@@ -1,4 +1,5 @@
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
+import type { Protocol } from "../resp/values.js";
 import type { RespValue } from "../resp/values.js";
 import type { GearsEngine } from "./engine.js";
 import type { Execution } from "./execution.js";
@@ -383,8 +384,32 @@ export function holdsClient(name: string, args: Buffer[]): boolean {
   return name === "rg.execute" && !args.some((a) => a.toString().toUpperCase() === "UNBLOCKING");
 }
 
-/** Runs an RG.* command; the reply as RESP bytes. Unknown RG commands get Redis' unknown-command error. */
-export async function runGearsCommand(engine: GearsEngine, name: string, args: Buffer[]): Promise<Buffer> {
+/**
+ * Who sends a gears command: what the reply's encoding, the scripts' database and (later)
+ * permissions depend on. The client room fills it in; gears never sees a client object.
+ */
+export interface GearsCaller {
+  /** The client's protocol: replies the gears build are encoded in it. */
+  proto: Protocol;
+  /** The database the client selected. */
+  db: number;
+  /** The client's id (CLIENT ID). */
+  clientId: number;
+}
+
+/** Whether the gears engine answers this command (lower-case name): RG.*, and later TFUNCTION/TFCALL. */
+export function isGearsCommand(name: string): boolean {
+  return name.startsWith("rg.");
+}
+
+/** Runs a gears command; the reply as RESP bytes. Unknown RG commands get Redis' unknown-command error. */
+export async function runGearsCommand(
+  engine: GearsEngine,
+  name: string,
+  args: Buffer[],
+  // Not read yet: RESP3 encoding and per-db scripts build on it.
+  _caller: GearsCaller,
+): Promise<Buffer> {
   const handler = HANDLERS.get(name);
   if (handler === undefined) {
     return encodeError(

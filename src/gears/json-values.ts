@@ -1,5 +1,13 @@
 import { encodeValue } from "../resp/encode.js";
-import { RespError, type RespValue } from "../resp/values.js";
+import {
+  RespBigNumber,
+  RespBoolean,
+  RespDouble,
+  RespError,
+  RespMap,
+  RespVerbatim,
+  type RespValue,
+} from "../resp/values.js";
 import type { JsonValue } from "../sandbox/types.js";
 
 /** A Redis reply as the guest sees it: strings, numbers, null and arrays. Errors throw. */
@@ -7,7 +15,14 @@ export function replyToJson(reply: RespValue): JsonValue {
   if (reply === null || typeof reply === "number" || typeof reply === "string") return reply;
   if (Buffer.isBuffer(reply)) return reply.toString();
   if (reply instanceof RespError) throw new Error(reply.message);
-  return reply.map(replyToJson);
+  if (Array.isArray(reply)) return reply.map(replyToJson);
+  // RESP3 types as a RESP2 client would see them: what RedisGears scripts were written against.
+  if (reply instanceof RespMap) return reply.entries.flat().map(replyToJson);
+  if (reply instanceof RespDouble) return String(reply.value);
+  if (reply instanceof RespBoolean) return reply.value ? 1 : 0;
+  if (reply instanceof RespBigNumber) return reply.digits;
+  if (reply instanceof RespVerbatim) return reply.text.toString();
+  return reply.items.map(replyToJson);
 }
 
 /**

@@ -1,4 +1,15 @@
-import { RespError, type RespValue } from "./values.js";
+import {
+  RespBigNumber,
+  RespBoolean,
+  RespDouble,
+  RespError,
+  RespMap,
+  RespPush,
+  RespSet,
+  RespVerbatim,
+  type Protocol,
+  type RespValue,
+} from "./values.js";
 
 export type Arg = Buffer | string | number;
 
@@ -37,6 +48,8 @@ function decimalLength(n: number): number {
 export const OK = Buffer.from("+OK\r\n");
 export const NULL_BULK = Buffer.from("$-1\r\n");
 export const NULL_ARRAY = Buffer.from("*-1\r\n");
+/** RESP3's one null. */
+export const RESP3_NULL = Buffer.from("_\r\n");
 
 export function encodeError(message: string): Buffer {
   return Buffer.from(`-${message.replace(/[\r\n]+/g, " ")}\r\n`);
@@ -56,21 +69,63 @@ export function encodeBulk(value: Buffer | string | null): Buffer {
   return Buffer.concat([Buffer.from(`$${data.length}\r\n`), data, Buffer.from(CRLF)]);
 }
 
-/** Encodes a decoded value back to RESP2 (strings as simple strings, Buffers as bulk). */
-export function encodeValue(value: RespValue): Buffer {
+/**
+ * Encodes a value in a client's protocol. RESP3-only types take their RESP2 forms for a
+ * RESP2 client (maps flatten, doubles and big numbers become bulk strings, booleans 1/0).
+ */
+export function encodeValue(value: RespValue, proto: Protocol = 2): Buffer {
   const parts: Buffer[] = [];
-  appendValue(value, parts);
+  appendValue(value, parts, proto);
   return parts.length === 1 ? parts[0] : Buffer.concat(parts);
 }
 
-function appendValue(value: RespValue, parts: Buffer[]): void {
-  if (value === null) parts.push(NULL_BULK);
-  else if (Buffer.isBuffer(value)) parts.push(Buffer.from(`$${value.length}\r\n`), value, Buffer.from(CRLF));
+/** Formats a double as Redis does on the wire (inf, -inf, nan, shortest round-trip digits). */
+export function formatDouble(n: number): string {
+  if (n === Infinity) return "inf";
+  if (n === -Infinity) return "-inf";
+  if (Number.isNaN(n)) return "nan";
+  return String(n);
+}
+
+function appendBulk(data: Buffer, parts: Buffer[]): void {
+  parts.push(Buffer.from(`$${data.length}\r\n`), data, Buffer.from(CRLF));
+}
+
+function appendItems(prefix: string, items: RespValue[], parts: Buffer[], proto: Protocol): void {
+  parts.push(Buffer.from(`${prefix}${items.length}\r\n`));
+  for (const item of items) appendValue(item, parts, proto);
+}
+
+function appendValue(value: RespValue, parts: Buffer[], proto: Protocol): void {
+  if (value === null) parts.push(proto === 3 ? RESP3_NULL : NULL_BULK);
+  else if (Buffer.isBuffer(value)) appendBulk(value, parts);
   else if (typeof value === "string") parts.push(encodeSimple(value));
   else if (typeof value === "number") parts.push(encodeInteger(value));
+  else if (Array.isArray(value)) appendItems("*", value, parts, proto);
   else if (value instanceof RespError) parts.push(encodeError(value.message));
-  else {
-    parts.push(Buffer.from(`*${value.length}\r\n`));
-    for (const item of value) appendValue(item, parts);
+  else if (value instanceof RespMap) {
+    if (proto === 3) {
+      parts.push(Buffer.from(`%${value.entries.length}\r\n`));
+      for (const [k, v] of value.entries) {
+        appendValue(k, parts, proto);
+        appendValue(v, parts, proto);
+      }
+    } else appendItems("*", value.entries.flat(), parts, proto);
+  } else if (value instanceof RespSet) appendItems(proto === 3 ? "~" : "*", value.items, parts, proto);
+  else if (value instanceof RespPush) appendItems(proto === 3 ? ">" : "*", value.items, parts, proto);
+  else if (value instanceof RespDouble) {
+    const text = formatDouble(value.value);
+    if (proto === 3) parts.push(Buffer.from(`,${text}\r\n`));
+    else appendBulk(Buffer.from(text), parts);
+  } else if (value instanceof RespBoolean) {
+    if (proto === 3) parts.push(Buffer.from(value.value ? "#t\r\n" : "#f\r\n"));
+    else parts.push(encodeInteger(value.value ? 1 : 0));
+  } else if (value instanceof RespBigNumber) {
+    if (proto === 3) parts.push(Buffer.from(`(${value.digits}\r\n`));
+    else appendBulk(Buffer.from(value.digits), parts);
+  } else if (value instanceof RespVerbatim) {
+    if (proto === 3) {
+      parts.push(Buffer.from(`=${value.text.length + 4}\r\n${value.format}:`), value.text, Buffer.from(CRLF));
+    } else appendBulk(value.text, parts);
   }
 }
