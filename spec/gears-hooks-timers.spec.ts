@@ -25,17 +25,40 @@ describe("gears: command hooks, time events and sessions that survive a restart"
     await redis.stop();
   });
 
-  it("a hook on HSET adds a field through callNext, only for its key prefix, and keeps the reply type", async () => {
+  it("a hook on HSET adds a field through callNext, only for its key prefix, and answers as convertToStr says (a string by default)", async () => {
     const proxy = await startProxy([{ port: redis.port }]);
     const c = new Redis(proxy.port);
     try {
       const hook =
         "GB('CommandReader').map(x => callNext(...x.slice(1), 'hooked', getCommand()[0])).register({hook: 'hset', keyprefix: 'h:'})";
       expect(await c.call("RG.EXECUTE", hook)).to.equal("OK");
-      expect(await c.hset("h:1", "a", "1")).to.equal(2);
+      // The hook's result is converted to a string like any result (convertToStr), as RedisGears did.
+      expect(await c.hset("h:1", "a", "1")).to.equal("2");
       expect(await redis.cli("HGETALL", "h:1")).to.equal("a\n1\nhooked\nhset");
       expect(await c.hset("other", "a", "1")).to.equal(1);
       expect(await redis.cli("HGETALL", "other")).to.equal("a\n1");
+    } finally {
+      c.disconnect();
+      await proxy.close();
+    }
+  });
+
+  it("a trigger name already registered is refused, in another session or the same one; the first keeps working", async () => {
+    const proxy = await startProxy([{ port: redis.port }]);
+    const c = new Redis(proxy.port);
+    try {
+      const reg = "GB('CommandReader').map(x => 'first').register({trigger: 't1'})";
+      expect(await c.call("RG.EXECUTE", reg)).to.equal("OK");
+      const again = "GB('CommandReader').map(x => 'second').register({trigger: 't1'})";
+      const err = await c.call("RG.EXECUTE", again).catch((e: Error) => e);
+      expect(String(err)).to.contain("trigger already registered");
+      const twice =
+        "GB('CommandReader').register({trigger: 't2'}); GB('CommandReader').register({trigger: 't2'})";
+      expect(String(await c.call("RG.EXECUTE", twice).catch((e: Error) => e))).to.contain(
+        "trigger already registered in this session",
+      );
+      expect(await c.call("RG.TRIGGER", "t1")).to.deep.equal(["first"]);
+      expect(await c.call("RG.DUMPREGISTRATIONS")).to.have.length(1);
     } finally {
       c.disconnect();
       await proxy.close();

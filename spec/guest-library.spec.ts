@@ -2,7 +2,8 @@ import vm from "node:vm";
 import { expect } from "chai";
 import calculateSlot from "cluster-key-slot";
 import { getQuickJS, shouldInterruptAfterDeadline } from "quickjs-emscripten";
-import { GEARS_GUEST_SOURCE } from "../src/sandbox/guest/gears-guest.js";
+import { gearsGuestSource } from "../src/gears/guest-bundles.js";
+import { GEARS_ENTRY } from "../src/gears/guest/entry.js";
 
 interface HostCall {
   kind: "sync" | "async" | "notify";
@@ -119,8 +120,8 @@ class Guest {
       },
     };
     this.ctx = vm.createContext({ __host: host });
-    vm.runInContext(GEARS_GUEST_SOURCE, this.ctx, { filename: "gears-guest.js" });
-    this.gears = vm.runInContext("__gears", this.ctx) as GearsApi;
+    vm.runInContext(gearsGuestSource(), this.ctx, { filename: "gears-guest.js" });
+    this.gears = vm.runInContext(GEARS_ENTRY, this.ctx) as GearsApi;
   }
 
   script(source: string): unknown {
@@ -1071,7 +1072,7 @@ describe("guest library", () => {
           }; 0`,
           "shim.js",
         );
-        evalOk(GEARS_GUEST_SOURCE, "gears-guest.js");
+        evalOk(gearsGuestSource(), "gears-guest.js");
         evalOk(
           [
             "GB()",
@@ -1085,18 +1086,18 @@ describe("guest library", () => {
           ].join("\n"),
           "script",
         );
-        const actions = evalOk("__gears.actions()", "host.js") as ActionInfo[];
+        const actions = evalOk(`${GEARS_ENTRY}.actions()`, "host.js") as ActionInfo[];
         expect(actions[0].steps.map((s) => [s.type, s.name, s.line])).to.deep.equal([
           ["map", "", 2],
           ["map", "check", 3],
           ["countby", "", 7],
         ]);
-        evalOk(`globalThis.id = __gears.start(0, ${JSON.stringify(CLUSTER3)}); 0`, "host.js");
+        evalOk(`globalThis.id = ${GEARS_ENTRY}.start(0, ${JSON.stringify(CLUSTER3)}); 0`, "host.js");
         evalOk(
-          "__gears.feed(id, 0, '[1, 2]'); __gears.feed(id, 1, [1, 3]); __gears.feed(id, 2, [1]); 0",
+          `${GEARS_ENTRY}.feed(id, 0, '[1, 2]'); ${GEARS_ENTRY}.feed(id, 1, [1, 3]); ${GEARS_ENTRY}.feed(id, 2, [1]); 0`,
           "host.js",
         );
-        const out = evalOk("__gears.finish(id)", "host.js") as Outcome;
+        const out = evalOk(`${GEARS_ENTRY}.finish(id)`, "host.js") as Outcome;
         const byKey = out.results.map((r) => JSON.stringify(r)).sort();
         expect(byKey).to.deep.equal(['["key","p0","value",2]', '["key","p2","value",1]']);
         expect(out.errors).to.deep.equal([
@@ -1104,7 +1105,10 @@ describe("guest library", () => {
           "Error: WRONGTYPE bad in map at script:2",
         ]);
         expect(
-          evalOk("[__gears.slot('foo'), __gears.slot('123456789'), __gears.slot('é😀')]", "host.js"),
+          evalOk(
+            `[${GEARS_ENTRY}.slot('foo'), ${GEARS_ENTRY}.slot('123456789'), ${GEARS_ENTRY}.slot('é😀')]`,
+            "host.js",
+          ),
         ).to.deep.equal([12182, 12739, calculateSlot(Buffer.from("é😀"))]);
       } finally {
         ctx.dispose();
@@ -1132,20 +1136,23 @@ describe("guest library", () => {
             notify() {},
           }; 0`,
         );
-        run(GEARS_GUEST_SOURCE, "gears-guest.js");
+        run(gearsGuestSource(), "gears-guest.js");
         run("GB().map(async r => (await executeAsync('GET', r)).toUpperCase()).run(); 0", "script");
         run(
-          "globalThis.id = __gears.start(0, { partitions: 2, slots: [[0, 8191, 0], [8192, 16383, 1]] }); 0",
+          `globalThis.id = ${GEARS_ENTRY}.start(0, { partitions: 2, slots: [[0, 8191, 0], [8192, 16383, 1]] }); 0`,
         );
         expect(
           run(
-            "globalThis.fed = 0; __gears.feed(id, 0, [1, 2]).then(() => fed++); __gears.feed(id, 1, [3]).then(() => fed++); fed",
+            `globalThis.fed = 0; ${GEARS_ENTRY}.feed(id, 0, [1, 2]).then(() => fed++); ${GEARS_ENTRY}.feed(id, 1, [3]).then(() => fed++); fed`,
           ),
         ).to.equal(0);
-        expect(run("JSON.stringify(__gears.progress(id))")).to.contain('"pending":3');
+        expect(run(`JSON.stringify(${GEARS_ENTRY}.progress(id))`)).to.contain('"pending":3');
         rt.executePendingJobs();
         expect(run("fed")).to.equal(2);
-        expect(run("__gears.finish(id)")).to.deep.equal({ results: ["V1@0", "V2@0", "V3@1"], errors: [] });
+        expect(run(`${GEARS_ENTRY}.finish(id)`)).to.deep.equal({
+          results: ["V1@0", "V2@0", "V3@1"],
+          errors: [],
+        });
       } finally {
         ctx.dispose();
         rt.dispose();
@@ -1160,7 +1167,7 @@ describe("guest library", () => {
       try {
         const stub = "globalThis.__host = { callSync() {}, callAsync() {}, notify() {} }; 0";
         ctx.unwrapResult(ctx.evalCode(stub, "shim.js")).dispose();
-        ctx.unwrapResult(ctx.evalCode(GEARS_GUEST_SOURCE, "gears-guest.js")).dispose();
+        ctx.unwrapResult(ctx.evalCode(gearsGuestSource(), "gears-guest.js")).dispose();
         const script = "GB().map(r => r.value).filter(v => v.n % 10 !== 0).countby(v => v.tag).run()";
         ctx.unwrapResult(ctx.evalCode(script, "script")).dispose();
         const batches: string[] = [];
@@ -1171,8 +1178,10 @@ describe("guest library", () => {
           batches.push(JSON.stringify(batch));
         }
         const t0 = process.hrtime.bigint();
-        const feed = ctx.unwrapResult(ctx.evalCode("(p, s) => { __gears.feed(1, p, s) }", "host.js"));
-        ctx.unwrapResult(ctx.evalCode(`__gears.start(0, ${JSON.stringify(CLUSTER3)})`, "host.js")).dispose();
+        const feed = ctx.unwrapResult(ctx.evalCode(`(p, s) => { ${GEARS_ENTRY}.feed(1, p, s) }`, "host.js"));
+        ctx
+          .unwrapResult(ctx.evalCode(`${GEARS_ENTRY}.start(0, ${JSON.stringify(CLUSTER3)})`, "host.js"))
+          .dispose();
         batches.forEach((b, i) => {
           const s = ctx.newString(b);
           const p = ctx.newNumber(i % 3);
@@ -1181,7 +1190,7 @@ describe("guest library", () => {
           p.dispose();
         });
         feed.dispose();
-        const res = ctx.unwrapResult(ctx.evalCode("JSON.stringify(__gears.finish(1))", "host.js"));
+        const res = ctx.unwrapResult(ctx.evalCode(`JSON.stringify(${GEARS_ENTRY}.finish(1))`, "host.js"));
         const out = JSON.parse(ctx.getString(res)) as Outcome;
         res.dispose();
         const ms = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -1208,7 +1217,7 @@ describe("guest library", () => {
           "shim.js",
         );
         ctx.unwrapResult(stub).dispose();
-        ctx.unwrapResult(ctx.evalCode(GEARS_GUEST_SOURCE, "gears-guest.js")).dispose();
+        ctx.unwrapResult(ctx.evalCode(gearsGuestSource(), "gears-guest.js")).dispose();
         ctx
           .unwrapResult(
             ctx.evalCode("GB()\n  .map(r => r)\n  .filter(r => { for (;;) {} })\n  .run()", "script"),
@@ -1216,17 +1225,20 @@ describe("guest library", () => {
           .dispose();
         ctx
           .unwrapResult(
-            ctx.evalCode("globalThis.id = __gears.start(0, { partitions: 1, slots: [] }); 0", "host.js"),
+            ctx.evalCode(
+              `globalThis.id = ${GEARS_ENTRY}.start(0, { partitions: 1, slots: [] }); 0`,
+              "host.js",
+            ),
           )
           .dispose();
         rt.setInterruptHandler(shouldInterruptAfterDeadline(Date.now() + 50));
-        const r = ctx.evalCode("__gears.feed(id, 0, [1]); 0", "host.js");
+        const r = ctx.evalCode(`${GEARS_ENTRY}.feed(id, 0, [1]); 0`, "host.js");
         rt.removeInterruptHandler();
         expect(r.error).to.not.equal(undefined);
         const err = ctx.dump(r.error!) as { name: string; message: string };
         r.error!.dispose();
         expect(`${err.name}: ${err.message}`).to.equal("InternalError: interrupted");
-        const where = ctx.unwrapResult(ctx.evalCode("__gears.current()", "host.js"));
+        const where = ctx.unwrapResult(ctx.evalCode(`${GEARS_ENTRY}.current()`, "host.js"));
         expect(ctx.dump(where)).to.deep.equal({ step: "filter", line: 3 });
         where.dispose();
       } finally {

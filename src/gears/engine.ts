@@ -2,7 +2,8 @@ import { randomBytes } from "node:crypto";
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
-import { GEARS_GUEST_SOURCE } from "../sandbox/guest/gears-guest.js";
+import { gearsGuestSource } from "./guest-bundles.js";
+import { GearsGuest } from "./gears-guest.js";
 import { GearsConfig } from "./config.js";
 import { topLevelError } from "./errors.js";
 import { Execution } from "./execution.js";
@@ -149,9 +150,9 @@ export class GearsEngine {
     const isolate = await this.newIsolate(limits, bridge);
     let actions: Action[];
     try {
-      await isolate.evalScript(GEARS_GUEST_SOURCE, "gears-library");
+      await isolate.evalScript(gearsGuestSource(), "gears-library");
       await isolate.evalScript(request.script, "script");
-      actions = (await isolate.call("__gears.actions", [])) as unknown as Action[];
+      actions = await new GearsGuest(isolate).actions();
     } catch (err) {
       await isolate.dispose().catch(() => {});
       return encodeError(`ERR ${topLevelError(err)}`);
@@ -203,6 +204,11 @@ export class GearsEngine {
       return encodeError(`ERR ${invalid}`);
     }
     const replaces = [id, ...(request.replaceWith !== undefined ? [request.replaceWith] : [])];
+    const taken = this.triggerTaken(registrations, replaces);
+    if (taken !== null) {
+      await isolate.dispose().catch(() => {});
+      return encodeError(taken);
+    }
     const session: GearsSession = {
       id,
       description: request.description ?? null,
@@ -217,7 +223,7 @@ export class GearsEngine {
     // A session brought in from the store is stored already.
     if (request.restoredIds === undefined) await this.persist(session, request.script);
     for (const index of registered.keys()) {
-      await isolate.call("__gears.onRegistered", [index]).catch((err: Error) => {
+      await new GearsGuest(isolate).onRegistered(index).catch((err: Error) => {
         this.log.warn({ session: id, err: err.message }, "onRegistered failed");
       });
     }
@@ -226,6 +232,19 @@ export class GearsEngine {
       await this.keyspace?.requireFlags("m");
     }
     return OK;
+  }
+
+  /** RedisGears' error when a registration's trigger name is in use (sessions being replaced aside). */
+  private triggerTaken(registrations: Registration[], replaces: string[]): string | null {
+    const names = new Set<string>();
+    for (const r of registrations) {
+      if (r.reader !== "CommandReader" || r.trigger === null) continue;
+      if (names.has(r.trigger)) return "trigger already registered in this session";
+      names.add(r.trigger);
+      const found = this.registry.byTrigger(r.trigger);
+      if (found !== undefined && !replaces.includes(found.session.id)) return "trigger already registered";
+    }
+    return null;
   }
 
   /** A registerTimeEvent(): calls the guest every `seconds`; with a key name, only while it exists. */
@@ -244,7 +263,7 @@ export class GearsEngine {
           clearInterval(timer);
           return;
         }
-        await session.isolate.call("__gears.timer", [id]);
+        await new GearsGuest(session.isolate).timer(id);
       } catch (err) {
         this.log.warn(
           { session: session.id, err: err instanceof Error ? err.message : String(err) },

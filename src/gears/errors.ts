@@ -1,5 +1,6 @@
 import { SandboxError } from "../sandbox/types.js";
 import type { GuestIsolate } from "./guest-isolate.js";
+import { GearsGuest } from "./gears-guest.js";
 
 function withLine(message: string, line: number | undefined): string {
   return line === undefined || /at script:\d+/.test(message) ? message : `${message} at script:${line}`;
@@ -22,7 +23,7 @@ export function topLevelError(err: unknown): string {
 export async function executionError(err: unknown, isolate: GuestIsolate): Promise<string> {
   if (err instanceof SandboxError && err.kind === "timeout" && isolate.alive) {
     try {
-      const current = (await isolate.call("__gears.current", [])) as { step?: string; line?: number } | null;
+      const current = await new GearsGuest(isolate).current();
       if (current?.step) {
         return `${err.message} in ${current.step}${current.line ? ` at script:${current.line}` : ""}`;
       }

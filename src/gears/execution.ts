@@ -1,10 +1,12 @@
 import type { JsonValue } from "../sandbox/types.js";
 import { executionError } from "./errors.js";
+import { GearsGuest } from "./gears-guest.js";
 import type { Action, GuestIsolate } from "./guest-isolate.js";
 import { encodeResults } from "./json-values.js";
 import { encodeBinary } from "../sandbox/bjson.js";
 import type { Partitions } from "./partitions.js";
 import { READ_AHEAD_COMMANDS } from "./read-ahead.js";
+import type { Topology } from "./guest/entry.js";
 import { READERS, RecordBinary, type ReadContext } from "./readers.js";
 
 /** Given inputs up to this many records run in one guest entry (start, feed, finish at once). */
@@ -42,6 +44,7 @@ export class Execution {
   private abortRequested = false;
   private readonly finished: Promise<void>;
   private markFinished!: () => void;
+  private readonly guest: GearsGuest;
 
   constructor(
     readonly id: string,
@@ -55,6 +58,7 @@ export class Execution {
     private readonly ownsIsolate = true,
   ) {
     this.finished = new Promise((resolve) => (this.markFinished = resolve));
+    this.guest = new GearsGuest(isolate);
   }
 
   get isFinished(): boolean {
@@ -79,9 +83,9 @@ export class Execution {
     if (this.abortRequested) return;
     this.status = "running";
     this.startedAt = Date.now();
-    let execId: JsonValue = null;
+    let execId: number | null = null;
     try {
-      const topology = {
+      const topology: Topology = {
         partitions: this.partitions.count,
         slots: this.partitions.ranges,
         readAhead: READ_AHEAD_COMMANDS,
@@ -90,16 +94,14 @@ export class Execution {
         await this.runOnce(topology, this.input);
         return;
       }
-      execId = await this.isolate.call("__gears.start", [this.actionIndex, topology]);
+      const id = await this.guest.start(this.actionIndex, topology);
+      execId = id;
       const readStart = Date.now();
-      const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, execId));
+      const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, id));
       await Promise.all(parts);
       this.readMs = Date.now() - readStart;
       if (this.abortRequested) throw new Error("aborted");
-      const out = (await this.isolate.call("__gears.finish", [execId])) as {
-        results: JsonValue[];
-        errors: string[];
-      };
+      const out = await this.guest.finish(id);
       this.results = out.results;
       this.errors.push(...out.errors);
       this.status = "done";
@@ -113,31 +115,28 @@ export class Execution {
     } finally {
       // A session's isolate lives on: free the guest's state of this execution.
       if (!this.ownsIsolate && execId !== null && this.isolate.alive) {
-        await this.isolate.call("__gears.drop", [execId]).catch(() => {});
+        await this.guest.drop(execId).catch(() => {});
       }
       this.finish();
     }
   }
 
   /** A small given input (an event batch): the whole execution in one entry into the guest. */
-  private async runOnce(topology: JsonValue, input: Map<number, PackedRecords>): Promise<void> {
+  private async runOnce(topology: Topology, input: Map<number, PackedRecords>): Promise<void> {
     const inputs: JsonValue[] = [];
     for (const [partition, packed] of input) {
       if (packed.records.length === 0) continue;
       this.recordsRead += packed.records.length;
       inputs.push([partition, packed.values === null ? packed.records : { ...packed }]);
     }
-    const out = (await this.isolate.call("__gears.once", [this.actionIndex, topology, inputs])) as {
-      results: JsonValue[];
-      errors: string[];
-    };
+    const out = await this.guest.once(this.actionIndex, topology, inputs);
     this.partitionsDone = this.partitions.count;
     this.results = out.results;
     this.errors.push(...out.errors);
     this.status = "done";
   }
 
-  private async readPartition(partition: number, execId: JsonValue): Promise<void> {
+  private async readPartition(partition: number, execId: number): Promise<void> {
     if (this.input !== null) {
       const packed = this.input.get(partition);
       if (packed !== undefined && packed.records.length > 0) {
@@ -177,7 +176,7 @@ export class Execution {
    * after half the time limit, so the limit applies to one step call, not to a whole batch.
    */
   private async feed(
-    execId: JsonValue,
+    execId: number,
     partition: number,
     records: JsonValue[] | RecordBinary,
     values: JsonValue[] | null = null,
@@ -186,13 +185,12 @@ export class Execution {
     const isolate = this.isolate;
     if (records instanceof RecordBinary || (values === null && isolate.binary)) {
       if (!isolate.binary) throw new Error("binary records for an isolate that cannot read them");
-      // The records go in as args[2], in the binary format: no JSON on either side.
-      const args = JSON.stringify([execId, partition, null, budget]);
+      // The records go in the binary format: no JSON on either side.
       let from = 0;
       while (from < records.length && !this.abortRequested) {
         const bytes =
           records instanceof RecordBinary ? records.bytes(from) : encodeBinary(records.slice(from));
-        const taken = Number(await isolate.callBinary("__gears.feed", args, 2, bytes));
+        const taken = await this.guest.feedBinary(execId, partition, bytes, budget);
         from = taken >= records.length - from ? records.length : from + Math.max(1, taken);
       }
       return;
@@ -200,7 +198,7 @@ export class Execution {
     let rest = records;
     while (rest.length > 0 && !this.abortRequested) {
       const batch: JsonValue = values === null ? rest : { records: rest, values };
-      const taken = Number(await this.isolate.call("__gears.feed", [execId, partition, batch, budget]));
+      const taken = await this.guest.feed(execId, partition, batch, budget);
       rest = taken >= rest.length ? [] : rest.slice(Math.max(1, taken));
     }
   }

@@ -2,7 +2,7 @@
  * Read-ahead of a script's execute() calls. When a step calls execute() with a read-only
  * command whose arguments include the key of the record being processed, the guest library
  * asks, in one host call, for the same command with the keys of the rest of the fed batch,
- * and answers the step's later calls from those replies (src/sandbox/guest/gears-guest.ts,
+ * and answers the step's later calls from those replies (src/gears/guest/gears/engine.ts,
  * `readAheadRound`). One pipelined round trip per batch instead of one per record.
  */
 import { encodeCommand } from "../resp/encode.js";

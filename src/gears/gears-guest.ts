@@ -1,0 +1,62 @@
+import type { JsonValue } from "../sandbox/types.js";
+import { GEARS_ENTRY, type GearsEntry, type Outcome, type Topology } from "./guest/entry.js";
+import type { Action, GuestIsolate } from "./guest-isolate.js";
+
+/** An entry method's path for the sandbox's call(), checked against the guest's interface. */
+const path = (name: keyof GearsEntry): string => `${GEARS_ENTRY}.${name}`;
+
+/** The results and errors of an execution as the guest hands them over (JSON values). */
+export interface GuestOutcome extends Outcome {
+  results: JsonValue[];
+}
+
+/**
+ * The host's typed view of the GearsBuilder library in an isolate (src/gears/guest/gears/):
+ * one method per entry of GearsEntry, so no caller spells a guest name.
+ */
+export class GearsGuest {
+  constructor(readonly isolate: GuestIsolate) {}
+
+  async actions(): Promise<Action[]> {
+    return (await this.isolate.call(path("actions"), [])) as unknown as Action[];
+  }
+
+  async start(actionIndex: number, topology: Topology): Promise<number> {
+    return Number(await this.isolate.call(path("start"), [actionIndex, topology as unknown as JsonValue]));
+  }
+
+  async feed(execId: number, partition: number, records: JsonValue, budgetMs: number): Promise<number> {
+    return Number(await this.isolate.call(path("feed"), [execId, partition, records, budgetMs]));
+  }
+
+  /** feed(), the records given in QuickJS's binary object format (isolate.binary). */
+  async feedBinary(execId: number, partition: number, bytes: Uint8Array, budgetMs: number): Promise<number> {
+    const args = JSON.stringify([execId, partition, null, budgetMs]);
+    return Number(await this.isolate.callBinary(path("feed"), args, 2, bytes));
+  }
+
+  async once(actionIndex: number, topology: Topology, inputs: JsonValue[]): Promise<GuestOutcome> {
+    const args = [actionIndex, topology as unknown as JsonValue, inputs];
+    return (await this.isolate.call(path("once"), args)) as unknown as GuestOutcome;
+  }
+
+  async finish(execId: number): Promise<GuestOutcome> {
+    return (await this.isolate.call(path("finish"), [execId])) as unknown as GuestOutcome;
+  }
+
+  async drop(execId: number): Promise<void> {
+    await this.isolate.call(path("drop"), [execId]);
+  }
+
+  async current(): Promise<{ step?: string; line?: number } | null> {
+    return (await this.isolate.call(path("current"), [])) as { step?: string; line?: number } | null;
+  }
+
+  async timer(id: number): Promise<void> {
+    await this.isolate.call(path("timer"), [id]);
+  }
+
+  async onRegistered(actionIndex: number): Promise<void> {
+    await this.isolate.call(path("onRegistered"), [actionIndex]);
+  }
+}

@@ -1,0 +1,1095 @@
+/**
+ * The GearsBuilder engine: runs the actions' plans over the records the host feeds, with
+ * execute() and the other globals of the API. Records flow through one fused closure chain
+ * per execution, across global steps too: a global step moves a record to another partition
+ * by switching the "current partition" and passing it on; group/count/sort state is kept per
+ * execution in the guest and emitted by `finish()`, in pipeline order.
+ */
+import { g, host, defineEntry } from "../core/host.js";
+import { formatError, isFatal, isThenable, safeString } from "../core/errors.js";
+import { deepCopy, toRaw, toStr } from "../core/values.js";
+import { slotOf } from "../core/slots.js";
+import { GEARS_ENTRY, type ActionInfo, type GearsEntry, type Progress, type Topology } from "../entry.js";
+import { actions } from "./builder.js";
+import {
+  GLOBAL_OPS,
+  STATELESS_OPS,
+  type Acc,
+  type Cont,
+  type Exec,
+  type Fn,
+  type Phase,
+  type Push,
+  type Result,
+  type Round,
+  type StepDef,
+  type Where,
+} from "./types.js";
+
+/** Partition of the record being processed (null outside steps). */
+let curPart: number | null = null;
+/** The step whose user code runs now. */
+let cur: Where | null = null;
+const execs = new Map<number, Exec>();
+let lastExecId = 0;
+
+function ownerOf(ex: Exec, key: string): number {
+  return ex.parts === 1 ? 0 : ex.owner[slotOf(key)];
+}
+// ---------------------------------------------------------------- read-ahead of execute()
+
+/** Commands that may be read ahead (upper case), from the host at start(). */
+let raNames: Record<string, boolean> = {};
+/** The batch being fed, and the index of the record the pipeline is at (null outside feed). */
+let feedList: unknown[] | null = null;
+let feedAt = 0;
+let feedSerial = 0;
+/** Read-aheads of the current feed. */
+let rounds: Round[] = [];
+const MAX_ROUND = 2048;
+
+/** The key a record stands for: the record itself (KeysOnlyReader) or its `key`. */
+function keyOf(r: unknown): string | null {
+  if (typeof r === "string") return r;
+  if (r !== null && typeof r === "object") {
+    const k = (r as { key?: unknown }).key;
+    if (typeof k === "string") return k;
+  }
+  return null;
+}
+
+/** Any command that may write makes every reply read ahead unusable. */
+function dropRounds(): void {
+  for (let i = 0; i < rounds.length; i++) rounds[i].live = false;
+}
+
+function sameCall(rd: Round, name: string, argv: string[], key: string): boolean {
+  if (rd.name !== name || rd.argv.length !== argv.length) return false;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] !== (rd.at[i] ? key : rd.argv[i])) return false;
+  }
+  return true;
+}
+
+/**
+ * The outcome of execute(name, ...argv) from a read-ahead, issuing one when this is the
+ * step's first keyed read of the batch; undefined when the host must be asked.
+ */
+function readAhead(list: unknown[], name: string, argv: string[]): unknown[] | undefined {
+  if (raNames[name.toUpperCase()] !== true) {
+    dropRounds();
+    return undefined;
+  }
+  for (let i = 0; i < rounds.length; i++) {
+    const rd = rounds[i];
+    const j = feedAt - rd.from;
+    if (!rd.live || j < 0 || j >= rd.out.length) continue;
+    const o = rd.out[j];
+    if (o === undefined || !sameCall(rd, name, argv, rd.keys[j])) continue;
+    // Used once: a second identical call asks Redis again, as it always did.
+    rd.out[j] = undefined;
+    rd.used++;
+    return o;
+  }
+  const w = cur;
+  if (w === null || w.raOff === true) return undefined;
+  if (w.raFeed === feedSerial) {
+    // One round per step and batch, unless the last one was used up record after record.
+    const last = w.raLast!;
+    if (!last.live || feedAt < last.from + last.out.length || last.used * 2 < last.out.length) {
+      return undefined;
+    }
+  }
+  const key = keyOf(list[feedAt]);
+  if (key === null) return undefined;
+  const at: boolean[] = [];
+  const positions: number[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    at.push(argv[i] === key);
+    if (argv[i] === key) positions.push(i + 1);
+  }
+  if (positions.length === 0) return undefined;
+  const keys: string[] = [];
+  const end = Math.min(list.length, feedAt + MAX_ROUND);
+  for (let j = feedAt; j < end; j++) {
+    const k = keyOf(list[j]);
+    if (k === null) break;
+    keys.push(k);
+  }
+  let out: unknown;
+  try {
+    out = host.callSync("executeMany", curPart, [name, ...argv], positions, keys);
+  } catch (e) {
+    if (isFatal(e)) throw e;
+    w.raOff = true;
+    return undefined;
+  }
+  if (!Array.isArray(out) || out.length !== keys.length) {
+    w.raOff = true;
+    return undefined;
+  }
+  const rd: Round = {
+    name,
+    argv,
+    at,
+    keys,
+    from: feedAt,
+    out: out as (unknown[] | undefined)[],
+    used: 1,
+    live: true,
+    where: w,
+  };
+  rounds.push(rd);
+  w.raFeed = feedSerial;
+  w.raLast = rd;
+  const first = rd.out[0];
+  rd.out[0] = undefined;
+  return first;
+}
+
+/** After a feed: a step whose read-ahead was mostly not used stops reading ahead. */
+function endRounds(taken: number): void {
+  for (let i = 0; i < rounds.length; i++) {
+    const rd = rounds[i];
+    const fed = Math.min(taken - rd.from, rd.out.length);
+    if (rd.used * 2 < fed) rd.where.raOff = true;
+  }
+  rounds = [];
+}
+
+g.execute = function execute(command: unknown, ...args: unknown[]): unknown {
+  const name = safeString(command);
+  const argv = args.map(safeString);
+  if (feedList !== null) {
+    const o = readAhead(feedList, name, argv);
+    if (o !== undefined) {
+      if (o[0] === 0) return o[1];
+      throw new Error(safeString(o[1]));
+    }
+  }
+  return host.callSync("execute", curPart, name, ...argv);
+};
+g.executeAsync = function executeAsync(command: unknown, ...args: unknown[]): PromiseLike<unknown> {
+  const name = safeString(command);
+  if (rounds.length > 0 && raNames[name.toUpperCase()] !== true) dropRounds();
+  return host.callAsync("execute", curPart, name, ...args.map(safeString));
+};
+/**
+ * An event record whose value was too big to send along (a set a handler keeps adding
+ * to): `value` is read from Redis the first time the handler touches it.
+ */
+function lazyValue(rec: { key: unknown; lazyValue?: boolean }): void {
+  delete rec.lazyValue;
+  const settle = (v: unknown): void => {
+    Object.defineProperty(rec, "value", { value: v, writable: true, enumerable: true, configurable: true });
+  };
+  Object.defineProperty(rec, "value", {
+    get(): unknown {
+      const v = host.callSync("readValue", safeString(rec.key));
+      settle(v);
+      return v;
+    },
+    set: settle,
+    enumerable: true,
+    configurable: true,
+  });
+}
+
+const ownExecute = g.execute;
+const ownExecuteAsync = g.executeAsync;
+
+/**
+ * Whether a foreach function is only `(...) => execute(...)` with plain arguments: foreach
+ * ignores what it returns, so nothing in the script sees the reply, and its commands can
+ * be pipelined (an error reply still fails that record). Arguments that call anything
+ * could call execute() themselves and wait for it, so those stay synchronous.
+ */
+function repliesUnused(f: Fn): boolean {
+  const src = Function.prototype.toString.call(f);
+  const arrow = src.indexOf("=>");
+  if (arrow === -1) return false;
+  return /^execute\s*\([^()`]*\)$/.test(src.slice(arrow + 2).trim());
+}
+
+/** f with its execute() calls sent as executeAsync() (unless the script replaced those globals). */
+function pipelined(f: Fn): Fn {
+  return (r) => {
+    if (g.execute !== ownExecute || g.executeAsync !== ownExecuteAsync) return f(r);
+    g.execute = ownExecuteAsync;
+    try {
+      return f(r);
+    } finally {
+      g.execute = ownExecute;
+    }
+  };
+}
+g.log = function log(message: unknown, level: unknown = "notice"): void {
+  host.notify("log", safeString(level), safeString(message));
+};
+const configGet = function configGet(name: unknown): unknown {
+  return host.callSync("configGet", safeString(name));
+};
+g.configGet = configGet;
+g.gearsConfigGet = function gearsConfigGet(name: unknown, dflt?: unknown): unknown {
+  return configGet(name) ?? dflt ?? null;
+};
+g.hashtag = function hashtag(): unknown {
+  return host.callSync("hashtag", curPart);
+};
+g.callNext = function callNext(...args: unknown[]): unknown {
+  dropRounds();
+  return host.callSync("callNext", ...args.map(safeString));
+};
+g.getCommand = function getCommand(): unknown {
+  return host.callSync("getCommand");
+};
+g.overrideReply = function overrideReply(value: unknown): void {
+  host.callSync("overrideReply", value === undefined ? null : value);
+};
+const timers: Fn[] = [];
+g.registerTimeEvent = function registerTimeEvent(
+  seconds: unknown,
+  callback: unknown,
+  keyName?: unknown,
+): void {
+  if (typeof callback !== "function") throw new TypeError("registerTimeEvent needs a callback function");
+  const n = Number(seconds);
+  if (!(n > 0)) throw new RangeError("registerTimeEvent needs a positive number of seconds");
+  timers.push(callback as Fn);
+  host.callSync(
+    "registerTimeEvent",
+    timers.length - 1,
+    n,
+    keyName === undefined ? null : safeString(keyName),
+  );
+};
+
+// ---------------------------------------------------------------- the engine: calling user code
+
+function settle(ex: Exec): void {
+  ex.pending--;
+  if (ex.pending === 0 && ex.fatal === null) {
+    const w = ex.waiters;
+    ex.waiters = [];
+    for (const x of w) x.res();
+  }
+}
+
+function failFatal(ex: Exec, e: unknown): void {
+  if (ex.fatal === null) ex.fatal = { error: e };
+  const w = ex.waiters;
+  ex.waiters = [];
+  for (const x of w) x.rej(e);
+}
+
+/** null when nothing is in flight, else a Promise that settles when nothing is. */
+function whenSettled(ex: Exec): Promise<void> | null {
+  if (ex.fatal !== null) throw ex.fatal.error;
+  if (ex.pending === 0) return null;
+  return new Promise<void>((res, rej) => ex.waiters.push({ res, rej }));
+}
+
+function stepError(ex: Exec, st: StepDef, e: unknown): void {
+  if (isFatal(e)) throw e;
+  ex.errors.push(formatError(e, st.type, st.line));
+}
+
+/** Waits for a step's Promise, then continues the record in the partition it was in. */
+function later(
+  ex: Exec,
+  st: StepDef,
+  v: PromiseLike<unknown>,
+  ok: (val: unknown) => void,
+  after?: () => void,
+): void {
+  const p = curPart;
+  ex.pending++;
+  const resume = (fn: () => void): void => {
+    if (ex.dropped) return;
+    const saved = curPart;
+    curPart = p;
+    try {
+      fn();
+      if (after !== undefined) after();
+    } catch (e) {
+      failFatal(ex, e);
+    }
+    curPart = saved;
+    settle(ex);
+  };
+  try {
+    v.then(
+      (val) => resume(() => ok(val)),
+      (err) => resume(() => stepError(ex, st, err)),
+    );
+  } catch (e) {
+    resume(() => stepError(ex, st, e));
+  }
+}
+
+/** fn(r), then k(result, r); a throw drops the record with an error. */
+/** Counts calls into user code; the sandbox gives each one its own time limit (prelude's __steps). */
+const stepTicks: { [i: number]: number } = (g.__steps as Float64Array | undefined) ?? [0];
+
+function call1(ex: Exec, st: StepDef, fn: Fn, r: unknown, k: Cont): void {
+  const prev = cur;
+  cur = st.where;
+  stepTicks[0]++;
+  let v: unknown;
+  try {
+    v = fn(r);
+  } catch (e) {
+    if (isFatal(e)) throw e; // current() keeps naming this step
+    cur = prev;
+    stepError(ex, st, e);
+    return;
+  }
+  cur = prev;
+  if (isThenable(v)) later(ex, st, v, (val) => k(val, r));
+  else k(v, r);
+}
+
+/** fn(...args), then k(result); for the calls made when a step emits at the end. */
+function callN(ex: Exec, st: StepDef, fn: Fn, args: unknown[], k: (v: unknown) => void): void {
+  const prev = cur;
+  cur = st.where;
+  stepTicks[0]++;
+  let v: unknown;
+  try {
+    v = fn(...args);
+  } catch (e) {
+    if (isFatal(e)) throw e; // current() keeps naming this step
+    cur = prev;
+    stepError(ex, st, e);
+    return;
+  }
+  cur = prev;
+  if (isThenable(v)) later(ex, st, v, k);
+  else k(v);
+}
+
+function newAcc(a: unknown, k: string | null, p: number): Acc {
+  return { a, k, p, busy: false, q: null, qi: 0 };
+}
+
+/** a = fn(a, r) (or fn(k, a, r) for a keyed state); Promises are awaited in order per state. */
+function fold(ex: Exec, st: StepDef, s: Acc, fn: Fn, r: unknown): void {
+  if (s.busy) {
+    if (s.q === null) s.q = [];
+    s.q.push(r);
+    return;
+  }
+  applyFold(ex, st, s, fn, r);
+}
+
+function applyFold(ex: Exec, st: StepDef, s: Acc, fn: Fn, r: unknown): void {
+  const prev = cur;
+  cur = st.where;
+  stepTicks[0]++;
+  let v: unknown;
+  try {
+    v = s.k === null ? fn(s.a, r) : fn(s.k, s.a, r);
+  } catch (e) {
+    if (isFatal(e)) throw e; // current() keeps naming this step
+    cur = prev;
+    stepError(ex, st, e);
+    return;
+  }
+  cur = prev;
+  if (!isThenable(v)) {
+    s.a = v;
+    return;
+  }
+  s.busy = true;
+  later(
+    ex,
+    st,
+    v,
+    (val) => {
+      s.a = val;
+    },
+    () => {
+      s.busy = false;
+      drain(ex, st, s, fn);
+    },
+  );
+}
+
+/** Emits each group's {key, value} record in the partition that owns the key. */
+function emitGroups(groups: Map<string, Acc>, next: Push): void {
+  for (const s of groups.values()) {
+    curPart = s.p;
+    next({ key: s.k, value: s.a });
+  }
+}
+
+function drain(ex: Exec, st: StepDef, s: Acc, fn: Fn): void {
+  const saved = curPart;
+  curPart = s.p;
+  while (!s.busy && s.q !== null && s.qi < s.q.length) {
+    const r = s.q[s.qi];
+    s.q[s.qi++] = undefined;
+    applyFold(ex, st, s, fn, r);
+  }
+  if (s.q !== null && s.qi >= s.q.length) {
+    s.q = null;
+    s.qi = 0;
+  }
+  curPart = saved;
+}
+
+/** String(k) for a group key; a key that cannot be a string drops the record. */
+function toKey(ex: Exec, st: StepDef, v: unknown): string | null {
+  if (typeof v === "string") return v;
+  try {
+    return String(v);
+  } catch (e) {
+    stepError(ex, st, e);
+    return null;
+  }
+}
+
+function distinctKey(v: unknown): string {
+  if (typeof v === "string") return "s" + v;
+  if (v === undefined) return "u";
+  try {
+    return "j" + String(JSON.stringify(v));
+  } catch {
+    return "x" + safeString(v);
+  }
+}
+
+function compareStr(a: string, b: string): number {
+  if (a === b) return 0;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    const xs = x >= 0xd800 && x <= 0xdfff;
+    const ys = y >= 0xd800 && y <= 0xdfff;
+    if (xs !== ys) return xs ? 1 : -1; // a surrogate pair is a code point above the BMP
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
+function typeRank(v: unknown): number {
+  if (typeof v === "number") return 0;
+  if (typeof v === "string") return 1;
+  return 2;
+}
+
+/** Ascending: numbers numerically, then strings by code point, then the rest by their JSON. */
+function compareValues(a: unknown, b: unknown): number {
+  const ra = typeRank(a);
+  const rb = typeRank(b);
+  if (ra !== rb) return ra - rb;
+  if (ra === 0) {
+    const x = a as number;
+    const y = b as number;
+    if (x < y) return -1;
+    if (x > y) return 1;
+    return Number.isNaN(x) ? (Number.isNaN(y) ? 0 : 1) : Number.isNaN(y) ? -1 : 0;
+  }
+  if (ra === 1) return compareStr(a as string, b as string);
+  return compareStr(distinctKey(a), distinctKey(b));
+}
+
+// ---------------------------------------------------------------- the engine: compiling a plan
+
+function compile(ex: Exec): void {
+  const steps = ex.action.steps;
+  const P = ex.parts;
+  const stageOf: number[] = [];
+  let stage = 0;
+  for (const st of steps) {
+    stageOf.push(stage);
+    if (GLOBAL_OPS.includes(st.type)) stage++;
+  }
+  let statelessPrefix = 0;
+  while (statelessPrefix < steps.length && STATELESS_OPS.includes(steps[statelessPrefix].type))
+    statelessPrefix++;
+
+  const flushers: Phase[][] = [];
+  let next: Push = (r) => {
+    ex.results[curPart as number].push(r);
+    ex.recordsOut++;
+  };
+  for (let i = steps.length - 1; i >= 0; i--) {
+    const st = steps[i];
+    const phases: (() => void)[] = [];
+    next = build(ex, st, next, P, phases, i < statelessPrefix);
+    if (phases.length > 0) {
+      const s = GLOBAL_OPS.includes(st.type) ? stageOf[i] + 1 : stageOf[i];
+      flushers.push(phases.map((run) => ({ stage: s, where: st.where, run })));
+    }
+  }
+  flushers.reverse();
+  ex.head = next;
+  ex.phases = ([] as Phase[]).concat(...flushers);
+}
+
+/** One step as a link of the chain; `phases` receives what it does once its input is complete. */
+function build(
+  ex: Exec,
+  st: StepDef,
+  next: Push,
+  P: number,
+  phases: (() => void)[],
+  closable: boolean,
+): Push {
+  const f0 = st.fns[0];
+  const f1 = st.fns[1];
+  const f2 = st.fns[2];
+  switch (st.type) {
+    case "map": {
+      const k: Cont = (v) => next(v);
+      return (r) => call1(ex, st, f0 as Fn, r, k);
+    }
+    case "flatmap": {
+      const k: Cont = (v) => {
+        if (Array.isArray(v)) for (let i = 0; i < v.length; i++) next(v[i]);
+        else next(v);
+      };
+      return (r) => call1(ex, st, f0 as Fn, r, k);
+    }
+    case "foreach": {
+      const k: Cont = (_v, r) => next(r);
+      const f = repliesUnused(f0 as Fn) ? pipelined(f0 as Fn) : (f0 as Fn);
+      return (r) => call1(ex, st, f, r, k);
+    }
+    case "filter": {
+      const k: Cont = (v, r) => {
+        if (v) next(r);
+      };
+      return (r) => call1(ex, st, f0 as Fn, r, k);
+    }
+    case "limit": {
+      const n = st.params[0] as number;
+      const offset = st.params[1] as number;
+      const end = offset + n;
+      const seen = new Array<number>(P).fill(0);
+      return (r) => {
+        const p = curPart as number;
+        const i = seen[p]++;
+        if (i >= offset && i < end) next(r);
+        if (closable && i + 1 >= end) ex.closed[p] = true;
+      };
+    }
+    case "accumulate": {
+      const states = new Array<Acc | undefined>(P);
+      phases.push(() => {
+        for (let p = 0; p < P; p++) {
+          const s = states[p];
+          if (s === undefined) continue;
+          curPart = p;
+          next(s.a);
+        }
+      });
+      return (r) => {
+        const p = curPart as number;
+        let s = states[p];
+        if (s === undefined) s = states[p] = newAcc(undefined, null, p);
+        fold(ex, st, s, f0 as Fn, r);
+      };
+    }
+    case "localgroupby": {
+      const groups: Map<string, Acc>[] = [];
+      for (let p = 0; p < P; p++) groups.push(new Map());
+      const k: Cont = (v, r) => {
+        const key = toKey(ex, st, v);
+        if (key === null) return;
+        const p = curPart as number;
+        let s = groups[p].get(key);
+        if (s === undefined) groups[p].set(key, (s = newAcc(undefined, key, p)));
+        fold(ex, st, s, f1 as Fn, r);
+      };
+      phases.push(() => {
+        for (let p = 0; p < P; p++) {
+          curPart = p;
+          for (const s of groups[p].values()) next({ key: s.k, value: s.a });
+        }
+      });
+      return (r) => call1(ex, st, f0 as Fn, r, k);
+    }
+    case "collect":
+      return (r) => {
+        const saved = curPart;
+        curPart = 0;
+        next(r);
+        curPart = saved;
+      };
+    case "repartition": {
+      const k: Cont = (v, r) => {
+        const key = toKey(ex, st, v);
+        if (key === null) return;
+        const saved = curPart;
+        curPart = ownerOf(ex, key);
+        next(r);
+        curPart = saved;
+      };
+      return (r) => call1(ex, st, f0 as Fn, r, k);
+    }
+    case "groupby": {
+      const groups = new Map<string, Acc>();
+      const k: Cont = (v, r) => {
+        const key = toKey(ex, st, v);
+        if (key === null) return;
+        let s = groups.get(key);
+        if (s === undefined) groups.set(key, (s = newAcc(undefined, key, ownerOf(ex, key))));
+        const saved = curPart;
+        curPart = s.p;
+        fold(ex, st, s, f1 as Fn, r);
+        curPart = saved;
+      };
+      phases.push(() => emitGroups(groups, next));
+      return (r) => call1(ex, st, f0 as Fn, r, k);
+    }
+    case "batchgroupby": {
+      const groups = new Map<string, { p: number; list: unknown[] }>();
+      const k: Cont = (v, r) => {
+        const key = toKey(ex, st, v);
+        if (key === null) return;
+        let gr = groups.get(key);
+        if (gr === undefined) groups.set(key, (gr = { p: ownerOf(ex, key), list: [] }));
+        gr.list.push(r);
+      };
+      phases.push(() => {
+        for (const [key, gr] of groups) {
+          curPart = gr.p;
+          callN(ex, st, f1 as Fn, [key, gr.list], (value) => next({ key, value }));
+        }
+      });
+      return (r) => call1(ex, st, f0 as Fn, r, k);
+    }
+    case "aggregate": {
+      const zero = st.params[0];
+      const states = new Array<Acc | undefined>(P);
+      const total = newAcc(undefined, null, 0);
+      phases.push(() => {
+        curPart = 0;
+        total.a = deepCopy(zero, 0);
+        for (let p = 0; p < P; p++) {
+          const s = states[p];
+          if (s !== undefined) fold(ex, st, total, f1 as Fn, s.a);
+        }
+      });
+      phases.push(() => {
+        curPart = 0;
+        next(total.a);
+      });
+      return (r) => {
+        const p = curPart as number;
+        let s = states[p];
+        if (s === undefined) s = states[p] = newAcc(deepCopy(zero, 0), null, p);
+        fold(ex, st, s, f0 as Fn, r);
+      };
+    }
+    case "aggregateby": {
+      const zero = st.params[0];
+      const local: Map<string, Acc>[] = [];
+      for (let p = 0; p < P; p++) local.push(new Map());
+      const global = new Map<string, Acc>();
+      const k: Cont = (v, r) => {
+        const key = toKey(ex, st, v);
+        if (key === null) return;
+        const p = curPart as number;
+        let s = local[p].get(key);
+        if (s === undefined) local[p].set(key, (s = newAcc(deepCopy(zero, 0), key, p)));
+        fold(ex, st, s, f1 as Fn, r);
+      };
+      phases.push(() => {
+        for (let p = 0; p < P; p++) {
+          for (const [key, s] of local[p]) {
+            let t = global.get(key);
+            if (t === undefined) global.set(key, (t = newAcc(deepCopy(zero, 0), key, ownerOf(ex, key))));
+            curPart = t.p;
+            fold(ex, st, t, f2 as Fn, s.a);
+          }
+        }
+      });
+      phases.push(() => emitGroups(global, next));
+      return (r) => call1(ex, st, f0 as Fn, r, k);
+    }
+    case "count": {
+      let n = 0;
+      phases.push(() => {
+        curPart = 0;
+        next(n);
+      });
+      return () => {
+        n++;
+      };
+    }
+    case "countby": {
+      const counts = new Map<string, { p: number; n: number }>();
+      const add = (key: string): void => {
+        const c = counts.get(key);
+        if (c === undefined) counts.set(key, { p: ownerOf(ex, key), n: 1 });
+        else c.n++;
+      };
+      phases.push(() => {
+        for (const [key, c] of counts) {
+          curPart = c.p;
+          next({ key, value: c.n });
+        }
+      });
+      const k: Cont = (v) => {
+        const key = toKey(ex, st, v);
+        if (key !== null) add(key);
+      };
+      if (f0 === undefined) return (r) => k(r, r);
+      return (r) => call1(ex, st, f0, r, k);
+    }
+    case "avg": {
+      let sum = 0;
+      let n = 0;
+      const k: Cont = (v) => {
+        sum += typeof v === "number" ? v : Number(v);
+        n++;
+      };
+      phases.push(() => {
+        if (n === 0) return;
+        curPart = 0;
+        next(sum / n);
+      });
+      if (f0 === undefined) {
+        return (r) => {
+          try {
+            k(Number(r), r);
+          } catch (e) {
+            stepError(ex, st, e);
+          }
+        };
+      }
+      return (r) =>
+        call1(ex, st, f0, r, (v, r0) => {
+          try {
+            k(v, r0);
+          } catch (e) {
+            stepError(ex, st, e);
+          }
+        });
+    }
+    case "distinct": {
+      const seen = new Map<string, unknown>();
+      phases.push(() => {
+        curPart = 0;
+        for (const v of seen.values()) next(v);
+      });
+      return (r) => {
+        const key = distinctKey(r);
+        if (!seen.has(key)) seen.set(key, r);
+      };
+    }
+    case "sort": {
+      const list: unknown[] = [];
+      const reverse = st.params[0] === true;
+      phases.push(() => {
+        curPart = 0;
+        const prev = cur;
+        cur = st.where;
+        stepTicks[0]++;
+        stepTicks[0]++;
+        try {
+          if (f0 !== undefined) list.sort((a, b) => Number(f0(a, b)));
+          else if (reverse) list.sort((a, b) => compareValues(b, a));
+          else list.sort(compareValues);
+        } catch (e) {
+          if (isFatal(e)) throw e;
+          cur = prev;
+          stepError(ex, st, e);
+          return;
+        }
+        cur = prev;
+        for (let i = 0; i < list.length; i++) next(list[i]);
+      });
+      return (r) => {
+        list.push(r);
+      };
+    }
+    default:
+      throw new Error(`unknown step ${st.type}`);
+  }
+}
+
+// ---------------------------------------------------------------- the engine: results
+function complete(ex: Exec): Result {
+  const opts = ex.action.options;
+  const str = opts.convertToStr !== false;
+  const perPartition: unknown[][] = [];
+  for (const list of ex.results) {
+    const out: unknown[] = [];
+    for (const r of list) {
+      try {
+        out.push(str ? toStr(r) : toRaw(r, 0));
+      } catch (e) {
+        if (isFatal(e)) throw e;
+        ex.errors.push(formatError(e, "results", ex.action.line));
+      }
+    }
+    perPartition.push(out);
+  }
+  const results = opts.collect === false ? perPartition : ([] as unknown[]).concat(...perPartition);
+  ex.done = { results, errors: ex.errors };
+  ex.results = [];
+  return ex.done;
+}
+
+function getExec(id: unknown): Exec {
+  const ex = execs.get(Number(id));
+  if (ex === undefined) throw new Error("execution plan does not exist");
+  return ex;
+}
+
+function topologyOf(t: unknown): { parts: number; owner: Int16Array } {
+  const owner = new Int16Array(16384);
+  const o = (t ?? {}) as { partitions?: unknown; slots?: unknown };
+  const parts = typeof o.partitions === "number" && o.partitions >= 1 ? Math.floor(o.partitions) : 1;
+  if (Array.isArray(o.slots)) {
+    for (const range of o.slots as unknown[]) {
+      if (!Array.isArray(range)) continue;
+      const [start, end, p] = range as number[];
+      if (p >= 0 && p < parts) owner.fill(p, Math.max(0, start), Math.min(16383, end) + 1);
+    }
+  }
+  return { parts, owner };
+}
+
+function finishFrom(ex: Exec, i: number): Result | Promise<Result> {
+  for (;;) {
+    const w = whenSettled(ex);
+    if (w !== null) return w.then(() => finishFrom(ex, i));
+    if (i >= ex.phases.length) {
+      ex.stage = ex.phases.length === 0 ? ex.stage : ex.phases[ex.phases.length - 1].stage;
+      return complete(ex);
+    }
+    const ph = ex.phases[i++];
+    ex.stage = ph.stage;
+    // No try/finally: after an interrupt, current() must still name this step.
+    const prev = cur;
+    cur = ph.where;
+    ph.run();
+    cur = prev;
+    curPart = null;
+  }
+}
+
+const gears: GearsEntry = {
+  actions(): ActionInfo[] {
+    return actions.map((a) => ({
+      kind: a.kind,
+      reader: a.reader,
+      arg: a.arg,
+      options: a.options,
+      desc: a.desc,
+      line: a.line,
+      steps: a.steps.map((s) => ({ type: s.type, name: s.name, arg: s.arg, line: s.line })),
+    }));
+  },
+
+  start(actionIndex: unknown, topology: unknown): number {
+    const action = actions[Number(actionIndex)];
+    if (action === undefined) throw new Error(`no action ${safeString(actionIndex)}`);
+    const { parts, owner } = topologyOf(topology);
+    const names = (topology as { readAhead?: unknown } | null)?.readAhead;
+    if (Array.isArray(names)) {
+      raNames = {};
+      for (const n of names) if (typeof n === "string") raNames[n.toUpperCase()] = true;
+    }
+    const ex: Exec = {
+      id: ++lastExecId,
+      action,
+      parts,
+      owner,
+      head: () => undefined,
+      phases: [],
+      results: [],
+      errors: [],
+      closed: new Array<boolean>(parts).fill(false),
+      pending: 0,
+      waiters: [],
+      fatal: null,
+      dropped: false,
+      finishing: false,
+      done: null,
+      recordsIn: 0,
+      recordsOut: 0,
+      stage: 0,
+    };
+    for (let p = 0; p < parts; p++) ex.results.push([]);
+    compile(ex);
+    execs.set(ex.id, ex);
+    return ex.id;
+  },
+
+  /**
+   * Runs records through the pipeline. With a time budget (ms), it stops starting new
+   * records once the budget is spent and answers how many it took, so the host can feed
+   * the rest in a fresh entry: the time limit then bounds each step call, not a batch.
+   */
+  feed(execId: unknown, partition: unknown, records: unknown, budgetMs?: unknown): number | Promise<number> {
+    const ex = getExec(execId);
+    if (ex.finishing) throw new Error("execution already finishing");
+    const p = Number(partition);
+    if (!(p >= 0 && p < ex.parts && Number.isInteger(p)))
+      throw new RangeError(`no partition ${safeString(partition)}`);
+    let list: unknown = typeof records === "string" ? JSON.parse(records) : records;
+    if (list !== null && typeof list === "object" && !Array.isArray(list)) {
+      // {records, values}: records name their value by index, so a value that many
+      // records share (events on one key) crosses into the isolate once.
+      const packed = list as { records?: unknown; values?: unknown };
+      const values = Array.isArray(packed.values) ? packed.values : [];
+      list = packed.records;
+      if (Array.isArray(list)) {
+        for (const r of list) {
+          if (
+            r !== null &&
+            typeof r === "object" &&
+            typeof (r as { valueRef?: unknown }).valueRef === "number"
+          ) {
+            const rec = r as { valueRef?: number; value?: unknown };
+            rec.value = values[rec.valueRef!];
+            delete rec.valueRef;
+          } else if (
+            r !== null &&
+            typeof r === "object" &&
+            (r as { lazyValue?: unknown }).lazyValue === true
+          ) {
+            lazyValue(r as { key: unknown; lazyValue?: boolean });
+          }
+        }
+      }
+    }
+    if (!Array.isArray(list)) throw new TypeError("records must be an array");
+    const head = ex.head;
+    const closed = ex.closed;
+    const saved = curPart;
+    const budget = typeof budgetMs === "number" && budgetMs > 0 ? budgetMs : 0;
+    const started = budget > 0 ? Date.now() : 0;
+    let taken = 0;
+    let check = 0;
+    feedList = list;
+    feedSerial++;
+    try {
+      for (; taken < list.length; taken++) {
+        if (closed[p]) {
+          taken = list.length;
+          break;
+        }
+        if (budget > 0 && taken >= check) {
+          const spent = Date.now() - started;
+          if (taken > 0 && spent > budget) break;
+          // While records are quick, the clock is read every 16th of them only.
+          check = taken + (spent * 64 < budget ? 16 : 1);
+        }
+        ex.recordsIn++;
+        curPart = p;
+        feedAt = taken;
+        head(list[taken]);
+      }
+    } finally {
+      feedList = null;
+      endRounds(taken);
+    }
+    curPart = saved;
+    const settled = whenSettled(ex);
+    return settled ? settled.then(() => taken) : taken;
+  },
+
+  /**
+   * start, feed every partition's records, finish and drop, in one entry into the guest:
+   * for the small record sets of event handlers, where four hops cost more than the work.
+   */
+  once(actionIndex: unknown, topology: unknown, inputs: unknown): Result | Promise<Result> {
+    if (!Array.isArray(inputs)) throw new TypeError("inputs must be an array");
+    const id = gears.start(actionIndex as number, topology as Topology);
+    const drop = (): void => void gears.drop(id);
+    let i = 0;
+    const rest = (): Result | Promise<Result> => {
+      while (i < inputs.length) {
+        const [p, batch] = inputs[i++] as [unknown, unknown];
+        const fed = gears.feed(id, p as number, batch, 0);
+        if (isThenable(fed)) return (fed as Promise<number>).then(rest);
+      }
+      return gears.finish(id);
+    };
+    try {
+      const out = rest();
+      if (!isThenable(out)) {
+        drop();
+        return out;
+      }
+      return (out as Promise<Result>).then(
+        (r) => {
+          drop();
+          return r;
+        },
+        (e: unknown) => {
+          drop();
+          throw e;
+        },
+      );
+    } catch (e) {
+      drop();
+      throw e;
+    }
+  },
+
+  wants(execId: unknown, partition: unknown): boolean {
+    return !getExec(execId).closed[Number(partition)];
+  },
+
+  finish(execId: unknown): Result | Promise<Result> {
+    const ex = getExec(execId);
+    if (ex.done !== null) return ex.done;
+    ex.finishing = true;
+    return finishFrom(ex, 0);
+  },
+
+  progress(execId: unknown): Progress {
+    const ex = getExec(execId);
+    return {
+      recordsIn: ex.recordsIn,
+      recordsOut: ex.recordsOut,
+      stage: ex.stage,
+      done: ex.done !== null,
+      pending: ex.pending,
+      errors: ex.errors.length,
+    };
+  },
+
+  current(): Where | null {
+    return cur === null ? null : { step: cur.step, line: cur.line };
+  },
+
+  drop(execId: unknown): boolean {
+    const ex = execs.get(Number(execId));
+    if (ex === undefined) return false;
+    ex.dropped = true;
+    execs.delete(ex.id);
+    return true;
+  },
+
+  slot(key: unknown): number {
+    return slotOf(safeString(key));
+  },
+
+  /** Runs the callback of registerTimeEvent number `id` (the host's timer fired). */
+  timer(id: unknown): unknown {
+    const callback = timers[Number(id)];
+    if (callback === undefined) throw new Error(`no timer ${safeString(id)}`);
+    const out = callback();
+    return out !== null && typeof out === "object" && typeof (out as PromiseLike<unknown>).then === "function"
+      ? Promise.resolve(out).then(() => null)
+      : null;
+  },
+
+  onRegistered(actionIndex: unknown): unknown {
+    const a = actions[Number(actionIndex)];
+    return a !== undefined && a.onRegistered !== null ? a.onRegistered() : undefined;
+  },
+};
+
+defineEntry(GEARS_ENTRY, gears);

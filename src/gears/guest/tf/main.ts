@@ -1,0 +1,1 @@
+/** The Triggers and Functions bundle: what a T&F library's isolate evaluates before its code. */
