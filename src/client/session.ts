@@ -53,7 +53,8 @@ function isSpecial(name: string): boolean {
     "multi",
     "watch",
   ]);
-  return special.has(name) || isGearsCommand(name);
+  // CONFIG takes the full path: the gears room answers it for T&F's settings.
+  return special.has(name) || name === "config" || isGearsCommand(name, []);
 }
 
 /**
@@ -267,7 +268,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       local(this, request);
       return;
     }
-    if (isGearsCommand(name)) this.runGears(name, request);
+    if (isGearsCommand(name, argv.slice(1))) this.runGears(name, request);
     else if (this.ctx.gears.hookFor(name, argv)) this.answerLater(this.ctx.gears.runHook(name, argv), true);
     else if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
     else if (name === "multi") this.txn.multi(request);

@@ -122,7 +122,7 @@ export class Transaction {
       this.refuseBroken(name);
       return;
     }
-    if (NOT_IN_MULTI.has(name) || isGearsCommand(name)) {
+    if (NOT_IN_MULTI.has(name) || isGearsCommand(name, request.argv.slice(1))) {
       this.dirty = true;
       this.host.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
       return;

@@ -7,6 +7,7 @@ import { keySlot } from "../routing/key-slot.js";
 import { replyValueToResp } from "./json-values.js";
 import { Partitions } from "./partitions.js";
 import type { Registration } from "./registration.js";
+import { isTfConfig, runTfCommand, TF_COMMANDS } from "./tf/tf-commands.js";
 
 type Handler = (engine: GearsEngine, args: Buffer[]) => Promise<Buffer> | Buffer;
 
@@ -380,6 +381,8 @@ const HANDLERS = new Map<string, Handler>([
 
 /** Whether the client must wait for this command's reply before its next command runs. */
 export function holdsClient(name: string, args: Buffer[]): boolean {
+  // A T&F call ran inside Redis before the client's next command: the proxy keeps that order.
+  if (TF_COMMANDS.has(name)) return true;
   if (name === "rg.getresultsblocking" || name === "rg.trigger" || name === "rg.triggeronkey") return true;
   return name === "rg.execute" && !args.some((a) => a.toString().toUpperCase() === "UNBLOCKING");
 }
@@ -397,9 +400,13 @@ export interface GearsCaller {
   clientId: number;
 }
 
-/** Whether the gears engine answers this command (lower-case name): RG.*, and later TFUNCTION/TFCALL. */
-export function isGearsCommand(name: string): boolean {
-  return name.startsWith("rg.");
+/**
+ * Whether the gears engine answers this command (lower-case name, arguments after it): RG.*,
+ * TFUNCTION/TFCALL/TFCALLASYNC, and CONFIG GET/SET of T&F's settings (redisgears_2.*).
+ */
+export function isGearsCommand(name: string, args: readonly Buffer[]): boolean {
+  if (name.startsWith("rg.") || TF_COMMANDS.has(name)) return true;
+  return name === "config" && isTfConfig(args);
 }
 
 /** Runs a gears command; the reply as RESP bytes. Unknown RG commands get Redis' unknown-command error. */
@@ -407,9 +414,9 @@ export async function runGearsCommand(
   engine: GearsEngine,
   name: string,
   args: Buffer[],
-  // Not read yet: RESP3 encoding and per-db scripts build on it.
-  _caller: GearsCaller,
+  caller: GearsCaller,
 ): Promise<Buffer> {
+  if (TF_COMMANDS.has(name) || name === "config") return runTfCommand(engine.tf, name, args, caller);
   const handler = HANDLERS.get(name);
   if (handler === undefined) {
     return encodeError(

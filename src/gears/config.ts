@@ -1,4 +1,5 @@
 import { encodeError, encodeInteger, encodeValue } from "../resp/encode.js";
+import { TF_CONFIG_PREFIX, TfConfig } from "./tf/config.js";
 
 /** RG.CONFIGGET/RG.CONFIGSET: the built-in settings of spec section 5, plus free-form extras. */
 export class GearsConfig {
@@ -18,6 +19,8 @@ export class GearsConfig {
   /** Built-ins fixed at start. */
   private readonly readOnly = new Set(["ExecutionThreads"]);
   private readonly extra = new Map<string, string>();
+  /** T&F's settings (CONFIG GET/SET redisgears_2.*); `--gears-config redisgears_2.<name>=v` sets them at start. */
+  readonly tf = new TfConfig();
 
   number(name: string): number {
     return this.numbers.get(name)!;
@@ -41,6 +44,10 @@ export class GearsConfig {
 
   set(pairs: [string, string][]): Buffer {
     const parts = pairs.map(([name, value]) => {
+      if (name.toLowerCase().startsWith(TF_CONFIG_PREFIX)) {
+        const error = this.tf.apply(name.slice(TF_CONFIG_PREFIX.length).toLowerCase(), value, false);
+        return error === null ? encodeValue("OK") : encodeError(error);
+      }
       if (this.numbers.has(name)) {
         if (this.readOnly.has(name)) return encodeError(`Config value ${name} not modifiable at runtime`);
         const n = Number(value);

@@ -19,6 +19,7 @@ import { SessionStore, type StoredSession } from "./session-store.js";
 import { replyValueToResp } from "./json-values.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
+import { TfEngine } from "./tf/tf-engine.js";
 
 /** Events from this long before a dead lease owner's last mark are replayed too (clock skew, at least once). */
 const REPLAY_MARGIN_MS = 1000;
@@ -82,7 +83,11 @@ export class GearsEngine {
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
     this.registry.onForeignEvents = (events) => this.backlog.add(events);
     this.store = new SessionStore(router, log);
+    this.tf = new TfEngine(router, log.child({ component: "tf" }), newIsolate, this.config.tf);
   }
+
+  /** Triggers and Functions (TFUNCTION/TFCALL): same isolates and store, its own libraries. */
+  readonly tf: TfEngine;
 
   /** Checks RG.EXECUTE's session options against the live sessions; an error text or null. */
   private sessionConflict(request: ExecuteRequest): string | null {
@@ -527,6 +532,7 @@ export class GearsEngine {
    * taken over here within about a second (a version counter is polled).
    */
   async restore(): Promise<void> {
+    await this.tf.restore();
     await this.serialized(() => this.syncFromStore());
     this.storePoll = setInterval(() => void this.serialized(() => this.pollStore()), STORE_POLL_MS);
     this.storePoll.unref();
@@ -622,6 +628,7 @@ export class GearsEngine {
   /** Stops the event sources (giving the shard leases back to other proxies) and every session. */
   async close(): Promise<void> {
     if (this.storePoll !== null) clearInterval(this.storePoll);
+    await this.tf.close();
     await this.stopKeyspaceEvents();
     this.registry.close();
     for (const execution of this.executions.values()) execution.abort();

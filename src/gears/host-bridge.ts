@@ -34,6 +34,13 @@ const NOT_FROM_SCRIPTS = new Set([
   ...SUBSCRIBE_FAMILY,
 ]);
 
+/** Why a script may not send this command through the shared connections; null when it may. */
+export function scriptCommandRefusal(name: string, argv: readonly Buffer[]): string | null {
+  return NOT_FROM_SCRIPTS.has(name) || isBlocking(name, argv)
+    ? `ERR '${name}' cannot be called from a gears script`
+    : null;
+}
+
 const LOG_LEVELS: Record<string, "debug" | "info" | "warn"> = {
   debug: "debug",
   verbose: "debug",
@@ -130,9 +137,8 @@ export class GearsBridge implements HostBridge {
     const argv = args.slice(1).map((a) => Buffer.from(String(a)));
     if (argv.length === 0) throw new Error("ERR wrong number of arguments for 'execute'");
     const name = argv[0].toString().toLowerCase();
-    if (NOT_FROM_SCRIPTS.has(name) || isBlocking(name, argv)) {
-      throw new Error(`ERR '${name}' cannot be called from a gears script`);
-    }
+    const refusal = scriptCommandRefusal(name, argv);
+    if (refusal !== null) throw new Error(refusal);
     let reply: RespValue;
     if (partition !== null && this.router.slotOf(name, argv) === NO_KEYS) {
       reply = await this.partitions().shard(partition).call(argv);

@@ -72,3 +72,69 @@ export interface GearsEntry {
   timer(id: number): unknown;
   onRegistered(actionIndex: number): unknown;
 }
+
+/** The global holding a Triggers and Functions library's entry object. */
+export const TF_ENTRY = "__tf";
+
+/**
+ * A value crossing between the host and a T&F library, in JSON: a string is a UTF-8 string;
+ * the other Redis/JS types are tagged objects (bytes travel as latin1 text, one char a byte).
+ */
+export type Tagged =
+  | string
+  | null
+  | { i: string } // integer (a BigInt in JS)
+  | { d: number | string } // double ("inf", "-inf", "nan" for those)
+  | { b: string } // bytes (an ArrayBuffer in JS), latin1
+  | { u: string } // bytes that are not UTF-8, where a string was asked for
+  | { st: string } // status (simple string)
+  | { t: boolean }
+  | { n: string } // big number
+  | { v: string; f: string } // verbatim
+  | { e: string } // an error reply nested in an array
+  | { a: Tagged[] }
+  | { m: [Tagged, Tagged][] }
+  | { s: Tagged[] };
+
+export interface TfFunctionInfo {
+  name: string;
+  flags: string[];
+  isAsync: boolean;
+  description: string | null;
+}
+
+export interface TfKeyspaceTriggerInfo {
+  name: string;
+  prefix: Tagged;
+  description: string | null;
+}
+
+export interface TfStreamTriggerInfo {
+  name: string;
+  prefix: Tagged;
+  window: number;
+  trim: boolean;
+  description: string | null;
+}
+
+/** What a library's top-level code registered. */
+export interface TfRegistrations {
+  functions: TfFunctionInfo[];
+  clusterFunctions: string[];
+  keyspaceTriggers: TfKeyspaceTriggerInfo[];
+  streamTriggers: TfStreamTriggerInfo[];
+}
+
+/** How a call ended: its value, or the text of its error reply. */
+export type TfOutcome = { ok: Tagged } | { err: string };
+
+export interface TfEntry {
+  /** Defines `redis` for the library's code about to run (its CONFIG JSON, its api version). */
+  prepare(configJson: string | null, apiVersion: string): void;
+  /** Ends the load: no more registrations; what was registered, or the load error's text. */
+  loaded(): { ok: TfRegistrations } | { err: string };
+  /** A registered function, called by TFCALL/TFCALLASYNC (args tagged, raw when its flags say so). */
+  callFunction(name: string, args: Tagged[], blockAllowed: boolean): TfOutcome | Promise<TfOutcome>;
+  /** A cluster function of this library, with the JSON text of its arguments. */
+  callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome>;
+}

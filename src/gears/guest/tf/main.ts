@@ -1,1 +1,122 @@
 /** The Triggers and Functions bundle: what a T&F library's isolate evaluates before its code. */
+import { defineEntry } from "../core/host.js";
+import { isFatal, isThenable, safeString } from "../core/errors.js";
+import { TF_ENTRY, type Tagged, type TfEntry, type TfOutcome } from "../entry.js";
+import { clusterFunctions, endLoad, functions, installRedis, type Fn } from "./api.js";
+import { AsyncClient, isAsyncFunction, SyncClient } from "./client.js";
+import { fromReply, toReply } from "./convert.js";
+
+const NOT_SETTLED = {};
+
+/** An uncaught exception as T&F's error reply text: the thrown value's string form. */
+function errorText(e: unknown): string {
+  if (isFatal(e)) throw e;
+  return safeString(e);
+}
+
+function outcome(run: () => unknown): TfOutcome {
+  try {
+    return { ok: toReply(run()) };
+  } catch (e) {
+    return { err: errorText(e) };
+  }
+}
+
+/** A result that may be a Promise: awaited when the caller may block, else only if it is settled. */
+function settle(out: unknown, blockAllowed: boolean): TfOutcome | Promise<TfOutcome> {
+  if (!isThenable(out)) return outcome(() => out);
+  const p = Promise.resolve(out);
+  const done = (v: unknown): TfOutcome => outcome(() => v);
+  const failed = (e: unknown): TfOutcome => ({ err: errorText(e) });
+  if (blockAllowed) return p.then(done, failed);
+  // A settled Promise's reaction is queued before the sentinel's: it wins the race.
+  return Promise.race([p, Promise.resolve(NOT_SETTLED)]).then(
+    (v) =>
+      v === NOT_SETTLED
+        ? {
+            err: "Can not block client for background execution, Blocking is not allow inside multi/exec, Lua, or within another module (RM_Call).",
+          }
+        : done(v),
+    failed,
+  );
+}
+
+const entry: TfEntry = {
+  prepare(configJson: string | null, apiVersion: string): void {
+    installRedis(configJson, apiVersion);
+  },
+
+  loaded() {
+    const registrations = endLoad();
+    if (
+      registrations.functions.length === 0 &&
+      registrations.keyspaceTriggers.length === 0 &&
+      registrations.streamTriggers.length === 0
+    ) {
+      return { err: "Neither function nor other registrations were found." };
+    }
+    return { ok: registrations };
+  },
+
+  callFunction(name: string, args: Tagged[], blockAllowed: boolean): TfOutcome | Promise<TfOutcome> {
+    const def = functions.get(name);
+    if (def === undefined) return { err: `Unknown function ${name}` };
+    const raw = def.flags.includes("raw-arguments");
+    const mode = { noWrites: def.flags.includes("no-writes"), blockAllowed };
+    let jsArgs: unknown[];
+    try {
+      jsArgs = args.map((a) => fromReply(a, raw));
+    } catch (e) {
+      return { err: errorText(e) };
+    }
+    if (def.isAsync && isAsyncFunction(def.fn)) {
+      let out: unknown;
+      try {
+        out = def.fn(new AsyncClient(mode), ...jsArgs);
+      } catch (e) {
+        return { err: errorText(e) };
+      }
+      return settle(out, true);
+    }
+    const client = new SyncClient(mode);
+    let out: unknown;
+    try {
+      out = def.fn(client, ...jsArgs);
+    } catch (e) {
+      return { err: errorText(e) };
+    } finally {
+      client.invalidate();
+    }
+    return settle(out, blockAllowed);
+  },
+
+  callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome> {
+    const fn: Fn | undefined = clusterFunctions.get(name);
+    if (fn === undefined) return { err: `Remote function ${name} does not exists` };
+    let args: unknown[];
+    try {
+      args = JSON.parse(argsJson) as unknown[];
+    } catch {
+      return { err: "Failed deserializing remote function argument" };
+    }
+    const client = new AsyncClient({ noWrites: true, blockAllowed: true });
+    let out: unknown;
+    try {
+      out = fn(client, ...args);
+    } catch (e) {
+      return { err: errorText(e) };
+    }
+    return Promise.resolve(out).then(
+      (v) => {
+        try {
+          return { ok: JSON.stringify(v === undefined ? null : v) };
+        } catch {
+          return { err: "Failed serializing result" };
+        }
+      },
+      (e: unknown) => ({ err: errorText(e) }),
+    );
+  },
+};
+
+defineEntry(TF_ENTRY, entry);

@@ -1,0 +1,280 @@
+import { expect } from "chai";
+import { Redis } from "ioredis";
+import { startProxy, type RunningProxy } from "./harness/index.js";
+import { Backend, BACKEND_MODES, Direct } from "./support/backend.js";
+import { rejection } from "./support/gears.js";
+
+/** A library's code: the prologue line, then the body. */
+const lib = (name: string, body: string, version = "1.0"): string =>
+  `#!js api_version=${version} name=${name}\n${body}`;
+
+for (const mode of BACKEND_MODES) {
+  describe(`Triggers and Functions: libraries and functions, through the proxy in front of ${Backend.label(mode)}`, function () {
+    this.timeout(60_000);
+    let backend: Backend;
+    let proxy: RunningProxy;
+    let c: Redis;
+    let direct: Direct;
+
+    before(async () => {
+      backend = await Backend.start(mode);
+      proxy = await startProxy([{ port: backend.seed.port }]);
+      c = new Redis(proxy.port);
+      direct = new Direct(backend);
+    });
+    after(async () => {
+      c.disconnect();
+      await proxy.close();
+      await backend.stop();
+    });
+    afterEach(async () => {
+      const libs = (await c.call("TFUNCTION", "LIST")) as unknown[][];
+      for (const l of libs) await c.call("TFUNCTION", "DELETE", String(l[l.indexOf("name") + 1]));
+    });
+
+    it("the documentation's hello: TFUNCTION LOAD answers OK, TFCALL lib.hello answers its string", async () => {
+      const code = lib("lib", "redis.registerFunction('hello', function(){ return 'Hello World'; });");
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await c.call("TFCALL", "lib.hello", "0")).to.equal("Hello World");
+    });
+
+    it("a function reads and writes keys of one slot with client.call; numbers come back as T&F converts them", async () => {
+      const code = lib(
+        "lib",
+        `redis.registerFunction('my_set_and_get', function(client, key, value){
+           client.call('set', key, value);
+           return [client.call('get', key), client.call('incr', '{' + key + '}:n'), typeof client.call('incr', '{' + key + '}:n'), 1.5, 7];
+         });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await c.call("TFCALL", "lib.my_set_and_get", "1", "foo", "bar")).to.deep.equal([
+        "bar",
+        1,
+        "bigint",
+        "1.5",
+        7,
+      ]);
+      expect(String(await direct.call("GET", "foo"))).to.equal("bar");
+    });
+
+    it("an async function with callAsync and block, through TFCALLASYNC; TFCALL refuses it with T&F's text", async () => {
+      const code = lib(
+        "lib",
+        `redis.registerAsyncFunction('test', async function(client){
+           const before = await client.callAsync('ping');
+           return client.block(function(c){ c.call('set', 'async:k', 'v'); return before + ':' + c.call('get', 'async:k'); });
+         });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await c.call("TFCALLASYNC", "lib.test", "0")).to.equal("PONG:v");
+      expect(await rejection(c.call("TFCALL", "lib.test", "0"))).to.contain(
+        "The function is declared as async and was called while blocking was not allowed",
+      );
+    });
+
+    it("redis.config is the CONFIG json given at load, and REPLACE does not keep it", async () => {
+      const body = "redis.registerFunction('cfg', function(){ return redis.config; });";
+      expect(
+        await c.call("TFUNCTION", "LOAD", "CONFIG", '{"name":"gears","n":3}', lib("lib", body)),
+      ).to.equal("OK");
+      expect(await c.call("TFCALL", "lib.cfg", "0")).to.deep.equal(["name", "gears", "n", 3]);
+      expect(await c.call("TFUNCTION", "LOAD", "REPLACE", lib("lib", body))).to.equal("OK");
+      expect(await c.call("TFCALL", "lib.cfg", "0")).to.deep.equal([]);
+    });
+
+    it("NO_WRITES refuses a write inside the function; reads still work", async () => {
+      const code = lib(
+        "lib",
+        `redis.registerFunction('w', function(client){ return client.call('set', 'nw', '1'); }, {flags: [redis.functionFlags.NO_WRITES]});
+         redis.registerFunction('r', function(client){ return client.call('get', 'nw'); }, {flags: [redis.functionFlags.NO_WRITES]});`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await rejection(c.call("TFCALL", "lib.w", "0"))).to.contain(
+        "was called while write is not allowed",
+      );
+      expect(await c.call("TFCALL", "lib.r", "0")).to.equal(null);
+      expect(await direct.call("EXISTS", "nw")).to.equal(0);
+    });
+
+    it("RAW_ARGUMENTS gives ArrayBuffers; callRaw answers ArrayBuffers; a binary result is a binary bulk", async () => {
+      const code = lib(
+        "lib",
+        `redis.registerFunction('raw', function(client, k, v){
+           client.call('set', k, v);
+           const got = client.callRaw('get', k);
+           return [k instanceof ArrayBuffer, got instanceof ArrayBuffer, got];
+         }, {flags: ['raw-arguments']});`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const bin = Buffer.from([0xff, 0x00, 0xfe]);
+      const out = (await c.callBuffer("TFCALL", "lib.raw", "1", "rawkey", bin)) as unknown[];
+      expect(out.slice(0, 2)).to.deep.equal([1, 1]);
+      expect(out[2]).to.deep.equal(bin);
+      expect(await rejection(c.call("TFCALL", "lib.raw2", "0"))).to.contain("Unknown function raw2");
+    });
+
+    it("TFUNCTION LIST: fields in T&F's order; verbosity and WITHCODE; LIBRARY filters", async () => {
+      const code = lib("lib", "redis.registerFunction('f', function(){ return 1; }, {description: 'one'});");
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await c.call("TFUNCTION", "LIST")).to.deep.equal([
+        [
+          "engine",
+          "js",
+          "api_version",
+          "1.0",
+          "name",
+          "lib",
+          "user",
+          "default",
+          "configuration",
+          null,
+          "pending_jobs",
+          0,
+          "functions",
+          ["f"],
+          "cluster_functions",
+          [],
+          "keyspace_triggers",
+          [],
+          "stream_triggers",
+          [],
+          "pending_async_calls",
+          [],
+        ],
+      ]);
+      const verbose = ((await c.call("TFUNCTION", "LIST", "WITHCODE", "v")) as unknown[][])[0];
+      expect(verbose.slice(0, 2)).to.deep.equal(["code", code]);
+      expect(verbose[verbose.indexOf("functions") + 1]).to.deep.equal([
+        ["name", "f", "flags", [], "is_async", 0, "description", "one"],
+      ]);
+      expect(await c.call("TFUNCTION", "LIST", "LIBRARY", "nope")).to.deep.equal([]);
+      expect(await rejection(c.call("TFUNCTION", "LIST", "bad"))).to.equal("Unknown option 'bad'");
+    });
+
+    it("load errors of section 1.6, with T&F's texts; a failed REPLACE leaves the old library running", async () => {
+      const load = (...args: string[]): Promise<string> => rejection(c.call("TFUNCTION", "LOAD", ...args));
+      expect(await load()).to.equal("Could not find library payload");
+      expect(await load("CONFIG")).to.equal("configuration value was not given");
+      expect(await load("CONFIG", "[1]", lib("x", ""))).to.equal("configuration must be a valid json object");
+      expect(await load("CONFIG", "{", lib("x", ""))).to.match(/^configuration must be a valid json, '\{', /);
+      expect(await load("redis.registerFunction()")).to.contain("Invalid or missing prologue.");
+      expect(await load("#!js name=x\n")).to.equal("The api version is missing from the prologue.");
+      expect(await load("#!js api_version=1.0\n")).to.equal("The library name is missing from the prologue.");
+      expect(await load("#!js api_version=1.0 name=x foo=1 xxx=2\n")).to.equal(
+        'Unknown prologue properties provided: "foo", "xxx". Known properties: api_version, name.',
+      );
+      expect(await load("#!js api_version=1.0 name=x name=y\n")).to.equal(
+        "Duplicated prologue properties found: name.",
+      );
+      expect(await load("#!js api_version=x name=x\n")).to.contain(
+        'The API version has been incorrectly specified: "x"',
+      );
+      expect(await load("#!js api_version=2.0 name=x\n")).to.equal(
+        "An unsupported API version was requested: 2.0. The supported versions are 1.0, 1.1.",
+      );
+      expect(await load("#!lua api_version=1.0 name=x\n")).to.equal("Unknown backend lua");
+      expect(await load(lib("a.b", ""))).to.equal(
+        "Unallowed library name 'a.b', Unallowed char was given '.'.",
+      );
+      expect(await load(lib("x", ""))).to.equal("Neither function nor other registrations were found.");
+      expect(await load(lib("x", "redis.registerFunction('a.b', () => 1);"))).to.contain(
+        "Unallowed function name 'a.b', Unallowed char was given '.'.",
+      );
+      expect(await load(lib("x", "redis.registerFunction('f', 1);"))).to.contain(
+        "Second argument to 'registerFunction' must be a function",
+      );
+      expect(await load(lib("x", "redis.registerFunction('f', async () => 1);"))).to.contain(
+        "'registerFunction' can not be used with async function, use 'registerAsyncFunction' instead.",
+      );
+      expect(
+        await load(lib("x", "redis.registerFunction('f', () => 1); redis.registerFunction('f', () => 2);")),
+      ).to.contain("Function f already exists");
+      expect(await load(lib("x", "redis.registerFunction('f', () => 1, {flags: ['nope']});"))).to.contain(
+        "Failed parsing function flags, Unknow flag 'nope' was given",
+      );
+      expect(await load(lib("x", "redis.registerFunction('f', () => 1, {foo: 1});"))).to.contain(
+        "Unknown properties given: foo",
+      );
+      expect(await load(lib("x", "redis.registerClusterFunction('f', () => 1);"))).to.contain(
+        "Remote function must be async",
+      );
+      expect(await load(lib("x", "throw 'boom';"))).to.contain("Failed loading library: boom");
+      expect(await load(lib("x", "function ("))).to.match(/^Failed to compile library: SyntaxError/);
+      // A library that exists, then a REPLACE that fails: the old one still answers.
+      expect(
+        await c.call("TFUNCTION", "LOAD", lib("keep", "redis.registerFunction('f', () => 'old');")),
+      ).to.equal("OK");
+      expect(await load(lib("keep", "redis.registerFunction('f', () => 'new');"))).to.equal(
+        "Library keep already exists.",
+      );
+      expect(
+        await load(
+          "REPLACE",
+          lib("keep", "redis.registerFunction('f', () => 'new'); throw new Error('no');"),
+        ),
+      ).to.contain("Failed loading library: Error: no");
+      expect(await c.call("TFCALL", "keep.f", "0")).to.equal("old");
+    });
+
+    it("call errors of section 1.4, with T&F's texts", async () => {
+      const code = lib(
+        "lib",
+        `redis.registerFunction('f', function(client, ...args){ return args.length; });
+         redis.registerFunction('boom', function(){ throw 'Some Error'; });
+         redis.registerFunction('err', function(){ throw new Error('bad'); });
+         redis.registerFunction('num', function(client){ return client.call('set', 'k', 1); });
+         redis.registerFunction('pending', function(client){ return new Promise(() => {}); });
+         redis.registerFunction('used', function(client){ return client.executeAsync(async () => 1); });
+         redis.registerFunction('nest', function(){ const a = []; a.push(a); return a; });
+         redis.registerFunction('isblock', function(client){ return client.isBlockAllowed(); });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await rejection(c.call("TFCALL", "lib", "0"))).to.equal("Failed extracting function name");
+      expect(await rejection(c.call("TFCALL", "nolib.f", "0"))).to.equal("Unknown library nolib");
+      expect(await rejection(c.call("TFCALL", "lib.nofn", "0"))).to.equal("Unknown function nofn");
+      expect(await rejection(c.call("TFCALL", "lib.f", "3", "a"))).to.equal(
+        "Not enough arguments was given, expected at least 3 arguments, got 1 arguments.",
+      );
+      expect(await c.call("TFCALL", "lib.f", "1", "a", "b", "c")).to.equal(3);
+      expect(await rejection(c.call("TFCALL", "lib.boom", "0"))).to.equal("Some Error");
+      expect(await rejection(c.call("TFCALL", "lib.err", "0"))).to.equal("Error: bad");
+      expect(await rejection(c.call("TFCALL", "lib.num", "0"))).to.contain(
+        "Can not convert value into bytes buffer",
+      );
+      expect(await rejection(c.call("TFCALL", "lib.pending", "0"))).to.contain(
+        "Can not block client for background execution",
+      );
+      expect(await c.call("TFCALLASYNC", "lib.used", "0")).to.equal(1);
+      expect(await rejection(c.call("TFCALL", "lib.nest", "0"))).to.contain("nesting level reached");
+      expect(await rejection(c.callBuffer("TFCALL", "lib.f", "0", Buffer.from([0xff])))).to.equal(
+        "Can not convert argument to string",
+      );
+      expect(await c.call("TFCALL", "lib.isblock", "0")).to.equal(0);
+      expect(await c.call("TFCALLASYNC", "lib.isblock", "0")).to.equal(1);
+    });
+
+    it("CONFIG GET/SET redisgears_2.* is answered by the proxy with T&F's names, ranges and errors", async () => {
+      expect(await c.call("CONFIG", "GET", "redisgears_2.lock-redis-timeout")).to.deep.equal([
+        "redisgears_2.lock-redis-timeout",
+        "500",
+      ]);
+      expect(await c.call("CONFIG", "SET", "redisgears_2.error-verbosity", "2")).to.equal("OK");
+      expect(await c.call("CONFIG", "GET", "redisgears_2.error-verbosity")).to.deep.equal([
+        "redisgears_2.error-verbosity",
+        "2",
+      ]);
+      await c.call("CONFIG", "SET", "redisgears_2.error-verbosity", "1");
+      expect(await rejection(c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "5"))).to.contain(
+        "argument must be between 100 and 1000000000",
+      );
+      expect(await rejection(c.call("CONFIG", "SET", "redisgears_2.v8-maxmemory", "60000000"))).to.contain(
+        "can't set immutable config",
+      );
+      // Other CONFIG commands still reach Redis.
+      expect(await c.call("CONFIG", "GET", "maxmemory-policy")).to.deep.equal([
+        "maxmemory-policy",
+        "noeviction",
+      ]);
+    });
+  });
+}

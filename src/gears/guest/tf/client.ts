@@ -1,0 +1,141 @@
+/**
+ * The clients a T&F function gets: the sync client (call, callRaw, callAsync, isBlockAllowed,
+ * executeAsync) and the async client of coroutines (block, callAsync, runOnKey, runOnShards).
+ * Every Redis call is a host call; the host routes it like a client's command.
+ */
+import { host } from "../core/host.js";
+import type { Tagged } from "../entry.js";
+import { fromReply, toArg } from "./convert.js";
+
+/** What a client may do, fixed by what it was handed to. */
+export interface ClientMode {
+  noWrites: boolean;
+  blockAllowed: boolean;
+}
+
+/** Whether a `block` body runs now (blocks do not nest). */
+let blocked = false;
+
+function command(cmd: unknown, args: unknown[]): Tagged[] {
+  if (typeof cmd !== "string" && !(cmd instanceof String)) throw new Error("Value is not string");
+  return [String(cmd), ...args.map(toArg)];
+}
+
+export class SyncClient {
+  private valid = true;
+
+  constructor(private readonly mode: ClientMode) {}
+
+  /** The invocation left the locked section: T&F's client is dead from then on. */
+  invalidate(): void {
+    this.valid = false;
+  }
+
+  private check(): void {
+    if (!this.valid) throw new Error("Used on invalid client");
+  }
+
+  call(cmd: unknown, ...args: unknown[]): unknown {
+    this.check();
+    return fromReply(
+      host.callSync("call", this.mode.noWrites, false, ...command(cmd, args)) as Tagged,
+      false,
+    );
+  }
+
+  callRaw(cmd: unknown, ...args: unknown[]): unknown {
+    this.check();
+    return fromReply(host.callSync("call", this.mode.noWrites, true, ...command(cmd, args)) as Tagged, true);
+  }
+
+  callAsync(cmd: unknown, ...args: unknown[]): Promise<unknown> {
+    return callAsync(this.mode, false, cmd, args);
+  }
+
+  callAsyncRaw(cmd: unknown, ...args: unknown[]): Promise<unknown> {
+    return callAsync(this.mode, true, cmd, args);
+  }
+
+  isBlockAllowed(): boolean {
+    return this.mode.blockAllowed;
+  }
+
+  executeAsync(fn: unknown): Promise<unknown> {
+    this.check();
+    if (!isAsyncFunction(fn)) throw new Error("Argument to 'executeAsync' must be an async function");
+    const client = new AsyncClient(this.mode);
+    return Promise.resolve().then(() => (fn as (c: AsyncClient) => unknown)(client));
+  }
+}
+
+function callAsync(mode: ClientMode, raw: boolean, cmd: unknown, args: unknown[]): Promise<unknown> {
+  let argv: Tagged[];
+  try {
+    argv = command(cmd, args);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  return Promise.resolve(host.callAsync("call", mode.noWrites, raw, ...argv)).then((v) =>
+    fromReply(v as Tagged, raw),
+  );
+}
+
+export function isAsyncFunction(fn: unknown): boolean {
+  return (
+    typeof fn === "function" &&
+    (fn as { constructor?: { name?: unknown } }).constructor?.name === "AsyncFunction"
+  );
+}
+
+export class AsyncClient {
+  constructor(private readonly mode: ClientMode) {}
+
+  /** Runs fn(client) at once with a sync client (the proxy has no Redis lock to take). */
+  block(fn: unknown): unknown {
+    if (typeof fn !== "function") throw new Error("Argument to 'block' must be a function");
+    if (blocked) throw new Error("Main thread is already blocked");
+    const client = new SyncClient({ noWrites: this.mode.noWrites, blockAllowed: true });
+    blocked = true;
+    try {
+      return (fn as (c: SyncClient) => unknown)(client);
+    } finally {
+      blocked = false;
+      client.invalidate();
+    }
+  }
+
+  callAsync(cmd: unknown, ...args: unknown[]): Promise<unknown> {
+    return callAsync(this.mode, false, cmd, args);
+  }
+
+  callAsyncRaw(cmd: unknown, ...args: unknown[]): Promise<unknown> {
+    return callAsync(this.mode, true, cmd, args);
+  }
+
+  isBlockAllowed(): boolean {
+    return this.mode.blockAllowed;
+  }
+
+  runOnKey(key: unknown, name: unknown, ...args: unknown[]): Promise<unknown> {
+    return remote("runOnKey", [toArg(key), String(name)], args).then((out) => out);
+  }
+
+  runOnShards(name: unknown, ...args: unknown[]): Promise<unknown> {
+    return remote("runOnShards", [String(name)], args);
+  }
+}
+
+/** A cluster function call: arguments travel as JSON (ArrayBuffers raw), results come back parsed. */
+function remote(op: string, head: Tagged[], args: unknown[]): Promise<unknown> {
+  let json: string;
+  try {
+    json = JSON.stringify(args);
+  } catch {
+    return Promise.reject(new Error("Failed serializing arguments"));
+  }
+  return Promise.resolve(host.callAsync(op, ...head, json)).then((out) => {
+    if (op === "runOnKey") return JSON.parse(out as string) as unknown;
+    const [results, errors] = out as [string[], string[]];
+    return [results.map((r) => JSON.parse(r) as unknown), errors];
+  });
+}

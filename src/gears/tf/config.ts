@@ -1,0 +1,106 @@
+import { encodeError, encodeValue, OK } from "../../resp/encode.js";
+import type { Protocol } from "../../resp/values.js";
+import { RespMap } from "../../resp/values.js";
+
+/** The T&F settings a proxy applies (reference 4.3), read and set as CONFIG redisgears_2.<name>. */
+interface Setting {
+  value: number | string;
+  min?: number;
+  max?: number;
+  choices?: string[];
+  runtime: boolean;
+}
+
+export const TF_CONFIG_PREFIX = "redisgears_2.";
+
+const MB = 1024 * 1024;
+
+export class TfConfig {
+  private readonly settings = new Map<string, Setting>([
+    ["lock-redis-timeout", { value: 500, min: 100, max: 1e9, runtime: true }],
+    ["db-loading-lock-redis-timeout", { value: 30000, min: 100, max: 1e9, runtime: true }],
+    ["library-fatal-failure-policy", { value: "abort", choices: ["abort", "kill"], runtime: true }],
+    ["v8-maxmemory", { value: 200 * MB, min: 50 * MB, max: 1024 * MB, runtime: false }],
+    ["v8-library-initial-memory-usage", { value: 2 * MB, min: 1 * MB, max: 10 * MB, runtime: false }],
+    ["v8-library-initial-memory-limit", { value: 3 * MB, min: 2 * MB, max: 20 * MB, runtime: false }],
+    ["v8-library-memory-usage-delta", { value: 1 * MB, min: 1 * MB, max: 10 * MB, runtime: false }],
+    ["execution-threads", { value: 1, min: 1, max: 32, runtime: false }],
+    ["remote-task-default-timeout", { value: 500, min: 1, max: Number.MAX_SAFE_INTEGER, runtime: true }],
+    ["error-verbosity", { value: 1, min: 1, max: 2, runtime: true }],
+  ]);
+
+  number(name: string): number {
+    return Number(this.settings.get(name)!.value);
+  }
+
+  text(name: string): string {
+    return String(this.settings.get(name)!.value);
+  }
+
+  /** Sets a value (at start, or at run time when `runtime`); an error text or null. */
+  apply(name: string, value: string, runtime: boolean): string | null {
+    const s = this.settings.get(name);
+    if (s === undefined)
+      return `ERR Unknown option or number of arguments for CONFIG SET - '${TF_CONFIG_PREFIX}${name}'`;
+    if (runtime && !s.runtime) {
+      return `ERR CONFIG SET failed (possibly related to argument '${TF_CONFIG_PREFIX}${name}') - can't set immutable config`;
+    }
+    if (s.choices !== undefined) {
+      if (!s.choices.includes(value.toLowerCase())) {
+        return `ERR CONFIG SET failed (possibly related to argument '${TF_CONFIG_PREFIX}${name}') - argument(s) must be one of the following: ${s.choices.join(", ")}`;
+      }
+      s.value = value.toLowerCase();
+      return null;
+    }
+    if (!/^-?\d+$/.test(value)) {
+      return `ERR CONFIG SET failed (possibly related to argument '${TF_CONFIG_PREFIX}${name}') - argument couldn't be parsed into an integer`;
+    }
+    const n = Number(value);
+    if (n < s.min! || n > s.max!) {
+      return `ERR CONFIG SET failed (possibly related to argument '${TF_CONFIG_PREFIX}${name}') - argument must be between ${s.min} and ${s.max} inclusive`;
+    }
+    if (name === "db-loading-lock-redis-timeout" && n < this.number("lock-redis-timeout")) {
+      return "ERR The db-loading-lock-redis-timeout value can't be less than lock-redis-timeout value.";
+    }
+    s.value = n;
+    // Raising the lock timeout past the loading one raises that too.
+    if (name === "lock-redis-timeout" && n > this.number("db-loading-lock-redis-timeout")) {
+      this.settings.get("db-loading-lock-redis-timeout")!.value = n;
+    }
+    return null;
+  }
+
+  /** CONFIG GET redisgears_2.<pattern>: name/value pairs (a map in RESP3), as Redis answers. */
+  get(pattern: string, proto: Protocol): Buffer {
+    const re = globToRegExp(pattern.toLowerCase());
+    const entries: [Buffer, Buffer][] = [];
+    for (const [name, s] of this.settings) {
+      const full = TF_CONFIG_PREFIX + name;
+      if (re.test(full)) entries.push([Buffer.from(full), Buffer.from(String(s.value))]);
+    }
+    return encodeValue(new RespMap(entries), proto);
+  }
+
+  /** CONFIG SET redisgears_2.<name> <value> [...]: all or nothing, as Redis does. */
+  set(pairs: [string, string][]): Buffer {
+    const saved = new Map([...this.settings].map(([k, s]) => [k, s.value]));
+    for (const [full, value] of pairs) {
+      const error = this.apply(full.toLowerCase().slice(TF_CONFIG_PREFIX.length), value, true);
+      if (error !== null) {
+        for (const [k, v] of saved) this.settings.get(k)!.value = v;
+        return encodeError(error);
+      }
+    }
+    return OK;
+  }
+}
+
+function globToRegExp(glob: string): RegExp {
+  let re = "";
+  for (const c of glob) {
+    if (c === "*") re += ".*";
+    else if (c === "?") re += ".";
+    else re += c.replace(/[.+^${}()|[\]\\]/g, "\\$&");
+  }
+  return new RegExp(`^${re}$`);
+}

@@ -1,0 +1,240 @@
+import type { Logger } from "../../observability/log.js";
+import type { Router } from "../../routing/router.js";
+import { SandboxError } from "../../sandbox/types.js";
+import type { TfRegistrations } from "../guest/entry.js";
+import type { IsolateFactory } from "../guest-isolate.js";
+import { tfGuestSource } from "../guest-bundles.js";
+import type { TfConfig } from "./config.js";
+import { LibraryStore, type StoredLibrary } from "./library-store.js";
+import { parsePrologue, type Prologue } from "./prologue.js";
+import { nameError } from "../guest/tf/names.js";
+import { TfBridge, type TfRemote } from "./tf-bridge.js";
+import { TfGuest } from "./tf-guest.js";
+
+export const TERMINATED = "Err Execution was terminated due to OOM or timeout";
+
+/** How often the store's version is checked for other proxies' changes. */
+const STORE_POLL_MS = 1000;
+/** Each library's isolate gets this much memory at most (capped by v8-maxmemory). */
+const LIBRARY_MEMORY_MB = 64;
+
+/** A loaded library: its stored form, its isolate and what its code registered. */
+export interface TfLibrary extends StoredLibrary {
+  apiVersion: string;
+  guest: TfGuest;
+  bridge: TfBridge;
+  registrations: TfRegistrations;
+}
+
+export interface LoadRequest {
+  code: string;
+  replace: boolean;
+  config: string | null;
+  user: string;
+}
+
+/** A SandboxError as T&F's text: the limits end the run with T&F's own error. */
+export function sandboxText(err: unknown): string {
+  if (err instanceof SandboxError) {
+    return err.kind === "throw" || err.kind === "syntax" ? err.message : TERMINATED;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * The T&F libraries of this proxy: TFUNCTION LOAD/DELETE, persisted in Redis and followed
+ * from there, each library in its own isolate.
+ */
+export class TfLibraries {
+  private readonly libraries = new Map<string, TfLibrary>();
+  private readonly store: LibraryStore;
+  private storeVersion: string | null = null;
+  private storePoll: NodeJS.Timeout | null = null;
+  /** Loads and deletes run one at a time. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly router: Router,
+    private readonly log: Logger,
+    private readonly newIsolate: IsolateFactory,
+    readonly config: TfConfig,
+    private readonly remote: TfRemote,
+  ) {
+    this.store = new LibraryStore(router, log);
+  }
+
+  get(name: string): TfLibrary | undefined {
+    return this.libraries.get(name);
+  }
+
+  all(): TfLibrary[] {
+    return [...this.libraries.values()];
+  }
+
+  private serialized<T>(job: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(job, job);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /** TFUNCTION LOAD: null when loaded, else T&F's error text. A failed REPLACE keeps the old library. */
+  load(request: LoadRequest): Promise<string | null> {
+    return this.serialized(async () => {
+      const built = await this.build(request);
+      if (typeof built === "string") return built;
+      this.install(built);
+      await this.store.save({ name: built.name, code: built.code, config: built.config, user: built.user });
+      return null;
+    });
+  }
+
+  /** TFUNCTION DELETE: null when deleted, else T&F's error text. */
+  remove(name: string): Promise<string | null> {
+    return this.serialized(async () => {
+      const library = this.libraries.get(name);
+      if (library === undefined) return "library does not exists";
+      this.libraries.delete(name);
+      void library.guest.isolate.dispose().catch(() => {});
+      await this.store.remove(name);
+      return null;
+    });
+  }
+
+  private install(library: TfLibrary): void {
+    const old = this.libraries.get(library.name);
+    this.libraries.set(library.name, library);
+    if (old !== undefined) void old.guest.isolate.dispose().catch(() => {});
+  }
+
+  /** A new isolate with the library's code run: the library, or the load error's text. */
+  private async build(request: LoadRequest): Promise<TfLibrary | string> {
+    const prologue = parsePrologue(request.code);
+    if ("error" in prologue) return prologue.error;
+    if (prologue.engine !== "js") return `Unknown backend ${prologue.engine}`;
+    const invalid = nameError("library", prologue.name);
+    if (invalid !== null) return invalid;
+    if (!request.replace && this.libraries.has(prologue.name))
+      return `Library ${prologue.name} already exists.`;
+    const bridge = new TfBridge(prologue.name, this.router, this.log, this.remote);
+    const isolate = await this.newIsolate(
+      {
+        memoryLimitMb: Math.min(LIBRARY_MEMORY_MB, Math.floor(this.config.number("v8-maxmemory") / 2 ** 20)),
+        timeoutMs: this.config.number("lock-redis-timeout"),
+      },
+      bridge,
+    );
+    const guest = new TfGuest(isolate);
+    const built = await this.run(request, prologue, guest, bridge);
+    if (typeof built === "string") void isolate.dispose().catch(() => {});
+    return built;
+  }
+
+  private async run(
+    request: LoadRequest,
+    prologue: Prologue,
+    guest: TfGuest,
+    bridge: TfBridge,
+  ): Promise<TfLibrary | string> {
+    try {
+      await guest.isolate.evalScript(tfGuestSource(), "tf-library");
+      await guest.prepare(request.config, prologue.apiVersion);
+      // The prologue line stays a line (an empty one), so error lines match the user's code.
+      const body = request.code.replace(/^[^\n]*/, "");
+      try {
+        await guest.isolate.evalScript(body, "script");
+      } catch (err) {
+        if (err instanceof SandboxError && err.kind === "syntax")
+          return `Failed to compile library: ${err.message}`;
+        if (err instanceof SandboxError && err.kind === "throw")
+          return `Failed loading library: ${err.message}.`;
+        return sandboxText(err);
+      }
+      const out = await guest.loaded();
+      if ("err" in out) return out.err;
+      return {
+        name: prologue.name,
+        code: request.code,
+        config: request.config,
+        user: request.user,
+        apiVersion: prologue.apiVersion,
+        guest,
+        bridge,
+        registrations: out.ok,
+      };
+    } catch (err) {
+      return sandboxText(err);
+    }
+  }
+
+  /**
+   * An isolate that died (the watchdog ended a stuck call) is replaced by a fresh one running
+   * the same code, so the library keeps answering.
+   */
+  async revive(library: TfLibrary): Promise<TfLibrary> {
+    if (library.guest.isolate.alive) return library;
+    return this.serialized(async () => {
+      const current = this.libraries.get(library.name);
+      if (current === undefined || current.guest.isolate.alive) return current ?? library;
+      const built = await this.build({ ...current, replace: true });
+      if (typeof built === "string") {
+        this.log.warn({ library: library.name, err: built }, "T&F library could not be restarted");
+        return current;
+      }
+      this.install(built);
+      return built;
+    });
+  }
+
+  /** Loads the stored libraries (at start), then follows the store for other proxies' changes. */
+  async restore(): Promise<void> {
+    await this.serialized(() => this.syncFromStore());
+    this.storePoll = setInterval(() => void this.serialized(() => this.pollStore()), STORE_POLL_MS);
+    this.storePoll.unref();
+  }
+
+  private async pollStore(): Promise<void> {
+    const version = await this.store.version().catch(() => null);
+    if (version === null || version === this.storeVersion) return;
+    await this.syncFromStore();
+  }
+
+  /** Makes the local libraries what the store holds. */
+  private async syncFromStore(): Promise<void> {
+    let stored: StoredLibrary[];
+    try {
+      const version = await this.store.version();
+      stored = await this.store.load();
+      this.storeVersion = version;
+    } catch (err) {
+      this.log.warn(
+        { err: err instanceof Error ? err.message : String(err) },
+        "could not read stored T&F libraries",
+      );
+      return;
+    }
+    const names = new Set(stored.map((s) => s.name));
+    for (const [name, library] of this.libraries) {
+      if (names.has(name)) continue;
+      this.libraries.delete(name);
+      void library.guest.isolate.dispose().catch(() => {});
+      this.log.info({ library: name }, "T&F library deleted by another proxy");
+    }
+    for (const s of stored) {
+      const mine = this.libraries.get(s.name);
+      if (mine !== undefined && mine.code === s.code && mine.config === s.config) continue;
+      const built = await this.build({ ...s, replace: true });
+      if (typeof built === "string") {
+        this.log.warn({ library: s.name, err: built }, "stored T&F library did not load");
+        continue;
+      }
+      this.install(built);
+      this.log.info({ library: s.name }, "T&F library loaded from the store");
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.storePoll !== null) clearInterval(this.storePoll);
+    await Promise.all(this.all().map((l) => l.guest.isolate.dispose().catch(() => {})));
+    this.libraries.clear();
+  }
+}

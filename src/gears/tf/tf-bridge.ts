@@ -1,0 +1,86 @@
+import type { Logger } from "../../observability/log.js";
+import type { Router } from "../../routing/router.js";
+import { RespError } from "../../resp/values.js";
+import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
+import type { Tagged } from "../guest/entry.js";
+import { scriptCommandRefusal } from "../host-bridge.js";
+import { replyToTagged } from "./values.js";
+
+/** Commands whose RESP3 reply (what T&F's calls saw) is a map; the shared connections speak RESP2. */
+const MAP_REPLIES = new Set(["hgetall", "hello"]);
+
+function toBuffer(arg: JsonValue): Buffer {
+  if (typeof arg === "string") return Buffer.from(arg);
+  if (arg !== null && typeof arg === "object" && !Array.isArray(arg) && typeof arg.b === "string") {
+    return Buffer.from(arg.b, "latin1");
+  }
+  throw new Error("Can not convert value into bytes buffer");
+}
+
+/** What a library's calls need besides the router: the cluster functions. */
+export interface TfRemote {
+  runOnKey(key: Buffer, name: string, argsJson: string): Promise<string>;
+  runOnShards(name: string, argsJson: string): Promise<[string[], string[]]>;
+}
+
+/**
+ * The proxy's side of a T&F library's host calls: `client.call(...)` goes through the
+ * router like a client's command, in the database of the TFCALL that runs.
+ */
+export class TfBridge implements HostBridge {
+  /** The database of the call being served. */
+  db = 0;
+
+  constructor(
+    private readonly library: string,
+    private readonly router: Router,
+    private readonly log: Logger,
+    private readonly remote: TfRemote,
+  ) {}
+
+  async callSync(name: string, args: JsonValue[]): Promise<JsonValue | RawJson> {
+    switch (name) {
+      case "call":
+        return (await this.call(args[0] === true, args[1] === true, args.slice(2))) as JsonValue;
+      case "runOnKey":
+        return this.remote.runOnKey(toBuffer(args[0]), String(args[1]), String(args[2]));
+      case "runOnShards":
+        return this.remote.runOnShards(String(args[0]), String(args[1]));
+      default:
+        throw new Error(`unknown host call '${name}'`);
+    }
+  }
+
+  callAsync(
+    calls: { name: string; args: JsonValue[] }[],
+  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
+    return Promise.all(
+      calls.map((c) =>
+        this.callSync(c.name, c.args).then(
+          (ok) => ({ ok }),
+          (err: Error) => ({ error: err.message }),
+        ),
+      ),
+    );
+  }
+
+  notify(name: string, args: JsonValue[]): void {
+    if (name === "log") this.log.info({ library: this.library }, `<redisgears_2> ${String(args[0])}`);
+  }
+
+  private async call(noWrites: boolean, raw: boolean, args: JsonValue[]): Promise<Tagged> {
+    const argv = args.map(toBuffer);
+    if (argv.length === 0) throw new Error("ERR wrong number of arguments for 'call'");
+    const name = argv[0].toString().toLowerCase();
+    const refusal = scriptCommandRefusal(name, argv);
+    if (refusal !== null) throw new Error(refusal);
+    if (noWrites && this.router.isWrite(name, argv)) {
+      throw new Error(`ERR Write command '${name}' was called while write is not allowed`);
+    }
+    const reply = await this.router.call(argv, this.db);
+    if (reply instanceof RespError) throw new Error(reply.message);
+    const mapReply =
+      MAP_REPLIES.has(name) || (name === "config" && argv[1]?.toString().toLowerCase() === "get");
+    return replyToTagged(reply, raw, mapReply);
+  }
+}

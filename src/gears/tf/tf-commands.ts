@@ -1,0 +1,201 @@
+import { encodeError, encodeValue, OK } from "../../resp/encode.js";
+import { RespBoolean, RespError, RespMap, type Protocol, type RespValue } from "../../resp/values.js";
+import type { TfFunctionInfo } from "../guest/entry.js";
+import { TF_CONFIG_PREFIX } from "./config.js";
+import type { TfLibrary } from "./libraries.js";
+import type { TfEngine } from "./tf-engine.js";
+import { taggedToResp } from "./values.js";
+
+/** The T&F commands the gears room answers (lower case). */
+export const TF_COMMANDS = new Set(["tfunction", "tfcall", "tfcallasync"]);
+
+/** Whether a CONFIG command is about T&F's settings (CONFIG GET/SET redisgears_2.*). */
+export function isTfConfig(args: readonly Buffer[]): boolean {
+  if (args.length < 2) return false;
+  const sub = args[0].toString().toLowerCase();
+  return (sub === "get" || sub === "set") && args[1].toString().toLowerCase().startsWith(TF_CONFIG_PREFIX);
+}
+
+const b = (text: string): Buffer => Buffer.from(text);
+const map = (pairs: [string, RespValue][]): RespMap => new RespMap(pairs.map(([k, v]) => [b(k), v]));
+const arity = (name: string): Buffer => encodeError(`ERR wrong number of arguments for '${name}' command`);
+
+/** A reply: errors go out as T&F wrote them (no ERR added: the module's texts are their own). */
+function reply(value: RespValue, proto: Protocol): Buffer {
+  return value instanceof RespError ? encodeError(value.message) : encodeValue(value, proto);
+}
+
+export async function runTfCommand(
+  tf: TfEngine,
+  name: string,
+  args: Buffer[],
+  caller: { proto: Protocol; db: number },
+): Promise<Buffer> {
+  switch (name) {
+    case "tfcall":
+    case "tfcallasync":
+      if (args.length < 2) return arity(name);
+      return reply(
+        await tf.call(args[0].toString(), args.slice(1), name === "tfcallasync", caller.db),
+        caller.proto,
+      );
+    case "tfunction":
+      return tfunction(tf, args, caller.proto);
+    case "config":
+      return config(tf, args, caller.proto);
+    default:
+      return encodeError(`ERR unknown command '${name}'`);
+  }
+}
+
+async function tfunction(tf: TfEngine, args: Buffer[], proto: Protocol): Promise<Buffer> {
+  if (args.length < 1) return arity("tfunction");
+  const sub = args[0].toString().toLowerCase();
+  switch (sub) {
+    case "load":
+      return load(tf, args.slice(1));
+    case "delete": {
+      if (args.length < 2) return encodeError("function name was not given");
+      const error = await tf.libraries.remove(args[1].toString());
+      return error === null ? OK : encodeError(error);
+    }
+    case "list":
+      return list(tf, args.slice(1), proto);
+    default:
+      return encodeError(`ERR unknown subcommand '${args[0].toString()}'. Try TFUNCTION HELP.`);
+  }
+}
+
+/** TFUNCTION LOAD [REPLACE] [CONFIG <json>] <code>. */
+async function load(tf: TfEngine, args: Buffer[]): Promise<Buffer> {
+  let replace = false;
+  let config: string | null = null;
+  let i = 0;
+  for (; i < args.length; i++) {
+    const option = args[i].toString().toLowerCase();
+    if (option === "replace") replace = true;
+    else if (option === "config") {
+      if (i + 1 >= args.length) return encodeError("configuration value was not given");
+      const text = args[++i].toString("utf8");
+      if (Buffer.byteLength(text) !== args[i].length || text.includes("\ufffd")) {
+        return encodeError("given configuration value is not a valid string");
+      }
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch (err) {
+        return encodeError(`configuration must be a valid json, '${text}', ${(err as Error).message}.`);
+      }
+      if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+        return encodeError("configuration must be a valid json object");
+      }
+      config = text;
+    } else if (option === "user") return encodeError("Unknown argument user");
+    else break;
+  }
+  if (i >= args.length) return encodeError("Could not find library payload");
+  const code = args[i].toString("utf8");
+  if (Buffer.byteLength(code) !== args[i].length || code.includes("\ufffd")) {
+    return encodeError("lib code must a valid string");
+  }
+  const error = await tf.libraries.load({ code, replace, config, user: "default" });
+  return error === null ? OK : encodeError(error);
+}
+
+/** TFUNCTION LIST [WITHCODE] [LIBRARY <lib>] [VERBOSE|v|vv|vvv ...]. */
+function list(tf: TfEngine, args: Buffer[], proto: Protocol): Buffer {
+  let withCode = false;
+  let library: string | null = null;
+  let verbosity = 0;
+  for (let i = 0; i < args.length; i++) {
+    const option = args[i].toString();
+    const lower = option.toLowerCase();
+    if (lower === "withcode") withCode = true;
+    else if (lower === "library") {
+      if (i + 1 >= args.length) return encodeError("Library name was not given");
+      library = args[++i].toString();
+    } else if (lower === "verbose" || lower === "v") verbosity += 1;
+    else if (lower === "vv") verbosity += 2;
+    else if (lower === "vvv") verbosity += 3;
+    else return encodeError(`Unknown option '${option}'`);
+  }
+  const libraries = tf.libraries.all().filter((l) => library === null || l.name === library);
+  return encodeValue(
+    libraries.map((l) => describe(l, withCode, verbosity)),
+    proto,
+  );
+}
+
+function describeFunction(f: TfFunctionInfo, verbosity: number): RespValue {
+  if (verbosity === 0) return b(f.name);
+  return map([
+    ["name", b(f.name)],
+    ["flags", f.flags.map(b)],
+    ["is_async", new RespBoolean(f.isAsync)],
+    ["description", f.description === null ? null : b(f.description)],
+  ]);
+}
+
+function describe(l: TfLibrary, withCode: boolean, verbosity: number): RespMap {
+  const r = l.registrations;
+  const fields: [string, RespValue][] = [];
+  if (withCode) fields.push(["code", b(l.code)]);
+  fields.push(
+    ["engine", b("js")],
+    ["api_version", b(l.apiVersion)],
+    ["name", b(l.name)],
+    ["user", b(l.user)],
+    ["configuration", l.config === null ? null : b(l.config)],
+    ["pending_jobs", 0],
+    ["functions", r.functions.map((f) => describeFunction(f, verbosity))],
+    ["cluster_functions", r.clusterFunctions.map(b)],
+    [
+      "keyspace_triggers",
+      r.keyspaceTriggers.map((t) =>
+        verbosity === 0
+          ? b(t.name)
+          : map([
+              ["name", b(t.name)],
+              ["description", t.description === null ? null : b(t.description)],
+              ["num_trigger", 0],
+              ["num_success", 0],
+              ["num_failed", 0],
+              ["num_finished", 0],
+              ["last_error", null],
+              ["last_execution_time", 0],
+              ["total_execution_time", 0],
+            ]),
+      ),
+    ],
+    [
+      "stream_triggers",
+      r.streamTriggers.map((t) => {
+        if (verbosity === 0) return b(t.name);
+        const fields: [string, RespValue][] = [
+          ["name", b(t.name)],
+          ["prefix", taggedToResp(t.prefix)],
+          ["window", t.window],
+          ["trim", new RespBoolean(t.trim)],
+          ["description", t.description === null ? null : b(t.description)],
+        ];
+        if (verbosity >= 2) fields.push(["streams", []]);
+        return map(fields);
+      }),
+    ],
+    ["pending_async_calls", []],
+  );
+  return map(fields);
+}
+
+/** CONFIG GET redisgears_2.<pattern> / CONFIG SET redisgears_2.<name> <value> [...]. */
+function config(tf: TfEngine, args: Buffer[], proto: Protocol): Buffer {
+  const sub = args[0].toString().toLowerCase();
+  if (sub === "get") {
+    if (args.length !== 2) return arity("config|get");
+    return tf.config.get(args[1].toString(), proto);
+  }
+  if (args.length < 3 || args.length % 2 === 0) return arity("config|set");
+  const pairs: [string, string][] = [];
+  for (let i = 1; i < args.length; i += 2) pairs.push([args[i].toString(), args[i + 1].toString()]);
+  return tf.config.set(pairs);
+}

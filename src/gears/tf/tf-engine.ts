@@ -1,0 +1,76 @@
+import type { Logger } from "../../observability/log.js";
+import type { Router } from "../../routing/router.js";
+import { RespError, type RespValue } from "../../resp/values.js";
+import type { Tagged } from "../guest/entry.js";
+import type { IsolateFactory } from "../guest-isolate.js";
+import type { TfConfig } from "./config.js";
+import { sandboxText, TfLibraries } from "./libraries.js";
+import { argToTagged, taggedToResp } from "./values.js";
+
+const ASYNC_REFUSED =
+  "The function is declared as async and was called while blocking was not allowed; note that you cannot invoke async functions from within Lua or MULTI, and you must use TFCALLASYNC instead.";
+
+/** Triggers and Functions: the libraries and the calls into them. */
+export class TfEngine {
+  readonly libraries: TfLibraries;
+
+  constructor(
+    router: Router,
+    log: Logger,
+    newIsolate: IsolateFactory,
+    readonly config: TfConfig,
+  ) {
+    this.libraries = new TfLibraries(router, log, newIsolate, config, {
+      runOnKey: () => Promise.reject(new Error("Cluster functions are not supported by this proxy yet")),
+      runOnShards: () => Promise.reject(new Error("Cluster functions are not supported by this proxy yet")),
+    });
+  }
+
+  /**
+   * TFCALL/TFCALLASYNC `<lib>.<fn> <numkeys> key... arg...`: the function's reply, or an
+   * error with T&F's text. `blockAllowed` is TFCALLASYNC's: the call may wait for a Promise.
+   */
+  async call(target: string, args: Buffer[], blockAllowed: boolean, db: number): Promise<RespValue> {
+    const dot = target.indexOf(".");
+    if (dot === -1) return new RespError("Failed extracting function name");
+    const libName = target.slice(0, dot);
+    const fnName = target.slice(dot + 1);
+    const numkeysText = args[0].toString();
+    if (!/^\d+$/.test(numkeysText)) return new RespError("ERR value is not an integer or out of range");
+    const numkeys = Number(numkeysText);
+    const rest = args.slice(1);
+    if (rest.length < numkeys) {
+      return new RespError(
+        `Not enough arguments was given, expected at least ${numkeys} arguments, got ${rest.length} arguments.`,
+      );
+    }
+    let library = this.libraries.get(libName);
+    if (library === undefined) return new RespError(`Unknown library ${libName}`);
+    const fn = library.registrations.functions.find((f) => f.name === fnName);
+    if (fn === undefined) return new RespError(`Unknown function ${fnName}`);
+    if (fn.isAsync && !blockAllowed) return new RespError(ASYNC_REFUSED);
+    const raw = fn.flags.includes("raw-arguments");
+    const tagged: Tagged[] = [];
+    for (const arg of rest) {
+      const t = argToTagged(arg, raw);
+      if (t === undefined) return new RespError("Can not convert argument to string");
+      tagged.push(t);
+    }
+    library = await this.libraries.revive(library);
+    library.bridge.db = db;
+    try {
+      const out = await library.guest.callFunction(fnName, tagged, blockAllowed);
+      return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
+    } catch (err) {
+      return new RespError(sandboxText(err));
+    }
+  }
+
+  restore(): Promise<void> {
+    return this.libraries.restore();
+  }
+
+  close(): Promise<void> {
+    return this.libraries.close();
+  }
+}

@@ -1,0 +1,28 @@
+import type { JsonValue } from "../../sandbox/types.js";
+import { TF_ENTRY, type Tagged, type TfEntry, type TfOutcome, type TfRegistrations } from "../guest/entry.js";
+import type { GuestIsolate } from "../guest-isolate.js";
+
+const path = (name: keyof TfEntry): string => `${TF_ENTRY}.${name}`;
+
+/** The host's typed view of a T&F library's isolate (src/gears/guest/tf/). */
+export class TfGuest {
+  constructor(readonly isolate: GuestIsolate) {}
+
+  async prepare(configJson: string | null, apiVersion: string): Promise<void> {
+    await this.isolate.call(path("prepare"), [configJson, apiVersion]);
+  }
+
+  async loaded(): Promise<{ ok: TfRegistrations } | { err: string }> {
+    return (await this.isolate.call(path("loaded"), [])) as unknown as
+      { ok: TfRegistrations } | { err: string };
+  }
+
+  async callFunction(name: string, args: Tagged[], blockAllowed: boolean): Promise<TfOutcome> {
+    const out = await this.isolate.call(path("callFunction"), [name, args as JsonValue[], blockAllowed]);
+    return out as unknown as TfOutcome;
+  }
+
+  async callClusterFunction(name: string, argsJson: string): Promise<TfOutcome> {
+    return (await this.isolate.call(path("callClusterFunction"), [name, argsJson])) as unknown as TfOutcome;
+  }
+}
