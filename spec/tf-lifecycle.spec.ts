@@ -1,0 +1,98 @@
+import { expect } from "chai";
+import { Redis } from "ioredis";
+import { startProxy, startRedis, type RedisNode } from "./harness/index.js";
+import { ChildProxy, stopChildProxies } from "./support/child-proxy.js";
+import { rejection } from "./support/gears.js";
+import { eventually } from "./support/polling.js";
+
+const lib = (name: string, body: string): string => `#!js api_version=1.0 name=${name}\n${body}`;
+const TERMINATED = "Err Execution was terminated due to OOM or timeout";
+
+describe("Triggers and Functions: limits, several proxies, restarts", function () {
+  this.timeout(60_000);
+  let redis: RedisNode;
+  beforeEach(async () => {
+    redis = await startRedis();
+  });
+  afterEach(async () => {
+    await stopChildProxies();
+    await redis.stop();
+  });
+
+  it("a function that loops forever or allocates without end is ended with T&F's error; other libraries and the library itself go on", async () => {
+    const proxy = await startProxy([{ port: redis.port }]);
+    const c = new Redis(proxy.port);
+    try {
+      await c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "200");
+      const code = lib(
+        "bad",
+        `let calls = 0;
+         redis.registerFunction('spin', function(){ calls++; while (true) {} });
+         redis.registerFunction('eat', function(){ const a = []; while (true) a.push('x'.repeat(1 << 20) + a.length); });
+         redis.registerFunction('ok', function(){ return 'still here'; });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(
+        await c.call("TFUNCTION", "LOAD", lib("good", "redis.registerFunction('f', () => 'good');")),
+      ).to.equal("OK");
+      const started = Date.now();
+      expect(await rejection(c.call("TFCALL", "bad.spin", "0"))).to.equal(TERMINATED);
+      expect(Date.now() - started).to.be.below(3000);
+      expect(await rejection(c.call("TFCALL", "bad.eat", "0"))).to.equal(TERMINATED);
+      expect(await c.call("TFCALL", "good.f", "0")).to.equal("good");
+      expect(await c.call("TFCALL", "bad.ok", "0")).to.equal("still here");
+      expect(await rejection(c.call("TFUNCTION", "LOAD", lib("top", "while (true) {}")))).to.equal(
+        TERMINATED,
+      );
+      expect(await c.call("PING")).to.equal("PONG");
+    } finally {
+      c.disconnect();
+      await proxy.close();
+    }
+  });
+
+  it("a library loaded through one proxy is called through another; after a SIGKILL the restarted proxy has it back", async () => {
+    const first = await ChildProxy.start({ upstreams: [{ port: redis.port }] });
+    const second = await ChildProxy.start({ upstreams: [{ port: redis.port }] });
+    const a = new Redis(first.port);
+    const b = new Redis(second.port);
+    try {
+      const code = lib(
+        "shared",
+        "redis.registerFunction('hi', (client, who) => 'hi ' + who + ' ' + client.call('incr', 'n'));",
+      );
+      expect(await a.call("TFUNCTION", "LOAD", "CONFIG", '{"x":1}', code)).to.equal("OK");
+      expect(
+        await eventually(
+          () => b.call("TFCALL", "shared.hi", "0", "b").catch((e: Error) => e.message),
+          (v) => v === "hi b 1",
+          "the library on the second proxy",
+        ),
+      ).to.equal("hi b 1");
+      a.disconnect();
+      await first.kill();
+      const again = await ChildProxy.start({ upstreams: [{ port: redis.port }] });
+      const c = new Redis(again.port);
+      try {
+        expect(await c.call("TFCALL", "shared.hi", "0", "c")).to.equal("hi c 2");
+        const listed = ((await c.call("TFUNCTION", "LIST")) as unknown[][])[0];
+        expect(listed[listed.indexOf("configuration") + 1]).to.equal('{"x":1}');
+        // A delete through one proxy reaches the other.
+        expect(await c.call("TFUNCTION", "DELETE", "shared")).to.equal("OK");
+        expect(
+          await eventually(
+            () => b.call("TFCALL", "shared.hi", "0", "b").catch((e: Error) => e.message),
+            (v) => v === "Unknown library shared",
+            "the delete on the second proxy",
+          ),
+        ).to.equal("Unknown library shared");
+        expect(await rejection(c.call("TFUNCTION", "DELETE", "shared"))).to.equal("library does not exists");
+      } finally {
+        c.disconnect();
+      }
+    } finally {
+      a.disconnect();
+      b.disconnect();
+    }
+  });
+});
