@@ -83,7 +83,11 @@ export class GearsEngine {
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
     this.registry.onForeignEvents = (events) => this.backlog.add(events);
     this.store = new SessionStore(router, log);
-    this.tf = new TfEngine(router, log.child({ component: "tf" }), newIsolate, this.config.tf);
+    this.tf = new TfEngine(router, log.child({ component: "tf" }), newIsolate, this.config.tf, {
+      barrier: () => this.keyspace?.barrier() ?? Promise.resolve(),
+      start: () => this.startKeyspaceEvents(),
+      ownsShard: (shard) => this.registry.ownsShard(shard),
+    });
   }
 
   /** Triggers and Functions (TFUNCTION/TFCALL): same isolates and store, its own libraries. */
@@ -364,6 +368,7 @@ export class GearsEngine {
       for (const e of events) if (capture.keys.has(e.key.toString("latin1"))) capture.events.push(e);
     }
     this.registry.dispatch(events);
+    this.tf.onKeyspaceEvents(events);
     // After the dispatch: a marker's earlier events are queued by now.
     for (const e of events) if (isSyncMarker(e.key)) this.answerSyncMarker(e);
   }
@@ -379,8 +384,7 @@ export class GearsEngine {
       .slice(e.key.indexOf(SYNC_MARKER) + SYNC_MARKER.length)
       .split(":");
     if (proxyId === this.proxyId || seq === undefined) return;
-    void this.registry
-      .syncIdle()
+    void Promise.all([this.registry.syncIdle(), this.tf.triggersIdle()])
       .then(() => this.router.call(["PUBLISH", SYNCED_CHANNEL + proxyId, seq]))
       .catch(() => {});
   }
@@ -472,7 +476,7 @@ export class GearsEngine {
 
   /** True while some KeysReader registration is in `sync` mode: writes through the proxy wait for it. */
   get holdsWrites(): boolean {
-    return this.registry.hasSyncRegistrations;
+    return this.registry.hasSyncRegistrations || this.tf.holdsWrites;
   }
 
   /**
@@ -483,6 +487,7 @@ export class GearsEngine {
   async afterWrite(): Promise<void> {
     if (this.keyspace !== null) await this.keyspace.barrier();
     await this.registry.syncIdle();
+    await this.tf.triggersIdle();
     await this.syncWithOwners();
   }
 
@@ -606,7 +611,12 @@ export class GearsEngine {
 
   private stopEventsIfUnused(): void {
     const timers = this.registry.allSessions().some((s) => s.timers.length > 0);
-    if (!this.registry.hasKeyRegistrations && !timers && this.keyspace !== null) {
+    if (
+      !this.registry.hasKeyRegistrations &&
+      !timers &&
+      !this.tf.needsKeyspaceEvents &&
+      this.keyspace !== null
+    ) {
       void this.stopKeyspaceEvents();
     }
   }

@@ -135,6 +135,16 @@ export interface TfEntry {
   loaded(): { ok: TfRegistrations } | { err: string };
   /** A registered function, called by TFCALL/TFCALLASYNC (args tagged, raw when its flags say so). */
   callFunction(name: string, args: Tagged[], blockAllowed: boolean): TfOutcome | Promise<TfOutcome>;
+  /**
+   * Keyspace trigger `name` for one event: onTriggerFired, then its callback. `key` is null
+   * when the key is not UTF-8; `keyBytes` is the key in latin1 (one char a byte).
+   */
+  fireKeyspaceTrigger(
+    name: string,
+    event: string,
+    key: string | null,
+    keyBytes: string,
+  ): TfOutcome | Promise<TfOutcome>;
   /** A cluster function of this library, with the JSON text of its arguments. */
   callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome>;
 }

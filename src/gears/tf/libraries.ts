@@ -8,7 +8,7 @@ import type { TfConfig } from "./config.js";
 import { LibraryStore, type StoredLibrary } from "./library-store.js";
 import { parsePrologue, type Prologue } from "./prologue.js";
 import { nameError } from "../guest/tf/names.js";
-import { TfBridge, type TfRemote } from "./tf-bridge.js";
+import { TfBridge, type TfHooks } from "./tf-bridge.js";
 import { TfGuest } from "./tf-guest.js";
 
 export const TERMINATED = "Err Execution was terminated due to OOM or timeout";
@@ -50,6 +50,8 @@ export class TfLibraries {
   private readonly store: LibraryStore;
   private storeVersion: string | null = null;
   private storePoll: NodeJS.Timeout | null = null;
+  /** Told after a library came in (loaded, replaced, restored) or went away. */
+  onChange: (name: string, deleted: boolean) => Promise<void> = () => Promise.resolve();
   /** Loads and deletes run one at a time. */
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -58,7 +60,7 @@ export class TfLibraries {
     private readonly log: Logger,
     private readonly newIsolate: IsolateFactory,
     readonly config: TfConfig,
-    private readonly remote: TfRemote,
+    private readonly hooks: TfHooks,
   ) {
     this.store = new LibraryStore(router, log);
   }
@@ -82,7 +84,7 @@ export class TfLibraries {
     return this.serialized(async () => {
       const built = await this.build(request);
       if (typeof built === "string") return built;
-      this.install(built);
+      await this.install(built);
       await this.store.save({ name: built.name, code: built.code, config: built.config, user: built.user });
       return null;
     });
@@ -95,15 +97,18 @@ export class TfLibraries {
       if (library === undefined) return "library does not exists";
       this.libraries.delete(name);
       void library.guest.isolate.dispose().catch(() => {});
+      await this.onChange(name, true);
       await this.store.remove(name);
       return null;
     });
   }
 
-  private install(library: TfLibrary): void {
+  /** Puts a built library in place; resolves once what it needs (keyspace events) runs. */
+  private install(library: TfLibrary): Promise<void> {
     const old = this.libraries.get(library.name);
     this.libraries.set(library.name, library);
     if (old !== undefined) void old.guest.isolate.dispose().catch(() => {});
+    return this.onChange(library.name, false);
   }
 
   /** A new isolate with the library's code run: the library, or the load error's text. */
@@ -115,7 +120,7 @@ export class TfLibraries {
     if (invalid !== null) return invalid;
     if (!request.replace && this.libraries.has(prologue.name))
       return `Library ${prologue.name} already exists.`;
-    const bridge = new TfBridge(prologue.name, this.router, this.log, this.remote);
+    const bridge = new TfBridge(prologue.name, this.router, this.log, this.hooks);
     const isolate = await this.newIsolate(
       {
         memoryLimitMb: Math.min(LIBRARY_MEMORY_MB, Math.floor(this.config.number("v8-maxmemory") / 2 ** 20)),
@@ -180,7 +185,7 @@ export class TfLibraries {
         this.log.warn({ library: library.name, err: built }, "T&F library could not be restarted");
         return current;
       }
-      this.install(built);
+      await this.install(built);
       return built;
     });
   }
@@ -217,6 +222,7 @@ export class TfLibraries {
       if (names.has(name)) continue;
       this.libraries.delete(name);
       void library.guest.isolate.dispose().catch(() => {});
+      await this.onChange(name, true);
       this.log.info({ library: name }, "T&F library deleted by another proxy");
     }
     for (const s of stored) {
@@ -227,7 +233,7 @@ export class TfLibraries {
         this.log.warn({ library: s.name, err: built }, "stored T&F library did not load");
         continue;
       }
-      this.install(built);
+      await this.install(built);
       this.log.info({ library: s.name }, "T&F library loaded from the store");
     }
   }

@@ -4,6 +4,7 @@ import { RespError } from "../../resp/values.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import type { Tagged } from "../guest/entry.js";
 import { scriptCommandRefusal } from "../host-bridge.js";
+import type { MutedKeys } from "./keyspace-triggers.js";
 import { replyToTagged } from "./values.js";
 
 /** Commands whose RESP3 reply (what T&F's calls saw) is a map; the shared connections speak RESP2. */
@@ -17,10 +18,14 @@ function toBuffer(arg: JsonValue): Buffer {
   throw new Error("Can not convert value into bytes buffer");
 }
 
-/** What a library's calls need besides the router: the cluster functions. */
-export interface TfRemote {
+/** What a library's calls need besides the router. */
+export interface TfHooks {
   runOnKey(key: Buffer, name: string, argsJson: string): Promise<string>;
   runOnShards(name: string, argsJson: string): Promise<[string[], string[]]>;
+  /** Keys written by functions and triggers, which must not fire keyspace triggers. */
+  muted: MutedKeys;
+  /** Resolves once the keyspace events of writes answered so far have arrived. */
+  barrier(): Promise<void>;
 }
 
 /**
@@ -35,7 +40,7 @@ export class TfBridge implements HostBridge {
     private readonly library: string,
     private readonly router: Router,
     private readonly log: Logger,
-    private readonly remote: TfRemote,
+    private readonly hooks: TfHooks,
   ) {}
 
   async callSync(name: string, args: JsonValue[]): Promise<JsonValue | RawJson> {
@@ -43,9 +48,9 @@ export class TfBridge implements HostBridge {
       case "call":
         return (await this.call(args[0] === true, args[1] === true, args.slice(2))) as JsonValue;
       case "runOnKey":
-        return this.remote.runOnKey(toBuffer(args[0]), String(args[1]), String(args[2]));
+        return this.hooks.runOnKey(toBuffer(args[0]), String(args[1]), String(args[2]));
       case "runOnShards":
-        return this.remote.runOnShards(String(args[0]), String(args[1]));
+        return this.hooks.runOnShards(String(args[0]), String(args[1]));
       default:
         throw new Error(`unknown host call '${name}'`);
     }
@@ -77,7 +82,16 @@ export class TfBridge implements HostBridge {
     if (noWrites && this.router.isWrite(name, argv)) {
       throw new Error(`ERR Write command '${name}' was called while write is not allowed`);
     }
-    const reply = await this.router.call(argv, this.db);
+    const writes = this.router.isWrite(name, argv);
+    // Any argument may be a key: muting a value too costs nothing but a lookup.
+    const keys = writes ? argv.slice(1) : [];
+    this.hooks.muted.add(keys);
+    let reply;
+    try {
+      reply = await this.router.call(argv, this.db);
+    } finally {
+      if (writes) void this.hooks.barrier().finally(() => this.hooks.muted.remove(keys));
+    }
     if (reply instanceof RespError) throw new Error(reply.message);
     const mapReply =
       MAP_REPLIES.has(name) || (name === "config" && argv[1]?.toString().toLowerCase() === "get");

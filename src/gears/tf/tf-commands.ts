@@ -3,6 +3,7 @@ import { RespBoolean, RespError, RespMap, type Protocol, type RespValue } from "
 import type { TfFunctionInfo } from "../guest/entry.js";
 import { TF_CONFIG_PREFIX } from "./config.js";
 import type { TfLibrary } from "./libraries.js";
+import type { TriggerStats } from "./keyspace-triggers.js";
 import type { TfEngine } from "./tf-engine.js";
 import { taggedToResp } from "./values.js";
 
@@ -121,9 +122,21 @@ function list(tf: TfEngine, args: Buffer[], proto: Protocol): Buffer {
   }
   const libraries = tf.libraries.all().filter((l) => library === null || l.name === library);
   return encodeValue(
-    libraries.map((l) => describe(l, withCode, verbosity)),
+    libraries.map((l) => describe(tf, l, withCode, verbosity)),
     proto,
   );
+}
+
+function triggerStats(s: TriggerStats): [string, RespValue][] {
+  return [
+    ["num_trigger", s.numTrigger],
+    ["num_success", s.numSuccess],
+    ["num_failed", s.numFailed],
+    ["num_finished", s.numFinished],
+    ["last_error", s.lastError === null ? null : b(s.lastError)],
+    ["last_execution_time", s.lastExecutionTime],
+    ["total_execution_time", s.totalExecutionTime],
+  ];
 }
 
 function describeFunction(f: TfFunctionInfo, verbosity: number): RespValue {
@@ -136,7 +149,7 @@ function describeFunction(f: TfFunctionInfo, verbosity: number): RespValue {
   ]);
 }
 
-function describe(l: TfLibrary, withCode: boolean, verbosity: number): RespMap {
+function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: number): RespMap {
   const r = l.registrations;
   const fields: [string, RespValue][] = [];
   if (withCode) fields.push(["code", b(l.code)]);
@@ -157,13 +170,7 @@ function describe(l: TfLibrary, withCode: boolean, verbosity: number): RespMap {
           : map([
               ["name", b(t.name)],
               ["description", t.description === null ? null : b(t.description)],
-              ["num_trigger", 0],
-              ["num_success", 0],
-              ["num_failed", 0],
-              ["num_finished", 0],
-              ["last_error", null],
-              ["last_execution_time", 0],
-              ["total_execution_time", 0],
+              ...triggerStats(tf.keyspaceTriggers.statsOf(l.name, t.name)),
             ]),
       ),
     ],

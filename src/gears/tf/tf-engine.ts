@@ -5,25 +5,70 @@ import type { Tagged } from "../guest/entry.js";
 import type { IsolateFactory } from "../guest-isolate.js";
 import type { TfConfig } from "./config.js";
 import { sandboxText, TfLibraries } from "./libraries.js";
+import { KeyspaceTriggers, MutedKeys } from "./keyspace-triggers.js";
+import type { KeyEvent } from "../events/keyspace-source.js";
 import { argToTagged, taggedToResp } from "./values.js";
 
 const ASYNC_REFUSED =
   "The function is declared as async and was called while blocking was not allowed; note that you cannot invoke async functions from within Lua or MULTI, and you must use TFCALLASYNC instead.";
 
-/** Triggers and Functions: the libraries and the calls into them. */
+/** What T&F uses of the gears room's keyspace event machinery. */
+export interface TfEvents {
+  /** Resolves once the keyspace events of writes answered so far have arrived. */
+  barrier(): Promise<void>;
+  /** Keyspace notifications are needed (a library has keyspace triggers); resolves once they flow. */
+  start(): Promise<void>;
+  /** Whether this proxy handles that shard's events now (several proxies share them). */
+  ownsShard(shard: string): boolean;
+}
+
+/** Triggers and Functions: the libraries, the calls into them and their triggers. */
 export class TfEngine {
   readonly libraries: TfLibraries;
+  readonly keyspaceTriggers: KeyspaceTriggers;
 
   constructor(
     router: Router,
     log: Logger,
     newIsolate: IsolateFactory,
     readonly config: TfConfig,
+    private readonly events: TfEvents,
   ) {
+    const muted = new MutedKeys();
     this.libraries = new TfLibraries(router, log, newIsolate, config, {
       runOnKey: () => Promise.reject(new Error("Cluster functions are not supported by this proxy yet")),
       runOnShards: () => Promise.reject(new Error("Cluster functions are not supported by this proxy yet")),
+      muted,
+      barrier: () => events.barrier(),
     });
+    this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log);
+    this.libraries.onChange = async (name, deleted) => {
+      this.keyspaceTriggers.recount();
+      if (deleted) this.keyspaceTriggers.forget(name);
+      else if (this.keyspaceTriggers.active) await events.start();
+    };
+  }
+
+  /** Whether writes through the proxy wait for keyspace triggers before their reply. */
+  get holdsWrites(): boolean {
+    return this.keyspaceTriggers.active;
+  }
+
+  /** Whether keyspace notifications must keep flowing for T&F. */
+  get needsKeyspaceEvents(): boolean {
+    return this.keyspaceTriggers.active;
+  }
+
+  /** Keyspace events from the shards; those of shards another proxy handles are its own. */
+  onKeyspaceEvents(events: KeyEvent[]): void {
+    if (!this.keyspaceTriggers.active) return;
+    const mine = events.filter((e) => this.events.ownsShard(e.shard));
+    if (mine.length > 0) this.keyspaceTriggers.onEvents(mine);
+  }
+
+  /** Resolves once every keyspace trigger queued so far has run. */
+  triggersIdle(): Promise<void> {
+    return this.keyspaceTriggers.idle();
   }
 
   /**

@@ -22,6 +22,13 @@ export class TfGuest {
     return out as unknown as TfOutcome;
   }
 
+  async fireKeyspaceTrigger(name: string, event: string, key: Buffer): Promise<TfOutcome> {
+    const text = key.toString("utf8");
+    const utf8 = Buffer.byteLength(text) === key.length && !text.includes("\ufffd");
+    const args = [name, event, utf8 ? text : null, key.toString("latin1")];
+    return (await this.isolate.call(path("fireKeyspaceTrigger"), args)) as unknown as TfOutcome;
+  }
+
   async callClusterFunction(name: string, argsJson: string): Promise<TfOutcome> {
     return (await this.isolate.call(path("callClusterFunction"), [name, argsJson])) as unknown as TfOutcome;
   }

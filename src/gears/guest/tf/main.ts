@@ -2,9 +2,9 @@
 import { defineEntry } from "../core/host.js";
 import { isFatal, isThenable, safeString } from "../core/errors.js";
 import { TF_ENTRY, type Tagged, type TfEntry, type TfOutcome } from "../entry.js";
-import { clusterFunctions, endLoad, functions, installRedis, type Fn } from "./api.js";
+import { clusterFunctions, endLoad, functions, installRedis, keyspaceTriggers, type Fn } from "./api.js";
 import { AsyncClient, isAsyncFunction, SyncClient } from "./client.js";
-import { fromReply, toReply } from "./convert.js";
+import { bytesToBuffer, fromReply, toReply } from "./convert.js";
 
 const NOT_SETTLED = {};
 
@@ -88,6 +88,39 @@ const entry: TfEntry = {
       client.invalidate();
     }
     return settle(out, blockAllowed);
+  },
+
+  fireKeyspaceTrigger(name: string, event: string, key: string | null, keyBytes: string) {
+    const def = keyspaceTriggers.get(name);
+    if (def === undefined) return { err: `Unknown trigger ${name}` };
+    const data: Record<string, unknown> = { event, key, key_raw: bytesToBuffer(keyBytes) };
+    if (def.onTriggerFired !== null) {
+      const client = new SyncClient({ noWrites: true, blockAllowed: true });
+      try {
+        def.onTriggerFired(client, data);
+      } catch (e) {
+        return { err: errorText(e) };
+      } finally {
+        client.invalidate();
+      }
+    }
+    if (isAsyncFunction(def.fn)) {
+      try {
+        return settle(def.fn(new AsyncClient({ noWrites: false, blockAllowed: true }), data), true);
+      } catch (e) {
+        return { err: errorText(e) };
+      }
+    }
+    const client = new SyncClient({ noWrites: false, blockAllowed: true });
+    let out: unknown;
+    try {
+      out = def.fn(client, data);
+    } catch (e) {
+      return { err: errorText(e) };
+    } finally {
+      client.invalidate();
+    }
+    return settle(out, true);
   },
 
   callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome> {
