@@ -75,6 +75,66 @@ for (const mode of BACKEND_MODES) {
       expect(Date.now() - started).to.be.below(1000);
     });
 
+    it("the documentation's stream trigger copies entries into hashes: old entries first, then new ones, in order", async () => {
+      await c.xadd("stream:copy", "1-1", "name", "before");
+      const code = lib(
+        "streams",
+        `redis.registerStreamTrigger('copier', 'stream:', function(client, data){
+           const id = data.id[0] + '-' + data.id[1];
+           const fields = data.record.flat();
+           client.call('hset', data.stream_name + ':' + id, ...fields, 'raw_ok', String(data.stream_name_raw instanceof ArrayBuffer));
+           client.call('rpush', 'copied:order', id);
+         });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      await c.xadd("stream:copy", "2-1", "name", "after", "n", "2");
+      await c.xadd("stream:copy", "3-1", "name", "last");
+      const order = await eventually(
+        () => c.lrange("copied:order", 0, -1),
+        (v) => v.length === 3,
+        "three entries copied",
+      );
+      expect(order).to.deep.equal(["1-1", "2-1", "3-1"]);
+      expect(await c.hgetall("stream:copy:2-1")).to.deep.equal({ name: "after", n: "2", raw_ok: "true" });
+      expect(await c.call("TFUNCTION", "DELETE", "streams")).to.equal("OK");
+    });
+
+    it("window entries are in flight at once; isStreamTrimmed trims what was handled", async () => {
+      const code = lib(
+        "windowed",
+        `let inFlight = 0, most = 0;
+         redis.registerStreamTrigger('w', 'win:', async function(client, data){
+           inFlight++; most = Math.max(most, inFlight);
+           await client.callAsync('ping');
+           inFlight--;
+           client.block((c) => c.call('set', 'win:most', String(most)));
+         }, {window: 3, isStreamTrimmed: true});`,
+      );
+      for (let i = 1; i <= 6; i++) await c.xadd("win:s", `${i}-1`, "i", String(i));
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      await eventually(
+        () => c.xlen("win:s"),
+        (n) => n === 0,
+        "the stream trimmed",
+      );
+      expect(Number(await c.get("win:most"))).to.equal(3);
+      const listed = ((await c.call("TFUNCTION", "LIST", "LIBRARY", "windowed", "v")) as unknown[][])[0];
+      const trigger = (listed[listed.indexOf("stream_triggers") + 1] as unknown[][])[0];
+      expect(trigger).to.deep.equal([
+        "name",
+        "w",
+        "prefix",
+        "win:",
+        "window",
+        3,
+        "trim",
+        1,
+        "description",
+        null,
+      ]);
+      expect(await c.call("TFUNCTION", "DELETE", "windowed")).to.equal("OK");
+    });
+
     it("a trigger that throws counts as failed with its last error; REPLACE keeps the stats", async () => {
       const code = (n: number): string =>
         lib("failing", `redis.registerKeySpaceTrigger('t', 'fail:', function(){ throw 'no luck ${n}'; });`);

@@ -87,6 +87,8 @@ export class GearsEngine {
       barrier: () => this.keyspace?.barrier() ?? Promise.resolve(),
       start: () => this.startKeyspaceEvents(),
       ownsShard: (shard) => this.registry.ownsShard(shard),
+      consumerName: this.proxyId,
+      claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
     });
   }
 

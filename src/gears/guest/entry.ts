@@ -145,6 +145,16 @@ export interface TfEntry {
     key: string | null,
     keyBytes: string,
   ): TfOutcome | Promise<TfOutcome>;
+  /**
+   * Stream trigger `name` for a window of entries of one stream (name in latin1), all at
+   * once: each entry's error text, or null.
+   */
+  fireStreamTrigger(
+    name: string,
+    stream: string | null,
+    streamBytes: string,
+    records: [string, string[]][],
+  ): (string | null)[] | Promise<(string | null)[]>;
   /** A cluster function of this library, with the JSON text of its arguments. */
   callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome>;
 }

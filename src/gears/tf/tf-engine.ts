@@ -6,6 +6,7 @@ import type { IsolateFactory } from "../guest-isolate.js";
 import type { TfConfig } from "./config.js";
 import { sandboxText, TfLibraries } from "./libraries.js";
 import { KeyspaceTriggers, MutedKeys } from "./keyspace-triggers.js";
+import { StreamTriggers } from "./stream-triggers.js";
 import type { KeyEvent } from "../events/keyspace-source.js";
 import { argToTagged, taggedToResp } from "./values.js";
 
@@ -20,12 +21,17 @@ export interface TfEvents {
   start(): Promise<void>;
   /** Whether this proxy handles that shard's events now (several proxies share them). */
   ownsShard(shard: string): boolean;
+  /** This proxy's name as a consumer of stream triggers' groups. */
+  consumerName: string;
+  /** Entries a dead consumer left pending this long are claimed (StreamClaimIdleMS). */
+  claimIdleMs(): number;
 }
 
 /** Triggers and Functions: the libraries, the calls into them and their triggers. */
 export class TfEngine {
   readonly libraries: TfLibraries;
   readonly keyspaceTriggers: KeyspaceTriggers;
+  readonly streamTriggers: StreamTriggers;
 
   constructor(
     router: Router,
@@ -42,10 +48,14 @@ export class TfEngine {
       barrier: () => events.barrier(),
     });
     this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log);
+    this.streamTriggers = new StreamTriggers(router, log, this.libraries, events.consumerName, () =>
+      events.claimIdleMs(),
+    );
     this.libraries.onChange = async (name, deleted) => {
       this.keyspaceTriggers.recount();
       if (deleted) this.keyspaceTriggers.forget(name);
-      else if (this.keyspaceTriggers.active) await events.start();
+      if (this.needsKeyspaceEvents) await events.start();
+      await this.streamTriggers.update(deleted ? name : null);
     };
   }
 
@@ -56,11 +66,14 @@ export class TfEngine {
 
   /** Whether keyspace notifications must keep flowing for T&F. */
   get needsKeyspaceEvents(): boolean {
-    return this.keyspaceTriggers.active;
+    return this.keyspaceTriggers.active || this.streamTriggers.active;
   }
 
   /** Keyspace events from the shards; those of shards another proxy handles are its own. */
   onKeyspaceEvents(events: KeyEvent[]): void {
+    // Stream groups are shared by every proxy: each reads on any xadd it hears of.
+    if (this.streamTriggers.active)
+      for (const e of events) if (e.event === "xadd") this.streamTriggers.onAppended(e.key);
     if (!this.keyspaceTriggers.active) return;
     const mine = events.filter((e) => this.events.ownsShard(e.shard));
     if (mine.length > 0) this.keyspaceTriggers.onEvents(mine);
@@ -115,7 +128,8 @@ export class TfEngine {
     return this.libraries.restore();
   }
 
-  close(): Promise<void> {
-    return this.libraries.close();
+  async close(): Promise<void> {
+    await this.streamTriggers.close();
+    await this.libraries.close();
   }
 }

@@ -29,6 +29,17 @@ export class TfGuest {
     return (await this.isolate.call(path("fireKeyspaceTrigger"), args)) as unknown as TfOutcome;
   }
 
+  async fireStreamTrigger(
+    name: string,
+    stream: Buffer,
+    records: [string, string[]][],
+  ): Promise<(string | null)[]> {
+    const text = stream.toString("utf8");
+    const utf8 = Buffer.byteLength(text) === stream.length && !text.includes("\ufffd");
+    const args = [name, utf8 ? text : null, stream.toString("latin1"), records];
+    return (await this.isolate.call(path("fireStreamTrigger"), args)) as (string | null)[];
+  }
+
   async callClusterFunction(name: string, argsJson: string): Promise<TfOutcome> {
     return (await this.isolate.call(path("callClusterFunction"), [name, argsJson])) as unknown as TfOutcome;
   }

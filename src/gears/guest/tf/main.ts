@@ -2,9 +2,17 @@
 import { defineEntry } from "../core/host.js";
 import { isFatal, isThenable, safeString } from "../core/errors.js";
 import { TF_ENTRY, type Tagged, type TfEntry, type TfOutcome } from "../entry.js";
-import { clusterFunctions, endLoad, functions, installRedis, keyspaceTriggers, type Fn } from "./api.js";
+import {
+  clusterFunctions,
+  endLoad,
+  functions,
+  installRedis,
+  keyspaceTriggers,
+  streamTriggers,
+  type Fn,
+} from "./api.js";
 import { AsyncClient, isAsyncFunction, SyncClient } from "./client.js";
-import { bytesToBuffer, fromReply, toReply } from "./convert.js";
+import { bytesToBuffer, fromReply, textToBuffer, toReply } from "./convert.js";
 
 const NOT_SETTLED = {};
 
@@ -121,6 +129,41 @@ const entry: TfEntry = {
       client.invalidate();
     }
     return settle(out, true);
+  },
+
+  fireStreamTrigger(name: string, stream: string | null, streamBytes: string, records: [string, string[]][]) {
+    const def = streamTriggers.get(name);
+    if (def === undefined) return records.map(() => `Unknown trigger ${name}`);
+    const outs = records.map(([id, fields]) => {
+      const [ms, seq] = id.split("-");
+      const pairs: [string, string][] = [];
+      for (let i = 0; i + 1 < fields.length; i += 2) pairs.push([fields[i], fields[i + 1]]);
+      const data = {
+        id: [BigInt(ms), BigInt(seq)],
+        stream_name: stream,
+        stream_name_raw: bytesToBuffer(streamBytes),
+        record: pairs,
+        record_raw: pairs.map(([f, v]) => [textToBuffer(f), textToBuffer(v)]),
+      };
+      if (isAsyncFunction(def.fn)) {
+        try {
+          return settle(def.fn(new AsyncClient({ noWrites: false, blockAllowed: true }), data), true);
+        } catch (e) {
+          return { err: errorText(e) };
+        }
+      }
+      const client = new SyncClient({ noWrites: false, blockAllowed: true });
+      try {
+        return settle(def.fn(client, data), true);
+      } catch (e) {
+        return { err: errorText(e) };
+      } finally {
+        client.invalidate();
+      }
+    });
+    const errorOf = (o: TfOutcome): string | null => ("err" in o ? o.err : null);
+    if (!outs.some(isThenable)) return (outs as TfOutcome[]).map(errorOf);
+    return Promise.all(outs).then((list) => list.map(errorOf));
   },
 
   callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome> {
