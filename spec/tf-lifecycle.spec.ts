@@ -95,4 +95,57 @@ describe("Triggers and Functions: limits, several proxies, restarts", function (
       b.disconnect();
     }
   });
+
+  it("after a SIGKILL, a restarted proxy has the triggers back; no stream entry is lost, in stream order", async () => {
+    const gearsConfig = { StreamClaimIdleMS: "300", EventLeaseMS: "1000" };
+    const first = await ChildProxy.start({ upstreams: [{ port: redis.port }], gearsConfig });
+    const a = new Redis(first.port);
+    const code = lib(
+      "durable",
+      `redis.registerStreamTrigger('copy', 'rs:', function(client, data){
+         client.call('rpush', 'rs:seen', data.id[0] + '-' + data.id[1]);
+       });
+       redis.registerKeySpaceTrigger('stamp', 'ks:', function(client, data){
+         client.call('set', 'stamp:' + data.key, data.event);
+       });`,
+    );
+    expect(await a.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+    await a.xadd("rs:s", "1-1", "f", "v");
+    await a.xadd("rs:s", "2-1", "f", "v");
+    await eventually(
+      () => a.llen("rs:seen"),
+      (n) => n === 2,
+      "the first two entries",
+    );
+    a.disconnect();
+    await first.kill();
+    const direct = new Redis(redis.port);
+    try {
+      await direct.xadd("rs:s", "3-1", "f", "v");
+      await direct.xadd("rs:s", "4-1", "f", "v");
+      const again = await ChildProxy.start({ upstreams: [{ port: redis.port }], gearsConfig });
+      const b = new Redis(again.port);
+      try {
+        const seen = await eventually(
+          () => b.lrange("rs:seen", 0, -1),
+          (v) => v.length >= 4,
+          "the entries added meanwhile",
+        );
+        expect(seen).to.deep.equal(["1-1", "2-1", "3-1", "4-1"]);
+        // The dead proxy's lease on the shard's events runs out first (EventLeaseMS), then this one handles them.
+        await b.set("ks:1", "x");
+        expect(
+          await eventually(
+            () => b.get("stamp:ks:1"),
+            (v) => v !== null,
+            "the keyspace trigger",
+          ),
+        ).to.equal("set");
+      } finally {
+        b.disconnect();
+      }
+    } finally {
+      direct.disconnect();
+    }
+  });
 });

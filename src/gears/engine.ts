@@ -448,6 +448,7 @@ export class GearsEngine {
           if (replay.length > 0)
             this.log.info({ node, events: replay.length }, "replaying events of a shard taken over");
           this.registry.dispatch(replay, true);
+          this.tf.onKeyspaceEvents(replay, true);
         },
         lost: () => {},
         handledThrough: (node) => this.registry.handledThrough(node),

@@ -69,13 +69,16 @@ export class TfEngine {
     return this.keyspaceTriggers.active || this.streamTriggers.active;
   }
 
-  /** Keyspace events from the shards; those of shards another proxy handles are its own. */
-  onKeyspaceEvents(events: KeyEvent[]): void {
+  /**
+   * Keyspace events from the shards; those of shards another proxy handles are its own,
+   * unless `owned` (the events of a shard this proxy just took over from a dead one).
+   */
+  onKeyspaceEvents(events: KeyEvent[], owned = false): void {
     // Stream groups are shared by every proxy: each reads on any xadd it hears of.
     if (this.streamTriggers.active)
       for (const e of events) if (e.event === "xadd") this.streamTriggers.onAppended(e.key);
     if (!this.keyspaceTriggers.active) return;
-    const mine = events.filter((e) => this.events.ownsShard(e.shard));
+    const mine = owned ? events : events.filter((e) => this.events.ownsShard(e.shard));
     if (mine.length > 0) this.keyspaceTriggers.onEvents(mine);
   }
 
