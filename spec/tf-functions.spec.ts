@@ -253,6 +253,46 @@ for (const mode of BACKEND_MODES) {
       expect(await c.call("TFCALLASYNC", "lib.isblock", "0")).to.equal(1);
     });
 
+    it("runOnShards returns one result per master; runOnKey runs on the key's master; remote errors come back", async () => {
+      const code = lib(
+        "cluster",
+        `redis.registerClusterFunction('dbsize', async function(client){
+           return client.block((c) => Number(c.call('dbsize')));
+         });
+         redis.registerClusterFunction('echo', async function(client, a, b){ return {a, b}; });
+         redis.registerClusterFunction('fail', async function(){ throw new Error('Remote function failure'); });
+         redis.registerClusterFunction('write', async function(client){ return client.block((c) => c.call('set', 'x', '1')); });
+         redis.registerAsyncFunction('sizes', async function(client){ return JSON.stringify(await client.runOnShards('dbsize')); });
+         redis.registerAsyncFunction('echo', async function(client, key){ return JSON.stringify(await client.runOnKey(key, 'echo', 1, 'two')); });
+         redis.registerAsyncFunction('fail', async function(client){ return client.runOnKey('k', 'fail'); });
+         redis.registerAsyncFunction('write', async function(client){ return JSON.stringify(await client.runOnShards('write')); });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      for (let i = 0; i < 30; i++) await c.set(`shardkey:${i}`, "v");
+      const masters = await backend.masters();
+      const [results, errors] = JSON.parse(String(await c.call("TFCALLASYNC", "cluster.sizes", "0"))) as [
+        number[],
+        string[],
+      ];
+      expect(errors).to.deep.equal([]);
+      expect(results).to.have.length(masters.length);
+      const sizes = await Promise.all(masters.map(async (m) => Number(await m.cli("DBSIZE"))));
+      expect([...results].sort()).to.deep.equal([...sizes].sort());
+      expect(JSON.parse(String(await c.call("TFCALLASYNC", "cluster.echo", "1", "somekey")))).to.deep.equal({
+        a: 1,
+        b: "two",
+      });
+      expect(await rejection(c.call("TFCALLASYNC", "cluster.fail", "0"))).to.contain(
+        "Remote function failure",
+      );
+      const [, writeErrors] = JSON.parse(String(await c.call("TFCALLASYNC", "cluster.write", "0"))) as [
+        unknown[],
+        string[],
+      ];
+      expect(writeErrors).to.have.length(masters.length);
+      expect(writeErrors[0]).to.contain("was called while write is not allowed");
+    });
+
     it("CONFIG GET/SET redisgears_2.* is answered by the proxy with T&F's names, ranges and errors", async () => {
       expect(await c.call("CONFIG", "GET", "redisgears_2.lock-redis-timeout")).to.deep.equal([
         "redisgears_2.lock-redis-timeout",

@@ -47,6 +47,11 @@ export function sandboxText(err: unknown): string {
  */
 export class TfLibraries {
   private readonly libraries = new Map<string, TfLibrary>();
+  /**
+   * A second isolate per library for its cluster functions: the library's own isolate waits
+   * for its runOnKey/runOnShards calls and cannot run them too.
+   */
+  private readonly remotes = new Map<string, Promise<TfLibrary | string>>();
   private readonly store: LibraryStore;
   private storeVersion: string | null = null;
   private storePoll: NodeJS.Timeout | null = null;
@@ -96,6 +101,7 @@ export class TfLibraries {
       const library = this.libraries.get(name);
       if (library === undefined) return "library does not exists";
       this.libraries.delete(name);
+      this.dropRemote(name);
       void library.guest.isolate.dispose().catch(() => {});
       await this.onChange(name, true);
       await this.store.remove(name);
@@ -105,6 +111,7 @@ export class TfLibraries {
 
   /** Puts a built library in place; resolves once what it needs (keyspace events) runs. */
   private install(library: TfLibrary): Promise<void> {
+    this.dropRemote(library.name);
     const old = this.libraries.get(library.name);
     this.libraries.set(library.name, library);
     if (old !== undefined) void old.guest.isolate.dispose().catch(() => {});
@@ -190,6 +197,30 @@ export class TfLibraries {
     });
   }
 
+  /** The isolate that runs this library's cluster functions (the same code, loaded again). */
+  remote(name: string): Promise<TfLibrary | string> {
+    const library = this.libraries.get(name);
+    if (library === undefined) return Promise.resolve(`Library ${name} does not exists on remote shard`);
+    let remote = this.remotes.get(name);
+    if (remote === undefined) {
+      remote = this.build({ ...library, replace: true });
+      this.remotes.set(name, remote);
+    }
+    return remote.then(async (r) => {
+      if (typeof r !== "string" && !r.guest.isolate.alive) {
+        this.remotes.delete(name);
+        return this.remote(name);
+      }
+      return r;
+    });
+  }
+
+  private dropRemote(name: string): void {
+    const remote = this.remotes.get(name);
+    this.remotes.delete(name);
+    void remote?.then((r) => (typeof r === "string" ? undefined : r.guest.isolate.dispose().catch(() => {})));
+  }
+
   /** Loads the stored libraries (at start), then follows the store for other proxies' changes. */
   async restore(): Promise<void> {
     await this.serialized(() => this.syncFromStore());
@@ -221,6 +252,7 @@ export class TfLibraries {
     for (const [name, library] of this.libraries) {
       if (names.has(name)) continue;
       this.libraries.delete(name);
+      this.dropRemote(name);
       void library.guest.isolate.dispose().catch(() => {});
       await this.onChange(name, true);
       this.log.info({ library: name }, "T&F library deleted by another proxy");
@@ -240,6 +272,7 @@ export class TfLibraries {
 
   async close(): Promise<void> {
     if (this.storePoll !== null) clearInterval(this.storePoll);
+    for (const name of [...this.remotes.keys()]) this.dropRemote(name);
     await Promise.all(this.all().map((l) => l.guest.isolate.dispose().catch(() => {})));
     this.libraries.clear();
   }

@@ -1,5 +1,6 @@
 import type { Logger } from "../../observability/log.js";
-import type { Router } from "../../routing/router.js";
+import { NO_KEYS, type Router } from "../../routing/router.js";
+import type { Partitions } from "../partitions.js";
 import { RespError } from "../../resp/values.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import type { Tagged } from "../guest/entry.js";
@@ -20,8 +21,8 @@ function toBuffer(arg: JsonValue): Buffer {
 
 /** What a library's calls need besides the router. */
 export interface TfHooks {
-  runOnKey(key: Buffer, name: string, argsJson: string): Promise<string>;
-  runOnShards(name: string, argsJson: string): Promise<[string[], string[]]>;
+  runOnKey(library: string, key: Buffer, name: string, argsJson: string): Promise<string>;
+  runOnShards(library: string, name: string, argsJson: string): Promise<[string[], string[]]>;
   /** Keys written by functions and triggers, which must not fire keyspace triggers. */
   muted: MutedKeys;
   /** Resolves once the keyspace events of writes answered so far have arrived. */
@@ -35,6 +36,8 @@ export interface TfHooks {
 export class TfBridge implements HostBridge {
   /** The database of the call being served. */
   db = 0;
+  /** A cluster function's master: its keyless commands go there. */
+  target: { partitions: Partitions; index: number } | null = null;
 
   constructor(
     private readonly library: string,
@@ -48,9 +51,9 @@ export class TfBridge implements HostBridge {
       case "call":
         return (await this.call(args[0] === true, args[1] === true, args.slice(2))) as JsonValue;
       case "runOnKey":
-        return this.hooks.runOnKey(toBuffer(args[0]), String(args[1]), String(args[2]));
+        return this.hooks.runOnKey(this.library, toBuffer(args[0]), String(args[1]), String(args[2]));
       case "runOnShards":
-        return this.hooks.runOnShards(String(args[0]), String(args[1]));
+        return this.hooks.runOnShards(this.library, String(args[0]), String(args[1]));
       default:
         throw new Error(`unknown host call '${name}'`);
     }
@@ -88,7 +91,11 @@ export class TfBridge implements HostBridge {
     this.hooks.muted.add(keys);
     let reply;
     try {
-      reply = await this.router.call(argv, this.db);
+      const target = this.target;
+      reply =
+        target !== null && this.router.slotOf(name, argv) === NO_KEYS
+          ? await target.partitions.shard(target.index).call(argv)
+          : await this.router.call(argv, this.db);
     } finally {
       if (writes) void this.hooks.barrier().finally(() => this.hooks.muted.remove(keys));
     }

@@ -7,6 +7,8 @@ import type { TfConfig } from "./config.js";
 import { sandboxText, TfLibraries } from "./libraries.js";
 import { KeyspaceTriggers, MutedKeys } from "./keyspace-triggers.js";
 import { StreamTriggers } from "./stream-triggers.js";
+import { Partitions } from "../partitions.js";
+import { keySlot } from "../../routing/key-slot.js";
 import type { KeyEvent } from "../events/keyspace-source.js";
 import { argToTagged, taggedToResp } from "./values.js";
 
@@ -42,8 +44,30 @@ export class TfEngine {
   ) {
     const muted = new MutedKeys();
     this.libraries = new TfLibraries(router, log, newIsolate, config, {
-      runOnKey: () => Promise.reject(new Error("Cluster functions are not supported by this proxy yet")),
-      runOnShards: () => Promise.reject(new Error("Cluster functions are not supported by this proxy yet")),
+      runOnKey: async (library, key, fn, argsJson) => {
+        const partitions = new Partitions(router);
+        const index = partitions.partitionOfSlot(keySlot(key));
+        return this.withTimeout(
+          this.runRemote(library, fn, argsJson, partitions, index),
+          "Remote task timeout",
+        );
+      },
+      runOnShards: async (library, fn, argsJson) => {
+        const partitions = new Partitions(router);
+        const results: string[] = [];
+        const errors: string[] = [];
+        // One master after the other: the library's remote isolate runs one call at a time.
+        for (let index = 0; index < partitions.count; index++) {
+          try {
+            results.push(
+              await this.withTimeout(this.runRemote(library, fn, argsJson, partitions, index), "Timeout"),
+            );
+          } catch (err) {
+            errors.push(err instanceof Error ? err.message : String(err));
+          }
+        }
+        return [results, errors];
+      },
       muted,
       barrier: () => events.barrier(),
     });
@@ -57,6 +81,49 @@ export class TfEngine {
       if (this.needsKeyspaceEvents) await events.start();
       await this.streamTriggers.update(deleted ? name : null);
     };
+  }
+
+  /** Remote calls one at a time per library: its remote isolate serves one entry at once. */
+  private readonly remoteQueues = new Map<string, Promise<unknown>>();
+
+  /** A cluster function, once, with a client bound to master `index`: its JSON result. */
+  private runRemote(
+    library: string,
+    fn: string,
+    argsJson: string,
+    partitions: Partitions,
+    index: number,
+  ): Promise<string> {
+    const job = async (): Promise<string> => {
+      const remote = await this.libraries.remote(library);
+      if (typeof remote === "string") throw new Error(remote);
+      if (!remote.registrations.clusterFunctions.includes(fn)) {
+        throw new Error(`Remote function ${fn} does not exists on library ${library}`);
+      }
+      remote.bridge.target = { partitions, index };
+      try {
+        const out = await remote.guest.callClusterFunction(fn, argsJson);
+        if ("err" in out) throw new Error(out.err);
+        return String(out.ok);
+      } catch (err) {
+        throw new Error(sandboxText(err));
+      }
+    };
+    const run = (this.remoteQueues.get(library) ?? Promise.resolve()).then(job, job);
+    this.remoteQueues.set(
+      library,
+      run.catch(() => {}),
+    );
+    return run;
+  }
+
+  private withTimeout<T>(work: Promise<T>, message: string): Promise<T> {
+    const ms = this.config.number("remote-task-default-timeout");
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(message)), ms);
+    });
+    return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
   }
 
   /** Whether writes through the proxy wait for keyspace triggers before their reply. */
