@@ -106,7 +106,7 @@ export class TfEngine {
         if ("err" in out) throw new Error(out.err);
         return String(out.ok);
       } catch (err) {
-        throw new Error(sandboxText(err));
+        throw new Error(sandboxText(err), { cause: err });
       }
     };
     const run = (this.remoteQueues.get(library) ?? Promise.resolve()).then(job, job);
