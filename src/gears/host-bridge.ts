@@ -41,6 +41,21 @@ export function scriptCommandRefusal(name: string, argv: readonly Buffer[]): str
     : null;
 }
 
+/** A batch of a guest's async host calls, each run as its sync call, all at once. */
+export function callEach(
+  bridge: Pick<HostBridge, "callSync">,
+  calls: { name: string; args: JsonValue[] }[],
+): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
+  return Promise.all(
+    calls.map((c) =>
+      bridge.callSync(c.name, c.args).then(
+        (ok) => ({ ok }),
+        (err: Error) => ({ error: err.message }),
+      ),
+    ),
+  );
+}
+
 const LOG_LEVELS: Record<string, "debug" | "info" | "warn"> = {
   debug: "debug",
   verbose: "debug",
@@ -108,14 +123,7 @@ export class GearsBridge implements HostBridge {
   callAsync(
     calls: { name: string; args: JsonValue[] }[],
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
-    return Promise.all(
-      calls.map((c) =>
-        this.callSync(c.name, c.args).then(
-          (ok) => ({ ok }),
-          (err: Error) => ({ error: err.message }),
-        ),
-      ),
-    );
+    return callEach(this, calls);
   }
 
   notify(name: string, args: JsonValue[]): void {

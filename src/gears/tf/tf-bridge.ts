@@ -4,7 +4,7 @@ import type { Partitions } from "../partitions.js";
 import { RespError } from "../../resp/values.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import type { Tagged } from "../guest/entry.js";
-import { scriptCommandRefusal } from "../host-bridge.js";
+import { callEach, scriptCommandRefusal } from "../host-bridge.js";
 import type { MutedKeys } from "./keyspace-triggers.js";
 import { replyToTagged } from "./values.js";
 
@@ -62,14 +62,7 @@ export class TfBridge implements HostBridge {
   callAsync(
     calls: { name: string; args: JsonValue[] }[],
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
-    return Promise.all(
-      calls.map((c) =>
-        this.callSync(c.name, c.args).then(
-          (ok) => ({ ok }),
-          (err: Error) => ({ error: err.message }),
-        ),
-      ),
-    );
+    return callEach(this, calls);
   }
 
   notify(name: string, args: JsonValue[]): void {

@@ -21,10 +21,25 @@ function command(cmd: unknown, args: unknown[]): Tagged[] {
   return [String(cmd), ...args.map(toArg)];
 }
 
-export class SyncClient {
-  private valid = true;
+/** What both clients offer: calls that may block Redis-side, and whether blocking is allowed. */
+class BaseClient {
+  constructor(protected readonly mode: ClientMode) {}
 
-  constructor(private readonly mode: ClientMode) {}
+  callAsync(cmd: unknown, ...args: unknown[]): Promise<unknown> {
+    return callAsync(this.mode, false, cmd, args);
+  }
+
+  callAsyncRaw(cmd: unknown, ...args: unknown[]): Promise<unknown> {
+    return callAsync(this.mode, true, cmd, args);
+  }
+
+  isBlockAllowed(): boolean {
+    return this.mode.blockAllowed;
+  }
+}
+
+export class SyncClient extends BaseClient {
+  private valid = true;
 
   /** The invocation left the locked section: T&F's client is dead from then on. */
   invalidate(): void {
@@ -46,18 +61,6 @@ export class SyncClient {
   callRaw(cmd: unknown, ...args: unknown[]): unknown {
     this.check();
     return fromReply(host.callSync("call", this.mode.noWrites, true, ...command(cmd, args)) as Tagged, true);
-  }
-
-  callAsync(cmd: unknown, ...args: unknown[]): Promise<unknown> {
-    return callAsync(this.mode, false, cmd, args);
-  }
-
-  callAsyncRaw(cmd: unknown, ...args: unknown[]): Promise<unknown> {
-    return callAsync(this.mode, true, cmd, args);
-  }
-
-  isBlockAllowed(): boolean {
-    return this.mode.blockAllowed;
   }
 
   executeAsync(fn: unknown): Promise<unknown> {
@@ -87,9 +90,7 @@ export function isAsyncFunction(fn: unknown): boolean {
   );
 }
 
-export class AsyncClient {
-  constructor(private readonly mode: ClientMode) {}
-
+export class AsyncClient extends BaseClient {
   /** Runs fn(client) at once with a sync client (the proxy has no Redis lock to take). */
   block(fn: unknown): unknown {
     if (typeof fn !== "function") throw new Error("Argument to 'block' must be a function");
@@ -102,18 +103,6 @@ export class AsyncClient {
       blocked = false;
       client.invalidate();
     }
-  }
-
-  callAsync(cmd: unknown, ...args: unknown[]): Promise<unknown> {
-    return callAsync(this.mode, false, cmd, args);
-  }
-
-  callAsyncRaw(cmd: unknown, ...args: unknown[]): Promise<unknown> {
-    return callAsync(this.mode, true, cmd, args);
-  }
-
-  isBlockAllowed(): boolean {
-    return this.mode.blockAllowed;
   }
 
   runOnKey(key: unknown, name: unknown, ...args: unknown[]): Promise<unknown> {

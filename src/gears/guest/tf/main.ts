@@ -11,7 +11,7 @@ import {
   streamTriggers,
   type Fn,
 } from "./api.js";
-import { AsyncClient, isAsyncFunction, SyncClient } from "./client.js";
+import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
 import { bytesToBuffer, fromReply, textToBuffer, toReply } from "./convert.js";
 
 const NOT_SETTLED = {};
@@ -49,6 +49,24 @@ function settle(out: unknown, blockAllowed: boolean): TfOutcome | Promise<TfOutc
   );
 }
 
+/** fn(client, ...args) with the client its kind gets (a coroutine: the async client); its outcome. */
+function invoke(fn: Fn, mode: ClientMode, args: unknown[]): TfOutcome | Promise<TfOutcome> {
+  const coroutine = isAsyncFunction(fn);
+  const client = coroutine ? new AsyncClient(mode) : new SyncClient(mode);
+  let out: unknown;
+  try {
+    out = fn(client, ...args);
+  } catch (e) {
+    return { err: errorText(e) };
+  } finally {
+    if (client instanceof SyncClient) client.invalidate();
+  }
+  return settle(out, coroutine || mode.blockAllowed);
+}
+
+/** Triggers write as the library's user and may wait for their Promises. */
+const TRIGGER_MODE: ClientMode = { noWrites: false, blockAllowed: true };
+
 const entry: TfEntry = {
   prepare(configJson: string | null, apiVersion: string): void {
     installRedis(configJson, apiVersion);
@@ -70,32 +88,13 @@ const entry: TfEntry = {
     const def = functions.get(name);
     if (def === undefined) return { err: `Unknown function ${name}` };
     const raw = def.flags.includes("raw-arguments");
-    const mode = { noWrites: def.flags.includes("no-writes"), blockAllowed };
     let jsArgs: unknown[];
     try {
       jsArgs = args.map((a) => fromReply(a, raw));
     } catch (e) {
       return { err: errorText(e) };
     }
-    if (def.isAsync && isAsyncFunction(def.fn)) {
-      let out: unknown;
-      try {
-        out = def.fn(new AsyncClient(mode), ...jsArgs);
-      } catch (e) {
-        return { err: errorText(e) };
-      }
-      return settle(out, true);
-    }
-    const client = new SyncClient(mode);
-    let out: unknown;
-    try {
-      out = def.fn(client, ...jsArgs);
-    } catch (e) {
-      return { err: errorText(e) };
-    } finally {
-      client.invalidate();
-    }
-    return settle(out, blockAllowed);
+    return invoke(def.fn, { noWrites: def.flags.includes("no-writes"), blockAllowed }, jsArgs);
   },
 
   fireKeyspaceTrigger(name: string, event: string, key: string | null, keyBytes: string) {
@@ -103,32 +102,11 @@ const entry: TfEntry = {
     if (def === undefined) return { err: `Unknown trigger ${name}` };
     const data: Record<string, unknown> = { event, key, key_raw: bytesToBuffer(keyBytes) };
     if (def.onTriggerFired !== null) {
-      const client = new SyncClient({ noWrites: true, blockAllowed: true });
-      try {
-        def.onTriggerFired(client, data);
-      } catch (e) {
-        return { err: errorText(e) };
-      } finally {
-        client.invalidate();
-      }
+      // At the moment of the event, read-only: it may only add to `data`.
+      const fired = invoke(def.onTriggerFired, { noWrites: true, blockAllowed: false }, [data]);
+      if (!isThenable(fired) && "err" in fired) return fired;
     }
-    if (isAsyncFunction(def.fn)) {
-      try {
-        return settle(def.fn(new AsyncClient({ noWrites: false, blockAllowed: true }), data), true);
-      } catch (e) {
-        return { err: errorText(e) };
-      }
-    }
-    const client = new SyncClient({ noWrites: false, blockAllowed: true });
-    let out: unknown;
-    try {
-      out = def.fn(client, data);
-    } catch (e) {
-      return { err: errorText(e) };
-    } finally {
-      client.invalidate();
-    }
-    return settle(out, true);
+    return invoke(def.fn, TRIGGER_MODE, [data]);
   },
 
   fireStreamTrigger(name: string, stream: string | null, streamBytes: string, records: [string, string[]][]) {
@@ -145,21 +123,7 @@ const entry: TfEntry = {
         record: pairs,
         record_raw: pairs.map(([f, v]) => [textToBuffer(f), textToBuffer(v)]),
       };
-      if (isAsyncFunction(def.fn)) {
-        try {
-          return settle(def.fn(new AsyncClient({ noWrites: false, blockAllowed: true }), data), true);
-        } catch (e) {
-          return { err: errorText(e) };
-        }
-      }
-      const client = new SyncClient({ noWrites: false, blockAllowed: true });
-      try {
-        return settle(def.fn(client, data), true);
-      } catch (e) {
-        return { err: errorText(e) };
-      } finally {
-        client.invalidate();
-      }
+      return invoke(def.fn, TRIGGER_MODE, [data]);
     });
     const errorOf = (o: TfOutcome): string | null => ("err" in o ? o.err : null);
     if (!outs.some(isThenable)) return (outs as TfOutcome[]).map(errorOf);
