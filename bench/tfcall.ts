@@ -1,0 +1,106 @@
+/**
+ * T&F benchmark (issue 11): calls per second of a function that does one INCR,
+ *   TFCALL lib.incr 1 <key>      through gears-proxy (a T&F library, QuickJS isolate)
+ *   FCALL incr 1 <key>           straight to Redis (the same function as a Lua library)
+ * in the same run, alternating rounds, with C concurrent clients each keeping P calls in flight.
+ * `--quick` runs one short round.
+ */
+import { parseArgs } from "node:util";
+import { Redis } from "ioredis";
+import { startRedis, type RedisNode } from "../spec/harness/redis.js";
+import {
+  children,
+  HOST,
+  machineLines,
+  runBench,
+  say,
+  startGears,
+  stopChild,
+  table,
+  type Proxy,
+} from "./support.js";
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    seconds: { type: "string", default: "5" },
+    rounds: { type: "string", default: "3" },
+    clients: { type: "string", default: "8" },
+    pipeline: { type: "string", default: "8" },
+  },
+});
+const quick = values.quick === true;
+const seconds = quick ? 2 : Number(values.seconds);
+const rounds = quick ? 1 : Number(values.rounds);
+const clients = Number(values.clients);
+const pipeline = Number(values.pipeline);
+
+const TF_LIB = `#!js api_version=1.0 name=bench
+redis.registerFunction('incr', function(client, key){ return client.call('INCR', key); });`;
+const LUA_LIB = `#!lua name=bench
+redis.register_function('incr', function(keys) return redis.call('INCR', keys[1]) end)`;
+
+/** Calls per second of `call` from C clients with P calls in flight each, for `seconds`. */
+async function measure(port: number, command: string[]): Promise<number> {
+  const conns = Array.from({ length: clients }, () => new Redis({ port, host: HOST, lazyConnect: false }));
+  await Promise.all(conns.map((c) => c.ping()));
+  const deadline = Date.now() + seconds * 1000;
+  let done = 0;
+  await Promise.all(
+    conns.flatMap((c, i) =>
+      Array.from({ length: pipeline }, async (_, j) => {
+        const key = `bench:{k${i}-${j}}`;
+        while (Date.now() < deadline) {
+          await c.call(command[0], ...command.slice(1).map((a) => (a === "$key" ? key : a)));
+          done++;
+        }
+      }),
+    ),
+  );
+  for (const c of conns) c.disconnect();
+  return done / seconds;
+}
+
+let redis: RedisNode | null = null;
+let proxy: Proxy | null = null;
+
+async function main(): Promise<number> {
+  redis = await startRedis();
+  proxy = await startGears(redis.port, { profileDir: undefined, nodeArgs: [], args: [], readyWhen: "ping" });
+  const viaProxy = new Redis({ port: proxy.port, host: HOST });
+  const direct = new Redis({ port: redis.port, host: HOST });
+  await viaProxy.call("TFUNCTION", "LOAD", TF_LIB);
+  await direct.call("FUNCTION", "LOAD", LUA_LIB);
+  viaProxy.disconnect();
+  direct.disconnect();
+  const rows: string[][] = [];
+  for (let r = 1; r <= rounds; r++) {
+    const tf = await measure(proxy.port, ["TFCALL", "bench.incr", "1", "$key"]);
+    const fcall = await measure(redis.port, ["FCALL", "incr", "1", "$key"]);
+    rows.push([String(r), tf.toFixed(0), fcall.toFixed(0), (tf / fcall).toFixed(2)]);
+    say(`round ${r}: TFCALL ${tf.toFixed(0)}/s, FCALL ${fcall.toFixed(0)}/s`);
+  }
+  const out = [
+    `## TFCALL vs FCALL (one INCR per call)${quick ? " — quick round" : ""}`,
+    "",
+    ...machineLines(),
+    `${clients} clients x ${pipeline} calls in flight, ${seconds} s per side and round.`,
+    "",
+    table(["round", "TFCALL via proxy (calls/s)", "FCALL direct (calls/s)", "ratio"], rows),
+  ].join("\n");
+  process.stdout.write(`${out}\n`);
+  return 0;
+}
+
+async function cleanup(): Promise<void> {
+  for (const child of children) await stopChild(child);
+  await redis?.stop();
+}
+
+runBench(async () => {
+  try {
+    return await main();
+  } finally {
+    await cleanup();
+  }
+}, cleanup);
