@@ -148,4 +148,36 @@ describe("Triggers and Functions: limits, several proxies, restarts", function (
       direct.disconnect();
     }
   });
+
+  it("FLUSHALL, through the proxy or straight on Redis, keeps the libraries; a proxy started afterwards has them", async () => {
+    const proxy = await startProxy([{ port: redis.port }]);
+    const c = new Redis(proxy.port);
+    const direct = new Redis(redis.port);
+    try {
+      expect(
+        await c.call("TFUNCTION", "LOAD", lib("kept", "redis.registerFunction('f', () => 'kept');")),
+      ).to.equal("OK");
+      for (const flush of [() => c.flushall(), () => direct.flushall()]) {
+        await flush();
+        expect(await c.call("TFCALL", "kept.f", "0")).to.equal("kept");
+        await eventually(
+          () => direct.hexists("{gears-proxy}:tf:libraries", "kept"),
+          (n) => n === 1,
+          "the store written back",
+        );
+      }
+      const later = await startProxy([{ port: redis.port }]);
+      const d = new Redis(later.port);
+      try {
+        expect(await d.call("TFCALL", "kept.f", "0")).to.equal("kept");
+      } finally {
+        d.disconnect();
+        await later.close();
+      }
+    } finally {
+      c.disconnect();
+      direct.disconnect();
+      await proxy.close();
+    }
+  });
 });

@@ -132,6 +132,11 @@ for (const mode of BACKEND_MODES) {
         "description",
         null,
       ]);
+      const moved = code.replace("'win:'", "'other:'");
+      const refused = await c.call("TFUNCTION", "LOAD", "REPLACE", moved).catch((e: Error) => e.message);
+      expect(refused).to.equal(
+        "Can not upgrade an existing consumer with different prefix, consumer: 'w', old_prefix: win:, new_prefix: other:.",
+      );
       expect(await c.call("TFUNCTION", "DELETE", "windowed")).to.equal("OK");
     });
 

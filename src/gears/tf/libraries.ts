@@ -1,7 +1,7 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import { SandboxError } from "../../sandbox/types.js";
-import type { TfRegistrations } from "../guest/entry.js";
+import type { Tagged, TfRegistrations } from "../guest/entry.js";
 import type { IsolateFactory } from "../guest-isolate.js";
 import { tfGuestSource } from "../guest-bundles.js";
 import type { TfConfig } from "./config.js";
@@ -89,10 +89,28 @@ export class TfLibraries {
     return this.serialized(async () => {
       const built = await this.build(request);
       if (typeof built === "string") return built;
+      const refused = this.upgradeError(built);
+      if (refused !== null) {
+        void built.guest.isolate.dispose().catch(() => {});
+        return refused;
+      }
       await this.install(built);
       await this.store.save({ name: built.name, code: built.code, config: built.config, user: built.user });
       return null;
     });
+  }
+
+  /** A REPLACE may change a stream trigger's window and callback, not its prefix (its progress is the prefix's). */
+  private upgradeError(library: TfLibrary): string | null {
+    const old = this.libraries.get(library.name);
+    const text = (p: Tagged): string => (typeof p === "string" ? p : p !== null && "b" in p ? p.b : "");
+    for (const t of library.registrations.streamTriggers) {
+      const before = old?.registrations.streamTriggers.find((o) => o.name === t.name);
+      if (before !== undefined && text(before.prefix) !== text(t.prefix)) {
+        return `Can not upgrade an existing consumer with different prefix, consumer: '${t.name}', old_prefix: ${text(before.prefix)}, new_prefix: ${text(t.prefix)}.`;
+      }
+    }
+    return null;
   }
 
   /** TFUNCTION DELETE: null when deleted, else T&F's error text. */
@@ -229,8 +247,23 @@ export class TfLibraries {
   }
 
   private async pollStore(): Promise<void> {
-    const version = await this.store.version().catch(() => null);
-    if (version === null || version === this.storeVersion) return;
+    let version: string | null;
+    try {
+      version = await this.store.version();
+    } catch {
+      return;
+    }
+    if (version === null && this.libraries.size > 0) {
+      // The store was flushed, not emptied (a delete moves the counter): only TFUNCTION DELETE
+      // removes a library, so the libraries are written back from memory.
+      this.log.info({ libraries: this.libraries.size }, "T&F library store flushed; writing it back");
+      await this.store.rewrite(
+        this.all().map(({ name, code, config, user }) => ({ name, code, config, user })),
+      );
+      this.storeVersion = await this.store.version().catch(() => null);
+      return;
+    }
+    if (version === this.storeVersion) return;
     await this.syncFromStore();
   }
 

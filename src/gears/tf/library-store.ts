@@ -44,11 +44,14 @@ export class LibraryStore {
     await this.write(["INCR", LIBRARIES_VERSION_KEY]);
   }
 
-  /** The change counter ("0" before any change); throws when Redis cannot be read. */
-  async version(): Promise<string> {
+  /**
+   * The change counter; null when it is missing (never written, or the keys were flushed:
+   * FLUSHALL/FLUSHDB, through the proxy or not). Throws when Redis cannot be read.
+   */
+  async version(): Promise<string | null> {
     const reply = await this.router.call(["GET", LIBRARIES_VERSION_KEY]);
     if (reply instanceof RespError) throw new Error(reply.message);
-    return reply === null ? "0" : String(reply);
+    return reply === null ? null : String(reply);
   }
 
   /** Every stored library; throws when Redis cannot be read. */
