@@ -293,6 +293,37 @@ for (const mode of BACKEND_MODES) {
       expect(writeErrors[0]).to.contain("was called while write is not allowed");
     });
 
+    it("concurrent TFCALLs from many clients each get their own reply, errors included, in each client's order", async () => {
+      const code = lib(
+        "many",
+        `redis.registerFunction('f', function(client, i){
+           if (Number(i) % 5 === 0) throw 'five ' + i;
+           return client.call('incr', 'many:' + i);
+         });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const clients = Array.from({ length: 10 }, () => new Redis(proxy.port));
+      try {
+        const replies = await Promise.all(
+          clients.map((cl, n) =>
+            Promise.all(
+              Array.from({ length: 6 }, (_, j) =>
+                cl.call("TFCALL", "many.f", "0", String(n * 6 + j)).catch((e: Error) => e.message),
+              ),
+            ),
+          ),
+        );
+        replies.forEach((list, n) =>
+          list.forEach((reply, j) => {
+            const i = n * 6 + j;
+            expect(reply).to.equal(i % 5 === 0 ? `five ${i}` : 1);
+          }),
+        );
+      } finally {
+        for (const cl of clients) cl.disconnect();
+      }
+    });
+
     it("CONFIG GET/SET redisgears_2.* is answered by the proxy with T&F's names, ranges and errors", async () => {
       expect(await c.call("CONFIG", "GET", "redisgears_2.lock-redis-timeout")).to.deep.equal([
         "redisgears_2.lock-redis-timeout",

@@ -1,7 +1,8 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import { RespError, type RespValue } from "../../resp/values.js";
-import type { Tagged } from "../guest/entry.js";
+import type { Tagged, TfOutcome } from "../guest/entry.js";
+import { CallBatcher } from "./call-batcher.js";
 import type { IsolateFactory } from "../guest-isolate.js";
 import type { TfConfig } from "./config.js";
 import { sandboxText, TfLibraries } from "./libraries.js";
@@ -184,14 +185,34 @@ export class TfEngine {
       if (t === undefined) return new RespError("Can not convert argument to string");
       tagged.push(t);
     }
-    library = await this.libraries.revive(library);
-    library.bridge.db = db;
     try {
-      const out = await library.guest.callFunction(fnName, tagged, blockAllowed);
+      let out: TfOutcome;
+      if (blockAllowed) {
+        library = await this.libraries.revive(library);
+        library.bridge.db = db;
+        out = await library.guest.callFunction(fnName, tagged, blockAllowed);
+      } else {
+        out = await this.batcherOf(libName).call(fnName, tagged, db);
+      }
       return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
     } catch (err) {
       return new RespError(sandboxText(err));
     }
+  }
+
+  private readonly batchers = new Map<string, CallBatcher>();
+
+  private batcherOf(name: string): CallBatcher {
+    let batcher = this.batchers.get(name);
+    if (batcher === undefined) {
+      batcher = new CallBatcher(async () => {
+        const library = this.libraries.get(name);
+        if (library === undefined) throw new Error(`Unknown library ${name}`);
+        return this.libraries.revive(library);
+      });
+      this.batchers.set(name, batcher);
+    }
+    return batcher;
   }
 
   restore(): Promise<void> {

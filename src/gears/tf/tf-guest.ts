@@ -22,6 +22,11 @@ export class TfGuest {
     return out as unknown as TfOutcome;
   }
 
+  async callFunctions(calls: [string, Tagged[]][], budgetMs: number): Promise<TfOutcome[]> {
+    const out = await this.isolate.call(path("callFunctions"), [calls as unknown as JsonValue, budgetMs]);
+    return out as unknown as TfOutcome[];
+  }
+
   async fireKeyspaceTrigger(name: string, event: string, key: Buffer): Promise<TfOutcome> {
     const text = key.toString("utf8");
     const utf8 = Buffer.byteLength(text) === key.length && !text.includes("\ufffd");

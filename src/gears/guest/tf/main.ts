@@ -97,6 +97,16 @@ const entry: TfEntry = {
     return invoke(def.fn, { noWrites: def.flags.includes("no-writes"), blockAllowed }, jsArgs);
   },
 
+  callFunctions(calls: [string, Tagged[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]> {
+    const started = Date.now();
+    const outs: (TfOutcome | Promise<TfOutcome>)[] = [];
+    for (const [name, args] of calls) {
+      if (outs.length > 0 && Date.now() - started >= budgetMs) break;
+      outs.push(entry.callFunction(name, args, false));
+    }
+    return outs.some(isThenable) ? Promise.all(outs) : (outs as TfOutcome[]);
+  },
+
   fireKeyspaceTrigger(name: string, event: string, key: string | null, keyBytes: string) {
     const def = keyspaceTriggers.get(name);
     if (def === undefined) return { err: `Unknown trigger ${name}` };

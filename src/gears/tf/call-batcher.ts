@@ -1,0 +1,62 @@
+import type { Tagged, TfOutcome } from "../guest/entry.js";
+import type { TfLibrary } from "./libraries.js";
+
+interface Pending {
+  fn: string;
+  args: Tagged[];
+  db: number;
+  resolve(outcome: TfOutcome): void;
+  reject(err: unknown): void;
+}
+
+/** The most TFCALLs one guest entry takes. */
+const MAX_BATCH = 64;
+
+/**
+ * TFCALLs of one library, while one entry into its isolate is under way, wait and then go in
+ * together as one entry: a library runs one call at a time anyway (as in T&F), and the hop
+ * into the isolate's thread costs more than a small function. Calls of different databases
+ * go in different entries (the bridge serves one database at a time).
+ */
+export class CallBatcher {
+  private readonly queue: Pending[] = [];
+  private busy = false;
+
+  constructor(private readonly library: () => Promise<TfLibrary>) {}
+
+  call(fn: string, args: Tagged[], db: number): Promise<TfOutcome> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ fn, args, db, resolve, reject });
+      if (!this.busy) void this.pump();
+    });
+  }
+
+  private async pump(): Promise<void> {
+    this.busy = true;
+    try {
+      while (this.queue.length > 0) {
+        const db = this.queue[0].db;
+        let n = 1;
+        while (n < this.queue.length && n < MAX_BATCH && this.queue[n].db === db) n++;
+        const batch = this.queue.splice(0, n);
+        try {
+          const library = await this.library();
+          library.bridge.db = db;
+          // Half the time limit: a call started just before the budget ran out still has its share.
+          const budget = Math.max(1, Math.floor(library.guest.isolate.limits.timeoutMs / 2));
+          const outs = await library.guest.callFunctions(
+            batch.map((p) => [p.fn, p.args]),
+            budget,
+          );
+          batch.slice(0, outs.length).forEach((p, i) => p.resolve(outs[i]));
+          // Not started (the budget was spent): first in line for the next entry.
+          this.queue.unshift(...batch.slice(Math.max(1, outs.length)));
+        } catch (err) {
+          for (const p of batch) p.reject(err);
+        }
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+}
