@@ -180,4 +180,32 @@ describe("Triggers and Functions: limits, several proxies, restarts", function (
       await proxy.close();
     }
   });
+
+  it("--gears-config sets T&F's settings at start; a keyspace trigger that loops forever is ended and the write still answers", async () => {
+    const proxy = await startProxy([{ port: redis.port }], {
+      gearsConfig: { "redisgears_2.lock-redis-timeout": "150" },
+    });
+    const c = new Redis(proxy.port);
+    try {
+      expect(await c.call("CONFIG", "GET", "redisgears_2.lock-redis-timeout")).to.deep.equal([
+        "redisgears_2.lock-redis-timeout",
+        "150",
+      ]);
+      const code = lib(
+        "looping",
+        "redis.registerKeySpaceTrigger('t', 'loop:', function(){ while (true) {} });",
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const started = Date.now();
+      expect(await c.set("loop:1", "x")).to.equal("OK");
+      expect(Date.now() - started).to.be.below(3000);
+      const listed = ((await c.call("TFUNCTION", "LIST", "v")) as unknown[][])[0];
+      const trigger = (listed[listed.indexOf("keyspace_triggers") + 1] as unknown[][])[0];
+      expect(trigger[trigger.indexOf("last_error") + 1]).to.equal(TERMINATED);
+      expect(await c.get("loop:1")).to.equal("x");
+    } finally {
+      c.disconnect();
+      await proxy.close();
+    }
+  });
 });
