@@ -1,5 +1,6 @@
 import { expect } from "chai";
 import { Redis } from "ioredis";
+import { createClient } from "redis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES, Direct } from "./support/backend.js";
 import { rejection } from "./support/gears.js";
@@ -321,6 +322,18 @@ for (const mode of BACKEND_MODES) {
         );
       } finally {
         for (const cl of clients) cl.disconnect();
+      }
+    });
+
+    it("node-redis loads and calls a library with sendCommand", async () => {
+      const nr = createClient({ socket: { port: proxy.port, host: "127.0.0.1" }, RESP: 2 });
+      await nr.connect();
+      try {
+        const code = lib("nr", "redis.registerFunction('add', (client, a, b) => Number(a) + Number(b));");
+        expect(await nr.sendCommand(["TFUNCTION", "LOAD", code])).to.equal("OK");
+        expect(await nr.sendCommand(["TFCALL", "nr.add", "0", "2", "3"])).to.equal(5);
+      } finally {
+        nr.destroy();
       }
     });
 
