@@ -5,7 +5,7 @@ import { TF_CONFIG_PREFIX } from "./config.js";
 import type { TfLibrary } from "./libraries.js";
 import type { TriggerStats } from "./keyspace-triggers.js";
 import type { TfEngine } from "./tf-engine.js";
-import { taggedToResp } from "./values.js";
+import { taggedToResp, utf8Text } from "./values.js";
 
 /** The T&F commands the gears room answers (lower case). */
 export const TF_COMMANDS = new Set(["tfunction", "tfcall", "tfcallasync"]);
@@ -77,10 +77,8 @@ async function load(tf: TfEngine, args: Buffer[]): Promise<Buffer> {
     if (option === "replace") replace = true;
     else if (option === "config") {
       if (i + 1 >= args.length) return encodeError("configuration value was not given");
-      const text = args[++i].toString("utf8");
-      if (Buffer.byteLength(text) !== args[i].length || text.includes("\ufffd")) {
-        return encodeError("given configuration value is not a valid string");
-      }
+      const text = utf8Text(args[++i]);
+      if (text === null) return encodeError("given configuration value is not a valid string");
       let parsed: unknown;
       try {
         parsed = JSON.parse(text);
@@ -95,10 +93,8 @@ async function load(tf: TfEngine, args: Buffer[]): Promise<Buffer> {
     else break;
   }
   if (i >= args.length) return encodeError("Could not find library payload");
-  const code = args[i].toString("utf8");
-  if (Buffer.byteLength(code) !== args[i].length || code.includes("\ufffd")) {
-    return encodeError("lib code must a valid string");
-  }
+  const code = utf8Text(args[i]);
+  if (code === null) return encodeError("lib code must a valid string");
   const error = await tf.libraries.load({ code, replace, config, user: "default" });
   return error === null ? OK : encodeError(error);
 }

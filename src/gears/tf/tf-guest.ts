@@ -1,6 +1,7 @@
 import type { JsonValue } from "../../sandbox/types.js";
 import { TF_ENTRY, type Tagged, type TfEntry, type TfOutcome, type TfRegistrations } from "../guest/entry.js";
 import type { GuestIsolate } from "../guest-isolate.js";
+import { utf8Text } from "./values.js";
 
 const path = (name: keyof TfEntry): string => `${TF_ENTRY}.${name}`;
 
@@ -28,9 +29,7 @@ export class TfGuest {
   }
 
   async fireKeyspaceTrigger(name: string, event: string, key: Buffer): Promise<TfOutcome> {
-    const text = key.toString("utf8");
-    const utf8 = Buffer.byteLength(text) === key.length && !text.includes("\ufffd");
-    const args = [name, event, utf8 ? text : null, key.toString("latin1")];
+    const args = [name, event, utf8Text(key), key.toString("latin1")];
     return (await this.isolate.call(path("fireKeyspaceTrigger"), args)) as unknown as TfOutcome;
   }
 
@@ -39,9 +38,7 @@ export class TfGuest {
     stream: Buffer,
     records: [string, string[]][],
   ): Promise<(string | null)[]> {
-    const text = stream.toString("utf8");
-    const utf8 = Buffer.byteLength(text) === stream.length && !text.includes("\ufffd");
-    const args = [name, utf8 ? text : null, stream.toString("latin1"), records];
+    const args = [name, utf8Text(stream), stream.toString("latin1"), records];
     return (await this.isolate.call(path("fireStreamTrigger"), args)) as (string | null)[];
   }
 

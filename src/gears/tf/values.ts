@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import {
   RespBigNumber,
   RespBoolean,
@@ -11,12 +12,15 @@ import {
 } from "../../resp/values.js";
 import type { Tagged } from "../guest/entry.js";
 
+/** The bytes as a string when they are UTF-8; null when not (T&F then gives null or an error). */
+export function utf8Text(buf: Buffer): string | null {
+  return isUtf8(buf) ? buf.toString("utf8") : null;
+}
+
 /** Bytes as text for the guest: UTF-8 decoded, or marked when they are not UTF-8. */
 function text(buf: Buffer, raw: boolean): Tagged {
   if (raw) return { b: buf.toString("latin1") };
-  const s = buf.toString("utf8");
-  // A lossless round trip is the check that the bytes were UTF-8.
-  return Buffer.byteLength(s) === buf.length && !s.includes("\ufffd") ? s : { u: buf.toString("latin1") };
+  return utf8Text(buf) ?? { u: buf.toString("latin1") };
 }
 
 function double(n: number): Tagged {
