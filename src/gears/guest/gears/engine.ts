@@ -12,6 +12,16 @@ import { slotOf } from "../core/slots.js";
 import { GEARS_ENTRY, type ActionInfo, type GearsEntry, type Progress, type Topology } from "../entry.js";
 import { actions } from "./builder.js";
 import {
+  beginFeed,
+  dropRounds,
+  dropUnlessReadAhead,
+  endFeed,
+  feedRecord,
+  readAhead,
+  setReadAheadNames,
+} from "./read-ahead.js";
+import { at } from "./state.js";
+import {
   GLOBAL_OPS,
   STATELESS_OPS,
   type Acc,
@@ -21,158 +31,31 @@ import {
   type Phase,
   type Push,
   type Result,
-  type Round,
   type StepDef,
   type Where,
 } from "./types.js";
 
-/** Partition of the record being processed (null outside steps). */
-let curPart: number | null = null;
-/** The step whose user code runs now. */
-let cur: Where | null = null;
 const execs = new Map<number, Exec>();
 let lastExecId = 0;
 
 function ownerOf(ex: Exec, key: string): number {
   return ex.parts === 1 ? 0 : ex.owner[slotOf(key)];
 }
-// ---------------------------------------------------------------- read-ahead of execute()
-
-/** Commands that may be read ahead (upper case), from the host at start(). */
-let raNames: Record<string, boolean> = {};
-/** The batch being fed, and the index of the record the pipeline is at (null outside feed). */
-let feedList: unknown[] | null = null;
-let feedAt = 0;
-let feedSerial = 0;
-/** Read-aheads of the current feed. */
-let rounds: Round[] = [];
-const MAX_ROUND = 2048;
-
-/** The key a record stands for: the record itself (KeysOnlyReader) or its `key`. */
-function keyOf(r: unknown): string | null {
-  if (typeof r === "string") return r;
-  if (r !== null && typeof r === "object") {
-    const k = (r as { key?: unknown }).key;
-    if (typeof k === "string") return k;
-  }
-  return null;
-}
-
-/** Any command that may write makes every reply read ahead unusable. */
-function dropRounds(): void {
-  for (let i = 0; i < rounds.length; i++) rounds[i].live = false;
-}
-
-function sameCall(rd: Round, name: string, argv: string[], key: string): boolean {
-  if (rd.name !== name || rd.argv.length !== argv.length) return false;
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] !== (rd.at[i] ? key : rd.argv[i])) return false;
-  }
-  return true;
-}
-
-/**
- * The outcome of execute(name, ...argv) from a read-ahead, issuing one when this is the
- * step's first keyed read of the batch; undefined when the host must be asked.
- */
-function readAhead(list: unknown[], name: string, argv: string[]): unknown[] | undefined {
-  if (raNames[name.toUpperCase()] !== true) {
-    dropRounds();
-    return undefined;
-  }
-  for (let i = 0; i < rounds.length; i++) {
-    const rd = rounds[i];
-    const j = feedAt - rd.from;
-    if (!rd.live || j < 0 || j >= rd.out.length) continue;
-    const o = rd.out[j];
-    if (o === undefined || !sameCall(rd, name, argv, rd.keys[j])) continue;
-    // Used once: a second identical call asks Redis again, as it always did.
-    rd.out[j] = undefined;
-    rd.used++;
-    return o;
-  }
-  const w = cur;
-  if (w === null || w.raOff === true) return undefined;
-  if (w.raFeed === feedSerial) {
-    // One round per step and batch, unless the last one was used up record after record.
-    const last = w.raLast!;
-    if (!last.live || feedAt < last.from + last.out.length || last.used * 2 < last.out.length) {
-      return undefined;
-    }
-  }
-  const key = keyOf(list[feedAt]);
-  if (key === null) return undefined;
-  const at: boolean[] = [];
-  const positions: number[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    at.push(argv[i] === key);
-    if (argv[i] === key) positions.push(i + 1);
-  }
-  if (positions.length === 0) return undefined;
-  const keys: string[] = [];
-  const end = Math.min(list.length, feedAt + MAX_ROUND);
-  for (let j = feedAt; j < end; j++) {
-    const k = keyOf(list[j]);
-    if (k === null) break;
-    keys.push(k);
-  }
-  let out: unknown;
-  try {
-    out = host.callSync("executeMany", curPart, [name, ...argv], positions, keys);
-  } catch (e) {
-    if (isFatal(e)) throw e;
-    w.raOff = true;
-    return undefined;
-  }
-  if (!Array.isArray(out) || out.length !== keys.length) {
-    w.raOff = true;
-    return undefined;
-  }
-  const rd: Round = {
-    name,
-    argv,
-    at,
-    keys,
-    from: feedAt,
-    out: out as (unknown[] | undefined)[],
-    used: 1,
-    live: true,
-    where: w,
-  };
-  rounds.push(rd);
-  w.raFeed = feedSerial;
-  w.raLast = rd;
-  const first = rd.out[0];
-  rd.out[0] = undefined;
-  return first;
-}
-
-/** After a feed: a step whose read-ahead was mostly not used stops reading ahead. */
-function endRounds(taken: number): void {
-  for (let i = 0; i < rounds.length; i++) {
-    const rd = rounds[i];
-    const fed = Math.min(taken - rd.from, rd.out.length);
-    if (rd.used * 2 < fed) rd.where.raOff = true;
-  }
-  rounds = [];
-}
 
 g.execute = function execute(command: unknown, ...args: unknown[]): unknown {
   const name = safeString(command);
   const argv = args.map(safeString);
-  if (feedList !== null) {
-    const o = readAhead(feedList, name, argv);
-    if (o !== undefined) {
-      if (o[0] === 0) return o[1];
-      throw new Error(safeString(o[1]));
-    }
+  const o = readAhead(name, argv);
+  if (o !== undefined) {
+    if (o[0] === 0) return o[1];
+    throw new Error(safeString(o[1]));
   }
-  return host.callSync("execute", curPart, name, ...argv);
+  return host.callSync("execute", at.part, name, ...argv);
 };
 g.executeAsync = function executeAsync(command: unknown, ...args: unknown[]): PromiseLike<unknown> {
   const name = safeString(command);
-  if (rounds.length > 0 && raNames[name.toUpperCase()] !== true) dropRounds();
-  return host.callAsync("execute", curPart, name, ...args.map(safeString));
+  dropUnlessReadAhead(name);
+  return host.callAsync("execute", at.part, name, ...args.map(safeString));
 };
 /**
  * An event record whose value was too big to send along (a set a handler keeps adding
@@ -234,7 +117,7 @@ g.gearsConfigGet = function gearsConfigGet(name: unknown, dflt?: unknown): unkno
   return configGet(name) ?? dflt ?? null;
 };
 g.hashtag = function hashtag(): unknown {
-  return host.callSync("hashtag", curPart);
+  return host.callSync("hashtag", at.part);
 };
 g.callNext = function callNext(...args: unknown[]): unknown {
   dropRounds();
@@ -302,19 +185,19 @@ function later(
   ok: (val: unknown) => void,
   after?: () => void,
 ): void {
-  const p = curPart;
+  const p = at.part;
   ex.pending++;
   const resume = (fn: () => void): void => {
     if (ex.dropped) return;
-    const saved = curPart;
-    curPart = p;
+    const saved = at.part;
+    at.part = p;
     try {
       fn();
       if (after !== undefined) after();
     } catch (e) {
       failFatal(ex, e);
     }
-    curPart = saved;
+    at.part = saved;
     settle(ex);
   };
   try {
@@ -332,38 +215,38 @@ function later(
 const stepTicks: { [i: number]: number } = (g.__steps as Float64Array | undefined) ?? [0];
 
 function call1(ex: Exec, st: StepDef, fn: Fn, r: unknown, k: Cont): void {
-  const prev = cur;
-  cur = st.where;
+  const prev = at.step;
+  at.step = st.where;
   stepTicks[0]++;
   let v: unknown;
   try {
     v = fn(r);
   } catch (e) {
     if (isFatal(e)) throw e; // current() keeps naming this step
-    cur = prev;
+    at.step = prev;
     stepError(ex, st, e);
     return;
   }
-  cur = prev;
+  at.step = prev;
   if (isThenable(v)) later(ex, st, v, (val) => k(val, r));
   else k(v, r);
 }
 
 /** fn(...args), then k(result); for the calls made when a step emits at the end. */
 function callN(ex: Exec, st: StepDef, fn: Fn, args: unknown[], k: (v: unknown) => void): void {
-  const prev = cur;
-  cur = st.where;
+  const prev = at.step;
+  at.step = st.where;
   stepTicks[0]++;
   let v: unknown;
   try {
     v = fn(...args);
   } catch (e) {
     if (isFatal(e)) throw e; // current() keeps naming this step
-    cur = prev;
+    at.step = prev;
     stepError(ex, st, e);
     return;
   }
-  cur = prev;
+  at.step = prev;
   if (isThenable(v)) later(ex, st, v, k);
   else k(v);
 }
@@ -383,19 +266,19 @@ function fold(ex: Exec, st: StepDef, s: Acc, fn: Fn, r: unknown): void {
 }
 
 function applyFold(ex: Exec, st: StepDef, s: Acc, fn: Fn, r: unknown): void {
-  const prev = cur;
-  cur = st.where;
+  const prev = at.step;
+  at.step = st.where;
   stepTicks[0]++;
   let v: unknown;
   try {
     v = s.k === null ? fn(s.a, r) : fn(s.k, s.a, r);
   } catch (e) {
     if (isFatal(e)) throw e; // current() keeps naming this step
-    cur = prev;
+    at.step = prev;
     stepError(ex, st, e);
     return;
   }
-  cur = prev;
+  at.step = prev;
   if (!isThenable(v)) {
     s.a = v;
     return;
@@ -418,14 +301,14 @@ function applyFold(ex: Exec, st: StepDef, s: Acc, fn: Fn, r: unknown): void {
 /** Emits each group's {key, value} record in the partition that owns the key. */
 function emitGroups(groups: Map<string, Acc>, next: Push): void {
   for (const s of groups.values()) {
-    curPart = s.p;
+    at.part = s.p;
     next({ key: s.k, value: s.a });
   }
 }
 
 function drain(ex: Exec, st: StepDef, s: Acc, fn: Fn): void {
-  const saved = curPart;
-  curPart = s.p;
+  const saved = at.part;
+  at.part = s.p;
   while (!s.busy && s.q !== null && s.qi < s.q.length) {
     const r = s.q[s.qi];
     s.q[s.qi++] = undefined;
@@ -435,7 +318,7 @@ function drain(ex: Exec, st: StepDef, s: Acc, fn: Fn): void {
     s.q = null;
     s.qi = 0;
   }
-  curPart = saved;
+  at.part = saved;
 }
 
 /** String(k) for a group key; a key that cannot be a string drops the record. */
@@ -513,7 +396,7 @@ function compile(ex: Exec): void {
 
   const flushers: Phase[][] = [];
   let next: Push = (r) => {
-    ex.results[curPart as number].push(r);
+    ex.results[at.part as number].push(r);
     ex.recordsOut++;
   };
   for (let i = steps.length - 1; i >= 0; i--) {
@@ -571,7 +454,7 @@ function build(
       const end = offset + n;
       const seen = new Array<number>(P).fill(0);
       return (r) => {
-        const p = curPart as number;
+        const p = at.part as number;
         const i = seen[p]++;
         if (i >= offset && i < end) next(r);
         if (closable && i + 1 >= end) ex.closed[p] = true;
@@ -583,12 +466,12 @@ function build(
         for (let p = 0; p < P; p++) {
           const s = states[p];
           if (s === undefined) continue;
-          curPart = p;
+          at.part = p;
           next(s.a);
         }
       });
       return (r) => {
-        const p = curPart as number;
+        const p = at.part as number;
         let s = states[p];
         if (s === undefined) s = states[p] = newAcc(undefined, null, p);
         fold(ex, st, s, f0 as Fn, r);
@@ -600,14 +483,14 @@ function build(
       const k: Cont = (v, r) => {
         const key = toKey(ex, st, v);
         if (key === null) return;
-        const p = curPart as number;
+        const p = at.part as number;
         let s = groups[p].get(key);
         if (s === undefined) groups[p].set(key, (s = newAcc(undefined, key, p)));
         fold(ex, st, s, f1 as Fn, r);
       };
       phases.push(() => {
         for (let p = 0; p < P; p++) {
-          curPart = p;
+          at.part = p;
           for (const s of groups[p].values()) next({ key: s.k, value: s.a });
         }
       });
@@ -615,19 +498,19 @@ function build(
     }
     case "collect":
       return (r) => {
-        const saved = curPart;
-        curPart = 0;
+        const saved = at.part;
+        at.part = 0;
         next(r);
-        curPart = saved;
+        at.part = saved;
       };
     case "repartition": {
       const k: Cont = (v, r) => {
         const key = toKey(ex, st, v);
         if (key === null) return;
-        const saved = curPart;
-        curPart = ownerOf(ex, key);
+        const saved = at.part;
+        at.part = ownerOf(ex, key);
         next(r);
-        curPart = saved;
+        at.part = saved;
       };
       return (r) => call1(ex, st, f0 as Fn, r, k);
     }
@@ -638,10 +521,10 @@ function build(
         if (key === null) return;
         let s = groups.get(key);
         if (s === undefined) groups.set(key, (s = newAcc(undefined, key, ownerOf(ex, key))));
-        const saved = curPart;
-        curPart = s.p;
+        const saved = at.part;
+        at.part = s.p;
         fold(ex, st, s, f1 as Fn, r);
-        curPart = saved;
+        at.part = saved;
       };
       phases.push(() => emitGroups(groups, next));
       return (r) => call1(ex, st, f0 as Fn, r, k);
@@ -657,7 +540,7 @@ function build(
       };
       phases.push(() => {
         for (const [key, gr] of groups) {
-          curPart = gr.p;
+          at.part = gr.p;
           callN(ex, st, f1 as Fn, [key, gr.list], (value) => next({ key, value }));
         }
       });
@@ -668,7 +551,7 @@ function build(
       const states = new Array<Acc | undefined>(P);
       const total = newAcc(undefined, null, 0);
       phases.push(() => {
-        curPart = 0;
+        at.part = 0;
         total.a = deepCopy(zero, 0);
         for (let p = 0; p < P; p++) {
           const s = states[p];
@@ -676,11 +559,11 @@ function build(
         }
       });
       phases.push(() => {
-        curPart = 0;
+        at.part = 0;
         next(total.a);
       });
       return (r) => {
-        const p = curPart as number;
+        const p = at.part as number;
         let s = states[p];
         if (s === undefined) s = states[p] = newAcc(deepCopy(zero, 0), null, p);
         fold(ex, st, s, f0 as Fn, r);
@@ -694,7 +577,7 @@ function build(
       const k: Cont = (v, r) => {
         const key = toKey(ex, st, v);
         if (key === null) return;
-        const p = curPart as number;
+        const p = at.part as number;
         let s = local[p].get(key);
         if (s === undefined) local[p].set(key, (s = newAcc(deepCopy(zero, 0), key, p)));
         fold(ex, st, s, f1 as Fn, r);
@@ -704,7 +587,7 @@ function build(
           for (const [key, s] of local[p]) {
             let t = global.get(key);
             if (t === undefined) global.set(key, (t = newAcc(deepCopy(zero, 0), key, ownerOf(ex, key))));
-            curPart = t.p;
+            at.part = t.p;
             fold(ex, st, t, f2 as Fn, s.a);
           }
         }
@@ -715,7 +598,7 @@ function build(
     case "count": {
       let n = 0;
       phases.push(() => {
-        curPart = 0;
+        at.part = 0;
         next(n);
       });
       return () => {
@@ -731,7 +614,7 @@ function build(
       };
       phases.push(() => {
         for (const [key, c] of counts) {
-          curPart = c.p;
+          at.part = c.p;
           next({ key, value: c.n });
         }
       });
@@ -751,7 +634,7 @@ function build(
       };
       phases.push(() => {
         if (n === 0) return;
-        curPart = 0;
+        at.part = 0;
         next(sum / n);
       });
       if (f0 === undefined) {
@@ -775,7 +658,7 @@ function build(
     case "distinct": {
       const seen = new Map<string, unknown>();
       phases.push(() => {
-        curPart = 0;
+        at.part = 0;
         for (const v of seen.values()) next(v);
       });
       return (r) => {
@@ -787,9 +670,9 @@ function build(
       const list: unknown[] = [];
       const reverse = st.params[0] === true;
       phases.push(() => {
-        curPart = 0;
-        const prev = cur;
-        cur = st.where;
+        at.part = 0;
+        const prev = at.step;
+        at.step = st.where;
         stepTicks[0]++;
         stepTicks[0]++;
         try {
@@ -798,11 +681,11 @@ function build(
           else list.sort(compareValues);
         } catch (e) {
           if (isFatal(e)) throw e;
-          cur = prev;
+          at.step = prev;
           stepError(ex, st, e);
           return;
         }
-        cur = prev;
+        at.step = prev;
         for (let i = 0; i < list.length; i++) next(list[i]);
       });
       return (r) => {
@@ -868,11 +751,11 @@ function finishFrom(ex: Exec, i: number): Result | Promise<Result> {
     const ph = ex.phases[i++];
     ex.stage = ph.stage;
     // No try/finally: after an interrupt, current() must still name this step.
-    const prev = cur;
-    cur = ph.where;
+    const prev = at.step;
+    at.step = ph.where;
     ph.run();
-    cur = prev;
-    curPart = null;
+    at.step = prev;
+    at.part = null;
   }
 }
 
@@ -895,8 +778,7 @@ const gears: GearsEntry = {
     const { parts, owner } = topologyOf(topology);
     const names = (topology as { readAhead?: unknown } | null)?.readAhead;
     if (Array.isArray(names)) {
-      raNames = {};
-      for (const n of names) if (typeof n === "string") raNames[n.toUpperCase()] = true;
+      setReadAheadNames(names);
     }
     const ex: Exec = {
       id: ++lastExecId,
@@ -965,13 +847,12 @@ const gears: GearsEntry = {
     if (!Array.isArray(list)) throw new TypeError("records must be an array");
     const head = ex.head;
     const closed = ex.closed;
-    const saved = curPart;
+    const saved = at.part;
     const budget = typeof budgetMs === "number" && budgetMs > 0 ? budgetMs : 0;
     const started = budget > 0 ? Date.now() : 0;
     let taken = 0;
     let check = 0;
-    feedList = list;
-    feedSerial++;
+    beginFeed(list);
     try {
       for (; taken < list.length; taken++) {
         if (closed[p]) {
@@ -985,15 +866,14 @@ const gears: GearsEntry = {
           check = taken + (spent * 64 < budget ? 16 : 1);
         }
         ex.recordsIn++;
-        curPart = p;
-        feedAt = taken;
+        at.part = p;
+        feedRecord(taken);
         head(list[taken]);
       }
     } finally {
-      feedList = null;
-      endRounds(taken);
+      endFeed(taken);
     }
-    curPart = saved;
+    at.part = saved;
     const settled = whenSettled(ex);
     return settled ? settled.then(() => taken) : taken;
   },
@@ -1061,7 +941,7 @@ const gears: GearsEntry = {
   },
 
   current(): Where | null {
-    return cur === null ? null : { step: cur.step, line: cur.line };
+    return at.step === null ? null : { step: at.step.step, line: at.step.line };
   },
 
   drop(execId: unknown): boolean {

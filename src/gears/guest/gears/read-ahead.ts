@@ -1,0 +1,161 @@
+/**
+ * Read-ahead of execute() within a fed batch: a step's execute() of a read-only command
+ * with the record's key is asked for all the batch's keys in one host call (executeMany),
+ * and its later calls are answered from those replies (the host side: src/gears/read-ahead.ts).
+ */
+import { host } from "../core/host.js";
+import { isFatal } from "../core/errors.js";
+import { at } from "./state.js";
+import type { Round } from "./types.js";
+
+/** Commands that may be read ahead (upper case), from the host at start(). */
+let raNames: Record<string, boolean> = {};
+/** The batch being fed, and the index of the record the pipeline is at (null outside feed). */
+let feedList: unknown[] | null = null;
+let feedAt = 0;
+let feedSerial = 0;
+/** Read-aheads of the current feed. */
+let rounds: Round[] = [];
+const MAX_ROUND = 2048;
+
+/** The key a record stands for: the record itself (KeysOnlyReader) or its `key`. */
+function keyOf(r: unknown): string | null {
+  if (typeof r === "string") return r;
+  if (r !== null && typeof r === "object") {
+    const k = (r as { key?: unknown }).key;
+    if (typeof k === "string") return k;
+  }
+  return null;
+}
+
+/** Any command that may write makes every reply read ahead unusable. */
+export function dropRounds(): void {
+  for (let i = 0; i < rounds.length; i++) rounds[i].live = false;
+}
+
+function sameCall(rd: Round, name: string, argv: string[], key: string): boolean {
+  if (rd.name !== name || rd.argv.length !== argv.length) return false;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] !== (rd.at[i] ? key : rd.argv[i])) return false;
+  }
+  return true;
+}
+
+/**
+ * The outcome of execute(name, ...argv) from a read-ahead, issuing one when this is the
+ * step's first keyed read of the batch; undefined when the host must be asked.
+ */
+function readAheadIn(list: unknown[], name: string, argv: string[]): unknown[] | undefined {
+  if (raNames[name.toUpperCase()] !== true) {
+    dropRounds();
+    return undefined;
+  }
+  for (let i = 0; i < rounds.length; i++) {
+    const rd = rounds[i];
+    const j = feedAt - rd.from;
+    if (!rd.live || j < 0 || j >= rd.out.length) continue;
+    const o = rd.out[j];
+    if (o === undefined || !sameCall(rd, name, argv, rd.keys[j])) continue;
+    // Used once: a second identical call asks Redis again, as it always did.
+    rd.out[j] = undefined;
+    rd.used++;
+    return o;
+  }
+  const w = at.step;
+  if (w === null || w.raOff === true) return undefined;
+  if (w.raFeed === feedSerial) {
+    // One round per step and batch, unless the last one was used up record after record.
+    const last = w.raLast!;
+    if (!last.live || feedAt < last.from + last.out.length || last.used * 2 < last.out.length) {
+      return undefined;
+    }
+  }
+  const key = keyOf(list[feedAt]);
+  if (key === null) return undefined;
+  const keyAt: boolean[] = [];
+  const positions: number[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    keyAt.push(argv[i] === key);
+    if (argv[i] === key) positions.push(i + 1);
+  }
+  if (positions.length === 0) return undefined;
+  const keys: string[] = [];
+  const end = Math.min(list.length, feedAt + MAX_ROUND);
+  for (let j = feedAt; j < end; j++) {
+    const k = keyOf(list[j]);
+    if (k === null) break;
+    keys.push(k);
+  }
+  let out: unknown;
+  try {
+    out = host.callSync("executeMany", at.part, [name, ...argv], positions, keys);
+  } catch (e) {
+    if (isFatal(e)) throw e;
+    w.raOff = true;
+    return undefined;
+  }
+  if (!Array.isArray(out) || out.length !== keys.length) {
+    w.raOff = true;
+    return undefined;
+  }
+  const rd: Round = {
+    name,
+    argv,
+    at: keyAt,
+    keys,
+    from: feedAt,
+    out: out as (unknown[] | undefined)[],
+    used: 1,
+    live: true,
+    where: w,
+  };
+  rounds.push(rd);
+  w.raFeed = feedSerial;
+  w.raLast = rd;
+  const first = rd.out[0];
+  rd.out[0] = undefined;
+  return first;
+}
+
+/** After a feed: a step whose read-ahead was mostly not used stops reading ahead. */
+function endRounds(taken: number): void {
+  for (let i = 0; i < rounds.length; i++) {
+    const rd = rounds[i];
+    const fed = Math.min(taken - rd.from, rd.out.length);
+    if (rd.used * 2 < fed) rd.where.raOff = true;
+  }
+  rounds = [];
+}
+
+/** A batch is being fed: execute() may be answered from read-aheads of it. */
+export function beginFeed(list: unknown[]): void {
+  feedList = list;
+  feedSerial++;
+}
+
+/** The record of the fed batch the pipeline is at. */
+export function feedRecord(index: number): void {
+  feedAt = index;
+}
+
+/** The batch is done (`taken` records of it ran): read-aheads mostly unused are turned off. */
+export function endFeed(taken: number): void {
+  feedList = null;
+  endRounds(taken);
+}
+
+/** The commands that may be read ahead (from the host at start()). */
+export function setReadAheadNames(names: unknown[]): void {
+  raNames = {};
+  for (const n of names) if (typeof n === "string") raNames[n.toUpperCase()] = true;
+}
+
+/** execute()'s answer from a read-ahead, `[0, value]` or `[1, message]`; undefined: ask the host. */
+export function readAhead(name: string, argv: string[]): unknown[] | undefined {
+  return feedList === null ? undefined : readAheadIn(feedList, name, argv);
+}
+
+/** A command that is not read ahead may write: replies read ahead are stale after it. */
+export function dropUnlessReadAhead(name: string): void {
+  if (rounds.length > 0 && raNames[name.toUpperCase()] !== true) dropRounds();
+}
