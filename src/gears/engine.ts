@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
+import { Shards } from "../routing/shards.js";
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
 import { GEARS_GUEST_SOURCE } from "../sandbox/guest/gears-guest.js";
 import { GearsConfig } from "./config.js";
@@ -14,7 +15,7 @@ import { isSyncMarker, SYNC_MARKER, SYNCED_CHANNEL } from "./events/sync-markers
 import { Registration } from "./registration.js";
 import { RegistrationRegistry, type GearsSession } from "./registry.js";
 import { keySlot } from "../routing/key-slot.js";
-import { SessionStore, type StoredSession } from "./session-store.js";
+import { SessionStore, type StoredSession, type StoredSessions } from "./session-store.js";
 import { replyValueToResp } from "./json-values.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
@@ -67,13 +68,16 @@ export class GearsEngine {
   private syncSeq = 0;
   private readonly syncWaiters = new Map<number, () => void>();
   private readonly store: SessionStore;
+  /** Routing's door to the shards: masters, one shard's commands, subscriptions, topology changes. */
+  readonly shards: Shards;
 
   constructor(
     readonly router: Router,
     private readonly log: Logger,
     private readonly newIsolate: IsolateFactory,
   ) {
-    this.registry = new RegistrationRegistry(router, log, () => `${this.proxyId}-${++this.counter}`, {
+    this.shards = new Shards(router);
+    this.registry = new RegistrationRegistry(router, this.shards, log, () => `${this.proxyId}-${++this.counter}`, {
       consumerName: this.proxyId,
       claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
       maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
@@ -130,7 +134,7 @@ export class GearsEngine {
     const timerRequests: { id: number; seconds: number; keyName: string | null }[] = [];
     const bridge = new GearsBridge(
       this.router,
-      () => (partitions ??= new Partitions(this.router)),
+      () => (partitions ??= new Partitions(this.shards)),
       this.config,
       this.log,
       {
@@ -164,7 +168,7 @@ export class GearsEngine {
       await isolate.dispose();
       return OK;
     }
-    partitions ??= new Partitions(this.router);
+    partitions ??= new Partitions(this.shards);
     const execution = new Execution(
       `${this.proxyId}-${++this.counter}`,
       isolate,
@@ -265,7 +269,7 @@ export class GearsEngine {
   private ownsTimer(keyName: string | null): boolean {
     if (this.leases === null) return true;
     const slot = keyName === null ? 0 : keySlot(Buffer.from(keyName));
-    return this.leases.owns(this.router.topology.nodeForSlot(slot).id);
+    return this.leases.owns(this.shards.idForSlot(slot));
   }
 
   /**
@@ -299,7 +303,7 @@ export class GearsEngine {
     this.foundHook = null;
     if (found === undefined) return this.runWithEvents(name, argv);
     const record = argv.map((a) => a.toString());
-    const partitions = new Partitions(this.router);
+    const partitions = new Partitions(this.shards);
     const partition = argv.length > 1 ? partitions.partitionOfSlot(keySlot(argv[1])) : 0;
     const execution = await this.registry.runCommand(found, partitions, partition, record);
     if (execution.errors.length > 0) return encodeError(`ERR ${execution.errors[0]}`);
@@ -370,10 +374,10 @@ export class GearsEngine {
   private async syncWithOwners(): Promise<void> {
     const leases = this.leases;
     if (leases === null) return;
-    const masters = this.router.topology.masters();
+    const masters = this.shards.masters();
     const foreign = masters.flatMap((m, index) => (leases.owns(m.id) ? [] : [index]));
     if (foreign.length === 0) return;
-    const partitions = new Partitions(this.router);
+    const partitions = new Partitions(this.shards);
     await Promise.all(
       foreign.map(async (index) => {
         const seq = ++this.syncSeq;
@@ -400,13 +404,14 @@ export class GearsEngine {
   private async startKeyspaceEvents(): Promise<void> {
     if (this.keyspace !== null) return;
     this.keyspace = new KeyspaceEventSource(
-      this.router.topology,
+      this.shards,
       this.log,
       (events) => this.onKeyspaceEvents(events),
       { pattern: SYNCED_CHANNEL + this.proxyId, onMessage: (_channel, message) => this.onSynced(message) },
     );
     this.leases = new ShardLeases(
       this.router,
+      this.shards,
       this.log,
       this.proxyId,
       () => this.config.number("EventLeaseMS"),
@@ -465,7 +470,7 @@ export class GearsEngine {
   private readonly scripts = new Map<string, string>();
   /** Each session as this proxy last stored or loaded it (JSON): what is new in the store is what differs. */
   private readonly storedJson = new Map<string, string>();
-  private storeVersion: string | null = null;
+  private storeVersion: string | null | undefined = undefined;
   private storePoll: NodeJS.Timeout | null = null;
   private syncing: Promise<void> = Promise.resolve();
 
@@ -491,7 +496,7 @@ export class GearsEngine {
     const json = JSON.stringify(stored);
     if (this.storedJson.get(session.id) === json) return;
     this.storedJson.set(session.id, json);
-    await this.store.save(stored);
+    await this.store.save(stored, json);
   }
 
   private forget(id: string): Promise<void> {
@@ -505,7 +510,8 @@ export class GearsEngine {
   /**
    * Brings back the sessions stored in Redis (at start), then keeps following the store:
    * sessions another proxy in front of the same Redis adds, upgrades or unregisters are
-   * taken over here within about a second (a version counter is polled).
+   * taken over here within about a second (a version token is polled), and sessions the
+   * store lost (a FLUSHALL through the proxy or straight to a shard) are written back.
    */
   async restore(): Promise<void> {
     await this.serialized(() => this.syncFromStore());
@@ -514,18 +520,22 @@ export class GearsEngine {
   }
 
   private async pollStore(): Promise<void> {
-    const version = await this.store.version().catch(() => null);
-    if (version === null || version === this.storeVersion) return;
+    const version = await this.store.version().catch(() => undefined);
+    if (version === undefined) return;
+    // Gone while this proxy holds sessions: flushed, to be written back.
+    if (version === this.storeVersion && (version !== null || this.storedJson.size === 0)) return;
     await this.syncFromStore();
   }
 
-  /** Makes the local sessions what the store holds (every session's registrations with their ids). */
+  /**
+   * Makes the local sessions what the store holds: a tombstone removes a session here, a
+   * new or changed entry is brought in, and a session the store lost without a tombstone
+   * is written back from memory.
+   */
   private async syncFromStore(): Promise<void> {
-    let stored: StoredSession[];
+    let stored: StoredSessions;
     try {
-      const version = await this.store.version();
       stored = await this.store.load();
-      this.storeVersion = version;
     } catch (err) {
       this.log.warn(
         { err: err instanceof Error ? err.message : String(err) },
@@ -533,22 +543,45 @@ export class GearsEngine {
       );
       return;
     }
-    const ids = new Set(stored.map((s) => s.id));
-    for (const [id] of this.storedJson) {
-      if (ids.has(id)) continue;
-      // Gone from the store: unregistered or replaced through another proxy.
+    this.storeVersion = stored.version;
+    const live = new Set(stored.sessions.map((s) => s.session.id));
+    const lost: [string, string][] = [];
+    for (const [id, json] of this.storedJson) {
+      if (live.has(id)) continue;
+      if (!stored.removed.has(id)) {
+        lost.push([id, json]);
+        continue;
+      }
+      // Unregistered or replaced through another proxy.
       this.storedJson.delete(id);
       this.scripts.delete(id);
       const session = this.registry.session(id);
       for (const r of session?.registrations ?? []) this.registry.unregister(r.id);
       this.log.info({ session: id }, "gears session removed by another proxy");
     }
-    for (const s of stored) {
-      const json = JSON.stringify(s);
-      if (this.storedJson.get(s.id) === json) continue;
-      await this.bringIn(s, json);
+    if (lost.length > 0) await this.writeBack(lost);
+    for (const { session, json } of stored.sessions) {
+      if (this.storedJson.get(session.id) === json) continue;
+      await this.bringIn(session, json);
     }
     this.stopEventsIfUnused();
+  }
+
+  /** Sessions the store lost (flushed): written back from what this proxy runs. */
+  private async writeBack(lost: [string, string][]): Promise<void> {
+    try {
+      const written = await this.store.restore(lost);
+      this.storeVersion = await this.store.version();
+      this.log.warn(
+        { sessions: lost.map(([id]) => id), written },
+        "gears session store lost sessions (a flush?): written back from memory",
+      );
+    } catch (err) {
+      this.log.warn(
+        { err: err instanceof Error ? err.message : String(err) },
+        "could not write lost gears sessions back",
+      );
+    }
   }
 
   /** Runs a stored session's script in its session, with its registrations' old ids. */

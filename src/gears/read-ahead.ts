@@ -9,7 +9,8 @@ import { encodeCommand } from "../resp/encode.js";
 import { replyOutcomeJson } from "../resp/json-text.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
 import { RawJson, type JsonValue } from "../sandbox/types.js";
-import { RawSink, type Partitions } from "./partitions.js";
+import { RawSink } from "../routing/shards.js";
+import type { Partitions } from "./partitions.js";
 
 /**
  * Commands that only read keys: reading them early cannot change what anyone sees. Writes

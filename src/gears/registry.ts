@@ -1,13 +1,14 @@
 import type { Logger } from "../observability/log.js";
 import { keySlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
+import type { Shards } from "../routing/shards.js";
 import type { JsonValue } from "../sandbox/types.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
 import { Execution, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
 import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
-import { isProxyKey } from "./events/proxy-keys.js";
+import { isProxyKey } from "../routing/hidden-keys.js";
 import { eventKeyRecords, keyRecords } from "./readers.js";
 import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js";
 
@@ -69,6 +70,7 @@ export class RegistrationRegistry {
 
   constructor(
     private readonly router: Router,
+    private readonly shards: Shards,
     private readonly log: Logger,
     private readonly executionId: () => string,
     private readonly options: RegistryOptions,
@@ -148,6 +150,7 @@ export class RegistrationRegistry {
   private startConsumer(session: GearsSession, registration: Registration): void {
     const consumer = new StreamConsumer(
       this.router,
+      this.shards,
       this.log,
       streamGroupName(session.id, registration.actionIndex),
       this.options.consumerName,
@@ -168,7 +171,7 @@ export class RegistrationRegistry {
     records: JsonValue[],
   ): Promise<{ failed: boolean }> {
     if (this.sessions.get(session.id) !== session) return { failed: true };
-    const partitions = new Partitions(this.router);
+    const partitions = new Partitions(this.shards);
     const partition = partitions.partitionOfSlot(keySlot(stream));
     const input = new Map<number, PackedRecords>([[partition, { records, values: null }]]);
     const execution = await this.runExecution(session, registration, partitions, input, records.length);
@@ -356,7 +359,7 @@ export class RegistrationRegistry {
   ): Promise<void> {
     const started = Date.now();
     try {
-      const partitions = new Partitions(this.router);
+      const partitions = new Partitions(this.shards);
       const input = await this.recordsOf(registration, partitions, events);
       if (input.size > 0) await this.runExecution(session, registration, partitions, input, events.length);
     } catch (err) {
@@ -380,7 +383,6 @@ export class RegistrationRegistry {
     partitions: Partitions,
     events: QueuedKeyEvent[],
   ): Promise<Map<number, PackedRecords>> {
-    const masters = this.router.topology.masters();
     const byShard = new Map<string, QueuedKeyEvent[]>();
     for (const e of events) {
       const list = byShard.get(e.shard) ?? [];
@@ -389,10 +391,7 @@ export class RegistrationRegistry {
     }
     const input = new Map<number, PackedRecords>();
     for (const [shard, list] of byShard) {
-      const partition = Math.max(
-        0,
-        masters.findIndex((m) => m.id === shard),
-      );
+      const partition = Math.max(0, partitions.partitionOfNode(shard));
       const distinct = new Map<string, Buffer>();
       for (const e of list) distinct.set(e.key.toString("latin1"), e.key);
       const keys = [...distinct.values()];
@@ -531,7 +530,7 @@ export class RegistrationRegistry {
         bridge.command = argv;
         bridge.overriddenReply = null;
         try {
-          const partitions = new Partitions(this.router);
+          const partitions = new Partitions(this.shards);
           const input = await this.recordsOf(registration, partitions, mine);
           if (input.size > 0) await this.runExecution(session, registration, partitions, input, mine.length);
           override = bridge.overriddenReply ?? override;

@@ -1,12 +1,6 @@
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
-import { RespError } from "../resp/values.js";
-import { PROXY_HASHTAG } from "./events/proxy-keys.js";
-
-/** One hash in Redis (one hashtag, so one slot) holds every session: id -> its script and ids. */
-export const SESSIONS_KEY = `${PROXY_HASHTAG}:sessions`;
-/** Counts changes to the sessions, so proxies notice another's change with one GET. */
-export const SESSIONS_VERSION_KEY = `${PROXY_HASHTAG}:sessions:version`;
+import { DurableStore, type StoreSnapshot } from "./durable-store.js";
 
 /** What is kept of a session so another proxy start can bring it back as it was. */
 export interface StoredSession {
@@ -17,50 +11,65 @@ export interface StoredSession {
   registrations: Record<string, string>;
 }
 
-/** Sessions persisted in Redis itself, so they survive the proxy. */
+/** The sessions as one read of the store saw them. */
+export interface StoredSessions {
+  version: string | null;
+  /** Each live session with its JSON as stored (what differs from a proxy's copy is new). */
+  sessions: { session: StoredSession; json: string }[];
+  /** Sessions unregistered on purpose. */
+  removed: Set<string>;
+}
+
+/**
+ * Sessions persisted in Redis itself (`{gears-proxy}:sessions`), so they survive the proxy
+ * and flushes: see DurableStore.
+ */
 export class SessionStore {
+  private readonly store: DurableStore;
+
   constructor(
-    private readonly router: Router,
+    router: Router,
     private readonly log: Logger,
-  ) {}
-
-  async save(session: StoredSession): Promise<void> {
-    await this.write(["HSET", SESSIONS_KEY, session.id, JSON.stringify(session)]);
-    await this.write(["INCR", SESSIONS_VERSION_KEY]);
+  ) {
+    this.store = new DurableStore(router, "sessions");
   }
 
-  async remove(id: string): Promise<void> {
-    await this.write(["HDEL", SESSIONS_KEY, id]);
-    await this.write(["INCR", SESSIONS_VERSION_KEY]);
+  save(session: StoredSession, json: string): Promise<void> {
+    return this.guard(this.store.save(session.id, json));
   }
 
-  /** The change counter ("0" before any change); throws when Redis cannot be read. */
-  async version(): Promise<string> {
-    const reply = await this.router.call(["GET", SESSIONS_VERSION_KEY]);
-    if (reply instanceof RespError) throw new Error(reply.message);
-    return reply === null ? "0" : String(reply);
+  remove(id: string): Promise<void> {
+    return this.guard(this.store.remove(id));
   }
 
-  async load(): Promise<StoredSession[]> {
-    const reply = await this.router.call(["HGETALL", SESSIONS_KEY]);
-    if (!Array.isArray(reply)) return [];
-    const out: StoredSession[] = [];
-    for (let i = 1; i < reply.length; i += 2) {
+  /** The version token (null when the store is gone); throws when Redis cannot be read. */
+  version(): Promise<string | null> {
+    return this.store.version();
+  }
+
+  /** Writes back sessions the store lost; how many were. */
+  restore(sessions: [string, string][]): Promise<number> {
+    return this.store.restore(sessions);
+  }
+
+  async load(): Promise<StoredSessions> {
+    const snapshot: StoreSnapshot = await this.store.read();
+    const sessions: StoredSessions["sessions"] = [];
+    for (const [id, json] of snapshot.entries) {
       try {
-        out.push(JSON.parse(String(reply[i])) as StoredSession);
+        sessions.push({ session: JSON.parse(json) as StoredSession, json });
       } catch {
-        this.log.warn({ session: String(reply[i - 1]) }, "stored gears session is unreadable; skipped");
+        this.log.warn({ session: id }, "stored gears session is unreadable; skipped");
       }
     }
-    return out;
+    return { version: snapshot.version, sessions, removed: snapshot.removed };
   }
 
-  private async write(argv: string[]): Promise<void> {
+  private async guard(write: Promise<void>): Promise<void> {
     try {
-      const reply = await this.router.call(argv);
-      if (reply instanceof RespError) throw new Error(reply.message);
+      await write;
     } catch (err) {
-      // The session still runs; it just will not come back after a restart.
+      // The session still runs; the store is written again from memory when found missing.
       this.log.warn(
         { err: err instanceof Error ? err.message : String(err) },
         "could not persist gears session",

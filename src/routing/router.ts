@@ -8,6 +8,7 @@ import type { UpstreamNode } from "../upstream/node.js";
 import type { Topology } from "../upstream/topology.js";
 import type { CommandTable } from "./command-table.js";
 import { FAN_OUT, type ClusterSender } from "./fan-out.js";
+import { KEY_LISTING_COMMANDS } from "./hidden-keys.js";
 import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
@@ -59,6 +60,9 @@ export class Router implements ClusterSender {
   /** Forwards a client's command (`name` in lower case); the raw reply goes to `sink`. */
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
     if (this.cluster === null) {
+      // The proxy's own keys (db 0) are left out of key listings there too.
+      const hiding = ctx.db === 0 && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
+      if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity);
       this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db);
       return;
     }

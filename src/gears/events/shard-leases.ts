@@ -1,7 +1,8 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
+import type { Shards } from "../../routing/shards.js";
 import { RespError, type RespValue } from "../../resp/values.js";
-import { PROXY_HASHTAG } from "./proxy-keys.js";
+import { noteProxyKey, PROXY_HASHTAG } from "../../routing/hidden-keys.js";
 
 /** Lease keys share one hashtag with the stored sessions: one slot, one place to look. */
 const LEASE_PREFIX = `${PROXY_HASHTAG}:lease:`;
@@ -75,6 +76,7 @@ export class ShardLeases {
 
   constructor(
     private readonly router: Router,
+    private readonly shards: Shards,
     private readonly log: Logger,
     private readonly proxyId: string,
     private readonly leaseMs: () => number,
@@ -127,10 +129,10 @@ export class ShardLeases {
   }
 
   /** The shards of the current topology, by master id, with their shared identities. */
-  private shards(): Map<string, string> {
-    const masters = this.router.topology.masters();
+  private shardKeys(): Map<string, string> {
+    const masters = this.shards.masters();
     const first = new Map<number, number>();
-    for (const [start, , index] of this.router.topology.slotRanges()) {
+    for (const [start, , index] of this.shards.slotRanges()) {
       first.set(index, Math.min(start, first.get(index) ?? start));
     }
     const shards = new Map<string, string>();
@@ -140,7 +142,7 @@ export class ShardLeases {
 
   private async tick(): Promise<void> {
     if (this.stopped) return;
-    const shards = this.shards();
+    const shards = this.shardKeys();
     for (const [node, lease] of this.leases) {
       if (shards.get(node) === lease.key) continue;
       // The master is gone or serves other slots now: its events are someone else's.
@@ -169,6 +171,7 @@ export class ShardLeases {
 
   private async tryLease(node: string, lease: ShardLease): Promise<void> {
     const key = LEASE_PREFIX + lease.key;
+    noteProxyKey(key);
     const ttl = String(this.leaseMs());
     if (lease.owned) {
       const at = String(this.events.handledThrough(node));

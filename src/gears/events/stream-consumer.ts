@@ -1,5 +1,6 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
+import type { Shards } from "../../routing/shards.js";
 import { RespError, type RespValue } from "../../resp/values.js";
 import type { JsonValue } from "../../sandbox/types.js";
 
@@ -138,6 +139,7 @@ export class StreamConsumer {
 
   constructor(
     private readonly router: Router,
+    private readonly shards: Shards,
     private readonly log: Logger,
     readonly group: string,
     private readonly consumer: string,
@@ -238,11 +240,11 @@ export class StreamConsumer {
       if (type === "stream") this.kick(this.stateOf(Buffer.from(prefix)));
       return;
     }
-    for (const node of this.router.topology.masters()) {
+    for (const node of this.shards.masters()) {
       let cursor = "0";
       do {
-        const reply = await node
-          .call(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000", "TYPE", "stream"])
+        const reply = await this.shards
+          .callNode(node.id, ["SCAN", cursor, "MATCH", pattern, "COUNT", "1000", "TYPE", "stream"])
           .catch(() => null);
         if (!Array.isArray(reply) || this.stopped) break;
         cursor = text(reply[0]);
