@@ -77,11 +77,17 @@ export class GearsEngine {
     private readonly newIsolate: IsolateFactory,
   ) {
     this.shards = new Shards(router);
-    this.registry = new RegistrationRegistry(router, this.shards, log, () => `${this.proxyId}-${++this.counter}`, {
-      consumerName: this.proxyId,
-      claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
-      maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
-    });
+    this.registry = new RegistrationRegistry(
+      router,
+      this.shards,
+      log,
+      () => `${this.proxyId}-${++this.counter}`,
+      {
+        consumerName: this.proxyId,
+        claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
+        maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
+      },
+    );
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
     this.registry.onForeignEvents = (events) => this.backlog.add(events);
     this.store = new SessionStore(router, log);

@@ -137,7 +137,13 @@ const dbsize: FanOut = (r, argv, sink, affinity) => {
   );
   const payload = encodeCommand(argv);
   masters.forEach((node, i) => r.sendTo(node, payload, gather.part(i), affinity, -1));
-  r.sendTo(r.routeSlot(PROXY_KEYS_SLOT, affinity), counted, gather.part(masters.length), affinity, PROXY_KEYS_SLOT);
+  r.sendTo(
+    r.routeSlot(PROXY_KEYS_SLOT, affinity),
+    counted,
+    gather.part(masters.length),
+    affinity,
+    PROXY_KEYS_SLOT,
+  );
 };
 
 /** INFO-like replies are left to the client session; these are the keyless commands that span shards. */
