@@ -10,6 +10,7 @@ import { Execution } from "./execution.js";
 import type { Action, GuestIsolate, IsolateFactory } from "./guest-isolate.js";
 import { KeyspaceEventSource, type KeyEvent, type KeyspaceStatus } from "./events/keyspace-source.js";
 import { EventBacklog } from "./events/event-backlog.js";
+import { WriteJournal } from "./events/write-journal.js";
 import { ShardLeases } from "./events/shard-leases.js";
 import { isSyncMarker, SYNC_MARKER, SYNCED_CHANNEL } from "./events/sync-markers.js";
 import { Registration } from "./registration.js";
@@ -22,6 +23,11 @@ import { Partitions } from "./partitions.js";
 
 /** Events from this long before a dead lease owner's last mark are replayed too (clock skew, at least once). */
 const REPLAY_MARGIN_MS = 1000;
+
+/** How often writes through the proxy still waiting for their notification are checked. */
+const JOURNAL_SETTLE_MS = 200;
+/** A settle round whose barrier takes longer than this is given up (a shard hangs): the next one tries again. */
+const JOURNAL_BARRIER_MS = 2000;
 
 /** How often the session store's version is checked for other proxies' changes. */
 const STORE_POLL_MS = 1000;
@@ -55,6 +61,9 @@ export class GearsEngine {
   private registrationCounter = 0;
   readonly registry: RegistrationRegistry;
   private keyspace: KeyspaceEventSource | null = null;
+  /** Writes through the proxy waiting for their notifications: those lost become events anyway. */
+  private readonly journal = new WriteJournal();
+  private stopJournal: (() => void) | null = null;
   private leases: ShardLeases | null = null;
   /** Other proxies' shards' recent events, replayed when this proxy takes a shard over. */
   private readonly backlog = new EventBacklog(
@@ -346,6 +355,7 @@ export class GearsEngine {
   }
 
   private onKeyspaceEvents(events: KeyEvent[]): void {
+    this.journal.confirm(events);
     for (const capture of this.captures) {
       for (const e of events) if (capture.keys.has(e.key.toString("latin1"))) capture.events.push(e);
     }
@@ -436,6 +446,49 @@ export class GearsEngine {
     );
     await this.keyspace.start();
     await this.leases.start();
+    this.startJournal();
+  }
+
+  /** Follows the writes forwarded through the proxy, and settles them every JOURNAL_SETTLE_MS. */
+  private startJournal(): void {
+    const unwatch = this.shards.onWrite((name, argv, keys) => this.journal.watch(name, argv, keys));
+    let busy = false;
+    const timer = setInterval(() => {
+      if (busy || this.journal.waiting === 0) return;
+      busy = true;
+      void this.settleJournal().finally(() => (busy = false));
+    }, JOURNAL_SETTLE_MS);
+    timer.unref();
+    this.stopJournal = () => {
+      unwatch();
+      clearInterval(timer);
+      this.journal.clear();
+    };
+  }
+
+  /**
+   * Writes acknowledged before the barrier whose notification did not come before it
+   * never will (a subscription was down, or the shard was a replica not yet followed):
+   * they are dispatched as the events they caused.
+   */
+  private async settleJournal(): Promise<void> {
+    const keyspace = this.keyspace;
+    if (keyspace === null) return;
+    const cut = Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      keyspace.barrier().then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), JOURNAL_BARRIER_MS))),
+    ]);
+    clearTimeout(timer);
+    if (timedOut || this.keyspace !== keyspace) return;
+    const missed = this.journal.takeUnconfirmed(cut, (key) => this.shards.idForSlot(keySlot(key)));
+    if (missed.length === 0) return;
+    this.log.info(
+      { events: missed.length },
+      "writes through the proxy whose notifications were lost: handled from the proxy's record of them",
+    );
+    this.registry.dispatch(missed);
   }
 
   private async stopKeyspaceEvents(): Promise<void> {
@@ -444,6 +497,8 @@ export class GearsEngine {
     this.keyspace = null;
     this.leases = null;
     this.backlog.clear();
+    this.stopJournal?.();
+    this.stopJournal = null;
     await Promise.all([keyspace?.stop(), leases?.stop()]);
   }
 

@@ -41,11 +41,6 @@ export class Partitions {
     };
   }
 
-  /** The partition whose master is `node` (an event's shard); -1 when none is. */
-  partitionOfNode(node: string): number {
-    return this.nodes.indexOf(node);
-  }
-
   /** A short string whose hash slot belongs to `partition` (the guest's hashtag()). */
   hashtag(partition: number): string {
     const table = slotNames();

@@ -383,15 +383,16 @@ export class RegistrationRegistry {
     partitions: Partitions,
     events: QueuedKeyEvent[],
   ): Promise<Map<number, PackedRecords>> {
-    const byShard = new Map<string, QueuedKeyEvent[]>();
+    // By where each key lives now: the master that notified may have been failed over since.
+    const byPartition = new Map<number, QueuedKeyEvent[]>();
     for (const e of events) {
-      const list = byShard.get(e.shard) ?? [];
+      const partition = partitions.partitionOfSlot(keySlot(e.key));
+      const list = byPartition.get(partition) ?? [];
       list.push(e);
-      byShard.set(e.shard, list);
+      byPartition.set(partition, list);
     }
     const input = new Map<number, PackedRecords>();
-    for (const [shard, list] of byShard) {
-      const partition = Math.max(0, partitions.partitionOfNode(shard));
+    for (const [partition, list] of byPartition) {
       const distinct = new Map<string, Buffer>();
       for (const e of list) distinct.set(e.key.toString("latin1"), e.key);
       const keys = [...distinct.values()];

@@ -57,8 +57,12 @@ export class Router implements ClusterSender {
       this.cluster === null ? null : { topology: this.cluster, scripts: this.scripts, retryTimeoutMs };
   }
 
+  /** Sees the commands forwarded in db 0 and can watch their replies (shards.ts onWrite); null when unused. */
+  tap: ((name: string, argv: Buffer[], sink: ReplySink) => ReplySink) | null = null;
+
   /** Forwards a client's command (`name` in lower case); the raw reply goes to `sink`. */
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
+    if (this.tap !== null && ctx.db === 0) sink = this.tap(name, argv, sink);
     if (this.cluster === null) {
       // The proxy's own keys (db 0) are left out of key listings there too.
       const hiding = ctx.db === 0 && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
@@ -95,6 +99,11 @@ export class Router implements ClusterSender {
   /** Whether the command writes (its COMMAND flags say "write"). */
   isWrite(name: string, argv: readonly Buffer[]): boolean {
     return this.commands?.lookup(name, argv)?.flags.has("write") ?? false;
+  }
+
+  /** The keys of a command, as the command table finds them. */
+  keysOf(name: string, argv: readonly Buffer[]): Buffer[] {
+    return this.commands?.keyIndexes(name, argv).map((i) => argv[i]) ?? [];
   }
 
   private isReadOnly(name: string, argv: readonly Buffer[]): boolean {

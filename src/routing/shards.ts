@@ -74,6 +74,19 @@ export class Shards {
     return this.router.topology.nodeForSlot(slot).id;
   }
 
+  /**
+   * The replicas of a master (ids as host:port), as the master itself lists them (INFO
+   * replication); none in front of one server, where the proxy follows no failover.
+   */
+  async replicasOf(shard: string): Promise<string[]> {
+    if (!this.clustered) return [];
+    const info = await this.callNode(shard, ["INFO", "replication"]);
+    const text = Buffer.isBuffer(info) ? info.toString() : typeof info === "string" ? info : "";
+    const out: string[] = [];
+    for (const m of text.matchAll(/^slave\d+:ip=([^,]+),port=(\d+)/gm)) out.push(`${m[1]}:${m[2]}`);
+    return out;
+  }
+
   /** Re-reads the topology now (joins a refresh under way). */
   refresh(): Promise<void> {
     return this.router.topology.refresh();
@@ -125,6 +138,34 @@ export class Shards {
     conn.pushHandler = (frame) => handlers.onFrame(frame);
     conn.onBorrowerLost = (reason) => handlers.onLost(reason);
     return new LentSubscription(node, conn);
+  }
+
+  /**
+   * Watches the writes forwarded in db 0 (clients' and the proxy's own): `watch` sees each
+   * as it leaves (argv and keys are valid only during the call) and may return what to
+   * call with its reply, called only when the write succeeded (not an error, not a lost
+   * connection). One watcher at a time; returns the function that stops it.
+   */
+  onWrite(
+    watch: (name: string, argv: readonly Buffer[], keys: Buffer[]) => ((reply: Buffer) => void) | null,
+  ): () => void {
+    const router = this.router;
+    const tap = (name: string, argv: Buffer[], sink: ReplySink): ReplySink => {
+      if (!router.isWrite(name, argv)) return sink;
+      const done = watch(name, argv, router.keysOf(name, argv));
+      if (done === null) return sink;
+      return {
+        reply: (data) => {
+          sink.reply(data);
+          if (data[0] !== 45 /* - */) done(data);
+        },
+        fail: (message) => sink.fail(message),
+      };
+    };
+    router.tap = tap;
+    return () => {
+      if (router.tap === tap) router.tap = null;
+    };
   }
 
   /**

@@ -289,6 +289,7 @@ export class KeyspaceEventSource {
         );
       }
       sub.warnedConfig = "";
+      await this.configureReplicas(node);
       return { node, notifications, configured: true };
     } catch (err) {
       const error = errorText(err);
@@ -305,6 +306,41 @@ export class KeyspaceEventSource {
       }
       return { node, notifications, configured: false, error };
     }
+  }
+
+  /**
+   * The same flags on the master's replicas, so a promoted replica notifies from its first
+   * write, before the proxy has noticed the failover (the proxy's own writes are covered
+   * either way; others' writes in that window are not). Best effort: a replica that cannot
+   * be reached or refuses is logged and left.
+   */
+  private async configureReplicas(master: string): Promise<void> {
+    const replicas = await this.shards.replicasOf(master).catch(() => [] as string[]);
+    await Promise.all(
+      replicas.map(async (replica) => {
+        try {
+          const current = await this.readFlags(replica);
+          const merged = mergeNotifyFlags(current, this.extraFlags);
+          if (merged === current) return;
+          const reply = await this.shards.callNode(replica, [
+            "CONFIG",
+            "SET",
+            "notify-keyspace-events",
+            merged,
+          ]);
+          if (reply instanceof RespError) throw new Error(`CONFIG SET: ${reply.message}`);
+          this.log.info(
+            { node: replica, master, before: current, after: merged },
+            "enabled keyevent notifications on a replica",
+          );
+        } catch (err) {
+          this.log.warn(
+            { node: replica, master, err: errorText(err) },
+            "cannot enable keyspace notifications on a replica",
+          );
+        }
+      }),
+    );
   }
 
   private async readFlags(node: string): Promise<string> {

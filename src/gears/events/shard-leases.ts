@@ -71,7 +71,8 @@ interface ShardLease {
 export class ShardLeases {
   private readonly leases = new Map<string, ShardLease>();
   private timer: NodeJS.Timeout | null = null;
-  private ticking: Promise<void> | null = null;
+  private ticking: Promise<void> = Promise.resolve();
+  private unwatch: (() => void) | null = null;
   private stopped = false;
 
   constructor(
@@ -83,20 +84,30 @@ export class ShardLeases {
     private readonly events: LeaseEvents,
   ) {}
 
-  /** Tries every shard's lease once, then keeps renewing and trying every third of the lease time. */
+  /**
+   * Tries every shard's lease once, then keeps renewing and trying every third of the lease
+   * time, and at once when the masters change (a promoted replica's events are handled
+   * without waiting for the next round).
+   */
   async start(): Promise<void> {
-    await this.tick();
+    await this.runTick();
+    this.unwatch = this.shards.onChange(() => void this.runTick());
     const schedule = (): void => {
       if (this.stopped) return;
       this.timer = setTimeout(
-        () => {
-          this.ticking = this.tick().finally(schedule);
-        },
+        () => void this.runTick().finally(schedule),
         Math.max(50, Math.floor(this.leaseMs() / 3)),
       );
       this.timer.unref();
     };
     schedule();
+  }
+
+  /** One round after the one under way, never two at once. */
+  private runTick(): Promise<void> {
+    const next = this.ticking.then(() => this.tick());
+    this.ticking = next.catch(() => {});
+    return next;
   }
 
   /** Whether this proxy handles the events of the master `node` (host:port). */
@@ -118,7 +129,8 @@ export class ShardLeases {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer !== null) clearTimeout(this.timer);
-    await this.ticking?.catch(() => {});
+    this.unwatch?.();
+    await this.ticking;
     const held = [...this.leases.values()].filter((l) => l.owned);
     await Promise.all(
       held.map((l) =>
@@ -193,5 +205,12 @@ export class ShardLeases {
       return;
     }
     lease.lastSeen = parseLease(await this.router.call(["GET", key]));
+    if (lease.lastSeen?.owner === this.proxyId && !this.stopped) {
+      // This proxy holds the shard already, under the master it had before a failover (the
+      // lease is per shard, by its first slot): the promoted master's events are its own at once.
+      lease.owned = true;
+      this.log.info({ node }, "kept the event lease of a shard whose master changed");
+      this.events.acquired(node, lease.lastSeen);
+    }
   }
 }
