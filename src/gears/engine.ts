@@ -94,6 +94,7 @@ export class GearsEngine {
       {
         consumerName: this.proxyId,
         claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
+        streamLeaseMs: () => this.config.number("EventLeaseMS"),
         maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
       },
     );

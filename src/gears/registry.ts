@@ -40,6 +40,8 @@ export interface RegistryOptions {
   consumerName: string;
   /** How long a stream entry stays with a consumer that does not acknowledge it before another claims it. */
   claimIdleMs: () => number;
+  /** How long a stream's lease lasts unless renewed: one proxy at a time consumes a stream. */
+  streamLeaseMs: () => number;
   /** Finished executions kept per registration (MaxExecutionsPerRegistration). */
   maxExecutionsPerRegistration: () => number;
 }
@@ -156,6 +158,7 @@ export class RegistrationRegistry {
       this.options.consumerName,
       registration.stream!,
       this.options.claimIdleMs,
+      this.options.streamLeaseMs,
       (stream, records) => this.runStreamBatch(session, registration, stream, records),
       () => this.wakeIdleWaiters(),
     );

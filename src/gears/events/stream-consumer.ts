@@ -3,6 +3,7 @@ import type { Router } from "../../routing/router.js";
 import type { Shards } from "../../routing/shards.js";
 import { RespError, type RespValue } from "../../resp/values.js";
 import type { JsonValue } from "../../sandbox/types.js";
+import { noteProxyKey, PROXY_HASHTAG } from "../../routing/hidden-keys.js";
 
 /** What a StreamReader registration was given (spec section 3). */
 export interface StreamOptions {
@@ -58,6 +59,27 @@ end
 if min1 == nil then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min1, min2))`;
 
+/**
+ * Takes or renews the lease of one stream for one consumer group: -1 renewed, -2 taken
+ * (it was free), else the milliseconds left of another proxy's lease.
+ */
+const LEASE_SCRIPT = `
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return -1
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return -2
+end
+return redis.call('PTTL', KEYS[1])`;
+
+/** Gives the lease back if it is this proxy's (a clean stop hands the stream over at once). */
+const RELEASE_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`;
+
 /** The stream key does not exist (deleted): its group cannot be created. */
 class StreamGone extends Error {}
 
@@ -83,8 +105,18 @@ class StreamState {
   untrimmed = 0;
   /** XAUTOCLAIM's cursor, walked one page per poll. */
   claimCursor = "0-0";
+  /** Whether this proxy holds the stream's lease (it alone reads the stream for the group). */
+  leased = false;
+  /** When the lease is renewed next. */
+  renewAt = 0;
+  /** Tries the lease again when another proxy's runs out. */
+  leaseTimer: NodeJS.Timeout | null = null;
 
-  constructor(readonly key: Buffer) {}
+  constructor(
+    readonly key: Buffer,
+    /** `{gears-proxy}:stream-lease:<group>:<stream>`. */
+    readonly leaseKey: string,
+  ) {}
 }
 
 function text(v: RespValue | undefined): string {
@@ -145,6 +177,8 @@ export class StreamConsumer {
     private readonly consumer: string,
     readonly options: StreamOptions,
     private readonly claimIdleMs: () => number,
+    /** How long a stream's lease lasts unless renewed (EventLeaseMS). */
+    private readonly leaseMs: () => number,
     private readonly runBatch: StreamBatchRunner,
     /** Called when the consumer stops being busy (`sync` writers wait for that). */
     private readonly onIdle: () => void,
@@ -205,7 +239,14 @@ export class StreamConsumer {
     for (const state of this.streams.values()) {
       if (state.durationTimer !== null) clearTimeout(state.durationTimer);
       if (state.retryTimer !== null) clearTimeout(state.retryTimer);
+      if (state.leaseTimer !== null) clearTimeout(state.leaseTimer);
     }
+    const held = [...this.streams.values()].filter((s) => s.leased);
+    await Promise.all(
+      held.map((s) =>
+        this.router.call(["EVAL", RELEASE_SCRIPT, "1", s.leaseKey, this.consumer]).catch(() => null),
+      ),
+    );
     if (destroyGroups) {
       await Promise.all(
         [...this.streams.values()].map((s) =>
@@ -224,7 +265,9 @@ export class StreamConsumer {
     const name = key.toString("latin1");
     let state = this.streams.get(name);
     if (state === undefined) {
-      state = new StreamState(key);
+      const leaseKey = `${PROXY_HASHTAG}:stream-lease:${this.group}:${name}`;
+      noteProxyKey(leaseKey);
+      state = new StreamState(key, leaseKey);
       this.streams.set(name, state);
     }
     return state;
@@ -283,13 +326,16 @@ export class StreamConsumer {
   private async loop(state: StreamState, claim: boolean): Promise<void> {
     try {
       if (!state.groupReady) await this.createGroup(state);
+      if (!(await this.holdLease(state))) return;
       if (claim) await this.claim(state);
       do {
         state.again = false;
+        if (!(await this.holdLease(state))) return;
         // Entries already in hand (a retried or resumed batch) go first, before reading more.
         const got = state.held.length >= READ_COUNT ? READ_COUNT : await this.read(state);
         // As in RedisGears, an execution takes `batch` entries: the failure policy applies to exactly those.
         while (!this.stopped && this.status === "OK" && this.ready(state)) {
+          if (!(await this.holdLease(state))) return;
           const batch = state.held.splice(0, this.options.batch);
           if (state.held.length > 0) state.heldSince = Date.now();
           if (!(await this.run(state, batch))) return;
@@ -309,6 +355,92 @@ export class StreamConsumer {
       this.log.warn({ group: this.group, stream: state.key.toString(), err: message }, "stream read failed");
     } finally {
       if (state.untrimmed > 0) await this.trim(state);
+    }
+  }
+
+  /**
+   * Whether this proxy is the one consuming the stream now. One proxy at a time reads a
+   * stream for a group, so its entries are applied in stream order; the lease is renewed
+   * every third of EventLeaseMS while it works. Taking it over (its owner died or gave it
+   * back), the new owner first claims every entry pending in the group, at once, not after
+   * StreamClaimIdleMS. Not holding it, the proxy tries again when the other's lease runs out.
+   */
+  private async holdLease(state: StreamState): Promise<boolean> {
+    if (state.leased && Date.now() < state.renewAt) return true;
+    // Another proxy's: a try is due when its lease runs out (or a second from now at most).
+    if (!state.leased && state.leaseTimer !== null) return false;
+    const ttl = Math.max(100, this.leaseMs());
+    const reply = await this.router.call([
+      "EVAL",
+      LEASE_SCRIPT,
+      "1",
+      state.leaseKey,
+      this.consumer,
+      String(ttl),
+    ]);
+    const error = errorOf(reply);
+    if (error !== null) throw new Error(`stream lease: ${error}`);
+    const outcome = Number(reply);
+    if (this.stopped) return false;
+    if (outcome === -1 || outcome === -2) {
+      state.renewAt = Date.now() + ttl / 3;
+      if (outcome === -2 || !state.leased) {
+        state.leased = true;
+        await this.takeOver(state);
+      }
+      return true;
+    }
+    if (state.leased) {
+      // Another proxy holds it now (this one stalled past its lease): what is in hand is theirs to claim.
+      state.leased = false;
+      state.held = [];
+      this.log.warn(
+        { group: this.group, stream: state.key.toString() },
+        "lost the lease of a stream to another proxy",
+      );
+    }
+    if (state.leaseTimer === null) {
+      state.leaseTimer = setTimeout(
+        () => {
+          state.leaseTimer = null;
+          this.kick(state);
+        },
+        Math.min(Math.max(10, outcome) + 10, POLL_MS),
+      );
+      state.leaseTimer.unref();
+    }
+    return false;
+  }
+
+  /** A stream just taken: every entry pending in the group (a dead owner's) comes first, in order. */
+  private async takeOver(state: StreamState): Promise<void> {
+    state.held = [];
+    let cursor = "0-0";
+    let claimed = 0;
+    do {
+      const reply = await this.router.call([
+        "XAUTOCLAIM",
+        state.key,
+        this.group,
+        this.consumer,
+        "0",
+        cursor,
+        "COUNT",
+        String(READ_COUNT),
+      ]);
+      if (!Array.isArray(reply)) break;
+      cursor = text(reply[0]) || "0-0";
+      const entries = parseEntries(reply[1]).filter((e) => Object.keys(e.value).length > 0);
+      const deleted = Array.isArray(reply[2]) ? reply[2].map(text) : [];
+      if (deleted.length > 0) await this.router.call(["XACK", state.key, this.group, ...deleted]);
+      this.hold(state, entries);
+      claimed += entries.length;
+    } while (cursor !== "0-0" && !this.stopped);
+    if (claimed > 0) {
+      this.log.info(
+        { group: this.group, stream: state.key.toString(), entries: claimed },
+        "took over a stream: claimed the entries pending in its group",
+      );
     }
   }
 
