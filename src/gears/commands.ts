@@ -8,7 +8,7 @@ import { replyValueToResp } from "./json-values.js";
 import { Partitions } from "./partitions.js";
 import type { Registration } from "./registration.js";
 
-type Handler = (engine: GearsEngine, args: Buffer[]) => Promise<Buffer> | Buffer;
+type Handler = (engine: GearsEngine, args: Buffer[], caller: GearsCaller) => Promise<Buffer> | Buffer;
 
 const NO_EXECUTION = "execution plan does not exist";
 const b = (text: string): Buffer => Buffer.from(text);
@@ -18,7 +18,7 @@ function arity(name: string): Buffer {
 }
 
 /** RG.EXECUTE <script> [UNBLOCKING] [ID <id>] [DESCRIPTION <text>] [UPGRADE] [REPLACE_WITH <old>] */
-async function execute(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
+async function execute(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Promise<Buffer> {
   if (args.length < 1) return arity("rg.execute");
   let unblocking = false;
   let upgrade = false;
@@ -50,6 +50,7 @@ async function execute(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
     description,
     upgrade,
     replaceWith,
+    db: caller.db,
   });
 }
 
@@ -406,8 +407,7 @@ export async function runGearsCommand(
   engine: GearsEngine,
   name: string,
   args: Buffer[],
-  // Not read yet: RESP3 encoding and per-db scripts build on it.
-  _caller: GearsCaller,
+  caller: GearsCaller,
 ): Promise<Buffer> {
   const handler = HANDLERS.get(name);
   if (handler === undefined) {
@@ -419,7 +419,7 @@ export async function runGearsCommand(
     );
   }
   try {
-    return await handler(engine, args);
+    return await handler(engine, args, caller);
   } catch (err) {
     return encodeError(`ERR ${err instanceof Error ? err.message : String(err)}`);
   }

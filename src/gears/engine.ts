@@ -41,6 +41,8 @@ export interface ExecuteRequest {
   upgrade: boolean;
   /** Replace this other session. */
   replaceWith?: string;
+  /** The database the script runs in (the client's), and its session's registrations listen to. */
+  db?: number;
   /** A stored session coming back: its registrations keep these ids (by register() index). */
   restoredIds?: Record<string, string>;
 }
@@ -145,12 +147,13 @@ export class GearsEngine {
   async execute(request: ExecuteRequest): Promise<Buffer> {
     const conflict = this.sessionConflict(request);
     if (conflict !== null) return encodeError(`ERR ${conflict}`);
+    const db = request.db ?? 0;
     let partitions: Partitions | null = null;
     const registered = new Map<number, string>();
     const timerRequests: { id: number; seconds: number; keyName: string | null }[] = [];
     const bridge = new GearsBridge(
       this.router,
-      () => (partitions ??= new Partitions(this.shards)),
+      () => (partitions ??= new Partitions(this.shards, db)),
       this.config,
       this.log,
       {
@@ -166,6 +169,7 @@ export class GearsEngine {
       memoryLimitMb: this.config.number("ScriptMemoryLimitMB"),
       timeoutMs: this.config.number("ScriptTimeoutMS"),
     };
+    bridge.db = db;
     const isolate = await this.newIsolate(limits, bridge);
     let actions: Action[];
     try {
@@ -184,7 +188,7 @@ export class GearsEngine {
       await isolate.dispose();
       return OK;
     }
-    partitions ??= new Partitions(this.shards);
+    partitions ??= new Partitions(this.shards, db);
     const execution = new Execution(
       `${this.proxyId}-${++this.counter}`,
       isolate,
@@ -226,6 +230,7 @@ export class GearsEngine {
     const session: GearsSession = {
       id,
       description: request.description ?? null,
+      db: request.db ?? 0,
       isolate,
       bridge,
       registrations,
@@ -554,7 +559,13 @@ export class GearsEngine {
     this.scripts.set(session.id, script);
     const registrations: Record<string, string> = {};
     for (const r of session.registrations) registrations[r.actionIndex] = r.id;
-    const stored: StoredSession = { id: session.id, script, description: session.description, registrations };
+    const stored: StoredSession = {
+      id: session.id,
+      script,
+      description: session.description,
+      registrations,
+      ...(session.db === 0 ? {} : { db: session.db }),
+    };
     const json = JSON.stringify(stored);
     if (this.storedJson.get(session.id) === json) return;
     this.storedJson.set(session.id, json);
@@ -657,6 +668,7 @@ export class GearsEngine {
       description: s.description ?? undefined,
       upgrade: true,
       restoredIds: s.registrations,
+      db: s.db ?? 0,
     });
     const session = this.registry.session(s.id);
     if (session === undefined) {

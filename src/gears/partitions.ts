@@ -16,7 +16,11 @@ export class Partitions {
   private readonly nodes: string[];
   private readonly owner = new Int16Array(16384);
 
-  constructor(private readonly shards: Shards) {
+  constructor(
+    private readonly shards: Shards,
+    /** The database every partition is read and written in (the client's; 0 in a cluster). */
+    readonly db = 0,
+  ) {
     const masters = shards.masters();
     this.count = masters.length;
     this.ranges = shards.slotRanges();
@@ -34,10 +38,10 @@ export class Partitions {
     const node = this.nodes[partition];
     const shards = this.shards;
     return {
-      call: (argv: readonly Arg[]): Promise<RespValue> => shards.call(node, argv, partition),
-      callRaw: (payload: Buffer): Promise<Buffer> => shards.callRaw(node, payload, partition),
+      call: (argv: readonly Arg[]): Promise<RespValue> => shards.call(node, argv, partition, this.db),
+      callRaw: (payload: Buffer): Promise<Buffer> => shards.callRaw(node, payload, partition, this.db),
       callMany: (payload: Buffer, count: number): Promise<Buffer[]> =>
-        shards.pipeline(node, payload, count, partition),
+        shards.pipeline(node, payload, count, partition, this.db),
     };
   }
 

@@ -74,6 +74,7 @@ export async function executeMany(
   router: Router,
   partitions: () => Partitions,
   args: JsonValue[],
+  db = 0,
 ): Promise<RawJson> {
   const partition = typeof args[0] === "number" ? args[0] : null;
   const template = strings(args[1]);
@@ -106,7 +107,7 @@ export async function executeMany(
         (e: Error) => sink.fail(e.message),
       );
     } else {
-      router.forward(name, argv, null, sink, { db: 0, affinity: 0 });
+      router.forward(name, argv, null, sink, { db, affinity: 0 });
     }
     return sink.promise.then(replyOutcomeJson, (e: Error) => `[1,${JSON.stringify(e.message)}]`);
   });

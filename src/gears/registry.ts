@@ -16,6 +16,8 @@ import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js
 export interface GearsSession {
   id: string;
   description: string | null;
+  /** The database it was registered from: its registrations see that database's events, its handlers run there. */
+  db: number;
   isolate: GuestIsolate;
   /** The isolate's host side: hooks and triggers tell it which command they run for. */
   bridge: GearsBridge;
@@ -161,6 +163,7 @@ export class RegistrationRegistry {
       this.options.streamLeaseMs,
       (stream, records) => this.runStreamBatch(session, registration, stream, records),
       () => this.wakeIdleWaiters(),
+      session.db,
     );
     registration.consumer = consumer;
     consumer.start();
@@ -174,7 +177,7 @@ export class RegistrationRegistry {
     records: JsonValue[],
   ): Promise<{ failed: boolean }> {
     if (this.sessions.get(session.id) !== session) return { failed: true };
-    const partitions = new Partitions(this.shards);
+    const partitions = new Partitions(this.shards, session.db);
     const partition = partitions.partitionOfSlot(keySlot(stream));
     const input = new Map<number, PackedRecords>([[partition, { records, values: null }]]);
     const execution = await this.runExecution(session, registration, partitions, input, records.length);
@@ -275,7 +278,7 @@ export class RegistrationRegistry {
         const local = registration.mode === "async_local";
         const touched = new Set<string>();
         for (const e of events) {
-          if (!registration.matchesKeyEvent(e.key.toString(), e.event)) continue;
+          if (e.db !== session.db || !registration.matchesKeyEvent(e.key.toString(), e.event)) continue;
           if (local) {
             this.localQueue(registration, e.shard).queue.push(e);
             touched.add(e.shard);
@@ -362,7 +365,7 @@ export class RegistrationRegistry {
   ): Promise<void> {
     const started = Date.now();
     try {
-      const partitions = new Partitions(this.shards);
+      const partitions = new Partitions(this.shards, session.db);
       const input = await this.recordsOf(registration, partitions, events);
       if (input.size > 0) await this.runExecution(session, registration, partitions, input, events.length);
     } catch (err) {
@@ -534,7 +537,7 @@ export class RegistrationRegistry {
         bridge.command = argv;
         bridge.overriddenReply = null;
         try {
-          const partitions = new Partitions(this.shards);
+          const partitions = new Partitions(this.shards, session.db);
           const input = await this.recordsOf(registration, partitions, mine);
           if (input.size > 0) await this.runExecution(session, registration, partitions, input, mine.length);
           override = bridge.overriddenReply ?? override;

@@ -9,6 +9,8 @@ export interface StoredSession {
   description: string | null;
   /** Registration ids by the index of the register() call in the script that made them. */
   registrations: Record<string, string>;
+  /** The database it was registered from, when not 0. */
+  db?: number;
 }
 
 /** The sessions as one read of the store saw them. */

@@ -145,8 +145,8 @@ export class Router implements ClusterSender {
     return this.cluster === null ? this.topology.nodeForSlot(0) : this.cluster.route(slot, affinity);
   }
 
-  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number): void {
-    if (this.redirect === null) node.send(affinity, payload, sink, 0);
+  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number, db = 0): void {
+    if (this.redirect === null) node.send(affinity, payload, sink, db);
     else new RedirectingSink(this.redirect, payload, null, sink, affinity, slot).send(node);
   }
 

@@ -96,9 +96,9 @@ export class Shards {
    * A command to one master, redirects followed (a keyless command runs on that master);
    * error replies resolve as RespError, a dead shard rejects with UpstreamError.
    */
-  call(shard: string, argv: readonly Arg[], affinity = 0): Promise<RespValue> {
+  call(shard: string, argv: readonly Arg[], affinity = 0, db = 0): Promise<RespValue> {
     const sink = new PromiseSink();
-    this.router.sendTo(this.node(shard), encodeCommand(argv), sink, affinity, -1);
+    this.router.sendTo(this.node(shard), encodeCommand(argv), sink, affinity, -1, db);
     return sink.promise;
   }
 
@@ -108,9 +108,9 @@ export class Shards {
   }
 
   /** An encoded command to one master; resolves with the reply's bytes, error replies too. */
-  callRaw(shard: string, payload: Buffer, affinity = 0): Promise<Buffer> {
+  callRaw(shard: string, payload: Buffer, affinity = 0, db = 0): Promise<Buffer> {
     const sink = new RawSink();
-    this.router.sendTo(this.node(shard), payload, sink, affinity, -1);
+    this.router.sendTo(this.node(shard), payload, sink, affinity, -1, db);
     return sink.promise;
   }
 

@@ -12,6 +12,8 @@ export interface KeyEvent {
   shard: string;
   /** When the proxy received it (ms): what a lease's "handled through" time is made of. */
   at: number;
+  /** The database the key is in (always 0 in a cluster). */
+  db: number;
 }
 
 /** Whether keyevent notifications could be enabled on one master. */
@@ -32,9 +34,9 @@ export interface KeyspaceStatus {
   shards: ShardKeyspaceStatus[];
 }
 
-/** Keyevent notifications of database 0, the only one a cluster has. */
-const PATTERN = "__keyevent@0__:*";
-const CHANNEL_PREFIX_LENGTH = PATTERN.length - 1;
+/** Keyevent notifications of every database (a cluster has only 0): `__keyevent@<db>__:<event>`. */
+const PATTERN = "__keyevent@*__:*";
+const CHANNEL_DB_START = "__keyevent@".length;
 /** Every pattern at once: the confirmations count down to 0. */
 const PUNSUBSCRIBE = encodeCommand(["PUNSUBSCRIBE"]);
 const PING = encodeCommand(["PING"]);
@@ -63,6 +65,16 @@ export function mergeNotifyFlags(current: string, extra = ""): string {
   if (!has.has("E")) merged += "E";
   for (const flag of extra) if (!has.has(flag) && !merged.includes(flag)) merged += flag;
   return merged;
+}
+
+/** The event name and database of a keyevent channel. */
+function eventOfChannel(channel: Buffer): { event: string; db: number } {
+  const end = channel.indexOf("__:", CHANNEL_DB_START);
+  if (end === -1) return { event: channel.toString("latin1"), db: 0 };
+  return {
+    event: channel.toString("latin1", end + 3),
+    db: Number(channel.toString("latin1", CHANNEL_DB_START, end)),
+  };
 }
 
 function errorText(err: unknown): string {
@@ -411,7 +423,7 @@ export class KeyspaceEventSource {
       this.pending.push({
         // Copied: the frame is a view of the socket's buffer.
         key: Buffer.from(message),
-        event: channel.toString("latin1", CHANNEL_PREFIX_LENGTH),
+        ...eventOfChannel(channel),
         shard: sub.node,
         at: Date.now(),
       });

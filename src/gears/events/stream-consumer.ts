@@ -1,6 +1,7 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import type { Shards } from "../../routing/shards.js";
+import type { Arg } from "../../resp/encode.js";
 import { RespError, type RespValue } from "../../resp/values.js";
 import type { JsonValue } from "../../sandbox/types.js";
 import { noteProxyKey, PROXY_HASHTAG } from "../../routing/hidden-keys.js";
@@ -182,7 +183,14 @@ export class StreamConsumer {
     private readonly runBatch: StreamBatchRunner,
     /** Called when the consumer stops being busy (`sync` writers wait for that). */
     private readonly onIdle: () => void,
+    /** The database its streams are in. */
+    private readonly db = 0,
   ) {}
+
+  /** A command in the database the registration was made from. */
+  private call(argv: readonly Arg[]): Promise<RespValue> {
+    return this.router.call(argv, this.db);
+  }
 
   get avgLagMs(): number {
     return this.lagRuns === 0 ? 0 : Math.round(this.lagTotal / this.lagRuns);
@@ -243,14 +251,12 @@ export class StreamConsumer {
     }
     const held = [...this.streams.values()].filter((s) => s.leased);
     await Promise.all(
-      held.map((s) =>
-        this.router.call(["EVAL", RELEASE_SCRIPT, "1", s.leaseKey, this.consumer]).catch(() => null),
-      ),
+      held.map((s) => this.call(["EVAL", RELEASE_SCRIPT, "1", s.leaseKey, this.consumer]).catch(() => null)),
     );
     if (destroyGroups) {
       await Promise.all(
         [...this.streams.values()].map((s) =>
-          this.router.call(["XGROUP", "DESTROY", s.key, this.group]).catch(() => null),
+          this.call(["XGROUP", "DESTROY", s.key, this.group]).catch(() => null),
         ),
       );
     }
@@ -279,7 +285,7 @@ export class StreamConsumer {
     const prefix = this.options.prefix;
     const pattern = prefix.endsWith("*") ? prefix.slice(0, -1).replace(/[*?[\]\\]/g, "\\$&") + "*" : null;
     if (pattern === null) {
-      const type = await this.router.call(["TYPE", prefix]).catch(() => null);
+      const type = await this.call(["TYPE", prefix]).catch(() => null);
       if (type === "stream") this.kick(this.stateOf(Buffer.from(prefix)));
       return;
     }
@@ -287,7 +293,7 @@ export class StreamConsumer {
       let cursor = "0";
       do {
         const reply = await this.shards
-          .callNode(node.id, ["SCAN", cursor, "MATCH", pattern, "COUNT", "1000", "TYPE", "stream"])
+          .call(node.id, ["SCAN", cursor, "MATCH", pattern, "COUNT", "1000", "TYPE", "stream"], 0, this.db)
           .catch(() => null);
         if (!Array.isArray(reply) || this.stopped) break;
         cursor = text(reply[0]);
@@ -370,14 +376,7 @@ export class StreamConsumer {
     // Another proxy's: a try is due when its lease runs out (or a second from now at most).
     if (!state.leased && state.leaseTimer !== null) return false;
     const ttl = Math.max(100, this.leaseMs());
-    const reply = await this.router.call([
-      "EVAL",
-      LEASE_SCRIPT,
-      "1",
-      state.leaseKey,
-      this.consumer,
-      String(ttl),
-    ]);
+    const reply = await this.call(["EVAL", LEASE_SCRIPT, "1", state.leaseKey, this.consumer, String(ttl)]);
     const error = errorOf(reply);
     if (error !== null) throw new Error(`stream lease: ${error}`);
     const outcome = Number(reply);
@@ -418,7 +417,7 @@ export class StreamConsumer {
     let cursor = "0-0";
     let claimed = 0;
     do {
-      const reply = await this.router.call([
+      const reply = await this.call([
         "XAUTOCLAIM",
         state.key,
         this.group,
@@ -432,7 +431,7 @@ export class StreamConsumer {
       cursor = text(reply[0]) || "0-0";
       const entries = parseEntries(reply[1]).filter((e) => Object.keys(e.value).length > 0);
       const deleted = Array.isArray(reply[2]) ? reply[2].map(text) : [];
-      if (deleted.length > 0) await this.router.call(["XACK", state.key, this.group, ...deleted]);
+      if (deleted.length > 0) await this.call(["XACK", state.key, this.group, ...deleted]);
       this.hold(state, entries);
       claimed += entries.length;
     } while (cursor !== "0-0" && !this.stopped);
@@ -466,7 +465,7 @@ export class StreamConsumer {
   }
 
   private async createGroup(state: StreamState): Promise<void> {
-    const reply = await this.router.call(["XGROUP", "CREATE", state.key, this.group, "0"]);
+    const reply = await this.call(["XGROUP", "CREATE", state.key, this.group, "0"]);
     const error = errorOf(reply);
     if (error?.includes("requires the key to exist")) throw new StreamGone();
     if (error !== null && !error.startsWith("BUSYGROUP")) throw new Error(`XGROUP CREATE: ${error}`);
@@ -476,11 +475,11 @@ export class StreamConsumer {
   /** New entries for this consumer, added to those in hand; how many came. */
   private async read(state: StreamState): Promise<number> {
     const argv = ["XREADGROUP", "GROUP", this.group, this.consumer, "COUNT", String(READ_COUNT), "STREAMS"];
-    let reply = await this.router.call([...argv, state.key, ">"]);
+    let reply = await this.call([...argv, state.key, ">"]);
     if (errorOf(reply)?.startsWith("NOGROUP")) {
       // The stream was deleted and written again: the group went with it.
       await this.createGroup(state);
-      reply = await this.router.call([...argv, state.key, ">"]);
+      reply = await this.call([...argv, state.key, ">"]);
     }
     const error = errorOf(reply);
     if (error !== null) throw new Error(`XREADGROUP: ${error}`);
@@ -498,7 +497,7 @@ export class StreamConsumer {
 
   /** One page of entries idle too long in other consumers' hands (a proxy that died). */
   private async claim(state: StreamState): Promise<void> {
-    const reply = await this.router.call([
+    const reply = await this.call([
       "XAUTOCLAIM",
       state.key,
       this.group,
@@ -512,7 +511,7 @@ export class StreamConsumer {
     state.claimCursor = text(reply[0]) || "0-0";
     const entries = parseEntries(reply[1]).filter((e) => Object.keys(e.value).length > 0);
     const deleted = Array.isArray(reply[2]) ? reply[2].map(text) : [];
-    if (deleted.length > 0) await this.router.call(["XACK", state.key, this.group, ...deleted]);
+    if (deleted.length > 0) await this.call(["XACK", state.key, this.group, ...deleted]);
     if (entries.length > 0) {
       this.log.info(
         { group: this.group, stream: state.key.toString(), entries: entries.length },
@@ -572,7 +571,7 @@ export class StreamConsumer {
    */
   private async settle(state: StreamState, batch: StreamEntry[]): Promise<void> {
     const ids = batch.map((e) => e.id);
-    const acked = await this.router.call(["XACK", state.key, this.group, ...ids]);
+    const acked = await this.call(["XACK", state.key, this.group, ...ids]);
     const error = errorOf(acked);
     if (error !== null) throw new Error(`XACK: ${error}`);
     if (this.options.trimStream && ++state.untrimmed >= TRIM_EVERY) await this.trim(state);
@@ -581,7 +580,7 @@ export class StreamConsumer {
   /** Deletes what every consumer group of the stream has processed. */
   private async trim(state: StreamState): Promise<void> {
     state.untrimmed = 0;
-    const trimmed = await this.router.call(["EVAL", TRIM_SCRIPT, "1", state.key]).catch((err: Error) => err);
+    const trimmed = await this.call(["EVAL", TRIM_SCRIPT, "1", state.key]).catch((err: Error) => err);
     const error = trimmed instanceof Error ? trimmed.message : errorOf(trimmed);
     if (error !== null) this.log.warn({ group: this.group, err: error }, "could not trim the stream");
   }

@@ -80,7 +80,8 @@ interface Pending {
  * until a keyspace notification for its key arrives. Notifications are lost when a shard's
  * subscription is down (a failover, a lost connection, a replica promoted before the proxy
  * subscribed to it); a barrier on the subscriptions tells when a write's notification can no
- * longer come, and the writes still waiting then become events of their own. A notification
+ * longer come, and the writes still waiting then become events of their own. The journal
+ * follows database 0 (a cluster's only one), where the router reports writes. A notification
  * takes one waiting write of its key, so nothing is announced twice once they flow again.
  */
 export class WriteJournal {
@@ -138,6 +139,7 @@ export class WriteJournal {
   /** Notifications that arrived: each settles one waiting write of its key. */
   confirm(events: readonly KeyEvent[]): void {
     for (const e of events) {
+      if (e.db !== 0) continue;
       const key = e.key.toString("latin1");
       const list = this.pending.get(key);
       if (list !== undefined) {
@@ -169,7 +171,7 @@ export class WriteJournal {
       if (n === 0) continue;
       const buffer = Buffer.from(key, "latin1");
       const shard = shardOf(buffer);
-      for (const p of list.splice(0, n)) out.push({ key: buffer, event: p.event, shard, at: p.at });
+      for (const p of list.splice(0, n)) out.push({ key: buffer, event: p.event, shard, at: p.at, db: 0 });
       this.size -= n;
       if (list.length === 0) this.pending.delete(key);
     }
