@@ -100,6 +100,35 @@ describe("gears events across a failover (3 masters with replicas)", function ()
     await io.del("all_keys");
   });
 
+  it("a slot range resharded under load (redis-cli --cluster reshard): every SET acknowledged through the proxy is in all_keys", async () => {
+    const writer = new Redis({ port: proxy!.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+    clients.push(writer);
+    const [source, target] = await cluster!.masters();
+    const sourceId = String(await source.call("CLUSTER", "MYID"));
+    const targetId = String(await target.call("CLUSTER", "MYID"));
+    const writes = load((k) => writer.set(k, "v"), "mig:", TOTAL, Date.now());
+    await sleep(2000);
+    await source.cli(
+      "--cluster",
+      "reshard",
+      `${source.host}:${source.port}`,
+      "--cluster-from",
+      sourceId,
+      "--cluster-to",
+      targetId,
+      "--cluster-slots",
+      "500",
+      "--cluster-yes",
+    );
+    const done = await writes;
+    const members = new Set(await stable(() => io.smembers("all_keys"), "all_keys", 1000, 60_000));
+    const acked = done.filter((w) => w.acked);
+    expect(acked.length, "writes acknowledged").to.equal(TOTAL);
+    const missing = acked.filter((w) => !members.has(w.key)).map((w) => w.key);
+    expect(missing, `acknowledged, not in all_keys (${missing.length})`).to.deep.equal([]);
+    await io.del("all_keys");
+  });
+
   it("every SET acknowledged through the proxy is in all_keys after a master is killed at 3 s; writes bypassing the proxy are measured", async () => {
     const nodes = cluster!;
 

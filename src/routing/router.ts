@@ -64,8 +64,10 @@ export class Router implements ClusterSender {
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
     if (this.tap !== null && ctx.db === 0) sink = this.tap(name, argv, sink);
     if (this.cluster === null) {
-      // The proxy's own keys (db 0) are left out of key listings there too.
-      const hiding = ctx.db === 0 && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
+      // The proxy's own keys (db 0) are left out of key listings there too; not SCAN, whose
+      // cursors the fan-out rewrites, so a cursor of the server's own would be refused.
+      const hiding =
+        ctx.db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
       if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity);
       this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db);
       return;
