@@ -1,7 +1,7 @@
 import type { Logger } from "../observability/log.js";
 import { keySlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
-import type { Shards } from "../routing/shards.js";
+import { UpstreamError, type Shards } from "../routing/shards.js";
 import type { JsonValue } from "../sandbox/types.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
 import { Execution, type PackedRecords } from "./execution.js";
@@ -11,6 +11,13 @@ import { Partitions } from "./partitions.js";
 import { isProxyKey } from "../routing/hidden-keys.js";
 import { eventKeyRecords, keyRecords } from "./readers.js";
 import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js";
+
+/** Errors of a shard that answers again soon (failing over, a slot moving, starting). */
+const TRANSIENT_READ_ERROR = /^(ERR upstream|CLUSTERDOWN|MOVED|ASK|TRYAGAIN|LOADING|MASTERDOWN|READONLY)/;
+/** How long a batch whose keys cannot be read for such a reason is tried again. */
+const READ_RETRY_FOR_MS = 60_000;
+const FIRST_READ_RETRY_MS = 50;
+const MAX_READ_RETRY_MS = 1000;
 
 /** A script sent with RG.EXECUTE that registered something: its isolate lives on for its handlers. */
 export interface GearsSession {
@@ -364,18 +371,32 @@ export class RegistrationRegistry {
     events: QueuedKeyEvent[],
   ): Promise<void> {
     const started = Date.now();
-    try {
-      const partitions = new Partitions(this.shards, session.db);
-      const input = await this.recordsOf(registration, partitions, events);
-      if (input.size > 0) await this.runExecution(session, registration, partitions, input, events.length);
-    } catch (err) {
-      // Reading the keys failed (NOPERM, a lost shard...): the batch counts as one failure.
-      const message = err instanceof Error ? err.message : String(err);
-      registration.stats.record(Date.now() - started, [message], false, events.length);
-      this.log.warn(
-        { registration: registration.id, err: message },
-        "could not read the keys of an event batch",
-      );
+    for (let wait = FIRST_READ_RETRY_MS; ; wait = Math.min(wait * 2, MAX_READ_RETRY_MS)) {
+      try {
+        const partitions = new Partitions(this.shards, session.db);
+        const input = await this.recordsOf(registration, partitions, events);
+        if (input.size > 0) await this.runExecution(session, registration, partitions, input, events.length);
+        return;
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        // A shard failing over (or a slot moving) answers again soon: the batch waits for
+        // it, in order, rather than losing its events. Other failures (NOPERM...) count.
+        const transient = err instanceof UpstreamError || TRANSIENT_READ_ERROR.test(message);
+        if (
+          transient &&
+          Date.now() - started < READ_RETRY_FOR_MS &&
+          this.sessions.get(session.id) === session
+        ) {
+          await new Promise((resolve) => setTimeout(resolve, wait));
+          continue;
+        }
+        registration.stats.record(Date.now() - started, [message], false, events.length);
+        this.log.warn(
+          { registration: registration.id, err: message },
+          "could not read the keys of an event batch",
+        );
+        return;
+      }
     }
   }
 
