@@ -38,6 +38,16 @@ export interface StoreSnapshot {
   removed: Set<string>;
 }
 
+/** What a follower of the store is told. */
+export interface StoreFollower {
+  /** Removed on purpose (a tombstone), by this or another proxy. */
+  removed(id: string): void;
+  /** New, or different from the follower's copy. */
+  changed(id: string, value: string): Promise<void>;
+  /** Lost by the store (a flush) and written back from the follower's copy. */
+  restored(ids: string[], written: number): void;
+}
+
 function newToken(): string {
   return randomBytes(8).toString("hex");
 }
@@ -53,6 +63,8 @@ function newToken(): string {
 export class DurableStore {
   readonly key: string;
   readonly versionKey: string;
+  /** The version last followed (undefined before the first follow()). */
+  private followed: string | null | undefined = undefined;
 
   constructor(
     private readonly router: Router,
@@ -105,6 +117,42 @@ export class DurableStore {
     const reply = await this.router.call(["EVAL", RESTORE_SCRIPT, "2", this.key, this.versionKey, ...argv]);
     if (reply instanceof RespError) throw new Error(reply.message);
     return Number(reply);
+  }
+
+  /**
+   * Whether follow() has anything to do: the version moved, or the store vanished while the
+   * follower holds entries (a flush). Throws when Redis cannot be read.
+   */
+  async changed(holding: boolean): Promise<boolean> {
+    const version = await this.version();
+    return version !== this.followed || (version === null && holding);
+  }
+
+  /**
+   * Makes a follower's copy (`local`: id -> value as it last saved or loaded it) follow the
+   * store: tombstones remove, new or different entries come in, and entries the store lost
+   * are written back from the copy. Throws when Redis cannot be read.
+   */
+  async follow(local: ReadonlyMap<string, string>, on: StoreFollower): Promise<void> {
+    const snapshot = await this.read();
+    this.followed = snapshot.version;
+    const lost: [string, string][] = [];
+    for (const [id, value] of [...local]) {
+      if (snapshot.entries.has(id)) continue;
+      if (snapshot.removed.has(id)) on.removed(id);
+      else lost.push([id, value]);
+    }
+    if (lost.length > 0) {
+      const written = await this.restore(lost);
+      this.followed = await this.version();
+      on.restored(
+        lost.map(([id]) => id),
+        written,
+      );
+    }
+    for (const [id, value] of snapshot.entries) {
+      if (local.get(id) !== value) await on.changed(id, value);
+    }
   }
 
   private async write(id: string, value: string): Promise<void> {

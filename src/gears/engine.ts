@@ -16,7 +16,7 @@ import { isSyncMarker, SYNC_MARKER, SYNCED_CHANNEL } from "./events/sync-markers
 import { Registration } from "./registration.js";
 import { RegistrationRegistry, type GearsSession } from "./registry.js";
 import { keySlot } from "../routing/key-slot.js";
-import { SessionStore, type StoredSession, type StoredSessions } from "./session-store.js";
+import { SessionStore, type StoredSession } from "./session-store.js";
 import { replyValueToResp } from "./json-values.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
@@ -542,7 +542,6 @@ export class GearsEngine {
   private readonly scripts = new Map<string, string>();
   /** Each session as this proxy last stored or loaded it (JSON): what is new in the store is what differs. */
   private readonly storedJson = new Map<string, string>();
-  private storeVersion: string | null | undefined = undefined;
   private storePoll: NodeJS.Timeout | null = null;
   private syncing: Promise<void> = Promise.resolve();
 
@@ -598,11 +597,8 @@ export class GearsEngine {
   }
 
   private async pollStore(): Promise<void> {
-    const version = await this.store.version().catch(() => undefined);
-    if (version === undefined) return;
-    // Gone while this proxy holds sessions: flushed, to be written back.
-    if (version === this.storeVersion && (version !== null || this.storedJson.size === 0)) return;
-    await this.syncFromStore();
+    const changed = await this.store.changed(this.storedJson.size > 0).catch(() => false);
+    if (changed) await this.syncFromStore();
   }
 
   /**
@@ -611,55 +607,25 @@ export class GearsEngine {
    * is written back from memory.
    */
   private async syncFromStore(): Promise<void> {
-    let stored: StoredSessions;
     try {
-      stored = await this.store.load();
+      await this.store.follow(this.storedJson, {
+        removed: (id) => {
+          // Unregistered or replaced through another proxy.
+          this.storedJson.delete(id);
+          this.scripts.delete(id);
+          const session = this.registry.session(id);
+          for (const r of session?.registrations ?? []) this.registry.unregister(r.id);
+          this.log.info({ session: id }, "gears session removed by another proxy");
+        },
+        changed: (session, json) => this.bringIn(session, json),
+      });
     } catch (err) {
       this.log.warn(
         { err: err instanceof Error ? err.message : String(err) },
-        "could not read stored gears sessions",
+        "could not follow the stored gears sessions",
       );
-      return;
-    }
-    this.storeVersion = stored.version;
-    const live = new Set(stored.sessions.map((s) => s.session.id));
-    const lost: [string, string][] = [];
-    for (const [id, json] of this.storedJson) {
-      if (live.has(id)) continue;
-      if (!stored.removed.has(id)) {
-        lost.push([id, json]);
-        continue;
-      }
-      // Unregistered or replaced through another proxy.
-      this.storedJson.delete(id);
-      this.scripts.delete(id);
-      const session = this.registry.session(id);
-      for (const r of session?.registrations ?? []) this.registry.unregister(r.id);
-      this.log.info({ session: id }, "gears session removed by another proxy");
-    }
-    if (lost.length > 0) await this.writeBack(lost);
-    for (const { session, json } of stored.sessions) {
-      if (this.storedJson.get(session.id) === json) continue;
-      await this.bringIn(session, json);
     }
     this.stopEventsIfUnused();
-  }
-
-  /** Sessions the store lost (flushed): written back from what this proxy runs. */
-  private async writeBack(lost: [string, string][]): Promise<void> {
-    try {
-      const written = await this.store.restore(lost);
-      this.storeVersion = await this.store.version();
-      this.log.warn(
-        { sessions: lost.map(([id]) => id), written },
-        "gears session store lost sessions (a flush?): written back from memory",
-      );
-    } catch (err) {
-      this.log.warn(
-        { err: err instanceof Error ? err.message : String(err) },
-        "could not write lost gears sessions back",
-      );
-    }
   }
 
   /** Runs a stored session's script in its session, with its registrations' old ids. */

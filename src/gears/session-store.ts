@@ -1,6 +1,6 @@
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
-import { DurableStore, type StoreSnapshot } from "./durable-store.js";
+import { DurableStore } from "./durable-store.js";
 
 /** What is kept of a session so another proxy start can bring it back as it was. */
 export interface StoredSession {
@@ -11,15 +11,6 @@ export interface StoredSession {
   registrations: Record<string, string>;
   /** The database it was registered from, when not 0. */
   db?: number;
-}
-
-/** The sessions as one read of the store saw them. */
-export interface StoredSessions {
-  version: string | null;
-  /** Each live session with its JSON as stored (what differs from a proxy's copy is new). */
-  sessions: { session: StoredSession; json: string }[];
-  /** Sessions unregistered on purpose. */
-  removed: Set<string>;
 }
 
 /**
@@ -44,27 +35,41 @@ export class SessionStore {
     return this.guard(this.store.remove(id));
   }
 
-  /** The version token (null when the store is gone); throws when Redis cannot be read. */
-  version(): Promise<string | null> {
-    return this.store.version();
+  /** Whether follow() has anything to do (see DurableStore.changed). */
+  changed(holding: boolean): Promise<boolean> {
+    return this.store.changed(holding);
   }
 
-  /** Writes back sessions the store lost; how many were. */
-  restore(sessions: [string, string][]): Promise<number> {
-    return this.store.restore(sessions);
-  }
-
-  async load(): Promise<StoredSessions> {
-    const snapshot: StoreSnapshot = await this.store.read();
-    const sessions: StoredSessions["sessions"] = [];
-    for (const [id, json] of snapshot.entries) {
-      try {
-        sessions.push({ session: JSON.parse(json) as StoredSession, json });
-      } catch {
-        this.log.warn({ session: id }, "stored gears session is unreadable; skipped");
-      }
-    }
-    return { version: snapshot.version, sessions, removed: snapshot.removed };
+  /**
+   * Makes `local` (session id -> its JSON as last saved or loaded) follow the store:
+   * `removed` for tombstones, `changed` for new or different sessions, and sessions the
+   * store lost written back. Throws when Redis cannot be read.
+   */
+  follow(
+    local: ReadonlyMap<string, string>,
+    on: {
+      removed(id: string): void;
+      changed(session: StoredSession, json: string): Promise<void>;
+    },
+  ): Promise<void> {
+    return this.store.follow(local, {
+      removed: (id) => on.removed(id),
+      changed: async (id, json) => {
+        let session: StoredSession;
+        try {
+          session = JSON.parse(json) as StoredSession;
+        } catch {
+          this.log.warn({ session: id }, "stored gears session is unreadable; skipped");
+          return;
+        }
+        await on.changed(session, json);
+      },
+      restored: (ids, written) =>
+        this.log.warn(
+          { sessions: ids, written },
+          "gears session store lost sessions (a flush?): written back from memory",
+        ),
+    });
   }
 
   private async guard(write: Promise<void>): Promise<void> {
