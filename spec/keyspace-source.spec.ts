@@ -12,6 +12,8 @@ import {
 import type { Logger } from "../src/observability/log.js";
 import type { Arg } from "../src/resp/encode.js";
 import { RespError, type RespValue } from "../src/resp/values.js";
+import { Router } from "../src/routing/router.js";
+import { Shards } from "../src/routing/shards.js";
 import { ClusterTopology } from "../src/upstream/cluster-topology.js";
 import { UpstreamNode } from "../src/upstream/node.js";
 import { StandaloneTopology, type Topology } from "../src/upstream/topology.js";
@@ -108,7 +110,8 @@ class Opened {
     log?: Logger,
   ): Promise<[KeyspaceEventSource, KeyspaceStatus]> {
     this.topologies.push(topology);
-    const source = new KeyspaceEventSource(topology, log ?? pino({ level: "silent" }), collector.onEvents);
+    const shards = new Shards(new Router(topology, null, 5000));
+    const source = new KeyspaceEventSource(shards, log ?? pino({ level: "silent" }), collector.onEvents);
     this.sources.push(source);
     const status = await within(source.start(), 15_000, "start()");
     return [source, status];
@@ -194,7 +197,7 @@ describe("keyspace event source", function () {
       // One write at a time: the barrier after it sees its event, last.
       for (let i = 0; i < 500; i++) {
         await call(node, ["SET", `one:${i}`, "v"]);
-        await source.barrier(i % 2 === 0 ? node : undefined);
+        await source.barrier(i % 2 === 0 ? node.id : undefined);
         const last = collector.events[collector.events.length - 1];
         expect(last === undefined ? "nothing" : show(last)).to.equal(`set one:${i}`);
       }
@@ -211,7 +214,7 @@ describe("keyspace event source", function () {
           writes.push(call(node, ["SET", keys[i], "v"]));
         }
         await Promise.all(writes);
-        await within(source.barrier(node), 5000, "barrier(node)");
+        await within(source.barrier(node.id), 5000, "barrier(node)");
         expect(collector.named(`many:${round}:`)).to.deep.equal(keys.map((k) => `set ${k}`));
         total += keys.length;
       }
@@ -242,10 +245,12 @@ describe("keyspace event source", function () {
         import { KeyspaceEventSource } from ${JSON.stringify(moduleUrl("../src/gears/events/keyspace-source.js"))};
         import { StandaloneTopology } from ${JSON.stringify(moduleUrl("../src/upstream/topology.js"))};
         import { UpstreamNode } from ${JSON.stringify(moduleUrl("../src/upstream/node.js"))};
+        import { Router } from ${JSON.stringify(moduleUrl("../src/routing/router.js"))};
+        import { Shards } from ${JSON.stringify(moduleUrl("../src/routing/shards.js"))};
         const topology = new StandaloneTopology(new UpstreamNode({ host: "${server.host}", port: ${server.port} },
           { connectTimeoutMs: 2000, sharedConnections: 1 }));
         let got = 0;
-        const source = new KeyspaceEventSource(topology, pino({ level: "silent" }), (e) => { got += e.length; });
+        const source = new KeyspaceEventSource(new Shards(new Router(topology, null, 5000)), pino({ level: "silent" }), (e) => { got += e.length; });
         await source.start();
         await topology.node.call(["SET", "child:k", "v"]);
         await source.barrier();
@@ -454,7 +459,7 @@ describe("keyspace event source", function () {
       for (const node of topology.masters()) {
         const key = keyOn(topology, node, "single:");
         await call(node, ["INCR", key]);
-        await source.barrier(node);
+        await source.barrier(node.id);
         const last = collector.events[collector.events.length - 1];
         expect(show(last)).to.equal(`incrby ${key}`);
       }

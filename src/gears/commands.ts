@@ -9,7 +9,7 @@ import { Partitions } from "./partitions.js";
 import type { Registration } from "./registration.js";
 import { isTfConfig, runTfCommand, TF_COMMANDS } from "./tf/tf-commands.js";
 
-type Handler = (engine: GearsEngine, args: Buffer[]) => Promise<Buffer> | Buffer;
+type Handler = (engine: GearsEngine, args: Buffer[], caller: GearsCaller) => Promise<Buffer> | Buffer;
 
 const NO_EXECUTION = "execution plan does not exist";
 const b = (text: string): Buffer => Buffer.from(text);
@@ -19,7 +19,7 @@ function arity(name: string): Buffer {
 }
 
 /** RG.EXECUTE <script> [UNBLOCKING] [ID <id>] [DESCRIPTION <text>] [UPGRADE] [REPLACE_WITH <old>] */
-async function execute(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
+async function execute(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Promise<Buffer> {
   if (args.length < 1) return arity("rg.execute");
   let unblocking = false;
   let upgrade = false;
@@ -51,6 +51,7 @@ async function execute(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
     description,
     upgrade,
     replaceWith,
+    db: caller.db,
   });
 }
 
@@ -118,7 +119,7 @@ function getExecution(engine: GearsEngine, args: Buffer[]): Buffer {
   if (args.length < 1 || args.length > 2) return arity("rg.getexecution");
   const mode = args[1]?.toString().toUpperCase();
   if (mode !== undefined && mode !== "SHARD" && mode !== "CLUSTER") return encodeError("unknown subcommand");
-  if (mode === "CLUSTER" && engine.router.topology.mode !== "cluster") {
+  if (mode === "CLUSTER" && !engine.shards.clustered) {
     return encodeError("no cluster detected - use `RG.GETEXECUTION <id> [SHARD]` instead");
   }
   const execution = finished(engine, args[0].toString());
@@ -175,20 +176,19 @@ function configSet(engine: GearsEngine, args: Buffer[]): Buffer {
 
 function infoCluster(engine: GearsEngine, args: Buffer[]): Buffer {
   if (args.length !== 0) return arity("rg.infocluster");
-  const topology = engine.router.topology;
-  if (topology.mode !== "cluster") return encodeBulk("no cluster mode");
-  const masters = topology.masters();
+  if (!engine.shards.clustered) return encodeBulk("no cluster mode");
+  const masters = engine.shards.masters();
   const shards = masters.map((node, i) => {
-    const ranges = topology.slotRanges().filter((r) => r[2] === i);
+    const ranges = engine.shards.slotRanges().filter((r) => r[2] === i);
     const min = Math.min(...ranges.map((r) => r[0]));
     const max = Math.max(...ranges.map((r) => r[1]));
     return [
       b("id"),
       b(node.clusterId),
       b("ip"),
-      b(node.address.host),
+      b(node.host),
       b("port"),
-      node.address.port,
+      node.port,
       b("minHslot"),
       min,
       b("maxHslot"),
@@ -200,7 +200,7 @@ function infoCluster(engine: GearsEngine, args: Buffer[]): Buffer {
 
 async function refreshCluster(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
   if (args.length !== 0) return arity("rg.refreshcluster");
-  await engine.router.topology.refresh();
+  await engine.shards.refresh();
   return OK;
 }
 
@@ -342,7 +342,7 @@ async function trigger(engine: GearsEngine, args: Buffer[], onKey: boolean): Pro
   const name = args[0].toString();
   const found = engine.registry.byTrigger(name);
   if (found === undefined) return encodeError("ERR subcommand not found");
-  const partitions = new Partitions(engine.router);
+  const partitions = new Partitions(engine.shards);
   const partition = onKey ? partitions.partitionOfSlot(keySlot(args[1])) : 0;
   const record = args.map((a) => a.toString());
   const execution = await engine.registry.runCommand(found, partitions, partition, record);
@@ -427,7 +427,7 @@ export async function runGearsCommand(
     );
   }
   try {
-    return await handler(engine, args);
+    return await handler(engine, args, caller);
   } catch (err) {
     return encodeError(`ERR ${err instanceof Error ? err.message : String(err)}`);
   }

@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
+import { Shards } from "../routing/shards.js";
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
 import { gearsGuestSource } from "./guest-bundles.js";
 import { GearsGuest } from "./gears-guest.js";
@@ -10,6 +11,7 @@ import { Execution } from "./execution.js";
 import type { Action, GuestIsolate, IsolateFactory } from "./guest-isolate.js";
 import { KeyspaceEventSource, type KeyEvent, type KeyspaceStatus } from "./events/keyspace-source.js";
 import { EventBacklog } from "./events/event-backlog.js";
+import { WriteJournal } from "./events/write-journal.js";
 import { ShardLeases } from "./events/shard-leases.js";
 import { isSyncMarker, SYNC_MARKER, SYNCED_CHANNEL } from "./events/sync-markers.js";
 import { Registration } from "./registration.js";
@@ -24,6 +26,13 @@ import { TfEngine } from "./tf/tf-engine.js";
 /** Events from this long before a dead lease owner's last mark are replayed too (clock skew, at least once). */
 const REPLAY_MARGIN_MS = 1000;
 
+/** How often writes through the proxy still waiting for their notification are checked. */
+const JOURNAL_SETTLE_MS = 200;
+/** A settle round whose barrier takes longer than this is given up (a shard hangs): the next one tries again. */
+const JOURNAL_BARRIER_MS = 2000;
+/** Writes waiting this long are handled even when the barrier does not come back. */
+const JOURNAL_GIVE_UP_MS = 10_000;
+
 /** How often the session store's version is checked for other proxies' changes. */
 const STORE_POLL_MS = 1000;
 
@@ -36,6 +45,8 @@ export interface ExecuteRequest {
   upgrade: boolean;
   /** Replace this other session. */
   replaceWith?: string;
+  /** The database the script runs in (the client's), and its session's registrations listen to. */
+  db?: number;
   /** A stored session coming back: its registrations keep these ids (by register() index). */
   restoredIds?: Record<string, string>;
 }
@@ -56,6 +67,9 @@ export class GearsEngine {
   private registrationCounter = 0;
   readonly registry: RegistrationRegistry;
   private keyspace: KeyspaceEventSource | null = null;
+  /** Writes through the proxy waiting for their notifications: those lost become events anyway. */
+  private readonly journal = new WriteJournal();
+  private stopJournal: (() => void) | null = null;
   private leases: ShardLeases | null = null;
   /** Other proxies' shards' recent events, replayed when this proxy takes a shard over. */
   private readonly backlog = new EventBacklog(
@@ -69,17 +83,27 @@ export class GearsEngine {
   private syncSeq = 0;
   private readonly syncWaiters = new Map<number, () => void>();
   private readonly store: SessionStore;
+  /** Routing's door to the shards: masters, one shard's commands, subscriptions, topology changes. */
+  readonly shards: Shards;
 
   constructor(
     readonly router: Router,
     private readonly log: Logger,
     private readonly newIsolate: IsolateFactory,
   ) {
-    this.registry = new RegistrationRegistry(router, log, () => `${this.proxyId}-${++this.counter}`, {
-      consumerName: this.proxyId,
-      claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
-      maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
-    });
+    this.shards = new Shards(router);
+    this.registry = new RegistrationRegistry(
+      router,
+      this.shards,
+      log,
+      () => `${this.proxyId}-${++this.counter}`,
+      {
+        consumerName: this.proxyId,
+        claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
+        streamLeaseMs: () => this.config.number("EventLeaseMS"),
+        maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
+      },
+    );
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
     this.registry.onForeignEvents = (events) => this.backlog.add(events);
     this.store = new SessionStore(router, log);
@@ -137,12 +161,13 @@ export class GearsEngine {
   async execute(request: ExecuteRequest): Promise<Buffer> {
     const conflict = this.sessionConflict(request);
     if (conflict !== null) return encodeError(`ERR ${conflict}`);
+    const db = request.db ?? 0;
     let partitions: Partitions | null = null;
     const registered = new Map<number, string>();
     const timerRequests: { id: number; seconds: number; keyName: string | null }[] = [];
     const bridge = new GearsBridge(
       this.router,
-      () => (partitions ??= new Partitions(this.router)),
+      () => (partitions ??= new Partitions(this.shards, db)),
       this.config,
       this.log,
       {
@@ -158,6 +183,7 @@ export class GearsEngine {
       memoryLimitMb: this.config.number("ScriptMemoryLimitMB"),
       timeoutMs: this.config.number("ScriptTimeoutMS"),
     };
+    bridge.db = db;
     const isolate = await this.newIsolate(limits, bridge);
     let actions: Action[];
     try {
@@ -176,7 +202,7 @@ export class GearsEngine {
       await isolate.dispose();
       return OK;
     }
-    partitions ??= new Partitions(this.router);
+    partitions ??= new Partitions(this.shards, db);
     const execution = new Execution(
       `${this.proxyId}-${++this.counter}`,
       isolate,
@@ -223,6 +249,7 @@ export class GearsEngine {
     const session: GearsSession = {
       id,
       description: request.description ?? null,
+      db: request.db ?? 0,
       isolate,
       bridge,
       registrations,
@@ -295,7 +322,7 @@ export class GearsEngine {
   private ownsTimer(keyName: string | null): boolean {
     if (this.leases === null) return true;
     const slot = keyName === null ? 0 : keySlot(Buffer.from(keyName));
-    return this.leases.owns(this.router.topology.nodeForSlot(slot).id);
+    return this.leases.owns(this.shards.idForSlot(slot));
   }
 
   /**
@@ -329,7 +356,7 @@ export class GearsEngine {
     this.foundHook = null;
     if (found === undefined) return this.runWithEvents(name, argv);
     const record = argv.map((a) => a.toString());
-    const partitions = new Partitions(this.router);
+    const partitions = new Partitions(this.shards);
     const partition = argv.length > 1 ? partitions.partitionOfSlot(keySlot(argv[1])) : 0;
     const execution = await this.registry.runCommand(found, partitions, partition, record);
     if (execution.errors.length > 0) return encodeError(`ERR ${execution.errors[0]}`);
@@ -366,6 +393,7 @@ export class GearsEngine {
   }
 
   private onKeyspaceEvents(events: KeyEvent[]): void {
+    this.journal.confirm(events);
     for (const capture of this.captures) {
       for (const e of events) if (capture.keys.has(e.key.toString("latin1"))) capture.events.push(e);
     }
@@ -400,10 +428,10 @@ export class GearsEngine {
   private async syncWithOwners(): Promise<void> {
     const leases = this.leases;
     if (leases === null) return;
-    const masters = this.router.topology.masters();
+    const masters = this.shards.masters();
     const foreign = masters.flatMap((m, index) => (leases.owns(m.id) ? [] : [index]));
     if (foreign.length === 0) return;
-    const partitions = new Partitions(this.router);
+    const partitions = new Partitions(this.shards);
     await Promise.all(
       foreign.map(async (index) => {
         const seq = ++this.syncSeq;
@@ -430,13 +458,14 @@ export class GearsEngine {
   private async startKeyspaceEvents(): Promise<void> {
     if (this.keyspace !== null) return;
     this.keyspace = new KeyspaceEventSource(
-      this.router.topology,
+      this.shards,
       this.log,
       (events) => this.onKeyspaceEvents(events),
       { pattern: SYNCED_CHANNEL + this.proxyId, onMessage: (_channel, message) => this.onSynced(message) },
     );
     this.leases = new ShardLeases(
       this.router,
+      this.shards,
       this.log,
       this.proxyId,
       () => this.config.number("EventLeaseMS"),
@@ -456,6 +485,52 @@ export class GearsEngine {
     );
     await this.keyspace.start();
     await this.leases.start();
+    this.startJournal();
+  }
+
+  /** Follows the writes forwarded through the proxy, and settles them every JOURNAL_SETTLE_MS. */
+  private startJournal(): void {
+    const unwatch = this.shards.onWrite((name, argv, keys) => this.journal.watch(name, argv, keys));
+    let busy = false;
+    const timer = setInterval(() => {
+      if (busy || this.journal.waiting === 0) return;
+      busy = true;
+      void this.settleJournal().finally(() => (busy = false));
+    }, JOURNAL_SETTLE_MS);
+    timer.unref();
+    this.stopJournal = () => {
+      unwatch();
+      clearInterval(timer);
+      this.journal.clear();
+    };
+  }
+
+  /**
+   * Writes acknowledged before the barrier whose notification did not come before it
+   * never will (a subscription was down, or the shard was a replica not yet followed):
+   * they are dispatched as the events they caused.
+   */
+  private async settleJournal(): Promise<void> {
+    const keyspace = this.keyspace;
+    if (keyspace === null) return;
+    const cut = Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      keyspace.barrier().then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), JOURNAL_BARRIER_MS))),
+    ]);
+    clearTimeout(timer);
+    if (this.keyspace !== keyspace) return;
+    // A shard that hangs holds its notifications back: after JOURNAL_GIVE_UP_MS the writes
+    // waiting for them are handled anyway (at least once), so the record stays bounded.
+    const upTo = timedOut ? cut - JOURNAL_GIVE_UP_MS : cut;
+    const missed = this.journal.takeUnconfirmed(upTo, (key) => this.shards.idForSlot(keySlot(key)));
+    if (missed.length === 0) return;
+    this.log.info(
+      { events: missed.length },
+      "writes through the proxy whose notifications were lost: handled from the proxy's record of them",
+    );
+    this.registry.dispatch(missed);
   }
 
   private async stopKeyspaceEvents(): Promise<void> {
@@ -464,6 +539,8 @@ export class GearsEngine {
     this.keyspace = null;
     this.leases = null;
     this.backlog.clear();
+    this.stopJournal?.();
+    this.stopJournal = null;
     await Promise.all([keyspace?.stop(), leases?.stop()]);
   }
 
@@ -497,7 +574,6 @@ export class GearsEngine {
   private readonly scripts = new Map<string, string>();
   /** Each session as this proxy last stored or loaded it (JSON): what is new in the store is what differs. */
   private readonly storedJson = new Map<string, string>();
-  private storeVersion: string | null = null;
   private storePoll: NodeJS.Timeout | null = null;
   private syncing: Promise<void> = Promise.resolve();
 
@@ -519,11 +595,17 @@ export class GearsEngine {
     this.scripts.set(session.id, script);
     const registrations: Record<string, string> = {};
     for (const r of session.registrations) registrations[r.actionIndex] = r.id;
-    const stored: StoredSession = { id: session.id, script, description: session.description, registrations };
+    const stored: StoredSession = {
+      id: session.id,
+      script,
+      description: session.description,
+      registrations,
+      ...(session.db === 0 ? {} : { db: session.db }),
+    };
     const json = JSON.stringify(stored);
     if (this.storedJson.get(session.id) === json) return;
     this.storedJson.set(session.id, json);
-    await this.store.save(stored);
+    await this.store.save(stored, json);
   }
 
   private forget(id: string): Promise<void> {
@@ -537,7 +619,8 @@ export class GearsEngine {
   /**
    * Brings back the sessions stored in Redis (at start), then keeps following the store:
    * sessions another proxy in front of the same Redis adds, upgrades or unregisters are
-   * taken over here within about a second (a version counter is polled).
+   * taken over here within about a second (a version token is polled), and sessions the
+   * store lost (a FLUSHALL through the proxy or straight to a shard) are written back.
    */
   async restore(): Promise<void> {
     await this.tf.restore();
@@ -547,39 +630,33 @@ export class GearsEngine {
   }
 
   private async pollStore(): Promise<void> {
-    const version = await this.store.version().catch(() => null);
-    if (version === null || version === this.storeVersion) return;
-    await this.syncFromStore();
+    const changed = await this.store.changed(this.storedJson.size > 0).catch(() => false);
+    if (changed) await this.syncFromStore();
   }
 
-  /** Makes the local sessions what the store holds (every session's registrations with their ids). */
+  /**
+   * Makes the local sessions what the store holds: a tombstone removes a session here, a
+   * new or changed entry is brought in, and a session the store lost without a tombstone
+   * is written back from memory.
+   */
   private async syncFromStore(): Promise<void> {
-    let stored: StoredSession[];
     try {
-      const version = await this.store.version();
-      stored = await this.store.load();
-      this.storeVersion = version;
+      await this.store.follow(this.storedJson, {
+        removed: (id) => {
+          // Unregistered or replaced through another proxy.
+          this.storedJson.delete(id);
+          this.scripts.delete(id);
+          const session = this.registry.session(id);
+          for (const r of session?.registrations ?? []) this.registry.unregister(r.id);
+          this.log.info({ session: id }, "gears session removed by another proxy");
+        },
+        changed: (session, json) => this.bringIn(session, json),
+      });
     } catch (err) {
       this.log.warn(
         { err: err instanceof Error ? err.message : String(err) },
-        "could not read stored gears sessions",
+        "could not follow the stored gears sessions",
       );
-      return;
-    }
-    const ids = new Set(stored.map((s) => s.id));
-    for (const [id] of this.storedJson) {
-      if (ids.has(id)) continue;
-      // Gone from the store: unregistered or replaced through another proxy.
-      this.storedJson.delete(id);
-      this.scripts.delete(id);
-      const session = this.registry.session(id);
-      for (const r of session?.registrations ?? []) this.registry.unregister(r.id);
-      this.log.info({ session: id }, "gears session removed by another proxy");
-    }
-    for (const s of stored) {
-      const json = JSON.stringify(s);
-      if (this.storedJson.get(s.id) === json) continue;
-      await this.bringIn(s, json);
     }
     this.stopEventsIfUnused();
   }
@@ -595,6 +672,7 @@ export class GearsEngine {
       description: s.description ?? undefined,
       upgrade: true,
       restoredIds: s.registrations,
+      db: s.db ?? 0,
     });
     const session = this.registry.session(s.id);
     if (session === undefined) {

@@ -77,6 +77,9 @@ export class GearsBridge implements HostBridge {
     private readonly session: SessionCalls,
   ) {}
 
+  /** The database the script's commands run in: the client's, or the one its session was registered from. */
+  db = 0;
+
   /** The argv of the command a running hook or trigger was called for (getCommand, callNext). */
   command: string[] | null = null;
   /** Set by overrideReply() while a `commands` registration handles its command's events. */
@@ -87,7 +90,7 @@ export class GearsBridge implements HostBridge {
       case "execute":
         return this.execute(args);
       case "executeMany":
-        return executeMany(this.router, this.partitions, args);
+        return executeMany(this.router, this.partitions, args, this.db);
       case "configGet":
         return this.config.lookup(String(args[0]));
       case "hashtag":
@@ -106,7 +109,7 @@ export class GearsBridge implements HostBridge {
       case "callNext":
         return this.callNext(args);
       case "readValue":
-        return readKeyValue((argv) => this.router.call(argv), Buffer.from(String(args[0])));
+        return readKeyValue((argv) => this.router.call(argv, this.db), Buffer.from(String(args[0])));
       case "overrideReply":
         if (this.command === null) {
           throw new Error(
@@ -137,7 +140,7 @@ export class GearsBridge implements HostBridge {
     const command = this.command;
     if (command === null) throw new Error("callNext() can only be called from a command hook");
     const argv = [command[0], ...(args.length > 0 ? args.map(String) : command.slice(1))];
-    return replyToJson(await this.router.call(argv));
+    return replyToJson(await this.router.call(argv, this.db));
   }
 
   private async execute(args: JsonValue[]): Promise<JsonValue> {
@@ -151,7 +154,7 @@ export class GearsBridge implements HostBridge {
     if (partition !== null && this.router.slotOf(name, argv) === NO_KEYS) {
       reply = await this.partitions().shard(partition).call(argv);
     } else {
-      reply = await this.router.call(argv);
+      reply = await this.router.call(argv, this.db);
     }
     return replyToJson(reply);
   }

@@ -1,8 +1,6 @@
 import { keySlot as calculateSlot } from "../routing/key-slot.js";
-import type { Router } from "../routing/router.js";
+import type { Shards } from "../routing/shards.js";
 import type { Arg } from "../resp/encode.js";
-import { PromiseSink, UpstreamError, type ReplySink } from "../upstream/reply-sink.js";
-import { encodeCommand } from "../resp/encode.js";
 import type { RespValue } from "../resp/values.js";
 import type { ShardAccess } from "./readers.js";
 
@@ -14,13 +12,20 @@ export class Partitions {
   readonly count: number;
   readonly ranges: [number, number, number][];
   readonly shardIds: string[];
+  /** Each partition's master, as the shard facade names it. */
+  private readonly nodes: string[];
   private readonly owner = new Int16Array(16384);
 
-  constructor(private readonly router: Router) {
-    const masters = router.topology.masters();
+  constructor(
+    private readonly shards: Shards,
+    /** The database every partition is read and written in (the client's; 0 in a cluster). */
+    readonly db = 0,
+  ) {
+    const masters = shards.masters();
     this.count = masters.length;
-    this.ranges = router.topology.slotRanges();
+    this.ranges = shards.slotRanges();
     this.shardIds = masters.map((m) => m.clusterId);
+    this.nodes = masters.map((m) => m.id);
     for (const [start, end, index] of this.ranges) this.owner.fill(index, start, end + 1);
   }
 
@@ -30,26 +35,13 @@ export class Partitions {
 
   /** Commands sent to one partition's master directly (keyless commands of a step run there). */
   shard(partition: number): ShardAccess {
-    const node = this.router.topology.masters()[partition];
+    const node = this.nodes[partition];
+    const shards = this.shards;
     return {
-      call: (argv: readonly Arg[]): Promise<RespValue> => {
-        const sink = new PromiseSink();
-        this.router.sendTo(node, encodeCommand(argv), sink, partition, -1);
-        return sink.promise;
-      },
-      callRaw: (payload: Buffer): Promise<Buffer> => {
-        const sink = new RawSink();
-        this.router.sendTo(node, payload, sink, partition, -1);
-        return sink.promise;
-      },
-      // No redirects here: a caller sees MOVED or ASK among the replies and reads again.
-      callMany: (payload: Buffer, count: number): Promise<Buffer[]> => {
-        const sink = new ManySink(count);
-        const conn = node.sharedConnection(partition);
-        if (conn === null) sink.fail(`ERR ${node.id} is unreachable`);
-        else conn.sendMany(payload, new Array<ReplySink>(count).fill(sink), 0);
-        return sink.promise;
-      },
+      call: (argv: readonly Arg[]): Promise<RespValue> => shards.call(node, argv, partition, this.db),
+      callRaw: (payload: Buffer): Promise<Buffer> => shards.callRaw(node, payload, partition, this.db),
+      callMany: (payload: Buffer, count: number): Promise<Buffer[]> =>
+        shards.pipeline(node, payload, count, partition, this.db),
     };
   }
 
@@ -60,57 +52,6 @@ export class Partitions {
       if (index === partition) return table[start] ?? table[end];
     }
     return table[0];
-  }
-}
-
-/** Resolves with the reply's bytes, error replies included: the caller reads them itself. */
-export class RawSink implements ReplySink {
-  readonly promise: Promise<Buffer>;
-  private resolve!: (v: Buffer) => void;
-  private reject!: (e: Error) => void;
-
-  constructor() {
-    this.promise = new Promise<Buffer>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
-    });
-  }
-
-  reply(data: Buffer): void {
-    this.resolve(data);
-  }
-
-  fail(message: string): void {
-    this.reject(new UpstreamError(message));
-  }
-}
-
-/** Takes the replies of `count` commands sent together, in order; one failure fails them all. */
-class ManySink implements ReplySink {
-  readonly promise: Promise<Buffer[]>;
-  private readonly replies: Buffer[] = [];
-  private resolve!: (v: Buffer[]) => void;
-  private reject!: (e: Error) => void;
-  private failed = false;
-
-  constructor(private readonly count: number) {
-    this.promise = new Promise<Buffer[]>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
-    });
-    if (count === 0) this.resolve([]);
-  }
-
-  reply(data: Buffer): void {
-    if (this.failed) return;
-    this.replies.push(data);
-    if (this.replies.length === this.count) this.resolve(this.replies);
-  }
-
-  fail(message: string): void {
-    if (this.failed) return;
-    this.failed = true;
-    this.reject(new UpstreamError(message));
   }
 }
 

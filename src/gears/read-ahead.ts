@@ -9,7 +9,8 @@ import { encodeCommand } from "../resp/encode.js";
 import { replyOutcomeJson } from "../resp/json-text.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
 import { RawJson, type JsonValue } from "../sandbox/types.js";
-import { RawSink, type Partitions } from "./partitions.js";
+import { RawSink } from "../routing/shards.js";
+import type { Partitions } from "./partitions.js";
 
 /**
  * Commands that only read keys: reading them early cannot change what anyone sees. Writes
@@ -73,6 +74,7 @@ export async function executeMany(
   router: Router,
   partitions: () => Partitions,
   args: JsonValue[],
+  db = 0,
 ): Promise<RawJson> {
   const partition = typeof args[0] === "number" ? args[0] : null;
   const template = strings(args[1]);
@@ -105,7 +107,7 @@ export async function executeMany(
         (e: Error) => sink.fail(e.message),
       );
     } else {
-      router.forward(name, argv, null, sink, { db: 0, affinity: 0 });
+      router.forward(name, argv, null, sink, { db, affinity: 0 });
     }
     return sink.promise.then(replyOutcomeJson, (e: Error) => `[1,${JSON.stringify(e.message)}]`);
   });

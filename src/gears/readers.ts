@@ -3,7 +3,7 @@ import { encodeCommand, type Arg } from "../resp/encode.js";
 import { NotHandled, ReplyErrorText, RespCursor } from "../resp/json-text.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { BinaryWriter, TAG_ARRAY, TAG_NULL, TAG_OBJECT } from "../sandbox/bjson.js";
-import { isProxyKey } from "./events/proxy-keys.js";
+import { isProxyKey } from "../routing/hidden-keys.js";
 import type { JsonValue } from "../sandbox/types.js";
 
 /** One shard as a reader sees it: somewhere to send commands. */

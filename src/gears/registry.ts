@@ -1,20 +1,30 @@
 import type { Logger } from "../observability/log.js";
 import { keySlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
+import { UpstreamError, type Shards } from "../routing/shards.js";
 import type { JsonValue } from "../sandbox/types.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
 import { Execution, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
 import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
-import { isProxyKey } from "./events/proxy-keys.js";
+import { isProxyKey } from "../routing/hidden-keys.js";
 import { eventKeyRecords, keyRecords } from "./readers.js";
 import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js";
+
+/** Errors of a shard that answers again soon (failing over, a slot moving, starting). */
+const TRANSIENT_READ_ERROR = /^(ERR upstream|CLUSTERDOWN|MOVED|ASK|TRYAGAIN|LOADING|MASTERDOWN|READONLY)/;
+/** How long a batch whose keys cannot be read for such a reason is tried again. */
+const READ_RETRY_FOR_MS = 60_000;
+const FIRST_READ_RETRY_MS = 50;
+const MAX_READ_RETRY_MS = 1000;
 
 /** A script sent with RG.EXECUTE that registered something: its isolate lives on for its handlers. */
 export interface GearsSession {
   id: string;
   description: string | null;
+  /** The database it was registered from: its registrations see that database's events, its handlers run there. */
+  db: number;
   isolate: GuestIsolate;
   /** The isolate's host side: hooks and triggers tell it which command they run for. */
   bridge: GearsBridge;
@@ -39,6 +49,8 @@ export interface RegistryOptions {
   consumerName: string;
   /** How long a stream entry stays with a consumer that does not acknowledge it before another claims it. */
   claimIdleMs: () => number;
+  /** How long a stream's lease lasts unless renewed: one proxy at a time consumes a stream. */
+  streamLeaseMs: () => number;
   /** Finished executions kept per registration (MaxExecutionsPerRegistration). */
   maxExecutionsPerRegistration: () => number;
 }
@@ -69,6 +81,7 @@ export class RegistrationRegistry {
 
   constructor(
     private readonly router: Router,
+    private readonly shards: Shards,
     private readonly log: Logger,
     private readonly executionId: () => string,
     private readonly options: RegistryOptions,
@@ -148,13 +161,16 @@ export class RegistrationRegistry {
   private startConsumer(session: GearsSession, registration: Registration): void {
     const consumer = new StreamConsumer(
       this.router,
+      this.shards,
       this.log,
       streamGroupName(session.id, registration.actionIndex),
       this.options.consumerName,
       registration.stream!,
       this.options.claimIdleMs,
+      this.options.streamLeaseMs,
       (stream, records) => this.runStreamBatch(session, registration, stream, records),
       () => this.wakeIdleWaiters(),
+      session.db,
     );
     registration.consumer = consumer;
     consumer.start();
@@ -168,7 +184,7 @@ export class RegistrationRegistry {
     records: JsonValue[],
   ): Promise<{ failed: boolean }> {
     if (this.sessions.get(session.id) !== session) return { failed: true };
-    const partitions = new Partitions(this.router);
+    const partitions = new Partitions(this.shards, session.db);
     const partition = partitions.partitionOfSlot(keySlot(stream));
     const input = new Map<number, PackedRecords>([[partition, { records, values: null }]]);
     const execution = await this.runExecution(session, registration, partitions, input, records.length);
@@ -269,7 +285,7 @@ export class RegistrationRegistry {
         const local = registration.mode === "async_local";
         const touched = new Set<string>();
         for (const e of events) {
-          if (!registration.matchesKeyEvent(e.key.toString(), e.event)) continue;
+          if (e.db !== session.db || !registration.matchesKeyEvent(e.key.toString(), e.event)) continue;
           if (local) {
             this.localQueue(registration, e.shard).queue.push(e);
             touched.add(e.shard);
@@ -355,18 +371,32 @@ export class RegistrationRegistry {
     events: QueuedKeyEvent[],
   ): Promise<void> {
     const started = Date.now();
-    try {
-      const partitions = new Partitions(this.router);
-      const input = await this.recordsOf(registration, partitions, events);
-      if (input.size > 0) await this.runExecution(session, registration, partitions, input, events.length);
-    } catch (err) {
-      // Reading the keys failed (NOPERM, a lost shard...): the batch counts as one failure.
-      const message = err instanceof Error ? err.message : String(err);
-      registration.stats.record(Date.now() - started, [message], false, events.length);
-      this.log.warn(
-        { registration: registration.id, err: message },
-        "could not read the keys of an event batch",
-      );
+    for (let wait = FIRST_READ_RETRY_MS; ; wait = Math.min(wait * 2, MAX_READ_RETRY_MS)) {
+      try {
+        const partitions = new Partitions(this.shards, session.db);
+        const input = await this.recordsOf(registration, partitions, events);
+        if (input.size > 0) await this.runExecution(session, registration, partitions, input, events.length);
+        return;
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        // A shard failing over (or a slot moving) answers again soon: the batch waits for
+        // it, in order, rather than losing its events. Other failures (NOPERM...) count.
+        const transient = err instanceof UpstreamError || TRANSIENT_READ_ERROR.test(message);
+        if (
+          transient &&
+          Date.now() - started < READ_RETRY_FOR_MS &&
+          this.sessions.get(session.id) === session
+        ) {
+          await new Promise((resolve) => setTimeout(resolve, wait));
+          continue;
+        }
+        registration.stats.record(Date.now() - started, [message], false, events.length);
+        this.log.warn(
+          { registration: registration.id, err: message },
+          "could not read the keys of an event batch",
+        );
+        return;
+      }
     }
   }
 
@@ -380,19 +410,16 @@ export class RegistrationRegistry {
     partitions: Partitions,
     events: QueuedKeyEvent[],
   ): Promise<Map<number, PackedRecords>> {
-    const masters = this.router.topology.masters();
-    const byShard = new Map<string, QueuedKeyEvent[]>();
+    // By where each key lives now: the master that notified may have been failed over since.
+    const byPartition = new Map<number, QueuedKeyEvent[]>();
     for (const e of events) {
-      const list = byShard.get(e.shard) ?? [];
+      const partition = partitions.partitionOfSlot(keySlot(e.key));
+      const list = byPartition.get(partition) ?? [];
       list.push(e);
-      byShard.set(e.shard, list);
+      byPartition.set(partition, list);
     }
     const input = new Map<number, PackedRecords>();
-    for (const [shard, list] of byShard) {
-      const partition = Math.max(
-        0,
-        masters.findIndex((m) => m.id === shard),
-      );
+    for (const [partition, list] of byPartition) {
       const distinct = new Map<string, Buffer>();
       for (const e of list) distinct.set(e.key.toString("latin1"), e.key);
       const keys = [...distinct.values()];
@@ -531,7 +558,7 @@ export class RegistrationRegistry {
         bridge.command = argv;
         bridge.overriddenReply = null;
         try {
-          const partitions = new Partitions(this.router);
+          const partitions = new Partitions(this.shards, session.db);
           const input = await this.recordsOf(registration, partitions, mine);
           if (input.size > 0) await this.runExecution(session, registration, partitions, input, mine.length);
           override = bridge.overriddenReply ?? override;

@@ -1,12 +1,6 @@
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
-import { RespError } from "../resp/values.js";
-import { PROXY_HASHTAG } from "./events/proxy-keys.js";
-
-/** One hash in Redis (one hashtag, so one slot) holds every session: id -> its script and ids. */
-export const SESSIONS_KEY = `${PROXY_HASHTAG}:sessions`;
-/** Counts changes to the sessions, so proxies notice another's change with one GET. */
-export const SESSIONS_VERSION_KEY = `${PROXY_HASHTAG}:sessions:version`;
+import { DurableStore } from "./durable-store.js";
 
 /** What is kept of a session so another proxy start can bring it back as it was. */
 export interface StoredSession {
@@ -15,52 +9,74 @@ export interface StoredSession {
   description: string | null;
   /** Registration ids by the index of the register() call in the script that made them. */
   registrations: Record<string, string>;
+  /** The database it was registered from, when not 0. */
+  db?: number;
 }
 
-/** Sessions persisted in Redis itself, so they survive the proxy. */
+/**
+ * Sessions persisted in Redis itself (`{gears-proxy}:sessions`), so they survive the proxy
+ * and flushes: see DurableStore.
+ */
 export class SessionStore {
+  private readonly store: DurableStore;
+
   constructor(
-    private readonly router: Router,
+    router: Router,
     private readonly log: Logger,
-  ) {}
-
-  async save(session: StoredSession): Promise<void> {
-    await this.write(["HSET", SESSIONS_KEY, session.id, JSON.stringify(session)]);
-    await this.write(["INCR", SESSIONS_VERSION_KEY]);
+  ) {
+    this.store = new DurableStore(router, "sessions");
   }
 
-  async remove(id: string): Promise<void> {
-    await this.write(["HDEL", SESSIONS_KEY, id]);
-    await this.write(["INCR", SESSIONS_VERSION_KEY]);
+  save(session: StoredSession, json: string): Promise<void> {
+    return this.guard(this.store.save(session.id, json));
   }
 
-  /** The change counter ("0" before any change); throws when Redis cannot be read. */
-  async version(): Promise<string> {
-    const reply = await this.router.call(["GET", SESSIONS_VERSION_KEY]);
-    if (reply instanceof RespError) throw new Error(reply.message);
-    return reply === null ? "0" : String(reply);
+  remove(id: string): Promise<void> {
+    return this.guard(this.store.remove(id));
   }
 
-  async load(): Promise<StoredSession[]> {
-    const reply = await this.router.call(["HGETALL", SESSIONS_KEY]);
-    if (!Array.isArray(reply)) return [];
-    const out: StoredSession[] = [];
-    for (let i = 1; i < reply.length; i += 2) {
-      try {
-        out.push(JSON.parse(String(reply[i])) as StoredSession);
-      } catch {
-        this.log.warn({ session: String(reply[i - 1]) }, "stored gears session is unreadable; skipped");
-      }
-    }
-    return out;
+  /** Whether follow() has anything to do (see DurableStore.changed). */
+  changed(holding: boolean): Promise<boolean> {
+    return this.store.changed(holding);
   }
 
-  private async write(argv: string[]): Promise<void> {
+  /**
+   * Makes `local` (session id -> its JSON as last saved or loaded) follow the store:
+   * `removed` for tombstones, `changed` for new or different sessions, and sessions the
+   * store lost written back. Throws when Redis cannot be read.
+   */
+  follow(
+    local: ReadonlyMap<string, string>,
+    on: {
+      removed(id: string): void;
+      changed(session: StoredSession, json: string): Promise<void>;
+    },
+  ): Promise<void> {
+    return this.store.follow(local, {
+      removed: (id) => on.removed(id),
+      changed: async (id, json) => {
+        let session: StoredSession;
+        try {
+          session = JSON.parse(json) as StoredSession;
+        } catch {
+          this.log.warn({ session: id }, "stored gears session is unreadable; skipped");
+          return;
+        }
+        await on.changed(session, json);
+      },
+      restored: (ids, written) =>
+        this.log.warn(
+          { sessions: ids, written },
+          "gears session store lost sessions (a flush?): written back from memory",
+        ),
+    });
+  }
+
+  private async guard(write: Promise<void>): Promise<void> {
     try {
-      const reply = await this.router.call(argv);
-      if (reply instanceof RespError) throw new Error(reply.message);
+      await write;
     } catch (err) {
-      // The session still runs; it just will not come back after a restart.
+      // The session still runs; the store is written again from memory when found missing.
       this.log.warn(
         { err: err instanceof Error ? err.message : String(err) },
         "could not persist gears session",

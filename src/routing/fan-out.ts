@@ -1,6 +1,7 @@
 import { decodeReply } from "../resp/decode.js";
-import { encodeCommand, encodeError, encodeValue, NULL_BULK } from "../resp/encode.js";
+import { encodeCommand, encodeError, encodeInteger, encodeValue, NULL_BULK } from "../resp/encode.js";
 import type { UpstreamNode } from "../upstream/node.js";
+import { hideProxyKeys, PROXY_KEYS_SLOT, proxyKeysCount, isProxyKeyReply } from "./hidden-keys.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
 import {
   Gather,
@@ -18,6 +19,8 @@ export interface ClusterSender {
   masters(): UpstreamNode[];
   /** Sends to one node, following redirects; `slot` -1 for keyless commands. */
   sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number): void;
+  /** The master of a slot (the proxy's own keys live in one). */
+  routeSlot(slot: number, affinity: number): UpstreamNode;
 }
 
 type FanOut = (r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number) => void;
@@ -46,18 +49,28 @@ function bySubcommand(table: Record<string, FanOut>): FanOut {
   };
 }
 
-/** RANDOMKEY: ask the masters in turn, from a random one, until one has a key. */
+/** A master whose RANDOMKEY keeps giving the proxy's own keys is taken for one without users' keys. */
+const PROXY_KEY_RETRIES = 8;
+
+/** RANDOMKEY: ask the masters in turn, from a random one, until one has a key (a user's). */
 const randomKey: FanOut = (r, argv, sink, affinity) => {
   const masters = r.masters();
   const start = Math.floor(Math.random() * masters.length);
   const payload = encodeCommand(argv);
-  const attempt = (i: number): void => {
+  const attempt = (i: number, tries = 0): void => {
     if (i === masters.length) return sink.reply(NULL_BULK);
     r.sendTo(
       masters[(start + i) % masters.length],
       payload,
       {
-        reply: (data) => (data[0] === 36 && data[1] === 45 /* $- */ ? attempt(i + 1) : sink.reply(data)),
+        reply: (data) =>
+          data[0] === 36 && data[1] === 45 /* $- */
+            ? attempt(i + 1)
+            : isProxyKeyReply(data)
+              ? tries < PROXY_KEY_RETRIES
+                ? attempt(i, tries + 1)
+                : attempt(i + 1)
+              : sink.reply(data),
         fail: (message) => sink.fail(message),
       },
       affinity,
@@ -98,7 +111,7 @@ const scan: FanOut = (r, argv, sink, affinity) => {
         let proxyCursor: bigint;
         if (next !== 0n) proxyCursor = (next << SHARD_BITS) | BigInt(index);
         else proxyCursor = index + 1 < masters.length ? BigInt(index + 1) : 0n;
-        sink.reply(encodeValue([Buffer.from(proxyCursor.toString()), value[1]]));
+        sink.reply(encodeValue([Buffer.from(proxyCursor.toString()), hideProxyKeys(value[1])]));
       },
       fail: (message) => sink.fail(message),
     },
@@ -107,10 +120,36 @@ const scan: FanOut = (r, argv, sink, affinity) => {
   );
 };
 
+/** DBSIZE: every master's count, less the proxy's own keys. */
+const dbsize: FanOut = (r, argv, sink, affinity) => {
+  const counted = proxyKeysCount();
+  if (counted === null) return toAll(mergeSum)(r, argv, sink, affinity);
+  const masters = r.masters();
+  const gather = new Gather(
+    masters.length + 1,
+    (replies) => {
+      const error = firstError(replies);
+      if (error !== undefined) return error;
+      const own = replies.pop()!;
+      return encodeInteger(Number(decodeReply(mergeSum(replies))) - Number(decodeReply(own)));
+    },
+    sink,
+  );
+  const payload = encodeCommand(argv);
+  masters.forEach((node, i) => r.sendTo(node, payload, gather.part(i), affinity, -1));
+  r.sendTo(
+    r.routeSlot(PROXY_KEYS_SLOT, affinity),
+    counted,
+    gather.part(masters.length),
+    affinity,
+    PROXY_KEYS_SLOT,
+  );
+};
+
 /** INFO-like replies are left to the client session; these are the keyless commands that span shards. */
 export const FAN_OUT = new Map<string, FanOut>([
-  ["dbsize", toAll(mergeSum)],
-  ["keys", toAll(mergeConcat)],
+  ["dbsize", dbsize],
+  ["keys", toAll((replies) => encodeValue(hideProxyKeys(decodeReply(mergeConcat(replies)))))],
   ["flushall", toAll(mergeAllOk)],
   ["flushdb", toAll(mergeAllOk)],
   ["wait", toAll(mergeMin)],

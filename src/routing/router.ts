@@ -8,6 +8,7 @@ import type { UpstreamNode } from "../upstream/node.js";
 import type { Topology } from "../upstream/topology.js";
 import type { CommandTable } from "./command-table.js";
 import { FAN_OUT, type ClusterSender } from "./fan-out.js";
+import { KEY_LISTING_COMMANDS } from "./hidden-keys.js";
 import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
@@ -56,9 +57,18 @@ export class Router implements ClusterSender {
       this.cluster === null ? null : { topology: this.cluster, scripts: this.scripts, retryTimeoutMs };
   }
 
+  /** Sees the commands forwarded in db 0 and can watch their replies (shards.ts onWrite); null when unused. */
+  tap: ((name: string, argv: Buffer[], sink: ReplySink) => ReplySink) | null = null;
+
   /** Forwards a client's command (`name` in lower case); the raw reply goes to `sink`. */
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
+    if (this.tap !== null && ctx.db === 0) sink = this.tap(name, argv, sink);
     if (this.cluster === null) {
+      // The proxy's own keys (db 0) are left out of key listings there too; not SCAN, whose
+      // cursors the fan-out rewrites, so a cursor of the server's own would be refused.
+      const hiding =
+        ctx.db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
+      if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity);
       this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db);
       return;
     }
@@ -91,6 +101,11 @@ export class Router implements ClusterSender {
   /** Whether the command writes (its COMMAND flags say "write"). */
   isWrite(name: string, argv: readonly Buffer[]): boolean {
     return this.commands?.lookup(name, argv)?.flags.has("write") ?? false;
+  }
+
+  /** The keys of a command, as the command table finds them. */
+  keysOf(name: string, argv: readonly Buffer[]): Buffer[] {
+    return this.commands?.keyIndexes(name, argv).map((i) => argv[i]) ?? [];
   }
 
   private isReadOnly(name: string, argv: readonly Buffer[]): boolean {
@@ -132,8 +147,8 @@ export class Router implements ClusterSender {
     return this.cluster === null ? this.topology.nodeForSlot(0) : this.cluster.route(slot, affinity);
   }
 
-  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number): void {
-    if (this.redirect === null) node.send(affinity, payload, sink, 0);
+  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number, db = 0): void {
+    if (this.redirect === null) node.send(affinity, payload, sink, db);
     else new RedirectingSink(this.redirect, payload, null, sink, affinity, slot).send(node);
   }
 

@@ -2,10 +2,7 @@ import type { Logger } from "../../observability/log.js";
 import { decodeReply } from "../../resp/decode.js";
 import { encodeCommand } from "../../resp/encode.js";
 import { RespError, type RespValue } from "../../resp/values.js";
-import type { UpstreamConnection } from "../../upstream/connection.js";
-import type { UpstreamNode } from "../../upstream/node.js";
-import { UpstreamError } from "../../upstream/reply-sink.js";
-import type { Topology } from "../../upstream/topology.js";
+import { UpstreamError, type NodeSubscription, type Shards } from "../../routing/shards.js";
 
 /** One keyspace event: `key` was touched by `event` (set, hset, del, expired, ...) on `shard`. */
 export interface KeyEvent {
@@ -15,6 +12,8 @@ export interface KeyEvent {
   shard: string;
   /** When the proxy received it (ms): what a lease's "handled through" time is made of. */
   at: number;
+  /** The database the key is in (always 0 in a cluster). */
+  db: number;
 }
 
 /** Whether keyevent notifications could be enabled on one master. */
@@ -35,9 +34,9 @@ export interface KeyspaceStatus {
   shards: ShardKeyspaceStatus[];
 }
 
-/** Keyevent notifications of database 0, the only one a cluster has. */
-const PATTERN = "__keyevent@0__:*";
-const CHANNEL_PREFIX_LENGTH = PATTERN.length - 1;
+/** Keyevent notifications of every database (a cluster has only 0): `__keyevent@<db>__:<event>`. */
+const PATTERN = "__keyevent@*__:*";
+const CHANNEL_DB_START = "__keyevent@".length;
 /** Every pattern at once: the confirmations count down to 0. */
 const PUNSUBSCRIBE = encodeCommand(["PUNSUBSCRIBE"]);
 const PING = encodeCommand(["PING"]);
@@ -68,6 +67,16 @@ export function mergeNotifyFlags(current: string, extra = ""): string {
   return merged;
 }
 
+/** The event name and database of a keyevent channel. */
+function eventOfChannel(channel: Buffer): { event: string; db: number } {
+  const end = channel.indexOf("__:", CHANNEL_DB_START);
+  if (end === -1) return { event: channel.toString("latin1"), db: 0 };
+  return {
+    event: channel.toString("latin1", end + 3),
+    db: Number(channel.toString("latin1", CHANNEL_DB_START, end)),
+  };
+}
+
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -81,7 +90,7 @@ function isWord(v: RespValue | undefined, word: string): boolean {
  * barriers waiting for the pong of their PING on it.
  */
 class ShardSubscription {
-  conn: UpstreamConnection | null = null;
+  conn: NodeSubscription | null = null;
   subscribed = false;
   status: ShardKeyspaceStatus;
   /** Barriers, in the order of their PINGs on `conn`. */
@@ -95,10 +104,12 @@ class ShardSubscription {
   settleFirst: () => void = () => {};
   /** Set by stop(): resolves on PUNSUBSCRIBE's confirmation. */
   onUnsubscribed: ((remaining: number) => void) | null = null;
+  /** Set by stop(): the connection died before PUNSUBSCRIBE was confirmed. */
+  onLostWhileStopping: (() => void) | null = null;
   dropped = false;
 
-  constructor(readonly node: UpstreamNode) {
-    this.status = { node: node.id, notifications: "", configured: false };
+  constructor(readonly node: string) {
+    this.status = { node, notifications: "", configured: false };
     this.firstAttempt = new Promise<void>((resolve) => (this.settleFirst = resolve));
   }
 
@@ -132,7 +143,7 @@ export class KeyspaceEventSource {
   private extraFlags = "";
 
   constructor(
-    private readonly topology: Topology,
+    private readonly shards: Shards,
     private readonly log: Logger,
     private readonly onEvents: (events: KeyEvent[]) => void,
     /** Another channel pattern to listen to on the same connections, and where its messages go. */
@@ -181,17 +192,17 @@ export class KeyspaceEventSource {
    * is answered after the notifications queued before it. A shard without a live
    * subscription resolves at once (its notifications are lost, not late).
    */
-  barrier(node?: UpstreamNode): Promise<void> {
+  barrier(node?: string): Promise<void> {
     const subs =
       node === undefined
         ? [...this.subs.values()]
-        : [this.subs.get(node.id)].filter((s): s is ShardSubscription => s !== undefined);
+        : [this.subs.get(node)].filter((s): s is ShardSubscription => s !== undefined);
     const waits: Promise<void>[] = [];
     for (const sub of subs) {
       const conn = sub.conn;
       if (conn === null || conn.closed) continue;
       waits.push(new Promise<void>((resolve) => sub.pongs.push(resolve)));
-      conn.sendUnmatched(PING);
+      conn.send(PING);
     }
     if (waits.length === 0) return Promise.resolve();
     return Promise.all(waits).then(() => {});
@@ -214,7 +225,7 @@ export class KeyspaceEventSource {
   /** Subscribes masters that have no subscription yet and drops those that are no longer masters. */
   private reconcile(): void {
     if (this.stopped) return;
-    const masters = this.topology.masters();
+    const masters = this.shards.masters();
     const ids = new Set(masters.map((n) => n.id));
     for (const [id, sub] of this.subs) {
       if (ids.has(id)) continue;
@@ -223,7 +234,7 @@ export class KeyspaceEventSource {
     }
     for (const node of masters) {
       if (this.subs.has(node.id)) continue;
-      const sub = new ShardSubscription(node);
+      const sub = new ShardSubscription(node.id);
       this.subs.set(node.id, sub);
       void this.attempt(sub);
     }
@@ -231,7 +242,7 @@ export class KeyspaceEventSource {
 
   private drop(sub: ShardSubscription): void {
     sub.dropped = true;
-    this.subs.delete(sub.node.id);
+    this.subs.delete(sub.node);
     if (sub.retryTimer !== null) clearTimeout(sub.retryTimer);
     sub.retryTimer = null;
     this.closeConnection(sub);
@@ -242,11 +253,7 @@ export class KeyspaceEventSource {
     const conn = sub.conn;
     sub.conn = null;
     sub.subscribed = false;
-    if (conn !== null) {
-      conn.onBorrowerLost = null;
-      conn.pushHandler = null;
-      sub.node.destroy(conn);
-    }
+    conn?.destroy();
     this.flush();
     sub.releaseBarriers();
   }
@@ -256,19 +263,21 @@ export class KeyspaceEventSource {
     sub.retryTimer = null;
     sub.status = await this.configure(sub);
     if (this.stopped || sub.dropped) return;
-    const conn = sub.node.acquire();
-    if (conn === null) {
-      this.lost(sub, sub.node.failure || "node unavailable");
+    const conn = this.shards.subscribe(sub.node, {
+      onFrame: (frame) => this.onFrame(sub, frame),
+      onLost: (reason) => {
+        if (sub.onLostWhileStopping !== null) return sub.onLostWhileStopping();
+        if (sub.conn !== conn) return;
+        sub.conn = null;
+        this.lost(sub, reason);
+      },
+    });
+    if (typeof conn === "string") {
+      this.lost(sub, conn);
       return;
     }
     sub.conn = conn;
-    conn.pushHandler = (frame) => this.onFrame(sub, frame);
-    conn.onBorrowerLost = (reason) => {
-      if (sub.conn !== conn) return;
-      sub.conn = null;
-      this.lost(sub, reason);
-    };
-    conn.sendUnmatched(this.psubscribe);
+    conn.send(this.psubscribe);
   }
 
   /**
@@ -282,36 +291,72 @@ export class KeyspaceEventSource {
       notifications = await this.readFlags(node);
       const merged = mergeNotifyFlags(notifications, this.extraFlags);
       if (merged !== notifications) {
-        const reply = await node.call(["CONFIG", "SET", "notify-keyspace-events", merged]);
+        const reply = await this.shards.callNode(node, ["CONFIG", "SET", "notify-keyspace-events", merged]);
         if (reply instanceof RespError) throw new Error(`CONFIG SET: ${reply.message}`);
         const before = notifications;
         notifications = await this.readFlags(node);
         this.log.info(
-          { node: node.id, before, after: notifications },
+          { node, before, after: notifications },
           "enabled keyevent notifications (notify-keyspace-events)",
         );
       }
       sub.warnedConfig = "";
-      return { node: node.id, notifications, configured: true };
+      await this.configureReplicas(node);
+      return { node, notifications, configured: true };
     } catch (err) {
       const error = errorText(err);
       if (err instanceof UpstreamError) {
         // The node is unreachable: the subscription fails too, and is retried.
-        this.log.debug({ node: node.id, err: error }, "cannot read notify-keyspace-events");
+        this.log.debug({ node, err: error }, "cannot read notify-keyspace-events");
       } else if (error !== sub.warnedConfig) {
         sub.warnedConfig = error;
         this.log.warn(
-          { node: node.id, notifications, err: error },
+          { node, notifications, err: error },
           "cannot enable keyspace notifications (CONFIG refused or failed): KeysReader registrations " +
             "get events from this shard only if its notify-keyspace-events already includes 'E' and 'A'",
         );
       }
-      return { node: node.id, notifications, configured: false, error };
+      return { node, notifications, configured: false, error };
     }
   }
 
-  private async readFlags(node: UpstreamNode): Promise<string> {
-    const reply = await node.call(["CONFIG", "GET", "notify-keyspace-events"]);
+  /**
+   * The same flags on the master's replicas, so a promoted replica notifies from its first
+   * write, before the proxy has noticed the failover (the proxy's own writes are covered
+   * either way; others' writes in that window are not). Best effort: a replica that cannot
+   * be reached or refuses is logged and left.
+   */
+  private async configureReplicas(master: string): Promise<void> {
+    const replicas = await this.shards.replicasOf(master).catch(() => [] as string[]);
+    await Promise.all(
+      replicas.map(async (replica) => {
+        try {
+          const current = await this.readFlags(replica);
+          const merged = mergeNotifyFlags(current, this.extraFlags);
+          if (merged === current) return;
+          const reply = await this.shards.callNode(replica, [
+            "CONFIG",
+            "SET",
+            "notify-keyspace-events",
+            merged,
+          ]);
+          if (reply instanceof RespError) throw new Error(`CONFIG SET: ${reply.message}`);
+          this.log.info(
+            { node: replica, master, before: current, after: merged },
+            "enabled keyevent notifications on a replica",
+          );
+        } catch (err) {
+          this.log.warn(
+            { node: replica, master, err: errorText(err) },
+            "cannot enable keyspace notifications on a replica",
+          );
+        }
+      }),
+    );
+  }
+
+  private async readFlags(node: string): Promise<string> {
+    const reply = await this.shards.callNode(node, ["CONFIG", "GET", "notify-keyspace-events"]);
     if (reply instanceof RespError) throw new Error(`CONFIG GET: ${reply.message}`);
     if (!Array.isArray(reply) || reply.length < 2) throw new Error("CONFIG GET: unexpected reply");
     const value = reply[1];
@@ -326,7 +371,7 @@ export class KeyspaceEventSource {
     sub.settleFirst();
     if (wasSubscribed) {
       this.log.warn(
-        { node: sub.node.id, err: reason },
+        { node: sub.node, err: reason },
         "keyspace subscription lost; events written to this shard until it is back are lost",
       );
     }
@@ -339,7 +384,7 @@ export class KeyspaceEventSource {
     sub.retryTimer = null;
     if (this.stopped || sub.dropped) return;
     // A lost master may have been failed over: ask the cluster before trying it again.
-    if (this.topology.mode === "cluster") await this.topology.refresh().catch(() => {});
+    if (this.shards.clustered) await this.shards.refresh().catch(() => {});
     if (this.stopped || sub.dropped) return;
     this.reconcile();
     if (sub.dropped) return;
@@ -352,13 +397,13 @@ export class KeyspaceEventSource {
     try {
       value = decodeReply(frame);
     } catch (err) {
-      this.log.warn({ node: sub.node.id, err: errorText(err) }, "undecodable keyspace frame");
+      this.log.warn({ node: sub.node, err: errorText(err) }, "undecodable keyspace frame");
       return;
     }
     if (!Array.isArray(value)) {
       if (value instanceof RespError) {
         // PSUBSCRIBE refused (ACL, renamed): retry with back-off, the operator may fix it.
-        this.log.warn({ node: sub.node.id, err: value.message }, "keyspace PSUBSCRIBE refused");
+        this.log.warn({ node: sub.node, err: value.message }, "keyspace PSUBSCRIBE refused");
         if (sub.conn !== null) this.lost(sub, value.message);
       } else if (isWord(value, "pong")) {
         this.pong(sub);
@@ -378,8 +423,8 @@ export class KeyspaceEventSource {
       this.pending.push({
         // Copied: the frame is a view of the socket's buffer.
         key: Buffer.from(message),
-        event: channel.toString("latin1", CHANNEL_PREFIX_LENGTH),
-        shard: sub.node.id,
+        ...eventOfChannel(channel),
+        shard: sub.node,
         at: Date.now(),
       });
       this.flushScheduled ??= setImmediate(() => this.flush());
@@ -388,7 +433,7 @@ export class KeyspaceEventSource {
     } else if (isWord(kind, "psubscribe")) {
       if (!sub.subscribed) {
         sub.subscribed = true;
-        if (sub.retryMs !== 0) this.log.info({ node: sub.node.id }, "keyspace subscription restored");
+        if (sub.retryMs !== 0) this.log.info({ node: sub.node }, "keyspace subscription restored");
         sub.retryMs = 0;
       }
       sub.settleFirst();
@@ -432,18 +477,17 @@ export class KeyspaceEventSource {
       sub.onUnsubscribed = (remaining) => {
         if (remaining <= 0) resolve(remaining);
       };
-      conn.onBorrowerLost = () => resolve(-1);
+      sub.onLostWhileStopping = () => resolve(-1);
       timer = setTimeout(() => resolve(-1), STOP_WAIT_MS);
-      conn.sendUnmatched(PUNSUBSCRIBE);
+      conn.send(PUNSUBSCRIBE);
     });
     clearTimeout(timer);
     sub.onUnsubscribed = null;
     sub.releaseBarriers();
     sub.conn = null;
     sub.subscribed = false;
-    conn.onBorrowerLost = null;
-    conn.pushHandler = null;
-    if (remaining === 0 && !conn.closed && conn.inFlight === 0) sub.node.release(conn);
-    else sub.node.destroy(conn);
+    sub.onLostWhileStopping = null;
+    if (remaining === 0 && !conn.closed && conn.inFlight === 0) conn.release();
+    else conn.destroy();
   }
 }

@@ -1,7 +1,8 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
+import type { Shards } from "../../routing/shards.js";
 import { RespError, type RespValue } from "../../resp/values.js";
-import { PROXY_HASHTAG } from "./proxy-keys.js";
+import { noteProxyKey, PROXY_HASHTAG } from "../../routing/hidden-keys.js";
 
 /** Lease keys share one hashtag with the stored sessions: one slot, one place to look. */
 const LEASE_PREFIX = `${PROXY_HASHTAG}:lease:`;
@@ -70,31 +71,43 @@ interface ShardLease {
 export class ShardLeases {
   private readonly leases = new Map<string, ShardLease>();
   private timer: NodeJS.Timeout | null = null;
-  private ticking: Promise<void> | null = null;
+  private ticking: Promise<void> = Promise.resolve();
+  private unwatch: (() => void) | null = null;
   private stopped = false;
 
   constructor(
     private readonly router: Router,
+    private readonly shards: Shards,
     private readonly log: Logger,
     private readonly proxyId: string,
     private readonly leaseMs: () => number,
     private readonly events: LeaseEvents,
   ) {}
 
-  /** Tries every shard's lease once, then keeps renewing and trying every third of the lease time. */
+  /**
+   * Tries every shard's lease once, then keeps renewing and trying every third of the lease
+   * time, and at once when the masters change (a promoted replica's events are handled
+   * without waiting for the next round).
+   */
   async start(): Promise<void> {
-    await this.tick();
+    await this.runTick();
+    this.unwatch = this.shards.onChange(() => void this.runTick());
     const schedule = (): void => {
       if (this.stopped) return;
       this.timer = setTimeout(
-        () => {
-          this.ticking = this.tick().finally(schedule);
-        },
+        () => void this.runTick().finally(schedule),
         Math.max(50, Math.floor(this.leaseMs() / 3)),
       );
       this.timer.unref();
     };
     schedule();
+  }
+
+  /** One round after the one under way, never two at once. */
+  private runTick(): Promise<void> {
+    const next = this.ticking.then(() => this.tick());
+    this.ticking = next.catch(() => {});
+    return next;
   }
 
   /** Whether this proxy handles the events of the master `node` (host:port). */
@@ -116,7 +129,8 @@ export class ShardLeases {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer !== null) clearTimeout(this.timer);
-    await this.ticking?.catch(() => {});
+    this.unwatch?.();
+    await this.ticking;
     const held = [...this.leases.values()].filter((l) => l.owned);
     await Promise.all(
       held.map((l) =>
@@ -127,10 +141,10 @@ export class ShardLeases {
   }
 
   /** The shards of the current topology, by master id, with their shared identities. */
-  private shards(): Map<string, string> {
-    const masters = this.router.topology.masters();
+  private shardKeys(): Map<string, string> {
+    const masters = this.shards.masters();
     const first = new Map<number, number>();
-    for (const [start, , index] of this.router.topology.slotRanges()) {
+    for (const [start, , index] of this.shards.slotRanges()) {
       first.set(index, Math.min(start, first.get(index) ?? start));
     }
     const shards = new Map<string, string>();
@@ -140,7 +154,7 @@ export class ShardLeases {
 
   private async tick(): Promise<void> {
     if (this.stopped) return;
-    const shards = this.shards();
+    const shards = this.shardKeys();
     for (const [node, lease] of this.leases) {
       if (shards.get(node) === lease.key) continue;
       // The master is gone or serves other slots now: its events are someone else's.
@@ -169,6 +183,7 @@ export class ShardLeases {
 
   private async tryLease(node: string, lease: ShardLease): Promise<void> {
     const key = LEASE_PREFIX + lease.key;
+    noteProxyKey(key);
     const ttl = String(this.leaseMs());
     if (lease.owned) {
       const at = String(this.events.handledThrough(node));
@@ -190,5 +205,12 @@ export class ShardLeases {
       return;
     }
     lease.lastSeen = parseLease(await this.router.call(["GET", key]));
+    if (lease.lastSeen?.owner === this.proxyId && !this.stopped) {
+      // This proxy holds the shard already, under the master it had before a failover (the
+      // lease is per shard, by its first slot): the promoted master's events are its own at once.
+      lease.owned = true;
+      this.log.info({ node }, "kept the event lease of a shard whose master changed");
+      this.events.acquired(node, lease.lastSeen);
+    }
   }
 }

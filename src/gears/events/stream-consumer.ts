@@ -1,7 +1,10 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
+import type { Shards } from "../../routing/shards.js";
+import type { Arg } from "../../resp/encode.js";
 import { RespError, type RespValue } from "../../resp/values.js";
 import type { JsonValue } from "../../sandbox/types.js";
+import { noteProxyKey, PROXY_HASHTAG } from "../../routing/hidden-keys.js";
 
 /** What a StreamReader registration was given (spec section 3). */
 export interface StreamOptions {
@@ -57,6 +60,27 @@ end
 if min1 == nil then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min1, min2))`;
 
+/**
+ * Takes or renews the lease of one stream for one consumer group: -1 renewed, -2 taken
+ * (it was free), else the milliseconds left of another proxy's lease.
+ */
+const LEASE_SCRIPT = `
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return -1
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return -2
+end
+return redis.call('PTTL', KEYS[1])`;
+
+/** Gives the lease back if it is this proxy's (a clean stop hands the stream over at once). */
+const RELEASE_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`;
+
 /** The stream key does not exist (deleted): its group cannot be created. */
 class StreamGone extends Error {}
 
@@ -82,8 +106,18 @@ class StreamState {
   untrimmed = 0;
   /** XAUTOCLAIM's cursor, walked one page per poll. */
   claimCursor = "0-0";
+  /** Whether this proxy holds the stream's lease (it alone reads the stream for the group). */
+  leased = false;
+  /** When the lease is renewed next. */
+  renewAt = 0;
+  /** Tries the lease again when another proxy's runs out. */
+  leaseTimer: NodeJS.Timeout | null = null;
 
-  constructor(readonly key: Buffer) {}
+  constructor(
+    readonly key: Buffer,
+    /** `{gears-proxy}:stream-lease:<group>:<stream>`. */
+    readonly leaseKey: string,
+  ) {}
 }
 
 function text(v: RespValue | undefined): string {
@@ -138,15 +172,25 @@ export class StreamConsumer {
 
   constructor(
     private readonly router: Router,
+    private readonly shards: Shards,
     private readonly log: Logger,
     readonly group: string,
     private readonly consumer: string,
     readonly options: StreamOptions,
     private readonly claimIdleMs: () => number,
+    /** How long a stream's lease lasts unless renewed (EventLeaseMS). */
+    private readonly leaseMs: () => number,
     private readonly runBatch: StreamBatchRunner,
     /** Called when the consumer stops being busy (`sync` writers wait for that). */
     private readonly onIdle: () => void,
+    /** The database its streams are in. */
+    private readonly db = 0,
   ) {}
+
+  /** A command in the database the registration was made from. */
+  private call(argv: readonly Arg[]): Promise<RespValue> {
+    return this.router.call(argv, this.db);
+  }
 
   get avgLagMs(): number {
     return this.lagRuns === 0 ? 0 : Math.round(this.lagTotal / this.lagRuns);
@@ -203,11 +247,16 @@ export class StreamConsumer {
     for (const state of this.streams.values()) {
       if (state.durationTimer !== null) clearTimeout(state.durationTimer);
       if (state.retryTimer !== null) clearTimeout(state.retryTimer);
+      if (state.leaseTimer !== null) clearTimeout(state.leaseTimer);
     }
+    const held = [...this.streams.values()].filter((s) => s.leased);
+    await Promise.all(
+      held.map((s) => this.call(["EVAL", RELEASE_SCRIPT, "1", s.leaseKey, this.consumer]).catch(() => null)),
+    );
     if (destroyGroups) {
       await Promise.all(
         [...this.streams.values()].map((s) =>
-          this.router.call(["XGROUP", "DESTROY", s.key, this.group]).catch(() => null),
+          this.call(["XGROUP", "DESTROY", s.key, this.group]).catch(() => null),
         ),
       );
     }
@@ -222,7 +271,9 @@ export class StreamConsumer {
     const name = key.toString("latin1");
     let state = this.streams.get(name);
     if (state === undefined) {
-      state = new StreamState(key);
+      const leaseKey = `${PROXY_HASHTAG}:stream-lease:${this.group}:${name}`;
+      noteProxyKey(leaseKey);
+      state = new StreamState(key, leaseKey);
       this.streams.set(name, state);
     }
     return state;
@@ -234,15 +285,15 @@ export class StreamConsumer {
     const prefix = this.options.prefix;
     const pattern = prefix.endsWith("*") ? prefix.slice(0, -1).replace(/[*?[\]\\]/g, "\\$&") + "*" : null;
     if (pattern === null) {
-      const type = await this.router.call(["TYPE", prefix]).catch(() => null);
+      const type = await this.call(["TYPE", prefix]).catch(() => null);
       if (type === "stream") this.kick(this.stateOf(Buffer.from(prefix)));
       return;
     }
-    for (const node of this.router.topology.masters()) {
+    for (const node of this.shards.masters()) {
       let cursor = "0";
       do {
-        const reply = await node
-          .call(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000", "TYPE", "stream"])
+        const reply = await this.shards
+          .call(node.id, ["SCAN", cursor, "MATCH", pattern, "COUNT", "1000", "TYPE", "stream"], 0, this.db)
           .catch(() => null);
         if (!Array.isArray(reply) || this.stopped) break;
         cursor = text(reply[0]);
@@ -281,13 +332,16 @@ export class StreamConsumer {
   private async loop(state: StreamState, claim: boolean): Promise<void> {
     try {
       if (!state.groupReady) await this.createGroup(state);
+      if (!(await this.holdLease(state))) return;
       if (claim) await this.claim(state);
       do {
         state.again = false;
+        if (!(await this.holdLease(state))) return;
         // Entries already in hand (a retried or resumed batch) go first, before reading more.
         const got = state.held.length >= READ_COUNT ? READ_COUNT : await this.read(state);
         // As in RedisGears, an execution takes `batch` entries: the failure policy applies to exactly those.
         while (!this.stopped && this.status === "OK" && this.ready(state)) {
+          if (!(await this.holdLease(state))) return;
           const batch = state.held.splice(0, this.options.batch);
           if (state.held.length > 0) state.heldSince = Date.now();
           if (!(await this.run(state, batch))) return;
@@ -307,6 +361,85 @@ export class StreamConsumer {
       this.log.warn({ group: this.group, stream: state.key.toString(), err: message }, "stream read failed");
     } finally {
       if (state.untrimmed > 0) await this.trim(state);
+    }
+  }
+
+  /**
+   * Whether this proxy is the one consuming the stream now. One proxy at a time reads a
+   * stream for a group, so its entries are applied in stream order; the lease is renewed
+   * every third of EventLeaseMS while it works. Taking it over (its owner died or gave it
+   * back), the new owner first claims every entry pending in the group, at once, not after
+   * StreamClaimIdleMS. Not holding it, the proxy tries again when the other's lease runs out.
+   */
+  private async holdLease(state: StreamState): Promise<boolean> {
+    if (state.leased && Date.now() < state.renewAt) return true;
+    // Another proxy's: a try is due when its lease runs out (or a second from now at most).
+    if (!state.leased && state.leaseTimer !== null) return false;
+    const ttl = Math.max(100, this.leaseMs());
+    const reply = await this.call(["EVAL", LEASE_SCRIPT, "1", state.leaseKey, this.consumer, String(ttl)]);
+    const error = errorOf(reply);
+    if (error !== null) throw new Error(`stream lease: ${error}`);
+    const outcome = Number(reply);
+    if (this.stopped) return false;
+    if (outcome === -1 || outcome === -2) {
+      state.renewAt = Date.now() + ttl / 3;
+      if (outcome === -2 || !state.leased) {
+        state.leased = true;
+        await this.takeOver(state);
+      }
+      return true;
+    }
+    if (state.leased) {
+      // Another proxy holds it now (this one stalled past its lease): what is in hand is theirs to claim.
+      state.leased = false;
+      state.held = [];
+      this.log.warn(
+        { group: this.group, stream: state.key.toString() },
+        "lost the lease of a stream to another proxy",
+      );
+    }
+    if (state.leaseTimer === null) {
+      state.leaseTimer = setTimeout(
+        () => {
+          state.leaseTimer = null;
+          this.kick(state);
+        },
+        Math.min(Math.max(10, outcome) + 10, POLL_MS),
+      );
+      state.leaseTimer.unref();
+    }
+    return false;
+  }
+
+  /** A stream just taken: every entry pending in the group (a dead owner's) comes first, in order. */
+  private async takeOver(state: StreamState): Promise<void> {
+    state.held = [];
+    let cursor = "0-0";
+    let claimed = 0;
+    do {
+      const reply = await this.call([
+        "XAUTOCLAIM",
+        state.key,
+        this.group,
+        this.consumer,
+        "0",
+        cursor,
+        "COUNT",
+        String(READ_COUNT),
+      ]);
+      if (!Array.isArray(reply)) break;
+      cursor = text(reply[0]) || "0-0";
+      const entries = parseEntries(reply[1]).filter((e) => Object.keys(e.value).length > 0);
+      const deleted = Array.isArray(reply[2]) ? reply[2].map(text) : [];
+      if (deleted.length > 0) await this.call(["XACK", state.key, this.group, ...deleted]);
+      this.hold(state, entries);
+      claimed += entries.length;
+    } while (cursor !== "0-0" && !this.stopped);
+    if (claimed > 0) {
+      this.log.info(
+        { group: this.group, stream: state.key.toString(), entries: claimed },
+        "took over a stream: claimed the entries pending in its group",
+      );
     }
   }
 
@@ -332,7 +465,7 @@ export class StreamConsumer {
   }
 
   private async createGroup(state: StreamState): Promise<void> {
-    const reply = await this.router.call(["XGROUP", "CREATE", state.key, this.group, "0"]);
+    const reply = await this.call(["XGROUP", "CREATE", state.key, this.group, "0"]);
     const error = errorOf(reply);
     if (error?.includes("requires the key to exist")) throw new StreamGone();
     if (error !== null && !error.startsWith("BUSYGROUP")) throw new Error(`XGROUP CREATE: ${error}`);
@@ -342,11 +475,11 @@ export class StreamConsumer {
   /** New entries for this consumer, added to those in hand; how many came. */
   private async read(state: StreamState): Promise<number> {
     const argv = ["XREADGROUP", "GROUP", this.group, this.consumer, "COUNT", String(READ_COUNT), "STREAMS"];
-    let reply = await this.router.call([...argv, state.key, ">"]);
+    let reply = await this.call([...argv, state.key, ">"]);
     if (errorOf(reply)?.startsWith("NOGROUP")) {
       // The stream was deleted and written again: the group went with it.
       await this.createGroup(state);
-      reply = await this.router.call([...argv, state.key, ">"]);
+      reply = await this.call([...argv, state.key, ">"]);
     }
     const error = errorOf(reply);
     if (error !== null) throw new Error(`XREADGROUP: ${error}`);
@@ -364,7 +497,7 @@ export class StreamConsumer {
 
   /** One page of entries idle too long in other consumers' hands (a proxy that died). */
   private async claim(state: StreamState): Promise<void> {
-    const reply = await this.router.call([
+    const reply = await this.call([
       "XAUTOCLAIM",
       state.key,
       this.group,
@@ -378,7 +511,7 @@ export class StreamConsumer {
     state.claimCursor = text(reply[0]) || "0-0";
     const entries = parseEntries(reply[1]).filter((e) => Object.keys(e.value).length > 0);
     const deleted = Array.isArray(reply[2]) ? reply[2].map(text) : [];
-    if (deleted.length > 0) await this.router.call(["XACK", state.key, this.group, ...deleted]);
+    if (deleted.length > 0) await this.call(["XACK", state.key, this.group, ...deleted]);
     if (entries.length > 0) {
       this.log.info(
         { group: this.group, stream: state.key.toString(), entries: entries.length },
@@ -438,7 +571,7 @@ export class StreamConsumer {
    */
   private async settle(state: StreamState, batch: StreamEntry[]): Promise<void> {
     const ids = batch.map((e) => e.id);
-    const acked = await this.router.call(["XACK", state.key, this.group, ...ids]);
+    const acked = await this.call(["XACK", state.key, this.group, ...ids]);
     const error = errorOf(acked);
     if (error !== null) throw new Error(`XACK: ${error}`);
     if (this.options.trimStream && ++state.untrimmed >= TRIM_EVERY) await this.trim(state);
@@ -447,7 +580,7 @@ export class StreamConsumer {
   /** Deletes what every consumer group of the stream has processed. */
   private async trim(state: StreamState): Promise<void> {
     state.untrimmed = 0;
-    const trimmed = await this.router.call(["EVAL", TRIM_SCRIPT, "1", state.key]).catch((err: Error) => err);
+    const trimmed = await this.call(["EVAL", TRIM_SCRIPT, "1", state.key]).catch((err: Error) => err);
     const error = trimmed instanceof Error ? trimmed.message : errorOf(trimmed);
     if (error !== null) this.log.warn({ group: this.group, err: error }, "could not trim the stream");
   }

@@ -1,0 +1,70 @@
+import { decodeReply } from "../resp/decode.js";
+import { encodeCommand } from "../resp/encode.js";
+import type { RespValue } from "../resp/values.js";
+import { keySlot } from "./key-slot.js";
+
+/**
+ * The proxy's own keys in Redis (stored sessions and libraries, leases, sync markers) are
+ * not the users' data. RedisGears kept its state out of the keyspace; the proxy cannot, so
+ * it hides it: no reader gives these keys, no registration sees their events, and KEYS,
+ * SCAN, DBSIZE and RANDOMKEY through the proxy leave them out. This file is the one place
+ * that says which keys they are.
+ */
+
+/** The hashtag of every lasting key the proxy keeps (sessions, libraries, leases): one slot. */
+export const PROXY_HASHTAG = "{gears-proxy}";
+
+/**
+ * Sync markers: short-lived keys `{<tag>}gears-proxy-sync:<proxy id>:<seq>` written to the
+ * shard of a `sync` write so its owner's answer comes after the write's events.
+ */
+export const SYNC_MARKER = "gears-proxy-sync:";
+
+const PREFIX = Buffer.from(PROXY_HASHTAG);
+
+/** The slot every lasting proxy key is in. */
+export const PROXY_KEYS_SLOT = keySlot(PREFIX);
+const MARKER = Buffer.from(SYNC_MARKER);
+
+/** Whether a key is a sync marker (only keys starting with a hashtag can be). */
+export function isSyncMarker(key: Buffer): boolean {
+  return key[0] === 123 && key.includes(MARKER);
+}
+
+/** Whether a key is the proxy's own; one byte is looked at for most users' keys. */
+export function isProxyKey(key: Buffer): boolean {
+  return key[0] === 123 && (key.subarray(0, PREFIX.length).equals(PREFIX) || isSyncMarker(key));
+}
+
+/** Commands whose replies list or count keys: through the proxy they leave the proxy's keys out. */
+export const KEY_LISTING_COMMANDS = new Set(["keys", "scan", "dbsize", "randomkey"]);
+
+/**
+ * The lasting keys this process has written (all under PROXY_HASHTAG, so in one slot):
+ * DBSIZE subtracts those that exist. Sync markers live a few seconds and are not counted.
+ */
+const written = new Set<string>();
+
+/** Says that the proxy keeps a key of this name (its hashtag must be PROXY_HASHTAG). */
+export function noteProxyKey(name: string): void {
+  if (!name.startsWith(PROXY_HASHTAG)) throw new Error(`not a proxy key: ${name}`);
+  written.add(name);
+}
+
+/** The command that counts the proxy's lasting keys (EXISTS of each, one slot); null when it keeps none. */
+export function proxyKeysCount(): Buffer | null {
+  return written.size === 0 ? null : encodeCommand(["EXISTS", ...written]);
+}
+
+/** A list of keys without the proxy's (KEYS, a page of SCAN). */
+export function hideProxyKeys(keys: RespValue): RespValue {
+  if (!Array.isArray(keys)) return keys;
+  return keys.filter((k) => !(Buffer.isBuffer(k) && isProxyKey(k)));
+}
+
+/** Whether a raw RANDOMKEY reply names one of the proxy's keys (then another is asked for). */
+export function isProxyKeyReply(raw: Buffer): boolean {
+  if (raw[0] !== 36 /* $ */ || raw[raw.indexOf(10) + 1] !== 123 /* { */) return false;
+  const value = decodeReply(raw);
+  return Buffer.isBuffer(value) && isProxyKey(value);
+}

@@ -1,0 +1,302 @@
+import { encodeCommand, type Arg } from "../resp/encode.js";
+import type { RespValue } from "../resp/values.js";
+import type { ClusterTopology } from "../upstream/cluster-topology.js";
+import type { UpstreamConnection } from "../upstream/connection.js";
+import type { UpstreamNode } from "../upstream/node.js";
+import { PromiseSink, UpstreamError, type ReplySink } from "../upstream/reply-sink.js";
+import type { Router } from "./router.js";
+
+export { UpstreamError };
+
+/** One master as the gears rooms see it: a name, never a connection. */
+export interface Shard {
+  /** host:port: how events, leases and subscriptions name the shard. */
+  readonly id: string;
+  /** Its node id in the Redis Cluster (zeros for a lone server). */
+  readonly clusterId: string;
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * A dedicated connection to one node in subscribed mode: commands sent on it get no
+ * matched reply, every frame goes to `onFrame`.
+ */
+export interface NodeSubscription {
+  readonly closed: boolean;
+  /** Replies the node still owes (0: it is idle and can go back to the pool). */
+  readonly inFlight: number;
+  send(argv: Buffer): void;
+  /** Hands the connection back to the node's pool (its state must be clean: unsubscribed). */
+  release(): void;
+  /** Closes the connection (its state cannot be trusted). */
+  destroy(): void;
+}
+
+export interface SubscriptionHandlers {
+  onFrame(frame: Buffer): void;
+  /** The connection died; called once, with the reason. */
+  onLost(reason: string): void;
+}
+
+/** How often the list of masters is compared for onChange listeners. */
+const CHANGE_POLL_MS = 250;
+
+/**
+ * The one door the gears rooms use to reach Redis beyond ordinary routed commands: the
+ * masters and their slots, a command to one shard, a pipeline to one shard, a
+ * subscription on one node, and word of topology changes. Everything here is routing's
+ * to decide; the gears rooms never hold a node or a connection.
+ */
+export class Shards {
+  private readonly listeners = new Set<() => void>();
+  private signature = "";
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly router: Router) {}
+
+  get clustered(): boolean {
+    return this.router.topology.mode === "cluster";
+  }
+
+  /** Every master, each once, ordered by the first slot it serves (partition order). */
+  masters(): Shard[] {
+    return this.router.topology.masters().map(shardOf);
+  }
+
+  /** Slot ranges as [first, last, index into masters()]. */
+  slotRanges(): [number, number, number][] {
+    return this.router.topology.slotRanges();
+  }
+
+  /** The id of the master serving `slot`. */
+  idForSlot(slot: number): string {
+    return this.router.topology.nodeForSlot(slot).id;
+  }
+
+  /**
+   * The replicas of a master (ids as host:port), as the master itself lists them (INFO
+   * replication); none in front of one server, where the proxy follows no failover.
+   */
+  async replicasOf(shard: string): Promise<string[]> {
+    if (!this.clustered) return [];
+    const info = await this.callNode(shard, ["INFO", "replication"]);
+    const text = Buffer.isBuffer(info) ? info.toString() : typeof info === "string" ? info : "";
+    const out: string[] = [];
+    for (const m of text.matchAll(/^slave\d+:ip=([^,]+),port=(\d+)/gm)) out.push(`${m[1]}:${m[2]}`);
+    return out;
+  }
+
+  /** Re-reads the topology now (joins a refresh under way). */
+  refresh(): Promise<void> {
+    return this.router.topology.refresh();
+  }
+
+  /**
+   * A command to one master, redirects followed (a keyless command runs on that master);
+   * error replies resolve as RespError, a dead shard rejects with UpstreamError.
+   */
+  call(shard: string, argv: readonly Arg[], affinity = 0, db = 0): Promise<RespValue> {
+    const sink = new PromiseSink();
+    this.router.sendTo(this.node(shard), encodeCommand(argv), sink, affinity, -1, db);
+    return sink.promise;
+  }
+
+  /** A command to exactly that node, no redirect (its configuration, its own SCAN). */
+  callNode(shard: string, argv: readonly Arg[]): Promise<RespValue> {
+    return this.node(shard).call(argv);
+  }
+
+  /** An encoded command to one master; resolves with the reply's bytes, error replies too. */
+  callRaw(shard: string, payload: Buffer, affinity = 0, db = 0): Promise<Buffer> {
+    const sink = new RawSink();
+    this.router.sendTo(this.node(shard), payload, sink, affinity, -1, db);
+    return sink.promise;
+  }
+
+  /**
+   * `count` encoded commands to one master as one write, in database `db`; resolves with
+   * their replies' bytes in order. No redirects: the caller sees MOVED or ASK and reads again.
+   */
+  pipeline(shard: string, payload: Buffer, count: number, affinity = 0, db = 0): Promise<Buffer[]> {
+    const node = this.node(shard);
+    const sink = new ManySink(count);
+    const conn = node.sharedConnection(affinity);
+    if (conn === null) sink.fail(`ERR ${node.id} is unreachable`);
+    else conn.sendMany(payload, new Array<ReplySink>(count).fill(sink), db);
+    return sink.promise;
+  }
+
+  /**
+   * A dedicated connection to the master `shard` for a subscription; a text saying why
+   * when the node cannot be reached now.
+   */
+  subscribe(shard: string, handlers: SubscriptionHandlers): NodeSubscription | string {
+    const node = this.node(shard);
+    const conn = node.acquire();
+    if (conn === null) return node.failure || "node unavailable";
+    conn.pushHandler = (frame) => handlers.onFrame(frame);
+    conn.onBorrowerLost = (reason) => handlers.onLost(reason);
+    return new LentSubscription(node, conn);
+  }
+
+  /**
+   * Watches the writes forwarded in db 0 (clients' and the proxy's own): `watch` sees each
+   * as it leaves (argv and keys are valid only during the call) and may return what to
+   * call with its reply, called only when the write succeeded (not an error, not a lost
+   * connection). One watcher at a time; returns the function that stops it.
+   */
+  onWrite(
+    watch: (name: string, argv: readonly Buffer[], keys: Buffer[]) => ((reply: Buffer) => void) | null,
+  ): () => void {
+    const router = this.router;
+    const tap = (name: string, argv: Buffer[], sink: ReplySink): ReplySink => {
+      if (!router.isWrite(name, argv)) return sink;
+      const done = watch(name, argv, router.keysOf(name, argv));
+      if (done === null) return sink;
+      return {
+        reply: (data) => {
+          sink.reply(data);
+          if (data[0] !== 45 /* - */) done(data);
+        },
+        fail: (message) => sink.fail(message),
+      };
+    };
+    router.tap = tap;
+    return () => {
+      if (router.tap === tap) router.tap = null;
+    };
+  }
+
+  /**
+   * Calls `listener` whenever the set of masters changes (a failover, a shard added or
+   * removed); returns the function that stops it.
+   */
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    if (this.timer === null) {
+      this.signature = this.currentSignature();
+      this.timer = setInterval(() => this.checkChange(), CHANGE_POLL_MS);
+      this.timer.unref();
+    }
+    return () => {
+      this.listeners.delete(listener);
+      if (this.listeners.size === 0 && this.timer !== null) {
+        clearInterval(this.timer);
+        this.timer = null;
+      }
+    };
+  }
+
+  private currentSignature(): string {
+    return this.router.topology
+      .masters()
+      .map((n) => n.id)
+      .join(",");
+  }
+
+  private checkChange(): void {
+    const now = this.currentSignature();
+    if (now === this.signature) return;
+    this.signature = now;
+    for (const listener of [...this.listeners]) listener();
+  }
+
+  /** The master named `shard`, or (no longer a master) the node at that address. */
+  private node(shard: string): UpstreamNode {
+    const topology = this.router.topology;
+    const found = topology.masters().find((n) => n.id === shard);
+    if (found !== undefined || topology.mode !== "cluster") return found ?? topology.nodeForSlot(0);
+    const colon = shard.lastIndexOf(":");
+    return (topology as ClusterTopology).nodeAt(shard.slice(0, colon), Number(shard.slice(colon + 1)));
+  }
+}
+
+function shardOf(node: UpstreamNode): Shard {
+  return { id: node.id, clusterId: node.clusterId, host: node.address.host, port: node.address.port };
+}
+
+class LentSubscription implements NodeSubscription {
+  constructor(
+    private readonly node: UpstreamNode,
+    private readonly conn: UpstreamConnection,
+  ) {}
+
+  get closed(): boolean {
+    return this.conn.closed;
+  }
+
+  get inFlight(): number {
+    return this.conn.inFlight;
+  }
+
+  send(argv: Buffer): void {
+    this.conn.sendUnmatched(argv);
+  }
+
+  private detach(): void {
+    this.conn.pushHandler = null;
+    this.conn.onBorrowerLost = null;
+  }
+
+  release(): void {
+    this.detach();
+    this.node.release(this.conn);
+  }
+
+  destroy(): void {
+    this.detach();
+    this.node.destroy(this.conn);
+  }
+}
+
+/** Resolves with the reply's bytes, error replies included: the caller reads them itself. */
+export class RawSink implements ReplySink {
+  readonly promise: Promise<Buffer>;
+  private resolve!: (v: Buffer) => void;
+  private reject!: (e: Error) => void;
+
+  constructor() {
+    this.promise = new Promise<Buffer>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  reply(data: Buffer): void {
+    this.resolve(data);
+  }
+
+  fail(message: string): void {
+    this.reject(new UpstreamError(message));
+  }
+}
+
+/** Takes the replies of `count` commands sent together, in order; one failure fails them all. */
+class ManySink implements ReplySink {
+  readonly promise: Promise<Buffer[]>;
+  private readonly replies: Buffer[] = [];
+  private resolve!: (v: Buffer[]) => void;
+  private reject!: (e: Error) => void;
+  private failed = false;
+
+  constructor(private readonly count: number) {
+    this.promise = new Promise<Buffer[]>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+    if (count === 0) this.resolve([]);
+  }
+
+  reply(data: Buffer): void {
+    if (this.failed) return;
+    this.replies.push(data);
+    if (this.replies.length === this.count) this.resolve(this.replies);
+  }
+
+  fail(message: string): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.reject(new UpstreamError(message));
+  }
+}
