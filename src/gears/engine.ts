@@ -107,12 +107,13 @@ export class GearsEngine {
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
     this.registry.onForeignEvents = (events) => this.backlog.add(events);
     this.store = new SessionStore(router, log);
-    this.tf = new TfEngine(router, log.child({ component: "tf" }), newIsolate, this.config.tf, {
+    this.tf = new TfEngine(router, this.shards, log.child({ component: "tf" }), newIsolate, this.config.tf, {
       barrier: () => this.keyspace?.barrier() ?? Promise.resolve(),
       start: () => this.startKeyspaceEvents(),
       ownsShard: (shard) => this.registry.ownsShard(shard),
       consumerName: this.proxyId,
       claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
+      streamLeaseMs: () => this.config.number("EventLeaseMS"),
     });
   }
 

@@ -1,6 +1,6 @@
 import type { Logger } from "../../observability/log.js";
 import type { KeyEvent } from "../events/keyspace-source.js";
-import { isProxyKey } from "../events/proxy-keys.js";
+import { isProxyKey } from "../../routing/hidden-keys.js";
 import type { Tagged } from "../guest/entry.js";
 import { sandboxText, type TfLibraries, type TfLibrary } from "./libraries.js";
 

@@ -1,7 +1,7 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import { RespError } from "../../resp/values.js";
-import { PROXY_HASHTAG } from "../events/proxy-keys.js";
+import { PROXY_HASHTAG } from "../../routing/hidden-keys.js";
 
 /** One hash holds every T&F library (name -> StoredLibrary JSON), beside the gears sessions. */
 export const LIBRARIES_KEY = `${PROXY_HASHTAG}:tf:libraries`;

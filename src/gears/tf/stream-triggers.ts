@@ -1,5 +1,6 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
+import type { Shards } from "../../routing/shards.js";
 import type { JsonValue } from "../../sandbox/types.js";
 import { StreamConsumer } from "../events/stream-consumer.js";
 import type { TfStreamTriggerInfo } from "../guest/entry.js";
@@ -23,15 +24,22 @@ function prefixText(t: TfStreamTriggerInfo): string {
  * the callback, claimed from a dead proxy after StreamClaimIdleMS, trimmed when asked). The
  * group keeps the progress in Redis, so a REPLACE, a restart or another proxy goes on from it.
  */
+/** Who consumes and how long leases and idle claims last: the gears room's settings. */
+export interface StreamTiming {
+  consumerName: string;
+  claimIdleMs(): number;
+  streamLeaseMs(): number;
+}
+
 export class StreamTriggers {
   private readonly consumers = new Map<string, { consumer: StreamConsumer; shape: string }>();
 
   constructor(
     private readonly router: Router,
+    private readonly shards: Shards,
     private readonly log: Logger,
     private readonly libraries: TfLibraries,
-    private readonly consumerName: string,
-    private readonly claimIdleMs: () => number,
+    private readonly timing: StreamTiming,
   ) {}
 
   get active(): boolean {
@@ -57,9 +65,10 @@ export class StreamTriggers {
       if (this.consumers.has(group)) continue;
       const consumer = new StreamConsumer(
         this.router,
+        this.shards,
         this.log,
         group,
-        this.consumerName,
+        this.timing.consumerName,
         {
           prefix: `${prefixText(trigger)}*`,
           batch: trigger.window,
@@ -69,7 +78,8 @@ export class StreamTriggers {
           retryIntervalSec: 1,
           trimStream: trigger.trim,
         },
-        this.claimIdleMs,
+        () => this.timing.claimIdleMs(),
+        () => this.timing.streamLeaseMs(),
         (stream, records) => this.run(library, trigger.name, stream, records),
         () => {},
       );

@@ -1,5 +1,6 @@
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
+import type { Shards } from "../../routing/shards.js";
 import { RespError, type RespValue } from "../../resp/values.js";
 import type { Tagged, TfOutcome } from "../guest/entry.js";
 import { CallBatcher } from "./call-batcher.js";
@@ -28,6 +29,8 @@ export interface TfEvents {
   consumerName: string;
   /** Entries a dead consumer left pending this long are claimed (StreamClaimIdleMS). */
   claimIdleMs(): number;
+  /** How long a stream's lease lasts unless renewed (EventLeaseMS). */
+  streamLeaseMs(): number;
 }
 
 /** Triggers and Functions: the libraries, the calls into them and their triggers. */
@@ -38,6 +41,7 @@ export class TfEngine {
 
   constructor(
     router: Router,
+    shards: Shards,
     log: Logger,
     newIsolate: IsolateFactory,
     readonly config: TfConfig,
@@ -46,7 +50,7 @@ export class TfEngine {
     const muted = new MutedKeys();
     this.libraries = new TfLibraries(router, log, newIsolate, config, {
       runOnKey: async (library, key, fn, argsJson) => {
-        const partitions = new Partitions(router);
+        const partitions = new Partitions(shards);
         const index = partitions.partitionOfSlot(keySlot(key));
         return this.withTimeout(
           this.runRemote(library, fn, argsJson, partitions, index),
@@ -54,7 +58,7 @@ export class TfEngine {
         );
       },
       runOnShards: async (library, fn, argsJson) => {
-        const partitions = new Partitions(router);
+        const partitions = new Partitions(shards);
         const results: string[] = [];
         const errors: string[] = [];
         // One master after the other: the library's remote isolate runs one call at a time.
@@ -73,9 +77,7 @@ export class TfEngine {
       barrier: () => events.barrier(),
     });
     this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log);
-    this.streamTriggers = new StreamTriggers(router, log, this.libraries, events.consumerName, () =>
-      events.claimIdleMs(),
-    );
+    this.streamTriggers = new StreamTriggers(router, shards, log, this.libraries, events);
     this.libraries.onChange = async (name, deleted) => {
       this.keyspaceTriggers.recount();
       if (deleted) this.keyspaceTriggers.forget(name);
