@@ -1,17 +1,23 @@
-import { encodeBulk, encodeError, encodeInteger, OK } from "../resp/encode.js";
+import { encodeError, encodeInteger, OK } from "../resp/encode.js";
 import type { LocalCommand } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
 import type { ClientSession } from "./session.js";
 
 const NAME_OK = /^[!-~]*$/;
 
+/** Redis' refusal of a client name, or null when the name is fine. */
+export function badClientName(name: string): string | null {
+  return NAME_OK.test(name)
+    ? null
+    : "ERR Client names cannot contain spaces, newlines or special characters.";
+}
+
 function setName(session: ClientSession, argv: Buffer[]): void {
   if (argv.length !== 3)
     return session.replyError("ERR wrong number of arguments for 'client|setname' command");
   const name = argv[2].toString();
-  if (!NAME_OK.test(name)) {
-    return session.replyError("ERR Client names cannot contain spaces, newlines or special characters.");
-  }
+  const bad = badClientName(name);
+  if (bad !== null) return session.replyError(bad);
   session.name = name;
   session.replyNow(OK);
 }
@@ -95,7 +101,7 @@ function list(session: ClientSession, argv: Buffer[]): void {
       type === "pubsub" ? c.isPubSub : type === "normal" ? !c.isPubSub : false,
     );
   } else if (argv.length !== 2) return session.replyError("ERR syntax error");
-  session.replyNow(encodeBulk(clients.map((c) => c.describe() + "\n").join("")));
+  session.replyText(clients.map((c) => c.describe() + "\n").join(""));
 }
 
 /** CLIENT subcommands, answered for the proxy's own clients. */
@@ -105,13 +111,13 @@ export const clientCommand: LocalCommand = (session, { argv }) => {
     case "id":
       return void session.replyNow(encodeInteger(session.id));
     case "getname":
-      return void session.replyNow(encodeBulk(session.name === "" ? null : session.name));
+      return session.replyValue(session.name === "" ? null : Buffer.from(session.name));
     case "setname":
       return setName(session, argv);
     case "setinfo":
       return setInfo(session, argv);
     case "info":
-      return void session.replyNow(encodeBulk(session.describe() + "\n"));
+      return session.replyText(session.describe() + "\n");
     case "list":
       return list(session, argv);
     case "kill":

@@ -1,5 +1,5 @@
-import { encodeBulk, encodeError } from "../resp/encode.js";
-import { RespError } from "../resp/values.js";
+import { encodeError, encodeValue } from "../resp/encode.js";
+import { RespError, RespVerbatim } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
 import type { LocalCommand } from "./local-commands.js";
 
@@ -75,7 +75,7 @@ export const infoCommand: LocalCommand = (session, { argv }) => {
   const ours = wantsProxy ? proxySection(ctx) : "";
   const upstreamSections = sections.filter((s) => !PROXY_ONLY.has(s));
   if (sections.length > 0 && upstreamSections.length === 0) {
-    session.replyNow(encodeBulk(ours));
+    session.replyText(ours);
     return;
   }
   const slot = session.laterSlot();
@@ -87,7 +87,13 @@ export const infoCommand: LocalCommand = (session, { argv }) => {
           return Buffer.isBuffer(reply) ? reply.toString() : "";
         });
   theirs.then(
-    (text) => slot.reply(encodeBulk(ours + (ours && text ? "\r\n" : "") + text)),
+    (text) =>
+      slot.reply(
+        encodeValue(
+          new RespVerbatim("txt", Buffer.from(ours + (ours && text ? "\r\n" : "") + text)),
+          session.proto,
+        ),
+      ),
     (err: Error) => slot.reply(encodeError(err.message)),
   );
 };

@@ -1,6 +1,7 @@
-import { encodeBulk, encodeSimple, encodeValue, OK } from "../resp/encode.js";
+import { encodeBulk, encodeSimple, OK } from "../resp/encode.js";
+import { RespMap } from "../resp/values.js";
 import type { Request } from "../resp/request-parser.js";
-import { clientCommand } from "./client-command.js";
+import { badClientName, clientCommand } from "./client-command.js";
 import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
 import { infoCommand } from "./info-command.js";
 import type { ClientSession } from "./session.js";
@@ -92,18 +93,19 @@ const auth: LocalCommand = (session, { argv }) => {
 };
 
 const hello: LocalCommand = (session, { argv }) => {
+  let proto = session.proto;
   if (argv.length >= 2) {
     const text = argv[1].toString();
     const version = Number(text);
-    if (!/^-?\d+$/.test(text)) {
+    if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(version)) {
       session.replyError("ERR Protocol version is not an integer or out of range");
       return;
     }
-    // RESP3 is not offered yet: NOPROTO makes clients fall back to RESP2.
-    if (version !== 2) {
+    if (version !== 2 && version !== 3) {
       session.replyError("NOPROTO unsupported protocol version");
       return;
     }
+    proto = version;
   }
   let name: string | null = null;
   for (let i = 2; i < argv.length; i++) {
@@ -118,6 +120,11 @@ const hello: LocalCommand = (session, { argv }) => {
       i += 2;
     } else if (option === "setname" && i + 1 < argv.length) {
       name = argv[++i].toString();
+      const bad = badClientName(name);
+      if (bad !== null) {
+        session.replyError(bad);
+        return;
+      }
     } else {
       session.replyError(`ERR Syntax error in HELLO option '${argv[i].toString()}'`);
       return;
@@ -130,24 +137,19 @@ const hello: LocalCommand = (session, { argv }) => {
     return;
   }
   if (name !== null) session.name = name;
+  session.proto = proto;
   const cluster = session.ctx.config.clusterEmulation || session.ctx.router.topology.mode === "cluster";
   const mode = cluster ? "cluster" : "standalone";
-  session.replyNow(
-    encodeValue([
-      Buffer.from("server"),
-      Buffer.from("redis"),
-      Buffer.from("version"),
-      Buffer.from(session.ctx.upstreamVersion),
-      Buffer.from("proto"),
-      2,
-      Buffer.from("id"),
-      session.id,
-      Buffer.from("mode"),
-      Buffer.from(mode),
-      Buffer.from("role"),
-      Buffer.from("master"),
-      Buffer.from("modules"),
-      [],
+  const text = (s: string): Buffer => Buffer.from(s);
+  session.replyValue(
+    new RespMap([
+      [text("server"), text("redis")],
+      [text("version"), text(session.ctx.upstreamVersion)],
+      [text("proto"), proto],
+      [text("id"), session.id],
+      [text("mode"), text(mode)],
+      [text("role"), text("master")],
+      [text("modules"), []],
     ]),
   );
 };

@@ -1,6 +1,8 @@
 import type { Socket } from "node:net";
 import { OutputBuffer } from "../io/output-buffer.js";
-import { encodeCommand, encodeError } from "../resp/encode.js";
+import { inProtocol } from "../resp/convert.js";
+import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
+import { RespVerbatim, type Protocol, type RespValue } from "../resp/values.js";
 import { ProtocolError, RequestParser, type Request } from "../resp/request-parser.js";
 import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
@@ -35,6 +37,7 @@ const MAX_IN_FLIGHT = 128;
 const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
 const EMPTY = Buffer.alloc(0);
+const PING = encodeCommand(["PING"]);
 
 let special: Set<string> | null = null;
 
@@ -44,7 +47,7 @@ let special: Set<string> | null = null;
  * authenticated, unsubscribed and outside MULTI, goes straight to forwarding. Built on
  * first use rather than at load, so the import cycle with local-commands cannot see it empty.
  */
-function isSpecial(name: string): boolean {
+function isSpecial(name: string, argv: readonly Buffer[]): boolean {
   special ??= new Set([
     ...LOCAL_COMMANDS.keys(),
     ...NO_AUTH_COMMANDS,
@@ -53,7 +56,7 @@ function isSpecial(name: string): boolean {
     "multi",
     "watch",
   ]);
-  return special.has(name) || isGearsCommand(name);
+  return special.has(name) || isGearsCommand(name, argv);
 }
 
 /**
@@ -70,6 +73,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   private lastCommand = "NULL";
 
   db = 0;
+  /** RESP2 until HELLO 3. */
+  proto: Protocol = 2;
   name = "";
   libName = "";
   libVersion = "";
@@ -162,7 +167,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       ["omem", this.out.pending],
       ["cmd", this.lastCommand],
       ["user", "default"],
-      ["resp", 2],
+      ["resp", this.proto],
       ["lib-name", this.libName],
       ["lib-ver", this.libVersion],
     ];
@@ -236,7 +241,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     const name = request.name;
     this.ctx.stats.commandsProcessed++;
     this.lastCommand = name;
-    if (this.authenticated && this.subscriptions === 0 && !this.txn.inMulti && !isSpecial(name)) {
+    if (
+      this.authenticated &&
+      (this.subscriptions === 0 || this.proto === 3) &&
+      !this.txn.inMulti &&
+      !isSpecial(name, request.argv)
+    ) {
       // What the chain below comes to for an ordinary command, without its lookups.
       this.executeOrdinary(name, request);
       return;
@@ -247,7 +257,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       this.replyError("NOAUTH Authentication required.");
       return;
     }
-    if (this.subscriptions > 0 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
+    if (this.subscriptions > 0 && this.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
       this.replyError(
         `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
       );
@@ -258,7 +268,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       else this.txn.queueCommand(name, request);
       return;
     }
-    if (this.isPubSub && name === "ping") {
+    if (this.isPubSub && this.proto === 2 && name === "ping") {
       this.sendSubscription(name, request);
       return;
     }
@@ -267,7 +277,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       local(this, request);
       return;
     }
-    if (isGearsCommand(name)) this.runGears(name, request);
+    if (isGearsCommand(name, argv)) this.runGears(name, request);
     else if (this.ctx.gears.hookFor(name, argv)) this.answerLater(this.ctx.gears.runHook(name, argv), true);
     else if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
     else if (name === "multi") this.txn.multi(request);
@@ -334,14 +344,18 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     }
     const router = this.ctx.router;
     if (this.processing && request.end > request.start) {
-      const conn = router.sharedConnection(this.id);
+      const conn = router.sharedConnection(this.id, this.proto);
       if (conn !== null) {
         this.addToRun(conn, request, slot);
         return;
       }
     }
     this.flushRun();
-    router.forward(name, request.argv, request.raw, slot, { db: this.db, affinity: this.id });
+    router.forward(name, request.argv, request.raw, slot, {
+      db: this.db,
+      affinity: this.id,
+      proto: this.proto,
+    });
   }
 
   // ---- runs: back-to-back requests leave as one slice of the input ----------------------
@@ -408,19 +422,22 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     };
     const pinned = this.txn.pinnedConnection;
     if (pinned !== null) pinned.send(encodeCommand(argv), slot, db);
-    else this.ctx.router.forward("select", argv, null, slot, { db, affinity: this.id });
+    else this.ctx.router.forward("select", argv, null, slot, { db, affinity: this.id, proto: this.proto });
   }
 
   /** An RG.* command: answered by the gears engine; blocking ones hold this client's next commands. */
   private runGears(name: string, request: Request): void {
     const args = request.argv.slice(1);
     this.answerLater(
-      runGearsCommand(this.ctx.gears, name, args, { proto: 2, db: this.db, clientId: this.id }),
+      runGearsCommand(this.ctx.gears, name, args, { proto: this.proto, db: this.db, clientId: this.id }),
       holdsClient(name, args),
     );
   }
 
-  /** A reply computed by the proxy; with `hold`, the client's next commands wait for it. */
+  /**
+   * A reply computed by the proxy (in RESP2 or the client's protocol); with `hold`, the
+   * client's next commands wait for it.
+   */
   private answerLater(reply: Promise<Buffer>, hold: boolean): void {
     const slot = this.laterSlot();
     if (hold) this.holds++;
@@ -429,7 +446,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
         this.holds--;
         this.stalled = true;
       }
-      slot.reply(data);
+      slot.reply(inProtocol(data, this.proto));
     };
     reply.then(settle, (err: Error) => settle(encodeError(`ERR ${err.message}`)));
   }
@@ -441,7 +458,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       this.replyError(node);
       return null;
     }
-    const conn = node.acquire();
+    const conn = node.acquire(this.proto);
     if (conn === null) {
       this.replyError(node.failure);
       return null;
@@ -464,8 +481,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   }
 
   private sendSubscription(name: string, request: Request): void {
+    if (this.proto === 3 && !this.enterLane("subscribed", request)) return;
     if (this.sub === null) {
-      if (name.includes("unsubscribe")) {
+      // RESP3 answers even an idle UNSUBSCRIBE with a push, which only a subscription connection expects.
+      if (name.includes("unsubscribe") && this.proto === 2) {
         // Nothing to leave: the server answers for an unsubscribed connection.
         this.forward(name, request);
         return;
@@ -484,13 +503,38 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     if (name !== "ping" && !name.includes("unsubscribe"))
       this.subscriptions = Math.max(this.subscriptions, 1);
     this.sub.conn.sendUnmatched(request.raw ?? encodeCommand(request.argv));
+    if (this.proto === 3) this.markSubscriptionReply();
+  }
+
+  /** Push frames that answer the (un)subscribe commands still marked, in arrival order. */
+  private markedFrames: Buffer[] = [];
+  /** (Un)subscribe commands whose PING marker has not come back yet. */
+  private marks = 0;
+
+  /**
+   * In RESP3 the confirmations of (un)subscribe commands are pushes, while PING's reply is
+   * not: a PING sent behind the command marks where its confirmations end, so they take
+   * the command's place among the client's replies, whatever else it pipelined.
+   */
+  private markSubscriptionReply(): void {
+    const slot = this.upstreamSlot();
+    this.marks++;
+    slot.onReply = () => {
+      this.marks--;
+      return Buffer.concat(this.markedFrames.splice(0));
+    };
+    this.sub!.conn.send(PING, slot);
   }
 
   private onSubscriptionFrame(frame: Buffer): void {
-    const slot = this.newSlot();
-    slot.data = frame;
     const total = subscriptionCount(frame);
     if (total !== null) this.subscriptions = total;
+    if (this.marks > 0) {
+      this.markedFrames.push(frame);
+      return;
+    }
+    const slot = this.newSlot();
+    slot.data = frame;
     this.flushReplies();
   }
 
@@ -530,6 +574,16 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
 
   replyError(message: string): void {
     this.replyNow(encodeError(message));
+  }
+
+  /** Text the proxy built (INFO, CLIENT LIST): a verbatim string in RESP3, as Redis sends it. */
+  replyText(text: string): void {
+    this.replyValue(new RespVerbatim("txt", Buffer.from(text)));
+  }
+
+  /** A reply the proxy built, encoded in the client's protocol. */
+  replyValue(value: RespValue): void {
+    this.replyNow(encodeValue(value, this.proto));
   }
 
   slotFilled(slot: ReplySlot): void {
@@ -594,6 +648,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   resetState(): void {
     this.release();
     this.db = 0;
+    this.proto = 2;
     this.name = "";
     this.replyMode = "on";
     this.lane = "shared";
@@ -627,6 +682,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       this.sub = null;
     }
     this.subscriptions = 0;
+    this.marks = 0;
+    this.markedFrames = [];
   }
 
   close(): void {

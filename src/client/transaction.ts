@@ -7,11 +7,13 @@ import type { UpstreamNode } from "../upstream/node.js";
 import { DISCARD } from "../upstream/reply-sink.js";
 import { isGearsCommand } from "../gears/commands.js";
 import type { ReplySlot } from "./reply-slot.js";
+import type { Protocol } from "../resp/values.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
   readonly id: number;
   readonly db: number;
+  readonly proto: Protocol;
   readonly router: Router;
   upstreamSlot(): ReplySlot;
   replyError(message: string): void;
@@ -122,7 +124,7 @@ export class Transaction {
       this.refuseBroken(name);
       return;
     }
-    if (NOT_IN_MULTI.has(name) || isGearsCommand(name)) {
+    if (NOT_IN_MULTI.has(name) || isGearsCommand(name, request.argv)) {
       this.dirty = true;
       this.host.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
       return;
@@ -192,7 +194,7 @@ export class Transaction {
       router.topology.mode === "cluster"
         ? router.routeSlot(slot, this.host.id)
         : router.topology.nodeForSlot(0);
-    const conn = node.acquire();
+    const conn = node.acquire(this.host.proto);
     if (conn === null) {
       this.pinFailure = node.failure;
       return false;

@@ -398,7 +398,7 @@ export interface GearsCaller {
 }
 
 /** Whether the gears engine answers this command (lower-case name): RG.*, and later TFUNCTION/TFCALL. */
-export function isGearsCommand(name: string): boolean {
+export function isGearsCommand(name: string, _args: readonly Buffer[]): boolean {
   return name.startsWith("rg.");
 }
 

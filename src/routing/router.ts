@@ -1,7 +1,7 @@
 import { keySlot as calculateSlot } from "./key-slot.js";
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
-import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
-import type { RespValue } from "../resp/values.js";
+import { PromiseSink, sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
+import type { Protocol, RespValue } from "../resp/values.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
@@ -11,11 +11,16 @@ import { FAN_OUT, type ClusterSender } from "./fan-out.js";
 import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
+import { isControl, sendControl } from "./control.js";
 
-/** Who is asking: the database to run in and which shared connection keeps their order. */
+/**
+ * Who is asking: the database to run in, which shared connection keeps their order, and
+ * the protocol their replies come in (RESP2 when not given).
+ */
 export interface RouteContext {
   db: number;
   affinity: number;
+  proto?: Protocol;
 }
 
 /** slotOf() for a command without keys. */
@@ -58,8 +63,10 @@ export class Router implements ClusterSender {
 
   /** Forwards a client's command (`name` in lower case); the raw reply goes to `sink`. */
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
+    const proto = ctx.proto ?? 2;
+    if (isControl(name, argv)) return sendControl(this.masters(), argv, sink);
     if (this.cluster === null) {
-      this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db);
+      this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db, proto);
       return;
     }
     if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
@@ -67,25 +74,31 @@ export class Router implements ClusterSender {
       this.scripts.remember(argv[2]);
     }
     const fanOut = FAN_OUT.get(name);
-    if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity);
+    if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity, proto);
     const slot = this.slotOf(name, argv);
-    if (slot === CROSS_SLOT) return this.split(name, argv, sink, ctx.affinity);
+    if (slot === CROSS_SLOT) return this.split(name, argv, sinkInProtocol(sink, proto), ctx.affinity);
     const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
     const node =
       this.readFromReplicas && slot >= 0 && this.isReadOnly(name, argv)
         ? this.cluster.replicaFor(slot, ctx.affinity)
         : this.cluster.route(slot, ctx.affinity);
-    new RedirectingSink(this.redirect!, raw ?? encodeCommand(argv), evalsha, sink, ctx.affinity, slot).send(
-      node,
-    );
+    new RedirectingSink(
+      this.redirect!,
+      raw ?? encodeCommand(argv),
+      evalsha,
+      sink,
+      ctx.affinity,
+      slot,
+      proto,
+    ).send(node);
   }
 
   /**
    * The connection a client's ordinary commands take in front of one server (null in a
    * cluster, where commands need redirect handling, or while the server is unreachable).
    */
-  sharedConnection(affinity: number): UpstreamConnection | null {
-    return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity) : null;
+  sharedConnection(affinity: number, proto: Protocol = 2): UpstreamConnection | null {
+    return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity, proto) : null;
   }
 
   /** Whether the command writes (its COMMAND flags say "write"). */
@@ -132,9 +145,16 @@ export class Router implements ClusterSender {
     return this.cluster === null ? this.topology.nodeForSlot(0) : this.cluster.route(slot, affinity);
   }
 
-  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number): void {
-    if (this.redirect === null) node.send(affinity, payload, sink, 0);
-    else new RedirectingSink(this.redirect, payload, null, sink, affinity, slot).send(node);
+  sendTo(
+    node: UpstreamNode,
+    payload: Buffer,
+    sink: ReplySink,
+    affinity: number,
+    slot: number,
+    proto: Protocol = 2,
+  ): void {
+    if (this.redirect === null) node.send(affinity, payload, sink, 0, proto);
+    else new RedirectingSink(this.redirect, payload, null, sink, affinity, slot, proto).send(node);
   }
 
   /** The proxy's own request, routed like a client's; error replies resolve as RespError. */
