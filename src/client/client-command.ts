@@ -1,7 +1,6 @@
 import { encodeError, encodeInteger, OK } from "../resp/encode.js";
-import type { LocalCommand } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
-import type { ClientSession } from "./session.js";
+import type { CommandHost, LocalCommand } from "./command-host.js";
 
 const NAME_OK = /^[!-~]*$/;
 
@@ -12,7 +11,7 @@ export function badClientName(name: string): string | null {
     : "ERR Client names cannot contain spaces, newlines or special characters.";
 }
 
-function setName(session: ClientSession, argv: Buffer[]): void {
+function setName(session: CommandHost, argv: Buffer[]): void {
   if (argv.length !== 3)
     return session.replyError("ERR wrong number of arguments for 'client|setname' command");
   const name = argv[2].toString();
@@ -22,7 +21,7 @@ function setName(session: ClientSession, argv: Buffer[]): void {
   session.replyNow(OK);
 }
 
-function setInfo(session: ClientSession, argv: Buffer[]): void {
+function setInfo(session: CommandHost, argv: Buffer[]): void {
   if (argv.length !== 4)
     return session.replyError("ERR wrong number of arguments for 'client|setinfo' command");
   const attr = argv[2].toString().toLowerCase();
@@ -33,7 +32,7 @@ function setInfo(session: ClientSession, argv: Buffer[]): void {
   session.replyNow(OK);
 }
 
-function replyMode(session: ClientSession, argv: Buffer[]): void {
+function replyMode(session: CommandHost, argv: Buffer[]): void {
   const mode = argv[2]?.toString().toLowerCase();
   if (argv.length !== 3 || (mode !== "on" && mode !== "off" && mode !== "skip")) {
     return session.replyError("ERR syntax error");
@@ -45,7 +44,7 @@ function replyMode(session: ClientSession, argv: Buffer[]): void {
 }
 
 /** Which clients a CLIENT KILL filter list selects; an error text when the filters are bad. */
-function killFilter(session: ClientSession, args: string[]): ((c: ClientHandle) => boolean) | string {
+function killFilter(session: CommandHost, args: string[]): ((c: ClientHandle) => boolean) | string {
   const tests: ((c: ClientHandle) => boolean)[] = [];
   let skipMe = true;
   for (let i = 0; i < args.length; i += 2) {
@@ -71,7 +70,7 @@ function killFilter(session: ClientSession, args: string[]): ((c: ClientHandle) 
   return (c) => (!skipMe || c.id !== session.id) && tests.every((t) => t(c));
 }
 
-function kill(session: ClientSession, argv: Buffer[]): void {
+function kill(session: CommandHost, argv: Buffer[]): void {
   const args = argv.slice(2).map((a) => a.toString());
   if (args.length === 0) return session.replyError("ERR wrong number of arguments for 'client|kill' command");
   const clients = session.ctx.clients;
@@ -90,7 +89,7 @@ function kill(session: ClientSession, argv: Buffer[]): void {
   for (const target of targets) target.kill("CLIENT KILL");
 }
 
-function list(session: ClientSession, argv: Buffer[]): void {
+function list(session: CommandHost, argv: Buffer[]): void {
   let clients = [...session.ctx.clients.all()];
   if (argv.length >= 4 && argv[2].toString().toLowerCase() === "id") {
     const ids = new Set(argv.slice(3).map((a) => Number(a.toString())));

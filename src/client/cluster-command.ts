@@ -3,8 +3,7 @@ import { keySlot as calculateSlot } from "../routing/key-slot.js";
 import { encodeBulk, encodeError, encodeInteger, OK } from "../resp/encode.js";
 import { RespMap } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
-import type { LocalCommand } from "./local-commands.js";
-import type { ClientSession } from "./session.js";
+import type { CommandHost, LocalCommand } from "./command-host.js";
 
 /** The node the proxy pretends to be: a stable id derived from its announced address. */
 function self(ctx: ProxyContext): { id: string; host: string; port: number } {
@@ -18,7 +17,7 @@ function bulk(text: string): Buffer {
   return Buffer.from(text);
 }
 
-const EMULATED: Record<string, (session: ClientSession, argv: Buffer[]) => void> = {
+const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> = {
   slots(session) {
     const me = self(session.ctx);
     session.replyValue([[0, 16383, [bulk(me.host), me.port, bulk(me.id)]]]);

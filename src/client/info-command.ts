@@ -1,7 +1,7 @@
 import { encodeError, encodeValue } from "../resp/encode.js";
 import { RespError, RespVerbatim } from "../resp/values.js";
+import type { LocalCommand } from "./command-host.js";
 import type { ProxyContext } from "./context.js";
-import type { LocalCommand } from "./local-commands.js";
 
 const PROXY_VERSION = "0.1.0";
 

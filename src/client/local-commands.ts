@@ -1,13 +1,9 @@
 import { encodeBulk, encodeSimple, OK } from "../resp/encode.js";
 import { RespMap } from "../resp/values.js";
-import type { Request } from "../resp/request-parser.js";
 import { badClientName, clientCommand } from "./client-command.js";
 import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
 import { infoCommand } from "./info-command.js";
-import type { ClientSession } from "./session.js";
-
-/** A command the proxy answers itself rather than forwarding. */
-export type LocalCommand = (session: ClientSession, request: Request) => void;
+import type { CommandHost, LocalCommand } from "./command-host.js";
 
 /** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
 export const NO_AUTH_COMMANDS = new Set(["auth", "hello", "quit", "reset"]);
@@ -66,7 +62,7 @@ const select: LocalCommand = (session, { argv }) => {
 };
 
 /** Checks a password against --requirepass; null when accepted, else the error to send. */
-function checkPassword(session: ClientSession, user: string, password: string): string | null {
+function checkPassword(session: CommandHost, user: string, password: string): string | null {
   const required = session.ctx.config.requirepass;
   if (required === undefined) {
     return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";

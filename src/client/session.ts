@@ -11,6 +11,7 @@ import { holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
+import type { CommandHost } from "./command-host.js";
 import { Transaction, type TransactionHost } from "./transaction.js";
 import type { Router } from "../routing/router.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
@@ -39,24 +40,22 @@ const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 const EMPTY = Buffer.alloc(0);
 const PING = encodeCommand(["PING"]);
 
-let special: Set<string> | null = null;
-
 /**
  * Names execute() must look at closely: answered locally, allowed before AUTH or while
  * subscribed, or changing the client's lane. Every other command, once the client is
- * authenticated, unsubscribed and outside MULTI, goes straight to forwarding. Built on
- * first use rather than at load, so the import cycle with local-commands cannot see it empty.
+ * authenticated, unsubscribed and outside MULTI, goes straight to forwarding.
  */
+const SPECIAL = new Set([
+  ...LOCAL_COMMANDS.keys(),
+  ...NO_AUTH_COMMANDS,
+  ...ALLOWED_WHILE_SUBSCRIBED,
+  ...SUBSCRIBE_FAMILY,
+  "multi",
+  "watch",
+]);
+
 function isSpecial(name: string, argv: readonly Buffer[]): boolean {
-  special ??= new Set([
-    ...LOCAL_COMMANDS.keys(),
-    ...NO_AUTH_COMMANDS,
-    ...ALLOWED_WHILE_SUBSCRIBED,
-    ...SUBSCRIBE_FAMILY,
-    "multi",
-    "watch",
-  ]);
-  return special.has(name) || isGearsCommand(name, argv);
+  return SPECIAL.has(name) || isGearsCommand(name, argv);
 }
 
 /**
@@ -64,7 +63,7 @@ function isSpecial(name: string, argv: readonly Buffer[]): boolean {
  * replies back in request order. Ordinary commands share pipelined upstream connections;
  * MULTI/WATCH, blocking commands and subscriptions borrow a dedicated one.
  */
-export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
+export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, CommandHost {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;
