@@ -8,15 +8,26 @@ import type { CommandHost, LocalCommand } from "./command-host.js";
 /** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
 export const NO_AUTH_COMMANDS = new Set(["auth", "hello", "quit", "reset"]);
 
-const PONG = encodeSimple("PONG");
-
 export function wrongArity(name: string): string {
   return `ERR wrong number of arguments for '${name}' command`;
 }
 
+const PONG = encodeSimple("PONG");
+
+/**
+ * PING goes to the server, so that a client sees what Redis would say (BUSY while a script
+ * runs too long); while the server cannot be reached, the proxy answers for itself.
+ */
 const ping: LocalCommand = (session, { argv }) => {
-  if (argv.length > 2) session.replyError(wrongArity("ping"));
-  else session.replyNow(argv.length === 2 ? encodeBulk(argv[1]) : PONG);
+  if (argv.length > 2) return session.replyError(wrongArity("ping"));
+  const pong = argv.length === 2 ? encodeBulk(argv[1]) : PONG;
+  const slot = session.upstreamSlot();
+  const sink = { reply: (data: Buffer) => slot.reply(data), fail: () => slot.reply(pong) };
+  session.ctx.router.forward("ping", argv, null, sink, {
+    db: session.db,
+    affinity: session.id,
+    proto: session.proto,
+  });
 };
 
 const echo: LocalCommand = (session, { argv }) => {

@@ -4,7 +4,12 @@ import { inProtocol } from "../resp/convert.js";
 import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
 import { RespVerbatim, type Protocol, type RespValue } from "../resp/values.js";
 import { ProtocolError, RequestParser, type Request } from "../resp/request-parser.js";
-import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
+import {
+  ALLOWED_WHILE_SUBSCRIBED,
+  SUBSCRIBE_FAMILY,
+  isBlocking,
+  isScript,
+} from "../routing/command-kinds.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import { holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
@@ -18,7 +23,7 @@ import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
-type Lane = "shared" | "pinned" | "blocking" | "subscribed" | "idle";
+type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
 
 /** An upstream connection lent to this client alone. */
 interface Dedicated {
@@ -283,6 +288,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     else if (name === "watch") this.txn.watch(request);
     else if (this.txn.owns(name, request.argv)) this.txn.send(name, request);
     else if (isBlocking(name, argv)) this.sendBlocking(name, request);
+    else if (this.scriptsOwnConnection(name)) this.sendScript(name, request);
     else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
@@ -299,6 +305,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     } else if (isBlocking(name, argv)) {
       this.flushRun();
       this.sendBlocking(name, request);
+    } else if (this.scriptsOwnConnection(name)) {
+      this.flushRun();
+      this.sendScript(name, request);
     } else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
@@ -477,6 +486,40 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       node.release(conn);
     };
     conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+  }
+
+  /** The connection this client's scripts run on, and how many of them are still running. */
+  private script: Dedicated | null = null;
+  private scriptsRunning = 0;
+
+  /**
+   * Whether a script goes on a connection of its own. In front of one server, yes; in a
+   * cluster scripts stay on the shared connections, where redirects and NOSCRIPT reloads
+   * are handled.
+   */
+  private scriptsOwnConnection(name: string): boolean {
+    return isScript(name) && this.ctx.router.topology.mode !== "cluster";
+  }
+
+  /**
+   * A script on a dedicated connection, so that a busy one holds up nobody else. Scripts
+   * pipelined back to back share it; it goes back to the pool once all have answered.
+   */
+  private sendScript(name: string, request: Request): void {
+    if (this.script === null) {
+      if (!this.enterLane("script", request)) return;
+      this.script = this.borrow(name, request.argv);
+      if (this.script === null) return;
+    }
+    const script = this.script;
+    const slot = this.upstreamSlot();
+    this.scriptsRunning++;
+    slot.onReply = () => {
+      if (--this.scriptsRunning > 0 || this.script !== script) return;
+      this.script = null;
+      script.node.release(script.conn);
+    };
+    script.conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
   }
 
   private sendSubscription(name: string, request: Request): void {
@@ -674,6 +717,11 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     if (this.blocking !== null) {
       this.blocking.node.destroy(this.blocking.conn);
       this.blocking = null;
+    }
+    if (this.script !== null) {
+      this.script.node.destroy(this.script.conn);
+      this.script = null;
+      this.scriptsRunning = 0;
     }
     if (this.sub !== null) {
       this.sub.conn.onBorrowerLost = null;
