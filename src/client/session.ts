@@ -525,12 +525,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private sendSubscription(name: string, request: Request): void {
     if (this.proto === 3 && !this.enterLane("subscribed", request)) return;
     if (this.sub === null) {
-      // RESP3 answers even an idle UNSUBSCRIBE with a push, which only a subscription connection expects.
-      if (name.includes("unsubscribe") && this.proto === 2) {
-        // Nothing to leave: the server answers for an unsubscribed connection.
-        this.forward(name, request);
-        return;
-      }
+      // Even an UNSUBSCRIBE with nothing to leave takes a subscription connection: the server
+      // answers it with one frame per channel, which a shared connection would mismatch.
       if (!this.enterLane("subscribed", request)) return;
       const sub = this.borrow(name, request.argv);
       if (sub === null) return;
@@ -560,6 +556,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
    */
   private markSubscriptionReply(): void {
     const slot = this.upstreamSlot();
+    // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
+    slot.silent = false;
     this.marks++;
     slot.onReply = () => {
       this.marks--;
@@ -575,16 +573,17 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       this.markedFrames.push(frame);
       return;
     }
-    const slot = this.newSlot();
+    const slot = this.newSlot(true);
     slot.data = frame;
     this.flushReplies();
   }
 
   // ---- replies -------------------------------------------------------------------------
 
-  private newSlot(): ReplySlot {
+  /** A place in the reply order; a `pushed` frame (pub/sub) is written whatever CLIENT REPLY says. */
+  private newSlot(pushed = false): ReplySlot {
     const slot = new ReplySlot(this);
-    if (this.replyMode !== "on") {
+    if (this.replyMode !== "on" && !pushed) {
       slot.silent = true;
       if (this.replyMode === "skip") this.replyMode = "on";
     }
@@ -680,7 +679,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.head = null;
     this.tail = null;
     this.out.flush();
-    this.socket.end();
+    // Closed for good once the reply is out, as Redis closes it: a client still writing
+    // (after a protocol error) gets a reset instead of a half-open connection that never fails.
+    this.socket.end(() => this.socket.destroy());
     this.release();
   }
 
