@@ -104,7 +104,8 @@ function list(session: CommandHost, argv: Buffer[]): void {
 }
 
 /** CLIENT subcommands, answered for the proxy's own clients. */
-export const clientCommand: LocalCommand = (session, { argv }) => {
+export const clientCommand: LocalCommand = (session, request) => {
+  const argv = request.argv;
   const sub = argv[1]?.toString().toLowerCase();
   switch (sub) {
     case "id":
@@ -123,6 +124,11 @@ export const clientCommand: LocalCommand = (session, { argv }) => {
       return kill(session, argv);
     case "reply":
       return replyMode(session, argv);
+    case "pause":
+    case "unpause":
+      // The server pauses its clients, the proxy's connections among them: the proxy's
+      // clients wait as Redis' own would. Sent on the control connection of every master.
+      return session.forward("client", request);
     case "no-evict":
     case "no-touch":
       return void session.replyNow(OK);

@@ -47,7 +47,7 @@ function field(info: string, name: string): string | undefined {
  * the Keyspace section summed over every shard.
  */
 async function clusterInfo(ctx: ProxyContext, sections: string[]): Promise<string> {
-  const replies = await ctx.router.callAll(["INFO", ...sections]);
+  const replies = await ctx.router.callControl(["INFO", ...sections]);
   const texts = replies.map((r) => (Buffer.isBuffer(r) ? r.toString() : ""));
   const masters = ctx.router.topology.masters();
   const shardLines = texts.map((t, i) => {
@@ -82,7 +82,7 @@ export const infoCommand: LocalCommand = (session, { argv }) => {
   const theirs =
     ctx.router.topology.mode === "cluster"
       ? clusterInfo(ctx, upstreamSections)
-      : ctx.router.call(["INFO", ...upstreamSections]).then((reply) => {
+      : ctx.router.callControl(["INFO", ...upstreamSections]).then(([reply]) => {
           if (reply instanceof RespError) throw new Error(reply.message);
           return Buffer.isBuffer(reply) ? reply.toString() : "";
         });

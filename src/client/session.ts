@@ -19,6 +19,7 @@ import type { ClientHandle } from "./registry.js";
 import type { CommandHost } from "./command-host.js";
 import { Transaction, type TransactionHost } from "./transaction.js";
 import type { Router } from "../routing/router.js";
+import { isControl } from "../routing/control.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 
@@ -351,7 +352,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         });
     }
     const router = this.ctx.router;
-    if (this.processing && request.end > request.start) {
+    // Control commands take the router's path to the control connections, never a run.
+    if (this.processing && request.end > request.start && !isControl(name, request.argv)) {
       const conn = router.sharedConnection(this.id, this.proto);
       if (conn !== null) {
         this.addToRun(conn, request, slot);

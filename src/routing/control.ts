@@ -3,16 +3,16 @@ import type { UpstreamNode } from "../upstream/node.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
 import { Gather, firstError } from "./merge.js";
 
-/** Commands that end what a busy server is doing; they must not queue behind it. */
-const CONTROL = new Set(["script kill", "function kill"]);
+/** Commands that end or hold what a busy server is doing; they must not queue behind it. */
+const CONTROL = new Set(["script kill", "function kill", "client pause", "client unpause"]);
 
-/** Whether argv is a control command (SCRIPT KILL, FUNCTION KILL). */
+/** Whether argv is a control command (SCRIPT KILL, FUNCTION KILL, CLIENT PAUSE/UNPAUSE). */
 export function isControl(name: string, argv: readonly Buffer[]): boolean {
-  if (argv.length !== 2 || (name !== "script" && name !== "function")) return false;
+  if (argv.length < 2 || (name !== "script" && name !== "function" && name !== "client")) return false;
   return CONTROL.has(`${name} ${argv[1].toString().toLowerCase()}`);
 }
 
-/** OK when some node had something to kill; otherwise the first node's error (NOTBUSY). */
+/** OK when some node had something to kill (or paused); otherwise the first node's error (NOTBUSY). */
 function anyKilled(replies: Buffer[]): Buffer {
   return replies.find((r) => r[0] === 43 /* + */) ?? firstError(replies) ?? replies[0];
 }

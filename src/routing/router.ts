@@ -177,6 +177,23 @@ export class Router implements ClusterSender {
     );
   }
 
+  /**
+   * The proxy's own request on every master's control connection, replies in master order:
+   * for INFO, which must answer while the shared connections wait (a paused server).
+   */
+  callControl(argv: readonly Arg[]): Promise<RespValue[]> {
+    const payload = encodeCommand(argv);
+    return Promise.all(
+      this.masters().map((node) => {
+        const sink = new PromiseSink();
+        const conn = node.control();
+        if (conn === null) sink.fail(node.failure);
+        else conn.send(payload, sink, 0);
+        return sink.promise;
+      }),
+    );
+  }
+
   /** A multi-key command across slots: split per slot where that is safe, else CROSSSLOT. */
   private split(name: string, argv: Buffer[], sink: ReplySink, affinity: number): void {
     const how = SPLITTABLE.get(name);
