@@ -45,6 +45,26 @@ async function resp3Replies(port: number, commands: (string | Buffer)[][]): Prom
   return replies.slice(1);
 }
 
+/** A raw connection in MONITOR mode, collecting the lines it receives. */
+async function startRawMonitor(port: number): Promise<{ lines: string[]; close(): void }> {
+  const socket = net.connect({ host: "127.0.0.1", port });
+  const lines: string[] = [];
+  let pending = "";
+  socket.on("data", (chunk: Buffer) => {
+    pending += chunk.toString("latin1");
+    const parts = pending.split("\r\n");
+    pending = parts.pop() ?? "";
+    lines.push(...parts);
+  });
+  socket.write(encodeCommand(["MONITOR"]));
+  await eventually(
+    async () => lines[0],
+    (first) => first === "+OK",
+    "MONITOR's OK",
+  );
+  return { lines, close: () => socket.destroy() };
+}
+
 /** The cases every node-redis client runs, RESP3 or RESP2. */
 function nodeRedisCases(label: string, make: () => Promise<NodeRedis>, resp: 2 | 3): void {
   describe(label, () => {
@@ -350,6 +370,31 @@ for (const mode of BACKEND_MODES) {
         for (const c of [busy, killer, bystander]) c.disconnect();
         for (const m of masters) await m.call("CONFIG", "SET", "busy-reply-threshold", "5000");
       }
+    });
+
+    it("MONITOR relays what the servers run, from every node, this client's own commands included", async () => {
+      const watcher = await startRawMonitor(proxy.port);
+      const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+      try {
+        const keys = ["mon:a", "mon:b", "mon:c", "mon:d", "mon:e"];
+        for (const k of keys) await io.set(k, "v");
+        await eventually(
+          async () => watcher.lines.join("\n"),
+          (text) => keys.every((k) => text.includes(`"set" "${k}" "v"`)),
+          "every SET in the MONITOR stream",
+        );
+      } finally {
+        io.disconnect();
+        watcher.close();
+      }
+    });
+
+    it("CLIENT LIST and CLIENT INFO carry Redis' fields", async () => {
+      const [info] = await resp3Replies(proxy.port, [["CLIENT", "INFO"]]);
+      const fields = [...info.toString().matchAll(/ ([a-z-]+)=/g)].map((m) => m[1]);
+      const redisFields = ["addr", "laddr", "fd", "name", "age", "idle", "flags", "db", "sub", "psub"];
+      expect(fields.slice(0, redisFields.length)).to.deep.equal(redisFields);
+      expect(info.toString()).to.contain(" cmd=client|info user=default redir=-1 resp=3");
     });
 
     if (cluster) {

@@ -57,8 +57,10 @@ function killFilter(session: CommandHost, args: string[]): ((c: ClientHandle) =>
       tests.push((c) => c.id === id);
     } else if (key === "addr") tests.push((c) => c.addr === value);
     else if (key === "laddr") tests.push((c) => c.laddr === value);
-    else if (key === "user") tests.push(() => value === "default");
-    else if (key === "type") {
+    else if (key === "user") {
+      // The proxy's clients are all the default user.
+      if (value !== "default") return `ERR No such user '${value}'`;
+    } else if (key === "type") {
       const type = value.toLowerCase();
       if (type !== "normal" && type !== "pubsub") return `ERR Unknown client type '${value}'`;
       tests.push((c) => c.isPubSub === (type === "pubsub"));

@@ -41,6 +41,8 @@ export interface CommandHost {
   waitForIdle(request: Request): boolean;
   resetState(): void;
   markAuthenticated(): void;
+  /** Relays every master's MONITOR stream to this client. */
+  startMonitor(): void;
   /** This client's CLIENT LIST line. */
   describe(): string;
 }

@@ -161,9 +161,7 @@ const hello: LocalCommand = (session, { argv }) => {
   );
 };
 
-const monitor: LocalCommand = (session) => {
-  session.replyError("ERR MONITOR is not supported by gears-proxy: run it against the Redis server itself");
-};
+const monitor: LocalCommand = (session) => session.startMonitor();
 
 const shutdown: LocalCommand = (session) => {
   session.replyError("ERR SHUTDOWN is not allowed through gears-proxy: stop the Redis server itself");

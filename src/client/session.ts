@@ -1,7 +1,7 @@
 import type { Socket } from "node:net";
 import { OutputBuffer } from "../io/output-buffer.js";
 import { inProtocol } from "../resp/convert.js";
-import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
+import { encodeCommand, encodeError, encodeValue, OK } from "../resp/encode.js";
 import { RespVerbatim, type Protocol, type RespValue } from "../resp/values.js";
 import { ProtocolError, RequestParser, type Request } from "../resp/request-parser.js";
 import {
@@ -45,6 +45,7 @@ const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
 const EMPTY = Buffer.alloc(0);
 const PING = encodeCommand(["PING"]);
+const MONITOR = encodeCommand(["MONITOR"]);
 
 /**
  * Names execute() must look at closely: answered locally, allowed before AUTH or while
@@ -64,6 +65,31 @@ function isSpecial(name: string, argv: readonly Buffer[]): boolean {
   return SPECIAL.has(name) || isGearsCommand(name, argv);
 }
 
+/** Commands with subcommands, which CLIENT LIST names as `container|sub`. */
+const CONTAINERS = new Set([
+  "acl",
+  "client",
+  "cluster",
+  "command",
+  "config",
+  "function",
+  "latency",
+  "memory",
+  "module",
+  "object",
+  "pubsub",
+  "script",
+  "slowlog",
+  "xgroup",
+  "xinfo",
+]);
+
+function commandLabel(request: Request): string {
+  const name = request.name;
+  const argv = request.argv;
+  return CONTAINERS.has(name) && argv.length > 1 ? `${name}|${argv[1].toString().toLowerCase()}` : name;
+}
+
 /**
  * One client connection: parses its requests, sends each where it belongs, and writes the
  * replies back in request order. Ordinary commands share pipelined upstream connections;
@@ -75,7 +101,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   readonly laddr: string;
   readonly createdAt = Date.now();
   private lastActivity = Date.now();
-  private lastCommand = "NULL";
+  private lastRequest: Request | null = null;
 
   db = 0;
   /** RESP2 until HELLO 3. */
@@ -156,6 +182,11 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       (this.txn.inMulti ? "x" : "") +
         (this.blocking !== null || this.txn.blocked ? "b" : "") +
         (this.isPubSub ? "P" : "") || "N";
+    const last = this.lastRequest;
+    // Redis counts the command being run in the query buffer still.
+    const current = this.processing && last !== null ? last.end - last.start : 0;
+    const omem = this.out.pending;
+    // Redis' own fields, in its order; the proxy has no fd and keeps no per-client arena.
     const fields: [string, string | number][] = [
       ["id", this.id],
       ["addr", this.addr],
@@ -167,11 +198,23 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       ["flags", flags],
       ["db", this.db],
       ["sub", this.subscriptions],
+      ["psub", 0],
+      ["ssub", 0],
       ["multi", this.txn.inMulti ? 0 : -1],
-      ["qbuf", this.parser.buffered],
-      ["omem", this.out.pending],
-      ["cmd", this.lastCommand],
+      ["qbuf", this.parser.buffered + current],
+      ["qbuf-free", 0],
+      ["argv-mem", 0],
+      ["multi-mem", 0],
+      ["rbs", 0],
+      ["rbp", 0],
+      ["obl", 0],
+      ["oll", 0],
+      ["omem", omem],
+      ["tot-mem", omem],
+      ["events", "r"],
+      ["cmd", last === null ? "NULL" : commandLabel(last)],
       ["user", "default"],
+      ["redir", -1],
       ["resp", this.proto],
       ["lib-name", this.libName],
       ["lib-ver", this.libVersion],
@@ -245,7 +288,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private execute(request: Request): void {
     const name = request.name;
     this.ctx.stats.commandsProcessed++;
-    this.lastCommand = name;
+    this.lastRequest = request;
     if (
       this.authenticated &&
       (this.subscriptions === 0 || this.proto === 3) &&
@@ -490,6 +533,30 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
   }
 
+  /** One connection per master streaming MONITOR output to this client; empty when not monitoring. */
+  private monitors: Dedicated[] = [];
+
+  /**
+   * MONITOR: each master's stream, relayed as it comes (commands the proxy sends on its
+   * clients' behalf, this client's own included). The first master's OK answers the client.
+   */
+  startMonitor(): void {
+    const slot = this.upstreamSlot();
+    if (this.monitors.length > 0) return slot.reply(OK);
+    const ignore = { reply() {}, fail() {} };
+    this.ctx.router.masters().forEach((node, i) => {
+      const conn = node.acquire(this.proto);
+      if (conn === null) {
+        if (i === 0) slot.fail(node.failure);
+        return;
+      }
+      conn.pushHandler = (frame) => this.onPushedFrame(frame);
+      conn.onBorrowerLost = () => this.kill("monitor connection lost");
+      this.monitors.push({ node, conn });
+      conn.send(MONITOR, i === 0 ? slot : ignore);
+    });
+  }
+
   /** The connection this client's scripts run on, and how many of them are still running. */
   private script: Dedicated | null = null;
   private scriptsRunning = 0;
@@ -575,6 +642,11 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       this.markedFrames.push(frame);
       return;
     }
+    this.onPushedFrame(frame);
+  }
+
+  /** A frame the server sent unasked (a message, a MONITOR line): written after what is queued. */
+  private onPushedFrame(frame: Buffer): void {
     const slot = this.newSlot(true);
     slot.data = frame;
     this.flushReplies();
@@ -720,6 +792,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     if (this.blocking !== null) {
       this.blocking.node.destroy(this.blocking.conn);
       this.blocking = null;
+    }
+    for (const monitor of this.monitors.splice(0)) {
+      monitor.conn.onBorrowerLost = null;
+      monitor.node.destroy(monitor.conn);
     }
     if (this.script !== null) {
       this.script.node.destroy(this.script.conn);
