@@ -619,14 +619,6 @@ for (const mode of BACKEND_MODES) {
         expect(server).to.match(/^# Server\r\n/m);
         expect(infoField(server, "redis_version")).to.equal(infoField(serverInfo, "redis_version"));
       });
-
-      it("MONITOR is refused with a clear error and the connection stays usable", async () => {
-        const c = await client();
-        expect(errorOf(await c.call("MONITOR"))).to.match(/^ERR .*MONITOR/i);
-        expect(await c.text("SET", "mon:k", "1")).to.equal("OK");
-        await sleep(100);
-        expect(await c.text("GET", "mon:k")).to.equal("1");
-      });
     });
 
     describe("with requirepass", () => {

@@ -39,6 +39,11 @@ export interface CommandHost {
   forwardInDb(argv: Buffer[], db: number, slot: ReplySlot): void;
   /** False when the request must wait for earlier replies (it runs again then). */
   waitForIdle(request: Request): boolean;
+  /**
+   * False when the request must wait for replies due on a dedicated connection (a script,
+   * a blocking command), as it would wait behind them on Redis; it runs again then.
+   */
+  enterSharedLane(request: Request): boolean;
   resetState(): void;
   markAuthenticated(): void;
   /** Relays every master's MONITOR stream to this client. */

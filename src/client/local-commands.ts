@@ -18,8 +18,10 @@ const PONG = encodeSimple("PONG");
  * PING goes to the server, so that a client sees what Redis would say (BUSY while a script
  * runs too long); while the server cannot be reached, the proxy answers for itself.
  */
-const ping: LocalCommand = (session, { argv }) => {
+const ping: LocalCommand = (session, request) => {
+  const argv = request.argv;
   if (argv.length > 2) return session.replyError(wrongArity("ping"));
+  if (!session.enterSharedLane(request)) return;
   const pong = argv.length === 2 ? encodeBulk(argv[1]) : PONG;
   const slot = session.upstreamSlot();
   const sink = { reply: (data: Buffer) => slot.reply(data), fail: () => slot.reply(pong) };

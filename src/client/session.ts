@@ -365,6 +365,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     return true;
   }
 
+  enterSharedLane(request: Request): boolean {
+    return this.enterLane("shared", request);
+  }
+
   /** Lets `request` run only once every earlier reply has arrived (RESET, lane changes). */
   waitForIdle(request: Request): boolean {
     return this.enterLane("idle", request);
