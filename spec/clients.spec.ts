@@ -389,6 +389,35 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("CLIENT UNBLOCK ends another client's BLPOP (TIMEOUT: a null reply; ERROR: UNBLOCKED)", async () => {
+      const blocked = new Redis({ port: proxy.port, host: "127.0.0.1" });
+      const admin = new Redis({ port: proxy.port, host: "127.0.0.1" });
+      try {
+        const id = Number(await blocked.client("ID"));
+        const first = blocked.blpop("unblock:list", 0);
+        await eventually(
+          async () => admin.client("UNBLOCK", id),
+          (n) => n === 1,
+          "CLIENT UNBLOCK",
+        );
+        expect(await first).to.equal(null);
+        const second = blocked.blpop("unblock:list", 0).then(
+          () => "returned",
+          (err: Error) => err.message,
+        );
+        await eventually(
+          async () => admin.client("UNBLOCK", id, "ERROR"),
+          (n) => n === 1,
+          "CLIENT UNBLOCK ERROR",
+        );
+        expect(await second).to.equal("UNBLOCKED client unblocked via CLIENT UNBLOCK");
+        expect(await admin.client("UNBLOCK", id)).to.equal(0);
+      } finally {
+        blocked.disconnect();
+        admin.disconnect();
+      }
+    });
+
     it("CLIENT LIST and CLIENT INFO carry Redis' fields", async () => {
       const [info] = await resp3Replies(proxy.port, [["CLIENT", "INFO"]]);
       const fields = [...info.toString().matchAll(/ ([a-z-]+)=/g)].map((m) => m[1]);

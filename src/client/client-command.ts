@@ -105,6 +105,23 @@ function list(session: CommandHost, argv: Buffer[]): void {
   session.replyText(clients.map((c) => c.describe() + "\n").join(""));
 }
 
+/** CLIENT UNBLOCK id [TIMEOUT|ERROR], for the proxy's clients: their blocking command is ended on the server. */
+function unblock(session: CommandHost, argv: Buffer[]): void {
+  if (argv.length !== 3 && argv.length !== 4)
+    return session.replyError("ERR wrong number of arguments for 'client|unblock' command");
+  const text = argv[2].toString();
+  const id = Number(text);
+  if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(id))
+    return session.replyError("ERR value is not an integer or out of range");
+  const mode = argv[3]?.toString().toLowerCase() ?? "timeout";
+  if (mode !== "timeout" && mode !== "error")
+    return session.replyError("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR");
+  const target = session.ctx.clients.get(id);
+  if (target === undefined) return void session.replyNow(encodeInteger(0));
+  const slot = session.laterSlot();
+  void target.unblock(mode === "error").then((n) => slot.reply(encodeInteger(n)));
+}
+
 /** CLIENT subcommands, answered for the proxy's own clients. */
 export const clientCommand: LocalCommand = (session, request) => {
   const argv = request.argv;
@@ -126,6 +143,8 @@ export const clientCommand: LocalCommand = (session, request) => {
       return kill(session, argv);
     case "reply":
       return replyMode(session, argv);
+    case "unblock":
+      return unblock(session, argv);
     case "pause":
     case "unpause":
       // The server pauses its clients, the proxy's connections among them: the proxy's

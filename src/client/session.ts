@@ -175,6 +175,17 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.close();
   }
 
+  unblock(withError: boolean): Promise<number> {
+    const blocking = this.blocking;
+    const control = blocking?.node.control() ?? null;
+    if (blocking === null || control === null || blocking.conn.serverId < 0) return Promise.resolve(0);
+    const argv = ["CLIENT", "UNBLOCK", blocking.conn.serverId, withError ? "ERROR" : "TIMEOUT"];
+    return control.call(argv).then(
+      (n) => (typeof n === "number" ? n : 0),
+      () => 0,
+    );
+  }
+
   describe(): string {
     const age = Math.floor((Date.now() - this.createdAt) / 1000);
     const idle = Math.floor(this.idleMs / 1000);

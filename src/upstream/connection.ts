@@ -41,6 +41,8 @@ export class UpstreamConnection {
   private authFailure: string | null = null;
   /** The database the connection has selected, so shared connections can serve every DB. */
   private db = 0;
+  /** The server's CLIENT ID for this connection, once learnt (dedicated connections); else -1. */
+  serverId = -1;
   /** Receives replies that no request waits for: pub/sub messages on a subscribed connection. */
   pushHandler: ((frame: Buffer) => void) | null = null;
   /** Called once the TCP connection is up. */
@@ -119,6 +121,16 @@ export class UpstreamConnection {
     const sink = new PromiseSink();
     this.send(encodeCommand(argv), sink, db);
     return sink.promise;
+  }
+
+  /** Asks the server for this connection's id, so that CLIENT UNBLOCK can name it later. */
+  learnId(): void {
+    this.call(["CLIENT", "ID"]).then(
+      (id) => {
+        if (typeof id === "number") this.serverId = id;
+      },
+      () => {},
+    );
   }
 
   close(): void {

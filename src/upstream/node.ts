@@ -103,6 +103,7 @@ export class UpstreamNode {
     if (conn === undefined) {
       if (this.down) return null;
       conn = this.open(proto);
+      conn.learnId();
     }
     this.lent.add(conn);
     return conn;
