@@ -10,7 +10,7 @@ import {
   isBlocking,
   isScript,
 } from "../routing/command-kinds.js";
-import type { UpstreamConnection } from "../upstream/connection.js";
+import { isBookkeeping, type UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import { holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
 import type { ProxyContext } from "./context.js";
@@ -565,7 +565,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         if (i === 0) slot.fail(node.failure);
         return;
       }
-      conn.pushHandler = (frame) => this.onPushedFrame(frame);
+      conn.pushHandler = (frame) => {
+        if (!isBookkeeping(frame)) this.onPushedFrame(frame);
+      };
       conn.onBorrowerLost = () => this.kill("monitor connection lost");
       this.monitors.push({ node, conn });
       conn.send(MONITOR, i === 0 ? slot : ignore);

@@ -19,9 +19,18 @@ export interface ConnectionOptions {
 
 export const CONNECTION_LOST = "ERR upstream connection lost";
 
+/**
+ * Commands the proxy adds on its own account are spelt in title case, which clients do not
+ * send, so that a relayed MONITOR stream can leave them out (see isBookkeeping).
+ */
 const SELECT_CACHE: Buffer[] = [];
 function selectCommand(db: number): Buffer {
-  return (SELECT_CACHE[db] ??= encodeCommand(["SELECT", db]));
+  return (SELECT_CACHE[db] ??= encodeCommand(["Select", db]));
+}
+
+/** Whether a MONITOR line shows one of the proxy's own bookkeeping commands. */
+export function isBookkeeping(line: Buffer): boolean {
+  return line.includes('] "Select" ') || line.includes('] "Client" "Id"');
 }
 
 /**
@@ -125,7 +134,7 @@ export class UpstreamConnection {
 
   /** Asks the server for this connection's id, so that CLIENT UNBLOCK can name it later. */
   learnId(): void {
-    this.call(["CLIENT", "ID"]).then(
+    this.call(["Client", "Id"]).then(
       (id) => {
         if (typeof id === "number") this.serverId = id;
       },
