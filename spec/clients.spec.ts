@@ -8,6 +8,7 @@ import { encodeCommand } from "../src/resp/encode.js";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { eventually, sleep } from "./support/polling.js";
+import { RawClient } from "./support/raw-client.js";
 import { runPython } from "./support/redis-py.js";
 
 // Every client people install, at its default options, through the proxy: node-redis 6
@@ -415,6 +416,17 @@ for (const mode of BACKEND_MODES) {
       } finally {
         blocked.disconnect();
         admin.disconnect();
+      }
+    });
+
+    it("CLIENT KILL SKIPME NO: the caller gets the count, then its connection closes", async () => {
+      const c = await RawClient.connect(proxy.port);
+      try {
+        const id = await c.call("CLIENT", "ID");
+        expect(await c.call("CLIENT", "KILL", "ID", String(id), "SKIPME", "NO")).to.equal(1);
+        await c.closed;
+      } finally {
+        c.close();
       }
     });
 

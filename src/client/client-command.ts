@@ -65,8 +65,9 @@ function killFilter(session: CommandHost, args: string[]): ((c: ClientHandle) =>
       if (type !== "normal" && type !== "pubsub") return `ERR Unknown client type '${value}'`;
       tests.push((c) => c.isPubSub === (type === "pubsub"));
     } else if (key === "skipme") {
-      if (value !== "yes" && value !== "no") return "ERR syntax error";
-      skipMe = value === "yes";
+      const yes = value.toLowerCase();
+      if (yes !== "yes" && yes !== "no") return "ERR syntax error";
+      skipMe = yes === "yes";
     } else return "ERR syntax error";
   }
   return (c) => (!skipMe || c.id !== session.id) && tests.every((t) => t(c));
@@ -80,6 +81,7 @@ function kill(session: CommandHost, argv: Buffer[]): void {
     // Old form: CLIENT KILL addr:port, which may name the caller itself.
     const target = [...clients.all()].find((c) => c.addr === args[0]);
     if (target === undefined) return session.replyError("ERR No such client");
+    if (target.id === session.id) return session.replyAndClose(OK);
     session.replyNow(OK);
     target.kill("CLIENT KILL");
     return;
@@ -87,8 +89,11 @@ function kill(session: CommandHost, argv: Buffer[]): void {
   const filter = killFilter(session, args);
   if (typeof filter === "string") return session.replyError(filter);
   const targets = [...clients.all()].filter(filter);
-  session.replyNow(encodeInteger(targets.length));
-  for (const target of targets) target.kill("CLIENT KILL");
+  const reply = encodeInteger(targets.length);
+  // A client that kills itself still gets the count, then the connection closes, as in Redis.
+  if (targets.some((t) => t.id === session.id)) session.replyAndClose(reply);
+  else session.replyNow(reply);
+  for (const target of targets) if (target.id !== session.id) target.kill("CLIENT KILL");
 }
 
 function list(session: CommandHost, argv: Buffer[]): void {
