@@ -430,6 +430,22 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("SELECT inside MULTI switches the client's database when EXEC runs it", async function () {
+      if (cluster) this.skip(); // a cluster has only database 0
+      const c = await RawClient.connect(proxy.port);
+      try {
+        expect(await c.call("MULTI")).to.equal("OK");
+        expect(await c.call("SELECT", "1")).to.equal("QUEUED");
+        expect(await c.call("SET", "multi:db", "one")).to.equal("QUEUED");
+        expect(await c.call("EXEC")).to.deep.equal(["OK", "OK"]);
+        expect(String(await c.call("GET", "multi:db"))).to.equal("one");
+        expect(await c.call("SELECT", "0")).to.equal("OK");
+        expect(await c.call("GET", "multi:db")).to.equal(null);
+      } finally {
+        c.close();
+      }
+    });
+
     it("CLIENT LIST and CLIENT INFO carry Redis' fields", async () => {
       const [info] = await resp3Replies(proxy.port, [["CLIENT", "INFO"]]);
       const fields = [...info.toString().matchAll(/ ([a-z-]+)=/g)].map((m) => m[1]);

@@ -112,6 +112,11 @@ export class UpstreamConnection {
     for (const sink of sinks) this.waiting.push(sink);
   }
 
+  /** The server switched database by a command the proxy did not add (a SELECT inside MULTI). */
+  noteDb(db: number): void {
+    this.db = db;
+  }
+
   /** A SELECT ahead of the next command when it runs in another database (its reply is dropped). */
   private useDb(db: number): void {
     if (db === this.db) return;
