@@ -9,6 +9,8 @@ const CONTROL = new Set(["script kill", "function kill", "client pause", "client
 /** Whether argv is a control command (SCRIPT KILL, FUNCTION KILL, CLIENT PAUSE/UNPAUSE). */
 export function isControl(name: string, argv: readonly Buffer[]): boolean {
   if (argv.length < 2 || (name !== "script" && name !== "function" && name !== "client")) return false;
+  // SCRIPT KILL and FUNCTION KILL take no argument: with one they are the server's arity error.
+  if (name !== "client" && argv.length !== 2) return false;
   return CONTROL.has(`${name} ${argv[1].toString().toLowerCase()}`);
 }
 
