@@ -612,14 +612,16 @@ function standaloneReport(
   if (has("direct") && has("gears")) header.push("gears/direct");
   if (has("twemproxy") && has("gears")) header.push("gears/twemproxy");
   if (has("gears-b") && has("gears")) header.push("gears-b/gears");
+  if (has("gears-3") && has("gears")) header.push("gears RESP3/RESP2");
   for (const l of labels) header.push(`${l} p50/p99 ms`);
   if (has("twemproxy") && has("gears")) header.push("p99 gears/twem");
-  const proxies = labels.filter((l) => l !== "direct");
+  const proxies = labels.filter((l) => !l.startsWith("direct"));
   for (const l of proxies) header.push(`${l} CPU µs/req`);
   const rows: string[][] = [];
   const byP = new Map<number, number[]>();
   const cpuByP = new Map<number, number[]>();
   const p99Ratios: number[] = [];
+  const resp3Ratios: number[] = [];
   for (const c of configs("standalone", opts)) {
     const row = [TEST_LABEL[c.test], String(c.pipeline), String(c.size)];
     const rps = (l: string): number => bench.median(c, l, "rps");
@@ -633,6 +635,11 @@ function standaloneReport(
       byP.set(c.pipeline, list);
     }
     if (has("gears-b") && has("gears")) row.push(fmtRatio(rps("gears-b") / rps("gears")));
+    if (has("gears-3") && has("gears")) {
+      const r = rps("gears-3") / rps("gears");
+      resp3Ratios.push(r);
+      row.push(fmtRatio(r));
+    }
     for (const l of labels)
       row.push(`${fmtMs(bench.median(c, l, "p50"))} / ${fmtMs(bench.median(c, l, "p99"))}`);
     if (has("twemproxy") && has("gears")) {
@@ -653,6 +660,8 @@ function standaloneReport(
     const need = p === 1 ? 0.8 : 0.7;
     verdicts.push(verdict(`standalone P=${p}: gears >= ${need}x twemproxy rps`, ratios, (r) => r >= need));
   }
+  if (resp3Ratios.length > 0)
+    verdicts.push(verdict("standalone: gears RESP3 >= 0.95x gears RESP2 rps", resp3Ratios, (r) => r >= 0.95));
   if (p99Ratios.length > 0)
     verdicts.push(verdict("standalone: gears p99 <= 1.5x twemproxy p99", p99Ratios, (r) => r <= 1.5, true));
   const cpu = [...cpuByP].map(([p, r]) => `P=${p} ${fmtRatio(geomean(r))}`).join(", ");
@@ -780,13 +789,18 @@ async function runStandalone(
   twemproxyMissing: string | undefined,
 ): Promise<string[]> {
   const redis = (stack.redis = await startRedis());
-  const targets: { label: string; port: number; pid?: number }[] = [];
-  if (opts.targets.includes("direct")) targets.push({ label: "direct", port: redis.port });
+  // "-3" rows: the same load with redis-benchmark speaking RESP3 (HELLO 3).
+  const targets: { label: string; port: number; pid?: number; extra?: string[] }[] = [];
+  if (opts.targets.includes("direct")) {
+    targets.push({ label: "direct", port: redis.port });
+    targets.push({ label: "direct-3", port: redis.port, extra: ["-3"] });
+  }
   let gears: Proxy | undefined;
   if (opts.targets.includes("gears")) {
     gears = await startGearsFor(redis.port, opts, false);
     stack.proxies.push(gears);
     targets.push({ label: "gears", port: gears.port, pid: gears.child.pid });
+    targets.push({ label: "gears-3", port: gears.port, pid: gears.child.pid, extra: ["-3"] });
   }
   let gearsB: Proxy | undefined;
   if (opts.variant !== undefined) {
@@ -830,7 +844,7 @@ async function runStandalone(
         const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
         for (const t of order) {
           const stopSampling = t.pid !== undefined ? sampleRss(t.pid, 100) : undefined;
-          const s = await bench.measure(c, t.label, t.port, [], t.pid);
+          const s = await bench.measure(c, t.label, t.port, t.extra ?? [], t.pid);
           if (stopSampling !== undefined) {
             const key = `${t.label} standalone P=${c.pipeline}`;
             peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));

@@ -1,10 +1,12 @@
 import { expect } from "chai";
+import { inProtocol } from "../src/resp/convert.js";
 import { decodeReply } from "../src/resp/decode.js";
 import { encodeCommand, encodeValue } from "../src/resp/encode.js";
 import { commandName, ProtocolError, RequestParser, splitInlineArgs } from "../src/resp/request-parser.js";
 import { findCrlf } from "../src/resp/byte-queue.js";
 import { ReplyScanner } from "../src/resp/reply-scanner.js";
 import { RespError } from "../src/resp/values.js";
+import { isControl } from "../src/routing/control.js";
 
 const LIMITS = { maxBulkLen: 512 * 1024 * 1024, maxArgs: 1024 * 1024 };
 
@@ -223,5 +225,45 @@ describe("reply decoding and encoding", () => {
     const value = [Buffer.from("a"), 1, null, [Buffer.from("b"), "OK"], new RespError("ERR x")];
     const decoded = decodeReply(encodeValue(value));
     expect(encodeValue(decoded).toString()).to.equal(encodeValue(value).toString());
+  });
+});
+
+describe("inProtocol: replies built in RESP2, passed on in the client's protocol", () => {
+  const bytes = (text: string): Buffer => Buffer.from(text);
+
+  it("leaves RESP2 clients' replies and null-free replies as they are (the same buffer)", () => {
+    const withNull = bytes("*2\r\n$1\r\na\r\n$-1\r\n");
+    expect(inProtocol(withNull, 2)).to.equal(withNull);
+    const plain = bytes("*2\r\n$1\r\na\r\n:3\r\n");
+    expect(inProtocol(plain, 3)).to.equal(plain);
+  });
+
+  it("turns RESP2 nulls into RESP3's one null, at any depth, and keeps errors", () => {
+    expect(inProtocol(bytes("$-1\r\n"), 3).toString()).to.equal("_\r\n");
+    expect(inProtocol(bytes("*-1\r\n"), 3).toString()).to.equal("_\r\n");
+    expect(inProtocol(bytes("*3\r\n$1\r\na\r\n$-1\r\n*1\r\n$-1\r\n"), 3).toString()).to.equal(
+      "*3\r\n$1\r\na\r\n_\r\n*1\r\n_\r\n",
+    );
+    expect(inProtocol(bytes("-ERR no\r\n"), 3).toString()).to.equal("-ERR no\r\n");
+  });
+
+  it("re-encodes exactly when a bulk string merely contains the text of a null", () => {
+    const tricky = bytes("*1\r\n$5\r\n$-1\r\n\r\n");
+    expect(inProtocol(tricky, 3).toString()).to.equal(tricky.toString());
+  });
+});
+
+describe("isControl: the commands that go on a node's control connection", () => {
+  const argv = (...words: string[]): Buffer[] => words.map((w) => Buffer.from(w));
+
+  it("SCRIPT KILL, FUNCTION KILL and CLIENT PAUSE/UNPAUSE, in any case; nothing else", () => {
+    expect(isControl("script", argv("SCRIPT", "KILL"))).to.equal(true);
+    expect(isControl("function", argv("function", "Kill"))).to.equal(true);
+    expect(isControl("client", argv("CLIENT", "PAUSE", "100", "WRITE"))).to.equal(true);
+    expect(isControl("client", argv("CLIENT", "unpause"))).to.equal(true);
+    expect(isControl("script", argv("SCRIPT", "LOAD", "return 1"))).to.equal(false);
+    expect(isControl("script", argv("SCRIPT", "KILL", "extra"))).to.equal(false);
+    expect(isControl("eval", argv("EVAL", "kill", "0"))).to.equal(false);
+    expect(isControl("script", argv("SCRIPT"))).to.equal(false);
   });
 });

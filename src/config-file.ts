@@ -167,8 +167,9 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: "cluster-emulation",
     key: "clusterEmulation",
     kind: "flag",
-    describe: "Present the proxy as a one-node Redis Cluster to clients that only speak cluster mode.",
-    defaultText: "false",
+    describe:
+      "Present the proxy as a one-node Redis Cluster to clients that only speak cluster mode; --no-cluster-emulation passes a cluster's real topology through.",
+    defaultText: "on in front of a cluster, off in front of one server",
   },
   {
     flag: "announce-host",

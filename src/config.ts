@@ -36,8 +36,11 @@ export interface ProxyConfig {
   clientOutputBufferLimit: number;
   /** Send read-only commands to replicas (cluster mode). */
   readFromReplicas: boolean;
-  /** Present the proxy as a one-node cluster to cluster-mode clients. */
-  clusterEmulation: boolean;
+  /**
+   * Present the proxy as a one-node cluster to cluster-mode clients. Unset: on in front of
+   * a cluster (so cluster clients cannot slip past the proxy to the shards), off otherwise.
+   */
+  clusterEmulation?: boolean;
   /** Address announced by the emulated cluster (defaults to bind:port). */
   announceHost?: string;
   announcePort?: number;
@@ -58,7 +61,6 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   dataDir: "./data",
   protoMaxBulkLen: 512 * 1024 * 1024,
   clientOutputBufferLimit: 256 * 1024 * 1024,
-  clusterEmulation: false,
   readFromReplicas: false,
   gearsConfig: {},
 };

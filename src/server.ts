@@ -29,6 +29,7 @@ export class ProxyServer {
   /** Resolves once listening; the port is the bound one (useful with port 0). */
   async start(): Promise<{ host: string; port: number }> {
     const upstream = await connectUpstream(this.config, this.log);
+    this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
     const stats: ProxyStats = {
       startedAt: Date.now(),
       connectionsReceived: 0,

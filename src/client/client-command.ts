@@ -1,22 +1,27 @@
-import { encodeBulk, encodeError, encodeInteger, OK } from "../resp/encode.js";
-import type { LocalCommand } from "./local-commands.js";
+import { encodeError, encodeInteger, OK } from "../resp/encode.js";
 import type { ClientHandle } from "./registry.js";
-import type { ClientSession } from "./session.js";
+import type { CommandHost, LocalCommand } from "./command-host.js";
 
 const NAME_OK = /^[!-~]*$/;
 
-function setName(session: ClientSession, argv: Buffer[]): void {
+/** Redis' refusal of a client name, or null when the name is fine. */
+export function badClientName(name: string): string | null {
+  return NAME_OK.test(name)
+    ? null
+    : "ERR Client names cannot contain spaces, newlines or special characters.";
+}
+
+function setName(session: CommandHost, argv: Buffer[]): void {
   if (argv.length !== 3)
     return session.replyError("ERR wrong number of arguments for 'client|setname' command");
   const name = argv[2].toString();
-  if (!NAME_OK.test(name)) {
-    return session.replyError("ERR Client names cannot contain spaces, newlines or special characters.");
-  }
+  const bad = badClientName(name);
+  if (bad !== null) return session.replyError(bad);
   session.name = name;
   session.replyNow(OK);
 }
 
-function setInfo(session: ClientSession, argv: Buffer[]): void {
+function setInfo(session: CommandHost, argv: Buffer[]): void {
   if (argv.length !== 4)
     return session.replyError("ERR wrong number of arguments for 'client|setinfo' command");
   const attr = argv[2].toString().toLowerCase();
@@ -27,7 +32,7 @@ function setInfo(session: ClientSession, argv: Buffer[]): void {
   session.replyNow(OK);
 }
 
-function replyMode(session: ClientSession, argv: Buffer[]): void {
+function replyMode(session: CommandHost, argv: Buffer[]): void {
   const mode = argv[2]?.toString().toLowerCase();
   if (argv.length !== 3 || (mode !== "on" && mode !== "off" && mode !== "skip")) {
     return session.replyError("ERR syntax error");
@@ -39,7 +44,7 @@ function replyMode(session: ClientSession, argv: Buffer[]): void {
 }
 
 /** Which clients a CLIENT KILL filter list selects; an error text when the filters are bad. */
-function killFilter(session: ClientSession, args: string[]): ((c: ClientHandle) => boolean) | string {
+function killFilter(session: CommandHost, args: string[]): ((c: ClientHandle) => boolean) | string {
   const tests: ((c: ClientHandle) => boolean)[] = [];
   let skipMe = true;
   for (let i = 0; i < args.length; i += 2) {
@@ -52,20 +57,23 @@ function killFilter(session: ClientSession, args: string[]): ((c: ClientHandle) 
       tests.push((c) => c.id === id);
     } else if (key === "addr") tests.push((c) => c.addr === value);
     else if (key === "laddr") tests.push((c) => c.laddr === value);
-    else if (key === "user") tests.push(() => value === "default");
-    else if (key === "type") {
+    else if (key === "user") {
+      // The proxy's clients are all the default user.
+      if (value !== "default") return `ERR No such user '${value}'`;
+    } else if (key === "type") {
       const type = value.toLowerCase();
       if (type !== "normal" && type !== "pubsub") return `ERR Unknown client type '${value}'`;
       tests.push((c) => c.isPubSub === (type === "pubsub"));
     } else if (key === "skipme") {
-      if (value !== "yes" && value !== "no") return "ERR syntax error";
-      skipMe = value === "yes";
+      const yes = value.toLowerCase();
+      if (yes !== "yes" && yes !== "no") return "ERR syntax error";
+      skipMe = yes === "yes";
     } else return "ERR syntax error";
   }
   return (c) => (!skipMe || c.id !== session.id) && tests.every((t) => t(c));
 }
 
-function kill(session: ClientSession, argv: Buffer[]): void {
+function kill(session: CommandHost, argv: Buffer[]): void {
   const args = argv.slice(2).map((a) => a.toString());
   if (args.length === 0) return session.replyError("ERR wrong number of arguments for 'client|kill' command");
   const clients = session.ctx.clients;
@@ -73,6 +81,7 @@ function kill(session: ClientSession, argv: Buffer[]): void {
     // Old form: CLIENT KILL addr:port, which may name the caller itself.
     const target = [...clients.all()].find((c) => c.addr === args[0]);
     if (target === undefined) return session.replyError("ERR No such client");
+    if (target.id === session.id) return session.replyAndClose(OK);
     session.replyNow(OK);
     target.kill("CLIENT KILL");
     return;
@@ -80,11 +89,14 @@ function kill(session: ClientSession, argv: Buffer[]): void {
   const filter = killFilter(session, args);
   if (typeof filter === "string") return session.replyError(filter);
   const targets = [...clients.all()].filter(filter);
-  session.replyNow(encodeInteger(targets.length));
-  for (const target of targets) target.kill("CLIENT KILL");
+  const reply = encodeInteger(targets.length);
+  // A client that kills itself still gets the count, then the connection closes, as in Redis.
+  if (targets.some((t) => t.id === session.id)) session.replyAndClose(reply);
+  else session.replyNow(reply);
+  for (const target of targets) if (target.id !== session.id) target.kill("CLIENT KILL");
 }
 
-function list(session: ClientSession, argv: Buffer[]): void {
+function list(session: CommandHost, argv: Buffer[]): void {
   let clients = [...session.ctx.clients.all()];
   if (argv.length >= 4 && argv[2].toString().toLowerCase() === "id") {
     const ids = new Set(argv.slice(3).map((a) => Number(a.toString())));
@@ -95,29 +107,54 @@ function list(session: ClientSession, argv: Buffer[]): void {
       type === "pubsub" ? c.isPubSub : type === "normal" ? !c.isPubSub : false,
     );
   } else if (argv.length !== 2) return session.replyError("ERR syntax error");
-  session.replyNow(encodeBulk(clients.map((c) => c.describe() + "\n").join("")));
+  session.replyText(clients.map((c) => c.describe() + "\n").join(""));
+}
+
+/** CLIENT UNBLOCK id [TIMEOUT|ERROR], for the proxy's clients: their blocking command is ended on the server. */
+function unblock(session: CommandHost, argv: Buffer[]): void {
+  if (argv.length !== 3 && argv.length !== 4)
+    return session.replyError("ERR wrong number of arguments for 'client|unblock' command");
+  const text = argv[2].toString();
+  const id = Number(text);
+  if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(id))
+    return session.replyError("ERR value is not an integer or out of range");
+  const mode = argv[3]?.toString().toLowerCase() ?? "timeout";
+  if (mode !== "timeout" && mode !== "error")
+    return session.replyError("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR");
+  const target = session.ctx.clients.get(id);
+  if (target === undefined) return void session.replyNow(encodeInteger(0));
+  const slot = session.laterSlot();
+  void target.unblock(mode === "error").then((n) => slot.reply(encodeInteger(n)));
 }
 
 /** CLIENT subcommands, answered for the proxy's own clients. */
-export const clientCommand: LocalCommand = (session, { argv }) => {
+export const clientCommand: LocalCommand = (session, request) => {
+  const argv = request.argv;
   const sub = argv[1]?.toString().toLowerCase();
   switch (sub) {
     case "id":
       return void session.replyNow(encodeInteger(session.id));
     case "getname":
-      return void session.replyNow(encodeBulk(session.name === "" ? null : session.name));
+      return session.replyValue(session.name === "" ? null : Buffer.from(session.name));
     case "setname":
       return setName(session, argv);
     case "setinfo":
       return setInfo(session, argv);
     case "info":
-      return void session.replyNow(encodeBulk(session.describe() + "\n"));
+      return session.replyText(session.describe() + "\n");
     case "list":
       return list(session, argv);
     case "kill":
       return kill(session, argv);
     case "reply":
       return replyMode(session, argv);
+    case "unblock":
+      return unblock(session, argv);
+    case "pause":
+    case "unpause":
+      // The server pauses its clients, the proxy's connections among them: the proxy's
+      // clients wait as Redis' own would. Sent on the control connection of every master.
+      return session.forward("client", request);
     case "no-evict":
     case "no-touch":
       return void session.replyNow(OK);

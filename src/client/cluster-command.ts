@@ -1,10 +1,9 @@
 import { createHash } from "node:crypto";
 import { keySlot as calculateSlot } from "../routing/key-slot.js";
-import { encodeBulk, encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
-import type { RespValue } from "../resp/values.js";
+import { encodeBulk, encodeError, encodeInteger, OK } from "../resp/encode.js";
+import { RespMap } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
-import type { LocalCommand } from "./local-commands.js";
-import type { ClientSession } from "./session.js";
+import type { CommandHost, LocalCommand } from "./command-host.js";
 
 /** The node the proxy pretends to be: a stable id derived from its announced address. */
 function self(ctx: ProxyContext): { id: string; host: string; port: number } {
@@ -18,35 +17,33 @@ function bulk(text: string): Buffer {
   return Buffer.from(text);
 }
 
-const EMULATED: Record<string, (session: ClientSession, argv: Buffer[]) => void> = {
+const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> = {
   slots(session) {
     const me = self(session.ctx);
-    session.replyNow(encodeValue([[0, 16383, [bulk(me.host), me.port, bulk(me.id)]]]));
+    session.replyValue([[0, 16383, [bulk(me.host), me.port, bulk(me.id)]]]);
   },
   shards(session) {
     const me = self(session.ctx);
-    const node: RespValue[] = [
-      bulk("id"),
-      bulk(me.id),
-      bulk("port"),
-      me.port,
-      bulk("ip"),
-      bulk(me.host),
-      bulk("endpoint"),
-      bulk(me.host),
-      bulk("role"),
-      bulk("master"),
-      bulk("replication-offset"),
-      0,
-      bulk("health"),
-      bulk("online"),
-    ];
-    session.replyNow(encodeValue([[bulk("slots"), [0, 16383], bulk("nodes"), [node]]]));
+    const node = new RespMap([
+      [bulk("id"), bulk(me.id)],
+      [bulk("port"), me.port],
+      [bulk("ip"), bulk(me.host)],
+      [bulk("endpoint"), bulk(me.host)],
+      [bulk("role"), bulk("master")],
+      [bulk("replication-offset"), 0],
+      [bulk("health"), bulk("online")],
+    ]);
+    session.replyValue([
+      new RespMap([
+        [bulk("slots"), [0, 16383]],
+        [bulk("nodes"), [node]],
+      ]),
+    ]);
   },
   nodes(session) {
     const me = self(session.ctx);
     const line = `${me.id} ${me.host}:${me.port}@${me.port + 10000} myself,master - 0 0 1 connected 0-16383\n`;
-    session.replyNow(encodeBulk(line));
+    session.replyText(line);
   },
   info(session) {
     const lines = [
@@ -61,7 +58,7 @@ const EMULATED: Record<string, (session: ClientSession, argv: Buffer[]) => void>
       "cluster_current_epoch:1",
       "cluster_my_epoch:1",
     ];
-    session.replyNow(encodeBulk(lines.join("\r\n") + "\r\n"));
+    session.replyText(lines.join("\r\n") + "\r\n");
   },
   myid(session) {
     session.replyNow(encodeBulk(self(session.ctx).id));

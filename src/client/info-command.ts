@@ -1,7 +1,7 @@
-import { encodeBulk, encodeError } from "../resp/encode.js";
-import { RespError } from "../resp/values.js";
+import { encodeError, encodeValue } from "../resp/encode.js";
+import { RespError, RespVerbatim } from "../resp/values.js";
+import type { LocalCommand } from "./command-host.js";
 import type { ProxyContext } from "./context.js";
-import type { LocalCommand } from "./local-commands.js";
 
 const PROXY_VERSION = "0.1.0";
 
@@ -47,7 +47,7 @@ function field(info: string, name: string): string | undefined {
  * the Keyspace section summed over every shard.
  */
 async function clusterInfo(ctx: ProxyContext, sections: string[]): Promise<string> {
-  const replies = await ctx.router.callAll(["INFO", ...sections]);
+  const replies = await ctx.router.callControl(["INFO", ...sections]);
   const texts = replies.map((r) => (Buffer.isBuffer(r) ? r.toString() : ""));
   const masters = ctx.router.topology.masters();
   const shardLines = texts.map((t, i) => {
@@ -75,19 +75,25 @@ export const infoCommand: LocalCommand = (session, { argv }) => {
   const ours = wantsProxy ? proxySection(ctx) : "";
   const upstreamSections = sections.filter((s) => !PROXY_ONLY.has(s));
   if (sections.length > 0 && upstreamSections.length === 0) {
-    session.replyNow(encodeBulk(ours));
+    session.replyText(ours);
     return;
   }
   const slot = session.laterSlot();
   const theirs =
     ctx.router.topology.mode === "cluster"
       ? clusterInfo(ctx, upstreamSections)
-      : ctx.router.call(["INFO", ...upstreamSections]).then((reply) => {
+      : ctx.router.callControl(["INFO", ...upstreamSections]).then(([reply]) => {
           if (reply instanceof RespError) throw new Error(reply.message);
           return Buffer.isBuffer(reply) ? reply.toString() : "";
         });
   theirs.then(
-    (text) => slot.reply(encodeBulk(ours + (ours && text ? "\r\n" : "") + text)),
+    (text) =>
+      slot.reply(
+        encodeValue(
+          new RespVerbatim("txt", Buffer.from(ours + (ours && text ? "\r\n" : "") + text)),
+          session.proto,
+        ),
+      ),
     (err: Error) => slot.reply(encodeError(err.message)),
   );
 };

@@ -1,25 +1,35 @@
-import { encodeBulk, encodeSimple, encodeValue, OK } from "../resp/encode.js";
-import type { Request } from "../resp/request-parser.js";
-import { clientCommand } from "./client-command.js";
+import { encodeBulk, encodeSimple, OK } from "../resp/encode.js";
+import { RespMap } from "../resp/values.js";
+import { badClientName, clientCommand } from "./client-command.js";
 import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
 import { infoCommand } from "./info-command.js";
-import type { ClientSession } from "./session.js";
-
-/** A command the proxy answers itself rather than forwarding. */
-export type LocalCommand = (session: ClientSession, request: Request) => void;
+import type { CommandHost, LocalCommand } from "./command-host.js";
 
 /** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
 export const NO_AUTH_COMMANDS = new Set(["auth", "hello", "quit", "reset"]);
-
-const PONG = encodeSimple("PONG");
 
 export function wrongArity(name: string): string {
   return `ERR wrong number of arguments for '${name}' command`;
 }
 
-const ping: LocalCommand = (session, { argv }) => {
-  if (argv.length > 2) session.replyError(wrongArity("ping"));
-  else session.replyNow(argv.length === 2 ? encodeBulk(argv[1]) : PONG);
+const PONG = encodeSimple("PONG");
+
+/**
+ * PING goes to the server, so that a client sees what Redis would say (BUSY while a script
+ * runs too long); while the server cannot be reached, the proxy answers for itself.
+ */
+const ping: LocalCommand = (session, request) => {
+  const argv = request.argv;
+  if (argv.length > 2) return session.replyError(wrongArity("ping"));
+  if (!session.enterSharedLane(request)) return;
+  const pong = argv.length === 2 ? encodeBulk(argv[1]) : PONG;
+  const slot = session.upstreamSlot();
+  const sink = { reply: (data: Buffer) => slot.reply(data), fail: () => slot.reply(pong) };
+  session.ctx.router.forward("ping", argv, null, sink, {
+    db: session.db,
+    affinity: session.id,
+    proto: session.proto,
+  });
 };
 
 const echo: LocalCommand = (session, { argv }) => {
@@ -65,7 +75,7 @@ const select: LocalCommand = (session, { argv }) => {
 };
 
 /** Checks a password against --requirepass; null when accepted, else the error to send. */
-function checkPassword(session: ClientSession, user: string, password: string): string | null {
+function checkPassword(session: CommandHost, user: string, password: string): string | null {
   const required = session.ctx.config.requirepass;
   if (required === undefined) {
     return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
@@ -92,18 +102,19 @@ const auth: LocalCommand = (session, { argv }) => {
 };
 
 const hello: LocalCommand = (session, { argv }) => {
+  let proto = session.proto;
   if (argv.length >= 2) {
     const text = argv[1].toString();
     const version = Number(text);
-    if (!/^-?\d+$/.test(text)) {
+    if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(version)) {
       session.replyError("ERR Protocol version is not an integer or out of range");
       return;
     }
-    // RESP3 is not offered yet: NOPROTO makes clients fall back to RESP2.
-    if (version !== 2) {
+    if (version !== 2 && version !== 3) {
       session.replyError("NOPROTO unsupported protocol version");
       return;
     }
+    proto = version;
   }
   let name: string | null = null;
   for (let i = 2; i < argv.length; i++) {
@@ -118,6 +129,11 @@ const hello: LocalCommand = (session, { argv }) => {
       i += 2;
     } else if (option === "setname" && i + 1 < argv.length) {
       name = argv[++i].toString();
+      const bad = badClientName(name);
+      if (bad !== null) {
+        session.replyError(bad);
+        return;
+      }
     } else {
       session.replyError(`ERR Syntax error in HELLO option '${argv[i].toString()}'`);
       return;
@@ -130,31 +146,24 @@ const hello: LocalCommand = (session, { argv }) => {
     return;
   }
   if (name !== null) session.name = name;
+  session.proto = proto;
   const cluster = session.ctx.config.clusterEmulation || session.ctx.router.topology.mode === "cluster";
   const mode = cluster ? "cluster" : "standalone";
-  session.replyNow(
-    encodeValue([
-      Buffer.from("server"),
-      Buffer.from("redis"),
-      Buffer.from("version"),
-      Buffer.from(session.ctx.upstreamVersion),
-      Buffer.from("proto"),
-      2,
-      Buffer.from("id"),
-      session.id,
-      Buffer.from("mode"),
-      Buffer.from(mode),
-      Buffer.from("role"),
-      Buffer.from("master"),
-      Buffer.from("modules"),
-      [],
+  const text = (s: string): Buffer => Buffer.from(s);
+  session.replyValue(
+    new RespMap([
+      [text("server"), text("redis")],
+      [text("version"), text(session.ctx.upstreamVersion)],
+      [text("proto"), proto],
+      [text("id"), session.id],
+      [text("mode"), text(mode)],
+      [text("role"), text("master")],
+      [text("modules"), []],
     ]),
   );
 };
 
-const monitor: LocalCommand = (session) => {
-  session.replyError("ERR MONITOR is not supported by gears-proxy: run it against the Redis server itself");
-};
+const monitor: LocalCommand = (session) => session.startMonitor();
 
 const shutdown: LocalCommand = (session) => {
   session.replyError("ERR SHUTDOWN is not allowed through gears-proxy: stop the Redis server itself");

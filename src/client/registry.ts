@@ -11,6 +11,11 @@ export interface ClientHandle {
   readonly name: string;
   readonly isPubSub: boolean;
   kill(reason: string): void;
+  /**
+   * CLIENT UNBLOCK: ends the blocking command this client waits on (ERROR: with an error);
+   * resolves 1 when it was blocked, else 0.
+   */
+  unblock(withError: boolean): Promise<number>;
 }
 
 /** Every connected client, by id. */

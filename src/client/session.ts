@@ -1,21 +1,30 @@
 import type { Socket } from "node:net";
 import { OutputBuffer } from "../io/output-buffer.js";
-import { encodeCommand, encodeError } from "../resp/encode.js";
+import { inProtocol } from "../resp/convert.js";
+import { encodeCommand, encodeError, encodeValue, OK } from "../resp/encode.js";
+import { RespVerbatim, type Protocol, type RespValue } from "../resp/values.js";
 import { ProtocolError, RequestParser, type Request } from "../resp/request-parser.js";
-import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
-import type { UpstreamConnection } from "../upstream/connection.js";
+import {
+  ALLOWED_WHILE_SUBSCRIBED,
+  SUBSCRIBE_FAMILY,
+  isBlocking,
+  isScript,
+} from "../routing/command-kinds.js";
+import { isBookkeeping, type UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import { holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
+import type { CommandHost } from "./command-host.js";
 import { Transaction, type TransactionHost } from "./transaction.js";
 import type { Router } from "../routing/router.js";
+import { isControl } from "../routing/control.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
-type Lane = "shared" | "pinned" | "blocking" | "subscribed" | "idle";
+type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
 
 /** An upstream connection lent to this client alone. */
 interface Dedicated {
@@ -35,26 +44,52 @@ const MAX_IN_FLIGHT = 128;
 const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
 const EMPTY = Buffer.alloc(0);
-
-let special: Set<string> | null = null;
+const PING = encodeCommand(["PING"]);
+const MONITOR = encodeCommand(["MONITOR"]);
 
 /**
  * Names execute() must look at closely: answered locally, allowed before AUTH or while
  * subscribed, or changing the client's lane. Every other command, once the client is
- * authenticated, unsubscribed and outside MULTI, goes straight to forwarding. Built on
- * first use rather than at load, so the import cycle with local-commands cannot see it empty.
+ * authenticated, unsubscribed and outside MULTI, goes straight to forwarding.
  */
-function isSpecial(name: string): boolean {
-  special ??= new Set([
-    ...LOCAL_COMMANDS.keys(),
-    ...NO_AUTH_COMMANDS,
-    ...ALLOWED_WHILE_SUBSCRIBED,
-    ...SUBSCRIBE_FAMILY,
-    "multi",
-    "watch",
-  ]);
+const SPECIAL = new Set([
+  ...LOCAL_COMMANDS.keys(),
+  ...NO_AUTH_COMMANDS,
+  ...ALLOWED_WHILE_SUBSCRIBED,
+  ...SUBSCRIBE_FAMILY,
+  "multi",
+  "watch",
   // CONFIG takes the full path: the gears room answers it for T&F's settings.
-  return special.has(name) || name === "config" || isGearsCommand(name, []);
+  "config",
+]);
+
+function isSpecial(name: string, argv: readonly Buffer[]): boolean {
+  return SPECIAL.has(name) || isGearsCommand(name, argv);
+}
+
+/** Commands with subcommands, which CLIENT LIST names as `container|sub`. */
+const CONTAINERS = new Set([
+  "acl",
+  "client",
+  "cluster",
+  "command",
+  "config",
+  "function",
+  "latency",
+  "memory",
+  "module",
+  "object",
+  "pubsub",
+  "script",
+  "slowlog",
+  "xgroup",
+  "xinfo",
+]);
+
+function commandLabel(request: Request): string {
+  const name = request.name;
+  const argv = request.argv;
+  return CONTAINERS.has(name) && argv.length > 1 ? `${name}|${argv[1].toString().toLowerCase()}` : name;
 }
 
 /**
@@ -62,15 +97,17 @@ function isSpecial(name: string): boolean {
  * replies back in request order. Ordinary commands share pipelined upstream connections;
  * MULTI/WATCH, blocking commands and subscriptions borrow a dedicated one.
  */
-export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
+export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, CommandHost {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;
   readonly createdAt = Date.now();
   private lastActivity = Date.now();
-  private lastCommand = "NULL";
+  private lastRequest: Request | null = null;
 
   db = 0;
+  /** RESP2 until HELLO 3. */
+  proto: Protocol = 2;
   name = "";
   libName = "";
   libVersion = "";
@@ -140,6 +177,17 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     this.close();
   }
 
+  unblock(withError: boolean): Promise<number> {
+    const blocking = this.blocking;
+    const control = blocking?.node.control() ?? null;
+    if (blocking === null || control === null || blocking.conn.serverId < 0) return Promise.resolve(0);
+    const argv = ["CLIENT", "UNBLOCK", blocking.conn.serverId, withError ? "ERROR" : "TIMEOUT"];
+    return control.call(argv).then(
+      (n) => (typeof n === "number" ? n : 0),
+      () => 0,
+    );
+  }
+
   describe(): string {
     const age = Math.floor((Date.now() - this.createdAt) / 1000);
     const idle = Math.floor(this.idleMs / 1000);
@@ -147,6 +195,11 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       (this.txn.inMulti ? "x" : "") +
         (this.blocking !== null || this.txn.blocked ? "b" : "") +
         (this.isPubSub ? "P" : "") || "N";
+    const last = this.lastRequest;
+    // Redis counts the command being run in the query buffer still.
+    const current = this.processing && last !== null ? last.end - last.start : 0;
+    const omem = this.out.pending;
+    // Redis' own fields, in its order; the proxy has no fd and keeps no per-client arena.
     const fields: [string, string | number][] = [
       ["id", this.id],
       ["addr", this.addr],
@@ -158,12 +211,24 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       ["flags", flags],
       ["db", this.db],
       ["sub", this.subscriptions],
+      ["psub", 0],
+      ["ssub", 0],
       ["multi", this.txn.inMulti ? 0 : -1],
-      ["qbuf", this.parser.buffered],
-      ["omem", this.out.pending],
-      ["cmd", this.lastCommand],
+      ["qbuf", this.parser.buffered + current],
+      ["qbuf-free", 0],
+      ["argv-mem", 0],
+      ["multi-mem", 0],
+      ["rbs", 0],
+      ["rbp", 0],
+      ["obl", 0],
+      ["oll", 0],
+      ["omem", omem],
+      ["tot-mem", omem],
+      ["events", "r"],
+      ["cmd", last === null ? "NULL" : commandLabel(last)],
       ["user", "default"],
-      ["resp", 2],
+      ["redir", -1],
+      ["resp", this.proto],
       ["lib-name", this.libName],
       ["lib-ver", this.libVersion],
     ];
@@ -236,8 +301,13 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   private execute(request: Request): void {
     const name = request.name;
     this.ctx.stats.commandsProcessed++;
-    this.lastCommand = name;
-    if (this.authenticated && this.subscriptions === 0 && !this.txn.inMulti && !isSpecial(name)) {
+    this.lastRequest = request;
+    if (
+      this.authenticated &&
+      (this.subscriptions === 0 || this.proto === 3) &&
+      !this.txn.inMulti &&
+      !isSpecial(name, request.argv)
+    ) {
       // What the chain below comes to for an ordinary command, without its lookups.
       this.executeOrdinary(name, request);
       return;
@@ -248,7 +318,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       this.replyError("NOAUTH Authentication required.");
       return;
     }
-    if (this.subscriptions > 0 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
+    if (this.subscriptions > 0 && this.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
       this.replyError(
         `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
       );
@@ -259,7 +329,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       else this.txn.queueCommand(name, request);
       return;
     }
-    if (this.isPubSub && name === "ping") {
+    if (this.isPubSub && this.proto === 2 && name === "ping") {
       this.sendSubscription(name, request);
       return;
     }
@@ -275,6 +345,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     else if (name === "watch") this.txn.watch(request);
     else if (this.txn.owns(name, request.argv)) this.txn.send(name, request);
     else if (isBlocking(name, argv)) this.sendBlocking(name, request);
+    else if (this.scriptsOwnConnection(name)) this.sendScript(name, request);
     else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
@@ -291,6 +362,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     } else if (isBlocking(name, argv)) {
       this.flushRun();
       this.sendBlocking(name, request);
+    } else if (this.scriptsOwnConnection(name)) {
+      this.flushRun();
+      this.sendScript(name, request);
     } else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
@@ -302,6 +376,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     }
     this.lane = lane;
     return true;
+  }
+
+  enterSharedLane(request: Request): boolean {
+    return this.enterLane("shared", request);
   }
 
   /** Lets `request` run only once every earlier reply has arrived (RESET, lane changes). */
@@ -334,15 +412,20 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
         });
     }
     const router = this.ctx.router;
-    if (this.processing && request.end > request.start) {
-      const conn = router.sharedConnection(this.id);
+    // Control commands take the router's path to the control connections, never a run.
+    if (this.processing && request.end > request.start && !isControl(name, request.argv)) {
+      const conn = router.sharedConnection(this.id, this.proto);
       if (conn !== null) {
         this.addToRun(conn, request, slot);
         return;
       }
     }
     this.flushRun();
-    router.forward(name, request.argv, request.raw, slot, { db: this.db, affinity: this.id });
+    router.forward(name, request.argv, request.raw, slot, {
+      db: this.db,
+      affinity: this.id,
+      proto: this.proto,
+    });
   }
 
   // ---- runs: back-to-back requests leave as one slice of the input ----------------------
@@ -409,19 +492,22 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     };
     const pinned = this.txn.pinnedConnection;
     if (pinned !== null) pinned.send(encodeCommand(argv), slot, db);
-    else this.ctx.router.forward("select", argv, null, slot, { db, affinity: this.id });
+    else this.ctx.router.forward("select", argv, null, slot, { db, affinity: this.id, proto: this.proto });
   }
 
   /** An RG.* command: answered by the gears engine; blocking ones hold this client's next commands. */
   private runGears(name: string, request: Request): void {
     const args = request.argv.slice(1);
     this.answerLater(
-      runGearsCommand(this.ctx.gears, name, args, { proto: 2, db: this.db, clientId: this.id }),
+      runGearsCommand(this.ctx.gears, name, args, { proto: this.proto, db: this.db, clientId: this.id }),
       holdsClient(name, args),
     );
   }
 
-  /** A reply computed by the proxy; with `hold`, the client's next commands wait for it. */
+  /**
+   * A reply computed by the proxy (in RESP2 or the client's protocol); with `hold`, the
+   * client's next commands wait for it.
+   */
   private answerLater(reply: Promise<Buffer>, hold: boolean): void {
     const slot = this.laterSlot();
     if (hold) this.holds++;
@@ -430,7 +516,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
         this.holds--;
         this.stalled = true;
       }
-      slot.reply(data);
+      slot.reply(inProtocol(data, this.proto));
     };
     reply.then(settle, (err: Error) => settle(encodeError(`ERR ${err.message}`)));
   }
@@ -442,7 +528,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       this.replyError(node);
       return null;
     }
-    const conn = node.acquire();
+    const conn = node.acquire(this.proto);
     if (conn === null) {
       this.replyError(node.failure);
       return null;
@@ -464,13 +550,71 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
   }
 
-  private sendSubscription(name: string, request: Request): void {
-    if (this.sub === null) {
-      if (name.includes("unsubscribe")) {
-        // Nothing to leave: the server answers for an unsubscribed connection.
-        this.forward(name, request);
+  /** One connection per master streaming MONITOR output to this client; empty when not monitoring. */
+  private monitors: Dedicated[] = [];
+
+  /**
+   * MONITOR: each master's stream, relayed as it comes (commands the proxy sends on its
+   * clients' behalf, this client's own included). The first master's OK answers the client.
+   */
+  startMonitor(): void {
+    const slot = this.upstreamSlot();
+    if (this.monitors.length > 0) return slot.reply(OK);
+    const ignore = { reply() {}, fail() {} };
+    this.ctx.router.masters().forEach((node, i) => {
+      const conn = node.acquire(this.proto);
+      if (conn === null) {
+        if (i === 0) slot.fail(node.failure);
         return;
       }
+      conn.pushHandler = (frame) => {
+        if (!isBookkeeping(frame)) this.onPushedFrame(frame);
+      };
+      conn.onBorrowerLost = () => this.kill("monitor connection lost");
+      this.monitors.push({ node, conn });
+      conn.send(MONITOR, i === 0 ? slot : ignore);
+    });
+  }
+
+  /** The connection this client's scripts run on, and how many of them are still running. */
+  private script: Dedicated | null = null;
+  private scriptsRunning = 0;
+
+  /**
+   * Whether a script goes on a connection of its own. In front of one server, yes; in a
+   * cluster scripts stay on the shared connections, where redirects and NOSCRIPT reloads
+   * are handled.
+   */
+  private scriptsOwnConnection(name: string): boolean {
+    return isScript(name) && this.ctx.router.topology.mode !== "cluster";
+  }
+
+  /**
+   * A script on a dedicated connection, so that a busy one holds up nobody else. Scripts
+   * pipelined back to back share it; it goes back to the pool once all have answered.
+   */
+  private sendScript(name: string, request: Request): void {
+    if (this.script === null) {
+      if (!this.enterLane("script", request)) return;
+      this.script = this.borrow(name, request.argv);
+      if (this.script === null) return;
+    }
+    const script = this.script;
+    const slot = this.upstreamSlot();
+    this.scriptsRunning++;
+    slot.onReply = () => {
+      if (--this.scriptsRunning > 0 || this.script !== script) return;
+      this.script = null;
+      script.node.release(script.conn);
+    };
+    script.conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+  }
+
+  private sendSubscription(name: string, request: Request): void {
+    if (this.proto === 3 && !this.enterLane("subscribed", request)) return;
+    if (this.sub === null) {
+      // Even an UNSUBSCRIBE with nothing to leave takes a subscription connection: the server
+      // answers it with one frame per channel, which a shared connection would mismatch.
       if (!this.enterLane("subscribed", request)) return;
       const sub = this.borrow(name, request.argv);
       if (sub === null) return;
@@ -485,21 +629,54 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     if (name !== "ping" && !name.includes("unsubscribe"))
       this.subscriptions = Math.max(this.subscriptions, 1);
     this.sub.conn.sendUnmatched(request.raw ?? encodeCommand(request.argv));
+    if (this.proto === 3) this.markSubscriptionReply();
+  }
+
+  /** Push frames that answer the (un)subscribe commands still marked, in arrival order. */
+  private markedFrames: Buffer[] = [];
+  /** (Un)subscribe commands whose PING marker has not come back yet. */
+  private marks = 0;
+
+  /**
+   * In RESP3 the confirmations of (un)subscribe commands are pushes, while PING's reply is
+   * not: a PING sent behind the command marks where its confirmations end, so they take
+   * the command's place among the client's replies, whatever else it pipelined.
+   */
+  private markSubscriptionReply(): void {
+    const slot = this.upstreamSlot();
+    // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
+    slot.silent = false;
+    this.marks++;
+    slot.onReply = () => {
+      this.marks--;
+      return Buffer.concat(this.markedFrames.splice(0));
+    };
+    this.sub!.conn.send(PING, slot);
   }
 
   private onSubscriptionFrame(frame: Buffer): void {
-    const slot = this.newSlot();
-    slot.data = frame;
     const total = subscriptionCount(frame);
     if (total !== null) this.subscriptions = total;
+    if (this.marks > 0) {
+      this.markedFrames.push(frame);
+      return;
+    }
+    this.onPushedFrame(frame);
+  }
+
+  /** A frame the server sent unasked (a message, a MONITOR line): written after what is queued. */
+  private onPushedFrame(frame: Buffer): void {
+    const slot = this.newSlot(true);
+    slot.data = frame;
     this.flushReplies();
   }
 
   // ---- replies -------------------------------------------------------------------------
 
-  private newSlot(): ReplySlot {
+  /** A place in the reply order; a `pushed` frame (pub/sub) is written whatever CLIENT REPLY says. */
+  private newSlot(pushed = false): ReplySlot {
     const slot = new ReplySlot(this);
-    if (this.replyMode !== "on") {
+    if (this.replyMode !== "on" && !pushed) {
       slot.silent = true;
       if (this.replyMode === "skip") this.replyMode = "on";
     }
@@ -531,6 +708,16 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
 
   replyError(message: string): void {
     this.replyNow(encodeError(message));
+  }
+
+  /** Text the proxy built (INFO, CLIENT LIST): a verbatim string in RESP3, as Redis sends it. */
+  replyText(text: string): void {
+    this.replyValue(new RespVerbatim("txt", Buffer.from(text)));
+  }
+
+  /** A reply the proxy built, encoded in the client's protocol. */
+  replyValue(value: RespValue): void {
+    this.replyNow(encodeValue(value, this.proto));
   }
 
   slotFilled(slot: ReplySlot): void {
@@ -585,7 +772,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
     this.head = null;
     this.tail = null;
     this.out.flush();
-    this.socket.end();
+    // Closed for good once the reply is out, as Redis closes it: a client still writing
+    // (after a protocol error) gets a reset instead of a half-open connection that never fails.
+    this.socket.end(() => this.socket.destroy());
     this.release();
   }
 
@@ -595,6 +784,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
   resetState(): void {
     this.release();
     this.db = 0;
+    this.proto = 2;
     this.name = "";
     this.replyMode = "on";
     this.lane = "shared";
@@ -622,12 +812,23 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost {
       this.blocking.node.destroy(this.blocking.conn);
       this.blocking = null;
     }
+    for (const monitor of this.monitors.splice(0)) {
+      monitor.conn.onBorrowerLost = null;
+      monitor.node.destroy(monitor.conn);
+    }
+    if (this.script !== null) {
+      this.script.node.destroy(this.script.conn);
+      this.script = null;
+      this.scriptsRunning = 0;
+    }
     if (this.sub !== null) {
       this.sub.conn.onBorrowerLost = null;
       this.sub.node.destroy(this.sub.conn);
       this.sub = null;
     }
     this.subscriptions = 0;
+    this.marks = 0;
+    this.markedFrames = [];
   }
 
   close(): void {

@@ -16,7 +16,8 @@ const KINDS = new Set([
  */
 export function subscriptionCount(frame: Buffer): number | null {
   // "*3\r\n$7\r\nmessage..." and "*4\r\n$8\r\npmessage..." are by far the most common frames.
-  if (frame.length < 12 || frame[0] !== 42 || frame[4] !== 36) return null;
+  // "*" in RESP2, ">" (a push) in RESP3.
+  if (frame.length < 12 || (frame[0] !== 42 && frame[0] !== 62) || frame[4] !== 36) return null;
   if (frame[5] === 55 /* 7: message */ || frame[5] === 56 /* 8: pmessage / smessage */) return null;
   const value = decodeReply(frame);
   if (!Array.isArray(value) || value.length !== 3) return null;

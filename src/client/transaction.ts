@@ -1,3 +1,4 @@
+import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeError } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
@@ -7,11 +8,13 @@ import type { UpstreamNode } from "../upstream/node.js";
 import { DISCARD } from "../upstream/reply-sink.js";
 import { isGearsCommand } from "../gears/commands.js";
 import type { ReplySlot } from "./reply-slot.js";
+import type { Protocol } from "../resp/values.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
   readonly id: number;
-  readonly db: number;
+  db: number;
+  readonly proto: Protocol;
   readonly router: Router;
   upstreamSlot(): ReplySlot;
   replyError(message: string): void;
@@ -20,7 +23,7 @@ export interface TransactionHost {
 }
 
 /** Commands that change the client's own state, which a queued transaction cannot carry. */
-const NOT_IN_MULTI = new Set(["select", "client", "hello", "auth", "monitor", ...SUBSCRIBE_FAMILY]);
+const NOT_IN_MULTI = new Set(["client", "hello", "auth", "monitor", ...SUBSCRIBE_FAMILY]);
 
 /**
  * MULTI/EXEC and WATCH for one client, on an upstream connection lent to it alone. In a
@@ -78,6 +81,8 @@ export class Transaction {
     }
     this.inMulti = true;
     this.dirty = false;
+    this.queued = 0;
+    this.selects = [];
     const payload = request.raw ?? encodeCommand(request.argv);
     this.replay = this.host.router.topology.mode === "cluster" ? [payload] : [];
     this.conn!.send(payload, slot, this.host.db);
@@ -138,6 +143,11 @@ export class Transaction {
       return;
     }
     const payload = request.raw ?? encodeCommand(request.argv);
+    if (name === "select") {
+      const db = Number(request.argv[1]?.toString() ?? "x");
+      if (Number.isSafeInteger(db)) this.selects.push([this.queued, db]);
+    }
+    this.queued++;
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
       if (!this.moveTo(keySlot)) {
@@ -174,13 +184,34 @@ export class Transaction {
     this.inMulti = false;
     this.watching = false;
     this.dirty = false;
+    const selects = name === "exec" ? this.selects : [];
+    const conn = this.conn!;
     slot.onReply = (data) => {
+      if (selects.length > 0 && !abort) this.applySelects(data, selects, conn);
       this.finish(false);
       if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
       return data;
     };
     const payload = abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
     this.conn!.send(payload, slot, this.host.db);
+  }
+
+  /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
+  private queued = 0;
+  private selects: [number, number][] = [];
+
+  /**
+   * A SELECT inside MULTI changes the client's database when EXEC runs it: the last one
+   * that the server answered OK in EXEC's reply wins, on the connection and for the client.
+   */
+  private applySelects(exec: Buffer, selects: [number, number][], conn: UpstreamConnection): void {
+    const replies = decodeReply(exec);
+    if (!Array.isArray(replies)) return;
+    for (const [at, db] of selects) {
+      if (replies[at] !== "OK") continue;
+      this.host.db = db;
+      conn.noteDb(db);
+    }
   }
 
   private pinFailure = "";
@@ -192,7 +223,7 @@ export class Transaction {
       router.topology.mode === "cluster"
         ? router.routeSlot(slot, this.host.id)
         : router.topology.nodeForSlot(0);
-    const conn = node.acquire();
+    const conn = node.acquire(this.host.proto);
     if (conn === null) {
       this.pinFailure = node.failure;
       return false;

@@ -42,3 +42,14 @@ export const SUBSCRIBE_FAMILY = new Set([
 
 /** What a RESP2 client in subscriber mode may still send (Redis' own list). */
 export const ALLOWED_WHILE_SUBSCRIBED = new Set([...SUBSCRIBE_FAMILY, "ping", "quit", "reset"]);
+
+/**
+ * Scripts and functions, which may run long. A busy one must hold only a connection of its
+ * own, so that other clients get the server's BUSY at once instead of waiting behind it
+ * on a shared connection.
+ */
+const SCRIPTS = new Set(["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"]);
+
+export function isScript(name: string): boolean {
+  return SCRIPTS.has(name);
+}

@@ -2,7 +2,8 @@ import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeError, encodeInteger, encodeValue, NULL_BULK } from "../resp/encode.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import { hideProxyKeys, PROXY_KEYS_SLOT, proxyKeysCount, isProxyKeyReply } from "./hidden-keys.js";
-import type { ReplySink } from "../upstream/reply-sink.js";
+import { sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
+import type { Protocol } from "../resp/values.js";
 import {
   Gather,
   firstError,
@@ -18,34 +19,46 @@ import {
 export interface ClusterSender {
   masters(): UpstreamNode[];
   /** Sends to one node, following redirects; `slot` -1 for keyless commands. */
-  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number): void;
+  sendTo(
+    node: UpstreamNode,
+    payload: Buffer,
+    sink: ReplySink,
+    affinity: number,
+    slot: number,
+    proto?: Protocol,
+  ): void;
   /** The master of a slot (the proxy's own keys live in one). */
   routeSlot(slot: number, affinity: number): UpstreamNode;
 }
 
-type FanOut = (r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number) => void;
+/**
+ * A keyless command across the masters. Parts go over RESP2 connections and the merged
+ * reply is passed on in `proto`, the client's protocol; a command for one node goes in
+ * `proto` itself, its reply forwarded untouched.
+ */
+type FanOut = (r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number, proto: Protocol) => void;
 
 /** Sends argv to every master and merges the replies with `merge`. */
 function toAll(merge: (replies: Buffer[]) => Buffer): FanOut {
-  return (r, argv, sink, affinity) => {
+  return (r, argv, sink, affinity, proto) => {
     const masters = r.masters();
-    const gather = new Gather(masters.length, merge, sink);
+    const gather = new Gather(masters.length, merge, sinkInProtocol(sink, proto));
     const payload = encodeCommand(argv);
     masters.forEach((node, i) => r.sendTo(node, payload, gather.part(i), affinity, -1));
   };
 }
 
 /** Keyless commands that concern one node: any master will do. */
-function toOne(r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number): void {
+function toOne(r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number, proto: Protocol): void {
   const masters = r.masters();
-  r.sendTo(masters[affinity % masters.length], encodeCommand(argv), sink, affinity, -1);
+  r.sendTo(masters[affinity % masters.length], encodeCommand(argv), sink, affinity, -1, proto);
 }
 
 /** Picks a handler by subcommand (SCRIPT LOAD, FUNCTION FLUSH...), defaulting to one node. */
 function bySubcommand(table: Record<string, FanOut>): FanOut {
-  return (r, argv, sink, affinity) => {
+  return (r, argv, sink, affinity, proto) => {
     const sub = argv[1]?.toString().toLowerCase() ?? "";
-    (table[sub] ?? toOne)(r, argv, sink, affinity);
+    (table[sub] ?? toOne)(r, argv, sink, affinity, proto);
   };
 }
 
@@ -53,7 +66,8 @@ function bySubcommand(table: Record<string, FanOut>): FanOut {
 const PROXY_KEY_RETRIES = 8;
 
 /** RANDOMKEY: ask the masters in turn, from a random one, until one has a key (a user's). */
-const randomKey: FanOut = (r, argv, sink, affinity) => {
+const randomKey: FanOut = (r, argv, target, affinity, proto) => {
+  const sink = sinkInProtocol(target, proto);
   const masters = r.masters();
   const start = Math.floor(Math.random() * masters.length);
   const payload = encodeCommand(argv);
@@ -88,7 +102,8 @@ const SHARD_BITS = 10n;
  * shifted left, with the master's index (by slot order) in the low bits, so it stays a
  * plain number below 2^63 as clients expect.
  */
-const scan: FanOut = (r, argv, sink, affinity) => {
+const scan: FanOut = (r, argv, target, affinity, proto) => {
+  const sink = sinkInProtocol(target, proto);
   const masters = r.masters();
   let cursor: bigint;
   try {
@@ -121,9 +136,9 @@ const scan: FanOut = (r, argv, sink, affinity) => {
 };
 
 /** DBSIZE: every master's count, less the proxy's own keys. */
-const dbsize: FanOut = (r, argv, sink, affinity) => {
+const dbsize: FanOut = (r, argv, sink, affinity, proto) => {
   const counted = proxyKeysCount();
-  if (counted === null) return toAll(mergeSum)(r, argv, sink, affinity);
+  if (counted === null) return toAll(mergeSum)(r, argv, sink, affinity, proto);
   const masters = r.masters();
   const gather = new Gather(
     masters.length + 1,
@@ -161,7 +176,6 @@ export const FAN_OUT = new Map<string, FanOut>([
       load: toAll(mergeFirst),
       flush: toAll(mergeAllOk),
       exists: toAll(mergeAnd),
-      kill: toAll((replies) => replies.find((r) => r[0] === 43) ?? firstError(replies)!),
     }),
   ],
   [

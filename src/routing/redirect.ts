@@ -4,6 +4,7 @@ import type { UpstreamNode } from "../upstream/node.js";
 import { DISCARD, type ReplySink } from "../upstream/reply-sink.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { ScriptCache } from "./script-cache.js";
+import type { Protocol } from "../resp/values.js";
 
 const ASKING = encodeCommand(["ASKING"]);
 const MAX_REDIRECTS = 16;
@@ -57,11 +58,12 @@ export class RedirectingSink implements ReplySink {
     private readonly affinity: number,
     /** The slot the command's keys hash to; -1 when it has no keys. */
     private readonly slot: number,
+    private readonly proto: Protocol = 2,
   ) {}
 
   send(node: UpstreamNode): void {
     this.node = node;
-    node.send(this.affinity, this.payload, this, 0);
+    node.send(this.affinity, this.payload, this, 0, this.proto);
   }
 
   reply(data: Buffer): void {
@@ -90,8 +92,8 @@ export class RedirectingSink implements ReplySink {
       } else {
         this.node = node;
         // ASKING and the command leave back to back on the same connection.
-        node.send(this.affinity, ASKING, DISCARD, 0);
-        node.send(this.affinity, this.payload, this, 0);
+        node.send(this.affinity, ASKING, DISCARD, 0, this.proto);
+        node.send(this.affinity, this.payload, this, 0, this.proto);
       }
       return true;
     }
@@ -101,7 +103,7 @@ export class RedirectingSink implements ReplySink {
       if (body === undefined) return false;
       this.scriptLoaded = true;
       this.node.send(this.affinity, encodeCommand(["SCRIPT", "LOAD", body]), DISCARD, 0);
-      this.node.send(this.affinity, this.payload, this, 0);
+      this.node.send(this.affinity, this.payload, this, 0, this.proto);
       return true;
     }
     return false;

@@ -1,7 +1,7 @@
 import { keySlot as calculateSlot } from "./key-slot.js";
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
-import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
-import type { RespValue } from "../resp/values.js";
+import { PromiseSink, sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
+import type { Protocol, RespValue } from "../resp/values.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
@@ -12,11 +12,16 @@ import { KEY_LISTING_COMMANDS } from "./hidden-keys.js";
 import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
+import { isControl, sendControl } from "./control.js";
 
-/** Who is asking: the database to run in and which shared connection keeps their order. */
+/**
+ * Who is asking: the database to run in, which shared connection keeps their order, and
+ * the protocol their replies come in (RESP2 when not given).
+ */
 export interface RouteContext {
   db: number;
   affinity: number;
+  proto?: Protocol;
 }
 
 /** slotOf() for a command without keys. */
@@ -62,14 +67,16 @@ export class Router implements ClusterSender {
 
   /** Forwards a client's command (`name` in lower case); the raw reply goes to `sink`. */
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
+    const proto = ctx.proto ?? 2;
+    if (isControl(name, argv)) return sendControl(this.masters(), argv, sink);
     if (this.tap !== null && ctx.db === 0) sink = this.tap(name, argv, sink);
     if (this.cluster === null) {
       // The proxy's own keys (db 0) are left out of key listings there too; not SCAN, whose
       // cursors the fan-out rewrites, so a cursor of the server's own would be refused.
       const hiding =
         ctx.db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
-      if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity);
-      this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db);
+      if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity, proto);
+      this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db, proto);
       return;
     }
     if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
@@ -77,25 +84,31 @@ export class Router implements ClusterSender {
       this.scripts.remember(argv[2]);
     }
     const fanOut = FAN_OUT.get(name);
-    if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity);
+    if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity, proto);
     const slot = this.slotOf(name, argv);
-    if (slot === CROSS_SLOT) return this.split(name, argv, sink, ctx.affinity);
+    if (slot === CROSS_SLOT) return this.split(name, argv, sinkInProtocol(sink, proto), ctx.affinity);
     const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
     const node =
       this.readFromReplicas && slot >= 0 && this.isReadOnly(name, argv)
         ? this.cluster.replicaFor(slot, ctx.affinity)
         : this.cluster.route(slot, ctx.affinity);
-    new RedirectingSink(this.redirect!, raw ?? encodeCommand(argv), evalsha, sink, ctx.affinity, slot).send(
-      node,
-    );
+    new RedirectingSink(
+      this.redirect!,
+      raw ?? encodeCommand(argv),
+      evalsha,
+      sink,
+      ctx.affinity,
+      slot,
+      proto,
+    ).send(node);
   }
 
   /**
    * The connection a client's ordinary commands take in front of one server (null in a
    * cluster, where commands need redirect handling, or while the server is unreachable).
    */
-  sharedConnection(affinity: number): UpstreamConnection | null {
-    return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity) : null;
+  sharedConnection(affinity: number, proto: Protocol = 2): UpstreamConnection | null {
+    return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity, proto) : null;
   }
 
   /** Whether the command writes (its COMMAND flags say "write"). */
@@ -147,9 +160,17 @@ export class Router implements ClusterSender {
     return this.cluster === null ? this.topology.nodeForSlot(0) : this.cluster.route(slot, affinity);
   }
 
-  sendTo(node: UpstreamNode, payload: Buffer, sink: ReplySink, affinity: number, slot: number, db = 0): void {
-    if (this.redirect === null) node.send(affinity, payload, sink, db);
-    else new RedirectingSink(this.redirect, payload, null, sink, affinity, slot).send(node);
+  sendTo(
+    node: UpstreamNode,
+    payload: Buffer,
+    sink: ReplySink,
+    affinity: number,
+    slot: number,
+    proto: Protocol = 2,
+    db = 0,
+  ): void {
+    if (this.redirect === null) node.send(affinity, payload, sink, db, proto);
+    else new RedirectingSink(this.redirect, payload, null, sink, affinity, slot, proto).send(node);
   }
 
   /** The proxy's own request, routed like a client's; error replies resolve as RespError. */
@@ -167,6 +188,23 @@ export class Router implements ClusterSender {
       this.masters().map((node) => {
         const sink = new PromiseSink();
         this.sendTo(node, payload, sink, 0, -1);
+        return sink.promise;
+      }),
+    );
+  }
+
+  /**
+   * The proxy's own request on every master's control connection, replies in master order:
+   * for INFO, which must answer while the shared connections wait (a paused server).
+   */
+  callControl(argv: readonly Arg[]): Promise<RespValue[]> {
+    const payload = encodeCommand(argv);
+    return Promise.all(
+      this.masters().map((node) => {
+        const sink = new PromiseSink();
+        const conn = node.control();
+        if (conn === null) sink.fail(node.failure);
+        else conn.send(payload, sink, 0);
         return sink.promise;
       }),
     );

@@ -98,7 +98,7 @@ export class Shards {
    */
   call(shard: string, argv: readonly Arg[], affinity = 0, db = 0): Promise<RespValue> {
     const sink = new PromiseSink();
-    this.router.sendTo(this.node(shard), encodeCommand(argv), sink, affinity, -1, db);
+    this.router.sendTo(this.node(shard), encodeCommand(argv), sink, affinity, -1, 2, db);
     return sink.promise;
   }
 
@@ -110,7 +110,7 @@ export class Shards {
   /** An encoded command to one master; resolves with the reply's bytes, error replies too. */
   callRaw(shard: string, payload: Buffer, affinity = 0, db = 0): Promise<Buffer> {
     const sink = new RawSink();
-    this.router.sendTo(this.node(shard), payload, sink, affinity, -1, db);
+    this.router.sendTo(this.node(shard), payload, sink, affinity, -1, 2, db);
     return sink.promise;
   }
 

@@ -4,7 +4,7 @@ import { Fifo } from "../io/fifo.js";
 import { OutputBuffer } from "../io/output-buffer.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
 import { ReplyScanner } from "../resp/reply-scanner.js";
-import type { RespValue } from "../resp/values.js";
+import type { Protocol, RespValue } from "../resp/values.js";
 import { DISCARD, PromiseSink, type ReplySink } from "./reply-sink.js";
 
 export interface ConnectionOptions {
@@ -13,13 +13,24 @@ export interface ConnectionOptions {
   connectTimeoutMs: number;
   /** A replica connection: send READONLY first so it serves reads of its slots. */
   readOnly?: boolean;
+  /** The protocol the connection speaks; 3 sends HELLO 3 (with the credentials) first. */
+  proto?: Protocol;
 }
 
 export const CONNECTION_LOST = "ERR upstream connection lost";
 
+/**
+ * Commands the proxy adds on its own account are spelt in title case, which clients do not
+ * send, so that a relayed MONITOR stream can leave them out (see isBookkeeping).
+ */
 const SELECT_CACHE: Buffer[] = [];
 function selectCommand(db: number): Buffer {
-  return (SELECT_CACHE[db] ??= encodeCommand(["SELECT", db]));
+  return (SELECT_CACHE[db] ??= encodeCommand(["Select", db]));
+}
+
+/** Whether a MONITOR line shows one of the proxy's own bookkeeping commands. */
+export function isBookkeeping(line: Buffer): boolean {
+  return line.includes('] "Select" ') || line.includes('] "Client" "Id"');
 }
 
 /**
@@ -29,6 +40,7 @@ function selectCommand(db: number): Buffer {
  */
 export class UpstreamConnection {
   readonly address: HostPort;
+  readonly proto: Protocol;
   private readonly socket: net.Socket;
   private readonly out: OutputBuffer;
   private readonly scanner = new ReplyScanner();
@@ -38,6 +50,8 @@ export class UpstreamConnection {
   private authFailure: string | null = null;
   /** The database the connection has selected, so shared connections can serve every DB. */
   private db = 0;
+  /** The server's CLIENT ID for this connection, once learnt (dedicated connections); else -1. */
+  serverId = -1;
   /** Receives replies that no request waits for: pub/sub messages on a subscribed connection. */
   pushHandler: ((frame: Buffer) => void) | null = null;
   /** Called once the TCP connection is up. */
@@ -49,6 +63,7 @@ export class UpstreamConnection {
 
   constructor(address: HostPort, options: ConnectionOptions) {
     this.address = address;
+    this.proto = options.proto ?? 2;
     this.socket = net.connect({ host: address.host, port: address.port, noDelay: true });
     this.out = new OutputBuffer(this.socket, true);
     this.socket.setTimeout(options.connectTimeoutMs);
@@ -62,7 +77,7 @@ export class UpstreamConnection {
     this.socket.on("data", (chunk: Buffer) => this.onData(chunk));
     this.socket.on("error", (err) => this.lose(err.message));
     this.socket.on("close", () => this.lose("closed by the server"));
-    if (options.password !== undefined) this.authenticate(options);
+    if (this.proto === 3 || options.password !== undefined) this.authenticate(options);
     if (options.readOnly) this.send(encodeCommand(["READONLY"]), DISCARD);
   }
 
@@ -97,6 +112,11 @@ export class UpstreamConnection {
     for (const sink of sinks) this.waiting.push(sink);
   }
 
+  /** The server switched database by a command the proxy did not add (a SELECT inside MULTI). */
+  noteDb(db: number): void {
+    this.db = db;
+  }
+
   /** A SELECT ahead of the next command when it runs in another database (its reply is dropped). */
   private useDb(db: number): void {
     if (db === this.db) return;
@@ -117,13 +137,30 @@ export class UpstreamConnection {
     return sink.promise;
   }
 
+  /** Asks the server for this connection's id, so that CLIENT UNBLOCK can name it later. */
+  learnId(): void {
+    this.call(["Client", "Id"]).then(
+      (id) => {
+        if (typeof id === "number") this.serverId = id;
+      },
+      () => {},
+    );
+  }
+
   close(): void {
     this.socket.destroy();
     this.lose("closed by the proxy");
   }
 
+  /** AUTH, or HELLO 3 with the credentials on a RESP3 connection. */
   private authenticate(options: ConnectionOptions): void {
-    const argv = options.user ? ["AUTH", options.user, options.password!] : ["AUTH", options.password!];
+    const credentials = options.password === undefined ? [] : [options.user ?? "default", options.password];
+    const argv =
+      this.proto === 3
+        ? ["HELLO", "3", ...(credentials.length > 0 ? ["AUTH", ...credentials] : [])]
+        : options.user
+          ? ["AUTH", options.user, options.password!]
+          : ["AUTH", options.password!];
     // Fail everything queued behind AUTH at once, before its replies (NOAUTH) reach anyone.
     const sink: ReplySink = {
       reply: (data) => {
@@ -143,6 +180,11 @@ export class UpstreamConnection {
     let reply: Buffer | null;
     try {
       while (!this.closedFlag && (reply = scanner.next()) !== null) {
+        // A RESP3 push is out of band: it never answers a request.
+        if (reply[0] === 62 /* > */) {
+          this.pushHandler?.(reply);
+          continue;
+        }
         const sink = this.waiting.shift();
         if (sink !== undefined) sink.reply(reply);
         else if (this.pushHandler !== null) this.pushHandler(reply);

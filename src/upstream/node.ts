@@ -1,7 +1,7 @@
 import type { HostPort } from "../config.js";
 import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
-import type { RespValue } from "../resp/values.js";
+import type { Protocol, RespValue } from "../resp/values.js";
 import { PromiseSink, type ReplySink } from "./reply-sink.js";
 
 /** Idle dedicated connections kept per node for the next transaction or blocking call. */
@@ -12,15 +12,21 @@ const MAX_BACKOFF_MS = 2000;
 /**
  * One Redis node as the proxy sees it: a few shared pipelined connections that carry
  * ordinary commands, and a pool of dedicated ones lent to clients for MULTI, blocking
- * commands and pub/sub. A dead connection is replaced on next use; after a failed
- * connect, commands fail fast during a growing back-off instead of storming the node.
+ * commands and pub/sub. Both exist per protocol (the RESP3 ones opened on first use), so
+ * a reply is forwarded as the server sent it, in the protocol its client speaks. A control
+ * connection of its own carries the commands that must reach a busy server (SCRIPT KILL).
+ * A dead connection is replaced on next use; after a failed connect, commands fail fast
+ * during a growing back-off instead of storming the node.
  */
 export class UpstreamNode {
   readonly id: string;
   /** The node's id in its Redis Cluster (40 hex characters); zeros for a lone server. */
   clusterId = "0".repeat(40);
-  private readonly shared: (UpstreamConnection | null)[];
-  private readonly idle: UpstreamConnection[] = [];
+  /** Shared connections, by protocol: [RESP2, RESP3]. */
+  private readonly shared: [(UpstreamConnection | null)[], (UpstreamConnection | null)[]];
+  /** Idle dedicated connections, by protocol: [RESP2, RESP3]. */
+  private readonly idle: [UpstreamConnection[], UpstreamConnection[]] = [[], []];
+  private controlConn: UpstreamConnection | null = null;
   private readonly lent = new Set<UpstreamConnection>();
   private backoffMs = 0;
   private downUntil = 0;
@@ -36,7 +42,11 @@ export class UpstreamNode {
     },
   ) {
     this.id = `${address.host}:${address.port}`;
-    this.shared = new Array<UpstreamConnection | null>(Math.max(1, options.sharedConnections)).fill(null);
+    const count = Math.max(1, options.sharedConnections);
+    this.shared = [
+      new Array<UpstreamConnection | null>(count).fill(null),
+      new Array<UpstreamConnection | null>(count).fill(null),
+    ];
   }
 
   /** True while the node refuses connections and we are backing off. */
@@ -45,8 +55,8 @@ export class UpstreamNode {
   }
 
   /** Sends on the shared connection assigned to `affinity`, so one client's commands stay in order. */
-  send(affinity: number, payload: Buffer, sink: ReplySink, db: number): void {
-    const conn = this.sharedConnection(affinity);
+  send(affinity: number, payload: Buffer, sink: ReplySink, db: number, proto: Protocol = 2): void {
+    const conn = this.sharedConnection(affinity, proto);
     if (conn === null) sink.fail(this.lastFailure);
     else conn.send(payload, sink, db);
   }
@@ -59,26 +69,41 @@ export class UpstreamNode {
   }
 
   /** The shared connection for `affinity`, created if needed; null while backing off. */
-  sharedConnection(affinity: number): UpstreamConnection | null {
-    const i = affinity % this.shared.length;
-    let conn = this.shared[i];
+  sharedConnection(affinity: number, proto: Protocol = 2): UpstreamConnection | null {
+    const shared = this.shared[proto - 2];
+    const i = affinity % shared.length;
+    let conn = shared[i];
     if (conn === null || conn.closed) {
       if (this.down) return null;
-      conn = this.open();
-      this.shared[i] = conn;
+      conn = this.open(proto);
+      shared[i] = conn;
     }
     return conn;
   }
 
+  /**
+   * The connection for commands that must not wait behind others (SCRIPT KILL, CLIENT
+   * PAUSE): used for nothing else, so it is free whenever the server reads at all.
+   */
+  control(): UpstreamConnection | null {
+    if (this.controlConn === null || this.controlConn.closed) {
+      if (this.down) return null;
+      this.controlConn = this.open(2);
+    }
+    return this.controlConn;
+  }
+
   /** A connection for one client's exclusive use; give it back with release() or destroy it. */
-  acquire(): UpstreamConnection | null {
+  acquire(proto: Protocol = 2): UpstreamConnection | null {
+    const idle = this.idle[proto - 2];
     let conn: UpstreamConnection | undefined;
-    while ((conn = this.idle.pop()) !== undefined) {
+    while ((conn = idle.pop()) !== undefined) {
       if (!conn.closed) break;
     }
     if (conn === undefined) {
       if (this.down) return null;
-      conn = this.open();
+      conn = this.open(proto);
+      conn.learnId();
     }
     this.lent.add(conn);
     return conn;
@@ -89,7 +114,8 @@ export class UpstreamNode {
     this.lent.delete(conn);
     conn.onBorrowerLost = null;
     if (conn.closed || conn.pushHandler !== null) return;
-    if (this.idle.length < MAX_IDLE_DEDICATED) this.idle.push(conn);
+    const idle = this.idle[conn.proto - 2];
+    if (idle.length < MAX_IDLE_DEDICATED) idle.push(conn);
     else conn.close();
   }
 
@@ -105,20 +131,28 @@ export class UpstreamNode {
   }
 
   close(): void {
-    for (const conn of this.shared) conn?.close();
-    for (const conn of this.idle) conn.close();
-    for (const conn of this.lent) conn.close();
-    this.shared.fill(null);
-    this.idle.length = 0;
+    for (const conn of this.all()) conn.close();
+    for (const shared of this.shared) shared.fill(null);
+    for (const idle of this.idle) idle.length = 0;
     this.lent.clear();
+    this.controlConn = null;
+  }
+
+  private *all(): Iterable<UpstreamConnection> {
+    for (const shared of this.shared) for (const conn of shared) if (conn !== null) yield conn;
+    for (const idle of this.idle) yield* idle;
+    yield* this.lent;
+    if (this.controlConn !== null) yield this.controlConn;
   }
 
   get connectionCount(): number {
-    return this.shared.filter((c) => c !== null && !c.closed).length + this.idle.length + this.lent.size;
+    let count = 0;
+    for (const conn of this.all()) if (!conn.closed) count++;
+    return count;
   }
 
-  private open(): UpstreamConnection {
-    const conn = new UpstreamConnection(this.address, this.options);
+  private open(proto: Protocol): UpstreamConnection {
+    const conn = new UpstreamConnection(this.address, { ...this.options, proto });
     let answered = false;
     conn.onConnect = () => {
       answered = true;

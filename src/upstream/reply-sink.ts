@@ -1,5 +1,6 @@
 import { decodeReply } from "../resp/decode.js";
-import type { RespValue } from "../resp/values.js";
+import { inProtocol } from "../resp/convert.js";
+import type { Protocol, RespValue } from "../resp/values.js";
 
 /** Whoever waits for one reply on an upstream connection. */
 export interface ReplySink {
@@ -35,4 +36,10 @@ export class PromiseSink implements ReplySink {
   fail(message: string): void {
     this.reject(new UpstreamError(message));
   }
+}
+
+/** A sink that passes RESP2-built replies on in `proto` (see inProtocol). */
+export function sinkInProtocol(sink: ReplySink, proto: Protocol): ReplySink {
+  if (proto === 2) return sink;
+  return { reply: (data) => sink.reply(inProtocol(data, proto)), fail: (message) => sink.fail(message) };
 }

@@ -3,6 +3,7 @@ import type { KeyEvent } from "../events/keyspace-source.js";
 import { isProxyKey } from "../../routing/hidden-keys.js";
 import type { Tagged } from "../guest/entry.js";
 import { sandboxText, type TfLibraries, type TfLibrary } from "./libraries.js";
+import type { MutedKeys } from "./muted-keys.js";
 
 /** A keyspace trigger's counters (TFUNCTION LIST v): kept across REPLACE, as T&F kept them. */
 export interface TriggerStats {
@@ -19,35 +20,6 @@ function prefixBytes(prefix: Tagged): Buffer {
   if (typeof prefix === "string") return Buffer.from(prefix);
   if (prefix !== null && "b" in prefix) return Buffer.from(prefix.b, "latin1");
   return Buffer.alloc(0);
-}
-
-/**
- * Keys written by functions and triggers: their notifications must not fire keyspace
- * triggers again (T&F ran those writes with notifications muted for its triggers). A key is
- * muted from its write until a barrier on the notification connections after the run.
- */
-export class MutedKeys {
-  private readonly counts = new Map<string, number>();
-
-  add(keys: Buffer[]): void {
-    for (const k of keys) {
-      const s = k.toString("latin1");
-      this.counts.set(s, (this.counts.get(s) ?? 0) + 1);
-    }
-  }
-
-  remove(keys: Buffer[]): void {
-    for (const k of keys) {
-      const s = k.toString("latin1");
-      const n = (this.counts.get(s) ?? 0) - 1;
-      if (n <= 0) this.counts.delete(s);
-      else this.counts.set(s, n);
-    }
-  }
-
-  has(key: Buffer): boolean {
-    return this.counts.size > 0 && this.counts.has(key.toString("latin1"));
-  }
 }
 
 /**

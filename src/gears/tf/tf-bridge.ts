@@ -5,7 +5,7 @@ import { RespError } from "../../resp/values.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import type { Tagged } from "../guest/entry.js";
 import { callEach, scriptCommandRefusal } from "../host-bridge.js";
-import type { MutedKeys } from "./keyspace-triggers.js";
+import type { MutedKeys } from "./muted-keys.js";
 import { replyToTagged } from "./values.js";
 
 /** Commands whose RESP3 reply (what T&F's calls saw) is a map; the shared connections speak RESP2. */

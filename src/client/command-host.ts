@@ -1,0 +1,56 @@
+import type { Protocol, RespValue } from "../resp/values.js";
+import type { Request } from "../resp/request-parser.js";
+import type { ProxyContext } from "./context.js";
+import type { ReplySlot } from "./reply-slot.js";
+
+/**
+ * What a command the proxy answers itself may see of the client that sent it. Handlers
+ * depend on this, never on the session class, so the session can import them without
+ * an import circle.
+ */
+export interface CommandHost {
+  readonly id: number;
+  readonly ctx: ProxyContext;
+  db: number;
+  /** Set by HELLO; every reply the handlers build is encoded in it. */
+  proto: Protocol;
+  name: string;
+  libName: string;
+  libVersion: string;
+  readonly authenticated: boolean;
+  /** CLIENT REPLY: on, off, or skip the next reply. */
+  replyMode: "on" | "off" | "skip";
+
+  replyNow(data: Buffer): ReplySlot;
+  replyError(message: string): void;
+  /** A value encoded in the client's protocol. */
+  replyValue(value: RespValue): void;
+  /** Text as Redis sends it: a verbatim string in RESP3, a bulk string in RESP2. */
+  replyText(text: string): void;
+  /** Queues a last reply; the connection closes once it is written. */
+  replyAndClose(data: Buffer): void;
+  /** A slot an upstream (or a later computation) will fill. */
+  upstreamSlot(): ReplySlot;
+  laterSlot(): ReplySlot;
+
+  /** Sends the request on as an ordinary command. */
+  forward(name: string, request: Request): void;
+  /** Sends argv in database `db` (SELECT): the client's later commands wait for its answer. */
+  forwardInDb(argv: Buffer[], db: number, slot: ReplySlot): void;
+  /** False when the request must wait for earlier replies (it runs again then). */
+  waitForIdle(request: Request): boolean;
+  /**
+   * False when the request must wait for replies due on a dedicated connection (a script,
+   * a blocking command), as it would wait behind them on Redis; it runs again then.
+   */
+  enterSharedLane(request: Request): boolean;
+  resetState(): void;
+  markAuthenticated(): void;
+  /** Relays every master's MONITOR stream to this client. */
+  startMonitor(): void;
+  /** This client's CLIENT LIST line. */
+  describe(): string;
+}
+
+/** A command the proxy answers itself rather than forwarding. */
+export type LocalCommand = (session: CommandHost, request: Request) => void;
