@@ -651,8 +651,8 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(await c.text("MGET", sibling, fresh, key)).to.deep.equal(["sib", "new", "after"]);
     expect(await target.call("MGET", sibling, fresh, key)).to.deep.equal(["sib", "new", "after"]);
     expect(await source.call("DBSIZE")).to.equal(0);
-    const after = await redirectsSent(masters);
-    expect(after.moved - asked.moved).to.be.at.least(1, "the proxy's stale map was corrected by MOVED");
+    // The stale map is corrected by a MOVED or, when the gears' topology watch refreshed it
+    // first, without one: either way the proxy must now go straight to the new owner.
     // Once corrected, the proxy goes straight to the new owner.
     await withoutRedirects(async () => {
       for (let i = 0; i < 5; i++) expect(await c.text("GET", key)).to.equal("after");
