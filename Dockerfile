@@ -7,7 +7,9 @@ FROM node:20-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json ./
 COPY src ./src
-# `npm ci` runs the `prepare` script, which compiles src/ into dist/ (typescript is a devDependency).
+COPY scripts ./scripts
+# `npm ci` runs the `prepare` script, which compiles src/ into dist/ and bundles the guest
+# libraries into dist/guest/ (typescript and esbuild are devDependencies).
 RUN npm ci && npm prune --omit=dev
 
 FROM node:20-slim
@@ -16,6 +18,7 @@ WORKDIR /app
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
+COPY --from=build /app/dist/guest ./dist/guest
 USER node
 EXPOSE 6380
 ENTRYPOINT ["sh", "-c", ": \"${UPSTREAM:?set UPSTREAM to the Redis server, e.g. -e UPSTREAM=redis:6379}\"; exec node dist/src/cli.js --bind 0.0.0.0 --upstream \"$UPSTREAM\" \"$@\"", "gears-proxy"]
