@@ -27,8 +27,8 @@ if [ "$needs_redis" = yes ] && ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 if [ ! -f "$root/dist/src/cli.js" ]; then
-  echo "gears-proxy: building (npx tsc -p .)..." >&2
-  (cd "$root" && npx tsc -p .)
+  echo "gears-proxy: building (npm run build)..." >&2
+  (cd "$root" && npm run build --silent)
 fi
 
 exec node "$root/dist/src/cli.js" "$@"
