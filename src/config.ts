@@ -43,6 +43,8 @@ export interface ProxyConfig {
   announcePort?: number;
   /** Gears settings (RG.CONFIGSET names) applied at start. */
   gearsConfig: Record<string, string>;
+  /** RG.PYEXECUTE runs Python (Pyodide): trusted code, off unless the operator says so. */
+  python: boolean;
 }
 
 export const DEFAULT_CONFIG: ProxyConfig = {
@@ -61,6 +63,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   clusterEmulation: false,
   readFromReplicas: false,
   gearsConfig: {},
+  python: false,
 };
 
 /** Parses "host:port", "[v6]:port" or a bare port; throws with a message fit for a user. */

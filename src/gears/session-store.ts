@@ -15,6 +15,8 @@ export interface StoredSession {
   description: string | null;
   /** Registration ids by the index of the register() call in the script that made them. */
   registrations: Record<string, string>;
+  /** The script is Python (RG.PYEXECUTE). */
+  python?: boolean;
 }
 
 /** Sessions persisted in Redis itself, so they survive the proxy. */

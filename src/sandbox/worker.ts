@@ -155,6 +155,11 @@ let internal: QuickJSHandle;
 let fns: Helpers;
 let broken = false;
 
+function quickjsWasm(): WebAssembly.Module {
+  if (init.wasmModule === undefined) throw new Error("the QuickJS worker needs its wasm module");
+  return init.wasmModule;
+}
+
 async function setUp(): Promise<void> {
   const limitMb = Math.max(16, Math.floor(init.memoryLimitMb));
   wasmMemory = new WebAssembly.Memory({ initial: 256, maximum: limitMb * 16 });
@@ -169,7 +174,7 @@ async function setUp(): Promise<void> {
     }
   };
   const mod = await newQuickJSWASMModuleFromVariant(
-    newVariant(RELEASE_SYNC, { wasmModule: init.wasmModule, wasmMemory }),
+    newVariant(RELEASE_SYNC, { wasmModule: quickjsWasm(), wasmMemory }),
   );
   rt = mod.newRuntime();
   rt.setMemoryLimit(limitMb * 1024 * 1024);
@@ -472,6 +477,8 @@ function runEntry(req: EntryRequest): WorkerMessage {
       first = evaluate(req.source, req.filename, false);
     } else if (req.op === "call") {
       first = enter(fns.call, own(ctx.newString(req.path)), own(newText(req.argsJson)));
+    } else if (req.op === "evalPython") {
+      throw new EntryFailure({ kind: "throw", message: "Error: this isolate runs JavaScript, not Python" });
     } else {
       const value = own(decodeBinary(req.bytes));
       first = enter(
