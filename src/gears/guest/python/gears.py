@@ -51,13 +51,16 @@ def _step(f, shape="plain"):
         raise TypeError("argument must be a function")
 
     def call(*args):
+        args = [_to_py(a) for a in args]
         try:
-            out = f(*[_to_py(a) for a in args])
+            out = f(*args)
         except (KeyboardInterrupt, MemoryError) as e:
             _rt.fatal(type(e).__name__)
             raise
         if shape == "key":
             out = _key(out)
+        elif shape == "same":
+            out = args[0]
         elif shape == "bool":
             out = bool(out)
         elif shape == "flat":
@@ -97,7 +100,9 @@ class GearsBuilder:
         return self
 
     def foreach(self, f):
-        self._b.foreach(_step(f))
+        # The record goes on as f left it (RedisGears passes the same object along): the
+        # step hands back the Python record, not the one it was given.
+        self._b.map(_step(f, "same"))
         return self
 
     def filter(self, f):
