@@ -358,6 +358,31 @@ describe("RG.PYEXECUTE: switched on by the operator, limits, isolation, start-up
     expect(await io.call("RG.PYEXECUTE", "x = 1", "REQUIREMENTS")).to.equal("OK");
   });
 
+  it("a Python session is stored, and another proxy brings it back as Python", async () => {
+    expect(
+      await io.call(
+        "RG.PYEXECUTE",
+        "GB('CommandReader').map(lambda a: 'py:' + a[1]).register(trigger='pytrig')",
+        "ID",
+        "stored-py",
+      ),
+    ).to.equal("OK");
+    const second = await startProxy([{ port: backend.seed.port }], { python: true });
+    const c = connect(second.port);
+    try {
+      const sessions = asArray(await c.call("RG.DUMPSESSIONS"), "sessions").map((s) => fields(s, "session"));
+      const stored = sessions.find((s) => s.get("ID") === "stored-py");
+      expect(stored?.get("language")).to.equal("python");
+      expect(await c.call("RG.TRIGGER", "pytrig", "x")).to.deep.equal(["py:x"]);
+    } finally {
+      c.disconnect();
+      await second.close();
+      for (const r of asArray(await io.call("RG.DUMPREGISTRATIONS"), "registrations")) {
+        await io.call("RG.UNREGISTER", str(fields(r, "registration").get("id")));
+      }
+    }
+  });
+
   const limits: [string, string, RegExp][] = [
     ["while True: pass", "while True: pass", /timed out after 1000 ms/],
     ["a memory bomb", "x = []\nwhile True: x.append(' ' * 10**6)", /memory limit/],

@@ -4,9 +4,10 @@
  * (callSync, a batch of callAsync) blocks this thread in Atomics.wait until the main thread
  * answers on the reply port. The time spent waiting does not count against the deadline.
  */
-import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
+import { parentPort, workerData } from "node:worker_threads";
 import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
+import { waitForReply } from "./reply-wait.js";
 import {
   CTL_ABORT,
   CTL_DEADLINE_BYTE,
@@ -112,18 +113,7 @@ function hostRequest(request: HostRequest): { seq: number } {
   Atomics.store(ctl, CTL_SIGNAL, 0);
   const mySeq = ++seq;
   port.postMessage({ ...request, seq: mySeq } satisfies WorkerMessage);
-  let reply: { seq: number } | undefined;
-  while (reply === undefined) {
-    Atomics.wait(ctl, CTL_SIGNAL, 0);
-    const got = receiveMessageOnPort(init.replyPort) as { message: { seq: number } } | undefined;
-    if (got === undefined) {
-      // The signal is up but the message is not readable yet: wait a moment and look again.
-      Atomics.wait(ctl, CTL_SIGNAL, 1, 1);
-      continue;
-    }
-    if (got.message.seq === mySeq) reply = got.message;
-  }
-  Atomics.store(ctl, CTL_SIGNAL, 0);
+  const reply = waitForReply(ctl, init.replyPort, mySeq);
   Atomics.store(ctl, CTL_STATE, STATE_IDLE);
   if (wasInSegment) beginSegment();
   return reply;

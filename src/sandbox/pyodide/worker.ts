@@ -13,7 +13,8 @@
 import { createRequire } from "node:module";
 import { dirname, sep } from "node:path";
 import { runInThisContext } from "node:vm";
-import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
+import { parentPort, workerData } from "node:worker_threads";
+import { waitForReply } from "../reply-wait.js";
 import {
   CTL_ABORT,
   CTL_DEADLINE_BYTE,
@@ -97,17 +98,7 @@ function hostRequest(
   Atomics.store(ctl, CTL_SIGNAL, 0);
   const mySeq = ++seq;
   port.postMessage({ ...request, seq: mySeq } satisfies WorkerMessage);
-  let reply: { seq: number } | undefined;
-  while (reply === undefined) {
-    Atomics.wait(ctl, CTL_SIGNAL, 0);
-    const got = receiveMessageOnPort(init.replyPort) as { message: { seq: number } } | undefined;
-    if (got === undefined) {
-      Atomics.wait(ctl, CTL_SIGNAL, 1, 1);
-      continue;
-    }
-    if (got.message.seq === mySeq) reply = got.message;
-  }
-  Atomics.store(ctl, CTL_SIGNAL, 0);
+  const reply = waitForReply(ctl, init.replyPort, mySeq);
   if (wasInGuest) {
     Atomics.store(deadlineSlot, 0, BigInt(Date.now() + Math.max(0, left)));
     Atomics.store(ctl, CTL_STATE, STATE_GUEST);
