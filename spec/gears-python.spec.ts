@@ -235,9 +235,9 @@ for (const mode of BACKEND_MODES) {
       it("records come back as RedisGears gave them: Python's str() of each", async () => {
         const out = await py(
           io,
-          "GB().map(lambda r: {'k': r['key'], 'n': None, 't': (1, True)}).run('tw:1')",
+          "GB().map(lambda r: {'k': r['key'], 'n': None, 't': [1, True, 2.5]}).run('tw:1')",
         );
-        expect(out.results).to.deep.equal(["{'k': 'tw:1', 'n': None, 't': (1, True)}"]);
+        expect(out.results).to.deep.equal(["{'k': 'tw:1', 'n': None, 't': [1, True, 2.5]}"]);
       });
 
       it("a Python error in a step lands in the errors list with Python's text", async () => {
