@@ -248,6 +248,30 @@ for (const mode of BACKEND_MODES) {
       });
     });
 
+    it("the stream recipe in its 1.x form turns 5,000 entries into keys on the right shards", async () => {
+      const p = io.pipeline();
+      for (let i = 0; i < 5000; i++) p.xadd("recipe-stream", "*", `sk:${i}`, `v${i}`);
+      await execAll(p);
+      const out = await py(
+        io,
+        "GB('StreamReader').flatmap(lambda x: [(k, v) for k, v in x['value'].items()]).repartition(lambda x: x[0]).foreach(lambda x: execute('set', x[0], x[1])).count().run('recipe-stream')",
+      );
+      expect(out.errors).to.deep.equal([]);
+      expect(out.results).to.deep.equal(["5000"]);
+      for (const i of [0, 1234, 4999]) {
+        const node = await backend.nodeOf(`sk:${i}`);
+        const m = connect(node.port);
+        try {
+          expect(await m.get(`sk:${i}`)).to.equal(`v${i}`);
+        } finally {
+          m.disconnect();
+        }
+      }
+      let total = 0;
+      for (const m of masters) total += (await m.keys("sk:*")).length;
+      expect(total).to.equal(5000);
+    });
+
     describe("the all-keys registration, verbatim", () => {
       it("puts every key written through the proxy or directly on a shard in all_keys", async () => {
         const reply = await io.call(
