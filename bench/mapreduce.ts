@@ -35,8 +35,8 @@ import {
 
 // ---- options -----------------------------------------------------------------------------
 
-type Variant = "a" | "b" | "c" | "d";
-const VARIANTS: readonly Variant[] = ["a", "b", "c", "d"];
+type Variant = "a" | "b" | "c" | "d" | "p";
+const VARIANTS: readonly Variant[] = ["a", "b", "c", "d", "p"];
 
 interface Options {
   movies: number;
@@ -57,8 +57,9 @@ const HELP = `Usage: node dist/bench/mapreduce.js [options]
   --movies N              number of movie:<i> hashes (default 200000)
   --rounds N              alternating rounds; medians are reported (default 3)
   --no-warmup             skip the untimed warm-up run of each variant
-  --variants LIST         of a,b,c,d (default a,b,c; ratios need a), e.g. --variants b for profiling;
-                          d (not required by the targets) is the executeAsync() form of (c)
+  --variants LIST         of a,b,c,d,p (default a,b,c,p; ratios need a), e.g. --variants b for profiling;
+                          d (not required by the targets) is the executeAsync() form of (c);
+                          p is (c) in Python (RG.PYEXECUTE; the proxy gets --python)
   --script-timeout-ms N   RG.CONFIGSET ScriptTimeoutMS N before the rounds (by default it is
                           left at the proxy's default and only raised, to 60000, if a warm-up
                           run fails with a timeout; the report says so)
@@ -81,7 +82,7 @@ function parseVariants(text: string): Variant[] {
   const picked = text.split(",").map((s) => s.trim().toLowerCase());
   const bad = picked.find((s) => !VARIANTS.some((v) => v === s));
   if (bad !== undefined || picked.length === 0)
-    throw new Error(`--variants: '${text}' is not a list of a,b,c`);
+    throw new Error(`--variants: '${text}' is not a list of a,b,c,d,p`);
   return VARIANTS.filter((v) => picked.includes(v));
 }
 
@@ -113,7 +114,7 @@ function parseOptions(argv: string[]): Options | null {
     movies: values.movies !== undefined ? positive(values.movies, "--movies") : quick ? 10_000 : 200_000,
     rounds: values.rounds !== undefined ? positive(values.rounds, "--rounds") : quick ? 1 : 3,
     warmup: values["no-warmup"] !== true,
-    variants: parseVariants(values.variants ?? "a,b,c"),
+    variants: parseVariants(values.variants ?? "a,b,c,p"),
     scriptTimeoutMs:
       values["script-timeout-ms"] !== undefined
         ? positive(values["script-timeout-ms"], "--script-timeout-ms")
@@ -207,11 +208,14 @@ const SCRIPT_KEYS = `GB().map(r => r.value.genres).filter(Boolean).flatmap(g => 
 const SCRIPT_EXECUTE = `GB('KeysOnlyReader').map(k => execute('HGET', k, 'genres')).filter(g => g != null).flatmap(g => g.split(',')).countby().run('movie:*')`;
 const SCRIPT_ASYNC = `GB('KeysOnlyReader').map(k => executeAsync('HGET', k, 'genres')).filter(g => g != null).flatmap(g => g.split(',')).countby().run('movie:*')`;
 
+const SCRIPT_PYTHON = `GB('KeysOnlyReader').map(lambda k: execute('HGET', k, 'genres')).filter(lambda g: g is not None).flatmap(lambda g: g.split(',')).countby().run('movie:*')`;
+
 const LABELS: Record<Variant, string> = {
   a: "(a) hand-written ioredis (SCAN + pipelined HGET per master)",
   b: "(b) RG.EXECUTE, KeysReader form",
   c: "(c) RG.EXECUTE, execute() form",
   d: "(d) RG.EXECUTE, executeAsync() form (informative)",
+  p: "(p) RG.PYEXECUTE, execute() form in Python (informative)",
 };
 
 /** (a): SCAN every master in parallel, a pipelined HGET per SCAN batch, counting in a Map. */
@@ -239,8 +243,8 @@ async function handWritten(masters: Redis[]): Promise<Counts> {
 }
 
 /** Runs a script through the proxy; the countby records as counts. Errors of any kind throw. */
-async function rgExecute(proxy: Redis, script: string): Promise<Counts> {
-  const reply = await proxy.call("RG.EXECUTE", [script]);
+async function rgExecute(proxy: Redis, script: string, command = "RG.EXECUTE"): Promise<Counts> {
+  const reply = await proxy.call(command, [script]);
   if (!Array.isArray(reply) || reply.length !== 2 || !Array.isArray(reply[0]) || !Array.isArray(reply[1])) {
     throw new Error(`RG.EXECUTE: unexpected reply ${JSON.stringify(reply).slice(0, 500)}`);
   }
@@ -249,7 +253,9 @@ async function rgExecute(proxy: Redis, script: string): Promise<Counts> {
     throw new Error(`RG.EXECUTE reported errors: ${errors.slice(0, 5).map(String).join("; ")}`);
   const counts: Counts = new Map();
   for (const r of results) {
-    const record = JSON.parse(String(r)) as { key?: unknown; value?: unknown };
+    // Python's records are its str() of a dict: {'key': 'Drama', 'value': 12}.
+    const text = command === "RG.PYEXECUTE" ? String(r).replaceAll("'", '"') : String(r);
+    const record = JSON.parse(text) as { key?: unknown; value?: unknown };
     if (typeof record.key !== "string" || typeof record.value !== "number") {
       throw new Error(`RG.EXECUTE: unexpected record ${String(r)}`);
     }
@@ -381,7 +387,7 @@ async function main(): Promise<number> {
     const proxy = (stack.proxy = await startGears(seed.port, {
       profileDir: opts.profileDir,
       nodeArgs: opts.proxyNodeArgs,
-      args: opts.proxyArgs,
+      args: [...opts.proxyArgs, ...(opts.variants.includes("p") ? ["--python"] : [])],
       readyWhen: "keyed",
     }));
     const proxyClient = client(proxy.port);
@@ -404,6 +410,8 @@ async function main(): Promise<number> {
           return rgExecute(proxyClient, SCRIPT_EXECUTE);
         case "d":
           return rgExecute(proxyClient, SCRIPT_ASYNC);
+        case "p":
+          return rgExecute(proxyClient, SCRIPT_PYTHON, "RG.PYEXECUTE");
       }
     };
     const check = (v: Variant, got: Counts): void => {
@@ -488,6 +496,7 @@ async function main(): Promise<number> {
     `- (b) \`${SCRIPT_KEYS}\``,
     `- (c) \`${SCRIPT_EXECUTE}\``,
     ...(opts.variants.includes("d") ? [`- (d) \`${SCRIPT_ASYNC}\``] : []),
+    ...(opts.variants.includes("p") ? [`- (p) \`${SCRIPT_PYTHON}\``] : []),
     "",
     `${timeoutNote}.`,
     "",

@@ -2,6 +2,7 @@
 // evaluates (dist/guest/<api>.js). esbuild does this in milliseconds, so specs run it too
 // (.mocharc.json) and never load a stale bundle.
 import { buildSync } from "esbuild";
+import { copyFileSync, mkdirSync } from "node:fs";
 import { fileURLToPath, URL } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -19,3 +20,6 @@ for (const api of ["gears", "tf"]) {
     banner: { js: '"use strict";' },
   });
 }
+// The Python library is Python source: the Pyodide isolate runs it as it is.
+mkdirSync(`${root}dist/guest`, { recursive: true });
+copyFileSync(`${root}src/gears/guest/python/gears.py`, `${root}dist/guest/gears.py`);

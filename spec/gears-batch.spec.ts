@@ -823,10 +823,12 @@ for (const mode of BACKEND_MODES) {
         expect(typeError.errors[0]).to.match(/^TypeError: .* in map at script:2$/);
       });
 
-      it("RG.PYEXECUTE says it needs Python", async () => {
-        expect(await rejection(io.call("RG.PYEXECUTE", "GB().run()"))).to.equal(
-          "ERR RG.PYEXECUTE needs Python; send the script as JavaScript with RG.EXECUTE",
+      it("RG.PYEXECUTE, with Python off (the default), says how to switch it on", async () => {
+        const message = await rejection(io.call("RG.PYEXECUTE", "GB().run()"));
+        expect(message).to.match(
+          /^ERR RG\.PYEXECUTE needs Python, which is off: start the proxy with --python/,
         );
+        expect(message).to.contain("RG.EXECUTE");
       });
 
       it("every RG command checks its arity", async () => {

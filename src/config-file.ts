@@ -190,6 +190,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     describe:
       "A gears setting as Name=Value, as RG.CONFIGSET takes it (ScriptTimeoutMS=10000, EventLeaseMS=5000...); repeat it for several.",
   },
+  {
+    flag: "python",
+    key: "python",
+    kind: "flag",
+    describe:
+      "Run RG.PYEXECUTE's Python scripts (Pyodide). Python scripts are trusted code: switch it on only for scripts you trust.",
+    defaultText: "false",
+  },
 ];
 
 export const PASSWORD_ENV = "GEARS_PROXY_UPSTREAM_PASSWORD";

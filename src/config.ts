@@ -46,6 +46,8 @@ export interface ProxyConfig {
   announcePort?: number;
   /** Gears settings (RG.CONFIGSET names) applied at start. */
   gearsConfig: Record<string, string>;
+  /** RG.PYEXECUTE runs Python (Pyodide): trusted code, off unless the operator says so. */
+  python: boolean;
 }
 
 export const DEFAULT_CONFIG: ProxyConfig = {
@@ -63,6 +65,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   clientOutputBufferLimit: 256 * 1024 * 1024,
   readFromReplicas: false,
   gearsConfig: {},
+  python: false,
 };
 
 /** Parses "host:port", "[v6]:port" or a bare port; throws with a message fit for a user. */

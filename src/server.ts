@@ -7,6 +7,7 @@ import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
 import { CommandTable } from "./routing/command-table.js";
 import { Isolate } from "./sandbox/isolate.js";
+import { PyodidePool } from "./sandbox/pyodide/pool.js";
 import { Router } from "./routing/router.js";
 import { connectUpstream } from "./upstream/connect.js";
 
@@ -20,6 +21,8 @@ export class ProxyServer {
   private listener: net.Server | null = null;
   private context: ProxyContext | null = null;
   private sweeper: NodeJS.Timeout | null = null;
+  /** The warm Python interpreter (--python). */
+  private python: PyodidePool | null = null;
 
   constructor(
     readonly config: ProxyConfig,
@@ -44,6 +47,13 @@ export class ProxyServer {
       this.config.clusterRetryTimeoutMs,
       this.config.readFromReplicas,
     );
+    const python = this.config.python
+      ? new PyodidePool(() => ({
+          memoryLimitMb: ctx.gears.config.number("ScriptMemoryLimitMB"),
+          timeoutMs: ctx.gears.config.number("ScriptTimeoutMS"),
+        }))
+      : null;
+    this.python = python;
     const ctx: ProxyContext = {
       config: this.config,
       log: this.log,
@@ -51,8 +61,11 @@ export class ProxyServer {
       clients: new ClientRegistry(),
       stats,
       upstreamVersion: upstream.version,
-      gears: new GearsEngine(router, this.log.child({ component: "gears" }), (limits, bridge) =>
-        Isolate.create(limits, bridge),
+      gears: new GearsEngine(
+        router,
+        this.log.child({ component: "gears" }),
+        (limits, bridge) => Isolate.create(limits, bridge),
+        python === null ? null : (limits, bridge) => python.take(limits, bridge),
       ),
     };
     this.context = ctx;
@@ -61,6 +74,8 @@ export class ProxyServer {
       if (reply.includes("\r\n-"))
         throw new Error(`--gears-config ${name}=${value}: ${reply.split("\r\n-")[1].trim()}`);
     }
+    // Started now, with the settings applied, so that the first RG.PYEXECUTE finds it loaded.
+    python?.prime();
     await ctx.gears.restore();
     const listener = net.createServer((socket) => this.accept(ctx, socket));
     this.listener = listener;
@@ -101,6 +116,11 @@ export class ProxyServer {
     }
   }
 
+  /** Settles once the warm Python interpreter is ready (at once without --python). */
+  async pythonWarm(): Promise<void> {
+    await this.python?.warmed();
+  }
+
   async close(): Promise<void> {
     if (this.sweeper !== null) clearInterval(this.sweeper);
     const ctx = this.context;
@@ -112,6 +132,7 @@ export class ProxyServer {
       await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
       ctx.router.topology.close();
     }
+    await this.python?.close();
     const listener = this.listener;
     this.listener = null;
     if (listener !== null) await new Promise<void>((resolve) => listener.close(() => resolve()));

@@ -1,7 +1,8 @@
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
 import type { Protocol } from "../resp/values.js";
 import type { RespValue } from "../resp/values.js";
-import type { GearsEngine } from "./engine.js";
+import { PYTHON_OFF, type GearsEngine } from "./engine.js";
+import { languageOf } from "./guest-isolate.js";
 import type { Execution } from "./execution.js";
 import { keySlot } from "../routing/key-slot.js";
 import { replyValueToResp } from "./json-values.js";
@@ -19,8 +20,18 @@ function arity(name: string): Buffer {
 }
 
 /** RG.EXECUTE <script> [UNBLOCKING] [ID <id>] [DESCRIPTION <text>] [UPGRADE] [REPLACE_WITH <old>] */
-async function execute(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Promise<Buffer> {
-  if (args.length < 1) return arity("rg.execute");
+/**
+ * RG.EXECUTE (JavaScript) and RG.PYEXECUTE (Python): the same options; Python takes
+ * REQUIREMENTS last, and only an empty list (no package can be installed here).
+ */
+async function execute(
+  engine: GearsEngine,
+  args: Buffer[],
+  caller: GearsCaller,
+  python = false,
+): Promise<Buffer> {
+  if (args.length < 1) return arity(python ? "rg.pyexecute" : "rg.execute");
+  if (python && engine.newPythonIsolate === null) return encodeError(`ERR ${PYTHON_OFF}`);
   let unblocking = false;
   let upgrade = false;
   let sessionId: string | undefined;
@@ -42,7 +53,10 @@ async function execute(engine: GearsEngine, args: Buffer[], caller: GearsCaller)
     else if (option === "REPLACE_WITH") {
       if (i + 1 >= args.length) return encodeError("ERR REPLACE_WITH is missing");
       replaceWith = args[++i].toString();
-    } else return encodeError(`ERR Unknown arguments were given: ${args[i].toString()}`);
+    } else if (python && option === "REQUIREMENTS") {
+      if (i + 1 < args.length) return encodeError(`ERR ${requirementsError(args.slice(i + 1))}`);
+    } else if (python && option === "FORCE_REINSTALL_REQUIREMENTS") continue;
+    else return encodeError(`ERR Unknown arguments were given: ${args[i].toString()}`);
   }
   return engine.execute({
     script: args[0].toString(),
@@ -52,7 +66,13 @@ async function execute(engine: GearsEngine, args: Buffer[], caller: GearsCaller)
     upgrade,
     replaceWith,
     db: caller.db,
+    python,
   });
+}
+
+/** No package is vendored with the proxy and none is downloaded: any requirement is refused. */
+function requirementsError(deps: Buffer[]): string {
+  return `Could not satisfy requirements: ${deps.map(String).join(" ")} (the proxy installs no Python packages; scripts may use the standard library only)`;
 }
 
 function finished(engine: GearsEngine, id: string): Execution | Buffer {
@@ -288,6 +308,8 @@ function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
         data,
         b("session"),
         b(r.sessionId),
+        b("language"),
+        b(sessionLanguage(engine, r.sessionId)),
       ];
     }),
   );
@@ -296,6 +318,11 @@ function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
 function unregister(engine: GearsEngine, args: Buffer[]): Buffer {
   if (args.length < 1 || args.length > 2) return arity("rg.unregister");
   return engine.unregister(args[0].toString()) ? OK : encodeError("execution is not registered");
+}
+
+function sessionLanguage(engine: GearsEngine, sessionId: string): string {
+  const session = engine.registry.session(sessionId);
+  return session === undefined ? "javascript" : languageOf(session.isolate);
 }
 
 function dumpSessions(engine: GearsEngine, args: Buffer[]): Buffer {
@@ -312,6 +339,8 @@ function dumpSessions(engine: GearsEngine, args: Buffer[]): Buffer {
       s.description === null ? null : b(s.description),
       b("registrations"),
       s.registrations.map((r) => (verbose ? [b("id"), b(r.id), b("reader"), b(r.reader)] : b(r.id))),
+      b("language"),
+      b(languageOf(s.isolate)),
     ]),
   );
 }
@@ -350,14 +379,9 @@ async function trigger(engine: GearsEngine, args: Buffer[], onKey: boolean): Pro
   return encodeValue((execution.results ?? []).map(replyValueToResp));
 }
 
-function pyExecute(_engine: GearsEngine, args: Buffer[]): Buffer {
-  if (args.length < 1) return arity("rg.pyexecute");
-  return encodeError("ERR RG.PYEXECUTE needs Python; send the script as JavaScript with RG.EXECUTE");
-}
-
 const HANDLERS = new Map<string, Handler>([
   ["rg.execute", execute],
-  ["rg.pyexecute", pyExecute],
+  ["rg.pyexecute", (engine, args, caller) => execute(engine, args, caller, true)],
   ["rg.getresults", getResults],
   ["rg.getresultsblocking", getResultsBlocking],
   ["rg.getexecution", getExecution],
@@ -384,7 +408,10 @@ export function holdsClient(name: string, args: Buffer[]): boolean {
   // A T&F call ran inside Redis before the client's next command: the proxy keeps that order.
   if (TF_COMMANDS.has(name)) return true;
   if (name === "rg.getresultsblocking" || name === "rg.trigger" || name === "rg.triggeronkey") return true;
-  return name === "rg.execute" && !args.some((a) => a.toString().toUpperCase() === "UNBLOCKING");
+  return (
+    (name === "rg.execute" || name === "rg.pyexecute") &&
+    !args.some((a) => a.toString().toUpperCase() === "UNBLOCKING")
+  );
 }
 
 /**

@@ -8,7 +8,8 @@ import { GearsGuest } from "./gears-guest.js";
 import { GearsConfig } from "./config.js";
 import { topLevelError } from "./errors.js";
 import { Execution } from "./execution.js";
-import type { Action, GuestIsolate, IsolateFactory } from "./guest-isolate.js";
+import type { Action, GuestIsolate, IsolateFactory, PythonIsolateFactory } from "./guest-isolate.js";
+import { loadPythonScript } from "./python-guest.js";
 import { KeyspaceEventSource, type KeyEvent, type KeyspaceStatus } from "./events/keyspace-source.js";
 import { EventBacklog } from "./events/event-backlog.js";
 import { WriteJournal } from "./events/write-journal.js";
@@ -22,6 +23,10 @@ import { replyValueToResp } from "./json-values.js";
 import { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 import { TfEngine } from "./tf/tf-engine.js";
+
+/** RG.PYEXECUTE's answer while Python is off. */
+export const PYTHON_OFF =
+  "RG.PYEXECUTE needs Python, which is off: start the proxy with --python (Python scripts are trusted code), or send the script as JavaScript with RG.EXECUTE";
 
 /** Events from this long before a dead lease owner's last mark are replayed too (clock skew, at least once). */
 const REPLAY_MARGIN_MS = 1000;
@@ -49,6 +54,8 @@ export interface ExecuteRequest {
   db?: number;
   /** A stored session coming back: its registrations keep these ids (by register() index). */
   restoredIds?: Record<string, string>;
+  /** RG.PYEXECUTE: the script is Python (RedisGears 1.x's API); default JavaScript. */
+  python?: boolean;
 }
 
 /**
@@ -90,6 +97,8 @@ export class GearsEngine {
     readonly router: Router,
     private readonly log: Logger,
     private readonly newIsolate: IsolateFactory,
+    /** Pyodide isolates, when the operator switched Python on (--python). */
+    readonly newPythonIsolate: PythonIsolateFactory | null = null,
   ) {
     this.shards = new Shards(router);
     this.registry = new RegistrationRegistry(
@@ -185,11 +194,20 @@ export class GearsEngine {
       timeoutMs: this.config.number("ScriptTimeoutMS"),
     };
     bridge.db = db;
-    const isolate = await this.newIsolate(limits, bridge);
+    if (request.python === true && this.newPythonIsolate === null) return encodeError(`ERR ${PYTHON_OFF}`);
+    const python =
+      request.python === true && this.newPythonIsolate !== null
+        ? await this.newPythonIsolate(limits, bridge)
+        : null;
+    const isolate = python ?? (await this.newIsolate(limits, bridge));
     let actions: Action[];
     try {
-      await isolate.evalScript(gearsGuestSource(), "gears-library");
-      await isolate.evalScript(request.script, "script");
+      if (python !== null) {
+        await loadPythonScript(python, request.script);
+      } else {
+        await isolate.evalScript(gearsGuestSource(), "gears-library");
+        await isolate.evalScript(request.script, "script");
+      }
       actions = await new GearsGuest(isolate).actions();
     } catch (err) {
       await isolate.dispose().catch(() => {});
@@ -603,6 +621,7 @@ export class GearsEngine {
       registrations,
       ...(session.db === 0 ? {} : { db: session.db }),
     };
+    if (session.isolate.runtime === "pyodide") stored.python = true;
     const json = JSON.stringify(stored);
     if (this.storedJson.get(session.id) === json) return;
     this.storedJson.set(session.id, json);
@@ -674,6 +693,7 @@ export class GearsEngine {
       upgrade: true,
       restoredIds: s.registrations,
       db: s.db ?? 0,
+      python: s.python === true,
     });
     const session = this.registry.session(s.id);
     if (session === undefined) {

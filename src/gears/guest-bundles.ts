@@ -6,11 +6,12 @@ import { readFileSync } from "node:fs";
  */
 const cache = new Map<string, string>();
 
-function bundle(api: "gears" | "tf"): string {
+function bundle(api: "gears" | "tf" | "gears-python"): string {
   let source = cache.get(api);
   if (source === undefined) {
     // This file runs as dist/src/gears/guest-bundles.js; the bundles sit in dist/guest/.
-    const url = new URL(`../../guest/${api}.js`, import.meta.url);
+    const file = api === "gears-python" ? "gears.py" : `${api}.js`;
+    const url = new URL(`../../guest/${file}`, import.meta.url);
     try {
       source = readFileSync(url, "utf8");
     } catch {
@@ -26,3 +27,6 @@ export const gearsGuestSource = (): string => bundle("gears");
 
 /** The Triggers and Functions library (TFUNCTION/TFCALL). */
 export const tfGuestSource = (): string => bundle("tf");
+
+/** RedisGears' Python API over the GearsBuilder library (src/gears/guest/python/gears.py). */
+export const pythonGuestSource = (): string => bundle("gears-python");

@@ -8,6 +8,8 @@ export interface GuestIsolate {
   dispose(): Promise<void>;
   readonly alive: boolean;
   readonly limits: IsolateLimits;
+  /** Which language runtime runs the user's code: QuickJS (JavaScript) or Pyodide (Python). */
+  readonly runtime: "quickjs" | "pyodide";
   /** Whether callBinary() may be used: the isolate's QuickJS reads src/sandbox/bjson.ts's format. */
   readonly binary: boolean;
   /** call(), with args[index] given in QuickJS's binary object format instead of JSON. */
@@ -15,6 +17,17 @@ export interface GuestIsolate {
 }
 
 export type IsolateFactory = (limits: IsolateLimits, bridge: HostBridge) => Promise<GuestIsolate>;
+
+/** A Pyodide isolate: JavaScript for the libraries beside Python for the user's code. */
+export interface PythonIsolate extends GuestIsolate {
+  evalPython(source: string, filename: string): Promise<JsonValue>;
+}
+
+export type PythonIsolateFactory = (limits: IsolateLimits, bridge: HostBridge) => Promise<PythonIsolate>;
+
+/** The language a user's script is written in, as RG.DUMPSESSIONS and RG.DUMPREGISTRATIONS show it. */
+export const languageOf = (isolate: GuestIsolate): "python" | "javascript" =>
+  isolate.runtime === "pyodide" ? "python" : "javascript";
 
 /** One step of a plan, as the guest library reports it. */
 export interface StepInfo {

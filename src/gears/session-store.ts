@@ -11,6 +11,8 @@ export interface StoredSession {
   registrations: Record<string, string>;
   /** The database it was registered from, when not 0. */
   db?: number;
+  /** The script is Python (RG.PYEXECUTE). */
+  python?: boolean;
 }
 
 /**

@@ -11,8 +11,10 @@ import {
   CTL_ABORT,
   CTL_BYTES,
   CTL_DEADLINE_BYTE,
+  CTL_INTERRUPT,
   CTL_SIGNAL,
   CTL_STATE,
+  SIGINT,
   STATE_GUEST,
   type AsyncReply,
   type EntryRequest,
@@ -33,7 +35,13 @@ const DISPOSE_WAIT_MS = 2000;
 /** The worker's native stack: QuickJS's 1 MB stack limit needs about 32x that (reference §0.2). */
 const WORKER_STACK_MB = 32;
 
-const WORKER_URL = new URL("./worker.js", import.meta.url);
+/** The language runtimes an isolate can run: QuickJS (JavaScript) or Pyodide (Python). */
+export type Runtime = "quickjs" | "pyodide";
+
+const WORKER_URLS: Record<Runtime, URL> = {
+  quickjs: new URL("./worker.js", import.meta.url),
+  pyodide: new URL("./pyodide/worker.js", import.meta.url),
+};
 
 let wasmModule: Promise<WebAssembly.Module> | undefined;
 
@@ -111,13 +119,14 @@ export class Isolate {
   };
 
   private constructor(
+    readonly runtime: Runtime,
     readonly limits: IsolateLimits,
     private readonly bridge: HostBridge,
     private readonly worker: Worker,
     private readonly replyPort: MessagePort,
     control: SharedArrayBuffer,
   ) {
-    this.ctl = new Int32Array(control, 0, 3);
+    this.ctl = new Int32Array(control, 0, 4);
     this.deadlineSlot = new BigInt64Array(control, CTL_DEADLINE_BYTE, 1);
     this.exited = new Promise((resolve) => worker.once("exit", () => resolve()));
     worker.on("message", (m: WorkerMessage) => this.onMessage(m));
@@ -126,10 +135,14 @@ export class Isolate {
   }
 
   /** Starts a worker with a fresh runtime and context; resolves once the guest is ready. */
-  static async create(limits: IsolateLimits, bridge: HostBridge): Promise<Isolate> {
+  static async create(
+    limits: IsolateLimits,
+    bridge: HostBridge,
+    runtime: Runtime = "quickjs",
+  ): Promise<Isolate> {
     if (!(limits.timeoutMs > 0)) throw new RangeError("timeoutMs must be positive");
     if (!(limits.memoryLimitMb >= 16)) throw new RangeError("memoryLimitMb must be at least 16");
-    const module = await compiledWasm();
+    const module = runtime === "quickjs" ? await compiledWasm() : undefined;
     const control = new SharedArrayBuffer(CTL_BYTES);
     const { port1, port2 } = new MessageChannel();
     const workerData: WorkerInit = {
@@ -139,16 +152,17 @@ export class Isolate {
       control,
       replyPort: port2,
     };
-    const worker = new Worker(WORKER_URL, {
+    const worker = new Worker(WORKER_URLS[runtime], {
       workerData,
       transferList: [port2],
       resourceLimits: {
         stackSizeMb: WORKER_STACK_MB,
-        // The worker's own heap holds only strings crossing to and from the guest.
-        maxOldGenerationSizeMb: 64 + 4 * Math.ceil(limits.memoryLimitMb),
+        // The worker's own heap holds only strings crossing to and from the guest (and, for
+        // Pyodide, its JavaScript glue and the records on their way between the languages).
+        maxOldGenerationSizeMb: (runtime === "pyodide" ? 256 : 64) + 4 * Math.ceil(limits.memoryLimitMb),
       },
     });
-    const isolate = new Isolate({ ...limits }, bridge, worker, port1, control);
+    const isolate = new Isolate(runtime, { ...limits }, bridge, worker, port1, control);
     await new Promise<void>((resolve, reject) => {
       isolate.ready = { resolve, reject };
     });
@@ -170,6 +184,11 @@ export class Isolate {
    */
   evalScript(source: string, filename: string): Promise<JsonValue> {
     return this.enqueue({ op: "eval", source, filename });
+  }
+
+  /** Runs Python source in the isolate's interpreter (a Pyodide isolate only). */
+  evalPython(source: string, filename: string): Promise<JsonValue> {
+    return this.enqueue({ op: "evalPython", source, filename });
   }
 
   /** Calls the global function at a dotted path with JSON args; a returned Promise is awaited. */
@@ -208,6 +227,7 @@ export class Isolate {
     if (entry.aborted) return;
     entry.aborted = true;
     Atomics.store(this.ctl, CTL_ABORT, 1);
+    Atomics.store(this.ctl, CTL_INTERRUPT, SIGINT);
     // The worker may be waiting for the host: answer it now, the interrupt does the rest.
     const pending = this.pendingReply;
     if (pending !== undefined) this.answerWithError(pending, abortedMessage());
@@ -270,7 +290,7 @@ export class Isolate {
       this.current = entry;
       this.worker.ref();
       this.worker.postMessage(entry.request satisfies WorkerRequest);
-      this.armWatchdog(this.limits.timeoutMs + WATCHDOG_GRACE_MS);
+      this.armWatchdog(this.firstLook());
       return;
     }
   }
@@ -302,6 +322,14 @@ export class Isolate {
 
   // --- watchdog ------------------------------------------------------------------------------
 
+  /**
+   * When the watchdog first looks at an entry: Pyodide cannot watch its own clock, so its
+   * watchdog looks at the deadline itself and raises the interrupt; QuickJS only needs the backstop.
+   */
+  private firstLook(): number {
+    return this.limits.timeoutMs + (this.runtime === "pyodide" ? 5 : WATCHDOG_GRACE_MS);
+  }
+
   private armWatchdog(ms: number): void {
     if (this.watchdog !== undefined) clearTimeout(this.watchdog);
     this.watchdog = setTimeout(() => this.checkWatchdog(), ms);
@@ -312,14 +340,15 @@ export class Isolate {
     if (this.current === undefined || !this.isAlive) return;
     if (Atomics.load(this.ctl, CTL_STATE) === STATE_GUEST) {
       const late = Date.now() - Number(Atomics.load(this.deadlineSlot, 0));
+      if (late > 0) Atomics.store(this.ctl, CTL_INTERRUPT, SIGINT);
       if (late > WATCHDOG_GRACE_MS) {
         this.kill(new SandboxError("timeout", timeoutMessage(this.limits.timeoutMs)));
         return;
       }
-      this.armWatchdog(Math.max(10, WATCHDOG_GRACE_MS - late + 5));
+      this.armWatchdog(late > 0 ? Math.max(10, WATCHDOG_GRACE_MS - late + 5) : Math.max(5, -late + 5));
     } else {
       // Waiting for the host (not counted), or between two guest segments.
-      this.armWatchdog(this.limits.timeoutMs + WATCHDOG_GRACE_MS);
+      this.armWatchdog(this.firstLook());
     }
   }
 

@@ -13,6 +13,9 @@ import type { SandboxErrorKind } from "./types.js";
 export const CTL_ABORT = 0; // 1: abort the current entry (set by the main thread)
 export const CTL_SIGNAL = 1; // 1: an answer to the worker's host request is on the reply port
 export const CTL_STATE = 2; // what the worker is doing (STATE_*)
+/** Set to 2 (SIGINT) by the main thread once the deadline passed or on abort: Pyodide's interrupt buffer. */
+export const CTL_INTERRUPT = 3;
+export const SIGINT = 2;
 /** Byte offset of a BigInt64 slot holding the guest's current deadline (ms since epoch). */
 export const CTL_DEADLINE_BYTE = 16;
 export const CTL_BYTES = 24;
@@ -22,7 +25,8 @@ export const STATE_GUEST = 1; // guest code is running: the deadline counts
 export const STATE_HOST = 2; // the worker waits for the host: the deadline does not count
 
 export interface WorkerInit {
-  wasmModule: WebAssembly.Module;
+  /** QuickJS's compiled wasm (the Pyodide worker loads its own). */
+  wasmModule?: WebAssembly.Module;
   memoryLimitMb: number;
   timeoutMs: number;
   control: SharedArrayBuffer;
@@ -32,6 +36,8 @@ export interface WorkerInit {
 export type EntryRequest =
   | { op: "eval"; source: string; filename: string }
   | { op: "call"; path: string; argsJson: string }
+  /** Python source, for a Pyodide worker. */
+  | { op: "evalPython"; source: string; filename: string }
   /** call() with args[index] replaced by the value in `bytes` (QuickJS's binary object format). */
   | { op: "callBinary"; path: string; argsJson: string; index: number; bytes: Uint8Array };
 

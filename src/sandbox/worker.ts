@@ -4,9 +4,10 @@
  * (callSync, a batch of callAsync) blocks this thread in Atomics.wait until the main thread
  * answers on the reply port. The time spent waiting does not count against the deadline.
  */
-import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
+import { parentPort, workerData } from "node:worker_threads";
 import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
+import { waitForReply } from "./reply-wait.js";
 import {
   CTL_ABORT,
   CTL_DEADLINE_BYTE,
@@ -112,18 +113,7 @@ function hostRequest(request: HostRequest): { seq: number } {
   Atomics.store(ctl, CTL_SIGNAL, 0);
   const mySeq = ++seq;
   port.postMessage({ ...request, seq: mySeq } satisfies WorkerMessage);
-  let reply: { seq: number } | undefined;
-  while (reply === undefined) {
-    Atomics.wait(ctl, CTL_SIGNAL, 0);
-    const got = receiveMessageOnPort(init.replyPort) as { message: { seq: number } } | undefined;
-    if (got === undefined) {
-      // The signal is up but the message is not readable yet: wait a moment and look again.
-      Atomics.wait(ctl, CTL_SIGNAL, 1, 1);
-      continue;
-    }
-    if (got.message.seq === mySeq) reply = got.message;
-  }
-  Atomics.store(ctl, CTL_SIGNAL, 0);
+  const reply = waitForReply(ctl, init.replyPort, mySeq);
   Atomics.store(ctl, CTL_STATE, STATE_IDLE);
   if (wasInSegment) beginSegment();
   return reply;
@@ -155,6 +145,11 @@ let internal: QuickJSHandle;
 let fns: Helpers;
 let broken = false;
 
+function quickjsWasm(): WebAssembly.Module {
+  if (init.wasmModule === undefined) throw new Error("the QuickJS worker needs its wasm module");
+  return init.wasmModule;
+}
+
 async function setUp(): Promise<void> {
   const limitMb = Math.max(16, Math.floor(init.memoryLimitMb));
   wasmMemory = new WebAssembly.Memory({ initial: 256, maximum: limitMb * 16 });
@@ -169,7 +164,7 @@ async function setUp(): Promise<void> {
     }
   };
   const mod = await newQuickJSWASMModuleFromVariant(
-    newVariant(RELEASE_SYNC, { wasmModule: init.wasmModule, wasmMemory }),
+    newVariant(RELEASE_SYNC, { wasmModule: quickjsWasm(), wasmMemory }),
   );
   rt = mod.newRuntime();
   rt.setMemoryLimit(limitMb * 1024 * 1024);
@@ -472,6 +467,8 @@ function runEntry(req: EntryRequest): WorkerMessage {
       first = evaluate(req.source, req.filename, false);
     } else if (req.op === "call") {
       first = enter(fns.call, own(ctx.newString(req.path)), own(newText(req.argsJson)));
+    } else if (req.op === "evalPython") {
+      throw new EntryFailure({ kind: "throw", message: "Error: this isolate runs JavaScript, not Python" });
     } else {
       const value = own(decodeBinary(req.bytes));
       first = enter(

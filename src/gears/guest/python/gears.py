@@ -1,0 +1,292 @@
+# RedisGears 1.x's Python API over the GearsBuilder library (src/gears/guest/gears/), which
+# the isolate's JavaScript side has loaded already: a Python builder records its steps in a
+# JavaScript builder, with each callable wrapped so records cross as plain Python values.
+# The engine (plans, partitions, executions, registrations) is the JavaScript one; only the
+# language of the user's functions differs.
+#
+# Run once per isolate, before the user's script, which then runs by _gears_run_script()
+# in its own globals, where `js` and `pyodide` cannot be imported.
+import builtins as _builtins
+import copy as _copy
+import sys as _sys
+
+import js as _js
+from pyodide.ffi import JsException as _JsException
+from pyodide.ffi import JsProxy as _JsProxy
+from pyodide.ffi import create_proxy as _create_proxy
+from pyodide.ffi import to_js as _to_js
+
+_rt = _js.__pyrt
+_JsGB = _js.GearsBuilder
+_from_entries = _js.Object.fromEntries
+_js_execute = _js.execute
+_js_log = _js.log
+_js_hashtag = _js.hashtag
+_js_config_get = _js.configGet
+_js_register_time_event = _js.registerTimeEvent
+_js_override_reply = _js.overrideReply
+_js_call_next = _js.callNext
+
+
+def _to_py(v):
+    return v.to_py() if isinstance(v, _JsProxy) else v
+
+
+def _to_js_value(v):
+    # Plain data only: no proxy of a Python object outlives the call.
+    return _to_js(v, dict_converter=_from_entries, create_pyproxies=False)
+
+
+def _key(k):
+    # RedisGears' group keys are strings: anything else by its repr().
+    return k if isinstance(k, str) else repr(k)
+
+
+def _label(f):
+    return getattr(f, "__name__", "") or type(f).__name__
+
+
+def _step(f, shape="plain"):
+    if not callable(f):
+        raise TypeError("argument must be a function")
+
+    def call(*args):
+        args = [_to_py(a) for a in args]
+        try:
+            out = f(*args)
+        except (KeyboardInterrupt, MemoryError) as e:
+            _rt.fatal(type(e).__name__)
+            raise
+        if shape == "key":
+            out = _key(out)
+        elif shape == "same":
+            out = args[0]
+        elif shape == "bool":
+            out = bool(out)
+        elif shape == "flat":
+            # RedisGears pops a returned list from its end: elements come out last to first.
+            out = out[::-1] if isinstance(out, list) else [out]
+        return _to_js_value(out)
+
+    return _rt.step(_create_proxy(call), _label(f))
+
+
+def _zero_reset(zero, f, with_key):
+    # aggregate/aggregateby start again from a copy of zero whenever the accumulator is falsy.
+    if with_key:
+        return lambda k, a, r: f(k, a if a else _copy.deepcopy(zero), r)
+    return lambda a, r: f(a if a else _copy.deepcopy(zero), r)
+
+
+def _options(kw):
+    out = {}
+    for name, value in kw.items():
+        if value is None:
+            continue
+        out[name] = _step(value) if callable(value) else value
+    return _to_js(out, dict_converter=_from_entries)
+
+
+class GearsBuilder:
+    def __init__(self, reader="KeysReader", defaultArg="*", desc=None):
+        self._b = _JsGB(reader, defaultArg, desc)
+
+    def map(self, f):
+        self._b.map(_step(f))
+        return self
+
+    def flatmap(self, f):
+        self._b.flatmap(_step(f, "flat"))
+        return self
+
+    def foreach(self, f):
+        # The record goes on as f left it (RedisGears passes the same object along): the
+        # step hands back the Python record, not the one it was given.
+        self._b.map(_step(f, "same"))
+        return self
+
+    def filter(self, f):
+        self._b.filter(_step(f, "bool"))
+        return self
+
+    def accumulate(self, f):
+        self._b.accumulate(_step(f))
+        return self
+
+    def localgroupby(self, e, r):
+        self._b.localgroupby(_step(e, "key"), _step(r))
+        return self
+
+    def limit(self, length, start=0):
+        if not isinstance(length, int) or not isinstance(start, int):
+            raise TypeError("limit argument must be a number")
+        self._b.limit(length, start)
+        return self
+
+    def collect(self):
+        self._b.collect()
+        return self
+
+    def repartition(self, e):
+        self._b.repartition(_step(e, "key"))
+        return self
+
+    def groupby(self, e, r):
+        self._b.groupby(_step(e, "key"), _step(r))
+        return self
+
+    def batchgroupby(self, e, r):
+        self._b.batchgroupby(_step(e, "key"), _step(r))
+        return self
+
+    def aggregate(self, z, l, g):
+        self._b.aggregate(
+            _to_js_value(z), _step(_zero_reset(z, l, False)), _step(_zero_reset(z, g, False))
+        )
+        return self
+
+    def aggregateby(self, e, z, l, g):
+        self._b.aggregateby(
+            _step(e, "key"),
+            _to_js_value(z),
+            _step(_zero_reset(z, l, True)),
+            _step(_zero_reset(z, g, True)),
+        )
+        return self
+
+    def count(self):
+        self._b.count()
+        return self
+
+    def countby(self, e=lambda x: x):
+        self._b.countby(_step(e, "key"))
+        return self
+
+    def avg(self, e=lambda x: float(x)):
+        self._b.avg(_step(e))
+        return self
+
+    def distinct(self):
+        self._b.distinct()
+        return self
+
+    def sort(self, reverse=True):
+        # RedisGears' sort() reverses once more when its flatmap emits the sorted list, so its
+        # default (reverse=True) comes out ascending: the same order here.
+        self._b.sort(not reverse)
+        return self
+
+    def _finish(self, convertToStr):
+        if convertToStr:
+            self._b.map(_step(str))
+
+    def run(self, arg=None, convertToStr=True, collect=True, **kw):
+        self._finish(convertToStr)
+        self._b.run(arg, _options(dict(kw, convertToStr=False, collect=collect)))
+
+    def register(self, prefix="*", convertToStr=True, collect=True, **kw):
+        if "regex" in kw:
+            prefix = kw.pop("regex")
+        self._finish(convertToStr)
+        return _to_py(self._b.register(prefix, _options(dict(kw, convertToStr=False, collect=collect))))
+
+
+GB = GearsBuilder
+
+
+class _Atomic:
+    # Every execute() is its own command through the proxy: there is no lock to take.
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def atomic():
+    return _Atomic()
+
+
+def execute(command, *args):
+    try:
+        return _to_py(_js_execute(str(command), *[str(a) for a in args]))
+    except _JsException as e:
+        raise Exception(str(e.message)) from None
+
+
+def log(message, level="notice"):
+    _js_log(str(message), str(level))
+
+
+def hashtag():
+    return _js_hashtag()
+
+
+def configGet(name):
+    return _to_py(_js_config_get(str(name)))
+
+
+def gearsConfigGet(name, default=None):
+    v = configGet(name)
+    return default if v is None else v
+
+
+def registerTE(seconds, callback, keyName=None):
+    _js_register_time_event(seconds, _step(callback), keyName)
+
+
+def override_reply(value):
+    _js_override_reply(_to_js_value(value))
+
+
+def call_next(*args):
+    return _to_py(_js_call_next(*[str(a) for a in args]))
+
+
+_API = {
+    "GearsBuilder": GearsBuilder,
+    "GB": GB,
+    "execute": execute,
+    "atomic": atomic,
+    "log": log,
+    "hashtag": hashtag,
+    "configGet": configGet,
+    "gearsConfigGet": gearsConfigGet,
+    "registerTE": registerTE,
+    "override_reply": override_reply,
+    "call_next": call_next,
+}
+
+# What user code may not import: the ways back into JavaScript (and so to the host's Node).
+_BLOCKED = ("js", "pyodide_js", "pyodide", "_pyodide", "_pyodide_core", "micropip")
+_real_import = _builtins.__import__
+
+
+def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and name.split(".")[0] in _BLOCKED:
+        raise ImportError(f"module '{name}' is not available to scripts")
+    return _real_import(name, globals, locals, fromlist, level)
+
+
+class _Refuse:
+    # First on sys.meta_path: importlib.import_module() and the like do not bring `js` back.
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] in ("js", "pyodide_js"):
+            raise ImportError(f"module '{name}' is not available to scripts")
+        return None
+
+
+_sys.meta_path.insert(0, _Refuse)
+_user_builtins = dict(vars(_builtins))
+_user_builtins["__import__"] = _guarded_import
+for _name in list(_sys.modules):
+    if _name.split(".")[0] in ("js", "pyodide_js"):
+        del _sys.modules[_name]
+
+# The session's globals: its functions and variables live here between events.
+_session_globals = dict(_API, __builtins__=_user_builtins, __name__="__main__")
+
+
+def _gears_run_script(source):
+    exec(compile(source, "script", "exec"), _session_globals)
