@@ -128,6 +128,7 @@ describe("cli: parseArgs", () => {
     expect(DEFAULT_CONFIG.port).to.equal(6380);
     expect(DEFAULT_CONFIG.bind).to.equal("127.0.0.1");
     expect(DEFAULT_CONFIG.dataDir).to.equal("./data");
+    expect(DEFAULT_CONFIG.shutdownTimeoutMs).to.equal(10_000);
   });
 
   it("reads every flag into the config", () => {
@@ -158,6 +159,8 @@ describe("cli: parseArgs", () => {
         "1mb",
         "--client-output-buffer-limit",
         "1000",
+        "--shutdown-timeout",
+        "2500",
         "--cluster-emulation",
         "--announce-host",
         "proxy.example",
@@ -181,6 +184,7 @@ describe("cli: parseArgs", () => {
       dataDir: "/tmp/x",
       protoMaxBulkLen: 1024 * 1024,
       clientOutputBufferLimit: 1000,
+      shutdownTimeoutMs: 2500,
       clusterEmulation: true,
       announceHost: "proxy.example",
       announcePort: 7001,

@@ -141,13 +141,16 @@ class Running {
   server?: ProxyServer;
   private stopping = false;
 
-  constructor(readonly log: Logger) {}
+  constructor(
+    readonly log: Logger,
+    readonly shutdownTimeoutMs: number,
+  ) {}
 
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     try {
-      await this.server?.close();
+      await this.server?.close(this.shutdownTimeoutMs);
     } catch (err) {
       this.log.error({ err }, "error while closing the proxy");
     }
@@ -166,6 +169,11 @@ function onSignals(running: Running): void {
       process.exit(1);
     }
     running.log.info({ signal }, "shutting down");
+    // The bound holds even if something below ignores its own timeout.
+    setTimeout(() => {
+      running.log.error({ timeoutMs: running.shutdownTimeoutMs }, "shutdown timed out: exiting now");
+      process.exit(1);
+    }, running.shutdownTimeoutMs).unref();
     running.stop().then(
       () => process.exit(0),
       (err: unknown) => {
@@ -210,7 +218,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${action.text}\n`);
     return;
   }
-  const running = new Running(createLogger(action.config.logLevel));
+  const running = new Running(createLogger(action.config.logLevel), action.config.shutdownTimeoutMs);
   onSignals(running);
   try {
     await start(running, action.config);

@@ -156,6 +156,13 @@ export const OPTIONS: readonly OptionSpec[] = [
     defaultText: "256mb",
   },
   {
+    flag: "shutdown-timeout",
+    key: "shutdownTimeoutMs",
+    kind: "count",
+    describe: "ms a SIGTERM/SIGINT shutdown may take to deliver the replies in flight before exiting anyway.",
+    defaultText: String(DEFAULT_CONFIG.shutdownTimeoutMs),
+  },
+  {
     flag: "read-from-replicas",
     key: "readFromReplicas",
     kind: "flag",

@@ -34,6 +34,11 @@ export interface ProxyConfig {
    * mark, so this mainly bounds pub/sub clients, which cannot be paused.
    */
   clientOutputBufferLimit: number;
+  /**
+   * Milliseconds a SIGTERM/SIGINT shutdown may take: clients get their replies in flight,
+   * gears hand their leases back, then the process exits whatever is left.
+   */
+  shutdownTimeoutMs: number;
   /** Send read-only commands to replicas (cluster mode). */
   readFromReplicas: boolean;
   /**
@@ -63,6 +68,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   dataDir: "./data",
   protoMaxBulkLen: 512 * 1024 * 1024,
   clientOutputBufferLimit: 256 * 1024 * 1024,
+  shutdownTimeoutMs: 10_000,
   readFromReplicas: false,
   gearsConfig: {},
   python: false,

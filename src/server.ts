@@ -121,20 +121,42 @@ export class ProxyServer {
     await this.python?.warmed();
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops listening, lets every client get the replies to what it already sent, then stops
+   * gears and the upstreams. Whatever is still pending at `timeoutMs` is cut off.
+   */
+  async close(timeoutMs = this.config.shutdownTimeoutMs): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
     if (this.sweeper !== null) clearInterval(this.sweeper);
+    const listener = this.listener;
+    this.listener = null;
+    // Closed before the clients drain so no new one arrives; resolves once the last has gone.
+    const listenerClosed =
+      listener === null ? Promise.resolve() : new Promise<void>((resolve) => listener.close(() => resolve()));
     const ctx = this.context;
     if (ctx !== null) {
+      // Gears need a share of the time to hand their leases back, so clients get most of it.
+      const drained = Promise.all([...ctx.clients.all()].map((client) => client.shutdown()));
+      await untilOr(drained, Math.max(0, deadline - Date.now()) * 0.7);
       for (const client of [...ctx.clients.all()]) client.kill("proxy shutting down");
       // Leases go back to Redis so another proxy takes the shards over at once; a dead
       // upstream must not hold the shutdown up.
-      const closed = ctx.gears.close().catch(() => {});
-      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
+      await untilOr(
+        ctx.gears.close().catch(() => {}),
+        Math.min(1000, Math.max(0, deadline - Date.now())),
+      );
       ctx.router.topology.close();
     }
     await this.python?.close();
-    const listener = this.listener;
-    this.listener = null;
-    if (listener !== null) await new Promise<void>((resolve) => listener.close(() => resolve()));
+    await listenerClosed;
   }
+}
+
+/** Waits for `work`, or `ms` at most; what is left keeps running unawaited. */
+function untilOr(work: Promise<unknown>, ms: number): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }

@@ -18,6 +18,8 @@ export interface ChildProxyOptions {
   upstreams: { host?: string; port: number }[];
   /** `--gears-config Name=Value` settings. */
   gearsConfig?: Record<string, string>;
+  /** More command-line flags, e.g. ["--shutdown-timeout", "5000"]. */
+  args?: string[];
   /** How long to wait for the proxy to answer PING. Default 15 s. */
   readyTimeoutMs?: number;
 }
@@ -26,6 +28,7 @@ export class ChildProxy {
   private log = "";
   private readonly exited: Promise<void>;
   private alive = true;
+  private code: number | null = null;
 
   private constructor(
     readonly port: number,
@@ -39,7 +42,8 @@ export class ChildProxy {
     child.stdout?.on("data", append);
     child.stderr?.on("data", append);
     this.exited = new Promise((resolve) => {
-      child.once("exit", () => {
+      child.once("exit", (code) => {
+        this.code = code;
         this.alive = false;
         resolve();
       });
@@ -52,6 +56,21 @@ export class ChildProxy {
 
   get running(): boolean {
     return this.alive;
+  }
+
+  /** The exit code once exited (null while running, or when ended by a signal). */
+  get exitCode(): number | null {
+    return this.code;
+  }
+
+  /** Sends a signal and returns at once; `exited()` tells when the proxy is gone. */
+  signal(signal: NodeJS.Signals): void {
+    if (this.alive) this.child.kill(signal);
+  }
+
+  /** Resolves once the process has exited. */
+  waitForExit(): Promise<void> {
+    return this.exited;
   }
 
   get pid(): number {
@@ -68,6 +87,7 @@ export class ChildProxy {
     const level = process.env.GEARS_PROXY_TEST_LOG || "warn";
     const args = [CLI, "--port", String(port), "--log-level", level];
     for (const u of opts.upstreams) args.push("--upstream", `${u.host ?? "127.0.0.1"}:${u.port}`);
+    args.push(...(opts.args ?? []));
     for (const [name, value] of Object.entries(opts.gearsConfig ?? {})) {
       args.push("--gears-config", `${name}=${value}`);
     }

@@ -11,6 +11,8 @@ export interface ClientHandle {
   readonly name: string;
   readonly isPubSub: boolean;
   kill(reason: string): void;
+  /** Proxy shutdown: no further command, the replies owed are written, then the connection ends. */
+  shutdown(): Promise<void>;
   /**
    * CLIENT UNBLOCK: ends the blocking command this client waits on (ERROR: with an error);
    * resolves 1 when it was blocked, else 0.

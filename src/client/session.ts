@@ -128,6 +128,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** Set once a reply that ends the connection (QUIT, protocol error) is queued. */
   private ending = false;
   private readingPaused = false;
+  /** The proxy is shutting down: no new command runs; the connection ends once replies are out. */
+  private draining = false;
 
   private readonly txn: Transaction;
   private blocking: Dedicated | null = null;
@@ -252,7 +254,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     if (this.processing) return;
     this.processing = true;
     try {
-      while (!this.closed && !this.ending) {
+      while (!this.closed && !this.ending && !this.draining) {
         if (this.deferred !== null) {
           if (this.inFlight > 0) {
             this.stalled = true;
@@ -746,6 +748,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.head = slot;
     if (slot === null) this.tail = null;
     this.applyBackpressure();
+    this.endIfDrained();
   }
 
   private applyBackpressure(): void {
@@ -761,7 +764,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   private resumeReading(): void {
-    if (!this.readingPaused || this.closed) return;
+    if (!this.readingPaused || this.closed || this.draining) return;
     this.readingPaused = false;
     this.socket.resume();
     this.processInput();
@@ -779,6 +782,29 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   // ---- lifetime ------------------------------------------------------------------------
+
+  /**
+   * Graceful end: runs no further command, waits for every reply owed (the commands already
+   * forwarded), writes them, then closes. Resolves once the connection is closed.
+   */
+  shutdown(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    const closed = new Promise<void>((resolve) => this.socket.once("close", () => resolve()));
+    this.draining = true;
+    this.socket.pause();
+    // Subscribers and monitors have no reply owed; they end now, as Redis ends them.
+    if (this.isPubSub || this.monitors.length > 0) this.close();
+    // A blocked command might never be answered: Redis answers it as timed out, and that
+    // reply ends the client at a command boundary like any other.
+    else if (this.blocking !== null) void this.unblock(false);
+    this.endIfDrained();
+    return closed;
+  }
+
+  private endIfDrained(): void {
+    if (!this.draining || this.closed || this.ending || this.head !== null || this.inFlight > 0) return;
+    this.endAfterWrite();
+  }
 
   /** Drops every dedicated connection and client state, as RESET does. */
   resetState(): void {
