@@ -190,6 +190,20 @@ export const OPTIONS: readonly OptionSpec[] = [
     describe:
       "A gears setting as Name=Value, as RG.CONFIGSET takes it (ScriptTimeoutMS=10000, EventLeaseMS=5000...); repeat it for several.",
   },
+  {
+    flag: "metrics-port",
+    key: "metricsPort",
+    kind: "listen-port",
+    describe: "HTTP port serving /metrics (Prometheus), /healthz and /readyz; off unless given.",
+    defaultText: "off",
+  },
+  {
+    flag: "metrics-bind",
+    key: "metricsBind",
+    kind: "host",
+    describe: "Address the metrics HTTP server listens on.",
+    defaultText: DEFAULT_CONFIG.metricsBind,
+  },
 ];
 
 export const PASSWORD_ENV = "GEARS_PROXY_UPSTREAM_PASSWORD";

@@ -46,6 +46,9 @@ export interface ProxyConfig {
   announcePort?: number;
   /** Gears settings (RG.CONFIGSET names) applied at start. */
   gearsConfig: Record<string, string>;
+  /** HTTP port for /metrics, /healthz and /readyz; off when undefined. */
+  metricsPort?: number;
+  metricsBind: string;
 }
 
 export const DEFAULT_CONFIG: ProxyConfig = {
@@ -63,6 +66,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   clientOutputBufferLimit: 256 * 1024 * 1024,
   readFromReplicas: false,
   gearsConfig: {},
+  metricsBind: "127.0.0.1",
 };
 
 /** Parses "host:port", "[v6]:port" or a bare port; throws with a message fit for a user. */

@@ -9,7 +9,12 @@ import { CommandTable } from "./routing/command-table.js";
 import { Isolate } from "./sandbox/isolate.js";
 import { Router } from "./routing/router.js";
 import { connectUpstream } from "./upstream/connect.js";
+import { Metrics, serveMetrics, type MetricSources } from "./observability/metrics.js";
+import { upstreamsReady } from "./upstream/readiness.js";
+import type http from "node:http";
 
+/** A /readyz probe waits this long for every master's PONG. */
+const READY_TIMEOUT_MS = 1000;
 const MAX_CLIENTS_REPLY = Buffer.from("-ERR max number of clients reached\r\n");
 
 /**
@@ -20,6 +25,8 @@ export class ProxyServer {
   private listener: net.Server | null = null;
   private context: ProxyContext | null = null;
   private sweeper: NodeJS.Timeout | null = null;
+  /** The /metrics, /healthz, /readyz server (--metrics-port). */
+  metricsServer: http.Server | null = null;
 
   constructor(
     readonly config: ProxyConfig,
@@ -54,6 +61,10 @@ export class ProxyServer {
       gears: new GearsEngine(router, this.log.child({ component: "gears" }), (limits, bridge) =>
         Isolate.create(limits, bridge),
       ),
+      metrics:
+        this.config.metricsPort === undefined
+          ? null
+          : new Metrics(metricSources(stats, () => ctx.clients.size)),
     };
     this.context = ctx;
     for (const [name, value] of Object.entries(this.config.gearsConfig)) {
@@ -75,6 +86,15 @@ export class ProxyServer {
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);
       this.sweeper.unref();
+    }
+    if (ctx.metrics !== null) {
+      const ready = (): Promise<boolean> => upstreamsReady(router.topology, READY_TIMEOUT_MS);
+      this.metricsServer = await serveMetrics(
+        ctx.metrics,
+        this.config.metricsBind,
+        this.config.metricsPort ?? 0,
+        ready,
+      );
     }
     const address = listener.address() as net.AddressInfo;
     // A client asking INFO should see the port it actually connected to.
@@ -112,8 +132,20 @@ export class ProxyServer {
       await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
       ctx.router.topology.close();
     }
+    const metricsServer = this.metricsServer;
+    this.metricsServer = null;
+    metricsServer?.close();
+    metricsServer?.closeAllConnections();
     const listener = this.listener;
     this.listener = null;
     if (listener !== null) await new Promise<void>((resolve) => listener.close(() => resolve()));
   }
+}
+
+function metricSources(stats: ProxyStats, current: () => number): MetricSources {
+  return {
+    connectionsCurrent: current,
+    connectionsTotal: () => stats.connectionsReceived,
+    connectionsRejected: () => stats.rejectedConnections,
+  };
 }

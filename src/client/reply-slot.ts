@@ -23,6 +23,9 @@ export class ReplySlot implements ReplySink {
   onReply: ((data: Buffer) => Buffer | void) | null = null;
   /** Holds the arrived reply back until this settles (writes waiting for `sync` handlers). */
   gate: (() => Promise<void>) | null = null;
+  /** The command this slot answers and when it arrived, set only while metrics are on. */
+  command: string | null = null;
+  startedAt = 0;
 
   constructor(private readonly owner: SlotOwner) {}
 

@@ -22,6 +22,7 @@ import type { Router } from "../routing/router.js";
 import { isControl } from "../routing/control.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
+import { Metrics } from "../observability/metrics.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
 type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
@@ -138,6 +139,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private stalled = false;
   /** Replies the client must have before its next command runs (blocking RG.* commands). */
   private holds = 0;
+  /** The command being executed and its arrival time, until its reply slot takes them (metrics on). */
+  private metered: string | null = null;
+  private meteredAt = 0;
 
   constructor(
     private readonly socket: Socket,
@@ -239,6 +243,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private onData(chunk: Buffer): void {
     this.lastActivity = Date.now();
+    this.ctx.metrics?.clientBytesIn(chunk.length);
     this.parser.push(chunk);
     if (this.parser.buffered > QUERY_BUFFER_LIMIT) {
       this.kill("query buffer limit reached");
@@ -301,6 +306,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private execute(request: Request): void {
     const name = request.name;
     this.ctx.stats.commandsProcessed++;
+    if (this.ctx.metrics !== null) {
+      this.metered = name;
+      this.meteredAt = Metrics.now();
+    }
     this.lastRequest = request;
     if (
       this.authenticated &&
@@ -676,6 +685,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** A place in the reply order; a `pushed` frame (pub/sub) is written whatever CLIENT REPLY says. */
   private newSlot(pushed = false): ReplySlot {
     const slot = new ReplySlot(this);
+    if (this.metered !== null) {
+      // The command's first reply is the one the client waits for; later ones are pushes.
+      slot.command = this.metered;
+      slot.startedAt = this.meteredAt;
+      this.metered = null;
+    }
     if (this.replyMode !== "on" && !pushed) {
       slot.silent = true;
       if (this.replyMode === "skip") this.replyMode = "on";
@@ -734,9 +749,11 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   private flushReplies(): void {
+    const metrics = this.ctx.metrics;
     let slot = this.head;
     while (slot !== null && slot.data !== null) {
       if (!slot.silent) this.out.push(slot.data);
+      if (metrics !== null) this.meter(metrics, slot, slot.data);
       if (slot.closeAfter) {
         this.endAfterWrite();
         return;
@@ -746,6 +763,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.head = slot;
     if (slot === null) this.tail = null;
     this.applyBackpressure();
+  }
+
+  /** The one seam where a command's reply goes out: counted with the latency its client saw. */
+  private meter(metrics: Metrics, slot: ReplySlot, data: Buffer): void {
+    if (!slot.silent) metrics.clientBytesOut(data.length);
+    if (slot.command !== null) metrics.commandDone(slot.command, slot.startedAt, data);
   }
 
   private applyBackpressure(): void {
