@@ -1,6 +1,14 @@
 import type { AddressInfo } from "node:net";
 import { expect } from "chai";
-import { startRedis, startProxy, sendCommand, type RedisNode, type RunningProxy } from "./harness/index.js";
+import {
+  startCluster,
+  startRedis,
+  startProxy,
+  sendCommand,
+  type RedisCluster,
+  type RedisNode,
+  type RunningProxy,
+} from "./harness/index.js";
 import { eventually } from "./support/polling.js";
 
 /** The value of one sample line (`name{labels} value`) in a Prometheus text page; 0 when absent. */
@@ -71,5 +79,41 @@ describe("metrics and health endpoints (--metrics-port)", function () {
       "readyz 200 after the upstream returned",
       10_000,
     );
+  });
+});
+
+describe("metrics in front of a cluster", function () {
+  this.timeout(60_000);
+  let cluster: RedisCluster;
+  let proxy: RunningProxy;
+
+  before(async () => {
+    cluster = await startCluster({ masters: 3 });
+    proxy = await startProxy([cluster.nodes[0]], { metricsPort: 0 });
+  });
+  after(async () => {
+    await proxy.close();
+    await cluster.stop();
+  });
+
+  it("counts an ASK redirect the proxy followed", async () => {
+    const address = proxy.server.metricsServer?.address() as AddressInfo;
+    const page = async (): Promise<string> =>
+      (await fetch(`http://127.0.0.1:${address.port}/metrics`)).text();
+    const slot = 12182; // the slot of "foo"
+    const source = await cluster.nodeForSlot(slot);
+    const target = (await cluster.masters()).find((n) => n.port !== source.port)!;
+    const id = async (node: RedisNode): Promise<string> => String(await node.call("CLUSTER", "MYID"));
+    await target.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", await id(source));
+    await source.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", await id(target));
+    const before = sample(await page(), 'gears_proxy_upstream_redirects_total{kind="ASK"}');
+    try {
+      // Not on the source any more: the source answers ASK and the proxy asks the target.
+      expect(await sendCommand(proxy.port, ["GET", "foo"])).to.equal(null);
+    } finally {
+      for (const node of [source, target]) await node.call("CLUSTER", "SETSLOT", String(slot), "STABLE");
+    }
+    const after = sample(await page(), 'gears_proxy_upstream_redirects_total{kind="ASK"}');
+    expect(after - before).to.equal(1);
   });
 });

@@ -88,6 +88,8 @@ export class ProxyServer {
       this.sweeper.unref();
     }
     if (ctx.metrics !== null) {
+      const metrics = ctx.metrics;
+      router.onRedirect = (kind) => metrics.redirect(kind);
       const ready = (): Promise<boolean> => upstreamsReady(router.topology, READY_TIMEOUT_MS);
       this.metricsServer = await serveMetrics(
         ctx.metrics,
