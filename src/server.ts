@@ -10,6 +10,7 @@ import { Isolate } from "./sandbox/isolate.js";
 import { Router } from "./routing/router.js";
 import { connectUpstream } from "./upstream/connect.js";
 import { Metrics, serveMetrics, type MetricSources } from "./observability/metrics.js";
+import { SlowLog } from "./observability/slowlog.js";
 import { upstreamsReady } from "./upstream/readiness.js";
 import type http from "node:http";
 
@@ -65,6 +66,7 @@ export class ProxyServer {
         this.config.metricsPort === undefined
           ? null
           : new Metrics(metricSources(stats, () => ctx.clients.size)),
+      slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
     };
     this.context = ctx;
     for (const [name, value] of Object.entries(this.config.gearsConfig)) {

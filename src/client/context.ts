@@ -1,6 +1,7 @@
 import type { ProxyConfig } from "../config.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
+import type { SlowLog } from "../observability/slowlog.js";
 import type { Router } from "../routing/router.js";
 import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
@@ -28,4 +29,6 @@ export interface ProxyContext {
   gears: GearsEngine;
   /** Where commands and bytes are counted; null when --metrics-port is not given. */
   metrics: Metrics | null;
+  /** The proxy's own SLOWLOG. */
+  slowlog: SlowLog;
 }

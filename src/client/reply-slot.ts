@@ -1,3 +1,4 @@
+import type { Request } from "../resp/request-parser.js";
 import { encodeError } from "../resp/encode.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
 
@@ -24,7 +25,7 @@ export class ReplySlot implements ReplySink {
   /** Holds the arrived reply back until this settles (writes waiting for `sync` handlers). */
   gate: (() => Promise<void>) | null = null;
   /** The command this slot answers and when it arrived, set only while metrics are on. */
-  command: string | null = null;
+  request: Request | null = null;
   startedAt = 0;
 
   constructor(private readonly owner: SlotOwner) {}

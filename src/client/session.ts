@@ -140,7 +140,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** Replies the client must have before its next command runs (blocking RG.* commands). */
   private holds = 0;
   /** The command being executed and its arrival time, until its reply slot takes them (metrics on). */
-  private metered: string | null = null;
+  private metered: Request | null = null;
+  /** Commands are timed only for metrics or the slow log. */
+  private readonly timed: boolean;
   private meteredAt = 0;
 
   constructor(
@@ -148,6 +150,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     readonly ctx: ProxyContext,
   ) {
     this.id = ctx.clients.allocateId();
+    this.timed = ctx.metrics !== null || ctx.slowlog.enabled;
     this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
     this.laddr = `${socket.localAddress}:${socket.localPort}`;
     this.authenticated = ctx.config.requirepass === undefined;
@@ -306,8 +309,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private execute(request: Request): void {
     const name = request.name;
     this.ctx.stats.commandsProcessed++;
-    if (this.ctx.metrics !== null) {
-      this.metered = name;
+    if (this.timed) {
+      this.metered = request;
       this.meteredAt = Metrics.now();
     }
     this.lastRequest = request;
@@ -687,7 +690,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     const slot = new ReplySlot(this);
     if (this.metered !== null) {
       // The command's first reply is the one the client waits for; later ones are pushes.
-      slot.command = this.metered;
+      slot.request = this.metered;
       slot.startedAt = this.meteredAt;
       this.metered = null;
     }
@@ -753,7 +756,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     let slot = this.head;
     while (slot !== null && slot.data !== null) {
       if (!slot.silent) this.out.push(slot.data);
-      if (metrics !== null) this.meter(metrics, slot, slot.data);
+      if (metrics !== null && !slot.silent) metrics.clientBytesOut(slot.data.length);
+      if (slot.request !== null) this.meter(slot.request, slot.startedAt, slot.data);
       if (slot.closeAfter) {
         this.endAfterWrite();
         return;
@@ -766,9 +770,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   /** The one seam where a command's reply goes out: counted with the latency its client saw. */
-  private meter(metrics: Metrics, slot: ReplySlot, data: Buffer): void {
-    if (!slot.silent) metrics.clientBytesOut(data.length);
-    if (slot.command !== null) metrics.commandDone(slot.command, slot.startedAt, data);
+  private meter(request: Request, startedAt: number, data: Buffer): void {
+    const us = (Metrics.now() - startedAt) * 1000;
+    this.ctx.metrics?.commandDone(request.name, us / 1e6, data);
+    this.ctx.slowlog.record(us, request.argv, this.addr, this.name);
   }
 
   private applyBackpressure(): void {

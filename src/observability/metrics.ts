@@ -110,12 +110,12 @@ export class Metrics {
     return performance.now();
   }
 
-  /** One reply written for `command`, which arrived at `startedAt` (Metrics.now()). */
-  commandDone(command: string, startedAt: number, reply: Buffer): void {
+  /** One reply written for `command`, `seconds` after the command arrived. */
+  commandDone(command: string, seconds: number, reply: Buffer): void {
     let series = this.series.get(command);
     if (series === undefined) series = this.newSeries(command);
     series.count.inc();
-    series.latency.observe((performance.now() - startedAt) / 1000);
+    series.latency.observe(seconds);
     if (reply[0] === MINUS) this.errorReply(reply);
   }
 
