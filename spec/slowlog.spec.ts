@@ -54,4 +54,23 @@ describe("SLOWLOG answered by the proxy", function () {
       await everything.close();
     }
   });
+
+  it("follows CONFIG SET slowlog-log-slower-than / slowlog-max-len sent through it", async () => {
+    const own = await startProxy([redis], { slowlogLogSlowerThan: 100_000 });
+    try {
+      await sendCommand(own.port, ["CONFIG", "SET", "slowlog-log-slower-than", "0", "slowlog-max-len", "2"]);
+      for (const key of ["a", "b", "c"]) await sendCommand(own.port, ["SET", `cfg:${key}`, "1"]);
+      expect(await sendCommand(own.port, ["SLOWLOG", "LEN"])).to.equal(2);
+    } finally {
+      await sendCommand(own.port, [
+        "CONFIG",
+        "SET",
+        "slowlog-log-slower-than",
+        "10000",
+        "slowlog-max-len",
+        "128",
+      ]);
+      await own.close();
+    }
+  });
 });

@@ -309,6 +309,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private execute(request: Request): void {
     const name = request.name;
     this.ctx.stats.commandsProcessed++;
+    if (name === "config") this.ctx.slowlog.noteConfigSet(request.argv);
     if (this.timed) {
       this.metered = request;
       this.meteredAt = Metrics.now();

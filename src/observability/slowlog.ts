@@ -19,9 +19,9 @@ export class SlowLog {
   private nextId = 0;
 
   constructor(
-    /** Microseconds; a command taking at least this long is logged. */
-    readonly slowerThanUs: number,
-    readonly maxLen: number,
+    /** Microseconds; a command taking at least this long is logged; negative logs nothing. */
+    public slowerThanUs: number,
+    public maxLen: number,
   ) {}
 
   /** False when nothing can ever be logged, so the client session need not time commands. */
@@ -30,7 +30,7 @@ export class SlowLog {
   }
 
   record(durationUs: number, argv: readonly Buffer[], addr: string, name: string): void {
-    if (durationUs < this.slowerThanUs || this.maxLen <= 0) return;
+    if (durationUs < this.slowerThanUs || this.slowerThanUs < 0 || this.maxLen <= 0) return;
     this.entries.unshift({
       id: this.nextId++,
       timestamp: Math.floor(Date.now() / 1000),
@@ -49,6 +49,24 @@ export class SlowLog {
 
   get length(): number {
     return this.entries.length;
+  }
+
+  /**
+   * Follows a client's CONFIG SET of slowlog-log-slower-than / slowlog-max-len (which also
+   * reaches the upstream), so tools that tune Redis's slow log tune the proxy's the same way.
+   */
+  noteConfigSet(argv: readonly Buffer[]): void {
+    if (argv.length < 4 || argv[1].toString().toLowerCase() !== "set") return;
+    for (let i = 2; i + 1 < argv.length; i += 2) {
+      const key = argv[i].toString().toLowerCase();
+      const value = Number(argv[i + 1].toString());
+      if (!Number.isSafeInteger(value)) continue;
+      if (key === "slowlog-log-slower-than") this.slowerThanUs = value;
+      else if (key === "slowlog-max-len" && value >= 0) {
+        this.maxLen = value;
+        if (this.entries.length > value) this.entries.length = value;
+      }
+    }
   }
 
   reset(): void {
