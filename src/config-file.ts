@@ -205,6 +205,34 @@ export const OPTIONS: readonly OptionSpec[] = [
       "Run RG.PYEXECUTE's Python scripts (Pyodide). Python scripts are trusted code: switch it on only for scripts you trust.",
     defaultText: "false",
   },
+  {
+    flag: "metrics-port",
+    key: "metricsPort",
+    kind: "listen-port",
+    describe: "HTTP port serving /metrics (Prometheus), /healthz and /readyz; off unless given.",
+    defaultText: "off",
+  },
+  {
+    flag: "metrics-bind",
+    key: "metricsBind",
+    kind: "host",
+    describe: "Address the metrics HTTP server listens on.",
+    defaultText: DEFAULT_CONFIG.metricsBind,
+  },
+  {
+    flag: "slowlog-log-slower-than",
+    key: "slowlogLogSlowerThan",
+    kind: "count",
+    describe: "Microseconds a command must take, as its client saw it, to enter the proxy's SLOWLOG.",
+    defaultText: String(DEFAULT_CONFIG.slowlogLogSlowerThan),
+  },
+  {
+    flag: "slowlog-max-len",
+    key: "slowlogMaxLen",
+    kind: "count",
+    describe: "Entries the proxy's SLOWLOG keeps; 0 keeps none.",
+    defaultText: String(DEFAULT_CONFIG.slowlogMaxLen),
+  },
 ];
 
 export const PASSWORD_ENV = "GEARS_PROXY_UPSTREAM_PASSWORD";

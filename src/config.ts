@@ -53,6 +53,13 @@ export interface ProxyConfig {
   gearsConfig: Record<string, string>;
   /** RG.PYEXECUTE runs Python (Pyodide): trusted code, off unless the operator says so. */
   python: boolean;
+  /** HTTP port for /metrics, /healthz and /readyz; off when undefined. */
+  metricsPort?: number;
+  metricsBind: string;
+  /** Microseconds a command must take, as its client saw it, to enter the proxy's SLOWLOG. */
+  slowlogLogSlowerThan: number;
+  /** Entries SLOWLOG keeps; 0 keeps none (and commands are not timed). */
+  slowlogMaxLen: number;
 }
 
 export const DEFAULT_CONFIG: ProxyConfig = {
@@ -72,6 +79,9 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   readFromReplicas: false,
   gearsConfig: {},
   python: false,
+  metricsBind: "127.0.0.1",
+  slowlogLogSlowerThan: 10_000,
+  slowlogMaxLen: 128,
 };
 
 /** Parses "host:port", "[v6]:port" or a bare port; throws with a message fit for a user. */

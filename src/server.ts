@@ -10,7 +10,13 @@ import { Isolate } from "./sandbox/isolate.js";
 import { PyodidePool } from "./sandbox/pyodide/pool.js";
 import { Router } from "./routing/router.js";
 import { connectUpstream } from "./upstream/connect.js";
+import { Metrics, serveMetrics, type MetricSources } from "./observability/metrics.js";
+import { SlowLog } from "./observability/slowlog.js";
+import { upstreamsReady } from "./upstream/readiness.js";
+import type http from "node:http";
 
+/** A /readyz probe waits this long for every master's PONG. */
+const READY_TIMEOUT_MS = 1000;
 const MAX_CLIENTS_REPLY = Buffer.from("-ERR max number of clients reached\r\n");
 
 /**
@@ -23,6 +29,8 @@ export class ProxyServer {
   private sweeper: NodeJS.Timeout | null = null;
   /** The warm Python interpreter (--python). */
   private python: PyodidePool | null = null;
+  /** The /metrics, /healthz, /readyz server (--metrics-port). */
+  metricsServer: http.Server | null = null;
 
   constructor(
     readonly config: ProxyConfig,
@@ -67,6 +75,11 @@ export class ProxyServer {
         (limits, bridge) => Isolate.create(limits, bridge),
         python === null ? null : (limits, bridge) => python.take(limits, bridge),
       ),
+      metrics:
+        this.config.metricsPort === undefined
+          ? null
+          : new Metrics(metricSources(stats, () => ctx.clients.size)),
+      slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
     };
     this.context = ctx;
     for (const [name, value] of Object.entries(this.config.gearsConfig)) {
@@ -90,6 +103,17 @@ export class ProxyServer {
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);
       this.sweeper.unref();
+    }
+    if (ctx.metrics !== null) {
+      const metrics = ctx.metrics;
+      router.onRedirect = (kind) => metrics.redirect(kind);
+      const ready = (): Promise<boolean> => upstreamsReady(router.topology, READY_TIMEOUT_MS);
+      this.metricsServer = await serveMetrics(
+        ctx.metrics,
+        this.config.metricsBind,
+        this.config.metricsPort ?? 0,
+        ready,
+      );
     }
     const address = listener.address() as net.AddressInfo;
     // A client asking INFO should see the port it actually connected to.
@@ -148,6 +172,10 @@ export class ProxyServer {
       ctx.router.topology.close();
     }
     await this.python?.close();
+    const metricsServer = this.metricsServer;
+    this.metricsServer = null;
+    metricsServer?.close();
+    metricsServer?.closeAllConnections();
     await listenerClosed;
   }
 }
@@ -159,4 +187,12 @@ function untilOr(work: Promise<unknown>, ms: number): Promise<unknown> {
     timer = setTimeout(resolve, ms);
   });
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+}
+
+function metricSources(stats: ProxyStats, current: () => number): MetricSources {
+  return {
+    connectionsCurrent: current,
+    connectionsTotal: () => stats.connectionsReceived,
+    connectionsRejected: () => stats.rejectedConnections,
+  };
 }

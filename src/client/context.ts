@@ -1,5 +1,7 @@
 import type { ProxyConfig } from "../config.js";
 import type { Logger } from "../observability/log.js";
+import type { Metrics } from "../observability/metrics.js";
+import type { SlowLog } from "../observability/slowlog.js";
 import type { Router } from "../routing/router.js";
 import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
@@ -25,4 +27,8 @@ export interface ProxyContext {
   upstreamVersion: string;
   /** The RG.* commands' engine. */
   gears: GearsEngine;
+  /** Where commands and bytes are counted; null when --metrics-port is not given. */
+  metrics: Metrics | null;
+  /** The proxy's own SLOWLOG. */
+  slowlog: SlowLog;
 }

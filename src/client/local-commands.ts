@@ -3,6 +3,7 @@ import { RespMap } from "../resp/values.js";
 import { badClientName, clientCommand } from "./client-command.js";
 import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
 import { infoCommand } from "./info-command.js";
+import { slowlogCommand } from "./slowlog-command.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
 
 /** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
@@ -180,6 +181,7 @@ export const LOCAL_COMMANDS = new Map<string, LocalCommand>([
   ["client", clientCommand],
   ["info", infoCommand],
   ["monitor", monitor],
+  ["slowlog", slowlogCommand],
   ["shutdown", shutdown],
   ["cluster", clusterCommand],
   ["readonly", clusterFlagCommand],

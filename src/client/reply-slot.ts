@@ -1,3 +1,4 @@
+import type { Request } from "../resp/request-parser.js";
 import { encodeError } from "../resp/encode.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
 
@@ -23,6 +24,9 @@ export class ReplySlot implements ReplySink {
   onReply: ((data: Buffer) => Buffer | void) | null = null;
   /** Holds the arrived reply back until this settles (writes waiting for `sync` handlers). */
   gate: (() => Promise<void>) | null = null;
+  /** The command this slot answers and when it arrived, set only while metrics are on. */
+  request: Request | null = null;
+  startedAt = 0;
 
   constructor(private readonly owner: SlotOwner) {}
 

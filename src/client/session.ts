@@ -22,6 +22,7 @@ import type { Router } from "../routing/router.js";
 import { isControl } from "../routing/control.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
+import { Metrics } from "../observability/metrics.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
 type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
@@ -140,12 +141,18 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private stalled = false;
   /** Replies the client must have before its next command runs (blocking RG.* commands). */
   private holds = 0;
+  /** The command being executed and its arrival time, until its reply slot takes them (metrics on). */
+  private metered: Request | null = null;
+  /** Commands are timed only for metrics or the slow log. */
+  private readonly timed: boolean;
+  private meteredAt = 0;
 
   constructor(
     private readonly socket: Socket,
     readonly ctx: ProxyContext,
   ) {
     this.id = ctx.clients.allocateId();
+    this.timed = ctx.metrics !== null || ctx.slowlog.enabled;
     this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
     this.laddr = `${socket.localAddress}:${socket.localPort}`;
     this.authenticated = ctx.config.requirepass === undefined;
@@ -241,6 +248,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private onData(chunk: Buffer): void {
     this.lastActivity = Date.now();
+    this.ctx.metrics?.clientBytesIn(chunk.length);
     this.parser.push(chunk);
     if (this.parser.buffered > QUERY_BUFFER_LIMIT) {
       this.kill("query buffer limit reached");
@@ -303,6 +311,11 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private execute(request: Request): void {
     const name = request.name;
     this.ctx.stats.commandsProcessed++;
+    if (name === "config") this.ctx.slowlog.noteConfigSet(request.argv);
+    if (this.timed) {
+      this.metered = request;
+      this.meteredAt = Metrics.now();
+    }
     this.lastRequest = request;
     if (
       this.authenticated &&
@@ -678,6 +691,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** A place in the reply order; a `pushed` frame (pub/sub) is written whatever CLIENT REPLY says. */
   private newSlot(pushed = false): ReplySlot {
     const slot = new ReplySlot(this);
+    if (this.metered !== null) {
+      // The command's first reply is the one the client waits for; later ones are pushes.
+      slot.request = this.metered;
+      slot.startedAt = this.meteredAt;
+      this.metered = null;
+    }
     if (this.replyMode !== "on" && !pushed) {
       slot.silent = true;
       if (this.replyMode === "skip") this.replyMode = "on";
@@ -736,9 +755,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   private flushReplies(): void {
+    const metrics = this.ctx.metrics;
     let slot = this.head;
     while (slot !== null && slot.data !== null) {
       if (!slot.silent) this.out.push(slot.data);
+      if (metrics !== null && !slot.silent) metrics.clientBytesOut(slot.data.length);
+      if (slot.request !== null) this.meter(slot.request, slot.startedAt, slot.data);
       if (slot.closeAfter) {
         this.endAfterWrite();
         return;
@@ -749,6 +771,13 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     if (slot === null) this.tail = null;
     this.applyBackpressure();
     this.endIfDrained();
+  }
+
+  /** The one seam where a command's reply goes out: counted with the latency its client saw. */
+  private meter(request: Request, startedAt: number, data: Buffer): void {
+    const us = (Metrics.now() - startedAt) * 1000;
+    this.ctx.metrics?.commandDone(request.name, us / 1e6, data);
+    this.ctx.slowlog.record(us, request.argv, this.addr, this.name);
   }
 
   private applyBackpressure(): void {

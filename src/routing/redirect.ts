@@ -14,6 +14,8 @@ export interface RedirectContext {
   scripts: ScriptCache;
   /** How long a command may keep being retried while the cluster heals. */
   retryTimeoutMs: number;
+  /** Told of each MOVED or ASK followed (metrics); null when nobody counts. */
+  onRedirect: ((kind: "MOVED" | "ASK") => void) | null;
 }
 
 function errorCode(data: Buffer): string {
@@ -85,6 +87,7 @@ export class RedirectingSink implements ReplySink {
         this.target.reply(encodeError(`ERR cluster redirections did not settle for slot ${where.slot}`));
         return true;
       }
+      this.ctx.onRedirect?.(code);
       const node = this.ctx.topology.nodeAt(where.host, where.port);
       if (code === "MOVED") {
         this.ctx.topology.moved(where.slot, node);

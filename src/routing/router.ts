@@ -59,7 +59,14 @@ export class Router implements ClusterSender {
   ) {
     this.cluster = topology.mode === "cluster" ? (topology as ClusterTopology) : null;
     this.redirect =
-      this.cluster === null ? null : { topology: this.cluster, scripts: this.scripts, retryTimeoutMs };
+      this.cluster === null
+        ? null
+        : { topology: this.cluster, scripts: this.scripts, retryTimeoutMs, onRedirect: null };
+  }
+
+  /** Counts the MOVED and ASK replies followed for clients (cluster mode only). */
+  set onRedirect(count: (kind: "MOVED" | "ASK") => void) {
+    if (this.redirect !== null) this.redirect.onRedirect = count;
   }
 
   /** Sees the commands forwarded in db 0 and can watch their replies (shards.ts onWrite); null when unused. */

@@ -1,0 +1,76 @@
+import { expect } from "chai";
+import { startRedis, startProxy, sendCommand, type RedisNode, type RunningProxy } from "./harness/index.js";
+
+describe("SLOWLOG answered by the proxy", function () {
+  this.timeout(30_000);
+  let redis: RedisNode;
+  let proxy: RunningProxy;
+
+  before(async () => {
+    redis = await startRedis({ args: ["--enable-debug-command", "yes"] });
+    proxy = await startProxy([redis], { slowlogLogSlowerThan: 100_000 });
+  });
+  after(async () => {
+    await proxy.close();
+    await redis.stop();
+  });
+
+  it("records DEBUG SLEEP 0.2 with Redis's entry layout, and only slow commands", async () => {
+    expect(await sendCommand(proxy.port, ["SLOWLOG", "RESET"])).to.equal("OK");
+    await sendCommand(proxy.port, ["SET", "fast", "1"]);
+    await sendCommand(proxy.port, ["DEBUG", "SLEEP", "0.2"]);
+    expect(await sendCommand(proxy.port, ["SLOWLOG", "LEN"])).to.equal(1);
+    const entries = (await sendCommand(proxy.port, ["SLOWLOG", "GET"])) as unknown[];
+    expect(entries).to.have.length(1);
+    const [id, timestamp, duration, argv, addr, name] = entries[0] as [
+      number,
+      number,
+      number,
+      Buffer[],
+      Buffer,
+      Buffer,
+    ];
+    expect(id).to.be.a("number");
+    expect(Math.abs(timestamp - Date.now() / 1000)).to.be.lessThan(5);
+    expect(duration).to.be.at.least(200_000).and.below(5_000_000);
+    expect(argv.map(String)).to.deep.equal(["DEBUG", "SLEEP", "0.2"]);
+    expect(String(addr)).to.match(/^127\.0\.0\.1:\d+$/);
+    expect(String(name)).to.equal("");
+    expect(await sendCommand(proxy.port, ["SLOWLOG", "RESET"])).to.equal("OK");
+    expect(await sendCommand(proxy.port, ["SLOWLOG", "LEN"])).to.equal(0);
+  });
+
+  it("trims arguments as Redis does (every command logged at 0 µs)", async () => {
+    const everything = await startProxy([redis], { slowlogLogSlowerThan: 0 });
+    try {
+      const many = Array.from({ length: 40 }, (_, i) => String(i));
+      await sendCommand(everything.port, ["RPUSH", "trim:list", "x".repeat(200), ...many]);
+      const entries = (await sendCommand(everything.port, ["SLOWLOG", "GET", "1"])) as unknown[];
+      const argv = ((entries[0] as unknown[])[3] as Buffer[]).map(String);
+      expect(argv).to.have.length(32);
+      expect(argv[2]).to.equal(`${"x".repeat(128)}... (72 more bytes)`);
+      expect(argv[31]).to.equal("... (12 more arguments)");
+    } finally {
+      await everything.close();
+    }
+  });
+
+  it("follows CONFIG SET slowlog-log-slower-than / slowlog-max-len sent through it", async () => {
+    const own = await startProxy([redis], { slowlogLogSlowerThan: 100_000 });
+    try {
+      await sendCommand(own.port, ["CONFIG", "SET", "slowlog-log-slower-than", "0", "slowlog-max-len", "2"]);
+      for (const key of ["a", "b", "c"]) await sendCommand(own.port, ["SET", `cfg:${key}`, "1"]);
+      expect(await sendCommand(own.port, ["SLOWLOG", "LEN"])).to.equal(2);
+    } finally {
+      await sendCommand(own.port, [
+        "CONFIG",
+        "SET",
+        "slowlog-log-slower-than",
+        "10000",
+        "slowlog-max-len",
+        "128",
+      ]);
+      await own.close();
+    }
+  });
+});
