@@ -250,7 +250,13 @@ for (const mode of BACKEND_MODES) {
         (v) => v === "2",
         "good entries",
       );
-      // The next success clears lastError, as in RedisGears; the failure stays counted.
+      // The next success clears lastError, as in RedisGears; the failure stays counted. The
+      // INCR lands before its batch is counted a success, so wait for the count.
+      await eventually(
+        async () => (await only()).stats.numSuccess,
+        (n) => n === 2,
+        "the second success counted",
+      );
       reg = await only();
       expect(reg.stats.numFailures).to.equal(1);
       expect(reg.stats.numSuccess).to.equal(2);
