@@ -33,7 +33,9 @@ export async function startProxy(
     server,
     close: async () => {
       running.delete(proxy);
-      await server.close();
+      // Specs close proxies with clients still open; a short drain keeps teardown quick
+      // (spec/shutdown.spec.ts tests the real drain in a child process).
+      await server.close(1000);
     },
   };
   running.add(proxy);
