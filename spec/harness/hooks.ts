@@ -1,3 +1,4 @@
+import { redisPy } from "../support/redis-py.js";
 import { closeAllProxies } from "./proxy.js";
 import { stopAll } from "./registry.js";
 
@@ -13,3 +14,11 @@ export const mochaHooks = {
     await stopAll();
   },
 };
+
+/**
+ * Mocha global fixture: runs once in the main process before any spec, also when the specs run
+ * in parallel workers, so two workers never make or pip-install the redis-py virtualenv at once.
+ */
+export async function mochaGlobalSetup(): Promise<void> {
+  await redisPy();
+}
