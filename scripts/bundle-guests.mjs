@@ -3,6 +3,7 @@
 // (.mocharc.json) and never load a stale bundle.
 import { buildSync } from "esbuild";
 import { copyFileSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
+import process from "node:process";
 import { fileURLToPath, URL } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
