@@ -23,6 +23,9 @@ export function proxySection(ctx: ProxyContext): string {
     `total_commands_processed:${s.commandsProcessed}`,
     `protocol_errors:${s.protocolErrors}`,
     `client_output_limit_disconnections:${s.outputLimitDisconnections}`,
+    `evicted_clients:${s.evictedClients}`,
+    `maxmemory_clients:${ctx.config.maxmemoryClients}`,
+    `clients_memory:${s.clientsMemory}`,
     `used_memory_rss:${process.memoryUsage.rss()}`,
   ];
   const masters = topology.masters();
