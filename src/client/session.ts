@@ -20,7 +20,6 @@ import type { ClientMemory } from "./memory-guard.js";
 import type { CommandHost } from "./command-host.js";
 import { Transaction, type TransactionHost } from "./transaction.js";
 import type { Router } from "../routing/router.js";
-import { isControl } from "../routing/control.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
@@ -438,8 +437,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         });
     }
     const router = this.ctx.router;
-    // Control commands take the router's path to the control connections, never a run.
-    if (this.processing && request.end > request.start && !isControl(name, request.argv)) {
+    // Control commands and key listings take the router's path, never a run.
+    if (this.processing && request.end > request.start && !router.needsRouting(name, request.argv, this.db)) {
       const conn = router.sharedConnection(this.id, this.proto);
       if (conn !== null) {
         this.addToRun(conn, request, slot);

@@ -1,6 +1,7 @@
 import { decodeReply } from "../resp/decode.js";
-import { encodeCommand } from "../resp/encode.js";
-import type { RespValue } from "../resp/values.js";
+import { encodeCommand, encodeValue } from "../resp/encode.js";
+import type { Protocol, RespValue } from "../resp/values.js";
+import type { ReplySink } from "../upstream/reply-sink.js";
 import { keySlot } from "./key-slot.js";
 
 /**
@@ -67,4 +68,20 @@ export function isProxyKeyReply(raw: Buffer): boolean {
   if (raw[0] !== 36 /* $ */ || raw[raw.indexOf(10) + 1] !== 123 /* { */) return false;
   const value = decodeReply(raw);
   return Buffer.isBuffer(value) && isProxyKey(value);
+}
+
+/**
+ * The sink for a SCAN page of one server: its cursor passes as it is, the proxy's keys are left
+ * out. A page with no '{' byte cannot hold one of them and is forwarded untouched.
+ */
+export function scanPageWithoutProxyKeys(sink: ReplySink, proto: Protocol): ReplySink {
+  return {
+    reply: (data) => {
+      if (!data.includes(123 /* { */)) return sink.reply(data);
+      const page = decodeReply(data);
+      if (!Array.isArray(page) || page.length !== 2) return sink.reply(data);
+      sink.reply(encodeValue([page[0], hideProxyKeys(page[1])], proto));
+    },
+    fail: (message) => sink.fail(message),
+  };
 }
