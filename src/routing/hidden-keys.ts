@@ -57,6 +57,22 @@ export function proxyKeysCount(): Buffer | null {
   return written.size === 0 ? null : encodeCommand(["EXISTS", ...written]);
 }
 
+/** Counts the given keys that exist, and those of them with an expiry: [keys, expires]. */
+const COUNT_OWN_SCRIPT = `
+local n, e = 0, 0
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then
+    n = n + 1
+    if redis.call('PTTL', k) >= 0 then e = e + 1 end
+  end
+end
+return {n, e}`;
+
+/** The command that counts the proxy's lasting keys and those with a TTL (INFO's keyspace); null when it keeps none. */
+export function proxyKeysAndExpires(): string[] | null {
+  return written.size === 0 ? null : ["EVAL", COUNT_OWN_SCRIPT, String(written.size), ...written];
+}
+
 /** A list of keys without the proxy's (KEYS, a page of SCAN). */
 export function hideProxyKeys(keys: RespValue): RespValue {
   if (!Array.isArray(keys)) return keys;
