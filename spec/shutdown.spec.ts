@@ -1,9 +1,10 @@
 import type net from "node:net";
 import { expect } from "chai";
 import { Redis } from "ioredis";
-import { startRedis, type RedisNode } from "./harness/index.js";
+import { startProxy, startRedis, type RedisNode } from "./harness/index.js";
 import { ChildProxy, stopChildProxies } from "./support/child-proxy.js";
 import { connectSocket, encode } from "./support/raw-client.js";
+import { eventually } from "./support/polling.js";
 
 /**
  * Issue 12, "graceful shutdown": on SIGTERM the proxy stops taking commands, delivers the
@@ -120,5 +121,60 @@ describe("graceful shutdown", function () {
     expect(Date.now() - signalledAt).to.be.below(2000);
     expect(proxy.running).to.equal(false);
     stuck.destroy();
+  });
+
+  it("SIGTERM hands the event lease to a second proxy at once, not when it expires", async () => {
+    // A lease of 30 s: a second proxy that only noticed the lease expiring, or tried at its next
+    // round (every 10 s), would take far longer than the hand-over allows.
+    const gearsConfig = { EventLeaseMS: "30000" };
+    const a = await ChildProxy.start({ upstreams: [{ port: redis.port }], gearsConfig });
+    const viaA = new Redis({ port: a.port, host: "127.0.0.1" });
+    const leaseOwner = async (): Promise<string> => {
+      const [key] = await direct.keys("{gears-proxy}:lease:*");
+      return key === undefined ? "" : ((await direct.get(key)) ?? "").split(" ")[0];
+    };
+    const b = await startProxy([{ port: redis.port }], { gearsConfig });
+    const viaB = new Redis({ port: b.port, host: "127.0.0.1" });
+    try {
+      const script = "GB().foreach(x => execute('SADD', 'seen', x.key)).register('user:*')";
+      expect(await viaA.call("RG.EXECUTE", script, "ID", "seen")).to.equal("OK");
+      await eventually(
+        async () => ((await viaB.call("RG.DUMPREGISTRATIONS")) as unknown[]).length,
+        (n) => n === 1,
+        "B picks the registration up",
+      );
+      // Whoever got the lease first, A must hold it for the test: restart B until it does not.
+      const ownerA = await eventually(leaseOwner, (o) => o !== "", "a lease owner");
+      const aId = String(await viaA.call("RG.EXECUTE", "GB('ShardsIDReader').run()", "UNBLOCKING"));
+      if (!aId.startsWith(ownerA)) {
+        // B took it: nothing to hand over from A. The case is the same with the roles swapped,
+        // but only A can be signalled, so say so instead of testing nothing.
+        expect.fail(`B (${ownerA}) won the lease over A (${aId}); expected A, which started first`);
+      }
+      viaA.disconnect();
+      const signalledAt = Date.now();
+      a.signal("SIGTERM");
+      const ownerB = await eventually(
+        leaseOwner,
+        (o) => o !== "" && o !== ownerA,
+        "B takes the lease",
+        20_000,
+      );
+      const tookMs = Date.now() - signalledAt;
+      expect(ownerB).to.not.equal(ownerA);
+      expect(tookMs, "hand-over time (the lease is 30 s)").to.be.below(5000);
+      await direct.set("user:after", "1");
+      await eventually(
+        () => direct.sismember("seen", "user:after"),
+        (n) => n === 1,
+        "B handles a new write",
+      );
+      await a.waitForExit();
+      expect(a.exitCode, a.output()).to.equal(0);
+    } finally {
+      viaA.disconnect();
+      viaB.disconnect();
+      await b.close();
+    }
   });
 });

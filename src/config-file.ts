@@ -156,6 +156,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     defaultText: "256mb",
   },
   {
+    flag: "maxmemory-clients",
+    key: "maxmemoryClients",
+    kind: "size",
+    describe:
+      "Memory all clients together may hold (query buffers, replies not yet written); over it the largest are disconnected. 0: no bound.",
+    defaultText: "1gb",
+  },
+  {
     flag: "shutdown-timeout",
     key: "shutdownTimeoutMs",
     kind: "count",

@@ -35,6 +35,11 @@ export interface ProxyConfig {
    */
   clientOutputBufferLimit: number;
   /**
+   * Bytes all clients together may hold in query buffers, output buffers and replies waiting to
+   * be written (Redis 7's maxmemory-clients); over it the largest clients are disconnected. 0: no bound.
+   */
+  maxmemoryClients: number;
+  /**
    * Milliseconds a SIGTERM/SIGINT shutdown may take: clients get their replies in flight,
    * gears hand their leases back, then the process exits whatever is left.
    */
@@ -75,6 +80,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   dataDir: "./data",
   protoMaxBulkLen: 512 * 1024 * 1024,
   clientOutputBufferLimit: 256 * 1024 * 1024,
+  maxmemoryClients: 1024 * 1024 * 1024,
   shutdownTimeoutMs: 10_000,
   readFromReplicas: false,
   gearsConfig: {},

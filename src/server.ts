@@ -2,6 +2,7 @@ import net from "node:net";
 import { ClientRegistry } from "./client/registry.js";
 import type { ProxyContext, ProxyStats } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
+import { chooseEvictions } from "./client/memory-guard.js";
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
@@ -17,6 +18,8 @@ import type http from "node:http";
 
 /** A /readyz probe waits this long for every master's PONG. */
 const READY_TIMEOUT_MS = 1000;
+/** How often the clients' memory is checked against the limits (see client/memory-guard.ts). */
+const MEMORY_CHECK_MS = 100;
 const MAX_CLIENTS_REPLY = Buffer.from("-ERR max number of clients reached\r\n");
 
 /**
@@ -27,6 +30,7 @@ export class ProxyServer {
   private listener: net.Server | null = null;
   private context: ProxyContext | null = null;
   private sweeper: NodeJS.Timeout | null = null;
+  private memoryCheck: NodeJS.Timeout | null = null;
   /** The warm Python interpreter (--python). */
   private python: PyodidePool | null = null;
   /** The /metrics, /healthz, /readyz server (--metrics-port). */
@@ -48,6 +52,8 @@ export class ProxyServer {
       commandsProcessed: 0,
       protocolErrors: 0,
       outputLimitDisconnections: 0,
+      evictedClients: 0,
+      clientsMemory: 0,
     };
     const router = new Router(
       upstream.topology,
@@ -100,6 +106,8 @@ export class ProxyServer {
       });
     });
     listener.on("error", (err) => this.log.error({ err: err.message }, "listener error"));
+    this.memoryCheck = setInterval(() => this.boundClientMemory(ctx), MEMORY_CHECK_MS);
+    this.memoryCheck.unref();
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);
       this.sweeper.unref();
@@ -133,6 +141,24 @@ export class ProxyServer {
     ctx.clients.add(new ClientSession(socket, ctx));
   }
 
+  private boundClientMemory(ctx: ProxyContext): void {
+    const limits = {
+      perClientOutput: this.config.clientOutputBufferLimit,
+      total: this.config.maxmemoryClients,
+    };
+    const { evictions, total } = chooseEvictions(ctx.clients.all(), limits);
+    ctx.stats.clientsMemory = total;
+    for (const { client, reason, bytes } of evictions) {
+      if (reason === "maxmemory-clients") ctx.stats.evictedClients++;
+      else ctx.stats.outputLimitDisconnections++;
+      this.log.warn(
+        { client: client.id, addr: client.addr, bytes, reason },
+        "client disconnected for a memory limit",
+      );
+      client.kill(reason);
+    }
+  }
+
   private closeIdleClients(ctx: ProxyContext): void {
     const limitMs = this.config.timeout * 1000;
     for (const client of ctx.clients.all()) {
@@ -152,6 +178,7 @@ export class ProxyServer {
   async close(timeoutMs = this.config.shutdownTimeoutMs): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     if (this.sweeper !== null) clearInterval(this.sweeper);
+    if (this.memoryCheck !== null) clearInterval(this.memoryCheck);
     const listener = this.listener;
     this.listener = null;
     // Closed before the clients drain so no new one arrives; resolves once the last has gone.

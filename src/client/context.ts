@@ -14,6 +14,10 @@ export interface ProxyStats {
   commandsProcessed: number;
   protocolErrors: number;
   outputLimitDisconnections: number;
+  /** Clients disconnected because all clients together held more than --maxmemory-clients. */
+  evictedClients: number;
+  /** What all clients held at the last memory check, in bytes. */
+  clientsMemory: number;
 }
 
 /** What every client session shares: configuration, the router and the other clients. */

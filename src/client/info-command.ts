@@ -2,6 +2,8 @@ import { encodeError, encodeValue } from "../resp/encode.js";
 import { RespError, RespVerbatim } from "../resp/values.js";
 import type { LocalCommand } from "./command-host.js";
 import type { ProxyContext } from "./context.js";
+import { proxyKeysAndExpires } from "../routing/hidden-keys.js";
+import { mergeInfo, type OwnKeys } from "../routing/info-merge.js";
 
 const PROXY_VERSION = "0.1.0";
 
@@ -23,6 +25,9 @@ export function proxySection(ctx: ProxyContext): string {
     `total_commands_processed:${s.commandsProcessed}`,
     `protocol_errors:${s.protocolErrors}`,
     `client_output_limit_disconnections:${s.outputLimitDisconnections}`,
+    `evicted_clients:${s.evictedClients}`,
+    `maxmemory_clients:${ctx.config.maxmemoryClients}`,
+    `clients_memory:${s.clientsMemory}`,
     `used_memory_rss:${process.memoryUsage.rss()}`,
   ];
   const masters = topology.masters();
@@ -42,30 +47,43 @@ function field(info: string, name: string): string | undefined {
   return new RegExp(`^${name}:(.*)$`, "m").exec(info)?.[1]?.trim();
 }
 
-/**
- * In front of a cluster: one line per shard, then the first master's own sections with
- * the Keyspace section summed over every shard.
- */
-async function clusterInfo(ctx: ProxyContext, sections: string[]): Promise<string> {
-  const replies = await ctx.router.callControl(["INFO", ...sections]);
-  const texts = replies.map((r) => (Buffer.isBuffer(r) ? r.toString() : ""));
-  const masters = ctx.router.topology.masters();
-  const shardLines = texts.map((t, i) => {
-    const keys = /^db0:keys=(\d+)/m.exec(t)?.[1] ?? "0";
-    return `shard${i}:addr=${masters[i]?.id},keys=${keys},used_memory=${field(t, "used_memory") ?? "?"}`;
-  });
-  const totals = new Map<string, number>();
-  for (const t of texts) {
-    for (const m of t.matchAll(/^(db\d+):keys=(\d+)/gm))
-      totals.set(m[1], (totals.get(m[1]) ?? 0) + Number(m[2]));
-  }
-  let first = texts[0] ?? "";
-  if (/^# Keyspace/m.test(first)) {
-    const keyspace = [...totals].map(([db, n]) => `${db}:keys=${n}`).join("\r\n");
-    first = first.replace(/# Keyspace\r\n[\s\S]*$/, `# Keyspace\r\n${keyspace}${keyspace ? "\r\n" : ""}`);
-  }
-  return `# Shards\r\n${shardLines.join("\r\n")}\r\n\r\n${first}`;
+/** The proxy's own keys in db 0 and how many expire, for the keyspace line; null when none or unknown. */
+async function ownKeys(ctx: ProxyContext): Promise<OwnKeys | null> {
+  const query = proxyKeysAndExpires();
+  if (query === null) return null;
+  const reply = await ctx.router.call(query).catch(() => null);
+  return Array.isArray(reply) && typeof reply[0] === "number" && typeof reply[1] === "number"
+    ? { keys: reply[0], expires: reply[1] }
+    : null;
 }
+
+/**
+ * The masters' own sections, merged into one text (routing/info-merge.ts); in front of a
+ * cluster, after a one-line-per-shard summary.
+ */
+async function upstreamInfo(ctx: ProxyContext, sections: string[]): Promise<string> {
+  const wantsKeyspace = sections.length === 0 || sections.some((s) => KEYSPACE_SECTIONS.has(s));
+  const [replies, own] = await Promise.all([
+    ctx.router.callControl(["INFO", ...sections]),
+    wantsKeyspace ? ownKeys(ctx) : null,
+  ]);
+  const failed = replies.find((r) => r instanceof RespError);
+  if (failed instanceof RespError) throw new Error(failed.message);
+  const masters = ctx.router.topology.masters();
+  const shards = replies.map((r, i) => ({
+    node: masters[i]?.id ?? `shard${i}`,
+    text: Buffer.isBuffer(r) ? r.toString() : "",
+  }));
+  const merged = mergeInfo(shards, own);
+  if (ctx.router.topology.mode !== "cluster") return merged;
+  const shardLines = shards.map(({ node, text }, i) => {
+    const keys = /^db0:keys=(\d+)/m.exec(text)?.[1] ?? "0";
+    return `shard${i}:addr=${node},keys=${keys},used_memory=${field(text, "used_memory") ?? "?"}`;
+  });
+  return `# Shards\r\n${shardLines.join("\r\n")}\r\n\r\n${merged}`;
+}
+
+const KEYSPACE_SECTIONS = new Set(["keyspace", "default", "all", "everything"]);
 
 /** INFO: the proxy's section first, then the server's own sections. */
 export const infoCommand: LocalCommand = (session, { argv }) => {
@@ -79,13 +97,7 @@ export const infoCommand: LocalCommand = (session, { argv }) => {
     return;
   }
   const slot = session.laterSlot();
-  const theirs =
-    ctx.router.topology.mode === "cluster"
-      ? clusterInfo(ctx, upstreamSections)
-      : ctx.router.callControl(["INFO", ...upstreamSections]).then(([reply]) => {
-          if (reply instanceof RespError) throw new Error(reply.message);
-          return Buffer.isBuffer(reply) ? reply.toString() : "";
-        });
+  const theirs = upstreamInfo(ctx, upstreamSections);
   theirs.then(
     (text) =>
       slot.reply(

@@ -16,10 +16,10 @@ import { holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
+import type { ClientMemory } from "./memory-guard.js";
 import type { CommandHost } from "./command-host.js";
 import { Transaction, type TransactionHost } from "./transaction.js";
 import type { Router } from "../routing/router.js";
-import { isControl } from "../routing/control.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
@@ -197,6 +197,15 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     );
   }
 
+  memory(): ClientMemory {
+    // Replies that arrived behind one still awaited (a slow upstream, a blocked command) are
+    // held here too; the walk is bounded by the requests in flight.
+    let held = 0;
+    for (let slot = this.head; slot !== null; slot = slot.next)
+      if (slot.data !== null) held += slot.data.length;
+    return { query: this.parser.buffered, output: this.out.pending + held };
+  }
+
   describe(): string {
     const age = Math.floor((Date.now() - this.createdAt) / 1000);
     const idle = Math.floor(this.idleMs / 1000);
@@ -207,7 +216,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     const last = this.lastRequest;
     // Redis counts the command being run in the query buffer still.
     const current = this.processing && last !== null ? last.end - last.start : 0;
-    const omem = this.out.pending;
+    const memory = this.memory();
+    const omem = memory.output;
     // Redis' own fields, in its order; the proxy has no fd and keeps no per-client arena.
     const fields: [string, string | number][] = [
       ["id", this.id],
@@ -232,7 +242,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       ["obl", 0],
       ["oll", 0],
       ["omem", omem],
-      ["tot-mem", omem],
+      ["tot-mem", memory.query + omem],
       ["events", "r"],
       ["cmd", last === null ? "NULL" : commandLabel(last)],
       ["user", "default"],
@@ -427,8 +437,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         });
     }
     const router = this.ctx.router;
-    // Control commands take the router's path to the control connections, never a run.
-    if (this.processing && request.end > request.start && !isControl(name, request.argv)) {
+    // Control commands and key listings take the router's path, never a run.
+    if (this.processing && request.end > request.start && !router.needsRouting(name, request.argv, this.db)) {
       const conn = router.sharedConnection(this.id, this.proto);
       if (conn !== null) {
         this.addToRun(conn, request, slot);

@@ -1,6 +1,7 @@
 import { decodeReply } from "../resp/decode.js";
-import { encodeCommand } from "../resp/encode.js";
-import type { RespValue } from "../resp/values.js";
+import { encodeCommand, encodeValue } from "../resp/encode.js";
+import type { Protocol, RespValue } from "../resp/values.js";
+import type { ReplySink } from "../upstream/reply-sink.js";
 import { keySlot } from "./key-slot.js";
 
 /**
@@ -56,6 +57,22 @@ export function proxyKeysCount(): Buffer | null {
   return written.size === 0 ? null : encodeCommand(["EXISTS", ...written]);
 }
 
+/** Counts the given keys that exist, and those of them with an expiry: [keys, expires]. */
+const COUNT_OWN_SCRIPT = `
+local n, e = 0, 0
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then
+    n = n + 1
+    if redis.call('PTTL', k) >= 0 then e = e + 1 end
+  end
+end
+return {n, e}`;
+
+/** The command that counts the proxy's lasting keys and those with a TTL (INFO's keyspace); null when it keeps none. */
+export function proxyKeysAndExpires(): string[] | null {
+  return written.size === 0 ? null : ["EVAL", COUNT_OWN_SCRIPT, String(written.size), ...written];
+}
+
 /** A list of keys without the proxy's (KEYS, a page of SCAN). */
 export function hideProxyKeys(keys: RespValue): RespValue {
   if (!Array.isArray(keys)) return keys;
@@ -67,4 +84,20 @@ export function isProxyKeyReply(raw: Buffer): boolean {
   if (raw[0] !== 36 /* $ */ || raw[raw.indexOf(10) + 1] !== 123 /* { */) return false;
   const value = decodeReply(raw);
   return Buffer.isBuffer(value) && isProxyKey(value);
+}
+
+/**
+ * The sink for a SCAN page of one server: its cursor passes as it is, the proxy's keys are left
+ * out. A page with no '{' byte cannot hold one of them and is forwarded untouched.
+ */
+export function scanPageWithoutProxyKeys(sink: ReplySink, proto: Protocol): ReplySink {
+  return {
+    reply: (data) => {
+      if (!data.includes(123 /* { */)) return sink.reply(data);
+      const page = decodeReply(data);
+      if (!Array.isArray(page) || page.length !== 2) return sink.reply(data);
+      sink.reply(encodeValue([page[0], hideProxyKeys(page[1])], proto));
+    },
+    fail: (message) => sink.fail(message),
+  };
 }

@@ -8,7 +8,7 @@ import type { UpstreamNode } from "../upstream/node.js";
 import type { Topology } from "../upstream/topology.js";
 import type { CommandTable } from "./command-table.js";
 import { FAN_OUT, type ClusterSender } from "./fan-out.js";
-import { KEY_LISTING_COMMANDS } from "./hidden-keys.js";
+import { KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
 import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
@@ -83,6 +83,7 @@ export class Router implements ClusterSender {
       const hiding =
         ctx.db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
       if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity, proto);
+      if (ctx.db === 0 && name === "scan") sink = scanPageWithoutProxyKeys(sink, proto);
       this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db, proto);
       return;
     }
@@ -114,6 +115,14 @@ export class Router implements ClusterSender {
    * The connection a client's ordinary commands take in front of one server (null in a
    * cluster, where commands need redirect handling, or while the server is unreachable).
    */
+  /**
+   * Whether a command must take forward() even in front of one server, instead of going down a
+   * shared connection as raw bytes: control commands, and key listings that hide the proxy's keys.
+   */
+  needsRouting(name: string, argv: readonly Buffer[], db: number): boolean {
+    return isControl(name, argv) || (db === 0 && KEY_LISTING_COMMANDS.has(name));
+  }
+
   sharedConnection(affinity: number, proto: Protocol = 2): UpstreamConnection | null {
     return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity, proto) : null;
   }

@@ -1,0 +1,174 @@
+import { expect } from "chai";
+import { chooseEvictions, type MemoryHolder } from "../src/client/memory-guard.js";
+import { startRedis, startProxy, sendCommand, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { eventually } from "./support/polling.js";
+import { RawClient, encode, toText } from "./support/raw-client.js";
+
+const MB = 1024 * 1024;
+
+async function setBig(port: number): Promise<void> {
+  const client = await RawClient.connect(port);
+  try {
+    expect(toText(await client.call("SET", "big", Buffer.alloc(MB, 120)))).to.equal("OK");
+  } finally {
+    client.close();
+  }
+}
+
+function holder(id: number, query: number, output: number): MemoryHolder & { killed: string[] } {
+  const killed: string[] = [];
+  return { id, addr: `c${id}`, memory: () => ({ query, output }), kill: (r) => killed.push(r), killed };
+}
+
+describe("client memory bounds (client/memory-guard.ts)", function () {
+  this.timeout(60_000);
+
+  describe("choosing whom to disconnect", () => {
+    it("evicts the largest clients first, only as many as it takes to get under the total", () => {
+      const clients = [holder(1, 0, 5 * MB), holder(2, 30 * MB, 0), holder(3, 0, 12 * MB), holder(4, 0, 1)];
+      const { evictions, total } = chooseEvictions(clients, { perClientOutput: 0, total: 20 * MB });
+      expect(evictions.map((e) => [e.client.id, e.reason])).to.deep.equal([[2, "maxmemory-clients"]]);
+      expect(total).to.equal(47 * MB + 1);
+    });
+
+    it("disconnects a client over its own output limit before looking at the total", () => {
+      const clients = [holder(1, 0, 9 * MB), holder(2, 0, 3 * MB), holder(3, 2 * MB, 2 * MB)];
+      const { evictions } = chooseEvictions(clients, { perClientOutput: 8 * MB, total: 6 * MB });
+      expect(evictions.map((e) => [e.client.id, e.reason])).to.deep.equal([
+        [1, "output-buffer-limit"],
+        [3, "maxmemory-clients"],
+      ]);
+    });
+
+    it("does nothing when no limit is set", () => {
+      const { evictions } = chooseEvictions([holder(1, 500 * MB, 500 * MB)], {
+        perClientOutput: 0,
+        total: 0,
+      });
+      expect(evictions).to.deep.equal([]);
+    });
+  });
+
+  describe("against a real redis-server", () => {
+    let redis: RedisNode;
+    let proxy: RunningProxy;
+    const open: RawClient[] = [];
+
+    before(async () => {
+      redis = await startRedis();
+      proxy = await startProxy([redis], { maxmemoryClients: 24 * MB, clientOutputBufferLimit: 256 * MB });
+      await setBig(proxy.port);
+    });
+    afterEach(() => {
+      for (const c of open.splice(0)) c.close();
+    });
+    after(async () => {
+      await proxy.close();
+      await redis.stop();
+    });
+
+    async function named(name: string): Promise<RawClient> {
+      const client = await RawClient.connect(proxy.port);
+      open.push(client);
+      expect(await client.text("CLIENT", "SETNAME", name)).to.equal("OK");
+      return client;
+    }
+
+    /** Pipelines `n` GETs of the 1 MB value and stops reading, as a stuck consumer would. */
+    function pipelineAndStopReading(client: RawClient, n: number): void {
+      client.socket.pause();
+      const get = encode(["GET", "big"]);
+      client.write(Buffer.concat(Array.from({ length: n }, () => get)));
+    }
+
+    async function clientNames(): Promise<string[]> {
+      const list = String(await sendCommand(proxy.port, ["CLIENT", "LIST"]));
+      return [...list.matchAll(/ name=(\S*)/g)].map((m) => m[1]);
+    }
+
+    async function proxyInfo(field: string): Promise<number> {
+      const info = String(await sendCommand(proxy.port, ["INFO", "proxy"]));
+      const match = new RegExp(`^${field}:(\\d+)`, "m").exec(info);
+      expect(match, `${field} in INFO proxy`).to.not.equal(null);
+      return Number(match![1]);
+    }
+
+    it("disconnects the largest never-reading client when all clients hold more than --maxmemory-clients", async () => {
+      const before = await proxyInfo("evicted_clients");
+      const large = await named("large");
+      const small = await named("small");
+      pipelineAndStopReading(small, 6);
+      pipelineAndStopReading(large, 40);
+      await eventually(clientNames, (names) => !names.includes("large"), "the large client evicted");
+      expect(await clientNames()).to.include("small");
+      expect(await proxyInfo("evicted_clients")).to.equal(before + 1);
+      // The client that stayed gets every reply it asked for, intact, once it reads again.
+      small.socket.resume();
+      for (let i = 0; i < 6; i++) expect(((await small.next(10_000)) as Buffer).length).to.equal(MB);
+      expect(await small.text("PING")).to.equal("PONG");
+      // Everyone else carries on.
+      expect(await sendCommand(proxy.port, ["STRLEN", "big"])).to.equal(MB);
+    });
+
+    it("counts a large argument still arriving, and evicts its sender", async () => {
+      const before = await proxyInfo("evicted_clients");
+      const sender = await named("uploader");
+      // A 64 MB SET whose first 30 MB arrive, then nothing: over the 24 MB for all clients.
+      sender.write(Buffer.from(`*3\r\n$3\r\nSET\r\n$6\r\nupload\r\n$${64 * MB}\r\n`));
+      for (let i = 0; i < 30; i++) sender.write(Buffer.alloc(MB, 97));
+      await eventually(clientNames, (names) => !names.includes("uploader"), "the uploader evicted");
+      expect(await proxyInfo("evicted_clients")).to.equal(before + 1);
+      expect(await sendCommand(proxy.port, ["EXISTS", "upload"])).to.equal(0);
+    });
+
+    it("shows what a client holds in CLIENT LIST (qbuf, omem, tot-mem)", async () => {
+      const sender = await named("partial");
+      sender.write(Buffer.from(`*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$${4 * MB}\r\n`));
+      sender.write(Buffer.alloc(2 * MB, 97));
+      const line = await eventually(
+        async () =>
+          String(await sendCommand(proxy.port, ["CLIENT", "LIST"]))
+            .split("\n")
+            .find((l) => l.includes(" name=partial ")) ?? "",
+        (l) => Number(/ qbuf=(\d+)/.exec(l)?.[1] ?? 0) >= 2 * MB,
+        "the partial request counted in qbuf",
+      );
+      const qbuf = Number(/ qbuf=(\d+)/.exec(line)![1]);
+      expect(Number(/ tot-mem=(\d+)/.exec(line)![1])).to.be.at.least(qbuf);
+    });
+  });
+
+  describe("the per-client output limit", () => {
+    let redis: RedisNode;
+    let proxy: RunningProxy;
+
+    before(async () => {
+      redis = await startRedis();
+      proxy = await startProxy([redis], { maxmemoryClients: 0, clientOutputBufferLimit: 8 * MB });
+      await setBig(proxy.port);
+    });
+    after(async () => {
+      await proxy.close();
+      await redis.stop();
+    });
+
+    it("disconnects a client that never reads once it holds more than its limit", async () => {
+      const client = await RawClient.connect(proxy.port);
+      try {
+        expect(await client.text("CLIENT", "SETNAME", "stuck")).to.equal("OK");
+        client.socket.pause();
+        const get = encode(["GET", "big"]);
+        client.write(Buffer.concat(Array.from({ length: 30 }, () => get)));
+        await eventually(
+          async () => String(await sendCommand(proxy.port, ["CLIENT", "LIST"])),
+          (list) => !list.includes(" name=stuck "),
+          "the stuck client disconnected",
+        );
+        const info = String(await sendCommand(proxy.port, ["INFO", "proxy"]));
+        expect(info).to.match(/^client_output_limit_disconnections:[1-9]/m);
+      } finally {
+        client.close();
+      }
+    });
+  });
+});
