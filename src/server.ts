@@ -8,6 +8,7 @@ import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
 import { CommandTable } from "./routing/command-table.js";
 import { Isolate } from "./sandbox/isolate.js";
+import { WarmIsolates } from "./sandbox/warm-isolates.js";
 import { PyodidePool } from "./sandbox/pyodide/pool.js";
 import { Router } from "./routing/router.js";
 import { connectUpstream } from "./upstream/connect.js";
@@ -33,6 +34,8 @@ export class ProxyServer {
   private memoryCheck: NodeJS.Timeout | null = null;
   /** The warm Python interpreter (--python). */
   private python: PyodidePool | null = null;
+  /** A JavaScript isolate started ahead of the next RG.EXECUTE. */
+  private warm: WarmIsolates<Isolate> | null = null;
   /** The /metrics, /healthz, /readyz server (--metrics-port). */
   metricsServer: http.Server | null = null;
 
@@ -68,6 +71,8 @@ export class ProxyServer {
         }))
       : null;
     this.python = python;
+    const warm = new WarmIsolates((limits, bridge) => Isolate.create(limits, bridge));
+    this.warm = warm;
     const ctx: ProxyContext = {
       config: this.config,
       log: this.log,
@@ -78,7 +83,7 @@ export class ProxyServer {
       gears: new GearsEngine(
         router,
         this.log.child({ component: "gears" }),
-        (limits, bridge) => Isolate.create(limits, bridge),
+        (limits, bridge) => warm.take(limits, bridge),
         python === null ? null : (limits, bridge) => python.take(limits, bridge),
       ),
       metrics:
@@ -95,6 +100,10 @@ export class ProxyServer {
     }
     // Started now, with the settings applied, so that the first RG.PYEXECUTE finds it loaded.
     python?.prime();
+    warm.prepare({
+      memoryLimitMb: ctx.gears.config.number("ScriptMemoryLimitMB"),
+      timeoutMs: ctx.gears.config.number("ScriptTimeoutMS"),
+    });
     await ctx.gears.restore();
     const listener = net.createServer((socket) => this.accept(ctx, socket));
     this.listener = listener;
@@ -199,6 +208,7 @@ export class ProxyServer {
       ctx.router.topology.close();
     }
     await this.python?.close();
+    await this.warm?.close();
     const metricsServer = this.metricsServer;
     this.metricsServer = null;
     metricsServer?.close();
