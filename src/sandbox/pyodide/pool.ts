@@ -10,7 +10,14 @@ import { join } from "node:path";
 import { setEnvironmentData } from "node:worker_threads";
 import { Isolate } from "../isolate.js";
 import type { HostBridge, IsolateLimits, JsonValue, RawJson } from "../types.js";
-import { BUDGET_SLOTS, MODULE_KEY, SNAPSHOT_KEY, budgetKey, type BudgetData } from "./shared.js";
+import {
+  BUDGET_SLOTS,
+  MODULE_KEY,
+  SNAPSHOT_KEY,
+  budgetKey,
+  startRefusedMessage,
+  type BudgetData,
+} from "./shared.js";
 
 export interface PyodidePoolOptions {
   /** The limits each isolate gets (read when one starts: RG.CONFIGSET may change them). */
@@ -93,17 +100,17 @@ export class PyodidePool {
   private readonly key: string;
   private readonly pages: Int32Array;
   private readonly freeSlots: number[] = [];
+  private readonly capPages: number;
+  /** Pages a new isolate held when it was counted (0 until one was): for refusing at once. */
+  private startPages = 0;
 
   constructor(private readonly options: PyodidePoolOptions) {
     this.key = budgetKey(++pools);
     const buffer = new SharedArrayBuffer(4 * (1 + BUDGET_SLOTS));
     this.pages = new Int32Array(buffer);
     for (let slot = BUDGET_SLOTS; slot >= 1; slot--) this.freeSlots.push(slot);
-    const budget: BudgetData = {
-      buffer,
-      capPages: Math.floor((options.maxMemoryMb * 1024 * 1024) / 65536),
-      capMb: options.maxMemoryMb,
-    };
+    this.capPages = Math.floor((options.maxMemoryMb * 1024 * 1024) / 65536);
+    const budget: BudgetData = { buffer, capPages: this.capPages, capMb: options.maxMemoryMb };
     // Workers started from now on find these (environment data is copied into each new one).
     setEnvironmentData(this.key, budget);
     if (options.dataDir !== null) {
@@ -151,6 +158,11 @@ export class PyodidePool {
 
   /** A new isolate, counted in the budget; refused (and ended) when it does not fit. */
   private async start(limits: IsolateLimits, bridge: HostBridge): Promise<Isolate> {
+    // Known not to fit: refused without starting a worker (the worker checks again when counted).
+    const inUse = Atomics.load(this.pages, 0);
+    if (this.capPages > 0 && this.startPages > 0 && inUse + this.startPages > this.capPages) {
+      throw new Error(startRefusedMessage(this.options.maxMemoryMb, inUse, this.startPages));
+    }
     const slot = this.freeSlots.pop();
     if (slot === undefined) throw new Error(`no more than ${BUDGET_SLOTS} Python instances at once`);
     let isolate: Isolate;
@@ -168,6 +180,7 @@ export class PyodidePool {
     });
     try {
       await isolate.call("__pyrt.bindBudget", [this.key, slot]);
+      this.startPages = Atomics.load(this.pages, slot);
       await this.options.prepare?.(isolate);
     } catch (e) {
       await isolate.dispose();

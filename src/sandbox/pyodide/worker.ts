@@ -382,7 +382,7 @@ function classify(e: unknown, compiling: boolean): FailureInfo {
     ...String((e as { message?: unknown })?.message ?? "").matchAll(/File "script", line (\d+)/g),
   ];
   const m = lines[lines.length - 1];
-  return { kind, message: text, line: m === null ? undefined : Number(m[1]) };
+  return { kind, message: text, line: m === undefined ? undefined : Number(m[1]) };
 }
 
 function invoke(path: string, args: unknown[]): unknown {

@@ -6,9 +6,12 @@
 #
 # Run once per isolate, before the user's script, which then runs by _gears_run_script()
 # in its own globals, where `js` and `pyodide` cannot be imported.
+import asyncio as _asyncio
 import builtins as _builtins
 import copy as _copy
+import inspect as _inspect
 import sys as _sys
+import time as _time
 
 import js as _js
 from pyodide.ffi import JsException as _JsException
@@ -26,6 +29,7 @@ _js_config_get = _js.configGet
 _js_register_time_event = _js.registerTimeEvent
 _js_override_reply = _js.overrideReply
 _js_call_next = _js.callNext
+_js_get_command = _js.getCommand
 
 
 def _to_py(v):
@@ -46,6 +50,46 @@ def _label(f):
     return getattr(f, "__name__", "") or type(f).__name__
 
 
+class _NoIO:
+    # The loop's selector: there is no I/O to wait for, only timers (asyncio.sleep).
+    def select(self, timeout):
+        if timeout:
+            _time.sleep(timeout)
+        return []
+
+
+class _StepLoop(_asyncio.BaseEventLoop):
+    # A private event loop that runs a step's coroutine to its end, inside the step: the
+    # engine runs steps synchronously, so an `async def` step is awaited in place (records of
+    # a partition one after another, as RedisGears 1.2 processed them). Pyodide's own loop
+    # runs on JavaScript's event loop, which does not turn while a step runs.
+    def __init__(self):
+        super().__init__()
+        self._selector = _NoIO()
+
+    def _process_events(self, event_list):
+        pass
+
+    def _write_to_self(self):
+        pass
+
+
+_loop = None
+
+
+def _await(coroutine):
+    global _loop
+    if _loop is None:
+        _loop = _StepLoop()
+    # Pyodide's loop counts as running in this thread: set aside while ours runs.
+    outer = _asyncio.events._get_running_loop()
+    _asyncio.events._set_running_loop(None)
+    try:
+        return _loop.run_until_complete(coroutine)
+    finally:
+        _asyncio.events._set_running_loop(outer)
+
+
 def _step(f, shape="plain"):
     if not callable(f):
         raise TypeError("argument must be a function")
@@ -54,6 +98,11 @@ def _step(f, shape="plain"):
         args = [_to_py(a) for a in args]
         try:
             out = f(*args)
+            if _inspect.iscoroutine(out):
+                if shape == "key":
+                    out.close()
+                    raise TypeError("coroutine are not allow on extractors")
+                out = _await(out)
         except (KeyboardInterrupt, MemoryError) as e:
             _rt.fatal(type(e).__name__)
             raise
@@ -66,6 +115,8 @@ def _step(f, shape="plain"):
         elif shape == "flat":
             # RedisGears pops a returned list from its end: elements come out last to first.
             out = out[::-1] if isinstance(out, list) else [out]
+        elif shape == "iter":
+            out = list(out)
         return _to_js_value(out)
 
     return _rt.step(_create_proxy(call), _label(f))
@@ -89,7 +140,18 @@ def _options(kw):
 
 class GearsBuilder:
     def __init__(self, reader="KeysReader", defaultArg="*", desc=None):
-        self._b = _JsGB(reader, defaultArg, desc)
+        self._reader = reader
+        if reader == "PythonReader":
+            # RedisGears runs the generator on every shard: one ShardsIDReader record per
+            # shard, turned into what the generator (given to run()) yields there.
+            self._generator = None
+            self._b = _JsGB("ShardsIDReader", None, desc)
+            self._b.flatmap(_step(self._read, "iter"))
+        else:
+            self._b = _JsGB(reader, defaultArg, desc)
+
+    def _read(self, shard_id):
+        return self._generator()
 
     def map(self, f):
         self._b.map(_step(f))
@@ -181,10 +243,18 @@ class GearsBuilder:
             self._b.map(_step(str))
 
     def run(self, arg=None, convertToStr=True, collect=True, **kw):
+        if self._reader == "PythonReader":
+            if arg is None:
+                raise Exception("python reader function is not given")
+            if not callable(arg):
+                raise Exception("pyreader argument must be a function")
+            self._generator = arg
         self._finish(convertToStr)
-        self._b.run(arg, _options(dict(kw, convertToStr=False, collect=collect)))
+        self._b.run(arg if self._reader != "PythonReader" else None, _options(dict(kw, convertToStr=False, collect=collect)))
 
     def register(self, prefix="*", convertToStr=True, collect=True, **kw):
+        if self._reader == "PythonReader":
+            raise Exception("reader do not support register")
         if "regex" in kw:
             prefix = kw.pop("regex")
         self._finish(convertToStr)
@@ -195,11 +265,18 @@ GB = GearsBuilder
 
 
 class _Atomic:
-    # Every execute() is its own command through the proxy: there is no lock to take.
+    # Every execute() is its own command through the proxy: there is no lock to take. Only
+    # RedisGears' rule that blocks do not nest is kept.
+    depth = 0
+
     def __enter__(self):
+        if _Atomic.depth > 0:
+            raise Exception("Already inside an atomic block")
+        _Atomic.depth += 1
         return self
 
     def __exit__(self, *exc):
+        _Atomic.depth -= 1
         return False
 
 
@@ -243,6 +320,28 @@ def call_next(*args):
     return _to_py(_js_call_next(*[str(a) for a in args]))
 
 
+def get_command():
+    return _to_py(_js_get_command())
+
+
+def isAsyncAllow():
+    # An `async def` step is awaited in place, wherever the step runs.
+    return True
+
+
+def _background_only(name):
+    def refuse(*args, **kw):
+        for a in args:
+            if _inspect.iscoroutine(a):
+                a.close()
+        raise NotImplementedError(
+            f"{name}() is not available here: the proxy has no background event loop; "
+            "write the step as `async def` (it is awaited in place) instead"
+        )
+
+    return refuse
+
+
 _API = {
     "GearsBuilder": GearsBuilder,
     "GB": GB,
@@ -255,6 +354,13 @@ _API = {
     "registerTE": registerTE,
     "override_reply": override_reply,
     "call_next": call_next,
+    "get_command": get_command,
+    "isAsyncAllow": isAsyncAllow,
+    "runCoroutine": _background_only("runCoroutine"),
+    "createFuture": _background_only("createFuture"),
+    "setFutureResults": _background_only("setFutureResults"),
+    "setFutureException": _background_only("setFutureException"),
+    "gearsFuture": _background_only("gearsFuture"),
 }
 
 # What user code may not import: the ways back into JavaScript (and so to the host's Node).
