@@ -7,8 +7,8 @@ import { expect } from "chai";
 import type { Redis } from "ioredis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
-import { connect, execAll, outcome, type Outcome } from "./support/gears.js";
-import { asArray, eventually, fields, str } from "./support/registrations.js";
+import { connect, execAll, outcome, rejection, type Outcome } from "./support/gears.js";
+import { asArray, eventually, fields, registrationsOf, str } from "./support/registrations.js";
 
 const GENRES = ["Drama", "Comedy", "Action", "Thriller", "Horror", "Romance", "Sci-Fi", "Western"];
 const MOVIES = 20_000;
@@ -232,6 +232,34 @@ for (const mode of BACKEND_MODES) {
         });
       }
 
+      it("hashtag() names a slot of each shard, as its JavaScript twin does", async () => {
+        const a = await py(io, "GB('ShardsIDReader').map(lambda x: [x, hashtag()]).run(convertToStr=False)");
+        const b = await js(io, "GB('ShardsIDReader').map(x => [x, hashtag()]).run({convertToStr: false})");
+        expect(a.results).to.have.length(masters.length);
+        expect(sorted(a.results)).to.deep.equal(sorted(b.results));
+      });
+
+      it("PythonReader runs the generator on every shard (RedisGears' reader, no JavaScript twin)", async () => {
+        const out = await py(
+          io,
+          "def gen():\n    yield 'a'\n    yield hashtag()\nGB('PythonReader').run(gen, convertToStr=False)",
+        );
+        expect(out.errors).to.deep.equal([]);
+        const tags = outcome(
+          await io.call("RG.EXECUTE", "GB('ShardsIDReader').map(x => hashtag()).run({convertToStr: false})"),
+        ).results;
+        expect(sorted(out.results)).to.deep.equal(sorted([...masters.map(() => "a"), ...tags]));
+        expect(await rejection(io.call("RG.PYEXECUTE", "GB('PythonReader').run()"))).to.contain(
+          "python reader function is not given",
+        );
+        expect(await rejection(io.call("RG.PYEXECUTE", "GB('PythonReader').run(3)"))).to.contain(
+          "pyreader argument must be a function",
+        );
+        expect(await rejection(io.call("RG.PYEXECUTE", "GB('PythonReader').register()"))).to.contain(
+          "reader do not support register",
+        );
+      });
+
       it("records come back as RedisGears gave them: Python's str() of each", async () => {
         const out = await py(
           io,
@@ -270,6 +298,40 @@ for (const mode of BACKEND_MODES) {
       let total = 0;
       for (const m of masters) total += (await m.keys("sk:*")).length;
       expect(total).to.equal(5000);
+    });
+
+    it("the pre-1.0 stream recipe, verbatim, writes the keys key, id and value, as RedisGears 1.2 does", async () => {
+      // The recipe was written for pre-1.0 records, whose fields sat beside streamId; a 1.x
+      // record is {'key', 'id', 'value'}, so its x.items() are those three.
+      expect(
+        await io.call(
+          "RG.PYEXECUTE",
+          "GearsBuilder('StreamReader').flatmap(lambda x: [(k, v) for k, v in x.items() if k != 'streamId']).repartition(lambda x: x[0]).foreach(lambda x: execute('set', x[0], x[1])).register('old-stream')",
+          "ID",
+          "old-recipe",
+        ),
+      ).to.equal("OK");
+      const id = await io.xadd("old-stream", "*", "f1", "v1", "f2", "v2");
+      const got = await eventually(
+        () => Promise.all(["key", "id", "value"].map((k) => io.get(k))),
+        (values) => values[1] === id,
+        "the recipe's keys",
+        20_000,
+      );
+      // execute() sends str() of each argument: the entry's fields as Python's dict repr.
+      expect(got).to.deep.equal(["old-stream", id, "{'f1': 'v1', 'f2': 'v2'}"]);
+      expect(await io.exists("f1", "f2")).to.equal(0);
+      for (const k of ["key", "id", "value"]) {
+        const node = await backend.nodeOf(k);
+        const m = connect(node.port);
+        try {
+          expect(await m.exists(k), `${k} on its own shard`).to.equal(1);
+        } finally {
+          m.disconnect();
+        }
+      }
+      for (const r of await registrationsOf(io, "old-recipe")) await io.call("RG.UNREGISTER", r.id);
+      await io.del("key", "id", "value");
     });
 
     describe("the all-keys registration, verbatim", () => {
