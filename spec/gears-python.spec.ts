@@ -260,6 +260,25 @@ for (const mode of BACKEND_MODES) {
         );
       });
 
+      it("a foreach lambda that only calls execute() (sent in the batch's pipeline) writes what its twin writes; an error reply fails its record", async () => {
+        const a = await py(
+          io,
+          "GB().foreach(lambda x: execute('sadd', 'pyset:tw', x['key'])).count().run('tw:*')",
+        );
+        const b = await js(io, "GB().foreach(x => execute('SADD', 'jsset:tw', x.key)).count().run('tw:*')");
+        expect(a).to.deep.equal(b);
+        expect((await io.smembers("pyset:tw")).sort()).to.deep.equal((await io.smembers("jsset:tw")).sort());
+        await io.lpush("list:tw", "x");
+        const failed = await py(
+          io,
+          "GB().foreach(lambda x: execute('sadd', 'list:tw', x['key'])).count().run('tw:1')",
+        );
+        expect(failed.results).to.deep.equal(["0"]);
+        expect(failed.errors).to.have.length(1);
+        expect(failed.errors[0]).to.match(/^Exception: WRONGTYPE/);
+        await io.del("pyset:tw", "jsset:tw", "list:tw");
+      });
+
       it("records come back as RedisGears gave them: Python's str() of each", async () => {
         const out = await py(
           io,

@@ -215,6 +215,9 @@ function limitMessage(): string {
   return timeoutMessage(init.timeoutMs);
 }
 
+/** The reply of the pipelined execute() of the step running now (runtime.keep). */
+let sentReply: Promise<unknown> | undefined;
+
 const runtime = Object.freeze({
   /**
    * A Python callable as a JavaScript function for a library: each call gets a full time
@@ -253,6 +256,33 @@ const runtime = Object.freeze({
     Atomics.store(pages, slot, own);
     budget = { pages, slot, capPages: data.capPages, capMb: data.capMb };
     return null;
+  },
+  /**
+   * Calls fn(...args), a JavaScript function that returns a promise (a pipelined execute()),
+   * and keeps the promise for the step that pipelinedStep() runs: a promise that reached
+   * Python would become a Python future there, settled by Pyodide's event loop, which does
+   * not turn while an entry runs. A failure reads as a synchronous execute()'s does in
+   * Python (`Exception: <the reply's error>`).
+   */
+  keep(fn: (...a: unknown[]) => PromiseLike<unknown>, ...args: unknown[]): void {
+    sentReply = Promise.resolve(fn(...args)).then(undefined, (e: unknown) => {
+      const err = new Error(e instanceof Error ? e.message : String(e));
+      err.name = "Exception";
+      throw err;
+    });
+  },
+  /** step(), returning the reply keep() kept during the call (the library waits for it). */
+  pipelinedStep(fn: (...args: unknown[]) => unknown, label: string): (...args: unknown[]) => unknown {
+    const inner = runtime.step(fn, label);
+    const f = (...args: unknown[]): unknown => {
+      sentReply = undefined;
+      inner(...args);
+      const reply = sentReply;
+      sentReply = undefined;
+      return reply;
+    };
+    Object.defineProperty(f, "toString", { value: () => label });
+    return f;
   },
   /** Python hit a limit (KeyboardInterrupt from the interrupt buffer, or MemoryError). */
   fatal(kind: string): void {

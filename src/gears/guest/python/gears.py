@@ -9,6 +9,7 @@
 import asyncio as _asyncio
 import builtins as _builtins
 import copy as _copy
+import dis as _dis
 import inspect as _inspect
 import sys as _sys
 import time as _time
@@ -23,6 +24,7 @@ _rt = _js.__pyrt
 _JsGB = _js.GearsBuilder
 _from_entries = _js.Object.fromEntries
 _js_execute = _js.execute
+_js_execute_async = _js.executeAsync
 _js_log = _js.log
 _js_hashtag = _js.hashtag
 _js_config_get = _js.configGet
@@ -122,6 +124,66 @@ def _step(f, shape="plain"):
     return _rt.step(_create_proxy(call), _label(f))
 
 
+# What a foreach lambda may do besides its one execute() call, for its command to be
+# pipelined: read its arguments, constants, subscripts and f-strings, nothing that calls.
+_PLAIN_OPS = frozenset(
+    (
+        "RESUME",
+        "NOP",
+        "CACHE",
+        "PUSH_NULL",
+        "COPY_FREE_VARS",
+        "LOAD_CONST",
+        "LOAD_SMALL_INT",
+        "LOAD_DEREF",
+        "BINARY_OP",
+        "BINARY_SUBSCR",
+        "FORMAT_SIMPLE",
+        "BUILD_STRING",
+        "RETURN_VALUE",
+    )
+)
+
+
+def _replies_unused(f):
+    # `lambda x: execute(...)` whose arguments call nothing: foreach drops the reply, so the
+    # command can leave in the batch's pipeline (an error reply still fails the record), as
+    # the JavaScript library does for `x => execute(...)`.
+    if getattr(f, "__name__", None) != "<lambda>" or getattr(f, "__globals__", {}).get("execute") is not execute:
+        return False
+    calls = loads = 0
+    for i in _dis.get_instructions(f):
+        if i.opname.startswith("CALL"):
+            calls += 1
+        elif i.opname == "LOAD_GLOBAL":
+            loads += 1
+            if i.argval != "execute":
+                return False
+        elif not (i.opname in _PLAIN_OPS or i.opname.startswith("LOAD_FAST")):
+            return False
+    return calls == 1 and loads == 1
+
+
+_pipelining = False
+
+
+def _pipelined_step(f):
+    # The engine passes the record on once the reply is in: the runtime keeps the promise of
+    # executeAsync (execute() hands it over) and returns it from the step.
+    def call(record):
+        global _pipelining
+        _pipelining = True
+        try:
+            f(_to_py(record))
+        except (KeyboardInterrupt, MemoryError) as e:
+            _rt.fatal(type(e).__name__)
+            raise
+        finally:
+            _pipelining = False
+
+    return _rt.pipelinedStep(_create_proxy(call), _label(f))
+
+
 def _zero_reset(zero, f, with_key):
     # aggregate/aggregateby start again from a copy of zero whenever the accumulator is falsy.
     if with_key:
@@ -162,6 +224,9 @@ class GearsBuilder:
         return self
 
     def foreach(self, f):
+        if callable(f) and _replies_unused(f):
+            self._b.foreach(_pipelined_step(f))
+            return self
         # The record goes on as f left it (RedisGears passes the same object along): the
         # step hands back the Python record, not the one it was given.
         self._b.map(_step(f, "same"))
@@ -285,6 +350,9 @@ def atomic():
 
 
 def execute(command, *args):
+    if _pipelining:
+        _rt.keep(_js_execute_async, str(command), *[str(a) for a in args])
+        return None
     try:
         return _to_py(_js_execute(str(command), *[str(a) for a in args]))
     except _JsException as e:
