@@ -5,6 +5,10 @@
  * serves most tests; the memory cap has its own.
  */
 import { expect } from "chai";
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { Redis } from "ioredis";
 import { pino } from "pino";
 import { DEFAULT_CONFIG, type ProxyConfig } from "../src/config.js";
@@ -13,6 +17,9 @@ import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend } from "./support/backend.js";
 import { connect, outcome, rejection, type Outcome } from "./support/gears.js";
 import { asArray, eventually, fields, registrations, stable, str } from "./support/registrations.js";
+
+const pyodideVersion = (createRequire(import.meta.url)("pyodide/package.json") as { version: string })
+  .version;
 
 async function py(c: Redis, script: string): Promise<Outcome> {
   return outcome(await c.call("RG.PYEXECUTE", script), "RG.PYEXECUTE");
@@ -67,6 +74,25 @@ describe("RG.PYEXECUTE: switched on by the operator, limits, isolation, start-up
     const took = Date.now() - started;
     expect(out.results).to.deep.equal(["first"]);
     expect(took, `first RG.PYEXECUTE took ${took} ms`).to.be.below(1000);
+  });
+
+  it("writes its start-up snapshot under --data-dir, replacing a damaged one", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "gears-python-"));
+    const file = join(dir, `pyodide-${pyodideVersion}-1.snapshot`);
+    writeFileSync(file, "not a snapshot");
+    const own = await startProxy([{ port: backend.seed.port }], { python: true, dataDir: dir });
+    const c = connect(own.port);
+    try {
+      await own.server.pythonWarm();
+      expect((await py(c, "GB('ShardsIDReader').map(lambda x: 'ok').run()")).results).to.deep.equal(["ok"]);
+      // A cold interpreter wrote it; the warm ones after it restored it.
+      expect(statSync(file).size).to.be.greaterThan(10 * 1024 * 1024);
+      expect(readdirSync(dir).filter((f) => f.endsWith(".tmp"))).to.deep.equal([]);
+    } finally {
+      c.disconnect();
+      await own.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("answers three back-to-back RG.PYEXECUTEs without a cold start (warm isolates, snapshot restores behind them)", async () => {
@@ -326,6 +352,51 @@ describe("RG.PYEXECUTE: switched on by the operator, limits, isolation, start-up
       expect(a.errors).to.deep.equal([]);
       expect(a.results.map(Number).sort((x, y) => x - y)).to.deep.equal([4, 6, 8, 10]);
       expect(b.results.map(Number).sort((x, y) => x - y)).to.deep.equal([4, 6, 8, 10]);
+    });
+
+    it("an event on a key too big to send along reads its value only when the handler does, so a handler that grows such a key keeps up", async () => {
+      const p = io.pipeline();
+      for (let i = 0; i < 1500; i++) p.sadd("bkall", `m${i}`);
+      await p.exec();
+      expect(
+        await io.call(
+          "RG.PYEXECUTE",
+          "GB().filter(lambda x: x['key'] != 'bkall').foreach(lambda x: execute('sadd', 'bkall', x['key'])).register('bk*')",
+          "ID",
+          "bkall",
+        ),
+      ).to.equal("OK");
+      expect(
+        await io.call(
+          "RG.PYEXECUTE",
+          "GB().foreach(lambda x: execute('rpush', 'bigsizes', str(len(x['value'])))).register('bigset')",
+          "ID",
+          "bigsizes",
+        ),
+      ).to.equal("OK");
+      const q = io.pipeline();
+      for (let i = 0; i < 50; i++) q.set(`bk:${i}`, "1");
+      await q.exec();
+      await io.sadd("bigset", ...Array.from({ length: 1200 }, (_, i) => `s${i}`));
+      // Every event ran to its end: 50 SETs and the SADDs they caused (the set's own events).
+      const triggered = await eventually(
+        async () => (await registrations(io)).find((r) => r.session === "bkall")?.stats.numSuccess ?? 0,
+        (n) => n >= 100,
+        "the handler's executions all finished",
+        20_000,
+      );
+      expect(triggered).to.equal(100);
+      expect(await io.scard("bkall")).to.equal(1550);
+      expect(
+        await eventually(
+          () => io.lrange("bigsizes", 0, -1),
+          (l) => l.length > 0,
+          "bigset's size",
+        ),
+      ).to.deep.equal(["1200"]);
+      for (const r of await registrations(io)) {
+        if (r.session === "bkall" || r.session === "bigsizes") await io.call("RG.UNREGISTER", r.id);
+      }
     });
 
     it("runCoroutine and the futures API answer a clear error: there is no background event loop", async () => {

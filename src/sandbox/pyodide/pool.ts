@@ -101,6 +101,7 @@ export class PyodidePool {
   private readonly pages: Int32Array;
   private readonly freeSlots: number[] = [];
   private readonly capPages: number;
+  private readonly snapshotFile: string | undefined;
   /** Pages a new isolate held when it was counted (0 until one was): for refusing at once. */
   private startPages = 0;
 
@@ -111,11 +112,10 @@ export class PyodidePool {
     for (let slot = BUDGET_SLOTS; slot >= 1; slot--) this.freeSlots.push(slot);
     this.capPages = Math.floor((options.maxMemoryMb * 1024 * 1024) / 65536);
     const budget: BudgetData = { buffer, capPages: this.capPages, capMb: options.maxMemoryMb };
-    // Workers started from now on find these (environment data is copied into each new one).
+    // Workers started from now on find it (environment data is copied into each new one).
     setEnvironmentData(this.key, budget);
-    if (options.dataDir !== null) {
-      setEnvironmentData(SNAPSHOT_KEY, join(options.dataDir, `pyodide-${PYODIDE_BUILD}.snapshot`));
-    }
+    this.snapshotFile =
+      options.dataDir === null ? undefined : join(options.dataDir, `pyodide-${PYODIDE_BUILD}.snapshot`);
   }
 
   /** MB of WebAssembly memory the pool's isolates hold now (the warm ones included). */
@@ -168,6 +168,9 @@ export class PyodidePool {
     let isolate: Isolate;
     try {
       await shareCompiledModule();
+      // Set just before the worker starts (Isolate.create starts it a microtask later): the
+      // key is one for the process, and another pool may have a --data-dir of its own.
+      setEnvironmentData(SNAPSHOT_KEY, this.snapshotFile);
       isolate = await Isolate.create(limits, bridge, "pyodide");
     } catch (e) {
       this.freeSlots.push(slot);

@@ -284,6 +284,14 @@ const runtime = Object.freeze({
     Object.defineProperty(f, "toString", { value: () => label });
     return f;
   },
+  /**
+   * Whether a record's `value` is read from Redis on first use (an event on a key too big
+   * to send along): Python then converts it only when the script reads it.
+   */
+  lazyValue(record: unknown): boolean {
+    if (record === null || typeof record !== "object") return false;
+    return typeof Object.getOwnPropertyDescriptor(record, "value")?.get === "function";
+  },
   /** Python hit a limit (KeyboardInterrupt from the interrupt buffer, or MemoryError). */
   fatal(kind: string): void {
     if (kind === "MemoryError") fatalKind = "memory";

@@ -34,12 +34,66 @@ _js_call_next = _js.callNext
 _js_get_command = _js.getCommand
 
 
+_UNREAD = object()
+
+
+class _LazyRecord(dict):
+    # An event record whose value is read from Redis on first use (a key too big to send
+    # along, such as the set a handler keeps adding to): converting it eagerly would read it
+    # for every event, as the JavaScript form does not. It is read when the script looks at
+    # it; iterating the keys, `in` and len() do not read it.
+    __slots__ = ("_source",)
+
+    def _load(self):
+        if dict.get(self, "value") is _UNREAD:
+            dict.__setitem__(self, "value", _to_py(self._source.value))
+        return self
+
+    def __getitem__(self, k):
+        if k == "value":
+            self._load()
+        return dict.__getitem__(self, k)
+
+    def get(self, k, default=None):
+        return dict.get(self._load() if k == "value" else self, k, default)
+
+    def items(self):
+        return dict.items(self._load())
+
+    def values(self):
+        return dict.values(self._load())
+
+    def copy(self):
+        return dict(self._load())
+
+    def pop(self, *a):
+        return dict.pop(self._load(), *a)
+
+    def __eq__(self, other):
+        return dict.__eq__(self._load(), other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return dict.__repr__(self._load())
+
+    __str__ = __repr__
+
+
 def _to_py(v):
-    return v.to_py() if isinstance(v, _JsProxy) else v
+    if not isinstance(v, _JsProxy):
+        return v
+    if _rt.lazyValue(v):
+        record = _LazyRecord((k, _UNREAD if k == "value" else _to_py(getattr(v, k))) for k in _js.Object.keys(v))
+        record._source = v
+        return record
+    return v.to_py()
 
 
 def _to_js_value(v):
     # Plain data only: no proxy of a Python object outlives the call.
+    if isinstance(v, _LazyRecord):
+        v._load()
     return _to_js(v, dict_converter=_from_entries, create_pyproxies=False)
 
 
