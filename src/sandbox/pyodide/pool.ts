@@ -61,6 +61,7 @@ interface Warm {
   limits: IsolateLimits;
   bridge: HandOverBridge;
   isolate: Promise<Isolate>;
+  loaded: boolean;
 }
 
 let pools = 0;
@@ -88,10 +89,10 @@ function shareCompiledModule(): Promise<void> {
 const PYODIDE_BUILD = `${(createRequire(import.meta.url)("pyodide/package.json") as { version: string }).version}-1`;
 
 /**
- * How many isolates are kept warm: two, so that back-to-back RG.PYEXECUTEs find one ready
- * while the next restores (about half a second, more under load).
+ * How many isolates are kept warm: three, so that back-to-back RG.PYEXECUTEs find one ready
+ * while the next restores (about half a second, 1-2 s on a loaded machine). About 30 MB each.
  */
-const WARM_COUNT = 2;
+const WARM_COUNT = 3;
 
 export class PyodidePool {
   /** Oldest first: the one most likely loaded already. */
@@ -123,19 +124,28 @@ export class PyodidePool {
     return (Atomics.load(this.pages, 0) * 65536) / (1024 * 1024);
   }
 
-  /** Starts warm isolates until WARM_COUNT are ready or starting. */
+  /**
+   * Starts warm isolates until WARM_COUNT are ready or starting, one at a time: two loading
+   * at once on a busy machine each take twice as long, and the next RG.PYEXECUTE waits for
+   * the first.
+   */
   prime(): void {
-    while (!this.closed && this.warm.length < WARM_COUNT) {
-      const limits = { ...this.options.limits() };
-      const bridge = new HandOverBridge();
-      const isolate = this.start(limits, bridge);
-      const warm: Warm = { limits, bridge, isolate };
-      this.warm.push(warm);
-      isolate.catch(() => {
+    if (this.closed || this.warm.length >= WARM_COUNT || this.warm.some((w) => !w.loaded)) return;
+    const limits = { ...this.options.limits() };
+    const bridge = new HandOverBridge();
+    const isolate = this.start(limits, bridge);
+    const warm: Warm = { limits, bridge, isolate, loaded: false };
+    this.warm.push(warm);
+    isolate.then(
+      () => {
+        warm.loaded = true;
+        this.prime();
+      },
+      () => {
         // Not started again at once: a refusal (the memory cap) would only repeat.
         this.warm = this.warm.filter((w) => w !== warm);
-      });
-    }
+      },
+    );
   }
 
   /** An isolate for `bridge`: a warm one when its limits still hold, else a new one. */
@@ -194,7 +204,11 @@ export class PyodidePool {
 
   /** Settles once the warm isolates have loaded (or failed to). */
   async warmed(): Promise<void> {
-    await Promise.all(this.warm.map((w) => w.isolate.catch(() => {})));
+    for (;;) {
+      const loading = this.warm.filter((w) => !w.loaded);
+      if (loading.length === 0) return;
+      await Promise.all(loading.map((w) => w.isolate.catch(() => {})));
+    }
   }
 
   async close(): Promise<void> {
