@@ -57,6 +57,10 @@ class _LazyRecord(dict):
     def get(self, k, default=None):
         return dict.get(self._load() if k == "value" else self, k, default)
 
+    def __iter__(self):
+        # Not dict's own: then dict(x) and {**x} copy through __getitem__, which reads value.
+        return dict.__iter__(self)
+
     def items(self):
         return dict.items(self._load())
 
@@ -262,11 +266,11 @@ class GearsBuilder:
             # shard, turned into what the generator (given to run()) yields there.
             self._generator = None
             self._b = _JsGB("ShardsIDReader", None, desc)
-            self._b.flatmap(_step(self._read, "iter"))
+            self._b.flatmap(_step(self._python_reader, "iter"))
         else:
             self._b = _JsGB(reader, defaultArg, desc)
 
-    def _read(self, shard_id):
+    def _python_reader(self, shard_id):
         return self._generator()
 
     def map(self, f):
@@ -368,8 +372,9 @@ class GearsBuilder:
             if not callable(arg):
                 raise Exception("pyreader argument must be a function")
             self._generator = arg
+            arg = None
         self._finish(convertToStr)
-        self._b.run(arg if self._reader != "PythonReader" else None, _options(dict(kw, convertToStr=False, collect=collect)))
+        self._b.run(arg, _options(dict(kw, convertToStr=False, collect=collect)))
 
     def register(self, prefix="*", convertToStr=True, collect=True, **kw):
         if self._reader == "PythonReader":
