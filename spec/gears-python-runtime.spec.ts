@@ -16,7 +16,15 @@ import { ProxyServer } from "../src/server.js";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend } from "./support/backend.js";
 import { connect, outcome, rejection, type Outcome } from "./support/gears.js";
-import { asArray, eventually, fields, registrations, stable, str } from "./support/registrations.js";
+import {
+  asArray,
+  eventually,
+  fields,
+  registrations,
+  sessions,
+  stable,
+  str,
+} from "./support/registrations.js";
 
 const pyodideVersion = (createRequire(import.meta.url)("pyodide/package.json") as { version: string })
   .version;
@@ -108,6 +116,30 @@ describe("RG.PYEXECUTE: switched on by the operator, limits, isolation, start-up
     // figures themselves are in bench/RESULTS.md.
     for (const ms of took)
       expect(ms, `back-to-back RG.PYEXECUTEs took ${took.join(", ")} ms`).to.be.below(1500);
+  });
+
+  it("takes RG.EXECUTE's options: UNBLOCKING, DESCRIPTION, UPGRADE and REPLACE_WITH", async () => {
+    await io.set("first", "1");
+    const id = await io.call("RG.PYEXECUTE", "GB().map(lambda r: r['key']).run('first')", "UNBLOCKING");
+    expect(outcome(await io.call("RG.GETRESULTSBLOCKING", str(id)))).to.deep.equal({
+      results: ["first"],
+      errors: [],
+    });
+    const v1 = "GB('CommandReader').map(lambda a: 'v1').register(trigger='pyver')";
+    expect(await io.call("RG.PYEXECUTE", v1, "ID", "py-upg", "DESCRIPTION", "python session")).to.equal("OK");
+    expect((await sessions(io)).find((s) => s.id === "py-upg")?.description).to.equal("python session");
+    expect(await io.call("RG.TRIGGER", "pyver")).to.deep.equal(["v1"]);
+    expect(await rejection(io.call("RG.PYEXECUTE", v1, "ID", "py-upg"))).to.match(/exists|UPGRADE/i);
+    const v2 = "GB('CommandReader').map(lambda a: 'v2').register(trigger='pyver')";
+    expect(await io.call("RG.PYEXECUTE", v2, "ID", "py-upg", "UPGRADE")).to.equal("OK");
+    expect(await io.call("RG.TRIGGER", "pyver")).to.deep.equal(["v2"]);
+    const v3 = "GB('CommandReader').map(lambda a: 'v3').register(trigger='pyver')";
+    expect(await io.call("RG.PYEXECUTE", v3, "ID", "py-rep", "REPLACE_WITH", "py-upg")).to.equal("OK");
+    expect(await io.call("RG.TRIGGER", "pyver")).to.deep.equal(["v3"]);
+    expect((await sessions(io)).map((s) => s.id))
+      .to.include("py-rep")
+      .and.not.include("py-upg");
+    for (const r of await registrations(io)) if (r.session === "py-rep") await io.call("RG.UNREGISTER", r.id);
   });
 
   it("refuses REQUIREMENTS it cannot satisfy, and accepts an empty list", async () => {
