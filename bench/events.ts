@@ -1,7 +1,8 @@
 /**
  * Events benchmark (issue #5): the all-keys KeysReader registration
  *   GB().filter(x => x.key !== 'all_keys').foreach(x => execute('SADD', 'all_keys', x.key)).register()
- * with writes through gears-proxy, beside a hand-written ioredis keyspace-notification consumer
+ * with writes through gears-proxy, and the same registration in Python as RedisGears 1.x
+ * documents it (RG.PYEXECUTE, the proxy started with --python), beside a hand-written ioredis keyspace-notification consumer
  * (a child process PSUBSCRIBEd to `__keyevent@0__:*` on every master, SADDing each key into
  * `all_keys_direct`) with writes straight to Redis; on one redis-server and on a 3-master
  * cluster, in alternating rounds. Two phases per side and round:
@@ -54,6 +55,8 @@ interface Options {
   latencySeconds: number;
   autoPipelining: boolean;
   registration: string;
+  /** Also run the Python registration (RG.PYEXECUTE) in each round. */
+  python: boolean;
   profileDir: string | undefined;
   proxyArgs: string[];
   proxyNodeArgs: string[];
@@ -73,6 +76,7 @@ const HELP = `Usage: node dist/bench/events.js [options]
                            (default 200,1000: light load, and the issue's rate)
   --latency-seconds S      length of a latency run, warm-up included (default 3)
   --no-auto-pipelining     the hand-written consumer SADDs without ioredis' enableAutoPipelining
+  --no-python              leave out the Python registration (RG.PYEXECUTE, the proxy with --python)
   --registration SCRIPT    register this instead of the issue's script (for experiments; it must
                            SADD every key but 'all_keys' into 'all_keys', and nothing else)
   --profile DIR            run gears-proxy under node --cpu-prof and print the hottest functions
@@ -102,6 +106,7 @@ function parseOptions(argv: string[]): Options | null {
       rates: { type: "string" },
       "latency-seconds": { type: "string" },
       "no-auto-pipelining": { type: "boolean" },
+      "no-python": { type: "boolean" },
       registration: { type: "string" },
       profile: { type: "string" },
       "proxy-args": { type: "string" },
@@ -139,6 +144,7 @@ function parseOptions(argv: string[]): Options | null {
           : 3,
     autoPipelining: values["no-auto-pipelining"] !== true,
     registration: values.registration ?? REGISTRATION,
+    python: values["no-python"] !== true,
     profileDir: values.profile,
     proxyArgs: (values["proxy-args"] ?? "").split(/\s+/).filter((a) => a !== ""),
     proxyNodeArgs: (values["proxy-node-args"] ?? "").split(/\s+/).filter((a) => a !== ""),
@@ -153,6 +159,10 @@ const PROXY_SET = "all_keys";
 const DIRECT_SET = "all_keys_direct";
 const FLOOR_SET = "all_keys_floor";
 const REGISTRATION = `GB().filter(x => x.key !== '${PROXY_SET}').foreach(x => execute('SADD', '${PROXY_SET}', x.key)).register()`;
+/** Time left to the proxy, after its first RG.PYEXECUTEs, to restore its warm interpreters. */
+const PYTHON_SETTLE_MS = 4000;
+/** The same registration in Python, verbatim as RedisGears 1.x documents it. */
+const PY_REGISTRATION = `GearsBuilder().filter(lambda x: x['key'] != '${PROXY_SET}').foreach(lambda x: execute('sadd', '${PROXY_SET}', x['key'])).register()`;
 /** What a hand-written consumer (and the detection floor) turns on; the proxy must do it itself. */
 const NOTIFY_FLAGS = "AE";
 const KEYEVENT_PATTERN = "__keyevent@0__:*";
@@ -413,11 +423,12 @@ async function register(
   proxy: Redis,
   dep: Deployment,
   script: string,
+  command: "RG.EXECUTE" | "RG.PYEXECUTE",
 ): Promise<{ id: string; flags: string[] }> {
   const before = await registrations(proxy);
   if (before.length > 0) throw new Error(`registrations left over: ${before.map((r) => r.id).join(", ")}`);
-  const reply = await proxy.call("RG.EXECUTE", [script]);
-  if (reply !== "OK") throw new Error(`RG.EXECUTE register: ${JSON.stringify(reply)}`);
+  const reply = await proxy.call(command, [script]);
+  if (reply !== "OK") throw new Error(`${command} register: ${JSON.stringify(reply)}`);
   const regs = await registrations(proxy);
   if (regs.length !== 1) throw new Error(`expected one registration, found ${regs.length}`);
   const flags = await notifyFlags(dep);
@@ -542,9 +553,9 @@ async function throughput(
   counters: () => Promise<Settled>,
   handlerPid: number,
 ): Promise<ThroughputRun> {
-  const set = side === "proxy" ? PROXY_SET : DIRECT_SET;
+  const set = side === "direct" ? DIRECT_SET : PROXY_SET;
   const poller = dep.admin.get(dep.ownerPort(set))!;
-  const prefix = `ev:${round}${side[0]}:`;
+  const prefix = `ev:${round}${side.slice(0, 2)}:`;
   const n = opts.writes;
   let next = 0;
   let writeMs = NaN;
@@ -742,7 +753,7 @@ async function latency(
   const detector = await Detector.open(dep.ownerPort(set), set);
   try {
     const total = Math.max(1, Math.round(rate * opts.latencySeconds));
-    const prefix = `lat:${round}${side[0]}${rate}:`;
+    const prefix = `lat:${round}${side.slice(0, 2)}${rate}:`;
     const inflight: Promise<void>[] = [];
     const start = performance.now();
     let sent = 0;
@@ -785,7 +796,8 @@ async function latency(
 
 // ---- one setup -----------------------------------------------------------------------------
 
-type Side = "proxy" | "direct";
+/** proxy: the JavaScript registration; python: the same in Python; direct: the baseline. */
+type Side = "proxy" | "direct" | "python";
 
 interface SetupResult {
   throughput: ThroughputRun[];
@@ -802,7 +814,7 @@ async function benchSetup(setup: Setup, opts: Options, consumerModule: string): 
   const proxy = await startGears(dep.ports[0], {
     profileDir: opts.profileDir,
     nodeArgs: opts.proxyNodeArgs,
-    args: opts.proxyArgs,
+    args: [...opts.proxyArgs, ...(opts.python ? ["--python"] : [])],
     readyWhen: "keyed",
   });
   stack.proxies.push(proxy);
@@ -840,8 +852,11 @@ async function benchSetup(setup: Setup, opts: Options, consumerModule: string): 
     };
     const begin = async (side: Side): Promise<void> => {
       await reset(dep);
-      if (side === "proxy") {
-        const r = await register(rg, dep, opts.registration);
+      if (side !== "direct") {
+        const r =
+          side === "proxy"
+            ? await register(rg, dep, opts.registration, "RG.EXECUTE")
+            : await register(rg, dep, PY_REGISTRATION, "RG.PYEXECUTE");
         regId = r.id;
         result.proxyFlags = r.flags;
       } else {
@@ -849,7 +864,7 @@ async function benchSetup(setup: Setup, opts: Options, consumerModule: string): 
       }
     };
     const end = async (side: Side): Promise<void> => {
-      if (side === "proxy") {
+      if (side !== "direct") {
         const reply = await rg.call("RG.UNREGISTER", [regId]);
         if (reply !== "OK") throw new Error(`RG.UNREGISTER: ${JSON.stringify(reply)}`);
       } else {
@@ -860,18 +875,25 @@ async function benchSetup(setup: Setup, opts: Options, consumerModule: string): 
       if (lost > 0 || failures > 0) say(`  !! ${what}: ${lost} lost, ${failures} failures`);
     };
 
+    if (opts.python) {
+      // The proxy loads its warm interpreters in the background after it starts (seconds of
+      // CPU): that must not land in the first rows timed. Each RG.PYEXECUTE waits for one.
+      for (let i = 0; i < 4; i++) await rg.call("RG.PYEXECUTE", ["GB('ShardsIDReader').run()"]);
+      await sleep(PYTHON_SETTLE_MS);
+    }
     for (let round = 1; round <= opts.rounds; round++) {
-      const sides: Side[] = round % 2 === 1 ? ["proxy", "direct"] : ["direct", "proxy"];
+      const order: Side[] = opts.python ? ["proxy", "direct", "python"] : ["proxy", "direct"];
+      const sides: Side[] = round % 2 === 1 ? order : [...order].reverse();
       for (const side of sides) {
         await begin(side);
         const r = await throughput(
           dep,
           side,
           round,
-          side === "proxy" ? proxyWriters : directWriters,
+          side === "direct" ? directWriters : proxyWriters,
           opts,
-          side === "proxy" ? proxyCounters : directCounters,
-          side === "proxy" ? proxy.child.pid : consumer.child.pid,
+          side === "direct" ? directCounters : proxyCounters,
+          side === "direct" ? consumer.child.pid : proxy.child.pid,
         );
         await end(side);
         result.throughput.push(r);
@@ -879,7 +901,7 @@ async function benchSetup(setup: Setup, opts: Options, consumerModule: string): 
           `  round ${round} throughput ${side}: ${r.eventsPerS.toFixed(0)} events/s ` +
             `(${r.writes} writes in ${r.writeMs.toFixed(0)} ms, all in the set after ${r.ms.toFixed(0)} ms; ` +
             `scard ${r.scard}, triggered ${r.triggered}/${r.expectedTriggered}, failures ${r.failures}; ` +
-            `CPU ${side === "proxy" ? "proxy" : "consumer"} ${r.handlerCpu.toFixed(2)} s, redis ${r.redisCpu.toFixed(2)} s)`,
+            `CPU ${side === "direct" ? "consumer" : "proxy"} ${r.handlerCpu.toFixed(2)} s, redis ${r.redisCpu.toFixed(2)} s)`,
         );
         lostNote(`throughput ${side}`, r.lost, r.failures);
       }
@@ -900,9 +922,11 @@ async function benchSetup(setup: Setup, opts: Options, consumerModule: string): 
         result.latency.push(floor);
         for (const side of sides) {
           await begin(side);
-          const set = side === "proxy" ? PROXY_SET : DIRECT_SET;
+          const set = side === "direct" ? DIRECT_SET : PROXY_SET;
           const write =
-            side === "proxy" ? (k: string) => pacerProxy.set(k, "1") : (k: string) => pacerFor(k).set(k, "1");
+            side === "direct"
+              ? (k: string) => pacerFor(k).set(k, "1")
+              : (k: string) => pacerProxy.set(k, "1");
           const r = await latency(
             dep,
             side,
@@ -911,7 +935,7 @@ async function benchSetup(setup: Setup, opts: Options, consumerModule: string): 
             set,
             write,
             opts,
-            side === "proxy" ? proxyCounters : directCounters,
+            side === "direct" ? directCounters : proxyCounters,
           );
           await end(side);
           result.latency.push(r);
@@ -981,7 +1005,8 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
   out.push("## Events (all-keys registration)", "", "```", header, `command: ${command}`, "```", "");
   out.push(
     `Registration, through gears-proxy (async mode, the default): \`RG.EXECUTE "${opts.registration}"\`` +
-      `${opts.registration !== REGISTRATION ? " (**not the issue's registration**: --registration)" : ""}. ` +
+      `${opts.registration !== REGISTRATION ? " (**not the issue's registration**: --registration)" : ""}` +
+      `${opts.python ? `; in Python, verbatim as RedisGears 1.x documents it: \`RG.PYEXECUTE "${PY_REGISTRATION}"\` (the proxy runs with --python)` : ""}. ` +
       `Baseline: a hand-written ioredis consumer in a child process, PSUBSCRIBEd to \`${KEYEVENT_PATTERN}\` on ` +
       `every master, SADDing each key into \`${DIRECT_SET}\` (ioredis enableAutoPipelining ` +
       `${opts.autoPipelining ? "on" : "off"}); its writes go straight to the masters. ` +
@@ -1016,23 +1041,26 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
   for (const [setup, r] of results) {
     const rounds = [...new Set(r.throughput.map((x) => x.round))].sort((a, b) => a - b);
     const tp = (side: Side): ThroughputRun[] => r.throughput.filter((x) => x.side === side);
-    const tpRatios = rounds.map((k) => {
-      const p = tp("proxy").find((x) => x.round === k);
-      const d = tp("direct").find((x) => x.round === k);
-      return p !== undefined && d !== undefined ? p.eventsPerS / d.eventsPerS : NaN;
-    });
+    const tpRatiosOf = (side: Side, over: Side = "direct"): number[] =>
+      rounds.map((k) => {
+        const p = tp(side).find((x) => x.round === k);
+        const d = tp(over).find((x) => x.round === k);
+        return p !== undefined && d !== undefined ? p.eventsPerS / d.eventsPerS : NaN;
+      });
+    const tpRatios = tpRatiosOf("proxy");
     const lat = (side: LatencyRun["side"], rate: number): LatencyRun[] =>
       r.latency.filter((x) => x.side === side && x.rate === rate);
-    const latRatios = (field: "p50" | "p99", rate: number): number[] =>
+    const latRatios = (field: "p50" | "p99", rate: number, side: Side = "proxy"): number[] =>
       rounds.map((k) => {
-        const p = lat("proxy", rate).find((x) => x.round === k);
+        const p = lat(side, rate).find((x) => x.round === k);
         const d = lat("direct", rate).find((x) => x.round === k);
         return p !== undefined && d !== undefined ? p[field] / d[field] : NaN;
       });
     out.push(`### ${setup === "standalone" ? "Standalone (one redis-server)" : "Cluster (3 masters)"}`, "");
     const tpRow = (side: Side, label: string): string[] => {
       const runs = tp(side);
-      const perRound = side === "proxy" ? tpRatios.map(ratio).join(", ") : "";
+      const sideRatios = side === "direct" ? [] : tpRatiosOf(side);
+      const perRound = sideRatios.map(ratio).join(", ");
       return [
         label,
         int(median(runs.map((x) => x.eventsPerS))),
@@ -1042,7 +1070,7 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
         `${int(median(runs.map((x) => (100 * x.handlerCpu * 1000) / x.ms)))}% / ${int(median(runs.map((x) => (100 * x.redisCpu * 1000) / x.ms)))}%`,
         `${int(median(runs.map((x) => (x.handlerCpu * 1e6) / x.writes)))} / ${int(median(runs.map((x) => (x.redisCpu * 1e6) / x.writes)))}`,
         perRound,
-        side === "proxy" ? ratio(median(tpRatios)) : "1.00x",
+        side === "direct" ? "1.00x" : ratio(median(sideRatios)),
         runs
           .map(
             (x) =>
@@ -1068,6 +1096,9 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
         [
           tpRow("direct", "baseline: ioredis consumer, writes to Redis"),
           tpRow("proxy", "gears-proxy registration, writes through the proxy"),
+          ...(opts.python
+            ? [tpRow("python", "gears-proxy registration in Python (RG.PYEXECUTE), writes through the proxy")]
+            : []),
         ],
       ),
       "",
@@ -1080,8 +1111,8 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
         ms2(median(runs.map((x) => x.p50))),
         ms2(median(runs.map((x) => x.p99))),
         runs.map((x) => `${x.p50.toFixed(2)} / ${x.p99.toFixed(2)} / ${x.max.toFixed(1)}`).join("; "),
-        side === "proxy"
-          ? `${ratio(median(latRatios("p50", rate)))} / ${ratio(median(latRatios("p99", rate)))}`
+        side === "proxy" || side === "python"
+          ? `${ratio(median(latRatios("p50", rate, side)))} / ${ratio(median(latRatios("p99", rate, side)))}`
           : "",
         runs
           .map(
@@ -1106,6 +1137,7 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
           latRow("floor", rate, "detection floor (the bench SADDs itself)"),
           latRow("direct", rate, "baseline: ioredis consumer"),
           latRow("proxy", rate, "gears-proxy registration"),
+          ...(opts.python ? [latRow("python", rate, "gears-proxy registration in Python")] : []),
         ]),
       ),
       "",
@@ -1118,6 +1150,13 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
         ratio(median(latRatios("p50", rate))),
         ratio(median(latRatios("p99", rate))),
       ]),
+      ...(opts.python
+        ? [
+            ratio(median(tpRatiosOf("python"))),
+            ratio(median(tpRatiosOf("python", "proxy"))),
+            ...opts.rates.map((rate) => ratio(median(latRatios("p50", rate, "python")))),
+          ]
+        : []),
     ]);
   }
   out.push(
@@ -1129,6 +1168,13 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
         "events/s ratio",
         "per round",
         ...opts.rates.flatMap((rate) => [`p50 latency ratio at ${rate}/s`, `p99 latency ratio at ${rate}/s`]),
+        ...(opts.python
+          ? [
+              "Python events/s ratio",
+              "Python over JavaScript, events/s",
+              ...opts.rates.map((rate) => `Python p50 latency ratio at ${rate}/s`),
+            ]
+          : []),
       ],
       summary,
     ),

@@ -8,7 +8,7 @@ import type { Redis } from "ioredis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { connect, execAll, outcome, rejection, type Outcome } from "./support/gears.js";
-import { asArray, eventually, fields, str } from "./support/registrations.js";
+import { asArray, eventually, fields, registrationsOf, str } from "./support/registrations.js";
 
 const GENRES = ["Drama", "Comedy", "Action", "Thriller", "Horror", "Romance", "Sci-Fi", "Western"];
 const MOVIES = 20_000;
@@ -232,6 +232,53 @@ for (const mode of BACKEND_MODES) {
         });
       }
 
+      it("hashtag() names a slot of each shard, as its JavaScript twin does", async () => {
+        const a = await py(io, "GB('ShardsIDReader').map(lambda x: [x, hashtag()]).run(convertToStr=False)");
+        const b = await js(io, "GB('ShardsIDReader').map(x => [x, hashtag()]).run({convertToStr: false})");
+        expect(a.results).to.have.length(masters.length);
+        expect(sorted(a.results)).to.deep.equal(sorted(b.results));
+      });
+
+      it("PythonReader runs the generator on every shard (RedisGears' reader, no JavaScript twin)", async () => {
+        const out = await py(
+          io,
+          "def gen():\n    yield 'a'\n    yield hashtag()\nGB('PythonReader').run(gen, convertToStr=False)",
+        );
+        expect(out.errors).to.deep.equal([]);
+        const tags = outcome(
+          await io.call("RG.EXECUTE", "GB('ShardsIDReader').map(x => hashtag()).run({convertToStr: false})"),
+        ).results;
+        expect(sorted(out.results)).to.deep.equal(sorted([...masters.map(() => "a"), ...tags]));
+        expect(await rejection(io.call("RG.PYEXECUTE", "GB('PythonReader').run()"))).to.contain(
+          "python reader function is not given",
+        );
+        expect(await rejection(io.call("RG.PYEXECUTE", "GB('PythonReader').run(3)"))).to.contain(
+          "pyreader argument must be a function",
+        );
+        expect(await rejection(io.call("RG.PYEXECUTE", "GB('PythonReader').register()"))).to.contain(
+          "reader do not support register",
+        );
+      });
+
+      it("a foreach lambda that only calls execute() (sent in the batch's pipeline) writes what its twin writes; an error reply fails its record", async () => {
+        const a = await py(
+          io,
+          "GB().foreach(lambda x: execute('sadd', 'pyset:tw', x['key'])).count().run('tw:*')",
+        );
+        const b = await js(io, "GB().foreach(x => execute('SADD', 'jsset:tw', x.key)).count().run('tw:*')");
+        expect(a).to.deep.equal(b);
+        expect((await io.smembers("pyset:tw")).sort()).to.deep.equal((await io.smembers("jsset:tw")).sort());
+        await io.lpush("list:tw", "x");
+        const failed = await py(
+          io,
+          "GB().foreach(lambda x: execute('sadd', 'list:tw', x['key'])).count().run('tw:1')",
+        );
+        expect(failed.results).to.deep.equal(["0"]);
+        expect(failed.errors).to.have.length(1);
+        expect(failed.errors[0]).to.match(/^Exception: WRONGTYPE/);
+        await io.del("pyset:tw", "jsset:tw", "list:tw");
+      });
+
       it("records come back as RedisGears gave them: Python's str() of each", async () => {
         const out = await py(
           io,
@@ -270,6 +317,40 @@ for (const mode of BACKEND_MODES) {
       let total = 0;
       for (const m of masters) total += (await m.keys("sk:*")).length;
       expect(total).to.equal(5000);
+    });
+
+    it("the pre-1.0 stream recipe, verbatim, writes the keys key, id and value, as RedisGears 1.2 does", async () => {
+      // The recipe was written for pre-1.0 records, whose fields sat beside streamId; a 1.x
+      // record is {'key', 'id', 'value'}, so its x.items() are those three.
+      expect(
+        await io.call(
+          "RG.PYEXECUTE",
+          "GearsBuilder('StreamReader').flatmap(lambda x: [(k, v) for k, v in x.items() if k != 'streamId']).repartition(lambda x: x[0]).foreach(lambda x: execute('set', x[0], x[1])).register('old-stream')",
+          "ID",
+          "old-recipe",
+        ),
+      ).to.equal("OK");
+      const id = await io.xadd("old-stream", "*", "f1", "v1", "f2", "v2");
+      const got = await eventually(
+        () => Promise.all(["key", "id", "value"].map((k) => io.get(k))),
+        (values) => values[1] === id,
+        "the recipe's keys",
+        20_000,
+      );
+      // execute() sends str() of each argument: the entry's fields as Python's dict repr.
+      expect(got).to.deep.equal(["old-stream", id, "{'f1': 'v1', 'f2': 'v2'}"]);
+      expect(await io.exists("f1", "f2")).to.equal(0);
+      for (const k of ["key", "id", "value"]) {
+        const node = await backend.nodeOf(k);
+        const m = connect(node.port);
+        try {
+          expect(await m.exists(k), `${k} on its own shard`).to.equal(1);
+        } finally {
+          m.disconnect();
+        }
+      }
+      for (const r of await registrationsOf(io, "old-recipe")) await io.call("RG.UNREGISTER", r.id);
+      await io.del("key", "id", "value");
     });
 
     describe("the all-keys registration, verbatim", () => {
@@ -328,122 +409,3 @@ for (const mode of BACKEND_MODES) {
     });
   });
 }
-
-describe("RG.PYEXECUTE: switched on by the operator, limits, isolation, start-up", function () {
-  this.timeout(300_000);
-  let backend: Backend;
-  let proxy: RunningProxy;
-  let io: Redis;
-  let other: Redis;
-
-  before(async () => {
-    backend = await Backend.start("standalone");
-    proxy = await startProxy([{ port: backend.seed.port }], {
-      python: true,
-      gearsConfig: { ScriptTimeoutMS: "1000" },
-    });
-    io = connect(proxy.port);
-    other = connect(proxy.port);
-  });
-
-  after(async () => {
-    io?.disconnect();
-    other?.disconnect();
-    await proxy?.close();
-    await backend?.stop();
-  });
-
-  it("is off by default, and then says how to switch it on", async () => {
-    const off = await startProxy([{ port: backend.seed.port }]);
-    const c = connect(off.port);
-    try {
-      const message = await rejection(c.call("RG.PYEXECUTE", "GB().run()"));
-      expect(message).to.contain("--python");
-      expect(message).to.contain("trusted");
-    } finally {
-      c.disconnect();
-      await off.close();
-    }
-  });
-
-  it("answers the first RG.PYEXECUTE after start within 1 s once the warm interpreter is up", async () => {
-    await proxy.server.pythonWarm();
-    await io.set("first", "1");
-    const started = Date.now();
-    const out = await py(io, "GB().map(lambda r: r['key']).run('first')");
-    const took = Date.now() - started;
-    expect(out.results).to.deep.equal(["first"]);
-    expect(took, `first RG.PYEXECUTE took ${took} ms`).to.be.below(1000);
-  });
-
-  it("refuses REQUIREMENTS it cannot satisfy, and accepts an empty list", async () => {
-    const message = await rejection(io.call("RG.PYEXECUTE", "GB().run()", "REQUIREMENTS", "numpy"));
-    expect(message).to.contain("Could not satisfy requirements: numpy");
-    expect(await io.call("RG.PYEXECUTE", "x = 1", "REQUIREMENTS")).to.equal("OK");
-  });
-
-  it("a Python session is stored, and another proxy brings it back as Python", async () => {
-    expect(
-      await io.call(
-        "RG.PYEXECUTE",
-        "GB('CommandReader').map(lambda a: 'py:' + a[1]).register(trigger='pytrig')",
-        "ID",
-        "stored-py",
-      ),
-    ).to.equal("OK");
-    const second = await startProxy([{ port: backend.seed.port }], { python: true });
-    const c = connect(second.port);
-    try {
-      const sessions = asArray(await c.call("RG.DUMPSESSIONS"), "sessions").map((s) => fields(s, "session"));
-      const stored = sessions.find((s) => s.get("ID") === "stored-py");
-      expect(stored?.get("language")).to.equal("python");
-      expect(await c.call("RG.TRIGGER", "pytrig", "x")).to.deep.equal(["py:x"]);
-    } finally {
-      c.disconnect();
-      await second.close();
-      for (const r of asArray(await io.call("RG.DUMPREGISTRATIONS"), "registrations")) {
-        await io.call("RG.UNREGISTER", str(fields(r, "registration").get("id")));
-      }
-    }
-  });
-
-  const limits: [string, string, RegExp][] = [
-    ["while True: pass", "while True: pass", /timed out after 1000 ms/],
-    ["a memory bomb", "x = []\nwhile True: x.append(' ' * 10**6)", /memory limit/],
-    ["deep recursion", "def f(n): return f(n + 1)\nf(0)", /recursion/],
-    // A step that loops without allocating (a growing list would meet the memory cap first under load).
-    [
-      "a step that never ends",
-      "GB().map(lambda r: next(x for x in iter(int, 1) if x)).run('first')",
-      /timed out/,
-    ],
-  ];
-  for (const [what, script, error] of limits) {
-    it(`${what} gets a clear error, and other clients carry on`, async () => {
-      // A top-level limit is an error reply; a step's ends the execution with it in the errors list.
-      const pending = io.call("RG.PYEXECUTE", script).then(
-        (reply) => JSON.stringify(reply),
-        (err: Error) => err.message,
-      );
-      expect(await other.ping()).to.equal("PONG");
-      expect(await other.call("RG.EXECUTE", "GB().count().run('first')")).to.deep.equal([["1"], []]);
-      expect(await pending).to.match(error);
-      expect((await py(other, "GB().map(lambda r: r['key']).run('first')")).results).to.deep.equal(["first"]);
-    });
-  }
-
-  const escapes: [string, string][] = [
-    ["import js", "import js"],
-    ["import pyodide_js", "import pyodide_js"],
-    ["importlib.import_module('js')", "import importlib\nimportlib.import_module('js')"],
-    ["open('/etc/passwd')", "open('/etc/passwd').read()"],
-  ];
-  for (const [what, script] of escapes) {
-    it(`refuses ${what}, and others carry on`, async () => {
-      expect(await rejection(io.call("RG.PYEXECUTE", script))).to.match(
-        /not available to scripts|No such file/,
-      );
-      expect(await other.ping()).to.equal("PONG");
-    });
-  }
-});

@@ -214,6 +214,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     defaultText: "false",
   },
   {
+    flag: "python-max-memory",
+    key: "pythonMaxMemoryMb",
+    kind: "count",
+    describe:
+      "MB of memory all Python interpreters may hold together (each takes 30-50 MB, and at most 64 MB + ScriptMemoryLimitMB); 0 for no cap.",
+    defaultText: String(DEFAULT_CONFIG.pythonMaxMemoryMb),
+  },
+  {
     flag: "metrics-port",
     key: "metricsPort",
     kind: "listen-port",

@@ -58,6 +58,8 @@ export interface ProxyConfig {
   gearsConfig: Record<string, string>;
   /** RG.PYEXECUTE runs Python (Pyodide): trusted code, off unless the operator says so. */
   python: boolean;
+  /** Total WebAssembly memory of all Python interpreters, in MB (0: no cap). */
+  pythonMaxMemoryMb: number;
   /** HTTP port for /metrics, /healthz and /readyz; off when undefined. */
   metricsPort?: number;
   metricsBind: string;
@@ -85,6 +87,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   readFromReplicas: false,
   gearsConfig: {},
   python: false,
+  pythonMaxMemoryMb: 1024,
   metricsBind: "127.0.0.1",
   slowlogLogSlowerThan: 10_000,
   slowlogMaxLen: 128,

@@ -10,6 +10,7 @@ import { CommandTable } from "./routing/command-table.js";
 import { Isolate } from "./sandbox/isolate.js";
 import { WarmIsolates } from "./sandbox/warm-isolates.js";
 import { PyodidePool } from "./sandbox/pyodide/pool.js";
+import { preparePythonIsolate } from "./gears/python-guest.js";
 import { Router } from "./routing/router.js";
 import { connectUpstream } from "./upstream/connect.js";
 import { Metrics, serveMetrics, type MetricSources } from "./observability/metrics.js";
@@ -65,10 +66,15 @@ export class ProxyServer {
       this.config.readFromReplicas,
     );
     const python = this.config.python
-      ? new PyodidePool(() => ({
-          memoryLimitMb: ctx.gears.config.number("ScriptMemoryLimitMB"),
-          timeoutMs: ctx.gears.config.number("ScriptTimeoutMS"),
-        }))
+      ? new PyodidePool({
+          limits: () => ({
+            memoryLimitMb: ctx.gears.config.number("ScriptMemoryLimitMB"),
+            timeoutMs: ctx.gears.config.number("ScriptTimeoutMS"),
+          }),
+          maxMemoryMb: this.config.pythonMaxMemoryMb,
+          dataDir: this.config.dataDir,
+          prepare: preparePythonIsolate,
+        })
       : null;
     this.python = python;
     const warm = new WarmIsolates((limits, bridge) => Isolate.create(limits, bridge));

@@ -10,10 +10,11 @@
  * interrupt buffer (CTL_INTERRUPT) and terminates the thread as the backstop; the
  * WebAssembly memory cannot grow past the cap, so Python gets MemoryError there.
  */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, sep } from "node:path";
 import { runInThisContext } from "node:vm";
-import { parentPort, workerData } from "node:worker_threads";
+import { getEnvironmentData, parentPort, threadId, workerData } from "node:worker_threads";
 import { waitForReply } from "../reply-wait.js";
 import {
   CTL_ABORT,
@@ -33,6 +34,15 @@ import {
   type WorkerRequest,
 } from "../protocol.js";
 import { abortedMessage, memoryMessage, stackMessage, timeoutMessage } from "../messages.js";
+import {
+  MODULE_KEY,
+  PAGE_BYTES,
+  SNAPSHOT_KEY,
+  type CompiledPyodide,
+  startRefusedMessage,
+  totalMemoryMessage,
+  type BudgetData,
+} from "./shared.js";
 
 if (parentPort === null) throw new Error("sandbox worker must run in a worker thread");
 const port = parentPort;
@@ -48,14 +58,42 @@ const capBytes = (PYODIDE_BASE_MB + Math.floor(init.memoryLimitMb)) * 1024 * 102
 // Pyodide's module defines its own WebAssembly memory with a 4 GB maximum and grows it from
 // JavaScript (emscripten's growMemory): refusing growth past the cap is the hard maximum,
 // and Python then raises MemoryError. Only Pyodide's memory lives in this thread.
+// Beside this instance's cap, a growth must fit the budget of all the pool's instances
+// (--python-max-memory), once the pool has bound this instance to it.
 const grow = WebAssembly.Memory.prototype.grow;
-let capReached = false;
+/** Which cap refused a growth in the current entry. */
+let capReached: "instance" | "total" | null = null;
+
+interface Budget {
+  pages: Int32Array;
+  slot: number;
+  capPages: number;
+  capMb: number;
+}
+let budget: Budget | null = null;
+
 WebAssembly.Memory.prototype.grow = function cappedGrow(this: WebAssembly.Memory, delta: number): number {
-  if (this.buffer.byteLength + delta * 65536 > capBytes) {
-    capReached = true;
+  if (this.buffer.byteLength + delta * PAGE_BYTES > capBytes) {
+    capReached = "instance";
     throw new RangeError("WebAssembly memory cap reached");
   }
-  return grow.call(this, delta);
+  const b = budget;
+  if (b === null) return grow.call(this, delta);
+  // Taken from the total first, so that two instances growing at once cannot both pass.
+  if (b.capPages > 0 && Atomics.add(b.pages, 0, delta) + delta > b.capPages) {
+    Atomics.sub(b.pages, 0, delta);
+    capReached = "total";
+    throw new RangeError("Python memory budget reached");
+  }
+  if (b.capPages === 0) Atomics.add(b.pages, 0, delta);
+  try {
+    const before = grow.call(this, delta);
+    Atomics.add(b.pages, b.slot, delta);
+    return before;
+  } catch (e) {
+    Atomics.sub(b.pages, 0, delta);
+    throw e;
+  }
 };
 
 class EntryFailure extends Error {
@@ -165,11 +203,20 @@ function limitError(): Error {
   return e;
 }
 
+function capMessage(): string {
+  return capReached === "total" && budget !== null
+    ? totalMemoryMessage(budget.capMb)
+    : memoryMessage(init.memoryLimitMb);
+}
+
 function limitMessage(): string {
-  if (fatalKind === "memory") return memoryMessage(init.memoryLimitMb);
+  if (fatalKind === "memory") return capMessage();
   if (fatalKind === "aborted") return abortedMessage();
   return timeoutMessage(init.timeoutMs);
 }
+
+/** The reply of the pipelined execute() of the step running now (runtime.keep). */
+let sentReply: Promise<unknown> | undefined;
 
 const runtime = Object.freeze({
   /**
@@ -192,6 +239,59 @@ const runtime = Object.freeze({
     Object.defineProperty(f, "toString", { value: () => label });
     return f;
   },
+  /**
+   * Counts this instance in its pool's memory budget (shared.ts) from now on; refused when
+   * its memory would take the pool past the cap.
+   */
+  bindBudget(key: string, slot: number): null {
+    const data = getEnvironmentData(key) as BudgetData | undefined;
+    if (data === undefined) throw new Error(`no Python memory budget ${key} in this thread`);
+    const pages = new Int32Array(data.buffer);
+    const own = py._module.HEAP8.buffer.byteLength / PAGE_BYTES;
+    const total = Atomics.add(pages, 0, own) + own;
+    if (data.capPages > 0 && total > data.capPages) {
+      Atomics.sub(pages, 0, own);
+      throw new Error(startRefusedMessage(data.capMb, total - own, own));
+    }
+    Atomics.store(pages, slot, own);
+    budget = { pages, slot, capPages: data.capPages, capMb: data.capMb };
+    return null;
+  },
+  /**
+   * Calls fn(...args), a JavaScript function that returns a promise (a pipelined execute()),
+   * and keeps the promise for the step that pipelinedStep() runs: a promise that reached
+   * Python would become a Python future there, settled by Pyodide's event loop, which does
+   * not turn while an entry runs. A failure reads as a synchronous execute()'s does in
+   * Python (`Exception: <the reply's error>`).
+   */
+  keep(fn: (...a: unknown[]) => PromiseLike<unknown>, ...args: unknown[]): void {
+    sentReply = Promise.resolve(fn(...args)).then(undefined, (e: unknown) => {
+      const err = new Error(e instanceof Error ? e.message : String(e));
+      err.name = "Exception";
+      throw err;
+    });
+  },
+  /** step(), returning the reply keep() kept during the call (the library waits for it). */
+  pipelinedStep(fn: (...args: unknown[]) => unknown, label: string): (...args: unknown[]) => unknown {
+    const inner = runtime.step(fn, label);
+    const f = (...args: unknown[]): unknown => {
+      sentReply = undefined;
+      inner(...args);
+      const reply = sentReply;
+      sentReply = undefined;
+      return reply;
+    };
+    Object.defineProperty(f, "toString", { value: () => label });
+    return f;
+  },
+  /**
+   * Whether a record's `value` is read from Redis on first use (an event on a key too big
+   * to send along): Python then converts it only when the script reads it.
+   */
+  lazyValue(record: unknown): boolean {
+    if (record === null || typeof record !== "object") return false;
+    return typeof Object.getOwnPropertyDescriptor(record, "value")?.get === "function";
+  },
   /** Python hit a limit (KeyboardInterrupt from the interrupt buffer, or MemoryError). */
   fatal(kind: string): void {
     if (kind === "MemoryError") fatalKind = "memory";
@@ -206,10 +306,18 @@ Object.defineProperty(globalThis, "__pyrt", { value: runtime, writable: false, c
 interface PyodideLike {
   runPython(code: string, options?: { filename?: string }): unknown;
   setInterruptBuffer(buffer: Int32Array): void;
+  makeMemorySnapshot(): Uint8Array;
+  /** Emscripten's module: its heap view is over the interpreter's WebAssembly memory. */
+  _module: { HEAP8: Int8Array };
 }
 
 let py: PyodideLike;
 
+/**
+ * The interpreter: restored from the memory snapshot cached under --data-dir (a fraction of
+ * a cold start), or loaded cold, and then the snapshot written for the next ones. The
+ * snapshot is the interpreter right after loading, before any code of ours or a user's ran.
+ */
 async function setUp(): Promise<void> {
   const require = createRequire(import.meta.url);
   // The package ships the interpreter and the standard library: nothing is fetched.
@@ -219,7 +327,7 @@ async function setUp(): Promise<void> {
   };
   const notify = (level: string) => (text: string) =>
     port.postMessage({ t: "notify", json: JSON.stringify([["log", [level, text]]]) } satisfies WorkerMessage);
-  py = await loadPyodide({
+  const options = {
     stdout: notify("notice"),
     stderr: notify("warning"),
     convertNullToNone: true,
@@ -227,29 +335,92 @@ async function setUp(): Promise<void> {
     indexURL: dirname(entry) + sep,
     // No host directory is mounted, no environment passed on.
     env: { HOME: "/home/pyodide" },
-  });
+  };
+  const file = getEnvironmentData(SNAPSHOT_KEY) as string | undefined;
+  const compiled = getEnvironmentData(MODULE_KEY) as CompiledPyodide | undefined;
+  // The pool compiled the interpreter's WebAssembly once for the process: each instance
+  // shares its machine code (compiled lazily, function by function, on first use) instead of
+  // compiling it again, which costs a new instance most of its first second.
+  const instantiate = WebAssembly.instantiate;
+  if (compiled !== undefined) {
+    WebAssembly.instantiate = async function sharedModule(source: unknown, imports?: WebAssembly.Imports) {
+      const bytes = source as { byteLength?: number };
+      if (source instanceof WebAssembly.Module || bytes.byteLength !== compiled.byteLength) {
+        return instantiate(source as WebAssembly.Module, imports);
+      }
+      const instance = await instantiate(compiled.module, imports);
+      return { instance, module: compiled.module };
+    } as typeof WebAssembly.instantiate;
+  }
+  try {
+    await loadInterpreter(loadPyodide, options, file);
+  } finally {
+    WebAssembly.instantiate = instantiate;
+  }
   py.setInterruptBuffer(interruptBuffer);
+}
+
+async function loadInterpreter(
+  loadPyodide: (options: Record<string, unknown>) => Promise<PyodideLike>,
+  options: Record<string, unknown>,
+  file: string | undefined,
+): Promise<void> {
+  let snapshot: Uint8Array | null = null;
+  try {
+    if (file !== undefined) snapshot = readFileSync(file);
+  } catch {
+    // None cached yet (or unreadable): load cold and write it.
+  }
+  if (snapshot !== null) {
+    try {
+      py = await loadPyodide({ ...options, _loadSnapshot: snapshot });
+    } catch {
+      // A snapshot of another Pyodide build, or a damaged file: load cold and write it again.
+      snapshot = null;
+    }
+  }
+  if (snapshot === null) {
+    py = await loadPyodide({ ...options, _makeSnapshot: file !== undefined });
+    if (file !== undefined) writeSnapshot(file, py.makeMemorySnapshot());
+  }
+}
+
+/** Written aside and renamed, so that a reader never sees half a snapshot. */
+function writeSnapshot(file: string, bytes: Uint8Array): void {
+  try {
+    mkdirSync(dirname(file), { recursive: true });
+    const aside = `${file}.${process.pid}.${threadId}.tmp`;
+    writeFileSync(aside, bytes);
+    renameSync(aside, file);
+  } catch (e) {
+    port.postMessage({
+      t: "notify",
+      json: JSON.stringify([
+        ["log", ["warning", `could not cache the Python snapshot at ${file}: ${String(e)}`]],
+      ]),
+    } satisfies WorkerMessage);
+  }
 }
 
 // --- entries -------------------------------------------------------------------------------
 
 function classify(e: unknown, compiling: boolean): FailureInfo {
   if (fatalKind !== undefined) return { kind: fatalKind, message: limitMessage() };
-  if (capReached) return { kind: "memory", message: memoryMessage(init.memoryLimitMb) };
+  if (capReached !== null) return { kind: "memory", message: capMessage() };
   const { type, text } = pythonErrorText(e);
   if (type === "RecursionError") return { kind: "stack", message: `${stackMessage()}: ${text}` };
   if (type === "KeyboardInterrupt") {
     fatalKind = Atomics.load(ctl, CTL_ABORT) !== 0 ? "aborted" : "timeout";
     return { kind: fatalKind, message: limitMessage() };
   }
-  if (type === "MemoryError") return { kind: "memory", message: memoryMessage(init.memoryLimitMb) };
+  if (type === "MemoryError") return { kind: "memory", message: capMessage() };
   const kind = compiling || type === "SyntaxError" || type === "IndentationError" ? "syntax" : "throw";
   // The innermost frame of the user's script (compiled as "script").
   const lines = [
     ...String((e as { message?: unknown })?.message ?? "").matchAll(/File "script", line (\d+)/g),
   ];
   const m = lines[lines.length - 1];
-  return { kind, message: text, line: m === null ? undefined : Number(m[1]) };
+  return { kind, message: text, line: m === undefined ? undefined : Number(m[1]) };
 }
 
 function invoke(path: string, args: unknown[]): unknown {
@@ -300,7 +471,7 @@ async function settle(value: unknown): Promise<unknown> {
 
 async function runEntry(req: EntryRequest): Promise<WorkerMessage> {
   fatalKind = undefined;
-  capReached = false;
+  capReached = null;
   Atomics.store(interruptBuffer, 0, 0);
   enterGuest();
   try {
@@ -322,7 +493,7 @@ async function runEntry(req: EntryRequest): Promise<WorkerMessage> {
       throw new EntryFailure({ kind: "throw", message: "Error: the Pyodide isolate reads no binary format" });
     }
     if (value !== null && typeof value === "object" && "then" in value) value = await settle(value);
-    if (fatalKind !== undefined || capReached) throw new EntryFailure(classify(null, false));
+    if (fatalKind !== undefined || capReached !== null) throw new EntryFailure(classify(null, false));
     const json = JSON.stringify(value === undefined ? null : value);
     return { t: "done", ok: true, json: json === undefined ? "null" : json };
   } catch (e) {

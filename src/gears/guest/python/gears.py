@@ -6,9 +6,13 @@
 #
 # Run once per isolate, before the user's script, which then runs by _gears_run_script()
 # in its own globals, where `js` and `pyodide` cannot be imported.
+import asyncio as _asyncio
 import builtins as _builtins
 import copy as _copy
+import dis as _dis
+import inspect as _inspect
 import sys as _sys
+import time as _time
 
 import js as _js
 from pyodide.ffi import JsException as _JsException
@@ -20,20 +24,80 @@ _rt = _js.__pyrt
 _JsGB = _js.GearsBuilder
 _from_entries = _js.Object.fromEntries
 _js_execute = _js.execute
+_js_execute_async = _js.executeAsync
 _js_log = _js.log
 _js_hashtag = _js.hashtag
 _js_config_get = _js.configGet
 _js_register_time_event = _js.registerTimeEvent
 _js_override_reply = _js.overrideReply
 _js_call_next = _js.callNext
+_js_get_command = _js.getCommand
+
+
+_UNREAD = object()
+
+
+class _LazyRecord(dict):
+    # An event record whose value is read from Redis on first use (a key too big to send
+    # along, such as the set a handler keeps adding to): converting it eagerly would read it
+    # for every event, as the JavaScript form does not. It is read when the script looks at
+    # it; iterating the keys, `in` and len() do not read it.
+    __slots__ = ("_source",)
+
+    def _load(self):
+        if dict.get(self, "value") is _UNREAD:
+            dict.__setitem__(self, "value", _to_py(self._source.value))
+        return self
+
+    def __getitem__(self, k):
+        if k == "value":
+            self._load()
+        return dict.__getitem__(self, k)
+
+    def get(self, k, default=None):
+        return dict.get(self._load() if k == "value" else self, k, default)
+
+    def __iter__(self):
+        # Not dict's own: then dict(x) and {**x} copy through __getitem__, which reads value.
+        return dict.__iter__(self)
+
+    def items(self):
+        return dict.items(self._load())
+
+    def values(self):
+        return dict.values(self._load())
+
+    def copy(self):
+        return dict(self._load())
+
+    def pop(self, *a):
+        return dict.pop(self._load(), *a)
+
+    def __eq__(self, other):
+        return dict.__eq__(self._load(), other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return dict.__repr__(self._load())
+
+    __str__ = __repr__
 
 
 def _to_py(v):
-    return v.to_py() if isinstance(v, _JsProxy) else v
+    if not isinstance(v, _JsProxy):
+        return v
+    if _rt.lazyValue(v):
+        record = _LazyRecord((k, _UNREAD if k == "value" else _to_py(getattr(v, k))) for k in _js.Object.keys(v))
+        record._source = v
+        return record
+    return v.to_py()
 
 
 def _to_js_value(v):
     # Plain data only: no proxy of a Python object outlives the call.
+    if isinstance(v, _LazyRecord):
+        v._load()
     return _to_js(v, dict_converter=_from_entries, create_pyproxies=False)
 
 
@@ -46,6 +110,46 @@ def _label(f):
     return getattr(f, "__name__", "") or type(f).__name__
 
 
+class _NoIO:
+    # The loop's selector: there is no I/O to wait for, only timers (asyncio.sleep).
+    def select(self, timeout):
+        if timeout:
+            _time.sleep(timeout)
+        return []
+
+
+class _StepLoop(_asyncio.BaseEventLoop):
+    # A private event loop that runs a step's coroutine to its end, inside the step: the
+    # engine runs steps synchronously, so an `async def` step is awaited in place (records of
+    # a partition one after another, as RedisGears 1.2 processed them). Pyodide's own loop
+    # runs on JavaScript's event loop, which does not turn while a step runs.
+    def __init__(self):
+        super().__init__()
+        self._selector = _NoIO()
+
+    def _process_events(self, event_list):
+        pass
+
+    def _write_to_self(self):
+        pass
+
+
+_loop = None
+
+
+def _await(coroutine):
+    global _loop
+    if _loop is None:
+        _loop = _StepLoop()
+    # Pyodide's loop counts as running in this thread: set aside while ours runs.
+    outer = _asyncio.events._get_running_loop()
+    _asyncio.events._set_running_loop(None)
+    try:
+        return _loop.run_until_complete(coroutine)
+    finally:
+        _asyncio.events._set_running_loop(outer)
+
+
 def _step(f, shape="plain"):
     if not callable(f):
         raise TypeError("argument must be a function")
@@ -54,6 +158,11 @@ def _step(f, shape="plain"):
         args = [_to_py(a) for a in args]
         try:
             out = f(*args)
+            if _inspect.iscoroutine(out):
+                if shape == "key":
+                    out.close()
+                    raise TypeError("coroutine are not allow on extractors")
+                out = _await(out)
         except (KeyboardInterrupt, MemoryError) as e:
             _rt.fatal(type(e).__name__)
             raise
@@ -66,9 +175,71 @@ def _step(f, shape="plain"):
         elif shape == "flat":
             # RedisGears pops a returned list from its end: elements come out last to first.
             out = out[::-1] if isinstance(out, list) else [out]
+        elif shape == "iter":
+            out = list(out)
         return _to_js_value(out)
 
     return _rt.step(_create_proxy(call), _label(f))
+
+
+# What a foreach lambda may do besides its one execute() call, for its command to be
+# pipelined: read its arguments, constants, subscripts and f-strings, nothing that calls.
+_PLAIN_OPS = frozenset(
+    (
+        "RESUME",
+        "NOP",
+        "CACHE",
+        "PUSH_NULL",
+        "COPY_FREE_VARS",
+        "LOAD_CONST",
+        "LOAD_SMALL_INT",
+        "LOAD_DEREF",
+        "BINARY_OP",
+        "BINARY_SUBSCR",
+        "FORMAT_SIMPLE",
+        "BUILD_STRING",
+        "RETURN_VALUE",
+    )
+)
+
+
+def _replies_unused(f):
+    # `lambda x: execute(...)` whose arguments call nothing: foreach drops the reply, so the
+    # command can leave in the batch's pipeline (an error reply still fails the record), as
+    # the JavaScript library does for `x => execute(...)`.
+    if getattr(f, "__name__", None) != "<lambda>" or getattr(f, "__globals__", {}).get("execute") is not execute:
+        return False
+    calls = loads = 0
+    for i in _dis.get_instructions(f):
+        if i.opname.startswith("CALL"):
+            calls += 1
+        elif i.opname == "LOAD_GLOBAL":
+            loads += 1
+            if i.argval != "execute":
+                return False
+        elif not (i.opname in _PLAIN_OPS or i.opname.startswith("LOAD_FAST")):
+            return False
+    return calls == 1 and loads == 1
+
+
+_pipelining = False
+
+
+def _pipelined_step(f):
+    # The engine passes the record on once the reply is in: the runtime keeps the promise of
+    # executeAsync (execute() hands it over) and returns it from the step.
+    def call(record):
+        global _pipelining
+        _pipelining = True
+        try:
+            f(_to_py(record))
+        except (KeyboardInterrupt, MemoryError) as e:
+            _rt.fatal(type(e).__name__)
+            raise
+        finally:
+            _pipelining = False
+
+    return _rt.pipelinedStep(_create_proxy(call), _label(f))
 
 
 def _zero_reset(zero, f, with_key):
@@ -89,7 +260,18 @@ def _options(kw):
 
 class GearsBuilder:
     def __init__(self, reader="KeysReader", defaultArg="*", desc=None):
-        self._b = _JsGB(reader, defaultArg, desc)
+        self._reader = reader
+        if reader == "PythonReader":
+            # RedisGears runs the generator on every shard: one ShardsIDReader record per
+            # shard, turned into what the generator (given to run()) yields there.
+            self._generator = None
+            self._b = _JsGB("ShardsIDReader", None, desc)
+            self._b.flatmap(_step(self._python_reader, "iter"))
+        else:
+            self._b = _JsGB(reader, defaultArg, desc)
+
+    def _python_reader(self, shard_id):
+        return self._generator()
 
     def map(self, f):
         self._b.map(_step(f))
@@ -100,6 +282,9 @@ class GearsBuilder:
         return self
 
     def foreach(self, f):
+        if callable(f) and _replies_unused(f):
+            self._b.foreach(_pipelined_step(f))
+            return self
         # The record goes on as f left it (RedisGears passes the same object along): the
         # step hands back the Python record, not the one it was given.
         self._b.map(_step(f, "same"))
@@ -181,10 +366,19 @@ class GearsBuilder:
             self._b.map(_step(str))
 
     def run(self, arg=None, convertToStr=True, collect=True, **kw):
+        if self._reader == "PythonReader":
+            if arg is None:
+                raise Exception("python reader function is not given")
+            if not callable(arg):
+                raise Exception("pyreader argument must be a function")
+            self._generator = arg
+            arg = None
         self._finish(convertToStr)
         self._b.run(arg, _options(dict(kw, convertToStr=False, collect=collect)))
 
     def register(self, prefix="*", convertToStr=True, collect=True, **kw):
+        if self._reader == "PythonReader":
+            raise Exception("reader do not support register")
         if "regex" in kw:
             prefix = kw.pop("regex")
         self._finish(convertToStr)
@@ -195,11 +389,18 @@ GB = GearsBuilder
 
 
 class _Atomic:
-    # Every execute() is its own command through the proxy: there is no lock to take.
+    # Every execute() is its own command through the proxy: there is no lock to take. Only
+    # RedisGears' rule that blocks do not nest is kept.
+    depth = 0
+
     def __enter__(self):
+        if _Atomic.depth > 0:
+            raise Exception("Already inside an atomic block")
+        _Atomic.depth += 1
         return self
 
     def __exit__(self, *exc):
+        _Atomic.depth -= 1
         return False
 
 
@@ -208,6 +409,9 @@ def atomic():
 
 
 def execute(command, *args):
+    if _pipelining:
+        _rt.keep(_js_execute_async, str(command), *[str(a) for a in args])
+        return None
     try:
         return _to_py(_js_execute(str(command), *[str(a) for a in args]))
     except _JsException as e:
@@ -243,6 +447,28 @@ def call_next(*args):
     return _to_py(_js_call_next(*[str(a) for a in args]))
 
 
+def get_command():
+    return _to_py(_js_get_command())
+
+
+def isAsyncAllow():
+    # An `async def` step is awaited in place, wherever the step runs.
+    return True
+
+
+def _background_only(name):
+    def refuse(*args, **kw):
+        for a in args:
+            if _inspect.iscoroutine(a):
+                a.close()
+        raise NotImplementedError(
+            f"{name}() is not available here: the proxy has no background event loop; "
+            "write the step as `async def` (it is awaited in place) instead"
+        )
+
+    return refuse
+
+
 _API = {
     "GearsBuilder": GearsBuilder,
     "GB": GB,
@@ -255,6 +481,13 @@ _API = {
     "registerTE": registerTE,
     "override_reply": override_reply,
     "call_next": call_next,
+    "get_command": get_command,
+    "isAsyncAllow": isAsyncAllow,
+    "runCoroutine": _background_only("runCoroutine"),
+    "createFuture": _background_only("createFuture"),
+    "setFutureResults": _background_only("setFutureResults"),
+    "setFutureException": _background_only("setFutureException"),
+    "gearsFuture": _background_only("gearsFuture"),
 }
 
 # What user code may not import: the ways back into JavaScript (and so to the host's Node).
