@@ -325,6 +325,61 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("a client's pipelined TFCALLs go in together: calls of other slots are pipelined, calls of one slot run one after the other, and a following GET waits for them", async () => {
+      // `order` lives in the library's isolate: it shows where each function was when the next started.
+      const code = lib(
+        "pipe",
+        `let order = [];
+         redis.registerFunction('step', function(client, key){
+           order.push('start:' + key);
+           const n = client.call('incr', key);
+           order.push('end:' + key);
+           return n;
+         });
+         redis.registerFunction('order', function(){ const o = order; order = []; return o; });
+         redis.registerFunction('bump', function(client, key){
+           const v = Number(client.call('get', key) || 0);
+           client.call('set', key, String(v + 1));
+           return v + 1;
+         });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const keys = ["{a}p", "{b}p", "{c}p"];
+      const out = await c
+        .pipeline([...keys.map((k) => ["call", "tfcall", "pipe.step", "1", k]), ["get", keys[2]]])
+        .exec();
+      expect(out?.map(([err, v]) => err ?? v)).to.deep.equal([1, 1, 1, "1"]);
+      // One batch: each function's INCR waited while the next one started; the replies came back together.
+      expect(await c.call("TFCALL", "pipe.order", "0")).to.deep.equal([
+        "start:{a}p",
+        "start:{b}p",
+        "start:{c}p",
+        "end:{c}p",
+        "end:{b}p",
+        "end:{a}p",
+      ]);
+      // The same slot: one after the other, so read-modify-write from many clients loses nothing.
+      const same = ["{a}x", "{a}y"];
+      await c.pipeline(same.map((k) => ["call", "tfcall", "pipe.step", "1", k])).exec();
+      expect(await c.call("TFCALL", "pipe.order", "0")).to.deep.equal([
+        "start:{a}x",
+        "end:{a}x",
+        "start:{a}y",
+        "end:{a}y",
+      ]);
+      const clients = Array.from({ length: 6 }, () => new Redis(proxy.port));
+      try {
+        await Promise.all(
+          clients.map((cl) =>
+            cl.pipeline(Array.from({ length: 5 }, () => ["call", "tfcall", "pipe.bump", "1", "{n}"])).exec(),
+          ),
+        );
+        expect(String(await direct.call("GET", "{n}"))).to.equal("30");
+      } finally {
+        for (const cl of clients) cl.disconnect();
+      }
+    });
+
     it("node-redis loads and calls a library with sendCommand", async () => {
       const nr = createClient({ socket: { port: proxy.port, host: "127.0.0.1" }, RESP: 2 });
       await nr.connect();

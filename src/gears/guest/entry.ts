@@ -136,11 +136,11 @@ export interface TfEntry {
   /** A registered function, called by TFCALL/TFCALLASYNC (args tagged, raw when its flags say so). */
   callFunction(name: string, args: Tagged[], blockAllowed: boolean): TfOutcome | Promise<TfOutcome>;
   /**
-   * Several TFCALLs (blocking not allowed) in one entry: [name, args] each; the outcomes in
-   * order of those it ran. It starts no call once `budgetMs` is spent (the time limit is the
-   * entry's), so the host sends the rest again.
+   * Several TFCALLs (blocking not allowed) in one entry: [name, args, slots of its keys] each;
+   * the outcomes in order of those it ran, their calls pipelined (guest/tf/batch.ts). It
+   * starts no call once `budgetMs` is spent, so the host sends the rest again.
    */
-  callFunctions(calls: [string, Tagged[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]>;
+  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]>;
   /**
    * Keyspace trigger `name` for one event: onTriggerFired, then its callback. `key` is null
    * when the key is not UTF-8; `keyBytes` is the key in latin1 (one char a byte).

@@ -50,6 +50,8 @@ export class TfBridge implements HostBridge {
     switch (name) {
       case "call":
         return (await this.call(args[0] === true, args[1] === true, args.slice(2))) as JsonValue;
+      case "calls":
+        return this.calls(args[0]);
       case "runOnKey":
         return this.hooks.runOnKey(this.library, toBuffer(args[0]), String(args[1]), String(args[2]));
       case "runOnShards":
@@ -67,6 +69,22 @@ export class TfBridge implements HostBridge {
 
   notify(name: string, args: JsonValue[]): void {
     if (name === "log") this.log.info({ library: this.library }, `<redisgears_2> ${String(args[0])}`);
+  }
+
+  /**
+   * The waiting calls of a batch of TFCALLs (guest/tf/batch.ts), sent at once: the router
+   * writes each as it comes, so they leave as one pipeline per shard, in order.
+   */
+  private async calls(list: JsonValue): Promise<JsonValue> {
+    if (!Array.isArray(list)) throw new Error("calls: a list of calls was expected");
+    const replies = list.map((c) => {
+      const args = Array.isArray(c) ? c : [];
+      return this.call(args[0] === true, args[1] === true, args.slice(2)).then(
+        (reply): JsonValue => [0, reply as JsonValue],
+        (err: unknown): JsonValue => [1, err instanceof Error ? err.message : String(err)],
+      );
+    });
+    return Promise.all(replies);
   }
 
   private async call(noWrites: boolean, raw: boolean, args: JsonValue[]): Promise<Tagged> {

@@ -195,7 +195,8 @@ export class TfEngine {
         library.bridge.db = db;
         out = await library.guest.callFunction(fnName, tagged, blockAllowed);
       } else {
-        out = await this.batcherOf(libName).call(fnName, tagged, db);
+        const slots = [...new Set(rest.slice(0, numkeys).map(keySlot))];
+        out = await this.batcherOf(libName).call(fnName, tagged, slots, db);
       }
       return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
     } catch (err) {

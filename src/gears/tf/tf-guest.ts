@@ -23,7 +23,7 @@ export class TfGuest {
     return out as unknown as TfOutcome;
   }
 
-  async callFunctions(calls: [string, Tagged[]][], budgetMs: number): Promise<TfOutcome[]> {
+  async callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): Promise<TfOutcome[]> {
     const out = await this.isolate.call(path("callFunctions"), [calls as unknown as JsonValue, budgetMs]);
     return out as unknown as TfOutcome[];
   }

@@ -11,6 +11,7 @@ import {
   streamTriggers,
   type Fn,
 } from "./api.js";
+import { runBatch } from "./batch.js";
 import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
 import { bytesToBuffer, fromReply, textToBuffer, toReply } from "./convert.js";
 
@@ -97,13 +98,16 @@ const entry: TfEntry = {
     return invoke(def.fn, { noWrites: def.flags.includes("no-writes"), blockAllowed }, jsArgs);
   },
 
-  callFunctions(calls: [string, Tagged[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]> {
-    const started = Date.now();
+  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]> {
     const outs: (TfOutcome | Promise<TfOutcome>)[] = [];
-    for (const [name, args] of calls) {
-      if (outs.length > 0 && Date.now() - started >= budgetMs) break;
-      outs.push(entry.callFunction(name, args, false));
-    }
+    const items = calls.map(([name, args, slots], i) => ({
+      slots,
+      run: () => {
+        outs[i] = entry.callFunction(name, args, false);
+      },
+    }));
+    const started = runBatch(items, budgetMs);
+    outs.length = started;
     return outs.some(isThenable) ? Promise.all(outs) : (outs as TfOutcome[]);
   },
 
