@@ -181,6 +181,49 @@ describe("Triggers and Functions: limits, several proxies, restarts", function (
     }
   });
 
+  it("libraries stored by an earlier proxy (the hash alone) load; a DELETE through one proxy reaches the other and stays deleted across a flush", async () => {
+    const direct = new Redis(redis.port);
+    // What the earlier store wrote: the library's JSON in the hash, and its own counter key.
+    const old = {
+      name: "old",
+      code: lib("old", "redis.registerFunction('f', () => 'old');"),
+      config: null,
+      user: "default",
+    };
+    await direct.hset("{gears-proxy}:tf:libraries", "old", JSON.stringify(old));
+    await direct.set("{gears-proxy}:tf:version", "1");
+    const first = await startProxy([{ port: redis.port }]);
+    const second = await startProxy([{ port: redis.port }]);
+    const a = new Redis(first.port);
+    const b = new Redis(second.port);
+    try {
+      expect(await a.call("TFCALL", "old.f", "0")).to.equal("old");
+      expect(await b.call("TFCALL", "old.f", "0")).to.equal("old");
+      expect(await a.call("TFUNCTION", "DELETE", "old")).to.equal("OK");
+      await eventually(
+        () => b.call("TFUNCTION", "LIST") as Promise<unknown[]>,
+        (list) => list.length === 0,
+        "the delete seen by the second proxy",
+      );
+      await direct.flushall();
+      // Neither proxy writes it back: the store told a delete from a loss.
+      await eventually(
+        () => direct.exists("{gears-proxy}:tf:libraries:version"),
+        (n) => n === 0,
+        "the flush",
+      );
+      await new Promise((resolve) => setTimeout(resolve, 1200));
+      expect(await b.call("TFUNCTION", "LIST")).to.deep.equal([]);
+      expect(await direct.hexists("{gears-proxy}:tf:libraries", "old")).to.equal(0);
+    } finally {
+      a.disconnect();
+      b.disconnect();
+      direct.disconnect();
+      await first.close();
+      await second.close();
+    }
+  });
+
   it("--gears-config sets T&F's settings at start; a keyspace trigger that loops forever is ended and the write still answers", async () => {
     const proxy = await startProxy([{ port: redis.port }], {
       gearsConfig: { "redisgears_2.lock-redis-timeout": "150" },
