@@ -359,6 +359,26 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("blocking commands from call and callAsync are refused with T&F's script-mode text; the client goes on", async () => {
+      const code = lib(
+        "blk",
+        `redis.registerFunction('pop', function(client, key){ return client.call('blpop', key, '0'); });
+         redis.registerFunction('read', function(client, key){ return client.call('xread', 'block', '0', 'streams', key, '$'); });
+         redis.registerAsyncFunction('popAsync', async function(client, key){ return await client.callAsync('blpop', key, '0'); });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await rejection(t.c.call("TFCALL", "blk.pop", "1", "blk:list"))).to.equal(
+        "Error: ERR command 'blpop' is not allowed on script mode",
+      );
+      expect(await rejection(t.c.call("TFCALL", "blk.read", "1", "blk:stream"))).to.equal(
+        "Error: ERR command 'xread' is not allowed on script mode",
+      );
+      expect(await rejection(t.c.call("TFCALLASYNC", "blk.popAsync", "1", "blk:list"))).to.equal(
+        "Error: ERR command 'blpop' is not allowed on script mode",
+      );
+      expect(await t.c.call("PING")).to.equal("PONG");
+    });
+
     it("node-redis loads and calls a library with sendCommand", async () => {
       const nr = createClient({ socket: { port: t.proxy.port, host: "127.0.0.1" }, RESP: 2 });
       await nr.connect();
