@@ -224,6 +224,65 @@ describe("Triggers and Functions: limits, several proxies, restarts", function (
     }
   });
 
+  it("a lock-redis-timeout set at run time applies to the libraries already loaded", async () => {
+    const proxy = await startProxy([{ port: redis.port }]);
+    const c = new Redis(proxy.port);
+    try {
+      await c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "2000");
+      const code = lib(
+        "busy",
+        "redis.registerFunction('wait', function(){ const end = Date.now() + 300; while (Date.now() < end) {} return 'done'; });",
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await c.call("TFCALL", "busy.wait", "0")).to.equal("done");
+      await c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "100");
+      expect(await rejection(c.call("TFCALL", "busy.wait", "0"))).to.equal(TERMINATED);
+      await c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "2000");
+      expect(await c.call("TFCALL", "busy.wait", "0")).to.equal("done");
+    } finally {
+      c.disconnect();
+      await proxy.close();
+    }
+  });
+
+  it("v8-maxmemory caps all the libraries together: the call that goes past it is ended, then T&F's OOM state until a library is deleted", async () => {
+    const proxy = await startProxy([{ port: redis.port }], {
+      gearsConfig: { "redisgears_2.v8-maxmemory": String(50 * 1024 * 1024) },
+    });
+    const c = new Redis(proxy.port);
+    try {
+      const keeper = lib(
+        "keeper",
+        `const kept = [];
+         redis.registerFunction('keep', function(client, n){
+           for (let i = 0; i < Number(n); i++) kept.push('k'.repeat(1 << 20) + i);
+           return kept.length;
+         });
+         redis.registerFunction('ok', () => 'ok');`,
+      );
+      const eater = lib(
+        "eater",
+        `const eaten = [];
+         redis.registerFunction('eat', function(){ while (true) eaten.push('e'.repeat(1 << 20) + eaten.length); });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", keeper)).to.equal("OK");
+      expect(await c.call("TFUNCTION", "LOAD", eater)).to.equal("OK");
+      expect(await c.call("TFCALL", "keeper.keep", "0", "35")).to.equal(35);
+      expect(await rejection(c.call("TFCALL", "eater.eat", "0"))).to.equal(TERMINATED);
+      const OOM_STATE = "JS engine reached OOM state and can not run any more code";
+      expect(await rejection(c.call("TFCALL", "keeper.ok", "0"))).to.equal(OOM_STATE);
+      expect(
+        await rejection(c.call("TFUNCTION", "LOAD", lib("more", "redis.registerFunction('f', () => 1);"))),
+      ).to.equal(OOM_STATE);
+      expect(await c.call("TFUNCTION", "DELETE", "eater")).to.equal("OK");
+      expect(await c.call("TFCALL", "keeper.ok", "0")).to.equal("ok");
+      expect(await c.call("PING")).to.equal("PONG");
+    } finally {
+      c.disconnect();
+      await proxy.close();
+    }
+  });
+
   it("--gears-config sets T&F's settings at start; a keyspace trigger that loops forever is ended and the write still answers", async () => {
     const proxy = await startProxy([{ port: redis.port }], {
       gearsConfig: { "redisgears_2.lock-redis-timeout": "150" },

@@ -12,6 +12,15 @@ import { TfBridge, type TfHooks } from "./tf-bridge.js";
 import { TfGuest } from "./tf-guest.js";
 
 export const TERMINATED = "Err Execution was terminated due to OOM or timeout";
+/** T&F's answer while its isolates together use more than v8-maxmemory. */
+export const OOM_STATE = "JS engine reached OOM state and can not run any more code";
+
+const MB = 1024 * 1024;
+/**
+ * What every QuickJS isolate starts with (sandbox/worker.ts: 256 wasm pages), whatever runs
+ * in it: the share of v8-maxmemory counts what an isolate grew beyond that.
+ */
+const ISOLATE_BASE_MB = 16;
 
 /** How often the store's version is checked for other proxies' changes. */
 const STORE_POLL_MS = 1000;
@@ -65,6 +74,8 @@ export class TfLibraries {
    * for its runOnKey/runOnShards calls and cannot run them too.
    */
   private readonly remotes = new Map<string, Promise<TfLibrary | string>>();
+  /** The remote isolates built so far (for the memory they use). */
+  private readonly settledRemotes = new Map<string, TfLibrary>();
   /**
    * `{gears-proxy}:tf:libraries`, name -> StoredLibrary JSON, beside the gears sessions; it
    * outlives flushes and tells deletes (tombstones) from losses (see DurableStore).
@@ -84,6 +95,37 @@ export class TfLibraries {
     private readonly hooks: TfHooks,
   ) {
     this.store = new DurableStore(router, "tf:libraries");
+    config.onSet = (name) => {
+      if (name !== "lock-redis-timeout") return;
+      // T&F applied a new lock timeout to the libraries already loaded.
+      const ms = config.number(name);
+      for (const isolate of this.isolates()) isolate.setTimeoutMs(ms);
+    };
+  }
+
+  /** Every live isolate of the libraries, their cluster-function isolates included. */
+  private isolates(): TfGuest["isolate"][] {
+    const out = this.all().map((l) => l.guest.isolate);
+    for (const remote of this.settledRemotes.values()) out.push(remote.guest.isolate);
+    return out.filter((i) => i.alive);
+  }
+
+  /**
+   * v8-maxmemory is one cap for all the isolates together: each may grow by what the others
+   * left of it (the entry that grows past that is ended), and once they are over it, T&F's
+   * "OOM state": nothing runs until a library goes (TFUNCTION DELETE). True in that state.
+   */
+  shareMemory(): boolean {
+    const capMb = this.config.number("v8-maxmemory") / MB;
+    const isolates = this.isolates();
+    const grown = isolates.map((i) => Math.max(0, i.memoryBytes / MB - ISOLATE_BASE_MB));
+    const total = grown.reduce((a, b) => a + b, 0);
+    isolates.forEach((isolate, n) => {
+      const left = capMb - (total - grown[n]);
+      // At least 1: 0 would mean "no allowance".
+      isolate.setMemoryAllowanceMb(Math.max(1, ISOLATE_BASE_MB + left));
+    });
+    return total > capMb;
   }
 
   get(name: string): TfLibrary | undefined {
@@ -103,6 +145,7 @@ export class TfLibraries {
   /** TFUNCTION LOAD: null when loaded, else T&F's error text. A failed REPLACE keeps the old library. */
   load(request: LoadRequest): Promise<string | null> {
     return this.serialized(async () => {
+      if (this.shareMemory()) return OOM_STATE;
       const built = await this.build(request);
       if (typeof built === "string") return built;
       const refused = this.upgradeError(built);
@@ -217,6 +260,7 @@ export class TfLibraries {
    * the same code, so the library keeps answering.
    */
   async revive(library: TfLibrary): Promise<TfLibrary> {
+    if (this.shareMemory()) throw new Error(OOM_STATE);
     if (library.guest.isolate.alive) return library;
     return this.serialized(async () => {
       const current = this.libraries.get(library.name);
@@ -239,6 +283,10 @@ export class TfLibraries {
     if (remote === undefined) {
       remote = this.build({ ...library, replace: true });
       this.remotes.set(name, remote);
+      const pending = remote;
+      void pending.then((r) => {
+        if (typeof r !== "string" && this.remotes.get(name) === pending) this.settledRemotes.set(name, r);
+      });
     }
     return remote.then(async (r) => {
       if (typeof r !== "string" && !r.guest.isolate.alive) {
@@ -252,6 +300,7 @@ export class TfLibraries {
   private dropRemote(name: string): void {
     const remote = this.remotes.get(name);
     this.remotes.delete(name);
+    this.settledRemotes.delete(name);
     void remote?.then((r) => (typeof r === "string" ? undefined : r.guest.isolate.dispose().catch(() => {})));
   }
 
