@@ -81,6 +81,32 @@ for (const mode of BACKEND_MODES) {
       expect(await t.c.call("TFUNCTION", "DELETE", "streams")).to.equal("OK");
     });
 
+    it("a stream record keeps repeated fields and binary values: record is a list of pairs (null where not UTF-8), record_raw their bytes", async () => {
+      const code = lib(
+        "rawrec",
+        `redis.registerStreamTrigger('r', 'rawrec:', function(client, data){
+           client.call('set', 'rawrec:record', JSON.stringify(data.record));
+           client.call('set', 'rawrec:bytes', data.record_raw[2][1]);
+           client.call('set', 'rawrec:count', String(data.record_raw.length));
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const binary = Buffer.from([0xff, 0x00, 0xfe, 0x41]);
+      await t.c.xadd("rawrec:s", "*", "f", "a", "f", "b", "bin", binary);
+      await eventually(
+        () => t.c.get("rawrec:count"),
+        (v) => v === "3",
+        "the record handled",
+      );
+      expect(JSON.parse((await t.c.get("rawrec:record")) ?? "null")).to.deep.equal([
+        ["f", "a"],
+        ["f", "b"],
+        ["bin", null],
+      ]);
+      expect(await t.c.getBuffer("rawrec:bytes")).to.deep.equal(binary);
+      expect(await t.c.call("TFUNCTION", "DELETE", "rawrec")).to.equal("OK");
+    });
+
     it("window entries are in flight at once; isStreamTrimmed trims what was handled", async () => {
       const code = lib(
         "windowed",

@@ -153,13 +153,14 @@ export interface TfEntry {
   ): TfOutcome | Promise<TfOutcome>;
   /**
    * Stream trigger `name` for a window of entries of one stream (name in latin1), all at
-   * once: each entry's error text, or null.
+   * once: each entry's error text, or null. An entry's fields and values come in order, each
+   * as [its UTF-8 text or null, its bytes in latin1].
    */
   fireStreamTrigger(
     name: string,
     stream: string | null,
     streamBytes: string,
-    records: [string, string[]][],
+    records: [string, [string | null, string][]][],
   ): (string | null)[] | Promise<(string | null)[]>;
   /** A cluster function of this library, with the JSON text of its arguments. */
   callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome>;

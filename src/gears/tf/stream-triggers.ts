@@ -5,13 +5,17 @@ import type { JsonValue } from "../../sandbox/types.js";
 import { StreamConsumer } from "../events/stream-consumer.js";
 import type { TfStreamTriggerInfo } from "../guest/entry.js";
 import { sandboxText, type TfLibraries } from "./libraries.js";
+import { utf8Text } from "./values.js";
 
 /** The consumer group of a stream trigger: T&F's progress per library (and trigger) and stream. */
 export const streamGroup = (library: string, trigger: string): string =>
   `{gears-proxy}:tf:${library}:${trigger}`;
 
-/** One stream record as the guest's trigger gets it: [id, [field, value, ...]]. */
-export type StreamRecord = [string, string[]];
+/**
+ * One stream record as the guest's trigger gets it: [id, [field, value, ...]], each field
+ * and value as [its UTF-8 text or null, its bytes in latin1].
+ */
+export type StreamRecord = [string, [string | null, string][]];
 
 function prefixText(t: TfStreamTriggerInfo): string {
   if (typeof t.prefix === "string") return t.prefix;
@@ -77,6 +81,7 @@ export class StreamTriggers {
           onFailedPolicy: "continue",
           retryIntervalSec: 1,
           trimStream: trigger.trim,
+          rawFields: true,
         },
         () => this.timing.claimIdleMs(),
         () => this.timing.streamLeaseMs(),
@@ -104,8 +109,9 @@ export class StreamTriggers {
     const current = this.libraries.get(library);
     if (current === undefined) return { failed: false };
     const entries = records.map((r) => {
-      const rec = r as { id: string; value: Record<string, string> };
-      return [rec.id, Object.entries(rec.value).flat()] as StreamRecord;
+      const rec = r as { id: string; fields: string[] };
+      const fields = rec.fields.map((f): [string | null, string] => [utf8Text(Buffer.from(f, "latin1")), f]);
+      return [rec.id, fields] as StreamRecord;
     });
     try {
       const live = await this.libraries.revive(current);

@@ -36,7 +36,7 @@ export class TfGuest {
   async fireStreamTrigger(
     name: string,
     stream: Buffer,
-    records: [string, string[]][],
+    records: [string, [string | null, string][]][],
   ): Promise<(string | null)[]> {
     const args = [name, utf8Text(stream), stream.toString("latin1"), records];
     return (await this.isolate.call(path("fireStreamTrigger"), args)) as (string | null)[];

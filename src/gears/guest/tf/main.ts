@@ -13,7 +13,7 @@ import {
 } from "./api.js";
 import { runBatch } from "./batch.js";
 import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
-import { bytesToBuffer, fromReply, textToBuffer, toReply } from "./convert.js";
+import { bytesToBuffer, fromReply, toReply } from "./convert.js";
 
 const NOT_SETTLED = {};
 
@@ -123,19 +123,29 @@ const entry: TfEntry = {
     return invoke(def.fn, TRIGGER_MODE, [data]);
   },
 
-  fireStreamTrigger(name: string, stream: string | null, streamBytes: string, records: [string, string[]][]) {
+  fireStreamTrigger(
+    name: string,
+    stream: string | null,
+    streamBytes: string,
+    records: [string, [string | null, string][]][],
+  ) {
     const def = streamTriggers.get(name);
     if (def === undefined) return records.map(() => `Unknown trigger ${name}`);
     const outs = records.map(([id, fields]) => {
       const [ms, seq] = id.split("-");
-      const pairs: [string, string][] = [];
-      for (let i = 0; i + 1 < fields.length; i += 2) pairs.push([fields[i], fields[i + 1]]);
+      // A list of pairs, not an object: fields may repeat.
+      const record: [string | null, string | null][] = [];
+      const recordRaw: [ArrayBuffer, ArrayBuffer][] = [];
+      for (let i = 0; i + 1 < fields.length; i += 2) {
+        record.push([fields[i][0], fields[i + 1][0]]);
+        recordRaw.push([bytesToBuffer(fields[i][1]), bytesToBuffer(fields[i + 1][1])]);
+      }
       const data = {
         id: [BigInt(ms), BigInt(seq)],
         stream_name: stream,
         stream_name_raw: bytesToBuffer(streamBytes),
-        record: pairs,
-        record_raw: pairs.map(([f, v]) => [textToBuffer(f), textToBuffer(v)]),
+        record,
+        record_raw: recordRaw,
       };
       return invoke(def.fn, TRIGGER_MODE, [data]);
     });
