@@ -4,6 +4,7 @@ import { createClient } from "redis";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
+import { eventually } from "./support/polling.js";
 
 for (const mode of BACKEND_MODES) {
   describe(`Triggers and Functions: libraries and functions, through the proxy in front of ${Backend.label(mode)}`, function () {
@@ -377,6 +378,40 @@ for (const mode of BACKEND_MODES) {
         "Error: ERR command 'blpop' is not allowed on script mode",
       );
       expect(await t.c.call("PING")).to.equal("PONG");
+    });
+
+    it("TFUNCTION LIST shows the library's callAsync commands under way and its pending jobs, then none", async () => {
+      const code = lib(
+        "slow",
+        `redis.registerAsyncFunction('wait', async function(client){
+           return await client.callAsync('eval', 'for i = 1, 100000000 do end return 1', '0');
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const other = new Redis(t.proxy.port);
+      try {
+        const field = (lib: unknown[], name: string): unknown => lib[lib.indexOf(name) + 1];
+        const listed = async (): Promise<unknown[]> =>
+          ((await other.call("TFUNCTION", "LIST")) as unknown[][])[0];
+        // Connected first: ioredis's ready check (INFO) would wait for the busy server.
+        expect(await other.ping()).to.equal("PONG");
+        const call = t.c.call("TFCALLASYNC", "slow.wait", "0");
+        const during = await eventually(
+          listed,
+          (l) => (field(l, "pending_async_calls") as unknown[]).length > 0,
+          "the call listed",
+        );
+        expect(field(during, "pending_async_calls")).to.deep.equal([
+          "eval for i = 1, 100000000 do end return 1 0",
+        ]);
+        expect(field(during, "pending_jobs")).to.equal(1);
+        expect(await call).to.equal(1);
+        const after = await listed();
+        expect(field(after, "pending_async_calls")).to.deep.equal([]);
+        expect(field(after, "pending_jobs")).to.equal(0);
+      } finally {
+        other.disconnect();
+      }
     });
 
     it("node-redis loads and calls a library with sendCommand", async () => {

@@ -115,7 +115,13 @@ export class StreamTriggers {
     });
     try {
       const live = await this.libraries.revive(current);
-      const errors = await live.guest.fireStreamTrigger(trigger, stream, entries);
+      live.bridge.pendingJobs += entries.length;
+      let errors: (string | null)[];
+      try {
+        errors = await live.guest.fireStreamTrigger(trigger, stream, entries);
+      } finally {
+        live.bridge.pendingJobs -= entries.length;
+      }
       for (const error of errors) {
         if (error !== null) this.log.debug({ library, trigger, err: error }, "stream trigger failed");
       }

@@ -19,6 +19,15 @@ function toBuffer(arg: JsonValue): Buffer {
   throw new Error("Can not convert value into bytes buffer");
 }
 
+/** An argument as TFUNCTION LIST shows it in a pending call. */
+function commandText(arg: JsonValue): string {
+  try {
+    return toBuffer(arg).toString();
+  } catch {
+    return String(arg);
+  }
+}
+
 /** What a library's calls need besides the router. */
 export interface TfHooks {
   runOnKey(library: string, key: Buffer, name: string, argsJson: string): Promise<string>;
@@ -61,10 +70,26 @@ export class TfBridge implements HostBridge {
     }
   }
 
+  /** The library's callAsync commands under way, as "cmd arg ..." (TFUNCTION LIST's pending_async_calls). */
+  readonly pendingAsyncCalls = new Set<{ text: string }>();
+  /** Work of the library under way in the background: TFCALLASYNCs and stream records (pending_jobs). */
+  pendingJobs = 0;
+
   callAsync(
     calls: { name: string; args: JsonValue[] }[],
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
-    return callEach(this, calls);
+    const tracked = (name: string, args: JsonValue[]): Promise<JsonValue | RawJson> => {
+      if (name !== "call") return this.callSync(name, args);
+      const entry = {
+        text: args
+          .slice(2)
+          .map((a) => commandText(a))
+          .join(" "),
+      };
+      this.pendingAsyncCalls.add(entry);
+      return this.callSync(name, args).finally(() => this.pendingAsyncCalls.delete(entry));
+    };
+    return callEach({ callSync: tracked }, calls);
   }
 
   notify(name: string, args: JsonValue[]): void {

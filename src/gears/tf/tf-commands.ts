@@ -155,7 +155,7 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
     ["name", b(l.name)],
     ["user", b(l.user)],
     ["configuration", l.config === null ? null : b(l.config)],
-    ["pending_jobs", 0],
+    ["pending_jobs", l.bridge.pendingJobs],
     ["functions", r.functions.map((f) => describeFunction(f, verbosity))],
     ["cluster_functions", r.clusterFunctions.map(b)],
     [
@@ -185,7 +185,7 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
         return map(fields);
       }),
     ],
-    ["pending_async_calls", []],
+    ["pending_async_calls", [...l.bridge.pendingAsyncCalls].map((c) => b(c.text))],
   );
   return map(fields);
 }

@@ -193,7 +193,12 @@ export class TfEngine {
       if (blockAllowed) {
         library = await this.libraries.revive(library);
         library.bridge.db = db;
-        out = await library.guest.callFunction(fnName, tagged, blockAllowed);
+        library.bridge.pendingJobs++;
+        try {
+          out = await library.guest.callFunction(fnName, tagged, blockAllowed);
+        } finally {
+          library.bridge.pendingJobs--;
+        }
       } else {
         const slots = [...new Set(rest.slice(0, numkeys).map(keySlot))];
         out = await this.batcherOf(libName).call(fnName, tagged, slots, db);
