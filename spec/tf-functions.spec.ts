@@ -1,9 +1,11 @@
+import path from "node:path";
 import { expect } from "chai";
 import { Redis } from "ioredis";
 import { createClient } from "redis";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
+import { runPython } from "./support/redis-py.js";
 import { eventually } from "./support/polling.js";
 
 for (const mode of BACKEND_MODES) {
@@ -412,6 +414,15 @@ for (const mode of BACKEND_MODES) {
       } finally {
         other.disconnect();
       }
+    });
+
+    it("redis-py 8 loads, calls, pipelines, lists and deletes a library with execute_command", async function () {
+      this.timeout(240_000);
+      const script = path.resolve("spec/support/tf_redis_py_cases.py");
+      const { code, output } = await runPython(script, [String(t.proxy.port)]);
+      expect(output.split("\n").filter((l) => !l.startsWith("ok "))).to.deep.equal([""]);
+      expect(output.match(/^ok /gm)).to.have.length(5);
+      expect(code).to.equal(0);
     });
 
     it("node-redis loads and calls a library with sendCommand", async () => {
