@@ -92,7 +92,7 @@ for (const mode of BACKEND_MODES) {
       );
       expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
       const binary = Buffer.from([0xff, 0x00, 0xfe, 0x41]);
-      await t.c.xadd("rawrec:s", "*", "f", "a", "f", "b", "bin", binary);
+      const added = await t.c.xadd("rawrec:s", "*", "f", "a", "f", "b", "bin", binary);
       await eventually(
         () => t.c.get("rawrec:count"),
         (v) => v === "3",
@@ -104,6 +104,22 @@ for (const mode of BACKEND_MODES) {
         ["bin", null],
       ]);
       expect(await t.c.getBuffer("rawrec:bytes")).to.deep.equal(binary);
+      // TFUNCTION LIST vv: the stream's progress, nothing pending once handled.
+      const field = (list: unknown[], name: string): unknown => list[list.indexOf(name) + 1];
+      const streamOf = async (): Promise<unknown[]> => {
+        const listed = ((await t.c.call("TFUNCTION", "LIST", "vv", "LIBRARY", "rawrec")) as unknown[][])[0];
+        const trigger = (field(listed, "stream_triggers") as unknown[][])[0];
+        return ((field(trigger, "streams") as unknown[][])[0] ?? []) as unknown[];
+      };
+      const stream = await eventually(
+        streamOf,
+        (st) => field(st, "total_record_processed") === 1,
+        "the stream's stats",
+      );
+      expect(field(stream, "name")).to.equal("rawrec:s");
+      expect(field(stream, "pending_ids")).to.deep.equal([]);
+      expect(field(stream, "id_to_read_from")).to.equal(added);
+      expect(field(stream, "last_error")).to.equal(null);
       expect(await t.c.call("TFUNCTION", "DELETE", "rawrec")).to.equal("OK");
     });
 

@@ -35,8 +35,25 @@ export interface StreamTiming {
   streamLeaseMs(): number;
 }
 
+/** What TFUNCTION LIST vv shows of one stream a stream trigger consumes. */
+export interface StreamStats {
+  name: Buffer;
+  lastProcessedTime: number;
+  totalProcessedTime: number;
+  lastLag: number;
+  totalLag: number;
+  totalRecordProcessed: number;
+  /** Ids handed to the trigger and not finished yet. */
+  pendingIds: Set<string>;
+  /** The id after which the next read starts (the last one handled). */
+  idToReadFrom: string | null;
+  lastError: string | null;
+}
+
 export class StreamTriggers {
   private readonly consumers = new Map<string, { consumer: StreamConsumer; shape: string }>();
+  /** By consumer group (library and trigger), then stream (latin1): kept across a REPLACE. */
+  private readonly stats = new Map<string, Map<string, StreamStats>>();
 
   constructor(
     private readonly router: Router,
@@ -50,8 +67,40 @@ export class StreamTriggers {
     return this.consumers.size > 0;
   }
 
+  /** The streams a trigger consumes, as TFUNCTION LIST vv shows them. */
+  statsOf(library: string, trigger: string): StreamStats[] {
+    return [...(this.stats.get(streamGroup(library, trigger))?.values() ?? [])];
+  }
+
+  private streamStats(library: string, trigger: string, stream: Buffer): StreamStats {
+    const group = streamGroup(library, trigger);
+    let byStream = this.stats.get(group);
+    if (byStream === undefined) this.stats.set(group, (byStream = new Map()));
+    const key = stream.toString("latin1");
+    let stats = byStream.get(key);
+    if (stats === undefined) {
+      stats = {
+        name: Buffer.from(stream),
+        lastProcessedTime: 0,
+        totalProcessedTime: 0,
+        lastLag: 0,
+        totalLag: 0,
+        totalRecordProcessed: 0,
+        pendingIds: new Set(),
+        idToReadFrom: null,
+        lastError: null,
+      };
+      byStream.set(key, stats);
+    }
+    return stats;
+  }
+
   /** Makes the consumers what the libraries register; a deleted library's groups go too. */
   async update(deleted: string | null): Promise<void> {
+    if (deleted !== null) {
+      for (const group of [...this.stats.keys()])
+        if (group.startsWith(streamGroup(deleted, ""))) this.stats.delete(group);
+    }
     const wanted = new Map<string, { library: string; trigger: TfStreamTriggerInfo }>();
     for (const library of this.libraries.all()) {
       for (const trigger of library.registrations.streamTriggers) {
@@ -113,6 +162,11 @@ export class StreamTriggers {
       const fields = rec.fields.map((f): [string | null, string] => [utf8Text(Buffer.from(f, "latin1")), f]);
       return [rec.id, fields] as StreamRecord;
     });
+    const stats = this.streamStats(library, trigger, stream);
+    const ids = entries.map(([id]) => id);
+    for (const id of ids) stats.pendingIds.add(id);
+    const started = Date.now();
+    const lag = ids.length > 0 ? started - Number(ids[0].split("-")[0]) : 0;
     try {
       const live = await this.libraries.revive(current);
       live.bridge.pendingJobs += entries.length;
@@ -123,10 +177,22 @@ export class StreamTriggers {
         live.bridge.pendingJobs -= entries.length;
       }
       for (const error of errors) {
-        if (error !== null) this.log.debug({ library, trigger, err: error }, "stream trigger failed");
+        if (error === null) continue;
+        stats.lastError = error;
+        this.log.debug({ library, trigger, err: error }, "stream trigger failed");
       }
     } catch (err) {
-      this.log.warn({ library, trigger, err: sandboxText(err) }, "stream trigger failed");
+      stats.lastError = sandboxText(err);
+      this.log.warn({ library, trigger, err: stats.lastError }, "stream trigger failed");
+    } finally {
+      const took = Date.now() - started;
+      for (const id of ids) stats.pendingIds.delete(id);
+      stats.lastProcessedTime = took;
+      stats.totalProcessedTime += took;
+      stats.lastLag = lag;
+      stats.totalLag += lag;
+      stats.totalRecordProcessed += ids.length;
+      if (ids.length > 0) stats.idToReadFrom = ids[ids.length - 1];
     }
     // T&F counted a failed record as processed: no retry.
     return { failed: false };

@@ -181,7 +181,24 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
           ["trim", new RespBoolean(t.trim)],
           ["description", t.description === null ? null : b(t.description)],
         ];
-        if (verbosity >= 2) fields.push(["streams", []]);
+        if (verbosity >= 2) {
+          fields.push([
+            "streams",
+            tf.streamTriggers.statsOf(l.name, t.name).map((st) =>
+              map([
+                ["name", st.name],
+                ["last_processed_time", st.lastProcessedTime],
+                ["total_processed_time", st.totalProcessedTime],
+                ["last_lag", st.lastLag],
+                ["total_lag", st.totalLag],
+                ["total_record_processed", st.totalRecordProcessed],
+                ["pending_ids", [...st.pendingIds].map(b)],
+                ["id_to_read_from", st.idToReadFrom === null ? null : b(st.idToReadFrom)],
+                ["last_error", st.lastError === null ? null : b(st.lastError)],
+              ]),
+            ),
+          ]);
+        }
         return map(fields);
       }),
     ],
