@@ -27,6 +27,8 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "3" },
     clients: { type: "string", default: "8" },
     pipeline: { type: "string", default: "8" },
+    /** Writes the proxy's CPU profiles (node --cpu-prof, one per thread) to this directory. */
+    profile: { type: "string" },
   },
 });
 const quick = values.quick === true;
@@ -66,7 +68,12 @@ let proxy: Proxy | null = null;
 
 async function main(): Promise<number> {
   redis = await startRedis();
-  proxy = await startGears(redis.port, { profileDir: undefined, nodeArgs: [], args: [], readyWhen: "ping" });
+  proxy = await startGears(redis.port, {
+    profileDir: values.profile,
+    nodeArgs: [],
+    args: [],
+    readyWhen: "ping",
+  });
   const viaProxy = new Redis({ port: proxy.port, host: HOST });
   const direct = new Redis({ port: redis.port, host: HOST });
   await viaProxy.call("TFUNCTION", "LOAD", TF_LIB);

@@ -1,42 +1,22 @@
+import path from "node:path";
 import { expect } from "chai";
 import { Redis } from "ioredis";
 import { createClient } from "redis";
-import { startProxy, type RunningProxy } from "./harness/index.js";
-import { Backend, BACKEND_MODES, Direct } from "./support/backend.js";
+import { Backend, BACKEND_MODES } from "./support/backend.js";
+import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
-
-/** A library's code: the prologue line, then the body. */
-const lib = (name: string, body: string, version = "1.0"): string =>
-  `#!js api_version=${version} name=${name}\n${body}`;
+import { runPython } from "./support/redis-py.js";
+import { eventually } from "./support/polling.js";
 
 for (const mode of BACKEND_MODES) {
   describe(`Triggers and Functions: libraries and functions, through the proxy in front of ${Backend.label(mode)}`, function () {
     this.timeout(60_000);
-    let backend: Backend;
-    let proxy: RunningProxy;
-    let c: Redis;
-    let direct: Direct;
-
-    before(async () => {
-      backend = await Backend.start(mode);
-      proxy = await startProxy([{ port: backend.seed.port }]);
-      c = new Redis(proxy.port);
-      direct = new Direct(backend);
-    });
-    after(async () => {
-      c.disconnect();
-      await proxy.close();
-      await backend.stop();
-    });
-    afterEach(async () => {
-      const libs = (await c.call("TFUNCTION", "LIST")) as unknown[][];
-      for (const l of libs) await c.call("TFUNCTION", "DELETE", String(l[l.indexOf("name") + 1]));
-    });
+    const t = useTfProxy(mode, { clean: true });
 
     it("the documentation's hello: TFUNCTION LOAD answers OK, TFCALL lib.hello answers its string", async () => {
       const code = lib("lib", "redis.registerFunction('hello', function(){ return 'Hello World'; });");
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      expect(await c.call("TFCALL", "lib.hello", "0")).to.equal("Hello World");
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await t.c.call("TFCALL", "lib.hello", "0")).to.equal("Hello World");
     });
 
     it("a function reads and writes keys of one slot with client.call; numbers come back as T&F converts them", async () => {
@@ -47,15 +27,15 @@ for (const mode of BACKEND_MODES) {
            return [client.call('get', key), client.call('incr', '{' + key + '}:n'), typeof client.call('incr', '{' + key + '}:n'), 1.5, 7];
          });`,
       );
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      expect(await c.call("TFCALL", "lib.my_set_and_get", "1", "foo", "bar")).to.deep.equal([
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await t.c.call("TFCALL", "lib.my_set_and_get", "1", "foo", "bar")).to.deep.equal([
         "bar",
         1,
         "bigint",
         "1.5",
         7,
       ]);
-      expect(String(await direct.call("GET", "foo"))).to.equal("bar");
+      expect(String(await t.direct.call("GET", "foo"))).to.equal("bar");
     });
 
     it("an async function with callAsync and block, through TFCALLASYNC; TFCALL refuses it with T&F's text", async () => {
@@ -66,9 +46,9 @@ for (const mode of BACKEND_MODES) {
            return client.block(function(c){ c.call('set', 'async:k', 'v'); return before + ':' + c.call('get', 'async:k'); });
          });`,
       );
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      expect(await c.call("TFCALLASYNC", "lib.test", "0")).to.equal("PONG:v");
-      expect(await rejection(c.call("TFCALL", "lib.test", "0"))).to.contain(
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await t.c.call("TFCALLASYNC", "lib.test", "0")).to.equal("PONG:v");
+      expect(await rejection(t.c.call("TFCALL", "lib.test", "0"))).to.contain(
         "The function is declared as async and was called while blocking was not allowed",
       );
     });
@@ -76,11 +56,11 @@ for (const mode of BACKEND_MODES) {
     it("redis.config is the CONFIG json given at load, and REPLACE does not keep it", async () => {
       const body = "redis.registerFunction('cfg', function(){ return redis.config; });";
       expect(
-        await c.call("TFUNCTION", "LOAD", "CONFIG", '{"name":"gears","n":3}', lib("lib", body)),
+        await t.c.call("TFUNCTION", "LOAD", "CONFIG", '{"name":"gears","n":3}', lib("lib", body)),
       ).to.equal("OK");
-      expect(await c.call("TFCALL", "lib.cfg", "0")).to.deep.equal(["name", "gears", "n", 3]);
-      expect(await c.call("TFUNCTION", "LOAD", "REPLACE", lib("lib", body))).to.equal("OK");
-      expect(await c.call("TFCALL", "lib.cfg", "0")).to.deep.equal([]);
+      expect(await t.c.call("TFCALL", "lib.cfg", "0")).to.deep.equal(["name", "gears", "n", 3]);
+      expect(await t.c.call("TFUNCTION", "LOAD", "REPLACE", lib("lib", body))).to.equal("OK");
+      expect(await t.c.call("TFCALL", "lib.cfg", "0")).to.deep.equal([]);
     });
 
     it("NO_WRITES refuses a write inside the function; reads still work", async () => {
@@ -89,12 +69,12 @@ for (const mode of BACKEND_MODES) {
         `redis.registerFunction('w', function(client){ return client.call('set', 'nw', '1'); }, {flags: [redis.functionFlags.NO_WRITES]});
          redis.registerFunction('r', function(client){ return client.call('get', 'nw'); }, {flags: [redis.functionFlags.NO_WRITES]});`,
       );
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      expect(await rejection(c.call("TFCALL", "lib.w", "0"))).to.contain(
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await rejection(t.c.call("TFCALL", "lib.w", "0"))).to.contain(
         "was called while write is not allowed",
       );
-      expect(await c.call("TFCALL", "lib.r", "0")).to.equal(null);
-      expect(await direct.call("EXISTS", "nw")).to.equal(0);
+      expect(await t.c.call("TFCALL", "lib.r", "0")).to.equal(null);
+      expect(await t.direct.call("EXISTS", "nw")).to.equal(0);
     });
 
     it("RAW_ARGUMENTS gives ArrayBuffers; callRaw answers ArrayBuffers; a binary result is a binary bulk", async () => {
@@ -106,18 +86,18 @@ for (const mode of BACKEND_MODES) {
            return [k instanceof ArrayBuffer, got instanceof ArrayBuffer, got];
          }, {flags: ['raw-arguments']});`,
       );
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
       const bin = Buffer.from([0xff, 0x00, 0xfe]);
-      const out = (await c.callBuffer("TFCALL", "lib.raw", "1", "rawkey", bin)) as unknown[];
+      const out = (await t.c.callBuffer("TFCALL", "lib.raw", "1", "rawkey", bin)) as unknown[];
       expect(out.slice(0, 2)).to.deep.equal([1, 1]);
       expect(out[2]).to.deep.equal(bin);
-      expect(await rejection(c.call("TFCALL", "lib.raw2", "0"))).to.contain("Unknown function raw2");
+      expect(await rejection(t.c.call("TFCALL", "lib.raw2", "0"))).to.contain("Unknown function raw2");
     });
 
     it("TFUNCTION LIST: fields in T&F's order; verbosity and WITHCODE; LIBRARY filters", async () => {
       const code = lib("lib", "redis.registerFunction('f', function(){ return 1; }, {description: 'one'});");
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      expect(await c.call("TFUNCTION", "LIST")).to.deep.equal([
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await t.c.call("TFUNCTION", "LIST")).to.deep.equal([
         [
           "engine",
           "js",
@@ -143,17 +123,17 @@ for (const mode of BACKEND_MODES) {
           [],
         ],
       ]);
-      const verbose = ((await c.call("TFUNCTION", "LIST", "WITHCODE", "v")) as unknown[][])[0];
+      const verbose = ((await t.c.call("TFUNCTION", "LIST", "WITHCODE", "v")) as unknown[][])[0];
       expect(verbose.slice(0, 2)).to.deep.equal(["code", code]);
       expect(verbose[verbose.indexOf("functions") + 1]).to.deep.equal([
         ["name", "f", "flags", [], "is_async", 0, "description", "one"],
       ]);
-      expect(await c.call("TFUNCTION", "LIST", "LIBRARY", "nope")).to.deep.equal([]);
-      expect(await rejection(c.call("TFUNCTION", "LIST", "bad"))).to.equal("Unknown option 'bad'");
+      expect(await t.c.call("TFUNCTION", "LIST", "LIBRARY", "nope")).to.deep.equal([]);
+      expect(await rejection(t.c.call("TFUNCTION", "LIST", "bad"))).to.equal("Unknown option 'bad'");
     });
 
     it("load errors of section 1.6, with T&F's texts; a failed REPLACE leaves the old library running", async () => {
-      const load = (...args: string[]): Promise<string> => rejection(c.call("TFUNCTION", "LOAD", ...args));
+      const load = (...args: string[]): Promise<string> => rejection(t.c.call("TFUNCTION", "LOAD", ...args));
       expect(await load()).to.equal("Could not find library payload");
       expect(await load("CONFIG")).to.equal("configuration value was not given");
       expect(await load("CONFIG", "[1]", lib("x", ""))).to.equal("configuration must be a valid json object");
@@ -203,7 +183,7 @@ for (const mode of BACKEND_MODES) {
       expect(await load(lib("x", "function ("))).to.match(/^Failed to compile library: SyntaxError/);
       // A library that exists, then a REPLACE that fails: the old one still answers.
       expect(
-        await c.call("TFUNCTION", "LOAD", lib("keep", "redis.registerFunction('f', () => 'old');")),
+        await t.c.call("TFUNCTION", "LOAD", lib("keep", "redis.registerFunction('f', () => 'old');")),
       ).to.equal("OK");
       expect(await load(lib("keep", "redis.registerFunction('f', () => 'new');"))).to.equal(
         "Library keep already exists.",
@@ -214,7 +194,7 @@ for (const mode of BACKEND_MODES) {
           lib("keep", "redis.registerFunction('f', () => 'new'); throw new Error('no');"),
         ),
       ).to.contain("Failed loading library: Error: no");
-      expect(await c.call("TFCALL", "keep.f", "0")).to.equal("old");
+      expect(await t.c.call("TFCALL", "keep.f", "0")).to.equal("old");
     });
 
     it("call errors of section 1.4, with T&F's texts", async () => {
@@ -229,29 +209,29 @@ for (const mode of BACKEND_MODES) {
          redis.registerFunction('nest', function(){ const a = []; a.push(a); return a; });
          redis.registerFunction('isblock', function(client){ return client.isBlockAllowed(); });`,
       );
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      expect(await rejection(c.call("TFCALL", "lib", "0"))).to.equal("Failed extracting function name");
-      expect(await rejection(c.call("TFCALL", "nolib.f", "0"))).to.equal("Unknown library nolib");
-      expect(await rejection(c.call("TFCALL", "lib.nofn", "0"))).to.equal("Unknown function nofn");
-      expect(await rejection(c.call("TFCALL", "lib.f", "3", "a"))).to.equal(
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await rejection(t.c.call("TFCALL", "lib", "0"))).to.equal("Failed extracting function name");
+      expect(await rejection(t.c.call("TFCALL", "nolib.f", "0"))).to.equal("Unknown library nolib");
+      expect(await rejection(t.c.call("TFCALL", "lib.nofn", "0"))).to.equal("Unknown function nofn");
+      expect(await rejection(t.c.call("TFCALL", "lib.f", "3", "a"))).to.equal(
         "Not enough arguments was given, expected at least 3 arguments, got 1 arguments.",
       );
-      expect(await c.call("TFCALL", "lib.f", "1", "a", "b", "c")).to.equal(3);
-      expect(await rejection(c.call("TFCALL", "lib.boom", "0"))).to.equal("Some Error");
-      expect(await rejection(c.call("TFCALL", "lib.err", "0"))).to.equal("Error: bad");
-      expect(await rejection(c.call("TFCALL", "lib.num", "0"))).to.contain(
+      expect(await t.c.call("TFCALL", "lib.f", "1", "a", "b", "c")).to.equal(3);
+      expect(await rejection(t.c.call("TFCALL", "lib.boom", "0"))).to.equal("Some Error");
+      expect(await rejection(t.c.call("TFCALL", "lib.err", "0"))).to.equal("Error: bad");
+      expect(await rejection(t.c.call("TFCALL", "lib.num", "0"))).to.contain(
         "Can not convert value into bytes buffer",
       );
-      expect(await rejection(c.call("TFCALL", "lib.pending", "0"))).to.contain(
+      expect(await rejection(t.c.call("TFCALL", "lib.pending", "0"))).to.contain(
         "Can not block client for background execution",
       );
-      expect(await c.call("TFCALLASYNC", "lib.used", "0")).to.equal(1);
-      expect(await rejection(c.call("TFCALL", "lib.nest", "0"))).to.contain("nesting level reached");
-      expect(await rejection(c.callBuffer("TFCALL", "lib.f", "0", Buffer.from([0xff])))).to.equal(
+      expect(await t.c.call("TFCALLASYNC", "lib.used", "0")).to.equal(1);
+      expect(await rejection(t.c.call("TFCALL", "lib.nest", "0"))).to.contain("nesting level reached");
+      expect(await rejection(t.c.callBuffer("TFCALL", "lib.f", "0", Buffer.from([0xff])))).to.equal(
         "Can not convert argument to string",
       );
-      expect(await c.call("TFCALL", "lib.isblock", "0")).to.equal(0);
-      expect(await c.call("TFCALLASYNC", "lib.isblock", "0")).to.equal(1);
+      expect(await t.c.call("TFCALL", "lib.isblock", "0")).to.equal(0);
+      expect(await t.c.call("TFCALLASYNC", "lib.isblock", "0")).to.equal(1);
     });
 
     it("runOnShards returns one result per master; runOnKey runs on the key's master; remote errors come back", async () => {
@@ -268,10 +248,10 @@ for (const mode of BACKEND_MODES) {
          redis.registerAsyncFunction('fail', async function(client){ return client.runOnKey('k', 'fail'); });
          redis.registerAsyncFunction('write', async function(client){ return JSON.stringify(await client.runOnShards('write')); });`,
       );
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      for (let i = 0; i < 30; i++) await c.set(`shardkey:${i}`, "v");
-      const masters = await backend.masters();
-      const [results, errors] = JSON.parse(String(await c.call("TFCALLASYNC", "cluster.sizes", "0"))) as [
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      for (let i = 0; i < 30; i++) await t.c.set(`shardkey:${i}`, "v");
+      const masters = await t.backend.masters();
+      const [results, errors] = JSON.parse(String(await t.c.call("TFCALLASYNC", "cluster.sizes", "0"))) as [
         number[],
         string[],
       ];
@@ -279,14 +259,16 @@ for (const mode of BACKEND_MODES) {
       expect(results).to.have.length(masters.length);
       const sizes = await Promise.all(masters.map(async (m) => Number(await m.cli("DBSIZE"))));
       expect([...results].sort()).to.deep.equal([...sizes].sort());
-      expect(JSON.parse(String(await c.call("TFCALLASYNC", "cluster.echo", "1", "somekey")))).to.deep.equal({
-        a: 1,
-        b: "two",
-      });
-      expect(await rejection(c.call("TFCALLASYNC", "cluster.fail", "0"))).to.contain(
+      expect(JSON.parse(String(await t.c.call("TFCALLASYNC", "cluster.echo", "1", "somekey")))).to.deep.equal(
+        {
+          a: 1,
+          b: "two",
+        },
+      );
+      expect(await rejection(t.c.call("TFCALLASYNC", "cluster.fail", "0"))).to.contain(
         "Remote function failure",
       );
-      const [, writeErrors] = JSON.parse(String(await c.call("TFCALLASYNC", "cluster.write", "0"))) as [
+      const [, writeErrors] = JSON.parse(String(await t.c.call("TFCALLASYNC", "cluster.write", "0"))) as [
         unknown[],
         string[],
       ];
@@ -302,8 +284,8 @@ for (const mode of BACKEND_MODES) {
            return client.call('incr', 'many:' + i);
          });`,
       );
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      const clients = Array.from({ length: 10 }, () => new Redis(proxy.port));
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const clients = Array.from({ length: 10 }, () => new Redis(t.proxy.port));
       try {
         const replies = await Promise.all(
           clients.map((cl, n) =>
@@ -325,8 +307,126 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("a client's pipelined TFCALLs go in together: calls of other slots are pipelined, calls of one slot run one after the other, and a following GET waits for them", async () => {
+      // `order` lives in the library's isolate: it shows where each function was when the next started.
+      const code = lib(
+        "pipe",
+        `let order = [];
+         redis.registerFunction('step', function(client, key){
+           order.push('start:' + key);
+           const n = client.call('incr', key);
+           order.push('end:' + key);
+           return n;
+         });
+         redis.registerFunction('order', function(){ const o = order; order = []; return o; });
+         redis.registerFunction('bump', function(client, key){
+           const v = Number(client.call('get', key) || 0);
+           client.call('set', key, String(v + 1));
+           return v + 1;
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const keys = ["{a}p", "{b}p", "{c}p"];
+      const out = await t.c
+        .pipeline([...keys.map((k) => ["call", "tfcall", "pipe.step", "1", k]), ["get", keys[2]]])
+        .exec();
+      expect(out?.map(([err, v]) => err ?? v)).to.deep.equal([1, 1, 1, "1"]);
+      // One batch: each function's INCR waited while the next one started; the replies came back together.
+      expect(await t.c.call("TFCALL", "pipe.order", "0")).to.deep.equal([
+        "start:{a}p",
+        "start:{b}p",
+        "start:{c}p",
+        "end:{c}p",
+        "end:{b}p",
+        "end:{a}p",
+      ]);
+      // The same slot: one after the other, so read-modify-write from many clients loses nothing.
+      const same = ["{a}x", "{a}y"];
+      await t.c.pipeline(same.map((k) => ["call", "tfcall", "pipe.step", "1", k])).exec();
+      expect(await t.c.call("TFCALL", "pipe.order", "0")).to.deep.equal([
+        "start:{a}x",
+        "end:{a}x",
+        "start:{a}y",
+        "end:{a}y",
+      ]);
+      const clients = Array.from({ length: 6 }, () => new Redis(t.proxy.port));
+      try {
+        await Promise.all(
+          clients.map((cl) =>
+            cl.pipeline(Array.from({ length: 5 }, () => ["call", "tfcall", "pipe.bump", "1", "{n}"])).exec(),
+          ),
+        );
+        expect(String(await t.direct.call("GET", "{n}"))).to.equal("30");
+      } finally {
+        for (const cl of clients) cl.disconnect();
+      }
+    });
+
+    it("blocking commands from call and callAsync are refused with T&F's script-mode text; the client goes on", async () => {
+      const code = lib(
+        "blk",
+        `redis.registerFunction('pop', function(client, key){ return client.call('blpop', key, '0'); });
+         redis.registerFunction('read', function(client, key){ return client.call('xread', 'block', '0', 'streams', key, '$'); });
+         redis.registerAsyncFunction('popAsync', async function(client, key){ return await client.callAsync('blpop', key, '0'); });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await rejection(t.c.call("TFCALL", "blk.pop", "1", "blk:list"))).to.equal(
+        "Error: ERR command 'blpop' is not allowed on script mode",
+      );
+      expect(await rejection(t.c.call("TFCALL", "blk.read", "1", "blk:stream"))).to.equal(
+        "Error: ERR command 'xread' is not allowed on script mode",
+      );
+      expect(await rejection(t.c.call("TFCALLASYNC", "blk.popAsync", "1", "blk:list"))).to.equal(
+        "Error: ERR command 'blpop' is not allowed on script mode",
+      );
+      expect(await t.c.call("PING")).to.equal("PONG");
+    });
+
+    it("TFUNCTION LIST shows the library's callAsync commands under way and its pending jobs, then none", async () => {
+      const code = lib(
+        "slow",
+        `redis.registerAsyncFunction('wait', async function(client){
+           return await client.callAsync('eval', 'for i = 1, 100000000 do end return 1', '0');
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const other = new Redis(t.proxy.port);
+      try {
+        const field = (lib: unknown[], name: string): unknown => lib[lib.indexOf(name) + 1];
+        const listed = async (): Promise<unknown[]> =>
+          ((await other.call("TFUNCTION", "LIST")) as unknown[][])[0];
+        // Connected first: ioredis's ready check (INFO) would wait for the busy server.
+        expect(await other.ping()).to.equal("PONG");
+        const call = t.c.call("TFCALLASYNC", "slow.wait", "0");
+        const during = await eventually(
+          listed,
+          (l) => (field(l, "pending_async_calls") as unknown[]).length > 0,
+          "the call listed",
+        );
+        expect(field(during, "pending_async_calls")).to.deep.equal([
+          "eval for i = 1, 100000000 do end return 1 0",
+        ]);
+        expect(field(during, "pending_jobs")).to.equal(1);
+        expect(await call).to.equal(1);
+        const after = await listed();
+        expect(field(after, "pending_async_calls")).to.deep.equal([]);
+        expect(field(after, "pending_jobs")).to.equal(0);
+      } finally {
+        other.disconnect();
+      }
+    });
+
+    it("redis-py 8 loads, calls, pipelines, lists and deletes a library with execute_command", async function () {
+      this.timeout(240_000);
+      const script = path.resolve("spec/support/tf_redis_py_cases.py");
+      const { code, output } = await runPython(script, [String(t.proxy.port)]);
+      expect(output.split("\n").filter((l) => !l.startsWith("ok "))).to.deep.equal([""]);
+      expect(output.match(/^ok /gm)).to.have.length(5);
+      expect(code).to.equal(0);
+    });
+
     it("node-redis loads and calls a library with sendCommand", async () => {
-      const nr = createClient({ socket: { port: proxy.port, host: "127.0.0.1" }, RESP: 2 });
+      const nr = createClient({ socket: { port: t.proxy.port, host: "127.0.0.1" }, RESP: 2 });
       await nr.connect();
       try {
         const code = lib("nr", "redis.registerFunction('add', (client, a, b) => Number(a) + Number(b));");
@@ -338,24 +438,24 @@ for (const mode of BACKEND_MODES) {
     });
 
     it("CONFIG GET/SET redisgears_2.* is answered by the proxy with T&F's names, ranges and errors", async () => {
-      expect(await c.call("CONFIG", "GET", "redisgears_2.lock-redis-timeout")).to.deep.equal([
+      expect(await t.c.call("CONFIG", "GET", "redisgears_2.lock-redis-timeout")).to.deep.equal([
         "redisgears_2.lock-redis-timeout",
         "500",
       ]);
-      expect(await c.call("CONFIG", "SET", "redisgears_2.error-verbosity", "2")).to.equal("OK");
-      expect(await c.call("CONFIG", "GET", "redisgears_2.error-verbosity")).to.deep.equal([
+      expect(await t.c.call("CONFIG", "SET", "redisgears_2.error-verbosity", "2")).to.equal("OK");
+      expect(await t.c.call("CONFIG", "GET", "redisgears_2.error-verbosity")).to.deep.equal([
         "redisgears_2.error-verbosity",
         "2",
       ]);
-      await c.call("CONFIG", "SET", "redisgears_2.error-verbosity", "1");
-      expect(await rejection(c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "5"))).to.contain(
+      await t.c.call("CONFIG", "SET", "redisgears_2.error-verbosity", "1");
+      expect(await rejection(t.c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "5"))).to.contain(
         "argument must be between 100 and 1000000000",
       );
-      expect(await rejection(c.call("CONFIG", "SET", "redisgears_2.v8-maxmemory", "60000000"))).to.contain(
+      expect(await rejection(t.c.call("CONFIG", "SET", "redisgears_2.v8-maxmemory", "60000000"))).to.contain(
         "can't set immutable config",
       );
       // Other CONFIG commands still reach Redis.
-      expect(await c.call("CONFIG", "GET", "maxmemory-policy")).to.deep.equal([
+      expect(await t.c.call("CONFIG", "GET", "maxmemory-policy")).to.deep.equal([
         "maxmemory-policy",
         "noeviction",
       ]);

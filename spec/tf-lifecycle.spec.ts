@@ -181,6 +181,108 @@ describe("Triggers and Functions: limits, several proxies, restarts", function (
     }
   });
 
+  it("libraries stored by an earlier proxy (the hash alone) load; a DELETE through one proxy reaches the other and stays deleted across a flush", async () => {
+    const direct = new Redis(redis.port);
+    // What the earlier store wrote: the library's JSON in the hash, and its own counter key.
+    const old = {
+      name: "old",
+      code: lib("old", "redis.registerFunction('f', () => 'old');"),
+      config: null,
+      user: "default",
+    };
+    await direct.hset("{gears-proxy}:tf:libraries", "old", JSON.stringify(old));
+    await direct.set("{gears-proxy}:tf:version", "1");
+    const first = await startProxy([{ port: redis.port }]);
+    const second = await startProxy([{ port: redis.port }]);
+    const a = new Redis(first.port);
+    const b = new Redis(second.port);
+    try {
+      expect(await a.call("TFCALL", "old.f", "0")).to.equal("old");
+      expect(await b.call("TFCALL", "old.f", "0")).to.equal("old");
+      expect(await a.call("TFUNCTION", "DELETE", "old")).to.equal("OK");
+      await eventually(
+        () => b.call("TFUNCTION", "LIST") as Promise<unknown[]>,
+        (list) => list.length === 0,
+        "the delete seen by the second proxy",
+      );
+      await direct.flushall();
+      // Neither proxy writes it back: the store told a delete from a loss.
+      await eventually(
+        () => direct.exists("{gears-proxy}:tf:libraries:version"),
+        (n) => n === 0,
+        "the flush",
+      );
+      await new Promise((resolve) => setTimeout(resolve, 1200));
+      expect(await b.call("TFUNCTION", "LIST")).to.deep.equal([]);
+      expect(await direct.hexists("{gears-proxy}:tf:libraries", "old")).to.equal(0);
+    } finally {
+      a.disconnect();
+      b.disconnect();
+      direct.disconnect();
+      await first.close();
+      await second.close();
+    }
+  });
+
+  it("a lock-redis-timeout set at run time applies to the libraries already loaded", async () => {
+    const proxy = await startProxy([{ port: redis.port }]);
+    const c = new Redis(proxy.port);
+    try {
+      await c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "2000");
+      const code = lib(
+        "busy",
+        "redis.registerFunction('wait', function(){ const end = Date.now() + 300; while (Date.now() < end) {} return 'done'; });",
+      );
+      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await c.call("TFCALL", "busy.wait", "0")).to.equal("done");
+      await c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "100");
+      expect(await rejection(c.call("TFCALL", "busy.wait", "0"))).to.equal(TERMINATED);
+      await c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "2000");
+      expect(await c.call("TFCALL", "busy.wait", "0")).to.equal("done");
+    } finally {
+      c.disconnect();
+      await proxy.close();
+    }
+  });
+
+  it("v8-maxmemory caps all the libraries together: the call that goes past it is ended, then T&F's OOM state until a library is deleted", async () => {
+    const proxy = await startProxy([{ port: redis.port }], {
+      gearsConfig: { "redisgears_2.v8-maxmemory": String(50 * 1024 * 1024) },
+    });
+    const c = new Redis(proxy.port);
+    try {
+      const keeper = lib(
+        "keeper",
+        `const kept = [];
+         redis.registerFunction('keep', function(client, n){
+           for (let i = 0; i < Number(n); i++) kept.push('k'.repeat(1 << 20) + i);
+           return kept.length;
+         });
+         redis.registerFunction('ok', () => 'ok');`,
+      );
+      const eater = lib(
+        "eater",
+        `const eaten = [];
+         redis.registerFunction('eat', function(){ while (true) eaten.push('e'.repeat(1 << 20) + eaten.length); });`,
+      );
+      expect(await c.call("TFUNCTION", "LOAD", keeper)).to.equal("OK");
+      expect(await c.call("TFUNCTION", "LOAD", eater)).to.equal("OK");
+      expect(await c.call("TFCALL", "keeper.keep", "0", "35")).to.equal(35);
+      expect(await rejection(c.call("TFCALL", "eater.eat", "0"))).to.equal(TERMINATED);
+      const OOM_STATE = "JS engine reached OOM state and can not run any more code";
+      expect(await rejection(c.call("TFCALL", "keeper.ok", "0"))).to.equal(OOM_STATE);
+      expect(
+        await rejection(c.call("TFUNCTION", "LOAD", lib("more", "redis.registerFunction('f', () => 1);"))),
+      ).to.equal(OOM_STATE);
+      expect(await c.call("TFUNCTION", "DELETE", "eater")).to.equal("OK");
+      expect(await c.call("TFCALL", "keeper.ok", "0")).to.equal("ok");
+      expect(await c.call("PING")).to.equal("PONG");
+    } finally {
+      c.disconnect();
+      await proxy.close();
+    }
+  });
+
   it("--gears-config sets T&F's settings at start; a keyspace trigger that loops forever is ended and the write still answers", async () => {
     const proxy = await startProxy([{ port: redis.port }], {
       gearsConfig: { "redisgears_2.lock-redis-timeout": "150" },

@@ -1,10 +1,7 @@
 import { expect } from "chai";
-import { Redis } from "ioredis";
-import { startProxy, type RunningProxy } from "./harness/index.js";
-import { Backend, BACKEND_MODES, Direct } from "./support/backend.js";
+import { Backend, BACKEND_MODES } from "./support/backend.js";
+import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { eventually } from "./support/polling.js";
-
-const lib = (name: string, body: string): string => `#!js api_version=1.0 name=${name}\n${body}`;
 
 /** The documentation's keyspace trigger: stamps a field on every change to a fellowship:* hash. */
 const FELLOWSHIP = lib(
@@ -19,39 +16,24 @@ const FELLOWSHIP = lib(
 for (const mode of BACKEND_MODES) {
   describe(`Triggers and Functions: keyspace triggers, through the proxy in front of ${Backend.label(mode)}`, function () {
     this.timeout(60_000);
-    let backend: Backend;
-    let proxy: RunningProxy;
-    let c: Redis;
-    let direct: Direct;
-
-    before(async () => {
-      backend = await Backend.start(mode);
-      proxy = await startProxy([{ port: backend.seed.port }]);
-      c = new Redis(proxy.port);
-      direct = new Direct(backend);
-    });
-    after(async () => {
-      c.disconnect();
-      await proxy.close();
-      await backend.stop();
-    });
+    const t = useTfProxy(mode, { clean: false });
 
     it("the documentation's trigger: a write through the proxy sees the trigger's effect as soon as it returns; its own writes do not fire it again", async () => {
-      expect(await c.call("TFUNCTION", "LOAD", FELLOWSHIP)).to.equal("OK");
+      expect(await t.c.call("TFUNCTION", "LOAD", FELLOWSHIP)).to.equal("OK");
       for (const [i, name] of ["frodo", "sam", "merry", "pippin"].entries()) {
-        await c.hset(`fellowship:${i}`, "name", name);
+        await t.c.hset(`fellowship:${i}`, "name", name);
         // No wait: the reply came after the trigger ran.
-        expect(await c.hget(`fellowship:${i}`, "_last_event_")).to.equal("hset:1");
+        expect(await t.c.hget(`fellowship:${i}`, "_last_event_")).to.equal("hset:1");
       }
-      await c.hset("fellowship:0", "ring", "yes");
-      expect(await c.hgetall("fellowship:0")).to.deep.equal({
+      await t.c.hset("fellowship:0", "ring", "yes");
+      expect(await t.c.hgetall("fellowship:0")).to.deep.equal({
         name: "frodo",
         ring: "yes",
         _changes_: "2",
         _last_event_: "hset:2",
       });
-      await c.set("other:1", "x");
-      const listed = ((await c.call("TFUNCTION", "LIST", "v")) as unknown[][])[0];
+      await t.c.set("other:1", "x");
+      const listed = ((await t.c.call("TFUNCTION", "LIST", "v")) as unknown[][])[0];
       const trigger = (listed[listed.indexOf("keyspace_triggers") + 1] as unknown[][])[0];
       const field = (name: string): unknown => trigger[trigger.indexOf(name) + 1];
       expect(field("name")).to.equal("consumer");
@@ -62,11 +44,11 @@ for (const mode of BACKEND_MODES) {
     });
 
     it("a write made directly on a shard reaches the trigger within a second", async () => {
-      const node = await direct.on("fellowship:direct");
+      const node = await t.direct.on("fellowship:direct");
       await node.call("HSET", "fellowship:direct", "name", "gandalf");
       const started = Date.now();
       const stamped = await eventually(
-        () => c.hget("fellowship:direct", "_last_event_"),
+        () => t.c.hget("fellowship:direct", "_last_event_"),
         (v) => v !== null,
         "the trigger's stamp",
         3000,
@@ -76,7 +58,7 @@ for (const mode of BACKEND_MODES) {
     });
 
     it("the documentation's stream trigger copies entries into hashes: old entries first, then new ones, in order", async () => {
-      await c.xadd("stream:copy", "1-1", "name", "before");
+      await t.c.xadd("stream:copy", "1-1", "name", "before");
       const code = lib(
         "streams",
         `redis.registerStreamTrigger('copier', 'stream:', function(client, data){
@@ -86,17 +68,59 @@ for (const mode of BACKEND_MODES) {
            client.call('rpush', 'copied:order', id);
          });`,
       );
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
-      await c.xadd("stream:copy", "2-1", "name", "after", "n", "2");
-      await c.xadd("stream:copy", "3-1", "name", "last");
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      await t.c.xadd("stream:copy", "2-1", "name", "after", "n", "2");
+      await t.c.xadd("stream:copy", "3-1", "name", "last");
       const order = await eventually(
-        () => c.lrange("copied:order", 0, -1),
+        () => t.c.lrange("copied:order", 0, -1),
         (v) => v.length === 3,
         "three entries copied",
       );
       expect(order).to.deep.equal(["1-1", "2-1", "3-1"]);
-      expect(await c.hgetall("stream:copy:2-1")).to.deep.equal({ name: "after", n: "2", raw_ok: "true" });
-      expect(await c.call("TFUNCTION", "DELETE", "streams")).to.equal("OK");
+      expect(await t.c.hgetall("stream:copy:2-1")).to.deep.equal({ name: "after", n: "2", raw_ok: "true" });
+      expect(await t.c.call("TFUNCTION", "DELETE", "streams")).to.equal("OK");
+    });
+
+    it("a stream record keeps repeated fields and binary values: record is a list of pairs (null where not UTF-8), record_raw their bytes", async () => {
+      const code = lib(
+        "rawrec",
+        `redis.registerStreamTrigger('r', 'rawrec:', function(client, data){
+           client.call('set', 'rawrec:record', JSON.stringify(data.record));
+           client.call('set', 'rawrec:bytes', data.record_raw[2][1]);
+           client.call('set', 'rawrec:count', String(data.record_raw.length));
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const binary = Buffer.from([0xff, 0x00, 0xfe, 0x41]);
+      const added = await t.c.xadd("rawrec:s", "*", "f", "a", "f", "b", "bin", binary);
+      await eventually(
+        () => t.c.get("rawrec:count"),
+        (v) => v === "3",
+        "the record handled",
+      );
+      expect(JSON.parse((await t.c.get("rawrec:record")) ?? "null")).to.deep.equal([
+        ["f", "a"],
+        ["f", "b"],
+        ["bin", null],
+      ]);
+      expect(await t.c.getBuffer("rawrec:bytes")).to.deep.equal(binary);
+      // TFUNCTION LIST vv: the stream's progress, nothing pending once handled.
+      const field = (list: unknown[], name: string): unknown => list[list.indexOf(name) + 1];
+      const streamOf = async (): Promise<unknown[]> => {
+        const listed = ((await t.c.call("TFUNCTION", "LIST", "vv", "LIBRARY", "rawrec")) as unknown[][])[0];
+        const trigger = (field(listed, "stream_triggers") as unknown[][])[0];
+        return ((field(trigger, "streams") as unknown[][])[0] ?? []) as unknown[];
+      };
+      const stream = await eventually(
+        streamOf,
+        (st) => field(st, "total_record_processed") === 1,
+        "the stream's stats",
+      );
+      expect(field(stream, "name")).to.equal("rawrec:s");
+      expect(field(stream, "pending_ids")).to.deep.equal([]);
+      expect(field(stream, "id_to_read_from")).to.equal(added);
+      expect(field(stream, "last_error")).to.equal(null);
+      expect(await t.c.call("TFUNCTION", "DELETE", "rawrec")).to.equal("OK");
     });
 
     it("window entries are in flight at once; isStreamTrimmed trims what was handled", async () => {
@@ -110,15 +134,15 @@ for (const mode of BACKEND_MODES) {
            client.block((c) => c.call('set', 'win:most', String(most)));
          }, {window: 3, isStreamTrimmed: true});`,
       );
-      for (let i = 1; i <= 6; i++) await c.xadd("win:s", `${i}-1`, "i", String(i));
-      expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      for (let i = 1; i <= 6; i++) await t.c.xadd("win:s", `${i}-1`, "i", String(i));
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
       await eventually(
-        () => c.xlen("win:s"),
+        () => t.c.xlen("win:s"),
         (n) => n === 0,
         "the stream trimmed",
       );
-      expect(Number(await c.get("win:most"))).to.equal(3);
-      const listed = ((await c.call("TFUNCTION", "LIST", "LIBRARY", "windowed", "v")) as unknown[][])[0];
+      expect(Number(await t.c.get("win:most"))).to.equal(3);
+      const listed = ((await t.c.call("TFUNCTION", "LIST", "LIBRARY", "windowed", "v")) as unknown[][])[0];
       const trigger = (listed[listed.indexOf("stream_triggers") + 1] as unknown[][])[0];
       expect(trigger).to.deep.equal([
         "name",
@@ -133,25 +157,25 @@ for (const mode of BACKEND_MODES) {
         null,
       ]);
       const moved = code.replace("'win:'", "'other:'");
-      const refused = await c.call("TFUNCTION", "LOAD", "REPLACE", moved).catch((e: Error) => e.message);
+      const refused = await t.c.call("TFUNCTION", "LOAD", "REPLACE", moved).catch((e: Error) => e.message);
       expect(refused).to.equal(
         "Can not upgrade an existing consumer with different prefix, consumer: 'w', old_prefix: win:, new_prefix: other:.",
       );
-      expect(await c.call("TFUNCTION", "DELETE", "windowed")).to.equal("OK");
+      expect(await t.c.call("TFUNCTION", "DELETE", "windowed")).to.equal("OK");
     });
 
     it("a trigger that throws counts as failed with its last error; REPLACE keeps the stats", async () => {
       const code = (n: number): string =>
         lib("failing", `redis.registerKeySpaceTrigger('t', 'fail:', function(){ throw 'no luck ${n}'; });`);
-      expect(await c.call("TFUNCTION", "LOAD", code(1))).to.equal("OK");
-      await c.set("fail:1", "x");
-      expect(await c.call("TFUNCTION", "LOAD", "REPLACE", code(2))).to.equal("OK");
-      await c.set("fail:2", "x");
-      const listed = ((await c.call("TFUNCTION", "LIST", "LIBRARY", "failing", "v")) as unknown[][])[0];
+      expect(await t.c.call("TFUNCTION", "LOAD", code(1))).to.equal("OK");
+      await t.c.set("fail:1", "x");
+      expect(await t.c.call("TFUNCTION", "LOAD", "REPLACE", code(2))).to.equal("OK");
+      await t.c.set("fail:2", "x");
+      const listed = ((await t.c.call("TFUNCTION", "LIST", "LIBRARY", "failing", "v")) as unknown[][])[0];
       const trigger = (listed[listed.indexOf("keyspace_triggers") + 1] as unknown[][])[0];
       expect(trigger[trigger.indexOf("num_failed") + 1]).to.equal(2);
       expect(trigger[trigger.indexOf("last_error") + 1]).to.equal("no luck 2");
-      expect(await c.call("TFUNCTION", "DELETE", "failing")).to.equal("OK");
+      expect(await t.c.call("TFUNCTION", "DELETE", "failing")).to.equal("OK");
     });
   });
 }

@@ -12,7 +12,7 @@ import {
 } from "../routing/command-kinds.js";
 import { isBookkeeping, type UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
-import { holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
+import { holdJoinKey, holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
@@ -141,6 +141,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private stalled = false;
   /** Replies the client must have before its next command runs (blocking RG.* commands). */
   private holds = 0;
+  /** Of `holds`, those a next command with this join key passes (holdJoinKey: TFCALLs of one library). */
+  private joinHolds = 0;
+  private joinKey: string | null = null;
   /** The command being executed and its arrival time, until its reply slot takes them (metrics on). */
   private metered: Request | null = null;
   /** Commands are timed only for metrics or the slow log. */
@@ -287,7 +290,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         if (
           this.blocking !== null ||
           this.txn.blocked ||
-          this.holds > 0 ||
+          (this.holds > 0 && this.holds !== this.joinHolds) ||
           this.readingPaused ||
           this.inFlight >= MAX_IN_FLIGHT
         ) {
@@ -303,6 +306,11 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
           break;
         }
         if (request === null) break;
+        if (this.holds > 0 && holdJoinKey(request.name, request.argv.slice(1)) !== this.joinKey) {
+          // Not one that joins the held commands: it runs once their replies are in.
+          this.deferred = request;
+          continue;
+        }
         this.execute(request);
       }
     } finally {
@@ -523,9 +531,30 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** An RG.* command: answered by the gears engine; blocking ones hold this client's next commands. */
   private runGears(name: string, request: Request): void {
     const args = request.argv.slice(1);
+    const hold = holdsClient(name, args);
+    const joinKey = hold ? holdJoinKey(name, args) : null;
+    if (
+      joinKey !== null &&
+      (this.joinHolds === 0 || this.joinKey === joinKey) &&
+      this.holds === this.joinHolds
+    ) {
+      this.joinKey = joinKey;
+      this.joinHolds++;
+      const reply = runGearsCommand(this.ctx.gears, name, args, {
+        proto: this.proto,
+        db: this.db,
+        clientId: this.id,
+      });
+      const release = (): void => {
+        if (--this.joinHolds === 0) this.joinKey = null;
+      };
+      // Released before the slot is filled: the reply's slotFilled runs the input again.
+      this.answerLater(reply.finally(release), true);
+      return;
+    }
     this.answerLater(
       runGearsCommand(this.ctx.gears, name, args, { proto: this.proto, db: this.db, clientId: this.id }),
-      holdsClient(name, args),
+      hold,
     );
   }
 

@@ -415,6 +415,19 @@ export function holdsClient(name: string, args: Buffer[]): boolean {
 }
 
 /**
+ * For a command that holds the client: a key that a following held command with the same key
+ * may pass the hold with. TFCALLs of one library wait in order in one queue and go into the
+ * isolate together (src/gears/tf/call-batcher.ts), so a client's next TFCALL of that library
+ * joins the batch instead of waiting for the reply before it.
+ */
+export function holdJoinKey(name: string, args: Buffer[]): string | null {
+  if (name !== "tfcall" || args.length === 0) return null;
+  const target = args[0].toString();
+  const dot = target.indexOf(".");
+  return dot === -1 ? null : `tfcall:${target.slice(0, dot)}`;
+}
+
+/**
  * Who sends a gears command: what the reply's encoding, the scripts' database and (later)
  * permissions depend on. The client room fills it in; gears never sees a client object.
  */

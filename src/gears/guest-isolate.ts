@@ -14,6 +14,12 @@ export interface GuestIsolate {
   readonly binary: boolean;
   /** call(), with args[index] given in QuickJS's binary object format instead of JSON. */
   callBinary(path: string, argsJson: string, index: number, bytes: Uint8Array): Promise<JsonValue>;
+  /** A new time limit for the entries that start from now on. */
+  setTimeoutMs(ms: number): void;
+  /** How far the memory may grow now, in MiB (0: up to its cap): a cap several isolates share. */
+  setMemoryAllowanceMb(mb: number): void;
+  /** The memory size, in bytes (it only grows). */
+  readonly memoryBytes: number;
 }
 
 export type IsolateFactory = (limits: IsolateLimits, bridge: HostBridge) => Promise<GuestIsolate>;

@@ -12,8 +12,12 @@ import {
   CTL_BYTES,
   CTL_DEADLINE_BYTE,
   CTL_INTERRUPT,
+  CTL_LIMITS_BYTE,
   CTL_SIGNAL,
   CTL_STATE,
+  LIMIT_ALLOWED_MB,
+  LIMIT_TIMEOUT_MS,
+  LIMIT_USED_KB,
   SIGINT,
   STATE_GUEST,
   type AsyncReply,
@@ -97,6 +101,8 @@ interface PendingReply {
 export class Isolate {
   private readonly ctl: Int32Array;
   private readonly deadlineSlot: BigInt64Array;
+  /** The limits that may change while the isolate lives (protocol.ts, LIMIT_*). */
+  private readonly liveLimits: Int32Array;
   private readonly queue: Entry[] = [];
   private current: Entry | undefined;
   private pendingAbort = false;
@@ -128,6 +134,8 @@ export class Isolate {
   ) {
     this.ctl = new Int32Array(control, 0, 4);
     this.deadlineSlot = new BigInt64Array(control, CTL_DEADLINE_BYTE, 1);
+    this.liveLimits = new Int32Array(control, CTL_LIMITS_BYTE, 3);
+    Atomics.store(this.liveLimits, LIMIT_TIMEOUT_MS, limits.timeoutMs);
     this.exited = new Promise((resolve) => worker.once("exit", () => resolve()));
     worker.on("message", (m: WorkerMessage) => this.onMessage(m));
     worker.on("error", (e: Error) => this.onCrash(e));
@@ -200,6 +208,26 @@ export class Isolate {
       return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     return this.enqueue({ op: "call", path, argsJson });
+  }
+
+  /** A new time limit for the entries that start from now on (QuickJS isolates). */
+  setTimeoutMs(ms: number): void {
+    if (!(ms > 0)) throw new RangeError("timeoutMs must be positive");
+    this.limits.timeoutMs = ms;
+    Atomics.store(this.liveLimits, LIMIT_TIMEOUT_MS, ms);
+  }
+
+  /**
+   * How far the isolate's memory may grow now, in MiB (0: up to its cap): an entry that grows
+   * past it is ended with a memory error (QuickJS isolates). For a cap shared by several isolates.
+   */
+  setMemoryAllowanceMb(mb: number): void {
+    Atomics.store(this.liveLimits, LIMIT_ALLOWED_MB, Math.max(0, Math.floor(mb)));
+  }
+
+  /** The isolate's memory size as its worker last reported it (it only grows), in bytes. */
+  get memoryBytes(): number {
+    return Atomics.load(this.liveLimits, LIMIT_USED_KB) * 1024;
   }
 
   /** Whether callBinary() may be used: the worker's QuickJS reads bjson.ts's format. */

@@ -18,7 +18,17 @@ export const CTL_INTERRUPT = 3;
 export const SIGINT = 2;
 /** Byte offset of a BigInt64 slot holding the guest's current deadline (ms since epoch). */
 export const CTL_DEADLINE_BYTE = 16;
-export const CTL_BYTES = 24;
+/**
+ * Byte offset of three Int32 slots of limits that may change while the isolate lives (QuickJS
+ * reads them; a Pyodide worker keeps its start values): LIMIT_TIMEOUT_MS, the time limit set
+ * by the main thread; LIMIT_ALLOWED_MB, how far the worker's memory may grow now (0: up to its
+ * cap), set by the main thread; LIMIT_USED_KB, the worker's memory size, set by the worker.
+ */
+export const CTL_LIMITS_BYTE = 24;
+export const LIMIT_TIMEOUT_MS = 0;
+export const LIMIT_ALLOWED_MB = 1;
+export const LIMIT_USED_KB = 2;
+export const CTL_BYTES = 40;
 
 export const STATE_IDLE = 0;
 export const STATE_GUEST = 1; // guest code is running: the deadline counts

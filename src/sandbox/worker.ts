@@ -11,11 +11,15 @@ import { waitForReply } from "./reply-wait.js";
 import {
   CTL_ABORT,
   CTL_DEADLINE_BYTE,
+  CTL_LIMITS_BYTE,
   CTL_SIGNAL,
   CTL_STATE,
   STATE_GUEST,
   STATE_HOST,
   STATE_IDLE,
+  LIMIT_ALLOWED_MB,
+  LIMIT_TIMEOUT_MS,
+  LIMIT_USED_KB,
   type AsyncReply,
   type EntryRequest,
   type FailureInfo,
@@ -38,6 +42,23 @@ const port = parentPort;
 const init = workerData as WorkerInit;
 const ctl = new Int32Array(init.control, 0, 3);
 const deadlineSlot = new BigInt64Array(init.control, CTL_DEADLINE_BYTE, 1);
+const liveLimits = new Int32Array(init.control, CTL_LIMITS_BYTE, 3);
+
+/** The time limit now: the main thread may change it between entries. */
+function timeoutMs(): number {
+  return Atomics.load(liveLimits, LIMIT_TIMEOUT_MS) || init.timeoutMs;
+}
+
+/** Tells the main thread how large the memory is now. */
+function reportMemory(): void {
+  Atomics.store(liveLimits, LIMIT_USED_KB, Math.ceil(wasmMemory.buffer.byteLength / 1024));
+}
+
+/** Whether the memory grew past what the main thread allows now (a cap shared with other isolates). */
+function overAllowance(): boolean {
+  const allowedMb = Atomics.load(liveLimits, LIMIT_ALLOWED_MB);
+  return allowedMb > 0 && wasmMemory.buffer.byteLength > allowedMb * 1024 * 1024;
+}
 
 /** A guest-side failure of an entry: the isolate stays usable. */
 class EntryFailure extends Error {
@@ -51,7 +72,7 @@ class EntryFailure extends Error {
 let inSegment = false;
 let deadline = Infinity;
 let remaining = 0;
-let interruptReason: "timeout" | "aborted" | undefined;
+let interruptReason: "timeout" | "aborted" | "memory" | undefined;
 
 function beginSegment(): void {
   deadline = Date.now() + remaining;
@@ -85,11 +106,15 @@ function interruptHandler(): boolean {
     interruptReason ??= "aborted";
     return true;
   }
+  if (overAllowance()) {
+    interruptReason ??= "memory";
+    return true;
+  }
   const steps = readSteps();
   if (steps !== stepsSeen) {
     // A new call into user code started since the last look: it gets a full time limit.
     stepsSeen = steps;
-    deadline = Date.now() + init.timeoutMs;
+    deadline = Date.now() + timeoutMs();
     Atomics.store(deadlineSlot, 0, BigInt(Math.ceil(deadline)));
     return false;
   }
@@ -312,9 +337,9 @@ function scriptLine(stack: string): number | undefined {
 }
 
 function interruptInfo(): FailureInfo {
-  return interruptReason === "aborted"
-    ? { kind: "aborted", message: abortedMessage() }
-    : { kind: "timeout", message: timeoutMessage(init.timeoutMs) };
+  if (interruptReason === "aborted") return { kind: "aborted", message: abortedMessage() };
+  if (interruptReason === "memory") return { kind: "memory", message: memoryMessage(init.memoryLimitMb) };
+  return { kind: "timeout", message: timeoutMessage(timeoutMs()) };
 }
 
 function classify(d: Described, compiling: boolean): FailureInfo {
@@ -456,7 +481,7 @@ function abortRequested(): boolean {
 function runEntry(req: EntryRequest): WorkerMessage {
   owned = [];
   interruptReason = undefined;
-  remaining = init.timeoutMs;
+  remaining = timeoutMs();
   capReached = false;
   let fatal = false;
   try {
@@ -514,6 +539,7 @@ function runEntry(req: EntryRequest): WorkerMessage {
     broken = true;
     return { t: "done", ok: false, failure: fatalInfo(e), fatal: true };
   } finally {
+    reportMemory();
     inSegment = false;
     deadline = Infinity;
     Atomics.store(ctl, CTL_STATE, STATE_IDLE);
@@ -562,6 +588,7 @@ function onRequest(req: WorkerRequest): void {
 try {
   await setUp();
   port.on("message", onRequest);
+  reportMemory();
   port.postMessage({ t: "ready", binary } satisfies WorkerMessage);
 } catch (e) {
   port.postMessage({

@@ -15,6 +15,11 @@ export interface StreamOptions {
   onFailedPolicy: "continue" | "abort" | "retry";
   retryIntervalSec: number;
   trimStream: boolean;
+  /**
+   * Records also carry `fields`: every field and value in order, as latin1 text (one char a
+   * byte), so repeated fields and binary ones survive (T&F's `record_raw`).
+   */
+  rawFields?: boolean;
 }
 
 export type StreamStatus = "OK" | "WAITING_FOR_RETRY_ON_FAILURE" | "ABORTED" | "PAUSED";
@@ -87,6 +92,8 @@ class StreamGone extends Error {}
 interface StreamEntry {
   id: string;
   value: Record<string, string>;
+  /** Fields and values in order, latin1 (see StreamOptions.rawFields). */
+  fields: string[];
 }
 
 /** One stream the registration consumes: its entries in hand and whether a run is going on. */
@@ -132,10 +139,12 @@ function parseEntries(list: RespValue | undefined): StreamEntry[] {
     if (!Array.isArray(item)) continue;
     const fields = item[1];
     const value: Record<string, string> = {};
+    const raw: string[] = [];
     if (Array.isArray(fields)) {
       for (let i = 0; i + 1 < fields.length; i += 2) value[text(fields[i])] = text(fields[i + 1]);
+      for (const f of fields) raw.push(Buffer.isBuffer(f) ? f.toString("latin1") : text(f));
     }
-    entries.push({ id: text(item[0]), value });
+    entries.push({ id: text(item[0]), value, fields: raw });
   }
   return entries;
 }
@@ -524,7 +533,10 @@ export class StreamConsumer {
   /** Runs a batch and settles it by the failure policy; false when reading must stop. */
   private async run(state: StreamState, batch: StreamEntry[]): Promise<boolean> {
     const key = state.key.toString();
-    const records: JsonValue[] = batch.map((e) => ({ key, id: e.id, value: e.value }));
+    const raw = this.options.rawFields === true;
+    const records = batch.map((e): JsonValue =>
+      raw ? { key, id: e.id, value: e.value, fields: e.fields } : { key, id: e.id, value: e.value },
+    );
     const lag = Date.now() - idTime(batch[0].id);
     this.lastLagMs = lag;
     this.lagTotal += lag;

@@ -136,11 +136,11 @@ export interface TfEntry {
   /** A registered function, called by TFCALL/TFCALLASYNC (args tagged, raw when its flags say so). */
   callFunction(name: string, args: Tagged[], blockAllowed: boolean): TfOutcome | Promise<TfOutcome>;
   /**
-   * Several TFCALLs (blocking not allowed) in one entry: [name, args] each; the outcomes in
-   * order of those it ran. It starts no call once `budgetMs` is spent (the time limit is the
-   * entry's), so the host sends the rest again.
+   * Several TFCALLs (blocking not allowed) in one entry: [name, args, slots of its keys] each;
+   * the outcomes in order of those it ran, their calls pipelined (guest/tf/batch.ts). It
+   * starts no call once `budgetMs` is spent, so the host sends the rest again.
    */
-  callFunctions(calls: [string, Tagged[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]>;
+  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]>;
   /**
    * Keyspace trigger `name` for one event: onTriggerFired, then its callback. `key` is null
    * when the key is not UTF-8; `keyBytes` is the key in latin1 (one char a byte).
@@ -153,13 +153,14 @@ export interface TfEntry {
   ): TfOutcome | Promise<TfOutcome>;
   /**
    * Stream trigger `name` for a window of entries of one stream (name in latin1), all at
-   * once: each entry's error text, or null.
+   * once: each entry's error text, or null. An entry's fields and values come in order, each
+   * as [its UTF-8 text or null, its bytes in latin1].
    */
   fireStreamTrigger(
     name: string,
     stream: string | null,
     streamBytes: string,
-    records: [string, string[]][],
+    records: [string, [string | null, string][]][],
   ): (string | null)[] | Promise<(string | null)[]>;
   /** A cluster function of this library, with the JSON text of its arguments. */
   callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome>;

@@ -4,6 +4,8 @@ import type { TfLibrary } from "./libraries.js";
 interface Pending {
   fn: string;
   args: Tagged[];
+  /** The slots of the TFCALL's keys: calls of disjoint slots are pipelined (guest/tf/batch.ts). */
+  slots: number[];
   db: number;
   resolve(outcome: TfOutcome): void;
   reject(err: unknown): void;
@@ -24,9 +26,9 @@ export class CallBatcher {
 
   constructor(private readonly library: () => Promise<TfLibrary>) {}
 
-  call(fn: string, args: Tagged[], db: number): Promise<TfOutcome> {
+  call(fn: string, args: Tagged[], slots: number[], db: number): Promise<TfOutcome> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ fn, args, db, resolve, reject });
+      this.queue.push({ fn, args, slots, db, resolve, reject });
       if (!this.busy) void this.pump();
     });
   }
@@ -34,6 +36,9 @@ export class CallBatcher {
   private async pump(): Promise<void> {
     this.busy = true;
     try {
+      // The TFCALLs parsed from the same read (a client's pipeline, other clients' calls in
+      // this tick) queue before the first entry starts, and go in with it.
+      await null;
       while (this.queue.length > 0) {
         const db = this.queue[0].db;
         let n = 1;
@@ -45,7 +50,7 @@ export class CallBatcher {
           // Half the time limit: a call started just before the budget ran out still has its share.
           const budget = Math.max(1, Math.floor(library.guest.isolate.limits.timeoutMs / 2));
           const outs = await library.guest.callFunctions(
-            batch.map((p) => [p.fn, p.args]),
+            batch.map((p) => [p.fn, p.args, p.slots]),
             budget,
           );
           batch.slice(0, outs.length).forEach((p, i) => p.resolve(outs[i]));

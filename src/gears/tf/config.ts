@@ -81,6 +81,9 @@ export class TfConfig {
     return encodeValue(new RespMap(entries), proto);
   }
 
+  /** Told of each setting a CONFIG SET changed. */
+  onSet: (name: string) => void = () => {};
+
   /** CONFIG SET redisgears_2.<name> <value> [...]: all or nothing, as Redis does. */
   set(pairs: [string, string][]): Buffer {
     const saved = new Map([...this.settings].map(([k, s]) => [k, s.value]));
@@ -91,6 +94,7 @@ export class TfConfig {
         return encodeError(error);
       }
     }
+    for (const [full] of pairs) this.onSet(full.toLowerCase().slice(TF_CONFIG_PREFIX.length));
     return OK;
   }
 }

@@ -5,18 +5,40 @@ import type { Tagged, TfRegistrations } from "../guest/entry.js";
 import type { IsolateFactory } from "../guest-isolate.js";
 import { tfGuestSource } from "../guest-bundles.js";
 import type { TfConfig } from "./config.js";
-import { LibraryStore, type StoredLibrary } from "./library-store.js";
+import { DurableStore } from "../durable-store.js";
 import { parsePrologue, type Prologue } from "./prologue.js";
 import { nameError } from "../guest/tf/names.js";
 import { TfBridge, type TfHooks } from "./tf-bridge.js";
 import { TfGuest } from "./tf-guest.js";
 
 export const TERMINATED = "Err Execution was terminated due to OOM or timeout";
+/** T&F's answer while its isolates together use more than v8-maxmemory. */
+export const OOM_STATE = "JS engine reached OOM state and can not run any more code";
+
+const MB = 1024 * 1024;
+/**
+ * What every QuickJS isolate starts with (sandbox/worker.ts: 256 wasm pages), whatever runs
+ * in it: the share of v8-maxmemory counts what an isolate grew beyond that.
+ */
+const ISOLATE_BASE_MB = 16;
 
 /** How often the store's version is checked for other proxies' changes. */
 const STORE_POLL_MS = 1000;
 /** Each library's isolate gets this much memory at most (capped by v8-maxmemory). */
 const LIBRARY_MEMORY_MB = 64;
+
+/** What TFUNCTION LOAD needs to load a library again (T&F kept the same in RDB aux data). */
+export interface StoredLibrary {
+  name: string;
+  code: string;
+  config: string | null;
+  user: string;
+}
+
+/** The stored form's JSON, fields in a fixed order (the store compares texts). */
+function storedJson({ name, code, config, user }: StoredLibrary): string {
+  return JSON.stringify({ name, code, config, user });
+}
 
 /** A loaded library: its stored form, its isolate and what its code registered. */
 export interface TfLibrary extends StoredLibrary {
@@ -52,8 +74,13 @@ export class TfLibraries {
    * for its runOnKey/runOnShards calls and cannot run them too.
    */
   private readonly remotes = new Map<string, Promise<TfLibrary | string>>();
-  private readonly store: LibraryStore;
-  private storeVersion: string | null = null;
+  /** The remote isolates built so far (for the memory they use). */
+  private readonly settledRemotes = new Map<string, TfLibrary>();
+  /**
+   * `{gears-proxy}:tf:libraries`, name -> StoredLibrary JSON, beside the gears sessions; it
+   * outlives flushes and tells deletes (tombstones) from losses (see DurableStore).
+   */
+  private readonly store: DurableStore;
   private storePoll: NodeJS.Timeout | null = null;
   /** Told after a library came in (loaded, replaced, restored) or went away. */
   onChange: (name: string, deleted: boolean) => Promise<void> = () => Promise.resolve();
@@ -67,7 +94,38 @@ export class TfLibraries {
     readonly config: TfConfig,
     private readonly hooks: TfHooks,
   ) {
-    this.store = new LibraryStore(router, log);
+    this.store = new DurableStore(router, "tf:libraries");
+    config.onSet = (name) => {
+      if (name !== "lock-redis-timeout") return;
+      // T&F applied a new lock timeout to the libraries already loaded.
+      const ms = config.number(name);
+      for (const isolate of this.isolates()) isolate.setTimeoutMs(ms);
+    };
+  }
+
+  /** Every live isolate of the libraries, their cluster-function isolates included. */
+  private isolates(): TfGuest["isolate"][] {
+    const out = this.all().map((l) => l.guest.isolate);
+    for (const remote of this.settledRemotes.values()) out.push(remote.guest.isolate);
+    return out.filter((i) => i.alive);
+  }
+
+  /**
+   * v8-maxmemory is one cap for all the isolates together: each may grow by what the others
+   * left of it (the entry that grows past that is ended), and once they are over it, T&F's
+   * "OOM state": nothing runs until a library goes (TFUNCTION DELETE). True in that state.
+   */
+  shareMemory(): boolean {
+    const capMb = this.config.number("v8-maxmemory") / MB;
+    const isolates = this.isolates();
+    const grown = isolates.map((i) => Math.max(0, i.memoryBytes / MB - ISOLATE_BASE_MB));
+    const total = grown.reduce((a, b) => a + b, 0);
+    isolates.forEach((isolate, n) => {
+      const left = capMb - (total - grown[n]);
+      // At least 1: 0 would mean "no allowance".
+      isolate.setMemoryAllowanceMb(Math.max(1, ISOLATE_BASE_MB + left));
+    });
+    return total > capMb;
   }
 
   get(name: string): TfLibrary | undefined {
@@ -87,6 +145,7 @@ export class TfLibraries {
   /** TFUNCTION LOAD: null when loaded, else T&F's error text. A failed REPLACE keeps the old library. */
   load(request: LoadRequest): Promise<string | null> {
     return this.serialized(async () => {
+      if (this.shareMemory()) return OOM_STATE;
       const built = await this.build(request);
       if (typeof built === "string") return built;
       const refused = this.upgradeError(built);
@@ -95,7 +154,7 @@ export class TfLibraries {
         return refused;
       }
       await this.install(built);
-      await this.store.save({ name: built.name, code: built.code, config: built.config, user: built.user });
+      await this.persist(this.store.save(built.name, storedJson(built)));
       return null;
     });
   }
@@ -122,7 +181,7 @@ export class TfLibraries {
       this.dropRemote(name);
       void library.guest.isolate.dispose().catch(() => {});
       await this.onChange(name, true);
-      await this.store.remove(name);
+      await this.persist(this.store.remove(name));
       return null;
     });
   }
@@ -201,6 +260,7 @@ export class TfLibraries {
    * the same code, so the library keeps answering.
    */
   async revive(library: TfLibrary): Promise<TfLibrary> {
+    if (this.shareMemory()) throw new Error(OOM_STATE);
     if (library.guest.isolate.alive) return library;
     return this.serialized(async () => {
       const current = this.libraries.get(library.name);
@@ -223,6 +283,10 @@ export class TfLibraries {
     if (remote === undefined) {
       remote = this.build({ ...library, replace: true });
       this.remotes.set(name, remote);
+      const pending = remote;
+      void pending.then((r) => {
+        if (typeof r !== "string" && this.remotes.get(name) === pending) this.settledRemotes.set(name, r);
+      });
     }
     return remote.then(async (r) => {
       if (typeof r !== "string" && !r.guest.isolate.alive) {
@@ -236,71 +300,84 @@ export class TfLibraries {
   private dropRemote(name: string): void {
     const remote = this.remotes.get(name);
     this.remotes.delete(name);
+    this.settledRemotes.delete(name);
     void remote?.then((r) => (typeof r === "string" ? undefined : r.guest.isolate.dispose().catch(() => {})));
   }
 
   /** Loads the stored libraries (at start), then follows the store for other proxies' changes. */
   async restore(): Promise<void> {
-    await this.serialized(() => this.syncFromStore());
+    await this.serialized(() => this.followStore());
     this.storePoll = setInterval(() => void this.serialized(() => this.pollStore()), STORE_POLL_MS);
     this.storePoll.unref();
   }
 
-  private async pollStore(): Promise<void> {
-    let version: string | null;
+  /** The library still runs here when its write fails; it just will not come back after a restart. */
+  private async persist(write: Promise<void>): Promise<void> {
     try {
-      version = await this.store.version();
+      await write;
+    } catch (err) {
+      this.log.warn(
+        { err: err instanceof Error ? err.message : String(err) },
+        "could not persist T&F library",
+      );
+    }
+  }
+
+  private async pollStore(): Promise<void> {
+    try {
+      if (!(await this.store.changed(this.libraries.size > 0))) return;
     } catch {
       return;
     }
-    if (version === null && this.libraries.size > 0) {
-      // The store was flushed, not emptied (a delete moves the counter): only TFUNCTION DELETE
-      // removes a library, so the libraries are written back from memory.
-      this.log.info({ libraries: this.libraries.size }, "T&F library store flushed; writing it back");
-      await this.store.rewrite(
-        this.all().map(({ name, code, config, user }) => ({ name, code, config, user })),
-      );
-      this.storeVersion = await this.store.version().catch(() => null);
-      return;
-    }
-    if (version === this.storeVersion) return;
-    await this.syncFromStore();
+    await this.followStore();
   }
 
-  /** Makes the local libraries what the store holds. */
-  private async syncFromStore(): Promise<void> {
-    let stored: StoredLibrary[];
+  /** Makes the local libraries what the store holds; libraries the store lost are written back. */
+  private async followStore(): Promise<void> {
+    const local = new Map(this.all().map((l) => [l.name, storedJson(l)] as [string, string]));
+    const removed: string[] = [];
     try {
-      const version = await this.store.version();
-      stored = await this.store.load();
-      this.storeVersion = version;
+      await this.store.follow(local, {
+        removed: (name) => removed.push(name),
+        changed: (name, json) => this.loadStored(name, json),
+        restored: (names, written) =>
+          this.log.info(
+            { libraries: names, written },
+            "T&F library store lost libraries (a flush?): written back",
+          ),
+      });
     } catch (err) {
       this.log.warn(
         { err: err instanceof Error ? err.message : String(err) },
         "could not read stored T&F libraries",
       );
-      return;
     }
-    const names = new Set(stored.map((s) => s.name));
-    for (const [name, library] of this.libraries) {
-      if (names.has(name)) continue;
+    for (const name of removed) {
+      const library = this.libraries.get(name);
+      if (library === undefined) continue;
       this.libraries.delete(name);
       this.dropRemote(name);
       void library.guest.isolate.dispose().catch(() => {});
       await this.onChange(name, true);
       this.log.info({ library: name }, "T&F library deleted by another proxy");
     }
-    for (const s of stored) {
-      const mine = this.libraries.get(s.name);
-      if (mine !== undefined && mine.code === s.code && mine.config === s.config) continue;
-      const built = await this.build({ ...s, replace: true });
-      if (typeof built === "string") {
-        this.log.warn({ library: s.name, err: built }, "stored T&F library did not load");
-        continue;
-      }
-      await this.install(built);
-      this.log.info({ library: s.name }, "T&F library loaded from the store");
+  }
+
+  private async loadStored(name: string, json: string): Promise<void> {
+    let stored: StoredLibrary;
+    try {
+      stored = JSON.parse(json) as StoredLibrary;
+    } catch {
+      this.log.warn({ library: name }, "stored T&F library is unreadable; skipped");
+      return;
     }
+    const built = await this.build({ ...stored, replace: true });
+    if (typeof built === "string") {
+      this.log.warn({ library: name, err: built }, "stored T&F library did not load");
+      return;
+    }
+    await this.install(built);
+    this.log.info({ library: name }, "T&F library loaded from the store");
   }
 
   async close(): Promise<void> {

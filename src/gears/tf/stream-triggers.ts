@@ -5,13 +5,17 @@ import type { JsonValue } from "../../sandbox/types.js";
 import { StreamConsumer } from "../events/stream-consumer.js";
 import type { TfStreamTriggerInfo } from "../guest/entry.js";
 import { sandboxText, type TfLibraries } from "./libraries.js";
+import { utf8Text } from "./values.js";
 
 /** The consumer group of a stream trigger: T&F's progress per library (and trigger) and stream. */
 export const streamGroup = (library: string, trigger: string): string =>
   `{gears-proxy}:tf:${library}:${trigger}`;
 
-/** One stream record as the guest's trigger gets it: [id, [field, value, ...]]. */
-export type StreamRecord = [string, string[]];
+/**
+ * One stream record as the guest's trigger gets it: [id, [field, value, ...]], each field
+ * and value as [its UTF-8 text or null, its bytes in latin1].
+ */
+export type StreamRecord = [string, [string | null, string][]];
 
 function prefixText(t: TfStreamTriggerInfo): string {
   if (typeof t.prefix === "string") return t.prefix;
@@ -31,8 +35,25 @@ export interface StreamTiming {
   streamLeaseMs(): number;
 }
 
+/** What TFUNCTION LIST vv shows of one stream a stream trigger consumes. */
+export interface StreamStats {
+  name: Buffer;
+  lastProcessedTime: number;
+  totalProcessedTime: number;
+  lastLag: number;
+  totalLag: number;
+  totalRecordProcessed: number;
+  /** Ids handed to the trigger and not finished yet. */
+  pendingIds: Set<string>;
+  /** The id after which the next read starts (the last one handled). */
+  idToReadFrom: string | null;
+  lastError: string | null;
+}
+
 export class StreamTriggers {
   private readonly consumers = new Map<string, { consumer: StreamConsumer; shape: string }>();
+  /** By consumer group (library and trigger), then stream (latin1): kept across a REPLACE. */
+  private readonly stats = new Map<string, Map<string, StreamStats>>();
 
   constructor(
     private readonly router: Router,
@@ -46,8 +67,40 @@ export class StreamTriggers {
     return this.consumers.size > 0;
   }
 
+  /** The streams a trigger consumes, as TFUNCTION LIST vv shows them. */
+  statsOf(library: string, trigger: string): StreamStats[] {
+    return [...(this.stats.get(streamGroup(library, trigger))?.values() ?? [])];
+  }
+
+  private streamStats(library: string, trigger: string, stream: Buffer): StreamStats {
+    const group = streamGroup(library, trigger);
+    let byStream = this.stats.get(group);
+    if (byStream === undefined) this.stats.set(group, (byStream = new Map()));
+    const key = stream.toString("latin1");
+    let stats = byStream.get(key);
+    if (stats === undefined) {
+      stats = {
+        name: Buffer.from(stream),
+        lastProcessedTime: 0,
+        totalProcessedTime: 0,
+        lastLag: 0,
+        totalLag: 0,
+        totalRecordProcessed: 0,
+        pendingIds: new Set(),
+        idToReadFrom: null,
+        lastError: null,
+      };
+      byStream.set(key, stats);
+    }
+    return stats;
+  }
+
   /** Makes the consumers what the libraries register; a deleted library's groups go too. */
   async update(deleted: string | null): Promise<void> {
+    if (deleted !== null) {
+      for (const group of [...this.stats.keys()])
+        if (group.startsWith(streamGroup(deleted, ""))) this.stats.delete(group);
+    }
     const wanted = new Map<string, { library: string; trigger: TfStreamTriggerInfo }>();
     for (const library of this.libraries.all()) {
       for (const trigger of library.registrations.streamTriggers) {
@@ -77,6 +130,7 @@ export class StreamTriggers {
           onFailedPolicy: "continue",
           retryIntervalSec: 1,
           trimStream: trigger.trim,
+          rawFields: true,
         },
         () => this.timing.claimIdleMs(),
         () => this.timing.streamLeaseMs(),
@@ -104,17 +158,41 @@ export class StreamTriggers {
     const current = this.libraries.get(library);
     if (current === undefined) return { failed: false };
     const entries = records.map((r) => {
-      const rec = r as { id: string; value: Record<string, string> };
-      return [rec.id, Object.entries(rec.value).flat()] as StreamRecord;
+      const rec = r as { id: string; fields: string[] };
+      const fields = rec.fields.map((f): [string | null, string] => [utf8Text(Buffer.from(f, "latin1")), f]);
+      return [rec.id, fields] as StreamRecord;
     });
+    const stats = this.streamStats(library, trigger, stream);
+    const ids = entries.map(([id]) => id);
+    for (const id of ids) stats.pendingIds.add(id);
+    const started = Date.now();
+    const lag = ids.length > 0 ? started - Number(ids[0].split("-")[0]) : 0;
     try {
       const live = await this.libraries.revive(current);
-      const errors = await live.guest.fireStreamTrigger(trigger, stream, entries);
+      live.bridge.pendingJobs += entries.length;
+      let errors: (string | null)[];
+      try {
+        errors = await live.guest.fireStreamTrigger(trigger, stream, entries);
+      } finally {
+        live.bridge.pendingJobs -= entries.length;
+      }
       for (const error of errors) {
-        if (error !== null) this.log.debug({ library, trigger, err: error }, "stream trigger failed");
+        if (error === null) continue;
+        stats.lastError = error;
+        this.log.debug({ library, trigger, err: error }, "stream trigger failed");
       }
     } catch (err) {
-      this.log.warn({ library, trigger, err: sandboxText(err) }, "stream trigger failed");
+      stats.lastError = sandboxText(err);
+      this.log.warn({ library, trigger, err: stats.lastError }, "stream trigger failed");
+    } finally {
+      const took = Date.now() - started;
+      for (const id of ids) stats.pendingIds.delete(id);
+      stats.lastProcessedTime = took;
+      stats.totalProcessedTime += took;
+      stats.lastLag = lag;
+      stats.totalLag += lag;
+      stats.totalRecordProcessed += ids.length;
+      if (ids.length > 0) stats.idToReadFrom = ids[ids.length - 1];
     }
     // T&F counted a failed record as processed: no retry.
     return { failed: false };

@@ -19,6 +19,15 @@ function toBuffer(arg: JsonValue): Buffer {
   throw new Error("Can not convert value into bytes buffer");
 }
 
+/** An argument as TFUNCTION LIST shows it in a pending call. */
+function commandText(arg: JsonValue): string {
+  try {
+    return toBuffer(arg).toString();
+  } catch {
+    return String(arg);
+  }
+}
+
 /** What a library's calls need besides the router. */
 export interface TfHooks {
   runOnKey(library: string, key: Buffer, name: string, argsJson: string): Promise<string>;
@@ -50,6 +59,8 @@ export class TfBridge implements HostBridge {
     switch (name) {
       case "call":
         return (await this.call(args[0] === true, args[1] === true, args.slice(2))) as JsonValue;
+      case "calls":
+        return this.calls(args[0]);
       case "runOnKey":
         return this.hooks.runOnKey(this.library, toBuffer(args[0]), String(args[1]), String(args[2]));
       case "runOnShards":
@@ -59,22 +70,56 @@ export class TfBridge implements HostBridge {
     }
   }
 
+  /** The library's callAsync commands under way, as "cmd arg ..." (TFUNCTION LIST's pending_async_calls). */
+  readonly pendingAsyncCalls = new Set<{ text: string }>();
+  /** Work of the library under way in the background: TFCALLASYNCs and stream records (pending_jobs). */
+  pendingJobs = 0;
+
   callAsync(
     calls: { name: string; args: JsonValue[] }[],
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
-    return callEach(this, calls);
+    const tracked = (name: string, args: JsonValue[]): Promise<JsonValue | RawJson> => {
+      if (name !== "call") return this.callSync(name, args);
+      const entry = {
+        text: args
+          .slice(2)
+          .map((a) => commandText(a))
+          .join(" "),
+      };
+      this.pendingAsyncCalls.add(entry);
+      return this.callSync(name, args).finally(() => this.pendingAsyncCalls.delete(entry));
+    };
+    return callEach({ callSync: tracked }, calls);
   }
 
   notify(name: string, args: JsonValue[]): void {
     if (name === "log") this.log.info({ library: this.library }, `<redisgears_2> ${String(args[0])}`);
   }
 
+  /**
+   * The waiting calls of a batch of TFCALLs (guest/tf/batch.ts), sent at once: the router
+   * writes each as it comes, so they leave as one pipeline per shard, in order.
+   */
+  private async calls(list: JsonValue): Promise<JsonValue> {
+    if (!Array.isArray(list)) throw new Error("calls: a list of calls was expected");
+    const replies = list.map((c) => {
+      const args = Array.isArray(c) ? c : [];
+      return this.call(args[0] === true, args[1] === true, args.slice(2)).then(
+        (reply): JsonValue => [0, reply as JsonValue],
+        (err: unknown): JsonValue => [1, err instanceof Error ? err.message : String(err)],
+      );
+    });
+    return Promise.all(replies);
+  }
+
   private async call(noWrites: boolean, raw: boolean, args: JsonValue[]): Promise<Tagged> {
     const argv = args.map(toBuffer);
     if (argv.length === 0) throw new Error("ERR wrong number of arguments for 'call'");
     const name = argv[0].toString().toLowerCase();
-    const refusal = scriptCommandRefusal(name, argv);
-    if (refusal !== null) throw new Error(refusal);
+    // T&F ran calls in script mode, where Redis refuses these (blocking ones included, which the
+    // shared connections could not wait for anyway), with this text.
+    if (scriptCommandRefusal(name, argv) !== null)
+      throw new Error(`ERR command '${name}' is not allowed on script mode`);
     if (noWrites && this.router.isWrite(name, argv)) {
       throw new Error(`ERR Write command '${name}' was called while write is not allowed`);
     }

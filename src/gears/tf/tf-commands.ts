@@ -155,7 +155,7 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
     ["name", b(l.name)],
     ["user", b(l.user)],
     ["configuration", l.config === null ? null : b(l.config)],
-    ["pending_jobs", 0],
+    ["pending_jobs", l.bridge.pendingJobs],
     ["functions", r.functions.map((f) => describeFunction(f, verbosity))],
     ["cluster_functions", r.clusterFunctions.map(b)],
     [
@@ -181,11 +181,28 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
           ["trim", new RespBoolean(t.trim)],
           ["description", t.description === null ? null : b(t.description)],
         ];
-        if (verbosity >= 2) fields.push(["streams", []]);
+        if (verbosity >= 2) {
+          fields.push([
+            "streams",
+            tf.streamTriggers.statsOf(l.name, t.name).map((st) =>
+              map([
+                ["name", st.name],
+                ["last_processed_time", st.lastProcessedTime],
+                ["total_processed_time", st.totalProcessedTime],
+                ["last_lag", st.lastLag],
+                ["total_lag", st.totalLag],
+                ["total_record_processed", st.totalRecordProcessed],
+                ["pending_ids", [...st.pendingIds].map(b)],
+                ["id_to_read_from", st.idToReadFrom === null ? null : b(st.idToReadFrom)],
+                ["last_error", st.lastError === null ? null : b(st.lastError)],
+              ]),
+            ),
+          ]);
+        }
         return map(fields);
       }),
     ],
-    ["pending_async_calls", []],
+    ["pending_async_calls", [...l.bridge.pendingAsyncCalls].map((c) => b(c.text))],
   );
   return map(fields);
 }

@@ -193,9 +193,15 @@ export class TfEngine {
       if (blockAllowed) {
         library = await this.libraries.revive(library);
         library.bridge.db = db;
-        out = await library.guest.callFunction(fnName, tagged, blockAllowed);
+        library.bridge.pendingJobs++;
+        try {
+          out = await library.guest.callFunction(fnName, tagged, blockAllowed);
+        } finally {
+          library.bridge.pendingJobs--;
+        }
       } else {
-        out = await this.batcherOf(libName).call(fnName, tagged, db);
+        const slots = [...new Set(rest.slice(0, numkeys).map(keySlot))];
+        out = await this.batcherOf(libName).call(fnName, tagged, slots, db);
       }
       return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
     } catch (err) {

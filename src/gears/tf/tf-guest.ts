@@ -23,7 +23,7 @@ export class TfGuest {
     return out as unknown as TfOutcome;
   }
 
-  async callFunctions(calls: [string, Tagged[]][], budgetMs: number): Promise<TfOutcome[]> {
+  async callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): Promise<TfOutcome[]> {
     const out = await this.isolate.call(path("callFunctions"), [calls as unknown as JsonValue, budgetMs]);
     return out as unknown as TfOutcome[];
   }
@@ -36,7 +36,7 @@ export class TfGuest {
   async fireStreamTrigger(
     name: string,
     stream: Buffer,
-    records: [string, string[]][],
+    records: [string, [string | null, string][]][],
   ): Promise<(string | null)[]> {
     const args = [name, utf8Text(stream), stream.toString("latin1"), records];
     return (await this.isolate.call(path("fireStreamTrigger"), args)) as (string | null)[];

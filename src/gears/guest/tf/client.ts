@@ -5,6 +5,7 @@
  */
 import { host } from "../core/host.js";
 import type { Tagged } from "../entry.js";
+import { syncCall } from "./batch.js";
 import { fromReply, toArg } from "./convert.js";
 
 /** What a client may do, fixed by what it was handed to. */
@@ -52,15 +53,12 @@ export class SyncClient extends BaseClient {
 
   call(cmd: unknown, ...args: unknown[]): unknown {
     this.check();
-    return fromReply(
-      host.callSync("call", this.mode.noWrites, false, ...command(cmd, args)) as Tagged,
-      false,
-    );
+    return fromReply(syncCall([this.mode.noWrites, false, ...command(cmd, args)]), false);
   }
 
   callRaw(cmd: unknown, ...args: unknown[]): unknown {
     this.check();
-    return fromReply(host.callSync("call", this.mode.noWrites, true, ...command(cmd, args)) as Tagged, true);
+    return fromReply(syncCall([this.mode.noWrites, true, ...command(cmd, args)]), true);
   }
 
   executeAsync(fn: unknown): Promise<unknown> {

@@ -12,11 +12,6 @@ export function bytesToBuffer(latin1: string): ArrayBuffer {
   return out.buffer;
 }
 
-/** A string's UTF-8 bytes as an ArrayBuffer (QuickJS has no TextEncoder). */
-export function textToBuffer(s: string): ArrayBuffer {
-  return bytesToBuffer(unescape(encodeURIComponent(s)));
-}
-
 export function bufferToBytes(buf: ArrayBuffer | ArrayBufferView): string {
   const bytes =
     buf instanceof ArrayBuffer

@@ -11,8 +11,9 @@ import {
   streamTriggers,
   type Fn,
 } from "./api.js";
+import { runBatch } from "./batch.js";
 import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
-import { bytesToBuffer, fromReply, textToBuffer, toReply } from "./convert.js";
+import { bytesToBuffer, fromReply, toReply } from "./convert.js";
 
 const NOT_SETTLED = {};
 
@@ -97,13 +98,16 @@ const entry: TfEntry = {
     return invoke(def.fn, { noWrites: def.flags.includes("no-writes"), blockAllowed }, jsArgs);
   },
 
-  callFunctions(calls: [string, Tagged[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]> {
-    const started = Date.now();
+  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]> {
     const outs: (TfOutcome | Promise<TfOutcome>)[] = [];
-    for (const [name, args] of calls) {
-      if (outs.length > 0 && Date.now() - started >= budgetMs) break;
-      outs.push(entry.callFunction(name, args, false));
-    }
+    const items = calls.map(([name, args, slots], i) => ({
+      slots,
+      run: () => {
+        outs[i] = entry.callFunction(name, args, false);
+      },
+    }));
+    const started = runBatch(items, budgetMs);
+    outs.length = started;
     return outs.some(isThenable) ? Promise.all(outs) : (outs as TfOutcome[]);
   },
 
@@ -119,19 +123,29 @@ const entry: TfEntry = {
     return invoke(def.fn, TRIGGER_MODE, [data]);
   },
 
-  fireStreamTrigger(name: string, stream: string | null, streamBytes: string, records: [string, string[]][]) {
+  fireStreamTrigger(
+    name: string,
+    stream: string | null,
+    streamBytes: string,
+    records: [string, [string | null, string][]][],
+  ) {
     const def = streamTriggers.get(name);
     if (def === undefined) return records.map(() => `Unknown trigger ${name}`);
     const outs = records.map(([id, fields]) => {
       const [ms, seq] = id.split("-");
-      const pairs: [string, string][] = [];
-      for (let i = 0; i + 1 < fields.length; i += 2) pairs.push([fields[i], fields[i + 1]]);
+      // A list of pairs, not an object: fields may repeat.
+      const record: [string | null, string | null][] = [];
+      const recordRaw: [ArrayBuffer, ArrayBuffer][] = [];
+      for (let i = 0; i + 1 < fields.length; i += 2) {
+        record.push([fields[i][0], fields[i + 1][0]]);
+        recordRaw.push([bytesToBuffer(fields[i][1]), bytesToBuffer(fields[i + 1][1])]);
+      }
       const data = {
         id: [BigInt(ms), BigInt(seq)],
         stream_name: stream,
         stream_name_raw: bytesToBuffer(streamBytes),
-        record: pairs,
-        record_raw: pairs.map(([f, v]) => [textToBuffer(f), textToBuffer(v)]),
+        record,
+        record_raw: recordRaw,
       };
       return invoke(def.fn, TRIGGER_MODE, [data]);
     });
