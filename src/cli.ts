@@ -45,6 +45,7 @@ function addOption(parser: Argv, spec: OptionSpec): Argv {
       ? { type: "array" as const, string: true }
       : {}),
     ...(spec.kind === "level" ? { choices: [...LOG_LEVELS] } : {}),
+    ...(spec.choices !== undefined ? { choices: [...spec.choices] } : {}),
     ...(spec.defaultText !== undefined ? { defaultDescription: spec.defaultText } : {}),
   });
 }
@@ -199,9 +200,11 @@ async function start(running: Running, config: ProxyConfig): Promise<void> {
   }
   running.server = new ProxyServer(effective, running.log);
   const address = await running.server.start();
+  const tlsPort = running.server.tlsPort;
+  const tlsText = tlsPort === undefined ? "" : ` (TLS on port ${tlsPort})`;
   running.log.info(
-    { address, upstreams: effective.upstreams, embedded: running.embedded !== undefined },
-    `gears-proxy listening on ${formatAddress(address)}, in front of ${describeUpstreams(effective, running.embedded)}`,
+    { address, tlsPort, upstreams: effective.upstreams, embedded: running.embedded !== undefined },
+    `gears-proxy listening on ${formatAddress(address)}${tlsText}, in front of ${describeUpstreams(effective, running.embedded)}`,
   );
 }
 

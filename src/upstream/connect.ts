@@ -1,4 +1,5 @@
 import type { HostPort, ProxyConfig } from "../config.js";
+import { upstreamTlsOptions } from "../config-tls.js";
 import type { Logger } from "../observability/log.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { ClusterTopology } from "./cluster-topology.js";
@@ -16,8 +17,12 @@ export interface UpstreamInfo {
 
 const STARTUP_RETRY_MS = 10_000;
 
+type NodeOptions = ReturnType<typeof nodeOptions>;
+
+/** Read once: the TLS files are not re-read on every reconnect. */
 function nodeOptions(config: ProxyConfig) {
   return {
+    tls: upstreamTlsOptions(config),
     user: config.upstreamUser,
     password: config.upstreamPassword,
     connectTimeoutMs: config.connectTimeoutMs,
@@ -32,8 +37,8 @@ async function ask(node: UpstreamNode, argv: string[]): Promise<RespValue> {
 }
 
 /** Probes one seed: its version, whether it is a cluster node, and its command table. */
-async function probe(seed: HostPort, config: ProxyConfig) {
-  const node = new UpstreamNode(seed, nodeOptions(config));
+async function probe(seed: HostPort, options: NodeOptions) {
+  const node = new UpstreamNode(seed, options);
   try {
     const server = String(await ask(node, ["INFO", "server"]));
     const cluster = String(await ask(node, ["INFO", "cluster"]));
@@ -57,11 +62,12 @@ async function probe(seed: HostPort, config: ProxyConfig) {
  */
 export async function connectUpstream(config: ProxyConfig, log: Logger): Promise<UpstreamInfo> {
   if (config.upstreams.length === 0) throw new Error("no upstream configured");
+  const options = nodeOptions(config);
   const deadline = Date.now() + STARTUP_RETRY_MS;
   for (let attempt = 0; ; attempt++) {
     const seed = config.upstreams[attempt % config.upstreams.length];
     try {
-      const found = await probe(seed, config);
+      const found = await probe(seed, options);
       if (!found.isCluster) {
         log.info(
           { upstream: found.node.id, version: found.version, mode: "standalone" },
@@ -74,7 +80,7 @@ export async function connectUpstream(config: ProxyConfig, log: Logger): Promise
         };
       }
       found.node.close();
-      const topology = new ClusterTopology(config.upstreams, nodeOptions(config), log);
+      const topology = new ClusterTopology(config.upstreams, options, log);
       try {
         await topology.refresh();
       } catch (err) {
@@ -88,7 +94,8 @@ export async function connectUpstream(config: ProxyConfig, log: Logger): Promise
       return { topology, version: found.version, commands: found.commands };
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      if (/credentials|NOAUTH|WRONGPASS/.test(message) || Date.now() > deadline) {
+      // A refused certificate will not be accepted on a retry either.
+      if (/credentials|NOAUTH|WRONGPASS|certificate/i.test(message) || Date.now() > deadline) {
         throw new Error(`cannot use upstream ${seed.host}:${seed.port}: ${message}`, { cause: err });
       }
       log.warn(

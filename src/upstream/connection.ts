@@ -1,4 +1,5 @@
 import net from "node:net";
+import tls from "node:tls";
 import type { HostPort } from "../config.js";
 import { Fifo } from "../io/fifo.js";
 import { OutputBuffer } from "../io/output-buffer.js";
@@ -15,6 +16,8 @@ export interface ConnectionOptions {
   readOnly?: boolean;
   /** The protocol the connection speaks; 3 sends HELLO 3 (with the credentials) first. */
   proto?: Protocol;
+  /** Speak TLS with these settings (--upstream-tls); plain TCP when undefined. */
+  tls?: tls.ConnectionOptions;
 }
 
 export const CONNECTION_LOST = "ERR upstream connection lost";
@@ -31,6 +34,18 @@ function selectCommand(db: number): Buffer {
 /** Whether a MONITOR line shows one of the proxy's own bookkeeping commands. */
 export function isBookkeeping(line: Buffer): boolean {
   return line.includes('] "Select" ') || line.includes('] "Client" "Id"');
+}
+
+/** A TCP or TLS socket to `address`; commands written before it is up are buffered by Node. */
+function dial(address: HostPort, options: tls.ConnectionOptions | undefined): net.Socket {
+  const { host, port } = address;
+  if (options === undefined) return net.connect({ host, port, noDelay: true });
+  // SNI defaults to the node's host name, never to an IP address (RFC 6066); the certificate
+  // is still checked against the host, IP addresses included.
+  const servername = options.servername ?? (net.isIP(host) === 0 ? host : undefined);
+  const socket = tls.connect({ ...options, host, port, ...(servername !== undefined ? { servername } : {}) });
+  socket.setNoDelay(true);
+  return socket;
 }
 
 /**
@@ -64,10 +79,11 @@ export class UpstreamConnection {
   constructor(address: HostPort, options: ConnectionOptions) {
     this.address = address;
     this.proto = options.proto ?? 2;
-    this.socket = net.connect({ host: address.host, port: address.port, noDelay: true });
+    this.socket = dial(address, options.tls);
     this.out = new OutputBuffer(this.socket, true);
     this.socket.setTimeout(options.connectTimeoutMs);
-    this.socket.once("connect", () => {
+    // Over TLS the connection is usable once the handshake is done; the timeout covers both.
+    this.socket.once(options.tls === undefined ? "connect" : "secureConnect", () => {
       this.connected = true;
       this.onConnect?.();
       this.socket.setTimeout(0);
