@@ -221,7 +221,10 @@ async function main(): Promise<void> {
     process.stdout.write(`${action.text}\n`);
     return;
   }
-  const running = new Running(createLogger(action.config.logLevel), action.config.shutdownTimeoutMs);
+  const running = new Running(
+    createLogger(action.config.logLevel, action.config.logFormat),
+    action.config.shutdownTimeoutMs,
+  );
   onSignals(running);
   try {
     await start(running, action.config);

@@ -167,6 +167,10 @@ export class ProxyServer {
     ctx.stats.connectionsReceived++;
     if (ctx.clients.size >= this.config.maxclients) {
       ctx.stats.rejectedConnections++;
+      this.log.warn(
+        { client: socket.remoteAddress, maxclients: this.config.maxclients },
+        "client refused: max number of clients reached",
+      );
       // Whatever the client already sent is never read: destroy once the reply is out.
       socket.on("error", () => {});
       socket.end(MAX_CLIENTS_REPLY, () => socket.destroy());

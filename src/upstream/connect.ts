@@ -20,8 +20,9 @@ const STARTUP_RETRY_MS = 10_000;
 type NodeOptions = ReturnType<typeof nodeOptions>;
 
 /** Read once: the TLS files are not re-read on every reconnect. */
-function nodeOptions(config: ProxyConfig) {
+function nodeOptions(config: ProxyConfig, log: Logger) {
   return {
+    log,
     tls: upstreamTlsOptions(config),
     user: config.upstreamUser,
     password: config.upstreamPassword,
@@ -38,7 +39,8 @@ async function ask(node: UpstreamNode, argv: string[]): Promise<RespValue> {
 
 /** Probes one seed: its version, whether it is a cluster node, and its command table. */
 async function probe(seed: HostPort, options: NodeOptions) {
-  const node = new UpstreamNode(seed, options);
+  // Not logged as lost: connectUpstream says itself that a seed is not reachable yet.
+  const node = new UpstreamNode(seed, { ...options, log: undefined });
   try {
     const server = String(await ask(node, ["INFO", "server"]));
     const cluster = String(await ask(node, ["INFO", "cluster"]));
@@ -62,13 +64,14 @@ async function probe(seed: HostPort, options: NodeOptions) {
  */
 export async function connectUpstream(config: ProxyConfig, log: Logger): Promise<UpstreamInfo> {
   if (config.upstreams.length === 0) throw new Error("no upstream configured");
-  const options = nodeOptions(config);
+  const options = nodeOptions(config, log);
   const deadline = Date.now() + STARTUP_RETRY_MS;
   for (let attempt = 0; ; attempt++) {
     const seed = config.upstreams[attempt % config.upstreams.length];
     try {
       const found = await probe(seed, options);
       if (!found.isCluster) {
+        found.node.log = log;
         log.info(
           { upstream: found.node.id, version: found.version, mode: "standalone" },
           "connected to upstream",

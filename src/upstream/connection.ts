@@ -62,6 +62,7 @@ export class UpstreamConnection {
   private readonly waiting = new Fifo<ReplySink>();
   private connected = false;
   private closedFlag = false;
+  private closedByProxyFlag = false;
   private authFailure: string | null = null;
   /** The database the connection has selected, so shared connections can serve every DB. */
   private db = 0;
@@ -99,6 +100,11 @@ export class UpstreamConnection {
 
   get closed(): boolean {
     return this.closedFlag;
+  }
+
+  /** True when the proxy itself closed the connection (not the server or the network). */
+  get closedByProxy(): boolean {
+    return this.closedByProxyFlag;
   }
 
   /** Replies still awaited; 0 means the connection is idle. */
@@ -164,6 +170,7 @@ export class UpstreamConnection {
   }
 
   close(): void {
+    if (!this.closedFlag) this.closedByProxyFlag = true;
     this.socket.destroy();
     this.lose("closed by the proxy");
   }

@@ -1,4 +1,5 @@
 import type { HostPort } from "../config.js";
+import type { Logger } from "../observability/log.js";
 import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
 import type { Protocol, RespValue } from "../resp/values.js";
@@ -31,6 +32,10 @@ export class UpstreamNode {
   private backoffMs = 0;
   private downUntil = 0;
   private lastFailure = "";
+  /** Set from the first failure until a connection succeeds again, so each outage logs twice only. */
+  private lost = false;
+  /** Where "upstream lost" and "upstream back" go; unset while the proxy only probes a seed. */
+  log: Logger | undefined;
 
   constructor(
     readonly address: HostPort,
@@ -39,9 +44,12 @@ export class UpstreamNode {
       readOnly?: boolean;
       /** Told when a connection to this node fails, so the topology can be re-read. */
       onLost?: () => void;
+      /** Where "upstream lost" and "upstream back" are written. */
+      log?: Logger;
     },
   ) {
     this.id = `${address.host}:${address.port}`;
+    this.log = options.log;
     const count = Math.max(1, options.sharedConnections);
     this.shared = [
       new Array<UpstreamConnection | null>(count).fill(null),
@@ -157,9 +165,17 @@ export class UpstreamNode {
     conn.onConnect = () => {
       answered = true;
       this.backoffMs = 0;
+      if (this.lost) {
+        this.lost = false;
+        this.log?.info({ upstream: this.id }, `upstream ${this.id} back`);
+      }
     };
     conn.onClose = (message) => {
       this.options.onLost?.();
+      if (!conn.closedByProxy && !this.lost) {
+        this.lost = true;
+        this.log?.warn({ upstream: this.id, err: message }, `upstream ${this.id} lost`);
+      }
       if (answered) return;
       this.backoffMs = this.backoffMs === 0 ? FIRST_BACKOFF_MS : Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
       this.downUntil = Date.now() + this.backoffMs;
