@@ -6,6 +6,7 @@ import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
 import type { HostPort, ProxyConfig } from "./config.js";
 import {
+  CONFIG_OPTION_DESCRIBE,
   LOG_LEVELS,
   OPTIONS,
   PASSWORD_ENV,
@@ -62,7 +63,7 @@ function buildParser(): Argv {
     // arrives as an array: --upstream collects them, other flags take the last (convertOption).
     .parserConfiguration({ "parse-numbers": false })
     .option("config", {
-      describe: "JSON file holding any of these options (kebab-case or camelCase keys); flags override it.",
+      describe: CONFIG_OPTION_DESCRIBE,
       requiresArg: true,
     });
   for (const spec of OPTIONS) parser = addOption(parser, spec);

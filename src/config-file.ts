@@ -52,6 +52,10 @@ export interface OptionSpec {
   choices?: readonly string[];
 }
 
+/** --config itself, which the CLI reads before the options below. */
+export const CONFIG_OPTION_DESCRIBE =
+  "JSON file holding any of these options (kebab-case or camelCase keys); flags override it.";
+
 export const OPTIONS: readonly OptionSpec[] = [
   {
     flag: "port",
