@@ -2,6 +2,9 @@ import { encodeError, encodeValue } from "../resp/encode.js";
 import { RespError, RespVerbatim } from "../resp/values.js";
 import type { LocalCommand } from "./command-host.js";
 import type { ProxyContext } from "./context.js";
+import { mergeClusterInfo } from "../observability/cluster-info.js";
+import { PROXY_KEYS_SLOT, proxyKeysCount } from "../routing/hidden-keys.js";
+import { PromiseSink } from "../upstream/reply-sink.js";
 
 const PROXY_VERSION = "0.1.0";
 
@@ -38,33 +41,33 @@ export function proxySection(ctx: ProxyContext): string {
 const PROXY_ONLY = new Set(["proxy"]);
 const WITH_PROXY = new Set(["", "default", "all", "everything", "proxy"]);
 
-function field(info: string, name: string): string | undefined {
-  return new RegExp(`^${name}:(.*)$`, "m").exec(info)?.[1]?.trim();
-}
-
 /**
- * In front of a cluster: one line per shard, then the first master's own sections with
- * the Keyspace section summed over every shard.
+ * In front of a cluster: every master's INFO, summed where a sum means something and per
+ * shard otherwise (src/observability/cluster-info.ts), db0 less the proxy's own keys.
  */
 async function clusterInfo(ctx: ProxyContext, sections: string[]): Promise<string> {
-  const replies = await ctx.router.callControl(["INFO", ...sections]);
+  const [replies, hidden] = await Promise.all([
+    ctx.router.callControl(["INFO", ...sections]),
+    hiddenKeyCount(ctx),
+  ]);
+  const error = replies.find((r): r is RespError => r instanceof RespError);
+  if (error !== undefined) throw new Error(error.message);
   const texts = replies.map((r) => (Buffer.isBuffer(r) ? r.toString() : ""));
-  const masters = ctx.router.topology.masters();
-  const shardLines = texts.map((t, i) => {
-    const keys = /^db0:keys=(\d+)/m.exec(t)?.[1] ?? "0";
-    return `shard${i}:addr=${masters[i]?.id},keys=${keys},used_memory=${field(t, "used_memory") ?? "?"}`;
-  });
-  const totals = new Map<string, number>();
-  for (const t of texts) {
-    for (const m of t.matchAll(/^(db\d+):keys=(\d+)/gm))
-      totals.set(m[1], (totals.get(m[1]) ?? 0) + Number(m[2]));
-  }
-  let first = texts[0] ?? "";
-  if (/^# Keyspace/m.test(first)) {
-    const keyspace = [...totals].map(([db, n]) => `${db}:keys=${n}`).join("\r\n");
-    first = first.replace(/# Keyspace\r\n[\s\S]*$/, `# Keyspace\r\n${keyspace}${keyspace ? "\r\n" : ""}`);
-  }
-  return `# Shards\r\n${shardLines.join("\r\n")}\r\n\r\n${first}`;
+  return mergeClusterInfo(
+    texts,
+    ctx.router.topology.masters().map((n) => n.id),
+    hidden,
+  );
+}
+
+/** How many of the proxy's lasting keys exist (DBSIZE through the proxy leaves them out too). */
+async function hiddenKeyCount(ctx: ProxyContext): Promise<number> {
+  const payload = proxyKeysCount();
+  if (payload === null) return 0;
+  const sink = new PromiseSink();
+  ctx.router.sendTo(ctx.router.routeSlot(PROXY_KEYS_SLOT, 0), payload, sink, 0, PROXY_KEYS_SLOT);
+  const count = await sink.promise;
+  return typeof count === "number" ? count : 0;
 }
 
 /** INFO: the proxy's section first, then the server's own sections. */
