@@ -47,8 +47,6 @@ export class ProxyServer {
   async start(): Promise<{ host: string; port: number }> {
     // Read before anything starts, so a missing certificate stops the proxy at once.
     const tlsOptions = clientTlsOptions(this.config);
-    const upstream = await connectUpstream(this.config, this.log);
-    this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
     const stats: ProxyStats = {
       startedAt: Date.now(),
       connectionsReceived: 0,
@@ -57,6 +55,11 @@ export class ProxyServer {
       protocolErrors: 0,
       outputLimitDisconnections: 0,
     };
+    // Made before the upstream connections, which it times.
+    const metrics =
+      this.config.metricsPort === undefined ? null : new Metrics(metricSources(stats, () => this.context));
+    const upstream = await connectUpstream(this.config, this.log, metrics ?? undefined);
+    this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
     const router = new Router(
       upstream.topology,
       upstream.commands === null ? null : new CommandTable(upstream.commands),
@@ -83,10 +86,7 @@ export class ProxyServer {
         (limits, bridge) => Isolate.create(limits, bridge),
         python === null ? null : (limits, bridge) => python.take(limits, bridge),
       ),
-      metrics:
-        this.config.metricsPort === undefined
-          ? null
-          : new Metrics(metricSources(stats, () => ctx.clients.size)),
+      metrics,
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
     };
     this.context = ctx;
@@ -237,10 +237,12 @@ function untilOr(work: Promise<unknown>, ms: number): Promise<unknown> {
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
-function metricSources(stats: ProxyStats, current: () => number): MetricSources {
+function metricSources(stats: ProxyStats, context: () => ProxyContext | null): MetricSources {
   return {
-    connectionsCurrent: current,
+    connectionsCurrent: () => context()?.clients.size ?? 0,
     connectionsTotal: () => stats.connectionsReceived,
     connectionsRejected: () => stats.rejectedConnections,
+    upstreamNodes: () =>
+      (context()?.router.topology.masters() ?? []).map((n) => ({ id: n.id, reachable: n.reachable })),
   };
 }

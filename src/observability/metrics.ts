@@ -12,6 +12,8 @@ export interface MetricSources {
   connectionsCurrent(): number;
   connectionsTotal(): number;
   connectionsRejected(): number;
+  /** The upstream masters and whether each is reachable now. */
+  upstreamNodes(): { id: string; reachable: boolean }[];
 }
 
 /** Seconds, from 50 µs (a pipelined GET) to 10 s (a blocking call or a slow script). */
@@ -35,6 +37,9 @@ export class Metrics {
   private readonly bytesIn: Counter;
   private readonly bytesOut: Counter;
   private readonly redirects: Counter<"kind">;
+  private readonly roundTrips: Histogram<"node">;
+  /** One observe function per node, handed to each of its connections. */
+  private readonly roundTripObservers = new Map<string, (seconds: number) => void>();
   /** Label children cached per name: prom-client's labels() builds a key string on every call. */
   private readonly series = new Map<string, CommandSeries>();
   private readonly errorSeries = new Map<string, Counter.Internal>();
@@ -76,6 +81,24 @@ export class Metrics {
       help: "MOVED and ASK replies the proxy followed for its clients.",
       labelNames: ["kind"],
       registers,
+    });
+    this.roundTrips = new Histogram({
+      name: "gears_proxy_upstream_round_trip_seconds",
+      help: "Time from a request written to an upstream node to its reply, by node (pipelining included).",
+      labelNames: ["node"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    new Gauge({
+      name: "gears_proxy_upstream_up",
+      help: "1 while an upstream master is reachable, 0 from a lost connection until one succeeds again.",
+      labelNames: ["node"],
+      registers,
+      collect() {
+        // Rebuilt at each scrape, so masters that left the cluster disappear.
+        this.reset();
+        for (const node of sources.upstreamNodes()) this.set({ node: node.id }, node.reachable ? 1 : 0);
+      },
     });
     new Gauge({
       name: "gears_proxy_connections_current",
@@ -125,6 +148,17 @@ export class Metrics {
 
   clientBytesOut(n: number): void {
     this.bytesOut.inc(n);
+  }
+
+  /** NodeObserver (src/upstream/node.ts): the function that times requests to node `id`. */
+  roundTripFor(id: string): (seconds: number) => void {
+    let observe = this.roundTripObservers.get(id);
+    if (observe === undefined) {
+      const child = this.roundTrips.labels(id);
+      observe = (seconds) => child.observe(seconds);
+      this.roundTripObservers.set(id, observe);
+    }
+    return observe;
   }
 
   redirect(kind: "MOVED" | "ASK"): void {

@@ -3,7 +3,7 @@ import { upstreamTlsOptions } from "../config-tls.js";
 import type { Logger } from "../observability/log.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { ClusterTopology } from "./cluster-topology.js";
-import { UpstreamNode } from "./node.js";
+import { UpstreamNode, type NodeObserver } from "./node.js";
 import { StandaloneTopology, type Topology } from "./topology.js";
 
 /** What the proxy learned about its upstream when it connected. */
@@ -20,9 +20,10 @@ const STARTUP_RETRY_MS = 10_000;
 type NodeOptions = ReturnType<typeof nodeOptions>;
 
 /** Read once: the TLS files are not re-read on every reconnect. */
-function nodeOptions(config: ProxyConfig, log: Logger) {
+function nodeOptions(config: ProxyConfig, log: Logger, observer: NodeObserver | undefined) {
   return {
     log,
+    observer,
     tls: upstreamTlsOptions(config),
     user: config.upstreamUser,
     password: config.upstreamPassword,
@@ -62,9 +63,13 @@ async function probe(seed: HostPort, options: NodeOptions) {
  * cluster whose slot map is then loaded. Waits a while for a server that is still
  * starting, then fails with a message that says which address.
  */
-export async function connectUpstream(config: ProxyConfig, log: Logger): Promise<UpstreamInfo> {
+export async function connectUpstream(
+  config: ProxyConfig,
+  log: Logger,
+  observer?: NodeObserver,
+): Promise<UpstreamInfo> {
   if (config.upstreams.length === 0) throw new Error("no upstream configured");
-  const options = nodeOptions(config, log);
+  const options = nodeOptions(config, log, observer);
   const deadline = Date.now() + STARTUP_RETRY_MS;
   for (let attempt = 0; ; attempt++) {
     const seed = config.upstreams[attempt % config.upstreams.length];

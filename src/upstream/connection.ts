@@ -1,6 +1,7 @@
 import net from "node:net";
 import tls from "node:tls";
 import type { HostPort } from "../config.js";
+import { performance } from "node:perf_hooks";
 import { Fifo } from "../io/fifo.js";
 import { OutputBuffer } from "../io/output-buffer.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
@@ -18,6 +19,8 @@ export interface ConnectionOptions {
   proto?: Protocol;
   /** Speak TLS with these settings (--upstream-tls); plain TCP when undefined. */
   tls?: tls.ConnectionOptions;
+  /** Told each request's round trip in seconds (metrics on); requests are not timed without it. */
+  roundTrip?: (seconds: number) => void;
 }
 
 export const CONNECTION_LOST = "ERR upstream connection lost";
@@ -60,6 +63,9 @@ export class UpstreamConnection {
   private readonly out: OutputBuffer;
   private readonly scanner = new ReplyScanner();
   private readonly waiting = new Fifo<ReplySink>();
+  /** When each awaited request was sent (ms), beside `waiting`; null when nobody times them. */
+  private readonly sentAt: Fifo<number> | null;
+  private readonly roundTrip: ((seconds: number) => void) | null;
   private connected = false;
   private closedFlag = false;
   private closedByProxyFlag = false;
@@ -80,6 +86,8 @@ export class UpstreamConnection {
   constructor(address: HostPort, options: ConnectionOptions) {
     this.address = address;
     this.proto = options.proto ?? 2;
+    this.roundTrip = options.roundTrip ?? null;
+    this.sentAt = this.roundTrip === null ? null : new Fifo<number>();
     this.socket = dial(address, options.tls);
     this.out = new OutputBuffer(this.socket, true);
     this.socket.setTimeout(options.connectTimeoutMs);
@@ -120,7 +128,7 @@ export class UpstreamConnection {
     }
     this.useDb(db);
     this.out.push(payload);
-    this.waiting.push(sink);
+    this.expectReply(sink);
   }
 
   /** Sends several encoded commands at once; their replies go to `sinks`, in order. */
@@ -131,7 +139,13 @@ export class UpstreamConnection {
     }
     this.useDb(db);
     this.out.push(payload);
-    for (const sink of sinks) this.waiting.push(sink);
+    for (const sink of sinks) this.expectReply(sink);
+  }
+
+  /** Queues a reply slot, stamped with the time when round trips are measured. */
+  private expectReply(sink: ReplySink): void {
+    this.waiting.push(sink);
+    this.sentAt?.push(performance.now());
   }
 
   /** The server switched database by a command the proxy did not add (a SELECT inside MULTI). */
@@ -143,7 +157,7 @@ export class UpstreamConnection {
   private useDb(db: number): void {
     if (db === this.db) return;
     this.out.push(selectCommand(db));
-    this.waiting.push(DISCARD);
+    this.expectReply(DISCARD);
     this.db = db;
   }
 
@@ -209,8 +223,10 @@ export class UpstreamConnection {
           continue;
         }
         const sink = this.waiting.shift();
-        if (sink !== undefined) sink.reply(reply);
-        else if (this.pushHandler !== null) this.pushHandler(reply);
+        if (sink !== undefined) {
+          if (this.sentAt !== null) this.roundTrip!((performance.now() - this.sentAt.shift()!) / 1000);
+          sink.reply(reply);
+        } else if (this.pushHandler !== null) this.pushHandler(reply);
       }
     } catch (err) {
       this.socket.destroy(err instanceof Error ? err : new Error(String(err)));
@@ -228,6 +244,7 @@ export class UpstreamConnection {
         : this.connected
           ? CONNECTION_LOST
           : `ERR upstream ${where} unavailable: ${reason}`;
+    this.sentAt?.drain();
     for (const sink of this.waiting.drain()) sink.fail(message);
     this.onClose?.(message);
     this.onBorrowerLost?.(message);

@@ -5,6 +5,12 @@ import { encodeCommand, type Arg } from "../resp/encode.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import { PromiseSink, type ReplySink } from "./reply-sink.js";
 
+/** What metrics learn from the nodes (src/observability/metrics.ts implements it). */
+export interface NodeObserver {
+  /** The function told each request's round trip to node `id`, in seconds. */
+  roundTripFor(id: string): (seconds: number) => void;
+}
+
 /** Idle dedicated connections kept per node for the next transaction or blocking call. */
 const MAX_IDLE_DEDICATED = 32;
 const FIRST_BACKOFF_MS = 50;
@@ -46,6 +52,8 @@ export class UpstreamNode {
       onLost?: () => void;
       /** Where "upstream lost" and "upstream back" are written. */
       log?: Logger;
+      /** Times the round trips (metrics on). */
+      observer?: NodeObserver;
     },
   ) {
     this.id = `${address.host}:${address.port}`;
@@ -55,6 +63,11 @@ export class UpstreamNode {
       new Array<UpstreamConnection | null>(count).fill(null),
       new Array<UpstreamConnection | null>(count).fill(null),
     ];
+  }
+
+  /** False from a lost connection or a failed connect until a connection succeeds again. */
+  get reachable(): boolean {
+    return !this.lost && !this.down;
   }
 
   /** True while the node refuses connections and we are backing off. */
@@ -160,7 +173,8 @@ export class UpstreamNode {
   }
 
   private open(proto: Protocol): UpstreamConnection {
-    const conn = new UpstreamConnection(this.address, { ...this.options, proto });
+    const roundTrip = this.options.observer?.roundTripFor(this.id);
+    const conn = new UpstreamConnection(this.address, { ...this.options, proto, roundTrip });
     let answered = false;
     conn.onConnect = () => {
       answered = true;
