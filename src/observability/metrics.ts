@@ -6,6 +6,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { FastHistogram } from "./fast-histogram.js";
 
 /** Figures the proxy keeps anyway; read at scrape time so the hot path pays nothing for them. */
 export interface MetricSources {
@@ -37,7 +38,7 @@ export class Metrics {
   private readonly bytesIn: Counter;
   private readonly bytesOut: Counter;
   private readonly redirects: Counter<"kind">;
-  private readonly roundTrips: Histogram<"node">;
+  private readonly roundTrips: FastHistogram;
   /** One observe function per node, handed to each of its connections. */
   private readonly roundTripObservers = new Map<string, (seconds: number) => void>();
   /** Label children cached per name: prom-client's labels() builds a key string on every call. */
@@ -82,13 +83,13 @@ export class Metrics {
       labelNames: ["kind"],
       registers,
     });
-    this.roundTrips = new Histogram({
-      name: "gears_proxy_upstream_round_trip_seconds",
-      help: "Time from a request written to an upstream node to its reply, by node (pipelining included).",
-      labelNames: ["node"],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
+    this.roundTrips = new FastHistogram(
+      "gears_proxy_upstream_round_trip_seconds",
+      "Time from a request written to an upstream node to its reply, by node (pipelining included).",
+      "node",
+      LATENCY_BUCKETS,
+      this.registry,
+    );
     new Gauge({
       name: "gears_proxy_upstream_up",
       help: "1 while an upstream master is reachable, 0 from a lost connection until one succeeds again.",
@@ -154,8 +155,7 @@ export class Metrics {
   roundTripFor(id: string): (seconds: number) => void {
     let observe = this.roundTripObservers.get(id);
     if (observe === undefined) {
-      const child = this.roundTrips.labels(id);
-      observe = (seconds) => child.observe(seconds);
+      observe = this.roundTrips.observer(id);
       this.roundTripObservers.set(id, observe);
     }
     return observe;
