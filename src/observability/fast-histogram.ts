@@ -54,6 +54,11 @@ export class FastHistogram {
     };
   }
 
+  /** Observations so far per label value (a counter of the same events reads them at scrape). */
+  counts(): [string, number][] {
+    return [...this.series].map(([labelValue, series]) => [labelValue, series.count]);
+  }
+
   /** What the registry prints: cumulative buckets, then the sum and the count, per label value. */
   get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: Sample[] }> {
     const values: Sample[] = [];
