@@ -1,12 +1,13 @@
 /**
  * The log lines an operator needs, read from a proxy run as a child process: an upstream lost
- * and back, the slot map changing, a failover followed, a registration failing repeatedly;
+ * and back, the slot map changing, a failover followed, a registration failing repeatedly, a
+ * lease taken, sessions restored at start, a client refused for --maxclients;
  * JSON lines off a terminal, readable lines with --log-format pretty.
  */
 import { expect } from "chai";
 import calculateSlot from "cluster-key-slot";
 import { Redis } from "ioredis";
-import { startCluster, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
+import { sendCommand, startCluster, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
 import { ChildProxy } from "./support/child-proxy.js";
 import { eventually } from "./support/polling.js";
 
@@ -105,6 +106,50 @@ describe("logs", function () {
         expect(String(line.err)).to.include("handler broke");
       } finally {
         client.disconnect();
+      }
+    });
+
+    it("say when an event lease is taken, and how many sessions a starting proxy restored", async () => {
+      // The registration above made this proxy take the shard's event lease.
+      const taken = await waitForLine(
+        proxy,
+        "lease taken",
+        (l) => l.msg === "took the event lease of a shard",
+      );
+      expect(taken.level).to.equal("info");
+      const second = await ChildProxy.start({
+        upstreams: [{ port: redis.port }],
+        args: ["--log-level", "info"],
+      });
+      try {
+        const line = await waitForLine(second, "sessions restored", (l) =>
+          /^restored \d+ gears sessions at start$/.test(l.msg),
+        );
+        expect(line.level).to.equal("info");
+        expect(line.sessions).to.equal(1);
+      } finally {
+        await second.stop();
+      }
+    });
+
+    it("warn when a client is refused for --maxclients", async () => {
+      const limited = await ChildProxy.start({
+        upstreams: [{ port: redis.port }],
+        args: ["--log-level", "info", "--maxclients", "1"],
+      });
+      const first = new Redis({ host: "127.0.0.1", port: limited.port, maxRetriesPerRequest: 0 });
+      try {
+        expect(await first.ping()).to.equal("PONG");
+        const refused = await sendCommand(limited.port, ["PING"]).catch((err: Error) => err.message);
+        expect(refused).to.include("max number of clients reached");
+        const line = await waitForLine(limited, "max clients", (l) =>
+          l.msg.startsWith("client refused: max number of clients"),
+        );
+        expect(line.level).to.equal("warn");
+        expect(line.maxclients).to.equal(1);
+      } finally {
+        first.disconnect();
+        await limited.stop();
       }
     });
   });
