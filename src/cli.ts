@@ -6,6 +6,7 @@ import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
 import type { HostPort, ProxyConfig } from "./config.js";
 import {
+  CONFIG_OPTION_DESCRIBE,
   LOG_LEVELS,
   OPTIONS,
   PASSWORD_ENV,
@@ -45,6 +46,7 @@ function addOption(parser: Argv, spec: OptionSpec): Argv {
       ? { type: "array" as const, string: true }
       : {}),
     ...(spec.kind === "level" ? { choices: [...LOG_LEVELS] } : {}),
+    ...(spec.choices !== undefined ? { choices: [...spec.choices] } : {}),
     ...(spec.defaultText !== undefined ? { defaultDescription: spec.defaultText } : {}),
   });
 }
@@ -61,7 +63,7 @@ function buildParser(): Argv {
     // arrives as an array: --upstream collects them, other flags take the last (convertOption).
     .parserConfiguration({ "parse-numbers": false })
     .option("config", {
-      describe: "JSON file holding any of these options (kebab-case or camelCase keys); flags override it.",
+      describe: CONFIG_OPTION_DESCRIBE,
       requiresArg: true,
     });
   for (const spec of OPTIONS) parser = addOption(parser, spec);
@@ -199,9 +201,11 @@ async function start(running: Running, config: ProxyConfig): Promise<void> {
   }
   running.server = new ProxyServer(effective, running.log);
   const address = await running.server.start();
+  const tlsPort = running.server.tlsPort;
+  const tlsText = tlsPort === undefined ? "" : ` (TLS on port ${tlsPort})`;
   running.log.info(
-    { address, upstreams: effective.upstreams, embedded: running.embedded !== undefined },
-    `gears-proxy listening on ${formatAddress(address)}, in front of ${describeUpstreams(effective, running.embedded)}`,
+    { address, tlsPort, upstreams: effective.upstreams, embedded: running.embedded !== undefined },
+    `gears-proxy listening on ${formatAddress(address)}${tlsText}, in front of ${describeUpstreams(effective, running.embedded)}`,
   );
 }
 
@@ -218,7 +222,10 @@ async function main(): Promise<void> {
     process.stdout.write(`${action.text}\n`);
     return;
   }
-  const running = new Running(createLogger(action.config.logLevel), action.config.shutdownTimeoutMs);
+  const running = new Running(
+    createLogger(action.config.logLevel, action.config.logFormat),
+    action.config.shutdownTimeoutMs,
+  );
   onSignals(running);
   try {
     await start(running, action.config);

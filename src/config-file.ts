@@ -37,7 +37,8 @@ type Kind =
   | "flag"
   | "level"
   | "upstreams"
-  | "settings";
+  | "settings"
+  | "choice";
 
 export interface OptionSpec {
   /** The flag, in kebab-case (the config file also accepts the camelCase key). */
@@ -47,7 +48,13 @@ export interface OptionSpec {
   describe: string;
   /** Shown as the default in --help. */
   defaultText?: string;
+  /** The values a "choice" option accepts. */
+  choices?: readonly string[];
 }
+
+/** --config itself, which the CLI reads before the options below. */
+export const CONFIG_OPTION_DESCRIBE =
+  "JSON file holding any of these options (kebab-case or camelCase keys); flags override it.";
 
 export const OPTIONS: readonly OptionSpec[] = [
   {
@@ -131,8 +138,16 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: "log-level",
     key: "logLevel",
     kind: "level",
-    describe: "Least severe log lines written (JSON lines on stderr).",
+    describe: "Least severe log lines written (on stderr).",
     defaultText: DEFAULT_CONFIG.logLevel,
+  },
+  {
+    flag: "log-format",
+    key: "logFormat",
+    kind: "choice",
+    choices: ["pretty", "json"],
+    describe: "How log lines are written: pretty (human-readable) or json (one JSON object a line).",
+    defaultText: "pretty on a terminal, json otherwise",
   },
   {
     flag: "data-dir",
@@ -249,6 +264,74 @@ export const OPTIONS: readonly OptionSpec[] = [
     describe: "Entries the proxy's SLOWLOG keeps; 0 keeps none.",
     defaultText: String(DEFAULT_CONFIG.slowlogMaxLen),
   },
+  {
+    flag: "tls-port",
+    key: "tlsPort",
+    kind: "listen-port",
+    describe:
+      "TCP port for TLS clients, open beside --port (0 picks a free one); needs --tls-cert-file and --tls-key-file.",
+    defaultText: "off",
+  },
+  {
+    flag: "tls-cert-file",
+    key: "tlsCertFile",
+    kind: "text",
+    describe: "PEM file holding the certificate (and chain) the proxy shows TLS clients.",
+  },
+  {
+    flag: "tls-key-file",
+    key: "tlsKeyFile",
+    kind: "text",
+    describe: "PEM file holding the private key of --tls-cert-file.",
+  },
+  {
+    flag: "tls-ca-cert-file",
+    key: "tlsCaCertFile",
+    kind: "text",
+    describe: "PEM file of the CA certificates that client certificates must chain to.",
+  },
+  {
+    flag: "tls-auth-clients",
+    key: "tlsAuthClients",
+    kind: "choice",
+    choices: ["yes", "no", "optional"],
+    describe:
+      "yes: TLS clients must present a certificate from --tls-ca-cert-file; optional: a certificate is checked if presented; no: none is asked for.",
+    defaultText: DEFAULT_CONFIG.tlsAuthClients,
+  },
+  {
+    flag: "upstream-tls",
+    key: "upstreamTls",
+    kind: "flag",
+    describe: "Connect to every upstream node (cluster nodes and redirect targets included) over TLS.",
+    defaultText: "false",
+  },
+  {
+    flag: "upstream-tls-ca-cert-file",
+    key: "upstreamTlsCaCertFile",
+    kind: "text",
+    describe:
+      "PEM file of the CA certificates upstream certificates must chain to (default: the system's roots).",
+  },
+  {
+    flag: "upstream-tls-servername",
+    key: "upstreamTlsServername",
+    kind: "host",
+    describe:
+      "Server name sent to the upstreams (SNI) and checked against their certificates (default: the host).",
+  },
+  {
+    flag: "upstream-tls-cert-file",
+    key: "upstreamTlsCertFile",
+    kind: "text",
+    describe: "PEM file of the client certificate the proxy presents to upstreams that ask for one.",
+  },
+  {
+    flag: "upstream-tls-key-file",
+    key: "upstreamTlsKeyFile",
+    kind: "text",
+    describe: "PEM file holding the private key of --upstream-tls-cert-file.",
+  },
 ];
 
 export const PASSWORD_ENV = "GEARS_PROXY_UPSTREAM_PASSWORD";
@@ -336,8 +419,14 @@ function asUpstreams(value: unknown): HostPort[] {
 
 type OptionValue = ProxyConfig[keyof ProxyConfig];
 
-function convert(kind: Kind, value: unknown): OptionValue {
-  switch (kind) {
+function asChoice(value: unknown, choices: readonly string[]): string {
+  const text = typeof value === "boolean" ? (value ? "yes" : "no") : asText(value).toLowerCase();
+  if (!choices.includes(text)) throw new Error(`'${String(value)}' is not one of ${choices.join(", ")}`);
+  return text;
+}
+
+function convert(spec: OptionSpec, value: unknown): OptionValue {
+  switch (spec.kind) {
     case "port":
       return asInteger(value, 1, 65535);
     case "listen-port":
@@ -360,6 +449,8 @@ function convert(kind: Kind, value: unknown): OptionValue {
       return asUpstreams(value);
     case "settings":
       return asSettings(value);
+    case "choice":
+      return asChoice(value, spec.choices ?? []);
     case "text":
       return asText(value);
   }
@@ -371,7 +462,7 @@ export function convertOption(spec: OptionSpec, value: unknown, where: string): 
   const many = spec.kind === "upstreams" || spec.kind === "settings";
   const single = Array.isArray(value) && !many ? value[value.length - 1] : value;
   try {
-    return convert(spec.kind, single);
+    return convert(spec, single);
   } catch (err) {
     throw new UsageError(`${where}: ${err instanceof Error ? err.message : String(err)}`);
   }
@@ -423,5 +514,30 @@ export function mergeConfig(
   env: Partial<ProxyConfig>,
   flags: Partial<ProxyConfig>,
 ): ProxyConfig {
-  return { ...DEFAULT_CONFIG, ...file, ...env, ...flags };
+  const config = { ...DEFAULT_CONFIG, ...file, ...env, ...flags };
+  checkTls(config);
+  return config;
+}
+
+/** Options that only make sense together, refused at start rather than at the first handshake. */
+function checkTls(config: ProxyConfig): void {
+  if (config.tlsPort !== undefined && (config.tlsCertFile === undefined || config.tlsKeyFile === undefined)) {
+    throw new UsageError("--tls-port needs --tls-cert-file and --tls-key-file");
+  }
+  if (config.tlsPort !== undefined && config.tlsAuthClients !== "no" && config.tlsCaCertFile === undefined) {
+    throw new UsageError(
+      `--tls-auth-clients ${config.tlsAuthClients} needs --tls-ca-cert-file to check client certificates`,
+    );
+  }
+  const upstreamTlsFiles = [
+    config.upstreamTlsCaCertFile,
+    config.upstreamTlsServername,
+    config.upstreamTlsCertFile,
+  ];
+  if (!config.upstreamTls && upstreamTlsFiles.some((v) => v !== undefined)) {
+    throw new UsageError("the --upstream-tls-* options need --upstream-tls");
+  }
+  if ((config.upstreamTlsCertFile === undefined) !== (config.upstreamTlsKeyFile === undefined)) {
+    throw new UsageError("--upstream-tls-cert-file and --upstream-tls-key-file go together");
+  }
 }

@@ -67,6 +67,25 @@ export interface ProxyConfig {
   slowlogLogSlowerThan: number;
   /** Entries SLOWLOG keeps; 0 keeps none (and commands are not timed). */
   slowlogMaxLen: number;
+  /** "pretty": human-readable lines; "json": JSON lines; unset: pretty on a terminal only. */
+  logFormat?: "pretty" | "json";
+  /** TLS port for clients, beside the plain one; off when undefined. */
+  tlsPort?: number;
+  /** PEM files of the proxy's certificate, its key, and the CA that client certificates must chain to. */
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  tlsCaCertFile?: string;
+  /** Whether TLS clients must present a certificate (Redis' tls-auth-clients). */
+  tlsAuthClients: "yes" | "no" | "optional";
+  /** Speak TLS to every upstream node (cluster nodes included). */
+  upstreamTls: boolean;
+  /** CA bundle upstream certificates must chain to (default: Node's trusted roots). */
+  upstreamTlsCaCertFile?: string;
+  /** Server name sent (SNI) and checked against the upstream certificates. */
+  upstreamTlsServername?: string;
+  /** Client certificate and key the proxy presents to upstreams that ask for one. */
+  upstreamTlsCertFile?: string;
+  upstreamTlsKeyFile?: string;
 }
 
 export const DEFAULT_CONFIG: ProxyConfig = {
@@ -91,6 +110,8 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   metricsBind: "127.0.0.1",
   slowlogLogSlowerThan: 10_000,
   slowlogMaxLen: 128,
+  tlsAuthClients: "yes",
+  upstreamTls: false,
 };
 
 /** Parses "host:port", "[v6]:port" or a bare port; throws with a message fit for a user. */

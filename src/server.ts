@@ -1,4 +1,6 @@
 import net from "node:net";
+import tls from "node:tls";
+import { clientTlsOptions } from "./config-tls.js";
 import { ClientRegistry } from "./client/registry.js";
 import type { ProxyContext, ProxyStats } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
@@ -30,6 +32,10 @@ const MAX_CLIENTS_REPLY = Buffer.from("-ERR max number of clients reached\r\n");
  */
 export class ProxyServer {
   private listener: net.Server | null = null;
+  /** The --tls-port listener, beside the plain one. */
+  private tlsListener: tls.Server | null = null;
+  /** The bound TLS port (useful with --tls-port 0). */
+  tlsPort: number | undefined;
   private context: ProxyContext | null = null;
   private sweeper: NodeJS.Timeout | null = null;
   private memoryCheck: NodeJS.Timeout | null = null;
@@ -47,8 +53,8 @@ export class ProxyServer {
 
   /** Resolves once listening; the port is the bound one (useful with port 0). */
   async start(): Promise<{ host: string; port: number }> {
-    const upstream = await connectUpstream(this.config, this.log);
-    this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
+    // Read before anything starts, so a missing certificate stops the proxy at once.
+    const tlsOptions = clientTlsOptions(this.config);
     const stats: ProxyStats = {
       startedAt: Date.now(),
       connectionsReceived: 0,
@@ -59,6 +65,11 @@ export class ProxyServer {
       evictedClients: 0,
       clientsMemory: 0,
     };
+    // Made before the upstream connections, which it times.
+    const metrics =
+      this.config.metricsPort === undefined ? null : new Metrics(metricSources(stats, () => this.context));
+    const upstream = await connectUpstream(this.config, this.log, metrics ?? undefined);
+    this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
     const router = new Router(
       upstream.topology,
       upstream.commands === null ? null : new CommandTable(upstream.commands),
@@ -92,10 +103,7 @@ export class ProxyServer {
         (limits, bridge) => warm.take(limits, bridge),
         python === null ? null : (limits, bridge) => python.take(limits, bridge),
       ),
-      metrics:
-        this.config.metricsPort === undefined
-          ? null
-          : new Metrics(metricSources(stats, () => ctx.clients.size)),
+      metrics,
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
     };
     this.context = ctx;
@@ -113,14 +121,16 @@ export class ProxyServer {
     await ctx.gears.restore();
     const listener = net.createServer((socket) => this.accept(ctx, socket));
     this.listener = listener;
-    await new Promise<void>((resolve, reject) => {
-      listener.once("error", reject);
-      listener.listen(this.config.port, this.config.bind, () => {
-        listener.off("error", reject);
-        resolve();
-      });
-    });
-    listener.on("error", (err) => this.log.error({ err: err.message }, "listener error"));
+    await this.listen(listener, this.config.port);
+    if (tlsOptions !== undefined) {
+      const tlsListener = tls.createServer(tlsOptions, (socket) => this.acceptTls(ctx, socket));
+      // A failed handshake (no certificate, another CA) never becomes a client: noted, not fatal.
+      tlsListener.on("tlsClientError", (err, socket) =>
+        this.log.info({ err: err.message, client: socket.remoteAddress }, "TLS handshake refused"),
+      );
+      this.tlsListener = tlsListener;
+      this.tlsPort = (await this.listen(tlsListener, this.config.tlsPort ?? 0)).port;
+    }
     this.memoryCheck = setInterval(() => this.boundClientMemory(ctx), MEMORY_CHECK_MS);
     this.memoryCheck.unref();
     if (this.config.timeout > 0) {
@@ -144,10 +154,46 @@ export class ProxyServer {
     return { host: address.address, port: address.port };
   }
 
+  private async listen(listener: net.Server, port: number): Promise<net.AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      listener.once("error", reject);
+      listener.listen(port, this.config.bind, () => {
+        listener.off("error", reject);
+        resolve();
+      });
+    });
+    listener.on("error", (err) => this.log.error({ err: err.message }, "listener error"));
+    return listener.address() as net.AddressInfo;
+  }
+
+  /** --tls-auth-clients optional: no certificate is fine, a certificate that fails its checks is not. */
+  private acceptTls(ctx: ProxyContext, socket: tls.TLSSocket): void {
+    if (
+      !socket.authorized &&
+      Object.keys(socket.getPeerCertificate()).length > 0 &&
+      this.config.tlsAuthClients !== "no"
+    ) {
+      this.log.info(
+        {
+          err: socket.authorizationError?.message ?? String(socket.authorizationError),
+          client: socket.remoteAddress,
+        },
+        "TLS client certificate refused",
+      );
+      socket.destroy();
+      return;
+    }
+    this.accept(ctx, socket);
+  }
+
   private accept(ctx: ProxyContext, socket: net.Socket): void {
     ctx.stats.connectionsReceived++;
     if (ctx.clients.size >= this.config.maxclients) {
       ctx.stats.rejectedConnections++;
+      this.log.warn(
+        { client: socket.remoteAddress, maxclients: this.config.maxclients },
+        "client refused: max number of clients reached",
+      );
       // Whatever the client already sent is never read: destroy once the reply is out.
       socket.on("error", () => {});
       socket.end(MAX_CLIENTS_REPLY, () => socket.destroy());
@@ -194,11 +240,13 @@ export class ProxyServer {
     const deadline = Date.now() + timeoutMs;
     if (this.sweeper !== null) clearInterval(this.sweeper);
     if (this.memoryCheck !== null) clearInterval(this.memoryCheck);
-    const listener = this.listener;
+    const listeners = [this.listener, this.tlsListener].filter((l): l is net.Server => l !== null);
     this.listener = null;
+    this.tlsListener = null;
     // Closed before the clients drain so no new one arrives; resolves once the last has gone.
-    const listenerClosed =
-      listener === null ? Promise.resolve() : new Promise<void>((resolve) => listener.close(() => resolve()));
+    const listenerClosed = Promise.all(
+      listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))),
+    );
     const ctx = this.context;
     if (ctx !== null) {
       // Gears need a share of the time to hand their leases back, so clients get most of it.
@@ -232,10 +280,12 @@ function untilOr(work: Promise<unknown>, ms: number): Promise<unknown> {
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
-function metricSources(stats: ProxyStats, current: () => number): MetricSources {
+function metricSources(stats: ProxyStats, context: () => ProxyContext | null): MetricSources {
   return {
-    connectionsCurrent: current,
+    connectionsCurrent: () => context()?.clients.size ?? 0,
     connectionsTotal: () => stats.connectionsReceived,
     connectionsRejected: () => stats.rejectedConnections,
+    upstreamNodes: () =>
+      (context()?.router.topology.masters() ?? []).map((n) => ({ id: n.id, reachable: n.reachable })),
   };
 }

@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { freeClusterPort } from "./ports.js";
-import { startRedis, type RedisNode } from "./redis.js";
+import { redisCliTlsArgs, startRedis, type RedisNode, type TlsFiles } from "./redis.js";
 import type { RespValue } from "./resp.js";
 
 export const SLOT_COUNT = 16384;
@@ -12,6 +12,8 @@ export interface StartClusterOptions {
   args?: string[];
   /** How long to wait for the cluster to become healthy. Default 30 s. */
   timeoutMs?: number;
+  /** TLS-only nodes: clients, the cluster bus and replication all speak TLS. */
+  tls?: TlsFiles;
 }
 
 export interface RedisCluster {
@@ -201,8 +203,13 @@ class Cluster implements RedisCluster {
   }
 }
 
-function clusterCreate(nodes: readonly RedisNode[], replicasPerMaster: number): Promise<void> {
+function clusterCreate(
+  nodes: readonly RedisNode[],
+  replicasPerMaster: number,
+  tls: TlsFiles | undefined,
+): Promise<void> {
   const argv = [
+    ...(tls !== undefined ? redisCliTlsArgs(tls) : []),
     "--cluster",
     "create",
     ...nodes.map((n) => `${n.host}:${n.port}`),
@@ -228,14 +235,15 @@ export async function startCluster(opts: StartClusterOptions): Promise<RedisClus
   const count = opts.masters * (1 + replicasPerMaster);
   const ports: number[] = [];
   for (let i = 0; i < count; i++) ports.push(await freeClusterPort());
-  const args = [...CLUSTER_ARGS, ...(opts.args ?? [])];
-  const started = await Promise.allSettled(ports.map((port) => startRedis({ port, args })));
+  const tlsArgs = opts.tls !== undefined ? ["--tls-cluster", "yes", "--tls-replication", "yes"] : [];
+  const args = [...CLUSTER_ARGS, ...tlsArgs, ...(opts.args ?? [])];
+  const started = await Promise.allSettled(ports.map((port) => startRedis({ port, args, tls: opts.tls })));
   const nodes = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
   const cluster = new Cluster(nodes);
   try {
     const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed !== undefined) throw failed.reason;
-    await clusterCreate(nodes, replicasPerMaster);
+    await clusterCreate(nodes, replicasPerMaster, opts.tls);
     await cluster.waitUntil(true, opts.timeoutMs ?? 30_000, replicasPerMaster);
   } catch (err) {
     await cluster.stop();

@@ -17,6 +17,20 @@ export interface StartRedisOptions {
   dir?: string;
   /** How long to wait for the server to answer PING. Default 10 s. */
   readyTimeoutMs?: number;
+  /** TLS only: `port` becomes the TLS port (the plain one is off); cli() and call() use TLS. */
+  tls?: TlsFiles;
+}
+
+/** PEM files: the server's certificate and key (also shown as a client's) and the CA both trust. */
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+/** redis-cli's flags for a TLS connection with these files. */
+export function redisCliTlsArgs(files: TlsFiles): string[] {
+  return ["--tls", "--cacert", files.ca, "--cert", files.cert, "--key", files.key];
 }
 
 export interface RedisNode {
@@ -40,6 +54,8 @@ export interface RedisNode {
   call(...args: string[]): Promise<RespValue>;
   /** The tail of the server's stdout+stderr (its log). */
   output(): string;
+  /** Set when the server speaks TLS only. */
+  readonly tls: TlsFiles | undefined;
 }
 
 const HOST = "127.0.0.1";
@@ -61,6 +77,7 @@ class RedisServer implements RedisNode, Tracked {
     private readonly args: readonly string[],
     readonly password: string | undefined,
     private readonly readyTimeoutMs: number,
+    readonly tls: TlsFiles | undefined,
   ) {}
 
   get pid(): number {
@@ -159,7 +176,8 @@ class RedisServer implements RedisNode, Tracked {
 
   cli(...args: string[]): Promise<string> {
     const auth = this.password !== undefined ? ["-a", this.password, "--no-auth-warning"] : [];
-    const argv = ["-h", this.host, "-p", String(this.port), ...auth, ...args];
+    const secure = this.tls !== undefined ? redisCliTlsArgs(this.tls) : [];
+    const argv = ["-h", this.host, "-p", String(this.port), ...auth, ...secure, ...args];
     return new Promise((resolve, reject) => {
       execFile("redis-cli", argv, { timeout: 10_000 }, (err, stdout, stderr) => {
         if (err) {
@@ -172,7 +190,13 @@ class RedisServer implements RedisNode, Tracked {
   }
 
   call(...args: string[]): Promise<RespValue> {
-    return sendCommand(this.port, args, { host: this.host, password: this.password, timeoutMs: 2000 });
+    const files = this.tls;
+    const tls = files && {
+      ca: fs.readFileSync(files.ca),
+      cert: fs.readFileSync(files.cert),
+      key: fs.readFileSync(files.key),
+    };
+    return sendCommand(this.port, args, { host: this.host, password: this.password, timeoutMs: 2000, tls });
   }
 }
 
@@ -195,9 +219,21 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisNod
     "--daemonize",
     "no",
     ...(opts.password !== undefined ? ["--requirepass", opts.password] : []),
+    ...(opts.tls !== undefined
+      ? ["--port", "0", "--tls-port", String(port), "--tls-cert-file", opts.tls.cert]
+      : []),
+    ...(opts.tls !== undefined ? ["--tls-key-file", opts.tls.key, "--tls-ca-cert-file", opts.tls.ca] : []),
     ...(opts.args ?? []),
   ];
-  const server = new RedisServer(port, dir, ownsDir, args, opts.password, opts.readyTimeoutMs ?? 10_000);
+  const server = new RedisServer(
+    port,
+    dir,
+    ownsDir,
+    args,
+    opts.password,
+    opts.readyTimeoutMs ?? 10_000,
+    opts.tls,
+  );
   try {
     await server.start();
   } catch (err) {

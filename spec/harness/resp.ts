@@ -1,4 +1,5 @@
 import net from "node:net";
+import tls from "node:tls";
 
 /** An error reply (`-ERR ...`) from the server. */
 export class RespError extends Error {
@@ -61,6 +62,8 @@ export interface CommandOptions {
   host?: string;
   password?: string;
   timeoutMs?: number;
+  /** Connect over TLS with these settings. */
+  tls?: tls.ConnectionOptions;
 }
 
 /**
@@ -74,7 +77,8 @@ export function sendCommand(
 ): Promise<RespValue> {
   const commands = opts.password !== undefined ? [["AUTH", opts.password], args] : [args];
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ port, host: opts.host ?? "127.0.0.1" });
+    const host = opts.host ?? "127.0.0.1";
+    const socket = opts.tls ? tls.connect({ ...opts.tls, port, host }) : net.connect({ port, host });
     let buf = Buffer.alloc(0);
     const replies: RespValue[] = [];
     const fail = (err: Error): void => {

@@ -264,6 +264,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.ctx.metrics?.clientBytesIn(chunk.length);
     this.parser.push(chunk);
     if (this.parser.buffered > QUERY_BUFFER_LIMIT) {
+      this.ctx.log.warn({ client: this.id, addr: this.addr }, "client query buffer limit reached");
       this.kill("query buffer limit reached");
       return;
     }

@@ -645,6 +645,12 @@ export class GearsEngine {
   async restore(): Promise<void> {
     await this.tf.restore();
     await this.serialized(() => this.syncFromStore());
+    if (this.storedJson.size > 0) {
+      this.log.info(
+        { sessions: this.storedJson.size },
+        `restored ${this.storedJson.size} gears sessions at start`,
+      );
+    }
     this.storePoll = setInterval(() => void this.serialized(() => this.pollStore()), STORE_POLL_MS);
     this.storePoll.unref();
   }

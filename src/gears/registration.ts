@@ -23,6 +23,8 @@ export class RegistrationStats {
   lastRunDurationMS = 0;
   totalRunDurationMS = 0;
   lastError: string | null = null;
+  /** Executions in a row that failed (not the events in them), for the "failing repeatedly" log line. */
+  failureStreak = 0;
 
   /**
    * One execution over `events` events (a batch): as in RedisGears, where each event ran on
@@ -36,9 +38,11 @@ export class RegistrationStats {
     else if (errors.length > 0) {
       this.numFailures += events;
       this.lastError = errors[0];
+      this.failureStreak++;
     } else {
       this.numSuccess += events;
       this.lastError = null;
+      this.failureStreak = 0;
     }
   }
 

@@ -68,6 +68,9 @@ export function streamGroupName(sessionId: string, actionIndex: number): string 
  * registrations they match (each registration handles its events in order, a batch at a
  * time, in its session's isolate) and answers RG.TRIGGER for CommandReader ones.
  */
+/** Executions failing in a row before the registration is reported as failing repeatedly. */
+const FAILURE_STREAK_WARN = 3;
+
 export class RegistrationRegistry {
   private readonly sessions = new Map<string, GearsSession>();
   private executionCounter = 0;
@@ -472,14 +475,30 @@ export class RegistrationRegistry {
     const started = Date.now();
     await execution.run();
     this.trimExecutions(registration);
+    const streakBefore = registration.stats.failureStreak;
     registration.stats.record(Date.now() - started, execution.errors, execution.status === "aborted", events);
-    if (execution.errors.length > 0) {
-      this.log.debug(
-        { registration: registration.id, errors: execution.errors },
-        "registration execution failed",
-      );
-    }
+    this.logFailureStreak(registration, streakBefore, execution.errors);
     return execution;
+  }
+
+  /**
+   * One failure is debug; the third in a row (then every hundredth) is a warning, and the
+   * first success after that says so, so a broken registration shows without flooding the log.
+   */
+  private logFailureStreak(registration: Registration, before: number, errors: string[]): void {
+    const streak = registration.stats.failureStreak;
+    const id = registration.id;
+    if (streak === 0) {
+      if (before >= FAILURE_STREAK_WARN)
+        this.log.info({ registration: id, failedBefore: before }, "registration succeeds again");
+    } else if (streak === FAILURE_STREAK_WARN || streak % 100 === 0) {
+      this.log.warn(
+        { registration: id, failures: streak, err: errors[0] },
+        "registration failing repeatedly",
+      );
+    } else if (streak > before) {
+      this.log.debug({ registration: id, errors }, "registration execution failed");
+    }
   }
 
   /** Drops the oldest finished executions beyond MaxExecutionsPerRegistration. */

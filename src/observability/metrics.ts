@@ -5,13 +5,16 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
+import { FastHistogram } from "./fast-histogram.js";
 
 /** Figures the proxy keeps anyway; read at scrape time so the hot path pays nothing for them. */
 export interface MetricSources {
   connectionsCurrent(): number;
   connectionsTotal(): number;
   connectionsRejected(): number;
+  /** The upstream masters and whether each is reachable now. */
+  upstreamNodes(): { id: string; reachable: boolean }[];
 }
 
 /** Seconds, from 50 µs (a pipelined GET) to 10 s (a blocking call or a slow script). */
@@ -22,38 +25,41 @@ const LATENCY_BUCKETS = [
 const MAX_LABELS = 512;
 const MINUS = 0x2d;
 
-interface CommandSeries {
-  count: Counter.Internal;
-  latency: Histogram.Internal<"command">;
-}
-
 export class Metrics {
   readonly registry = new Registry();
-  private readonly commands: Counter<"command">;
-  private readonly latency: Histogram<"command">;
+  private readonly latency: FastHistogram;
   private readonly errors: Counter<"kind">;
   private readonly bytesIn: Counter;
   private readonly bytesOut: Counter;
   private readonly redirects: Counter<"kind">;
-  /** Label children cached per name: prom-client's labels() builds a key string on every call. */
-  private readonly series = new Map<string, CommandSeries>();
+  private readonly roundTrips: FastHistogram;
+  /** One observe function per node, handed to each of its connections. */
+  private readonly roundTripObservers = new Map<string, (seconds: number) => void>();
+  /** One observe function per command name (see FastHistogram for why not prom-client's). */
+  private readonly series = new Map<string, (seconds: number) => void>();
   private readonly errorSeries = new Map<string, Counter.Internal>();
 
   constructor(sources: MetricSources) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.commands = new Counter({
+    const latency = new FastHistogram(
+      "gears_proxy_command_duration_seconds",
+      "Time from a command's arrival to its reply being written, as the client sees it.",
+      "command",
+      LATENCY_BUCKETS,
+      this.registry,
+    );
+    this.latency = latency;
+    // The histogram's counts are the commands answered: counted once, read at scrape time.
+    new Counter({
       name: "gears_proxy_commands_total",
       help: "Commands answered to clients, by command name.",
       labelNames: ["command"],
       registers,
-    });
-    this.latency = new Histogram({
-      name: "gears_proxy_command_duration_seconds",
-      help: "Time from a command's arrival to its reply being written, as the client sees it.",
-      labelNames: ["command"],
-      buckets: LATENCY_BUCKETS,
-      registers,
+      collect() {
+        this.reset();
+        for (const [command, count] of latency.counts()) this.inc({ command }, count);
+      },
     });
     this.errors = new Counter({
       name: "gears_proxy_errors_total",
@@ -76,6 +82,24 @@ export class Metrics {
       help: "MOVED and ASK replies the proxy followed for its clients.",
       labelNames: ["kind"],
       registers,
+    });
+    this.roundTrips = new FastHistogram(
+      "gears_proxy_upstream_round_trip_seconds",
+      "Time from a request written to an upstream node to its reply, by node (pipelining included).",
+      "node",
+      LATENCY_BUCKETS,
+      this.registry,
+    );
+    new Gauge({
+      name: "gears_proxy_upstream_up",
+      help: "1 while an upstream master is reachable, 0 from a lost connection until one succeeds again.",
+      labelNames: ["node"],
+      registers,
+      collect() {
+        // Rebuilt at each scrape, so masters that left the cluster disappear.
+        this.reset();
+        for (const node of sources.upstreamNodes()) this.set({ node: node.id }, node.reachable ? 1 : 0);
+      },
     });
     new Gauge({
       name: "gears_proxy_connections_current",
@@ -112,10 +136,9 @@ export class Metrics {
 
   /** One reply written for `command`, `seconds` after the command arrived. */
   commandDone(command: string, seconds: number, reply: Buffer): void {
-    let series = this.series.get(command);
-    if (series === undefined) series = this.newSeries(command);
-    series.count.inc();
-    series.latency.observe(seconds);
+    let observe = this.series.get(command);
+    if (observe === undefined) observe = this.newSeries(command);
+    observe(seconds);
     if (reply[0] === MINUS) this.errorReply(reply);
   }
 
@@ -127,18 +150,25 @@ export class Metrics {
     this.bytesOut.inc(n);
   }
 
+  /** NodeObserver (src/upstream/node.ts): the function that times requests to node `id`. */
+  roundTripFor(id: string): (seconds: number) => void {
+    let observe = this.roundTripObservers.get(id);
+    if (observe === undefined) {
+      observe = this.roundTrips.observer(id);
+      this.roundTripObservers.set(id, observe);
+    }
+    return observe;
+  }
+
   redirect(kind: "MOVED" | "ASK"): void {
     this.redirects.inc({ kind });
   }
 
-  private newSeries(command: string): CommandSeries {
+  private newSeries(command: string): (seconds: number) => void {
     const label = this.series.size < MAX_LABELS ? command : "other";
-    const series = this.series.get(label) ?? {
-      count: this.commands.labels(label),
-      latency: this.latency.labels(label),
-    };
-    this.series.set(label, series);
-    return series;
+    const observe = this.series.get(label) ?? this.latency.observer(label);
+    this.series.set(label, observe);
+    return observe;
   }
 
   private errorReply(reply: Buffer): void {

@@ -190,6 +190,8 @@ export class ClusterTopology implements Topology {
   private apply(shards: ShardView[]): void {
     const masters: { node: UpstreamNode; first: number }[] = [];
     const replicasOf = new Map<UpstreamNode, UpstreamNode[]>();
+    const firstLoad = this.masterList.length === 0;
+    let movedSlots = 0;
     for (const shard of shards) {
       const node = this.nodeAt(shard.master.host, shard.master.port);
       replicasOf.set(
@@ -199,17 +201,48 @@ export class ClusterTopology implements Topology {
       node.clusterId = shard.id;
       let first = SLOT_COUNT;
       for (const [start, end] of shard.ranges) {
-        for (let s = start; s <= end; s++) this.slots[s] = node;
+        for (let s = start; s <= end; s++) {
+          if (this.slots[s] !== node) movedSlots++;
+          this.slots[s] = node;
+        }
         first = Math.min(first, start);
       }
       masters.push({ node, first });
     }
     masters.sort((a, b) => a.first - b.first);
+    const previous = { masters: this.masterList, replicasOf: this.replicasOf };
     this.replicasOf = replicasOf;
-    const before = this.masterList.map((n) => n.id).join(",");
     this.masterList = masters.map((m) => m.node);
-    const after = this.masterList.map((n) => n.id).join(",");
-    if (before !== after) this.log.info({ masters: this.masterList.map((n) => n.id) }, "cluster topology");
+    const ids = this.masterList.map((n) => n.id);
+    if (firstLoad) {
+      this.log.info({ masters: ids }, "cluster topology loaded");
+      return;
+    }
+    this.logFailovers(previous.masters, previous.replicasOf);
+    if (movedSlots > 0) {
+      this.log.info(
+        { slots: movedSlots, masters: ids },
+        `cluster slot map changed: ${movedSlots} slots moved`,
+      );
+    }
+  }
+
+  /** A master of the previous map replaced by one of its own replicas: a failover the proxy followed. */
+  private logFailovers(before: UpstreamNode[], replicasBefore: Map<UpstreamNode, UpstreamNode[]>): void {
+    const now = new Set(this.masterList);
+    for (const old of before) {
+      if (now.has(old)) continue;
+      const formerReplicas = new Set((replicasBefore.get(old) ?? []).map((r) => r.id));
+      const successor = this.masterList.find((m) => formerReplicas.has(m.id) && !before.includes(m));
+      if (successor !== undefined) {
+        this.log.warn(
+          { from: old.id, to: successor.id },
+          `failover followed: ${successor.id} now serves the slots of ${old.id}`,
+        );
+      } else {
+        this.log.warn({ node: old.id }, `cluster node ${old.id} no longer serves slots`);
+      }
+    }
   }
 
   close(): void {

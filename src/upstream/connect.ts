@@ -1,8 +1,9 @@
 import type { HostPort, ProxyConfig } from "../config.js";
+import { upstreamTlsOptions } from "../config-tls.js";
 import type { Logger } from "../observability/log.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { ClusterTopology } from "./cluster-topology.js";
-import { UpstreamNode } from "./node.js";
+import { UpstreamNode, type NodeObserver } from "./node.js";
 import { StandaloneTopology, type Topology } from "./topology.js";
 
 /** What the proxy learned about its upstream when it connected. */
@@ -16,8 +17,14 @@ export interface UpstreamInfo {
 
 const STARTUP_RETRY_MS = 10_000;
 
-function nodeOptions(config: ProxyConfig) {
+type NodeOptions = ReturnType<typeof nodeOptions>;
+
+/** Read once: the TLS files are not re-read on every reconnect. */
+function nodeOptions(config: ProxyConfig, log: Logger, observer: NodeObserver | undefined) {
   return {
+    log,
+    observer,
+    tls: upstreamTlsOptions(config),
     user: config.upstreamUser,
     password: config.upstreamPassword,
     connectTimeoutMs: config.connectTimeoutMs,
@@ -32,8 +39,9 @@ async function ask(node: UpstreamNode, argv: string[]): Promise<RespValue> {
 }
 
 /** Probes one seed: its version, whether it is a cluster node, and its command table. */
-async function probe(seed: HostPort, config: ProxyConfig) {
-  const node = new UpstreamNode(seed, nodeOptions(config));
+async function probe(seed: HostPort, options: NodeOptions) {
+  // Not logged as lost: connectUpstream says itself that a seed is not reachable yet.
+  const node = new UpstreamNode(seed, { ...options, log: undefined });
   try {
     const server = String(await ask(node, ["INFO", "server"]));
     const cluster = String(await ask(node, ["INFO", "cluster"]));
@@ -55,14 +63,20 @@ async function probe(seed: HostPort, config: ProxyConfig) {
  * cluster whose slot map is then loaded. Waits a while for a server that is still
  * starting, then fails with a message that says which address.
  */
-export async function connectUpstream(config: ProxyConfig, log: Logger): Promise<UpstreamInfo> {
+export async function connectUpstream(
+  config: ProxyConfig,
+  log: Logger,
+  observer?: NodeObserver,
+): Promise<UpstreamInfo> {
   if (config.upstreams.length === 0) throw new Error("no upstream configured");
+  const options = nodeOptions(config, log, observer);
   const deadline = Date.now() + STARTUP_RETRY_MS;
   for (let attempt = 0; ; attempt++) {
     const seed = config.upstreams[attempt % config.upstreams.length];
     try {
-      const found = await probe(seed, config);
+      const found = await probe(seed, options);
       if (!found.isCluster) {
+        found.node.log = log;
         log.info(
           { upstream: found.node.id, version: found.version, mode: "standalone" },
           "connected to upstream",
@@ -74,7 +88,7 @@ export async function connectUpstream(config: ProxyConfig, log: Logger): Promise
         };
       }
       found.node.close();
-      const topology = new ClusterTopology(config.upstreams, nodeOptions(config), log);
+      const topology = new ClusterTopology(config.upstreams, options, log);
       try {
         await topology.refresh();
       } catch (err) {
@@ -88,7 +102,8 @@ export async function connectUpstream(config: ProxyConfig, log: Logger): Promise
       return { topology, version: found.version, commands: found.commands };
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      if (/credentials|NOAUTH|WRONGPASS/.test(message) || Date.now() > deadline) {
+      // A refused certificate will not be accepted on a retry either.
+      if (/credentials|NOAUTH|WRONGPASS|certificate/i.test(message) || Date.now() > deadline) {
         throw new Error(`cannot use upstream ${seed.host}:${seed.port}: ${message}`, { cause: err });
       }
       log.warn(

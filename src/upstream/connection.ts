@@ -1,5 +1,7 @@
 import net from "node:net";
+import tls from "node:tls";
 import type { HostPort } from "../config.js";
+import { performance } from "node:perf_hooks";
 import { Fifo } from "../io/fifo.js";
 import { OutputBuffer } from "../io/output-buffer.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
@@ -15,6 +17,10 @@ export interface ConnectionOptions {
   readOnly?: boolean;
   /** The protocol the connection speaks; 3 sends HELLO 3 (with the credentials) first. */
   proto?: Protocol;
+  /** Speak TLS with these settings (--upstream-tls); plain TCP when undefined. */
+  tls?: tls.ConnectionOptions;
+  /** Told each request's round trip in seconds (metrics on); requests are not timed without it. */
+  roundTrip?: (seconds: number) => void;
 }
 
 export const CONNECTION_LOST = "ERR upstream connection lost";
@@ -33,6 +39,18 @@ export function isBookkeeping(line: Buffer): boolean {
   return line.includes('] "Select" ') || line.includes('] "Client" "Id"');
 }
 
+/** A TCP or TLS socket to `address`; commands written before it is up are buffered by Node. */
+function dial(address: HostPort, options: tls.ConnectionOptions | undefined): net.Socket {
+  const { host, port } = address;
+  if (options === undefined) return net.connect({ host, port, noDelay: true });
+  // SNI defaults to the node's host name, never to an IP address (RFC 6066); the certificate
+  // is still checked against the host, IP addresses included.
+  const servername = options.servername ?? (net.isIP(host) === 0 ? host : undefined);
+  const socket = tls.connect({ ...options, host, port, ...(servername !== undefined ? { servername } : {}) });
+  socket.setNoDelay(true);
+  return socket;
+}
+
 /**
  * One TCP connection to a Redis node, pipelined: requests are written as they come and
  * replies are matched to their senders in order. When it fails, every sender still
@@ -45,8 +63,12 @@ export class UpstreamConnection {
   private readonly out: OutputBuffer;
   private readonly scanner = new ReplyScanner();
   private readonly waiting = new Fifo<ReplySink>();
+  /** When each awaited request was sent (ms), beside `waiting`; null when nobody times them. */
+  private readonly sentAt: Fifo<number> | null;
+  private readonly roundTrip: ((seconds: number) => void) | null;
   private connected = false;
   private closedFlag = false;
+  private closedByProxyFlag = false;
   private authFailure: string | null = null;
   /** The database the connection has selected, so shared connections can serve every DB. */
   private db = 0;
@@ -64,10 +86,13 @@ export class UpstreamConnection {
   constructor(address: HostPort, options: ConnectionOptions) {
     this.address = address;
     this.proto = options.proto ?? 2;
-    this.socket = net.connect({ host: address.host, port: address.port, noDelay: true });
+    this.roundTrip = options.roundTrip ?? null;
+    this.sentAt = this.roundTrip === null ? null : new Fifo<number>();
+    this.socket = dial(address, options.tls);
     this.out = new OutputBuffer(this.socket, true);
     this.socket.setTimeout(options.connectTimeoutMs);
-    this.socket.once("connect", () => {
+    // Over TLS the connection is usable once the handshake is done; the timeout covers both.
+    this.socket.once(options.tls === undefined ? "connect" : "secureConnect", () => {
       this.connected = true;
       this.onConnect?.();
       this.socket.setTimeout(0);
@@ -85,6 +110,11 @@ export class UpstreamConnection {
     return this.closedFlag;
   }
 
+  /** True when the proxy itself closed the connection (not the server or the network). */
+  get closedByProxy(): boolean {
+    return this.closedByProxyFlag;
+  }
+
   /** Replies still awaited; 0 means the connection is idle. */
   get inFlight(): number {
     return this.waiting.length;
@@ -98,7 +128,7 @@ export class UpstreamConnection {
     }
     this.useDb(db);
     this.out.push(payload);
-    this.waiting.push(sink);
+    this.expectReply(sink);
   }
 
   /** Sends several encoded commands at once; their replies go to `sinks`, in order. */
@@ -109,7 +139,13 @@ export class UpstreamConnection {
     }
     this.useDb(db);
     this.out.push(payload);
-    for (const sink of sinks) this.waiting.push(sink);
+    for (const sink of sinks) this.expectReply(sink);
+  }
+
+  /** Queues a reply slot, stamped with the time when round trips are measured. */
+  private expectReply(sink: ReplySink): void {
+    this.waiting.push(sink);
+    this.sentAt?.push(performance.now());
   }
 
   /** The server switched database by a command the proxy did not add (a SELECT inside MULTI). */
@@ -121,7 +157,7 @@ export class UpstreamConnection {
   private useDb(db: number): void {
     if (db === this.db) return;
     this.out.push(selectCommand(db));
-    this.waiting.push(DISCARD);
+    this.expectReply(DISCARD);
     this.db = db;
   }
 
@@ -148,6 +184,7 @@ export class UpstreamConnection {
   }
 
   close(): void {
+    if (!this.closedFlag) this.closedByProxyFlag = true;
     this.socket.destroy();
     this.lose("closed by the proxy");
   }
@@ -186,8 +223,10 @@ export class UpstreamConnection {
           continue;
         }
         const sink = this.waiting.shift();
-        if (sink !== undefined) sink.reply(reply);
-        else if (this.pushHandler !== null) this.pushHandler(reply);
+        if (sink !== undefined) {
+          if (this.sentAt !== null) this.roundTrip!((performance.now() - this.sentAt.shift()!) / 1000);
+          sink.reply(reply);
+        } else if (this.pushHandler !== null) this.pushHandler(reply);
       }
     } catch (err) {
       this.socket.destroy(err instanceof Error ? err : new Error(String(err)));
@@ -205,6 +244,7 @@ export class UpstreamConnection {
         : this.connected
           ? CONNECTION_LOST
           : `ERR upstream ${where} unavailable: ${reason}`;
+    this.sentAt?.drain();
     for (const sink of this.waiting.drain()) sink.fail(message);
     this.onClose?.(message);
     this.onBorrowerLost?.(message);

@@ -1,8 +1,15 @@
 import type { HostPort } from "../config.js";
+import type { Logger } from "../observability/log.js";
 import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import { PromiseSink, type ReplySink } from "./reply-sink.js";
+
+/** What metrics learn from the nodes (src/observability/metrics.ts implements it). */
+export interface NodeObserver {
+  /** The function told each request's round trip to node `id`, in seconds. */
+  roundTripFor(id: string): (seconds: number) => void;
+}
 
 /** Idle dedicated connections kept per node for the next transaction or blocking call. */
 const MAX_IDLE_DEDICATED = 32;
@@ -31,6 +38,10 @@ export class UpstreamNode {
   private backoffMs = 0;
   private downUntil = 0;
   private lastFailure = "";
+  /** Set from the first failure until a connection succeeds again, so each outage logs twice only. */
+  private lost = false;
+  /** Where "upstream lost" and "upstream back" go; unset while the proxy only probes a seed. */
+  log: Logger | undefined;
 
   constructor(
     readonly address: HostPort,
@@ -39,14 +50,24 @@ export class UpstreamNode {
       readOnly?: boolean;
       /** Told when a connection to this node fails, so the topology can be re-read. */
       onLost?: () => void;
+      /** Where "upstream lost" and "upstream back" are written. */
+      log?: Logger;
+      /** Times the round trips (metrics on). */
+      observer?: NodeObserver;
     },
   ) {
     this.id = `${address.host}:${address.port}`;
+    this.log = options.log;
     const count = Math.max(1, options.sharedConnections);
     this.shared = [
       new Array<UpstreamConnection | null>(count).fill(null),
       new Array<UpstreamConnection | null>(count).fill(null),
     ];
+  }
+
+  /** False from a lost connection or a failed connect until a connection succeeds again. */
+  get reachable(): boolean {
+    return !this.lost && !this.down;
   }
 
   /** True while the node refuses connections and we are backing off. */
@@ -152,14 +173,23 @@ export class UpstreamNode {
   }
 
   private open(proto: Protocol): UpstreamConnection {
-    const conn = new UpstreamConnection(this.address, { ...this.options, proto });
+    const roundTrip = this.options.observer?.roundTripFor(this.id);
+    const conn = new UpstreamConnection(this.address, { ...this.options, proto, roundTrip });
     let answered = false;
     conn.onConnect = () => {
       answered = true;
       this.backoffMs = 0;
+      if (this.lost) {
+        this.lost = false;
+        this.log?.info({ upstream: this.id }, `upstream ${this.id} back`);
+      }
     };
     conn.onClose = (message) => {
       this.options.onLost?.();
+      if (!conn.closedByProxy && !this.lost) {
+        this.lost = true;
+        this.log?.warn({ upstream: this.id, err: message }, `upstream ${this.id} lost`);
+      }
       if (answered) return;
       this.backoffMs = this.backoffMs === 0 ? FIRST_BACKOFF_MS : Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
       this.downUntil = Date.now() + this.backoffMs;

@@ -1,0 +1,408 @@
+/**
+ * TLS on both sides: clients (redis-cli --tls, ioredis, node-redis) to the proxy's --tls-port,
+ * and the proxy to a TLS-only redis-server and a TLS-only cluster. The spec makes its own CAs.
+ */
+import { execFile, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import tls from "node:tls";
+import { expect } from "chai";
+import calculateSlot from "cluster-key-slot";
+import { Redis } from "ioredis";
+import { createClient } from "redis";
+import { parseArgs, UsageError } from "../src/cli.js";
+import type { ProxyConfig } from "../src/config.js";
+import {
+  redisCliTlsArgs,
+  startCluster,
+  startProxy,
+  startRedis,
+  type RedisCluster,
+  type RedisNode,
+  type RunningProxy,
+  type TlsFiles,
+} from "./harness/index.js";
+
+/**
+ * A CA (`name`-ca.crt) and one certificate it signed for localhost and 127.0.0.1. The leaf has
+ * no extended key usage, so the same file serves as a server's and as a client's certificate.
+ */
+function makePki(dir: string, name: string): TlsFiles {
+  const run = (...args: string[]): void => {
+    execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  };
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  run(
+    "req",
+    "-x509",
+    "-new",
+    ...ec,
+    "-days",
+    "2",
+    "-subj",
+    `/CN=${name} CA`,
+    "-keyout",
+    `${name}-ca.key`,
+    "-out",
+    `${name}-ca.crt`,
+  );
+  run("req", "-new", ...ec, "-subj", "/CN=localhost", "-keyout", `${name}.key`, "-out", `${name}.csr`);
+  fs.writeFileSync(path.join(dir, `${name}.ext`), "subjectAltName=DNS:localhost,IP:127.0.0.1\n");
+  run(
+    "x509",
+    "-req",
+    "-in",
+    `${name}.csr`,
+    "-CA",
+    `${name}-ca.crt`,
+    "-CAkey",
+    `${name}-ca.key`,
+    "-CAcreateserial",
+    "-days",
+    "2",
+    "-extfile",
+    `${name}.ext`,
+    "-out",
+    `${name}.crt`,
+  );
+  return {
+    ca: path.join(dir, `${name}-ca.crt`),
+    cert: path.join(dir, `${name}.crt`),
+    key: path.join(dir, `${name}.key`),
+  };
+}
+
+/** Node's TLS settings for a client presenting `client` (or no certificate) and trusting `trust`. */
+function clientTls(trust: TlsFiles, client?: TlsFiles): tls.ConnectionOptions {
+  return {
+    ca: fs.readFileSync(trust.ca),
+    ...(client !== undefined ? { cert: fs.readFileSync(client.cert), key: fs.readFileSync(client.key) } : {}),
+  };
+}
+
+/** PING over a fresh TLS connection: the reply line, or the error that ended the connection. */
+function tlsPing(port: number, options: tls.ConnectionOptions): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({ ...options, host: "127.0.0.1", port });
+    let data = "";
+    socket.setTimeout(5000, () => socket.destroy(new Error("timeout")));
+    socket.on("secureConnect", () => socket.write("PING\r\n"));
+    socket.on("data", (chunk: Buffer) => {
+      data += chunk.toString();
+      if (data.includes("\r\n")) {
+        socket.destroy();
+        resolve(data.trim());
+      }
+    });
+    socket.on("error", (err) => resolve(`error: ${err.message}`));
+    socket.on("close", () => resolve(data === "" ? "error: closed" : data.trim()));
+  });
+}
+
+function redisCli(port: number, files: TlsFiles, ...args: string[]): Promise<string> {
+  const argv = ["-h", "127.0.0.1", "-p", String(port), ...redisCliTlsArgs(files), ...args];
+  return new Promise((resolve, reject) => {
+    execFile("redis-cli", argv, { timeout: 10_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`redis-cli ${args.join(" ")}: ${err.message}\n${stdout}${stderr}`));
+      else resolve(stdout.trim());
+    });
+  });
+}
+
+/** What the proxy needs to dial TLS upstreams signed by `pki`, presenting the same certificate. */
+function upstreamTls(pki: TlsFiles): Partial<ProxyConfig> {
+  return {
+    upstreamTls: true,
+    upstreamTlsCaCertFile: pki.ca,
+    upstreamTlsCertFile: pki.cert,
+    upstreamTlsKeyFile: pki.key,
+  };
+}
+
+describe("TLS", function () {
+  this.timeout(60_000);
+  let dir: string;
+  let pki: TlsFiles;
+  let otherPki: TlsFiles;
+
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "gears-proxy-tls-"));
+    pki = makePki(dir, "main");
+    otherPki = makePki(dir, "other");
+  });
+
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  describe("options", () => {
+    it("are read from flags and from the config file alike", () => {
+      const flags = parseArgs([
+        "--upstream",
+        "127.0.0.1:7000",
+        "--tls-port",
+        "6390",
+        "--tls-cert-file",
+        pki.cert,
+        "--tls-key-file",
+        pki.key,
+        "--tls-ca-cert-file",
+        pki.ca,
+        "--tls-auth-clients",
+        "optional",
+        "--upstream-tls",
+        "--upstream-tls-ca-cert-file",
+        pki.ca,
+        "--upstream-tls-servername",
+        "redis.internal",
+        "--upstream-tls-cert-file",
+        pki.cert,
+        "--upstream-tls-key-file",
+        pki.key,
+      ]);
+      const file = path.join(dir, "tls.json");
+      fs.writeFileSync(
+        file,
+        JSON.stringify({
+          upstream: "127.0.0.1:7000",
+          "tls-port": 6390,
+          tlsCertFile: pki.cert,
+          "tls-key-file": pki.key,
+          tlsCaCertFile: pki.ca,
+          "tls-auth-clients": "optional",
+          upstreamTls: true,
+          "upstream-tls-ca-cert-file": pki.ca,
+          upstreamTlsServername: "redis.internal",
+          upstreamTlsCertFile: pki.cert,
+          upstreamTlsKeyFile: pki.key,
+        }),
+      );
+      const fromFile = parseArgs(["--config", file]);
+      expect(fromFile).to.deep.equal(flags);
+      expect(flags).to.include({
+        tlsPort: 6390,
+        tlsAuthClients: "optional",
+        upstreamTls: true,
+        upstreamTlsServername: "redis.internal",
+      });
+    });
+
+    it("refuse what cannot work, with a clear message", () => {
+      const fails = (argv: string[]): string => {
+        try {
+          parseArgs(argv);
+        } catch (err) {
+          expect(err).to.be.instanceOf(UsageError);
+          return (err as Error).message;
+        }
+        throw new Error(`accepted: ${argv.join(" ")}`);
+      };
+      expect(fails(["--tls-port", "6390"])).to.include("--tls-port needs --tls-cert-file");
+      expect(fails(["--tls-port", "6390", "--tls-cert-file", "a", "--tls-key-file", "b"])).to.include(
+        "needs --tls-ca-cert-file",
+      );
+      expect(fails(["--tls-auth-clients", "maybe"])).to.include("maybe");
+      expect(fails(["--upstream-tls-servername", "x"])).to.include("need --upstream-tls");
+      expect(fails(["--upstream-tls", "--upstream-tls-cert-file", "a"])).to.include("go together");
+    });
+  });
+
+  describe("clients to the proxy", () => {
+    let redis: RedisNode;
+    let proxy: RunningProxy;
+    let tlsPort: number;
+
+    before(async () => {
+      redis = await startRedis();
+      proxy = await startProxy([{ port: redis.port }], {
+        tlsPort: 0,
+        tlsCertFile: pki.cert,
+        tlsKeyFile: pki.key,
+        tlsCaCertFile: pki.ca,
+        tlsAuthClients: "yes",
+      });
+      tlsPort = proxy.server.tlsPort!;
+    });
+
+    after(async () => {
+      await proxy.close();
+      await redis.stop();
+    });
+
+    it("listens on the TLS port beside the plain one", () => {
+      expect(tlsPort).to.be.a("number").and.not.equal(proxy.port);
+    });
+
+    it("serves redis-cli --tls", async () => {
+      expect(await redisCli(tlsPort, pki, "SET", "tls:cli", "v1")).to.equal("OK");
+      expect(await redisCli(tlsPort, pki, "GET", "tls:cli")).to.equal("v1");
+      // Through the proxy to the plain upstream: the key is really there.
+      expect(await redis.call("GET", "tls:cli")).to.equal("v1");
+    });
+
+    it("serves ioredis over TLS, and plain clients on the plain port at the same time", async () => {
+      const secure = new Redis({
+        host: "127.0.0.1",
+        port: tlsPort,
+        tls: clientTls(pki, pki),
+        maxRetriesPerRequest: 1,
+      });
+      const plain = new Redis({ host: "127.0.0.1", port: proxy.port, maxRetriesPerRequest: 1 });
+      try {
+        expect(await secure.set("tls:io", "v2")).to.equal("OK");
+        expect(await plain.get("tls:io")).to.equal("v2");
+        expect(await secure.incrby("tls:io:n", 5)).to.equal(5);
+      } finally {
+        secure.disconnect();
+        plain.disconnect();
+      }
+    });
+
+    it("serves node-redis over TLS", async () => {
+      const client = createClient({
+        socket: {
+          host: "127.0.0.1",
+          port: tlsPort,
+          tls: true,
+          ca: fs.readFileSync(pki.ca),
+          cert: fs.readFileSync(pki.cert),
+          key: fs.readFileSync(pki.key),
+          reconnectStrategy: false,
+        },
+      });
+      await client.connect();
+      try {
+        expect(await client.hSet("tls:hash", { a: "1", b: "2" })).to.equal(2);
+        expect(await client.hGetAll("tls:hash")).to.deep.equal({ a: "1", b: "2" });
+      } finally {
+        client.destroy();
+      }
+    });
+
+    it("refuses a client certificate from another CA, and a client without one (--tls-auth-clients yes)", async () => {
+      expect(await tlsPing(tlsPort, clientTls(pki, pki))).to.equal("+PONG");
+      expect(await tlsPing(tlsPort, clientTls(pki, otherPki))).to.match(/^error: /);
+      expect(await tlsPing(tlsPort, clientTls(pki))).to.match(/^error: /);
+    });
+
+    it("with --tls-auth-clients optional lets a client without a certificate in, not one with a foreign one", async () => {
+      const optional = await startProxy([{ port: redis.port }], {
+        tlsPort: 0,
+        tlsCertFile: pki.cert,
+        tlsKeyFile: pki.key,
+        tlsCaCertFile: pki.ca,
+        tlsAuthClients: "optional",
+      });
+      try {
+        const port = optional.server.tlsPort!;
+        expect(await tlsPing(port, clientTls(pki))).to.equal("+PONG");
+        expect(await tlsPing(port, clientTls(pki, pki))).to.equal("+PONG");
+        expect(await tlsPing(port, clientTls(pki, otherPki))).to.match(/^error: /);
+      } finally {
+        await optional.close();
+      }
+    });
+
+    it("refuses to start when a certificate file is missing, naming it", async () => {
+      const missing = path.join(dir, "nope.crt");
+      let error: unknown;
+      try {
+        await startProxy([{ port: redis.port }], {
+          tlsPort: 0,
+          tlsCertFile: missing,
+          tlsKeyFile: pki.key,
+          tlsAuthClients: "no",
+        });
+      } catch (err) {
+        error = err;
+      }
+      expect(String(error)).to.include("--tls-cert-file").and.include(missing);
+    });
+  });
+
+  describe("the proxy to a TLS-only redis-server", () => {
+    let redis: RedisNode;
+
+    before(async () => {
+      redis = await startRedis({ tls: pki });
+    });
+
+    after(() => redis.stop());
+
+    it("relays commands over TLS, presenting its client certificate", async () => {
+      const proxy = await startProxy([{ port: redis.port }], {
+        ...upstreamTls(pki),
+        upstreamTlsServername: "localhost",
+      });
+      const client = new Redis({ host: "127.0.0.1", port: proxy.port, maxRetriesPerRequest: 1 });
+      try {
+        expect(await client.set("up:tls", "yes")).to.equal("OK");
+        expect(await client.get("up:tls")).to.equal("yes");
+        expect(await redis.call("GET", "up:tls")).to.equal("yes");
+      } finally {
+        client.disconnect();
+        await proxy.close();
+      }
+    });
+
+    it("stops at once with a certificate error when the upstream's CA is not trusted", async () => {
+      const started = Date.now();
+      let error: unknown;
+      try {
+        await startProxy([{ port: redis.port }], { ...upstreamTls(pki), upstreamTlsCaCertFile: otherPki.ca });
+      } catch (err) {
+        error = err;
+      }
+      expect(String(error)).to.match(/certificate/i);
+      expect(Date.now() - started).to.be.lessThan(9000);
+    });
+  });
+
+  describe("the proxy to a TLS-only 3-master cluster", () => {
+    let cluster: RedisCluster;
+    let proxy: RunningProxy;
+    let client: Redis;
+
+    before(async () => {
+      cluster = await startCluster({ masters: 3, tls: pki });
+      proxy = await startProxy(
+        cluster.nodes.map((n) => ({ port: n.port })),
+        upstreamTls(pki),
+      );
+      client = new Redis({ host: "127.0.0.1", port: proxy.port, maxRetriesPerRequest: 1 });
+    });
+
+    after(async () => {
+      client.disconnect();
+      await proxy.close();
+      await cluster.stop();
+    });
+
+    it("discovers the topology and reaches every master over TLS", async () => {
+      const keys = Array.from({ length: 60 }, (_, i) => `ctls:${i}`);
+      for (const key of keys) expect(await client.set(key, key)).to.equal("OK");
+      for (const key of keys) expect(await client.get(key)).to.equal(key);
+      const perMaster = await Promise.all(
+        (await cluster.masters()).map(async (node) => Number(await node.call("DBSIZE"))),
+      );
+      expect(perMaster.every((n) => n > 0)).to.equal(true);
+      expect(perMaster.reduce((a, b) => a + b, 0)).to.equal(keys.length);
+    });
+
+    it("follows a MOVED redirect to its TLS target", async () => {
+      const key = "ctls:moved";
+      const slot = calculateSlot(key);
+      const source = await cluster.nodeForSlot(slot);
+      const masters = await cluster.masters();
+      const target = masters.find((n) => n !== source)!;
+      expect(await client.set(key, "before")).to.equal("OK");
+      await client.del(key);
+      // An empty slot changes hands at once; the proxy still maps it to the source.
+      const targetId = String(await target.call("CLUSTER", "MYID"));
+      for (const node of [target, source, ...masters.filter((n) => n !== source && n !== target)]) {
+        await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId);
+      }
+      expect(await client.set(key, "after")).to.equal("OK");
+      expect(await target.call("GET", key)).to.equal("after");
+    });
+  });
+});

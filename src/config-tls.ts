@@ -1,0 +1,51 @@
+/**
+ * The TLS settings of both sides, built from the PEM files the options name. The files are read
+ * once at start, so a missing or unreadable file stops the proxy with a message naming it.
+ */
+import fs from "node:fs";
+import type tls from "node:tls";
+import type { ProxyConfig } from "./config.js";
+
+function readPem(file: string, option: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`${option} ${file}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+}
+
+/** What tls.createServer needs for --tls-port; undefined when the TLS port is off. */
+export function clientTlsOptions(config: ProxyConfig): tls.TlsOptions | undefined {
+  if (config.tlsPort === undefined || config.tlsCertFile === undefined || config.tlsKeyFile === undefined) {
+    return undefined;
+  }
+  const auth = config.tlsAuthClients;
+  return {
+    cert: readPem(config.tlsCertFile, "--tls-cert-file"),
+    key: readPem(config.tlsKeyFile, "--tls-key-file"),
+    ...(config.tlsCaCertFile !== undefined
+      ? { ca: readPem(config.tlsCaCertFile, "--tls-ca-cert-file") }
+      : {}),
+    requestCert: auth !== "no",
+    // "optional" lets a client without a certificate in; one that shows a bad certificate is
+    // still turned away (ProxyServer checks socket.authorized), as Redis does.
+    rejectUnauthorized: auth === "yes",
+  };
+}
+
+/** What tls.connect needs for every upstream node; undefined without --upstream-tls. */
+export function upstreamTlsOptions(config: ProxyConfig): tls.ConnectionOptions | undefined {
+  if (!config.upstreamTls) return undefined;
+  return {
+    ...(config.upstreamTlsCaCertFile !== undefined
+      ? { ca: readPem(config.upstreamTlsCaCertFile, "--upstream-tls-ca-cert-file") }
+      : {}),
+    ...(config.upstreamTlsCertFile !== undefined
+      ? { cert: readPem(config.upstreamTlsCertFile, "--upstream-tls-cert-file") }
+      : {}),
+    ...(config.upstreamTlsKeyFile !== undefined
+      ? { key: readPem(config.upstreamTlsKeyFile, "--upstream-tls-key-file") }
+      : {}),
+    ...(config.upstreamTlsServername !== undefined ? { servername: config.upstreamTlsServername } : {}),
+  };
+}
