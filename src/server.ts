@@ -1,5 +1,6 @@
 import net from "node:net";
 import { ClientRegistry } from "./client/registry.js";
+import { TrackingTable } from "./client/tracking/table.js";
 import type { ProxyContext, ProxyStats } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
 import type { ProxyConfig } from "./config.js";
@@ -80,6 +81,7 @@ export class ProxyServer {
           ? null
           : new Metrics(metricSources(stats, () => ctx.clients.size)),
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
+      tracking: new TrackingTable(router, (id) => ctx.clients.get(id)),
     };
     this.context = ctx;
     for (const [name, value] of Object.entries(this.config.gearsConfig)) {
@@ -169,6 +171,7 @@ export class ProxyServer {
         ctx.gears.close().catch(() => {}),
         Math.min(1000, Math.max(0, deadline - Date.now())),
       );
+      ctx.tracking.close();
       ctx.router.topology.close();
     }
     await this.python?.close();

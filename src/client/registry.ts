@@ -1,5 +1,7 @@
+import type { TrackedClient } from "./tracking/table.js";
+
 /** The part of a client session that other sessions may see or act on (CLIENT LIST/KILL). */
-export interface ClientHandle {
+export interface ClientHandle extends TrackedClient {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;

@@ -13,6 +13,7 @@ import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, sendControl } from "./control.js";
+import { readKeys, writtenKeys } from "./tracked-keys.js";
 
 /**
  * Who is asking: the database to run in, which shared connection keeps their order, and
@@ -126,6 +127,16 @@ export class Router implements ClusterSender {
   /** The keys of a command, as the command table finds them. */
   keysOf(name: string, argv: readonly Buffer[]): Buffer[] {
     return this.commands?.keyIndexes(name, argv).map((i) => argv[i]) ?? [];
+  }
+
+  /** The keys a command reads, as client-side caching tracks them (tracked-keys.ts). */
+  readKeys(name: string, argv: readonly Buffer[]): Buffer[] {
+    return this.commands === null ? [] : readKeys(this.commands, this.scripts, name, argv);
+  }
+
+  /** The keys a command (or script) may change. */
+  writtenKeys(name: string, argv: readonly Buffer[]): Buffer[] {
+    return this.commands === null ? [] : writtenKeys(this.commands, name, argv);
   }
 
   private isReadOnly(name: string, argv: readonly Buffer[]): boolean {
