@@ -6,7 +6,15 @@ import { decodeReply } from "../src/resp/decode.js";
 import { encodeCommand } from "../src/resp/encode.js";
 import { ReplyScanner } from "../src/resp/reply-scanner.js";
 import type { RespValue } from "../src/resp/values.js";
-import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
+import calculateSlot from "cluster-key-slot";
+import {
+  startCluster,
+  startProxy,
+  startRedis,
+  type RedisCluster,
+  type RedisNode,
+  type RunningProxy,
+} from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { eventually } from "./support/polling.js";
 import { RawClient } from "./support/raw-client.js";
@@ -377,3 +385,57 @@ for (const mode of BACKEND_MODES) {
     });
   });
 }
+
+describe("client-side caching through the proxy, reads from replicas (--read-from-replicas)", function () {
+  this.timeout(90_000);
+  let cluster: RedisCluster;
+  let proxy: RunningProxy;
+
+  before(async function () {
+    this.timeout(120_000);
+    // DEBUG SLEEP makes a replica lag behind its master.
+    cluster = await startCluster({
+      masters: 3,
+      replicasPerMaster: 1,
+      args: ["--enable-debug-command", "yes"],
+    });
+    proxy = await startProxy([{ port: cluster.nodes[0].port }], { readFromReplicas: true });
+  });
+
+  after(async () => {
+    await proxy?.close();
+    await cluster?.stop();
+  });
+
+  it("a tracking client reads from the masters, which tell it every change; others still read replicas", async () => {
+    const key = "replica-tracked";
+    const master = await cluster.nodeForSlot(calculateSlot(key));
+    const gets = async (nodes: RedisNode[]): Promise<number> => {
+      let total = 0;
+      for (const node of nodes) {
+        const m = /cmdstat_get:calls=(\d+)/.exec(await node.cli("INFO", "commandstats"));
+        total += Number(m?.[1] ?? 0);
+      }
+      return total;
+    };
+    const c = await Conn.open(proxy.port);
+    const plain = await Conn.open(proxy.port);
+    try {
+      await c.call("SET", key, "v1");
+      await master.cli("WAIT", "1", "5000");
+      expect(text(await c.call("CLIENT", "TRACKING", "ON"))).to.equal("OK");
+      const replicas = await cluster.replicas();
+      const [fromMaster, fromReplicas] = [await gets([master]), await gets(replicas)];
+      for (let i = 0; i < 5; i++) expect(text(await c.call("GET", key))).to.equal("v1");
+      for (let i = 0; i < 5; i++) expect(text(await plain.call("GET", key))).to.equal("v1");
+      expect((await gets([master])) - fromMaster, "the tracking client's reads").to.equal(5);
+      expect((await gets(replicas)) - fromReplicas, "the other client's reads").to.equal(5);
+      await master.cli("SET", key, "v2");
+      expect(await c.invalidation()).to.deep.equal([key]);
+      expect(text(await c.call("GET", key))).to.equal("v2");
+    } finally {
+      c.close();
+      plain.close();
+    }
+  });
+});

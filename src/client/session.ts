@@ -452,6 +452,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       db: this.db,
       affinity: this.id,
       proto: this.proto,
+      primary: this.tracking !== null,
     });
   }
 

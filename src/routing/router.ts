@@ -23,6 +23,12 @@ export interface RouteContext {
   db: number;
   affinity: number;
   proto?: Protocol;
+  /**
+   * Reads must go to the master even with --read-from-replicas: a client tracking keys
+   * learns of changes from the masters, and a lagging replica could hand it a value older
+   * than an invalidation it already had (replicas send no invalidation for replicated writes).
+   */
+  primary?: boolean;
 }
 
 /** slotOf() for a command without keys. */
@@ -97,7 +103,7 @@ export class Router implements ClusterSender {
     if (slot === CROSS_SLOT) return this.split(name, argv, sinkInProtocol(sink, proto), ctx.affinity);
     const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
     const node =
-      this.readFromReplicas && slot >= 0 && this.isReadOnly(name, argv)
+      this.readFromReplicas && slot >= 0 && ctx.primary !== true && this.isReadOnly(name, argv)
         ? this.cluster.replicaFor(slot, ctx.affinity)
         : this.cluster.route(slot, ctx.affinity);
     new RedirectingSink(
