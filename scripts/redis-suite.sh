@@ -26,6 +26,9 @@ done
 echo "== through gears-proxy (127.0.0.1:$PROXY_PORT in front of 127.0.0.1:$REDIS_PORT)"
 # shellcheck disable=SC2086
 TAGS=proxy RESET_ADDR="127.0.0.1:$REDIS_PORT" "$SUITE" 127.0.0.1 "$PROXY_PORT" $PROFILE | tee "$dir/proxy.out" || true
+# The proxy goes first: its invalidation streams would show as the server's own tracking clients.
+kill "$proxy_pid" 2>/dev/null || true
+wait "$proxy_pid" 2>/dev/null || true
 if [ -n "${DIRECT_BASELINE:-}" ]; then
   # Redis's own figures against itself do not vary (the suite's README: no test flakes against
   # plain Redis), so `npm test` compares with a committed run of them and saves a minute.

@@ -2,6 +2,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { clientTlsOptions } from "./config-tls.js";
 import { ClientRegistry } from "./client/registry.js";
+import { TrackingTable } from "./client/tracking/table.js";
 import type { ProxyContext, ProxyStats } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
 import { chooseEvictions } from "./client/memory-guard.js";
@@ -105,6 +106,7 @@ export class ProxyServer {
       ),
       metrics,
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
+      tracking: new TrackingTable(router, (id) => ctx.clients.get(id)),
     };
     this.context = ctx;
     for (const [name, value] of Object.entries(this.config.gearsConfig)) {
@@ -259,6 +261,7 @@ export class ProxyServer {
         ctx.gears.close().catch(() => {}),
         Math.min(1000, Math.max(0, deadline - Date.now())),
       );
+      ctx.tracking.close();
       ctx.router.topology.close();
     }
     await this.python?.close();

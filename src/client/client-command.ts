@@ -1,6 +1,7 @@
 import { encodeError, encodeInteger, OK } from "../resp/encode.js";
 import type { ClientHandle } from "./registry.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
+import { clientCaching, clientGetRedir, clientTracking, clientTrackingInfo } from "./tracking/command.js";
 
 const NAME_OK = /^[!-~]*$/;
 
@@ -155,6 +156,14 @@ export const clientCommand: LocalCommand = (session, request) => {
       // The server pauses its clients, the proxy's connections among them: the proxy's
       // clients wait as Redis' own would. Sent on the control connection of every master.
       return session.forward("client", request);
+    case "tracking":
+      return clientTracking(session, argv);
+    case "caching":
+      return clientCaching(session, argv);
+    case "getredir":
+      return clientGetRedir(session, argv);
+    case "trackinginfo":
+      return clientTrackingInfo(session, argv);
     case "no-evict":
     case "no-touch":
       return void session.replyNow(OK);

@@ -2,6 +2,7 @@ import type { Protocol, RespValue } from "../resp/values.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ProxyContext } from "./context.js";
 import type { ReplySlot } from "./reply-slot.js";
+import type { TrackingState } from "./tracking/state.js";
 
 /**
  * What a command the proxy answers itself may see of the client that sent it. Handlers
@@ -20,6 +21,8 @@ export interface CommandHost {
   readonly authenticated: boolean;
   /** CLIENT REPLY: on, off, or skip the next reply. */
   replyMode: "on" | "off" | "skip";
+  /** CLIENT TRACKING settings; null while tracking is off. */
+  tracking: TrackingState | null;
 
   replyNow(data: Buffer): ReplySlot;
   replyError(message: string): void;
@@ -32,6 +35,8 @@ export interface CommandHost {
   /** A slot an upstream (or a later computation) will fill. */
   upstreamSlot(): ReplySlot;
   laterSlot(): ReplySlot;
+  /** A reply computed later; with `hold`, the client's next commands wait for it. */
+  replyLater(reply: Promise<Buffer>, hold: boolean): void;
 
   /** Sends the request on as an ordinary command. */
   forward(name: string, request: Request): void;

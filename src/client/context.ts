@@ -5,6 +5,7 @@ import type { SlowLog } from "../observability/slowlog.js";
 import type { Router } from "../routing/router.js";
 import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
+import type { TrackingTable } from "./tracking/table.js";
 
 /** Counters shown in INFO's Proxy section. */
 export interface ProxyStats {
@@ -35,4 +36,6 @@ export interface ProxyContext {
   metrics: Metrics | null;
   /** The proxy's own SLOWLOG. */
   slowlog: SlowLog;
+  /** Client-side caching: who read which key, and the invalidations owed. */
+  tracking: TrackingTable;
 }

@@ -85,6 +85,19 @@ async function upstreamInfo(ctx: ProxyContext, sections: string[]): Promise<stri
 
 const KEYSPACE_SECTIONS = new Set(["keyspace", "default", "all", "everything"]);
 
+/** The server counts its own tracking (the proxy's streams): its clients' figures replace them. */
+function withTracking(ctx: ProxyContext, text: string): string {
+  const t = ctx.tracking.stats;
+  const ours: [string, number][] = [
+    ["tracking_clients", t.clients],
+    ["tracking_total_keys", t.keys],
+    ["tracking_total_items", t.items],
+    ["tracking_total_prefixes", t.prefixes],
+  ];
+  for (const [name, value] of ours) text = text.replace(new RegExp(`^${name}:\\d+`, "m"), `${name}:${value}`);
+  return text;
+}
+
 /** INFO: the proxy's section first, then the server's own sections. */
 export const infoCommand: LocalCommand = (session, { argv }) => {
   const ctx = session.ctx;
@@ -102,7 +115,7 @@ export const infoCommand: LocalCommand = (session, { argv }) => {
     (text) =>
       slot.reply(
         encodeValue(
-          new RespVerbatim("txt", Buffer.from(ours + (ours && text ? "\r\n" : "") + text)),
+          new RespVerbatim("txt", Buffer.from(ours + (ours && text ? "\r\n" : "") + withTracking(ctx, text))),
           session.proto,
         ),
       ),

@@ -1,7 +1,8 @@
 import type { MemoryHolder } from "./memory-guard.js";
+import type { TrackedClient } from "./tracking/table.js";
 
 /** The part of a client session that other sessions may see or act on (CLIENT LIST/KILL). */
-export interface ClientHandle extends MemoryHolder {
+export interface ClientHandle extends MemoryHolder, TrackedClient {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;

@@ -26,6 +26,10 @@ export class ReplySlot implements ReplySink {
   gate: (() => Promise<void>) | null = null;
   /** The command this slot answers and when it arrived, set only while metrics are on. */
   request: Request | null = null;
+  /** The command answered, kept only while its client tracks keys (tracking/ places invalidations by it). */
+  cause: Request | null = null;
+  /** A frame nobody asked for (a message, an invalidation), not a reply. */
+  pushed = false;
   startedAt = 0;
 
   constructor(private readonly owner: SlotOwner) {}

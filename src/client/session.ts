@@ -23,6 +23,7 @@ import type { Router } from "../routing/router.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
+import type { TrackingState } from "./tracking/state.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
 type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
@@ -115,6 +116,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   authenticated: boolean;
   /** CLIENT REPLY: on, off, or skip the next reply. */
   replyMode: "on" | "off" | "skip" = "on";
+  /** CLIENT TRACKING settings (tracking/); null while tracking is off. */
+  tracking: TrackingState | null = null;
 
   private readonly parser: RequestParser;
   private readonly out: OutputBuffer;
@@ -215,7 +218,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     const flags =
       (this.txn.inMulti ? "x" : "") +
         (this.blocking !== null || this.txn.blocked ? "b" : "") +
-        (this.isPubSub ? "P" : "") || "N";
+        (this.isPubSub ? "P" : "") +
+        (this.tracking !== null ? "t" : "") +
+        (this.tracking?.brokenRedirect ? "R" : "") +
+        (this.tracking?.bcast ? "B" : "") || "N";
     const last = this.lastRequest;
     // Redis counts the command being run in the query buffer still.
     const current = this.processing && last !== null ? last.end - last.start : 0;
@@ -249,7 +255,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       ["events", "r"],
       ["cmd", last === null ? "NULL" : commandLabel(last)],
       ["user", "default"],
-      ["redir", -1],
+      ["redir", this.tracking?.redirect ?? -1],
       ["resp", this.proto],
       ["lib-name", this.libName],
       ["lib-ver", this.libVersion],
@@ -330,7 +336,13 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private execute(request: Request): void {
     const name = request.name;
     this.ctx.stats.commandsProcessed++;
-    if (name === "config") this.ctx.slowlog.noteConfigSet(request.argv);
+    if (name === "config") {
+      this.ctx.slowlog.noteConfigSet(request.argv);
+      this.ctx.tracking.noteConfigSet(request.argv);
+    }
+    const tracking = this.ctx.tracking;
+    if (tracking.watching)
+      tracking.beforeCommand(this.id, this.tracking, name, request.argv, this.txn.inMulti);
     if (this.timed) {
       this.metered = request;
       this.meteredAt = Metrics.now();
@@ -459,6 +471,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       db: this.db,
       affinity: this.id,
       proto: this.proto,
+      primary: this.tracking !== null,
     });
   }
 
@@ -557,6 +570,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       runGearsCommand(this.ctx.gears, name, args, { proto: this.proto, db: this.db, clientId: this.id }),
       hold,
     );
+  }
+
+  replyLater(reply: Promise<Buffer>, hold: boolean): void {
+    this.answerLater(reply, hold);
   }
 
   /**
@@ -667,6 +684,13 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private sendSubscription(name: string, request: Request): void {
     if (this.proto === 3 && !this.enterLane("subscribed", request)) return;
+    if (this.sub !== null && this.subscriptions === 0 && this.sub.conn.proto !== this.proto) {
+      // HELLO changed the protocol since the last subscription: its frames would come in the
+      // old one (a RESP2 connection answers the RESP3 marker PING with a Pub/Sub pong).
+      this.sub.conn.onBorrowerLost = null;
+      this.sub.node.destroy(this.sub.conn);
+      this.sub = null;
+    }
     if (this.sub === null) {
       // Even an UNSUBSCRIBE with nothing to leave takes a subscription connection: the server
       // answers it with one frame per channel, which a shared connection would mismatch.
@@ -719,6 +743,34 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.onPushedFrame(frame);
   }
 
+  /**
+   * An invalidation of `keys` (null: every key). It goes right after the last queued reply
+   * whose command touches them, as Redis writes a command's own invalidations after its
+   * reply and others' at once: a reply that may carry a key's old value is never
+   * written after the invalidation of that key.
+   */
+  deliver(frame: Buffer, keys: readonly Buffer[] | null): void {
+    if (this.closed) return;
+    let after: ReplySlot | null = null;
+    for (let s = this.head; s !== null; s = s.next) {
+      if (!s.pushed && (s.cause === null || this.ctx.tracking.touches(s.cause.name, s.cause.argv, keys)))
+        after = s;
+    }
+    const slot = new ReplySlot(this);
+    slot.data = frame;
+    slot.pushed = true;
+    if (after === null) {
+      slot.next = this.head;
+      this.head = slot;
+      if (this.tail === null) this.tail = slot;
+    } else {
+      slot.next = after.next;
+      after.next = slot;
+      if (this.tail === after) this.tail = slot;
+    }
+    this.flushReplies();
+  }
+
   /** A frame the server sent unasked (a message, a MONITOR line): written after what is queued. */
   private onPushedFrame(frame: Buffer): void {
     const slot = this.newSlot(true);
@@ -731,6 +783,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** A place in the reply order; a `pushed` frame (pub/sub) is written whatever CLIENT REPLY says. */
   private newSlot(pushed = false): ReplySlot {
     const slot = new ReplySlot(this);
+    if (pushed) slot.pushed = true;
+    else if (this.tracking !== null) slot.cause = this.lastRequest;
     if (this.metered !== null) {
       // The command's first reply is the one the client waits for; later ones are pushes.
       slot.request = this.metered;
@@ -878,6 +932,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** Drops every dedicated connection and client state, as RESET does. */
   resetState(): void {
     this.release();
+    this.stopTracking();
     this.db = 0;
     this.proto = 2;
     this.name = "";
@@ -885,6 +940,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.lane = "shared";
     this.authenticated = this.ctx.config.requirepass === undefined;
     this.parser.authenticated = this.authenticated;
+  }
+
+  private stopTracking(): void {
+    if (this.tracking === null) return;
+    this.ctx.tracking.disable(this.id, this.tracking);
+    this.tracking = null;
   }
 
   markAuthenticated(): void {
@@ -930,6 +991,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     if (this.closed) return;
     this.closed = true;
     this.ctx.clients.remove(this);
+    this.stopTracking();
     this.release();
     this.out.discard();
     this.head = null;

@@ -26,6 +26,16 @@ export interface TransactionHost {
 const NOT_IN_MULTI = new Set(["client", "hello", "auth", "monitor", ...SUBSCRIBE_FAMILY]);
 
 /**
+ * CLIENT PAUSE and UNPAUSE act on the server, not on the client's state: queued with the
+ * transaction, the pause starts when EXEC ends, as in Redis (on the transaction's node).
+ */
+function pausesServer(name: string, argv: readonly Buffer[]): boolean {
+  if (name !== "client" || argv.length < 2) return false;
+  const sub = argv[1].toString().toLowerCase();
+  return sub === "pause" || sub === "unpause";
+}
+
+/**
  * MULTI/EXEC and WATCH for one client, on an upstream connection lent to it alone. In a
  * cluster, every key of the transaction must hash to one slot. MULTI starts on any master;
  * if the first key lives elsewhere, the transaction moves there: the first node's MULTI is
@@ -127,7 +137,10 @@ export class Transaction {
       this.refuseBroken(name);
       return;
     }
-    if (NOT_IN_MULTI.has(name) || isGearsCommand(name, request.argv.slice(1))) {
+    if (
+      (NOT_IN_MULTI.has(name) && !pausesServer(name, request.argv)) ||
+      isGearsCommand(name, request.argv.slice(1))
+    ) {
       this.dirty = true;
       this.host.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
       return;

@@ -13,6 +13,7 @@ import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, sendControl } from "./control.js";
+import { readKeys, writtenKeys } from "./tracked-keys.js";
 
 /**
  * Who is asking: the database to run in, which shared connection keeps their order, and
@@ -22,6 +23,12 @@ export interface RouteContext {
   db: number;
   affinity: number;
   proto?: Protocol;
+  /**
+   * Reads must go to the master even with --read-from-replicas: a client tracking keys
+   * learns of changes from the masters, and a lagging replica could hand it a value older
+   * than an invalidation it already had (replicas send no invalidation for replicated writes).
+   */
+  primary?: boolean;
 }
 
 /** slotOf() for a command without keys. */
@@ -97,7 +104,7 @@ export class Router implements ClusterSender {
     if (slot === CROSS_SLOT) return this.split(name, argv, sinkInProtocol(sink, proto), ctx.affinity);
     const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
     const node =
-      this.readFromReplicas && slot >= 0 && this.isReadOnly(name, argv)
+      this.readFromReplicas && slot >= 0 && ctx.primary !== true && this.isReadOnly(name, argv)
         ? this.cluster.replicaFor(slot, ctx.affinity)
         : this.cluster.route(slot, ctx.affinity);
     new RedirectingSink(
@@ -135,6 +142,16 @@ export class Router implements ClusterSender {
   /** The keys of a command, as the command table finds them. */
   keysOf(name: string, argv: readonly Buffer[]): Buffer[] {
     return this.commands?.keyIndexes(name, argv).map((i) => argv[i]) ?? [];
+  }
+
+  /** The keys a command reads, as client-side caching tracks them (tracked-keys.ts). */
+  readKeys(name: string, argv: readonly Buffer[]): Buffer[] {
+    return this.commands === null ? [] : readKeys(this.commands, this.scripts, name, argv);
+  }
+
+  /** The keys a command (or script) may change. */
+  writtenKeys(name: string, argv: readonly Buffer[]): Buffer[] {
+    return this.commands === null ? [] : writtenKeys(this.commands, name, argv);
   }
 
   private isReadOnly(name: string, argv: readonly Buffer[]): boolean {
