@@ -537,3 +537,77 @@ describe("RG.PYEXECUTE: --python-max-memory caps all Python instances together",
     await works();
   });
 });
+
+describe("RG.PYEXECUTE in front of a 3-master cluster: start-up, limits, isolation", function () {
+  this.timeout(300_000);
+  let backend: Backend;
+  let proxy: RunningProxy;
+  let io: Redis;
+  let other: Redis;
+
+  before(async () => {
+    backend = await Backend.start("cluster");
+    proxy = await startProxy([backend.seed], { python: true, gearsConfig: { ScriptTimeoutMS: "1000" } });
+    io = connect(proxy.port);
+    other = connect(proxy.port);
+    await io.set("first", "1");
+  });
+
+  after(async () => {
+    io?.disconnect();
+    other?.disconnect();
+    await proxy?.close();
+    await backend?.stop();
+  });
+
+  it("answers the first RG.PYEXECUTE after start within 1 s once the warm interpreter is up", async () => {
+    await proxy.server.pythonWarm();
+    const started = Date.now();
+    const out = await py(io, "GB().map(lambda r: r['key']).run('first')");
+    const took = Date.now() - started;
+    expect(out.results).to.deep.equal(["first"]);
+    expect(took, `first RG.PYEXECUTE took ${took} ms`).to.be.below(1000);
+  });
+
+  const limits: [string, string, RegExp][] = [
+    ["while True: pass", "while True: pass", /timed out after 1000 ms/],
+    ["a memory bomb", "x = []\nwhile True: x.append(' ' * 10**6)", /memory limit/],
+    ["deep recursion", "def f(n): return f(n + 1)\nf(0)", /recursion/],
+  ];
+  for (const [what, script, error] of limits) {
+    it(`${what} gets a clear error, and other clients carry on`, async () => {
+      const pending = io.call("RG.PYEXECUTE", script).then(
+        (reply) => JSON.stringify(reply),
+        (err: Error) => err.message,
+      );
+      expect(await other.ping()).to.equal("PONG");
+      expect(await pending).to.match(error);
+      expect((await py(other, "GB().map(lambda r: r['key']).run('first')")).results).to.deep.equal(["first"]);
+    });
+  }
+
+  const escapes: [string, string, RegExp][] = [
+    ["import js", "import js", /not available to scripts/],
+    ["open('/etc/passwd')", "open('/etc/passwd').read()", /No such file/],
+  ];
+  for (const [what, script, error] of escapes) {
+    it(`refuses ${what}, and others carry on`, async () => {
+      expect(await rejection(io.call("RG.PYEXECUTE", script))).to.match(error);
+      expect(await other.ping()).to.equal("PONG");
+    });
+  }
+
+  it("reaches no network: a socket to a master's port sends nothing and hears nothing", async () => {
+    // Pyodide's sockets are Emscripten's, with no transport in Node: connect() seems to work,
+    // and the bytes go nowhere. The master sees no PING, so the read times out.
+    const [master] = await backend.masters();
+    const script = [
+      "import socket",
+      `s = socket.create_connection(('127.0.0.1', ${master.port}), 0.2)`,
+      "s.sendall(b'PING\\r\\n')",
+      "s.recv(100)",
+    ].join("\n");
+    expect(await rejection(io.call("RG.PYEXECUTE", script))).to.match(/timed out/);
+    expect(await other.ping()).to.equal("PONG");
+  });
+});
