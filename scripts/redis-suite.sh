@@ -5,8 +5,10 @@
 # The suite is destructive: it runs only against a disposable redis-server started here.
 set -eu
 SUITE=${REDIS_SUITE:-$(dirname "$0")/../../shared/redis-suite/run.sh}
-REDIS_PORT=${REDIS_PORT:-46399}
-PROXY_PORT=${PROXY_PORT:-46380}
+# Free ports unless given, so that two checkouts on one machine can run the suite at once.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+REDIS_PORT=${REDIS_PORT:-$(free_port)}
+PROXY_PORT=${PROXY_PORT:-$(free_port)}
 PROFILE=${*:-all}
 command -v tclsh >/dev/null || { echo "redis-suite: tclsh is missing (apt-get install -y tcl)" >&2; exit 2; }
 dir=$(mktemp -d)
@@ -21,7 +23,25 @@ for _ in $(seq 1 100); do
 done
 echo "== through gears-proxy (127.0.0.1:$PROXY_PORT in front of 127.0.0.1:$REDIS_PORT)"
 # shellcheck disable=SC2086
-TAGS=proxy RESET_ADDR="127.0.0.1:$REDIS_PORT" "$SUITE" 127.0.0.1 "$PROXY_PORT" $PROFILE || true
+TAGS=proxy RESET_ADDR="127.0.0.1:$REDIS_PORT" "$SUITE" 127.0.0.1 "$PROXY_PORT" $PROFILE | tee "$dir/proxy.out" || true
 echo "== the server directly (127.0.0.1:$REDIS_PORT)"
 # shellcheck disable=SC2086
-TAGS=proxy "$SUITE" 127.0.0.1 "$REDIS_PORT" $PROFILE || true
+TAGS=proxy "$SUITE" 127.0.0.1 "$REDIS_PORT" $PROFILE | tee "$dir/direct.out" || true
+# The gate: every unit must pass as many tests through the proxy as it does directly in this run.
+echo "== per unit: directly, then through the proxy"
+awk '
+  FNR == 1 { file++ }
+  $2 ~ /^passed=/ { n = substr($2, 8) + 0; if (file == 1) proxy[$1] = n; else { direct[$1] = n; order[++units] = $1 } }
+  END {
+    short = 0; total_d = 0; total_p = 0
+    for (i = 1; i <= units; i++) {
+      u = order[i]; d = direct[u]; p = (u in proxy) ? proxy[u] : 0
+      total_d += d; total_p += p
+      mark = (p < d) ? "  <-- fewer through the proxy" : ""
+      if (p < d) short++
+      printf "| %-28s | %5d | %5d |%s\n", u, d, p, mark
+    }
+    printf "| %-28s | %5d | %5d |\n", "total", total_d, total_p
+    if (units == 0) { print "redis-suite: no unit ran" > "/dev/stderr"; exit 2 }
+    exit short > 0 ? 1 : 0
+  }' "$dir/proxy.out" "$dir/direct.out"

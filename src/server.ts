@@ -5,6 +5,8 @@ import { ClientSession } from "./client/session.js";
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
+import { GEARS_COMMANDS } from "./gears/commands.js";
+import { loadAccessControl } from "./acl/load.js";
 import { CommandTable } from "./routing/command-table.js";
 import { Isolate } from "./sandbox/isolate.js";
 import { PyodidePool } from "./sandbox/pyodide/pool.js";
@@ -49,9 +51,15 @@ export class ProxyServer {
       protocolErrors: 0,
       outputLimitDisconnections: 0,
     };
+    const commands = upstream.commands === null ? null : new CommandTable(upstream.commands);
+    const acl = loadAccessControl(this.config, {
+      commands: commands === null ? null : commands.all(),
+      keys: { keyAccess: (name, argv) => commands?.keyAccess(name, argv) ?? [] },
+      gearsCommands: GEARS_COMMANDS,
+    });
     const router = new Router(
       upstream.topology,
-      upstream.commands === null ? null : new CommandTable(upstream.commands),
+      commands,
       this.config.clusterRetryTimeoutMs,
       this.config.readFromReplicas,
     );
@@ -80,7 +88,9 @@ export class ProxyServer {
           ? null
           : new Metrics(metricSources(stats, () => ctx.clients.size)),
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
+      acl,
     };
+    if (acl !== null) ctx.gears.guardFor = (user) => acl.guardFor(user);
     this.context = ctx;
     for (const [name, value] of Object.entries(this.config.gearsConfig)) {
       const reply = ctx.gears.config.set([[name, value]]).toString();

@@ -2,6 +2,7 @@ import type { Protocol, RespValue } from "../resp/values.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ProxyContext } from "./context.js";
 import type { ReplySlot } from "./reply-slot.js";
+import type { AclUser } from "../acl/access-control.js";
 
 /**
  * What a command the proxy answers itself may see of the client that sent it. Handlers
@@ -18,6 +19,8 @@ export interface CommandHost {
   libName: string;
   libVersion: string;
   readonly authenticated: boolean;
+  /** The user the client runs as (ACL WHOAMI, CLIENT LIST). */
+  readonly userName: string;
   /** CLIENT REPLY: on, off, or skip the next reply. */
   replyMode: "on" | "off" | "skip";
 
@@ -46,6 +49,8 @@ export interface CommandHost {
   enterSharedLane(request: Request): boolean;
   resetState(): void;
   markAuthenticated(): void;
+  /** AUTH succeeded as one of the proxy's users (--aclfile): its permissions apply from now on. */
+  login(user: AclUser): void;
   /** Relays every master's MONITOR stream to this client. */
   startMonitor(): void;
   /** This client's CLIENT LIST line. */

@@ -5,6 +5,7 @@ import type { SlowLog } from "../observability/slowlog.js";
 import type { Router } from "../routing/router.js";
 import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
+import type { AccessControl } from "../acl/access-control.js";
 
 /** Counters shown in INFO's Proxy section. */
 export interface ProxyStats {
@@ -31,4 +32,6 @@ export interface ProxyContext {
   metrics: Metrics | null;
   /** The proxy's own SLOWLOG. */
   slowlog: SlowLog;
+  /** The proxy's users and their permissions (--aclfile, user lines); null without them. */
+  acl: AccessControl | null;
 }

@@ -4,6 +4,7 @@ import { badClientName, clientCommand } from "./client-command.js";
 import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
 import { infoCommand } from "./info-command.js";
 import { slowlogCommand } from "./slowlog-command.js";
+import { aclCommand } from "./acl-command.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
 
 /** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
@@ -75,15 +76,26 @@ const select: LocalCommand = (session, { argv }) => {
   session.forwardInDb(argv, db, slot);
 };
 
-/** Checks a password against --requirepass; null when accepted, else the error to send. */
-function checkPassword(session: CommandHost, user: string, password: string): string | null {
+const NO_PASSWORD_SET =
+  "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
+const WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/**
+ * Checks a user and password: against the proxy's users with --aclfile (the session then
+ * runs as that user), else against --requirepass. Null when accepted, else the error to send.
+ */
+function checkPassword(session: CommandHost, user: string, password: string, named = true): string | null {
+  const acl = session.ctx.acl;
+  if (acl !== null) {
+    if (!named && acl.user("default")!.spec.nopass) return NO_PASSWORD_SET;
+    const found = acl.authenticate(user, password);
+    if (found === null) return WRONGPASS;
+    session.login(found);
+    return null;
+  }
   const required = session.ctx.config.requirepass;
-  if (required === undefined) {
-    return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
-  }
-  if (user !== "default" || password !== required) {
-    return "WRONGPASS invalid username-password pair or user is disabled.";
-  }
+  if (required === undefined) return NO_PASSWORD_SET;
+  if (user !== "default" || password !== required) return WRONGPASS;
   return null;
 }
 
@@ -93,7 +105,7 @@ const auth: LocalCommand = (session, { argv }) => {
     return;
   }
   const user = argv.length === 3 ? argv[1].toString() : "default";
-  const error = checkPassword(session, user, argv[argv.length - 1].toString());
+  const error = checkPassword(session, user, argv[argv.length - 1].toString(), argv.length === 3);
   if (error !== null) {
     session.replyError(error);
     return;
@@ -177,6 +189,7 @@ export const LOCAL_COMMANDS = new Map<string, LocalCommand>([
   ["reset", reset],
   ["select", select],
   ["auth", auth],
+  ["acl", aclCommand],
   ["hello", hello],
   ["client", clientCommand],
   ["info", infoCommand],

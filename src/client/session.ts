@@ -23,6 +23,7 @@ import { isControl } from "../routing/control.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
+import { noPermission, type AclUser } from "../acl/access-control.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
 type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
@@ -112,7 +113,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   name = "";
   libName = "";
   libVersion = "";
-  authenticated: boolean;
+  authenticated = false;
+  userName = "default";
+  /** The permissions checked before each command: null without ACLs, or for a user who may run anything. */
+  private aclUser: AclUser | null = null;
   /** CLIENT REPLY: on, off, or skip the next reply. */
   replyMode: "on" | "off" | "skip" = "on";
 
@@ -155,9 +159,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.timed = ctx.metrics !== null || ctx.slowlog.enabled;
     this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
     this.laddr = `${socket.localAddress}:${socket.localPort}`;
-    this.authenticated = ctx.config.requirepass === undefined;
     this.parser = new RequestParser({ maxBulkLen: ctx.config.protoMaxBulkLen, maxArgs: 1024 * 1024 });
-    this.parser.authenticated = this.authenticated;
+    this.resetUser();
     this.out = new OutputBuffer(socket);
     this.txn = new Transaction(this);
     socket.setNoDelay(true);
@@ -235,7 +238,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       ["tot-mem", omem],
       ["events", "r"],
       ["cmd", last === null ? "NULL" : commandLabel(last)],
-      ["user", "default"],
+      ["user", this.userName],
       ["redir", -1],
       ["resp", this.proto],
       ["lib-name", this.libName],
@@ -319,6 +322,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.lastRequest = request;
     if (
       this.authenticated &&
+      this.aclUser === null &&
       (this.subscriptions === 0 || this.proto === 3) &&
       !this.txn.inMulti &&
       !isSpecial(name, request.argv)
@@ -338,6 +342,17 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
       );
       return;
+    }
+    if (this.aclUser !== null && !NO_AUTH_COMMANDS.has(name) && !this.endsTransaction(name)) {
+      const denial = this.ctx.acl!.check(this.aclUser, name, argv);
+      if (denial !== null) {
+        const error = noPermission(denial);
+        if (this.txn.inMulti) this.txn.refuse(error);
+        // Redis words a refused EXEC as the transaction's end.
+        else
+          this.replyError(name === "exec" ? `EXECABORT Transaction discarded because of: ${error}` : error);
+        return;
+      }
     }
     if (this.txn.inMulti) {
       if (name === "quit" || name === "reset") LOCAL_COMMANDS.get(name)!(this, request);
@@ -514,7 +529,13 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private runGears(name: string, request: Request): void {
     const args = request.argv.slice(1);
     this.answerLater(
-      runGearsCommand(this.ctx.gears, name, args, { proto: this.proto, db: this.db, clientId: this.id }),
+      runGearsCommand(this.ctx.gears, name, args, {
+        proto: this.proto,
+        db: this.db,
+        clientId: this.id,
+        user: this.ctx.acl === null ? null : this.userName,
+        admin: this.aclUser === null || this.aclUser.admin,
+      }),
       holdsClient(name, args),
     );
   }
@@ -843,8 +864,32 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.name = "";
     this.replyMode = "on";
     this.lane = "shared";
-    this.authenticated = this.ctx.config.requirepass === undefined;
+    this.resetUser();
+  }
+
+  /** Back to the default user: authenticated when it needs no password (or no --requirepass). */
+  private resetUser(): void {
+    const acl = this.ctx.acl;
+    this.userName = "default";
+    this.aclUser = null;
+    if (acl === null) this.authenticated = this.ctx.config.requirepass === undefined;
+    else {
+      const user = acl.user("default")!;
+      this.aclUser = user.unrestricted ? null : user;
+      this.authenticated = acl.opensWithoutPassword(user);
+    }
     this.parser.authenticated = this.authenticated;
+  }
+
+  login(user: AclUser): void {
+    this.userName = user.name;
+    this.aclUser = user.unrestricted ? null : user;
+    this.markAuthenticated();
+  }
+
+  /** EXEC and DISCARD inside MULTI always run: the transaction must be able to end. */
+  private endsTransaction(name: string): boolean {
+    return this.txn.inMulti && (name === "exec" || name === "discard");
   }
 
   markAuthenticated(): void {
