@@ -84,6 +84,19 @@ export function parseUsers(lines: readonly string[], source: string, catalogue: 
   return [...users.values()];
 }
 
+/**
+ * The two commands whose key flags depend on their arguments (VARIABLE_FLAGS), as Redis
+ * works them out (t_string.c setGetKeys, bitops.c bitfieldGetKeys): SET reads its key only
+ * with GET, BITFIELD writes it only with SET or INCRBY.
+ */
+const VARIABLE_ACCESS = new Map<string, (argv: readonly Buffer[]) => number>([
+  ["set", (argv) => (argv.slice(3).some((a) => a.toString().toLowerCase() === "get") ? READ | WRITE : WRITE)],
+  [
+    "bitfield",
+    (argv) => (argv.slice(2).some((a) => /^(set|incrby)$/i.test(a.toString())) ? READ | WRITE : READ),
+  ],
+]);
+
 const PUBLISH = new Set(["publish", "spublish"]);
 const SUBSCRIBE = new Set(["subscribe", "ssubscribe"]);
 const TF_CALLS = new Set(["tfcall", "tfcallasync"]);
@@ -197,7 +210,8 @@ export class AccessControl {
     const spec = user.spec;
     if (!spec.allKeys) {
       const keys = TF_CALLS.has(name) ? tfKeys(argv) : this.keys.keyAccess(name, argv);
-      for (const [index, access] of keys) {
+      for (const [index, specAccess] of keys) {
+        const access = VARIABLE_ACCESS.get(name)?.(argv) ?? specAccess;
         if (!this.keyAllowed(spec, argv[index].toString("latin1"), access)) return { kind: "key", index };
       }
     }

@@ -1,0 +1,413 @@
+/**
+ * The proxy's own users (--aclfile / --user) against real redis-server, standalone and a
+ * 3-master cluster: NOPERM for commands, keys and channels worded as Redis 7.0 words them,
+ * AUTH / HELLO AUTH / WRONGPASS, the ACL subcommands the proxy answers, gears ownership and
+ * scripts' rights, with raw RESP, ioredis and redis-py.
+ */
+import { expect } from "chai";
+import { createHash } from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Redis } from "ioredis";
+import { startProxy, type RunningProxy } from "./harness/index.js";
+import { Backend, BACKEND_MODES } from "./support/backend.js";
+import { RawClient, ReplyError, toText, type Value } from "./support/raw-client.js";
+import { runPython } from "./support/redis-py.js";
+import { eventually } from "./support/polling.js";
+import { globMatch } from "../src/acl/glob.js";
+
+const USERS = [
+  "default on nopass ~* &* +@all",
+  "admin on >adminpw ~* &* +@all",
+  "nogears on >ng ~* &* +@all -@gears",
+  "reader on >rd ~* &* -@all +@read +@connection +acl|whoami",
+  "app on >ap ~app:* &news* +@all -@admin",
+  "alice on >al ~* &* +@all -@admin",
+  "bob on >bo ~* &* +@all -@admin",
+  "off off >x +@all ~*",
+];
+
+const NO_CMD = (name: string): string => `NOPERM this user has no permissions to run the '${name}' command`;
+const NO_KEY = "NOPERM this user has no permissions to access one of the keys used as arguments";
+const NO_CHANNEL = "NOPERM this user has no permissions to access one of the channels used as arguments";
+const WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/** A raw connection logged in as `user`. */
+async function as(port: number, user: string, password: string): Promise<RawClient> {
+  const c = await RawClient.connect(port);
+  expect(await c.text("AUTH", user, password)).to.equal("OK");
+  return c;
+}
+
+async function errorOf(c: RawClient, ...args: string[]): Promise<string> {
+  const reply = await c.call(...args);
+  if (!(reply instanceof ReplyError))
+    throw new Error(`expected an error for ${args.join(" ")}, got ${JSON.stringify(toText(reply))}`);
+  return reply.message;
+}
+
+for (const mode of BACKEND_MODES) {
+  describe(`ACL: the proxy's users, in front of ${Backend.label(mode)}`, function () {
+    this.timeout(60_000);
+    let backend: Backend;
+    let proxy: RunningProxy;
+    const open: RawClient[] = [];
+    const login = async (user: string, password: string): Promise<RawClient> => {
+      const c = await as(proxy.port, user, password);
+      open.push(c);
+      return c;
+    };
+
+    before(async function () {
+      this.timeout(120_000);
+      backend = await Backend.start(mode);
+      proxy = await startProxy([{ port: backend.seed.port }], { users: USERS });
+    });
+    after(async () => {
+      for (const c of open) c.close();
+      await proxy?.close();
+      await backend?.stop();
+    });
+
+    it("a user without @gears gets NOPERM for RG.EXECUTE and TFCALL; another user runs them", async () => {
+      const c = await login("nogears", "ng");
+      expect(await errorOf(c, "RG.EXECUTE", "GB().run()")).to.equal(NO_CMD("rg.execute"));
+      expect(await errorOf(c, "TFCALL", "lib.f", "0")).to.equal(NO_CMD("tfcall"));
+      expect(await errorOf(c, "RG.PYEXECUTE", "GB().run()")).to.equal(NO_CMD("rg.pyexecute"));
+      expect(await c.text("SET", "ng:1", "v")).to.equal("OK");
+      const alice = await login("alice", "al");
+      expect(await alice.text("RG.EXECUTE", "GB('ShardsIDReader').count().run()")).to.be.an("array");
+    });
+
+    it("a read-only user (+@read) cannot SET, but reads", async () => {
+      const admin = await login("admin", "adminpw");
+      expect(await admin.text("SET", "ro:1", "v")).to.equal("OK");
+      const c = await login("reader", "rd");
+      expect(await errorOf(c, "SET", "ro:1", "w")).to.equal(NO_CMD("set"));
+      expect(await errorOf(c, "CONFIG", "SET", "maxmemory", "0")).to.equal(NO_CMD("config|set"));
+      expect(await c.text("GET", "ro:1")).to.equal("v");
+      expect(await admin.text("GET", "ro:1")).to.equal("v");
+    });
+
+    it("a user limited to ~app:* cannot read other:1, nor touch it among other keys; its channels are checked", async () => {
+      const admin = await login("admin", "adminpw");
+      await admin.call("SET", "other:1", "secret");
+      const c = await login("app", "ap");
+      expect(await c.text("SET", "app:1", "mine")).to.equal("OK");
+      expect(await c.text("GET", "app:1")).to.equal("mine");
+      expect(await errorOf(c, "GET", "other:1")).to.equal(NO_KEY);
+      expect(await errorOf(c, "DEL", "app:1", "other:1")).to.equal(NO_KEY);
+      expect(await errorOf(c, "PUBLISH", "sports", "x")).to.equal(NO_CHANNEL);
+      expect(await c.text("PUBLISH", "news.today", "x")).to.equal(0);
+      // Inside MULTI a refused command aborts the transaction, as Redis flags it.
+      expect(await c.text("MULTI")).to.equal("OK");
+      expect(await errorOf(c, "GET", "other:1")).to.equal(NO_KEY);
+      expect(await errorOf(c, "EXEC")).to.match(/^EXECABORT/);
+      expect(await admin.text("GET", "other:1")).to.equal("secret");
+    });
+
+    it("one user cannot read, drop or abort another's execution results; the owner and +@admin can", async () => {
+      const alice = await login("alice", "al");
+      const bob = await login("bob", "bo");
+      const admin = await login("admin", "adminpw");
+      const id = String(await alice.text("RG.EXECUTE", "GB('ShardsIDReader').count().run()", "UNBLOCKING"));
+      await eventually(
+        () => alice.call("RG.GETRESULTS", id),
+        (r) => !(r instanceof ReplyError),
+        "the execution's results",
+      );
+      const denied = "NOPERM this user has no permissions to access another user's execution";
+      expect(await errorOf(bob, "RG.GETRESULTS", id)).to.equal(denied);
+      expect(await errorOf(bob, "RG.GETRESULTSBLOCKING", id)).to.equal(denied);
+      expect(await errorOf(bob, "RG.GETEXECUTION", id)).to.equal(denied);
+      expect(await errorOf(bob, "RG.DROPEXECUTION", id)).to.equal(denied);
+      expect(await errorOf(bob, "RG.ABORTEXECUTION", id)).to.equal(denied);
+      const results = (await admin.text("RG.GETRESULTS", id)) as Value[];
+      expect(results[1]).to.deep.equal([]);
+      expect(await alice.text("RG.DROPEXECUTION", id)).to.equal("OK");
+    });
+
+    it("one user cannot unregister another's registration; +@admin can", async () => {
+      const alice = await login("alice", "al");
+      const bob = await login("bob", "bo");
+      const admin = await login("admin", "adminpw");
+      expect(await alice.text("RG.EXECUTE", "GB().register('aclreg:*')")).to.equal("OK");
+      const regs = (await alice.text("RG.DUMPREGISTRATIONS")) as Value[][];
+      const id = String(regs[regs.length - 1][1]);
+      expect(await errorOf(bob, "RG.UNREGISTER", id)).to.equal(
+        "NOPERM this user has no permissions to access another user's registration",
+      );
+      expect(await admin.text("RG.UNREGISTER", id)).to.equal("OK");
+    });
+
+    it("a script's execute() runs with the rights of the user who ran it", async () => {
+      const admin = await login("admin", "adminpw");
+      await admin.call("SET", "other:2", "secret");
+      const app = await login("app", "ap");
+      const reply = (await app.text(
+        "RG.EXECUTE",
+        "GB('ShardsIDReader').collect().limit(1).map(() => execute('GET', 'other:2')).run()",
+      )) as Value[];
+      expect(reply[0]).to.deep.equal([]);
+      expect(String(reply[1])).to.contain(NO_KEY);
+      const ok = (await admin.text(
+        "RG.EXECUTE",
+        "GB('ShardsIDReader').collect().limit(1).map(() => execute('GET', 'other:2')).run()",
+      )) as Value[];
+      expect(ok).to.deep.equal([["secret"], []]);
+    });
+
+    it("AUTH, HELLO AUTH and WRONGPASS as Redis answers them", async () => {
+      const c = await RawClient.connect(proxy.port);
+      open.push(c);
+      expect(await c.text("ACL", "WHOAMI")).to.equal("default");
+      expect(await errorOf(c, "AUTH", "alice", "wrong")).to.equal(WRONGPASS);
+      expect(await errorOf(c, "AUTH", "nobody", "x")).to.equal(WRONGPASS);
+      expect(await errorOf(c, "AUTH", "off", "x")).to.equal(WRONGPASS);
+      expect(await errorOf(c, "AUTH", "x")).to.match(
+        /^ERR AUTH <password> called without any password configured/,
+      );
+      expect(await errorOf(c, "HELLO", "2", "AUTH", "reader", "bad")).to.equal(WRONGPASS);
+      expect(await c.text("ACL", "WHOAMI")).to.equal("default");
+      const hello = (await c.text("HELLO", "2", "AUTH", "reader", "rd")) as Value[];
+      expect(hello).to.include("proto");
+      expect(await c.text("ACL", "WHOAMI")).to.equal("reader");
+      expect(String(await c.text("CLIENT", "INFO"))).to.contain(" user=reader ");
+      expect(await errorOf(c, "SET", "x", "1")).to.equal(NO_CMD("set"));
+      expect(await c.text("RESET")).to.equal("RESET");
+      expect(await c.text("ACL", "WHOAMI")).to.equal("default");
+    });
+
+    it("ACL WHOAMI, USERS, LIST, CAT and DRYRUN answer for the proxy's users", async () => {
+      const c = await login("admin", "adminpw");
+      expect(await c.text("ACL", "WHOAMI")).to.equal("admin");
+      expect(await c.text("ACL", "USERS")).to.deep.equal([
+        "admin",
+        "alice",
+        "app",
+        "bob",
+        "default",
+        "nogears",
+        "off",
+        "reader",
+      ]);
+      const list = (await c.text("ACL", "LIST")) as string[];
+      expect(list).to.include("user default on nopass ~* &* +@all");
+      expect(list.find((l) => l.startsWith("user app "))).to.match(
+        /^user app on #[0-9a-f]{64} ~app:\* resetchannels &news\* \+@all -@admin$/,
+      );
+      expect(list.find((l) => l.startsWith("user reader "))).to.match(
+        /^user reader on #[0-9a-f]{64} ~\* &\* -@all \+@read \+@connection \+acl\|whoami$/,
+      );
+      const categories = (await c.text("ACL", "CAT")) as string[];
+      expect(categories).to.include.members(["read", "write", "admin", "dangerous", "scripting", "gears"]);
+      const gears = (await c.text("ACL", "CAT", "gears")) as string[];
+      expect(gears).to.include.members([
+        "rg.execute",
+        "rg.getresults",
+        "rg.unregister",
+        "tfcall",
+        "tfcallasync",
+        "tfunction",
+      ]);
+      expect(await errorOf(c, "ACL", "CAT", "nosuch")).to.equal("ERR Unknown category 'nosuch'");
+      expect(await c.text("ACL", "DRYRUN", "reader", "get", "k")).to.equal("OK");
+      expect(await c.text("ACL", "DRYRUN", "reader", "set", "k", "v")).to.equal(
+        "This user has no permissions to run the 'set' command",
+      );
+      expect(await c.text("ACL", "DRYRUN", "app", "get", "other:1")).to.equal(
+        "This user has no permissions to access the 'other:1' key",
+      );
+      expect(await c.text("ACL", "DRYRUN", "app", "publish", "sports", "x")).to.equal(
+        "This user has no permissions to access the 'sports' channel",
+      );
+      expect(await c.text("ACL", "DRYRUN", "nogears", "rg.execute", "x")).to.equal(
+        "This user has no permissions to run the 'rg.execute' command",
+      );
+      expect(await errorOf(c, "ACL", "DRYRUN", "nobody", "get", "k")).to.equal("ERR User 'nobody' not found");
+      expect(await errorOf(c, "ACL", "DRYRUN", "reader", "nocmd", "k")).to.equal(
+        "ERR Command 'nocmd' not found",
+      );
+      expect(await errorOf(c, "ACL", "DRYRUN", "reader", "get")).to.equal(
+        "ERR wrong number of arguments for 'get' command",
+      );
+      expect(await errorOf(c, "ACL", "SETUSER", "x")).to.match(
+        /^ERR ACL SETUSER is not supported by gears-proxy/,
+      );
+      const reader = await login("reader", "rd");
+      expect(await errorOf(reader, "ACL", "LIST")).to.equal(NO_CMD("acl|list"));
+    });
+
+    it("ioredis with username and password options", async () => {
+      const io = new Redis({
+        port: proxy.port,
+        host: "127.0.0.1",
+        username: "reader",
+        password: "rd",
+        lazyConnect: true,
+      });
+      const bad = new Redis({
+        port: proxy.port,
+        host: "127.0.0.1",
+        username: "reader",
+        password: "nope",
+        lazyConnect: true,
+        maxRetriesPerRequest: 0,
+        retryStrategy: () => null,
+      });
+      const badErrors: string[] = [];
+      bad.on("error", (e: Error) => badErrors.push(e.message));
+      try {
+        await io.connect();
+        expect(await io.call("ACL", "WHOAMI")).to.equal("reader");
+        expect(await io.get("ro:none")).to.equal(null);
+        let error = "";
+        await io.set("x", "1").catch((e: Error) => (error = e.message));
+        expect(error).to.equal(NO_CMD("set"));
+        // ioredis reports the refused AUTH as an error event, then gives up connecting.
+        await bad.connect().catch(() => {});
+        expect(badErrors.join("\n")).to.contain(WRONGPASS);
+      } finally {
+        io.disconnect();
+        bad.disconnect();
+      }
+    });
+
+    it("redis-py with username and password options", async function () {
+      this.timeout(240_000);
+      const script = path.join(os.tmpdir(), `acl-py-${process.pid}-${mode}.py`);
+      fs.writeFileSync(
+        script,
+        [
+          "import sys, redis",
+          "port = int(sys.argv[1])",
+          "r = redis.Redis(port=port, username='app', password='ap', decode_responses=True)",
+          "print('whoami', r.acl_whoami())",
+          "r.set('app:py', 'v')",
+          "print('get', r.get('app:py'))",
+          "try:",
+          "    r.get('other:1')",
+          "except redis.exceptions.NoPermissionError as e:",
+          "    print('noperm', e)",
+          "try:",
+          "    redis.Redis(port=port, username='app', password='bad').ping()",
+          "except redis.exceptions.AuthenticationError as e:",
+          "    print('autherror', e)",
+        ].join("\n"),
+      );
+      try {
+        const { code, output } = await runPython(script, [String(proxy.port)]);
+        expect(code, output).to.equal(0);
+        expect(output).to.contain("whoami app");
+        expect(output).to.contain("get v");
+        expect(output).to.contain(`noperm ${NO_KEY.replace(/^NOPERM /, "")}`);
+        expect(output).to.contain("autherror invalid username-password pair or user is disabled.");
+      } finally {
+        fs.rmSync(script, { force: true });
+      }
+    });
+  });
+}
+
+describe("ACL: loading users", function () {
+  this.timeout(60_000);
+  let backend: Backend;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "acl-spec-"));
+
+  before(async () => {
+    backend = await Backend.start("standalone");
+  });
+  after(async () => {
+    await backend?.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("reads an aclfile; a default user with a password makes clients AUTH first", async () => {
+    const file = path.join(dir, "users.acl");
+    fs.writeFileSync(
+      file,
+      [
+        "user default on >defpw ~* &* +@all",
+        `user hashed on #${createHash("sha256").update("hashed").digest("hex")} ~* +@all`,
+        "",
+        "user w on >w %W~w:* %R~r:* +@all",
+      ].join("\n"),
+    );
+    const proxy = await startProxy([{ port: backend.seed.port }], { aclfile: file });
+    const c = await RawClient.connect(proxy.port);
+    try {
+      expect(await errorOf(c, "GET", "k")).to.equal("NOAUTH Authentication required.");
+      expect(await c.text("AUTH", "defpw")).to.equal("OK");
+      expect(await c.text("ACL", "WHOAMI")).to.equal("default");
+      expect(await c.text("AUTH", "hashed", "hashed")).to.equal("OK");
+      expect(await c.text("ACL", "WHOAMI")).to.equal("hashed");
+      expect(await c.text("AUTH", "w", "w")).to.equal("OK");
+      // %W~ grants writes only, %R~ reads only, checked on each key spec's flags as Redis
+      // checks them (SET reads its key only with GET; COPY reads its source, writes its target).
+      expect(await c.text("SET", "w:1", "v")).to.equal("OK");
+      expect(await errorOf(c, "SET", "w:1", "v", "GET")).to.equal(NO_KEY);
+      expect(await c.text("LPUSH", "w:l", "x")).to.equal(1);
+      expect(await errorOf(c, "GET", "w:1")).to.equal(NO_KEY);
+      expect(await errorOf(c, "SET", "r:1", "v")).to.equal(NO_KEY);
+      expect(await c.text("GET", "r:1")).to.equal(null);
+      expect(await c.text("COPY", "r:1", "w:2")).to.equal(0);
+      expect(await errorOf(c, "COPY", "w:1", "r:2")).to.equal(NO_KEY);
+      expect(await errorOf(c, "BITFIELD", "w:1", "GET", "u8", "0")).to.equal(NO_KEY);
+    } finally {
+      c.close();
+      await proxy.close();
+    }
+  });
+
+  it("refuses a bad rule, naming the file and line, and users from both a file and --user", async () => {
+    const file = path.join(dir, "bad.acl");
+    fs.writeFileSync(file, "user ok on nopass +@all\nuser bad on +nosuchcommand\n");
+    let error = "";
+    await startProxy([{ port: backend.seed.port }], { aclfile: file }).catch(
+      (e: Error) => (error = e.message),
+    );
+    expect(error).to.equal(
+      `${file}:2: error in user declaration '+nosuchcommand': Unknown command or category name in ACL`,
+    );
+    error = "";
+    await startProxy([{ port: backend.seed.port }], { aclfile: file, users: ["x on"] }).catch(
+      (e: Error) => (error = e.message),
+    );
+    expect(error).to.contain("not both");
+    error = "";
+    await startProxy([{ port: backend.seed.port }], { users: ["x on #abc"] }).catch(
+      (e: Error) => (error = e.message),
+    );
+    expect(error).to.contain("The password hash must be exactly 64 characters");
+  });
+
+  it("without users, ACL commands go to the server as before", async () => {
+    const proxy = await startProxy([{ port: backend.seed.port }]);
+    const c = await RawClient.connect(proxy.port);
+    try {
+      expect(await c.text("ACL", "WHOAMI")).to.equal("default");
+      const list = (await c.text("ACL", "LIST")) as string[];
+      expect(list[0]).to.match(/^user default on nopass/);
+    } finally {
+      c.close();
+      await proxy.close();
+    }
+  });
+});
+
+describe("ACL: glob patterns as Redis matches them", () => {
+  it("matches *, ?, classes, ranges, negation and escapes", () => {
+    expect(globMatch("app:*", "app:1")).to.equal(true);
+    expect(globMatch("app:*", "other:1")).to.equal(false);
+    expect(globMatch("a?c", "abc")).to.equal(true);
+    expect(globMatch("a?c", "ac")).to.equal(false);
+    expect(globMatch("k[0-9]", "k7")).to.equal(true);
+    expect(globMatch("k[^0-9]", "k7")).to.equal(false);
+    expect(globMatch("k[ab]", "kb")).to.equal(true);
+    expect(globMatch("a\\*", "a*")).to.equal(true);
+    expect(globMatch("a\\*", "ab")).to.equal(false);
+    expect(globMatch("*:*:x", "a:b:x")).to.equal(true);
+    expect(globMatch("", "")).to.equal(true);
+  });
+});
