@@ -51,6 +51,11 @@ export interface CommandHost {
   markAuthenticated(): void;
   /** AUTH succeeded as one of the proxy's users (--aclfile): its permissions apply from now on. */
   login(user: AclUser): void;
+  /**
+   * AUTH as a user of the server's own ACL (no --aclfile): checked by the server; the
+   * client's later commands wait for it. Null once logged in, else the server's error.
+   */
+  loginUpstream(user: string, password: string): Promise<string | null>;
   /** Relays every master's MONITOR stream to this client. */
   startMonitor(): void;
   /** This client's CLIENT LIST line. */

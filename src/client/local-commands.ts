@@ -1,5 +1,5 @@
-import { encodeBulk, encodeSimple, OK } from "../resp/encode.js";
-import { RespMap } from "../resp/values.js";
+import { encodeBulk, encodeError, encodeSimple, encodeValue, OK } from "../resp/encode.js";
+import { RespMap, type Protocol } from "../resp/values.js";
 import { badClientName, clientCommand } from "./client-command.js";
 import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
 import { infoCommand } from "./info-command.js";
@@ -99,13 +99,26 @@ function checkPassword(session: CommandHost, user: string, password: string, nam
   return null;
 }
 
+/** A named user other than `default` without --aclfile: one of the server's own ACL users. */
+function isServerUser(session: CommandHost, user: string): boolean {
+  return session.ctx.acl === null && user !== "default";
+}
+
 const auth: LocalCommand = (session, { argv }) => {
   if (argv.length < 2 || argv.length > 3) {
     session.replyError(wrongArity("auth"));
     return;
   }
   const user = argv.length === 3 ? argv[1].toString() : "default";
-  const error = checkPassword(session, user, argv[argv.length - 1].toString(), argv.length === 3);
+  const password = argv[argv.length - 1].toString();
+  if (isServerUser(session, user)) {
+    const slot = session.laterSlot();
+    void session
+      .loginUpstream(user, password)
+      .then((error) => slot.reply(error === null ? OK : encodeError(error)));
+    return;
+  }
+  const error = checkPassword(session, user, password, argv.length === 3);
   if (error !== null) {
     session.replyError(error);
     return;
@@ -113,6 +126,9 @@ const auth: LocalCommand = (session, { argv }) => {
   session.markAuthenticated();
   session.replyNow(OK);
 };
+
+const NOAUTH_HELLO =
+  "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
 const hello: LocalCommand = (session, { argv }) => {
   let proto = session.proto;
@@ -130,15 +146,11 @@ const hello: LocalCommand = (session, { argv }) => {
     proto = version;
   }
   let name: string | null = null;
+  let login: [string, string] | null = null;
   for (let i = 2; i < argv.length; i++) {
     const option = argv[i].toString().toLowerCase();
     if (option === "auth" && i + 2 < argv.length) {
-      const error = checkPassword(session, argv[i + 1].toString(), argv[i + 2].toString());
-      if (error !== null) {
-        session.replyError(error);
-        return;
-      }
-      session.markAuthenticated();
+      login = [argv[i + 1].toString(), argv[i + 2].toString()];
       i += 2;
     } else if (option === "setname" && i + 1 < argv.length) {
       name = argv[++i].toString();
@@ -152,18 +164,36 @@ const hello: LocalCommand = (session, { argv }) => {
       return;
     }
   }
-  if (!session.authenticated) {
-    session.replyError(
-      "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
-    );
+  if (login !== null && isServerUser(session, login[0])) {
+    const slot = session.laterSlot();
+    void session
+      .loginUpstream(login[0], login[1])
+      .then((error) => slot.reply(error === null ? helloDone(session, proto, name) : encodeError(error)));
     return;
   }
+  if (login !== null) {
+    const error = checkPassword(session, login[0], login[1]);
+    if (error !== null) {
+      session.replyError(error);
+      return;
+    }
+    session.markAuthenticated();
+  }
+  if (!session.authenticated) {
+    session.replyError(NOAUTH_HELLO);
+    return;
+  }
+  session.replyNow(helloDone(session, proto, name));
+};
+
+/** HELLO's effects and its reply, in the protocol it switched to. */
+function helloDone(session: CommandHost, proto: Protocol, name: string | null): Buffer {
   if (name !== null) session.name = name;
   session.proto = proto;
   const cluster = session.ctx.config.clusterEmulation || session.ctx.router.topology.mode === "cluster";
   const mode = cluster ? "cluster" : "standalone";
   const text = (s: string): Buffer => Buffer.from(s);
-  session.replyValue(
+  return encodeValue(
     new RespMap([
       [text("server"), text("redis")],
       [text("version"), text(session.ctx.upstreamVersion)],
@@ -173,8 +203,9 @@ const hello: LocalCommand = (session, { argv }) => {
       [text("role"), text("master")],
       [text("modules"), []],
     ]),
+    proto,
   );
-};
+}
 
 const monitor: LocalCommand = (session) => session.startMonitor();
 

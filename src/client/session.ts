@@ -24,6 +24,7 @@ import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
 import { noPermission, type AclUser } from "../acl/access-control.js";
+import { UpstreamIdentity } from "./upstream-identity.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
 type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
@@ -68,6 +69,9 @@ const SPECIAL = new Set([
 function isSpecial(name: string, argv: readonly Buffer[]): boolean {
   return SPECIAL.has(name) || isGearsCommand(name, argv);
 }
+
+/** Commands a server user may not send in cluster mode: its connections are per node. */
+const TRANSACTION_COMMANDS = new Set(["multi", "exec", "discard", "watch", "unwatch"]);
 
 /** Commands with subcommands, which CLIENT LIST names as `container|sub`. */
 const CONTAINERS = new Set([
@@ -117,6 +121,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   userName = "default";
   /** The permissions checked before each command: null without ACLs, or for a user who may run anything. */
   private aclUser: AclUser | null = null;
+  /** Logged in as a user of the server's own ACL (AUTH user pass without --aclfile). */
+  private upstreamIdentity: UpstreamIdentity | null = null;
+  /** Neither of the two: ordinary commands take the fast path. */
+  private plain = true;
   /** CLIENT REPLY: on, off, or skip the next reply. */
   replyMode: "on" | "off" | "skip" = "on";
 
@@ -322,7 +330,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.lastRequest = request;
     if (
       this.authenticated &&
-      this.aclUser === null &&
+      this.plain &&
       (this.subscriptions === 0 || this.proto === 3) &&
       !this.txn.inMulti &&
       !isSpecial(name, request.argv)
@@ -370,6 +378,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     }
     if (isGearsCommand(name, argv.slice(1))) this.runGears(name, request);
     else if (this.ctx.gears.hookFor(name, argv)) this.answerLater(this.ctx.gears.runHook(name, argv), true);
+    else if (this.upstreamIdentity !== null && !SUBSCRIBE_FAMILY.has(name)) this.sendAsUser(name, request);
     else if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
     else if (name === "multi") this.txn.multi(request);
     else if (name === "watch") this.txn.watch(request);
@@ -429,6 +438,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   /** An ordinary command: the shared pipelined connection of the node that owns its keys. */
   forward(name: string, request: Request): void {
+    if (this.upstreamIdentity !== null) return this.sendAsUser(name, request);
     const slot = this.upstreamSlot();
     const gears = this.ctx.gears;
     if (gears.holdsWrites && this.ctx.router.isWrite(name, request.argv)) {
@@ -867,11 +877,66 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.resetUser();
   }
 
+  /**
+   * A command of a client logged in as a server user: on its own connection to the node,
+   * authenticated as that user. The first command for a node waits while it is opened.
+   */
+  private sendAsUser(name: string, request: Request): void {
+    const identity = this.upstreamIdentity!;
+    if (this.ctx.router.topology.mode === "cluster" && TRANSACTION_COMMANDS.has(name)) {
+      return this.replyError(
+        `ERR ${name.toUpperCase()} as a user of the cluster's own ACL is not supported by gears-proxy`,
+      );
+    }
+    const node = this.ctx.router.nodeFor(name, request.argv, this.id);
+    if (typeof node === "string") return this.replyError(node);
+    const conn = identity.connection(node, this.proto);
+    if (conn !== null) {
+      conn.send(request.raw ?? encodeCommand(request.argv), this.upstreamSlot(), this.db);
+      return;
+    }
+    this.flushRun();
+    this.holds++;
+    void identity.open(node, this.proto).then((error) => {
+      this.holds--;
+      if (error !== null) this.replyError(error);
+      // Runs again, now that the connection is there.
+      else this.deferred = request;
+      this.processInput();
+    });
+  }
+
+  /** AUTH user pass for a user of the server's own ACL: null once logged in, else the server's error. */
+  loginUpstream(user: string, password: string): Promise<string | null> {
+    const identity = new UpstreamIdentity(user, password, this.proto);
+    const node = this.ctx.router.masters()[0];
+    this.holds++;
+    return identity.open(node, this.proto).then((error) => {
+      this.holds--;
+      this.stalled = true;
+      if (error !== null) {
+        identity.release();
+        return error;
+      }
+      this.markAuthenticated();
+      this.upstreamIdentity = identity;
+      this.userName = user;
+      this.plain = false;
+      return null;
+    });
+  }
+
+  private dropIdentity(): void {
+    this.upstreamIdentity?.release();
+    this.upstreamIdentity = null;
+  }
+
   /** Back to the default user: authenticated when it needs no password (or no --requirepass). */
   private resetUser(): void {
     const acl = this.ctx.acl;
     this.userName = "default";
     this.aclUser = null;
+    this.dropIdentity();
     if (acl === null) this.authenticated = this.ctx.config.requirepass === undefined;
     else {
       const user = acl.user("default")!;
@@ -879,12 +944,14 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       this.authenticated = acl.opensWithoutPassword(user);
     }
     this.parser.authenticated = this.authenticated;
+    this.plain = this.aclUser === null;
   }
 
   login(user: AclUser): void {
+    this.markAuthenticated();
     this.userName = user.name;
     this.aclUser = user.unrestricted ? null : user;
-    this.markAuthenticated();
+    this.plain = this.aclUser === null;
   }
 
   /** EXEC and DISCARD inside MULTI always run: the transaction must be able to end. */
@@ -895,6 +962,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   markAuthenticated(): void {
     this.authenticated = true;
     this.parser.authenticated = true;
+    if (this.upstreamIdentity !== null) {
+      // Logged in as a proxy user now: the server user's connections go.
+      this.dropIdentity();
+      this.userName = "default";
+      this.plain = this.aclUser === null;
+    }
   }
 
   /** Queues a last reply; the connection closes once it and every earlier one are written. */
@@ -908,6 +981,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private release(): void {
     this.txn.abandon();
+    this.upstreamIdentity?.release();
     if (this.blocking !== null) {
       this.blocking.node.destroy(this.blocking.conn);
       this.blocking = null;
