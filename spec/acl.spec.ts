@@ -411,3 +411,124 @@ describe("ACL: glob patterns as Redis matches them", () => {
     expect(globMatch("", "")).to.equal(true);
   });
 });
+
+for (const mode of BACKEND_MODES) {
+  describe(`ACL: users of the server's own ACL through the proxy (no aclfile), in front of ${Backend.label(mode)}`, function () {
+    this.timeout(60_000);
+    let backend: Backend;
+    let proxy: RunningProxy;
+    const open: RawClient[] = [];
+    const connect = async (): Promise<RawClient> => {
+      const c = await RawClient.connect(proxy.port);
+      open.push(c);
+      return c;
+    };
+
+    before(async function () {
+      this.timeout(120_000);
+      backend = await Backend.start(mode);
+      proxy = await startProxy([{ port: backend.seed.port }]);
+      // Each node keeps its own users, as in any Redis Cluster: the user is made on every master.
+      for (const node of await backend.masters()) {
+        const direct = await RawClient.connect(node.port);
+        const rules = ["on", ">123", "+@scripting", "+@transaction", "+set", "+get", "+acl|whoami", "~x*"];
+        expect(await direct.text("ACL", "SETUSER", "bob", ...rules)).to.equal("OK");
+        direct.close();
+      }
+    });
+    after(async () => {
+      for (const c of open) c.close();
+      await proxy?.close();
+      await backend?.stop();
+    });
+
+    it("AUTH user pass: the client's commands then run as that server user", async () => {
+      const c = await connect();
+      expect(await c.text("AUTH", "bob", "123")).to.equal("OK");
+      expect(await c.text("ACL", "WHOAMI")).to.equal("bob");
+      expect(String(await c.text("CLIENT", "INFO"))).to.contain(" user=bob ");
+      // Keys on every shard: each node's connection is authenticated as bob.
+      for (const key of ["x1", "x2", "x3", "xa", "xb", "xc"])
+        expect(await c.text("SET", key, "v")).to.equal("OK");
+      expect(await errorOf(c, "SET", "y1", "v")).to.equal(NO_KEY);
+      expect(await errorOf(c, "HSET", "x1", "f", "v")).to.equal(NO_CMD("hset"));
+      // What Redis's own "Script ACL check" test does.
+      expect(await c.text("EVAL", "return redis.acl_check_cmd('set','xx',1)", "1", "xx")).to.equal(1);
+      expect(await c.text("EVAL", "return redis.acl_check_cmd('hset','xx','f',1)", "1", "xx")).to.equal(null);
+      if (mode === "cluster") {
+        // Its connections are per node: a transaction cannot follow its keys across them.
+        expect(await errorOf(c, "MULTI")).to.match(
+          /^ERR MULTI as a user of the cluster's own ACL is not supported/,
+        );
+      } else {
+        expect(await c.text("MULTI")).to.equal("OK");
+        expect(await c.text("SET", "x1", "w")).to.equal("QUEUED");
+        expect(await c.text("EXEC")).to.deep.equal(["OK"]);
+      }
+      expect(await c.text("RESET")).to.equal("RESET");
+      expect(await c.text("ACL", "WHOAMI")).to.equal("default");
+      expect(await c.text("HSET", "x1h", "f", "v")).to.equal(1);
+    });
+
+    it("a wrong password gets the server's WRONGPASS and leaves the client as it was", async () => {
+      const c = await connect();
+      expect(await errorOf(c, "AUTH", "bob", "nope")).to.equal(WRONGPASS);
+      expect(await errorOf(c, "AUTH", "nobody", "nope")).to.equal(WRONGPASS);
+      expect(await c.text("ACL", "WHOAMI")).to.equal("default");
+      expect(await errorOf(c, "HELLO", "2", "AUTH", "bob", "nope")).to.equal(WRONGPASS);
+      expect(await c.text("HSET", "x2h", "f", "v")).to.equal(1);
+    });
+
+    it("HELLO AUTH, ioredis and redis-py log in as the server user too", async function () {
+      this.timeout(240_000);
+      const c = await connect();
+      const hello = (await c.text("HELLO", "2", "AUTH", "bob", "123")) as Value[];
+      expect(hello.slice(0, 2)).to.deep.equal(["server", "redis"]);
+      expect(await c.text("ACL", "WHOAMI")).to.equal("bob");
+      // Commands pipelined right behind AUTH already run as the user.
+      const raw = await RawClient.connect(proxy.port);
+      open.push(raw);
+      raw.write("*3\r\n$4\r\nAUTH\r\n$3\r\nbob\r\n$3\r\n123\r\n*3\r\n$3\r\nSET\r\n$2\r\ny9\r\n$1\r\nv\r\n");
+      expect(toText(await raw.next())).to.equal("OK");
+      expect(((await raw.next()) as ReplyError).message).to.equal(NO_KEY);
+      const io = new Redis({
+        port: proxy.port,
+        host: "127.0.0.1",
+        username: "bob",
+        password: "123",
+        lazyConnect: true,
+        enableReadyCheck: false,
+      });
+      try {
+        await io.connect();
+        expect(await io.call("ACL", "WHOAMI")).to.equal("bob");
+        let error = "";
+        await io.set("y2", "v").catch((e: Error) => (error = e.message));
+        expect(error).to.equal(NO_KEY);
+      } finally {
+        io.disconnect();
+      }
+      const script = path.join(os.tmpdir(), `acl-py-upstream-${process.pid}-${mode}.py`);
+      fs.writeFileSync(
+        script,
+        [
+          "import sys, redis",
+          "r = redis.Redis(port=int(sys.argv[1]), username='bob', password='123', decode_responses=True)",
+          "print('whoami', r.acl_whoami())",
+          "try:",
+          "    r.set('y3', 'v')",
+          "except redis.exceptions.NoPermissionError as e:",
+          "    print('noperm', e)",
+        ].join("\n"),
+      );
+      try {
+        const { code, output } = await runPython(script, [String(proxy.port)]);
+        expect(code, output).to.equal(0);
+        expect(output).to.contain("whoami bob");
+        expect(output).to.contain(`noperm ${NO_KEY.replace(/^NOPERM /, "")}`);
+      } finally {
+        fs.rmSync(script, { force: true });
+      }
+    });
+  });
+}
