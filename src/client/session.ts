@@ -330,14 +330,17 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.lastRequest = request;
     if (
       this.authenticated &&
-      this.plain &&
       (this.subscriptions === 0 || this.proto === 3) &&
       !this.txn.inMulti &&
       !isSpecial(name, request.argv)
     ) {
-      // What the chain below comes to for an ordinary command, without its lookups.
-      this.executeOrdinary(name, request);
-      return;
+      // What the chain below comes to for an ordinary command, without its lookups; a user
+      // of the proxy's ACL keeps it (a set lookup first), a server user takes the chain.
+      if (this.plain) return this.executeOrdinary(name, request);
+      if (this.aclUser !== null) {
+        if (this.permitted(name, request.argv)) this.executeOrdinary(name, request);
+        return;
+      }
     }
     this.flushRun();
     const argv = request.argv;
@@ -352,15 +355,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       return;
     }
     if (this.aclUser !== null && !NO_AUTH_COMMANDS.has(name) && !this.endsTransaction(name)) {
-      const denial = this.ctx.acl!.check(this.aclUser, name, argv);
-      if (denial !== null) {
-        const error = noPermission(denial);
-        if (this.txn.inMulti) this.txn.refuse(error);
-        // Redis words a refused EXEC as the transaction's end.
-        else
-          this.replyError(name === "exec" ? `EXECABORT Transaction discarded because of: ${error}` : error);
-        return;
-      }
+      if (!this.permitted(name, argv)) return;
     }
     if (this.txn.inMulti) {
       if (name === "quit" || name === "reset") LOCAL_COMMANDS.get(name)!(this, request);
@@ -952,6 +947,17 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.userName = user.name;
     this.aclUser = user.unrestricted ? null : user;
     this.plain = this.aclUser === null;
+  }
+
+  /** The proxy's ACL check (aclUser set): false once the refusal is answered. */
+  private permitted(name: string, argv: readonly Buffer[]): boolean {
+    const denial = this.ctx.acl!.check(this.aclUser!, name, argv);
+    if (denial === null) return true;
+    const error = noPermission(denial);
+    if (this.txn.inMulti) this.txn.refuse(error);
+    // Redis words a refused EXEC as the transaction's end.
+    else this.replyError(name === "exec" ? `EXECABORT Transaction discarded because of: ${error}` : error);
+    return false;
   }
 
   /** EXEC and DISCARD inside MULTI always run: the transaction must be able to end. */
