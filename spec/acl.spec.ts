@@ -158,6 +158,34 @@ for (const mode of BACKEND_MODES) {
       expect(ok).to.deep.equal([["secret"], []]);
     });
 
+    it("T&F: a library records its loader; its functions run with that user's rights; TFCALL keys are checked", async () => {
+      const admin = await login("admin", "adminpw");
+      await admin.call("SET", "other:3", "secret");
+      const app = await login("app", "ap");
+      const code = [
+        "#!js api_version=1.0 name=acllib",
+        "redis.registerFunction('peek', function(client, name){ return client.call('get', name); });",
+      ].join("\n");
+      try {
+        expect(await app.text("TFUNCTION", "LOAD", code)).to.equal("OK");
+        const libs = (await app.text("TFUNCTION", "LIST")) as Value[][];
+        const entry = libs.find((l) => l.includes("acllib"))!;
+        expect(entry[entry.indexOf("user") + 1]).to.equal("app");
+        expect(await errorOf(app, "TFCALL", "acllib.peek", "0", "other:3")).to.contain(
+          NO_KEY.replace(/^NOPERM /, ""),
+        );
+        expect(await errorOf(app, "TFCALL", "acllib.peek", "1", "other:3")).to.equal(NO_KEY);
+        // The admin calls the app's function: it still runs with the app's rights.
+        expect(await errorOf(admin, "TFCALL", "acllib.peek", "0", "other:3")).to.contain(
+          NO_KEY.replace(/^NOPERM /, ""),
+        );
+        expect(await app.text("SET", "app:3", "mine")).to.equal("OK");
+        expect(await admin.text("TFCALL", "acllib.peek", "0", "app:3")).to.equal("mine");
+      } finally {
+        await admin.call("TFUNCTION", "DELETE", "acllib");
+      }
+    });
+
     it("AUTH, HELLO AUTH and WRONGPASS as Redis answers them", async () => {
       const c = await RawClient.connect(proxy.port);
       open.push(c);
@@ -357,6 +385,41 @@ describe("ACL: loading users", function () {
     } finally {
       c.close();
       await proxy.close();
+    }
+  });
+
+  it("an execution's and a registration's owner survive a restart of the proxy", async () => {
+    const users = [
+      "default on nopass ~* &* +@all",
+      "alice on >al ~* +@all -@admin",
+      "bob on >bo ~* +@all -@admin",
+      "admin on >ad ~* +@all",
+    ];
+    const first = await startProxy([{ port: backend.seed.port }], { users });
+    const alice = await as(first.port, "alice", "al");
+    expect(await alice.text("RG.EXECUTE", "GB().register('restartreg:*')", "ID", "alicesession")).to.equal(
+      "OK",
+    );
+    alice.close();
+    await first.close();
+    const second = await startProxy([{ port: backend.seed.port }], { users });
+    const bob = await as(second.port, "bob", "bo");
+    const admin = await as(second.port, "admin", "ad");
+    try {
+      const regs = (await eventually(
+        () => admin.text("RG.DUMPREGISTRATIONS"),
+        (r) => Array.isArray(r) && r.length > 0,
+        "the restored registration",
+      )) as Value[][];
+      const id = String(regs[0][1]);
+      expect(await errorOf(bob, "RG.UNREGISTER", id)).to.equal(
+        "NOPERM this user has no permissions to access another user's registration",
+      );
+      expect(await admin.text("RG.UNREGISTER", id)).to.equal("OK");
+    } finally {
+      bob.close();
+      admin.close();
+      await second.close();
     }
   });
 

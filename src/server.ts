@@ -90,7 +90,10 @@ export class ProxyServer {
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
       acl,
     };
-    if (acl !== null) ctx.gears.guardFor = (user) => acl.guardFor(user);
+    if (acl !== null) {
+      ctx.gears.guardFor = (user) => acl.guardFor(user);
+      ctx.gears.tf.libraries.guardFor = (user) => acl.guardFor(user);
+    }
     this.context = ctx;
     for (const [name, value] of Object.entries(this.config.gearsConfig)) {
       const reply = ctx.gears.config.set([[name, value]]).toString();

@@ -9,6 +9,7 @@ import { LibraryStore, type StoredLibrary } from "./library-store.js";
 import { parsePrologue, type Prologue } from "./prologue.js";
 import { nameError } from "../guest/tf/names.js";
 import { TfBridge, type TfHooks } from "./tf-bridge.js";
+import type { CommandGuard } from "../host-bridge.js";
 import { TfGuest } from "./tf-guest.js";
 
 export const TERMINATED = "Err Execution was terminated due to OOM or timeout";
@@ -47,6 +48,8 @@ export function sandboxText(err: unknown): string {
  */
 export class TfLibraries {
   private readonly libraries = new Map<string, TfLibrary>();
+  /** The ACL check of a user's commands (--aclfile): functions run with their loader's rights. */
+  guardFor: ((user: string) => CommandGuard | null) | null = null;
   /**
    * A second isolate per library for its cluster functions: the library's own isolate waits
    * for its runOnKey/runOnShards calls and cannot run them too.
@@ -146,6 +149,7 @@ export class TfLibraries {
     if (!request.replace && this.libraries.has(prologue.name))
       return `Library ${prologue.name} already exists.`;
     const bridge = new TfBridge(prologue.name, this.router, this.log, this.hooks);
+    bridge.guard = this.guardFor?.(request.user) ?? null;
     const isolate = await this.newIsolate(
       {
         memoryLimitMb: Math.min(LIBRARY_MEMORY_MB, Math.floor(this.config.number("v8-maxmemory") / 2 ** 20)),
