@@ -207,6 +207,15 @@ for (const mode of BACKEND_MODES) {
       expect(await c.text("ACL", "WHOAMI")).to.equal("default");
     });
 
+    it("CLIENT KILL USER ends the clients logged in as that user", async () => {
+      const admin = await login("admin", "adminpw");
+      const victim = await RawClient.connect(proxy.port);
+      expect(await victim.text("AUTH", "bob", "bo")).to.equal("OK");
+      expect(await admin.text("CLIENT", "KILL", "USER", "bob")).to.be.at.least(1);
+      await victim.closed;
+      expect(await errorOf(admin, "CLIENT", "KILL", "USER", "nosuch")).to.equal("ERR No such user 'nosuch'");
+    });
+
     it("ACL WHOAMI, USERS, LIST, CAT and DRYRUN answer for the proxy's users", async () => {
       const c = await login("admin", "adminpw");
       expect(await c.text("ACL", "WHOAMI")).to.equal("admin");

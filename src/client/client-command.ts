@@ -58,8 +58,10 @@ function killFilter(session: CommandHost, args: string[]): ((c: ClientHandle) =>
     } else if (key === "addr") tests.push((c) => c.addr === value);
     else if (key === "laddr") tests.push((c) => c.laddr === value);
     else if (key === "user") {
-      // The proxy's clients are all the default user.
-      if (value !== "default") return `ERR No such user '${value}'`;
+      // With --aclfile the proxy knows its users; without, a server user may be any name.
+      const acl = session.ctx.acl;
+      if (acl !== null && acl.user(value) === undefined) return `ERR No such user '${value}'`;
+      tests.push((c) => c.userName === value);
     } else if (key === "type") {
       const type = value.toLowerCase();
       if (type !== "normal" && type !== "pubsub") return `ERR Unknown client type '${value}'`;
