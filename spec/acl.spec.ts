@@ -16,6 +16,9 @@ import { RawClient, ReplyError, toText, type Value } from "./support/raw-client.
 import { runPython } from "./support/redis-py.js";
 import { eventually } from "./support/polling.js";
 import { globMatch } from "../src/acl/glob.js";
+import { AclCatalogue, type AclCommandSource } from "../src/acl/catalogue.js";
+import { allowedLeaves, applyRule, describeRules, newUser, type UserSpec } from "../src/acl/rules.js";
+import { parseArgs } from "../src/cli.js";
 
 const USERS = [
   "default on nopass ~* &* +@all",
@@ -604,3 +607,111 @@ for (const mode of BACKEND_MODES) {
     });
   });
 }
+
+describe("ACL: options", () => {
+  it('--aclfile, repeated --user, and "user" in the config file', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "acl-options-"));
+    try {
+      expect(parseArgs(["--aclfile", "/etc/users.acl"], {}).aclfile).to.equal("/etc/users.acl");
+      expect(parseArgs(["--user", "a on >x +@all", "--user", "b off"], {}).users).to.deep.equal([
+        "a on >x +@all",
+        "b off",
+      ]);
+      expect(parseArgs(["--user", "a on nopass"], {}).users).to.deep.equal(["a on nopass"]);
+      const file = path.join(dir, "config.json");
+      fs.writeFileSync(file, JSON.stringify({ user: ["user app on >p ~app:* +@all", "ops on >o +@all"] }));
+      expect(parseArgs(["--config", file], {}).users).to.deep.equal([
+        "user app on >p ~app:* +@all",
+        "ops on >o +@all",
+      ]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("ACL: rules as Redis 7.0 keeps and describes them", () => {
+  const source = (name: string, categories: string[], subs: [string, string[]][] = []): AclCommandSource => ({
+    name,
+    arity: -1,
+    categories,
+    subcommands: new Map(
+      subs.map(([sub, cats]) => [
+        sub,
+        { name: `${name}|${sub}`, arity: -2, categories: cats, subcommands: new Map() },
+      ]),
+    ),
+  });
+  const catalogue = new AclCatalogue(
+    [
+      source("get", ["read", "string", "fast"]),
+      source("set", ["write", "string", "slow"]),
+      source("flushall", ["keyspace", "write", "slow", "dangerous"]),
+      source(
+        "config",
+        [],
+        [
+          ["get", ["admin", "slow", "dangerous"]],
+          ["set", ["admin", "slow", "dangerous"]],
+        ],
+      ),
+    ],
+    ["rg.execute", "rg.getresults", "tfcall"],
+  );
+  const user = (...rules: string[]): UserSpec => {
+    const u = newUser("u");
+    for (const r of rules) {
+      const error = applyRule(u, r, catalogue);
+      if (error !== null) throw new Error(`${r}: ${error}`);
+    }
+    return u;
+  };
+
+  it("a repeated rule replaces its earlier occurrence; +@all and -@all start over", () => {
+    expect(describeRules(user("on", "+get", "+set", "-get"))).to.equal("on resetchannels -@all +set -get");
+    expect(describeRules(user("+get", "allcommands", "-@dangerous"))).to.equal(
+      "off resetchannels +@all -@dangerous",
+    );
+    expect(describeRules(user("+@all", "nocommands", "+config|get"))).to.equal(
+      "off resetchannels -@all +config|get",
+    );
+  });
+
+  it("passwords, keys and channels", () => {
+    const u = user("on", ">a", ">b", "<a", "%R~r:*", "%W~w:*", "%RW~rw:*", "~k:*", "&ch*");
+    expect(u.passwords).to.have.length(1);
+    expect(describeRules(u)).to.match(
+      /^on #[0-9a-f]{64} %R~r:\* %W~w:\* ~rw:\* ~k:\* resetchannels &ch\* -@all$/,
+    );
+    expect(describeRules(user("on", ">a", "nopass", "allkeys", "allchannels"))).to.equal(
+      "on nopass ~* &* -@all",
+    );
+    expect(describeRules(user("on", ">a", "~x", "reset"))).to.equal("off resetchannels -@all");
+  });
+
+  it("the allowed commands: categories, subcommands, @gears and prefixes", () => {
+    expect([...allowedLeaves(user("+@read", "+@admin", "-config|set"), catalogue)].sort()).to.deep.equal([
+      "config|get",
+      "get",
+    ]);
+    expect([...allowedLeaves(user("+@all", "-@gears", "+rg.get*"), catalogue)].sort()).to.deep.equal([
+      "config|get",
+      "config|set",
+      "flushall",
+      "get",
+      "rg.getresults",
+      "set",
+    ]);
+    expect([...allowedLeaves(user("+config"), catalogue)].sort()).to.deep.equal(["config|get", "config|set"]);
+  });
+
+  it("refuses what Redis refuses, with its reasons", () => {
+    const u = newUser("u");
+    expect(applyRule(u, "+nosuch", catalogue)).to.equal("Unknown command or category name in ACL");
+    expect(applyRule(u, "+@nosuch", catalogue)).to.equal("Unknown command or category name in ACL");
+    expect(applyRule(u, "#abc", catalogue)).to.match(/^The password hash must be exactly 64 characters/);
+    expect(applyRule(u, "bogus", catalogue)).to.equal("Syntax error");
+    expect(applyRule(u, "%X~k", catalogue)).to.equal("Syntax error");
+    expect(applyRule(u, "<notset", catalogue)).to.equal("no such password");
+  });
+});
