@@ -10,6 +10,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Redis } from "ioredis";
+import { createClient } from "redis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { RawClient, ReplyError, toText, type Value } from "./support/raw-client.js";
@@ -543,6 +544,29 @@ for (const mode of BACKEND_MODES) {
       expect(await c.text("RESET")).to.equal("RESET");
       expect(await c.text("ACL", "WHOAMI")).to.equal("default");
       expect(await c.text("HSET", "x1h", "f", "v")).to.equal(1);
+    });
+
+    it("node-redis in RESP3 (HELLO 3 AUTH): the user's connections speak the client's protocol", async () => {
+      const client = createClient({
+        socket: { port: proxy.port, host: "127.0.0.1" },
+        username: "bob",
+        password: "123",
+      });
+      client.on("error", () => {});
+      await client.connect();
+      try {
+        expect(await client.sendCommand(["ACL", "WHOAMI"])).to.equal("bob");
+        expect(await client.set("x7", "v")).to.equal("OK");
+        expect(await client.get("x7")).to.equal("v");
+        let error = "";
+        await client.set("y7", "v").catch((e: Error) => (error = e.message));
+        expect(error).to.equal(NO_KEY);
+        expect(await client.eval("return redis.acl_check_cmd('get','x7')", { keys: ["x7"] })).to.equal(1);
+        // A double is a RESP3 type: a RESP2 connection would have sent the bulk string "3.5".
+        expect(await client.eval("return {double=3.5}", { keys: ["x7"] })).to.equal(3.5);
+      } finally {
+        await client.quit();
+      }
     });
 
     it("a wrong password gets the server's WRONGPASS and leaves the client as it was", async () => {

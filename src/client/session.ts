@@ -894,6 +894,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.holds++;
     void identity.open(node, this.proto).then((error) => {
       this.holds--;
+      if (this.closed) return;
       if (error !== null) this.replyError(error);
       // Runs again, now that the connection is there.
       else this.deferred = request;
@@ -903,15 +904,15 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   /** AUTH user pass for a user of the server's own ACL: null once logged in, else the server's error. */
   loginUpstream(user: string, password: string): Promise<string | null> {
-    const identity = new UpstreamIdentity(user, password, this.proto);
+    const identity = new UpstreamIdentity(user, password);
     const node = this.ctx.router.masters()[0];
     this.holds++;
     return identity.open(node, this.proto).then((error) => {
       this.holds--;
       this.stalled = true;
-      if (error !== null) {
-        identity.release();
-        return error;
+      if (error !== null || this.closed) {
+        identity.end();
+        return error ?? "ERR the client has gone";
       }
       this.markAuthenticated();
       this.upstreamIdentity = identity;
@@ -922,7 +923,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   private dropIdentity(): void {
-    this.upstreamIdentity?.release();
+    this.upstreamIdentity?.end();
     this.upstreamIdentity = null;
   }
 
@@ -987,7 +988,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private release(): void {
     this.txn.abandon();
-    this.upstreamIdentity?.release();
+    this.upstreamIdentity?.end();
     if (this.blocking !== null) {
       this.blocking.node.destroy(this.blocking.conn);
       this.blocking = null;

@@ -4,31 +4,28 @@ import type { UpstreamNode } from "../upstream/node.js";
 
 /**
  * A client logged in as a user of the upstream server's own ACL (AUTH user pass, without
- * --aclfile): its commands run on connections of its own, one per node, opened lazily and
- * authenticated as that user, so the server applies that user's permissions (scripts'
- * redis.acl_check_cmd included), as it would for a direct client. Never given back to a
- * pool: they are closed when the client logs out or leaves.
+ * --aclfile): its commands run on connections of its own, one per node and protocol, opened
+ * lazily and authenticated as that user, so the server applies that user's permissions
+ * (scripts' redis.acl_check_cmd included), as it would for a direct client. Never given
+ * back to a pool: they are closed when the client logs out or leaves.
  */
 export class UpstreamIdentity {
-  private readonly conns = new Map<UpstreamNode, UpstreamConnection>();
-  private proto: Protocol;
+  /** By protocol (RESP2, RESP3): replies are relayed raw, so a HELLO switch needs others. */
+  private readonly conns = [
+    new Map<UpstreamNode, UpstreamConnection>(),
+    new Map<UpstreamNode, UpstreamConnection>(),
+  ];
+  /** Logged out or the client left: a connection still being opened is closed at once. */
+  private ended = false;
 
   constructor(
     readonly user: string,
     private readonly password: string,
-    proto: Protocol,
-  ) {
-    this.proto = proto;
-  }
+  ) {}
 
   /** The authenticated connection to `node` in `proto`, or null when one must be opened first. */
   connection(node: UpstreamNode, proto: Protocol): UpstreamConnection | null {
-    if (proto !== this.proto) {
-      // HELLO changed the client's protocol: replies are relayed raw, so reconnect in it.
-      this.release();
-      this.proto = proto;
-    }
-    const conn = this.conns.get(node);
+    const conn = this.conns[proto - 2].get(node);
     return conn === undefined || conn.closed ? null : conn;
   }
 
@@ -39,25 +36,29 @@ export class UpstreamIdentity {
     const reply = await conn
       .call(["AUTH", this.user, this.password])
       .catch((err: Error) => new RespError(err.message));
-    if (reply instanceof RespError) {
+    if (reply instanceof RespError || this.ended) {
       node.destroy(conn);
-      return reply.message;
+      return reply instanceof RespError ? reply.message : "ERR the client logged out";
     }
-    this.conns.get(node)?.close();
-    this.proto = proto;
-    this.conns.set(node, conn);
+    const conns = this.conns[proto - 2];
+    const old = conns.get(node);
+    if (old !== undefined) node.destroy(old);
+    conns.set(node, conn);
     conn.onBorrowerLost = () => {
-      if (this.conns.get(node) === conn) this.conns.delete(node);
+      if (conns.get(node) === conn) conns.delete(node);
     };
     return null;
   }
 
-  /** Closes every connection (logout, RESET, the client leaving). */
-  release(): void {
-    for (const [node, conn] of this.conns) {
-      conn.onBorrowerLost = null;
-      node.destroy(conn);
+  /** Logout, RESET, the client leaving: every connection is closed, and any opened later. */
+  end(): void {
+    this.ended = true;
+    for (const conns of this.conns) {
+      for (const [node, conn] of conns) {
+        conn.onBorrowerLost = null;
+        node.destroy(conn);
+      }
+      conns.clear();
     }
-    this.conns.clear();
   }
 }
