@@ -737,5 +737,11 @@ describe("ACL: rules as Redis 7.0 keeps and describes them", () => {
     expect(applyRule(u, "bogus", catalogue)).to.equal("Syntax error");
     expect(applyRule(u, "%X~k", catalogue)).to.equal("Syntax error");
     expect(applyRule(u, "<notset", catalogue)).to.equal("no such password");
+    expect(applyRule(user("allkeys"), "%R~x", catalogue)).to.match(
+      /^Adding a pattern after the \* pattern \(or the 'allkeys' flag\)/,
+    );
+    expect(applyRule(user("allchannels"), "&x", catalogue)).to.match(
+      /^Adding a pattern after the \* pattern \(or the 'allchannels' flag\)/,
+    );
   });
 });

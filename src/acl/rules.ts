@@ -49,6 +49,10 @@ export function sha256(text: string): string {
 }
 
 const HASH = /^[0-9a-f]{64}$/;
+const AFTER_ALL_KEYS =
+  "Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid and does not have any effect. Try 'resetkeys' to start with an empty list of patterns";
+const AFTER_ALL_CHANNELS =
+  "Adding a pattern after the * pattern (or the 'allchannels' flag) is not valid and does not have any effect. Try 'resetchannels' to start with an empty list of channels";
 
 /**
  * Applies one rule to `user`; null when it applied, else Redis' reason (the caller words
@@ -127,7 +131,8 @@ export function applyRule(user: UserSpec, rule: string, catalogue: AclCatalogue)
   }
   if (first === "~" || first === "%") return addKeyPattern(user, rule);
   if (first === "&") {
-    if (!user.allChannels && !user.channels.includes(rest)) user.channels.push(rest);
+    if (user.allChannels) return AFTER_ALL_CHANNELS;
+    if (!user.channels.includes(rest)) user.channels.push(rest);
     return null;
   }
   if (first === "+" || first === "-") return addCommandRule(user, first, rest.toLowerCase(), catalogue);
@@ -148,7 +153,7 @@ function addKeyPattern(user: UserSpec, rule: string): string | null {
     }
     pattern = rule.slice(tilde + 1);
   }
-  if (user.allKeys) return null;
+  if (user.allKeys) return AFTER_ALL_KEYS;
   if (pattern === "*" && access === (READ | WRITE)) {
     user.allKeys = true;
     user.keys = [];
