@@ -104,6 +104,11 @@ for (const mode of BACKEND_MODES) {
       expect(await errorOf(c, "DEL", "app:1", "other:1")).to.equal(NO_KEY);
       expect(await errorOf(c, "PUBLISH", "sports", "x")).to.equal(NO_CHANNEL);
       expect(await c.text("PUBLISH", "news.today", "x")).to.equal(0);
+      const sub = await login("app", "ap");
+      expect(await errorOf(sub, "SUBSCRIBE", "news.a", "sports")).to.equal(NO_CHANNEL);
+      // PSUBSCRIBE's patterns must be granted as they are written, not matched.
+      expect(await errorOf(sub, "PSUBSCRIBE", "news.*")).to.equal(NO_CHANNEL);
+      expect(await sub.text("PSUBSCRIBE", "news*")).to.deep.equal(["psubscribe", "news*", 1]);
       // Inside MULTI a refused command aborts the transaction, as Redis flags it.
       expect(await c.text("MULTI")).to.equal("OK");
       expect(await errorOf(c, "GET", "other:1")).to.equal(NO_KEY);
