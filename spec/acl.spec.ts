@@ -574,6 +574,17 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("CLIENT KILL USER knows default and the server users its clients logged in as", async () => {
+      const admin = await connect();
+      expect(await errorOf(admin, "CLIENT", "KILL", "USER", "wrong_user")).to.equal(
+        "ERR No such user 'wrong_user'",
+      );
+      const victim = await RawClient.connect(proxy.port);
+      expect(await victim.text("AUTH", "bob", "123")).to.equal("OK");
+      expect(await admin.text("CLIENT", "KILL", "USER", "bob")).to.equal(1);
+      await victim.closed;
+    });
+
     it("a wrong password gets the server's WRONGPASS and leaves the client as it was", async () => {
       const c = await connect();
       expect(await errorOf(c, "AUTH", "bob", "nope")).to.equal(WRONGPASS);

@@ -58,9 +58,14 @@ function killFilter(session: CommandHost, args: string[]): ((c: ClientHandle) =>
     } else if (key === "addr") tests.push((c) => c.addr === value);
     else if (key === "laddr") tests.push((c) => c.laddr === value);
     else if (key === "user") {
-      // With --aclfile the proxy knows its users; without, a server user may be any name.
+      // With --aclfile the proxy knows its users; without, it knows `default` and the server
+      // users its clients logged in as.
       const acl = session.ctx.acl;
-      if (acl !== null && acl.user(value) === undefined) return `ERR No such user '${value}'`;
+      const known =
+        acl !== null
+          ? acl.user(value) !== undefined
+          : value === "default" || [...session.ctx.clients.all()].some((c) => c.userName === value);
+      if (!known) return `ERR No such user '${value}'`;
       tests.push((c) => c.userName === value);
     } else if (key === "type") {
       const type = value.toLowerCase();
