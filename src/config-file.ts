@@ -38,7 +38,8 @@ type Kind =
   | "level"
   | "upstreams"
   | "settings"
-  | "choice";
+  | "choice"
+  | "lines";
 
 export interface OptionSpec {
   /** The flag, in kebab-case (the config file also accepts the camelCase key). */
@@ -119,6 +120,20 @@ export const OPTIONS: readonly OptionSpec[] = [
     key: "requirepass",
     kind: "text",
     describe: "Password clients must send with AUTH before running commands; none by default.",
+  },
+  {
+    flag: "aclfile",
+    key: "aclfile",
+    kind: "text",
+    describe:
+      "Redis ACL file of the proxy's own users (user <name> <rules...> lines): AUTH, HELLO AUTH and ACL answer for them, and their permissions are checked by the proxy.",
+  },
+  {
+    flag: "user",
+    key: "users",
+    kind: "lines",
+    describe:
+      'A user as an aclfile line, e.g. "alice on >secret ~app:* +@read"; repeat it for several (not with --aclfile).',
   },
   {
     flag: "maxclients",
@@ -453,13 +468,15 @@ function convert(spec: OptionSpec, value: unknown): OptionValue {
       return asChoice(value, spec.choices ?? []);
     case "text":
       return asText(value);
+    case "lines":
+      return (Array.isArray(value) ? value : [value]).map(asText);
   }
 }
 
 /** Checks one value; the error names where it came from ("--port", or the file and its key). */
 export function convertOption(spec: OptionSpec, value: unknown, where: string): OptionValue {
   // A repeated single-valued flag arrives as an array: the last one wins, as in redis-server.
-  const many = spec.kind === "upstreams" || spec.kind === "settings";
+  const many = spec.kind === "upstreams" || spec.kind === "settings" || spec.kind === "lines";
   const single = Array.isArray(value) && !many ? value[value.length - 1] : value;
   try {
     return convert(spec, single);

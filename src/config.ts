@@ -20,6 +20,10 @@ export interface ProxyConfig {
   clusterRetryTimeoutMs: number;
   /** Password clients must AUTH with; none when undefined. */
   requirepass?: string;
+  /** Redis ACL file of the proxy's users (`user <name> <rules...>` lines). */
+  aclfile?: string;
+  /** Users as aclfile lines given directly (--user, or "user" in the config file). */
+  users?: string[];
   maxclients: number;
   /** Idle seconds before a client is closed; 0 disables. */
   timeout: number;

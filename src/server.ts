@@ -9,6 +9,8 @@ import { chooseEvictions } from "./client/memory-guard.js";
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
+import { GEARS_COMMANDS } from "./gears/commands.js";
+import { loadAccessControl } from "./acl/load.js";
 import { CommandTable } from "./routing/command-table.js";
 import { Isolate } from "./sandbox/isolate.js";
 import { WarmIsolates } from "./sandbox/warm-isolates.js";
@@ -71,9 +73,15 @@ export class ProxyServer {
       this.config.metricsPort === undefined ? null : new Metrics(metricSources(stats, () => this.context));
     const upstream = await connectUpstream(this.config, this.log, metrics ?? undefined);
     this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
+    const commands = upstream.commands === null ? null : new CommandTable(upstream.commands);
+    const acl = loadAccessControl(this.config, {
+      commands: commands === null ? null : commands.all(),
+      keys: { keyAccess: (name, argv) => commands?.keyAccess(name, argv) ?? [] },
+      gearsCommands: GEARS_COMMANDS,
+    });
     const router = new Router(
       upstream.topology,
-      upstream.commands === null ? null : new CommandTable(upstream.commands),
+      commands,
       this.config.clusterRetryTimeoutMs,
       this.config.readFromReplicas,
     );
@@ -107,7 +115,12 @@ export class ProxyServer {
       metrics,
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
       tracking: new TrackingTable(router, (id) => ctx.clients.get(id)),
+      acl,
     };
+    if (acl !== null) {
+      ctx.gears.guardFor = (user) => acl.guardFor(user);
+      ctx.gears.tf.libraries.guardFor = (user) => acl.guardFor(user);
+    }
     this.context = ctx;
     for (const [name, value] of Object.entries(this.config.gearsConfig)) {
       const reply = ctx.gears.config.set([[name, value]]).toString();

@@ -59,8 +59,15 @@ function killFilter(session: CommandHost, args: string[]): ((c: ClientHandle) =>
     } else if (key === "addr") tests.push((c) => c.addr === value);
     else if (key === "laddr") tests.push((c) => c.laddr === value);
     else if (key === "user") {
-      // The proxy's clients are all the default user.
-      if (value !== "default") return `ERR No such user '${value}'`;
+      // With --aclfile the proxy knows its users; without, it knows `default` and the server
+      // users its clients logged in as.
+      const acl = session.ctx.acl;
+      const known =
+        acl !== null
+          ? acl.user(value) !== undefined
+          : value === "default" || [...session.ctx.clients.all()].some((c) => c.userName === value);
+      if (!known) return `ERR No such user '${value}'`;
+      tests.push((c) => c.userName === value);
     } else if (key === "type") {
       const type = value.toLowerCase();
       if (type !== "normal" && type !== "pubsub") return `ERR Unknown client type '${value}'`;

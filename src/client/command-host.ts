@@ -3,6 +3,7 @@ import type { Request } from "../resp/request-parser.js";
 import type { ProxyContext } from "./context.js";
 import type { ReplySlot } from "./reply-slot.js";
 import type { TrackingState } from "./tracking/state.js";
+import type { AclUser } from "../acl/access-control.js";
 
 /**
  * What a command the proxy answers itself may see of the client that sent it. Handlers
@@ -19,6 +20,8 @@ export interface CommandHost {
   libName: string;
   libVersion: string;
   readonly authenticated: boolean;
+  /** The user the client runs as (ACL WHOAMI, CLIENT LIST). */
+  readonly userName: string;
   /** CLIENT REPLY: on, off, or skip the next reply. */
   replyMode: "on" | "off" | "skip";
   /** CLIENT TRACKING settings; null while tracking is off. */
@@ -51,6 +54,13 @@ export interface CommandHost {
   enterSharedLane(request: Request): boolean;
   resetState(): void;
   markAuthenticated(): void;
+  /** AUTH succeeded as one of the proxy's users (--aclfile): its permissions apply from now on. */
+  login(user: AclUser): void;
+  /**
+   * AUTH as a user of the server's own ACL (no --aclfile): checked by the server; the
+   * client's later commands wait for it. Null once logged in, else the server's error.
+   */
+  loginUpstream(user: string, password: string): Promise<string | null>;
   /** Relays every master's MONITOR stream to this client. */
   startMonitor(): void;
   /** This client's CLIENT LIST line. */

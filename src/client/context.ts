@@ -6,6 +6,7 @@ import type { Router } from "../routing/router.js";
 import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
 import type { TrackingTable } from "./tracking/table.js";
+import type { AccessControl } from "../acl/access-control.js";
 
 /** Counters shown in INFO's Proxy section. */
 export interface ProxyStats {
@@ -38,4 +39,6 @@ export interface ProxyContext {
   slowlog: SlowLog;
   /** Client-side caching: who read which key, and the invalidations owed. */
   tracking: TrackingTable;
+  /** The proxy's users and their permissions (--aclfile, user lines); null without them. */
+  acl: AccessControl | null;
 }

@@ -1,9 +1,10 @@
-import { encodeBulk, encodeSimple, OK } from "../resp/encode.js";
-import { RespMap } from "../resp/values.js";
+import { encodeBulk, encodeError, encodeSimple, encodeValue, OK } from "../resp/encode.js";
+import { RespMap, type Protocol } from "../resp/values.js";
 import { badClientName, clientCommand } from "./client-command.js";
 import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
 import { infoCommand } from "./info-command.js";
 import { slowlogCommand } from "./slowlog-command.js";
+import { aclCommand } from "./acl-command.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
 
 /** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
@@ -75,16 +76,32 @@ const select: LocalCommand = (session, { argv }) => {
   session.forwardInDb(argv, db, slot);
 };
 
-/** Checks a password against --requirepass; null when accepted, else the error to send. */
-function checkPassword(session: CommandHost, user: string, password: string): string | null {
+const NO_PASSWORD_SET =
+  "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
+const WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/**
+ * Checks a user and password: against the proxy's users with --aclfile (the session then
+ * runs as that user), else against --requirepass. Null when accepted, else the error to send.
+ */
+function checkPassword(session: CommandHost, user: string, password: string, named = true): string | null {
+  const acl = session.ctx.acl;
+  if (acl !== null) {
+    if (!named && acl.user("default")!.spec.nopass) return NO_PASSWORD_SET;
+    const found = acl.authenticate(user, password);
+    if (found === null) return WRONGPASS;
+    session.login(found);
+    return null;
+  }
   const required = session.ctx.config.requirepass;
-  if (required === undefined) {
-    return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
-  }
-  if (user !== "default" || password !== required) {
-    return "WRONGPASS invalid username-password pair or user is disabled.";
-  }
+  if (required === undefined) return NO_PASSWORD_SET;
+  if (user !== "default" || password !== required) return WRONGPASS;
   return null;
+}
+
+/** A named user other than `default` without --aclfile: one of the server's own ACL users. */
+function isServerUser(session: CommandHost, user: string): boolean {
+  return session.ctx.acl === null && user !== "default";
 }
 
 const auth: LocalCommand = (session, { argv }) => {
@@ -93,7 +110,15 @@ const auth: LocalCommand = (session, { argv }) => {
     return;
   }
   const user = argv.length === 3 ? argv[1].toString() : "default";
-  const error = checkPassword(session, user, argv[argv.length - 1].toString());
+  const password = argv[argv.length - 1].toString();
+  if (isServerUser(session, user)) {
+    const slot = session.laterSlot();
+    void session
+      .loginUpstream(user, password)
+      .then((error) => slot.reply(error === null ? OK : encodeError(error)));
+    return;
+  }
+  const error = checkPassword(session, user, password, argv.length === 3);
   if (error !== null) {
     session.replyError(error);
     return;
@@ -101,6 +126,9 @@ const auth: LocalCommand = (session, { argv }) => {
   session.markAuthenticated();
   session.replyNow(OK);
 };
+
+const NOAUTH_HELLO =
+  "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
 const hello: LocalCommand = (session, { argv }) => {
   let proto = session.proto;
@@ -118,15 +146,11 @@ const hello: LocalCommand = (session, { argv }) => {
     proto = version;
   }
   let name: string | null = null;
+  let login: [string, string] | null = null;
   for (let i = 2; i < argv.length; i++) {
     const option = argv[i].toString().toLowerCase();
     if (option === "auth" && i + 2 < argv.length) {
-      const error = checkPassword(session, argv[i + 1].toString(), argv[i + 2].toString());
-      if (error !== null) {
-        session.replyError(error);
-        return;
-      }
-      session.markAuthenticated();
+      login = [argv[i + 1].toString(), argv[i + 2].toString()];
       i += 2;
     } else if (option === "setname" && i + 1 < argv.length) {
       name = argv[++i].toString();
@@ -140,18 +164,36 @@ const hello: LocalCommand = (session, { argv }) => {
       return;
     }
   }
-  if (!session.authenticated) {
-    session.replyError(
-      "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
-    );
+  if (login !== null && isServerUser(session, login[0])) {
+    const slot = session.laterSlot();
+    void session
+      .loginUpstream(login[0], login[1])
+      .then((error) => slot.reply(error === null ? helloDone(session, proto, name) : encodeError(error)));
     return;
   }
+  if (login !== null) {
+    const error = checkPassword(session, login[0], login[1]);
+    if (error !== null) {
+      session.replyError(error);
+      return;
+    }
+    session.markAuthenticated();
+  }
+  if (!session.authenticated) {
+    session.replyError(NOAUTH_HELLO);
+    return;
+  }
+  session.replyNow(helloDone(session, proto, name));
+};
+
+/** HELLO's effects and its reply, in the protocol it switched to. */
+function helloDone(session: CommandHost, proto: Protocol, name: string | null): Buffer {
   if (name !== null) session.name = name;
   session.proto = proto;
   const cluster = session.ctx.config.clusterEmulation || session.ctx.router.topology.mode === "cluster";
   const mode = cluster ? "cluster" : "standalone";
   const text = (s: string): Buffer => Buffer.from(s);
-  session.replyValue(
+  return encodeValue(
     new RespMap([
       [text("server"), text("redis")],
       [text("version"), text(session.ctx.upstreamVersion)],
@@ -161,8 +203,9 @@ const hello: LocalCommand = (session, { argv }) => {
       [text("role"), text("master")],
       [text("modules"), []],
     ]),
+    proto,
   );
-};
+}
 
 const monitor: LocalCommand = (session) => session.startMonitor();
 
@@ -177,6 +220,7 @@ export const LOCAL_COMMANDS = new Map<string, LocalCommand>([
   ["reset", reset],
   ["select", select],
   ["auth", auth],
+  ["acl", aclCommand],
   ["hello", hello],
   ["client", clientCommand],
   ["info", infoCommand],

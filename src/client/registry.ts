@@ -12,6 +12,8 @@ export interface ClientHandle extends MemoryHolder, TrackedClient {
   readonly exemptFromTimeout: boolean;
   readonly idleMs: number;
   readonly name: string;
+  /** The user it runs as (CLIENT KILL USER). */
+  readonly userName: string;
   readonly isPubSub: boolean;
   kill(reason: string): void;
   /** Proxy shutdown: no further command, the replies owed are written, then the connection ends. */

@@ -24,6 +24,8 @@ import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
 import type { TrackingState } from "./tracking/state.js";
+import { noPermission, type AclUser } from "../acl/access-control.js";
+import { UpstreamIdentity } from "./upstream-identity.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
 type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
@@ -69,6 +71,9 @@ function isSpecial(name: string, argv: readonly Buffer[]): boolean {
   return SPECIAL.has(name) || isGearsCommand(name, argv);
 }
 
+/** Commands a server user may not send in cluster mode: its connections are per node. */
+const TRANSACTION_COMMANDS = new Set(["multi", "exec", "discard", "watch", "unwatch"]);
+
 /** Commands with subcommands, which CLIENT LIST names as `container|sub`. */
 const CONTAINERS = new Set([
   "acl",
@@ -113,7 +118,14 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   name = "";
   libName = "";
   libVersion = "";
-  authenticated: boolean;
+  authenticated = false;
+  userName = "default";
+  /** The permissions checked before each command: null without ACLs, or for a user who may run anything. */
+  private aclUser: AclUser | null = null;
+  /** Logged in as a user of the server's own ACL (AUTH user pass without --aclfile). */
+  private upstreamIdentity: UpstreamIdentity | null = null;
+  /** Neither of the two: ordinary commands take the fast path. */
+  private plain = true;
   /** CLIENT REPLY: on, off, or skip the next reply. */
   replyMode: "on" | "off" | "skip" = "on";
   /** CLIENT TRACKING settings (tracking/); null while tracking is off. */
@@ -161,9 +173,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.timed = ctx.metrics !== null || ctx.slowlog.enabled;
     this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
     this.laddr = `${socket.localAddress}:${socket.localPort}`;
-    this.authenticated = ctx.config.requirepass === undefined;
     this.parser = new RequestParser({ maxBulkLen: ctx.config.protoMaxBulkLen, maxArgs: 1024 * 1024 });
-    this.parser.authenticated = this.authenticated;
+    this.resetUser();
     this.out = new OutputBuffer(socket);
     this.txn = new Transaction(this);
     socket.setNoDelay(true);
@@ -254,7 +265,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       ["tot-mem", memory.query + omem],
       ["events", "r"],
       ["cmd", last === null ? "NULL" : commandLabel(last)],
-      ["user", "default"],
+      ["user", this.userName],
       ["redir", this.tracking?.redirect ?? -1],
       ["resp", this.proto],
       ["lib-name", this.libName],
@@ -354,9 +365,13 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       !this.txn.inMulti &&
       !isSpecial(name, request.argv)
     ) {
-      // What the chain below comes to for an ordinary command, without its lookups.
-      this.executeOrdinary(name, request);
-      return;
+      // What the chain below comes to for an ordinary command, without its lookups; a user
+      // of the proxy's ACL keeps it (a set lookup first), a server user takes the chain.
+      if (this.plain) return this.executeOrdinary(name, request);
+      if (this.aclUser !== null) {
+        if (this.permitted(name, request.argv)) this.executeOrdinary(name, request);
+        return;
+      }
     }
     this.flushRun();
     const argv = request.argv;
@@ -369,6 +384,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
       );
       return;
+    }
+    if (this.aclUser !== null && !NO_AUTH_COMMANDS.has(name) && !this.endsTransaction(name)) {
+      if (!this.permitted(name, argv)) return;
     }
     if (this.txn.inMulti) {
       if (name === "quit" || name === "reset") LOCAL_COMMANDS.get(name)!(this, request);
@@ -386,6 +404,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     }
     if (isGearsCommand(name, argv.slice(1))) this.runGears(name, request);
     else if (this.ctx.gears.hookFor(name, argv)) this.answerLater(this.ctx.gears.runHook(name, argv), true);
+    else if (this.upstreamIdentity !== null && !SUBSCRIBE_FAMILY.has(name)) this.sendAsUser(name, request);
     else if (SUBSCRIBE_FAMILY.has(name)) this.sendSubscription(name, request);
     else if (name === "multi") this.txn.multi(request);
     else if (name === "watch") this.txn.watch(request);
@@ -445,6 +464,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   /** An ordinary command: the shared pipelined connection of the node that owns its keys. */
   forward(name: string, request: Request): void {
+    if (this.upstreamIdentity !== null) return this.sendAsUser(name, request);
     const slot = this.upstreamSlot();
     const gears = this.ctx.gears;
     if (gears.holdsWrites && this.ctx.router.isWrite(name, request.argv)) {
@@ -554,11 +574,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     ) {
       this.joinKey = joinKey;
       this.joinHolds++;
-      const reply = runGearsCommand(this.ctx.gears, name, args, {
-        proto: this.proto,
-        db: this.db,
-        clientId: this.id,
-      });
+      const reply = runGearsCommand(this.ctx.gears, name, args, this.gearsContext());
       const release = (): void => {
         if (--this.joinHolds === 0) this.joinKey = null;
       };
@@ -566,10 +582,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       this.answerLater(reply.finally(release), true);
       return;
     }
-    this.answerLater(
-      runGearsCommand(this.ctx.gears, name, args, { proto: this.proto, db: this.db, clientId: this.id }),
-      hold,
-    );
+    this.answerLater(runGearsCommand(this.ctx.gears, name, args, this.gearsContext()), hold);
   }
 
   replyLater(reply: Promise<Buffer>, hold: boolean): void {
@@ -580,6 +593,17 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
    * A reply computed by the proxy (in RESP2 or the client's protocol); with `hold`, the
    * client's next commands wait for it.
    */
+  /** Who runs an RG or T&F command: the client's protocol, database, id and user. */
+  private gearsContext(): Parameters<typeof runGearsCommand>[3] {
+    return {
+      proto: this.proto,
+      db: this.db,
+      clientId: this.id,
+      user: this.ctx.acl === null ? null : this.userName,
+      admin: this.aclUser === null || this.aclUser.admin,
+    };
+  }
+
   private answerLater(reply: Promise<Buffer>, hold: boolean): void {
     const slot = this.laterSlot();
     if (hold) this.holds++;
@@ -938,8 +962,101 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.name = "";
     this.replyMode = "on";
     this.lane = "shared";
-    this.authenticated = this.ctx.config.requirepass === undefined;
+    this.resetUser();
+  }
+
+  /**
+   * A command of a client logged in as a server user: on its own connection to the node,
+   * authenticated as that user. The first command for a node waits while it is opened.
+   */
+  private sendAsUser(name: string, request: Request): void {
+    const identity = this.upstreamIdentity!;
+    if (this.ctx.router.topology.mode === "cluster" && TRANSACTION_COMMANDS.has(name)) {
+      return this.replyError(
+        `ERR ${name.toUpperCase()} as a user of the cluster's own ACL is not supported by gears-proxy`,
+      );
+    }
+    const node = this.ctx.router.nodeFor(name, request.argv, this.id);
+    if (typeof node === "string") return this.replyError(node);
+    const conn = identity.connection(node, this.proto);
+    if (conn !== null) {
+      conn.send(request.raw ?? encodeCommand(request.argv), this.upstreamSlot(), this.db);
+      return;
+    }
+    this.flushRun();
+    this.holds++;
+    void identity.open(node, this.proto).then((error) => {
+      this.holds--;
+      if (this.closed) return;
+      if (error !== null) this.replyError(error);
+      // Runs again, now that the connection is there.
+      else this.deferred = request;
+      this.processInput();
+    });
+  }
+
+  /** AUTH user pass for a user of the server's own ACL: null once logged in, else the server's error. */
+  loginUpstream(user: string, password: string): Promise<string | null> {
+    const identity = new UpstreamIdentity(user, password);
+    const node = this.ctx.router.masters()[0];
+    this.holds++;
+    return identity.open(node, this.proto).then((error) => {
+      this.holds--;
+      this.stalled = true;
+      if (error !== null || this.closed) {
+        identity.end();
+        return error ?? "ERR the client has gone";
+      }
+      this.markAuthenticated();
+      this.upstreamIdentity = identity;
+      this.userName = user;
+      this.plain = false;
+      return null;
+    });
+  }
+
+  private dropIdentity(): void {
+    this.upstreamIdentity?.end();
+    this.upstreamIdentity = null;
+  }
+
+  /** Back to the default user: authenticated when it needs no password (or no --requirepass). */
+  private resetUser(): void {
+    const acl = this.ctx.acl;
+    this.userName = "default";
+    this.aclUser = null;
+    this.dropIdentity();
+    if (acl === null) this.authenticated = this.ctx.config.requirepass === undefined;
+    else {
+      const user = acl.user("default")!;
+      this.aclUser = user.unrestricted ? null : user;
+      this.authenticated = acl.opensWithoutPassword(user);
+    }
     this.parser.authenticated = this.authenticated;
+    this.plain = this.aclUser === null;
+  }
+
+  login(user: AclUser): void {
+    this.markAuthenticated();
+    this.userName = user.name;
+    this.aclUser = user.unrestricted ? null : user;
+    this.plain = this.aclUser === null;
+  }
+
+  /** The proxy's ACL check (aclUser set): false once the refusal is answered. */
+  private permitted(name: string, argv: readonly Buffer[]): boolean {
+    const denial = this.ctx.acl!.check(this.aclUser!, name, argv);
+    if (denial === null) return true;
+    const error = noPermission(denial);
+    if (this.txn.inMulti) this.txn.refuse(error);
+    // Redis words a refused EXEC as the transaction's end.
+    else this.replyError(name === "exec" ? `EXECABORT Transaction discarded because of: ${error}` : error);
+    return false;
+  }
+
+  /** EXEC and DISCARD inside MULTI always run: the transaction must be able to end. */
+  private endsTransaction(name: string): boolean {
+    return this.txn.inMulti && (name === "exec" || name === "discard");
   }
 
   private stopTracking(): void {
@@ -951,6 +1068,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   markAuthenticated(): void {
     this.authenticated = true;
     this.parser.authenticated = true;
+    if (this.upstreamIdentity !== null) {
+      // Logged in as a proxy user now: the server user's connections go.
+      this.dropIdentity();
+      this.userName = "default";
+      this.plain = this.aclUser === null;
+    }
   }
 
   /** Queues a last reply; the connection closes once it and every earlier one are written. */
@@ -964,6 +1087,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private release(): void {
     this.txn.abandon();
+    this.upstreamIdentity?.end();
     if (this.blocking !== null) {
       this.blocking.node.destroy(this.blocking.conn);
       this.blocking = null;

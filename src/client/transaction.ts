@@ -131,6 +131,12 @@ export class Transaction {
     this.conn!.send(request.raw ?? encodeCommand(request.argv), slot, this.host.db);
   }
 
+  /** A command refused before it was queued (NOPERM): EXEC then aborts, as Redis flags the transaction. */
+  refuse(message: string): void {
+    this.dirty = true;
+    this.host.replyError(message);
+  }
+
   /** A command inside MULTI: queued on the server (or here, until a key picks the node). */
   queueCommand(name: string, request: Request): void {
     if (this.broken) {

@@ -67,6 +67,7 @@ async function execute(
     replaceWith,
     db: caller.db,
     python,
+    ...(caller.user === null ? {} : { owner: caller.user }),
   });
 }
 
@@ -75,23 +76,31 @@ function requirementsError(deps: Buffer[]): string {
   return `Could not satisfy requirements: ${deps.map(String).join(" ")} (the proxy installs no Python packages; scripts may use the standard library only)`;
 }
 
-function finished(engine: GearsEngine, id: string): Execution | Buffer {
+/** Whether the caller may act on what `owner` made: its own, or any with +@admin (or without ACLs). */
+function mayTouch(caller: GearsCaller, owner: string | null): boolean {
+  return caller.user === null || caller.admin || owner === null || owner === caller.user;
+}
+
+function finished(engine: GearsEngine, id: string, caller: GearsCaller): Execution | Buffer {
   const execution = engine.get(id);
   if (execution === undefined) return encodeError(NO_EXECUTION);
+  if (!mayTouch(caller, execution.owner)) {
+    return encodeError("NOPERM this user has no permissions to access another user's execution");
+  }
   return execution;
 }
 
-function getResults(engine: GearsEngine, args: Buffer[]): Buffer {
+function getResults(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Buffer {
   if (args.length !== 1) return arity("rg.getresults");
-  const execution = finished(engine, args[0].toString());
+  const execution = finished(engine, args[0].toString(), caller);
   if (Buffer.isBuffer(execution)) return execution;
   if (!execution.isFinished) return encodeError("execution is still running");
   return execution.reply();
 }
 
-async function getResultsBlocking(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
+async function getResultsBlocking(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Promise<Buffer> {
   if (args.length !== 1) return arity("rg.getresultsblocking");
-  const execution = finished(engine, args[0].toString());
+  const execution = finished(engine, args[0].toString(), caller);
   if (Buffer.isBuffer(execution)) return execution;
   await execution.waitFinished();
   return execution.reply();
@@ -135,14 +144,14 @@ function plan(execution: Execution): RespValue[] {
 }
 
 /** RG.GETEXECUTION <id> [SHARD|CLUSTER]: the plan and its progress, one entry per shard. */
-function getExecution(engine: GearsEngine, args: Buffer[]): Buffer {
+function getExecution(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Buffer {
   if (args.length < 1 || args.length > 2) return arity("rg.getexecution");
   const mode = args[1]?.toString().toUpperCase();
   if (mode !== undefined && mode !== "SHARD" && mode !== "CLUSTER") return encodeError("unknown subcommand");
   if (mode === "CLUSTER" && !engine.shards.clustered) {
     return encodeError("no cluster detected - use `RG.GETEXECUTION <id> [SHARD]` instead");
   }
-  const execution = finished(engine, args[0].toString());
+  const execution = finished(engine, args[0].toString(), caller);
   if (Buffer.isBuffer(execution)) return execution;
   const shards = mode === "SHARD" ? execution.partitions.shardIds.slice(0, 1) : execution.partitions.shardIds;
   return encodeValue(shards.map((id) => [b("shard_id"), b(id), b("execution_plan"), plan(execution)]));
@@ -164,19 +173,22 @@ function dumpExecutions(engine: GearsEngine, args: Buffer[]): Buffer {
   );
 }
 
-function dropExecution(engine: GearsEngine, args: Buffer[]): Buffer {
+function dropExecution(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Buffer {
   if (args.length !== 1) return arity("rg.dropexecution");
-  const execution = finished(engine, args[0].toString());
+  const execution = finished(engine, args[0].toString(), caller);
   if (Buffer.isBuffer(execution)) return execution;
   if (!execution.isFinished) return encodeError("can not drop a not yet finished execution, abort it first.");
   engine.drop(execution.id);
   return OK;
 }
 
-async function abortExecution(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
+async function abortExecution(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Promise<Buffer> {
   if (args.length !== 1) return arity("rg.abortexecution");
   const execution = engine.get(args[0].toString());
   if (execution === undefined) return encodeError("execution does not exist");
+  if (!mayTouch(caller, execution.owner)) {
+    return encodeError("NOPERM this user has no permissions to access another user's execution");
+  }
   execution.abort();
   await execution.waitFinished();
   return OK;
@@ -315,8 +327,13 @@ function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
   );
 }
 
-function unregister(engine: GearsEngine, args: Buffer[]): Buffer {
+function unregister(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Buffer {
   if (args.length < 1 || args.length > 2) return arity("rg.unregister");
+  const sessionId = engine.registry.all().find((r) => r.id === args[0].toString())?.sessionId;
+  const owner = sessionId === undefined ? null : (engine.registry.session(sessionId)?.owner ?? null);
+  if (!mayTouch(caller, owner)) {
+    return encodeError("NOPERM this user has no permissions to access another user's registration");
+  }
   return engine.unregister(args[0].toString()) ? OK : encodeError("execution is not registered");
 }
 
@@ -403,6 +420,9 @@ const HANDLERS = new Map<string, Handler>([
   ["rg.triggeronkey", (engine, args) => trigger(engine, args, true)],
 ]);
 
+/** The commands the gears engine answers (the ACL category @gears). */
+export const GEARS_COMMANDS: readonly string[] = [...HANDLERS.keys(), ...TF_COMMANDS];
+
 /** Whether the client must wait for this command's reply before its next command runs. */
 export function holdsClient(name: string, args: Buffer[]): boolean {
   // A T&F call ran inside Redis before the client's next command: the proxy keeps that order.
@@ -438,6 +458,10 @@ export interface GearsCaller {
   db: number;
   /** The client's id (CLIENT ID). */
   clientId: number;
+  /** The client's ACL user (--aclfile): owns what it creates; null without ACLs. */
+  user: string | null;
+  /** The user may act on other users' executions and registrations (+@admin). */
+  admin: boolean;
 }
 
 /**

@@ -20,7 +20,7 @@ import { RegistrationRegistry, type GearsSession } from "./registry.js";
 import { keySlot } from "../routing/key-slot.js";
 import { SessionStore, type StoredSession } from "./session-store.js";
 import { replyValueToResp } from "./json-values.js";
-import { GearsBridge } from "./host-bridge.js";
+import { GearsBridge, type CommandGuard } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 import { TfEngine } from "./tf/tf-engine.js";
 
@@ -56,6 +56,8 @@ export interface ExecuteRequest {
   restoredIds?: Record<string, string>;
   /** RG.PYEXECUTE: the script is Python (RedisGears 1.x's API); default JavaScript. */
   python?: boolean;
+  /** The ACL user running it: owns what it creates, and its scripts run with its rights. */
+  owner?: string;
 }
 
 /**
@@ -72,6 +74,8 @@ export class GearsEngine {
   private running = 0;
   private readonly waiting: Execution[] = [];
   private registrationCounter = 0;
+  /** The ACL check of a user's commands (set with --aclfile): scripts run with their owner's rights. */
+  guardFor: ((user: string) => CommandGuard | null) | null = null;
   readonly registry: RegistrationRegistry;
   private keyspace: KeyspaceEventSource | null = null;
   /** Writes through the proxy waiting for their notifications: those lost become events anyway. */
@@ -194,6 +198,7 @@ export class GearsEngine {
       timeoutMs: this.config.number("ScriptTimeoutMS"),
     };
     bridge.db = db;
+    if (request.owner !== undefined) bridge.guard = this.guardFor?.(request.owner) ?? null;
     if (request.python === true && this.newPythonIsolate === null) return encodeError(`ERR ${PYTHON_OFF}`);
     const python =
       request.python === true && this.newPythonIsolate !== null
@@ -229,6 +234,7 @@ export class GearsEngine {
       runIndex,
       partitions,
     );
+    execution.owner = request.owner ?? null;
     this.add(execution);
     this.schedule(execution);
     if (request.unblocking) return encodeBulk(execution.id);
@@ -273,6 +279,7 @@ export class GearsEngine {
       bridge,
       registrations,
       timers: [],
+      owner: request.owner ?? null,
     };
     session.timers = timerRequests.map((t) => this.startTimer(session, t.id, t.seconds, t.keyName));
     this.registry.install(session, replaces);
@@ -620,6 +627,7 @@ export class GearsEngine {
       description: session.description,
       registrations,
       ...(session.db === 0 ? {} : { db: session.db }),
+      ...(session.owner === null ? {} : { owner: session.owner }),
     };
     if (session.isolate.runtime === "pyodide") stored.python = true;
     const json = JSON.stringify(stored);
@@ -700,6 +708,7 @@ export class GearsEngine {
       restoredIds: s.registrations,
       db: s.db ?? 0,
       python: s.python === true,
+      owner: s.owner,
     });
     const session = this.registry.session(s.id);
     if (session === undefined) {

@@ -41,6 +41,8 @@ export class Execution {
   startedAt = 0;
   finishedAt = 0;
   readMs = 0;
+  /** The ACL user who ran it (RG.EXECUTE) or registered its session; null without ACLs. */
+  owner: string | null = null;
   private abortRequested = false;
   private readonly finished: Promise<void>;
   private markFinished!: () => void;

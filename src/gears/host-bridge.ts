@@ -17,6 +17,12 @@ export interface SessionCalls {
   registerTimeEvent(id: number, seconds: number, keyName: string | null): void;
 }
 
+/**
+ * The ACL check of the user a script runs as (who registered it): null when the command
+ * may run, else the NOPERM error. Supplied by the client room; gears knows no users.
+ */
+export type CommandGuard = (name: string, argv: readonly Buffer[]) => string | null;
+
 /** Commands that would tie up or change the state of a shared upstream connection. */
 const NOT_FROM_SCRIPTS = new Set([
   "multi",
@@ -79,6 +85,8 @@ export class GearsBridge implements HostBridge {
 
   /** The database the script's commands run in: the client's, or the one its session was registered from. */
   db = 0;
+  /** The rights of the user the script runs as; null when there are no ACLs. */
+  guard: CommandGuard | null = null;
 
   /** The argv of the command a running hook or trigger was called for (getCommand, callNext). */
   command: string[] | null = null;
@@ -90,7 +98,7 @@ export class GearsBridge implements HostBridge {
       case "execute":
         return this.execute(args);
       case "executeMany":
-        return executeMany(this.router, this.partitions, args, this.db);
+        return executeMany(this.router, this.partitions, args, this.db, this.guard);
       case "configGet":
         return this.config.lookup(String(args[0]));
       case "hashtag":
@@ -148,7 +156,7 @@ export class GearsBridge implements HostBridge {
     const argv = args.slice(1).map((a) => Buffer.from(String(a)));
     if (argv.length === 0) throw new Error("ERR wrong number of arguments for 'execute'");
     const name = argv[0].toString().toLowerCase();
-    const refusal = scriptCommandRefusal(name, argv);
+    const refusal = scriptCommandRefusal(name, argv) ?? this.guard?.(name, argv) ?? null;
     if (refusal !== null) throw new Error(refusal);
     let reply: RespValue;
     if (partition !== null && this.router.slotOf(name, argv) === NO_KEYS) {

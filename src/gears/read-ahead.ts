@@ -75,6 +75,8 @@ export async function executeMany(
   partitions: () => Partitions,
   args: JsonValue[],
   db = 0,
+  /** The ACL check of the script's user (CommandGuard): a refused key fails its own outcome. */
+  guard: ((name: string, argv: readonly Buffer[]) => string | null) | null = null,
 ): Promise<RawJson> {
   const partition = typeof args[0] === "number" ? args[0] : null;
   const template = strings(args[1]);
@@ -99,6 +101,8 @@ export async function executeMany(
     const argv = base.slice();
     const k = Buffer.from(key);
     for (const p of at) argv[p] = k;
+    const denied = guard?.(name, argv) ?? null;
+    if (denied !== null) return Promise.resolve(`[1,${JSON.stringify(denied)}]`);
     const sink = new RawSink();
     if (partition !== null && router.slotOf(name, argv) === NO_KEYS) {
       // As execute(): a command without keys runs on the shard of the step's partition.

@@ -31,6 +31,8 @@ export interface GearsSession {
   registrations: Registration[];
   /** registerTimeEvent() timers, stopped with the session. */
   timers: NodeJS.Timeout[];
+  /** The ACL user who registered it: its scripts run with that user's rights. Null without ACLs. */
+  owner: string | null;
 }
 
 /**
@@ -470,6 +472,7 @@ export class RegistrationRegistry {
       input,
       false,
     );
+    execution.owner = session.owner;
     this.executionCounter++;
     registration.executions.push(execution);
     const started = Date.now();

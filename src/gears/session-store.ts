@@ -13,6 +13,8 @@ export interface StoredSession {
   db?: number;
   /** The script is Python (RG.PYEXECUTE). */
   python?: boolean;
+  /** The ACL user who registered it (with --aclfile). */
+  owner?: string;
 }
 
 /**

@@ -10,6 +10,25 @@ type FindKeys =
 interface KeySpec {
   begin: BeginSearch;
   find: FindKeys;
+  /** KEY_READ | KEY_WRITE: what the command does with these keys (ACL %R~ / %W~ checks). */
+  access: number;
+}
+
+/** The key spec reads the key's value (Redis' ACCESS flag). */
+export const KEY_READ = 1;
+/** The key spec changes the key (INSERT, DELETE or UPDATE). */
+export const KEY_WRITE = 2;
+
+/** Redis 7 key-spec flags as ACL permissions, as acl.c's ACLSelectorCheckKey maps them. */
+function keyAccess(flags: RespValue | undefined): number {
+  if (!Array.isArray(flags)) return KEY_READ | KEY_WRITE;
+  let access = 0;
+  for (const f of flags) {
+    const flag = str(f).toLowerCase();
+    if (flag === "access") access |= KEY_READ;
+    else if (flag === "insert" || flag === "delete" || flag === "update") access |= KEY_WRITE;
+  }
+  return access;
 }
 
 export interface CommandInfo {
@@ -20,6 +39,8 @@ export interface CommandInfo {
   lastKey: number;
   step: number;
   specs: KeySpec[];
+  /** ACL categories without the '@' (read, string, fast...). */
+  categories: string[];
   /** Container commands (OBJECT, XINFO...): their subcommands by lower-case name. */
   subcommands: Map<string, CommandInfo>;
   /** The one key's position when it is that simple (GET, SET, HSET...): the router's fast path. */
@@ -81,7 +102,7 @@ function parseKeySpec(raw: RespValue): KeySpec | null {
       keyStep: num(findArgs.get("keystep")),
     };
   } else return null;
-  return { begin: b, find: f };
+  return { begin: b, find: f, access: keyAccess(spec.get("flags")) };
 }
 
 function parseCommand(raw: RespValue): CommandInfo | null {
@@ -103,6 +124,7 @@ function parseCommand(raw: RespValue): CommandInfo | null {
     lastKey: num(raw[4]),
     step: num(raw[5]),
     specs,
+    categories: Array.isArray(raw[6]) ? raw[6].map((c) => str(c).replace(/^@/, "").toLowerCase()) : [],
     subcommands,
     singleKey: subcommands.size === 0 ? singleKeyIndex(specs) : null,
   };
@@ -137,6 +159,28 @@ export class CommandTable {
     const info = this.commands.get(name);
     if (info === undefined || info.subcommands.size === 0 || argv.length < 2) return info;
     return info.subcommands.get(argv[1].toString("latin1").toLowerCase()) ?? info;
+  }
+
+  /** Every command the upstream knows (containers with their subcommands inside). */
+  all(): IterableIterator<CommandInfo> {
+    return this.commands.values();
+  }
+
+  /**
+   * The key arguments of argv with what the command does to each (KEY_READ, KEY_WRITE),
+   * as pairs [index, access]; the legacy (pre-7) positions count as both.
+   */
+  keyAccess(name: string, argv: readonly Buffer[]): [number, number][] {
+    const info = this.lookup(name, argv);
+    if (info === undefined) return [];
+    if (info.specs.length === 0) return legacyKeys(info, argv.length).map((i) => [i, KEY_READ | KEY_WRITE]);
+    const keys: [number, number][] = [];
+    for (const spec of info.specs) {
+      const first = beginSearch(spec.begin, argv);
+      if (first === 0) continue;
+      for (const i of findKeys(spec.find, first, argv)) keys.push([i, spec.access]);
+    }
+    return keys;
   }
 
   /** Indexes of the key arguments of argv, as Redis itself would find them. */

@@ -9,6 +9,7 @@ import { DurableStore } from "../durable-store.js";
 import { parsePrologue, type Prologue } from "./prologue.js";
 import { nameError } from "../guest/tf/names.js";
 import { TfBridge, type TfHooks } from "./tf-bridge.js";
+import type { CommandGuard } from "../host-bridge.js";
 import { TfGuest } from "./tf-guest.js";
 
 export const TERMINATED = "Err Execution was terminated due to OOM or timeout";
@@ -69,6 +70,8 @@ export function sandboxText(err: unknown): string {
  */
 export class TfLibraries {
   private readonly libraries = new Map<string, TfLibrary>();
+  /** The ACL check of a user's commands (--aclfile): functions run with their loader's rights. */
+  guardFor: ((user: string) => CommandGuard | null) | null = null;
   /**
    * A second isolate per library for its cluster functions: the library's own isolate waits
    * for its runOnKey/runOnShards calls and cannot run them too.
@@ -205,6 +208,7 @@ export class TfLibraries {
     if (!request.replace && this.libraries.has(prologue.name))
       return `Library ${prologue.name} already exists.`;
     const bridge = new TfBridge(prologue.name, this.router, this.log, this.hooks);
+    bridge.guard = this.guardFor?.(request.user) ?? null;
     const isolate = await this.newIsolate(
       {
         memoryLimitMb: Math.min(LIBRARY_MEMORY_MB, Math.floor(this.config.number("v8-maxmemory") / 2 ** 20)),

@@ -4,7 +4,7 @@ import type { Partitions } from "../partitions.js";
 import { RespError } from "../../resp/values.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import type { Tagged } from "../guest/entry.js";
-import { callEach, scriptCommandRefusal } from "../host-bridge.js";
+import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
 import type { MutedKeys } from "./muted-keys.js";
 import { replyToTagged } from "./values.js";
 
@@ -47,6 +47,8 @@ export class TfBridge implements HostBridge {
   db = 0;
   /** A cluster function's master: its keyless commands go there. */
   target: { partitions: Partitions; index: number } | null = null;
+  /** The rights of the user who loaded the library; null when there are no ACLs. */
+  guard: CommandGuard | null = null;
 
   constructor(
     private readonly library: string,
@@ -120,6 +122,9 @@ export class TfBridge implements HostBridge {
     // shared connections could not wait for anyway), with this text.
     if (scriptCommandRefusal(name, argv) !== null)
       throw new Error(`ERR command '${name}' is not allowed on script mode`);
+    // The library's loader's rights (ACL): its functions run as that user.
+    const refusal = this.guard?.(name, argv) ?? null;
+    if (refusal !== null) throw new Error(refusal);
     if (noWrites && this.router.isWrite(name, argv)) {
       throw new Error(`ERR Write command '${name}' was called while write is not allowed`);
     }

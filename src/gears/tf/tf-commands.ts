@@ -30,7 +30,7 @@ export async function runTfCommand(
   tf: TfEngine,
   name: string,
   args: Buffer[],
-  caller: { proto: Protocol; db: number },
+  caller: { proto: Protocol; db: number; user: string | null },
 ): Promise<Buffer> {
   switch (name) {
     case "tfcall":
@@ -41,7 +41,7 @@ export async function runTfCommand(
         caller.proto,
       );
     case "tfunction":
-      return tfunction(tf, args, caller.proto);
+      return tfunction(tf, args, caller.proto, caller.user ?? "default");
     case "config":
       return config(tf, args, caller.proto);
     default:
@@ -49,12 +49,12 @@ export async function runTfCommand(
   }
 }
 
-async function tfunction(tf: TfEngine, args: Buffer[], proto: Protocol): Promise<Buffer> {
+async function tfunction(tf: TfEngine, args: Buffer[], proto: Protocol, user: string): Promise<Buffer> {
   if (args.length < 1) return arity("tfunction");
   const sub = args[0].toString().toLowerCase();
   switch (sub) {
     case "load":
-      return load(tf, args.slice(1));
+      return load(tf, args.slice(1), user);
     case "delete": {
       if (args.length < 2) return encodeError("function name was not given");
       const error = await tf.libraries.remove(args[1].toString());
@@ -68,7 +68,7 @@ async function tfunction(tf: TfEngine, args: Buffer[], proto: Protocol): Promise
 }
 
 /** TFUNCTION LOAD [REPLACE] [CONFIG <json>] <code>. */
-async function load(tf: TfEngine, args: Buffer[]): Promise<Buffer> {
+async function load(tf: TfEngine, args: Buffer[], user: string): Promise<Buffer> {
   let replace = false;
   let config: string | null = null;
   let i = 0;
@@ -95,7 +95,8 @@ async function load(tf: TfEngine, args: Buffer[]): Promise<Buffer> {
   if (i >= args.length) return encodeError("Could not find library payload");
   const code = utf8Text(args[i]);
   if (code === null) return encodeError("lib code must a valid string");
-  const error = await tf.libraries.load({ code, replace, config, user: "default" });
+  // The loader's rights are the functions' rights (RedisGears 2 records the user too).
+  const error = await tf.libraries.load({ code, replace, config, user });
   return error === null ? OK : encodeError(error);
 }
 
