@@ -1,5 +1,5 @@
 import { encodeError, encodeValue } from "../resp/encode.js";
-import { RespError, RespVerbatim } from "../resp/values.js";
+import { RespError, RespVerbatim, type RespValue } from "../resp/values.js";
 import type { LocalCommand } from "./command-host.js";
 import type { ProxyContext } from "./context.js";
 import { proxyKeysAndExpires } from "../routing/hidden-keys.js";
@@ -51,10 +51,17 @@ function field(info: string, name: string): string | undefined {
 async function ownKeys(ctx: ProxyContext): Promise<OwnKeys | null> {
   const query = proxyKeysAndExpires();
   if (query === null) return null;
-  const reply = await ctx.router.call(query).catch(() => null);
-  return Array.isArray(reply) && typeof reply[0] === "number" && typeof reply[1] === "number"
-    ? { keys: reply[0], expires: reply[1] }
-    : null;
+  // In front of one server the control connection asks: a shared one would have to SELECT 0
+  // and back, which shows in the server's command stats. A cluster has db 0 only.
+  const count = async (argv: string[]): Promise<RespValue | null> =>
+    ctx.router.topology.mode === "cluster"
+      ? ctx.router.call(argv).catch(() => null)
+      : ((await ctx.router.callControl(argv).catch(() => null))?.[0] ?? null);
+  const [keys, expires] = await Promise.all([
+    count(query.keys),
+    query.expiring === null ? 0 : count(query.expiring),
+  ]);
+  return typeof keys === "number" && typeof expires === "number" ? { keys, expires } : null;
 }
 
 /**

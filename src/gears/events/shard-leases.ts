@@ -215,7 +215,7 @@ export class ShardLeases {
 
   private async tryLease(node: string, lease: ShardLease): Promise<void> {
     const key = LEASE_PREFIX + lease.key;
-    noteProxyKey(key);
+    noteProxyKey(key, true);
     const ttl = String(this.leaseMs());
     if (lease.owned) {
       const at = String(this.events.handledThrough(node));

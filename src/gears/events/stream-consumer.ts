@@ -281,7 +281,7 @@ export class StreamConsumer {
     let state = this.streams.get(name);
     if (state === undefined) {
       const leaseKey = `${PROXY_HASHTAG}:stream-lease:${this.group}:${name}`;
-      noteProxyKey(leaseKey);
+      noteProxyKey(leaseKey, true);
       state = new StreamState(key, leaseKey);
       this.streams.set(name, state);
     }
