@@ -13,9 +13,55 @@ export interface MetricSources {
   connectionsCurrent(): number;
   connectionsTotal(): number;
   connectionsRejected(): number;
-  /** The upstream masters and whether each is reachable now. */
-  upstreamNodes(): { id: string; reachable: boolean }[];
+  /** The upstream masters, whether each is reachable now and its requests awaiting a reply. */
+  upstreamNodes(): { id: string; reachable: boolean; inFlight: number }[];
+  /** Slot map reads started, by cause; null when the upstream is not a cluster. */
+  topologyRefreshes(): { periodic: number; requested: number } | null;
+  /** Reply bytes all clients hold in the proxy now (output buffers and replies waiting their turn). */
+  clientsOutputBytes(): number;
+  /** Clients disconnected for a memory limit, by reason. */
+  clientEvictions(): { outputBufferLimit: number; maxmemoryClients: number };
+  gears(): GearsFigures;
 }
+
+/** What the gears engine shows at scrape time (server.ts reads it from the engine). */
+export interface GearsFigures {
+  /** Executions kept now (RG.DUMPEXECUTIONS' list), by status. */
+  executionsByStatus: Map<string, number>;
+  registrations: RegistrationFigures[];
+  /** Memory of the live session and T&F library isolates together, in bytes. */
+  isolateMemoryBytes: number;
+  /** Shards whose event lease this proxy holds; null when it runs no event source. */
+  leasesHeld: number | null;
+  /** T&F keyspace triggers' counters (TFUNCTION LIST's). */
+  triggers: { library: string; trigger: string; runs: number; failures: number }[];
+}
+
+/** One registration's counters (RG.DUMPREGISTRATIONS') and queue. */
+export interface RegistrationFigures {
+  id: string;
+  reader: string;
+  /** Events run, successful or not (numTriggered). */
+  triggered: number;
+  succeeded: number;
+  failed: number;
+  /** Events waiting or in the batch running now. */
+  queued: number;
+  /** When the oldest of them arrived (ms since the epoch); null when none waits. */
+  oldestQueuedAt: number | null;
+}
+
+/** What the metrics need of a finished gears execution (src/gears/execution.ts). */
+interface FinishedExecution {
+  readonly status: string;
+  readonly errors: readonly string[];
+  readonly createdAt: number;
+  readonly startedAt: number;
+  readonly finishedAt: number;
+}
+
+/** A redirect reply handled or a retry sent (src/routing/redirect.ts RedirectEvent). */
+type RedirectEvent = "MOVED" | "ASK" | "TRYAGAIN" | "retry:TRYAGAIN" | "retry:CLUSTERDOWN" | "retry:connect";
 
 /** Seconds, from 50 µs (a pipelined GET) to 10 s (a blocking call or a slow script). */
 const LATENCY_BUCKETS = [
@@ -31,7 +77,14 @@ export class Metrics {
   private readonly errors: Counter<"kind">;
   private readonly bytesIn: Counter;
   private readonly bytesOut: Counter;
-  private readonly redirects: Counter<"kind">;
+  /** One prepared counter child per redirect event, so counting one hashes no label. */
+  private readonly redirectChildren: Record<RedirectEvent, Counter.Internal>;
+  /** Gears execution durations by final state (done, failed, aborted); their counts are the executions. */
+  private readonly executionObservers: Record<"done" | "failed" | "aborted", (seconds: number) => void>;
+  private readonly tfCalls: Counter<"library" | "function">;
+  private readonly tfErrors: Counter<"library" | "function">;
+  /** Prepared children per "<lib>.<fn>": [calls, errors]. */
+  private readonly tfSeries = new Map<string, [Counter.Internal, Counter.Internal]>();
   private readonly roundTrips: FastHistogram;
   /** One observe function per node, handed to each of its connections. */
   private readonly roundTripObservers = new Map<string, (seconds: number) => void>();
@@ -77,12 +130,104 @@ export class Metrics {
       help: "Bytes of replies written to clients.",
       registers,
     });
-    this.redirects = new Counter({
+    const redirects = new Counter({
       name: "gears_proxy_upstream_redirects_total",
-      help: "MOVED and ASK replies the proxy followed for its clients.",
+      help: "MOVED, ASK and TRYAGAIN replies the proxy handled for its clients.",
       labelNames: ["kind"],
       registers,
     });
+    const retries = new Counter({
+      name: "gears_proxy_upstream_retries_total",
+      help: "Commands sent again after a wait, by reason (TRYAGAIN, CLUSTERDOWN, connect: a node unreachable).",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.redirectChildren = {
+      MOVED: redirects.labels("MOVED"),
+      ASK: redirects.labels("ASK"),
+      TRYAGAIN: redirects.labels("TRYAGAIN"),
+      "retry:TRYAGAIN": retries.labels("TRYAGAIN"),
+      "retry:CLUSTERDOWN": retries.labels("CLUSTERDOWN"),
+      "retry:connect": retries.labels("connect"),
+    };
+    new Gauge({
+      name: "gears_proxy_upstream_in_flight",
+      help: "Requests sent to an upstream master and awaiting its reply, read at scrape time.",
+      labelNames: ["node"],
+      registers,
+      collect() {
+        this.reset();
+        for (const node of sources.upstreamNodes()) this.set({ node: node.id }, node.inFlight);
+      },
+    });
+    new Counter({
+      name: "gears_proxy_topology_refreshes_total",
+      help: "Cluster slot map reads started, by cause (periodic, or requested by a redirect, a lost node, a command).",
+      labelNames: ["cause"],
+      registers,
+      collect() {
+        this.reset();
+        const counts = sources.topologyRefreshes();
+        if (counts === null) return;
+        this.inc({ cause: "periodic" }, counts.periodic);
+        this.inc({ cause: "requested" }, counts.requested);
+      },
+    });
+    new Gauge({
+      name: "gears_proxy_clients_output_bytes",
+      help: "Reply bytes held in the proxy for all clients now (output buffers and replies waiting their turn).",
+      registers,
+      collect() {
+        this.set(sources.clientsOutputBytes());
+      },
+    });
+    new Counter({
+      name: "gears_proxy_client_evictions_total",
+      help: "Clients disconnected for a memory limit (output-buffer-limit, maxmemory-clients).",
+      labelNames: ["reason"],
+      registers,
+      collect() {
+        this.reset();
+        const evictions = sources.clientEvictions();
+        this.inc({ reason: "output-buffer-limit" }, evictions.outputBufferLimit);
+        this.inc({ reason: "maxmemory-clients" }, evictions.maxmemoryClients);
+      },
+    });
+    const executionDurations = new FastHistogram(
+      "gears_proxy_gears_execution_duration_seconds",
+      "Gears executions (RG.EXECUTE and registrations' runs) from creation to end, by final state.",
+      "state",
+      LATENCY_BUCKETS,
+      this.registry,
+    );
+    this.executionObservers = {
+      done: executionDurations.observer("done"),
+      failed: executionDurations.observer("failed"),
+      aborted: executionDurations.observer("aborted"),
+    };
+    new Counter({
+      name: "gears_proxy_gears_executions_total",
+      help: "Gears executions finished, by final state (done, failed: done with errors, aborted).",
+      labelNames: ["state"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [state, count] of executionDurations.counts()) this.inc({ state }, count);
+      },
+    });
+    this.tfCalls = new Counter({
+      name: "gears_proxy_tf_function_calls_total",
+      help: "TFCALL/TFCALLASYNC calls of an existing function, by library and function.",
+      labelNames: ["library", "function"],
+      registers,
+    });
+    this.tfErrors = new Counter({
+      name: "gears_proxy_tf_function_errors_total",
+      help: "TFCALL/TFCALLASYNC calls that ended in an error, by library and function.",
+      labelNames: ["library", "function"],
+      registers,
+    });
+    gearsMetrics(registers, sources);
     this.roundTrips = new FastHistogram(
       "gears_proxy_upstream_round_trip_seconds",
       "Time from a request written to an upstream node to its reply, by node (pipelining included).",
@@ -160,8 +305,29 @@ export class Metrics {
     return observe;
   }
 
-  redirect(kind: "MOVED" | "ASK"): void {
-    this.redirects.inc({ kind });
+  redirect(event: RedirectEvent): void {
+    this.redirectChildren[event].inc();
+  }
+
+  /** ExecutionObserver (src/gears/execution.ts). */
+  executionFinished(execution: FinishedExecution): void {
+    const state =
+      execution.status === "aborted" ? "aborted" : execution.errors.length > 0 ? "failed" : "done";
+    this.executionObservers[state]((execution.finishedAt - execution.createdAt) / 1000);
+  }
+
+  /** A T&F function called as "<lib>.<fn>" (src/gears/tf/tf-engine.ts onCall). */
+  tfCall(target: string, failed: boolean): void {
+    let series = this.tfSeries.get(target);
+    if (series === undefined) {
+      const dot = target.indexOf(".");
+      const labels =
+        this.tfSeries.size < MAX_LABELS ? [target.slice(0, dot), target.slice(dot + 1)] : ["other", "other"];
+      series = [this.tfCalls.labels(...labels), this.tfErrors.labels(...labels)];
+      this.tfSeries.set(target, series);
+    }
+    series[0].inc();
+    if (failed) series[1].inc();
   }
 
   private newSeries(command: string): (seconds: number) => void {
@@ -183,6 +349,114 @@ export class Metrics {
     }
     child.inc();
   }
+}
+
+/** The gears figures read at scrape time: nothing is counted for them on the event path. */
+function gearsMetrics(registers: Registry[], sources: MetricSources): void {
+  // Each metric reads the engine afresh: a few lists walked per scrape, never per event.
+  const read = (): GearsFigures => sources.gears();
+  const gauge = (
+    name: string,
+    help: string,
+    labelNames: string[],
+    fill: (set: (labels: Record<string, string>, value: number) => void, f: GearsFigures) => void,
+  ): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames,
+      registers,
+      collect() {
+        this.reset();
+        fill((labels, value) => this.set(labels, value), read());
+      },
+    });
+  };
+  const counter = (
+    name: string,
+    help: string,
+    labelNames: string[],
+    fill: (inc: (labels: Record<string, string>, value: number) => void, f: GearsFigures) => void,
+  ): void => {
+    new Counter({
+      name,
+      help,
+      labelNames,
+      registers,
+      collect() {
+        this.reset();
+        fill((labels, value) => this.inc(labels, value), read());
+      },
+    });
+  };
+  gauge("gears_proxy_gears_executions", "Gears executions kept now, by status.", ["status"], (set, f) => {
+    for (const [status, n] of f.executionsByStatus) set({ status }, n);
+  });
+  const registration = (r: RegistrationFigures): Record<string, string> => ({
+    registration: r.id,
+    reader: r.reader,
+  });
+  counter(
+    "gears_proxy_gears_registration_events_seen_total",
+    "Events that reached a registration: run or waiting (RG.CLEARREGISTRATIONSSTATS resets it).",
+    ["registration", "reader"],
+    (inc, f) => f.registrations.forEach((r) => inc(registration(r), r.triggered + r.queued)),
+  );
+  counter(
+    "gears_proxy_gears_registration_events_handled_total",
+    "Events a registration ran without error (numSuccess).",
+    ["registration", "reader"],
+    (inc, f) => f.registrations.forEach((r) => inc(registration(r), r.succeeded)),
+  );
+  counter(
+    "gears_proxy_gears_registration_events_failed_total",
+    "Events whose run failed (numFailures).",
+    ["registration", "reader"],
+    (inc, f) => f.registrations.forEach((r) => inc(registration(r), r.failed)),
+  );
+  gauge(
+    "gears_proxy_gears_registration_queue_length",
+    "Events waiting for a registration, or in its batch running now.",
+    ["registration", "reader"],
+    (set, f) => f.registrations.forEach((r) => set(registration(r), r.queued)),
+  );
+  gauge(
+    "gears_proxy_gears_registration_oldest_event_age_seconds",
+    "Age of the oldest event waiting for a registration; 0 when none waits.",
+    ["registration", "reader"],
+    (set, f) => {
+      const now = Date.now();
+      f.registrations.forEach((r) =>
+        set(registration(r), r.oldestQueuedAt === null ? 0 : Math.max(0, now - r.oldestQueuedAt) / 1000),
+      );
+    },
+  );
+  gauge(
+    "gears_proxy_gears_isolate_memory_bytes",
+    "Memory of the live JavaScript/Python isolates of gears sessions and T&F libraries together.",
+    [],
+    (set, f) => set({}, f.isolateMemoryBytes),
+  );
+  gauge(
+    "gears_proxy_gears_event_leases_held",
+    "Shards whose event lease this proxy holds (absent while it runs no event source).",
+    [],
+    (set, f) => {
+      if (f.leasesHeld !== null) set({}, f.leasesHeld);
+    },
+  );
+  counter(
+    "gears_proxy_tf_trigger_runs_total",
+    "T&F keyspace trigger runs, by library and trigger (TFUNCTION LIST's num_trigger).",
+    ["library", "trigger"],
+    (inc, f) => f.triggers.forEach((t) => inc({ library: t.library, trigger: t.trigger }, t.runs)),
+  );
+  counter(
+    "gears_proxy_tf_trigger_failures_total",
+    "T&F keyspace trigger runs that failed (num_failed).",
+    ["library", "trigger"],
+    (inc, f) => f.triggers.forEach((t) => inc({ library: t.library, trigger: t.trigger }, t.failures)),
+  );
 }
 
 /**
