@@ -98,6 +98,35 @@ describe("gears and T&F metrics (--metrics-port)", function () {
     expect(hasSample(gone, `gears_proxy_gears_registration_events_seen_total${labels}`)).to.equal(false);
   });
 
+  it("shows a registration's queue and the age of its oldest event while a slow run holds it", async () => {
+    const script =
+      "GB().foreach(r => { if (r.key === 'gmq:slow') { const t = Date.now(); while (Date.now() - t < 1000) {} } }).register('gmq:*', {mode: 'async'})";
+    expect(await c.call("RG.EXECUTE", script)).to.equal("OK");
+    const dump = (await c.call("RG.DUMPREGISTRATIONS")) as unknown[][];
+    const entry = dump.find(
+      (d) => String(d[d.indexOf("reader") + 1]) === "KeysReader" && JSON.stringify(d).includes("gmq:"),
+    )!;
+    const labels = `{registration="${String(entry[entry.indexOf("id") + 1])}",reader="KeysReader"}`;
+    await c.set("gmq:slow", "x");
+    await c.set("gmq:2", "x");
+    await c.set("gmq:3", "x");
+    await eventually(
+      page,
+      (p) =>
+        sample(p, `gears_proxy_gears_registration_queue_length${labels}`) >= 2 &&
+        sample(p, `gears_proxy_gears_registration_oldest_event_age_seconds${labels}`) > 0,
+      "events waiting behind the slow run, with an age",
+    );
+    const drained = await eventually(
+      page,
+      (p) => sample(p, `gears_proxy_gears_registration_events_handled_total${labels}`) === 3,
+      "the three events run",
+    );
+    expect(sample(drained, `gears_proxy_gears_registration_queue_length${labels}`)).to.equal(0);
+    expect(sample(drained, `gears_proxy_gears_registration_oldest_event_age_seconds${labels}`)).to.equal(0);
+    expect(sample(drained, `gears_proxy_gears_registration_events_seen_total${labels}`)).to.equal(3);
+  });
+
   it("counts T&F function calls and errors by library and function, trigger runs and failures", async () => {
     const body = [
       "redis.registerFunction('ok', function(){ return 1; });",
