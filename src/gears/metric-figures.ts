@@ -1,4 +1,4 @@
-import type { GearsFigures, RegistrationFigures } from "../observability/metrics.js";
+import type { GearsFigures, RegistrationFigures } from "../observability/gears-metrics.js";
 import type { GearsEngine } from "./engine.js";
 import type { Registration } from "./registration.js";
 

@@ -7,6 +7,7 @@ import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import { FastHistogram } from "./fast-histogram.js";
+import { gearsMetrics, type GearsFigures } from "./gears-metrics.js";
 
 /** Figures the proxy keeps anyway; read at scrape time so the hot path pays nothing for them. */
 export interface MetricSources {
@@ -22,33 +23,6 @@ export interface MetricSources {
   /** Clients disconnected for a memory limit, by reason. */
   clientEvictions(): { outputBufferLimit: number; maxmemoryClients: number };
   gears(): GearsFigures;
-}
-
-/** What the gears engine shows at scrape time (server.ts reads it from the engine). */
-export interface GearsFigures {
-  /** Executions kept now (RG.DUMPEXECUTIONS' list), by status. */
-  executionsByStatus: Map<string, number>;
-  registrations: RegistrationFigures[];
-  /** Memory of the live session and T&F library isolates together, in bytes. */
-  isolateMemoryBytes: number;
-  /** Shards whose event lease this proxy holds; null when it runs no event source. */
-  leasesHeld: number | null;
-  /** T&F keyspace triggers' counters (TFUNCTION LIST's). */
-  triggers: { library: string; trigger: string; runs: number; failures: number }[];
-}
-
-/** One registration's counters (RG.DUMPREGISTRATIONS') and queue. */
-export interface RegistrationFigures {
-  id: string;
-  reader: string;
-  /** Events run, successful or not (numTriggered). */
-  triggered: number;
-  succeeded: number;
-  failed: number;
-  /** Events waiting or in the batch running now. */
-  queued: number;
-  /** When the oldest of them arrived (ms since the epoch); null when none waits. */
-  oldestQueuedAt: number | null;
 }
 
 /** What the metrics need of a finished gears execution (src/gears/execution.ts). */
@@ -105,16 +79,12 @@ export class Metrics {
     );
     this.latency = latency;
     // The histogram's counts are the commands answered: counted once, read at scrape time.
-    new Counter({
-      name: "gears_proxy_commands_total",
-      help: "Commands answered to clients, by command name.",
-      labelNames: ["command"],
-      registers,
-      collect() {
-        this.reset();
-        for (const [command, count] of latency.counts()) this.inc({ command }, count);
-      },
-    });
+    countsOf(
+      latency,
+      "gears_proxy_commands_total",
+      "Commands answered to clients, by command name.",
+      "command",
+    );
     this.errors = new Counter({
       name: "gears_proxy_errors_total",
       help: "Error replies sent to clients, by error code (ERR, WRONGTYPE, NOAUTH, ...).",
@@ -202,16 +172,12 @@ export class Metrics {
       failed: executionDurations.observer("failed"),
       aborted: executionDurations.observer("aborted"),
     };
-    new Counter({
-      name: "gears_proxy_gears_executions_total",
-      help: "Gears executions finished, by final state (done, failed: done with errors, aborted).",
-      labelNames: ["state"],
-      registers,
-      collect() {
-        this.reset();
-        for (const [state, count] of executionDurations.counts()) this.inc({ state }, count);
-      },
-    });
+    countsOf(
+      executionDurations,
+      "gears_proxy_gears_executions_total",
+      "Gears executions finished, by final state (done, failed: done with errors, aborted).",
+      "state",
+    );
     this.tfCalls = new Counter({
       name: "gears_proxy_tf_function_calls_total",
       help: "TFCALL/TFCALLASYNC calls of an existing function, by library and function.",
@@ -224,7 +190,7 @@ export class Metrics {
       labelNames: ["library", "function"],
       registers,
     });
-    gearsMetrics(registers, sources);
+    gearsMetrics(registers, () => sources.gears());
     this.roundTrips = new FastHistogram(
       "gears_proxy_upstream_round_trip_seconds",
       "Time from a request written to an upstream node to its reply, by node (pipelining included).",
@@ -257,6 +223,20 @@ export class Metrics {
       "Client connections refused (maxclients).",
       sources.connectionsRejected,
     );
+
+    /** A counter of the observations of a FastHistogram, per label value. */
+    function countsOf(histogram: FastHistogram, name: string, help: string, labelName: string): void {
+      new Counter({
+        name,
+        help,
+        labelNames: [labelName],
+        registers,
+        collect() {
+          this.reset();
+          for (const [value, count] of histogram.counts()) this.inc({ [labelName]: value }, count);
+        },
+      });
+    }
 
     function scrapedCounter(name: string, help: string, read: () => number): void {
       new Counter({
@@ -346,114 +326,6 @@ export class Metrics {
     }
     child.inc();
   }
-}
-
-/** The gears figures read at scrape time: nothing is counted for them on the event path. */
-function gearsMetrics(registers: Registry[], sources: MetricSources): void {
-  // Each metric reads the engine afresh: a few lists walked per scrape, never per event.
-  const read = (): GearsFigures => sources.gears();
-  const gauge = (
-    name: string,
-    help: string,
-    labelNames: string[],
-    fill: (set: (labels: Record<string, string>, value: number) => void, f: GearsFigures) => void,
-  ): void => {
-    new Gauge({
-      name,
-      help,
-      labelNames,
-      registers,
-      collect() {
-        this.reset();
-        fill((labels, value) => this.set(labels, value), read());
-      },
-    });
-  };
-  const counter = (
-    name: string,
-    help: string,
-    labelNames: string[],
-    fill: (inc: (labels: Record<string, string>, value: number) => void, f: GearsFigures) => void,
-  ): void => {
-    new Counter({
-      name,
-      help,
-      labelNames,
-      registers,
-      collect() {
-        this.reset();
-        fill((labels, value) => this.inc(labels, value), read());
-      },
-    });
-  };
-  gauge("gears_proxy_gears_executions", "Gears executions kept now, by status.", ["status"], (set, f) => {
-    for (const [status, n] of f.executionsByStatus) set({ status }, n);
-  });
-  const registration = (r: RegistrationFigures): Record<string, string> => ({
-    registration: r.id,
-    reader: r.reader,
-  });
-  counter(
-    "gears_proxy_gears_registration_events_seen_total",
-    "Events that reached a registration: run or waiting (RG.CLEARREGISTRATIONSSTATS resets it).",
-    ["registration", "reader"],
-    (inc, f) => f.registrations.forEach((r) => inc(registration(r), r.triggered + r.queued)),
-  );
-  counter(
-    "gears_proxy_gears_registration_events_handled_total",
-    "Events a registration ran without error (numSuccess).",
-    ["registration", "reader"],
-    (inc, f) => f.registrations.forEach((r) => inc(registration(r), r.succeeded)),
-  );
-  counter(
-    "gears_proxy_gears_registration_events_failed_total",
-    "Events whose run failed (numFailures).",
-    ["registration", "reader"],
-    (inc, f) => f.registrations.forEach((r) => inc(registration(r), r.failed)),
-  );
-  gauge(
-    "gears_proxy_gears_registration_queue_length",
-    "Events waiting for a registration, or in its batch running now.",
-    ["registration", "reader"],
-    (set, f) => f.registrations.forEach((r) => set(registration(r), r.queued)),
-  );
-  gauge(
-    "gears_proxy_gears_registration_oldest_event_age_seconds",
-    "Age of the oldest event waiting for a registration; 0 when none waits.",
-    ["registration", "reader"],
-    (set, f) => {
-      const now = Date.now();
-      f.registrations.forEach((r) =>
-        set(registration(r), r.oldestQueuedAt === null ? 0 : Math.max(0, now - r.oldestQueuedAt) / 1000),
-      );
-    },
-  );
-  gauge(
-    "gears_proxy_gears_isolate_memory_bytes",
-    "Memory of the live JavaScript/Python isolates of gears sessions and T&F libraries together.",
-    [],
-    (set, f) => set({}, f.isolateMemoryBytes),
-  );
-  gauge(
-    "gears_proxy_gears_event_leases_held",
-    "Shards whose event lease this proxy holds (absent while it runs no event source).",
-    [],
-    (set, f) => {
-      if (f.leasesHeld !== null) set({}, f.leasesHeld);
-    },
-  );
-  counter(
-    "gears_proxy_tf_trigger_runs_total",
-    "T&F keyspace trigger runs, by library and trigger (TFUNCTION LIST's num_trigger).",
-    ["library", "trigger"],
-    (inc, f) => f.triggers.forEach((t) => inc({ library: t.library, trigger: t.trigger }, t.runs)),
-  );
-  counter(
-    "gears_proxy_tf_trigger_failures_total",
-    "T&F keyspace trigger runs that failed (num_failed).",
-    ["library", "trigger"],
-    (inc, f) => f.triggers.forEach((t) => inc({ library: t.library, trigger: t.trigger }, t.failures)),
-  );
 }
 
 /**
