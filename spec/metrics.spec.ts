@@ -262,6 +262,9 @@ describe("metrics and the shards' slow logs in front of a cluster", function () 
       const own = (await sendCommand(proxy.port, ["SLOWLOG", "GET"])) as unknown[][];
       for (const e of own) expect(e).to.have.length(6);
       expect(own.some((e) => String((e[3] as unknown[])[0]).toUpperCase() === "EVAL")).to.equal(true);
+      const help = ((await sendCommand(proxy.port, ["SLOWLOG", "HELP"])) as unknown[]).map(String);
+      expect(help[0]).to.match(/^SLOWLOG <subcommand>/);
+      expect(help).to.include("SHARDS [<count>]");
       await expectError(["SLOWLOG", "SHARDS", "many"], "ERR count should be greater than or equal to -1");
       await expectError(
         ["SLOWLOG", "SHARDS", "1", "2"],

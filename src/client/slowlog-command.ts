@@ -1,9 +1,27 @@
-import { OK, encodeError, encodeValue } from "../resp/encode.js";
+import { OK, encodeError, encodeSimple, encodeValue } from "../resp/encode.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
 
+/** Redis 7's SLOWLOG HELP, with the proxy's SHARDS added. */
+const HELP = [
+  "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+  "GET [<count>]",
+  "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+  "    Entries are made of:",
+  "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+  "    client name",
+  "LEN",
+  "    Return the length of the slowlog.",
+  "RESET",
+  "    Reset the slowlog.",
+  "SHARDS [<count>]",
+  "    (gears-proxy) Every master's top <count> entries, each with the node's host:port added.",
+  "HELP",
+  "    Print this help.",
+];
+
 /**
- * SLOWLOG GET [count] | LEN | RESET, answered from the proxy's own slow log, as Redis does;
+ * SLOWLOG GET [count] | LEN | RESET | HELP, answered from the proxy's own slow log, as Redis does;
  * SLOWLOG SHARDS [count], the proxy's own subcommand: every master's SLOWLOG GET [count],
  * each entry with the node's address appended as a seventh element.
  */
@@ -11,6 +29,10 @@ export const slowlogCommand: LocalCommand = (session: CommandHost, request) => {
   const argv = request.argv;
   const sub = argv.length > 1 ? argv[1].toString().toLowerCase() : "";
   const log = session.ctx.slowlog;
+  if (sub === "help" && argv.length === 2) {
+    session.replyNow(Buffer.concat([Buffer.from(`*${HELP.length}\r\n`), ...HELP.map(encodeSimple)]));
+    return;
+  }
   if (sub === "len" && argv.length === 2) return session.replyValue(log.length);
   if (sub === "reset" && argv.length === 2) {
     log.reset();
