@@ -134,18 +134,22 @@ describe("gears and T&F metrics (--metrics-port)", function () {
       "redis.registerKeySpaceTrigger('watch', 'gmtf:', function(client, data){",
       "  if (data.key === 'gmtf:bad') throw 'bad trigger';",
       "});",
+      "redis.registerStreamTrigger('reader', 'gmst:', function(client, data){});",
     ].join("\n");
     await c.call("TFUNCTION", "LOAD", "REPLACE", tfLibrary("gmlib", body));
     const before = await page();
     for (let i = 0; i < 3; i++) expect(await c.call("TFCALL", "gmlib.ok", "0")).to.equal(1);
     for (let i = 0; i < 2; i++) await c.call("TFCALL", "gmlib.fails", "0").catch(() => null);
     await c.call("TFCALL", "gmlib.nosuch", "0").catch(() => null);
+    for (let i = 1; i <= 3; i++) await c.xadd("gmst:s", `${i}-1`, "n", String(i));
     await c.set("gmtf:1", "x");
     await c.set("gmtf:bad", "x");
     const after = await eventually(
       page,
-      (p) => sample(p, 'gears_proxy_tf_trigger_runs_total{library="gmlib",trigger="watch"}') === 2,
-      "both trigger runs counted",
+      (p) =>
+        sample(p, 'gears_proxy_tf_trigger_runs_total{library="gmlib",trigger="watch"}') === 2 &&
+        sample(p, 'gears_proxy_tf_stream_trigger_records_total{library="gmlib",trigger="reader"}') === 3,
+      "both keyspace trigger runs and the three stream records counted",
     );
     const delta = (series: string): number => sample(after, series) - sample(before, series);
     expect(delta('gears_proxy_tf_function_calls_total{library="gmlib",function="ok"}')).to.equal(3);

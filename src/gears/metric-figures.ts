@@ -14,6 +14,7 @@ export function gearsFigures(engine: GearsEngine | null): GearsFigures {
       isolateMemoryBytes: 0,
       leasesHeld: null,
       triggers: [],
+      streamTriggers: [],
     };
   }
   const executionsByStatus = new Map<string, number>();
@@ -28,7 +29,14 @@ export function gearsFigures(engine: GearsEngine | null): GearsFigures {
     if (isolate.alive) isolateMemoryBytes += isolate.memoryBytes;
   }
   const triggers: GearsFigures["triggers"] = [];
+  const streamTriggers: GearsFigures["streamTriggers"] = [];
   for (const library of engine.tf.libraries.all()) {
+    for (const trigger of library.registrations.streamTriggers) {
+      const records = engine.tf.streamTriggers
+        .statsOf(library.name, trigger.name)
+        .reduce((sum, stream) => sum + stream.totalRecordProcessed, 0);
+      streamTriggers.push({ library: library.name, trigger: trigger.name, records });
+    }
     for (const trigger of library.registrations.keyspaceTriggers) {
       const stats = engine.tf.keyspaceTriggers.statsOf(library.name, trigger.name);
       triggers.push({
@@ -45,6 +53,7 @@ export function gearsFigures(engine: GearsEngine | null): GearsFigures {
     isolateMemoryBytes,
     leasesHeld: engine.ownedShards?.length ?? null,
     triggers,
+    streamTriggers,
   };
 }
 

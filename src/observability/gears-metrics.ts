@@ -15,6 +15,8 @@ export interface GearsFigures {
   leasesHeld: number | null;
   /** T&F keyspace triggers' counters (TFUNCTION LIST's). */
   triggers: { library: string; trigger: string; runs: number; failures: number }[];
+  /** T&F stream triggers: records handled, over all the streams each consumes. */
+  streamTriggers: { library: string; trigger: string; records: number }[];
 }
 
 /** One registration's counters (RG.DUMPREGISTRATIONS') and queue. */
@@ -128,6 +130,12 @@ export function gearsMetrics(registers: Registry[], read: () => GearsFigures): v
     "T&F keyspace trigger runs, by library and trigger (TFUNCTION LIST's num_trigger).",
     ["library", "trigger"],
     (inc, f) => f.triggers.forEach((t) => inc({ library: t.library, trigger: t.trigger }, t.runs)),
+  );
+  counter(
+    "gears_proxy_tf_stream_trigger_records_total",
+    "Stream records a T&F stream trigger handled, by library and trigger (TFUNCTION LIST's total_record_processed).",
+    ["library", "trigger"],
+    (inc, f) => f.streamTriggers.forEach((t) => inc({ library: t.library, trigger: t.trigger }, t.records)),
   );
   counter(
     "gears_proxy_tf_trigger_failures_total",
