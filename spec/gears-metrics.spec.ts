@@ -58,6 +58,33 @@ describe("gears and T&F metrics (--metrics-port)", function () {
     expect(sample(after, 'gears_proxy_gears_executions{status="running"}')).to.equal(0);
   });
 
+  it("counts an aborted UNBLOCKING execution and shows it running until then", async () => {
+    const before = await page();
+    const busy = "const t = Date.now(); while (Date.now() - t < 4000) {}";
+    const id = String(
+      await c.call("RG.EXECUTE", `GB('ShardsIDReader').map(() => { ${busy} return 1; }).run()`, "UNBLOCKING"),
+    );
+    await eventually(
+      page,
+      (p) => sample(p, 'gears_proxy_gears_executions{status="running"}') === 1,
+      "the execution shown running",
+    );
+    expect(await c.call("RG.ABORTEXECUTION", id)).to.equal("OK");
+    const after = await eventually(
+      page,
+      (p) =>
+        sample(p, 'gears_proxy_gears_executions_total{state="aborted"}') >
+        sample(before, 'gears_proxy_gears_executions_total{state="aborted"}'),
+      "the abort counted",
+    );
+    const delta = (series: string): number => sample(after, series) - sample(before, series);
+    expect(delta('gears_proxy_gears_executions_total{state="aborted"}')).to.equal(1);
+    expect(delta('gears_proxy_gears_executions_total{state="done"}')).to.equal(0);
+    expect(sample(after, 'gears_proxy_gears_executions{status="aborted"}')).to.equal(1);
+    expect(sample(after, 'gears_proxy_gears_executions{status="running"}')).to.equal(0);
+    expect(await c.call("RG.DROPEXECUTION", id)).to.equal("OK");
+  });
+
   it("shows each registration's events seen, handled and failed, its queue, isolate memory and leases", async () => {
     const script =
       "GB().foreach(r => { if (r.key === 'gmev:bad') throw new Error('bad key'); }).register('gmev:*', {mode: 'async'})";
