@@ -34,7 +34,11 @@ interface FinishedExecution {
   readonly finishedAt: number;
 }
 
-/** A redirect reply handled or a retry sent (src/routing/redirect.ts RedirectEvent). */
+/**
+ * A redirect reply handled or a retry sent: src/routing/redirect.ts's RedirectEvent, restated
+ * because observability imports nothing above it; server.ts hands one to the other, so the
+ * compiler catches a difference.
+ */
 type RedirectEvent = "MOVED" | "ASK" | "TRYAGAIN" | "retry:TRYAGAIN" | "retry:CLUSTERDOWN" | "retry:connect";
 
 /** Seconds, from 50 µs (a pipelined GET) to 10 s (a blocking call or a slow script). */
