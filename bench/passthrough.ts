@@ -72,6 +72,8 @@ interface Options {
   proxyNodeArgs: string[];
   /** A second gears-proxy measured beside the first ("gears-b"), for A/B comparisons in one run. */
   variant: Variant | undefined;
+  /** The variant is this proxy with --metrics-port: rows and a verdict for metrics on/off. */
+  metricsAb: boolean;
   json: string | undefined;
 }
 
@@ -98,6 +100,8 @@ const HELP = `Usage: node dist/bench/passthrough.js [options]
                        build's dist/src/cli.js (default: this one) ...
   --b-args="..."       ... with these proxy flags ...
   --b-node-args="..."  ... and these node flags; reported as a gears-b/gears ratio
+  --metrics-ab         gears-b is this proxy with --metrics-port 0 (metrics on), gears without:
+                       gears-b/gears is the on/off ratio per row, with a >= 0.97x verdict per P
   (flags whose value starts with a dash need the --flag=value form)
   --json FILE          also write every sample as JSON
   --from-json FILE     print the report of a run saved with --json, without running anything
@@ -156,6 +160,7 @@ function parseOptions(argv: string[]): Options | null {
       "b-cli": { type: "string" },
       "b-args": { type: "string" },
       "b-node-args": { type: "string" },
+      "metrics-ab": { type: "boolean" },
       json: { type: "string" },
       "from-json": { type: "string" },
       help: { type: "boolean" },
@@ -172,6 +177,9 @@ function parseOptions(argv: string[]): Options | null {
     return null;
   }
   const quick = values.quick === true;
+  const metricsAb = values["metrics-ab"] === true;
+  if (metricsAb && (values["b-cli"] ?? values["b-args"] ?? values["b-node-args"]) !== undefined)
+    throw new Error("--metrics-ab makes its own gears-b: drop --b-cli/--b-args/--b-node-args");
   const one = (text: string | undefined, fallback: number, what: string): number =>
     text === undefined ? fallback : numbers(text, what)[0];
   return {
@@ -190,8 +198,14 @@ function parseOptions(argv: string[]): Options | null {
     profileDir: values.profile,
     proxyArgs: words(values["proxy-args"]),
     proxyNodeArgs: words(values["proxy-node-args"]),
-    variant:
-      values["b-cli"] === undefined && values["b-args"] === undefined && values["b-node-args"] === undefined
+    metricsAb,
+    variant: metricsAb
+      ? {
+          cli: PROXY_CLI,
+          args: [...words(values["proxy-args"]), "--metrics-port", "0"],
+          nodeArgs: words(values["proxy-node-args"]),
+        }
+      : values["b-cli"] === undefined && values["b-args"] === undefined && values["b-node-args"] === undefined
         ? undefined
         : {
             cli: path.resolve(values["b-cli"] ?? PROXY_CLI),
@@ -622,6 +636,8 @@ function standaloneReport(
   const cpuByP = new Map<number, number[]>();
   const p99Ratios: number[] = [];
   const resp3Ratios: number[] = [];
+  /** gears-b/gears rps by P (the metrics on/off ratio with --metrics-ab). */
+  const bByP = new Map<number, number[]>();
   for (const c of configs("standalone", opts)) {
     const row = [TEST_LABEL[c.test], String(c.pipeline), String(c.size)];
     const rps = (l: string): number => bench.median(c, l, "rps");
@@ -634,7 +650,11 @@ function standaloneReport(
       list.push(r);
       byP.set(c.pipeline, list);
     }
-    if (has("gears-b") && has("gears")) row.push(fmtRatio(rps("gears-b") / rps("gears")));
+    if (has("gears-b") && has("gears")) {
+      const r = rps("gears-b") / rps("gears");
+      row.push(fmtRatio(r));
+      bByP.set(c.pipeline, [...(bByP.get(c.pipeline) ?? []), r]);
+    }
     if (has("gears-3") && has("gears")) {
       const r = rps("gears-3") / rps("gears");
       resp3Ratios.push(r);
@@ -660,6 +680,15 @@ function standaloneReport(
     const need = p === 1 ? 0.8 : 0.7;
     verdicts.push(verdict(`standalone P=${p}: gears >= ${need}x twemproxy rps`, ratios, (r) => r >= need));
   }
+  if (opts.metricsAb)
+    for (const [p, ratios] of bByP)
+      verdicts.push(
+        verdict(
+          `standalone P=${p}: gears --metrics-port >= 0.97x gears without (gears-b/gears)`,
+          ratios,
+          (r) => r >= 0.97,
+        ),
+      );
   if (resp3Ratios.length > 0)
     verdicts.push(verdict("standalone: gears RESP3 >= 0.95x gears RESP2 rps", resp3Ratios, (r) => r >= 0.95));
   if (p99Ratios.length > 0)

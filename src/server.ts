@@ -11,6 +11,8 @@ import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
 import { GEARS_COMMANDS } from "./gears/commands.js";
 import { loadAccessControl } from "./acl/load.js";
+import { gearsFigures } from "./gears/metric-figures.js";
+import { ClusterTopology } from "./upstream/cluster-topology.js";
 import { CommandTable } from "./routing/command-table.js";
 import { Isolate } from "./sandbox/isolate.js";
 import { WarmIsolates } from "./sandbox/warm-isolates.js";
@@ -154,7 +156,9 @@ export class ProxyServer {
     }
     if (ctx.metrics !== null) {
       const metrics = ctx.metrics;
-      router.onRedirect = (kind) => metrics.redirect(kind);
+      router.onRedirect = (event) => metrics.redirect(event);
+      ctx.gears.observer = metrics;
+      ctx.gears.tf.onCall = (target, failed) => metrics.tfCall(target, failed);
       const ready = (): Promise<boolean> => upstreamsReady(router.topology, READY_TIMEOUT_MS);
       this.metricsServer = await serveMetrics(
         ctx.metrics,
@@ -302,6 +306,24 @@ function metricSources(stats: ProxyStats, context: () => ProxyContext | null): M
     connectionsTotal: () => stats.connectionsReceived,
     connectionsRejected: () => stats.rejectedConnections,
     upstreamNodes: () =>
-      (context()?.router.topology.masters() ?? []).map((n) => ({ id: n.id, reachable: n.reachable })),
+      (context()?.router.topology.masters() ?? []).map((n) => ({
+        id: n.id,
+        reachable: n.reachable,
+        inFlight: n.inFlight,
+      })),
+    topologyRefreshes: () => {
+      const topology = context()?.router.topology;
+      return topology instanceof ClusterTopology ? topology.refreshCounts : null;
+    },
+    clientsOutputBytes: () => {
+      let bytes = 0;
+      for (const client of context()?.clients.all() ?? []) bytes += client.memory().output;
+      return bytes;
+    },
+    clientEvictions: () => ({
+      outputBufferLimit: stats.outputLimitDisconnections,
+      maxmemoryClients: stats.evictedClients,
+    }),
+    gears: () => gearsFigures(context()?.gears ?? null),
   };
 }

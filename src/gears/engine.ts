@@ -7,7 +7,7 @@ import { gearsGuestSource } from "./guest-bundles.js";
 import { GearsGuest } from "./gears-guest.js";
 import { GearsConfig } from "./config.js";
 import { topLevelError } from "./errors.js";
-import { Execution } from "./execution.js";
+import { Execution, type ExecutionObserver } from "./execution.js";
 import type { Action, GuestIsolate, IsolateFactory, PythonIsolateFactory } from "./guest-isolate.js";
 import { loadPythonScript } from "./python-guest.js";
 import { KeyspaceEventSource, type KeyEvent, type KeyspaceStatus } from "./events/keyspace-source.js";
@@ -71,6 +71,8 @@ export class GearsEngine {
   readonly proxyId = randomBytes(20).toString("hex");
   private counter = 0;
   private readonly executions = new Map<string, Execution>();
+  /** Told of each finished execution (metrics on); null otherwise. */
+  observer: ExecutionObserver | null = null;
   private running = 0;
   private readonly waiting: Execution[] = [];
   private registrationCounter = 0;
@@ -115,6 +117,7 @@ export class GearsEngine {
         claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
         streamLeaseMs: () => this.config.number("EventLeaseMS"),
         maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
+        observer: () => this.observer,
       },
     );
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
@@ -771,6 +774,8 @@ export class GearsEngine {
       }
     }
     this.executions.set(execution.id, execution);
+    const observer = this.observer;
+    if (observer !== null) void execution.waitFinished().then(() => observer.executionFinished(execution));
   }
 
   private schedule(execution: Execution): void {

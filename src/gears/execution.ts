@@ -26,6 +26,11 @@ export interface PackedRecords {
 
 export type ExecutionStatus = "created" | "running" | "done" | "aborted";
 
+/** Told of each finished execution (metrics, src/observability/metrics.ts); set only while they count. */
+export interface ExecutionObserver {
+  executionFinished(execution: Execution): void;
+}
+
 /**
  * One batch run of a plan: every partition is read in parallel and its records are fed
  * to the guest in batches (the next batch is fetched while the guest works on this one);

@@ -4,7 +4,7 @@ import type { Router } from "../routing/router.js";
 import { UpstreamError, type Shards } from "../routing/shards.js";
 import type { JsonValue } from "../sandbox/types.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
-import { Execution, type PackedRecords } from "./execution.js";
+import { Execution, type ExecutionObserver, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
 import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
@@ -55,6 +55,8 @@ export interface RegistryOptions {
   streamLeaseMs: () => number;
   /** Finished executions kept per registration (MaxExecutionsPerRegistration). */
   maxExecutionsPerRegistration: () => number;
+  /** Told of each finished execution (metrics on). */
+  observer?: () => ExecutionObserver | null;
 }
 
 /**
@@ -477,6 +479,7 @@ export class RegistrationRegistry {
     registration.executions.push(execution);
     const started = Date.now();
     await execution.run();
+    this.options.observer?.()?.executionFinished(execution);
     this.trimExecutions(registration);
     const streakBefore = registration.stats.failureStreak;
     registration.stats.record(Date.now() - started, execution.errors, execution.status === "aborted", events);

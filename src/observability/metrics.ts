@@ -7,15 +7,39 @@ import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import { FastHistogram } from "./fast-histogram.js";
+import { gearsMetrics, type GearsFigures } from "./gears-metrics.js";
 
 /** Figures the proxy keeps anyway; read at scrape time so the hot path pays nothing for them. */
 export interface MetricSources {
   connectionsCurrent(): number;
   connectionsTotal(): number;
   connectionsRejected(): number;
-  /** The upstream masters and whether each is reachable now. */
-  upstreamNodes(): { id: string; reachable: boolean }[];
+  /** The upstream masters, whether each is reachable now and its requests awaiting a reply. */
+  upstreamNodes(): { id: string; reachable: boolean; inFlight: number }[];
+  /** Slot map reads started, by cause; null when the upstream is not a cluster. */
+  topologyRefreshes(): { periodic: number; requested: number } | null;
+  /** Reply bytes all clients hold in the proxy now (output buffers and replies waiting their turn). */
+  clientsOutputBytes(): number;
+  /** Clients disconnected for a memory limit, by reason. */
+  clientEvictions(): { outputBufferLimit: number; maxmemoryClients: number };
+  gears(): GearsFigures;
 }
+
+/** What the metrics need of a finished gears execution (src/gears/execution.ts). */
+interface FinishedExecution {
+  readonly status: string;
+  readonly errors: readonly string[];
+  readonly createdAt: number;
+  readonly startedAt: number;
+  readonly finishedAt: number;
+}
+
+/**
+ * A redirect reply handled or a retry sent: src/routing/redirect.ts's RedirectEvent, restated
+ * because observability imports nothing above it; server.ts hands one to the other, so the
+ * compiler catches a difference.
+ */
+type RedirectEvent = "MOVED" | "ASK" | "TRYAGAIN" | "retry:TRYAGAIN" | "retry:CLUSTERDOWN" | "retry:connect";
 
 /** Seconds, from 50 µs (a pipelined GET) to 10 s (a blocking call or a slow script). */
 const LATENCY_BUCKETS = [
@@ -29,9 +53,17 @@ export class Metrics {
   readonly registry = new Registry();
   private readonly latency: FastHistogram;
   private readonly errors: Counter<"kind">;
-  private readonly bytesIn: Counter;
-  private readonly bytesOut: Counter;
-  private readonly redirects: Counter<"kind">;
+  /** Plain numbers, read at scrape time: a prom-client inc() per read and per reply costs too much. */
+  private bytesIn = 0;
+  private bytesOut = 0;
+  /** One prepared counter child per redirect event, so counting one hashes no label. */
+  private readonly redirectChildren: Record<RedirectEvent, Counter.Internal>;
+  /** Gears execution durations by final state (done, failed, aborted); their counts are the executions. */
+  private readonly executionObservers: Record<"done" | "failed" | "aborted", (seconds: number) => void>;
+  private readonly tfCalls: Counter<"library" | "function">;
+  private readonly tfErrors: Counter<"library" | "function">;
+  /** Prepared children per "<lib>.<fn>": [calls, errors]. */
+  private readonly tfSeries = new Map<string, [Counter.Internal, Counter.Internal]>();
   private readonly roundTrips: FastHistogram;
   /** One observe function per node, handed to each of its connections. */
   private readonly roundTripObservers = new Map<string, (seconds: number) => void>();
@@ -51,38 +83,118 @@ export class Metrics {
     );
     this.latency = latency;
     // The histogram's counts are the commands answered: counted once, read at scrape time.
-    new Counter({
-      name: "gears_proxy_commands_total",
-      help: "Commands answered to clients, by command name.",
-      labelNames: ["command"],
-      registers,
-      collect() {
-        this.reset();
-        for (const [command, count] of latency.counts()) this.inc({ command }, count);
-      },
-    });
+    countsOf(
+      latency,
+      "gears_proxy_commands_total",
+      "Commands answered to clients, by command name.",
+      "command",
+    );
     this.errors = new Counter({
       name: "gears_proxy_errors_total",
       help: "Error replies sent to clients, by error code (ERR, WRONGTYPE, NOAUTH, ...).",
       labelNames: ["kind"],
       registers,
     });
-    this.bytesIn = new Counter({
-      name: "gears_proxy_client_bytes_in_total",
-      help: "Bytes read from clients.",
-      registers,
-    });
-    this.bytesOut = new Counter({
-      name: "gears_proxy_client_bytes_out_total",
-      help: "Bytes of replies written to clients.",
-      registers,
-    });
-    this.redirects = new Counter({
+    scrapedCounter("gears_proxy_client_bytes_in_total", "Bytes read from clients.", () => this.bytesIn);
+    scrapedCounter(
+      "gears_proxy_client_bytes_out_total",
+      "Bytes of replies written to clients.",
+      () => this.bytesOut,
+    );
+    const redirects = new Counter({
       name: "gears_proxy_upstream_redirects_total",
-      help: "MOVED and ASK replies the proxy followed for its clients.",
+      help: "MOVED, ASK and TRYAGAIN replies the proxy handled for its clients.",
       labelNames: ["kind"],
       registers,
     });
+    const retries = new Counter({
+      name: "gears_proxy_upstream_retries_total",
+      help: "Commands sent again after a wait, by reason (TRYAGAIN, CLUSTERDOWN, connect: a node unreachable).",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.redirectChildren = {
+      MOVED: redirects.labels("MOVED"),
+      ASK: redirects.labels("ASK"),
+      TRYAGAIN: redirects.labels("TRYAGAIN"),
+      "retry:TRYAGAIN": retries.labels("TRYAGAIN"),
+      "retry:CLUSTERDOWN": retries.labels("CLUSTERDOWN"),
+      "retry:connect": retries.labels("connect"),
+    };
+    new Gauge({
+      name: "gears_proxy_upstream_in_flight",
+      help: "Requests sent to an upstream master and awaiting its reply, read at scrape time.",
+      labelNames: ["node"],
+      registers,
+      collect() {
+        this.reset();
+        for (const node of sources.upstreamNodes()) this.set({ node: node.id }, node.inFlight);
+      },
+    });
+    new Counter({
+      name: "gears_proxy_topology_refreshes_total",
+      help: "Cluster slot map reads started, by cause (periodic, or requested by a redirect, a lost node, a command).",
+      labelNames: ["cause"],
+      registers,
+      collect() {
+        this.reset();
+        const counts = sources.topologyRefreshes();
+        if (counts === null) return;
+        this.inc({ cause: "periodic" }, counts.periodic);
+        this.inc({ cause: "requested" }, counts.requested);
+      },
+    });
+    new Gauge({
+      name: "gears_proxy_clients_output_bytes",
+      help: "Reply bytes held in the proxy for all clients now (output buffers and replies waiting their turn).",
+      registers,
+      collect() {
+        this.set(sources.clientsOutputBytes());
+      },
+    });
+    new Counter({
+      name: "gears_proxy_client_evictions_total",
+      help: "Clients disconnected for a memory limit (output-buffer-limit, maxmemory-clients).",
+      labelNames: ["reason"],
+      registers,
+      collect() {
+        this.reset();
+        const evictions = sources.clientEvictions();
+        this.inc({ reason: "output-buffer-limit" }, evictions.outputBufferLimit);
+        this.inc({ reason: "maxmemory-clients" }, evictions.maxmemoryClients);
+      },
+    });
+    const executionDurations = new FastHistogram(
+      "gears_proxy_gears_execution_duration_seconds",
+      "Gears executions (RG.EXECUTE and registrations' runs) from creation to end, by final state.",
+      "state",
+      LATENCY_BUCKETS,
+      this.registry,
+    );
+    this.executionObservers = {
+      done: executionDurations.observer("done"),
+      failed: executionDurations.observer("failed"),
+      aborted: executionDurations.observer("aborted"),
+    };
+    countsOf(
+      executionDurations,
+      "gears_proxy_gears_executions_total",
+      "Gears executions finished, by final state (done, failed: done with errors, aborted).",
+      "state",
+    );
+    this.tfCalls = new Counter({
+      name: "gears_proxy_tf_function_calls_total",
+      help: "TFCALL/TFCALLASYNC calls of an existing function, by library and function.",
+      labelNames: ["library", "function"],
+      registers,
+    });
+    this.tfErrors = new Counter({
+      name: "gears_proxy_tf_function_errors_total",
+      help: "TFCALL/TFCALLASYNC calls that ended in an error, by library and function.",
+      labelNames: ["library", "function"],
+      registers,
+    });
+    gearsMetrics(registers, () => sources.gears());
     this.roundTrips = new FastHistogram(
       "gears_proxy_upstream_round_trip_seconds",
       "Time from a request written to an upstream node to its reply, by node (pipelining included).",
@@ -116,6 +228,20 @@ export class Metrics {
       sources.connectionsRejected,
     );
 
+    /** A counter of the observations of a FastHistogram, per label value. */
+    function countsOf(histogram: FastHistogram, name: string, help: string, labelName: string): void {
+      new Counter({
+        name,
+        help,
+        labelNames: [labelName],
+        registers,
+        collect() {
+          this.reset();
+          for (const [value, count] of histogram.counts()) this.inc({ [labelName]: value }, count);
+        },
+      });
+    }
+
     function scrapedCounter(name: string, help: string, read: () => number): void {
       new Counter({
         name,
@@ -143,11 +269,11 @@ export class Metrics {
   }
 
   clientBytesIn(n: number): void {
-    this.bytesIn.inc(n);
+    this.bytesIn += n;
   }
 
   clientBytesOut(n: number): void {
-    this.bytesOut.inc(n);
+    this.bytesOut += n;
   }
 
   /** NodeObserver (src/upstream/node.ts): the function that times requests to node `id`. */
@@ -160,8 +286,29 @@ export class Metrics {
     return observe;
   }
 
-  redirect(kind: "MOVED" | "ASK"): void {
-    this.redirects.inc({ kind });
+  redirect(event: RedirectEvent): void {
+    this.redirectChildren[event].inc();
+  }
+
+  /** ExecutionObserver (src/gears/execution.ts). */
+  executionFinished(execution: FinishedExecution): void {
+    const state =
+      execution.status === "aborted" ? "aborted" : execution.errors.length > 0 ? "failed" : "done";
+    this.executionObservers[state]((execution.finishedAt - execution.createdAt) / 1000);
+  }
+
+  /** A T&F function called as "<lib>.<fn>" (src/gears/tf/tf-engine.ts onCall). */
+  tfCall(target: string, failed: boolean): void {
+    let series = this.tfSeries.get(target);
+    if (series === undefined) {
+      const dot = target.indexOf(".");
+      const labels =
+        this.tfSeries.size < MAX_LABELS ? [target.slice(0, dot), target.slice(dot + 1)] : ["other", "other"];
+      series = [this.tfCalls.labels(...labels), this.tfErrors.labels(...labels)];
+      this.tfSeries.set(target, series);
+    }
+    series[0].inc();
+    if (failed) series[1].inc();
   }
 
   private newSeries(command: string): (seconds: number) => void {

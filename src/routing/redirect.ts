@@ -14,9 +14,14 @@ export interface RedirectContext {
   scripts: ScriptCache;
   /** How long a command may keep being retried while the cluster heals. */
   retryTimeoutMs: number;
-  /** Told of each MOVED or ASK followed (metrics); null when nobody counts. */
-  onRedirect: ((kind: "MOVED" | "ASK") => void) | null;
+  /** Told of each MOVED, ASK or TRYAGAIN handled and each retry sent (metrics); null when nobody counts. */
+  onRedirect: ((event: RedirectEvent) => void) | null;
 }
+
+/** Why a command is sent again after a wait: a reply, or a connection that could not be made. */
+export type RetryReason = "TRYAGAIN" | "CLUSTERDOWN" | "connect";
+/** A redirect reply handled, or a retry sent. */
+export type RedirectEvent = "MOVED" | "ASK" | "TRYAGAIN" | `retry:${RetryReason}`;
 
 function errorCode(data: Buffer): string {
   const end = Math.min(data.length, 16);
@@ -73,7 +78,7 @@ export class RedirectingSink implements ReplySink {
   }
 
   fail(message: string): void {
-    if (message === CONNECTION_LOST || !this.retryLater(true)) this.target.fail(message);
+    if (message === CONNECTION_LOST || !this.retryLater("connect")) this.target.fail(message);
   }
 
   /** True when the error was dealt with (the command is on its way again). */
@@ -100,7 +105,8 @@ export class RedirectingSink implements ReplySink {
       }
       return true;
     }
-    if (code === "TRYAGAIN" || code === "CLUSTERDOWN") return this.retryLater(code === "CLUSTERDOWN");
+    if (code === "TRYAGAIN") this.ctx.onRedirect?.("TRYAGAIN");
+    if (code === "TRYAGAIN" || code === "CLUSTERDOWN") return this.retryLater(code);
     if (code === "NOSCRIPT" && this.isEvalsha !== null && !this.scriptLoaded) {
       const body = this.ctx.scripts.body(this.isEvalsha.toString());
       if (body === undefined) return false;
@@ -112,11 +118,12 @@ export class RedirectingSink implements ReplySink {
     return false;
   }
 
-  private retryLater(refresh: boolean): boolean {
+  private retryLater(reason: RetryReason): boolean {
     const now = Date.now();
     if (this.deadline === 0) this.deadline = now + this.ctx.retryTimeoutMs;
     if (now >= this.deadline) return false;
-    if (refresh) this.ctx.topology.scheduleRefresh();
+    if (reason !== "TRYAGAIN") this.ctx.topology.scheduleRefresh();
+    this.ctx.onRedirect?.(`retry:${reason}`);
     const delay = Math.min(50 * 2 ** Math.min(this.retries++, 4), this.deadline - now);
     // Start again from the slot's owner: an ASK target would only answer MOVED without ASKING,
     // and after a refresh the slot may be served elsewhere.

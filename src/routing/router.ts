@@ -10,7 +10,7 @@ import type { CommandTable } from "./command-table.js";
 import { FAN_OUT, type ClusterSender } from "./fan-out.js";
 import { KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
 import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
-import { RedirectingSink, type RedirectContext } from "./redirect.js";
+import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, sendControl } from "./control.js";
 import { readKeys, writtenKeys } from "./tracked-keys.js";
@@ -72,7 +72,7 @@ export class Router implements ClusterSender {
   }
 
   /** Counts the MOVED and ASK replies followed for clients (cluster mode only). */
-  set onRedirect(count: (kind: "MOVED" | "ASK") => void) {
+  set onRedirect(count: (event: RedirectEvent) => void) {
     if (this.redirect !== null) this.redirect.onRedirect = count;
   }
 

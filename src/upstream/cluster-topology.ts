@@ -70,13 +70,15 @@ export class ClusterTopology implements Topology {
   private lastRefresh = 0;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
+  /** Slot map reads started, by cause (metrics read them at scrape time). */
+  readonly refreshCounts = { periodic: 0, requested: 0 };
 
   constructor(
     private readonly seeds: HostPort[],
     private readonly options: NodeOptions,
     private readonly log: Logger,
   ) {
-    this.timer = setInterval(() => void this.refresh().catch(() => {}), PERIODIC_REFRESH_MS);
+    this.timer = setInterval(() => void this.refresh("periodic").catch(() => {}), PERIODIC_REFRESH_MS);
     this.timer.unref();
   }
 
@@ -158,16 +160,17 @@ export class ClusterTopology implements Topology {
   }
 
   /** Re-reads the slot map now (or joins the refresh already running). */
-  refresh(): Promise<void> {
+  refresh(cause: keyof ClusterTopology["refreshCounts"] = "requested"): Promise<void> {
     if (this.refreshing === null) {
-      this.refreshing = this.load().finally(() => {
+      this.refreshing = this.load(cause).finally(() => {
         this.refreshing = null;
       });
     }
     return this.refreshing;
   }
 
-  private async load(): Promise<void> {
+  private async load(cause: keyof ClusterTopology["refreshCounts"] = "requested"): Promise<void> {
+    this.refreshCounts[cause]++;
     this.lastRefresh = Date.now();
     const candidates = [...this.masterList, ...this.seeds.map((s) => this.nodeAt(s.host, s.port))];
     let lastError = "no node answered";

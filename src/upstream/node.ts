@@ -166,6 +166,13 @@ export class UpstreamNode {
     if (this.controlConn !== null) yield this.controlConn;
   }
 
+  /** Requests sent to this node whose replies are still awaited, over all its connections. */
+  get inFlight(): number {
+    let count = 0;
+    for (const conn of this.all()) if (!conn.closed) count += conn.inFlight;
+    return count;
+  }
+
   get connectionCount(): number {
     let count = 0;
     for (const conn of this.all()) if (!conn.closed) count++;

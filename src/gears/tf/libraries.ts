@@ -107,7 +107,7 @@ export class TfLibraries {
   }
 
   /** Every live isolate of the libraries, their cluster-function isolates included. */
-  private isolates(): TfGuest["isolate"][] {
+  isolates(): TfGuest["isolate"][] {
     const out = this.all().map((l) => l.guest.isolate);
     for (const remote of this.settledRemotes.values()) out.push(remote.guest.isolate);
     return out.filter((i) => i.alive);

@@ -203,13 +203,17 @@ export class TfEngine {
         const slots = [...new Set(rest.slice(0, numkeys).map(keySlot))];
         out = await this.batcherOf(libName).call(fnName, tagged, slots, db);
       }
+      this.onCall?.(target, "err" in out);
       return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
     } catch (err) {
+      this.onCall?.(target, true);
       return new RespError(sandboxText(err));
     }
   }
 
   private readonly batchers = new Map<string, CallBatcher>();
+  /** Told of each call of an existing function, "<lib>.<fn>", and whether it failed (metrics on). */
+  onCall: ((target: string, failed: boolean) => void) | null = null;
 
   private batcherOf(name: string): CallBatcher {
     let batcher = this.batchers.get(name);
