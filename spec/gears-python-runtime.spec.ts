@@ -21,6 +21,7 @@ import {
   eventually,
   fields,
   registrations,
+  registrationsOf,
   sessions,
   stable,
   str,
@@ -224,6 +225,35 @@ describe("RG.PYEXECUTE: switched on by the operator, limits, isolation, start-up
   });
 
   describe("RedisGears 1.x's functions beyond the builder, each beside its JavaScript twin", () => {
+    it("register's mode='sync' and onRegistered work as the JavaScript options do", async () => {
+      const twins: [string, string, string][] = [
+        [
+          "py",
+          "RG.PYEXECUTE",
+          "GB().foreach(lambda x: execute('INCR', 'seen:' + x['key']))" +
+            ".register(prefix='rpy:*', mode='sync', onRegistered=lambda: execute('SET', 'onreg:py', '1'))",
+        ],
+        [
+          "js",
+          "RG.EXECUTE",
+          "GB().foreach(x => execute('INCR', 'seen:' + x.key))" +
+            ".register('rjs:*', {mode: 'sync', onRegistered: () => execute('SET', 'onreg:js', '1')})",
+        ],
+      ];
+      for (const [lang, command, script] of twins) {
+        expect(await io.call(command, script, "ID", `reg-args-${lang}`)).to.equal("OK");
+        const [reg] = await registrationsOf(io, `reg-args-${lang}`);
+        expect(reg.stats.mode, lang).to.equal("sync");
+        expect(await io.get(`onreg:${lang}`), `${lang}: onRegistered ran`).to.equal("1");
+        // sync: the handler's effect is there as soon as the write is answered.
+        for (let i = 1; i <= 5; i++) {
+          expect(await other.set(`r${lang}:k`, "v")).to.equal("OK");
+          expect(await other.get(`seen:r${lang}:k`), `${lang}: right after SET #${i}`).to.equal(String(i));
+        }
+        await io.call("RG.UNREGISTER", reg.id);
+      }
+    });
+
     it("registerTE runs its callback periodically, and stops once its key is gone, as registerTimeEvent does", async () => {
       await io.set("te:py:alive", "1");
       await io.set("te:js:alive", "1");
@@ -588,6 +618,7 @@ describe("RG.PYEXECUTE in front of a 3-master cluster: start-up, limits, isolati
 
   const escapes: [string, string, RegExp][] = [
     ["import js", "import js", /not available to scripts/],
+    ["import pyodide_js", "import pyodide_js", /not available to scripts/],
     ["open('/etc/passwd')", "open('/etc/passwd').read()", /No such file/],
   ];
   for (const [what, script, error] of escapes) {
