@@ -77,6 +77,8 @@ export interface Waiter {
 export interface Result {
   results: unknown[];
   errors: string[];
+  /** A streaming execution's results by partition (see Outcome.out). */
+  out?: [number, unknown[]][];
 }
 
 export interface Exec {
@@ -94,6 +96,8 @@ export interface Exec {
   fatal: { error: unknown } | null;
   dropped: boolean;
   finishing: boolean;
+  /** The host takes results as they are made (start's `stream`): feed() hands them over. */
+  stream: boolean;
   done: Result | null;
   recordsIn: number;
   recordsOut: number;
