@@ -79,7 +79,9 @@ export class Execution {
     this.finished = new Promise((resolve) => (this.markFinished = resolve));
     this.guest = new GearsGuest(isolate);
     this.chunks =
-      input === null ? new ResultChunks(partitions.count, action.options.collect === false, maxResultsMb) : null;
+      input === null
+        ? new ResultChunks(partitions.count, action.options.collect === false, maxResultsMb)
+        : null;
   }
 
   /** How many results (RG.GETEXECUTION). */

@@ -739,7 +739,8 @@ function complete(ex: Exec): Result {
     return ex.done;
   }
   const perPartition = ex.results.map((list) => converted(ex, list));
-  const results = ex.action.options.collect === false ? perPartition : ([] as unknown[]).concat(...perPartition);
+  const results =
+    ex.action.options.collect === false ? perPartition : ([] as unknown[]).concat(...perPartition);
   ex.done = { results, errors: ex.errors };
   ex.results = [];
   return ex.done;
