@@ -1,6 +1,6 @@
 import type { JsonValue } from "../sandbox/types.js";
 import { executionError } from "./errors.js";
-import { GearsGuest } from "./gears-guest.js";
+import { GearsGuest, type GuestStreamed } from "./gears-guest.js";
 import type { Action, GuestIsolate } from "./guest-isolate.js";
 import { encodeResults } from "./json-values.js";
 import { ResultChunks, ResultsTooLarge, type GearsReply } from "./result-chunks.js";
@@ -90,10 +90,10 @@ export class Execution {
   }
 
   /** Keeps results the guest handed over; past MaxResultsMB, the execution stops reading. */
-  private keep(out: [number, JsonValue[]][] | undefined): void {
+  private keep(out: GuestStreamed[] | undefined): void {
     if (out === undefined || this.chunks === null || this.overflowed) return;
     try {
-      for (const [partition, values] of out) this.chunks.add(partition, values);
+      for (const [partition, values, count] of out) this.chunks.add(partition, values, count);
     } catch (err) {
       if (err instanceof ResultsTooLarge) this.overflowed = true;
       throw err;

@@ -8,12 +8,15 @@ const path = (name: keyof GearsEntry): string => `${GEARS_ENTRY}.${name}`;
 /** The results and errors of an execution as the guest hands them over (JSON values). */
 export interface GuestOutcome extends Outcome {
   results: JsonValue[];
-  out?: [number, JsonValue[]][];
+  out?: GuestStreamed[];
 }
+
+/** Streamed results as the host receives them (Streamed, in JSON values). */
+export type GuestStreamed = [number, JsonValue[]] | [number, string, number];
 
 /** What a feed took, and (streaming) the results it made, by partition. */
 export interface GuestFed extends Fed {
-  out: [number, JsonValue[]][];
+  out: GuestStreamed[];
 }
 
 function fed(answer: JsonValue): GuestFed {

@@ -51,18 +51,21 @@ export class ResultChunks {
     return this.size;
   }
 
-  /** Adds a batch of one partition's results; throws ResultsTooLarge past the limit. */
-  add(partition: number, values: JsonValue[]): void {
-    if (values.length === 0) return;
-    const chunk = encodeResultItems(values);
+  /**
+   * Adds a batch of one partition's results (values, or `count` results already in RESP);
+   * throws ResultsTooLarge past the limit.
+   */
+  add(partition: number, values: JsonValue[] | string, count = values.length): void {
+    if (count === 0) return;
+    const chunk = typeof values === "string" ? Buffer.from(values) : encodeResultItems(values);
     this.size += chunk.length;
     if (this.limitMb > 0 && this.size > this.limitMb * 1024 * 1024) {
       this.clear();
       throw new ResultsTooLarge(this.limitMb);
     }
     this.chunks[partition].push(chunk);
-    this.counts[partition] += values.length;
-    this.total += values.length;
+    this.counts[partition] += count;
+    this.total += count;
   }
 
   clear(): void {

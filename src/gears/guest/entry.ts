@@ -35,6 +35,12 @@ export interface Topology {
   readAhead?: string[];
 }
 
+/**
+ * A batch of a streaming execution's results: [partition, values], or, for results converted
+ * to strings, [partition, their RESP bulk strings back to back, how many].
+ */
+export type Streamed = [number, unknown[]] | [number, string, number];
+
 export interface Outcome {
   results: unknown[];
   errors: string[];
@@ -42,13 +48,13 @@ export interface Outcome {
    * An execution started with `stream`: its results by partition, [partition, values] (what
    * feed() did not hand over already); `results` is then empty.
    */
-  out?: [number, unknown[]][];
+  out?: Streamed[];
 }
 
 /** What feed() answers for an execution started with `stream`: the records it took, and the results they made. */
 export interface Fed {
   taken: number;
-  out: [number, unknown[]][];
+  out: Streamed[];
 }
 
 export interface Progress {

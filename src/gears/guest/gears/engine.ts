@@ -15,6 +15,7 @@ import {
   type Fed,
   type GearsEntry,
   type Progress,
+  type Streamed,
   type Topology,
 } from "../entry.js";
 import { actions } from "./builder.js";
@@ -721,14 +722,53 @@ function converted(ex: Exec, list: unknown[]): unknown[] {
   return out;
 }
 
-/** The results made since the last call, by partition, and forgotten here: a streaming execution's. */
-function takeResults(ex: Exec): [number, unknown[]][] {
-  const out: [number, unknown[]][] = [];
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** The bytes of `s` in UTF-8, as the host's Buffer.from writes it (a lone surrogate: 3). */
+function utf8Length(s: string): number {
+  if (!NON_ASCII.test(s)) return s.length;
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n += 4;
+        i++;
+      } else n += 3;
+    } else n += 3;
+  }
+  return n;
+}
+
+/**
+ * Results converted to strings (the default), as RESP bulk strings back to back: one text per
+ * batch crosses to the host, which keeps it as bytes without making a value of each result.
+ */
+function respText(list: unknown[]): string {
+  let text = "";
+  for (const v of list) {
+    if (typeof v === "string") text += "$" + utf8Length(v) + "\r\n" + v + "\r\n";
+    else text += "$-1\r\n";
+  }
+  return text;
+}
+
+/**
+ * The results made since the last call, by partition, and forgotten here: a streaming
+ * execution's. [partition, values], or [partition, RESP text, count] for strings.
+ */
+function takeResults(ex: Exec): Streamed[] {
+  const out: Streamed[] = [];
+  const str = ex.action.options.convertToStr !== false;
   for (let p = 0; p < ex.results.length; p++) {
     const list = ex.results[p];
     if (list.length === 0) continue;
     ex.results[p] = [];
-    out.push([p, converted(ex, list)]);
+    const values = converted(ex, list);
+    out.push(str ? [p, respText(values), values.length] : [p, values]);
   }
   return out;
 }

@@ -1,4 +1,5 @@
 /** The shapes the GearsBuilder engine works with: steps, actions, executions. */
+import type { Streamed } from "../entry.js";
 
 export type Fn = (...args: unknown[]) => unknown;
 export type Push = (r: unknown) => void;
@@ -78,7 +79,7 @@ export interface Result {
   results: unknown[];
   errors: string[];
   /** A streaming execution's results by partition (see Outcome.out). */
-  out?: [number, unknown[]][];
+  out?: Streamed[];
 }
 
 export interface Exec {
