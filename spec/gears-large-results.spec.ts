@@ -111,6 +111,17 @@ for (const mode of BACKEND_MODES) {
       );
     });
 
+    it("streamed results keep non-ASCII text intact (bulk lengths in bytes); a lone surrogate becomes U+FFFD", async () => {
+      const pattern = `${prefixes[0]}:1234?`;
+      const keys = ((await masters[0].call("KEYS", pattern)) as string[]).sort();
+      expect(keys).to.have.length(10);
+      const out = await run(io, `GB('KeysOnlyReader').map(k => k + 'é€😀').run('${pattern}')`);
+      expect(out.errors).to.deep.equal([]);
+      expect(out.results.map(str).sort()).to.deep.equal(keys.map((k) => `${k}é€😀`));
+      const lone = await run(io, `GB('KeysOnlyReader').map(k => k + '\\ud800').run('${pattern}')`);
+      expect(lone.results.map(str).sort()).to.deep.equal(keys.map((k) => `${k}\ufffd`));
+    });
+
     it("RESP3: a streamed result with nulls comes in RESP3 form", async () => {
       const socket = await connectSocket(proxy.port);
       let data = Buffer.alloc(0);

@@ -722,7 +722,8 @@ function converted(ex: Exec, list: unknown[]): unknown[] {
   return out;
 }
 
-const NON_ASCII = /[^\x00-\x7f]/;
+/** Any character past ASCII (a regular expression runs natively in QuickJS, a loop does not). */
+const NON_ASCII = /[\u0080-\uffff]/;
 
 /** The bytes of `s` in UTF-8, as the host's Buffer.from writes it (a lone surrogate: 3). */
 function utf8Length(s: string): number {
