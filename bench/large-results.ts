@@ -34,6 +34,8 @@ const HELP = `Usage: node dist/bench/large-results.js [options]
   --quick      100,000 keys, 2 runs
   --script S   the script of the large runs (default GB('KeysOnlyReader').run()); e.g.
                GB('KeysOnlyReader').count().run() for what reading alone costs
+  --cli PATH          another build's dist/src/cli.js (e.g. one from before results streamed)
+  --proxy-args "..."  extra gears-proxy flags, e.g. "--gears-config ScriptMemoryLimitMB=512"
   --help
 `;
 
@@ -56,6 +58,8 @@ async function main(): Promise<number> {
       runs: { type: "string" },
       quick: { type: "boolean" },
       script: { type: "string" },
+      cli: { type: "string" },
+      "proxy-args": { type: "string" },
       help: { type: "boolean" },
     },
   });
@@ -70,10 +74,12 @@ async function main(): Promise<number> {
   const lines = machineLines();
   redis = await startRedis({ args: ["--enable-debug-command", "yes", "--save", ""] });
   await redis.call("DEBUG", "POPULATE", String(keys));
+  const proxyArgs = (values["proxy-args"] ?? "").split(" ").filter((a) => a !== "");
   const proxy = await startGears(redis.port, {
     profileDir: undefined,
     nodeArgs: [],
-    args: [],
+    args: proxyArgs,
+    cli: values.cli,
     readyWhen: "ping",
   });
   const pid = proxy.child.pid;
@@ -134,7 +140,7 @@ async function main(): Promise<number> {
       mb(afterKb),
       mb(laterKb),
       mb(growthKb),
-      `${(growthKb / (size / 1024)).toFixed(2)}x`,
+      size >= 1024 ? `${(growthKb / (size / 1024)).toFixed(2)}x` : "",
     ]);
     say(
       `run ${i + 1}: ${count} keys, ${size} bytes, ${ms} ms, RSS ${mb(beforeKb)} -> ${mb(peakKb)} -> ${mb(laterKb)}`,
@@ -147,7 +153,7 @@ async function main(): Promise<number> {
     .join(" ");
   const out = [
     ...lines,
-    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server, default gears settings; script ${script}`,
+    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; proxy ${values.cli ?? "this build"} ${proxyArgs.join(" ") || "(default gears settings)"}`,
     "",
     table(
       [
