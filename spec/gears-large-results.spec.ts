@@ -10,7 +10,7 @@ import {
   type RunningProxy,
 } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
-import { connect, run, str } from "./support/gears.js";
+import { connect, outcome, run, str } from "./support/gears.js";
 import { waitUntil } from "./support/polling.js";
 import { connectSocket, encode } from "./support/raw-client.js";
 
@@ -87,6 +87,24 @@ for (const mode of BACKEND_MODES) {
         for (const key of sample) expect(seen.has(key), `${key} in the results`).to.equal(true);
         expect(seen.has(`${prefixes[i]}:${counts[i] - 1}`)).to.equal(true);
       }
+    });
+
+    it("UNBLOCKING: RG.GETRESULTSBLOCKING and RG.GETRESULTS answer a streamed result set from the same buffers", async () => {
+      const pattern = ":12*";
+      const expected = new Set<string>();
+      for (const [i, node] of masters.entries()) {
+        for (const key of (await node.call("KEYS", `${prefixes[i]}${pattern}`)) as string[])
+          expected.add(key);
+      }
+      const script = `GB('KeysOnlyReader').run('*${pattern}')`;
+      const id = str(await io.call("RG.EXECUTE", script, "UNBLOCKING"));
+      const blocking = outcome(await io.call("RG.GETRESULTSBLOCKING", id));
+      expect(blocking.errors).to.deep.equal([]);
+      expect(blocking.results).to.have.length(expected.size);
+      expect(new Set(blocking.results.map(str))).to.deep.equal(expected);
+      const again = outcome(await io.call("RG.GETRESULTS", id));
+      expect(again.results.map(str)).to.deep.equal(blocking.results.map(str));
+      expect(await io.call("RG.DROPEXECUTION", id)).to.equal("OK");
     });
 
     it("results past MaxResultsMB fail with an error naming MaxResultsMB, and the next run works", async () => {
