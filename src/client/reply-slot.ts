@@ -13,6 +13,8 @@ export interface SlotOwner {
  */
 export class ReplySlot implements ReplySink {
   data: Buffer | null = null;
+  /** More of the reply, written after `data` as they are (a large gears result, not joined). */
+  rest: Buffer[] | null = null;
   next: ReplySlot | null = null;
   /** True while an upstream holds this slot (counted in the session's in-flight total). */
   upstream = false;
@@ -45,6 +47,12 @@ export class ReplySlot implements ReplySink {
     }
     this.data = data;
     this.owner.slotFilled(this);
+  }
+
+  /** A reply in several buffers, written in order. */
+  replyParts(parts: Buffer[]): void {
+    if (parts.length > 1) this.rest = parts.slice(1);
+    this.reply(parts[0]);
   }
 
   fail(message: string): void {

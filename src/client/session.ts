@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
 import { OutputBuffer } from "../io/output-buffer.js";
-import { inProtocol } from "../resp/convert.js";
+import { inProtocol, partsInProtocol } from "../resp/convert.js";
 import { encodeCommand, encodeError, encodeValue, OK } from "../resp/encode.js";
 import { RespVerbatim, type Protocol, type RespValue } from "../resp/values.js";
 import { ProtocolError, RequestParser, type Request } from "../resp/request-parser.js";
@@ -218,8 +218,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     // Replies that arrived behind one still awaited (a slow upstream, a blocked command) are
     // held here too; the walk is bounded by the requests in flight.
     let held = 0;
-    for (let slot = this.head; slot !== null; slot = slot.next)
+    for (let slot = this.head; slot !== null; slot = slot.next) {
       if (slot.data !== null) held += slot.data.length;
+      for (const part of slot.rest ?? []) held += part.length;
+    }
     return { query: this.parser.buffered, output: this.out.pending + held };
   }
 
@@ -604,15 +606,16 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     };
   }
 
-  private answerLater(reply: Promise<Buffer>, hold: boolean): void {
+  private answerLater(reply: Promise<Buffer | Buffer[]>, hold: boolean): void {
     const slot = this.laterSlot();
     if (hold) this.holds++;
-    const settle = (data: Buffer): void => {
+    const settle = (data: Buffer | Buffer[]): void => {
       if (hold) {
         this.holds--;
         this.stalled = true;
       }
-      slot.reply(inProtocol(data, this.proto));
+      if (Array.isArray(data)) slot.replyParts(partsInProtocol(data, this.proto));
+      else slot.reply(inProtocol(data, this.proto));
     };
     reply.then(settle, (err: Error) => settle(encodeError(`ERR ${err.message}`)));
   }
@@ -878,6 +881,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     while (slot !== null && slot.data !== null) {
       if (!slot.silent) this.out.push(slot.data);
       if (metrics !== null && !slot.silent) metrics.clientBytesOut(slot.data.length);
+      if (slot.rest !== null && !slot.silent) {
+        for (const part of slot.rest) {
+          this.out.push(part);
+          metrics?.clientBytesOut(part.length);
+        }
+      }
       if (slot.request !== null) this.meter(slot.request, slot.startedAt, slot.data);
       if (slot.closeAfter) {
         this.endAfterWrite();

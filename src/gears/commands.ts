@@ -4,13 +4,14 @@ import type { RespValue } from "../resp/values.js";
 import { PYTHON_OFF, type GearsEngine } from "./engine.js";
 import { languageOf } from "./guest-isolate.js";
 import type { Execution } from "./execution.js";
+import type { GearsReply } from "./result-chunks.js";
 import { keySlot } from "../routing/key-slot.js";
 import { replyValueToResp } from "./json-values.js";
 import { Partitions } from "./partitions.js";
 import type { Registration } from "./registration.js";
 import { isTfConfig, runTfCommand, TF_COMMANDS } from "./tf/tf-commands.js";
 
-type Handler = (engine: GearsEngine, args: Buffer[], caller: GearsCaller) => Promise<Buffer> | Buffer;
+type Handler = (engine: GearsEngine, args: Buffer[], caller: GearsCaller) => Promise<GearsReply> | GearsReply;
 
 const NO_EXECUTION = "execution plan does not exist";
 const b = (text: string): Buffer => Buffer.from(text);
@@ -29,7 +30,7 @@ async function execute(
   args: Buffer[],
   caller: GearsCaller,
   python = false,
-): Promise<Buffer> {
+): Promise<GearsReply> {
   if (args.length < 1) return arity(python ? "rg.pyexecute" : "rg.execute");
   if (python && engine.newPythonIsolate === null) return encodeError(`ERR ${PYTHON_OFF}`);
   let unblocking = false;
@@ -90,7 +91,7 @@ function finished(engine: GearsEngine, id: string, caller: GearsCaller): Executi
   return execution;
 }
 
-function getResults(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Buffer {
+function getResults(engine: GearsEngine, args: Buffer[], caller: GearsCaller): GearsReply {
   if (args.length !== 1) return arity("rg.getresults");
   const execution = finished(engine, args[0].toString(), caller);
   if (Buffer.isBuffer(execution)) return execution;
@@ -98,7 +99,11 @@ function getResults(engine: GearsEngine, args: Buffer[], caller: GearsCaller): B
   return execution.reply();
 }
 
-async function getResultsBlocking(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Promise<Buffer> {
+async function getResultsBlocking(
+  engine: GearsEngine,
+  args: Buffer[],
+  caller: GearsCaller,
+): Promise<GearsReply> {
   if (args.length !== 1) return arity("rg.getresultsblocking");
   const execution = finished(engine, args[0].toString(), caller);
   if (Buffer.isBuffer(execution)) return execution;
@@ -129,7 +134,7 @@ function plan(execution: Execution): RespValue[] {
     b("shards_completed"),
     execution.isFinished ? execution.partitions.count : execution.partitionsDone,
     b("results"),
-    execution.isFinished ? (execution.results?.length ?? 0) : -1,
+    execution.isFinished ? execution.resultCount : -1,
     b("errors"),
     execution.isFinished ? execution.errors.map(b) : [],
     b("total_duration"),
@@ -479,7 +484,7 @@ export async function runGearsCommand(
   name: string,
   args: Buffer[],
   caller: GearsCaller,
-): Promise<Buffer> {
+): Promise<GearsReply> {
   if (TF_COMMANDS.has(name) || name === "config") return runTfCommand(engine.tf, name, args, caller);
   const handler = HANDLERS.get(name);
   if (handler === undefined) {

@@ -10,6 +10,8 @@ export class GearsConfig {
     ["ExecutionMaxIdleTime", 5000],
     ["ScriptMemoryLimitMB", 64],
     ["ScriptTimeoutMS", 5000],
+    // The bytes one execution's results may hold in the proxy (RESP-encoded), in MB.
+    ["MaxResultsMB", 256],
     ["ExecutionThreads", 3],
     // Several proxies share the shards' keyspace events and timers by leases of this length.
     ["EventLeaseMS", 5000],
@@ -56,6 +58,7 @@ export class GearsConfig {
         if (
           (name === "ScriptMemoryLimitMB" && n < 16) ||
           (name === "ScriptTimeoutMS" && n < 1) ||
+          (name === "MaxResultsMB" && n < 1) ||
           (name === "EventLeaseMS" && n < 300) ||
           (name === "StreamClaimIdleMS" && n < 100)
         ) {

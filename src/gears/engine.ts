@@ -8,6 +8,7 @@ import { GearsGuest } from "./gears-guest.js";
 import { GearsConfig } from "./config.js";
 import { topLevelError } from "./errors.js";
 import { Execution, type ExecutionObserver } from "./execution.js";
+import type { GearsReply } from "./result-chunks.js";
 import type { Action, GuestIsolate, IsolateFactory, PythonIsolateFactory } from "./guest-isolate.js";
 import { loadPythonScript } from "./python-guest.js";
 import { KeyspaceEventSource, type KeyEvent, type KeyspaceStatus } from "./events/keyspace-source.js";
@@ -175,7 +176,7 @@ export class GearsEngine {
   }
 
   /** RG.EXECUTE: the reply to send (OK, an execution id, [results, errors], or an error). */
-  async execute(request: ExecuteRequest): Promise<Buffer> {
+  async execute(request: ExecuteRequest): Promise<GearsReply> {
     const conflict = this.sessionConflict(request);
     if (conflict !== null) return encodeError(`ERR ${conflict}`);
     const db = request.db ?? 0;
@@ -236,6 +237,9 @@ export class GearsEngine {
       actions[runIndex],
       runIndex,
       partitions,
+      null,
+      true,
+      this.config.number("MaxResultsMB"),
     );
     execution.owner = request.owner ?? null;
     this.add(execution);
@@ -716,7 +720,7 @@ export class GearsEngine {
     const session = this.registry.session(s.id);
     if (session === undefined) {
       this.log.warn(
-        { session: s.id, reply: reply.toString().trim() },
+        { session: s.id, reply: Buffer.concat([reply].flat()).toString().trim() },
         "stored gears session did not come back",
       );
       return;

@@ -1,8 +1,10 @@
 import type { JsonValue } from "../sandbox/types.js";
 import { executionError } from "./errors.js";
-import { GearsGuest } from "./gears-guest.js";
+import { GearsGuest, type GuestStreamed } from "./gears-guest.js";
 import type { Action, GuestIsolate } from "./guest-isolate.js";
 import { encodeResults } from "./json-values.js";
+import { ResultChunks, ResultsTooLarge, type GearsReply } from "./result-chunks.js";
+import { SandboxError } from "../sandbox/types.js";
 import { encodeBinary } from "../sandbox/bjson.js";
 import type { Partitions } from "./partitions.js";
 import { READ_AHEAD_COMMANDS } from "./read-ahead.js";
@@ -30,15 +32,29 @@ export type ExecutionStatus = "created" | "running" | "done" | "aborted";
 export interface ExecutionObserver {
   executionFinished(execution: Execution): void;
 }
+/** The memory error of an execution, naming the setting that bounds it. */
+const MEMORY_SETTING_HINT =
+  " (ScriptMemoryLimitMB: raise it with RG.CONFIGSET ScriptMemoryLimitMB <MB>, or keep fewer records in global steps)";
 
 /**
  * One batch run of a plan: every partition is read in parallel and its records are fed
  * to the guest in batches (the next batch is fetched while the guest works on this one);
  * then the guest runs the global steps and hands back the results.
+ *
+ * A run over a reader (RG.EXECUTE) streams its results: the guest hands over what each
+ * batch made with the feed's answer, and they are kept here as RESP bytes (ResultChunks),
+ * so neither the guest nor the host holds the set as values; global steps still hold their
+ * records in the guest until finish(). An execution over given records (an event) keeps
+ * its results as values, for the registration that reads them.
  */
 export class Execution {
   status: ExecutionStatus = "created";
+  /** The results as values: executions over given records (events) only. */
   results: JsonValue[] | null = null;
+  /** The results as RESP bytes: executions over a reader. */
+  private readonly chunks: ResultChunks | null;
+  /** Set once the results went past their bound: reading stops. */
+  private overflowed = false;
   readonly errors: string[] = [];
   recordsRead = 0;
   partitionsDone = 0;
@@ -63,9 +79,31 @@ export class Execution {
     private readonly input: Map<number, PackedRecords> | null = null,
     /** A registration's execution runs in its session's isolate, which outlives it. */
     private readonly ownsIsolate = true,
+    /** MaxResultsMB: the bound on a streamed result set's bytes (0: none). */
+    maxResultsMb = 0,
   ) {
     this.finished = new Promise((resolve) => (this.markFinished = resolve));
     this.guest = new GearsGuest(isolate);
+    this.chunks =
+      input === null
+        ? new ResultChunks(partitions.count, action.options.collect === false, maxResultsMb)
+        : null;
+  }
+
+  /** How many results (RG.GETEXECUTION). */
+  get resultCount(): number {
+    return this.chunks?.count ?? this.results?.length ?? 0;
+  }
+
+  /** Keeps results the guest handed over; past MaxResultsMB, the execution stops reading. */
+  private keep(out: GuestStreamed[] | undefined): void {
+    if (out === undefined || this.chunks === null || this.overflowed) return;
+    try {
+      for (const [partition, values, count] of out) this.chunks.add(partition, values, count);
+    } catch (err) {
+      if (err instanceof ResultsTooLarge) this.overflowed = true;
+      throw err;
+    }
   }
 
   get isFinished(): boolean {
@@ -101,7 +139,7 @@ export class Execution {
         await this.runOnce(topology, this.input);
         return;
       }
-      const id = await this.guest.start(this.actionIndex, topology);
+      const id = await this.guest.start(this.actionIndex, topology, this.chunks !== null);
       execId = id;
       const readStart = Date.now();
       const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, id));
@@ -109,15 +147,20 @@ export class Execution {
       this.readMs = Date.now() - readStart;
       if (this.abortRequested) throw new Error("aborted");
       const out = await this.guest.finish(id);
-      this.results = out.results;
+      if (this.chunks !== null) this.keep(out.out);
+      else this.results = out.results;
       this.errors.push(...out.errors);
       this.status = "done";
     } catch (err) {
       if (this.abortRequested) this.status = "aborted";
       else {
-        this.errors.push(await executionError(err, this.isolate));
+        let message = await executionError(err, this.isolate);
+        if (err instanceof SandboxError && err.kind === "memory") message += MEMORY_SETTING_HINT;
+        this.errors.push(message);
         this.status = "done";
       }
+      // An execution that failed as a whole has no results (as before results streamed).
+      this.chunks?.clear();
       this.results ??= [];
     } finally {
       // A session's isolate lives on: free the guest's state of this execution.
@@ -167,7 +210,7 @@ export class Execution {
       let next = batches.next();
       for (;;) {
         const batch = await next;
-        if (batch.done || this.abortRequested) break;
+        if (batch.done || this.abortRequested || this.overflowed) break;
         next = batches.next();
         this.recordsRead += batch.value.length;
         await this.feed(execId, partition, batch.value);
@@ -194,18 +237,22 @@ export class Execution {
       if (!isolate.binary) throw new Error("binary records for an isolate that cannot read them");
       // The records go in the binary format: no JSON on either side.
       let from = 0;
-      while (from < records.length && !this.abortRequested) {
+      while (from < records.length && !this.abortRequested && !this.overflowed) {
         const bytes =
           records instanceof RecordBinary ? records.bytes(from) : encodeBinary(records.slice(from));
-        const taken = await this.guest.feedBinary(execId, partition, bytes, budget);
+        const fed = await this.guest.feedBinary(execId, partition, bytes, budget);
+        this.keep(fed.out);
+        const taken = fed.taken;
         from = taken >= records.length - from ? records.length : from + Math.max(1, taken);
       }
       return;
     }
     let rest = records;
-    while (rest.length > 0 && !this.abortRequested) {
+    while (rest.length > 0 && !this.abortRequested && !this.overflowed) {
       const batch: JsonValue = values === null ? rest : { records: rest, values };
-      const taken = await this.guest.feed(execId, partition, batch, budget);
+      const fed = await this.guest.feed(execId, partition, batch, budget);
+      this.keep(fed.out);
+      const taken = fed.taken;
       rest = taken >= rest.length ? [] : rest.slice(Math.max(1, taken));
     }
   }
@@ -216,8 +263,9 @@ export class Execution {
     this.markFinished();
   }
 
-  /** `[results, errors]`. */
-  reply(): Buffer {
+  /** `[results, errors]`; a streamed result set as the buffers it is held in. */
+  reply(): GearsReply {
+    if (this.chunks !== null) return this.chunks.reply(this.errors);
     return encodeResults(this.results ?? [], this.errors);
   }
 }

@@ -1,5 +1,5 @@
 import type { JsonValue } from "../sandbox/types.js";
-import { GEARS_ENTRY, type GearsEntry, type Outcome, type Topology } from "./guest/entry.js";
+import { GEARS_ENTRY, type Fed, type GearsEntry, type Outcome, type Topology } from "./guest/entry.js";
 import type { Action, GuestIsolate } from "./guest-isolate.js";
 
 /** An entry method's path for the sandbox's call(), checked against the guest's interface. */
@@ -8,6 +8,20 @@ const path = (name: keyof GearsEntry): string => `${GEARS_ENTRY}.${name}`;
 /** The results and errors of an execution as the guest hands them over (JSON values). */
 export interface GuestOutcome extends Outcome {
   results: JsonValue[];
+  out?: GuestStreamed[];
+}
+
+/** Streamed results as the host receives them (Streamed, in JSON values). */
+export type GuestStreamed = [number, JsonValue[]] | [number, string, number];
+
+/** What a feed took, and (streaming) the results it made, by partition. */
+export interface GuestFed extends Fed {
+  out: GuestStreamed[];
+}
+
+function fed(answer: JsonValue): GuestFed {
+  if (typeof answer === "number") return { taken: answer, out: [] };
+  return answer as unknown as GuestFed;
 }
 
 /**
@@ -21,18 +35,26 @@ export class GearsGuest {
     return (await this.isolate.call(path("actions"), [])) as unknown as Action[];
   }
 
-  async start(actionIndex: number, topology: Topology): Promise<number> {
-    return Number(await this.isolate.call(path("start"), [actionIndex, topology as unknown as JsonValue]));
+  /** With `stream`, feed() hands over the results as they are made (GearsEntry.start). */
+  async start(actionIndex: number, topology: Topology, stream = false): Promise<number> {
+    const args: JsonValue[] = [actionIndex, topology as unknown as JsonValue];
+    if (stream) args.push(true);
+    return Number(await this.isolate.call(path("start"), args));
   }
 
-  async feed(execId: number, partition: number, records: JsonValue, budgetMs: number): Promise<number> {
-    return Number(await this.isolate.call(path("feed"), [execId, partition, records, budgetMs]));
+  async feed(execId: number, partition: number, records: JsonValue, budgetMs: number): Promise<GuestFed> {
+    return fed(await this.isolate.call(path("feed"), [execId, partition, records, budgetMs]));
   }
 
   /** feed(), the records given in QuickJS's binary object format (isolate.binary). */
-  async feedBinary(execId: number, partition: number, bytes: Uint8Array, budgetMs: number): Promise<number> {
+  async feedBinary(
+    execId: number,
+    partition: number,
+    bytes: Uint8Array,
+    budgetMs: number,
+  ): Promise<GuestFed> {
     const args = JSON.stringify([execId, partition, null, budgetMs]);
-    return Number(await this.isolate.callBinary(path("feed"), args, 2, bytes));
+    return fed(await this.isolate.callBinary(path("feed"), args, 2, bytes));
   }
 
   async once(actionIndex: number, topology: Topology, inputs: JsonValue[]): Promise<GuestOutcome> {

@@ -51,3 +51,23 @@ export function replyValueToResp(value: JsonValue): RespValue {
 export function encodeResults(results: JsonValue[], errors: string[]): Buffer {
   return encodeValue([results.map(jsonToResp), errors.map((e) => Buffer.from(e))]);
 }
+
+/**
+ * Results back to back, each as encodeResults writes it, without the array's header: one
+ * batch of a streamed result set. Strings (nearly every result) are written as one text.
+ */
+export function encodeResultItems(values: readonly JsonValue[]): Buffer {
+  const parts: Buffer[] = [];
+  let text = "";
+  for (const v of values) {
+    if (typeof v === "string") text += `$${Buffer.byteLength(v)}\r\n${v}\r\n`;
+    else if (v === null) text += "$-1\r\n";
+    else {
+      if (text !== "") parts.push(Buffer.from(text));
+      text = "";
+      parts.push(encodeValue(jsonToResp(v)));
+    }
+  }
+  if (text !== "") parts.push(Buffer.from(text));
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+}

@@ -15,3 +15,13 @@ export function inProtocol(reply: Buffer, proto: Protocol): Buffer {
   if (reply.indexOf(NULL_BULK_TEXT) === -1 && reply.indexOf(NULL_ARRAY_TEXT) === -1) return reply;
   return encodeValue(decodeReply(reply), 3);
 }
+
+/**
+ * inProtocol for a reply written as several buffers (a large gears result): passed on as
+ * they are unless one holds a RESP2 null, then joined and re-encoded.
+ */
+export function partsInProtocol(parts: Buffer[], proto: Protocol): Buffer[] {
+  if (proto === 2) return parts;
+  if (!parts.some((p) => p.indexOf(NULL_BULK_TEXT) !== -1 || p.indexOf(NULL_ARRAY_TEXT) !== -1)) return parts;
+  return [inProtocol(Buffer.concat(parts), proto)];
+}

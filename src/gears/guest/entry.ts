@@ -35,9 +35,26 @@ export interface Topology {
   readAhead?: string[];
 }
 
+/**
+ * A batch of a streaming execution's results: [partition, values], or, for results converted
+ * to strings, [partition, their RESP bulk strings back to back, how many].
+ */
+export type Streamed = [number, unknown[]] | [number, string, number];
+
 export interface Outcome {
   results: unknown[];
   errors: string[];
+  /**
+   * An execution started with `stream`: its results by partition, [partition, values] (what
+   * feed() did not hand over already); `results` is then empty.
+   */
+  out?: Streamed[];
+}
+
+/** What feed() answers for an execution started with `stream`: the records it took, and the results they made. */
+export interface Fed {
+  taken: number;
+  out: Streamed[];
 }
 
 export interface Progress {
@@ -51,13 +68,21 @@ export interface Progress {
 
 export interface GearsEntry {
   actions(): ActionInfo[];
-  /** An execution of action `actionIndex`: its id. */
-  start(actionIndex: number, topology: Topology): number;
+  /**
+   * An execution of action `actionIndex`: its id. With `stream`, the results leave the guest
+   * as soon as they are made (feed() hands them over, as Fed), instead of at finish().
+   */
+  start(actionIndex: number, topology: Topology, stream?: boolean): number;
   /**
    * Runs records through the pipeline; with a time budget (ms) it stops starting records
-   * once the budget is spent and answers how many it took.
+   * once the budget is spent and answers how many it took (with the results, when streaming).
    */
-  feed(execId: number, partition: number, records: unknown, budgetMs?: number): number | Promise<number>;
+  feed(
+    execId: number,
+    partition: number,
+    records: unknown,
+    budgetMs?: number,
+  ): number | Fed | Promise<number | Fed>;
   /** start, feed every [partition, records], finish and drop in one entry. */
   once(actionIndex: number, topology: Topology, inputs: unknown): Outcome | Promise<Outcome>;
   /** false once a limit() of the first stage is exhausted in that partition. */

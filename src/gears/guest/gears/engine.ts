@@ -9,7 +9,15 @@ import { g, host, defineEntry } from "../core/host.js";
 import { formatError, isFatal, isThenable, safeString } from "../core/errors.js";
 import { deepCopy, toRaw, toStr } from "../core/values.js";
 import { slotOf } from "../core/slots.js";
-import { GEARS_ENTRY, type ActionInfo, type GearsEntry, type Progress, type Topology } from "../entry.js";
+import {
+  GEARS_ENTRY,
+  type ActionInfo,
+  type Fed,
+  type GearsEntry,
+  type Progress,
+  type Streamed,
+  type Topology,
+} from "../entry.js";
 import { actions } from "./builder.js";
 import {
   beginFeed,
@@ -698,23 +706,82 @@ function build(
 }
 
 // ---------------------------------------------------------------- the engine: results
-function complete(ex: Exec): Result {
-  const opts = ex.action.options;
-  const str = opts.convertToStr !== false;
-  const perPartition: unknown[][] = [];
-  for (const list of ex.results) {
-    const out: unknown[] = [];
-    for (const r of list) {
-      try {
-        out.push(str ? toStr(r) : toRaw(r, 0));
-      } catch (e) {
-        if (isFatal(e)) throw e;
-        ex.errors.push(formatError(e, "results", ex.action.line));
-      }
+
+/** A partition's results as the host receives them (strings, or raw values with convertToStr off). */
+function converted(ex: Exec, list: unknown[]): unknown[] {
+  const str = ex.action.options.convertToStr !== false;
+  const out: unknown[] = [];
+  for (const r of list) {
+    try {
+      out.push(str ? toStr(r) : toRaw(r, 0));
+    } catch (e) {
+      if (isFatal(e)) throw e;
+      ex.errors.push(formatError(e, "results", ex.action.line));
     }
-    perPartition.push(out);
   }
-  const results = opts.collect === false ? perPartition : ([] as unknown[]).concat(...perPartition);
+  return out;
+}
+
+/** Any character past ASCII (a regular expression runs natively in QuickJS, a loop does not). */
+const NON_ASCII = /[\u0080-\uffff]/;
+
+/** The bytes of `s` in UTF-8, as the host's Buffer.from writes it (a lone surrogate: 3). */
+function utf8Length(s: string): number {
+  if (!NON_ASCII.test(s)) return s.length;
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n += 4;
+        i++;
+      } else n += 3;
+    } else n += 3;
+  }
+  return n;
+}
+
+/**
+ * Results converted to strings (the default), as RESP bulk strings back to back: one text per
+ * batch crosses to the host, which keeps it as bytes without making a value of each result.
+ */
+function respText(list: unknown[]): string {
+  let text = "";
+  for (const v of list) {
+    if (typeof v === "string") text += "$" + utf8Length(v) + "\r\n" + v + "\r\n";
+    else text += "$-1\r\n";
+  }
+  return text;
+}
+
+/**
+ * The results made since the last call, by partition, and forgotten here: a streaming
+ * execution's. [partition, values], or [partition, RESP text, count] for strings.
+ */
+function takeResults(ex: Exec): Streamed[] {
+  const out: Streamed[] = [];
+  const str = ex.action.options.convertToStr !== false;
+  for (let p = 0; p < ex.results.length; p++) {
+    const list = ex.results[p];
+    if (list.length === 0) continue;
+    ex.results[p] = [];
+    const values = converted(ex, list);
+    out.push(str ? [p, respText(values), values.length] : [p, values]);
+  }
+  return out;
+}
+
+function complete(ex: Exec): Result {
+  if (ex.stream) {
+    ex.done = { results: [], errors: ex.errors, out: takeResults(ex) };
+    return ex.done;
+  }
+  const perPartition = ex.results.map((list) => converted(ex, list));
+  const results =
+    ex.action.options.collect === false ? perPartition : ([] as unknown[]).concat(...perPartition);
   ex.done = { results, errors: ex.errors };
   ex.results = [];
   return ex.done;
@@ -772,7 +839,7 @@ const gears: GearsEntry = {
     }));
   },
 
-  start(actionIndex: unknown, topology: unknown): number {
+  start(actionIndex: unknown, topology: unknown, stream?: unknown): number {
     const action = actions[Number(actionIndex)];
     if (action === undefined) throw new Error(`no action ${safeString(actionIndex)}`);
     const { parts, owner } = topologyOf(topology);
@@ -795,6 +862,7 @@ const gears: GearsEntry = {
       fatal: null,
       dropped: false,
       finishing: false,
+      stream: stream === true,
       done: null,
       recordsIn: 0,
       recordsOut: 0,
@@ -811,7 +879,12 @@ const gears: GearsEntry = {
    * records once the budget is spent and answers how many it took, so the host can feed
    * the rest in a fresh entry: the time limit then bounds each step call, not a batch.
    */
-  feed(execId: unknown, partition: unknown, records: unknown, budgetMs?: unknown): number | Promise<number> {
+  feed(
+    execId: unknown,
+    partition: unknown,
+    records: unknown,
+    budgetMs?: unknown,
+  ): number | Fed | Promise<number | Fed> {
     const ex = getExec(execId);
     if (ex.finishing) throw new Error("execution already finishing");
     const p = Number(partition);
@@ -874,8 +947,10 @@ const gears: GearsEntry = {
       endFeed(taken);
     }
     at.part = saved;
+    // A streaming execution hands over what reached the end of the pipeline: the guest keeps none of it.
+    const answer = (): number | Fed => (ex.stream ? { taken, out: takeResults(ex) } : taken);
     const settled = whenSettled(ex);
-    return settled ? settled.then(() => taken) : taken;
+    return settled ? settled.then(answer) : answer();
   },
 
   /**
@@ -891,7 +966,7 @@ const gears: GearsEntry = {
       while (i < inputs.length) {
         const [p, batch] = inputs[i++] as [unknown, unknown];
         const fed = gears.feed(id, p as number, batch, 0);
-        if (isThenable(fed)) return (fed as Promise<number>).then(rest);
+        if (isThenable(fed)) return (fed as Promise<number | Fed>).then(rest);
       }
       return gears.finish(id);
     };

@@ -1,4 +1,5 @@
 /** The shapes the GearsBuilder engine works with: steps, actions, executions. */
+import type { Streamed } from "../entry.js";
 
 export type Fn = (...args: unknown[]) => unknown;
 export type Push = (r: unknown) => void;
@@ -77,6 +78,8 @@ export interface Waiter {
 export interface Result {
   results: unknown[];
   errors: string[];
+  /** A streaming execution's results by partition (see Outcome.out). */
+  out?: Streamed[];
 }
 
 export interface Exec {
@@ -94,6 +97,8 @@ export interface Exec {
   fatal: { error: unknown } | null;
   dropped: boolean;
   finishing: boolean;
+  /** The host takes results as they are made (start's `stream`): feed() hands them over. */
+  stream: boolean;
   done: Result | null;
   recordsIn: number;
   recordsOut: number;
