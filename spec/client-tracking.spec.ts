@@ -227,19 +227,27 @@ for (const mode of BACKEND_MODES) {
 
     it("BCAST with PREFIX: every change under the prefix, through the proxy or on the shard, and nothing else", async () => {
       const c = await open();
+      // A FLUSHALL of the test before reaches the proxy from each master's stream in turn: a late
+      // one may come as a flush (null) to this new client. A flush is always a valid message.
+      const next = async (): Promise<string[] | null> => {
+        for (;;) {
+          const keys = await c.invalidation();
+          if (keys !== null) return keys;
+        }
+      };
       expect(
         text(await c.call("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "user:", "PREFIX", "{a}p:")),
       ).to.equal("OK");
       const writer = await open();
       await writer.call("SET", "user:{a}1", "x");
-      expect(await c.invalidation()).to.deep.equal(["user:{a}1"]);
+      expect(await next()).to.deep.equal(["user:{a}1"]);
       await writer.call("SET", "other:{a}1", "x");
       await (await direct("user:{b}2")).call("SET", "user:{b}2", "x");
-      expect(await c.invalidation()).to.deep.equal(["user:{b}2"]);
+      expect(await next()).to.deep.equal(["user:{b}2"]);
       await writer.call("MSET", "{a}p:1", "1", "{a}p:2", "2", "{a}q", "3");
-      expect(await c.invalidation()).to.deep.equal(["{a}p:1", "{a}p:2"]);
+      expect(await next()).to.deep.equal(["{a}p:1", "{a}p:2"]);
       await writer.call("SET", "user:{c}3", "x");
-      expect(await c.invalidation(), "other:{a}1 and {a}q never came").to.deep.equal(["user:{c}3"]);
+      expect(await next(), "other:{a}1 and {a}q never came").to.deep.equal(["user:{c}3"]);
     });
 
     it("OPTIN: only the keys read right after CLIENT CACHING YES are tracked", async () => {

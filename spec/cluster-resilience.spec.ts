@@ -2,6 +2,7 @@ import { expect } from "chai";
 import calculateSlot from "cluster-key-slot";
 import { Redis } from "ioredis";
 import { DEFAULT_CONFIG } from "../src/config.js";
+import { waitUntil } from "./support/polling.js";
 import {
   startCluster,
   startProxy,
@@ -343,7 +344,15 @@ describe("cluster resilience", function () {
       killed = Date.now();
       await cluster.waitForState(true, 30_000);
       healed = Date.now();
-      await sleep(1500);
+      // Load goes on until the promoted replica has answered some of the victim's keys (under a
+      // loaded machine that can take longer than any fixed pause), then a little more.
+      const promotedAt = healed;
+      await waitUntil(
+        "a victim-slot command started after the promotion succeeds",
+        () => ops.some((o) => o.start >= promotedAt && victimKeys.has(o.key) && o.value !== undefined),
+        RETRY_MS + 10_000,
+      );
+      await sleep(500);
     } finally {
       state.stop = true;
       await Promise.all(workers);
