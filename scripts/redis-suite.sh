@@ -18,7 +18,7 @@ redis-server --port "$REDIS_PORT" --save '' --appendonly no --dir "$dir" >"$dir/
 redis_pid=$!
 node dist/src/cli.js --upstream "127.0.0.1:$REDIS_PORT" --port "$PROXY_PORT" --log-level warn >"$dir/proxy.log" 2>&1 &
 proxy_pid=$!
-trap 'kill "$proxy_pid" "$redis_pid" 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
+trap 'status=$?; kill "$proxy_pid" "$redis_pid" 2>/dev/null || true; rm -rf "$dir"; exit $status' EXIT INT TERM
 for _ in $(seq 1 100); do
   redis-cli -p "$PROXY_PORT" ping >/dev/null 2>&1 && break
   sleep 0.1

@@ -225,6 +225,58 @@ describe("RG.PYEXECUTE: switched on by the operator, limits, isolation, start-up
   });
 
   describe("RedisGears 1.x's functions beyond the builder, each beside its JavaScript twin", () => {
+    it("a StreamReader's register arguments (batch, onFailedPolicy) work as the JavaScript options do", async () => {
+      expect(
+        await io.call(
+          "RG.PYEXECUTE",
+          "GB('StreamReader').accumulate(lambda a, x: (a or 0) + 1)" +
+            ".foreach(lambda n: execute('RPUSH', 'pysizes', str(n))).register('pyb5', batch=5)",
+          "ID",
+          "py-batch",
+        ),
+      ).to.equal("OK");
+      expect(
+        await io.call(
+          "RG.PYEXECUTE",
+          "def check(x):\n" +
+            "    if 'bad' in x['value']:\n" +
+            "        raise Exception('bad entry')\n" +
+            "    execute('RPUSH', 'pydone', x['id'])\n" +
+            "GB('StreamReader').foreach(check).register('pya', onFailedPolicy='abort')",
+          "ID",
+          "py-abort",
+        ),
+      ).to.equal("OK");
+      for (let i = 0; i < 3; i++) await io.xadd("pyb5", "*", "i", String(i));
+      const first = await io.xadd("pya", "*", "good", "1");
+      await io.xadd("pya", "*", "bad", "1");
+      const [aborting] = await registrationsOf(io, "py-abort");
+      await eventually(
+        async () => String((await registrationsOf(io, "py-abort"))[0].data.get("status")),
+        (status) => status === "ABORTED",
+        "onFailedPolicy='abort' stops at the failed batch",
+      );
+      expect(await io.lrange("pydone", 0, -1)).to.deep.equal([first]);
+      await eventually(
+        () => io.xlen("pya"),
+        (n) => n === 1,
+        "the good entry acknowledged and trimmed, the failed one kept",
+      );
+      expect(await io.lrange("pysizes", 0, -1), "3 of batch=5: not yet").to.deep.equal([]);
+      await io.xadd("pyb5", "*", "i", "3");
+      await io.xadd("pyb5", "*", "i", "4");
+      await eventually(
+        () => io.lrange("pysizes", 0, -1),
+        (l) => l.length === 1,
+        "a batch of 5 fired",
+      );
+      expect(await io.lrange("pysizes", 0, -1)).to.deep.equal(["5"]);
+      for (const session of ["py-batch", "py-abort"]) {
+        for (const r of await registrationsOf(io, session)) await io.call("RG.UNREGISTER", r.id);
+      }
+      expect(aborting.reader).to.equal("StreamReader");
+    });
+
     it("register's mode='sync' and onRegistered work as the JavaScript options do", async () => {
       const twins: [string, string, string][] = [
         [
