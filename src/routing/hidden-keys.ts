@@ -57,7 +57,8 @@ export function noteProxyKey(name: string, withTtl = false): void {
 
 /** The command that counts the proxy's lasting keys (EXISTS of each, one slot); null when it keeps none. */
 export function proxyKeysCount(): Buffer | null {
-  return written.size === 0 ? null : encodeCommand(["EXISTS", ...written]);
+  const query = proxyKeysAndExpires();
+  return query === null ? null : encodeCommand(query.keys);
 }
 
 /**
