@@ -2,9 +2,9 @@
  * The one place that counts. The rooms only call it (a counter increment, an hrtime read);
  * figures that already exist elsewhere (connections) are read when Prometheus scrapes.
  */
+import { callbackNow } from "./callback-clock.js";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { performance } from "node:perf_hooks";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import { FastHistogram } from "./fast-histogram.js";
 import { gearsMetrics, type GearsFigures } from "./gears-metrics.js";
@@ -257,7 +257,7 @@ export class Metrics {
 
   /** A start mark for commandDone: milliseconds on the monotonic clock. */
   static now(): number {
-    return performance.now();
+    return callbackNow();
   }
 
   /** One reply written for `command`, `seconds` after the command arrived. */

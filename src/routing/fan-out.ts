@@ -62,8 +62,13 @@ function bySubcommand(table: Record<string, FanOut>): FanOut {
   };
 }
 
-/** A master whose RANDOMKEY keeps giving the proxy's own keys is taken for one without users' keys. */
+/**
+ * RANDOMKEY tries on one master before it looks for a user's key by SCAN instead: the proxy's
+ * own keys can outnumber a few users' keys, and retrying alone would, now and then, give up on
+ * a master that has some (and answer nil while keys exist).
+ */
 const PROXY_KEY_RETRIES = 8;
+const SCAN_PAGE = Buffer.from("100");
 
 /** RANDOMKEY: ask the masters in turn, from a random one, until one has a key (a user's). */
 const randomKey: FanOut = (r, argv, target, affinity, proto) => {
@@ -71,6 +76,30 @@ const randomKey: FanOut = (r, argv, target, affinity, proto) => {
   const masters = r.masters();
   const start = Math.floor(Math.random() * masters.length);
   const payload = encodeCommand(argv);
+  const fail = (message: string): void => sink.fail(message);
+  // A page at a time until one holds a user's key (one of them, at random, is the answer).
+  const scanFor = (i: number, cursor: Buffer): void => {
+    const node = masters[(start + i) % masters.length];
+    const page = encodeCommand([Buffer.from("SCAN"), cursor, Buffer.from("COUNT"), SCAN_PAGE]);
+    r.sendTo(
+      node,
+      page,
+      {
+        reply: (data) => {
+          const value = decodeReply(data);
+          if (!Array.isArray(value) || value.length !== 2 || !Buffer.isBuffer(value[0]))
+            return sink.reply(data);
+          const users = hideProxyKeys(value[1]);
+          if (Array.isArray(users) && users.length > 0)
+            return sink.reply(encodeValue(users[Math.floor(Math.random() * users.length)], proto));
+          return value[0].toString() === "0" ? attempt(i + 1) : scanFor(i, value[0]);
+        },
+        fail,
+      },
+      affinity,
+      -1,
+    );
+  };
   const attempt = (i: number, tries = 0): void => {
     if (i === masters.length) return sink.reply(NULL_BULK);
     r.sendTo(
@@ -80,12 +109,12 @@ const randomKey: FanOut = (r, argv, target, affinity, proto) => {
         reply: (data) =>
           data[0] === 36 && data[1] === 45 /* $- */
             ? attempt(i + 1)
-            : isProxyKeyReply(data)
-              ? tries < PROXY_KEY_RETRIES
+            : !isProxyKeyReply(data)
+              ? sink.reply(data)
+              : tries < PROXY_KEY_RETRIES
                 ? attempt(i, tries + 1)
-                : attempt(i + 1)
-              : sink.reply(data),
-        fail: (message) => sink.fail(message),
+                : scanFor(i, Buffer.from("0")),
+        fail,
       },
       affinity,
       -1,

@@ -1,7 +1,7 @@
+import { callbackNow } from "../observability/callback-clock.js";
 import net from "node:net";
 import tls from "node:tls";
 import type { HostPort } from "../config.js";
-import { performance } from "node:perf_hooks";
 import { Fifo } from "../io/fifo.js";
 import { OutputBuffer } from "../io/output-buffer.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
@@ -145,7 +145,7 @@ export class UpstreamConnection {
   /** Queues a reply slot, stamped with the time when round trips are measured. */
   private expectReply(sink: ReplySink): void {
     this.waiting.push(sink);
-    this.sentAt?.push(performance.now());
+    this.sentAt?.push(callbackNow());
   }
 
   /** The server switched database by a command the proxy did not add (a SELECT inside MULTI). */
@@ -224,7 +224,7 @@ export class UpstreamConnection {
         }
         const sink = this.waiting.shift();
         if (sink !== undefined) {
-          if (this.sentAt !== null) this.roundTrip!((performance.now() - this.sentAt.shift()!) / 1000);
+          if (this.sentAt !== null) this.roundTrip!((callbackNow() - this.sentAt.shift()!) / 1000);
           sink.reply(reply);
         } else if (this.pushHandler !== null) this.pushHandler(reply);
       }
