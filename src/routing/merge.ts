@@ -82,21 +82,3 @@ export function mergeAnd(replies: Buffer[]): Buffer {
 export function mergeFirst(replies: Buffer[]): Buffer {
   return firstError(replies) ?? replies[0];
 }
-
-/**
- * MGET split by slot: each part answered for some key positions; put every value back
- * at its key's position, nulls included.
- */
-export function mergeByPosition(positions: number[][], total: number): (replies: Buffer[]) => Buffer {
-  return (replies) => {
-    const error = firstError(replies);
-    if (error) return error;
-    const out = new Array<RespValue>(total).fill(null);
-    replies.forEach((r, part) => {
-      const values = decodeReply(r);
-      if (!Array.isArray(values)) return;
-      positions[part].forEach((pos, i) => (out[pos] = values[i]));
-    });
-    return encodeValue(out);
-  };
-}

@@ -68,6 +68,12 @@ export class RedirectingSink implements ReplySink {
     private readonly proto: Protocol = 2,
   ) {}
 
+  /** Takes over a command already sent to `node` by someone else; its reply comes through reply() or fail(). */
+  at(node: UpstreamNode): this {
+    this.node = node;
+    return this;
+  }
+
   send(node: UpstreamNode): void {
     this.node = node;
     node.send(this.affinity, this.payload, this, 0, this.proto);

@@ -1,6 +1,6 @@
 import { keySlot as calculateSlot } from "./key-slot.js";
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
-import { PromiseSink, sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
+import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
@@ -9,7 +9,7 @@ import type { Topology } from "../upstream/topology.js";
 import type { CommandTable } from "./command-table.js";
 import { FAN_OUT, type ClusterSender } from "./fan-out.js";
 import { KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
-import { Gather, mergeAllOk, mergeByPosition, mergeSum } from "./merge.js";
+import { isSplittable, split, SPLIT_DONE } from "./split.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, sendControl } from "./control.js";
@@ -37,16 +37,6 @@ export const NO_KEYS = -1;
 export const CROSS_SLOT = -2;
 
 export const CROSSSLOT_ERROR = "CROSSSLOT Keys in request don't hash to the same slot";
-
-/** Multi-key commands that may be split by slot: how their arguments group, and how replies merge. */
-const SPLITTABLE = new Map<string, { stride: number; merge: "sum" | "ok" | "position" }>([
-  ["mget", { stride: 1, merge: "position" }],
-  ["mset", { stride: 2, merge: "ok" }],
-  ["del", { stride: 1, merge: "sum" }],
-  ["unlink", { stride: 1, merge: "sum" }],
-  ["exists", { stride: 1, merge: "sum" }],
-  ["touch", { stride: 1, merge: "sum" }],
-]);
 
 /**
  * Decides where each command goes and sends it there. Client sessions and the gears
@@ -100,8 +90,14 @@ export class Router implements ClusterSender {
     }
     const fanOut = FAN_OUT.get(name);
     if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity, proto);
-    const slot = this.slotOf(name, argv);
-    if (slot === CROSS_SLOT) return this.split(name, argv, sinkInProtocol(sink, proto), ctx.affinity);
+    let slot: number;
+    if (isSplittable(name)) {
+      slot = split(this.redirect!, this.cluster, name, argv, sink, ctx.affinity, proto);
+      if (slot === SPLIT_DONE) return;
+    } else {
+      slot = this.slotOf(name, argv);
+      if (slot === CROSS_SLOT) return sink.reply(encodeError(CROSSSLOT_ERROR));
+    }
     const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
     const node =
       this.readFromReplicas && slot >= 0 && ctx.primary !== true && this.isReadOnly(name, argv)
@@ -241,43 +237,5 @@ export class Router implements ClusterSender {
         return sink.promise;
       }),
     );
-  }
-
-  /** A multi-key command across slots: split per slot where that is safe, else CROSSSLOT. */
-  private split(name: string, argv: Buffer[], sink: ReplySink, affinity: number): void {
-    const how = SPLITTABLE.get(name);
-    if (how === undefined) {
-      sink.reply(encodeError(CROSSSLOT_ERROR));
-      return;
-    }
-    if ((argv.length - 1) % how.stride !== 0) {
-      sink.reply(encodeError(`ERR wrong number of arguments for '${name}' command`));
-      return;
-    }
-    const groups = new Map<number, { args: Buffer[]; positions: number[] }>();
-    for (let i = 1, pos = 0; i < argv.length; i += how.stride, pos++) {
-      const slot = calculateSlot(argv[i]);
-      let group = groups.get(slot);
-      if (group === undefined) {
-        group = { args: [argv[0]], positions: [] };
-        groups.set(slot, group);
-      }
-      for (let j = 0; j < how.stride; j++) group.args.push(argv[i + j]);
-      group.positions.push(pos);
-    }
-    const parts = [...groups.entries()];
-    const merge =
-      how.merge === "sum"
-        ? mergeSum
-        : how.merge === "ok"
-          ? mergeAllOk
-          : mergeByPosition(
-              parts.map(([, g]) => g.positions),
-              (argv.length - 1) / how.stride,
-            );
-    const gather = new Gather(parts.length, merge, sink);
-    parts.forEach(([slot, group], i) => {
-      this.sendTo(this.cluster!.nodeForSlot(slot), encodeCommand(group.args), gather.part(i), affinity, slot);
-    });
   }
 }
