@@ -612,6 +612,88 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(await (await ownerOf("sel:k")).call("GET", "sel:k")).to.equal("v");
   });
 
+  it("MSET/MGET/DEL over 120 keys while one of their slots migrates (ASK) and after it moved (MOVED): Redis' replies", async () => {
+    const keys = Array.from({ length: 120 }, (_, i) => `mv:${i}`);
+    // The migrating key is alone in its slot among the 120, so no part is refused with TRYAGAIN.
+    const alone = keys.filter((k) => keys.filter((o) => calculateSlot(o) === calculateSlot(k)).length === 1);
+    const moving = alone[0];
+    const slot = calculateSlot(moving);
+    const source = await ownerOf(moving);
+    const target = masters.find((m) => m !== source)!;
+    const sourceId = text(await source.call("CLUSTER", "MYID"));
+    const targetId = text(await target.call("CLUSTER", "MYID"));
+    const viaProxy = await client();
+    const single = await client(reference.port);
+    const same = async (...step: string[]): Promise<Comparable> => {
+      const want = comparable(await single.call(...step));
+      expect(comparable(await viaProxy.call(...step)), step[0]).to.deep.equal(want);
+      return want;
+    };
+    const setAll = (tag: string): string[] => ["MSET", ...keys.flatMap((k) => [k, `${tag}-${k}`])];
+    await same(...setAll("a"));
+    const before = await redirectsSent(masters);
+
+    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", sourceId)).to.equal("OK");
+    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetId)).to.equal("OK");
+    expect(await source.call("MIGRATE", "127.0.0.1", String(target.port), moving, "0", "5000")).to.equal(
+      "OK",
+    );
+    expect(await same("MGET", ...keys)).to.include(`a-${moving}`);
+    await same(...setAll("b"));
+    expect(await same("MGET", ...[...keys].reverse())).to.include(`b-${moving}`);
+    expect(await same("EXISTS", ...keys, moving)).to.equal(121);
+    const asked = await redirectsSent(masters);
+    expect(asked.ask - before.ask).to.be.at.least(3, "the source answered ASK");
+
+    for (const node of [target, source, ...masters.filter((m) => m !== source && m !== target)]) {
+      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId)).to.equal("OK");
+    }
+    await waitUntil("every master to agree on the slot's new owner", async () =>
+      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === target.port),
+    );
+    await same(...setAll("c"));
+    expect(await same("MGET", ...keys)).to.include(`c-${moving}`);
+    expect(await same("DEL", ...keys.slice(0, 60), moving, "mv:none")).to.equal(
+      keys.indexOf(moving) < 60 ? 60 : 61,
+    );
+    await withoutRedirects(async () => {
+      await same("MGET", ...keys);
+      expect(await same("DEL", ...keys)).to.be.above(0);
+    });
+
+    // The slot goes back the same way (the importing side takes a new epoch), so the tests
+    // after this one find the layout they started with.
+    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", targetId)).to.equal("OK");
+    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", sourceId)).to.equal("OK");
+    for (const node of [source, target, ...masters.filter((m) => m !== source && m !== target)]) {
+      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", sourceId)).to.equal("OK");
+    }
+    await waitUntil("every master to agree on the slot's first owner", async () =>
+      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === source.port),
+    );
+    expect(await viaProxy.call("GET", moving)).to.equal(null);
+  });
+
+  it("an MSET refused on one master (OOM) gets the error Redis gives; the others' parts still answer", async () => {
+    const keys = Array.from({ length: 100 }, (_, i) => `oom:${i}`);
+    const full = await ownerOf(keys[0]);
+    const viaProxy = await client();
+    const single = await client(reference.port);
+    try {
+      for (const node of [full, reference])
+        expect(await node.call("CONFIG", "SET", "maxmemory", "1")).to.equal("OK");
+      const step = ["MSET", ...keys.flatMap((k) => [k, "v"])];
+      const want = comparable(await single.call(...step));
+      expect(want).to.match(/^ERROR: OOM /);
+      expect(comparable(await viaProxy.call(...step))).to.equal(want);
+      // Reads and deletes are not refused for memory: their merged replies are whole.
+      expect(comparable(await viaProxy.call("EXISTS", ...keys))).to.be.a("number");
+      expect(comparable(await viaProxy.call("MGET", ...keys))).to.have.length(100);
+    } finally {
+      for (const node of [full, reference]) await node.call("CONFIG", "SET", "maxmemory", "0");
+    }
+  });
+
   it("a slot migrated behind the proxy's back: ASK while migrating, MOVED after; right values, no error", async () => {
     const [key] = await keyPerMaster("mig:");
     const slot = calculateSlot(key);
