@@ -930,6 +930,9 @@ async function runCluster(bench: Bench, opts: Options, peaks: Map<string, number
         }
       }
   }
+  // Stopped while the cluster still answers, with time to write a --profile.
+  for (const p of stack.proxies) await stopChild(p.child, 15_000);
+  stack.proxies = [];
 }
 
 async function main(): Promise<number> {

@@ -340,6 +340,41 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(errorOf(await c.call("EVAL", "return 1", "3", x))).to.match(/^ERR Number of keys/);
   });
 
+  it("EVAL/EVALSHA/FCALL with keys ride the shared pipelined connections: the masters see no new connection", async () => {
+    const keys = await keyPerMaster("shared:");
+    const body = "return redis.call('INCR', KEYS[1])";
+    const c = await client();
+    const lib =
+      "#!lua name=sharedlib\nredis.register_function('sharedincr', function(k) return redis.call('INCR', k[1]) end)";
+    expect(await c.text("FUNCTION", "LOAD", "REPLACE", lib)).to.equal("sharedlib");
+    const sha = String(await c.text("SCRIPT", "LOAD", body));
+    const users = [c, await client(), await client()];
+    // Each client's shared connections exist before counting (they open on first use).
+    for (const u of users) for (const key of keys) expect(await u.text("GET", key)).to.equal(null);
+    const connected = (): Promise<number[]> =>
+      Promise.all(
+        masters.map(async (m) =>
+          Number(infoField(text(await m.call("INFO", "clients")), "connected_clients")),
+        ),
+      );
+    const before = await connected();
+    // Pipelined and concurrent: on dedicated connections these would need one each.
+    await Promise.all(
+      users.map(async (u) => {
+        for (const key of keys) {
+          u.send("EVAL", body, "1", key);
+          u.send("EVALSHA", sha, "1", key);
+          u.send("FCALL", "sharedincr", "1", key);
+        }
+        for (let i = 0; i < keys.length * 3; i++) expect(await u.next()).to.be.a("number");
+      }),
+    );
+    expect(await connected()).to.deep.equal(before);
+    for (const key of keys)
+      expect(await (await ownerOf(key)).call("GET", key)).to.equal(String(users.length * 3));
+    await c.call("FUNCTION", "DELETE", "sharedlib");
+  });
+
   it("EVALSHA after SCRIPT FLUSH on the key's shard still succeeds: the proxy reloads what it saw", async () => {
     const c = await client();
     const [viaEval, viaLoad] = await keyPerMaster("nos:");
