@@ -52,41 +52,73 @@ export function split(
     sink.reply(encodeError(`ERR wrong number of arguments for '${name}' command`));
     return SPLIT_DONE;
   }
-  const slotOfItem = new Int32Array(count);
   const firstSlot = keySlot(argv[1]);
-  let single = true;
-  slotOfItem[0] = firstSlot;
-  for (let k = 1; k < count; k++) {
-    const s = keySlot(argv[1 + k * stride]);
-    slotOfItem[k] = s;
-    if (s !== firstSlot) single = false;
-  }
-  if (single) return firstSlot;
-  sink = sinkInProtocol(sink, proto);
+  let k = 1;
+  while (k < count && keySlot(argv[1 + k * stride]) === firstSlot) k++;
+  if (k === count) return firstSlot;
+  sendParts(redirect, topology, how.merge, argv, stride, count, sinkInProtocol(sink, proto), affinity);
+  return SPLIT_DONE;
+}
 
-  const groupOfSlot = new Map<number, number>();
-  const groupSlots: number[] = [];
-  const groupSizes: number[] = [];
-  const groupOfItem = new Int32Array(count);
+/** Slot -> its group in the split under way; -1 elsewhere (reset after each split). */
+const groupOfSlot = new Int32Array(16384).fill(-1);
+/** Per key: its group, and the next key of the same group (-1 at the end). Grown on demand. */
+let itemGroup = new Int32Array(64);
+let nextInGroup = new Int32Array(64);
+
+function sendParts(
+  redirect: RedirectContext,
+  topology: ClusterTopology,
+  merge: MergeKind,
+  argv: Buffer[],
+  stride: number,
+  count: number,
+  sink: ReplySink,
+  affinity: number,
+): void {
+  if (itemGroup.length < count) {
+    itemGroup = new Int32Array(count * 2);
+    nextInGroup = new Int32Array(count * 2);
+  }
+  // Groups per slot in order of first appearance, each a chain of its keys in order.
+  const slots: number[] = [];
+  const heads: number[] = [];
+  const tails: number[] = [];
+  const sizes: number[] = [];
   for (let k = 0; k < count; k++) {
-    const s = slotOfItem[k];
-    let g = groupOfSlot.get(s);
-    if (g === undefined) {
-      g = groupSlots.length;
-      groupOfSlot.set(s, g);
-      groupSlots.push(s);
-      groupSizes.push(0);
+    const slot = keySlot(argv[1 + k * stride]);
+    let g = groupOfSlot[slot];
+    if (g === -1) {
+      g = slots.length;
+      groupOfSlot[slot] = g;
+      slots.push(slot);
+      heads.push(k);
+      tails.push(k);
+      sizes.push(1);
+    } else {
+      nextInGroup[tails[g]] = k;
+      tails[g] = k;
+      sizes[g]++;
     }
-    groupOfItem[k] = g;
-    groupSizes[g]++;
+    itemGroup[k] = g;
+    nextInGroup[k] = -1;
   }
-  const job = new SplitJob(redirect, how.merge, groupSlots.length, count, groupOfItem, sink, affinity);
+  for (const slot of slots) groupOfSlot[slot] = -1;
+  const job = new SplitJob(
+    redirect,
+    merge,
+    slots.length,
+    count,
+    merge === "position" ? itemGroup.slice(0, count) : null,
+    sink,
+    affinity,
+  );
 
-  // Nodes in order of first appearance, each with its groups.
+  // The groups of each node, nodes in order of first appearance.
   const nodes: UpstreamNode[] = [];
   const groupsOfNode: number[][] = [];
-  for (let g = 0; g < groupSlots.length; g++) {
-    const node = topology.nodeForSlot(groupSlots[g]);
+  for (let g = 0; g < slots.length; g++) {
+    const node = topology.nodeForSlot(slots[g]);
     let n = nodes.indexOf(node);
     if (n === -1) {
       n = nodes.length;
@@ -96,45 +128,37 @@ export function split(
     groupsOfNode[n].push(g);
   }
 
-  // Each group's command written at its place in its node's payload.
-  const itemsOfGroup = groupSizes.map((size) => new Int32Array(size));
-  const filled = new Int32Array(groupSlots.length);
-  for (let k = 0; k < count; k++) {
-    const g = groupOfItem[k];
-    itemsOfGroup[g][filled[g]++] = k;
-  }
   const head = argv[0];
+  const batches = new Array<NodeBatch>(nodes.length);
   for (let n = 0; n < nodes.length; n++) {
     const groups = groupsOfNode[n];
     let size = 0;
-    for (const g of groups) size += commandSize(head, argv, itemsOfGroup[g], stride);
+    for (const g of groups) size += commandSize(head, argv, heads[g], sizes[g], stride);
     const payload = Buffer.allocUnsafe(size);
-    const sinks: ReplySink[] = new Array<ReplySink>(groups.length);
+    const ends: number[] = new Array<number>(groups.length);
     let at = 0;
     for (let i = 0; i < groups.length; i++) {
       const g = groups[i];
-      const end = writeCommand(payload, at, head, argv, itemsOfGroup[g], stride);
-      sinks[i] = new PartSink(job, g, groupSlots[g], nodes[n], payload.subarray(at, end));
-      at = end;
+      at = writeCommand(payload, at, head, argv, heads[g], sizes[g], stride);
+      ends[i] = at;
     }
-    const conn = nodes[n].sharedConnection(affinity, 2);
-    if (conn === null) for (const s of sinks) (s as PartSink).resend();
-    else conn.sendMany(payload, sinks, 0);
+    batches[n] = new NodeBatch(job, nodes[n], payload, groups, ends, slots);
   }
-  return SPLIT_DONE;
+  // Sent once every payload is written: a send may answer at once (a dead connection), and
+  // what that answer sets off must not find the scratch arrays half used.
+  for (const batch of batches) batch.send();
 }
 
-/** Bytes of `*N $name $arg...` for the items of one group. */
-function commandSize(head: Buffer, argv: Buffer[], items: Int32Array, stride: number): number {
-  const args = 1 + items.length * stride;
-  let size = 3 + digits(args) + 5 + digits(head.length) + head.length;
-  for (const k of items) {
+/** Bytes of `*N $name $arg...` for the `size` keys of the group chained from `first`. */
+function commandSize(head: Buffer, argv: Buffer[], first: number, size: number, stride: number): number {
+  let bytes = 3 + digits(1 + size * stride) + 5 + digits(head.length) + head.length;
+  for (let k = first; k !== -1; k = nextInGroup[k]) {
     for (let j = 1; j <= stride; j++) {
       const len = argv[k * stride + j].length;
-      size += 5 + digits(len) + len;
+      bytes += 5 + digits(len) + len;
     }
   }
-  return size;
+  return bytes;
 }
 
 function writeCommand(
@@ -142,12 +166,15 @@ function writeCommand(
   at: number,
   head: Buffer,
   argv: Buffer[],
-  items: Int32Array,
+  first: number,
+  size: number,
   stride: number,
 ): number {
-  at = writeHeader(out, at, 42 /* * */, 1 + items.length * stride);
+  at = writeHeader(out, at, 42 /* * */, 1 + size * stride);
   at = writeBulk(out, at, head);
-  for (const k of items) for (let j = 1; j <= stride; j++) at = writeBulk(out, at, argv[k * stride + j]);
+  for (let k = first; k !== -1; k = nextInGroup[k]) {
+    for (let j = 1; j <= stride; j++) at = writeBulk(out, at, argv[k * stride + j]);
+  }
   return at;
 }
 
@@ -182,41 +209,51 @@ function digits(n: number): number {
 }
 
 /**
- * One slot's part of a split command, sent in its node's batch. A redirect or a retryable
- * error hands the part to a RedirectingSink, which follows it as for any other command.
+ * The parts of a split command for one node, sent in one write: the i-th reply answers the
+ * i-th group. A redirect or a retryable error hands that part to a RedirectingSink, which
+ * follows it as for any other command.
  */
-class PartSink implements ReplySink {
+class NodeBatch implements ReplySink {
+  private next = 0;
+
   constructor(
     private readonly job: SplitJob,
-    private readonly group: number,
-    private readonly slot: number,
     private readonly node: UpstreamNode,
     private readonly payload: Buffer,
+    private readonly groups: number[],
+    /** Where each group's command ends in the payload. */
+    private readonly ends: number[],
+    private readonly slots: number[],
   ) {}
 
   reply(data: Buffer): void {
-    if (data[0] === 45 /* - */) this.following().reply(data);
-    else this.job.settle(this.group, data);
+    const i = this.next++;
+    if (data[0] === 45 /* - */) this.following(i).reply(data);
+    else this.job.settle(this.groups[i], data);
   }
 
   fail(message: string): void {
-    if (message === CONNECTION_LOST) this.job.settle(this.group, encodeError(message));
-    else this.following().fail(message);
+    const i = this.next++;
+    if (message === CONNECTION_LOST) this.job.settle(this.groups[i], encodeError(message));
+    else this.following(i).fail(message);
   }
 
-  /** Sends the part alone, through the redirect handling (its node is unreachable now). */
-  resend(): void {
-    this.following().send(this.node);
+  send(): void {
+    const conn = this.node.sharedConnection(this.job.affinity, 2);
+    if (conn !== null) conn.sendMany(this.payload, new Array<ReplySink>(this.groups.length).fill(this), 0);
+    // Unreachable now: each part alone, through the redirect handling (it waits and retries).
+    else for (let i = 0; i < this.groups.length; i++) this.following(i).send(this.node);
   }
 
-  private following(): RedirectingSink {
+  private following(i: number): RedirectingSink {
+    const g = this.groups[i];
     return new RedirectingSink(
       this.job.redirect,
-      this.payload,
+      this.payload.subarray(i === 0 ? 0 : this.ends[i - 1], this.ends[i]),
       null,
-      this.job.part(this.group),
+      this.job.part(g),
       this.job.affinity,
-      this.slot,
+      this.slots[g],
     ).at(this.node);
   }
 }
@@ -232,7 +269,7 @@ class SplitJob {
     groups: number,
     private readonly items: number,
     /** For MGET: which group answers for each key position. */
-    private readonly groupOfItem: Int32Array,
+    private readonly groupOfItem: Int32Array | null,
     private readonly target: ReplySink,
     readonly affinity: number,
   ) {
@@ -262,7 +299,7 @@ class SplitJob {
       for (const r of replies) sum += readInteger(r, 1);
       return Buffer.from(`:${sum}\r\n`, "latin1");
     }
-    return mergeArrays(replies, this.groupOfItem, this.items);
+    return mergeArrays(replies, this.groupOfItem!, this.items);
   }
 }
 
