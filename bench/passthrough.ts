@@ -729,7 +729,7 @@ function clusterReport(bench: Bench, opts: Options): { text: string; verdicts: V
   }
   return {
     text: table(header, rows),
-    verdicts: [verdict("cluster: gears >= 0.5x redis-benchmark --cluster", ratios, (r) => r >= 0.5)],
+    verdicts: [verdict("cluster: gears >= 0.6x redis-benchmark --cluster", ratios, (r) => r >= 0.6)],
   };
 }
 

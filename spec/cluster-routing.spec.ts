@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import net from "node:net";
 import { expect } from "chai";
 import calculateSlot from "cluster-key-slot";
 import { Redis } from "ioredis";
@@ -50,6 +51,40 @@ function text(v: RespValue): string {
 function infoField(info: string, field: string): string | undefined {
   const line = info.split("\r\n").find((l) => l.startsWith(`${field}:`));
   return line?.slice(field.length + 1);
+}
+
+/**
+ * The raw bytes a RESP3 connection (HELLO 3) to `port` gets for `steps`, sent in one write;
+ * a PING marker written after them tells where they end.
+ */
+async function resp3Bytes(port: number, steps: string[][]): Promise<Buffer> {
+  const socket = net.connect({ port, host: "127.0.0.1" });
+  let received = Buffer.alloc(0);
+  let wake: (() => void) | null = null;
+  socket.on("data", (chunk: Buffer) => {
+    received = Buffer.concat([received, chunk]);
+    wake?.();
+  });
+  const until = async (suffix: string): Promise<void> => {
+    const deadline = Date.now() + 10_000;
+    while (!received.toString("latin1").endsWith(suffix)) {
+      if (Date.now() > deadline) throw new Error(`no ${JSON.stringify(suffix)} from ${port}`);
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 100);
+      });
+    }
+  };
+  try {
+    socket.write(Buffer.concat([encode(["HELLO", "3"]), encode(["PING", "ready"])]));
+    await until("$5\r\nready\r\n");
+    received = Buffer.alloc(0);
+    socket.write(Buffer.concat([...steps.map((step) => encode(step)), encode(["PING", "done"])]));
+    await until("$4\r\ndone\r\n");
+    return received.subarray(0, received.length - "$4\r\ndone\r\n".length);
+  } finally {
+    socket.destroy();
+  }
 }
 
 function sha1(body: string): string {
@@ -222,6 +257,20 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(answers[2]).to.equal(82);
     expect(answers[4]).to.equal(24);
     expect(answers[10]).to.equal(100);
+  });
+
+  it("split MGET/DEL/EXISTS/MSET for a RESP3 client: the very bytes a single Redis sends (nulls as _)", async () => {
+    const keys = Array.from({ length: 40 }, (_, i) => `r3:${i}`);
+    const steps = [
+      ["MSET", ...keys.filter((_, i) => i % 3 !== 0).flatMap((k) => [k, `v-${k}`])],
+      ["MGET", ...keys],
+      ["EXISTS", ...keys],
+      ["DEL", ...keys, "r3:none"],
+      ["MGET", ...keys.slice(0, 5)],
+    ];
+    const want = await resp3Bytes(reference.port, steps);
+    expect(want.toString()).to.include("_\r\n");
+    expect((await resp3Bytes(proxy.port, steps)).toString()).to.equal(want.toString());
   });
 
   it("split commands with a wrong argument count get Redis' own arity error", async () => {
