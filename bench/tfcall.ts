@@ -29,6 +29,8 @@ const { values } = parseArgs({
     pipeline: { type: "string", default: "8" },
     /** Writes the proxy's CPU profiles (node --cpu-prof, one per thread) to this directory. */
     profile: { type: "string" },
+    /** Another build's dist/src/cli.js: its TFCALL is measured too, in the same rounds (before/after). */
+    base: { type: "string" },
   },
 });
 const quick = values.quick === true;
@@ -66,6 +68,12 @@ async function measure(port: number, command: string[]): Promise<number> {
 let redis: RedisNode | null = null;
 let proxy: Proxy | null = null;
 
+async function loadTf(port: number): Promise<void> {
+  const c = new Redis({ port, host: HOST });
+  await c.call("TFUNCTION", "LOAD", "REPLACE", TF_LIB);
+  c.disconnect();
+}
+
 async function main(): Promise<number> {
   redis = await startRedis();
   proxy = await startGears(redis.port, {
@@ -74,26 +82,44 @@ async function main(): Promise<number> {
     args: [],
     readyWhen: "ping",
   });
-  const viaProxy = new Redis({ port: proxy.port, host: HOST });
+  const base =
+    values.base === undefined
+      ? null
+      : await startGears(redis.port, {
+          profileDir: undefined,
+          nodeArgs: [],
+          args: [],
+          readyWhen: "ping",
+          cli: values.base,
+        });
   const direct = new Redis({ port: redis.port, host: HOST });
-  await viaProxy.call("TFUNCTION", "LOAD", TF_LIB);
+  await loadTf(proxy.port);
+  if (base !== null) await loadTf(base.port);
   await direct.call("FUNCTION", "LOAD", LUA_LIB);
-  viaProxy.disconnect();
   direct.disconnect();
+  const tfcall = ["TFCALL", "bench.incr", "1", "$key"];
   const rows: string[][] = [];
   for (let r = 1; r <= rounds; r++) {
-    const tf = await measure(proxy.port, ["TFCALL", "bench.incr", "1", "$key"]);
+    const baseTf = base === null ? null : await measure(base.port, tfcall);
+    const tf = await measure(proxy.port, tfcall);
     const fcall = await measure(redis.port, ["FCALL", "incr", "1", "$key"]);
-    rows.push([String(r), tf.toFixed(0), fcall.toFixed(0), (tf / fcall).toFixed(2)]);
-    say(`round ${r}: TFCALL ${tf.toFixed(0)}/s, FCALL ${fcall.toFixed(0)}/s`);
+    const row = [String(r), tf.toFixed(0), fcall.toFixed(0), (tf / fcall).toFixed(2)];
+    if (baseTf !== null) row.push(baseTf.toFixed(0), (baseTf / fcall).toFixed(2), (tf / baseTf).toFixed(2));
+    rows.push(row);
+    say(
+      `round ${r}: TFCALL ${tf.toFixed(0)}/s, FCALL ${fcall.toFixed(0)}/s${baseTf === null ? "" : `, base TFCALL ${baseTf.toFixed(0)}/s`}`,
+    );
   }
+  const header = ["round", "TFCALL via proxy (calls/s)", "FCALL direct (calls/s)", "ratio"];
+  if (base !== null) header.push("base TFCALL (calls/s)", "base ratio", "this/base");
   const out = [
     `## TFCALL vs FCALL (one INCR per call)${quick ? " — quick round" : ""}`,
     "",
     ...machineLines(),
     `${clients} clients x ${pipeline} calls in flight, ${seconds} s per side and round.`,
     "",
-    table(["round", "TFCALL via proxy (calls/s)", "FCALL direct (calls/s)", "ratio"], rows),
+    base === null ? "" : `base: ${values.base}`,
+    table(header, rows),
   ].join("\n");
   process.stdout.write(`${out}\n`);
   return 0;

@@ -7,6 +7,23 @@ import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
 import { runPython } from "./support/redis-py.js";
 import { eventually } from "./support/polling.js";
+import net from "node:net";
+
+/** Writes `request` on a fresh connection and reads until `length` bytes came back. */
+function rawExchange(port: number, request: string, length: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1", () => socket.write(request));
+    let got = "";
+    socket.on("data", (d) => {
+      got += d.toString();
+      if (got.length >= length) {
+        socket.destroy();
+        resolve(got);
+      }
+    });
+    socket.on("error", reject);
+  });
+}
 
 for (const mode of BACKEND_MODES) {
   describe(`Triggers and Functions: libraries and functions, through the proxy in front of ${Backend.label(mode)}`, function () {
@@ -359,6 +376,108 @@ for (const mode of BACKEND_MODES) {
         expect(String(await t.direct.call("GET", "{n}"))).to.equal("30");
       } finally {
         for (const cl of clients) cl.disconnect();
+      }
+    });
+
+    it("TFCALL and TFCALLASYNC inside MULTI are queued and run in order at EXEC, with blocking not allowed, as in T&F", async () => {
+      const code = lib(
+        "tx",
+        `redis.registerFunction('append', function(client, key, v){
+           const cur = client.call('get', key) || '';
+           client.call('set', key, cur + v);
+           return cur + v;
+         });
+         redis.registerFunction('blk', function(client){ return client.isBlockAllowed() ? 1 : 0; });
+         redis.registerAsyncFunction('ablk', async function(client){ return client.isBlockAllowed() ? 1 : 0; });
+         redis.registerAsyncFunction('wait', async function(client){ return await client.callAsync('ping'); });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const out = await t.c
+        .multi()
+        .set("{t}k", "a")
+        .call("TFCALL", "tx.append", "1", "{t}k", "b")
+        .append("{t}k", "c")
+        .call("TFCALL", "tx.append", "1", "{t}k", "d")
+        .get("{t}k")
+        .call("TFCALL", "tx.blk", "0")
+        .call("TFCALLASYNC", "tx.blk", "0")
+        .call("TFCALLASYNC", "tx.ablk", "0")
+        .call("TFCALLASYNC", "tx.wait", "0")
+        .call("TFCALL", "tx.ablk", "0")
+        .exec();
+      expect(out?.map(([err, v]) => (err === null ? v : err.message))).to.deep.equal([
+        "OK",
+        "ab",
+        3,
+        "abcd",
+        "abcd",
+        0,
+        0,
+        0,
+        "Can not block client for background execution, Blocking is not allow inside multi/exec, Lua, or within another module (RM_Call).",
+        "The function is declared as async and was called while blocking was not allowed; note that you cannot invoke async functions from within Lua or MULTI, and you must use TFCALLASYNC instead.",
+      ]);
+      expect(await t.c.call("TFCALLASYNC", "tx.blk", "0")).to.equal(1);
+      // WATCH still aborts a transaction that starts with a TFCALL; DISCARD drops the queued calls.
+      const w = new Redis(t.proxy.port);
+      try {
+        await w.watch("{t}w");
+        await t.c.set("{t}w", "x");
+        expect(await w.multi().call("TFCALL", "tx.append", "1", "{t}w", "z").exec()).to.equal(null);
+        await w.multi().call("TFCALL", "tx.append", "1", "{t}w", "y").discard();
+        expect(String(await t.direct.call("GET", "{t}w"))).to.equal("x");
+      } finally {
+        w.disconnect();
+      }
+      // A command pipelined after EXEC runs after the transaction's TFCALLs and sees their writes.
+      const expected = "+OK\r\n+QUEUED\r\n*1\r\n$1\r\nv\r\n$1\r\nv\r\n";
+      const raw = await rawExchange(
+        t.proxy.port,
+        "MULTI\r\nTFCALL tx.append 1 {t}q v\r\nEXEC\r\nGET {t}q\r\n",
+        expected.length,
+      );
+      expect(raw).to.equal(expected);
+    });
+
+    it("a TFCALLASYNC waits behind the TFCALLs that arrived before it: one slot's calls run in arrival order", async () => {
+      const code = lib(
+        "ord",
+        `redis.registerFunction('gate', function(client){
+           client.call('set', '{o}in', '1');
+           while (client.call('get', '{o}go') === null) {}
+           return 'open';
+         });
+         redis.registerFunction('push', function(client, key, v){ return client.call('rpush', key, v); });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const named = (name: string): Redis => new Redis(t.proxy.port, { connectionName: name });
+      const [g, a, b] = [named("ord-gate"), named("ord-a"), named("ord-b")];
+      const sent = (name: string, cmd: string): Promise<string> =>
+        eventually(
+          async () => String(await t.c.call("CLIENT", "LIST")),
+          (list) => list.split("\n").some((l) => l.includes(`name=${name} `) && l.includes(`cmd=${cmd} `)),
+          `${name} sent ${cmd}`,
+        );
+      try {
+        await Promise.all([g.ping(), a.ping(), b.ping()]);
+        // The gate holds the library's isolate until {o}go is set.
+        const gate = g.call("TFCALL", "ord.gate", "0");
+        await eventually(
+          () => t.direct.call("GET", "{o}in"),
+          (v) => String(v) === "1",
+          "the gate runs",
+        );
+        const first = a.call("TFCALL", "ord.push", "1", "{o}list", "a");
+        await sent("ord-a", "tfcall");
+        const second = b.call("TFCALLASYNC", "ord.push", "1", "{o}list", "b");
+        await sent("ord-b", "tfcallasync");
+        await t.direct.call("SET", "{o}go", "1");
+        expect(await Promise.all([gate, first, second])).to.deep.equal(["open", 1, 2]);
+        expect(((await t.direct.call("LRANGE", "{o}list", "0", "-1")) as Buffer[]).map(String)).to.deep.equal(
+          ["a", "b"],
+        );
+      } finally {
+        for (const cl of [g, a, b]) cl.disconnect();
       }
     });
 

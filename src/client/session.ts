@@ -13,6 +13,7 @@ import {
 import { isBookkeeping, type UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import { holdJoinKey, holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
+import { runTfCallInMulti } from "../gears/tf/tf-commands.js";
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
 import type { ClientHandle } from "./registry.js";
@@ -603,6 +604,20 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       clientId: this.id,
       user: this.ctx.acl === null ? null : this.userName,
       admin: this.aclUser === null || this.aclUser.admin,
+    };
+  }
+
+  /** TransactionHost: a TFCALL queued in MULTI, run at EXEC (gears/tf/tf-multi.ts). */
+  tfCallInMulti(argv: Buffer[]): Promise<Buffer> {
+    return runTfCallInMulti(this.ctx.gears.tf, argv, this.proto, this.db);
+  }
+
+  /** TransactionHost: holds the next commands until the release is called. */
+  hold(): () => void {
+    this.holds++;
+    return () => {
+      this.holds--;
+      this.stalled = true;
     };
   }
 

@@ -7,6 +7,7 @@ import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import { DISCARD } from "../upstream/reply-sink.js";
 import { isGearsCommand } from "../gears/commands.js";
+import { isTfCall, QUEUED, RawReply, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
 import type { Protocol } from "../resp/values.js";
 
@@ -20,6 +21,10 @@ export interface TransactionHost {
   replyError(message: string): void;
   /** False when the request must wait for replies in flight (it will be run again). */
   enterPinnedLane(request: Request): boolean;
+  /** A TFCALL queued in MULTI, run at EXEC: its reply. */
+  tfCallInMulti(argv: Buffer[]): Promise<Buffer>;
+  /** Holds the client's next commands until the returned release is called. */
+  hold(): () => void;
 }
 
 /** Commands that change the client's own state, which a queued transaction cannot carry. */
@@ -145,7 +150,7 @@ export class Transaction {
     }
     if (
       (NOT_IN_MULTI.has(name) && !pausesServer(name, request.argv)) ||
-      isGearsCommand(name, request.argv.slice(1))
+      (isGearsCommand(name, request.argv.slice(1)) && !isTfCall(name))
     ) {
       this.dirty = true;
       this.host.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
@@ -161,18 +166,24 @@ export class Transaction {
       this.host.replyError(CROSSSLOT_ERROR);
       return;
     }
+    const tf = this.tfTail !== null || isTfCall(name);
     const payload = request.raw ?? encodeCommand(request.argv);
-    if (name === "select") {
+    if (name === "select" && !tf) {
       const db = Number(request.argv[1]?.toString() ?? "x");
       if (Number.isSafeInteger(db)) this.selects.push([this.queued, db]);
     }
-    this.queued++;
+    if (!tf) this.queued++;
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
       if (!this.moveTo(keySlot)) {
         this.host.upstreamSlot().fail(this.pinFailure);
         return;
       }
+    }
+    if (tf) {
+      (this.tfTail ??= new TfMultiTail()).push(request.argv);
+      this.host.upstreamSlot().reply(QUEUED);
+      return;
     }
     const cluster = this.host.router.topology.mode === "cluster";
     if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS) this.replay.push(payload);
@@ -212,8 +223,33 @@ export class Transaction {
       return data;
     };
     const payload = abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
+    const tail = name === "exec" && !abort ? this.tfTail : null;
+    this.tfTail = null;
+    if (tail !== null) {
+      // The TFCALLs and what followed them run once Redis ran the part before (tf-multi.ts);
+      // the client's next commands wait for all of it, on the same connection after it.
+      const release = this.host.hold();
+      const head = new RawReply();
+      conn.send(payload, head, this.host.db);
+      const send = (p: Buffer): Promise<Buffer> => {
+        const r = new RawReply();
+        conn.send(p, r, this.host.db);
+        return r.promise;
+      };
+      void head.promise
+        .then((h) => tail.run(h, { tfCall: (argv) => this.host.tfCallInMulti(argv), send }))
+        .catch((e: unknown) => encodeError(`ERR ${e instanceof Error ? e.message : String(e)}`))
+        .then((data) => {
+          release();
+          slot.reply(data);
+        });
+      return;
+    }
     this.conn!.send(payload, slot, this.host.db);
   }
+
+  /** The transaction from its first TFCALL on, queued here (tf-multi.ts). */
+  private tfTail: TfMultiTail | null = null;
 
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;
@@ -291,6 +327,7 @@ export class Transaction {
   finish(lost: boolean): void {
     if (!lost && (this.inMulti || this.watching)) return;
     this.replay = [];
+    this.tfTail = null;
     this.inMulti = false;
     this.watching = false;
     this.dirty = false;

@@ -7,6 +7,8 @@ interface Pending {
   /** The slots of the TFCALL's keys: calls of disjoint slots are pipelined (guest/tf/batch.ts). */
   slots: number[];
   db: number;
+  /** A TFCALLASYNC outside MULTI: it may wait for its Promise, so it goes into the isolate alone. */
+  blockAllowed: boolean;
   resolve(outcome: TfOutcome): void;
   reject(err: unknown): void;
 }
@@ -15,10 +17,12 @@ interface Pending {
 const MAX_BATCH = 64;
 
 /**
- * TFCALLs of one library, while one entry into its isolate is under way, wait and then go in
- * together as one entry: a library runs one call at a time anyway (as in T&F), and the hop
- * into the isolate's thread costs more than a small function. Calls of different databases
- * go in different entries (the bridge serves one database at a time).
+ * The calls of one library, in the order they arrived. While one entry into its isolate is
+ * under way the next TFCALLs wait, then go in together as one entry: a library runs one call
+ * at a time anyway (as in T&F), and the hop into the isolate's thread costs more than a small
+ * function. A TFCALLASYNC waits in the same line and goes in alone, so it never overtakes a
+ * TFCALL that arrived before it (per-slot order). Calls of different databases go in different
+ * entries (the bridge serves one database at a time).
  */
 export class CallBatcher {
   private readonly queue: Pending[] = [];
@@ -26,9 +30,9 @@ export class CallBatcher {
 
   constructor(private readonly library: () => Promise<TfLibrary>) {}
 
-  call(fn: string, args: Tagged[], slots: number[], db: number): Promise<TfOutcome> {
+  call(fn: string, args: Tagged[], slots: number[], db: number, blockAllowed = false): Promise<TfOutcome> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ fn, args, slots, db, resolve, reject });
+      this.queue.push({ fn, args, slots, db, blockAllowed, resolve, reject });
       if (!this.busy) void this.pump();
     });
   }
@@ -40,28 +44,49 @@ export class CallBatcher {
       // this tick) queue before the first entry starts, and go in with it.
       await null;
       while (this.queue.length > 0) {
-        const db = this.queue[0].db;
-        let n = 1;
-        while (n < this.queue.length && n < MAX_BATCH && this.queue[n].db === db) n++;
-        const batch = this.queue.splice(0, n);
-        try {
-          const library = await this.library();
-          library.bridge.db = db;
-          // Half the time limit: a call started just before the budget ran out still has its share.
-          const budget = Math.max(1, Math.floor(library.guest.isolate.limits.timeoutMs / 2));
-          const outs = await library.guest.callFunctions(
-            batch.map((p) => [p.fn, p.args, p.slots]),
-            budget,
-          );
-          batch.slice(0, outs.length).forEach((p, i) => p.resolve(outs[i]));
-          // Not started (the budget was spent): first in line for the next entry.
-          this.queue.unshift(...batch.slice(Math.max(1, outs.length)));
-        } catch (err) {
-          for (const p of batch) p.reject(err);
-        }
+        if (this.queue[0].blockAllowed) await this.runAlone(this.queue.shift()!);
+        else await this.runBatch();
       }
     } finally {
       this.busy = false;
+    }
+  }
+
+  private async runAlone(p: Pending): Promise<void> {
+    try {
+      const library = await this.library();
+      library.bridge.db = p.db;
+      library.bridge.pendingJobs++;
+      try {
+        p.resolve(await library.guest.callFunction(p.fn, p.args, true));
+      } finally {
+        library.bridge.pendingJobs--;
+      }
+    } catch (err) {
+      p.reject(err);
+    }
+  }
+
+  private async runBatch(): Promise<void> {
+    const db = this.queue[0].db;
+    let n = 1;
+    while (n < this.queue.length && n < MAX_BATCH && this.queue[n].db === db && !this.queue[n].blockAllowed)
+      n++;
+    const batch = this.queue.splice(0, n);
+    try {
+      const library = await this.library();
+      library.bridge.db = db;
+      // Half the time limit: a call started just before the budget ran out still has its share.
+      const budget = Math.max(1, Math.floor(library.guest.isolate.limits.timeoutMs / 2));
+      const outs = await library.guest.callFunctions(
+        batch.map((p) => [p.fn, p.args, p.slots]),
+        budget,
+      );
+      batch.slice(0, outs.length).forEach((p, i) => p.resolve(outs[i]));
+      // Not started (the budget was spent): first in line for the next entry.
+      this.queue.unshift(...batch.slice(Math.max(1, outs.length)));
+    } catch (err) {
+      for (const p of batch) p.reject(err);
     }
   }
 }

@@ -220,3 +220,15 @@ function config(tf: TfEngine, args: Buffer[], proto: Protocol): Buffer {
   for (let i = 1; i < args.length; i += 2) pairs.push([args[i].toString(), args[i + 1].toString()]);
   return tf.config.set(pairs);
 }
+
+/** A TFCALL/TFCALLASYNC queued in MULTI, run at EXEC (tf-multi.ts): it may not block, as in Redis. */
+export async function runTfCallInMulti(
+  tf: TfEngine,
+  argv: Buffer[],
+  proto: Protocol,
+  db: number,
+): Promise<Buffer> {
+  const name = argv[0].toString().toLowerCase();
+  if (argv.length < 3) return arity(name);
+  return reply(await tf.call(argv[1].toString(), argv.slice(2), false, db, name === "tfcallasync"), proto);
+}

@@ -2,7 +2,7 @@ import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import type { Shards } from "../../routing/shards.js";
 import { RespError, type RespValue } from "../../resp/values.js";
-import type { Tagged, TfOutcome } from "../guest/entry.js";
+import type { Tagged } from "../guest/entry.js";
 import { CallBatcher } from "./call-batcher.js";
 import type { IsolateFactory } from "../guest-isolate.js";
 import type { TfConfig } from "./config.js";
@@ -160,9 +160,16 @@ export class TfEngine {
 
   /**
    * TFCALL/TFCALLASYNC `<lib>.<fn> <numkeys> key... arg...`: the function's reply, or an
-   * error with T&F's text. `blockAllowed` is TFCALLASYNC's: the call may wait for a Promise.
+   * error with T&F's text. `blockAllowed`: the call may wait for a Promise (TFCALLASYNC outside
+   * MULTI). `asyncCommand`: it came as TFCALLASYNC, which may call an async function.
    */
-  async call(target: string, args: Buffer[], blockAllowed: boolean, db: number): Promise<RespValue> {
+  async call(
+    target: string,
+    args: Buffer[],
+    blockAllowed: boolean,
+    db: number,
+    asyncCommand = blockAllowed,
+  ): Promise<RespValue> {
     const dot = target.indexOf(".");
     if (dot === -1) return new RespError("Failed extracting function name");
     const libName = target.slice(0, dot);
@@ -176,11 +183,11 @@ export class TfEngine {
         `Not enough arguments was given, expected at least ${numkeys} arguments, got ${rest.length} arguments.`,
       );
     }
-    let library = this.libraries.get(libName);
+    const library = this.libraries.get(libName);
     if (library === undefined) return new RespError(`Unknown library ${libName}`);
     const fn = library.registrations.functions.find((f) => f.name === fnName);
     if (fn === undefined) return new RespError(`Unknown function ${fnName}`);
-    if (fn.isAsync && !blockAllowed) return new RespError(ASYNC_REFUSED);
+    if (fn.isAsync && !asyncCommand) return new RespError(ASYNC_REFUSED);
     const raw = fn.flags.includes("raw-arguments");
     const tagged: Tagged[] = [];
     for (const arg of rest) {
@@ -189,20 +196,8 @@ export class TfEngine {
       tagged.push(t);
     }
     try {
-      let out: TfOutcome;
-      if (blockAllowed) {
-        library = await this.libraries.revive(library);
-        library.bridge.db = db;
-        library.bridge.pendingJobs++;
-        try {
-          out = await library.guest.callFunction(fnName, tagged, blockAllowed);
-        } finally {
-          library.bridge.pendingJobs--;
-        }
-      } else {
-        const slots = [...new Set(rest.slice(0, numkeys).map(keySlot))];
-        out = await this.batcherOf(libName).call(fnName, tagged, slots, db);
-      }
+      const slots = [...new Set(rest.slice(0, numkeys).map(keySlot))];
+      const out = await this.batcherOf(libName).call(fnName, tagged, slots, db, blockAllowed);
       this.onCall?.(target, "err" in out);
       return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
     } catch (err) {

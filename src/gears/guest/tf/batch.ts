@@ -33,8 +33,12 @@ export interface BatchItem {
   run(): void;
 }
 
-/** At most this many functions wait on one stack (each keeps its frames there). */
-const MAX_NESTED = 32;
+/**
+ * At most this many functions wait on one stack (each keeps a few frames there, well inside
+ * the isolate's stack limit): as many as a batch takes (call-batcher.ts), so that a batch of
+ * distinct slots needs one host request, not two.
+ */
+const MAX_NESTED = 64;
 
 function direct(args: CallArgs): Tagged {
   return host.callSync("call", ...args) as Tagged;

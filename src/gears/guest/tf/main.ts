@@ -62,7 +62,9 @@ function invoke(fn: Fn, mode: ClientMode, args: unknown[]): TfOutcome | Promise<
   } finally {
     if (client instanceof SyncClient) client.invalidate();
   }
-  return settle(out, coroutine || mode.blockAllowed);
+  // A coroutine called where blocking is not allowed (TFCALLASYNC inside MULTI) must be done
+  // by the time it first yields, as in T&F.
+  return settle(out, mode.blockAllowed);
 }
 
 /** Triggers write as the library's user and may wait for their Promises. */
