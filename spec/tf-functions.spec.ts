@@ -418,6 +418,21 @@ for (const mode of BACKEND_MODES) {
         "The function is declared as async and was called while blocking was not allowed; note that you cannot invoke async functions from within Lua or MULTI, and you must use TFCALLASYNC instead.",
       ]);
       expect(await t.c.call("TFCALLASYNC", "tx.blk", "0")).to.equal(1);
+      // A transaction that starts with a TFCALL: the keyed commands after it still find their node.
+      const tail = await t.c
+        .multi()
+        .call("TFCALL", "tx.blk", "0")
+        .set("{z}a", "1")
+        .call("TFCALL", "tx.append", "1", "{z}a", "2")
+        .get("{z}a")
+        .exec();
+      expect(tail?.map(([err, v]) => (err === null ? v : err.message))).to.deep.equal([0, "OK", "12", "12"]);
+      // An error while queuing before the cut aborts everything, the TFCALLs included.
+      const aborted = await rejection(
+        t.c.multi().call("GET").call("TFCALL", "tx.append", "1", "{z}b", "x").exec(),
+      );
+      expect(aborted).to.contain("EXECABORT");
+      expect(await t.direct.call("EXISTS", "{z}b")).to.equal(0);
       // WATCH still aborts a transaction that starts with a TFCALL; DISCARD drops the queued calls.
       const w = new Redis(t.proxy.port);
       try {
