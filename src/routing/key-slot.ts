@@ -7,7 +7,11 @@ for (let i = 0; i < 256; i++) {
 }
 
 function crc16(buf: Uint8Array, start: number, end: number): number {
-  let crc = 0;
+  return crc16From(0, buf, start, end);
+}
+
+/** The CRC of buf[start, end) continued from `crc`. */
+function crc16From(crc: number, buf: Uint8Array, start: number, end: number): number {
   for (let i = start; i < end; i++) crc = ((crc << 8) & 0xffff) ^ TABLE[((crc >> 8) ^ buf[i]) & 0xff];
   return crc;
 }
@@ -15,14 +19,23 @@ function crc16(buf: Uint8Array, start: number, end: number): number {
 /**
  * The hash slot of a key, exactly as Redis computes it: only the part between the first
  * '{' and the first '}' after it, when that part is not empty. (cluster-key-slot differs
- * for keys like "a{}{b}", where Redis hashes the whole key.)
+ * for keys like "a{}{b}", where Redis hashes the whole key.) One pass in JavaScript: keys
+ * are short, and a native indexOf per key costs more than the loop.
  */
 export function keySlot(key: Buffer | string): number {
   const buf = typeof key === "string" ? Buffer.from(key) : key;
-  const open = buf.indexOf(123 /* { */);
-  if (open !== -1) {
-    const close = buf.indexOf(125 /* } */, open + 1);
-    if (close > open + 1) return crc16(buf, open + 1, close) & 16383;
+  const len = buf.length;
+  let crc = 0;
+  for (let i = 0; i < len; i++) {
+    const c = buf[i];
+    if (c === 123 /* { */) {
+      let close = i + 1;
+      while (close < len && buf[close] !== 125 /* } */) close++;
+      if (close < len && close > i + 1) return crc16(buf, i + 1, close) & 16383;
+      // No tag: the whole key, and no later '{' counts.
+      return crc16From(crc, buf, i, len) & 16383;
+    }
+    crc = ((crc << 8) & 0xffff) ^ TABLE[((crc >> 8) ^ c) & 0xff];
   }
-  return crc16(buf, 0, buf.length) & 16383;
+  return crc & 16383;
 }
