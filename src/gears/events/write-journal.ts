@@ -89,7 +89,17 @@ const EVERY_KEY_WRITTEN = new Set(["mset", "msetnx", "rename", "renamenx", "smov
 /** Multi-key writes counted in their reply: every key was written only when the count says so. */
 const COUNTED = new Set(["del", "unlink"]);
 /** Multi-key writes that write one key the proxy cannot tell beforehand: not followed. */
-const UNKNOWN_TARGET = new Set(["lmpop", "zmpop", "sort"]);
+const UNKNOWN_TARGET = new Set([
+  "lmpop",
+  "zmpop",
+  "sort",
+  "blpop",
+  "brpop",
+  "bzpopmin",
+  "bzpopmax",
+  "blmpop",
+  "bzmpop",
+]);
 /** SET options after which the write also emits "expire", or may not write. */
 const SET_EXPIRY = /^(ex|px|exat|pxat)$/i;
 const SET_CONDITION = /^(nx|xx)$/i;
@@ -107,11 +117,18 @@ function writtenKeys(name: string, keys: string[]): string[] {
 
 /** A notification held while a write of its key is in flight is released after this long at most. */
 const HOLD_MS = 2000;
+/**
+ * A key whose writes have been in flight this long without a word (a blocked BLMOVE, an
+ * outcome that never came) stops holding its notifications back.
+ */
+const IN_FLIGHT_GIVE_UP_MS = 30_000;
 
 /** What the journal knows of one key of one database. */
 interface KeyState {
   /** Writes of the key sent and not answered yet: its notifications wait for their replies. */
   inFlight: number;
+  /** When inFlight last went up from 0. */
+  since: number;
   /** Events already handled from a write's reply: the notification each will cause is swallowed. */
   expected: { event: string; at: number }[];
   /** Successful writes whose event is not known exactly: handled from their notification, or at settle. */
@@ -136,6 +153,8 @@ export type WriteOutcome = (reply: Buffer | null) => void;
 export class WriteJournal {
   private readonly dbs = new Map<number, Map<string, KeyState>>();
   private size = 0;
+  /** Notifications held, across keys. */
+  private heldCount = 0;
   private known: KeyEvent[] = [];
   private flushScheduled: NodeJS.Immediate | null = null;
 
@@ -146,9 +165,9 @@ export class WriteJournal {
     private readonly emit: (events: KeyEvent[]) => void,
   ) {}
 
-  /** Writes answered whose notification or settle is still to come. */
+  /** Writes answered whose notification or settle is still to come, and notifications held. */
   get waiting(): number {
-    return this.size;
+    return this.size + this.heldCount;
   }
 
   /**
@@ -179,7 +198,10 @@ export class WriteJournal {
     }
     const counted = COUNTED.has(name) && names.length > 1 ? names.length : 0;
     const table = this.table(db);
-    for (const key of names) this.stateOf(table, key).inFlight++;
+    for (const key of names) {
+      const state = this.stateOf(table, key);
+      if (state.inFlight++ === 0) state.since = Date.now();
+    }
     return (reply) => {
       // DEL of several keys: which were there is unknown unless all were.
       const followed =
@@ -190,7 +212,7 @@ export class WriteJournal {
       for (const key of names) {
         const state = table.get(key);
         if (state === undefined) continue;
-        state.inFlight--;
+        if (state.inFlight > 0) state.inFlight--;
         if (followed) this.written(db, key, state, event, exact, at);
         this.releaseHeld(state);
         this.forget(table, key, state);
@@ -205,6 +227,7 @@ export class WriteJournal {
       if (heldAt !== -1) {
         // Its notification came first: that is the event.
         this.known.push(state.held.splice(heldAt, 1)[0]);
+        this.heldCount--;
         return;
       }
       const buffer = Buffer.from(key, "latin1");
@@ -219,10 +242,11 @@ export class WriteJournal {
     this.size++;
   }
 
-  /** Notifications held for a key with no write in flight any more go on. */
-  private releaseHeld(state: KeyState): void {
-    if (state.inFlight > 0 || state.held.length === 0) return;
+  /** Notifications held for a key with no write in flight any more (or held too long: `now`) go on. */
+  private releaseHeld(state: KeyState, now = false): void {
+    if ((state.inFlight > 0 && !now) || state.held.length === 0) return;
     for (const e of state.held) this.known.push(e);
+    this.heldCount -= state.held.length;
     state.held = [];
   }
 
@@ -247,6 +271,7 @@ export class WriteJournal {
         this.size--;
       } else if (state.inFlight > 0) {
         state.held.push(e);
+        this.heldCount++;
       } else {
         if (state.waiting.length > 0) {
           state.waiting.shift();
@@ -285,9 +310,9 @@ export class WriteJournal {
             out.push({ key: buffer, event: w.event, shard, at: w.at, db });
           this.size -= n;
         }
+        if (state.inFlight > 0 && state.since < Date.now() - IN_FLIGHT_GIVE_UP_MS) state.inFlight = 0;
         if (state.held.length > 0 && state.held[0].at < stale) {
-          for (const e of state.held) this.known.push(e);
-          state.held = [];
+          this.releaseHeld(state, true);
         }
         this.forget(table, key, state);
       }
@@ -312,6 +337,7 @@ export class WriteJournal {
     this.known = [];
     this.dbs.clear();
     this.size = 0;
+    this.heldCount = 0;
   }
 
   private schedule(): void {
@@ -330,7 +356,7 @@ export class WriteJournal {
   private stateOf(table: Map<string, KeyState>, key: string): KeyState {
     let state = table.get(key);
     if (state === undefined) {
-      state = { inFlight: 0, expected: [], waiting: [], held: [] };
+      state = { inFlight: 0, since: 0, expected: [], waiting: [], held: [] };
       table.set(key, state);
     }
     return state;
