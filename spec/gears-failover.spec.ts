@@ -91,7 +91,7 @@ describe("gears events across a failover (3 masters with replicas)", function ()
     await cluster?.stop();
   });
 
-  it("subscriptions cut again and again (CLIENT KILL TYPE pubsub) under load: every SET acknowledged through the proxy is in all_keys", async () => {
+  it("subscriptions cut again and again (CLIENT KILL TYPE pubsub) under load: every SET acknowledged through the proxy, in MULTI/EXEC or not, is in all_keys", async () => {
     const writer = new Redis({ port: proxy!.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
     clients.push(writer);
     const masters = await cluster!.masters();
@@ -103,7 +103,22 @@ describe("gears events across a failover (3 masters with replicas)", function ()
         await sleep(150);
       }
     })();
-    const writes = await load((k) => writer.set(k, "v"), "cut:", 3000, Date.now());
+    // Every fifth write inside MULTI/EXEC: the journal follows a transaction's writes too.
+    const writes = await load(
+      (k) =>
+        Number(k.slice(4)) % 5 === 0
+          ? writer
+              .multi()
+              .set(k, "v")
+              .exec()
+              .then((r) => {
+                if (r === null || r[0][0] !== null) throw new Error("transaction not applied");
+              })
+          : writer.set(k, "v"),
+      "cut:",
+      3000,
+      Date.now(),
+    );
     cutting = false;
     await cutter;
     expect(cuts, "subscriptions were cut").to.be.above(5);

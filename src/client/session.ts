@@ -12,6 +12,7 @@ import {
 } from "../routing/command-kinds.js";
 import { isBookkeeping, type UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
+import type { ReplySink } from "../upstream/reply-sink.js";
 import { holdJoinKey, holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
 import { runTfCallInMulti } from "../gears/tf/tf-commands.js";
 import type { ProxyContext } from "./context.js";
@@ -485,7 +486,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     if (this.processing && request.end > request.start && !router.needsRouting(name, request.argv, this.db)) {
       const conn = router.sharedConnection(this.id, this.proto);
       if (conn !== null) {
-        this.addToRun(conn, request, slot);
+        // The write journal (router.tap) sees the writes of a run as well as forward()'s.
+        this.addToRun(
+          conn,
+          request,
+          router.tap === null ? slot : router.tap(name, request.argv, slot, this.db),
+        );
         return;
       }
     }
@@ -506,7 +512,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private runStart = 0;
   private runEnd = 0;
   private runDb = 0;
-  private readonly runSlots: ReplySlot[] = [];
+  private readonly runSlots: ReplySink[] = [];
 
   /**
    * Queues a request for `conn`. Requests that lie back to back in the input and go to the
@@ -514,7 +520,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
    * command runs), as one slice, so a pipeline of 16 GETs costs one push and no per-request
    * views instead of 16 of each.
    */
-  private addToRun(conn: UpstreamConnection, request: Request, slot: ReplySlot): void {
+  private addToRun(conn: UpstreamConnection, request: Request, slot: ReplySink): void {
     if (
       conn !== this.runConn ||
       request.buf !== this.runBuf ||

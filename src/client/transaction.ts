@@ -1,5 +1,5 @@
 import { decodeReply } from "../resp/decode.js";
-import { encodeCommand, encodeError } from "../resp/encode.js";
+import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "../routing/router.js";
@@ -9,7 +9,7 @@ import { DISCARD } from "../upstream/reply-sink.js";
 import { isGearsCommand } from "../gears/commands.js";
 import { isTfCall, QUEUED, RawReply, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
-import type { Protocol } from "../resp/values.js";
+import { RespError, type Protocol } from "../resp/values.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
@@ -98,6 +98,8 @@ export class Transaction {
     this.dirty = false;
     this.queued = 0;
     this.selects = [];
+    settleWrites(null, this.writes, this.host.proto);
+    this.writes = [];
     const payload = request.raw ?? encodeCommand(request.argv);
     this.replay = this.host.router.topology.mode === "cluster" ? [payload] : [];
     this.conn!.send(payload, slot, this.host.db);
@@ -172,7 +174,14 @@ export class Transaction {
       const db = Number(request.argv[1]?.toString() ?? "x");
       if (Number.isSafeInteger(db)) this.selects.push([this.queued, db]);
     }
-    if (!tf) this.queued++;
+    if (!tf) {
+      // Writes after a TFCALL are sent one by one after EXEC (tf-multi.ts): the journal does not
+      // follow them; their notifications do.
+      const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
+      const outcome = this.host.router.queuedTap?.(name, request.argv, db) ?? null;
+      if (outcome !== null) this.writes.push([this.queued, outcome]);
+      this.queued++;
+    }
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
       if (!this.moveTo(keySlot)) {
@@ -215,9 +224,12 @@ export class Transaction {
     this.watching = false;
     this.dirty = false;
     const selects = name === "exec" ? this.selects : [];
+    const writes = this.writes;
+    this.writes = [];
     const conn = this.conn!;
     slot.onReply = (data) => {
       if (selects.length > 0 && !abort) this.applySelects(data, selects, conn);
+      if (writes.length > 0) settleWrites(name === "exec" && !abort ? data : null, writes, this.host.proto);
       this.finish(false);
       if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
       return data;
@@ -253,6 +265,8 @@ export class Transaction {
 
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;
+  /** The queued writes the write journal follows: [position, what to tell of its outcome]. */
+  private writes: [number, (reply: Buffer | null) => void][] = [];
   private selects: [number, number][] = [];
 
   /**
@@ -326,6 +340,8 @@ export class Transaction {
   /** Gives the connection back once no MULTI or WATCH needs it; `lost`: it died, or the client left. */
   finish(lost: boolean): void {
     if (!lost && (this.inMulti || this.watching)) return;
+    settleWrites(null, this.writes, this.host.proto);
+    this.writes = [];
     this.replay = [];
     this.tfTail = null;
     this.inMulti = false;
@@ -341,5 +357,23 @@ export class Transaction {
     conn.onBorrowerLost = null;
     if (lost) node.destroy(conn);
     else node.release(conn);
+  }
+}
+
+/**
+ * Tells the write journal how each followed write of a transaction ended: its element of
+ * EXEC's reply, or null for them all when EXEC did not run them (aborted, WATCH failed,
+ * connection lost).
+ */
+function settleWrites(
+  exec: Buffer | null,
+  writes: [number, (reply: Buffer | null) => void][],
+  proto: Protocol,
+): void {
+  if (writes.length === 0) return;
+  const replies = exec === null ? null : decodeReply(exec);
+  for (const [at, outcome] of writes) {
+    const element = Array.isArray(replies) ? replies[at] : undefined;
+    outcome(element === undefined || element instanceof RespError ? null : encodeValue(element, proto));
   }
 }

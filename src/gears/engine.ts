@@ -81,8 +81,14 @@ export class GearsEngine {
   guardFor: ((user: string) => CommandGuard | null) | null = null;
   readonly registry: RegistrationRegistry;
   private keyspace: KeyspaceEventSource | null = null;
-  /** Writes through the proxy waiting for their notifications: those lost become events anyway. */
-  private readonly journal = new WriteJournal();
+  /**
+   * Writes through the proxy: those whose event the reply tells become events at once (their
+   * notification is swallowed); the others wait for their notification, or a settle.
+   */
+  private readonly journal = new WriteJournal(
+    (key) => this.shards.idForSlot(keySlot(key)),
+    (events) => this.handleEvents(events),
+  );
   private stopJournal: (() => void) | null = null;
   private leases: ShardLeases | null = null;
   /** Other proxies' shards' recent events, replayed when this proxy takes a shard over. */
@@ -125,7 +131,7 @@ export class GearsEngine {
     this.registry.onForeignEvents = (events) => this.backlog.add(events);
     this.store = new SessionStore(router, log);
     this.tf = new TfEngine(router, this.shards, log.child({ component: "tf" }), newIsolate, this.config.tf, {
-      barrier: () => this.keyspace?.barrier() ?? Promise.resolve(),
+      barrier: () => this.eventsArrived(),
       start: () => this.startKeyspaceEvents(),
       ownsShard: (shard) => this.registry.ownsShard(shard),
       consumerName: this.proxyId,
@@ -412,7 +418,7 @@ export class GearsEngine {
     let reply;
     try {
       reply = await this.router.call(argv);
-      await this.keyspace?.barrier();
+      await this.eventsArrived();
     } finally {
       this.captures.delete(capture);
     }
@@ -426,14 +432,19 @@ export class GearsEngine {
   }
 
   private onKeyspaceEvents(events: KeyEvent[]): void {
-    this.journal.confirm(events);
+    this.handleEvents(this.journal.confirm(events));
+    // After the dispatch: a marker's earlier events are queued by now.
+    for (const e of events) if (isSyncMarker(e.key)) this.answerSyncMarker(e);
+  }
+
+  /** Events from notifications and from the proxy's own writes, once each. */
+  private handleEvents(events: KeyEvent[]): void {
+    if (events.length === 0) return;
     for (const capture of this.captures) {
       for (const e of events) if (capture.keys.has(e.key.toString("latin1"))) capture.events.push(e);
     }
     this.registry.dispatch(events);
     this.tf.onKeyspaceEvents(events);
-    // After the dispatch: a marker's earlier events are queued by now.
-    for (const e of events) if (isSyncMarker(e.key)) this.answerSyncMarker(e);
   }
 
   /**
@@ -521,9 +532,19 @@ export class GearsEngine {
     this.startJournal();
   }
 
+  /**
+   * Resolves once the events of every write acknowledged so far have been handed to the
+   * registrations: their notifications (a barrier on the subscriptions), and the writes
+   * the journal knows from their replies.
+   */
+  private async eventsArrived(): Promise<void> {
+    if (this.keyspace !== null) await this.keyspace.barrier();
+    this.journal.flush();
+  }
+
   /** Follows the writes forwarded through the proxy, and settles them every JOURNAL_SETTLE_MS. */
   private startJournal(): void {
-    const unwatch = this.shards.onWrite((name, argv, keys) => this.journal.watch(name, argv, keys));
+    const unwatch = this.shards.onWrite((name, argv, keys, db) => this.journal.watch(name, argv, keys, db));
     let busy = false;
     const timer = setInterval(() => {
       if (busy || this.journal.waiting === 0) return;
@@ -557,13 +578,13 @@ export class GearsEngine {
     // A shard that hangs holds its notifications back: after JOURNAL_GIVE_UP_MS the writes
     // waiting for them are handled anyway (at least once), so the record stays bounded.
     const upTo = timedOut ? cut - JOURNAL_GIVE_UP_MS : cut;
-    const missed = this.journal.takeUnconfirmed(upTo, (key) => this.shards.idForSlot(keySlot(key)));
+    const missed = this.journal.takeUnconfirmed(upTo);
     if (missed.length === 0) return;
     this.log.info(
       { events: missed.length },
       "writes through the proxy whose notifications were lost: handled from the proxy's record of them",
     );
-    this.registry.dispatch(missed);
+    this.handleEvents(missed);
   }
 
   private async stopKeyspaceEvents(): Promise<void> {
@@ -598,7 +619,7 @@ export class GearsEngine {
    * sure the events have arrived, then the sync queues must drain.
    */
   async afterWrite(): Promise<void> {
-    if (this.keyspace !== null) await this.keyspace.barrier();
+    await this.eventsArrived();
     await this.registry.syncIdle();
     await this.tf.triggersIdle();
     await this.syncWithOwners();

@@ -8,6 +8,7 @@ import { replyToJson } from "./json-values.js";
 import { readKeyValue } from "./readers.js";
 import type { Partitions } from "./partitions.js";
 import { executeMany } from "./read-ahead.js";
+import { executeBatch } from "./execute-batch.js";
 
 /** What a script's session does for it: registrations and timers. */
 export interface SessionCalls {
@@ -134,7 +135,13 @@ export class GearsBridge implements HostBridge {
   callAsync(
     calls: { name: string; args: JsonValue[] }[],
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
-    return callEach(this, calls);
+    return executeBatch(
+      this.router,
+      this.db,
+      calls,
+      (name, argv) => scriptCommandRefusal(name, argv) ?? this.guard?.(name, argv) ?? null,
+      (call) => this.callSync(call.name, call.args),
+    );
   }
 
   notify(name: string, args: JsonValue[]): void {

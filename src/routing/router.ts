@@ -66,14 +66,17 @@ export class Router implements ClusterSender {
     if (this.redirect !== null) this.redirect.onRedirect = count;
   }
 
-  /** Sees the commands forwarded in db 0 and can watch their replies (shards.ts onWrite); null when unused. */
-  tap: ((name: string, argv: Buffer[], sink: ReplySink) => ReplySink) | null = null;
+  /** Sees the commands forwarded and can watch their replies (shards.ts onWrite); null when unused. */
+  tap: ((name: string, argv: Buffer[], sink: ReplySink, db: number) => ReplySink) | null = null;
+  /** The same for a command queued in MULTI: what to call with its element of EXEC's reply. */
+  queuedTap: ((name: string, argv: Buffer[], db: number) => ((reply: Buffer | null) => void) | null) | null =
+    null;
 
   /** Forwards a client's command (`name` in lower case); the raw reply goes to `sink`. */
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
     const proto = ctx.proto ?? 2;
     if (isControl(name, argv)) return sendControl(this.masters(), argv, sink);
-    if (this.tap !== null && ctx.db === 0) sink = this.tap(name, argv, sink);
+    if (this.tap !== null) sink = this.tap(name, argv, sink, ctx.db);
     if (this.cluster === null) {
       // The proxy's own keys (db 0) are left out of key listings there too; not SCAN, whose
       // cursors the fan-out rewrites, so a cursor of the server's own would be refused.

@@ -141,30 +141,42 @@ export class Shards {
   }
 
   /**
-   * Watches the writes forwarded in db 0 (clients' and the proxy's own): `watch` sees each
-   * as it leaves (argv and keys are valid only during the call) and may return what to
-   * call with its reply, called only when the write succeeded (not an error, not a lost
-   * connection). One watcher at a time; returns the function that stops it.
+   * Watches the writes forwarded (clients' and the proxy's own, in every database, those
+   * queued in MULTI included): `watch` sees each as it leaves (argv and keys are valid only
+   * during the call) and may return what to call with its outcome: the reply when the write
+   * succeeded, null when it failed or its connection was lost. One watcher at a time;
+   * returns the function that stops it.
    */
   onWrite(
-    watch: (name: string, argv: readonly Buffer[], keys: Buffer[]) => ((reply: Buffer) => void) | null,
+    watch: (
+      name: string,
+      argv: readonly Buffer[],
+      keys: Buffer[],
+      db: number,
+    ) => ((reply: Buffer | null) => void) | null,
   ): () => void {
     const router = this.router;
-    const tap = (name: string, argv: Buffer[], sink: ReplySink): ReplySink => {
-      if (!router.isWrite(name, argv)) return sink;
-      const done = watch(name, argv, router.keysOf(name, argv));
+    const queued = (name: string, argv: Buffer[], db: number): ((reply: Buffer | null) => void) | null =>
+      router.isWrite(name, argv) ? watch(name, argv, router.keysOf(name, argv), db) : null;
+    const tap = (name: string, argv: Buffer[], sink: ReplySink, db: number): ReplySink => {
+      const done = queued(name, argv, db);
       if (done === null) return sink;
       return {
         reply: (data) => {
           sink.reply(data);
-          if (data[0] !== 45 /* - */) done(data);
+          done(data[0] === 45 /* - */ ? null : data);
         },
-        fail: (message) => sink.fail(message),
+        fail: (message) => {
+          sink.fail(message);
+          done(null);
+        },
       };
     };
     router.tap = tap;
+    router.queuedTap = queued;
     return () => {
       if (router.tap === tap) router.tap = null;
+      if (router.queuedTap === queued) router.queuedTap = null;
     };
   }
 

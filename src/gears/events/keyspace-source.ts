@@ -67,14 +67,40 @@ export function mergeNotifyFlags(current: string, extra = ""): string {
   return merged;
 }
 
-/** The event name and database of a keyevent channel. */
-function eventOfChannel(channel: Buffer): { event: string; db: number } {
-  const end = channel.indexOf("__:", CHANNEL_DB_START);
-  if (end === -1) return { event: channel.toString("latin1"), db: 0 };
-  return {
-    event: channel.toString("latin1", end + 3),
-    db: Number(channel.toString("latin1", CHANNEL_DB_START, end)),
-  };
+/** The event name and database of a keyevent channel, `frame[start, end)`. */
+function eventOfChannel(frame: Buffer, start = 0, end = frame.length): { event: string; db: number } {
+  const close = frame.indexOf("__:", start + CHANNEL_DB_START);
+  if (close === -1 || close >= end) return { event: frame.toString("latin1", start, end), db: 0 };
+  let db = 0;
+  for (let i = start + CHANNEL_DB_START; i < close; i++) db = db * 10 + frame[i] - 48;
+  return { event: frame.toString("latin1", close + 3, end), db };
+}
+
+/** `*4\r\n$8\r\npmessage\r\n` (RESP2) and `>4...` (RESP3 push): how every keyevent message starts. */
+const PMESSAGE_HEAD = Buffer.from("*4\r\n$8\r\npmessage\r\n");
+
+/**
+ * The [start, end) of the three bulk strings of a pmessage frame (pattern, channel,
+ * message), read without decoding it; null when the frame is not one.
+ */
+function pmessageParts(frame: Buffer): number[] | null {
+  const head = PMESSAGE_HEAD.length;
+  if (frame.length < head || (frame[0] !== 42 && frame[0] !== 62) /* > */) return null;
+  if (frame.compare(PMESSAGE_HEAD, 1, head, 1, head) !== 0) return null;
+  const parts: number[] = [];
+  let at = head;
+  for (let n = 0; n < 3; n++) {
+    if (frame[at] !== 36 /* $ */) return null;
+    let len = 0;
+    let i = at + 1;
+    for (; i < frame.length && frame[i] !== 13; i++) len = len * 10 + frame[i] - 48;
+    const start = i + 2;
+    const end = start + len;
+    if (end + 2 > frame.length) return null;
+    parts.push(start, end);
+    at = end + 2;
+  }
+  return parts;
 }
 
 function errorText(err: unknown): string {
@@ -393,6 +419,29 @@ export class KeyspaceEventSource {
 
   private onFrame(sub: ShardSubscription, frame: Buffer): void {
     if (this.stopped && sub.onUnsubscribed === null) return;
+    // Keyevent messages, nearly every frame, are read in place.
+    const parts = pmessageParts(frame);
+    if (parts !== null) {
+      if (this.stopped) return;
+      if (this.extra !== null && frame.toString("latin1", parts[0], parts[1]) !== PATTERN) {
+        this.extra.onMessage(
+          Buffer.from(frame.subarray(parts[2], parts[3])),
+          Buffer.from(frame.subarray(parts[4], parts[5])),
+        );
+        return;
+      }
+      const { event, db } = eventOfChannel(frame, parts[2], parts[3]);
+      this.pending.push({
+        // Copied: the frame is a view of the socket's buffer.
+        key: Buffer.from(frame.subarray(parts[4], parts[5])),
+        event,
+        db,
+        shard: sub.node,
+        at: Date.now(),
+      });
+      this.flushScheduled ??= setImmediate(() => this.flush());
+      return;
+    }
     let value: RespValue;
     try {
       value = decodeReply(frame);

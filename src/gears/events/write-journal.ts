@@ -27,6 +27,41 @@ const EVENT_OF: Record<string, string> = {
   pexpireat: "expire",
 };
 
+/**
+ * Writes that, when they succeed and change something, emit exactly one notification per
+ * key written, under the name EVENT_OF (or their own) gives: their event is known from the
+ * reply, before the notification comes. The others (SET with an expiry also emits
+ * "expire", EXPIRE in the past emits "del", ZADD of an unchanged score emits nothing while
+ * answering 0 like a changed one...) wait for their notification, as before.
+ */
+const EXACT = new Set([
+  "set",
+  "setnx",
+  "getset",
+  "mset",
+  "msetnx",
+  "incr",
+  "decr",
+  "incrby",
+  "decrby",
+  "incrbyfloat",
+  "append",
+  "hset",
+  "hmset",
+  "hsetnx",
+  "hincrby",
+  "hincrbyfloat",
+  "sadd",
+  "lpush",
+  "rpush",
+  "lpushx",
+  "rpushx",
+  "del",
+  "unlink",
+  "getdel",
+  "xadd",
+]);
+
 /** Writes that change nothing when they answer 0 (DEL of a missing key, SADD of a member there...). */
 const ZERO_IS_NOTHING = new Set([
   "del",
@@ -54,7 +89,20 @@ const EVERY_KEY_WRITTEN = new Set(["mset", "msetnx", "rename", "renamenx", "smov
 /** Multi-key writes counted in their reply: every key was written only when the count says so. */
 const COUNTED = new Set(["del", "unlink"]);
 /** Multi-key writes that write one key the proxy cannot tell beforehand: not followed. */
-const UNKNOWN_TARGET = new Set(["lmpop", "zmpop", "sort"]);
+const UNKNOWN_TARGET = new Set([
+  "lmpop",
+  "zmpop",
+  "sort",
+  "blpop",
+  "brpop",
+  "bzpopmin",
+  "bzpopmax",
+  "blmpop",
+  "bzmpop",
+]);
+/** SET options after which the write also emits "expire", or may not write. */
+const SET_EXPIRY = /^(ex|px|exat|pxat)$/i;
+const SET_CONDITION = /^(nx|xx)$/i;
 
 /**
  * The keys a write changes, among those it names: every one, its destination (the first
@@ -67,132 +115,265 @@ function writtenKeys(name: string, keys: string[]): string[] {
   return name === "copy" ? keys.slice(-1) : keys.slice(0, 1);
 }
 
-/** A notification with no write waiting for it is kept this long: the write's reply may come after it. */
-const CREDIT_MS = 2000;
+/** A notification held while a write of its key is in flight is released after this long at most. */
+const HOLD_MS = 2000;
+/**
+ * A key whose writes have been in flight this long without a word (a blocked BLMOVE, an
+ * outcome that never came) stops holding its notifications back.
+ */
+const IN_FLIGHT_GIVE_UP_MS = 30_000;
 
-interface Pending {
-  event: string;
-  at: number;
+/** What the journal knows of one key of one database. */
+interface KeyState {
+  /** Writes of the key sent and not answered yet: its notifications wait for their replies. */
+  inFlight: number;
+  /** When inFlight last went up from 0. */
+  since: number;
+  /** Events already handled from a write's reply: the notification each will cause is swallowed. */
+  expected: { event: string; at: number }[];
+  /** Successful writes whose event is not known exactly: handled from their notification, or at settle. */
+  waiting: { event: string; at: number }[];
+  /** Notifications that came while a write of the key was in flight. */
+  held: KeyEvent[];
 }
 
+/** A forwarded write being followed: `done` with its reply, or null when it failed or was lost. */
+export type WriteOutcome = (reply: Buffer | null) => void;
+
 /**
- * What this proxy knows of the writes it forwarded: each write that succeeded waits here
- * until a keyspace notification for its key arrives. Notifications are lost when a shard's
- * subscription is down (a failover, a lost connection, a replica promoted before the proxy
- * subscribed to it); a barrier on the subscriptions tells when a write's notification can no
- * longer come, and the writes still waiting then become events of their own. The journal
- * follows database 0 (a cluster's only one), where the router reports writes. A notification
- * takes one waiting write of its key, so nothing is announced twice once they flow again.
+ * What this proxy knows of the writes it forwards, in every database. A write whose event
+ * is known exactly from its reply (EXACT) becomes that event as soon as the reply comes,
+ * without waiting for the keyspace notification's round trip; its notification, when it
+ * comes, is swallowed, so nothing is seen twice. Other writes wait for their notification;
+ * those whose notification was lost (a subscription down, a failover, a replica promoted
+ * before the proxy subscribed to it) become events when a barrier on the subscriptions
+ * says it can no longer come. Notifications of a key with a write in flight are held until
+ * its reply, since the two travel on different connections and either may come first.
  */
 export class WriteJournal {
-  private readonly pending = new Map<string, Pending[]>();
-  /** Notifications that came before their write's reply (the two travel on different connections). */
-  private readonly credits = new Map<string, number[]>();
+  private readonly dbs = new Map<number, Map<string, KeyState>>();
   private size = 0;
+  /** Notifications held, across keys. */
+  private heldCount = 0;
+  private known: KeyEvent[] = [];
+  private flushScheduled: NodeJS.Immediate | null = null;
 
+  constructor(
+    /** The shard (master id) a key lives on now. */
+    private readonly shardOf: (key: Buffer) => string,
+    /** Events that need handling: writes known from their replies, and notifications held for a while. */
+    private readonly emit: (events: KeyEvent[]) => void,
+  ) {}
+
+  /** Writes answered whose notification or settle is still to come, and notifications held. */
   get waiting(): number {
-    return this.size;
+    return this.size + this.heldCount;
   }
 
   /**
-   * A write leaving the proxy: what to call with its reply once it succeeded, or null when
-   * it concerns no user key.
+   * A write leaving the proxy in `db`: what to call with its outcome, or null when it
+   * concerns no user key.
    */
-  watch(name: string, argv: readonly Buffer[], keys: Buffer[]): ((reply: Buffer) => void) | null {
-    const names = writtenKeys(
-      name,
-      keys.filter((k) => !isProxyKey(k)).map((k) => k.toString("latin1")),
-    );
-    if (names.length === 0) return null;
+  watch(name: string, argv: readonly Buffer[], keys: Buffer[], db: number): WriteOutcome | null {
+    let names: string[];
+    if (keys.length === 1) {
+      if (isProxyKey(keys[0])) return null;
+      names = [keys[0].toString("latin1")];
+    } else {
+      names = writtenKeys(
+        name,
+        keys.filter((k) => !isProxyKey(k)).map((k) => k.toString("latin1")),
+      );
+      if (names.length === 0) return null;
+    }
     const event = EVENT_OF[name] ?? name;
-    const conditional = name === "set" && argv.some((a) => a.length === 2 && /^(nx|xx)$/i.test(a.toString()));
+    let exact = EXACT.has(name);
+    let conditional = false;
+    if (name === "set") {
+      for (let i = 3; i < argv.length; i++) {
+        const a = argv[i];
+        if (a.length === 2 && SET_CONDITION.test(a.toString("latin1"))) conditional = true;
+        else if (a.length <= 4 && SET_EXPIRY.test(a.toString("latin1"))) exact = false;
+      }
+    }
     const counted = COUNTED.has(name) && names.length > 1 ? names.length : 0;
+    const table = this.table(db);
+    for (const key of names) {
+      const state = this.stateOf(table, key);
+      if (state.inFlight++ === 0) state.since = Date.now();
+    }
     return (reply) => {
-      if (changedNothing(name, reply, conditional)) return;
       // DEL of several keys: which were there is unknown unless all were.
-      if (counted > 0 && reply.toString("latin1", 1, reply.length - 2) !== String(counted)) return;
+      const followed =
+        reply !== null &&
+        !changedNothing(name, reply, conditional) &&
+        (counted === 0 || reply.toString("latin1", 1, reply.length - 2) === String(counted));
       const at = Date.now();
-      for (const key of names) this.add(key, event, at);
+      for (const key of names) {
+        const state = table.get(key);
+        if (state === undefined) continue;
+        if (state.inFlight > 0) state.inFlight--;
+        if (followed) this.written(db, key, state, event, exact, at);
+        this.releaseHeld(state);
+        this.forget(table, key, state);
+      }
+      this.schedule();
     };
   }
 
-  private add(key: string, event: string, at: number): void {
-    const credits = this.credits.get(key);
-    if (credits !== undefined) {
-      while (credits.length > 0 && credits[0] < at - CREDIT_MS) credits.shift();
-      if (credits.length > 0) {
-        credits.shift();
-        if (credits.length === 0) this.credits.delete(key);
+  private written(db: number, key: string, state: KeyState, event: string, exact: boolean, at: number): void {
+    const heldAt = state.held.findIndex((e) => e.event === event);
+    if (exact) {
+      if (heldAt !== -1) {
+        // Its notification came first: that is the event.
+        this.known.push(state.held.splice(heldAt, 1)[0]);
+        this.heldCount--;
         return;
       }
-      this.credits.delete(key);
+      const buffer = Buffer.from(key, "latin1");
+      this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db });
+      state.expected.push({ event, at });
+      this.size++;
+      return;
     }
-    let list = this.pending.get(key);
-    if (list === undefined) {
-      list = [];
-      this.pending.set(key, list);
-    }
-    list.push({ event, at });
+    // Not known exactly: a notification already there stands for it, else wait for one.
+    if (state.held.length > 0) return;
+    state.waiting.push({ event, at });
     this.size++;
   }
 
-  /** Notifications that arrived: each settles one waiting write of its key. */
-  confirm(events: readonly KeyEvent[]): void {
-    for (const e of events) {
-      if (e.db !== 0) continue;
-      const key = e.key.toString("latin1");
-      const list = this.pending.get(key);
-      if (list !== undefined) {
-        list.shift();
-        this.size--;
-        if (list.length === 0) this.pending.delete(key);
-        continue;
-      }
-      if (isProxyKey(e.key)) continue;
-      let credits = this.credits.get(key);
-      if (credits === undefined) {
-        credits = [];
-        this.credits.set(key, credits);
-      }
-      credits.push(e.at);
-    }
+  /** Notifications held for a key with no write in flight any more (or held too long: `now`) go on. */
+  private releaseHeld(state: KeyState, now = false): void {
+    if ((state.inFlight > 0 && !now) || state.held.length === 0) return;
+    for (const e of state.held) this.known.push(e);
+    this.heldCount -= state.held.length;
+    state.held = [];
   }
 
   /**
-   * The writes acknowledged at or before `cut` that no notification settled: call after a
-   * barrier begun after `cut` resolved, when theirs can no longer come. They leave the
-   * journal; `shardOf` names the shard each key lives on now.
+   * Notifications that arrived: the ones to handle now. A notification a write already
+   * produced is swallowed; one for a key with a write in flight is held until its reply.
    */
-  takeUnconfirmed(cut: number, shardOf: (key: Buffer) => string): KeyEvent[] {
+  confirm(events: readonly KeyEvent[]): KeyEvent[] {
+    if (this.dbs.size === 0) return events as KeyEvent[];
     const out: KeyEvent[] = [];
-    for (const [key, list] of this.pending) {
-      let n = 0;
-      while (n < list.length && list[n].at <= cut) n++;
-      if (n === 0) continue;
-      const buffer = Buffer.from(key, "latin1");
-      const shard = shardOf(buffer);
-      for (const p of list.splice(0, n)) out.push({ key: buffer, event: p.event, shard, at: p.at, db: 0 });
-      this.size -= n;
-      if (list.length === 0) this.pending.delete(key);
-    }
-    const stale = Date.now() - CREDIT_MS;
-    for (const [key, credits] of this.credits) {
-      while (credits.length > 0 && credits[0] < stale) credits.shift();
-      if (credits.length === 0) this.credits.delete(key);
+    for (const e of events) {
+      const table = this.dbs.get(e.db);
+      const key = table === undefined ? "" : e.key.toString("latin1");
+      const state = table?.get(key);
+      if (state === undefined) {
+        out.push(e);
+        continue;
+      }
+      const expected = state.expected.findIndex((x) => x.event === e.event);
+      if (expected !== -1) {
+        state.expected.splice(expected, 1);
+        this.size--;
+      } else if (state.inFlight > 0) {
+        state.held.push(e);
+        this.heldCount++;
+      } else {
+        if (state.waiting.length > 0) {
+          state.waiting.shift();
+          this.size--;
+        }
+        out.push(e);
+      }
+      this.forget(table!, key, state);
     }
     return out;
   }
 
+  /**
+   * Settles what was answered at or before `cut`: call after a barrier begun after `cut`
+   * resolved, when the notifications of those writes can no longer come. Writes still
+   * waiting become events of their own (returned); expected notifications are no longer
+   * awaited; notifications held too long go on.
+   */
+  takeUnconfirmed(cut: number): KeyEvent[] {
+    const out: KeyEvent[] = [];
+    const stale = Date.now() - HOLD_MS;
+    for (const [db, table] of this.dbs) {
+      for (const [key, state] of table) {
+        let n = 0;
+        while (n < state.expected.length && state.expected[n].at <= cut) n++;
+        if (n > 0) {
+          state.expected.splice(0, n);
+          this.size -= n;
+        }
+        n = 0;
+        while (n < state.waiting.length && state.waiting[n].at <= cut) n++;
+        if (n > 0) {
+          const buffer = Buffer.from(key, "latin1");
+          const shard = this.shardOf(buffer);
+          for (const w of state.waiting.splice(0, n))
+            out.push({ key: buffer, event: w.event, shard, at: w.at, db });
+          this.size -= n;
+        }
+        if (state.inFlight > 0 && state.since < Date.now() - IN_FLIGHT_GIVE_UP_MS) state.inFlight = 0;
+        if (state.held.length > 0 && state.held[0].at < stale) {
+          this.releaseHeld(state, true);
+        }
+        this.forget(table, key, state);
+      }
+    }
+    this.schedule();
+    return out;
+  }
+
+  /** Hands the events known so far over now (before a barrier's answer, say). */
+  flush(): void {
+    if (this.flushScheduled !== null) clearImmediate(this.flushScheduled);
+    this.flushScheduled = null;
+    if (this.known.length === 0) return;
+    const events = this.known;
+    this.known = [];
+    this.emit(events);
+  }
+
   clear(): void {
-    this.pending.clear();
-    this.credits.clear();
+    if (this.flushScheduled !== null) clearImmediate(this.flushScheduled);
+    this.flushScheduled = null;
+    this.known = [];
+    this.dbs.clear();
     this.size = 0;
+    this.heldCount = 0;
+  }
+
+  private schedule(): void {
+    if (this.known.length > 0) this.flushScheduled ??= setImmediate(() => this.flush());
+  }
+
+  private table(db: number): Map<string, KeyState> {
+    let table = this.dbs.get(db);
+    if (table === undefined) {
+      table = new Map();
+      this.dbs.set(db, table);
+    }
+    return table;
+  }
+
+  private stateOf(table: Map<string, KeyState>, key: string): KeyState {
+    let state = table.get(key);
+    if (state === undefined) {
+      state = { inFlight: 0, since: 0, expected: [], waiting: [], held: [] };
+      table.set(key, state);
+    }
+    return state;
+  }
+
+  private forget(table: Map<string, KeyState>, key: string, state: KeyState): void {
+    if (state.inFlight > 0 || state.expected.length > 0 || state.waiting.length > 0 || state.held.length > 0)
+      return;
+    table.delete(key);
   }
 }
 
 /** Whether a write's reply says it changed nothing, so it emitted no notification. */
 function changedNothing(name: string, reply: Buffer, conditional: boolean): boolean {
   const nil = (reply[0] === 36 || reply[0] === 42) && reply[1] === 45; /* $-1, *-1 */
-  if (nil || reply[0] === 95 /* _ (RESP3 null) */) return name !== "set" || conditional;
+  // SET ... GET and GETSET answer nil for a key that was missing, and wrote it.
+  if (nil || reply[0] === 95 /* _ (RESP3 null) */)
+    return (name !== "set" && name !== "getset") || conditional;
   return reply[0] === 58 /* : */ && reply[1] === 48 /* 0 */ && reply[2] === 13 && ZERO_IS_NOTHING.has(name);
 }

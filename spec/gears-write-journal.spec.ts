@@ -1,0 +1,160 @@
+import { expect } from "chai";
+import { Redis } from "ioredis";
+import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { eventually, execute, registrations } from "./support/registrations.js";
+
+/**
+ * Issues 12 and 14: writes through the proxy become events from the proxy's own record of
+ * them (its write journal), in every database and inside MULTI/EXEC, whether or not their
+ * keyspace notification comes; when it does come it is swallowed, so each write reaches a
+ * registration exactly once. A registration counts every event it sees per key and event
+ * name; the counts must be exactly one.
+ */
+
+const COUNT_EVENTS =
+  "GB().foreach(x => execute('HINCRBY', 'seen', x.key + ' ' + x.event, 1)).register('k:*')";
+
+/** HGETALL of `seen`, counts as numbers. */
+async function seen(c: Redis): Promise<Record<string, number>> {
+  const raw = await c.hgetall("seen");
+  return Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, Number(v)]));
+}
+
+describe("gears write journal: events of writes through the proxy, once each (one redis-server)", function () {
+  this.timeout(60_000);
+  let redis: RedisNode;
+  let proxy: RunningProxy;
+  let db0: Redis;
+  let db3: Redis;
+  let direct0: Redis;
+  let direct3: Redis;
+  let marker = 0;
+
+  /**
+   * Waits until a write made straight to the server (its notification queued after those
+   * of every earlier write) has been handled in `direct`'s database: every event before it
+   * has been handled by then, duplicates included.
+   */
+  async function drained(direct: Redis): Promise<void> {
+    const key = `k:marker:${++marker}`;
+    await direct.set(key, "1");
+    await eventually(
+      () => direct.hget("seen", `${key} set`),
+      (v) => v !== null,
+      `marker ${key} handled`,
+    );
+    await direct.hdel("seen", `${key} set`);
+  }
+
+  before(async () => {
+    redis = await startRedis();
+    proxy = await startProxy([{ port: redis.port }]);
+    db0 = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+    db3 = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0, db: 3 });
+    direct0 = new Redis({ port: redis.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+    direct3 = new Redis({ port: redis.port, host: "127.0.0.1", maxRetriesPerRequest: 0, db: 3 });
+    await execute(db0, COUNT_EVENTS);
+    await execute(db3, COUNT_EVENTS);
+  });
+
+  afterEach(async () => {
+    await direct0.config("SET", "notify-keyspace-events", "AE");
+    await drained(direct0);
+    await drained(direct3);
+    await direct0.flushall();
+  });
+
+  after(async () => {
+    for (const c of [db0, db3]) {
+      for (const r of await registrations(c)) await c.call("RG.UNREGISTER", r.id);
+    }
+    for (const c of [db0, db3, direct0, direct3]) c.disconnect();
+    await proxy?.close();
+    await redis?.stop();
+  });
+
+  it("notifications flowing: writes in db 0, db 3 and MULTI/EXEC, pipelined ones too, each handled once", async () => {
+    await db0.set("k:a", "1");
+    await db0.incr("k:b");
+    await db0.hset("k:c", "f", "v");
+    await db0.sadd("k:d", "m");
+    await db0.sadd("k:d", "m"); // changes nothing: no event
+    await db0.set("k:e", "v", "EX", 100); // "set" and "expire", from their notifications
+    expect(
+      await db0.multi().set("k:m1", "1").incr("k:m2").set("k:m3", "v", "NX").set("k:m1", "2", "NX").exec(),
+    ).to.deep.equal([
+      [null, "OK"],
+      [null, 1],
+      [null, "OK"],
+      [null, null],
+    ]);
+    const pipeline = db0.pipeline();
+    for (let i = 0; i < 300; i++) pipeline.set(`k:p:${i % 100}`, String(i));
+    await pipeline.exec();
+    await db3.set("k:a3", "1");
+    await db3.multi().set("k:m31", "1").hset("k:m32", "f", "v").exec();
+    await drained(direct0);
+    await drained(direct3);
+
+    const expected0: Record<string, number> = {
+      "k:a set": 1,
+      "k:b incrby": 1,
+      "k:c hset": 1,
+      "k:d sadd": 1,
+      "k:e set": 1,
+      "k:e expire": 1,
+      "k:m1 set": 1,
+      "k:m2 incrby": 1,
+      "k:m3 set": 1,
+    };
+    for (let i = 0; i < 100; i++) expected0[`k:p:${i} set`] = 3;
+    expect(await seen(direct0)).to.deep.equal(expected0);
+    expect(await seen(direct3)).to.deep.equal({ "k:a3 set": 1, "k:m31 set": 1, "k:m32 hset": 1 });
+  });
+
+  it("notifications cut: writes through the proxy in MULTI/EXEC and in db 3 still reach their registration, exactly once", async () => {
+    await direct0.config("SET", "notify-keyspace-events", "");
+    await db0.multi().set("k:m1", "1").incr("k:m2").hset("k:m3", "f", "v").exec();
+    await db0.set("k:plain", "1");
+    await db0.expire("k:plain", 100); // its event is not known from the reply: settled later
+    await db3.set("k:a3", "1");
+    await db3.multi().sadd("k:m31", "x").del("k:a3").exec();
+    const expected0 = {
+      "k:m1 set": 1,
+      "k:m2 incrby": 1,
+      "k:m3 hset": 1,
+      "k:plain set": 1,
+      "k:plain expire": 1,
+    };
+    const expected3 = { "k:a3 set": 1, "k:m31 sadd": 1, "k:a3 del": 1 };
+    await eventually(
+      () => seen(direct0),
+      (s) => Object.keys(expected0).every((k) => k in s),
+      "db 0 writes handled without notifications",
+    );
+    await eventually(
+      () => seen(direct3),
+      (s) => Object.keys(expected3).every((k) => k in s),
+      "db 3 writes handled without notifications",
+    );
+    // Notifications back on: anything handled twice would be there before the markers.
+    await direct0.config("SET", "notify-keyspace-events", "AE");
+    await drained(direct0);
+    await drained(direct3);
+    expect(await seen(direct0)).to.deep.equal(expected0);
+    expect(await seen(direct3)).to.deep.equal(expected3);
+  });
+
+  it("a transaction that does not run (EXECABORT, DISCARD) produces no event", async () => {
+    await db0.multi().set("k:discarded", "1").discard();
+    await db0
+      .multi()
+      .set("k:aborted", "1")
+      .call("NO-SUCH-COMMAND")
+      .exec()
+      .catch(() => {});
+    await drained(direct0);
+    expect(await seen(direct0)).to.deep.equal({});
+    expect(await direct0.exists("k:discarded", "k:aborted")).to.equal(0);
+  });
+});
