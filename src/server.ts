@@ -5,7 +5,7 @@ import { ClientRegistry } from "./client/registry.js";
 import { TrackingTable } from "./client/tracking/table.js";
 import type { ProxyContext, ProxyStats } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
-import { chooseEvictions } from "./client/memory-guard.js";
+import { MemoryGuard, type Eviction } from "./client/memory-guard.js";
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
@@ -43,7 +43,8 @@ export class ProxyServer {
   tlsPort: number | undefined;
   private context: ProxyContext | null = null;
   private sweeper: NodeJS.Timeout | null = null;
-  private memoryCheck: NodeJS.Timeout | null = null;
+  /** Keeps what clients hold under --maxmemory-clients and the per-client output limit. */
+  readonly memoryGuard: MemoryGuard;
   /** The warm Python interpreter (--python). */
   private python: PyodidePool | null = null;
   /** A JavaScript isolate started ahead of the next RG.EXECUTE. */
@@ -54,7 +55,16 @@ export class ProxyServer {
   constructor(
     readonly config: ProxyConfig,
     readonly log: Logger,
-  ) {}
+  ) {
+    this.memoryGuard = new MemoryGuard(
+      () => this.context?.clients.all() ?? [],
+      { perClientOutput: config.clientOutputBufferLimit, total: config.maxmemoryClients },
+      (eviction) => this.evict(eviction),
+      (total) => {
+        if (this.context !== null) this.context.stats.clientsMemory = total;
+      },
+    );
+  }
 
   /** Resolves once listening; the port is the bound one (useful with port 0). */
   async start(): Promise<{ host: string; port: number }> {
@@ -118,6 +128,7 @@ export class ProxyServer {
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
       tracking: new TrackingTable(router, (id) => ctx.clients.get(id)),
       acl,
+      memoryGuard: this.memoryGuard,
     };
     if (acl !== null) {
       ctx.gears.guardFor = (user) => acl.guardFor(user);
@@ -148,8 +159,7 @@ export class ProxyServer {
       this.tlsListener = tlsListener;
       this.tlsPort = (await this.listen(tlsListener, this.config.tlsPort ?? 0)).port;
     }
-    this.memoryCheck = setInterval(() => this.boundClientMemory(ctx), MEMORY_CHECK_MS);
-    this.memoryCheck.unref();
+    this.memoryGuard.start(MEMORY_CHECK_MS);
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);
       this.sweeper.unref();
@@ -221,22 +231,17 @@ export class ProxyServer {
     ctx.clients.add(new ClientSession(socket, ctx));
   }
 
-  private boundClientMemory(ctx: ProxyContext): void {
-    const limits = {
-      perClientOutput: this.config.clientOutputBufferLimit,
-      total: this.config.maxmemoryClients,
-    };
-    const { evictions, total } = chooseEvictions(ctx.clients.all(), limits);
-    ctx.stats.clientsMemory = total;
-    for (const { client, reason, bytes } of evictions) {
-      if (reason === "maxmemory-clients") ctx.stats.evictedClients++;
-      else ctx.stats.outputLimitDisconnections++;
-      this.log.warn(
-        { client: client.id, addr: client.addr, bytes, reason },
-        "client disconnected for a memory limit",
-      );
-      client.kill(reason);
+  private evict({ client, reason, bytes }: Eviction): void {
+    const stats = this.context?.stats;
+    if (stats !== undefined) {
+      if (reason === "maxmemory-clients") stats.evictedClients++;
+      else stats.outputLimitDisconnections++;
     }
+    this.log.warn(
+      { client: client.id, addr: client.addr, bytes, reason },
+      "client disconnected for a memory limit",
+    );
+    client.kill(reason);
   }
 
   private closeIdleClients(ctx: ProxyContext): void {
@@ -258,7 +263,7 @@ export class ProxyServer {
   async close(timeoutMs = this.config.shutdownTimeoutMs): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     if (this.sweeper !== null) clearInterval(this.sweeper);
-    if (this.memoryCheck !== null) clearInterval(this.memoryCheck);
+    this.memoryGuard.stop();
     const listeners = [this.listener, this.tlsListener].filter((l): l is net.Server => l !== null);
     this.listener = null;
     this.tlsListener = null;

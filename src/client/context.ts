@@ -7,6 +7,7 @@ import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
 import type { TrackingTable } from "./tracking/table.js";
 import type { AccessControl } from "../acl/access-control.js";
+import type { MemoryGuard } from "./memory-guard.js";
 
 /** Counters shown in INFO's Proxy section. */
 export interface ProxyStats {
@@ -41,4 +42,6 @@ export interface ProxyContext {
   tracking: TrackingTable;
   /** The proxy's users and their permissions (--aclfile, user lines); null without them. */
   acl: AccessControl | null;
+  /** Bounds what clients hold (--maxmemory-clients, client-output-buffer-limit); absent in unit setups. */
+  memoryGuard?: MemoryGuard;
 }
