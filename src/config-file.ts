@@ -194,6 +194,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     defaultText: "1gb",
   },
   {
+    flag: "threads",
+    key: "threads",
+    kind: "text",
+    describe:
+      "Event loops (processes) serving the one port, each with its own upstream connections; `auto`: one per core. Needs --upstream; /metrics answers for one of them.",
+    defaultText: "1",
+  },
+  {
     flag: "shutdown-timeout",
     key: "shutdownTimeoutMs",
     kind: "count",

@@ -3,7 +3,7 @@ import tls from "node:tls";
 import { clientTlsOptions } from "./config-tls.js";
 import { ClientRegistry } from "./client/registry.js";
 import { TrackingTable } from "./client/tracking/table.js";
-import type { ProxyContext, ProxyStats } from "./client/context.js";
+import type { ProxyContext, ProxyStats, ThreadLink } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
 import { MemoryGuard, type Eviction } from "./client/memory-guard.js";
 import type { ProxyConfig } from "./config.js";
@@ -55,6 +55,8 @@ export class ProxyServer {
   constructor(
     readonly config: ProxyConfig,
     readonly log: Logger,
+    /** With --threads: this process's link to the other threads (src/threads/). */
+    private readonly thread?: ThreadLink,
   ) {
     this.memoryGuard = new MemoryGuard(
       () => this.context?.clients.all() ?? [],
@@ -115,7 +117,7 @@ export class ProxyServer {
       config: this.config,
       log: this.log,
       router,
-      clients: new ClientRegistry(),
+      clients: new ClientRegistry((this.thread?.index ?? 0) + 1, this.thread?.count ?? 1),
       stats,
       upstreamVersion: upstream.version,
       gears: new GearsEngine(
@@ -129,7 +131,9 @@ export class ProxyServer {
       tracking: new TrackingTable(router, (id) => ctx.clients.get(id)),
       acl,
       memoryGuard: this.memoryGuard,
+      ...(this.thread === undefined ? {} : { threads: this.thread }),
     };
+    this.thread?.serve(ctx);
     if (acl !== null) {
       ctx.gears.guardFor = (user) => acl.guardFor(user);
       ctx.gears.tf.libraries.guardFor = (user) => acl.guardFor(user);

@@ -44,4 +44,24 @@ export interface ProxyContext {
   acl: AccessControl | null;
   /** Bounds what clients hold (--maxmemory-clients, client-output-buffer-limit); absent in unit setups. */
   memoryGuard?: MemoryGuard;
+  /** The other threads of a --threads proxy (src/threads/); absent with one thread. */
+  threads?: ThreadPeers;
+}
+
+/** What the client commands ask of every thread of a --threads proxy, this one included. */
+export interface ThreadPeers {
+  /** CLIENT LIST's lines over every thread (`args`: what follows LIST, already checked). */
+  clientList(args: string[]): Promise<string>;
+  /** CLIENT KILL with filters on every thread; how many clients were killed. */
+  clientKill(args: string[], callerId: number): Promise<number>;
+  /** INFO's proxy section with the threads' counters summed. */
+  proxySection(): Promise<string>;
+}
+
+/** One thread of a --threads proxy: its place among them, and its answers to the others. */
+export interface ThreadLink extends ThreadPeers {
+  readonly index: number;
+  readonly count: number;
+  /** Starts answering the other threads' questions about this thread's clients and gears. */
+  serve(ctx: ProxyContext): void;
 }
