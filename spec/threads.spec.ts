@@ -1,6 +1,6 @@
 import { expect } from "chai";
 import { Redis } from "ioredis";
-import { startRedis, type RedisNode } from "./harness/index.js";
+import { freePort, startRedis, type RedisNode } from "./harness/index.js";
 import { ChildProxy } from "./support/child-proxy.js";
 import { eventually } from "./support/polling.js";
 
@@ -12,6 +12,7 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
   this.timeout(60_000);
   let redis: RedisNode;
   let proxy: ChildProxy;
+  let metricsPort: number;
   const open: Redis[] = [];
 
   function connect(name: string): Redis {
@@ -44,7 +45,11 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
 
   before(async () => {
     redis = await startRedis();
-    proxy = await ChildProxy.start({ upstreams: [{ port: redis.port }], args: ["--threads", "2"] });
+    metricsPort = await freePort();
+    proxy = await ChildProxy.start({
+      upstreams: [{ port: redis.port }],
+      args: ["--threads", "2", "--metrics-port", String(metricsPort)],
+    });
     // PING answers once one thread listens: wait until both answer the others' questions.
     const probe = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
     try {
@@ -98,6 +103,18 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
     expect(field("threads")).to.equal(2);
     expect(field("connected_clients")).to.equal(lines.length);
     expect(field("total_connections_received")).to.be.at.least(open.length);
+  });
+
+  it("sums /metrics over the threads", async () => {
+    const [a] = await onTwoThreads("scraped");
+    const scrape = async (): Promise<[number, number]> => {
+      const info = String(await a.call("INFO", "proxy"));
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const current = Number(/^gears_proxy_connections_current (\d+)/m.exec(text)?.[1] ?? NaN);
+      return [current, Number(/^connected_clients:(\d+)/m.exec(info)![1])];
+    };
+    // One thread alone holds fewer clients than both: only the sum matches INFO's.
+    await eventually(scrape, ([m, i]) => m === i && m >= 2, "/metrics counts both threads' clients");
   });
 
   it("answers an RG.EXECUTE UNBLOCKING id started on one thread from a client of the other", async () => {

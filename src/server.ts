@@ -179,6 +179,7 @@ export class ProxyServer {
         this.config.metricsBind,
         this.config.metricsPort ?? 0,
         ready,
+        this.thread === undefined ? undefined : () => this.thread!.metricsText(),
       );
     }
     const address = listener.address() as net.AddressInfo;

@@ -62,6 +62,8 @@ export interface ThreadPeers {
 export interface ThreadLink extends ThreadPeers {
   readonly index: number;
   readonly count: number;
+  /** /metrics: every thread's metrics, summed as prom-client's cluster aggregation does. */
+  metricsText(): Promise<string>;
   /** Starts answering the other threads' questions about this thread's clients and gears. */
   serve(ctx: ProxyContext): void;
 }

@@ -8,6 +8,7 @@ export type ThreadQuery =
   | { kind: "client-list"; args: string[] }
   | { kind: "client-kill"; args: string[]; callerId: number }
   | { kind: "info" }
+  | { kind: "metrics" }
   | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown };
 
 export type ThreadMessage =

@@ -8,6 +8,7 @@ import type { ProxyContext, ThreadLink } from "../client/context.js";
 import { proxySection } from "../client/info-command.js";
 import { findExecutionsElsewhere, runGearsCommand, type GearsCaller } from "../gears/commands.js";
 import type { GearsReply } from "../gears/result-chunks.js";
+import { AggregatorRegistry } from "prom-client";
 import {
   THREADS_ENV,
   THREAD_ENV,
@@ -105,6 +106,12 @@ export class ClusterLink implements ThreadLink {
     return sumProxySections(sections);
   }
 
+  async metricsText(): Promise<string> {
+    const answers = await this.ask({ kind: "metrics" }, ASK_TIMEOUT_MS);
+    // Counters and histograms add up; prom-client's gauges say how they combine (sum by default).
+    return AggregatorRegistry.aggregate(answers.filter((a): a is object[] => Array.isArray(a))).metrics();
+  }
+
   /** An execution-id command for an execution another thread ran; null when none did. */
   private async gears(name: string, args: Buffer[], caller: GearsCaller): Promise<GearsReply | null> {
     // No timeout: RG.GETRESULTSBLOCKING waits for the execution as long as it runs.
@@ -161,6 +168,8 @@ export class ClusterLink implements ThreadLink {
         return killMatching(ctx, query.args, query.callerId);
       case "info":
         return proxySection(ctx);
+      case "metrics":
+        return ctx.metrics === null ? null : ctx.metrics.registry.getMetricsAsJSON();
       case "gears": {
         const args = query.args.map(asBuffer);
         if (args.length === 0 || ctx.gears.get(args[0].toString()) === undefined) return null;
