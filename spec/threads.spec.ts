@@ -91,6 +91,17 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
       (list) => !list.includes(` name=${b.options.connectionName} `),
       "the client on the other thread killed",
     );
+    // The old form, by address, too.
+    const [c, d] = await onTwoThreads("addressed");
+    const dLine = String(await c.call("CLIENT", "LIST"))
+      .split("\n")
+      .find((l) => l.includes(` name=${d.options.connectionName} `))!;
+    expect(await c.call("CLIENT", "KILL", / addr=(\S+)/.exec(dLine)![1])).to.equal("OK");
+    await eventually(
+      async () => String(await c.call("CLIENT", "LIST")),
+      (list) => !list.includes(` name=${d.options.connectionName} `),
+      "the client killed by address",
+    );
   });
 
   it("sums INFO's client and command counters over the threads", async () => {

@@ -198,7 +198,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     key: "threads",
     kind: "text",
     describe:
-      "Event loops (processes) serving the one port, each with its own upstream connections; `auto`: one per core. Needs --upstream; /metrics answers for one of them.",
+      "Processes sharing the port, each a whole proxy with its own upstream connections; `auto`: one per core. Needs --upstream. CLIENT UNBLOCK, REDIRECT and SLOWLOG are per thread.",
     defaultText: "1",
   },
   {

@@ -93,6 +93,16 @@ function kill(session: CommandHost, argv: Buffer[]): void {
   if (args.length === 1) {
     // Old form: CLIENT KILL addr:port, which may name the caller itself.
     const target = [...clients.all()].find((c) => c.addr === args[0]);
+    const threads = session.ctx.threads;
+    if (target === undefined && threads !== undefined) {
+      // Perhaps a client of another thread.
+      const slot = session.laterSlot();
+      void threads.clientKill(["addr", args[0]], session.id).then(
+        (n) => slot.reply(n > 0 ? OK : encodeError("ERR No such client")),
+        (err: Error) => slot.reply(encodeError(`ERR ${err.message}`)),
+      );
+      return;
+    }
     if (target === undefined) return session.replyError("ERR No such client");
     if (target.id === session.id) return session.replyAndClose(OK);
     session.replyNow(OK);
