@@ -161,7 +161,7 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
       (onB) => JSON.stringify(onB) === JSON.stringify(onA),
       "B lists A's registration",
     );
-    // And it fires once for a write through either thread.
+    // And it fires for a write through either thread.
     await b.call("SET", "threads:reg:x", "1");
     await a.call("SET", "threads:reg:y", "1");
     await eventually(

@@ -133,7 +133,6 @@ export class ProxyServer {
       memoryGuard: this.memoryGuard,
       ...(this.thread === undefined ? {} : { threads: this.thread }),
     };
-    this.thread?.serve(ctx);
     if (acl !== null) {
       ctx.gears.guardFor = (user) => acl.guardFor(user);
       ctx.gears.tf.libraries.guardFor = (user) => acl.guardFor(user);
@@ -154,6 +153,8 @@ export class ProxyServer {
     const listener = net.createServer((socket) => this.accept(ctx, socket));
     this.listener = listener;
     await this.listen(listener, this.config.port);
+    // Counted among the threads once it takes connections (the spec waits for that).
+    this.thread?.serve(ctx);
     if (tlsOptions !== undefined) {
       const tlsListener = tls.createServer(tlsOptions, (socket) => this.acceptTls(ctx, socket));
       // A failed handshake (no certificate, another CA) never becomes a client: noted, not fatal.
