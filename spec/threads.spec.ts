@@ -104,6 +104,19 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
     );
   });
 
+  it("CLIENT UNBLOCK ends a blocking command of a client on the other thread", async () => {
+    const [a, b] = await onTwoThreads("unblocker");
+    const bId = Number(await b.call("CLIENT", "ID"));
+    const blocked = b.call("BLPOP", "threads:nothing", "0");
+    await eventually(
+      async () => String(await a.call("CLIENT", "LIST")),
+      (list) => list.split("\n").some((l) => l.startsWith(`id=${bId} `) && / flags=\S*b/.test(l)),
+      "the client shown blocked",
+    );
+    expect(await a.call("CLIENT", "UNBLOCK", String(bId))).to.equal(1);
+    expect(await blocked).to.equal(null);
+  });
+
   it("sums INFO's client and command counters over the threads", async () => {
     const [a] = await onTwoThreads("counter");
     const info = String(await a.call("INFO", "proxy"));

@@ -178,6 +178,15 @@ function unblock(session: CommandHost, argv: Buffer[]): void {
   if (mode !== "timeout" && mode !== "error")
     return session.replyError("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR");
   const target = session.ctx.clients.get(id);
+  const threads = session.ctx.threads;
+  if (target === undefined && threads !== undefined) {
+    const later = session.laterSlot();
+    void threads.clientUnblock(id, mode === "error").then(
+      (n) => later.reply(encodeInteger(n)),
+      () => later.reply(encodeInteger(0)),
+    );
+    return;
+  }
   if (target === undefined) return void session.replyNow(encodeInteger(0));
   const slot = session.laterSlot();
   void target.unblock(mode === "error").then((n) => slot.reply(encodeInteger(n)));

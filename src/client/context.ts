@@ -54,6 +54,8 @@ export interface ThreadPeers {
   clientList(args: string[]): Promise<string>;
   /** CLIENT KILL with filters on every thread; how many clients were killed. */
   clientKill(args: string[], callerId: number): Promise<number>;
+  /** CLIENT UNBLOCK of a client of any thread; 1 when it was blocked, else 0. */
+  clientUnblock(id: number, withError: boolean): Promise<number>;
   /** INFO's proxy section with the threads' counters summed. */
   proxySection(): Promise<string>;
 }

@@ -7,6 +7,7 @@
 export type ThreadQuery =
   | { kind: "client-list"; args: string[] }
   | { kind: "client-kill"; args: string[]; callerId: number }
+  | { kind: "client-unblock"; id: number; withError: boolean }
   | { kind: "info" }
   | { kind: "metrics" }
   | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown };

@@ -97,6 +97,11 @@ export class ClusterLink implements ThreadLink {
     return answers.reduce<number>((n, a) => n + (typeof a === "number" ? a : 0), 0);
   }
 
+  async clientUnblock(id: number, withError: boolean): Promise<number> {
+    const answers = await this.ask({ kind: "client-unblock", id, withError }, ASK_TIMEOUT_MS);
+    return answers.some((a) => a === 1) ? 1 : 0;
+  }
+
   async proxySection(): Promise<string> {
     const answers = await this.ask({ kind: "info" }, ASK_TIMEOUT_MS);
     const sections = answers.filter((a): a is string => typeof a === "string");
@@ -166,6 +171,8 @@ export class ClusterLink implements ThreadLink {
         return clientListText(ctx.clients.all(), query.args) ?? "";
       case "client-kill":
         return killMatching(ctx, query.args, query.callerId);
+      case "client-unblock":
+        return ctx.clients.get(query.id)?.unblock(query.withError) ?? 0;
       case "info":
         return proxySection(ctx);
       case "metrics":
