@@ -17,7 +17,14 @@ async function setBig(port: number): Promise<void> {
 
 function holder(id: number, query: number, output: number): MemoryHolder & { killed: string[] } {
   const killed: string[] = [];
-  return { id, addr: `c${id}`, memory: () => ({ query, output }), kill: (r) => killed.push(r), killed };
+  return {
+    id,
+    addr: `c${id}`,
+    memory: () => ({ query, output }),
+    kill: (r) => killed.push(r),
+    killed,
+    memoryMark: Infinity,
+  };
 }
 
 describe("client memory bounds (client/memory-guard.ts)", function () {
@@ -166,6 +173,49 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
         );
         const info = String(await sendCommand(proxy.port, ["INFO", "proxy"]));
         expect(info).to.match(/^client_output_limit_disconnections:[1-9]/m);
+      } finally {
+        client.close();
+      }
+    });
+  });
+
+  describe("a burst faster than the timer", () => {
+    let redis: RedisNode;
+    let proxy: RunningProxy;
+    const limit = 16 * MB;
+
+    before(async () => {
+      redis = await startRedis();
+      proxy = await startProxy([redis], { maxmemoryClients: limit, clientOutputBufferLimit: 256 * MB });
+      await setBig(proxy.port);
+    });
+    after(async () => {
+      await proxy.close();
+      await redis.stop();
+    });
+
+    it("is cut within a step of the limit by the client's own growth, with the timer stopped", async () => {
+      // Only the step check can act: without it the client is never disconnected.
+      proxy.server.memoryGuard.stop();
+      const step = proxy.server.memoryGuard.step;
+      const client = await RawClient.connect(proxy.port);
+      try {
+        expect(await client.text("CLIENT", "SETNAME", "burst")).to.equal("OK");
+        client.socket.pause();
+        const get = encode(["GET", "big"]);
+        // 100 MB of replies asked for at once, arriving far faster than one 100 ms tick.
+        client.write(Buffer.concat(Array.from({ length: 100 }, () => get)));
+        const info = await eventually(
+          async () => String(await sendCommand(proxy.port, ["INFO", "proxy"])),
+          (text) => /^evicted_clients:1\r?$/m.test(text),
+          "the burst client evicted",
+        );
+        // What all clients held at the check that cut it: within a step (and the reply that
+        // crossed it, plus one read's worth) of the limit, not the 100 MB asked for.
+        const held = Number(/^clients_memory:(\d+)/m.exec(info)![1]);
+        expect(held).to.be.above(limit);
+        expect(held).to.be.at.most(limit + step + 3 * MB);
+        expect(await sendCommand(proxy.port, ["STRLEN", "big"])).to.equal(MB);
       } finally {
         client.close();
       }

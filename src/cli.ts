@@ -19,6 +19,8 @@ import {
 import { createLogger, type Logger } from "./observability/log.js";
 import { ProxyServer } from "./server.js";
 import { startEmbeddedRedis, type EmbeddedRedis } from "./upstream/embedded-redis.js";
+import { isThread, superviseThreads, threadCount } from "./threads/supervisor.js";
+import { threadLinkFromEnv, type ClusterLink } from "./threads/peers.js";
 
 export { UsageError };
 
@@ -164,7 +166,7 @@ class Running {
   }
 }
 
-function onSignals(running: Running): void {
+function onSignals(running: Running): (signal: NodeJS.Signals) => void {
   const handler = (signal: NodeJS.Signals): void => {
     if (running.isStopping) {
       running.log.warn({ signal }, "second signal: exiting now");
@@ -190,16 +192,17 @@ function onSignals(running: Running): void {
   process.on("unhandledRejection", (reason: unknown) => {
     running.log.error({ err: errorMessage(reason) }, "unhandled rejection");
   });
+  return handler;
 }
 
-async function start(running: Running, config: ProxyConfig): Promise<void> {
+async function start(running: Running, config: ProxyConfig, thread?: ClusterLink): Promise<void> {
   let effective = config;
   if (config.upstreams.length === 0) {
     running.embedded = await startEmbeddedRedis(config.dataDir, running.log);
     const { host, port } = running.embedded;
     effective = { ...config, upstreams: [{ host, port }] };
   }
-  running.server = new ProxyServer(effective, running.log);
+  running.server = new ProxyServer(effective, running.log, thread);
   const address = await running.server.start();
   const tlsPort = running.server.tlsPort;
   const tlsText = tlsPort === undefined ? "" : ` (TLS on port ${tlsPort})`;
@@ -222,13 +225,30 @@ async function main(): Promise<void> {
     process.stdout.write(`${action.text}\n`);
     return;
   }
+  const threads = threadCount(action.config.threads);
+  if (threads === null || (threads > 1 && action.config.upstreams.length === 0)) {
+    process.stderr.write(
+      `gears-proxy: --threads ${threads === null ? "takes a positive number or auto" : "needs --upstream"}\n`,
+    );
+    process.exit(2);
+  }
+  const log = createLogger(action.config.logLevel, action.config.logFormat);
+  if (threads > 1 && !isThread()) {
+    superviseThreads(threads, log, action.config.shutdownTimeoutMs);
+    return;
+  }
+  const thread = threadLinkFromEnv() ?? undefined;
   const running = new Running(
-    createLogger(action.config.logLevel, action.config.logFormat),
+    thread === undefined ? log : log.child({ thread: thread.index }),
     action.config.shutdownTimeoutMs,
   );
-  onSignals(running);
+  const stop = onSignals(running);
+  if (thread !== undefined)
+    thread.onStop = () => {
+      if (!running.isStopping) stop("SIGTERM");
+    };
   try {
-    await start(running, action.config);
+    await start(running, action.config, thread);
   } catch (err) {
     await running.stop();
     process.stderr.write(`gears-proxy: could not start: ${errorMessage(err)}\n`);

@@ -194,6 +194,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     defaultText: "1gb",
   },
   {
+    flag: "threads",
+    key: "threads",
+    kind: "text",
+    describe:
+      "Processes sharing the port, each a whole proxy with its own upstream connections; `auto`: one per core. Needs --upstream. Tracking REDIRECT and SLOWLOG stay per thread.",
+    defaultText: "1",
+  },
+  {
     flag: "shutdown-timeout",
     key: "shutdownTimeoutMs",
     kind: "count",

@@ -48,6 +48,11 @@ export interface ProxyConfig {
    * gears hand their leases back, then the process exits whatever is left.
    */
   shutdownTimeoutMs: number;
+  /**
+   * Event loops serving the one listening port (--threads): a number, or "auto" for the cores
+   * available. Each is a process with its own upstream connections (src/threads/).
+   */
+  threads: string;
   /** Send read-only commands to replicas (cluster mode). */
   readFromReplicas: boolean;
   /**
@@ -107,6 +112,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   clientOutputBufferLimit: 256 * 1024 * 1024,
   maxmemoryClients: 1024 * 1024 * 1024,
   shutdownTimeoutMs: 10_000,
+  threads: "1",
   readFromReplicas: false,
   gearsConfig: {},
   python: false,

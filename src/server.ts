@@ -3,9 +3,9 @@ import tls from "node:tls";
 import { clientTlsOptions } from "./config-tls.js";
 import { ClientRegistry } from "./client/registry.js";
 import { TrackingTable } from "./client/tracking/table.js";
-import type { ProxyContext, ProxyStats } from "./client/context.js";
+import type { ProxyContext, ProxyStats, ThreadLink } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
-import { chooseEvictions } from "./client/memory-guard.js";
+import { MemoryGuard, type Eviction } from "./client/memory-guard.js";
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
@@ -43,7 +43,8 @@ export class ProxyServer {
   tlsPort: number | undefined;
   private context: ProxyContext | null = null;
   private sweeper: NodeJS.Timeout | null = null;
-  private memoryCheck: NodeJS.Timeout | null = null;
+  /** Keeps what clients hold under --maxmemory-clients and the per-client output limit. */
+  readonly memoryGuard: MemoryGuard;
   /** The warm Python interpreter (--python). */
   private python: PyodidePool | null = null;
   /** A JavaScript isolate started ahead of the next RG.EXECUTE. */
@@ -54,7 +55,18 @@ export class ProxyServer {
   constructor(
     readonly config: ProxyConfig,
     readonly log: Logger,
-  ) {}
+    /** With --threads: this process's link to the other threads (src/threads/). */
+    private readonly thread?: ThreadLink,
+  ) {
+    this.memoryGuard = new MemoryGuard(
+      () => this.context?.clients.all() ?? [],
+      { perClientOutput: config.clientOutputBufferLimit, total: config.maxmemoryClients },
+      (eviction) => this.evict(eviction),
+      (total) => {
+        if (this.context !== null) this.context.stats.clientsMemory = total;
+      },
+    );
+  }
 
   /** Resolves once listening; the port is the bound one (useful with port 0). */
   async start(): Promise<{ host: string; port: number }> {
@@ -105,7 +117,7 @@ export class ProxyServer {
       config: this.config,
       log: this.log,
       router,
-      clients: new ClientRegistry(),
+      clients: new ClientRegistry((this.thread?.index ?? 0) + 1, this.thread?.count ?? 1),
       stats,
       upstreamVersion: upstream.version,
       gears: new GearsEngine(
@@ -118,6 +130,8 @@ export class ProxyServer {
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
       tracking: new TrackingTable(router, (id) => ctx.clients.get(id)),
       acl,
+      memoryGuard: this.memoryGuard,
+      ...(this.thread === undefined ? {} : { threads: this.thread }),
     };
     if (acl !== null) {
       ctx.gears.guardFor = (user) => acl.guardFor(user);
@@ -139,6 +153,8 @@ export class ProxyServer {
     const listener = net.createServer((socket) => this.accept(ctx, socket));
     this.listener = listener;
     await this.listen(listener, this.config.port);
+    // Counted among the threads once it takes connections (the spec waits for that).
+    this.thread?.serve(ctx);
     if (tlsOptions !== undefined) {
       const tlsListener = tls.createServer(tlsOptions, (socket) => this.acceptTls(ctx, socket));
       // A failed handshake (no certificate, another CA) never becomes a client: noted, not fatal.
@@ -148,8 +164,7 @@ export class ProxyServer {
       this.tlsListener = tlsListener;
       this.tlsPort = (await this.listen(tlsListener, this.config.tlsPort ?? 0)).port;
     }
-    this.memoryCheck = setInterval(() => this.boundClientMemory(ctx), MEMORY_CHECK_MS);
-    this.memoryCheck.unref();
+    this.memoryGuard.start(MEMORY_CHECK_MS);
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);
       this.sweeper.unref();
@@ -165,6 +180,7 @@ export class ProxyServer {
         this.config.metricsBind,
         this.config.metricsPort ?? 0,
         ready,
+        this.thread === undefined ? undefined : () => this.thread!.metricsText(),
       );
     }
     const address = listener.address() as net.AddressInfo;
@@ -221,22 +237,17 @@ export class ProxyServer {
     ctx.clients.add(new ClientSession(socket, ctx));
   }
 
-  private boundClientMemory(ctx: ProxyContext): void {
-    const limits = {
-      perClientOutput: this.config.clientOutputBufferLimit,
-      total: this.config.maxmemoryClients,
-    };
-    const { evictions, total } = chooseEvictions(ctx.clients.all(), limits);
-    ctx.stats.clientsMemory = total;
-    for (const { client, reason, bytes } of evictions) {
-      if (reason === "maxmemory-clients") ctx.stats.evictedClients++;
-      else ctx.stats.outputLimitDisconnections++;
-      this.log.warn(
-        { client: client.id, addr: client.addr, bytes, reason },
-        "client disconnected for a memory limit",
-      );
-      client.kill(reason);
+  private evict({ client, reason, bytes }: Eviction): void {
+    const stats = this.context?.stats;
+    if (stats !== undefined) {
+      if (reason === "maxmemory-clients") stats.evictedClients++;
+      else stats.outputLimitDisconnections++;
     }
+    this.log.warn(
+      { client: client.id, addr: client.addr, bytes, reason },
+      "client disconnected for a memory limit",
+    );
+    client.kill(reason);
   }
 
   private closeIdleClients(ctx: ProxyContext): void {
@@ -258,7 +269,7 @@ export class ProxyServer {
   async close(timeoutMs = this.config.shutdownTimeoutMs): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     if (this.sweeper !== null) clearInterval(this.sweeper);
-    if (this.memoryCheck !== null) clearInterval(this.memoryCheck);
+    this.memoryGuard.stop();
     const listeners = [this.listener, this.tlsListener].filter((l): l is net.Server => l !== null);
     this.listener = null;
     this.tlsListener = null;

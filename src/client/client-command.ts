@@ -1,4 +1,6 @@
-import { encodeError, encodeInteger, OK } from "../resp/encode.js";
+import { encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
+import { RespVerbatim } from "../resp/values.js";
+import type { ProxyContext } from "./context.js";
 import type { ClientHandle } from "./registry.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
 import { clientCaching, clientGetRedir, clientTracking, clientTrackingInfo } from "./tracking/command.js";
@@ -45,7 +47,10 @@ function replyMode(session: CommandHost, argv: Buffer[]): void {
 }
 
 /** Which clients a CLIENT KILL filter list selects; an error text when the filters are bad. */
-function killFilter(session: CommandHost, args: string[]): ((c: ClientHandle) => boolean) | string {
+function killFilter(
+  session: Pick<CommandHost, "id" | "ctx">,
+  args: string[],
+): ((c: ClientHandle) => boolean) | string {
   const tests: ((c: ClientHandle) => boolean)[] = [];
   let skipMe = true;
   for (let i = 0; i < args.length; i += 2) {
@@ -88,6 +93,16 @@ function kill(session: CommandHost, argv: Buffer[]): void {
   if (args.length === 1) {
     // Old form: CLIENT KILL addr:port, which may name the caller itself.
     const target = [...clients.all()].find((c) => c.addr === args[0]);
+    const threads = session.ctx.threads;
+    if (target === undefined && threads !== undefined) {
+      // Perhaps a client of another thread.
+      const slot = session.laterSlot();
+      void threads.clientKill(["addr", args[0]], session.id).then(
+        (n) => slot.reply(n > 0 ? OK : encodeError("ERR No such client")),
+        (err: Error) => slot.reply(encodeError(`ERR ${err.message}`)),
+      );
+      return;
+    }
     if (target === undefined) return session.replyError("ERR No such client");
     if (target.id === session.id) return session.replyAndClose(OK);
     session.replyNow(OK);
@@ -96,6 +111,18 @@ function kill(session: CommandHost, argv: Buffer[]): void {
   }
   const filter = killFilter(session, args);
   if (typeof filter === "string") return session.replyError(filter);
+  const threads = session.ctx.threads;
+  if (threads !== undefined) {
+    // Every thread kills its own matching clients (the caller's thread too, the caller last).
+    const slot = session.laterSlot();
+    const me = clients.get(session.id);
+    slot.closeAfter = me !== undefined && filter(me);
+    void threads.clientKill(args, session.id).then(
+      (n) => slot.reply(encodeInteger(n)),
+      (err: Error) => slot.reply(encodeError(`ERR ${err.message}`)),
+    );
+    return;
+  }
   const targets = [...clients.all()].filter(filter);
   const reply = encodeInteger(targets.length);
   // A client that kills itself still gets the count, then the connection closes, as in Redis.
@@ -104,18 +131,39 @@ function kill(session: CommandHost, argv: Buffer[]): void {
   for (const target of targets) if (target.id !== session.id) target.kill("CLIENT KILL");
 }
 
+/** CLIENT LIST's lines for this thread's clients; null when the arguments are wrong. */
+export function clientListText(clients: Iterable<ClientHandle>, args: string[]): string | null {
+  let chosen = [...clients];
+  if (args.length >= 2 && args[0].toLowerCase() === "id") {
+    const ids = new Set(args.slice(1).map(Number));
+    chosen = chosen.filter((c) => ids.has(c.id));
+  } else if (args.length === 2 && args[0].toLowerCase() === "type") {
+    const type = args[1].toLowerCase();
+    chosen = chosen.filter((c) => (type === "pubsub" ? c.isPubSub : type === "normal" ? !c.isPubSub : false));
+  } else if (args.length !== 0) return null;
+  return chosen.map((c) => c.describe() + "\n").join("");
+}
+
+/** CLIENT KILL's filters on this thread's clients (`callerId`: SKIPME's "me"); the count, or an error. */
+export function killMatching(ctx: ProxyContext, args: string[], callerId: number): number | string {
+  const filter = killFilter({ id: callerId, ctx }, args);
+  if (typeof filter === "string") return filter;
+  const targets = [...ctx.clients.all()].filter(filter);
+  // The caller goes last: its thread still has to send it the count.
+  for (const target of targets) if (target.id !== callerId) target.kill("CLIENT KILL");
+  return targets.length;
+}
+
 function list(session: CommandHost, argv: Buffer[]): void {
-  let clients = [...session.ctx.clients.all()];
-  if (argv.length >= 4 && argv[2].toString().toLowerCase() === "id") {
-    const ids = new Set(argv.slice(3).map((a) => Number(a.toString())));
-    clients = clients.filter((c) => ids.has(c.id));
-  } else if (argv.length === 4 && argv[2].toString().toLowerCase() === "type") {
-    const type = argv[3].toString().toLowerCase();
-    clients = clients.filter((c) =>
-      type === "pubsub" ? c.isPubSub : type === "normal" ? !c.isPubSub : false,
-    );
-  } else if (argv.length !== 2) return session.replyError("ERR syntax error");
-  session.replyText(clients.map((c) => c.describe() + "\n").join(""));
+  const args = argv.slice(2).map((a) => a.toString());
+  if (clientListText([], args) === null) return session.replyError("ERR syntax error");
+  const threads = session.ctx.threads;
+  if (threads === undefined) return session.replyText(clientListText(session.ctx.clients.all(), args) ?? "");
+  const slot = session.laterSlot();
+  void threads.clientList(args).then(
+    (text) => slot.reply(encodeValue(new RespVerbatim("txt", Buffer.from(text)), session.proto)),
+    (err: Error) => slot.reply(encodeError(`ERR ${err.message}`)),
+  );
 }
 
 /** CLIENT UNBLOCK id [TIMEOUT|ERROR], for the proxy's clients: their blocking command is ended on the server. */
@@ -130,6 +178,15 @@ function unblock(session: CommandHost, argv: Buffer[]): void {
   if (mode !== "timeout" && mode !== "error")
     return session.replyError("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR");
   const target = session.ctx.clients.get(id);
+  const threads = session.ctx.threads;
+  if (target === undefined && threads !== undefined) {
+    const later = session.laterSlot();
+    void threads.clientUnblock(id, mode === "error").then(
+      (n) => later.reply(encodeInteger(n)),
+      () => later.reply(encodeInteger(0)),
+    );
+    return;
+  }
   if (target === undefined) return void session.replyNow(encodeInteger(0));
   const slot = session.laterSlot();
   void target.unblock(mode === "error").then((n) => slot.reply(encodeInteger(n)));

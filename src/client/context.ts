@@ -7,6 +7,7 @@ import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
 import type { TrackingTable } from "./tracking/table.js";
 import type { AccessControl } from "../acl/access-control.js";
+import type { MemoryGuard } from "./memory-guard.js";
 
 /** Counters shown in INFO's Proxy section. */
 export interface ProxyStats {
@@ -41,4 +42,30 @@ export interface ProxyContext {
   tracking: TrackingTable;
   /** The proxy's users and their permissions (--aclfile, user lines); null without them. */
   acl: AccessControl | null;
+  /** Bounds what clients hold (--maxmemory-clients, client-output-buffer-limit); absent in unit setups. */
+  memoryGuard?: MemoryGuard;
+  /** The other threads of a --threads proxy (src/threads/); absent with one thread. */
+  threads?: ThreadPeers;
+}
+
+/** What the client commands ask of every thread of a --threads proxy, this one included. */
+export interface ThreadPeers {
+  /** CLIENT LIST's lines over every thread (`args`: what follows LIST, already checked). */
+  clientList(args: string[]): Promise<string>;
+  /** CLIENT KILL with filters on every thread; how many clients were killed. */
+  clientKill(args: string[], callerId: number): Promise<number>;
+  /** CLIENT UNBLOCK of a client of any thread; 1 when it was blocked, else 0. */
+  clientUnblock(id: number, withError: boolean): Promise<number>;
+  /** INFO's proxy section with the threads' counters summed. */
+  proxySection(): Promise<string>;
+}
+
+/** One thread of a --threads proxy: its place among them, and its answers to the others. */
+export interface ThreadLink extends ThreadPeers {
+  readonly index: number;
+  readonly count: number;
+  /** /metrics: every thread's metrics, summed as prom-client's cluster aggregation does. */
+  metricsText(): Promise<string>;
+  /** Starts answering the other threads' questions about this thread's clients and gears. */
+  serve(ctx: ProxyContext): void;
 }

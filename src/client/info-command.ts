@@ -110,19 +110,22 @@ export const infoCommand: LocalCommand = (session, { argv }) => {
   const ctx = session.ctx;
   const sections = argv.slice(1).map((a) => a.toString().toLowerCase());
   const wantsProxy = sections.length === 0 || sections.some((s) => WITH_PROXY.has(s));
-  const ours = wantsProxy ? proxySection(ctx) : "";
+  // With --threads, the proxy section sums every thread's (src/threads/).
+  const oursLater = wantsProxy && ctx.threads !== undefined ? ctx.threads.proxySection() : null;
+  const ours = wantsProxy && oursLater === null ? proxySection(ctx) : "";
   const upstreamSections = sections.filter((s) => !PROXY_ONLY.has(s));
-  if (sections.length > 0 && upstreamSections.length === 0) {
+  const proxyOnly = sections.length > 0 && upstreamSections.length === 0;
+  if (proxyOnly && oursLater === null) {
     session.replyText(ours);
     return;
   }
   const slot = session.laterSlot();
-  const theirs = upstreamInfo(ctx, upstreamSections);
+  const theirs = Promise.all([oursLater ?? ours, proxyOnly ? "" : upstreamInfo(ctx, upstreamSections)]);
   theirs.then(
-    (text) =>
+    ([mine, text]) =>
       slot.reply(
         encodeValue(
-          new RespVerbatim("txt", Buffer.from(ours + (ours && text ? "\r\n" : "") + withTracking(ctx, text))),
+          new RespVerbatim("txt", Buffer.from(mine + (mine && text ? "\r\n" : "") + withTracking(ctx, text))),
           session.proto,
         ),
       ),

@@ -27,15 +27,25 @@ export interface ClientHandle extends MemoryHolder, TrackedClient {
 
 /** Every connected client, by id. */
 export class ClientRegistry {
-  private nextId = 1;
+  private nextId: number;
   private readonly byId = new Map<number, ClientHandle>();
+
+  /** Ids first, first + stride, ...: the threads of a --threads proxy never give the same id. */
+  constructor(
+    first = 1,
+    private readonly stride = 1,
+  ) {
+    this.nextId = first;
+  }
 
   get size(): number {
     return this.byId.size;
   }
 
   allocateId(): number {
-    return this.nextId++;
+    const id = this.nextId;
+    this.nextId += this.stride;
+    return id;
   }
 
   add(client: ClientHandle): void {

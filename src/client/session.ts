@@ -111,6 +111,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   readonly addr: string;
   readonly laddr: string;
   readonly createdAt = Date.now();
+  /** Query or output bytes past which the memory guard checks at once (client/memory-guard.ts). */
+  memoryMark: number;
   private lastActivity = Date.now();
   private lastRequest: Request | null = null;
 
@@ -172,6 +174,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     readonly ctx: ProxyContext,
   ) {
     this.id = ctx.clients.allocateId();
+    this.memoryMark = ctx.memoryGuard?.step ?? Infinity;
     this.timed = ctx.metrics !== null || ctx.slowlog.enabled;
     this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
     this.laddr = `${socket.localAddress}:${socket.localPort}`;
@@ -288,6 +291,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       this.ctx.log.warn({ client: this.id, addr: this.addr }, "client query buffer limit reached");
       this.kill("query buffer limit reached");
       return;
+    }
+    if (this.parser.buffered > this.memoryMark) {
+      this.ctx.memoryGuard?.grew();
+      if (this.closed) return;
     }
     this.processInput();
   }
@@ -930,6 +937,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private applyBackpressure(): void {
     const pending = this.out.pending;
+    if (pending > this.memoryMark) {
+      this.ctx.memoryGuard?.grew();
+      if (this.closed) return;
+    }
     if (pending > this.ctx.config.clientOutputBufferLimit) {
       this.ctx.stats.outputLimitDisconnections++;
       this.ctx.log.warn({ client: this.id, addr: this.addr, pending }, "client output buffer limit reached");

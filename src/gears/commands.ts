@@ -478,6 +478,28 @@ export function isGearsCommand(name: string, args: readonly Buffer[]): boolean {
   return name === "config" && isTfConfig(args);
 }
 
+/** Asks the other threads of a --threads proxy for an execution this one does not hold; null: none has it. */
+export type RemoteExecutions = (
+  name: string,
+  args: Buffer[],
+  caller: GearsCaller,
+) => Promise<GearsReply | null>;
+
+/** The commands that name an execution by id: answered by the thread that ran it. */
+const BY_EXECUTION_ID = new Set([
+  "rg.getresults",
+  "rg.getresultsblocking",
+  "rg.getexecution",
+  "rg.dropexecution",
+  "rg.abortexecution",
+]);
+const elsewhere = new WeakMap<GearsEngine, RemoteExecutions>();
+
+/** With --threads (src/threads/): executions unknown here are looked for on the other threads. */
+export function findExecutionsElsewhere(engine: GearsEngine, remote: RemoteExecutions): void {
+  elsewhere.set(engine, remote);
+}
+
 /** Runs a gears command; the reply as RESP bytes. Unknown RG commands get Redis' unknown-command error. */
 export async function runGearsCommand(
   engine: GearsEngine,
@@ -487,6 +509,16 @@ export async function runGearsCommand(
 ): Promise<GearsReply> {
   if (TF_COMMANDS.has(name) || name === "config") return runTfCommand(engine.tf, name, args, caller);
   const handler = HANDLERS.get(name);
+  const remote = elsewhere.get(engine);
+  if (
+    remote !== undefined &&
+    BY_EXECUTION_ID.has(name) &&
+    args.length >= 1 &&
+    engine.get(args[0].toString()) === undefined
+  ) {
+    const reply = await remote(name, args, caller);
+    if (reply !== null) return reply;
+  }
   if (handler === undefined) {
     return encodeError(
       `ERR unknown command '${name}', with args beginning with: ${args

@@ -341,6 +341,8 @@ export async function serveMetrics(
   bind: string,
   port: number,
   ready: () => Promise<boolean>,
+  /** With --threads: the exposition summed over the threads (src/threads/). */
+  gather?: () => Promise<string>,
 ): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
@@ -357,7 +359,7 @@ export async function serveMetrics(
       return;
     }
     if (path === "/metrics") {
-      metrics.registry.metrics().then(
+      (gather ?? (() => metrics.registry.metrics()))().then(
         (text) => send(200, text, metrics.registry.contentType),
         (err: Error) => send(500, `${err.message}\n`),
       );

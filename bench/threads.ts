@@ -1,0 +1,191 @@
+/**
+ * --threads: redis-benchmark (GET and SET, P=1 and P=16, 50 clients) against gears-proxy
+ * --threads 1 and --threads 2 in front of one redis-server, in alternating rounds, medians
+ * printed. For each run: requests/s and the proxy's CPU time per request (user + system of the
+ * proxy and, with --threads 2, its supervisor and both threads, from /proc). Then the same
+ * with redis-benchmark pinned to core 0 (`taskset -c 0`), so that the other core is left to
+ * the proxy and redis-server. See `--help`.
+ */
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import { parseArgs } from "node:util";
+import { sendCommand } from "../spec/harness/index.js";
+import { startRedis, type RedisNode } from "../spec/harness/redis.js";
+import {
+  HOST,
+  children,
+  machineLines,
+  run,
+  runBench,
+  say,
+  sleep,
+  startGears,
+  stopChild,
+  table,
+} from "./support.js";
+
+const HELP = `Usage: node dist/bench/threads.js [options]
+
+  --rounds N     alternating rounds (default 3)
+  --requests N   requests per P=1 run (default 100000; P=16 runs send 4x as many)
+  --quick        1 round, 50000 requests
+  --help
+`;
+
+let clockTicks = 0;
+
+/** User + system CPU seconds of a process and its children (a --threads supervisor and its threads). */
+function treeCpuSeconds(pid: number): number {
+  if (clockTicks === 0)
+    clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  let total = 0;
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      // Field 4 is the parent's pid; utime and stime are 14 and 15.
+      if (Number(entry) === pid || Number(fields[1]) === pid)
+        total += (Number(fields[11]) + Number(fields[12])) / clockTicks;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
+
+interface Cell {
+  test: "get" | "set";
+  pipeline: number;
+  pinned: boolean;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.floor((s.length - 1) / 2)];
+};
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      rounds: { type: "string" },
+      requests: { type: "string" },
+      quick: { type: "boolean" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help === true) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const quick = values.quick === true;
+  const rounds = Number(values.rounds ?? (quick ? 1 : 3));
+  const requests = Number(values.requests ?? (quick ? 50_000 : 100_000));
+  const lines = machineLines();
+  redis = await startRedis({ args: ["--save", ""] });
+  const labels = ["threads 1", "threads 2"] as const;
+  const proxies = new Map<string, { port: number; pid: number }>();
+  for (const label of labels) {
+    const p = await startGears(redis.port, {
+      profileDir: undefined,
+      nodeArgs: [],
+      args: ["--threads", label.split(" ")[1]],
+      readyWhen: "ping",
+    });
+    proxies.set(label, { port: p.port, pid: p.child.proc.pid ?? -1 });
+  }
+  // PING answers once one thread listens: wait until both do.
+  const two = proxies.get("threads 2")!;
+  for (const deadline = Date.now() + 15_000; Date.now() < deadline; await sleep(100)) {
+    const info = String(await sendCommand(two.port, ["INFO", "proxy"], { host: HOST }));
+    if (/^threads:2\r?$/m.test(info)) break;
+  }
+  const cells: Cell[] = [];
+  for (const pinned of [false, true])
+    for (const pipeline of [1, 16])
+      for (const test of ["get", "set"] as const) cells.push({ test, pipeline, pinned });
+  const rps = new Map<string, number[]>();
+  const cpu = new Map<string, number[]>();
+  const key = (c: Cell, label: string): string => `${c.pinned}/${c.pipeline}/${c.test}/${label}`;
+  for (let round = 0; round < rounds; round++) {
+    for (const cell of cells) {
+      // Alternate which proxy goes first, so that neither always runs on a warmer machine.
+      const order = round % 2 === 0 ? labels : [...labels].reverse();
+      for (const label of order) {
+        const { port, pid } = proxies.get(label)!;
+        const n = cell.pipeline > 1 ? requests * 4 : requests;
+        const bench = ["redis-benchmark", "-h", HOST, "-p", String(port), "-c", "50", "-n", String(n)];
+        bench.push("-P", String(cell.pipeline), "-t", cell.test, "--csv");
+        const [cmd, ...args] = cell.pinned ? ["taskset", "-c", "0", ...bench] : bench;
+        const cpuBefore = treeCpuSeconds(pid);
+        const out = await run("redis-benchmark", cmd, args, 120_000);
+        const cpuUs = ((treeCpuSeconds(pid) - cpuBefore) * 1e6) / n;
+        const row = out.split("\n").find((l) => l.startsWith(`"${cell.test.toUpperCase()}"`));
+        const r = Number((row ?? "").split(",")[1]?.replace(/"/g, ""));
+        (rps.get(key(cell, label)) ?? rps.set(key(cell, label), []).get(key(cell, label))!).push(r);
+        (cpu.get(key(cell, label)) ?? cpu.set(key(cell, label), []).get(key(cell, label))!).push(cpuUs);
+        say(`round ${round + 1} ${key(cell, label)}: ${Math.round(r)} rps, ${cpuUs.toFixed(2)} µs CPU/req`);
+      }
+    }
+  }
+  const rows = cells.map((c) => {
+    const r1 = median(rps.get(key(c, labels[0]))!);
+    const r2 = median(rps.get(key(c, labels[1]))!);
+    const c1 = median(cpu.get(key(c, labels[0]))!);
+    const c2 = median(cpu.get(key(c, labels[1]))!);
+    return [
+      c.pinned ? "taskset -c 0" : "no",
+      c.test.toUpperCase(),
+      String(c.pipeline),
+      Math.round(r1).toLocaleString("en-US"),
+      Math.round(r2).toLocaleString("en-US"),
+      `${(r2 / r1).toFixed(2)}x`,
+      c1.toFixed(2),
+      c2.toFixed(2),
+      `${(c2 / c1).toFixed(2)}x`,
+    ];
+  });
+  const load = os
+    .loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ");
+  const out = [
+    ...lines,
+    `command: node dist/bench/threads.js${quick ? " --quick" : ""}; ${rounds} rounds, ${requests} requests per P=1 run (4x at P=16), 50 clients, one redis-server`,
+    "",
+    table(
+      [
+        "redis-benchmark pinned",
+        "test",
+        "P",
+        "rps --threads 1",
+        "rps --threads 2",
+        "2 / 1",
+        "CPU µs/req --threads 1",
+        "CPU µs/req --threads 2",
+        "2 / 1",
+      ],
+      rows,
+    ),
+    "",
+    `load average at the end: ${load}`,
+  ];
+  process.stdout.write(`${out.join("\n")}\n`);
+  return 0;
+}
+
+let redis: RedisNode | undefined;
+
+async function cleanup(): Promise<void> {
+  for (const child of [...children]) await stopChild(child, 5000);
+  await redis?.stop();
+}
+
+runBench(async () => {
+  try {
+    return await main();
+  } finally {
+    await cleanup();
+  }
+}, cleanup);

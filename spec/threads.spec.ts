@@ -1,0 +1,186 @@
+import { expect } from "chai";
+import { Redis } from "ioredis";
+import { freePort, startRedis, type RedisNode } from "./harness/index.js";
+import { ChildProxy } from "./support/child-proxy.js";
+import { eventually } from "./support/polling.js";
+
+/**
+ * --threads 2 (src/threads/): two processes serve one port, each a whole proxy, and a user
+ * sees one proxy: CLIENT LIST/KILL and INFO cover both, an execution is answered on either.
+ */
+describe("--threads: several event loops, one proxy (src/threads/)", function () {
+  this.timeout(60_000);
+  let redis: RedisNode;
+  let proxy: ChildProxy;
+  let metricsPort: number;
+  const open: Redis[] = [];
+
+  function connect(name: string): Redis {
+    const client = new Redis({
+      port: proxy.port,
+      host: "127.0.0.1",
+      connectionName: name,
+      maxRetriesPerRequest: 0,
+    });
+    open.push(client);
+    return client;
+  }
+
+  /** The pid of the thread serving this connection: INFO's process_id is the answering thread's. */
+  async function threadOf(client: Redis): Promise<number> {
+    const info = String(await client.call("INFO", "proxy"));
+    return Number(/^process_id:(\d+)/m.exec(info)![1]);
+  }
+
+  /** Clients until two of them are on different threads (the supervisor deals them out in turn). */
+  async function onTwoThreads(prefix: string): Promise<[Redis, Redis]> {
+    const first = connect(`${prefix}0`);
+    const pid = await threadOf(first);
+    for (let i = 1; i < 8; i++) {
+      const other = connect(`${prefix}${i}`);
+      if ((await threadOf(other)) !== pid) return [first, other];
+    }
+    throw new Error("eight connections all landed on one thread");
+  }
+
+  before(async () => {
+    redis = await startRedis();
+    metricsPort = await freePort();
+    proxy = await ChildProxy.start({
+      upstreams: [{ port: redis.port }],
+      args: ["--threads", "2", "--metrics-port", String(metricsPort)],
+    });
+    // PING answers once one thread listens: wait until both answer the others' questions.
+    const probe = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+    try {
+      await eventually(
+        async () => String(await probe.call("INFO", "proxy")),
+        (info) => /^threads:2\r?$/m.test(info),
+        "both threads ready",
+      );
+    } finally {
+      probe.disconnect();
+    }
+  });
+  afterEach(() => {
+    for (const c of open.splice(0)) c.disconnect();
+  });
+  after(async () => {
+    await proxy.stop();
+    await redis.stop();
+  });
+
+  it("deals clients to both threads; CLIENT LIST from either shows them all, CLIENT KILL reaches across", async () => {
+    const [a, b] = await onTwoThreads("lister");
+    expect(await threadOf(a)).to.not.equal(await threadOf(b));
+    const names = open.map((c) => c.options.connectionName);
+    for (const client of [a, b]) {
+      const list = String(await client.call("CLIENT", "LIST"));
+      for (const name of names) expect(list).to.include(` name=${name} `);
+      // Ids are unique across the threads.
+      const ids = [...list.matchAll(/^id=(\d+) /gm)].map((m) => m[1]);
+      expect(new Set(ids).size).to.equal(ids.length);
+    }
+    const bLine = String(await a.call("CLIENT", "LIST"))
+      .split("\n")
+      .find((l) => l.includes(` name=${b.options.connectionName} `))!;
+    const bId = /^id=(\d+)/.exec(bLine)![1];
+    expect(await a.call("CLIENT", "KILL", "ID", bId)).to.equal(1);
+    await eventually(
+      async () => String(await a.call("CLIENT", "LIST")),
+      (list) => !list.includes(` name=${b.options.connectionName} `),
+      "the client on the other thread killed",
+    );
+    // The old form, by address, too.
+    const [c, d] = await onTwoThreads("addressed");
+    const dLine = String(await c.call("CLIENT", "LIST"))
+      .split("\n")
+      .find((l) => l.includes(` name=${d.options.connectionName} `))!;
+    expect(await c.call("CLIENT", "KILL", / addr=(\S+)/.exec(dLine)![1])).to.equal("OK");
+    await eventually(
+      async () => String(await c.call("CLIENT", "LIST")),
+      (list) => !list.includes(` name=${d.options.connectionName} `),
+      "the client killed by address",
+    );
+  });
+
+  it("CLIENT UNBLOCK ends a blocking command of a client on the other thread", async () => {
+    const [a, b] = await onTwoThreads("unblocker");
+    const bId = Number(await b.call("CLIENT", "ID"));
+    const blocked = b.call("BLPOP", "threads:nothing", "0");
+    await eventually(
+      async () => String(await a.call("CLIENT", "LIST")),
+      (list) => list.split("\n").some((l) => l.startsWith(`id=${bId} `) && / flags=\S*b/.test(l)),
+      "the client shown blocked",
+    );
+    expect(await a.call("CLIENT", "UNBLOCK", String(bId))).to.equal(1);
+    expect(await blocked).to.equal(null);
+  });
+
+  it("sums INFO's client and command counters over the threads", async () => {
+    const [a] = await onTwoThreads("counter");
+    const info = String(await a.call("INFO", "proxy"));
+    const field = (name: string): number => Number(new RegExp(`^${name}:(\\d+)`, "m").exec(info)![1]);
+    const lines = String(await a.call("CLIENT", "LIST"))
+      .trim()
+      .split("\n");
+    expect(field("threads")).to.equal(2);
+    expect(field("connected_clients")).to.equal(lines.length);
+    expect(field("total_connections_received")).to.be.at.least(open.length);
+  });
+
+  it("sums /metrics over the threads", async () => {
+    const [a] = await onTwoThreads("scraped");
+    const scrape = async (): Promise<[number, number]> => {
+      const info = String(await a.call("INFO", "proxy"));
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const current = Number(/^gears_proxy_connections_current (\d+)/m.exec(text)?.[1] ?? NaN);
+      return [current, Number(/^connected_clients:(\d+)/m.exec(info)![1])];
+    };
+    // One thread alone holds fewer clients than both: only the sum matches INFO's.
+    await eventually(scrape, ([m, i]) => m === i && m >= 2, "/metrics counts both threads' clients");
+  });
+
+  it("answers an RG.EXECUTE UNBLOCKING id started on one thread from a client of the other", async () => {
+    const [a, b] = await onTwoThreads("gears");
+    await a.call("SET", "threads:k1", "1");
+    await a.call("SET", "threads:k2", "2");
+    const id = String(await a.call("RG.EXECUTE", "GB('KeysOnlyReader').run('threads:*')", "UNBLOCKING"));
+    const [results, errors] = (await b.call("RG.GETRESULTSBLOCKING", id)) as [string[], string[]];
+    expect(errors).to.deep.equal([]);
+    expect([...results].sort()).to.deep.equal(["threads:k1", "threads:k2"]);
+    const again = (await b.call("RG.GETRESULTS", id)) as [string[], string[]];
+    expect([...again[0]].sort()).to.deep.equal(["threads:k1", "threads:k2"]);
+    expect(await b.call("RG.DROPEXECUTION", id)).to.equal("OK");
+    // Dropped on the thread that held it: neither knows it any more.
+    await b.call("RG.GETRESULTS", id).then(
+      () => expect.fail("the dropped execution answered"),
+      (err: Error) => expect(err.message).to.match(/execution/i),
+    );
+  });
+
+  it("lists the same registrations on every thread", async () => {
+    const [a, b] = await onTwoThreads("registrar");
+    await a.call(
+      "RG.EXECUTE",
+      "GB().foreach(x => execute('SADD', 'threads:seen', x.key)).register('threads:reg:*')",
+    );
+    const ids = async (client: Redis): Promise<string[]> =>
+      ((await client.call("RG.DUMPREGISTRATIONS")) as unknown[][]).map((r) => String(r[1])).sort();
+    const onA = await ids(a);
+    expect(onA).to.have.length(1);
+    await eventually(
+      () => ids(b),
+      (onB) => JSON.stringify(onB) === JSON.stringify(onA),
+      "B lists A's registration",
+    );
+    // And it fires for a write through either thread.
+    await b.call("SET", "threads:reg:x", "1");
+    await a.call("SET", "threads:reg:y", "1");
+    await eventually(
+      async () => ((await a.call("SMEMBERS", "threads:seen")) as string[]).sort(),
+      (seen) => JSON.stringify(seen) === JSON.stringify(["threads:reg:x", "threads:reg:y"]),
+      "both writes handled",
+    );
+  });
+});

@@ -1,0 +1,35 @@
+/**
+ * What the threads of a --threads proxy say to each other, through the supervisor (the cluster
+ * primary): a thread asks every thread (itself included) and gets all their answers at once.
+ */
+
+/** A question every thread answers about itself. */
+export type ThreadQuery =
+  | { kind: "client-list"; args: string[] }
+  | { kind: "client-kill"; args: string[]; callerId: number }
+  | { kind: "client-unblock"; id: number; withError: boolean }
+  | { kind: "info" }
+  | { kind: "metrics" }
+  | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown };
+
+export type ThreadMessage =
+  /** thread -> supervisor: ask every thread. */
+  | { t: "ask"; id: number; query: ThreadQuery }
+  /** supervisor -> each thread. */
+  | { t: "query"; id: number; query: ThreadQuery }
+  /** each thread -> supervisor. */
+  | { t: "answer"; id: number; answer: unknown }
+  /** supervisor -> the asking thread: one answer per live thread. */
+  | { t: "answers"; id: number; answers: unknown[] }
+  /** thread -> supervisor: it answers questions from now on. */
+  | { t: "ready" }
+  /** supervisor -> each thread: shut down gracefully (a signal reached the supervisor). */
+  | { t: "stop" };
+
+/** The thread's index and the count, given to each forked thread. */
+export const THREAD_ENV = "GEARS_PROXY_THREAD";
+export const THREADS_ENV = "GEARS_PROXY_THREADS";
+
+export function isThreadMessage(m: unknown): m is ThreadMessage {
+  return typeof m === "object" && m !== null && typeof (m as { t?: unknown }).t === "string";
+}

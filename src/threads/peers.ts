@@ -1,0 +1,187 @@
+/**
+ * A thread's side of --threads (supervisor.ts): asks every thread through the supervisor and
+ * answers their questions about its own clients, counters and executions, so that a user sees
+ * one proxy.
+ */
+import { clientListText, killMatching } from "../client/client-command.js";
+import type { ProxyContext, ThreadLink } from "../client/context.js";
+import { proxySection } from "../client/info-command.js";
+import { findExecutionsElsewhere, runGearsCommand, type GearsCaller } from "../gears/commands.js";
+import type { GearsReply } from "../gears/result-chunks.js";
+import { AggregatorRegistry } from "prom-client";
+import {
+  THREADS_ENV,
+  THREAD_ENV,
+  isThreadMessage,
+  type ThreadMessage,
+  type ThreadQuery,
+} from "./messages.js";
+
+/** A thread that does not answer a question about clients or counters within this is left out. */
+const ASK_TIMEOUT_MS = 5000;
+
+/** INFO proxy fields that are per thread and summed; the others are the asking thread's. */
+const SUMMED = new Set([
+  "connected_clients",
+  "total_connections_received",
+  "rejected_connections",
+  "total_commands_processed",
+  "protocol_errors",
+  "client_output_limit_disconnections",
+  "evicted_clients",
+  "clients_memory",
+  "used_memory_rss",
+]);
+
+const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+
+/** Sums the SUMMED fields of the threads' proxy sections into the first one, and says how many threads. */
+export function sumProxySections(sections: string[]): string {
+  const totals = new Map<string, number>();
+  for (const text of sections) {
+    for (const line of text.split("\r\n")) {
+      const colon = line.indexOf(":");
+      const name = line.slice(0, colon);
+      if (colon > 0 && SUMMED.has(name))
+        totals.set(name, (totals.get(name) ?? 0) + Number(line.slice(colon + 1)));
+    }
+  }
+  const lines = (sections[0] ?? "").split("\r\n").map((line) => {
+    const name = line.slice(0, line.indexOf(":"));
+    return totals.has(name) ? `${name}:${totals.get(name)}` : line;
+  });
+  const at = lines.findIndex((l) => l.startsWith("process_id:"));
+  lines.splice(at + 1, 0, `threads:${sections.length}`);
+  return lines.join("\r\n");
+}
+
+/** This process as one thread of a --threads proxy; null when it is not one. */
+export function threadLinkFromEnv(): ClusterLink | null {
+  const index = process.env[THREAD_ENV];
+  const count = process.env[THREADS_ENV];
+  if (index === undefined || count === undefined || process.send === undefined) return null;
+  // The supervisor is gone (SIGKILLed): a thread does not outlive it.
+  process.once("disconnect", () => process.exit(1));
+  return new ClusterLink(Number(index), Number(count));
+}
+
+export class ClusterLink implements ThreadLink {
+  private ctx: ProxyContext | null = null;
+  private nextId = 1;
+  private readonly asked = new Map<number, (answers: unknown[]) => void>();
+  /** Told when the supervisor asks for a graceful shutdown. */
+  onStop: () => void = () => {};
+
+  constructor(
+    readonly index: number,
+    readonly count: number,
+  ) {}
+
+  serve(ctx: ProxyContext): void {
+    this.ctx = ctx;
+    process.on("message", (message: unknown) => {
+      if (isThreadMessage(message)) this.receive(message);
+    });
+    findExecutionsElsewhere(ctx.gears, (name, args, caller) => this.gears(name, args, caller));
+    this.send({ t: "ready" });
+  }
+
+  async clientList(args: string[]): Promise<string> {
+    const answers = await this.ask({ kind: "client-list", args }, ASK_TIMEOUT_MS);
+    return answers.filter((a): a is string => typeof a === "string").join("");
+  }
+
+  async clientKill(args: string[], callerId: number): Promise<number> {
+    // The asking thread checked the filters; another may refuse a USER it has no client of.
+    const answers = await this.ask({ kind: "client-kill", args, callerId }, ASK_TIMEOUT_MS);
+    return answers.reduce<number>((n, a) => n + (typeof a === "number" ? a : 0), 0);
+  }
+
+  async clientUnblock(id: number, withError: boolean): Promise<number> {
+    const answers = await this.ask({ kind: "client-unblock", id, withError }, ASK_TIMEOUT_MS);
+    return answers.some((a) => a === 1) ? 1 : 0;
+  }
+
+  async proxySection(): Promise<string> {
+    const answers = await this.ask({ kind: "info" }, ASK_TIMEOUT_MS);
+    const sections = answers.filter((a): a is string => typeof a === "string");
+    // The fields not summed (port, uptime, upstreams) are this thread's.
+    const mine = `\r\nprocess_id:${process.pid}\r\n`;
+    sections.sort((a, b) => Number(b.includes(mine)) - Number(a.includes(mine)));
+    return sumProxySections(sections);
+  }
+
+  async metricsText(): Promise<string> {
+    const answers = await this.ask({ kind: "metrics" }, ASK_TIMEOUT_MS);
+    // Counters and histograms add up; prom-client's gauges say how they combine (sum by default).
+    return AggregatorRegistry.aggregate(answers.filter((a): a is object[] => Array.isArray(a))).metrics();
+  }
+
+  /** An execution-id command for an execution another thread ran; null when none did. */
+  private async gears(name: string, args: Buffer[], caller: GearsCaller): Promise<GearsReply | null> {
+    // No timeout: RG.GETRESULTSBLOCKING waits for the execution as long as it runs.
+    const answers = await this.ask({ kind: "gears", name, args, caller }, 0);
+    for (const a of answers) {
+      if (a instanceof Uint8Array) return asBuffer(a);
+      if (Array.isArray(a)) return a.map((part) => asBuffer(part as Uint8Array));
+    }
+    return null;
+  }
+
+  private ask(query: ThreadQuery, timeoutMs: number): Promise<unknown[]> {
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      const timer =
+        timeoutMs > 0
+          ? setTimeout(() => {
+              this.asked.delete(id);
+              resolve([]);
+            }, timeoutMs)
+          : null;
+      this.asked.set(id, (answers) => {
+        if (timer !== null) clearTimeout(timer);
+        resolve(answers);
+      });
+      this.send({ t: "ask", id, query });
+    });
+  }
+
+  private send(message: ThreadMessage): void {
+    process.send?.(message);
+  }
+
+  private receive(message: ThreadMessage): void {
+    if (message.t === "answers") {
+      const done = this.asked.get(message.id);
+      this.asked.delete(message.id);
+      done?.(message.answers);
+    } else if (message.t === "query") {
+      void this.answer(message.query).then(
+        (answer) => this.send({ t: "answer", id: message.id, answer }),
+        (err: unknown) => this.send({ t: "answer", id: message.id, answer: `ERR ${String(err)}` }),
+      );
+    } else if (message.t === "stop") this.onStop();
+  }
+
+  private async answer(query: ThreadQuery): Promise<unknown> {
+    const ctx = this.ctx;
+    if (ctx === null) return null;
+    switch (query.kind) {
+      case "client-list":
+        return clientListText(ctx.clients.all(), query.args) ?? "";
+      case "client-kill":
+        return killMatching(ctx, query.args, query.callerId);
+      case "client-unblock":
+        return ctx.clients.get(query.id)?.unblock(query.withError) ?? 0;
+      case "info":
+        return proxySection(ctx);
+      case "metrics":
+        return ctx.metrics === null ? null : ctx.metrics.registry.getMetricsAsJSON();
+      case "gears": {
+        const args = query.args.map(asBuffer);
+        if (args.length === 0 || ctx.gears.get(args[0].toString()) === undefined) return null;
+        return runGearsCommand(ctx.gears, query.name, args, query.caller as GearsCaller);
+      }
+    }
+  }
+}

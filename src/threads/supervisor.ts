@@ -1,0 +1,115 @@
+/**
+ * --threads N: the process the user started forks N copies of itself (node:cluster), which
+ * share its listening ports (the primary accepts and hands connections round-robin) and each
+ * run a whole proxy with its own upstream connections. The primary serves no client: it relays
+ * the threads' questions to each other (messages.ts), passes signals on, and replaces a thread
+ * that died.
+ *
+ * Processes rather than worker threads: Node 20 cannot share a listening socket between worker
+ * threads or hand an accepted one to them, so each would need its own port.
+ */
+import cluster, { type Worker } from "node:cluster";
+import os from "node:os";
+import type { Logger } from "../observability/log.js";
+import { THREADS_ENV, THREAD_ENV, isThreadMessage, type ThreadMessage } from "./messages.js";
+
+/** The event loops --threads asks for; null when the value is neither a positive integer nor `auto`. */
+export function threadCount(value: string): number | null {
+  if (value.trim().toLowerCase() === "auto") return os.availableParallelism();
+  if (!/^\d+$/.test(value.trim())) return null;
+  const n = Number(value);
+  return n >= 1 ? n : null;
+}
+
+/** True in a process the supervisor forked. */
+export function isThread(): boolean {
+  return cluster.isWorker;
+}
+
+interface Pending {
+  from: Worker;
+  localId: number;
+  answers: unknown[];
+  waiting: Set<number>;
+}
+
+/** Runs the primary until every thread exited after a signal; then exits the process. */
+export function superviseThreads(count: number, log: Logger, shutdownTimeoutMs: number): void {
+  // Buffers (gears replies) cross as bytes rather than as JSON.
+  cluster.setupPrimary({ serialization: "advanced" });
+  const threads = new Map<number, Worker>();
+  /** Threads that answer questions (the others are still starting). */
+  const ready = new Set<Worker>();
+  const pending = new Map<number, Pending>();
+  let nextId = 1;
+  let stopping = false;
+
+  const send = (worker: Worker, message: ThreadMessage): void => {
+    if (worker.isConnected()) worker.send(message);
+  };
+  const settle = (id: number): void => {
+    const p = pending.get(id);
+    if (p === undefined || p.waiting.size > 0) return;
+    pending.delete(id);
+    send(p.from, { t: "answers", id: p.localId, answers: p.answers });
+  };
+  const relay = (worker: Worker, message: unknown): void => {
+    if (!isThreadMessage(message)) return;
+    if (message.t === "ready") ready.add(worker);
+    else if (message.t === "ask") {
+      const id = nextId++;
+      const live = [...ready].filter((w) => w.isConnected());
+      pending.set(id, {
+        from: worker,
+        localId: message.id,
+        answers: [],
+        waiting: new Set(live.map((w) => w.id)),
+      });
+      for (const w of live) send(w, { t: "query", id, query: message.query });
+      settle(id);
+    } else if (message.t === "answer") {
+      const p = pending.get(message.id);
+      if (p === undefined || !p.waiting.delete(worker.id)) return;
+      p.answers.push(message.answer);
+      settle(message.id);
+    }
+  };
+  const fork = (index: number): void => {
+    const worker = cluster.fork({ [THREAD_ENV]: String(index), [THREADS_ENV]: String(count) });
+    threads.set(index, worker);
+    worker.on("message", (message: unknown) => relay(worker, message));
+    worker.on("exit", (code, signal) => {
+      if (threads.get(index) === worker) threads.delete(index);
+      ready.delete(worker);
+      // A question waits for no answer from a thread that is gone.
+      for (const [id, p] of pending) if (p.waiting.delete(worker.id)) settle(id);
+      if (stopping) {
+        if (threads.size === 0) process.exit(0);
+        return;
+      }
+      log.error({ thread: index, code, signal }, "a thread exited: starting another");
+      fork(index);
+    });
+  };
+  for (let i = 0; i < count; i++) fork(i);
+  log.info({ threads: count }, `gears-proxy supervising ${count} threads`);
+
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      log.warn({ signal }, "second signal: stopping the threads now");
+      for (const w of threads.values()) w.process.kill("SIGKILL");
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal }, "shutting down the threads");
+    // A message, not a signal: a terminal's Ctrl-C already signalled every thread, and a
+    // second signal would make them exit at once.
+    for (const w of threads.values()) send(w, { t: "stop" });
+    setTimeout(() => {
+      for (const w of threads.values()) w.process.kill("SIGKILL");
+      process.exit(1);
+    }, shutdownTimeoutMs + 2000).unref();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+}
