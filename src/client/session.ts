@@ -10,8 +10,7 @@ import {
   isBlocking,
   isScript,
 } from "../routing/command-kinds.js";
-import { isBookkeeping, type UpstreamConnection } from "../upstream/connection.js";
-import type { UpstreamNode } from "../upstream/node.js";
+import type { Lease, Leases, Pipe } from "../routing/lease.js";
 import { holdJoinKey, holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
 import type { ProxyContext } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
@@ -19,7 +18,7 @@ import type { ClientHandle } from "./registry.js";
 import type { ClientMemory } from "./memory-guard.js";
 import type { CommandHost } from "./command-host.js";
 import { Transaction, type TransactionHost } from "./transaction.js";
-import type { Router } from "../routing/router.js";
+import { NO_KEYS, type Router } from "../routing/router.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
@@ -29,12 +28,6 @@ import { UpstreamIdentity } from "./upstream-identity.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
 type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
-
-/** An upstream connection lent to this client alone. */
-interface Dedicated {
-  node: UpstreamNode;
-  conn: UpstreamConnection;
-}
 
 /** Stop reading from a client whose replies pile up beyond this; resume on drain. */
 const PAUSE_READING_BYTES = 4 * 1024 * 1024;
@@ -148,8 +141,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private draining = false;
 
   private readonly txn: Transaction;
-  private blocking: Dedicated | null = null;
-  private sub: Dedicated | null = null;
+  private blocking: Lease | null = null;
+  private sub: Lease | null = null;
   /** Channels and patterns subscribed, as the server last counted them. */
   private subscriptions = 0;
   /** processInput stopped early (lane switch or blocking call) and must run again on a reply. */
@@ -204,14 +197,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   unblock(withError: boolean): Promise<number> {
-    const blocking = this.blocking;
-    const control = blocking?.node.control() ?? null;
-    if (blocking === null || control === null || blocking.conn.serverId < 0) return Promise.resolve(0);
-    const argv = ["CLIENT", "UNBLOCK", blocking.conn.serverId, withError ? "ERROR" : "TIMEOUT"];
-    return control.call(argv).then(
-      (n) => (typeof n === "number" ? n : 0),
-      () => 0,
-    );
+    return this.blocking?.unblock(withError) ?? Promise.resolve(0);
   }
 
   memory(): ClientMemory {
@@ -460,6 +446,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     return this.ctx.router;
   }
 
+  get leases(): Leases {
+    return this.ctx.leases;
+  }
+
   enterPinnedLane(request: Request): boolean {
     return this.enterLane("pinned", request);
   }
@@ -500,7 +490,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   // ---- runs: back-to-back requests leave as one slice of the input ----------------------
 
   /** The connection the pending run goes to; null when there is none. */
-  private runConn: UpstreamConnection | null = null;
+  private runConn: Pipe | null = null;
   private runBuf: Buffer = EMPTY;
   private runStart = 0;
   private runEnd = 0;
@@ -513,7 +503,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
    * command runs), as one slice, so a pipeline of 16 GETs costs one push and no per-request
    * views instead of 16 of each.
    */
-  private addToRun(conn: UpstreamConnection, request: Request, slot: ReplySlot): void {
+  private addToRun(conn: Pipe, request: Request, slot: ReplySlot): void {
     if (
       conn !== this.runConn ||
       request.buf !== this.runBuf ||
@@ -621,36 +611,30 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   /** Borrows a connection to the node for argv, or answers the error and returns null. */
-  private borrow(name: string, argv: readonly Buffer[]): Dedicated | null {
-    const node = this.ctx.router.nodeFor(name, argv, this.id);
-    if (typeof node === "string") {
-      this.replyError(node);
+  private borrow(name: string, argv: readonly Buffer[]): Lease | null {
+    const lease = this.ctx.leases.forCommand(name, argv, this.id, this.proto);
+    if (typeof lease === "string") {
+      this.replyError(lease);
       return null;
     }
-    const conn = node.acquire(this.proto);
-    if (conn === null) {
-      this.replyError(node.failure);
-      return null;
-    }
-    return { node, conn };
+    return lease;
   }
 
   private sendBlocking(name: string, request: Request): void {
     if (!this.enterLane("blocking", request)) return;
     const blocking = this.borrow(name, request.argv);
     if (blocking === null) return;
-    const { node, conn } = blocking;
     this.blocking = blocking;
     const slot = this.upstreamSlot();
     slot.onReply = () => {
       this.blocking = null;
-      node.release(conn);
+      blocking.release();
     };
-    conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+    blocking.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
   }
 
   /** One connection per master streaming MONITOR output to this client; empty when not monitoring. */
-  private monitors: Dedicated[] = [];
+  private monitors: Lease[] = [];
 
   /**
    * MONITOR: each master's stream, relayed as it comes (commands the proxy sends on its
@@ -660,23 +644,20 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     const slot = this.upstreamSlot();
     if (this.monitors.length > 0) return slot.reply(OK);
     const ignore = { reply() {}, fail() {} };
-    this.ctx.router.masters().forEach((node, i) => {
-      const conn = node.acquire(this.proto);
-      if (conn === null) {
-        if (i === 0) slot.fail(node.failure);
+    this.ctx.leases.onEveryMaster(this.proto).forEach((lease, i) => {
+      if (typeof lease === "string") {
+        if (i === 0) slot.fail(lease);
         return;
       }
-      conn.pushHandler = (frame) => {
-        if (!isBookkeeping(frame)) this.onPushedFrame(frame);
-      };
-      conn.onBorrowerLost = () => this.kill("monitor connection lost");
-      this.monitors.push({ node, conn });
-      conn.send(MONITOR, i === 0 ? slot : ignore);
+      lease.onMonitorLine((line) => this.onPushedFrame(line));
+      lease.onLost(() => this.kill("monitor connection lost"));
+      this.monitors.push(lease);
+      lease.send(MONITOR, i === 0 ? slot : ignore);
     });
   }
 
   /** The connection this client's scripts run on, and how many of them are still running. */
-  private script: Dedicated | null = null;
+  private script: Lease | null = null;
   private scriptsRunning = 0;
 
   /**
@@ -704,18 +685,17 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     slot.onReply = () => {
       if (--this.scriptsRunning > 0 || this.script !== script) return;
       this.script = null;
-      script.node.release(script.conn);
+      script.release();
     };
-    script.conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+    script.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
   }
 
   private sendSubscription(name: string, request: Request): void {
     if (this.proto === 3 && !this.enterLane("subscribed", request)) return;
-    if (this.sub !== null && this.subscriptions === 0 && this.sub.conn.proto !== this.proto) {
+    if (this.sub !== null && this.subscriptions === 0 && this.sub.proto !== this.proto) {
       // HELLO changed the protocol since the last subscription: its frames would come in the
       // old one (a RESP2 connection answers the RESP3 marker PING with a Pub/Sub pong).
-      this.sub.conn.onBorrowerLost = null;
-      this.sub.node.destroy(this.sub.conn);
+      this.sub.destroy();
       this.sub = null;
     }
     if (this.sub === null) {
@@ -724,17 +704,16 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       if (!this.enterLane("subscribed", request)) return;
       const sub = this.borrow(name, request.argv);
       if (sub === null) return;
-      const conn = sub.conn;
       this.sub = sub;
-      conn.pushHandler = (frame) => this.onSubscriptionFrame(frame);
+      sub.onPush((frame) => this.onSubscriptionFrame(frame));
       // Subscriptions cannot be replayed transparently: the client must reconnect and resubscribe.
-      conn.onBorrowerLost = () => this.kill("subscription connection lost");
+      sub.onLost(() => this.kill("subscription connection lost"));
     }
     this.lane = "subscribed";
     // Count the subscription now, so a command pipelined behind it is refused as Redis would.
     if (name !== "ping" && !name.includes("unsubscribe"))
       this.subscriptions = Math.max(this.subscriptions, 1);
-    this.sub.conn.sendUnmatched(request.raw ?? encodeCommand(request.argv));
+    this.sub.sendUnmatched(request.raw ?? encodeCommand(request.argv));
     if (this.proto === 3) this.markSubscriptionReply();
   }
 
@@ -757,7 +736,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       this.marks--;
       return Buffer.concat(this.markedFrames.splice(0));
     };
-    this.sub!.conn.send(PING, slot);
+    this.sub!.send(PING, slot);
   }
 
   private onSubscriptionFrame(frame: Buffer): void {
@@ -985,16 +964,16 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         `ERR ${name.toUpperCase()} as a user of the cluster's own ACL is not supported by gears-proxy`,
       );
     }
-    const node = this.ctx.router.nodeFor(name, request.argv, this.id);
-    if (typeof node === "string") return this.replyError(node);
-    const conn = identity.connection(node, this.proto);
+    const target = this.ctx.leases.nodeIdFor(name, request.argv, this.id);
+    if (typeof target === "string") return this.replyError(target);
+    const conn = identity.connection(target.id, this.proto);
     if (conn !== null) {
       conn.send(request.raw ?? encodeCommand(request.argv), this.upstreamSlot(), this.db);
       return;
     }
     this.flushRun();
     this.holds++;
-    void identity.open(node, this.proto).then((error) => {
+    void identity.open(this.ctx.leases.forCommand(name, request.argv, this.id, this.proto)).then((error) => {
       this.holds--;
       if (this.closed) return;
       if (error !== null) this.replyError(error);
@@ -1007,9 +986,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** AUTH user pass for a user of the server's own ACL: null once logged in, else the server's error. */
   loginUpstream(user: string, password: string): Promise<string | null> {
     const identity = new UpstreamIdentity(user, password);
-    const node = this.ctx.router.masters()[0];
     this.holds++;
-    return identity.open(node, this.proto).then((error) => {
+    return identity.open(this.ctx.leases.forSlot(NO_KEYS, this.id, this.proto)).then((error) => {
       this.holds--;
       this.stalled = true;
       if (error !== null || this.closed) {
@@ -1097,24 +1075,14 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private release(): void {
     this.txn.abandon();
     this.upstreamIdentity?.end();
-    if (this.blocking !== null) {
-      this.blocking.node.destroy(this.blocking.conn);
-      this.blocking = null;
-    }
-    for (const monitor of this.monitors.splice(0)) {
-      monitor.conn.onBorrowerLost = null;
-      monitor.node.destroy(monitor.conn);
-    }
-    if (this.script !== null) {
-      this.script.node.destroy(this.script.conn);
-      this.script = null;
-      this.scriptsRunning = 0;
-    }
-    if (this.sub !== null) {
-      this.sub.conn.onBorrowerLost = null;
-      this.sub.node.destroy(this.sub.conn);
-      this.sub = null;
-    }
+    this.blocking?.destroy();
+    this.blocking = null;
+    for (const monitor of this.monitors.splice(0)) monitor.destroy();
+    this.script?.destroy();
+    this.script = null;
+    this.scriptsRunning = 0;
+    this.sub?.destroy();
+    this.sub = null;
     this.subscriptions = 0;
     this.marks = 0;
     this.markedFrames = [];

@@ -3,9 +3,7 @@ import { encodeCommand, encodeError } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "../routing/router.js";
-import type { UpstreamConnection } from "../upstream/connection.js";
-import type { UpstreamNode } from "../upstream/node.js";
-import { DISCARD } from "../upstream/reply-sink.js";
+import { DISCARD, type Lease, type Leases } from "../routing/lease.js";
 import { isGearsCommand } from "../gears/commands.js";
 import type { ReplySlot } from "./reply-slot.js";
 import type { Protocol } from "../resp/values.js";
@@ -16,6 +14,7 @@ export interface TransactionHost {
   db: number;
   readonly proto: Protocol;
   readonly router: Router;
+  readonly leases: Leases;
   upstreamSlot(): ReplySlot;
   replyError(message: string): void;
   /** False when the request must wait for replies in flight (it will be run again). */
@@ -43,8 +42,7 @@ function pausesServer(name: string, argv: readonly Buffer[]): boolean {
  * node (the client already has their replies).
  */
 export class Transaction {
-  private node: UpstreamNode | null = null;
-  private conn: UpstreamConnection | null = null;
+  private conn: Lease | null = null;
   inMulti = false;
   private watching = false;
   /** A command was refused while queuing: EXEC must abort, as Redis does. */
@@ -65,7 +63,7 @@ export class Transaction {
     return this.conn !== null || this.inMulti;
   }
 
-  get pinnedConnection(): UpstreamConnection | null {
+  get pinnedConnection(): Lease | null {
     return this.conn;
   }
 
@@ -181,13 +179,11 @@ export class Transaction {
 
   /** Moves an open transaction to the node of `slot`, replaying what it queued so far. */
   private moveTo(slot: number): boolean {
-    const node = this.host.router.routeSlot(slot, this.host.id);
-    if (node === this.node) return true;
-    const old = { node: this.node!, conn: this.conn! };
-    old.conn.onBorrowerLost = null;
-    old.conn.send(encodeCommand(["DISCARD"]), DISCARD);
-    old.node.release(old.conn);
-    this.node = null;
+    const old = this.conn!;
+    if (this.host.leases.nodeIdForSlot(slot, this.host.id) === old.nodeId) return true;
+    old.onLost(null);
+    old.send(encodeCommand(["DISCARD"]), DISCARD);
+    old.release();
     this.conn = null;
     if (!this.pin(slot)) {
       this.finish(true);
@@ -223,7 +219,7 @@ export class Transaction {
    * A SELECT inside MULTI changes the client's database when EXEC runs it: the last one
    * that the server answered OK in EXEC's reply wins, on the connection and for the client.
    */
-  private applySelects(exec: Buffer, selects: [number, number][], conn: UpstreamConnection): void {
+  private applySelects(exec: Buffer, selects: [number, number][], conn: Lease): void {
     const replies = decodeReply(exec);
     if (!Array.isArray(replies)) return;
     for (const [at, db] of selects) {
@@ -237,19 +233,13 @@ export class Transaction {
 
   /** Borrows a connection to the node of `slot` (any master for NO_KEYS). */
   private pin(slot: number): boolean {
-    const router = this.host.router;
-    const node =
-      router.topology.mode === "cluster"
-        ? router.routeSlot(slot, this.host.id)
-        : router.topology.nodeForSlot(0);
-    const conn = node.acquire(this.host.proto);
-    if (conn === null) {
-      this.pinFailure = node.failure;
+    const lease = this.host.leases.forSlot(slot, this.host.id, this.host.proto);
+    if (typeof lease === "string") {
+      this.pinFailure = lease;
       return false;
     }
-    this.node = node;
-    this.conn = conn;
-    conn.onBorrowerLost = () => this.connectionLost();
+    this.conn = lease;
+    lease.onLost(() => this.connectionLost());
     return true;
   }
 
@@ -296,13 +286,11 @@ export class Transaction {
     this.dirty = false;
     this.blocked = false;
     this.slot = NO_KEYS;
-    const node = this.node;
     const conn = this.conn;
-    this.node = null;
     this.conn = null;
-    if (node === null || conn === null) return;
-    conn.onBorrowerLost = null;
-    if (lost) node.destroy(conn);
-    else node.release(conn);
+    if (conn === null) return;
+    conn.onLost(null);
+    if (lost) conn.destroy();
+    else conn.release();
   }
 }
