@@ -19,7 +19,8 @@ import type { ClientMemory } from "./memory-guard.js";
 import type { CommandHost } from "./command-host.js";
 import { Transaction, type TransactionHost } from "./transaction.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
-import { ReplySlot, type SlotOwner } from "./reply-slot.js";
+import type { ReplySlot } from "./reply-slot.js";
+import { ReplyQueue, type QueueOwner } from "./reply-queue.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
 import type { TrackingState } from "./tracking/state.js";
@@ -97,7 +98,7 @@ function commandLabel(request: Request): string {
  * replies back in request order. Ordinary commands share pipelined upstream connections;
  * MULTI/WATCH, blocking commands and subscriptions borrow a dedicated one.
  */
-export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, CommandHost {
+export class ClientSession implements QueueOwner, ClientHandle, TransactionHost, CommandHost {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;
@@ -126,9 +127,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private readonly parser: RequestParser;
   private readonly out: OutputBuffer;
-  private head: ReplySlot | null = null;
-  private tail: ReplySlot | null = null;
-  private inFlight = 0;
+  private readonly replies: ReplyQueue;
   private lane: Lane = "shared";
   /** A request waiting for the replies in flight before it may switch lanes. */
   private deferred: Request | null = null;
@@ -169,6 +168,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.parser = new RequestParser({ maxBulkLen: ctx.config.protoMaxBulkLen, maxArgs: 1024 * 1024 });
     this.resetUser();
     this.out = new OutputBuffer(socket);
+    this.replies = new ReplyQueue(this.out, this, ctx.metrics !== null);
     this.txn = new Transaction(this);
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
@@ -202,13 +202,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   memory(): ClientMemory {
     // Replies that arrived behind one still awaited (a slow upstream, a blocked command) are
-    // held here too; the walk is bounded by the requests in flight.
-    let held = 0;
-    for (let slot = this.head; slot !== null; slot = slot.next) {
-      if (slot.data !== null) held += slot.data.length;
-      for (const part of slot.rest ?? []) held += part.length;
-    }
-    return { query: this.parser.buffered, output: this.out.pending + held };
+    // held here too.
+    return { query: this.parser.buffered, output: this.out.pending + this.replies.held() };
   }
 
   describe(): string {
@@ -283,7 +278,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     try {
       while (!this.closed && !this.ending && !this.draining) {
         if (this.deferred !== null) {
-          if (this.inFlight > 0) {
+          if (this.replies.inFlight > 0) {
             this.stalled = true;
             break;
           }
@@ -298,7 +293,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
           this.txn.blocked ||
           (this.holds > 0 && this.holds !== this.joinHolds) ||
           this.readingPaused ||
-          this.inFlight >= MAX_IN_FLIGHT
+          this.replies.inFlight >= MAX_IN_FLIGHT
         ) {
           this.stalled = true;
           break;
@@ -423,7 +418,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   /** Switches to `lane`, unless replies on another lane are still due: then the request waits. */
   private enterLane(lane: Lane, request: Request): boolean {
-    if (lane !== this.lane && this.inFlight > 0) {
+    if (lane !== this.lane && this.replies.inFlight > 0) {
       this.deferred = request;
       return false;
     }
@@ -757,38 +752,23 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
    */
   deliver(frame: Buffer, keys: readonly Buffer[] | null): void {
     if (this.closed) return;
-    let after: ReplySlot | null = null;
-    for (let s = this.head; s !== null; s = s.next) {
-      if (!s.pushed && (s.cause === null || this.ctx.tracking.touches(s.cause.name, s.cause.argv, keys)))
-        after = s;
-    }
-    const slot = new ReplySlot(this);
-    slot.data = frame;
-    slot.pushed = true;
-    if (after === null) {
-      slot.next = this.head;
-      this.head = slot;
-      if (this.tail === null) this.tail = slot;
-    } else {
-      slot.next = after.next;
-      after.next = slot;
-      if (this.tail === after) this.tail = slot;
-    }
-    this.flushReplies();
+    const tracking = this.ctx.tracking;
+    this.replies.insertPushed(
+      frame,
+      (s) => !s.pushed && (s.cause === null || tracking.touches(s.cause.name, s.cause.argv, keys)),
+    );
   }
 
   /** A frame the server sent unasked (a message, a MONITOR line): written after what is queued. */
   private onPushedFrame(frame: Buffer): void {
-    const slot = this.newSlot(true);
-    slot.data = frame;
-    this.flushReplies();
+    this.replies.appendNow(frame, this.newSlot(true));
   }
 
   // ---- replies -------------------------------------------------------------------------
 
   /** A place in the reply order; a `pushed` frame (pub/sub) is written whatever CLIENT REPLY says. */
-  private newSlot(pushed = false): ReplySlot {
-    const slot = new ReplySlot(this);
+  private newSlot(pushed = false, awaited = false): ReplySlot {
+    const slot = awaited ? this.replies.appendAwaited() : this.replies.append();
     if (pushed) slot.pushed = true;
     else if (this.tracking !== null) slot.cause = this.lastRequest;
     if (this.metered !== null) {
@@ -801,18 +781,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       slot.silent = true;
       if (this.replyMode === "skip") this.replyMode = "on";
     }
-    if (this.tail === null) this.head = slot;
-    else this.tail.next = slot;
-    this.tail = slot;
     return slot;
   }
 
   /** A slot that an upstream will fill; counted until it does. */
   upstreamSlot(): ReplySlot {
-    const slot = this.newSlot();
-    slot.upstream = true;
-    this.inFlight++;
-    return slot;
+    return this.newSlot(false, true);
   }
 
   /** A slot for a reply the proxy will compute itself later (INFO, fan-outs). */
@@ -821,10 +795,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   replyNow(data: Buffer): ReplySlot {
-    const slot = this.newSlot();
-    slot.data = data;
-    if (slot === this.head) this.flushReplies();
-    return slot;
+    return this.replies.appendNow(data, this.newSlot());
   }
 
   replyError(message: string): void {
@@ -841,46 +812,26 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.replyNow(encodeValue(value, this.proto));
   }
 
-  slotFilled(slot: ReplySlot): void {
-    if (slot.upstream) {
-      slot.upstream = false;
-      this.inFlight--;
-    }
-    if (this.closed) return;
-    if (slot === this.head) this.flushReplies();
+  // ---- QueueOwner: what the reply queue reports ----------------------------------------
+
+  replyArrived(): void {
     if (this.stalled) {
       this.stalled = false;
       this.processInput();
     }
   }
 
-  private flushReplies(): void {
-    const metrics = this.ctx.metrics;
-    let slot = this.head;
-    while (slot !== null && slot.data !== null) {
-      if (!slot.silent) this.out.push(slot.data);
-      if (metrics !== null && !slot.silent) metrics.clientBytesOut(slot.data.length);
-      if (slot.rest !== null && !slot.silent) {
-        for (const part of slot.rest) {
-          this.out.push(part);
-          metrics?.clientBytesOut(part.length);
-        }
-      }
-      if (slot.request !== null) this.meter(slot.request, slot.startedAt, slot.data);
-      if (slot.closeAfter) {
-        this.endAfterWrite();
-        return;
-      }
-      slot = slot.next;
-    }
-    this.head = slot;
-    if (slot === null) this.tail = null;
+  flushed(): void {
     this.applyBackpressure();
     this.endIfDrained();
   }
 
+  countOut(bytes: number): void {
+    this.ctx.metrics?.clientBytesOut(bytes);
+  }
+
   /** The one seam where a command's reply goes out: counted with the latency its client saw. */
-  private meter(request: Request, startedAt: number, data: Buffer): void {
+  meter(request: Request, startedAt: number, data: Buffer): void {
     const us = (Metrics.now() - startedAt) * 1000;
     this.ctx.metrics?.commandDone(request.name, us / 1e6, data);
     this.ctx.slowlog.record(us, request.argv, this.addr, this.name);
@@ -905,10 +856,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.processInput();
   }
 
-  private endAfterWrite(): void {
+  endAfterWrite(): void {
     this.ending = true;
-    this.head = null;
-    this.tail = null;
+    this.replies.clear();
     this.out.flush();
     // Closed for good once the reply is out, as Redis closes it: a client still writing
     // (after a protocol error) gets a reset instead of a half-open connection that never fails.
@@ -937,7 +887,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   private endIfDrained(): void {
-    if (!this.draining || this.closed || this.ending || this.head !== null || this.inFlight > 0) return;
+    if (!this.draining || this.closed || this.ending || !this.replies.empty || this.replies.inFlight > 0)
+      return;
     this.endAfterWrite();
   }
 
@@ -1067,9 +1018,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   replyAndClose(data: Buffer): void {
     const slot = this.newSlot();
     slot.closeAfter = true;
-    slot.data = data;
     this.ending = true;
-    if (slot === this.head) this.flushReplies();
+    this.replies.appendNow(data, slot);
   }
 
   private release(): void {
@@ -1095,8 +1045,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.stopTracking();
     this.release();
     this.out.discard();
-    this.head = null;
-    this.tail = null;
+    this.replies.close();
     this.socket.destroy();
   }
 }
