@@ -28,7 +28,7 @@ import { noPermission, type AclUser } from "../acl/access-control.js";
 import { UpstreamIdentity } from "./upstream-identity.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
-type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
+type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "paused" | "idle";
 
 /** Stop reading from a client whose replies pile up beyond this; resume on drain. */
 const PAUSE_READING_BYTES = 4 * 1024 * 1024;
@@ -141,6 +141,8 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
 
   private readonly txn: Transaction;
   private blocking: Lease | null = null;
+  /** This client's own connection while the servers are paused (ServerPause). */
+  private paused: Lease | null = null;
   private sub: Lease | null = null;
   /** Channels and patterns subscribed, as the server last counted them. */
   private subscriptions = 0;
@@ -394,6 +396,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     else if (this.txn.owns(name, request.argv)) this.txn.send(name, request);
     else if (isBlocking(name, argv)) this.sendBlocking(name, request);
     else if (this.scriptsOwnConnection(name)) this.sendScript(name, request);
+    else if (this.goesPaused(name, request.argv)) this.sendPaused(name, request);
     else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
@@ -413,7 +416,8 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     } else if (this.scriptsOwnConnection(name)) {
       this.flushRun();
       this.sendScript(name, request);
-    } else if (this.enterLane("shared", request)) this.forward(name, request);
+    } else if (this.goesPaused(name, request.argv)) this.sendPaused(name, request);
+    else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
   /** Switches to `lane`, unless replies on another lane are still due: then the request waits. */
@@ -421,6 +425,11 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     if (lane !== this.lane && this.replies.inFlight > 0) {
       this.deferred = request;
       return false;
+    }
+    if (lane !== "paused" && this.paused !== null) {
+      // Every reply on it is in: the connection goes back once the client leaves the lane.
+      this.paused.release();
+      this.paused = null;
     }
     this.lane = lane;
     return true;
@@ -452,6 +461,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
   /** An ordinary command: the shared pipelined connection of the node that owns its keys. */
   forward(name: string, request: Request): void {
     if (this.upstreamIdentity !== null) return this.sendAsUser(name, request);
+    if (this.goesPaused(name, request.argv)) return this.sendPaused(name, request);
     const slot = this.upstreamSlot();
     const gears = this.ctx.gears;
     if (gears.holdsWrites && this.ctx.router.isWrite(name, request.argv)) {
@@ -480,6 +490,39 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
       proto: this.proto,
       primary: this.tracking !== null,
     });
+  }
+
+  /** Whether the servers are paused; control commands and key listings still take the router. */
+  private goesPaused(name: string, argv: readonly Buffer[]): boolean {
+    return this.ctx.leases.pause.active && !this.ctx.router.needsRouting(name, argv, this.db);
+  }
+
+  /**
+   * An ordinary command while the servers are paused: on a connection of this client's own,
+   * so the server holds it as one paused client of its own, and other clients' reads on
+   * the shared connections never wait behind it.
+   */
+  private sendPaused(name: string, request: Request): void {
+    this.flushRun();
+    const target = this.ctx.leases.nodeIdFor(name, request.argv, this.id);
+    if (typeof target === "string") {
+      // Keys across slots: the router splits the command over the shared connections.
+      this.ctx.router.forward(name, request.argv, request.raw, this.upstreamSlot(), {
+        db: this.db,
+        affinity: this.id,
+        proto: this.proto,
+      });
+      return;
+    }
+    if (this.paused !== null && this.paused.nodeId !== target.id && !this.waitForIdle(request)) return;
+    if (this.lane !== "paused" && !this.enterLane("paused", request)) return;
+    if (this.paused === null || this.paused.closed || this.paused.nodeId !== target.id) {
+      this.paused?.release();
+      this.paused = this.borrow(name, request.argv);
+      if (this.paused === null) return;
+    }
+    this.lane = "paused";
+    this.paused.send(request.raw ?? encodeCommand(request.argv), this.upstreamSlot(), this.db);
   }
 
   // ---- runs: back-to-back requests leave as one slice of the input ----------------------
@@ -834,7 +877,8 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
   meter(request: Request, startedAt: number, data: Buffer): void {
     const us = (Metrics.now() - startedAt) * 1000;
     this.ctx.metrics?.commandDone(request.name, us / 1e6, data);
-    this.ctx.slowlog.record(us, request.argv, this.addr, this.name);
+    // Redis logs the commands EXEC runs, never EXEC itself.
+    if (request.name !== "exec") this.ctx.slowlog.record(us, request.argv, this.addr, this.name);
   }
 
   private applyBackpressure(): void {
@@ -958,6 +1002,10 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     this.upstreamIdentity = null;
   }
 
+  resetSlowlog(): void {
+    this.ctx.slowlog.reset();
+  }
+
   /** Back to the default user: authenticated when it needs no password (or no --requirepass). */
   private resetUser(): void {
     const acl = this.ctx.acl;
@@ -1027,6 +1075,8 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     this.upstreamIdentity?.end();
     this.blocking?.destroy();
     this.blocking = null;
+    this.paused?.destroy();
+    this.paused = null;
     for (const monitor of this.monitors.splice(0)) monitor.destroy();
     this.script?.destroy();
     this.script = null;

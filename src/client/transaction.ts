@@ -17,6 +17,8 @@ export interface TransactionHost {
   readonly leases: Leases;
   upstreamSlot(): ReplySlot;
   replyError(message: string): void;
+  /** SLOWLOG RESET ran in a transaction: the proxy's own slow log is the one clients read. */
+  resetSlowlog(): void;
   /** False when the request must wait for replies in flight (it will be run again). */
   enterPinnedLane(request: Request): boolean;
 }
@@ -91,6 +93,8 @@ export class Transaction {
     this.dirty = false;
     this.queued = 0;
     this.selects = [];
+    this.pauses = [];
+    this.slowlogReset = false;
     const payload = request.raw ?? encodeCommand(request.argv);
     this.replay = this.host.router.topology.mode === "cluster" ? [payload] : [];
     this.conn!.send(payload, slot, this.host.db);
@@ -163,7 +167,9 @@ export class Transaction {
     if (name === "select") {
       const db = Number(request.argv[1]?.toString() ?? "x");
       if (Number.isSafeInteger(db)) this.selects.push([this.queued, db]);
-    }
+    } else if (pausesServer(name, request.argv)) this.pauses.push([this.queued, request.argv]);
+    else if (name === "slowlog" && request.argv[1]?.toString().toLowerCase() === "reset")
+      this.slowlogReset = true;
     this.queued++;
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
@@ -200,13 +206,18 @@ export class Transaction {
     this.watching = false;
     this.dirty = false;
     const selects = name === "exec" ? this.selects : [];
+    const pauses = name === "exec" ? this.pauses : [];
     const conn = this.conn!;
     slot.onReply = (data) => {
-      if (selects.length > 0 && !abort) this.applySelects(data, selects, conn);
+      if ((selects.length > 0 || pauses.length > 0) && !abort) this.applyEffects(data, selects, pauses, conn);
       this.finish(false);
       if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
       return data;
     };
+    // Reset as EXEC leaves, not when it is answered: a command it unblocks (BLPOP) may be
+    // answered, and logged, first.
+    if (name === "exec" && !abort && this.slowlogReset) this.host.resetSlowlog();
+    this.slowlogReset = false;
     const payload = abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
     this.conn!.send(payload, slot, this.host.db);
   }
@@ -214,14 +225,25 @@ export class Transaction {
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;
   private selects: [number, number][] = [];
+  /** A SLOWLOG RESET is queued. */
+  private slowlogReset = false;
+  /** The CLIENT PAUSE/UNPAUSE commands queued: [position, argv]. */
+  private pauses: [number, readonly Buffer[]][] = [];
 
   /**
    * A SELECT inside MULTI changes the client's database when EXEC runs it: the last one
    * that the server answered OK in EXEC's reply wins, on the connection and for the client.
    */
-  private applySelects(exec: Buffer, selects: [number, number][], conn: Lease): void {
+  private applyEffects(
+    exec: Buffer,
+    selects: [number, number][],
+    pauses: [number, readonly Buffer[]][],
+    conn: Lease,
+  ): void {
     const replies = decodeReply(exec);
     if (!Array.isArray(replies)) return;
+    // A pause queued in the transaction starts when EXEC ends, as in Redis.
+    for (const [at, argv] of pauses) if (replies[at] === "OK") this.host.leases.pause.note(argv);
     for (const [at, db] of selects) {
       if (replies[at] !== "OK") continue;
       this.host.db = db;

@@ -3,6 +3,7 @@ import type { Protocol, RespValue } from "../resp/values.js";
 import { isBookkeeping, type UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
+import { ServerPause } from "./pause.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "./router.js";
 
 export { DISCARD, type ReplySink } from "../upstream/reply-sink.js";
@@ -124,6 +125,9 @@ function leaseOn(node: UpstreamNode, proto: Protocol): Lease | string {
  * router picks, so a client never learns of upstream nodes itself.
  */
 export class Leases {
+  /** CLIENT PAUSE in effect: clients then take leases for ordinary commands too. */
+  readonly pause = new ServerPause();
+
   constructor(private readonly router: Router) {}
 
   /** A lease on the node that owns argv's keys, or the error to answer (CROSSSLOT, node down). */
