@@ -10,10 +10,10 @@ import {
   isBlocking,
   isScript,
 } from "../routing/command-kinds.js";
-import type { Lease, Leases, Pipe } from "../routing/lease.js";
+import type { Lease, Leases } from "../routing/lease.js";
 import { holdJoinKey, holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
 import type { ProxyContext } from "./context.js";
-import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
+import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./dispatch-table.js";
 import type { ClientHandle } from "./registry.js";
 import type { ClientMemory } from "./memory-guard.js";
 import type { CommandHost } from "./command-host.js";
@@ -21,6 +21,7 @@ import { Transaction, type TransactionHost } from "./transaction.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { ReplyQueue, type QueueOwner } from "./reply-queue.js";
+import { RequestRuns } from "./request-runs.js";
 import { subscriptionCount } from "./subscription-frames.js";
 import { Metrics } from "../observability/metrics.js";
 import type { TrackingState } from "./tracking/state.js";
@@ -41,7 +42,6 @@ const MAX_IN_FLIGHT = 128;
 /** Redis' client-query-buffer-limit: unparsed input a client may leave with us. */
 const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
-const EMPTY = Buffer.alloc(0);
 const PING = encodeCommand(["PING"]);
 const MONITOR = encodeCommand(["MONITOR"]);
 
@@ -128,6 +128,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
   private readonly parser: RequestParser;
   private readonly out: OutputBuffer;
   private readonly replies: ReplyQueue;
+  private readonly runs = new RequestRuns();
   private lane: Lane = "shared";
   /** A request waiting for the replies in flight before it may switch lanes. */
   private deferred: Request | null = null;
@@ -319,7 +320,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     } finally {
       this.processing = false;
       // Outside `processing`: a slot failed at once (dead connection) may need to rerun us.
-      this.flushRun();
+      this.runs.flush();
     }
   }
 
@@ -358,7 +359,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
         return;
       }
     }
-    this.flushRun();
+    this.runs.flush();
     const argv = request.argv;
     if (!this.authenticated && !NO_AUTH_COMMANDS.has(name)) {
       this.replyError("NOAUTH Authentication required.");
@@ -405,16 +406,16 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     const gears = this.ctx.gears;
     const argv = request.argv;
     if (gears.hookFor(name, argv)) {
-      this.flushRun();
+      this.runs.flush();
       this.answerLater(gears.runHook(name, argv), true);
     } else if (this.txn.owns(name, argv)) {
-      this.flushRun();
+      this.runs.flush();
       this.txn.send(name, request);
     } else if (isBlocking(name, argv)) {
-      this.flushRun();
+      this.runs.flush();
       this.sendBlocking(name, request);
     } else if (this.scriptsOwnConnection(name)) {
-      this.flushRun();
+      this.runs.flush();
       this.sendScript(name, request);
     } else if (this.goesPaused(name, request.argv)) this.sendPaused(name, request);
     else if (this.enterLane("shared", request)) this.forward(name, request);
@@ -479,11 +480,11 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     if (this.processing && request.end > request.start && !router.needsRouting(name, request.argv, this.db)) {
       const conn = router.sharedConnection(this.id, this.proto);
       if (conn !== null) {
-        this.addToRun(conn, request, slot);
+        this.runs.add(conn, request, slot, this.db);
         return;
       }
     }
-    this.flushRun();
+    this.runs.flush();
     router.forward(name, request.argv, request.raw, slot, {
       db: this.db,
       affinity: this.id,
@@ -503,7 +504,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
    * the shared connections never wait behind it.
    */
   private sendPaused(name: string, request: Request): void {
-    this.flushRun();
+    this.runs.flush();
     const target = this.ctx.leases.nodeIdFor(name, request.argv, this.id);
     if (typeof target === "string") {
       // Keys across slots: the router splits the command over the shared connections.
@@ -523,57 +524,6 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     }
     this.lane = "paused";
     this.paused.send(request.raw ?? encodeCommand(request.argv), this.upstreamSlot(), this.db);
-  }
-
-  // ---- runs: back-to-back requests leave as one slice of the input ----------------------
-
-  /** The connection the pending run goes to; null when there is none. */
-  private runConn: Pipe | null = null;
-  private runBuf: Buffer = EMPTY;
-  private runStart = 0;
-  private runEnd = 0;
-  private runDb = 0;
-  private readonly runSlots: ReplySlot[] = [];
-
-  /**
-   * Queues a request for `conn`. Requests that lie back to back in the input and go to the
-   * same connection are sent together at the end of processInput (or before any other
-   * command runs), as one slice, so a pipeline of 16 GETs costs one push and no per-request
-   * views instead of 16 of each.
-   */
-  private addToRun(conn: Pipe, request: Request, slot: ReplySlot): void {
-    if (
-      conn !== this.runConn ||
-      request.buf !== this.runBuf ||
-      request.start !== this.runEnd ||
-      this.db !== this.runDb
-    ) {
-      this.flushRun();
-      this.runConn = conn;
-      this.runBuf = request.buf;
-      this.runStart = request.start;
-      this.runDb = this.db;
-    }
-    this.runEnd = request.end;
-    this.runSlots.push(slot);
-  }
-
-  /** Sends the pending run, keeping the order of everything this client sent. */
-  private flushRun(): void {
-    const conn = this.runConn;
-    if (conn === null) return;
-    this.runConn = null;
-    const slots = this.runSlots;
-    const payload = this.runBuf.subarray(this.runStart, this.runEnd);
-    this.runBuf = EMPTY;
-    if (slots.length === 1) {
-      const slot = slots[0];
-      slots.length = 0;
-      conn.send(payload, slot, this.runDb);
-      return;
-    }
-    const sinks = slots.splice(0, slots.length);
-    conn.sendMany(payload, sinks, this.runDb);
   }
 
   /** Sends on the connection this client's commands currently use, in another database. */
@@ -966,7 +916,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
       conn.send(request.raw ?? encodeCommand(request.argv), this.upstreamSlot(), this.db);
       return;
     }
-    this.flushRun();
+    this.runs.flush();
     this.holds++;
     void identity.open(this.ctx.leases.forCommand(name, request.argv, this.id, this.proto)).then((error) => {
       this.holds--;
