@@ -22,7 +22,7 @@ import { NO_KEYS, type Router } from "../routing/router.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { ReplyQueue, type QueueOwner } from "./reply-queue.js";
 import { RequestRuns } from "./request-runs.js";
-import { subscriptionCount } from "./subscription-frames.js";
+import { Subscriber, type SubscriberHost } from "./pubsub.js";
 import { Metrics } from "../observability/metrics.js";
 import type { TrackingState } from "./tracking/state.js";
 import { noPermission, type AclUser } from "../acl/access-control.js";
@@ -42,7 +42,6 @@ const MAX_IN_FLIGHT = 128;
 /** Redis' client-query-buffer-limit: unparsed input a client may leave with us. */
 const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
-const PING = encodeCommand(["PING"]);
 const MONITOR = encodeCommand(["MONITOR"]);
 
 /**
@@ -98,7 +97,7 @@ function commandLabel(request: Request): string {
  * replies back in request order. Ordinary commands share pipelined upstream connections;
  * MULTI/WATCH, blocking commands and subscriptions borrow a dedicated one.
  */
-export class ClientSession implements QueueOwner, ClientHandle, TransactionHost, CommandHost {
+export class ClientSession implements QueueOwner, SubscriberHost, ClientHandle, TransactionHost, CommandHost {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;
@@ -144,9 +143,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
   private blocking: Lease | null = null;
   /** This client's own connection while the servers are paused (ServerPause). */
   private paused: Lease | null = null;
-  private sub: Lease | null = null;
-  /** Channels and patterns subscribed, as the server last counted them. */
-  private subscriptions = 0;
+  private readonly pubsub = new Subscriber(this);
   /** processInput stopped early (lane switch or blocking call) and must run again on a reply. */
   private stalled = false;
   /** Replies the client must have before its next command runs (blocking RG.* commands). */
@@ -191,7 +188,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
   }
 
   get isPubSub(): boolean {
-    return this.subscriptions > 0;
+    return this.pubsub.count > 0;
   }
 
   kill(reason: string): void {
@@ -235,7 +232,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
       ["idle", idle],
       ["flags", flags],
       ["db", this.db],
-      ["sub", this.subscriptions],
+      ["sub", this.pubsub.count],
       ["psub", 0],
       ["ssub", 0],
       ["multi", this.txn.inMulti ? 0 : -1],
@@ -347,7 +344,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     this.lastRequest = request;
     if (
       this.authenticated &&
-      (this.subscriptions === 0 || this.proto === 3) &&
+      (this.pubsub.count === 0 || this.proto === 3) &&
       !this.txn.inMulti &&
       !isSpecial(name, request.argv)
     ) {
@@ -365,7 +362,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
       this.replyError("NOAUTH Authentication required.");
       return;
     }
-    if (this.subscriptions > 0 && this.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
+    if (this.pubsub.count > 0 && this.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
       this.replyError(
         `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
       );
@@ -680,61 +677,22 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
 
   private sendSubscription(name: string, request: Request): void {
     if (this.proto === 3 && !this.enterLane("subscribed", request)) return;
-    if (this.sub !== null && this.subscriptions === 0 && this.sub.proto !== this.proto) {
-      // HELLO changed the protocol since the last subscription: its frames would come in the
-      // old one (a RESP2 connection answers the RESP3 marker PING with a Pub/Sub pong).
-      this.sub.destroy();
-      this.sub = null;
-    }
-    if (this.sub === null) {
-      // Even an UNSUBSCRIBE with nothing to leave takes a subscription connection: the server
-      // answers it with one frame per channel, which a shared connection would mismatch.
+    if (this.pubsub.needsLease(this.proto)) {
       if (!this.enterLane("subscribed", request)) return;
-      const sub = this.borrow(name, request.argv);
-      if (sub === null) return;
-      this.sub = sub;
-      sub.onPush((frame) => this.onSubscriptionFrame(frame));
-      // Subscriptions cannot be replayed transparently: the client must reconnect and resubscribe.
-      sub.onLost(() => this.kill("subscription connection lost"));
+      const lease = this.borrow(name, request.argv);
+      if (lease === null) return;
+      this.pubsub.attach(lease);
     }
     this.lane = "subscribed";
-    // Count the subscription now, so a command pipelined behind it is refused as Redis would.
-    if (name !== "ping" && !name.includes("unsubscribe"))
-      this.subscriptions = Math.max(this.subscriptions, 1);
-    this.sub.sendUnmatched(request.raw ?? encodeCommand(request.argv));
-    if (this.proto === 3) this.markSubscriptionReply();
+    this.pubsub.send(name, request);
   }
 
-  /** Push frames that answer the (un)subscribe commands still marked, in arrival order. */
-  private markedFrames: Buffer[] = [];
-  /** (Un)subscribe commands whose PING marker has not come back yet. */
-  private marks = 0;
-
-  /**
-   * In RESP3 the confirmations of (un)subscribe commands are pushes, while PING's reply is
-   * not: a PING sent behind the command marks where its confirmations end, so they take
-   * the command's place among the client's replies, whatever else it pipelined.
-   */
-  private markSubscriptionReply(): void {
-    const slot = this.upstreamSlot();
-    // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
-    slot.silent = false;
-    this.marks++;
-    slot.onReply = () => {
-      this.marks--;
-      return Buffer.concat(this.markedFrames.splice(0));
-    };
-    this.sub!.send(PING, slot);
-  }
-
-  private onSubscriptionFrame(frame: Buffer): void {
-    const total = subscriptionCount(frame);
-    if (total !== null) this.subscriptions = total;
-    if (this.marks > 0) {
-      this.markedFrames.push(frame);
-      return;
-    }
+  subscriptionFrame(frame: Buffer): void {
     this.onPushedFrame(frame);
+  }
+
+  subscriptionLost(): void {
+    this.kill("subscription connection lost");
   }
 
   /**
@@ -1031,11 +989,7 @@ export class ClientSession implements QueueOwner, ClientHandle, TransactionHost,
     this.script?.destroy();
     this.script = null;
     this.scriptsRunning = 0;
-    this.sub?.destroy();
-    this.sub = null;
-    this.subscriptions = 0;
-    this.marks = 0;
-    this.markedFrames = [];
+    this.pubsub.drop();
   }
 
   close(): void {
