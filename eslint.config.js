@@ -12,4 +12,18 @@ export default tseslint.config(
       "no-constant-condition": ["error", { checkLoops: false }],
     },
   },
+  {
+    // The house: a client reaches Redis only through routing/ (forwarding, leases).
+    files: ["src/client/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            { group: ["**/upstream/*"], message: "client/ reaches Redis through routing/ (lease.ts)" },
+          ],
+        },
+      ],
+    },
+  },
 );

@@ -51,4 +51,22 @@ describe("CLIENT PAUSE inside MULTI through the proxy, one redis-server", functi
     expect(await writer.next()).to.equal("OK");
     expect(await direct.text("MGET", "p1", "p2", "p3")).to.deep.equal(["a", "b", "c"]);
   });
+
+  it("holds each paused client on a connection of its own, as blocked_clients counts them", async () => {
+    const admin = await open(proxy.port);
+    expect(await admin.text("CLIENT", "PAUSE", "20000", "WRITE")).to.equal("OK");
+    const writers = [await open(proxy.port), await open(proxy.port), await open(proxy.port)];
+    for (const w of writers) w.send("SET", "q", "v");
+    await eventually(
+      async () => String(await admin.text("INFO", "clients")),
+      (info) => /blocked_clients:3\r?\n/.test(info),
+      "three writers wait on the paused server",
+    );
+    // A read from another client is not stuck behind a paused write on a shared connection.
+    expect(await (await open(proxy.port)).text("GET", "q")).to.equal(null);
+    expect(await admin.text("CLIENT", "UNPAUSE")).to.equal("OK");
+    for (const w of writers) expect(await w.next()).to.equal("OK");
+    // Once the pause is over, ordinary commands take the shared connections again.
+    expect(await writers[0].text("GET", "q")).to.equal("v");
+  });
 });

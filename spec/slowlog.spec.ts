@@ -1,5 +1,7 @@
 import { expect } from "chai";
 import { startRedis, startProxy, sendCommand, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { eventually } from "./support/polling.js";
+import { RawClient } from "./support/raw-client.js";
 
 describe("SLOWLOG answered by the proxy", function () {
   this.timeout(30_000);
@@ -38,6 +40,35 @@ describe("SLOWLOG answered by the proxy", function () {
     expect(String(name)).to.equal("");
     expect(await sendCommand(proxy.port, ["SLOWLOG", "RESET"])).to.equal("OK");
     expect(await sendCommand(proxy.port, ["SLOWLOG", "LEN"])).to.equal(0);
+  });
+
+  it("logs what EXEC ran, not EXEC; a SLOWLOG RESET in MULTI resets the proxy's log", async () => {
+    const everything = await startProxy([redis], { slowlogLogSlowerThan: 0 });
+    const waiter = await RawClient.connect(everything.port);
+    try {
+      waiter.send("BLPOP", "slow:l", "0");
+      await eventually(
+        async () => String(await sendCommand(redis.port, ["INFO", "clients"])),
+        (info) => /blocked_clients:1\r?\n/.test(info),
+        "BLPOP waits",
+      );
+      const c = await RawClient.connect(everything.port);
+      try {
+        expect(await c.text("MULTI")).to.equal("OK");
+        expect(await c.text("LPUSH", "slow:l", "foo")).to.equal("QUEUED");
+        expect(await c.text("SLOWLOG", "RESET")).to.equal("QUEUED");
+        expect(await c.text("EXEC")).to.deep.equal([1, "OK"]);
+      } finally {
+        c.close();
+      }
+      expect(((await waiter.next()) as Buffer[]).map(String)).to.deep.equal(["slow:l", "foo"]);
+      const entries = (await sendCommand(everything.port, ["SLOWLOG", "GET"])) as unknown[][];
+      expect(entries.map((e) => (e[3] as Buffer[]).map(String).join(" "))[0]).to.equal("BLPOP slow:l 0");
+      expect(entries.map((e) => String((e[3] as Buffer[])[0]).toLowerCase())).to.not.include("exec");
+    } finally {
+      waiter.close();
+      await everything.close();
+    }
   });
 
   it("trims arguments as Redis does (every command logged at 0 µs)", async () => {

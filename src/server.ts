@@ -19,6 +19,7 @@ import { WarmIsolates } from "./sandbox/warm-isolates.js";
 import { PyodidePool } from "./sandbox/pyodide/pool.js";
 import { preparePythonIsolate } from "./gears/python-guest.js";
 import { Router } from "./routing/router.js";
+import { Leases } from "./routing/lease.js";
 import { connectUpstream } from "./upstream/connect.js";
 import { Metrics, serveMetrics, type MetricSources } from "./observability/metrics.js";
 import { SlowLog } from "./observability/slowlog.js";
@@ -117,6 +118,7 @@ export class ProxyServer {
       config: this.config,
       log: this.log,
       router,
+      leases: new Leases(router),
       clients: new ClientRegistry((this.thread?.index ?? 0) + 1, this.thread?.count ?? 1),
       stats,
       upstreamVersion: upstream.version,

@@ -1,6 +1,7 @@
 import { encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
 import { RespVerbatim } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
+import type { Request } from "../resp/request-parser.js";
 import type { ClientHandle } from "./registry.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
 import { clientCaching, clientGetRedir, clientTracking, clientTrackingInfo } from "./tracking/command.js";
@@ -217,9 +218,7 @@ export const clientCommand: LocalCommand = (session, request) => {
       return unblock(session, argv);
     case "pause":
     case "unpause":
-      // The server pauses its clients, the proxy's connections among them: the proxy's
-      // clients wait as Redis' own would. Sent on the control connection of every master.
-      return session.forward("client", request);
+      return pauseServers(session, request);
     case "tracking":
       return clientTracking(session, argv);
     case "caching":
@@ -237,3 +236,21 @@ export const clientCommand: LocalCommand = (session, request) => {
       session.replyNow(encodeError(`ERR CLIENT ${sub.toUpperCase()} is not supported by gears-proxy`));
   }
 };
+
+/**
+ * The server pauses its clients, the proxy's connections among them: the proxy's clients
+ * wait as Redis' own would. Sent on the control connection of every master; once it
+ * succeeds, the session sends its commands on a lease of its own until the pause ends.
+ */
+function pauseServers(session: CommandHost, request: Request): void {
+  if (!session.enterSharedLane(request)) return;
+  const slot = session.upstreamSlot();
+  slot.onReply = (data) => {
+    if (data[0] === 43 /* + */) session.ctx.leases.pause.note(request.argv);
+  };
+  session.ctx.router.forward("client", request.argv, request.raw, slot, {
+    db: session.db,
+    affinity: session.id,
+    proto: session.proto,
+  });
+}

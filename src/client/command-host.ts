@@ -69,3 +69,7 @@ export interface CommandHost {
 
 /** A command the proxy answers itself rather than forwarding. */
 export type LocalCommand = (session: CommandHost, request: Request) => void;
+
+export function wrongArity(name: string): string {
+  return `ERR wrong number of arguments for '${name}' command`;
+}

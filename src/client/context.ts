@@ -3,6 +3,7 @@ import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { SlowLog } from "../observability/slowlog.js";
 import type { Router } from "../routing/router.js";
+import type { Leases } from "../routing/lease.js";
 import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
 import type { TrackingTable } from "./tracking/table.js";
@@ -28,6 +29,8 @@ export interface ProxyContext {
   config: ProxyConfig;
   log: Logger;
   router: Router;
+  /** Dedicated upstream connections (MULTI, blocking, pub/sub, scripts, MONITOR, server users). */
+  leases: Leases;
   clients: ClientRegistry;
   stats: ProxyStats;
   /** redis_version of the upstream, reported by HELLO. */

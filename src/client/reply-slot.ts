@@ -1,6 +1,6 @@
 import type { Request } from "../resp/request-parser.js";
 import { encodeError } from "../resp/encode.js";
-import type { ReplySink } from "../upstream/reply-sink.js";
+import type { ReplySink } from "../routing/lease.js";
 
 /** What a slot reports to the session that owns it. */
 export interface SlotOwner {

@@ -10,33 +10,27 @@ import {
   isBlocking,
   isScript,
 } from "../routing/command-kinds.js";
-import { isBookkeeping, type UpstreamConnection } from "../upstream/connection.js";
-import type { UpstreamNode } from "../upstream/node.js";
-import type { ReplySink } from "../upstream/reply-sink.js";
+import type { Lease, Leases } from "../routing/lease.js";
 import { holdJoinKey, holdsClient, isGearsCommand, runGearsCommand } from "../gears/commands.js";
 import { runTfCallInMulti } from "../gears/tf/tf-commands.js";
 import type { ProxyContext } from "./context.js";
-import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./local-commands.js";
+import { LOCAL_COMMANDS, NO_AUTH_COMMANDS } from "./dispatch-table.js";
 import type { ClientHandle } from "./registry.js";
 import type { ClientMemory } from "./memory-guard.js";
 import type { CommandHost } from "./command-host.js";
 import { Transaction, type TransactionHost } from "./transaction.js";
-import type { Router } from "../routing/router.js";
-import { ReplySlot, type SlotOwner } from "./reply-slot.js";
-import { subscriptionCount } from "./subscription-frames.js";
+import { NO_KEYS, type Router } from "../routing/router.js";
+import type { ReplySlot } from "./reply-slot.js";
+import { ReplyQueue, type QueueOwner } from "./reply-queue.js";
+import { RequestRuns } from "./request-runs.js";
+import { Subscriber, type SubscriberHost } from "./pubsub.js";
 import { Metrics } from "../observability/metrics.js";
 import type { TrackingState } from "./tracking/state.js";
 import { noPermission, type AclUser } from "../acl/access-control.js";
 import { UpstreamIdentity } from "./upstream-identity.js";
 
 /** Where a client's commands currently go. Switching lanes waits for replies in flight. */
-type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "idle";
-
-/** An upstream connection lent to this client alone. */
-interface Dedicated {
-  node: UpstreamNode;
-  conn: UpstreamConnection;
-}
+type Lane = "shared" | "pinned" | "blocking" | "script" | "subscribed" | "paused" | "idle";
 
 /** Stop reading from a client whose replies pile up beyond this; resume on drain. */
 const PAUSE_READING_BYTES = 4 * 1024 * 1024;
@@ -49,8 +43,6 @@ const MAX_IN_FLIGHT = 128;
 /** Redis' client-query-buffer-limit: unparsed input a client may leave with us. */
 const QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024;
 
-const EMPTY = Buffer.alloc(0);
-const PING = encodeCommand(["PING"]);
 const MONITOR = encodeCommand(["MONITOR"]);
 
 /**
@@ -106,7 +98,7 @@ function commandLabel(request: Request): string {
  * replies back in request order. Ordinary commands share pipelined upstream connections;
  * MULTI/WATCH, blocking commands and subscriptions borrow a dedicated one.
  */
-export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, CommandHost {
+export class ClientSession implements QueueOwner, SubscriberHost, ClientHandle, TransactionHost, CommandHost {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;
@@ -137,9 +129,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
 
   private readonly parser: RequestParser;
   private readonly out: OutputBuffer;
-  private head: ReplySlot | null = null;
-  private tail: ReplySlot | null = null;
-  private inFlight = 0;
+  private readonly replies: ReplyQueue;
+  private readonly runs = new RequestRuns();
   private lane: Lane = "shared";
   /** A request waiting for the replies in flight before it may switch lanes. */
   private deferred: Request | null = null;
@@ -152,10 +143,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private draining = false;
 
   private readonly txn: Transaction;
-  private blocking: Dedicated | null = null;
-  private sub: Dedicated | null = null;
-  /** Channels and patterns subscribed, as the server last counted them. */
-  private subscriptions = 0;
+  private blocking: Lease | null = null;
+  /** This client's own connection while the servers are paused (ServerPause). */
+  private paused: Lease | null = null;
+  private readonly pubsub = new Subscriber(this);
   /** processInput stopped early (lane switch or blocking call) and must run again on a reply. */
   private stalled = false;
   /** Replies the client must have before its next command runs (blocking RG.* commands). */
@@ -181,6 +172,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.parser = new RequestParser({ maxBulkLen: ctx.config.protoMaxBulkLen, maxArgs: 1024 * 1024 });
     this.resetUser();
     this.out = new OutputBuffer(socket);
+    this.replies = new ReplyQueue(this.out, this, ctx.metrics !== null);
     this.txn = new Transaction(this);
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
@@ -200,7 +192,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   get isPubSub(): boolean {
-    return this.subscriptions > 0;
+    return this.pubsub.count > 0;
   }
 
   kill(reason: string): void {
@@ -209,25 +201,13 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   unblock(withError: boolean): Promise<number> {
-    const blocking = this.blocking;
-    const control = blocking?.node.control() ?? null;
-    if (blocking === null || control === null || blocking.conn.serverId < 0) return Promise.resolve(0);
-    const argv = ["CLIENT", "UNBLOCK", blocking.conn.serverId, withError ? "ERROR" : "TIMEOUT"];
-    return control.call(argv).then(
-      (n) => (typeof n === "number" ? n : 0),
-      () => 0,
-    );
+    return this.blocking?.unblock(withError) ?? Promise.resolve(0);
   }
 
   memory(): ClientMemory {
     // Replies that arrived behind one still awaited (a slow upstream, a blocked command) are
-    // held here too; the walk is bounded by the requests in flight.
-    let held = 0;
-    for (let slot = this.head; slot !== null; slot = slot.next) {
-      if (slot.data !== null) held += slot.data.length;
-      for (const part of slot.rest ?? []) held += part.length;
-    }
-    return { query: this.parser.buffered, output: this.out.pending + held };
+    // held here too.
+    return { query: this.parser.buffered, output: this.out.pending + this.replies.held() };
   }
 
   describe(): string {
@@ -256,7 +236,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       ["idle", idle],
       ["flags", flags],
       ["db", this.db],
-      ["sub", this.subscriptions],
+      ["sub", this.pubsub.count],
       ["psub", 0],
       ["ssub", 0],
       ["multi", this.txn.inMulti ? 0 : -1],
@@ -306,7 +286,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     try {
       while (!this.closed && !this.ending && !this.draining) {
         if (this.deferred !== null) {
-          if (this.inFlight > 0) {
+          if (this.replies.inFlight > 0) {
             this.stalled = true;
             break;
           }
@@ -321,7 +301,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
           this.txn.blocked ||
           (this.holds > 0 && this.holds !== this.joinHolds) ||
           this.readingPaused ||
-          this.inFlight >= MAX_IN_FLIGHT
+          this.replies.inFlight >= MAX_IN_FLIGHT
         ) {
           this.stalled = true;
           break;
@@ -345,7 +325,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     } finally {
       this.processing = false;
       // Outside `processing`: a slot failed at once (dead connection) may need to rerun us.
-      this.flushRun();
+      this.runs.flush();
     }
   }
 
@@ -372,7 +352,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.lastRequest = request;
     if (
       this.authenticated &&
-      (this.subscriptions === 0 || this.proto === 3) &&
+      (this.pubsub.count === 0 || this.proto === 3) &&
       !this.txn.inMulti &&
       !isSpecial(name, request.argv)
     ) {
@@ -384,13 +364,13 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         return;
       }
     }
-    this.flushRun();
+    this.runs.flush();
     const argv = request.argv;
     if (!this.authenticated && !NO_AUTH_COMMANDS.has(name)) {
       this.replyError("NOAUTH Authentication required.");
       return;
     }
-    if (this.subscriptions > 0 && this.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
+    if (this.pubsub.count > 0 && this.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
       this.replyError(
         `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
       );
@@ -422,6 +402,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     else if (this.txn.owns(name, request.argv)) this.txn.send(name, request);
     else if (isBlocking(name, argv)) this.sendBlocking(name, request);
     else if (this.scriptsOwnConnection(name)) this.sendScript(name, request);
+    else if (this.goesPaused(name, request.argv)) this.sendPaused(name, request);
     else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
@@ -430,25 +411,31 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     const gears = this.ctx.gears;
     const argv = request.argv;
     if (gears.hookFor(name, argv)) {
-      this.flushRun();
+      this.runs.flush();
       this.answerLater(gears.runHook(name, argv), true);
     } else if (this.txn.owns(name, argv)) {
-      this.flushRun();
+      this.runs.flush();
       this.txn.send(name, request);
     } else if (isBlocking(name, argv)) {
-      this.flushRun();
+      this.runs.flush();
       this.sendBlocking(name, request);
     } else if (this.scriptsOwnConnection(name)) {
-      this.flushRun();
+      this.runs.flush();
       this.sendScript(name, request);
-    } else if (this.enterLane("shared", request)) this.forward(name, request);
+    } else if (this.goesPaused(name, request.argv)) this.sendPaused(name, request);
+    else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
   /** Switches to `lane`, unless replies on another lane are still due: then the request waits. */
   private enterLane(lane: Lane, request: Request): boolean {
-    if (lane !== this.lane && this.inFlight > 0) {
+    if (lane !== this.lane && this.replies.inFlight > 0) {
       this.deferred = request;
       return false;
+    }
+    if (lane !== "paused" && this.paused !== null) {
+      // Every reply on it is in: the connection goes back once the client leaves the lane.
+      this.paused.release();
+      this.paused = null;
     }
     this.lane = lane;
     return true;
@@ -469,6 +456,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     return this.ctx.router;
   }
 
+  get leases(): Leases {
+    return this.ctx.leases;
+  }
+
   enterPinnedLane(request: Request): boolean {
     return this.enterLane("pinned", request);
   }
@@ -476,6 +467,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** An ordinary command: the shared pipelined connection of the node that owns its keys. */
   forward(name: string, request: Request): void {
     if (this.upstreamIdentity !== null) return this.sendAsUser(name, request);
+    if (this.goesPaused(name, request.argv)) return this.sendPaused(name, request);
     const slot = this.upstreamSlot();
     const gears = this.ctx.gears;
     if (gears.holdsWrites && this.ctx.router.isWrite(name, request.argv)) {
@@ -494,15 +486,16 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       const conn = router.sharedConnection(this.id, this.proto);
       if (conn !== null) {
         // The write journal (router.tap) sees the writes of a run as well as forward()'s.
-        this.addToRun(
+        this.runs.add(
           conn,
           request,
           router.tap === null ? slot : router.tap(name, request.argv, slot, this.db),
+          this.db,
         );
         return;
       }
     }
-    this.flushRun();
+    this.runs.flush();
     router.forward(name, request.argv, request.raw, slot, {
       db: this.db,
       affinity: this.id,
@@ -511,55 +504,37 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     });
   }
 
-  // ---- runs: back-to-back requests leave as one slice of the input ----------------------
-
-  /** The connection the pending run goes to; null when there is none. */
-  private runConn: UpstreamConnection | null = null;
-  private runBuf: Buffer = EMPTY;
-  private runStart = 0;
-  private runEnd = 0;
-  private runDb = 0;
-  private readonly runSlots: ReplySink[] = [];
-
-  /**
-   * Queues a request for `conn`. Requests that lie back to back in the input and go to the
-   * same connection are sent together at the end of processInput (or before any other
-   * command runs), as one slice, so a pipeline of 16 GETs costs one push and no per-request
-   * views instead of 16 of each.
-   */
-  private addToRun(conn: UpstreamConnection, request: Request, slot: ReplySink): void {
-    if (
-      conn !== this.runConn ||
-      request.buf !== this.runBuf ||
-      request.start !== this.runEnd ||
-      this.db !== this.runDb
-    ) {
-      this.flushRun();
-      this.runConn = conn;
-      this.runBuf = request.buf;
-      this.runStart = request.start;
-      this.runDb = this.db;
-    }
-    this.runEnd = request.end;
-    this.runSlots.push(slot);
+  /** Whether the servers are paused; control commands and key listings still take the router. */
+  private goesPaused(name: string, argv: readonly Buffer[]): boolean {
+    return this.ctx.leases.pause.active && !this.ctx.router.needsRouting(name, argv, this.db);
   }
 
-  /** Sends the pending run, keeping the order of everything this client sent. */
-  private flushRun(): void {
-    const conn = this.runConn;
-    if (conn === null) return;
-    this.runConn = null;
-    const slots = this.runSlots;
-    const payload = this.runBuf.subarray(this.runStart, this.runEnd);
-    this.runBuf = EMPTY;
-    if (slots.length === 1) {
-      const slot = slots[0];
-      slots.length = 0;
-      conn.send(payload, slot, this.runDb);
+  /**
+   * An ordinary command while the servers are paused: on a connection of this client's own,
+   * so the server holds it as one paused client of its own, and other clients' reads on
+   * the shared connections never wait behind it.
+   */
+  private sendPaused(name: string, request: Request): void {
+    this.runs.flush();
+    const target = this.ctx.leases.nodeIdFor(name, request.argv, this.id);
+    if (typeof target === "string") {
+      // Keys across slots: the router splits the command over the shared connections.
+      this.ctx.router.forward(name, request.argv, request.raw, this.upstreamSlot(), {
+        db: this.db,
+        affinity: this.id,
+        proto: this.proto,
+      });
       return;
     }
-    const sinks = slots.splice(0, slots.length);
-    conn.sendMany(payload, sinks, this.runDb);
+    if (this.paused !== null && this.paused.nodeId !== target.id && !this.waitForIdle(request)) return;
+    if (this.lane !== "paused" && !this.enterLane("paused", request)) return;
+    if (this.paused === null || this.paused.closed || this.paused.nodeId !== target.id) {
+      this.paused?.release();
+      this.paused = this.borrow(name, request.argv);
+      if (this.paused === null) return;
+    }
+    this.lane = "paused";
+    this.paused.send(request.raw ?? encodeCommand(request.argv), this.upstreamSlot(), this.db);
   }
 
   /** Sends on the connection this client's commands currently use, in another database. */
@@ -649,36 +624,30 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   /** Borrows a connection to the node for argv, or answers the error and returns null. */
-  private borrow(name: string, argv: readonly Buffer[]): Dedicated | null {
-    const node = this.ctx.router.nodeFor(name, argv, this.id);
-    if (typeof node === "string") {
-      this.replyError(node);
+  private borrow(name: string, argv: readonly Buffer[]): Lease | null {
+    const lease = this.ctx.leases.forCommand(name, argv, this.id, this.proto);
+    if (typeof lease === "string") {
+      this.replyError(lease);
       return null;
     }
-    const conn = node.acquire(this.proto);
-    if (conn === null) {
-      this.replyError(node.failure);
-      return null;
-    }
-    return { node, conn };
+    return lease;
   }
 
   private sendBlocking(name: string, request: Request): void {
     if (!this.enterLane("blocking", request)) return;
     const blocking = this.borrow(name, request.argv);
     if (blocking === null) return;
-    const { node, conn } = blocking;
     this.blocking = blocking;
     const slot = this.upstreamSlot();
     slot.onReply = () => {
       this.blocking = null;
-      node.release(conn);
+      blocking.release();
     };
-    conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+    blocking.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
   }
 
   /** One connection per master streaming MONITOR output to this client; empty when not monitoring. */
-  private monitors: Dedicated[] = [];
+  private monitors: Lease[] = [];
 
   /**
    * MONITOR: each master's stream, relayed as it comes (commands the proxy sends on its
@@ -688,23 +657,20 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     const slot = this.upstreamSlot();
     if (this.monitors.length > 0) return slot.reply(OK);
     const ignore = { reply() {}, fail() {} };
-    this.ctx.router.masters().forEach((node, i) => {
-      const conn = node.acquire(this.proto);
-      if (conn === null) {
-        if (i === 0) slot.fail(node.failure);
+    this.ctx.leases.onEveryMaster(this.proto).forEach((lease, i) => {
+      if (typeof lease === "string") {
+        if (i === 0) slot.fail(lease);
         return;
       }
-      conn.pushHandler = (frame) => {
-        if (!isBookkeeping(frame)) this.onPushedFrame(frame);
-      };
-      conn.onBorrowerLost = () => this.kill("monitor connection lost");
-      this.monitors.push({ node, conn });
-      conn.send(MONITOR, i === 0 ? slot : ignore);
+      lease.onMonitorLine((line) => this.onPushedFrame(line));
+      lease.onLost(() => this.kill("monitor connection lost"));
+      this.monitors.push(lease);
+      lease.send(MONITOR, i === 0 ? slot : ignore);
     });
   }
 
   /** The connection this client's scripts run on, and how many of them are still running. */
-  private script: Dedicated | null = null;
+  private script: Lease | null = null;
   private scriptsRunning = 0;
 
   /**
@@ -732,70 +698,29 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     slot.onReply = () => {
       if (--this.scriptsRunning > 0 || this.script !== script) return;
       this.script = null;
-      script.node.release(script.conn);
+      script.release();
     };
-    script.conn.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
+    script.send(request.raw ?? encodeCommand(request.argv), slot, this.db);
   }
 
   private sendSubscription(name: string, request: Request): void {
     if (this.proto === 3 && !this.enterLane("subscribed", request)) return;
-    if (this.sub !== null && this.subscriptions === 0 && this.sub.conn.proto !== this.proto) {
-      // HELLO changed the protocol since the last subscription: its frames would come in the
-      // old one (a RESP2 connection answers the RESP3 marker PING with a Pub/Sub pong).
-      this.sub.conn.onBorrowerLost = null;
-      this.sub.node.destroy(this.sub.conn);
-      this.sub = null;
-    }
-    if (this.sub === null) {
-      // Even an UNSUBSCRIBE with nothing to leave takes a subscription connection: the server
-      // answers it with one frame per channel, which a shared connection would mismatch.
+    if (this.pubsub.needsLease(this.proto)) {
       if (!this.enterLane("subscribed", request)) return;
-      const sub = this.borrow(name, request.argv);
-      if (sub === null) return;
-      const conn = sub.conn;
-      this.sub = sub;
-      conn.pushHandler = (frame) => this.onSubscriptionFrame(frame);
-      // Subscriptions cannot be replayed transparently: the client must reconnect and resubscribe.
-      conn.onBorrowerLost = () => this.kill("subscription connection lost");
+      const lease = this.borrow(name, request.argv);
+      if (lease === null) return;
+      this.pubsub.attach(lease);
     }
     this.lane = "subscribed";
-    // Count the subscription now, so a command pipelined behind it is refused as Redis would.
-    if (name !== "ping" && !name.includes("unsubscribe"))
-      this.subscriptions = Math.max(this.subscriptions, 1);
-    this.sub.conn.sendUnmatched(request.raw ?? encodeCommand(request.argv));
-    if (this.proto === 3) this.markSubscriptionReply();
+    this.pubsub.send(name, request);
   }
 
-  /** Push frames that answer the (un)subscribe commands still marked, in arrival order. */
-  private markedFrames: Buffer[] = [];
-  /** (Un)subscribe commands whose PING marker has not come back yet. */
-  private marks = 0;
-
-  /**
-   * In RESP3 the confirmations of (un)subscribe commands are pushes, while PING's reply is
-   * not: a PING sent behind the command marks where its confirmations end, so they take
-   * the command's place among the client's replies, whatever else it pipelined.
-   */
-  private markSubscriptionReply(): void {
-    const slot = this.upstreamSlot();
-    // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
-    slot.silent = false;
-    this.marks++;
-    slot.onReply = () => {
-      this.marks--;
-      return Buffer.concat(this.markedFrames.splice(0));
-    };
-    this.sub!.conn.send(PING, slot);
-  }
-
-  private onSubscriptionFrame(frame: Buffer): void {
-    const total = subscriptionCount(frame);
-    if (total !== null) this.subscriptions = total;
-    if (this.marks > 0) {
-      this.markedFrames.push(frame);
-      return;
-    }
+  subscriptionFrame(frame: Buffer): void {
     this.onPushedFrame(frame);
+  }
+
+  subscriptionLost(): void {
+    this.kill("subscription connection lost");
   }
 
   /**
@@ -806,38 +731,23 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
    */
   deliver(frame: Buffer, keys: readonly Buffer[] | null): void {
     if (this.closed) return;
-    let after: ReplySlot | null = null;
-    for (let s = this.head; s !== null; s = s.next) {
-      if (!s.pushed && (s.cause === null || this.ctx.tracking.touches(s.cause.name, s.cause.argv, keys)))
-        after = s;
-    }
-    const slot = new ReplySlot(this);
-    slot.data = frame;
-    slot.pushed = true;
-    if (after === null) {
-      slot.next = this.head;
-      this.head = slot;
-      if (this.tail === null) this.tail = slot;
-    } else {
-      slot.next = after.next;
-      after.next = slot;
-      if (this.tail === after) this.tail = slot;
-    }
-    this.flushReplies();
+    const tracking = this.ctx.tracking;
+    this.replies.insertPushed(
+      frame,
+      (s) => !s.pushed && (s.cause === null || tracking.touches(s.cause.name, s.cause.argv, keys)),
+    );
   }
 
   /** A frame the server sent unasked (a message, a MONITOR line): written after what is queued. */
   private onPushedFrame(frame: Buffer): void {
-    const slot = this.newSlot(true);
-    slot.data = frame;
-    this.flushReplies();
+    this.replies.appendNow(frame, this.newSlot(true));
   }
 
   // ---- replies -------------------------------------------------------------------------
 
   /** A place in the reply order; a `pushed` frame (pub/sub) is written whatever CLIENT REPLY says. */
-  private newSlot(pushed = false): ReplySlot {
-    const slot = new ReplySlot(this);
+  private newSlot(pushed = false, awaited = false): ReplySlot {
+    const slot = awaited ? this.replies.appendAwaited() : this.replies.append();
     if (pushed) slot.pushed = true;
     else if (this.tracking !== null) slot.cause = this.lastRequest;
     if (this.metered !== null) {
@@ -850,18 +760,12 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
       slot.silent = true;
       if (this.replyMode === "skip") this.replyMode = "on";
     }
-    if (this.tail === null) this.head = slot;
-    else this.tail.next = slot;
-    this.tail = slot;
     return slot;
   }
 
   /** A slot that an upstream will fill; counted until it does. */
   upstreamSlot(): ReplySlot {
-    const slot = this.newSlot();
-    slot.upstream = true;
-    this.inFlight++;
-    return slot;
+    return this.newSlot(false, true);
   }
 
   /** A slot for a reply the proxy will compute itself later (INFO, fan-outs). */
@@ -870,10 +774,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   replyNow(data: Buffer): ReplySlot {
-    const slot = this.newSlot();
-    slot.data = data;
-    if (slot === this.head) this.flushReplies();
-    return slot;
+    return this.replies.appendNow(data, this.newSlot());
   }
 
   replyError(message: string): void {
@@ -890,49 +791,30 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.replyNow(encodeValue(value, this.proto));
   }
 
-  slotFilled(slot: ReplySlot): void {
-    if (slot.upstream) {
-      slot.upstream = false;
-      this.inFlight--;
-    }
-    if (this.closed) return;
-    if (slot === this.head) this.flushReplies();
+  // ---- QueueOwner: what the reply queue reports ----------------------------------------
+
+  replyArrived(): void {
     if (this.stalled) {
       this.stalled = false;
       this.processInput();
     }
   }
 
-  private flushReplies(): void {
-    const metrics = this.ctx.metrics;
-    let slot = this.head;
-    while (slot !== null && slot.data !== null) {
-      if (!slot.silent) this.out.push(slot.data);
-      if (metrics !== null && !slot.silent) metrics.clientBytesOut(slot.data.length);
-      if (slot.rest !== null && !slot.silent) {
-        for (const part of slot.rest) {
-          this.out.push(part);
-          metrics?.clientBytesOut(part.length);
-        }
-      }
-      if (slot.request !== null) this.meter(slot.request, slot.startedAt, slot.data);
-      if (slot.closeAfter) {
-        this.endAfterWrite();
-        return;
-      }
-      slot = slot.next;
-    }
-    this.head = slot;
-    if (slot === null) this.tail = null;
+  flushed(): void {
     this.applyBackpressure();
     this.endIfDrained();
   }
 
+  countOut(bytes: number): void {
+    this.ctx.metrics?.clientBytesOut(bytes);
+  }
+
   /** The one seam where a command's reply goes out: counted with the latency its client saw. */
-  private meter(request: Request, startedAt: number, data: Buffer): void {
+  meter(request: Request, startedAt: number, data: Buffer): void {
     const us = (Metrics.now() - startedAt) * 1000;
     this.ctx.metrics?.commandDone(request.name, us / 1e6, data);
-    this.ctx.slowlog.record(us, request.argv, this.addr, this.name);
+    // Redis logs the commands EXEC runs, never EXEC itself.
+    if (request.name !== "exec") this.ctx.slowlog.record(us, request.argv, this.addr, this.name);
   }
 
   private applyBackpressure(): void {
@@ -958,10 +840,9 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.processInput();
   }
 
-  private endAfterWrite(): void {
+  endAfterWrite(): void {
     this.ending = true;
-    this.head = null;
-    this.tail = null;
+    this.replies.clear();
     this.out.flush();
     // Closed for good once the reply is out, as Redis closes it: a client still writing
     // (after a protocol error) gets a reset instead of a half-open connection that never fails.
@@ -990,7 +871,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   }
 
   private endIfDrained(): void {
-    if (!this.draining || this.closed || this.ending || this.head !== null || this.inFlight > 0) return;
+    if (!this.draining || this.closed || this.ending || !this.replies.empty || this.replies.inFlight > 0)
+      return;
     this.endAfterWrite();
   }
 
@@ -1017,16 +899,16 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
         `ERR ${name.toUpperCase()} as a user of the cluster's own ACL is not supported by gears-proxy`,
       );
     }
-    const node = this.ctx.router.nodeFor(name, request.argv, this.id);
-    if (typeof node === "string") return this.replyError(node);
-    const conn = identity.connection(node, this.proto);
+    const target = this.ctx.leases.nodeIdFor(name, request.argv, this.id);
+    if (typeof target === "string") return this.replyError(target);
+    const conn = identity.connection(target.id, this.proto);
     if (conn !== null) {
       conn.send(request.raw ?? encodeCommand(request.argv), this.upstreamSlot(), this.db);
       return;
     }
-    this.flushRun();
+    this.runs.flush();
     this.holds++;
-    void identity.open(node, this.proto).then((error) => {
+    void identity.open(this.ctx.leases.forCommand(name, request.argv, this.id, this.proto)).then((error) => {
       this.holds--;
       if (this.closed) return;
       if (error !== null) this.replyError(error);
@@ -1039,9 +921,8 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   /** AUTH user pass for a user of the server's own ACL: null once logged in, else the server's error. */
   loginUpstream(user: string, password: string): Promise<string | null> {
     const identity = new UpstreamIdentity(user, password);
-    const node = this.ctx.router.masters()[0];
     this.holds++;
-    return identity.open(node, this.proto).then((error) => {
+    return identity.open(this.ctx.leases.forSlot(NO_KEYS, this.id, this.proto)).then((error) => {
       this.holds--;
       this.stalled = true;
       if (error !== null || this.closed) {
@@ -1059,6 +940,10 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   private dropIdentity(): void {
     this.upstreamIdentity?.end();
     this.upstreamIdentity = null;
+  }
+
+  resetSlowlog(): void {
+    this.ctx.slowlog.reset();
   }
 
   /** Back to the default user: authenticated when it needs no password (or no --requirepass). */
@@ -1121,35 +1006,22 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
   replyAndClose(data: Buffer): void {
     const slot = this.newSlot();
     slot.closeAfter = true;
-    slot.data = data;
     this.ending = true;
-    if (slot === this.head) this.flushReplies();
+    this.replies.appendNow(data, slot);
   }
 
   private release(): void {
     this.txn.abandon();
     this.upstreamIdentity?.end();
-    if (this.blocking !== null) {
-      this.blocking.node.destroy(this.blocking.conn);
-      this.blocking = null;
-    }
-    for (const monitor of this.monitors.splice(0)) {
-      monitor.conn.onBorrowerLost = null;
-      monitor.node.destroy(monitor.conn);
-    }
-    if (this.script !== null) {
-      this.script.node.destroy(this.script.conn);
-      this.script = null;
-      this.scriptsRunning = 0;
-    }
-    if (this.sub !== null) {
-      this.sub.conn.onBorrowerLost = null;
-      this.sub.node.destroy(this.sub.conn);
-      this.sub = null;
-    }
-    this.subscriptions = 0;
-    this.marks = 0;
-    this.markedFrames = [];
+    this.blocking?.destroy();
+    this.blocking = null;
+    this.paused?.destroy();
+    this.paused = null;
+    for (const monitor of this.monitors.splice(0)) monitor.destroy();
+    this.script?.destroy();
+    this.script = null;
+    this.scriptsRunning = 0;
+    this.pubsub.drop();
   }
 
   close(): void {
@@ -1159,8 +1031,7 @@ export class ClientSession implements SlotOwner, ClientHandle, TransactionHost, 
     this.stopTracking();
     this.release();
     this.out.discard();
-    this.head = null;
-    this.tail = null;
+    this.replies.close();
     this.socket.destroy();
   }
 }

@@ -3,9 +3,7 @@ import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "../routing/router.js";
-import type { UpstreamConnection } from "../upstream/connection.js";
-import type { UpstreamNode } from "../upstream/node.js";
-import { DISCARD } from "../upstream/reply-sink.js";
+import { DISCARD, type Lease, type Leases } from "../routing/lease.js";
 import { isGearsCommand } from "../gears/commands.js";
 import { isTfCall, QUEUED, RawReply, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
@@ -17,8 +15,11 @@ export interface TransactionHost {
   db: number;
   readonly proto: Protocol;
   readonly router: Router;
+  readonly leases: Leases;
   upstreamSlot(): ReplySlot;
   replyError(message: string): void;
+  /** SLOWLOG RESET ran in a transaction: the proxy's own slow log is the one clients read. */
+  resetSlowlog(): void;
   /** False when the request must wait for replies in flight (it will be run again). */
   enterPinnedLane(request: Request): boolean;
   /** A TFCALL queued in MULTI, run at EXEC: its reply. */
@@ -48,8 +49,7 @@ function pausesServer(name: string, argv: readonly Buffer[]): boolean {
  * node (the client already has their replies).
  */
 export class Transaction {
-  private node: UpstreamNode | null = null;
-  private conn: UpstreamConnection | null = null;
+  private conn: Lease | null = null;
   inMulti = false;
   private watching = false;
   /** A command was refused while queuing: EXEC must abort, as Redis does. */
@@ -70,7 +70,7 @@ export class Transaction {
     return this.conn !== null || this.inMulti;
   }
 
-  get pinnedConnection(): UpstreamConnection | null {
+  get pinnedConnection(): Lease | null {
     return this.conn;
   }
 
@@ -100,6 +100,8 @@ export class Transaction {
     this.selects = [];
     settleWrites(null, this.writes, this.host.proto);
     this.writes = [];
+    this.pauses = [];
+    this.slowlogReset = false;
     const payload = request.raw ?? encodeCommand(request.argv);
     this.replay = this.host.router.topology.mode === "cluster" ? [payload] : [];
     this.conn!.send(payload, slot, this.host.db);
@@ -170,18 +172,9 @@ export class Transaction {
     }
     const tf = this.tfTail !== null || isTfCall(name);
     const payload = request.raw ?? encodeCommand(request.argv);
-    if (name === "select" && !tf) {
-      const db = Number(request.argv[1]?.toString() ?? "x");
-      if (Number.isSafeInteger(db)) this.selects.push([this.queued, db]);
-    }
-    if (!tf) {
-      // Writes after a TFCALL are sent one by one after EXEC (tf-multi.ts): the journal does not
-      // follow them; their notifications do.
-      const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
-      const outcome = this.host.router.queuedTap?.(name, request.argv, db) ?? null;
-      if (outcome !== null) this.writes.push([this.queued, outcome]);
-      this.queued++;
-    }
+    // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
+    // transaction, and what the proxy follows of it, ends before them.
+    if (!tf) this.noteQueued(name, request.argv);
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
       if (!this.moveTo(keySlot)) {
@@ -201,13 +194,11 @@ export class Transaction {
 
   /** Moves an open transaction to the node of `slot`, replaying what it queued so far. */
   private moveTo(slot: number): boolean {
-    const node = this.host.router.routeSlot(slot, this.host.id);
-    if (node === this.node) return true;
-    const old = { node: this.node!, conn: this.conn! };
-    old.conn.onBorrowerLost = null;
-    old.conn.send(encodeCommand(["DISCARD"]), DISCARD);
-    old.node.release(old.conn);
-    this.node = null;
+    const old = this.conn!;
+    if (this.host.leases.nodeIdForSlot(slot, this.host.id) === old.nodeId) return true;
+    old.onLost(null);
+    old.send(encodeCommand(["DISCARD"]), DISCARD);
+    old.release();
     this.conn = null;
     if (!this.pin(slot)) {
       this.finish(true);
@@ -217,6 +208,19 @@ export class Transaction {
     return true;
   }
 
+  /** What EXEC's reply will settle for the command queued now: SELECT, CLIENT PAUSE, SLOWLOG RESET, journaled writes. */
+  private noteQueued(name: string, argv: Buffer[]): void {
+    if (name === "select") {
+      const db = Number(argv[1]?.toString() ?? "x");
+      if (Number.isSafeInteger(db)) this.selects.push([this.queued, db]);
+    } else if (pausesServer(name, argv)) this.pauses.push([this.queued, argv]);
+    else if (name === "slowlog" && argv[1]?.toString().toLowerCase() === "reset") this.slowlogReset = true;
+    const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
+    const outcome = this.host.router.queuedTap?.(name, argv, db) ?? null;
+    if (outcome !== null) this.writes.push([this.queued, outcome]);
+    this.queued++;
+  }
+
   private end(name: string, request: Request): void {
     const abort = name === "exec" && this.dirty;
     const slot = this.host.upstreamSlot();
@@ -224,16 +228,21 @@ export class Transaction {
     this.watching = false;
     this.dirty = false;
     const selects = name === "exec" ? this.selects : [];
+    const pauses = name === "exec" ? this.pauses : [];
     const writes = this.writes;
     this.writes = [];
     const conn = this.conn!;
     slot.onReply = (data) => {
-      if (selects.length > 0 && !abort) this.applySelects(data, selects, conn);
+      if ((selects.length > 0 || pauses.length > 0) && !abort) this.applyEffects(data, selects, pauses, conn);
       if (writes.length > 0) settleWrites(name === "exec" && !abort ? data : null, writes, this.host.proto);
       this.finish(false);
       if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
       return data;
     };
+    // Reset as EXEC leaves, not when it is answered: a command it unblocks (BLPOP) may be
+    // answered, and logged, first.
+    if (name === "exec" && !abort && this.slowlogReset) this.host.resetSlowlog();
+    this.slowlogReset = false;
     const payload = abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
     const tail = name === "exec" && !abort ? this.tfTail : null;
     this.tfTail = null;
@@ -268,14 +277,25 @@ export class Transaction {
   /** The queued writes the write journal follows: [position, what to tell of its outcome]. */
   private writes: [number, (reply: Buffer | null) => void][] = [];
   private selects: [number, number][] = [];
+  /** A SLOWLOG RESET is queued. */
+  private slowlogReset = false;
+  /** The CLIENT PAUSE/UNPAUSE commands queued: [position, argv]. */
+  private pauses: [number, readonly Buffer[]][] = [];
 
   /**
    * A SELECT inside MULTI changes the client's database when EXEC runs it: the last one
    * that the server answered OK in EXEC's reply wins, on the connection and for the client.
    */
-  private applySelects(exec: Buffer, selects: [number, number][], conn: UpstreamConnection): void {
+  private applyEffects(
+    exec: Buffer,
+    selects: [number, number][],
+    pauses: [number, readonly Buffer[]][],
+    conn: Lease,
+  ): void {
     const replies = decodeReply(exec);
     if (!Array.isArray(replies)) return;
+    // A pause queued in the transaction starts when EXEC ends, as in Redis.
+    for (const [at, argv] of pauses) if (replies[at] === "OK") this.host.leases.pause.note(argv);
     for (const [at, db] of selects) {
       if (replies[at] !== "OK") continue;
       this.host.db = db;
@@ -287,19 +307,13 @@ export class Transaction {
 
   /** Borrows a connection to the node of `slot` (any master for NO_KEYS). */
   private pin(slot: number): boolean {
-    const router = this.host.router;
-    const node =
-      router.topology.mode === "cluster"
-        ? router.routeSlot(slot, this.host.id)
-        : router.topology.nodeForSlot(0);
-    const conn = node.acquire(this.host.proto);
-    if (conn === null) {
-      this.pinFailure = node.failure;
+    const lease = this.host.leases.forSlot(slot, this.host.id, this.host.proto);
+    if (typeof lease === "string") {
+      this.pinFailure = lease;
       return false;
     }
-    this.node = node;
-    this.conn = conn;
-    conn.onBorrowerLost = () => this.connectionLost();
+    this.conn = lease;
+    lease.onLost(() => this.connectionLost());
     return true;
   }
 
@@ -349,14 +363,12 @@ export class Transaction {
     this.dirty = false;
     this.blocked = false;
     this.slot = NO_KEYS;
-    const node = this.node;
     const conn = this.conn;
-    this.node = null;
     this.conn = null;
-    if (node === null || conn === null) return;
-    conn.onBorrowerLost = null;
-    if (lost) node.destroy(conn);
-    else node.release(conn);
+    if (conn === null) return;
+    conn.onLost(null);
+    if (lost) conn.destroy();
+    else conn.release();
   }
 }
 

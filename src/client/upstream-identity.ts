@@ -1,6 +1,5 @@
 import { RespError, type Protocol } from "../resp/values.js";
-import type { UpstreamConnection } from "../upstream/connection.js";
-import type { UpstreamNode } from "../upstream/node.js";
+import type { Lease } from "../routing/lease.js";
 
 /**
  * A client logged in as a user of the upstream server's own ACL (AUTH user pass, without
@@ -10,11 +9,8 @@ import type { UpstreamNode } from "../upstream/node.js";
  * back to a pool: they are closed when the client logs out or leaves.
  */
 export class UpstreamIdentity {
-  /** By protocol (RESP2, RESP3): replies are relayed raw, so a HELLO switch needs others. */
-  private readonly conns = [
-    new Map<UpstreamNode, UpstreamConnection>(),
-    new Map<UpstreamNode, UpstreamConnection>(),
-  ];
+  /** By protocol (RESP2, RESP3), then node id: replies are relayed raw, so a HELLO switch needs others. */
+  private readonly leases = [new Map<string, Lease>(), new Map<string, Lease>()];
   /** Logged out or the client left: a connection still being opened is closed at once. */
   private ended = false;
 
@@ -23,42 +19,37 @@ export class UpstreamIdentity {
     private readonly password: string,
   ) {}
 
-  /** The authenticated connection to `node` in `proto`, or null when one must be opened first. */
-  connection(node: UpstreamNode, proto: Protocol): UpstreamConnection | null {
-    const conn = this.conns[proto - 2].get(node);
-    return conn === undefined || conn.closed ? null : conn;
+  /** The authenticated connection to node `nodeId` in `proto`, or null when one must be opened first. */
+  connection(nodeId: string, proto: Protocol): Lease | null {
+    const lease = this.leases[proto - 2].get(nodeId);
+    return lease === undefined || lease.closed ? null : lease;
   }
 
-  /** Opens a connection to `node` and authenticates it: null when done, else the error to send. */
-  async open(node: UpstreamNode, proto: Protocol): Promise<string | null> {
-    const conn = node.acquire(proto);
-    if (conn === null) return node.failure;
-    const reply = await conn
+  /** Authenticates a newly leased connection: null when done, else the error to send. */
+  async open(lease: Lease | string): Promise<string | null> {
+    if (typeof lease === "string") return lease;
+    const reply = await lease
       .call(["AUTH", this.user, this.password])
       .catch((err: Error) => new RespError(err.message));
     if (reply instanceof RespError || this.ended) {
-      node.destroy(conn);
+      lease.destroy();
       return reply instanceof RespError ? reply.message : "ERR the client logged out";
     }
-    const conns = this.conns[proto - 2];
-    const old = conns.get(node);
-    if (old !== undefined) node.destroy(old);
-    conns.set(node, conn);
-    conn.onBorrowerLost = () => {
-      if (conns.get(node) === conn) conns.delete(node);
-    };
+    const leases = this.leases[lease.proto - 2];
+    leases.get(lease.nodeId)?.destroy();
+    leases.set(lease.nodeId, lease);
+    lease.onLost(() => {
+      if (leases.get(lease.nodeId) === lease) leases.delete(lease.nodeId);
+    });
     return null;
   }
 
   /** Logout, RESET, the client leaving: every connection is closed, and any opened later. */
   end(): void {
     this.ended = true;
-    for (const conns of this.conns) {
-      for (const [node, conn] of conns) {
-        conn.onBorrowerLost = null;
-        node.destroy(conn);
-      }
-      conns.clear();
+    for (const leases of this.leases) {
+      for (const lease of leases.values()) lease.destroy();
+      leases.clear();
     }
   }
 }

@@ -1,80 +1,7 @@
-import { encodeBulk, encodeError, encodeSimple, encodeValue, OK } from "../resp/encode.js";
+import { encodeError, encodeValue, OK } from "../resp/encode.js";
 import { RespMap, type Protocol } from "../resp/values.js";
-import { badClientName, clientCommand } from "./client-command.js";
-import { clusterCommand, clusterFlagCommand } from "./cluster-command.js";
-import { infoCommand } from "./info-command.js";
-import { slowlogCommand } from "./slowlog-command.js";
-import { aclCommand } from "./acl-command.js";
-import type { CommandHost, LocalCommand } from "./command-host.js";
-
-/** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
-export const NO_AUTH_COMMANDS = new Set(["auth", "hello", "quit", "reset"]);
-
-export function wrongArity(name: string): string {
-  return `ERR wrong number of arguments for '${name}' command`;
-}
-
-const PONG = encodeSimple("PONG");
-
-/**
- * PING goes to the server, so that a client sees what Redis would say (BUSY while a script
- * runs too long); while the server cannot be reached, the proxy answers for itself.
- */
-const ping: LocalCommand = (session, request) => {
-  const argv = request.argv;
-  if (argv.length > 2) return session.replyError(wrongArity("ping"));
-  if (!session.enterSharedLane(request)) return;
-  const pong = argv.length === 2 ? encodeBulk(argv[1]) : PONG;
-  const slot = session.upstreamSlot();
-  const sink = { reply: (data: Buffer) => slot.reply(data), fail: () => slot.reply(pong) };
-  session.ctx.router.forward("ping", argv, null, sink, {
-    db: session.db,
-    affinity: session.id,
-    proto: session.proto,
-  });
-};
-
-const echo: LocalCommand = (session, { argv }) => {
-  if (argv.length !== 2) session.replyError(wrongArity("echo"));
-  else session.replyNow(encodeBulk(argv[1]));
-};
-
-const quit: LocalCommand = (session) => {
-  session.replyAndClose(OK);
-};
-
-const reset: LocalCommand = (session, request) => {
-  if (!session.waitForIdle(request)) return;
-  session.resetState();
-  session.replyNow(encodeSimple("RESET"));
-};
-
-const select: LocalCommand = (session, { argv }) => {
-  if (argv.length !== 2) {
-    session.replyError(wrongArity("select"));
-    return;
-  }
-  const text = argv[1].toString();
-  const db = Number(text);
-  if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(db)) {
-    session.replyError("ERR value is not an integer or out of range");
-    return;
-  }
-  if (session.ctx.router.topology.mode === "cluster" && db !== 0) {
-    session.replyError("ERR SELECT is not allowed in cluster mode");
-    return;
-  }
-  if (db < 0) {
-    session.replyError("ERR DB index is out of range");
-    return;
-  }
-  // The server validates the index; the session switches only when it agrees.
-  const slot = session.upstreamSlot();
-  slot.onReply = (data) => {
-    if (data[0] === 43 /* + */) session.db = db;
-  };
-  session.forwardInDb(argv, db, slot);
-};
+import { badClientName } from "./client-command.js";
+import { wrongArity, type CommandHost, type LocalCommand } from "./command-host.js";
 
 const NO_PASSWORD_SET =
   "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
@@ -104,7 +31,7 @@ function isServerUser(session: CommandHost, user: string): boolean {
   return session.ctx.acl === null && user !== "default";
 }
 
-const auth: LocalCommand = (session, { argv }) => {
+export const auth: LocalCommand = (session, { argv }) => {
   if (argv.length < 2 || argv.length > 3) {
     session.replyError(wrongArity("auth"));
     return;
@@ -130,7 +57,7 @@ const auth: LocalCommand = (session, { argv }) => {
 const NOAUTH_HELLO =
   "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
-const hello: LocalCommand = (session, { argv }) => {
+export const hello: LocalCommand = (session, { argv }) => {
   let proto = session.proto;
   if (argv.length >= 2) {
     const text = argv[1].toString();
@@ -206,29 +133,3 @@ function helloDone(session: CommandHost, proto: Protocol, name: string | null): 
     proto,
   );
 }
-
-const monitor: LocalCommand = (session) => session.startMonitor();
-
-const shutdown: LocalCommand = (session) => {
-  session.replyError("ERR SHUTDOWN is not allowed through gears-proxy: stop the Redis server itself");
-};
-
-export const LOCAL_COMMANDS = new Map<string, LocalCommand>([
-  ["ping", ping],
-  ["echo", echo],
-  ["quit", quit],
-  ["reset", reset],
-  ["select", select],
-  ["auth", auth],
-  ["acl", aclCommand],
-  ["hello", hello],
-  ["client", clientCommand],
-  ["info", infoCommand],
-  ["monitor", monitor],
-  ["slowlog", slowlogCommand],
-  ["shutdown", shutdown],
-  ["cluster", clusterCommand],
-  ["readonly", clusterFlagCommand],
-  ["readwrite", clusterFlagCommand],
-  ["asking", clusterFlagCommand],
-]);
