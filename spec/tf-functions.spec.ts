@@ -324,6 +324,46 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("pipelined TFCALLs of one batch get every kind of reply and outcome back in order: integers, strings, nil, arrays, bytes, errors", async () => {
+      const code = lib(
+        "kinds",
+        `redis.registerFunction('run', function(client, key, what){
+           if (what === 'incr') return client.call('incr', key);
+           if (what === 'get') return client.call('get', key);
+           if (what === 'nil') return client.call('get', key + ':none') === null ? 'was nil' : 'not nil';
+           if (what === 'list') { client.call('rpush', key, 'x', 'y'); return client.call('lrange', key, '0', '-1'); }
+           if (what === 'raw') return new Uint8Array(client.callRaw('get', key)).length;
+           if (what === 'caught') { try { client.call('incr', key); } catch (e) { return 'caught: ' + e.message; } }
+           if (what === 'thrown') return client.call('incr', key);
+           if (what === 'double') { client.call('set', key, '1'); return 2.5; }
+           return 'unknown ' + what;
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      await t.c.set("{k2}", "text");
+      await t.c.set("{k4}", Buffer.from([0, 255, 1]));
+      await t.c.set("{k5}", "text");
+      await t.c.set("{k6}", "text");
+      const calls: [string, string][] = [
+        ["{k1}", "incr"],
+        ["{k2}", "get"],
+        ["{k3}", "nil"],
+        ["{k7}", "list"],
+        ["{k4}", "raw"],
+        ["{k5}", "caught"],
+        ["{k6}", "thrown"],
+        ["{k8}", "double"],
+      ];
+      const out = await t.c
+        .pipeline(calls.map(([k, w]) => ["call", "tfcall", "kinds.run", "1", k, w]))
+        .exec();
+      const got = out?.map(([err, v]) => (err instanceof Error ? `error: ${err.message}` : v));
+      expect(got?.slice(0, 5)).to.deep.equal([1, "text", "was nil", ["x", "y"], 3]);
+      expect(got?.[5]).to.match(/^caught: .*not an integer/);
+      expect(got?.[6]).to.match(/^error: .*not an integer/);
+      expect(got?.[7]).to.equal("2.5");
+    });
+
     it("a client's pipelined TFCALLs go in together: calls of other slots are pipelined, calls of one slot run one after the other, and a following GET waits for them", async () => {
       // `order` lives in the library's isolate: it shows where each function was when the next started.
       const code = lib(

@@ -153,6 +153,17 @@ export interface TfRegistrations {
 /** How a call ended: its value, or the text of its error reply. */
 export type TfOutcome = { ok: Tagged } | { err: string };
 
+/**
+ * Many outcomes or replies in one flat list, a pair each: FLAT_OK and a value, FLAT_ERROR and
+ * an error text, or FLAT_INTEGER and an integer's digits (the {i} value without its object).
+ * QuickJS's JSON is several times quicker at a flat list of primitives than at nested arrays
+ * and objects, and a batch of TFCALLs crosses it four times.
+ */
+export const FLAT_OK = 0;
+export const FLAT_ERROR = 1;
+export const FLAT_INTEGER = 2;
+export type FlatPairs = (number | Tagged)[];
+
 export interface TfEntry {
   /** Defines `redis` for the library's code about to run (its CONFIG JSON, its api version). */
   prepare(configJson: string | null, apiVersion: string): void;
@@ -163,9 +174,10 @@ export interface TfEntry {
   /**
    * Several TFCALLs (blocking not allowed) in one entry: [name, args, slots of its keys] each;
    * the outcomes in order of those it ran, their calls pipelined (guest/tf/batch.ts). It
-   * starts no call once `budgetMs` is spent, so the host sends the rest again.
+   * starts no call once `budgetMs` is spent, so the host sends the rest again. The outcomes
+   * come as FlatPairs.
    */
-  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]>;
+  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): FlatPairs | Promise<FlatPairs>;
   /**
    * Keyspace trigger `name` for one event: onTriggerFired, then its callback. `key` is null
    * when the key is not UTF-8; `keyBytes` is the key in latin1 (one char a byte).

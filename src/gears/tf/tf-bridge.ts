@@ -3,7 +3,7 @@ import { NO_KEYS, type Router } from "../../routing/router.js";
 import type { Partitions } from "../partitions.js";
 import { RespError } from "../../resp/values.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
-import type { Tagged } from "../guest/entry.js";
+import { FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../guest/entry.js";
 import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
 import type { MutedKeys } from "./muted-keys.js";
 import { replyToTagged } from "./values.js";
@@ -100,18 +100,31 @@ export class TfBridge implements HostBridge {
 
   /**
    * The waiting calls of a batch of TFCALLs (guest/tf/batch.ts), sent at once: the router
-   * writes each as it comes, so they leave as one pipeline per shard, in order.
+   * writes each as it comes, so they leave as one pipeline per shard, in order. Both ways
+   * the calls travel as one flat list (guest/tf/batch.ts; the replies as FlatPairs).
    */
-  private async calls(list: JsonValue): Promise<JsonValue> {
-    if (!Array.isArray(list)) throw new Error("calls: a list of calls was expected");
-    const replies = list.map((c) => {
-      const args = Array.isArray(c) ? c : [];
-      return this.call(args[0] === true, args[1] === true, args.slice(2)).then(
-        (reply): JsonValue => [0, reply as JsonValue],
-        (err: unknown): JsonValue => [1, err instanceof Error ? err.message : String(err)],
+  private async calls(flat: JsonValue): Promise<JsonValue> {
+    if (!Array.isArray(flat)) throw new Error("calls: a list of calls was expected");
+    const replies: Promise<[number, JsonValue]>[] = [];
+    for (let i = 0; i < flat.length;) {
+      const n = Number(flat[i]);
+      if (!(n >= 0)) throw new Error("calls: an argument count was expected");
+      const args = flat.slice(i + 3, i + 3 + n);
+      replies.push(
+        this.call(flat[i + 1] === true, flat[i + 2] === true, args).then(
+          (reply): [number, JsonValue] =>
+            reply !== null && typeof reply === "object" && "i" in reply
+              ? [FLAT_INTEGER, reply.i]
+              : [FLAT_OK, reply as JsonValue],
+          (err: unknown): [number, JsonValue] => [
+            FLAT_ERROR,
+            err instanceof Error ? err.message : String(err),
+          ],
+        ),
       );
-    });
-    return Promise.all(replies);
+      i += 3 + n;
+    }
+    return (await Promise.all(replies)).flat();
   }
 
   private async call(noWrites: boolean, raw: boolean, args: JsonValue[]): Promise<Tagged> {

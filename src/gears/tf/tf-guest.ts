@@ -1,5 +1,14 @@
 import type { JsonValue } from "../../sandbox/types.js";
-import { TF_ENTRY, type Tagged, type TfEntry, type TfOutcome, type TfRegistrations } from "../guest/entry.js";
+import {
+  FLAT_ERROR,
+  FLAT_INTEGER,
+  TF_ENTRY,
+  type FlatPairs,
+  type Tagged,
+  type TfEntry,
+  type TfOutcome,
+  type TfRegistrations,
+} from "../guest/entry.js";
 import type { GuestIsolate } from "../guest-isolate.js";
 import { utf8Text } from "./values.js";
 
@@ -25,7 +34,14 @@ export class TfGuest {
 
   async callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): Promise<TfOutcome[]> {
     const out = await this.isolate.call(path("callFunctions"), [calls as unknown as JsonValue, budgetMs]);
-    return out as unknown as TfOutcome[];
+    const flat = out as unknown as FlatPairs;
+    const outcomes: TfOutcome[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      const value = flat[i + 1] as Tagged;
+      if (flat[i] === FLAT_ERROR) outcomes.push({ err: String(value) });
+      else outcomes.push({ ok: flat[i] === FLAT_INTEGER ? { i: value as string } : value });
+    }
+    return outcomes;
   }
 
   async fireKeyspaceTrigger(name: string, event: string, key: Buffer): Promise<TfOutcome> {

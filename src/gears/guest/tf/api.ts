@@ -16,6 +16,11 @@ export interface FunctionDef {
   flags: string[];
   isAsync: boolean;
   description: string | null;
+  /** Fixed at registration, so that a call reads them instead of working them out. */
+  coroutine: boolean;
+  mode: { noWrites: boolean; blockAllowed: boolean };
+  modeBlocking: { noWrites: boolean; blockAllowed: boolean };
+  raw: boolean;
 }
 
 export interface KeyspaceTriggerDef {
@@ -102,7 +107,18 @@ function registerFunction(isAsync: boolean, args: unknown[]): void {
     );
   }
   const o = options(args[2], ["description", "flags"]);
-  const def: FunctionDef = { fn: fn as Fn, flags: flags(o), isAsync, description: description(o) };
+  const fl = flags(o);
+  const noWrites = fl.includes(FLAGS.NO_WRITES);
+  const def: FunctionDef = {
+    fn: fn as Fn,
+    flags: fl,
+    isAsync,
+    description: description(o),
+    coroutine: isAsyncFunction(fn),
+    mode: Object.freeze({ noWrites, blockAllowed: false }),
+    modeBlocking: Object.freeze({ noWrites, blockAllowed: true }),
+    raw: fl.includes(FLAGS.RAW_ARGUMENTS),
+  };
   if (functions.has(name)) throw new Error(`Function ${name} already exists`);
   functions.set(name, def);
 }

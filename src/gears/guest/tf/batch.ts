@@ -14,17 +14,15 @@
  * keys never shares a gather.
  */
 import { host } from "../core/host.js";
-import type { Tagged } from "../entry.js";
+import { FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../entry.js";
 
 /** A `client.call` as the host takes it: noWrites, raw, then the command and its arguments. */
 export type CallArgs = [boolean, boolean, ...Tagged[]];
 
-/** The host's answer to one call: [0, reply] or [1, error text]. */
-type CallReply = [0, Tagged] | [1, string];
-
 interface Waiting {
   args: CallArgs;
-  reply: CallReply | null;
+  status: number;
+  reply: Tagged;
 }
 
 /** One TFCALL of a batch: the slots of its keys, and how to run it (it records its outcome). */
@@ -44,15 +42,20 @@ function direct(args: CallArgs): Tagged {
   return host.callSync("call", ...args) as Tagged;
 }
 
-function unwrap(reply: CallReply): Tagged {
-  if (reply[0] === 1) throw new Error(reply[1]);
-  return reply[1];
+function unwrap(w: Waiting): Tagged {
+  if (w.status === FLAT_INTEGER) return { i: w.reply as string };
+  if (w.status !== FLAT_OK) throw new Error(String(w.reply));
+  return w.reply;
 }
 
 class BatchRun {
   private next = 0;
-  /** The items on the stack now, innermost last. */
-  private readonly stack: number[] = [];
+  /** How many items are on the stack now. */
+  private depth = 0;
+  /** The slots of the items on the stack, with how many of them hold each. */
+  private readonly held = new Map<number, number>();
+  /** Items on the stack without keys (nothing may start on top of those). */
+  private keyless = 0;
   /** The calls waiting to go out together, or null once they went (no more nesting then). */
   private gathering: Waiting[] | null = null;
   private readonly startedAt = Date.now();
@@ -77,11 +80,11 @@ class BatchRun {
   call(args: CallArgs): Tagged {
     const gathering = this.gathering;
     if (gathering === null) return direct(args);
-    const waiting: Waiting = { args, reply: null };
+    const waiting: Waiting = { args, status: FLAT_ERROR, reply: "no reply from the host" };
     gathering.push(waiting);
     while (this.gathering === gathering && this.mayNest()) this.runItem(this.next++);
     if (this.gathering === gathering) this.flush(gathering);
-    return unwrap(waiting.reply ?? [1, "no reply from the host"]);
+    return unwrap(waiting);
   }
 
   private spent(): boolean {
@@ -89,23 +92,32 @@ class BatchRun {
   }
 
   private runItem(index: number): void {
-    this.stack.push(index);
+    const item = this.items[index];
+    this.hold(item.slots, 1);
     try {
-      this.items[index].run();
+      item.run();
     } finally {
-      this.stack.pop();
+      this.hold(item.slots, -1);
+    }
+  }
+
+  /** Counts an item's slots in (+1) or out (-1) as it enters or leaves the stack. */
+  private hold(slots: number[], by: 1 | -1): void {
+    this.depth += by;
+    if (slots.length === 0) this.keyless += by;
+    for (let i = 0; i < slots.length; i++) {
+      const n = (this.held.get(slots[i]) ?? 0) + by;
+      if (n === 0) this.held.delete(slots[i]);
+      else this.held.set(slots[i], n);
     }
   }
 
   private mayNest(): boolean {
-    if (this.next >= this.items.length || this.stack.length >= MAX_NESTED || this.spent()) return false;
+    if (this.next >= this.items.length || this.depth >= MAX_NESTED || this.keyless > 0 || this.spent())
+      return false;
     const candidate = this.items[this.next].slots;
     if (candidate.length === 0) return false;
-    for (const index of this.stack) {
-      const slots = this.items[index].slots;
-      if (slots.length === 0) return false;
-      for (const slot of slots) if (candidate.includes(slot)) return false;
-    }
+    for (let i = 0; i < candidate.length; i++) if (this.held.has(candidate[i])) return false;
     return true;
   }
 
@@ -114,25 +126,34 @@ class BatchRun {
     if (gathering.length === 1) {
       const only = gathering[0];
       try {
-        only.reply = [0, direct(only.args)];
+        only.reply = direct(only.args);
+        only.status = FLAT_OK;
       } catch (e) {
-        only.reply = [1, e instanceof Error ? e.message : String(e)];
+        only.reply = e instanceof Error ? e.message : String(e);
       }
       return;
     }
-    let replies: CallReply[];
+    // One flat list: each call's argument count (the command included), noWrites, raw, then
+    // its arguments.
+    const flat: unknown[] = [];
+    for (let i = 0; i < gathering.length; i++) {
+      const args = gathering[i].args;
+      flat.push(args.length - 2);
+      for (let j = 0; j < args.length; j++) flat.push(args[j]);
+    }
+    // The replies come as FlatPairs (entry.ts).
+    let replies: unknown[];
     try {
-      replies = host.callSync(
-        "calls",
-        gathering.map((w) => w.args),
-      ) as CallReply[];
+      replies = host.callSync("calls", flat) as unknown[];
     } catch (e) {
       const text = e instanceof Error ? e.message : String(e);
-      replies = gathering.map(() => [1, text]);
+      for (const w of gathering) w.reply = text;
+      return;
     }
-    gathering.forEach((w, i) => {
-      w.reply = replies[i] ?? [1, "no reply from the host"];
-    });
+    for (let i = 0; i < gathering.length && 2 * i + 1 < replies.length; i++) {
+      gathering[i].status = replies[2 * i] as number;
+      gathering[i].reply = replies[2 * i + 1] as Tagged;
+    }
   }
 }
 

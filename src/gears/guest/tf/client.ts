@@ -5,7 +5,7 @@
  */
 import { host } from "../core/host.js";
 import type { Tagged } from "../entry.js";
-import { syncCall } from "./batch.js";
+import { syncCall, type CallArgs } from "./batch.js";
 import { fromReply, toArg } from "./convert.js";
 
 /** What a client may do, fixed by what it was handed to. */
@@ -20,6 +20,14 @@ let blocked = false;
 function command(cmd: unknown, args: unknown[]): Tagged[] {
   if (typeof cmd !== "string" && !(cmd instanceof String)) throw new Error("Value is not string");
   return [String(cmd), ...args.map(toArg)];
+}
+
+/** A sync call's arguments as the host takes them, built without spreads (QuickJS is slow at those). */
+function syncArgs(noWrites: boolean, raw: boolean, cmd: unknown, args: unknown[]): CallArgs {
+  if (typeof cmd !== "string" && !(cmd instanceof String)) throw new Error("Value is not string");
+  const out: CallArgs = [noWrites, raw, typeof cmd === "string" ? cmd : String(cmd)];
+  for (let i = 0; i < args.length; i++) out.push(toArg(args[i]));
+  return out;
 }
 
 /** What both clients offer: calls that may block Redis-side, and whether blocking is allowed. */
@@ -53,12 +61,12 @@ export class SyncClient extends BaseClient {
 
   call(cmd: unknown, ...args: unknown[]): unknown {
     this.check();
-    return fromReply(syncCall([this.mode.noWrites, false, ...command(cmd, args)]), false);
+    return fromReply(syncCall(syncArgs(this.mode.noWrites, false, cmd, args)), false);
   }
 
   callRaw(cmd: unknown, ...args: unknown[]): unknown {
     this.check();
-    return fromReply(syncCall([this.mode.noWrites, true, ...command(cmd, args)]), true);
+    return fromReply(syncCall(syncArgs(this.mode.noWrites, true, cmd, args)), true);
   }
 
   executeAsync(fn: unknown): Promise<unknown> {

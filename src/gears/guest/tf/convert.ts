@@ -68,7 +68,8 @@ export function fromReply(v: Tagged, raw: boolean): unknown {
 }
 
 function isInt32(n: number): boolean {
-  return Number.isInteger(n) && n >= -2147483648 && n <= 2147483647 && !Object.is(n, -0);
+  // (n | 0) === n holds for exactly the int32 values and -0; 1 / -0 is -Infinity.
+  return (n | 0) === n && (n !== 0 || 1 / n > 0);
 }
 
 /** A function's result as the reply T&F sends. */

@@ -1,7 +1,16 @@
 /** The Triggers and Functions bundle: what a T&F library's isolate evaluates before its code. */
 import { defineEntry } from "../core/host.js";
 import { isFatal, isThenable, safeString } from "../core/errors.js";
-import { TF_ENTRY, type Tagged, type TfEntry, type TfOutcome } from "../entry.js";
+import {
+  FLAT_ERROR,
+  FLAT_INTEGER,
+  FLAT_OK,
+  TF_ENTRY,
+  type FlatPairs,
+  type Tagged,
+  type TfEntry,
+  type TfOutcome,
+} from "../entry.js";
 import {
   clusterFunctions,
   endLoad,
@@ -23,9 +32,9 @@ function errorText(e: unknown): string {
   return safeString(e);
 }
 
-function outcome(run: () => unknown): TfOutcome {
+function outcome(v: unknown): TfOutcome {
   try {
-    return { ok: toReply(run()) };
+    return { ok: toReply(v) };
   } catch (e) {
     return { err: errorText(e) };
   }
@@ -33,9 +42,9 @@ function outcome(run: () => unknown): TfOutcome {
 
 /** A result that may be a Promise: awaited when the caller may block, else only if it is settled. */
 function settle(out: unknown, blockAllowed: boolean): TfOutcome | Promise<TfOutcome> {
-  if (!isThenable(out)) return outcome(() => out);
+  if (!isThenable(out)) return outcome(out);
   const p = Promise.resolve(out);
-  const done = (v: unknown): TfOutcome => outcome(() => v);
+  const done = (v: unknown): TfOutcome => outcome(v);
   const failed = (e: unknown): TfOutcome => ({ err: errorText(e) });
   if (blockAllowed) return p.then(done, failed);
   // A settled Promise's reaction is queued before the sentinel's: it wins the race.
@@ -50,13 +59,29 @@ function settle(out: unknown, blockAllowed: boolean): TfOutcome | Promise<TfOutc
   );
 }
 
+function flatten(outs: TfOutcome[]): FlatPairs {
+  const flat: FlatPairs = [];
+  for (let i = 0; i < outs.length; i++) {
+    const o = outs[i];
+    if ("err" in o) flat.push(FLAT_ERROR, o.err);
+    else if (o.ok !== null && typeof o.ok === "object" && "i" in o.ok) flat.push(FLAT_INTEGER, o.ok.i);
+    else flat.push(FLAT_OK, o.ok);
+  }
+  return flat;
+}
+
 /** fn(client, ...args) with the client its kind gets (a coroutine: the async client); its outcome. */
-function invoke(fn: Fn, mode: ClientMode, args: unknown[]): TfOutcome | Promise<TfOutcome> {
-  const coroutine = isAsyncFunction(fn);
+function invoke(
+  fn: Fn,
+  mode: ClientMode,
+  args: unknown[],
+  coroutine = isAsyncFunction(fn),
+): TfOutcome | Promise<TfOutcome> {
   const client = coroutine ? new AsyncClient(mode) : new SyncClient(mode);
   let out: unknown;
   try {
-    out = fn(client, ...args);
+    // One argument (a key) is the common case: a plain call, no spread.
+    out = args.length === 1 ? fn(client, args[0]) : fn(client, ...args);
   } catch (e) {
     return { err: errorText(e) };
   } finally {
@@ -90,17 +115,20 @@ const entry: TfEntry = {
   callFunction(name: string, args: Tagged[], blockAllowed: boolean): TfOutcome | Promise<TfOutcome> {
     const def = functions.get(name);
     if (def === undefined) return { err: `Unknown function ${name}` };
-    const raw = def.flags.includes("raw-arguments");
-    let jsArgs: unknown[];
+    const jsArgs: unknown[] = [];
     try {
-      jsArgs = args.map((a) => fromReply(a, raw));
+      // Arguments are strings unless they are not UTF-8 or the function takes them raw.
+      for (let i = 0; i < args.length; i++) {
+        const a = args[i];
+        jsArgs.push(typeof a === "string" && !def.raw ? a : fromReply(a, def.raw));
+      }
     } catch (e) {
       return { err: errorText(e) };
     }
-    return invoke(def.fn, { noWrites: def.flags.includes("no-writes"), blockAllowed }, jsArgs);
+    return invoke(def.fn, blockAllowed ? def.modeBlocking : def.mode, jsArgs, def.coroutine);
   },
 
-  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): TfOutcome[] | Promise<TfOutcome[]> {
+  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): FlatPairs | Promise<FlatPairs> {
     const outs: (TfOutcome | Promise<TfOutcome>)[] = [];
     const items = calls.map(([name, args, slots], i) => ({
       slots,
@@ -110,7 +138,7 @@ const entry: TfEntry = {
     }));
     const started = runBatch(items, budgetMs);
     outs.length = started;
-    return outs.some(isThenable) ? Promise.all(outs) : (outs as TfOutcome[]);
+    return outs.some(isThenable) ? Promise.all(outs).then(flatten) : flatten(outs as TfOutcome[]);
   },
 
   fireKeyspaceTrigger(name: string, event: string, key: string | null, keyBytes: string) {
