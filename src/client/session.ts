@@ -24,6 +24,7 @@ import type { ReplySlot } from "./reply-slot.js";
 import { ReplyQueue, type QueueOwner } from "./reply-queue.js";
 import { RequestRuns } from "./request-runs.js";
 import { Subscriber, type SubscriberHost } from "./pubsub.js";
+import { clientListLine } from "./client-list-line.js";
 import { Metrics } from "../observability/metrics.js";
 import type { TrackingState } from "./tracking/state.js";
 import { noPermission, type AclUser } from "../acl/access-control.js";
@@ -67,31 +68,6 @@ function isSpecial(name: string, argv: readonly Buffer[]): boolean {
 
 /** Commands a server user may not send in cluster mode: its connections are per node. */
 const TRANSACTION_COMMANDS = new Set(["multi", "exec", "discard", "watch", "unwatch"]);
-
-/** Commands with subcommands, which CLIENT LIST names as `container|sub`. */
-const CONTAINERS = new Set([
-  "acl",
-  "client",
-  "cluster",
-  "command",
-  "config",
-  "function",
-  "latency",
-  "memory",
-  "module",
-  "object",
-  "pubsub",
-  "script",
-  "slowlog",
-  "xgroup",
-  "xinfo",
-]);
-
-function commandLabel(request: Request): string {
-  const name = request.name;
-  const argv = request.argv;
-  return CONTAINERS.has(name) && argv.length > 1 ? `${name}|${argv[1].toString().toLowerCase()}` : name;
-}
 
 /**
  * One client connection: parses its requests, sends each where it belongs, and writes the
@@ -211,54 +187,34 @@ export class ClientSession implements QueueOwner, SubscriberHost, ClientHandle, 
   }
 
   describe(): string {
-    const age = Math.floor((Date.now() - this.createdAt) / 1000);
-    const idle = Math.floor(this.idleMs / 1000);
-    const flags =
-      (this.txn.inMulti ? "x" : "") +
-        (this.blocking !== null || this.txn.blocked ? "b" : "") +
-        (this.isPubSub ? "P" : "") +
-        (this.tracking !== null ? "t" : "") +
-        (this.tracking?.brokenRedirect ? "R" : "") +
-        (this.tracking?.bcast ? "B" : "") || "N";
     const last = this.lastRequest;
-    // Redis counts the command being run in the query buffer still.
-    const current = this.processing && last !== null ? last.end - last.start : 0;
-    const memory = this.memory();
-    const omem = memory.output;
-    // Redis' own fields, in its order; the proxy has no fd and keeps no per-client arena.
-    const fields: [string, string | number][] = [
-      ["id", this.id],
-      ["addr", this.addr],
-      ["laddr", this.laddr],
-      ["fd", -1],
-      ["name", this.name],
-      ["age", age],
-      ["idle", idle],
-      ["flags", flags],
-      ["db", this.db],
-      ["sub", this.pubsub.count],
-      ["psub", 0],
-      ["ssub", 0],
-      ["multi", this.txn.inMulti ? 0 : -1],
-      ["qbuf", this.parser.buffered + current],
-      ["qbuf-free", 0],
-      ["argv-mem", 0],
-      ["multi-mem", 0],
-      ["rbs", 0],
-      ["rbp", 0],
-      ["obl", 0],
-      ["oll", 0],
-      ["omem", omem],
-      ["tot-mem", memory.query + omem],
-      ["events", "r"],
-      ["cmd", last === null ? "NULL" : commandLabel(last)],
-      ["user", this.userName],
-      ["redir", this.tracking?.redirect ?? -1],
-      ["resp", this.proto],
-      ["lib-name", this.libName],
-      ["lib-ver", this.libVersion],
-    ];
-    return fields.map(([k, v]) => `${k}=${v}`).join(" ");
+    return clientListLine({
+      id: this.id,
+      addr: this.addr,
+      laddr: this.laddr,
+      name: this.name,
+      ageMs: Date.now() - this.createdAt,
+      idleMs: this.idleMs,
+      flags:
+        (this.txn.inMulti ? "x" : "") +
+          (this.blocking !== null || this.txn.blocked ? "b" : "") +
+          (this.isPubSub ? "P" : "") +
+          (this.tracking !== null ? "t" : "") +
+          (this.tracking?.brokenRedirect ? "R" : "") +
+          (this.tracking?.bcast ? "B" : "") || "N",
+      db: this.db,
+      sub: this.pubsub.count,
+      multi: this.txn.inMulti ? 0 : -1,
+      // Redis counts the command being run in the query buffer still.
+      qbuf: this.parser.buffered + (this.processing && last !== null ? last.end - last.start : 0),
+      memory: this.memory(),
+      cmd: last,
+      user: this.userName,
+      redir: this.tracking?.redirect ?? -1,
+      resp: this.proto,
+      libName: this.libName,
+      libVersion: this.libVersion,
+    });
   }
 
   // ---- input ---------------------------------------------------------------------------
