@@ -30,6 +30,7 @@ import {
   machineLines,
   profileTimes,
   rankProfile,
+  appendReport,
   runBench,
   say,
   sleep,
@@ -1239,12 +1240,7 @@ async function main(): Promise<number> {
     "",
   ].join("\n");
   process.stdout.write(text);
-  if (opts.append !== undefined) {
-    const existing = fs.existsSync(opts.append) ? fs.readFileSync(opts.append, "utf8") : "";
-    const sep = existing === "" || existing.endsWith("\n\n") ? "" : existing.endsWith("\n") ? "\n" : "\n\n";
-    fs.appendFileSync(opts.append, `${sep}${text}`);
-    say(`appended to ${opts.append}`);
-  }
+  if (opts.append !== undefined) appendReport(opts.append, text);
   if (opts.json !== undefined)
     fs.writeFileSync(
       opts.json,

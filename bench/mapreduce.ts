@@ -22,6 +22,7 @@ import {
   mb,
   profileTimes,
   rankProfile,
+  appendReport,
   runBench,
   sampleRss,
   say,
@@ -557,12 +558,7 @@ async function main(): Promise<number> {
   );
   const report = out.join("\n");
   process.stdout.write(report);
-  if (opts.append !== undefined) {
-    const existing = fs.existsSync(opts.append) ? fs.readFileSync(opts.append, "utf8") : "";
-    const sep = existing === "" || existing.endsWith("\n\n") ? "" : existing.endsWith("\n") ? "\n" : "\n\n";
-    fs.appendFileSync(opts.append, `${sep}${report}`);
-    say(`appended to ${opts.append}`);
-  }
+  if (opts.append !== undefined) appendReport(opts.append, report);
   if (opts.json !== undefined) {
     fs.writeFileSync(
       opts.json,

@@ -310,8 +310,8 @@ export function say(text: string): void {
 }
 
 /**
- * Runs main and exits with its code; on a failure, or on SIGINT/SIGTERM, runs cleanup (which
- * stops every process started by the bench) first.
+ * Runs main, then cleanup (which stops every process started by the bench), and exits with
+ * main's code; on a failure, or on SIGINT/SIGTERM, cleanup runs first too.
  */
 export function runBench(main: () => Promise<number>, cleanup: () => Promise<void>): void {
   let interrupted = false;
@@ -325,10 +325,23 @@ export function runBench(main: () => Promise<number>, cleanup: () => Promise<voi
   }
 
   main().then(
-    (code) => process.exit(code),
+    (code) => void cleanup().finally(() => process.exit(code)),
     (err: unknown) => {
       say(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       void cleanup().finally(() => process.exit(1));
     },
   );
+}
+
+/** Stops every child process the bench started and has not stopped yet. */
+export async function stopChildren(graceMs = 5000): Promise<void> {
+  for (const child of [...children]) await stopChild(child, graceMs);
+}
+
+/** Appends a markdown report to `file`, one blank line from what is already there. */
+export function appendReport(file: string, text: string): void {
+  const existing = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "";
+  const sep = existing === "" || existing.endsWith("\n\n") ? "" : existing.endsWith("\n") ? "\n" : "\n\n";
+  fs.appendFileSync(file, `${sep}${text}`);
+  say(`appended to ${file}`);
 }

@@ -8,17 +8,7 @@
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
-import {
-  children,
-  HOST,
-  machineLines,
-  runBench,
-  say,
-  startGears,
-  stopChild,
-  table,
-  type Proxy,
-} from "./support.js";
+import { HOST, machineLines, runBench, stopChildren, say, startGears, table, type Proxy } from "./support.js";
 
 const { values } = parseArgs({
   options: {
@@ -126,14 +116,8 @@ async function main(): Promise<number> {
 }
 
 async function cleanup(): Promise<void> {
-  for (const child of children) await stopChild(child);
+  await stopChildren();
   await redis?.stop();
 }
 
-runBench(async () => {
-  try {
-    return await main();
-  } finally {
-    await cleanup();
-  }
-}, cleanup);
+runBench(main, cleanup);

@@ -12,18 +12,7 @@ import os from "node:os";
 import { parseArgs } from "node:util";
 import { sendCommand } from "../spec/harness/index.js";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
-import {
-  HOST,
-  children,
-  machineLines,
-  run,
-  runBench,
-  say,
-  sleep,
-  startGears,
-  stopChild,
-  table,
-} from "./support.js";
+import { HOST, machineLines, run, runBench, stopChildren, say, sleep, startGears, table } from "./support.js";
 
 const HELP = `Usage: node dist/bench/threads.js [options]
 
@@ -178,14 +167,8 @@ async function main(): Promise<number> {
 let redis: RedisNode | undefined;
 
 async function cleanup(): Promise<void> {
-  for (const child of [...children]) await stopChild(child, 5000);
+  await stopChildren();
   await redis?.stop();
 }
 
-runBench(async () => {
-  try {
-    return await main();
-  } finally {
-    await cleanup();
-  }
-}, cleanup);
+runBench(main, cleanup);
