@@ -69,7 +69,11 @@ export type WorkerMessage =
   | { t: "async"; seq: number; batchJson: string }
   /** guest __host.notify calls, JSON of [name, args][]; no answer. */
   | { t: "notify"; json: string }
-  | { t: "done"; ok: true; json: string }
+  /**
+   * bytes: the texts the result marked with __bytes() (transferred); in the JSON, each is
+   * {"\u0000bytes": its index}.
+   */
+  | { t: "done"; ok: true; json: string; bytes?: ArrayBuffer[] }
   /** fatal: the isolate's state is unusable; the main thread ends the worker. */
   | { t: "done"; ok: false; failure: FailureInfo; fatal: boolean }
   | { t: "disposed"; error?: string };
@@ -80,3 +84,6 @@ export interface AsyncReply {
   seq: number;
   json: string;
 }
+
+/** The key of the JSON object that stands for a text a result carries as bytes. */
+export const BYTES_KEY = "\u0000bytes";

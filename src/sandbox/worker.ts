@@ -155,6 +155,7 @@ interface Helpers {
   state: QuickJSHandle;
   finish: QuickJSHandle;
   describe: QuickJSHandle;
+  takeTexts: QuickJSHandle;
   takeNotes: QuickJSHandle;
   takeBatch: QuickJSHandle;
   deliver: QuickJSHandle;
@@ -223,6 +224,7 @@ async function setUp(): Promise<void> {
     state: get("state"),
     finish: get("finish"),
     describe: get("describe"),
+    takeTexts: get("takeTexts"),
     takeNotes: get("takeNotes"),
     takeBatch: get("takeBatch"),
     deliver: get("deliver"),
@@ -526,7 +528,12 @@ function runEntry(req: EntryRequest): WorkerMessage {
     if (capReached) {
       throw new EntryFailure({ kind: "memory", message: memoryMessage(init.memoryLimitMb) });
     }
-    if (out[0] === "0") return { t: "done", ok: true, json: out.slice(1) };
+    if (out[0] === "0") {
+      const bytes = takeTexts();
+      return bytes.length === 0
+        ? { t: "done", ok: true, json: out.slice(1) }
+        : { t: "done", ok: true, json: out.slice(1), bytes };
+    }
     throw new EntryFailure(classify(JSON.parse(out.slice(1)) as Described, false));
   } catch (e) {
     if (e instanceof EntryFailure) {
@@ -553,6 +560,23 @@ function runEntry(req: EntryRequest): WorkerMessage {
     }
     owned = [];
   }
+}
+
+/**
+ * The texts the result marked with __bytes() (each as JSON), as UTF-8 in buffers of their own:
+ * they are transferred to the main thread, which keeps them as they are (no string there).
+ */
+function takeTexts(): ArrayBuffer[] {
+  const list = enter(fns.takeTexts);
+  const n = ctx.getNumber(own(ctx.getProp(list, "length")));
+  const out: ArrayBuffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const text = JSON.parse(ctx.getString(own(ctx.getProp(list, i)))) as string;
+    const bytes = new Uint8Array(Buffer.byteLength(text));
+    Buffer.from(bytes.buffer).write(text);
+    out.push(bytes.buffer);
+  }
+  return out;
 }
 
 function onRequest(req: WorkerRequest): void {
@@ -582,7 +606,10 @@ function onRequest(req: WorkerRequest): void {
     broken = true;
     result = { t: "done", ok: false, failure: fatalInfo(e), fatal: true };
   }
-  port.postMessage(result);
+  port.postMessage(
+    result,
+    result.t === "done" && result.ok && result.bytes !== undefined ? result.bytes : [],
+  );
 }
 
 try {
