@@ -87,3 +87,10 @@ export interface AsyncReply {
 
 /** The key of the JSON object that stands for a text a result carries as bytes. */
 export const BYTES_KEY = "\u0000bytes";
+
+/** A text as UTF-8 in an ArrayBuffer of its own (one that may be transferred: no pooled slice). */
+export function utf8Buffer(text: string): ArrayBuffer {
+  const bytes = new Uint8Array(Buffer.byteLength(text));
+  Buffer.from(bytes.buffer).write(text);
+  return bytes.buffer;
+}

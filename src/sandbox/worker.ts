@@ -27,6 +27,7 @@ import {
   type WorkerInit,
   type WorkerMessage,
   type WorkerRequest,
+  utf8Buffer,
 } from "./protocol.js";
 import { PRELUDE_FILENAME, PRELUDE_SOURCE } from "./prelude.js";
 import { abortedMessage, memoryMessage, stackMessage, timeoutMessage } from "./messages.js";
@@ -571,10 +572,7 @@ function takeTexts(): ArrayBuffer[] {
   const n = ctx.getNumber(own(ctx.getProp(list, "length")));
   const out: ArrayBuffer[] = [];
   for (let i = 0; i < n; i++) {
-    const text = JSON.parse(ctx.getString(own(ctx.getProp(list, i)))) as string;
-    const bytes = new Uint8Array(Buffer.byteLength(text));
-    Buffer.from(bytes.buffer).write(text);
-    out.push(bytes.buffer);
+    out.push(utf8Buffer(JSON.parse(ctx.getString(own(ctx.getProp(list, i)))) as string));
   }
   return out;
 }
