@@ -27,6 +27,8 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
   const freeze = Object.freeze;
   const weakAdd = WeakSet.prototype.add;
   const weakHas = WeakSet.prototype.has;
+  const reTest = RegExp.prototype.test;
+  const unsafe = /[\u0000\ud800-\udfff]/;
   const join = (items) => "[" + apply(arrayJoin, items, [","]) + "]";
   const entry = (name, args) => "[" + stringify(StringCtor(name)) + "," + stringify(args) + "]";
 
@@ -41,8 +43,10 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
 
   function lift(key, v) {
     if (v !== null && typeof v === "object" && apply(weakHas, marked, [v])) {
-      // As JSON: a C string would cut the text at a NUL and mangle a lone surrogate.
-      texts[texts.length] = stringify(v.t);
+      // "0" and the text as it is (the worker copies its C string's bytes), or "1" and its
+      // JSON where a C string would cut it at a NUL or mangle a lone surrogate.
+      const t = v.t;
+      texts[texts.length] = apply(reTest, unsafe, [t]) ? "1" + stringify(t) : "0" + t;
       return { "\u0000bytes": texts.length - 1 };
     }
     return v;

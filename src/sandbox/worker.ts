@@ -240,6 +240,8 @@ interface ContextInternals {
     QTS_NewString(ctx: unknown, ptr: number): number;
     QTS_NewArrayBuffer(ctx: unknown, ptr: number, length: number): number;
     QTS_ResolveException(ctx: unknown, value: unknown): number;
+    QTS_GetString(ctx: unknown, value: unknown): number;
+    QTS_FreeCString(ctx: unknown, ptr: number): void;
   };
   ctx: { value: unknown };
   memory: { heapValueHandle(ptr: number): QuickJSHandle };
@@ -567,12 +569,26 @@ function runEntry(req: EntryRequest): WorkerMessage {
  * The texts the result marked with __bytes() (each as JSON), as UTF-8 in buffers of their own:
  * they are transferred to the main thread, which keeps them as they are (no string there).
  */
+/** One text of takeTexts (see the prelude's lift): "0" and UTF-8 with no NUL, or "1" and JSON. */
+function markedText(h: QuickJSHandle): ArrayBuffer {
+  const c = ctx as unknown as ContextInternals;
+  const ptr = c.ffi.QTS_GetString(c.ctx.value, h.value);
+  try {
+    const heap = new Uint8Array(wasmMemory.buffer);
+    if (heap[ptr] !== 0x30) return utf8Buffer(JSON.parse(ctx.getString(h).slice(1)) as string);
+    const end = heap.indexOf(0, ptr + 1);
+    return heap.slice(ptr + 1, end).buffer;
+  } finally {
+    c.ffi.QTS_FreeCString(c.ctx.value, ptr);
+  }
+}
+
 function takeTexts(): ArrayBuffer[] {
   const list = enter(fns.takeTexts);
   const n = ctx.getNumber(own(ctx.getProp(list, "length")));
   const out: ArrayBuffer[] = [];
   for (let i = 0; i < n; i++) {
-    out.push(utf8Buffer(JSON.parse(ctx.getString(own(ctx.getProp(list, i)))) as string));
+    out.push(markedText(own(ctx.getProp(list, i))));
   }
   return out;
 }
