@@ -6,19 +6,16 @@ import type { Action, GuestIsolate } from "./guest-isolate.js";
 const path = (name: keyof GearsEntry): string => `${GEARS_ENTRY}.${name}`;
 
 /** The results and errors of an execution as the guest hands them over (JSON values). */
-export interface GuestOutcome extends Omit<Outcome, "out"> {
+export interface GuestOutcome extends Outcome {
   results: JsonValue[];
   out?: GuestStreamed[];
 }
 
-/**
- * Streamed results as the host receives them (Streamed, in JSON values); a RESP text comes as
- * a Buffer from a QuickJS isolate (the sandbox's __bytes), as a string from others.
- */
-export type GuestStreamed = [number, JsonValue[]] | [number, string | Buffer, number];
+/** Streamed results as the host receives them (Streamed, in JSON values). */
+export type GuestStreamed = [number, JsonValue[]] | [number, string, number];
 
 /** What a feed took, and (streaming) the results it made, by partition. */
-export interface GuestFed extends Omit<Fed, "out"> {
+export interface GuestFed extends Fed {
   out: GuestStreamed[];
 }
 

@@ -52,17 +52,12 @@ export class ResultChunks {
   }
 
   /**
-   * Adds a batch of one partition's results (values, or `count` results already in RESP, as text or bytes);
+   * Adds a batch of one partition's results (values, or `count` results already in RESP);
    * throws ResultsTooLarge past the limit.
    */
-  add(partition: number, values: JsonValue[] | string | Buffer, count = values.length): void {
+  add(partition: number, values: JsonValue[] | string, count = values.length): void {
     if (count === 0) return;
-    const chunk =
-      typeof values === "string"
-        ? Buffer.from(values)
-        : Buffer.isBuffer(values)
-          ? values
-          : encodeResultItems(values);
+    const chunk = typeof values === "string" ? Buffer.from(values) : encodeResultItems(values);
     this.size += chunk.length;
     if (this.limitMb > 0 && this.size > this.limitMb * 1024 * 1024) {
       this.clear();

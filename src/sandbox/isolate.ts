@@ -26,7 +26,6 @@ import {
   type WorkerInit,
   type WorkerMessage,
   type WorkerRequest,
-  BYTES_KEY,
 } from "./protocol.js";
 import { abortedMessage, terminatedMessage, timeoutMessage } from "./messages.js";
 import { RawJson, SandboxError, type HostBridge, type IsolateLimits, type JsonValue } from "./types.js";
@@ -63,18 +62,6 @@ function compiledWasm(): Promise<WebAssembly.Module> {
     });
   }
   return wasmModule;
-}
-
-/**
- * A result whose marked texts came as bytes: each stands in its place as a Buffer over the
- * transferred memory (no copy), which is why the value is JSON but for those Buffers.
- */
-function withBytes(json: string, bytes: ArrayBuffer[]): JsonValue {
-  return JSON.parse(json, (_key, v: unknown) => {
-    if (v === null || typeof v !== "object" || Array.isArray(v)) return v;
-    const index = (v as Record<string, unknown>)[BYTES_KEY];
-    return typeof index === "number" && bytes[index] !== undefined ? Buffer.from(bytes[index]) : v;
-  }) as JsonValue;
 }
 
 function errorMessage(e: unknown): string {
@@ -347,7 +334,7 @@ export class Isolate {
       entry.reject(new SandboxError("aborted", abortedMessage()));
     } else if (m.ok) {
       try {
-        entry.resolve(m.bytes === undefined ? (JSON.parse(m.json) as JsonValue) : withBytes(m.json, m.bytes));
+        entry.resolve(JSON.parse(m.json) as JsonValue);
       } catch (e) {
         entry.reject(new SandboxError("throw", `Error: ${errorMessage(e)}`));
       }

@@ -25,10 +25,6 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
   const strSplit = String.prototype.split;
   const defineProperty = Object.defineProperty;
   const freeze = Object.freeze;
-  const weakAdd = WeakSet.prototype.add;
-  const weakHas = WeakSet.prototype.has;
-  const reTest = RegExp.prototype.test;
-  const unsafe = /[\u0000\ud800-\udfff]/;
   const join = (items) => "[" + apply(arrayJoin, items, [","]) + "]";
   const entry = (name, args) => "[" + stringify(StringCtor(name)) + "," + stringify(args) + "]";
 
@@ -36,21 +32,6 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
   let queue = [];
   let waiting = [];
   let inflight = [];
-  // Texts wrapped with __bytes(): they leave an entry's result as bytes, not inside its JSON.
-  const marked = new WeakSet();
-  let texts = [];
-  let anyMarked = false;
-
-  function lift(key, v) {
-    if (v !== null && typeof v === "object" && apply(weakHas, marked, [v])) {
-      // "0" and the text as it is (the worker copies its C string's bytes), or "1" and its
-      // JSON where a C string would cut it at a NUL or mangle a lone surrogate.
-      const t = v.t;
-      texts[texts.length] = apply(reTest, unsafe, [t]) ? "1" + stringify(t) : "0" + t;
-      return { "\u0000bytes": texts.length - 1 };
-    }
-    return v;
-  }
 
   function flushNotes() {
     if (notes.length === 0) return;
@@ -121,14 +102,6 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
       if (notes.length >= 256) flushNotes();
     },
   });
-  // A library marks a large text of its result (RESP it built) to cross to the host as bytes.
-  const bytes = (text) => {
-    const m = freeze({ t: StringCtor(text) });
-    apply(weakAdd, marked, [m]);
-    anyMarked = true;
-    return m;
-  };
-  defineProperty(globalThis, "__bytes", { value: bytes, writable: false, enumerable: false, configurable: false });
   defineProperty(globalThis, "__host", { value: host, writable: false, enumerable: false, configurable: false });
   // A library bumps steps[0] each time it calls user code: the worker's interrupt handler
   // reads it, so the time limit can apply to one call rather than to a whole entry.
@@ -168,20 +141,13 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
       if (rec.s === 2) return "1" + describe(rec.v);
       let s;
       try {
-        texts = [];
-        s = anyMarked ? stringify(rec.v, lift) : stringify(rec.v);
+        s = stringify(rec.v);
       } catch (err) {
-        texts = [];
         return "1" + describe(err);
       }
       return "0" + (s === undefined ? "null" : s);
     },
     describe,
-    takeTexts() {
-      const t = texts;
-      texts = [];
-      return t;
-    },
     takeNotes() {
       if (notes.length === 0) return "";
       const n = notes;

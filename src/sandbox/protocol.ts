@@ -69,11 +69,7 @@ export type WorkerMessage =
   | { t: "async"; seq: number; batchJson: string }
   /** guest __host.notify calls, JSON of [name, args][]; no answer. */
   | { t: "notify"; json: string }
-  /**
-   * bytes: the texts the result marked with __bytes() (transferred); in the JSON, each is
-   * {"\u0000bytes": its index}.
-   */
-  | { t: "done"; ok: true; json: string; bytes?: ArrayBuffer[] }
+  | { t: "done"; ok: true; json: string }
   /** fatal: the isolate's state is unusable; the main thread ends the worker. */
   | { t: "done"; ok: false; failure: FailureInfo; fatal: boolean }
   | { t: "disposed"; error?: string };
@@ -83,14 +79,4 @@ export type SyncReply = { seq: number; ok: true; json: string } | { seq: number;
 export interface AsyncReply {
   seq: number;
   json: string;
-}
-
-/** The key of the JSON object that stands for a text a result carries as bytes. */
-export const BYTES_KEY = "\u0000bytes";
-
-/** A text as UTF-8 in an ArrayBuffer of its own (one that may be transferred: no pooled slice). */
-export function utf8Buffer(text: string): ArrayBuffer {
-  const bytes = new Uint8Array(Buffer.byteLength(text));
-  Buffer.from(bytes.buffer).write(text);
-  return bytes.buffer;
 }

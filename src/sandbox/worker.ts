@@ -27,7 +27,6 @@ import {
   type WorkerInit,
   type WorkerMessage,
   type WorkerRequest,
-  utf8Buffer,
 } from "./protocol.js";
 import { PRELUDE_FILENAME, PRELUDE_SOURCE } from "./prelude.js";
 import { abortedMessage, memoryMessage, stackMessage, timeoutMessage } from "./messages.js";
@@ -156,7 +155,6 @@ interface Helpers {
   state: QuickJSHandle;
   finish: QuickJSHandle;
   describe: QuickJSHandle;
-  takeTexts: QuickJSHandle;
   takeNotes: QuickJSHandle;
   takeBatch: QuickJSHandle;
   deliver: QuickJSHandle;
@@ -225,7 +223,6 @@ async function setUp(): Promise<void> {
     state: get("state"),
     finish: get("finish"),
     describe: get("describe"),
-    takeTexts: get("takeTexts"),
     takeNotes: get("takeNotes"),
     takeBatch: get("takeBatch"),
     deliver: get("deliver"),
@@ -240,8 +237,6 @@ interface ContextInternals {
     QTS_NewString(ctx: unknown, ptr: number): number;
     QTS_NewArrayBuffer(ctx: unknown, ptr: number, length: number): number;
     QTS_ResolveException(ctx: unknown, value: unknown): number;
-    QTS_GetString(ctx: unknown, value: unknown): number;
-    QTS_FreeCString(ctx: unknown, ptr: number): void;
   };
   ctx: { value: unknown };
   memory: { heapValueHandle(ptr: number): QuickJSHandle };
@@ -531,12 +526,7 @@ function runEntry(req: EntryRequest): WorkerMessage {
     if (capReached) {
       throw new EntryFailure({ kind: "memory", message: memoryMessage(init.memoryLimitMb) });
     }
-    if (out[0] === "0") {
-      const bytes = takeTexts();
-      return bytes.length === 0
-        ? { t: "done", ok: true, json: out.slice(1) }
-        : { t: "done", ok: true, json: out.slice(1), bytes };
-    }
+    if (out[0] === "0") return { t: "done", ok: true, json: out.slice(1) };
     throw new EntryFailure(classify(JSON.parse(out.slice(1)) as Described, false));
   } catch (e) {
     if (e instanceof EntryFailure) {
@@ -563,34 +553,6 @@ function runEntry(req: EntryRequest): WorkerMessage {
     }
     owned = [];
   }
-}
-
-/**
- * The texts the result marked with __bytes() (each as JSON), as UTF-8 in buffers of their own:
- * they are transferred to the main thread, which keeps them as they are (no string there).
- */
-/** One text of takeTexts (see the prelude's lift): "0" and UTF-8 with no NUL, or "1" and JSON. */
-function markedText(h: QuickJSHandle): ArrayBuffer {
-  const c = ctx as unknown as ContextInternals;
-  const ptr = c.ffi.QTS_GetString(c.ctx.value, h.value);
-  try {
-    const heap = new Uint8Array(wasmMemory.buffer);
-    if (heap[ptr] !== 0x30) return utf8Buffer(JSON.parse(ctx.getString(h).slice(1)) as string);
-    const end = heap.indexOf(0, ptr + 1);
-    return heap.slice(ptr + 1, end).buffer;
-  } finally {
-    c.ffi.QTS_FreeCString(c.ctx.value, ptr);
-  }
-}
-
-function takeTexts(): ArrayBuffer[] {
-  const list = enter(fns.takeTexts);
-  const n = ctx.getNumber(own(ctx.getProp(list, "length")));
-  const out: ArrayBuffer[] = [];
-  for (let i = 0; i < n; i++) {
-    out.push(markedText(own(ctx.getProp(list, i))));
-  }
-  return out;
 }
 
 function onRequest(req: WorkerRequest): void {
@@ -620,10 +582,7 @@ function onRequest(req: WorkerRequest): void {
     broken = true;
     result = { t: "done", ok: false, failure: fatalInfo(e), fatal: true };
   }
-  port.postMessage(
-    result,
-    result.t === "done" && result.ok && result.bytes !== undefined ? result.bytes : [],
-  );
+  port.postMessage(result);
 }
 
 try {

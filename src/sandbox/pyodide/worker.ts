@@ -32,8 +32,6 @@ import {
   type WorkerInit,
   type WorkerMessage,
   type WorkerRequest,
-  BYTES_KEY,
-  utf8Buffer,
 } from "../protocol.js";
 import { abortedMessage, memoryMessage, stackMessage, timeoutMessage } from "../messages.js";
 import {
@@ -168,30 +166,6 @@ const host = Object.freeze({
   },
 });
 Object.defineProperty(globalThis, "__host", { value: host, writable: false, configurable: false });
-
-// __bytes(), as the QuickJS prelude defines it: a marked text of a result crosses as bytes.
-const marked = new WeakSet<object>();
-let anyMarked = false;
-const bytes = (text: unknown): object => {
-  const mark = Object.freeze({ t: String(text) });
-  marked.add(mark);
-  anyMarked = true;
-  return mark;
-};
-Object.defineProperty(globalThis, "__bytes", { value: bytes, writable: false, configurable: false });
-
-/** A result's JSON, its marked texts lifted out as transferable UTF-8 (BYTES_KEY stands for each). */
-function resultMessage(value: unknown): WorkerMessage {
-  const lifted: ArrayBuffer[] = [];
-  const lift = (_key: string, v: unknown): unknown => {
-    if (v === null || typeof v !== "object" || !marked.has(v)) return v;
-    lifted.push(utf8Buffer((v as { t: string }).t));
-    return { [BYTES_KEY]: lifted.length - 1 };
-  };
-  const json = anyMarked ? JSON.stringify(value, lift) : JSON.stringify(value);
-  if (json === undefined) return { t: "done", ok: true, json: "null" };
-  return lifted.length === 0 ? { t: "done", ok: true, json } : { t: "done", ok: true, json, bytes: lifted };
-}
 
 /** Sends the queued callAsync calls as one batch and settles their promises. */
 function flushAsync(): boolean {
@@ -520,7 +494,8 @@ async function runEntry(req: EntryRequest): Promise<WorkerMessage> {
     }
     if (value !== null && typeof value === "object" && "then" in value) value = await settle(value);
     if (fatalKind !== undefined || capReached !== null) throw new EntryFailure(classify(null, false));
-    return resultMessage(value === undefined ? null : value);
+    const json = JSON.stringify(value === undefined ? null : value);
+    return { t: "done", ok: true, json: json === undefined ? "null" : json };
   } catch (e) {
     const info = e instanceof EntryFailure ? e.info : classify(e, false);
     // A limit leaves the interpreter in doubt (half-built objects, a heap at its cap): the
@@ -537,10 +512,7 @@ let chain = Promise.resolve();
 
 function onRequest(req: WorkerRequest): void {
   if (req.op === "dispose") process.exit(0);
-  chain = chain.then(async () => {
-    const m = await runEntry(req);
-    port.postMessage(m, m.t === "done" && m.ok && m.bytes !== undefined ? m.bytes : []);
-  });
+  chain = chain.then(async () => port.postMessage(await runEntry(req)));
 }
 
 try {

@@ -757,12 +757,6 @@ function respText(list: unknown[]): string {
   return text;
 }
 
-/** A RESP text marked to cross to the host as bytes (the sandbox's __bytes), where there is one. */
-function asBytes(text: string): string {
-  const mark = (globalThis as { __bytes?: (t: string) => string }).__bytes;
-  return mark === undefined ? text : mark(text);
-}
-
 /**
  * The results made since the last call, by partition, and forgotten here: a streaming
  * execution's. [partition, values], or [partition, RESP text, count] for strings.
@@ -775,7 +769,7 @@ function takeResults(ex: Exec): Streamed[] {
     if (list.length === 0) continue;
     ex.results[p] = [];
     const values = converted(ex, list);
-    out.push(str ? [p, asBytes(respText(values)), values.length] : [p, values]);
+    out.push(str ? [p, respText(values), values.length] : [p, values]);
   }
   return out;
 }
