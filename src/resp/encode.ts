@@ -36,7 +36,8 @@ export function encodeCommand(argv: readonly Arg[]): Buffer {
   return out;
 }
 
-function decimalLength(n: number): number {
+/** How many decimal digits a non-negative integer has (RESP length headers). */
+export function decimalLength(n: number): number {
   let digits = 1;
   while (n >= 10) {
     n = Math.floor(n / 10);

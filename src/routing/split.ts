@@ -1,5 +1,5 @@
 import { keySlot } from "./key-slot.js";
-import { encodeError, OK } from "../resp/encode.js";
+import { decimalLength, encodeError, OK } from "../resp/encode.js";
 import { CONNECTION_LOST } from "../upstream/connection.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamNode } from "../upstream/node.js";
@@ -151,11 +151,11 @@ function sendParts(
 
 /** Bytes of `*N $name $arg...` for the `size` keys of the group chained from `first`. */
 function commandSize(head: Buffer, argv: Buffer[], first: number, size: number, stride: number): number {
-  let bytes = 3 + digits(1 + size * stride) + 5 + digits(head.length) + head.length;
+  let bytes = 3 + decimalLength(1 + size * stride) + 5 + decimalLength(head.length) + head.length;
   for (let k = first; k !== -1; k = nextInGroup[k]) {
     for (let j = 1; j <= stride; j++) {
       const len = argv[k * stride + j].length;
-      bytes += 5 + digits(len) + len;
+      bytes += 5 + decimalLength(len) + len;
     }
   }
   return bytes;
@@ -188,7 +188,7 @@ function writeBulk(out: Buffer, at: number, arg: Buffer): number {
 
 function writeHeader(out: Buffer, at: number, type: number, n: number): number {
   out[at++] = type;
-  const len = digits(n);
+  const len = decimalLength(n);
   for (let i = len - 1; i >= 0; i--) {
     out[at + i] = 48 + (n % 10);
     n = Math.floor(n / 10);
@@ -197,15 +197,6 @@ function writeHeader(out: Buffer, at: number, type: number, n: number): number {
   out[at++] = 13;
   out[at++] = 10;
   return at;
-}
-
-function digits(n: number): number {
-  let d = 1;
-  while (n >= 10) {
-    n = Math.floor(n / 10);
-    d++;
-  }
-  return d;
 }
 
 /**
@@ -322,7 +313,7 @@ function readInteger(buf: Buffer, at: number): number {
 function mergeArrays(replies: Buffer[], groupOfItem: Int32Array, items: number): Buffer {
   // Where each part's next element starts, and the merged size.
   const cursor = new Int32Array(replies.length);
-  let size = 3 + digits(items);
+  let size = 3 + decimalLength(items);
   for (let g = 0; g < replies.length; g++) {
     const r = replies[g];
     const body = r.indexOf(10) + 1;
