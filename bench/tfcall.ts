@@ -105,8 +105,13 @@ async function main(): Promise<number> {
   const tfcall = ["TFCALL", "bench.incr", "1", "$key"];
   const rows: string[][] = [];
   for (let r = 1; r <= rounds; r++) {
-    const [baseTf, baseCpu] = base === null ? [null, 0] : await measureCpu(base.port, tfcall, base.child.pid);
+    // The builds take turns going first: the machine's load drifts within a round.
+    const measureBase = (): Promise<[number | null, number]> =>
+      base === null ? Promise.resolve([null, 0]) : measureCpu(base.port, tfcall, base.child.pid);
+    const baseFirst = r % 2 === 1;
+    const [baseTf0, baseCpu0] = baseFirst ? await measureBase() : [null, 0];
     const [tf, cpu] = await measureCpu(proxy.port, tfcall, proxy.child.pid);
+    const [baseTf, baseCpu] = baseFirst ? [baseTf0, baseCpu0] : await measureBase();
     const [fcall, redisCpu] = await measureCpu(redis.port, ["FCALL", "incr", "1", "$key"], redis.pid);
     const row = [
       String(r),
