@@ -5,6 +5,7 @@
  * in the same run, alternating rounds, with C concurrent clients each keeping P calls in flight.
  * `--quick` runs one short round.
  */
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
@@ -33,6 +34,20 @@ const TF_LIB = `#!js api_version=1.0 name=bench
 redis.registerFunction('incr', function(client, key){ return client.call('INCR', key); });`;
 const LUA_LIB = `#!lua name=bench
 redis.register_function('incr', function(keys) return redis.call('INCR', keys[1]) end)`;
+
+/** A process's CPU time (user + system, all threads) in µs, from /proc: the load-independent cost. */
+function cpuMicros(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  // utime and stime are fields 14 and 15 of stat(5), in clock ticks (100 a second on Linux).
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+/** Calls per second, and the CPU µs per call of process `pid` over the same time. */
+async function measureCpu(port: number, command: string[], pid: number): Promise<[number, number]> {
+  const before = cpuMicros(pid);
+  const rate = await measure(port, command);
+  return [rate, (cpuMicros(pid) - before) / (rate * seconds)];
+}
 
 /** Calls per second of `call` from C clients with P calls in flight each, for `seconds`. */
 async function measure(port: number, command: string[]): Promise<number> {
@@ -90,18 +105,39 @@ async function main(): Promise<number> {
   const tfcall = ["TFCALL", "bench.incr", "1", "$key"];
   const rows: string[][] = [];
   for (let r = 1; r <= rounds; r++) {
-    const baseTf = base === null ? null : await measure(base.port, tfcall);
-    const tf = await measure(proxy.port, tfcall);
-    const fcall = await measure(redis.port, ["FCALL", "incr", "1", "$key"]);
-    const row = [String(r), tf.toFixed(0), fcall.toFixed(0), (tf / fcall).toFixed(2)];
-    if (baseTf !== null) row.push(baseTf.toFixed(0), (baseTf / fcall).toFixed(2), (tf / baseTf).toFixed(2));
+    // The builds take turns going first: the machine's load drifts within a round.
+    const measureBase = (): Promise<[number | null, number]> =>
+      base === null ? Promise.resolve([null, 0]) : measureCpu(base.port, tfcall, base.child.pid);
+    const baseFirst = r % 2 === 1;
+    const [baseTf0, baseCpu0] = baseFirst ? await measureBase() : [null, 0];
+    const [tf, cpu] = await measureCpu(proxy.port, tfcall, proxy.child.pid);
+    const [baseTf, baseCpu] = baseFirst ? [baseTf0, baseCpu0] : await measureBase();
+    const [fcall, redisCpu] = await measureCpu(redis.port, ["FCALL", "incr", "1", "$key"], redis.pid);
+    const row = [
+      String(r),
+      tf.toFixed(0),
+      fcall.toFixed(0),
+      (tf / fcall).toFixed(2),
+      cpu.toFixed(0),
+      redisCpu.toFixed(0),
+    ];
+    if (baseTf !== null)
+      row.push(baseTf.toFixed(0), (baseTf / fcall).toFixed(2), (tf / baseTf).toFixed(2), baseCpu.toFixed(0));
     rows.push(row);
     say(
       `round ${r}: TFCALL ${tf.toFixed(0)}/s, FCALL ${fcall.toFixed(0)}/s${baseTf === null ? "" : `, base TFCALL ${baseTf.toFixed(0)}/s`}`,
     );
   }
-  const header = ["round", "TFCALL via proxy (calls/s)", "FCALL direct (calls/s)", "ratio"];
-  if (base !== null) header.push("base TFCALL (calls/s)", "base ratio", "this/base");
+  const header = [
+    "round",
+    "TFCALL via proxy (calls/s)",
+    "FCALL direct (calls/s)",
+    "ratio",
+    "proxy CPU µs/TFCALL",
+    "Redis CPU µs/FCALL",
+  ];
+  if (base !== null)
+    header.push("base TFCALL (calls/s)", "base ratio", "this/base", "base proxy CPU µs/TFCALL");
   const out = [
     `## TFCALL vs FCALL (one INCR per call)${quick ? " — quick round" : ""}`,
     "",

@@ -145,6 +145,35 @@ describe("gears write journal: events of writes through the proxy, once each (on
     expect(await seen(direct3)).to.deep.equal(expected3);
   });
 
+  it("notifications cut: the writes after a TFCALL inside MULTI/EXEC (run by the proxy after the cut) reach their registration, exactly once", async () => {
+    const lib = "#!js api_version=1.0 name=journal\nredis.registerFunction('one', function(){ return 1; });";
+    expect(await db0.call("TFUNCTION", "LOAD", "REPLACE", lib)).to.equal("OK");
+    await direct0.config("SET", "notify-keyspace-events", "");
+    const out = await db0
+      .multi()
+      .set("k:before", "1")
+      .call("TFCALL", "journal.one", "0")
+      .set("k:after", "1")
+      .hset("k:after2", "f", "v")
+      .exec();
+    expect(out).to.deep.equal([
+      [null, "OK"],
+      [null, 1],
+      [null, "OK"],
+      [null, 1],
+    ]);
+    const expected = { "k:before set": 1, "k:after set": 1, "k:after2 hset": 1 };
+    await eventually(
+      () => seen(direct0),
+      (s) => Object.keys(expected).every((k) => k in s),
+      "the transaction's writes handled without notifications",
+    );
+    await direct0.config("SET", "notify-keyspace-events", "AE");
+    await drained(direct0);
+    expect(await seen(direct0)).to.deep.equal(expected);
+    await db0.call("TFUNCTION", "DELETE", "journal");
+  });
+
   it("a transaction that does not run (EXECABORT, DISCARD) produces no event", async () => {
     await db0.multi().set("k:discarded", "1").discard();
     await db0

@@ -25,6 +25,16 @@ function rawExchange(port: number, request: string, length: number): Promise<str
   });
 }
 
+/** Functions that show where each one was when the next started: `step` INCRs its key, `order` tells. */
+const STEPS = `let order = [];
+         redis.registerFunction('step', function(client, key){
+           order.push('start:' + key);
+           const n = client.call('incr', key);
+           order.push('end:' + key);
+           return n;
+         });
+         redis.registerFunction('order', function(){ const o = order; order = []; return o; });`;
+
 for (const mode of BACKEND_MODES) {
   describe(`Triggers and Functions: libraries and functions, through the proxy in front of ${Backend.label(mode)}`, function () {
     this.timeout(60_000);
@@ -368,14 +378,7 @@ for (const mode of BACKEND_MODES) {
       // `order` lives in the library's isolate: it shows where each function was when the next started.
       const code = lib(
         "pipe",
-        `let order = [];
-         redis.registerFunction('step', function(client, key){
-           order.push('start:' + key);
-           const n = client.call('incr', key);
-           order.push('end:' + key);
-           return n;
-         });
-         redis.registerFunction('order', function(){ const o = order; order = []; return o; });
+        `${STEPS}
          redis.registerFunction('bump', function(client, key){
            const v = Number(client.call('get', key) || 0);
            client.call('set', key, String(v + 1));
@@ -417,6 +420,35 @@ for (const mode of BACKEND_MODES) {
       } finally {
         for (const cl of clients) cl.disconnect();
       }
+    });
+
+    it("a TFCALL that arrives while a batch's calls are in Redis joins that batch: it starts on top of the waiting function", async () => {
+      const code = lib("join", STEPS);
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      // A script holds {a}j's master busy for a second, so the first function's INCR waits there.
+      const hold =
+        "local s = redis.call('TIME') repeat local n = redis.call('TIME') " +
+        "until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 1000000 return 1";
+      // Connected first: ioredis's ready check would wait for the busy master.
+      const other = new Redis(t.proxy.port);
+      await other.ping();
+      const busy = (await t.direct.on("{a}j")).call("EVAL", hold, "1", "{a}j");
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        const first = t.c.call("TFCALL", "join.step", "1", "{a}j");
+        await new Promise((resolve) => setTimeout(resolve, 150));
+        const second = other.call("TFCALL", "join.step", "1", "{b}j");
+        expect(await Promise.all([first, second, busy])).to.deep.equal([1, 1, 1]);
+      } finally {
+        other.disconnect();
+      }
+      // Without joining, the second TFCALL would have waited for the first entry to end.
+      expect(await t.c.call("TFCALL", "join.order", "0")).to.deep.equal([
+        "start:{a}j",
+        "start:{b}j",
+        "end:{b}j",
+        "end:{a}j",
+      ]);
     });
 
     it("TFCALL and TFCALLASYNC inside MULTI are queued and run in order at EXEC, with blocking not allowed, as in T&F", async () => {

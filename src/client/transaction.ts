@@ -258,7 +258,14 @@ export class Transaction {
         return r.promise;
       };
       void head.promise
-        .then((h) => tail.run(h, { tfCall: (argv) => this.host.tfCallInMulti(argv), send }))
+        .then((h) =>
+          tail.run(h, {
+            tfCall: (argv) => this.host.tfCallInMulti(argv),
+            send,
+            // The write journal follows these writes as it follows forwarded ones (router.tap).
+            watch: (name, argv) => this.host.router.queuedTap?.(name, argv, this.host.db) ?? null,
+          }),
+        )
         .catch((e: unknown) => encodeError(`ERR ${e instanceof Error ? e.message : String(e)}`))
         .then((data) => {
           release();

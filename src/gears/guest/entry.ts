@@ -164,6 +164,14 @@ export const FLAT_ERROR = 1;
 export const FLAT_INTEGER = 2;
 export type FlatPairs = (number | Tagged)[];
 
+/**
+ * The first element of the host's answer to a batch's "calls" request (guest/tf/batch.ts):
+ * the replies of every call sent so far follow (FlatPairs), or TFCALLs that arrived for the
+ * entry under way, to start before the replies (each [name, args, slots of its keys]).
+ */
+export const CALLS_REPLIES = 0;
+export const CALLS_MORE = 1;
+
 export interface TfEntry {
   /** Defines `redis` for the library's code about to run (its CONFIG JSON, its api version). */
   prepare(configJson: string | null, apiVersion: string): void;
@@ -174,8 +182,9 @@ export interface TfEntry {
   /**
    * Several TFCALLs (blocking not allowed) in one entry: [name, args, slots of its keys] each;
    * the outcomes in order of those it ran, their calls pipelined (guest/tf/batch.ts). It
-   * starts no call once `budgetMs` is spent, so the host sends the rest again. The outcomes
-   * come as FlatPairs.
+   * starts no call once `budgetMs` is spent, so the host sends the rest again. The host may
+   * hand over more TFCALLs while the entry runs (the answer to its "calls" request): their
+   * outcomes follow those of `calls`. The outcomes come as FlatPairs.
    */
   callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): FlatPairs | Promise<FlatPairs>;
   /**

@@ -13,7 +13,7 @@ interface Pending {
   reject(err: unknown): void;
 }
 
-/** The most TFCALLs one guest entry takes. */
+/** The most TFCALLs one guest entry takes at its start, and at each time more join it. */
 const MAX_BATCH = 64;
 
 /**
@@ -22,11 +22,14 @@ const MAX_BATCH = 64;
  * at a time anyway (as in T&F), and the hop into the isolate's thread costs more than a small
  * function. A TFCALLASYNC waits in the same line and goes in alone, so it never overtakes a
  * TFCALL that arrived before it (per-slot order). Calls of different databases go in different
- * entries (the bridge serves one database at a time).
+ * entries (the bridge serves one database at a time). TFCALLs that arrive while an entry's
+ * calls are in Redis may join it (guest/tf/batch.ts): the isolate runs them meanwhile.
  */
 export class CallBatcher {
   private readonly queue: Pending[] = [];
   private busy = false;
+  /** Wakes a running batch that waits for its replies or for more TFCALLs (tf-bridge.ts). */
+  private arrived: (() => void) | null = null;
 
   constructor(private readonly library: () => Promise<TfLibrary>) {}
 
@@ -34,6 +37,12 @@ export class CallBatcher {
     return new Promise((resolve, reject) => {
       this.queue.push({ fn, args, slots, db, blockAllowed, resolve, reject });
       if (!this.busy) void this.pump();
+      else if (this.arrived !== null) {
+        // Those parsed from the same read arrive together: wake the batch once, after them.
+        const wake = this.arrived;
+        this.arrived = null;
+        setImmediate(wake);
+      }
     });
   }
 
@@ -73,9 +82,26 @@ export class CallBatcher {
     while (n < this.queue.length && n < MAX_BATCH && this.queue[n].db === db && !this.queue[n].blockAllowed)
       n++;
     const batch = this.queue.splice(0, n);
+    let library: TfLibrary | undefined;
     try {
-      const library = await this.library();
+      library = await this.library();
       library.bridge.db = db;
+      library.bridge.joiners = {
+        take: () => {
+          let k = 0;
+          while (
+            k < this.queue.length &&
+            k < MAX_BATCH &&
+            this.queue[k].db === db &&
+            !this.queue[k].blockAllowed
+          )
+            k++;
+          const joining = this.queue.splice(0, k);
+          batch.push(...joining);
+          return joining.map((p) => [p.fn, p.args, p.slots]);
+        },
+        arrival: () => new Promise<void>((resolve) => (this.arrived = resolve)),
+      };
       // Half the time limit: a call started just before the budget ran out still has its share.
       const budget = Math.max(1, Math.floor(library.guest.isolate.limits.timeoutMs / 2));
       const outs = await library.guest.callFunctions(
@@ -87,6 +113,9 @@ export class CallBatcher {
       this.queue.unshift(...batch.slice(Math.max(1, outs.length)));
     } catch (err) {
       for (const p of batch) p.reject(err);
+    } finally {
+      this.arrived = null;
+      library?.bridge.endBatch();
     }
   }
 }

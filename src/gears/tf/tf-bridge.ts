@@ -3,7 +3,7 @@ import { NO_KEYS, type Router } from "../../routing/router.js";
 import type { Partitions } from "../partitions.js";
 import { RespError } from "../../resp/values.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
-import { FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../guest/entry.js";
+import { CALLS_MORE, CALLS_REPLIES, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../guest/entry.js";
 import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
 import type { MutedKeys } from "./muted-keys.js";
 import { replyToTagged } from "./values.js";
@@ -38,6 +38,14 @@ export interface TfHooks {
   barrier(): Promise<void>;
 }
 
+/** The TFCALLs waiting for a library while a batch of its runs, which may join that batch (call-batcher.ts). */
+export interface BatchJoiners {
+  /** Takes those that may join now, in order ([] when none): [name, args, slots of its keys] each. */
+  take(): [string, Tagged[], number[]][];
+  /** Settles when a TFCALL arrives for the library. */
+  arrival(): Promise<void>;
+}
+
 /**
  * The proxy's side of a T&F library's host calls: `client.call(...)` goes through the
  * router like a client's command, in the database of the TFCALL that runs.
@@ -62,7 +70,7 @@ export class TfBridge implements HostBridge {
       case "call":
         return (await this.call(args[0] === true, args[1] === true, args.slice(2))) as JsonValue;
       case "calls":
-        return this.calls(args[0]);
+        return this.calls(args[0], args[1] === true);
       case "runOnKey":
         return this.hooks.runOnKey(this.library, toBuffer(args[0]), String(args[1]), String(args[2]));
       case "runOnShards":
@@ -70,6 +78,17 @@ export class TfBridge implements HostBridge {
       default:
         throw new Error(`unknown host call '${name}'`);
     }
+  }
+
+  /** Set while a batch of TFCALLs runs: the TFCALLs that may join it. */
+  joiners: BatchJoiners | null = null;
+  /** The replies of the running batch's calls sent without waiting (more TFCALLs came instead). */
+  private inFlight: Promise<[number, JsonValue]>[] = [];
+
+  /** A batch ended: it no longer takes TFCALLs, and the replies it did not wait for are dropped. */
+  endBatch(): void {
+    this.joiners = null;
+    this.inFlight = [];
   }
 
   /** The library's callAsync commands under way, as "cmd arg ..." (TFUNCTION LIST's pending_async_calls). */
@@ -101,11 +120,14 @@ export class TfBridge implements HostBridge {
   /**
    * The waiting calls of a batch of TFCALLs (guest/tf/batch.ts), sent at once: the router
    * writes each as it comes, so they leave as one pipeline per shard, in order. Both ways
-   * the calls travel as one flat list (guest/tf/batch.ts; the replies as FlatPairs).
+   * the calls travel as one flat list (guest/tf/batch.ts; the replies as FlatPairs). With
+   * `more`, TFCALLs that arrived for the library (before the replies did) are the answer
+   * instead, so the isolate starts them while the calls are in Redis; the replies of every
+   * call sent so far come with the answer to a later request.
    */
-  private async calls(flat: JsonValue): Promise<JsonValue> {
+  private async calls(flat: JsonValue, more: boolean): Promise<JsonValue> {
     if (!Array.isArray(flat)) throw new Error("calls: a list of calls was expected");
-    const replies: Promise<[number, JsonValue]>[] = [];
+    const replies = this.inFlight;
     for (let i = 0; i < flat.length;) {
       const n = Number(flat[i]);
       if (!(n >= 0)) throw new Error("calls: an argument count was expected");
@@ -124,7 +146,19 @@ export class TfBridge implements HostBridge {
       );
       i += 3 + n;
     }
-    return (await Promise.all(replies)).flat();
+    const joiners = more ? this.joiners : null;
+    if (joiners !== null) {
+      let joining = joiners.take();
+      if (joining.length === 0) {
+        const all = Promise.all(replies);
+        if (await Promise.race([all.then(() => false), joiners.arrival().then(() => true)])) {
+          joining = joiners.take();
+        }
+      }
+      if (joining.length > 0) return [CALLS_MORE, ...(joining as unknown as JsonValue[])];
+    }
+    this.inFlight = [];
+    return [CALLS_REPLIES, ...(await Promise.all(replies)).flat()];
   }
 
   private async call(noWrites: boolean, raw: boolean, args: JsonValue[]): Promise<Tagged> {

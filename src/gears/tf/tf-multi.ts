@@ -42,6 +42,22 @@ export class RawReply implements ReplySink {
 export interface TailRunner {
   tfCall(argv: Buffer[]): Promise<Buffer>;
   send(payload: Buffer): Promise<Buffer>;
+  /**
+   * The write journal's view of a command about to be sent (the router's queuedTap): what to
+   * tell it of the command's reply (null for an error), or null when it does not follow it.
+   */
+  watch(name: string, argv: Buffer[]): ((reply: Buffer | null) => void) | null;
+}
+
+/** Sends a command of the tail, telling the write journal its outcome as a forwarded write would. */
+function sendWatched(argv: Buffer[], runner: TailRunner): Promise<Buffer> {
+  const done = runner.watch(argv[0].toString().toLowerCase(), argv);
+  const reply = runner.send(encodeCommand(argv));
+  if (done === null) return reply;
+  return reply.then((data) => {
+    done(data[0] === 0x2d /* - */ ? null : data);
+    return data;
+  });
 }
 
 /** The commands of a transaction from its first TFCALL on. */
@@ -70,7 +86,7 @@ export class TfMultiTail {
         replies.push(runner.tfCall(argv));
         await replies[replies.length - 1];
       } else {
-        replies.push(runner.send(encodeCommand(argv)));
+        replies.push(sendWatched(argv, runner));
       }
     }
     const parts = await Promise.all(replies);

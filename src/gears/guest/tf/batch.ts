@@ -12,9 +12,15 @@
  * keys) differ from those of every function waiting beneath it: functions of one slot run
  * one after the other, as spec/triggers-functions.md "Atomicity" asks. A TFCALL without
  * keys never shares a gather.
+ *
+ * When the batch's own TFCALLs are used up, the waiting calls go out without waiting for
+ * their replies if TFCALLs of the library arrived meanwhile (or arrive while the calls are in
+ * Redis): the host answers with those, they start on top, and the replies of every call sent
+ * so far come back with the last request. The isolate runs new functions while earlier calls
+ * are in Redis instead of waiting for them.
  */
 import { host } from "../core/host.js";
-import { FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../entry.js";
+import { CALLS_MORE, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../entry.js";
 
 /** A `client.call` as the host takes it: noWrites, raw, then the command and its arguments. */
 export type CallArgs = [boolean, boolean, ...Tagged[]];
@@ -30,6 +36,15 @@ export interface BatchItem {
   slots: number[];
   run(): void;
 }
+
+/** A TFCALL as the host hands it over: its function's name, its arguments, the slots of its keys. */
+export type BatchCall = [string, Tagged[], number[]];
+
+/** Makes the item of the TFCALL at `index` of the batch (the later ones follow the first). */
+export type MakeItem = (call: BatchCall, index: number) => BatchItem;
+
+/** At most this many TFCALLs in one entry, those handed over while it runs included. */
+const MAX_ITEMS = 256;
 
 /**
  * At most this many functions wait on one stack (each keeps a few frames there, well inside
@@ -49,6 +64,7 @@ function unwrap(w: Waiting): Tagged {
 }
 
 class BatchRun {
+  private readonly items: BatchItem[];
   private next = 0;
   /** How many items are on the stack now. */
   private depth = 0;
@@ -58,12 +74,17 @@ class BatchRun {
   private keyless = 0;
   /** The calls waiting to go out together, or null once they went (no more nesting then). */
   private gathering: Waiting[] | null = null;
+  /** Gatherings sent without waiting (more TFCALLs came instead): their replies come with the next flush. */
+  private sent: Waiting[][] = [];
   private readonly startedAt = Date.now();
 
   constructor(
-    private readonly items: BatchItem[],
+    calls: BatchCall[],
+    private readonly make: MakeItem,
     private readonly budgetMs: number,
-  ) {}
+  ) {
+    this.items = calls.map(make);
+  }
 
   /** Runs items until all ran or the budget is spent; how many started. */
   runAll(): number {
@@ -82,9 +103,25 @@ class BatchRun {
     if (gathering === null) return direct(args);
     const waiting: Waiting = { args, status: FLAT_ERROR, reply: "no reply from the host" };
     gathering.push(waiting);
-    while (this.gathering === gathering && this.mayNest()) this.runItem(this.next++);
-    if (this.gathering === gathering) this.flush(gathering);
+    this.serve(gathering);
     return unwrap(waiting);
+  }
+
+  /**
+   * Runs items on top of the waiting `gathering` while they may start; then sends it, with
+   * the replies of all sent calls as the answer, or, while the host has more TFCALLs for this
+   * entry, without waiting, and starts those on top.
+   */
+  private serve(gathering: Waiting[]): void {
+    let current = gathering;
+    for (;;) {
+      while (this.gathering === current && this.mayNest()) this.runItem(this.next++);
+      // An item on top took the gathering over and flushed it.
+      if (this.gathering !== current) return;
+      if (!this.flush(current, this.mayRefill())) return;
+      current = [];
+      this.gathering = current;
+    }
   }
 
   private spent(): boolean {
@@ -112,6 +149,17 @@ class BatchRun {
     }
   }
 
+  /** Whether TFCALLs that arrived since the entry began may start on top of the waiting ones. */
+  private mayRefill(): boolean {
+    return (
+      this.next >= this.items.length &&
+      this.items.length < MAX_ITEMS &&
+      this.depth < MAX_NESTED &&
+      this.keyless === 0 &&
+      !this.spent()
+    );
+  }
+
   private mayNest(): boolean {
     if (this.next >= this.items.length || this.depth >= MAX_NESTED || this.keyless > 0 || this.spent())
       return false;
@@ -121,9 +169,14 @@ class BatchRun {
     return true;
   }
 
-  private flush(gathering: Waiting[]): void {
+  /**
+   * Sends `gathering`. With `more`, the host may answer with TFCALLs to start instead of
+   * replies (then true: the calls stay sent, their replies come with a later flush).
+   * Otherwise the answer holds the replies of every call sent so far, in order.
+   */
+  private flush(gathering: Waiting[], more: boolean): boolean {
     this.gathering = null;
-    if (gathering.length === 1) {
+    if (!more && this.sent.length === 0 && gathering.length === 1) {
       const only = gathering[0];
       try {
         only.reply = direct(only.args);
@@ -131,7 +184,7 @@ class BatchRun {
       } catch (e) {
         only.reply = e instanceof Error ? e.message : String(e);
       }
-      return;
+      return false;
     }
     // One flat list: each call's argument count (the command included), noWrites, raw, then
     // its arguments.
@@ -141,19 +194,33 @@ class BatchRun {
       flat.push(args.length - 2);
       for (let j = 0; j < args.length; j++) flat.push(args[j]);
     }
-    // The replies come as FlatPairs (entry.ts).
-    let replies: unknown[];
+    const waiting = this.sent;
+    waiting.push(gathering);
+    // The replies come as FlatPairs (entry.ts) after CALLS_REPLIES; TFCALLs as BatchCalls after CALLS_MORE.
+    let answer: unknown[];
     try {
-      replies = host.callSync("calls", flat) as unknown[];
+      answer = host.callSync("calls", flat, more) as unknown[];
     } catch (e) {
       const text = e instanceof Error ? e.message : String(e);
-      for (const w of gathering) w.reply = text;
-      return;
+      this.sent = [];
+      for (const g of waiting) for (const w of g) w.reply = text;
+      return false;
     }
-    for (let i = 0; i < gathering.length && 2 * i + 1 < replies.length; i++) {
-      gathering[i].status = replies[2 * i] as number;
-      gathering[i].reply = replies[2 * i + 1] as Tagged;
+    if (answer[0] === CALLS_MORE) {
+      for (let i = 1; i < answer.length; i++) {
+        this.items.push(this.make(answer[i] as BatchCall, this.items.length));
+      }
+      return true;
     }
+    this.sent = [];
+    let r = 1;
+    for (const g of waiting) {
+      for (let i = 0; i < g.length && r + 1 < answer.length; i++, r += 2) {
+        g[i].status = answer[r] as number;
+        g[i].reply = answer[r + 1] as Tagged;
+      }
+    }
+    return false;
   }
 }
 
@@ -164,10 +231,13 @@ export function syncCall(args: CallArgs): Tagged {
   return running === null ? direct(args) : running.call(args);
 }
 
-/** Runs the items of one batch (see above); how many started before the budget ran out. */
-export function runBatch(items: BatchItem[], budgetMs: number): number {
+/**
+ * Runs the TFCALLs of one batch (see above), and those the host hands over while it runs;
+ * how many started before the budget ran out.
+ */
+export function runBatch(calls: BatchCall[], make: MakeItem, budgetMs: number): number {
   const outer = running;
-  running = new BatchRun(items, budgetMs);
+  running = new BatchRun(calls, make, budgetMs);
   try {
     return running.runAll();
   } finally {

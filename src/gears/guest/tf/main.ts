@@ -20,7 +20,7 @@ import {
   streamTriggers,
   type Fn,
 } from "./api.js";
-import { runBatch } from "./batch.js";
+import { runBatch, type MakeItem } from "./batch.js";
 import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
 import { bytesToBuffer, fromReply, toReply } from "./convert.js";
 
@@ -130,13 +130,13 @@ const entry: TfEntry = {
 
   callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): FlatPairs | Promise<FlatPairs> {
     const outs: (TfOutcome | Promise<TfOutcome>)[] = [];
-    const items = calls.map(([name, args, slots], i) => ({
+    const make: MakeItem = ([name, args, slots], i) => ({
       slots,
       run: () => {
         outs[i] = entry.callFunction(name, args, false);
       },
-    }));
-    const started = runBatch(items, budgetMs);
+    });
+    const started = runBatch(calls, make, budgetMs);
     outs.length = started;
     return outs.some(isThenable) ? Promise.all(outs).then(flatten) : flatten(outs as TfOutcome[]);
   },
