@@ -13,8 +13,6 @@ export class ByteQueue {
   start = 0;
   /** Offset one past the last written byte in `buf`. */
   end = 0;
-  /** Set once a socket reads into the queue's own spare capacity (see reserve). */
-  private inPlace = false;
 
   get length(): number {
     return this.end - this.start;
@@ -42,35 +40,10 @@ export class ByteQueue {
     this.end = live + chunk.length;
   }
 
-  /**
-   * The free bytes behind `end`, at least `min` of them, for a socket to read into (net's
-   * `onread`): the data lands where the parser reads it, so a read allocates and copies
-   * nothing until the buffer is full. Unread bytes then move to a new buffer of at least
-   * `size`; views given out earlier keep the old one.
-   */
-  reserve(min: number, size: number): Buffer {
-    this.inPlace = true;
-    if (this.buf.length - this.end < min) {
-      const live = this.end - this.start;
-      const next = Buffer.allocUnsafe(Math.max(size, live * 2 + min));
-      this.buf.copy(next, 0, this.start, this.end);
-      this.buf = next;
-      this.start = 0;
-      this.end = live;
-    }
-    return this.buf.subarray(this.end);
-  }
-
-  /** `n` bytes were read into the space `reserve` gave out. */
-  commit(n: number): void {
-    this.end += n;
-  }
-
   /** Marks `n` bytes as read. */
   consume(n: number): void {
     this.start += n;
-    // In place, the rest of the buffer stays for the next reads.
-    if (this.start >= this.end && !this.inPlace) this.clear();
+    if (this.start >= this.end) this.clear();
   }
 
   clear(): void {

@@ -4,7 +4,6 @@ import tls from "node:tls";
 import type { HostPort } from "../config.js";
 import { Fifo } from "../io/fifo.js";
 import { OutputBuffer } from "../io/output-buffer.js";
-import type { ByteQueue } from "../resp/byte-queue.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
 import { ReplyScanner } from "../resp/reply-scanner.js";
 import type { Protocol, RespValue } from "../resp/values.js";
@@ -40,38 +39,10 @@ export function isBookkeeping(line: Buffer): boolean {
   return line.includes('] "Select" ') || line.includes('] "Client" "Id"');
 }
 
-/** Below this much free space in the reply buffer, the next read goes to a new buffer. */
-const READ_MIN = 16 * 1024;
-/** A new reply buffer's size: many small reads fill one before it is replaced. */
-const READ_SIZE = 64 * 1024;
-
-/**
- * A TCP or TLS socket to `address`; commands written before it is up are buffered by Node.
- * Over plain TCP, replies are read straight into `into` (see ByteQueue.reserve), without the
- * per-read Buffer and the Readable stream's 'data' event; TLS keeps the 'data' event.
- */
-function dial(
-  address: HostPort,
-  options: tls.ConnectionOptions | undefined,
-  into: ByteQueue,
-  onRead: () => void,
-): net.Socket {
+/** A TCP or TLS socket to `address`; commands written before it is up are buffered by Node. */
+function dial(address: HostPort, options: tls.ConnectionOptions | undefined): net.Socket {
   const { host, port } = address;
-  if (options === undefined) {
-    return net.connect({
-      host,
-      port,
-      noDelay: true,
-      onread: {
-        buffer: () => into.reserve(READ_MIN, READ_SIZE),
-        callback: (bytes: number) => {
-          into.commit(bytes);
-          onRead();
-          return true;
-        },
-      },
-    });
-  }
+  if (options === undefined) return net.connect({ host, port, noDelay: true });
   // SNI defaults to the node's host name, never to an IP address (RFC 6066); the certificate
   // is still checked against the host, IP addresses included.
   const servername = options.servername ?? (net.isIP(host) === 0 ? host : undefined);
@@ -117,7 +88,7 @@ export class UpstreamConnection {
     this.proto = options.proto ?? 2;
     this.roundTrip = options.roundTrip ?? null;
     this.sentAt = this.roundTrip === null ? null : new Fifo<number>();
-    this.socket = dial(address, options.tls, this.scanner.input, () => this.scan());
+    this.socket = dial(address, options.tls);
     this.out = new OutputBuffer(this.socket, true);
     this.socket.setTimeout(options.connectTimeoutMs);
     // Over TLS the connection is usable once the handshake is done; the timeout covers both.
@@ -128,7 +99,7 @@ export class UpstreamConnection {
       this.socket.setKeepAlive(true, 10_000);
     });
     this.socket.on("timeout", () => this.socket.destroy(new Error("connect timed out")));
-    if (options.tls !== undefined) this.socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    this.socket.on("data", (chunk: Buffer) => this.onData(chunk));
     this.socket.on("error", (err) => this.lose(err.message));
     this.socket.on("close", () => this.lose("closed by the server"));
     if (this.proto === 3 || options.password !== undefined) this.authenticate(options);
@@ -252,13 +223,8 @@ export class UpstreamConnection {
   }
 
   private onData(chunk: Buffer): void {
-    this.scanner.push(chunk);
-    this.scan();
-  }
-
-  /** Hands every whole reply read so far to its sink. */
-  private scan(): void {
     const scanner = this.scanner;
+    scanner.push(chunk);
     let reply: Buffer | null;
     try {
       while (!this.closedFlag && (reply = scanner.next()) !== null) {
