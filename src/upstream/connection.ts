@@ -142,6 +142,17 @@ export class UpstreamConnection {
     for (const sink of sinks) this.expectReply(sink);
   }
 
+  /** Sends `count` encoded commands at once, all answered to the one `sink`, in order. */
+  sendRepeated(payload: Buffer, sink: ReplySink, count: number, db = this.db): void {
+    if (this.closedFlag) {
+      for (let i = 0; i < count; i++) sink.fail(CONNECTION_LOST);
+      return;
+    }
+    this.useDb(db);
+    this.out.push(payload);
+    for (let i = 0; i < count; i++) this.expectReply(sink);
+  }
+
   /** Queues a reply slot, stamped with the time when round trips are measured. */
   private expectReply(sink: ReplySink): void {
     this.waiting.push(sink);
