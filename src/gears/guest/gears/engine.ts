@@ -71,20 +71,26 @@ g.executeAsync = function executeAsync(command: unknown, ...args: unknown[]): Pr
  */
 function lazyValue(rec: { key: unknown; lazyValue?: boolean }): void {
   delete rec.lazyValue;
-  const settle = (v: unknown): void => {
-    Object.defineProperty(rec, "value", { value: v, writable: true, enumerable: true, configurable: true });
-  };
-  Object.defineProperty(rec, "value", {
-    get(): unknown {
-      const v = host.callSync("readValue", safeString(rec.key));
-      settle(v);
-      return v;
-    },
-    set: settle,
-    enumerable: true,
-    configurable: true,
-  });
+  Object.defineProperty(rec, "value", LAZY_VALUE);
 }
+
+function settleValue(rec: object, v: unknown): void {
+  Object.defineProperty(rec, "value", { value: v, writable: true, enumerable: true, configurable: true });
+}
+
+/** One accessor shared by every lazy record (it reads `this`): no closures per record. */
+const LAZY_VALUE: PropertyDescriptor = {
+  get(this: { key: unknown }): unknown {
+    const v = host.callSync("readValue", safeString(this.key));
+    settleValue(this, v);
+    return v;
+  },
+  set(this: object, v: unknown): void {
+    settleValue(this, v);
+  },
+  enumerable: true,
+  configurable: true,
+};
 
 const ownExecute = g.execute;
 const ownExecuteAsync = g.executeAsync;
@@ -179,21 +185,25 @@ function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
     settle(ex);
   };
   const passOn: Cont = (_v, r) => next(r);
+  /** Whether the record's call1 is still on the stack, and whether it passed the record on then. */
+  let now = false;
+  let ok = false;
+  // A function that shadows execute() may return a promise: the record goes on when that settles.
+  const passed: Cont = (_v, rec) => {
+    if (now) ok = true;
+    else next(rec);
+  };
   return (r) => {
     if (g.execute !== ownExecute || g.executeAsync !== ownExecuteAsync) {
       call1(ex, st, f, r, passOn);
       return;
     }
     const before = calls.length;
-    let now = true;
-    let ok = false;
+    now = true;
+    ok = false;
     g.execute = collect;
     try {
-      // A function that shadows execute() may return a promise: it goes on when that settles.
-      call1(ex, st, f, r, (_v, rec) => {
-        if (now) ok = true;
-        else next(rec);
-      });
+      call1(ex, st, f, r, passed);
     } finally {
       g.execute = ownExecute;
       now = false;
