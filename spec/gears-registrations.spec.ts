@@ -222,6 +222,33 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("an event of a key above 1,000 elements reads its value when the handler touches it; JSON and assignment see it", async () => {
+      const script = `GB().foreach(x => {
+          const size = x.value.length;
+          const copy = JSON.parse(JSON.stringify(x));
+          x.value = 'replaced';
+          execute('RPUSH', 'lazy:log', JSON.stringify([x.key, x.type, x.event, size, copy.value.length, Object.keys(copy), x.value]));
+        }).register('lazy:big', {eventTypes: ['rpush']})`;
+      expect(await execute(io, script, "ID", "lazyvalue")).to.equal("OK");
+      const members = Array.from({ length: 1500 }, (_, i) => `m${i}`);
+      await io.rpush("lazy:big", ...members);
+      await eventually(
+        () => io.llen("lazy:log"),
+        (n) => n >= 1,
+        "the rpush event handled",
+      );
+      const [logged] = await list("lazy:log");
+      expect(JSON.parse(logged)).to.deep.equal([
+        "lazy:big",
+        "list",
+        "rpush",
+        1500,
+        1500,
+        ["key", "type", "event", "value"],
+        "replaced",
+      ]);
+    });
+
     it("KeysReader filters: prefix (glob and exact key), eventTypes, keyTypes, readValue: false; records {key, value, type, event}", async () => {
       const script = `
         function log(name) { return x => execute('RPUSH', 'flt:log:' + name, JSON.stringify(x)); }

@@ -706,6 +706,27 @@ describe("guest library", () => {
       expect(maxInFlight()).to.be.greaterThan(10);
     });
 
+    it("a foreach that only calls execute() sends a fed batch's commands in one host call; an error fails its record only", async () => {
+      const guest = new Guest();
+      guest.onAsync = async (name, args) =>
+        name === "executeEach"
+          ? (args[0] as unknown[][]).map((c) => (c[3] === "r7" ? [1, "WRONGTYPE not a set"] : [0, 1]))
+          : null;
+      guest.script("GB().foreach(r => execute('SADD', 'all', r)).run()");
+      const input = Array.from({ length: 1500 }, (_, i) => `r${i}`);
+      const out = await guest.execute([input]);
+      // Fed as two batches (1000 + 500 records): two host calls, none per record.
+      const sent = guest.calledWith("executeEach");
+      expect(sent.map((c) => (c.args[0] as unknown[]).length)).to.deep.equal([1000, 500]);
+      expect(sent.flatMap((c) => c.args[0] as unknown[])).to.deep.equal(
+        input.map((r) => [0, "SADD", "all", r]),
+      );
+      expect(guest.calls.filter((c) => c.name === "execute")).to.deep.equal([]);
+      expect(out.results).to.deep.equal(input.filter((r) => r !== "r7"));
+      expect(out.errors).to.have.length(1);
+      expect(out.errors[0]).to.match(/^Error: WRONGTYPE not a set in foreach at script:1/);
+    });
+
     it("feed() returns a Promise only while something is in flight, resolving to the records taken", async () => {
       const { guest } = asyncGuest();
       guest.script("GB().map(r => r > 1 ? executeAsync('GET', r) : r).run()");

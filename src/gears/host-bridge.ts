@@ -2,7 +2,7 @@ import type { Logger } from "../observability/log.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
 import type { RespValue } from "../resp/values.js";
-import type { HostBridge, JsonValue, RawJson } from "../sandbox/types.js";
+import { RawJson, type HostBridge, type JsonValue } from "../sandbox/types.js";
 import type { GearsConfig } from "./config.js";
 import { replyToJson } from "./json-values.js";
 import { readKeyValue } from "./readers.js";
@@ -98,6 +98,8 @@ export class GearsBridge implements HostBridge {
     switch (name) {
       case "execute":
         return this.execute(args);
+      case "executeEach":
+        return this.executeEach(args[0]);
       case "executeMany":
         return executeMany(this.router, this.partitions, args, this.db, this.guard);
       case "configGet":
@@ -142,6 +144,23 @@ export class GearsBridge implements HostBridge {
       (name, argv) => scriptCommandRefusal(name, argv) ?? this.guard?.(name, argv) ?? null,
       (call) => this.callSync(call.name, call.args),
     );
+  }
+
+  /**
+   * A batched foreach's execute() calls, `[partition, name, ...args]` each, sent at once;
+   * the outcomes as JSON text `[[0, value] | [1, "error message"], ...]` in order.
+   */
+  private async executeEach(list: JsonValue | undefined): Promise<RawJson> {
+    const calls = (Array.isArray(list) ? list : []).map((args) => ({
+      name: "execute",
+      args: Array.isArray(args) ? args : [],
+    }));
+    const outcomes = await this.callAsync(calls);
+    const parts = outcomes.map((o) => {
+      if ("error" in o) return `[1,${JSON.stringify(o.error)}]`;
+      return `[0,${o.ok instanceof RawJson ? o.ok.json : (JSON.stringify(o.ok) ?? "null")}]`;
+    });
+    return new RawJson(`[${parts.join(",")}]`);
   }
 
   notify(name: string, args: JsonValue[]): void {

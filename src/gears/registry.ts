@@ -417,43 +417,69 @@ export class RegistrationRegistry {
     partitions: Partitions,
     events: QueuedKeyEvent[],
   ): Promise<Map<number, PackedRecords>> {
-    // By where each key lives now: the master that notified may have been failed over since.
-    const byPartition = new Map<number, QueuedKeyEvent[]>();
-    for (const e of events) {
-      const partition = partitions.partitionOfSlot(keySlot(e.key));
-      const list = byPartition.get(partition) ?? [];
-      list.push(e);
-      byPartition.set(partition, list);
+    // Each distinct key once: its slot (by where it lives now: the master that notified may
+    // have been failed over since), its read, its record. A batch's events are mostly on a
+    // few hot keys (a set the handler grows) or each on its own key.
+    const keyIndex = new Map<string, number>();
+    const keys: Buffer[] = [];
+    const keyPartition: number[] = [];
+    const eventKey = new Array<number>(events.length);
+    for (let i = 0; i < events.length; i++) {
+      const key = events[i].key;
+      const name = key.toString("latin1");
+      let k = keyIndex.get(name);
+      if (k === undefined) {
+        k = keys.length;
+        keyIndex.set(name, k);
+        keys.push(key);
+        keyPartition.push(partitions.partitionOfSlot(keySlot(key)));
+      }
+      eventKey[i] = k;
+    }
+    const keysOf = new Map<number, number[]>();
+    for (let k = 0; k < keys.length; k++) {
+      const list = keysOf.get(keyPartition[k]);
+      if (list === undefined) keysOf.set(keyPartition[k], [k]);
+      else list.push(k);
+    }
+    // Every partition's keys are read at once, one round trip per shard.
+    const keyRecord = new Array<Record<string, JsonValue> | null>(keys.length);
+    const values = new Map<number, JsonValue[]>();
+    await Promise.all(
+      [...keysOf].map(async ([partition, list]) => {
+        const access = partitions.shard(partition);
+        const mine = list.map((k) => keys[k]);
+        const records = registration.readValue
+          ? await eventKeyRecords(access, mine)
+          : await keyRecords(access, mine, false);
+        // Each distinct key's value is sent once; its events' records point at it.
+        const partValues: JsonValue[] = [];
+        values.set(partition, partValues);
+        list.forEach((k, i) => {
+          const record = { ...(records[i] as Record<string, JsonValue>) };
+          if ("value" in record) {
+            partValues.push(record.value);
+            delete record.value;
+            record.valueRef = partValues.length - 1;
+          }
+          const keep = !registration.readValue || registration.matchesKeyType(String(record.type));
+          keyRecord[k] = keep ? record : null;
+        });
+      }),
+    );
+    const kept = new Map<number, JsonValue[]>();
+    for (let i = 0; i < events.length; i++) {
+      const k = eventKey[i];
+      const record = keyRecord[k];
+      if (record === null) continue;
+      const partition = keyPartition[k];
+      let list = kept.get(partition);
+      if (list === undefined) kept.set(partition, (list = []));
+      list.push({ ...record, event: events[i].event });
     }
     const input = new Map<number, PackedRecords>();
-    for (const [partition, list] of byPartition) {
-      const distinct = new Map<string, Buffer>();
-      for (const e of list) distinct.set(e.key.toString("latin1"), e.key);
-      const keys = [...distinct.values()];
-      const access = partitions.shard(partition);
-      const records = registration.readValue
-        ? await eventKeyRecords(access, keys)
-        : await keyRecords(access, keys, false);
-      // Each distinct key's value is sent once; its events' records point at it.
-      const values: JsonValue[] = [];
-      const byKey = new Map<string, Record<string, JsonValue>>();
-      keys.forEach((k, i) => {
-        const record = { ...(records[i] as Record<string, JsonValue>) };
-        if ("value" in record) {
-          values.push(record.value);
-          delete record.value;
-          record.valueRef = values.length - 1;
-        }
-        byKey.set(k.toString("latin1"), record);
-      });
-      const kept: JsonValue[] = [];
-      for (const e of list) {
-        const record = byKey.get(e.key.toString("latin1"))!;
-        if (registration.readValue && !registration.matchesKeyType(String(record.type))) continue;
-        kept.push({ ...record, event: e.event });
-      }
-      if (kept.length > 0) input.set(partition, { records: kept, values });
-    }
+    for (const [partition, records] of kept)
+      input.set(partition, { records, values: values.get(partition)! });
     return input;
   }
 

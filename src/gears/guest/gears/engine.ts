@@ -71,20 +71,26 @@ g.executeAsync = function executeAsync(command: unknown, ...args: unknown[]): Pr
  */
 function lazyValue(rec: { key: unknown; lazyValue?: boolean }): void {
   delete rec.lazyValue;
-  const settle = (v: unknown): void => {
-    Object.defineProperty(rec, "value", { value: v, writable: true, enumerable: true, configurable: true });
-  };
-  Object.defineProperty(rec, "value", {
-    get(): unknown {
-      const v = host.callSync("readValue", safeString(rec.key));
-      settle(v);
-      return v;
-    },
-    set: settle,
-    enumerable: true,
-    configurable: true,
-  });
+  Object.defineProperty(rec, "value", LAZY_VALUE);
 }
+
+function settleValue(rec: object, v: unknown): void {
+  Object.defineProperty(rec, "value", { value: v, writable: true, enumerable: true, configurable: true });
+}
+
+/** One accessor shared by every lazy record (it reads `this`): no closures per record. */
+const LAZY_VALUE: PropertyDescriptor = {
+  get(this: { key: unknown }): unknown {
+    const v = host.callSync("readValue", safeString(this.key));
+    settleValue(this, v);
+    return v;
+  },
+  set(this: object, v: unknown): void {
+    settleValue(this, v);
+  },
+  enumerable: true,
+  configurable: true,
+};
 
 const ownExecute = g.execute;
 const ownExecuteAsync = g.executeAsync;
@@ -102,16 +108,115 @@ function repliesUnused(f: Fn): boolean {
   return /^execute\s*\([^()`]*\)$/.test(src.slice(arrow + 2).trim());
 }
 
-/** f with its execute() calls sent as executeAsync() (unless the script replaced those globals). */
-function pipelined(f: Fn): Fn {
-  return (r) => {
-    if (g.execute !== ownExecute || g.executeAsync !== ownExecuteAsync) return f(r);
-    g.execute = ownExecuteAsync;
+/** Captured at start: a script that replaces Promise cannot stop a batch from being sent. */
+const settledPromise = Promise.resolve();
+
+/**
+ * A foreach whose replies are unused (repliesUnused): each record's execute() is only
+ * collected, and the calls of all records that reach the step before the guest yields go
+ * to the host as one `executeEach` call, so a batch of events costs one promise, not one
+ * per record. A record goes on once its command succeeded; an error reply drops it with
+ * that error, as the synchronous execute() would. A script that replaced execute() or
+ * executeAsync() gets its own functions, one record at a time.
+ */
+function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
+  /** This round's commands, `[partition, name, ...args]`, and the records waiting on them. */
+  let calls: unknown[][] = [];
+  let held: unknown[] = [];
+  let heldParts: (number | null)[] = [];
+  /** Where each held record's commands start and end in `calls`. */
+  let heldFrom: number[] = [];
+  let heldEnds: number[] = [];
+  const collect = function execute(command: unknown, ...args: unknown[]): undefined {
+    const name = safeString(command);
+    dropUnlessReadAhead(name);
+    const call: unknown[] = [at.part, name];
+    for (let i = 0; i < args.length; i++) call.push(safeString(args[i]));
+    if (calls.length === 0) {
+      // Sent once the current entry's synchronous work is done: with every record fed.
+      ex.pending++;
+      void settledPromise.then(send);
+    }
+    calls.push(call);
+    return undefined;
+  };
+  const send = (): void => {
+    const round = { calls, held, heldParts, heldFrom, heldEnds };
+    calls = [];
+    held = [];
+    heldParts = [];
+    heldFrom = [];
+    heldEnds = [];
+    const done = (out: unknown, err: unknown): void => deliver(round, out, err);
     try {
-      return f(r);
+      host.callAsync("executeEach", round.calls).then(
+        (out) => done(out, null),
+        (e: unknown) => done(null, e),
+      );
+    } catch (e) {
+      done(null, e);
+    }
+  };
+  const deliver = (
+    round: { held: unknown[]; heldParts: (number | null)[]; heldFrom: number[]; heldEnds: number[] },
+    out: unknown,
+    err: unknown,
+  ): void => {
+    if (ex.dropped) return;
+    const outcomes = Array.isArray(out) ? (out as unknown[]) : [];
+    const saved = at.part;
+    try {
+      for (let i = 0; i < round.held.length; i++) {
+        at.part = round.heldParts[i];
+        let failure: unknown = err;
+        for (let j = round.heldFrom[i]; failure === null && j < round.heldEnds[i]; j++) {
+          const o = outcomes[j];
+          if (!Array.isArray(o) || o[0] !== 0) {
+            failure = new Error(Array.isArray(o) ? safeString(o[1]) : "no answer from the host");
+          }
+        }
+        if (failure === null) next(round.held[i]);
+        else stepError(ex, st, failure);
+      }
+    } catch (e) {
+      failFatal(ex, e);
+    }
+    at.part = saved;
+    settle(ex);
+  };
+  const passOn: Cont = (_v, r) => next(r);
+  /** Whether the record's call1 is still on the stack, and whether it passed the record on then. */
+  let now = false;
+  let ok = false;
+  // A function that shadows execute() may return a promise: the record goes on when that settles.
+  const passed: Cont = (_v, rec) => {
+    if (now) ok = true;
+    else next(rec);
+  };
+  return (r) => {
+    if (g.execute !== ownExecute || g.executeAsync !== ownExecuteAsync) {
+      call1(ex, st, f, r, passOn);
+      return;
+    }
+    const before = calls.length;
+    now = true;
+    ok = false;
+    g.execute = collect;
+    try {
+      call1(ex, st, f, r, passed);
     } finally {
       g.execute = ownExecute;
+      now = false;
     }
+    if (!ok) return;
+    if (calls.length === before) {
+      next(r);
+      return;
+    }
+    held.push(r);
+    heldParts.push(at.part);
+    heldFrom.push(before);
+    heldEnds.push(calls.length);
   };
 }
 g.log = function log(message: unknown, level: unknown = "notice"): void {
@@ -446,9 +551,9 @@ function build(
       return (r) => call1(ex, st, f0 as Fn, r, k);
     }
     case "foreach": {
+      if (repliesUnused(f0 as Fn)) return batchedForeach(ex, st, f0 as Fn, next);
       const k: Cont = (_v, r) => next(r);
-      const f = repliesUnused(f0 as Fn) ? pipelined(f0 as Fn) : (f0 as Fn);
-      return (r) => call1(ex, st, f, r, k);
+      return (r) => call1(ex, st, f0 as Fn, r, k);
     }
     case "filter": {
       const k: Cont = (v, r) => {
