@@ -24,7 +24,7 @@ export class RecordBinary {
   constructor(
     private readonly writer: BinaryWriter,
     /** Where each record starts in the writer's body. */
-    private readonly offsets: ArrayLike<number>,
+    private readonly offsets: number[],
   ) {}
 
   get length(): number {
@@ -33,7 +33,7 @@ export class RecordBinary {
 
   /** The records from index `from` on, as one array value. */
   bytes(from: number): Buffer {
-    const count = new BinaryWriter(16);
+    const count = new BinaryWriter();
     count.u8(TAG_ARRAY);
     count.leb(this.offsets.length - from);
     return Buffer.concat([this.writer.header(), count.body(), this.writer.body(this.offsets[from])]);
@@ -247,17 +247,14 @@ interface RawKeys {
    */
   bodyStart: number;
   bodyEnd: number;
-  /**
-   * Per key: where its bulk string starts (the `$`), and where its bytes start and end.
-   * Typed arrays of the reply's key count: no growing arrays per batch on the main heap.
-   */
-  heads: Int32Array;
-  starts: Int32Array;
-  ends: Int32Array;
+  /** Per key: where its bulk string starts (the `$`), and where its bytes start and end. */
+  heads: number[];
+  starts: number[];
+  ends: number[];
 }
 
 function keyBuffers(batch: RawKeys): Buffer[] {
-  return Array.from(batch.starts, (s, i) => batch.reply.subarray(s, batch.ends[i]));
+  return batch.starts.map((s, i) => batch.reply.subarray(s, batch.ends[i]));
 }
 
 function writeKey(w: BinaryWriter, batch: RawKeys, i: number): void {
@@ -287,23 +284,24 @@ async function* scanRawKeys(
     }
     if (n <= 0) continue;
     const bodyStart = c.at;
-    const heads = new Int32Array(n);
-    const starts = new Int32Array(n);
-    const ends = new Int32Array(n);
-    let kept = 0;
+    const heads: number[] = [];
+    const starts: number[] = [];
+    const ends: number[] = [];
+    let contiguous = true;
     for (let i = 0; i < n; i++) {
       const head = c.at;
       const start = c.bulk();
       // Only a key starting with "{" can be the proxy's: no view is made of the others.
-      if (reply[start] === 123 && isProxyKey(reply.subarray(start, c.bulkEnd))) continue;
-      heads[kept] = head;
-      starts[kept] = start;
-      ends[kept++] = c.bulkEnd;
+      if (reply[start] === 123 && isProxyKey(reply.subarray(start, c.bulkEnd))) {
+        contiguous = false;
+        continue;
+      }
+      heads.push(head);
+      starts.push(start);
+      ends.push(c.bulkEnd);
     }
-    if (kept === 0) continue;
-    const cut = (a: Int32Array): Int32Array => (kept === n ? a : a.subarray(0, kept));
-    const body = kept === n ? bodyStart : -1;
-    yield { reply, bodyStart: body, bodyEnd: c.at, heads: cut(heads), starts: cut(starts), ends: cut(ends) };
+    if (starts.length === 0) continue;
+    yield { reply, bodyStart: contiguous ? bodyStart : -1, bodyEnd: c.at, heads, starts, ends };
   } while (cursor !== "0");
 }
 
@@ -344,11 +342,9 @@ function guessedCommands(batch: RawKeys, type: string): Buffer {
   for (let i = 0; i < n; i++) size += prefix.length + (batch.ends[i] + 2 - batch.heads[i]) + suffix.length;
   const out = Buffer.allocUnsafe(size);
   let at = 0;
-  const reply = batch.reply;
   for (let i = 0; i < n; i++) {
     at += prefix.copy(out, at);
-    // Byte by byte: Buffer.copy of a range makes a view object per key.
-    for (let j = batch.heads[i], end = batch.ends[i] + 2; j < end; j++) out[at++] = reply[j];
+    at += batch.reply.copy(out, at, batch.heads[i], batch.ends[i] + 2);
     at += suffix.copy(out, at);
   }
   return out;
@@ -518,15 +514,8 @@ function scriptValues(batch: RawKeys, which: number[] | null, reply: Buffer, out
 
 /** The batch's records, `{key, value, type, event}`, in key order. */
 function writeRecords(batch: RawKeys, values: ValueAt[]): RecordBinary {
-  // About the records' size: their keys and values as RESP, and their names and types.
-  let size = batch.reply.length + values.length * 24;
-  let last: Buffer | null = null;
-  for (const v of values) {
-    if (v.reply !== last) size += v.reply.length;
-    last = v.reply;
-  }
-  const w = new BinaryWriter(size);
-  const offsets = new Int32Array(values.length);
+  const w = new BinaryWriter();
+  const offsets = new Array<number>(values.length);
   const c = new RespCursor(values[0].reply);
   for (let i = 0; i < values.length; i++) {
     offsets[i] = w.length;
@@ -605,8 +594,8 @@ export async function* keysReader(
   for await (const batch of scanRawKeys(ctx, pattern, SCAN_COUNT)) {
     const n = batch.starts.length;
     if (!readValue) {
-      const w = new BinaryWriter(batch.reply.length + n * 8);
-      const offsets = new Int32Array(n);
+      const w = new BinaryWriter();
+      const offsets = new Array<number>(n);
       for (let i = 0; i < n; i++) {
         offsets[i] = w.length;
         w.u8(TAG_OBJECT);
@@ -641,9 +630,8 @@ export async function* keysOnlyReader(
     return;
   }
   for await (const batch of scanRawKeys(ctx, pattern, count)) {
-    // A key takes fewer bytes in the binary format than in the SCAN reply.
-    const w = new BinaryWriter(batch.reply.length);
-    const offsets = new Int32Array(batch.starts.length);
+    const w = new BinaryWriter();
+    const offsets = new Array<number>(batch.starts.length);
     for (let i = 0; i < offsets.length; i++) {
       offsets[i] = w.length;
       writeKey(w, batch, i);

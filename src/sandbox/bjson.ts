@@ -24,19 +24,11 @@ export const TAG_ARRAY = 9;
  * entered once in the atom table that precedes it.
  */
 export class BinaryWriter {
-  private buf: Buffer;
+  private buf = Buffer.allocUnsafe(64 * 1024);
   /** Bytes written to the body. */
   length = 0;
   private readonly atoms = new Map<string, number>();
   private readonly atomList: string[] = [];
-
-  /**
-   * `capacity`: the body's first size (it grows as needed). Each batch of records has a
-   * writer of its own, so a close guess keeps the main thread's garbage down.
-   */
-  constructor(capacity = 64 * 1024) {
-    this.buf = Buffer.allocUnsafe(capacity);
-  }
 
   private room(bytes: number): void {
     if (this.length + bytes <= this.buf.length) return;
@@ -80,25 +72,18 @@ export class BinaryWriter {
 
   /** A string value from UTF-8 bytes, read as Buffer.toString() reads them. */
   stringBytes(src: Buffer, start: number, end: number): void {
-    const len = end - start;
-    const mark = this.length;
-    this.u8(TAG_STRING);
-    this.leb(len << 1);
-    this.room(len);
-    // Copied byte by byte while checking for non-ASCII: Buffer.copy of a range makes a view
-    // object per call, which for a batch of short keys was most of the main thread's garbage.
-    const buf = this.buf;
-    let at = this.length;
     for (let i = start; i < end; i++) {
-      const b = src[i];
-      if (b >= 0x80) {
-        this.length = mark;
+      if (src[i] >= 0x80) {
         this.string(src.toString("utf8", start, end));
         return;
       }
-      buf[at++] = b;
     }
-    this.length = at;
+    const len = end - start;
+    this.u8(TAG_STRING);
+    this.leb(len << 1);
+    this.room(len);
+    src.copy(this.buf, this.length, start, end);
+    this.length += len;
   }
 
   number(n: number): void {
@@ -153,7 +138,7 @@ export class BinaryWriter {
 
   /** The format's header: version and atom table, for whatever body follows it. */
   header(): Buffer {
-    const h = new BinaryWriter(256);
+    const h = new BinaryWriter();
     h.u8(VERSION);
     h.leb(this.atomList.length);
     for (const a of this.atomList) h.text(a);
