@@ -18,25 +18,17 @@ export class ResultsTooLarge extends Error {
   }
 }
 
-/** The largest slab results are copied into; the first ones are smaller, for small result sets. */
-const SLAB_MAX = 1024 * 1024;
-const SLAB_MIN = 16 * 1024;
-
 /**
- * An execution's results as RESP bytes, by partition: the set is held once, compactly, and
- * the reply is written from these buffers without joining them (the results keep the order
- * they would have as one list: partition by partition, each in the order its records were
- * made). The batches the guest hands over are copied into slabs that double up to 1 MB, and
- * a partition's consecutive batches in one slab are one view: a million results are a few
- * dozen buffers, not one allocation per batch among the reading's short-lived ones.
+ * An execution's results as RESP bytes, one buffer per batch the guest handed over, by
+ * partition: the set is held once, compactly, and the reply is written from these buffers
+ * without joining them (the results keep the order they would have as one list: partition
+ * by partition, each in the order its records were made).
  */
 export class ResultChunks {
   private readonly chunks: Buffer[][];
   private readonly counts: number[];
   private total = 0;
   private size = 0;
-  private slab: Buffer | null = null;
-  private slabUsed = 0;
 
   constructor(
     partitions: number,
@@ -65,42 +57,15 @@ export class ResultChunks {
    */
   add(partition: number, values: JsonValue[] | string, count = values.length): void {
     if (count === 0) return;
-    const chunk = typeof values === "string" ? values : encodeResultItems(values);
-    const length = typeof chunk === "string" ? Buffer.byteLength(chunk) : chunk.length;
-    this.size += length;
+    const chunk = typeof values === "string" ? Buffer.from(values) : encodeResultItems(values);
+    this.size += chunk.length;
     if (this.limitMb > 0 && this.size > this.limitMb * 1024 * 1024) {
       this.clear();
       throw new ResultsTooLarge(this.limitMb);
     }
-    this.place(this.chunks[partition], chunk, length);
+    this.chunks[partition].push(chunk);
     this.counts[partition] += count;
     this.total += count;
-  }
-
-  /** Copies a batch into the current slab (a new one when it is full), or keeps it apart when large. */
-  private place(list: Buffer[], chunk: string | Buffer, length: number): void {
-    if (length > SLAB_MAX / 4) {
-      list.push(typeof chunk === "string" ? Buffer.from(chunk) : chunk);
-      return;
-    }
-    if (this.slab === null || this.slabUsed + length > this.slab.length) {
-      this.slab = Buffer.allocUnsafeSlow(Math.min(SLAB_MAX, Math.max(SLAB_MIN, this.size, length)));
-      this.slabUsed = 0;
-    }
-    const slab = this.slab;
-    const start = this.slabUsed;
-    if (typeof chunk === "string") slab.write(chunk, start);
-    else chunk.copy(slab, start);
-    this.slabUsed += length;
-    const last = list.at(-1);
-    // The partition's previous batch ends where this one starts: one view for both.
-    if (
-      last !== undefined &&
-      last.buffer === slab.buffer &&
-      last.byteOffset + last.length === slab.byteOffset + start
-    )
-      list[list.length - 1] = slab.subarray(last.byteOffset - slab.byteOffset, this.slabUsed);
-    else list.push(slab.subarray(start, this.slabUsed));
   }
 
   clear(): void {
@@ -108,8 +73,6 @@ export class ResultChunks {
     this.counts.fill(0);
     this.total = 0;
     this.size = 0;
-    this.slab = null;
-    this.slabUsed = 0;
   }
 
   /** `[results, errors]` as buffers to write in order: headers, then the batches as they are. */
