@@ -12,6 +12,7 @@ import os from "node:os";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
+import { sendCommand } from "../spec/harness/resp.js";
 import {
   HOST,
   children,
@@ -36,6 +37,7 @@ const HELP = `Usage: node dist/bench/large-results.js [options]
                GB('KeysOnlyReader').count().run() for what reading alone costs
   --cli PATH          another build's dist/src/cli.js (e.g. one from before results streamed)
   --proxy-args "..."  extra gears-proxy flags, e.g. "--gears-config ScriptMemoryLimitMB=512"
+  --node-args="..."   extra node flags for the proxy process, e.g. --node-args=--max-semi-space-size=2
   --help
 `;
 
@@ -60,6 +62,7 @@ async function main(): Promise<number> {
       script: { type: "string" },
       cli: { type: "string" },
       "proxy-args": { type: "string" },
+      "node-args": { type: "string" },
       help: { type: "boolean" },
     },
   });
@@ -73,11 +76,14 @@ async function main(): Promise<number> {
   const started = Date.now();
   const lines = machineLines();
   redis = await startRedis({ args: ["--enable-debug-command", "yes", "--save", ""] });
-  await redis.call("DEBUG", "POPULATE", String(keys));
-  const proxyArgs = (values["proxy-args"] ?? "").split(" ").filter((a) => a !== "");
+  // A million keys can take longer than call()'s 2 s on a loaded machine.
+  await sendCommand(redis.port, ["DEBUG", "POPULATE", String(keys)], { host: HOST, timeoutMs: 60_000 });
+  const words = (s: string | undefined): string[] => (s ?? "").split(" ").filter((a) => a !== "");
+  const proxyArgs = words(values["proxy-args"]);
+  const nodeArgs = words(values["node-args"]);
   const proxy = await startGears(redis.port, {
     profileDir: undefined,
-    nodeArgs: [],
+    nodeArgs,
     args: proxyArgs,
     cli: values.cli,
     readyWhen: "ping",
@@ -153,7 +159,7 @@ async function main(): Promise<number> {
     .join(" ");
   const out = [
     ...lines,
-    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; proxy ${values.cli ?? "this build"} ${proxyArgs.join(" ") || "(default gears settings)"}`,
+    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; proxy ${values.cli ?? "this build"} ${proxyArgs.join(" ") || "(default gears settings)"}${nodeArgs.length > 0 ? `; node ${nodeArgs.join(" ")}` : ""}`,
     "",
     table(
       [
