@@ -1,21 +1,20 @@
 import { encodeCommand } from "../resp/encode.js";
-import type { Request } from "../resp/request-parser.js";
 import type { Protocol } from "../resp/values.js";
+import type { Request } from "../resp/request-parser.js";
 import type { Lease } from "../routing/lease.js";
-import type { ReplySlot } from "./reply-slot.js";
+import { borrow, type Lane, type LaneHost } from "./lane.js";
 import { subscriptionCount } from "./subscription-frames.js";
 
 const PING = encodeCommand(["PING"]);
 
 /** What a client's subscriptions need from the session. */
-export interface SubscriberHost {
-  readonly proto: Protocol;
-  /** A place in the reply order that an upstream fills. */
-  upstreamSlot(): ReplySlot;
+export interface SubscriberHost extends LaneHost {
+  /** Moves to `lane` at once, without waiting for replies due on the one before. */
+  markLane(lane: Lane): void;
   /** A message (or a confirmation outside any marked command): written after what is queued. */
-  subscriptionFrame(frame: Buffer): void;
+  pushed(frame: Buffer): void;
   /** The subscription connection died: the client must reconnect and resubscribe. */
-  subscriptionLost(): void;
+  kill(reason: string): void;
 }
 
 /**
@@ -33,24 +32,38 @@ export class Subscriber {
 
   constructor(private readonly host: SubscriberHost) {}
 
+  /** SUBSCRIBE and its kin, and PING in RESP2 while subscribed: on the subscription connection. */
+  route(name: string, request: Request): void {
+    const host = this.host;
+    if (host.proto === 3 && !host.enterLane("subscribed", request)) return;
+    if (this.needsLease(host.proto)) {
+      if (!host.enterLane("subscribed", request)) return;
+      const lease = borrow(host, name, request.argv);
+      if (lease === null) return;
+      this.attach(lease);
+    }
+    host.markLane("subscribed");
+    this.send(name, request);
+  }
+
   /**
    * Whether a connection must be leased first. Even an UNSUBSCRIBE with nothing to leave
    * takes one: the server answers it with one frame per channel, which a shared
    * connection would mismatch. A connection left in another protocol (HELLO since the
    * last subscription) goes: its frames would come in the old one.
    */
-  needsLease(proto: Protocol): boolean {
+  private needsLease(proto: Protocol): boolean {
     if (this.lease !== null && this.count === 0 && this.lease.proto !== proto) this.drop();
     return this.lease === null;
   }
 
-  attach(lease: Lease): void {
+  private attach(lease: Lease): void {
     this.lease = lease;
     lease.onPush((frame) => this.onFrame(frame));
-    lease.onLost(() => this.host.subscriptionLost());
+    lease.onLost(() => this.host.kill("subscription connection lost"));
   }
 
-  send(name: string, request: Request): void {
+  private send(name: string, request: Request): void {
     // Count the subscription now, so a command pipelined behind it is refused as Redis would.
     if (name !== "ping" && !name.includes("unsubscribe")) this.count = Math.max(this.count, 1);
     this.lease!.sendUnmatched(request.raw ?? encodeCommand(request.argv));
@@ -78,7 +91,7 @@ export class Subscriber {
     const total = subscriptionCount(frame);
     if (total !== null) this.count = total;
     if (this.marks > 0) this.marked.push(frame);
-    else this.host.subscriptionFrame(frame);
+    else this.host.pushed(frame);
   }
 
   /** RESET, or the client leaving: the connection closes with its subscriptions. */
