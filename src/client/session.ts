@@ -2,12 +2,10 @@ import type { Socket } from "node:net";
 import { encodeError } from "../resp/encode.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import { ProtocolError, type Request } from "../resp/request-parser.js";
-import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
 import type { Lease } from "../routing/lease.js";
-import { isGearsCommand, type GearsCaller } from "../gears/commands.js";
+import type { GearsCaller } from "../gears/commands.js";
 import type { ProxyContext } from "./context.js";
-import type { CommandHost } from "./command-host.js";
-import { LOCAL_COMMANDS, NO_AUTH_COMMANDS, isSpecial } from "./dispatch-table.js";
+import { Dispatcher, type DispatchHost } from "./dispatch.js";
 import type { ClientHandle } from "./registry.js";
 import type { ClientMemory } from "./memory-guard.js";
 import type { TrackingState } from "./tracking/state.js";
@@ -42,7 +40,7 @@ const MAX_IN_FLIGHT = 128;
  * (transaction.ts), blocking commands (blocking.ts), scripts (scripts.ts), subscriptions
  * (pubsub.ts), MONITOR (monitor.ts) and paused servers (paused-lane.ts) lease their own.
  */
-export class ClientSession implements SocketHost, WriterHost, ClientHandle, CommandHost {
+export class ClientSession implements SocketHost, WriterHost, ClientHandle, DispatchHost {
   readonly id: number;
   readonly addr: string;
   readonly laddr: string;
@@ -62,7 +60,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Comm
   tracking: TrackingState | null = null;
 
   private readonly io: ClientSocket;
-  private readonly replies: ReplyWriter;
+  readonly replies: ReplyWriter;
   private lane: Lane = "shared";
   /** A request waiting for the replies in flight before it may switch lanes. */
   private deferred: Request | null = null;
@@ -84,6 +82,15 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Comm
   private readonly pubsub = new Subscriber(this);
   readonly monitor = new Monitor(this);
   private readonly gears = new GearsBranch(this);
+  private readonly dispatcher = new Dispatcher(this, {
+    txn: this.txn,
+    pubsub: this.pubsub,
+    gears: this.gears,
+    blocking: this.blocking,
+    scripts: this.scripts,
+    paused: this.paused,
+    shared: this.shared,
+  });
 
   constructor(
     socket: Socket,
@@ -118,7 +125,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Comm
           const request = this.deferred;
           this.deferred = null;
           this.lane = "idle";
-          this.execute(request);
+          this.dispatcher.execute(request);
           continue;
         }
         if (
@@ -142,7 +149,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Comm
         if (request === null) break;
         // Not one that joins the held commands: it runs once their replies are in.
         if (this.holds.defers(request)) this.deferred = request;
-        else this.execute(request);
+        else this.dispatcher.execute(request);
       }
     } finally {
       this.processing = false;
@@ -155,89 +162,6 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Comm
     this.ctx.stats.protocolErrors++;
     this.ctx.log.debug({ client: this.id, addr: this.addr, message }, "protocol error");
     this.replyAndClose(encodeError(`ERR Protocol error: ${message}`));
-  }
-
-  // ---- dispatch ------------------------------------------------------------------------
-
-  private execute(request: Request): void {
-    const name = request.name;
-    this.ctx.stats.commandsProcessed++;
-    if (name === "config") {
-      this.ctx.slowlog.noteConfigSet(request.argv);
-      this.ctx.tracking.noteConfigSet(request.argv);
-    }
-    const tracking = this.ctx.tracking;
-    if (tracking.watching)
-      tracking.beforeCommand(this.id, this.tracking, name, request.argv, this.txn.inMulti);
-    this.replies.begin(request);
-    const user = this.user;
-    if (
-      user.authenticated &&
-      (this.pubsub.count === 0 || this.proto === 3) &&
-      !this.txn.inMulti &&
-      !isSpecial(name, request.argv)
-    ) {
-      // What the chain below comes to for an ordinary command, without its lookups; a user
-      // of the proxy's ACL keeps it (a set lookup first), a server user takes the chain.
-      if (user.plain) return this.executeOrdinary(name, request);
-      if (user.acl !== null) {
-        if (this.permitted(name, request.argv)) this.executeOrdinary(name, request);
-        return;
-      }
-    }
-    this.shared.flush();
-    const argv = request.argv;
-    if (!user.authenticated && !NO_AUTH_COMMANDS.has(name)) {
-      this.replyError("NOAUTH Authentication required.");
-      return;
-    }
-    if (this.pubsub.count > 0 && this.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
-      this.replyError(
-        `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
-      );
-      return;
-    }
-    if (user.acl !== null && !NO_AUTH_COMMANDS.has(name) && !this.endsTransaction(name)) {
-      if (!this.permitted(name, argv)) return;
-    }
-    if (this.txn.inMulti) {
-      if (name === "quit" || name === "reset") LOCAL_COMMANDS.get(name)!(this, request);
-      else this.txn.queueCommand(name, request);
-      return;
-    }
-    if (this.isPubSub && this.proto === 2 && name === "ping") return this.pubsub.route(name, request);
-    const local = LOCAL_COMMANDS.get(name);
-    if (local !== undefined) return local(this, request);
-    if (isGearsCommand(name, argv.slice(1))) this.gears.run(name, request);
-    else if (this.gears.hooks(name, argv)) this.gears.runHook(name, argv);
-    else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);
-    else if (SUBSCRIBE_FAMILY.has(name)) this.pubsub.route(name, request);
-    else if (name === "multi") this.txn.multi(request);
-    else if (name === "watch") this.txn.watch(request);
-    else if (this.txn.owns(name, request.argv)) this.txn.send(name, request);
-    else if (isBlocking(name, argv)) this.blocking.send(name, request);
-    else if (this.scripts.takes(name)) this.scripts.send(name, request);
-    else if (this.paused.takes(name, request.argv)) this.paused.send(name, request);
-    else if (this.enterLane("shared", request)) this.forward(name, request);
-  }
-
-  /** An ordinary command from an authenticated client outside MULTI and pub/sub. */
-  private executeOrdinary(name: string, request: Request): void {
-    const argv = request.argv;
-    if (this.gears.hooks(name, argv)) {
-      this.shared.flush();
-      this.gears.runHook(name, argv);
-    } else if (this.txn.owns(name, argv)) {
-      this.shared.flush();
-      this.txn.send(name, request);
-    } else if (isBlocking(name, argv)) {
-      this.shared.flush();
-      this.blocking.send(name, request);
-    } else if (this.scripts.takes(name)) {
-      this.shared.flush();
-      this.scripts.send(name, request);
-    } else if (this.paused.takes(name, argv)) this.paused.send(name, request);
-    else if (this.enterLane("shared", request)) this.forward(name, request);
   }
 
   // ---- lanes ---------------------------------------------------------------------------
@@ -372,21 +296,6 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Comm
 
   authenticatedChanged(authenticated: boolean): void {
     this.io.parser.authenticated = authenticated;
-  }
-
-  /** The proxy's ACL check (user.acl set): false once the refusal is answered. */
-  private permitted(name: string, argv: readonly Buffer[]): boolean {
-    const error = this.user.denial(name, argv);
-    if (error === null) return true;
-    if (this.txn.inMulti) this.txn.refuse(error);
-    // Redis words a refused EXEC as the transaction's end.
-    else this.replyError(name === "exec" ? `EXECABORT Transaction discarded because of: ${error}` : error);
-    return false;
-  }
-
-  /** EXEC and DISCARD inside MULTI always run: the transaction must be able to end. */
-  private endsTransaction(name: string): boolean {
-    return this.txn.inMulti && (name === "exec" || name === "discard");
   }
 
   /** Who runs an RG or T&F command: the client's protocol, database, id and user. */
