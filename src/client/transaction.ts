@@ -136,7 +136,10 @@ export class Transaction {
         this.blocked = false;
       };
     }
-    this.conn!.send(request.raw ?? encodeCommand(request.argv), slot, this.host.db);
+    // A write while WATCHing reaches the write journal (router.tap) as a shared one does.
+    const tap = this.host.ctx.router.tap;
+    const sink = tap === null ? slot : tap(name, request.argv, slot, this.host.db);
+    this.conn!.send(request.raw ?? encodeCommand(request.argv), sink, this.host.db);
   }
 
   /** A command refused before it was queued (NOPERM): EXEC then aborts, as Redis flags the transaction. */
