@@ -1,6 +1,10 @@
+import net from "node:net";
 import { expect } from "chai";
 import { Redis } from "ioredis";
 import { createClient } from "redis";
+import { decodeReply } from "../src/resp/decode.js";
+import { encodeCommand } from "../src/resp/encode.js";
+import { ReplyScanner } from "../src/resp/reply-scanner.js";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend } from "./support/backend.js";
 import { eventually } from "./support/polling.js";
@@ -79,6 +83,53 @@ describe("SSUBSCRIBE to shard channels of different shards on one connection", f
       sub.close();
       pub.close();
     }
+  });
+
+  it("RESP3, pipelined: each shard's confirmation takes its command's place, with the client's count", async () => {
+    const channels = await channelPerShard("sp3:");
+    const socket = net.connect({ host: "127.0.0.1", port: proxy.port });
+    const scanner = new ReplyScanner();
+    const frames: unknown[] = [];
+    // HELLO, three SSUBSCRIBE confirmations, three SUNSUBSCRIBE ones, PONG.
+    const wanted = 8;
+    try {
+      const done = new Promise<void>((resolve, reject) => {
+        socket.on("data", (chunk: Buffer) => {
+          scanner.push(chunk);
+          let frame: Buffer | null;
+          while ((frame = scanner.next()) !== null) frames.push(decodeReply(Buffer.from(frame)));
+          if (frames.length >= wanted) resolve();
+        });
+        socket.once("error", reject);
+        setTimeout(() => reject(new Error(`only ${frames.length} of ${wanted} frames`)), 5000).unref();
+      });
+      const commands = [
+        ["HELLO", "3"],
+        ...channels.map((c) => ["SSUBSCRIBE", c]),
+        ["SUNSUBSCRIBE"],
+        ["PING"],
+      ];
+      socket.write(Buffer.concat(commands.map((c) => encodeCommand(c))));
+      await done;
+    } finally {
+      socket.destroy();
+    }
+    const text = (v: unknown): unknown =>
+      Buffer.isBuffer(v) ? v.toString() : Array.isArray(v) ? v.map(text) : v;
+    const got = frames.slice(1).map(text) as [string, string, number][];
+    expect(got.slice(0, 3)).to.deep.equal(channels.map((c, i) => ["ssubscribe", c, i + 1]));
+    expect(got.slice(3, 6).map((f) => [f[0], f[2]])).to.deep.equal([
+      ["sunsubscribe", 2],
+      ["sunsubscribe", 1],
+      ["sunsubscribe", 0],
+    ]);
+    expect(
+      got
+        .slice(3, 6)
+        .map((f) => f[1])
+        .sort(),
+    ).to.deep.equal([...channels].sort());
+    expect(got[6]).to.equal("PONG");
   });
 
   it("node-redis 6 (RESP3): sSubscribe on every shard, messages from each, a GET between, sUnsubscribe", async () => {
