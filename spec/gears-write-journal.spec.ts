@@ -174,6 +174,23 @@ describe("gears write journal: events of writes through the proxy, once each (on
     await db0.call("TFUNCTION", "DELETE", "journal");
   });
 
+  it("notifications cut: writes sent while WATCHing, outside MULTI, reach their registration once", async () => {
+    await direct0.config("SET", "notify-keyspace-events", "");
+    await db0.watch("k:w");
+    await db0.set("k:w1", "1");
+    await db0.hset("k:w2", "f", "v");
+    await db0.unwatch();
+    const expected0 = { "k:w1 set": 1, "k:w2 hset": 1 };
+    await eventually(
+      () => seen(direct0),
+      (s) => Object.keys(expected0).every((k) => k in s),
+      "writes while WATCHing handled without notifications",
+    );
+    await direct0.config("SET", "notify-keyspace-events", "AE");
+    await drained(direct0);
+    expect(await seen(direct0)).to.deep.equal(expected0);
+  });
+
   it("a transaction that does not run (EXECABORT, DISCARD) produces no event", async () => {
     await db0.multi().set("k:discarded", "1").discard();
     await db0

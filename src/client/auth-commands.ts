@@ -17,7 +17,7 @@ function checkPassword(session: CommandHost, user: string, password: string, nam
     if (!named && acl.user("default")!.spec.nopass) return NO_PASSWORD_SET;
     const found = acl.authenticate(user, password);
     if (found === null) return WRONGPASS;
-    session.login(found);
+    session.user.login(found);
     return null;
   }
   const required = session.ctx.config.requirepass;
@@ -40,7 +40,7 @@ export const auth: LocalCommand = (session, { argv }) => {
   const password = argv[argv.length - 1].toString();
   if (isServerUser(session, user)) {
     const slot = session.laterSlot();
-    void session
+    void session.user
       .loginUpstream(user, password)
       .then((error) => slot.reply(error === null ? OK : encodeError(error)));
     return;
@@ -50,7 +50,7 @@ export const auth: LocalCommand = (session, { argv }) => {
     session.replyError(error);
     return;
   }
-  session.markAuthenticated();
+  session.user.markAuthenticated();
   session.replyNow(OK);
 };
 
@@ -93,7 +93,7 @@ export const hello: LocalCommand = (session, { argv }) => {
   }
   if (login !== null && isServerUser(session, login[0])) {
     const slot = session.laterSlot();
-    void session
+    void session.user
       .loginUpstream(login[0], login[1])
       .then((error) => slot.reply(error === null ? helloDone(session, proto, name) : encodeError(error)));
     return;
@@ -104,9 +104,9 @@ export const hello: LocalCommand = (session, { argv }) => {
       session.replyError(error);
       return;
     }
-    session.markAuthenticated();
+    session.user.markAuthenticated();
   }
-  if (!session.authenticated) {
+  if (!session.user.authenticated) {
     session.replyError(NOAUTH_HELLO);
     return;
   }

@@ -19,7 +19,8 @@ export interface CommandHost {
   name: string;
   libName: string;
   libVersion: string;
-  readonly authenticated: boolean;
+  /** Who the client is logged in as (AUTH, HELLO AUTH). */
+  readonly user: ClientLogin;
   /** The user the client runs as (ACL WHOAMI, CLIENT LIST). */
   readonly userName: string;
   /** CLIENT REPLY: on, off, or skip the next reply. */
@@ -53,6 +54,15 @@ export interface CommandHost {
    */
   enterSharedLane(request: Request): boolean;
   resetState(): void;
+  /** Relays every master's MONITOR stream to this client. */
+  readonly monitor: { start(): void };
+  /** This client's CLIENT LIST line. */
+  describe(): string;
+}
+
+/** The client's login, as AUTH and HELLO change it (client-user.ts). */
+export interface ClientLogin {
+  readonly authenticated: boolean;
   markAuthenticated(): void;
   /** AUTH succeeded as one of the proxy's users (--aclfile): its permissions apply from now on. */
   login(user: AclUser): void;
@@ -61,10 +71,6 @@ export interface CommandHost {
    * client's later commands wait for it. Null once logged in, else the server's error.
    */
   loginUpstream(user: string, password: string): Promise<string | null>;
-  /** Relays every master's MONITOR stream to this client. */
-  startMonitor(): void;
-  /** This client's CLIENT LIST line. */
-  describe(): string;
 }
 
 /** A command the proxy answers itself rather than forwarding. */

@@ -1,3 +1,5 @@
+import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
+import { isGearsCommand } from "../gears/commands.js";
 import { aclCommand } from "./acl-command.js";
 import { auth, hello } from "./auth-commands.js";
 import { clientCommand } from "./client-command.js";
@@ -34,3 +36,24 @@ export const LOCAL_COMMANDS = new Map<string, LocalCommand>([
   ["readwrite", clusterFlagCommand],
   ["asking", clusterFlagCommand],
 ]);
+
+/**
+ * Names the dispatcher must look at closely: answered locally, allowed before AUTH or while
+ * subscribed, or changing the client's lane. Every other command, once the client is
+ * authenticated, unsubscribed and outside MULTI, goes straight to forwarding.
+ */
+const SPECIAL = new Set([
+  ...LOCAL_COMMANDS.keys(),
+  ...NO_AUTH_COMMANDS,
+  ...ALLOWED_WHILE_SUBSCRIBED,
+  ...SUBSCRIBE_FAMILY,
+  "multi",
+  "watch",
+  // CONFIG takes the full path: the gears room answers it for T&F's settings.
+  "config",
+]);
+
+/** Whether `name` needs the dispatcher's full path (argv: the whole command, name included). */
+export function isSpecial(name: string, argv: readonly Buffer[]): boolean {
+  return SPECIAL.has(name) || isGearsCommand(name, argv);
+}

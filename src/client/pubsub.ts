@@ -1,60 +1,158 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
-import type { Protocol } from "../resp/values.js";
 import type { Lease } from "../routing/lease.js";
-import type { ReplySlot } from "./reply-slot.js";
-import { subscriptionCount } from "./subscription-frames.js";
+import { borrow, type Lane, type LaneHost } from "./lane.js";
+import { confirmationFrame, subscriptionCount, withCount } from "./subscription-frames.js";
 
 const PING = encodeCommand(["PING"]);
 
 /** What a client's subscriptions need from the session. */
-export interface SubscriberHost {
-  readonly proto: Protocol;
-  /** A place in the reply order that an upstream fills. */
-  upstreamSlot(): ReplySlot;
+export interface SubscriberHost extends LaneHost {
+  /** Moves to `lane` at once, without waiting for replies due on the one before. */
+  markLane(lane: Lane): void;
   /** A message (or a confirmation outside any marked command): written after what is queued. */
-  subscriptionFrame(frame: Buffer): void;
+  pushed(frame: Buffer): void;
   /** The subscription connection died: the client must reconnect and resubscribe. */
-  subscriptionLost(): void;
+  kill(reason: string): void;
 }
 
 /**
- * One client's SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE, on a leased connection that carries
- * nothing else; its frames are relayed as the server sends them.
+ * One leased connection in subscriber mode, and the RESP3 markers of the (un)subscribe
+ * commands sent on it: its frames are relayed in the order the server sends them.
+ */
+class Link {
+  /** Push frames that answer the (un)subscribe commands still marked, in arrival order. */
+  marked: Buffer[] = [];
+  /** (Un)subscribe commands whose PING marker has not come back yet. */
+  marks = 0;
+  /** Shard links: the counts the client must see in this link's next confirmations (RESP3). */
+  readonly counts: number[] = [];
+  /** Shard links: shard channels on this connection, as the server last counted them. */
+  serverCount = 0;
+
+  constructor(readonly lease: Lease) {}
+}
+
+/**
+ * One client's SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE, on leased connections that carry
+ * nothing else. Channels and patterns share one connection (a PUBLISH reaches every node).
+ * In a cluster, shard channels live on their shard only: SSUBSCRIBE takes a connection per
+ * shard, and the shard-channel counts in the confirmations are the client's over all of
+ * them, as one Redis server would count them.
  */
 export class Subscriber {
-  private lease: Lease | null = null;
-  /** Channels and patterns subscribed, as the server last counted them. */
+  /** The connection of SUBSCRIBE and PSUBSCRIBE (and, in front of one server, SSUBSCRIBE). */
+  private main: Link | null = null;
+  /** Channels and patterns on `main`, as the server last counted them. */
+  private mainCount = 0;
+  /** In a cluster: a shard's link by node id, and each shard channel's node, as sent. */
+  private readonly shards = new Map<string, Link>();
+  private readonly shardChannels = new Map<string, string>();
+  /** Shard channels over every shard link, as their servers confirmed them so far. */
+  private confirmed = 0;
+  /** Subscriptions of every kind: the client is in subscriber mode while not 0. */
   count = 0;
-  /** Push frames that answer the (un)subscribe commands still marked, in arrival order. */
-  private marked: Buffer[] = [];
-  /** (Un)subscribe commands whose PING marker has not come back yet. */
-  private marks = 0;
 
   constructor(private readonly host: SubscriberHost) {}
 
-  /**
-   * Whether a connection must be leased first. Even an UNSUBSCRIBE with nothing to leave
-   * takes one: the server answers it with one frame per channel, which a shared
-   * connection would mismatch. A connection left in another protocol (HELLO since the
-   * last subscription) goes: its frames would come in the old one.
-   */
-  needsLease(proto: Protocol): boolean {
-    if (this.lease !== null && this.count === 0 && this.lease.proto !== proto) this.drop();
-    return this.lease === null;
+  /** SUBSCRIBE and its kin, and PING in RESP2 while subscribed: on the subscription connection. */
+  route(name: string, request: Request): void {
+    const host = this.host;
+    if (host.proto === 3 && !host.enterLane("subscribed", request)) return;
+    const sharded = host.ctx.router.topology.mode === "cluster";
+    if (sharded && (name === "ssubscribe" || name === "sunsubscribe")) return this.routeShard(name, request);
+    if (name === "ping" && this.mainCount === 0 && this.shardChannels.size > 0) {
+      // Only shard channels: a connection in subscriber mode answers PING as Redis does there.
+      const link = this.shards.get(this.shardChannels.values().next().value!)!;
+      return this.send(link, name, request);
+    }
+    if (this.main !== null && this.mainCount === 0 && this.main.lease.proto !== host.proto)
+      this.dropLink(this.main);
+    if (this.main === null) {
+      // Even an UNSUBSCRIBE with nothing to leave takes one: the server answers it with
+      // one frame per channel, which a shared connection would mismatch.
+      if (!host.enterLane("subscribed", request)) return;
+      const lease = borrow(host, name, request.argv);
+      if (lease === null) return;
+      this.main = this.attach(lease, false);
+    }
+    this.send(this.main, name, request);
   }
 
-  attach(lease: Lease): void {
-    this.lease = lease;
-    lease.onPush((frame) => this.onFrame(frame));
-    lease.onLost(() => this.host.subscriptionLost());
+  /** SSUBSCRIBE and SUNSUBSCRIBE in a cluster: on the link of the channels' shard. */
+  private routeShard(name: string, request: Request): void {
+    const host = this.host;
+    const channels = request.argv.slice(1).map((c) => c.toString("latin1"));
+    if (name === "sunsubscribe" && channels.length === 0) return this.unsubscribeShards(request);
+    const target = host.ctx.leases.nodeIdFor(name, request.argv, host.id);
+    if (typeof target === "string") return host.replyError(target);
+    let link = this.shards.get(target.id);
+    if (link !== undefined && !this.holdsChannels(target.id) && link.lease.proto !== host.proto) {
+      this.dropLink(link);
+      link = undefined;
+    }
+    if (link === undefined) {
+      if (name === "sunsubscribe") {
+        // Nothing subscribed on that shard: Redis answers from the client's own state.
+        return this.answer(
+          channels.map((c) => confirmationFrame(name, c, this.shardChannels.size, host.proto)),
+        );
+      }
+      if (!host.enterLane("subscribed", request)) return;
+      const lease = borrow(host, name, request.argv);
+      if (lease === null) return;
+      link = this.attach(lease, true);
+    }
+    for (const channel of channels) {
+      if (name === "ssubscribe") this.shardChannels.set(channel, target.id);
+      else this.shardChannels.delete(channel);
+      link.counts.push(this.shardChannels.size);
+    }
+    this.send(link, name, request);
   }
 
-  send(name: string, request: Request): void {
+  /** SUNSUBSCRIBE without channels: each shard link leaves its own. */
+  private unsubscribeShards(request: Request): void {
+    const host = this.host;
+    const links = [...this.shards].filter(([id]) => this.holdsChannels(id));
+    if (links.length === 0) return this.answer([confirmationFrame("sunsubscribe", null, 0, host.proto)]);
+    for (const [id, link] of links) {
+      for (const [channel, node] of this.shardChannels) {
+        if (node !== id) continue;
+        this.shardChannels.delete(channel);
+        link.counts.push(this.shardChannels.size);
+      }
+      this.send(link, "sunsubscribe", request);
+    }
+  }
+
+  private holdsChannels(nodeId: string): boolean {
+    for (const node of this.shardChannels.values()) if (node === nodeId) return true;
+    return false;
+  }
+
+  /** Confirmations the proxy writes itself, in the command's place. */
+  private answer(frames: Buffer[]): void {
+    const slot = this.host.upstreamSlot();
+    // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
+    slot.silent = false;
+    slot.reply(Buffer.concat(frames));
+  }
+
+  private attach(lease: Lease, shard: boolean): Link {
+    const link = new Link(lease);
+    if (shard) this.shards.set(lease.nodeId, link);
+    lease.onPush((frame) => (shard ? this.onShardFrame(link, frame) : this.onMainFrame(link, frame)));
+    lease.onLost(() => this.host.kill("subscription connection lost"));
+    return link;
+  }
+
+  private send(link: Link, name: string, request: Request): void {
+    this.host.markLane("subscribed");
     // Count the subscription now, so a command pipelined behind it is refused as Redis would.
     if (name !== "ping" && !name.includes("unsubscribe")) this.count = Math.max(this.count, 1);
-    this.lease!.sendUnmatched(request.raw ?? encodeCommand(request.argv));
-    if (this.host.proto === 3) this.mark();
+    link.lease.sendUnmatched(request.raw ?? encodeCommand(request.argv));
+    if (this.host.proto === 3) this.mark(link);
   }
 
   /**
@@ -62,31 +160,66 @@ export class Subscriber {
    * not: a PING sent behind the command marks where its confirmations end, so they take
    * the command's place among the client's replies, whatever else it pipelined.
    */
-  private mark(): void {
+  private mark(link: Link): void {
     const slot = this.host.upstreamSlot();
     // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
     slot.silent = false;
-    this.marks++;
+    link.marks++;
     slot.onReply = () => {
-      this.marks--;
-      return Buffer.concat(this.marked.splice(0));
+      link.marks--;
+      return Buffer.concat(link.marked.splice(0));
     };
-    this.lease!.send(PING, slot);
+    link.lease.send(PING, slot);
   }
 
-  private onFrame(frame: Buffer): void {
+  private onMainFrame(link: Link, frame: Buffer): void {
     const total = subscriptionCount(frame);
-    if (total !== null) this.count = total;
-    if (this.marks > 0) this.marked.push(frame);
-    else this.host.subscriptionFrame(frame);
+    if (total !== null) {
+      this.mainCount = total;
+      this.count = total + this.shardChannels.size;
+    }
+    this.relay(link, frame);
   }
 
-  /** RESET, or the client leaving: the connection closes with its subscriptions. */
+  /**
+   * A shard's frame: a confirmation carries the client's count over every shard. In RESP3
+   * it takes its command's place, so it carries the count as of that command; in RESP2 it is
+   * written as it arrives, so it carries the count confirmed by then.
+   */
+  private onShardFrame(link: Link, frame: Buffer): void {
+    const serverCount = subscriptionCount(frame);
+    if (serverCount !== null) {
+      const expected = link.counts.shift();
+      this.confirmed += serverCount - link.serverCount;
+      link.serverCount = serverCount;
+      frame = withCount(frame, this.host.proto === 3 && expected !== undefined ? expected : this.confirmed);
+      this.count = this.mainCount + this.shardChannels.size;
+    }
+    this.relay(link, frame);
+  }
+
+  private relay(link: Link, frame: Buffer): void {
+    if (link.marks > 0) link.marked.push(frame);
+    else this.host.pushed(frame);
+  }
+
+  private dropLink(link: Link): void {
+    link.lease.destroy();
+    if (link === this.main) {
+      this.main = null;
+      this.mainCount = 0;
+    } else {
+      this.shards.delete(link.lease.nodeId);
+      this.confirmed -= link.serverCount;
+    }
+  }
+
+  /** RESET, or the client leaving: the connections close with their subscriptions. */
   drop(): void {
-    this.lease?.destroy();
-    this.lease = null;
+    if (this.main !== null) this.dropLink(this.main);
+    for (const link of this.shards.values()) this.dropLink(link);
+    this.shardChannels.clear();
+    this.confirmed = 0;
     this.count = 0;
-    this.marks = 0;
-    this.marked = [];
   }
 }

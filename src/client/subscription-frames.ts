@@ -1,4 +1,6 @@
 import { decodeReply } from "../resp/decode.js";
+import { encodeValue } from "../resp/encode.js";
+import { RespPush, type Protocol } from "../resp/values.js";
 
 const KINDS = new Set([
   "subscribe",
@@ -25,4 +27,22 @@ export function subscriptionCount(frame: Buffer): number | null {
   const count = value[2];
   if (!Buffer.isBuffer(kind) || typeof count !== "number") return null;
   return KINDS.has(kind.toString()) ? count : null;
+}
+
+/** A (un)subscribe confirmation as the server would send it: [kind, channel, count]. */
+export function confirmationFrame(
+  kind: string,
+  channel: string | null,
+  count: number,
+  proto: Protocol,
+): Buffer {
+  const name = channel === null ? null : Buffer.from(channel, "latin1");
+  return encodeValue(new RespPush([Buffer.from(kind), name, count]), proto);
+}
+
+/** A confirmation frame with its count (the last element) replaced. */
+export function withCount(frame: Buffer, count: number): Buffer {
+  // The count is the frame's last line, ":<n>\r\n"; what precedes it ends with a CRLF.
+  const at = frame.lastIndexOf("\r\n:", frame.length - 3);
+  return Buffer.concat([frame.subarray(0, at + 2), Buffer.from(`:${count}\r\n`)]);
 }

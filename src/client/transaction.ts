@@ -2,8 +2,10 @@ import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
-import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "../routing/router.js";
-import { DISCARD, type Lease, type Leases } from "../routing/lease.js";
+import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS } from "../routing/router.js";
+import { DISCARD, type Lease } from "../routing/lease.js";
+import type { ProxyContext } from "./context.js";
+import type { Holds } from "./holds.js";
 import { isGearsCommand } from "../gears/commands.js";
 import { isTfCall, QUEUED, RawReply, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
@@ -14,18 +16,15 @@ export interface TransactionHost {
   readonly id: number;
   db: number;
   readonly proto: Protocol;
-  readonly router: Router;
-  readonly leases: Leases;
+  readonly ctx: ProxyContext;
+  /** Replies the client's next commands wait for (EXEC with a TFCALL). */
+  readonly holds: Holds;
   upstreamSlot(): ReplySlot;
   replyError(message: string): void;
-  /** SLOWLOG RESET ran in a transaction: the proxy's own slow log is the one clients read. */
-  resetSlowlog(): void;
   /** False when the request must wait for replies in flight (it will be run again). */
   enterPinnedLane(request: Request): boolean;
   /** A TFCALL queued in MULTI, run at EXEC: its reply. */
   tfCallInMulti(argv: Buffer[]): Promise<Buffer>;
-  /** Holds the client's next commands until the returned release is called. */
-  hold(): () => void;
 }
 
 /** Commands that change the client's own state, which a queued transaction cannot carry. */
@@ -76,7 +75,7 @@ export class Transaction {
 
   /** The slot of argv's keys, NO_KEYS, or CROSS_SLOT (always NO_KEYS in front of one server). */
   private slotOf(name: string, argv: readonly Buffer[]): number {
-    const router = this.host.router;
+    const router = this.host.ctx.router;
     return router.topology.mode === "cluster" ? router.slotOf(name, argv) : NO_KEYS;
   }
 
@@ -103,7 +102,7 @@ export class Transaction {
     this.pauses = [];
     this.slowlogReset = false;
     const payload = request.raw ?? encodeCommand(request.argv);
-    this.replay = this.host.router.topology.mode === "cluster" ? [payload] : [];
+    this.replay = this.host.ctx.router.topology.mode === "cluster" ? [payload] : [];
     this.conn!.send(payload, slot, this.host.db);
   }
 
@@ -137,7 +136,10 @@ export class Transaction {
         this.blocked = false;
       };
     }
-    this.conn!.send(request.raw ?? encodeCommand(request.argv), slot, this.host.db);
+    // A write while WATCHing reaches the write journal (router.tap) as a shared one does.
+    const tap = this.host.ctx.router.tap;
+    const sink = tap === null ? slot : tap(name, request.argv, slot, this.host.db);
+    this.conn!.send(request.raw ?? encodeCommand(request.argv), sink, this.host.db);
   }
 
   /** A command refused before it was queued (NOPERM): EXEC then aborts, as Redis flags the transaction. */
@@ -187,7 +189,7 @@ export class Transaction {
       this.host.upstreamSlot().reply(QUEUED);
       return;
     }
-    const cluster = this.host.router.topology.mode === "cluster";
+    const cluster = this.host.ctx.router.topology.mode === "cluster";
     if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS) this.replay.push(payload);
     this.conn!.send(payload, this.host.upstreamSlot(), this.host.db);
   }
@@ -195,7 +197,7 @@ export class Transaction {
   /** Moves an open transaction to the node of `slot`, replaying what it queued so far. */
   private moveTo(slot: number): boolean {
     const old = this.conn!;
-    if (this.host.leases.nodeIdForSlot(slot, this.host.id) === old.nodeId) return true;
+    if (this.host.ctx.leases.nodeIdForSlot(slot, this.host.id) === old.nodeId) return true;
     old.onLost(null);
     old.send(encodeCommand(["DISCARD"]), DISCARD);
     old.release();
@@ -216,7 +218,7 @@ export class Transaction {
     } else if (pausesServer(name, argv)) this.pauses.push([this.queued, argv]);
     else if (name === "slowlog" && argv[1]?.toString().toLowerCase() === "reset") this.slowlogReset = true;
     const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
-    const outcome = this.host.router.queuedTap?.(name, argv, db) ?? null;
+    const outcome = this.host.ctx.router.queuedTap?.(name, argv, db) ?? null;
     if (outcome !== null) this.writes.push([this.queued, outcome]);
     this.queued++;
   }
@@ -241,7 +243,7 @@ export class Transaction {
     };
     // Reset as EXEC leaves, not when it is answered: a command it unblocks (BLPOP) may be
     // answered, and logged, first.
-    if (name === "exec" && !abort && this.slowlogReset) this.host.resetSlowlog();
+    if (name === "exec" && !abort && this.slowlogReset) this.host.ctx.slowlog.reset();
     this.slowlogReset = false;
     const payload = abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
     const tail = name === "exec" && !abort ? this.tfTail : null;
@@ -249,7 +251,7 @@ export class Transaction {
     if (tail !== null) {
       // The TFCALLs and what followed them run once Redis ran the part before (tf-multi.ts);
       // the client's next commands wait for all of it, on the same connection after it.
-      const release = this.host.hold();
+      const release = this.host.holds.take();
       const head = new RawReply();
       conn.send(payload, head, this.host.db);
       const send = (p: Buffer): Promise<Buffer> => {
@@ -302,7 +304,7 @@ export class Transaction {
     const replies = decodeReply(exec);
     if (!Array.isArray(replies)) return;
     // A pause queued in the transaction starts when EXEC ends, as in Redis.
-    for (const [at, argv] of pauses) if (replies[at] === "OK") this.host.leases.pause.note(argv);
+    for (const [at, argv] of pauses) if (replies[at] === "OK") this.host.ctx.leases.pause.note(argv);
     for (const [at, db] of selects) {
       if (replies[at] !== "OK") continue;
       this.host.db = db;
@@ -314,7 +316,7 @@ export class Transaction {
 
   /** Borrows a connection to the node of `slot` (any master for NO_KEYS). */
   private pin(slot: number): boolean {
-    const lease = this.host.leases.forSlot(slot, this.host.id, this.host.proto);
+    const lease = this.host.ctx.leases.forSlot(slot, this.host.id, this.host.proto);
     if (typeof lease === "string") {
       this.pinFailure = lease;
       return false;

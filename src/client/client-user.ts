@@ -1,0 +1,155 @@
+import { encodeCommand } from "../resp/encode.js";
+import type { Request } from "../resp/request-parser.js";
+import { noPermission, type AclUser } from "../acl/access-control.js";
+import { NO_KEYS } from "../routing/router.js";
+import type { ClientLogin } from "./command-host.js";
+import type { Holds } from "./holds.js";
+import type { LaneHost } from "./lane.js";
+import { UpstreamIdentity } from "./upstream-identity.js";
+
+/** Commands a server user may not send in cluster mode: its connections are per node. */
+const TRANSACTION_COMMANDS = new Set(["multi", "exec", "discard", "watch", "unwatch"]);
+
+/** What the client's user needs from the session. */
+export interface UserHost extends Omit<LaneHost, "enterLane"> {
+  readonly holds: Holds;
+  /** The client is gone: a login finishing late is undone. */
+  readonly closed: boolean;
+  /** Sends the pending run of pipelined requests, to keep the order. */
+  flushRuns(): void;
+  /** Runs the input again, `request` first when given (its connection is there now). */
+  resume(request: Request | null): void;
+  /** Authentication changed: the parser limits an unauthenticated client's input. */
+  authenticatedChanged(authenticated: boolean): void;
+}
+
+/**
+ * Who the client is: authenticated or not, as which user, and with which permissions.
+ * A user of the proxy's ACL (--aclfile) is checked here before each command; a user of the
+ * server's own ACL (AUTH user pass without --aclfile) runs its commands on connections of
+ * its own, authenticated as that user (UpstreamIdentity).
+ */
+export class ClientUser implements ClientLogin {
+  authenticated = false;
+  name = "default";
+  /** The permissions checked before each command: null without ACLs, or for a user who may run anything. */
+  acl: AclUser | null = null;
+  /** Logged in as a user of the server's own ACL. */
+  private identity: UpstreamIdentity | null = null;
+  /** Neither of the two: ordinary commands take the fast path. */
+  plain = true;
+
+  constructor(private readonly host: UserHost) {
+    this.reset();
+  }
+
+  /** Logged in as a user of the server's own ACL: commands go through sendAsServerUser(). */
+  get onServer(): boolean {
+    return this.identity !== null;
+  }
+
+  /** May act on other users' gears executions and registrations. */
+  get admin(): boolean {
+    return this.acl === null || this.acl.admin;
+  }
+
+  /** Back to the default user: authenticated when it needs no password (or no --requirepass). */
+  reset(): void {
+    const acl = this.host.ctx.acl;
+    this.name = "default";
+    this.acl = null;
+    this.dropIdentity();
+    if (acl === null) this.authenticated = this.host.ctx.config.requirepass === undefined;
+    else {
+      const user = acl.user("default")!;
+      this.acl = user.unrestricted ? null : user;
+      this.authenticated = acl.opensWithoutPassword(user);
+    }
+    this.host.authenticatedChanged(this.authenticated);
+    this.plain = this.acl === null;
+  }
+
+  /** AUTH succeeded as one of the proxy's users (--aclfile). */
+  login(user: AclUser): void {
+    this.markAuthenticated();
+    this.name = user.name;
+    this.acl = user.unrestricted ? null : user;
+    this.plain = this.acl === null;
+  }
+
+  markAuthenticated(): void {
+    this.authenticated = true;
+    this.host.authenticatedChanged(true);
+    if (this.identity !== null) {
+      // Logged in as a proxy user now: the server user's connections go.
+      this.dropIdentity();
+      this.name = "default";
+      this.plain = this.acl === null;
+    }
+  }
+
+  /** The refusal of the proxy's ACL for this command, or null when it is permitted (or no ACL applies). */
+  denial(name: string, argv: readonly Buffer[]): string | null {
+    const denial = this.host.ctx.acl!.check(this.acl!, name, argv);
+    return denial === null ? null : noPermission(denial);
+  }
+
+  /** AUTH user pass for a user of the server's own ACL: null once logged in, else the server's error. */
+  loginUpstream(user: string, password: string): Promise<string | null> {
+    const host = this.host;
+    const identity = new UpstreamIdentity(user, password);
+    const release = host.holds.take();
+    return identity.open(host.ctx.leases.forSlot(NO_KEYS, host.id, host.proto)).then((error) => {
+      release();
+      if (error !== null || host.closed) {
+        identity.end();
+        return error ?? "ERR the client has gone";
+      }
+      this.markAuthenticated();
+      this.identity = identity;
+      this.name = user;
+      this.plain = false;
+      return null;
+    });
+  }
+
+  /**
+   * A command of a client logged in as a server user: on its own connection to the node,
+   * authenticated as that user. The first command for a node waits while it is opened.
+   */
+  sendAsServerUser(name: string, request: Request): void {
+    const host = this.host;
+    const identity = this.identity!;
+    if (host.ctx.router.topology.mode === "cluster" && TRANSACTION_COMMANDS.has(name)) {
+      return host.replyError(
+        `ERR ${name.toUpperCase()} as a user of the cluster's own ACL is not supported by gears-proxy`,
+      );
+    }
+    const target = host.ctx.leases.nodeIdFor(name, request.argv, host.id);
+    if (typeof target === "string") return host.replyError(target);
+    const conn = identity.connection(target.id, host.proto);
+    if (conn !== null) {
+      conn.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), host.db);
+      return;
+    }
+    host.flushRuns();
+    const release = host.holds.take();
+    void identity.open(host.ctx.leases.forCommand(name, request.argv, host.id, host.proto)).then((error) => {
+      release();
+      if (host.closed) return;
+      if (error !== null) host.replyError(error);
+      // Runs again, now that the connection is there.
+      host.resume(error === null ? request : null);
+    });
+  }
+
+  /** The client leaving: the server user's connections close. */
+  end(): void {
+    this.identity?.end();
+  }
+
+  private dropIdentity(): void {
+    this.identity?.end();
+    this.identity = null;
+  }
+}

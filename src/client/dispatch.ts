@@ -1,0 +1,146 @@
+import type { Request } from "../resp/request-parser.js";
+import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
+import { isGearsCommand } from "../gears/commands.js";
+import type { BlockingCall } from "./blocking.js";
+import type { ClientUser } from "./client-user.js";
+import type { CommandHost } from "./command-host.js";
+import { LOCAL_COMMANDS, NO_AUTH_COMMANDS, isSpecial } from "./dispatch-table.js";
+import type { GearsBranch } from "./gears-branch.js";
+import type { Lane } from "./lane.js";
+import type { PausedLane } from "./paused-lane.js";
+import type { Subscriber } from "./pubsub.js";
+import type { ReplyWriter } from "./reply-writer.js";
+import type { ScriptLane } from "./scripts.js";
+import type { SharedLane } from "./shared-lane.js";
+import type { Transaction } from "./transaction.js";
+
+/** Where a command may go: one module per kind of connection. */
+export interface ClientLanes {
+  readonly txn: Transaction;
+  readonly pubsub: Subscriber;
+  readonly gears: GearsBranch;
+  readonly blocking: BlockingCall;
+  readonly scripts: ScriptLane;
+  readonly paused: PausedLane;
+  readonly shared: SharedLane;
+}
+
+/** What the dispatcher needs of the session beyond what local handlers see. */
+export interface DispatchHost extends CommandHost {
+  readonly user: ClientUser;
+  readonly replies: ReplyWriter;
+  enterLane(lane: Lane, request: Request): boolean;
+}
+
+/**
+ * Decides where each command goes: refused (NOAUTH, pub/sub context, ACL), queued in MULTI,
+ * answered by the proxy (LOCAL_COMMANDS), by the gears engine, or sent on a lane. An
+ * ordinary command of an ordinary client skips the lookups (the hot path).
+ */
+export class Dispatcher {
+  constructor(
+    private readonly host: DispatchHost,
+    private readonly lanes: ClientLanes,
+  ) {}
+
+  execute(request: Request): void {
+    const host = this.host;
+    const { ctx, user } = host;
+    const { txn, pubsub } = this.lanes;
+    const name = request.name;
+    ctx.stats.commandsProcessed++;
+    if (name === "config") {
+      ctx.slowlog.noteConfigSet(request.argv);
+      ctx.tracking.noteConfigSet(request.argv);
+    }
+    if (ctx.tracking.watching)
+      ctx.tracking.beforeCommand(host.id, host.tracking, name, request.argv, txn.inMulti);
+    host.replies.begin(request);
+    if (
+      user.authenticated &&
+      (pubsub.count === 0 || host.proto === 3) &&
+      !txn.inMulti &&
+      !isSpecial(name, request.argv)
+    ) {
+      // What the chain below comes to for an ordinary command, without its lookups; a user
+      // of the proxy's ACL keeps it (a set lookup first), a server user takes the chain.
+      if (user.plain) return this.ordinary(name, request);
+      if (user.acl !== null) {
+        if (this.permitted(name, request.argv)) this.ordinary(name, request);
+        return;
+      }
+    }
+    this.lanes.shared.flush();
+    this.full(name, request);
+  }
+
+  /** Every check, then the command's place: the path of all but the ordinary commands. */
+  private full(name: string, request: Request): void {
+    const host = this.host;
+    const user = host.user;
+    const { txn, pubsub, gears } = this.lanes;
+    const argv = request.argv;
+    if (!user.authenticated && !NO_AUTH_COMMANDS.has(name))
+      return host.replyError("NOAUTH Authentication required.");
+    if (pubsub.count > 0 && host.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
+      return host.replyError(
+        `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
+      );
+    }
+    // EXEC and DISCARD inside MULTI always run: the transaction must be able to end.
+    const ends = txn.inMulti && (name === "exec" || name === "discard");
+    if (user.acl !== null && !NO_AUTH_COMMANDS.has(name) && !ends && !this.permitted(name, argv)) return;
+    if (txn.inMulti) {
+      if (name === "quit" || name === "reset") LOCAL_COMMANDS.get(name)!(host, request);
+      else txn.queueCommand(name, request);
+      return;
+    }
+    if (pubsub.count > 0 && host.proto === 2 && name === "ping") return pubsub.route(name, request);
+    const local = LOCAL_COMMANDS.get(name);
+    if (local !== undefined) return local(host, request);
+    if (isGearsCommand(name, argv.slice(1))) gears.run(name, request);
+    else if (gears.hooks(name, argv)) gears.runHook(name, argv);
+    else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);
+    else if (SUBSCRIBE_FAMILY.has(name)) pubsub.route(name, request);
+    else if (name === "multi") txn.multi(request);
+    else if (name === "watch") txn.watch(request);
+    else this.dedicatedOrShared(name, request, false);
+  }
+
+  /** An ordinary command from an authenticated client outside MULTI and pub/sub. */
+  private ordinary(name: string, request: Request): void {
+    if (this.lanes.gears.hooks(name, request.argv)) {
+      this.lanes.shared.flush();
+      this.lanes.gears.runHook(name, request.argv);
+    } else this.dedicatedOrShared(name, request, true);
+  }
+
+  /** A command Redis runs: on the transaction's, a blocking, a script's, a paused or the shared connection. */
+  private dedicatedOrShared(name: string, request: Request, flush: boolean): void {
+    const { txn, blocking, scripts, paused, shared } = this.lanes;
+    const argv = request.argv;
+    const lane = txn.owns(name, argv)
+      ? txn
+      : isBlocking(name, argv)
+        ? blocking
+        : scripts.takes(name)
+          ? scripts
+          : null;
+    if (lane !== null) {
+      if (flush) shared.flush();
+      lane.send(name, request);
+    } else if (paused.takes(name, argv)) paused.send(name, request);
+    else if (this.host.enterLane("shared", request)) this.host.forward(name, request);
+  }
+
+  /** The proxy's ACL check (user.acl set): false once the refusal is answered. */
+  private permitted(name: string, argv: readonly Buffer[]): boolean {
+    const error = this.host.user.denial(name, argv);
+    if (error === null) return true;
+    if (this.lanes.txn.inMulti) this.lanes.txn.refuse(error);
+    // Redis words a refused EXEC as the transaction's end.
+    else
+      this.host.replyError(name === "exec" ? `EXECABORT Transaction discarded because of: ${error}` : error);
+    return false;
+  }
+}
