@@ -265,7 +265,7 @@ export class Transaction {
             tfCall: (argv) => this.host.tfCallInMulti(argv),
             send,
             // The write journal follows these writes as it follows forwarded ones (router.tap).
-            watch: (name, argv) => this.host.router.queuedTap?.(name, argv, this.host.db) ?? null,
+            watch: (name, argv) => this.host.ctx.router.queuedTap?.(name, argv, this.host.db) ?? null,
           }),
         )
         .catch((e: unknown) => encodeError(`ERR ${e instanceof Error ? e.message : String(e)}`))
