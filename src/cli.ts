@@ -17,10 +17,10 @@ import {
   type OptionSpec,
 } from "./config-file.js";
 import { createLogger, type Logger } from "./observability/log.js";
-import { ProxyServer } from "./server.js";
+import type { ProxyServer } from "./server.js";
 import { startEmbeddedRedis, type EmbeddedRedis } from "./upstream/embedded-redis.js";
 import { isThread, superviseThreads, threadCount, upstreamFromSupervisor } from "./threads/supervisor.js";
-import { threadLinkFromEnv, type ClusterLink } from "./threads/peers.js";
+import type { ClusterLink } from "./threads/peers.js";
 
 export { UsageError };
 
@@ -204,6 +204,8 @@ async function start(running: Running, config: ProxyConfig, thread?: ClusterLink
     const { host, port } = running.embedded;
     effective = { ...config, upstreams: [{ host, port }] };
   }
+  // Loaded here, not at the top: a --threads supervisor serves no client and needs none of it.
+  const { ProxyServer } = await import("./server.js");
   running.server = new ProxyServer(effective, running.log, thread);
   const address = await running.server.start();
   const tlsPort = running.server.tlsPort;
@@ -252,7 +254,9 @@ async function main(): Promise<void> {
     await supervise(threads, action.config, log);
     return;
   }
-  const thread = threadLinkFromEnv() ?? undefined;
+  const thread = isThread()
+    ? ((await import("./threads/peers.js")).threadLinkFromEnv() ?? undefined)
+    : undefined;
   const running = new Running(
     thread === undefined ? log : log.child({ thread: thread.index }),
     action.config.shutdownTimeoutMs,
