@@ -24,10 +24,11 @@ const HELP = `Usage: node dist/bench/threads.js [options]
 
 let clockTicks = 0;
 
-/** User + system CPU seconds of a process and its children (a --threads supervisor and its threads). */
-function treeCpuSeconds(pid: number): number {
+/** User + system CPU seconds of a process (`own`: a --threads supervisor) and its children (the threads). */
+function treeCpuSeconds(pid: number): { own: number; total: number } {
   if (clockTicks === 0)
     clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  let own = 0;
   let total = 0;
   for (const entry of fs.readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
@@ -35,13 +36,21 @@ function treeCpuSeconds(pid: number): number {
       const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       // Field 4 is the parent's pid; utime and stime are 14 and 15.
-      if (Number(entry) === pid || Number(fields[1]) === pid)
-        total += (Number(fields[11]) + Number(fields[12])) / clockTicks;
+      const seconds = (Number(fields[11]) + Number(fields[12])) / clockTicks;
+      if (Number(entry) === pid) own += seconds;
+      if (Number(entry) === pid || Number(fields[1]) === pid) total += seconds;
     } catch {
       // gone meanwhile
     }
   }
-  return total;
+  return { own, total };
+}
+
+/** Background CPU of each idle proxy tree, in ms per second, over the same `ms`. */
+async function idleCpu(pids: number[], ms: number): Promise<number[]> {
+  const before = pids.map((pid) => treeCpuSeconds(pid).total);
+  await sleep(ms);
+  return pids.map((pid, i) => ((treeCpuSeconds(pid).total - before[i]) * 1000 * 1000) / ms);
 }
 
 interface Cell {
@@ -90,12 +99,19 @@ async function main(): Promise<number> {
     const info = String(await sendCommand(two.port, ["INFO", "proxy"], { host: HOST }));
     if (/^threads:2\r?$/m.test(info)) break;
   }
+  const idleMs = quick ? 5000 : 15_000;
+  const idle = await idleCpu(
+    labels.map((l) => proxies.get(l)!.pid),
+    idleMs,
+  );
   const cells: Cell[] = [];
   for (const pinned of [false, true])
     for (const pipeline of [1, 16])
       for (const test of ["get", "set"] as const) cells.push({ test, pipeline, pinned });
   const rps = new Map<string, number[]>();
   const cpu = new Map<string, number[]>();
+  /** The --threads supervisor's own CPU per request (it accepts and deals connections, relays questions). */
+  const supervisorCpu = new Map<string, number[]>();
   const key = (c: Cell, label: string): string => `${c.pinned}/${c.pipeline}/${c.test}/${label}`;
   for (let round = 0; round < rounds; round++) {
     for (const cell of cells) {
@@ -109,11 +125,17 @@ async function main(): Promise<number> {
         const [cmd, ...args] = cell.pinned ? ["taskset", "-c", "0", ...bench] : bench;
         const cpuBefore = treeCpuSeconds(pid);
         const out = await run("redis-benchmark", cmd, args, 120_000);
-        const cpuUs = ((treeCpuSeconds(pid) - cpuBefore) * 1e6) / n;
+        const cpuAfter = treeCpuSeconds(pid);
+        const cpuUs = ((cpuAfter.total - cpuBefore.total) * 1e6) / n;
+        const supervisorUs = ((cpuAfter.own - cpuBefore.own) * 1e6) / n;
         const row = out.split("\n").find((l) => l.startsWith(`"${cell.test.toUpperCase()}"`));
         const r = Number((row ?? "").split(",")[1]?.replace(/"/g, ""));
         (rps.get(key(cell, label)) ?? rps.set(key(cell, label), []).get(key(cell, label))!).push(r);
         (cpu.get(key(cell, label)) ?? cpu.set(key(cell, label), []).get(key(cell, label))!).push(cpuUs);
+        const sup =
+          supervisorCpu.get(key(cell, label)) ??
+          supervisorCpu.set(key(cell, label), []).get(key(cell, label))!;
+        sup.push(supervisorUs);
         say(`round ${round + 1} ${key(cell, label)}: ${Math.round(r)} rps, ${cpuUs.toFixed(2)} µs CPU/req`);
       }
     }
@@ -133,6 +155,7 @@ async function main(): Promise<number> {
       c1.toFixed(2),
       c2.toFixed(2),
       `${(c2 / c1).toFixed(2)}x`,
+      median(supervisorCpu.get(key(c, labels[1]))!).toFixed(2),
     ];
   });
   const load = os
@@ -154,10 +177,12 @@ async function main(): Promise<number> {
         "CPU µs/req --threads 1",
         "CPU µs/req --threads 2",
         "2 / 1",
+        "of which supervisor",
       ],
       rows,
     ),
     "",
+    `idle, before the runs, over ${idleMs / 1000} s: ${labels.map((l, i) => `${l} ${idle[i].toFixed(2)} ms CPU/s`).join(", ")}`,
     `load average at the end: ${load}`,
   ];
   process.stdout.write(`${out.join("\n")}\n`);

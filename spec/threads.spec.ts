@@ -1,3 +1,6 @@
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { expect } from "chai";
 import { Redis } from "ioredis";
 import { freePort, startRedis, type RedisNode } from "./harness/index.js";
@@ -182,5 +185,89 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
       (seen) => JSON.stringify(seen) === JSON.stringify(["threads:reg:x", "threads:reg:y"]),
       "both writes handled",
     );
+  });
+});
+
+describe("--threads 2 with no --upstream: one embedded redis-server for both threads", function () {
+  this.timeout(60_000);
+  const open: Redis[] = [];
+  let proxy: ChildProxy | undefined;
+  let redisPid = 0;
+
+  const isAlive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const logLines = (): Record<string, unknown>[] =>
+    proxy!
+      .output()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const threadOf = async (client: Redis): Promise<number> =>
+    Number(/^process_id:(\d+)/m.exec(String(await client.call("INFO", "proxy")))![1]);
+
+  after(async () => {
+    for (const c of open.splice(0)) c.disconnect();
+    await proxy?.kill();
+    if (redisPid !== 0 && isAlive(redisPid)) process.kill(redisPid, "SIGKILL");
+  });
+
+  it("serves both threads from the redis-server the supervisor started, keeps it when a thread crashes, stops it on SIGTERM", async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "threads-embedded-"));
+    proxy = await ChildProxy.start({
+      upstreams: [],
+      args: ["--threads", "2", "--data-dir", dataDir, "--log-level", "info"],
+    });
+    const connect = (): Redis => {
+      const client = new Redis({ port: proxy!.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+      open.push(client);
+      return client;
+    };
+    const a = connect();
+    await eventually(
+      async () => String(await a.call("INFO", "proxy")),
+      (info) => /^threads:2\r?$/m.test(info),
+      "both threads ready",
+    );
+    const started = logLines().filter((l) => String(l.msg).startsWith("started embedded redis-server"));
+    expect(started, "one redis-server, started by the supervisor").to.have.length(1);
+    redisPid = Number(started[0].pid);
+    const aThread = await threadOf(a);
+    let b = connect();
+    for (let i = 0; i < 8 && (await threadOf(b)) === aThread; i++) b = connect();
+    expect(await threadOf(b)).to.not.equal(aThread);
+
+    expect(await a.call("PING")).to.equal("PONG");
+    expect(await b.call("PING")).to.equal("PONG");
+    expect(await a.call("SET", "threads:embedded", "from-a")).to.equal("OK");
+    expect(await b.call("GET", "threads:embedded")).to.equal("from-a");
+
+    // A crashed thread is replaced, in front of the same redis-server.
+    process.kill(await threadOf(b), "SIGKILL");
+    await eventually(
+      async () => {
+        const c = new Redis({ port: proxy!.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+        try {
+          return [await threadOf(c), String(await c.call("GET", "threads:embedded"))] as const;
+        } finally {
+          c.disconnect();
+        }
+      },
+      ([pid, value]) => pid !== aThread && value === "from-a",
+      "a new thread reads what the old one wrote",
+      20_000,
+    );
+    expect(isAlive(redisPid)).to.equal(true);
+
+    for (const c of open.splice(0)) c.disconnect();
+    await proxy.stop();
+    expect(proxy.exitCode, proxy.output()).to.equal(0);
+    expect(isAlive(redisPid), "the embedded redis-server stopped with the supervisor").to.equal(false);
+    expect(fs.existsSync(path.join(dataDir, "dump.rdb"))).to.equal(true);
   });
 });

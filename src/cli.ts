@@ -17,10 +17,10 @@ import {
   type OptionSpec,
 } from "./config-file.js";
 import { createLogger, type Logger } from "./observability/log.js";
-import { ProxyServer } from "./server.js";
+import type { ProxyServer } from "./server.js";
 import { startEmbeddedRedis, type EmbeddedRedis } from "./upstream/embedded-redis.js";
-import { isThread, superviseThreads, threadCount } from "./threads/supervisor.js";
-import { threadLinkFromEnv, type ClusterLink } from "./threads/peers.js";
+import { isThread, superviseThreads, threadCount, upstreamFromSupervisor } from "./threads/supervisor.js";
+import type { ClusterLink } from "./threads/peers.js";
 
 export { UsageError };
 
@@ -197,11 +197,15 @@ function onSignals(running: Running): (signal: NodeJS.Signals) => void {
 
 async function start(running: Running, config: ProxyConfig, thread?: ClusterLink): Promise<void> {
   let effective = config;
-  if (config.upstreams.length === 0) {
+  const shared = thread === undefined ? null : upstreamFromSupervisor();
+  if (config.upstreams.length === 0 && shared !== null) effective = { ...config, upstreams: [shared] };
+  else if (config.upstreams.length === 0) {
     running.embedded = await startEmbeddedRedis(config.dataDir, running.log);
     const { host, port } = running.embedded;
     effective = { ...config, upstreams: [{ host, port }] };
   }
+  // Loaded here, not at the top: a --threads supervisor serves no client and needs none of it.
+  const { ProxyServer } = await import("./server.js");
   running.server = new ProxyServer(effective, running.log, thread);
   const address = await running.server.start();
   const tlsPort = running.server.tlsPort;
@@ -210,6 +214,21 @@ async function start(running: Running, config: ProxyConfig, thread?: ClusterLink
     { address, tlsPort, upstreams: effective.upstreams, embedded: running.embedded !== undefined },
     `gears-proxy listening on ${formatAddress(address)}${tlsText}, in front of ${describeUpstreams(effective, running.embedded)}`,
   );
+}
+
+/** --threads N > 1: the supervisor starts the one embedded redis-server (if no --upstream) for all threads. */
+async function supervise(threads: number, config: ProxyConfig, log: Logger): Promise<void> {
+  let embedded: EmbeddedRedis | undefined;
+  if (config.upstreams.length === 0) {
+    try {
+      embedded = await startEmbeddedRedis(config.dataDir, log);
+    } catch (err) {
+      process.stderr.write(`gears-proxy: could not start: ${errorMessage(err)}\n`);
+      process.exit(1);
+    }
+  }
+  const shared = embedded && { upstream: { host: embedded.host, port: embedded.port }, stop: embedded.stop };
+  superviseThreads(threads, log, config.shutdownTimeoutMs, shared);
 }
 
 async function main(): Promise<void> {
@@ -226,18 +245,18 @@ async function main(): Promise<void> {
     return;
   }
   const threads = threadCount(action.config.threads);
-  if (threads === null || (threads > 1 && action.config.upstreams.length === 0)) {
-    process.stderr.write(
-      `gears-proxy: --threads ${threads === null ? "takes a positive number or auto" : "needs --upstream"}\n`,
-    );
+  if (threads === null) {
+    process.stderr.write("gears-proxy: --threads takes a positive number or auto\n");
     process.exit(2);
   }
   const log = createLogger(action.config.logLevel, action.config.logFormat);
   if (threads > 1 && !isThread()) {
-    superviseThreads(threads, log, action.config.shutdownTimeoutMs);
+    await supervise(threads, action.config, log);
     return;
   }
-  const thread = threadLinkFromEnv() ?? undefined;
+  const thread = isThread()
+    ? ((await import("./threads/peers.js")).threadLinkFromEnv() ?? undefined)
+    : undefined;
   const running = new Running(
     thread === undefined ? log : log.child({ thread: thread.index }),
     action.config.shutdownTimeoutMs,

@@ -29,6 +29,8 @@ export type ThreadMessage =
 /** The thread's index and the count, given to each forked thread. */
 export const THREAD_ENV = "GEARS_PROXY_THREAD";
 export const THREADS_ENV = "GEARS_PROXY_THREADS";
+/** host:port of the redis-server the supervisor started (no --upstream given), for every thread. */
+export const UPSTREAM_ENV = "GEARS_PROXY_THREAD_UPSTREAM";
 
 export function isThreadMessage(m: unknown): m is ThreadMessage {
   return typeof m === "object" && m !== null && typeof (m as { t?: unknown }).t === "string";

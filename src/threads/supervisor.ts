@@ -11,7 +11,8 @@
 import cluster, { type Worker } from "node:cluster";
 import os from "node:os";
 import type { Logger } from "../observability/log.js";
-import { THREADS_ENV, THREAD_ENV, isThreadMessage, type ThreadMessage } from "./messages.js";
+import type { HostPort } from "../config.js";
+import { THREADS_ENV, THREAD_ENV, UPSTREAM_ENV, isThreadMessage, type ThreadMessage } from "./messages.js";
 
 /** The event loops --threads asks for; null when the value is neither a positive integer nor `auto`. */
 export function threadCount(value: string): number | null {
@@ -33,8 +34,29 @@ interface Pending {
   waiting: Set<number>;
 }
 
+/** What the supervisor owns besides its threads: the redis-server it started for them. */
+export interface Shared {
+  /** Handed to every thread in place of --upstream. */
+  upstream: HostPort;
+  /** Awaited once every thread exited after a signal, before the supervisor exits. */
+  stop(): Promise<void>;
+}
+
+/** The upstream the supervisor hands this thread, if it started one for them. */
+export function upstreamFromSupervisor(): HostPort | null {
+  const given = process.env[UPSTREAM_ENV];
+  const colon = given?.lastIndexOf(":") ?? -1;
+  if (given === undefined || colon < 0) return null;
+  return { host: given.slice(0, colon), port: Number(given.slice(colon + 1)) };
+}
+
 /** Runs the primary until every thread exited after a signal; then exits the process. */
-export function superviseThreads(count: number, log: Logger, shutdownTimeoutMs: number): void {
+export function superviseThreads(
+  count: number,
+  log: Logger,
+  shutdownTimeoutMs: number,
+  shared?: Shared,
+): void {
   // Buffers (gears replies) cross as bytes rather than as JSON.
   cluster.setupPrimary({ serialization: "advanced" });
   const threads = new Map<number, Worker>();
@@ -75,7 +97,9 @@ export function superviseThreads(count: number, log: Logger, shutdownTimeoutMs: 
     }
   };
   const fork = (index: number): void => {
-    const worker = cluster.fork({ [THREAD_ENV]: String(index), [THREADS_ENV]: String(count) });
+    const env: Record<string, string> = { [THREAD_ENV]: String(index), [THREADS_ENV]: String(count) };
+    if (shared !== undefined) env[UPSTREAM_ENV] = `${shared.upstream.host}:${shared.upstream.port}`;
+    const worker = cluster.fork(env);
     threads.set(index, worker);
     worker.on("message", (message: unknown) => relay(worker, message));
     worker.on("exit", (code, signal) => {
@@ -84,7 +108,14 @@ export function superviseThreads(count: number, log: Logger, shutdownTimeoutMs: 
       // A question waits for no answer from a thread that is gone.
       for (const [id, p] of pending) if (p.waiting.delete(worker.id)) settle(id);
       if (stopping) {
-        if (threads.size === 0) process.exit(0);
+        if (threads.size === 0)
+          void (shared?.stop() ?? Promise.resolve()).then(
+            () => process.exit(0),
+            (err: unknown) => {
+              log.error({ err }, "error while stopping the embedded redis-server");
+              process.exit(1);
+            },
+          );
         return;
       }
       log.error({ thread: index, code, signal }, "a thread exited: starting another");
