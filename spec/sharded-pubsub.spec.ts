@@ -169,6 +169,44 @@ describe("SSUBSCRIBE to shard channels of different shards on one connection", f
     }
   });
 
+  it("SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE mixed on one connection: each kind's count and messages", async () => {
+    const channels = await channelPerShard("spmix:");
+    const sub = await RawClient.connect(proxy.port);
+    const pub = await RawClient.connect(proxy.port);
+    try {
+      expect(toText(await sub.call("SUBSCRIBE", "mix:plain"))).to.deep.equal(["subscribe", "mix:plain", 1]);
+      expect(toText(await sub.call("PSUBSCRIBE", "mixp:*"))).to.deep.equal(["psubscribe", "mixp:*", 2]);
+      // Shard channels count apart from channels and patterns, as in Redis.
+      for (const [i, channel] of channels.entries())
+        expect(toText(await sub.call("SSUBSCRIBE", channel))).to.deep.equal(["ssubscribe", channel, i + 1]);
+      // PUBLISH counts the receivers of the node it ran on (the cluster bus carries it on): no count.
+      await pub.call("PUBLISH", "mix:plain", "a");
+      expect(toText(await sub.next())).to.deep.equal(["message", "mix:plain", "a"]);
+      await pub.call("PUBLISH", "mixp:1", "b");
+      expect(toText(await sub.next())).to.deep.equal(["pmessage", "mixp:*", "mixp:1", "b"]);
+      for (const channel of channels) {
+        expect(await pub.call("SPUBLISH", channel, "c")).to.equal(1);
+        expect(toText(await sub.next())).to.deep.equal(["smessage", channel, "c"]);
+      }
+      expect(toText(await sub.call("UNSUBSCRIBE", "mix:plain"))).to.deep.equal([
+        "unsubscribe",
+        "mix:plain",
+        1,
+      ]);
+      expect(toText(await sub.call("PUNSUBSCRIBE", "mixp:*"))).to.deep.equal(["punsubscribe", "mixp:*", 0]);
+      // Still subscribed to the shard channels: their messages keep coming.
+      expect(await pub.call("SPUBLISH", channels[2], "d")).to.equal(1);
+      expect(toText(await sub.next())).to.deep.equal(["smessage", channels[2], "d"]);
+      sub.send("SUNSUBSCRIBE");
+      const left = [toText(await sub.next()), toText(await sub.next()), toText(await sub.next())];
+      expect(left.map((f) => (f as unknown[])[2])).to.deep.equal([2, 1, 0]);
+      expect(toText(await sub.call("ECHO", "out"))).to.equal("out");
+    } finally {
+      sub.close();
+      pub.close();
+    }
+  });
+
   it("ioredis: ssubscribe on each shard in turn (counts 1, 2, 3), smessage from each, sunsubscribe", async () => {
     const channels = await channelPerShard("spio:");
     const sub = new Redis({ port: proxy.port, host: "127.0.0.1" });
