@@ -128,10 +128,12 @@ describe("Triggers and Functions: limits, several proxies, restarts", function (
       try {
         const seen = await eventually(
           () => b.lrange("rs:seen", 0, -1),
-          (v) => v.length >= 4,
+          (v) => new Set(v).size >= 4,
           "the entries added meanwhile",
         );
-        expect(seen).to.deep.equal(["1-1", "2-1", "3-1", "4-1"]);
+        // At least once: an entry the killed proxy handled but had not acknowledged yet comes
+        // again, right after itself; none is lost and the order holds.
+        expect(seen.filter((id, i) => id !== seen[i - 1])).to.deep.equal(["1-1", "2-1", "3-1", "4-1"]);
         // The dead proxy's lease on the shard's events runs out first (EventLeaseMS), then this one handles them.
         await b.set("ks:1", "x");
         expect(
