@@ -46,6 +46,15 @@ describe("gears write journal: events of writes through the proxy, once each (on
     await direct.hdel("seen", `${key} set`);
   }
 
+  /** Waits until every event of `expected` has been handled in `direct`'s database. */
+  async function handled(direct: Redis, expected: Record<string, number>, what: string): Promise<void> {
+    await eventually(
+      () => seen(direct),
+      (s) => Object.keys(expected).every((k) => k in s),
+      what,
+    );
+  }
+
   before(async () => {
     redis = await startRedis();
     proxy = await startProxy([{ port: redis.port }]);
@@ -127,16 +136,8 @@ describe("gears write journal: events of writes through the proxy, once each (on
       "k:plain expire": 1,
     };
     const expected3 = { "k:a3 set": 1, "k:m31 sadd": 1, "k:a3 del": 1 };
-    await eventually(
-      () => seen(direct0),
-      (s) => Object.keys(expected0).every((k) => k in s),
-      "db 0 writes handled without notifications",
-    );
-    await eventually(
-      () => seen(direct3),
-      (s) => Object.keys(expected3).every((k) => k in s),
-      "db 3 writes handled without notifications",
-    );
+    await handled(direct0, expected0, "db 0 writes handled without notifications");
+    await handled(direct3, expected3, "db 3 writes handled without notifications");
     // Notifications back on: anything handled twice would be there before the markers.
     await direct0.config("SET", "notify-keyspace-events", "AE");
     await drained(direct0);
@@ -163,11 +164,7 @@ describe("gears write journal: events of writes through the proxy, once each (on
       [null, 1],
     ]);
     const expected = { "k:before set": 1, "k:after set": 1, "k:after2 hset": 1 };
-    await eventually(
-      () => seen(direct0),
-      (s) => Object.keys(expected).every((k) => k in s),
-      "the transaction's writes handled without notifications",
-    );
+    await handled(direct0, expected, "the transaction's writes handled without notifications");
     await direct0.config("SET", "notify-keyspace-events", "AE");
     await drained(direct0);
     expect(await seen(direct0)).to.deep.equal(expected);
@@ -181,11 +178,7 @@ describe("gears write journal: events of writes through the proxy, once each (on
     await db0.hset("k:w2", "f", "v");
     await db0.unwatch();
     const expected0 = { "k:w1 set": 1, "k:w2 hset": 1 };
-    await eventually(
-      () => seen(direct0),
-      (s) => Object.keys(expected0).every((k) => k in s),
-      "writes while WATCHing handled without notifications",
-    );
+    await handled(direct0, expected0, "writes while WATCHing handled without notifications");
     await direct0.config("SET", "notify-keyspace-events", "AE");
     await drained(direct0);
     expect(await seen(direct0)).to.deep.equal(expected0);
