@@ -405,7 +405,10 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
         const got = await counts("handled");
         return keys.filter((k) => got[k] === undefined);
       };
-      const deadline = LEASE_MS * 2 + count * msPerKey + 3000;
+      // B may handle the whole burst again (at least once), at the pace A managed: on a loaded
+      // machine that is well above msPerKey.
+      const perKeyMs = Math.max(msPerKey, killedAfterMs / Math.max(1, handledAtKill));
+      const deadline = LEASE_MS * 2 + count * perKeyMs * 1.5 + 3000;
       const lost = await eventually(
         missing,
         (m) => m.length === 0,
@@ -418,12 +421,13 @@ describe("gears: several proxies, restarts and crashes (issue #5)", function () 
       ).to.equal(0);
     }
 
-    it("A SIGKILLed in the middle of a burst it was handling: B handles what A had not (at least once)", async () => {
+    it("A SIGKILLed in the middle of a burst it was handling: B handles what A had not (at least once)", async function () {
+      this.timeout(60_000);
       await killDuringBurst(3, 800, 100);
     });
 
     it("A SIGKILLed while more than 2 x EventLeaseMS + 2 s behind on its events: B still handles what A had not", async function () {
-      this.timeout(40_000);
+      this.timeout(90_000);
       // A is ~4.2 s behind when it dies: older than what B keeps of other proxies' events.
       await killDuringBurst(10, 600, 420);
     });

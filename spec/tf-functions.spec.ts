@@ -275,6 +275,10 @@ for (const mode of BACKEND_MODES) {
          redis.registerAsyncFunction('fail', async function(client){ return client.runOnKey('k', 'fail'); });
          redis.registerAsyncFunction('write', async function(client){ return JSON.stringify(await client.runOnShards('write')); });`,
       );
+      // T&F's 500 ms default is short for a remote function's worker on a loaded 2-core machine.
+      expect(await t.c.call("CONFIG", "SET", "redisgears_2.remote-task-default-timeout", "10000")).to.equal(
+        "OK",
+      );
       expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
       for (let i = 0; i < 30; i++) await t.c.set(`shardkey:${i}`, "v");
       const masters = await t.backend.masters();
