@@ -115,6 +115,23 @@ function writtenKeys(name: string, keys: string[]): string[] {
   return name === "copy" ? keys.slice(-1) : keys.slice(0, 1);
 }
 
+/**
+ * Writes whose reply, when they are followed, means each key now holds a given string
+ * argument: where the first key's value is, and the step to the next key's.
+ */
+const STRING_VALUE: Record<string, [number, number]> = {
+  set: [2, 0],
+  setnx: [2, 0],
+  getset: [2, 0],
+  mset: [2, 2],
+  msetnx: [2, 2],
+};
+/**
+ * Values above this many bytes are not carried: the handler reads them lazily, as it does
+ * a big value read from Redis (readers.ts, LAZY_VALUE_ELEMENTS KB).
+ */
+const CARRIED_VALUE_MAX = 1000 * 1024;
+
 /** A notification held while a write of its key is in flight is released after this long at most. */
 const HOLD_MS = 2000;
 /**
@@ -197,6 +214,17 @@ export class WriteJournal {
       }
     }
     const counted = COUNTED.has(name) && names.length > 1 ? names.length : 0;
+    // The string each key now holds, when the write says so: its event carries it, and a
+    // handler needs no read of it. Copied now: argv may be a view of a reused buffer.
+    let values: (string | undefined)[] | null = null;
+    const valueAt = exact ? STRING_VALUE[name] : undefined;
+    if (valueAt !== undefined && names.length === keys.length) {
+      values = new Array<string | undefined>(names.length);
+      for (let k = 0; k < names.length; k++) {
+        const v = argv[valueAt[0] + k * valueAt[1]];
+        values[k] = v !== undefined && v.length <= CARRIED_VALUE_MAX ? v.toString() : undefined;
+      }
+    }
     const table = this.table(db);
     for (const key of names) {
       const state = this.stateOf(table, key);
@@ -209,11 +237,12 @@ export class WriteJournal {
         !changedNothing(name, reply, conditional) &&
         (counted === 0 || reply.toString("latin1", 1, reply.length - 2) === String(counted));
       const at = Date.now();
-      for (const key of names) {
+      for (let k = 0; k < names.length; k++) {
+        const key = names[k];
         const state = table.get(key);
         if (state === undefined) continue;
         if (state.inFlight > 0) state.inFlight--;
-        if (followed) this.written(db, key, state, event, exact, at);
+        if (followed) this.written(db, key, state, event, exact, at, values?.[k]);
         this.releaseHeld(state);
         this.forget(table, key, state);
       }
@@ -221,17 +250,28 @@ export class WriteJournal {
     };
   }
 
-  private written(db: number, key: string, state: KeyState, event: string, exact: boolean, at: number): void {
+  private written(
+    db: number,
+    key: string,
+    state: KeyState,
+    event: string,
+    exact: boolean,
+    at: number,
+    value: string | undefined,
+  ): void {
     const heldAt = state.held.findIndex((e) => e.event === event);
     if (exact) {
       if (heldAt !== -1) {
         // Its notification came first: that is the event.
-        this.known.push(state.held.splice(heldAt, 1)[0]);
+        const held = state.held.splice(heldAt, 1)[0];
         this.heldCount--;
+        this.known.push(value === undefined ? held : { ...held, value });
         return;
       }
       const buffer = Buffer.from(key, "latin1");
-      this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db });
+      const e: KeyEvent = { key: buffer, event, shard: this.shardOf(buffer), at, db };
+      if (value !== undefined) e.value = value;
+      this.known.push(e);
       state.expected.push({ event, at });
       this.size++;
       return;
