@@ -199,7 +199,7 @@ describe("gears write journal: events of writes through the proxy, once each (on
 });
 
 /**
- * Issue 14: a SET or MSET through the proxy carries the value it wrote into its event's
+ * Issue 14: a SET, MSET or INCR through the proxy carries the value it wrote into its event's
  * record, so a registration that reads `value` gets it without the proxy reading it back
  * from Redis; writes whose value the proxy did not see (an HSET, a SET with an expiry,
  * whose event comes from its notification) are still read.
@@ -245,17 +245,19 @@ describe("gears write journal: a write's value travels with its event (one redis
     await redis?.stop();
   });
 
-  it("SET and MSET events carry their values: no key is read back; an HSET or a SET with EX still is", async () => {
+  it("SET, MSET and INCRBY events carry their values: no key is read back; an HSET or a SET with EX still is", async () => {
     await direct.config("RESETSTAT");
     await io.set("v:a", "one");
     await io.mset("v:b", "two", "v:c", "three");
     await io.set("v:d", "four", "NX");
-    const first = await logged(4, "the SET and MSET events handled");
+    await io.incrby("v:i", 5);
+    const first = await logged(5, "the SET, MSET and INCRBY events handled");
     expect(first.slice().sort()).to.deep.equal([
       'v:a="one" string set',
       'v:b="two" string set',
       'v:c="three" string set',
       'v:d="four" string set',
+      'v:i="5" string incrby',
     ]);
     // The registration's reads (a script calling TYPE and GET) never ran.
     expect(await calls("type")).to.equal(0);
@@ -263,8 +265,8 @@ describe("gears write journal: a write's value travels with its event (one redis
 
     await io.hset("v:h", "f", "x");
     await io.set("v:e", "five", "EX", 100);
-    const all = await logged(7, "the HSET and SET EX events handled");
-    expect(all.slice(4).sort()).to.deep.equal([
+    const all = await logged(8, "the HSET and SET EX events handled");
+    expect(all.slice(5).sort()).to.deep.equal([
       'v:e="five" string expire',
       'v:e="five" string set',
       'v:h={"f":"x"} hash hset',
@@ -273,11 +275,11 @@ describe("gears write journal: a write's value travels with its event (one redis
     // Each write once: counted after its execution ends, a moment after its RPUSH.
     await eventually(
       async () => (await registrations(io))[0].stats.numTriggered,
-      (n) => n >= 7,
-      "seven events counted",
+      (n) => n >= 8,
+      "eight events counted",
     );
     await new Promise((resolve) => setTimeout(resolve, 200));
-    expect((await registrations(io))[0].stats.numTriggered).to.equal(7);
-    expect(await direct.llen("vals")).to.equal(7);
+    expect((await registrations(io))[0].stats.numTriggered).to.equal(8);
+    expect(await direct.llen("vals")).to.equal(8);
   });
 });

@@ -126,6 +126,9 @@ const STRING_VALUE: Record<string, [number, number]> = {
   mset: [2, 2],
   msetnx: [2, 2],
 };
+/** Writes whose integer reply is the string the key now holds. */
+const COUNTERS = new Set(["incr", "decr", "incrby", "decrby"]);
+
 /**
  * Values above this many bytes are not carried: the handler reads them lazily, as it does
  * a big value read from Redis (readers.ts, LAZY_VALUE_ELEMENTS KB).
@@ -237,6 +240,8 @@ export class WriteJournal {
         !changedNothing(name, reply, conditional) &&
         (counted === 0 || reply.toString("latin1", 1, reply.length - 2) === String(counted));
       const at = Date.now();
+      if (followed && values === null && COUNTERS.has(name) && reply[0] === 58 /* : */)
+        values = [reply.toString("latin1", 1, reply.length - 2)];
       for (let k = 0; k < names.length; k++) {
         const key = names[k];
         const state = table.get(key);
