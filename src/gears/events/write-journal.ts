@@ -143,6 +143,13 @@ const HOLD_MS = 2000;
  */
 const IN_FLIGHT_GIVE_UP_MS = 30_000;
 
+/**
+ * The lists of a key with nothing in them: shared, and frozen so that a push onto it throws
+ * rather than reaching every key. Most keys never need a list (a write answered, its
+ * notification swallowed): none is made for them.
+ */
+const NONE: never[] = Object.freeze([]) as unknown as never[];
+
 /** What the journal knows of one key of one database. */
 interface KeyState {
   /** Writes of the key sent and not answered yet: its notifications wait for their replies. */
@@ -277,13 +284,13 @@ export class WriteJournal {
       const e: KeyEvent = { key: buffer, event, shard: this.shardOf(buffer), at, db };
       if (value !== undefined) e.value = value;
       this.known.push(e);
-      state.expected.push({ event, at });
+      (state.expected === NONE ? (state.expected = []) : state.expected).push({ event, at });
       this.size++;
       return;
     }
     // Not known exactly: a notification already there stands for it, else wait for one.
     if (state.held.length > 0) return;
-    state.waiting.push({ event, at });
+    (state.waiting === NONE ? (state.waiting = []) : state.waiting).push({ event, at });
     this.size++;
   }
 
@@ -292,7 +299,7 @@ export class WriteJournal {
     if ((state.inFlight > 0 && !now) || state.held.length === 0) return;
     for (const e of state.held) this.known.push(e);
     this.heldCount -= state.held.length;
-    state.held = [];
+    state.held = NONE;
   }
 
   /**
@@ -315,7 +322,7 @@ export class WriteJournal {
         state.expected.splice(expected, 1);
         this.size--;
       } else if (state.inFlight > 0) {
-        state.held.push(e);
+        (state.held === NONE ? (state.held = []) : state.held).push(e);
         this.heldCount++;
       } else {
         if (state.waiting.length > 0) {
@@ -401,7 +408,7 @@ export class WriteJournal {
   private stateOf(table: Map<string, KeyState>, key: string): KeyState {
     let state = table.get(key);
     if (state === undefined) {
-      state = { inFlight: 0, since: 0, expected: [], waiting: [], held: [] };
+      state = { inFlight: 0, since: 0, expected: NONE, waiting: NONE, held: NONE };
       table.set(key, state);
     }
     return state;
