@@ -63,6 +63,8 @@ interface Options {
   proxyNodeArgs: string[];
   append: string | undefined;
   json: string | undefined;
+  /** Another build's dist/src/cli.js: each round runs it too, alternating with this one. */
+  base: string | undefined;
 }
 
 const HELP = `Usage: node dist/bench/events.js [options]
@@ -83,6 +85,9 @@ const HELP = `Usage: node dist/bench/events.js [options]
   --profile DIR            run gears-proxy under node --cpu-prof and print the hottest functions
   --proxy-args "..."       extra gears-proxy flags
   --proxy-node-args "..."  extra node flags for the proxy process
+  --base CLI               also run another build (its dist/src/cli.js) in every round, alternating
+                           with this one (each build with its own fresh deployment per round), and
+                           compare the two (same-run A/B)
   --append FILE            append the markdown report to FILE
   --json FILE              also write every sample as JSON
   --help
@@ -114,6 +119,7 @@ function parseOptions(argv: string[]): Options | null {
       "proxy-node-args": { type: "string" },
       append: { type: "string" },
       json: { type: "string" },
+      base: { type: "string" },
       help: { type: "boolean" },
     },
     strict: true,
@@ -151,6 +157,7 @@ function parseOptions(argv: string[]): Options | null {
     proxyNodeArgs: (values["proxy-node-args"] ?? "").split(/\s+/).filter((a) => a !== ""),
     append: values.append,
     json: values.json,
+    base: values.base,
   };
 }
 
@@ -807,12 +814,19 @@ interface SetupResult {
   profileFiles: string[];
 }
 
-async function benchSetup(setup: Setup, opts: Options, consumerModule: string): Promise<SetupResult> {
+async function benchSetup(
+  setup: Setup,
+  opts: Options,
+  consumerModule: string,
+  /** The proxy build to run (this one's when undefined). */
+  cli?: string,
+): Promise<SetupResult> {
   const result: SetupResult = { throughput: [], latency: [], proxyFlags: [], profileFiles: [] };
-  say(`\n== ${setup}`);
+  say(`\n== ${setup}${cli === undefined ? "" : ` (${cli})`}`);
   const dep = await deploy(setup);
   const profilesBefore = new Set(opts.profileDir !== undefined ? fs.readdirSync(opts.profileDir) : []);
   const proxy = await startGears(dep.ports[0], {
+    cli,
     profileDir: opts.profileDir,
     nodeArgs: opts.proxyNodeArgs,
     args: [...opts.proxyArgs, ...(opts.python ? ["--python"] : [])],
@@ -1186,6 +1200,60 @@ function report(opts: Options, results: Map<Setup, SetupResult>, header: string,
   return out.join("\n");
 }
 
+/** This build against the base, per setup: the medians of the rounds of each. */
+function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup, SetupResult>): string {
+  const rows: string[][] = [];
+  for (const setup of opts.setups) {
+    for (const [build, r] of [
+      ["this build", mine.get(setup)],
+      ["base", base.get(setup)],
+    ] as const) {
+      if (r === undefined) continue;
+      const tp = (side: Side): ThroughputRun[] => r.throughput.filter((x) => x.side === side);
+      const rounds = [...new Set(r.throughput.map((x) => x.round))].sort((a, b) => a - b);
+      const ratios = rounds.map((k) => {
+        const p = tp("proxy").find((x) => x.round === k);
+        const d = tp("direct").find((x) => x.round === k);
+        return p !== undefined && d !== undefined ? p.eventsPerS / d.eventsPerS : NaN;
+      });
+      const cpu = tp("proxy").map((x) => (x.handlerCpu * 1e6) / x.writes);
+      const p50s = opts.rates.map((rate) => {
+        const of = (side: LatencyRun["side"]): number =>
+          median(r.latency.filter((x) => x.side === side && x.rate === rate).map((x) => x.p50));
+        return `${ms2(of("proxy"))} / ${ms2(of("direct"))}`;
+      });
+      rows.push([
+        setup,
+        build,
+        int(median(tp("proxy").map((x) => x.eventsPerS))),
+        int(median(tp("direct").map((x) => x.eventsPerS))),
+        `${ratio(median(ratios))} (${ratios.map(ratio).join(", ")})`,
+        `${int(median(cpu))} (${cpu.map(int).join(", ")})`,
+        int(median(tp("direct").map((x) => (x.handlerCpu * 1e6) / x.writes))),
+        ...p50s,
+      ]);
+    }
+  }
+  return [
+    "### This build against the base (medians of the rounds)",
+    "",
+    table(
+      [
+        "setup",
+        "build",
+        "proxy events/s",
+        "consumer events/s",
+        "ratio to the consumer (per round)",
+        "proxy CPU µs per write (per round)",
+        "consumer CPU µs per write",
+        ...opts.rates.map((rate) => `p50 at ${rate}/s: proxy / consumer`),
+      ],
+      rows,
+    ),
+    "",
+  ].join("\n");
+}
+
 function machine(): string {
   let redis = "redis-server: unknown";
   try {
@@ -1228,11 +1296,45 @@ async function main(): Promise<number> {
     `node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(" ")}`.trim();
   say(header);
   const results = new Map<Setup, SetupResult>();
-  for (const setup of opts.setups)
-    results.set(setup, await benchSetup(setup, opts, fileURLToPath(import.meta.url)));
+  const baseResults = new Map<Setup, SetupResult>();
+  const consumerModule = fileURLToPath(import.meta.url);
+  for (const setup of opts.setups) {
+    if (opts.base === undefined) {
+      results.set(setup, await benchSetup(setup, opts, consumerModule));
+      continue;
+    }
+    // Same-run A/B: every round runs both builds, in alternating order, each on a fresh
+    // deployment (two proxies on one Redis would share registrations through it).
+    for (let round = 1; round <= opts.rounds; round++) {
+      const builds: [Map<Setup, SetupResult>, string | undefined][] = [
+        [results, undefined],
+        [baseResults, opts.base],
+      ];
+      if (round % 2 === 0) builds.reverse();
+      for (const [into, cli] of builds) {
+        const r = await benchSetup(setup, { ...opts, rounds: 1 }, consumerModule, cli);
+        for (const x of [...r.throughput, ...r.latency]) x.round = round;
+        const acc = into.get(setup);
+        if (acc === undefined) into.set(setup, r);
+        else {
+          acc.throughput.push(...r.throughput);
+          acc.latency.push(...r.latency);
+          acc.profileFiles.push(...r.profileFiles);
+        }
+      }
+    }
+  }
 
   const text = [
     report(opts, results, header, command),
+    ...(opts.base === undefined
+      ? []
+      : [
+          `### The base build (${opts.base}), same run, alternating rounds`,
+          "",
+          report(opts, baseResults, header, command).replace(/^## .*\n/, ""),
+          abReport(opts, results, baseResults),
+        ]),
     `total time: ${((Date.now() - startedAt) / 1000).toFixed(0)} s; load average at the end: ${os
       .loadavg()
       .map((l) => l.toFixed(2))
@@ -1246,7 +1348,7 @@ async function main(): Promise<number> {
       opts.json,
       JSON.stringify({ header, command, opts, results: Object.fromEntries(results) }, null, 2),
     );
-  const bad = [...results.values()].some(
+  const bad = [...results.values(), ...baseResults.values()].some(
     (r) =>
       r.throughput.some((x) => x.lost !== 0 || x.failures !== 0 || x.triggered !== x.expectedTriggered) ||
       r.latency.some((x) => x.lost !== 0 || x.failures !== 0 || x.scard !== x.writes),

@@ -197,3 +197,89 @@ describe("gears write journal: events of writes through the proxy, once each (on
     expect(await direct0.exists("k:discarded", "k:aborted")).to.equal(0);
   });
 });
+
+/**
+ * Issue 14: a SET, MSET or INCR through the proxy carries the value it wrote into its event's
+ * record, so a registration that reads `value` gets it without the proxy reading it back
+ * from Redis; writes whose value the proxy did not see (an HSET, a SET with an expiry,
+ * whose event comes from its notification) are still read.
+ */
+describe("gears write journal: a write's value travels with its event (one redis-server)", function () {
+  this.timeout(60_000);
+  let redis: RedisNode;
+  let proxy: RunningProxy;
+  let io: Redis;
+  let direct: Redis;
+
+  /** Calls of `command` Redis has counted since the last CONFIG RESETSTAT (scripts' calls included). */
+  async function calls(command: string): Promise<number> {
+    const info = await direct.info("commandstats");
+    const m = new RegExp(`^cmdstat_${command}:calls=(\\d+)`, "m").exec(info);
+    return m === null ? 0 : Number(m[1]);
+  }
+
+  async function logged(n: number, what: string): Promise<string[]> {
+    return eventually(
+      () => direct.lrange("vals", 0, -1),
+      (l) => l.length >= n,
+      what,
+    );
+  }
+
+  before(async () => {
+    redis = await startRedis();
+    proxy = await startProxy([{ port: redis.port }]);
+    io = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+    direct = new Redis({ port: redis.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+    await execute(
+      io,
+      "GB().foreach(x => execute('RPUSH', 'vals', x.key + '=' + JSON.stringify(x.value) + ' ' + x.type + ' ' + x.event)).register('v:*')",
+    );
+  });
+
+  after(async () => {
+    for (const r of await registrations(io)) await io.call("RG.UNREGISTER", r.id);
+    io.disconnect();
+    direct.disconnect();
+    await proxy?.close();
+    await redis?.stop();
+  });
+
+  it("SET, MSET and INCRBY events carry their values: no key is read back; an HSET or a SET with EX still is", async () => {
+    await direct.config("RESETSTAT");
+    await io.set("v:a", "one");
+    await io.mset("v:b", "two", "v:c", "three");
+    await io.set("v:d", "four", "NX");
+    await io.incrby("v:i", 5);
+    const first = await logged(5, "the SET, MSET and INCRBY events handled");
+    expect(first.slice().sort()).to.deep.equal([
+      'v:a="one" string set',
+      'v:b="two" string set',
+      'v:c="three" string set',
+      'v:d="four" string set',
+      'v:i="5" string incrby',
+    ]);
+    // The registration's reads (a script calling TYPE and GET) never ran.
+    expect(await calls("type")).to.equal(0);
+    expect(await calls("get")).to.equal(0);
+
+    await io.hset("v:h", "f", "x");
+    await io.set("v:e", "five", "EX", 100);
+    const all = await logged(8, "the HSET and SET EX events handled");
+    expect(all.slice(5).sort()).to.deep.equal([
+      'v:e="five" string expire',
+      'v:e="five" string set',
+      'v:h={"f":"x"} hash hset',
+    ]);
+    expect(await calls("type")).to.be.greaterThan(0);
+    // Each write once: counted after its execution ends, a moment after its RPUSH.
+    await eventually(
+      async () => (await registrations(io))[0].stats.numTriggered,
+      (n) => n >= 8,
+      "eight events counted",
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect((await registrations(io))[0].stats.numTriggered).to.equal(8);
+    expect(await direct.llen("vals")).to.equal(8);
+  });
+});

@@ -22,6 +22,24 @@ function outcomeOf(reply: Buffer): CallOutcome {
   }
 }
 
+const UNUSED: CallOutcome = { ok: null };
+
+/**
+ * A reply that is not an error at any depth, told from its first byte: a status, an
+ * integer, a bulk string, a double, a boolean or a null. Aggregates are read whole.
+ */
+function plainSuccess(reply: Buffer): boolean {
+  const t = reply[0];
+  return (
+    t === 43 /* + */ ||
+    t === 58 /* : */ ||
+    t === 36 /* $ */ ||
+    t === 44 /* , */ ||
+    t === 35 /* # */ ||
+    t === 95
+  ); /* _ */
+}
+
 /** The outcomes of one batch, filled in as the replies come; resolves when the last one has. */
 class Outcomes {
   readonly list: CallOutcome[];
@@ -47,10 +65,12 @@ class OutcomeSink implements ReplySink {
   constructor(
     private readonly outcomes: Outcomes,
     private readonly index: number,
+    /** The caller only needs to know whether it failed: a plain success is not read. */
+    private readonly unused: boolean,
   ) {}
 
   reply(data: Buffer): void {
-    this.outcomes.set(this.index, outcomeOf(data));
+    this.outcomes.set(this.index, this.unused && plainSuccess(data) ? UNUSED : outcomeOf(data));
   }
 
   fail(message: string): void {
@@ -72,6 +92,8 @@ export function executeBatch(
   /** Why a command may not run (refused to scripts, NOPERM); null when it may. */
   refusal: (name: string, argv: readonly Buffer[]) => string | null,
   other: (call: { name: string; args: JsonValue[] }) => Promise<JsonValue | RawJson>,
+  /** The replies are not looked at, only whether each failed: successes come back as null. */
+  repliesUnused = false,
 ): Promise<CallOutcome[]> {
   const outcomes = new Outcomes(calls.length);
   for (let i = 0; i < calls.length; i++) {
@@ -98,7 +120,7 @@ export function executeBatch(
       outcomes.set(i, { error: refused });
       continue;
     }
-    router.forward(name, argv, null, new OutcomeSink(outcomes, i), { db, affinity: 0 });
+    router.forward(name, argv, null, new OutcomeSink(outcomes, i, repliesUnused), { db, affinity: 0 });
   }
   return outcomes.done;
 }

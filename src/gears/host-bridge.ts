@@ -136,6 +136,7 @@ export class GearsBridge implements HostBridge {
 
   callAsync(
     calls: { name: string; args: JsonValue[] }[],
+    repliesUnused = false,
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
     return executeBatch(
       this.router,
@@ -143,24 +144,27 @@ export class GearsBridge implements HostBridge {
       calls,
       (name, argv) => scriptCommandRefusal(name, argv) ?? this.guard?.(name, argv) ?? null,
       (call) => this.callSync(call.name, call.args),
+      repliesUnused,
     );
   }
 
   /**
-   * A batched foreach's execute() calls, `[partition, name, ...args]` each, sent at once;
-   * the outcomes as JSON text `[[0, value] | [1, "error message"], ...]` in order.
+   * A batched foreach's execute() calls, `[partition, name, ...args]` each, sent at once.
+   * Nothing reads their replies (the foreach ignores them), only whether each failed: the
+   * answer is `{failed: [[index, "error message"], ...]}`, empty when every call succeeded.
    */
   private async executeEach(list: JsonValue | undefined): Promise<RawJson> {
     const calls = (Array.isArray(list) ? list : []).map((args) => ({
       name: "execute",
       args: Array.isArray(args) ? args : [],
     }));
-    const outcomes = await this.callAsync(calls);
-    const parts = outcomes.map((o) => {
-      if ("error" in o) return `[1,${JSON.stringify(o.error)}]`;
-      return `[0,${o.ok instanceof RawJson ? o.ok.json : (JSON.stringify(o.ok) ?? "null")}]`;
-    });
-    return new RawJson(`[${parts.join(",")}]`);
+    const outcomes = await this.callAsync(calls, true);
+    const failed: string[] = [];
+    for (let i = 0; i < outcomes.length; i++) {
+      const o = outcomes[i];
+      if ("error" in o) failed.push(`[${i},${JSON.stringify(o.error)}]`);
+    }
+    return new RawJson(`{"failed":[${failed.join(",")}]}`);
   }
 
   notify(name: string, args: JsonValue[]): void {

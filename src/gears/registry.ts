@@ -423,6 +423,8 @@ export class RegistrationRegistry {
     const keyIndex = new Map<string, number>();
     const keys: Buffer[] = [];
     const keyPartition: number[] = [];
+    /** The value the key's last event of the batch carries (a write the proxy saw), if any. */
+    const carried: (string | undefined)[] = [];
     const eventKey = new Array<number>(events.length);
     for (let i = 0; i < events.length; i++) {
       const key = events[i].key;
@@ -434,17 +436,42 @@ export class RegistrationRegistry {
         keys.push(key);
         keyPartition.push(partitions.partitionOfSlot(keySlot(key)));
       }
+      carried[k] = events[i].value;
       eventKey[i] = k;
     }
+    const keyRecord = new Array<Record<string, JsonValue> | null>(keys.length);
+    const values = new Map<number, JsonValue[]>();
+    const valuesOf = (partition: number): JsonValue[] => {
+      let list = values.get(partition);
+      if (list === undefined) values.set(partition, (list = []));
+      return list;
+    };
+    // A key whose last event carries its value is not read: it holds that string, as of
+    // that event (a later write's event follows, in this batch or the next).
+    const stringKept = !registration.readValue || registration.matchesKeyType("string");
     const keysOf = new Map<number, number[]>();
     for (let k = 0; k < keys.length; k++) {
+      const value = carried[k];
+      if (value !== undefined && registration.readValue) {
+        if (!stringKept) {
+          keyRecord[k] = null;
+          continue;
+        }
+        const partValues = valuesOf(keyPartition[k]);
+        partValues.push(value);
+        keyRecord[k] = {
+          key: keys[k].toString(),
+          type: "string",
+          event: null,
+          valueRef: partValues.length - 1,
+        };
+        continue;
+      }
       const list = keysOf.get(keyPartition[k]);
       if (list === undefined) keysOf.set(keyPartition[k], [k]);
       else list.push(k);
     }
     // Every partition's keys are read at once, one round trip per shard.
-    const keyRecord = new Array<Record<string, JsonValue> | null>(keys.length);
-    const values = new Map<number, JsonValue[]>();
     await Promise.all(
       [...keysOf].map(async ([partition, list]) => {
         const access = partitions.shard(partition);
@@ -453,8 +480,7 @@ export class RegistrationRegistry {
           ? await eventKeyRecords(access, mine)
           : await keyRecords(access, mine, false);
         // Each distinct key's value is sent once; its events' records point at it.
-        const partValues: JsonValue[] = [];
-        values.set(partition, partValues);
+        const partValues = valuesOf(partition);
         list.forEach((k, i) => {
           const record = { ...(records[i] as Record<string, JsonValue>) };
           if ("value" in record) {
@@ -478,8 +504,7 @@ export class RegistrationRegistry {
       list.push({ ...record, event: events[i].event });
     }
     const input = new Map<number, PackedRecords>();
-    for (const [partition, records] of kept)
-      input.set(partition, { records, values: values.get(partition)! });
+    for (const [partition, records] of kept) input.set(partition, { records, values: valuesOf(partition) });
     return input;
   }
 

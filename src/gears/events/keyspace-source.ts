@@ -14,6 +14,11 @@ export interface KeyEvent {
   at: number;
   /** The database the key is in (always 0 in a cluster). */
   db: number;
+  /**
+   * The string the key was set to, when the event is a write the proxy forwarded and saw
+   * the value of (SET, MSET...): the event's record needs no read of it.
+   */
+  value?: string;
 }
 
 /** Whether keyevent notifications could be enabled on one master. */

@@ -115,6 +115,26 @@ function writtenKeys(name: string, keys: string[]): string[] {
   return name === "copy" ? keys.slice(-1) : keys.slice(0, 1);
 }
 
+/**
+ * Writes whose reply, when they are followed, means each key now holds a given string
+ * argument: where the first key's value is, and the step to the next key's.
+ */
+const STRING_VALUE: Record<string, [number, number]> = {
+  set: [2, 0],
+  setnx: [2, 0],
+  getset: [2, 0],
+  mset: [2, 2],
+  msetnx: [2, 2],
+};
+/** Writes whose integer reply is the string the key now holds. */
+const COUNTERS = new Set(["incr", "decr", "incrby", "decrby"]);
+
+/**
+ * Values above this many bytes are not carried: the handler reads them lazily, as it does
+ * a big value read from Redis (readers.ts, LAZY_VALUE_ELEMENTS KB).
+ */
+const CARRIED_VALUE_MAX = 1000 * 1024;
+
 /** A notification held while a write of its key is in flight is released after this long at most. */
 const HOLD_MS = 2000;
 /**
@@ -122,6 +142,13 @@ const HOLD_MS = 2000;
  * outcome that never came) stops holding its notifications back.
  */
 const IN_FLIGHT_GIVE_UP_MS = 30_000;
+
+/**
+ * The lists of a key with nothing in them: shared, and frozen so that a push onto it throws
+ * rather than reaching every key. Most keys never need a list (a write answered, its
+ * notification swallowed): none is made for them.
+ */
+const NONE: never[] = Object.freeze([]) as unknown as never[];
 
 /** What the journal knows of one key of one database. */
 interface KeyState {
@@ -197,6 +224,17 @@ export class WriteJournal {
       }
     }
     const counted = COUNTED.has(name) && names.length > 1 ? names.length : 0;
+    // The string each key now holds, when the write says so: its event carries it, and a
+    // handler needs no read of it. Copied now: argv may be a view of a reused buffer.
+    let values: (string | undefined)[] | null = null;
+    const valueAt = exact ? STRING_VALUE[name] : undefined;
+    if (valueAt !== undefined && names.length === keys.length) {
+      values = new Array<string | undefined>(names.length);
+      for (let k = 0; k < names.length; k++) {
+        const v = argv[valueAt[0] + k * valueAt[1]];
+        values[k] = v !== undefined && v.length <= CARRIED_VALUE_MAX ? v.toString() : undefined;
+      }
+    }
     const table = this.table(db);
     for (const key of names) {
       const state = this.stateOf(table, key);
@@ -209,11 +247,14 @@ export class WriteJournal {
         !changedNothing(name, reply, conditional) &&
         (counted === 0 || reply.toString("latin1", 1, reply.length - 2) === String(counted));
       const at = Date.now();
-      for (const key of names) {
+      if (followed && values === null && COUNTERS.has(name) && reply[0] === 58 /* : */)
+        values = [reply.toString("latin1", 1, reply.length - 2)];
+      for (let k = 0; k < names.length; k++) {
+        const key = names[k];
         const state = table.get(key);
         if (state === undefined) continue;
         if (state.inFlight > 0) state.inFlight--;
-        if (followed) this.written(db, key, state, event, exact, at);
+        if (followed) this.written(db, key, state, event, exact, at, values?.[k]);
         this.releaseHeld(state);
         this.forget(table, key, state);
       }
@@ -221,24 +262,35 @@ export class WriteJournal {
     };
   }
 
-  private written(db: number, key: string, state: KeyState, event: string, exact: boolean, at: number): void {
+  private written(
+    db: number,
+    key: string,
+    state: KeyState,
+    event: string,
+    exact: boolean,
+    at: number,
+    value: string | undefined,
+  ): void {
     const heldAt = state.held.findIndex((e) => e.event === event);
     if (exact) {
       if (heldAt !== -1) {
         // Its notification came first: that is the event.
-        this.known.push(state.held.splice(heldAt, 1)[0]);
+        const held = state.held.splice(heldAt, 1)[0];
         this.heldCount--;
+        this.known.push(value === undefined ? held : { ...held, value });
         return;
       }
       const buffer = Buffer.from(key, "latin1");
-      this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db });
-      state.expected.push({ event, at });
+      const e: KeyEvent = { key: buffer, event, shard: this.shardOf(buffer), at, db };
+      if (value !== undefined) e.value = value;
+      this.known.push(e);
+      (state.expected === NONE ? (state.expected = []) : state.expected).push({ event, at });
       this.size++;
       return;
     }
     // Not known exactly: a notification already there stands for it, else wait for one.
     if (state.held.length > 0) return;
-    state.waiting.push({ event, at });
+    (state.waiting === NONE ? (state.waiting = []) : state.waiting).push({ event, at });
     this.size++;
   }
 
@@ -247,7 +299,7 @@ export class WriteJournal {
     if ((state.inFlight > 0 && !now) || state.held.length === 0) return;
     for (const e of state.held) this.known.push(e);
     this.heldCount -= state.held.length;
-    state.held = [];
+    state.held = NONE;
   }
 
   /**
@@ -270,7 +322,7 @@ export class WriteJournal {
         state.expected.splice(expected, 1);
         this.size--;
       } else if (state.inFlight > 0) {
-        state.held.push(e);
+        (state.held === NONE ? (state.held = []) : state.held).push(e);
         this.heldCount++;
       } else {
         if (state.waiting.length > 0) {
@@ -356,7 +408,7 @@ export class WriteJournal {
   private stateOf(table: Map<string, KeyState>, key: string): KeyState {
     let state = table.get(key);
     if (state === undefined) {
-      state = { inFlight: 0, since: 0, expected: [], waiting: [], held: [] };
+      state = { inFlight: 0, since: 0, expected: NONE, waiting: NONE, held: NONE };
       table.set(key, state);
     }
     return state;

@@ -141,7 +141,7 @@ function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
     return undefined;
   };
   const send = (): void => {
-    const round = { calls, held, heldParts, heldFrom, heldEnds };
+    const round = { list: calls, calls: calls.length, held, heldParts, heldFrom, heldEnds };
     calls = [];
     held = [];
     heldParts = [];
@@ -149,7 +149,7 @@ function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
     heldEnds = [];
     const done = (out: unknown, err: unknown): void => deliver(round, out, err);
     try {
-      host.callAsync("executeEach", round.calls).then(
+      host.callAsync("executeEach", round.list).then(
         (out) => done(out, null),
         (e: unknown) => done(null, e),
       );
@@ -158,21 +158,41 @@ function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
     }
   };
   const deliver = (
-    round: { held: unknown[]; heldParts: (number | null)[]; heldFrom: number[]; heldEnds: number[] },
+    round: {
+      calls: number;
+      held: unknown[];
+      heldParts: (number | null)[];
+      heldFrom: number[];
+      heldEnds: number[];
+    },
     out: unknown,
     err: unknown,
   ): void => {
     if (ex.dropped) return;
-    const outcomes = Array.isArray(out) ? (out as unknown[]) : [];
+    // `{failed: [[index, message]...]}` (only the failures: nothing reads a reply), or one
+    // `[0, reply] | [1, message]` per call.
+    const failed = (out as { failed?: unknown } | null)?.failed;
+    const errors: unknown[] = [];
+    if (Array.isArray(failed)) {
+      for (const f of failed) if (Array.isArray(f)) errors[Number(f[0])] = f[1];
+    } else {
+      const outcomes = Array.isArray(out) ? (out as unknown[]) : [];
+      for (let j = 0; j < round.calls; j++) {
+        const o = outcomes[j];
+        if (!Array.isArray(o) || o[0] !== 0) errors[j] = Array.isArray(o) ? o[1] : "no answer from the host";
+      }
+    }
     const saved = at.part;
     try {
       for (let i = 0; i < round.held.length; i++) {
         at.part = round.heldParts[i];
         let failure: unknown = err;
-        for (let j = round.heldFrom[i]; failure === null && j < round.heldEnds[i]; j++) {
-          const o = outcomes[j];
-          if (!Array.isArray(o) || o[0] !== 0) {
-            failure = new Error(Array.isArray(o) ? safeString(o[1]) : "no answer from the host");
+        if (failure === null && errors.length > round.heldFrom[i]) {
+          for (let j = round.heldFrom[i]; j < round.heldEnds[i]; j++) {
+            if (j in errors) {
+              failure = new Error(safeString(errors[j]));
+              break;
+            }
           }
         }
         if (failure === null) next(round.held[i]);

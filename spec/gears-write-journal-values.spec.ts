@@ -1,0 +1,93 @@
+import { expect } from "chai";
+import { WriteJournal } from "../src/gears/events/write-journal.js";
+import type { KeyEvent } from "../src/gears/events/keyspace-source.js";
+
+/**
+ * Issue 14: the write journal on its own (no Redis): a write whose value the proxy saw
+ * (SET, MSET, an INCR's reply) hands its event over with that value, whether its reply or
+ * its notification came first, and each write is still one event.
+ */
+
+const b = (s: string): Buffer => Buffer.from(s);
+const argv = (...a: string[]): Buffer[] => a.map(b);
+
+function journal(): { j: WriteJournal; events: KeyEvent[] } {
+  const events: KeyEvent[] = [];
+  const j = new WriteJournal(
+    () => "shard-1",
+    (e) => events.push(...e),
+  );
+  return { j, events };
+}
+
+function notification(key: string, event: string): KeyEvent {
+  return { key: b(key), event, shard: "shard-1", at: Date.now(), db: 0 };
+}
+
+const plain = (events: KeyEvent[]): [string, string, string | undefined][] =>
+  events.map((e) => [e.key.toString(), e.event, e.value]);
+
+describe("gears write journal: the values of writes it saw", () => {
+  it("a SET's event carries its value; its notification is then swallowed", () => {
+    const { j, events } = journal();
+    j.watch("set", argv("SET", "k", "v1"), [b("k")], 0)!(b("+OK\r\n"));
+    j.flush();
+    expect(plain(events)).to.deep.equal([["k", "set", "v1"]]);
+    expect(j.confirm([notification("k", "set")])).to.deep.equal([]);
+    expect(j.waiting).to.equal(0);
+  });
+
+  it("a notification that came before the reply becomes the event, with the value", () => {
+    const { j, events } = journal();
+    const done = j.watch("set", argv("SET", "k", "v2", "KEEPTTL"), [b("k")], 0)!;
+    expect(j.confirm([notification("k", "set")])).to.deep.equal([]);
+    done(b("+OK\r\n"));
+    j.flush();
+    expect(plain(events)).to.deep.equal([["k", "set", "v2"]]);
+    expect(j.waiting).to.equal(0);
+  });
+
+  it("MSET: one event per key, each with its own value; INCRBY: the value its reply gives", () => {
+    const { j, events } = journal();
+    j.watch("mset", argv("MSET", "a", "1", "b", "2"), [b("a"), b("b")], 0)!(b("+OK\r\n"));
+    j.watch("incrby", argv("INCRBY", "n", "5"), [b("n")], 0)!(b(":12\r\n"));
+    j.flush();
+    expect(plain(events)).to.deep.equal([
+      ["a", "set", "1"],
+      ["b", "set", "2"],
+      ["n", "incrby", "12"],
+    ]);
+  });
+
+  it("no value where the proxy did not see it: an HSET, a SET with EX (which waits for its notifications)", () => {
+    const { j, events } = journal();
+    j.watch("hset", argv("HSET", "h", "f", "v"), [b("h")], 0)!(b(":1\r\n"));
+    j.watch("set", argv("SET", "e", "v", "EX", "100"), [b("e")], 0)!(b("+OK\r\n"));
+    j.flush();
+    expect(plain(events)).to.deep.equal([["h", "hset", undefined]]);
+    const late = j.confirm([notification("e", "set"), notification("e", "expire")]);
+    expect(plain(late)).to.deep.equal([
+      ["e", "set", undefined],
+      ["e", "expire", undefined],
+    ]);
+  });
+
+  it("keys' lists stay their own: a notification held for one key is not seen on another", () => {
+    const { j, events } = journal();
+    const first = j.watch("set", argv("SET", "x", "1"), [b("x")], 0)!;
+    const second = j.watch("set", argv("SET", "y", "2"), [b("y")], 0)!;
+    expect(j.confirm([notification("x", "set"), notification("x", "set")])).to.deep.equal([]);
+    second(b("+OK\r\n"));
+    first(b("+OK\r\n"));
+    j.flush();
+    // y's own event; x's write took one held notification and the other (another writer's) goes on.
+    expect(plain(events)).to.deep.equal([
+      ["y", "set", "2"],
+      ["x", "set", "1"],
+      ["x", "set", undefined],
+    ]);
+    // y's notification, still to come, is swallowed.
+    expect(j.confirm([notification("y", "set")])).to.deep.equal([]);
+    expect(j.waiting).to.equal(0);
+  });
+});
