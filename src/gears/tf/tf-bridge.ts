@@ -6,6 +6,7 @@ import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import { CALLS_MORE, CALLS_REPLIES, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../guest/entry.js";
 import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
 import type { MutedKeys } from "./muted-keys.js";
+import { pushBatchCalls } from "./tf-guest.js";
 import { replyToTagged } from "./values.js";
 
 /** Commands whose RESP3 reply (what T&F's calls saw) is a map; the shared connections speak RESP2. */
@@ -155,7 +156,7 @@ export class TfBridge implements HostBridge {
           joining = joiners.take();
         }
       }
-      if (joining.length > 0) return [CALLS_MORE, ...(joining as unknown as JsonValue[])];
+      if (joining.length > 0) return pushBatchCalls([CALLS_MORE], joining);
     }
     this.inFlight = [];
     return [CALLS_REPLIES, ...(await Promise.all(replies)).flat()];

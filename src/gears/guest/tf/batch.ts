@@ -18,9 +18,15 @@
  * Redis): the host answers with those, they start on top, and the replies of every call sent
  * so far come back with the last request. The isolate runs new functions while earlier calls
  * are in Redis instead of waiting for them.
+ *
+ * Everything here runs in QuickJS, where each object or array made costs about as much as
+ * a dozen plain operations: the TFCALLs stay in the flat list they came in (BatchCalls), the
+ * slots held are counts in one typed array, and a reply reaches the function converted
+ * without an intermediate tagged object.
  */
 import { host } from "../core/host.js";
-import { CALLS_MORE, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../entry.js";
+import { CALLS_MORE, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type BatchCalls, type Tagged } from "../entry.js";
+import { fromReply } from "./convert.js";
 
 /** A `client.call` as the host takes it: noWrites, raw, then the command and its arguments. */
 export type CallArgs = [boolean, boolean, ...Tagged[]];
@@ -31,17 +37,11 @@ interface Waiting {
   reply: Tagged;
 }
 
-/** One TFCALL of a batch: the slots of its keys, and how to run it (it records its outcome). */
-export interface BatchItem {
-  slots: number[];
-  run(): void;
-}
-
-/** A TFCALL as the host hands it over: its function's name, its arguments, the slots of its keys. */
-export type BatchCall = [string, Tagged[], number[]];
-
-/** Makes the item of the TFCALL at `index` of the batch (the later ones follow the first). */
-export type MakeItem = (call: BatchCall, index: number) => BatchItem;
+/**
+ * Runs the TFCALL whose record starts at `at` in `calls` (BatchCalls, entry.ts), the
+ * `index`th started in this entry; it records its own outcome.
+ */
+export type RunCall = (calls: BatchCalls, at: number, index: number) => void;
 
 /** At most this many TFCALLs in one entry, those handed over while it runs included. */
 const MAX_ITEMS = 256;
@@ -53,23 +53,31 @@ const MAX_ITEMS = 256;
  */
 const MAX_NESTED = 64;
 
+/** Hash slots are 0..16383 (the host computes them). */
+const SLOTS = 16384;
+
 function direct(args: CallArgs): Tagged {
   return host.callSync("call", ...args) as Tagged;
 }
 
-function unwrap(w: Waiting): Tagged {
-  if (w.status === FLAT_INTEGER) return { i: w.reply as string };
+/** A reply as the function sees it (`raw`: callRaw's conversion). */
+function valueOf(w: Waiting, raw: boolean): unknown {
+  if (w.status === FLAT_INTEGER) return BigInt(w.reply as string);
   if (w.status !== FLAT_OK) throw new Error(String(w.reply));
-  return w.reply;
+  const r = w.reply;
+  return typeof r === "string" || r === null ? r : fromReply(r, raw);
 }
 
 class BatchRun {
-  private readonly items: BatchItem[];
+  /** The TFCALLs of the entry and those handed over since, as one flat list. */
+  private readonly calls: BatchCalls;
+  /** Where each TFCALL's record starts in `calls`. */
+  private readonly starts: number[] = [];
   private next = 0;
   /** How many items are on the stack now. */
   private depth = 0;
-  /** The slots of the items on the stack, with how many of them hold each. */
-  private readonly held = new Map<number, number>();
+  /** For each slot, how many items on the stack hold it. */
+  private readonly held = new Uint16Array(SLOTS);
   /** Items on the stack without keys (nothing may start on top of those). */
   private keyless = 0;
   /** The calls waiting to go out together, or null once they went (no more nesting then). */
@@ -79,16 +87,33 @@ class BatchRun {
   private readonly startedAt = Date.now();
 
   constructor(
-    calls: BatchCall[],
-    private readonly make: MakeItem,
+    calls: BatchCalls,
+    private readonly run: RunCall,
     private readonly budgetMs: number,
   ) {
-    this.items = calls.map(make);
+    this.calls = calls;
+    this.index(0);
+  }
+
+  /** Notes where each record from `from` on starts. */
+  private index(from: number): void {
+    const calls = this.calls;
+    for (let at = from; at < calls.length;) {
+      this.starts.push(at);
+      const slotsAt = at + 2 + (calls[at + 1] as number);
+      at = slotsAt + 1 + (calls[slotsAt] as number);
+    }
+  }
+
+  /** Where the slot count of item `k` is in `calls`. */
+  private slotsAt(k: number): number {
+    const at = this.starts[k];
+    return at + 2 + (this.calls[at + 1] as number);
   }
 
   /** Runs items until all ran or the budget is spent; how many started. */
   runAll(): number {
-    while (this.next < this.items.length) {
+    while (this.next < this.starts.length) {
       if (this.next > 0 && this.spent()) break;
       this.gathering = [];
       this.runItem(this.next++);
@@ -97,14 +122,14 @@ class BatchRun {
     return this.next;
   }
 
-  /** A sync `client.call` of the item on top of the stack. */
-  call(args: CallArgs): Tagged {
+  /** A sync `client.call` of the item on top of the stack; its reply converted (`raw`: callRaw). */
+  call(args: CallArgs, raw: boolean): unknown {
     const gathering = this.gathering;
-    if (gathering === null) return direct(args);
+    if (gathering === null) return fromReply(direct(args), raw);
     const waiting: Waiting = { args, status: FLAT_ERROR, reply: "no reply from the host" };
     gathering.push(waiting);
     this.serve(gathering);
-    return unwrap(waiting);
+    return valueOf(waiting, raw);
   }
 
   /**
@@ -128,32 +153,30 @@ class BatchRun {
     return Date.now() - this.startedAt >= this.budgetMs;
   }
 
-  private runItem(index: number): void {
-    const item = this.items[index];
-    this.hold(item.slots, 1);
+  private runItem(k: number): void {
+    this.hold(k, 1);
     try {
-      item.run();
+      this.run(this.calls, this.starts[k], k);
     } finally {
-      this.hold(item.slots, -1);
+      this.hold(k, -1);
     }
   }
 
-  /** Counts an item's slots in (+1) or out (-1) as it enters or leaves the stack. */
-  private hold(slots: number[], by: 1 | -1): void {
+  /** Counts item k's slots in (+1) or out (-1) as it enters or leaves the stack. */
+  private hold(k: number, by: 1 | -1): void {
+    const calls = this.calls;
+    const at = this.slotsAt(k);
+    const n = calls[at] as number;
     this.depth += by;
-    if (slots.length === 0) this.keyless += by;
-    for (let i = 0; i < slots.length; i++) {
-      const n = (this.held.get(slots[i]) ?? 0) + by;
-      if (n === 0) this.held.delete(slots[i]);
-      else this.held.set(slots[i], n);
-    }
+    if (n === 0) this.keyless += by;
+    for (let i = 1; i <= n; i++) this.held[calls[at + i] as number] += by;
   }
 
   /** Whether TFCALLs that arrived since the entry began may start on top of the waiting ones. */
   private mayRefill(): boolean {
     return (
-      this.next >= this.items.length &&
-      this.items.length < MAX_ITEMS &&
+      this.next >= this.starts.length &&
+      this.starts.length < MAX_ITEMS &&
       this.depth < MAX_NESTED &&
       this.keyless === 0 &&
       !this.spent()
@@ -161,11 +184,13 @@ class BatchRun {
   }
 
   private mayNest(): boolean {
-    if (this.next >= this.items.length || this.depth >= MAX_NESTED || this.keyless > 0 || this.spent())
+    if (this.next >= this.starts.length || this.depth >= MAX_NESTED || this.keyless > 0 || this.spent())
       return false;
-    const candidate = this.items[this.next].slots;
-    if (candidate.length === 0) return false;
-    for (let i = 0; i < candidate.length; i++) if (this.held.has(candidate[i])) return false;
+    const calls = this.calls;
+    const at = this.slotsAt(this.next);
+    const n = calls[at] as number;
+    if (n === 0) return false;
+    for (let i = 1; i <= n; i++) if (this.held[calls[at + i] as number] !== 0) return false;
     return true;
   }
 
@@ -207,9 +232,10 @@ class BatchRun {
       return false;
     }
     if (answer[0] === CALLS_MORE) {
-      for (let i = 1; i < answer.length; i++) {
-        this.items.push(this.make(answer[i] as BatchCall, this.items.length));
-      }
+      const calls = this.calls;
+      const from = calls.length;
+      for (let i = 1; i < answer.length; i++) calls.push(answer[i] as string | number | Tagged);
+      this.index(from);
       return true;
     }
     this.sent = [];
@@ -226,18 +252,18 @@ class BatchRun {
 
 let running: BatchRun | null = null;
 
-/** A sync client's call: through the running batch when there is one. */
-export function syncCall(args: CallArgs): Tagged {
-  return running === null ? direct(args) : running.call(args);
+/** A sync client's call, its reply converted (`raw`: callRaw): through the running batch when there is one. */
+export function syncCall(args: CallArgs, raw: boolean): unknown {
+  return running === null ? fromReply(direct(args), raw) : running.call(args, raw);
 }
 
 /**
  * Runs the TFCALLs of one batch (see above), and those the host hands over while it runs;
  * how many started before the budget ran out.
  */
-export function runBatch(calls: BatchCall[], make: MakeItem, budgetMs: number): number {
+export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number): number {
   const outer = running;
-  running = new BatchRun(calls, make, budgetMs);
+  running = new BatchRun(calls, run, budgetMs);
   try {
     return running.runAll();
   } finally {

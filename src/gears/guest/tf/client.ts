@@ -61,12 +61,12 @@ export class SyncClient extends BaseClient {
 
   call(cmd: unknown, ...args: unknown[]): unknown {
     this.check();
-    return fromReply(syncCall(syncArgs(this.mode.noWrites, false, cmd, args)), false);
+    return syncCall(syncArgs(this.mode.noWrites, false, cmd, args), false);
   }
 
   callRaw(cmd: unknown, ...args: unknown[]): unknown {
     this.check();
-    return fromReply(syncCall(syncArgs(this.mode.noWrites, true, cmd, args)), true);
+    return syncCall(syncArgs(this.mode.noWrites, true, cmd, args), true);
   }
 
   executeAsync(fn: unknown): Promise<unknown> {
