@@ -75,6 +75,7 @@ export class TfEngine {
         return [results, errors];
       },
       muted,
+      muting: () => this.keyspaceTriggers.active,
       barrier: () => events.barrier(),
     });
     this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log);
@@ -196,7 +197,11 @@ export class TfEngine {
       tagged.push(t);
     }
     try {
-      const slots = [...new Set(rest.slice(0, numkeys).map(keySlot))];
+      const slots: number[] = [];
+      for (let k = 0; k < numkeys; k++) {
+        const slot = keySlot(rest[k]);
+        if (!slots.includes(slot)) slots.push(slot);
+      }
       const out = await this.batcherOf(libName).call(fnName, tagged, slots, db, blockAllowed);
       this.onCall?.(target, "err" in out);
       return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
