@@ -48,7 +48,13 @@ class BaseClient {
 }
 
 export class SyncClient extends BaseClient {
-  private valid = true;
+  private valid: boolean;
+
+  constructor(mode: ClientMode) {
+    super(mode);
+    // Set here rather than as a field initializer: QuickJS runs those as one more function call.
+    this.valid = true;
+  }
 
   /** The invocation left the locked section: T&F's client is dead from then on. */
   invalidate(): void {

@@ -159,25 +159,31 @@ const entry: TfEntry = {
         return;
       }
       const n = list[at + 1] as number;
+      const first = list[at + 2];
+      // One string argument (a key) is the common case: passed as it is, no list.
+      const one = n === 1 && typeof first === "string" && !def.raw;
       const jsArgs: unknown[] = [];
-      try {
-        for (let k = 0; k < n; k++) {
-          const a = list[at + 2 + k] as Tagged;
-          jsArgs.push(typeof a === "string" && !def.raw ? a : fromReply(a, def.raw));
+      if (!one) {
+        try {
+          for (let k = 0; k < n; k++) {
+            const a = list[at + 2 + k] as Tagged;
+            jsArgs.push(typeof a === "string" && !def.raw ? a : fromReply(a, def.raw));
+          }
+        } catch (e) {
+          flat[2 * i + 1] = errorText(e);
+          return;
         }
-      } catch (e) {
-        flat[2 * i + 1] = errorText(e);
-        return;
       }
-      const client = def.coroutine ? new AsyncClient(def.mode) : new SyncClient(def.mode);
+      const sync = !def.coroutine;
+      const client = sync ? new SyncClient(def.mode) : new AsyncClient(def.mode);
       let out: unknown;
       try {
-        out = n === 1 ? def.fn(client, jsArgs[0]) : def.fn(client, ...jsArgs);
+        out = one ? def.fn(client, first) : def.fn(client, ...jsArgs);
       } catch (e) {
         flat[2 * i + 1] = errorText(e);
         return;
       } finally {
-        if (client instanceof SyncClient) client.invalidate();
+        if (sync) (client as SyncClient).invalidate();
       }
       if (isThenable(out)) {
         const settled = Promise.resolve(settle(out, false)).then((o) => putOutcome(flat, i, o));
