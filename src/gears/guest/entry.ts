@@ -165,9 +165,15 @@ export const FLAT_INTEGER = 2;
 export type FlatPairs = (number | Tagged)[];
 
 /**
+ * TFCALLs for one entry, one flat list: for each its function's name, its argument count,
+ * its arguments, the count of its keys' slots, those slots. Flat for the same reason.
+ */
+export type BatchCalls = (string | number | Tagged)[];
+
+/**
  * The first element of the host's answer to a batch's "calls" request (guest/tf/batch.ts):
  * the replies of every call sent so far follow (FlatPairs), or TFCALLs that arrived for the
- * entry under way, to start before the replies (each [name, args, slots of its keys]).
+ * entry under way, to start before the replies (BatchCalls).
  */
 export const CALLS_REPLIES = 0;
 export const CALLS_MORE = 1;
@@ -180,13 +186,13 @@ export interface TfEntry {
   /** A registered function, called by TFCALL/TFCALLASYNC (args tagged, raw when its flags say so). */
   callFunction(name: string, args: Tagged[], blockAllowed: boolean): TfOutcome | Promise<TfOutcome>;
   /**
-   * Several TFCALLs (blocking not allowed) in one entry: [name, args, slots of its keys] each;
+   * Several TFCALLs (blocking not allowed) in one entry, as BatchCalls;
    * the outcomes in order of those it ran, their calls pipelined (guest/tf/batch.ts). It
    * starts no call once `budgetMs` is spent, so the host sends the rest again. The host may
    * hand over more TFCALLs while the entry runs (the answer to its "calls" request): their
    * outcomes follow those of `calls`. The outcomes come as FlatPairs.
    */
-  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): FlatPairs | Promise<FlatPairs>;
+  callFunctions(calls: BatchCalls, budgetMs: number): FlatPairs | Promise<FlatPairs>;
   /**
    * Keyspace trigger `name` for one event: onTriggerFired, then its callback. `key` is null
    * when the key is not UTF-8; `keyBytes` is the key in latin1 (one char a byte).

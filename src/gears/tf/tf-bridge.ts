@@ -1,11 +1,12 @@
 import type { Logger } from "../../observability/log.js";
 import { NO_KEYS, type Router } from "../../routing/router.js";
 import type { Partitions } from "../partitions.js";
-import { RespError } from "../../resp/values.js";
+import { RespError, type RespValue } from "../../resp/values.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import { CALLS_MORE, CALLS_REPLIES, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../guest/entry.js";
 import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
 import type { MutedKeys } from "./muted-keys.js";
+import { pushBatchCalls } from "./tf-guest.js";
 import { replyToTagged } from "./values.js";
 
 /** Commands whose RESP3 reply (what T&F's calls saw) is a map; the shared connections speak RESP2. */
@@ -34,6 +35,8 @@ export interface TfHooks {
   runOnShards(library: string, name: string, argsJson: string): Promise<[string[], string[]]>;
   /** Keys written by functions and triggers, which must not fire keyspace triggers. */
   muted: MutedKeys;
+  /** Whether writes must be muted now (some library has keyspace triggers). */
+  muting(): boolean;
   /** Resolves once the keyspace events of writes answered so far have arrived. */
   barrier(): Promise<void>;
 }
@@ -131,19 +134,7 @@ export class TfBridge implements HostBridge {
     for (let i = 0; i < flat.length;) {
       const n = Number(flat[i]);
       if (!(n >= 0)) throw new Error("calls: an argument count was expected");
-      const args = flat.slice(i + 3, i + 3 + n);
-      replies.push(
-        this.call(flat[i + 1] === true, flat[i + 2] === true, args).then(
-          (reply): [number, JsonValue] =>
-            reply !== null && typeof reply === "object" && "i" in reply
-              ? [FLAT_INTEGER, reply.i]
-              : [FLAT_OK, reply as JsonValue],
-          (err: unknown): [number, JsonValue] => [
-            FLAT_ERROR,
-            err instanceof Error ? err.message : String(err),
-          ],
-        ),
-      );
+      replies.push(this.pairOf(flat[i + 1] === true, flat[i + 2] === true, flat, i + 3, n));
       i += 3 + n;
     }
     const joiners = more ? this.joiners : null;
@@ -155,14 +146,52 @@ export class TfBridge implements HostBridge {
           joining = joiners.take();
         }
       }
-      if (joining.length > 0) return [CALLS_MORE, ...(joining as unknown as JsonValue[])];
+      if (joining.length > 0) return pushBatchCalls([CALLS_MORE], joining);
     }
     this.inFlight = [];
-    return [CALLS_REPLIES, ...(await Promise.all(replies)).flat()];
+    const pairs = await Promise.all(replies);
+    const answer: JsonValue[] = [CALLS_REPLIES];
+    for (let i = 0; i < pairs.length; i++) answer.push(pairs[i][0], pairs[i][1]);
+    return answer;
+  }
+
+  /** The reply of the call in `list` (n arguments from `at`) as its pair of FlatPairs. */
+  private pairOf(
+    noWrites: boolean,
+    raw: boolean,
+    list: JsonValue[],
+    at: number,
+    n: number,
+  ): Promise<[number, JsonValue]> {
+    const failed = (err: unknown): [number, JsonValue] => [
+      FLAT_ERROR,
+      err instanceof Error ? err.message : String(err),
+    ];
+    let sent: Sent;
+    try {
+      const argv: Buffer[] = [];
+      for (let k = 0; k < n; k++) argv.push(toBuffer(list[at + k]));
+      sent = this.send(noWrites, argv);
+    } catch (err) {
+      return Promise.resolve(failed(err));
+    }
+    return sent.reply.then((reply): [number, JsonValue] => {
+      // INCR and its kind: the integer's digits without the {i} object.
+      if (typeof reply === "number") return [FLAT_INTEGER, String(reply)];
+      if (reply instanceof RespError) return failed(new Error(reply.message));
+      return [FLAT_OK, this.tagged(reply, sent, raw) as JsonValue];
+    }, failed);
   }
 
   private async call(noWrites: boolean, raw: boolean, args: JsonValue[]): Promise<Tagged> {
-    const argv = args.map(toBuffer);
+    const sent = this.send(noWrites, args.map(toBuffer));
+    const reply = await sent.reply;
+    if (reply instanceof RespError) throw new Error(reply.message);
+    return this.tagged(reply, sent, raw);
+  }
+
+  /** A `client.call`'s command, checked as T&F checks it, on its way to Redis. */
+  private send(noWrites: boolean, argv: Buffer[]): Sent {
     if (argv.length === 0) throw new Error("ERR wrong number of arguments for 'call'");
     const name = argv[0].toString().toLowerCase();
     // T&F ran calls in script mode, where Redis refuses these (blocking ones included, which the
@@ -172,26 +201,39 @@ export class TfBridge implements HostBridge {
     // The library's loader's rights (ACL): its functions run as that user.
     const refusal = this.guard?.(name, argv) ?? null;
     if (refusal !== null) throw new Error(refusal);
-    if (noWrites && this.router.isWrite(name, argv)) {
+    const writes = this.router.isWrite(name, argv);
+    if (noWrites && writes) {
       throw new Error(`ERR Write command '${name}' was called while write is not allowed`);
     }
-    const writes = this.router.isWrite(name, argv);
-    // Any argument may be a key: muting a value too costs nothing but a lookup.
-    const keys = writes ? argv.slice(1) : [];
-    this.hooks.muted.add(keys);
-    let reply;
-    try {
-      const target = this.target;
-      reply =
-        target !== null && this.router.slotOf(name, argv) === NO_KEYS
-          ? await target.partitions.shard(target.index).call(argv)
-          : await this.router.call(argv, this.db);
-    } finally {
-      if (writes) void this.hooks.barrier().finally(() => this.hooks.muted.remove(keys));
+    const target = this.target;
+    const reply =
+      target !== null && this.router.slotOf(name, argv) === NO_KEYS
+        ? target.partitions.shard(target.index).call(argv)
+        : this.router.call(argv, this.db);
+    // Only keyspace triggers look at the muted keys: without any, there is nothing to mute.
+    if (writes && this.hooks.muting()) {
+      // Any argument may be a key: muting a value too costs nothing but a lookup.
+      const keys = argv.slice(1);
+      const muted = this.hooks.muted;
+      muted.add(keys);
+      const release = (): void => void this.hooks.barrier().finally(() => muted.remove(keys));
+      reply.then(release, release);
     }
-    if (reply instanceof RespError) throw new Error(reply.message);
+    return { name, argv, reply };
+  }
+
+  /** A reply (not an error) as the guest's `call` or `callRaw` sees it. */
+  private tagged(reply: RespValue, sent: Sent, raw: boolean): Tagged {
+    const name = sent.name;
     const mapReply =
-      MAP_REPLIES.has(name) || (name === "config" && argv[1]?.toString().toLowerCase() === "get");
+      MAP_REPLIES.has(name) || (name === "config" && sent.argv[1]?.toString().toLowerCase() === "get");
     return replyToTagged(reply, raw, mapReply);
   }
+}
+
+/** A `client.call` sent: its command's name (lower case), its arguments, Redis's reply to come. */
+interface Sent {
+  name: string;
+  argv: Buffer[];
+  reply: Promise<RespValue>;
 }

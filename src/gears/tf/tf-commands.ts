@@ -26,20 +26,30 @@ function reply(value: RespValue, proto: Protocol): Buffer {
   return value instanceof RespError ? encodeError(value.message) : encodeValue(value, proto);
 }
 
-export async function runTfCommand(
+export function runTfCommand(
+  tf: TfEngine,
+  name: string,
+  args: Buffer[],
+  caller: { proto: Protocol; db: number; user: string | null },
+): Promise<Buffer> {
+  // TFCALL is the hot one: its reply follows its outcome without another async step.
+  if (name === "tfcall" || name === "tfcallasync") {
+    if (args.length < 2) return Promise.resolve(arity(name));
+    const proto = caller.proto;
+    return tf
+      .call(args[0].toString(), args.slice(1), name === "tfcallasync", caller.db)
+      .then((value) => reply(value, proto));
+  }
+  return runOther(tf, name, args, caller);
+}
+
+async function runOther(
   tf: TfEngine,
   name: string,
   args: Buffer[],
   caller: { proto: Protocol; db: number; user: string | null },
 ): Promise<Buffer> {
   switch (name) {
-    case "tfcall":
-    case "tfcallasync":
-      if (args.length < 2) return arity(name);
-      return reply(
-        await tf.call(args[0].toString(), args.slice(1), name === "tfcallasync", caller.db),
-        caller.proto,
-      );
     case "tfunction":
       return tfunction(tf, args, caller.proto, caller.user ?? "default");
     case "config":

@@ -2,7 +2,7 @@ import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import type { Shards } from "../../routing/shards.js";
 import { RespError, type RespValue } from "../../resp/values.js";
-import type { Tagged } from "../guest/entry.js";
+import type { Tagged, TfOutcome } from "../guest/entry.js";
 import { CallBatcher } from "./call-batcher.js";
 import type { IsolateFactory } from "../guest-isolate.js";
 import type { TfConfig } from "./config.js";
@@ -75,6 +75,7 @@ export class TfEngine {
         return [results, errors];
       },
       muted,
+      muting: () => this.keyspaceTriggers.active,
       barrier: () => events.barrier(),
     });
     this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log);
@@ -163,13 +164,43 @@ export class TfEngine {
    * error with T&F's text. `blockAllowed`: the call may wait for a Promise (TFCALLASYNC outside
    * MULTI). `asyncCommand`: it came as TFCALLASYNC, which may call an async function.
    */
-  async call(
+  call(
     target: string,
     args: Buffer[],
     blockAllowed: boolean,
     db: number,
     asyncCommand = blockAllowed,
   ): Promise<RespValue> {
+    // Not an async function: a TFCALL waits for its batch through one promise, not three.
+    let started: RespValue | Promise<TfOutcome>;
+    try {
+      started = this.start(target, args, blockAllowed, db, asyncCommand);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (!(started instanceof Promise)) return Promise.resolve(started);
+    const failed = (err: unknown): RespValue => {
+      this.onCall?.(target, true);
+      return new RespError(sandboxText(err));
+    };
+    return started.then((out) => {
+      try {
+        this.onCall?.(target, "err" in out);
+        return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
+      } catch (err) {
+        return failed(err);
+      }
+    }, failed);
+  }
+
+  /** A TFCALL's checks, then its place in its library's line: its outcome to come, or the error reply. */
+  private start(
+    target: string,
+    args: Buffer[],
+    blockAllowed: boolean,
+    db: number,
+    asyncCommand: boolean,
+  ): RespValue | Promise<TfOutcome> {
     const dot = target.indexOf(".");
     if (dot === -1) return new RespError("Failed extracting function name");
     const libName = target.slice(0, dot);
@@ -196,10 +227,12 @@ export class TfEngine {
       tagged.push(t);
     }
     try {
-      const slots = [...new Set(rest.slice(0, numkeys).map(keySlot))];
-      const out = await this.batcherOf(libName).call(fnName, tagged, slots, db, blockAllowed);
-      this.onCall?.(target, "err" in out);
-      return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
+      const slots: number[] = [];
+      for (let k = 0; k < numkeys; k++) {
+        const slot = keySlot(rest[k]);
+        if (!slots.includes(slot)) slots.push(slot);
+      }
+      return this.batcherOf(libName).call(fnName, tagged, slots, db, blockAllowed);
     } catch (err) {
       this.onCall?.(target, true);
       return new RespError(sandboxText(err));

@@ -14,6 +14,17 @@ import { utf8Text } from "./values.js";
 
 const path = (name: keyof TfEntry): string => `${TF_ENTRY}.${name}`;
 
+/** Appends TFCALLs ([name, args, slots of its keys] each) to `out` as BatchCalls (entry.ts). */
+export function pushBatchCalls(out: JsonValue[], calls: [string, Tagged[], number[]][]): JsonValue[] {
+  for (const [name, args, slots] of calls) {
+    out.push(name, args.length);
+    for (let i = 0; i < args.length; i++) out.push(args[i] as JsonValue);
+    out.push(slots.length);
+    for (let i = 0; i < slots.length; i++) out.push(slots[i]);
+  }
+  return out;
+}
+
 /** The host's typed view of a T&F library's isolate (src/gears/guest/tf/). */
 export class TfGuest {
   constructor(readonly isolate: GuestIsolate) {}
@@ -33,7 +44,7 @@ export class TfGuest {
   }
 
   async callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): Promise<TfOutcome[]> {
-    const out = await this.isolate.call(path("callFunctions"), [calls as unknown as JsonValue, budgetMs]);
+    const out = await this.isolate.call(path("callFunctions"), [pushBatchCalls([], calls), budgetMs]);
     const flat = out as unknown as FlatPairs;
     const outcomes: TfOutcome[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {

@@ -18,9 +18,15 @@
  * Redis): the host answers with those, they start on top, and the replies of every call sent
  * so far come back with the last request. The isolate runs new functions while earlier calls
  * are in Redis instead of waiting for them.
+ *
+ * Everything here runs in QuickJS, where each object or array made costs about as much as
+ * a dozen plain operations: the TFCALLs stay in the flat list they came in (BatchCalls), the
+ * slots held are counts in one typed array, and a reply reaches the function converted
+ * without an intermediate tagged object.
  */
 import { host } from "../core/host.js";
-import { CALLS_MORE, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../entry.js";
+import { CALLS_MORE, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type BatchCalls, type Tagged } from "../entry.js";
+import { fromReply } from "./convert.js";
 
 /** A `client.call` as the host takes it: noWrites, raw, then the command and its arguments. */
 export type CallArgs = [boolean, boolean, ...Tagged[]];
@@ -31,17 +37,11 @@ interface Waiting {
   reply: Tagged;
 }
 
-/** One TFCALL of a batch: the slots of its keys, and how to run it (it records its outcome). */
-export interface BatchItem {
-  slots: number[];
-  run(): void;
-}
-
-/** A TFCALL as the host hands it over: its function's name, its arguments, the slots of its keys. */
-export type BatchCall = [string, Tagged[], number[]];
-
-/** Makes the item of the TFCALL at `index` of the batch (the later ones follow the first). */
-export type MakeItem = (call: BatchCall, index: number) => BatchItem;
+/**
+ * Runs the TFCALL whose record starts at `at` in `calls` (BatchCalls, entry.ts), the
+ * `index`th started in this entry; it records its own outcome.
+ */
+export type RunCall = (calls: BatchCalls, at: number, index: number) => void;
 
 /** At most this many TFCALLs in one entry, those handed over while it runs included. */
 const MAX_ITEMS = 256;
@@ -53,131 +53,112 @@ const MAX_ITEMS = 256;
  */
 const MAX_NESTED = 64;
 
+/** Hash slots are 0..16383 (the host computes them). */
+const SLOTS = 16384;
+
 function direct(args: CallArgs): Tagged {
   return host.callSync("call", ...args) as Tagged;
 }
 
-function unwrap(w: Waiting): Tagged {
-  if (w.status === FLAT_INTEGER) return { i: w.reply as string };
+/** A reply as the function sees it (`raw`: callRaw's conversion). */
+function valueOf(w: Waiting, raw: boolean): unknown {
+  if (w.status === FLAT_INTEGER) return BigInt(w.reply as string);
   if (w.status !== FLAT_OK) throw new Error(String(w.reply));
-  return w.reply;
+  const r = w.reply;
+  return typeof r === "string" || r === null ? r : fromReply(r, raw);
 }
 
-class BatchRun {
-  private readonly items: BatchItem[];
-  private next = 0;
+let running: ((args: CallArgs, raw: boolean) => unknown) | null = null;
+
+/** A sync client's call, its reply converted (`raw`: callRaw): through the running batch when there is one. */
+export function syncCall(args: CallArgs, raw: boolean): unknown {
+  return running === null ? fromReply(direct(args), raw) : running(args, raw);
+}
+
+/**
+ * Runs the TFCALLs of one batch (see above), and those the host hands over while it runs;
+ * how many started before the budget ran out. The batch's state lives in this call's locals,
+ * which its inner functions reach directly: QuickJS looks a property up by name on every
+ * access, `this.x` included.
+ */
+export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number): number {
+  /** Where each TFCALL's record starts in `calls` (those handed over later are appended). */
+  const starts: number[] = [];
+  let next = 0;
   /** How many items are on the stack now. */
-  private depth = 0;
-  /** The slots of the items on the stack, with how many of them hold each. */
-  private readonly held = new Map<number, number>();
+  let depth = 0;
+  /** For each slot, how many items on the stack hold it. */
+  const held = new Uint16Array(SLOTS);
   /** Items on the stack without keys (nothing may start on top of those). */
-  private keyless = 0;
+  let keyless = 0;
   /** The calls waiting to go out together, or null once they went (no more nesting then). */
-  private gathering: Waiting[] | null = null;
+  let gathering: Waiting[] | null = null;
   /** Gatherings sent without waiting (more TFCALLs came instead): their replies come with the next flush. */
-  private sent: Waiting[][] = [];
-  private readonly startedAt = Date.now();
+  let sent: Waiting[][] = [];
+  const startedAt = Date.now();
 
-  constructor(
-    calls: BatchCall[],
-    private readonly make: MakeItem,
-    private readonly budgetMs: number,
-  ) {
-    this.items = calls.map(make);
-  }
-
-  /** Runs items until all ran or the budget is spent; how many started. */
-  runAll(): number {
-    while (this.next < this.items.length) {
-      if (this.next > 0 && this.spent()) break;
-      this.gathering = [];
-      this.runItem(this.next++);
-      this.gathering = null;
-    }
-    return this.next;
-  }
-
-  /** A sync `client.call` of the item on top of the stack. */
-  call(args: CallArgs): Tagged {
-    const gathering = this.gathering;
-    if (gathering === null) return direct(args);
-    const waiting: Waiting = { args, status: FLAT_ERROR, reply: "no reply from the host" };
-    gathering.push(waiting);
-    this.serve(gathering);
-    return unwrap(waiting);
-  }
-
-  /**
-   * Runs items on top of the waiting `gathering` while they may start; then sends it, with
-   * the replies of all sent calls as the answer, or, while the host has more TFCALLs for this
-   * entry, without waiting, and starts those on top.
-   */
-  private serve(gathering: Waiting[]): void {
-    let current = gathering;
-    for (;;) {
-      while (this.gathering === current && this.mayNest()) this.runItem(this.next++);
-      // An item on top took the gathering over and flushed it.
-      if (this.gathering !== current) return;
-      if (!this.flush(current, this.mayRefill())) return;
-      current = [];
-      this.gathering = current;
+  /** Notes where each record from `from` on starts. */
+  function index(from: number): void {
+    for (let at = from; at < calls.length;) {
+      starts.push(at);
+      const slotsAt = at + 2 + (calls[at + 1] as number);
+      at = slotsAt + 1 + (calls[slotsAt] as number);
     }
   }
 
-  private spent(): boolean {
-    return Date.now() - this.startedAt >= this.budgetMs;
+  /** Where the slot count of item `k` is in `calls`. */
+  function slotsAt(k: number): number {
+    const at = starts[k];
+    return at + 2 + (calls[at + 1] as number);
   }
 
-  private runItem(index: number): void {
-    const item = this.items[index];
-    this.hold(item.slots, 1);
+  function spent(): boolean {
+    return Date.now() - startedAt >= budgetMs;
+  }
+
+  /** Counts item k's slots in (+1) or out (-1) as it enters or leaves the stack. */
+  function hold(k: number, by: 1 | -1): void {
+    const at = slotsAt(k);
+    const n = calls[at] as number;
+    depth += by;
+    if (n === 0) keyless += by;
+    for (let i = 1; i <= n; i++) held[calls[at + i] as number] += by;
+  }
+
+  function runItem(k: number): void {
+    hold(k, 1);
     try {
-      item.run();
+      run(calls, starts[k], k);
     } finally {
-      this.hold(item.slots, -1);
-    }
-  }
-
-  /** Counts an item's slots in (+1) or out (-1) as it enters or leaves the stack. */
-  private hold(slots: number[], by: 1 | -1): void {
-    this.depth += by;
-    if (slots.length === 0) this.keyless += by;
-    for (let i = 0; i < slots.length; i++) {
-      const n = (this.held.get(slots[i]) ?? 0) + by;
-      if (n === 0) this.held.delete(slots[i]);
-      else this.held.set(slots[i], n);
+      hold(k, -1);
     }
   }
 
   /** Whether TFCALLs that arrived since the entry began may start on top of the waiting ones. */
-  private mayRefill(): boolean {
+  function mayRefill(): boolean {
     return (
-      this.next >= this.items.length &&
-      this.items.length < MAX_ITEMS &&
-      this.depth < MAX_NESTED &&
-      this.keyless === 0 &&
-      !this.spent()
+      next >= starts.length && starts.length < MAX_ITEMS && depth < MAX_NESTED && keyless === 0 && !spent()
     );
   }
 
-  private mayNest(): boolean {
-    if (this.next >= this.items.length || this.depth >= MAX_NESTED || this.keyless > 0 || this.spent())
-      return false;
-    const candidate = this.items[this.next].slots;
-    if (candidate.length === 0) return false;
-    for (let i = 0; i < candidate.length; i++) if (this.held.has(candidate[i])) return false;
+  function mayNest(): boolean {
+    if (next >= starts.length || depth >= MAX_NESTED || keyless > 0 || spent()) return false;
+    const at = slotsAt(next);
+    const n = calls[at] as number;
+    if (n === 0) return false;
+    for (let i = 1; i <= n; i++) if (held[calls[at + i] as number] !== 0) return false;
     return true;
   }
 
   /**
-   * Sends `gathering`. With `more`, the host may answer with TFCALLs to start instead of
-   * replies (then true: the calls stay sent, their replies come with a later flush).
-   * Otherwise the answer holds the replies of every call sent so far, in order.
+   * Sends `g`. With `more`, the host may answer with TFCALLs to start instead of replies
+   * (then true: the calls stay sent, their replies come with a later flush). Otherwise the
+   * answer holds the replies of every call sent so far, in order.
    */
-  private flush(gathering: Waiting[], more: boolean): boolean {
-    this.gathering = null;
-    if (!more && this.sent.length === 0 && gathering.length === 1) {
-      const only = gathering[0];
+  function flush(g: Waiting[], more: boolean): boolean {
+    gathering = null;
+    if (!more && sent.length === 0 && g.length === 1) {
+      const only = g[0];
       try {
         only.reply = direct(only.args);
         only.status = FLAT_OK;
@@ -189,57 +170,78 @@ class BatchRun {
     // One flat list: each call's argument count (the command included), noWrites, raw, then
     // its arguments.
     const flat: unknown[] = [];
-    for (let i = 0; i < gathering.length; i++) {
-      const args = gathering[i].args;
+    for (let i = 0; i < g.length; i++) {
+      const args = g[i].args;
       flat.push(args.length - 2);
       for (let j = 0; j < args.length; j++) flat.push(args[j]);
     }
-    const waiting = this.sent;
-    waiting.push(gathering);
+    const waiting = sent;
+    waiting.push(g);
     // The replies come as FlatPairs (entry.ts) after CALLS_REPLIES; TFCALLs as BatchCalls after CALLS_MORE.
     let answer: unknown[];
     try {
       answer = host.callSync("calls", flat, more) as unknown[];
     } catch (e) {
       const text = e instanceof Error ? e.message : String(e);
-      this.sent = [];
-      for (const g of waiting) for (const w of g) w.reply = text;
+      sent = [];
+      for (const w of waiting) for (const x of w) x.reply = text;
       return false;
     }
     if (answer[0] === CALLS_MORE) {
-      for (let i = 1; i < answer.length; i++) {
-        this.items.push(this.make(answer[i] as BatchCall, this.items.length));
-      }
+      const from = calls.length;
+      for (let i = 1; i < answer.length; i++) calls.push(answer[i] as string | number | Tagged);
+      index(from);
       return true;
     }
-    this.sent = [];
+    sent = [];
     let r = 1;
-    for (const g of waiting) {
-      for (let i = 0; i < g.length && r + 1 < answer.length; i++, r += 2) {
-        g[i].status = answer[r] as number;
-        g[i].reply = answer[r + 1] as Tagged;
+    for (const w of waiting) {
+      for (let i = 0; i < w.length && r + 1 < answer.length; i++, r += 2) {
+        w[i].status = answer[r] as number;
+        w[i].reply = answer[r + 1] as Tagged;
       }
     }
     return false;
   }
-}
 
-let running: BatchRun | null = null;
+  /**
+   * Runs items on top of the waiting `g` while they may start; then sends it, with the
+   * replies of all sent calls as the answer, or, while the host has more TFCALLs for this
+   * entry, without waiting, and starts those on top.
+   */
+  function serve(g: Waiting[]): void {
+    let current = g;
+    for (;;) {
+      while (gathering === current && mayNest()) runItem(next++);
+      // An item on top took the gathering over and flushed it.
+      if (gathering !== current) return;
+      if (!flush(current, mayRefill())) return;
+      current = [];
+      gathering = current;
+    }
+  }
 
-/** A sync client's call: through the running batch when there is one. */
-export function syncCall(args: CallArgs): Tagged {
-  return running === null ? direct(args) : running.call(args);
-}
+  /** A sync `client.call` of the item on top of the stack; its reply converted (`raw`: callRaw). */
+  function call(args: CallArgs, raw: boolean): unknown {
+    const g = gathering;
+    if (g === null) return fromReply(direct(args), raw);
+    const waiting: Waiting = { args, status: FLAT_ERROR, reply: "no reply from the host" };
+    g.push(waiting);
+    serve(g);
+    return valueOf(waiting, raw);
+  }
 
-/**
- * Runs the TFCALLs of one batch (see above), and those the host hands over while it runs;
- * how many started before the budget ran out.
- */
-export function runBatch(calls: BatchCall[], make: MakeItem, budgetMs: number): number {
+  index(0);
   const outer = running;
-  running = new BatchRun(calls, make, budgetMs);
+  running = call;
   try {
-    return running.runAll();
+    while (next < starts.length) {
+      if (next > 0 && spent()) break;
+      gathering = [];
+      runItem(next++);
+      gathering = null;
+    }
+    return next;
   } finally {
     running = outer;
   }

@@ -6,6 +6,7 @@ import {
   FLAT_INTEGER,
   FLAT_OK,
   TF_ENTRY,
+  type BatchCalls,
   type FlatPairs,
   type Tagged,
   type TfEntry,
@@ -20,7 +21,7 @@ import {
   streamTriggers,
   type Fn,
 } from "./api.js";
-import { runBatch, type MakeItem } from "./batch.js";
+import { runBatch, type RunCall } from "./batch.js";
 import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
 import { bytesToBuffer, fromReply, toReply } from "./convert.js";
 
@@ -59,15 +60,31 @@ function settle(out: unknown, blockAllowed: boolean): TfOutcome | Promise<TfOutc
   );
 }
 
-function flatten(outs: TfOutcome[]): FlatPairs {
-  const flat: FlatPairs = [];
-  for (let i = 0; i < outs.length; i++) {
-    const o = outs[i];
-    if ("err" in o) flat.push(FLAT_ERROR, o.err);
-    else if (o.ok !== null && typeof o.ok === "object" && "i" in o.ok) flat.push(FLAT_INTEGER, o.ok.i);
-    else flat.push(FLAT_OK, o.ok);
+/** An outcome as pair `i` of `flat`. */
+function putOutcome(flat: FlatPairs, i: number, o: TfOutcome): void {
+  if ("err" in o) {
+    flat[2 * i] = FLAT_ERROR;
+    flat[2 * i + 1] = o.err;
+  } else if (o.ok !== null && typeof o.ok === "object" && "i" in o.ok) {
+    flat[2 * i] = FLAT_INTEGER;
+    flat[2 * i + 1] = o.ok.i;
+  } else {
+    flat[2 * i] = FLAT_OK;
+    flat[2 * i + 1] = o.ok;
   }
-  return flat;
+}
+
+/** A function's result as pair `i` of `flat`: outcome() without its objects for the common results. */
+function putResult(flat: FlatPairs, i: number, v: unknown): void {
+  if (typeof v === "bigint") {
+    flat[2 * i] = FLAT_INTEGER;
+    flat[2 * i + 1] = v.toString();
+  } else if (typeof v === "string") {
+    flat[2 * i] = FLAT_OK;
+    flat[2 * i + 1] = v;
+  } else {
+    putOutcome(flat, i, outcome(v));
+  }
 }
 
 /** fn(client, ...args) with the client its kind gets (a coroutine: the async client); its outcome. */
@@ -128,17 +145,56 @@ const entry: TfEntry = {
     return invoke(def.fn, blockAllowed ? def.modeBlocking : def.mode, jsArgs, def.coroutine);
   },
 
-  callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): FlatPairs | Promise<FlatPairs> {
-    const outs: (TfOutcome | Promise<TfOutcome>)[] = [];
-    const make: MakeItem = ([name, args, slots], i) => ({
-      slots,
-      run: () => {
-        outs[i] = entry.callFunction(name, args, false);
-      },
-    });
-    const started = runBatch(calls, make, budgetMs);
-    outs.length = started;
-    return outs.some(isThenable) ? Promise.all(outs).then(flatten) : flatten(outs as TfOutcome[]);
+  callFunctions(calls: BatchCalls, budgetMs: number): FlatPairs | Promise<FlatPairs> {
+    const flat: FlatPairs = [];
+    let later: Promise<void>[] | null = null;
+    // callFunction's work, writing the outcome straight into `flat`.
+    const run: RunCall = (list, at, i) => {
+      // Its pair first: the calls started on top of it end before it does.
+      flat.push(FLAT_ERROR, "");
+      const name = list[at] as string;
+      const def = functions.get(name);
+      if (def === undefined) {
+        flat[2 * i + 1] = `Unknown function ${name}`;
+        return;
+      }
+      const n = list[at + 1] as number;
+      const first = list[at + 2];
+      // One string argument (a key) is the common case: passed as it is, no list.
+      const one = n === 1 && typeof first === "string" && !def.raw;
+      const jsArgs: unknown[] = [];
+      if (!one) {
+        try {
+          for (let k = 0; k < n; k++) {
+            const a = list[at + 2 + k] as Tagged;
+            jsArgs.push(typeof a === "string" && !def.raw ? a : fromReply(a, def.raw));
+          }
+        } catch (e) {
+          flat[2 * i + 1] = errorText(e);
+          return;
+        }
+      }
+      const sync = !def.coroutine;
+      const client = sync ? new SyncClient(def.mode) : new AsyncClient(def.mode);
+      let out: unknown;
+      try {
+        out = one ? def.fn(client, first) : def.fn(client, ...jsArgs);
+      } catch (e) {
+        flat[2 * i + 1] = errorText(e);
+        return;
+      } finally {
+        if (sync) (client as SyncClient).invalidate();
+      }
+      if (isThenable(out)) {
+        const settled = Promise.resolve(settle(out, false)).then((o) => putOutcome(flat, i, o));
+        (later ??= []).push(settled);
+        return;
+      }
+      putResult(flat, i, out);
+    };
+    const started = runBatch(calls, run, budgetMs);
+    flat.length = 2 * started;
+    return later === null ? flat : Promise.all(later).then(() => flat);
   },
 
   fireKeyspaceTrigger(name: string, event: string, key: string | null, keyBytes: string) {
