@@ -1,7 +1,8 @@
 import { expect } from "chai";
 import { Isolate } from "../src/sandbox/isolate.js";
 import type { HostBridge, IsolateLimits } from "../src/sandbox/types.js";
-import { WarmIsolates } from "../src/sandbox/warm-isolates.js";
+import { WarmIsolates, type WarmTiming } from "../src/sandbox/warm-isolates.js";
+import { eventually } from "./support/polling.js";
 
 const LIMITS: IsolateLimits = { memoryLimitMb: 32, timeoutMs: 1000 };
 
@@ -19,11 +20,11 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
   const pools: WarmIsolates<Isolate>[] = [];
   let started = 0;
 
-  function pool(): WarmIsolates<Isolate> {
+  function pool(timing: Partial<WarmTiming> = {}): WarmIsolates<Isolate> {
     const p = new WarmIsolates<Isolate>((limits, bridge) => {
       started++;
       return Isolate.create(limits, bridge);
-    });
+    }, timing);
     pools.push(p);
     return p;
   }
@@ -77,5 +78,73 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     started = 0;
     p.prepare(LIMITS);
     expect(started, "a closed pool starts nothing").to.equal(0);
+  });
+
+  it("a job that finished leaves the next spare warm: the job right after it takes that one", async () => {
+    const p = pool();
+    started = 0;
+    p.prepare(LIMITS);
+    const first = await p.take(LIMITS, host("first"));
+    expect(await first.evalScript("1 + 1", "t")).to.equal(2);
+    await first.dispose();
+    const second = await p.take(LIMITS, host("second"));
+    expect(started, "the spare started when the first job took its isolate served the second").to.equal(3);
+    expect(await second.evalScript("__host.callSync('who')", "t")).to.equal("second");
+    await second.dispose();
+  });
+
+  it("drops the spare while a long job runs, starts none for others meanwhile, and starts it again once the job is over", async () => {
+    const p = pool({ longJobMs: 100, settleMs: 50 });
+    started = 0;
+    p.prepare(LIMITS);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const long = await p.take(LIMITS, {
+      ...host("long"),
+      callSync: async () => {
+        await released;
+        return "released";
+      },
+    });
+    expect(p.spareCount, "the next spare starts when one is taken").to.equal(1);
+    // The guest waits for its host: the job is at work until the test lets it go.
+    const job = long.evalScript("__host.callSync('wait')", "t");
+    await eventually(
+      async () => p.spareCount,
+      (n) => n === 0,
+      "the spare dropped while the long job runs",
+    );
+    const during = await p.take(LIMITS, host("during"));
+    expect(p.spareCount, "no spare started while the long job runs").to.equal(0);
+    expect(await during.evalScript("__host.callSync('who')", "t")).to.equal("during");
+    await during.dispose();
+    release();
+    expect(await job).to.equal("released");
+    await long.dispose();
+    await eventually(
+      async () => p.spareCount,
+      (n) => n === 1,
+      "the spare started again after the long job",
+    );
+    const before = started;
+    const next = await p.take(LIMITS, host("next"));
+    expect(started - before, "the next job took the spare; only its successor started").to.equal(1);
+    await next.dispose();
+  });
+
+  it("an isolate kept idle (a session's) does not hold the spare back", async () => {
+    const p = pool({ longJobMs: 2000, idleMs: 100 });
+    started = 0;
+    p.prepare(LIMITS);
+    const session = await p.take(LIMITS, host("session"));
+    expect(await session.evalScript("1", "t")).to.equal(1);
+    await eventually(
+      async () => p.jobsWatched,
+      (n) => n === 0,
+      "the idle isolate's job counted as over",
+    );
+    expect(p.spareCount).to.equal(1);
+    expect(started, "the spare started when it was taken was kept, not dropped and made again").to.equal(2);
+    await session.dispose();
   });
 });

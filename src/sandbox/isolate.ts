@@ -108,6 +108,8 @@ export class Isolate {
   private pendingAbort = false;
   private readsBinary = false;
   private pendingReply: PendingReply | undefined;
+  /** When the last entry ended (performance.now()); its start, before any. */
+  private lastEntryEnd = performance.now();
   private isAlive = true;
   private disposing = false;
   private watchdog: NodeJS.Timeout | undefined;
@@ -180,6 +182,11 @@ export class Isolate {
   /** False once the worker is gone (disposed, terminated by the watchdog, or crashed). */
   get alive(): boolean {
     return this.isAlive;
+  }
+
+  /** When the last entry ended (performance.now()), or null while one runs or waits. */
+  get idleSince(): number | null {
+    return this.current !== undefined || this.queue.length > 0 ? null : this.lastEntryEnd;
   }
 
   get threadId(): number {
@@ -328,6 +335,7 @@ export class Isolate {
     if (entry === undefined) return;
     this.current = undefined;
     this.pendingReply = undefined;
+    this.lastEntryEnd = performance.now();
     this.clearTimers();
     if (entry.aborted) {
       Atomics.store(this.ctl, CTL_ABORT, 0);

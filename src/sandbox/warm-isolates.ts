@@ -4,7 +4,34 @@ import type { HostBridge, IsolateLimits, JsonValue, RawJson } from "./types.js";
 export interface Disposable {
   dispose(): Promise<void>;
   readonly alive: boolean;
+  /** When its last entry ended (performance.now()), or null while one runs or waits. */
+  readonly idleSince: number | null;
 }
+
+/** When a job counts as long, and when it is over (see WarmIsolates). */
+export interface WarmTiming {
+  /** A job still at work this long after taking its isolate is a long one: spares wait for its end. */
+  longJobMs: number;
+  /** At work: an entry runs, or one ended less than this ago (the host fetching the next batch). */
+  busyGapMs: number;
+  /** An isolate idle this long is done with its job (a session's or a library's lives on, idle). */
+  idleMs: number;
+  /** After a long job's isolate is disposed, spares wait this long more: its reply leaves first. */
+  settleMs: number;
+  /** A long job holds spares back this long at most (a session busy with events for hours). */
+  maxHoldMs: number;
+}
+
+export const WARM_TIMING: WarmTiming = {
+  longJobMs: 500,
+  busyGapMs: 100,
+  idleMs: 1000,
+  settleMs: 250,
+  maxHoldMs: 60_000,
+};
+
+/** How often the jobs that took isolates are looked at, while there are any. */
+const REVIEW_MS = 50;
 
 /**
  * A bridge whose host side is named later: a spare isolate is started before anyone knows
@@ -37,6 +64,17 @@ interface Spare<I> {
   readonly limits: IsolateLimits;
   readonly bridge: LateBridge;
   readonly isolate: Promise<I>;
+  readonly startedAt: number;
+}
+
+/** An isolate handed out, watched until its job is over. */
+interface Job {
+  readonly isolate: Disposable;
+  readonly takenAt: number;
+  /** Seen at work past longJobMs: spares started since it began wait for its end. */
+  long: boolean;
+  /** When it was first seen disposed. */
+  goneAt: number | null;
 }
 
 /** Spares are kept for this many sets of limits at most (RG.EXECUTE's and T&F libraries'). */
@@ -47,15 +85,42 @@ const MAX_SPARES = 2;
  * session, a T&F library) does not wait for a worker thread to start and compile the runtime,
  * which is most of what a small job costs (about 65 ms). One spare per set of limits asked
  * for lately; limits changed by a CONFIGSET get a fresh isolate once, then a spare again.
+ *
+ * The next spare starts as soon as one is taken, so small jobs back to back each find one
+ * warm. A long job (a large result set) must not pay for a new worker's heap (6-9 MB) at its
+ * peak, though: once a job is seen still at work after longJobMs, the spares started since it
+ * began are dropped, none is started while it runs, and they start again once it is over.
  */
 export class WarmIsolates<I extends Disposable> {
   private readonly spares = new Map<string, Spare<I>>();
+  private readonly jobs = new Set<Job>();
+  /** The limits whose spare waits for the long jobs' end. */
+  private readonly wanted = new Map<string, IsolateLimits>();
+  private readonly timing: WarmTiming;
+  private reviewer: NodeJS.Timeout | null = null;
   private closed = false;
 
-  constructor(private readonly create: (limits: IsolateLimits, bridge: HostBridge) => Promise<I>) {}
+  constructor(
+    private readonly create: (limits: IsolateLimits, bridge: HostBridge) => Promise<I>,
+    timing: Partial<WarmTiming> = {},
+  ) {
+    this.timing = { ...WARM_TIMING, ...timing };
+  }
+
+  /** Spares kept now (started or starting). */
+  get spareCount(): number {
+    return this.spares.size;
+  }
+
+  /** Isolates handed out whose job is not known to be over yet. */
+  get jobsWatched(): number {
+    return this.jobs.size;
+  }
 
   /** An isolate with these limits serving `bridge`: the spare when there is one, else a new one. */
   async take(limits: IsolateLimits, bridge: HostBridge): Promise<I> {
+    // Before prepare(): the spare it starts is one a long job holds back.
+    const takenAt = performance.now();
     const key = keyOf(limits);
     const spare = this.spares.get(key);
     this.spares.delete(key);
@@ -64,21 +129,25 @@ export class WarmIsolates<I extends Disposable> {
       const isolate = await spare.isolate.catch(() => null);
       if (isolate !== null && isolate.alive) {
         spare.bridge.target = bridge;
-        return isolate;
+        return this.watch(isolate, takenAt);
       }
     }
-    return this.create(limits, bridge);
+    return this.watch(await this.create(limits, bridge), takenAt);
   }
 
-  /** Starts a spare with these limits (at start-up, and after each take). */
+  /** Starts a spare with these limits (at start-up, and after each take), unless a long job runs. */
   prepare(limits: IsolateLimits): void {
     const key = keyOf(limits);
     if (this.closed || this.spares.has(key)) return;
+    if (this.longJobRuns()) {
+      this.wanted.set(key, { ...limits });
+      return;
+    }
     const bridge = new LateBridge();
     const isolate = this.create({ ...limits }, bridge);
     // A spare that failed to start is noticed by take(), which then makes one the usual way.
     isolate.catch(() => {});
-    this.spares.set(key, { limits: { ...limits }, bridge, isolate });
+    this.spares.set(key, { limits: { ...limits }, bridge, isolate, startedAt: performance.now() });
     for (const [oldest, dropped] of this.spares) {
       if (this.spares.size <= MAX_SPARES) break;
       this.spares.delete(oldest);
@@ -88,9 +157,71 @@ export class WarmIsolates<I extends Disposable> {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.reviewer !== null) clearInterval(this.reviewer);
+    this.reviewer = null;
+    this.jobs.clear();
+    this.wanted.clear();
     const spares = [...this.spares.values()];
     this.spares.clear();
     await Promise.all(spares.map((s) => s.isolate.then((i) => i.dispose()).catch(() => {})));
+  }
+
+  private watch(isolate: I, takenAt: number): I {
+    if (this.closed) return isolate;
+    this.jobs.add({ isolate, takenAt, long: false, goneAt: null });
+    if (this.reviewer === null) {
+      this.reviewer = setInterval(() => this.review(), REVIEW_MS);
+      this.reviewer.unref();
+    }
+    return isolate;
+  }
+
+  private longJobRuns(): boolean {
+    for (const job of this.jobs) if (job.long) return true;
+    return false;
+  }
+
+  /** Tells long jobs, holds spares back while they run, and starts them again after. */
+  private review(): void {
+    const now = performance.now();
+    const t = this.timing;
+    for (const job of this.jobs) {
+      if (!job.isolate.alive) {
+        job.goneAt ??= now;
+        if (!job.long || now - job.goneAt >= t.settleMs) this.jobs.delete(job);
+        continue;
+      }
+      const idleSince = job.isolate.idleSince;
+      if (idleSince !== null && now - idleSince >= t.idleMs) {
+        this.jobs.delete(job);
+        continue;
+      }
+      const age = now - job.takenAt;
+      if (job.long && age >= t.maxHoldMs) this.jobs.delete(job);
+      else if (!job.long && age >= t.longJobMs && (idleSince === null || now - idleSince < t.busyGapMs)) {
+        job.long = true;
+        this.holdBack(job);
+      }
+    }
+    if (!this.longJobRuns() && this.wanted.size > 0) {
+      const wanted = [...this.wanted.values()];
+      this.wanted.clear();
+      for (const limits of wanted) this.prepare(limits);
+    }
+    if (this.jobs.size === 0 && this.reviewer !== null) {
+      clearInterval(this.reviewer);
+      this.reviewer = null;
+    }
+  }
+
+  /** Drops the spares started since the long job began (those from before it were there already). */
+  private holdBack(job: Job): void {
+    for (const [key, spare] of this.spares) {
+      if (spare.startedAt < job.takenAt) continue;
+      this.spares.delete(key);
+      this.wanted.set(key, spare.limits);
+      void spare.isolate.then((i) => i.dispose()).catch(() => {});
+    }
   }
 }
 
