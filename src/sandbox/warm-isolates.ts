@@ -26,7 +26,7 @@ export const WARM_TIMING: WarmTiming = {
   longJobMs: 500,
   busyGapMs: 100,
   idleMs: 1000,
-  settleMs: 250,
+  settleMs: 1000,
   maxHoldMs: 60_000,
 };
 
