@@ -93,58 +93,47 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     await second.dispose();
   });
 
-  it("drops the spare while a long job runs, starts none for others meanwhile, and starts it again once the job is over", async () => {
-    const p = pool({ longJobMs: 100, settleMs: 50 });
+  it("a large job (hold) drops the spare started for its successor, starts none meanwhile, and starts it again once it is over", async () => {
+    const p = pool({ settleMs: 50 });
     started = 0;
     p.prepare(LIMITS);
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    const long = await p.take(LIMITS, {
-      ...host("long"),
-      callSync: async () => {
-        await released;
-        return "released";
-      },
-    });
+    const large = await p.take(LIMITS, host("large"));
     expect(p.spareCount, "the next spare starts when one is taken").to.equal(1);
-    // The guest waits for its host: the job is at work until the test lets it go.
-    const job = long.evalScript("__host.callSync('wait')", "t");
-    await eventually(
-      async () => p.spareCount,
-      (n) => n === 0,
-      "the spare dropped while the long job runs",
-    );
+    p.hold(large);
+    expect(p.spareCount, "dropped while the large job runs").to.equal(0);
+    expect(p.holding).to.equal(1);
     const during = await p.take(LIMITS, host("during"));
-    expect(p.spareCount, "no spare started while the long job runs").to.equal(0);
+    expect(p.spareCount, "no spare started while the large job runs").to.equal(0);
     expect(await during.evalScript("__host.callSync('who')", "t")).to.equal("during");
     await during.dispose();
-    release();
-    expect(await job).to.equal("released");
-    await long.dispose();
+    expect(await large.evalScript("__host.callSync('who')", "t")).to.equal("large");
+    await large.dispose();
     await eventually(
       async () => p.spareCount,
       (n) => n === 1,
-      "the spare started again after the long job",
+      "the spare started again after the large job",
     );
+    expect(p.holding).to.equal(0);
     const before = started;
     const next = await p.take(LIMITS, host("next"));
     expect(started - before, "the next job took the spare; only its successor started").to.equal(1);
     await next.dispose();
   });
 
-  it("an isolate kept idle (a session's) does not hold the spare back", async () => {
-    const p = pool({ longJobMs: 2000, idleMs: 100 });
+  it("a large job keeps the spares that were there before it, and ignores isolates the pool did not hand out", async () => {
+    const p = pool();
     started = 0;
+    const other = { memoryLimitMb: 48, timeoutMs: 500 };
+    p.prepare(other);
     p.prepare(LIMITS);
-    const session = await p.take(LIMITS, host("session"));
-    expect(await session.evalScript("1", "t")).to.equal(1);
-    await eventually(
-      async () => p.jobsWatched,
-      (n) => n === 0,
-      "the idle isolate's job counted as over",
-    );
-    expect(p.spareCount).to.equal(1);
-    expect(started, "the spare started when it was taken was kept, not dropped and made again").to.equal(2);
-    await session.dispose();
+    const large = await p.take(LIMITS, host("large"));
+    expect(p.spareCount).to.equal(2);
+    p.hold(large);
+    expect(p.spareCount, "only the spare started when the large job took its isolate is dropped").to.equal(1);
+    const stranger = await Isolate.create(LIMITS, host("stranger"));
+    p.hold(stranger);
+    expect(p.holding).to.equal(1);
+    await stranger.dispose();
+    await large.dispose();
   });
 });

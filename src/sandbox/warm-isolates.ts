@@ -8,29 +8,19 @@ export interface Disposable {
   readonly idleSince: number | null;
 }
 
-/** When a job counts as long, and when it is over (see WarmIsolates). */
+/** How long a large job holds spares back (see WarmIsolates.hold). */
 export interface WarmTiming {
-  /** A job still at work this long after taking its isolate is a long one: spares wait for its end. */
-  longJobMs: number;
-  /** At work: an entry runs, or one ended less than this ago (the host fetching the next batch). */
-  busyGapMs: number;
-  /** An isolate idle this long is done with its job (a session's or a library's lives on, idle). */
-  idleMs: number;
-  /** After a long job's isolate is disposed, spares wait this long more: its reply leaves first. */
+  /** After a large job's isolate is disposed, spares wait this long more: its reply leaves first. */
   settleMs: number;
-  /** A long job holds spares back this long at most (a session busy with events for hours). */
+  /** An isolate idle this long is done with its job, disposed or not. */
+  idleMs: number;
+  /** A job holds spares back this long at most. */
   maxHoldMs: number;
 }
 
-export const WARM_TIMING: WarmTiming = {
-  longJobMs: 500,
-  busyGapMs: 100,
-  idleMs: 1000,
-  settleMs: 1000,
-  maxHoldMs: 60_000,
-};
+export const WARM_TIMING: WarmTiming = { settleMs: 1000, idleMs: 1000, maxHoldMs: 60_000 };
 
-/** How often the jobs that took isolates are looked at, while there are any. */
+/** How often the large jobs are looked at, while there are any. */
 const REVIEW_MS = 50;
 
 /**
@@ -67,12 +57,10 @@ interface Spare<I> {
   readonly startedAt: number;
 }
 
-/** An isolate handed out, watched until its job is over. */
+/** A large job, watched until it is over: no spare starts meanwhile. */
 interface Job {
   readonly isolate: Disposable;
-  readonly takenAt: number;
-  /** Seen at work past longJobMs: spares started since it began wait for its end. */
-  long: boolean;
+  readonly heldAt: number;
   /** When it was first seen disposed. */
   goneAt: number | null;
 }
@@ -87,14 +75,16 @@ const MAX_SPARES = 2;
  * for lately; limits changed by a CONFIGSET get a fresh isolate once, then a spare again.
  *
  * The next spare starts as soon as one is taken, so small jobs back to back each find one
- * warm. A long job (a large result set) must not pay for a new worker's heap (6-9 MB) at its
- * peak, though: once a job is seen still at work after longJobMs, the spares started since it
- * began are dropped, none is started while it runs, and they start again once it is over.
+ * warm. A large job (a large result set) must not pay for a new worker's heap (6-9 MB) at its
+ * peak, though: once its taker says it is large (hold()), the spares started since it began
+ * are dropped, none starts while it runs, and they start again once it is over.
  */
 export class WarmIsolates<I extends Disposable> {
   private readonly spares = new Map<string, Spare<I>>();
   private readonly jobs = new Set<Job>();
-  /** The limits whose spare waits for the long jobs' end. */
+  /** When each isolate handed out was asked for. */
+  private readonly takenAt = new WeakMap<object, number>();
+  /** The limits whose spare waits for the large jobs' end. */
   private readonly wanted = new Map<string, IsolateLimits>();
   private readonly timing: WarmTiming;
   private reviewer: NodeJS.Timeout | null = null;
@@ -112,14 +102,14 @@ export class WarmIsolates<I extends Disposable> {
     return this.spares.size;
   }
 
-  /** Isolates handed out whose job is not known to be over yet. */
-  get jobsWatched(): number {
+  /** Large jobs holding spares back now. */
+  get holding(): number {
     return this.jobs.size;
   }
 
   /** An isolate with these limits serving `bridge`: the spare when there is one, else a new one. */
   async take(limits: IsolateLimits, bridge: HostBridge): Promise<I> {
-    // Before prepare(): the spare it starts is one a long job holds back.
+    // Before prepare(): the spare it starts is one a large job holds back.
     const takenAt = performance.now();
     const key = keyOf(limits);
     const spare = this.spares.get(key);
@@ -135,11 +125,11 @@ export class WarmIsolates<I extends Disposable> {
     return this.watch(await this.create(limits, bridge), takenAt);
   }
 
-  /** Starts a spare with these limits (at start-up, and after each take), unless a long job runs. */
+  /** Starts a spare with these limits (at start-up, and after each take), unless a large job runs. */
   prepare(limits: IsolateLimits): void {
     const key = keyOf(limits);
     if (this.closed || this.spares.has(key)) return;
-    if (this.longJobRuns()) {
+    if (this.jobs.size > 0) {
       this.wanted.set(key, { ...limits });
       return;
     }
@@ -166,62 +156,58 @@ export class WarmIsolates<I extends Disposable> {
     await Promise.all(spares.map((s) => s.isolate.then((i) => i.dispose()).catch(() => {})));
   }
 
-  private watch(isolate: I, takenAt: number): I {
-    if (this.closed) return isolate;
-    this.jobs.add({ isolate, takenAt, long: false, goneAt: null });
+  /**
+   * The job of `taken` (an isolate this pool handed out) has grown large: the spares started since
+   * it took the isolate are dropped, and none starts until it is over (its isolate disposed, or
+   * idle), so that its peak does not carry a new worker's heap.
+   */
+  hold(taken: object): void {
+    const takenAt = this.takenAt.get(taken);
+    if (this.closed || takenAt === undefined) return;
+    // Only isolates this pool handed out are in takenAt.
+    const isolate = taken as I;
+    if (!isolate.alive) return;
+    for (const job of this.jobs) if (job.isolate === isolate) return;
+    this.jobs.add({ isolate, heldAt: performance.now(), goneAt: null });
+    for (const [key, spare] of this.spares) {
+      // Those from before it were there already: its growth does not count them.
+      if (spare.startedAt < takenAt) continue;
+      this.spares.delete(key);
+      this.wanted.set(key, spare.limits);
+      void spare.isolate.then((i) => i.dispose()).catch(() => {});
+    }
     if (this.reviewer === null) {
       this.reviewer = setInterval(() => this.review(), REVIEW_MS);
       this.reviewer.unref();
     }
+  }
+
+  private watch(isolate: I, takenAt: number): I {
+    this.takenAt.set(isolate, takenAt);
     return isolate;
   }
 
-  private longJobRuns(): boolean {
-    for (const job of this.jobs) if (job.long) return true;
-    return false;
-  }
-
-  /** Tells long jobs, holds spares back while they run, and starts them again after. */
+  /** Ends the holds of the large jobs that are over, and starts the spares they held back. */
   private review(): void {
     const now = performance.now();
     const t = this.timing;
     for (const job of this.jobs) {
       if (!job.isolate.alive) {
         job.goneAt ??= now;
-        if (!job.long || now - job.goneAt >= t.settleMs) this.jobs.delete(job);
+        if (now - job.goneAt >= t.settleMs) this.jobs.delete(job);
         continue;
       }
       const idleSince = job.isolate.idleSince;
-      if (idleSince !== null && now - idleSince >= t.idleMs) {
+      if ((idleSince !== null && now - idleSince >= t.idleMs) || now - job.heldAt >= t.maxHoldMs) {
         this.jobs.delete(job);
-        continue;
-      }
-      const age = now - job.takenAt;
-      if (job.long && age >= t.maxHoldMs) this.jobs.delete(job);
-      else if (!job.long && age >= t.longJobMs && (idleSince === null || now - idleSince < t.busyGapMs)) {
-        job.long = true;
-        this.holdBack(job);
       }
     }
-    if (!this.longJobRuns() && this.wanted.size > 0) {
-      const wanted = [...this.wanted.values()];
-      this.wanted.clear();
-      for (const limits of wanted) this.prepare(limits);
-    }
-    if (this.jobs.size === 0 && this.reviewer !== null) {
-      clearInterval(this.reviewer);
-      this.reviewer = null;
-    }
-  }
-
-  /** Drops the spares started since the long job began (those from before it were there already). */
-  private holdBack(job: Job): void {
-    for (const [key, spare] of this.spares) {
-      if (spare.startedAt < job.takenAt) continue;
-      this.spares.delete(key);
-      this.wanted.set(key, spare.limits);
-      void spare.isolate.then((i) => i.dispose()).catch(() => {});
-    }
+    if (this.jobs.size > 0) return;
+    if (this.reviewer !== null) clearInterval(this.reviewer);
+    this.reviewer = null;
+    const wanted = [...this.wanted.values()];
+    this.wanted.clear();
+    for (const limits of wanted) this.prepare(limits);
   }
 }
 
