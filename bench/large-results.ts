@@ -6,7 +6,9 @@
  * (right after the reply, and 2 s later), in the same process and run. Run 0 is a one-result
  * execution on the fresh proxy (the fixed cost of a first execution: an isolate and its
  * spare); the large runs follow it. The bench fails unless every run returns exactly N keys.
- * See `--help`.
+ * With `--b-cli`, a second build is measured the same way in each round, a fresh proxy per
+ * build and round, the order alternating, against the same populated server (A/B in one run);
+ * `--smaps` says where the first large result's growth is. See `--help`.
  */
 import fs from "node:fs";
 import os from "node:os";
