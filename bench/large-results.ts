@@ -6,8 +6,11 @@
  * (right after the reply, and 2 s later), in the same process and run. Run 0 is a one-result
  * execution on the fresh proxy (the fixed cost of a first execution: an isolate and its
  * spare); the large runs follow it. The bench fails unless every run returns exactly N keys.
- * See `--help`.
+ * With `--b-cli`, a second build is measured the same way in each round, a fresh proxy per
+ * build and round, the order alternating, against the same populated server (A/B in one run);
+ * `--smaps` says where the first large result's growth is. See `--help`.
  */
+import fs from "node:fs";
 import os from "node:os";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
@@ -36,6 +39,10 @@ const HELP = `Usage: node dist/bench/large-results.js [options]
   --script S   the script of the large runs (default GB('KeysOnlyReader').run()); e.g.
                GB('KeysOnlyReader').count().run() for what reading alone costs
   --cli PATH          another build's dist/src/cli.js (e.g. one from before results streamed)
+  --b-cli PATH        a second build's dist/src/cli.js, measured beside the first (A/B) in each round
+  --rounds N          fresh proxies per build, alternating A-B / B-A (default 1); medians of the
+                      first large result's growth / reply size at the end
+  --smaps             where the first large result's growth is, by kind of mapping (/proc/PID/smaps)
   --proxy-args "..."  extra gears-proxy flags, e.g. "--gears-config ScriptMemoryLimitMB=512"
   --node-args="..."   extra node flags for the proxy process, e.g. --node-args=--max-semi-space-size=2
   --help
@@ -53,14 +60,201 @@ function replySize(reply: Buffer[][]): number {
   return size;
 }
 
+/** One build's proxy, as the runs below measure it. */
+interface Build {
+  label: string;
+  cli: string | undefined;
+}
+
+/** What one fresh proxy gave: its table rows, and the first large result's growth over its reply. */
+interface Measured {
+  rows: string[][];
+  firstRatio: number;
+  /** Peak minus before, by kind of mapping, for the first large result (--smaps). */
+  smaps: Map<string, number> | null;
+  failed: boolean;
+}
+
+/**
+ * Resident kB by kind of mapping in /proc/PID/smaps: the main thread's malloc heap, V8's
+ * 256 KB pages, the 64 MB malloc arenas of other threads, wasm memories (reserved in GBs),
+ * the rest. Enough to tell which side of the proxy a growth is on.
+ */
+function smapsKinds(pid: number): Map<string, number> {
+  const kinds = new Map<string, number>();
+  let kind = "";
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/smaps`, "utf8");
+  } catch {
+    return kinds;
+  }
+  for (const line of text.split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (m !== null) {
+      const kb = (parseInt(m[2], 16) - parseInt(m[1], 16)) / 1024;
+      const name = m[3];
+      if (name === "[heap]") kind = "main malloc heap (brk)";
+      else if (name !== "") kind = name.startsWith("[") ? name : "files";
+      else if (kb >= 2 ** 20) kind = "wasm memories (anon >= 1 GB)";
+      else if (kb === 256) kind = "V8 pages (anon 256 kB)";
+      else if (kb >= 32 * 1024 && kb <= 64 * 1024) kind = "thread arenas (anon 32-64 MB)";
+      else kind = kb > 256 ? "other anon > 256 kB" : "other anon < 256 kB";
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss !== null && kind !== "") kinds.set(kind, (kinds.get(kind) ?? 0) + Number(rss[1]));
+  }
+  return kinds;
+}
+
+/** sampleRss, also keeping the smaps kinds at the highest sample (read again when RSS grew 256 kB more). */
+function sampleSmaps(pid: number, intervalMs: number): () => { peakKb: number; kinds: Map<string, number> } {
+  let peak = statusKb(pid, "VmRSS");
+  let kinds = smapsKinds(pid);
+  let read = peak;
+  const timer = setInterval(() => {
+    const now = statusKb(pid, "VmRSS");
+    if (!(now <= peak)) peak = now;
+    if (now >= read + 256) {
+      kinds = smapsKinds(pid);
+      read = now;
+    }
+  }, intervalMs);
+  return () => {
+    clearInterval(timer);
+    return { peakKb: peak, kinds };
+  };
+}
+
+async function measure(
+  build: Build,
+  o: {
+    keys: number;
+    runs: number;
+    script: string;
+    scriptGiven: boolean;
+    proxyArgs: string[];
+    nodeArgs: string[];
+    smaps: boolean;
+  },
+): Promise<Measured> {
+  const proxy = await startGears(redis!.port, {
+    profileDir: undefined,
+    nodeArgs: o.nodeArgs,
+    args: o.proxyArgs,
+    cli: build.cli,
+    readyWhen: "ping",
+  });
+  const pid = proxy.child.pid;
+  const client = new Redis({ port: proxy.port, host: HOST, maxRetriesPerRequest: 0 });
+  const rows: string[][] = [];
+  let failed = false;
+  let firstRatio = NaN;
+  let smaps: Map<string, number> | null = null;
+  try {
+    // The ready check's key is a user key too.
+    await client.del("bench:ready");
+    {
+      // What any first execution costs a fresh proxy, whatever its result: an isolate and the
+      // spare started when it is taken. Measured apart, so the runs below show what the size adds.
+      await sleep(1000);
+      const beforeKb = statusKb(pid, "VmRSS");
+      const stop = sampleRss(pid, 10);
+      const reply = (await client.callBuffer("RG.EXECUTE", "GB('ShardsIDReader').run()")) as Buffer[][];
+      const peakKb = stop();
+      const afterKb = statusKb(pid, "VmRSS");
+      await sleep(2000);
+      const size = replySize(reply);
+      rows.push([
+        build.label,
+        "0: first execution, 1 result (fixed cost)",
+        String(reply[0].length),
+        `${size} B`,
+        "",
+        mb(beforeKb),
+        mb(peakKb),
+        mb(afterKb),
+        mb(statusKb(pid, "VmRSS")),
+        mb(peakKb - beforeKb),
+        "",
+      ]);
+    }
+    for (let i = 0; i < o.runs; i++) {
+      await sleep(1000);
+      const beforeKb = statusKb(pid, "VmRSS");
+      const watchSmaps = o.smaps && i === 0;
+      const before = watchSmaps ? smapsKinds(pid) : null;
+      const stopSmaps = watchSmaps ? sampleSmaps(pid, 10) : null;
+      const stop = watchSmaps ? null : sampleRss(pid, 10);
+      const t0 = Date.now();
+      const reply = (await client.callBuffer("RG.EXECUTE", o.script)) as Buffer[][];
+      const ms = Date.now() - t0;
+      let peakKb: number;
+      if (stopSmaps !== null && before !== null) {
+        const atPeak = stopSmaps();
+        peakKb = atPeak.peakKb;
+        smaps = new Map();
+        for (const k of new Set([...before.keys(), ...atPeak.kinds.keys()])) {
+          smaps.set(k, (atPeak.kinds.get(k) ?? 0) - (before.get(k) ?? 0));
+        }
+      } else peakKb = stop!();
+      const afterKb = statusKb(pid, "VmRSS");
+      await sleep(2000);
+      const laterKb = statusKb(pid, "VmRSS");
+      const size = replySize(reply);
+      const count = reply[0].length;
+      if ((!o.scriptGiven && count !== o.keys) || reply[1].length !== 0) {
+        failed = true;
+        say(`run ${i + 1}: ${count} results of ${o.keys}, errors ${reply[1].map(String).join("; ")}`);
+      }
+      const growthKb = peakKb - beforeKb;
+      const ratio = growthKb / (size / 1024);
+      if (i === 0) firstRatio = ratio;
+      rows.push([
+        build.label,
+        `${i + 1}${i === 0 ? ": first large result" : ""}`,
+        count.toLocaleString("en-US"),
+        `${(size / 2 ** 20).toFixed(1)} MB`,
+        `${ms} ms`,
+        mb(beforeKb),
+        mb(peakKb),
+        mb(afterKb),
+        mb(laterKb),
+        mb(growthKb),
+        size >= 1024 ? `${ratio.toFixed(2)}x` : "",
+      ]);
+      say(
+        `${build.label} run ${i + 1}: ${count} keys, ${size} bytes, ${ms} ms, RSS ${mb(beforeKb)} -> ${mb(peakKb)} -> ${mb(laterKb)} (${ratio.toFixed(2)}x)`,
+      );
+    }
+  } finally {
+    client.disconnect();
+    await stopChild(proxy.child, 2000);
+  }
+  return { rows, firstRatio, smaps, failed };
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0
+    ? NaN
+    : s.length % 2 === 1
+      ? s[(s.length - 1) / 2]
+      : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
       keys: { type: "string" },
       runs: { type: "string" },
+      rounds: { type: "string" },
       quick: { type: "boolean" },
       script: { type: "string" },
       cli: { type: "string" },
+      "b-cli": { type: "string" },
+      smaps: { type: "boolean" },
       "proxy-args": { type: "string" },
       "node-args": { type: "string" },
       help: { type: "boolean" },
@@ -72,6 +266,7 @@ async function main(): Promise<number> {
   }
   const keys = Number(values.keys ?? (values.quick === true ? 100_000 : 1_000_000));
   const runs = Number(values.runs ?? (values.quick === true ? 2 : 3));
+  const rounds = Number(values.rounds ?? 1);
   const script = values.script ?? "GB('KeysOnlyReader').run()";
   const started = Date.now();
   const lines = machineLines();
@@ -79,90 +274,57 @@ async function main(): Promise<number> {
   // A million keys can take longer than call()'s 2 s on a loaded machine.
   await sendCommand(redis.port, ["DEBUG", "POPULATE", String(keys)], { host: HOST, timeoutMs: 60_000 });
   const words = (s: string | undefined): string[] => (s ?? "").split(" ").filter((a) => a !== "");
-  const proxyArgs = words(values["proxy-args"]);
-  const nodeArgs = words(values["node-args"]);
-  const proxy = await startGears(redis.port, {
-    profileDir: undefined,
-    nodeArgs,
-    args: proxyArgs,
-    cli: values.cli,
-    readyWhen: "ping",
-  });
-  const pid = proxy.child.pid;
-  const client = new Redis({ port: proxy.port, host: HOST, maxRetriesPerRequest: 0 });
-  // The ready check's key is a user key too.
-  await client.del("bench:ready");
+  const options = {
+    keys,
+    runs,
+    script,
+    scriptGiven: values.script !== undefined,
+    proxyArgs: words(values["proxy-args"]),
+    nodeArgs: words(values["node-args"]),
+    smaps: values.smaps === true,
+  };
+  const builds: Build[] = [
+    { label: values["b-cli"] === undefined ? "A" : "A (this build)", cli: values.cli },
+  ];
+  if (values["b-cli"] !== undefined) builds.push({ label: "B", cli: values["b-cli"] });
   const rows: string[][] = [];
+  const ratios = new Map<string, number[]>(builds.map((b) => [b.label, []]));
+  const smapsRows: string[][] = [];
   let failed = false;
-  {
-    // What any first execution costs a fresh proxy, whatever its result: an isolate and the
-    // spare started when it is taken. Measured apart, so the runs below show what the size adds.
-    await sleep(1000);
-    const beforeKb = statusKb(pid, "VmRSS");
-    const stop = sampleRss(pid, 10);
-    const reply = (await client.callBuffer("RG.EXECUTE", "GB('ShardsIDReader').run()")) as Buffer[][];
-    const peakKb = stop();
-    const afterKb = statusKb(pid, "VmRSS");
-    await sleep(2000);
-    const size = replySize(reply);
-    rows.push([
-      "0: first execution, 1 result (fixed cost)",
-      String(reply[0].length),
-      `${size} B`,
-      "",
-      mb(beforeKb),
-      mb(peakKb),
-      mb(afterKb),
-      mb(statusKb(pid, "VmRSS")),
-      mb(peakKb - beforeKb),
-      "",
-    ]);
-  }
-  for (let i = 0; i < runs; i++) {
-    await sleep(1000);
-    const beforeKb = statusKb(pid, "VmRSS");
-    const stop = sampleRss(pid, 10);
-    const t0 = Date.now();
-    const reply = (await client.callBuffer("RG.EXECUTE", script)) as Buffer[][];
-    const ms = Date.now() - t0;
-    const peakKb = stop();
-    const afterKb = statusKb(pid, "VmRSS");
-    await sleep(2000);
-    const laterKb = statusKb(pid, "VmRSS");
-    const size = replySize(reply);
-    const count = reply[0].length;
-    if ((values.script === undefined && count !== keys) || reply[1].length !== 0) {
-      failed = true;
-      say(`run ${i + 1}: ${count} results of ${keys}, errors ${reply[1].map(String).join("; ")}`);
+  for (let round = 0; round < rounds; round++) {
+    // Alternate which build goes first, so neither always meets the machine in the same state.
+    const order = round % 2 === 0 ? builds : [...builds].reverse();
+    for (const build of order) {
+      const m = await measure(build, options);
+      rows.push(...m.rows);
+      ratios.get(build.label)!.push(m.firstRatio);
+      failed ||= m.failed;
+      if (m.smaps !== null) {
+        const parts = [...m.smaps].filter(([, kb]) => Math.abs(kb) >= 512).sort((a, b) => b[1] - a[1]);
+        smapsRows.push([build.label, String(round + 1), parts.map(([k, kb]) => `${k} ${mb(kb)}`).join("; ")]);
+      }
     }
-    const growthKb = peakKb - beforeKb;
-    rows.push([
-      `${i + 1}${i === 0 ? ": first large result" : ""}`,
-      count.toLocaleString("en-US"),
-      `${(size / 2 ** 20).toFixed(1)} MB`,
-      `${ms} ms`,
-      mb(beforeKb),
-      mb(peakKb),
-      mb(afterKb),
-      mb(laterKb),
-      mb(growthKb),
-      size >= 1024 ? `${(growthKb / (size / 1024)).toFixed(2)}x` : "",
-    ]);
-    say(
-      `run ${i + 1}: ${count} keys, ${size} bytes, ${ms} ms, RSS ${mb(beforeKb)} -> ${mb(peakKb)} -> ${mb(laterKb)}`,
-    );
   }
-  client.disconnect();
   const load = os
     .loadavg()
     .map((l) => l.toFixed(2))
     .join(" ");
+  const summary = builds.map((b) => {
+    const rs = ratios.get(b.label)!;
+    return [
+      b.label,
+      b.cli ?? "this build",
+      rs.map((r) => r.toFixed(2)).join(", "),
+      `${median(rs).toFixed(2)}x`,
+    ];
+  });
   const out = [
     ...lines,
-    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; proxy ${values.cli ?? "this build"} ${proxyArgs.join(" ") || "(default gears settings)"}${nodeArgs.length > 0 ? `; node ${nodeArgs.join(" ")}` : ""}`,
+    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; ${rounds} round(s), a fresh proxy per build and round; gears ${options.proxyArgs.join(" ") || "(default gears settings)"}${options.nodeArgs.length > 0 ? `; node ${options.nodeArgs.join(" ")}` : ""}`,
     "",
     table(
       [
+        "build",
         "run",
         "results",
         "reply size (RESP)",
@@ -176,6 +338,18 @@ async function main(): Promise<number> {
       ],
       rows,
     ),
+    "",
+    "First large result, peak growth / reply size, by round:",
+    "",
+    table(["build", "proxy", "rounds", "median"], summary),
+    ...(smapsRows.length > 0
+      ? [
+          "",
+          "Where the first large result's growth is (peak minus before, /proc/PID/smaps):",
+          "",
+          table(["build", "round", "growth by kind of mapping"], smapsRows),
+        ]
+      : []),
     "",
     `total time: ${Math.round((Date.now() - started) / 1000)} s; load average at the end: ${load}`,
   ];

@@ -89,6 +89,29 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("a large result holds the spare isolate back while it runs; the spare is made again once it is over", async () => {
+      await waitUntil("a spare ready before the run", () => proxy.server.warmIsolates.spares === 1);
+      // One key in ten: about 1.6 MB of results, past the 1 MB that makes an execution large.
+      const running = run(io, "GB('KeysOnlyReader').run('*1')");
+      await waitUntil("the run holds the spares back", () => {
+        const warm = proxy.server.warmIsolates;
+        return warm.holding === 1 && warm.spares === 0;
+      });
+      const reply = await running;
+      expect(reply.errors).to.deep.equal([]);
+      // Keys <prefix>:0 .. <prefix>:<count - 1> on each master: those ending in 1.
+      const ending1 = counts.reduce((sum, n) => sum + Math.floor((n + 8) / 10), 0);
+      expect(reply.results).to.have.length(ending1);
+      await waitUntil(
+        "a spare again once the run is over",
+        () => {
+          const warm = proxy.server.warmIsolates;
+          return warm.holding === 0 && warm.spares === 1;
+        },
+        10_000,
+      );
+    });
+
     it("UNBLOCKING: RG.GETRESULTSBLOCKING and RG.GETRESULTS answer a streamed result set from the same buffers", async () => {
       const pattern = ":12*";
       const expected = new Set<string>();

@@ -1,7 +1,8 @@
 import { expect } from "chai";
 import { Isolate } from "../src/sandbox/isolate.js";
 import type { HostBridge, IsolateLimits } from "../src/sandbox/types.js";
-import { WarmIsolates } from "../src/sandbox/warm-isolates.js";
+import { WarmIsolates, type WarmTiming } from "../src/sandbox/warm-isolates.js";
+import { eventually } from "./support/polling.js";
 
 const LIMITS: IsolateLimits = { memoryLimitMb: 32, timeoutMs: 1000 };
 
@@ -19,11 +20,11 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
   const pools: WarmIsolates<Isolate>[] = [];
   let started = 0;
 
-  function pool(): WarmIsolates<Isolate> {
+  function pool(timing: Partial<WarmTiming> = {}): WarmIsolates<Isolate> {
     const p = new WarmIsolates<Isolate>((limits, bridge) => {
       started++;
       return Isolate.create(limits, bridge);
-    });
+    }, timing);
     pools.push(p);
     return p;
   }
@@ -77,5 +78,62 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     started = 0;
     p.prepare(LIMITS);
     expect(started, "a closed pool starts nothing").to.equal(0);
+  });
+
+  it("a job that finished leaves the next spare warm: the job right after it takes that one", async () => {
+    const p = pool();
+    started = 0;
+    p.prepare(LIMITS);
+    const first = await p.take(LIMITS, host("first"));
+    expect(await first.evalScript("1 + 1", "t")).to.equal(2);
+    await first.dispose();
+    const second = await p.take(LIMITS, host("second"));
+    expect(started, "the spare started when the first job took its isolate served the second").to.equal(3);
+    expect(await second.evalScript("__host.callSync('who')", "t")).to.equal("second");
+    await second.dispose();
+  });
+
+  it("a large job (hold) drops the spare started for its successor, starts none meanwhile, and starts it again once it is over", async () => {
+    const p = pool({ settleMs: 50 });
+    started = 0;
+    p.prepare(LIMITS);
+    const large = await p.take(LIMITS, host("large"));
+    expect(p.spareCount, "the next spare starts when one is taken").to.equal(1);
+    p.hold(large);
+    expect(p.spareCount, "dropped while the large job runs").to.equal(0);
+    expect(p.holding).to.equal(1);
+    const during = await p.take(LIMITS, host("during"));
+    expect(p.spareCount, "no spare started while the large job runs").to.equal(0);
+    expect(await during.evalScript("__host.callSync('who')", "t")).to.equal("during");
+    await during.dispose();
+    expect(await large.evalScript("__host.callSync('who')", "t")).to.equal("large");
+    await large.dispose();
+    await eventually(
+      async () => p.spareCount,
+      (n) => n === 1,
+      "the spare started again after the large job",
+    );
+    expect(p.holding).to.equal(0);
+    const before = started;
+    const next = await p.take(LIMITS, host("next"));
+    expect(started - before, "the next job took the spare; only its successor started").to.equal(1);
+    await next.dispose();
+  });
+
+  it("a large job keeps the spares that were there before it, and ignores isolates the pool did not hand out", async () => {
+    const p = pool();
+    started = 0;
+    const other = { memoryLimitMb: 48, timeoutMs: 500 };
+    p.prepare(other);
+    p.prepare(LIMITS);
+    const large = await p.take(LIMITS, host("large"));
+    expect(p.spareCount).to.equal(2);
+    p.hold(large);
+    expect(p.spareCount, "only the spare started when the large job took its isolate is dropped").to.equal(1);
+    const stranger = await Isolate.create(LIMITS, host("stranger"));
+    p.hold(stranger);
+    expect(p.holding).to.equal(1);
+    await stranger.dispose();
+    await large.dispose();
   });
 });

@@ -135,6 +135,7 @@ export class ProxyServer {
       memoryGuard: this.memoryGuard,
       ...(this.thread === undefined ? {} : { threads: this.thread }),
     };
+    ctx.gears.onLargeExecution = (isolate) => warm.hold(isolate);
     if (acl !== null) {
       ctx.gears.guardFor = (user) => acl.guardFor(user);
       ctx.gears.tf.libraries.guardFor = (user) => acl.guardFor(user);
@@ -257,6 +258,11 @@ export class ProxyServer {
     for (const client of ctx.clients.all()) {
       if (client.idleMs > limitMs && !client.exemptFromTimeout) client.kill("idle timeout");
     }
+  }
+
+  /** The JavaScript isolates started ahead, and the large jobs holding them back now. */
+  get warmIsolates(): { spares: number; holding: number } {
+    return { spares: this.warm?.spareCount ?? 0, holding: this.warm?.holding ?? 0 };
   }
 
   /** Settles once the warm Python interpreter is ready (at once without --python). */

@@ -77,6 +77,8 @@ export class GearsEngine {
   private running = 0;
   private readonly waiting: Execution[] = [];
   private registrationCounter = 0;
+  /** Told when an execution's results grow large, with its isolate (the warm pool holds spares back). */
+  onLargeExecution: ((isolate: GuestIsolate) => void) | null = null;
   /** The ACL check of a user's commands (set with --aclfile): scripts run with their owner's rights. */
   guardFor: ((user: string) => CommandGuard | null) | null = null;
   readonly registry: RegistrationRegistry;
@@ -248,6 +250,7 @@ export class GearsEngine {
       this.config.number("MaxResultsMB"),
     );
     execution.owner = request.owner ?? null;
+    execution.onLarge = () => this.onLargeExecution?.(isolate);
     this.add(execution);
     this.schedule(execution);
     if (request.unblocking) return encodeBulk(execution.id);

@@ -11,6 +11,12 @@ import { READ_AHEAD_COMMANDS } from "./read-ahead.js";
 import type { Topology } from "./guest/entry.js";
 import { READERS, RecordBinary, type ReadContext } from "./readers.js";
 
+/**
+ * Streamed results past this many bytes make a large execution: its isolate's pool starts no
+ * spare while it runs (a worker's heap, 6-9 MB, would show at its peak beside the results).
+ */
+const LARGE_RESULTS_BYTES = 1024 * 1024;
+
 /** Given inputs up to this many records run in one guest entry (start, feed, finish at once). */
 const ONCE_MAX_RECORDS = 256;
 
@@ -64,6 +70,8 @@ export class Execution {
   readMs = 0;
   /** The ACL user who ran it (RG.EXECUTE) or registered its session; null without ACLs. */
   owner: string | null = null;
+  /** Told once, when its streamed results pass LARGE_RESULTS_BYTES. */
+  onLarge: (() => void) | null = null;
   private abortRequested = false;
   private readonly finished: Promise<void>;
   private markFinished!: () => void;
@@ -98,12 +106,14 @@ export class Execution {
   /** Keeps results the guest handed over; past MaxResultsMB, the execution stops reading. */
   private keep(out: GuestStreamed[] | undefined): void {
     if (out === undefined || this.chunks === null || this.overflowed) return;
+    const wasLarge = this.chunks.bytes >= LARGE_RESULTS_BYTES;
     try {
       for (const [partition, values, count] of out) this.chunks.add(partition, values, count);
     } catch (err) {
       if (err instanceof ResultsTooLarge) this.overflowed = true;
       throw err;
     }
+    if (!wasLarge && this.chunks.bytes >= LARGE_RESULTS_BYTES) this.onLarge?.();
   }
 
   get isFinished(): boolean {

@@ -36,6 +36,8 @@ export const WATCHDOG_GRACE_MS = 500;
 const ABORT_GRACE_MS = 500;
 /** How long dispose() waits for the worker to free its runtime before terminating it. */
 const DISPOSE_WAIT_MS = 2000;
+/** A larger binary argument is cloned as it is: the feed area lives as long as the isolate. */
+const FEED_AREA_MAX = 1024 * 1024;
 /** The worker's native stack: QuickJS's 1 MB stack limit needs about 32x that (reference §0.2). */
 const WORKER_STACK_MB = 32;
 
@@ -108,6 +110,10 @@ export class Isolate {
   private pendingAbort = false;
   private readsBinary = false;
   private pendingReply: PendingReply | undefined;
+  /** When the last entry ended (performance.now()); its start, before any. */
+  private lastEntryEnd = performance.now();
+  /** Where callBinary's bytes cross to the worker (see shared()). */
+  private feedArea: SharedArrayBuffer | null = null;
   private isAlive = true;
   private disposing = false;
   private watchdog: NodeJS.Timeout | undefined;
@@ -180,6 +186,11 @@ export class Isolate {
   /** False once the worker is gone (disposed, terminated by the watchdog, or crashed). */
   get alive(): boolean {
     return this.isAlive;
+  }
+
+  /** When the last entry ended (performance.now()), or null while one runs or waits. */
+  get idleSince(): number | null {
+    return this.current !== undefined || this.queue.length > 0 ? null : this.lastEntryEnd;
   }
 
   get threadId(): number {
@@ -317,10 +328,29 @@ export class Isolate {
       }
       this.current = entry;
       this.worker.ref();
-      this.worker.postMessage(entry.request satisfies WorkerRequest);
+      this.worker.postMessage(this.shared(entry.request) satisfies WorkerRequest);
       this.armWatchdog(this.firstLook());
       return;
     }
+  }
+
+  /**
+   * The request with its binary argument in the isolate's shared feed area: posted by
+   * reference, not cloned, so a large execution's batches make no buffer per batch on either
+   * thread. The worker copies it into the guest when the entry starts, and the area is written
+   * again only for the next entry, after this one is done.
+   */
+  private shared(request: EntryRequest): EntryRequest {
+    if (request.op !== "callBinary" || request.bytes.length > FEED_AREA_MAX) return request;
+    const size = request.bytes.length;
+    if (this.feedArea === null || this.feedArea.byteLength < size) {
+      this.feedArea = new SharedArrayBuffer(
+        Math.max(size, Math.min(FEED_AREA_MAX, 2 * (this.feedArea?.byteLength ?? 32 * 1024))),
+      );
+    }
+    const view = new Uint8Array(this.feedArea, 0, size);
+    view.set(request.bytes);
+    return { ...request, bytes: view };
   }
 
   private finishEntry(m: Extract<WorkerMessage, { t: "done" }>): void {
@@ -328,6 +358,7 @@ export class Isolate {
     if (entry === undefined) return;
     this.current = undefined;
     this.pendingReply = undefined;
+    this.lastEntryEnd = performance.now();
     this.clearTimers();
     if (entry.aborted) {
       Atomics.store(this.ctl, CTL_ABORT, 0);

@@ -4,7 +4,24 @@ import type { HostBridge, IsolateLimits, JsonValue, RawJson } from "./types.js";
 export interface Disposable {
   dispose(): Promise<void>;
   readonly alive: boolean;
+  /** When its last entry ended (performance.now()), or null while one runs or waits. */
+  readonly idleSince: number | null;
 }
+
+/** How long a large job holds spares back (see WarmIsolates.hold). */
+export interface WarmTiming {
+  /** After a large job's isolate is disposed, spares wait this long more: its reply leaves first. */
+  settleMs: number;
+  /** An isolate idle this long is done with its job, disposed or not. */
+  idleMs: number;
+  /** A job holds spares back this long at most. */
+  maxHoldMs: number;
+}
+
+export const WARM_TIMING: WarmTiming = { settleMs: 1000, idleMs: 1000, maxHoldMs: 60_000 };
+
+/** How often the large jobs are looked at, while there are any. */
+const REVIEW_MS = 50;
 
 /**
  * A bridge whose host side is named later: a spare isolate is started before anyone knows
@@ -37,6 +54,15 @@ interface Spare<I> {
   readonly limits: IsolateLimits;
   readonly bridge: LateBridge;
   readonly isolate: Promise<I>;
+  readonly startedAt: number;
+}
+
+/** A large job, watched until it is over: no spare starts meanwhile. */
+interface Job {
+  readonly isolate: Disposable;
+  readonly heldAt: number;
+  /** When it was first seen disposed. */
+  goneAt: number | null;
 }
 
 /** Spares are kept for this many sets of limits at most (RG.EXECUTE's and T&F libraries'). */
@@ -47,15 +73,44 @@ const MAX_SPARES = 2;
  * session, a T&F library) does not wait for a worker thread to start and compile the runtime,
  * which is most of what a small job costs (about 65 ms). One spare per set of limits asked
  * for lately; limits changed by a CONFIGSET get a fresh isolate once, then a spare again.
+ *
+ * The next spare starts as soon as one is taken, so small jobs back to back each find one
+ * warm. A large job (a large result set) must not pay for a new worker's heap (6-9 MB) at its
+ * peak, though: once its taker says it is large (hold()), the spares started since it began
+ * are dropped, none starts while it runs, and they start again once it is over.
  */
 export class WarmIsolates<I extends Disposable> {
   private readonly spares = new Map<string, Spare<I>>();
+  private readonly jobs = new Set<Job>();
+  /** When each isolate handed out was asked for. */
+  private readonly takenAt = new WeakMap<object, number>();
+  /** The limits whose spare waits for the large jobs' end. */
+  private readonly wanted = new Map<string, IsolateLimits>();
+  private readonly timing: WarmTiming;
+  private reviewer: NodeJS.Timeout | null = null;
   private closed = false;
 
-  constructor(private readonly create: (limits: IsolateLimits, bridge: HostBridge) => Promise<I>) {}
+  constructor(
+    private readonly create: (limits: IsolateLimits, bridge: HostBridge) => Promise<I>,
+    timing: Partial<WarmTiming> = {},
+  ) {
+    this.timing = { ...WARM_TIMING, ...timing };
+  }
+
+  /** Spares kept now (started or starting). */
+  get spareCount(): number {
+    return this.spares.size;
+  }
+
+  /** Large jobs holding spares back now. */
+  get holding(): number {
+    return this.jobs.size;
+  }
 
   /** An isolate with these limits serving `bridge`: the spare when there is one, else a new one. */
   async take(limits: IsolateLimits, bridge: HostBridge): Promise<I> {
+    // Before prepare(): the spare it starts is one a large job holds back.
+    const takenAt = performance.now();
     const key = keyOf(limits);
     const spare = this.spares.get(key);
     this.spares.delete(key);
@@ -64,21 +119,25 @@ export class WarmIsolates<I extends Disposable> {
       const isolate = await spare.isolate.catch(() => null);
       if (isolate !== null && isolate.alive) {
         spare.bridge.target = bridge;
-        return isolate;
+        return this.watch(isolate, takenAt);
       }
     }
-    return this.create(limits, bridge);
+    return this.watch(await this.create(limits, bridge), takenAt);
   }
 
-  /** Starts a spare with these limits (at start-up, and after each take). */
+  /** Starts a spare with these limits (at start-up, and after each take), unless a large job runs. */
   prepare(limits: IsolateLimits): void {
     const key = keyOf(limits);
     if (this.closed || this.spares.has(key)) return;
+    if (this.jobs.size > 0) {
+      this.wanted.set(key, { ...limits });
+      return;
+    }
     const bridge = new LateBridge();
     const isolate = this.create({ ...limits }, bridge);
     // A spare that failed to start is noticed by take(), which then makes one the usual way.
     isolate.catch(() => {});
-    this.spares.set(key, { limits: { ...limits }, bridge, isolate });
+    this.spares.set(key, { limits: { ...limits }, bridge, isolate, startedAt: performance.now() });
     for (const [oldest, dropped] of this.spares) {
       if (this.spares.size <= MAX_SPARES) break;
       this.spares.delete(oldest);
@@ -88,9 +147,67 @@ export class WarmIsolates<I extends Disposable> {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.reviewer !== null) clearInterval(this.reviewer);
+    this.reviewer = null;
+    this.jobs.clear();
+    this.wanted.clear();
     const spares = [...this.spares.values()];
     this.spares.clear();
     await Promise.all(spares.map((s) => s.isolate.then((i) => i.dispose()).catch(() => {})));
+  }
+
+  /**
+   * The job of `taken` (an isolate this pool handed out) has grown large: the spares started since
+   * it took the isolate are dropped, and none starts until it is over (its isolate disposed, or
+   * idle), so that its peak does not carry a new worker's heap.
+   */
+  hold(taken: object): void {
+    const takenAt = this.takenAt.get(taken);
+    if (this.closed || takenAt === undefined) return;
+    // Only isolates this pool handed out are in takenAt.
+    const isolate = taken as I;
+    if (!isolate.alive) return;
+    for (const job of this.jobs) if (job.isolate === isolate) return;
+    this.jobs.add({ isolate, heldAt: performance.now(), goneAt: null });
+    for (const [key, spare] of this.spares) {
+      // Those from before it were there already: its growth does not count them.
+      if (spare.startedAt < takenAt) continue;
+      this.spares.delete(key);
+      this.wanted.set(key, spare.limits);
+      void spare.isolate.then((i) => i.dispose()).catch(() => {});
+    }
+    if (this.reviewer === null) {
+      this.reviewer = setInterval(() => this.review(), REVIEW_MS);
+      this.reviewer.unref();
+    }
+  }
+
+  private watch(isolate: I, takenAt: number): I {
+    this.takenAt.set(isolate, takenAt);
+    return isolate;
+  }
+
+  /** Ends the holds of the large jobs that are over, and starts the spares they held back. */
+  private review(): void {
+    const now = performance.now();
+    const t = this.timing;
+    for (const job of this.jobs) {
+      if (!job.isolate.alive) {
+        job.goneAt ??= now;
+        if (now - job.goneAt >= t.settleMs) this.jobs.delete(job);
+        continue;
+      }
+      const idleSince = job.isolate.idleSince;
+      if ((idleSince !== null && now - idleSince >= t.idleMs) || now - job.heldAt >= t.maxHoldMs) {
+        this.jobs.delete(job);
+      }
+    }
+    if (this.jobs.size > 0) return;
+    if (this.reviewer !== null) clearInterval(this.reviewer);
+    this.reviewer = null;
+    const wanted = [...this.wanted.values()];
+    this.wanted.clear();
+    for (const limits of wanted) this.prepare(limits);
   }
 }
 
