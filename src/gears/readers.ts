@@ -33,7 +33,7 @@ export class RecordBinary {
 
   /** The records from index `from` on, as one array value. */
   bytes(from: number): Buffer {
-    const count = new BinaryWriter();
+    const count = new BinaryWriter(8);
     count.u8(TAG_ARRAY);
     count.leb(this.offsets.length - from);
     return Buffer.concat([this.writer.header(), count.body(), this.writer.body(this.offsets[from])]);

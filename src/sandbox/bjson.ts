@@ -24,11 +24,20 @@ export const TAG_ARRAY = 9;
  * entered once in the atom table that precedes it.
  */
 export class BinaryWriter {
-  private buf = Buffer.allocUnsafe(64 * 1024);
+  private buf: Buffer;
   /** Bytes written to the body. */
   length = 0;
   private readonly atoms = new Map<string, number>();
   private readonly atomList: string[] = [];
+
+  /**
+   * `capacity`: the first buffer's size. A batch's body starts at 64 KB; headers and counts
+   * of a few bytes start small, since every 64 KB left behind per batch waits for a
+   * collection and counts in the peak of a large result.
+   */
+  constructor(capacity = 64 * 1024) {
+    this.buf = Buffer.allocUnsafe(capacity);
+  }
 
   private room(bytes: number): void {
     if (this.length + bytes <= this.buf.length) return;
@@ -138,11 +147,11 @@ export class BinaryWriter {
 
   /** The format's header: version and atom table, for whatever body follows it. */
   header(): Buffer {
-    const h = new BinaryWriter();
+    const h = new BinaryWriter(16 + this.atomList.reduce((n, a) => n + 5 + 3 * a.length, 0));
     h.u8(VERSION);
     h.leb(this.atomList.length);
     for (const a of this.atomList) h.text(a);
-    return Buffer.from(h.body());
+    return h.body();
   }
 }
 
