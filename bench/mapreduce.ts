@@ -36,8 +36,10 @@ import {
 
 // ---- options -----------------------------------------------------------------------------
 
-type Variant = "a" | "b" | "c" | "d" | "p";
-const VARIANTS: readonly Variant[] = ["a", "b", "c", "d", "p"];
+type Variant = "a" | "b" | "c" | "d" | "p" | "b0" | "c0";
+const VARIANTS: readonly Variant[] = ["a", "b", "c", "d", "p", "b0", "c0"];
+/** What --variants may name; b0 and c0 come with --b-cli. */
+const NAMED: readonly Variant[] = ["a", "b", "c", "d", "p"];
 
 interface Options {
   movies: number;
@@ -50,6 +52,8 @@ interface Options {
   proxyNodeArgs: string[];
   append: string | undefined;
   json: string | undefined;
+  /** A second gears-proxy build (its cli.js) whose (b) and (c) run in the same rounds. */
+  bCli: string | undefined;
 }
 
 const HELP = `Usage: node dist/bench/mapreduce.js [options]
@@ -68,6 +72,9 @@ const HELP = `Usage: node dist/bench/mapreduce.js [options]
                           the guest's worker threads included) and print the hottest functions
   --proxy-args "..."      extra gears-proxy flags
   --proxy-node-args "..." extra node flags for the proxy process
+  --b-cli PATH            also start this build's gears-proxy (e.g. a frozen copy of main's
+                          dist/src/cli.js) and run its (b) and (c) in the same rounds, as (b0)
+                          and (c0): a same-run A/B of two builds
   --append FILE           append the markdown report to FILE (e.g. bench/RESULTS.md)
   --json FILE             also write every sample as JSON
   --help
@@ -81,10 +88,10 @@ function positive(text: string, what: string): number {
 
 function parseVariants(text: string): Variant[] {
   const picked = text.split(",").map((s) => s.trim().toLowerCase());
-  const bad = picked.find((s) => !VARIANTS.some((v) => v === s));
+  const bad = picked.find((s) => !NAMED.some((v) => v === s));
   if (bad !== undefined || picked.length === 0)
     throw new Error(`--variants: '${text}' is not a list of a,b,c,d,p`);
-  return VARIANTS.filter((v) => picked.includes(v));
+  return NAMED.filter((v) => picked.includes(v));
 }
 
 function parseOptions(argv: string[]): Options | null {
@@ -102,6 +109,7 @@ function parseOptions(argv: string[]): Options | null {
       "proxy-node-args": { type: "string" },
       append: { type: "string" },
       json: { type: "string" },
+      "b-cli": { type: "string" },
       help: { type: "boolean" },
     },
     strict: true,
@@ -125,6 +133,7 @@ function parseOptions(argv: string[]): Options | null {
     proxyNodeArgs: (values["proxy-node-args"] ?? "").split(/\s+/).filter((a) => a !== ""),
     append: values.append,
     json: values.json,
+    bCli: values["b-cli"],
   };
 }
 
@@ -217,7 +226,29 @@ const LABELS: Record<Variant, string> = {
   c: "(c) RG.EXECUTE, execute() form",
   d: "(d) RG.EXECUTE, executeAsync() form (informative)",
   p: "(p) RG.PYEXECUTE, execute() form in Python (informative)",
+  b0: "(b0) (b) on the --b-cli build",
+  c0: "(c0) (c) on the --b-cli build",
 };
+
+/** CPU time (user + system, every thread) a process has used so far, in ms, from /proc. */
+function processCpuMs(pid: number): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // fields[11] and [12] are utime and stime (the 14th and 15th of the whole line), in clock ticks
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+
+const CLOCK_TICKS = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
 
 /** (a): SCAN every master in parallel, a pipelined HGET per SCAN batch, counting in a Map. */
 async function handWritten(masters: Redis[]): Promise<Counts> {
@@ -318,6 +349,7 @@ function machine(): string {
 interface Stack {
   cluster?: RedisCluster;
   proxy?: Proxy;
+  baseProxy?: Proxy;
   clients: Redis[];
 }
 
@@ -328,6 +360,7 @@ function cleanup(): Promise<void> {
   cleaning ??= (async () => {
     for (const c of stack.clients) c.disconnect();
     if (stack.proxy !== undefined) await stopChild(stack.proxy.child, 10_000);
+    if (stack.baseProxy !== undefined) await stopChild(stack.baseProxy.child, 10_000);
     await Promise.allSettled([...children].map((c) => stopChild(c, 10_000)));
     if (stack.cluster !== undefined) await stack.cluster.stop().catch(() => {});
   })();
@@ -362,7 +395,11 @@ async function main(): Promise<number> {
   say(header);
 
   const times = new Map<Variant, number[]>(VARIANTS.map((v) => [v, []]));
+  const cpus = new Map<Variant, number[]>(VARIANTS.map((v) => [v, []]));
   const peaks = new Map<Variant, number>();
+  const variants: Variant[] = opts.variants.flatMap((v): Variant[] =>
+    opts.bCli === undefined ? [v] : v === "b" ? ["b", "b0"] : v === "c" ? ["c", "c0"] : [v],
+  );
   const run = { loadSeconds: 0, hwmKb: NaN, rssAfterLoadKb: NaN, perMaster: [] as string[] };
   let timeoutNote = "ScriptTimeoutMS left at the proxy's default (5000 ms); no timeout occurred";
   try {
@@ -393,10 +430,28 @@ async function main(): Promise<number> {
     }));
     const proxyClient = client(proxy.port);
     await proxyClient.connect();
+    let baseClient = proxyClient;
+    if (opts.bCli !== undefined) {
+      const base = (stack.baseProxy = await startGears(seed.port, {
+        profileDir: undefined,
+        nodeArgs: opts.proxyNodeArgs,
+        cli: opts.bCli,
+        args: opts.proxyArgs,
+        readyWhen: "keyed",
+      }));
+      baseClient = client(base.port);
+      await baseClient.connect();
+      say(`base gears-proxy (${opts.bCli}) pid ${base.child.pid} on port ${base.port}`);
+    }
+    /** The process whose CPU a variant's run costs (for (a), this one: the ioredis client). */
+    const pidOf = (v: Variant): number =>
+      v === "a" ? process.pid : v === "b0" || v === "c0" ? stack.baseProxy!.child.pid : proxy.child.pid;
     run.rssAfterLoadKb = statusKb(proxy.child.pid, "VmRSS");
     say(`gears-proxy pid ${proxy.child.pid} on port ${proxy.port}, RSS ${mb(run.rssAfterLoadKb)}`);
     if (opts.scriptTimeoutMs !== undefined) {
       await proxyClient.call("RG.CONFIGSET", ["ScriptTimeoutMS", String(opts.scriptTimeoutMs)]);
+      if (baseClient !== proxyClient)
+        await baseClient.call("RG.CONFIGSET", ["ScriptTimeoutMS", String(opts.scriptTimeoutMs)]);
       timeoutNote = `ScriptTimeoutMS set to ${opts.scriptTimeoutMs} with RG.CONFIGSET (--script-timeout-ms)`;
     }
 
@@ -409,6 +464,10 @@ async function main(): Promise<number> {
           return rgExecute(proxyClient, SCRIPT_KEYS);
         case "c":
           return rgExecute(proxyClient, SCRIPT_EXECUTE);
+        case "b0":
+          return rgExecute(baseClient, SCRIPT_KEYS);
+        case "c0":
+          return rgExecute(baseClient, SCRIPT_EXECUTE);
         case "d":
           return rgExecute(proxyClient, SCRIPT_ASYNC);
         case "p":
@@ -421,7 +480,7 @@ async function main(): Promise<number> {
     };
 
     if (opts.warmup) {
-      for (const v of opts.variants) {
+      for (const v of variants) {
         const t0 = performance.now();
         let got: Counts;
         try {
@@ -432,6 +491,7 @@ async function main(): Promise<number> {
             `warm-up ${v} timed out (${err instanceof Error ? err.message : String(err)}); raising ScriptTimeoutMS`,
           );
           await proxyClient.call("RG.CONFIGSET", ["ScriptTimeoutMS", "60000"]);
+          if (baseClient !== proxyClient) await baseClient.call("RG.CONFIGSET", ["ScriptTimeoutMS", "60000"]);
           timeoutNote =
             `ScriptTimeoutMS raised to 60000 with RG.CONFIGSET after variant (${v}) timed out at the default ` +
             `(${err instanceof Error ? err.message : String(err)})`;
@@ -443,19 +503,25 @@ async function main(): Promise<number> {
     }
 
     for (let round = 0; round < opts.rounds; round++) {
-      const vs = opts.variants;
+      const vs = variants;
       const order = vs.map((_, k) => vs[(k + round) % vs.length]);
       for (const v of order) {
         await sleep(200);
-        const stopSampling = sampleRss(proxy.child.pid, 50);
+        const pid = pidOf(v);
+        const stopSampling = sampleRss(v === "a" ? proxy.child.pid : pid, 50);
+        const cpu0 = processCpuMs(pid);
         const t0 = performance.now();
         const got = await runOnce(v);
         const ms = performance.now() - t0;
+        const cpuMs = processCpuMs(pid) - cpu0;
         const peak = stopSampling();
         check(v, got);
         times.get(v)!.push(ms);
+        cpus.get(v)!.push(cpuMs);
         if (v !== "a") peaks.set(v, Math.max(peaks.get(v) ?? 0, peak));
-        say(`  round ${round + 1}/${opts.rounds} ${LABELS[v]}: ${ms.toFixed(0)} ms (counts verified)`);
+        say(
+          `  round ${round + 1}/${opts.rounds} ${LABELS[v]}: ${ms.toFixed(0)} ms, CPU ${cpuMs.toFixed(0)} ms (counts verified)`,
+        );
       }
     }
     run.hwmKb = statusKb(proxy.child.pid, "VmHWM");
@@ -478,6 +544,9 @@ async function main(): Promise<number> {
   const medRatio = (v: Variant): number => (roundRatios(v).length > 0 ? median(roundRatios(v)) : NaN);
   const ratioB = medRatio("b");
   const ratioC = medRatio("c");
+  const ratioB0 = medRatio("b0");
+  const ratioC0 = medRatio("c0");
+  const medCpu = (v: Variant): number => (cpus.get(v)!.length > 0 ? median(cpus.get(v)!) : NaN);
   const fmt = (ms: number): string => `${ms.toFixed(0)} ms`;
   const out: string[] = [];
   out.push("## Map/reduce (count by genre)", "", "```", header, `command: ${command}`, "```", "");
@@ -498,6 +567,9 @@ async function main(): Promise<number> {
     `- (c) \`${SCRIPT_EXECUTE}\``,
     ...(opts.variants.includes("d") ? [`- (d) \`${SCRIPT_ASYNC}\``] : []),
     ...(opts.variants.includes("p") ? [`- (p) \`${SCRIPT_PYTHON}\``] : []),
+    ...(opts.bCli !== undefined
+      ? [`- (b0), (c0): (b) and (c) on a second gears-proxy started from \`${opts.bCli}\` (--b-cli)`]
+      : []),
     "",
     `${timeoutNote}.`,
     "",
@@ -511,9 +583,10 @@ async function main(): Promise<number> {
         "per-round ratios to (a)",
         "median of per-round ratios",
         "ratio of medians",
+        "median CPU per run (proxy; for (a) the bench's client)",
         "proxy peak RSS during the runs",
       ],
-      opts.variants.map((v) => [
+      variants.map((v) => [
         LABELS[v],
         fmt(med(v)),
         times
@@ -523,6 +596,7 @@ async function main(): Promise<number> {
         v === "a" ? "" : roundRatios(v).map(ratio).join(", "),
         v === "a" ? "1.00x" : ratio(medRatio(v)),
         v === "a" ? "1.00x" : ratio(med(v) / med("a")),
+        `${medCpu(v).toFixed(0)} ms`,
         v === "a" ? "" : mb(peaks.get(v) ?? NaN),
       ]),
     ),
@@ -536,8 +610,14 @@ async function main(): Promise<number> {
     table(
       ["target", "median of per-round ratios", "met"],
       [
-        ["(b)/(a) KeysReader form within 1.5x", ratio(ratioB), verdict(ratioB, 1.5)],
-        ["(c)/(a) execute() form within 4x", ratio(ratioC), verdict(ratioC, 4)],
+        ["(b)/(a) KeysReader form within 1.1x", ratio(ratioB), verdict(ratioB, 1.1)],
+        ["(c)/(a) execute() form within 1.8x", ratio(ratioC), verdict(ratioC, 1.8)],
+        ...(opts.bCli !== undefined
+          ? [
+              ["(b0)/(a), the --b-cli build", ratio(ratioB0), verdict(ratioB0, 1.1)],
+              ["(c0)/(a), the --b-cli build", ratio(ratioC0), verdict(ratioC0, 1.8)],
+            ]
+          : []),
       ],
     ),
     "",
@@ -563,7 +643,15 @@ async function main(): Promise<number> {
     fs.writeFileSync(
       opts.json,
       JSON.stringify(
-        { header, command, opts, times: Object.fromEntries(times), peaks: Object.fromEntries(peaks), run },
+        {
+          header,
+          command,
+          opts,
+          times: Object.fromEntries(times),
+          cpus: Object.fromEntries(cpus),
+          peaks: Object.fromEntries(peaks),
+          run,
+        },
         null,
         2,
       ),

@@ -5,7 +5,7 @@
  * and answers the step's later calls from those replies (src/gears/guest/gears/engine.ts,
  * `readAheadRound`). One pipelined round trip per batch instead of one per record.
  */
-import { encodeCommand } from "../resp/encode.js";
+import { decimalLength, encodeCommand } from "../resp/encode.js";
 import { replyOutcomeJson } from "../resp/json-text.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
 import { RawJson, type JsonValue } from "../sandbox/types.js";
@@ -97,12 +97,11 @@ export async function executeMany(
   }
   if (keys.length > MAX_READ_AHEAD) throw new Error("ERR executeMany: too many keys");
   const at = positions as number[];
-  const replies = keys.map((key) => {
-    const argv = base.slice();
-    const k = Buffer.from(key);
-    for (const p of at) argv[p] = k;
-    const denied = guard?.(name, argv) ?? null;
-    if (denied !== null) return Promise.resolve(`[1,${JSON.stringify(denied)}]`);
+  const parts = safePartitions(partitions, db);
+  const outcomes = new Array<string | Promise<string>>(keys.length);
+  /** Per partition: the indexes of the keys read there and their commands, sent as one write. */
+  const groups = new Map<number, { index: number[]; argvs: Buffer[][] }>();
+  const forward = (argv: Buffer[]): Promise<string> => {
     const sink = new RawSink();
     if (partition !== null && router.slotOf(name, argv) === NO_KEYS) {
       // As execute(): a command without keys runs on the shard of the step's partition.
@@ -113,7 +112,95 @@ export async function executeMany(
     } else {
       router.forward(name, argv, null, sink, { db, affinity: 0 });
     }
-    return sink.promise.then(replyOutcomeJson, (e: Error) => `[1,${JSON.stringify(e.message)}]`);
-  });
-  return new RawJson(`[${(await Promise.all(replies)).join(",")}]`);
+    return sink.promise.then(replyOutcomeJson, failed);
+  };
+  for (let i = 0; i < keys.length; i++) {
+    const argv = base.slice();
+    const k = Buffer.from(keys[i]);
+    for (const p of at) argv[p] = k;
+    const denied = guard?.(name, argv) ?? null;
+    if (denied !== null) {
+      outcomes[i] = `[1,${JSON.stringify(denied)}]`;
+      continue;
+    }
+    const slot = parts !== null ? router.slotOf(name, argv) : NO_KEYS;
+    if (slot < 0) {
+      outcomes[i] = forward(argv);
+      continue;
+    }
+    const owner = parts!.partitionOfSlot(slot);
+    let group = groups.get(owner);
+    if (group === undefined) groups.set(owner, (group = { index: [], argvs: [] }));
+    group.index.push(i);
+    group.argvs.push(argv);
+  }
+  // A keyed command per key through the router costs an encode, a sink and a write each: the
+  // keys of one partition go instead as one write to its master, with one sink for them all.
+  // A redirect (a slot moving) or a failed connection sends those keys the router's way.
+  const sent: Promise<void>[] = [];
+  for (const [owner, { index, argvs }] of groups) {
+    sent.push(
+      parts!.shard(owner).callMany!(encodeMany(argvs), argvs.length).then(
+        (replies) => {
+          for (let j = 0; j < index.length; j++) {
+            const r = replies[j];
+            outcomes[index[j]] = redirected(r) ? forward(argvs[j]) : replyOutcomeJson(r);
+          }
+        },
+        () => {
+          for (let j = 0; j < index.length; j++) outcomes[index[j]] = forward(argvs[j]);
+        },
+      ),
+    );
+  }
+  await Promise.all(sent);
+  const texts = await Promise.all(outcomes);
+  return new RawJson(`[${texts.join(",")}]`);
+}
+
+const failed = (e: Error): string => `[1,${JSON.stringify(e.message)}]`;
+
+/** The execution's partitions when read-ahead may use them: same database, and they exist. */
+function safePartitions(partitions: () => Partitions, db: number): Partitions | null {
+  try {
+    const p = partitions();
+    return p.db === db && p.count > 0 ? p : null;
+  } catch {
+    return null;
+  }
+}
+
+const MOVED = Buffer.from("-MOVED ");
+const ASK = Buffer.from("-ASK ");
+const TRYAGAIN = Buffer.from("-TRYAGAIN");
+
+/** A reply that says the key is served elsewhere, or not now: the router knows what to do. */
+function redirected(reply: Buffer): boolean {
+  return (
+    reply[0] === 0x2d &&
+    (reply.subarray(0, MOVED.length).equals(MOVED) ||
+      reply.subarray(0, ASK.length).equals(ASK) ||
+      reply.subarray(0, TRYAGAIN.length).equals(TRYAGAIN))
+  );
+}
+
+/** Commands of bulk strings, encoded back to back into one buffer. */
+export function encodeMany(argvs: readonly (readonly Buffer[])[]): Buffer {
+  let size = 0;
+  for (const argv of argvs) {
+    size += 1 + decimalLength(argv.length) + 2;
+    for (const b of argv) size += 1 + decimalLength(b.length) + 2 + b.length + 2;
+  }
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const argv of argvs) {
+    at += out.write(`*${argv.length}\r\n`, at, "latin1");
+    for (const b of argv) {
+      at += out.write(`$${b.length}\r\n`, at, "latin1");
+      at += b.copy(out, at);
+      out[at++] = 13;
+      out[at++] = 10;
+    }
+  }
+  return out;
 }
