@@ -39,6 +39,7 @@ import {
   table,
   type Child,
   type Proxy,
+  cpuSeconds,
 } from "./support.js";
 
 // ---- options -----------------------------------------------------------------------------
@@ -447,26 +448,6 @@ async function register(
   }
   return { id: regs[0].id, flags };
 }
-
-/** CPU seconds (user + system, all threads) a process has used so far. */
-function cpuSeconds(pid: number): number {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The fields after the command name, which is in parentheses and may contain spaces.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-  } catch {
-    return NaN;
-  }
-}
-
-const CLOCK_TICKS = (() => {
-  try {
-    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
 
 // ---- writing -------------------------------------------------------------------------------
 

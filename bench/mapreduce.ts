@@ -32,6 +32,7 @@ import {
   stopChild,
   table,
   type Proxy,
+  cpuSeconds,
 } from "./support.js";
 
 // ---- options -----------------------------------------------------------------------------
@@ -230,25 +231,8 @@ const LABELS: Record<Variant, string> = {
   c0: "(c0) (c) on the --b-cli build",
 };
 
-/** CPU time (user + system, every thread) a process has used so far, in ms, from /proc. */
-function processCpuMs(pid: number): number {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // fields[11] and [12] are utime and stime (the 14th and 15th of the whole line), in clock ticks
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
-  } catch {
-    return NaN;
-  }
-}
-
-const CLOCK_TICKS = (() => {
-  try {
-    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
+/** CPU time (user + system, every thread) a process has used so far, in ms. */
+const processCpuMs = (pid: number): number => cpuSeconds(pid) * 1000;
 
 /** (a): SCAN every master in parallel, a pipelined HGET per SCAN batch, counting in a Map. */
 async function handWritten(masters: Redis[]): Promise<Counts> {

@@ -37,6 +37,7 @@ import {
   waitFor,
   which,
   type Proxy,
+  treeCpuSeconds,
 } from "./support.js";
 
 // ---- options -----------------------------------------------------------------------------
@@ -285,27 +286,6 @@ async function startTwemproxy(upstreamPort: number, dir: string): Promise<Proxy>
 
 // ---- memory --------------------------------------------------------------------------------
 
-let clockTicks = 0;
-
-/** User + system CPU seconds a process has used so far (/proc/<pid>/stat utime + stime). */
-function cpuSeconds(pid: number): number {
-  if (clockTicks === 0) {
-    try {
-      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-    } catch {
-      clockTicks = 100;
-    }
-  }
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    // Fields after the ")" closing the command name: state is field 3, utime 14, stime 15.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / clockTicks;
-  } catch {
-    return NaN;
-  }
-}
-
 const PING_FRAME = Buffer.from("*1\r\n$4\r\nPING\r\n");
 
 /** Opens `count` connections that each PING once and then stay idle; resolves them. */
@@ -460,7 +440,7 @@ class Bench {
     pid?: number,
   ): Promise<Sample | undefined> {
     const n = this.requests(c, label);
-    const cpuBefore = pid === undefined ? NaN : cpuSeconds(pid);
+    const cpuBefore = pid === undefined ? NaN : treeCpuSeconds(pid).total;
     const o = this.opts;
     const args = [
       ...["-h", HOST, "-p", String(port), "-c", String(o.clients), "-n", String(n)],
@@ -479,7 +459,7 @@ class Bench {
     }
     sample.n = n;
     sample.seconds = (performance.now() - started) / 1000;
-    if (pid !== undefined) sample.cpuUs = ((cpuSeconds(pid) - cpuBefore) * 1e6) / n;
+    if (pid !== undefined) sample.cpuUs = ((treeCpuSeconds(pid).total - cpuBefore) * 1e6) / n;
     const key = configKey(c);
     this.rates.set(`${key} ${label}`, sample.rps);
     // A target not measured yet in this config gets the slowest rate seen, so it cannot overrun.

@@ -345,3 +345,57 @@ export function appendReport(file: string, text: string): void {
   fs.appendFileSync(file, `${sep}${text}`);
   say(`appended to ${file}`);
 }
+
+// ---- CPU time from /proc ---------------------------------------------------------------------
+
+let clockTicks = 0;
+
+/** Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat. */
+function ticksPerSecond(): number {
+  if (clockTicks === 0) {
+    try {
+      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
+
+/** utime + stime of one /proc/<pid>/stat, in seconds, and the parent's pid; null if it is gone. */
+function readStat(pid: number | string): { seconds: number; parent: number } | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The fields after the ")" closing the command name (which may hold spaces): the parent's
+    // pid is field 4 of the line, utime and stime fields 14 and 15.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return {
+      seconds: (Number(fields[11]) + Number(fields[12])) / ticksPerSecond(),
+      parent: Number(fields[1]),
+    };
+  } catch {
+    return null;
+  }
+}
+
+/** CPU seconds (user + system, every thread) process `pid` has used so far; NaN once it is gone. */
+export function cpuSeconds(pid: number): number {
+  return readStat(pid)?.seconds ?? NaN;
+}
+
+/**
+ * CPU seconds of process `pid` (`own`) and of it with its direct children (`total`): a
+ * `--threads N` proxy is a supervisor whose data planes are child processes.
+ */
+export function treeCpuSeconds(pid: number): { own: number; total: number } {
+  let own = 0;
+  let total = 0;
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = readStat(entry);
+    if (stat === null) continue;
+    if (Number(entry) === pid) own += stat.seconds;
+    if (Number(entry) === pid || stat.parent === pid) total += stat.seconds;
+  }
+  return { own, total };
+}

@@ -5,11 +5,20 @@
  * in the same run, alternating rounds, with C concurrent clients each keeping P calls in flight.
  * `--quick` runs one short round.
  */
-import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
-import { HOST, machineLines, runBench, stopChildren, say, startGears, table, type Proxy } from "./support.js";
+import {
+  cpuSeconds,
+  HOST,
+  machineLines,
+  runBench,
+  stopChildren,
+  say,
+  startGears,
+  table,
+  type Proxy,
+} from "./support.js";
 
 const { values } = parseArgs({
   options: {
@@ -35,12 +44,8 @@ redis.registerFunction('incr', function(client, key){ return client.call('INCR',
 const LUA_LIB = `#!lua name=bench
 redis.register_function('incr', function(keys) return redis.call('INCR', keys[1]) end)`;
 
-/** A process's CPU time (user + system, all threads) in µs, from /proc: the load-independent cost. */
-function cpuMicros(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  // utime and stime are fields 14 and 15 of stat(5), in clock ticks (100 a second on Linux).
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
+/** A process's CPU time (user + system, all threads) in µs: the load-independent cost. */
+const cpuMicros = (pid: number): number => cpuSeconds(pid) * 1e6;
 
 /** Calls per second, and the CPU µs per call of process `pid` over the same time. */
 async function measureCpu(port: number, command: string[], pid: number): Promise<[number, number]> {

@@ -6,13 +6,22 @@
  * with redis-benchmark pinned to core 0 (`taskset -c 0`), so that the other core is left to
  * the proxy and redis-server. See `--help`.
  */
-import { execFileSync } from "node:child_process";
-import fs from "node:fs";
 import os from "node:os";
 import { parseArgs } from "node:util";
 import { sendCommand } from "../spec/harness/index.js";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
-import { HOST, machineLines, run, runBench, stopChildren, say, sleep, startGears, table } from "./support.js";
+import {
+  treeCpuSeconds,
+  HOST,
+  machineLines,
+  run,
+  runBench,
+  stopChildren,
+  say,
+  sleep,
+  startGears,
+  table,
+} from "./support.js";
 
 const HELP = `Usage: node dist/bench/threads.js [options]
 
@@ -21,30 +30,6 @@ const HELP = `Usage: node dist/bench/threads.js [options]
   --quick        1 round, 50000 requests
   --help
 `;
-
-let clockTicks = 0;
-
-/** User + system CPU seconds of a process (`own`: a --threads supervisor) and its children (the threads). */
-function treeCpuSeconds(pid: number): { own: number; total: number } {
-  if (clockTicks === 0)
-    clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  let own = 0;
-  let total = 0;
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      // Field 4 is the parent's pid; utime and stime are 14 and 15.
-      const seconds = (Number(fields[11]) + Number(fields[12])) / clockTicks;
-      if (Number(entry) === pid) own += seconds;
-      if (Number(entry) === pid || Number(fields[1]) === pid) total += seconds;
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return { own, total };
-}
 
 /** Background CPU of each idle proxy tree, in ms per second, over the same `ms`. */
 async function idleCpu(pids: number[], ms: number): Promise<number[]> {
