@@ -8,7 +8,11 @@
  * spare); the large runs follow it. The bench fails unless every run returns exactly N keys.
  * With `--b-cli`, a second build is measured the same way in each round, a fresh proxy per
  * build and round, the order alternating, against the same populated server (A/B in one run);
- * `--smaps` says where the first large result's growth is. See `--help`.
+ * `--smaps` says where the first large result's growth is. Each build is measured twice per
+ * round: on a fresh proxy, and on one that has first carried `--traffic` ordinary commands, as
+ * a proxy in service has (V8 touches its young generation, ~16 MB, only once it has allocated
+ * that much: any traffic does it, and on a fresh proxy the first large result pays it). See
+ * `--help`.
  */
 import fs from "node:fs";
 import os from "node:os";
@@ -43,6 +47,9 @@ const HELP = `Usage: node dist/bench/large-results.js [options]
   --rounds N          fresh proxies per build, alternating A-B / B-A (default 1); medians of the
                       first large result's growth / reply size at the end
   --smaps             where the first large result's growth is, by kind of mapping (/proc/PID/smaps)
+  --traffic N         ordinary commands (pipelined SET/GET of small values) sent to a second,
+                      "in service" proxy per build and round before its runs (default 200000;
+                      0: fresh proxies only)
   --proxy-args "..."  extra gears-proxy flags, e.g. "--gears-config ScriptMemoryLimitMB=512"
   --node-args="..."   extra node flags for the proxy process, e.g. --node-args=--max-semi-space-size=2
   --help
@@ -64,6 +71,21 @@ function replySize(reply: Buffer[][]): number {
 interface Build {
   label: string;
   cli: string | undefined;
+  /** Ordinary commands the proxy carries before its first execution (0: a fresh proxy). */
+  traffic: number;
+}
+
+/** `n` small SETs and GETs, pipelined a thousand at a time, as a proxy in service has carried. */
+async function carryTraffic(client: Redis, n: number): Promise<void> {
+  for (let done = 0; done < n; done += 1000) {
+    const p = client.pipeline();
+    for (let i = 0; i < 1000; i += 2)
+      p.set(`bench:traffic:${i % 100}`, "v".repeat(32)).get(`bench:traffic:${i % 100}`);
+    await p.exec();
+  }
+  const stale: string[] = [];
+  for (let i = 0; i < 100; i++) stale.push(`bench:traffic:${i}`);
+  await client.del(...stale);
 }
 
 /** What one fresh proxy gave: its table rows, and the first large result's growth over its reply. */
@@ -155,6 +177,7 @@ async function measure(
   try {
     // The ready check's key is a user key too.
     await client.del("bench:ready");
+    if (build.traffic > 0) await carryTraffic(client, build.traffic);
     {
       // What any first execution costs a fresh proxy, whatever its result: an isolate and the
       // spare started when it is taken. Measured apart, so the runs below show what the size adds.
@@ -254,6 +277,7 @@ async function main(): Promise<number> {
       script: { type: "string" },
       cli: { type: "string" },
       "b-cli": { type: "string" },
+      traffic: { type: "string" },
       smaps: { type: "boolean" },
       "proxy-args": { type: "string" },
       "node-args": { type: "string" },
@@ -283,10 +307,16 @@ async function main(): Promise<number> {
     nodeArgs: words(values["node-args"]),
     smaps: values.smaps === true,
   };
+  const traffic = Number(values.traffic ?? 200_000);
   const builds: Build[] = [
-    { label: values["b-cli"] === undefined ? "A" : "A (this build)", cli: values.cli },
+    { label: values["b-cli"] === undefined ? "A" : "A (this build)", cli: values.cli, traffic: 0 },
   ];
-  if (values["b-cli"] !== undefined) builds.push({ label: "B", cli: values["b-cli"] });
+  if (values["b-cli"] !== undefined) builds.push({ label: "B", cli: values["b-cli"], traffic: 0 });
+  if (traffic > 0) {
+    for (const b of [...builds]) {
+      builds.push({ ...b, label: `${b.label.split(" ")[0]} in service`, traffic });
+    }
+  }
   const rows: string[][] = [];
   const ratios = new Map<string, number[]>(builds.map((b) => [b.label, []]));
   const smapsRows: string[][] = [];
@@ -320,7 +350,7 @@ async function main(): Promise<number> {
   });
   const out = [
     ...lines,
-    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; ${rounds} round(s), a fresh proxy per build and round; gears ${options.proxyArgs.join(" ") || "(default gears settings)"}${options.nodeArgs.length > 0 ? `; node ${options.nodeArgs.join(" ")}` : ""}`,
+    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; ${rounds} round(s), a fresh proxy per build and round${traffic > 0 ? `, and one per build and round that first carried ${traffic.toLocaleString("en-US")} ordinary commands ("in service")` : ""}; gears ${options.proxyArgs.join(" ") || "(default gears settings)"}${options.nodeArgs.length > 0 ? `; node ${options.nodeArgs.join(" ")}` : ""}`,
     "",
     table(
       [
