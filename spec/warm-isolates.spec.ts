@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { Isolate } from "../src/sandbox/isolate.js";
+import { Isolate, RENEW_MAX_BYTES } from "../src/sandbox/isolate.js";
 import type { HostBridge, IsolateLimits } from "../src/sandbox/types.js";
 import { WarmIsolates, type WarmTiming } from "../src/sandbox/warm-isolates.js";
 import { eventually } from "./support/polling.js";
@@ -33,13 +33,19 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     for (const p of pools.splice(0)) await p.close();
   });
 
-  it("hands out the isolate started ahead, wired to the taker's host, and starts the next one", async () => {
+  it("hands out the isolate started ahead, wired to the taker's host, and starts the next one once the taker keeps it", async () => {
     const p = pool();
     started = 0;
     p.prepare(LIMITS);
     expect(started, "a spare started before anyone asked").to.equal(1);
     const first = await p.take(LIMITS, host("first"));
-    expect(started, "the spare served, and the next spare is on its way").to.equal(2);
+    expect(started, "no spare competes with the job it served while it may come back").to.equal(1);
+    // Idle in its taker's hands (a session's, a library's): it is not coming back.
+    await eventually(
+      async () => started,
+      (n) => n === 2,
+      "the next spare started once the taken isolate stayed idle",
+    );
     const second = await p.take(LIMITS, host("second"));
     expect(second).to.not.equal(first);
     // Each isolate calls the host of the execution that took it.
@@ -57,11 +63,19 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     const other = { memoryLimitMb: 48, timeoutMs: 500 };
     const isolate = await p.take(other, host("other"));
     expect(isolate.limits).to.deep.equal(other);
-    // One for LIMITS (kept), a fresh one for `other`, and a spare for `other`.
-    expect(started).to.equal(3);
+    // One for LIMITS (kept), a fresh one for `other`, and, once it is seen kept, a spare for `other`.
+    await eventually(
+      async () => [started, p.spareCount],
+      ([n, spares]) => n === 3 && spares === 2,
+      "a spare for each set of limits",
+    );
     const again = await p.take(LIMITS, host("again"));
     expect(again.limits).to.deep.equal(LIMITS);
-    expect(started, "LIMITS' spare served; its refill started").to.equal(4);
+    await eventually(
+      async () => started,
+      (n) => n === 4,
+      "LIMITS' spare served; its refill started",
+    );
     await isolate.dispose();
     await again.dispose();
   });
@@ -80,17 +94,59 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     expect(started, "a closed pool starts nothing").to.equal(0);
   });
 
-  it("a job that finished leaves the next spare warm: the job right after it takes that one", async () => {
+  it("a job that finished hands its thread back renewed: the job right after it takes that, fresh, and no thread starts", async () => {
     const p = pool();
     started = 0;
     p.prepare(LIMITS);
     const first = await p.take(LIMITS, host("first"));
-    expect(await first.evalScript("1 + 1", "t")).to.equal(2);
+    expect(await first.evalScript("globalThis.left = 'by the first job'; 1 + 1", "t")).to.equal(2);
     await first.dispose();
+    expect(first.alive).to.equal(false);
+    expect(p.spareCount, "the renewed isolate is the spare").to.equal(1);
     const second = await p.take(LIMITS, host("second"));
-    expect(started, "the spare started when the first job took its isolate served the second").to.equal(3);
+    expect(started, "no new worker thread").to.equal(1);
+    expect(second).to.not.equal(first);
+    expect(second.threadId, "the first job's thread").to.equal(first.threadId);
+    expect(await second.evalScript("typeof globalThis.left", "t"), "a fresh context").to.equal("undefined");
     expect(await second.evalScript("__host.callSync('who')", "t")).to.equal("second");
+    // A renewed isolate keeps its limits: time and memory.
+    const loop = await second.evalScript("for (;;) {}", "t").then(
+      () => null,
+      (e: Error) => e.message,
+    );
+    expect(loop).to.match(/timeout|time/i);
+    expect(second.alive, "a timed-out entry leaves the isolate usable").to.equal(true);
+    const hog = await second
+      .evalScript("const a = []; for (;;) a.push('x'.repeat(1000) + a.length);", "t")
+      .then(
+        () => null,
+        (e: Error) => e.message,
+      );
+    expect(hog).to.match(/memory/i);
     await second.dispose();
+  });
+
+  it("does not renew an isolate whose memory grew past RENEW_MAX_BYTES: its thread ends and a new spare starts", async () => {
+    const p = pool();
+    started = 0;
+    const roomy = { memoryLimitMb: 64, timeoutMs: 5000 };
+    p.prepare(roomy);
+    const big = await p.take(roomy, host("big"));
+    await big.evalScript(
+      `globalThis.keep = []; for (let i = 0; i < ${Math.ceil(RENEW_MAX_BYTES / 40)}; i++) keep.push('s' + i); 0`,
+      "t",
+    );
+    expect(big.memoryBytes).to.be.greaterThan(RENEW_MAX_BYTES);
+    await big.dispose();
+    await big.exited;
+    await eventually(
+      async () => [started, p.spareCount],
+      ([n, spares]) => n === 2 && spares === 1,
+      "a new spare instead",
+    );
+    const next = await p.take(roomy, host("next"));
+    expect(next.threadId).to.not.equal(big.threadId);
+    await next.dispose();
   });
 
   it("a large job (hold) drops the spare started for its successor, starts none meanwhile, and starts it again once it is over", async () => {
@@ -98,7 +154,11 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     started = 0;
     p.prepare(LIMITS);
     const large = await p.take(LIMITS, host("large"));
-    expect(p.spareCount, "the next spare starts when one is taken").to.equal(1);
+    await eventually(
+      async () => p.spareCount,
+      (n) => n === 1,
+      "the next spare starts once the taken one is seen kept",
+    );
     p.hold(large);
     expect(p.spareCount, "dropped while the large job runs").to.equal(0);
     expect(p.holding).to.equal(1);
@@ -116,18 +176,28 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     expect(p.holding).to.equal(0);
     const before = started;
     const next = await p.take(LIMITS, host("next"));
-    expect(started - before, "the next job took the spare; only its successor started").to.equal(1);
+    expect(started - before, "the next job took the spare").to.equal(0);
+    await eventually(
+      async () => started - before,
+      (n) => n === 1,
+      "only its successor started, once the next job kept its isolate",
+    );
     await next.dispose();
   });
 
   it("a large job keeps the spares that were there before it, and ignores isolates the pool did not hand out", async () => {
-    const p = pool();
+    // The large job never runs an entry here: idle for a minute would end its hold.
+    const p = pool({ idleMs: 60_000 });
     started = 0;
     const other = { memoryLimitMb: 48, timeoutMs: 500 };
     p.prepare(other);
     p.prepare(LIMITS);
     const large = await p.take(LIMITS, host("large"));
-    expect(p.spareCount).to.equal(2);
+    await eventually(
+      async () => p.spareCount,
+      (n) => n === 2,
+      "LIMITS' next spare started",
+    );
     p.hold(large);
     expect(p.spareCount, "only the spare started when the large job took its isolate is dropped").to.equal(1);
     const stranger = await Isolate.create(LIMITS, host("stranger"));

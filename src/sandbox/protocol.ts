@@ -51,7 +51,8 @@ export type EntryRequest =
   /** call() with args[index] replaced by the value in `bytes` (QuickJS's binary object format). */
   | { op: "callBinary"; path: string; argsJson: string; index: number; bytes: Uint8Array };
 
-export type WorkerRequest = EntryRequest | { op: "dispose" };
+/** renew: a fresh wasm instance, runtime and context on this thread, answered with "ready". */
+export type WorkerRequest = EntryRequest | { op: "dispose" } | { op: "renew" };
 
 export interface FailureInfo {
   kind: SandboxErrorKind;

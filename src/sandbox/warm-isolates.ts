@@ -1,11 +1,18 @@
 import type { HostBridge, IsolateLimits, JsonValue, RawJson } from "./types.js";
 
 /** What the pool needs of an isolate. */
-export interface Disposable {
+export interface Disposable<Self = unknown> {
   dispose(): Promise<void>;
   readonly alive: boolean;
   /** When its last entry ended (performance.now()), or null while one runs or waits. */
   readonly idleSince: number | null;
+  /** Isolate.renewOnDispose: its dispose() may hand its thread back, renewed, instead. */
+  renewOnDispose?(
+    limits: IsolateLimits,
+    wanted: () => boolean,
+    bridge: () => HostBridge,
+    take: (renewed: Promise<Self> | null) => void,
+  ): void;
 }
 
 /** How long a large job holds spares back (see WarmIsolates.hold). */
@@ -19,6 +26,14 @@ export interface WarmTiming {
 }
 
 export const WARM_TIMING: WarmTiming = { settleMs: 1000, idleMs: 1000, maxHoldMs: 60_000 };
+
+/**
+ * A taken isolate idle this long is kept by its taker (a registration's session, a library),
+ * not coming back: the next spare starts then.
+ */
+const KEPT_IDLE_MS = 150;
+/** A taken isolate still at work after this long: the next spare starts anyway. */
+const BUSY_START_MS = 1000;
 
 /** How often the large jobs are looked at, while there are any. */
 const REVIEW_MS = 50;
@@ -74,12 +89,19 @@ const MAX_SPARES = 2;
  * which is most of what a small job costs (about 65 ms). One spare per set of limits asked
  * for lately; limits changed by a CONFIGSET get a fresh isolate once, then a spare again.
  *
- * The next spare starts as soon as one is taken, so small jobs back to back each find one
- * warm. A large job (a large result set) must not pay for a new worker's heap (6-9 MB) at its
- * peak, though: once its taker says it is large (hold()), the spares started since it began
- * are dropped, none starts while it runs, and they start again once it is over.
+ * An isolate that can be renewed (Isolate.renewOnDispose) comes back when its taker disposes
+ * of it, a fresh runtime on the same worker thread: about a quarter of a new isolate's cost,
+ * and none of it while the job runs, where on a small machine a new worker's start competes
+ * with the job for the cores. So the next spare is started only once the taken isolate shows
+ * it is not coming back soon: kept idle by its taker (KEPT_IDLE_MS), disposed unrenewed, or
+ * still at work after BUSY_START_MS. Small jobs back to back each find their predecessor's
+ * thread renewed.
+ *
+ * A large job (a large result set) must not pay for a new worker's heap (6-9 MB) at its
+ * peak: once its taker says it is large (hold()), the spares started since it began are
+ * dropped, none starts while it runs, and they start again once it is over.
  */
-export class WarmIsolates<I extends Disposable> {
+export class WarmIsolates<I extends Disposable<I>> {
   private readonly spares = new Map<string, Spare<I>>();
   private readonly jobs = new Set<Job>();
   /** When each isolate handed out was asked for. */
@@ -114,15 +136,14 @@ export class WarmIsolates<I extends Disposable> {
     const key = keyOf(limits);
     const spare = this.spares.get(key);
     this.spares.delete(key);
-    this.prepare(limits);
     if (spare !== undefined) {
       const isolate = await spare.isolate.catch(() => null);
       if (isolate !== null && isolate.alive) {
         spare.bridge.target = bridge;
-        return this.watch(isolate, takenAt);
+        return this.watch(isolate, limits, takenAt);
       }
     }
-    return this.watch(await this.create(limits, bridge), takenAt);
+    return this.watch(await this.create(limits, bridge), limits, takenAt);
   }
 
   /** Starts a spare with these limits (at start-up, and after each take), unless a large job runs. */
@@ -137,7 +158,12 @@ export class WarmIsolates<I extends Disposable> {
     const isolate = this.create({ ...limits }, bridge);
     // A spare that failed to start is noticed by take(), which then makes one the usual way.
     isolate.catch(() => {});
-    this.spares.set(key, { limits: { ...limits }, bridge, isolate, startedAt: performance.now() });
+    this.keep(key, { limits: { ...limits }, bridge, isolate, startedAt: performance.now() });
+  }
+
+  /** A new spare; the oldest go past MAX_SPARES. */
+  private keep(key: string, spare: Spare<I>): void {
+    this.spares.set(key, spare);
     for (const [oldest, dropped] of this.spares) {
       if (this.spares.size <= MAX_SPARES) break;
       this.spares.delete(oldest);
@@ -182,9 +208,52 @@ export class WarmIsolates<I extends Disposable> {
     }
   }
 
-  private watch(isolate: I, takenAt: number): I {
+  private watch(isolate: I, limits: IsolateLimits, takenAt: number): I {
     this.takenAt.set(isolate, takenAt);
+    if (isolate.renewOnDispose === undefined) {
+      this.prepare(limits);
+      return isolate;
+    }
+    const key = keyOf(limits);
+    let bridge: LateBridge | null = null;
+    let back = false;
+    isolate.renewOnDispose(
+      limits,
+      () => !this.closed && !this.spares.has(key) && this.jobs.size === 0,
+      () => (bridge = new LateBridge()),
+      (renewed) => {
+        back = true;
+        if (renewed === null) this.prepare(limits);
+        else this.adopt(limits, bridge!, renewed);
+      },
+    );
+    // Until it is back (renewed, or ended): is its taker keeping it?
+    const look = (): void => {
+      if (back || this.closed || this.spares.has(key)) return;
+      const now = performance.now();
+      const idle = isolate.idleSince;
+      if (
+        (idle !== null && now - Math.max(idle, takenAt) >= KEPT_IDLE_MS) ||
+        now - takenAt >= BUSY_START_MS
+      ) {
+        this.prepare(limits);
+        return;
+      }
+      setTimeout(look, KEPT_IDLE_MS).unref();
+    };
+    setTimeout(look, KEPT_IDLE_MS).unref();
     return isolate;
+  }
+
+  /** A taken isolate came back renewed: the spare for its limits, unless one came first. */
+  private adopt(limits: IsolateLimits, bridge: LateBridge, renewed: Promise<I>): void {
+    const key = keyOf(limits);
+    renewed.catch(() => {});
+    if (this.closed || this.spares.has(key)) {
+      void renewed.then((i) => i.dispose()).catch(() => {});
+      return;
+    }
+    this.keep(key, { limits: { ...limits }, bridge, isolate: renewed, startedAt: performance.now() });
   }
 
   /** Ends the holds of the large jobs that are over, and starts the spares they held back. */

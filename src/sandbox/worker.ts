@@ -555,8 +555,35 @@ function runEntry(req: EntryRequest): WorkerMessage {
   }
 }
 
+/**
+ * The isolate's thread passes to a new isolate: the runtime and wasm instance go (their memory
+ * with the instance, once this thread's V8 collects it) and fresh ones are made, as at start.
+ */
+async function renew(): Promise<void> {
+  try {
+    tearDown();
+    capReached = false;
+    interruptReason = undefined;
+    stepsSeen = 0;
+    remaining = 0;
+    await setUp();
+    reportMemory();
+    port.postMessage({ t: "ready", binary } satisfies WorkerMessage);
+  } catch (e) {
+    broken = true;
+    port.postMessage({
+      t: "initError",
+      message: e instanceof Error ? `${e.name}: ${e.message}` : String(e),
+    } satisfies WorkerMessage);
+  }
+}
+
 function onRequest(req: WorkerRequest): void {
-  if (req.op === "dispose") {
+  if (req.op === "renew" && !broken) {
+    void renew();
+    return;
+  }
+  if (req.op === "dispose" || req.op === "renew") {
     if (!broken) {
       try {
         tearDown();

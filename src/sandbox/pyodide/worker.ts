@@ -511,7 +511,8 @@ async function runEntry(req: EntryRequest): Promise<WorkerMessage> {
 let chain = Promise.resolve();
 
 function onRequest(req: WorkerRequest): void {
-  if (req.op === "dispose") process.exit(0);
+  // Isolate.renewOnDispose never renews a Pyodide thread: renew ends it like dispose.
+  if (req.op === "dispose" || req.op === "renew") process.exit(0);
   chain = chain.then(async () => port.postMessage(await runEntry(req)));
 }
 
