@@ -9,7 +9,8 @@ const UNAVAILABLE = /^ERR upstream .*unavailable/;
 const BROKEN = "ERR transaction aborted: the upstream connection was lost; send EXEC or DISCARD";
 
 function errorText(reply: Reply): string {
-  if (!(reply instanceof ReplyError)) throw new Error(`expected an error reply, got ${JSON.stringify(reply)}`);
+  if (!(reply instanceof ReplyError))
+    throw new Error(`expected an error reply, got ${JSON.stringify(reply)}`);
   return reply.message;
 }
 
@@ -164,6 +165,24 @@ describe("transactions when the upstream connection is lost", function () {
     expect(await c.call("MULTI")).to.equal("OK");
     expect(await c.call("SET", "w", "1")).to.equal("QUEUED");
     expect(await c.call("EXEC")).to.deep.equal(["OK"]);
+  });
+
+  it("EXEC and DISCARD without MULTI leave the WATCH in place, on the client's own connection", async () => {
+    const c = await client();
+    const other = await client();
+    expect(await c.call("SET", "w", "0")).to.equal("OK");
+    expect(await c.call("WATCH", "w")).to.equal("OK");
+    expect(errorText(await c.call("EXEC"))).to.equal("ERR EXEC without MULTI");
+    expect(errorText(await c.call("DISCARD"))).to.equal("ERR DISCARD without MULTI");
+    // Another client's transaction gets a connection without c's watch on it.
+    expect(await other.call("MULTI")).to.equal("OK");
+    expect(await other.call("SET", "w", "1")).to.equal("QUEUED");
+    expect(await other.call("EXEC")).to.deep.equal(["OK"]);
+    // c still watches w, which changed: its EXEC fails, as Redis's would.
+    expect(await c.call("MULTI")).to.equal("OK");
+    expect(await c.call("SET", "w", "from-c")).to.equal("QUEUED");
+    expect(await c.call("EXEC")).to.equal(null);
+    expect(await redis.call("GET", "w")).to.equal("1");
   });
 
   it("a nested MULTI and a WATCH inside MULTI are refused without being queued: SELECT after them still counts", async () => {
