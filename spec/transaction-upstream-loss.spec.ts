@@ -102,6 +102,20 @@ describe("transactions when the upstream connection is lost", function () {
     expect(await c.call("EXEC")).to.deep.equal([1]);
   });
 
+  it("a MULTI that waited for the client's own command in flight when the server died gets an error and leaves no transaction", async () => {
+    const c = await client();
+    // MULTI waits until DEBUG SLEEP is answered (a client changes connections only once its
+    // replies are in): it is sent after the loss, on a connection that cannot be opened.
+    c.send("DEBUG", "SLEEP", "20");
+    c.send("MULTI");
+    await killWhenInFlight(1);
+    expect(errorText(await c.next())).to.equal(LOST);
+    const multi = await c.next();
+    expect(isDownError(multi), `MULTI: ${errorText(multi)}`).to.equal(true);
+    const get = await c.call("GET", "k");
+    expect(isDownError(get), `GET after the failed MULTI: ${errorText(get)}`).to.equal(true);
+  });
+
   it("commands pipelined behind a MULTI lost before its reply: refused until EXEC, none runs on its own", async () => {
     const c = await client();
     await warmPool(c);

@@ -287,7 +287,8 @@ export class Transaction {
       if (writes.length > 0) settleWrites(runs ? data : null, writes, proto);
       this.finish(false);
       if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
-      if (unwatched) return proto === 3 ? RESP3_NULL : NULL_ARRAY;
+      // As Redis answers an EXEC whose watched key changed; an error (connection lost) as it is.
+      if (unwatched && !isError(data)) return proto === 3 ? RESP3_NULL : NULL_ARRAY;
       return data;
     };
     // Reset as EXEC leaves, not when it is answered: a command it unblocks (BLPOP) may be
