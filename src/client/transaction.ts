@@ -1,5 +1,5 @@
 import { decodeReply } from "../resp/decode.js";
-import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
+import { encodeCommand, encodeError, encodeValue, NULL_ARRAY, OK, RESP3_NULL } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS } from "../routing/router.js";
@@ -26,6 +26,9 @@ export interface TransactionHost {
   /** A TFCALL queued in MULTI, run at EXEC: its reply. */
   tfCallInMulti(argv: Buffer[]): Promise<Buffer>;
 }
+
+/** Commands Redis answers at once inside MULTI, with an error, without queuing them. */
+const NOT_QUEUED = new Set(["multi", "watch"]);
 
 /** Commands that change the client's own state, which a queued transaction cannot carry. */
 const NOT_IN_MULTI = new Set(["client", "hello", "auth", "monitor", ...SUBSCRIBE_FAMILY]);
@@ -61,6 +64,12 @@ export class Transaction {
   blocked = false;
   /** The connection died inside MULTI: refuse everything until EXEC or DISCARD ends it. */
   private broken = false;
+  /** The connection died while WATCHing: nobody can tell whether the keys changed, so EXEC fails. */
+  private watchLost = false;
+  /** Counts MULTIs, so that a late reply to one cannot end a later transaction. */
+  private multis = 0;
+  /** Commands the client sent inside the transaction since MULTI. */
+  private sinceMulti = 0;
 
   constructor(private readonly host: TransactionHost) {}
 
@@ -81,7 +90,7 @@ export class Transaction {
 
   /** Whether a command outside MULTI belongs on the pinned connection (same node's slot). */
   owns(name: string, argv: readonly Buffer[]): boolean {
-    if (this.conn === null) return false;
+    if (this.conn === null) return this.watchLost && name === "unwatch";
     const slot = this.slotOf(name, argv);
     return slot === NO_KEYS || slot === this.slot || this.slot === NO_KEYS;
   }
@@ -94,16 +103,41 @@ export class Transaction {
       return;
     }
     this.inMulti = true;
+    this.clearQueue();
+    const multi = ++this.multis;
+    slot.onReply = (data) => {
+      if (isError(data) && multi === this.multis && this.inMulti) this.multiRefused();
+    };
+    const payload = request.raw ?? encodeCommand(request.argv);
+    this.replay = this.host.ctx.router.topology.mode === "cluster" ? [payload] : [];
+    this.conn!.send(payload, slot, this.host.db);
+  }
+
+  /** Forgets what the transaction queued so far (MULTI starts one, or was refused). */
+  private clearQueue(): void {
     this.dirty = false;
+    this.sinceMulti = 0;
     this.queued = 0;
     this.selects = [];
     settleWrites(null, this.writes, this.host.proto);
     this.writes = [];
     this.pauses = [];
     this.slowlogReset = false;
-    const payload = request.raw ?? encodeCommand(request.argv);
-    this.replay = this.host.ctx.router.topology.mode === "cluster" ? [payload] : [];
-    this.conn!.send(payload, slot, this.host.db);
+    this.tfTail = null;
+    this.replay = [];
+  }
+
+  /**
+   * MULTI was answered with an error: as in Redis, the client is outside any transaction
+   * (a WATCH stays). Lost with its connection after the client went on inside the
+   * transaction, though, it breaks instead (connectionLost): the client has not seen the
+   * error yet, and the commands it sends next are meant for the transaction, not to run alone.
+   */
+  private multiRefused(): void {
+    if (this.sinceMulti > 0 && this.conn?.closed === true) return;
+    this.inMulti = false;
+    this.clearQueue();
+    this.finish(false);
   }
 
   watch(request: Request): void {
@@ -127,7 +161,14 @@ export class Transaction {
   /** A command while WATCHing (not in MULTI): on the pinned connection. */
   send(name: string, request: Request): void {
     const slot = this.host.upstreamSlot();
-    if (name === "unwatch" || name === "exec" || name === "discard") {
+    if (name === "unwatch") this.watchLost = false;
+    if (this.conn === null) {
+      // UNWATCH of a watch lost with its connection (owns): nothing is left to undo upstream.
+      slot.reply(OK);
+      return;
+    }
+    // EXEC or DISCARD without MULTI is an error that leaves the watch in place, as in Redis.
+    if (name === "unwatch") {
       this.watching = false;
       slot.onReply = () => this.finish(false);
     } else if (isBlocking(name, request.argv)) {
@@ -144,12 +185,14 @@ export class Transaction {
 
   /** A command refused before it was queued (NOPERM): EXEC then aborts, as Redis flags the transaction. */
   refuse(message: string): void {
+    this.sinceMulti++;
     this.dirty = true;
     this.host.replyError(message);
   }
 
   /** A command inside MULTI: queued on the server (or here, until a key picks the node). */
   queueCommand(name: string, request: Request): void {
+    this.sinceMulti++;
     if (this.broken) {
       this.refuseBroken(name);
       return;
@@ -176,7 +219,7 @@ export class Transaction {
     const payload = request.raw ?? encodeCommand(request.argv);
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
-    if (!tf) this.noteQueued(name, request.argv);
+    if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
       if (!this.moveTo(keySlot)) {
@@ -225,28 +268,36 @@ export class Transaction {
 
   private end(name: string, request: Request): void {
     const abort = name === "exec" && this.dirty;
+    // Redis tells a queuing error first, then a touched watched key (here: a lost watch).
+    const unwatched = name === "exec" && !abort && this.watchLost;
+    const runs = name === "exec" && !abort && !unwatched;
     const slot = this.host.upstreamSlot();
     this.inMulti = false;
     this.watching = false;
+    this.watchLost = false;
     this.dirty = false;
-    const selects = name === "exec" ? this.selects : [];
-    const pauses = name === "exec" ? this.pauses : [];
+    const selects = runs ? this.selects : [];
+    const pauses = runs ? this.pauses : [];
     const writes = this.writes;
     this.writes = [];
     const conn = this.conn!;
+    const proto = this.host.proto;
     slot.onReply = (data) => {
-      if ((selects.length > 0 || pauses.length > 0) && !abort) this.applyEffects(data, selects, pauses, conn);
-      if (writes.length > 0) settleWrites(name === "exec" && !abort ? data : null, writes, this.host.proto);
+      if (selects.length > 0 || pauses.length > 0) this.applyEffects(data, selects, pauses, conn);
+      if (writes.length > 0) settleWrites(runs ? data : null, writes, proto);
       this.finish(false);
       if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
+      // As Redis answers an EXEC whose watched key changed; an error (connection lost) as it is.
+      if (unwatched && !isError(data)) return proto === 3 ? RESP3_NULL : NULL_ARRAY;
       return data;
     };
     // Reset as EXEC leaves, not when it is answered: a command it unblocks (BLPOP) may be
     // answered, and logged, first.
-    if (name === "exec" && !abort && this.slowlogReset) this.host.ctx.slowlog.reset();
+    if (runs && this.slowlogReset) this.host.ctx.slowlog.reset();
     this.slowlogReset = false;
-    const payload = abort ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
-    const tail = name === "exec" && !abort ? this.tfTail : null;
+    const payload =
+      name === "exec" && !runs ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
+    const tail = runs ? this.tfTail : null;
     this.tfTail = null;
     if (tail !== null) {
       // The TFCALLs and what followed them run once Redis ran the part before (tf-multi.ts);
@@ -333,6 +384,7 @@ export class Transaction {
    */
   private connectionLost(): void {
     const inMulti = this.inMulti;
+    if (this.watching) this.watchLost = true;
     this.finish(true);
     if (inMulti) {
       this.inMulti = true;
@@ -344,6 +396,7 @@ export class Transaction {
     if (name === "exec" || name === "discard") {
       this.broken = false;
       this.inMulti = false;
+      this.watchLost = false;
       this.host.replyError(
         name === "exec"
           ? "EXECABORT Transaction discarded because the upstream connection was lost."
@@ -357,6 +410,7 @@ export class Transaction {
   /** The client is leaving or resetting: drop everything. */
   abandon(): void {
     this.broken = false;
+    this.watchLost = false;
     this.finish(true);
   }
 
@@ -379,6 +433,11 @@ export class Transaction {
     if (lost) conn.destroy();
     else conn.release();
   }
+}
+
+/** An error reply (RESP2 or RESP3). */
+function isError(reply: Buffer): boolean {
+  return reply[0] === 45 /* - */ || reply[0] === 33; /* ! */
 }
 
 /**
