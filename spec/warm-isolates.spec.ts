@@ -102,6 +102,9 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
     expect(await first.evalScript("globalThis.left = 'by the first job'; 1 + 1", "t")).to.equal(2);
     await first.dispose();
     expect(first.alive).to.equal(false);
+    // Disposed twice (an owner and a cleanup path both): the second call settles too.
+    await first.dispose();
+    await first.exited;
     expect(p.spareCount, "the renewed isolate is the spare").to.equal(1);
     const second = await p.take(LIMITS, host("second"));
     expect(started, "no new worker thread").to.equal(1);

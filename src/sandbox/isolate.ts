@@ -141,8 +141,9 @@ export class Isolate {
     error: (e: Error) => void;
     exit: () => void;
   };
-  /** Settles when the worker thread has ended (never, once its thread passed to a renewed isolate). */
+  /** Settles when the worker thread has ended, or passed to a renewed isolate. */
   readonly exited: Promise<void>;
+  private readonly markExited: () => void;
   /** Counts of the guest's host traffic (messages between the threads). */
   readonly stats: IsolateStats = {
     syncCalls: 0,
@@ -166,6 +167,7 @@ export class Isolate {
     Atomics.store(this.liveLimits, LIMIT_TIMEOUT_MS, limits.timeoutMs);
     let exited = (): void => {};
     this.exited = new Promise((resolve) => (exited = resolve));
+    this.markExited = exited;
     this.listeners = {
       message: (m) => this.onMessage(m),
       error: (e) => this.onCrash(e),
@@ -379,6 +381,7 @@ export class Isolate {
     this.worker.off("message", this.listeners.message);
     this.worker.off("error", this.listeners.error);
     this.worker.off("exit", this.listeners.exit);
+    this.markExited();
     Atomics.store(this.liveLimits, LIMIT_ALLOWED_MB, 0);
     Atomics.store(this.ctl, CTL_INTERRUPT, 0);
     const next = new Isolate(
