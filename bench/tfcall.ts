@@ -5,6 +5,7 @@
  * in the same run, alternating rounds, with C concurrent clients each keeping P calls in flight.
  * `--quick` runs one short round.
  */
+import fs from "node:fs";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
@@ -47,11 +48,28 @@ redis.register_function('incr', function(keys) return redis.call('INCR', keys[1]
 /** A process's CPU time (user + system, all threads) in µs: the load-independent cost. */
 const cpuMicros = (pid: number): number => cpuSeconds(pid) * 1e6;
 
-/** Calls per second, and the CPU µs per call of process `pid` over the same time. */
-async function measureCpu(port: number, command: string[], pid: number): Promise<[number, number]> {
+/** Clock ticks (user + system) of a /proc stat file: the process's (all threads) or one thread's. */
+function ticks(path: string): number {
+  try {
+    const stat = fs.readFileSync(path, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * Calls per second, the CPU µs per call of process `pid` over the same time, and the part of
+ * it on the process's main thread (the rest is the proxy's isolate workers and Node's helpers).
+ */
+async function measureCpu(port: number, command: string[], pid: number): Promise<[number, number, number]> {
   const before = cpuMicros(pid);
+  const [all0, main0] = [ticks(`/proc/${pid}/stat`), ticks(`/proc/${pid}/task/${pid}/stat`)];
   const rate = await measure(port, command);
-  return [rate, (cpuMicros(pid) - before) / (rate * seconds)];
+  const perCall = (cpuMicros(pid) - before) / (rate * seconds);
+  const [all1, main1] = [ticks(`/proc/${pid}/stat`), ticks(`/proc/${pid}/task/${pid}/stat`)];
+  return [rate, perCall, (perCall * (main1 - main0)) / (all1 - all0)];
 }
 
 /** Calls per second of `call` from C clients with P calls in flight each, for `seconds`. */
@@ -111,12 +129,12 @@ async function main(): Promise<number> {
   const rows: string[][] = [];
   for (let r = 1; r <= rounds; r++) {
     // The builds take turns going first: the machine's load drifts within a round.
-    const measureBase = (): Promise<[number | null, number]> =>
-      base === null ? Promise.resolve([null, 0]) : measureCpu(base.port, tfcall, base.child.pid);
+    const measureBase = (): Promise<[number | null, number, number]> =>
+      base === null ? Promise.resolve([null, 0, 0]) : measureCpu(base.port, tfcall, base.child.pid);
     const baseFirst = r % 2 === 1;
-    const [baseTf0, baseCpu0] = baseFirst ? await measureBase() : [null, 0];
-    const [tf, cpu] = await measureCpu(proxy.port, tfcall, proxy.child.pid);
-    const [baseTf, baseCpu] = baseFirst ? [baseTf0, baseCpu0] : await measureBase();
+    const first = baseFirst ? await measureBase() : null;
+    const [tf, cpu, cpuMain] = await measureCpu(proxy.port, tfcall, proxy.child.pid);
+    const [baseTf, baseCpu, baseCpuMain] = first ?? (await measureBase());
     const [fcall, redisCpu] = await measureCpu(redis.port, ["FCALL", "incr", "1", "$key"], redis.pid);
     const row = [
       String(r),
@@ -124,14 +142,34 @@ async function main(): Promise<number> {
       fcall.toFixed(0),
       (tf / fcall).toFixed(2),
       cpu.toFixed(0),
+      cpuMain.toFixed(0),
       redisCpu.toFixed(0),
     ];
     if (baseTf !== null)
-      row.push(baseTf.toFixed(0), (baseTf / fcall).toFixed(2), (tf / baseTf).toFixed(2), baseCpu.toFixed(0));
+      row.push(
+        baseTf.toFixed(0),
+        (baseTf / fcall).toFixed(2),
+        (tf / baseTf).toFixed(2),
+        baseCpu.toFixed(0),
+        baseCpuMain.toFixed(0),
+      );
     rows.push(row);
     say(
       `round ${r}: TFCALL ${tf.toFixed(0)}/s, FCALL ${fcall.toFixed(0)}/s${baseTf === null ? "" : `, base TFCALL ${baseTf.toFixed(0)}/s`}`,
     );
+  }
+  if (rows.length > 1) {
+    // Each column's median (of the rounds' own figures, so the ratios are not recomputed).
+    const median = (values: number[]): number => {
+      const sorted = [...values].sort((x, y) => x - y);
+      const mid = Math.floor(sorted.length / 2);
+      return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+    };
+    const digits = rows[0].map((cell) => (cell.includes(".") ? 2 : 0));
+    rows.push([
+      "median",
+      ...rows[0].slice(1).map((_, c) => median(rows.map((row) => Number(row[c + 1]))).toFixed(digits[c + 1])),
+    ]);
   }
   const header = [
     "round",
@@ -139,10 +177,17 @@ async function main(): Promise<number> {
     "FCALL direct (calls/s)",
     "ratio",
     "proxy CPU µs/TFCALL",
+    "of it main thread",
     "Redis CPU µs/FCALL",
   ];
   if (base !== null)
-    header.push("base TFCALL (calls/s)", "base ratio", "this/base", "base proxy CPU µs/TFCALL");
+    header.push(
+      "base TFCALL (calls/s)",
+      "base ratio",
+      "this/base",
+      "base proxy CPU µs/TFCALL",
+      "of it main thread",
+    );
   const out = [
     `## TFCALL vs FCALL (one INCR per call)${quick ? " — quick round" : ""}`,
     "",

@@ -378,6 +378,36 @@ for (const mode of BACKEND_MODES) {
       expect(got?.[7]).to.equal("2.5");
     });
 
+    it("client.call replies of any size and text reach the function whole: small, multi-byte UTF-8, and larger than the worker's reply area", async () => {
+      const code = lib(
+        "sizes",
+        `redis.registerFunction('len', function(client, key){
+           const v = client.call('get', key);
+           return [v.length, v.slice(0, 3), v.slice(-3)];
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      // 64 KB is the shared reply area (src/sandbox/protocol.ts): the larger ones come through the port.
+      const values: [string, string][] = [
+        ["{s1}", "abc"],
+        ["{s2}", "héllo wörld ✓ 𝄞"],
+        ["{s3}", "ü".repeat(40_000)],
+        ["{s4}", "x".repeat(200_000) + "end"],
+      ];
+      for (const [k, v] of values) await t.c.set(k, v);
+      const out = await t.c.pipeline(values.map(([k]) => ["call", "tfcall", "sizes.len", "1", k])).exec();
+      expect(out?.map(([err, v]) => err ?? v)).to.deep.equal(
+        values.map(([, v]) => [v.length, v.slice(0, 3), v.slice(-3)]),
+      );
+      // One at a time too: a lone call's reply comes alone, not in a batch's answer.
+      for (const [k, v] of values) {
+        expect(await t.c.call("TFCALL", "sizes.len", "1", k)).to.deep.equal([
+          v.length,
+          v.slice(0, 3),
+          v.slice(-3),
+        ]);
+      }
+    });
     it("a client's pipelined TFCALLs go in together: calls of other slots are pipelined, calls of one slot run one after the other, and a following GET waits for them", async () => {
       // `order` lives in the library's isolate: it shows where each function was when the next started.
       const code = lib(

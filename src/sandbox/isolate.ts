@@ -18,7 +18,13 @@ import {
   LIMIT_ALLOWED_MB,
   LIMIT_TIMEOUT_MS,
   LIMIT_USED_KB,
+  REPLY_AREA_BYTES,
+  REPLY_LENGTH,
+  REPLY_SEQ,
+  REPLY_TEXT_BYTE,
   SIGINT,
+  SIGNAL_AREA,
+  SIGNAL_PORT,
   STATE_GUEST,
   type AsyncReply,
   type EntryRequest,
@@ -109,6 +115,34 @@ interface Renewal {
   take: (renewed: Promise<Isolate> | null) => void;
 }
 
+const encoder = new TextEncoder();
+
+/**
+ * The worker's shared reply area (protocol.ts, SIGNAL_AREA): an answer that fits is written
+ * there as UTF-8, which the worker copies into the guest's heap as it is. A port message would
+ * clone the text, wake the worker's event loop later for nothing, and be decoded and encoded again.
+ */
+class ReplyArea {
+  readonly buffer = new SharedArrayBuffer(REPLY_AREA_BYTES);
+  private readonly header = new Int32Array(this.buffer, 0, 2);
+  private readonly text = new Uint8Array(this.buffer, REPLY_TEXT_BYTE);
+  /** The text after a one-byte mark. */
+  private readonly marked = new Uint8Array(this.buffer, REPLY_TEXT_BYTE + 1);
+
+  /** Writes answer `seq`: `mark` (a sync answer's "0" or "1", or "") then `text`; false if it does not fit. */
+  write(seq: number, mark: string, text: string): boolean {
+    const into = mark === "" ? this.text : this.marked;
+    // UTF-8 takes at least a byte per UTF-16 unit: a longer text cannot fit.
+    if (text.length > into.length) return false;
+    const { read, written } = encoder.encodeInto(text, into);
+    if (read < text.length) return false;
+    if (mark !== "") this.text[0] = mark.charCodeAt(0);
+    this.header[REPLY_SEQ] = seq;
+    this.header[REPLY_LENGTH] = written + (mark === "" ? 0 : 1);
+    return true;
+  }
+}
+
 interface PendingReply {
   seq: number;
   kind: "sync" | "async";
@@ -120,6 +154,8 @@ export class Isolate {
   private readonly deadlineSlot: BigInt64Array;
   /** The limits that may change while the isolate lives (protocol.ts, LIMIT_*). */
   private readonly liveLimits: Int32Array;
+  /** Where answers to a QuickJS worker go when they fit (the Pyodide worker reads the port only). */
+  private readonly replyArea: ReplyArea | null;
   private readonly queue: Entry[] = [];
   private current: Entry | undefined;
   private pendingAbort = false;
@@ -160,7 +196,9 @@ export class Isolate {
     private readonly worker: Worker,
     private readonly replyPort: MessagePort,
     private readonly control: SharedArrayBuffer,
+    replyArea: ReplyArea | null,
   ) {
+    this.replyArea = replyArea;
     this.ctl = new Int32Array(control, 0, 4);
     this.deadlineSlot = new BigInt64Array(control, CTL_DEADLINE_BYTE, 1);
     this.liveLimits = new Int32Array(control, CTL_LIMITS_BYTE, 3);
@@ -192,12 +230,14 @@ export class Isolate {
     const module = runtime === "quickjs" ? await compiledWasm() : undefined;
     const control = new SharedArrayBuffer(CTL_BYTES);
     const { port1, port2 } = new MessageChannel();
+    const replyArea = runtime === "quickjs" ? new ReplyArea() : null;
     const workerData: WorkerInit = {
       wasmModule: module,
       memoryLimitMb: limits.memoryLimitMb,
       timeoutMs: limits.timeoutMs,
       control,
       replyPort: port2,
+      replyArea: replyArea?.buffer,
     };
     const worker = new Worker(WORKER_URLS[runtime], {
       workerData,
@@ -209,7 +249,7 @@ export class Isolate {
         maxOldGenerationSizeMb: (runtime === "pyodide" ? 256 : 64) + 4 * Math.ceil(limits.memoryLimitMb),
       },
     });
-    const isolate = new Isolate(runtime, { ...limits }, bridge, worker, port1, control);
+    const isolate = new Isolate(runtime, { ...limits }, bridge, worker, port1, control, replyArea);
     await new Promise<void>((resolve, reject) => {
       isolate.ready = { resolve, reject };
     });
@@ -391,6 +431,7 @@ export class Isolate {
       this.worker,
       this.replyPort,
       this.control,
+      this.replyArea,
     );
     const ready = new Promise<Isolate>((resolve, reject) => {
       next.ready = { resolve: () => resolve(next), reject };
@@ -684,8 +725,21 @@ export class Isolate {
   private answer(pending: PendingReply, reply: SyncReply | AsyncReply): void {
     if (this.pendingReply !== pending || !this.isAlive) return;
     this.pendingReply = undefined;
-    this.replyPort.postMessage(reply);
-    Atomics.store(this.ctl, CTL_SIGNAL, 1);
+    let signal = SIGNAL_AREA;
+    if (!this.toArea(pending, reply)) {
+      signal = SIGNAL_PORT;
+      this.replyPort.postMessage(reply);
+    }
+    Atomics.store(this.ctl, CTL_SIGNAL, signal);
     Atomics.notify(this.ctl, CTL_SIGNAL);
+  }
+
+  /** Writes an answer into the reply area (the text the worker makes of a port message); false if it cannot. */
+  private toArea(pending: PendingReply, reply: SyncReply | AsyncReply): boolean {
+    const area = this.replyArea;
+    if (area === null) return false;
+    if (pending.kind === "async") return area.write(reply.seq, "", (reply as AsyncReply).json);
+    const sync = reply as SyncReply;
+    return sync.ok ? area.write(sync.seq, "0", sync.json) : area.write(sync.seq, "1", sync.message);
   }
 }

@@ -5,13 +5,19 @@
  * worker -> main (parentPort): host requests, notifications, entry results.
  * main -> worker answers to host requests go through a dedicated MessagePort, which the worker
  * reads synchronously (receiveMessageOnPort) after Atomics.wait on the shared control array.
+ * A QuickJS worker also has a shared reply area: an answer that fits is written there as its
+ * text's bytes (no structured clone, no port message), and CTL_SIGNAL says which way it came.
  */
 import type { MessagePort } from "node:worker_threads";
 import type { SandboxErrorKind } from "./types.js";
 
 /** Int32 slots of the shared control array. */
 export const CTL_ABORT = 0; // 1: abort the current entry (set by the main thread)
-export const CTL_SIGNAL = 1; // 1: an answer to the worker's host request is on the reply port
+export const CTL_SIGNAL = 1; // an answer to the worker's host request is ready: SIGNAL_*
+/** The answer is on the reply port. */
+export const SIGNAL_PORT = 1;
+/** The answer is in the reply area: REPLY_SEQ and REPLY_LENGTH (Int32 slots), then its UTF-8 bytes. */
+export const SIGNAL_AREA = 2;
 export const CTL_STATE = 2; // what the worker is doing (STATE_*)
 /** Set to 2 (SIGINT) by the main thread once the deadline passed or on abort: Pyodide's interrupt buffer. */
 export const CTL_INTERRUPT = 3;
@@ -30,6 +36,15 @@ export const LIMIT_ALLOWED_MB = 1;
 export const LIMIT_USED_KB = 2;
 export const CTL_BYTES = 40;
 
+export const REPLY_SEQ = 0;
+export const REPLY_LENGTH = 1;
+export const REPLY_TEXT_BYTE = 8;
+/**
+ * The reply area's size: a batch's answer (tens of short replies) fits; a larger answer (a big
+ * HGETALL) goes through the port as before.
+ */
+export const REPLY_AREA_BYTES = 64 * 1024;
+
 export const STATE_IDLE = 0;
 export const STATE_GUEST = 1; // guest code is running: the deadline counts
 export const STATE_HOST = 2; // the worker waits for the host: the deadline does not count
@@ -41,6 +56,8 @@ export interface WorkerInit {
   timeoutMs: number;
   control: SharedArrayBuffer;
   replyPort: MessagePort;
+  /** Where answers that fit are written (SIGNAL_AREA); absent: all come on the port. */
+  replyArea?: SharedArrayBuffer;
 }
 
 export type EntryRequest =

@@ -7,7 +7,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
-import { waitForReply } from "./reply-wait.js";
+import { waitForAnswer, waitForReply } from "./reply-wait.js";
 import {
   CTL_ABORT,
   CTL_DEADLINE_BYTE,
@@ -20,6 +20,8 @@ import {
   LIMIT_ALLOWED_MB,
   LIMIT_TIMEOUT_MS,
   LIMIT_USED_KB,
+  REPLY_LENGTH,
+  REPLY_TEXT_BYTE,
   type AsyncReply,
   type EntryRequest,
   type FailureInfo,
@@ -43,6 +45,11 @@ const init = workerData as WorkerInit;
 const ctl = new Int32Array(init.control, 0, 3);
 const deadlineSlot = new BigInt64Array(init.control, CTL_DEADLINE_BYTE, 1);
 const liveLimits = new Int32Array(init.control, CTL_LIMITS_BYTE, 3);
+/** Where answers that fit come (protocol.ts, SIGNAL_AREA): the area and its Int32 header. */
+const replyArea =
+  init.replyArea === undefined
+    ? null
+    : { bytes: init.replyArea, header: new Int32Array(init.replyArea, 0, 2) };
 
 /** The time limit now: the main thread may change it between entries. */
 function timeoutMs(): number {
@@ -131,17 +138,29 @@ let seq = 0;
 
 type HostRequest = { t: "sync"; name: string; argsJson: string } | { t: "async"; batchJson: string };
 
-function hostRequest(request: HostRequest): { seq: number } {
+/**
+ * Sends a host request and blocks until its answer: its text as a guest string (a sync one
+ * marked "0" for a value, "1" for an error message).
+ */
+function hostRequest(request: HostRequest): QuickJSHandle {
   const wasInSegment = inSegment;
   endSegment();
   Atomics.store(ctl, CTL_STATE, STATE_HOST);
   Atomics.store(ctl, CTL_SIGNAL, 0);
   const mySeq = ++seq;
   port.postMessage({ ...request, seq: mySeq } satisfies WorkerMessage);
-  const reply = waitForReply(ctl, init.replyPort, mySeq);
+  const area = replyArea;
+  const reply =
+    area === null
+      ? waitForReply(ctl, init.replyPort, mySeq)
+      : waitForAnswer(ctl, init.replyPort, area.header, mySeq);
   Atomics.store(ctl, CTL_STATE, STATE_IDLE);
   if (wasInSegment) beginSegment();
-  return reply;
+  if (reply === null && area !== null) return areaText(area.bytes, area.header[REPLY_LENGTH]);
+  if (reply === null) throw new Error("an answer in a reply area this worker does not have");
+  if (request.t === "async") return newText((reply as AsyncReply).json);
+  const sync = reply as SyncReply;
+  return newText(sync.ok ? "0" + sync.json : "1" + sync.message);
 }
 
 // --- the isolate -----------------------------------------------------------------------------
@@ -198,14 +217,9 @@ async function setUp(): Promise<void> {
   ctx = rt.newContext();
   binary = probeBinary();
 
-  const rawSync = ctx.newFunction("callSync", (nameH, argsH) => {
-    const reply = hostRequest({
-      t: "sync",
-      name: ctx.getString(nameH),
-      argsJson: ctx.getString(argsH),
-    }) as SyncReply;
-    return newText(reply.ok ? "0" + reply.json : "1" + reply.message);
-  });
+  const rawSync = ctx.newFunction("callSync", (nameH, argsH) =>
+    hostRequest({ t: "sync", name: ctx.getString(nameH), argsJson: ctx.getString(argsH) }),
+  );
   const rawNotify = ctx.newFunction("notify", (jsonH) => {
     port.postMessage({ t: "notify", json: ctx.getString(jsonH) } satisfies WorkerMessage);
   });
@@ -264,6 +278,28 @@ function newText(text: string): QuickJSHandle {
     const heap = new Uint8Array(wasmMemory.buffer, ptr, bytes + 1);
     const { written } = encoder.encodeInto(text, heap);
     heap[written] = 0;
+    return c.memory.heapValueHandle(c.ffi.QTS_NewString(c.ctx.value, ptr));
+  } finally {
+    c.module._free(ptr);
+  }
+}
+
+/**
+ * The answer in the reply area as a guest string: its UTF-8 bytes copied into the guest's heap
+ * as they are, never decoded into a string of this thread and encoded again.
+ */
+function areaText(area: SharedArrayBuffer, n: number): QuickJSHandle {
+  const bytes = new Uint8Array(area, REPLY_TEXT_BYTE, n);
+  const c = ctx as unknown as ContextInternals;
+  const fallback = (): QuickJSHandle => ctx.newString(Buffer.from(area, REPLY_TEXT_BYTE, n).toString());
+  if (typeof c.module?._malloc !== "function" || typeof c.ffi?.QTS_NewString !== "function")
+    return fallback();
+  const ptr = c.module._malloc(n + 1);
+  if (ptr === 0) return fallback();
+  try {
+    const heap = new Uint8Array(wasmMemory.buffer, ptr, n + 1);
+    heap.set(bytes);
+    heap[n] = 0;
     return c.memory.heapValueHandle(c.ffi.QTS_NewString(c.ctx.value, ptr));
   } finally {
     c.module._free(ptr);
@@ -510,8 +546,7 @@ function runEntry(req: EntryRequest): WorkerMessage {
       flushNotes();
       const batch = ctx.getString(enter(fns.takeBatch));
       if (batch !== "") {
-        const reply = hostRequest({ t: "async", batchJson: batch }) as AsyncReply;
-        enter(fns.deliver, own(newText(reply.json)));
+        enter(fns.deliver, own(hostRequest({ t: "async", batchJson: batch })));
         continue;
       }
       if (ctx.getNumber(enter(fns.state, rec)) !== 0) break;

@@ -22,11 +22,14 @@ function command(cmd: unknown, args: unknown[]): Tagged[] {
   return [String(cmd), ...args.map(toArg)];
 }
 
-/** A sync call's arguments as the host takes them, built without spreads (QuickJS is slow at those). */
+/**
+ * A sync call's arguments as the host takes them, built without spreads or push (QuickJS is
+ * slow at both: a generic method call each).
+ */
 function syncArgs(noWrites: boolean, raw: boolean, cmd: unknown, args: unknown[]): CallArgs {
   if (typeof cmd !== "string" && !(cmd instanceof String)) throw new Error("Value is not string");
   const out: CallArgs = [noWrites, raw, typeof cmd === "string" ? cmd : String(cmd)];
-  for (let i = 0; i < args.length; i++) out.push(toArg(args[i]));
+  for (let i = 0; i < args.length; i++) out[3 + i] = toArg(args[i]);
   return out;
 }
 
@@ -47,13 +50,30 @@ class BaseClient {
   }
 }
 
-export class SyncClient extends BaseClient {
+/**
+ * The client of a sync function: one is made per call, so it has no base class (QuickJS runs a
+ * derived constructor's super() as one more call, about as costly as making the object).
+ */
+export class SyncClient {
+  private readonly mode: ClientMode;
   private valid: boolean;
 
   constructor(mode: ClientMode) {
-    super(mode);
-    // Set here rather than as a field initializer: QuickJS runs those as one more function call.
+    // Set here rather than as field initializers: QuickJS runs those as one more function call.
+    this.mode = mode;
     this.valid = true;
+  }
+
+  callAsync(cmd: unknown, ...args: unknown[]): Promise<unknown> {
+    return callAsync(this.mode, false, cmd, args);
+  }
+
+  callAsyncRaw(cmd: unknown, ...args: unknown[]): Promise<unknown> {
+    return callAsync(this.mode, true, cmd, args);
+  }
+
+  isBlockAllowed(): boolean {
+    return this.mode.blockAllowed;
   }
 
   /** The invocation left the locked section: T&F's client is dead from then on. */
@@ -66,12 +86,12 @@ export class SyncClient extends BaseClient {
   }
 
   call(cmd: unknown, ...args: unknown[]): unknown {
-    this.check();
+    if (!this.valid) this.check();
     return syncCall(syncArgs(this.mode.noWrites, false, cmd, args), false);
   }
 
   callRaw(cmd: unknown, ...args: unknown[]): unknown {
-    this.check();
+    if (!this.valid) this.check();
     return syncCall(syncArgs(this.mode.noWrites, true, cmd, args), true);
   }
 

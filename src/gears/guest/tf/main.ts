@@ -150,8 +150,10 @@ const entry: TfEntry = {
     let later: Promise<void>[] | null = null;
     // callFunction's work, writing the outcome straight into `flat`.
     const run: RunCall = (list, at, i) => {
-      // Its pair first: the calls started on top of it end before it does.
-      flat.push(FLAT_ERROR, "");
+      // Its pair first: the calls started on top of it end before it does. Items start in
+      // order, so the pair is at the list's end (stored by index: QuickJS's push is slower).
+      flat[2 * i] = FLAT_ERROR;
+      flat[2 * i + 1] = "";
       const name = list[at] as string;
       const def = functions.get(name);
       if (def === undefined) {
@@ -162,12 +164,13 @@ const entry: TfEntry = {
       const first = list[at + 2];
       // One string argument (a key) is the common case: passed as it is, no list.
       const one = n === 1 && typeof first === "string" && !def.raw;
-      const jsArgs: unknown[] = [];
+      let jsArgs: unknown[] | null = null;
       if (!one) {
+        jsArgs = [];
         try {
           for (let k = 0; k < n; k++) {
             const a = list[at + 2 + k] as Tagged;
-            jsArgs.push(typeof a === "string" && !def.raw ? a : fromReply(a, def.raw));
+            jsArgs[k] = typeof a === "string" && !def.raw ? a : fromReply(a, def.raw);
           }
         } catch (e) {
           flat[2 * i + 1] = errorText(e);
@@ -178,7 +181,7 @@ const entry: TfEntry = {
       const client = sync ? new SyncClient(def.mode) : new AsyncClient(def.mode);
       let out: unknown;
       try {
-        out = one ? def.fn(client, first) : def.fn(client, ...jsArgs);
+        out = jsArgs === null ? def.fn(client, first) : def.fn(client, ...jsArgs);
       } catch (e) {
         flat[2 * i + 1] = errorText(e);
         return;
