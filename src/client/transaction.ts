@@ -4,10 +4,11 @@ import type { Request } from "../resp/request-parser.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS } from "../routing/router.js";
 import { DISCARD, type Lease } from "../routing/lease.js";
+import { RawSink } from "../routing/shards.js";
 import type { ProxyContext } from "./context.js";
 import type { Holds } from "./holds.js";
 import { isGearsCommand } from "../gears/commands.js";
-import { isTfCall, QUEUED, RawReply, TfMultiTail } from "../gears/tf/tf-multi.js";
+import { isTfCall, QUEUED, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { RespError, type Protocol } from "../resp/values.js";
 
@@ -303,10 +304,10 @@ export class Transaction {
       // The TFCALLs and what followed them run once Redis ran the part before (tf-multi.ts);
       // the client's next commands wait for all of it, on the same connection after it.
       const release = this.host.holds.take();
-      const head = new RawReply();
+      const head = new RawSink(true);
       conn.send(payload, head, this.host.db);
       const send = (p: Buffer): Promise<Buffer> => {
-        const r = new RawReply();
+        const r = new RawSink(true);
         conn.send(p, r, this.host.db);
         return r.promise;
       };

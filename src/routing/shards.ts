@@ -1,4 +1,4 @@
-import { encodeCommand, type Arg } from "../resp/encode.js";
+import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
 import type { RespValue } from "../resp/values.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
@@ -262,13 +262,17 @@ class LentSubscription implements NodeSubscription {
   }
 }
 
-/** Resolves with the reply's bytes, error replies included: the caller reads them itself. */
+/**
+ * Resolves with the reply's bytes, error replies included: the caller reads them itself. A
+ * failed connection rejects with an UpstreamError, or, with `failAsReply`, resolves as the
+ * error reply a client would be given.
+ */
 export class RawSink implements ReplySink {
   readonly promise: Promise<Buffer>;
   private resolve!: (v: Buffer) => void;
   private reject!: (e: Error) => void;
 
-  constructor() {
+  constructor(private readonly failAsReply = false) {
     this.promise = new Promise<Buffer>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -280,7 +284,8 @@ export class RawSink implements ReplySink {
   }
 
   fail(message: string): void {
-    this.reject(new UpstreamError(message));
+    if (this.failAsReply) this.resolve(encodeError(message));
+    else this.reject(new UpstreamError(message));
   }
 }
 

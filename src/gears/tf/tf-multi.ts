@@ -9,34 +9,13 @@
  * EXEC reply with every command's reply in its place. docs/triggers-functions.md says what
  * this does not keep (other clients may run between the parts).
  */
-import { encodeCommand, encodeError } from "../../resp/encode.js";
-import type { ReplySink } from "../../upstream/reply-sink.js";
+import { encodeCommand } from "../../resp/encode.js";
 
 export function isTfCall(name: string): boolean {
   return name === "tfcall" || name === "tfcallasync";
 }
 
 export const QUEUED = Buffer.from("+QUEUED\r\n");
-
-/** A reply's raw bytes; a failed connection's error as an error reply. */
-export class RawReply implements ReplySink {
-  readonly promise: Promise<Buffer>;
-  private resolve!: (data: Buffer) => void;
-
-  constructor() {
-    this.promise = new Promise((resolve) => {
-      this.resolve = resolve;
-    });
-  }
-
-  reply(data: Buffer): void {
-    this.resolve(data);
-  }
-
-  fail(message: string): void {
-    this.resolve(encodeError(message));
-  }
-}
 
 /** How the part after the cut runs: a TFCALL through T&F, a command on the transaction's connection. */
 export interface TailRunner {
