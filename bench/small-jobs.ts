@@ -29,6 +29,8 @@ const HELP = `Usage: node dist/bench/small-jobs.js [options]
   --jobs N      RG.EXECUTEs per round and build, one after another (default 20)
   --rounds N    fresh proxies per build, alternating A-B / B-A (default 3)
   --settle MS   how long after the last reply the proxy's CPU is still counted (default 1500)
+  --gap MS      a pause between one job's reply and the next job (default 0: back to back);
+                the wall time per job leaves the pauses out
   --script S    the job (default GB().map(r => r.key).run('nosuch:*'): a KeysReader over no key)
   --b-cli PATH  a second build's dist/src/cli.js, measured beside this one in each round
   --help
@@ -47,7 +49,7 @@ interface Round {
 async function measure(
   redis: RedisNode,
   build: Build,
-  o: { jobs: number; settleMs: number; script: string },
+  o: { jobs: number; settleMs: number; gapMs: number; script: string },
 ): Promise<Round> {
   const proxy = await startGears(redis.port, {
     profileDir: undefined,
@@ -62,14 +64,17 @@ async function measure(
     await client.call("RG.EXECUTE", "GB('ShardsIDReader').run()");
     await sleep(o.settleMs);
     const cpu0 = cpuSeconds(proxy.child.pid);
-    const t0 = performance.now();
+    let waited = 0;
     for (let i = 0; i < o.jobs; i++) {
+      if (i > 0 && o.gapMs > 0) await sleep(o.gapMs);
+      const t0 = performance.now();
       const reply = (await client.call("RG.EXECUTE", o.script)) as unknown[];
+      waited += performance.now() - t0;
       if (!Array.isArray(reply) || !Array.isArray(reply[1]) || reply[1].length !== 0) {
         throw new Error(`${build.label}: job ${i + 1} answered ${JSON.stringify(reply)}`);
       }
     }
-    const wallMs = (performance.now() - t0) / o.jobs;
+    const wallMs = waited / o.jobs;
     await sleep(o.settleMs);
     const cpuMs = ((cpuSeconds(proxy.child.pid) - cpu0) * 1000) / o.jobs;
     return { wallMs, cpuMs };
@@ -91,6 +96,7 @@ async function main(): Promise<number> {
       jobs: { type: "string" },
       rounds: { type: "string" },
       settle: { type: "string" },
+      gap: { type: "string" },
       script: { type: "string" },
       "b-cli": { type: "string" },
       help: { type: "boolean" },
@@ -103,6 +109,7 @@ async function main(): Promise<number> {
   const o = {
     jobs: Number(values.jobs ?? 20),
     settleMs: Number(values.settle ?? 1500),
+    gapMs: Number(values.gap ?? 0),
     script: values.script ?? "GB().map(r => r.key).run('nosuch:*')",
   };
   const rounds = Number(values.rounds ?? 3);
@@ -133,7 +140,7 @@ async function main(): Promise<number> {
   });
   const out = [
     ...lines,
-    `command: node dist/bench/small-jobs.js --jobs ${o.jobs} --rounds ${rounds} --settle ${o.settleMs}${values["b-cli"] !== undefined ? ` --b-cli ${values["b-cli"]}` : ""}; script ${o.script}; one redis-server`,
+    `command: node dist/bench/small-jobs.js --jobs ${o.jobs} --rounds ${rounds} --settle ${o.settleMs} --gap ${o.gapMs}${values["b-cli"] !== undefined ? ` --b-cli ${values["b-cli"]}` : ""}; script ${o.script}; one redis-server`,
     "",
     table(["round", "build", "wall ms per job", "proxy CPU ms per job"], rows),
     "",

@@ -95,7 +95,8 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
   });
 
   it("a job that finished hands its thread back renewed: the job right after it takes that, fresh, and no thread starts", async () => {
-    const p = pool();
+    // A loaded machine may pause the test between two entries: no spare starts meanwhile.
+    const p = pool({ keptIdleMs: 60_000, busyStartMs: 60_000 });
     started = 0;
     p.prepare(LIMITS);
     const first = await p.take(LIMITS, host("first"));
@@ -127,6 +128,44 @@ describe("warm isolates (sandbox/warm-isolates.ts)", function () {
       );
     expect(hog).to.match(/memory/i);
     await second.dispose();
+  });
+
+  it("hands out isolates with their preload evaluated, spares and renewed ones included, and keeps kinds apart", async () => {
+    // A loaded machine may pause the test between two entries: no spare starts meanwhile.
+    const p = pool({ keptIdleMs: 60_000, busyStartMs: 60_000 });
+    started = 0;
+    const preload = {
+      source: "globalThis.library = 'loaded'; globalThis.loads = (globalThis.loads || 0) + 1;",
+      filename: "lib",
+    };
+    p.prepare(LIMITS, preload);
+    const first = await p.take(LIMITS, host("first"), preload);
+    expect(await first.evalScript("[library, loads]", "t")).to.deep.equal(["loaded", 1]);
+    await first.evalScript("globalThis.extra = 1", "t");
+    await first.dispose();
+    // Renewed, and the preload evaluated again in its fresh context.
+    const second = await p.take(LIMITS, host("second"), preload);
+    expect(second.threadId).to.equal(first.threadId);
+    expect(await second.evalScript("[library, loads, typeof extra]", "t")).to.deep.equal([
+      "loaded",
+      1,
+      "undefined",
+    ]);
+    expect(await second.evalScript("__host.callSync('who')", "t")).to.equal("second");
+    // An isolate of the same limits without the preload is another kind: not that spare.
+    const plain = await p.take(LIMITS, host("plain"));
+    expect(await plain.evalScript("typeof library", "t")).to.equal("undefined");
+    // A cold one (no spare of its kind) is handed out with its preload too.
+    const cold = await p.take(LIMITS, host("cold"), preload);
+    expect(await cold.evalScript("library", "t")).to.equal("loaded");
+    // A preload that fails fails the take, and leaves no isolate behind.
+    const broken = { source: "throw new Error('bad library')", filename: "broken" };
+    const failed = await p.take(LIMITS, host("x"), broken).then(
+      () => null,
+      (e: Error) => e.message,
+    );
+    expect(failed).to.match(/bad library/);
+    await Promise.all([second.dispose(), plain.dispose(), cold.dispose()]);
   });
 
   it("does not renew an isolate whose memory grew past RENEW_MAX_BYTES: its thread ends and a new spare starts", async () => {

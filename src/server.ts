@@ -18,6 +18,7 @@ import { Isolate } from "./sandbox/isolate.js";
 import { WarmIsolates } from "./sandbox/warm-isolates.js";
 import { PyodidePool } from "./sandbox/pyodide/pool.js";
 import { preparePythonIsolate } from "./gears/python-guest.js";
+import { gearsPreload } from "./gears/guest-bundles.js";
 import { Router } from "./routing/router.js";
 import { Leases } from "./routing/lease.js";
 import { connectUpstream } from "./upstream/connect.js";
@@ -125,7 +126,7 @@ export class ProxyServer {
       gears: new GearsEngine(
         router,
         this.log.child({ component: "gears" }),
-        (limits, bridge) => warm.take(limits, bridge),
+        (limits, bridge, preload) => warm.take(limits, bridge, preload ?? null),
         python === null ? null : (limits, bridge) => python.take(limits, bridge),
       ),
       metrics,
@@ -148,10 +149,13 @@ export class ProxyServer {
     }
     // Started now, with the settings applied, so that the first RG.PYEXECUTE finds it loaded.
     python?.prime();
-    warm.prepare({
-      memoryLimitMb: ctx.gears.config.number("ScriptMemoryLimitMB"),
-      timeoutMs: ctx.gears.config.number("ScriptTimeoutMS"),
-    });
+    warm.prepare(
+      {
+        memoryLimitMb: ctx.gears.config.number("ScriptMemoryLimitMB"),
+        timeoutMs: ctx.gears.config.number("ScriptTimeoutMS"),
+      },
+      gearsPreload(),
+    );
     await ctx.gears.restore();
     const listener = net.createServer((socket) => this.accept(ctx, socket));
     this.listener = listener;

@@ -3,7 +3,7 @@ import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
 import { Shards } from "../routing/shards.js";
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
-import { gearsGuestSource } from "./guest-bundles.js";
+import { gearsPreload } from "./guest-bundles.js";
 import { GearsGuest } from "./gears-guest.js";
 import { GearsConfig } from "./config.js";
 import { topLevelError } from "./errors.js";
@@ -216,13 +216,12 @@ export class GearsEngine {
       request.python === true && this.newPythonIsolate !== null
         ? await this.newPythonIsolate(limits, bridge)
         : null;
-    const isolate = python ?? (await this.newIsolate(limits, bridge));
+    const isolate = python ?? (await this.newIsolate(limits, bridge, gearsPreload()));
     let actions: Action[];
     try {
       if (python !== null) {
         await loadPythonScript(python, request.script);
       } else {
-        await isolate.evalScript(gearsGuestSource(), "gears-library");
         await isolate.evalScript(request.script, "script");
       }
       actions = await new GearsGuest(isolate).actions();

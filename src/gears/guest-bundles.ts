@@ -1,3 +1,4 @@
+import type { Preload } from "../sandbox/types.js";
 import { readFileSync } from "node:fs";
 
 /**
@@ -24,6 +25,9 @@ function bundle(api: "gears" | "tf" | "gears-python"): string {
 
 /** The GearsBuilder library (RG.*): evaluate with `globalThis.__host` set, before the user's script. */
 export const gearsGuestSource = (): string => bundle("gears");
+
+/** The GearsBuilder library as every RG.EXECUTE's isolate is handed out with it (warm spares load it ahead). */
+export const gearsPreload = (): Preload => ({ source: gearsGuestSource(), filename: "gears-library" });
 
 /** The Triggers and Functions library (TFUNCTION/TFCALL). */
 export const tfGuestSource = (): string => bundle("tf");

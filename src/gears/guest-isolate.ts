@@ -1,4 +1,4 @@
-import type { HostBridge, IsolateLimits, JsonValue } from "../sandbox/types.js";
+import type { HostBridge, IsolateLimits, JsonValue, Preload } from "../sandbox/types.js";
 
 /** What gears needs of an isolate (the sandbox's Isolate provides it). */
 export interface GuestIsolate {
@@ -22,7 +22,12 @@ export interface GuestIsolate {
   readonly memoryBytes: number;
 }
 
-export type IsolateFactory = (limits: IsolateLimits, bridge: HostBridge) => Promise<GuestIsolate>;
+/** A new isolate (a warm one when there is one), with `preload` evaluated in it when given. */
+export type IsolateFactory = (
+  limits: IsolateLimits,
+  bridge: HostBridge,
+  preload?: Preload,
+) => Promise<GuestIsolate>;
 
 /** A Pyodide isolate: JavaScript for the libraries beside Python for the user's code. */
 export interface PythonIsolate extends GuestIsolate {

@@ -7,6 +7,15 @@
 /** Values that cross between host and guest: plain JSON. */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
 
+/**
+ * A script a pooled isolate is handed out with, already evaluated (a library every taker of
+ * that kind loads first): a spare evaluates it while nobody waits. Pooled by `filename`.
+ */
+export interface Preload {
+  source: string;
+  filename: string;
+}
+
 export interface IsolateLimits {
   /** Hard cap of the isolate's WebAssembly memory, in MiB (ScriptMemoryLimitMB). */
   memoryLimitMb: number;

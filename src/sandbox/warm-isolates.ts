@@ -1,8 +1,9 @@
-import type { HostBridge, IsolateLimits, JsonValue, RawJson } from "./types.js";
+import type { HostBridge, IsolateLimits, JsonValue, Preload, RawJson } from "./types.js";
 
 /** What the pool needs of an isolate. */
 export interface Disposable<Self = unknown> {
   dispose(): Promise<void>;
+  evalScript(source: string, filename: string): Promise<unknown>;
   readonly alive: boolean;
   /** When its last entry ended (performance.now()), or null while one runs or waits. */
   readonly idleSince: number | null;
@@ -23,17 +24,22 @@ export interface WarmTiming {
   idleMs: number;
   /** A job holds spares back this long at most. */
   maxHoldMs: number;
+  /**
+   * A taken isolate idle this long is kept by its taker (a registration's session, a library),
+   * not coming back: the next spare starts then.
+   */
+  keptIdleMs: number;
+  /** A taken isolate still at work after this long: the next spare starts anyway. */
+  busyStartMs: number;
 }
 
-export const WARM_TIMING: WarmTiming = { settleMs: 1000, idleMs: 1000, maxHoldMs: 60_000 };
-
-/**
- * A taken isolate idle this long is kept by its taker (a registration's session, a library),
- * not coming back: the next spare starts then.
- */
-const KEPT_IDLE_MS = 150;
-/** A taken isolate still at work after this long: the next spare starts anyway. */
-const BUSY_START_MS = 1000;
+export const WARM_TIMING: WarmTiming = {
+  settleMs: 1000,
+  idleMs: 1000,
+  maxHoldMs: 60_000,
+  keptIdleMs: 150,
+  busyStartMs: 1000,
+};
 
 /** How often the large jobs are looked at, while there are any. */
 const REVIEW_MS = 50;
@@ -65,8 +71,14 @@ class LateBridge implements HostBridge {
   }
 }
 
-interface Spare<I> {
+/** What a spare is for: its limits, and the script it is handed out with already evaluated. */
+interface Kind {
   readonly limits: IsolateLimits;
+  readonly preload: Preload | null;
+}
+
+interface Spare<I> {
+  readonly kind: Kind;
   readonly bridge: LateBridge;
   readonly isolate: Promise<I>;
   readonly startedAt: number;
@@ -93,8 +105,8 @@ const MAX_SPARES = 2;
  * of it, a fresh runtime on the same worker thread: about a quarter of a new isolate's cost,
  * and none of it while the job runs, where on a small machine a new worker's start competes
  * with the job for the cores. So the next spare is started only once the taken isolate shows
- * it is not coming back soon: kept idle by its taker (KEPT_IDLE_MS), disposed unrenewed, or
- * still at work after BUSY_START_MS. Small jobs back to back each find their predecessor's
+ * it is not coming back soon: kept idle by its taker (keptIdleMs), disposed unrenewed, or
+ * still at work after busyStartMs. Small jobs back to back each find their predecessor's
  * thread renewed.
  *
  * A large job (a large result set) must not pay for a new worker's heap (6-9 MB) at its
@@ -106,8 +118,8 @@ export class WarmIsolates<I extends Disposable<I>> {
   private readonly jobs = new Set<Job>();
   /** When each isolate handed out was asked for. */
   private readonly takenAt = new WeakMap<object, number>();
-  /** The limits whose spare waits for the large jobs' end. */
-  private readonly wanted = new Map<string, IsolateLimits>();
+  /** The kinds whose spare waits for the large jobs' end. */
+  private readonly wanted = new Map<string, Kind>();
   private readonly timing: WarmTiming;
   private reviewer: NodeJS.Timeout | null = null;
   private closed = false;
@@ -129,36 +141,43 @@ export class WarmIsolates<I extends Disposable<I>> {
     return this.jobs.size;
   }
 
-  /** An isolate with these limits serving `bridge`: the spare when there is one, else a new one. */
-  async take(limits: IsolateLimits, bridge: HostBridge): Promise<I> {
-    // Before prepare(): the spare it starts is one a large job holds back.
+  /**
+   * An isolate with these limits serving `bridge`, with `preload` evaluated in it: the spare
+   * when there is one (its preload evaluated while nobody waited), else a new one.
+   */
+  async take(limits: IsolateLimits, bridge: HostBridge, preload: Preload | null = null): Promise<I> {
     const takenAt = performance.now();
-    const key = keyOf(limits);
+    const kind: Kind = { limits: { ...limits }, preload };
+    const key = keyOf(kind);
     const spare = this.spares.get(key);
     this.spares.delete(key);
     if (spare !== undefined) {
       const isolate = await spare.isolate.catch(() => null);
       if (isolate !== null && isolate.alive) {
         spare.bridge.target = bridge;
-        return this.watch(isolate, limits, takenAt);
+        return this.watch(isolate, kind, takenAt);
       }
     }
-    return this.watch(await this.create(limits, bridge), limits, takenAt);
+    return this.watch(await loaded(this.create(kind.limits, bridge), preload), kind, takenAt);
   }
 
-  /** Starts a spare with these limits (at start-up, and after each take), unless a large job runs. */
-  prepare(limits: IsolateLimits): void {
-    const key = keyOf(limits);
+  /** Starts a spare of this kind (at start-up, and once the last one is not coming back), unless a large job runs. */
+  prepare(limits: IsolateLimits, preload: Preload | null = null): void {
+    this.start({ limits: { ...limits }, preload });
+  }
+
+  private start(kind: Kind): void {
+    const key = keyOf(kind);
     if (this.closed || this.spares.has(key)) return;
     if (this.jobs.size > 0) {
-      this.wanted.set(key, { ...limits });
+      this.wanted.set(key, kind);
       return;
     }
     const bridge = new LateBridge();
-    const isolate = this.create({ ...limits }, bridge);
+    const isolate = loaded(this.create({ ...kind.limits }, bridge), kind.preload);
     // A spare that failed to start is noticed by take(), which then makes one the usual way.
     isolate.catch(() => {});
-    this.keep(key, { limits: { ...limits }, bridge, isolate, startedAt: performance.now() });
+    this.keep(key, { kind, bridge, isolate, startedAt: performance.now() });
   }
 
   /** A new spare; the oldest go past MAX_SPARES. */
@@ -199,7 +218,7 @@ export class WarmIsolates<I extends Disposable<I>> {
       // Those from before it were there already: its growth does not count them.
       if (spare.startedAt < takenAt) continue;
       this.spares.delete(key);
-      this.wanted.set(key, spare.limits);
+      this.wanted.set(key, spare.kind);
       void spare.isolate.then((i) => i.dispose()).catch(() => {});
     }
     if (this.reviewer === null) {
@@ -208,52 +227,52 @@ export class WarmIsolates<I extends Disposable<I>> {
     }
   }
 
-  private watch(isolate: I, limits: IsolateLimits, takenAt: number): I {
+  private watch(isolate: I, kind: Kind, takenAt: number): I {
     this.takenAt.set(isolate, takenAt);
     if (isolate.renewOnDispose === undefined) {
-      this.prepare(limits);
+      this.start(kind);
       return isolate;
     }
-    const key = keyOf(limits);
+    const key = keyOf(kind);
     let bridge: LateBridge | null = null;
     let back = false;
     isolate.renewOnDispose(
-      limits,
+      kind.limits,
       () => !this.closed && !this.spares.has(key) && this.jobs.size === 0,
       () => (bridge = new LateBridge()),
       (renewed) => {
         back = true;
-        if (renewed === null) this.prepare(limits);
-        else this.adopt(limits, bridge!, renewed);
+        if (renewed === null) this.start(kind);
+        else this.adopt(kind, bridge!, renewed);
       },
     );
     // Until it is back (renewed, or ended): is its taker keeping it?
+    const { keptIdleMs, busyStartMs } = this.timing;
     const look = (): void => {
       if (back || this.closed || this.spares.has(key)) return;
       const now = performance.now();
       const idle = isolate.idleSince;
-      if (
-        (idle !== null && now - Math.max(idle, takenAt) >= KEPT_IDLE_MS) ||
-        now - takenAt >= BUSY_START_MS
-      ) {
-        this.prepare(limits);
+      if ((idle !== null && now - Math.max(idle, takenAt) >= keptIdleMs) || now - takenAt >= busyStartMs) {
+        this.start(kind);
         return;
       }
-      setTimeout(look, KEPT_IDLE_MS).unref();
+      setTimeout(look, keptIdleMs).unref();
     };
-    setTimeout(look, KEPT_IDLE_MS).unref();
+    setTimeout(look, keptIdleMs).unref();
     return isolate;
   }
 
-  /** A taken isolate came back renewed: the spare for its limits, unless one came first. */
-  private adopt(limits: IsolateLimits, bridge: LateBridge, renewed: Promise<I>): void {
-    const key = keyOf(limits);
+  /** A taken isolate came back renewed: the spare of its kind (preload evaluated), unless one came first. */
+  private adopt(kind: Kind, bridge: LateBridge, renewed: Promise<I>): void {
+    const key = keyOf(kind);
     renewed.catch(() => {});
     if (this.closed || this.spares.has(key)) {
       void renewed.then((i) => i.dispose()).catch(() => {});
       return;
     }
-    this.keep(key, { limits: { ...limits }, bridge, isolate: renewed, startedAt: performance.now() });
+    const isolate = loaded(renewed, kind.preload);
+    isolate.catch(() => {});
+    this.keep(key, { kind, bridge, isolate, startedAt: performance.now() });
   }
 
   /** Ends the holds of the large jobs that are over, and starts the spares they held back. */
@@ -276,10 +295,23 @@ export class WarmIsolates<I extends Disposable<I>> {
     this.reviewer = null;
     const wanted = [...this.wanted.values()];
     this.wanted.clear();
-    for (const limits of wanted) this.prepare(limits);
+    for (const kind of wanted) this.start(kind);
   }
 }
 
-function keyOf(limits: IsolateLimits): string {
-  return `${limits.memoryLimitMb}/${limits.timeoutMs}`;
+function keyOf(kind: Kind): string {
+  return `${kind.limits.memoryLimitMb}/${kind.limits.timeoutMs}/${kind.preload?.filename ?? ""}`;
+}
+
+/** The isolate once `preload` ran in it; one that failed to run it is disposed. */
+async function loaded<I extends Disposable<I>>(isolate: Promise<I>, preload: Preload | null): Promise<I> {
+  const i = await isolate;
+  if (preload === null) return i;
+  try {
+    await i.evalScript(preload.source, preload.filename);
+  } catch (err) {
+    await i.dispose().catch(() => {});
+    throw err;
+  }
+  return i;
 }
