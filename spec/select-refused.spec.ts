@@ -1,4 +1,6 @@
 import { expect } from "chai";
+import { UpstreamConnection } from "../src/upstream/connection.js";
+import { RespError } from "../src/resp/values.js";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { eventually } from "./support/polling.js";
 import { RawClient, ReplyError, type Reply, type Value } from "./support/raw-client.js";
@@ -141,5 +143,25 @@ describe("a SELECT the proxy puts in front, refused by a busy server", function 
     expect(await valueIn(9, "k")).to.equal("a-in-9");
     expect(await valueIn(9, "k2")).to.equal("a-in-9");
     expect(await valueIn(0, "kb")).to.equal("b-in-0");
+  });
+
+  it("on the connection itself: a command that names no database, sent once the SELECT was refused, is answered; the next one in db 9 selects again", async () => {
+    const conn = new UpstreamConnection({ host: redis.host, port: redis.port }, { connectTimeoutMs: 5000 });
+    try {
+      expect(await conn.call(["PING"])).to.equal("PONG");
+      const runner = await busyScript();
+      const refused = await conn.call(["SET", "k", "refused"], 9);
+      expect(refused).to.be.instanceOf(RespError);
+      expect((refused as RespError).message).to.match(BUSY);
+      await killScript(runner);
+
+      expect(await conn.call(["PING"])).to.equal("PONG");
+      expect(conn.closed).to.equal(false);
+      expect(await conn.call(["SET", "k", "in-9"], 9)).to.equal("OK");
+      expect(await valueIn(9, "k")).to.equal("in-9");
+      expect(await valueIn(0, "k")).to.equal(null);
+    } finally {
+      conn.close();
+    }
   });
 });

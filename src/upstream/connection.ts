@@ -93,6 +93,11 @@ export class UpstreamConnection {
    * one is answered: the commands sent behind it ran in the database it failed to leave.
    */
   private refusal: Buffer | null = null;
+  /**
+   * Replies still to come for commands sent behind the refused SELECT; Infinity when a later
+   * SELECT on its way ends them. Commands sent once it was refused chose their database anew.
+   */
+  private refusedLeft = 0;
   private readonly selectSink: ReplySink = { reply: (data) => this.selectAnswered(data), fail() {} };
   /** The server's CLIENT ID for this connection, once learnt (dedicated connections); else -1. */
   serverId = -1;
@@ -205,9 +210,14 @@ export class UpstreamConnection {
       return;
     }
     this.refusal = reply;
-    // The server stayed where it was; unless a later SELECT is on its way, the next command
-    // selects again.
-    if (this.selectsInFlight === 0) this.db = UNKNOWN_DB;
+    if (this.selectsInFlight > 0) {
+      this.refusedLeft = Infinity;
+      return;
+    }
+    // The server stayed where it was: the next command that names a database selects again.
+    this.db = UNKNOWN_DB;
+    this.refusedLeft = this.waiting.length;
+    if (this.refusedLeft === 0) this.refusal = null;
   }
 
   /** Sends a command without awaiting a reply slot (pub/sub commands on a subscribed connection). */
@@ -276,9 +286,12 @@ export class UpstreamConnection {
           if (this.sentAt !== null) this.roundTrip!((callbackNow() - this.sentAt.shift()!) / 1000);
           // Behind a refused SELECT an error (BUSY again, mostly) is passed on as it is; a
           // success ran in a database its sender did not mean.
-          if (this.refusal !== null && sink !== this.selectSink && !isError(reply)) {
-            this.distrust(sink);
-            return;
+          if (this.refusal !== null && sink !== this.selectSink) {
+            if (!isError(reply)) {
+              this.distrust(sink);
+              return;
+            }
+            if (--this.refusedLeft === 0) this.refusal = null;
           }
           sink.reply(reply);
         } else if (this.pushHandler !== null) this.pushHandler(reply);
@@ -312,13 +325,17 @@ export class UpstreamConnection {
           ? CONNECTION_LOST
           : `ERR upstream ${where} unavailable: ${reason}`;
     this.sentAt?.drain();
-    // Up to the next SELECT, commands are told why theirs was refused; after it, they ran
+    // Commands sent behind a refused SELECT are told why theirs was refused; the others ran
     // where they were meant to, and their outcome is unknown.
-    let text = this.refusal === null ? message : errorText(this.refusal);
-    refused?.fail(text);
+    const why = this.refusal === null ? message : errorText(this.refusal);
+    let left = this.refusal === null ? 0 : this.refusedLeft;
+    if (refused !== null) {
+      refused.fail(why);
+      left--;
+    }
     for (const sink of this.waiting.drain()) {
-      if (sink === this.selectSink) text = message;
-      sink.fail(text);
+      if (sink === this.selectSink) left = 0;
+      sink.fail(left-- > 0 ? why : message);
     }
     this.onClose?.(message);
     this.onBorrowerLost?.(message);
