@@ -25,6 +25,20 @@ export interface ConnectionOptions {
 
 export const CONNECTION_LOST = "ERR upstream connection lost";
 
+/** The connection's database is not known: a SELECT the proxy put in front was refused. */
+const UNKNOWN_DB = -1;
+
+/** An error reply (RESP2 or RESP3). */
+function isError(reply: Buffer): boolean {
+  return reply[0] === 45 /* - */ || reply[0] === 33; /* ! */
+}
+
+/** An error reply's text: "-BUSY ...\r\n" or "!<length>\r\nBUSY ...\r\n". */
+function errorText(reply: Buffer): string {
+  const start = reply[0] === 45 ? 1 : reply.indexOf(10) + 1;
+  return reply.toString("utf8", start, reply.length - 2);
+}
+
 /**
  * Commands the proxy adds on its own account are spelt in title case, which clients do not
  * send, so that a relayed MONITOR stream can leave them out (see isBookkeeping).
@@ -72,6 +86,19 @@ export class UpstreamConnection {
   private authFailure: string | null = null;
   /** The database the connection has selected, so shared connections can serve every DB. */
   private db = 0;
+  /** SELECTs the proxy put in front whose replies are still awaited. */
+  private selectsInFlight = 0;
+  /**
+   * The error a SELECT the proxy put in front got (BUSY while a script runs), until the next
+   * one is answered: the commands sent behind it ran in the database it failed to leave.
+   */
+  private refusal: Buffer | null = null;
+  /**
+   * Replies still to come for commands sent behind the refused SELECT; Infinity when a later
+   * SELECT on its way ends them. Commands sent once it was refused chose their database anew.
+   */
+  private refusedLeft = 0;
+  private readonly selectSink: ReplySink = { reply: (data) => this.selectAnswered(data), fail() {} };
   /** The server's CLIENT ID for this connection, once learnt (dedicated connections); else -1. */
   serverId = -1;
   /** Receives replies that no request waits for: pub/sub messages on a subscribed connection. */
@@ -164,12 +191,33 @@ export class UpstreamConnection {
     this.db = db;
   }
 
-  /** A SELECT ahead of the next command when it runs in another database (its reply is dropped). */
+  /**
+   * A SELECT ahead of the next command when it runs in another database. It is pipelined
+   * with the command, which is written before the server has accepted it.
+   */
   private useDb(db: number): void {
     if (db === this.db) return;
     this.out.push(selectCommand(db));
-    this.expectReply(DISCARD);
+    this.expectReply(this.selectSink);
+    this.selectsInFlight++;
     this.db = db;
+  }
+
+  private selectAnswered(reply: Buffer): void {
+    this.selectsInFlight--;
+    if (!isError(reply)) {
+      this.refusal = null;
+      return;
+    }
+    this.refusal = reply;
+    if (this.selectsInFlight > 0) {
+      this.refusedLeft = Infinity;
+      return;
+    }
+    // The server stayed where it was: the next command that names a database selects again.
+    this.db = UNKNOWN_DB;
+    this.refusedLeft = this.waiting.length;
+    if (this.refusedLeft === 0) this.refusal = null;
   }
 
   /** Sends a command without awaiting a reply slot (pub/sub commands on a subscribed connection). */
@@ -236,6 +284,15 @@ export class UpstreamConnection {
         const sink = this.waiting.shift();
         if (sink !== undefined) {
           if (this.sentAt !== null) this.roundTrip!((callbackNow() - this.sentAt.shift()!) / 1000);
+          // Behind a refused SELECT an error (BUSY again, mostly) is passed on as it is; a
+          // success ran in a database its sender did not mean.
+          if (this.refusal !== null && sink !== this.selectSink) {
+            if (!isError(reply)) {
+              this.distrust(sink);
+              return;
+            }
+            if (--this.refusedLeft === 0) this.refusal = null;
+          }
           sink.reply(reply);
         } else if (this.pushHandler !== null) this.pushHandler(reply);
       }
@@ -244,7 +301,19 @@ export class UpstreamConnection {
     }
   }
 
-  private lose(reason: string): void {
+  /**
+   * A command behind a refused SELECT succeeded, in the wrong database: its sender is told
+   * the SELECT's error, not the success, and the connection is closed, for what the command
+   * left on it (MULTI, WATCH) is not what its sender believes.
+   */
+  private distrust(sink: ReplySink): void {
+    this.closedByProxyFlag = true;
+    this.socket.destroy();
+    this.lose("closed by the proxy", sink);
+  }
+
+  /** `refused`: a command that ran behind a refused SELECT, failed first (see distrust). */
+  private lose(reason: string, refused: ReplySink | null = null): void {
     if (this.closedFlag) return;
     this.closedFlag = true;
     this.out.discard();
@@ -256,7 +325,18 @@ export class UpstreamConnection {
           ? CONNECTION_LOST
           : `ERR upstream ${where} unavailable: ${reason}`;
     this.sentAt?.drain();
-    for (const sink of this.waiting.drain()) sink.fail(message);
+    // Commands sent behind a refused SELECT are told why theirs was refused; the others ran
+    // where they were meant to, and their outcome is unknown.
+    const why = this.refusal === null ? message : errorText(this.refusal);
+    let left = this.refusal === null ? 0 : this.refusedLeft;
+    if (refused !== null) {
+      refused.fail(why);
+      left--;
+    }
+    for (const sink of this.waiting.drain()) {
+      if (sink === this.selectSink) left = 0;
+      sink.fail(left-- > 0 ? why : message);
+    }
     this.onClose?.(message);
     this.onBorrowerLost?.(message);
   }
