@@ -129,6 +129,34 @@ describe("a SELECT the proxy puts in front, refused by a busy server", function 
     expect(await valueIn(0, "kb")).to.equal("b-in-0");
   });
 
+  it("on the connection itself: what a busy server still runs in any database (FUNCTION STATS, FUNCTION KILL) is answered behind a refused SELECT", async () => {
+    const loader = await through(redis.port);
+    const library = "#!lua name=spinner\nredis.register_function('spin', function() while true do end end)";
+    expect(String(await loader.call("FUNCTION", "LOAD", library))).to.equal("spinner");
+    const conn = new UpstreamConnection({ host: redis.host, port: redis.port }, { connectTimeoutMs: 5000 });
+    try {
+      expect(await conn.call(["PING"])).to.equal("PONG");
+      const runner = await through(redis.port);
+      runner.send("FCALL", "spin", "0");
+      await eventually(
+        () => loader.call("PING"),
+        (r) => r instanceof ReplyError && BUSY.test(r.message),
+        "the server answers BUSY",
+      );
+      // As Redis's own suite does from db 9 (unit/functions "test function kill"): the SELECT
+      // 9 in front is refused, FUNCTION STATS and FUNCTION KILL are not, and run the same in any db.
+      const stats = await conn.call(["FUNCTION", "STATS"], 9);
+      expect(Array.isArray(stats), String(stats)).to.equal(true);
+      expect(await conn.call(["FUNCTION", "KILL"], 9)).to.equal("OK");
+      expect(errorText(await runner.next())).to.match(/killed by user/i);
+      expect(conn.closed).to.equal(false);
+      expect(await conn.call(["SET", "after-kill", "9"], 9)).to.equal("OK");
+      expect(await valueIn(9, "after-kill")).to.equal("9");
+    } finally {
+      conn.close();
+    }
+  });
+
   it("a SELECT of a database the server does not have is answered as Redis answers it; the others' commands go on", async () => {
     const a = await through(proxy.port);
     const b = await through(proxy.port);

@@ -28,6 +28,45 @@ export const CONNECTION_LOST = "ERR upstream connection lost";
 /** The connection's database is not known: a SELECT the proxy put in front was refused. */
 const UNKNOWN_DB = -1;
 
+/**
+ * Commands whose outcome does not depend on the selected database. Several of them are what
+ * a busy server still runs (FUNCTION KILL and STATS, SCRIPT KILL, SHUTDOWN...): behind a
+ * SELECT it refused, their success is theirs, not a command run in the wrong database.
+ */
+const ANY_DB = new Set([
+  "function",
+  "script",
+  "ping",
+  "echo",
+  "client",
+  "hello",
+  "auth",
+  "info",
+  "config",
+  "shutdown",
+  "quit",
+  "discard",
+  "unwatch",
+  "time",
+  "command",
+  "latency",
+  "slowlog",
+  "acl",
+  "role",
+  "lastsave",
+]);
+
+/** Whether an encoded command (`*<n>\r\n$<len>\r\n<name>...`) is one of ANY_DB. */
+function runsInAnyDb(payload: Buffer): boolean {
+  const head = payload.indexOf(10);
+  if (head < 0 || payload[head + 1] !== 36 /* $ */) return false;
+  const lenEnd = payload.indexOf(13, head + 2);
+  const start = lenEnd + 2;
+  const len = Number(payload.toString("latin1", head + 2, lenEnd));
+  if (!(len > 0 && len <= 16) || start + len > payload.length) return false;
+  return ANY_DB.has(payload.toString("latin1", start, start + len).toLowerCase());
+}
+
 /** An error reply (RESP2 or RESP3). */
 function isError(reply: Buffer): boolean {
   return reply[0] === 45 /* - */ || reply[0] === 33; /* ! */
@@ -99,6 +138,11 @@ export class UpstreamConnection {
    */
   private refusedLeft = 0;
   private readonly selectSink: ReplySink = { reply: (data) => this.selectAnswered(data), fail() {} };
+  /**
+   * Commands sent while a SELECT the proxy put in front was unanswered or refused that run
+   * the same in any database (ANY_DB): their success passes.
+   */
+  private readonly anyDb = new WeakSet<ReplySink>();
   /** The server's CLIENT ID for this connection, once learnt (dedicated connections); else -1. */
   serverId = -1;
   /** Receives replies that no request waits for: pub/sub messages on a subscribed connection. */
@@ -154,6 +198,8 @@ export class UpstreamConnection {
       return;
     }
     this.useDb(db);
+    // Read only while a SELECT is in doubt, so that ordinary traffic pays nothing for it.
+    if ((this.selectsInFlight > 0 || this.refusal !== null) && runsInAnyDb(payload)) this.anyDb.add(sink);
     this.out.push(payload);
     this.expectReply(sink);
   }
@@ -287,7 +333,7 @@ export class UpstreamConnection {
           // Behind a refused SELECT an error (BUSY again, mostly) is passed on as it is; a
           // success ran in a database its sender did not mean.
           if (this.refusal !== null && sink !== this.selectSink) {
-            if (!isError(reply)) {
+            if (!isError(reply) && !this.anyDb.has(sink)) {
               this.distrust(sink);
               return;
             }
