@@ -40,6 +40,7 @@ import {
   type Child,
   type Proxy,
   cpuSeconds,
+  median,
 } from "./support.js";
 
 // ---- options -----------------------------------------------------------------------------
@@ -964,13 +965,6 @@ async function benchSetup(
 }
 
 // ---- report --------------------------------------------------------------------------------
-
-function median(xs: number[]): number {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
 
 const ms2 = (x: number): string => (Number.isNaN(x) ? "n/a" : `${x.toFixed(2)} ms`);
 const ratio = (x: number): string => (Number.isNaN(x) ? "n/a" : `${x.toFixed(2)}x`);

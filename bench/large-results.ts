@@ -22,7 +22,6 @@ import { startRedis, type RedisNode } from "../spec/harness/redis.js";
 import { sendCommand } from "../spec/harness/resp.js";
 import {
   HOST,
-  children,
   machineLines,
   mb,
   runBench,
@@ -33,6 +32,8 @@ import {
   statusKb,
   stopChild,
   table,
+  median,
+  stopChildren,
 } from "./support.js";
 
 const HELP = `Usage: node dist/bench/large-results.js [options]
@@ -258,15 +259,6 @@ async function measure(
   return { rows, firstRatio, smaps, failed };
 }
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0
-    ? NaN
-    : s.length % 2 === 1
-      ? s[(s.length - 1) / 2]
-      : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
@@ -390,7 +382,7 @@ async function main(): Promise<number> {
 let redis: RedisNode | undefined;
 
 async function cleanup(): Promise<void> {
-  for (const child of [...children]) await stopChild(child, 2000);
+  await stopChildren(2000);
   await redis?.stop();
 }
 

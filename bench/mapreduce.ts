@@ -33,6 +33,7 @@ import {
   table,
   type Proxy,
   cpuSeconds,
+  median,
 } from "./support.js";
 
 // ---- options -----------------------------------------------------------------------------
@@ -291,12 +292,6 @@ function difference(expected: Counts, got: Counts): string | undefined {
 }
 
 // ---- report helpers ------------------------------------------------------------------------
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
 
 /** The hottest functions of a .cpuprofile by self time, and by inclusive time for the proxy's code. */
 function summarizeProfile(file: string, top = 20): string {

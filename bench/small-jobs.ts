@@ -13,7 +13,6 @@ import { Redis } from "ioredis";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
 import {
   HOST,
-  children,
   cpuSeconds,
   machineLines,
   runBench,
@@ -22,6 +21,8 @@ import {
   startGears,
   stopChild,
   table,
+  median,
+  stopChildren,
 } from "./support.js";
 
 const HELP = `Usage: node dist/bench/small-jobs.js [options]
@@ -82,12 +83,6 @@ async function measure(
     client.disconnect();
     await stopChild(proxy.child, 2000);
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 async function main(): Promise<number> {
@@ -160,7 +155,7 @@ async function main(): Promise<number> {
 let redis: RedisNode | undefined;
 
 async function cleanup(): Promise<void> {
-  for (const child of [...children]) await stopChild(child, 2000);
+  await stopChildren(2000);
   await redis?.stop();
 }
 

@@ -303,6 +303,14 @@ export function which(cmd: string): boolean {
   }
 }
 
+/** The median of the figures that are numbers (NaN when none is). */
+export function median(xs: number[]): number {
+  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
 // ---- running -------------------------------------------------------------------------------
 
 export function say(text: string): void {

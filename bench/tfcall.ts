@@ -19,6 +19,7 @@ import {
   startGears,
   table,
   type Proxy,
+  median,
 } from "./support.js";
 
 const { values } = parseArgs({
@@ -160,11 +161,6 @@ async function main(): Promise<number> {
   }
   if (rows.length > 1) {
     // Each column's median (of the rounds' own figures, so the ratios are not recomputed).
-    const median = (values: number[]): number => {
-      const sorted = [...values].sort((x, y) => x - y);
-      const mid = Math.floor(sorted.length / 2);
-      return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-    };
     const digits = rows[0].map((cell) => (cell.includes(".") ? 2 : 0));
     rows.push([
       "median",
