@@ -1,6 +1,6 @@
 import { expect } from "chai";
-import { encodeCommand } from "../src/resp/encode.js";
-import { encodeMany, executeMany } from "../src/gears/read-ahead.js";
+import { encodeCommand, encodeMany } from "../src/resp/encode.js";
+import { executeMany } from "../src/gears/read-ahead.js";
 import type { Partitions } from "../src/gears/partitions.js";
 import type { ShardAccess } from "../src/gears/readers.js";
 import { keySlot } from "../src/routing/key-slot.js";

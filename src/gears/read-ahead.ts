@@ -5,7 +5,7 @@
  * and answers the step's later calls from those replies (src/gears/guest/gears/engine.ts,
  * `readAheadRound`). One pipelined round trip per batch instead of one per record.
  */
-import { decimalLength, encodeCommand } from "../resp/encode.js";
+import { encodeCommand, encodeMany } from "../resp/encode.js";
 import { replyOutcomeJson } from "../resp/json-text.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
 import { RawJson, type JsonValue } from "../sandbox/types.js";
@@ -182,25 +182,4 @@ function redirected(reply: Buffer): boolean {
       reply.subarray(0, ASK.length).equals(ASK) ||
       reply.subarray(0, TRYAGAIN.length).equals(TRYAGAIN))
   );
-}
-
-/** Commands of bulk strings, encoded back to back into one buffer. */
-export function encodeMany(argvs: readonly (readonly Buffer[])[]): Buffer {
-  let size = 0;
-  for (const argv of argvs) {
-    size += 1 + decimalLength(argv.length) + 2;
-    for (const b of argv) size += 1 + decimalLength(b.length) + 2 + b.length + 2;
-  }
-  const out = Buffer.allocUnsafe(size);
-  let at = 0;
-  for (const argv of argvs) {
-    at += out.write(`*${argv.length}\r\n`, at, "latin1");
-    for (const b of argv) {
-      at += out.write(`$${b.length}\r\n`, at, "latin1");
-      at += b.copy(out, at);
-      out[at++] = 13;
-      out[at++] = 10;
-    }
-  }
-  return out;
 }

@@ -18,22 +18,42 @@ const CRLF = "\r\n";
 /** Encodes a command as a RESP array of bulk strings, sized first and written into one buffer. */
 export function encodeCommand(argv: readonly Arg[]): Buffer {
   const args: Buffer[] = new Array<Buffer>(argv.length);
-  let size = 1 + decimalLength(argv.length) + 2;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    const b = Buffer.isBuffer(a) ? a : Buffer.from(String(a));
-    args[i] = b;
-    size += 1 + decimalLength(b.length) + 2 + b.length + 2;
+    args[i] = Buffer.isBuffer(a) ? a : Buffer.from(String(a));
   }
+  const out = Buffer.allocUnsafe(commandSize(args));
+  writeCommand(out, 0, args);
+  return out;
+}
+
+/** Commands of bulk strings, encoded back to back into one buffer (a pipeline in one write). */
+export function encodeMany(argvs: readonly (readonly Buffer[])[]): Buffer {
+  let size = 0;
+  for (const argv of argvs) size += commandSize(argv);
   const out = Buffer.allocUnsafe(size);
-  let at = out.write(`*${argv.length}\r\n`, 0, "latin1");
+  let at = 0;
+  for (const argv of argvs) at = writeCommand(out, at, argv);
+  return out;
+}
+
+/** The bytes of `args` as one RESP array of bulk strings. */
+function commandSize(args: readonly Buffer[]): number {
+  let size = 1 + decimalLength(args.length) + 2;
+  for (const b of args) size += 1 + decimalLength(b.length) + 2 + b.length + 2;
+  return size;
+}
+
+/** Writes `args` as one RESP array of bulk strings into `out` at `at`; where it ends. */
+function writeCommand(out: Buffer, at: number, args: readonly Buffer[]): number {
+  at += out.write(`*${args.length}\r\n`, at, "latin1");
   for (const b of args) {
     at += out.write(`$${b.length}\r\n`, at, "latin1");
     at += b.copy(out, at);
     out[at++] = 13;
     out[at++] = 10;
   }
-  return out;
+  return at;
 }
 
 /** How many decimal digits a non-negative integer has (RESP length headers). */
