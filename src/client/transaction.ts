@@ -1,4 +1,4 @@
-import { decodeReply } from "../resp/decode.js";
+import { decodeReply, isErrorReply } from "../resp/decode.js";
 import { encodeCommand, encodeError, encodeValue, NULL_ARRAY, OK, RESP3_NULL } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
@@ -107,7 +107,7 @@ export class Transaction {
     this.clearQueue();
     const multi = ++this.multis;
     slot.onReply = (data) => {
-      if (isError(data) && multi === this.multis && this.inMulti) this.multiRefused();
+      if (isErrorReply(data) && multi === this.multis && this.inMulti) this.multiRefused();
     };
     const payload = request.raw ?? encodeCommand(request.argv);
     this.replay = this.host.ctx.router.topology.mode === "cluster" ? [payload] : [];
@@ -289,7 +289,7 @@ export class Transaction {
       this.finish(false);
       if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
       // As Redis answers an EXEC whose watched key changed; an error (connection lost) as it is.
-      if (unwatched && !isError(data)) return proto === 3 ? RESP3_NULL : NULL_ARRAY;
+      if (unwatched && !isErrorReply(data)) return proto === 3 ? RESP3_NULL : NULL_ARRAY;
       return data;
     };
     // Reset as EXEC leaves, not when it is answered: a command it unblocks (BLPOP) may be
@@ -434,11 +434,6 @@ export class Transaction {
     if (lost) conn.destroy();
     else conn.release();
   }
-}
-
-/** An error reply (RESP2 or RESP3). */
-function isError(reply: Buffer): boolean {
-  return reply[0] === 45 /* - */ || reply[0] === 33; /* ! */
 }
 
 /**

@@ -1,6 +1,11 @@
 import { findCrlf, parseIntAscii } from "./byte-queue.js";
 import { RespError, type RespValue } from "./values.js";
 
+/** Whether one whole reply, as raw bytes, is an error (RESP2 `-` or RESP3 `!`). */
+export function isErrorReply(reply: Buffer): boolean {
+  return reply[0] === 45 /* - */ || reply[0] === 33; /* ! */
+}
+
 /** Decodes one complete reply (as cut by ReplyScanner). Bulk strings are zero-copy views. */
 export function decodeReply(buf: Buffer): RespValue {
   const out = decodeAt(buf, 0);

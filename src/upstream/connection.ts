@@ -5,6 +5,7 @@ import type { HostPort } from "../config.js";
 import { Fifo } from "../io/fifo.js";
 import { OutputBuffer } from "../io/output-buffer.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
+import { isErrorReply } from "../resp/decode.js";
 import { ReplyScanner } from "../resp/reply-scanner.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import { DISCARD, PromiseSink, type ReplySink } from "./reply-sink.js";
@@ -65,11 +66,6 @@ function runsInAnyDb(payload: Buffer): boolean {
   const len = Number(payload.toString("latin1", head + 2, lenEnd));
   if (!(len > 0 && len <= 16) || start + len > payload.length) return false;
   return ANY_DB.has(payload.toString("latin1", start, start + len).toLowerCase());
-}
-
-/** An error reply (RESP2 or RESP3). */
-function isError(reply: Buffer): boolean {
-  return reply[0] === 45 /* - */ || reply[0] === 33; /* ! */
 }
 
 /** An error reply's text: "-BUSY ...\r\n" or "!<length>\r\nBUSY ...\r\n". */
@@ -251,7 +247,7 @@ export class UpstreamConnection {
 
   private selectAnswered(reply: Buffer): void {
     this.selectsInFlight--;
-    if (!isError(reply)) {
+    if (!isErrorReply(reply)) {
       this.refusal = null;
       return;
     }
@@ -333,7 +329,7 @@ export class UpstreamConnection {
           // Behind a refused SELECT an error (BUSY again, mostly) is passed on as it is; a
           // success ran in a database its sender did not mean.
           if (this.refusal !== null && sink !== this.selectSink) {
-            if (!isError(reply) && !this.anyDb.has(sink)) {
+            if (!isErrorReply(reply) && !this.anyDb.has(sink)) {
               this.distrust(sink);
               return;
             }
