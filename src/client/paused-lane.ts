@@ -1,5 +1,6 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
+import { dbFor } from "../routing/command-kinds.js";
 import type { Lease } from "../routing/lease.js";
 import { borrow, type LaneHost } from "./lane.js";
 
@@ -46,7 +47,7 @@ export class PausedLane {
       this.lease = borrow(host, name, request.argv);
       if (this.lease === null) return;
     }
-    this.lease.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), host.db);
+    this.lease.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), dbFor(name, host.db));
   }
 
   /** The client left the lane with every reply in: the connection goes back. */

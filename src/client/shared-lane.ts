@@ -1,5 +1,6 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
+import { dbFor } from "../routing/command-kinds.js";
 import type { Lease } from "../routing/lease.js";
 import type { Holds } from "./holds.js";
 import type { LaneHost } from "./lane.js";
@@ -48,7 +49,7 @@ export class SharedLane {
           conn,
           request,
           router.tap === null ? slot : router.tap(name, request.argv, slot, db),
-          db,
+          dbFor(name, db),
         );
         return;
       }

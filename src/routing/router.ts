@@ -13,6 +13,7 @@ import { isSplittable, split, SPLIT_DONE } from "./split.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, sendControl } from "./control.js";
+import { dbFor } from "./command-kinds.js";
 import { readKeys, writtenKeys } from "./tracked-keys.js";
 
 /**
@@ -84,7 +85,8 @@ export class Router implements ClusterSender {
         ctx.db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
       if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity, proto);
       if (ctx.db === 0 && name === "scan") sink = scanPageWithoutProxyKeys(sink, proto);
-      this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db, proto);
+      const node = this.topology.nodeForSlot(0);
+      node.send(ctx.affinity, raw ?? encodeCommand(argv), sink, dbFor(name, ctx.db), proto);
       return;
     }
     if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
