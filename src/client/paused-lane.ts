@@ -21,9 +21,9 @@ export class PausedLane {
   constructor(private readonly host: PausedHost) {}
 
   /** Whether the servers are paused; control commands and key listings still take the router. */
-  takes(name: string, argv: readonly Buffer[]): boolean {
+  takes(name: string, request: Request): boolean {
     const ctx = this.host.ctx;
-    return ctx.leases.pause.active && !ctx.router.needsRouting(name, argv, this.host.db);
+    return ctx.leases.pause.active && !ctx.router.needsRouting(name, request, this.host.db);
   }
 
   send(name: string, request: Request): void {

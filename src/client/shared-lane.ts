@@ -41,7 +41,7 @@ export class SharedLane {
     const router = ctx.router;
     const db = host.db;
     // Control commands and key listings take the router's path, never a run.
-    if (inRun && request.end > request.start && !router.needsRouting(name, request.argv, db)) {
+    if (inRun && request.end > request.start && !router.needsRouting(name, request, db)) {
       const conn = router.sharedConnection(host.id, host.proto);
       if (conn !== null) {
         // The write journal (router.tap) sees the writes of a run as well as the router's.

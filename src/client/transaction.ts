@@ -90,9 +90,9 @@ export class Transaction {
   }
 
   /** Whether a command outside MULTI belongs on the pinned connection (same node's slot). */
-  owns(name: string, argv: readonly Buffer[]): boolean {
+  owns(name: string, request: Request): boolean {
     if (this.conn === null) return this.watchLost && name === "unwatch";
-    const slot = this.slotOf(name, argv);
+    const slot = this.slotOf(name, request.argv);
     return slot === NO_KEYS || slot === this.slot || this.slot === NO_KEYS;
   }
 

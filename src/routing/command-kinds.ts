@@ -19,6 +19,15 @@ const BLOCKING = new Set([
   "waitaof",
 ]);
 
+/**
+ * isBlocking for a client's request, whose arguments are split only for the names that need
+ * them (XREAD, XREADGROUP): a forwarded GET builds no argument views.
+ */
+export function isBlockingRequest(name: string, request: { readonly argv: readonly Buffer[] }): boolean {
+  if (BLOCKING.has(name)) return true;
+  return (name === "xread" || name === "xreadgroup") && isBlocking(name, request.argv);
+}
+
 export function isBlocking(name: string, argv: readonly Buffer[]): boolean {
   if (BLOCKING.has(name)) return true;
   if (name === "xread" || name === "xreadgroup") {
