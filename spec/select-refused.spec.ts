@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { UpstreamConnection } from "../src/upstream/connection.js";
+import { ANY_DB, UpstreamConnection } from "../src/upstream/connection.js";
 import { RespError } from "../src/resp/values.js";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { eventually } from "./support/polling.js";
@@ -129,7 +129,7 @@ describe("a SELECT the proxy puts in front, refused by a busy server", function 
     expect(await valueIn(0, "kb")).to.equal("b-in-0");
   });
 
-  it("on the connection itself: what a busy server still runs in any database (FUNCTION STATS, FUNCTION KILL) is answered behind a refused SELECT", async () => {
+  it("on the connection itself: what a busy server still runs in any database (FUNCTION STATS, FUNCTION KILL), sent in ANY_DB, is answered behind a refused SELECT", async () => {
     const loader = await through(redis.port);
     const library = "#!lua name=spinner\nredis.register_function('spin', function() while true do end end)";
     expect(String(await loader.call("FUNCTION", "LOAD", library))).to.equal("spinner");
@@ -144,10 +144,15 @@ describe("a SELECT the proxy puts in front, refused by a busy server", function 
         "the server answers BUSY",
       );
       // As Redis's own suite does from db 9 (unit/functions "test function kill"): the SELECT
-      // 9 in front is refused, FUNCTION STATS and FUNCTION KILL are not, and run the same in any db.
-      const stats = await conn.call(["FUNCTION", "STATS"], 9);
-      expect(Array.isArray(stats), String(stats)).to.equal(true);
-      expect(await conn.call(["FUNCTION", "KILL"], 9)).to.equal("OK");
+      // 9 in front of the GET is refused, FUNCTION STATS and FUNCTION KILL pipelined behind it
+      // are not, and run the same in any db (the router sends them in ANY_DB).
+      const refused = conn.call(["GET", "k"], 9);
+      const stats = conn.call(["FUNCTION", "STATS"], ANY_DB);
+      const killed = conn.call(["FUNCTION", "KILL"], ANY_DB);
+      expect(await refused).to.be.instanceOf(RespError);
+      expect(((await refused) as RespError).message).to.match(BUSY);
+      expect(Array.isArray(await stats), String(await stats)).to.equal(true);
+      expect(await killed).to.equal("OK");
       expect(errorText(await runner.next())).to.match(/killed by user/i);
       expect(conn.closed).to.equal(false);
       expect(await conn.call(["SET", "after-kill", "9"], 9)).to.equal("OK");
@@ -155,6 +160,50 @@ describe("a SELECT the proxy puts in front, refused by a busy server", function 
     } finally {
       conn.close();
     }
+  });
+
+  it("through the proxy: a client in db 9 gets FUNCTION STATS answered while a function keeps the server busy", async () => {
+    const loader = await through(redis.port);
+    const library = "#!lua name=spinner\nredis.register_function('spin', function() while true do end end)";
+    expect(String(await loader.call("FUNCTION", "LOAD", library))).to.equal("spinner");
+    const a = await through(proxy.port);
+    const zero = await through(proxy.port);
+    expect(await a.call("SELECT", "9")).to.equal("OK");
+    // The shared connection goes back to db 0.
+    expect(await zero.call("GET", "x")).to.equal(null);
+    const runner = await through(redis.port);
+    runner.send("FCALL", "spin", "0");
+    await eventually(
+      () => loader.call("PING"),
+      (r) => r instanceof ReplyError && BUSY.test(r.message),
+      "the server answers BUSY",
+    );
+    const stats = await a.call("FUNCTION", "STATS");
+    expect(Array.isArray(stats), String(stats)).to.equal(true);
+    expect(await a.call("FUNCTION", "KILL")).to.equal("OK");
+    expect(errorText(await runner.next())).to.match(/killed by user/i);
+    expect(await a.call("SET", "k", "a-in-9")).to.equal("OK");
+    expect(await valueIn(9, "k")).to.equal("a-in-9");
+    expect(await valueIn(0, "k")).to.equal(null);
+  });
+
+  it("a command that runs the same in any database takes no SELECT in front of it", async () => {
+    const a = await through(proxy.port);
+    const zero = await through(proxy.port);
+    expect(await a.call("SELECT", "9")).to.equal("OK");
+    // The shared connection goes back to db 0.
+    expect(await zero.call("GET", "x")).to.equal(null);
+    const direct = await through(redis.port);
+    expect(await direct.call("CONFIG", "RESETSTAT")).to.equal("OK");
+    const time = await a.call("TIME");
+    expect(Array.isArray(time), String(time)).to.equal(true);
+    expect(Array.isArray(await a.call("CONFIG", "GET", "maxmemory"))).to.equal(true);
+    const stats = String(await direct.text("INFO", "commandstats"));
+    expect(stats).to.match(/cmdstat_time:calls=1,/);
+    expect(stats).to.not.match(/cmdstat_select:/);
+    // The next command that depends on the database selects it.
+    expect(await a.call("SET", "k", "a-in-9")).to.equal("OK");
+    expect(await valueIn(9, "k")).to.equal("a-in-9");
   });
 
   it("a SELECT of a database the server does not have is answered as Redis answers it; the others' commands go on", async () => {

@@ -1,6 +1,7 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { noPermission, type AclUser } from "../acl/access-control.js";
+import { dbFor } from "../routing/command-kinds.js";
 import { NO_KEYS } from "../routing/router.js";
 import type { ClientLogin } from "./command-host.js";
 import type { Holds } from "./holds.js";
@@ -129,7 +130,7 @@ export class ClientUser implements ClientLogin {
     if (typeof target === "string") return host.replyError(target);
     const conn = identity.connection(target.id, host.proto);
     if (conn !== null) {
-      conn.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), host.db);
+      conn.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), dbFor(name, host.db));
       return;
     }
     host.flushRuns();

@@ -53,7 +53,13 @@ const SPECIAL = new Set([
   "config",
 ]);
 
-/** Whether `name` needs the dispatcher's full path (argv: the whole command, name included). */
-export function isSpecial(name: string, argv: readonly Buffer[]): boolean {
-  return SPECIAL.has(name) || isGearsCommand(name, argv);
+const NO_ARGS: readonly Buffer[] = [];
+
+/**
+ * Whether `name` needs the dispatcher's full path. By the name alone: the one gears command
+ * whose arguments tell (CONFIG, for T&F's settings) is in SPECIAL, so a forwarded command
+ * builds no argument views here.
+ */
+export function isSpecial(name: string): boolean {
+  return SPECIAL.has(name) || isGearsCommand(name, NO_ARGS);
 }

@@ -1,5 +1,5 @@
 import type { Request } from "../resp/request-parser.js";
-import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlocking } from "../routing/command-kinds.js";
+import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlockingRequest } from "../routing/command-kinds.js";
 import { isGearsCommand } from "../gears/commands.js";
 import type { BlockingCall } from "./blocking.js";
 import type { ClientUser } from "./client-user.js";
@@ -56,12 +56,7 @@ export class Dispatcher {
     if (ctx.tracking.watching)
       ctx.tracking.beforeCommand(host.id, host.tracking, name, request.argv, txn.inMulti);
     host.replies.begin(request);
-    if (
-      user.authenticated &&
-      (pubsub.count === 0 || host.proto === 3) &&
-      !txn.inMulti &&
-      !isSpecial(name, request.argv)
-    ) {
+    if (user.authenticated && (pubsub.count === 0 || host.proto === 3) && !txn.inMulti && !isSpecial(name)) {
       // What the chain below comes to for an ordinary command, without its lookups; a user
       // of the proxy's ACL keeps it (a set lookup first), a server user takes the chain.
       if (user.plain) return this.ordinary(name, request);
@@ -99,7 +94,7 @@ export class Dispatcher {
     const local = LOCAL_COMMANDS.get(name);
     if (local !== undefined) return local(host, request);
     if (isGearsCommand(name, argv.slice(1))) gears.run(name, request);
-    else if (gears.hooks(name, argv)) gears.runHook(name, argv);
+    else if (gears.hooks(name, request)) gears.runHook(name, argv);
     else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);
     else if (SUBSCRIBE_FAMILY.has(name)) pubsub.route(name, request);
     else if (name === "multi") txn.multi(request);
@@ -109,19 +104,21 @@ export class Dispatcher {
 
   /** An ordinary command from an authenticated client outside MULTI and pub/sub. */
   private ordinary(name: string, request: Request): void {
-    if (this.lanes.gears.hooks(name, request.argv)) {
+    if (this.lanes.gears.hooks(name, request)) {
       this.lanes.shared.flush();
       this.lanes.gears.runHook(name, request.argv);
     } else this.dedicatedOrShared(name, request, true);
   }
 
-  /** A command Redis runs: on the transaction's, a blocking, a script's, a paused or the shared connection. */
+  /**
+   * A command Redis runs: on the transaction's, a blocking, a script's, a paused or the shared
+   * connection. Each test looks at the name before the arguments (the hot path splits none).
+   */
   private dedicatedOrShared(name: string, request: Request, flush: boolean): void {
     const { txn, blocking, scripts, paused, shared } = this.lanes;
-    const argv = request.argv;
-    const lane = txn.owns(name, argv)
+    const lane = txn.owns(name, request)
       ? txn
-      : isBlocking(name, argv)
+      : isBlockingRequest(name, request)
         ? blocking
         : scripts.takes(name)
           ? scripts
@@ -129,7 +126,7 @@ export class Dispatcher {
     if (lane !== null) {
       if (flush) shared.flush();
       lane.send(name, request);
-    } else if (paused.takes(name, argv)) paused.send(name, request);
+    } else if (paused.takes(name, request)) paused.send(name, request);
     else if (this.host.enterLane("shared", request)) this.host.forward(name, request);
   }
 

@@ -40,8 +40,12 @@ export class GearsBranch {
   }
 
   /** Whether a registration hooks this command (CommandHook). */
-  hooks(name: string, argv: readonly Buffer[]): boolean {
-    return this.host.ctx.gears.hookFor(name, argv);
+  hooks(name: string, request: Request): boolean {
+    const gears = this.host.ctx.gears;
+    // Without hooks or watched commands nothing is hooked: the arguments are not split for it.
+    const registry = gears.registry;
+    if (!registry.hasHooks && registry.commandsWatched.size === 0) return false;
+    return gears.hookFor(name, request.argv);
   }
 
   /** A hooked command: the hook's reply, the client's next commands waiting for it. */

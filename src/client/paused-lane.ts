@@ -1,5 +1,6 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
+import { dbFor } from "../routing/command-kinds.js";
 import type { Lease } from "../routing/lease.js";
 import { borrow, type LaneHost } from "./lane.js";
 
@@ -20,9 +21,9 @@ export class PausedLane {
   constructor(private readonly host: PausedHost) {}
 
   /** Whether the servers are paused; control commands and key listings still take the router. */
-  takes(name: string, argv: readonly Buffer[]): boolean {
+  takes(name: string, request: Request): boolean {
     const ctx = this.host.ctx;
-    return ctx.leases.pause.active && !ctx.router.needsRouting(name, argv, this.host.db);
+    return ctx.leases.pause.active && !ctx.router.needsRouting(name, request, this.host.db);
   }
 
   send(name: string, request: Request): void {
@@ -46,7 +47,7 @@ export class PausedLane {
       this.lease = borrow(host, name, request.argv);
       if (this.lease === null) return;
     }
-    this.lease.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), host.db);
+    this.lease.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), dbFor(name, host.db));
   }
 
   /** The client left the lane with every reply in: the connection goes back. */

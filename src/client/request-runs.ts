@@ -16,7 +16,9 @@ export class RequestRuns {
   private start = 0;
   private end = 0;
   private db = 0;
-  private readonly sinks: ReplySink[] = [];
+  /** The run's first sink; the others, if any, in `more` (at P=1 a run is one request: no array). */
+  private first: ReplySink | null = null;
+  private more: ReplySink[] | null = null;
 
   /** Adds `request`, answered into `sink`, to the run for `conn` in database `db`. */
   add(conn: Pipe, request: Request, sink: ReplySink, db: number): void {
@@ -28,7 +30,8 @@ export class RequestRuns {
       this.db = db;
     }
     this.end = request.end;
-    this.sinks.push(sink);
+    if (this.first === null) this.first = sink;
+    else (this.more ??= [this.first]).push(sink);
   }
 
   /** Sends the pending run. */
@@ -36,15 +39,16 @@ export class RequestRuns {
     const conn = this.conn;
     if (conn === null) return;
     this.conn = null;
-    const sinks = this.sinks;
     const payload = this.buf.subarray(this.start, this.end);
     this.buf = EMPTY;
-    if (sinks.length === 1) {
-      const sink = sinks[0];
-      sinks.length = 0;
-      conn.send(payload, sink, this.db);
+    const more = this.more;
+    const first = this.first!;
+    this.first = null;
+    if (more === null) {
+      conn.send(payload, first, this.db);
       return;
     }
-    conn.sendMany(payload, sinks.splice(0, sinks.length), this.db);
+    this.more = null;
+    conn.sendMany(payload, more, this.db);
   }
 }

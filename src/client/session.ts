@@ -200,7 +200,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
   /** An ordinary command: the shared pipelined connection of the node that owns its keys. */
   forward(name: string, request: Request): void {
     if (this.user.onServer) return this.user.sendAsServerUser(name, request);
-    if (this.paused.takes(name, request.argv)) return this.paused.send(name, request);
+    if (this.paused.takes(name, request)) return this.paused.send(name, request);
     this.shared.send(name, request, this.processing);
   }
 

@@ -1,5 +1,6 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
+import { dbFor } from "../routing/command-kinds.js";
 import type { Lease } from "../routing/lease.js";
 import type { Holds } from "./holds.js";
 import type { LaneHost } from "./lane.js";
@@ -40,7 +41,7 @@ export class SharedLane {
     const router = ctx.router;
     const db = host.db;
     // Control commands and key listings take the router's path, never a run.
-    if (inRun && request.end > request.start && !router.needsRouting(name, request.argv, db)) {
+    if (inRun && request.end > request.start && !router.needsRouting(name, request, db)) {
       const conn = router.sharedConnection(host.id, host.proto);
       if (conn !== null) {
         // The write journal (router.tap) sees the writes of a run as well as the router's.
@@ -48,7 +49,7 @@ export class SharedLane {
           conn,
           request,
           router.tap === null ? slot : router.tap(name, request.argv, slot, db),
-          db,
+          dbFor(name, db),
         );
         return;
       }

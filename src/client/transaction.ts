@@ -1,7 +1,7 @@
 import { decodeReply, isErrorReply } from "../resp/decode.js";
 import { encodeCommand, encodeError, encodeValue, NULL_ARRAY, OK, RESP3_NULL } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
-import { isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
+import { dbFor, isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS } from "../routing/router.js";
 import { DISCARD, type Lease } from "../routing/lease.js";
 import { RawSink } from "../routing/shards.js";
@@ -90,9 +90,9 @@ export class Transaction {
   }
 
   /** Whether a command outside MULTI belongs on the pinned connection (same node's slot). */
-  owns(name: string, argv: readonly Buffer[]): boolean {
+  owns(name: string, request: Request): boolean {
     if (this.conn === null) return this.watchLost && name === "unwatch";
-    const slot = this.slotOf(name, argv);
+    const slot = this.slotOf(name, request.argv);
     return slot === NO_KEYS || slot === this.slot || this.slot === NO_KEYS;
   }
 
@@ -181,7 +181,7 @@ export class Transaction {
     // A write while WATCHing reaches the write journal (router.tap) as a shared one does.
     const tap = this.host.ctx.router.tap;
     const sink = tap === null ? slot : tap(name, request.argv, slot, this.host.db);
-    this.conn!.send(request.raw ?? encodeCommand(request.argv), sink, this.host.db);
+    this.conn!.send(request.raw ?? encodeCommand(request.argv), sink, dbFor(name, this.host.db));
   }
 
   /** A command refused before it was queued (NOPERM): EXEC then aborts, as Redis flags the transaction. */
@@ -235,7 +235,7 @@ export class Transaction {
     }
     const cluster = this.host.ctx.router.topology.mode === "cluster";
     if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS) this.replay.push(payload);
-    this.conn!.send(payload, this.host.upstreamSlot(), this.host.db);
+    this.conn!.send(payload, this.host.upstreamSlot(), dbFor(name, this.host.db));
   }
 
   /** Moves an open transaction to the node of `slot`, replaying what it queued so far. */
@@ -296,8 +296,8 @@ export class Transaction {
     // answered, and logged, first.
     if (runs && this.slowlogReset) this.host.ctx.slowlog.reset();
     this.slowlogReset = false;
-    const payload =
-      name === "exec" && !runs ? encodeCommand(["DISCARD"]) : (request.raw ?? encodeCommand(request.argv));
+    const sent = name === "exec" && !runs ? "discard" : name;
+    const payload = sent === name ? (request.raw ?? encodeCommand(request.argv)) : encodeCommand(["DISCARD"]);
     const tail = runs ? this.tfTail : null;
     this.tfTail = null;
     if (tail !== null) {
@@ -327,7 +327,7 @@ export class Transaction {
         });
       return;
     }
-    this.conn!.send(payload, slot, this.host.db);
+    this.conn!.send(payload, slot, dbFor(sent, this.host.db));
   }
 
   /** The transaction from its first TFCALL on, queued here (tf-multi.ts). */

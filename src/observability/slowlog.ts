@@ -29,8 +29,13 @@ export class SlowLog {
     return this.maxLen > 0;
   }
 
+  /** Whether a command that took `durationUs` is logged: record() keeps it. */
+  logs(durationUs: number): boolean {
+    return durationUs >= this.slowerThanUs && this.slowerThanUs >= 0 && this.maxLen > 0;
+  }
+
   record(durationUs: number, argv: readonly Buffer[], addr: string, name: string): void {
-    if (durationUs < this.slowerThanUs || this.slowerThanUs < 0 || this.maxLen <= 0) return;
+    if (!this.logs(durationUs)) return;
     this.entries.unshift({
       id: this.nextId++,
       timestamp: Math.floor(Date.now() / 1000),

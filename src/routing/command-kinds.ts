@@ -1,3 +1,5 @@
+import { ANY_DB } from "../upstream/connection.js";
+
 /**
  * Commands that need something other than a shared pipelined connection. Names are
  * lower case, as the client session compares them.
@@ -16,6 +18,15 @@ const BLOCKING = new Set([
   "wait",
   "waitaof",
 ]);
+
+/**
+ * isBlocking for a client's request, whose arguments are split only for the names that need
+ * them (XREAD, XREADGROUP): a forwarded GET builds no argument views.
+ */
+export function isBlockingRequest(name: string, request: { readonly argv: readonly Buffer[] }): boolean {
+  if (BLOCKING.has(name)) return true;
+  return (name === "xread" || name === "xreadgroup") && isBlocking(name, request.argv);
+}
 
 export function isBlocking(name: string, argv: readonly Buffer[]): boolean {
   if (BLOCKING.has(name)) return true;
@@ -52,4 +63,38 @@ const SCRIPTS = new Set(["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "f
 
 export function isScript(name: string): boolean {
   return SCRIPTS.has(name);
+}
+
+/**
+ * Commands whose outcome does not depend on the selected database. Several of them are what
+ * a busy server still runs (FUNCTION KILL and STATS, SCRIPT KILL, SHUTDOWN...): sent in ANY_DB,
+ * they take no SELECT in front, and behind a SELECT the server refused their success is theirs,
+ * not a command run in the wrong database.
+ */
+const RUNS_IN_ANY_DB = new Set([
+  "function",
+  "script",
+  "ping",
+  "echo",
+  "client",
+  "hello",
+  "auth",
+  "info",
+  "config",
+  "shutdown",
+  "quit",
+  "discard",
+  "unwatch",
+  "time",
+  "command",
+  "latency",
+  "slowlog",
+  "acl",
+  "role",
+  "lastsave",
+]);
+
+/** The database to send a client's command `name` in: ANY_DB when it runs the same in every one. */
+export function dbFor(name: string, db: number): number {
+  return RUNS_IN_ANY_DB.has(name) ? ANY_DB : db;
 }

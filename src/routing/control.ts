@@ -6,9 +6,14 @@ import { Gather, firstError } from "./merge.js";
 /** Commands that end or hold what a busy server is doing; they must not queue behind it. */
 const CONTROL = new Set(["script kill", "function kill", "client pause", "client unpause"]);
 
+/** Whether a command of this name may be a control command (its arguments tell: isControl). */
+export function mayBeControl(name: string): boolean {
+  return name === "script" || name === "function" || name === "client";
+}
+
 /** Whether argv is a control command (SCRIPT KILL, FUNCTION KILL, CLIENT PAUSE/UNPAUSE). */
 export function isControl(name: string, argv: readonly Buffer[]): boolean {
-  if (argv.length < 2 || (name !== "script" && name !== "function" && name !== "client")) return false;
+  if (!mayBeControl(name) || argv.length < 2) return false;
   // SCRIPT KILL and FUNCTION KILL take no argument: with one they are the server's arity error.
   if (name !== "client" && argv.length !== 2) return false;
   return CONTROL.has(`${name} ${argv[1].toString().toLowerCase()}`);

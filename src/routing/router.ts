@@ -12,7 +12,8 @@ import { KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js
 import { isSplittable, split, SPLIT_DONE } from "./split.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
-import { isControl, sendControl } from "./control.js";
+import { isControl, mayBeControl, sendControl } from "./control.js";
+import { dbFor } from "./command-kinds.js";
 import { readKeys, writtenKeys } from "./tracked-keys.js";
 
 /**
@@ -84,7 +85,8 @@ export class Router implements ClusterSender {
         ctx.db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
       if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity, proto);
       if (ctx.db === 0 && name === "scan") sink = scanPageWithoutProxyKeys(sink, proto);
-      this.topology.nodeForSlot(0).send(ctx.affinity, raw ?? encodeCommand(argv), sink, ctx.db, proto);
+      const node = this.topology.nodeForSlot(0);
+      node.send(ctx.affinity, raw ?? encodeCommand(argv), sink, dbFor(name, ctx.db), proto);
       return;
     }
     if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
@@ -125,8 +127,10 @@ export class Router implements ClusterSender {
    * Whether a command must take forward() even in front of one server, instead of going down a
    * shared connection as raw bytes: control commands, and key listings that hide the proxy's keys.
    */
-  needsRouting(name: string, argv: readonly Buffer[], db: number): boolean {
-    return isControl(name, argv) || (db === 0 && KEY_LISTING_COMMANDS.has(name));
+  needsRouting(name: string, request: { readonly argv: readonly Buffer[] }, db: number): boolean {
+    // The name first: a client's request splits its arguments only when they are looked at.
+    if (db === 0 && KEY_LISTING_COMMANDS.has(name)) return true;
+    return mayBeControl(name) && isControl(name, request.argv);
   }
 
   sharedConnection(affinity: number, proto: Protocol = 2): UpstreamConnection | null {

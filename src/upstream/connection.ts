@@ -30,43 +30,11 @@ export const CONNECTION_LOST = "ERR upstream connection lost";
 const UNKNOWN_DB = -1;
 
 /**
- * Commands whose outcome does not depend on the selected database. Several of them are what
- * a busy server still runs (FUNCTION KILL and STATS, SCRIPT KILL, SHUTDOWN...): behind a
- * SELECT it refused, their success is theirs, not a command run in the wrong database.
+ * The database argument of a command whose outcome does not depend on the selected database
+ * (the router tells which: routing/command-kinds.ts): no SELECT goes in front of it, and
+ * behind a SELECT in doubt its success is its own, not a command run in the wrong database.
  */
-const ANY_DB = new Set([
-  "function",
-  "script",
-  "ping",
-  "echo",
-  "client",
-  "hello",
-  "auth",
-  "info",
-  "config",
-  "shutdown",
-  "quit",
-  "discard",
-  "unwatch",
-  "time",
-  "command",
-  "latency",
-  "slowlog",
-  "acl",
-  "role",
-  "lastsave",
-]);
-
-/** Whether an encoded command (`*<n>\r\n$<len>\r\n<name>...`) is one of ANY_DB. */
-function runsInAnyDb(payload: Buffer): boolean {
-  const head = payload.indexOf(10);
-  if (head < 0 || payload[head + 1] !== 36 /* $ */) return false;
-  const lenEnd = payload.indexOf(13, head + 2);
-  const start = lenEnd + 2;
-  const len = Number(payload.toString("latin1", head + 2, lenEnd));
-  if (!(len > 0 && len <= 16) || start + len > payload.length) return false;
-  return ANY_DB.has(payload.toString("latin1", start, start + len).toLowerCase());
-}
+export const ANY_DB = -2;
 
 /** An error reply's text: "-BUSY ...\r\n" or "!<length>\r\nBUSY ...\r\n". */
 function errorText(reply: Buffer): string {
@@ -136,7 +104,7 @@ export class UpstreamConnection {
   private readonly selectSink: ReplySink = { reply: (data) => this.selectAnswered(data), fail() {} };
   /**
    * Commands sent while a SELECT the proxy put in front was unanswered or refused that run
-   * the same in any database (ANY_DB): their success passes.
+   * the same in any database (sent in ANY_DB): their success passes.
    */
   private readonly anyDb = new WeakSet<ReplySink>();
   /** The server's CLIENT ID for this connection, once learnt (dedicated connections); else -1. */
@@ -187,15 +155,14 @@ export class UpstreamConnection {
     return this.waiting.length;
   }
 
-  /** Sends an encoded command in database `db`; its reply goes to `sink`. */
+  /** Sends an encoded command in database `db` (ANY_DB: wherever it is); its reply goes to `sink`. */
   send(payload: Buffer, sink: ReplySink, db = this.db): void {
     if (this.closedFlag) {
       sink.fail(CONNECTION_LOST);
       return;
     }
-    this.useDb(db);
-    // Read only while a SELECT is in doubt, so that ordinary traffic pays nothing for it.
-    if ((this.selectsInFlight > 0 || this.refusal !== null) && runsInAnyDb(payload)) this.anyDb.add(sink);
+    if (db === ANY_DB) this.inAnyDb(sink);
+    else this.useDb(db);
     this.out.push(payload);
     this.expectReply(sink);
   }
@@ -206,7 +173,8 @@ export class UpstreamConnection {
       for (const sink of sinks) sink.fail(CONNECTION_LOST);
       return;
     }
-    this.useDb(db);
+    if (db === ANY_DB) for (const sink of sinks) this.inAnyDb(sink);
+    else this.useDb(db);
     this.out.push(payload);
     for (const sink of sinks) this.expectReply(sink);
   }
@@ -217,7 +185,8 @@ export class UpstreamConnection {
       for (let i = 0; i < count; i++) sink.fail(CONNECTION_LOST);
       return;
     }
-    this.useDb(db);
+    if (db === ANY_DB) this.inAnyDb(sink);
+    else this.useDb(db);
     this.out.push(payload);
     for (let i = 0; i < count; i++) this.expectReply(sink);
   }
@@ -226,6 +195,11 @@ export class UpstreamConnection {
   private expectReply(sink: ReplySink): void {
     this.waiting.push(sink);
     this.sentAt?.push(callbackNow());
+  }
+
+  /** A command that runs in any database: marked only while a SELECT is in doubt. */
+  private inAnyDb(sink: ReplySink): void {
+    if (this.selectsInFlight > 0 || this.refusal !== null) this.anyDb.add(sink);
   }
 
   /** The server switched database by a command the proxy did not add (a SELECT inside MULTI). */
