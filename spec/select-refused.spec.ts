@@ -88,6 +88,25 @@ describe("a SELECT the proxy puts in front, refused by a busy server", function 
     expect(await valueIn(0, "k")).to.equal(null);
   });
 
+  it("a MULTI in db 9 while a script runs takes an idle connection already in db 9: accepted, as Redis accepts it", async () => {
+    // Two transactions at once, in db 9 and in db 0: both connections go back idle, db 0's last.
+    const a = await through(proxy.port);
+    const b = await through(proxy.port);
+    expect(await a.call("SELECT", "9")).to.equal("OK");
+    for (const c of [a, b]) expect(await c.call("MULTI")).to.equal("OK");
+    for (const c of [a, b]) expect(await c.call("SET", "warm", "1")).to.equal("QUEUED");
+    for (const c of [a, b]) expect(await c.call("EXEC")).to.deep.equal(["OK"]);
+    const runner = await busyScript();
+    // Redis lets MULTI through a busy script; a connection in db 0 would need a refused SELECT.
+    expect(await a.call("MULTI")).to.equal("OK");
+    expect(errorText(await a.call("INCR", "n"))).to.match(BUSY);
+    await killScript(runner);
+    expect(await a.call("INCR", "n")).to.equal("QUEUED");
+    expect(errorText(await a.call("EXEC"))).to.match(/^EXECABORT .*previous errors/);
+    expect(await a.text("PING", "after")).to.equal("after");
+    expect(await valueIn(9, "n")).to.equal(null);
+  });
+
   it("MULTI, SET and EXEC pipelined while a script runs are all refused, and none of them is left open", async () => {
     const a = await through(proxy.port);
     expect(await a.call("SELECT", "9")).to.equal("OK");

@@ -25,7 +25,7 @@ export interface LaneHost {
 
 /** Borrows a connection to the node for argv, or answers the error and returns null. */
 export function borrow(host: LaneHost, name: string, argv: readonly Buffer[]): Lease | null {
-  const lease = host.ctx.leases.forCommand(name, argv, host.id, host.proto);
+  const lease = host.ctx.leases.forCommand(name, argv, host.id, host.proto, host.db);
   if (typeof lease === "string") {
     host.replyError(lease);
     return null;

@@ -368,7 +368,7 @@ export class Transaction {
 
   /** Borrows a connection to the node of `slot` (any master for NO_KEYS). */
   private pin(slot: number): boolean {
-    const lease = this.host.ctx.leases.forSlot(slot, this.host.id, this.host.proto);
+    const lease = this.host.ctx.leases.forSlot(slot, this.host.id, this.host.proto, this.host.db);
     if (typeof lease === "string") {
       this.pinFailure = lease;
       return false;

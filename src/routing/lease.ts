@@ -115,8 +115,8 @@ export class Lease implements Pipe {
 }
 
 /** Borrows a connection to `node`, or gives the node's failure as an error text. */
-function leaseOn(node: UpstreamNode, proto: Protocol): Lease | string {
-  const conn = node.acquire(proto);
+function leaseOn(node: UpstreamNode, proto: Protocol, db?: number): Lease | string {
+  const conn = node.acquire(proto, db);
   return conn === null ? node.failure : new Lease(node, conn);
 }
 
@@ -130,18 +130,27 @@ export class Leases {
 
   constructor(private readonly router: Router) {}
 
-  /** A lease on the node that owns argv's keys, or the error to answer (CROSSSLOT, node down). */
-  forCommand(name: string, argv: readonly Buffer[], affinity: number, proto: Protocol): Lease | string {
+  /**
+   * A lease on the node that owns argv's keys, or the error to answer (CROSSSLOT, node down);
+   * `db`: the client's database, which a connection already in it saves a SELECT for.
+   */
+  forCommand(
+    name: string,
+    argv: readonly Buffer[],
+    affinity: number,
+    proto: Protocol,
+    db?: number,
+  ): Lease | string {
     const node = this.router.nodeFor(name, argv, affinity);
-    return typeof node === "string" ? node : leaseOn(node, proto);
+    return typeof node === "string" ? node : leaseOn(node, proto, db);
   }
 
   /** A lease on the node of `slot` (any master for NO_KEYS; the lone server outside a cluster). */
-  forSlot(slot: number, affinity: number, proto: Protocol): Lease | string {
+  forSlot(slot: number, affinity: number, proto: Protocol, db?: number): Lease | string {
     if (slot === CROSS_SLOT) return CROSSSLOT_ERROR;
     const cluster = this.router.topology.mode === "cluster";
     const node = cluster ? this.router.routeSlot(slot, affinity) : this.router.topology.nodeForSlot(0);
-    return leaseOn(node, proto);
+    return leaseOn(node, proto, db);
   }
 
   /** The node id a lease for `slot` would reach, to tell whether a pinned lease must move. */

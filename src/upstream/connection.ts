@@ -150,6 +150,11 @@ export class UpstreamConnection {
     return this.closedByProxyFlag;
   }
 
+  /** The database the connection is in (UNKNOWN_DB after a refused SELECT). */
+  get selectedDb(): number {
+    return this.db;
+  }
+
   /** Replies still awaited; 0 means the connection is idle. */
   get inFlight(): number {
     return this.waiting.length;

@@ -114,12 +114,23 @@ export class UpstreamNode {
     return this.controlConn;
   }
 
-  /** A connection for one client's exclusive use; give it back with release() or destroy it. */
-  acquire(proto: Protocol = 2): UpstreamConnection | null {
+  /**
+   * A connection for one client's exclusive use; give it back with release() or destroy it.
+   * One already in database `db` is preferred: it needs no SELECT in front, which a busy
+   * server refuses while it still takes the MULTI or WATCH behind it.
+   */
+  acquire(proto: Protocol = 2, db?: number): UpstreamConnection | null {
     const idle = this.idle[proto - 2];
     let conn: UpstreamConnection | undefined;
-    while ((conn = idle.pop()) !== undefined) {
-      if (!conn.closed) break;
+    if (db !== undefined) {
+      for (let i = idle.length - 1; i >= 0; i--)
+        if (idle[i].selectedDb === db && !idle[i].closed) {
+          conn = idle.splice(i, 1)[0];
+          break;
+        }
+    }
+    while (conn === undefined && (conn = idle.pop()) !== undefined) {
+      if (conn.closed) conn = undefined;
     }
     if (conn === undefined) {
       if (this.down) return null;
