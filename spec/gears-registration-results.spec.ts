@@ -38,6 +38,8 @@ const SPECIAL_STRINGS = ["NaN", "-Infinity", '"1970-01-01T00:00:00.000Z"', '"tj"
 
 /** The outcomes the guest hands the host, seen from inside this process (the proxy runs here). */
 const outcomes: GuestOutcome[] = [];
+/** The inputs of every once() entry: [partition, batch] each. */
+const inputs: unknown[][] = [];
 const realOnce = GearsGuest.prototype.once;
 const realFinish = GearsGuest.prototype.finish;
 
@@ -62,6 +64,7 @@ describe("gears registration results: kept as the guest's text until asked for (
 
   before(async () => {
     GearsGuest.prototype.once = async function (this: GearsGuest, ...args: Parameters<typeof realOnce>) {
+      inputs.push(args[2]);
       const out = await realOnce.apply(this, args);
       outcomes.push(out);
       return out;
@@ -81,6 +84,7 @@ describe("gears registration results: kept as the guest's text until asked for (
     await io.call("RG.CONFIGSET", "MaxExecutionsPerRegistration", "100");
     await io.flushall();
     outcomes.length = 0;
+    inputs.length = 0;
   });
 
   after(async () => {
@@ -121,6 +125,47 @@ describe("gears registration results: kept as the guest's text until asked for (
     );
     const ids = await registered();
     expect(await io.call("RG.GETRESULTS", ids[0])).to.deep.equal([SPECIAL_STRINGS, []]);
+  });
+
+  it("event records enter the guest as rows and are the same records: fields in order, carried, read and lazy values", async () => {
+    await execute(
+      io,
+      "GB().map(x => JSON.stringify([Object.keys(x), x.key, x.type, x.event, Array.isArray(x.value) ? x.value.length : x.value])).register('shape:*')",
+    );
+    const members = Array.from({ length: 1001 }, (_, i) => `m${i}`);
+    await io.set("shape:s", "v1");
+    await eventually(
+      () => only(),
+      (s) => s.numSuccess === 1,
+      "first handled",
+    );
+    await io.hset("shape:h", "f", "v");
+    await eventually(
+      () => only(),
+      (s) => s.numSuccess === 2,
+      "second handled",
+    );
+    await io.sadd("shape:big", ...members);
+    await eventually(
+      () => only(),
+      (s) => s.numSuccess === 3,
+      "third handled",
+    );
+    const ids = await registered();
+    const got: unknown[] = [];
+    for (const id of ids) {
+      const [results] = (await io.call("RG.GETRESULTS", id)) as [string[]];
+      got.push(...results.map((r) => JSON.parse(r) as unknown));
+    }
+    const fields = ["key", "type", "event", "value"];
+    expect(got).to.deep.equal([
+      [fields, "shape:s", "string", "set", "v1"],
+      [fields, "shape:h", "hash", "hset", { f: "v" }],
+      [fields, "shape:big", "set", "sadd", 1001],
+    ]);
+    const batches = inputs.flatMap((list) => list.map((input) => (input as [number, unknown])[1]));
+    expect(batches).to.have.length(3);
+    for (const batch of batches) expect(batch).to.have.property("rows").that.is.an("array");
   });
 
   it("a result the guest cannot make a string of fails its execution, as before; the others are kept", async () => {

@@ -8,7 +8,7 @@ import { SandboxError } from "../sandbox/types.js";
 import { encodeBinary } from "../sandbox/bjson.js";
 import type { Partitions } from "./partitions.js";
 import { READ_AHEAD_COMMANDS } from "./read-ahead.js";
-import { RESULTS_VALUES, type ResultForm, type Topology } from "./guest/entry.js";
+import { RESULTS_VALUES, type EventRows, type ResultForm, type Topology } from "./guest/entry.js";
 import { READERS, RecordBinary, type ReadContext } from "./readers.js";
 
 /**
@@ -24,6 +24,39 @@ function countRecords(input: Map<number, PackedRecords>): number {
   let n = 0;
   for (const packed of input.values()) n += packed.records.length;
   return n;
+}
+
+/**
+ * Records of the usual event shape, `{key, type, event}` and `valueRef` or `lazyValue`, in
+ * that order, as rows (guest/entry.ts EventRows); null when one has another shape, and the
+ * batch goes as objects.
+ */
+function eventRows(records: JsonValue[]): EventRows | null {
+  const rows: EventRows = new Array<string | number>(records.length * 4);
+  for (let i = 0, j = 0; i < records.length; i++, j += 4) {
+    const r = records[i];
+    if (r === null || typeof r !== "object" || Array.isArray(r)) return null;
+    const { key, type, event, valueRef } = r;
+    let ref: number;
+    if (typeof valueRef === "number") ref = valueRef;
+    else if (r.lazyValue === true) ref = -1;
+    else return null;
+    if (typeof key !== "string" || typeof type !== "string" || typeof event !== "string") return null;
+    const fields = Object.keys(r);
+    if (fields.length !== 4 || fields[0] !== "key" || fields[1] !== "type" || fields[2] !== "event")
+      return null;
+    rows[j] = key;
+    rows[j + 1] = type;
+    rows[j + 2] = event;
+    rows[j + 3] = ref;
+  }
+  return rows;
+}
+
+/** A packed batch as the guest's feed() takes it: rows when the records allow. */
+function packedBatch(records: JsonValue[], values: JsonValue[]): JsonValue {
+  const rows = eventRows(records);
+  return rows === null ? { records, values } : { rows, values };
 }
 
 /** Records for one partition; with `values`, records carry `valueRef` (an index) instead of a value. */
@@ -216,7 +249,10 @@ export class Execution {
     for (const [partition, packed] of input) {
       if (packed.records.length === 0) continue;
       this.recordsRead += packed.records.length;
-      inputs.push([partition, packed.values === null ? packed.records : { ...packed }]);
+      inputs.push([
+        partition,
+        packed.values === null ? packed.records : packedBatch(packed.records, packed.values),
+      ]);
     }
     const out = await this.guest.once(this.actionIndex, topology, inputs, this.resultForm);
     this.partitionsDone = this.partitions.count;
@@ -288,7 +324,7 @@ export class Execution {
     }
     let rest = records;
     while (rest.length > 0 && !this.abortRequested && !this.overflowed) {
-      const batch: JsonValue = values === null ? rest : { records: rest, values };
+      const batch: JsonValue = values === null ? rest : packedBatch(rest, values);
       const fed = await this.guest.feed(execId, partition, batch, budget);
       this.keep(fed.out);
       const taken = fed.taken;

@@ -76,6 +76,14 @@ export interface Fed {
   out: Streamed[];
 }
 
+/**
+ * Event records in the flat form feed() also takes, `{rows, values}`: for each record its
+ * key, type and event (strings) and the index of its value in `values`, or -1 for a value
+ * read when the handler first touches it. QuickJS parses a flat list of primitives several
+ * times quicker than a list of objects, and the records need no field deleted.
+ */
+export type EventRows = (string | number)[];
+
 export interface Progress {
   recordsIn: number;
   recordsOut: number;

@@ -96,6 +96,26 @@ const LAZY_VALUE: PropertyDescriptor = {
   configurable: true,
 };
 
+/**
+ * Event records sent as rows (entry.ts EventRows): four elements each, key, type, event and
+ * the index of its value in `values` (-1: read lazily). Each record is made whole, in the
+ * field order the object form gives ({key, type, event, value}), with no field to delete.
+ */
+function recordsOfRows(rows: unknown[], values: unknown[]): unknown[] {
+  const n = rows.length >> 2;
+  const out = new Array<unknown>(n);
+  for (let i = 0, j = 0; j < n; i += 4, j++) {
+    const ref = rows[i + 3] as number;
+    if (ref >= 0) out[j] = { key: rows[i], type: rows[i + 1], event: rows[i + 2], value: values[ref] };
+    else {
+      const rec = { key: rows[i], type: rows[i + 1], event: rows[i + 2] };
+      Object.defineProperty(rec, "value", LAZY_VALUE);
+      out[j] = rec;
+    }
+  }
+  return out;
+}
+
 const ownExecute = g.execute;
 const ownExecuteAsync = g.executeAsync;
 
@@ -1085,10 +1105,11 @@ const gears: GearsEntry = {
     if (list !== null && typeof list === "object" && !Array.isArray(list)) {
       // {records, values}: records name their value by index, so a value that many
       // records share (events on one key) crosses into the isolate once.
-      const packed = list as { records?: unknown; values?: unknown };
+      const packed = list as { records?: unknown; values?: unknown; rows?: unknown };
       const values = Array.isArray(packed.values) ? packed.values : [];
       list = packed.records;
-      if (Array.isArray(list)) {
+      if (Array.isArray(packed.rows)) list = recordsOfRows(packed.rows, values);
+      else if (Array.isArray(list)) {
         for (const r of list) {
           if (
             r !== null &&
