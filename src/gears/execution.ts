@@ -84,7 +84,8 @@ const MEMORY_SETTING_HINT =
  * batch made with the feed's answer, and they are kept here as RESP bytes (ResultChunks),
  * so neither the guest nor the host holds the set as values; global steps still hold their
  * records in the guest until finish(). An execution over given records (an event) keeps
- * its results as values, for the registration that reads them.
+ * its results as values, or as the one JSON text the guest made of them, turned into values
+ * only when RG.GETRESULTS or a caller asks (`resultForm`).
  */
 export class Execution {
   status: ExecutionStatus = "created";
