@@ -4,7 +4,7 @@
  * prelude and gears library in QuickJS, in this thread, with a stub host that answers every
  * command. Prints the process CPU per batch (min of the runs) and the stub host's share.
  * `--base DIR` measures another build's dist too (before/after on the same machine).
- *   node dist/bench/events-guest.js [--writes 10000] [--runs 9] [--base /path/to/build]
+ *   node dist/bench/events-guest.js [--writes 10000] [--runs 9] [--base /path/to/build] [--form 0|1|2] [--rows]
  */
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -20,6 +20,10 @@ const { values } = parseArgs({
     runs: { type: "string", default: "9" },
     base: { type: "string" },
     script: { type: "string", default: REGISTRATION },
+    /** How the results come back (guest/entry.ts ResultForm): 0 values, 1 one JSON text (a registration's default), 2 none. */
+    form: { type: "string", default: "1" },
+    /** Send the records as rows (guest/entry.ts EventRows), as the host does now; a build before them cannot read them. */
+    rows: { type: "boolean", default: false },
   },
 });
 const writes = Number(values.writes);
@@ -82,7 +86,11 @@ async function measure(build: Built): Promise<{ cpuMs: number; hostMs: number; r
   for (let i = 0; i < writes; i++)
     records.push({ key: "all_keys", type: "set", event: "sadd", lazyValue: true });
   const topology = { partitions: 1, slots: [[0, 16383, 0]], readAhead: ["GET"] };
-  const argsJson = JSON.stringify([0, topology, [[0, { records, values: recordValues }]]]);
+  const rows: (string | number)[] = [];
+  for (let i = 0; i < writes; i++) rows.push(`key:${i}`, "string", "set", i);
+  for (let i = 0; i < writes; i++) rows.push("all_keys", "set", "sadd", -1);
+  const batch = values.rows ? { rows, values: recordValues } : { records, values: recordValues };
+  const argsJson = JSON.stringify([0, topology, [[0, batch]], Number(values.form)]);
   const enter = (f: QuickJSHandle, ...args: QuickJSHandle[]): QuickJSHandle =>
     ctx.unwrapResult(ctx.callFunction(f, ctx.undefined, ...args));
   let best = { cpuMs: Infinity, hostMs: 0, results: 0 };
@@ -124,7 +132,8 @@ async function measure(build: Built): Promise<{ cpuMs: number; hostMs: number; r
     rec.dispose();
     const c = process.cpuUsage(c0);
     const cpuMs = (c.user + c.system) / 1000;
-    const results = (JSON.parse(out.slice(1)) as { results: unknown[] }).results.length;
+    const outcome = JSON.parse(out.slice(1)) as { results: unknown[]; count?: number };
+    const results = outcome.count ?? outcome.results.length;
     if (cpuMs < best.cpuMs) best = { cpuMs, hostMs: hostUs / 1000, results };
   }
   return best;

@@ -72,6 +72,37 @@ describe("gears write journal: the values of writes it saw", () => {
     ]);
   });
 
+  it("handled(): the notification of a write already answered is swallowed in place; others are left to confirm()", () => {
+    const { j, events } = journal();
+    const frame = (key: string, event: string): [Buffer, number, number, number, number] => {
+      // As in a pmessage frame: the key and the event name somewhere inside a larger buffer.
+      const buf = b(`..${event}..${key}..`);
+      return [buf, event.length + 4, event.length + 4 + key.length, 2, 2 + event.length];
+    };
+    const handled = (db: number, key: string, event: string): boolean => j.handled(db, ...frame(key, event));
+    expect(handled(0, "k", "set")).to.equal(false); // nothing written yet
+    j.watch("set", argv("SET", "k", "v"), [b("k")], 0)!(b("+OK\r\n"));
+    const inFlight = j.watch("set", argv("SET", "f", "v"), [b("f")], 0)!;
+    j.watch("hset", argv("HSET", "h", "a", "1"), [b("h")], 2)!(b(":1\r\n"));
+    j.flush();
+    expect(plain(events)).to.deep.equal([
+      ["k", "set", "v"],
+      ["h", "hset", undefined],
+    ]);
+    expect(handled(0, "k", "hset")).to.equal(false); // another event of the key
+    expect(handled(1, "k", "set")).to.equal(false); // another database
+    expect(handled(0, "f", "set")).to.equal(false); // its write is in flight: confirm() holds it
+    expect(handled(0, "h", "hset")).to.equal(false);
+    expect(handled(2, "h", "hse")).to.equal(false);
+    expect(handled(2, "h", "hset")).to.equal(true);
+    expect(handled(0, "k", "set")).to.equal(true);
+    expect(handled(0, "k", "set")).to.equal(false); // swallowed once only
+    inFlight(b("+OK\r\n"));
+    expect(j.waiting).to.equal(1);
+    expect(j.confirm([notification("f", "set")])).to.deep.equal([]);
+    expect(j.waiting).to.equal(0);
+  });
+
   it("keys' lists stay their own: a notification held for one key is not seen on another", () => {
     const { j, events } = journal();
     const first = j.watch("set", argv("SET", "x", "1"), [b("x")], 0)!;

@@ -8,6 +8,7 @@ import {
   mergeNotifyFlags,
   type KeyEvent,
   type KeyspaceStatus,
+  type NotificationFilter,
 } from "../src/gears/events/keyspace-source.js";
 import type { Logger } from "../src/observability/log.js";
 import type { Arg } from "../src/resp/encode.js";
@@ -108,10 +109,17 @@ class Opened {
     topology: Topology,
     collector: Collector,
     log?: Logger,
+    handled: NotificationFilter | null = null,
   ): Promise<[KeyspaceEventSource, KeyspaceStatus]> {
     this.topologies.push(topology);
     const shards = new Shards(new Router(topology, null, 5000));
-    const source = new KeyspaceEventSource(shards, log ?? pino({ level: "silent" }), collector.onEvents);
+    const source = new KeyspaceEventSource(
+      shards,
+      log ?? pino({ level: "silent" }),
+      collector.onEvents,
+      null,
+      handled,
+    );
     this.sources.push(source);
     const status = await within(source.start(), 15_000, "start()");
     return [source, status];
@@ -187,6 +195,37 @@ describe("keyspace event source", function () {
         "expired ev:exp",
       );
       expect(expired.shard).to.equal(node.id);
+    });
+
+    it("a notification its filter says is handled is dropped before it is read; the filter sees db, key and event in place", async () => {
+      const topology = standaloneTopology(server);
+      const collector = new Collector();
+      const asked: string[] = [];
+      const handled: NotificationFilter = (db, frame, keyStart, keyEnd, eventStart, eventEnd) => {
+        const key = frame.toString("latin1", keyStart, keyEnd);
+        const event = frame.toString("latin1", eventStart, eventEnd);
+        if (key.startsWith("flt:")) asked.push(`${db} ${event} ${key}`);
+        return key.startsWith("flt:drop") && event === "set";
+      };
+      const [source] = await opened.source(topology, collector, undefined, handled);
+      const node = topology.node;
+      await call(node, ["SET", "flt:drop:1", "v"]);
+      await call(node, ["SET", "flt:keep:1", "v"]);
+      await call(node, ["HSET", "flt:drop:2", "f", "v"]);
+      await call(node, ["SELECT", "3"]);
+      await call(node, ["SET", "flt:keep:3", "v"]);
+      await call(node, ["SET", "flt:drop:3", "v"]);
+      await call(node, ["SELECT", "0"]);
+      await within(source.barrier(), 5000, "barrier()");
+      expect(collector.named("flt:")).to.deep.equal(["set flt:keep:1", "hset flt:drop:2", "set flt:keep:3"]);
+      expect(collector.events.find((e) => e.key.toString() === "flt:keep:3")?.db).to.equal(3);
+      expect(asked).to.deep.equal([
+        "0 set flt:drop:1",
+        "0 set flt:keep:1",
+        "0 hset flt:drop:2",
+        "3 set flt:keep:3",
+        "3 set flt:drop:3",
+      ]);
     });
 
     it("barrier() resolves only after the events of acknowledged writes were delivered, in order", async () => {

@@ -1,14 +1,14 @@
 import type { JsonValue } from "../sandbox/types.js";
 import { executionError } from "./errors.js";
-import { GearsGuest, type GuestStreamed } from "./gears-guest.js";
+import { GearsGuest, type GuestOutcome, type GuestStreamed } from "./gears-guest.js";
 import type { Action, GuestIsolate } from "./guest-isolate.js";
-import { encodeResults } from "./json-values.js";
+import { encodeResults, resultsOfJson } from "./json-values.js";
 import { ResultChunks, ResultsTooLarge, type GearsReply } from "./result-chunks.js";
 import { SandboxError } from "../sandbox/types.js";
 import { encodeBinary } from "../sandbox/bjson.js";
 import type { Partitions } from "./partitions.js";
 import { READ_AHEAD_COMMANDS } from "./read-ahead.js";
-import type { Topology } from "./guest/entry.js";
+import { RESULTS_VALUES, type EventRows, type ResultForm, type Topology } from "./guest/entry.js";
 import { READERS, RecordBinary, type ReadContext } from "./readers.js";
 
 /**
@@ -24,6 +24,39 @@ function countRecords(input: Map<number, PackedRecords>): number {
   let n = 0;
   for (const packed of input.values()) n += packed.records.length;
   return n;
+}
+
+/**
+ * Records of the usual event shape, `{key, type, event}` and `valueRef` or `lazyValue`, in
+ * that order, as rows (guest/entry.ts EventRows); null when one has another shape, and the
+ * batch goes as objects.
+ */
+function eventRows(records: JsonValue[]): EventRows | null {
+  const rows: EventRows = new Array<string | number>(records.length * 4);
+  for (let i = 0, j = 0; i < records.length; i++, j += 4) {
+    const r = records[i];
+    if (r === null || typeof r !== "object" || Array.isArray(r)) return null;
+    const { key, type, event, valueRef } = r;
+    let ref: number;
+    if (typeof valueRef === "number") ref = valueRef;
+    else if (r.lazyValue === true) ref = -1;
+    else return null;
+    if (typeof key !== "string" || typeof type !== "string" || typeof event !== "string") return null;
+    const fields = Object.keys(r);
+    if (fields.length !== 4 || fields[0] !== "key" || fields[1] !== "type" || fields[2] !== "event")
+      return null;
+    rows[j] = key;
+    rows[j + 1] = type;
+    rows[j + 2] = event;
+    rows[j + 3] = ref;
+  }
+  return rows;
+}
+
+/** A packed batch as the guest's feed() takes it: rows when the records allow. */
+function packedBatch(records: JsonValue[], values: JsonValue[]): JsonValue {
+  const rows = eventRows(records);
+  return rows === null ? { records, values } : { rows, values };
 }
 
 /** Records for one partition; with `values`, records carry `valueRef` (an index) instead of a value. */
@@ -51,12 +84,19 @@ const MEMORY_SETTING_HINT =
  * batch made with the feed's answer, and they are kept here as RESP bytes (ResultChunks),
  * so neither the guest nor the host holds the set as values; global steps still hold their
  * records in the guest until finish(). An execution over given records (an event) keeps
- * its results as values, for the registration that reads them.
+ * its results as values, or as the one JSON text the guest made of them, turned into values
+ * only when RG.GETRESULTS or a caller asks (`resultForm`).
  */
 export class Execution {
   status: ExecutionStatus = "created";
   /** The results as values: executions over given records (events) only. */
-  results: JsonValue[] | null = null;
+  private values: JsonValue[] | null = null;
+  /**
+   * Or, until they are asked for, as the one JSON text the guest made of them (RESULTS_JSON):
+   * most event executions' results are never fetched, and one string is all they cost.
+   */
+  private valuesJson: string | null = null;
+  private valuesJsonCount = 0;
   /** The results as RESP bytes: executions over a reader. */
   private readonly chunks: ResultChunks | null;
   /** Set once the results went past their bound: reading stops. */
@@ -89,6 +129,8 @@ export class Execution {
     private readonly ownsIsolate = true,
     /** MaxResultsMB: the bound on a streamed result set's bytes (0: none). */
     maxResultsMb = 0,
+    /** How an execution over given records gets its results from the guest (guest/entry.ts). */
+    private readonly resultForm: ResultForm = RESULTS_VALUES,
   ) {
     this.finished = new Promise((resolve) => (this.markFinished = resolve));
     this.guest = new GearsGuest(isolate);
@@ -100,7 +142,28 @@ export class Execution {
 
   /** How many results (RG.GETEXECUTION). */
   get resultCount(): number {
-    return this.chunks?.count ?? this.results?.length ?? 0;
+    if (this.valuesJson !== null) return this.valuesJsonCount;
+    return this.chunks?.count ?? this.values?.length ?? 0;
+  }
+
+  /** The results as values: executions over given records only (made from their text when kept as one). */
+  get results(): JsonValue[] | null {
+    if (this.valuesJson !== null) return resultsOfJson(this.valuesJson);
+    return this.values;
+  }
+
+  set results(values: JsonValue[] | null) {
+    this.values = values;
+    this.valuesJson = null;
+  }
+
+  /** The results of a guest outcome, in the form they came in. */
+  private takeResults(out: GuestOutcome): void {
+    if (typeof out.json === "string") {
+      this.values = null;
+      this.valuesJson = out.json;
+      this.valuesJsonCount = out.count ?? 0;
+    } else this.results = out.results;
   }
 
   /** Keeps results the guest handed over; past MaxResultsMB, the execution stops reading. */
@@ -149,7 +212,7 @@ export class Execution {
         await this.runOnce(topology, this.input);
         return;
       }
-      const id = await this.guest.start(this.actionIndex, topology, this.chunks !== null);
+      const id = await this.guest.start(this.actionIndex, topology, this.chunks !== null, this.resultForm);
       execId = id;
       const readStart = Date.now();
       const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, id));
@@ -158,7 +221,7 @@ export class Execution {
       if (this.abortRequested) throw new Error("aborted");
       const out = await this.guest.finish(id);
       if (this.chunks !== null) this.keep(out.out);
-      else this.results = out.results;
+      else this.takeResults(out);
       this.errors.push(...out.errors);
       this.status = "done";
     } catch (err) {
@@ -171,7 +234,7 @@ export class Execution {
       }
       // An execution that failed as a whole has no results (as before results streamed).
       this.chunks?.clear();
-      this.results ??= [];
+      if (this.values === null && this.valuesJson === null) this.values = [];
     } finally {
       // A session's isolate lives on: free the guest's state of this execution.
       if (!this.ownsIsolate && execId !== null && this.isolate.alive) {
@@ -187,11 +250,14 @@ export class Execution {
     for (const [partition, packed] of input) {
       if (packed.records.length === 0) continue;
       this.recordsRead += packed.records.length;
-      inputs.push([partition, packed.values === null ? packed.records : { ...packed }]);
+      inputs.push([
+        partition,
+        packed.values === null ? packed.records : packedBatch(packed.records, packed.values),
+      ]);
     }
-    const out = await this.guest.once(this.actionIndex, topology, inputs);
+    const out = await this.guest.once(this.actionIndex, topology, inputs, this.resultForm);
     this.partitionsDone = this.partitions.count;
-    this.results = out.results;
+    this.takeResults(out);
     this.errors.push(...out.errors);
     this.status = "done";
   }
@@ -259,7 +325,7 @@ export class Execution {
     }
     let rest = records;
     while (rest.length > 0 && !this.abortRequested && !this.overflowed) {
-      const batch: JsonValue = values === null ? rest : { records: rest, values };
+      const batch: JsonValue = values === null ? rest : packedBatch(rest, values);
       const fed = await this.guest.feed(execId, partition, batch, budget);
       this.keep(fed.out);
       const taken = fed.taken;

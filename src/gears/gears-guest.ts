@@ -1,5 +1,13 @@
 import type { JsonValue } from "../sandbox/types.js";
-import { GEARS_ENTRY, type Fed, type GearsEntry, type Outcome, type Topology } from "./guest/entry.js";
+import {
+  GEARS_ENTRY,
+  RESULTS_VALUES,
+  type Fed,
+  type GearsEntry,
+  type Outcome,
+  type ResultForm,
+  type Topology,
+} from "./guest/entry.js";
 import type { Action, GuestIsolate } from "./guest-isolate.js";
 
 /** An entry method's path for the sandbox's call(), checked against the guest's interface. */
@@ -36,9 +44,15 @@ export class GearsGuest {
   }
 
   /** With `stream`, feed() hands over the results as they are made (GearsEntry.start). */
-  async start(actionIndex: number, topology: Topology, stream = false): Promise<number> {
+  async start(
+    actionIndex: number,
+    topology: Topology,
+    stream = false,
+    form: ResultForm = RESULTS_VALUES,
+  ): Promise<number> {
     const args: JsonValue[] = [actionIndex, topology as unknown as JsonValue];
-    if (stream) args.push(true);
+    if (stream || form !== RESULTS_VALUES) args.push(stream);
+    if (form !== RESULTS_VALUES) args.push(form);
     return Number(await this.isolate.call(path("start"), args));
   }
 
@@ -57,8 +71,14 @@ export class GearsGuest {
     return fed(await this.isolate.callBinary(path("feed"), args, 2, bytes));
   }
 
-  async once(actionIndex: number, topology: Topology, inputs: JsonValue[]): Promise<GuestOutcome> {
+  async once(
+    actionIndex: number,
+    topology: Topology,
+    inputs: JsonValue[],
+    form: ResultForm = RESULTS_VALUES,
+  ): Promise<GuestOutcome> {
     const args = [actionIndex, topology as unknown as JsonValue, inputs];
+    if (form !== RESULTS_VALUES) args.push(form);
     return (await this.isolate.call(path("once"), args)) as unknown as GuestOutcome;
   }
 

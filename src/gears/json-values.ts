@@ -71,3 +71,20 @@ export function encodeResultItems(values: readonly JsonValue[]): Buffer {
   if (text !== "") parts.push(Buffer.from(text));
   return parts.length === 1 ? parts[0] : Buffer.concat(parts);
 }
+
+/**
+ * Results the guest handed over as one JSON text (RESULTS_JSON, guest/entry.ts): each one's
+ * string, as the guest would have made it (a string itself; an object or array its JSON
+ * text; a number or boolean String() of it; null null).
+ */
+export function resultsOfJson(text: string): JsonValue[] {
+  const list = JSON.parse(text) as unknown[];
+  const out: JsonValue[] = new Array<JsonValue>(list.length);
+  for (let i = 0; i < list.length; i++) {
+    const v = list[i];
+    if (typeof v === "string" || v === null) out[i] = v;
+    else if (typeof v === "object") out[i] = JSON.stringify(v);
+    else out[i] = String(v);
+  }
+  return out;
+}

@@ -6,6 +6,7 @@ import type { JsonValue } from "../sandbox/types.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
 import { Execution, type ExecutionObserver, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
+import { RESULTS_JSON, RESULTS_NONE, RESULTS_VALUES } from "./guest/entry.js";
 import type { GearsBridge } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
 import { isProxyKey } from "../routing/hidden-keys.js";
@@ -515,7 +516,16 @@ export class RegistrationRegistry {
     partitions: Partitions,
     input: Map<number, PackedRecords>,
     events = 1,
+    /** The caller reads the results at once (a hook's reply, RG.TRIGGER's): made as values. */
+    resultsRead = false,
   ): Promise<Execution> {
+    // Results only RG.GETRESULTS may ask for later stay as the guest's text until then, and
+    // none are made when no execution is kept.
+    const form = resultsRead
+      ? RESULTS_VALUES
+      : this.options.maxExecutionsPerRegistration() <= 0
+        ? RESULTS_NONE
+        : RESULTS_JSON;
     const execution = new Execution(
       this.executionId(),
       session.isolate,
@@ -524,6 +534,8 @@ export class RegistrationRegistry {
       partitions,
       input,
       false,
+      0,
+      form,
     );
     execution.owner = session.owner;
     this.executionCounter++;
@@ -607,7 +619,7 @@ export class RegistrationRegistry {
     bridge.command = argv;
     try {
       const input = new Map<number, PackedRecords>([[partition, { records: [argv], values: null }]]);
-      return await this.runExecution(found.session, found.registration, partitions, input);
+      return await this.runExecution(found.session, found.registration, partitions, input, 1, true);
     } finally {
       bridge.command = previous;
     }

@@ -81,8 +81,23 @@ function eventOfChannel(frame: Buffer, start = 0, end = frame.length): { event: 
   return { event: frame.toString("latin1", close + 3, end), db };
 }
 
+/**
+ * Asked of each keyevent notification before anything is made of it: true when it is
+ * already handled (a write through the proxy produced its event) and is to be dropped.
+ * The key is `frame[keyStart, keyEnd)`, the event name `frame[eventStart, eventEnd)`.
+ */
+export type NotificationFilter = (
+  db: number,
+  frame: Buffer,
+  keyStart: number,
+  keyEnd: number,
+  eventStart: number,
+  eventEnd: number,
+) => boolean;
+
 /** `*4\r\n$8\r\npmessage\r\n` (RESP2) and `>4...` (RESP3 push): how every keyevent message starts. */
 const PMESSAGE_HEAD = Buffer.from("*4\r\n$8\r\npmessage\r\n");
+const PATTERN_BYTES = Buffer.from(PATTERN);
 
 /**
  * The [start, end) of the three bulk strings of a pmessage frame (pattern, channel,
@@ -182,6 +197,8 @@ export class KeyspaceEventSource {
       pattern: string;
       onMessage: (channel: Buffer, message: Buffer) => void;
     } | null = null,
+    /** Drops notifications already handled before they are copied out of their frame. */
+    private readonly handled: NotificationFilter | null = null,
   ) {
     this.psubscribe = encodeCommand(["PSUBSCRIBE", PATTERN, ...(extra === null ? [] : [extra.pattern])]);
   }
@@ -428,18 +445,31 @@ export class KeyspaceEventSource {
     const parts = pmessageParts(frame);
     if (parts !== null) {
       if (this.stopped) return;
-      if (this.extra !== null && frame.toString("latin1", parts[0], parts[1]) !== PATTERN) {
+      if (
+        this.extra !== null &&
+        frame.compare(PATTERN_BYTES, 0, PATTERN_BYTES.length, parts[0], parts[1]) !== 0
+      ) {
         this.extra.onMessage(
           Buffer.from(frame.subarray(parts[2], parts[3])),
           Buffer.from(frame.subarray(parts[4], parts[5])),
         );
         return;
       }
-      const { event, db } = eventOfChannel(frame, parts[2], parts[3]);
+      const start = parts[2];
+      const end = parts[3];
+      const close = frame.indexOf("__:", start + CHANNEL_DB_START);
+      let db = 0;
+      let eventStart = start;
+      if (close !== -1 && close < end) {
+        for (let i = start + CHANNEL_DB_START; i < close; i++) db = db * 10 + frame[i] - 48;
+        eventStart = close + 3;
+      }
+      // Most notifications are of writes the proxy already made events of: dropped here, unread.
+      if (this.handled?.(db, frame, parts[4], parts[5], eventStart, end) === true) return;
       this.pending.push({
         // Copied: the frame is a view of the socket's buffer.
         key: Buffer.from(frame.subarray(parts[4], parts[5])),
-        event,
+        event: frame.toString("latin1", eventStart, end),
         db,
         shard: sub.node,
         at: Date.now(),

@@ -303,6 +303,37 @@ export class WriteJournal {
   }
 
   /**
+   * Whether a notification, read in place (`frame[keyStart, keyEnd)` its key,
+   * `frame[eventStart, eventEnd)` its event), is one a write already produced: then it is
+   * swallowed now, as confirm() would, and nothing is made of it. Others go on to confirm().
+   */
+  handled(
+    db: number,
+    frame: Buffer,
+    keyStart: number,
+    keyEnd: number,
+    eventStart: number,
+    eventEnd: number,
+  ): boolean {
+    if (this.size === 0) return false;
+    const table = this.dbs.get(db);
+    if (table === undefined) return false;
+    const key = frame.toString("latin1", keyStart, keyEnd);
+    const state = table.get(key);
+    if (state === undefined || state.expected.length === 0) return false;
+    const length = eventEnd - eventStart;
+    for (let i = 0; i < state.expected.length; i++) {
+      const event = state.expected[i].event;
+      if (event.length !== length || !sameLatin1(frame, eventStart, event)) continue;
+      state.expected.splice(i, 1);
+      this.size--;
+      this.forget(table, key, state);
+      return true;
+    }
+    return false;
+  }
+
+  /**
    * Notifications that arrived: the ones to handle now. A notification a write already
    * produced is swallowed; one for a key with a write in flight is held until its reply.
    */
@@ -419,6 +450,12 @@ export class WriteJournal {
       return;
     table.delete(key);
   }
+}
+
+/** Whether `frame` holds `text` (latin1) from `start`: an event name, compared without a string. */
+function sameLatin1(frame: Buffer, start: number, text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (frame[start + i] !== text.charCodeAt(i)) return false;
+  return true;
 }
 
 /** Whether a write's reply says it changed nothing, so it emitted no notification. */

@@ -41,9 +41,28 @@ export interface Topology {
  */
 export type Streamed = [number, unknown[]] | [number, string, number];
 
+/**
+ * How an execution over given records hands its results over: as values (one string each,
+ * made by the guest), as RESULTS_JSON (one JSON text of the whole list, `Outcome.json`, that
+ * the host turns into those strings only when they are asked for), or RESULTS_NONE (only
+ * their count: nothing can fetch them).
+ */
+export const RESULTS_VALUES = 0;
+export const RESULTS_JSON = 1;
+export const RESULTS_NONE = 2;
+export type ResultForm = typeof RESULTS_VALUES | typeof RESULTS_JSON | typeof RESULTS_NONE;
+
 export interface Outcome {
   results: unknown[];
   errors: string[];
+  /**
+   * RESULTS_JSON: the results as one JSON text of a list, `results` then empty; each element
+   * is the result's string when it is one, else a value whose string is its JSON text
+   * (objects, arrays) or String(value) (numbers, booleans); null stays null.
+   */
+  json?: string;
+  /** RESULTS_JSON and RESULTS_NONE: how many results there were. */
+  count?: number;
   /**
    * An execution started with `stream`: its results by partition, [partition, values] (what
    * feed() did not hand over already); `results` is then empty.
@@ -56,6 +75,14 @@ export interface Fed {
   taken: number;
   out: Streamed[];
 }
+
+/**
+ * Event records in the flat form feed() also takes, `{rows, values}`: for each record its
+ * key, type and event (strings) and the index of its value in `values`, or -1 for a value
+ * read when the handler first touches it. QuickJS parses a flat list of primitives several
+ * times quicker than a list of objects, and the records need no field deleted.
+ */
+export type EventRows = (string | number)[];
 
 export interface Progress {
   recordsIn: number;
@@ -72,7 +99,7 @@ export interface GearsEntry {
    * An execution of action `actionIndex`: its id. With `stream`, the results leave the guest
    * as soon as they are made (feed() hands them over, as Fed), instead of at finish().
    */
-  start(actionIndex: number, topology: Topology, stream?: boolean): number;
+  start(actionIndex: number, topology: Topology, stream?: boolean, form?: ResultForm): number;
   /**
    * Runs records through the pipeline; with a time budget (ms) it stops starting records
    * once the budget is spent and answers how many it took (with the results, when streaming).
@@ -84,7 +111,12 @@ export interface GearsEntry {
     budgetMs?: number,
   ): number | Fed | Promise<number | Fed>;
   /** start, feed every [partition, records], finish and drop in one entry. */
-  once(actionIndex: number, topology: Topology, inputs: unknown): Outcome | Promise<Outcome>;
+  once(
+    actionIndex: number,
+    topology: Topology,
+    inputs: unknown,
+    form?: ResultForm,
+  ): Outcome | Promise<Outcome>;
   /** false once a limit() of the first stage is exhausted in that partition. */
   wants(execId: number, partition: number): boolean;
   finish(execId: number): Outcome | Promise<Outcome>;

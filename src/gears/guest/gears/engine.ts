@@ -11,10 +11,14 @@ import { deepCopy, toRaw, toStr } from "../core/values.js";
 import { slotOf } from "../core/slots.js";
 import {
   GEARS_ENTRY,
+  RESULTS_JSON,
+  RESULTS_NONE,
+  RESULTS_VALUES,
   type ActionInfo,
   type Fed,
   type GearsEntry,
   type Progress,
+  type ResultForm,
   type Streamed,
   type Topology,
 } from "../entry.js";
@@ -91,6 +95,26 @@ const LAZY_VALUE: PropertyDescriptor = {
   enumerable: true,
   configurable: true,
 };
+
+/**
+ * Event records sent as rows (entry.ts EventRows): four elements each, key, type, event and
+ * the index of its value in `values` (-1: read lazily). Each record is made whole, in the
+ * field order the object form gives ({key, type, event, value}), with no field to delete.
+ */
+function recordsOfRows(rows: unknown[], values: unknown[]): unknown[] {
+  const n = rows.length >> 2;
+  const out = new Array<unknown>(n);
+  for (let i = 0, j = 0; j < n; i += 4, j++) {
+    const ref = rows[i + 3] as number;
+    if (ref >= 0) out[j] = { key: rows[i], type: rows[i + 1], event: rows[i + 2], value: values[ref] };
+    else {
+      const rec = { key: rows[i], type: rows[i + 1], event: rows[i + 2] };
+      Object.defineProperty(rec, "value", LAZY_VALUE);
+      out[j] = rec;
+    }
+  }
+  return out;
+}
 
 const ownExecute = g.execute;
 const ownExecuteAsync = g.executeAsync;
@@ -899,10 +923,71 @@ function takeResults(ex: Exec): Streamed[] {
   return out;
 }
 
+const getPrototypeOf = Object.getPrototypeOf;
+const isArray = Array.isArray;
+const objectPrototype = Object.prototype;
+
+/**
+ * The results as one JSON text of the list: one native JSON.stringify instead of one per
+ * result, and one string for the host to keep (it makes each result's string only when
+ * they are asked for). Only when each result's string is, unambiguously, the element itself
+ * (a string) or its JSON text (plain objects and arrays without toJSON) or String() of it
+ * (finite numbers, booleans): null otherwise, and the results go the per-result way, with
+ * the errors that may give.
+ */
+function jsonText(list: unknown[]): string | null {
+  for (let i = 0; i < list.length; i++) {
+    const r = list[i];
+    const t = typeof r;
+    if (t === "string" || t === "boolean" || r === null || r === undefined) continue;
+    if (t === "number") {
+      if (Number.isFinite(r)) continue;
+      return null;
+    }
+    if (t !== "object") return null;
+    const proto: unknown = getPrototypeOf(r);
+    if (proto !== objectPrototype && proto !== null && !isArray(r)) return null;
+    if (typeof (r as { toJSON?: unknown }).toJSON === "function") return null;
+  }
+  try {
+    const text: unknown = JSON.stringify(list);
+    return typeof text === "string" ? text : null;
+  } catch (e) {
+    if (isFatal(e)) throw e;
+    return null;
+  }
+}
+
+/**
+ * An execution over given records that hands its results over as RESULTS_JSON or
+ * RESULTS_NONE: null when they must go as values (the per-result way) after all.
+ */
+function completeAsText(ex: Exec): Result | null {
+  const list = ex.results.length === 1 ? ex.results[0] : ([] as unknown[]).concat(...ex.results);
+  const text = jsonText(list);
+  if (text === null) return null;
+  ex.results = [];
+  // RESULTS_NONE: nothing can fetch them, yet the list was made into text, for the errors that could give.
+  return ex.form === RESULTS_NONE
+    ? { results: [], errors: ex.errors, count: list.length }
+    : { results: [], errors: ex.errors, json: text, count: list.length };
+}
+
 function complete(ex: Exec): Result {
   if (ex.stream) {
     ex.done = { results: [], errors: ex.errors, out: takeResults(ex) };
     return ex.done;
+  }
+  if (
+    ex.form !== RESULTS_VALUES &&
+    ex.action.options.convertToStr !== false &&
+    ex.action.options.collect !== false
+  ) {
+    const done = completeAsText(ex);
+    if (done !== null) {
+      ex.done = done;
+      return done;
+    }
   }
   const perPartition = ex.results.map((list) => converted(ex, list));
   const results =
@@ -964,7 +1049,7 @@ const gears: GearsEntry = {
     }));
   },
 
-  start(actionIndex: unknown, topology: unknown, stream?: unknown): number {
+  start(actionIndex: unknown, topology: unknown, stream?: unknown, form?: unknown): number {
     const action = actions[Number(actionIndex)];
     if (action === undefined) throw new Error(`no action ${safeString(actionIndex)}`);
     const { parts, owner } = topologyOf(topology);
@@ -988,6 +1073,7 @@ const gears: GearsEntry = {
       dropped: false,
       finishing: false,
       stream: stream === true,
+      form: form === RESULTS_JSON || form === RESULTS_NONE ? form : RESULTS_VALUES,
       done: null,
       recordsIn: 0,
       recordsOut: 0,
@@ -1019,10 +1105,11 @@ const gears: GearsEntry = {
     if (list !== null && typeof list === "object" && !Array.isArray(list)) {
       // {records, values}: records name their value by index, so a value that many
       // records share (events on one key) crosses into the isolate once.
-      const packed = list as { records?: unknown; values?: unknown };
+      const packed = list as { records?: unknown; values?: unknown; rows?: unknown };
       const values = Array.isArray(packed.values) ? packed.values : [];
       list = packed.records;
-      if (Array.isArray(list)) {
+      if (Array.isArray(packed.rows)) list = recordsOfRows(packed.rows, values);
+      else if (Array.isArray(list)) {
         for (const r of list) {
           if (
             r !== null &&
@@ -1082,9 +1169,9 @@ const gears: GearsEntry = {
    * start, feed every partition's records, finish and drop, in one entry into the guest:
    * for the small record sets of event handlers, where four hops cost more than the work.
    */
-  once(actionIndex: unknown, topology: unknown, inputs: unknown): Result | Promise<Result> {
+  once(actionIndex: unknown, topology: unknown, inputs: unknown, form?: unknown): Result | Promise<Result> {
     if (!Array.isArray(inputs)) throw new TypeError("inputs must be an array");
-    const id = gears.start(actionIndex as number, topology as Topology);
+    const id = gears.start(actionIndex as number, topology as Topology, false, form as ResultForm);
     const drop = (): void => void gears.drop(id);
     let i = 0;
     const rest = (): Result | Promise<Result> => {

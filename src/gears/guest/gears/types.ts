@@ -78,6 +78,9 @@ export interface Waiter {
 export interface Result {
   results: unknown[];
   errors: string[];
+  /** The results as one JSON text (Outcome.json), and their count. */
+  json?: string;
+  count?: number;
   /** A streaming execution's results by partition (see Outcome.out). */
   out?: Streamed[];
 }
@@ -99,6 +102,8 @@ export interface Exec {
   finishing: boolean;
   /** The host takes results as they are made (start's `stream`): feed() hands them over. */
   stream: boolean;
+  /** How finish() hands the results over (entry.ts ResultForm), when not streamed. */
+  form: number;
   done: Result | null;
   recordsIn: number;
   recordsOut: number;
