@@ -252,7 +252,12 @@ describe("Triggers and Functions: limits, several proxies, restarts", function (
 
   it("v8-maxmemory caps all the libraries together: the call that goes past it is ended, then T&F's OOM state until a library is deleted", async () => {
     const proxy = await startProxy([{ port: redis.port }], {
-      gearsConfig: { "redisgears_2.v8-maxmemory": String(50 * 1024 * 1024) },
+      gearsConfig: {
+        "redisgears_2.v8-maxmemory": String(50 * 1024 * 1024),
+        // The eater must be ended by the memory cap, not by the time limit: on a loaded machine
+        // 500 ms can run out before it has grown past the cap, and then no OOM state follows.
+        "redisgears_2.lock-redis-timeout": "10000",
+      },
     });
     const c = new Redis(proxy.port);
     try {
