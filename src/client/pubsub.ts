@@ -1,10 +1,16 @@
-import { encodeCommand } from "../resp/encode.js";
+import { randomBytes } from "node:crypto";
+import { encodeCommand, encodeError } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import type { Lease } from "../routing/lease.js";
 import { borrow, type Lane, type LaneHost } from "./lane.js";
 import { confirmationFrame, subscriptionCount, withCount } from "./subscription-frames.js";
 
 const PING = encodeCommand(["PING"]);
+
+/** A PING only the proxy sends: its pong, in the connection's order, stands for a refusal (see refuse). */
+const REFUSAL_TEXT = `gears-proxy:refused:${randomBytes(8).toString("hex")}`;
+const REFUSAL_PING = encodeCommand(["PING", REFUSAL_TEXT]);
+const REFUSAL_PONG = Buffer.from(`*2\r\n$4\r\npong\r\n$${REFUSAL_TEXT.length}\r\n${REFUSAL_TEXT}\r\n`);
 
 /** What a client's subscriptions need from the session. */
 export interface SubscriberHost extends LaneHost {
@@ -29,6 +35,8 @@ class Link {
   readonly counts: number[] = [];
   /** Shard links: shard channels on this connection, as the server last counted them. */
   serverCount = 0;
+  /** RESP2 refusals waiting for their PING to come back, in the order they were sent. */
+  readonly refusals: Buffer[] = [];
 
   constructor(readonly lease: Lease) {}
 }
@@ -198,7 +206,21 @@ export class Subscriber {
     this.relay(link, frame);
   }
 
+  /**
+   * A command refused in RESP2 subscriber mode. Replies to the PINGs before it are still to
+   * come on the subscription connection, and Redis would answer them first: the error waits
+   * for a PING sent behind them and takes its pong's place. False without a connection.
+   */
+  refuse(message: string): boolean {
+    const link = this.main ?? this.shards.values().next().value;
+    if (link === undefined || link.lease.closed) return false;
+    link.refusals.push(encodeError(message));
+    link.lease.sendUnmatched(REFUSAL_PING);
+    return true;
+  }
+
   private relay(link: Link, frame: Buffer): void {
+    if (link.refusals.length > 0 && frame.equals(REFUSAL_PONG)) frame = link.refusals.shift()!;
     if (link.marks > 0) link.marked.push(frame);
     else this.host.pushed(frame);
   }
