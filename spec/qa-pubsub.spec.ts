@@ -54,6 +54,30 @@ async function session(port: number, subscribe: string[]): Promise<string> {
   }
 }
 
+/** PINGs, a refusal and RESET pipelined: RESET leaves subscriber mode only after answering them all. */
+async function resetSession(port: number, subscribes: string[][]): Promise<string> {
+  const c = await Received.open(port);
+  try {
+    for (const s of subscribes) {
+      const before = c.text.length;
+      c.socket.write(encode(s));
+      await eventually(
+        async () => c.text.slice(before),
+        (text) => text.endsWith("\r\n") && /:\d+\r\n$/.test(text),
+        `${s[0]} confirmed`,
+      );
+    }
+    return await c.exchange(
+      [["PING"], ["PING", "a"], ["GET", "k"], ["RESET"], ["GET", "k"]],
+      AFTER_RESET.length,
+    );
+  } finally {
+    c.socket.destroy();
+  }
+}
+
+const AFTER_RESET = pong("") + pong("a") + REFUSED("get") + "+RESET\r\n$-1\r\n";
+
 const EXPECTED =
   pong("") + pong("a") + REFUSED("get") + pong("b") + REFUSED("set") + REFUSED("get") + pong("");
 
@@ -80,6 +104,24 @@ describe("qa: RESP2 subscriber mode, PINGs pipelined with refused commands", () 
     });
   });
 
+  it("RESET behind them: the pongs and the refusal first, then +RESET, then the next command's reply", async () => {
+    const server = await startRedis();
+    const proxy = await startProxy([{ port: server.port }]);
+    try {
+      expect(await resetSession(server.port, [["SUBSCRIBE", "qa:ch"]])).to.equal(AFTER_RESET);
+      expect(await resetSession(proxy.port, [["SUBSCRIBE", "qa:ch"]])).to.equal(AFTER_RESET);
+      expect(
+        await resetSession(proxy.port, [
+          ["SUBSCRIBE", "qa:ch"],
+          ["SSUBSCRIBE", "qa:s"],
+        ]),
+      ).to.equal(AFTER_RESET);
+    } finally {
+      await proxy.close();
+      await server.stop();
+    }
+  });
+
   describe("a 3-master cluster", () => {
     let cluster: RedisCluster;
     before(async () => {
@@ -94,6 +136,12 @@ describe("qa: RESP2 subscriber mode, PINGs pipelined with refused commands", () 
       try {
         expect(await session(proxy.port, ["SUBSCRIBE", "qa:ch"])).to.equal(EXPECTED);
         expect(await session(proxy.port, ["SSUBSCRIBE", "qa:sch"])).to.equal(EXPECTED);
+        // Shard channels of every shard and a channel: RESET waits for each connection's frames.
+        const shards = [
+          ["SUBSCRIBE", "qa:ch"],
+          ...["a", "b", "c", "d", "e"].map((t) => ["SSUBSCRIBE", `qa:${t}`]),
+        ];
+        expect(await resetSession(proxy.port, shards)).to.equal(AFTER_RESET);
       } finally {
         await proxy.close();
       }
