@@ -78,9 +78,9 @@ export class Dispatcher {
     if (!user.authenticated && !NO_AUTH_COMMANDS.has(name))
       return host.replyError("NOAUTH Authentication required.");
     if (pubsub.count > 0 && host.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
-      return host.replyError(
-        `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`,
-      );
+      const error = `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`;
+      if (!pubsub.refuse(error)) host.replyError(error);
+      return;
     }
     // EXEC and DISCARD inside MULTI always run: the transaction must be able to end.
     const ends = txn.inMulti && (name === "exec" || name === "discard");

@@ -1,10 +1,22 @@
-import { encodeCommand } from "../resp/encode.js";
+import { randomBytes } from "node:crypto";
+import { encodeCommand, encodeError } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import type { Lease } from "../routing/lease.js";
 import { borrow, type Lane, type LaneHost } from "./lane.js";
+import type { ReplySlot } from "./reply-slot.js";
 import { confirmationFrame, subscriptionCount, withCount } from "./subscription-frames.js";
 
 const PING = encodeCommand(["PING"]);
+const EMPTY = Buffer.alloc(0);
+
+/** A PING only the proxy sends: its pong, in the connection's order, stands for a refusal (see refuse). */
+const REFUSAL_TEXT = `gears-proxy:refused:${randomBytes(8).toString("hex")}`;
+const REFUSAL_PING = encodeCommand(["PING", REFUSAL_TEXT]);
+/** RESET's marker: its pong says every frame sent before the RESET has come. */
+const DRAIN_TEXT = `gears-proxy:drained:${randomBytes(8).toString("hex")}`;
+const DRAIN_PING = encodeCommand(["PING", DRAIN_TEXT]);
+const DRAIN_PONG = Buffer.from(`*2\r\n$4\r\npong\r\n$${DRAIN_TEXT.length}\r\n${DRAIN_TEXT}\r\n`);
+const REFUSAL_PONG = Buffer.from(`*2\r\n$4\r\npong\r\n$${REFUSAL_TEXT.length}\r\n${REFUSAL_TEXT}\r\n`);
 
 /** What a client's subscriptions need from the session. */
 export interface SubscriberHost extends LaneHost {
@@ -29,6 +41,10 @@ class Link {
   readonly counts: number[] = [];
   /** Shard links: shard channels on this connection, as the server last counted them. */
   serverCount = 0;
+  /** RESP2 refusals waiting for their PING to come back, in the order they were sent. */
+  readonly refusals: Buffer[] = [];
+  /** Empty replies that keep RESET waiting until the frames before its marker have come. */
+  readonly drains: ReplySlot[] = [];
 
   constructor(readonly lease: Lease) {}
 }
@@ -50,6 +66,8 @@ export class Subscriber {
   private readonly shardChannels = new Map<string, string>();
   /** Shard channels over every shard link, as their servers confirmed them so far. */
   private confirmed = 0;
+  /** A RESET's markers are out (drain): the RESET that runs again sends none. */
+  private draining = false;
   /** Subscriptions of every kind: the client is in subscriber mode while not 0. */
   count = 0;
 
@@ -198,7 +216,43 @@ export class Subscriber {
     this.relay(link, frame);
   }
 
+  /**
+   * A command refused in RESP2 subscriber mode. Replies to the PINGs before it are still to
+   * come on the subscription connection, and Redis would answer them first: the error waits
+   * for a PING sent behind them and takes its pong's place. False without a connection.
+   */
+  refuse(message: string): boolean {
+    const link = this.main ?? this.shards.values().next().value;
+    if (link === undefined || link.lease.closed) return false;
+    link.refusals.push(encodeError(message));
+    link.lease.sendUnmatched(REFUSAL_PING);
+    return true;
+  }
+
+  /**
+   * RESET in RESP2 subscriber mode: the replies to PINGs and refusals before it are frames
+   * still to come on the subscription connections, which RESET would close. A marker PING
+   * behind them, with an empty reply in the client's order, keeps RESET waiting (as for any
+   * reply in flight) until they have come. Once per RESET, which runs again when they have.
+   */
+  drain(): void {
+    if (this.host.proto !== 2 || this.draining) return;
+    this.draining = true;
+    for (const link of [this.main, ...this.shards.values()]) {
+      if (link === null || link.lease.closed) continue;
+      const slot = this.host.upstreamSlot();
+      slot.silent = true;
+      link.drains.push(slot);
+      link.lease.sendUnmatched(DRAIN_PING);
+    }
+  }
+
   private relay(link: Link, frame: Buffer): void {
+    if (link.drains.length > 0 && frame.equals(DRAIN_PONG)) {
+      link.drains.shift()!.reply(EMPTY);
+      return;
+    }
+    if (link.refusals.length > 0 && frame.equals(REFUSAL_PONG)) frame = link.refusals.shift()!;
     if (link.marks > 0) link.marked.push(frame);
     else this.host.pushed(frame);
   }
@@ -221,5 +275,6 @@ export class Subscriber {
     this.shardChannels.clear();
     this.confirmed = 0;
     this.count = 0;
+    this.draining = false;
   }
 }

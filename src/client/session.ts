@@ -188,6 +188,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
 
   /** Lets `request` run only once every earlier reply has arrived (RESET, lane changes). */
   waitForIdle(request: Request): boolean {
+    if (this.pubsub.count > 0) this.pubsub.drain();
     return this.enterLane("idle", request);
   }
 

@@ -61,6 +61,14 @@ export class Lease implements Pipe {
     return this.conn.call(argv);
   }
 
+  /**
+   * The proxy's own request on the node's control connection, beside a command this lease
+   * is blocked in (WAIT reads the replicas' progress while one waits); null when the node is down.
+   */
+  callBeside(argv: readonly Arg[]): Promise<RespValue> | null {
+    return this.node.control()?.call(argv) ?? null;
+  }
+
   /** The server changed the connection's database itself (SELECT inside EXEC). */
   noteDb(db: number): void {
     this.conn.noteDb(db);
