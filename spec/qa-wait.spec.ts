@@ -55,6 +55,28 @@ describe("qa: WAIT through the proxy counts the replicas that have the client's 
       await master?.stop();
     });
 
+    it("the proxy: a long WAIT for a stopped replica reads the master's INFO less and less often", async () => {
+      const infoCalls = async (): Promise<number> => {
+        const stats = await master.cli("INFO", "commandstats");
+        return Number(/cmdstat_info:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+      };
+      const c = new Redis({ port: proxy.port, lazyConnect: true });
+      await c.connect();
+      try {
+        const answer = await withReplicaStopped(replica, async () => {
+          await c.set("qa:wait:long", "v");
+          const before = await infoCalls();
+          const n = await c.wait(1, 1500);
+          return { n, calls: (await infoCalls()) - before };
+        });
+        expect(answer.n).to.equal(0);
+        // Every 2 ms for 1.5 s would be hundreds; backing off to 100 ms it is about twenty.
+        expect(answer.calls).to.be.below(60);
+      } finally {
+        c.disconnect();
+      }
+    });
+
     for (const target of ["Redis", "the proxy"] as const) {
       const port = (): number => (target === "Redis" ? master.port : proxy.port);
 

@@ -9,8 +9,13 @@ import type { ReplySlot } from "./reply-slot.js";
 const ROUND_MS = 10;
 /** More replicas than a server has: a WAIT for them lasts its whole round, and meanwhile the server asks every replica to acknowledge. */
 const UNREACHABLE = "1000000";
-/** How often the replicas' acknowledgements are read while a round is on. */
+/**
+ * How often the replicas' acknowledgements are read while a round is on: soon at first, where
+ * a WAIT after a write is answered, then less often, so that a long WAIT for a replica that is
+ * gone does not keep the master answering INFO hundreds of times a second.
+ */
 const POLL_MS = 2;
+const POLL_MAX_MS = 100;
 /** WAIT's arguments as Redis accepts them (a long each); anything else goes to Redis for its own error. */
 const INTEGER = /^-?\d{1,18}$/;
 
@@ -118,6 +123,7 @@ class WaitRun {
     const lease = this.leases[index];
     let info = replicationInfo(await lease.call(["INFO", "replication"]));
     const mark = info.offset;
+    let pause = POLL_MS;
     for (;;) {
       if (this.done) return;
       this.counts[index] = info.replicaOffsets.filter((offset) => offset >= mark).length;
@@ -142,7 +148,8 @@ class WaitRun {
         await this.rounds[index];
         if (!this.done) info = replicationInfo(await lease.call(["INFO", "replication"]));
       } else {
-        await sleep(POLL_MS);
+        await sleep(pause);
+        pause = Math.min(POLL_MAX_MS, pause * 2);
         info = replicationInfo(await beside);
       }
     }
