@@ -486,8 +486,12 @@ export class StreamConsumer {
     const argv = ["XREADGROUP", "GROUP", this.group, this.consumer, "COUNT", String(READ_COUNT), "STREAMS"];
     let reply = await this.call([...argv, state.key, ">"]);
     if (errorOf(reply)?.startsWith("NOGROUP")) {
-      // The stream was deleted and written again: the group went with it.
+      // The stream was deleted and written again: the group went with it. Unless the
+      // registration went meanwhile (its groups destroyed here or by another proxy): a group
+      // made again now would outlive it and take the stream's next entries.
+      if (this.stopped) return 0;
       await this.createGroup(state);
+      if (this.stopped) return 0;
       reply = await this.call([...argv, state.key, ">"]);
     }
     const error = errorOf(reply);
