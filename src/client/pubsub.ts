@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { encodeCommand, encodeError } from "../resp/encode.js";
+import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import type { Lease } from "../routing/lease.js";
 import { borrow, type Lane, type LaneHost } from "./lane.js";
@@ -15,8 +15,10 @@ const REFUSAL_PING = encodeCommand(["PING", REFUSAL_TEXT]);
 /** RESET's marker: its pong says every frame sent before the RESET has come. */
 const DRAIN_TEXT = `gears-proxy:drained:${randomBytes(8).toString("hex")}`;
 const DRAIN_PING = encodeCommand(["PING", DRAIN_TEXT]);
-const DRAIN_PONG = Buffer.from(`*2\r\n$4\r\npong\r\n$${DRAIN_TEXT.length}\r\n${DRAIN_TEXT}\r\n`);
-const REFUSAL_PONG = Buffer.from(`*2\r\n$4\r\npong\r\n$${REFUSAL_TEXT.length}\r\n${REFUSAL_TEXT}\r\n`);
+/** How a subscribed RESP2 connection answers `PING <text>`: the array of "pong" and the text. */
+const pongOf = (text: string): Buffer => encodeValue([Buffer.from("pong"), Buffer.from(text)]);
+const DRAIN_PONG = pongOf(DRAIN_TEXT);
+const REFUSAL_PONG = pongOf(REFUSAL_TEXT);
 
 /** What a client's subscriptions need from the session. */
 export interface SubscriberHost extends LaneHost {
