@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { encodeError } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { RespError, RespVerbatim, type RespValue } from "../resp/values.js";
@@ -18,8 +19,6 @@ const POLL_MS = 2;
 const POLL_MAX_MS = 100;
 /** WAIT's arguments as Redis accepts them (a long each); anything else goes to Redis for its own error. */
 const INTEGER = /^-?\d{1,18}$/;
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * WAIT through the proxy. Redis counts the replicas that acknowledged the writes of the

@@ -3,6 +3,7 @@
  * on a free loopback port, with its data in a directory of the user's choosing.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { setTimeout as sleep } from "node:timers/promises";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -60,10 +61,6 @@ export function freePort(): Promise<number> {
       probe.close(() => (typeof address === "object" && address ? resolve(address.port) : reject()));
     });
   });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** True when a PING on a fresh connection gets +PONG within a second. */
