@@ -146,9 +146,16 @@ export class Execution {
     return this.chunks?.count ?? this.values?.length ?? 0;
   }
 
-  /** The results as values: executions over given records only (made from their text when kept as one). */
+  /**
+   * The results as values: executions over given records only. Kept as text until the first
+   * time they are asked for, then as the values made of it, so a second RG.GETRESULTS does
+   * not parse the text again.
+   */
   get results(): JsonValue[] | null {
-    if (this.valuesJson !== null) return resultsOfJson(this.valuesJson);
+    if (this.valuesJson !== null) {
+      this.values = resultsOfJson(this.valuesJson);
+      this.valuesJson = null;
+    }
     return this.values;
   }
 
