@@ -72,13 +72,24 @@ export function mergeNotifyFlags(current: string, extra = ""): string {
   return merged;
 }
 
+/** Where the event name of a keyevent channel `frame[start, end)` starts (`start` when it has no db). */
+function eventStartOf(frame: Buffer, start: number, end: number): number {
+  const close = frame.indexOf("__:", start + CHANNEL_DB_START);
+  return close === -1 || close >= end ? start : close + 3;
+}
+
+/** The database of a keyevent channel starting at `start`, whose event name starts at `eventStart`. */
+function dbOfChannel(frame: Buffer, start: number, eventStart: number): number {
+  let db = 0;
+  if (eventStart !== start)
+    for (let i = start + CHANNEL_DB_START; i < eventStart - 3; i++) db = db * 10 + frame[i] - 48;
+  return db;
+}
+
 /** The event name and database of a keyevent channel, `frame[start, end)`. */
 function eventOfChannel(frame: Buffer, start = 0, end = frame.length): { event: string; db: number } {
-  const close = frame.indexOf("__:", start + CHANNEL_DB_START);
-  if (close === -1 || close >= end) return { event: frame.toString("latin1", start, end), db: 0 };
-  let db = 0;
-  for (let i = start + CHANNEL_DB_START; i < close; i++) db = db * 10 + frame[i] - 48;
-  return { event: frame.toString("latin1", close + 3, end), db };
+  const eventStart = eventStartOf(frame, start, end);
+  return { event: frame.toString("latin1", eventStart, end), db: dbOfChannel(frame, start, eventStart) };
 }
 
 /**
@@ -457,13 +468,8 @@ export class KeyspaceEventSource {
       }
       const start = parts[2];
       const end = parts[3];
-      const close = frame.indexOf("__:", start + CHANNEL_DB_START);
-      let db = 0;
-      let eventStart = start;
-      if (close !== -1 && close < end) {
-        for (let i = start + CHANNEL_DB_START; i < close; i++) db = db * 10 + frame[i] - 48;
-        eventStart = close + 3;
-      }
+      const eventStart = eventStartOf(frame, start, end);
+      const db = dbOfChannel(frame, start, eventStart);
       // Most notifications are of writes the proxy already made events of: dropped here, unread.
       if (this.handled?.(db, frame, parts[4], parts[5], eventStart, end) === true) return;
       this.pending.push({
