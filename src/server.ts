@@ -157,7 +157,8 @@ export class ProxyServer {
       gearsPreload(),
     );
     await ctx.gears.restore();
-    const listener = net.createServer((socket) => this.accept(ctx, socket));
+    // Accepted paused so that the client's socket can read without the stream machinery (io/socket-reader.ts).
+    const listener = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(ctx, socket));
     this.listener = listener;
     await this.listen(listener, this.config.port);
     // Counted among the threads once it takes connections (the spec waits for that).

@@ -1,5 +1,6 @@
 import type { Socket } from "node:net";
 import { OutputBuffer } from "../io/output-buffer.js";
+import { readBytes } from "../io/socket-reader.js";
 import { RequestParser } from "../resp/request-parser.js";
 import type { ProxyContext } from "./context.js";
 
@@ -36,18 +37,20 @@ export class ClientSocket {
   /** The proxy is shutting down: no new command runs; the connection ends once replies are out. */
   draining = false;
   private lastActivity = Date.now();
+  private readonly socket: Socket;
 
   constructor(
-    private readonly socket: Socket,
+    accepted: Socket,
     private readonly host: SocketHost,
   ) {
     const ctx = host.ctx;
-    this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
-    this.laddr = `${socket.localAddress}:${socket.localPort}`;
+    this.addr = `${accepted.remoteAddress}:${accepted.remotePort}`;
+    this.laddr = `${accepted.localAddress}:${accepted.localPort}`;
     this.parser = new RequestParser({ maxBulkLen: ctx.config.protoMaxBulkLen, maxArgs: 1024 * 1024 });
+    const socket = readBytes(accepted, (chunk) => this.onData(chunk));
+    this.socket = socket;
     this.out = new OutputBuffer(socket);
     socket.setNoDelay(true);
-    socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", () => host.close());
     socket.on("close", () => host.close());
     socket.on("drain", () => this.resumeReading());
