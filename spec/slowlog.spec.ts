@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import { Redis } from "ioredis";
 import { startRedis, startProxy, sendCommand, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { eventually } from "./support/polling.js";
 import { RawClient } from "./support/raw-client.js";
@@ -83,6 +84,45 @@ describe("SLOWLOG answered by the proxy", function () {
       expect(argv[31]).to.equal("... (12 more arguments)");
     } finally {
       await everything.close();
+    }
+  });
+
+  it("keeps the newest max-len entries, newest first, each with its own arguments", async () => {
+    const own = await startProxy([redis], { slowlogLogSlowerThan: 0 });
+    try {
+      await sendCommand(own.port, ["CONFIG", "SET", "slowlog-max-len", "3"]);
+      // Pipelined on one connection, so later requests arrive in the bytes earlier ones were read from.
+      const client = new Redis({ port: own.port, lazyConnect: true });
+      await client.connect();
+      try {
+        const pipeline = client.pipeline();
+        for (let i = 0; i < 10; i++) pipeline.set(`ring:${i}`, `value-${i}`);
+        await pipeline.exec();
+      } finally {
+        client.disconnect();
+      }
+      const entries = (await sendCommand(own.port, ["SLOWLOG", "GET", "-1"])) as unknown[][];
+      expect(entries.map((e) => (e[3] as Buffer[]).map(String))).to.deep.equal([
+        ["set", "ring:9", "value-9"],
+        ["set", "ring:8", "value-8"],
+        ["set", "ring:7", "value-7"],
+      ]);
+      const ids = entries.map((e) => Number(e[0]));
+      expect(ids[0] - ids[1]).to.equal(1);
+      expect(ids[1] - ids[2]).to.equal(1);
+      expect(await sendCommand(own.port, ["SLOWLOG", "LEN"])).to.equal(3);
+      await sendCommand(own.port, ["CONFIG", "SET", "slowlog-max-len", "1"]);
+      expect(await sendCommand(own.port, ["SLOWLOG", "LEN"])).to.equal(1);
+    } finally {
+      await sendCommand(own.port, [
+        "CONFIG",
+        "SET",
+        "slowlog-max-len",
+        "128",
+        "slowlog-log-slower-than",
+        "10000",
+      ]);
+      await own.close();
     }
   });
 

@@ -133,9 +133,8 @@ export class ReplyWriter implements QueueOwner {
     const us = (Metrics.now() - startedAt) * 1000;
     host.ctx.metrics?.commandDone(request.name, us / 1e6, data);
     // Redis logs the commands EXEC runs, never EXEC itself.
-    // The arguments are split only for a command the slow log keeps.
     const slowlog = host.ctx.slowlog;
-    if (request.name !== "exec" && slowlog.logs(us)) slowlog.record(us, request.argv, host.addr, host.name);
+    if (request.name !== "exec" && slowlog.logs(us)) slowlog.record(us, request, host.addr, host.name);
   }
 
   endAfterWrite(): void {

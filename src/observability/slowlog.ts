@@ -1,3 +1,5 @@
+import { Request } from "../resp/request-parser.js";
+
 /** The proxy's own SLOWLOG: commands that took long as the proxy's clients saw them. */
 
 /** Redis keeps at most 32 arguments and 128 bytes of each (slowlog.c's limits). */
@@ -9,13 +11,43 @@ export interface SlowLogEntry {
   /** Unix time in seconds when the command was logged. */
   timestamp: number;
   durationUs: number;
-  argv: Buffer[];
+  /** Trimmed as Redis trims them. */
+  readonly argv: Buffer[];
   addr: string;
   name: string;
 }
 
+/** Requests up to this size are kept as one copy and split when read. */
+const KEEP_RAW_BYTES = 4096;
+
+/**
+ * A logged command. When a proxy is overloaded every command is slow as its clients see it,
+ * so logging must cost little: one copy of the request's bytes, split and trimmed only when
+ * SLOWLOG GET reads it.
+ */
+class Entry implements SlowLogEntry {
+  private args: Buffer[] | null;
+
+  constructor(
+    readonly id: number,
+    readonly timestamp: number,
+    readonly durationUs: number,
+    private readonly request: Request | null,
+    args: Buffer[] | null,
+    readonly addr: string,
+    readonly name: string,
+  ) {
+    this.args = args;
+  }
+
+  get argv(): Buffer[] {
+    return (this.args ??= trimArgv(this.request!.argv));
+  }
+}
+
 export class SlowLog {
-  private entries: SlowLogEntry[] = [];
+  /** Oldest first; holds up to twice maxLen, so that dropping the oldest is a rare splice. */
+  private entries: Entry[] = [];
   private nextId = 0;
 
   constructor(
@@ -34,26 +66,41 @@ export class SlowLog {
     return durationUs >= this.slowerThanUs && this.slowerThanUs >= 0 && this.maxLen > 0;
   }
 
-  record(durationUs: number, argv: readonly Buffer[], addr: string, name: string): void {
+  record(durationUs: number, request: Request, addr: string, name: string): void {
     if (!this.logs(durationUs)) return;
-    this.entries.unshift({
-      id: this.nextId++,
-      timestamp: Math.floor(Date.now() / 1000),
-      durationUs: Math.floor(durationUs),
-      argv: trimArgv(argv),
-      addr,
-      name,
-    });
-    if (this.entries.length > this.maxLen) this.entries.length = this.maxLen;
+    const raw = request.raw;
+    const kept =
+      raw !== null && raw.length <= KEEP_RAW_BYTES
+        ? new Request(request.name, null, Buffer.from(raw), 0, raw.length, request.argc)
+        : null;
+    this.entries.push(
+      new Entry(
+        this.nextId++,
+        Math.floor(Date.now() / 1000),
+        Math.floor(durationUs),
+        kept,
+        kept === null ? trimArgv(request.argv) : null,
+        addr,
+        name,
+      ),
+    );
+    if (this.entries.length >= 2 * this.maxLen) this.trim();
   }
 
   /** Newest first, as SLOWLOG GET; a negative count means all. */
   get(count: number): readonly SlowLogEntry[] {
-    return count < 0 ? this.entries : this.entries.slice(0, count);
+    const n = count < 0 ? this.length : Math.min(count, this.length);
+    const out: SlowLogEntry[] = [];
+    for (let i = this.entries.length - 1; out.length < n; i--) out.push(this.entries[i]);
+    return out;
   }
 
   get length(): number {
-    return this.entries.length;
+    return Math.min(this.entries.length, this.maxLen);
+  }
+
+  private trim(): void {
+    if (this.entries.length > this.maxLen) this.entries.splice(0, this.entries.length - this.maxLen);
   }
 
   /**
@@ -69,7 +116,7 @@ export class SlowLog {
       if (key === "slowlog-log-slower-than") this.slowerThanUs = value;
       else if (key === "slowlog-max-len" && value >= 0) {
         this.maxLen = value;
-        if (this.entries.length > value) this.entries.length = value;
+        this.trim();
       }
     }
   }
