@@ -46,7 +46,8 @@ function sameCall(rd: Round, name: string, argv: string[], key: string): boolean
  * step's first keyed read of the batch; undefined when the host must be asked.
  */
 function readAheadIn(list: unknown[], name: string, argv: string[]): unknown[] | undefined {
-  if (raNames[name.toUpperCase()] !== true) {
+  // Scripts mostly spell the name in capitals: no new string then.
+  if (raNames[name] !== true && raNames[name.toUpperCase()] !== true) {
     dropRounds();
     return undefined;
   }
@@ -157,5 +158,5 @@ export function readAhead(name: string, argv: string[]): unknown[] | undefined {
 
 /** A command that is not read ahead may write: replies read ahead are stale after it. */
 export function dropUnlessReadAhead(name: string): void {
-  if (rounds.length > 0 && raNames[name.toUpperCase()] !== true) dropRounds();
+  if (rounds.length > 0 && raNames[name] !== true && raNames[name.toUpperCase()] !== true) dropRounds();
 }
