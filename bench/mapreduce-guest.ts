@@ -2,7 +2,8 @@
  * The guest's share of a KeysReader map/reduce (issue 14, bench:mapreduce's (b)): N movie
  * records `{key, value: {title, year, genres}, type, event}` in QuickJS's binary format,
  * fed in batches of 1000 through the real sandbox prelude and gears library in QuickJS, in
- * this thread, then finished. Prints the CPU of decoding alone, of an empty pipeline and of
+ * this thread, then finished (`--execute`: (c), the keys only, with a stub host that answers
+ * executeMany; its own CPU is not counted). Prints the CPU of decoding alone, of an empty pipeline and of
  * the script (min of the runs), per record. `--base DIR` measures another build's dist too.
  *   node dist/bench/mapreduce-guest.js [--movies 20000] [--runs 9] [--base /path/to/build] [--script S]
  */
@@ -14,6 +15,8 @@ import { getQuickJS, type QuickJSHandle } from "quickjs-emscripten";
 const SCRIPT =
   "GB().map(r => r.value.genres).filter(Boolean).flatmap(g => g.split(',')).countby().run('movie:*')";
 const EMPTY = "GB().count().run('movie:*')";
+const SCRIPT_EXECUTE =
+  "GB('KeysOnlyReader').map(k => execute('HGET', k, 'genres')).filter(g => g != null).flatmap(g => g.split(',')).countby().run('movie:*')";
 const GENRES = [
   "Drama",
   "Comedy",
@@ -33,11 +36,17 @@ const { values } = parseArgs({
     movies: { type: "string", default: "20000" },
     runs: { type: "string", default: "9" },
     base: { type: "string" },
-    script: { type: "string", default: SCRIPT },
+    script: { type: "string" },
+    /** bench:mapreduce's (c): KeysOnlyReader records (the keys), the stub host answers executeMany with the genres. */
+    execute: { type: "boolean", default: false },
   },
 });
 const movies = Number(values.movies);
 const runs = Number(values.runs);
+const keysOnly = values.execute === true;
+const script = values.script ?? (keysOnly ? SCRIPT_EXECUTE : SCRIPT);
+/** Each movie's genres, for the stub host's executeMany. */
+const genresOf = new Map<string, string>();
 
 /** The build this file belongs to: dist/bench/.. */
 const OWN_BUILD = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
@@ -74,6 +83,11 @@ function batches(build: Built): Buffer[] {
       const n = 1 + Math.floor(random() * 3);
       while (picked.size < n) picked.add(GENRES[Math.floor(random() * GENRES.length)]);
       const year = 1920 + Math.floor(random() * 105);
+      genresOf.set(`movie:${i}`, [...picked].join(","));
+      if (keysOnly) {
+        list.push(`movie:${i}`);
+        continue;
+      }
       list.push({
         key: `movie:${i}`,
         value: { title: `Movie number ${i}`, year: String(year), genres: [...picked].join(",") },
@@ -98,7 +112,21 @@ async function prepare(build: Built, script: string): Promise<() => Sample> {
   const rt = QuickJS.newRuntime();
   rt.setMaxStackSize(1 << 20);
   const ctx = rt.newContext();
-  const rawSync = ctx.newFunction("callSync", () => ctx.newString("0null"));
+  let hostUs = 0;
+  const flat = /\berrs\b/.test(build.guest);
+  const rawSync = ctx.newFunction("callSync", (nameH, argsH) => {
+    if (ctx.getString(nameH) !== "executeMany") return ctx.newString("0null");
+    const h0 = process.cpuUsage();
+    const keys = (JSON.parse(ctx.getString(argsH)) as unknown[][])[3] as string[];
+    const value = (k: string): string => JSON.stringify(genresOf.get(k) ?? null);
+    // Builds before the flat answer (`[values, errors]`) read one `[0, value]` per key.
+    const text = flat
+      ? `0[[${keys.map(value).join(",")}],[]]`
+      : `0[${keys.map((k) => `[0,${value(k)}]`).join(",")}]`;
+    const h = process.cpuUsage(h0);
+    hostUs += h.user + h.system;
+    return ctx.newString(text);
+  });
   const rawNotify = ctx.newFunction("notify", () => {});
   const factory = ctx.unwrapResult(ctx.evalCode(build.prelude, "prelude"));
   const internal = ctx.unwrapResult(ctx.callFunction(factory, ctx.undefined, rawSync, rawNotify));
@@ -133,6 +161,7 @@ async function prepare(build: Built, script: string): Promise<() => Sample> {
     readAhead: ["HGET"],
   };
   return () => {
+    hostUs = 0;
     let c0 = process.cpuUsage();
     for (const b of bytes) {
       const h = ctx.newArrayBuffer(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
@@ -157,7 +186,7 @@ async function prepare(build: Built, script: string): Promise<() => Sample> {
     const out = callEntry("finish", [id]);
     c = process.cpuUsage(c0);
     callEntry("drop", [id]);
-    return { decodeMs, feedMs: (c.user + c.system) / 1000, out };
+    return { decodeMs, feedMs: (c.user + c.system - hostUs) / 1000, out };
   };
 }
 
@@ -175,7 +204,7 @@ for (const build of builds) {
   prepared.push({
     build,
     empty: await prepare(b, EMPTY),
-    script: await prepare(b, values.script!),
+    script: await prepare(b, script),
     best: none,
     bestEmpty: none,
   });

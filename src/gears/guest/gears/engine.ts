@@ -29,6 +29,7 @@ import {
   dropUnlessReadAhead,
   endFeed,
   feedRecord,
+  MISS,
   readAhead,
   setReadAheadNames,
 } from "./read-ahead.js";
@@ -61,11 +62,8 @@ g.execute = function execute(command: unknown, ...args: unknown[]): unknown {
     const a = args[i];
     argv[i] = typeof a === "string" ? a : safeString(a);
   }
-  const o = readAhead(name, argv);
-  if (o !== undefined) {
-    if (o[0] === 0) return o[1];
-    throw new Error(safeString(o[1]));
-  }
+  const v = readAhead(name, argv);
+  if (v !== MISS) return v;
   return host.callSync("execute", at.part, name, ...argv);
 };
 g.executeAsync = function executeAsync(command: unknown, ...args: unknown[]): PromiseLike<unknown> {
