@@ -57,10 +57,17 @@ describe("read-ahead: one write per partition (gears/read-ahead.ts)", () => {
   }
 
   const keys = ["k:1", "k:2", "k:3", "k:4", "k:5", "k:6"];
+  /** executeMany's answer, `[values, [[index, message], ...]]`, as one `[0, value] | [1, message]` per key. */
   const run = (r: Router, p: Partitions) =>
-    executeMany(r, () => p, [null, ["HGET", "?", "genres"], [1], keys]).then(
-      (raw) => JSON.parse(raw.json) as [number, string][],
-    );
+    executeMany(r, () => p, [null, ["HGET", "?", "genres"], [1], keys]).then((raw) => {
+      const [values, errors] = JSON.parse(raw.json) as [unknown[], [number, string][]];
+      const out: [number, unknown][] = values.map((v) => [0, v]);
+      for (const [i, message] of errors) {
+        expect(values[i]).to.equal(null);
+        out[i] = [1, message];
+      }
+      return out;
+    });
 
   it("encodes commands back to back as encodeCommand does one by one", () => {
     const argvs = [["HGET", "k:1", "genres"], ["GET", "ключ"], ["MGET"]].map((a) =>

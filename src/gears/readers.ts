@@ -485,7 +485,7 @@ function writeObject(c: RespCursor, w: BinaryWriter): void {
     if (c.peek() !== 36) throw new NotHandled("field name");
     const at = c.bulk();
     if (at < 0) throw new NotHandled("field name");
-    w.atom(c.buf.toString("utf8", at, c.bulkEnd));
+    w.atomBytes(c.buf, at, c.bulkEnd);
     writeText(c, w);
   }
   if (n > 0 && n % 2 === 1) c.skip();

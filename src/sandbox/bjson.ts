@@ -9,6 +9,9 @@
  */
 import type { JsonValue } from "./types.js";
 
+/** Texts up to this many bytes are copied in JS (stringBytes). */
+const SHORT = 64;
+
 /** The format's version byte, as the QuickJS in use writes it. */
 const VERSION = 5;
 export const TAG_NULL = 1;
@@ -79,15 +82,61 @@ export class BinaryWriter {
     this.text(s);
   }
 
+  /**
+   * A property name from UTF-8 bytes: a name already in the table is found from its bytes,
+   * with no string made (a hash's field names recur in every record of a batch).
+   */
+  atomBytes(src: Buffer, start: number, end: number): void {
+    const len = end - start;
+    const list = this.atomList;
+    // Past a few names, the table's map finds a name quicker than a walk through the list.
+    for (let a = 0; a < list.length && a < 16; a++) {
+      const name = list[a];
+      if (name.length !== len) continue;
+      let i = 0;
+      // A byte past ASCII never equals a UTF-16 unit here: such a name is made a string below.
+      while (i < len && name.charCodeAt(i) === src[start + i] && src[start + i] < 0x80) i++;
+      if (i === len) {
+        this.leb((a + 1) << 1);
+        return;
+      }
+    }
+    this.atom(src.toString("utf8", start, end));
+  }
+
   /** A string value from UTF-8 bytes, read as Buffer.toString() reads them. */
   stringBytes(src: Buffer, start: number, end: number): void {
+    const len = end - start;
+    if (len <= SHORT) {
+      // Short ASCII texts are copied byte by byte: a native copy costs more than the bytes.
+      this.room(len + 6);
+      const buf = this.buf;
+      const at = this.length;
+      buf[at] = TAG_STRING;
+      let o = at + 1;
+      let v = (len << 1) >>> 0;
+      while (v >= 0x80) {
+        buf[o++] = (v & 0x7f) | 0x80;
+        v >>>= 7;
+      }
+      buf[o++] = v;
+      for (let i = start; i < end; i++) {
+        const b = src[i];
+        if (b >= 0x80) {
+          this.string(src.toString("utf8", start, end));
+          return;
+        }
+        buf[o++] = b;
+      }
+      this.length = o;
+      return;
+    }
     for (let i = start; i < end; i++) {
       if (src[i] >= 0x80) {
         this.string(src.toString("utf8", start, end));
         return;
       }
     }
-    const len = end - start;
     this.u8(TAG_STRING);
     this.leb(len << 1);
     this.room(len);
@@ -104,6 +153,24 @@ export class BinaryWriter {
 
   /** A JSString: length and wideness, then Latin-1 bytes or UTF-16 code units. */
   private text(s: string): void {
+    if (s.length < 64) {
+      // As in stringBytes: a short Latin-1 text is written in JS, not by a native write.
+      const n = s.length;
+      this.room(n + 2);
+      const buf = this.buf;
+      let o = this.length;
+      buf[o++] = n << 1; // n < 64: its length takes one byte
+      let i = 0;
+      for (; i < n; i++) {
+        const ch = s.charCodeAt(i);
+        if (ch > 0xff) break;
+        buf[o++] = ch;
+      }
+      if (i === n) {
+        this.length = o;
+        return;
+      }
+    }
     let wide = false;
     for (let i = 0; i < s.length; i++) {
       if (s.charCodeAt(i) > 0xff) {

@@ -29,6 +29,7 @@ import {
   dropUnlessReadAhead,
   endFeed,
   feedRecord,
+  MISS,
   readAhead,
   setReadAheadNames,
 } from "./read-ahead.js";
@@ -55,13 +56,14 @@ function ownerOf(ex: Exec, key: string): number {
 }
 
 g.execute = function execute(command: unknown, ...args: unknown[]): unknown {
-  const name = safeString(command);
-  const argv = args.map(safeString);
-  const o = readAhead(name, argv);
-  if (o !== undefined) {
-    if (o[0] === 0) return o[1];
-    throw new Error(safeString(o[1]));
+  const name = typeof command === "string" ? command : safeString(command);
+  const argv = new Array<string>(args.length);
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    argv[i] = typeof a === "string" ? a : safeString(a);
   }
+  const v = readAhead(name, argv);
+  if (v !== MISS) return v;
   return host.callSync("execute", at.part, name, ...argv);
 };
 g.executeAsync = function executeAsync(command: unknown, ...args: unknown[]): PromiseLike<unknown> {
@@ -583,16 +585,54 @@ function build(
   const f1 = st.fns[1];
   const f2 = st.fns[2];
   switch (st.type) {
+    // map, flatmap, filter and countby are call1 written out in their step (QuickJS does not
+    // inline): a record costs one closure per step instead of three or four calls.
     case "map": {
-      const k: Cont = (v) => next(v);
-      return (r) => call1(ex, st, f0 as Fn, r, k);
+      const f = f0 as Fn;
+      const where = st.where;
+      return (r) => {
+        const prev = at.step;
+        at.step = where;
+        stepTicks[0]++;
+        let v: unknown;
+        try {
+          v = f(r);
+        } catch (e) {
+          if (isFatal(e)) throw e;
+          at.step = prev;
+          stepError(ex, st, e);
+          return;
+        }
+        at.step = prev;
+        if (typeof v === "string" || !isThenable(v)) next(v);
+        else later(ex, st, v, next);
+      };
     }
     case "flatmap": {
-      const k: Cont = (v) => {
+      const f = f0 as Fn;
+      const where = st.where;
+      const k = (v: unknown): void => {
         if (Array.isArray(v)) for (let i = 0; i < v.length; i++) next(v[i]);
         else next(v);
       };
-      return (r) => call1(ex, st, f0 as Fn, r, k);
+      return (r) => {
+        const prev = at.step;
+        at.step = where;
+        stepTicks[0]++;
+        let v: unknown;
+        try {
+          v = f(r);
+        } catch (e) {
+          if (isFatal(e)) throw e;
+          at.step = prev;
+          stepError(ex, st, e);
+          return;
+        }
+        at.step = prev;
+        if (Array.isArray(v)) for (let i = 0; i < v.length; i++) next(v[i]);
+        else if (!isThenable(v)) next(v);
+        else later(ex, st, v, k);
+      };
     }
     case "foreach": {
       if (repliesUnused(f0 as Fn)) return batchedForeach(ex, st, f0 as Fn, next);
@@ -600,10 +640,29 @@ function build(
       return (r) => call1(ex, st, f0 as Fn, r, k);
     }
     case "filter": {
-      const k: Cont = (v, r) => {
-        if (v) next(r);
+      const f = f0 as Fn;
+      const where = st.where;
+      return (r) => {
+        const prev = at.step;
+        at.step = where;
+        stepTicks[0]++;
+        let v: unknown;
+        try {
+          v = f(r);
+        } catch (e) {
+          if (isFatal(e)) throw e;
+          at.step = prev;
+          stepError(ex, st, e);
+          return;
+        }
+        at.step = prev;
+        if (typeof v === "boolean" || typeof v === "string" || !isThenable(v)) {
+          if (v) next(r);
+        } else
+          later(ex, st, v, (val) => {
+            if (val) next(r);
+          });
       };
-      return (r) => call1(ex, st, f0 as Fn, r, k);
     }
     case "limit": {
       const n = st.params[0] as number;
@@ -779,7 +838,14 @@ function build(
         const key = toKey(ex, st, v);
         if (key !== null) add(key);
       };
-      if (f0 === undefined) return (r) => k(r, r);
+      if (f0 === undefined) {
+        return (r) => {
+          if (typeof r !== "string") return k(r, r);
+          const c = counts.get(r);
+          if (c === undefined) counts.set(r, { p: ownerOf(ex, r), n: 1 });
+          else c.n++;
+        };
+      }
       return (r) => call1(ex, st, f0, r, k);
     }
     case "avg": {

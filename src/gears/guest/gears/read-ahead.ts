@@ -41,44 +41,57 @@ function sameCall(rd: Round, name: string, argv: string[], key: string): boolean
   return true;
 }
 
+/** A reply read ahead that was used: a second identical call asks Redis again. */
+const USED = {};
+/** readAhead(): no reply read ahead, the host must be asked. */
+export const MISS = {};
+
+/** The reply for record j of a round (USED/MISS aside); an error reply is thrown. */
+function take(rd: Round, j: number): unknown {
+  const v = rd.out[j];
+  rd.out[j] = USED;
+  rd.used++;
+  const e = rd.errs === null ? undefined : rd.errs[j];
+  if (e !== undefined) throw new Error(e);
+  return v;
+}
+
 /**
- * The outcome of execute(name, ...argv) from a read-ahead, issuing one when this is the
- * step's first keyed read of the batch; undefined when the host must be asked.
+ * The reply of execute(name, ...argv) from a read-ahead, issuing one when this is the
+ * step's first keyed read of the batch; MISS when the host must be asked.
  */
-function readAheadIn(list: unknown[], name: string, argv: string[]): unknown[] | undefined {
-  if (raNames[name.toUpperCase()] !== true) {
+function readAheadIn(list: unknown[], name: string, argv: string[]): unknown {
+  // Scripts mostly spell the name in capitals: no new string then.
+  if (raNames[name] !== true && raNames[name.toUpperCase()] !== true) {
     dropRounds();
-    return undefined;
+    return MISS;
   }
   for (let i = 0; i < rounds.length; i++) {
     const rd = rounds[i];
     const j = feedAt - rd.from;
     if (!rd.live || j < 0 || j >= rd.out.length) continue;
-    const o = rd.out[j];
-    if (o === undefined || !sameCall(rd, name, argv, rd.keys[j])) continue;
+    if (rd.out[j] === USED || !sameCall(rd, name, argv, rd.keys[j])) continue;
     // Used once: a second identical call asks Redis again, as it always did.
-    rd.out[j] = undefined;
-    rd.used++;
-    return o;
+    return take(rd, j);
   }
   const w = at.step;
-  if (w === null || w.raOff === true) return undefined;
+  if (w === null || w.raOff === true) return MISS;
   if (w.raFeed === feedSerial) {
     // One round per step and batch, unless the last one was used up record after record.
     const last = w.raLast!;
     if (!last.live || feedAt < last.from + last.out.length || last.used * 2 < last.out.length) {
-      return undefined;
+      return MISS;
     }
   }
   const key = keyOf(list[feedAt]);
-  if (key === null) return undefined;
+  if (key === null) return MISS;
   const keyAt: boolean[] = [];
   const positions: number[] = [];
   for (let i = 0; i < argv.length; i++) {
     keyAt.push(argv[i] === key);
     if (argv[i] === key) positions.push(i + 1);
   }
-  if (positions.length === 0) return undefined;
+  if (positions.length === 0) return MISS;
   const keys: string[] = [];
   const end = Math.min(list.length, feedAt + MAX_ROUND);
   for (let j = feedAt; j < end; j++) {
@@ -92,11 +105,19 @@ function readAheadIn(list: unknown[], name: string, argv: string[]): unknown[] |
   } catch (e) {
     if (isFatal(e)) throw e;
     w.raOff = true;
-    return undefined;
+    return MISS;
   }
-  if (!Array.isArray(out) || out.length !== keys.length) {
+  const vals = Array.isArray(out) ? (out[0] as unknown) : undefined;
+  const failed = Array.isArray(out) ? (out[1] as unknown) : undefined;
+  if (!Array.isArray(vals) || vals.length !== keys.length || !Array.isArray(failed)) {
     w.raOff = true;
-    return undefined;
+    return MISS;
+  }
+  let errs: Record<number, string> | null = null;
+  for (const f of failed) {
+    if (errs === null) errs = {};
+    const [index, message] = f as [number, string];
+    errs[index] = message;
   }
   const rd: Round = {
     name,
@@ -104,17 +125,16 @@ function readAheadIn(list: unknown[], name: string, argv: string[]): unknown[] |
     at: keyAt,
     keys,
     from: feedAt,
-    out: out as (unknown[] | undefined)[],
-    used: 1,
+    out: vals,
+    errs,
+    used: 0,
     live: true,
     where: w,
   };
   rounds.push(rd);
   w.raFeed = feedSerial;
   w.raLast = rd;
-  const first = rd.out[0];
-  rd.out[0] = undefined;
-  return first;
+  return take(rd, 0);
 }
 
 /** After a feed: a step whose read-ahead was mostly not used stops reading ahead. */
@@ -150,12 +170,12 @@ export function setReadAheadNames(names: unknown[]): void {
   for (const n of names) if (typeof n === "string") raNames[n.toUpperCase()] = true;
 }
 
-/** execute()'s answer from a read-ahead, `[0, value]` or `[1, message]`; undefined: ask the host. */
-export function readAhead(name: string, argv: string[]): unknown[] | undefined {
-  return feedList === null ? undefined : readAheadIn(feedList, name, argv);
+/** execute()'s reply from a read-ahead (an error reply is thrown); MISS: ask the host. */
+export function readAhead(name: string, argv: string[]): unknown {
+  return feedList === null ? MISS : readAheadIn(feedList, name, argv);
 }
 
 /** A command that is not read ahead may write: replies read ahead are stale after it. */
 export function dropUnlessReadAhead(name: string): void {
-  if (rounds.length > 0 && raNames[name.toUpperCase()] !== true) dropRounds();
+  if (rounds.length > 0 && raNames[name] !== true && raNames[name.toUpperCase()] !== true) dropRounds();
 }

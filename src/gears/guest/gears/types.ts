@@ -19,7 +19,8 @@ export interface Where {
 /**
  * One read-ahead: a step's execute(name, ...argv) for records from..from+out.length-1 of
  * the fed batch, `argv` with the record's key at the `at` positions. `out[j]` is the
- * outcome for record from+j, `[0, value]` or `[1, message]`, until it is used.
+ * reply for record from+j (USED once it is used), `errs[j]` the error message instead
+ * when the reply was an error.
  */
 export interface Round {
   name: string;
@@ -27,7 +28,8 @@ export interface Round {
   at: boolean[];
   keys: string[];
   from: number;
-  out: (unknown[] | undefined)[];
+  out: unknown[];
+  errs: Record<number, string> | null;
   used: number;
   live: boolean;
   where: Where;
