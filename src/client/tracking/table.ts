@@ -367,7 +367,13 @@ export class TrackingTable {
   private deliverAll(deliveries: readonly Delivery[]): void {
     if (deliveries.length === 0) return;
     for (const { client, state, keys, anchor } of deliveries) {
-      this.send(client, state, anchor, keys.map((key) => keysValue([key])), keys);
+      this.send(
+        client,
+        state,
+        anchor,
+        keys.map((key) => keysValue([key])),
+        keys,
+      );
     }
   }
 
@@ -419,7 +425,8 @@ export class TrackingTable {
         const anchor = fresh && flush.writer === id ? flush.anchor : null;
         deliveries.push({ client, state, keys: [], anchor });
       }
-      for (const { client, state, anchor } of deliveries) this.send(client, state, anchor, [flushValue(client.proto)], null);
+      for (const { client, state, anchor } of deliveries)
+        this.send(client, state, anchor, [flushValue(client.proto)], null);
     });
   }
 
