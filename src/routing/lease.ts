@@ -39,6 +39,11 @@ export class Lease implements Pipe {
     return this.conn.proto;
   }
 
+  /** The database the connection is in (UNKNOWN_DB when a refused SELECT left it in doubt). */
+  get db(): number {
+    return this.conn.selectedDb;
+  }
+
   get closed(): boolean {
     return this.done || this.conn.closed;
   }
