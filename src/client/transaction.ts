@@ -3,7 +3,7 @@ import { encodeCommand, encodeError, encodeValue, NULL_ARRAY, OK, RESP3_NULL } f
 import type { Request } from "../resp/request-parser.js";
 import { dbFor, isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS } from "../routing/router.js";
-import { DISCARD, type Lease } from "../routing/lease.js";
+import { ANY_DB, DISCARD, selectCommand, UNKNOWN_DB, type Lease } from "../routing/lease.js";
 import { RawSink } from "../routing/shards.js";
 import type { ProxyContext } from "./context.js";
 import type { Holds } from "./holds.js";
@@ -11,7 +11,6 @@ import { isGearsCommand } from "../gears/commands.js";
 import { isTfCall, QUEUED, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { RespError, type Protocol } from "../resp/values.js";
-import { ANY_DB, selectCommand, UNKNOWN_DB } from "../upstream/connection.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
