@@ -108,17 +108,14 @@ export class ReplyWriter implements QueueOwner {
   }
 
   /**
-   * An invalidation of `keys` (null: every key). It goes right after the last queued reply
-   * whose command touches them, as Redis writes a command's own invalidations after its
-   * reply and others' at once: a reply that may carry a key's old value is never
+   * An invalidation of `keys` (null: every key), placed among the queued replies by the
+   * tracking table (follows): as Redis writes a command's own invalidations after its reply
+   * and others' at once, and so that a reply that may carry a key's old value is never
    * written after the invalidation of that key.
    */
   invalidation(frame: Buffer, keys: readonly Buffer[] | null): void {
     const tracking = this.host.ctx.tracking;
-    this.queue.insertPushed(
-      frame,
-      (s) => !s.pushed && (s.cause === null || tracking.touches(s.cause.name, s.cause.argv, keys)),
-    );
+    this.queue.insertPushed(frame, (s) => tracking.follows(s, keys));
   }
 
   // ---- QueueOwner ----------------------------------------------------------------------

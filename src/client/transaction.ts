@@ -3,7 +3,7 @@ import { encodeCommand, encodeError, encodeValue, NULL_ARRAY, OK, RESP3_NULL } f
 import type { Request } from "../resp/request-parser.js";
 import { dbFor, isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS } from "../routing/router.js";
-import { DISCARD, type Lease } from "../routing/lease.js";
+import { ANY_DB, DISCARD, selectCommand, UNKNOWN_DB, type Lease } from "../routing/lease.js";
 import { RawSink } from "../routing/shards.js";
 import type { ProxyContext } from "./context.js";
 import type { Holds } from "./holds.js";
@@ -110,13 +110,33 @@ export class Transaction {
       if (isErrorReply(data) && multi === this.multis && this.inMulti) this.multiRefused();
     };
     const payload = request.raw ?? encodeCommand(request.argv);
-    this.replay = this.host.ctx.router.topology.mode === "cluster" ? [payload] : [];
-    this.conn!.send(payload, slot, this.host.db);
+    const cluster = this.host.ctx.router.topology.mode === "cluster";
+    this.replay = cluster ? [payload] : [];
+    const conn = this.conn!;
+    const db = this.host.db;
+    if (cluster || conn.db === db) return conn.send(payload, slot, db);
+    // A SELECT in front of MULTI is refused while a script keeps the server busy, which
+    // still accepts MULTI: the SELECT goes inside the transaction instead, where its QUEUED
+    // and its element of EXEC's reply are the proxy's own (end strips it).
+    conn.send(payload, slot, ANY_DB);
+    conn.send(
+      selectCommand(db),
+      { reply: (data) => this.hiddenSelectAnswered(conn, data), fail() {} },
+      ANY_DB,
+    );
+    conn.noteDb(db);
+    this.hiddenSelect = true;
+  }
+
+  /** MULTI's own SELECT: QUEUED; or, MULTI refused, run (OK) or refused (the database is in doubt). */
+  private hiddenSelectAnswered(conn: Lease, data: Buffer): void {
+    if (isErrorReply(data)) conn.noteDb(UNKNOWN_DB);
   }
 
   /** Forgets what the transaction queued so far (MULTI starts one, or was refused). */
   private clearQueue(): void {
     this.dirty = false;
+    this.hiddenSelect = false;
     this.sinceMulti = 0;
     this.queued = 0;
     this.selects = [];
@@ -136,9 +156,12 @@ export class Transaction {
    */
   private multiRefused(): void {
     if (this.sinceMulti > 0 && this.conn?.closed === true) return;
+    // MULTI's own SELECT then runs alone, answered after this: whether the connection
+    // changed database is not known in time for another client, so it is not lent again.
+    const doubt = this.hiddenSelect;
     this.inMulti = false;
     this.clearQueue();
-    this.finish(false);
+    this.finish(doubt);
   }
 
   watch(request: Request): void {
@@ -283,7 +306,18 @@ export class Transaction {
     this.writes = [];
     const conn = this.conn!;
     const proto = this.host.proto;
+    const tail = runs ? this.tfTail : null;
+    const hidden = this.hiddenSelect;
+    this.hiddenSelect = false;
+    const db = this.host.db;
+    /** EXEC's reply without the element of MULTI's own SELECT; after it ran, the connection is in `db`. */
+    const unhide = (data: Buffer): Buffer => {
+      const shown = withoutFirstOk(data);
+      if (shown !== data && conn.db === UNKNOWN_DB) conn.noteDb(db);
+      return shown;
+    };
     slot.onReply = (data) => {
+      if (hidden && tail === null) data = unhide(data);
       if (selects.length > 0 || pauses.length > 0) this.applyEffects(data, selects, pauses, conn);
       if (writes.length > 0) settleWrites(runs ? data : null, writes, proto);
       this.finish(false);
@@ -297,15 +331,18 @@ export class Transaction {
     if (runs && this.slowlogReset) this.host.ctx.slowlog.reset();
     this.slowlogReset = false;
     const sent = name === "exec" && !runs ? "discard" : name;
+    // Whether EXEC runs MULTI's own SELECT is known from its reply only: until then (and
+    // for good after a DISCARD) a command pipelined behind it selects its database again.
+    // Not behind the client's own SELECT in the transaction, which it is to run after.
+    if (hidden && (sent !== "exec" || this.selects.length === 0)) conn.noteDb(UNKNOWN_DB);
     const payload = sent === name ? (request.raw ?? encodeCommand(request.argv)) : encodeCommand(["DISCARD"]);
-    const tail = runs ? this.tfTail : null;
     this.tfTail = null;
     if (tail !== null) {
       // The TFCALLs and what followed them run once Redis ran the part before (tf-multi.ts);
       // the client's next commands wait for all of it, on the same connection after it.
       const release = this.host.holds.take();
       const head = new RawSink(true);
-      conn.send(payload, head, this.host.db);
+      conn.send(payload, head, hidden ? ANY_DB : this.host.db);
       const send = (p: Buffer): Promise<Buffer> => {
         const r = new RawSink(true);
         conn.send(p, r, this.host.db);
@@ -313,7 +350,7 @@ export class Transaction {
       };
       void head.promise
         .then((h) =>
-          tail.run(h, {
+          tail.run(hidden ? unhide(h) : h, {
             tfCall: (argv) => this.host.tfCallInMulti(argv),
             send,
             // The write journal follows these writes as it follows forwarded ones (router.tap).
@@ -327,8 +364,11 @@ export class Transaction {
         });
       return;
     }
-    this.conn!.send(payload, slot, dbFor(sent, this.host.db));
+    conn.send(payload, slot, hidden ? ANY_DB : dbFor(sent, this.host.db));
   }
+
+  /** MULTI went without a SELECT in front, with its own SELECT queued first inside (see multi). */
+  private hiddenSelect = false;
 
   /** The transaction from its first TFCALL on, queued here (tf-multi.ts). */
   private tfTail: TfMultiTail | null = null;
@@ -452,4 +492,16 @@ function settleWrites(
     const element = Array.isArray(replies) ? replies[at] : undefined;
     outcome(element === undefined || element instanceof RespError ? null : encodeValue(element, proto));
   }
+}
+
+/**
+ * EXEC's reply without its first element, the OK of the SELECT the proxy queued first; the
+ * reply as it is when that did not run (EXECABORT, a failed WATCH).
+ */
+function withoutFirstOk(exec: Buffer): Buffer {
+  if (exec[0] !== 42 /* * */) return exec;
+  const eol = exec.indexOf(10);
+  const count = Number(exec.toString("latin1", 1, eol - 1));
+  if (!(count > 0) || !exec.subarray(eol + 1, eol + 6).equals(OK)) return exec;
+  return Buffer.concat([Buffer.from(`*${count - 1}\r\n`), exec.subarray(eol + 6)]);
 }

@@ -7,6 +7,8 @@ import { ServerPause } from "./pause.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "./router.js";
 
 export { DISCARD, type ReplySink } from "../upstream/reply-sink.js";
+/** For a transaction that puts its own SELECT inside MULTI (client/transaction.ts). */
+export { ANY_DB, selectCommand, UNKNOWN_DB } from "../upstream/connection.js";
 
 /**
  * A pipelined connection a client sends raw requests down: the shared one of a lone
@@ -37,6 +39,11 @@ export class Lease implements Pipe {
 
   get proto(): Protocol {
     return this.conn.proto;
+  }
+
+  /** The database the connection is in (UNKNOWN_DB when a refused SELECT left it in doubt). */
+  get db(): number {
+    return this.conn.selectedDb;
   }
 
   get closed(): boolean {

@@ -27,7 +27,7 @@ export interface ConnectionOptions {
 export const CONNECTION_LOST = "ERR upstream connection lost";
 
 /** The connection's database is not known: a SELECT the proxy put in front was refused. */
-const UNKNOWN_DB = -1;
+export const UNKNOWN_DB = -1;
 
 /**
  * The database argument of a command whose outcome does not depend on the selected database
@@ -47,7 +47,7 @@ function errorText(reply: Buffer): string {
  * send, so that a relayed MONITOR stream can leave them out (see isBookkeeping).
  */
 const SELECT_CACHE: Buffer[] = [];
-function selectCommand(db: number): Buffer {
+export function selectCommand(db: number): Buffer {
   return (SELECT_CACHE[db] ??= encodeCommand(["Select", db]));
 }
 

@@ -1,7 +1,8 @@
-import { isScript } from "../../routing/command-kinds.js";
+import { isBlocking, isScript } from "../../routing/command-kinds.js";
 import { InvalidationStreams } from "../../routing/invalidation-streams.js";
 import type { Router } from "../../routing/router.js";
 import type { Protocol } from "../../resp/values.js";
+import type { ReplySlot } from "../reply-slot.js";
 import { flushValue, invalidateMessage, invalidatePush, keysValue, redirBrokenPush } from "./messages.js";
 import type { TrackingState } from "./state.js";
 
@@ -12,7 +13,10 @@ export interface TrackedClient {
   readonly isPubSub: boolean;
   /** Its tracking settings; null while tracking is off. */
   readonly tracking: TrackingState | null;
-  /** Writes an invalidation of `keys` (null: all) the client did not ask for. */
+  /**
+   * Writes an invalidation of `keys` (null: all) the client did not ask for, after the last
+   * of its queued replies for which the table's follows() holds.
+   */
   deliver(frame: Buffer, keys: readonly Buffer[] | null): void;
 }
 
@@ -34,6 +38,36 @@ interface RecentWrite {
   /** The client that wrote it, for NOLOOP. */
   writer: number;
   at: number;
+  /**
+   * The arguments of the command whose reply the writer's own invalidation follows (the
+   * write, or the EXEC that ran it); null while that EXEC has not come or once it was discarded.
+   */
+  anchor: readonly Buffer[] | null;
+}
+
+/**
+ * A client's reads of a key since its last change, in the order of the proxy's writes
+ * (RecentWrite.seq): the client's own write between two of them is ordered with them.
+ */
+interface Reads {
+  first: number;
+  last: number;
+}
+
+/** Where the invalidation being delivered goes in its client's replies (see follows). */
+interface Placing {
+  /** The command of the client's own whose reply they follow; null for another's change. */
+  anchor: readonly Buffer[] | null;
+  /** follows() has passed a blocked command: replies queued behind it may come after it runs. */
+  blocked: boolean;
+}
+
+/** A group of invalidations for one client that share their place: one frame. */
+interface Delivery {
+  client: TrackedClient;
+  state: TrackingState;
+  keys: Buffer[];
+  anchor: readonly Buffer[] | null;
 }
 
 /** Keys are compared as bytes: latin1 maps each byte to one character. */
@@ -50,8 +84,8 @@ function keyOf(key: Buffer): string {
  * `__redis__:invalidate` messages to a RESP2 REDIRECT client in Pub/Sub mode.
  */
 export class TrackingTable {
-  /** Key -> ids of the clients that read it since its last change. */
-  private readonly keys = new Map<string, Set<number>>();
+  /** Key -> the clients that read it since its last change, with when (see Reads). */
+  private readonly keys = new Map<string, Map<number, Reads>>();
   private items = 0;
   /** BCAST prefix -> ids of the clients that registered it. */
   private readonly prefixes = new Map<string, Set<number>>();
@@ -60,6 +94,14 @@ export class TrackingTable {
   /** Key -> the last write through the proxy while anyone tracks, until its invalidation comes. */
   private readonly writes = new Map<string, RecentWrite>();
   private writeSeq = 0;
+  /** Per client, its writes queued in MULTI, which its EXEC will anchor. */
+  private readonly queuedWrites = new Map<number, RecentWrite[]>();
+  /** The last FLUSHALL/FLUSHDB through the proxy, until its null comes. */
+  private flushWrite: RecentWrite | null = null;
+  /** While invalidations are handed to clients: where they go (follows). */
+  private placing: Placing | null = null;
+  /** Invalidation frames handed to clients: a later one never overtakes them. */
+  private readonly delivered = new WeakSet<Buffer>();
   /** Some client tracks: every client's writes are noted (order, NOLOOP). */
   watching = false;
   private maxKeys = DEFAULT_MAX_KEYS;
@@ -111,6 +153,8 @@ export class TrackingTable {
     if (this.trackers.size === 0) {
       this.watching = false;
       this.writes.clear();
+      this.queuedWrites.clear();
+      this.flushWrite = null;
       this.streams.idle();
     }
   }
@@ -127,11 +171,23 @@ export class TrackingTable {
     argv: readonly Buffer[],
     inMulti: boolean,
   ): void {
+    // Redis writes a client's own invalidations after the reply of the command that made
+    // them, EXEC for a queued write: the write's arguments find that reply among the client's.
+    const queued = inMulti && name !== "exec" && name !== "discard" && name !== "multi";
+    if (name === "exec" || name === "discard") this.settleQueued(id, name === "exec" ? argv : null);
     const written = this.router.writtenKeys(name, argv);
     if (written.length > 0) {
       if (this.writes.size > MAX_WRITES) this.writes.clear();
       const at = Date.now();
-      for (const key of written) this.writes.set(keyOf(key), { seq: ++this.writeSeq, writer: id, at });
+      const anchor = queued ? null : argv;
+      for (const key of written) {
+        const write: RecentWrite = { seq: ++this.writeSeq, writer: id, at, anchor };
+        this.writes.set(keyOf(key), write);
+        if (queued) this.queueWrite(id, write);
+      }
+    } else if (name === "flushall" || name === "flushdb") {
+      this.flushWrite = { seq: ++this.writeSeq, writer: id, at: Date.now(), anchor: queued ? null : argv };
+      if (queued) this.queueWrite(id, this.flushWrite);
     }
     if (state === null) return;
     if (state.remembers) {
@@ -159,6 +215,43 @@ export class TrackingTable {
     this.streams.close();
   }
 
+  private queueWrite(id: number, write: RecentWrite): void {
+    let list = this.queuedWrites.get(id);
+    if (list === undefined) this.queuedWrites.set(id, (list = []));
+    if (list.length < MAX_WRITES) list.push(write);
+  }
+
+  /** EXEC (its arguments) or DISCARD (null): the writes queued since MULTI follow its reply, or nothing. */
+  private settleQueued(id: number, exec: readonly Buffer[] | null): void {
+    const list = this.queuedWrites.get(id);
+    if (list === undefined) return;
+    this.queuedWrites.delete(id);
+    for (const write of list) write.anchor = exec;
+  }
+
+  /**
+   * Whether an invalidation being delivered goes after `slot`, one of its client's queued
+   * replies (it goes after the last one that holds). Pushed frames came first and stay
+   * first. A client's own change follows the reply of the command that made it and precedes
+   * its later ones, as in Redis. Another's change, at a moment the client's commands in
+   * flight may run before or after, follows every reply already made and every command that
+   * may read the keys: a reply that may carry a key's old value is never written after its
+   * invalidation.
+   */
+  follows(slot: ReplySlot, keys: readonly Buffer[] | null): boolean {
+    const placing = this.placing;
+    if (slot.pushed) return slot.data !== null && this.delivered.has(slot.data);
+    const cause = slot.cause;
+    if (placing !== null && placing.anchor !== null) return cause?.argv === placing.anchor;
+    if (cause === null) return true;
+    if (this.touches(cause.name, cause.argv, keys)) return true;
+    // A reply made already, before the change came (a PING pipelined behind a write), as
+    // Redis answers a batch of commands before it sends BCAST's messages. Not behind a
+    // command still blocked: Redis tells a blocked client at once. (Slots come in order.)
+    if (placing !== null && slot.data === null && isBlocking(cause.name, cause.argv)) placing.blocked = true;
+    return slot.data !== null && placing?.blocked === false;
+  }
+
   /**
    * Whether a command may read or write one of `keys` (null: any key), so that an
    * invalidation of them must not overtake its reply. EXEC and scripts may touch any.
@@ -171,12 +264,15 @@ export class TrackingTable {
   }
 
   private remember(id: number, keys: readonly Buffer[]): void {
+    const seq = ++this.writeSeq;
     for (const key of keys) {
       const k = keyOf(key);
       let ids = this.keys.get(k);
-      if (ids === undefined) this.keys.set(k, (ids = new Set()));
-      if (!ids.has(id)) {
-        ids.add(id);
+      if (ids === undefined) this.keys.set(k, (ids = new Map()));
+      const reads = ids.get(id);
+      if (reads !== undefined) reads.last = seq;
+      else {
+        ids.set(id, { first: seq, last: seq });
         this.items++;
       }
     }
@@ -186,10 +282,13 @@ export class TrackingTable {
   /** Over tracking-table-max-keys (0: no limit): the oldest keys are invalidated, as Redis does. */
   private evict(): void {
     if (this.maxKeys === 0) return;
+    const deliveries: Delivery[] = [];
+    const lastOf = new Map<number, Delivery>();
     while (this.keys.size > this.maxKeys) {
       const oldest = this.keys.keys().next().value!;
-      this.invalidateKey(Buffer.from(oldest, "latin1"), oldest, 0);
+      this.invalidateKey(Buffer.from(oldest, "latin1"), 0, 0, null, deliveries, lastOf);
     }
+    this.deliverAll(deliveries);
   }
 
   /** Keys changed on a node (one event loop of its, as the stream batches them). */
@@ -198,34 +297,83 @@ export class TrackingTable {
     // the keys were written, which the proxy knows for the writes it forwarded.
     const now = Date.now();
     const seqs: number[] = [];
+    const anchors: (readonly Buffer[] | null)[] = [];
     const writers = keys.map((key, i) => {
       const k = keyOf(key);
       const write = this.writes.get(k);
       seqs[i] = 0;
+      anchors[i] = null;
       if (write === undefined) return 0;
       this.writes.delete(k);
       if (now - write.at > WRITE_MATCH_MS) return 0;
       seqs[i] = write.seq;
+      anchors[i] = write.anchor;
       return write.writer;
     });
     const order = keys.map((_, i) => i).sort((a, b) => seqs[a] - seqs[b]);
-    for (const i of order) this.invalidateKey(keys[i], keyOf(keys[i]), writers[i]);
+    // Each client's messages of one batch, in order, grouped while they share their place.
+    const deliveries: Delivery[] = [];
+    const lastOf = new Map<number, Delivery>();
+    for (const i of order) this.invalidateKey(keys[i], writers[i], seqs[i], anchors[i], deliveries, lastOf);
+    this.deliverAll(deliveries);
     if (this.prefixes.size > 0) this.broadcast(keys, writers);
   }
 
-  /** Normal mode: every client that read the key hears of it once, then forgets it. */
-  private invalidateKey(key: Buffer, k: string, writer: number): void {
+  /**
+   * Normal mode: every client that read the key hears of it once, then forgets it. The
+   * writer's own reads are ordered with its write (`seq`, 0 when not the proxy's): one sent
+   * after it read the new value and stays remembered (a later change is told), one only
+   * after it means the key was not tracked when written (no message), as in Redis.
+   */
+  private invalidateKey(
+    key: Buffer,
+    writer: number,
+    seq: number,
+    anchor: readonly Buffer[] | null,
+    deliveries: Delivery[],
+    lastOf: Map<number, Delivery>,
+  ): void {
+    const k = keyOf(key);
     const ids = this.keys.get(k);
     if (ids === undefined) return;
     this.keys.delete(k);
     this.items -= ids.size;
-    let value: Buffer | null = null;
-    for (const id of ids) {
+    for (const [id, reads] of ids) {
+      const ordered = seq > 0 && writer === id;
+      if (ordered && reads.last > seq) {
+        // Read again after the write: remembered from then on (a later write of its own is told).
+        let kept = this.keys.get(k);
+        if (kept === undefined) this.keys.set(k, (kept = new Map()));
+        kept.set(id, { first: seq + 1, last: reads.last });
+        this.items++;
+      }
+      if (ordered && reads.first > seq) continue;
       const client = this.lookup(id);
       const state = client?.tracking;
       if (client === undefined || state == null || state.bcast) continue;
       if (state.noloop && writer === id) continue;
-      this.send(client, state, (value ??= keysValue([key])), [key]);
+      const own = writer === id ? anchor : null;
+      const last = lastOf.get(id);
+      if (last !== undefined && last.anchor === own) last.keys.push(key);
+      else {
+        const delivery: Delivery = { client, state, keys: [key], anchor: own };
+        deliveries.push(delivery);
+        lastOf.set(id, delivery);
+      }
+    }
+  }
+
+  /** One message per key, as Redis sends them; a group's messages are written as one frame. */
+  private deliverAll(deliveries: readonly Delivery[]): void {
+    if (deliveries.length === 0) return;
+    for (const { client, state, keys, anchor } of deliveries) {
+      this.send(
+        client,
+        state,
+        anchor,
+        keys.map((key) => keysValue([key])),
+        keys,
+      );
     }
   }
 
@@ -242,12 +390,12 @@ export class TrackingTable {
         const state = client?.tracking;
         if (client === undefined || state == null || !state.bcast) continue;
         if (!state.noloop) {
-          this.send(client, state, common, matchingKeys);
+          this.send(client, state, null, [common], matchingKeys);
           continue;
         }
         const theirs = matching.filter((i) => writers[i] !== id);
         const theirKeys = theirs.map((i) => keys[i]);
-        if (theirs.length > 0) this.send(client, state, keysValue(theirKeys), theirKeys);
+        if (theirs.length > 0) this.send(client, state, null, [keysValue(theirKeys)], theirKeys);
       }
     }
   }
@@ -264,11 +412,21 @@ export class TrackingTable {
     this.flushPending = true;
     setImmediate(() => {
       this.flushPending = false;
+      // The flusher's own null follows its FLUSHALL's reply (a flush that is not one of the
+      // proxy's FLUSHALLs, a lost stream, is another's change for every client).
+      const flush = this.flushWrite;
+      this.flushWrite = null;
+      const fresh = flush !== null && Date.now() - flush.at <= WRITE_MATCH_MS;
+      const deliveries: Delivery[] = [];
       for (const id of this.trackers) {
         const client = this.lookup(id);
         const state = client?.tracking;
-        if (client !== undefined && state != null) this.send(client, state, flushValue(client.proto), null);
+        if (client === undefined || state == null) continue;
+        const anchor = fresh && flush.writer === id ? flush.anchor : null;
+        deliveries.push({ client, state, keys: [], anchor });
       }
+      for (const { client, state, anchor } of deliveries)
+        this.send(client, state, anchor, [flushValue(client.proto)], null);
     });
   }
 
@@ -276,7 +434,8 @@ export class TrackingTable {
   private send(
     client: TrackedClient,
     state: TrackingState,
-    value: Buffer,
+    anchor: readonly Buffer[] | null,
+    values: readonly Buffer[],
     keys: readonly Buffer[] | null,
   ): void {
     let target = client;
@@ -290,8 +449,18 @@ export class TrackingTable {
       }
       target = redirected;
     }
-    if (target.proto === 3) target.deliver(invalidatePush(value), keys);
+    let frame: Buffer;
+    if (target.proto === 3) frame = Buffer.concat(values.map(invalidatePush));
     // RESP2 has no pushes: only a REDIRECT client in Pub/Sub mode can be told.
-    else if (redirecting && target.isPubSub) target.deliver(invalidateMessage(value), keys);
+    else if (redirecting && target.isPubSub) frame = Buffer.concat(values.map(invalidateMessage));
+    else return;
+    // A message to a REDIRECT client is not about its own commands.
+    this.placing = { anchor: redirecting ? null : anchor, blocked: false };
+    try {
+      target.deliver(frame, keys);
+    } finally {
+      this.placing = null;
+    }
+    this.delivered.add(frame);
   }
 }
