@@ -290,22 +290,20 @@ export class RegistrationRegistry {
     }
     for (const session of this.sessions.values()) {
       for (const registration of session.registrations) {
-        const local = registration.mode === "async_local";
-        const touched = new Set<string>();
-        for (const e of events) {
-          if (e.db !== session.db || !registration.matchesKeyEvent(e.key.toString(), e.event)) continue;
-          if (local) {
+        if (registration.mode === "async_local") {
+          const touched = new Set<string>();
+          for (const e of events) {
+            if (e.db !== session.db || !registration.matchesEvent(e)) continue;
             this.localQueue(registration, e.shard).queue.push(e);
             touched.add(e.shard);
-          } else {
-            registration.queue.push(e);
-            touched.add("");
           }
+          for (const shard of touched) void this.drainLocal(session, registration, shard);
+          continue;
         }
-        for (const shard of touched) {
-          if (local) void this.drainLocal(session, registration, shard);
-          else void this.drain(session, registration);
-        }
+        const queue = registration.queue;
+        const before = queue.length;
+        for (const e of events) if (e.db === session.db && registration.matchesEvent(e)) queue.push(e);
+        if (queue.length > before) void this.drain(session, registration);
       }
     }
   }
@@ -427,9 +425,12 @@ export class RegistrationRegistry {
     /** The value the key's last event of the batch carries (a write the proxy saw), if any. */
     const carried: (string | undefined)[] = [];
     const eventKey = new Array<number>(events.length);
+    /** The key as UTF-8 text, when an event of it had it. */
+    const texts: (string | undefined)[] = [];
     for (let i = 0; i < events.length; i++) {
       const key = events[i].key;
-      const name = key.toString("latin1");
+      // An event's text, when it has one, is its key's latin1 string too (ASCII).
+      const name = events[i].text ?? key.toString("latin1");
       let k = keyIndex.get(name);
       if (k === undefined) {
         k = keys.length;
@@ -438,6 +439,7 @@ export class RegistrationRegistry {
         keyPartition.push(partitions.partitionOfSlot(keySlot(key)));
       }
       carried[k] = events[i].value;
+      texts[k] = events[i].text;
       eventKey[i] = k;
     }
     const keyRecord = new Array<Record<string, JsonValue> | null>(keys.length);
@@ -461,7 +463,7 @@ export class RegistrationRegistry {
         const partValues = valuesOf(keyPartition[k]);
         partValues.push(value);
         keyRecord[k] = {
-          key: keys[k].toString(),
+          key: texts[k] ?? keys[k].toString(),
           type: "string",
           event: null,
           valueRef: partValues.length - 1,
@@ -495,6 +497,7 @@ export class RegistrationRegistry {
       }),
     );
     const kept = new Map<number, JsonValue[]>();
+    const readValue = registration.readValue;
     for (let i = 0; i < events.length; i++) {
       const k = eventKey[i];
       const record = keyRecord[k];
@@ -502,7 +505,10 @@ export class RegistrationRegistry {
       const partition = keyPartition[k];
       let list = kept.get(partition);
       if (list === undefined) kept.set(partition, (list = []));
-      list.push({ ...record, event: events[i].event });
+      // A carried value's record (its shape known) made as a literal, the same fields in the same order: a spread costs more.
+      if (carried[k] !== undefined && readValue)
+        list.push({ key: record.key, type: record.type, event: events[i].event, valueRef: record.valueRef });
+      else list.push({ ...record, event: events[i].event });
     }
     const input = new Map<number, PackedRecords>();
     for (const [partition, records] of kept) input.set(partition, { records, values: valuesOf(partition) });

@@ -135,6 +135,44 @@ const COUNTERS = new Set(["incr", "decr", "incrby", "decrby"]);
  */
 const CARRIED_VALUE_MAX = 1000 * 1024;
 
+/** What the journal needs to know of one write command, looked up once per name. */
+interface WriteKind {
+  /** The keyevent it emits. */
+  event: string;
+  /** EXACT: its event is known from its reply. */
+  exact: boolean;
+  /** STRING_VALUE: where the value of its first key is, and the step to the next's. */
+  valueAt: [number, number] | undefined;
+  /** COUNTERS: its integer reply is the value. */
+  counter: boolean;
+  /** COUNTED: a multi-key write counted in its reply. */
+  counted: boolean;
+}
+
+const KINDS = new Map<string, WriteKind>();
+
+function kindOf(name: string): WriteKind {
+  let kind = KINDS.get(name);
+  if (kind === undefined) {
+    kind = {
+      event: EVENT_OF[name] ?? name,
+      exact: EXACT.has(name),
+      valueAt: STRING_VALUE[name],
+      counter: COUNTERS.has(name),
+      counted: COUNTED.has(name),
+    };
+    // Names come from the command table's write commands: a few hundred at most.
+    if (KINDS.size < 4096) KINDS.set(name, kind);
+  }
+  return kind;
+}
+
+/** The key as a UTF-8 string when its bytes are ASCII (then its latin1 string is that too). */
+function asciiText(key: Buffer, latin1: string): string | undefined {
+  for (let i = 0; i < key.length; i++) if (key[i] > 127) return undefined;
+  return latin1;
+}
+
 /** A notification held while a write of its key is in flight is released after this long at most. */
 const HOLD_MS = 2000;
 /**
@@ -202,32 +240,20 @@ export class WriteJournal {
    * concerns no user key.
    */
   watch(name: string, argv: readonly Buffer[], keys: Buffer[], db: number): WriteOutcome | null {
-    let names: string[];
-    if (keys.length === 1) {
-      if (isProxyKey(keys[0])) return null;
-      names = [keys[0].toString("latin1")];
-    } else {
-      names = writtenKeys(
-        name,
-        keys.filter((k) => !isProxyKey(k)).map((k) => k.toString("latin1")),
-      );
-      if (names.length === 0) return null;
-    }
-    const event = EVENT_OF[name] ?? name;
-    let exact = EXACT.has(name);
-    let conditional = false;
-    if (name === "set") {
-      for (let i = 3; i < argv.length; i++) {
-        const a = argv[i];
-        if (a.length === 2 && SET_CONDITION.test(a.toString("latin1"))) conditional = true;
-        else if (a.length <= 4 && SET_EXPIRY.test(a.toString("latin1"))) exact = false;
-      }
-    }
-    const counted = COUNTED.has(name) && names.length > 1 ? names.length : 0;
+    if (keys.length === 1) return this.watchOne(name, argv, keys[0], db);
+    const names = writtenKeys(
+      name,
+      keys.filter((k) => !isProxyKey(k)).map((k) => k.toString("latin1")),
+    );
+    if (names.length === 0) return null;
+    const kind = kindOf(name);
+    const event = kind.event;
+    const exact = kind.exact;
+    const counted = kind.counted && names.length > 1 ? names.length : 0;
     // The string each key now holds, when the write says so: its event carries it, and a
     // handler needs no read of it. Copied now: argv may be a view of a reused buffer.
     let values: (string | undefined)[] | null = null;
-    const valueAt = exact ? STRING_VALUE[name] : undefined;
+    const valueAt = exact ? kind.valueAt : undefined;
     if (valueAt !== undefined && names.length === keys.length) {
       values = new Array<string | undefined>(names.length);
       for (let k = 0; k < names.length; k++) {
@@ -244,17 +270,15 @@ export class WriteJournal {
       // DEL of several keys: which were there is unknown unless all were.
       const followed =
         reply !== null &&
-        !changedNothing(name, reply, conditional) &&
+        !changedNothing(name, reply, false) &&
         (counted === 0 || reply.toString("latin1", 1, reply.length - 2) === String(counted));
       const at = Date.now();
-      if (followed && values === null && COUNTERS.has(name) && reply[0] === 58 /* : */)
-        values = [reply.toString("latin1", 1, reply.length - 2)];
       for (let k = 0; k < names.length; k++) {
         const key = names[k];
         const state = table.get(key);
         if (state === undefined) continue;
         if (state.inFlight > 0) state.inFlight--;
-        if (followed) this.written(db, key, state, event, exact, at, values?.[k]);
+        if (followed) this.written(db, key, undefined, state, event, exact, at, values?.[k]);
         this.releaseHeld(state);
         this.forget(table, key, state);
       }
@@ -262,16 +286,61 @@ export class WriteJournal {
     };
   }
 
+  /** watch() of a write naming one key, the usual case: no lists. */
+  private watchOne(name: string, argv: readonly Buffer[], buffer: Buffer, db: number): WriteOutcome | null {
+    if (isProxyKey(buffer)) return null;
+    const key = buffer.toString("latin1");
+    const text = asciiText(buffer, key);
+    const kind = kindOf(name);
+    const event = kind.event;
+    let exact = kind.exact;
+    let conditional = false;
+    if (name === "set") {
+      for (let i = 3; i < argv.length; i++) {
+        const a = argv[i];
+        if (a.length === 2 && SET_CONDITION.test(a.toString("latin1"))) conditional = true;
+        else if (a.length <= 4 && SET_EXPIRY.test(a.toString("latin1"))) exact = false;
+      }
+    }
+    // The string the key now holds, when the write says so: its event carries it, and a
+    // handler needs no read of it. Copied now: argv may be a view of a reused buffer.
+    let value: string | undefined;
+    const valueAt = exact ? kind.valueAt : undefined;
+    if (valueAt !== undefined) {
+      const v = argv[valueAt[0]];
+      if (v !== undefined && v.length <= CARRIED_VALUE_MAX) value = v.toString();
+    }
+    const table = this.table(db);
+    const state = this.stateOf(table, key);
+    if (state.inFlight++ === 0) state.since = Date.now();
+    return (reply) => {
+      const followed = reply !== null && !changedNothing(name, reply, conditional);
+      if (followed && value === undefined && kind.counter && reply[0] === 58 /* : */)
+        value = reply.toString("latin1", 1, reply.length - 2);
+      const now = table.get(key);
+      if (now === undefined) {
+        this.schedule();
+        return;
+      }
+      if (now.inFlight > 0) now.inFlight--;
+      if (followed) this.written(db, key, text, now, event, exact, Date.now(), value);
+      this.releaseHeld(now);
+      this.forget(table, key, now);
+      this.schedule();
+    };
+  }
+
   private written(
     db: number,
     key: string,
+    text: string | undefined,
     state: KeyState,
     event: string,
     exact: boolean,
     at: number,
     value: string | undefined,
   ): void {
-    const heldAt = state.held.findIndex((e) => e.event === event);
+    const heldAt = state.held.length === 0 ? -1 : state.held.findIndex((e) => e.event === event);
     if (exact) {
       if (heldAt !== -1) {
         // Its notification came first: that is the event.
@@ -281,9 +350,7 @@ export class WriteJournal {
         return;
       }
       const buffer = Buffer.from(key, "latin1");
-      const e: KeyEvent = { key: buffer, event, shard: this.shardOf(buffer), at, db };
-      if (value !== undefined) e.value = value;
-      this.known.push(e);
+      this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db, value, text });
       (state.expected === NONE ? (state.expected = []) : state.expected).push({ event, at });
       this.size++;
       return;
@@ -325,7 +392,8 @@ export class WriteJournal {
     for (let i = 0; i < state.expected.length; i++) {
       const event = state.expected[i].event;
       if (event.length !== length || !sameLatin1(frame, eventStart, event)) continue;
-      state.expected.splice(i, 1);
+      if (i === 0) state.expected.shift();
+      else state.expected.splice(i, 1);
       this.size--;
       this.forget(table, key, state);
       return true;
