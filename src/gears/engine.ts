@@ -88,7 +88,8 @@ export class GearsEngine {
    * notification is swallowed); the others wait for their notification, or a settle.
    */
   private readonly journal = new WriteJournal(
-    (key) => this.shards.idForSlot(keySlot(key)),
+    // In front of one server every key is on its one master: no slot to work out.
+    (key) => this.shards.idForSlot(this.shards.clustered ? keySlot(key) : 0),
     (events) => this.handleEvents(events),
   );
   private stopJournal: (() => void) | null = null;

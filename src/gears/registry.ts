@@ -427,6 +427,8 @@ export class RegistrationRegistry {
     const eventKey = new Array<number>(events.length);
     /** The key as UTF-8 text, when an event of it had it. */
     const texts: (string | undefined)[] = [];
+    // One partition (one server): every key is in it, no slot to work out.
+    const single = partitions.count <= 1;
     for (let i = 0; i < events.length; i++) {
       const key = events[i].key;
       // An event's text, when it has one, is its key's latin1 string too (ASCII).
@@ -436,7 +438,7 @@ export class RegistrationRegistry {
         k = keys.length;
         keyIndex.set(name, k);
         keys.push(key);
-        keyPartition.push(partitions.partitionOfSlot(keySlot(key)));
+        keyPartition.push(single ? 0 : partitions.partitionOfSlot(keySlot(key)));
       }
       carried[k] = events[i].value;
       texts[k] = events[i].text;
@@ -498,13 +500,20 @@ export class RegistrationRegistry {
     );
     const kept = new Map<number, JsonValue[]>();
     const readValue = registration.readValue;
+    let lastPartition = -1;
+    let lastList: JsonValue[] | undefined;
     for (let i = 0; i < events.length; i++) {
       const k = eventKey[i];
       const record = keyRecord[k];
       if (record === null) continue;
       const partition = keyPartition[k];
-      let list = kept.get(partition);
-      if (list === undefined) kept.set(partition, (list = []));
+      // Consecutive events are mostly of one partition: its list is looked up once for them.
+      if (partition !== lastPartition) {
+        lastPartition = partition;
+        lastList = kept.get(partition);
+        if (lastList === undefined) kept.set(partition, (lastList = []));
+      }
+      const list = lastList!;
       // A carried value's record (its shape known) made as a literal, the same fields in the same order: a spread costs more.
       if (carried[k] !== undefined && readValue)
         list.push({ key: record.key, type: record.type, event: events[i].event, valueRef: record.valueRef });

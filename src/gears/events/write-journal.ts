@@ -173,6 +173,20 @@ function asciiText(key: Buffer, latin1: string): string | undefined {
   return latin1;
 }
 
+/** Forgotten key states kept for reuse, at most. */
+const SPARE_STATES = 1024;
+
+/** Removes a key's `i`-th expected event. */
+function dropExpected(state: KeyState, i: number): void {
+  if (i === 0) {
+    state.expectedEvents.shift();
+    state.expectedAts.shift();
+  } else {
+    state.expectedEvents.splice(i, 1);
+    state.expectedAts.splice(i, 1);
+  }
+}
+
 /** A notification held while a write of its key is in flight is released after this long at most. */
 const HOLD_MS = 2000;
 /**
@@ -194,8 +208,13 @@ interface KeyState {
   inFlight: number;
   /** When inFlight last went up from 0. */
   since: number;
-  /** Events already handled from a write's reply: the notification each will cause is swallowed. */
-  expected: { event: string; at: number }[];
+  /**
+   * Events already handled from a write's reply: the notification each will cause is
+   * swallowed. Two lists, one entry per write (its event, when its reply came): no object
+   * per write.
+   */
+  expectedEvents: string[];
+  expectedAts: number[];
   /** Successful writes whose event is not known exactly: handled from their notification, or at settle. */
   waiting: { event: string; at: number }[];
   /** Notifications that came while a write of the key was in flight. */
@@ -221,6 +240,8 @@ export class WriteJournal {
   /** Notifications held, across keys. */
   private heldCount = 0;
   private known: KeyEvent[] = [];
+  /** States of keys forgotten, for the next keys written. */
+  private readonly spare: KeyState[] = [];
   private flushScheduled: NodeJS.Immediate | null = null;
 
   constructor(
@@ -351,7 +372,12 @@ export class WriteJournal {
       }
       const buffer = Buffer.from(key, "latin1");
       this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db, value, text });
-      (state.expected === NONE ? (state.expected = []) : state.expected).push({ event, at });
+      if (state.expectedEvents === NONE) {
+        state.expectedEvents = [];
+        state.expectedAts = [];
+      }
+      state.expectedEvents.push(event);
+      state.expectedAts.push(at);
       this.size++;
       return;
     }
@@ -387,13 +413,13 @@ export class WriteJournal {
     if (table === undefined) return false;
     const key = frame.toString("latin1", keyStart, keyEnd);
     const state = table.get(key);
-    if (state === undefined || state.expected.length === 0) return false;
+    if (state === undefined) return false;
+    const events = state.expectedEvents;
     const length = eventEnd - eventStart;
-    for (let i = 0; i < state.expected.length; i++) {
-      const event = state.expected[i].event;
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i];
       if (event.length !== length || !sameLatin1(frame, eventStart, event)) continue;
-      if (i === 0) state.expected.shift();
-      else state.expected.splice(i, 1);
+      dropExpected(state, i);
       this.size--;
       this.forget(table, key, state);
       return true;
@@ -416,9 +442,9 @@ export class WriteJournal {
         out.push(e);
         continue;
       }
-      const expected = state.expected.findIndex((x) => x.event === e.event);
+      const expected = state.expectedEvents.indexOf(e.event);
       if (expected !== -1) {
-        state.expected.splice(expected, 1);
+        dropExpected(state, expected);
         this.size--;
       } else if (state.inFlight > 0) {
         (state.held === NONE ? (state.held = []) : state.held).push(e);
@@ -447,9 +473,10 @@ export class WriteJournal {
     for (const [db, table] of this.dbs) {
       for (const [key, state] of table) {
         let n = 0;
-        while (n < state.expected.length && state.expected[n].at <= cut) n++;
+        while (n < state.expectedAts.length && state.expectedAts[n] <= cut) n++;
         if (n > 0) {
-          state.expected.splice(0, n);
+          state.expectedEvents.splice(0, n);
+          state.expectedAts.splice(0, n);
           this.size -= n;
         }
         n = 0;
@@ -507,16 +534,31 @@ export class WriteJournal {
   private stateOf(table: Map<string, KeyState>, key: string): KeyState {
     let state = table.get(key);
     if (state === undefined) {
-      state = { inFlight: 0, since: 0, expected: NONE, waiting: NONE, held: NONE };
+      state = this.spare.pop() ?? {
+        inFlight: 0,
+        since: 0,
+        expectedEvents: NONE,
+        expectedAts: NONE,
+        waiting: NONE,
+        held: NONE,
+      };
       table.set(key, state);
     }
     return state;
   }
 
   private forget(table: Map<string, KeyState>, key: string, state: KeyState): void {
-    if (state.inFlight > 0 || state.expected.length > 0 || state.waiting.length > 0 || state.held.length > 0)
+    if (
+      state.inFlight > 0 ||
+      state.expectedEvents.length > 0 ||
+      state.waiting.length > 0 ||
+      state.held.length > 0
+    )
       return;
     table.delete(key);
+    // Nothing refers to a state once out of its table (each use looks its key up first):
+    // kept for the next key, its emptied lists with it.
+    if (this.spare.length < SPARE_STATES) this.spare.push(state);
   }
 }
 
