@@ -126,55 +126,45 @@ function encodeCalls(lists: readonly (readonly JsonValue[] | null)[]): {
   raws: (Buffer | null)[];
 } {
   const n = lists.length;
-  const texts: (string[] | null)[] = new Array<string[] | null>(n);
-  const ascii: (boolean[] | null)[] = new Array<boolean[] | null>(n);
+  // Sized first (each argument's text and whether it is ASCII are worked out again when
+  // written: cheaper than keeping them in lists of their own).
   let size = 0;
   for (let i = 0; i < n; i++) {
     const args = lists[i];
-    if (args === null || args.length < 2) {
-      texts[i] = null;
-      ascii[i] = null;
-      continue;
-    }
-    const t = new Array<string>(args.length - 1);
-    const a = new Array<boolean>(args.length - 1);
-    size += 1 + decimalLength(t.length) + 2;
+    if (args === null || args.length < 2) continue;
+    size += 1 + decimalLength(args.length - 1) + 2;
     for (let j = 1; j < args.length; j++) {
       const v = args[j];
       const text = typeof v === "string" ? v : String(v);
-      t[j - 1] = text;
-      const plain = isAscii(text);
-      a[j - 1] = plain;
-      size += bulkSize(plain ? text.length : Buffer.byteLength(text));
+      size += bulkSize(isAscii(text) ? text.length : Buffer.byteLength(text));
     }
-    texts[i] = t;
-    ascii[i] = a;
   }
   const out = Buffer.allocUnsafe(size);
   const argvs = new Array<Buffer[] | null>(n);
   const raws = new Array<Buffer | null>(n);
   let at = 0;
   for (let i = 0; i < n; i++) {
-    const t = texts[i];
-    if (t === null) {
+    const args = lists[i];
+    if (args === null || args.length < 2) {
       argvs[i] = null;
       raws[i] = null;
       continue;
     }
-    const a = ascii[i]!;
     const begin = at;
-    at = writeHeader(out, at, 42 /* * */, t.length);
-    const argv = new Array<Buffer>(t.length);
-    for (let j = 0; j < t.length; j++) {
-      const text = t[j];
-      const length = a[j] ? text.length : Buffer.byteLength(text);
+    at = writeHeader(out, at, 42 /* * */, args.length - 1);
+    const argv = new Array<Buffer>(args.length - 1);
+    for (let j = 1; j < args.length; j++) {
+      const v = args[j];
+      const text = typeof v === "string" ? v : String(v);
+      const ascii = isAscii(text);
+      const length = ascii ? text.length : Buffer.byteLength(text);
       at = writeHeader(out, at, 36 /* $ */, length);
-      if (a[j] && length <= SHORT_TEXT) {
+      if (ascii && length <= SHORT_TEXT) {
         for (let c = 0; c < length; c++) out[at + c] = text.charCodeAt(c);
       } else {
-        out.write(text, at, length, a[j] ? "latin1" : "utf8");
+        out.write(text, at, length, ascii ? "latin1" : "utf8");
       }
-      argv[j] = out.subarray(at, at + length);
+      argv[j - 1] = out.subarray(at, at + length);
       at += length;
       out[at++] = 13;
       out[at++] = 10;

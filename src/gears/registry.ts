@@ -284,7 +284,16 @@ export class RegistrationRegistry {
     if (!owned) {
       const mine: QueuedKeyEvent[] = [];
       const foreign: QueuedKeyEvent[] = [];
-      for (const e of events) (this.ownsShard(e.shard) ? mine : foreign).push(e);
+      // Events come in runs of one shard: its lease is asked once per run.
+      let shard = "";
+      let owns = false;
+      for (const e of events) {
+        if (e.shard !== shard || shard === "") {
+          shard = e.shard;
+          owns = this.ownsShard(shard);
+        }
+        (owns ? mine : foreign).push(e);
+      }
       if (foreign.length > 0) this.onForeignEvents(foreign);
       events = mine;
     }

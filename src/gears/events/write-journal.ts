@@ -173,6 +173,10 @@ function asciiText(key: Buffer, latin1: string): string | undefined {
   return latin1;
 }
 
+/** Keys up to this long are copied into the journal's slab; its size. */
+const SLAB_KEY_MAX = 128;
+const SLAB_BYTES = 16 * 1024;
+
 /** Forgotten key states kept for reuse, at most. */
 const SPARE_STATES = 1024;
 
@@ -370,7 +374,7 @@ export class WriteJournal {
         this.known.push(value === undefined ? held : { ...held, value });
         return;
       }
-      const buffer = Buffer.from(key, "latin1");
+      const buffer = this.keyBuffer(key);
       this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db, value, text });
       if (state.expectedEvents === NONE) {
         state.expectedEvents = [];
@@ -521,6 +525,27 @@ export class WriteJournal {
   private schedule(): void {
     if (this.known.length > 0) this.flushScheduled ??= setImmediate(() => this.flush());
   }
+
+  /**
+   * A key's bytes (`key` is its latin1 string) for its event: short ones are views of a
+   * shared slab, written character by character (cheaper than a Buffer of their own).
+   */
+  private keyBuffer(key: string): Buffer {
+    const n = key.length;
+    if (n > SLAB_KEY_MAX) return Buffer.from(key, "latin1");
+    if (this.slabAt + n > this.slab.length) {
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.slabAt = 0;
+    }
+    const slab = this.slab;
+    const at = this.slabAt;
+    for (let i = 0; i < n; i++) slab[at + i] = key.charCodeAt(i);
+    this.slabAt = at + n;
+    return slab.subarray(at, at + n);
+  }
+
+  private slab = Buffer.alloc(0);
+  private slabAt = 0;
 
   private table(db: number): Map<string, KeyState> {
     let table = this.dbs.get(db);
