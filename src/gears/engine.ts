@@ -509,8 +509,8 @@ export class GearsEngine {
       this.log,
       (events) => this.onKeyspaceEvents(events),
       { pattern: SYNCED_CHANNEL + this.proxyId, onMessage: (_channel, message) => this.onSynced(message) },
-      (db, frame, keyStart, keyEnd, eventStart, eventEnd) =>
-        this.journal.handled(db, frame, keyStart, keyEnd, eventStart, eventEnd),
+      (db, frame, keyStart, keyEnd, eventStart, eventEnd, shard, quiet) =>
+        this.journal.handled(db, frame, keyStart, keyEnd, eventStart, eventEnd, shard, quiet),
     );
     this.leases = new ShardLeases(
       this.router,

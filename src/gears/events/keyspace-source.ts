@@ -104,8 +104,11 @@ function eventOfChannel(frame: Buffer, start = 0, end = frame.length): { event: 
 
 /**
  * Asked of each keyevent notification before anything is made of it: true when it is
- * already handled (a write through the proxy produced its event) and is to be dropped.
- * The key is `frame[keyStart, keyEnd)`, the event name `frame[eventStart, eventEnd)`.
+ * already handled (a write through the proxy produced its event) and is to be dropped,
+ * or taken over by the filter. The key is `frame[keyStart, keyEnd)`, the event name
+ * `frame[eventStart, eventEnd)`, `shard` the master it came from; `quiet` when no
+ * notification of the source waits to be handed over (so one taken over now keeps its
+ * place among them).
  */
 export type NotificationFilter = (
   db: number,
@@ -114,6 +117,8 @@ export type NotificationFilter = (
   keyEnd: number,
   eventStart: number,
   eventEnd: number,
+  shard: string,
+  quiet: boolean,
 ) => boolean;
 
 /** `*4\r\n$8\r\npmessage\r\n` (RESP2) and `>4...` (RESP3 push): how every keyevent message starts. */
@@ -488,7 +493,8 @@ export class KeyspaceEventSource {
       const eventStart = eventStartOf(frame, start, end);
       const db = dbOfChannel(frame, start, eventStart);
       // Most notifications are of writes the proxy already made events of: dropped here, unread.
-      if (this.handled?.(db, frame, parts[4], parts[5], eventStart, end) === true) return;
+      const quiet = this.pending.length === 0;
+      if (this.handled?.(db, frame, parts[4], parts[5], eventStart, end, sub.node, quiet) === true) return;
       this.pending.push({
         // Copied: the frame is a view of the socket's buffer.
         key: Buffer.from(frame.subarray(parts[4], parts[5])),

@@ -369,9 +369,11 @@ export class WriteJournal {
     if (exact) {
       if (heldAt !== -1) {
         // Its notification came first: that is the event.
-        const held = state.held.splice(heldAt, 1)[0];
+        const held = heldAt === 0 ? state.held.shift()! : state.held.splice(heldAt, 1)[0];
         this.heldCount--;
-        this.known.push(value === undefined ? held : { ...held, value });
+        // The journal's own object since it was held: it takes the value in place.
+        if (value !== undefined) held.value = value;
+        this.known.push(held);
         return;
       }
       const buffer = this.keyBuffer(key);
@@ -402,7 +404,10 @@ export class WriteJournal {
   /**
    * Whether a notification, read in place (`frame[keyStart, keyEnd)` its key,
    * `frame[eventStart, eventEnd)` its event), is one a write already produced: then it is
-   * swallowed now, as confirm() would, and nothing is made of it. Others go on to confirm().
+   * swallowed now, as confirm() would, and nothing is made of it. With `shard` and `quiet`
+   * (no notification before it waits for confirm()), one of a key with a write in flight
+   * is held here for that write, as confirm() would hold it, without its trip through the
+   * source's list. Others go on to confirm().
    */
   handled(
     db: number,
@@ -411,10 +416,11 @@ export class WriteJournal {
     keyEnd: number,
     eventStart: number,
     eventEnd: number,
+    shard?: string,
+    quiet = false,
   ): boolean {
-    if (this.size === 0) return false;
     const table = this.dbs.get(db);
-    if (table === undefined) return false;
+    if (table === undefined || table.size === 0) return false;
     const key = frame.toString("latin1", keyStart, keyEnd);
     const state = table.get(key);
     if (state === undefined) return false;
@@ -428,7 +434,17 @@ export class WriteJournal {
       this.forget(table, key, state);
       return true;
     }
-    return false;
+    if (shard === undefined || !quiet || state.inFlight === 0) return false;
+    (state.held === NONE ? (state.held = []) : state.held).push({
+      // Copied: the frame is a view of the socket's buffer.
+      key: Buffer.from(frame.subarray(keyStart, keyEnd)),
+      event: frame.toString("latin1", eventStart, eventEnd),
+      shard,
+      at: Date.now(),
+      db,
+    });
+    this.heldCount++;
+    return true;
   }
 
   /**
