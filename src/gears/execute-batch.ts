@@ -101,7 +101,10 @@ function isAscii(text: string): boolean {
 function writeHeader(out: Buffer, at: number, type: number, length: number): number {
   out[at++] = type;
   if (length < 10) out[at++] = 48 + length;
-  else at += out.write(String(length), at, "latin1");
+  else if (length < 100) {
+    out[at++] = 48 + Math.floor(length / 10);
+    out[at++] = 48 + (length % 10);
+  } else at += out.write(String(length), at, "latin1");
   out[at++] = 13;
   out[at++] = 10;
   return at;

@@ -13,6 +13,9 @@ import { isProxyKey } from "../routing/hidden-keys.js";
 import { eventKeyRecords, keyRecords } from "./readers.js";
 import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js";
 
+/** recordsOf()'s mark for a key whose last event carries its value: not read, no record of its own. */
+const CARRIED: Record<string, JsonValue> = Object.freeze({});
+
 /** Errors of a shard that answers again soon (failing over, a slot moving, starting). */
 const TRANSIENT_READ_ERROR = /^(ERR upstream|CLUSTERDOWN|MOVED|ASK|TRYAGAIN|LOADING|MASTERDOWN|READONLY)/;
 /** How long a batch whose keys cannot be read for such a reason is tried again. */
@@ -464,6 +467,8 @@ export class RegistrationRegistry {
     // that event (a later write's event follows, in this batch or the next).
     const stringKept = !registration.readValue || registration.matchesKeyType("string");
     const keysOf = new Map<number, number[]>();
+    /** A carried value's index in its partition's values. */
+    const carriedRef: number[] = [];
     for (let k = 0; k < keys.length; k++) {
       const value = carried[k];
       if (value !== undefined && registration.readValue) {
@@ -471,14 +476,12 @@ export class RegistrationRegistry {
           keyRecord[k] = null;
           continue;
         }
+        // Its events' records are made below, from its text and its value's place.
         const partValues = valuesOf(keyPartition[k]);
         partValues.push(value);
-        keyRecord[k] = {
-          key: texts[k] ?? keys[k].toString(),
-          type: "string",
-          event: null,
-          valueRef: partValues.length - 1,
-        };
+        carriedRef[k] = partValues.length - 1;
+        texts[k] ??= keys[k].toString();
+        keyRecord[k] = CARRIED;
         continue;
       }
       const list = keysOf.get(keyPartition[k]);
@@ -508,7 +511,6 @@ export class RegistrationRegistry {
       }),
     );
     const kept = new Map<number, JsonValue[]>();
-    const readValue = registration.readValue;
     let lastPartition = -1;
     let lastList: JsonValue[] | undefined;
     for (let i = 0; i < events.length; i++) {
@@ -523,9 +525,9 @@ export class RegistrationRegistry {
         if (lastList === undefined) kept.set(partition, (lastList = []));
       }
       const list = lastList!;
-      // A carried value's record (its shape known) made as a literal, the same fields in the same order: a spread costs more.
-      if (carried[k] !== undefined && readValue)
-        list.push({ key: record.key, type: record.type, event: events[i].event, valueRef: record.valueRef });
+      // A carried value's record, the same fields in the same order as a read one's.
+      if (record === CARRIED)
+        list.push({ key: texts[k]!, type: "string", event: events[i].event, valueRef: carriedRef[k] });
       else list.push({ ...record, event: events[i].event });
     }
     const input = new Map<number, PackedRecords>();
