@@ -525,6 +525,8 @@ interface ThroughputRun {
   eventsPerS: number;
   /** CPU seconds during the run (first write to the last key in the set): the handler's process, the masters. */
   handlerCpu: number;
+  /** The handler process's main thread alone (the proxy's event loop; the consumer's only thread). */
+  mainCpu: number;
   redisCpu: number;
   scard: number;
   lost: number;
@@ -532,6 +534,25 @@ interface ThroughputRun {
   expectedTriggered: number;
   failures: number;
   lastError: string | null;
+}
+
+/** CLK_TCK, for the main thread's CPU time. */
+let clockTicks = 0;
+
+/**
+ * CPU seconds (user + system) of the main thread of process `pid` alone (its tid is its
+ * pid): the proxy's event loop, without the guests' worker threads. NaN when unreadable.
+ */
+function mainThreadCpuSeconds(pid: number): number {
+  try {
+    if (clockTicks === 0)
+      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" })) || 100;
+    const stat = fs.readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks;
+  } catch {
+    return NaN;
+  }
 }
 
 async function throughput(
@@ -550,7 +571,7 @@ async function throughput(
   let next = 0;
   let writeMs = NaN;
   const redisCpu = (): number => dep.pids.reduce((a, pid) => a + cpuSeconds(pid), 0);
-  const cpu0 = [cpuSeconds(handlerPid), redisCpu()];
+  const cpu0 = [cpuSeconds(handlerPid), redisCpu(), mainThreadCpuSeconds(handlerPid)];
   const t0 = performance.now();
   const writing = Promise.all(
     writers.map(async (write) => {
@@ -582,7 +603,7 @@ async function throughput(
     }
     if (!Number.isNaN(writeMs) && at - changedAt > STALL_MS) break;
   }
-  const cpu1 = [cpuSeconds(handlerPid), redisCpu()];
+  const cpu1 = [cpuSeconds(handlerPid), redisCpu(), mainThreadCpuSeconds(handlerPid)];
   await writing;
   const s = await settle(counters, 2 * n);
   scard = await poller.scard(set);
@@ -596,6 +617,7 @@ async function throughput(
     writeMs,
     eventsPerS: (n * 1000) / ms,
     handlerCpu: cpu1[0] - cpu0[0],
+    mainCpu: cpu1[2] - cpu0[2],
     redisCpu: cpu1[1] - cpu0[1],
     scard,
     lost: n - scard,
@@ -898,7 +920,7 @@ async function benchSetup(
           `  round ${round} throughput ${side}: ${r.eventsPerS.toFixed(0)} events/s ` +
             `(${r.writes} writes in ${r.writeMs.toFixed(0)} ms, all in the set after ${r.ms.toFixed(0)} ms; ` +
             `scard ${r.scard}, triggered ${r.triggered}/${r.expectedTriggered}, failures ${r.failures}; ` +
-            `CPU ${side === "direct" ? "consumer" : "proxy"} ${r.handlerCpu.toFixed(2)} s, redis ${r.redisCpu.toFixed(2)} s)`,
+            `CPU ${side === "direct" ? "consumer" : "proxy"} ${r.handlerCpu.toFixed(2)} s (main thread ${r.mainCpu.toFixed(2)} s), redis ${r.redisCpu.toFixed(2)} s)`,
         );
         lostNote(`throughput ${side}`, r.lost, r.failures);
       }
@@ -1192,6 +1214,7 @@ function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup,
         return p !== undefined && d !== undefined ? p.eventsPerS / d.eventsPerS : NaN;
       });
       const cpu = tp("proxy").map((x) => (x.handlerCpu * 1e6) / x.writes);
+      const mainCpu = tp("proxy").map((x) => (x.mainCpu * 1e6) / x.writes);
       const p50s = opts.rates.map((rate) => {
         const of = (side: LatencyRun["side"]): number =>
           median(r.latency.filter((x) => x.side === side && x.rate === rate).map((x) => x.p50));
@@ -1204,6 +1227,7 @@ function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup,
         int(median(tp("direct").map((x) => x.eventsPerS))),
         `${ratio(median(ratios))} (${ratios.map(ratio).join(", ")})`,
         `${int(median(cpu))} (${cpu.map(int).join(", ")})`,
+        `${int(median(mainCpu))} (${mainCpu.map(int).join(", ")})`,
         int(median(tp("direct").map((x) => (x.handlerCpu * 1e6) / x.writes))),
         ...p50s,
       ]);
@@ -1220,6 +1244,7 @@ function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup,
         "consumer events/s",
         "ratio to the consumer (per round)",
         "proxy CPU µs per write (per round)",
+        "proxy main thread CPU µs per write (per round)",
         "consumer CPU µs per write",
         ...opts.rates.map((rate) => `p50 at ${rate}/s: proxy / consumer`),
       ],

@@ -103,6 +103,33 @@ describe("gears write journal: the values of writes it saw", () => {
     expect(j.waiting).to.equal(0);
   });
 
+  it("handled() with its shard and nothing queued before it: a notification of a key with a write in flight is held there, and becomes that write's one event", () => {
+    const { j, events } = journal();
+    const at = (key: string, event: string): [Buffer, number, number, number, number] => {
+      const buf = b(`..${event}..${key}..`);
+      return [buf, event.length + 4, event.length + 4 + key.length, 2, 2 + event.length];
+    };
+    const done = j.watch("set", argv("SET", "f", "v1"), [b("f")], 0)!;
+    const other = j.watch("set", argv("SET", "g", "v2"), [b("g")], 0)!;
+    // Something waits in the source's list before it: left to confirm(), which keeps the order.
+    expect(j.handled(0, ...at("g", "set"), "shard-1", false)).to.equal(false);
+    expect(j.handled(0, ...at("f", "set"), "shard-1", true)).to.equal(true);
+    expect(j.handled(0, ...at("nowrite", "set"), "shard-1", true)).to.equal(false);
+    expect(j.waiting).to.equal(1); // held
+    done(b("+OK\r\n"));
+    other(b("+OK\r\n"));
+    j.flush();
+    expect(plain(events)).to.deep.equal([
+      ["f", "set", "v1"],
+      ["g", "set", "v2"],
+    ]);
+    expect(events[0].shard).to.equal("shard-1");
+    // f's notification was its event: nothing more is swallowed or awaited for it.
+    expect(j.confirm([notification("g", "set")])).to.deep.equal([]);
+    expect(j.waiting).to.equal(0);
+    expect(plain(j.confirm([notification("f", "set")]))).to.deep.equal([["f", "set", undefined]]);
+  });
+
   it("keys' lists stay their own: a notification held for one key is not seen on another", () => {
     const { j, events } = journal();
     const first = j.watch("set", argv("SET", "x", "1"), [b("x")], 0)!;

@@ -88,7 +88,8 @@ export class GearsEngine {
    * notification is swallowed); the others wait for their notification, or a settle.
    */
   private readonly journal = new WriteJournal(
-    (key) => this.shards.idForSlot(keySlot(key)),
+    // In front of one server every key is on its one master: no slot to work out.
+    (key) => this.shards.idForSlot(this.shards.clustered ? keySlot(key) : 0),
     (events) => this.handleEvents(events),
   );
   private stopJournal: (() => void) | null = null;
@@ -508,8 +509,8 @@ export class GearsEngine {
       this.log,
       (events) => this.onKeyspaceEvents(events),
       { pattern: SYNCED_CHANNEL + this.proxyId, onMessage: (_channel, message) => this.onSynced(message) },
-      (db, frame, keyStart, keyEnd, eventStart, eventEnd) =>
-        this.journal.handled(db, frame, keyStart, keyEnd, eventStart, eventEnd),
+      (db, frame, keyStart, keyEnd, eventStart, eventEnd, shard, quiet) =>
+        this.journal.handled(db, frame, keyStart, keyEnd, eventStart, eventEnd, shard, quiet),
     );
     this.leases = new ShardLeases(
       this.router,

@@ -1,6 +1,7 @@
 import { decodeReply } from "../resp/decode.js";
 import { NotHandled, ReplyErrorText, RespCursor } from "../resp/json-text.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
+import { decimalLength } from "../resp/encode.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
 import { RawJson, type JsonValue } from "../sandbox/types.js";
 import { replyToJson } from "./json-values.js";
@@ -78,6 +79,105 @@ class OutcomeSink implements ReplySink {
   }
 }
 
+/** The lower-case form of the command names scripts send (a handful): made once each. */
+const LOWER = new Map<string, string>();
+
+function lowerName(text: string): string {
+  let lower = LOWER.get(text);
+  if (lower === undefined) {
+    lower = text.toLowerCase();
+    if (LOWER.size < 1024) LOWER.set(text, lower);
+  }
+  return lower;
+}
+
+/** Whether every character of `text` is ASCII: its UTF-8 bytes are its characters. */
+function isAscii(text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) > 127) return false;
+  return true;
+}
+
+/** The RESP header of a bulk string of `length` bytes (`$<length>\r\n`), written at `at`; where it ends. */
+function writeHeader(out: Buffer, at: number, type: number, length: number): number {
+  out[at++] = type;
+  if (length < 10) out[at++] = 48 + length;
+  else if (length < 100) {
+    out[at++] = 48 + Math.floor(length / 10);
+    out[at++] = 48 + (length % 10);
+  } else at += out.write(String(length), at, "latin1");
+  out[at++] = 13;
+  out[at++] = 10;
+  return at;
+}
+
+/** The bytes of a bulk string of `length` bytes, header and CRLF included. */
+function bulkSize(length: number): number {
+  return 1 + decimalLength(length) + 2 + length + 2;
+}
+
+/** Strings up to this long are copied character by character (a native write costs more). */
+const SHORT_TEXT = 32;
+
+/**
+ * The execute() calls of a batch (`[partition, name, ...args]` each), encoded back to back
+ * into one buffer: each call's argv is made of views of its bytes there, and its encoding is
+ * the view forwarded, so no argument becomes a Buffer of its own and no command is encoded
+ * again. Null for a call that takes another path.
+ */
+function encodeCalls(lists: readonly (readonly JsonValue[] | null)[]): {
+  argvs: (Buffer[] | null)[];
+  raws: (Buffer | null)[];
+} {
+  const n = lists.length;
+  // Sized first (each argument's text and whether it is ASCII are worked out again when
+  // written: cheaper than keeping them in lists of their own).
+  let size = 0;
+  for (let i = 0; i < n; i++) {
+    const args = lists[i];
+    if (args === null || args.length < 2) continue;
+    size += 1 + decimalLength(args.length - 1) + 2;
+    for (let j = 1; j < args.length; j++) {
+      const v = args[j];
+      const text = typeof v === "string" ? v : String(v);
+      size += bulkSize(isAscii(text) ? text.length : Buffer.byteLength(text));
+    }
+  }
+  const out = Buffer.allocUnsafe(size);
+  const argvs = new Array<Buffer[] | null>(n);
+  const raws = new Array<Buffer | null>(n);
+  let at = 0;
+  for (let i = 0; i < n; i++) {
+    const args = lists[i];
+    if (args === null || args.length < 2) {
+      argvs[i] = null;
+      raws[i] = null;
+      continue;
+    }
+    const begin = at;
+    at = writeHeader(out, at, 42 /* * */, args.length - 1);
+    const argv = new Array<Buffer>(args.length - 1);
+    for (let j = 1; j < args.length; j++) {
+      const v = args[j];
+      const text = typeof v === "string" ? v : String(v);
+      const ascii = isAscii(text);
+      const length = ascii ? text.length : Buffer.byteLength(text);
+      at = writeHeader(out, at, 36 /* $ */, length);
+      if (ascii && length <= SHORT_TEXT) {
+        for (let c = 0; c < length; c++) out[at + c] = text.charCodeAt(c);
+      } else {
+        out.write(text, at, length, ascii ? "latin1" : "utf8");
+      }
+      argv[j - 1] = out.subarray(at, at + length);
+      at += length;
+      out[at++] = 13;
+      out[at++] = 10;
+    }
+    argvs[i] = argv;
+    raws[i] = out.subarray(begin, at);
+  }
+  return { argvs, raws };
+}
+
 /**
  * A guest's batch of async execute() calls (a handler's foreach over a batch of events):
  * every command is forwarded at once, so those of one shard leave together in the
@@ -95,23 +195,41 @@ export function executeBatch(
   /** The replies are not looked at, only whether each failed: successes come back as null. */
   repliesUnused = false,
 ): Promise<CallOutcome[]> {
-  const outcomes = new Outcomes(calls.length);
-  for (let i = 0; i < calls.length; i++) {
-    const call = calls[i];
-    const args = call.args;
-    let argv: Buffer[] | null = null;
+  const lists = new Array<JsonValue[] | null>(calls.length);
+  for (let i = 0; i < calls.length; i++) lists[i] = calls[i].name === "execute" ? calls[i].args : null;
+  return executeLists(router, db, lists, refusal, (i) => other(calls[i]), repliesUnused);
+}
+
+/**
+ * executeBatch() for a list of execute() calls' arguments (`null` for one that is not an
+ * execute()): `other(i)` runs call `i` when it takes another path.
+ */
+export function executeLists(
+  router: Router,
+  db: number,
+  lists: readonly (JsonValue[] | null)[],
+  refusal: (name: string, argv: readonly Buffer[]) => string | null,
+  other: (index: number) => Promise<JsonValue | RawJson>,
+  repliesUnused = false,
+): Promise<CallOutcome[]> {
+  const outcomes = new Outcomes(lists.length);
+  const { argvs, raws } = encodeCalls(lists);
+  for (let i = 0; i < lists.length; i++) {
+    let argv = argvs[i];
     let name = "";
-    if (call.name === "execute" && args.length >= 2) {
-      argv = new Array<Buffer>(args.length - 1);
-      for (let j = 1; j < args.length; j++) argv[j - 1] = Buffer.from(String(args[j]));
-      name = argv[0].toString("latin1").toLowerCase();
+    if (argv !== null) {
+      const first = lists[i]![1];
+      const text = typeof first === "string" ? first : String(first);
+      // An ASCII name's UTF-8 bytes read as latin1 are itself.
+      name = isAscii(text) ? lowerName(text) : argv[0].toString("latin1").toLowerCase();
       // A keyless command of a step runs on its partition's shard, which other() knows.
-      if (typeof args[0] === "number" && router.slotOf(name, argv) === NO_KEYS) argv = null;
+      if (typeof lists[i]![0] === "number" && router.slotOf(name, argv) === NO_KEYS) argv = null;
     }
     if (argv === null) {
-      other(call).then(
-        (ok) => outcomes.set(i, { ok }),
-        (err: Error) => outcomes.set(i, { error: err.message }),
+      const index = i;
+      other(index).then(
+        (ok) => outcomes.set(index, { ok }),
+        (err: Error) => outcomes.set(index, { error: err.message }),
       );
       continue;
     }
@@ -120,7 +238,7 @@ export function executeBatch(
       outcomes.set(i, { error: refused });
       continue;
     }
-    router.forward(name, argv, null, new OutcomeSink(outcomes, i, repliesUnused), { db, affinity: 0 });
+    router.forward(name, argv, raws[i], new OutcomeSink(outcomes, i, repliesUnused), { db, affinity: 0 });
   }
   return outcomes.done;
 }

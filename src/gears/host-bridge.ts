@@ -8,7 +8,7 @@ import { replyToJson } from "./json-values.js";
 import { readKeyValue } from "./readers.js";
 import type { Partitions } from "./partitions.js";
 import { executeMany } from "./read-ahead.js";
-import { executeBatch } from "./execute-batch.js";
+import { executeBatch, executeLists } from "./execute-batch.js";
 
 /** What a script's session does for it: registrations and timers. */
 export interface SessionCalls {
@@ -154,11 +154,20 @@ export class GearsBridge implements HostBridge {
    * answer is `{failed: [[index, "error message"], ...]}`, empty when every call succeeded.
    */
   private async executeEach(list: JsonValue | undefined): Promise<RawJson> {
-    const calls = (Array.isArray(list) ? list : []).map((args) => ({
-      name: "execute",
-      args: Array.isArray(args) ? args : [],
-    }));
-    const outcomes = await this.callAsync(calls, true);
+    const calls = Array.isArray(list) ? list : [];
+    const lists = new Array<JsonValue[]>(calls.length);
+    for (let i = 0; i < calls.length; i++) {
+      const args = calls[i];
+      lists[i] = Array.isArray(args) ? args : [];
+    }
+    const outcomes = await executeLists(
+      this.router,
+      this.db,
+      lists,
+      (name, argv) => scriptCommandRefusal(name, argv) ?? this.guard?.(name, argv) ?? null,
+      (i) => this.callSync("execute", lists[i]),
+      true,
+    );
     const failed: string[] = [];
     for (let i = 0; i < outcomes.length; i++) {
       const o = outcomes[i];

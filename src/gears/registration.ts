@@ -114,6 +114,8 @@ export class Registration {
     const options = action.options;
     this.mode = optionString(options, "mode") ?? "async";
     this.prefix = typeof action.arg === "string" ? action.arg : "*";
+    this.wildcard = this.prefix.endsWith("*");
+    this.keyStart = this.wildcard ? this.prefix.slice(0, -1) : this.prefix;
     this.eventTypes = optionList(options, "eventTypes");
     this.keyTypes = optionList(options, "keyTypes");
     this.trigger = optionString(options, "trigger");
@@ -168,6 +170,24 @@ export class Registration {
     if (this.prefix.endsWith("*")) return key.startsWith(this.prefix.slice(0, -1));
     return key === this.prefix;
   }
+
+  /** matchesKeyEvent() of a queued event, its key decoded only when the prefix needs it. */
+  matchesEvent(e: KeyEvent): boolean {
+    if (!this.keyEvents) return false;
+    if (this.eventTypes !== null && !this.eventTypes.includes(e.event.toLowerCase())) return false;
+    if (this.prefix === "*") return true;
+    const key = e.text ?? e.key.toString();
+    return this.wildcard ? key.startsWith(this.keyStart) : key === this.prefix;
+  }
+
+  /** A KeysReader without `commands`: it takes keyspace events (checked per event). */
+  private get keyEvents(): boolean {
+    return this.reader === "KeysReader" && this.commands === null;
+  }
+
+  /** Whether the prefix ends with "*", and what keys start with then. */
+  private readonly wildcard: boolean;
+  private readonly keyStart: string;
 
   /** Whether an event caused by `command` passing through the proxy is this registration's (`commands`). */
   matchesCommandEvent(command: string, key: string, event: string): boolean {

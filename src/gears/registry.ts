@@ -13,6 +13,9 @@ import { isProxyKey } from "../routing/hidden-keys.js";
 import { eventKeyRecords, keyRecords } from "./readers.js";
 import type { LocalQueue, QueuedKeyEvent, Registration } from "./registration.js";
 
+/** recordsOf()'s mark for a key whose last event carries its value: not read, no record of its own. */
+const CARRIED: Record<string, JsonValue> = Object.freeze({});
+
 /** Errors of a shard that answers again soon (failing over, a slot moving, starting). */
 const TRANSIENT_READ_ERROR = /^(ERR upstream|CLUSTERDOWN|MOVED|ASK|TRYAGAIN|LOADING|MASTERDOWN|READONLY)/;
 /** How long a batch whose keys cannot be read for such a reason is tried again. */
@@ -284,28 +287,35 @@ export class RegistrationRegistry {
     if (!owned) {
       const mine: QueuedKeyEvent[] = [];
       const foreign: QueuedKeyEvent[] = [];
-      for (const e of events) (this.ownsShard(e.shard) ? mine : foreign).push(e);
+      // Events come in runs of one shard: its lease is asked once per run.
+      let shard = "";
+      let owns = false;
+      for (const e of events) {
+        if (e.shard !== shard || shard === "") {
+          shard = e.shard;
+          owns = this.ownsShard(shard);
+        }
+        (owns ? mine : foreign).push(e);
+      }
       if (foreign.length > 0) this.onForeignEvents(foreign);
       events = mine;
     }
     for (const session of this.sessions.values()) {
       for (const registration of session.registrations) {
-        const local = registration.mode === "async_local";
-        const touched = new Set<string>();
-        for (const e of events) {
-          if (e.db !== session.db || !registration.matchesKeyEvent(e.key.toString(), e.event)) continue;
-          if (local) {
+        if (registration.mode === "async_local") {
+          const touched = new Set<string>();
+          for (const e of events) {
+            if (e.db !== session.db || !registration.matchesEvent(e)) continue;
             this.localQueue(registration, e.shard).queue.push(e);
             touched.add(e.shard);
-          } else {
-            registration.queue.push(e);
-            touched.add("");
           }
+          for (const shard of touched) void this.drainLocal(session, registration, shard);
+          continue;
         }
-        for (const shard of touched) {
-          if (local) void this.drainLocal(session, registration, shard);
-          else void this.drain(session, registration);
-        }
+        const queue = registration.queue;
+        const before = queue.length;
+        for (const e of events) if (e.db === session.db && registration.matchesEvent(e)) queue.push(e);
+        if (queue.length > before) void this.drain(session, registration);
       }
     }
   }
@@ -427,17 +437,23 @@ export class RegistrationRegistry {
     /** The value the key's last event of the batch carries (a write the proxy saw), if any. */
     const carried: (string | undefined)[] = [];
     const eventKey = new Array<number>(events.length);
+    /** The key as UTF-8 text, when an event of it had it. */
+    const texts: (string | undefined)[] = [];
+    // One partition (one server): every key is in it, no slot to work out.
+    const single = partitions.count <= 1;
     for (let i = 0; i < events.length; i++) {
       const key = events[i].key;
-      const name = key.toString("latin1");
+      // An event's text, when it has one, is its key's latin1 string too (ASCII).
+      const name = events[i].text ?? key.toString("latin1");
       let k = keyIndex.get(name);
       if (k === undefined) {
         k = keys.length;
         keyIndex.set(name, k);
         keys.push(key);
-        keyPartition.push(partitions.partitionOfSlot(keySlot(key)));
+        keyPartition.push(single ? 0 : partitions.partitionOfSlot(keySlot(key)));
       }
       carried[k] = events[i].value;
+      texts[k] = events[i].text;
       eventKey[i] = k;
     }
     const keyRecord = new Array<Record<string, JsonValue> | null>(keys.length);
@@ -451,6 +467,8 @@ export class RegistrationRegistry {
     // that event (a later write's event follows, in this batch or the next).
     const stringKept = !registration.readValue || registration.matchesKeyType("string");
     const keysOf = new Map<number, number[]>();
+    /** A carried value's index in its partition's values. */
+    const carriedRef: number[] = [];
     for (let k = 0; k < keys.length; k++) {
       const value = carried[k];
       if (value !== undefined && registration.readValue) {
@@ -458,14 +476,12 @@ export class RegistrationRegistry {
           keyRecord[k] = null;
           continue;
         }
+        // Its events' records are made below, from its text and its value's place.
         const partValues = valuesOf(keyPartition[k]);
         partValues.push(value);
-        keyRecord[k] = {
-          key: keys[k].toString(),
-          type: "string",
-          event: null,
-          valueRef: partValues.length - 1,
-        };
+        carriedRef[k] = partValues.length - 1;
+        texts[k] ??= keys[k].toString();
+        keyRecord[k] = CARRIED;
         continue;
       }
       const list = keysOf.get(keyPartition[k]);
@@ -495,14 +511,24 @@ export class RegistrationRegistry {
       }),
     );
     const kept = new Map<number, JsonValue[]>();
+    let lastPartition = -1;
+    let lastList: JsonValue[] | undefined;
     for (let i = 0; i < events.length; i++) {
       const k = eventKey[i];
       const record = keyRecord[k];
       if (record === null) continue;
       const partition = keyPartition[k];
-      let list = kept.get(partition);
-      if (list === undefined) kept.set(partition, (list = []));
-      list.push({ ...record, event: events[i].event });
+      // Consecutive events are mostly of one partition: its list is looked up once for them.
+      if (partition !== lastPartition) {
+        lastPartition = partition;
+        lastList = kept.get(partition);
+        if (lastList === undefined) kept.set(partition, (lastList = []));
+      }
+      const list = lastList!;
+      // A carried value's record, the same fields in the same order as a read one's.
+      if (record === CARRIED)
+        list.push({ key: texts[k]!, type: "string", event: events[i].event, valueRef: carriedRef[k] });
+      else list.push({ ...record, event: events[i].event });
     }
     const input = new Map<number, PackedRecords>();
     for (const [partition, records] of kept) input.set(partition, { records, values: valuesOf(partition) });

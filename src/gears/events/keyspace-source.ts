@@ -19,6 +19,11 @@ export interface KeyEvent {
    * the value of (SET, MSET...): the event's record needs no read of it.
    */
   value?: string;
+  /**
+   * The key as a string (UTF-8), when the event's maker had it at hand (the journal, for an
+   * ASCII key): readers of the event take it rather than decoding `key` again.
+   */
+  text?: string;
 }
 
 /** Whether keyevent notifications could be enabled on one master. */
@@ -72,10 +77,15 @@ export function mergeNotifyFlags(current: string, extra = ""): string {
   return merged;
 }
 
-/** Where the event name of a keyevent channel `frame[start, end)` starts (`start` when it has no db). */
+/**
+ * Where the event name of a keyevent channel `frame[start, end)` starts (`start` when it has
+ * no db). Read byte by byte: a Buffer.indexOf per notification cost more than the search.
+ */
 function eventStartOf(frame: Buffer, start: number, end: number): number {
-  const close = frame.indexOf("__:", start + CHANNEL_DB_START);
-  return close === -1 || close >= end ? start : close + 3;
+  for (let i = start + CHANNEL_DB_START; i + 2 < end; i++) {
+    if (frame[i] === 95 /* _ */ && frame[i + 1] === 95 && frame[i + 2] === 58 /* : */) return i + 3;
+  }
+  return start;
 }
 
 /** The database of a keyevent channel starting at `start`, whose event name starts at `eventStart`. */
@@ -94,8 +104,11 @@ function eventOfChannel(frame: Buffer, start = 0, end = frame.length): { event: 
 
 /**
  * Asked of each keyevent notification before anything is made of it: true when it is
- * already handled (a write through the proxy produced its event) and is to be dropped.
- * The key is `frame[keyStart, keyEnd)`, the event name `frame[eventStart, eventEnd)`.
+ * already handled (a write through the proxy produced its event) and is to be dropped,
+ * or taken over by the filter. The key is `frame[keyStart, keyEnd)`, the event name
+ * `frame[eventStart, eventEnd)`, `shard` the master it came from; `quiet` when no
+ * notification of the source waits to be handed over (so one taken over now keeps its
+ * place among them).
  */
 export type NotificationFilter = (
   db: number,
@@ -104,6 +117,8 @@ export type NotificationFilter = (
   keyEnd: number,
   eventStart: number,
   eventEnd: number,
+  shard: string,
+  quiet: boolean,
 ) => boolean;
 
 /** `*4\r\n$8\r\npmessage\r\n` (RESP2) and `>4...` (RESP3 push): how every keyevent message starts. */
@@ -112,26 +127,34 @@ const PATTERN_BYTES = Buffer.from(PATTERN);
 
 /**
  * The [start, end) of the three bulk strings of a pmessage frame (pattern, channel,
- * message), read without decoding it; null when the frame is not one.
+ * message), read without decoding it, into `parts`; false when the frame is not one.
+ * Compared byte by byte, and into one reused array: this runs for every notification.
  */
-function pmessageParts(frame: Buffer): number[] | null {
+function pmessageParts(frame: Buffer, parts: Int32Array): boolean {
   const head = PMESSAGE_HEAD.length;
-  if (frame.length < head || (frame[0] !== 42 && frame[0] !== 62) /* > */) return null;
-  if (frame.compare(PMESSAGE_HEAD, 1, head, 1, head) !== 0) return null;
-  const parts: number[] = [];
+  if (frame.length < head || (frame[0] !== 42 && frame[0] !== 62) /* > */) return false;
+  for (let i = 1; i < head; i++) if (frame[i] !== PMESSAGE_HEAD[i]) return false;
   let at = head;
-  for (let n = 0; n < 3; n++) {
-    if (frame[at] !== 36 /* $ */) return null;
+  for (let n = 0; n < 6; n += 2) {
+    if (frame[at] !== 36 /* $ */) return false;
     let len = 0;
     let i = at + 1;
     for (; i < frame.length && frame[i] !== 13; i++) len = len * 10 + frame[i] - 48;
     const start = i + 2;
     const end = start + len;
-    if (end + 2 > frame.length) return null;
-    parts.push(start, end);
+    if (end + 2 > frame.length) return false;
+    parts[n] = start;
+    parts[n + 1] = end;
     at = end + 2;
   }
-  return parts;
+  return true;
+}
+
+/** Whether `frame[start, end)` is `bytes`. */
+function sameBytes(frame: Buffer, start: number, end: number, bytes: Buffer): boolean {
+  if (end - start !== bytes.length) return false;
+  for (let i = 0; i < bytes.length; i++) if (frame[start + i] !== bytes[i]) return false;
+  return true;
 }
 
 function errorText(err: unknown): string {
@@ -215,6 +238,8 @@ export class KeyspaceEventSource {
   }
 
   private readonly psubscribe: Buffer;
+  /** pmessageParts()'s answer for the frame being read (one frame at a time). */
+  private readonly parts = new Int32Array(6);
 
   /** Configures and subscribes every master; resolves once each has subscribed or failed once. */
   async start(): Promise<KeyspaceStatus> {
@@ -453,13 +478,10 @@ export class KeyspaceEventSource {
   private onFrame(sub: ShardSubscription, frame: Buffer): void {
     if (this.stopped && sub.onUnsubscribed === null) return;
     // Keyevent messages, nearly every frame, are read in place.
-    const parts = pmessageParts(frame);
-    if (parts !== null) {
+    const parts = this.parts;
+    if (pmessageParts(frame, parts)) {
       if (this.stopped) return;
-      if (
-        this.extra !== null &&
-        frame.compare(PATTERN_BYTES, 0, PATTERN_BYTES.length, parts[0], parts[1]) !== 0
-      ) {
+      if (this.extra !== null && !sameBytes(frame, parts[0], parts[1], PATTERN_BYTES)) {
         this.extra.onMessage(
           Buffer.from(frame.subarray(parts[2], parts[3])),
           Buffer.from(frame.subarray(parts[4], parts[5])),
@@ -471,7 +493,8 @@ export class KeyspaceEventSource {
       const eventStart = eventStartOf(frame, start, end);
       const db = dbOfChannel(frame, start, eventStart);
       // Most notifications are of writes the proxy already made events of: dropped here, unread.
-      if (this.handled?.(db, frame, parts[4], parts[5], eventStart, end) === true) return;
+      const quiet = this.pending.length === 0;
+      if (this.handled?.(db, frame, parts[4], parts[5], eventStart, end, sub.node, quiet) === true) return;
       this.pending.push({
         // Copied: the frame is a view of the socket's buffer.
         key: Buffer.from(frame.subarray(parts[4], parts[5])),

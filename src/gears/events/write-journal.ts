@@ -135,6 +135,62 @@ const COUNTERS = new Set(["incr", "decr", "incrby", "decrby"]);
  */
 const CARRIED_VALUE_MAX = 1000 * 1024;
 
+/** What the journal needs to know of one write command, looked up once per name. */
+interface WriteKind {
+  /** The keyevent it emits. */
+  event: string;
+  /** EXACT: its event is known from its reply. */
+  exact: boolean;
+  /** STRING_VALUE: where the value of its first key is, and the step to the next's. */
+  valueAt: [number, number] | undefined;
+  /** COUNTERS: its integer reply is the value. */
+  counter: boolean;
+  /** COUNTED: a multi-key write counted in its reply. */
+  counted: boolean;
+}
+
+const KINDS = new Map<string, WriteKind>();
+
+function kindOf(name: string): WriteKind {
+  let kind = KINDS.get(name);
+  if (kind === undefined) {
+    kind = {
+      event: EVENT_OF[name] ?? name,
+      exact: EXACT.has(name),
+      valueAt: STRING_VALUE[name],
+      counter: COUNTERS.has(name),
+      counted: COUNTED.has(name),
+    };
+    // Names come from the command table's write commands: a few hundred at most.
+    if (KINDS.size < 4096) KINDS.set(name, kind);
+  }
+  return kind;
+}
+
+/** The key as a UTF-8 string when its bytes are ASCII (then its latin1 string is that too). */
+function asciiText(key: Buffer, latin1: string): string | undefined {
+  for (let i = 0; i < key.length; i++) if (key[i] > 127) return undefined;
+  return latin1;
+}
+
+/** Keys up to this long are copied into the journal's slab; its size. */
+const SLAB_KEY_MAX = 128;
+const SLAB_BYTES = 16 * 1024;
+
+/** Forgotten key states kept for reuse, at most. */
+const SPARE_STATES = 1024;
+
+/** Removes a key's `i`-th expected event. */
+function dropExpected(state: KeyState, i: number): void {
+  if (i === 0) {
+    state.expectedEvents.shift();
+    state.expectedAts.shift();
+  } else {
+    state.expectedEvents.splice(i, 1);
+    state.expectedAts.splice(i, 1);
+  }
+}
+
 /** A notification held while a write of its key is in flight is released after this long at most. */
 const HOLD_MS = 2000;
 /**
@@ -156,8 +212,13 @@ interface KeyState {
   inFlight: number;
   /** When inFlight last went up from 0. */
   since: number;
-  /** Events already handled from a write's reply: the notification each will cause is swallowed. */
-  expected: { event: string; at: number }[];
+  /**
+   * Events already handled from a write's reply: the notification each will cause is
+   * swallowed. Two lists, one entry per write (its event, when its reply came): no object
+   * per write.
+   */
+  expectedEvents: string[];
+  expectedAts: number[];
   /** Successful writes whose event is not known exactly: handled from their notification, or at settle. */
   waiting: { event: string; at: number }[];
   /** Notifications that came while a write of the key was in flight. */
@@ -183,6 +244,8 @@ export class WriteJournal {
   /** Notifications held, across keys. */
   private heldCount = 0;
   private known: KeyEvent[] = [];
+  /** States of keys forgotten, for the next keys written. */
+  private readonly spare: KeyState[] = [];
   private flushScheduled: NodeJS.Immediate | null = null;
 
   constructor(
@@ -202,32 +265,20 @@ export class WriteJournal {
    * concerns no user key.
    */
   watch(name: string, argv: readonly Buffer[], keys: Buffer[], db: number): WriteOutcome | null {
-    let names: string[];
-    if (keys.length === 1) {
-      if (isProxyKey(keys[0])) return null;
-      names = [keys[0].toString("latin1")];
-    } else {
-      names = writtenKeys(
-        name,
-        keys.filter((k) => !isProxyKey(k)).map((k) => k.toString("latin1")),
-      );
-      if (names.length === 0) return null;
-    }
-    const event = EVENT_OF[name] ?? name;
-    let exact = EXACT.has(name);
-    let conditional = false;
-    if (name === "set") {
-      for (let i = 3; i < argv.length; i++) {
-        const a = argv[i];
-        if (a.length === 2 && SET_CONDITION.test(a.toString("latin1"))) conditional = true;
-        else if (a.length <= 4 && SET_EXPIRY.test(a.toString("latin1"))) exact = false;
-      }
-    }
-    const counted = COUNTED.has(name) && names.length > 1 ? names.length : 0;
+    if (keys.length === 1) return this.watchOne(name, argv, keys[0], db);
+    const names = writtenKeys(
+      name,
+      keys.filter((k) => !isProxyKey(k)).map((k) => k.toString("latin1")),
+    );
+    if (names.length === 0) return null;
+    const kind = kindOf(name);
+    const event = kind.event;
+    const exact = kind.exact;
+    const counted = kind.counted && names.length > 1 ? names.length : 0;
     // The string each key now holds, when the write says so: its event carries it, and a
     // handler needs no read of it. Copied now: argv may be a view of a reused buffer.
     let values: (string | undefined)[] | null = null;
-    const valueAt = exact ? STRING_VALUE[name] : undefined;
+    const valueAt = exact ? kind.valueAt : undefined;
     if (valueAt !== undefined && names.length === keys.length) {
       values = new Array<string | undefined>(names.length);
       for (let k = 0; k < names.length; k++) {
@@ -244,17 +295,15 @@ export class WriteJournal {
       // DEL of several keys: which were there is unknown unless all were.
       const followed =
         reply !== null &&
-        !changedNothing(name, reply, conditional) &&
+        !changedNothing(name, reply, false) &&
         (counted === 0 || reply.toString("latin1", 1, reply.length - 2) === String(counted));
       const at = Date.now();
-      if (followed && values === null && COUNTERS.has(name) && reply[0] === 58 /* : */)
-        values = [reply.toString("latin1", 1, reply.length - 2)];
       for (let k = 0; k < names.length; k++) {
         const key = names[k];
         const state = table.get(key);
         if (state === undefined) continue;
         if (state.inFlight > 0) state.inFlight--;
-        if (followed) this.written(db, key, state, event, exact, at, values?.[k]);
+        if (followed) this.written(db, key, undefined, state, event, exact, at, values?.[k]);
         this.releaseHeld(state);
         this.forget(table, key, state);
       }
@@ -262,29 +311,79 @@ export class WriteJournal {
     };
   }
 
+  /** watch() of a write naming one key, the usual case: no lists. */
+  private watchOne(name: string, argv: readonly Buffer[], buffer: Buffer, db: number): WriteOutcome | null {
+    if (isProxyKey(buffer)) return null;
+    const key = buffer.toString("latin1");
+    const text = asciiText(buffer, key);
+    const kind = kindOf(name);
+    const event = kind.event;
+    let exact = kind.exact;
+    let conditional = false;
+    if (name === "set") {
+      for (let i = 3; i < argv.length; i++) {
+        const a = argv[i];
+        if (a.length === 2 && SET_CONDITION.test(a.toString("latin1"))) conditional = true;
+        else if (a.length <= 4 && SET_EXPIRY.test(a.toString("latin1"))) exact = false;
+      }
+    }
+    // The string the key now holds, when the write says so: its event carries it, and a
+    // handler needs no read of it. Copied now: argv may be a view of a reused buffer.
+    let value: string | undefined;
+    const valueAt = exact ? kind.valueAt : undefined;
+    if (valueAt !== undefined) {
+      const v = argv[valueAt[0]];
+      if (v !== undefined && v.length <= CARRIED_VALUE_MAX) value = v.toString();
+    }
+    const table = this.table(db);
+    const state = this.stateOf(table, key);
+    if (state.inFlight++ === 0) state.since = Date.now();
+    return (reply) => {
+      const followed = reply !== null && !changedNothing(name, reply, conditional);
+      if (followed && value === undefined && kind.counter && reply[0] === 58 /* : */)
+        value = reply.toString("latin1", 1, reply.length - 2);
+      const now = table.get(key);
+      if (now === undefined) {
+        this.schedule();
+        return;
+      }
+      if (now.inFlight > 0) now.inFlight--;
+      if (followed) this.written(db, key, text, now, event, exact, Date.now(), value);
+      this.releaseHeld(now);
+      this.forget(table, key, now);
+      this.schedule();
+    };
+  }
+
   private written(
     db: number,
     key: string,
+    text: string | undefined,
     state: KeyState,
     event: string,
     exact: boolean,
     at: number,
     value: string | undefined,
   ): void {
-    const heldAt = state.held.findIndex((e) => e.event === event);
+    const heldAt = state.held.length === 0 ? -1 : state.held.findIndex((e) => e.event === event);
     if (exact) {
       if (heldAt !== -1) {
         // Its notification came first: that is the event.
-        const held = state.held.splice(heldAt, 1)[0];
+        const held = heldAt === 0 ? state.held.shift()! : state.held.splice(heldAt, 1)[0];
         this.heldCount--;
-        this.known.push(value === undefined ? held : { ...held, value });
+        // The journal's own object since it was held: it takes the value in place.
+        if (value !== undefined) held.value = value;
+        this.known.push(held);
         return;
       }
-      const buffer = Buffer.from(key, "latin1");
-      const e: KeyEvent = { key: buffer, event, shard: this.shardOf(buffer), at, db };
-      if (value !== undefined) e.value = value;
-      this.known.push(e);
-      (state.expected === NONE ? (state.expected = []) : state.expected).push({ event, at });
+      const buffer = this.keyBuffer(key);
+      this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db, value, text });
+      if (state.expectedEvents === NONE) {
+        state.expectedEvents = [];
+        state.expectedAts = [];
+      }
+      state.expectedEvents.push(event);
+      state.expectedAts.push(at);
       this.size++;
       return;
     }
@@ -305,7 +404,10 @@ export class WriteJournal {
   /**
    * Whether a notification, read in place (`frame[keyStart, keyEnd)` its key,
    * `frame[eventStart, eventEnd)` its event), is one a write already produced: then it is
-   * swallowed now, as confirm() would, and nothing is made of it. Others go on to confirm().
+   * swallowed now, as confirm() would, and nothing is made of it. With `shard` and `quiet`
+   * (no notification before it waits for confirm()), one of a key with a write in flight
+   * is held here for that write, as confirm() would hold it, without its trip through the
+   * source's list. Others go on to confirm().
    */
   handled(
     db: number,
@@ -314,23 +416,35 @@ export class WriteJournal {
     keyEnd: number,
     eventStart: number,
     eventEnd: number,
+    shard?: string,
+    quiet = false,
   ): boolean {
-    if (this.size === 0) return false;
     const table = this.dbs.get(db);
-    if (table === undefined) return false;
+    if (table === undefined || table.size === 0) return false;
     const key = frame.toString("latin1", keyStart, keyEnd);
     const state = table.get(key);
-    if (state === undefined || state.expected.length === 0) return false;
+    if (state === undefined) return false;
+    const events = state.expectedEvents;
     const length = eventEnd - eventStart;
-    for (let i = 0; i < state.expected.length; i++) {
-      const event = state.expected[i].event;
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i];
       if (event.length !== length || !sameLatin1(frame, eventStart, event)) continue;
-      state.expected.splice(i, 1);
+      dropExpected(state, i);
       this.size--;
       this.forget(table, key, state);
       return true;
     }
-    return false;
+    if (shard === undefined || !quiet || state.inFlight === 0) return false;
+    (state.held === NONE ? (state.held = []) : state.held).push({
+      // Copied: the frame is a view of the socket's buffer.
+      key: Buffer.from(frame.subarray(keyStart, keyEnd)),
+      event: frame.toString("latin1", eventStart, eventEnd),
+      shard,
+      at: Date.now(),
+      db,
+    });
+    this.heldCount++;
+    return true;
   }
 
   /**
@@ -348,9 +462,9 @@ export class WriteJournal {
         out.push(e);
         continue;
       }
-      const expected = state.expected.findIndex((x) => x.event === e.event);
+      const expected = state.expectedEvents.indexOf(e.event);
       if (expected !== -1) {
-        state.expected.splice(expected, 1);
+        dropExpected(state, expected);
         this.size--;
       } else if (state.inFlight > 0) {
         (state.held === NONE ? (state.held = []) : state.held).push(e);
@@ -379,9 +493,10 @@ export class WriteJournal {
     for (const [db, table] of this.dbs) {
       for (const [key, state] of table) {
         let n = 0;
-        while (n < state.expected.length && state.expected[n].at <= cut) n++;
+        while (n < state.expectedAts.length && state.expectedAts[n] <= cut) n++;
         if (n > 0) {
-          state.expected.splice(0, n);
+          state.expectedEvents.splice(0, n);
+          state.expectedAts.splice(0, n);
           this.size -= n;
         }
         n = 0;
@@ -427,6 +542,27 @@ export class WriteJournal {
     if (this.known.length > 0) this.flushScheduled ??= setImmediate(() => this.flush());
   }
 
+  /**
+   * A key's bytes (`key` is its latin1 string) for its event: short ones are views of a
+   * shared slab, written character by character (cheaper than a Buffer of their own).
+   */
+  private keyBuffer(key: string): Buffer {
+    const n = key.length;
+    if (n > SLAB_KEY_MAX) return Buffer.from(key, "latin1");
+    if (this.slabAt + n > this.slab.length) {
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.slabAt = 0;
+    }
+    const slab = this.slab;
+    const at = this.slabAt;
+    for (let i = 0; i < n; i++) slab[at + i] = key.charCodeAt(i);
+    this.slabAt = at + n;
+    return slab.subarray(at, at + n);
+  }
+
+  private slab = Buffer.alloc(0);
+  private slabAt = 0;
+
   private table(db: number): Map<string, KeyState> {
     let table = this.dbs.get(db);
     if (table === undefined) {
@@ -439,16 +575,31 @@ export class WriteJournal {
   private stateOf(table: Map<string, KeyState>, key: string): KeyState {
     let state = table.get(key);
     if (state === undefined) {
-      state = { inFlight: 0, since: 0, expected: NONE, waiting: NONE, held: NONE };
+      state = this.spare.pop() ?? {
+        inFlight: 0,
+        since: 0,
+        expectedEvents: NONE,
+        expectedAts: NONE,
+        waiting: NONE,
+        held: NONE,
+      };
       table.set(key, state);
     }
     return state;
   }
 
   private forget(table: Map<string, KeyState>, key: string, state: KeyState): void {
-    if (state.inFlight > 0 || state.expected.length > 0 || state.waiting.length > 0 || state.held.length > 0)
+    if (
+      state.inFlight > 0 ||
+      state.expectedEvents.length > 0 ||
+      state.waiting.length > 0 ||
+      state.held.length > 0
+    )
       return;
     table.delete(key);
+    // Nothing refers to a state once out of its table (each use looks its key up first):
+    // kept for the next key, its emptied lists with it.
+    if (this.spare.length < SPARE_STATES) this.spare.push(state);
   }
 }
 
