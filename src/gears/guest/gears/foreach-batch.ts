@@ -15,13 +15,14 @@ import type { Cont, Exec, Fn, Push, StepDef } from "./types.js";
  * Whether a foreach function is only `(...) => execute(...)` with plain arguments: foreach
  * ignores what it returns, so nothing in the script sees the reply, and its commands can
  * be pipelined (an error reply still fails that record). Arguments that call anything
- * could call execute() themselves and wait for it, so those stay synchronous.
+ * could call execute() themselves and wait for it, so those stay synchronous; so do template
+ * literals (\x60 below, a backquote), whose ${} can call anything too.
  */
 export function repliesUnused(f: Fn): boolean {
   const src = Function.prototype.toString.call(f);
   const arrow = src.indexOf("=>");
   if (arrow === -1) return false;
-  return /^execute\s*\([^()`]*\)$/.test(src.slice(arrow + 2).trim());
+  return /^execute\s*\([^()\x60]*\)$/.test(src.slice(arrow + 2).trim());
 }
 
 /** Captured at start: a script that replaces Promise cannot stop a batch from being sent. */
