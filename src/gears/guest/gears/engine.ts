@@ -2,7 +2,8 @@
  * The GearsBuilder engine's entry: what the host calls to run the actions' plans over the
  * records it feeds (start, feed, finish, drop...). Records flow through one fused closure
  * chain per execution (chain.ts), across global steps too; group/count/sort state is kept per
- * execution in the guest and emitted by `finish()`, in pipeline order (results.ts).
+ * execution in the guest and emitted by `finish()`, in pipeline order, and results.ts hands
+ * the results over.
  */
 import { isThenable, safeString } from "../core/errors.js";
 import { defineEntry } from "../core/host.js";
