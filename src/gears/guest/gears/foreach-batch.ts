@@ -1,0 +1,158 @@
+/**
+ * foreach steps whose commands' replies nothing reads go to the host in batches, one
+ * `executeEach` call for all the records fed in one entry, instead of one promise per record.
+ */
+import { safeString } from "../core/errors.js";
+import { g, host } from "../core/host.js";
+import { call1 } from "./calls.js";
+import { failFatal, settle, stepError } from "./execution.js";
+import { ownExecute, ownExecuteAsync } from "./globals.js";
+import { dropUnlessReadAhead } from "./read-ahead.js";
+import { at } from "./state.js";
+import type { Cont, Exec, Fn, Push, StepDef } from "./types.js";
+
+/**
+ * Whether a foreach function is only `(...) => execute(...)` with plain arguments: foreach
+ * ignores what it returns, so nothing in the script sees the reply, and its commands can
+ * be pipelined (an error reply still fails that record). Arguments that call anything
+ * could call execute() themselves and wait for it, so those stay synchronous; so do template
+ * literals (\x60 below, a backquote), whose ${} can call anything too.
+ */
+export function repliesUnused(f: Fn): boolean {
+  const src = Function.prototype.toString.call(f);
+  const arrow = src.indexOf("=>");
+  if (arrow === -1) return false;
+  return /^execute\s*\([^()\x60]*\)$/.test(src.slice(arrow + 2).trim());
+}
+
+/** Captured at start: a script that replaces Promise cannot stop a batch from being sent. */
+const settledPromise = Promise.resolve();
+
+/**
+ * A foreach whose replies are unused (repliesUnused): each record's execute() is only
+ * collected, and the calls of all records that reach the step before the guest yields go
+ * to the host as one `executeEach` call, so a batch of events costs one promise, not one
+ * per record. A record goes on once its command succeeded; an error reply drops it with
+ * that error, as the synchronous execute() would. A script that replaced execute() or
+ * executeAsync() gets its own functions, one record at a time.
+ */
+export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
+  /** This round's commands, `[partition, name, ...args]`, and the records waiting on them. */
+  let calls: unknown[][] = [];
+  let held: unknown[] = [];
+  let heldParts: (number | null)[] = [];
+  /** Where each held record's commands start and end in `calls`. */
+  let heldFrom: number[] = [];
+  let heldEnds: number[] = [];
+  const collect = function execute(command: unknown, ...args: unknown[]): undefined {
+    const name = safeString(command);
+    dropUnlessReadAhead(name);
+    const call: unknown[] = [at.part, name];
+    for (let i = 0; i < args.length; i++) call.push(safeString(args[i]));
+    if (calls.length === 0) {
+      // Sent once the current entry's synchronous work is done: with every record fed.
+      ex.pending++;
+      void settledPromise.then(send);
+    }
+    calls.push(call);
+    return undefined;
+  };
+  const send = (): void => {
+    const round = { list: calls, calls: calls.length, held, heldParts, heldFrom, heldEnds };
+    calls = [];
+    held = [];
+    heldParts = [];
+    heldFrom = [];
+    heldEnds = [];
+    const done = (out: unknown, err: unknown): void => deliver(round, out, err);
+    try {
+      host.callAsync("executeEach", round.list).then(
+        (out) => done(out, null),
+        (e: unknown) => done(null, e),
+      );
+    } catch (e) {
+      done(null, e);
+    }
+  };
+  const deliver = (
+    round: {
+      calls: number;
+      held: unknown[];
+      heldParts: (number | null)[];
+      heldFrom: number[];
+      heldEnds: number[];
+    },
+    out: unknown,
+    err: unknown,
+  ): void => {
+    if (ex.dropped) return;
+    // `{failed: [[index, message]...]}` (only the failures: nothing reads a reply), or one
+    // `[0, reply] | [1, message]` per call.
+    const failed = (out as { failed?: unknown } | null)?.failed;
+    const errors: unknown[] = [];
+    if (Array.isArray(failed)) {
+      for (const f of failed) if (Array.isArray(f)) errors[Number(f[0])] = f[1];
+    } else {
+      const outcomes = Array.isArray(out) ? (out as unknown[]) : [];
+      for (let j = 0; j < round.calls; j++) {
+        const o = outcomes[j];
+        if (!Array.isArray(o) || o[0] !== 0) errors[j] = Array.isArray(o) ? o[1] : "no answer from the host";
+      }
+    }
+    const saved = at.part;
+    try {
+      for (let i = 0; i < round.held.length; i++) {
+        at.part = round.heldParts[i];
+        let failure: unknown = err;
+        if (failure === null && errors.length > round.heldFrom[i]) {
+          for (let j = round.heldFrom[i]; j < round.heldEnds[i]; j++) {
+            if (j in errors) {
+              failure = new Error(safeString(errors[j]));
+              break;
+            }
+          }
+        }
+        if (failure === null) next(round.held[i]);
+        else stepError(ex, st, failure);
+      }
+    } catch (e) {
+      failFatal(ex, e);
+    }
+    at.part = saved;
+    settle(ex);
+  };
+  const passOn: Cont = (_v, r) => next(r);
+  /** Whether the record's call1 is still on the stack, and whether it passed the record on then. */
+  let now = false;
+  let ok = false;
+  // A function that shadows execute() may return a promise: the record goes on when that settles.
+  const passed: Cont = (_v, rec) => {
+    if (now) ok = true;
+    else next(rec);
+  };
+  return (r) => {
+    if (g.execute !== ownExecute || g.executeAsync !== ownExecuteAsync) {
+      call1(ex, st, f, r, passOn);
+      return;
+    }
+    const before = calls.length;
+    now = true;
+    ok = false;
+    g.execute = collect;
+    try {
+      call1(ex, st, f, r, passed);
+    } finally {
+      g.execute = ownExecute;
+      now = false;
+    }
+    if (!ok) return;
+    if (calls.length === before) {
+      next(r);
+      return;
+    }
+    held.push(r);
+    heldParts.push(at.part);
+    heldFrom.push(before);
+    heldEnds.push(calls.length);
+  };
+}

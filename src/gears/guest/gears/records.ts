@@ -1,0 +1,87 @@
+/**
+ * Records as the host feeds them, made into the objects a script sees. Values that many
+ * records share cross into the isolate once and records name them by index; a value too big
+ * to send is read from Redis only if the script touches it.
+ */
+import { safeString } from "../core/errors.js";
+import { host } from "../core/host.js";
+
+/**
+ * An event record whose value was too big to send along (a set a handler keeps adding
+ * to): `value` is read from Redis the first time the handler touches it.
+ */
+function lazyValue(rec: { key: unknown; lazyValue?: boolean }): void {
+  delete rec.lazyValue;
+  Object.defineProperty(rec, "value", LAZY_VALUE);
+}
+
+function settleValue(rec: object, v: unknown): void {
+  Object.defineProperty(rec, "value", { value: v, writable: true, enumerable: true, configurable: true });
+}
+
+/** One accessor shared by every lazy record (it reads `this`): no closures per record. */
+const LAZY_VALUE: PropertyDescriptor = {
+  get(this: { key: unknown }): unknown {
+    const v = host.callSync("readValue", safeString(this.key));
+    settleValue(this, v);
+    return v;
+  },
+  set(this: object, v: unknown): void {
+    settleValue(this, v);
+  },
+  enumerable: true,
+  configurable: true,
+};
+
+/**
+ * Event records sent as rows (entry.ts EventRows): four elements each, key, type, event and
+ * the index of its value in `values` (-1: read lazily). Each record is made whole, in the
+ * field order the object form gives ({key, type, event, value}), with no field to delete.
+ */
+function recordsOfRows(rows: unknown[], values: unknown[]): unknown[] {
+  const n = rows.length >> 2;
+  const out = new Array<unknown>(n);
+  for (let i = 0, j = 0; j < n; i += 4, j++) {
+    const ref = rows[i + 3] as number;
+    if (ref >= 0) out[j] = { key: rows[i], type: rows[i + 1], event: rows[i + 2], value: values[ref] };
+    else {
+      const rec = { key: rows[i], type: rows[i + 1], event: rows[i + 2] };
+      Object.defineProperty(rec, "value", LAZY_VALUE);
+      out[j] = rec;
+    }
+  }
+  return out;
+}
+
+/**
+ * The records of one feed, as the script sees them, from any of the forms the host sends
+ * (a list, its JSON text, or a packed object). Anything else is returned as it is, for
+ * the caller to refuse.
+ */
+export function unpackRecords(records: unknown): unknown {
+  let list: unknown = typeof records === "string" ? JSON.parse(records) : records;
+  if (list !== null && typeof list === "object" && !Array.isArray(list)) {
+    // {records, values}: records name their value by index, so a value that many
+    // records share (events on one key) crosses into the isolate once.
+    const packed = list as { records?: unknown; values?: unknown; rows?: unknown };
+    const values = Array.isArray(packed.values) ? packed.values : [];
+    list = packed.records;
+    if (Array.isArray(packed.rows)) list = recordsOfRows(packed.rows, values);
+    else if (Array.isArray(list)) {
+      for (const r of list) {
+        if (
+          r !== null &&
+          typeof r === "object" &&
+          typeof (r as { valueRef?: unknown }).valueRef === "number"
+        ) {
+          const rec = r as { valueRef?: number; value?: unknown };
+          rec.value = values[rec.valueRef!];
+          delete rec.valueRef;
+        } else if (r !== null && typeof r === "object" && (r as { lazyValue?: unknown }).lazyValue === true) {
+          lazyValue(r as { key: unknown; lazyValue?: boolean });
+        }
+      }
+    }
+  }
+  return list;
+}
