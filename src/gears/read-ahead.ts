@@ -2,8 +2,8 @@
  * Read-ahead of a script's execute() calls. When a step calls execute() with a read-only
  * command whose arguments include the key of the record being processed, the guest library
  * asks, in one host call, for the same command with the keys of the rest of the fed batch,
- * and answers the step's later calls from those replies (src/gears/guest/gears/engine.ts,
- * `readAheadRound`). One pipelined round trip per batch instead of one per record.
+ * and answers the step's later calls from those replies (src/gears/guest/gears/read-ahead.ts,
+ * `readAheadIn`). One pipelined round trip per batch instead of one per record.
  */
 import { encodeCommand, encodeMany } from "../resp/encode.js";
 import { ReplyErrorText, RespCursor } from "../resp/json-text.js";
