@@ -398,6 +398,12 @@ describe("TLS", function () {
       await client.del(key);
       // An empty slot changes hands at once; the proxy still maps it to the source.
       const targetId = String(await target.call("CLUSTER", "MYID"));
+      const sourceId = String(await source.call("CLUSTER", "MYID"));
+      // Importing first, so that the target's SETSLOT NODE bumps its config epoch: without it a
+      // ping the source sent before its own SETSLOT can hand the slot back to it, and the two
+      // nodes then redirect to each other (Redis's migration order, as redis-cli does it).
+      await target.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", sourceId);
+      await source.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetId);
       for (const node of [target, source, ...masters.filter((n) => n !== source && n !== target)]) {
         await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId);
       }
