@@ -1,7 +1,6 @@
-import type net from "node:net";
 import { expect } from "chai";
 import { startCluster, startProxy, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
-import { connectSocket, encode } from "./support/raw-client.js";
+import { ReceivedText as Received, encode } from "./support/raw-client.js";
 import { eventually } from "./support/polling.js";
 
 // A RESP2 client in subscriber mode may send PING, and Redis refuses anything else with an
@@ -11,30 +10,6 @@ import { eventually } from "./support/polling.js";
 
 const REFUSED = (name: string): string =>
   `-ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n`;
-
-/** Everything a connection receives, as text. */
-class Received {
-  text = "";
-  constructor(readonly socket: net.Socket) {
-    socket.on("data", (chunk: Buffer) => (this.text += chunk.toString("latin1")));
-  }
-
-  static async open(port: number): Promise<Received> {
-    return new Received(await connectSocket(port));
-  }
-
-  /** Sends the commands in one write and waits until `bytes` more have come. */
-  async exchange(commands: string[][], bytes: number): Promise<string> {
-    const start = this.text.length;
-    this.socket.write(Buffer.concat(commands.map((c) => encode(c))));
-    await eventually(
-      async () => this.text.length - start,
-      (n) => n >= bytes,
-      `${bytes} bytes of replies to ${commands.map((c) => c[0]).join(", ")}`,
-    );
-    return this.text.slice(start);
-  }
-}
 
 const pong = (text: string): string => `*2\r\n$4\r\npong\r\n$${text.length}\r\n${text}\r\n`;
 

@@ -1,7 +1,6 @@
-import type net from "node:net";
 import { expect } from "chai";
 import { startProxy, startRedis, type RedisNode } from "./harness/index.js";
-import { connectSocket, encode } from "./support/raw-client.js";
+import { ReceivedText as Received, encode } from "./support/raw-client.js";
 import { eventually } from "./support/polling.js";
 
 // Client-side caching clients (redis-py 5+, node-redis 5) apply invalidation pushes in the
@@ -9,36 +8,6 @@ import { eventually } from "./support/polling.js";
 // the reply of the command that made them, one per key in the order written, and BCAST's
 // after the replies of the commands it ran in the same turn. The proxy learns of changes on
 // a separate stream: these compare its bytes with Redis's, pipelined as a client sends them.
-
-/** Everything a connection receives, as text. */
-class Received {
-  text = "";
-  constructor(readonly socket: net.Socket) {
-    socket.on("data", (chunk: Buffer) => (this.text += chunk.toString("latin1")));
-  }
-
-  static async open(port: number): Promise<Received> {
-    return new Received(await connectSocket(port));
-  }
-
-  /** Sends the commands in one write and waits until `bytes` more have come. */
-  async exchange(commands: string[][], bytes: number): Promise<string> {
-    const start = this.text.length;
-    this.socket.write(Buffer.concat(commands.map((c) => encode(c))));
-    await this.wait(start, bytes);
-    return this.text.slice(start);
-  }
-
-  /** Waits until `bytes` have come since `start`, and a little for anything more. */
-  async wait(start: number, bytes: number): Promise<string> {
-    await eventually(
-      async () => this.text.length - start,
-      (n) => n >= bytes,
-      `${bytes} bytes`,
-    );
-    return this.text.slice(start);
-  }
-}
 
 /** The frames of a RESP2/RESP3 text (the types these exchanges use), each as its text. */
 function frames(text: string): string[] {

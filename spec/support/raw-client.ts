@@ -1,4 +1,5 @@
 import net from "node:net";
+import { eventually } from "./polling.js";
 
 // A binary-safe RESP2 client that keeps bulk strings as Buffers, shared by the client specs.
 
@@ -176,5 +177,34 @@ export class RawClient {
 
   close(): void {
     this.socket.destroy();
+  }
+}
+
+/** Everything a raw connection receives, as text: for specs that compare exact bytes and order. */
+export class ReceivedText {
+  text = "";
+  constructor(readonly socket: net.Socket) {
+    socket.on("data", (chunk: Buffer) => (this.text += chunk.toString("latin1")));
+  }
+
+  static async open(port: number): Promise<ReceivedText> {
+    return new ReceivedText(await connectSocket(port));
+  }
+
+  /** Sends the commands in one write and waits until `bytes` more have come. */
+  async exchange(commands: string[][], bytes: number): Promise<string> {
+    const start = this.text.length;
+    this.socket.write(Buffer.concat(commands.map((c) => encode(c))));
+    return this.wait(start, bytes, `${bytes} bytes of replies to ${commands.map((c) => c[0]).join(", ")}`);
+  }
+
+  /** Waits until `bytes` have come since `start`. */
+  async wait(start: number, bytes: number, what = `${bytes} bytes`): Promise<string> {
+    await eventually(
+      async () => this.text.length - start,
+      (n) => n >= bytes,
+      what,
+    );
+    return this.text.slice(start);
   }
 }

@@ -16,6 +16,9 @@ import type { Cont, Exec, Fn, Push, StepDef } from "./types.js";
  */
 export function passLink(ex: Exec, st: StepDef, next: Push, P: number, closable: boolean): Push | null {
   const f0 = st.fns[0];
+  // map, flatmap and filter spell out call1's body (calls.ts) on purpose: QuickJS inlines
+  // nothing, and the call, continuation and thenable check per record were a quarter of
+  // a KeysReader job's guest time (bench/RESULTS.md, "Map/reduce: fewer calls per record").
   switch (st.type) {
     case "map": {
       const f = f0 as Fn;
