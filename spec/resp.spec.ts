@@ -192,6 +192,10 @@ describe("reply scanner", () => {
     "*3\r\n$1\r\na\r\n*2\r\n:1\r\n$-1\r\n*0\r\n",
     "%1\r\n+k\r\n*1\r\n_\r\n",
     ">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",
+    // Runs of bulk strings (skipped by skipBulks) broken by nulls, empties, nesting and maps.
+    "*6\r\n$0\r\n\r\n$-1\r\n$3\r\nabc\r\n*2\r\n$1\r\nx\r\n$2\r\nyz\r\n$12\r\n$1\r\n$2\r\nabcd\r\n:7\r\n",
+    "%2\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n*1\r\n$1\r\nd\r\n",
+    "*2\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n*1\r\n$3\r\n\r\n$\r\n",
   ];
 
   it("cuts a stream into whole replies, whatever the chunking", () => {
@@ -205,6 +209,19 @@ describe("reply scanner", () => {
       }
       expect(got, `step ${step}`).to.deep.equal(replies);
     }
+  });
+
+  it("never counts bytes in the queue's spare capacity, even when they look like bulk strings", () => {
+    const scanner = new ReplyScanner();
+    scanner.push(Buffer.from("*2\r\n$1\r\na"));
+    scanner.push(Buffer.from("\r\n"));
+    // What a grown buffer's spare capacity may hold: the bytes the second element would be.
+    const q = scanner.input;
+    expect(q.buf.length - q.end).to.be.greaterThan(16);
+    q.buf.write("$1\r\nb\r\n", q.end, "latin1");
+    expect(scanner.next()).to.equal(null);
+    scanner.push(Buffer.from("$1\r\nc\r\n"));
+    expect(scanner.next()?.toString()).to.equal("*2\r\n$1\r\na\r\n$1\r\nc\r\n");
   });
 
   it("resumes inside a large array instead of rescanning it", () => {

@@ -22,9 +22,22 @@ export class ReplyScanner {
   /** The next complete reply as a zero-copy slice, or null until more bytes arrive. */
   next(): Buffer | null {
     const q = this.input;
+    const open = this.open;
     for (;;) {
       const at = q.start + this.pos;
       if (at >= q.end) return null;
+      if (open.length > 0 && q.buf[at] === 36 /* $ */) {
+        const after = this.skipBulks(at);
+        if (after !== at) {
+          this.pos = after - q.start;
+          // skipBulks leaves a finished aggregate at 0: it counts as one element of its parent.
+          if (open[open.length - 1] === 0) {
+            open.pop();
+            if (this.closeAggregates()) return this.take(after);
+          }
+          continue;
+        }
+      }
       const cr = findCrlf(q.buf, at + 1, q.end);
       if (cr === -1) return null;
       const type = q.buf[at];
@@ -72,13 +85,51 @@ export class ReplyScanner {
           throw new ReplyFormatError(`unexpected byte ${type} at the start of a reply`);
       }
       this.pos = afterValue - q.start;
-      if (this.closeAggregates()) {
-        const reply = q.buf.subarray(q.start, afterValue);
-        q.consume(this.pos);
-        this.pos = 0;
-        return reply;
-      }
+      if (this.closeAggregates()) return this.take(afterValue);
     }
+  }
+
+  /** The whole reply ending at `end`, handed out and consumed. */
+  private take(end: number): Buffer {
+    const q = this.input;
+    const reply = q.buf.subarray(q.start, end);
+    q.consume(this.pos);
+    this.pos = 0;
+    return reply;
+  }
+
+  /**
+   * Skips the complete bulk strings from `at` on inside the innermost open aggregate (the
+   * elements of LRANGE, MGET, HGETALL...), counting them off it; where the first one that is
+   * not a plain complete bulk string starts. The general loop handles that one (nulls,
+   * incomplete or malformed input). Why by hand: this is most of a large reply's scanning, and
+   * one pass over each header's digits with the count in a local halves it against the
+   * general loop's CRLF search, length parse and count update per element.
+   */
+  private skipBulks(at: number): number {
+    const q = this.input;
+    const buf = q.buf;
+    const end = q.end;
+    const open = this.open;
+    let left = open[open.length - 1];
+    while (left > 0 && at < end && buf[at] === 36) {
+      let i = at + 1;
+      let len = 0;
+      // At most 15 digits: exact as a double, and far beyond any real length.
+      const digitsEnd = Math.min(end, i + 15);
+      for (; i < digitsEnd; i++) {
+        const d = buf[i] - 48;
+        if (d < 0 || d > 9) break;
+        len = len * 10 + d;
+      }
+      if (i === at + 1 || i + 1 >= end || buf[i] !== 13 || buf[i + 1] !== 10) break;
+      const after = i + 4 + len;
+      if (after > end) break;
+      at = after;
+      left--;
+    }
+    open[open.length - 1] = left;
+    return at;
   }
 
   /** Counts one finished element against the open aggregates; true when the reply is whole. */
