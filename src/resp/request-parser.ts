@@ -203,37 +203,89 @@ export class RequestParser {
     return n;
   }
 
-  /** Reads bulk arguments until the array is complete (true) or bytes run out (false). */
+  /**
+   * Reads bulk arguments until the array is complete (true) or bytes run out (false). A
+   * complete argument with a plain length goes through a tight loop over its header's digits
+   * with the position in a local (the bulk of every request); anything else, including every
+   * error, through readArgument. Why by hand: no RESP library parses without making a value
+   * per argument, and this loop is a tenth of the proxy's time on a 10-key MSET.
+   */
   private readArguments(): boolean {
     const q = this.input;
-    while (this.remaining > 0) {
-      const at = q.start + this.pos;
-      if (at >= q.end) return false;
-      if (q.buf[at] !== 36 /* $ */) {
-        throw new ProtocolError(`expected '$', got '${String.fromCharCode(q.buf[at])}'`);
+    const buf = q.buf;
+    const end = q.end;
+    const base = q.start;
+    const maxBulk = this.authenticated
+      ? this.limits.maxBulkLen
+      : Math.min(this.limits.maxBulkLen, UNAUTHENTICATED_MAX_BULK);
+    let pos = base + this.pos;
+    let remaining = this.remaining;
+    while (remaining > 0) {
+      if (pos < end && buf[pos] === 36 /* $ */) {
+        const first = pos + 1;
+        let i = first;
+        let len = 0;
+        // At most 15 digits, exact as a double; no leading zero (parseCount's rule).
+        const digitsEnd = Math.min(end, first + 15);
+        for (; i < digitsEnd; i++) {
+          const d = buf[i] - 48;
+          if (d < 0 || d > 9) break;
+          len = len * 10 + d;
+        }
+        const plain = i > first && (buf[first] !== 48 || i === first + 1);
+        const dataStart = i + 2;
+        if (plain && i + 1 < end && buf[i] === 13 && buf[i + 1] === 10 && len <= maxBulk) {
+          if (dataStart + len + 2 > end) break;
+          if (remaining === this.argc) {
+            this.nameAt = dataStart - base;
+            this.nameLen = len;
+          }
+          // Like Redis, the two bytes after the data are skipped, not checked.
+          pos = dataStart + len + 2;
+          remaining--;
+          continue;
+        }
       }
-      const cr = findCrlf(q.buf, at + 1, q.end);
-      if (cr === -1) {
-        if (q.end - at > INLINE_MAX) throw new ProtocolError("too big bulk count string");
-        return false;
-      }
-      const len = parseCount(q.buf, at + 1, cr);
-      if (Number.isNaN(len) || len < 0 || len > this.limits.maxBulkLen) {
-        throw new ProtocolError("invalid bulk length");
-      }
-      if (len > UNAUTHENTICATED_MAX_BULK && !this.authenticated) {
-        throw new ProtocolError("invalid bulk length");
-      }
-      const dataStart = cr + 2;
-      // Like Redis, the two bytes after the data are skipped, not checked.
-      if (dataStart + len + 2 > q.end) return false;
-      if (this.remaining === this.argc) {
-        this.nameAt = dataStart - q.start;
-        this.nameLen = len;
-      }
-      this.pos = dataStart + len + 2 - q.start;
-      this.remaining--;
+      this.pos = pos - base;
+      this.remaining = remaining;
+      if (!this.readArgument()) return false;
+      pos = base + this.pos;
+      remaining = this.remaining;
     }
+    this.pos = pos - base;
+    this.remaining = remaining;
+    return remaining === 0;
+  }
+
+  /** Reads one bulk argument, or says why it cannot be one; false until its bytes are in. */
+  private readArgument(): boolean {
+    const q = this.input;
+    const at = q.start + this.pos;
+    if (at >= q.end) return false;
+    if (q.buf[at] !== 36 /* $ */) {
+      throw new ProtocolError(`expected '$', got '${String.fromCharCode(q.buf[at])}'`);
+    }
+    const cr = findCrlf(q.buf, at + 1, q.end);
+    if (cr === -1) {
+      if (q.end - at > INLINE_MAX) throw new ProtocolError("too big bulk count string");
+      return false;
+    }
+    const len = parseCount(q.buf, at + 1, cr);
+    if (Number.isNaN(len) || len < 0 || len > this.limits.maxBulkLen) {
+      throw new ProtocolError("invalid bulk length");
+    }
+    if (len > UNAUTHENTICATED_MAX_BULK && !this.authenticated) {
+      throw new ProtocolError("invalid bulk length");
+    }
+    const dataStart = cr + 2;
+    // Like Redis, the two bytes after the data are skipped, not checked.
+    if (dataStart + len + 2 > q.end) return false;
+    if (this.remaining === this.argc) {
+      this.nameAt = dataStart - q.start;
+      this.nameLen = len;
+    }
+    this.pos = dataStart + len + 2 - q.start;
+    this.remaining--;
     return true;
   }
 
