@@ -160,6 +160,11 @@ describe("request parser", () => {
     expect(protocolError("*11\r\n", false)).to.equal("invalid multibulk length");
     expect(protocolError("*1\r\n$20000\r\n", false)).to.equal("invalid bulk length");
     expect(protocolError("*11\r\n", true)).to.equal("no error");
+    // The limit itself, by either path of readArguments (whole argument, or header first).
+    expect(protocolError(`*1\r\n$16384\r\n${"x".repeat(16384)}\r\n`, false)).to.equal("no error");
+    expect(protocolError(`*1\r\n$16385\r\n${"x".repeat(16385)}\r\n`, false)).to.equal("invalid bulk length");
+    expect(protocolError("*1\r\n$16385\r\n", false)).to.equal("invalid bulk length");
+    expect(protocolError("*2\r\n$1\r\nx\r\n$1000000000000000\r\n", true)).to.equal("invalid bulk length");
   });
 });
 
