@@ -9,9 +9,11 @@ interface Pending {
   db: number;
   /** A TFCALLASYNC outside MULTI: it may wait for its Promise, so it goes into the isolate alone. */
   blockAllowed: boolean;
-  resolve(outcome: TfOutcome): void;
-  reject(err: unknown): void;
+  settle: SettleTfCall;
 }
+
+/** Gets a TFCALL's outcome, or null and why the isolate could not give one. */
+export type SettleTfCall = (outcome: TfOutcome | null, failure?: unknown) => void;
 
 /** The most TFCALLs one guest entry takes at its start, and at each time more join it. */
 const MAX_BATCH = 64;
@@ -33,17 +35,23 @@ export class CallBatcher {
 
   constructor(private readonly library: () => Promise<TfLibrary>) {}
 
-  call(fn: string, args: Tagged[], slots: number[], db: number, blockAllowed = false): Promise<TfOutcome> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ fn, args, slots, db, blockAllowed, resolve, reject });
-      if (!this.busy) void this.pump();
-      else if (this.arrived !== null) {
-        // Those parsed from the same read arrive together: wake the batch once, after them.
-        const wake = this.arrived;
-        this.arrived = null;
-        setImmediate(wake);
-      }
-    });
+  /** Queues a TFCALL; `settle` gets its outcome (a queue entry, not a promise: this is per call). */
+  call(
+    fn: string,
+    args: Tagged[],
+    slots: number[],
+    db: number,
+    blockAllowed: boolean,
+    settle: SettleTfCall,
+  ): void {
+    this.queue.push({ fn, args, slots, db, blockAllowed, settle });
+    if (!this.busy) void this.pump();
+    else if (this.arrived !== null) {
+      // Those parsed from the same read arrive together: wake the batch once, after them.
+      const wake = this.arrived;
+      this.arrived = null;
+      setImmediate(wake);
+    }
   }
 
   private async pump(): Promise<void> {
@@ -62,18 +70,21 @@ export class CallBatcher {
   }
 
   private async runAlone(p: Pending): Promise<void> {
+    let out: TfOutcome;
     try {
       const library = await this.library();
       library.bridge.db = p.db;
       library.bridge.pendingJobs++;
       try {
-        p.resolve(await library.guest.callFunction(p.fn, p.args, true));
+        out = await library.guest.callFunction(p.fn, p.args, true);
       } finally {
         library.bridge.pendingJobs--;
       }
     } catch (err) {
-      p.reject(err);
+      p.settle(null, err);
+      return;
     }
+    p.settle(out);
   }
 
   private async runBatch(): Promise<void> {
@@ -83,6 +94,7 @@ export class CallBatcher {
       n++;
     const batch = this.queue.splice(0, n);
     let library: TfLibrary | undefined;
+    let outs: TfOutcome[];
     try {
       library = await this.library();
       library.bridge.db = db;
@@ -104,18 +116,20 @@ export class CallBatcher {
       };
       // Half the time limit: a call started just before the budget ran out still has its share.
       const budget = Math.max(1, Math.floor(library.guest.isolate.limits.timeoutMs / 2));
-      const outs = await library.guest.callFunctions(
+      outs = await library.guest.callFunctions(
         batch.map((p) => [p.fn, p.args, p.slots]),
         budget,
       );
-      batch.slice(0, outs.length).forEach((p, i) => p.resolve(outs[i]));
-      // Not started (the budget was spent): first in line for the next entry.
-      this.queue.unshift(...batch.slice(Math.max(1, outs.length)));
     } catch (err) {
-      for (const p of batch) p.reject(err);
+      for (const p of batch) p.settle(null, err);
+      return;
     } finally {
       this.arrived = null;
       library?.bridge.endBatch();
     }
+    // Outside the try: each call is settled once, whatever its settle does.
+    for (let i = 0; i < outs.length; i++) batch[i].settle(outs[i]);
+    // Not started (the budget was spent): first in line for the next entry.
+    this.queue.unshift(...batch.slice(Math.max(1, outs.length)));
   }
 }

@@ -32,15 +32,32 @@ export function runTfCommand(
   args: Buffer[],
   caller: { proto: Protocol; db: number; user: string | null },
 ): Promise<Buffer> {
-  // TFCALL is the hot one: its reply follows its outcome without another async step.
   if (name === "tfcall" || name === "tfcallasync") {
-    if (args.length < 2) return Promise.resolve(arity(name));
-    const proto = caller.proto;
-    return tf
-      .call(args[0].toString(), args.slice(1), name === "tfcallasync", caller.db)
-      .then((value) => reply(value, proto));
+    return new Promise((resolve) => runTfCall(tf, name, args, caller, resolve));
   }
   return runOther(tf, name, args, caller);
+}
+
+/**
+ * TFCALL/TFCALLASYNC, the hot one: `done` gets the reply's bytes, always after this returns,
+ * through one callback instead of a chain of promises.
+ */
+export function runTfCall(
+  tf: TfEngine,
+  name: "tfcall" | "tfcallasync",
+  args: Buffer[],
+  caller: { proto: Protocol; db: number },
+  done: (reply: Buffer) => void,
+): void {
+  if (args.length < 2) {
+    queueMicrotask(() => done(arity(name)));
+    return;
+  }
+  const proto = caller.proto;
+  const async = name === "tfcallasync";
+  tf.callThen(args[0].toString(), args.slice(1), async, caller.db, async, (value) =>
+    done(reply(value, proto)),
+  );
 }
 
 async function runOther(

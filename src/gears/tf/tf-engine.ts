@@ -3,7 +3,7 @@ import type { Router } from "../../routing/router.js";
 import type { Shards } from "../../routing/shards.js";
 import { RespError, type RespValue } from "../../resp/values.js";
 import type { Tagged, TfOutcome } from "../guest/entry.js";
-import { CallBatcher } from "./call-batcher.js";
+import { CallBatcher, type SettleTfCall } from "./call-batcher.js";
 import type { IsolateFactory } from "../guest-isolate.js";
 import type { TfConfig } from "./config.js";
 import { sandboxText, TfLibraries } from "./libraries.js";
@@ -171,36 +171,47 @@ export class TfEngine {
     db: number,
     asyncCommand = blockAllowed,
   ): Promise<RespValue> {
-    // Not an async function: a TFCALL waits for its batch through one promise, not three.
-    let started: RespValue | Promise<TfOutcome>;
-    try {
-      started = this.start(target, args, blockAllowed, db, asyncCommand);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    if (!(started instanceof Promise)) return Promise.resolve(started);
-    const failed = (err: unknown): RespValue => {
-      this.onCall?.(target, true);
-      return new RespError(sandboxText(err));
-    };
-    return started.then((out) => {
-      try {
-        this.onCall?.(target, "err" in out);
-        return "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
-      } catch (err) {
-        return failed(err);
-      }
-    }, failed);
+    return new Promise((resolve) => this.callThen(target, args, blockAllowed, db, asyncCommand, resolve));
   }
 
-  /** A TFCALL's checks, then its place in its library's line: its outcome to come, or the error reply. */
+  /**
+   * call() for the client's TFCALL: `done` gets the reply, always after this returns. A queue
+   * entry and one callback per call instead of a chain of promises (it is the hot path).
+   */
+  callThen(
+    target: string,
+    args: Buffer[],
+    blockAllowed: boolean,
+    db: number,
+    asyncCommand: boolean,
+    done: (reply: RespValue) => void,
+  ): void {
+    const settle = (out: TfOutcome | null, failure?: unknown): void => {
+      let reply: RespValue;
+      try {
+        if (out === null) throw failure;
+        this.onCall?.(target, "err" in out);
+        reply = "err" in out ? new RespError(out.err) : taggedToResp(out.ok);
+      } catch (err) {
+        this.onCall?.(target, true);
+        reply = new RespError(sandboxText(err));
+      }
+      done(reply);
+    };
+    const refused = this.start(target, args, blockAllowed, db, asyncCommand, settle);
+    // A refusal is known at once; its reply still comes later, as every TFCALL's does.
+    if (refused !== null) queueMicrotask(() => done(refused));
+  }
+
+  /** A TFCALL's checks, then its place in its library's line (null), or the error reply. */
   private start(
     target: string,
     args: Buffer[],
     blockAllowed: boolean,
     db: number,
     asyncCommand: boolean,
-  ): RespValue | Promise<TfOutcome> {
+    settle: SettleTfCall,
+  ): RespError | null {
     const dot = target.indexOf(".");
     if (dot === -1) return new RespError("Failed extracting function name");
     const libName = target.slice(0, dot);
@@ -232,7 +243,8 @@ export class TfEngine {
         const slot = keySlot(rest[k]);
         if (!slots.includes(slot)) slots.push(slot);
       }
-      return this.batcherOf(libName).call(fnName, tagged, slots, db, blockAllowed);
+      this.batcherOf(libName).call(fnName, tagged, slots, db, blockAllowed, settle);
+      return null;
     } catch (err) {
       this.onCall?.(target, true);
       return new RespError(sandboxText(err));
