@@ -2,6 +2,9 @@ import type { Logger } from "../../observability/log.js";
 import { NO_KEYS, type Router } from "../../routing/router.js";
 import type { Partitions } from "../partitions.js";
 import { RespError, type RespValue } from "../../resp/values.js";
+import { decodeReply } from "../../resp/decode.js";
+import { encodeValue } from "../../resp/encode.js";
+import { PromiseSink, type ReplySink } from "../../upstream/reply-sink.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import { CALLS_MORE, CALLS_REPLIES, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../guest/entry.js";
 import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
@@ -86,12 +89,12 @@ export class TfBridge implements HostBridge {
   /** Set while a batch of TFCALLs runs: the TFCALLs that may join it. */
   joiners: BatchJoiners | null = null;
   /** The replies of the running batch's calls sent without waiting (more TFCALLs came instead). */
-  private inFlight: Promise<[number, JsonValue]>[] = [];
+  private inFlight = new ReplyGather();
 
   /** A batch ended: it no longer takes TFCALLs, and the replies it did not wait for are dropped. */
   endBatch(): void {
     this.joiners = null;
-    this.inFlight = [];
+    this.inFlight = new ReplyGather();
   }
 
   /** The library's callAsync commands under way, as "cmd arg ..." (TFUNCTION LIST's pending_async_calls). */
@@ -134,64 +137,67 @@ export class TfBridge implements HostBridge {
     for (let i = 0; i < flat.length;) {
       const n = Number(flat[i]);
       if (!(n >= 0)) throw new Error("calls: an argument count was expected");
-      replies.push(this.pairOf(flat[i + 1] === true, flat[i + 2] === true, flat, i + 3, n));
+      this.sendInto(replies, flat[i + 1] === true, flat[i + 2] === true, flat, i + 3, n);
       i += 3 + n;
     }
     const joiners = more ? this.joiners : null;
     if (joiners !== null) {
       let joining = joiners.take();
       if (joining.length === 0) {
-        const all = Promise.all(replies);
+        const all = replies.whole();
         if (await Promise.race([all.then(() => false), joiners.arrival().then(() => true)])) {
           joining = joiners.take();
         }
       }
       if (joining.length > 0) return pushBatchCalls([CALLS_MORE], joining);
     }
-    this.inFlight = [];
-    const pairs = await Promise.all(replies);
-    const answer: JsonValue[] = [CALLS_REPLIES];
-    for (let i = 0; i < pairs.length; i++) answer.push(pairs[i][0], pairs[i][1]);
-    return answer;
+    this.inFlight = new ReplyGather();
+    await replies.whole();
+    return replies.flat;
   }
 
-  /** The reply of the call in `list` (n arguments from `at`) as its pair of FlatPairs. */
-  private pairOf(
+  /** Sends the call in `list` (n arguments from `at`); its reply lands in `replies` as a FlatPairs pair. */
+  private sendInto(
+    replies: ReplyGather,
     noWrites: boolean,
     raw: boolean,
     list: JsonValue[],
     at: number,
     n: number,
-  ): Promise<[number, JsonValue]> {
-    const failed = (err: unknown): [number, JsonValue] => [
-      FLAT_ERROR,
-      err instanceof Error ? err.message : String(err),
-    ];
-    let sent: Sent;
+  ): void {
+    const index = replies.expect();
+    let name = "";
+    let argv: Buffer[];
+    const sink: ReplySink = {
+      reply: (data) => {
+        const reply = decodeReply(data);
+        // INCR and its kind: the integer's digits without the {i} object.
+        if (typeof reply === "number") replies.set(index, FLAT_INTEGER, String(reply));
+        else if (reply instanceof RespError) replies.set(index, FLAT_ERROR, reply.message);
+        else replies.set(index, FLAT_OK, this.tagged(reply, name, argv, raw) as JsonValue);
+      },
+      fail: (message) => replies.set(index, FLAT_ERROR, message),
+    };
     try {
-      const argv: Buffer[] = [];
+      argv = [];
       for (let k = 0; k < n; k++) argv.push(toBuffer(list[at + k]));
-      sent = this.send(noWrites, argv);
+      name = this.send(noWrites, argv, sink);
     } catch (err) {
-      return Promise.resolve(failed(err));
+      replies.set(index, FLAT_ERROR, err instanceof Error ? err.message : String(err));
     }
-    return sent.reply.then((reply): [number, JsonValue] => {
-      // INCR and its kind: the integer's digits without the {i} object.
-      if (typeof reply === "number") return [FLAT_INTEGER, String(reply)];
-      if (reply instanceof RespError) return failed(new Error(reply.message));
-      return [FLAT_OK, this.tagged(reply, sent, raw) as JsonValue];
-    }, failed);
   }
 
   private async call(noWrites: boolean, raw: boolean, args: JsonValue[]): Promise<Tagged> {
-    const sent = this.send(noWrites, args.map(toBuffer));
-    const reply = await sent.reply;
+    const argv = args.map(toBuffer);
+    const sink = new PromiseSink();
+    const name = this.send(noWrites, argv, sink);
+    const reply = await sink.promise;
     if (reply instanceof RespError) throw new Error(reply.message);
-    return this.tagged(reply, sent, raw);
+    return this.tagged(reply, name, argv, raw);
   }
 
-  /** A `client.call`'s command, checked as T&F checks it, on its way to Redis. */
-  private send(noWrites: boolean, argv: Buffer[]): Sent {
+  /** A `client.call`'s command, checked as T&F checks it, on its way to Redis; its name (lower case). */
+  private send(noWrites: boolean, argv: Buffer[], sink: ReplySink): string {
     if (argv.length === 0) throw new Error("ERR wrong number of arguments for 'call'");
     const name = argv[0].toString().toLowerCase();
     // T&F ran calls in script mode, where Redis refuses these (blocking ones included, which the
@@ -205,35 +211,83 @@ export class TfBridge implements HostBridge {
     if (noWrites && writes) {
       throw new Error(`ERR Write command '${name}' was called while write is not allowed`);
     }
-    const target = this.target;
-    const reply =
-      target !== null && this.router.slotOf(name, argv) === NO_KEYS
-        ? target.partitions.shard(target.index).call(argv)
-        : this.router.call(argv, this.db);
     // Only keyspace triggers look at the muted keys: without any, there is nothing to mute.
-    if (writes && this.hooks.muting()) {
-      // Any argument may be a key: muting a value too costs nothing but a lookup.
-      const keys = argv.slice(1);
-      const muted = this.hooks.muted;
-      muted.add(keys);
-      const release = (): void => void this.hooks.barrier().finally(() => muted.remove(keys));
-      reply.then(release, release);
+    if (writes && this.hooks.muting()) sink = this.muting(argv, sink);
+    const target = this.target;
+    if (target !== null && this.router.slotOf(name, argv) === NO_KEYS) {
+      // A cluster function's keyless command (rare): its decoded reply encoded again for the sink.
+      target.partitions
+        .shard(target.index)
+        .call(argv)
+        .then(
+          (reply) => sink.reply(encodeValue(reply, 2)),
+          (err: unknown) => sink.fail(err instanceof Error ? err.message : String(err)),
+        );
+    } else {
+      this.router.forward(name, argv, null, sink, { db: this.db, affinity: 0 });
     }
-    return { name, argv, reply };
+    return name;
+  }
+
+  /** `sink`, with the write's keys muted until the keyspace events of its reply have arrived. */
+  private muting(argv: Buffer[], sink: ReplySink): ReplySink {
+    // Any argument may be a key: muting a value too costs nothing but a lookup.
+    const keys = argv.slice(1);
+    const muted = this.hooks.muted;
+    muted.add(keys);
+    const release = (): void => void this.hooks.barrier().finally(() => muted.remove(keys));
+    return {
+      reply: (data) => {
+        sink.reply(data);
+        release();
+      },
+      fail: (message) => {
+        sink.fail(message);
+        release();
+      },
+    };
   }
 
   /** A reply (not an error) as the guest's `call` or `callRaw` sees it. */
-  private tagged(reply: RespValue, sent: Sent, raw: boolean): Tagged {
-    const name = sent.name;
+  private tagged(reply: RespValue, name: string, argv: Buffer[], raw: boolean): Tagged {
     const mapReply =
-      MAP_REPLIES.has(name) || (name === "config" && sent.argv[1]?.toString().toLowerCase() === "get");
+      MAP_REPLIES.has(name) || (name === "config" && argv[1]?.toString().toLowerCase() === "get");
     return replyToTagged(reply, raw, mapReply);
   }
 }
 
-/** A `client.call` sent: its command's name (lower case), its arguments, Redis's reply to come. */
-interface Sent {
-  name: string;
-  argv: Buffer[];
-  reply: Promise<RespValue>;
+/**
+ * The replies of a batch's `client.call`s as FlatPairs, in the order the calls were sent,
+ * filled as they come: one promise for the whole batch instead of one per call.
+ */
+class ReplyGather {
+  readonly flat: JsonValue[] = [CALLS_REPLIES];
+  private left = 0;
+  private done: (() => void) | null = null;
+  private settled: Promise<void> | null = null;
+
+  /** A place for the next call's reply. */
+  expect(): number {
+    this.left++;
+    this.flat.push(FLAT_ERROR, "no reply");
+    return this.flat.length - 2;
+  }
+
+  set(index: number, tag: number, value: JsonValue): void {
+    this.flat[index] = tag;
+    this.flat[index + 1] = value;
+    if (--this.left === 0 && this.done !== null) {
+      // Calls sent later (joiners' requests) wait for a new promise.
+      const done = this.done;
+      this.done = null;
+      this.settled = null;
+      done();
+    }
+  }
+
+  /** Settles once every expected reply is in. */
+  whole(): Promise<void> {
+    if (this.left === 0) return Promise.resolve();
+    return (this.settled ??= new Promise((resolve) => (this.done = resolve)));
+  }
 }
