@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import net from "node:net";
 import { once } from "node:events";
-import { readBytes } from "../src/io/socket-reader.js";
+import { connectReading, readBytes } from "../src/io/socket-reader.js";
 
 // Unit spec of io/socket-reader: accepted sockets whose reads skip the stream machinery.
 // Plain TCP on loopback, no Redis: the module knows nothing of RESP.
@@ -113,5 +113,43 @@ describe("readBytes (io/socket-reader)", () => {
     await until(() => Buffer.concat(accepted[0].chunks).toString() === "plain");
     client.destroy();
     await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  it("connectReading: each outgoing connection gets its own bytes, whole and in order, while they share the read buffer", async () => {
+    // Servers that send: the proxy's side is the connecting one, as with its upstreams.
+    const servers = await Promise.all(
+      [0, 1, 2].map(async (i) => {
+        const peers: net.Socket[] = [];
+        const server = net.createServer((s) => peers.push(s));
+        server.listen(0, "127.0.0.1");
+        await once(server, "listening");
+        return { i, server, peers, port: (server.address() as net.AddressInfo).port };
+      }),
+    );
+    const received: Buffer[][] = servers.map(() => []);
+    const sockets = servers.map((s) =>
+      connectReading("127.0.0.1", s.port, (chunk) => received[s.i].push(chunk)),
+    );
+    await Promise.all(sockets.map((s) => once(s, "connect")));
+    await until(() => servers.every((s) => s.peers.length === 1));
+    const sent: Buffer[][] = servers.map(() => []);
+    for (let round = 0; round < 20; round++) {
+      for (const s of servers) {
+        const data = pattern(s.i, round, round % 5 === 0 ? 100_000 : 41 + round);
+        sent[s.i].push(data);
+        s.peers[0].write(data);
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    const expected = sent.map((parts) => Buffer.concat(parts));
+    await until(() => received.every((r, i) => Buffer.concat(r).length === expected[i].length));
+    received.forEach((r, i) =>
+      expect(Buffer.concat(r).equals(expected[i]), `connection ${i}`).to.equal(true),
+    );
+    for (const s of sockets) s.destroy();
+    for (const s of servers) {
+      for (const p of s.peers) p.destroy();
+      await new Promise<void>((resolve) => s.server.close(() => resolve()));
+    }
   });
 });

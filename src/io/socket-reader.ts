@@ -40,19 +40,34 @@ export function readBytes(accepted: net.Socket, onBytes: (chunk: Buffer) => void
     handle,
     readable: true,
     writable: true,
-    onread: {
-      buffer: READ_BUFFER,
-      callback: (nread: number, buf: Uint8Array): boolean => {
-        // The buffer is the next read's too: what leaves here must be a copy.
-        const chunk = Buffer.allocUnsafe(nread);
-        chunk.set(buf.subarray(0, nread));
-        onBytes(chunk);
-        return true;
-      },
-    },
+    onread: { buffer: READ_BUFFER, callback: copyOut(onBytes) },
   } as net.SocketConstructorOpts);
   socket.once("close", () => accepted.destroy());
   return socket;
+}
+
+/**
+ * A TCP connection to host:port whose bytes go to `onBytes`, read as readBytes reads a
+ * client's: into the shared buffer, copied out, no stream machinery. For the proxy's
+ * connections to its servers, where each read carries the replies of many clients.
+ */
+export function connectReading(host: string, port: number, onBytes: (chunk: Buffer) => void): net.Socket {
+  return net.connect({
+    host,
+    port,
+    noDelay: true,
+    onread: { buffer: READ_BUFFER, callback: copyOut(onBytes) },
+  });
+}
+
+/** The onread callback: the buffer is the next read's too, so what leaves here is a copy. */
+function copyOut(onBytes: (chunk: Buffer) => void): (nread: number, buf: Uint8Array) => boolean {
+  return (nread, buf) => {
+    const chunk = Buffer.allocUnsafe(nread);
+    chunk.set(buf.subarray(0, nread));
+    onBytes(chunk);
+    return true;
+  };
 }
 
 function canAdopt(accepted: net.Socket, handle: object | null): handle is object {

@@ -4,6 +4,7 @@ import tls from "node:tls";
 import type { HostPort } from "../config.js";
 import { Fifo } from "../io/fifo.js";
 import { OutputBuffer } from "../io/output-buffer.js";
+import { connectReading } from "../io/socket-reader.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
 import { isErrorReply } from "../resp/decode.js";
 import { ReplyScanner } from "../resp/reply-scanner.js";
@@ -57,14 +58,19 @@ export function isBookkeeping(line: Buffer): boolean {
 }
 
 /** A TCP or TLS socket to `address`; commands written before it is up are buffered by Node. */
-function dial(address: HostPort, options: tls.ConnectionOptions | undefined): net.Socket {
+function dial(
+  address: HostPort,
+  options: tls.ConnectionOptions | undefined,
+  onBytes: (chunk: Buffer) => void,
+): net.Socket {
   const { host, port } = address;
-  if (options === undefined) return net.connect({ host, port, noDelay: true });
+  if (options === undefined) return connectReading(host, port, onBytes);
   // SNI defaults to the node's host name, never to an IP address (RFC 6066); the certificate
   // is still checked against the host, IP addresses included.
   const servername = options.servername ?? (net.isIP(host) === 0 ? host : undefined);
   const socket = tls.connect({ ...options, host, port, ...(servername !== undefined ? { servername } : {}) });
   socket.setNoDelay(true);
+  socket.on("data", onBytes);
   return socket;
 }
 
@@ -123,7 +129,7 @@ export class UpstreamConnection {
     this.proto = options.proto ?? 2;
     this.roundTrip = options.roundTrip ?? null;
     this.sentAt = this.roundTrip === null ? null : new Fifo<number>();
-    this.socket = dial(address, options.tls);
+    this.socket = dial(address, options.tls, (chunk) => this.onData(chunk));
     this.out = new OutputBuffer(this.socket, true);
     this.socket.setTimeout(options.connectTimeoutMs);
     // Over TLS the connection is usable once the handshake is done; the timeout covers both.
@@ -134,7 +140,6 @@ export class UpstreamConnection {
       this.socket.setKeepAlive(true, 10_000);
     });
     this.socket.on("timeout", () => this.socket.destroy(new Error("connect timed out")));
-    this.socket.on("data", (chunk: Buffer) => this.onData(chunk));
     this.socket.on("error", (err) => this.lose(err.message));
     this.socket.on("close", () => this.lose("closed by the server"));
     if (this.proto === 3 || options.password !== undefined) this.authenticate(options);
