@@ -1,11 +1,11 @@
 import { expect } from "chai";
-import { keysReader, nextScanCount, RecordBinary, type ShardAccess } from "../src/gears/readers.js";
+import { keysReader, RecordBinary, type ShardAccess } from "../src/gears/readers.js";
 
 /**
  * The KeysReader's batches (src/gears/readers.ts) against a fake shard: which commands read a
  * partition's keys, and how large its SCAN batches are.
  */
-describe("KeysReader batches: the first type from a TYPE sample, growing SCAN counts (gears/readers.ts)", () => {
+describe("KeysReader batches: the first type from a TYPE sample, a small first SCAN (gears/readers.ts)", () => {
   const bulk = (s: string): string => `$${Buffer.byteLength(s)}\r\n${s}\r\n`;
 
   /** The arguments of each command in a payload (no argument holds CRLF here). */
@@ -111,18 +111,9 @@ describe("KeysReader batches: the first type from a TYPE sample, growing SCAN co
     expect(log.filter((c) => c === "EVAL").length).to.equal(1);
   });
 
-  it("grows the SCAN count from 250 to 1000 to 4000 for small records", async () => {
-    const { shard, scanCounts } = fakeShard(names(9000, "hash"));
-    expect(await readAll(shard)).to.deep.equal([250, 1000, 4000, 3750]);
-    expect(scanCounts).to.deep.equal([250, 1000, 4000, 4000]);
-  });
-
-  it("keeps at most 1000 keys a batch, as before, when records are large", () => {
-    // 250 records of 4 KB each: 4000 of them would be 16 MB.
-    expect(nextScanCount(250, 250, 250 * 4096)).to.equal(1000);
-    expect(nextScanCount(1000, 1000, 1000 * 4096)).to.equal(1000);
-    // Records of 200 bytes: 2621 fit in a batch's 512 KB.
-    expect(nextScanCount(1000, 1000, 1000 * 200)).to.equal(2621);
-    expect(nextScanCount(4000, 4000, 4000 * 60)).to.equal(4000);
+  it("asks for 250 keys in a partition's first SCAN, 1000 in the others", async () => {
+    const { shard, scanCounts } = fakeShard(names(3000, "hash"));
+    expect(await readAll(shard)).to.deep.equal([250, 1000, 1000, 750]);
+    expect(scanCounts).to.deep.equal([250, 1000, 1000, 1000]);
   });
 });

@@ -31,11 +31,6 @@ export class RecordBinary {
     return this.offsets.length;
   }
 
-  /** The records' bytes. */
-  get byteLength(): number {
-    return this.writer.length;
-  }
-
   /** The records from index `from` on, as one array value. */
   bytes(from: number): Buffer {
     const count = new BinaryWriter(8);
@@ -65,21 +60,12 @@ export interface ReadContext {
 const SCAN_COUNT = 1000;
 
 /**
- * The KeysReader's SCAN COUNT grows from FIRST_SCAN_COUNT by GROWTH a batch, up to
- * MAX_SCAN_COUNT while a batch stays under BATCH_BYTES: a small first batch starts the guest
- * sooner, and larger ones make fewer round trips to Redis and fewer entries into the guest
- * (each a hop to its thread and back). Large values keep batches at SCAN_COUNT keys at most.
+ * The KeysReader's first SCAN of a partition asks for fewer keys: the guest, which works
+ * through every partition's records in turn, starts that much sooner. Larger batches than
+ * SCAN_COUNT were tried (up to 4000 keys): the guest took longer per record and the main
+ * thread answered its entries later (bench/RESULTS.md, "Map/reduce: the job's start").
  */
 const FIRST_SCAN_COUNT = 250;
-const MAX_SCAN_COUNT = 4000;
-const GROWTH = 4;
-const BATCH_BYTES = 512 * 1024;
-
-/** The SCAN COUNT after a batch of `keys` keys written in `bytes` bytes. */
-export function nextScanCount(count: number, keys: number, bytes: number): number {
-  const fits = Math.floor(BATCH_BYTES / Math.max(1, bytes / Math.max(1, keys)));
-  return Math.max(Math.min(SCAN_COUNT, count * GROWTH), Math.min(MAX_SCAN_COUNT, count * GROWTH, fits));
-}
 
 function text(v: RespValue): string {
   if (v instanceof RespError) throw new Error(v.message);
@@ -652,6 +638,7 @@ export async function* keysReader(
   const guess: TypeGuess = { type: null, sampled: false };
   const size = { count: FIRST_SCAN_COUNT };
   for await (const batch of scanRawKeys(ctx, pattern, size)) {
+    size.count = SCAN_COUNT;
     const n = batch.starts.length;
     if (!readValue) {
       const w = new BinaryWriter();
@@ -665,20 +652,15 @@ export async function* keysReader(
         w.atom("event");
         w.u8(TAG_NULL);
       }
-      size.count = nextScanCount(size.count, n, w.length);
       yield new RecordBinary(w, offsets);
       continue;
     }
-    const records = await rawKeyRecords(ctx.shard, batch, guess);
-    if (records !== null) {
-      size.count = nextScanCount(size.count, n, records.byteLength);
-      yield records;
-    } else {
-      // A refused script, a slot on the move, or a reply this path does not read: the
-      // general path reads the batch again.
-      size.count = SCAN_COUNT;
-      yield await keyRecords(ctx.shard, keyBuffers(batch), readValue);
-    }
+    // A refused script, a slot on the move, or a reply this path does not read: the
+    // general path reads the batch again.
+    yield (
+      (await rawKeyRecords(ctx.shard, batch, guess)) ??
+      (await keyRecords(ctx.shard, keyBuffers(batch), readValue))
+    );
   }
 }
 
