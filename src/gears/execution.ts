@@ -219,11 +219,16 @@ export class Execution {
         await this.runOnce(topology, this.input);
         return;
       }
-      const id = await this.guest.start(this.actionIndex, topology, this.chunks !== null, this.resultForm);
-      execId = id;
+      // The partitions' first reads go out while the guest starts the execution.
+      const started = this.guest.start(this.actionIndex, topology, this.chunks !== null, this.resultForm);
       const readStart = Date.now();
-      const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, id));
+      void started.then(
+        (id) => (execId = id),
+        () => {},
+      );
+      const parts = Array.from({ length: this.partitions.count }, (_, p) => this.readPartition(p, started));
       await Promise.all(parts);
+      const id = await started;
       this.readMs = Date.now() - readStart;
       if (this.abortRequested) throw new Error("aborted");
       const out = await this.guest.finish(id);
@@ -269,8 +274,9 @@ export class Execution {
     this.status = "done";
   }
 
-  private async readPartition(partition: number, execId: number): Promise<void> {
+  private async readPartition(partition: number, started: Promise<number>): Promise<void> {
     if (this.input !== null) {
+      const execId = await started;
       const packed = this.input.get(partition);
       if (packed !== undefined && packed.records.length > 0) {
         this.recordsRead += packed.records.length;
@@ -289,8 +295,9 @@ export class Execution {
     };
     const arg = typeof this.action.arg === "string" ? this.action.arg : "*";
     const batches = reader(ctx, arg, this.action.options);
+    let next = batches.next();
     try {
-      let next = batches.next();
+      const execId = await started;
       for (;;) {
         const batch = await next;
         if (batch.done || this.abortRequested || this.overflowed) break;
@@ -299,6 +306,8 @@ export class Execution {
         await this.feed(execId, partition, batch.value);
       }
     } finally {
+      // A read under way when the execution failed (its start, a feed) ends unheeded.
+      next.catch(() => {});
       await batches.return();
     }
     this.partitionsDone++;
