@@ -173,6 +173,41 @@ export class Subscriber {
     if (name !== "ping" && !name.includes("unsubscribe")) this.count = Math.max(this.count, 1);
     link.lease.sendUnmatched(request.raw ?? encodeCommand(request.argv));
     if (this.host.proto === 3) this.mark(link);
+    // A PUBLISH another client sends after this command must not overtake it, as it cannot
+    // directly: one it sends in the same turn of the event loop is written at the turn's
+    // end, on a connection that may have been written to earlier in that turn.
+    link.lease.flush();
+  }
+
+  /**
+   * PUBLISH or SPUBLISH from a RESP3 subscriber, to a channel whose messages reach it: sent
+   * on the connection they come on, so that its own message comes before the reply, as Redis
+   * writes them. False when it may take the shared connections.
+   */
+  publish(name: string, request: Request): boolean {
+    const host = this.host;
+    if (host.proto !== 3 || (name !== "publish" && name !== "spublish")) return false;
+    let link = this.main;
+    if (name === "spublish" && host.ctx.router.topology.mode === "cluster") {
+      const node =
+        request.argv.length > 1 ? this.shardChannels.get(request.argv[1].toString("latin1")) : undefined;
+      link = node === undefined ? null : (this.shards.get(node) ?? null);
+    }
+    if (link === null || link.lease.closed || link.lease.proto !== 3) return false;
+    if (!host.enterLane("subscribed", request)) return true;
+    const slot = host.upstreamSlot();
+    // Under CLIENT REPLY OFF the messages are still written, as Redis pushes them.
+    const quiet = slot.silent;
+    slot.silent = false;
+    link.marks++;
+    slot.onReply = (data) => {
+      link.marks--;
+      const frames = link.marked.splice(0);
+      if (!quiet) frames.push(data);
+      return Buffer.concat(frames);
+    };
+    link.lease.send(request.raw ?? encodeCommand(request.argv), slot);
+    return true;
   }
 
   /**

@@ -63,6 +63,14 @@ export class Lease implements Pipe {
     this.conn.sendUnmatched(payload);
   }
 
+  /**
+   * Writes the requests sent so far at once: they reach the server before anything another
+   * client sends after them, which waits for the turn's end (see io/output-buffer.ts).
+   */
+  flush(): void {
+    this.conn.flush();
+  }
+
   /** The proxy's own request on this connection; error replies resolve as RespError. */
   call(argv: readonly Arg[]): Promise<RespValue> {
     return this.conn.call(argv);

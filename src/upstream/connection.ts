@@ -246,6 +246,11 @@ export class UpstreamConnection {
     if (!this.closedFlag) this.out.push(payload);
   }
 
+  /** Writes what is buffered now, ahead of what other connections write at the turn's end. */
+  flush(): void {
+    this.out.flush();
+  }
+
   /** The proxy's own request: resolves with the decoded reply (errors are RespError values). */
   call(argv: readonly Arg[], db = this.db): Promise<RespValue> {
     const sink = new PromiseSink();
