@@ -1,6 +1,6 @@
 import { expect } from "chai";
 import { startCluster, startProxy, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
-import { RawClient, ReceivedText, type Reply } from "./support/raw-client.js";
+import { encode, RawClient, ReceivedText, type Reply } from "./support/raw-client.js";
 import { eventually } from "./support/polling.js";
 
 // Orders a client can see between pub/sub commands and PUBLISH, compared with Redis itself.
@@ -145,6 +145,49 @@ describe("qa: pub/sub order against PUBLISH", function () {
             direct[0],
           ]);
         }
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it("RESP2: a command pipelined behind the last UNSUBSCRIBE runs, as the client left subscriber mode", async () => {
+      const proxy = await startProxy([{ port: server.port }]);
+      const steps: string[][] = [
+        ["PUNSUBSCRIBE"],
+        ["GET", "qa:none"],
+        ["UNSUBSCRIBE", "qa:c1"],
+        ["GET", "qa:none"],
+        ["PING"],
+      ];
+      const run = async (port: number): Promise<string> => {
+        const c = await ReceivedText.open(port);
+        try {
+          const confirmations = push("subscribe", "qa:c1", 1) + push("psubscribe", "qa:p*", 2);
+          const subscribed = await c.exchange(
+            [
+              ["SUBSCRIBE", "qa:c1"],
+              ["PSUBSCRIBE", "qa:p*"],
+            ],
+            confirmations.length,
+          );
+          expect(subscribed).to.equal(confirmations.replaceAll(">", "*"));
+          const at = c.text.length;
+          c.socket.write(Buffer.concat(steps.map((step) => encode(step))));
+          await eventually(
+            async () => c.text.slice(at),
+            (t) => t.endsWith("+PONG\r\n"),
+            "the replies",
+          );
+          return c.text.slice(at);
+        } finally {
+          c.socket.destroy();
+        }
+      };
+      try {
+        const direct = await run(server.port);
+        expect(direct).to.contain("-ERR Can't execute 'get'");
+        expect(direct.endsWith(":0\r\n$-1\r\n+PONG\r\n"), direct).to.equal(true);
+        expect(await run(proxy.port)).to.equal(direct);
       } finally {
         await proxy.close();
       }
