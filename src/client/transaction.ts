@@ -220,7 +220,11 @@ export class Transaction {
     // A write while WATCHing reaches the write journal (router.tap) as a shared one does.
     const tap = this.host.ctx.router.tap;
     const sink = tap === null ? slot : tap(name, request.argv, slot, this.host.db);
-    this.conn!.send(request.raw ?? encodeCommand(request.argv), sink, dbFor(name, this.host.db));
+    this.conn!.send(
+      request.raw ?? encodeCommand(request.argv),
+      sink,
+      dbFor(name, this.host.db, this.host.ctx.router.monitors > 0),
+    );
   }
 
   /** A command refused before it was queued (NOPERM): EXEC then aborts, as Redis flags the transaction. */
@@ -279,7 +283,11 @@ export class Transaction {
     }
     const cluster = this.host.ctx.router.topology.mode === "cluster";
     if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS) this.replay.push(payload);
-    this.conn!.send(payload, this.host.upstreamSlot(), dbFor(name, this.host.db));
+    this.conn!.send(
+      payload,
+      this.host.upstreamSlot(),
+      dbFor(name, this.host.db, this.host.ctx.router.monitors > 0),
+    );
   }
 
   /** Moves an open transaction to the node of `slot`, replaying what it queued so far. */
@@ -388,7 +396,7 @@ export class Transaction {
         });
       return;
     }
-    conn.send(payload, slot, hidden ? ANY_DB : dbFor(sent, this.host.db));
+    conn.send(payload, slot, hidden ? ANY_DB : dbFor(sent, this.host.db, this.host.ctx.router.monitors > 0));
   }
 
   /**
