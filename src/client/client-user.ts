@@ -130,7 +130,11 @@ export class ClientUser implements ClientLogin {
     if (typeof target === "string") return host.replyError(target);
     const conn = identity.connection(target.id, host.proto);
     if (conn !== null) {
-      conn.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), dbFor(name, host.db));
+      conn.send(
+        request.raw ?? encodeCommand(request.argv),
+        host.upstreamSlot(),
+        dbFor(name, host.db, host.ctx.router.monitors > 0),
+      );
       return;
     }
     host.flushRuns();

@@ -56,7 +56,7 @@ export class Dispatcher {
     if (ctx.tracking.watching)
       ctx.tracking.beforeCommand(host.id, host.tracking, name, request.argv, txn.inMulti);
     host.replies.begin(request);
-    if (user.authenticated && (pubsub.count === 0 || host.proto === 3) && !txn.inMulti && !isSpecial(name)) {
+    if (user.authenticated && pubsub.count === 0 && !txn.inMulti && !isSpecial(name)) {
       // What the chain below comes to for an ordinary command, without its lookups; a user
       // of the proxy's ACL keeps it (a set lookup first), a server user takes the chain.
       if (user.plain) return this.ordinary(name, request);
@@ -97,6 +97,7 @@ export class Dispatcher {
     else if (gears.hooks(name, request)) gears.runHook(name, argv);
     else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);
     else if (SUBSCRIBE_FAMILY.has(name)) pubsub.route(name, request);
+    else if (pubsub.count > 0 && pubsub.publish(name, request)) return;
     else if (name === "multi") txn.multi(request);
     else if (name === "watch") txn.watch(request);
     else this.dedicatedOrShared(name, request, false);

@@ -18,6 +18,8 @@ export interface MonitorHost extends Pick<LaneHost, "ctx" | "proto" | "upstreamS
  */
 export class Monitor {
   private leases: Lease[] = [];
+  /** Counted in the router's monitors (dbFor) until dropped. */
+  private monitoring = false;
 
   constructor(private readonly host: MonitorHost) {}
 
@@ -29,6 +31,8 @@ export class Monitor {
     const host = this.host;
     const slot = host.upstreamSlot();
     if (this.active) return slot.reply(OK);
+    if (!this.monitoring) host.ctx.router.monitors++;
+    this.monitoring = true;
     const ignore = { reply() {}, fail() {} };
     host.ctx.leases.onEveryMaster(host.proto).forEach((lease, i) => {
       if (typeof lease === "string") {
@@ -43,6 +47,8 @@ export class Monitor {
   }
 
   drop(): void {
+    if (this.monitoring) this.host.ctx.router.monitors--;
+    this.monitoring = false;
     for (const lease of this.leases.splice(0)) lease.destroy();
   }
 }

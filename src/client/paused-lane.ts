@@ -47,7 +47,11 @@ export class PausedLane {
       this.lease = borrow(host, name, request.argv);
       if (this.lease === null) return;
     }
-    this.lease.send(request.raw ?? encodeCommand(request.argv), host.upstreamSlot(), dbFor(name, host.db));
+    this.lease.send(
+      request.raw ?? encodeCommand(request.argv),
+      host.upstreamSlot(),
+      dbFor(name, host.db, host.ctx.router.monitors > 0),
+    );
   }
 
   /** The client left the lane with every reply in: the connection goes back. */

@@ -3,6 +3,7 @@ import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import type { Lease } from "../routing/lease.js";
 import { borrow, type Lane, type LaneHost } from "./lane.js";
+import type { Holds } from "./holds.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { confirmationFrame, subscriptionCount, withCount } from "./subscription-frames.js";
 
@@ -19,9 +20,18 @@ const DRAIN_PING = encodeCommand(["PING", DRAIN_TEXT]);
 const pongOf = (text: string): Buffer => encodeValue([Buffer.from("pong"), Buffer.from(text)]);
 const DRAIN_PONG = pongOf(DRAIN_TEXT);
 const REFUSAL_PONG = pongOf(REFUSAL_TEXT);
+/** An unsubscribe's marker: its pong says the command's confirmations have all come. */
+const SETTLED_TEXT = `gears-proxy:settled:${randomBytes(8).toString("hex")}`;
+const SETTLED_PING = encodeCommand(["PING", SETTLED_TEXT]);
+/** As a connection still subscribed answers it (RESP2), and as one that left subscriber mode does. */
+const SETTLED_PONGS = [pongOf(SETTLED_TEXT), encodeValue(Buffer.from(SETTLED_TEXT))];
 
 /** What a client's subscriptions need from the session. */
 export interface SubscriberHost extends LaneHost {
+  /** Replies the client's next command waits for. */
+  readonly holds: Holds;
+  /** Runs the input again (a hold ended without a reply). */
+  resume(request: null): void;
   /** Moves to `lane` at once, without waiting for replies due on the one before. */
   markLane(lane: Lane): void;
   /** A message (or a confirmation outside any marked command): written after what is queued. */
@@ -47,6 +57,8 @@ class Link {
   readonly refusals: Buffer[] = [];
   /** Empty replies that keep RESET waiting until the frames before its marker have come. */
   readonly drains: ReplySlot[] = [];
+  /** RESP2 unsubscribes whose marker has not come back: their holds on the client's next command. */
+  readonly settles: (() => void)[] = [];
 
   constructor(readonly lease: Lease) {}
 }
@@ -97,6 +109,15 @@ export class Subscriber {
       this.main = this.attach(lease, false);
     }
     this.send(this.main, name, request);
+  }
+
+  /** A connection EXEC left subscribed to `count` channels and patterns: the client's from now on. */
+  adopt(lease: Lease, count: number): void {
+    if (this.main !== null) this.dropLink(this.main);
+    this.main = this.attach(lease, false);
+    this.mainCount = count;
+    this.count = count + this.shardChannels.size;
+    this.host.markLane("subscribed");
   }
 
   /** SSUBSCRIBE and SUNSUBSCRIBE in a cluster: on the link of the channels' shard. */
@@ -173,6 +194,47 @@ export class Subscriber {
     if (name !== "ping" && !name.includes("unsubscribe")) this.count = Math.max(this.count, 1);
     link.lease.sendUnmatched(request.raw ?? encodeCommand(request.argv));
     if (this.host.proto === 3) this.mark(link);
+    else if (name.includes("unsubscribe")) {
+      // Whether the client is still subscribed when its next command runs is known from the
+      // confirmations only: a command subscriber mode refuses runs once the client left it.
+      link.settles.push(this.host.holds.take());
+      link.lease.sendUnmatched(SETTLED_PING);
+    }
+    // A PUBLISH another client sends after this command must not overtake it, as it cannot
+    // directly: one it sends in the same turn of the event loop is written at the turn's
+    // end, on a connection that may have been written to earlier in that turn.
+    link.lease.flush();
+  }
+
+  /**
+   * PUBLISH or SPUBLISH from a RESP3 subscriber, to a channel whose messages reach it: sent
+   * on the connection they come on, so that its own message comes before the reply, as Redis
+   * writes them. False when it may take the shared connections.
+   */
+  publish(name: string, request: Request): boolean {
+    const host = this.host;
+    if (host.proto !== 3 || (name !== "publish" && name !== "spublish")) return false;
+    let link = this.main;
+    if (name === "spublish" && host.ctx.router.topology.mode === "cluster") {
+      const node =
+        request.argv.length > 1 ? this.shardChannels.get(request.argv[1].toString("latin1")) : undefined;
+      link = node === undefined ? null : (this.shards.get(node) ?? null);
+    }
+    if (link === null || link.lease.closed || link.lease.proto !== 3) return false;
+    if (!host.enterLane("subscribed", request)) return true;
+    const slot = host.upstreamSlot();
+    // Under CLIENT REPLY OFF the messages are still written, as Redis pushes them.
+    const quiet = slot.silent;
+    slot.silent = false;
+    link.marks++;
+    slot.onReply = (data) => {
+      link.marks--;
+      const frames = link.marked.splice(0);
+      if (!quiet) frames.push(data);
+      return Buffer.concat(frames);
+    };
+    link.lease.send(request.raw ?? encodeCommand(request.argv), slot);
+    return true;
   }
 
   /**
@@ -250,6 +312,11 @@ export class Subscriber {
   }
 
   private relay(link: Link, frame: Buffer): void {
+    if (link.settles.length > 0 && SETTLED_PONGS.some((pong) => pong.equals(frame))) {
+      link.settles.shift()!();
+      this.host.resume(null);
+      return;
+    }
     if (link.drains.length > 0 && frame.equals(DRAIN_PONG)) {
       link.drains.shift()!.reply(EMPTY);
       return;
@@ -260,6 +327,7 @@ export class Subscriber {
   }
 
   private dropLink(link: Link): void {
+    for (const release of link.settles.splice(0)) release();
     link.lease.destroy();
     if (link === this.main) {
       this.main = null;

@@ -305,6 +305,11 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
     return { proto: this.proto, db: this.db, clientId: this.id, user: acl, admin: this.user.admin };
   }
 
+  /** TransactionHost: SUBSCRIBE inside MULTI left the transaction's connection subscribed. */
+  subscribedBy(lease: Lease, count: number): void {
+    this.pubsub.adopt(lease, count);
+  }
+
   /** TransactionHost: a TFCALL queued in MULTI, run at EXEC. */
   tfCallInMulti(argv: Buffer[]): Promise<Buffer> {
     return this.gears.tfCallInMulti(argv, this.proto, this.db);

@@ -49,7 +49,7 @@ export class SharedLane {
           conn,
           request,
           router.tap === null ? slot : router.tap(name, request.argv, slot, db),
-          dbFor(name, db),
+          dbFor(name, db, router.monitors > 0),
         );
         return;
       }

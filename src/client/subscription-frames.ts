@@ -46,3 +46,31 @@ export function withCount(frame: Buffer, count: number): Buffer {
   const at = frame.lastIndexOf("\r\n:", frame.length - 3);
   return Buffer.concat([frame.subarray(0, at + 2), Buffer.from(`:${count}\r\n`)]);
 }
+
+/** Kinds whose count is the connection's channels and patterns (not its shard channels). */
+const MAIN_KINDS = new Set(["subscribe", "unsubscribe", "psubscribe", "punsubscribe"]);
+
+function mainCount(value: unknown): number | null {
+  if (!Array.isArray(value) || value.length !== 3) return null;
+  const [kind, , count] = value as unknown[];
+  return Buffer.isBuffer(kind) && typeof count === "number" && MAIN_KINDS.has(kind.toString()) ? count : null;
+}
+
+/**
+ * The channels and patterns a connection is left with after the confirmations among
+ * `frames`, which may be elements of a frame too (EXEC's reply); null when there is none.
+ */
+export function countAfter(frames: readonly Buffer[]): number | null {
+  let last: number | null = null;
+  for (const frame of frames) {
+    const value = decodeReply(frame);
+    const own = mainCount(value);
+    if (own !== null) last = own;
+    else if (Array.isArray(value))
+      for (const element of value) {
+        const count = mainCount(element);
+        if (count !== null) last = count;
+      }
+  }
+  return last;
+}

@@ -3,7 +3,7 @@ import { encodeCommand, encodeError, encodeValue, NULL_ARRAY, OK, RESP3_NULL } f
 import type { Request } from "../resp/request-parser.js";
 import { dbFor, isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS } from "../routing/router.js";
-import { ANY_DB, DISCARD, selectCommand, UNKNOWN_DB, type Lease } from "../routing/lease.js";
+import { ANY_DB, CONNECTION_LOST, DISCARD, selectCommand, UNKNOWN_DB, type Lease } from "../routing/lease.js";
 import { RawSink } from "../routing/shards.js";
 import type { ProxyContext } from "./context.js";
 import type { Holds } from "./holds.js";
@@ -11,6 +11,8 @@ import { isGearsCommand } from "../gears/commands.js";
 import { isTfCall, QUEUED, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { RespError, type Protocol } from "../resp/values.js";
+import { randomBytes } from "node:crypto";
+import { countAfter } from "./subscription-frames.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
@@ -26,13 +28,26 @@ export interface TransactionHost {
   enterPinnedLane(request: Request): boolean;
   /** A TFCALL queued in MULTI, run at EXEC: its reply. */
   tfCallInMulti(argv: Buffer[]): Promise<Buffer>;
+  /** The client has subscriptions (its own connection for them). */
+  readonly isPubSub: boolean;
+  /** EXEC left `lease` subscribed to `count` channels and patterns: the client's subscriptions now. */
+  subscribedBy(lease: Lease, count: number): void;
 }
 
 /** Commands Redis answers at once inside MULTI, with an error, without queuing them. */
 const NOT_QUEUED = new Set(["multi", "watch"]);
 
 /** Commands that change the client's own state, which a queued transaction cannot carry. */
-const NOT_IN_MULTI = new Set(["client", "hello", "auth", "monitor", ...SUBSCRIBE_FAMILY]);
+const NOT_IN_MULTI = new Set(["client", "hello", "auth", "monitor"]);
+
+/** A PING only the proxy sends behind an EXEC that (un)subscribes: where its frames end. */
+const EXEC_END_TEXT = `gears-proxy:exec-end:${randomBytes(8).toString("hex")}`;
+const EXEC_END_PING = encodeCommand(["PING", EXEC_END_TEXT]);
+/** Its pong on a connection left subscribed (RESP2), or on any other. */
+const EXEC_END_PONGS = [
+  encodeValue([Buffer.from("pong"), Buffer.from(EXEC_END_TEXT)]),
+  encodeValue(Buffer.from(EXEC_END_TEXT)),
+];
 
 /**
  * CLIENT PAUSE and UNPAUSE act on the server, not on the client's state: queued with the
@@ -145,6 +160,7 @@ export class Transaction {
     this.pauses = [];
     this.slowlogReset = false;
     this.tfTail = null;
+    this.subscribing = false;
     this.replay = [];
   }
 
@@ -204,7 +220,11 @@ export class Transaction {
     // A write while WATCHing reaches the write journal (router.tap) as a shared one does.
     const tap = this.host.ctx.router.tap;
     const sink = tap === null ? slot : tap(name, request.argv, slot, this.host.db);
-    this.conn!.send(request.raw ?? encodeCommand(request.argv), sink, dbFor(name, this.host.db));
+    this.conn!.send(
+      request.raw ?? encodeCommand(request.argv),
+      sink,
+      dbFor(name, this.host.db, this.host.ctx.router.monitors > 0),
+    );
   }
 
   /** A command refused before it was queued (NOPERM): EXEC then aborts, as Redis flags the transaction. */
@@ -223,7 +243,11 @@ export class Transaction {
     }
     if (
       (NOT_IN_MULTI.has(name) && !pausesServer(name, request.argv)) ||
-      (isGearsCommand(name, request.argv.slice(1)) && !isTfCall(name))
+      (isGearsCommand(name, request.argv.slice(1)) && !isTfCall(name)) ||
+      // Subscriptions EXEC makes become the client's own (execSubscribing), unless it has a
+      // connection for them already, or TFCALLs run after EXEC.
+      (SUBSCRIBE_FAMILY.has(name) && (this.host.isPubSub || this.tfTail !== null)) ||
+      (this.subscribing && isTfCall(name))
     ) {
       this.dirty = true;
       this.host.replyError(`ERR '${name}' is not allowed inside a transaction by gears-proxy`);
@@ -244,6 +268,7 @@ export class Transaction {
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
+    if (SUBSCRIBE_FAMILY.has(name)) this.subscribing = true;
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
       if (!this.moveTo(keySlot)) {
@@ -258,7 +283,11 @@ export class Transaction {
     }
     const cluster = this.host.ctx.router.topology.mode === "cluster";
     if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS) this.replay.push(payload);
-    this.conn!.send(payload, this.host.upstreamSlot(), dbFor(name, this.host.db));
+    this.conn!.send(
+      payload,
+      this.host.upstreamSlot(),
+      dbFor(name, this.host.db, this.host.ctx.router.monitors > 0),
+    );
   }
 
   /** Moves an open transaction to the node of `slot`, replaying what it queued so far. */
@@ -337,6 +366,9 @@ export class Transaction {
     if (hidden && (sent !== "exec" || this.selects.length === 0)) conn.noteDb(UNKNOWN_DB);
     const payload = sent === name ? (request.raw ?? encodeCommand(request.argv)) : encodeCommand(["DISCARD"]);
     this.tfTail = null;
+    const subscribing = this.subscribing;
+    this.subscribing = false;
+    if (runs && subscribing) return this.execSubscribing(conn, payload, slot, hidden ? ANY_DB : this.host.db);
     if (tail !== null) {
       // The TFCALLs and what followed them run once Redis ran the part before (tf-multi.ts);
       // the client's next commands wait for all of it, on the same connection after it.
@@ -364,8 +396,49 @@ export class Transaction {
         });
       return;
     }
-    conn.send(payload, slot, hidden ? ANY_DB : dbFor(sent, this.host.db));
+    conn.send(payload, slot, hidden ? ANY_DB : dbFor(sent, this.host.db, this.host.ctx.router.monitors > 0));
   }
+
+  /**
+   * EXEC of a transaction that (un)subscribes. Redis writes each confirmation as a frame of
+   * its own, more frames than its reply counts elements, and the connection stays
+   * subscribed. A PING behind EXEC marks where its frames end: they are EXEC's reply, as
+   * the client would read them from Redis, and the connection becomes the client's
+   * subscription connection. The client's next command waits for them, as it may be one
+   * that subscriber mode refuses.
+   */
+  private execSubscribing(conn: Lease, payload: Buffer, slot: ReplySlot, db: number): void {
+    const release = this.host.holds.take();
+    const frames: Buffer[] = [];
+    let settled = false;
+    const settle = (failure: string | null): void => {
+      if (settled) return;
+      settled = true;
+      conn.onPush(null);
+      const count = failure === null ? countAfter(frames) : null;
+      if (count !== null && count > 0) {
+        conn.onLost(null);
+        this.conn = null;
+        this.host.subscribedBy(conn, count);
+      } else conn.onLost(() => this.connectionLost());
+      release();
+      if (frames.length > 0) slot.reply(Buffer.concat(frames));
+      else slot.fail(failure ?? CONNECTION_LOST);
+    };
+    conn.onPush((frame) => {
+      if (EXEC_END_PONGS.some((pong) => pong.equals(frame))) settle(null);
+      else frames.push(frame);
+    });
+    conn.onLost(() => {
+      settle(CONNECTION_LOST);
+      this.connectionLost();
+    });
+    conn.send(payload, { reply: (data) => frames.push(data), fail: (message) => settle(message) }, db);
+    conn.sendUnmatched(EXEC_END_PING);
+  }
+
+  /** The transaction queued a command of the SUBSCRIBE family. */
+  private subscribing = false;
 
   /** MULTI went without a SELECT in front, with its own SELECT queued first inside (see multi). */
   private hiddenSelect = false;

@@ -1,4 +1,4 @@
-import { ANY_DB } from "../upstream/connection.js";
+import { ANY_DB, anyDbIn } from "../upstream/connection.js";
 
 /**
  * Commands that need something other than a shared pipelined connection. Names are
@@ -94,7 +94,12 @@ const RUNS_IN_ANY_DB = new Set([
   "lastsave",
 ]);
 
-/** The database to send a client's command `name` in: ANY_DB when it runs the same in every one. */
-export function dbFor(name: string, db: number): number {
-  return RUNS_IN_ANY_DB.has(name) ? ANY_DB : db;
+/**
+ * The database to send a client's command `name` in: ANY_DB when it runs the same in every
+ * one; while a client of the proxy monitors (`monitored`), in the client's one if it can, as
+ * MONITOR shows it.
+ */
+export function dbFor(name: string, db: number, monitored: boolean): number {
+  if (!RUNS_IN_ANY_DB.has(name)) return db;
+  return monitored ? anyDbIn(db) : ANY_DB;
 }

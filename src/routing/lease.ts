@@ -7,8 +7,8 @@ import { ServerPause } from "./pause.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS, type Router } from "./router.js";
 
 export { DISCARD, type ReplySink } from "../upstream/reply-sink.js";
-/** For a transaction that puts its own SELECT inside MULTI (client/transaction.ts). */
-export { ANY_DB, selectCommand, UNKNOWN_DB } from "../upstream/connection.js";
+/** For a transaction that puts its own SELECT inside MULTI, or ends on a lost connection (client/transaction.ts). */
+export { ANY_DB, CONNECTION_LOST, selectCommand, UNKNOWN_DB } from "../upstream/connection.js";
 
 /**
  * A pipelined connection a client sends raw requests down: the shared one of a lone
@@ -61,6 +61,14 @@ export class Lease implements Pipe {
   /** A request whose replies come as pushes (SUBSCRIBE): no reply is matched to it. */
   sendUnmatched(payload: Buffer): void {
     this.conn.sendUnmatched(payload);
+  }
+
+  /**
+   * Writes the requests sent so far at once: they reach the server before anything another
+   * client sends after them, which waits for the turn's end (see io/output-buffer.ts).
+   */
+  flush(): void {
+    this.conn.flush();
   }
 
   /** The proxy's own request on this connection; error replies resolve as RespError. */

@@ -73,6 +73,9 @@ export class Router implements ClusterSender {
   queuedTap: ((name: string, argv: Buffer[], db: number) => ((reply: Buffer | null) => void) | null) | null =
     null;
 
+  /** Clients of the proxy in MONITOR: commands are then sent in their client's database (dbFor). */
+  monitors = 0;
+
   /** Forwards a client's command (`name` in lower case); the raw reply goes to `sink`. */
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
     const proto = ctx.proto ?? 2;
@@ -86,7 +89,13 @@ export class Router implements ClusterSender {
       if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity, proto);
       if (ctx.db === 0 && name === "scan") sink = scanPageWithoutProxyKeys(sink, proto);
       const node = this.topology.nodeForSlot(0);
-      node.send(ctx.affinity, raw ?? encodeCommand(argv), sink, dbFor(name, ctx.db), proto);
+      node.send(
+        ctx.affinity,
+        raw ?? encodeCommand(argv),
+        sink,
+        dbFor(name, ctx.db, this.monitors > 0),
+        proto,
+      );
       return;
     }
     if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));

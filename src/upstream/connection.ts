@@ -37,6 +37,15 @@ export const UNKNOWN_DB = -1;
  */
 export const ANY_DB = -2;
 
+/**
+ * ANY_DB, with the database the client is in: the connection changes to it first, since a
+ * MONITOR shows each command in its client's database, but behind that SELECT refused the
+ * command's success is still its own, as in ANY_DB.
+ */
+export function anyDbIn(db: number): number {
+  return ANY_DB - 1 - db;
+}
+
 /** An error reply's text: "-BUSY ...\r\n" or "!<length>\r\nBUSY ...\r\n". */
 function errorText(reply: Buffer): string {
   const start = reply[0] === 45 ? 1 : reply.indexOf(10) + 1;
@@ -171,7 +180,7 @@ export class UpstreamConnection {
       sink.fail(CONNECTION_LOST);
       return;
     }
-    if (db === ANY_DB) this.inAnyDb(sink);
+    if (db <= ANY_DB) this.inAnyDb(sink, db);
     else this.useDb(db);
     this.out.push(payload);
     this.expectReply(sink);
@@ -183,7 +192,7 @@ export class UpstreamConnection {
       for (const sink of sinks) sink.fail(CONNECTION_LOST);
       return;
     }
-    if (db === ANY_DB) for (const sink of sinks) this.inAnyDb(sink);
+    if (db <= ANY_DB) for (const sink of sinks) this.inAnyDb(sink, db);
     else this.useDb(db);
     this.out.push(payload);
     for (const sink of sinks) this.expectReply(sink);
@@ -195,7 +204,7 @@ export class UpstreamConnection {
       for (let i = 0; i < count; i++) sink.fail(CONNECTION_LOST);
       return;
     }
-    if (db === ANY_DB) this.inAnyDb(sink);
+    if (db <= ANY_DB) this.inAnyDb(sink, db);
     else this.useDb(db);
     this.out.push(payload);
     for (let i = 0; i < count; i++) this.expectReply(sink);
@@ -207,8 +216,9 @@ export class UpstreamConnection {
     this.sentAt?.push(callbackNow());
   }
 
-  /** A command that runs in any database: marked only while a SELECT is in doubt. */
-  private inAnyDb(sink: ReplySink): void {
+  /** A command that runs in any database (anyDbIn: after a SELECT): marked only while a SELECT is in doubt. */
+  private inAnyDb(sink: ReplySink, db: number): void {
+    if (db < ANY_DB) this.useDb(ANY_DB - 1 - db);
     if (this.selectsInFlight > 0 || this.refusal !== null) this.anyDb.add(sink);
   }
 
@@ -249,6 +259,11 @@ export class UpstreamConnection {
   /** Sends a command without awaiting a reply slot (pub/sub commands on a subscribed connection). */
   sendUnmatched(payload: Buffer): void {
     if (!this.closedFlag) this.out.push(payload);
+  }
+
+  /** Writes what is buffered now, ahead of what other connections write at the turn's end. */
+  flush(): void {
+    this.out.flush();
   }
 
   /** The proxy's own request: resolves with the decoded reply (errors are RespError values). */
