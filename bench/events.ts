@@ -56,6 +56,8 @@ interface Options {
   pipeline: number;
   rates: number[];
   latencySeconds: number;
+  /** Writes through the proxy, untimed, before its first round: its JIT and the guest's wasm warmed up. */
+  warmup: number;
   autoPipelining: boolean;
   registration: string;
   /** Also run the Python registration (RG.PYEXECUTE) in each round. */
@@ -80,6 +82,9 @@ const HELP = `Usage: node dist/bench/events.js [options]
   --rates LIST             paced writes per second in the latency phase, one set of runs per rate
                            (default 200,1000: light load, and the issue's rate)
   --latency-seconds S      length of a latency run, warm-up included (default 3)
+  --warmup N               N writes through the proxy, untimed, before its first round (each proxy
+                           process): the rounds then show the steady state, without V8's one-time
+                           compiling (JIT, the guest's wasm tiered up) of a fresh process
   --no-auto-pipelining     the hand-written consumer SADDs without ioredis' enableAutoPipelining
   --no-python              leave out the Python registration (RG.PYEXECUTE, the proxy with --python)
   --registration SCRIPT    register this instead of the issue's script (for experiments; it must
@@ -91,6 +96,7 @@ const HELP = `Usage: node dist/bench/events.js [options]
                            with this one (each build with its own fresh deployment per round), and
                            compare the two (same-run A/B)
   --append FILE            append the markdown report to FILE
+                           (EVENTS_THREADS=1 in the environment prints each thread's CPU per throughput run)
   --json FILE              also write every sample as JSON
   --help
 `;
@@ -113,6 +119,7 @@ function parseOptions(argv: string[]): Options | null {
       pipeline: { type: "string" },
       rates: { type: "string" },
       "latency-seconds": { type: "string" },
+      warmup: { type: "string" },
       "no-auto-pipelining": { type: "boolean" },
       "no-python": { type: "boolean" },
       registration: { type: "string" },
@@ -151,6 +158,7 @@ function parseOptions(argv: string[]): Options | null {
         : quick
           ? 1.5
           : 3,
+    warmup: values.warmup === undefined ? 0 : Math.round(positive(values.warmup, "--warmup")),
     autoPipelining: values["no-auto-pipelining"] !== true,
     registration: values.registration ?? REGISTRATION,
     python: values["no-python"] !== true,
@@ -527,6 +535,9 @@ interface ThroughputRun {
   handlerCpu: number;
   /** The handler process's main thread alone (the proxy's event loop; the consumer's only thread). */
   mainCpu: number;
+  /** The busiest other thread (the proxy's guest worker), and the rest (V8's GC helpers...). */
+  workerCpu: number;
+  helpersCpu: number;
   redisCpu: number;
   scard: number;
   lost: number;
@@ -555,6 +566,53 @@ function mainThreadCpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * CPU seconds of each thread of process `pid`, by tid. Node names none of its threads, so
+ * the bench tells them apart by what they did: the busiest one besides the main thread is the
+ * guest's worker (one registration, one isolate), the rest V8's helpers (GC) and libuv's pool.
+ */
+function threadCpuSeconds(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  if (clockTicks === 0) mainThreadCpuSeconds(pid);
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out.set(Number(tid), (Number(fields[11]) + Number(fields[12])) / clockTicks);
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return out;
+}
+
+/** Between two threadCpuSeconds(): the busiest thread besides the main one, and the others together. */
+function workerAndHelpers(
+  pid: number,
+  before: Map<number, number>,
+  after: Map<number, number>,
+): { worker: number; helpers: number } {
+  let worker = 0;
+  let all = 0;
+  if (process.env.EVENTS_THREADS === "1") {
+    const used = [...after].map(([tid, s]) => `${tid - pid}:${(s - (before.get(tid) ?? 0)).toFixed(2)}`);
+    say(`    threads (tid - pid: CPU s): ${used.join(" ")}`);
+  }
+  for (const [tid, seconds] of after) {
+    if (tid === pid) continue;
+    const used = seconds - (before.get(tid) ?? 0);
+    all += used;
+    worker = Math.max(worker, used);
+  }
+  return { worker, helpers: all - worker };
+}
+
 async function throughput(
   dep: Deployment,
   side: Side,
@@ -572,6 +630,7 @@ async function throughput(
   let writeMs = NaN;
   const redisCpu = (): number => dep.pids.reduce((a, pid) => a + cpuSeconds(pid), 0);
   const cpu0 = [cpuSeconds(handlerPid), redisCpu(), mainThreadCpuSeconds(handlerPid)];
+  const threads0 = threadCpuSeconds(handlerPid);
   const t0 = performance.now();
   const writing = Promise.all(
     writers.map(async (write) => {
@@ -604,6 +663,7 @@ async function throughput(
     if (!Number.isNaN(writeMs) && at - changedAt > STALL_MS) break;
   }
   const cpu1 = [cpuSeconds(handlerPid), redisCpu(), mainThreadCpuSeconds(handlerPid)];
+  const threads = workerAndHelpers(handlerPid, threads0, threadCpuSeconds(handlerPid));
   await writing;
   const s = await settle(counters, 2 * n);
   scard = await poller.scard(set);
@@ -618,6 +678,8 @@ async function throughput(
     eventsPerS: (n * 1000) / ms,
     handlerCpu: cpu1[0] - cpu0[0],
     mainCpu: cpu1[2] - cpu0[2],
+    workerCpu: threads.worker,
+    helpersCpu: threads.helpers,
     redisCpu: cpu1[1] - cpu0[1],
     scard,
     lost: n - scard,
@@ -900,6 +962,22 @@ async function benchSetup(
       for (let i = 0; i < 4; i++) await rg.call("RG.PYEXECUTE", ["GB('ShardsIDReader').run()"]);
       await sleep(PYTHON_SETTLE_MS);
     }
+    if (opts.warmup > 0) {
+      await begin("proxy");
+      const w = await throughput(
+        dep,
+        "proxy",
+        0,
+        proxyWriters,
+        { ...opts, writes: opts.warmup },
+        proxyCounters,
+        proxy.child.pid,
+      );
+      await end("proxy");
+      say(
+        `  warm-up: ${w.writes} writes through the proxy, ${w.eventsPerS.toFixed(0)} events/s (not counted)`,
+      );
+    }
     for (let round = 1; round <= opts.rounds; round++) {
       const order: Side[] = opts.python ? ["proxy", "direct", "python"] : ["proxy", "direct"];
       const sides: Side[] = round % 2 === 1 ? order : [...order].reverse();
@@ -920,7 +998,7 @@ async function benchSetup(
           `  round ${round} throughput ${side}: ${r.eventsPerS.toFixed(0)} events/s ` +
             `(${r.writes} writes in ${r.writeMs.toFixed(0)} ms, all in the set after ${r.ms.toFixed(0)} ms; ` +
             `scard ${r.scard}, triggered ${r.triggered}/${r.expectedTriggered}, failures ${r.failures}; ` +
-            `CPU ${side === "direct" ? "consumer" : "proxy"} ${r.handlerCpu.toFixed(2)} s (main thread ${r.mainCpu.toFixed(2)} s), redis ${r.redisCpu.toFixed(2)} s)`,
+            `CPU ${side === "direct" ? "consumer" : "proxy"} ${r.handlerCpu.toFixed(2)} s (main thread ${r.mainCpu.toFixed(2)} s, busiest other thread ${r.workerCpu.toFixed(2)} s, the rest ${r.helpersCpu.toFixed(2)} s), redis ${r.redisCpu.toFixed(2)} s)`,
         );
         lostNote(`throughput ${side}`, r.lost, r.failures);
       }
@@ -1228,6 +1306,8 @@ function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup,
         `${ratio(median(ratios))} (${ratios.map(ratio).join(", ")})`,
         `${int(median(cpu))} (${cpu.map(int).join(", ")})`,
         `${int(median(mainCpu))} (${mainCpu.map(int).join(", ")})`,
+        int(median(tp("proxy").map((x) => (x.workerCpu * 1e6) / x.writes))),
+        int(median(tp("proxy").map((x) => (x.helpersCpu * 1e6) / x.writes))),
         int(median(tp("direct").map((x) => (x.handlerCpu * 1e6) / x.writes))),
         ...p50s,
       ]);
@@ -1245,6 +1325,8 @@ function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup,
         "ratio to the consumer (per round)",
         "proxy CPU µs per write (per round)",
         "proxy main thread CPU µs per write (per round)",
+        "proxy worker µs per write",
+        "proxy other threads µs per write",
         "consumer CPU µs per write",
         ...opts.rates.map((rate) => `p50 at ${rate}/s: proxy / consumer`),
       ],

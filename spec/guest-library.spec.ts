@@ -5,6 +5,17 @@ import { getQuickJS, shouldInterruptAfterDeadline } from "quickjs-emscripten";
 import { gearsGuestSource } from "../src/gears/guest-bundles.js";
 import { GEARS_ENTRY } from "../src/gears/guest/entry.js";
 
+/** A batched foreach's executeEach list (`partition, n, name, ...args` per call) as `[partition, name, ...args]` lists. */
+function callsOfFlat(flat: unknown[]): unknown[][] {
+  const calls: unknown[][] = [];
+  for (let i = 0; i < flat.length;) {
+    const n = flat[i + 1] as number;
+    calls.push([flat[i], ...flat.slice(i + 2, i + 2 + n)]);
+    i += 2 + n;
+  }
+  return calls;
+}
+
 interface HostCall {
   kind: "sync" | "async" | "notify";
   name: string;
@@ -710,16 +721,19 @@ describe("guest library", () => {
       const guest = new Guest();
       guest.onAsync = async (name, args) =>
         name === "executeEach"
-          ? (args[0] as unknown[][]).map((c) => (c[3] === "r7" ? [1, "WRONGTYPE not a set"] : [0, 1]))
+          ? callsOfFlat(args[0] as unknown[]).map((c) =>
+              c[3] === "r7" ? [1, "WRONGTYPE not a set"] : [0, 1],
+            )
           : null;
       guest.script("GB().foreach(r => execute('SADD', 'all', r)).run()");
       const input = Array.from({ length: 1500 }, (_, i) => `r${i}`);
       const out = await guest.execute([input]);
       // Fed as two batches (1000 + 500 records): two host calls, none per record.
       const sent = guest.calledWith("executeEach");
-      expect(sent.map((c) => (c.args[0] as unknown[]).length)).to.deep.equal([1000, 500]);
+      // Each call back to back in one flat list: partition, how many strings, the strings.
+      expect(sent.map((c) => callsOfFlat(c.args[0] as unknown[]).length)).to.deep.equal([1000, 500]);
       expect(sent.flatMap((c) => c.args[0] as unknown[])).to.deep.equal(
-        input.map((r) => [0, "SADD", "all", r]),
+        input.flatMap((r) => [0, 3, "SADD", "all", r]),
       );
       expect(guest.calls.filter((c) => c.name === "execute")).to.deep.equal([]);
       expect(out.results).to.deep.equal(input.filter((r) => r !== "r7"));

@@ -119,25 +119,80 @@ function bulkSize(length: number): number {
 const SHORT_TEXT = 32;
 
 /**
- * The execute() calls of a batch (`[partition, name, ...args]` each), encoded back to back
- * into one buffer: each call's argv is made of views of its bytes there, and its encoding is
- * the view forwarded, so no argument becomes a Buffer of its own and no command is encoded
- * again. Null for a call that takes another path.
+ * A batch of execute() calls with their strings back to back in one list: call `i` is
+ * `flat[from[i]]..flat[to[i] - 1]` (the name, then the arguments) for partition `part[i]`.
+ * Fewer than one string: a call that takes another path.
  */
-function encodeCalls(lists: readonly (readonly JsonValue[] | null)[]): {
+export interface CallTable {
+  count: number;
+  flat: readonly JsonValue[];
+  part: readonly JsonValue[];
+  from: Int32Array;
+  to: Int32Array;
+}
+
+/** A CallTable of lists `[partition, name, ...args]` (`null` for a call that takes another path). */
+function tableOfLists(lists: readonly (readonly JsonValue[] | null)[]): CallTable {
+  const n = lists.length;
+  const flat: JsonValue[] = [];
+  const part = new Array<JsonValue>(n);
+  const from = new Int32Array(n);
+  const to = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const args = lists[i];
+    part[i] = args?.[0] ?? null;
+    from[i] = flat.length;
+    if (args !== null) for (let j = 1; j < args.length; j++) flat.push(args[j]);
+    to[i] = flat.length;
+  }
+  return { count: n, flat, part, from, to };
+}
+
+/**
+ * A CallTable of a batched foreach's list: `partition, n, name, ...args` per call, `n`
+ * strings each (guest/gears/foreach-batch.ts). Null when the list is not of that form.
+ */
+export function tableOfFlat(flat: readonly JsonValue[]): CallTable | null {
+  let count = 0;
+  for (let i = 0; i < flat.length; count++) {
+    const n = flat[i + 1];
+    if (typeof n !== "number" || !Number.isInteger(n) || n < 0) return null;
+    i += 2 + n;
+    if (i > flat.length) return null;
+  }
+  const part = new Array<JsonValue>(count);
+  const from = new Int32Array(count);
+  const to = new Int32Array(count);
+  for (let i = 0, c = 0; c < count; c++) {
+    const n = flat[i + 1] as number;
+    part[c] = flat[i];
+    from[c] = i + 2;
+    to[c] = i + 2 + n;
+    i += 2 + n;
+  }
+  return { count, flat, part, from, to };
+}
+
+/**
+ * The execute() calls of a batch, encoded back to back into one buffer: each call's argv is
+ * made of views of its bytes there, and its encoding is the view forwarded, so no argument
+ * becomes a Buffer of its own and no command is encoded again. Null for a call that takes
+ * another path.
+ */
+function encodeCalls(calls: CallTable): {
   argvs: (Buffer[] | null)[];
   raws: (Buffer | null)[];
 } {
-  const n = lists.length;
+  const { count: n, flat, from, to } = calls;
   // Sized first (each argument's text and whether it is ASCII are worked out again when
   // written: cheaper than keeping them in lists of their own).
   let size = 0;
   for (let i = 0; i < n; i++) {
-    const args = lists[i];
-    if (args === null || args.length < 2) continue;
-    size += 1 + decimalLength(args.length - 1) + 2;
-    for (let j = 1; j < args.length; j++) {
-      const v = args[j];
+    const argc = to[i] - from[i];
+    if (argc < 1) continue;
+    size += 1 + decimalLength(argc) + 2;
+    for (let j = from[i]; j < to[i]; j++) {
+      const v = flat[j];
       const text = typeof v === "string" ? v : String(v);
       size += bulkSize(isAscii(text) ? text.length : Buffer.byteLength(text));
     }
@@ -147,17 +202,17 @@ function encodeCalls(lists: readonly (readonly JsonValue[] | null)[]): {
   const raws = new Array<Buffer | null>(n);
   let at = 0;
   for (let i = 0; i < n; i++) {
-    const args = lists[i];
-    if (args === null || args.length < 2) {
+    const argc = to[i] - from[i];
+    if (argc < 1) {
       argvs[i] = null;
       raws[i] = null;
       continue;
     }
     const begin = at;
-    at = writeHeader(out, at, 42 /* * */, args.length - 1);
-    const argv = new Array<Buffer>(args.length - 1);
-    for (let j = 1; j < args.length; j++) {
-      const v = args[j];
+    at = writeHeader(out, at, 42 /* * */, argc);
+    const argv = new Array<Buffer>(argc);
+    for (let j = 0; j < argc; j++) {
+      const v = flat[from[i] + j];
       const text = typeof v === "string" ? v : String(v);
       const ascii = isAscii(text);
       const length = ascii ? text.length : Buffer.byteLength(text);
@@ -167,7 +222,7 @@ function encodeCalls(lists: readonly (readonly JsonValue[] | null)[]): {
       } else {
         out.write(text, at, length, ascii ? "latin1" : "utf8");
       }
-      argv[j - 1] = out.subarray(at, at + length);
+      argv[j] = out.subarray(at, at + length);
       at += length;
       out[at++] = 13;
       out[at++] = 10;
@@ -212,18 +267,30 @@ export function executeLists(
   other: (index: number) => Promise<JsonValue | RawJson>,
   repliesUnused = false,
 ): Promise<CallOutcome[]> {
-  const outcomes = new Outcomes(lists.length);
-  const { argvs, raws } = encodeCalls(lists);
-  for (let i = 0; i < lists.length; i++) {
+  return executeTable(router, db, tableOfLists(lists), refusal, other, repliesUnused);
+}
+
+/** executeLists() for the calls of a CallTable. */
+export function executeTable(
+  router: Router,
+  db: number,
+  calls: CallTable,
+  refusal: (name: string, argv: readonly Buffer[]) => string | null,
+  other: (index: number) => Promise<JsonValue | RawJson>,
+  repliesUnused = false,
+): Promise<CallOutcome[]> {
+  const outcomes = new Outcomes(calls.count);
+  const { argvs, raws } = encodeCalls(calls);
+  for (let i = 0; i < calls.count; i++) {
     let argv = argvs[i];
     let name = "";
     if (argv !== null) {
-      const first = lists[i]![1];
+      const first = calls.flat[calls.from[i]];
       const text = typeof first === "string" ? first : String(first);
       // An ASCII name's UTF-8 bytes read as latin1 are itself.
       name = isAscii(text) ? lowerName(text) : argv[0].toString("latin1").toLowerCase();
       // A keyless command of a step runs on its partition's shard, which other() knows.
-      if (typeof lists[i]![0] === "number" && router.slotOf(name, argv) === NO_KEYS) argv = null;
+      if (typeof calls.part[i] === "number" && router.slotOf(name, argv) === NO_KEYS) argv = null;
     }
     if (argv === null) {
       const index = i;

@@ -8,7 +8,7 @@ import { replyToJson } from "./json-values.js";
 import { readKeyValue } from "./readers.js";
 import type { Partitions } from "./partitions.js";
 import { executeMany } from "./read-ahead.js";
-import { executeBatch, executeLists } from "./execute-batch.js";
+import { executeBatch, executeTable, tableOfFlat } from "./execute-batch.js";
 
 /** What a script's session does for it: registrations and timers. */
 export interface SessionCalls {
@@ -149,23 +149,21 @@ export class GearsBridge implements HostBridge {
   }
 
   /**
-   * A batched foreach's execute() calls, `[partition, name, ...args]` each, sent at once.
-   * Nothing reads their replies (the foreach ignores them), only whether each failed: the
-   * answer is `{failed: [[index, "error message"], ...]}`, empty when every call succeeded.
+   * A batched foreach's execute() calls, back to back in one list (`partition, n, name,
+   * ...args` each: execute-batch.ts tableOfFlat), sent at once. Nothing reads their replies
+   * (the foreach ignores them), only whether each failed: the answer is
+   * `{failed: [[index, "error message"], ...]}`, empty when every call succeeded.
    */
   private async executeEach(list: JsonValue | undefined): Promise<RawJson> {
-    const calls = Array.isArray(list) ? list : [];
-    const lists = new Array<JsonValue[]>(calls.length);
-    for (let i = 0; i < calls.length; i++) {
-      const args = calls[i];
-      lists[i] = Array.isArray(args) ? args : [];
-    }
-    const outcomes = await executeLists(
+    const calls = tableOfFlat(Array.isArray(list) ? list : []);
+    if (calls === null)
+      throw new Error("executeEach: a list of calls (partition, n, name, ...args) expected");
+    const outcomes = await executeTable(
       this.router,
       this.db,
-      lists,
+      calls,
       (name, argv) => scriptCommandRefusal(name, argv) ?? this.guard?.(name, argv) ?? null,
-      (i) => this.callSync("execute", lists[i]),
+      (i) => this.callSync("execute", [calls.part[i], ...calls.flat.slice(calls.from[i], calls.to[i])]),
       true,
     );
     const failed: string[] = [];

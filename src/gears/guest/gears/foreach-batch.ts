@@ -37,29 +37,35 @@ const settledPromise = Promise.resolve();
  * executeAsync() gets its own functions, one record at a time.
  */
 export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
-  /** This round's commands, `[partition, name, ...args]`, and the records waiting on them. */
-  let calls: unknown[][] = [];
+  /**
+   * This round's commands, back to back in one flat list: `partition, n, name, ...args` each
+   * (`n` strings: the name and its arguments): no list per call, and a shorter text to make
+   * of them; and the records waiting on them.
+   */
+  let calls: unknown[] = [];
+  let count = 0;
   let held: unknown[] = [];
   let heldParts: (number | null)[] = [];
-  /** Where each held record's commands start and end in `calls`. */
+  /** Which of this round's calls (their numbers) each held record made: from, to. */
   let heldFrom: number[] = [];
   let heldEnds: number[] = [];
   const collect = function execute(command: unknown, ...args: unknown[]): undefined {
     const name = safeString(command);
     dropUnlessReadAhead(name);
-    const call: unknown[] = [at.part, name];
-    for (let i = 0; i < args.length; i++) call.push(safeString(args[i]));
-    if (calls.length === 0) {
+    if (count === 0) {
       // Sent once the current entry's synchronous work is done: with every record fed.
       ex.pending++;
       void settledPromise.then(send);
     }
-    calls.push(call);
+    calls.push(at.part, args.length + 1, name);
+    for (let i = 0; i < args.length; i++) calls.push(safeString(args[i]));
+    count++;
     return undefined;
   };
   const send = (): void => {
-    const round = { list: calls, calls: calls.length, held, heldParts, heldFrom, heldEnds };
+    const round = { list: calls, calls: count, held, heldParts, heldFrom, heldEnds };
     calls = [];
+    count = 0;
     held = [];
     heldParts = [];
     heldFrom = [];
@@ -135,7 +141,7 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       call1(ex, st, f, r, passOn);
       return;
     }
-    const before = calls.length;
+    const before = count;
     now = true;
     ok = false;
     g.execute = collect;
@@ -146,13 +152,13 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       now = false;
     }
     if (!ok) return;
-    if (calls.length === before) {
+    if (count === before) {
       next(r);
       return;
     }
     held.push(r);
     heldParts.push(at.part);
     heldFrom.push(before);
-    heldEnds.push(calls.length);
+    heldEnds.push(count);
   };
 }
