@@ -9,8 +9,7 @@
  */
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { pathToFileURL } from "node:url";
-import { getQuickJS, type QuickJSHandle } from "quickjs-emscripten";
+import { guestContext, loadGuestBuild, OWN_BUILD, type GuestBuild } from "./guest-builds.js";
 
 const REGISTRATION =
   "GB().filter(x => x.key !== 'all_keys').foreach(x => execute('SADD', 'all_keys', x.key)).register()";
@@ -32,24 +31,6 @@ const { values } = parseArgs({
 const writes = Number(values.writes);
 const runs = Number(values.runs);
 
-/** The build this file belongs to: dist/bench/.. */
-const OWN_BUILD = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
-
-interface Built {
-  prelude: string;
-  guest: string;
-  entry: string;
-}
-
-async function load(build: string): Promise<Built> {
-  const mod = async <T>(file: string): Promise<T> =>
-    (await import(pathToFileURL(path.join(build, "dist/src", file)).href)) as T;
-  const { PRELUDE_SOURCE } = await mod<{ PRELUDE_SOURCE: string }>("sandbox/prelude.js");
-  const { gearsGuestSource } = await mod<{ gearsGuestSource: () => string }>("gears/guest-bundles.js");
-  const { GEARS_ENTRY } = await mod<{ GEARS_ENTRY: string }>("gears/guest/entry.js");
-  return { prelude: PRELUDE_SOURCE, guest: gearsGuestSource(), entry: GEARS_ENTRY };
-}
-
 /**
  * The host's answer to a batch of async calls: every command succeeds (an executeEach says
  * so with no failures, as host-bridge.ts does; an execute() answers 1).
@@ -61,16 +42,9 @@ function stubReplies(batch: string): string {
 
 const own = values["no-own"] !== true;
 
-async function measure(build: Built): Promise<{ cpuMs: number; hostMs: number; results: number }> {
-  const QuickJS = await getQuickJS();
-  const rt = QuickJS.newRuntime();
-  rt.setMaxStackSize(1 << 20);
-  const ctx = rt.newContext();
-  const rawSync = ctx.newFunction("callSync", () => ctx.newString("0null"));
-  const rawNotify = ctx.newFunction("notify", () => {});
-  const factory = ctx.unwrapResult(ctx.evalCode(build.prelude, "prelude"));
-  const internal = ctx.unwrapResult(ctx.callFunction(factory, ctx.undefined, rawSync, rawNotify));
-  const fn = (name: string): QuickJSHandle => ctx.getProp(internal, name);
+async function measure(build: GuestBuild): Promise<{ cpuMs: number; hostMs: number; results: number }> {
+  const guest = await guestContext(build, values.script!, () => "0null");
+  const { ctx, enter } = guest;
   const [call, start, state, finish, takeBatch, deliver] = [
     "call",
     "start",
@@ -78,9 +52,7 @@ async function measure(build: Built): Promise<{ cpuMs: number; hostMs: number; r
     "finish",
     "takeBatch",
     "deliver",
-  ].map(fn);
-  ctx.unwrapResult(ctx.evalCode(build.guest, "gears-guest.js")).dispose();
-  ctx.unwrapResult(ctx.evalCode(values.script!, "script")).dispose();
+  ].map(guest.internal);
   const records: unknown[] = [];
   const recordValues: string[] = [];
   for (let i = 0; i < writes; i++) {
@@ -96,8 +68,6 @@ async function measure(build: Built): Promise<{ cpuMs: number; hostMs: number; r
   if (own) for (let i = 0; i < writes; i++) rows.push("all_keys", "set", "sadd", -1);
   const batch = values.rows ? { rows, values: recordValues } : { records, values: recordValues };
   const argsJson = JSON.stringify([0, topology, [[0, batch]], Number(values.form)]);
-  const enter = (f: QuickJSHandle, ...args: QuickJSHandle[]): QuickJSHandle =>
-    ctx.unwrapResult(ctx.callFunction(f, ctx.undefined, ...args));
   let best = { cpuMs: Infinity, hostMs: 0, results: 0 };
   for (let run = 0; run < runs; run++) {
     let hostUs = 0;
@@ -110,8 +80,7 @@ async function measure(build: Built): Promise<{ cpuMs: number; hostMs: number; r
     const rec = enter(start, first);
     first.dispose();
     for (;;) {
-      const jobs = rt.executePendingJobs(-1);
-      if (jobs.error) throw new Error(String(ctx.dump(jobs.error)));
+      guest.runPendingJobs();
       const b = enter(takeBatch);
       const batch = ctx.getString(b);
       b.dispose();
@@ -145,7 +114,7 @@ async function measure(build: Built): Promise<{ cpuMs: number; hostMs: number; r
 }
 
 for (const build of [...(values.base !== undefined ? [path.resolve(values.base)] : []), OWN_BUILD]) {
-  const r = await measure(await load(build));
+  const r = await measure(await loadGuestBuild(build));
   console.log(
     `${build}: ${r.cpuMs.toFixed(0)} ms CPU for ${(own ? 2 : 1) * writes} records (min of ${runs}; ` +
       `the stub host's share ${r.hostMs.toFixed(0)} ms, the guest ${(r.cpuMs - r.hostMs).toFixed(0)} ms), ${r.results} results`,

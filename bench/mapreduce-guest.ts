@@ -9,8 +9,7 @@
  */
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { pathToFileURL } from "node:url";
-import { getQuickJS, type QuickJSHandle } from "quickjs-emscripten";
+import { guestContext, loadGuestBuild, OWN_BUILD, type GuestBuild } from "./guest-builds.js";
 
 const SCRIPT =
   "GB().map(r => r.value.genres).filter(Boolean).flatmap(g => g.split(',')).countby().run('movie:*')";
@@ -48,28 +47,8 @@ const script = values.script ?? (keysOnly ? SCRIPT_EXECUTE : SCRIPT);
 /** Each movie's genres, for the stub host's executeMany. */
 const genresOf = new Map<string, string>();
 
-/** The build this file belongs to: dist/bench/.. */
-const OWN_BUILD = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
-
-interface Built {
-  prelude: string;
-  guest: string;
-  entry: string;
-  encodeBinary: (v: unknown) => Buffer;
-}
-
-async function load(build: string): Promise<Built> {
-  const mod = async <T>(file: string): Promise<T> =>
-    (await import(pathToFileURL(path.join(build, "dist/src", file)).href)) as T;
-  const { PRELUDE_SOURCE } = await mod<{ PRELUDE_SOURCE: string }>("sandbox/prelude.js");
-  const { gearsGuestSource } = await mod<{ gearsGuestSource: () => string }>("gears/guest-bundles.js");
-  const { GEARS_ENTRY } = await mod<{ GEARS_ENTRY: string }>("gears/guest/entry.js");
-  const { encodeBinary } = await mod<{ encodeBinary: (v: unknown) => Buffer }>("sandbox/bjson.js");
-  return { prelude: PRELUDE_SOURCE, guest: gearsGuestSource(), entry: GEARS_ENTRY, encodeBinary };
-}
-
 /** Deterministic movie records, as the readers write them (key order, fields in this order). */
-function batches(build: Built): Buffer[] {
+function batches(build: GuestBuild): Buffer[] {
   let seed = 42;
   const random = (): number => {
     seed = (seed * 1103515245 + 12345) % 2147483648;
@@ -107,17 +86,13 @@ interface Sample {
 }
 
 /** A context with the build's guest and the script, and a function that measures one run. */
-async function prepare(build: Built, script: string): Promise<() => Sample> {
-  const QuickJS = await getQuickJS();
-  const rt = QuickJS.newRuntime();
-  rt.setMaxStackSize(1 << 20);
-  const ctx = rt.newContext();
+async function prepare(build: GuestBuild, script: string): Promise<() => Sample> {
   let hostUs = 0;
   const flat = /\berrs\b/.test(build.guest);
-  const rawSync = ctx.newFunction("callSync", (nameH, argsH) => {
-    if (ctx.getString(nameH) !== "executeMany") return ctx.newString("0null");
+  const guest = await guestContext(build, script, (name, argsJson) => {
+    if (name !== "executeMany") return "0null";
     const h0 = process.cpuUsage();
-    const keys = (JSON.parse(ctx.getString(argsH)) as unknown[][])[3] as string[];
+    const keys = (JSON.parse(argsJson) as unknown[][])[3] as string[];
     const value = (k: string): string => JSON.stringify(genresOf.get(k) ?? null);
     // Builds before the flat answer (`[values, errors]`) read one `[0, value]` per key.
     const text = flat
@@ -125,17 +100,10 @@ async function prepare(build: Built, script: string): Promise<() => Sample> {
       : `0[${keys.map((k) => `[0,${value(k)}]`).join(",")}]`;
     const h = process.cpuUsage(h0);
     hostUs += h.user + h.system;
-    return ctx.newString(text);
+    return text;
   });
-  const rawNotify = ctx.newFunction("notify", () => {});
-  const factory = ctx.unwrapResult(ctx.evalCode(build.prelude, "prelude"));
-  const internal = ctx.unwrapResult(ctx.callFunction(factory, ctx.undefined, rawSync, rawNotify));
-  const fn = (name: string): QuickJSHandle => ctx.getProp(internal, name);
-  const [call, callAt, start, finish] = ["call", "callAt", "start", "finish"].map(fn);
-  ctx.unwrapResult(ctx.evalCode(build.guest, "gears-guest.js")).dispose();
-  ctx.unwrapResult(ctx.evalCode(script, "script")).dispose();
-  const enter = (f: QuickJSHandle, ...args: QuickJSHandle[]): QuickJSHandle =>
-    ctx.unwrapResult(ctx.callFunction(f, ctx.undefined, ...args));
+  const { ctx, enter } = guest;
+  const [call, callAt, start, finish] = ["call", "callAt", "start", "finish"].map(guest.internal);
   const callEntry = (name: string, args: unknown[]): string => {
     const p = ctx.newString(`${build.entry}.${name}`);
     const a = ctx.newString(JSON.stringify(args));
@@ -199,7 +167,7 @@ const prepared: {
   bestEmpty: Sample;
 }[] = [];
 for (const build of builds) {
-  const b = await load(build);
+  const b = await loadGuestBuild(build);
   const none = { decodeMs: Infinity, feedMs: Infinity, out: "" };
   prepared.push({
     build,
