@@ -46,12 +46,10 @@ export class GearsBranch {
    */
   private tfCall(name: "tfcall" | "tfcallasync", args: Buffer[]): void {
     const endJoin = this.host.holds.join(holdJoinKey(name, args));
-    const slot = this.host.laterSlot();
-    const release = this.host.holds.take();
+    const answer = this.settler(true);
     const settle = (data: Buffer): void => {
       endJoin?.();
-      release();
-      slot.reply(inProtocol(data, this.host.proto));
+      answer(data);
     };
     try {
       runTfCall(this.host.ctx.gears.tf, name, args, this.host.caller(), settle);
@@ -85,14 +83,19 @@ export class GearsBranch {
    * client's next commands wait for it.
    */
   answerLater(reply: Promise<Buffer | Buffer[]>, hold: boolean): void {
+    const settle = this.settler(hold);
+    reply.then(settle, (err: Error) => settle(encodeError(`ERR ${err.message}`)));
+  }
+
+  /** Takes the reply's place (and with `hold` the client's hold); fills it when called. */
+  private settler(hold: boolean): (data: Buffer | Buffer[]) => void {
     const slot = this.host.laterSlot();
     const release = hold ? this.host.holds.take() : null;
-    const settle = (data: Buffer | Buffer[]): void => {
+    return (data) => {
       release?.();
       const proto = this.host.proto;
       if (Array.isArray(data)) slot.replyParts(partsInProtocol(data, proto));
       else slot.reply(inProtocol(data, proto));
     };
-    reply.then(settle, (err: Error) => settle(encodeError(`ERR ${err.message}`)));
   }
 }

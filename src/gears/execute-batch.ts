@@ -252,25 +252,10 @@ export function executeBatch(
 ): Promise<CallOutcome[]> {
   const lists = new Array<JsonValue[] | null>(calls.length);
   for (let i = 0; i < calls.length; i++) lists[i] = calls[i].name === "execute" ? calls[i].args : null;
-  return executeLists(router, db, lists, refusal, (i) => other(calls[i]), repliesUnused);
+  return executeTable(router, db, tableOfLists(lists), refusal, (i) => other(calls[i]), repliesUnused);
 }
 
-/**
- * executeBatch() for a list of execute() calls' arguments (`null` for one that is not an
- * execute()): `other(i)` runs call `i` when it takes another path.
- */
-export function executeLists(
-  router: Router,
-  db: number,
-  lists: readonly (JsonValue[] | null)[],
-  refusal: (name: string, argv: readonly Buffer[]) => string | null,
-  other: (index: number) => Promise<JsonValue | RawJson>,
-  repliesUnused = false,
-): Promise<CallOutcome[]> {
-  return executeTable(router, db, tableOfLists(lists), refusal, other, repliesUnused);
-}
-
-/** executeLists() for the calls of a CallTable. */
+/** executeBatch() for the calls of a CallTable: `other(i)` runs call `i` when it takes another path. */
 export function executeTable(
   router: Router,
   db: number,

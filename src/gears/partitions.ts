@@ -34,7 +34,7 @@ export class Partitions {
   }
 
   /** Commands sent to one partition's master directly (keyless commands of a step run there). */
-  shard(partition: number): ShardAccess {
+  shard(partition: number): Required<ShardAccess> {
     const node = this.nodes[partition];
     const shards = this.shards;
     return {

@@ -109,20 +109,17 @@ export class BinaryWriter {
     const len = end - start;
     if (len <= SHORT) {
       // Short ASCII texts are copied byte by byte: a native copy costs more than the bytes.
-      this.room(len + 6);
+      const mark = this.length;
+      this.u8(TAG_STRING);
+      this.leb(len << 1);
+      this.room(len);
       const buf = this.buf;
-      const at = this.length;
-      buf[at] = TAG_STRING;
-      let o = at + 1;
-      let v = (len << 1) >>> 0;
-      while (v >= 0x80) {
-        buf[o++] = (v & 0x7f) | 0x80;
-        v >>>= 7;
-      }
-      buf[o++] = v;
+      let o = this.length;
       for (let i = start; i < end; i++) {
         const b = src[i];
         if (b >= 0x80) {
+          // Not ASCII: what was written is taken back, and the text goes as a JS string.
+          this.length = mark;
           this.string(src.toString("utf8", start, end));
           return;
         }

@@ -46,6 +46,11 @@ export function anyDbIn(db: number): number {
   return ANY_DB - 1 - db;
 }
 
+/** The client's database an anyDbIn() code names. */
+function dbOfAnyDbIn(code: number): number {
+  return ANY_DB - 1 - code;
+}
+
 /** An error reply's text: "-BUSY ...\r\n" or "!<length>\r\nBUSY ...\r\n". */
 function errorText(reply: Buffer): string {
   const start = reply[0] === 45 ? 1 : reply.indexOf(10) + 1;
@@ -218,7 +223,7 @@ export class UpstreamConnection {
 
   /** A command that runs in any database (anyDbIn: after a SELECT): marked only while a SELECT is in doubt. */
   private inAnyDb(sink: ReplySink, db: number): void {
-    if (db < ANY_DB) this.useDb(ANY_DB - 1 - db);
+    if (db < ANY_DB) this.useDb(dbOfAnyDbIn(db));
     if (this.selectsInFlight > 0 || this.refusal !== null) this.anyDb.add(sink);
   }
 

@@ -3,7 +3,7 @@ import { NO_KEYS, type Router } from "../../routing/router.js";
 import type { Partitions } from "../partitions.js";
 import { RespError, type RespValue } from "../../resp/values.js";
 import { decodeReply } from "../../resp/decode.js";
-import { encodeValue } from "../../resp/encode.js";
+import { encodeCommand } from "../../resp/encode.js";
 import { PromiseSink, type ReplySink } from "../../upstream/reply-sink.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import { CALLS_MORE, CALLS_REPLIES, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../guest/entry.js";
@@ -215,12 +215,12 @@ export class TfBridge implements HostBridge {
     if (writes && this.hooks.muting()) sink = this.muting(argv, sink);
     const target = this.target;
     if (target !== null && this.router.slotOf(name, argv) === NO_KEYS) {
-      // A cluster function's keyless command (rare): its decoded reply encoded again for the sink.
+      // A cluster function's keyless command runs on its master.
       target.partitions
         .shard(target.index)
-        .call(argv)
+        .callRaw(encodeCommand(argv))
         .then(
-          (reply) => sink.reply(encodeValue(reply, 2)),
+          (reply) => sink.reply(reply),
           (err: unknown) => sink.fail(err instanceof Error ? err.message : String(err)),
         );
     } else {
