@@ -8,6 +8,54 @@ import { ChildProxy } from "./support/child-proxy.js";
 import { eventually } from "./support/polling.js";
 
 /**
+ * Runs `ask` on a connection of its own, which the supervisor deals to either thread; a
+ * failure (e.g. a connection dealt to a thread that is just dying) comes back as its text, so
+ * a poll asks again on another connection instead of failing.
+ */
+async function onFreshConnection<T>(
+  proxy: ChildProxy,
+  ask: (client: Redis) => Promise<T>,
+): Promise<T | string> {
+  const client = new Redis({
+    port: proxy.port,
+    host: "127.0.0.1",
+    maxRetriesPerRequest: 0,
+    lazyConnect: true,
+  });
+  client.on("error", () => {});
+  try {
+    await client.connect();
+    return await ask(client);
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  } finally {
+    client.disconnect();
+  }
+}
+
+/** A failed wait names what the proxy logged (a thread that exited, and why). */
+async function withOutput<T>(proxy: ChildProxy, waiting: Promise<T>): Promise<T> {
+  try {
+    return await waiting;
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    throw new Error(`${message}\nproxy output:\n${proxy.output().slice(-8000)}`, { cause: err });
+  }
+}
+
+/** Waits until INFO, asked on any connection, counts both threads (each answers the other's questions). */
+async function bothThreadsReady(proxy: ChildProxy): Promise<void> {
+  await withOutput(
+    proxy,
+    eventually(
+      () => onFreshConnection(proxy, async (c) => String(await c.call("INFO", "proxy"))),
+      (info) => /^threads:2\r?$/m.test(info),
+      "both threads ready",
+    ),
+  );
+}
+
+/**
  * --threads 2 (src/threads/): two processes serve one port, each a whole proxy, and a user
  * sees one proxy: CLIENT LIST/KILL and INFO cover both, an execution is answered on either.
  */
@@ -54,16 +102,7 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
       args: ["--threads", "2", "--metrics-port", String(metricsPort)],
     });
     // PING answers once one thread listens: wait until both answer the others' questions.
-    const probe = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
-    try {
-      await eventually(
-        async () => String(await probe.call("INFO", "proxy")),
-        (info) => /^threads:2\r?$/m.test(info),
-        "both threads ready",
-      );
-    } finally {
-      probe.disconnect();
-    }
+    await bothThreadsReady(proxy);
   });
   afterEach(() => {
     for (const c of open.splice(0)) c.disconnect();
@@ -236,12 +275,8 @@ describe("--threads 2 with no --upstream: one embedded redis-server for both thr
       open.push(client);
       return client;
     };
+    await bothThreadsReady(proxy);
     const a = connect();
-    await eventually(
-      async () => String(await a.call("INFO", "proxy")),
-      (info) => /^threads:2\r?$/m.test(info),
-      "both threads ready",
-    );
     const started = logLines().filter((l) => String(l.msg).startsWith("started embedded redis-server"));
     expect(started, "one redis-server, started by the supervisor").to.have.length(1);
     redisPid = Number(started[0].pid);
@@ -257,22 +292,18 @@ describe("--threads 2 with no --upstream: one embedded redis-server for both thr
 
     // A crashed thread is replaced, in front of the same redis-server.
     process.kill(await threadOf(b), "SIGKILL");
-    await eventually(
-      async () => {
-        const c = new Redis({ port: proxy!.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
-        c.on("error", () => {});
-        try {
-          return [await threadOf(c), String(await c.call("GET", "threads:embedded"))] as const;
-        } catch (err) {
-          // A connection the supervisor dealt to the thread just killed: ask again.
-          return [0, err instanceof Error ? err.message : String(err)] as const;
-        } finally {
-          c.disconnect();
-        }
-      },
-      ([pid, value]) => pid !== 0 && pid !== aThread && value === "from-a",
-      "a new thread reads what the old one wrote",
-      60_000,
+    await withOutput(
+      proxy,
+      eventually(
+        () =>
+          onFreshConnection(proxy!, async (c) => [
+            await threadOf(c),
+            String(await c.call("GET", "threads:embedded")),
+          ]),
+        (answer) => typeof answer !== "string" && answer[0] !== aThread && answer[1] === "from-a",
+        "a new thread reads what the old one wrote",
+        60_000,
+      ),
     );
     expect(isAlive(redisPid)).to.equal(true);
 
