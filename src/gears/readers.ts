@@ -25,6 +25,8 @@ export class RecordBinary {
     private readonly writer: BinaryWriter,
     /** Where each record starts in the writer's body. */
     private readonly offsets: number[],
+    /** The records' key names, in order (made only when asked: execution.ts's early reads). */
+    readonly keyNames: (() => string[]) | null = null,
   ) {}
 
   get length(): number {
@@ -263,6 +265,11 @@ interface RawKeys {
 
 function keyBuffers(batch: RawKeys): Buffer[] {
   return batch.starts.map((s, i) => batch.reply.subarray(s, batch.ends[i]));
+}
+
+/** The batch's key names as the guest decodes them (UTF-8). */
+function keyNames(batch: RawKeys): () => string[] {
+  return () => batch.starts.map((s, i) => batch.reply.toString("utf8", s, batch.ends[i]));
 }
 
 function writeKey(w: BinaryWriter, batch: RawKeys, i: number): void {
@@ -571,7 +578,7 @@ function writeRecords(batch: RawKeys, values: ValueAt[]): RecordBinary {
     w.atom("event");
     w.u8(TAG_NULL);
   }
-  return new RecordBinary(w, offsets);
+  return new RecordBinary(w, offsets, keyNames(batch));
 }
 
 /** The type a partition's values are guessed to have, and whether a TYPE sample was taken for it. */
@@ -652,7 +659,7 @@ export async function* keysReader(
         w.atom("event");
         w.u8(TAG_NULL);
       }
-      yield new RecordBinary(w, offsets);
+      yield new RecordBinary(w, offsets, keyNames(batch));
       continue;
     }
     // A refused script, a slot on the move, or a reply this path does not read: the
@@ -683,7 +690,7 @@ export async function* keysOnlyReader(
       offsets[i] = w.length;
       writeKey(w, batch, i);
     }
-    yield new RecordBinary(w, offsets);
+    yield new RecordBinary(w, offsets, keyNames(batch));
   }
 }
 
