@@ -306,7 +306,12 @@ export class PrefetchingBridge implements HostBridge {
       if (name === "executeMany") {
         const early = this.early(args);
         if (early !== null) return early;
-      } else if (!readOnly(name, args)) this.stop();
+        const reply = this.inner.callSync(name, args);
+        // The step's own call goes out first: the batches' early reads queue behind it.
+        if (this.template === null) this.learn(args);
+        return reply;
+      }
+      if (!readOnly(name, args)) this.stop();
     }
     return this.inner.callSync(name, args);
   }
@@ -322,20 +327,24 @@ export class PrefetchingBridge implements HostBridge {
     this.inner.notify(name, args);
   }
 
+  /** The step's first read-ahead: from now on, each batch's replies are read when it comes. */
+  private learn(args: JsonValue[]): void {
+    const [partition, argv, positions, keys] = args;
+    if (typeof partition !== "number" || strings(argv) === null || strings(keys) === null) return;
+    if (!Array.isArray(positions) || positions.some((p) => typeof p !== "number")) return;
+    this.template = { argv: argv as string[], positions: positions as number[] };
+    for (const b of this.batches) {
+      if (b.outcomes === null && covers(b, partition, keys as string[]) === false) this.fetch(b);
+    }
+  }
+
   /** The answer to a step's executeMany from replies read early; null: ask Redis now. */
   private early(args: JsonValue[]): Promise<RawJson> | null {
     const [partition, argv, positions, keys] = args;
     if (typeof partition !== "number" || strings(argv) === null || strings(keys) === null) return null;
     if (!Array.isArray(positions) || positions.some((p) => typeof p !== "number")) return null;
     const wanted = keys as string[];
-    if (this.template === null) {
-      // The step's first read-ahead: from now on, each batch's replies are read when it comes.
-      this.template = { argv: argv as string[], positions: positions as number[] };
-      for (const b of this.batches) {
-        if (b.outcomes === null && covers(b, partition, wanted) === false) this.fetch(b);
-      }
-      return null;
-    }
+    if (this.template === null) return null;
     if (!sameNumbers(this.template.positions, positions as number[])) return null;
     if (!sameTemplate(this.template.argv, argv as string[], positions as number[])) return null;
     for (const b of this.batches) {

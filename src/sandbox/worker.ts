@@ -5,7 +5,6 @@
  * answers on the reply port. The time spent waiting does not count against the deadline.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { appendFileSync } from "node:fs";
 import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
 import { waitForAnswer, waitForReply } from "./reply-wait.js";
@@ -143,12 +142,7 @@ type HostRequest = { t: "sync"; name: string; argsJson: string } | { t: "async";
  * Sends a host request and blocks until its answer: its text as a guest string (a sync one
  * marked "0" for a value, "1" for an error message).
  */
-const TR = { host: 0, hosts: 0, idle: 0, entries: 0, busy: 0, lastDone: 0, first: 0, waits: [] as number[], gaps: [] as number[] };
 function hostRequest(request: HostRequest): QuickJSHandle {
-  const t0 = performance.now();
-  try { return hostRequest0(request); } finally { TR.host += performance.now() - t0; TR.hosts++; TR.waits.push(Math.round((performance.now() - t0) * 10) / 10); }
-}
-function hostRequest0(request: HostRequest): QuickJSHandle {
   const wasInSegment = inSegment;
   endSegment();
   Atomics.store(ctl, CTL_STATE, STATE_HOST);
@@ -601,8 +595,6 @@ function runEntry(req: EntryRequest): WorkerMessage {
  * with the instance, once this thread's V8 collects it) and fresh ones are made, as at start.
  */
 async function renew(): Promise<void> {
-  if (process.env.MR4_TRACE && TR.entries > 3) appendFileSync(process.env.MR4_TRACE, `TRACE entries ${TR.entries} busy ${TR.busy.toFixed(1)} host ${TR.host.toFixed(1)} (${TR.hosts}) idle-between ${TR.idle.toFixed(1)} span ${(TR.lastDone - TR.first).toFixed(1)}\n waits ${TR.waits.join(' ')}\n gaps ${TR.gaps.join(' ')}\n`);
-  Object.assign(TR, { host: 0, hosts: 0, idle: 0, entries: 0, busy: 0, lastDone: 0, first: 0, waits: [], gaps: [] });
   try {
     tearDown();
     capReached = false;
@@ -646,12 +638,8 @@ function onRequest(req: WorkerRequest): void {
     return;
   }
   let result: WorkerMessage;
-  const t0 = performance.now();
-  if (TR.entries === 0) TR.first = t0; else { TR.idle += t0 - TR.lastDone; TR.gaps.push(Math.round((t0 - TR.lastDone) * 10) / 10); }
-  TR.entries++;
   try {
     result = runEntry(req);
-    TR.lastDone = performance.now(); TR.busy += TR.lastDone - t0;
   } catch (e) {
     broken = true;
     result = { t: "done", ok: false, failure: fatalInfo(e), fatal: true };
