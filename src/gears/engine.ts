@@ -194,20 +194,14 @@ export class GearsEngine {
     const partitionsOf = (): Partitions => (partitions ??= new Partitions(this.shards, db));
     const registered = new Map<number, string>();
     const timerRequests: { id: number; seconds: number; keyName: string | null }[] = [];
-    const bridge = new GearsBridge(
-      this.router,
-      partitionsOf,
-      this.config,
-      this.log,
-      {
-        register: (index) => {
-          const id = request.restoredIds?.[index] ?? `${this.proxyId}-${++this.registrationCounter}`;
-          registered.set(index, id);
-          return id;
-        },
-        registerTimeEvent: (id, seconds, keyName) => void timerRequests.push({ id, seconds, keyName }),
+    const bridge = new GearsBridge(this.router, partitionsOf, this.config, this.log, {
+      register: (index) => {
+        const id = request.restoredIds?.[index] ?? `${this.proxyId}-${++this.registrationCounter}`;
+        registered.set(index, id);
+        return id;
       },
-    );
+      registerTimeEvent: (id, seconds, keyName) => void timerRequests.push({ id, seconds, keyName }),
+    });
     const limits = {
       memoryLimitMb: this.config.number("ScriptMemoryLimitMB"),
       timeoutMs: this.config.number("ScriptTimeoutMS"),
