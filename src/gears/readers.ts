@@ -267,9 +267,17 @@ function keyBuffers(batch: RawKeys): Buffer[] {
   return batch.starts.map((s, i) => batch.reply.subarray(s, batch.ends[i]));
 }
 
-/** The batch's key names as the guest decodes them (UTF-8). */
+/**
+ * The batch's key names as the guest decodes them (UTF-8), made when asked. The keys' bytes
+ * are copied: the reply may be a view of a much larger read buffer, which the batch's
+ * records would otherwise keep alive while they wait to be fed.
+ */
 function keyNames(batch: RawKeys): () => string[] {
-  return () => batch.starts.map((s, i) => batch.reply.toString("utf8", s, batch.ends[i]));
+  const { starts, ends } = batch;
+  const n = starts.length;
+  const from = n > 0 ? starts[0] : 0;
+  const bytes = Buffer.from(batch.reply.subarray(from, n > 0 ? ends[n - 1] : 0));
+  return () => starts.map((s, i) => bytes.toString("utf8", s - from, ends[i] - from));
 }
 
 function writeKey(w: BinaryWriter, batch: RawKeys, i: number): void {
