@@ -293,6 +293,31 @@ for (const mode of BACKEND_MODES) {
       expect(results.filter((v) => v === "orig")).to.have.length(1);
     });
 
+    it("a write by a step is seen by the reads after it in later batches, whose replies were read early", async () => {
+      // The step's reads over the batches after the first are read when each batch comes
+      // (read-ahead.ts, PrefetchingBridge): a write, once the next batch's were read (the
+      // pause), must leave none of them in use. The step keeps reading ahead after a write in
+      // the second half of a batch only: the write comes at several points, one per run.
+      for (const at of [1000, 1150, 1300, 1450]) {
+        const script =
+          `let n = 0; GB('KeysOnlyReader').filter(k => k !== 'ra:s').map(k => { if (++n === ${at}) { ` +
+          `const t = Date.now(); while (Date.now() - t < 50) {} for (let i = 0; i < ${RA}; i++) execute('HSET', 'ra:' + i, 'late', 'yes'); } ` +
+          "return String(execute('HGET', k, 'late')); }).countby(v => v).run('ra:*')";
+        try {
+          const counts = (await ok(script)).map((r) => JSON.parse(str(r)) as { key: string; value: number });
+          counts.sort((a, b) => a.key.localeCompare(b.key));
+          expect(counts, `written at record ${at}`).to.deep.equal([
+            { key: "null", value: at - 1 },
+            { key: "yes", value: RA - at + 1 },
+          ]);
+        } finally {
+          const pipeline = io.pipeline();
+          for (let i = 0; i < RA; i++) pipeline.hdel(`ra:${i}`, "late");
+          await pipeline.exec();
+        }
+      }
+    });
+
     it("a foreach that only calls execute() pipelines it: every write lands, an error reply fails its record only", async () => {
       const { results, errors } = await run(
         io,

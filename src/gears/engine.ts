@@ -23,6 +23,7 @@ import { SessionStore, type StoredSession } from "./session-store.js";
 import { replyValueToResp } from "./json-values.js";
 import { GearsBridge, type CommandGuard } from "./host-bridge.js";
 import { Partitions } from "./partitions.js";
+import { executeManyOutcomes, PrefetchingBridge } from "./read-ahead.js";
 import { TfEngine } from "./tf/tf-engine.js";
 
 /** RG.PYEXECUTE's answer while Python is off. */
@@ -190,22 +191,17 @@ export class GearsEngine {
     if (conflict !== null) return encodeError(`ERR ${conflict}`);
     const db = request.db ?? 0;
     let partitions: Partitions | null = null;
+    const partitionsOf = (): Partitions => (partitions ??= new Partitions(this.shards, db));
     const registered = new Map<number, string>();
     const timerRequests: { id: number; seconds: number; keyName: string | null }[] = [];
-    const bridge = new GearsBridge(
-      this.router,
-      () => (partitions ??= new Partitions(this.shards, db)),
-      this.config,
-      this.log,
-      {
-        register: (index) => {
-          const id = request.restoredIds?.[index] ?? `${this.proxyId}-${++this.registrationCounter}`;
-          registered.set(index, id);
-          return id;
-        },
-        registerTimeEvent: (id, seconds, keyName) => void timerRequests.push({ id, seconds, keyName }),
+    const bridge = new GearsBridge(this.router, partitionsOf, this.config, this.log, {
+      register: (index) => {
+        const id = request.restoredIds?.[index] ?? `${this.proxyId}-${++this.registrationCounter}`;
+        registered.set(index, id);
+        return id;
       },
-    );
+      registerTimeEvent: (id, seconds, keyName) => void timerRequests.push({ id, seconds, keyName }),
+    });
     const limits = {
       memoryLimitMb: this.config.number("ScriptMemoryLimitMB"),
       timeoutMs: this.config.number("ScriptTimeoutMS"),
@@ -217,7 +213,11 @@ export class GearsEngine {
       request.python === true && this.newPythonIsolate !== null
         ? await this.newPythonIsolate(limits, bridge)
         : null;
-    const isolate = python ?? (await this.newIsolate(limits, bridge, gearsPreload()));
+    // Its run() may read a step's executeMany replies a batch early (read-ahead.ts).
+    const prefetching = new PrefetchingBridge(bridge, (args) =>
+      executeManyOutcomes(this.router, partitionsOf, args, bridge.db, bridge.guard),
+    );
+    const isolate = python ?? (await this.newIsolate(limits, prefetching, gearsPreload()));
     let actions: Action[];
     try {
       if (python !== null) {
@@ -250,6 +250,7 @@ export class GearsEngine {
       this.config.number("MaxResultsMB"),
     );
     execution.owner = request.owner ?? null;
+    if (python === null) execution.prefetch = prefetching;
     execution.onLarge = () => this.onLargeExecution?.(isolate);
     this.add(execution);
     this.schedule(execution);

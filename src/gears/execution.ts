@@ -7,9 +7,25 @@ import { ResultChunks, ResultsTooLarge, type GearsReply } from "./result-chunks.
 import { SandboxError } from "../sandbox/types.js";
 import { encodeBinary } from "../sandbox/bjson.js";
 import type { Partitions } from "./partitions.js";
-import { READ_AHEAD_COMMANDS } from "./read-ahead.js";
+import { READ_AHEAD_COMMANDS, type AheadBatch, type PrefetchingBridge } from "./read-ahead.js";
 import { RESULTS_VALUES, type EventRows, type ResultForm, type Topology } from "./guest/entry.js";
-import { READERS, RecordBinary, type ReadContext } from "./readers.js";
+import { READERS, RecordBinary, type ReadContext, type RecordBatch } from "./readers.js";
+
+/** The readers whose records stand for keys: a step's execute() over them may be read early. */
+const KEYED_READERS = new Set(["KeysReader", "KeysOnlyReader"]);
+
+/** A batch's key names, made when asked; null when some record has no key. */
+function namesOf(batch: RecordBatch): (() => string[]) | null {
+  if (batch instanceof RecordBinary) return batch.keyNames;
+  const names: string[] = [];
+  for (const r of batch) {
+    if (typeof r === "string") names.push(r);
+    else if (r !== null && typeof r === "object" && !Array.isArray(r) && typeof r.key === "string")
+      names.push(r.key);
+    else return null;
+  }
+  return () => names;
+}
 
 /**
  * Streamed results past this many bytes make a large execution: its isolate's pool starts no
@@ -112,6 +128,8 @@ export class Execution {
   owner: string | null = null;
   /** Told once, when its streamed results pass LARGE_RESULTS_BYTES. */
   onLarge: (() => void) | null = null;
+  /** The isolate's bridge when it may read a step's executeMany replies a batch early (RG.EXECUTE). */
+  prefetch: PrefetchingBridge | null = null;
   private abortRequested = false;
   private readonly finished: Promise<void>;
   private markFinished!: () => void;
@@ -219,6 +237,7 @@ export class Execution {
         await this.runOnce(topology, this.input);
         return;
       }
+      if (this.input === null && KEYED_READERS.has(this.action.reader)) this.prefetch?.start();
       // The partitions' first reads go out while the guest starts the execution.
       const started = this.guest.start(this.actionIndex, topology, this.chunks !== null, this.resultForm);
       const readStart = Date.now();
@@ -248,6 +267,7 @@ export class Execution {
       this.chunks?.clear();
       if (this.values === null && this.valuesJson === null) this.values = [];
     } finally {
+      this.prefetch?.stop();
       // A session's isolate lives on: free the guest's state of this execution.
       if (!this.ownsIsolate && execId !== null && this.isolate.alive) {
         await this.guest.drop(execId).catch(() => {});
@@ -295,15 +315,30 @@ export class Execution {
     };
     const arg = typeof this.action.arg === "string" ? this.action.arg : "*";
     const batches = reader(ctx, arg, this.action.options);
-    let next = batches.next();
+    const prefetch = this.prefetch;
+    /** The next batch, and its replies read early when a step reads over its keys. */
+    const pull = (): Promise<{ batch: IteratorResult<RecordBatch, void>; ahead: AheadBatch | null }> =>
+      batches.next().then((batch) => {
+        const names = batch.done || prefetch === null ? null : namesOf(batch.value);
+        const ahead = names === null ? null : prefetch!.read(partition, batch.value!.length, names);
+        return { batch, ahead };
+      });
+    let next = pull();
     try {
       const execId = await started;
       for (;;) {
-        const batch = await next;
-        if (batch.done || this.abortRequested || this.overflowed) break;
-        next = batches.next();
+        const { batch, ahead } = await next;
+        if (batch.done || this.abortRequested || this.overflowed) {
+          prefetch?.done(ahead);
+          break;
+        }
+        next = pull();
         this.recordsRead += batch.value.length;
-        await this.feed(execId, partition, batch.value);
+        try {
+          await this.feed(execId, partition, batch.value);
+        } finally {
+          prefetch?.done(ahead);
+        }
       }
     } finally {
       // A read under way when the execution failed (its start, a feed) ends unheeded.

@@ -8,7 +8,7 @@
 import { encodeCommand, encodeMany } from "../resp/encode.js";
 import { ReplyErrorText, RespCursor } from "../resp/json-text.js";
 import { NO_KEYS, type Router } from "../routing/router.js";
-import { RawJson, type JsonValue } from "../sandbox/types.js";
+import { RawJson, type HostBridge, type JsonValue } from "../sandbox/types.js";
 import { RawSink } from "../routing/shards.js";
 import type { Partitions } from "./partitions.js";
 
@@ -65,6 +65,22 @@ function strings(v: JsonValue | undefined): string[] | null {
   return v as string[];
 }
 
+/** executeMany's outcomes before they are written as one JSON text. */
+export interface ManyOutcomes {
+  /** Per key, its reply as JSON text ("null" where it failed). */
+  texts: string[];
+  /** The failed keys' indexes, with their messages as JSON text. */
+  errors: [number, string][];
+}
+
+/** Outcomes `from` to `to` (key indexes) as executeMany's answer, indexed from `from`. */
+function manyJson(o: ManyOutcomes, from: number, to: number): RawJson {
+  const texts = from === 0 && to === o.texts.length ? o.texts : o.texts.slice(from, to);
+  const errors: string[] = [];
+  for (const [i, message] of o.errors) if (i >= from && i < to) errors.push(`[${i - from},${message}]`);
+  return new RawJson(`[[${texts.join(",")}],[${errors.join(",")}]]`);
+}
+
 /**
  * `executeMany(partition, argv, positions, keys)`: argv with the arguments at `positions`
  * replaced by each key in turn, every command sent at once (routed as execute() routes it),
@@ -80,6 +96,18 @@ export async function executeMany(
   /** The ACL check of the script's user (CommandGuard): a refused key fails its own outcome. */
   guard: ((name: string, argv: readonly Buffer[]) => string | null) | null = null,
 ): Promise<RawJson> {
+  const o = await executeManyOutcomes(router, partitions, args, db, guard);
+  return manyJson(o, 0, o.texts.length);
+}
+
+/** executeMany's outcomes, before they are written as its answer. */
+export async function executeManyOutcomes(
+  router: Router,
+  partitions: () => Partitions,
+  args: JsonValue[],
+  db: number,
+  guard: ((name: string, argv: readonly Buffer[]) => string | null) | null,
+): Promise<ManyOutcomes> {
   const partition = typeof args[0] === "number" ? args[0] : null;
   const template = strings(args[1]);
   const positions = Array.isArray(args[2]) ? args[2] : null;
@@ -101,18 +129,18 @@ export async function executeMany(
   const at = positions as number[];
   const parts = safePartitions(partitions, db);
   const outcomes = new Array<string | Promise<string>>(keys.length);
-  const errors: string[] = [];
+  const errors: [number, string][] = [];
   const valueAt = (i: number, reply: Buffer): string => {
     try {
       return new RespCursor(reply).value();
     } catch (e) {
       if (!(e instanceof ReplyErrorText)) throw e;
-      errors.push(`[${i},${JSON.stringify(e.message)}]`);
+      errors.push([i, JSON.stringify(e.message)]);
       return "null";
     }
   };
   const failedAt = (i: number, e: Error): string => {
-    errors.push(`[${i},${JSON.stringify(e.message)}]`);
+    errors.push([i, JSON.stringify(e.message)]);
     return "null";
   };
   /** Per partition: the indexes of the keys read there and their commands, sent as one write. */
@@ -174,8 +202,7 @@ export async function executeMany(
     );
   }
   await Promise.all(sent);
-  const texts = await Promise.all(outcomes);
-  return new RawJson(`[[${texts.join(",")}],[${errors.join(",")}]]`);
+  return { texts: await Promise.all(outcomes), errors };
 }
 
 /** The execution's partitions when read-ahead may use them: same database, and they exist. */
@@ -200,4 +227,171 @@ function redirected(reply: Buffer): boolean {
       reply.subarray(0, ASK.length).equals(ASK) ||
       reply.subarray(0, TRYAGAIN.length).equals(TRYAGAIN))
   );
+}
+
+/** A batch of a partition's keys read and not yet fed to its end, and its replies read early. */
+export interface AheadBatch {
+  partition: number;
+  /** The key names, made when first needed. */
+  names: () => string[];
+  keys: string[] | null;
+  /** The template's outcomes for every key; null until asked, or when it cannot be used. */
+  outcomes: Promise<ManyOutcomes | null> | null;
+  used: boolean;
+}
+
+/** After this many batches whose replies were read early and never asked for, no more are read. */
+const PREFETCH_MISSES = 3;
+
+/**
+ * A script's bridge that reads the replies of its steps' read-ahead (executeMany) one batch
+ * early. Once a step asked for a command over a batch's keys, the same command is sent for
+ * each batch as soon as the reader has it, while the guest still works on the batches before
+ * it, and the step's executeMany for that batch is answered with those replies: the guest
+ * no longer waits a round trip per batch. The replies are the same as the step's own call
+ * would get, read a little earlier, as if the guest were that much further on; the script's
+ * own writes are what could tell the difference, so any host call that may write (or that is
+ * not a plain read) stops the early reads for the rest of the execution and drops those not
+ * yet used. At most the batches the execution holds (one being fed and one read ahead per
+ * partition) have replies read early.
+ */
+export class PrefetchingBridge implements HostBridge {
+  /** The command read ahead, as the guest's first executeMany gave it; null until then. */
+  private template: { argv: string[]; positions: number[] } | null = null;
+  private active = false;
+  private stopped = false;
+  private misses = 0;
+  private readonly batches = new Set<AheadBatch>();
+
+  constructor(
+    private readonly inner: HostBridge,
+    /** executeMany as the inner bridge runs it: same routing, database and rights. */
+    private readonly many: (args: JsonValue[]) => Promise<ManyOutcomes>,
+  ) {}
+
+  /** Early reads start: an execution over a reader whose records are keys runs. */
+  start(): void {
+    this.active = !this.stopped;
+  }
+
+  /** A batch of `partition`'s keys the reader has: its replies are read now if the command is known. */
+  read(partition: number, count: number, names: () => string[]): AheadBatch | null {
+    if (!this.active || count === 0 || count > MAX_READ_AHEAD) return null;
+    const batch: AheadBatch = { partition, names, keys: null, outcomes: null, used: false };
+    this.batches.add(batch);
+    if (this.template !== null) this.fetch(batch);
+    return batch;
+  }
+
+  /** The batch was fed to its end: its early replies go. */
+  done(batch: AheadBatch | null): void {
+    if (batch === null || !this.batches.delete(batch)) return;
+    if (batch.outcomes !== null && !batch.used && ++this.misses >= PREFETCH_MISSES) this.stop();
+  }
+
+  /** No more early reads in this execution; those not used are dropped. */
+  stop(): void {
+    this.active = false;
+    this.stopped = true;
+    this.batches.clear();
+  }
+
+  private fetch(batch: AheadBatch): void {
+    const t = this.template!;
+    batch.outcomes = this.many([batch.partition, t.argv, t.positions, keysOf(batch)]).catch(() => null);
+  }
+
+  callSync(name: string, args: JsonValue[]): Promise<JsonValue | RawJson> {
+    if (this.active) {
+      if (name === "executeMany") {
+        const early = this.early(args);
+        if (early !== null) return early;
+        const reply = this.inner.callSync(name, args);
+        // The step's own call goes out first: the batches' early reads queue behind it.
+        if (this.template === null) this.learn(args);
+        return reply;
+      }
+      if (!readOnly(name, args)) this.stop();
+    }
+    return this.inner.callSync(name, args);
+  }
+
+  callAsync(
+    calls: { name: string; args: JsonValue[] }[],
+  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
+    if (this.active && calls.some((c) => !readOnly(c.name, c.args))) this.stop();
+    return this.inner.callAsync(calls);
+  }
+
+  notify(name: string, args: JsonValue[]): void {
+    this.inner.notify(name, args);
+  }
+
+  /** The step's first read-ahead: from now on, each batch's replies are read when it comes. */
+  private learn(args: JsonValue[]): void {
+    const [partition, argv, positions, keys] = args;
+    if (typeof partition !== "number" || strings(argv) === null || strings(keys) === null) return;
+    if (!Array.isArray(positions) || positions.some((p) => typeof p !== "number")) return;
+    this.template = { argv: argv as string[], positions: positions as number[] };
+    for (const b of this.batches) {
+      if (b.outcomes === null && covers(b, partition, keys as string[]) === false) this.fetch(b);
+    }
+  }
+
+  /** The answer to a step's executeMany from replies read early; null: ask Redis now. */
+  private early(args: JsonValue[]): Promise<RawJson> | null {
+    const [partition, argv, positions, keys] = args;
+    if (typeof partition !== "number" || strings(argv) === null || strings(keys) === null) return null;
+    if (!Array.isArray(positions) || positions.some((p) => typeof p !== "number")) return null;
+    const wanted = keys as string[];
+    if (this.template === null) return null;
+    if (!sameNumbers(this.template.positions, positions as number[])) return null;
+    if (!sameTemplate(this.template.argv, argv as string[], positions as number[])) return null;
+    for (const b of this.batches) {
+      if (b.outcomes === null) continue;
+      const from = covers(b, partition, wanted);
+      if (from === false) continue;
+      b.used = true;
+      const to = from + wanted.length;
+      return b.outcomes.then((o) =>
+        o === null ? (this.inner.callSync("executeMany", args) as Promise<RawJson>) : manyJson(o, from, to),
+      );
+    }
+    return null;
+  }
+}
+
+function keysOf(b: AheadBatch): string[] {
+  return (b.keys ??= b.names());
+}
+
+/** Where `keys` start in the batch, when they are a run of its keys; false otherwise. */
+function covers(b: AheadBatch, partition: number, keys: string[]): number | false {
+  if (b.partition !== partition || keys.length === 0) return false;
+  const own = keysOf(b);
+  const from = own.indexOf(keys[0]);
+  if (from < 0 || from + keys.length > own.length) return false;
+  for (let i = 1; i < keys.length; i++) if (own[from + i] !== keys[i]) return false;
+  return from;
+}
+
+/** The same command but for the keys (at `positions`, which each call fills with its own). */
+function sameTemplate(a: string[], b: string[], positions: number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] && !positions.includes(i)) return false;
+  return true;
+}
+
+function sameNumbers(a: number[], b: number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Host calls that cannot change a key: a read-ahead command's execute(), and lookups. */
+function readOnly(name: string, args: JsonValue[]): boolean {
+  if (name === "executeMany" || name === "configGet" || name === "hashtag") return true;
+  if (name !== "execute") return false;
+  const command = args[1];
+  return typeof command === "string" && ALLOWED.has(command.toLowerCase());
 }

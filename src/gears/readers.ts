@@ -25,6 +25,8 @@ export class RecordBinary {
     private readonly writer: BinaryWriter,
     /** Where each record starts in the writer's body. */
     private readonly offsets: number[],
+    /** The records' key names, in order (made only when asked: execution.ts's early reads). */
+    readonly keyNames: (() => string[]) | null = null,
   ) {}
 
   get length(): number {
@@ -263,6 +265,19 @@ interface RawKeys {
 
 function keyBuffers(batch: RawKeys): Buffer[] {
   return batch.starts.map((s, i) => batch.reply.subarray(s, batch.ends[i]));
+}
+
+/**
+ * The batch's key names as the guest decodes them (UTF-8), made when asked. The keys' bytes
+ * are copied: the reply may be a view of a much larger read buffer, which the batch's
+ * records would otherwise keep alive while they wait to be fed.
+ */
+function keyNames(batch: RawKeys): () => string[] {
+  const { starts, ends } = batch;
+  const n = starts.length;
+  const from = n > 0 ? starts[0] : 0;
+  const bytes = Buffer.from(batch.reply.subarray(from, n > 0 ? ends[n - 1] : 0));
+  return () => starts.map((s, i) => bytes.toString("utf8", s - from, ends[i] - from));
 }
 
 function writeKey(w: BinaryWriter, batch: RawKeys, i: number): void {
@@ -571,7 +586,7 @@ function writeRecords(batch: RawKeys, values: ValueAt[]): RecordBinary {
     w.atom("event");
     w.u8(TAG_NULL);
   }
-  return new RecordBinary(w, offsets);
+  return new RecordBinary(w, offsets, keyNames(batch));
 }
 
 /** The type a partition's values are guessed to have, and whether a TYPE sample was taken for it. */
@@ -652,7 +667,7 @@ export async function* keysReader(
         w.atom("event");
         w.u8(TAG_NULL);
       }
-      yield new RecordBinary(w, offsets);
+      yield new RecordBinary(w, offsets, keyNames(batch));
       continue;
     }
     // A refused script, a slot on the move, or a reply this path does not read: the
@@ -683,7 +698,7 @@ export async function* keysOnlyReader(
       offsets[i] = w.length;
       writeKey(w, batch, i);
     }
-    yield new RecordBinary(w, offsets);
+    yield new RecordBinary(w, offsets, keyNames(batch));
   }
 }
 
