@@ -29,6 +29,28 @@ export class Request {
     return (this.args ??= splitArray(this.buf, this.start, this.argc));
   }
 
+  /**
+   * `hash` of argument `i`'s bytes (i < argc), read where they lie: a request routed by one
+   * key (a cluster's slot) needs no view of its arguments.
+   */
+  argHash<T>(i: number, hash: (buf: Uint8Array, start: number, end: number) => T): T {
+    const args = this.args;
+    if (args !== null) return hash(args[i], 0, args[i].length);
+    const buf = this.buf;
+    let at = this.start + 1;
+    while (buf[at] !== 10) at++;
+    at++;
+    for (let k = 0; ; k++) {
+      // buf[at] is the '$' of a header whose digits the parser checked.
+      let len = 0;
+      let c: number;
+      for (at++; (c = buf[at]) !== 13; at++) len = len * 10 + c - 48;
+      const dataStart = at + 2;
+      if (k === i) return hash(buf, dataStart, dataStart + len);
+      at = dataStart + len + 2;
+    }
+  }
+
   /** The request as received (zero-copy), so it can be forwarded without re-encoding; null when inline. */
   get raw(): Buffer | null {
     if (this.end === this.start) return null;

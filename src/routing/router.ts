@@ -10,6 +10,7 @@ import type { CommandTable } from "./command-table.js";
 import { FAN_OUT, type ClusterSender } from "./fan-out.js";
 import { KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
 import { isSplittable, split, SPLIT_DONE } from "./split.js";
+import { ClusterRuns } from "./cluster-runs.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, mayBeControl, sendControl } from "./control.js";
@@ -129,10 +130,6 @@ export class Router implements ClusterSender {
   }
 
   /**
-   * The connection a client's ordinary commands take in front of one server (null in a
-   * cluster, where commands need redirect handling, or while the server is unreachable).
-   */
-  /**
    * Whether a command must take forward() even in front of one server, instead of going down a
    * shared connection as raw bytes: control commands, and key listings that hide the proxy's keys.
    */
@@ -142,8 +139,44 @@ export class Router implements ClusterSender {
     return mayBeControl(name) && isControl(name, request.argv);
   }
 
+  /**
+   * The connection a client's ordinary commands take in front of one server (null in a
+   * cluster, where commands need redirect handling, or while the server is unreachable).
+   */
   sharedConnection(affinity: number, proto: Protocol = 2): UpstreamConnection | null {
     return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity, proto) : null;
+  }
+
+  /**
+   * In a cluster, where a client's commands named `name` may join its ClusterRuns: the index
+   * of their one key, or -1 when they take forward() (no key at a fixed place, split or
+   * fanned out, scripts the cache must see, reads that may go to a replica).
+   */
+  runKeyOf(name: string): number {
+    const known = this.runKeys.get(name);
+    if (known !== undefined) return known;
+    const single = this.commands?.singleKey(name) ?? null;
+    // Names the table does not know are not remembered: clients choose them.
+    if (single === null) return -1;
+    const index =
+      this.cluster === null ||
+      this.readFromReplicas ||
+      single < 1 ||
+      FAN_OUT.has(name) ||
+      isSplittable(name) ||
+      name.startsWith("eval") ||
+      name === "script"
+        ? -1
+        : single;
+    this.runKeys.set(name, index);
+    return index;
+  }
+
+  private readonly runKeys = new Map<string, number>();
+
+  /** A client's gatherer of single-key commands per node (cluster mode; null in front of one server). */
+  clusterRuns(affinity: number): ClusterRuns | null {
+    return this.cluster === null ? null : new ClusterRuns(this.redirect!, this.cluster, affinity);
   }
 
   /** Whether the command writes (its COMMAND flags say "write"). */
