@@ -790,7 +790,9 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     const single = await client(reference.port);
     // Keys of every master back to back, the moving one among them, with a WRONGTYPE error,
     // a missing key and an arity error (a key-taking command without its key).
-    const pipeline = (tag: string): string[][] => [
+    // `split`: with a command whose keys span slots (left out for RESP3, whose split parts
+    // take RESP2 connections, unordered with the client's RESP3 ones: see bench/RESULTS.md).
+    const pipeline = (tag: string, split = true): string[][] => [
       ...spread.flatMap((k, i) => [
         ["SET", k, `${tag}-${i}`],
         ["GET", moving],
@@ -801,6 +803,11 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
         ["SET", moving, `${tag}-moving-${i}`],
         ["APPEND", k, "+"],
         ["GET", k],
+        // One slot (a hash tag): a run's request like the others; keys of two slots: split.
+        ["MSET", `{${k}}:a`, `${tag}a`, `{${k}}:b`, `${tag}b`],
+        ["MGET", `{${k}}:a`, `{${k}}:b`],
+        ...(split ? [["MGET", `{${k}}:a`, moving, k]] : []),
+        ["DEL", `{${k}}:b`, `{${k}}:none`],
       ]),
       ["GET"],
       ["GET", moving],
@@ -819,8 +826,8 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
       return got;
     };
     await same(pipeline("a"));
-    expect(await resp3Bytes(proxy.port, pipeline("r3"))).to.deep.equal(
-      await resp3Bytes(reference.port, pipeline("r3")),
+    expect((await resp3Bytes(proxy.port, pipeline("r3", false))).toString()).to.equal(
+      (await resp3Bytes(reference.port, pipeline("r3", false))).toString(),
     );
     const before = await redirectsSent(masters);
 
@@ -831,7 +838,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     );
     expect(await same(pipeline("b"))).to.include("b-moving-2");
     const asked = await redirectsSent(masters);
-    expect(asked.ask - before.ask).to.be.at.least(7, "the source answered ASK");
+    expect(asked.ask - before.ask).to.be.at.least(10, "the source answered ASK");
 
     for (const node of [target, source, ...masters.filter((m) => m !== source && m !== target)]) {
       expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId)).to.equal("OK");

@@ -65,6 +65,20 @@ describe("request parser", () => {
     expect(inline.argHash(0, lengthOf)).to.equal(3);
   });
 
+  it("commonHash: the hash every key shares (every stride-th argument from the first), -1 when two differ", () => {
+    const parser = new RequestParser(LIMITS);
+    const lengthOf = (_: Uint8Array, start: number, end: number): number => end - start;
+    const commands = [
+      ["MSET", "aa", "x", "bb", "yyy", "cc", "z"],
+      ["MSET", "aa", "x", "bbb", "y"],
+      ["MGET", "k1", "k2", "k3"],
+      ["MGET", "k1", "k22"],
+    ];
+    parser.push(Buffer.concat([...commands.map((c) => encodeCommand(c)), Buffer.from("MGET ab cd\r\n")]));
+    const hashes = [2, 1, 1, 1, 1].map((stride) => parser.next()!.commonHash(1, stride, lengthOf));
+    expect(hashes).to.deep.equal([2, -1, 2, -1, 2]);
+  });
+
   it("reassembles a request split at every byte", () => {
     const bytes = encodeCommand(["SET", Buffer.from([0, 13, 10, 255]), "value"]);
     const parser = new RequestParser(LIMITS);

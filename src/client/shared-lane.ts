@@ -56,13 +56,13 @@ export class SharedLane {
         );
         return;
       }
-      const key = router.runKeyOf(name);
-      if (key >= 0 && key < request.argc) {
+      const keySlot = router.runSlotOf(name, request);
+      if (keySlot >= 0) {
         this.clusterRuns ??= router.clusterRuns(host.id);
         if (this.clusterRuns !== null) {
           this.clusterRuns.add(
             request,
-            key,
+            keySlot,
             router.tap === null ? slot : router.tap(name, request.argv, slot, db),
             host.proto,
           );

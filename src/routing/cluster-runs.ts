@@ -3,7 +3,6 @@ import type { Protocol } from "../resp/values.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
-import { keySlotIn } from "./key-slot.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 
 /**
@@ -26,9 +25,8 @@ export class ClusterRuns {
     private readonly affinity: number,
   ) {}
 
-  /** Adds `request`, whose key is argument `keyIndex`, answered into `sink` over `proto`. */
-  add(request: Request, keyIndex: number, sink: ReplySink, proto: Protocol): void {
-    const slot = request.argHash(keyIndex, keySlotIn);
+  /** Adds `request`, whose keys hash to `slot` (Router.runSlotOf), answered into `sink` over `proto`. */
+  add(request: Request, slot: number, sink: ReplySink, proto: Protocol): void {
     const node = this.topology.nodeForSlot(slot);
     const pending = this.pending;
     let run: NodeRun | null = null;

@@ -25,6 +25,11 @@ export function isSplittable(name: string): boolean {
   return SPLITTABLE.has(name);
 }
 
+/** Arguments per key of a splittable command (MSET 2, MGET 1); undefined for others. */
+export function splitStride(name: string): number | undefined {
+  return SPLITTABLE.get(name)?.stride;
+}
+
 /** split() sent the parts: the command needs nothing more. */
 export const SPLIT_DONE = -3;
 
