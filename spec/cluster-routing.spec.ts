@@ -778,6 +778,91 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     }
   });
 
+  it("single-key commands pipelined in one write over every master, one key's slot migrating (ASK) then moved (MOVED), errors among them: Redis' replies, in order", async () => {
+    const spread = await keyPerMaster("run:");
+    const moving = "run:moving";
+    const slot = calculateSlot(moving);
+    const source = await ownerOf(moving);
+    const target = masters.find((m) => m !== source)!;
+    const sourceId = text(await source.call("CLUSTER", "MYID"));
+    const targetId = text(await target.call("CLUSTER", "MYID"));
+    const viaProxy = await client();
+    const single = await client(reference.port);
+    // Keys of every master back to back, the moving one among them, with a WRONGTYPE error,
+    // a missing key and an arity error (a key-taking command without its key).
+    const pipeline = (tag: string): string[][] => [
+      ...spread.flatMap((k, i) => [
+        ["SET", k, `${tag}-${i}`],
+        ["GET", moving],
+        ["INCR", `${k}:n`],
+        ["LPUSH", `${k}:l`, tag],
+        ["GET", `${k}:l`],
+        ["GET", `${k}:none`],
+        ["SET", moving, `${tag}-moving-${i}`],
+        ["APPEND", k, "+"],
+        ["GET", k],
+        // One slot (a hash tag): a run's request like the others; keys of two slots: split.
+        ["MSET", `{${k}}:a`, `${tag}a`, `{${k}}:b`, `${tag}b`],
+        ["MGET", `{${k}}:a`, `{${k}}:b`],
+        ["MGET", `{${k}}:a`, moving, k],
+        ["DEL", `{${k}}:b`, `{${k}}:none`],
+      ]),
+      ["GET"],
+      ["GET", moving],
+    ];
+    const same = async (steps: string[][]): Promise<Comparable[]> => {
+      const payload = Buffer.concat(steps.map((step) => encode(step)));
+      viaProxy.write(payload);
+      single.write(payload);
+      const got: Comparable[] = [];
+      const want: Comparable[] = [];
+      for (let i = 0; i < steps.length; i++) {
+        want.push(comparable(await single.next()));
+        got.push(comparable(await viaProxy.next()));
+      }
+      expect(got).to.deep.equal(want);
+      return got;
+    };
+    await same(pipeline("a"));
+    // For RESP3 too: the split MGET's parts go on the client's RESP3 connections, in its order.
+    expect((await resp3Bytes(proxy.port, pipeline("r3"))).toString()).to.equal(
+      (await resp3Bytes(reference.port, pipeline("r3"))).toString(),
+    );
+    const before = await redirectsSent(masters);
+
+    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", sourceId)).to.equal("OK");
+    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetId)).to.equal("OK");
+    expect(await source.call("MIGRATE", "127.0.0.1", String(target.port), moving, "0", "5000")).to.equal(
+      "OK",
+    );
+    expect(await same(pipeline("b"))).to.include("b-moving-2");
+    const asked = await redirectsSent(masters);
+    expect(asked.ask - before.ask).to.be.at.least(10, "the source answered ASK");
+
+    for (const node of [target, source, ...masters.filter((m) => m !== source && m !== target)]) {
+      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId)).to.equal("OK");
+    }
+    await waitUntil("every master to agree on the slot's new owner", async () =>
+      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === target.port),
+    );
+    expect(await same(pipeline("c"))).to.include("c-moving-2");
+    await withoutRedirects(async () => {
+      expect(await same(pipeline("d"))).to.include("d-moving-2");
+    });
+    expect(await target.call("GET", moving)).to.equal("d-moving-2");
+
+    // The slot goes back (see the MSET test above), so the tests after this one find the layout they started with.
+    expect(await target.call("DEL", moving)).to.equal(1);
+    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", targetId)).to.equal("OK");
+    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", sourceId)).to.equal("OK");
+    for (const node of [source, target, ...masters.filter((m) => m !== source && m !== target)]) {
+      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", sourceId)).to.equal("OK");
+    }
+    await waitUntil("every master to agree on the slot's first owner", async () =>
+      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === source.port),
+    );
+  });
+
   it("a slot migrated behind the proxy's back: ASK while migrating, MOVED after; right values, no error", async () => {
     const [key] = await keyPerMaster("mig:");
     const slot = calculateSlot(key);

@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { keySlot } from "../src/routing/key-slot.js";
+import { keySlot, keySlotIn } from "../src/routing/key-slot.js";
 import { startRedis, type RedisNode } from "./harness/index.js";
 
 describe("key slots", () => {
@@ -30,6 +30,9 @@ describe("key slots", () => {
     for (const key of keys) {
       const expected = Number(await redis.call("CLUSTER", "KEYSLOT", key));
       expect(keySlot(key), key).to.equal(expected);
+      // The same key in the middle of other bytes, as it lies in a client's request.
+      const around = Buffer.concat([Buffer.from("{x}"), Buffer.from(key), Buffer.from("}{y")]);
+      expect(keySlotIn(around, 3, 3 + Buffer.byteLength(key)), `${key} in place`).to.equal(expected);
     }
   });
 });

@@ -48,6 +48,37 @@ describe("request parser", () => {
     expect(parser.next()).to.equal(null);
   });
 
+  it("argHash reads each argument where it lies, for RESP arrays (pipelined) and inline commands alike", () => {
+    const parser = new RequestParser(LIMITS);
+    const args = ["MSET", "", "a-long-key-".repeat(20), Buffer.from([0, 13, 10, 36]), "x".repeat(10), "{t}k"];
+    parser.push(Buffer.concat([encodeCommand(["PING"]), encodeCommand(args), Buffer.from("GET key\r\n")]));
+    const text = (buf: Uint8Array, start: number, end: number): string =>
+      Buffer.from(buf.subarray(start, end)).toString("latin1");
+    const lengthOf = (_: Uint8Array, start: number, end: number): number => end - start;
+    expect(parser.next()!.argHash(0, lengthOf)).to.equal(4);
+    const request = parser.next()!;
+    for (let i = 0; i < args.length; i++) {
+      expect(request.argHash(i, text), `argument ${i}`).to.equal(Buffer.from(args[i]).toString("latin1"));
+    }
+    const inline = parser.next()!;
+    expect(inline.argHash(1, text)).to.equal("key");
+    expect(inline.argHash(0, lengthOf)).to.equal(3);
+  });
+
+  it("commonHash: the hash every key shares (every stride-th argument from the first), -1 when two differ", () => {
+    const parser = new RequestParser(LIMITS);
+    const lengthOf = (_: Uint8Array, start: number, end: number): number => end - start;
+    const commands = [
+      ["MSET", "aa", "x", "bb", "yyy", "cc", "z"],
+      ["MSET", "aa", "x", "bbb", "y"],
+      ["MGET", "k1", "k2", "k3"],
+      ["MGET", "k1", "k22"],
+    ];
+    parser.push(Buffer.concat([...commands.map((c) => encodeCommand(c)), Buffer.from("MGET ab cd\r\n")]));
+    const hashes = [2, 1, 1, 1, 1].map((stride) => parser.next()!.commonHash(1, stride, lengthOf));
+    expect(hashes).to.deep.equal([2, -1, 2, -1, 2]);
+  });
+
   it("reassembles a request split at every byte", () => {
     const bytes = encodeCommand(["SET", Buffer.from([0, 13, 10, 255]), "value"]);
     const parser = new RequestParser(LIMITS);

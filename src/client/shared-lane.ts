@@ -1,6 +1,7 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { dbFor } from "../routing/command-kinds.js";
+import type { ClusterRuns } from "../routing/cluster-runs.js";
 import type { Lease } from "../routing/lease.js";
 import type { Holds } from "./holds.js";
 import type { LaneHost } from "./lane.js";
@@ -23,6 +24,8 @@ export interface SharedHost extends Omit<LaneHost, "enterLane"> {
  */
 export class SharedLane {
   private readonly runs = new RequestRuns();
+  /** The same in front of a cluster: one run per node (created on first use). */
+  private clusterRuns: ClusterRuns | null = null;
 
   constructor(private readonly host: SharedHost) {}
 
@@ -53,8 +56,21 @@ export class SharedLane {
         );
         return;
       }
+      const keySlot = router.runSlotOf(name, request);
+      if (keySlot >= 0) {
+        this.clusterRuns ??= router.clusterRuns(host.id);
+        if (this.clusterRuns !== null) {
+          this.clusterRuns.add(
+            request,
+            keySlot,
+            router.tap === null ? slot : router.tap(name, request.argv, slot, db),
+            host.proto,
+          );
+          return;
+        }
+      }
     }
-    this.runs.flush();
+    this.flush();
     router.forward(name, request.argv, request.raw, slot, {
       db,
       affinity: host.id,
@@ -86,5 +102,6 @@ export class SharedLane {
   /** Sends the pending run: before any command that does not join it, to keep the order. */
   flush(): void {
     this.runs.flush();
+    this.clusterRuns?.flush();
   }
 }

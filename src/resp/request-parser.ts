@@ -29,6 +29,68 @@ export class Request {
     return (this.args ??= splitArray(this.buf, this.start, this.argc));
   }
 
+  /**
+   * `hash` of argument `i`'s bytes (i < argc), read where they lie: a request routed by one
+   * key (a cluster's slot) needs no view of its arguments.
+   */
+  argHash<T>(i: number, hash: (buf: Uint8Array, start: number, end: number) => T): T {
+    const args = this.args;
+    if (args !== null) return hash(args[i], 0, args[i].length);
+    const buf = this.buf;
+    let at = this.start + 1;
+    while (buf[at] !== 10) at++;
+    at++;
+    for (let k = 0; ; k++) {
+      // buf[at] is the '$' of a header whose digits the parser checked.
+      let len = 0;
+      let c: number;
+      for (at++; (c = buf[at]) !== 13; at++) len = len * 10 + c - 48;
+      const dataStart = at + 2;
+      if (k === i) return hash(buf, dataStart, dataStart + len);
+      at = dataStart + len + 2;
+    }
+  }
+
+  /**
+   * The one `hash` of arguments first, first + stride, ... (first < argc) read where they lie,
+   * or -1 when two differ: whether a multi-key command's keys share a slot, without views.
+   */
+  commonHash(
+    first: number,
+    stride: number,
+    hash: (buf: Uint8Array, start: number, end: number) => number,
+  ): number {
+    const args = this.args;
+    let common = -1;
+    if (args !== null) {
+      for (let i = first; i < args.length; i += stride) {
+        const h = hash(args[i], 0, args[i].length);
+        if (common === -1) common = h;
+        else if (h !== common) return -1;
+      }
+      return common;
+    }
+    const buf = this.buf;
+    let at = this.start + 1;
+    while (buf[at] !== 10) at++;
+    at++;
+    let next = first;
+    for (let k = 0; k < this.argc; k++) {
+      let len = 0;
+      let c: number;
+      for (at++; (c = buf[at]) !== 13; at++) len = len * 10 + c - 48;
+      const dataStart = at + 2;
+      if (k === next) {
+        const h = hash(buf, dataStart, dataStart + len);
+        if (common === -1) common = h;
+        else if (h !== common) return -1;
+        next += stride;
+      }
+      at = dataStart + len + 2;
+    }
+    return common;
+  }
+
   /** The request as received (zero-copy), so it can be forwarded without re-encoding; null when inline. */
   get raw(): Buffer | null {
     if (this.end === this.start) return null;

@@ -24,16 +24,20 @@ function crc16From(crc: number, buf: Uint8Array, start: number, end: number): nu
  */
 export function keySlot(key: Buffer | string): number {
   const buf = typeof key === "string" ? Buffer.from(key) : key;
-  const len = buf.length;
+  return keySlotIn(buf, 0, buf.length);
+}
+
+/** keySlot of the key in buf[start, end), without a view of it (a client's request, in place). */
+export function keySlotIn(buf: Uint8Array, start: number, end: number): number {
   let crc = 0;
-  for (let i = 0; i < len; i++) {
+  for (let i = start; i < end; i++) {
     const c = buf[i];
     if (c === 123 /* { */) {
       let close = i + 1;
-      while (close < len && buf[close] !== 125 /* } */) close++;
-      if (close < len && close > i + 1) return crc16(buf, i + 1, close) & 16383;
+      while (close < end && buf[close] !== 125 /* } */) close++;
+      if (close < end && close > i + 1) return crc16(buf, i + 1, close) & 16383;
       // No tag: the whole key, and no later '{' counts.
-      return crc16From(crc, buf, i, len) & 16383;
+      return crc16From(crc, buf, i, end) & 16383;
     }
     crc = ((crc << 8) & 0xffff) ^ TABLE[((crc >> 8) ^ c) & 0xff];
   }

@@ -1,7 +1,8 @@
-import { keySlot as calculateSlot } from "./key-slot.js";
+import { keySlot as calculateSlot, keySlotIn } from "./key-slot.js";
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
 import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
 import type { Protocol, RespValue } from "../resp/values.js";
+import type { Request } from "../resp/request-parser.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
@@ -9,7 +10,8 @@ import type { Topology } from "../upstream/topology.js";
 import type { CommandTable } from "./command-table.js";
 import { FAN_OUT, type ClusterSender } from "./fan-out.js";
 import { KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
-import { isSplittable, split, SPLIT_DONE } from "./split.js";
+import { isSplittable, split, splitStride, SPLIT_DONE } from "./split.js";
+import { ClusterRuns } from "./cluster-runs.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, mayBeControl, sendControl } from "./control.js";
@@ -129,10 +131,6 @@ export class Router implements ClusterSender {
   }
 
   /**
-   * The connection a client's ordinary commands take in front of one server (null in a
-   * cluster, where commands need redirect handling, or while the server is unreachable).
-   */
-  /**
    * Whether a command must take forward() even in front of one server, instead of going down a
    * shared connection as raw bytes: control commands, and key listings that hide the proxy's keys.
    */
@@ -142,8 +140,52 @@ export class Router implements ClusterSender {
     return mayBeControl(name) && isControl(name, request.argv);
   }
 
+  /**
+   * The connection a client's ordinary commands take in front of one server (null in a
+   * cluster, where commands need redirect handling, or while the server is unreachable).
+   */
   sharedConnection(affinity: number, proto: Protocol = 2): UpstreamConnection | null {
     return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity, proto) : null;
+  }
+
+  /**
+   * In a cluster, the slot of a client's request that may join its ClusterRuns, or -1 when it
+   * takes forward(): its keys (one at a fixed place, or a splittable command's, MSET's or
+   * MGET's, all in one slot) are read in place. Fanned-out commands, scripts the cache must
+   * see, reads that may go to a replica and keys of several slots (split) take forward().
+   */
+  runSlotOf(name: string, request: Request): number {
+    let key = this.runKeys.get(name);
+    if (key === undefined) {
+      // Names the table does not know are not remembered: clients choose them.
+      if (this.commands?.lookup(name, []) === undefined) return -1;
+      key = this.runKeyFor(name);
+      this.runKeys.set(name, key);
+    }
+    if (key === null) return -1;
+    const argc = request.argc;
+    if (key.stride === 0) return key.first < argc ? request.argHash(key.first, keySlotIn) : -1;
+    const count = (argc - 1) / key.stride;
+    // A wrong count is answered by split() or by the server.
+    if (count < 1 || count !== Math.floor(count)) return -1;
+    return request.commonHash(1, key.stride, keySlotIn);
+  }
+
+  /** Where a command's keys are, for runSlotOf: stride 0 for one key at `first`. */
+  private runKeyFor(name: string): { first: number; stride: number } | null {
+    if (this.cluster === null || this.readFromReplicas || FAN_OUT.has(name)) return null;
+    if (name.startsWith("eval") || name === "script") return null;
+    const stride = splitStride(name);
+    if (stride !== undefined) return { first: 1, stride };
+    const single = this.commands?.singleKey(name) ?? null;
+    return single === null || single < 1 ? null : { first: single, stride: 0 };
+  }
+
+  private readonly runKeys = new Map<string, { first: number; stride: number } | null>();
+
+  /** A client's gatherer of single-key commands per node (cluster mode; null in front of one server). */
+  clusterRuns(affinity: number): ClusterRuns | null {
+    return this.cluster === null ? null : new ClusterRuns(this.redirect!, this.cluster, affinity);
   }
 
   /** Whether the command writes (its COMMAND flags say "write"). */

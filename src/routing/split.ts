@@ -4,7 +4,7 @@ import { decimalLength, encodeError, OK } from "../resp/encode.js";
 import { CONNECTION_LOST } from "../upstream/connection.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamNode } from "../upstream/node.js";
-import { sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
+import type { ReplySink } from "../upstream/reply-sink.js";
 import type { Protocol } from "../resp/values.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 
@@ -23,6 +23,11 @@ const SPLITTABLE = new Map<string, { stride: number; merge: MergeKind }>([
 
 export function isSplittable(name: string): boolean {
   return SPLITTABLE.has(name);
+}
+
+/** Arguments per key of a splittable command (MSET 2, MGET 1); undefined for others. */
+export function splitStride(name: string): number | undefined {
+  return SPLITTABLE.get(name)?.stride;
 }
 
 /** split() sent the parts: the command needs nothing more. */
@@ -59,7 +64,9 @@ export function split(
   let k = 1;
   while (k < count && (slotOfKey[k] = keySlot(argv[1 + k * stride])) === firstSlot) k++;
   if (k === count) return firstSlot;
-  sendParts(redirect, topology, how.merge, argv, stride, count, k + 1, sinkInProtocol(sink, proto), affinity);
+  // The parts go in the client's protocol, on the connections its other commands take, so
+  // that a node runs them in the order the client sent them; the merge reads either protocol.
+  sendParts(redirect, topology, how.merge, argv, stride, count, k + 1, sink, affinity, proto);
   return SPLIT_DONE;
 }
 
@@ -82,6 +89,7 @@ function sendParts(
   hashed: number,
   sink: ReplySink,
   affinity: number,
+  proto: Protocol,
 ): void {
   for (let k = hashed; k < count; k++) slotOfKey[k] = keySlot(argv[1 + k * stride]);
   if (itemGroup.length < count) {
@@ -120,6 +128,7 @@ function sendParts(
     merge === "position" ? itemGroup.slice(0, count) : null,
     sink,
     affinity,
+    proto,
   );
 
   // The groups of each node, nodes in order of first appearance.
@@ -243,7 +252,7 @@ class NodeBatch implements ReplySink {
   }
 
   send(): void {
-    const conn = this.node.sharedConnection(this.job.affinity, 2);
+    const conn = this.node.sharedConnection(this.job.affinity, this.job.proto);
     if (conn !== null) conn.sendRepeated(this.payload, this, this.groups.length, 0);
     // Unreachable now: each part alone, through the redirect handling (it waits and retries).
     else for (let i = 0; i < this.groups.length; i++) this.following(i).send(this.node);
@@ -258,6 +267,7 @@ class NodeBatch implements ReplySink {
       this.job.part(g),
       this.job.affinity,
       this.slots[g],
+      this.job.proto,
     ).at(this.node);
   }
 }
@@ -276,6 +286,8 @@ class SplitJob {
     private readonly groupOfItem: Int32Array | null,
     private readonly target: ReplySink,
     readonly affinity: number,
+    /** The client's protocol: the parts' replies come in it, and so does the merged one. */
+    readonly proto: Protocol,
   ) {
     this.replies = new Array<Buffer>(groups);
     this.remaining = groups;
@@ -346,8 +358,9 @@ function mergeArrays(replies: Buffer[], groupOfItem: Int32Array, items: number):
   return out;
 }
 
-/** The end of the bulk string (or null) starting at `at`. */
+/** The end of the bulk string (or null, RESP2 or RESP3) starting at `at`. */
 function elementEnd(buf: Buffer, at: number): number {
+  if (buf[at] === 95 /* _, a RESP3 null */) return at + 3;
   // findCrlf scans a short header in JavaScript, cheaper than a native indexOf per element.
   const lineEnd = findCrlf(buf, at, buf.length) + 2;
   if (buf[at + 1] === 45 /* - */) return lineEnd;
