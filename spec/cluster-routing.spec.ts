@@ -157,6 +157,28 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(await redirectsSent(masters)).to.deep.equal(before, "the proxy was redirected (MOVED/ASK)");
   }
 
+  /** `slot` starts migrating from `from` to `to` (CLUSTER SETSLOT IMPORTING, then MIGRATING). */
+  async function startMigrating(slot: number, from: RedisNode, to: RedisNode): Promise<void> {
+    const fromId = text(await from.call("CLUSTER", "MYID"));
+    const toId = text(await to.call("CLUSTER", "MYID"));
+    expect(await to.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", fromId)).to.equal("OK");
+    expect(await from.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", toId)).to.equal("OK");
+  }
+
+  /**
+   * Ends a migration of `slot` from `from`: every master is told `to` owns it (`to` first,
+   * then `from`, then the others), and the wait lasts until all of them agree.
+   */
+  async function assignSlot(slot: number, to: RedisNode, from: RedisNode, what: string): Promise<void> {
+    const toId = text(await to.call("CLUSTER", "MYID"));
+    for (const node of [to, from, ...masters.filter((m) => m !== from && m !== to)]) {
+      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", toId)).to.equal("OK");
+    }
+    await waitUntil(`every master to agree on ${what}`, async () =>
+      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === to.port),
+    );
+  }
+
   /** Writes key:<i> = value:<i> for i < count through the proxy, pipelined (ioredis). */
   async function writeKeys(count: number, prefix = "key:"): Promise<string[]> {
     const keys = Array.from({ length: count }, (_, i) => `${prefix}${i}`);
@@ -704,8 +726,6 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     const slot = calculateSlot(moving);
     const source = await ownerOf(moving);
     const target = masters.find((m) => m !== source)!;
-    const sourceId = text(await source.call("CLUSTER", "MYID"));
-    const targetId = text(await target.call("CLUSTER", "MYID"));
     const viaProxy = await client();
     const single = await client(reference.port);
     const same = async (...step: string[]): Promise<Comparable> => {
@@ -717,8 +737,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     await same(...setAll("a"));
     const before = await redirectsSent(masters);
 
-    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", sourceId)).to.equal("OK");
-    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetId)).to.equal("OK");
+    await startMigrating(slot, source, target);
     expect(await source.call("MIGRATE", "127.0.0.1", String(target.port), moving, "0", "5000")).to.equal(
       "OK",
     );
@@ -729,12 +748,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     const asked = await redirectsSent(masters);
     expect(asked.ask - before.ask).to.be.at.least(3, "the source answered ASK");
 
-    for (const node of [target, source, ...masters.filter((m) => m !== source && m !== target)]) {
-      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId)).to.equal("OK");
-    }
-    await waitUntil("every master to agree on the slot's new owner", async () =>
-      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === target.port),
-    );
+    await assignSlot(slot, target, source, "the slot's new owner");
     await same(...setAll("c"));
     expect(await same("MGET", ...keys)).to.include(`c-${moving}`);
     expect(await same("DEL", ...keys.slice(0, 60), moving, "mv:none")).to.equal(
@@ -747,14 +761,8 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
 
     // The slot goes back the same way (the importing side takes a new epoch), so the tests
     // after this one find the layout they started with.
-    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", targetId)).to.equal("OK");
-    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", sourceId)).to.equal("OK");
-    for (const node of [source, target, ...masters.filter((m) => m !== source && m !== target)]) {
-      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", sourceId)).to.equal("OK");
-    }
-    await waitUntil("every master to agree on the slot's first owner", async () =>
-      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === source.port),
-    );
+    await startMigrating(slot, target, source);
+    await assignSlot(slot, source, target, "the slot's first owner");
     expect(await viaProxy.call("GET", moving)).to.equal(null);
   });
 
@@ -784,8 +792,6 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     const slot = calculateSlot(moving);
     const source = await ownerOf(moving);
     const target = masters.find((m) => m !== source)!;
-    const sourceId = text(await source.call("CLUSTER", "MYID"));
-    const targetId = text(await target.call("CLUSTER", "MYID"));
     const viaProxy = await client();
     const single = await client(reference.port);
     // Keys of every master back to back, the moving one among them, with a WRONGTYPE error,
@@ -830,8 +836,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     );
     const before = await redirectsSent(masters);
 
-    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", sourceId)).to.equal("OK");
-    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetId)).to.equal("OK");
+    await startMigrating(slot, source, target);
     expect(await source.call("MIGRATE", "127.0.0.1", String(target.port), moving, "0", "5000")).to.equal(
       "OK",
     );
@@ -839,12 +844,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     const asked = await redirectsSent(masters);
     expect(asked.ask - before.ask).to.be.at.least(10, "the source answered ASK");
 
-    for (const node of [target, source, ...masters.filter((m) => m !== source && m !== target)]) {
-      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId)).to.equal("OK");
-    }
-    await waitUntil("every master to agree on the slot's new owner", async () =>
-      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === target.port),
-    );
+    await assignSlot(slot, target, source, "the slot's new owner");
     expect(await same(pipeline("c"))).to.include("c-moving-2");
     await withoutRedirects(async () => {
       expect(await same(pipeline("d"))).to.include("d-moving-2");
@@ -853,14 +853,8 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
 
     // The slot goes back (see the MSET test above), so the tests after this one find the layout they started with.
     expect(await target.call("DEL", moving)).to.equal(1);
-    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", targetId)).to.equal("OK");
-    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", sourceId)).to.equal("OK");
-    for (const node of [source, target, ...masters.filter((m) => m !== source && m !== target)]) {
-      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", sourceId)).to.equal("OK");
-    }
-    await waitUntil("every master to agree on the slot's first owner", async () =>
-      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === source.port),
-    );
+    await startMigrating(slot, target, source);
+    await assignSlot(slot, source, target, "the slot's first owner");
   });
 
   it("a slot migrated behind the proxy's back: ASK while migrating, MOVED after; right values, no error", async () => {
@@ -873,13 +867,10 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     const c = await client();
     expect(await c.text("SET", key, "before")).to.equal("OK");
     expect(await c.text("SET", sibling, "sib")).to.equal("OK");
-    const sourceId = text(await source.call("CLUSTER", "MYID"));
-    const targetId = text(await target.call("CLUSTER", "MYID"));
     const before = await redirectsSent(masters);
 
     // Migrating: the keys go over one by one; the source answers ASK for those already moved.
-    expect(await target.call("CLUSTER", "SETSLOT", String(slot), "IMPORTING", sourceId)).to.equal("OK");
-    expect(await source.call("CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetId)).to.equal("OK");
+    await startMigrating(slot, source, target);
     expect(await source.call("MIGRATE", "127.0.0.1", String(target.port), key, "0", "5000")).to.equal("OK");
     expect(await c.text("GET", key)).to.equal("before");
     expect(await c.text("GET", sibling)).to.equal("sib");
@@ -891,12 +882,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(
       await source.call("MIGRATE", "127.0.0.1", String(target.port), "", "0", "5000", "KEYS", sibling),
     ).to.equal("OK");
-    for (const node of [target, source, ...masters.filter((m) => m !== source && m !== target)]) {
-      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", targetId)).to.equal("OK");
-    }
-    await waitUntil("every master to agree on the slot's owner", async () =>
-      (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === target.port),
-    );
+    await assignSlot(slot, target, source, "the slot's owner");
     expect(await c.text("GET", key)).to.equal("before");
     expect(await c.text("SET", key, "after")).to.equal("OK");
     expect(await c.text("MGET", sibling, fresh, key)).to.deep.equal(["sib", "new", "after"]);

@@ -329,27 +329,24 @@ export class PrefetchingBridge implements HostBridge {
 
   /** The step's first read-ahead: from now on, each batch's replies are read when it comes. */
   private learn(args: JsonValue[]): void {
-    const [partition, argv, positions, keys] = args;
-    if (typeof partition !== "number" || strings(argv) === null || strings(keys) === null) return;
-    if (!Array.isArray(positions) || positions.some((p) => typeof p !== "number")) return;
-    this.template = { argv: argv as string[], positions: positions as number[] };
+    const call = manyCall(args);
+    if (call === null) return;
+    this.template = { argv: call.argv, positions: call.positions };
     for (const b of this.batches) {
-      if (b.outcomes === null && covers(b, partition, keys as string[]) === false) this.fetch(b);
+      if (b.outcomes === null && covers(b, call.partition, call.keys) === false) this.fetch(b);
     }
   }
 
   /** The answer to a step's executeMany from replies read early; null: ask Redis now. */
   private early(args: JsonValue[]): Promise<RawJson> | null {
-    const [partition, argv, positions, keys] = args;
-    if (typeof partition !== "number" || strings(argv) === null || strings(keys) === null) return null;
-    if (!Array.isArray(positions) || positions.some((p) => typeof p !== "number")) return null;
-    const wanted = keys as string[];
-    if (this.template === null) return null;
-    if (!sameNumbers(this.template.positions, positions as number[])) return null;
-    if (!sameTemplate(this.template.argv, argv as string[], positions as number[])) return null;
+    const call = manyCall(args);
+    if (call === null || this.template === null) return null;
+    const wanted = call.keys;
+    if (!sameNumbers(this.template.positions, call.positions)) return null;
+    if (!sameTemplate(this.template.argv, call.argv, call.positions)) return null;
     for (const b of this.batches) {
       if (b.outcomes === null) continue;
-      const from = covers(b, partition, wanted);
+      const from = covers(b, call.partition, wanted);
       if (from === false) continue;
       b.used = true;
       const to = from + wanted.length;
@@ -359,6 +356,18 @@ export class PrefetchingBridge implements HostBridge {
     }
     return null;
   }
+}
+
+/** executeMany's arguments when they have its shape (partition, argv, positions, keys); null otherwise. */
+function manyCall(
+  args: JsonValue[],
+): { partition: number; argv: string[]; positions: number[]; keys: string[] } | null {
+  const [partition, argv, positions, keys] = args;
+  const argvStrings = strings(argv);
+  const keyStrings = strings(keys);
+  if (typeof partition !== "number" || argvStrings === null || keyStrings === null) return null;
+  if (!Array.isArray(positions) || positions.some((p) => typeof p !== "number")) return null;
+  return { partition, argv: argvStrings, positions: positions as number[], keys: keyStrings };
 }
 
 function keysOf(b: AheadBatch): string[] {
