@@ -69,6 +69,8 @@ interface Options {
   json: string | undefined;
   /** Another build's dist/src/cli.js: each round runs it too, alternating with this one. */
   base: string | undefined;
+  /** Node flags for the base build's proxy instead of --proxy-node-args (A/B of node flags on one build). */
+  baseNodeArgs: string[] | undefined;
 }
 
 const HELP = `Usage: node dist/bench/events.js [options]
@@ -95,6 +97,8 @@ const HELP = `Usage: node dist/bench/events.js [options]
   --base CLI               also run another build (its dist/src/cli.js) in every round, alternating
                            with this one (each build with its own fresh deployment per round), and
                            compare the two (same-run A/B)
+  --base-node-args "..."   node flags for the base build's proxy instead of --proxy-node-args
+                           (with --base naming this build: an A/B of node flags)
   --append FILE            append the markdown report to FILE
                            (EVENTS_THREADS=1 in the environment prints each thread's CPU per throughput run)
   --json FILE              also write every sample as JSON
@@ -129,6 +133,7 @@ function parseOptions(argv: string[]): Options | null {
       append: { type: "string" },
       json: { type: "string" },
       base: { type: "string" },
+      "base-node-args": { type: "string" },
       help: { type: "boolean" },
     },
     strict: true,
@@ -168,6 +173,10 @@ function parseOptions(argv: string[]): Options | null {
     append: values.append,
     json: values.json,
     base: values.base,
+    baseNodeArgs:
+      values["base-node-args"] === undefined
+        ? undefined
+        : values["base-node-args"].split(/\s+/).filter((a) => a !== ""),
   };
 }
 
@@ -1394,7 +1403,14 @@ async function main(): Promise<number> {
       ];
       if (round % 2 === 0) builds.reverse();
       for (const [into, cli] of builds) {
-        const r = await benchSetup(setup, { ...opts, rounds: 1 }, consumerModule, cli);
+        const nodeArgs =
+          cli !== undefined && opts.baseNodeArgs !== undefined ? opts.baseNodeArgs : opts.proxyNodeArgs;
+        const r = await benchSetup(
+          setup,
+          { ...opts, rounds: 1, proxyNodeArgs: nodeArgs },
+          consumerModule,
+          cli,
+        );
         for (const x of [...r.throughput, ...r.latency]) x.round = round;
         const acc = into.get(setup);
         if (acc === undefined) into.set(setup, r);
