@@ -402,6 +402,41 @@ for (const mode of BACKEND_MODES) {
       );
     });
 
+    it("writes far faster than the handler: the backlog is handled in bounded batches, every event, none failing on the isolate's memory limit", async function () {
+      this.timeout(120_000);
+      // The handler holds its first batch for 1.5 s while 40,000 writes arrive: they all
+      // queue behind it. Taken as one batch, those records went over a 16 MB isolate (and
+      // the whole batch failed); in bounded batches each fits.
+      expect(await io.call("RG.CONFIGSET", "ScriptMemoryLimitMB", "16")).to.deep.equal(["OK"]);
+      try {
+        const slow = `GB().foreach(x => {
+            if (x.key === 'bl:slow') { const t = Date.now(); while (Date.now() - t < 1500) {} }
+            execute('SADD', '{bl}:all', x.key);
+          }).register('bl:*')`;
+        expect(await execute(io, slow, "ID", "backlog")).to.equal("OK");
+        const reg = await onlyRegistrationOf(io, "backlog");
+        const writer = client();
+        expect(await writer.set("bl:slow", "v")).to.equal("OK");
+        const keys = Array.from({ length: 40_000 }, (_, i) => `bl:${i}`);
+        for (let i = 0; i < keys.length; i += 10_000) {
+          const p = writer.pipeline();
+          for (const key of keys.slice(i, i + 10_000)) p.set(key, "v");
+          for (const [err] of (await p.exec()) ?? []) expect(err).to.equal(null);
+        }
+        await eventually(
+          () => io.scard("{bl}:all"),
+          (n) => n >= keys.length + 1,
+          "every write's event handled",
+          90_000,
+        );
+        const st = await stable(() => statsOf(io, reg.id), "registration counters");
+        expect(st.numFailures, `lastError ${st.lastError}`).to.equal(0);
+        expect(st.numSuccess).to.equal(st.numTriggered);
+      } finally {
+        await io.call("RG.CONFIGSET", "ScriptMemoryLimitMB", "64");
+      }
+    });
+
     it("a batch whose key reads fail on the shard (TYPE refused by ACL) is a failure; the proxy and the registration go on", async () => {
       const script = "GB().foreach(x => execute('INCR', 'acl-count')).register('acl:*')";
       expect(await execute(io, script, "ID", "aclfail")).to.equal("OK");

@@ -22,6 +22,14 @@ const TRANSIENT_READ_ERROR = /^(ERR upstream|CLUSTERDOWN|MOVED|ASK|TRYAGAIN|LOAD
 const READ_RETRY_FOR_MS = 60_000;
 const FIRST_READ_RETRY_MS = 50;
 const MAX_READ_RETRY_MS = 1000;
+/**
+ * Events one batch of a registration takes at most. A batch takes what queued while the one
+ * before it ran: under writes faster than the handler, that grew without end, and a batch of
+ * a few hundred thousand records went over the isolate's memory limit and failed whole (its
+ * events lost). A thousand records amortize a batch's fixed costs (the guest entry, the
+ * pipelined reads) as well as more would.
+ */
+const MAX_EVENTS_PER_BATCH = 1000;
 
 /** A script sent with RG.EXECUTE that registered something: its isolate lives on for its handlers. */
 export interface GearsSession {
@@ -356,7 +364,7 @@ export class RegistrationRegistry {
     local.running = true;
     try {
       while (local.queue.length > 0 && this.sessions.get(session.id) === session) {
-        local.inFlight = local.queue.splice(0, local.queue.length);
+        local.inFlight = local.queue.splice(0, MAX_EVENTS_PER_BATCH);
         await this.runBatch(session, registration, local.inFlight);
         local.inFlight = [];
       }
@@ -372,7 +380,7 @@ export class RegistrationRegistry {
     registration.running = true;
     try {
       while (registration.queue.length > 0 && this.sessions.get(session.id) === session) {
-        registration.inFlight = registration.queue.splice(0, registration.queue.length);
+        registration.inFlight = registration.queue.splice(0, MAX_EVENTS_PER_BATCH);
         await this.runBatch(session, registration, registration.inFlight);
         registration.inFlight = [];
       }
