@@ -57,6 +57,56 @@ for (const mode of BACKEND_MODES) {
       expect(Date.now() - started).to.be.below(1000);
     });
 
+    it("a burst of writes made directly on the shards: every event reaches the trigger, each key's in the order of its writes", async () => {
+      // Many events queue at once: they run many to an entry, the calls of distinct slots
+      // pipelined, and each key's one after another in order.
+      const burst = lib(
+        "burst",
+        `redis.registerKeySpaceTrigger('order', 'burst:', function(client, data){
+           client.call('rpush', 'order:{' + data.key + '}', data.event);
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", burst)).to.equal("OK");
+      try {
+        const keys = Array.from({ length: 300 }, (_, i) => `burst:${i}`);
+        const byNode = new Map<Awaited<ReturnType<typeof t.direct.on>>, string[]>();
+        for (const key of keys) {
+          const node = await t.direct.on(key);
+          byNode.set(node, [...(byNode.get(node) ?? []), key]);
+        }
+        const expected = ["set", "incrby", "append", "expire", "persist", "del"];
+        await Promise.all(
+          [...byNode].map(async ([node, mine]) => {
+            // Pipelined: every command sent before the first reply is read.
+            const commands = mine.flatMap((key) => [
+              ["SET", key, "1"],
+              ["INCR", key],
+              ["APPEND", key, "x"],
+              ["EXPIRE", key, "100"],
+              ["PERSIST", key],
+              ["DEL", key],
+            ]);
+            for (const c of commands) node.send(...c);
+            for (let i = 0; i < commands.length; i++) expect(await node.next()).not.to.be.instanceOf(Error);
+          }),
+        );
+        await eventually(
+          async () => {
+            let done = 0;
+            for (const key of keys) if ((await t.c.llen(`order:{${key}}`)) >= expected.length) done++;
+            return done;
+          },
+          (done) => done === keys.length,
+          "every key's six events handled",
+          30_000,
+        );
+        for (const key of keys)
+          expect(await t.c.lrange(`order:{${key}}`, 0, -1), key).to.deep.equal(expected);
+      } finally {
+        await t.c.call("TFUNCTION", "DELETE", "burst");
+      }
+    });
+
     it("the documentation's stream trigger copies entries into hashes: old entries first, then new ones, in order", async () => {
       await t.c.xadd("stream:copy", "1-1", "name", "before");
       const code = lib(

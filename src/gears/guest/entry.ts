@@ -207,6 +207,9 @@ export type BatchCalls = (string | number | Tagged)[];
  * the replies of every call sent so far follow (FlatPairs), or TFCALLs that arrived for the
  * entry under way, to start before the replies (BatchCalls).
  */
+/** A pair for each trigger event run: its error text or null, then the milliseconds it took. */
+export type TriggerOutcomes = (string | number | null)[];
+
 export const CALLS_REPLIES = 0;
 export const CALLS_MORE = 1;
 
@@ -226,15 +229,14 @@ export interface TfEntry {
    */
   callFunctions(calls: BatchCalls, budgetMs: number): FlatPairs | Promise<FlatPairs>;
   /**
-   * Keyspace trigger `name` for one event: onTriggerFired, then its callback. `key` is null
-   * when the key is not UTF-8; `keyBytes` is the key in latin1 (one char a byte).
+   * Keyspace trigger events in one entry, as BatchCalls: for each, the trigger's name, 3
+   * arguments (the event, the key or null when it is not UTF-8, the key in latin1: one char a
+   * byte), and the key's slot. Each runs onTriggerFired, then its callback; the calls of
+   * events of distinct slots are pipelined as a batch of TFCALLs' are (guest/tf/batch.ts),
+   * those of one slot run one after the other, in order. It starts none once `budgetMs` is
+   * spent. The outcomes of those it ran, in order, as TriggerOutcomes.
    */
-  fireKeyspaceTrigger(
-    name: string,
-    event: string,
-    key: string | null,
-    keyBytes: string,
-  ): TfOutcome | Promise<TfOutcome>;
+  fireKeyspaceTriggers(events: BatchCalls, budgetMs: number): TriggerOutcomes | Promise<TriggerOutcomes>;
   /**
    * Stream trigger `name` for a window of entries of one stream (name in latin1), all at
    * once: each entry's error text, or null. An entry's fields and values come in order, each

@@ -8,7 +8,9 @@ import {
   type TfEntry,
   type TfOutcome,
   type TfRegistrations,
+  type TriggerOutcomes,
 } from "../guest/entry.js";
+import { keySlot } from "../../routing/key-slot.js";
 import type { GuestIsolate } from "../guest-isolate.js";
 import { utf8Text } from "./values.js";
 
@@ -55,9 +57,15 @@ export class TfGuest {
     return outcomes;
   }
 
-  async fireKeyspaceTrigger(name: string, event: string, key: Buffer): Promise<TfOutcome> {
-    const args = [name, event, utf8Text(key), key.toString("latin1")];
-    return (await this.isolate.call(path("fireKeyspaceTrigger"), args)) as unknown as TfOutcome;
+  /**
+   * Keyspace trigger events ([trigger name, event, key] each) in one entry, those of distinct
+   * slots with their calls pipelined: for each one run, its error text or null and its ms.
+   */
+  async fireKeyspaceTriggers(items: [string, string, Buffer][], budgetMs: number): Promise<TriggerOutcomes> {
+    const calls: JsonValue[] = [];
+    for (const [name, event, key] of items)
+      calls.push(name, 3, event, utf8Text(key), key.toString("latin1"), 1, keySlot(key));
+    return (await this.isolate.call(path("fireKeyspaceTriggers"), [calls, budgetMs])) as TriggerOutcomes;
   }
 
   async fireStreamTrigger(

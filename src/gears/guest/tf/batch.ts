@@ -76,12 +76,13 @@ export function syncCall(args: CallArgs, raw: boolean): unknown {
 }
 
 /**
- * Runs the TFCALLs of one batch (see above), and those the host hands over while it runs;
+ * Runs the TFCALLs of one batch (see above), and those the host hands over while it runs
+ * (unless `refill` is false: a batch of other items, keyspace trigger events, takes none);
  * how many started before the budget ran out. The batch's state lives in this call's locals,
  * which its inner functions reach directly: QuickJS looks a property up by name on every
  * access, `this.x` included.
  */
-export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number): number {
+export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refill = true): number {
   /** Where each TFCALL's record starts in `calls` (those handed over later are appended). */
   const starts: number[] = [];
   let next = 0;
@@ -137,7 +138,12 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number): num
   /** Whether TFCALLs that arrived since the entry began may start on top of the waiting ones. */
   function mayRefill(): boolean {
     return (
-      next >= starts.length && starts.length < MAX_ITEMS && depth < MAX_NESTED && keyless === 0 && !spent()
+      refill &&
+      next >= starts.length &&
+      starts.length < MAX_ITEMS &&
+      depth < MAX_NESTED &&
+      keyless === 0 &&
+      !spent()
     );
   }
 
