@@ -30,7 +30,16 @@ export class Gather {
 
   private settle(index: number, data: Buffer): void {
     this.replies[index] = data;
-    if (--this.remaining === 0) this.target.reply(this.done(this.replies));
+    if (--this.remaining !== 0) return;
+    let merged: Buffer;
+    try {
+      merged = this.done(this.replies);
+    } catch (err) {
+      // Thrown from inside a reply callback it would be lost, and the client left waiting.
+      this.target.fail(`ERR the proxy could not merge the nodes' replies: ${(err as Error).message}`);
+      return;
+    }
+    this.target.reply(merged);
   }
 }
 
@@ -65,7 +74,8 @@ export function mergeConcat(replies: Buffer[]): Buffer {
   const all: RespValue[] = [];
   for (const r of replies) {
     const v = decodeReply(r);
-    if (Array.isArray(v)) all.push(...v);
+    // Not push(...v): a reply of some 120,000 keys and more is too many arguments for one call.
+    if (Array.isArray(v)) for (let i = 0; i < v.length; i++) all.push(v[i]);
   }
   return encodeValue(all);
 }
