@@ -823,6 +823,26 @@ for (const mode of BACKEND_MODES) {
         expect(typeError.errors[0]).to.match(/^TypeError: .* in map at script:2$/);
       });
 
+      it("150,000 records that each throw: all 150,000 errors in the reply", async function () {
+        this.timeout(60_000);
+        // Too many to spread into one call's arguments ("Maximum call stack size exceeded"
+        // was the whole reply).
+        const keys = Array.from({ length: 150_000 }, (_, i) => `{manyerr}:${i}`);
+        try {
+          for (let i = 0; i < keys.length; i += 10_000) {
+            expect(await io.mset(...keys.slice(i, i + 10_000).flatMap((k) => [k, "v"]))).to.equal("OK");
+          }
+          const out = await run(io, "GB().map(r => { throw new Error('no ' + r.key) }).run('{manyerr}:*')");
+          expect(out.results).to.deep.equal([]);
+          expect(out.errors).to.have.length(keys.length);
+          expect(new Set(out.errors)).to.deep.equal(
+            new Set(keys.map((k) => `Error: no ${k} in map at script:1`)),
+          );
+        } finally {
+          for (let i = 0; i < keys.length; i += 10_000) await io.unlink(...keys.slice(i, i + 10_000));
+        }
+      });
+
       it("RG.PYEXECUTE, with Python off (the default), says how to switch it on", async () => {
         const message = await rejection(io.call("RG.PYEXECUTE", "GB().run()"));
         expect(message).to.match(

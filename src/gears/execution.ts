@@ -253,7 +253,7 @@ export class Execution {
       const out = await this.guest.finish(id);
       if (this.chunks !== null) this.keep(out.out);
       else this.takeResults(out);
-      this.errors.push(...out.errors);
+      this.addErrors(out.errors);
       this.status = "done";
     } catch (err) {
       if (this.abortRequested) this.status = "aborted";
@@ -290,8 +290,13 @@ export class Execution {
     const out = await this.guest.once(this.actionIndex, topology, inputs, this.resultForm);
     this.partitionsDone = this.partitions.count;
     this.takeResults(out);
-    this.errors.push(...out.errors);
+    this.addErrors(out.errors);
     this.status = "done";
+  }
+
+  /** Not push(...errors): a record's error each, they can be too many for one call's arguments. */
+  private addErrors(errors: string[]): void {
+    for (let i = 0; i < errors.length; i++) this.errors.push(errors[i]);
   }
 
   private async readPartition(partition: number, started: Promise<number>): Promise<void> {
