@@ -221,7 +221,14 @@ class NodeRun implements ReplySink {
    * A split command's part: an array of `argc` from the name in [nameStart, nameEnd) and the
    * items chained from `first` (ClusterRuns' scratch arrays, read now).
    */
-  addPart(argc: number, nameStart: number, nameEnd: number, first: number, slot: number, sink: ReplySink): void {
+  addPart(
+    argc: number,
+    nameStart: number,
+    nameEnd: number,
+    first: number,
+    slot: number,
+    sink: ReplySink,
+  ): void {
     const spans = this.spans;
     const header = spans.length;
     spans.push(-argc, 0, nameStart, nameEnd);
