@@ -365,6 +365,8 @@ interface Sample {
   seconds: number;
   /** CPU time (user + system) the proxy process spent per request, in microseconds; NaN for direct. */
   cpuUs: number;
+  /** read- and write-type system calls the proxy process made per request (/proc/PID/io); NaN for direct. */
+  sysPerReq: number;
 }
 
 /** Which CSV row reports a test: LRANGE_100 is preceded by its own LPUSH fill, which we skip. */
@@ -401,6 +403,7 @@ function parseCsv(text: string, test: TestName): Sample | undefined {
       n: 0,
       seconds: 0,
       cpuUs: NaN,
+      sysPerReq: NaN,
     };
   }
   return undefined;
@@ -449,6 +452,7 @@ class Bench {
   ): Promise<Sample | undefined> {
     const n = this.requests(c, label);
     const cpuBefore = pid === undefined ? NaN : treeCpuSeconds(pid).total;
+    const sysBefore = pid === undefined ? NaN : ioSyscalls(pid);
     const o = this.opts;
     const args = [
       ...["-h", HOST, "-p", String(port), "-c", String(o.clients), "-n", String(n)],
@@ -469,7 +473,10 @@ class Bench {
     }
     sample.n = n;
     sample.seconds = (performance.now() - started) / 1000;
-    if (pid !== undefined) sample.cpuUs = ((treeCpuSeconds(pid).total - cpuBefore) * 1e6) / n;
+    if (pid !== undefined) {
+      sample.cpuUs = ((treeCpuSeconds(pid).total - cpuBefore) * 1e6) / n;
+      sample.sysPerReq = (ioSyscalls(pid) - sysBefore) / n;
+    }
     const key = configKey(c);
     this.rates.set(`${key} ${label}`, sample.rps);
     // A target not measured yet in this config gets the slowest rate seen, so it cannot overrun.
@@ -482,12 +489,28 @@ class Bench {
     return sample;
   }
 
-  median(c: Config, label: string, field: "rps" | "p50" | "p99" | "cpuUs"): number {
+  median(c: Config, label: string, field: "rps" | "p50" | "p99" | "cpuUs" | "sysPerReq"): number {
     const list = this.samples.get(configKey(c))?.get(label) ?? [];
     const values = list.map((s) => s[field]).sort((a, b) => a - b);
     if (values.length === 0) return NaN;
     const mid = values.length >> 1;
     return values.length % 2 === 1 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
+  }
+}
+
+/**
+ * The read- and write-type system calls (syscr + syscw of /proc/PID/io: read, write, readv,
+ * writev...) process `pid` made so far, all its threads; NaN where the file cannot be read.
+ * On loopback a write also does the receiver's TCP work, so fewer writes per request is
+ * often what lowers the proxy's CPU.
+ */
+function ioSyscalls(pid: number): number {
+  try {
+    const io = fs.readFileSync(`/proc/${pid}/io`, "latin1");
+    const field = (name: string): number => Number(new RegExp(`^${name}: (\\d+)`, "m").exec(io)?.[1] ?? NaN);
+    return field("syscr") + field("syscw");
+  } catch {
+    return NaN;
   }
 }
 
@@ -713,6 +736,8 @@ function clusterReport(bench: Bench, opts: Options): { text: string; verdicts: V
   if (withB) header.push("gears-b p50/p99 ms");
   header.push("gears CPU µs/req");
   if (withB) header.push("gears-b CPU µs/req");
+  header.push("gears syscalls/req");
+  if (withB) header.push("gears-b syscalls/req");
   const rows: string[][] = [];
   const ratios: number[] = [];
   for (const c of configs("cluster", opts)) {
@@ -725,6 +750,7 @@ function clusterReport(bench: Bench, opts: Options): { text: string; verdicts: V
     for (const l of labels)
       row.push(`${fmtMs(bench.median(c, l, "p50"))} / ${fmtMs(bench.median(c, l, "p99"))}`);
     for (const l of labels.slice(1)) row.push(fmtUs(bench.median(c, l, "cpuUs")));
+    for (const l of labels.slice(1)) row.push(bench.median(c, l, "sysPerReq").toFixed(3));
     rows.push(row);
   }
   return {

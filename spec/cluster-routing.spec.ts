@@ -857,6 +857,57 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     await assignSlot(slot, source, target, "the slot's first owner");
   });
 
+  it("split MSET/MGET/DEL/EXISTS pipelined among single-key commands, keys repeated, values short and long, over many reads of the client's input: Redis' replies, in order", async () => {
+    const viaProxy = await client();
+    const single = await client(reference.port);
+    const long = "L".repeat(300);
+    // Every split part is cut from the client's bytes: repeated keys (the last MSET value wins,
+    // DEL counts a key once, EXISTS twice), neighbours of one slot, values past the short copy.
+    const round = (r: number): string[][] => {
+      const keys = Array.from({ length: 12 }, (_, i) => `sp:${(r * 7 + i) % 40}`);
+      return [
+        ["SET", keys[0], `one-${r}`],
+        [
+          "MSET",
+          ...keys.flatMap((k, i) => [k, i % 3 === 0 ? `${long}-${r}-${i}` : `v${r}-${i}`]),
+          keys[1],
+          `last-${r}`,
+        ],
+        ["GET", keys[1]],
+        ["MGET", keys[2], "sp:none", keys[2], ...keys.slice(5), `{${keys[3]}}:x`],
+        ["INCR", `sp:n:${r % 5}`],
+        ["DEL", keys[4], keys[4], `sp:${(r + 20) % 40}`, "sp:none"],
+        ["EXISTS", ...keys, keys[0]],
+        ["MSET", `{t${r}}a`, "1", `{t${r}}b`, "2"],
+        ["MGET", `{t${r}}a`, keys[6], `{t${r}}b`],
+        ["GET", keys[4]],
+      ];
+    };
+    const steps = Array.from({ length: 400 }, (_, r) => round(r)).flat();
+    // Written in pieces, so the proxy reads the pipeline in many chunks and its runs see
+    // requests of several input buffers.
+    const payload = Buffer.concat(steps.map((step) => encode(step)));
+    for (let at = 0; at < payload.length; at += 7_001) {
+      viaProxy.write(payload.subarray(at, at + 7_001));
+      single.write(payload.subarray(at, at + 7_001));
+      await sleep(1);
+    }
+    const got: Comparable[] = [];
+    const want: Comparable[] = [];
+    for (let i = 0; i < steps.length; i++) {
+      want.push(comparable(await single.next()));
+      got.push(comparable(await viaProxy.next()));
+    }
+    expect(got).to.deep.equal(want);
+    // RESP3: the merged replies in the client's protocol, the very bytes a single Redis sends.
+    await single.call("FLUSHALL");
+    await viaProxy.call("FLUSHALL");
+    const few = Array.from({ length: 5 }, (_, r) => round(r)).flat();
+    expect((await resp3Bytes(proxy.port, few)).toString()).to.equal(
+      (await resp3Bytes(reference.port, few)).toString(),
+    );
+  });
+
   it("a slot migrated behind the proxy's back: ASK while migrating, MOVED after; right values, no error", async () => {
     const [key] = await keyPerMaster("mig:");
     const slot = calculateSlot(key);

@@ -11,7 +11,7 @@ import type { CommandTable } from "./command-table.js";
 import { FAN_OUT, type ClusterSender } from "./fan-out.js";
 import { KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
 import { isSplittable, split, splitStride, SPLIT_DONE } from "./split.js";
-import { ClusterRuns } from "./cluster-runs.js";
+import { ClusterRuns, SPLIT_RUN } from "./cluster-runs.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, mayBeControl, sendControl } from "./control.js";
@@ -151,8 +151,9 @@ export class Router implements ClusterSender {
   /**
    * In a cluster, the slot of a client's request that may join its ClusterRuns, or -1 when it
    * takes forward(): its keys (one at a fixed place, or a splittable command's, MSET's or
-   * MGET's, all in one slot) are read in place. Fanned-out commands, scripts the cache must
-   * see, reads that may go to a replica and keys of several slots (split) take forward().
+   * MGET's) are read in place. A splittable command whose keys span slots answers SPLIT_RUN
+   * (the runs split it). Fanned-out commands, scripts the cache must see and reads that may
+   * go to a replica take forward().
    */
   runSlotOf(name: string, request: Request): number {
     let key = this.runKeys.get(name);
@@ -168,7 +169,9 @@ export class Router implements ClusterSender {
     const count = (argc - 1) / key.stride;
     // A wrong count is answered by split() or by the server.
     if (count < 1 || count !== Math.floor(count)) return -1;
-    return request.commonHash(1, key.stride, keySlotIn);
+    const slot = request.commonHash(1, key.stride, keySlotIn);
+    // Keys of several slots: the runs split it, one part per slot from the request's bytes.
+    return slot === -1 ? SPLIT_RUN : slot;
   }
 
   /** Where a command's keys are, for runSlotOf: stride 0 for one key at `first`. */

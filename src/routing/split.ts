@@ -9,7 +9,7 @@ import type { Protocol } from "../resp/values.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
 
 /** How the per-slot replies of a split command become the one reply Redis would give. */
-type MergeKind = "sum" | "ok" | "position";
+export type MergeKind = "sum" | "ok" | "position";
 
 /** Multi-key commands that may be split by slot: how their arguments group, and how replies merge. */
 const SPLITTABLE = new Map<string, { stride: number; merge: MergeKind }>([
@@ -28,6 +28,11 @@ export function isSplittable(name: string): boolean {
 /** Arguments per key of a splittable command (MSET 2, MGET 1); undefined for others. */
 export function splitStride(name: string): number | undefined {
   return SPLITTABLE.get(name)?.stride;
+}
+
+/** How a splittable command's per-slot replies merge; undefined for others. */
+export function splitMerge(name: string): MergeKind | undefined {
+  return SPLITTABLE.get(name)?.merge;
 }
 
 /** split() sent the parts: the command needs nothing more. */
@@ -273,7 +278,7 @@ class NodeBatch implements ReplySink {
 }
 
 /** The replies of a split command's parts, merged once all are in. */
-class SplitJob {
+export class SplitJob {
   private readonly replies: Buffer[];
   private remaining: number;
 
@@ -294,10 +299,7 @@ class SplitJob {
   }
 
   part(group: number): ReplySink {
-    return {
-      reply: (data) => this.settle(group, data),
-      fail: (message) => this.settle(group, encodeError(message)),
-    };
+    return new SplitPart(this, group);
   }
 
   settle(group: number, data: Buffer): void {
@@ -316,6 +318,22 @@ class SplitJob {
       return Buffer.from(`:${sum}\r\n`, "latin1");
     }
     return mergeArrays(replies, this.groupOfItem!, this.items);
+  }
+}
+
+/** The sink of one part of a split command: its reply settles its group. */
+export class SplitPart implements ReplySink {
+  constructor(
+    private readonly job: SplitJob,
+    private readonly group: number,
+  ) {}
+
+  reply(data: Buffer): void {
+    this.job.settle(this.group, data);
+  }
+
+  fail(message: string): void {
+    this.job.settle(this.group, encodeError(message));
   }
 }
 
