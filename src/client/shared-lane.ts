@@ -56,6 +56,8 @@ export class SharedLane {
         );
         return;
       }
+      // A single-slot command's slot, or SPLIT_RUN (routing/cluster-runs.ts) for a multi-key
+      // command over several slots: either joins the client's per-node runs.
       const keySlot = router.runSlotOf(name, request);
       if (keySlot >= 0) {
         this.clusterRuns ??= router.clusterRuns(host.id);
