@@ -209,7 +209,11 @@ export class TrackingTable {
         const write: RecentWrite = { seq: ++this.writeSeq, writer: id, at, anchor, lastRead };
         const list = this.writes.get(k);
         if (list === undefined) this.writes.set(k, [write]);
-        else if (list.length < MAX_WRITES) list.push(write);
+        else {
+          // Those that changed nothing (their invalidation never came) go first.
+          while (list.length > 0 && at - list[0].at > WRITE_MATCH_MS) list.shift();
+          if (list.length < MAX_WRITES) list.push(write);
+        }
         if (queued) this.queueWrite(id, write);
       }
     } else if (name === "flushall" || name === "flushdb") {
