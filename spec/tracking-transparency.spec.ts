@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { startProxy, startRedis, type RedisNode } from "./harness/index.js";
+import { startCluster, startProxy, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
 import { HELLO_END, transcript, type Step } from "./support/transcript.js";
 
 // Client tracking sequences against one redis-server directly and through the proxy: the
@@ -110,6 +110,22 @@ const CASES: [name: string, steps: Step[]][] = [
   ],
 ];
 
+/** In front of a cluster: FLUSHALL runs on every master, and each master's stream sends its null. */
+const CLUSTER_CASES: [name: string, steps: Step[]][] = [
+  CASES[0],
+  CASES[1],
+  [
+    "another client's FLUSHALL: one null",
+    [
+      ...TRACKING,
+      { on: "b", send: [["FLUSHALL"]], until: "+OK\r\n" },
+      END,
+      { on: "b", send: [["SET", "qa:k", "1"]], until: "+OK\r\n" },
+      END,
+    ],
+  ],
+];
+
 describe("tracking transparency: invalidations where Redis puts them, through the proxy", function () {
   this.timeout(60_000);
   let server: RedisNode;
@@ -130,4 +146,25 @@ describe("tracking transparency: invalidations where Redis puts them, through th
         await proxy.close();
       }
     });
+
+  describe("a 3-master cluster, compared with one redis-server", () => {
+    let cluster: RedisCluster;
+    before(async () => {
+      cluster = await startCluster({ masters: 3 });
+    });
+    after(async () => {
+      await cluster?.stop();
+    });
+
+    for (const [name, steps] of CLUSTER_CASES)
+      it(name, async () => {
+        const direct = await transcript(server.port, steps);
+        const proxy = await startProxy([{ port: cluster.nodes[0].port }]);
+        try {
+          expect(await transcript(proxy.port, steps)).to.deep.equal(direct);
+        } finally {
+          await proxy.close();
+        }
+      });
+  });
 });

@@ -47,6 +47,10 @@ interface RecentWrite {
   lastRead: number;
   /** A FLUSHALL/FLUSHDB whose writer was told its null already (tellFlusher). */
   told?: boolean;
+  /** A FLUSHALL/FLUSHDB: the streams' nulls still to come for it, one per master it ran on. */
+  nulls?: number;
+  /** A FLUSHALL/FLUSHDB whose null every tracking client has had: later masters' nulls say nothing new. */
+  allTold?: boolean;
 }
 
 /**
@@ -119,8 +123,8 @@ export class TrackingTable {
   private writeSeq = 0;
   /** Per client, its writes queued in MULTI, which its EXEC will anchor. */
   private readonly queuedWrites = new Map<number, RecentWrite[]>();
-  /** The last FLUSHALL/FLUSHDB through the proxy, until its null comes. */
-  private flushWrite: RecentWrite | null = null;
+  /** The FLUSHALL/FLUSHDB commands through the proxy, in order, until their nulls come. */
+  private readonly flushes: RecentWrite[] = [];
   /** While invalidations are handed to clients: where they go (follows). */
   private placing: Placing | null = null;
   /** Invalidation frames handed to clients: a later one never overtakes them. */
@@ -128,7 +132,8 @@ export class TrackingTable {
   /** Some client tracks: every client's writes are noted (order, NOLOOP). */
   watching = false;
   private maxKeys = DEFAULT_MAX_KEYS;
-  private flushPending = false;
+  /** Flushes whose nulls are to be told at the end of this turn: the proxy's own, or null for any other. */
+  private readonly flushBatch: (RecentWrite | null)[] = [];
   private readonly streams: InvalidationStreams;
 
   constructor(
@@ -177,7 +182,7 @@ export class TrackingTable {
       this.watching = false;
       this.writes.clear();
       this.queuedWrites.clear();
-      this.flushWrite = null;
+      this.flushes.length = 0;
       this.streams.idle();
     }
   }
@@ -223,8 +228,10 @@ export class TrackingTable {
         at: Date.now(),
         anchor: queued ? null : argv,
         lastRead: 0,
+        // Outside MULTI it runs on every master (a fan-out); queued, on the transaction's node.
+        nulls: queued ? 1 : this.router.masters().length,
       };
-      this.flushWrite = flush;
+      if (this.flushes.length < MAX_WRITES) this.flushes.push(flush);
       if (queued) this.queueWrite(id, flush);
       // Once the command has its place among the replies (dispatch is synchronous).
       else if (state !== null) queueMicrotask(() => this.tellFlusher(flush));
@@ -266,7 +273,11 @@ export class TrackingTable {
     const list = this.queuedWrites.get(id);
     if (list === undefined) return;
     this.queuedWrites.delete(id);
-    for (const write of list) write.anchor = exec;
+    for (const write of list) {
+      write.anchor = exec;
+      // A discarded FLUSHALL sends no null.
+      if (exec === null && write.nulls !== undefined) write.nulls = 0;
+    }
   }
 
   /**
@@ -486,8 +497,16 @@ export class TrackingTable {
    * writes sent after the proxy's own FLUSHALL are not forgotten: they came after it.
    */
   private flush(): void {
-    const flush = this.flushWrite;
-    const after = flush !== null && Date.now() - flush.at <= WRITE_MATCH_MS ? flush.seq : Infinity;
+    // One of the nulls of the proxy's own FLUSHALLs, in order (not a flush from elsewhere, a
+    // lost stream). Discarded ones and those whose nulls never came are passed over.
+    const now = Date.now();
+    const flushes = this.flushes;
+    while (flushes.length > 0 && (flushes[0].nulls === 0 || now - flushes[0].at > WRITE_MATCH_MS))
+      flushes.shift();
+    const flush = flushes.length > 0 ? flushes[0] : null;
+    const ours = flush !== null;
+    if (ours && --flush.nulls! === 0) flushes.shift();
+    const after = ours ? flush.seq : Infinity;
     this.items = 0;
     for (const [k, ids] of this.keys) {
       for (const [id, reads] of ids) {
@@ -502,27 +521,35 @@ export class TrackingTable {
       if (later.length === 0) this.writes.delete(k);
       else this.writes.set(k, later);
     }
-    if (this.flushPending || this.trackers.size === 0) return;
-    this.flushPending = true;
-    setImmediate(() => {
-      this.flushPending = false;
+    // A FLUSHALL in front of a cluster: each master's null comes when it comes; one is told.
+    // The nulls that come in one turn are told together: one per FLUSHALL of the proxy's,
+    // and one for all the rest.
+    if (this.trackers.size === 0) return;
+    const cause = ours ? flush : null;
+    if (cause !== null && (cause.allTold === true || this.flushBatch.includes(cause))) return;
+    if (cause === null && this.flushBatch.includes(null)) return;
+    this.flushBatch.push(cause);
+    if (this.flushBatch.length === 1) setImmediate(() => this.tellFlushes());
+  }
+
+  /** The nulls of a turn's flushes (see flush). */
+  private tellFlushes(): void {
+    for (const flush of this.flushBatch.splice(0)) {
       // The flusher's own null follows its FLUSHALL's reply (a flush that is not one of the
       // proxy's FLUSHALLs, a lost stream, is another's change for every client).
-      const flush = this.flushWrite;
-      this.flushWrite = null;
-      const fresh = flush !== null && Date.now() - flush.at <= WRITE_MATCH_MS;
+      if (flush !== null) flush.allTold = true;
       const deliveries: Delivery[] = [];
       for (const id of this.trackers) {
         const client = this.lookup(id);
         const state = client?.tracking;
         if (client === undefined || state == null) continue;
-        const own = fresh && flush.writer === id;
+        const own = flush !== null && flush.writer === id;
         if (own && flush.told === true) continue;
         deliveries.push({ client, state, keys: [], anchor: own ? flush.anchor : null });
       }
       for (const { client, state, anchor } of deliveries)
         this.send(client, state, anchor, [flushValue(client.proto)], null);
-    });
+    }
   }
 
   /** To the client itself or its REDIRECT client, as Redis' sendTrackingMessage. */
