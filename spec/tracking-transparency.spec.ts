@@ -40,6 +40,27 @@ const CASES: [name: string, steps: Step[]][] = [
     [...TRACKING, { send: [["FLUSHALL"], ["PING"], ["FLUSHDB"], ["PING", "2"]], until: "$1\r\n2\r\n" }, END],
   ],
   [
+    "FLUSHALL refused for its syntax: no null; FLUSHDB ASYNC: one",
+    [
+      ...TRACKING,
+      {
+        send: [
+          ["FLUSHALL", "qa:bad"],
+          ["PING", "1"],
+        ],
+        until: "$1\r\n1\r\n",
+      },
+      {
+        send: [
+          ["FLUSHDB", "ASYNC"],
+          ["PING", "2"],
+        ],
+        until: "$1\r\n2\r\n",
+      },
+      END,
+    ],
+  ],
+  [
     "two writes of a key it read: one invalidation, after the first",
     [
       ...TRACKING,

@@ -94,6 +94,11 @@ interface Told {
   seq: number;
 }
 
+/** Whether FLUSHALL/FLUSHDB with these arguments runs (no syntax error): it sends a null. */
+function flushRuns(argv: readonly Buffer[]): boolean {
+  return argv.length === 1 || (argv.length === 2 && /^(a?sync)$/i.test(argv[1].toString("latin1")));
+}
+
 /** Keys are compared as bytes: latin1 maps each byte to one character. */
 function keyOf(key: Buffer): string {
   return key.toString("latin1");
@@ -221,7 +226,7 @@ export class TrackingTable {
         }
         if (queued) this.queueWrite(id, write);
       }
-    } else if (name === "flushall" || name === "flushdb") {
+    } else if ((name === "flushall" || name === "flushdb") && flushRuns(argv)) {
       const flush: RecentWrite = {
         seq: ++this.writeSeq,
         writer: id,
