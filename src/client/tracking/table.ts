@@ -215,7 +215,8 @@ export class TrackingTable {
       const anchor = queued ? null : argv;
       for (const key of written) {
         const k = keyOf(key);
-        const lastRead = this.keys.get(k)?.get(id)?.last ?? 0;
+        // Only a client that tracks has reads to order with its writes.
+        const lastRead = state === null ? 0 : (this.keys.get(k)?.get(id)?.last ?? 0);
         const write: RecentWrite = { seq: ++this.writeSeq, writer: id, at, anchor, lastRead };
         const list = this.writes.get(k);
         if (list === undefined) this.writes.set(k, [write]);
