@@ -1,5 +1,8 @@
 import { expect } from "chai";
 import { startCluster, startProxy, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
+import net from "node:net";
+import { encode, ReceivedText } from "./support/raw-client.js";
+import { eventually } from "./support/polling.js";
 import { HELLO_END, transcript, type Step } from "./support/transcript.js";
 
 // Pub/sub sequences run against one redis-server directly and through the proxy: the bytes
@@ -43,6 +46,64 @@ const HELLO2_CASES: [name: string, steps: Step[]][] = [
   ],
 ];
 
+/** A TCP relay to `port` that delays every chunk by `ms` each way: a network with a round trip of 2 ms. */
+async function slowLink(port: number, ms: number): Promise<{ port: number; close(): void }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, "127.0.0.1");
+    for (const [from, to] of [
+      [client, upstream],
+      [upstream, client],
+    ]) {
+      sockets.add(from);
+      from.on("data", (chunk) => setTimeout(() => to.write(chunk), ms));
+      from.on("close", () => setTimeout(() => to.destroy(), ms));
+      from.on("error", () => {});
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close() {
+      server.close();
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
+/**
+ * RESP2: how long `UNSUBSCRIBE qa:c1` and a PING pipelined behind it take, for a client
+ * subscribed to qa:c1 and qa:c2 (so still subscribed after it); the best of three.
+ */
+async function unsubscribeThenPing(port: number): Promise<number> {
+  let best = Infinity;
+  for (let i = 0; i < 3; i++) {
+    const c = await ReceivedText.open(port);
+    try {
+      c.socket.write(encode(["SUBSCRIBE", "qa:c1", "qa:c2"]));
+      await c.wait(
+        0,
+        "*3\r\n$9\r\nsubscribe\r\n$5\r\nqa:c1\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$5\r\nqa:c2\r\n:2\r\n".length,
+      );
+      const at = c.text.length;
+      const started = performance.now();
+      c.socket.write(Buffer.concat([encode(["UNSUBSCRIBE", "qa:c1"]), encode(["PING", "end"])]));
+      await eventually(
+        async () => c.text.slice(at),
+        (t) => t.endsWith("$3\r\nend\r\n"),
+        "the PING's pong",
+      );
+      best = Math.min(best, performance.now() - started);
+      expect(c.text.slice(at)).to.equal(
+        "*3\r\n$11\r\nunsubscribe\r\n$5\r\nqa:c1\r\n:1\r\n*2\r\n$4\r\npong\r\n$3\r\nend\r\n",
+      );
+    } finally {
+      c.socket.destroy();
+    }
+  }
+  return best;
+}
+
 describe("pub/sub transparency: what Redis sends, through the proxy", function () {
   this.timeout(60_000);
 
@@ -53,6 +114,23 @@ describe("pub/sub transparency: what Redis sends, through the proxy", function (
     });
     after(async () => {
       await server?.stop();
+    });
+
+    it("RESP2: a command behind an UNSUBSCRIBE that leaves the client subscribed goes at once", async () => {
+      const DELAY = 50;
+      const link = await slowLink(server.port, DELAY);
+      try {
+        const direct = await unsubscribeThenPing(link.port);
+        const proxy = await startProxy([{ port: link.port }]);
+        try {
+          // One round trip (2 x DELAY) as directly, not two.
+          expect(await unsubscribeThenPing(proxy.port)).to.be.below(direct + DELAY);
+        } finally {
+          await proxy.close();
+        }
+      } finally {
+        link.close();
+      }
     });
 
     for (const [name, steps] of HELLO2_CASES)

@@ -77,8 +77,15 @@ class Link {
   readonly ordered: { slot: ReplySlot; error: Buffer | null }[] = [];
   /** Empty replies that keep RESET waiting until the frames before its marker have come. */
   readonly drains: ReplySlot[] = [];
-  /** RESP2 unsubscribes whose marker has not come back: their holds on the client's next command. */
-  readonly settles: (() => void)[] = [];
+  /**
+   * RESP2 unsubscribes whose marker has not come back: what each may remove of the channels
+   * and patterns counted on this connection (null: all of a kind), and its hold on the
+   * client's next command (null when the client stays subscribed whatever it removes).
+   */
+  readonly settles: { removes: number | null; release: (() => void) | null }[] = [];
+  /** Of the settles: the channels and patterns they name, and how many name none (all). */
+  removing = 0;
+  removingAll = 0;
   /** The protocol the server speaks on it now: the lease's, until a HELLO 2 (see follow). */
   proto: Protocol;
 
@@ -225,8 +232,13 @@ export class Subscriber {
     else if (this.sharded) this.order(link, null);
     if (this.host.proto === 2 && name.includes("unsubscribe")) {
       // Whether the client is still subscribed when its next command runs is known from the
-      // confirmations only: a command subscriber mode refuses runs once the client left it.
-      link.settles.push(this.host.holds.take());
+      // confirmations, unless it surely is: a command subscriber mode refuses waits for them,
+      // and runs once the client left it.
+      const removes = request.argv.length > 1 ? request.argv.length - 1 : null;
+      if (removes === null) link.removingAll++;
+      else link.removing += removes;
+      const release = this.staysSubscribed() ? null : this.host.holds.take();
+      link.settles.push({ removes, release });
       link.lease.sendUnmatched(SETTLED_PING);
     }
     // A PUBLISH another client sends after this command must not overtake it, as it cannot
@@ -281,6 +293,19 @@ export class Subscriber {
       return Buffer.concat(link.marked.splice(0));
     };
     link.lease.send(PING, slot);
+  }
+
+  /**
+   * RESP2: whether the client is still subscribed once every unsubscribe sent has run. Each
+   * removes at most what it names; the server's last count on the main connection is of one
+   * kind (channels and patterns, or shard channels), so never more than the client's total.
+   */
+  private staysSubscribed(): boolean {
+    // Shard channels in a cluster are counted here as sent.
+    let left = this.sharded ? this.shardChannels.size : 0;
+    const main = this.main;
+    if (main !== null && main.removingAll === 0) left += Math.max(0, this.mainCount - main.removing);
+    return left > 0;
   }
 
   /** Confirmations come on several connections (shard channels in a cluster). */
@@ -360,8 +385,13 @@ export class Subscriber {
 
   private relay(link: Link, frame: Buffer): void {
     if (link.settles.length > 0 && SETTLED_PONGS.some((pong) => pong.equals(frame))) {
-      link.settles.shift()!();
-      this.host.resume(null);
+      const { removes, release } = link.settles.shift()!;
+      if (removes === null) link.removingAll--;
+      else link.removing -= removes;
+      if (release !== null) {
+        release();
+        this.host.resume(null);
+      }
       return;
     }
     if (link.drains.length > 0 && frame.equals(DRAIN_PONG)) {
@@ -397,7 +427,8 @@ export class Subscriber {
   }
 
   private dropLink(link: Link): void {
-    for (const release of link.settles.splice(0)) release();
+    for (const { release } of link.settles.splice(0)) release?.();
+    link.removing = link.removingAll = 0;
     for (const { slot } of link.ordered.splice(0)) slot.reply(EMPTY);
     link.lease.destroy();
     if (link === this.main) {
