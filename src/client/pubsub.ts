@@ -1,6 +1,8 @@
 import { randomBytes } from "node:crypto";
+import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
+import type { Protocol } from "../resp/values.js";
 import type { Lease } from "../routing/lease.js";
 import { borrow, type Lane, type LaneHost } from "./lane.js";
 import type { Holds } from "./holds.js";
@@ -25,6 +27,17 @@ const SETTLED_TEXT = `gears-proxy:settled:${randomBytes(8).toString("hex")}`;
 const SETTLED_PING = encodeCommand(["PING", SETTLED_TEXT]);
 /** As a connection still subscribed answers it (RESP2), and as one that left subscriber mode does. */
 const SETTLED_PONGS = [pongOf(SETTLED_TEXT), encodeValue(Buffer.from(SETTLED_TEXT))];
+/**
+ * RESP2 in front of a cluster: a PING behind each command on a subscription connection marks
+ * where its frames end (see Link.ordered). Its pong as a subscribed connection answers it, or
+ * one that has left subscriber mode.
+ */
+const ORDER_TEXT = `gears-proxy:order:${randomBytes(8).toString("hex")}`;
+const ORDER_PING = encodeCommand(["PING", ORDER_TEXT]);
+const ORDER_PONGS = [pongOf(ORDER_TEXT), encodeValue(Buffer.from(ORDER_TEXT))];
+/** Switches a subscribed RESP3 connection to RESP2, as its client did (see follow). */
+const HELLO2 = encodeCommand(["HELLO", "2"]);
+const IGNORED = { reply() {}, fail() {} };
 
 /** What a client's subscriptions need from the session. */
 export interface SubscriberHost extends LaneHost {
@@ -55,12 +68,30 @@ class Link {
   serverCount = 0;
   /** RESP2 refusals waiting for their PING to come back, in the order they were sent. */
   readonly refusals: Buffer[] = [];
+  /**
+   * RESP2 in a cluster: the places among the client's replies of the commands sent on this
+   * connection whose ORDER_PING has not come back, each with the error it stands for when it
+   * is a refusal. The frames before a pong are its command's: a client's commands on several
+   * connections are answered in the order it sent them, as one server answers them.
+   */
+  readonly ordered: { slot: ReplySlot; error: Buffer | null }[] = [];
   /** Empty replies that keep RESET waiting until the frames before its marker have come. */
   readonly drains: ReplySlot[] = [];
-  /** RESP2 unsubscribes whose marker has not come back: their holds on the client's next command. */
-  readonly settles: (() => void)[] = [];
+  /**
+   * RESP2 unsubscribes whose marker has not come back: what each may remove of the channels
+   * and patterns counted on this connection (null: all of a kind), and its hold on the
+   * client's next command (null when the client stays subscribed whatever it removes).
+   */
+  readonly settles: { removes: number | null; release: (() => void) | null }[] = [];
+  /** Of the settles: the channels and patterns they name, and how many name none (all). */
+  removing = 0;
+  removingAll = 0;
+  /** The protocol the server speaks on it now: the lease's, until a HELLO 2 (see follow). */
+  proto: Protocol;
 
-  constructor(readonly lease: Lease) {}
+  constructor(readonly lease: Lease) {
+    this.proto = lease.proto;
+  }
 }
 
 /**
@@ -96,9 +127,11 @@ export class Subscriber {
     if (name === "ping" && this.mainCount === 0 && this.shardChannels.size > 0) {
       // Only shard channels: a connection in subscriber mode answers PING as Redis does there.
       const link = this.shards.get(this.shardChannels.values().next().value!)!;
+      this.follow(link);
       return this.send(link, name, request);
     }
-    if (this.main !== null && this.mainCount === 0 && this.main.lease.proto !== host.proto)
+    if (this.main !== null && this.count > 0) this.follow(this.main);
+    if (this.main !== null && this.mainCount === 0 && this.main.proto !== host.proto)
       this.dropLink(this.main);
     if (this.main === null) {
       // Even an UNSUBSCRIBE with nothing to leave takes one: the server answers it with
@@ -128,7 +161,8 @@ export class Subscriber {
     const target = host.ctx.leases.nodeIdFor(name, request.argv, host.id);
     if (typeof target === "string") return host.replyError(target);
     let link = this.shards.get(target.id);
-    if (link !== undefined && !this.holdsChannels(target.id) && link.lease.proto !== host.proto) {
+    if (link !== undefined && this.holdsChannels(target.id)) this.follow(link);
+    if (link !== undefined && !this.holdsChannels(target.id) && link.proto !== host.proto) {
       this.dropLink(link);
       link = undefined;
     }
@@ -158,6 +192,7 @@ export class Subscriber {
     const links = [...this.shards].filter(([id]) => this.holdsChannels(id));
     if (links.length === 0) return this.answer([confirmationFrame("sunsubscribe", null, 0, host.proto)]);
     for (const [id, link] of links) {
+      this.follow(link);
       for (const [channel, node] of this.shardChannels) {
         if (node !== id) continue;
         this.shardChannels.delete(channel);
@@ -194,10 +229,16 @@ export class Subscriber {
     if (name !== "ping" && !name.includes("unsubscribe")) this.count = Math.max(this.count, 1);
     link.lease.sendUnmatched(request.raw ?? encodeCommand(request.argv));
     if (this.host.proto === 3) this.mark(link);
-    else if (name.includes("unsubscribe")) {
+    else if (this.sharded) this.order(link, null);
+    if (this.host.proto === 2 && name.includes("unsubscribe")) {
       // Whether the client is still subscribed when its next command runs is known from the
-      // confirmations only: a command subscriber mode refuses runs once the client left it.
-      link.settles.push(this.host.holds.take());
+      // confirmations, unless it surely is: a command subscriber mode refuses waits for them,
+      // and runs once the client left it.
+      const removes = request.argv.length > 1 ? request.argv.length - 1 : null;
+      if (removes === null) link.removingAll++;
+      else link.removing += removes;
+      const release = this.staysSubscribed() ? null : this.host.holds.take();
+      link.settles.push({ removes, release });
       link.lease.sendUnmatched(SETTLED_PING);
     }
     // A PUBLISH another client sends after this command must not overtake it, as it cannot
@@ -220,7 +261,7 @@ export class Subscriber {
         request.argv.length > 1 ? this.shardChannels.get(request.argv[1].toString("latin1")) : undefined;
       link = node === undefined ? null : (this.shards.get(node) ?? null);
     }
-    if (link === null || link.lease.closed || link.lease.proto !== 3) return false;
+    if (link === null || link.lease.closed || link.proto !== 3) return false;
     if (!host.enterLane("subscribed", request)) return true;
     const slot = host.upstreamSlot();
     // Under CLIENT REPLY OFF the messages are still written, as Redis pushes them.
@@ -254,6 +295,33 @@ export class Subscriber {
     link.lease.send(PING, slot);
   }
 
+  /**
+   * RESP2: whether the client is still subscribed once every unsubscribe sent has run. Each
+   * removes at most what it names; the server's last count on the main connection is of one
+   * kind (channels and patterns, or shard channels), so never more than the client's total.
+   */
+  private staysSubscribed(): boolean {
+    // Shard channels in a cluster are counted here as sent.
+    let left = this.sharded ? this.shardChannels.size : 0;
+    const main = this.main;
+    if (main !== null && main.removingAll === 0) left += Math.max(0, this.mainCount - main.removing);
+    return left > 0;
+  }
+
+  /** Confirmations come on several connections (shard channels in a cluster). */
+  private get sharded(): boolean {
+    return this.host.ctx.router.topology.mode === "cluster";
+  }
+
+  /** RESP2: the place of the command just sent on `link` (or of `error`, a refusal), filled at its marker's pong. */
+  private order(link: Link, error: Buffer | null): void {
+    const slot = this.host.upstreamSlot();
+    // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
+    slot.silent = false;
+    link.ordered.push({ slot, error });
+    link.lease.sendUnmatched(ORDER_PING);
+  }
+
   private onMainFrame(link: Link, frame: Buffer): void {
     const total = subscriptionCount(frame);
     if (total !== null) {
@@ -264,9 +332,8 @@ export class Subscriber {
   }
 
   /**
-   * A shard's frame: a confirmation carries the client's count over every shard. In RESP3
-   * it takes its command's place, so it carries the count as of that command; in RESP2 it is
-   * written as it arrives, so it carries the count confirmed by then.
+   * A shard's frame: a confirmation carries the client's count over every shard. It takes
+   * its command's place (mark, order), so it carries the count as of that command.
    */
   private onShardFrame(link: Link, frame: Buffer): void {
     const serverCount = subscriptionCount(frame);
@@ -274,7 +341,7 @@ export class Subscriber {
       const expected = link.counts.shift();
       this.confirmed += serverCount - link.serverCount;
       link.serverCount = serverCount;
-      frame = withCount(frame, this.host.proto === 3 && expected !== undefined ? expected : this.confirmed);
+      frame = withCount(frame, expected ?? this.confirmed);
       this.count = this.mainCount + this.shardChannels.size;
     }
     this.relay(link, frame);
@@ -288,8 +355,12 @@ export class Subscriber {
   refuse(message: string): boolean {
     const link = this.main ?? this.shards.values().next().value;
     if (link === undefined || link.lease.closed) return false;
-    link.refusals.push(encodeError(message));
-    link.lease.sendUnmatched(REFUSAL_PING);
+    this.follow(link);
+    if (this.sharded) this.order(link, encodeError(message));
+    else {
+      link.refusals.push(encodeError(message));
+      link.lease.sendUnmatched(REFUSAL_PING);
+    }
     return true;
   }
 
@@ -304,6 +375,7 @@ export class Subscriber {
     this.draining = true;
     for (const link of [this.main, ...this.shards.values()]) {
       if (link === null || link.lease.closed) continue;
+      this.follow(link);
       const slot = this.host.upstreamSlot();
       slot.silent = true;
       link.drains.push(slot);
@@ -313,21 +385,51 @@ export class Subscriber {
 
   private relay(link: Link, frame: Buffer): void {
     if (link.settles.length > 0 && SETTLED_PONGS.some((pong) => pong.equals(frame))) {
-      link.settles.shift()!();
-      this.host.resume(null);
+      const { removes, release } = link.settles.shift()!;
+      if (removes === null) link.removingAll--;
+      else link.removing -= removes;
+      if (release !== null) {
+        release();
+        this.host.resume(null);
+      }
       return;
     }
     if (link.drains.length > 0 && frame.equals(DRAIN_PONG)) {
       link.drains.shift()!.reply(EMPTY);
       return;
     }
+    if (link.ordered.length > 0 && ORDER_PONGS.some((pong) => pong.equals(frame))) {
+      const { slot, error } = link.ordered.shift()!;
+      const frames = link.marked.splice(0);
+      if (error !== null) frames.push(error);
+      slot.reply(Buffer.concat(frames));
+      return;
+    }
     if (link.refusals.length > 0 && frame.equals(REFUSAL_PONG)) frame = link.refusals.shift()!;
-    if (link.marks > 0) link.marked.push(frame);
-    else this.host.pushed(frame);
+    if (link.marks > 0 || link.ordered.length > 0) link.marked.push(frame);
+    else if (frame[0] === 62 /* > */ && this.host.proto === 2) {
+      // Sent before the server had the HELLO 2 that follow() sent: as the server sends it now.
+      this.follow(link);
+      this.host.pushed(encodeValue(decodeReply(frame), 2));
+    } else this.host.pushed(frame);
+  }
+
+  /**
+   * A subscribed RESP3 client that sent HELLO 2 is a RESP2 subscriber from then on: Redis
+   * writes its messages as arrays, answers its PING as ["pong", text] and refuses what
+   * RESP2 subscriber mode refuses. Its connection, still subscribed, switches as well (a
+   * RESP3 connection in subscriber mode takes HELLO), before anything the client sends next.
+   */
+  private follow(link: Link): void {
+    if (link.proto === 2 || this.host.proto !== 2 || link.lease.closed) return;
+    link.proto = 2;
+    link.lease.send(HELLO2, IGNORED);
   }
 
   private dropLink(link: Link): void {
-    for (const release of link.settles.splice(0)) release();
+    for (const { release } of link.settles.splice(0)) release?.();
+    link.removing = link.removingAll = 0;
+    for (const { slot } of link.ordered.splice(0)) slot.reply(EMPTY);
     link.lease.destroy();
     if (link === this.main) {
       this.main = null;

@@ -43,6 +43,14 @@ interface RecentWrite {
    * write, or the EXEC that ran it); null while that EXEC has not come or once it was discarded.
    */
   anchor: readonly Buffer[] | null;
+  /** The writer's last read of the key before it (a Reads seq; 0: none remembered). */
+  lastRead: number;
+  /** A FLUSHALL/FLUSHDB whose writer was told its null already (tellFlusher). */
+  told?: boolean;
+  /** A FLUSHALL/FLUSHDB: the streams' nulls still to come for it, one per master it ran on. */
+  nulls?: number;
+  /** A FLUSHALL/FLUSHDB whose null every tracking client has had: later masters' nulls say nothing new. */
+  allTold?: boolean;
 }
 
 /**
@@ -60,6 +68,13 @@ interface Placing {
   anchor: readonly Buffer[] | null;
   /** follows() has passed a blocked command: replies queued behind it may come after it runs. */
   blocked: boolean;
+  /**
+   * After every reply queued (up to `anchor`'s, when set): a BCAST client's own writes, told
+   * at the end of Redis' event loop, after the replies to what it sent with them.
+   */
+  all: boolean;
+  /** follows() has passed the anchor's slot. */
+  passed: boolean;
 }
 
 /** A group of invalidations for one client that share their place: one frame. */
@@ -68,6 +83,20 @@ interface Delivery {
   state: TrackingState;
   keys: Buffer[];
   anchor: readonly Buffer[] | null;
+}
+
+/** One message due to a client of the keys table: sorted by `seq` (the write's), then grouped. */
+interface Told {
+  client: TrackedClient;
+  state: TrackingState;
+  key: Buffer;
+  anchor: readonly Buffer[] | null;
+  seq: number;
+}
+
+/** Whether FLUSHALL/FLUSHDB with these arguments runs (no syntax error): it sends a null. */
+function flushRuns(argv: readonly Buffer[]): boolean {
+  return argv.length === 1 || (argv.length === 2 && /^(a?sync)$/i.test(argv[1].toString("latin1")));
 }
 
 /** Keys are compared as bytes: latin1 maps each byte to one character. */
@@ -91,13 +120,16 @@ export class TrackingTable {
   private readonly prefixes = new Map<string, Set<number>>();
   /** Ids of the clients with tracking on, in the order they turned it on. */
   private readonly trackers = new Set<number>();
-  /** Key -> the last write through the proxy while anyone tracks, until its invalidation comes. */
-  private readonly writes = new Map<string, RecentWrite>();
+  /**
+   * Key -> the writes through the proxy while anyone tracks, in order, until their
+   * invalidation comes: one message of the stream may stand for several of them.
+   */
+  private readonly writes = new Map<string, RecentWrite[]>();
   private writeSeq = 0;
   /** Per client, its writes queued in MULTI, which its EXEC will anchor. */
   private readonly queuedWrites = new Map<number, RecentWrite[]>();
-  /** The last FLUSHALL/FLUSHDB through the proxy, until its null comes. */
-  private flushWrite: RecentWrite | null = null;
+  /** The FLUSHALL/FLUSHDB commands through the proxy, in order, until their nulls come. */
+  private readonly flushes: RecentWrite[] = [];
   /** While invalidations are handed to clients: where they go (follows). */
   private placing: Placing | null = null;
   /** Invalidation frames handed to clients: a later one never overtakes them. */
@@ -105,7 +137,8 @@ export class TrackingTable {
   /** Some client tracks: every client's writes are noted (order, NOLOOP). */
   watching = false;
   private maxKeys = DEFAULT_MAX_KEYS;
-  private flushPending = false;
+  /** Flushes whose nulls are to be told at the end of this turn: the proxy's own, or null for any other. */
+  private readonly flushBatch: (RecentWrite | null)[] = [];
   private readonly streams: InvalidationStreams;
 
   constructor(
@@ -154,7 +187,7 @@ export class TrackingTable {
       this.watching = false;
       this.writes.clear();
       this.queuedWrites.clear();
-      this.flushWrite = null;
+      this.flushes.length = 0;
       this.streams.idle();
     }
   }
@@ -181,13 +214,33 @@ export class TrackingTable {
       const at = Date.now();
       const anchor = queued ? null : argv;
       for (const key of written) {
-        const write: RecentWrite = { seq: ++this.writeSeq, writer: id, at, anchor };
-        this.writes.set(keyOf(key), write);
+        const k = keyOf(key);
+        // Only a client that tracks has reads to order with its writes.
+        const lastRead = state === null ? 0 : (this.keys.get(k)?.get(id)?.last ?? 0);
+        const write: RecentWrite = { seq: ++this.writeSeq, writer: id, at, anchor, lastRead };
+        const list = this.writes.get(k);
+        if (list === undefined) this.writes.set(k, [write]);
+        else {
+          // Those that changed nothing (their invalidation never came) go first.
+          while (list.length > 0 && at - list[0].at > WRITE_MATCH_MS) list.shift();
+          if (list.length < MAX_WRITES) list.push(write);
+        }
         if (queued) this.queueWrite(id, write);
       }
-    } else if (name === "flushall" || name === "flushdb") {
-      this.flushWrite = { seq: ++this.writeSeq, writer: id, at: Date.now(), anchor: queued ? null : argv };
-      if (queued) this.queueWrite(id, this.flushWrite);
+    } else if ((name === "flushall" || name === "flushdb") && flushRuns(argv)) {
+      const flush: RecentWrite = {
+        seq: ++this.writeSeq,
+        writer: id,
+        at: Date.now(),
+        anchor: queued ? null : argv,
+        lastRead: 0,
+        // Outside MULTI it runs on every master (a fan-out); queued, on the transaction's node.
+        nulls: queued ? 1 : this.router.masters().length,
+      };
+      if (this.flushes.length < MAX_WRITES) this.flushes.push(flush);
+      if (queued) this.queueWrite(id, flush);
+      // Once the command has its place among the replies (dispatch is synchronous).
+      else if (state !== null) queueMicrotask(() => this.tellFlusher(flush));
     }
     if (state === null) return;
     if (state.remembers) {
@@ -226,7 +279,11 @@ export class TrackingTable {
     const list = this.queuedWrites.get(id);
     if (list === undefined) return;
     this.queuedWrites.delete(id);
-    for (const write of list) write.anchor = exec;
+    for (const write of list) {
+      write.anchor = exec;
+      // A discarded FLUSHALL sends no null.
+      if (exec === null && write.nulls !== undefined) write.nulls = 0;
+    }
   }
 
   /**
@@ -242,6 +299,14 @@ export class TrackingTable {
     const placing = this.placing;
     if (slot.pushed) return slot.data !== null && this.delivered.has(slot.data);
     const cause = slot.cause;
+    if (placing?.all === true) {
+      if (placing.passed) return false;
+      if (placing.anchor !== null && cause?.argv === placing.anchor) placing.passed = true;
+      // Redis tells a blocked client at once, not after the command it is blocked in.
+      else if (slot.data === null && cause !== null && isBlocking(cause.name, cause.argv))
+        placing.passed = true;
+      return !placing.passed || cause?.argv === placing.anchor;
+    }
     if (placing !== null && placing.anchor !== null) return cause?.argv === placing.anchor;
     if (cause === null) return true;
     if (this.touches(cause.name, cause.argv, keys)) return true;
@@ -282,84 +347,100 @@ export class TrackingTable {
   /** Over tracking-table-max-keys (0: no limit): the oldest keys are invalidated, as Redis does. */
   private evict(): void {
     if (this.maxKeys === 0) return;
-    const deliveries: Delivery[] = [];
-    const lastOf = new Map<number, Delivery>();
+    const told: Told[] = [];
     while (this.keys.size > this.maxKeys) {
       const oldest = this.keys.keys().next().value!;
-      this.invalidateKey(Buffer.from(oldest, "latin1"), 0, 0, null, deliveries, lastOf);
+      this.invalidateKey(Buffer.from(oldest, "latin1"), [], told);
     }
-    this.deliverAll(deliveries);
+    this.deliverTold(told);
   }
 
   /** Keys changed on a node (one event loop of its, as the stream batches them). */
   private invalidate(keys: readonly Buffer[]): void {
-    // The stream lists a batch in byte order; Redis tells normal-mode clients in the order
-    // the keys were written, which the proxy knows for the writes it forwarded.
+    // The stream lists a batch in byte order, each key once however often it changed; Redis
+    // tells normal-mode clients in the order the keys were written, which the proxy knows
+    // for the writes it forwarded.
     const now = Date.now();
-    const seqs: number[] = [];
-    const anchors: (readonly Buffer[] | null)[] = [];
-    const writers = keys.map((key, i) => {
+    const told: Told[] = [];
+    const writers = keys.map((key) => {
       const k = keyOf(key);
-      const write = this.writes.get(k);
-      seqs[i] = 0;
-      anchors[i] = null;
-      if (write === undefined) return 0;
-      this.writes.delete(k);
-      if (now - write.at > WRITE_MATCH_MS) return 0;
-      seqs[i] = write.seq;
-      anchors[i] = write.anchor;
-      return write.writer;
+      const list = this.writes.get(k);
+      if (list !== undefined) this.writes.delete(k);
+      // Older ones changed nothing (see WRITE_MATCH_MS).
+      const fresh = list?.filter((write) => now - write.at <= WRITE_MATCH_MS) ?? [];
+      this.invalidateKey(key, fresh, told);
+      return fresh.length > 0 ? fresh[fresh.length - 1].writer : 0;
     });
-    const order = keys.map((_, i) => i).sort((a, b) => seqs[a] - seqs[b]);
-    // Each client's messages of one batch, in order, grouped while they share their place.
-    const deliveries: Delivery[] = [];
-    const lastOf = new Map<number, Delivery>();
-    for (const i of order) this.invalidateKey(keys[i], writers[i], seqs[i], anchors[i], deliveries, lastOf);
-    this.deliverAll(deliveries);
+    this.deliverTold(told);
     if (this.prefixes.size > 0) this.broadcast(keys, writers);
   }
 
+  /** Each client's messages in the order of the writes, grouped while they share their place. */
+  private deliverTold(told: Told[]): void {
+    if (told.length === 0) return;
+    told.sort((a, b) => a.seq - b.seq);
+    const deliveries: Delivery[] = [];
+    const lastOf = new Map<number, Delivery>();
+    for (const { client, state, key, anchor } of told) {
+      const last = lastOf.get(client.id);
+      if (last !== undefined && last.anchor === anchor) last.keys.push(key);
+      else {
+        const delivery: Delivery = { client, state, keys: [key], anchor };
+        deliveries.push(delivery);
+        lastOf.set(client.id, delivery);
+      }
+    }
+    this.deliverAll(deliveries);
+  }
+
   /**
-   * Normal mode: every client that read the key hears of it once, then forgets it. The
-   * writer's own reads are ordered with its write (`seq`, 0 when not the proxy's): one sent
-   * after it read the new value and stays remembered (a later change is told), one only
-   * after it means the key was not tracked when written (no message), as in Redis.
+   * Normal mode: a client that read the key hears of the first write after its read, then
+   * forgets it, as Redis does. `writes` are the proxy's writes of it that this change stands
+   * for, in order (none: a change from elsewhere). The writer's own reads are ordered with its
+   * writes: a write that only follows reads after it tells nothing, and a read after the
+   * last write told keeps the key remembered (a later change is told). Another client's
+   * reads are not ordered with the write (their connections differ): one message each.
    */
-  private invalidateKey(
-    key: Buffer,
-    writer: number,
-    seq: number,
-    anchor: readonly Buffer[] | null,
-    deliveries: Delivery[],
-    lastOf: Map<number, Delivery>,
-  ): void {
+  private invalidateKey(key: Buffer, writes: readonly RecentWrite[], told: Told[]): void {
     const k = keyOf(key);
     const ids = this.keys.get(k);
     if (ids === undefined) return;
     this.keys.delete(k);
     this.items -= ids.size;
     for (const [id, reads] of ids) {
-      const ordered = seq > 0 && writer === id;
-      if (ordered && reads.last > seq) {
-        // Read again after the write: remembered from then on (a later write of its own is told).
-        let kept = this.keys.get(k);
-        if (kept === undefined) this.keys.set(k, (kept = new Map()));
-        kept.set(id, { first: seq + 1, last: reads.last });
-        this.items++;
-      }
-      if (ordered && reads.first > seq) continue;
       const client = this.lookup(id);
       const state = client?.tracking;
       if (client === undefined || state == null || state.bcast) continue;
-      if (state.noloop && writer === id) continue;
-      const own = writer === id ? anchor : null;
-      const last = lastOf.get(id);
-      if (last !== undefined && last.anchor === own) last.keys.push(key);
-      else {
-        const delivery: Delivery = { client, state, keys: [key], anchor: own };
-        deliveries.push(delivery);
-        lastOf.set(id, delivery);
+      if (writes.length === 0) {
+        told.push({ client, state, key, anchor: null, seq: 0 });
+        continue;
       }
+      /** The seq of the write last told (0: none yet), and whether it was the client's own. */
+      let last = 0;
+      let lastOwn = false;
+      for (const write of writes) {
+        const own = write.writer === id;
+        // Remembered when written: read since the last write told. Its own reads are ordered
+        // with its writes (the last one before each is noted); another's are not.
+        const remembered = own ? write.lastRead > last : last === 0 || reads.last > last;
+        if (!remembered) continue;
+        last = write.seq;
+        lastOwn = own;
+        if (own && state.noloop) continue;
+        told.push({ client, state, key, anchor: own ? write.anchor : null, seq: write.seq });
+      }
+      // Read again after the last write told (its own), or only after its writes: still remembered.
+      const keep =
+        last === 0
+          ? { first: reads.first, last: reads.last }
+          : lastOwn && reads.last > last
+            ? { first: last + 1, last: reads.last }
+            : null;
+      if (keep === null) continue;
+      let kept = this.keys.get(k);
+      if (kept === undefined) this.keys.set(k, (kept = new Map()));
+      kept.set(id, keep);
+      this.items++;
     }
   }
 
@@ -390,7 +471,10 @@ export class TrackingTable {
         const state = client?.tracking;
         if (client === undefined || state == null || !state.bcast) continue;
         if (!state.noloop) {
-          this.send(client, state, null, [common], matchingKeys);
+          // Its own writes alone: told at the end of Redis' event loop, after the replies
+          // to the commands it sent with them.
+          const own = matching.every((i) => writers[i] === id);
+          this.send(client, state, null, [common], matchingKeys, own);
           continue;
         }
         const theirs = matching.filter((i) => writers[i] !== id);
@@ -401,33 +485,77 @@ export class TrackingTable {
   }
 
   /**
+   * The null of a tracking client's own FLUSHALL, right after its reply as Redis writes it.
+   * The stream's null comes on another connection, often after the replies to what the
+   * client pipelined behind it; it is not told again (flush).
+   */
+  private tellFlusher(flush: RecentWrite): void {
+    const client = this.lookup(flush.writer);
+    const state = client?.tracking;
+    if (client === undefined || state == null) return;
+    flush.told = true;
+    this.send(client, state, flush.anchor, [flushValue(client.proto)], null, true);
+  }
+
+  /**
    * Every key is gone (FLUSHALL/FLUSHDB, or a stream lost): the table empties and each
-   * tracking client gets one null, even when several nodes flushed at once.
+   * tracking client gets one null, even when several nodes flushed at once. Reads and
+   * writes sent after the proxy's own FLUSHALL are not forgotten: they came after it.
    */
   private flush(): void {
-    this.keys.clear();
+    // One of the nulls of the proxy's own FLUSHALLs, in order (not a flush from elsewhere, a
+    // lost stream). Discarded ones and those whose nulls never came are passed over.
+    const now = Date.now();
+    const flushes = this.flushes;
+    while (flushes.length > 0 && (flushes[0].nulls === 0 || now - flushes[0].at > WRITE_MATCH_MS))
+      flushes.shift();
+    const flush = flushes.length > 0 ? flushes[0] : null;
+    const ours = flush !== null;
+    if (ours && --flush.nulls! === 0) flushes.shift();
+    const after = ours ? flush.seq : Infinity;
     this.items = 0;
-    this.writes.clear();
-    if (this.flushPending || this.trackers.size === 0) return;
-    this.flushPending = true;
-    setImmediate(() => {
-      this.flushPending = false;
+    for (const [k, ids] of this.keys) {
+      for (const [id, reads] of ids) {
+        if (reads.last > after) reads.first = Math.max(reads.first, after + 1);
+        else ids.delete(id);
+      }
+      if (ids.size === 0) this.keys.delete(k);
+      else this.items += ids.size;
+    }
+    for (const [k, list] of this.writes) {
+      const later = list.filter((write) => write.seq > after);
+      if (later.length === 0) this.writes.delete(k);
+      else this.writes.set(k, later);
+    }
+    // A FLUSHALL in front of a cluster: each master's null comes when it comes; one is told.
+    // The nulls that come in one turn are told together: one per FLUSHALL of the proxy's,
+    // and one for all the rest.
+    if (this.trackers.size === 0) return;
+    const cause = ours ? flush : null;
+    if (cause !== null && (cause.allTold === true || this.flushBatch.includes(cause))) return;
+    if (cause === null && this.flushBatch.includes(null)) return;
+    this.flushBatch.push(cause);
+    if (this.flushBatch.length === 1) setImmediate(() => this.tellFlushes());
+  }
+
+  /** The nulls of a turn's flushes (see flush). */
+  private tellFlushes(): void {
+    for (const flush of this.flushBatch.splice(0)) {
       // The flusher's own null follows its FLUSHALL's reply (a flush that is not one of the
       // proxy's FLUSHALLs, a lost stream, is another's change for every client).
-      const flush = this.flushWrite;
-      this.flushWrite = null;
-      const fresh = flush !== null && Date.now() - flush.at <= WRITE_MATCH_MS;
+      if (flush !== null) flush.allTold = true;
       const deliveries: Delivery[] = [];
       for (const id of this.trackers) {
         const client = this.lookup(id);
         const state = client?.tracking;
         if (client === undefined || state == null) continue;
-        const anchor = fresh && flush.writer === id ? flush.anchor : null;
-        deliveries.push({ client, state, keys: [], anchor });
+        const own = flush !== null && flush.writer === id;
+        if (own && flush.told === true) continue;
+        deliveries.push({ client, state, keys: [], anchor: own ? flush.anchor : null });
       }
       for (const { client, state, anchor } of deliveries)
         this.send(client, state, anchor, [flushValue(client.proto)], null);
-    });
+    }
   }
 
   /** To the client itself or its REDIRECT client, as Redis' sendTrackingMessage. */
@@ -437,6 +565,7 @@ export class TrackingTable {
     anchor: readonly Buffer[] | null,
     values: readonly Buffer[],
     keys: readonly Buffer[] | null,
+    all = false,
   ): void {
     let target = client;
     const redirecting = state.redirect !== 0;
@@ -455,7 +584,9 @@ export class TrackingTable {
     else if (redirecting && target.isPubSub) frame = Buffer.concat(values.map(invalidateMessage));
     else return;
     // A message to a REDIRECT client is not about its own commands.
-    this.placing = { anchor: redirecting ? null : anchor, blocked: false };
+    this.placing = redirecting
+      ? { anchor: null, blocked: false, all: false, passed: false }
+      : { anchor, blocked: false, all, passed: false };
     try {
       target.deliver(frame, keys);
     } finally {
