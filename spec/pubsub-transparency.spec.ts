@@ -133,6 +133,17 @@ describe("pub/sub transparency: what Redis sends, through the proxy", function (
       }
     });
 
+    it("RESP2: SUBSCRIBE and QUIT pipelined: the confirmation, then +OK", async () => {
+      const steps: Step[] = [{ send: [["SUBSCRIBE", "qa:q1"], ["QUIT"]], until: "+OK\r\n" }];
+      const direct = await transcript(server.port, steps);
+      const proxy = await startProxy([{ port: server.port }]);
+      try {
+        expect(await transcript(proxy.port, steps)).to.deep.equal(direct);
+      } finally {
+        await proxy.close();
+      }
+    });
+
     for (const [name, steps] of HELLO2_CASES)
       it(`RESP3 subscriber switching to RESP2: ${name}`, async () => {
         const direct = await transcript(server.port, steps);

@@ -26,7 +26,9 @@ export const echo: LocalCommand = (session, { argv }) => {
   else session.replyNow(encodeBulk(argv[1]));
 };
 
-export const quit: LocalCommand = (session) => {
+export const quit: LocalCommand = (session, request) => {
+  // After what came before it: a SUBSCRIBE's confirmation pipelined ahead of it included.
+  if (!session.waitForIdle(request)) return;
   session.replyAndClose(OK);
 };
 
