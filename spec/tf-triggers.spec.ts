@@ -107,6 +107,44 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
+    it("a write through the proxy waits for the triggers queued before it, not for those that keep coming from writes straight to the shard", async function () {
+      this.timeout(30_000);
+      // The trigger takes 2 ms an event; writes straight to the shard come at about twice
+      // that rate, so its queue never empties while they last.
+      const slow = lib(
+        "steady",
+        `redis.registerKeySpaceTrigger('slow', 'steady:', function(client, data){
+           const t = Date.now(); while (Date.now() - t < 2) {}
+           if (data.key === 'steady:{s}:mine') client.call('set', 'steady-seen:{s}', 'yes');
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", slow)).to.equal("OK");
+      const node = await t.direct.on("steady:{s}:0");
+      let writing = true;
+      let writerDone = false;
+      const writer = (async () => {
+        const until = Date.now() + 10_000;
+        for (let i = 0; writing && Date.now() < until; i += 10) {
+          for (let j = i; j < i + 10; j++) node.send("SET", `steady:{s}:${j}`, "v");
+          for (let j = 0; j < 10; j++) await node.next();
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        writerDone = true;
+      })();
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        expect(await t.c.set("steady:{s}:mine", "v")).to.equal("OK");
+        const stillWriting = !writerDone;
+        // Its own trigger ran before its reply.
+        expect(await t.c.get("steady-seen:{s}")).to.equal("yes");
+        expect(stillWriting, "the write returned while the direct writes went on").to.equal(true);
+      } finally {
+        writing = false;
+        await writer;
+        await t.c.call("TFUNCTION", "DELETE", "steady");
+      }
+    });
+
     it("the documentation's stream trigger copies entries into hashes: old entries first, then new ones, in order", async () => {
       await t.c.xadd("stream:copy", "1-1", "name", "before");
       const code = lib(

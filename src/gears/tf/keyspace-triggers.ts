@@ -46,7 +46,14 @@ export class KeyspaceTriggers {
   private readonly stats = new Map<string, TriggerStats>();
   private readonly queues = new Map<string, TriggerItem[]>();
   private readonly running = new Set<string>();
-  private idleWaiters: (() => void)[] = [];
+  /**
+   * Per library, items queued and items done (run or dropped) since the start: a library's
+   * items are done in the order they queued, so "done >= a count of queued" means "all of
+   * those have run".
+   */
+  private readonly queued = new Map<string, number>();
+  private readonly done = new Map<string, number>();
+  private idleWaiters: { marks: Map<string, number>; wake: () => void }[] = [];
 
   constructor(
     private readonly libraries: TfLibraries,
@@ -99,6 +106,7 @@ export class KeyspaceTriggers {
           if (!startsWith(event.key, prefixes[t])) continue;
           queue ??= this.queueOf(library.name);
           queue.push({ trigger: triggers[t].name, event });
+          this.queued.set(library.name, (this.queued.get(library.name) ?? 0) + 1);
         }
       }
       if (queue !== undefined) void this.drain(library.name);
@@ -114,10 +122,29 @@ export class KeyspaceTriggers {
     return queue;
   }
 
-  /** Resolves when no trigger has events queued or running. */
+  /**
+   * Resolves once every trigger queued so far has run. Not "once none is queued": writes
+   * straight to Redis may keep the queues from ever emptying, and a write through the proxy
+   * would wait for ever.
+   */
   idle(): Promise<void> {
-    if (this.queues.size === 0 && this.running.size === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    const marks = new Map<string, number>();
+    for (const [name, n] of this.queued) if ((this.done.get(name) ?? 0) < n) marks.set(name, n);
+    if (marks.size === 0) return Promise.resolve();
+    return new Promise((wake) => this.idleWaiters.push({ marks, wake }));
+  }
+
+  private finished(name: string, count: number): void {
+    this.done.set(name, (this.done.get(name) ?? 0) + count);
+    if (this.idleWaiters.length === 0) return;
+    const waiting: typeof this.idleWaiters = [];
+    for (const w of this.idleWaiters) {
+      let pending = false;
+      for (const [lib, mark] of w.marks) if ((this.done.get(lib) ?? 0) < mark) pending = true;
+      if (pending) waiting.push(w);
+      else w.wake();
+    }
+    this.idleWaiters = waiting;
   }
 
   private async drain(name: string): Promise<void> {
@@ -129,19 +156,18 @@ export class KeyspaceTriggers {
         if (queue === undefined || queue.length === 0) break;
         const items = queue.splice(0, MAX_ITEMS_PER_ENTRY);
         const library = this.libraries.get(name);
-        if (library === undefined) continue;
-        const ran = await this.fire(library, items);
+        let ran = items.length;
+        if (library !== undefined) ran = await this.fire(library, items);
         // Not started (the entry's time budget was spent): first in line for the next entry.
         if (ran < items.length) this.queueOf(name).unshift(...items.slice(ran));
+        this.finished(name, ran);
       }
     } finally {
+      // Whatever is left (an entry that threw) counts as done: nothing waits on it for ever.
+      const left = this.queues.get(name)?.length ?? 0;
       this.queues.delete(name);
       this.running.delete(name);
-      if (this.queues.size === 0 && this.running.size === 0) {
-        const waiters = this.idleWaiters;
-        this.idleWaiters = [];
-        for (const wake of waiters) wake();
-      }
+      this.finished(name, left);
     }
   }
 
