@@ -801,6 +801,41 @@ for (const mode of BACKEND_MODES) {
           );
         }
       });
+
+      it("a write waits for the events queued before it, not for those that keep coming from writes straight to the shard", async function () {
+        this.timeout(30_000);
+        // The handler takes 2 ms an event; writes straight to the shard come at about twice
+        // that rate, so its queue never empties while they last.
+        const script = `GB().foreach(x => {
+            const t = Date.now(); while (Date.now() - t < 2) {}
+            if (x.key === 'steady:{s}:mine') execute('SET', 'steady-seen:{s}', 'yes');
+          }).register('steady:*', {mode: 'sync'})`;
+        expect(await execute(io, script, "ID", "steady")).to.equal("OK");
+        const shard = ownerOf("steady:{s}:0");
+        let writing = true;
+        let writerDone = false;
+        const writer = (async () => {
+          const until = Date.now() + 10_000;
+          for (let i = 0; writing && Date.now() < until; i += 10) {
+            const p = shard.pipeline();
+            for (let j = i; j < i + 10; j++) p.set(`steady:{s}:${j}`, "v");
+            await p.exec();
+            await sleep(10);
+          }
+          writerDone = true;
+        })();
+        try {
+          await sleep(500);
+          const c = client();
+          expect(await c.set("steady:{s}:mine", "v")).to.equal("OK");
+          const stillWriting = !writerDone;
+          expect(await c.get("steady-seen:{s}")).to.equal("yes");
+          expect(stillWriting, "the write returned while the direct writes went on").to.equal(true);
+        } finally {
+          writing = false;
+          await writer;
+        }
+      });
     });
 
     describe("afterwards", () => {

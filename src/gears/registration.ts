@@ -92,6 +92,12 @@ export class Registration {
   readonly keyPrefix: string | null;
   /** Events wait here while an earlier batch of this registration runs (async: in order). */
   readonly queue: QueuedKeyEvent[] = [];
+  /**
+   * Events queued and events handled since the start: handled in the order they queued, so
+   * "handled >= a count of queued" means all of those have run (Registry.syncIdle).
+   */
+  queuedCount = 0;
+  handledCount = 0;
   running = false;
   /** The batch being handled now (its events count as not yet handled for the shard's lease). */
   inFlight: QueuedKeyEvent[] = [];

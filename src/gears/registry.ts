@@ -128,7 +128,7 @@ export class RegistrationRegistry {
   }
 
   private syncCount = 0;
-  private idleWaiters: (() => void)[] = [];
+  private idleWaiters: { marks: Map<Registration, number>; wake: () => void }[] = [];
 
   private hookCount = 0;
   /** Commands named in some KeysReader registration's `commands` (lower case). */
@@ -145,23 +145,38 @@ export class RegistrationRegistry {
     this.wakeIdleWaiters();
   }
 
-  private syncBusy(): boolean {
-    return this.all().some(
-      (r) => r.mode === "sync" && (r.running || r.queue.length > 0 || (r.consumer?.busy ?? false)),
-    );
+  /** A sync StreamReader registration reading or running entries. */
+  private syncStreamBusy(): boolean {
+    return this.all().some((r) => r.mode === "sync" && (r.consumer?.busy ?? false));
   }
 
-  /** Resolves when no `sync` registration has events queued or running. */
+  /**
+   * Resolves once every event queued so far for a `sync` registration has run, and no sync
+   * stream consumer is busy. Not "once none is queued": writes straight to the shards may
+   * keep a queue from ever emptying, and a write through the proxy would wait for ever.
+   */
   syncIdle(): Promise<void> {
-    if (!this.syncBusy()) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    const marks = new Map<Registration, number>();
+    if (this.syncCount > 0)
+      for (const r of this.all())
+        if (r.mode === "sync" && r.handledCount < r.queuedCount) marks.set(r, r.queuedCount);
+    if (marks.size === 0 && !this.syncStreamBusy()) return Promise.resolve();
+    return new Promise((wake) => this.idleWaiters.push({ marks, wake }));
   }
 
   private wakeIdleWaiters(): void {
-    if (this.idleWaiters.length === 0 || this.syncBusy()) return;
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const wake of waiters) wake();
+    if (this.idleWaiters.length === 0) return;
+    const streamBusy = this.syncStreamBusy();
+    const live = new Set(this.all());
+    const waiting: typeof this.idleWaiters = [];
+    for (const w of this.idleWaiters) {
+      let pending = streamBusy;
+      // A registration gone (unregistered, its session replaced) holds nothing back.
+      for (const [r, mark] of w.marks) if (live.has(r) && r.handledCount < mark) pending = true;
+      if (pending) waiting.push(w);
+      else w.wake();
+    }
+    this.idleWaiters = waiting;
   }
 
   /** Installs a session, replacing `replaces` (UPGRADE / REPLACE_WITH) in one step. */
@@ -323,7 +338,10 @@ export class RegistrationRegistry {
         const queue = registration.queue;
         const before = queue.length;
         for (const e of events) if (e.db === session.db && registration.matchesEvent(e)) queue.push(e);
-        if (queue.length > before) void this.drain(session, registration);
+        if (queue.length > before) {
+          registration.queuedCount += queue.length - before;
+          void this.drain(session, registration);
+        }
       }
     }
   }
@@ -382,7 +400,9 @@ export class RegistrationRegistry {
       while (registration.queue.length > 0 && this.sessions.get(session.id) === session) {
         registration.inFlight = registration.queue.splice(0, MAX_EVENTS_PER_BATCH);
         await this.runBatch(session, registration, registration.inFlight);
+        registration.handledCount += registration.inFlight.length;
         registration.inFlight = [];
+        if (registration.mode === "sync") this.wakeIdleWaiters();
       }
     } finally {
       registration.running = false;
