@@ -626,8 +626,8 @@ export class GearsEngine {
    */
   async afterWrite(): Promise<void> {
     await this.eventsArrived();
-    await this.registry.syncIdle();
-    await this.tf.triggersIdle();
+    // Both marks taken now: what queues while one of them runs is not waited for.
+    await Promise.all([this.registry.syncIdle(), this.tf.triggersIdle()]);
     await this.syncWithOwners();
   }
 
