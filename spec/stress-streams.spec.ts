@@ -5,9 +5,10 @@ import { Backend } from "./support/backend.js";
 import { eventually, execute, registrations, sleep } from "./support/registrations.js";
 
 /**
- * StreamReader registrations under big batches and backlogs, against one real redis-server:
- * batches larger than one read of the stream, and failed batches too big to spread into a
- * call. The proxy keeps answering, and no entry is lost or run twice.
+ * StreamReader registrations and T&F stream triggers under big batches and backlogs, against
+ * one real redis-server: batches larger than one read of the stream, failed batches too big
+ * to spread into a call, windows slower together than the time limit. The proxy keeps
+ * answering, and no entry is lost or run twice.
  */
 
 /** Writes n entries to a stream straight on Redis, pipelined. */
@@ -93,5 +94,32 @@ describe("stress: StreamReader batches and backlogs (one redis-server)", functio
     );
     expect(await io.lrange("sizes", 0, -1)).to.deep.equal(["150000"]);
     expect(await status()).to.equal("OK");
+  });
+
+  it("a T&F stream trigger's window whose callbacks together outlast the time limit runs every record, each once", async () => {
+    // 600 records in windows of 300, 3 ms of work each: a window takes 900 ms, over the
+    // 500 ms limit (lock-redis-timeout) of one entry into the isolate, each record well within.
+    await fill(direct, "tfw", 600);
+    const library =
+      "#!js api_version=1.0 name=slowwin\n" +
+      "redis.registerStreamTrigger('c', 'tfw', function (client, data) {" +
+      " const t = Date.now(); while (Date.now() - t < 3) {}" +
+      " client.call('rpush', 'seen', String(data.id[0]) + '-' + String(data.id[1])); }, {window: 300});";
+    expect(await io.call("TFUNCTION", "LOAD", library)).to.equal("OK");
+    try {
+      const ids = (await direct.xrange("tfw", "-", "+")).map(([id]) => id);
+      await eventually(
+        () => direct.xinfo("GROUPS", "tfw") as Promise<unknown[][]>,
+        (groups) =>
+          groups.length === 1 &&
+          groups[0][groups[0].indexOf("entries-read") + 1] === 600 &&
+          groups[0][groups[0].indexOf("pending") + 1] === 0,
+        "every entry read and acknowledged",
+        20_000,
+      );
+      expect(await direct.lrange("seen", 0, -1)).to.deep.equal(ids);
+    } finally {
+      await io.call("TFUNCTION", "DELETE", "slowwin");
+    }
   });
 });
