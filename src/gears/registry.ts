@@ -661,22 +661,42 @@ export class RegistrationRegistry {
     return false;
   }
 
+  /**
+   * The hook and `commands` runs of each session, one after the other. getCommand() and
+   * callNext() read the session bridge's `command`, set for a whole run: runs that overlapped
+   * (a burst of hooked commands from many clients) saw another's command, or none, and
+   * answered "callNext() can only be called from a command hook".
+   */
+  private readonly commandRuns = new WeakMap<GearsSession, Promise<unknown>>();
+
+  private inCommandLine<T>(session: GearsSession, run: () => Promise<T>): Promise<T> {
+    const before = this.commandRuns.get(session);
+    const mine = before === undefined ? run() : before.then(run, run);
+    this.commandRuns.set(
+      session,
+      mine.catch(() => {}),
+    );
+    return mine;
+  }
+
   /** A hook or trigger run: getCommand()/callNext() see `argv` while it runs. */
-  async runCommand(
+  runCommand(
     found: { registration: Registration; session: GearsSession },
     partitions: Partitions,
     partition: number,
     argv: string[],
   ): Promise<Execution> {
-    const bridge = found.session.bridge;
-    const previous = bridge.command;
-    bridge.command = argv;
-    try {
-      const input = new Map<number, PackedRecords>([[partition, { records: [argv], values: null }]]);
-      return await this.runExecution(found.session, found.registration, partitions, input, 1, true);
-    } finally {
-      bridge.command = previous;
-    }
+    return this.inCommandLine(found.session, async () => {
+      const bridge = found.session.bridge;
+      const previous = bridge.command;
+      bridge.command = argv;
+      try {
+        const input = new Map<number, PackedRecords>([[partition, { records: [argv], values: null }]]);
+        return await this.runExecution(found.session, found.registration, partitions, input, 1, true);
+      } finally {
+        bridge.command = previous;
+      }
+    });
   }
 
   /**
@@ -696,25 +716,28 @@ export class RegistrationRegistry {
         );
         if (mine.length === 0) continue;
         const bridge = session.bridge;
-        const previous = bridge.command;
-        bridge.command = argv;
-        bridge.overriddenReply = null;
-        try {
-          const partitions = new Partitions(this.shards, session.db);
-          const input = await this.recordsOf(registration, partitions, mine);
-          if (input.size > 0) await this.runExecution(session, registration, partitions, input, mine.length);
-          override = bridge.overriddenReply ?? override;
-        } catch (err) {
-          registration.stats.record(
-            0,
-            [err instanceof Error ? err.message : String(err)],
-            false,
-            mine.length,
-          );
-        } finally {
-          bridge.command = previous;
+        await this.inCommandLine(session, async () => {
+          const previous = bridge.command;
+          bridge.command = argv;
           bridge.overriddenReply = null;
-        }
+          try {
+            const partitions = new Partitions(this.shards, session.db);
+            const input = await this.recordsOf(registration, partitions, mine);
+            if (input.size > 0)
+              await this.runExecution(session, registration, partitions, input, mine.length);
+            override = bridge.overriddenReply ?? override;
+          } catch (err) {
+            registration.stats.record(
+              0,
+              [err instanceof Error ? err.message : String(err)],
+              false,
+              mine.length,
+            );
+          } finally {
+            bridge.command = previous;
+            bridge.overriddenReply = null;
+          }
+        });
       }
     }
     return override;

@@ -347,7 +347,10 @@ export class StreamConsumer {
         state.again = false;
         if (!(await this.holdLease(state))) return;
         // Entries already in hand (a retried or resumed batch) go first, before reading more.
-        const got = state.held.length >= READ_COUNT ? READ_COUNT : await this.read(state);
+        // Not when they are fewer than a batch: a batch over READ_COUNT then never filled and
+        // this loop went round without an await that yields, hanging the whole proxy.
+        const full = state.held.length >= Math.max(this.options.batch, READ_COUNT);
+        const got = full ? READ_COUNT : await this.read(state);
         // As in RedisGears, an execution takes `batch` entries: the failure policy applies to exactly those.
         while (!this.stopped && this.status === "OK" && this.ready(state)) {
           if (!(await this.holdLease(state))) return;
@@ -553,11 +556,12 @@ export class StreamConsumer {
     if (this.options.onFailedPolicy === "abort") {
       // The entries stay pending in the group: unpausing (or a restart) goes on from them.
       this.status = "ABORTED";
-      state.held.unshift(...batch);
+      // Not unshift(...batch): a batch of some 120,000 entries is too many arguments for one call.
+      state.held = batch.concat(state.held);
       return false;
     }
     this.status = "WAITING_FOR_RETRY_ON_FAILURE";
-    state.held.unshift(...batch);
+    state.held = batch.concat(state.held);
     this.active++;
     state.retryTimer = setTimeout(() => {
       state.retryTimer = null;

@@ -238,15 +238,18 @@ export interface TfEntry {
    */
   fireKeyspaceTriggers(events: BatchCalls, budgetMs: number): TriggerOutcomes | Promise<TriggerOutcomes>;
   /**
-   * Stream trigger `name` for a window of entries of one stream (name in latin1), all at
-   * once: each entry's error text, or null. An entry's fields and values come in order, each
-   * as [its UTF-8 text or null, its bytes in latin1].
+   * Stream trigger `name` for a window of entries of one stream (name in latin1), started
+   * one after the other (async callbacks then wait together): each started entry's error
+   * text, or null. It starts none once `budgetMs` is spent, so a window of callbacks that
+   * each fit in the time limit never outlasts it together. An entry's fields and values
+   * come in order, each as [its UTF-8 text or null, its bytes in latin1].
    */
   fireStreamTrigger(
     name: string,
     stream: string | null,
     streamBytes: string,
     records: [string, [string | null, string][]][],
+    budgetMs: number,
   ): (string | null)[] | Promise<(string | null)[]>;
   /** A cluster function of this library, with the JSON text of its arguments. */
   callClusterFunction(name: string, argsJson: string): TfOutcome | Promise<TfOutcome>;

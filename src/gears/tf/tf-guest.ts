@@ -72,8 +72,9 @@ export class TfGuest {
     name: string,
     stream: Buffer,
     records: [string, [string | null, string][]][],
+    budgetMs: number,
   ): Promise<(string | null)[]> {
-    const args = [name, utf8Text(stream), stream.toString("latin1"), records];
+    const args = [name, utf8Text(stream), stream.toString("latin1"), records, budgetMs];
     return (await this.isolate.call(path("fireStreamTrigger"), args)) as (string | null)[];
   }
 

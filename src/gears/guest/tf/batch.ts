@@ -70,6 +70,23 @@ function valueOf(w: Waiting, raw: boolean): unknown {
 
 let running: ((args: CallArgs, raw: boolean) => unknown) | null = null;
 
+/**
+ * `client.block` bodies running now (client.ts). Nothing starts on top of one: an async
+ * keyspace trigger (or TFCALL of an async function) blocks as it starts, so an item started
+ * on top of its waiting call blocked too, and failed with "Main thread is already blocked".
+ */
+let blockBodies = 0;
+
+/** Runs `body` (a `client.block` body) with no item of the running batch started on top of it. */
+export function aloneOnStack<T>(body: () => T): T {
+  blockBodies++;
+  try {
+    return body();
+  } finally {
+    blockBodies--;
+  }
+}
+
 /** A sync client's call, its reply converted (`raw`: callRaw): through the running batch when there is one. */
 export function syncCall(args: CallArgs, raw: boolean): unknown {
   return running === null ? fromReply(direct(args), raw) : running(args, raw);
@@ -143,12 +160,14 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
       starts.length < MAX_ITEMS &&
       depth < MAX_NESTED &&
       keyless === 0 &&
+      blockBodies === 0 &&
       !spent()
     );
   }
 
   function mayNest(): boolean {
-    if (next >= starts.length || depth >= MAX_NESTED || keyless > 0 || spent()) return false;
+    if (next >= starts.length || depth >= MAX_NESTED || keyless > 0 || blockBodies > 0 || spent())
+      return false;
     const at = slotsAt(next);
     const n = calls[at] as number;
     if (n === 0) return false;

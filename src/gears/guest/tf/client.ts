@@ -5,7 +5,7 @@
  */
 import { host } from "../core/host.js";
 import type { Tagged } from "../entry.js";
-import { syncCall, type CallArgs } from "./batch.js";
+import { aloneOnStack, syncCall, type CallArgs } from "./batch.js";
 import { fromReply, toArg } from "./convert.js";
 
 /** What a client may do, fixed by what it was handed to. */
@@ -130,7 +130,7 @@ export class AsyncClient extends BaseClient {
     const client = new SyncClient({ noWrites: this.mode.noWrites, blockAllowed: true });
     blocked = true;
     try {
-      return (fn as (c: SyncClient) => unknown)(client);
+      return aloneOnStack(() => (fn as (c: SyncClient) => unknown)(client));
     } finally {
       blocked = false;
       client.invalidate();
