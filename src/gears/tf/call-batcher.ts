@@ -28,7 +28,7 @@ const MAX_BATCH = 64;
  * calls are in Redis may join it (guest/tf/batch.ts): the isolate runs them meanwhile.
  */
 export class CallBatcher {
-  private readonly queue: Pending[] = [];
+  private queue: Pending[] = [];
   private busy = false;
   /** Wakes a running batch that waits for its replies or for more TFCALLs (tf-bridge.ts). */
   private arrived: (() => void) | null = null;
@@ -130,6 +130,7 @@ export class CallBatcher {
     // Outside the try: each call is settled once, whatever its settle does.
     for (let i = 0; i < outs.length; i++) batch[i].settle(outs[i]);
     // Not started (the budget was spent): first in line for the next entry.
-    this.queue.unshift(...batch.slice(Math.max(1, outs.length)));
+    // Not unshift(...): calls keep joining a batch while it runs, so it has no fixed bound.
+    if (outs.length < batch.length) this.queue = batch.slice(Math.max(1, outs.length)).concat(this.queue);
   }
 }

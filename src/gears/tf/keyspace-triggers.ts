@@ -159,7 +159,7 @@ export class KeyspaceTriggers {
         let ran = items.length;
         if (library !== undefined) ran = await this.fire(library, items);
         // Not started (the entry's time budget was spent): first in line for the next entry.
-        if (ran < items.length) this.queueOf(name).unshift(...items.slice(ran));
+        if (ran < items.length) this.queues.set(name, items.slice(ran).concat(this.queueOf(name)));
         this.finished(name, ran);
       }
     } finally {
