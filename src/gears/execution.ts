@@ -1,7 +1,7 @@
 import type { JsonValue } from "../sandbox/types.js";
 import { executionError } from "./errors.js";
 import { GearsGuest, type GuestOutcome, type GuestStreamed } from "./gears-guest.js";
-import type { Action, GuestIsolate } from "./guest-isolate.js";
+import { entryBudgetMs, type Action, type GuestIsolate } from "./guest-isolate.js";
 import { encodeResults, resultsOfJson } from "./json-values.js";
 import { ResultChunks, ResultsTooLarge, type GearsReply } from "./result-chunks.js";
 import { SandboxError } from "../sandbox/types.js";
@@ -363,7 +363,7 @@ export class Execution {
     records: JsonValue[] | RecordBinary,
     values: JsonValue[] | null = null,
   ): Promise<void> {
-    const budget = Math.max(1, Math.floor(this.isolate.limits.timeoutMs / 2));
+    const budget = entryBudgetMs(this.isolate);
     const isolate = this.isolate;
     if (records instanceof RecordBinary || (values === null && isolate.binary)) {
       if (!isolate.binary) throw new Error("binary records for an isolate that cannot read them");

@@ -22,6 +22,14 @@ export interface GuestIsolate {
   readonly memoryBytes: number;
 }
 
+/**
+ * How long one guest entry may go on starting work (records, calls, trigger events): half the
+ * isolate's time limit, so that the limit applies to one callback, not to a whole batch, and a
+ * callback started just before the budget ran out still has its share.
+ */
+export const entryBudgetMs = (isolate: GuestIsolate): number =>
+  Math.max(1, Math.floor(isolate.limits.timeoutMs / 2));
+
 /** A new isolate (a warm one when there is one), with `preload` evaluated in it when given. */
 export type IsolateFactory = (
   limits: IsolateLimits,

@@ -1,5 +1,6 @@
 import type { Tagged, TfOutcome } from "../guest/entry.js";
 import type { TfLibrary } from "./libraries.js";
+import { entryBudgetMs } from "../guest-isolate.js";
 
 interface Pending {
   fn: string;
@@ -114,8 +115,7 @@ export class CallBatcher {
         },
         arrival: () => new Promise<void>((resolve) => (this.arrived = resolve)),
       };
-      // Half the time limit: a call started just before the budget ran out still has its share.
-      const budget = Math.max(1, Math.floor(library.guest.isolate.limits.timeoutMs / 2));
+      const budget = entryBudgetMs(library.guest.isolate);
       outs = await library.guest.callFunctions(
         batch.map((p) => [p.fn, p.args, p.slots]),
         budget,

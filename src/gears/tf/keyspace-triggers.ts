@@ -4,6 +4,7 @@ import { isProxyKey } from "../../routing/hidden-keys.js";
 import type { Tagged, TriggerOutcomes } from "../guest/entry.js";
 import { sandboxText, type TfLibraries, type TfLibrary } from "./libraries.js";
 import type { MutedKeys } from "./muted-keys.js";
+import { entryBudgetMs } from "../guest-isolate.js";
 
 /** A keyspace trigger's counters (TFUNCTION LIST v): kept across REPLACE, as T&F kept them. */
 export interface TriggerStats {
@@ -186,9 +187,7 @@ export class KeyspaceTriggers {
     let outcomes: TriggerOutcomes;
     try {
       const live = await this.libraries.revive(library);
-      // Half the time limit, as for a batch of TFCALLs: a trigger started just before the
-      // budget ran out still has its share.
-      const budget = Math.max(1, Math.floor(live.guest.isolate.limits.timeoutMs / 2));
+      const budget = entryBudgetMs(live.guest.isolate);
       outcomes = await live.guest.fireKeyspaceTriggers(
         runnable.map((x) => [x.trigger, x.event.event, x.event.key]),
         budget,

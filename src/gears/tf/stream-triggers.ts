@@ -6,6 +6,7 @@ import { StreamConsumer } from "../events/stream-consumer.js";
 import type { TfStreamTriggerInfo } from "../guest/entry.js";
 import { sandboxText, type TfLibraries } from "./libraries.js";
 import { utf8Text } from "./values.js";
+import { entryBudgetMs } from "../guest-isolate.js";
 
 /** The consumer group of a stream trigger: T&F's progress per library (and trigger) and stream. */
 export const streamGroup = (library: string, trigger: string): string =>
@@ -169,10 +170,10 @@ export class StreamTriggers {
     const lag = ids.length > 0 ? started - Number(ids[0].split("-")[0]) : 0;
     try {
       const live = await this.libraries.revive(current);
-      // Half the time limit per entry, as for a batch of TFCALLs: a window of callbacks that
-      // each fit in the limit but not all together goes in over several entries, instead of
-      // the isolate ending the entry and the window's unstarted records being acknowledged.
-      const budget = Math.max(1, Math.floor(live.guest.isolate.limits.timeoutMs / 2));
+      // A window of callbacks that each fit in the limit but not all together goes in over
+      // several entries, instead of the isolate ending the entry and the window's unstarted
+      // records being acknowledged.
+      const budget = entryBudgetMs(live.guest.isolate);
       for (let from = 0; from < entries.length;) {
         const window = from === 0 ? entries : entries.slice(from);
         live.bridge.pendingJobs += window.length;
