@@ -202,14 +202,14 @@ export type FlatPairs = (number | Tagged)[];
  */
 export type BatchCalls = (string | number | Tagged)[];
 
+/** A pair for each trigger event run: its error text or null, then the milliseconds it took. */
+export type TriggerOutcomes = (string | number | null)[];
+
 /**
  * The first element of the host's answer to a batch's "calls" request (guest/tf/batch.ts):
  * the replies of every call sent so far follow (FlatPairs), or TFCALLs that arrived for the
  * entry under way, to start before the replies (BatchCalls).
  */
-/** A pair for each trigger event run: its error text or null, then the milliseconds it took. */
-export type TriggerOutcomes = (string | number | null)[];
-
 export const CALLS_REPLIES = 0;
 export const CALLS_MORE = 1;
 

@@ -40,8 +40,8 @@ const MAX_ITEMS_PER_ENTRY = 256;
  * handles, in order per library (so in order per key), and says when all have run: writes
  * through the proxy wait for that before their reply, as if the triggers ran inside them.
  * Events queued meanwhile (writes straight to the shards come in bursts) run many to an
- * entry: one at a time, each trigger's `client.call` a round trip of its own, handled about
- * 2,000 events a second.
+ * entry: one to an entry, each trigger's `client.call` a round trip of its own, they were
+ * handled about 2,500 a second.
  */
 export class KeyspaceTriggers {
   private readonly stats = new Map<string, TriggerStats>();
@@ -101,16 +101,19 @@ export class KeyspaceTriggers {
       if (triggers.length === 0) continue;
       const prefixes = triggers.map((t) => prefixBytes(t.prefix));
       let queue: TriggerItem[] | undefined;
+      let added = 0;
       for (const event of events) {
         if (isProxyKey(event.key) || this.muted.has(event.key)) continue;
         for (let t = 0; t < triggers.length; t++) {
           if (!startsWith(event.key, prefixes[t])) continue;
           queue ??= this.queueOf(library.name);
           queue.push({ trigger: triggers[t].name, event });
-          this.queued.set(library.name, (this.queued.get(library.name) ?? 0) + 1);
+          added++;
         }
       }
-      if (queue !== undefined) void this.drain(library.name);
+      if (queue === undefined) continue;
+      this.queued.set(library.name, (this.queued.get(library.name) ?? 0) + added);
+      void this.drain(library.name);
     }
   }
 

@@ -224,25 +224,27 @@ const entry: TfEntry = {
         key: list[at + 3],
         key_raw: bytesToBuffer(list[at + 4] as string),
       };
-      const done = (o: TfOutcome): void => {
-        out[2 * i] = "err" in o ? o.err : null;
-        out[2 * i + 1] = Date.now() - started;
-      };
       if (def.onTriggerFired !== null) {
         // At the moment of the event, read-only: it may only add to `data`.
         const fired = invoke(def.onTriggerFired, { noWrites: true, blockAllowed: false }, [data]);
         if (!isThenable(fired) && "err" in fired) {
-          done(fired);
+          out[2 * i] = fired.err;
+          out[2 * i + 1] = Date.now() - started;
           return;
         }
       }
       const o = invoke(def.fn, TRIGGER_MODE, [data]);
       if (isThenable(o)) {
-        (later ??= []).push(Promise.resolve(o).then(done));
+        // An async callback: its time is until it settles (a closure only for those).
+        const settled = Promise.resolve(o).then((x) => {
+          out[2 * i] = "err" in x ? x.err : null;
+          out[2 * i + 1] = Date.now() - started;
+        });
+        (later ??= []).push(settled);
         return;
       }
-      done(o);
-      const own = (out[2 * i + 1] as number) - (timed - timedBefore);
+      const own = Date.now() - started - (timed - timedBefore);
+      out[2 * i] = "err" in o ? o.err : null;
       out[2 * i + 1] = own;
       timed += own;
     };
