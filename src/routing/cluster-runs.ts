@@ -6,6 +6,7 @@ import type { UpstreamNode } from "../upstream/node.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
 import { keySlotIn } from "./key-slot.js";
 import { RedirectingSink, type RedirectContext } from "./redirect.js";
+import { SlotGroups } from "./slot-groups.js";
 import { splitMerge, splitStride, SplitJob, SplitPart } from "./split.js";
 
 /**
@@ -98,9 +99,9 @@ export class ClusterRuns {
     if (itemStart.length < count) {
       itemStart = new Int32Array(count * 2);
       itemEnd = new Int32Array(count * 2);
-      itemGroup = new Int32Array(count * 2);
-      nextInGroup = new Int32Array(count * 2);
     }
+    slotGroups.reserve(count);
+    const slotOfItem = slotGroups.slotOfItem;
     // The request's arguments walked in place: the name's span, then per item (a key and its
     // stride - 1 values, back to back) its span and its key's slot.
     let at = request.start + 1;
@@ -109,10 +110,6 @@ export class ClusterRuns {
     const nameStart = at;
     at = skipBulk(buf, at);
     const nameEnd = at;
-    const slots: number[] = [];
-    const heads: number[] = [];
-    const tails: number[] = [];
-    const sizes: number[] = [];
     for (let k = 0; k < count; k++) {
       itemStart[k] = at;
       // The key: its header (checked by the parser), then its bytes.
@@ -124,23 +121,10 @@ export class ClusterRuns {
       at = keyStart + len + 2;
       for (let j = 1; j < stride; j++) at = skipBulk(buf, at);
       itemEnd[k] = at;
-      let g = groupOfSlot[slot];
-      if (g === -1) {
-        g = slots.length;
-        groupOfSlot[slot] = g;
-        slots.push(slot);
-        heads.push(k);
-        tails.push(k);
-        sizes.push(1);
-      } else {
-        nextInGroup[tails[g]] = k;
-        tails[g] = k;
-        sizes[g]++;
-      }
-      itemGroup[k] = g;
-      nextInGroup[k] = -1;
+      slotOfItem[k] = slot;
     }
-    for (let g = 0; g < slots.length; g++) groupOfSlot[slots[g]] = -1;
+    slotGroups.group(count);
+    const { slots, heads, sizes, itemGroup } = slotGroups;
     const merge = splitMerge(request.name)!;
     const job = new SplitJob(
       this.redirect,
@@ -174,13 +158,11 @@ function skipBulk(buf: Buffer, at: number): number {
   return at + 2 + len + 2;
 }
 
-/** Slot -> its part in the split under way; -1 elsewhere (reset after each split). */
-const groupOfSlot = new Int32Array(16384).fill(-1);
-/** Per item of the split under way: its span in the input, its part, the next item of its part (-1 at the end). */
+/** The grouping of split commands into runs (its own: see SlotGroups). */
+const slotGroups = new SlotGroups();
+/** Per item of the split under way: its span in the input. */
 let itemStart = new Int32Array(64);
 let itemEnd = new Int32Array(64);
-let itemGroup = new Int32Array(64);
-let nextInGroup = new Int32Array(64);
 
 /** Up to this many bytes a span is copied into a run's payload by a loop, not Buffer.copy. */
 const SHORT_COPY = 64;
@@ -233,7 +215,8 @@ class NodeRun implements ReplySink {
     const header = spans.length;
     spans.push(-argc, 0, nameStart, nameEnd);
     let last = spans.length - 1;
-    for (let k = first; k !== -1; k = nextInGroup[k]) {
+    const next = slotGroups.nextInGroup;
+    for (let k = first; k !== -1; k = next[k]) {
       // Items of the part that lie back to back in the input make one span.
       if (spans[last] === itemStart[k]) spans[last] = itemEnd[k];
       else {

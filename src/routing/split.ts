@@ -1,4 +1,5 @@
 import { keySlot } from "./key-slot.js";
+import { SlotGroups } from "./slot-groups.js";
 import { findCrlf } from "../resp/byte-queue.js";
 import { decimalLength, encodeError, OK } from "../resp/encode.js";
 import { CONNECTION_LOST } from "../upstream/connection.js";
@@ -63,7 +64,8 @@ export function split(
     sink.reply(encodeError(`ERR wrong number of arguments for '${name}' command`));
     return SPLIT_DONE;
   }
-  if (slotOfKey.length < count) slotOfKey = new Int32Array(count * 2);
+  slotGroups.reserve(count);
+  const slotOfKey = slotGroups.slotOfItem;
   const firstSlot = keySlot(argv[1]);
   slotOfKey[0] = firstSlot;
   let k = 1;
@@ -75,14 +77,8 @@ export function split(
   return SPLIT_DONE;
 }
 
-/** Per key: its slot, for the keys hashed so far in the split under way. Grown on demand. */
-let slotOfKey = new Int32Array(64);
-
-/** Slot -> its group in the split under way; -1 elsewhere (reset after each split). */
-const groupOfSlot = new Int32Array(16384).fill(-1);
-/** Per key: its group, and the next key of the same group (-1 at the end). Grown on demand. */
-let itemGroup = new Int32Array(64);
-let nextInGroup = new Int32Array(64);
+/** The grouping of split() (its own: see SlotGroups). */
+const slotGroups = new SlotGroups();
 
 function sendParts(
   redirect: RedirectContext,
@@ -96,35 +92,10 @@ function sendParts(
   affinity: number,
   proto: Protocol,
 ): void {
+  const slotOfKey = slotGroups.slotOfItem;
   for (let k = hashed; k < count; k++) slotOfKey[k] = keySlot(argv[1 + k * stride]);
-  if (itemGroup.length < count) {
-    itemGroup = new Int32Array(count * 2);
-    nextInGroup = new Int32Array(count * 2);
-  }
-  // Groups per slot in order of first appearance, each a chain of its keys in order.
-  const slots: number[] = [];
-  const heads: number[] = [];
-  const tails: number[] = [];
-  const sizes: number[] = [];
-  for (let k = 0; k < count; k++) {
-    const slot = slotOfKey[k];
-    let g = groupOfSlot[slot];
-    if (g === -1) {
-      g = slots.length;
-      groupOfSlot[slot] = g;
-      slots.push(slot);
-      heads.push(k);
-      tails.push(k);
-      sizes.push(1);
-    } else {
-      nextInGroup[tails[g]] = k;
-      tails[g] = k;
-      sizes[g]++;
-    }
-    itemGroup[k] = g;
-    nextInGroup[k] = -1;
-  }
-  for (const slot of slots) groupOfSlot[slot] = -1;
+  slotGroups.group(count);
+  const { slots, heads, sizes, itemGroup } = slotGroups;
   const job = new SplitJob(
     redirect,
     merge,
@@ -174,7 +145,8 @@ function sendParts(
 /** Bytes of `*N $name $arg...` for the `size` keys of the group chained from `first`. */
 function commandSize(head: Buffer, argv: Buffer[], first: number, size: number, stride: number): number {
   let bytes = 3 + decimalLength(1 + size * stride) + 5 + decimalLength(head.length) + head.length;
-  for (let k = first; k !== -1; k = nextInGroup[k]) {
+  const next = slotGroups.nextInGroup;
+  for (let k = first; k !== -1; k = next[k]) {
     for (let j = 1; j <= stride; j++) {
       const len = argv[k * stride + j].length;
       bytes += 5 + decimalLength(len) + len;
@@ -194,7 +166,8 @@ function writeCommand(
 ): number {
   at = writeHeader(out, at, 42 /* * */, 1 + size * stride);
   at = writeBulk(out, at, head);
-  for (let k = first; k !== -1; k = nextInGroup[k]) {
+  const next = slotGroups.nextInGroup;
+  for (let k = first; k !== -1; k = next[k]) {
     for (let j = 1; j <= stride; j++) at = writeBulk(out, at, argv[k * stride + j]);
   }
   return at;
