@@ -177,6 +177,51 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
     expect(field("total_connections_received")).to.be.at.least(open.length);
   });
 
+  it("SLOWLOG GET/LEN/RESET and CONFIG SET slowlog-* span the threads", async () => {
+    const [a, b] = await onTwoThreads("slow");
+    type Row = [number, number, number, string[], string, string];
+    const rows = async (client: Redis): Promise<Row[]> =>
+      (await client.call("SLOWLOG", "GET", "-1")) as Row[];
+    const logged = (list: Row[], key: string): boolean =>
+      list.some((r) => r[3][0].toLowerCase() === "set" && r[3][1] === key);
+    try {
+      // Set through one thread, it reaches the other: b's commands get logged too.
+      expect(await a.call("CONFIG", "SET", "slowlog-log-slower-than", "0")).to.equal("OK");
+      await eventually(
+        async () => {
+          await a.set("slow:a", "1");
+          await b.set("slow:b", "1");
+          const list = await rows(a);
+          return [logged(list, "slow:a"), logged(list, "slow:b")];
+        },
+        ([fromA, fromB]) => fromA && fromB,
+        "SLOWLOG GET from one thread lists both threads' commands",
+      );
+      const list = await rows(b);
+      expect(logged(list, "slow:a") && logged(list, "slow:b")).to.equal(true);
+      const ids = list.map((r) => r[0]);
+      expect(new Set(ids).size).to.equal(ids.length);
+      expect(list.map((r) => r[1])).to.deep.equal([...list.map((r) => r[1])].sort((x, y) => y - x));
+      expect(await b.call("SLOWLOG", "GET", "1")).to.have.length(1);
+      expect(Number(await b.call("SLOWLOG", "LEN"))).to.be.at.least(list.length);
+      // RESET from one thread empties both.
+      await a.call("CONFIG", "SET", "slowlog-log-slower-than", "-1");
+      await eventually(
+        async () => {
+          await b.set("slow:after", "1");
+          await a.call("SLOWLOG", "RESET");
+          await b.set("slow:after", "1");
+          return (await rows(b)).length;
+        },
+        (left) => left === 0,
+        "SLOWLOG RESET from one thread empties both, and -1 stops logging on both",
+      );
+      expect(await a.call("SLOWLOG", "LEN")).to.equal(0);
+    } finally {
+      await a.call("CONFIG", "SET", "slowlog-log-slower-than", "10000");
+    }
+  });
+
   it("sums /metrics over the threads", async () => {
     const [a] = await onTwoThreads("scraped");
     const scrape = async (): Promise<[number, number]> => {

@@ -1,7 +1,7 @@
 import type { ProxyConfig } from "../config.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
-import type { SlowLog } from "../observability/slowlog.js";
+import type { SlowLog, SlowLogRow } from "../observability/slowlog.js";
 import type { Router } from "../routing/router.js";
 import type { Leases } from "../routing/lease.js";
 import type { GearsEngine } from "../gears/engine.js";
@@ -61,6 +61,14 @@ export interface ThreadPeers {
   clientUnblock(id: number, withError: boolean): Promise<number>;
   /** INFO's proxy section with the threads' counters summed. */
   proxySection(): Promise<string>;
+  /** SLOWLOG GET over every thread's slow log: the newest `count` (-1: all), newest first. */
+  slowlogGet(count: number): Promise<SlowLogRow[]>;
+  /** SLOWLOG LEN summed over the threads. */
+  slowlogLen(): Promise<number>;
+  /** SLOWLOG RESET on every thread. */
+  slowlogReset(): Promise<void>;
+  /** Tells every thread of a client's CONFIG SET (each keeps its own slow log and tracking table). */
+  configSet(argv: readonly Buffer[]): void;
 }
 
 /** One thread of a --threads proxy: its place among them, and its answers to the others. */

@@ -52,6 +52,9 @@ export class Dispatcher {
     if (name === "config") {
       ctx.slowlog.noteConfigSet(request.argv);
       ctx.tracking.noteConfigSet(request.argv);
+      const argv = request.argv;
+      if (ctx.threads !== undefined && argv.length > 3 && argv[1].toString().toLowerCase() === "set")
+        ctx.threads.configSet(argv);
     }
     if (ctx.tracking.watching)
       ctx.tracking.beforeCommand(host.id, host.tracking, name, request.argv, txn.inMulti);

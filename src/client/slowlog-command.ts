@@ -33,11 +33,24 @@ export const slowlogCommand: LocalCommand = (session: CommandHost, request) => {
     session.replyNow(Buffer.concat([Buffer.from(`*${HELP.length}\r\n`), ...HELP.map(encodeSimple)]));
     return;
   }
-  if (sub === "len" && argv.length === 2) return session.replyValue(log.length);
+  const threads = session.ctx.threads;
+  if (sub === "len" && argv.length === 2) {
+    if (threads === undefined) return session.replyValue(log.length);
+    return later(
+      session,
+      threads.slowlogLen().then((n) => encodeValue(n, session.proto)),
+    );
+  }
   if (sub === "reset" && argv.length === 2) {
-    log.reset();
-    session.replyNow(OK);
-    return;
+    if (threads === undefined) {
+      log.reset();
+      session.replyNow(OK);
+      return;
+    }
+    return later(
+      session,
+      threads.slowlogReset().then(() => OK),
+    );
   }
   if ((sub === "get" || sub === "shards") && argv.length <= 3) {
     let count = 10;
@@ -49,13 +62,23 @@ export const slowlogCommand: LocalCommand = (session: CommandHost, request) => {
       }
     }
     if (sub === "shards") return shardSlowlogs(session, count);
-    const entries = log
-      .get(count)
-      .map((e) => [e.id, e.timestamp, e.durationUs, e.argv, Buffer.from(e.addr), Buffer.from(e.name)]);
-    return session.replyValue(entries);
+    if (threads === undefined) return session.replyValue(log.rows(count));
+    return later(
+      session,
+      threads.slowlogGet(count).then((rows) => encodeValue(rows, session.proto)),
+    );
   }
   session.replyError(`ERR unknown subcommand or wrong number of arguments for '${sub}'. Try SLOWLOG HELP.`);
 };
+
+/** Answers, in its place among the client's replies, what every thread of a --threads proxy said. */
+function later(session: CommandHost, answer: Promise<Buffer>): void {
+  const slot = session.laterSlot();
+  answer.then(
+    (reply) => slot.reply(reply),
+    (err: Error) => slot.reply(encodeError(`ERR ${err.message}`)),
+  );
+}
 
 /** Every master's slow log, newest entries first, each tagged with the node it came from. */
 function shardSlowlogs(session: CommandHost, count: number): void {

@@ -17,6 +17,9 @@ export interface SlowLogEntry {
   name: string;
 }
 
+/** A SLOWLOG GET row as Redis lays it out: id, unix time, µs, arguments, client address and name. */
+export type SlowLogRow = [number, number, number, Buffer[], Buffer, Buffer];
+
 /** Requests up to this size are kept as one copy and split when read. */
 const KEEP_RAW_BYTES = 4096;
 
@@ -95,6 +98,21 @@ export class SlowLog {
     return out;
   }
 
+  /**
+   * get(count) as SLOWLOG GET rows. With `thread` (a --threads proxy), ids are made unique
+   * over the threads: id * count + index, so each thread's ids keep their order.
+   */
+  rows(count: number, thread?: { index: number; count: number }): SlowLogRow[] {
+    return this.get(count).map((e) => [
+      thread === undefined ? e.id : e.id * thread.count + thread.index,
+      e.timestamp,
+      e.durationUs,
+      e.argv,
+      Buffer.from(e.addr),
+      Buffer.from(e.name),
+    ]);
+  }
+
   get length(): number {
     return Math.min(this.entries.length, this.maxLen);
   }
@@ -143,4 +161,14 @@ function trimArgv(argv: readonly Buffer[]): Buffer[] {
   }
   if (kept < argv.length) out.push(Buffer.from(`... (${argv.length - kept} more arguments)`));
   return out;
+}
+
+/**
+ * The threads' SLOWLOG GET rows (each newest first) as one log: newest first by time, a
+ * thread's own rows in their order, the newest `count` (-1: all).
+ */
+export function mergeSlowLogRows(perThread: SlowLogRow[][], count: number): SlowLogRow[] {
+  // Array.prototype.sort is stable: rows of one second keep their thread's order.
+  const all = perThread.flat().sort((a, b) => b[1] - a[1]);
+  return count < 0 ? all : all.slice(0, count);
 }

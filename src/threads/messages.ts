@@ -10,6 +10,11 @@ export type ThreadQuery =
   | { kind: "client-unblock"; id: number; withError: boolean }
   | { kind: "info" }
   | { kind: "metrics" }
+  | { kind: "slowlog-get"; count: number }
+  | { kind: "slowlog-len" }
+  | { kind: "slowlog-reset" }
+  /** A client's CONFIG SET, for the settings each thread keeps (slow log, tracking table). */
+  | { kind: "config-set"; argv: Uint8Array[] }
   | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown };
 
 export type ThreadMessage =

@@ -9,6 +9,7 @@ import { proxySection } from "../client/info-command.js";
 import { findExecutionsElsewhere, runGearsCommand, type GearsCaller } from "../gears/commands.js";
 import type { GearsReply } from "../gears/result-chunks.js";
 import { AggregatorRegistry } from "prom-client";
+import { mergeSlowLogRows, type SlowLogRow } from "../observability/slowlog.js";
 import {
   THREADS_ENV,
   THREAD_ENV,
@@ -34,6 +35,9 @@ const SUMMED = new Set([
 ]);
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+
+/** A SlowLogRow after the trip between processes (Buffers arrive as Uint8Arrays). */
+type RowOnTheWire = [number, number, number, Uint8Array[], Uint8Array, Uint8Array];
 
 /** Sums the SUMMED fields of the threads' proxy sections into the first one, and says how many threads. */
 export function sumProxySections(sections: string[]): string {
@@ -111,6 +115,37 @@ export class ClusterLink implements ThreadLink {
     return sumProxySections(sections);
   }
 
+  async slowlogGet(count: number): Promise<SlowLogRow[]> {
+    const answers = await this.ask({ kind: "slowlog-get", count }, ASK_TIMEOUT_MS);
+    const lists = answers.filter((a): a is RowOnTheWire[] => Array.isArray(a));
+    return mergeSlowLogRows(
+      lists.map((rows) =>
+        rows.map(([id, at, us, argv, addr, name]) => [
+          id,
+          at,
+          us,
+          argv.map(asBuffer),
+          asBuffer(addr),
+          asBuffer(name),
+        ]),
+      ),
+      count,
+    );
+  }
+
+  async slowlogLen(): Promise<number> {
+    const answers = await this.ask({ kind: "slowlog-len" }, ASK_TIMEOUT_MS);
+    return answers.reduce<number>((n, a) => n + (typeof a === "number" ? a : 0), 0);
+  }
+
+  async slowlogReset(): Promise<void> {
+    await this.ask({ kind: "slowlog-reset" }, ASK_TIMEOUT_MS);
+  }
+
+  configSet(argv: readonly Buffer[]): void {
+    void this.ask({ kind: "config-set", argv: [...argv] }, ASK_TIMEOUT_MS);
+  }
+
   async metricsText(): Promise<string> {
     const answers = await this.ask({ kind: "metrics" }, ASK_TIMEOUT_MS);
     // Counters and histograms add up; prom-client's gauges say how they combine (sum by default).
@@ -177,6 +212,19 @@ export class ClusterLink implements ThreadLink {
         return proxySection(ctx);
       case "metrics":
         return ctx.metrics === null ? null : ctx.metrics.registry.getMetricsAsJSON();
+      case "slowlog-get":
+        return ctx.slowlog.rows(query.count, this);
+      case "slowlog-len":
+        return ctx.slowlog.length;
+      case "slowlog-reset":
+        ctx.slowlog.reset();
+        return null;
+      case "config-set": {
+        const argv = query.argv.map(asBuffer);
+        ctx.slowlog.noteConfigSet(argv);
+        ctx.tracking.noteConfigSet(argv);
+        return null;
+      }
       case "gears": {
         const args = query.args.map(asBuffer);
         if (args.length === 0 || ctx.gears.get(args[0].toString()) === undefined) return null;
