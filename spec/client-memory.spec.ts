@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { chooseEvictions, type MemoryHolder } from "../src/client/memory-guard.js";
+import { chooseEvictions, pubsubLimitOf, type MemoryHolder } from "../src/client/memory-guard.js";
 import { startRedis, startProxy, sendCommand, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { eventually } from "./support/polling.js";
 import { RawClient, encode, toText } from "./support/raw-client.js";
@@ -15,7 +15,12 @@ async function setBig(port: number): Promise<void> {
   }
 }
 
-function holder(id: number, query: number, output: number): MemoryHolder & { killed: string[] } {
+function holder(
+  id: number,
+  query: number,
+  output: number,
+  isPubSub = false,
+): MemoryHolder & { killed: string[] } {
   const killed: string[] = [];
   return {
     id,
@@ -24,6 +29,8 @@ function holder(id: number, query: number, output: number): MemoryHolder & { kil
     kill: (r) => killed.push(r),
     killed,
     memoryMark: Infinity,
+    isPubSub,
+    softLimitSince: 0,
   };
 }
 
@@ -45,6 +52,42 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
         [1, "output-buffer-limit"],
         [3, "maxmemory-clients"],
       ]);
+    });
+
+    it("holds subscribers to Redis' pubsub class: over the hard limit at once, over the soft one for its seconds", () => {
+      const pubsub = { hard: 32 * MB, soft: 8 * MB, softSeconds: 60 };
+      const limits = { perClientOutput: 256 * MB, total: 0, pubsub };
+      const over = holder(1, 0, 33 * MB, true);
+      const plain = holder(2, 0, 100 * MB);
+      const soft = holder(3, 0, 9 * MB, true);
+      const ids = (at: number): number[] =>
+        chooseEvictions([over, plain, soft], limits, at).evictions.map((e) => e.client.id);
+      expect(ids(1_000)).to.deep.equal([1]);
+      expect(soft.softLimitSince).to.equal(1_000);
+      expect(ids(60_999)).to.deep.equal([1]);
+      expect(ids(61_000)).to.deep.equal([1, 3]);
+      // Back under the soft limit, the clock starts again.
+      const dips = holder(4, 0, 9 * MB, true);
+      chooseEvictions([dips], limits, 0);
+      const under = { ...dips, memory: () => ({ query: 0, output: MB }) };
+      chooseEvictions([under], limits, 30_000);
+      expect(under.softLimitSince).to.equal(0);
+    });
+
+    it("reads CONFIG SET client-output-buffer-limit values as Redis writes them", () => {
+      expect(pubsubLimitOf("pubsub 32mb 8mb 60")).to.deep.equal({
+        hard: 32 * MB,
+        soft: 8 * MB,
+        softSeconds: 60,
+      });
+      expect(pubsubLimitOf("normal 0 0 0 replica 256mb 64mb 60 PUBSUB 1gb 2k 5")).to.deep.equal({
+        hard: 1024 * MB,
+        soft: 2000,
+        softSeconds: 5,
+      });
+      expect(pubsubLimitOf("normal 0 0 0")).to.equal(undefined);
+      expect(pubsubLimitOf("pubsub 32xb 8mb 60")).to.equal(undefined);
+      expect(pubsubLimitOf("pubsub 32mb 8mb")).to.equal(undefined);
     });
 
     it("does nothing when no limit is set", () => {
@@ -175,6 +218,74 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
         expect(info).to.match(/^client_output_limit_disconnections:[1-9]/m);
       } finally {
         client.close();
+      }
+    });
+
+    /** A subscriber to `channel` that never reads, named `name`. */
+    async function stuckSubscriber(name: string, channel: string): Promise<RawClient> {
+      const client = await RawClient.connect(proxy.port);
+      expect(await client.text("CLIENT", "SETNAME", name)).to.equal("OK");
+      await client.call("SUBSCRIBE", channel);
+      client.socket.pause();
+      return client;
+    }
+
+    const listed = async (name: string): Promise<boolean> =>
+      String(await sendCommand(proxy.port, ["CLIENT", "LIST"])).includes(` name=${name} `);
+
+    it("cuts a subscriber that does not read at Redis' pubsub hard limit, far below its own", async () => {
+      // The proxy's own limit here is 8 MB: the pubsub class set lower must win for subscribers.
+      expect(
+        toText(
+          await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 3mb 0 0"]),
+        ),
+      ).to.equal("OK");
+      const subscriber = await stuckSubscriber("deaf", "news");
+      try {
+        const publisher = await RawClient.connect(proxy.port);
+        try {
+          for (let i = 0; i < 6 && (await listed("deaf")); i++)
+            await publisher.call("PUBLISH", "news", Buffer.alloc(MB, 120));
+          await eventually(
+            () => listed("deaf"),
+            (there) => !there,
+            "the deaf subscriber disconnected",
+          );
+        } finally {
+          publisher.close();
+        }
+      } finally {
+        subscriber.close();
+        await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
+      }
+    });
+
+    it("cuts a subscriber that stays over the pubsub soft limit for its seconds, not before", async () => {
+      expect(
+        toText(
+          await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 0 1mb 2"]),
+        ),
+      ).to.equal("OK");
+      const subscriber = await stuckSubscriber("slow", "feed");
+      try {
+        const publisher = await RawClient.connect(proxy.port);
+        try {
+          for (let i = 0; i < 4; i++) await publisher.call("PUBLISH", "feed", Buffer.alloc(MB, 120));
+        } finally {
+          publisher.close();
+        }
+        const since = Date.now();
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        expect(await listed("slow")).to.equal(true);
+        await eventually(
+          () => listed("slow"),
+          (there) => !there,
+          "the slow subscriber disconnected",
+        );
+        expect(Date.now() - since).to.be.at.least(900);
+      } finally {
+        subscriber.close();
+        await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
       }
     });
   });

@@ -5,7 +5,7 @@ import { ClientRegistry } from "./client/registry.js";
 import { TrackingTable } from "./client/tracking/table.js";
 import type { ProxyContext, ProxyStats, ThreadLink } from "./client/context.js";
 import { ClientSession } from "./client/session.js";
-import { MemoryGuard, type Eviction } from "./client/memory-guard.js";
+import { MemoryGuard, REDIS_PUBSUB_LIMIT, type Eviction } from "./client/memory-guard.js";
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
@@ -62,7 +62,11 @@ export class ProxyServer {
   ) {
     this.memoryGuard = new MemoryGuard(
       () => this.context?.clients.all() ?? [],
-      { perClientOutput: config.clientOutputBufferLimit, total: config.maxmemoryClients },
+      {
+        perClientOutput: config.clientOutputBufferLimit,
+        total: config.maxmemoryClients,
+        pubsub: { ...REDIS_PUBSUB_LIMIT },
+      },
       (eviction) => this.evict(eviction),
       (total) => {
         if (this.context !== null) this.context.stats.clientsMemory = total;

@@ -16,6 +16,8 @@ export interface SocketHost {
   /** Query or output bytes past which the memory guard checks at once (client/memory-guard.ts). */
   readonly memoryMark: number;
   readonly closed: boolean;
+  /** Subscribed: Redis' pubsub class of output limits applies. */
+  readonly isPubSub: boolean;
   /** New input is parsed in, or reading resumed: run what can run. */
   readable(): void;
   kill(reason: string): void;
@@ -85,7 +87,10 @@ export class ClientSocket {
       host.ctx.memoryGuard?.grew();
       if (host.closed) return;
     }
-    if (pending > host.ctx.config.clientOutputBufferLimit) {
+    const guard = host.ctx.memoryGuard;
+    const limit =
+      guard === undefined ? host.ctx.config.clientOutputBufferLimit : guard.outputLimit(host.isPubSub);
+    if (pending > limit) {
       host.ctx.stats.outputLimitDisconnections++;
       host.ctx.log.warn({ client: host.id, addr: this.addr, pending }, "client output buffer limit reached");
       host.close();

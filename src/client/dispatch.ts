@@ -52,6 +52,7 @@ export class Dispatcher {
     if (name === "config") {
       ctx.slowlog.noteConfigSet(request.argv);
       ctx.tracking.noteConfigSet(request.argv);
+      ctx.memoryGuard?.noteConfigSet(request.argv);
       const argv = request.argv;
       if (ctx.threads !== undefined && argv.length > 3 && argv[1].toString().toLowerCase() === "set")
         ctx.threads.configSet(argv);

@@ -9,6 +9,8 @@
  * compare per read or flush against the client's `memoryMark`.
  */
 
+const MB = 1024 * 1024;
+
 /** Bytes one client holds in the proxy. */
 export interface ClientMemory {
   /** Request bytes received and not yet run. */
@@ -25,6 +27,17 @@ export interface MemoryHolder {
   kill(reason: string): void;
   /** Bytes (query or output) past which the client asks the guard for a check (MemoryGuard.grew). */
   memoryMark: number;
+  /** Subscribed to a channel, pattern or shard channel: Redis' pubsub class of output limits. */
+  readonly isPubSub: boolean;
+  /** When the client's output went over the pubsub soft limit (ms), 0 while it is under. */
+  softLimitSince: number;
+}
+
+/** One class of Redis' client-output-buffer-limit: bytes, bytes, seconds; 0 turns each off. */
+export interface ClassLimit {
+  hard: number;
+  soft: number;
+  softSeconds: number;
 }
 
 export interface MemoryLimits {
@@ -32,7 +45,16 @@ export interface MemoryLimits {
   readonly perClientOutput: number;
   /** Most all clients may hold together (query + output); 0 = no limit. */
   readonly total: number;
+  /**
+   * Subscribers' limits, on top of perClientOutput, as Redis applies its pubsub class (default
+   * 32mb 8mb 60): a subscriber that does not read must not hold 256 MB in the proxy when Redis
+   * would have cut it at 32. Absent: none.
+   */
+  readonly pubsub?: ClassLimit;
 }
+
+/** Redis 7's default pubsub class: `client-output-buffer-limit pubsub 32mb 8mb 60`. */
+export const REDIS_PUBSUB_LIMIT: Readonly<ClassLimit> = { hard: 32 * MB, soft: 8 * MB, softSeconds: 60 };
 
 export type EvictionReason = "output-buffer-limit" | "maxmemory-clients";
 
@@ -49,6 +71,7 @@ export interface Eviction {
 export function chooseEvictions(
   clients: Iterable<MemoryHolder>,
   limits: MemoryLimits,
+  now = Date.now(),
 ): { evictions: Eviction[]; total: number } {
   const evictions: Eviction[] = [];
   const kept: { client: MemoryHolder; bytes: number }[] = [];
@@ -56,7 +79,10 @@ export function chooseEvictions(
   let all = 0;
   for (const client of clients) {
     const { query, output } = client.memory();
-    if (limits.perClientOutput > 0 && output > limits.perClientOutput) {
+    if (
+      (limits.perClientOutput > 0 && output > limits.perClientOutput) ||
+      (client.isPubSub && limits.pubsub !== undefined && overClassLimit(client, output, limits.pubsub, now))
+    ) {
       evictions.push({ client, reason: "output-buffer-limit", bytes: output });
       continue;
     }
@@ -76,6 +102,53 @@ export function chooseEvictions(
   return { evictions, total: all };
 }
 
+/** Redis' rule for one class: over the hard limit, or over the soft one for softSeconds on end. */
+function overClassLimit(client: MemoryHolder, output: number, limit: ClassLimit, now: number): boolean {
+  if (limit.hard > 0 && output > limit.hard) return true;
+  if (limit.soft > 0 && output > limit.soft) {
+    if (client.softLimitSince === 0) client.softLimitSince = now;
+    return now - client.softLimitSince >= limit.softSeconds * 1000;
+  }
+  client.softLimitSince = 0;
+  return false;
+}
+
+/**
+ * A client's CONFIG SET client-output-buffer-limit value ("<class> <hard> <soft> <seconds>"...,
+ * sizes as Redis writes them: 32mb, 8m, 1gb, bytes) -> its pubsub class; undefined when the
+ * value names none or does not parse (Redis refuses such a value too).
+ */
+export function pubsubLimitOf(value: string): ClassLimit | undefined {
+  const words = value.trim().toLowerCase().split(/\s+/);
+  if (words.length % 4 !== 0) return undefined;
+  let found: ClassLimit | undefined;
+  for (let i = 0; i < words.length; i += 4) {
+    const [hard, soft, seconds] = [sizeOf(words[i + 1]), sizeOf(words[i + 2]), Number(words[i + 3])];
+    if (hard === undefined || soft === undefined || !Number.isSafeInteger(seconds) || seconds < 0)
+      return undefined;
+    if (words[i] === "pubsub") found = { hard, soft, softSeconds: seconds };
+  }
+  return found;
+}
+
+const UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1000,
+  kb: 1024,
+  m: 1e6,
+  mb: MB,
+  g: 1e9,
+  gb: 1024 * MB,
+};
+
+/** Redis' memtoull: digits and an optional unit (k = 1000, kb = 1024...). */
+function sizeOf(word: string): number | undefined {
+  const m = /^(\d+)([a-z]*)$/.exec(word);
+  const unit = m === null ? undefined : UNITS[m[2]];
+  return unit === undefined ? undefined : Number(m![1]) * unit;
+}
+
 /** The smallest growth that triggers a check between two timer ticks. */
 const MIN_STEP = 1024 * 1024;
 /** Steps per limit: a client crossing a step overshoots its limit by at most 1/STEPS of it. */
@@ -88,6 +161,8 @@ const STEPS = 16;
 export class MemoryGuard {
   /** Growth of one client, in bytes, past its last check that triggers the next. */
   readonly step: number;
+  /** The same for a subscriber, whose limits (the pubsub class) are smaller. */
+  private pubsubStep: number;
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -96,8 +171,32 @@ export class MemoryGuard {
     private readonly evict: (eviction: Eviction) => void,
     private readonly measured: (total: number) => void,
   ) {
-    const smallest = Math.min(...[limits.perClientOutput, limits.total].filter((l) => l > 0));
-    this.step = Number.isFinite(smallest) ? Math.max(MIN_STEP, Math.floor(smallest / STEPS)) : Infinity;
+    this.step = stepFor([limits.perClientOutput, limits.total]);
+    this.pubsubStep = this.subscriberStep();
+  }
+
+  /** Most output a client may hold before it is cut as soon as it writes (the hard limits). */
+  outputLimit(isPubSub: boolean): number {
+    const own = this.limits.perClientOutput > 0 ? this.limits.perClientOutput : Infinity;
+    const hard = isPubSub ? this.limits.pubsub?.hard || Infinity : Infinity;
+    return Math.min(own, hard);
+  }
+
+  /** Follows a client's CONFIG SET client-output-buffer-limit (which also reaches the upstream) for its pubsub class. */
+  noteConfigSet(argv: readonly Buffer[]): void {
+    const pubsub = this.limits.pubsub;
+    if (pubsub === undefined || argv.length < 4 || argv[1].toString().toLowerCase() !== "set") return;
+    for (let i = 2; i + 1 < argv.length; i += 2) {
+      if (argv[i].toString().toLowerCase() !== "client-output-buffer-limit") continue;
+      const next = pubsubLimitOf(argv[i + 1].toString());
+      if (next !== undefined) Object.assign(pubsub, next);
+    }
+    this.pubsubStep = this.subscriberStep();
+  }
+
+  private subscriberStep(): number {
+    const p = this.limits.pubsub;
+    return p === undefined ? this.step : Math.min(this.step, stepFor([p.hard, p.soft]));
   }
 
   /** The timer's checks; unref'd, so it keeps nothing alive. */
@@ -123,9 +222,15 @@ export class MemoryGuard {
     // Each client kept waits for another step of growth from what it holds now.
     for (const client of clients) {
       const { query, output } = client.memory();
-      client.memoryMark = Math.max(query, output) + this.step;
+      client.memoryMark = Math.max(query, output) + (client.isPubSub ? this.pubsubStep : this.step);
     }
     this.measured(total);
     for (const eviction of evictions) this.evict(eviction);
   }
+}
+
+/** A step of 1/STEPS of the smallest limit set (not under MIN_STEP); Infinity when none is. */
+function stepFor(limits: number[]): number {
+  const smallest = Math.min(...limits.filter((l) => l > 0));
+  return Number.isFinite(smallest) ? Math.max(MIN_STEP, Math.floor(smallest / STEPS)) : Infinity;
 }

@@ -325,6 +325,9 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
     return this.blocking.active || this.txn.blocked || this.isPubSub;
   }
 
+  /** MemoryHolder: when its output went over the pubsub soft limit, 0 while under. */
+  softLimitSince = 0;
+
   get isPubSub(): boolean {
     return this.pubsub.count > 0;
   }

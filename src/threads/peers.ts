@@ -223,6 +223,7 @@ export class ClusterLink implements ThreadLink {
         const argv = query.argv.map(asBuffer);
         ctx.slowlog.noteConfigSet(argv);
         ctx.tracking.noteConfigSet(argv);
+        ctx.memoryGuard?.noteConfigSet(argv);
         return null;
       }
       case "gears": {
