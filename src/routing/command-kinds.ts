@@ -25,18 +25,20 @@ const BLOCKING = new Set([
  */
 export function isBlockingRequest(name: string, request: { readonly argv: readonly Buffer[] }): boolean {
   if (BLOCKING.has(name)) return true;
-  return (name === "xread" || name === "xreadgroup") && isBlocking(name, request.argv);
+  return (name === "xread" || name === "xreadgroup") && hasBlockOption(request.argv);
 }
 
 export function isBlocking(name: string, argv: readonly Buffer[]): boolean {
   if (BLOCKING.has(name)) return true;
-  if (name === "xread" || name === "xreadgroup") {
-    // Only with a BLOCK option, which comes before STREAMS.
-    for (let i = 1; i < argv.length; i++) {
-      const arg = argv[i].toString("latin1").toLowerCase();
-      if (arg === "block") return true;
-      if (arg === "streams") return false;
-    }
+  return (name === "xread" || name === "xreadgroup") && hasBlockOption(argv);
+}
+
+/** XREAD/XREADGROUP with a BLOCK option, which comes before STREAMS. */
+function hasBlockOption(argv: readonly Buffer[]): boolean {
+  for (let i = 1; i < argv.length; i++) {
+    const arg = argv[i].toString("latin1").toLowerCase();
+    if (arg === "block") return true;
+    if (arg === "streams") return false;
   }
   return false;
 }
