@@ -5,6 +5,7 @@
  */
 import { host } from "../core/host.js";
 import type { Tagged } from "../entry.js";
+import { tick } from "./async-batch.js";
 import { aloneOnStack, syncCall, type CallArgs } from "./batch.js";
 import { fromReply, toArg } from "./convert.js";
 
@@ -110,9 +111,11 @@ function callAsync(mode: ClientMode, raw: boolean, cmd: unknown, args: unknown[]
   } catch (e) {
     return Promise.reject(e);
   }
-  return Promise.resolve(host.callAsync("call", mode.noWrites, raw, ...argv)).then((v) =>
-    fromReply(v as Tagged, raw),
-  );
+  return Promise.resolve(host.callAsync("call", mode.noWrites, raw, ...argv)).then((v) => {
+    // The coroutine goes on after its await: a call into user code of its own (async-batch.ts).
+    tick();
+    return fromReply(v as Tagged, raw);
+  });
 }
 
 export function isAsyncFunction(fn: unknown): boolean {
