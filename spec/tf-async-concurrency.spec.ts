@@ -8,7 +8,8 @@ import { rejection } from "./support/gears.js";
 /**
  * Async functions for these cases: `waiter` polls a key until it is set (or gives up),
  * `setter` sets it; `rounds` awaits `n` callAsyncs before it answers `id`; `never` awaits a
- * Promise nobody settles; `count` INCRs a key.
+ * Promise nobody settles; `count` INCRs a key and `blocked` adds 1 to one in a block body,
+ * both noting how many functions were under way at once at most (`peak` tells, and resets).
  */
 const CODE = lib(
   "conc",
@@ -29,17 +30,29 @@ const CODE = lib(
    redis.registerAsyncFunction('never', async function(client){
      await new Promise(() => {});
    });
+   let running = 0;
+   let peak = 0;
    redis.registerAsyncFunction('count', async function(client, key){
-     return await client.callAsync('incr', key);
+     running++;
+     peak = Math.max(peak, running);
+     try {
+       return await client.callAsync('incr', key);
+     } finally {
+       running--;
+     }
    });
    redis.registerAsyncFunction('blocked', async function(client, key){
+     running++;
+     peak = Math.max(peak, running);
      await client.callAsync('ping');
+     running--;
      return client.block(function(c){
        const before = c.call('get', key);
        c.call('set', key, String(Number(before || 0) + 1));
        return c.call('get', key);
      });
-   });`,
+   });
+   redis.registerFunction('peak', function(){ const p = peak; peak = 0; return p; });`,
 );
 
 /** Settles with [which settled first, the values] of two promises. */
@@ -84,13 +97,16 @@ for (const mode of BACKEND_MODES) {
     it("a function awaiting a Promise that never settles gets the sandbox's error; one called beside it is answered", async () => {
       const never = rejection(a.call("TFCALLASYNC", "conc.never", "0"));
       const quick = b.call("TFCALLASYNC", "conc.rounds", "0", "3", "quick");
-      expect(await quick).to.equal("quick");
-      expect(await never).to.equal("Error: the script awaits a promise that can never settle");
+      // Both run in one entry: the error comes once nothing else is under way.
+      const [first, error, value] = await firstOf(never, quick);
+      expect(value).to.equal("quick");
+      expect(error).to.equal("Error: the script awaits a promise that can never settle");
+      expect(first).to.equal("b");
       // The library goes on.
       expect(await a.call("TFCALLASYNC", "conc.rounds", "0", "1", "after")).to.equal("after");
     });
 
-    it("1,000 TFCALLASYNCs from 10 clients are all answered, each with its own INCR", async () => {
+    it("1,000 TFCALLASYNCs from 10 clients run concurrently and are all answered, each with its own INCR", async () => {
       const clients = Array.from({ length: 10 }, () => new Redis(t.proxy.port));
       try {
         const calls: Promise<unknown>[] = [];
@@ -99,13 +115,15 @@ for (const mode of BACKEND_MODES) {
         const got = ((await Promise.all(calls)) as number[]).slice().sort((x, y) => x - y);
         expect(got).to.deep.equal(Array.from({ length: 1000 }, (_, i) => i + 1));
         expect(String(await t.direct.call("GET", "{c}n"))).to.equal("1000");
+        // They ran concurrently, not one after the other.
+        expect(await t.c.call("TFCALL", "conc.peak", "0")).to.be.greaterThan(1);
       } finally {
         for (const c of clients) c.disconnect();
       }
     });
 
-    it("one client's pipeline of TFCALLASYNCs and other commands is answered in order, though the later calls settle first (ioredis)", async () => {
-      const replies = await a
+    it("one client's pipeline of TFCALLASYNCs and other commands is answered in order, though its later calls settle first, and another client's call overtakes it (ioredis)", async () => {
+      const pipelined = a
         .pipeline()
         .call("TFCALLASYNC", "conc.rounds", "0", "30", "slow")
         .call("ECHO", "between")
@@ -114,6 +132,8 @@ for (const mode of BACKEND_MODES) {
         .call("TFCALLASYNC", "conc.rounds", "0", "0", "at once")
         .get("{c}k")
         .exec();
+      const other = b.call("TFCALLASYNC", "conc.rounds", "0", "1", "other");
+      const [first, replies, theirs] = await firstOf(pipelined, other);
       expect(replies!.map(([err, v]) => err ?? v)).to.deep.equal([
         "slow",
         "between",
@@ -122,6 +142,8 @@ for (const mode of BACKEND_MODES) {
         "at once",
         "v",
       ]);
+      expect(theirs).to.equal("other");
+      expect(first).to.equal("b");
     });
 
     it("one client's pipeline of TFCALLASYNCs is answered in order with node-redis 6, while another client's call overtakes it", async () => {
@@ -143,12 +165,13 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
-    it("block bodies of concurrent functions run one at a time: 200 read-modify-writes of one key lose none", async () => {
+    it("the block bodies of functions running concurrently run one at a time: 200 read-modify-writes of one key lose none", async () => {
       const calls: Promise<unknown>[] = [];
       for (let i = 0; i < 200; i++)
         calls.push((i % 2 === 0 ? a : b).call("TFCALLASYNC", "conc.blocked", "1", "{c}rmw"));
       const got = ((await Promise.all(calls)) as string[]).map(Number).sort((x, y) => x - y);
       expect(got).to.deep.equal(Array.from({ length: 200 }, (_, i) => i + 1));
+      expect(await t.c.call("TFCALL", "conc.peak", "0")).to.be.greaterThan(1);
     });
 
     it("TFCALLASYNC inside MULTI still runs as a sync call: an async function's pending Promise is refused with T&F's text", async () => {
