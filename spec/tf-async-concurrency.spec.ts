@@ -122,26 +122,23 @@ for (const mode of BACKEND_MODES) {
       }
     });
 
-    it("one client's pipeline of TFCALLASYNCs and other commands is answered in order, though its later calls settle first, and another client's call overtakes it (ioredis)", async () => {
-      const pipelined = a
-        .pipeline()
-        .call("TFCALLASYNC", "conc.rounds", "0", "30", "slow")
-        .call("ECHO", "between")
-        .call("TFCALLASYNC", "conc.rounds", "0", "1", "quick")
-        .set("{c}k", "v")
-        .call("TFCALLASYNC", "conc.rounds", "0", "0", "at once")
-        .get("{c}k")
-        .exec();
-      const other = b.call("TFCALLASYNC", "conc.rounds", "0", "1", "other");
-      const [first, replies, theirs] = await firstOf(pipelined, other);
-      expect(replies!.map(([err, v]) => err ?? v)).to.deep.equal([
-        "slow",
-        "between",
-        "quick",
-        "OK",
-        "at once",
-        "v",
+    // A client's TFCALLASYNC holds its next commands until it is answered, as a blocked client
+    // in Redis does: the order of one client's replies is the order of its commands.
+    it("one client's pipeline of TFCALLASYNCs and other commands is answered in order, while another client's call overtakes it (ioredis)", async () => {
+      const slow = a.call("TFCALLASYNC", "conc.rounds", "0", "500", "slow");
+      const pipelined = Promise.all([
+        slow,
+        a.call("ECHO", "between"),
+        a.call("TFCALLASYNC", "conc.rounds", "0", "1", "quick"),
+        a.set("{c}k", "v"),
+        a.call("TFCALLASYNC", "conc.rounds", "0", "0", "at once"),
+        a.get("{c}k"),
       ]);
+      // Sent once the slow call is under way.
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      const other = b.call("TFCALLASYNC", "conc.rounds", "0", "1", "other");
+      const [first, , theirs] = await firstOf(slow, other);
+      expect(await pipelined).to.deep.equal(["slow", "between", "quick", "OK", "at once", "v"]);
       expect(theirs).to.equal("other");
       expect(first).to.equal("b");
     });
@@ -150,14 +147,17 @@ for (const mode of BACKEND_MODES) {
       const nr = createClient({ socket: { port: t.proxy.port, host: "127.0.0.1" }, RESP: 2 });
       await nr.connect();
       try {
+        const slow = nr.sendCommand(["TFCALLASYNC", "conc.rounds", "0", "500", "slow"]);
         const pipelined = Promise.all([
-          nr.sendCommand(["TFCALLASYNC", "conc.rounds", "0", "30", "slow"]),
+          slow,
           nr.sendCommand(["PING"]),
           nr.sendCommand(["TFCALLASYNC", "conc.rounds", "0", "0", "quick"]),
         ]);
+        // Sent once the slow call is under way.
+        await new Promise((resolve) => setTimeout(resolve, 10));
         const other = b.call("TFCALLASYNC", "conc.rounds", "0", "1", "other");
-        const [first, mine, theirs] = await firstOf(pipelined, other);
-        expect(mine).to.deep.equal(["slow", "PONG", "quick"]);
+        const [first, , theirs] = await firstOf(slow, other);
+        expect(await pipelined).to.deep.equal(["slow", "PONG", "quick"]);
         expect(theirs).to.equal("other");
         expect(first).to.equal("b");
       } finally {
@@ -187,3 +187,23 @@ for (const mode of BACKEND_MODES) {
     });
   });
 }
+
+describe("TFCALL with more arguments than a QuickJS function call takes", function () {
+  this.timeout(60_000);
+  const t = useTfProxy("standalone", { clean: true });
+
+  it("is refused with an ERR text before it runs; 65,533 arguments still reach the function", async () => {
+    const code = lib("many", "redis.registerFunction('count', (client, ...args) => args.length);");
+    expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+    const args = (n: number): string[] => Array.from({ length: n }, (_, i) => String(i));
+    // As one array: spread into call(), 200,000 arguments would overflow Node's own stack.
+    expect(await t.c.call("TFCALL", ["many.count", "0", ...args(65_533)])).to.equal(65_533);
+    for (const command of ["TFCALL", "TFCALLASYNC"]) {
+      for (const n of [65_534, 200_000]) {
+        const err = await rejection(t.c.call(command, ["many.count", "0", ...args(n)]));
+        expect(err).to.equal(`ERR too many arguments for a function: at most 65533, got ${n}`);
+      }
+    }
+    expect(await t.c.call("TFCALL", "many.count", "0", "x")).to.equal(1);
+  });
+});
