@@ -7,8 +7,8 @@ import { rejection } from "./support/gears.js";
 
 /**
  * Async functions for these cases: `waiter` polls a key until it is set (or gives up),
- * `setter` sets it; `rounds` awaits `n` callAsyncs before it answers `id`; `never` awaits a
- * Promise nobody settles; `count` INCRs a key and `blocked` adds 1 to one in a block body,
+ * `setter` sets it; `rounds` awaits `n` callAsyncs before it answers `id`; `never` does too,
+ * then awaits a Promise nobody settles; `count` INCRs a key and `blocked` adds 1 to one in a block body,
  * both noting how many functions were under way at once at most (`peak` tells, and resets).
  */
 const CODE = lib(
@@ -27,7 +27,8 @@ const CODE = lib(
      for (let i = 0; i < Number(n); i++) await client.callAsync('ping');
      return id;
    });
-   redis.registerAsyncFunction('never', async function(client){
+   redis.registerAsyncFunction('never', async function(client, n){
+     for (let i = 0; i < Number(n); i++) await client.callAsync('ping');
      await new Promise(() => {});
    });
    let running = 0;
@@ -95,7 +96,9 @@ for (const mode of BACKEND_MODES) {
     });
 
     it("a function awaiting a Promise that never settles gets the sandbox's error; one called beside it is answered", async () => {
-      const never = rejection(a.call("TFCALLASYNC", "conc.never", "0"));
+      const never = rejection(a.call("TFCALLASYNC", "conc.never", "0", "300"));
+      // Sent once the other is under way: it joins it.
+      await new Promise((resolve) => setTimeout(resolve, 10));
       const quick = b.call("TFCALLASYNC", "conc.rounds", "0", "3", "quick");
       // Both run in one entry: the error comes once nothing else is under way.
       const [first, error, value] = await firstOf(never, quick);

@@ -8,9 +8,8 @@
  * (ASYNC_SETTLED), so its client is answered then, not when the entry ends. With each batch
  * of calls goes one ASYNC_JOIN call, which the host answers once the batch's other calls are
  * answered: with the TFCALLASYNCs that arrived meanwhile (started here at once), [] when none
- * did, or null when it takes no more (its budget is spent, or the batch had nothing else in
- * it: nothing the guest waits for is under way, so asking again would only spin). The entry
- * ends when every call it started has settled and no ASYNC_JOIN is under way; a call whose
+ * did, or null when it takes no more (its budget is spent). The entry ends when every call it
+ * started has settled and no ASYNC_JOIN is under way; a call whose
  * Promise can never settle is left to the sandbox's rule (the entry ends with that error for
  * the calls still open), after the others were answered.
  */
@@ -31,15 +30,34 @@ export function tick(): void {
   steps[0]++;
 }
 
+/** Set while an entry of TFCALLASYNCs runs: asks for joiners along with a call going out. */
+let joinHook: (() => void) | null = null;
+
+/**
+ * A coroutine's host call goes out (callAsync, runOnKey, runOnShards): while a batch of
+ * TFCALLASYNCs runs, one ASYNC_JOIN goes with the calls of this pass. Asked only then, so a
+ * batch never goes to the host for nothing but joiners (a thread hop that would find none).
+ */
+export function callGoesOut(): void {
+  if (joinHook !== null) joinHook();
+}
+
 /** Runs `calls` (and those the host hands over while they run); settles when all have. */
 export function runConcurrently(calls: BatchCalls, start: StartAsync): null | Promise<null> {
   let open = 0;
   let started = 0;
   let asking = false;
+  /** The host takes no more (its answer was null): this entry asks no more. */
+  let full = false;
   let finish: ((v: null) => void) | null = null;
 
+  function end(): void {
+    if (joinHook === hook) joinHook = null;
+    if (finish !== null) finish(null);
+  }
+
   function closed(): void {
-    if (--open === 0 && !asking && finish !== null) finish(null);
+    if (--open === 0 && !asking) end();
   }
 
   function startAll(list: BatchCalls): void {
@@ -55,25 +73,28 @@ export function runConcurrently(calls: BatchCalls, start: StartAsync): null | Pr
     }
   }
 
-  function ask(): void {
-    asking = true;
-    Promise.resolve(host.callAsync(ASYNC_JOIN)).then(
-      (more) => {
-        asking = false;
-        const joining = Array.isArray(more) && more.length > 0;
-        if (joining) startAll(more as BatchCalls);
-        if (more !== null && (open > 0 || joining)) ask();
-        else if (open === 0 && finish !== null) finish(null);
-      },
-      () => {
-        asking = false;
-        if (open === 0 && finish !== null) finish(null);
-      },
-    );
+  function answered(more: unknown): void {
+    asking = false;
+    if (Array.isArray(more)) {
+      if (more.length > 0) startAll(more as BatchCalls);
+    } else {
+      full = true;
+      if (joinHook === hook) joinHook = null;
+    }
+    if (open === 0) end();
   }
 
+  function hook(): void {
+    if (asking || full) return;
+    asking = true;
+    Promise.resolve(host.callAsync(ASYNC_JOIN)).then(answered, () => answered(null));
+  }
+
+  joinHook = hook;
   startAll(calls);
-  if (open === 0) return null;
-  ask();
+  if (open === 0 && !asking) {
+    if (joinHook === hook) joinHook = null;
+    return null;
+  }
   return new Promise<null>((resolve) => (finish = resolve));
 }
