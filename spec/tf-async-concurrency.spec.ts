@@ -33,6 +33,11 @@ const CODE = lib(
    });
    let running = 0;
    let peak = 0;
+   redis.registerAsyncFunction('overflow', async function(client, n){
+     for (let i = 0; i < Number(n); i++) await client.callAsync('ping');
+     const deeper = (k) => deeper(k + 1) + 1;
+     return deeper(0);
+   });
    redis.registerAsyncFunction('count', async function(client, key){
      running++;
      peak = Math.max(peak, running);
@@ -107,6 +112,14 @@ for (const mode of BACKEND_MODES) {
       expect(first).to.equal("b");
       // The library goes on.
       expect(await a.call("TFCALLASYNC", "conc.rounds", "0", "1", "after")).to.equal("after");
+    });
+
+    it("a function the isolate's limits end (stack overflow) gets T&F's error; one running beside it is answered", async () => {
+      const ended = rejection(a.call("TFCALLASYNC", "conc.overflow", "0", "100"));
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      const other = b.call("TFCALLASYNC", "conc.rounds", "0", "300", "other");
+      expect(await ended).to.equal("Err Execution was terminated due to OOM or timeout");
+      expect(await other).to.equal("other");
     });
 
     it("1,000 TFCALLASYNCs from 10 clients run concurrently and are all answered, each with its own INCR", async () => {

@@ -213,6 +213,9 @@ export type TriggerOutcomes = (string | number | null)[];
 export const CALLS_REPLIES = 0;
 export const CALLS_MORE = 1;
 
+/** T&F's reply when the isolate's limits end a call (the host's TERMINATED, gears/tf/libraries.ts). */
+export const LIMITS_ERROR = "Err Execution was terminated due to OOM or timeout";
+
 /** The host call a batch of TFCALLASYNCs makes with each round of its calls (guest/tf/async-batch.ts). */
 export const ASYNC_JOIN = "joinAsync";
 /** The note a TFCALLASYNC's outcome travels in: its index in the entry, then its FlatPairs pair. */

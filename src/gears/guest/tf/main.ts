@@ -6,6 +6,7 @@ import {
   FLAT_ERROR,
   FLAT_INTEGER,
   FLAT_OK,
+  LIMITS_ERROR,
   TF_ENTRY,
   type BatchCalls,
   type FlatPairs,
@@ -144,7 +145,11 @@ const startAsync: StartAsync = (list, at, index) => {
     report(index, o);
     return null;
   }
-  return o.then((x) => report(index, x));
+  // Rejected: the isolate's limits ended it (a fatal error: stack, memory), it alone.
+  return o.then(
+    (x) => report(index, x),
+    () => report(index, { err: LIMITS_ERROR }),
+  );
 };
 
 /** Triggers write as the library's user and may wait for their Promises. */
