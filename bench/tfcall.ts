@@ -1,7 +1,8 @@
 /**
  * T&F benchmark (issue 11): calls per second of a function that does one INCR,
- *   TFCALL lib.incr 1 <key>      through gears-proxy (a T&F library, QuickJS isolate)
- *   FCALL incr 1 <key>           straight to Redis (the same function as a Lua library)
+ *   TFCALL lib.incr 1 <key>           through gears-proxy (a T&F library, QuickJS isolate)
+ *   TFCALLASYNC lib.incrAsync 1 <key> the same through an async function awaiting callAsync
+ *   FCALL incr 1 <key>                straight to Redis (the same function as a Lua library)
  * in the same run, alternating rounds, with C concurrent clients each keeping P calls in flight.
  * `--quick` runs one short round.
  */
@@ -42,7 +43,8 @@ const clients = Number(values.clients);
 const pipeline = Number(values.pipeline);
 
 const TF_LIB = `#!js api_version=1.0 name=bench
-redis.registerFunction('incr', function(client, key){ return client.call('INCR', key); });`;
+redis.registerFunction('incr', function(client, key){ return client.call('INCR', key); });
+redis.registerAsyncFunction('incrAsync', async function(client, key){ return await client.callAsync('INCR', key); });`;
 const LUA_LIB = `#!lua name=bench
 redis.register_function('incr', function(keys) return redis.call('INCR', keys[1]) end)`;
 
@@ -126,72 +128,82 @@ async function main(): Promise<number> {
   if (base !== null) await loadTf(base.port);
   await direct.call("FUNCTION", "LOAD", LUA_LIB);
   direct.disconnect();
-  const tfcall = ["TFCALL", "bench.incr", "1", "$key"];
-  const rows: string[][] = [];
-  for (let r = 1; r <= rounds; r++) {
-    // The builds take turns going first: the machine's load drifts within a round.
-    const measureBase = (): Promise<[number | null, number, number]> =>
-      base === null ? Promise.resolve([null, 0, 0]) : measureCpu(base.port, tfcall, base.child.pid);
-    const baseFirst = r % 2 === 1;
-    const first = baseFirst ? await measureBase() : null;
-    const [tf, cpu, cpuMain] = await measureCpu(proxy.port, tfcall, proxy.child.pid);
-    const [baseTf, baseCpu, baseCpuMain] = first ?? (await measureBase());
-    const [fcall, redisCpu] = await measureCpu(redis.port, ["FCALL", "incr", "1", "$key"], redis.pid);
-    const row = [
-      String(r),
-      tf.toFixed(0),
-      fcall.toFixed(0),
-      (tf / fcall).toFixed(2),
-      cpu.toFixed(0),
-      cpuMain.toFixed(0),
-      redisCpu.toFixed(0),
-    ];
-    if (baseTf !== null)
-      row.push(
-        baseTf.toFixed(0),
-        (baseTf / fcall).toFixed(2),
-        (tf / baseTf).toFixed(2),
-        baseCpu.toFixed(0),
-        baseCpuMain.toFixed(0),
-      );
-    rows.push(row);
-    say(
-      `round ${r}: TFCALL ${tf.toFixed(0)}/s, FCALL ${fcall.toFixed(0)}/s${baseTf === null ? "" : `, base TFCALL ${baseTf.toFixed(0)}/s`}`,
-    );
-  }
-  if (rows.length > 1) {
-    // Each column's median (of the rounds' own figures, so the ratios are not recomputed).
-    const digits = rows[0].map((cell) => (cell.includes(".") ? 2 : 0));
-    rows.push([
-      "median",
-      ...rows[0].slice(1).map((_, c) => median(rows.map((row) => Number(row[c + 1]))).toFixed(digits[c + 1])),
-    ]);
-  }
-  const header = [
-    "round",
-    "TFCALL via proxy (calls/s)",
-    "FCALL direct (calls/s)",
-    "ratio",
-    "proxy CPU µs/TFCALL",
-    "of it main thread",
-    "Redis CPU µs/FCALL",
+  const kinds = [
+    { name: "TFCALL", command: ["TFCALL", "bench.incr", "1", "$key"], rows: [] as string[][] },
+    { name: "TFCALLASYNC", command: ["TFCALLASYNC", "bench.incrAsync", "1", "$key"], rows: [] as string[][] },
   ];
-  if (base !== null)
-    header.push(
-      "base TFCALL (calls/s)",
-      "base ratio",
-      "this/base",
-      "base proxy CPU µs/TFCALL",
+  for (let r = 1; r <= rounds; r++) {
+    const [fcall, redisCpu] = await measureCpu(redis.port, ["FCALL", "incr", "1", "$key"], redis.pid);
+    for (const kind of kinds) {
+      // The builds take turns going first: the machine's load drifts within a round.
+      const measureBase = (): Promise<[number | null, number, number]> =>
+        base === null ? Promise.resolve([null, 0, 0]) : measureCpu(base.port, kind.command, base.child.pid);
+      const baseFirst = r % 2 === 1;
+      const first = baseFirst ? await measureBase() : null;
+      const [tf, cpu, cpuMain] = await measureCpu(proxy.port, kind.command, proxy.child.pid);
+      const [baseTf, baseCpu, baseCpuMain] = first ?? (await measureBase());
+      const row = [
+        String(r),
+        tf.toFixed(0),
+        fcall.toFixed(0),
+        (tf / fcall).toFixed(2),
+        cpu.toFixed(0),
+        cpuMain.toFixed(0),
+        redisCpu.toFixed(0),
+      ];
+      if (baseTf !== null)
+        row.push(
+          baseTf.toFixed(0),
+          (baseTf / fcall).toFixed(2),
+          (tf / baseTf).toFixed(2),
+          baseCpu.toFixed(0),
+          baseCpuMain.toFixed(0),
+        );
+      kind.rows.push(row);
+      say(
+        `round ${r}: ${kind.name} ${tf.toFixed(0)}/s, FCALL ${fcall.toFixed(0)}/s${baseTf === null ? "" : `, base ${kind.name} ${baseTf.toFixed(0)}/s`}`,
+      );
+    }
+  }
+  const tables: string[] = [];
+  for (const { name, rows } of kinds) {
+    if (rows.length > 1) {
+      // Each column's median (of the rounds' own figures, so the ratios are not recomputed).
+      const digits = rows[0].map((cell) => (cell.includes(".") ? 2 : 0));
+      rows.push([
+        "median",
+        ...rows[0]
+          .slice(1)
+          .map((_, c) => median(rows.map((row) => Number(row[c + 1]))).toFixed(digits[c + 1])),
+      ]);
+    }
+    const header = [
+      "round",
+      `${name} via proxy (calls/s)`,
+      "FCALL direct (calls/s)",
+      "ratio",
+      `proxy CPU µs/${name}`,
       "of it main thread",
-    );
+      "Redis CPU µs/FCALL",
+    ];
+    if (base !== null)
+      header.push(
+        `base ${name} (calls/s)`,
+        "base ratio",
+        "this/base",
+        `base proxy CPU µs/${name}`,
+        "of it main thread",
+      );
+    tables.push(`${name}:`, "", table(header, rows), "");
+  }
   const out = [
-    `## TFCALL vs FCALL (one INCR per call)${quick ? " — quick round" : ""}`,
+    `## TFCALL and TFCALLASYNC vs FCALL (one INCR per call)${quick ? " — quick round" : ""}`,
     "",
     ...machineLines(),
     `${clients} clients x ${pipeline} calls in flight, ${seconds} s per side and round.`,
     "",
     base === null ? "" : `base: ${values.base}`,
-    table(header, rows),
+    ...tables,
   ].join("\n");
   process.stdout.write(`${out}\n`);
   return 0;

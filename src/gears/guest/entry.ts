@@ -213,6 +213,14 @@ export type TriggerOutcomes = (string | number | null)[];
 export const CALLS_REPLIES = 0;
 export const CALLS_MORE = 1;
 
+/** T&F's reply when the isolate's limits end a call (the host's TERMINATED, gears/tf/libraries.ts). */
+export const LIMITS_ERROR = "Err Execution was terminated due to OOM or timeout";
+
+/** The host call a batch of TFCALLASYNCs makes with each round of its calls (guest/tf/async-batch.ts). */
+export const ASYNC_JOIN = "joinAsync";
+/** The note a TFCALLASYNC's outcome travels in: its index in the entry, then its FlatPairs pair. */
+export const ASYNC_SETTLED = "settled";
+
 export interface TfEntry {
   /** Defines `redis` for the library's code about to run (its CONFIG JSON, its api version). */
   prepare(configJson: string | null, apiVersion: string): void;
@@ -228,6 +236,13 @@ export interface TfEntry {
    * outcomes follow those of `calls`. The outcomes come as FlatPairs.
    */
   callFunctions(calls: BatchCalls, budgetMs: number): FlatPairs | Promise<FlatPairs>;
+  /**
+   * TFCALLASYNCs (blocking allowed) in one entry, as BatchCalls, running concurrently
+   * (guest/tf/async-batch.ts): each one's outcome goes to the host as a note as soon as it
+   * settles, [index, FlatPairs pair], and the host may hand over more while they run (the
+   * answer to their "joinAsync" calls). Settles when all have.
+   */
+  callFunctionsAsync(calls: BatchCalls): null | Promise<null>;
   /**
    * Keyspace trigger events in one entry, as BatchCalls: for each, the trigger's name, 3
    * arguments (the event, the key or null when it is not UTF-8, the key in latin1: one char a

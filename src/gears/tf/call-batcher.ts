@@ -8,7 +8,7 @@ interface Pending {
   /** The slots of the TFCALL's keys: calls of disjoint slots are pipelined (guest/tf/batch.ts). */
   slots: number[];
   db: number;
-  /** A TFCALLASYNC outside MULTI: it may wait for its Promise, so it goes into the isolate alone. */
+  /** A TFCALLASYNC outside MULTI: it may wait for its Promise, so it goes into an entry of those (runAsync). */
   blockAllowed: boolean;
   settle: SettleTfCall;
 }
@@ -19,12 +19,16 @@ export type SettleTfCall = (outcome: TfOutcome | null, failure?: unknown) => voi
 /** The most TFCALLs one guest entry takes at its start, and at each time more join it. */
 const MAX_BATCH = 64;
 
+/** The most TFCALLASYNCs one entry takes in all (its budget usually ends it first). */
+const MAX_ASYNC_ENTRY = 4096;
+
 /**
  * The calls of one library, in the order they arrived. While one entry into its isolate is
  * under way the next TFCALLs wait, then go in together as one entry: a library runs one call
  * at a time anyway (as in T&F), and the hop into the isolate's thread costs more than a small
- * function. A TFCALLASYNC waits in the same line and goes in alone, so it never overtakes a
- * TFCALL that arrived before it (per-slot order). Calls of different databases go in different
+ * function. A TFCALLASYNC waits in the same line and goes in with the TFCALLASYNCs next to it
+ * (they run concurrently, as T&F's coroutines did), so it never overtakes a TFCALL that
+ * arrived before it (per-slot order). Calls of different databases go in different
  * entries (the bridge serves one database at a time). TFCALLs that arrive while an entry's
  * calls are in Redis may join it (guest/tf/batch.ts): the isolate runs them meanwhile.
  */
@@ -62,7 +66,7 @@ export class CallBatcher {
       // this tick) queue before the first entry starts, and go in with it.
       await null;
       while (this.queue.length > 0) {
-        if (this.queue[0].blockAllowed) await this.runAlone(this.queue.shift()!);
+        if (this.queue[0].blockAllowed) await this.runAsync();
         else await this.runBatch();
       }
     } finally {
@@ -70,22 +74,61 @@ export class CallBatcher {
     }
   }
 
-  private async runAlone(p: Pending): Promise<void> {
-    let out: TfOutcome;
+  /** The TFCALLASYNCs (of database `db`) at the head of the line, at most `max`: they go in together. */
+  private takeAsync(db: number, max: number): Pending[] {
+    let n = 0;
+    while (n < this.queue.length && n < max && this.queue[n].db === db && this.queue[n].blockAllowed) n++;
+    return this.queue.splice(0, n);
+  }
+
+  /**
+   * TFCALLASYNCs in one entry, running concurrently (guest/tf/async-batch.ts): each is
+   * answered when its own Promise settles; those that arrive while the entry runs join it
+   * until its budget is spent (then it ends once its calls have settled, so the library's
+   * other entries, trigger events among them, get their turn).
+   */
+  private async runAsync(): Promise<void> {
+    const db = this.queue[0].db;
+    const batch = this.takeAsync(db, MAX_BATCH);
+    /** Which calls of the batch were answered (by their notes, as they settled). */
+    const answered: boolean[] = [];
+    let library: TfLibrary | undefined;
+    let failure: unknown = null;
     try {
-      const library = await this.library();
-      library.bridge.db = p.db;
-      library.bridge.pendingJobs++;
-      try {
-        out = await library.guest.callFunction(p.fn, p.args, true);
-      } finally {
-        library.bridge.pendingJobs--;
-      }
+      library = await this.library();
+      const bridge = library.bridge;
+      bridge.db = db;
+      bridge.pendingJobs += batch.length;
+      const until = Date.now() + entryBudgetMs(library.guest.isolate);
+      bridge.asyncEntry = {
+        settled: (index, out) => {
+          const p = batch[index];
+          if (p === undefined || answered[index] === true) return;
+          answered[index] = true;
+          bridge.pendingJobs--;
+          p.settle(out);
+        },
+        take: (lone) => {
+          if (Date.now() >= until || batch.length >= MAX_ASYNC_ENTRY) return null;
+          const joining = this.takeAsync(db, MAX_BATCH);
+          if (joining.length === 0) return lone ? null : [];
+          bridge.pendingJobs += joining.length;
+          for (const p of joining) batch.push(p);
+          return joining.map((p) => [p.fn, p.args, p.slots]);
+        },
+      };
+      await library.guest.callFunctionsAsync(batch.map((p) => [p.fn, p.args, p.slots]));
     } catch (err) {
-      p.settle(null, err);
-      return;
+      failure = err;
+    } finally {
+      if (library !== undefined) library.bridge.asyncEntry = null;
     }
-    p.settle(out);
+    // Those the entry did not settle: its failure (a time limit, a Promise that can never settle).
+    for (let i = 0; i < batch.length; i++) {
+      if (answered[i] === true) continue;
+      if (library !== undefined) library.bridge.pendingJobs--;
+      batch[i].settle(null, failure ?? new Error("the call ended without an outcome"));
+    }
   }
 
   private async runBatch(): Promise<void> {

@@ -6,10 +6,20 @@ import { decodeReply } from "../../resp/decode.js";
 import { encodeCommand } from "../../resp/encode.js";
 import { PromiseSink, type ReplySink } from "../../upstream/reply-sink.js";
 import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
-import { CALLS_MORE, CALLS_REPLIES, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type Tagged } from "../guest/entry.js";
+import {
+  ASYNC_JOIN,
+  ASYNC_SETTLED,
+  CALLS_MORE,
+  CALLS_REPLIES,
+  FLAT_ERROR,
+  FLAT_INTEGER,
+  FLAT_OK,
+  type Tagged,
+  type TfOutcome,
+} from "../guest/entry.js";
 import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
 import type { MutedKeys } from "./muted-keys.js";
-import { pushBatchCalls } from "./tf-guest.js";
+import { outcomeOfPair, pushBatchCalls } from "./tf-guest.js";
 import { replyToTagged } from "./values.js";
 
 /** Commands whose RESP3 reply (what T&F's calls saw) is a map; the shared connections speak RESP2. */
@@ -50,6 +60,17 @@ export interface BatchJoiners {
   take(): [string, Tagged[], number[]][];
   /** Settles when a TFCALL arrives for the library. */
   arrival(): Promise<void>;
+}
+
+/** The TFCALLASYNCs of the entry under way, running concurrently (call-batcher.ts, guest/tf/async-batch.ts). */
+export interface AsyncEntry {
+  /** Call `index` of the entry settled (its note arrived). */
+  settled(index: number, outcome: TfOutcome): void;
+  /**
+   * The TFCALLASYNCs that may join now, in order ([name, args, slots] each): [] when none
+   * did, null when the entry takes no more (or none came and `lone`: nothing else is under way).
+   */
+  take(lone: boolean): [string, Tagged[], number[]][] | null;
 }
 
 /**
@@ -102,7 +123,35 @@ export class TfBridge implements HostBridge {
   /** Work of the library under way in the background: TFCALLASYNCs and stream records (pending_jobs). */
   pendingJobs = 0;
 
+  /** Set while an entry of TFCALLASYNCs runs: where their outcomes go, and those that may join. */
+  asyncEntry: AsyncEntry | null = null;
+
   callAsync(
+    calls: { name: string; args: JsonValue[] }[],
+  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
+    // A batch of TFCALLASYNCs asks (once, anywhere in it) for those that arrived meanwhile
+    // (guest/tf/async-batch.ts).
+    let join = calls.length - 1;
+    while (join >= 0 && calls[join].name !== ASYNC_JOIN) join--;
+    if (join >= 0) {
+      if (calls.length === 1) return Promise.resolve([this.joining(true)]);
+      const others = calls.slice(0, join).concat(calls.slice(join + 1));
+      // Once the round's own calls are answered: those that arrived while they were in Redis join.
+      return this.callEachTracked(others).then((results) => {
+        results.splice(join, 0, this.joining(false));
+        return results;
+      });
+    }
+    return this.callEachTracked(calls);
+  }
+
+  /** The answer to a batch's ASYNC_JOIN: the TFCALLASYNCs that join it, as BatchCalls, or null. */
+  private joining(lone: boolean): { ok: JsonValue } {
+    const joining = this.asyncEntry?.take(lone) ?? null;
+    return { ok: joining === null ? null : pushBatchCalls([], joining) };
+  }
+
+  private callEachTracked(
     calls: { name: string; args: JsonValue[] }[],
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
     const tracked = (name: string, args: JsonValue[]): Promise<JsonValue | RawJson> => {
@@ -120,6 +169,10 @@ export class TfBridge implements HostBridge {
   }
 
   notify(name: string, args: JsonValue[]): void {
+    if (name === ASYNC_SETTLED) {
+      this.asyncEntry?.settled(Number(args[0]), outcomeOfPair(args[1], args[2]));
+      return;
+    }
     if (name === "log") this.log.info({ library: this.library }, `<redisgears_2> ${String(args[0])}`);
   }
 

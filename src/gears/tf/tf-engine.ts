@@ -15,6 +15,9 @@ import { keySlot } from "../../routing/key-slot.js";
 import type { KeyEvent } from "../events/keyspace-source.js";
 import { argToTagged, taggedToResp } from "./values.js";
 
+/** The most arguments (after numkeys) a TFCALL may pass to its function (see start()). */
+const MAX_FUNCTION_ARGS = 65_533;
+
 const ASYNC_REFUSED =
   "The function is declared as async and was called while blocking was not allowed; note that you cannot invoke async functions from within Lua or MULTI, and you must use TFCALLASYNC instead.";
 
@@ -230,6 +233,12 @@ export class TfEngine {
     const fn = library.registrations.functions.find((f) => f.name === fnName);
     if (fn === undefined) return new RespError(`Unknown function ${fnName}`);
     if (fn.isAsync && !asyncCommand) return new RespError(ASYNC_REFUSED);
+    // QuickJS calls a function with at most 65,534 arguments, the client included; beyond, the
+    // call would fail inside the isolate with a RangeError for a reply. T&F had no such bound.
+    if (rest.length > MAX_FUNCTION_ARGS)
+      return new RespError(
+        `ERR too many arguments for a function: at most ${MAX_FUNCTION_ARGS}, got ${rest.length}`,
+      );
     const raw = fn.flags.includes("raw-arguments");
     const tagged: Tagged[] = [];
     for (const arg of rest) {
@@ -238,10 +247,17 @@ export class TfEngine {
       tagged.push(t);
     }
     try {
-      const slots: number[] = [];
-      for (let k = 0; k < numkeys; k++) {
-        const slot = keySlot(rest[k]);
-        if (!slots.includes(slot)) slots.push(slot);
+      let slots: number[] = [];
+      if (numkeys <= 16) {
+        for (let k = 0; k < numkeys; k++) {
+          const slot = keySlot(rest[k]);
+          if (!slots.includes(slot)) slots.push(slot);
+        }
+      } else {
+        // Many keys: includes() on up to 16,384 slots for each would take seconds at 65,000 keys.
+        const distinct = new Set<number>();
+        for (let k = 0; k < numkeys; k++) distinct.add(keySlot(rest[k]));
+        slots = [...distinct];
       }
       this.batcherOf(libName).call(fnName, tagged, slots, db, blockAllowed, settle);
       return null;

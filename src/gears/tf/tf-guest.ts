@@ -27,6 +27,12 @@ export function pushBatchCalls(out: JsonValue[], calls: [string, Tagged[], numbe
   return out;
 }
 
+/** A TFCALLASYNC's outcome as a note carries it (a FlatPairs pair: its tag, its value). */
+export function outcomeOfPair(tag: JsonValue, value: JsonValue): TfOutcome {
+  if (tag === FLAT_ERROR) return { err: String(value) };
+  return { ok: tag === FLAT_INTEGER ? { i: value as string } : (value as Tagged) };
+}
+
 /** The host's typed view of a T&F library's isolate (src/gears/guest/tf/). */
 export class TfGuest {
   constructor(readonly isolate: GuestIsolate) {}
@@ -50,11 +56,18 @@ export class TfGuest {
     const flat = out as unknown as FlatPairs;
     const outcomes: TfOutcome[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {
-      const value = flat[i + 1] as Tagged;
-      if (flat[i] === FLAT_ERROR) outcomes.push({ err: String(value) });
-      else outcomes.push({ ok: flat[i] === FLAT_INTEGER ? { i: value as string } : value });
+      outcomes.push(outcomeOfPair(flat[i] as JsonValue, flat[i + 1] as JsonValue));
     }
     return outcomes;
+  }
+
+  /**
+   * TFCALLASYNCs in one entry, running concurrently (guest/tf/async-batch.ts): each one's
+   * outcome reaches the bridge as a note as soon as it settles (TfBridge.asyncEntry); this
+   * settles when all have, or fails with the entry (for those not settled by then).
+   */
+  async callFunctionsAsync(calls: [string, Tagged[], number[]][]): Promise<void> {
+    await this.isolate.call(path("callFunctionsAsync"), [pushBatchCalls([], calls)]);
   }
 
   /**

@@ -5,6 +5,7 @@
  */
 import { host } from "../core/host.js";
 import type { Tagged } from "../entry.js";
+import { callGoesOut, tick } from "./async-batch.js";
 import { aloneOnStack, syncCall, type CallArgs } from "./batch.js";
 import { fromReply, toArg } from "./convert.js";
 
@@ -110,9 +111,12 @@ function callAsync(mode: ClientMode, raw: boolean, cmd: unknown, args: unknown[]
   } catch (e) {
     return Promise.reject(e);
   }
-  return Promise.resolve(host.callAsync("call", mode.noWrites, raw, ...argv)).then((v) =>
-    fromReply(v as Tagged, raw),
-  );
+  callGoesOut();
+  return Promise.resolve(host.callAsync("call", mode.noWrites, raw, ...argv)).then((v) => {
+    // The coroutine goes on after its await: a call into user code of its own (async-batch.ts).
+    tick();
+    return fromReply(v as Tagged, raw);
+  });
 }
 
 export function isAsyncFunction(fn: unknown): boolean {
@@ -154,6 +158,7 @@ function remote(op: string, head: Tagged[], args: unknown[]): Promise<unknown> {
   } catch {
     return Promise.reject(new Error("Failed serializing arguments"));
   }
+  callGoesOut();
   return Promise.resolve(host.callAsync(op, ...head, json)).then((out) => {
     if (op === "runOnKey") return JSON.parse(out as string) as unknown;
     const [results, errors] = out as [string[], string[]];

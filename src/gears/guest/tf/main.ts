@@ -1,10 +1,12 @@
 /** The Triggers and Functions bundle: what a T&F library's isolate evaluates before its code. */
-import { defineEntry } from "../core/host.js";
+import { defineEntry, host } from "../core/host.js";
 import { isFatal, isThenable, safeString } from "../core/errors.js";
 import {
+  ASYNC_SETTLED,
   FLAT_ERROR,
   FLAT_INTEGER,
   FLAT_OK,
+  LIMITS_ERROR,
   TF_ENTRY,
   type BatchCalls,
   type FlatPairs,
@@ -22,6 +24,7 @@ import {
   streamTriggers,
   type Fn,
 } from "./api.js";
+import { runConcurrently, tick, type StartAsync } from "./async-batch.js";
 import { runBatch, type RunCall } from "./batch.js";
 import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
 import { bytesToBuffer, fromReply, toReply } from "./convert.js";
@@ -109,6 +112,45 @@ function invoke(
   // by the time it first yields, as in T&F.
   return settle(out, mode.blockAllowed);
 }
+
+/** Reports a TFCALLASYNC's outcome to the host (async-batch.ts): pair 0 of a FlatPairs, after its index. */
+function report(index: number, o: TfOutcome): void {
+  const pair: FlatPairs = [];
+  putOutcome(pair, 0, o);
+  host.notify(ASYNC_SETTLED, index, pair[0], pair[1]);
+}
+
+/** Starts a TFCALLASYNC of a batch (async-batch.ts): callFunction's work, its outcome reported. */
+const startAsync: StartAsync = (list, at, index) => {
+  const name = list[at] as string;
+  const def = functions.get(name);
+  if (def === undefined) {
+    report(index, { err: `Unknown function ${name}` });
+    return null;
+  }
+  const n = list[at + 1] as number;
+  const jsArgs: unknown[] = [];
+  try {
+    for (let k = 0; k < n; k++) {
+      const a = list[at + 2 + k] as Tagged;
+      jsArgs[k] = typeof a === "string" && !def.raw ? a : fromReply(a, def.raw);
+    }
+  } catch (e) {
+    report(index, { err: errorText(e) });
+    return null;
+  }
+  tick();
+  const o = invoke(def.fn, def.modeBlocking, jsArgs, def.coroutine);
+  if (!isThenable(o)) {
+    report(index, o);
+    return null;
+  }
+  // Rejected: the isolate's limits ended it (a fatal error: stack, memory), it alone.
+  return o.then(
+    (x) => report(index, x),
+    () => report(index, { err: LIMITS_ERROR }),
+  );
+};
 
 /** Triggers write as the library's user and may wait for their Promises. */
 const TRIGGER_MODE: ClientMode = { noWrites: false, blockAllowed: true };
@@ -199,6 +241,10 @@ const entry: TfEntry = {
     const started = runBatch(calls, run, budgetMs);
     flat.length = 2 * started;
     return later === null ? flat : Promise.all(later).then(() => flat);
+  },
+
+  callFunctionsAsync(calls: BatchCalls): null | Promise<null> {
+    return runConcurrently(calls, startAsync);
   },
 
   fireKeyspaceTriggers(events: BatchCalls, budgetMs: number): TriggerOutcomes | Promise<TriggerOutcomes> {
