@@ -8,7 +8,7 @@ import { rejection } from "./support/gears.js";
 /**
  * Async functions for these cases: `waiter` polls a key until it is set (or gives up),
  * `setter` sets it; `rounds` awaits `n` callAsyncs before it answers `id`; `never` does too,
- * then awaits a Promise nobody settles; `count` INCRs a key and `blocked` adds 1 to one in a block body,
+ * then awaits a Promise nobody settles; `spin` loops forever after its callAsyncs; `count` INCRs a key and `blocked` adds 1 to one in a block body,
  * both noting how many functions were under way at once at most (`peak` tells, and resets).
  */
 const CODE = lib(
@@ -37,6 +37,10 @@ const CODE = lib(
      for (let i = 0; i < Number(n); i++) await client.callAsync('ping');
      const deeper = (k) => deeper(k + 1) + 1;
      return deeper(0);
+   });
+   redis.registerAsyncFunction('spin', async function(client, n){
+     for (let i = 0; i < Number(n); i++) await client.callAsync('ping');
+     for (;;) {}
    });
    redis.registerAsyncFunction('count', async function(client, key){
      running++;
@@ -120,6 +124,16 @@ for (const mode of BACKEND_MODES) {
       const other = b.call("TFCALLASYNC", "conc.rounds", "0", "300", "other");
       expect(await ended).to.equal("Err Execution was terminated due to OOM or timeout");
       expect(await other).to.equal("other");
+    });
+
+    it("a function that loops past the time limit after an await gets T&F's error alone; one running beside it is answered", async () => {
+      // Sent together, so that both are under way (awaiting their callAsyncs) when one spins.
+      const other = b.call("TFCALLASYNC", "conc.rounds", "0", "50", "beside");
+      const ended = rejection(a.call("TFCALLASYNC", "conc.spin", "0", "3"));
+      expect(await ended).to.equal("Err Execution was terminated due to OOM or timeout");
+      expect(await other).to.equal("beside");
+      // The library goes on.
+      expect(await a.call("TFCALLASYNC", "conc.rounds", "0", "1", "after")).to.equal("after");
     });
 
     it("1,000 TFCALLASYNCs from 10 clients run concurrently and are all answered, each with its own INCR", async () => {

@@ -1,9 +1,9 @@
-import type { HostBridge, IsolateLimits, JsonValue, Preload } from "../sandbox/types.js";
+import type { CallOptions, HostBridge, IsolateLimits, JsonValue, Preload } from "../sandbox/types.js";
 
 /** What gears needs of an isolate (the sandbox's Isolate provides it). */
 export interface GuestIsolate {
   evalScript(source: string, filename: string): Promise<JsonValue>;
-  call(path: string, args: JsonValue[]): Promise<JsonValue>;
+  call(path: string, args: JsonValue[], options?: CallOptions): Promise<JsonValue>;
   abort(): void;
   dispose(): Promise<void>;
   readonly alive: boolean;

@@ -34,7 +34,14 @@ import {
   type WorkerRequest,
 } from "./protocol.js";
 import { abortedMessage, terminatedMessage, timeoutMessage } from "./messages.js";
-import { RawJson, SandboxError, type HostBridge, type IsolateLimits, type JsonValue } from "./types.js";
+import {
+  RawJson,
+  SandboxError,
+  type CallOptions,
+  type HostBridge,
+  type IsolateLimits,
+  type JsonValue,
+} from "./types.js";
 
 /** How long an entry may overrun its deadline before the watchdog ends the worker. */
 export const WATCHDOG_GRACE_MS = 500;
@@ -284,14 +291,14 @@ export class Isolate {
   }
 
   /** Calls the global function at a dotted path with JSON args; a returned Promise is awaited. */
-  call(path: string, args: JsonValue[]): Promise<JsonValue> {
+  call(path: string, args: JsonValue[], options?: CallOptions): Promise<JsonValue> {
     let argsJson: string;
     try {
       argsJson = JSON.stringify(args);
     } catch (e) {
       return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
-    return this.enqueue({ op: "call", path, argsJson });
+    return this.enqueue({ op: "call", path, argsJson, jobsFailAlone: options?.jobsFailAlone });
   }
 
   /** A new time limit for the entries that start from now on (QuickJS isolates). */

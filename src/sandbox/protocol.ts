@@ -62,7 +62,11 @@ export interface WorkerInit {
 
 export type EntryRequest =
   | { op: "eval"; source: string; filename: string }
-  | { op: "call"; path: string; argsJson: string }
+  /**
+   * jobsFailAlone: the entry runs several independent jobs (concurrent async calls); one that
+   * overruns the time limit fails alone (its Promise is rejected), the others go on.
+   */
+  | { op: "call"; path: string; argsJson: string; jobsFailAlone?: boolean }
   /** Python source, for a Pyodide worker. */
   | { op: "evalPython"; source: string; filename: string }
   /** call() with args[index] replaced by the value in `bytes` (QuickJS's binary object format). */

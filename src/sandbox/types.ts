@@ -16,6 +16,12 @@ export interface Preload {
   filename: string;
 }
 
+/** How an entry runs, beyond its path and arguments. */
+export interface CallOptions {
+  /** Its pending jobs are independent calls: one over the time limit fails alone. */
+  jobsFailAlone?: boolean;
+}
+
 export interface IsolateLimits {
   /** Hard cap of the isolate's WebAssembly memory, in MiB (ScriptMemoryLimitMB). */
   memoryLimitMb: number;

@@ -67,7 +67,7 @@ export class TfGuest {
    * settles when all have, or fails with the entry (for those not settled by then).
    */
   async callFunctionsAsync(calls: [string, Tagged[], number[]][]): Promise<void> {
-    await this.isolate.call(path("callFunctionsAsync"), [pushBatchCalls([], calls)]);
+    await this.isolate.call(path("callFunctionsAsync"), [pushBatchCalls([], calls)], { jobsFailAlone: true });
   }
 
   /**
