@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import type { Shards } from "../../routing/shards.js";
@@ -94,8 +95,9 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return -2`;
 
 /**
- * This proxy's liveness for a group: 1 renewed, 0 set anew (it had run out: the leases it
- * held may have been taken meanwhile).
+ * This proxy's liveness for a group, its value this consumer object's token: 1 renewed, 0
+ * set anew (it had run out, or another object of the same name set it: the leases it held
+ * may have been taken meanwhile).
  */
 const ALIVE_SCRIPT = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -113,7 +115,7 @@ for i, k in ipairs(KEYS) do
 end
 return lost`;
 
-/** Gives the leases back that are this proxy's (a clean stop hands the streams over at once). */
+/** Deletes the keys whose value is ARGV[1]: the leases this proxy gives back at a clean stop, its liveness key. */
 const RELEASE_SCRIPT = `
 for _, k in ipairs(KEYS) do
   if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
@@ -264,6 +266,13 @@ export class StreamConsumer {
   /** Whether this proxy's liveness was set at all (a lapse after it drops every lease). */
   private aliveOnce = false;
   private aliving: Promise<void> | null = null;
+  /**
+   * The liveness key's value: this object's own, so that the stop of the object a REPLACE or
+   * UPGRADE replaces (same group, same proxy) does not delete its successor's liveness.
+   */
+  private readonly aliveToken = randomBytes(8).toString("hex");
+  /** The last sweep failure logged, so a lasting one is logged once. */
+  private lastSweepError = "";
   /** Counts `xadd` notifications: a `sync` writer waits for those before its mark (syncMark). */
   private seq = 0;
   /** Streams with notifications not yet known handled. */
@@ -386,7 +395,9 @@ export class StreamConsumer {
       ),
     );
     // Gone at once: the other proxies take the streams at their next sweep.
-    await this.call(["DEL", this.alivePrefix + this.consumer]).catch(() => null);
+    await this.call(["EVAL", RELEASE_SCRIPT, "1", this.alivePrefix + this.consumer, this.aliveToken]).catch(
+      () => null,
+    );
     if (destroyGroups) {
       await Promise.all(
         [...this.streams.values()].map((s) =>
@@ -489,7 +500,7 @@ export class StreamConsumer {
       ALIVE_SCRIPT,
       "1",
       this.alivePrefix + this.consumer,
-      this.consumer,
+      this.aliveToken,
       ttl,
     ])
       .then((reply) => {
@@ -552,11 +563,13 @@ export class StreamConsumer {
       }
       await Promise.all([this.readIdle(idle), this.checkHolders(holders), this.findPending(claims)]);
       if (now - this.lastRefresh >= LEASE_KEY_MS / 4) await this.refreshLeases();
+      this.lastSweepError = "";
     } catch (err) {
-      this.log.warn(
-        { group: this.group, err: err instanceof Error ? err.message : String(err) },
-        "stream sweep failed",
-      );
+      const message = err instanceof Error ? err.message : String(err);
+      // A shard that stays down would otherwise log this every sweep.
+      if (message !== this.lastSweepError)
+        this.log.warn({ group: this.group, err: message }, "stream sweep failed");
+      this.lastSweepError = message;
     } finally {
       this.sweepGoing = false;
     }
