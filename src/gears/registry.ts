@@ -128,7 +128,11 @@ export class RegistrationRegistry {
   }
 
   private syncCount = 0;
-  private idleWaiters: { marks: Map<Registration, number>; wake: () => void }[] = [];
+  private idleWaiters: {
+    marks: Map<Registration, number>;
+    streamMarks: Map<StreamConsumer, number>;
+    wake: () => void;
+  }[] = [];
 
   private hookCount = 0;
   /** Commands named in some KeysReader registration's `commands` (lower case). */
@@ -145,34 +149,36 @@ export class RegistrationRegistry {
     this.wakeIdleWaiters();
   }
 
-  /** A sync StreamReader registration reading or running entries. */
-  private syncStreamBusy(): boolean {
-    return this.all().some((r) => r.mode === "sync" && (r.consumer?.busy ?? false));
-  }
-
   /**
-   * Resolves once every event queued so far for a `sync` registration has run, and no sync
-   * stream consumer is busy. Not "once none is queued": writes straight to the shards may
-   * keep a queue from ever emptying, and a write through the proxy would wait for ever.
+   * Resolves once every event queued so far for a `sync` registration has run, and every
+   * `xadd` notified so far to a sync StreamReader consumer has been read and run. Not "once
+   * none is queued" nor "once no consumer is busy": writes straight to the shards may keep a
+   * queue from ever emptying, or a stream's consumer from ever resting, and a write through
+   * the proxy would wait for ever.
    */
   syncIdle(): Promise<void> {
     const marks = new Map<Registration, number>();
+    const streamMarks = new Map<StreamConsumer, number>();
     if (this.syncCount > 0)
-      for (const r of this.all())
-        if (r.mode === "sync" && r.handledCount < r.queuedCount) marks.set(r, r.queuedCount);
-    if (marks.size === 0 && !this.syncStreamBusy()) return Promise.resolve();
-    return new Promise((wake) => this.idleWaiters.push({ marks, wake }));
+      for (const r of this.all()) {
+        if (r.mode !== "sync") continue;
+        if (r.handledCount < r.queuedCount) marks.set(r, r.queuedCount);
+        const mark = r.consumer?.syncMark();
+        if (mark !== undefined && !r.consumer!.passed(mark)) streamMarks.set(r.consumer!, mark);
+      }
+    if (marks.size === 0 && streamMarks.size === 0) return Promise.resolve();
+    return new Promise((wake) => this.idleWaiters.push({ marks, streamMarks, wake }));
   }
 
   private wakeIdleWaiters(): void {
     if (this.idleWaiters.length === 0) return;
-    const streamBusy = this.syncStreamBusy();
     const live = new Set(this.all());
     const waiting: typeof this.idleWaiters = [];
     for (const w of this.idleWaiters) {
-      let pending = streamBusy;
-      // A registration gone (unregistered, its session replaced) holds nothing back.
+      let pending = false;
+      // A registration gone (unregistered, its session replaced) holds nothing back; nor does a stopped consumer.
       for (const [r, mark] of w.marks) if (live.has(r) && r.handledCount < mark) pending = true;
+      for (const [c, mark] of w.streamMarks) if (!c.passed(mark)) pending = true;
       if (pending) waiting.push(w);
       else w.wake();
     }

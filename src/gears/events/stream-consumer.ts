@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import type { Logger } from "../../observability/log.js";
 import type { Router } from "../../routing/router.js";
 import type { Shards } from "../../routing/shards.js";
@@ -5,6 +6,7 @@ import type { Arg } from "../../resp/encode.js";
 import { RespError, type RespValue } from "../../resp/values.js";
 import type { JsonValue } from "../../sandbox/types.js";
 import { noteProxyKey, PROXY_HASHTAG } from "../../routing/hidden-keys.js";
+import { keySlot } from "../../routing/key-slot.js";
 
 /** What a StreamReader registration was given (spec section 3). */
 export interface StreamOptions {
@@ -29,13 +31,25 @@ export type StreamBatchRunner = (stream: Buffer, records: JsonValue[]) => Promis
 
 /** Read and claim this many entries at most per command: a batch of one execution. */
 const READ_COUNT = 512;
-/** How often each known stream is polled (missed notifications, entries of dead consumers). */
+/**
+ * How often the known streams are swept: one XREADGROUP per slot for every idle stream this
+ * proxy holds (entries whose notification was missed), owners of other proxies' streams
+ * checked alive, and a share of the streams checked for a dead consumer's pending entries.
+ */
 const POLL_MS = 1000;
+/** Streams in one command of a sweep (XREADGROUP's STREAMS, a script's KEYS). */
+const SWEEP_CHUNK = 1000;
 /** A long drain trims the stream at least this often (in batches). */
 const TRIM_EVERY = 64;
 /** How often the shards are scanned for streams created while notifications were off. */
 const RESCAN_MS = 10_000;
-
+/**
+ * How long a stream's lease key lives unless refreshed. Whether the lease holds is its
+ * holder's liveness key (renewed every third of EventLeaseMS, one key per registration and
+ * proxy, not per stream); the lease key's own expiry only lets a stream nobody reads again
+ * lose it. The holder refreshes all of its lease keys in a few commands every quarter of it.
+ */
+const LEASE_KEY_MS = 600_000;
 /**
  * Deletes what every consumer group of the stream has processed: entries older than the
  * oldest pending entry of any group, or than the last delivered one of a group with none
@@ -66,8 +80,9 @@ if min1 == nil then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min1, min2))`;
 
 /**
- * Takes or renews the lease of one stream for one consumer group: -1 renewed, -2 taken
- * (it was free), else the milliseconds left of another proxy's lease.
+ * Takes the lease of one stream for one consumer group, or says who holds it: -1 it was this
+ * proxy's already, -2 taken (free, or its holder's liveness key `ARGV[3]<holder>` is gone: a
+ * dead or stalled proxy), else the name of the live holder.
  */
 const LEASE_SCRIPT = `
 local v = redis.call('GET', KEYS[1])
@@ -75,16 +90,53 @@ if v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return -1
 end
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return -2
-end
-return redis.call('PTTL', KEYS[1])`;
+if v and redis.call('EXISTS', ARGV[3] .. v) == 1 then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return -2`;
 
-/** Gives the lease back if it is this proxy's (a clean stop hands the stream over at once). */
-const RELEASE_SCRIPT = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+/**
+ * This proxy's liveness for a group, its value this consumer object's token: 1 renewed, 0
+ * set anew (it had run out, or another object of the same name set it: the leases it held
+ * may have been taken meanwhile).
+ */
+const ALIVE_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 0`;
+
+/** Refreshes the lease keys still this proxy's; the (1-based) indexes of those that are not. */
+const REFRESH_SCRIPT = `
+local lost = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) else lost[#lost + 1] = i end
+end
+return lost`;
+
+/** Deletes the keys whose value is ARGV[1]: the leases this proxy gives back at a clean stop, its liveness key. */
+const RELEASE_SCRIPT = `
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+end
+return 0`;
+
+/**
+ * The (1-based) indexes of the streams whose group has entries pending to a consumer other
+ * than ARGV[2] (one that may have died with them); a stream or group gone counts as none.
+ */
+const PENDING_SCRIPT = `
+local found = {}
+for i, k in ipairs(KEYS) do
+  local ok, summary = pcall(redis.call, 'XPENDING', k, ARGV[1])
+  if ok and tonumber(summary[1]) > 0 and type(summary[4]) == 'table' then
+    for _, c in ipairs(summary[4]) do
+      if c[1] ~= ARGV[2] then found[#found + 1] = i break end
+    end
+  end
+end
+return found`;
 
 /** The stream key does not exist (deleted): its group cannot be created. */
 class StreamGone extends Error {}
@@ -100,6 +152,8 @@ interface StreamEntry {
 class StreamState {
   groupReady = false;
   running = false;
+  /** In an XREADGROUP of a sweep: a run asked for meanwhile waits for it (`again`), keeping the order. */
+  sweeping = false;
   /** Set when a run was asked for while one was going on. */
   again = false;
   /** Entries read (pending to this consumer) but not yet run: waiting for `batch`. */
@@ -111,20 +165,39 @@ class StreamState {
   lastError = "";
   /** Batches acknowledged since the stream was last trimmed. */
   untrimmed = 0;
-  /** XAUTOCLAIM's cursor, walked one page per poll. */
+  /** XAUTOCLAIM's cursor, walked one page per claim. */
   claimCursor = "0-0";
+  /** When a sweep next looks for a dead consumer's pending entries (every StreamClaimIdleMS/2). */
+  nextClaimAt = 0;
   /** Whether this proxy holds the stream's lease (it alone reads the stream for the group). */
   leased = false;
-  /** When the lease is renewed next. */
-  renewAt = 0;
-  /** Tries the lease again when another proxy's runs out. */
-  leaseTimer: NodeJS.Timeout | null = null;
+  /** The live proxy holding the lease: not tried again until a sweep finds it dead. */
+  holder: string | null = null;
+  /** The sequence number of the last `xadd` notification on this stream. */
+  noticed = 0;
+  /** The first notification not yet known handled (0: none); `sync` writers wait for it. */
+  waitFrom = 0;
 
   constructor(
     readonly key: Buffer,
     /** `{gears-proxy}:stream-lease:<group>:<stream>`. */
     readonly leaseKey: string,
   ) {}
+}
+
+/** Splits `items` into runs of at most SWEEP_CHUNK that can share one command: by slot in a cluster. */
+function chunksBySlot<T>(items: T[], slotOf: ((item: T) => number) | null): T[][] {
+  const groups = new Map<number, T[]>();
+  for (const item of items) {
+    const slot = slotOf === null ? 0 : slotOf(item);
+    let group = groups.get(slot);
+    if (group === undefined) groups.set(slot, (group = []));
+    group.push(item);
+  }
+  const chunks: T[][] = [];
+  for (const group of groups.values())
+    for (let i = 0; i < group.length; i += SWEEP_CHUNK) chunks.push(group.slice(i, i + SWEEP_CHUNK));
+  return chunks;
 }
 
 function text(v: RespValue | undefined): string {
@@ -161,11 +234,16 @@ function idTime(id: string): number {
 /**
  * A StreamReader registration's reading side: a consumer group of its own on every stream
  * matching its prefix, and this proxy as one consumer in it. Entries are read when an
- * `xadd` notification says so (and by a poll, for missed ones), run in batches, acknowledged
+ * `xadd` notification says so (and by a sweep, for missed ones), run in batches, acknowledged
  * after the pipeline succeeds (at least once), and deleted when `trimStream` says so.
  * Entries left pending by a consumer that died (another proxy, or this one before a
  * restart) are claimed once idle for `claimIdleMs`. Several proxies share one group, so
  * each entry is handled by one of them.
+ *
+ * Idle streams cost per sweep, not per stream: one XREADGROUP of many streams per slot, one
+ * liveness key per registration and proxy instead of a lease renewal per stream, and each
+ * stream looked at for a dead consumer's entries once per StreamClaimIdleMS/2 (in scripts of
+ * many streams, spread over the sweeps).
  */
 export class StreamConsumer {
   status: StreamStatus = "OK";
@@ -174,10 +252,31 @@ export class StreamConsumer {
   private lagRuns = 0;
   private readonly streams = new Map<string, StreamState>();
   private pollTimer: NodeJS.Timeout | null = null;
+  private aliveTimer: NodeJS.Timeout | null = null;
   private lastScan = 0;
+  private lastRefresh = 0;
+  private sweepGoing = false;
   private stopped = false;
-  /** Streams with runs going on or entries held: a `sync` registration waits for this to be 0. */
+  /** Streams with runs going on or entries held. */
   private active = 0;
+  /** `{gears-proxy}:stream-alive:<group>:`, then a consumer's name: its liveness key. */
+  private readonly alivePrefix: string;
+  /** Until when this proxy's liveness is known good (leases held may be used without asking). */
+  private aliveUntil = 0;
+  /** Whether this proxy's liveness was set at all (a lapse after it drops every lease). */
+  private aliveOnce = false;
+  private aliving: Promise<void> | null = null;
+  /**
+   * The liveness key's value: this object's own, so that the stop of the object a REPLACE or
+   * UPGRADE replaces (same group, same proxy) does not delete its successor's liveness.
+   */
+  private readonly aliveToken = randomBytes(8).toString("hex");
+  /** The last sweep failure logged, so a lasting one is logged once. */
+  private lastSweepError = "";
+  /** Counts `xadd` notifications: a `sync` writer waits for those before its mark (syncMark). */
+  private seq = 0;
+  /** Streams with notifications not yet known handled. */
+  private readonly undrained = new Set<StreamState>();
 
   constructor(
     private readonly router: Router,
@@ -190,11 +289,14 @@ export class StreamConsumer {
     /** How long a stream's lease lasts unless renewed (EventLeaseMS). */
     private readonly leaseMs: () => number,
     private readonly runBatch: StreamBatchRunner,
-    /** Called when the consumer stops being busy (`sync` writers wait for that). */
+    /** Called when the consumer stops being busy, or handled notifications (`sync` writers wait for that). */
     private readonly onIdle: () => void,
     /** The database its streams are in. */
     private readonly db = 0,
-  ) {}
+  ) {
+    this.alivePrefix = `${PROXY_HASHTAG}:stream-alive:${group}:`;
+    noteProxyKey(this.alivePrefix + consumer, true);
+  }
 
   /** A command in the database the registration was made from. */
   private call(argv: readonly Arg[]): Promise<RespValue> {
@@ -211,15 +313,31 @@ export class StreamConsumer {
     this.lagRuns = 0;
   }
 
-  /** Whether entries are being run or wait in hand (for `sync` registrations). */
+  /** Whether entries are being run or wait in hand. */
   get busy(): boolean {
     return !this.stopped && this.active > 0;
   }
 
-  /** Finds the existing streams (their entries are processed now) and starts polling. */
+  /**
+   * A mark for a `sync` write: passed(mark) is true once every `xadd` notification received
+   * before it was handled (its stream read through it and the entries run), whatever came after.
+   */
+  syncMark(): number {
+    return this.seq;
+  }
+
+  passed(mark: number): boolean {
+    // Paused or aborted: nothing runs until asked, so nothing is waited for (as before).
+    if (this.stopped || this.status === "PAUSED" || this.status === "ABORTED") return true;
+    for (const state of this.undrained) if (state.waitFrom <= mark) return false;
+    return true;
+  }
+
+  /** Finds the existing streams (their entries are processed now) and starts sweeping. */
   start(): void {
-    this.pollTimer = setInterval(() => void this.poll(), POLL_MS);
+    this.pollTimer = setInterval(() => void this.sweep(), POLL_MS);
     this.pollTimer.unref();
+    this.scheduleAlive();
     void this.scan();
   }
 
@@ -231,7 +349,13 @@ export class StreamConsumer {
   /** An `xadd` notification on a stream matching the prefix. */
   onAppended(key: Buffer): void {
     if (this.stopped) return;
-    this.kick(this.stateOf(key));
+    const state = this.stateOf(key);
+    state.noticed = ++this.seq;
+    if (state.waitFrom === 0) {
+      state.waitFrom = state.noticed;
+      this.undrained.add(state);
+    }
+    this.kick(state);
   }
 
   pause(): void {
@@ -253,14 +377,26 @@ export class StreamConsumer {
   async stop(destroyGroups: boolean): Promise<void> {
     this.stopped = true;
     if (this.pollTimer !== null) clearInterval(this.pollTimer);
+    if (this.aliveTimer !== null) clearTimeout(this.aliveTimer);
     for (const state of this.streams.values()) {
       if (state.durationTimer !== null) clearTimeout(state.durationTimer);
       if (state.retryTimer !== null) clearTimeout(state.retryTimer);
-      if (state.leaseTimer !== null) clearTimeout(state.leaseTimer);
     }
     const held = [...this.streams.values()].filter((s) => s.leased);
     await Promise.all(
-      held.map((s) => this.call(["EVAL", RELEASE_SCRIPT, "1", s.leaseKey, this.consumer]).catch(() => null)),
+      chunksBySlot(held, null).map((chunk) =>
+        this.call([
+          "EVAL",
+          RELEASE_SCRIPT,
+          chunk.length,
+          ...chunk.map((s) => s.leaseKey),
+          this.consumer,
+        ]).catch(() => null),
+      ),
+    );
+    // Gone at once: the other proxies take the streams at their next sweep.
+    await this.call(["EVAL", RELEASE_SCRIPT, "1", this.alivePrefix + this.consumer, this.aliveToken]).catch(
+      () => null,
     );
     if (destroyGroups) {
       await Promise.all(
@@ -269,11 +405,28 @@ export class StreamConsumer {
         ),
       );
     }
+    this.undrained.clear();
     this.onIdle();
   }
 
   private wake(): void {
     if (!this.busy) this.onIdle();
+  }
+
+  /**
+   * The stream was read, at a moment after notification `through`, to its end, and what
+   * came was run: `sync` writers waiting for notifications up to it go on.
+   */
+  private handled(state: StreamState, through: number): void {
+    if (state.waitFrom === 0 || state.waitFrom > through) return;
+    if (state.noticed <= through) {
+      state.waitFrom = 0;
+      this.undrained.delete(state);
+    } else {
+      // Notified again since: a later read goes through those.
+      state.waitFrom = through + 1;
+    }
+    this.onIdle();
   }
 
   private stateOf(key: Buffer): StreamState {
@@ -283,9 +436,16 @@ export class StreamConsumer {
       const leaseKey = `${PROXY_HASHTAG}:stream-lease:${this.group}:${name}`;
       noteProxyKey(leaseKey, true);
       state = new StreamState(key, leaseKey);
+      // Spread over the sweeps: the streams found together are not all looked at together.
+      state.nextClaimAt = Date.now() + Math.random() * (this.claimIdleMs() / 2);
       this.streams.set(name, state);
     }
     return state;
+  }
+
+  /** A stream a scan found: a new one is read now; a known one is the sweeps' to look at. */
+  private found(key: Buffer): void {
+    if (!this.streams.has(key.toString("latin1"))) this.kick(this.stateOf(key));
   }
 
   /** Streams whose names match the prefix, on every master (`SCAN ... TYPE stream`). */
@@ -295,7 +455,7 @@ export class StreamConsumer {
     const pattern = prefix.endsWith("*") ? prefix.slice(0, -1).replace(/[*?[\]\\]/g, "\\$&") + "*" : null;
     if (pattern === null) {
       const type = await this.call(["TYPE", prefix]).catch(() => null);
-      if (type === "stream") this.kick(this.stateOf(Buffer.from(prefix)));
+      if (type === "stream") this.found(Buffer.from(prefix));
       return;
     }
     for (const node of this.shards.masters()) {
@@ -307,24 +467,239 @@ export class StreamConsumer {
         if (!Array.isArray(reply) || this.stopped) break;
         cursor = text(reply[0]);
         const keys = reply[1];
-        if (Array.isArray(keys)) for (const k of keys) if (Buffer.isBuffer(k)) this.kick(this.stateOf(k));
+        if (Array.isArray(keys)) for (const k of keys) if (Buffer.isBuffer(k)) this.found(k);
       } while (cursor !== "0");
     }
   }
 
-  /** Every known stream, once a second: entries whose notification was missed, and dead consumers' ones. */
-  private async poll(): Promise<void> {
+  /** Renews this proxy's liveness every third of EventLeaseMS. */
+  private scheduleAlive(): void {
     if (this.stopped) return;
-    if (Date.now() - this.lastScan >= RESCAN_MS) void this.scan();
-    for (const state of this.streams.values()) {
-      if (!state.running && state.retryTimer === null) this.kick(state, true);
+    this.aliveTimer = setTimeout(
+      () => {
+        void this.renewAlive()
+          .catch(() => {})
+          .finally(() => this.scheduleAlive());
+      },
+      Math.max(100, this.leaseMs()) / 3,
+    );
+    this.aliveTimer.unref();
+  }
+
+  /**
+   * Renews (or sets) this proxy's liveness key. Found run out (this proxy stalled past
+   * EventLeaseMS), every lease it held may have been taken: they are taken again (or not)
+   * one by one, and what was in hand is left for the claim that follows a take.
+   */
+  private renewAlive(): Promise<void> {
+    if (this.aliving !== null) return this.aliving;
+    const ttl = Math.max(100, this.leaseMs());
+    const sent = Date.now();
+    this.aliving = this.call([
+      "EVAL",
+      ALIVE_SCRIPT,
+      "1",
+      this.alivePrefix + this.consumer,
+      this.aliveToken,
+      ttl,
+    ])
+      .then((reply) => {
+        const error = errorOf(reply);
+        if (error !== null) throw new Error(`stream liveness: ${error}`);
+        if (Number(reply) === 0 && this.aliveOnce) {
+          let lost = 0;
+          for (const state of this.streams.values()) {
+            if (!state.leased) continue;
+            state.leased = false;
+            state.held = [];
+            lost++;
+          }
+          if (lost > 0) {
+            this.log.warn(
+              { group: this.group, streams: lost },
+              "this proxy's stream leases ran out (a stall): taking them again",
+            );
+          }
+        }
+        this.aliveOnce = true;
+        // The key lives `ttl` from when the server set it, later than `sent`: half of it is a safe margin.
+        this.aliveUntil = sent + ttl / 2;
+      })
+      .finally(() => {
+        this.aliving = null;
+      });
+    return this.aliving;
+  }
+
+  /**
+   * Every POLL_MS, for all known streams at once: the idle ones this proxy holds read in one
+   * XREADGROUP per slot, the holders of the others checked alive, a share looked at for a
+   * dead consumer's pending entries, and now and then the lease keys refreshed and the
+   * shards scanned for new streams.
+   */
+  private async sweep(): Promise<void> {
+    if (this.stopped || this.sweepGoing) return;
+    this.sweepGoing = true;
+    try {
+      const now = Date.now();
+      if (now - this.lastScan >= RESCAN_MS) void this.scan();
+      if (now >= this.aliveUntil) await this.renewAlive();
+      const idle: StreamState[] = [];
+      const claims: StreamState[] = [];
+      const holders = new Map<string, StreamState[]>();
+      for (const state of this.streams.values()) {
+        if (state.running || state.sweeping || state.retryTimer !== null) continue;
+        if (state.holder !== null) {
+          let list = holders.get(state.holder);
+          if (list === undefined) holders.set(state.holder, (list = []));
+          list.push(state);
+        } else if (!state.leased || !state.groupReady) {
+          // Not tried yet, or a try failed (a shard down): one by one.
+          this.kick(state);
+        } else if (this.status === "OK" && state.held.length === 0) {
+          idle.push(state);
+          if (now >= state.nextClaimAt) claims.push(state);
+        }
+      }
+      await Promise.all([this.readIdle(idle), this.checkHolders(holders), this.findPending(claims)]);
+      if (now - this.lastRefresh >= LEASE_KEY_MS / 4) await this.refreshLeases();
+      this.lastSweepError = "";
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      // A shard that stays down would otherwise log this every sweep.
+      if (message !== this.lastSweepError)
+        this.log.warn({ group: this.group, err: message }, "stream sweep failed");
+      this.lastSweepError = message;
+    } finally {
+      this.sweepGoing = false;
+    }
+  }
+
+  private slotOfState(): ((state: StreamState) => number) | null {
+    return this.router.topology.mode === "cluster" ? (state) => keySlot(state.key) : null;
+  }
+
+  /** New entries of idle streams, many streams a command; a stream that got some runs them. */
+  private async readIdle(idle: StreamState[]): Promise<void> {
+    await Promise.all(chunksBySlot(idle, this.slotOfState()).map((chunk) => this.readChunk(chunk)));
+  }
+
+  private async readChunk(chunk: StreamState[]): Promise<void> {
+    for (const state of chunk) state.sweeping = true;
+    const through = this.seq;
+    let reply: RespValue | Error;
+    try {
+      reply = await this.call([
+        "XREADGROUP",
+        "GROUP",
+        this.group,
+        this.consumer,
+        "COUNT",
+        READ_COUNT,
+        "STREAMS",
+        ...chunk.map((s) => s.key),
+        ...chunk.map(() => ">"),
+      ]);
+    } catch (err) {
+      reply = err instanceof Error ? err : new Error(String(err));
+    }
+    const got = new Set<StreamState>();
+    const failed = reply instanceof Error || reply instanceof RespError;
+    if (!failed && Array.isArray(reply)) {
+      const byName = new Map(chunk.map((s) => [s.key.toString("latin1"), s]));
+      for (const item of reply) {
+        if (!Array.isArray(item) || !Buffer.isBuffer(item[0])) continue;
+        const state = byName.get(item[0].toString("latin1"));
+        if (state === undefined) continue;
+        const entries = parseEntries(item[1]);
+        if (entries.length === 0) continue;
+        // Still this proxy's (a lapse found meanwhile dropped the lease): the claim after a take gets them.
+        if (state.leased) this.hold(state, entries);
+        got.add(state);
+      }
+    }
+    for (const state of chunk) {
+      state.sweeping = false;
+      if (failed || got.has(state) || state.again) {
+        // A failed read (a stream deleted, its group gone, a shard down): each stream's own loop sorts it out.
+        state.again = false;
+        this.kick(state);
+      } else {
+        this.handled(state, through);
+      }
+    }
+  }
+
+  /** Other proxies' streams: tried again only once their holder's liveness key is gone. */
+  private async checkHolders(holders: Map<string, StreamState[]>): Promise<void> {
+    if (holders.size === 0) return;
+    const names = [...holders.keys()];
+    for (let i = 0; i < names.length; i += SWEEP_CHUNK) {
+      const some = names.slice(i, i + SWEEP_CHUNK);
+      const reply = await this.call(["MGET", ...some.map((n) => this.alivePrefix + n)]);
+      if (!Array.isArray(reply)) continue;
+      some.forEach((name, j) => {
+        if (reply[j] !== null) return;
+        for (const state of holders.get(name)!) {
+          state.holder = null;
+          this.kick(state);
+        }
+      });
+    }
+  }
+
+  /** Streams due for it looked at for a dead consumer's pending entries; those found are claimed. */
+  private async findPending(due: StreamState[]): Promise<void> {
+    const half = this.claimIdleMs() / 2;
+    const now = Date.now();
+    for (const state of due) state.nextClaimAt = now + half;
+    await Promise.all(
+      chunksBySlot(due, this.slotOfState()).map(async (chunk) => {
+        const reply = await this.call([
+          "EVAL",
+          PENDING_SCRIPT,
+          chunk.length,
+          ...chunk.map((s) => s.key),
+          this.group,
+          this.consumer,
+        ]);
+        if (!Array.isArray(reply)) return;
+        for (const index of reply) {
+          const state = chunk[Number(index) - 1];
+          if (state !== undefined) this.kick(state, true);
+        }
+      }),
+    );
+  }
+
+  /** The lease keys of the streams held, refreshed (a stream idle for long keeps its holder). */
+  private async refreshLeases(): Promise<void> {
+    this.lastRefresh = Date.now();
+    const held = [...this.streams.values()].filter((s) => s.leased);
+    for (const chunk of chunksBySlot(held, null)) {
+      const reply = await this.call([
+        "EVAL",
+        REFRESH_SCRIPT,
+        chunk.length,
+        ...chunk.map((s) => s.leaseKey),
+        this.consumer,
+        LEASE_KEY_MS,
+      ]);
+      if (!Array.isArray(reply)) continue;
+      for (const index of reply) {
+        const state = chunk[Number(index) - 1];
+        if (state === undefined || !state.leased) continue;
+        state.leased = false;
+        state.held = [];
+        this.log.warn({ group: this.group, stream: state.key.toString() }, "lost the lease of a stream");
+      }
     }
   }
 
   /** Starts a run of the stream's loop unless one is going on (then it goes round again). */
   private kick(state: StreamState, claim = false): void {
     if (this.stopped || this.status !== "OK" || state.retryTimer !== null) return;
-    if (state.running) {
+    if (state.running || state.sweeping) {
       state.again = true;
       return;
     }
@@ -339,6 +714,9 @@ export class StreamConsumer {
 
   /** Reads and runs until the stream has nothing more for this consumer. */
   private async loop(state: StreamState, claim: boolean): Promise<void> {
+    // Ended otherwise than by a drained read or a batch held back (by `duration`, a retry or
+    // an abort): not this proxy's stream to read, or a failure. A `sync` writer does not wait for it.
+    let released = true;
     try {
       if (!state.groupReady) await this.createGroup(state);
       if (!(await this.holdLease(state))) return;
@@ -350,15 +728,24 @@ export class StreamConsumer {
         // Not when they are fewer than a batch: a batch over READ_COUNT then never filled and
         // this loop went round without an await that yields, hanging the whole proxy.
         const full = state.held.length >= Math.max(this.options.batch, READ_COUNT);
+        const through = this.seq;
         const got = full ? READ_COUNT : await this.read(state);
         // As in RedisGears, an execution takes `batch` entries: the failure policy applies to exactly those.
         while (!this.stopped && this.status === "OK" && this.ready(state)) {
           if (!(await this.holdLease(state))) return;
           const batch = state.held.splice(0, this.options.batch);
           if (state.held.length > 0) state.heldSince = Date.now();
-          if (!(await this.run(state, batch))) return;
+          if (!(await this.run(state, batch))) {
+            released = false;
+            return;
+          }
         }
-        if (got < READ_COUNT && !state.again) return;
+        // Read to the end as it was after notification `through`, and all of it run.
+        if (got < READ_COUNT && state.held.length === 0) this.handled(state, through);
+        if (got < READ_COUNT && !state.again) {
+          released = false;
+          return;
+        }
       } while (!this.stopped && this.status === "OK");
     } catch (err) {
       if (err instanceof StreamGone) {
@@ -367,59 +754,49 @@ export class StreamConsumer {
         return;
       }
       const message = err instanceof Error ? err.message : String(err);
-      // A shard that stays down would otherwise log this every poll.
+      // A shard that stays down would otherwise log this every sweep.
       if (message === state.lastError) return;
       state.lastError = message;
       this.log.warn({ group: this.group, stream: state.key.toString(), err: message }, "stream read failed");
     } finally {
       if (state.untrimmed > 0) await this.trim(state);
+      if (released) this.handled(state, this.seq);
     }
   }
 
   /**
    * Whether this proxy is the one consuming the stream now. One proxy at a time reads a
-   * stream for a group, so its entries are applied in stream order; the lease is renewed
-   * every third of EventLeaseMS while it works. Taking it over (its owner died or gave it
-   * back), the new owner first claims every entry pending in the group, at once, not after
-   * StreamClaimIdleMS. Not holding it, the proxy tries again when the other's lease runs out.
+   * stream for a group, so its entries are applied in stream order. A lease holds while its
+   * holder's liveness key (renewed every third of EventLeaseMS) lives; taking one over (its
+   * holder died, stalled or gave it back), the new holder first claims every entry pending in
+   * the group, at once, not after StreamClaimIdleMS. Held by a live proxy, the stream is
+   * tried again when a sweep finds that proxy's liveness key gone.
    */
   private async holdLease(state: StreamState): Promise<boolean> {
-    if (state.leased && Date.now() < state.renewAt) return true;
-    // Another proxy's: a try is due when its lease runs out (or a second from now at most).
-    if (!state.leased && state.leaseTimer !== null) return false;
-    const ttl = Math.max(100, this.leaseMs());
-    const reply = await this.call(["EVAL", LEASE_SCRIPT, "1", state.leaseKey, this.consumer, String(ttl)]);
+    if (state.leased && Date.now() < this.aliveUntil) return true;
+    if (!state.leased && state.holder !== null) return false;
+    if (Date.now() >= this.aliveUntil) await this.renewAlive();
+    if (this.stopped) return false;
+    if (state.leased) return true;
+    const reply = await this.call([
+      "EVAL",
+      LEASE_SCRIPT,
+      "1",
+      state.leaseKey,
+      this.consumer,
+      LEASE_KEY_MS,
+      this.alivePrefix,
+    ]);
     const error = errorOf(reply);
     if (error !== null) throw new Error(`stream lease: ${error}`);
-    const outcome = Number(reply);
     if (this.stopped) return false;
-    if (outcome === -1 || outcome === -2) {
-      state.renewAt = Date.now() + ttl / 3;
-      if (outcome === -2 || !state.leased) {
-        state.leased = true;
-        await this.takeOver(state);
-      }
+    if (typeof reply === "number") {
+      state.leased = true;
+      state.holder = null;
+      await this.takeOver(state);
       return true;
     }
-    if (state.leased) {
-      // Another proxy holds it now (this one stalled past its lease): what is in hand is theirs to claim.
-      state.leased = false;
-      state.held = [];
-      this.log.warn(
-        { group: this.group, stream: state.key.toString() },
-        "lost the lease of a stream to another proxy",
-      );
-    }
-    if (state.leaseTimer === null) {
-      state.leaseTimer = setTimeout(
-        () => {
-          state.leaseTimer = null;
-          this.kick(state);
-        },
-        Math.min(Math.max(10, outcome) + 10, POLL_MS),
-      );
-      state.leaseTimer.unref();
-    }
+    state.holder = text(reply);
     return false;
   }
 
@@ -578,9 +955,9 @@ export class StreamConsumer {
   private async retry(state: StreamState): Promise<void> {
     if (state.held.length > 0) {
       const ids = state.held.map((e) => e.id);
-      await this.router
-        .call(["XCLAIM", state.key, this.group, this.consumer, "0", ...ids, "JUSTID"])
-        .catch(() => null);
+      await this.call(["XCLAIM", state.key, this.group, this.consumer, "0", ...ids, "JUSTID"]).catch(
+        () => null,
+      );
     }
     this.kick(state);
   }
