@@ -222,6 +222,25 @@ for (const mode of BACKEND_MODES) {
       expect(await io.set("ov:after", "v")).to.equal("OK");
     });
 
+    it("a registration unregistered while its queue is past the bound holds writes through the proxy back no more", async () => {
+      expect(
+        await io.call("RG.CONFIGSET", "MaxQueuedEvents", "100", "ScriptTimeoutMS", "60000"),
+      ).to.deep.equal(["OK", "OK"]);
+      expect(await execute(io, heldHandler("ur:"), "ID", "unreg")).to.equal("OK");
+      const reg = await onlyRegistrationOf(io, "unreg");
+      await io.set("ur:first", "v");
+      await writeDirect(Array.from({ length: 300 }, (_, i) => `ur:${i}`));
+      await eventually(
+        () => dataOf(io, reg.id),
+        (d) => d.get("numQueued") === 301,
+        "past the bound",
+      );
+      expect(await io.call("RG.UNREGISTER", reg.id)).to.equal("OK");
+      const started = Date.now();
+      expect(await io.set("ur:after", "v")).to.equal("OK");
+      expect(Date.now() - started, "the write answered at once").to.be.below(1000);
+    });
+
     it("T&F: writes straight to the shards queue past the bound (num_queued_over_bound), a write through the proxy waits for them, all run", async () => {
       expect(await io.call("RG.CONFIGSET", "MaxQueuedEvents", "1000")).to.deep.equal(["OK"]);
       expect(await io.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "5000")).to.equal("OK");

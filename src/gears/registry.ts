@@ -208,6 +208,11 @@ export class RegistrationRegistry {
     ).length;
     this.hookCount = all.filter((r) => r.hook !== null).length;
     this.commandsWatched = new Set(all.flatMap((r) => r.commands ?? []));
+    // A registration gone (unregistered, its session replaced) holds no write back any more.
+    if (this.overBound.size > 0) {
+      const live = new Set(all);
+      for (const r of this.overBound) if (!live.has(r)) this.overBound.delete(r);
+    }
     this.wakeIdleWaiters();
   }
 
@@ -244,7 +249,6 @@ export class RegistrationRegistry {
     if (this.idleWaiters.length === 0) return;
     const streamBusy = this.syncStreamBusy();
     const live = new Set(this.all());
-    for (const r of this.overBound) if (!live.has(r)) this.overBound.delete(r);
     const waiting: typeof this.idleWaiters = [];
     for (const w of this.idleWaiters) {
       let pending = streamBusy;
