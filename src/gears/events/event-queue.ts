@@ -7,14 +7,20 @@ import type { KeyEvent } from "./keyspace-source.js";
 class Names {
   private readonly ids = new Map<string, number>();
   readonly names: string[] = [];
+  /** The name last asked about: events come in runs of one name and one shard. */
+  private last: string | null = null;
+  private lastId = 0;
 
   id(name: string): number {
+    if (name === this.last) return this.lastId;
     let id = this.ids.get(name);
     if (id === undefined) {
       id = this.names.length;
       this.names.push(name);
       this.ids.set(name, id);
     }
+    this.last = name;
+    this.lastId = id;
     return id;
   }
 }
@@ -31,6 +37,8 @@ const SHARD_NAMES = new Names();
 /** Events a queue's first chunk holds; each next chunk twice its predecessor's, up to the most. */
 const FIRST_CHUNK_EVENTS = 64;
 const MOST_CHUNK_EVENTS = 4096;
+/** Keys up to this long are copied byte by byte. */
+const SHORT_KEY = 48;
 /** Key bytes a chunk starts with per event it holds: keys are mostly short. */
 const KEY_BYTES_PER_EVENT = 24;
 
@@ -110,8 +118,12 @@ export class EventQueue {
       chunk.bytes.copy(bigger, 0, 0, chunk.used);
       chunk.bytes = bigger;
     }
-    key.copy(chunk.bytes, chunk.used);
-    chunk.used += n;
+    const bytes = chunk.bytes;
+    const at = chunk.used;
+    // Byte by byte for a short key: cheaper than copy()'s call into C++.
+    if (n <= SHORT_KEY) for (let b = 0; b < n; b++) bytes[at + b] = key[b];
+    else key.copy(bytes, at);
+    chunk.used = at + n;
     chunk.keyEnds[i] = chunk.used;
     chunk.events[i] = EVENT_NAMES.id(e.event);
     chunk.shards[i] = SHARD_NAMES.id(e.shard);

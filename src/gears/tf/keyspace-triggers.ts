@@ -224,10 +224,16 @@ export class KeyspaceTriggers {
         this.finished(name, ran);
       }
     } finally {
-      // Whatever is left (an entry that threw) counts as done: nothing waits on it for ever.
-      const left = this.queues.get(name)?.events.length ?? 0;
-      if (left > 0)
+      // Whatever is left (an entry that threw) counts as done, and as failed: nothing waits
+      // on it for ever, and nothing is dropped unseen.
+      const queue = this.queues.get(name);
+      const left = queue?.events.length ?? 0;
+      if (left > 0) {
+        const tags: number[] = [];
+        queue!.events.peekTail(left, tags);
+        for (const tag of tags) this.count(name, queue!.names[tag], "dropped: the trigger entry failed", 0);
         this.log.warn({ library: name, events: left }, "keyspace trigger items dropped: their entry failed");
+      }
       this.queues.delete(name);
       this.running.delete(name);
       this.finished(name, left);
