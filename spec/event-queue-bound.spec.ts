@@ -241,6 +241,19 @@ for (const mode of BACKEND_MODES) {
       expect(Date.now() - started, "the write answered at once").to.be.below(1000);
     });
 
+    it("a value over 1 KB set through the proxy (not kept in the queue) still reaches the handler, read from the key", async () => {
+      const script = `GB().foreach(x => execute('RPUSH', '{lv}:lengths', String(x.value.length))).register('lv:*')`;
+      expect(await execute(io, script, "ID", "longvalue")).to.equal("OK");
+      expect(await io.set("lv:long", "x".repeat(5000))).to.equal("OK");
+      expect(await io.set("lv:short", "y".repeat(10))).to.equal("OK");
+      await eventually(
+        () => io.lrange("{lv}:lengths", 0, -1),
+        (v) => v.length === 2,
+        "both events handled",
+      );
+      expect(await io.lrange("{lv}:lengths", 0, -1)).to.deep.equal(["5000", "10"]);
+    });
+
     it("T&F: writes straight to the shards queue past the bound (num_queued_over_bound), a write through the proxy waits for them, all run", async () => {
       expect(await io.call("RG.CONFIGSET", "MaxQueuedEvents", "1000")).to.deep.equal(["OK"]);
       expect(await io.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "5000")).to.equal("OK");

@@ -37,6 +37,13 @@ const SHARD_NAMES = new Names();
 /** Events a queue's first chunk holds; each next chunk twice its predecessor's, up to the most. */
 const FIRST_CHUNK_EVENTS = 64;
 const MOST_CHUNK_EVENTS = 4096;
+/**
+ * The longest carried value (the string a write through the proxy set) a queued event keeps.
+ * Longer ones (up to 1 MB are carried) are dropped from the event, and its batch reads the
+ * key instead, as for any event of a write the proxy did not see: a queue of MaxQueuedEvents
+ * events then holds at most about 2 KB of value each, not 1 MB.
+ */
+const CARRIED_VALUE_KEPT = 1024;
 /** Keys up to this long are copied byte by byte. */
 const SHORT_KEY = 48;
 /** Key bytes a chunk starts with per event it holds: keys are mostly short. */
@@ -90,13 +97,11 @@ class Chunk {
 }
 
 /**
- * A FIFO of keyspace events waiting for a registration or a library's triggers, stored
- * compactly: about 28 bytes an event plus its key's bytes, against about 250 for a KeyEvent
- * object with its key Buffer (bench/event-queue-memory.ts measures both). Writes straight
- * to the shards can outrun a handler for as long as they last, and every event then waits
- * here. Each event may carry a `tag` (a keyspace trigger's number in its library).
+ * Events stored compactly: about 28 bytes an event plus its key's bytes, against about 250
+ * for a KeyEvent object with its key Buffer (bench/event-queue-memory.ts measures both).
+ * Each event may carry a `tag` (a keyspace trigger's number in its library).
  */
-export class EventQueue {
+class CompactEvents {
   private first: Chunk | null = null;
   private last: Chunk | null = null;
   /** The emptied first chunk, kept for the next event: a queue that fills and empties allocates nothing. */
@@ -130,7 +135,8 @@ export class EventQueue {
     chunk.dbs[i] = e.db;
     chunk.tags[i] = tag;
     chunk.ats[i] = e.at;
-    if (e.value !== undefined) (chunk.values ??= [])[i] = e.value;
+    const value = e.value;
+    if (value !== undefined && value.length <= CARRIED_VALUE_KEPT) (chunk.values ??= [])[i] = value;
     chunk.length = i + 1;
     this.count++;
   }
@@ -248,5 +254,110 @@ export class EventQueue {
   clear(): void {
     this.first = this.last = null;
     this.count = 0;
+  }
+}
+
+/**
+ * Events a queue keeps as the KeyEvent objects they came as, before it stores the next ones
+ * compactly. A queue that keeps up (nearly always) costs nothing more than an array; one
+ * that a handler cannot keep up with costs ~28 bytes plus the key for each event past these.
+ */
+const OBJECT_EVENTS = 8192;
+
+/**
+ * A FIFO of keyspace events waiting for a registration or a library's triggers. Writes
+ * straight to the shards can outrun a handler for as long as they last, and every event
+ * then waits here: past its first OBJECT_EVENTS, each is stored compactly (CompactEvents).
+ * Each event may carry a `tag` (a keyspace trigger's number in its library).
+ */
+export class EventQueue {
+  /** The oldest events, as objects; the newer ones in `compact` once it holds any. */
+  private objects: KeyEvent[] = [];
+  private objectTags: number[] = [];
+  private readonly compact = new CompactEvents();
+
+  get length(): number {
+    return this.objects.length + this.compact.length;
+  }
+
+  push(e: KeyEvent, tag = 0): void {
+    if (this.compact.length === 0 && this.objects.length < OBJECT_EVENTS) {
+      // A long carried value is left out (a copy: the event is shared with other queues).
+      const value = e.value;
+      this.objects.push(
+        value !== undefined && value.length > CARRIED_VALUE_KEPT ? { ...e, value: undefined } : e,
+      );
+      this.objectTags.push(tag);
+    } else {
+      this.compact.push(e, tag);
+    }
+  }
+
+  /**
+   * The first `max` events (fewer when fewer wait), left in the queue (drop() takes them
+   * out); `tags`, when given, gets their tags.
+   */
+  peek(max: number, tags?: number[]): KeyEvent[] {
+    const n = Math.min(max, this.objects.length);
+    const out = this.objects.slice(0, n);
+    if (tags !== undefined) for (let i = 0; i < n; i++) tags.push(this.objectTags[i]);
+    if (n < max && this.compact.length > 0) {
+      for (const e of this.compact.peek(max - n, tags)) out.push(e);
+    }
+    return out;
+  }
+
+  /** Takes the first `n` events out. */
+  drop(n: number): void {
+    const fromObjects = Math.min(n, this.objects.length);
+    if (fromObjects === this.objects.length) {
+      this.objects = [];
+      this.objectTags = [];
+    } else if (fromObjects > 0) {
+      this.objects.splice(0, fromObjects);
+      this.objectTags.splice(0, fromObjects);
+    }
+    if (n > fromObjects) this.compact.drop(n - fromObjects);
+  }
+
+  /** Takes the first `max` events out, as KeyEvent objects. */
+  take(max: number): KeyEvent[] {
+    // The usual case, every event an object and all taken: the array itself, no copy.
+    if (this.compact.length === 0 && this.objects.length <= max) {
+      const out = this.objects;
+      this.objects = [];
+      this.objectTags = [];
+      return out;
+    }
+    const out = this.peek(max);
+    this.drop(out.length);
+    return out;
+  }
+
+  /** The tags of the last `n` events, oldest first, into `out`. */
+  peekTail(n: number, out: number[]): void {
+    n = Math.min(n, this.length);
+    const fromCompact = Math.min(n, this.compact.length);
+    const fromObjects = n - fromCompact;
+    for (let i = this.objects.length - fromObjects; i < this.objects.length; i++)
+      out.push(this.objectTags[i]);
+    if (fromCompact > 0) this.compact.peekTail(fromCompact, out);
+  }
+
+  /** When the first event arrived, if any waits. */
+  oldestAt(): number | undefined {
+    return this.objects.length > 0 ? this.objects[0].at : this.compact.oldestAt();
+  }
+
+  /** When the first event of `shard` arrived, if one waits. */
+  oldestAtOf(shard: string): number | undefined {
+    for (const e of this.objects) if (e.shard === shard) return e.at;
+    return this.compact.oldestAtOf(shard);
+  }
+
+  clear(): void {
+    this.objects = [];
+    this.objectTags = [];
+    this.compact.clear();
   }
 }
