@@ -262,7 +262,7 @@ class CompactEvents {
  * compactly. A queue that keeps up (nearly always) costs nothing more than an array; one
  * that a handler cannot keep up with costs ~28 bytes plus the key for each event past these.
  */
-const OBJECT_EVENTS = 8192;
+const OBJECT_EVENTS = 32_768;
 
 /**
  * A FIFO of keyspace events waiting for a registration or a library's triggers. Writes
