@@ -298,6 +298,15 @@ function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
         b("avgRunDurationMS"),
         b(st.avgRunDurationMS),
       ];
+      if (r.reader === "KeysReader") {
+        // Events waiting now, and those queued past MaxQueuedEvents (none dropped).
+        data.push(
+          b("numQueued"),
+          engine.registry.queuedOf(r),
+          b("numQueuedOverBound"),
+          st.numQueuedOverBound,
+        );
+      }
       if (r.consumer !== null) {
         data.push(b("lastEstimatedLagMS"), r.consumer.lastLagMs, b("avgEstimatedLagMS"), r.consumer.avgLagMs);
       }

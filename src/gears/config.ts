@@ -1,4 +1,5 @@
 import { encodeError, encodeInteger, encodeValue } from "../resp/encode.js";
+import { DEFAULT_MAX_QUEUED_EVENTS } from "./events/event-queue.js";
 import { TF_CONFIG_PREFIX, TfConfig } from "./tf/config.js";
 
 /** RG.CONFIGGET/RG.CONFIGSET: the built-in settings of spec section 5, plus free-form extras. */
@@ -17,6 +18,10 @@ export class GearsConfig {
     ["EventLeaseMS", 5000],
     // A stream entry unacknowledged this long by its consumer (a dead proxy) is claimed by another.
     ["StreamClaimIdleMS", 30000],
+    // Keyspace events a registration's queue (or a library's keyspace trigger queue) holds
+    // before writes through the proxy wait for its handler; writes straight to the shards
+    // queue past it, counted (numQueuedOverBound, num_queued_over_bound) and logged.
+    ["MaxQueuedEvents", DEFAULT_MAX_QUEUED_EVENTS],
   ]);
   /** Built-ins fixed at start. */
   private readonly readOnly = new Set(["ExecutionThreads"]);
@@ -60,7 +65,8 @@ export class GearsConfig {
           (name === "ScriptTimeoutMS" && n < 1) ||
           (name === "MaxResultsMB" && n < 1) ||
           (name === "EventLeaseMS" && n < 300) ||
-          (name === "StreamClaimIdleMS" && n < 100)
+          (name === "StreamClaimIdleMS" && n < 100) ||
+          (name === "MaxQueuedEvents" && n < 1)
         ) {
           return encodeError(`Failed setting config value ${name}`);
         }

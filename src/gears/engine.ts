@@ -129,6 +129,7 @@ export class GearsEngine {
         streamLeaseMs: () => this.config.number("EventLeaseMS"),
         maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
         observer: () => this.observer,
+        maxQueuedEvents: () => this.config.number("MaxQueuedEvents"),
       },
     );
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
@@ -141,6 +142,7 @@ export class GearsEngine {
       consumerName: this.proxyId,
       claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
       streamLeaseMs: () => this.config.number("EventLeaseMS"),
+      maxQueuedEvents: () => this.config.number("MaxQueuedEvents"),
     });
   }
 

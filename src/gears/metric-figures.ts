@@ -59,10 +59,10 @@ export function gearsFigures(engine: GearsEngine | null): GearsFigures {
 
 function registrationFigures(r: Registration): RegistrationFigures {
   let queued = r.queue.length + r.inFlight.length;
-  let oldest = r.inFlight[0]?.at ?? r.queue[0]?.at ?? null;
+  let oldest = r.inFlight[0]?.at ?? r.queue.oldestAt() ?? null;
   for (const local of r.localQueues.values()) {
     queued += local.queue.length + local.inFlight.length;
-    const first = local.inFlight[0]?.at ?? local.queue[0]?.at;
+    const first = local.inFlight[0]?.at ?? local.queue.oldestAt();
     if (first !== undefined && (oldest === null || first < oldest)) oldest = first;
   }
   return {

@@ -1,15 +1,16 @@
 import type { JsonValue } from "../sandbox/types.js";
+import { EventQueue } from "./events/event-queue.js";
 import type { KeyEvent } from "./events/keyspace-source.js";
 import type { StreamConsumer, StreamOptions } from "./events/stream-consumer.js";
 import type { Execution } from "./execution.js";
 import type { Action } from "./guest-isolate.js";
 
-/** A keyspace event waiting for its registration's next batch. */
+/** A keyspace event of a registration's batch (waiting ones are stored compactly, in an EventQueue). */
 export type QueuedKeyEvent = KeyEvent;
 
 /** async_local: the events of one shard for one registration. */
 export interface LocalQueue {
-  queue: QueuedKeyEvent[];
+  queue: EventQueue;
   inFlight: QueuedKeyEvent[];
   running: boolean;
 }
@@ -25,6 +26,11 @@ export class RegistrationStats {
   lastError: string | null = null;
   /** Executions in a row that failed (not the events in them), for the "failing repeatedly" log line. */
   failureStreak = 0;
+  /**
+   * Events queued while the registration's queue held MaxQueuedEvents or more (writes straight
+   * to the shards, which nothing can slow): none is dropped, but the operator should know.
+   */
+  numQueuedOverBound = 0;
 
   /**
    * One execution over `events` events (a batch): as in RedisGears, where each event ran on
@@ -91,7 +97,7 @@ export class Registration {
   readonly hook: string | null;
   readonly keyPrefix: string | null;
   /** Events wait here while an earlier batch of this registration runs (async: in order). */
-  readonly queue: QueuedKeyEvent[] = [];
+  readonly queue = new EventQueue();
   /**
    * Events queued and events handled since the start: handled in the order they queued, so
    * "handled >= a count of queued" means all of those have run (Registry.syncIdle).

@@ -3,6 +3,7 @@ import { keySlot } from "../routing/key-slot.js";
 import type { Router } from "../routing/router.js";
 import { UpstreamError, type Shards } from "../routing/shards.js";
 import type { JsonValue } from "../sandbox/types.js";
+import { DEFAULT_MAX_QUEUED_EVENTS, EventQueue } from "./events/event-queue.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
 import { Execution, type ExecutionObserver, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
@@ -69,6 +70,8 @@ export interface RegistryOptions {
   maxExecutionsPerRegistration: () => number;
   /** Told of each finished execution (metrics on). */
   observer?: () => ExecutionObserver | null;
+  /** MaxQueuedEvents: past it a registration's queue holds writes through the proxy back. */
+  maxQueuedEvents?: () => number;
 }
 
 /**
@@ -123,8 +126,71 @@ export class RegistrationRegistry {
     return this.all().some((r) => r.reader === "KeysReader" || r.reader === "StreamReader");
   }
 
+  /**
+   * Whether writes through the proxy wait for this registry after their reply: for `sync`
+   * registrations, and while some registration's queue is at MaxQueuedEvents (backpressure).
+   */
   get hasSyncRegistrations(): boolean {
-    return this.syncCount > 0;
+    return this.syncCount > 0 || this.overBound.size > 0;
+  }
+
+  /** Registrations whose queue holds MaxQueuedEvents events or more. */
+  private readonly overBound = new Set<Registration>();
+
+  private maxQueued(): number {
+    return this.options.maxQueuedEvents?.() ?? DEFAULT_MAX_QUEUED_EVENTS;
+  }
+
+  /** Events of a registration waiting or in its batches running now (RG.DUMPREGISTRATIONS). */
+  queuedOf(registration: Registration): number {
+    let n = this.waitingOf(registration) + registration.inFlight.length;
+    for (const local of registration.localQueues.values()) n += local.inFlight.length;
+    return n;
+  }
+
+  /** Events waiting for a registration, not counting its batches running now. */
+  private waitingOf(registration: Registration): number {
+    let n = registration.queue.length;
+    for (const local of registration.localQueues.values()) n += local.queue.length;
+    return n;
+  }
+
+  /**
+   * After `added` events queued on a registration: at its bound, writes through the proxy
+   * start waiting for it (syncIdle), and the warning says so once per overload.
+   *
+   * Events from writers that bypass the proxy cannot be slowed, and they keep queuing past
+   * the bound: every event stays, in order, at about 28 bytes plus its key (EventQueue).
+   * Dropping some would break what handlers maintain (indexes, counters, copies) with no
+   * way to find out which keys to repair; spilling them to a shard or a file moves the same
+   * growth elsewhere and adds a failure mode. A queue past its bound under permanent
+   * overload means the handler cannot keep up with the writers at all, which only the
+   * operator can fix (a lighter handler, writers through the proxy): they are told by a
+   * warning, numQueuedOverBound in RG.DUMPREGISTRATIONS and the queue-length metric.
+   */
+  private noteQueued(registration: Registration, added: number): void {
+    const bound = this.maxQueued();
+    const waiting = this.waitingOf(registration);
+    if (waiting < bound) return;
+    registration.stats.numQueuedOverBound += Math.min(added, waiting - bound);
+    if (this.overBound.has(registration)) return;
+    this.overBound.add(registration);
+    this.log.warn(
+      { registration: registration.id, queued: waiting, maxQueuedEvents: bound },
+      "event queue at its bound (MaxQueuedEvents): writes through the proxy wait for the handler; " +
+        "writes straight to the shards still queue (nothing is dropped)",
+    );
+  }
+
+  /** After a batch: a queue back under its bound lets writes through the proxy go again. */
+  private noteHandled(registration: Registration): void {
+    if (!this.overBound.has(registration)) return;
+    if (this.waitingOf(registration) >= this.maxQueued()) return;
+    this.overBound.delete(registration);
+    this.log.info(
+      { registration: registration.id, queuedOverBound: registration.stats.numQueuedOverBound },
+      "event queue back under its bound (MaxQueuedEvents)",
+    );
   }
 
   private syncCount = 0;
@@ -146,6 +212,11 @@ export class RegistrationRegistry {
     ).length;
     this.hookCount = all.filter((r) => r.hook !== null).length;
     this.commandsWatched = new Set(all.flatMap((r) => r.commands ?? []));
+    // A registration gone (unregistered, its session replaced) holds no write back any more.
+    if (this.overBound.size > 0) {
+      const live = new Set(all);
+      for (const r of this.overBound) if (!live.has(r)) this.overBound.delete(r);
+    }
     this.wakeIdleWaiters();
   }
 
@@ -166,6 +237,16 @@ export class RegistrationRegistry {
         const mark = r.consumer?.syncMark();
         if (mark !== undefined && !r.consumer!.passed(mark)) streamMarks.set(r.consumer!, mark);
       }
+    // A queue at its bound: until as many events as it holds past the bound have run. Not
+    // "until it is under the bound": writes straight to the shards may keep it over.
+    if (this.overBound.size > 0) {
+      const bound = this.maxQueued();
+      for (const r of this.overBound) {
+        const mark = r.queuedCount - bound;
+        const had = marks.get(r);
+        if (r.handledCount < mark && (had === undefined || had < mark)) marks.set(r, mark);
+      }
+    }
     if (marks.size === 0 && streamMarks.size === 0) return Promise.resolve();
     return new Promise((wake) => this.idleWaiters.push({ marks, streamMarks, wake }));
   }
@@ -333,11 +414,16 @@ export class RegistrationRegistry {
       for (const registration of session.registrations) {
         if (registration.mode === "async_local") {
           const touched = new Set<string>();
+          let added = 0;
           for (const e of events) {
             if (e.db !== session.db || !registration.matchesEvent(e)) continue;
             this.localQueue(registration, e.shard).queue.push(e);
             touched.add(e.shard);
+            added++;
           }
+          if (added === 0) continue;
+          registration.queuedCount += added;
+          this.noteQueued(registration, added);
           for (const shard of touched) void this.drainLocal(session, registration, shard);
           continue;
         }
@@ -346,6 +432,7 @@ export class RegistrationRegistry {
         for (const e of events) if (e.db === session.db && registration.matchesEvent(e)) queue.push(e);
         if (queue.length > before) {
           registration.queuedCount += queue.length - before;
+          this.noteQueued(registration, queue.length - before);
           void this.drain(session, registration);
         }
       }
@@ -359,14 +446,14 @@ export class RegistrationRegistry {
   handledThrough(shard: string): number {
     let oldest = Date.now();
     for (const r of this.all()) {
-      const queues = [
-        r.queue,
-        r.inFlight,
-        ...[...r.localQueues.values()].flatMap((q) => [q.queue, q.inFlight]),
-      ];
+      const queues = [r.inFlight, ...[...r.localQueues.values()].map((q) => q.inFlight)];
       for (const queue of queues) {
         const first = queue.find((e) => e.shard === shard);
         if (first !== undefined && first.at < oldest) oldest = first.at;
+      }
+      for (const queue of [r.queue, ...[...r.localQueues.values()].map((q) => q.queue)]) {
+        const at = queue.oldestAtOf(shard);
+        if (at !== undefined && at < oldest) oldest = at;
       }
     }
     return oldest;
@@ -375,7 +462,7 @@ export class RegistrationRegistry {
   private localQueue(registration: Registration, shard: string): LocalQueue {
     let local = registration.localQueues.get(shard);
     if (local === undefined) {
-      local = { queue: [], inFlight: [], running: false };
+      local = { queue: new EventQueue(), inFlight: [], running: false };
       registration.localQueues.set(shard, local);
     }
     return local;
@@ -388,9 +475,12 @@ export class RegistrationRegistry {
     local.running = true;
     try {
       while (local.queue.length > 0 && this.sessions.get(session.id) === session) {
-        local.inFlight = local.queue.splice(0, MAX_EVENTS_PER_BATCH);
+        local.inFlight = local.queue.take(MAX_EVENTS_PER_BATCH);
         await this.runBatch(session, registration, local.inFlight);
+        registration.handledCount += local.inFlight.length;
         local.inFlight = [];
+        this.noteHandled(registration);
+        this.wakeIdleWaiters();
       }
     } finally {
       local.running = false;
@@ -404,11 +494,12 @@ export class RegistrationRegistry {
     registration.running = true;
     try {
       while (registration.queue.length > 0 && this.sessions.get(session.id) === session) {
-        registration.inFlight = registration.queue.splice(0, MAX_EVENTS_PER_BATCH);
+        registration.inFlight = registration.queue.take(MAX_EVENTS_PER_BATCH);
         await this.runBatch(session, registration, registration.inFlight);
         registration.handledCount += registration.inFlight.length;
         registration.inFlight = [];
-        if (registration.mode === "sync") this.wakeIdleWaiters();
+        this.noteHandled(registration);
+        this.wakeIdleWaiters();
       }
     } finally {
       registration.running = false;

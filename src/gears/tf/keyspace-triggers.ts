@@ -1,4 +1,5 @@
 import type { Logger } from "../../observability/log.js";
+import { DEFAULT_MAX_QUEUED_EVENTS, EventQueue } from "../events/event-queue.js";
 import type { KeyEvent } from "../events/keyspace-source.js";
 import { isProxyKey } from "../../routing/hidden-keys.js";
 import type { Tagged, TriggerOutcomes } from "../guest/entry.js";
@@ -15,6 +16,11 @@ export interface TriggerStats {
   lastError: string | null;
   lastExecutionTime: number;
   totalExecutionTime: number;
+  /**
+   * Its events queued while its library's queue held MaxQueuedEvents or more (writes
+   * straight to the shards: writes through the proxy wait for the triggers): none dropped.
+   */
+  numQueuedOverBound: number;
 }
 
 function prefixBytes(prefix: Tagged): Buffer {
@@ -27,6 +33,16 @@ function prefixBytes(prefix: Tagged): Buffer {
 interface TriggerItem {
   trigger: string;
   event: KeyEvent;
+}
+
+/** A library's queue of items: each event tagged with its trigger's number (`names`). */
+interface LibraryQueue {
+  events: EventQueue;
+  names: string[];
+  /** Its first events, being run by an entry now (they stay in `events` until it ends). */
+  running: number;
+  /** At MaxQueuedEvents or more since the warning: it is not logged again until back under. */
+  overBound: boolean;
 }
 
 /**
@@ -45,7 +61,7 @@ const MAX_ITEMS_PER_ENTRY = 256;
  */
 export class KeyspaceTriggers {
   private readonly stats = new Map<string, TriggerStats>();
-  private readonly queues = new Map<string, TriggerItem[]>();
+  private readonly queues = new Map<string, LibraryQueue>();
   private readonly running = new Set<string>();
   /**
    * Per library, items queued and items done (run or dropped) since the start: a library's
@@ -60,6 +76,8 @@ export class KeyspaceTriggers {
     private readonly libraries: TfLibraries,
     private readonly muted: MutedKeys,
     private readonly log: Logger,
+    /** MaxQueuedEvents: a library's queue at it is logged, and its items counted, once per overload. */
+    private readonly maxQueued: () => number = () => DEFAULT_MAX_QUEUED_EVENTS,
   ) {}
 
   /**
@@ -84,6 +102,7 @@ export class KeyspaceTriggers {
         lastError: null,
         lastExecutionTime: 0,
         totalExecutionTime: 0,
+        numQueuedOverBound: 0,
       };
       this.stats.set(id, s);
     }
@@ -100,27 +119,57 @@ export class KeyspaceTriggers {
       const triggers = library.registrations.keyspaceTriggers;
       if (triggers.length === 0) continue;
       const prefixes = triggers.map((t) => prefixBytes(t.prefix));
-      let queue: TriggerItem[] | undefined;
+      let queue: LibraryQueue | undefined;
+      let tags: number[] | undefined;
       let added = 0;
       for (const event of events) {
         if (isProxyKey(event.key) || this.muted.has(event.key)) continue;
         for (let t = 0; t < triggers.length; t++) {
           if (!startsWith(event.key, prefixes[t])) continue;
-          queue ??= this.queueOf(library.name);
-          queue.push({ trigger: triggers[t].name, event });
+          if (queue === undefined) {
+            queue = this.queueOf(library.name);
+            tags = triggers.map((trigger) => tagOf(queue!, trigger.name));
+          }
+          queue.events.push(event, tags![t]);
           added++;
         }
       }
       if (queue === undefined) continue;
       this.queued.set(library.name, (this.queued.get(library.name) ?? 0) + added);
+      this.noteQueued(library.name, queue, added);
       void this.drain(library.name);
     }
   }
 
-  private queueOf(name: string): TriggerItem[] {
+  /**
+   * Writes through the proxy wait for every trigger queued before them (idle()): they cannot
+   * overrun a queue. Writes straight to the shards cannot be slowed: at MaxQueuedEvents their
+   * events still queue (none is dropped: a trigger's work lost could not be told or redone),
+   * and the warning, the counter and TFUNCTION LIST say the triggers cannot keep up with
+   * them (registry.ts, noteQueued(), says why more fully).
+   */
+  private noteQueued(library: string, queue: LibraryQueue, added: number): void {
+    const bound = this.maxQueued();
+    const waiting = queue.events.length - queue.running;
+    if (waiting < bound) return;
+    const over = Math.min(added, waiting - bound);
+    // Counted against the triggers of the last events queued.
+    const tags: number[] = [];
+    queue.events.peekTail(over, tags);
+    for (const tag of tags) this.statsOf(library, queue.names[tag]).numQueuedOverBound++;
+    if (queue.overBound) return;
+    queue.overBound = true;
+    this.log.warn(
+      { library, queued: waiting, maxQueuedEvents: bound },
+      "keyspace trigger queue at its bound (MaxQueuedEvents): writes straight to the shards " +
+        "outrun the triggers; their events still queue (nothing is dropped)",
+    );
+  }
+
+  private queueOf(name: string): LibraryQueue {
     let queue = this.queues.get(name);
     if (queue === undefined) {
-      queue = [];
+      queue = { events: new EventQueue(), names: [], running: 0, overBound: false };
       this.queues.set(name, queue);
     }
     return queue;
@@ -157,18 +206,34 @@ export class KeyspaceTriggers {
     try {
       for (;;) {
         const queue = this.queues.get(name);
-        if (queue === undefined || queue.length === 0) break;
-        const items = queue.splice(0, MAX_ITEMS_PER_ENTRY);
+        if (queue === undefined || queue.events.length === 0) break;
+        const tags: number[] = [];
+        const events = queue.events.peek(MAX_ITEMS_PER_ENTRY, tags);
+        const items = events.map((event, i): TriggerItem => ({ trigger: queue.names[tags[i]], event }));
         const library = this.libraries.get(name);
         let ran = items.length;
+        queue.running = items.length;
         if (library !== undefined) ran = await this.fire(library, items);
-        // Not started (the entry's time budget was spent): first in line for the next entry.
-        if (ran < items.length) this.queues.set(name, items.slice(ran).concat(this.queueOf(name)));
+        queue.running = 0;
+        // Not started (the entry's time budget was spent): left first in line for the next entry.
+        queue.events.drop(ran);
+        if (queue.overBound && queue.events.length < this.maxQueued()) {
+          queue.overBound = false;
+          this.log.info({ library: name }, "keyspace trigger queue back under its bound (MaxQueuedEvents)");
+        }
         this.finished(name, ran);
       }
     } finally {
-      // Whatever is left (an entry that threw) counts as done: nothing waits on it for ever.
-      const left = this.queues.get(name)?.length ?? 0;
+      // Whatever is left (an entry that threw) counts as done, and as failed: nothing waits
+      // on it for ever, and nothing is dropped unseen.
+      const queue = this.queues.get(name);
+      const left = queue?.events.length ?? 0;
+      if (left > 0) {
+        const tags: number[] = [];
+        queue!.events.peekTail(left, tags);
+        for (const tag of tags) this.count(name, queue!.names[tag], "dropped: the trigger entry failed", 0);
+        this.log.warn({ library: name, events: left }, "keyspace trigger items dropped: their entry failed");
+      }
       this.queues.delete(name);
       this.running.delete(name);
       this.finished(name, left);
@@ -228,6 +293,13 @@ export class KeyspaceTriggers {
       this.log.debug({ library, trigger, err: error }, "keyspace trigger failed");
     }
   }
+}
+
+/** A trigger's number in its library's queue (names stay: events queued under them keep theirs). */
+function tagOf(queue: LibraryQueue, trigger: string): number {
+  let tag = queue.names.indexOf(trigger);
+  if (tag === -1) tag = queue.names.push(trigger) - 1;
+  return tag;
 }
 
 function startsWith(key: Buffer, prefix: Buffer): boolean {

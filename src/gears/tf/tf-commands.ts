@@ -160,6 +160,7 @@ function triggerStats(s: TriggerStats): [string, RespValue][] {
     ["last_error", s.lastError === null ? null : b(s.lastError)],
     ["last_execution_time", s.lastExecutionTime],
     ["total_execution_time", s.totalExecutionTime],
+    ["num_queued_over_bound", s.numQueuedOverBound],
   ];
 }
 

@@ -35,6 +35,8 @@ export interface TfEvents {
   claimIdleMs(): number;
   /** How long a stream's lease lasts unless renewed (EventLeaseMS). */
   streamLeaseMs(): number;
+  /** MaxQueuedEvents: a library's keyspace trigger queue at it is logged and counted. */
+  maxQueuedEvents?(): number;
 }
 
 /** Triggers and Functions: the libraries, the calls into them and their triggers. */
@@ -81,7 +83,7 @@ export class TfEngine {
       muting: () => this.keyspaceTriggers.active,
       barrier: () => events.barrier(),
     });
-    this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log);
+    this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log, events.maxQueuedEvents);
     this.streamTriggers = new StreamTriggers(router, shards, log, this.libraries, events);
     this.libraries.onChange = async (name, deleted) => {
       this.keyspaceTriggers.recount();
