@@ -616,9 +616,9 @@ export class GearsEngine {
     return this.keyspace?.status() ?? null;
   }
 
-  /** True while some KeysReader registration is in `sync` mode: writes through the proxy wait for it. */
+  /** True while writes through the proxy wait after their reply: sync registrations, a queue at MaxQueuedEvents, T&F triggers. */
   get holdsWrites(): boolean {
-    return this.registry.hasSyncRegistrations || this.tf.holdsWrites;
+    return this.registry.holdsWrites || this.tf.holdsWrites;
   }
 
   /**

@@ -130,7 +130,7 @@ export class RegistrationRegistry {
    * Whether writes through the proxy wait for this registry after their reply: for `sync`
    * registrations, and while some registration's queue is at MaxQueuedEvents (backpressure).
    */
-  get hasSyncRegistrations(): boolean {
+  get holdsWrites(): boolean {
     return this.syncCount > 0 || this.overBound.size > 0;
   }
 
@@ -501,6 +501,13 @@ export class RegistrationRegistry {
         this.noteHandled(registration);
         this.wakeIdleWaiters();
       }
+      // Its session was unregistered or replaced (UPGRADE) meanwhile: what it had queued is
+      // not run, as RedisGears drops it too; the log says how much.
+      if (registration.queue.length > 0)
+        this.log.info(
+          { registration: registration.id, events: registration.queue.length },
+          "registration ended with events not yet handled; they are dropped",
+        );
     } finally {
       registration.running = false;
       registration.inFlight = [];
