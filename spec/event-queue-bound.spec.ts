@@ -4,6 +4,7 @@ import v8 from "node:v8";
 import vm from "node:vm";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
+import { metricsPage, sample } from "./support/metrics.js";
 import { eventually, execute, fields, num, onlyRegistrationOf, sleep } from "./support/registrations.js";
 import { tfLibrary } from "./support/tf.js";
 
@@ -67,7 +68,7 @@ for (const mode of BACKEND_MODES) {
     before(async function () {
       this.timeout(90_000);
       backend = await Backend.start(mode);
-      proxy = await startProxy([{ port: backend.seed.port }]);
+      proxy = await startProxy([{ port: backend.seed.port }], { metricsPort: 0 });
       io = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
       direct =
         mode === "cluster"
@@ -215,6 +216,10 @@ for (const mode of BACKEND_MODES) {
         "the direct writes' events queued, past the bound",
       );
       expect(over.get("numQueuedOverBound")).to.equal(keys.length - 1000);
+      const labels = `{registration="${reg.id}",reader="KeysReader"}`;
+      expect(
+        sample(await metricsPage(proxy), `gears_proxy_gears_registration_events_over_bound_total${labels}`),
+      ).to.equal(keys.length - 1000);
       await io.set("{ov:}release", "1");
       await eventually(
         () => io.get("{ov:}count"),

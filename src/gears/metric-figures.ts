@@ -73,5 +73,6 @@ function registrationFigures(r: Registration): RegistrationFigures {
     failed: r.stats.numFailures,
     queued,
     oldestQueuedAt: oldest,
+    queuedOverBound: r.stats.numQueuedOverBound,
   };
 }

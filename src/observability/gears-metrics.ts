@@ -31,6 +31,8 @@ export interface RegistrationFigures {
   queued: number;
   /** When the oldest of them arrived (ms since the epoch); null when none waits. */
   oldestQueuedAt: number | null;
+  /** Events queued while the queue was at MaxQueuedEvents (numQueuedOverBound). */
+  queuedOverBound: number;
 }
 
 /** The gears figures read at scrape time: nothing is counted for them on the event path. */
@@ -99,6 +101,12 @@ export function gearsMetrics(registers: Registry[], read: () => GearsFigures): v
     "Events waiting for a registration, or in its batch running now.",
     ["registration", "reader"],
     (set, f) => f.registrations.forEach((r) => set(registration(r), r.queued)),
+  );
+  counter(
+    "gears_proxy_gears_registration_events_over_bound_total",
+    "Events queued while the registration's queue was at MaxQueuedEvents (numQueuedOverBound).",
+    ["registration", "reader"],
+    (inc, f) => f.registrations.forEach((r) => inc(registration(r), r.queuedOverBound)),
   );
   gauge(
     "gears_proxy_gears_registration_oldest_event_age_seconds",
