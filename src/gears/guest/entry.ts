@@ -213,7 +213,7 @@ export type TriggerOutcomes = (string | number | null)[];
 export const CALLS_REPLIES = 0;
 export const CALLS_MORE = 1;
 
-/** T&F's reply when the isolate's limits end a call (the host's TERMINATED, gears/tf/libraries.ts). */
+/** T&F's reply when the isolate's limits end a call: in the guest, and on the host (gears/tf/libraries.ts). */
 export const LIMITS_ERROR = "Err Execution was terminated due to OOM or timeout";
 
 /** The host call a batch of TFCALLASYNCs makes with each round of its calls (guest/tf/async-batch.ts). */

@@ -8,11 +8,11 @@ import type { TfConfig } from "./config.js";
 import { DurableStore } from "../durable-store.js";
 import { parsePrologue, type Prologue } from "./prologue.js";
 import { nameError } from "../guest/tf/names.js";
+import { LIMITS_ERROR } from "../guest/entry.js";
 import { TfBridge, type TfHooks } from "./tf-bridge.js";
 import type { CommandGuard } from "../host-bridge.js";
 import { TfGuest } from "./tf-guest.js";
 
-export const TERMINATED = "Err Execution was terminated due to OOM or timeout";
 /** T&F's answer while its isolates together use more than v8-maxmemory. */
 export const OOM_STATE = "JS engine reached OOM state and can not run any more code";
 
@@ -59,7 +59,7 @@ export interface LoadRequest {
 /** A SandboxError as T&F's text: the limits end the run with T&F's own error. */
 export function sandboxText(err: unknown): string {
   if (err instanceof SandboxError) {
-    return err.kind === "throw" || err.kind === "syntax" ? err.message : TERMINATED;
+    return err.kind === "throw" || err.kind === "syntax" ? err.message : LIMITS_ERROR;
   }
   return err instanceof Error ? err.message : String(err);
 }
