@@ -135,3 +135,26 @@ export function parseHostPort(text: string): HostPort {
   }
   return { host, port };
 }
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1000,
+  kb: 1024,
+  m: 1000 ** 2,
+  mb: 1024 ** 2,
+  g: 1000 ** 3,
+  gb: 1024 ** 3,
+};
+
+/** "256mb" -> 268435456, Redis' units: k/m/g are powers of 1000, kb/mb/gb powers of 1024. */
+export function parseSize(text: string): number {
+  const m = /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(text);
+  const unit = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+  if (!m || unit === undefined) {
+    throw new Error(`'${text}' is not a size: expected bytes or a number with k, kb, m, mb, g or gb`);
+  }
+  const bytes = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(bytes)) throw new Error(`'${text}' is too large`);
+  return bytes;
+}

@@ -9,6 +9,8 @@
  * compare per read or flush against the client's `memoryMark`.
  */
 
+import { parseSize } from "../config.js";
+
 const MB = 1024 * 1024;
 
 /** Bytes one client holds in the proxy. */
@@ -113,6 +115,15 @@ function overClassLimit(client: MemoryHolder, output: number, limit: ClassLimit,
   return false;
 }
 
+/** A size as Redis writes it (config.ts parseSize); undefined when it is not one. */
+function sizeOf(word: string): number | undefined {
+  try {
+    return parseSize(word);
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * A client's CONFIG SET client-output-buffer-limit value ("<class> <hard> <soft> <seconds>"...,
  * sizes as Redis writes them: 32mb, 8m, 1gb, bytes) -> its pubsub class; undefined when the
@@ -129,24 +140,6 @@ export function pubsubLimitOf(value: string): ClassLimit | undefined {
     if (words[i] === "pubsub") found = { hard, soft, softSeconds: seconds };
   }
   return found;
-}
-
-const UNITS: Record<string, number> = {
-  "": 1,
-  b: 1,
-  k: 1000,
-  kb: 1024,
-  m: 1e6,
-  mb: MB,
-  g: 1e9,
-  gb: 1024 * MB,
-};
-
-/** Redis' memtoull: digits and an optional unit (k = 1000, kb = 1024...). */
-function sizeOf(word: string): number | undefined {
-  const m = /^(\d+)([a-z]*)$/.exec(word);
-  const unit = m === null ? undefined : UNITS[m[2]];
-  return unit === undefined ? undefined : Number(m![1]) * unit;
 }
 
 /** The smallest growth that triggers a check between two timer ticks. */
