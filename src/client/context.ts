@@ -80,3 +80,14 @@ export interface ThreadLink extends ThreadPeers {
   /** Starts answering the other threads' questions about this thread's clients and gears. */
   serve(ctx: ProxyContext): void;
 }
+
+/**
+ * A client's CONFIG SET (which also reaches the upstream), for the settings the proxy keeps
+ * itself: its slow log, tracking table and subscribers' output limits. Each thread of a
+ * --threads proxy keeps its own, so each runs this for every client's CONFIG SET.
+ */
+export function followConfigSet(ctx: ProxyContext, argv: readonly Buffer[]): void {
+  ctx.slowlog.noteConfigSet(argv);
+  ctx.tracking.noteConfigSet(argv);
+  ctx.memoryGuard?.noteConfigSet(argv);
+}

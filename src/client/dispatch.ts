@@ -4,6 +4,7 @@ import { isGearsCommand } from "../gears/commands.js";
 import type { BlockingCall } from "./blocking.js";
 import type { ClientUser } from "./client-user.js";
 import type { CommandHost } from "./command-host.js";
+import { followConfigSet } from "./context.js";
 import { LOCAL_COMMANDS, NO_AUTH_COMMANDS, isSpecial } from "./dispatch-table.js";
 import type { GearsBranch } from "./gears-branch.js";
 import type { Lane } from "./lane.js";
@@ -50,9 +51,7 @@ export class Dispatcher {
     const name = request.name;
     ctx.stats.commandsProcessed++;
     if (name === "config") {
-      ctx.slowlog.noteConfigSet(request.argv);
-      ctx.tracking.noteConfigSet(request.argv);
-      ctx.memoryGuard?.noteConfigSet(request.argv);
+      followConfigSet(ctx, request.argv);
       const argv = request.argv;
       if (ctx.threads !== undefined && argv.length > 3 && argv[1].toString().toLowerCase() === "set")
         ctx.threads.configSet(argv);

@@ -4,7 +4,7 @@
  * one proxy.
  */
 import { clientListText, killMatching } from "../client/client-command.js";
-import type { ProxyContext, ThreadLink } from "../client/context.js";
+import { followConfigSet, type ProxyContext, type ThreadLink } from "../client/context.js";
 import { proxySection } from "../client/info-command.js";
 import { findExecutionsElsewhere, runGearsCommand, type GearsCaller } from "../gears/commands.js";
 import type { GearsReply } from "../gears/result-chunks.js";
@@ -220,10 +220,7 @@ export class ClusterLink implements ThreadLink {
         ctx.slowlog.reset();
         return null;
       case "config-set": {
-        const argv = query.argv.map(asBuffer);
-        ctx.slowlog.noteConfigSet(argv);
-        ctx.tracking.noteConfigSet(argv);
-        ctx.memoryGuard?.noteConfigSet(argv);
+        followConfigSet(ctx, query.argv.map(asBuffer));
         return null;
       }
       case "gears": {
