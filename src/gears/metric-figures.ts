@@ -49,7 +49,7 @@ export function gearsFigures(engine: GearsEngine | null): GearsFigures {
   }
   return {
     executionsByStatus,
-    registrations: engine.registry.all().map(registrationFigures),
+    registrations: engine.registry.all().map((r) => registrationFigures(r, engine.registry.queuedOf(r))),
     isolateMemoryBytes,
     leasesHeld: engine.ownedShards?.length ?? null,
     triggers,
@@ -57,11 +57,10 @@ export function gearsFigures(engine: GearsEngine | null): GearsFigures {
   };
 }
 
-function registrationFigures(r: Registration): RegistrationFigures {
-  let queued = r.queue.length + r.inFlight.length;
+/** `queued`: the registry's count of its events waiting or in a batch (queuedOf). */
+function registrationFigures(r: Registration, queued: number): RegistrationFigures {
   let oldest = r.inFlight[0]?.at ?? r.queue.oldestAt() ?? null;
   for (const local of r.localQueues.values()) {
-    queued += local.queue.length + local.inFlight.length;
     const first = local.inFlight[0]?.at ?? local.queue.oldestAt();
     if (first !== undefined && (oldest === null || first < oldest)) oldest = first;
   }
