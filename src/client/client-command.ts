@@ -97,10 +97,11 @@ function kill(session: CommandHost, argv: Buffer[]): void {
     const threads = session.ctx.threads;
     if (target === undefined && threads !== undefined) {
       // Perhaps a client of another thread.
-      const slot = session.laterSlot();
-      void threads.clientKill(["addr", args[0]], session.id).then(
-        (n) => slot.reply(n > 0 ? OK : encodeError("ERR No such client")),
-        (err: Error) => slot.reply(encodeError(`ERR ${err.message}`)),
+      session.replyLater(
+        threads
+          .clientKill(["addr", args[0]], session.id)
+          .then((n) => (n > 0 ? OK : encodeError("ERR No such client"))),
+        false,
       );
       return;
     }
@@ -160,10 +161,11 @@ function list(session: CommandHost, argv: Buffer[]): void {
   if (clientListText([], args) === null) return session.replyError("ERR syntax error");
   const threads = session.ctx.threads;
   if (threads === undefined) return session.replyText(clientListText(session.ctx.clients.all(), args) ?? "");
-  const slot = session.laterSlot();
-  void threads.clientList(args).then(
-    (text) => slot.reply(encodeValue(new RespVerbatim("txt", Buffer.from(text)), session.proto)),
-    (err: Error) => slot.reply(encodeError(`ERR ${err.message}`)),
+  session.replyLater(
+    threads
+      .clientList(args)
+      .then((text) => encodeValue(new RespVerbatim("txt", Buffer.from(text)), session.proto)),
+    false,
   );
 }
 

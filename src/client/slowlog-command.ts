@@ -1,4 +1,4 @@
-import { OK, encodeError, encodeSimple, encodeValue } from "../resp/encode.js";
+import { OK, encodeSimple, encodeValue } from "../resp/encode.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
 
@@ -36,9 +36,9 @@ export const slowlogCommand: LocalCommand = (session: CommandHost, request) => {
   const threads = session.ctx.threads;
   if (sub === "len" && argv.length === 2) {
     if (threads === undefined) return session.replyValue(log.length);
-    return later(
-      session,
+    return session.replyLater(
       threads.slowlogLen().then((n) => encodeValue(n, session.proto)),
+      false,
     );
   }
   if (sub === "reset" && argv.length === 2) {
@@ -47,9 +47,9 @@ export const slowlogCommand: LocalCommand = (session: CommandHost, request) => {
       session.replyNow(OK);
       return;
     }
-    return later(
-      session,
+    return session.replyLater(
       threads.slowlogReset().then(() => OK),
+      false,
     );
   }
   if ((sub === "get" || sub === "shards") && argv.length <= 3) {
@@ -63,40 +63,31 @@ export const slowlogCommand: LocalCommand = (session: CommandHost, request) => {
     }
     if (sub === "shards") return shardSlowlogs(session, count);
     if (threads === undefined) return session.replyValue(log.rows(count));
-    return later(
-      session,
+    return session.replyLater(
       threads.slowlogGet(count).then((rows) => encodeValue(rows, session.proto)),
+      false,
     );
   }
   session.replyError(`ERR unknown subcommand or wrong number of arguments for '${sub}'. Try SLOWLOG HELP.`);
 };
 
-/** Answers, in its place among the client's replies, what every thread of a --threads proxy said. */
-function later(session: CommandHost, answer: Promise<Buffer>): void {
-  const slot = session.laterSlot();
-  answer.then(
-    (reply) => slot.reply(reply),
-    (err: Error) => slot.reply(encodeError(`ERR ${err.message}`)),
-  );
-}
-
 /** Every master's slow log, newest entries first, each tagged with the node it came from. */
 function shardSlowlogs(session: CommandHost, count: number): void {
-  const slot = session.laterSlot();
   const masters = session.ctx.router.topology.masters();
-  Promise.all(
+  const perNode = Promise.all(
     masters.map(async (node) => {
       const reply = await node.call(["SLOWLOG", "GET", String(count)]);
-      if (reply instanceof RespError) throw new Error(`${node.id}: ${reply.message}`);
+      if (reply instanceof RespError) throw new Error(`SLOWLOG SHARDS: ${node.id}: ${reply.message}`);
       const entries = Array.isArray(reply) ? (reply as RespValue[][]) : [];
       return entries.map((entry) => [...entry, Buffer.from(node.id)]);
     }),
-  ).then(
-    (perNode) => {
+  );
+  session.replyLater(
+    perNode.then((lists) => {
       // Newest first across the nodes, as each node lists its own (timestamp, then id).
-      const all = perNode.flat().sort((a, b) => Number(b[1]) - Number(a[1]) || Number(b[0]) - Number(a[0]));
-      slot.reply(encodeValue(all, session.proto));
-    },
-    (err: Error) => slot.reply(encodeError(`ERR SLOWLOG SHARDS: ${err.message}`)),
+      const all = lists.flat().sort((a, b) => Number(b[1]) - Number(a[1]) || Number(b[0]) - Number(a[0]));
+      return encodeValue(all, session.proto);
+    }),
+    false,
   );
 }

@@ -4,6 +4,7 @@ import type { Router } from "../routing/router.js";
 import { UpstreamError, type Shards } from "../routing/shards.js";
 import type { JsonValue } from "../sandbox/types.js";
 import { DEFAULT_MAX_QUEUED_EVENTS, EventQueue } from "./events/event-queue.js";
+import { MarkWaiters } from "./events/mark-waiters.js";
 import { StreamConsumer } from "./events/stream-consumer.js";
 import { Execution, type ExecutionObserver, type PackedRecords } from "./execution.js";
 import type { GuestIsolate } from "./guest-isolate.js";
@@ -194,11 +195,10 @@ export class RegistrationRegistry {
   }
 
   private syncCount = 0;
-  private idleWaiters: {
-    marks: Map<Registration, number>;
-    streamMarks: Map<StreamConsumer, number>;
-    wake: () => void;
-  }[] = [];
+  /** Writes through the proxy waiting for the sync registrations' events queued before them. */
+  private readonly queueWaiters = new MarkWaiters<Registration>();
+  /** ... and for the `xadd`s notified before them to sync StreamReader consumers. */
+  private readonly streamWaiters = new MarkWaiters<StreamConsumer>();
 
   private hookCount = 0;
   /** Commands named in some KeysReader registration's `commands` (lower case). */
@@ -247,23 +247,19 @@ export class RegistrationRegistry {
         if (r.handledCount < mark && (had === undefined || had < mark)) marks.set(r, mark);
       }
     }
-    if (marks.size === 0 && streamMarks.size === 0) return Promise.resolve();
-    return new Promise((wake) => this.idleWaiters.push({ marks, streamMarks, wake }));
+    if (streamMarks.size === 0) return this.queueWaiters.wait(marks);
+    if (marks.size === 0) return this.streamWaiters.wait(streamMarks);
+    return Promise.all([this.queueWaiters.wait(marks), this.streamWaiters.wait(streamMarks)]).then(() => {});
   }
 
   private wakeIdleWaiters(): void {
-    if (this.idleWaiters.length === 0) return;
-    const live = new Set(this.all());
-    const waiting: typeof this.idleWaiters = [];
-    for (const w of this.idleWaiters) {
-      let pending = false;
-      // A registration gone (unregistered, its session replaced) holds nothing back; nor does a stopped consumer.
-      for (const [r, mark] of w.marks) if (live.has(r) && r.handledCount < mark) pending = true;
-      for (const [c, mark] of w.streamMarks) if (!c.passed(mark)) pending = true;
-      if (pending) waiting.push(w);
-      else w.wake();
+    if (this.queueWaiters.size > 0) {
+      // A registration gone (unregistered, its session replaced) holds nothing back.
+      const live = new Set(this.all());
+      this.queueWaiters.check((r, mark) => !live.has(r) || r.handledCount >= mark);
     }
-    this.idleWaiters = waiting;
+    // A stopped consumer has passed every mark.
+    this.streamWaiters.check((c, mark) => c.passed(mark));
   }
 
   /** Installs a session, replacing `replaces` (UPGRADE / REPLACE_WITH) in one step. */

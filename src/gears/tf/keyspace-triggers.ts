@@ -1,6 +1,7 @@
 import type { Logger } from "../../observability/log.js";
 import { DEFAULT_MAX_QUEUED_EVENTS, EventQueue } from "../events/event-queue.js";
 import type { KeyEvent } from "../events/keyspace-source.js";
+import { MarkWaiters } from "../events/mark-waiters.js";
 import { isProxyKey } from "../../routing/hidden-keys.js";
 import type { Tagged, TriggerOutcomes } from "../guest/entry.js";
 import { sandboxText, type TfLibraries, type TfLibrary } from "./libraries.js";
@@ -70,7 +71,8 @@ export class KeyspaceTriggers {
    */
   private readonly queued = new Map<string, number>();
   private readonly done = new Map<string, number>();
-  private idleWaiters: { marks: Map<string, number>; wake: () => void }[] = [];
+  /** Writes through the proxy waiting for the triggers queued before them, by library. */
+  private readonly waiters = new MarkWaiters<string>();
 
   constructor(
     private readonly libraries: TfLibraries,
@@ -183,21 +185,12 @@ export class KeyspaceTriggers {
   idle(): Promise<void> {
     const marks = new Map<string, number>();
     for (const [name, n] of this.queued) if ((this.done.get(name) ?? 0) < n) marks.set(name, n);
-    if (marks.size === 0) return Promise.resolve();
-    return new Promise((wake) => this.idleWaiters.push({ marks, wake }));
+    return this.waiters.wait(marks);
   }
 
   private finished(name: string, count: number): void {
     this.done.set(name, (this.done.get(name) ?? 0) + count);
-    if (this.idleWaiters.length === 0) return;
-    const waiting: typeof this.idleWaiters = [];
-    for (const w of this.idleWaiters) {
-      let pending = false;
-      for (const [lib, mark] of w.marks) if ((this.done.get(lib) ?? 0) < mark) pending = true;
-      if (pending) waiting.push(w);
-      else w.wake();
-    }
-    this.idleWaiters = waiting;
+    this.waiters.check((lib, mark) => (this.done.get(lib) ?? 0) >= mark);
   }
 
   private async drain(name: string): Promise<void> {
