@@ -222,16 +222,37 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
     });
 
     /** A subscriber to `channel` that never reads, named `name`. */
-    async function stuckSubscriber(name: string, channel: string): Promise<RawClient> {
-      const client = await RawClient.connect(proxy.port);
+    async function stuckSubscriber(name: string, channel: string, port = proxy.port): Promise<RawClient> {
+      const client = await RawClient.connect(port);
       expect(await client.text("CLIENT", "SETNAME", name)).to.equal("OK");
       await client.call("SUBSCRIBE", channel);
       client.socket.pause();
       return client;
     }
 
-    const listed = async (name: string): Promise<boolean> =>
-      String(await sendCommand(proxy.port, ["CLIENT", "LIST"])).includes(` name=${name} `);
+    const listed = async (name: string, port = proxy.port): Promise<boolean> =>
+      String(await sendCommand(port, ["CLIENT", "LIST"])).includes(` name=${name} `);
+
+    /** Publishes 1 MB messages on `channel` until the subscriber `name` is cut (at most `most`). */
+    async function floodUntilCut(
+      name: string,
+      channel: string,
+      most: number,
+      port = proxy.port,
+    ): Promise<void> {
+      const publisher = await RawClient.connect(port);
+      try {
+        for (let i = 0; i < most && (await listed(name, port)); i++)
+          await publisher.call("PUBLISH", channel, Buffer.alloc(MB, 120));
+        await eventually(
+          () => listed(name, port),
+          (there) => !there,
+          `the subscriber ${name} disconnected`,
+        );
+      } finally {
+        publisher.close();
+      }
+    }
 
     it("cuts a subscriber that does not read at Redis' pubsub hard limit, far below its own", async () => {
       // The proxy's own limit here is 8 MB: the pubsub class set lower must win for subscribers.
@@ -242,21 +263,28 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
       ).to.equal("OK");
       const subscriber = await stuckSubscriber("deaf", "news");
       try {
-        const publisher = await RawClient.connect(proxy.port);
-        try {
-          for (let i = 0; i < 6 && (await listed("deaf")); i++)
-            await publisher.call("PUBLISH", "news", Buffer.alloc(MB, 120));
-          await eventually(
-            () => listed("deaf"),
-            (there) => !there,
-            "the deaf subscriber disconnected",
-          );
-        } finally {
-          publisher.close();
-        }
+        await floodUntilCut("deaf", "news", 6);
       } finally {
         subscriber.close();
         await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
+      }
+    });
+
+    it("starts from the server's own pubsub limits (redis.conf), not Redis' defaults", async () => {
+      // Set on the server before the proxy starts, as a redis.conf line would be.
+      await sendCommand(redis.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 3mb 0 0"]);
+      const fresh = await startProxy([redis], { maxmemoryClients: 0, clientOutputBufferLimit: 8 * MB });
+      try {
+        const subscriber = await stuckSubscriber("unheard", "tidings", fresh.port);
+        try {
+          // Under Redis' defaults (32 MB hard) 6 MB would not cut it; the server's 3 MB does.
+          await floodUntilCut("unheard", "tidings", 6, fresh.port);
+        } finally {
+          subscriber.close();
+        }
+      } finally {
+        await fresh.close();
+        await sendCommand(redis.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
       }
     });
 

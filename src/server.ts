@@ -93,6 +93,7 @@ export class ProxyServer {
       this.config.metricsPort === undefined ? null : new Metrics(metricSources(stats, () => this.context));
     const upstream = await connectUpstream(this.config, this.log, metrics ?? undefined);
     this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
+    if (upstream.outputLimits !== null) this.memoryGuard.followOutputLimits(upstream.outputLimits);
     const commands = upstream.commands === null ? null : new CommandTable(upstream.commands);
     const acl = loadAccessControl(this.config, {
       commands: commands === null ? null : commands.all(),

@@ -177,13 +177,19 @@ export class MemoryGuard {
 
   /** Follows a client's CONFIG SET client-output-buffer-limit (which also reaches the upstream) for its pubsub class. */
   noteConfigSet(argv: readonly Buffer[]): void {
+    if (argv.length < 4 || argv[1].toString().toLowerCase() !== "set") return;
+    for (let i = 2; i + 1 < argv.length; i += 2)
+      if (argv[i].toString().toLowerCase() === "client-output-buffer-limit")
+        this.followOutputLimits(argv[i + 1].toString());
+  }
+
+  /** Takes the pubsub class from a client-output-buffer-limit value (CONFIG SET, or the server's at start). */
+  followOutputLimits(value: string): void {
     const pubsub = this.limits.pubsub;
-    if (pubsub === undefined || argv.length < 4 || argv[1].toString().toLowerCase() !== "set") return;
-    for (let i = 2; i + 1 < argv.length; i += 2) {
-      if (argv[i].toString().toLowerCase() !== "client-output-buffer-limit") continue;
-      const next = pubsubLimitOf(argv[i + 1].toString());
-      if (next !== undefined) Object.assign(pubsub, next);
-    }
+    if (pubsub === undefined) return;
+    const next = pubsubLimitOf(value);
+    if (next === undefined) return;
+    Object.assign(pubsub, next);
     this.pubsubStep = this.subscriberStep();
   }
 

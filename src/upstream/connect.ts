@@ -13,6 +13,12 @@ export interface UpstreamInfo {
   version: string;
   /** The reply of COMMAND (the upstream's command table), or null when it refused. */
   commands: RespValue;
+  /**
+   * The seed's client-output-buffer-limit ("normal 0 0 0 replica ... pubsub 32mb 8mb 60"), so
+   * the proxy holds its subscribers to what redis.conf set; null where CONFIG is refused
+   * (renamed or denied on managed services).
+   */
+  outputLimits: string | null;
 }
 
 const STARTUP_RETRY_MS = 10_000;
@@ -46,7 +52,9 @@ async function probe(seed: HostPort, options: NodeOptions) {
     const server = String(await ask(node, ["INFO", "server"]));
     const cluster = String(await ask(node, ["INFO", "cluster"]));
     const commands = await node.call(["COMMAND"]);
+    const limits = await node.call(["CONFIG", "GET", "client-output-buffer-limit"]);
     return {
+      outputLimits: Array.isArray(limits) && limits.length === 2 ? String(limits[1]) : null,
       version: /redis_version:([^\r\n]+)/.exec(server)?.[1] ?? "7.0.0",
       isCluster: /cluster_enabled:1/.test(cluster),
       commands: commands instanceof RespError ? null : commands,
@@ -85,6 +93,7 @@ export async function connectUpstream(
           topology: new StandaloneTopology(found.node),
           version: found.version,
           commands: found.commands,
+          outputLimits: found.outputLimits,
         };
       }
       found.node.close();
@@ -99,7 +108,7 @@ export async function connectUpstream(
         { masters: topology.masters().map((n) => n.id), version: found.version, mode: "cluster" },
         "connected to upstream cluster",
       );
-      return { topology, version: found.version, commands: found.commands };
+      return { topology, version: found.version, commands: found.commands, outputLimits: found.outputLimits };
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       // A refused certificate will not be accepted on a retry either.
