@@ -6,6 +6,7 @@ import { Redis } from "ioredis";
 import { freePort, startRedis, type RedisNode } from "./harness/index.js";
 import { ChildProxy } from "./support/child-proxy.js";
 import { eventually } from "./support/polling.js";
+import { RawClient, ReceivedText, toText } from "./support/raw-client.js";
 
 /**
  * Runs `ask` on a connection of its own, which the supervisor deals to either thread; a
@@ -250,6 +251,88 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
       () => expect.fail("the dropped execution answered"),
       (err: Error) => expect(err.message).to.match(/execution/i),
     );
+  });
+
+  it("CLIENT TRACKING REDIRECT to a client of the other thread: invalidations reach it; a missing one is refused, a gone one reported", async () => {
+    const raws: RawClient[] = [];
+    const pidIn = (info: string): number => Number(/^process_id:(\d+)/m.exec(info)![1]);
+    const rawPid = async (c: RawClient): Promise<number> =>
+      pidIn(String(toText(await c.call("INFO", "proxy"))));
+    try {
+      // RESP2 connections: the subscriber, and a tracking client dealt to the other thread.
+      const sub = await RawClient.connect(proxy.port);
+      raws.push(sub);
+      const subPid = await rawPid(sub);
+      let tracker: RawClient | null = null;
+      for (let i = 0; i < 8 && tracker === null; i++) {
+        const c = await RawClient.connect(proxy.port);
+        raws.push(c);
+        if ((await rawPid(c)) !== subPid) tracker = c;
+      }
+      expect(tracker, "a connection on the other thread").to.not.equal(null);
+      const subId = Number(await sub.call("CLIENT", "ID"));
+      expect(toText(await sub.call("SUBSCRIBE", "__redis__:invalidate"))).to.deep.equal([
+        "subscribe",
+        "__redis__:invalidate",
+        1,
+      ]);
+      expect(toText(await tracker!.call("CLIENT", "TRACKING", "ON", "REDIRECT", String(subId)))).to.equal(
+        "OK",
+      );
+      expect(await tracker!.call("CLIENT", "GETREDIR")).to.equal(subId);
+      expect(await tracker!.call("GET", "threads:tracked")).to.equal(null);
+      await connect("tracking-writer").set("threads:tracked", "1");
+      expect(toText(await sub.next())).to.deep.equal([
+        "message",
+        "__redis__:invalidate",
+        ["threads:tracked"],
+      ]);
+
+      // An id of the other thread's kind that no client has.
+      const missing = await tracker!.call("CLIENT", "TRACKING", "ON", "REDIRECT", String(subId + 2000));
+      expect((missing as Error).message).to.equal("ERR The client ID you want redirect to does not exist");
+
+      // A RESP3 tracking client on the tracker's thread; its REDIRECT client (sub) goes away.
+      let resp3: ReceivedText | null = null;
+      for (let i = 0; i < 8 && resp3 === null; i++) {
+        const c = await ReceivedText.open(proxy.port);
+        c.socket.write("INFO proxy\r\n");
+        await eventually(
+          async () => c.text,
+          (t) => /process_id:\d+\r\n/.test(t),
+          "INFO's process_id",
+        );
+        if (pidIn(c.text) !== subPid) resp3 = c;
+        else c.socket.destroy();
+      }
+      expect(resp3, "a RESP3 connection on the other thread").to.not.equal(null);
+      const from = resp3!.text.length;
+      resp3!.socket.write(
+        ["HELLO 3", `CLIENT TRACKING ON REDIRECT ${subId}`, "GET threads:gone"]
+          .map((line) => line + "\r\n")
+          .join(""),
+      );
+      await eventually(
+        async () => resp3!.text.slice(from),
+        (t) => t.endsWith("+OK\r\n_\r\n"),
+        "HELLO, TRACKING and GET answered",
+      );
+      sub.close();
+      await eventually(
+        () => connect("tracking-lister").call("CLIENT", "LIST"),
+        (list) => !String(list).includes(`id=${subId} `),
+        "the REDIRECT client gone",
+      );
+      await connect("tracking-writer2").set("threads:gone", "1");
+      await eventually(
+        async () => resp3!.text.slice(from),
+        (t) => t.includes(`>2\r\n$21\r\ntracking-redir-broken\r\n:${subId}\r\n`),
+        "the RESP3 tracking client told its redirect broke",
+      );
+      resp3!.socket.destroy();
+    } finally {
+      for (const c of raws) c.close();
+    }
   });
 
   it("lists the same registrations on every thread", async () => {

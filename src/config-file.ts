@@ -198,7 +198,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     key: "threads",
     kind: "text",
     describe:
-      "Processes sharing the port, each a whole proxy with its own upstream connections; `auto`: one per core. Works without --upstream. CLIENT TRACKING REDIRECT stays in a thread.",
+      "Processes sharing the port, each a whole proxy with its own upstream connections; `auto`: one per core. Works without --upstream.",
     defaultText: "1",
   },
   {

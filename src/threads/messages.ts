@@ -17,6 +17,13 @@ export type ThreadQuery =
   | { kind: "config-set"; argv: Uint8Array[] }
   | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown };
 
+/** A word for one thread, answered by none: tracking invalidations for a REDIRECT client it serves. */
+export type ThreadNote =
+  /** Invalidated key lists (or the flush's null) due to tracking client `from`, for its REDIRECT client `to`. */
+  | { kind: "tracking-invalidate"; to: number; from: number; values: Uint8Array[] }
+  /** Tracking client `to`'s REDIRECT client `redirect` is gone. */
+  | { kind: "tracking-broken"; to: number; redirect: number };
+
 export type ThreadMessage =
   /** thread -> supervisor: ask every thread. */
   | { t: "ask"; id: number; query: ThreadQuery }
@@ -26,6 +33,8 @@ export type ThreadMessage =
   | { t: "answer"; id: number; answer: unknown }
   /** supervisor -> the asking thread: one answer per live thread. */
   | { t: "answers"; id: number; answers: unknown[] }
+  /** thread -> supervisor -> thread `thread` (its index). */
+  | { t: "tell"; thread: number; note: ThreadNote }
   /** thread -> supervisor: it answers questions from now on. */
   | { t: "ready" }
   /** supervisor -> each thread: shut down gracefully (a signal reached the supervisor). */

@@ -15,8 +15,10 @@ import {
   THREAD_ENV,
   isThreadMessage,
   type ThreadMessage,
+  type ThreadNote,
   type ThreadQuery,
 } from "./messages.js";
+import type { RemoteClients } from "../client/tracking/table.js";
 
 /** A thread that does not answer a question about clients or counters within this is left out. */
 const ASK_TIMEOUT_MS = 5000;
@@ -69,7 +71,7 @@ export function threadLinkFromEnv(): ClusterLink | null {
   return new ClusterLink(Number(index), Number(count));
 }
 
-export class ClusterLink implements ThreadLink {
+export class ClusterLink implements ThreadLink, RemoteClients {
   private ctx: ProxyContext | null = null;
   private nextId = 1;
   private readonly asked = new Map<number, (answers: unknown[]) => void>();
@@ -83,6 +85,7 @@ export class ClusterLink implements ThreadLink {
 
   serve(ctx: ProxyContext): void {
     this.ctx = ctx;
+    ctx.tracking.remote = this;
     process.on("message", (message: unknown) => {
       if (isThreadMessage(message)) this.receive(message);
     });
@@ -163,6 +166,31 @@ export class ClusterLink implements ThreadLink {
     return null;
   }
 
+  /** The thread that deals client id `id` (ClientRegistry: index + 1, then every count-th). */
+  private threadOf(id: number): number {
+    return (((id - 1) % this.count) + this.count) % this.count;
+  }
+
+  elsewhere(id: number): boolean {
+    return id > 0 && this.threadOf(id) !== this.index;
+  }
+
+  invalidate(to: number, from: number, values: readonly Buffer[]): void {
+    this.tell(this.threadOf(to), { kind: "tracking-invalidate", to, from, values: [...values] });
+  }
+
+  private tell(thread: number, note: ThreadNote): void {
+    this.send({ t: "tell", thread, note });
+  }
+
+  private noted(note: ThreadNote): void {
+    const tracking = this.ctx?.tracking;
+    if (tracking === undefined) return;
+    if (note.kind === "tracking-broken") return tracking.redirectBroken(note.to, note.redirect);
+    if (!tracking.deliverRedirected(note.to, note.values.map(asBuffer)))
+      this.tell(this.threadOf(note.from), { kind: "tracking-broken", to: note.from, redirect: note.to });
+  }
+
   private ask(query: ThreadQuery, timeoutMs: number): Promise<unknown[]> {
     const id = this.nextId++;
     return new Promise((resolve) => {
@@ -195,7 +223,8 @@ export class ClusterLink implements ThreadLink {
         (answer) => this.send({ t: "answer", id: message.id, answer }),
         (err: unknown) => this.send({ t: "answer", id: message.id, answer: `ERR ${String(err)}` }),
       );
-    } else if (message.t === "stop") this.onStop();
+    } else if (message.t === "tell") this.noted(message.note);
+    else if (message.t === "stop") this.onStop();
   }
 
   private async answer(query: ThreadQuery): Promise<unknown> {

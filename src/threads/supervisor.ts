@@ -89,6 +89,9 @@ export function superviseThreads(
       });
       for (const w of live) send(w, { t: "query", id, query: message.query });
       settle(id);
+    } else if (message.t === "tell") {
+      const to = threads.get(message.thread);
+      if (to !== undefined && ready.has(to)) send(to, message);
     } else if (message.t === "answer") {
       const p = pending.get(message.id);
       if (p === undefined || !p.waiting.delete(worker.id)) return;

@@ -37,6 +37,8 @@ function mergePrefixes(old: readonly Buffer[], added: readonly Buffer[]): Buffer
   return out.sort(Buffer.compare);
 }
 
+const NO_REDIRECT = "ERR The client ID you want redirect to does not exist";
+
 /**
  * CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p]... [BCAST] [OPTIN] [OPTOUT] [NOLOOP],
  * checked in Redis' order with its error texts. The OK waits until every node's
@@ -46,6 +48,8 @@ function mergePrefixes(old: readonly Buffer[], added: readonly Buffer[]): Buffer
 export function clientTracking(session: CommandHost, argv: Buffer[]): void {
   if (argv.length < 3) return session.replyError(arity("tracking"));
   let redirect = 0;
+  /** The REDIRECT client would be another thread's. */
+  let elsewhere = false;
   let bcast = false;
   let optin = false;
   let optout = false;
@@ -62,8 +66,11 @@ export function clientTracking(session: CommandHost, argv: Buffer[]): void {
       const id = Number(text);
       if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(id))
         return session.replyError("ERR value is not an integer or out of range");
-      if (id !== session.id && session.ctx.clients.get(id) === undefined)
-        return session.replyError("ERR The client ID you want redirect to does not exist");
+      if (id !== session.id && session.ctx.clients.get(id) === undefined) {
+        // Another thread's client (--threads) is looked for there once the options are checked.
+        if (session.ctx.tracking.remote?.elsewhere(id) !== true) return session.replyError(NO_REDIRECT);
+        elsewhere = true;
+      }
       redirect = id;
     } else if (option === "bcast") bcast = true;
     else if (option === "optin") optin = true;
@@ -102,23 +109,34 @@ export function clientTracking(session: CommandHost, argv: Buffer[]): void {
     if (collision !== null) return session.replyError(collision);
     merged = mergePrefixes(old?.prefixes ?? [], prefixes.length > 0 ? prefixes : [Buffer.alloc(0)]);
   }
-  const state = new TrackingState(redirect, bcast, optin, optout, noloop, merged);
-  // Redis keeps a CLIENT CACHING given before tracking is turned on again.
-  state.caching = old?.caching ?? false;
-  if (old !== null) table.disable(session.id, old);
-  session.tracking = state;
-  const ready = table.enable(session.id, state).then(
-    () => OK,
-    (err: Error) => {
-      // Without a stream the proxy would miss changes: tracking stays off.
-      if (session.tracking === state) {
-        table.disable(session.id, state);
-        session.tracking = null;
-      }
-      throw new Error(`client tracking is unavailable: ${err.message}`);
-    },
+  const turnOn = (): Promise<Buffer> => {
+    const state = new TrackingState(redirect, bcast, optin, optout, noloop, merged);
+    // Redis keeps a CLIENT CACHING given before tracking is turned on again.
+    state.caching = old?.caching ?? false;
+    if (old !== null) table.disable(session.id, old);
+    session.tracking = state;
+    return table.enable(session.id, state).then(
+      () => OK,
+      (err: Error) => {
+        // Without a stream the proxy would miss changes: tracking stays off.
+        if (session.tracking === state) {
+          table.disable(session.id, state);
+          session.tracking = null;
+        }
+        throw new Error(`client tracking is unavailable: ${err.message}`);
+      },
+    );
+  };
+  if (!elsewhere) return session.replyLater(turnOn(), true);
+  // The client's next commands wait (hold) while the other threads are asked.
+  const found = session.ctx.threads?.clientList(["ID", String(redirect)]) ?? Promise.resolve("");
+  session.replyLater(
+    found.then((line) => {
+      if (line === "") throw new Error(NO_REDIRECT.slice("ERR ".length));
+      return turnOn();
+    }),
+    true,
   );
-  session.replyLater(ready, true);
 }
 
 /** CLIENT CACHING YES|NO: the next command's keys are (OPTIN) or are not (OPTOUT) remembered. */

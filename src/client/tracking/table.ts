@@ -20,6 +20,18 @@ export interface TrackedClient {
   deliver(frame: Buffer, keys: readonly Buffer[] | null): void;
 }
 
+/**
+ * The clients of the other threads of a --threads proxy (threads/peers.ts), for a REDIRECT
+ * to one of them: a client's two connections (the tracking one, the `__redis__:invalidate`
+ * subscriber) may be dealt to different threads.
+ */
+export interface RemoteClients {
+  /** Whether client `id` is another thread's (each thread deals ids of its own). */
+  elsewhere(id: number): boolean;
+  /** Hands `values` (invalidated key lists, or the flush's null) due to tracking client `from` to its REDIRECT client `to`. */
+  invalidate(to: number, from: number, values: readonly Buffer[]): void;
+}
+
 /** Redis' default tracking-table-max-keys. */
 const DEFAULT_MAX_KEYS = 1_000_000;
 /** Writes remembered whose invalidation never came (nothing changed) are dropped past this many. */
@@ -132,6 +144,8 @@ export class TrackingTable {
   private readonly flushes: RecentWrite[] = [];
   /** While invalidations are handed to clients: where they go (follows). */
   private placing: Placing | null = null;
+  /** With --threads: REDIRECT clients served by another thread. */
+  remote: RemoteClients | null = null;
   /** Invalidation frames handed to clients: a later one never overtakes them. */
   private readonly delivered = new WeakSet<Buffer>();
   /** Some client tracks: every client's writes are noted (order, NOLOOP). */
@@ -567,26 +581,55 @@ export class TrackingTable {
     keys: readonly Buffer[] | null,
     all = false,
   ): void {
-    let target = client;
-    const redirecting = state.redirect !== 0;
-    if (redirecting) {
-      const redirected = this.lookup(state.redirect);
-      if (redirected === undefined) {
-        state.brokenRedirect = true;
-        if (client.proto === 3) client.deliver(redirBrokenPush(state.redirect), []);
-        return;
-      }
-      target = redirected;
-    }
+    if (state.redirect === 0) return this.deliverFrame(client, false, anchor, values, keys, all);
+    const redirected = this.lookup(state.redirect);
+    if (redirected !== undefined) return this.deliverFrame(redirected, true, null, values, keys);
+    if (this.remote?.elsewhere(state.redirect) === true)
+      this.remote.invalidate(state.redirect, client.id, values);
+    else this.redirectBroken(client.id, state.redirect);
+  }
+
+  /**
+   * From another thread: what its tracking client `from` was due, for REDIRECT client `to`
+   * of this one; false when `to` is gone (then `from` is told its redirect broke).
+   */
+  deliverRedirected(to: number, values: readonly Buffer[]): boolean {
+    const target = this.lookup(to);
+    if (target === undefined) return false;
+    this.deliverFrame(target, true, null, values, []);
+    return true;
+  }
+
+  /** Tracking client `id`'s REDIRECT client `redirect` was gone when an invalidation was due. */
+  redirectBroken(id: number, redirect: number): void {
+    const client = this.lookup(id);
+    const state = client?.tracking;
+    if (client === undefined || state == null || state.redirect !== redirect) return;
+    state.brokenRedirect = true;
+    if (client.proto === 3) client.deliver(redirBrokenPush(redirect), []);
+  }
+
+  /** Writes `values` to `target` as its protocol takes invalidations (a REDIRECT client: `redirected`). */
+  private deliverFrame(
+    target: TrackedClient,
+    redirected: boolean,
+    anchor: readonly Buffer[] | null,
+    values: readonly Buffer[],
+    keys: readonly Buffer[] | null,
+    all = false,
+  ): void {
     let frame: Buffer;
     if (target.proto === 3) frame = Buffer.concat(values.map(invalidatePush));
     // RESP2 has no pushes: only a REDIRECT client in Pub/Sub mode can be told.
-    else if (redirecting && target.isPubSub) frame = Buffer.concat(values.map(invalidateMessage));
+    else if (redirected && target.isPubSub) frame = Buffer.concat(values.map(invalidateMessage));
     else return;
     // A message to a REDIRECT client is not about its own commands.
-    this.placing = redirecting
-      ? { anchor: null, blocked: false, all: false, passed: false }
-      : { anchor, blocked: false, all, passed: false };
+    this.placing = {
+      anchor: redirected ? null : anchor,
+      blocked: false,
+      all: redirected ? false : all,
+      passed: false,
+    };
     try {
       target.deliver(frame, keys);
     } finally {
