@@ -78,6 +78,8 @@ export class NodeScripts {
     }
     if (state.major < 7) {
       this.refuse(node, state, script, `Redis ${state.major}.x has no scripts of many slots`);
+      // Asked again when the refusal ends: the node may have been upgraded meanwhile.
+      state.major = undefined;
       return null;
     }
     let reply = await this.shards.call(node, ["EVALSHA", script.sha, 0, ...argv]);
