@@ -87,12 +87,16 @@ describe("gears StreamReader in a cluster: idle streams read by one script per n
     await cluster?.stop();
   });
 
-  /** `n` streams `${prefix}<i>` with one entry each, written through the proxy, and a registration counting entries. */
-  async function idleStreams(prefix: string, n: number): Promise<Redis> {
+  /**
+   * `n` streams `${prefix}<i>` (and the `extra` ones) with one entry each, written through the
+   * proxy, and a registration counting entries.
+   */
+  async function idleStreams(prefix: string, n: number, extra: string[] = []): Promise<Redis> {
     proxy = await startProxy([{ port: masters[0].port }]);
     const io = client(proxy.port);
     const p = io.pipeline();
     for (let i = 0; i < n; i++) p.xadd(`${prefix}${i}`, "*", "n", String(i));
+    for (const key of extra) p.xadd(key, "*", "n", "extra");
     await p.exec();
     await io.call(
       "RG.EXECUTE",
@@ -100,7 +104,7 @@ describe("gears StreamReader in a cluster: idle streams read by one script per n
     );
     await eventually(
       async () => Number(await io.get("{seen}")),
-      (v) => v === n,
+      (v) => v === n + extra.length,
       "every stream's entry handled",
       60_000,
     );
@@ -111,7 +115,7 @@ describe("gears StreamReader in a cluster: idle streams read by one script per n
     const n = 300;
     const slots = new Set(Array.from({ length: n }, (_, i) => calculateSlot(`idle:${i}`)));
     expect(slots.size, "distinct slots").to.be.above(250);
-    const io = await idleStreams("idle:", n);
+    const io = await idleStreams("idle:", n - 1, ["idle:{r}"]);
     await sleep(2500);
     const before = await calls(masters, "evalsha");
     await sleep(4000);
@@ -123,12 +127,24 @@ describe("gears StreamReader in a cluster: idle streams read by one script per n
     // Before: one XREADGROUP a second per slot, here about 300 a second.
     const reads = await clientReads(masters, 2500);
     expect(reads, "XREADGROUPs sent by clients in 2.5 s").to.be.below(20);
+    // An entry no notification tells of (the stream replaced by RESTORE: a "restore" event,
+    // not "xadd"): the sweep alone finds it, and it reads by script.
+    await io.call("COPY", "idle:{r}", "tmp:{r}");
+    await io.xadd("tmp:{r}", "*", "n", "restored");
+    const restored = Date.now();
+    await io.call("RESTORE", "idle:{r}", "0", await io.dumpBuffer("tmp:{r}"), "REPLACE");
+    await eventually(
+      async () => Number(await io.get("{seen}")),
+      (v) => v === n + 1,
+      "the restored entry handled",
+    );
+    expect(Date.now() - restored, "ms to find the restored entry").to.be.below(2500);
     // A new entry still reaches the handler at once.
     const start = Date.now();
     await io.xadd("idle:150", "*", "n", "again");
     await eventually(
       async () => Number(await io.get("{seen}")),
-      (v) => v === n + 1,
+      (v) => v === n + 2,
       "the new entry handled",
     );
     expect(Date.now() - start, "ms to handle the new entry").to.be.below(2000);
