@@ -9,6 +9,7 @@ import {
   type RunningProxy,
 } from "./harness/index.js";
 import { eventually, sleep } from "./support/registrations.js";
+import { deleteLibraries, tfLibrary } from "./support/tf.js";
 
 /**
  * Session 15, "idle streams in a cluster cost per node": the sweep reads every idle stream a
@@ -199,6 +200,44 @@ describe("gears StreamReader in a cluster: idle streams read by one script per n
     expect(await io.lrange(`{order}:${key}`, 0, -1), "once each, in order").to.deep.equal(expected);
     expect(order.length).to.equal(expected.length);
     expect(written.length, "entries written").to.be.above(100);
+  });
+
+  it("a T&F stream trigger on 200 streams of many slots: read by the per-node script too", async () => {
+    proxy = await startProxy([{ port: masters[0].port }]);
+    const io = client(proxy.port);
+    const p = io.pipeline();
+    for (let i = 0; i < 199; i++) p.xadd(`tf:${i}`, "*", "n", String(i));
+    p.xadd("tf:{r}", "*", "n", "r");
+    await p.exec();
+    const code = tfLibrary(
+      "idlecount",
+      `redis.registerStreamTrigger('t', 'tf:', function(client, data){ client.call('incr', '{tfseen}'); });`,
+    );
+    expect(await io.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+    try {
+      await eventually(
+        async () => Number(await io.get("{tfseen}")),
+        (v) => v === 200,
+        "every stream's entry handled",
+        60_000,
+      );
+      await sleep(2500);
+      const before = await calls(masters, "evalsha");
+      await sleep(3000);
+      expect(((await calls(masters, "evalsha")).calls - before.calls) / 3, "EVALSHA/s").to.be.within(2, 12);
+      expect(await clientReads(masters, 2000), "XREADGROUPs sent by clients in 2 s").to.be.below(20);
+      // An entry no xadd notification tells of (see the first test): the script finds it.
+      await io.call("COPY", "tf:{r}", "tmp:{r}");
+      await io.xadd("tmp:{r}", "*", "n", "restored");
+      await io.call("RESTORE", "tf:{r}", "0", await io.dumpBuffer("tmp:{r}"), "REPLACE");
+      await eventually(
+        async () => Number(await io.get("{tfseen}")),
+        (v) => v === 201,
+        "the restored entry handled",
+      );
+    } finally {
+      await deleteLibraries(io);
+    }
   });
 
   it("a user that may not EVALSHA: streams read per slot, the script not tried again every second", async () => {
