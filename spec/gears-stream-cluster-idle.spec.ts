@@ -128,6 +128,13 @@ describe("gears StreamReader in a cluster: idle streams read by one script per n
     // Before: one XREADGROUP a second per slot, here about 300 a second.
     const reads = await clientReads(masters, 2500);
     expect(reads, "XREADGROUPs sent by clients in 2.5 s").to.be.below(20);
+    // The scripts gone from the servers (a restart, a failover, SCRIPT FLUSH): NOSCRIPT, loaded
+    // again, not taken for a refusal.
+    for (const node of masters) await node.call("SCRIPT", "FLUSH");
+    await sleep(1500);
+    expect(await clientReads(masters, 2000), "XREADGROUPs sent by clients after SCRIPT FLUSH").to.be.below(
+      20,
+    );
     // An entry no notification tells of (the stream replaced by RESTORE: a "restore" event,
     // not "xadd"): the sweep alone finds it, and it reads by script.
     await io.call("COPY", "idle:{r}", "tmp:{r}");
