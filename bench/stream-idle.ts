@@ -9,7 +9,8 @@
  */
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
-import { startRedis, type RedisNode } from "../spec/harness/redis.js";
+import { startRedis } from "../spec/harness/redis.js";
+import { startCluster } from "../spec/harness/cluster.js";
 import {
   HOST,
   PROXY_CLI,
@@ -34,6 +35,7 @@ interface Options {
   backlog: number;
   base: string;
   append: string | undefined;
+  cluster: boolean;
 }
 
 const HELP = `Usage: node dist/bench/stream-idle.js [options]
@@ -45,6 +47,7 @@ const HELP = `Usage: node dist/bench/stream-idle.js [options]
   --backlog N        entries of the throughput row's stream (default 100000)
   --base CLI         the base build's dist/src/cli.js (default /work/base1/dist/src/cli.js)
   --append FILE      append the markdown report to FILE
+  --cluster          in front of a 3-master Redis Cluster (figures summed over the masters)
   --help
 `;
 
@@ -59,6 +62,7 @@ function parseOptions(argv: string[]): Options | null {
       backlog: { type: "string" },
       base: { type: "string" },
       append: { type: "string" },
+      cluster: { type: "boolean" },
       help: { type: "boolean" },
     },
   });
@@ -71,18 +75,37 @@ function parseOptions(argv: string[]): Options | null {
     backlog: Number(values.backlog ?? (quick ? 20_000 : 100_000)),
     base: values.base ?? "/work/base1/dist/src/cli.js",
     append: values.append,
+    cluster: values.cluster === true,
   };
 }
 
 const IDLE_SCRIPT = "GB('StreamReader').foreach(x => execute('INCR', 'bench:seen')).register('idle:*')";
 const BACKLOG_SCRIPT = "GB('StreamReader').foreach(x => {}).register('backlog', {batch: 512, duration: 50})";
 
-/** Total calls per command in INFO commandstats. */
-async function commandCalls(c: Redis): Promise<Map<string, number>> {
-  const info = await c.info("commandstats");
+/** Total calls per command in INFO commandstats, summed over the masters. */
+async function commandCalls(masters: Redis[]): Promise<Map<string, number>> {
   const calls = new Map<string, number>();
-  for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls.set(m[1], Number(m[2]));
+  for (const c of masters) {
+    const info = await c.info("commandstats");
+    for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm))
+      calls.set(m[1], (calls.get(m[1]) ?? 0) + Number(m[2]));
+  }
   return calls;
+}
+
+/**
+ * CPU seconds (user + system) the masters used, and the bytes they received (requests: a
+ * script's calls inside it are counted as commands but never cross the network), summed.
+ */
+async function redisUse(masters: Redis[]): Promise<{ cpu: number; bytesIn: number }> {
+  let cpu = 0;
+  let bytesIn = 0;
+  for (const c of masters) {
+    const info = await c.info();
+    for (const m of info.matchAll(/^used_cpu_(?:sys|user):([\d.]+)/gm)) cpu += Number(m[1]);
+    bytesIn += Number(/^total_net_input_bytes:(\d+)/m.exec(info)?.[1] ?? 0);
+  }
+  return { cpu, bytesIn };
 }
 
 async function fill(c: Redis, key: (i: number) => string, n: number): Promise<void> {
@@ -101,38 +124,51 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs: num
   }
 }
 
+/**
+ * A fresh Redis (one server, or a 3-master cluster) and a proxy of `cli` in front of it.
+ * `data`: where keys are written and read (the server itself; in a cluster the proxy, which
+ * routes them); `masters`: a connection to each master, for its statistics.
+ */
 async function withProxy<T>(
   cli: string,
-  body: (redis: RedisNode, proxy: Proxy, direct: Redis) => Promise<T>,
+  cluster: boolean,
+  body: (proxy: Proxy, data: Redis, masters: Redis[]) => Promise<T>,
 ): Promise<T> {
-  const redis = await startRedis();
-  const direct = new Redis({ port: redis.port, host: HOST });
+  const servers = cluster ? (await startCluster({ masters: 3 })).nodes : [await startRedis()];
+  const masters = servers.map((s) => new Redis({ port: s.port, host: HOST }));
   let proxy: Proxy | null = null;
+  let data: Redis | null = null;
   try {
-    proxy = await startGears(redis.port, {
+    proxy = await startGears(servers[0].port, {
       profileDir: undefined,
       nodeArgs: [],
       args: [],
       readyWhen: "ping",
       cli,
     });
-    return await body(redis, proxy, direct);
+    data = cluster ? new Redis({ port: proxy.port, host: HOST }) : masters[0];
+    return await body(proxy, data, masters);
   } finally {
-    direct.disconnect();
+    data?.disconnect();
+    for (const m of masters) m.disconnect();
     if (proxy !== null) await stopChild(proxy.child);
-    await redis.stop();
+    for (const s of servers) await s.stop();
   }
 }
 
 interface IdleSample {
   cpuPct: number;
+  /** Redis' CPU, summed over the masters. */
+  redisCpuPct: number;
+  /** KB/s the masters received (summed). */
+  kbInPerSec: number;
   commandsPerSec: number;
   top: string;
 }
 
 /** N idle streams: the proxy's CPU % and Redis' commands/s over the window. */
-async function idleRun(cli: string, n: number, seconds: number): Promise<IdleSample> {
-  return withProxy(cli, async (_redis, proxy, direct) => {
+async function idleRun(cli: string, cluster: boolean, n: number, seconds: number): Promise<IdleSample> {
+  return withProxy(cli, cluster, async (proxy, direct, masters) => {
     await fill(direct, (i) => `idle:${i}`, n);
     const c = new Redis({ port: proxy.port, host: HOST });
     await c.call("RG.EXECUTE", IDLE_SCRIPT, "ID", "idle");
@@ -143,12 +179,14 @@ async function idleRun(cli: string, n: number, seconds: number): Promise<IdleSam
       120_000,
     );
     await sleep(3000);
-    const calls0 = await commandCalls(direct);
+    const calls0 = await commandCalls(masters);
+    const redis0 = await redisUse(masters);
     const cpu0 = cpuSeconds(proxy.child.pid);
     const t0 = Date.now();
     await sleep(seconds * 1000);
     const cpu1 = cpuSeconds(proxy.child.pid);
-    const calls1 = await commandCalls(direct);
+    const redis1 = await redisUse(masters);
+    const calls1 = await commandCalls(masters);
     const elapsed = (Date.now() - t0) / 1000;
     const deltas: [string, number][] = [];
     for (const [name, count] of calls1) {
@@ -159,6 +197,8 @@ async function idleRun(cli: string, n: number, seconds: number): Promise<IdleSam
     deltas.sort((a, b) => b[1] - a[1]);
     return {
       cpuPct: ((cpu1 - cpu0) / elapsed) * 100,
+      redisCpuPct: ((redis1.cpu - redis0.cpu) / elapsed) * 100,
+      kbInPerSec: (redis1.bytesIn - redis0.bytesIn) / 1024 / elapsed,
       commandsPerSec: deltas.reduce((s, [, d]) => s + d, 0),
       top: deltas
         .slice(0, 4)
@@ -169,8 +209,8 @@ async function idleRun(cli: string, n: number, seconds: number): Promise<IdleSam
 }
 
 /** One stream of `n` entries: entries/s from the registration to its group's last acknowledgement. */
-async function backlogRun(cli: string, n: number): Promise<number> {
-  return withProxy(cli, async (_redis, proxy, direct) => {
+async function backlogRun(cli: string, cluster: boolean, n: number): Promise<number> {
+  return withProxy(cli, cluster, async (proxy, direct) => {
     await fill(direct, () => "backlog", n);
     const last = ((await direct.xrevrange("backlog", "+", "-", "COUNT", 1)) as [string, string[]][])[0][0];
     const c = new Redis({ port: proxy.port, host: HOST });
@@ -210,16 +250,16 @@ async function main(): Promise<number> {
     const order = round % 2 === 0 ? builds : [...builds].reverse();
     for (const n of o.sizes) {
       for (const b of order) {
-        const s = await idleRun(b.cli, n, o.seconds);
+        const s = await idleRun(b.cli, o.cluster, n, o.seconds);
         say(
-          `round ${round + 1}, ${n} streams, ${b.name}: ${s.cpuPct.toFixed(1)} % CPU, ${s.commandsPerSec.toFixed(0)} commands/s (${s.top})`,
+          `round ${round + 1}, ${n} streams, ${b.name}: ${s.cpuPct.toFixed(1)} % CPU, Redis ${s.redisCpuPct.toFixed(1)} % CPU, ${s.kbInPerSec.toFixed(1)} KB/s in, ${s.commandsPerSec.toFixed(0)} commands/s (${s.top})`,
         );
         const key = `${b.name}|${n}`;
         idle.set(key, [...(idle.get(key) ?? []), s]);
       }
     }
     for (const b of order) {
-      const rate = await backlogRun(b.cli, o.backlog);
+      const rate = await backlogRun(b.cli, o.cluster, o.backlog);
       say(`round ${round + 1}, backlog of ${o.backlog}, ${b.name}: ${rate.toFixed(0)} entries/s`);
       backlog.set(b.name, [...(backlog.get(b.name) ?? []), rate]);
     }
@@ -229,12 +269,11 @@ async function main(): Promise<number> {
     const [base, mine] = builds.map((b) => idle.get(`${b.name}|${n}`) ?? []);
     const cpu = (xs: IdleSample[]): number => median(xs.map((x) => x.cpuPct));
     const cmds = (xs: IdleSample[]): number => median(xs.map((x) => x.commandsPerSec));
-    rows.push([
-      `${n} idle streams`,
-      `${cpu(base).toFixed(1)} % CPU, ${cmds(base).toFixed(0)} cmd/s`,
-      `${cpu(mine).toFixed(1)} % CPU, ${cmds(mine).toFixed(0)} cmd/s`,
-      mine.at(-1)?.top ?? "",
-    ]);
+    const redis = (xs: IdleSample[]): number => median(xs.map((x) => x.redisCpuPct));
+    const kbIn = (xs: IdleSample[]): number => median(xs.map((x) => x.kbInPerSec));
+    const cell = (xs: IdleSample[]): string =>
+      `${cpu(xs).toFixed(1)} % CPU; Redis ${redis(xs).toFixed(1)} % CPU, ${kbIn(xs).toFixed(1)} KB/s in, ${cmds(xs).toFixed(0)} cmd/s`;
+    rows.push([`${n} idle streams`, cell(base), cell(mine), mine.at(-1)?.top ?? ""]);
   }
   const [rb, rm] = builds.map((b) => median(backlog.get(b.name) ?? []));
   rows.push([
@@ -244,11 +283,11 @@ async function main(): Promise<number> {
     `${(rm / rb).toFixed(2)}x`,
   ]);
   const report = [
-    `### StreamReader idle cost (bench/stream-idle.ts), ${o.rounds} alternating round(s), medians`,
+    `### StreamReader idle cost (bench/stream-idle.ts${o.cluster ? ", 3-master cluster" : ""}), ${o.rounds} alternating round(s), medians`,
     "",
     ...header.map((l) => `${l}  `),
     `command: node dist/bench/stream-idle.js ${process.argv.slice(2).join(" ")} (base: ${o.base})`,
-    `windows of ${o.seconds} s, 3 s after every stream's entry was handled; commands/s: INFO commandstats delta (script-called commands included, INFO left out)`,
+    `windows of ${o.seconds} s, 3 s after every stream's entry was handled; commands/s: INFO commandstats delta summed over the masters (script-called commands included, INFO left out); Redis CPU: INFO cpu (user + sys), KB/s in: total_net_input_bytes (requests only, a script's own calls never cross the network), both summed over the masters`,
     "",
     table(["", "base", "this build", "this build's top commands/s (last round) / ratio"], rows),
     "",

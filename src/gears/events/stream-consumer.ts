@@ -7,6 +7,7 @@ import { RespError, type RespValue } from "../../resp/values.js";
 import type { JsonValue } from "../../sandbox/types.js";
 import { noteProxyKey, PROXY_HASHTAG } from "../../routing/hidden-keys.js";
 import { keySlot } from "../../routing/key-slot.js";
+import { NodeScript, nodeScriptsOf, type NodeScripts } from "./node-scripts.js";
 
 /** What a StreamReader registration was given (spec section 3). */
 export interface StreamOptions {
@@ -32,8 +33,8 @@ export type StreamBatchRunner = (stream: Buffer, records: JsonValue[]) => Promis
 /** Read and claim this many entries at most per command: a batch of one execution. */
 const READ_COUNT = 512;
 /**
- * How often the known streams are swept: one XREADGROUP per slot for every idle stream this
- * proxy holds (entries whose notification was missed), owners of other proxies' streams
+ * How often the known streams are swept: one XREADGROUP per slot (one script per cluster
+ * node) for every idle stream this proxy holds (entries whose notification was missed), owners of other proxies' streams
  * checked alive, and a share of the streams checked for a dead consumer's pending entries.
  */
 const POLL_MS = 1000;
@@ -138,6 +139,49 @@ for i, k in ipairs(KEYS) do
 end
 return found`;
 
+/**
+ * The idle sweep's read on one cluster node: XREADGROUP of every stream given (ARGV[4] on,
+ * all on this node, in any slots), one at a time. Per stream: its entries, 0 for none, or
+ * the error text (its slot moved away, its group is gone...): that stream alone is read
+ * again the per-slot way, which follows MOVED and ASK.
+ */
+const NODE_READ_SCRIPT = new NodeScript(
+  "stream sweep read",
+  `#!lua flags=allow-cross-slot-keys
+local out = {}
+for i = 4, #ARGV do
+  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', ARGV[i], '>')
+  if type(r) == 'table' and r.err then out[i - 3] = r.err
+  elseif type(r) == 'table' and type(r[1]) == 'table' then out[i - 3] = r[1][2]
+  else out[i - 3] = 0 end
+end
+return out`,
+);
+
+/**
+ * PENDING_SCRIPT on one cluster node, streams of many slots as ARGV[3] on: per stream 1 when
+ * its group has entries pending to a consumer other than ARGV[2], 0 when not (a stream or
+ * group gone counts as none), or the error text (its slot moved away: claimed the per-slot way).
+ */
+const NODE_PENDING_SCRIPT = new NodeScript(
+  "stream sweep pending",
+  `#!lua flags=no-writes,allow-cross-slot-keys
+local out = {}
+for i = 3, #ARGV do
+  local found = 0
+  local summary = redis.pcall('XPENDING', ARGV[i], ARGV[1])
+  if type(summary) == 'table' and summary.err then
+    if string.sub(summary.err, 1, 7) ~= 'NOGROUP' then found = summary.err end
+  elseif tonumber(summary[1]) > 0 and type(summary[4]) == 'table' then
+    for _, c in ipairs(summary[4]) do
+      if c[1] ~= ARGV[2] then found = 1 break end
+    end
+  end
+  out[i - 2] = found
+end
+return out`,
+);
+
 /** The stream key does not exist (deleted): its group cannot be created. */
 class StreamGone extends Error {}
 
@@ -240,7 +284,8 @@ function idTime(id: string): number {
  * restart) are claimed once idle for `claimIdleMs`. Several proxies share one group, so
  * each entry is handled by one of them.
  *
- * Idle streams cost per sweep, not per stream: one XREADGROUP of many streams per slot, one
+ * Idle streams cost per sweep, not per stream: one XREADGROUP of many streams per slot (in a
+ * cluster of Redis >= 7.0, one script per node, whatever the slots: node-scripts.ts), one
  * liveness key per registration and proxy instead of a lease renewal per stream, and each
  * stream looked at for a dead consumer's entries once per StreamClaimIdleMS/2 (in scripts of
  * many streams, spread over the sweeps).
@@ -277,6 +322,8 @@ export class StreamConsumer {
   private seq = 0;
   /** Streams with notifications not yet known handled. */
   private readonly undrained = new Set<StreamState>();
+  /** The sweep's scripts of many slots on one cluster node. */
+  private readonly nodeScripts: NodeScripts;
 
   constructor(
     private readonly router: Router,
@@ -295,6 +342,7 @@ export class StreamConsumer {
     private readonly db = 0,
   ) {
     this.alivePrefix = `${PROXY_HASHTAG}:stream-alive:${group}:`;
+    this.nodeScripts = nodeScriptsOf(shards, log);
     noteProxyKey(this.alivePrefix + consumer, true);
   }
 
@@ -579,9 +627,69 @@ export class StreamConsumer {
     return this.router.topology.mode === "cluster" ? (state) => keySlot(state.key) : null;
   }
 
-  /** New entries of idle streams, many streams a command; a stream that got some runs them. */
+  /**
+   * New entries of idle streams, many streams a command; a stream that got some runs them.
+   * In a cluster, one script per node reads all of that node's streams, whatever their slots
+   * (Redis >= 7.0); where it cannot, one XREADGROUP per slot.
+   */
   private async readIdle(idle: StreamState[]): Promise<void> {
-    await Promise.all(chunksBySlot(idle, this.slotOfState()).map((chunk) => this.readChunk(chunk)));
+    if (idle.length === 0) return;
+    if (!this.shards.clustered) {
+      await Promise.all(chunksBySlot(idle, null).map((chunk) => this.readChunk(chunk)));
+      return;
+    }
+    await Promise.all(
+      [...this.byNode(idle)].flatMap(([node, states]) =>
+        chunksBySlot(states, null).map((chunk) => this.readOnNode(node, chunk)),
+      ),
+    );
+  }
+
+  /** Streams by the master serving their slot, as the proxy's map has it now. */
+  private byNode(states: StreamState[]): Map<string, StreamState[]> {
+    const byNode = new Map<string, StreamState[]>();
+    for (const state of states) {
+      const node = this.nodeScripts.nodeForSlot(keySlot(state.key));
+      let list = byNode.get(node);
+      if (list === undefined) byNode.set(node, (list = []));
+      list.push(state);
+    }
+    return byNode;
+  }
+
+  /** One script reading `chunk` (streams of many slots on `node`); per slot where it cannot run. */
+  private async readOnNode(node: string, chunk: StreamState[]): Promise<void> {
+    for (const state of chunk) state.sweeping = true;
+    const through = this.seq;
+    const replies = await this.nodeScripts
+      .run(
+        node,
+        NODE_READ_SCRIPT,
+        [this.group, this.consumer, READ_COUNT, ...chunk.map((s) => s.key)],
+        chunk.length,
+      )
+      .catch(() => null);
+    if (replies === null) {
+      // Runs asked for meanwhile stay asked (`again`): the per-slot reads kick them after.
+      for (const state of chunk) state.sweeping = false;
+      await Promise.all(chunksBySlot(chunk, this.slotOfState()).map((c) => this.readChunk(c)));
+      return;
+    }
+    const got = new Set<StreamState>();
+    const failed = new Set<StreamState>();
+    chunk.forEach((state, i) => {
+      const reply = replies[i];
+      if (Buffer.isBuffer(reply) || typeof reply === "string" || reply instanceof RespError) {
+        // Its slot moved away (or its group went): read the per-slot way, which follows MOVED and ASK.
+        failed.add(state);
+        return;
+      }
+      const entries = parseEntries(reply);
+      if (entries.length === 0) return;
+      if (state.leased) this.hold(state, entries);
+      got.add(state);
+    });
+    this.afterSweepRead(chunk, through, got, failed);
   }
 
   private async readChunk(chunk: StreamState[]): Promise<void> {
@@ -618,9 +726,23 @@ export class StreamConsumer {
         got.add(state);
       }
     }
+    this.afterSweepRead(chunk, through, got, failed ? new Set(chunk) : null);
+  }
+
+  /**
+   * A sweep's read of `chunk` done (at a moment after notification `through`): streams that
+   * got entries, whose read failed or that were asked for meanwhile run their loop; the
+   * others were read to their end.
+   */
+  private afterSweepRead(
+    chunk: StreamState[],
+    through: number,
+    got: Set<StreamState>,
+    failed: Set<StreamState> | null,
+  ): void {
     for (const state of chunk) {
       state.sweeping = false;
-      if (failed || got.has(state) || state.again) {
+      if (got.has(state) || state.again || failed?.has(state) === true) {
         // A failed read (a stream deleted, its group gone, a shard down): each stream's own loop sorts it out.
         state.again = false;
         this.kick(state);
@@ -648,28 +770,59 @@ export class StreamConsumer {
     }
   }
 
-  /** Streams due for it looked at for a dead consumer's pending entries; those found are claimed. */
+  /**
+   * Streams due for it looked at for a dead consumer's pending entries; those found are
+   * claimed. In a cluster one script per node looks at all of its streams (Redis >= 7.0),
+   * else one per slot.
+   */
   private async findPending(due: StreamState[]): Promise<void> {
+    if (due.length === 0) return;
     const half = this.claimIdleMs() / 2;
     const now = Date.now();
     for (const state of due) state.nextClaimAt = now + half;
+    if (!this.shards.clustered) {
+      await Promise.all(chunksBySlot(due, null).map((chunk) => this.findPendingInSlot(chunk)));
+      return;
+    }
     await Promise.all(
-      chunksBySlot(due, this.slotOfState()).map(async (chunk) => {
-        const reply = await this.call([
-          "EVAL",
-          PENDING_SCRIPT,
-          chunk.length,
-          ...chunk.map((s) => s.key),
-          this.group,
-          this.consumer,
-        ]);
-        if (!Array.isArray(reply)) return;
-        for (const index of reply) {
-          const state = chunk[Number(index) - 1];
-          if (state !== undefined) this.kick(state, true);
-        }
-      }),
+      [...this.byNode(due)].flatMap(([node, states]) =>
+        chunksBySlot(states, null).map(async (chunk) => {
+          const replies = await this.nodeScripts
+            .run(
+              node,
+              NODE_PENDING_SCRIPT,
+              [this.group, this.consumer, ...chunk.map((s) => s.key)],
+              chunk.length,
+            )
+            .catch(() => null);
+          if (replies === null) {
+            await Promise.all(chunksBySlot(chunk, this.slotOfState()).map((c) => this.findPendingInSlot(c)));
+            return;
+          }
+          // Found (1), or not looked at here (an error: its slot moved): the claim looks itself.
+          chunk.forEach((state, i) => {
+            if (replies[i] !== 0) this.kick(state, true);
+          });
+        }),
+      ),
     );
+  }
+
+  /** PENDING_SCRIPT on streams of one slot (or of the one server). */
+  private async findPendingInSlot(chunk: StreamState[]): Promise<void> {
+    const reply = await this.call([
+      "EVAL",
+      PENDING_SCRIPT,
+      chunk.length,
+      ...chunk.map((s) => s.key),
+      this.group,
+      this.consumer,
+    ]);
+    if (!Array.isArray(reply)) return;
+    for (const index of reply) {
+      const state = chunk[Number(index) - 1];
+      if (state !== undefined) this.kick(state, true);
+    }
   }
 
   /** The lease keys of the streams held, refreshed (a stream idle for long keeps its holder). */
