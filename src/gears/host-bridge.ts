@@ -138,6 +138,14 @@ export class GearsBridge implements HostBridge {
     calls: { name: string; args: JsonValue[] }[],
     repliesUnused = false,
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
+    // A batched foreach's one executeEach (an event entry's usual batch): straight to it, not
+    // through a batch of one call that takes "another path" to callSync.
+    if (calls.length === 1 && calls[0].name === "executeEach") {
+      return this.executeEach(calls[0].args[0]).then(
+        (ok) => [{ ok }],
+        (err: Error) => [{ error: err.message }],
+      );
+    }
     return executeBatch(
       this.router,
       this.db,

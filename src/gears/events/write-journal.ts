@@ -246,7 +246,11 @@ export class WriteJournal {
   private known: KeyEvent[] = [];
   /** States of keys forgotten, for the next keys written. */
   private readonly spare: KeyState[] = [];
-  private flushScheduled: NodeJS.Immediate | null = null;
+  /** A flush is queued (a microtask): the events known by the end of the current callback go together. */
+  private flushQueued = false;
+  private readonly queuedFlush = (): void => {
+    if (this.flushQueued) this.flush();
+  };
 
   constructor(
     /** The shard (master id) a key lives on now. */
@@ -521,8 +525,7 @@ export class WriteJournal {
 
   /** Hands the events known so far over now (before a barrier's answer, say). */
   flush(): void {
-    if (this.flushScheduled !== null) clearImmediate(this.flushScheduled);
-    this.flushScheduled = null;
+    this.flushQueued = false;
     if (this.known.length === 0) return;
     const events = this.known;
     this.known = [];
@@ -530,16 +533,22 @@ export class WriteJournal {
   }
 
   clear(): void {
-    if (this.flushScheduled !== null) clearImmediate(this.flushScheduled);
-    this.flushScheduled = null;
+    this.flushQueued = false;
     this.known = [];
     this.dbs.clear();
     this.size = 0;
     this.heldCount = 0;
   }
 
+  /**
+   * Hands the events over once the callback that made them is done: a socket read's replies
+   * go together, and the first event after a quiet spell waits for nothing else (a
+   * setImmediate waited for the rest of the loop's I/O phase, ~0.08 ms at 200 writes/s).
+   */
   private schedule(): void {
-    if (this.known.length > 0) this.flushScheduled ??= setImmediate(() => this.flush());
+    if (this.known.length === 0 || this.flushQueued) return;
+    this.flushQueued = true;
+    queueMicrotask(this.queuedFlush);
   }
 
   /**
