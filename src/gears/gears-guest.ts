@@ -70,7 +70,7 @@ export class GearsGuest {
   private sent(topology: Topology): JsonValue {
     const names = topology.readAhead;
     if (names === undefined || namesHeld.get(this.isolate) !== names) return topology as unknown as JsonValue;
-    return { partitions: topology.partitions, slots: topology.slots };
+    return { partitions: topology.partitions, slots: topology.slots } as unknown as JsonValue;
   }
 
   /** After an entry that started an execution: the guest keeps the names it was given. */

@@ -1,16 +1,33 @@
 import { keySlot as calculateSlot } from "../routing/key-slot.js";
-import type { Shards } from "../routing/shards.js";
+import type { Shards, SlotRange } from "../routing/shards.js";
 import type { Arg } from "../resp/encode.js";
 import type { RespValue } from "../resp/values.js";
 import type { ShardAccess } from "./readers.js";
+
+/** The last Partitions made for each Shards and database (Partitions.of). */
+const latest = new WeakMap<Shards, Map<number, Partitions>>();
 
 /**
  * The shards of an execution, frozen when it starts: partition i is the i-th master in
  * slot order. The guest gets the same slot ranges so repartition() needs no host call.
  */
 export class Partitions {
+  /**
+   * The current shards, shared while the slot map stays the same: what a batch of events
+   * needs, without walking the slot map and filling the slot table again for every batch.
+   */
+  static of(shards: Shards, db: number): Partitions {
+    let byDb = latest.get(shards);
+    if (byDb === undefined) latest.set(shards, (byDb = new Map()));
+    const last = byDb.get(db);
+    if (last !== undefined && last.ranges === shards.slotRanges()) return last;
+    const made = new Partitions(shards, db);
+    byDb.set(db, made);
+    return made;
+  }
+
   readonly count: number;
-  readonly ranges: [number, number, number][];
+  readonly ranges: readonly SlotRange[];
   readonly shardIds: string[];
   /** Each partition's master, as the shard facade names it. */
   private readonly nodes: string[];

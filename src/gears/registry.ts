@@ -301,7 +301,7 @@ export class RegistrationRegistry {
     records: JsonValue[],
   ): Promise<{ failed: boolean }> {
     if (this.sessions.get(session.id) !== session) return { failed: true };
-    const partitions = new Partitions(this.shards, session.db);
+    const partitions = Partitions.of(this.shards, session.db);
     const partition = partitions.partitionOfSlot(keySlot(stream));
     const input = new Map<number, PackedRecords>([[partition, { records, values: null }]]);
     const execution = await this.runExecution(session, registration, partitions, input, records.length);
@@ -519,7 +519,7 @@ export class RegistrationRegistry {
     const started = Date.now();
     for (let wait = FIRST_READ_RETRY_MS; ; wait = Math.min(wait * 2, MAX_READ_RETRY_MS)) {
       try {
-        const partitions = new Partitions(this.shards, session.db);
+        const partitions = Partitions.of(this.shards, session.db);
         const input = await this.recordsOf(registration, partitions, events);
         if (input.size > 0) await this.runExecution(session, registration, partitions, input, events.length);
         return;
@@ -821,7 +821,7 @@ export class RegistrationRegistry {
           bridge.command = argv;
           bridge.overriddenReply = null;
           try {
-            const partitions = new Partitions(this.shards, session.db);
+            const partitions = Partitions.of(this.shards, session.db);
             const input = await this.recordsOf(registration, partitions, mine);
             if (input.size > 0)
               await this.runExecution(session, registration, partitions, input, mine.length);

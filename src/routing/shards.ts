@@ -3,10 +3,12 @@ import type { RespValue } from "../resp/values.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
+import type { SlotRange } from "../upstream/topology.js";
 import { PromiseSink, UpstreamError, type ReplySink } from "../upstream/reply-sink.js";
 import type { Router } from "./router.js";
 
 export { UpstreamError };
+export type { SlotRange };
 
 /** One master as the gears rooms see it: a name, never a connection. */
 export interface Shard {
@@ -64,8 +66,8 @@ export class Shards {
     return this.router.topology.masters().map(shardOf);
   }
 
-  /** Slot ranges as [first, last, index into masters()]. */
-  slotRanges(): [number, number, number][] {
+  /** Slot ranges as [first, last, index into masters()]: the same array until the slot map changes. */
+  slotRanges(): readonly SlotRange[] {
     return this.router.topology.slotRanges();
   }
 

@@ -3,7 +3,7 @@ import type { Logger } from "../observability/log.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import type { ConnectionOptions } from "./connection.js";
 import { UpstreamNode } from "./node.js";
-import type { Topology } from "./topology.js";
+import type { SlotRange, Topology } from "./topology.js";
 
 export const SLOT_COUNT = 16384;
 const PERIODIC_REFRESH_MS = 10_000;
@@ -66,6 +66,8 @@ export class ClusterTopology implements Topology {
   private readonly nodes = new Map<string, UpstreamNode>();
   /** Masters ordered by their first slot: stable across failovers, so SCAN cursors stay valid. */
   private masterList: UpstreamNode[] = [];
+  /** slotRanges() of the current slot map; null once it changed. */
+  private ranges: readonly SlotRange[] | null = null;
   private refreshing: Promise<void> | null = null;
   private lastRefresh = 0;
   private readonly timer: NodeJS.Timeout;
@@ -90,7 +92,9 @@ export class ClusterTopology implements Topology {
     return this.masterList;
   }
 
-  slotRanges(): [number, number, number][] {
+  slotRanges(): readonly SlotRange[] {
+    // Computed once per slot map: a walk of every slot, asked for by each batch of events.
+    if (this.ranges !== null) return this.ranges;
     const index = new Map(this.masterList.map((n, i) => [n, i]));
     const ranges: [number, number, number][] = [];
     for (let s = 0; s < SLOT_COUNT; s++) {
@@ -100,7 +104,7 @@ export class ClusterTopology implements Topology {
       if (last !== undefined && last[2] === owner && last[1] === s - 1) last[1] = s;
       else ranges.push([s, s, owner]);
     }
-    return ranges;
+    return (this.ranges = ranges);
   }
 
   /** The node for a slot, or for a keyless command (slot -1) a master chosen by affinity. */
@@ -144,6 +148,7 @@ export class ClusterTopology implements Topology {
   /** A MOVED reply: the slot lives elsewhere now. Fix that slot at once, then re-read the map. */
   moved(slot: number, node: UpstreamNode): void {
     this.slots[slot] = node;
+    this.ranges = null;
     this.scheduleRefresh();
   }
 
@@ -216,6 +221,7 @@ export class ClusterTopology implements Topology {
     const previous = { masters: this.masterList, replicasOf: this.replicasOf };
     this.replicasOf = replicasOf;
     this.masterList = masters.map((m) => m.node);
+    this.ranges = null;
     const ids = this.masterList.map((n) => n.id);
     if (firstLoad) {
       this.log.info({ masters: ids }, "cluster topology loaded");

@@ -1,5 +1,8 @@
 import type { UpstreamNode } from "./node.js";
 
+/** Slots first..last (inclusive) served by masters()[master]. */
+export type SlotRange = readonly [first: number, last: number, master: number];
+
 /** Which nodes serve which hash slots. The router asks it; it owns the node objects. */
 export interface Topology {
   readonly mode: "standalone" | "cluster";
@@ -7,12 +10,14 @@ export interface Topology {
   nodeForSlot(slot: number): UpstreamNode;
   /** Every master, each once, ordered by the first slot they serve. */
   masters(): UpstreamNode[];
-  /** Slot ranges as [first, last, index into masters()]. */
-  slotRanges(): [number, number, number][];
+  /** The slot ranges: the same array until the slot map changes (so callers may key caches on it). */
+  slotRanges(): readonly SlotRange[];
   /** Re-reads the topology now (no-op for one server). */
   refresh(): Promise<void>;
   close(): void;
 }
+
+const ALL_SLOTS: readonly SlotRange[] = Object.freeze([Object.freeze([0, 16383, 0] as const)]);
 
 /** One Redis server behind the proxy. */
 export class StandaloneTopology implements Topology {
@@ -27,8 +32,8 @@ export class StandaloneTopology implements Topology {
     return [this.node];
   }
 
-  slotRanges(): [number, number, number][] {
-    return [[0, 16383, 0]];
+  slotRanges(): readonly SlotRange[] {
+    return ALL_SLOTS;
   }
 
   async refresh(): Promise<void> {}

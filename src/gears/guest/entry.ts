@@ -30,7 +30,7 @@ export interface ActionInfo {
 export interface Topology {
   partitions: number;
   /** [first slot, last slot, partition]. */
-  slots: [number, number, number][];
+  slots: readonly (readonly [number, number, number])[];
   /** Commands that may be read ahead for a batch of records. */
   readAhead?: string[];
 }
