@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import calculateSlot from "cluster-key-slot";
 import { Redis } from "ioredis";
+import { TestClients } from "./support/test-clients.js";
 import {
   startCluster,
   startProxy,
@@ -60,14 +61,9 @@ describe("gears StreamReader in a cluster: idle streams read by one script per n
   let cluster: RedisCluster;
   let masters: RedisNode[];
   let proxy: RunningProxy | undefined;
-  const clients: Redis[] = [];
+  const clients = new TestClients();
 
-  function client(port: number): Redis {
-    const c = new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
-    c.on("error", () => {});
-    clients.push(c);
-    return c;
-  }
+  const client = (port: number): Redis => clients.quiet(port);
 
   before(async () => {
     cluster = await startCluster({ masters: 3 });
@@ -75,7 +71,7 @@ describe("gears StreamReader in a cluster: idle streams read by one script per n
   });
 
   afterEach(async () => {
-    for (const c of clients.splice(0)) c.disconnect();
+    clients.closeAll();
     await proxy?.close();
     proxy = undefined;
     for (const node of masters) {

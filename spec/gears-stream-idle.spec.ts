@@ -1,5 +1,6 @@
 import { expect } from "chai";
 import { Redis } from "ioredis";
+import { TestClients } from "./support/test-clients.js";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { ChildProxy, stopChildProxies } from "./support/child-proxy.js";
 import { eventually, sessions } from "./support/registrations.js";
@@ -18,15 +19,10 @@ describe("gears StreamReader: idle streams, orphaned entries and sync writes", f
   this.timeout(120_000);
   let redis: RedisNode;
   let direct: Redis;
-  const clients: Redis[] = [];
+  const clients = new TestClients();
   const proxies: RunningProxy[] = [];
 
-  function client(port: number): Redis {
-    const c = new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
-    c.on("error", () => {});
-    clients.push(c);
-    return c;
-  }
+  const client = (port: number): Redis => clients.quiet(port);
 
   before(async () => {
     redis = await startRedis();
@@ -40,7 +36,7 @@ describe("gears StreamReader: idle streams, orphaned entries and sync writes", f
   });
 
   after(async () => {
-    for (const c of clients) c.disconnect();
+    clients.closeAll();
     await redis?.stop();
   });
 

@@ -1,5 +1,6 @@
 import { expect } from "chai";
 import { Redis } from "ioredis";
+import { TestClients } from "./support/test-clients.js";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { ChildProxy, stopChildProxies } from "./support/child-proxy.js";
 import { execAll } from "./support/gears.js";
@@ -21,15 +22,10 @@ describe("gears StreamReader across two proxies: one consumer per stream", funct
   this.timeout(180_000);
   let redis: RedisNode;
   let direct: Redis;
-  const clients: Redis[] = [];
+  const clients = new TestClients();
   const inProcess: RunningProxy[] = [];
 
-  function client(port: number): Redis {
-    const c = new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
-    c.on("error", () => {});
-    clients.push(c);
-    return c;
-  }
+  const client = (port: number): Redis => clients.quiet(port);
 
   /** A: a child process (SIGKILLable); B: in this process; both see the session made through A. */
   async function twoProxies(script: string, id: string): Promise<{ a: ChildProxy; b: Redis }> {
@@ -58,7 +54,7 @@ describe("gears StreamReader across two proxies: one consumer per stream", funct
   });
 
   after(async () => {
-    for (const c of clients) c.disconnect();
+    clients.closeAll();
     await redis?.stop();
   });
 
