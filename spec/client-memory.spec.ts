@@ -5,6 +5,11 @@ import { eventually } from "./support/polling.js";
 import { RawClient, encode, toText } from "./support/raw-client.js";
 
 const MB = 1024 * 1024;
+/**
+ * Megabytes published at most to a subscriber that does not read: the kernel's socket
+ * buffers take the first tens of them (tcp_rmem/tcp_wmem maxima) before the proxy holds any.
+ */
+const FLOOD_MOST = 96;
 
 async function setBig(port: number): Promise<void> {
   const client = await RawClient.connect(port);
@@ -233,22 +238,37 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
     const listed = async (name: string, port = proxy.port): Promise<boolean> =>
       String(await sendCommand(port, ["CLIENT", "LIST"])).includes(` name=${name} `);
 
-    /** Publishes 1 MB messages on `channel` until the subscriber `name` is cut (at most `most`). */
+    /** What the proxy holds for client `name` (CLIENT LIST's omem), 0 once it is gone. */
+    async function omemOf(name: string, port = proxy.port): Promise<number> {
+      const line = String(await sendCommand(port, ["CLIENT", "LIST"]))
+        .split("\n")
+        .find((l) => l.includes(` name=${name} `));
+      return line === undefined ? 0 : Number(/ omem=(\d+)/.exec(line)![1]);
+    }
+
+    /**
+     * Publishes 1 MB messages on `channel` until the subscriber `name` is cut (at most `most`);
+     * the most the proxy was seen holding for it.
+     */
     async function floodUntilCut(
       name: string,
       channel: string,
       most: number,
       port = proxy.port,
-    ): Promise<void> {
+    ): Promise<number> {
       const publisher = await RawClient.connect(port);
+      let held = 0;
       try {
-        for (let i = 0; i < most && (await listed(name, port)); i++)
+        for (let i = 0; i < most && (await listed(name, port)); i++) {
+          held = Math.max(held, await omemOf(name, port));
           await publisher.call("PUBLISH", channel, Buffer.alloc(MB, 120));
+        }
         await eventually(
           () => listed(name, port),
           (there) => !there,
           `the subscriber ${name} disconnected`,
         );
+        return held;
       } finally {
         publisher.close();
       }
@@ -263,7 +283,7 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
       ).to.equal("OK");
       const subscriber = await stuckSubscriber("deaf", "news");
       try {
-        await floodUntilCut("deaf", "news", 6);
+        await floodUntilCut("deaf", "news", FLOOD_MOST);
       } finally {
         subscriber.close();
         await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
@@ -277,8 +297,10 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
       try {
         const subscriber = await stuckSubscriber("unheard", "tidings", fresh.port);
         try {
-          // Under Redis' defaults (32 MB hard) 6 MB would not cut it; the server's 3 MB does.
-          await floodUntilCut("unheard", "tidings", 6, fresh.port);
+          // Under Redis' defaults (32 MB hard) and the proxy's own 8 MB it would be cut only past
+          // 8 MB held; the server's 3 MB cuts it first (checked below by what it held).
+          const held = await floodUntilCut("unheard", "tidings", FLOOD_MOST, fresh.port);
+          expect(held, "the most the proxy held for it").to.be.below(6 * MB);
         } finally {
           subscriber.close();
         }
@@ -298,7 +320,11 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
       try {
         const publisher = await RawClient.connect(proxy.port);
         try {
-          for (let i = 0; i < 4; i++) await publisher.call("PUBLISH", "feed", Buffer.alloc(MB, 120));
+          // Until the proxy holds more than the soft limit for it (the kernel's socket buffers
+          // take the first megabytes of a client that does not read, as they do Redis').
+          for (let i = 0; i < FLOOD_MOST && (await omemOf("slow")) <= MB; i++)
+            await publisher.call("PUBLISH", "feed", Buffer.alloc(MB, 120));
+          expect(await omemOf("slow"), "the proxy holds more than the soft limit").to.be.above(MB);
         } finally {
           publisher.close();
         }
