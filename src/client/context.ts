@@ -82,12 +82,19 @@ export interface ThreadLink extends ThreadPeers {
 }
 
 /**
- * A client's CONFIG SET (which also reaches the upstream), for the settings the proxy keeps
- * itself: its slow log, tracking table and subscribers' output limits. Each thread of a
- * --threads proxy keeps its own, so each runs this for every client's CONFIG SET.
+ * A client's CONFIG (which also reaches the upstream): a SET's settings that the proxy keeps
+ * itself, its slow log, tracking table and subscribers' output limits, are followed. Each
+ * thread of a --threads proxy keeps its own, so each runs this for every client's CONFIG SET.
+ * Whether it was a CONFIG SET.
  */
-export function followConfigSet(ctx: ProxyContext, argv: readonly Buffer[]): void {
-  ctx.slowlog.noteConfigSet(argv);
-  ctx.tracking.noteConfigSet(argv);
-  ctx.memoryGuard?.noteConfigSet(argv);
+export function followConfigSet(ctx: ProxyContext, argv: readonly Buffer[]): boolean {
+  if (argv.length < 4 || argv[1].toString().toLowerCase() !== "set") return false;
+  for (let i = 2; i + 1 < argv.length; i += 2) {
+    const name = argv[i].toString().toLowerCase();
+    const value = argv[i + 1].toString();
+    ctx.slowlog.followSetting(name, value);
+    ctx.tracking.followSetting(name, value);
+    if (name === "client-output-buffer-limit") ctx.memoryGuard?.followOutputLimits(value);
+  }
+  return true;
 }

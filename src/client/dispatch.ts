@@ -51,10 +51,8 @@ export class Dispatcher {
     const name = request.name;
     ctx.stats.commandsProcessed++;
     if (name === "config") {
-      followConfigSet(ctx, request.argv);
-      const argv = request.argv;
-      if (ctx.threads !== undefined && argv.length > 3 && argv[1].toString().toLowerCase() === "set")
-        ctx.threads.configSet(argv);
+      // Followed here at once, and by the other threads through the supervisor.
+      if (followConfigSet(ctx, request.argv)) ctx.threads?.configSet(request.argv);
     }
     if (ctx.tracking.watching)
       ctx.tracking.beforeCommand(host.id, host.tracking, name, request.argv, txn.inMulti);

@@ -175,14 +175,6 @@ export class MemoryGuard {
     return Math.min(own, hard);
   }
 
-  /** Follows a client's CONFIG SET client-output-buffer-limit (which also reaches the upstream) for its pubsub class. */
-  noteConfigSet(argv: readonly Buffer[]): void {
-    if (argv.length < 4 || argv[1].toString().toLowerCase() !== "set") return;
-    for (let i = 2; i + 1 < argv.length; i += 2)
-      if (argv[i].toString().toLowerCase() === "client-output-buffer-limit")
-        this.followOutputLimits(argv[i + 1].toString());
-  }
-
   /** Takes the pubsub class from a client-output-buffer-limit value (CONFIG SET, or the server's at start). */
   followOutputLimits(value: string): void {
     const pubsub = this.limits.pubsub;

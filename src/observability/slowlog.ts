@@ -122,20 +122,17 @@ export class SlowLog {
   }
 
   /**
-   * Follows a client's CONFIG SET of slowlog-log-slower-than / slowlog-max-len (which also
-   * reaches the upstream), so tools that tune Redis's slow log tune the proxy's the same way.
+   * Follows one setting of a client's CONFIG SET (`name` lower case; the command also reaches
+   * the upstream): slowlog-log-slower-than and slowlog-max-len, so tools that tune Redis's
+   * slow log tune the proxy's the same way.
    */
-  noteConfigSet(argv: readonly Buffer[]): void {
-    if (argv.length < 4 || argv[1].toString().toLowerCase() !== "set") return;
-    for (let i = 2; i + 1 < argv.length; i += 2) {
-      const key = argv[i].toString().toLowerCase();
-      const value = Number(argv[i + 1].toString());
-      if (!Number.isSafeInteger(value)) continue;
-      if (key === "slowlog-log-slower-than") this.slowerThanUs = value;
-      else if (key === "slowlog-max-len" && value >= 0) {
-        this.maxLen = value;
-        this.trim();
-      }
+  followSetting(name: string, text: string): void {
+    const value = Number(text);
+    if (!Number.isSafeInteger(value)) return;
+    if (name === "slowlog-log-slower-than") this.slowerThanUs = value;
+    else if (name === "slowlog-max-len" && value >= 0) {
+      this.maxLen = value;
+      this.trim();
     }
   }
 

@@ -266,16 +266,11 @@ export class TrackingTable {
     if (!keep) state.caching = false;
   }
 
-  /** CONFIG SET as it leaves for the server: follows tracking-table-max-keys. */
-  noteConfigSet(argv: readonly Buffer[]): void {
-    if (argv.length < 4 || argv[1].toString().toLowerCase() !== "set") return;
-    for (let i = 2; i + 1 < argv.length; i += 2) {
-      if (argv[i].toString().toLowerCase() !== "tracking-table-max-keys") continue;
-      const text = argv[i + 1].toString();
-      if (!/^\d+$/.test(text)) return;
-      this.maxKeys = Number(text);
-      this.evict();
-    }
+  /** One setting of a CONFIG SET as it leaves for the server (`name` lower case): follows tracking-table-max-keys. */
+  followSetting(name: string, text: string): void {
+    if (name !== "tracking-table-max-keys" || !/^\d+$/.test(text)) return;
+    this.maxKeys = Number(text);
+    this.evict();
   }
 
   close(): void {
