@@ -195,10 +195,11 @@ export class RegistrationRegistry {
   }
 
   private syncCount = 0;
-  /** Writes through the proxy waiting for the sync registrations' events queued before them. */
-  private readonly queueWaiters = new MarkWaiters<Registration>();
-  /** ... and for the `xadd`s notified before them to sync StreamReader consumers. */
-  private readonly streamWaiters = new MarkWaiters<StreamConsumer>();
+  /**
+   * Writes through the proxy waiting for the events queued before them (a registration's
+   * queuedCount), and for the `xadd`s notified before them to sync StreamReader consumers.
+   */
+  private readonly writeWaiters = new MarkWaiters<Registration | StreamConsumer>();
 
   private hookCount = 0;
   /** Commands named in some KeysReader registration's `commands` (lower case). */
@@ -228,14 +229,13 @@ export class RegistrationRegistry {
    * the proxy would wait for ever.
    */
   syncIdle(): Promise<void> {
-    const marks = new Map<Registration, number>();
-    const streamMarks = new Map<StreamConsumer, number>();
+    const marks = new Map<Registration | StreamConsumer, number>();
     if (this.syncCount > 0)
       for (const r of this.all()) {
         if (r.mode !== "sync") continue;
         if (r.handledCount < r.queuedCount) marks.set(r, r.queuedCount);
         const mark = r.consumer?.syncMark();
-        if (mark !== undefined && !r.consumer!.passed(mark)) streamMarks.set(r.consumer!, mark);
+        if (mark !== undefined && !r.consumer!.passed(mark)) marks.set(r.consumer!, mark);
       }
     // A queue at its bound: until as many events as it holds past the bound have run. Not
     // "until it is under the bound": writes straight to the shards may keep it over.
@@ -247,19 +247,19 @@ export class RegistrationRegistry {
         if (r.handledCount < mark && (had === undefined || had < mark)) marks.set(r, mark);
       }
     }
-    if (streamMarks.size === 0) return this.queueWaiters.wait(marks);
-    if (marks.size === 0) return this.streamWaiters.wait(streamMarks);
-    return Promise.all([this.queueWaiters.wait(marks), this.streamWaiters.wait(streamMarks)]).then(() => {});
+    return this.writeWaiters.wait(marks);
   }
 
   private wakeIdleWaiters(): void {
-    if (this.queueWaiters.size > 0) {
+    if (this.writeWaiters.size === 0) return;
+    let live: Set<Registration> | null = null;
+    this.writeWaiters.check((waited, mark) => {
+      // A stopped consumer has passed every mark.
+      if (waited instanceof StreamConsumer) return waited.passed(mark);
       // A registration gone (unregistered, its session replaced) holds nothing back.
-      const live = new Set(this.all());
-      this.queueWaiters.check((r, mark) => !live.has(r) || r.handledCount >= mark);
-    }
-    // A stopped consumer has passed every mark.
-    this.streamWaiters.check((c, mark) => c.passed(mark));
+      live ??= new Set(this.all());
+      return !live.has(waited) || waited.handledCount >= mark;
+    });
   }
 
   /** Installs a session, replacing `replaces` (UPGRADE / REPLACE_WITH) in one step. */
