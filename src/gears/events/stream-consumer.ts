@@ -623,25 +623,37 @@ export class StreamConsumer {
     }
   }
 
-  private slotOfState(): ((state: StreamState) => number) | null {
-    return this.router.topology.mode === "cluster" ? (state) => keySlot(state.key) : null;
-  }
-
   /**
-   * New entries of idle streams, many streams a command; a stream that got some runs them.
-   * In a cluster, one script per node reads all of that node's streams, whatever their slots
-   * (Redis >= 7.0); where it cannot, one XREADGROUP per slot.
+   * A sweep's work on `states` in as few commands as the servers allow: on one server, chunks
+   * of many streams (`inSlot`); in a cluster, one script per node (`onNode`, Redis >= 7.0:
+   * false when it could not run there), else chunks of one slot each.
    */
-  private async readIdle(idle: StreamState[]): Promise<void> {
-    if (idle.length === 0) return;
+  private async inFewCommands(
+    states: StreamState[],
+    onNode: (node: string, chunk: StreamState[]) => Promise<boolean>,
+    inSlot: (chunk: StreamState[]) => Promise<void>,
+  ): Promise<void> {
+    if (states.length === 0) return;
     if (!this.shards.clustered) {
-      await Promise.all(chunksBySlot(idle, null).map((chunk) => this.readChunk(chunk)));
+      await Promise.all(chunksBySlot(states, null).map(inSlot));
       return;
     }
     await Promise.all(
-      [...this.byNode(idle)].flatMap(([node, states]) =>
-        chunksBySlot(states, null).map((chunk) => this.readOnNode(node, chunk)),
+      [...this.byNode(states)].flatMap(([node, onIt]) =>
+        chunksBySlot(onIt, null).map(async (chunk) => {
+          if (!(await onNode(node, chunk)))
+            await Promise.all(chunksBySlot(chunk, (state) => keySlot(state.key)).map(inSlot));
+        }),
       ),
+    );
+  }
+
+  /** New entries of idle streams, many streams a command; a stream that got some runs them. */
+  private readIdle(idle: StreamState[]): Promise<void> {
+    return this.inFewCommands(
+      idle,
+      (node, chunk) => this.readOnNode(node, chunk),
+      (chunk) => this.readChunk(chunk),
     );
   }
 
@@ -657,8 +669,8 @@ export class StreamConsumer {
     return byNode;
   }
 
-  /** One script reading `chunk` (streams of many slots on `node`); per slot where it cannot run. */
-  private async readOnNode(node: string, chunk: StreamState[]): Promise<void> {
+  /** One script reading `chunk` (streams of many slots on `node`); false when it cannot run there. */
+  private async readOnNode(node: string, chunk: StreamState[]): Promise<boolean> {
     for (const state of chunk) state.sweeping = true;
     const through = this.seq;
     const replies = await this.nodeScripts
@@ -672,8 +684,7 @@ export class StreamConsumer {
     if (replies === null) {
       // Runs asked for meanwhile stay asked (`again`): the per-slot reads kick them after.
       for (const state of chunk) state.sweeping = false;
-      await Promise.all(chunksBySlot(chunk, this.slotOfState()).map((c) => this.readChunk(c)));
-      return;
+      return false;
     }
     const got = new Set<StreamState>();
     const failed = new Set<StreamState>();
@@ -690,6 +701,7 @@ export class StreamConsumer {
       got.add(state);
     });
     this.afterSweepRead(chunk, through, got, failed);
+    return true;
   }
 
   private async readChunk(chunk: StreamState[]): Promise<void> {
@@ -770,42 +782,29 @@ export class StreamConsumer {
     }
   }
 
-  /**
-   * Streams due for it looked at for a dead consumer's pending entries; those found are
-   * claimed. In a cluster one script per node looks at all of its streams (Redis >= 7.0),
-   * else one per slot.
-   */
+  /** Streams due for it looked at for a dead consumer's pending entries; those found are claimed. */
   private async findPending(due: StreamState[]): Promise<void> {
-    if (due.length === 0) return;
     const half = this.claimIdleMs() / 2;
     const now = Date.now();
     for (const state of due) state.nextClaimAt = now + half;
-    if (!this.shards.clustered) {
-      await Promise.all(chunksBySlot(due, null).map((chunk) => this.findPendingInSlot(chunk)));
-      return;
-    }
-    await Promise.all(
-      [...this.byNode(due)].flatMap(([node, states]) =>
-        chunksBySlot(states, null).map(async (chunk) => {
-          const replies = await this.nodeScripts
-            .run(
-              node,
-              NODE_PENDING_SCRIPT,
-              [this.group, this.consumer, ...chunk.map((s) => s.key)],
-              chunk.length,
-            )
-            .catch(() => null);
-          if (replies === null) {
-            await Promise.all(chunksBySlot(chunk, this.slotOfState()).map((c) => this.findPendingInSlot(c)));
-            return;
-          }
-          // Found (1), or not looked at here (an error: its slot moved): the claim looks itself.
-          chunk.forEach((state, i) => {
-            if (replies[i] !== 0) this.kick(state, true);
-          });
-        }),
-      ),
+    await this.inFewCommands(
+      due,
+      (node, chunk) => this.findPendingOnNode(node, chunk),
+      (chunk) => this.findPendingInSlot(chunk),
     );
+  }
+
+  /** NODE_PENDING_SCRIPT on `chunk` (streams of many slots on `node`); false when it cannot run there. */
+  private async findPendingOnNode(node: string, chunk: StreamState[]): Promise<boolean> {
+    const replies = await this.nodeScripts
+      .run(node, NODE_PENDING_SCRIPT, [this.group, this.consumer, ...chunk.map((s) => s.key)], chunk.length)
+      .catch(() => null);
+    if (replies === null) return false;
+    // Found (1), or not looked at here (an error: its slot moved): the claim looks itself.
+    chunk.forEach((state, i) => {
+      if (replies[i] !== 0) this.kick(state, true);
+    });
+    return true;
   }
 
   /** PENDING_SCRIPT on streams of one slot (or of the one server). */
