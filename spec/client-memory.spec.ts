@@ -246,6 +246,10 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
       return line === undefined ? 0 : Number(/ omem=(\d+)/.exec(line)![1]);
     }
 
+    /** CONFIG SET client-output-buffer-limit "pubsub <limits>" (through the proxy unless another port is given). */
+    const setPubsubLimit = async (limits: string, port = proxy.port) =>
+      toText(await sendCommand(port, ["CONFIG", "SET", "client-output-buffer-limit", `pubsub ${limits}`]));
+
     /**
      * Publishes 1 MB messages on `channel` until the subscriber `name` is cut (at most `most`);
      * the most the proxy was seen holding for it.
@@ -276,23 +280,19 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
 
     it("cuts a subscriber that does not read at Redis' pubsub hard limit, far below its own", async () => {
       // The proxy's own limit here is 8 MB: the pubsub class set lower must win for subscribers.
-      expect(
-        toText(
-          await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 3mb 0 0"]),
-        ),
-      ).to.equal("OK");
+      expect(await setPubsubLimit("3mb 0 0")).to.equal("OK");
       const subscriber = await stuckSubscriber("deaf", "news");
       try {
         await floodUntilCut("deaf", "news", FLOOD_MOST);
       } finally {
         subscriber.close();
-        await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
+        await setPubsubLimit("32mb 8mb 60");
       }
     });
 
     it("starts from the server's own pubsub limits (redis.conf), not Redis' defaults", async () => {
       // Set on the server before the proxy starts, as a redis.conf line would be.
-      await sendCommand(redis.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 3mb 0 0"]);
+      await setPubsubLimit("3mb 0 0", redis.port);
       const fresh = await startProxy([redis], { maxmemoryClients: 0, clientOutputBufferLimit: 8 * MB });
       try {
         const subscriber = await stuckSubscriber("unheard", "tidings", fresh.port);
@@ -306,16 +306,12 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
         }
       } finally {
         await fresh.close();
-        await sendCommand(redis.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
+        await setPubsubLimit("32mb 8mb 60", redis.port);
       }
     });
 
     it("cuts a subscriber that stays over the pubsub soft limit for its seconds, not before", async () => {
-      expect(
-        toText(
-          await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 0 1mb 2"]),
-        ),
-      ).to.equal("OK");
+      expect(await setPubsubLimit("0 1mb 2")).to.equal("OK");
       const subscriber = await stuckSubscriber("slow", "feed");
       try {
         // Nothing is held for it before the first message: its seconds cannot start earlier.
@@ -341,7 +337,7 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
         expect(Date.now() - since, "ms from the first message to the cut").to.be.at.least(1900);
       } finally {
         subscriber.close();
-        await sendCommand(proxy.port, ["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
+        await setPubsubLimit("32mb 8mb 60");
       }
     });
   });
