@@ -13,8 +13,11 @@ export type ThreadQuery =
   | { kind: "slowlog-get"; count: number }
   | { kind: "slowlog-len" }
   | { kind: "slowlog-reset" }
-  /** A client's CONFIG SET, for the settings each thread keeps (slow log, tracking table). */
-  | { kind: "config-set"; argv: Uint8Array[] }
+  /**
+   * A client's CONFIG SET, for the settings each thread keeps (slow log, tracking table,
+   * output limits); thread `from` followed it already.
+   */
+  | { kind: "config-set"; argv: Uint8Array[]; from: number }
   | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown };
 
 /** A word for one thread, answered by none: tracking invalidations for a REDIRECT client it serves. */

@@ -146,7 +146,7 @@ export class ClusterLink implements ThreadLink, RemoteClients {
   }
 
   configSet(argv: readonly Buffer[]): void {
-    void this.ask({ kind: "config-set", argv: [...argv] }, ASK_TIMEOUT_MS);
+    void this.ask({ kind: "config-set", argv: [...argv], from: this.index }, ASK_TIMEOUT_MS);
   }
 
   async metricsText(): Promise<string> {
@@ -249,7 +249,8 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         ctx.slowlog.reset();
         return null;
       case "config-set": {
-        followConfigSet(ctx, query.argv.map(asBuffer));
+        // The asking thread followed it as the command passed (dispatch.ts).
+        if (query.from !== this.index) followConfigSet(ctx, query.argv.map(asBuffer));
         return null;
       }
       case "gears": {
