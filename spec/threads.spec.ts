@@ -418,8 +418,18 @@ describe("--threads 2 with no --upstream: one embedded redis-server for both thr
     expect(await a.call("SET", "threads:embedded", "from-a")).to.equal("OK");
     expect(await b.call("GET", "threads:embedded")).to.equal("from-a");
 
-    // A crashed thread is replaced, in front of the same redis-server.
-    process.kill(await threadOf(b), "SIGKILL");
+    // A crashed thread is replaced, in front of the same redis-server. Questions to every thread
+    // (CLIENT LIST) are in flight as it dies: the supervisor's relay to the dead thread fails
+    // (EPIPE) and must not bring the supervisor down.
+    const bPid = await threadOf(b);
+    const asking = Promise.all(Array.from({ length: 3000 }, () => a.call("CLIENT", "LIST")));
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    process.kill(bPid, "SIGKILL");
+    const lists = await asking;
+    expect(
+      lists.every((l) => String(l).includes("id=")),
+      "every CLIENT LIST answered",
+    ).to.equal(true);
     await withOutput(
       proxy,
       eventually(

@@ -66,8 +66,13 @@ export function superviseThreads(
   let nextId = 1;
   let stopping = false;
 
+  // A thread killed a moment ago can still look connected: the write fails with EPIPE, reported
+  // to the callback instead of as an 'error' event that would bring the supervisor down.
   const send = (worker: Worker, message: ThreadMessage): void => {
-    if (worker.isConnected()) worker.send(message);
+    if (!worker.isConnected()) return;
+    worker.send(message, undefined, (err: Error | null) => {
+      if (err) log.debug({ err, thread: worker.id }, "a message to a thread that is going away was lost");
+    });
   };
   const settle = (id: number): void => {
     const p = pending.get(id);
@@ -105,6 +110,8 @@ export function superviseThreads(
     const worker = cluster.fork(env);
     threads.set(index, worker);
     worker.on("message", (message: unknown) => relay(worker, message));
+    // The IPC channel of a dying thread; its exit below is what the supervisor acts on.
+    worker.on("error", (err: Error) => log.debug({ err, thread: index }, "a thread's channel failed"));
     worker.on("exit", (code, signal) => {
       if (threads.get(index) === worker) threads.delete(index);
       ready.delete(worker);
