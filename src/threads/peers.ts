@@ -210,7 +210,9 @@ export class ClusterLink implements ThreadLink, RemoteClients {
   }
 
   private send(message: ThreadMessage): void {
-    process.send?.(message);
+    // A failed write means the supervisor is gone: 'disconnect' (above) ends this thread, so the
+    // error needs no 'error' event of its own.
+    process.send?.(message, undefined, undefined, () => {});
   }
 
   private receive(message: ThreadMessage): void {
