@@ -291,6 +291,30 @@ describe("--threads: several event loops, one proxy (src/threads/)", function ()
       // An id of the other thread's kind that no client has.
       const missing = await tracker!.call("CLIENT", "TRACKING", "ON", "REDIRECT", String(subId + 2000));
       expect((missing as Error).message).to.equal("ERR The client ID you want redirect to does not exist");
+      // Redis looks the REDIRECT client up as it meets the option: ahead of a later bad option.
+      const missingFirst = await tracker!.call(
+        "CLIENT",
+        "TRACKING",
+        "ON",
+        "REDIRECT",
+        String(subId + 2000),
+        "NOSUCHOPTION",
+      );
+      expect((missingFirst as Error).message).to.equal(
+        "ERR The client ID you want redirect to does not exist",
+      );
+      // A REDIRECT client that exists on the other thread, then a bad option: the option's error.
+      const badAfter = await tracker!.call(
+        "CLIENT",
+        "TRACKING",
+        "ON",
+        "REDIRECT",
+        String(subId),
+        "OPTIN",
+        "OPTOUT",
+      );
+      expect((badAfter as Error).message).to.equal("ERR You can't specify both OPTIN mode and OPTOUT mode");
+      expect(await tracker!.call("CLIENT", "GETREDIR"), "tracking as it was").to.equal(subId);
 
       // A RESP3 tracking client on the tracker's thread; its REDIRECT client (sub) goes away.
       let resp3: ReceivedText | null = null;

@@ -39,17 +39,22 @@ function mergePrefixes(old: readonly Buffer[], added: readonly Buffer[]): Buffer
 
 const NO_REDIRECT = "ERR The client ID you want redirect to does not exist";
 
+/** What CLIENT TRACKING's arguments ask for, once checked; or why not. */
+type TrackingPlan =
+  | { error: string }
+  /** The REDIRECT id would be another thread's client: ask there, then check on. */
+  | { remote: number }
+  | { off: true }
+  | { state: TrackingState };
+
 /**
- * CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p]... [BCAST] [OPTIN] [OPTOUT] [NOLOOP],
- * checked in Redis' order with its error texts. The OK waits until every node's
- * invalidation stream is up, and the client's next commands wait for it, so no change
- * to a key it reads next can go unseen.
+ * Checks CLIENT TRACKING's arguments in Redis' order, with its error texts. `known` is a
+ * REDIRECT id the other threads (--threads) already said is theirs: Redis looks its REDIRECT
+ * client up as it meets the option, so a missing one is refused ahead of a later syntax error,
+ * and the options after it are checked only once the other threads answered.
  */
-export function clientTracking(session: CommandHost, argv: Buffer[]): void {
-  if (argv.length < 3) return session.replyError(arity("tracking"));
+function planTracking(session: CommandHost, argv: Buffer[], known: number): TrackingPlan {
   let redirect = 0;
-  /** The REDIRECT client would be another thread's. */
-  let elsewhere = false;
   let bcast = false;
   let optin = false;
   let optout = false;
@@ -60,16 +65,14 @@ export function clientTracking(session: CommandHost, argv: Buffer[]): void {
     const more = j < argv.length - 1;
     if (option === "redirect" && more) {
       j++;
-      if (redirect !== 0)
-        return session.replyError("ERR A client can only redirect to a single other client");
+      if (redirect !== 0) return { error: "ERR A client can only redirect to a single other client" };
       const text = argv[j].toString();
       const id = Number(text);
       if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(id))
-        return session.replyError("ERR value is not an integer or out of range");
-      if (id !== session.id && session.ctx.clients.get(id) === undefined) {
-        // Another thread's client (--threads) is looked for there once the options are checked.
-        if (session.ctx.tracking.remote?.elsewhere(id) !== true) return session.replyError(NO_REDIRECT);
-        elsewhere = true;
+        return { error: "ERR value is not an integer or out of range" };
+      if (id !== session.id && id !== known && session.ctx.clients.get(id) === undefined) {
+        if (session.ctx.tracking.remote?.elsewhere(id) !== true) return { error: NO_REDIRECT };
+        return { remote: id };
       }
       redirect = id;
     } else if (option === "bcast") bcast = true;
@@ -77,63 +80,88 @@ export function clientTracking(session: CommandHost, argv: Buffer[]): void {
     else if (option === "optout") optout = true;
     else if (option === "noloop") noloop = true;
     else if (option === "prefix" && more) prefixes.push(argv[++j]);
-    else return session.replyError("ERR syntax error");
+    else return { error: "ERR syntax error" };
   }
   const mode = argv[2].toString().toLowerCase();
-  const table = session.ctx.tracking;
   const old = session.tracking;
-  if (mode === "off") {
-    if (old !== null) table.disable(session.id, old);
-    session.tracking = null;
-    return void session.replyNow(OK);
-  }
-  if (mode !== "on") return session.replyError("ERR syntax error");
-  if (!bcast && prefixes.length > 0)
-    return session.replyError("ERR PREFIX option requires BCAST mode to be enabled");
+  if (mode === "off") return { off: true };
+  if (mode !== "on") return { error: "ERR syntax error" };
+  if (!bcast && prefixes.length > 0) return { error: "ERR PREFIX option requires BCAST mode to be enabled" };
   if (old !== null && old.bcast !== bcast) {
-    return session.replyError(
-      "ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.",
-    );
+    return {
+      error:
+        "ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.",
+    };
   }
-  if (bcast && (optin || optout))
-    return session.replyError("ERR OPTIN and OPTOUT are not compatible with BCAST");
-  if (optin && optout) return session.replyError("ERR You can't specify both OPTIN mode and OPTOUT mode");
+  if (bcast && (optin || optout)) return { error: "ERR OPTIN and OPTOUT are not compatible with BCAST" };
+  if (optin && optout) return { error: "ERR You can't specify both OPTIN mode and OPTOUT mode" };
   if ((optin && old?.optout === true) || (optout && old?.optin === true)) {
-    return session.replyError(
-      "ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.",
-    );
+    return {
+      error:
+        "ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.",
+    };
   }
   let merged: Buffer[] = [];
   if (bcast) {
     const collision = prefixCollision(old?.prefixes ?? [], prefixes);
-    if (collision !== null) return session.replyError(collision);
+    if (collision !== null) return { error: collision };
     merged = mergePrefixes(old?.prefixes ?? [], prefixes.length > 0 ? prefixes : [Buffer.alloc(0)]);
   }
-  const turnOn = (): Promise<Buffer> => {
-    const state = new TrackingState(redirect, bcast, optin, optout, noloop, merged);
-    // Redis keeps a CLIENT CACHING given before tracking is turned on again.
-    state.caching = old?.caching ?? false;
-    if (old !== null) table.disable(session.id, old);
-    session.tracking = state;
-    return table.enable(session.id, state).then(
-      () => OK,
-      (err: Error) => {
-        // Without a stream the proxy would miss changes: tracking stays off.
-        if (session.tracking === state) {
-          table.disable(session.id, state);
-          session.tracking = null;
-        }
-        throw new Error(`client tracking is unavailable: ${err.message}`);
-      },
-    );
-  };
-  if (!elsewhere) return session.replyLater(turnOn(), true);
+  return { state: new TrackingState(redirect, bcast, optin, optout, noloop, merged) };
+}
+
+function trackingOff(session: CommandHost): void {
+  if (session.tracking !== null) session.ctx.tracking.disable(session.id, session.tracking);
+  session.tracking = null;
+}
+
+/** Turns tracking on as `state` says; the OK once every node's invalidation stream is up. */
+function trackingOn(session: CommandHost, state: TrackingState): Promise<Buffer> {
+  const table = session.ctx.tracking;
+  const old = session.tracking;
+  // Redis keeps a CLIENT CACHING given before tracking is turned on again.
+  state.caching = old?.caching ?? false;
+  if (old !== null) table.disable(session.id, old);
+  session.tracking = state;
+  return table.enable(session.id, state).then(
+    () => OK,
+    (err: Error) => {
+      // Without a stream the proxy would miss changes: tracking stays off.
+      if (session.tracking === state) {
+        table.disable(session.id, state);
+        session.tracking = null;
+      }
+      throw new Error(`client tracking is unavailable: ${err.message}`);
+    },
+  );
+}
+
+/**
+ * CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p]... [BCAST] [OPTIN] [OPTOUT] [NOLOOP]. The
+ * OK waits until every node's invalidation stream is up, and the client's next commands wait
+ * for it, so no change to a key it reads next can go unseen.
+ */
+export function clientTracking(session: CommandHost, argv: Buffer[]): void {
+  if (argv.length < 3) return session.replyError(arity("tracking"));
+  const plan = planTracking(session, argv, 0);
+  if ("error" in plan) return session.replyError(plan.error);
+  if ("off" in plan) {
+    trackingOff(session);
+    return void session.replyNow(OK);
+  }
+  if ("state" in plan) return session.replyLater(trackingOn(session, plan.state), true);
   // The client's next commands wait (hold) while the other threads are asked.
-  const found = session.ctx.threads?.clientList(["ID", String(redirect)]) ?? Promise.resolve("");
+  const id = plan.remote;
+  const found = session.ctx.threads?.clientList(["ID", String(id)]) ?? Promise.resolve("");
   session.replyLater(
     found.then((line) => {
       if (line === "") throw new Error(NO_REDIRECT.slice("ERR ".length));
-      return turnOn();
+      const checked = planTracking(session, argv, id);
+      if ("error" in checked) throw new Error(checked.error.slice("ERR ".length));
+      if ("remote" in checked) throw new Error("A client can only redirect to a single other client");
+      if ("state" in checked) return trackingOn(session, checked.state);
+      trackingOff(session);
+      return OK;
     }),
     true,
   );
