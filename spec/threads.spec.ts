@@ -439,6 +439,15 @@ describe("--threads 2 with no --upstream: one embedded redis-server for both thr
 
     expect(await a.call("PING")).to.equal("PONG");
     expect(await b.call("PING")).to.equal("PONG");
+    // SIGHUP to the supervisor reaches every thread (each re-reads its TLS files) and ends none.
+    proxy.signal("SIGHUP");
+    await eventually(
+      async () => logLines().filter((l) => l.msg === "SIGHUP: no TLS certificate files to reload").length,
+      (n) => n === 2,
+      "both threads took the SIGHUP",
+    );
+    expect(await a.call("PING")).to.equal("PONG");
+    expect(await b.call("PING")).to.equal("PONG");
     expect(await a.call("SET", "threads:embedded", "from-a")).to.equal("OK");
     expect(await b.call("GET", "threads:embedded")).to.equal("from-a");
 

@@ -3,6 +3,7 @@
  * and the proxy to a TLS-only redis-server and a TLS-only cluster. The spec makes its own CAs.
  */
 import { execFile, execFileSync } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -13,7 +14,10 @@ import { Redis } from "ioredis";
 import { createClient } from "redis";
 import { parseArgs, UsageError } from "../src/cli.js";
 import type { ProxyConfig } from "../src/config.js";
+import { ChildProxy } from "./support/child-proxy.js";
+import { eventually } from "./support/polling.js";
 import {
+  freePort,
   redisCliTlsArgs,
   startCluster,
   startProxy,
@@ -108,6 +112,22 @@ function redisCli(port: number, files: TlsFiles, ...args: string[]): Promise<str
       else resolve(stdout.trim());
     });
   });
+}
+
+/** The certificate a TLS server shows a fresh connection: its SHA-256 fingerprint. */
+function servedCertificate(port: number, trust: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: "127.0.0.1", port, ca: trust.map((f) => fs.readFileSync(f)) }, () => {
+      const fingerprint = socket.getPeerCertificate().fingerprint256;
+      socket.destroy();
+      resolve(fingerprint);
+    });
+    socket.on("error", reject);
+  });
+}
+
+function fingerprintOf(certFile: string): string {
+  return new crypto.X509Certificate(fs.readFileSync(certFile)).fingerprint256;
 }
 
 /** What the proxy needs to dial TLS upstreams signed by `pki`, presenting the same certificate. */
@@ -409,6 +429,123 @@ describe("TLS", function () {
       }
       expect(await client.set(key, "after")).to.equal("OK");
       expect(await target.call("GET", key)).to.equal("after");
+    });
+  });
+  describe("SIGHUP: the certificate files read again", () => {
+    let live: string;
+    const copy = (from: TlsFiles, to: { cert?: string; key?: string; ca?: string }): void => {
+      if (to.cert !== undefined) fs.copyFileSync(from.cert, to.cert);
+      if (to.key !== undefined) fs.copyFileSync(from.key, to.key);
+      if (to.ca !== undefined) fs.copyFileSync(from.ca, to.ca);
+    };
+    const logged = (proxy: ChildProxy, text: string, times: number): Promise<number> =>
+      eventually(
+        async () => proxy.output().split(text).length - 1,
+        (n) => n >= times,
+        `the log says "${text}" ${times} time(s)`,
+      );
+
+    before(() => {
+      live = fs.mkdtempSync(path.join(dir, "live-"));
+    });
+
+    it("serves new TLS clients the renewed certificate, keeps open ones, and keeps the old on a bad file", async () => {
+      const cert = path.join(live, "proxy.crt");
+      const key = path.join(live, "proxy.key");
+      copy(pki, { cert, key });
+      const redis = await startRedis();
+      const tlsPort = await freePort();
+      const proxy = await ChildProxy.start({
+        upstreams: [{ port: redis.port }],
+        args: [
+          "--log-level",
+          "info",
+          "--tls-port",
+          String(tlsPort),
+          "--tls-cert-file",
+          cert,
+          "--tls-key-file",
+          key,
+          "--tls-auth-clients",
+          "no",
+        ],
+      });
+      const trust = [pki.ca, otherPki.ca];
+      const open = new Redis({
+        host: "127.0.0.1",
+        port: tlsPort,
+        tls: { ca: trust.map((f) => fs.readFileSync(f)) },
+      });
+      try {
+        expect(await servedCertificate(tlsPort, trust)).to.equal(fingerprintOf(pki.cert));
+        expect(await open.set("tls:reload", "before")).to.equal("OK");
+
+        copy(otherPki, { cert, key });
+        proxy.signal("SIGHUP");
+        await logged(proxy, "TLS certificates reloaded", 1);
+        expect(await servedCertificate(tlsPort, trust), "a new connection").to.equal(
+          fingerprintOf(otherPki.cert),
+        );
+        expect(await open.get("tls:reload"), "a connection opened before").to.equal("before");
+
+        // A key that is not PEM: the reload is refused as a whole, the renewed certificate stays.
+        fs.writeFileSync(key, "not a key\n");
+        fs.rmSync(cert);
+        proxy.signal("SIGHUP");
+        await logged(proxy, "TLS certificates not reloaded", 1);
+        expect(proxy.output()).to.include(cert);
+        expect(await servedCertificate(tlsPort, trust)).to.equal(fingerprintOf(otherPki.cert));
+        expect(proxy.running, "SIGHUP does not end the proxy").to.equal(true);
+        expect(await open.get("tls:reload")).to.equal("before");
+      } finally {
+        open.disconnect();
+        await proxy.stop();
+        await redis.stop();
+      }
+    });
+
+    it("dials new upstream connections with the files as they are now", async () => {
+      const ca = path.join(live, "upstream-ca.crt");
+      copy(pki, { ca });
+      const redis = await startRedis({ tls: pki });
+      const proxy = await ChildProxy.start({
+        upstreams: [{ port: redis.port }],
+        args: [
+          "--log-level",
+          "info",
+          "--upstream-tls",
+          "--upstream-tls-ca-cert-file",
+          ca,
+          "--upstream-tls-cert-file",
+          pki.cert,
+          "--upstream-tls-key-file",
+          pki.key,
+        ],
+      });
+      const client = new Redis({ host: "127.0.0.1", port: proxy.port, maxRetriesPerRequest: 0 });
+      const get = (): Promise<string> =>
+        client.get("tls:up").then(
+          (v) => `value ${String(v)}`,
+          (err: Error) => `error ${err.message}`,
+        );
+      try {
+        expect(await client.set("tls:up", "1")).to.equal("OK");
+        // A CA that did not sign the server: new connections must fail once it is read.
+        copy(otherPki, { ca });
+        proxy.signal("SIGHUP");
+        await logged(proxy, "TLS certificates reloaded", 1);
+        await redis.call("CLIENT", "KILL", "TYPE", "normal");
+        await eventually(get, (r) => r.startsWith("error"), "the proxy cannot reach Redis with the wrong CA");
+        // The right CA again: the proxy reconnects.
+        copy(pki, { ca });
+        proxy.signal("SIGHUP");
+        await logged(proxy, "TLS certificates reloaded", 2);
+        await eventually(get, (r) => r === "value 1", "the proxy reaches Redis again", 15_000);
+      } finally {
+        client.disconnect();
+        await proxy.stop();
+        await redis.stop();
+      }
     });
   });
 });

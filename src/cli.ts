@@ -188,6 +188,9 @@ function onSignals(running: Running): (signal: NodeJS.Signals) => void {
   };
   process.on("SIGINT", handler);
   process.on("SIGTERM", handler);
+  // SIGHUP re-reads the TLS certificate files (renewed ones without a restart), as proxies
+  // conventionally do; it no longer ends the process (redis-server ignores it too).
+  process.on("SIGHUP", () => running.server?.reloadTls());
   // One failed background task (an event batch, a timer) must not take every client down.
   process.on("unhandledRejection", (reason: unknown) => {
     running.log.error({ err: errorMessage(reason) }, "unhandled rejection");

@@ -49,3 +49,35 @@ export function upstreamTlsOptions(config: ProxyConfig): tls.ConnectionOptions |
     ...(config.upstreamTlsServername !== undefined ? { servername: config.upstreamTlsServername } : {}),
   };
 }
+
+/**
+ * The TLS settings in use, re-read on demand (SIGHUP) so that renewed certificates take effect
+ * without a restart. The upstream options stay one object, shared by every node's connections
+ * and read at each dial: a reload changes it in place, and the next connection uses the new
+ * files while open ones keep their session.
+ */
+export class TlsFiles {
+  client: tls.TlsOptions | undefined;
+  readonly upstream: tls.ConnectionOptions | undefined;
+
+  constructor(private readonly config: ProxyConfig) {
+    this.client = clientTlsOptions(config);
+    this.upstream = upstreamTlsOptions(config);
+  }
+
+  /** Whether any TLS file is in use (a reload has something to do). */
+  get inUse(): boolean {
+    return this.client !== undefined || this.upstream !== undefined;
+  }
+
+  /** Reads every file again; all or nothing: a file that cannot be read leaves the old settings. */
+  reload(): void {
+    const client = clientTlsOptions(this.config);
+    const upstream = upstreamTlsOptions(this.config);
+    if (this.upstream !== undefined && upstream !== undefined) {
+      for (const key of Object.keys(this.upstream)) delete this.upstream[key as keyof tls.ConnectionOptions];
+      Object.assign(this.upstream, upstream);
+    }
+    this.client = client;
+  }
+}

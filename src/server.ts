@@ -1,6 +1,6 @@
 import net from "node:net";
 import tls from "node:tls";
-import { clientTlsOptions } from "./config-tls.js";
+import { TlsFiles } from "./config-tls.js";
 import { ClientRegistry } from "./client/registry.js";
 import { TrackingTable } from "./client/tracking/table.js";
 import type { ProxyContext, ProxyStats, ThreadLink } from "./client/context.js";
@@ -43,6 +43,8 @@ export class ProxyServer {
   private tlsListener: tls.Server | null = null;
   /** The bound TLS port (useful with --tls-port 0). */
   tlsPort: number | undefined;
+  /** The certificate files in use, both sides; null before start. */
+  private tlsFiles: TlsFiles | null = null;
   private context: ProxyContext | null = null;
   private sweeper: NodeJS.Timeout | null = null;
   /** Keeps what clients hold under --maxmemory-clients and the per-client output limit. */
@@ -77,7 +79,8 @@ export class ProxyServer {
   /** Resolves once listening; the port is the bound one (useful with port 0). */
   async start(): Promise<{ host: string; port: number }> {
     // Read before anything starts, so a missing certificate stops the proxy at once.
-    const tlsOptions = clientTlsOptions(this.config);
+    const tlsFiles = new TlsFiles(this.config);
+    this.tlsFiles = tlsFiles;
     const stats: ProxyStats = {
       startedAt: Date.now(),
       connectionsReceived: 0,
@@ -91,7 +94,7 @@ export class ProxyServer {
     // Made before the upstream connections, which it times.
     const metrics =
       this.config.metricsPort === undefined ? null : new Metrics(metricSources(stats, () => this.context));
-    const upstream = await connectUpstream(this.config, this.log, metrics ?? undefined);
+    const upstream = await connectUpstream(this.config, this.log, metrics ?? undefined, tlsFiles.upstream);
     this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
     if (upstream.outputLimits !== null) this.memoryGuard.followOutputLimits(upstream.outputLimits);
     const commands = upstream.commands === null ? null : new CommandTable(upstream.commands);
@@ -168,8 +171,8 @@ export class ProxyServer {
     await this.listen(listener, this.config.port);
     // Counted among the threads once it takes connections (the spec waits for that).
     this.thread?.serve(ctx);
-    if (tlsOptions !== undefined) {
-      const tlsListener = tls.createServer(tlsOptions, (socket) => this.acceptTls(ctx, socket));
+    if (tlsFiles.client !== undefined) {
+      const tlsListener = tls.createServer(tlsFiles.client, (socket) => this.acceptTls(ctx, socket));
       // A failed handshake (no certificate, another CA) never becomes a client: noted, not fatal.
       tlsListener.on("tlsClientError", (err, socket) =>
         this.log.info({ err: err.message, client: socket.remoteAddress }, "TLS handshake refused"),
@@ -212,6 +215,29 @@ export class ProxyServer {
     });
     listener.on("error", (err) => this.log.error({ err: err.message }, "listener error"));
     return listener.address() as net.AddressInfo;
+  }
+
+  /**
+   * Re-reads the certificate files (SIGHUP): new TLS clients get the new certificate, new
+   * upstream connections show and check the new ones; open connections keep their session.
+   * A file that cannot be read leaves everything as it was, logged.
+   */
+  reloadTls(): void {
+    const files = this.tlsFiles;
+    if (files === null || !files.inUse)
+      return void this.log.info("SIGHUP: no TLS certificate files to reload");
+    try {
+      files.reload();
+    } catch (err) {
+      this.log.error(
+        { err: err instanceof Error ? err.message : String(err) },
+        "TLS certificates not reloaded: the old ones stay in use",
+      );
+      return;
+    }
+    if (this.tlsListener !== null && files.client !== undefined)
+      this.tlsListener.setSecureContext(files.client);
+    this.log.info("TLS certificates reloaded");
   }
 
   /** --tls-auth-clients optional: no certificate is fine, a certificate that fails its checks is not. */

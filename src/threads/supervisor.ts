@@ -153,4 +153,8 @@ export function superviseThreads(
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  // Each thread re-reads its TLS files (cli.ts); the supervisor holds none.
+  process.on("SIGHUP", () => {
+    for (const w of threads.values()) if (w.isConnected()) w.process.kill("SIGHUP");
+  });
 }

@@ -1,5 +1,5 @@
 import type { HostPort, ProxyConfig } from "../config.js";
-import { upstreamTlsOptions } from "../config-tls.js";
+import type tls from "node:tls";
 import type { Logger } from "../observability/log.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { ClusterTopology } from "./cluster-topology.js";
@@ -25,12 +25,17 @@ const STARTUP_RETRY_MS = 10_000;
 
 type NodeOptions = ReturnType<typeof nodeOptions>;
 
-/** Read once: the TLS files are not re-read on every reconnect. */
-function nodeOptions(config: ProxyConfig, log: Logger, observer: NodeObserver | undefined) {
+/** `tlsOptions`: one object for every node, which a reload of the certificates changes in place (config-tls.ts). */
+function nodeOptions(
+  config: ProxyConfig,
+  log: Logger,
+  observer: NodeObserver | undefined,
+  tlsOptions: tls.ConnectionOptions | undefined,
+) {
   return {
     log,
     observer,
-    tls: upstreamTlsOptions(config),
+    tls: tlsOptions,
     user: config.upstreamUser,
     password: config.upstreamPassword,
     connectTimeoutMs: config.connectTimeoutMs,
@@ -74,10 +79,11 @@ async function probe(seed: HostPort, options: NodeOptions) {
 export async function connectUpstream(
   config: ProxyConfig,
   log: Logger,
-  observer?: NodeObserver,
+  observer: NodeObserver | undefined,
+  tlsOptions: tls.ConnectionOptions | undefined,
 ): Promise<UpstreamInfo> {
   if (config.upstreams.length === 0) throw new Error("no upstream configured");
-  const options = nodeOptions(config, log, observer);
+  const options = nodeOptions(config, log, observer, tlsOptions);
   const deadline = Date.now() + STARTUP_RETRY_MS;
   for (let attempt = 0; ; attempt++) {
     const seed = config.upstreams[attempt % config.upstreams.length];
