@@ -10,7 +10,7 @@ import path from "node:path";
 import tls from "node:tls";
 import { expect } from "chai";
 import calculateSlot from "cluster-key-slot";
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import { createClient } from "redis";
 import { parseArgs, UsageError } from "../src/cli.js";
 import type { ProxyConfig } from "../src/config.js";
@@ -431,6 +431,80 @@ describe("TLS", function () {
       expect(await target.call("GET", key)).to.equal("after");
     });
   });
+  describe("--port off: TLS clients only", () => {
+    it("is read from flags and the config file, and refused without --tls-port", () => {
+      const tlsFlags = ["--tls-port", "6390", "--tls-cert-file", pki.cert, "--tls-key-file", pki.key];
+      const flags = parseArgs(["--port", "off", ...tlsFlags, "--tls-auth-clients", "no"]);
+      expect(flags.port).to.equal(null);
+      const file = path.join(dir, "tls-only.json");
+      fs.writeFileSync(file, JSON.stringify({ port: "off" }));
+      expect(parseArgs(["--config", file, ...tlsFlags, "--tls-auth-clients", "no"]).port).to.equal(null);
+      expect(parseArgs(["--port", "0"]).port, "0 still picks a free port").to.equal(0);
+      expect(() => parseArgs(["--port", "off"])).to.throw(UsageError, "--port off needs --tls-port");
+      expect(() => parseArgs(["--port", "of"])).to.throw(UsageError);
+    });
+
+    it("opens no plain port; clients and cluster-mode clients reach it over TLS", async () => {
+      const redis = await startRedis();
+      const proxy = await startProxy([{ port: redis.port }], {
+        port: null,
+        tlsPort: 0,
+        tlsCertFile: pki.cert,
+        tlsKeyFile: pki.key,
+        tlsAuthClients: "no",
+        clusterEmulation: true,
+      });
+      const trust = { ca: fs.readFileSync(pki.ca) };
+      const cluster = new Cluster([{ host: "127.0.0.1", port: proxy.port }], {
+        redisOptions: { tls: trust },
+        // The certificate is for 127.0.0.1 and localhost: the announced address is one of them.
+        dnsLookup: (address, callback) => callback(null, address),
+      });
+      try {
+        expect(proxy.port, "start() gives the TLS port").to.equal(proxy.server.tlsPort);
+        expect(await tlsPing(proxy.port, trust)).to.equal("+PONG");
+        const info = String(await redisCli(proxy.port, { ...pki }, "INFO", "proxy"));
+        expect(info).to.match(/^tcp_port:0\r?$/m);
+        const slots = (await redisCli(proxy.port, { ...pki }, "CLUSTER", "SLOTS")).split("\n");
+        expect(slots, "the TLS port announced").to.include(String(proxy.port));
+        expect(await cluster.set("tls:only", "yes")).to.equal("OK");
+        expect(await cluster.get("tls:only")).to.equal("yes");
+        expect(await redis.call("GET", "tls:only")).to.equal("yes");
+      } finally {
+        cluster.disconnect();
+        await proxy.close();
+        await redis.stop();
+      }
+    });
+
+    it("with both ports open, cluster emulation announces to each client the port it came in on", async () => {
+      const redis = await startRedis();
+      const proxy = await startProxy([{ port: redis.port }], {
+        tlsPort: 0,
+        tlsCertFile: pki.cert,
+        tlsKeyFile: pki.key,
+        tlsAuthClients: "no",
+        clusterEmulation: true,
+      });
+      const tlsPort = proxy.server.tlsPort!;
+      const plain = new Redis({ host: "127.0.0.1", port: proxy.port });
+      const secure = new Redis({ host: "127.0.0.1", port: tlsPort, tls: { ca: fs.readFileSync(pki.ca) } });
+      const portOf = async (client: Redis): Promise<number> => {
+        const slots = (await client.call("CLUSTER", "SLOTS")) as [number, number, [string, number, string]][];
+        return slots[0][2][1];
+      };
+      try {
+        expect(await portOf(plain)).to.equal(proxy.port);
+        expect(await portOf(secure)).to.equal(tlsPort);
+      } finally {
+        plain.disconnect();
+        secure.disconnect();
+        await proxy.close();
+        await redis.stop();
+      }
+    });
+  });
+
   describe("SIGHUP: the certificate files read again", () => {
     let live: string;
     const copy = (from: TlsFiles, to: { cert?: string; key?: string; ca?: string }): void => {

@@ -212,7 +212,8 @@ async function start(running: Running, config: ProxyConfig, thread?: ClusterLink
   running.server = new ProxyServer(effective, running.log, thread);
   const address = await running.server.start();
   const tlsPort = running.server.tlsPort;
-  const tlsText = tlsPort === undefined ? "" : ` (TLS on port ${tlsPort})`;
+  const tlsText =
+    tlsPort === undefined ? "" : effective.port === null ? " (TLS only)" : ` (TLS on port ${tlsPort})`;
   running.log.info(
     { address, tlsPort, upstreams: effective.upstreams, embedded: running.embedded !== undefined },
     `gears-proxy listening on ${formatAddress(address)}${tlsText}, in front of ${describeUpstreams(effective, running.embedded)}`,

@@ -10,6 +10,7 @@ export type OptionRow = [option: string, defaultText: string, meaning: string];
 const PLACEHOLDER: Partial<Record<OptionSpec["kind"], string>> = {
   port: "<port>",
   "listen-port": "<port>",
+  "plain-port": "<port>|off",
   host: "<host>",
   text: "<text>",
   count: "<n>",

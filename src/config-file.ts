@@ -29,6 +29,7 @@ export const LOG_LEVELS: readonly ProxyConfig["logLevel"][] = [
 type Kind =
   | "port"
   | "listen-port"
+  | "plain-port"
   | "host"
   | "text"
   | "count"
@@ -61,8 +62,9 @@ export const OPTIONS: readonly OptionSpec[] = [
   {
     flag: "port",
     key: "port",
-    kind: "listen-port",
-    describe: "TCP port the proxy listens on for Redis clients (0 picks a free one).",
+    kind: "plain-port",
+    describe:
+      "TCP port the proxy listens on for Redis clients (0 picks a free one; off: none, TLS clients only, with --tls-port).",
     defaultText: String(DEFAULT_CONFIG.port),
   },
   {
@@ -431,6 +433,11 @@ function convert(spec: OptionSpec, value: unknown): OptionValue {
       return asInteger(value, 1, 65535);
     case "listen-port":
       return asInteger(value, 0, 65535);
+    case "plain-port":
+      // Not Redis' `port 0`: 0 picks a free port here (tests and scripts rely on it).
+      return value === false || asText(value).trim().toLowerCase() === "off"
+        ? null
+        : asInteger(value, 0, 65535);
     case "count":
       return asInteger(value, 0, Number.MAX_SAFE_INTEGER);
     case "positive":
@@ -523,6 +530,9 @@ export function mergeConfig(
 
 /** Options that only make sense together, refused at start rather than at the first handshake. */
 function checkTls(config: ProxyConfig): void {
+  if (config.port === null && config.tlsPort === undefined) {
+    throw new UsageError("--port off needs --tls-port: the proxy would have no port for clients");
+  }
   if (config.tlsPort !== undefined && (config.tlsCertFile === undefined || config.tlsKeyFile === undefined)) {
     throw new UsageError("--tls-port needs --tls-cert-file and --tls-key-file");
   }

@@ -5,8 +5,8 @@ export interface HostPort {
 }
 
 export interface ProxyConfig {
-  /** Where clients connect. */
-  port: number;
+  /** Where clients connect; null (`--port off`) when only the TLS port is open. */
+  port: number | null;
   bind: string;
   /** Redis servers or cluster seed nodes. Empty: start an embedded redis-server. */
   upstreams: HostPort[];

@@ -76,7 +76,7 @@ export class ProxyServer {
     );
   }
 
-  /** Resolves once listening; the port is the bound one (useful with port 0). */
+  /** Resolves once listening; the port is the bound one (useful with port 0), the TLS one with `--port off`. */
   async start(): Promise<{ host: string; port: number }> {
     // Read before anything starts, so a missing certificate stops the proxy at once.
     const tlsFiles = new TlsFiles(this.config);
@@ -165,12 +165,13 @@ export class ProxyServer {
       gearsPreload(),
     );
     await ctx.gears.restore();
-    // Accepted paused so that the client's socket can read without the stream machinery (io/socket-reader.ts).
-    const listener = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(ctx, socket));
-    this.listener = listener;
-    await this.listen(listener, this.config.port);
-    // Counted among the threads once it takes connections (the spec waits for that).
-    this.thread?.serve(ctx);
+    let bound: net.AddressInfo | null = null;
+    if (this.config.port !== null) {
+      // Accepted paused so that the client's socket can read without the stream machinery (io/socket-reader.ts).
+      const listener = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(ctx, socket));
+      this.listener = listener;
+      bound = await this.listen(listener, this.config.port);
+    }
     if (tlsFiles.client !== undefined) {
       const tlsListener = tls.createServer(tlsFiles.client, (socket) => this.acceptTls(ctx, socket));
       // A failed handshake (no certificate, another CA) never becomes a client: noted, not fatal.
@@ -178,8 +179,12 @@ export class ProxyServer {
         this.log.info({ err: err.message, client: socket.remoteAddress }, "TLS handshake refused"),
       );
       this.tlsListener = tlsListener;
-      this.tlsPort = (await this.listen(tlsListener, this.config.tlsPort ?? 0)).port;
+      const tlsBound = await this.listen(tlsListener, this.config.tlsPort ?? 0);
+      this.tlsPort = tlsBound.port;
+      bound ??= tlsBound;
     }
+    // Counted among the threads once it takes connections (the spec waits for that).
+    this.thread?.serve(ctx);
     this.memoryGuard.start(MEMORY_CHECK_MS);
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);
@@ -199,10 +204,11 @@ export class ProxyServer {
         this.thread === undefined ? undefined : () => this.thread!.metricsText(),
       );
     }
-    const address = listener.address() as net.AddressInfo;
+    // checkTls refuses a config with neither port.
+    if (bound === null) throw new Error("no port to listen on: --port off needs --tls-port");
     // A client asking INFO should see the port it actually connected to.
-    this.config.port = address.port;
-    return { host: address.address, port: address.port };
+    if (this.config.port !== null) this.config.port = bound.port;
+    return { host: bound.address, port: bound.port };
   }
 
   private async listen(listener: net.Server, port: number): Promise<net.AddressInfo> {

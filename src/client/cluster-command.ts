@@ -2,13 +2,17 @@ import { createHash } from "node:crypto";
 import { keySlot as calculateSlot } from "../routing/key-slot.js";
 import { encodeBulk, encodeError, encodeInteger, OK } from "../resp/encode.js";
 import { RespMap } from "../resp/values.js";
-import type { ProxyContext } from "./context.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
 
-/** The node the proxy pretends to be: a stable id derived from its announced address. */
-function self(ctx: ProxyContext): { id: string; host: string; port: number } {
-  const host = ctx.config.announceHost ?? ctx.config.bind;
-  const port = ctx.config.announcePort ?? ctx.config.port;
+/**
+ * The node the proxy pretends to be: a stable id derived from its announced address. Unless
+ * --announce-port says otherwise, the port is the one the client came in on, so that a TLS
+ * client is sent to the TLS port and a plain one to the plain port.
+ */
+function self(session: CommandHost): { id: string; host: string; port: number } {
+  const config = session.ctx.config;
+  const host = config.announceHost ?? config.bind;
+  const port = config.announcePort ?? Number(session.laddr.slice(session.laddr.lastIndexOf(":") + 1));
   const id = createHash("sha1").update(`gears-proxy ${host}:${port}`).digest("hex");
   return { id, host, port };
 }
@@ -19,11 +23,11 @@ function bulk(text: string): Buffer {
 
 const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> = {
   slots(session) {
-    const me = self(session.ctx);
+    const me = self(session);
     session.replyValue([[0, 16383, [bulk(me.host), me.port, bulk(me.id)]]]);
   },
   shards(session) {
-    const me = self(session.ctx);
+    const me = self(session);
     const node = new RespMap([
       [bulk("id"), bulk(me.id)],
       [bulk("port"), me.port],
@@ -41,7 +45,7 @@ const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> =
     ]);
   },
   nodes(session) {
-    const me = self(session.ctx);
+    const me = self(session);
     const line = `${me.id} ${me.host}:${me.port}@${me.port + 10000} myself,master - 0 0 1 connected 0-16383\n`;
     session.replyText(line);
   },
@@ -61,7 +65,7 @@ const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> =
     session.replyText(lines.join("\r\n") + "\r\n");
   },
   myid(session) {
-    session.replyNow(encodeBulk(self(session.ctx).id));
+    session.replyNow(encodeBulk(self(session).id));
   },
   keyslot(session, argv) {
     if (argv.length !== 3)

@@ -13,6 +13,8 @@ import type { AclUser } from "../acl/access-control.js";
 export interface CommandHost {
   readonly id: number;
   readonly ctx: ProxyContext;
+  /** The proxy's address the client connected to (CLIENT LIST's laddr): which listener, plain or TLS. */
+  readonly laddr: string;
   db: number;
   /** Set by HELLO; every reply the handlers build is encoded in it. */
   proto: Protocol;

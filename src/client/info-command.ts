@@ -17,7 +17,7 @@ export function proxySection(ctx: ProxyContext): string {
     `proxy_mode:${topology.mode}`,
     `uptime_in_seconds:${Math.floor((Date.now() - s.startedAt) / 1000)}`,
     `process_id:${process.pid}`,
-    `tcp_port:${ctx.config.port}`,
+    `tcp_port:${ctx.config.port ?? 0}`,
     `connected_clients:${ctx.clients.size}`,
     `maxclients:${ctx.config.maxclients}`,
     `total_connections_received:${s.connectionsReceived}`,
