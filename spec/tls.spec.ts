@@ -32,7 +32,7 @@ import {
  * A CA (`name`-ca.crt) and one certificate it signed for localhost and 127.0.0.1. The leaf has
  * no extended key usage, so the same file serves as a server's and as a client's certificate.
  */
-function makePki(dir: string, name: string): TlsFiles {
+function makePki(dir: string, name: string, days = 2): TlsFiles {
   const run = (...args: string[]): void => {
     execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
   };
@@ -43,7 +43,7 @@ function makePki(dir: string, name: string): TlsFiles {
     "-new",
     ...ec,
     "-days",
-    "2",
+    String(days),
     "-subj",
     `/CN=${name} CA`,
     "-keyout",
@@ -64,7 +64,7 @@ function makePki(dir: string, name: string): TlsFiles {
     `${name}-ca.key`,
     "-CAcreateserial",
     "-days",
-    "2",
+    String(days),
     "-extfile",
     `${name}.ext`,
     "-out",
@@ -529,6 +529,9 @@ describe("TLS", function () {
       copy(pki, { cert, key });
       const redis = await startRedis();
       const tlsPort = await freePort();
+      const metricsPort = await freePort();
+      // Valid for 30 days, not 2: the expiry metric must move.
+      const renewed = makePki(live, "renewed", 30);
       const proxy = await ChildProxy.start({
         upstreams: [{ port: redis.port }],
         args: [
@@ -542,9 +545,20 @@ describe("TLS", function () {
           key,
           "--tls-auth-clients",
           "no",
+          "--metrics-port",
+          String(metricsPort),
         ],
       });
-      const trust = [pki.ca, otherPki.ca];
+      const trust = [pki.ca, renewed.ca];
+      const expiry = async (): Promise<number> => {
+        const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+        const line = /^gears_proxy_tls_certificate_expiry_timestamp_seconds\{side="clients"\} (\d+)$/m.exec(
+          text,
+        );
+        return line === null ? -1 : Number(line[1]);
+      };
+      const expiryOf = (file: string): number =>
+        Math.floor(Date.parse(new crypto.X509Certificate(fs.readFileSync(file)).validTo) / 1000);
       const open = new Redis({
         host: "127.0.0.1",
         port: tlsPort,
@@ -553,13 +567,16 @@ describe("TLS", function () {
       try {
         expect(await servedCertificate(tlsPort, trust)).to.equal(fingerprintOf(pki.cert));
         expect(await open.set("tls:reload", "before")).to.equal("OK");
+        expect(await expiry()).to.equal(expiryOf(pki.cert));
 
-        copy(otherPki, { cert, key });
+        copy(renewed, { cert, key });
         proxy.signal("SIGHUP");
         await logged(proxy, "TLS certificates reloaded", 1);
         expect(await servedCertificate(tlsPort, trust), "a new connection").to.equal(
-          fingerprintOf(otherPki.cert),
+          fingerprintOf(renewed.cert),
         );
+        expect(await expiry(), "the renewed certificate's expiry").to.equal(expiryOf(renewed.cert));
+        expect(expiryOf(renewed.cert) - expiryOf(pki.cert)).to.be.greaterThan(20 * 86400);
         expect(await open.get("tls:reload"), "a connection opened before").to.equal("before");
 
         // A key that is not PEM: the reload is refused as a whole, the renewed certificate stays.
@@ -568,7 +585,8 @@ describe("TLS", function () {
         proxy.signal("SIGHUP");
         await logged(proxy, "TLS certificates not reloaded", 1);
         expect(proxy.output()).to.include(cert);
-        expect(await servedCertificate(tlsPort, trust)).to.equal(fingerprintOf(otherPki.cert));
+        expect(await servedCertificate(tlsPort, trust)).to.equal(fingerprintOf(renewed.cert));
+        expect(await expiry()).to.equal(expiryOf(renewed.cert));
         expect(proxy.running, "SIGHUP does not end the proxy").to.equal(true);
         expect(await open.get("tls:reload")).to.equal("before");
       } finally {

@@ -2,6 +2,7 @@
  * The TLS settings of both sides, built from the PEM files the options name. The files are read
  * once at start, so a missing or unreadable file stops the proxy with a message naming it.
  */
+import { X509Certificate } from "node:crypto";
 import fs from "node:fs";
 import type tls from "node:tls";
 import type { ProxyConfig } from "./config.js";
@@ -68,6 +69,22 @@ export class TlsFiles {
   /** Whether any TLS file is in use (a reload has something to do). */
   get inUse(): boolean {
     return this.client !== undefined || this.upstream !== undefined;
+  }
+
+  /**
+   * When each certificate the proxy shows stops being valid (ms since the epoch): the one TLS
+   * clients get (`clients`) and the one shown to upstream servers (`upstream`).
+   */
+  expiries(): { side: "clients" | "upstream"; expiresAt: number }[] {
+    const out: { side: "clients" | "upstream"; expiresAt: number }[] = [];
+    const add = (side: "clients" | "upstream", cert: unknown): void => {
+      if (!Buffer.isBuffer(cert)) return;
+      // The first certificate of the file: the leaf, ahead of any chain.
+      out.push({ side, expiresAt: Date.parse(new X509Certificate(cert).validTo) });
+    };
+    add("clients", this.client?.cert);
+    add("upstream", this.upstream?.cert);
+    return out;
   }
 
   /** Reads every file again; all or nothing: a file that cannot be read leaves the old settings. */

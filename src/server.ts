@@ -93,7 +93,15 @@ export class ProxyServer {
     };
     // Made before the upstream connections, which it times.
     const metrics =
-      this.config.metricsPort === undefined ? null : new Metrics(metricSources(stats, () => this.context));
+      this.config.metricsPort === undefined
+        ? null
+        : new Metrics(
+            metricSources(
+              stats,
+              () => this.context,
+              () => tlsFiles.expiries(),
+            ),
+          );
     const upstream = await connectUpstream(this.config, this.log, metrics ?? undefined, tlsFiles.upstream);
     this.config.clusterEmulation ??= upstream.topology.mode === "cluster";
     if (upstream.outputLimits !== null) this.memoryGuard.followOutputLimits(upstream.outputLimits);
@@ -361,8 +369,13 @@ function untilOr(work: Promise<unknown>, ms: number): Promise<unknown> {
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
-function metricSources(stats: ProxyStats, context: () => ProxyContext | null): MetricSources {
+function metricSources(
+  stats: ProxyStats,
+  context: () => ProxyContext | null,
+  tlsCertificates: MetricSources["tlsCertificates"],
+): MetricSources {
   return {
+    tlsCertificates,
     connectionsCurrent: () => context()?.clients.size ?? 0,
     connectionsTotal: () => stats.connectionsReceived,
     connectionsRejected: () => stats.rejectedConnections,

@@ -23,6 +23,8 @@ export interface MetricSources {
   /** Clients disconnected for a memory limit, by reason. */
   clientEvictions(): { outputBufferLimit: number; maxmemoryClients: number };
   gears(): GearsFigures;
+  /** The certificates the proxy shows (TLS clients' side, upstream side) and when each expires (ms). */
+  tlsCertificates(): readonly { side: string; expiresAt: number }[];
 }
 
 /** What the metrics need of a finished gears execution (src/gears/execution.ts). */
@@ -211,6 +213,18 @@ export class Metrics {
         // Rebuilt at each scrape, so masters that left the cluster disappear.
         this.reset();
         for (const node of sources.upstreamNodes()) this.set({ node: node.id }, node.reachable ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "gears_proxy_tls_certificate_expiry_timestamp_seconds",
+      help: "When the certificate the proxy shows expires (Unix time), by side: clients (--tls-cert-file) or upstream (--upstream-tls-cert-file).",
+      labelNames: ["side"],
+      // With --threads, the earliest over the threads: one whose reload failed still shows the old one.
+      aggregator: "min",
+      registers,
+      collect() {
+        this.reset();
+        for (const c of sources.tlsCertificates()) this.set({ side: c.side }, Math.floor(c.expiresAt / 1000));
       },
     });
     new Gauge({
