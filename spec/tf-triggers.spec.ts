@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { Backend, BACKEND_MODES } from "./support/backend.js";
+import { Backend, SERVERS_AND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { eventually } from "./support/polling.js";
 
@@ -13,10 +13,11 @@ const FELLOWSHIP = lib(
    }, {description: 'stamps fellowship hashes'});`,
 );
 
-for (const mode of BACKEND_MODES) {
-  describe(`Triggers and Functions: keyspace triggers, through the proxy in front of ${Backend.label(mode)}`, function () {
+// Redis, then Valkey (which loads no module either: what the proxy is for).
+for (const [server, mode] of SERVERS_AND_MODES) {
+  describe(`Triggers and Functions: keyspace triggers, through the proxy in front of ${Backend.label(mode, server)}`, function () {
     this.timeout(60_000);
-    const t = useTfProxy(mode, { clean: false });
+    const t = useTfProxy(mode, { clean: false, server });
 
     it("the documentation's trigger: a write through the proxy sees the trigger's effect as soon as it returns; its own writes do not fire it again", async () => {
       expect(await t.c.call("TFUNCTION", "LOAD", FELLOWSHIP)).to.equal("OK");

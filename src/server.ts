@@ -138,7 +138,7 @@ export class ProxyServer {
       leases: new Leases(router),
       clients: new ClientRegistry((this.thread?.index ?? 0) + 1, this.thread?.count ?? 1),
       stats,
-      upstreamVersion: upstream.version,
+      upstreamServer: upstream.server,
       gears: new GearsEngine(
         router,
         this.log.child({ component: "gears" }),

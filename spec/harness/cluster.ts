@@ -14,6 +14,8 @@ export interface StartClusterOptions {
   timeoutMs?: number;
   /** TLS-only nodes: clients, the cluster bus and replication all speak TLS. */
   tls?: TlsFiles;
+  /** The server binary of every node (startRedis' `binary`). */
+  binary?: string;
 }
 
 export interface RedisCluster {
@@ -237,7 +239,9 @@ export async function startCluster(opts: StartClusterOptions): Promise<RedisClus
   for (let i = 0; i < count; i++) ports.push(await freeClusterPort());
   const tlsArgs = opts.tls !== undefined ? ["--tls-cluster", "yes", "--tls-replication", "yes"] : [];
   const args = [...CLUSTER_ARGS, ...tlsArgs, ...(opts.args ?? [])];
-  const started = await Promise.allSettled(ports.map((port) => startRedis({ port, args, tls: opts.tls })));
+  const started = await Promise.allSettled(
+    ports.map((port) => startRedis({ port, args, tls: opts.tls, binary: opts.binary })),
+  );
   const nodes = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
   const cluster = new Cluster(nodes);
   try {

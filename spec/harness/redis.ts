@@ -19,6 +19,8 @@ export interface StartRedisOptions {
   readyTimeoutMs?: number;
   /** TLS only: `port` becomes the TLS port (the plain one is off); cli() and call() use TLS. */
   tls?: TlsFiles;
+  /** The server binary: `redis-server` unless given (`valkey-server` for the Valkey specs). */
+  binary?: string;
 }
 
 /** PEM files: the server's certificate and key (also shown as a client's) and the CA both trust. */
@@ -78,6 +80,7 @@ class RedisServer implements RedisNode, Tracked {
     readonly password: string | undefined,
     private readonly readyTimeoutMs: number,
     readonly tls: TlsFiles | undefined,
+    private readonly binary: string,
   ) {}
 
   get pid(): number {
@@ -103,7 +106,7 @@ class RedisServer implements RedisNode, Tracked {
   async start(): Promise<void> {
     fs.mkdirSync(this.dir, { recursive: true });
     this.log = "";
-    const child = spawn("redis-server", this.args, { cwd: this.dir, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(this.binary, this.args, { cwd: this.dir, stdio: ["ignore", "pipe", "pipe"] });
     const append = (chunk: Buffer): void => {
       this.log = (this.log + chunk.toString()).slice(-OUTPUT_LIMIT);
     };
@@ -233,6 +236,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisNod
     opts.password,
     opts.readyTimeoutMs ?? 10_000,
     opts.tls,
+    opts.binary ?? "redis-server",
   );
   try {
     await server.start();

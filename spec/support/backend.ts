@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import calculateSlot from "cluster-key-slot";
 import { startCluster, startRedis, type RedisCluster, type RedisNode } from "../harness/index.js";
 import { RawClient, toText, type Reply, type Value } from "./raw-client.js";
@@ -7,6 +8,34 @@ export type BackendMode = "standalone" | "cluster";
 
 /** Every client spec runs once per mode. */
 export const BACKEND_MODES: readonly BackendMode[] = ["standalone", "cluster"];
+
+/** The server behind the proxy: Redis, or Valkey (a fork that loads no Redis module either). */
+export type ServerKind = "redis" | "valkey";
+
+/** Each mode on Redis, then on Valkey: the specs that must not tell either server from the proxy. */
+export const SERVERS_AND_MODES: readonly [ServerKind, BackendMode][] = (["redis", "valkey"] as const).flatMap(
+  (server) => BACKEND_MODES.map((mode): [ServerKind, BackendMode] => [server, mode]),
+);
+
+let valkeyFound: boolean | null = null;
+
+/**
+ * Whether the Valkey specs run: `valkey-server` on PATH. `.ci/run` installs it and sets
+ * GEARS_PROXY_VALKEY=required, so that there a missing binary fails instead of skipping.
+ */
+export function valkeyAvailable(): boolean {
+  if (valkeyFound === null) {
+    try {
+      execFileSync("valkey-server", ["--version"], { stdio: "ignore" });
+      valkeyFound = true;
+    } catch {
+      valkeyFound = false;
+    }
+  }
+  if (!valkeyFound && process.env.GEARS_PROXY_VALKEY === "required")
+    throw new Error("GEARS_PROXY_VALKEY=required but valkey-server is not on PATH");
+  return valkeyFound;
+}
 
 /** Redis Cluster's own refusal of SELECT n (n != 0). */
 export const SELECT_IN_CLUSTER_ERROR = "ERR SELECT is not allowed in cluster mode";
@@ -44,9 +73,10 @@ export class Backend {
     readonly cluster: RedisCluster | null,
   ) {}
 
-  static async start(mode: BackendMode): Promise<Backend> {
-    if (mode === "standalone") return new Backend(mode, await startRedis(), null);
-    return new Backend(mode, null, await startCluster({ masters: 3 }));
+  static async start(mode: BackendMode, server: ServerKind = "redis"): Promise<Backend> {
+    const binary = `${server}-server`;
+    if (mode === "standalone") return new Backend(mode, await startRedis({ binary }), null);
+    return new Backend(mode, null, await startCluster({ masters: 3, binary }));
   }
 
   get isCluster(): boolean {
@@ -54,7 +84,8 @@ export class Backend {
   }
 
   /** "one redis-server" or "a 3-master cluster", for describe titles. */
-  static label(mode: BackendMode): string {
+  static label(mode: BackendMode, server: ServerKind = "redis"): string {
+    if (server === "valkey") return mode === "standalone" ? "one valkey-server" : "a 3-master Valkey cluster";
     return mode === "standalone" ? "one redis-server" : "a 3-master Redis Cluster";
   }
 

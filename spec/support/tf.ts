@@ -5,7 +5,7 @@
  */
 import { Redis } from "ioredis";
 import { startProxy, type RunningProxy } from "../harness/index.js";
-import { Backend, Direct, type BackendMode } from "./backend.js";
+import { Backend, Direct, valkeyAvailable, type BackendMode, type ServerKind } from "./backend.js";
 
 /** A T&F library's code: the prologue line, then the body. */
 export const tfLibrary = (name: string, body: string, version = "1.0"): string =>
@@ -27,15 +27,17 @@ export async function deleteLibraries(c: Redis): Promise<void> {
 }
 
 /** Registers the hooks in the calling describe(); the fields are set once its before() ran. */
-export function useTfProxy(mode: BackendMode, options: { clean: boolean }): TfSetup {
+export function useTfProxy(mode: BackendMode, options: { clean: boolean; server?: ServerKind }): TfSetup {
   const t = {} as TfSetup;
-  before(async () => {
-    t.backend = await Backend.start(mode);
+  const server = options.server ?? "redis";
+  before(async function () {
+    if (server === "valkey" && !valkeyAvailable()) this.skip();
+    t.backend = await Backend.start(mode, server);
     t.proxy = await startProxy([{ port: t.backend.seed.port }]);
     t.c = new Redis(t.proxy.port);
     t.direct = new Direct(t.backend);
   });
-  if (options.clean) afterEach(() => deleteLibraries(t.c));
+  if (options.clean) afterEach(() => t.c !== undefined && deleteLibraries(t.c));
   after(async () => {
     t.c?.disconnect();
     await t.proxy?.close();

@@ -122,8 +122,8 @@ function helloDone(session: CommandHost, proto: Protocol, name: string | null): 
   const text = (s: string): Buffer => Buffer.from(s);
   return encodeValue(
     new RespMap([
-      [text("server"), text("redis")],
-      [text("version"), text(session.ctx.upstreamVersion)],
+      [text("server"), text(session.ctx.upstreamServer.name)],
+      [text("version"), text(session.ctx.upstreamServer.version)],
       [text("proto"), proto],
       [text("id"), session.id],
       [text("mode"), text(mode)],

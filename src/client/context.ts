@@ -2,12 +2,13 @@ import type { ProxyConfig } from "../config.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { SlowLog, SlowLogRow } from "../observability/slowlog.js";
-import type { Router } from "../routing/router.js";
+import type { Router, ServerIdentity } from "../routing/router.js";
 import type { Leases } from "../routing/lease.js";
 import type { GearsEngine } from "../gears/engine.js";
 import type { ClientRegistry } from "./registry.js";
 import type { TrackingTable } from "./tracking/table.js";
 import type { AccessControl } from "../acl/access-control.js";
+
 import type { MemoryGuard } from "./memory-guard.js";
 
 /** Counters shown in INFO's Proxy section. */
@@ -33,8 +34,8 @@ export interface ProxyContext {
   leases: Leases;
   clients: ClientRegistry;
   stats: ProxyStats;
-  /** redis_version of the upstream, reported by HELLO. */
-  upstreamVersion: string;
+  /** What the upstream says it is (redis 7.0.15, valkey 8.0.1): HELLO reports it as its own. */
+  upstreamServer: ServerIdentity;
   /** The RG.* commands' engine. */
   gears: GearsEngine;
   /** Where commands and bytes are counted; null when --metrics-port is not given. */

@@ -17,6 +17,8 @@ import { ScriptCache } from "./script-cache.js";
 import { isControl, mayBeControl, sendControl } from "./control.js";
 import { dbFor } from "./command-kinds.js";
 import { readKeys, writtenKeys } from "./tracked-keys.js";
+/** What the upstream says it is: client/ (HELLO) reads it through here, as it reaches Redis only through routing/. */
+export type { ServerIdentity } from "../upstream/connect.js";
 
 /**
  * Who is asking: the database to run in, which shared connection keeps their order, and

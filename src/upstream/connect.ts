@@ -9,8 +9,8 @@ import { StandaloneTopology, type Topology } from "./topology.js";
 /** What the proxy learned about its upstream when it connected. */
 export interface UpstreamInfo {
   topology: Topology;
-  /** redis_version of the upstream, reported in HELLO. */
-  version: string;
+  /** What the upstream says it is, which HELLO reports as its own. */
+  server: ServerIdentity;
   /** The reply of COMMAND (the upstream's command table), or null when it refused. */
   commands: RespValue;
   /**
@@ -19,6 +19,26 @@ export interface UpstreamInfo {
    * (renamed or denied on managed services).
    */
   outputLimits: string | null;
+}
+
+/** HELLO's `server` and `version`: "redis" and redis_version, or e.g. "valkey" and valkey_version. */
+export interface ServerIdentity {
+  name: string;
+  version: string;
+}
+
+/**
+ * Reads INFO server. Valkey says `server_name:valkey` and its own `valkey_version` beside a
+ * `redis_version` it keeps for compatibility (7.2.4), and its HELLO answers with the former.
+ */
+export function serverIdentity(info: string): ServerIdentity {
+  const fields = new Map<string, string>();
+  for (const line of info.split(/\r?\n/)) {
+    const colon = line.indexOf(":");
+    if (colon > 0) fields.set(line.slice(0, colon), line.slice(colon + 1));
+  }
+  const name = fields.get("server_name") ?? "redis";
+  return { name, version: fields.get(`${name}_version`) ?? fields.get("redis_version") ?? "7.0.0" };
 }
 
 const STARTUP_RETRY_MS = 10_000;
@@ -60,7 +80,7 @@ async function probe(seed: HostPort, options: NodeOptions) {
     const limits = await node.call(["CONFIG", "GET", "client-output-buffer-limit"]);
     return {
       outputLimits: Array.isArray(limits) && limits.length === 2 ? String(limits[1]) : null,
-      version: /redis_version:([^\r\n]+)/.exec(server)?.[1] ?? "7.0.0",
+      server: serverIdentity(server),
       isCluster: /cluster_enabled:1/.test(cluster),
       commands: commands instanceof RespError ? null : commands,
       node,
@@ -92,12 +112,17 @@ export async function connectUpstream(
       if (!found.isCluster) {
         found.node.log = log;
         log.info(
-          { upstream: found.node.id, version: found.version, mode: "standalone" },
+          {
+            upstream: found.node.id,
+            server: found.server.name,
+            version: found.server.version,
+            mode: "standalone",
+          },
           "connected to upstream",
         );
         return {
           topology: new StandaloneTopology(found.node),
-          version: found.version,
+          server: found.server,
           commands: found.commands,
           outputLimits: found.outputLimits,
         };
@@ -111,10 +136,15 @@ export async function connectUpstream(
         throw err;
       }
       log.info(
-        { masters: topology.masters().map((n) => n.id), version: found.version, mode: "cluster" },
+        {
+          masters: topology.masters().map((n) => n.id),
+          server: found.server.name,
+          version: found.server.version,
+          mode: "cluster",
+        },
         "connected to upstream cluster",
       );
-      return { topology, version: found.version, commands: found.commands, outputLimits: found.outputLimits };
+      return { topology, server: found.server, commands: found.commands, outputLimits: found.outputLimits };
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       // A refused certificate will not be accepted on a retry either.
