@@ -228,7 +228,10 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       this.timeout(240_000);
       const script = path.resolve("spec/support/redis_py_cases.py");
       const { code, output } = await runPython(script, [String(proxy.port), mode]);
-      expect(output.split("\n").filter((l) => l.startsWith("FAIL")), output).to.deep.equal([]);
+      expect(
+        output.split("\n").filter((l) => l.startsWith("FAIL")),
+        output,
+      ).to.deep.equal([]);
       expect(code, output).to.equal(0);
       expect(output.match(/^ok /gm)?.length ?? 0).to.equal(cluster ? 12 : 9);
     });
