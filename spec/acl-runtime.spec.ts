@@ -236,6 +236,17 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
       expect(await admin.text("ACL", "SETUSER", "default", "+@all")).to.equal("OK");
     }
     expect(await c.text("SET", "k:default", "2")).to.equal("OK");
+    // default given a password: clients already in stay; a new one must AUTH until it is nopass again.
+    try {
+      expect(await admin.text("ACL", "SETUSER", "default", "resetpass", ">defpw")).to.equal("OK");
+      expect(await c.text("PING")).to.equal("PONG");
+      const late = await anonymous();
+      expect(await errorOf(late, "PING")).to.equal("NOAUTH Authentication required.");
+      expect(await admin.text("ACL", "SETUSER", "default", "nopass")).to.equal("OK");
+      expect(await late.text("PING")).to.equal("PONG");
+    } finally {
+      await admin.call("ACL", "SETUSER", "default", "nopass");
+    }
   });
 
   it("gears: a registration's execute() is checked against its user as it is now; a deleted user's are refused", async () => {
@@ -289,18 +300,20 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
     expect(await app.text("MULTI")).to.equal("OK");
     await errorOf(app, "GET", "secret:2");
     await app.call("DISCARD");
+    await errorOf(await anonymous(), "HELLO", "3", "AUTH", "app", "wrong");
     await errorOf(await anonymous(), "AUTH", "app", "wrong");
     const entries = logEntries(await admin.text("ACL", "LOG"));
     const brief = entries.map((e) => [e.reason, e.context, e.object, e.username, e.count]);
     expect(brief).to.deep.equal([
       ["auth", "toplevel", "AUTH", "app", 1],
+      ["auth", "toplevel", "HELLO", "app", 1],
       ["key", "multi", "secret:2", "app", 1],
       ["channel", "toplevel", "private", "app", 1],
       ["key", "toplevel", "secret:1", "app", 2],
       ["command", "toplevel", "config|get", "app", 1],
     ]);
     expect(Number(entries[0]["age-seconds"])).to.be.within(0, 5);
-    expect(String(entries[1]["client-info"])).to.match(/ user=app /);
+    expect(String(entries[2]["client-info"])).to.match(/ user=app /);
     expect(logEntries(await admin.text("ACL", "LOG", "2"))).to.have.length(2);
     expect(await errorOf(admin, "ACL", "LOG", "x")).to.equal("ERR value is not an integer or out of range");
     expect(await errorOf(app, "ACL", "LOG")).to.equal(NO_CMD("acl|log"));
