@@ -164,7 +164,17 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         this.ctx?.log.error({ error: outcome.error }, "could not take the other threads' ACL users");
       this.aclGeneration = Math.max(this.aclGeneration, generation);
     }
-    for (const { id, change, by } of pending) if (id > generation) acl.apply(change, by);
+    if (answers.length === 0) {
+      // Not even this thread answered in time: the running threads' users never came.
+      this.ctx?.log.error(
+        "a thread started with the users of the aclfile (or --user lines): the other threads did not tell theirs",
+      );
+    }
+    for (const { id, change, by } of pending) {
+      if (id <= generation) continue;
+      acl.apply(change, by);
+      this.aclGeneration = Math.max(this.aclGeneration, id);
+    }
   }
 
   async clientList(args: string[]): Promise<string> {
