@@ -319,6 +319,9 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
     expect(await errorOf(app, "ACL", "LOG")).to.equal(NO_CMD("acl|log"));
     expect(await admin.text("ACL", "LOG", "RESET")).to.equal("OK");
     expect(await admin.text("ACL", "LOG")).to.deep.equal([]);
+    const help = (await admin.text("ACL", "HELP")) as string[];
+    for (const sub of ["SETUSER", "DELUSER", "LOAD", "SAVE", "LOG"])
+      expect(help.some((l) => l.startsWith(sub))).to.equal(true);
   });
 
   it("ACL SETUSER, DELUSER, LOAD, SAVE need @admin; redis-cli and redis-py change users too", async function () {

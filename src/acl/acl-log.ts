@@ -26,11 +26,20 @@ const GROUPING_MS = 60_000;
 /** How many of the newest entries a new one is compared with (Redis' `toscan`). */
 const SCANNED = 10;
 /** Redis' acllog-max-len default. */
-const MAX_LEN = 128;
+const DEFAULT_MAX_LEN = 128;
 
 export class AclLog {
   /** Newest first. */
   private entries: AclLogEntry[] = [];
+  private maxLen = DEFAULT_MAX_LEN;
+
+  /** A client's CONFIG SET acllog-max-len (which the upstream checked): kept from then on. */
+  followSetting(name: string, text: string): void {
+    const value = Number(text);
+    if (name !== "acllog-max-len" || !Number.isSafeInteger(value) || value < 0) return;
+    this.maxLen = value;
+    if (this.entries.length > value) this.entries.length = value;
+  }
 
   add(entry: Omit<AclLogEntry, "count" | "at">, now = Date.now()): void {
     const scanned = Math.min(SCANNED, this.entries.length);
@@ -49,7 +58,7 @@ export class AclLog {
       }
     }
     this.entries.unshift({ ...entry, count: 1, at: now });
-    if (this.entries.length > MAX_LEN) this.entries.length = MAX_LEN;
+    if (this.entries.length > this.maxLen) this.entries.length = this.maxLen;
   }
 
   /** The newest `count` entries, newest first. */

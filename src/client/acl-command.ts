@@ -3,11 +3,44 @@ import fs from "node:fs";
 import { CATEGORIES } from "../acl/catalogue.js";
 import { dryRunMessage, type AccessControl, type AclChange, type AclOutcome } from "../acl/access-control.js";
 import { aclLogReply } from "../acl/acl-log.js";
-import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
+import { encodeBulk, encodeError, encodeSimple, encodeValue, OK } from "../resp/encode.js";
 import type { Protocol } from "../resp/values.js";
 import { wrongArity, type CommandHost, type LocalCommand } from "./command-host.js";
 
 const b = (text: string): Buffer => Buffer.from(text);
+
+/** Redis 7.0's ACL HELP. */
+const HELP = [
+  "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+  "CAT [<category>]",
+  "    List all commands that belong to <category>, or all command categories",
+  "    when no category is specified.",
+  "DELUSER <username> [<username> ...]",
+  "    Delete a list of users.",
+  "DRYRUN <username> <command> [<arg> ...]",
+  "    Returns whether the user can execute the given command without executing the command.",
+  "GETUSER <username>",
+  "    Get the user's details.",
+  "GENPASS [<bits>]",
+  "    Generate a secure 256-bit user password. The optional `bits` argument can",
+  "    be used to specify a different size.",
+  "LIST",
+  "    Show users details in config file format.",
+  "LOAD",
+  "    Reload users from the ACL file.",
+  "LOG [<count> | RESET]",
+  "    Show the ACL log entries.",
+  "SAVE",
+  "    Save the current config to the ACL file.",
+  "SETUSER <username> <attribute> [<attribute> ...]",
+  "    Create or modify a user with the specified attributes.",
+  "USERS",
+  "    List all the registered usernames.",
+  "WHOAMI",
+  "    Return the current connection username.",
+  "HELP",
+  "    Print this help.",
+];
 
 const NO_ACLFILE =
   "ERR This Redis instance is not configured to use an ACL file. You may want to specify users via the ACL SETUSER command and then issue a CONFIG REWRITE (assuming you have a Redis configuration file set) in order to store users in the Redis configuration.";
@@ -160,7 +193,9 @@ export const aclCommand: LocalCommand = (session, request) => {
     case undefined:
       return session.replyError("ERR wrong number of arguments for 'acl' command");
     case "help":
-      return session.replyError("ERR ACL HELP is not supported by gears-proxy");
+      return void session.replyNow(
+        Buffer.concat([Buffer.from(`*${HELP.length}\r\n`), ...HELP.map(encodeSimple)]),
+      );
     default:
       session.replyError(`ERR unknown subcommand '${argv[1].toString()}'. Try ACL HELP.`);
   }
