@@ -1,9 +1,11 @@
 import { timingSafeEqual } from "node:crypto";
 import type { AclCatalogue } from "./catalogue.js";
 import { globMatch } from "./glob.js";
+import { AclLog, type AclLogEntry } from "./acl-log.js";
 import {
   allowedLeaves,
   applyRule,
+  copyUser,
   describeRules,
   newUser,
   READ,
@@ -30,6 +32,45 @@ export interface AclUser {
   /** May run every @admin command: may act on other users' gears executions and registrations. */
   readonly admin: boolean;
 }
+
+/** A change of the proxy's users: what ACL SETUSER, DELUSER and LOAD ask. */
+export type AclChange =
+  | { op: "setuser"; name: string; rules: string[] }
+  | { op: "deluser"; names: string[] }
+  /** ACL LOAD: the aclfile's lines, read once by the thread that was asked. */
+  | { op: "load"; lines: string[]; source: string }
+  /** A thread (re)starting under --threads: the running threads' users (ACL LIST lines) replace its own. */
+  | { op: "sync"; lines: string[] };
+
+/** What a change answers: Redis' error, or its reply (OK, or DELUSER's count). */
+export type AclOutcome = { error: string } | { reply: "OK" | number };
+
+/** A client logged in as one of the users: told when its user changes or goes. */
+export interface UserFollower {
+  /** The client's id: the client that asked for a change gets its reply before it is disconnected. */
+  readonly id: number;
+  /** The user's rules changed: the client's next commands are checked against `user`. */
+  follow(user: AclUser): void;
+  /** The user was removed (DELUSER, LOAD): Redis disconnects its clients; `asking`: this client sent the command. */
+  removed(asking: boolean): void;
+  /** The user lost channels it had: Redis 7.0 disconnects its subscribed clients. */
+  channelsRevoked(): void;
+}
+
+/**
+ * The other threads of a --threads proxy (threads/peers.ts): every thread applies each change,
+ * all in the one order the supervisor relays them in, and answers for its own ACL LOG.
+ */
+export interface AclPeers {
+  /** Applies `change` on every thread; this thread's outcome, or an error when a thread missed it. */
+  change(change: AclChange, by: number): Promise<AclOutcome>;
+  /** The newest `count` entries over every thread's ACL LOG. */
+  log(count: number): Promise<AclLogEntry[]>;
+  resetLog(): Promise<void>;
+}
+
+const LOAD_FAILED =
+  "WARNING: ACL errors detected, no change to the previously active ACL rules was performed";
 
 /** Why a command is refused: the command itself, or the argument (key or channel) at `index`. */
 export type Denial = { kind: "command"; command: string } | { kind: "key" | "channel"; index: number };
@@ -85,6 +126,51 @@ export function parseUsers(lines: readonly string[], source: string, catalogue: 
 }
 
 /**
+ * ACL LOAD's reading of aclfile lines: the users, or every error Redis 7.0 reports (acl.c
+ * ACLLoadFromFile), in its words. Accepts what parseUsers accepts at start.
+ */
+export function parseAclFile(
+  lines: readonly string[],
+  source: string,
+  catalogue: AclCatalogue,
+): UserSpec[] | { error: string } {
+  const users = new Map<string, UserSpec>();
+  let errors = "";
+  lines.forEach((line, i) => {
+    const words = line
+      .trim()
+      .split(/\s+/)
+      .filter((w) => w !== "");
+    if (words.length === 0 || words[0].startsWith("#")) return;
+    const n = i + 1;
+    if (words[0].toLowerCase() !== "user" || words.length < 2) {
+      errors += `${source}:${n} should start with user keyword followed by the username. `;
+      return;
+    }
+    const name = words[1];
+    if (users.has(name)) {
+      errors += `WARNING: Duplicate user '${name}' found on line ${n}. `;
+      return;
+    }
+    const user = newUser(name);
+    let syntaxError = false;
+    for (const rule of words.slice(2)) {
+      const error = applyRule(user, rule, catalogue);
+      if (error === null) continue;
+      // Redis names the rule only for an unknown command: other errors may show a password.
+      if (error === "Unknown command or category name in ACL")
+        errors += `${source}:${n}: Error in applying operation '${rule}': ${error}. `;
+      else if (!syntaxError) {
+        errors += `${source}:${n}: ${error}. `;
+        syntaxError = true;
+      }
+    }
+    users.set(name, user);
+  });
+  return errors === "" ? [...users.values()] : { error: errors + LOAD_FAILED };
+}
+
+/**
  * The two commands whose key flags depend on their arguments (VARIABLE_FLAGS), as Redis
  * works them out (t_string.c setGetKeys, bitops.c bitfieldGetKeys): SET reads its key only
  * with GET, BITFIELD writes it only with SET or INCRBY.
@@ -106,30 +192,174 @@ const TF_CALLS = new Set(["tfcall", "tfcallasync"]);
  * sessions hold an AclUser and ask check() before running a command.
  */
 export class AccessControl {
-  private readonly users = new Map<string, AclUser>();
+  private users = new Map<string, AclUser>();
+  /** The clients logged in as each user, told of its changes. */
+  private readonly followers = new Map<string, Set<UserFollower>>();
+  /** ACL LOG: this thread's refusals and failed logins. */
+  readonly log = new AclLog();
+  /** Set under --threads (threads/peers.ts): changes go through every thread. */
+  peers: AclPeers | null = null;
 
   constructor(
     readonly catalogue: AclCatalogue,
     private readonly keys: KeyFinder,
     specs: readonly UserSpec[],
-    requirepass?: string,
+    private readonly requirepass?: string,
   ) {
-    if (!specs.some((s) => s.name === "default")) this.add(defaultUser(catalogue, requirepass));
-    for (const spec of specs) this.add(spec);
+    this.users = this.compileAll(specs);
   }
 
-  private add(spec: UserSpec): void {
+  /** The users `specs` define, with the default user they leave out (as at start). */
+  private compileAll(specs: readonly UserSpec[]): Map<string, AclUser> {
+    const users = new Map<string, AclUser>();
+    if (!specs.some((s) => s.name === "default")) {
+      users.set("default", this.compile(defaultUser(this.catalogue, this.requirepass)));
+    }
+    for (const spec of specs) users.set(spec.name, this.compile(spec));
+    return users;
+  }
+
+  private compile(spec: UserSpec): AclUser {
     const allowed = allowedLeaves(spec, this.catalogue);
     const admin = this.catalogue.category("admin").every((l) => allowed.has(l));
     const everything = spec.allCommands && spec.commandRules.length === 0;
-    this.users.set(spec.name, {
+    return {
       name: spec.name,
       spec,
       allowed,
       whole: this.catalogue.wholeCommands(allowed),
       unrestricted: everything && spec.allKeys && spec.allChannels,
       admin,
-    });
+    };
+  }
+
+  /** `follower` runs as user `name` from now on (until unfollow). */
+  follow(name: string, follower: UserFollower): void {
+    let set = this.followers.get(name);
+    if (set === undefined) this.followers.set(name, (set = new Set()));
+    set.add(follower);
+  }
+
+  unfollow(name: string, follower: UserFollower): void {
+    const set = this.followers.get(name);
+    if (set === undefined) return;
+    set.delete(follower);
+    if (set.size === 0) this.followers.delete(name);
+  }
+
+  /** The users' lines, sorted by name as Redis lists them: ACL LIST and ACL SAVE. */
+  lines(): string[] {
+    return [...this.users.values()]
+      .sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0))
+      .map((u) => this.describe(u));
+  }
+
+  /**
+   * What `change` would answer, without applying it: null when it would apply. Lets a
+   * --threads proxy refuse a bad change before asking every thread.
+   */
+  validate(change: AclChange): string | null {
+    switch (change.op) {
+      case "setuser": {
+        const old = this.users.get(change.name);
+        const outcome = this.staged(
+          old === undefined ? newUser(change.name) : copyUser(old.spec),
+          change.rules,
+        );
+        return typeof outcome === "string" ? outcome : null;
+      }
+      case "deluser":
+        return change.names.includes("default") ? "ERR The 'default' user cannot be removed" : null;
+      case "load":
+      case "sync": {
+        const parsed = parseAclFile(
+          change.lines,
+          change.op === "load" ? change.source : "sync",
+          this.catalogue,
+        );
+        return "error" in parsed ? `ERR ${parsed.error}` : null;
+      }
+    }
+  }
+
+  /**
+   * Applies `change` all-or-nothing, as Redis 7.0 does, and tells the clients of the users it
+   * touched; `by` is the id of the client that asked (0: none of this thread's).
+   */
+  apply(change: AclChange, by: number): AclOutcome {
+    switch (change.op) {
+      case "setuser":
+        return this.setUser(change.name, change.rules);
+      case "deluser":
+        return this.deleteUsers(change.names, by);
+      case "load":
+      case "sync":
+        return this.replaceAll(change, by);
+    }
+  }
+
+  /** The rules applied to `spec` (a copy): the user, or Redis' ACL SETUSER error. */
+  private staged(spec: UserSpec, rules: readonly string[]): UserSpec | string {
+    for (const rule of rules) {
+      const error = applyRule(spec, rule, this.catalogue);
+      if (error !== null) return `ERR Error in ACL SETUSER modifier '${rule}': ${error}`;
+    }
+    return spec;
+  }
+
+  private setUser(name: string, rules: readonly string[]): AclOutcome {
+    const old = this.users.get(name);
+    const spec = this.staged(old === undefined ? newUser(name) : copyUser(old.spec), rules);
+    if (typeof spec === "string") return { error: spec };
+    const user = this.compile(spec);
+    this.users.set(name, user);
+    const followers = [...(this.followers.get(name) ?? [])];
+    if (old !== undefined && channelsRevoked(old.spec, spec)) for (const f of followers) f.channelsRevoked();
+    for (const f of followers) f.follow(user);
+    return { reply: "OK" };
+  }
+
+  private deleteUsers(names: readonly string[], by: number): AclOutcome {
+    if (names.includes("default")) return { error: "ERR The 'default' user cannot be removed" };
+    let deleted = 0;
+    for (const name of names) {
+      if (!this.users.delete(name)) continue;
+      deleted++;
+      this.disconnect(name, by);
+    }
+    return { reply: deleted };
+  }
+
+  /**
+   * ACL LOAD: every user from the lines, or none. As Redis 7.0 does, the clients of every
+   * user but `default` are disconnected (even when the file left their user unchanged);
+   * default's clients follow its new rules. A thread's sync keeps the clients whose user remains.
+   */
+  private replaceAll(change: AclChange & { op: "load" | "sync" }, by: number): AclOutcome {
+    const parsed = parseAclFile(change.lines, change.op === "load" ? change.source : "sync", this.catalogue);
+    if ("error" in parsed) return { error: `ERR ${parsed.error}` };
+    const old = this.users;
+    this.users = this.compileAll(parsed);
+    for (const name of [...this.followers.keys()]) {
+      const user = this.users.get(name);
+      if (user === undefined || (change.op === "load" && name !== "default")) {
+        this.disconnect(name, by);
+        continue;
+      }
+      const followers = [...(this.followers.get(name) ?? [])];
+      const before = old.get(name);
+      if (before !== undefined && channelsRevoked(before.spec, user.spec))
+        for (const f of followers) f.channelsRevoked();
+      for (const f of followers) f.follow(user);
+    }
+    return { reply: "OK" };
+  }
+
+  /** The user `name` is gone: its clients are disconnected (the asking one after its reply). */
+  private disconnect(name: string, by: number): void {
+    const followers = this.followers.get(name);
+    this.followers.delete(name);
+    for (const f of followers ?? []) f.removed(f.id === by);
   }
 
   user(name: string): AclUser | undefined {
@@ -160,16 +390,14 @@ export class AccessControl {
   }
 
   /**
-   * The check a script makes on the commands it runs as `name` (who registered it); null
-   * when that user may run anything. A user since removed may run nothing.
+   * The check a script makes on the commands it runs as `name` (who registered it), against
+   * the user as it is when the command runs: ACL SETUSER reaches running registrations. A
+   * user removed since may run nothing (a user created again under the name: its new rights).
    */
-  guardFor(name: string): ((command: string, argv: readonly Buffer[]) => string | null) | null {
-    const user = this.users.get(name);
-    if (user === undefined) {
-      return () => `NOPERM the user '${name}' this script runs as no longer exists`;
-    }
-    if (user.unrestricted) return null;
+  guardFor(name: string): (command: string, argv: readonly Buffer[]) => string | null {
     return (command, argv) => {
+      const user = this.users.get(name);
+      if (user === undefined) return `NOPERM the user '${name}' this script runs as no longer exists`;
       const denial = this.check(user, command, argv);
       return denial === null ? null : noPermission(denial);
     };
@@ -238,6 +466,13 @@ export class AccessControl {
     }
     return false;
   }
+}
+
+/** Whether `after` lost a channel `before` had (Redis 7.0 ACLKillPubsubClientsIfNeeded's test). */
+function channelsRevoked(before: UserSpec, after: UserSpec): boolean {
+  if (after.allChannels) return false;
+  if (before.allChannels) return true;
+  return before.channels.some((c) => !after.channels.includes(c));
 }
 
 /** TFCALL <library.function> <numkeys> key... arg...: its keys, read and written. */

@@ -29,6 +29,17 @@ export interface UserSpec {
   commandRules: string[];
 }
 
+/** A copy that rules may change without touching `user` (ACL SETUSER is all-or-nothing). */
+export function copyUser(user: UserSpec): UserSpec {
+  return {
+    ...user,
+    passwords: [...user.passwords],
+    keys: user.keys.map((k) => ({ ...k })),
+    channels: [...user.channels],
+    commandRules: [...user.commandRules],
+  };
+}
+
 export function newUser(name: string): UserSpec {
   return {
     name,
@@ -108,6 +119,9 @@ export function applyRule(user: UserSpec, rule: string, catalogue: AclCatalogue)
       Object.assign(user, fresh);
       return null;
     }
+    case "clearselectors":
+      // The proxy's users have no selectors to clear.
+      return null;
     case "sanitize-payload":
     case "skip-sanitize-payload":
       // The payloads RESTORE checks are the server's business; accepted for compatibility.
@@ -124,7 +138,8 @@ export function applyRule(user: UserSpec, rule: string, catalogue: AclCatalogue)
       if (!user.passwords.includes(hash)) user.passwords.push(hash);
       user.nopass = false;
     } else {
-      if (!user.passwords.includes(hash)) return "no such password";
+      if (!user.passwords.includes(hash))
+        return "The password you are trying to remove from the user does not exist";
       user.passwords = user.passwords.filter((p) => p !== hash);
     }
     return null;
@@ -136,6 +151,7 @@ export function applyRule(user: UserSpec, rule: string, catalogue: AclCatalogue)
     return null;
   }
   if (first === "+" || first === "-") return addCommandRule(user, first, rest.toLowerCase(), catalogue);
+  if (first === "(") return NO_SELECTORS;
   return "Syntax error";
 }
 
@@ -165,7 +181,15 @@ function addKeyPattern(user: UserSpec, rule: string): string | null {
   return null;
 }
 
+/** What the proxy refuses of Redis 7.0's rules: selectors and first-argument rules. */
+export const NO_SELECTORS = "selectors are not supported by gears-proxy";
+const NO_FIRST_ARG = "first-argument rules (command|arg) are not supported by gears-proxy";
+
 function addCommandRule(user: UserSpec, sign: string, body: string, catalogue: AclCatalogue): string | null {
+  const bar = body.indexOf("|");
+  if (bar > 0 && !catalogue.isContainer(body.slice(0, bar)) && catalogue.isKnown(body.slice(0, bar))) {
+    return NO_FIRST_ARG;
+  }
   const known = body.startsWith("@")
     ? catalogue.category(body.slice(1)).length > 0 || body === "@gears"
     : catalogue.leavesOf(body) !== null;

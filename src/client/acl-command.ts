@@ -1,14 +1,111 @@
 import { randomBytes } from "node:crypto";
+import fs from "node:fs";
 import { CATEGORIES } from "../acl/catalogue.js";
-import { dryRunMessage } from "../acl/access-control.js";
-import { encodeBulk, OK } from "../resp/encode.js";
-import type { LocalCommand } from "./command-host.js";
+import { dryRunMessage, type AccessControl, type AclChange, type AclOutcome } from "../acl/access-control.js";
+import { aclLogReply } from "../acl/acl-log.js";
+import { encodeBulk, encodeError, encodeSimple, encodeValue, OK } from "../resp/encode.js";
+import type { Protocol } from "../resp/values.js";
+import { wrongArity, type CommandHost, type LocalCommand } from "./command-host.js";
 
 const b = (text: string): Buffer => Buffer.from(text);
 
+/** Redis 7.0's ACL HELP. */
+const HELP = [
+  "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+  "CAT [<category>]",
+  "    List all commands that belong to <category>, or all command categories",
+  "    when no category is specified.",
+  "DELUSER <username> [<username> ...]",
+  "    Delete a list of users.",
+  "DRYRUN <username> <command> [<arg> ...]",
+  "    Returns whether the user can execute the given command without executing the command.",
+  "GETUSER <username>",
+  "    Get the user's details.",
+  "GENPASS [<bits>]",
+  "    Generate a secure 256-bit user password. The optional `bits` argument can",
+  "    be used to specify a different size.",
+  "LIST",
+  "    Show users details in config file format.",
+  "LOAD",
+  "    Reload users from the ACL file.",
+  "LOG [<count> | RESET]",
+  "    Show the ACL log entries.",
+  "SAVE",
+  "    Save the current config to the ACL file.",
+  "SETUSER <username> <attribute> [<attribute> ...]",
+  "    Create or modify a user with the specified attributes.",
+  "USERS",
+  "    List all the registered usernames.",
+  "WHOAMI",
+  "    Return the current connection username.",
+  "HELP",
+  "    Print this help.",
+];
+
+const NO_ACLFILE =
+  "ERR This Redis instance is not configured to use an ACL file. You may want to specify users via the ACL SETUSER command and then issue a CONFIG REWRITE (assuming you have a Redis configuration file set) in order to store users in the Redis configuration.";
+const SAVE_FAILED =
+  "ERR There was an error trying to save the ACLs. Please check the server logs for more information";
+
+function encodeOutcome(outcome: AclOutcome, proto: Protocol): Buffer {
+  if ("error" in outcome) return encodeError(outcome.error);
+  return outcome.reply === "OK" ? OK : encodeValue(outcome.reply, proto);
+}
+
 /**
- * ACL, for the proxy's own users (--aclfile): WHOAMI, USERS, LIST, CAT, DRYRUN, GETUSER,
- * GENPASS. Without an aclfile the server's ACL answers, as before.
+ * A change of the users: applied here, or under --threads on every thread in the one order
+ * the supervisor relays changes in (the answer waits for them all).
+ */
+function change(session: CommandHost, acl: AccessControl, change: AclChange): void {
+  const peers = acl.peers;
+  if (peers === null)
+    return void session.replyNow(encodeOutcome(acl.apply(change, session.id), session.proto));
+  // A change every thread would refuse is refused without asking them.
+  const error = acl.validate(change);
+  if (error !== null) return session.replyError(error);
+  const proto = session.proto;
+  session.replyLater(
+    peers.change(change, session.id).then((outcome) => encodeOutcome(outcome, proto)),
+    true,
+  );
+}
+
+/** ACL LOAD: the aclfile's lines, or Redis' error when it cannot be read. */
+function readAclFile(file: string): string[] | string {
+  try {
+    return fs.readFileSync(file, "utf8").split("\n");
+  } catch (err) {
+    const reason =
+      (err as NodeJS.ErrnoException).code === "ENOENT" ? "No such file or directory" : String(err);
+    return `ERR Error loading ACLs, opening file '${file}': ${reason}`;
+  }
+}
+
+/** ACL SAVE: the users in ACL LIST form, written to a file beside it, then renamed over it (as Redis does). */
+async function saveAclFile(session: CommandHost, acl: AccessControl, file: string): Promise<Buffer> {
+  const temp = `${file}.tmp-${process.pid}-${Date.now()}`;
+  try {
+    await fs.promises.writeFile(
+      temp,
+      acl
+        .lines()
+        .map((line) => `${line}\n`)
+        .join(""),
+      { mode: 0o644 },
+    );
+    await fs.promises.rename(temp, file);
+    return OK;
+  } catch (err) {
+    session.ctx.log.warn({ err, file }, "ACL SAVE failed");
+    await fs.promises.unlink(temp).catch(() => {});
+    return encodeError(SAVE_FAILED);
+  }
+}
+
+/**
+ * ACL, for the proxy's own users (--aclfile, --user): WHOAMI, USERS, LIST, CAT, DRYRUN,
+ * GETUSER, GENPASS, SETUSER, DELUSER, LOAD, SAVE, LOG. Without users of its own the
+ * server's ACL answers, as before.
  */
 export const aclCommand: LocalCommand = (session, request) => {
   const acl = session.ctx.acl;
@@ -25,7 +122,29 @@ export const aclCommand: LocalCommand = (session, request) => {
     case "users":
       return session.replyValue(sorted.map((u) => b(u.name)));
     case "list":
-      return session.replyValue(sorted.map((u) => b(acl.describe(u))));
+      return session.replyValue(acl.lines().map(b));
+    case "setuser": {
+      if (argv.length < 3) return session.replyError(wrongArity("acl|setuser"));
+      const name = argv[2].toString();
+      if (/[ \0]/.test(name))
+        return session.replyError("ERR Usernames can't contain spaces or null characters");
+      return change(session, acl, { op: "setuser", name, rules: argv.slice(3).map((a) => a.toString()) });
+    }
+    case "deluser":
+      if (argv.length < 3) return session.replyError(wrongArity("acl|deluser"));
+      return change(session, acl, { op: "deluser", names: argv.slice(2).map((a) => a.toString()) });
+    case "load":
+    case "save": {
+      if (argv.length !== 2) return session.replyError(wrongArity(`acl|${sub}`));
+      const file = session.ctx.config.aclfile;
+      if (file === undefined) return session.replyError(NO_ACLFILE);
+      if (sub === "save") return session.replyLater(saveAclFile(session, acl, file), true);
+      const lines = readAclFile(file);
+      if (typeof lines === "string") return session.replyError(lines);
+      return change(session, acl, { op: "load", lines, source: file });
+    }
+    case "log":
+      return aclLog(session, acl, argv);
     case "cat": {
       if (argv.length === 2) return session.replyValue(CATEGORIES.map(b));
       const category = argv[2].toString().toLowerCase();
@@ -73,9 +192,44 @@ export const aclCommand: LocalCommand = (session, request) => {
     }
     case undefined:
       return session.replyError("ERR wrong number of arguments for 'acl' command");
-    default:
-      session.replyError(
-        `ERR ACL ${sub.toUpperCase()} is not supported by gears-proxy: its users come from --aclfile (edit it and restart)`,
+    case "help":
+      return void session.replyNow(
+        Buffer.concat([Buffer.from(`*${HELP.length}\r\n`), ...HELP.map(encodeSimple)]),
       );
+    default:
+      session.replyError(`ERR unknown subcommand '${argv[1].toString()}'. Try ACL HELP.`);
   }
 };
+
+/** ACL LOG [count | RESET]: over every thread under --threads. */
+function aclLog(session: CommandHost, acl: AccessControl, argv: readonly Buffer[]): void {
+  if (argv.length > 3) {
+    return session.replyError(
+      `ERR unknown subcommand or wrong number of arguments for '${argv[1].toString()}'. Try ACL HELP.`,
+    );
+  }
+  const peers = acl.peers;
+  let count = 10;
+  if (argv.length === 3) {
+    const text = argv[2].toString();
+    if (text.toLowerCase() === "reset") {
+      if (peers === null) {
+        acl.log.reset();
+        return void session.replyNow(OK);
+      }
+      return session.replyLater(
+        peers.resetLog().then(() => OK),
+        true,
+      );
+    }
+    if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(Number(text)))
+      return session.replyError("ERR value is not an integer or out of range");
+    count = Math.max(0, Number(text));
+  }
+  if (peers === null) return session.replyValue(aclLogReply(acl.log.newest(count)));
+  const proto = session.proto;
+  session.replyLater(
+    peers.log(count).then((entries) => encodeValue(aclLogReply(entries), proto)),
+    true,
+  );
+}

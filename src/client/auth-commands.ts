@@ -1,6 +1,7 @@
 import { encodeError, encodeValue, OK } from "../resp/encode.js";
 import { RespMap, type Protocol } from "../resp/values.js";
 import { badClientName } from "./client-command.js";
+import { logRefusal } from "./client-user.js";
 import { wrongArity, type CommandHost, type LocalCommand } from "./command-host.js";
 
 const NO_PASSWORD_SET =
@@ -11,12 +12,22 @@ const WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled.
  * Checks a user and password: against the proxy's users with --aclfile (the session then
  * runs as that user), else against --requirepass. Null when accepted, else the error to send.
  */
-function checkPassword(session: CommandHost, user: string, password: string, named = true): string | null {
+function checkPassword(
+  session: CommandHost,
+  command: string,
+  user: string,
+  password: string,
+  named = true,
+): string | null {
   const acl = session.ctx.acl;
   if (acl !== null) {
     if (!named && acl.user("default")!.spec.nopass) return NO_PASSWORD_SET;
     const found = acl.authenticate(user, password);
-    if (found === null) return WRONGPASS;
+    if (found === null) {
+      // ACL LOG's object is the command as the client typed it (AUTH, HELLO).
+      logRefusal(session, "auth", command, user);
+      return WRONGPASS;
+    }
     session.user.login(found);
     return null;
   }
@@ -45,7 +56,7 @@ export const auth: LocalCommand = (session, { argv }) => {
       .then((error) => slot.reply(error === null ? OK : encodeError(error)));
     return;
   }
-  const error = checkPassword(session, user, password, argv.length === 3);
+  const error = checkPassword(session, argv[0].toString(), user, password, argv.length === 3);
   if (error !== null) {
     session.replyError(error);
     return;
@@ -99,7 +110,7 @@ export const hello: LocalCommand = (session, { argv }) => {
     return;
   }
   if (login !== null) {
-    const error = checkPassword(session, login[0], login[1]);
+    const error = checkPassword(session, argv[0].toString(), login[0], login[1]);
     if (error !== null) {
       session.replyError(error);
       return;

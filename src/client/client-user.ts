@@ -1,6 +1,7 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
-import { noPermission, type AclUser } from "../acl/access-control.js";
+import { noPermission, type AclUser, type Denial, type UserFollower } from "../acl/access-control.js";
+import type { AclLogReason } from "../acl/acl-log.js";
 import { dbFor } from "../routing/command-kinds.js";
 import { NO_KEYS } from "../routing/router.js";
 import type { ClientLogin } from "./command-host.js";
@@ -22,6 +23,33 @@ export interface UserHost extends Omit<LaneHost, "enterLane"> {
   resume(request: Request | null): void;
   /** Authentication changed: the parser limits an unauthenticated client's input. */
   authenticatedChanged(authenticated: boolean): void;
+  /** Subscribed to a channel or pattern. */
+  readonly isPubSub: boolean;
+  /** This client's CLIENT LIST line (ACL LOG's client-info). */
+  describe(): string;
+  /** Closes the connection now. */
+  kill(reason: string): void;
+  /** Closes the connection once the replies owed are written. */
+  shutdown(): Promise<void>;
+}
+
+/** ACL LOG's context from a CLIENT LIST line: `multi` when its flags hold `x` (in MULTI). */
+function logContext(clientInfo: string): "toplevel" | "multi" {
+  return /(?:^| )flags=\S*x/.test(clientInfo) ? "multi" : "toplevel";
+}
+
+/**
+ * Adds a failed login or a refusal to the proxy's ACL LOG (Redis 7.0 logs both); the client
+ * line is worked out only then.
+ */
+export function logRefusal(
+  host: Pick<UserHost, "ctx" | "describe">,
+  reason: AclLogReason,
+  object: string,
+  username: string,
+): void {
+  const clientInfo = host.describe();
+  host.ctx.acl?.log.add({ reason, context: logContext(clientInfo), object, username, clientInfo });
 }
 
 /**
@@ -30,7 +58,7 @@ export interface UserHost extends Omit<LaneHost, "enterLane"> {
  * server's own ACL (AUTH user pass without --aclfile) runs its commands on connections of
  * its own, authenticated as that user (UpstreamIdentity).
  */
-export class ClientUser implements ClientLogin {
+export class ClientUser implements ClientLogin, UserFollower {
   authenticated = false;
   name = "default";
   /** The permissions checked before each command: null without ACLs, or for a user who may run anything. */
@@ -40,8 +68,15 @@ export class ClientUser implements ClientLogin {
   /** Neither of the two: ordinary commands take the fast path. */
   plain = true;
 
+  /** The user of the proxy's ACL this client is told the changes of (ACL SETUSER...). */
+  private followed: string | null = null;
+
   constructor(private readonly host: UserHost) {
     this.reset();
+  }
+
+  get id(): number {
+    return this.host.id;
   }
 
   /** Logged in as a user of the server's own ACL: commands go through sendAsServerUser(). */
@@ -65,6 +100,7 @@ export class ClientUser implements ClientLogin {
       const user = acl.user("default")!;
       this.acl = user.unrestricted ? null : user;
       this.authenticated = acl.opensWithoutPassword(user);
+      this.followUser("default");
     }
     this.host.authenticatedChanged(this.authenticated);
     this.plain = this.acl === null;
@@ -76,6 +112,48 @@ export class ClientUser implements ClientLogin {
     this.name = user.name;
     this.acl = user.unrestricted ? null : user;
     this.plain = this.acl === null;
+    this.followUser(user.name);
+  }
+
+  /** UserFollower: ACL SETUSER changed the user; its rules apply from the next command on. */
+  follow(user: AclUser): void {
+    this.acl = user.unrestricted ? null : user;
+    this.plain = this.acl === null;
+    // Redis asks for AUTH only while default needs a password (server.c processCommand).
+    if (!this.authenticated && user.name === "default" && this.host.ctx.acl!.opensWithoutPassword(user)) {
+      this.authenticated = true;
+      this.host.authenticatedChanged(true);
+    }
+  }
+
+  /**
+   * UserFollower: the user was removed. As Redis does (acl.c ACLFreeUserAndKillClients),
+   * the client is the default user, unauthenticated, and is disconnected: the client that
+   * removed it once its reply is written.
+   */
+  removed(asking: boolean): void {
+    this.followed = null;
+    this.name = "default";
+    this.acl = null;
+    this.plain = false;
+    this.authenticated = false;
+    this.host.authenticatedChanged(false);
+    // The asking client's reply is queued once the command's handler returns: it goes first.
+    if (asking) queueMicrotask(() => void this.host.shutdown());
+    else this.host.kill("its ACL user was removed");
+  }
+
+  /** UserFollower: the user lost channels; a subscribed client goes (it may hold one of them). */
+  channelsRevoked(): void {
+    if (this.host.isPubSub) this.host.kill("its ACL user lost channel permissions");
+  }
+
+  private followUser(name: string): void {
+    const acl = this.host.ctx.acl!;
+    if (this.followed === name) return;
+    if (this.followed !== null) acl.unfollow(this.followed, this);
+    acl.follow(name, this);
+    this.followed = name;
   }
 
   markAuthenticated(): void {
@@ -92,7 +170,9 @@ export class ClientUser implements ClientLogin {
   /** The refusal of the proxy's ACL for this command, or null when it is permitted (or no ACL applies). */
   denial(name: string, argv: readonly Buffer[]): string | null {
     const denial = this.host.ctx.acl!.check(this.acl!, name, argv);
-    return denial === null ? null : noPermission(denial);
+    if (denial === null) return null;
+    logRefusal(this.host, denial.kind, refusedObject(denial, argv), this.name);
+    return noPermission(denial);
   }
 
   /** AUTH user pass for a user of the server's own ACL: null once logged in, else the server's error. */
@@ -148,13 +228,20 @@ export class ClientUser implements ClientLogin {
     });
   }
 
-  /** The client leaving: the server user's connections close. */
+  /** The client leaving (or RESET): the server user's connections close; its user's changes no longer concern it. */
   end(): void {
     this.identity?.end();
+    if (this.followed !== null) this.host.ctx.acl?.unfollow(this.followed, this);
+    this.followed = null;
   }
 
   private dropIdentity(): void {
     this.identity?.end();
     this.identity = null;
   }
+}
+
+/** ACL LOG's object: the command (`config|set`), or the key or channel refused. */
+function refusedObject(denial: Denial, argv: readonly Buffer[]): string {
+  return denial.kind === "command" ? denial.command : argv[denial.index].toString();
 }

@@ -3,6 +3,9 @@
  * primary): a thread asks every thread (itself included) and gets all their answers at once.
  */
 
+import type { AclChange, AclOutcome } from "../acl/access-control.js";
+import type { AclLogEntry } from "../acl/acl-log.js";
+
 /** A question every thread answers about itself. */
 export type ThreadQuery =
   | { kind: "client-list"; args: string[] }
@@ -18,7 +21,28 @@ export type ThreadQuery =
    * output limits); thread `from` followed it already.
    */
   | { kind: "config-set"; argv: Uint8Array[]; from: number }
-  | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown };
+  | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown }
+  /**
+   * ACL SETUSER/DELUSER/LOAD of client `by`: every thread, the asking one included, applies
+   * it as the query arrives, so that all apply the changes in the supervisor's one order.
+   */
+  | { kind: "acl-change"; change: AclChange; by: number }
+  /** A thread (re)starting asks the running threads for their users (ACL LIST lines). */
+  | { kind: "acl-users" }
+  | { kind: "acl-log"; count: number }
+  | { kind: "acl-log-reset" };
+
+/** A thread's answer to acl-change: its outcome, or `syncing` while it takes the users of the others. */
+export type AclChangeAnswer = { thread: number; outcome: AclOutcome } | { thread: number; syncing: true };
+
+/** A thread's answer to acl-users: its users and the supervisor's id of the last change it applied. */
+export interface AclUsersAnswer {
+  generation: number;
+  lines: string[];
+}
+
+/** A thread's answer to acl-log: its newest entries. */
+export type AclLogAnswer = AclLogEntry[];
 
 /** A word for one thread, answered by none: tracking invalidations for a REDIRECT client it serves. */
 export type ThreadNote =

@@ -14,10 +14,15 @@ import {
   THREADS_ENV,
   THREAD_ENV,
   isThreadMessage,
+  type AclChangeAnswer,
+  type AclLogAnswer,
+  type AclUsersAnswer,
   type ThreadMessage,
   type ThreadNote,
   type ThreadQuery,
 } from "./messages.js";
+import type { AccessControl, AclChange, AclOutcome } from "../acl/access-control.js";
+import { mergeAclLogs, type AclLogEntry } from "../acl/acl-log.js";
 import type { RemoteClients } from "../client/tracking/table.js";
 
 /** A thread that does not answer a question about clients or counters within this is left out. */
@@ -77,6 +82,13 @@ export class ClusterLink implements ThreadLink, RemoteClients {
   private readonly asked = new Map<number, (answers: unknown[]) => void>();
   /** Told when the supervisor asks for a graceful shutdown. */
   onStop: () => void = () => {};
+  /** The supervisor's id of the last ACL change this thread applied (ids grow in the supervisor's order). */
+  private aclGeneration = 0;
+  /**
+   * While this thread waits for the running threads' users (it just started), the ACL changes
+   * that arrive, to apply on top of them; null once it has them.
+   */
+  private aclSyncing: { id: number; change: AclChange; by: number }[] | null = null;
 
   constructor(
     readonly index: number,
@@ -90,7 +102,79 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       if (isThreadMessage(message)) this.receive(message);
     });
     findExecutionsElsewhere(ctx.gears, (name, args, caller) => this.gears(name, args, caller));
+    const acl = ctx.acl;
+    if (acl !== null) {
+      acl.peers = {
+        change: (change, by) => this.aclChange(change, by),
+        log: (count) => this.aclLog(count),
+        resetLog: async () => void (await this.ask({ kind: "acl-log-reset" }, ASK_TIMEOUT_MS)),
+      };
+      // Changes reach this thread from now on (it is ready); the users changed before come
+      // from a running thread (ACL SETUSER since the start), not from the aclfile.
+      this.aclSyncing = [];
+    }
     this.send({ t: "ready" });
+    if (acl !== null)
+      void this.ask({ kind: "acl-users" }, ASK_TIMEOUT_MS).then((answers) => this.adoptUsers(acl, answers));
+  }
+
+  /**
+   * ACL SETUSER/DELUSER/LOAD on every thread: this thread's outcome; an error when a thread did
+   * not answer (the users may then differ between threads: said, never silent).
+   */
+  private async aclChange(change: AclChange, by: number): Promise<AclOutcome> {
+    const answers = (await this.ask({ kind: "acl-change", change, by }, ASK_TIMEOUT_MS)) as AclChangeAnswer[];
+    const outcomes = answers.filter((a) => typeof a === "object" && a !== null && "thread" in a);
+    const applied = outcomes.flatMap((a) => ("outcome" in a ? [a] : []));
+    const mine = applied.find((a) => a.thread === this.index) ?? applied[0];
+    const agreed = applied.every((a) => JSON.stringify(a.outcome) === JSON.stringify(mine?.outcome));
+    if (mine === undefined || outcomes.length < this.count || !agreed) {
+      this.ctx?.log.error(
+        { change: change.op, answered: outcomes.length, threads: this.count, agreed },
+        "an ACL change did not reach every thread alike",
+      );
+      return {
+        error: `ERR the ACL change reached ${outcomes.length} of ${this.count} threads${agreed ? "" : " with different outcomes"}: the threads' users may differ (see the proxy's log)`,
+      };
+    }
+    return mine.outcome;
+  }
+
+  private async aclLog(count: number): Promise<AclLogEntry[]> {
+    const answers = await this.ask({ kind: "acl-log", count }, ASK_TIMEOUT_MS);
+    return mergeAclLogs(
+      answers.filter((a): a is AclLogAnswer => Array.isArray(a)),
+      count,
+    );
+  }
+
+  /** This thread starting: the users of the running threads, then the changes that came meanwhile. */
+  private adoptUsers(acl: AccessControl, answers: unknown[]): void {
+    const states = answers.filter(
+      (a): a is AclUsersAnswer => typeof a === "object" && a !== null && "lines" in a,
+    );
+    const newest = states.sort((x, y) => y.generation - x.generation)[0];
+    const pending = this.aclSyncing ?? [];
+    this.aclSyncing = null;
+    // None: this is the only thread, or all start together (all read the same aclfile).
+    const generation = newest?.generation ?? 0;
+    if (newest !== undefined) {
+      const outcome = acl.apply({ op: "sync", lines: newest.lines }, 0);
+      if ("error" in outcome)
+        this.ctx?.log.error({ error: outcome.error }, "could not take the other threads' ACL users");
+      this.aclGeneration = Math.max(this.aclGeneration, generation);
+    }
+    if (answers.length === 0) {
+      // Not even this thread answered in time: the running threads' users never came.
+      this.ctx?.log.error(
+        "a thread started with the users of the aclfile (or --user lines): the other threads did not tell theirs",
+      );
+    }
+    for (const { id, change, by } of pending) {
+      if (id <= generation) continue;
+      acl.apply(change, by);
+      this.aclGeneration = Math.max(this.aclGeneration, id);
+    }
   }
 
   async clientList(args: string[]): Promise<string> {
@@ -221,7 +305,7 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       this.asked.delete(message.id);
       done?.(message.answers);
     } else if (message.t === "query") {
-      void this.answer(message.query).then(
+      void this.answer(message.query, message.id).then(
         (answer) => this.send({ t: "answer", id: message.id, answer }),
         (err: unknown) => this.send({ t: "answer", id: message.id, answer: `ERR ${String(err)}` }),
       );
@@ -229,10 +313,33 @@ export class ClusterLink implements ThreadLink, RemoteClients {
     else if (message.t === "stop") this.onStop();
   }
 
-  private async answer(query: ThreadQuery): Promise<unknown> {
+  /** `id`: the supervisor's id of the query (they grow in the order it relays them). */
+  private async answer(query: ThreadQuery, id: number): Promise<unknown> {
     const ctx = this.ctx;
     if (ctx === null) return null;
     switch (query.kind) {
+      case "acl-change": {
+        // Applied at once (before any await): the changes keep the supervisor's order.
+        if (ctx.acl === null) return null;
+        if (this.aclSyncing !== null) {
+          this.aclSyncing.push({ id, change: query.change, by: query.by });
+          return { thread: this.index, syncing: true } satisfies AclChangeAnswer;
+        }
+        this.aclGeneration = id;
+        return {
+          thread: this.index,
+          outcome: ctx.acl.apply(query.change, query.by),
+        } satisfies AclChangeAnswer;
+      }
+      case "acl-users":
+        // A thread still waiting for the others' users has none to give.
+        if (ctx.acl === null || this.aclSyncing !== null) return null;
+        return { generation: this.aclGeneration, lines: ctx.acl.lines() } satisfies AclUsersAnswer;
+      case "acl-log":
+        return ctx.acl?.log.newest(query.count) ?? [];
+      case "acl-log-reset":
+        ctx.acl?.log.reset();
+        return null;
       case "client-list":
         return clientListText(ctx.clients.all(), query.args) ?? "";
       case "client-kill":
