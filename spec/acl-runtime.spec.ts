@@ -319,6 +319,18 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
     expect(await errorOf(app, "ACL", "LOG")).to.equal(NO_CMD("acl|log"));
     expect(await admin.text("ACL", "LOG", "RESET")).to.equal("OK");
     expect(await admin.text("ACL", "LOG")).to.deep.equal([]);
+    // CONFIG SET acllog-max-len through the proxy bounds the proxy's log too.
+    expect(await admin.text("CONFIG", "SET", "acllog-max-len", "2")).to.equal("OK");
+    try {
+      for (const key of ["secret:a", "secret:b", "secret:c"]) await errorOf(app, "GET", key);
+      expect(logEntries(await admin.text("ACL", "LOG")).map((e) => e.object)).to.deep.equal([
+        "secret:c",
+        "secret:b",
+      ]);
+    } finally {
+      expect(await admin.text("CONFIG", "SET", "acllog-max-len", "128")).to.equal("OK");
+    }
+    expect(await admin.text("ACL", "LOG", "RESET")).to.equal("OK");
     const help = (await admin.text("ACL", "HELP")) as string[];
     for (const sub of ["SETUSER", "DELUSER", "LOAD", "SAVE", "LOG"])
       expect(help.some((l) => l.startsWith(sub))).to.equal(true);

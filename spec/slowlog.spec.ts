@@ -87,6 +87,43 @@ describe("SLOWLOG answered by the proxy", function () {
     }
   });
 
+  it("shows secrets as (redacted), as Redis does: AUTH, HELLO AUTH, ACL SETUSER, CONFIG SET requirepass", async () => {
+    const everything = await startProxy([redis], { slowlogLogSlowerThan: 0 });
+    try {
+      const run = async (...argv: string[]): Promise<string[]> => {
+        await sendCommand(everything.port, argv).catch(() => null);
+        const entries = (await sendCommand(everything.port, ["SLOWLOG", "GET", "2"])) as unknown[][];
+        // The newest entry is the SLOWLOG GET before this one's; the command is the one before it.
+        const own = entries.find((e) => String((e[3] as Buffer[])[0]).toUpperCase() !== "SLOWLOG")!;
+        return (own[3] as Buffer[]).map(String);
+      };
+      expect(await run("AUTH", "someone", "hunter2")).to.deep.equal(["AUTH", "(redacted)", "(redacted)"]);
+      expect(await run("HELLO", "2", "AUTH", "default", "hunter2", "SETNAME", "n")).to.deep.equal([
+        "HELLO",
+        "2",
+        "AUTH",
+        "(redacted)",
+        "(redacted)",
+        "SETNAME",
+        "n",
+      ]);
+      expect(await run("ACL", "SETUSER", "slowlog-user", "on", ">hunter2")).to.deep.equal([
+        "ACL",
+        "SETUSER",
+        "slowlog-user",
+        "(redacted)",
+        "(redacted)",
+      ]);
+      expect(
+        await run("CONFIG", "SET", "maxmemory-policy", "noeviction", "masterauth", "hunter2"),
+      ).to.deep.equal(["CONFIG", "SET", "maxmemory-policy", "noeviction", "masterauth", "(redacted)"]);
+    } finally {
+      await sendCommand(everything.port, ["ACL", "DELUSER", "slowlog-user"]).catch(() => null);
+      await sendCommand(everything.port, ["CONFIG", "SET", "masterauth", ""]).catch(() => null);
+      await everything.close();
+    }
+  });
+
   it("keeps the newest max-len entries, newest first, each with its own arguments", async () => {
     const own = await startProxy([redis], { slowlogLogSlowerThan: 0 });
     try {

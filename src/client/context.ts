@@ -95,6 +95,7 @@ export function followConfigSet(ctx: ProxyContext, argv: readonly Buffer[]): boo
     const value = argv[i + 1].toString();
     ctx.slowlog.followSetting(name, value);
     ctx.tracking.followSetting(name, value);
+    ctx.acl?.log.followSetting(name, value);
     if (name === "client-output-buffer-limit") ctx.memoryGuard?.followOutputLimits(value);
   }
   return true;

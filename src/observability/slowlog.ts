@@ -142,11 +142,53 @@ export class SlowLog {
 }
 
 /** As Redis trims: 31 arguments then "... (N more arguments)"; long strings cut at 128 bytes. */
+const REDACTED = Buffer.from("(redacted)");
+
+/** CONFIG SET values Redis 7.0 marks SENSITIVE_CONFIG. */
+const SENSITIVE_CONFIGS = new Set([
+  "masterauth",
+  "requirepass",
+  "tls-key-file-pass",
+  "tls-client-key-file-pass",
+]);
+
+/**
+ * The argument positions that carry a secret, which Redis shows as "(redacted)" in the slow log
+ * (redactClientCommandArgument): AUTH's arguments, HELLO's AUTH user and password, ACL SETUSER's
+ * rules (they may set passwords), MIGRATE's AUTH/AUTH2 credentials, sensitive CONFIG SET values.
+ */
+function secretPositions(argv: readonly Buffer[]): Set<number> {
+  const secret = new Set<number>();
+  const name = argv[0]?.toString().toLowerCase();
+  const word = (i: number): string => argv[i]?.toString().toLowerCase() ?? "";
+  if (name === "auth") for (let i = 1; i < argv.length; i++) secret.add(i);
+  else if (name === "hello") {
+    for (let i = 2; i < argv.length; i++)
+      if (word(i) === "auth") {
+        secret.add(i + 1);
+        secret.add(i + 2);
+      }
+  } else if (name === "acl" && word(1) === "setuser") for (let i = 3; i < argv.length; i++) secret.add(i);
+  else if (name === "migrate") {
+    for (let i = 6; i < argv.length && word(i) !== "keys"; i++) {
+      if (word(i) === "auth") secret.add(i + 1);
+      else if (word(i) === "auth2") {
+        secret.add(i + 1);
+        secret.add(i + 2);
+      }
+    }
+  } else if (name === "config" && word(1) === "set") {
+    for (let i = 2; i + 1 < argv.length; i += 2) if (SENSITIVE_CONFIGS.has(word(i))) secret.add(i + 1);
+  }
+  return secret;
+}
+
 function trimArgv(argv: readonly Buffer[]): Buffer[] {
   const kept = argv.length > MAX_ARGC ? MAX_ARGC - 1 : argv.length;
+  const secret = secretPositions(argv);
   const out: Buffer[] = [];
   for (let i = 0; i < kept; i++) {
-    const arg = argv[i];
+    const arg = secret.has(i) ? REDACTED : argv[i];
     out.push(
       arg.length > MAX_STRING
         ? Buffer.concat([
