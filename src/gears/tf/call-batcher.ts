@@ -33,10 +33,10 @@ const MAX_ASYNC_ENTRY = 4096;
  * calls are in Redis may join it (guest/tf/batch.ts): the isolate runs them meanwhile.
  *
  * A batch of TFCALLASYNCs holds the line only while it may take the TFCALLASYNCs that arrive:
- * once its budget is spent, or a call arrives that it does not take (a TFCALL, another
- * database's), or its entry ended first (its calls still awaiting Redis), the line goes on,
- * and the isolate resumes the batch's calls in entries of their own between the next ones
- * (CallOptions.resumable). Each call is still answered when its own Promise settles.
+ * once a call arrives that it does not take (a TFCALL, another database's, any after its
+ * budget is spent), or its entry ended past its budget (its calls still awaiting Redis), the
+ * line goes on, and the isolate resumes the batch's calls in entries of their own between the
+ * next ones (CallOptions.resumable). Each call is still answered when its own Promise settles.
  */
 export class CallBatcher {
   private queue: Pending[] = [];
@@ -153,7 +153,10 @@ export class CallBatcher {
         db,
         batch.map((p) => [p.fn, p.args, p.slots]),
         budgetMs,
-        releaseLine,
+        // Ended for another entry (a trigger's, a resume): it still takes joiners until its budget is spent.
+        () => {
+          if (Date.now() >= until) releaseLine();
+        },
       )
       .then(
         () => null,
