@@ -659,10 +659,8 @@ function runEntry(req: EntryRequest): WorkerMessage {
   let fatal = false;
   const resuming = req.op === "resume";
   const resumableCall = req.op === "call" ? req.resumable : undefined;
-  const resumable: Resumable | null =
-    resuming || resumableCall !== undefined
-      ? { budgetMs: resuming ? req.budgetMs : resumableCall!.budgetMs, startedAt: Date.now() }
-      : null;
+  const budgetMs = req.op === "resume" ? req.budgetMs : resumableCall?.budgetMs;
+  const resumable: Resumable | null = budgetMs === undefined ? null : { budgetMs, startedAt: Date.now() };
   try {
     if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
     if (req.op === "resume") {
