@@ -3,6 +3,9 @@
  * Everything here is synchronous: an entry runs to its end, and every wait for the host
  * (callSync, a batch of callAsync) blocks this thread in Atomics.wait until the main thread
  * answers on the reply port. The time spent waiting does not count against the deadline.
+ * A resumable call's entry (CallOptions.resumable) may stop waiting for a round of callAsync
+ * calls instead: the round is parked (the guest keeps its promises), the entry ends, and a
+ * "resume" entry hands the round's answer over later, with other entries run in between.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";
