@@ -31,13 +31,15 @@ async function failure(p: Promise<unknown>): Promise<SandboxError> {
 
 /**
  * `count(n)` awaits n host calls one after the other and answers n; `now()` answers at once;
- * `stuck(n)` awaits n host calls, then a Promise nobody settles; `spin(n)` then loops forever.
+ * `stuck(n)` awaits n host calls, then a Promise nobody settles; `spin(n)` then loops forever;
+ * `stuckInBuiltin()` loops in a builtin, which only the watchdog ends (with the worker).
  */
 const SCRIPT = `
   async function count(n) { let i = 0; for (; i < n; i++) await __host.callAsync('x', i); return i; }
   function now(x) { return 'now ' + x; }
   async function stuck(n) { await count(n); await new Promise(() => {}); }
   async function spin(n) { await count(n); for (;;) {} }
+  function stuckInBuiltin() { let s = 'a'.repeat(1 << 20); for (;;) s = s.replaceAll('a', 'a'); }
 `;
 
 describe("sandbox isolate: resumable calls (CallOptions.resumable)", function () {
@@ -109,6 +111,20 @@ describe("sandbox isolate: resumable calls (CallOptions.resumable)", function ()
     );
     while (!suspended) await new Promise((r) => setTimeout(r, 5));
     await iso.dispose();
+    expect((await long).kind).to.equal("terminated");
+  });
+
+  it("the worker ended by the watchdog (another entry stuck in a builtin) rejects a suspended call as terminated", async () => {
+    const iso = await isolate(echoBridge(2));
+    let suspended = false;
+    const long = failure(
+      iso.call("count", [100_000], {
+        resumable: { budgetMs: 5, onSuspended: () => (suspended = true) },
+      }),
+    );
+    while (!suspended) await new Promise((r) => setTimeout(r, 5));
+    expect((await failure(iso.call("stuckInBuiltin", []))).kind).to.equal("timeout");
+    expect(iso.alive).to.equal(false);
     expect((await long).kind).to.equal("terminated");
   });
 

@@ -13,7 +13,8 @@ import { eventually, sleep } from "./support/polling.js";
  * at a time, until a stop key is set (thousands of awaits), and answers how many it did;
  * `read` (sync) and `quick` (async) read the counter; the trigger on `poke:` writes down the
  * counter it saw; `never` and `spin` do as `long`, then await a Promise nobody settles, or
- * loop forever; `rmw` and `rmwSync` add 1 to a key in a block body and in a sync function.
+ * loop forever; `stuck` loops in a builtin, which only the watchdog ends (with the isolate);
+ * `rmw` and `rmwSync` add 1 to a key in a block body and in a sync function.
  */
 const CODE = lib(
   "res",
@@ -49,6 +50,10 @@ const CODE = lib(
        });
      }
      return 'done';
+   });
+   redis.registerFunction('stuck', function(){
+     let s = 'a'.repeat(1 << 20);
+     for (;;) s = s.replaceAll('a', 'a');
    });
    redis.registerFunction('rmwSync', function(client, key){
      const before = client.call('get', key);
@@ -218,6 +223,19 @@ for (const mode of BACKEND_MODES) {
       expect(await t.c.call("TFUNCTION", "LOAD", "REPLACE", CODE)).to.equal("OK");
       const error = await within(PROMPT_MS, "the long one after REPLACE", rejection(long.promise));
       expect(error).to.equal(LIMITS_ERROR);
+      expect(String(await b.call("TFCALLASYNC", "res.quick", "1", "{r}n"))).to.match(/^quick saw \d+$/);
+    });
+
+    it("the library's isolate dying (the watchdog ends a stuck TFCALL) answers a suspended coroutine with an error; the library answers after", async () => {
+      const long = await startLong((args) => a.call(args[0], args.slice(1)));
+      const stuck = await within(
+        PROMPT_MS + 2000,
+        "the stuck TFCALL",
+        rejection(b.call("TFCALL", "res.stuck", "0")),
+      );
+      expect(stuck).to.equal(LIMITS_ERROR);
+      expect(await within(PROMPT_MS, "the long one", rejection(long.promise))).to.equal(LIMITS_ERROR);
+      // The library's isolate is started again.
       expect(String(await b.call("TFCALLASYNC", "res.quick", "1", "{r}n"))).to.match(/^quick saw \d+$/);
     });
 
