@@ -4,6 +4,9 @@
  *   TFCALLASYNC lib.incrAsync 1 <key> the same through an async function awaiting callAsync
  *   FCALL incr 1 <key>                straight to Redis (the same function as a Lua library)
  * in the same run, alternating rounds, with C concurrent clients each keeping P calls in flight.
+ * `--beside-long` adds rows of the same TFCALL and TFCALLASYNC while one more client keeps a
+ * long coroutine of the library running (`lib.long`: 2,000 INCRs, one await each, again and
+ * again): what the library still serves while one of its coroutines goes on.
  * `--quick` runs one short round.
  */
 import fs from "node:fs";
@@ -34,6 +37,7 @@ const { values } = parseArgs({
     profile: { type: "string" },
     /** Another build's dist/src/cli.js: its TFCALL is measured too, in the same rounds (before/after). */
     base: { type: "string" },
+    "beside-long": { type: "boolean", default: false },
   },
 });
 const quick = values.quick === true;
@@ -44,7 +48,11 @@ const pipeline = Number(values.pipeline);
 
 const TF_LIB = `#!js api_version=1.0 name=bench
 redis.registerFunction('incr', function(client, key){ return client.call('INCR', key); });
-redis.registerAsyncFunction('incrAsync', async function(client, key){ return await client.callAsync('INCR', key); });`;
+redis.registerAsyncFunction('incrAsync', async function(client, key){ return await client.callAsync('INCR', key); });
+redis.registerAsyncFunction('long', async function(client, key){
+  for (let i = 0; i < 2000; i++) await client.callAsync('INCR', key);
+  return 'done';
+});`;
 const LUA_LIB = `#!lua name=bench
 redis.register_function('incr', function(keys) return redis.call('INCR', keys[1]) end)`;
 
@@ -65,11 +73,19 @@ function ticks(path: string): number {
 /**
  * Calls per second, the CPU µs per call of process `pid` over the same time, and the part of
  * it on the process's main thread (the rest is the proxy's isolate workers and Node's helpers).
+ * With `besideLong`, one more client runs `lib.long` meanwhile (its CPU counts in the figures).
  */
-async function measureCpu(port: number, command: string[], pid: number): Promise<[number, number, number]> {
+async function measureCpu(
+  port: number,
+  command: string[],
+  pid: number,
+  besideLong = false,
+): Promise<[number, number, number]> {
   const before = cpuMicros(pid);
   const [all0, main0] = [ticks(`/proc/${pid}/stat`), ticks(`/proc/${pid}/task/${pid}/stat`)];
+  const long = besideLong ? runLong(port) : null;
   const rate = await measure(port, command);
+  if (long !== null) say(`  (beside it: ${await long.stop()} long coroutines of 2,000 awaits ended)`);
   const perCall = (cpuMicros(pid) - before) / (rate * seconds);
   const [all1, main1] = [ticks(`/proc/${pid}/stat`), ticks(`/proc/${pid}/task/${pid}/stat`)];
   return [rate, perCall, (perCall * (main1 - main0)) / (all1 - all0)];
@@ -94,6 +110,28 @@ async function measure(port: number, command: string[]): Promise<number> {
   );
   for (const c of conns) c.disconnect();
   return done / seconds;
+}
+
+/** Runs `lib.long` again and again on one more client until stop(), which tells how many ended. */
+function runLong(port: number): { stop: () => Promise<number> } {
+  const c = new Redis({ port, host: HOST });
+  let going = true;
+  let ended = 0;
+  const loop = (async () => {
+    while (going) {
+      await c.call("TFCALLASYNC", "bench.long", "1", "bench:{long}");
+      ended++;
+    }
+  })();
+  return {
+    stop: async () => {
+      going = false;
+      // The one under way finishes first (a client's next command waits for it anyway).
+      await loop.catch(() => {});
+      c.disconnect();
+      return ended;
+    },
+  };
 }
 
 let redis: RedisNode | null = null;
@@ -129,18 +167,40 @@ async function main(): Promise<number> {
   await direct.call("FUNCTION", "LOAD", LUA_LIB);
   direct.disconnect();
   const kinds = [
-    { name: "TFCALL", command: ["TFCALL", "bench.incr", "1", "$key"], rows: [] as string[][] },
-    { name: "TFCALLASYNC", command: ["TFCALLASYNC", "bench.incrAsync", "1", "$key"], rows: [] as string[][] },
+    { name: "TFCALL", command: ["TFCALL", "bench.incr", "1", "$key"], rows: [] as string[][], long: false },
+    {
+      name: "TFCALLASYNC",
+      command: ["TFCALLASYNC", "bench.incrAsync", "1", "$key"],
+      rows: [] as string[][],
+      long: false,
+    },
   ];
+  if (values["beside-long"] === true)
+    kinds.push(
+      {
+        name: "TFCALL beside a long coroutine",
+        command: ["TFCALL", "bench.incr", "1", "$key"],
+        rows: [],
+        long: true,
+      },
+      {
+        name: "TFCALLASYNC beside a long coroutine",
+        command: ["TFCALLASYNC", "bench.incrAsync", "1", "$key"],
+        rows: [],
+        long: true,
+      },
+    );
   for (let r = 1; r <= rounds; r++) {
     const [fcall, redisCpu] = await measureCpu(redis.port, ["FCALL", "incr", "1", "$key"], redis.pid);
     for (const kind of kinds) {
       // The builds take turns going first: the machine's load drifts within a round.
       const measureBase = (): Promise<[number | null, number, number]> =>
-        base === null ? Promise.resolve([null, 0, 0]) : measureCpu(base.port, kind.command, base.child.pid);
+        base === null
+          ? Promise.resolve([null, 0, 0])
+          : measureCpu(base.port, kind.command, base.child.pid, kind.long);
       const baseFirst = r % 2 === 1;
       const first = baseFirst ? await measureBase() : null;
-      const [tf, cpu, cpuMain] = await measureCpu(proxy.port, kind.command, proxy.child.pid);
+      const [tf, cpu, cpuMain] = await measureCpu(proxy.port, kind.command, proxy.child.pid, kind.long);
       const [baseTf, baseCpu, baseCpuMain] = first ?? (await measureBase());
       const row = [
         String(r),

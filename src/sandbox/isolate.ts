@@ -26,8 +26,11 @@ import {
   SIGNAL_AREA,
   SIGNAL_PORT,
   STATE_GUEST,
+  DETACHED,
   type AsyncReply,
+  type AsyncWait,
   type EntryRequest,
+  type SettledCall,
   type SyncReply,
   type WorkerInit,
   type WorkerMessage,
@@ -110,7 +113,11 @@ interface Entry {
   resolve: (value: JsonValue) => void;
   reject: (error: Error) => void;
   aborted: boolean;
+  /** CallOptions.resumable's: told when an entry of the call ended before its Promise settled. */
+  onSuspended?: () => void;
 }
+
+const ignore = (): void => {};
 
 /** Where dispose() hands the thread on (renewOnDispose). */
 interface Renewal {
@@ -154,6 +161,12 @@ interface PendingReply {
   seq: number;
   kind: "sync" | "async";
   count: number;
+  /** A round the worker waits for, but may stop waiting for (AsyncWait "yieldable"). */
+  yieldable: boolean;
+  /** A round the worker does not wait for: its answer goes in a "resume" entry. */
+  detached: boolean;
+  /** The budget of the resumable entry that sent it: its "resume" entry gets the same. */
+  budgetMs: number;
 }
 
 export class Isolate {
@@ -168,6 +181,11 @@ export class Isolate {
   private pendingAbort = false;
   private readsBinary = false;
   private pendingReply: PendingReply | undefined;
+  /** Resumable calls whose entry ended before their Promise settled, by id (CallOptions.resumable). */
+  private readonly suspended = new Map<number, Entry>();
+  private lastCallId = 0;
+  /** Rounds of host calls whose answers are to go to a "resume" entry, not answered yet. */
+  private detachedRounds = 0;
   /** When the last entry ended (performance.now()); its start, before any. */
   private lastEntryEnd = performance.now();
   /** Where callBinary's bytes cross to the worker (see shared()). */
@@ -270,7 +288,12 @@ export class Isolate {
 
   /** When the last entry ended (performance.now()), or null while one runs or waits. */
   get idleSince(): number | null {
-    return this.current !== undefined || this.queue.length > 0 ? null : this.lastEntryEnd;
+    return this.current !== undefined ||
+      this.queue.length > 0 ||
+      this.suspended.size > 0 ||
+      this.detachedRounds > 0
+      ? null
+      : this.lastEntryEnd;
   }
 
   get threadId(): number {
@@ -298,7 +321,18 @@ export class Isolate {
     } catch (e) {
       return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
-    return this.enqueue({ op: "call", path, argsJson, jobsFailAlone: options?.jobsFailAlone });
+    // Only QuickJS's worker resumes entries.
+    const resumable = this.runtime === "quickjs" ? options?.resumable : undefined;
+    return this.enqueue(
+      {
+        op: "call",
+        path,
+        argsJson,
+        jobsFailAlone: options?.jobsFailAlone,
+        resumable: resumable && { id: ++this.lastCallId, budgetMs: resumable.budgetMs },
+      },
+      resumable?.onSuspended,
+    );
   }
 
   /** A new time limit for the entries that start from now on (QuickJS isolates). */
@@ -381,6 +415,8 @@ export class Isolate {
 
   /** Frees the runtime and ends the worker; pending and later entries fail with "terminated". */
   async dispose(): Promise<void> {
+    // Nothing will resume the calls whose entries ended before their Promises settled.
+    this.rejectSuspended(new SandboxError("terminated", terminatedMessage()));
     const renewal = this.renewal;
     this.renewal = null;
     if (renewal !== null && this.renewable() && renewal.wanted()) {
@@ -450,12 +486,76 @@ export class Isolate {
 
   // --- entries -------------------------------------------------------------------------------
 
-  private enqueue(request: EntryRequest): Promise<JsonValue> {
+  private enqueue(request: EntryRequest, onSuspended?: () => void): Promise<JsonValue> {
     if (!this.isAlive) return Promise.reject(new SandboxError("terminated", terminatedMessage()));
     return new Promise<JsonValue>((resolve, reject) => {
-      this.queue.push({ request, resolve, reject, aborted: false });
+      this.queue.push({ request, resolve, reject, aborted: false, onSuspended });
+      this.yieldWaiting();
       this.pump();
     });
+  }
+
+  /**
+   * An entry waits for the isolate: a resumable entry waiting for a round of host calls stops
+   * waiting (its entry ends), and the round's answer resumes the guest in an entry of its own.
+   */
+  private yieldWaiting(): void {
+    const pending = this.pendingReply;
+    if (pending === undefined || !pending.yieldable) return;
+    this.answer(pending, { seq: pending.seq, json: DETACHED });
+    pending.detached = true;
+    this.detachedRounds++;
+  }
+
+  /** The answer to a round of host calls: to the worker waiting for it, or in a "resume" entry. */
+  private roundAnswered(pending: PendingReply, json: string): void {
+    if (!pending.detached) {
+      this.answer(pending, { seq: pending.seq, json });
+      return;
+    }
+    this.detachedRounds--;
+    if (!this.isAlive) return;
+    // Rounds answered while a resume entry waits go in with it: one entry for them all.
+    const last = this.queue[this.queue.length - 1];
+    if (last !== undefined && last.request.op === "resume") {
+      last.request.rounds.push([pending.seq, json]);
+      return;
+    }
+    const request: EntryRequest = { op: "resume", rounds: [[pending.seq, json]], budgetMs: pending.budgetMs };
+    this.queue.push({ request, resolve: ignore, reject: ignore, aborted: false });
+    this.yieldWaiting();
+    this.pump();
+  }
+
+  /** The budget of the entry under way when it is resumable (that of its rounds' resume entries). */
+  private currentBudgetMs(): number {
+    const request = this.current?.request;
+    if (request?.op === "resume") return request.budgetMs;
+    if (request?.op === "call") return request.resumable?.budgetMs ?? 0;
+    return 0;
+  }
+
+  /** A resumable call of an earlier entry settled. */
+  private settleSuspended(settled: SettledCall): void {
+    const entry = this.suspended.get(settled.id);
+    if (entry === undefined) return;
+    this.suspended.delete(settled.id);
+    if (settled.ok) {
+      try {
+        entry.resolve(JSON.parse(settled.json) as JsonValue);
+      } catch (e) {
+        entry.reject(new SandboxError("throw", `Error: ${errorMessage(e)}`));
+      }
+    } else {
+      entry.reject(new SandboxError(settled.failure.kind, settled.failure.message, settled.failure.line));
+    }
+  }
+
+  private rejectSuspended(error: SandboxError): void {
+    if (this.suspended.size === 0) return;
+    const entries = [...this.suspended.values()];
+    this.suspended.clear();
+    for (const entry of entries) entry.reject(error);
   }
 
   private pump(): void {
@@ -508,15 +608,25 @@ export class Isolate {
     if (entry.aborted) {
       Atomics.store(this.ctl, CTL_ABORT, 0);
       entry.reject(new SandboxError("aborted", abortedMessage()));
-    } else if (m.ok) {
+    } else if (m.ok && m.json !== null) {
       try {
         entry.resolve(JSON.parse(m.json) as JsonValue);
       } catch (e) {
         entry.reject(new SandboxError("throw", `Error: ${errorMessage(e)}`));
       }
+    } else if (m.ok) {
+      // A resumable call whose Promise outlives its entry: it settles in a later one.
+      const request = entry.request;
+      if (request.op === "call" && request.resumable !== undefined) {
+        this.suspended.set(request.resumable.id, entry);
+        entry.onSuspended?.();
+      } else {
+        entry.reject(new SandboxError("throw", "Error: an entry ended without its result"));
+      }
     } else {
       entry.reject(new SandboxError(m.failure.kind, m.failure.message, m.failure.line));
     }
+    if (m.settled !== undefined) for (const settled of m.settled) this.settleSuspended(settled);
     if (!m.ok && m.fatal) {
       this.kill(new SandboxError("terminated", terminatedMessage()));
       return;
@@ -576,6 +686,10 @@ export class Isolate {
     this.current = undefined;
     this.pendingReply = undefined;
     entry?.reject(error);
+    // A resume entry's failure is that of the calls it resumed.
+    this.rejectSuspended(
+      entry?.request.op === "resume" ? error : new SandboxError("terminated", terminatedMessage()),
+    );
     this.rejectQueued();
   }
 
@@ -618,7 +732,7 @@ export class Isolate {
         this.onSync(m.seq, m.name, m.argsJson);
         return;
       case "async":
-        this.onAsync(m.seq, m.batchJson);
+        this.onAsync(m.seq, m.batchJson, m.wait);
         return;
       case "notify":
         this.onNotify(m.json);
@@ -633,7 +747,14 @@ export class Isolate {
 
   private onSync(seq: number, name: string, argsJson: string): void {
     this.stats.syncCalls++;
-    const pending: PendingReply = { seq, kind: "sync", count: 1 };
+    const pending: PendingReply = {
+      seq,
+      kind: "sync",
+      count: 1,
+      yieldable: false,
+      detached: false,
+      budgetMs: 0,
+    };
     this.pendingReply = pending;
     if (this.current?.aborted) {
       this.answerWithError(pending, abortedMessage());
@@ -656,7 +777,7 @@ export class Isolate {
       );
   }
 
-  private onAsync(seq: number, batchJson: string): void {
+  private onAsync(seq: number, batchJson: string, wait: AsyncWait | undefined): void {
     let calls: { name: string; args: JsonValue[] }[];
     try {
       calls = (JSON.parse(batchJson) as [string, JsonValue[]][]).map(([name, args]) => ({ name, args }));
@@ -665,12 +786,22 @@ export class Isolate {
     }
     this.stats.asyncBatches++;
     this.stats.asyncCalls += calls.length;
-    const pending: PendingReply = { seq, kind: "async", count: calls.length };
-    this.pendingReply = pending;
+    const pending: PendingReply = {
+      seq,
+      kind: "async",
+      count: calls.length,
+      yieldable: wait === "yieldable",
+      detached: wait === "detached",
+      budgetMs: this.currentBudgetMs(),
+    };
+    if (pending.detached) this.detachedRounds++;
+    else this.pendingReply = pending;
     if (this.current?.aborted) {
       this.answerWithError(pending, abortedMessage());
       return;
     }
+    // An entry came while the round was on its way here.
+    if (this.queue.length > 0) this.yieldWaiting();
     Promise.resolve()
       .then(() => this.bridge.callAsync(calls))
       .then(
@@ -692,7 +823,7 @@ export class Isolate {
             }
             parts.push(part);
           }
-          this.answer(pending, { seq, json: `[${parts.join(",")}]` });
+          this.roundAnswered(pending, `[${parts.join(",")}]`);
         },
         (e: unknown) => this.answerWithError(pending, errorMessage(e)),
       );
@@ -721,10 +852,7 @@ export class Isolate {
       this.answer(pending, { seq: pending.seq, ok: false, message });
     } else {
       const part = `[1,${JSON.stringify(message)}]`;
-      this.answer(pending, {
-        seq: pending.seq,
-        json: `[${new Array<string>(pending.count).fill(part).join(",")}]`,
-      });
+      this.roundAnswered(pending, `[${new Array<string>(pending.count).fill(part).join(",")}]`);
     }
   }
 

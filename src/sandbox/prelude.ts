@@ -25,6 +25,7 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
   const strSplit = String.prototype.split;
   const defineProperty = Object.defineProperty;
   const freeze = Object.freeze;
+  const objectCreate = Object.create;
   const join = (items) => "[" + apply(arrayJoin, items, [","]) + "]";
   const entry = (name, args) => "[" + stringify(StringCtor(name)) + "," + stringify(args) + "]";
 
@@ -32,6 +33,8 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
   let queue = [];
   let waiting = [];
   let inflight = [];
+  // Rounds whose answers come in a later entry (the worker parked them), by the round's seq.
+  let parked = objectCreate(null);
 
   function flushNotes() {
     if (notes.length === 0) return;
@@ -73,6 +76,17 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
       return '{"e":0,"text":' + stringify(StringCtor(e)) + "}";
     } catch (_) {
       return '{"e":0,"text":"(an unprintable value was thrown)"}';
+    }
+  }
+
+  // Settles the promises w of a round (a resolve and a reject for each call) with its answer.
+  function settleRound(w, json) {
+    let rs;
+    try { rs = parse(json); } catch (_) { rs = []; }
+    for (let i = 0; 2 * i < w.length; i++) {
+      const r = rs[i];
+      if (r && r[0] === 0) w[2 * i](r[1]);
+      else w[2 * i + 1](new ErrorCtor(r ? StringCtor(r[1]) : "no answer from the host"));
     }
   }
 
@@ -165,18 +179,28 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
     deliver(json) {
       const w = inflight;
       inflight = [];
-      let rs;
-      try { rs = parse(json); } catch (_) { rs = []; }
-      for (let i = 0; 2 * i < w.length; i++) {
-        const r = rs[i];
-        if (r && r[0] === 0) w[2 * i](r[1]);
-        else w[2 * i + 1](new ErrorCtor(r ? StringCtor(r[1]) : "no answer from the host"));
-      }
+      settleRound(w, json);
+    },
+    park(seq) {
+      parked[seq] = inflight;
+      inflight = [];
+    },
+    resume(seq, json) {
+      const w = parked[seq];
+      if (w === undefined) return;
+      delete parked[seq];
+      settleRound(w, json);
     },
     reset() {
       queue = [];
       waiting = [];
       inflight = [];
+    },
+    resetAll() {
+      queue = [];
+      waiting = [];
+      inflight = [];
+      parked = objectCreate(null);
     },
   };
 })`;

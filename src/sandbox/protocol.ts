@@ -66,7 +66,20 @@ export type EntryRequest =
    * jobsFailAlone: the entry runs several independent jobs (concurrent async calls); one that
    * overruns the time limit fails alone (its Promise is rejected), the others go on.
    */
-  | { op: "call"; path: string; argsJson: string; jobsFailAlone?: boolean }
+  | {
+      op: "call";
+      path: string;
+      argsJson: string;
+      jobsFailAlone?: boolean;
+      /** CallOptions.resumable: the call's id (its outcome may come in a later entry's SettledCall) and budget. */
+      resumable?: { id: number; budgetMs: number };
+    }
+  /**
+   * The answers to rounds of host calls the guest no longer waited for (AsyncRound.detached),
+   * [its seq, AsyncReply.json] each: they go to the promises awaiting them and the entry goes
+   * on as a resumable call's does (its own rounds may be detached again, within `budgetMs`).
+   */
+  | { op: "resume"; rounds: [number, string][]; budgetMs: number }
   /** Python source, for a Pyodide worker. */
   | { op: "evalPython"; source: string; filename: string }
   /** call() with args[index] replaced by the value in `bytes` (QuickJS's binary object format). */
@@ -87,14 +100,36 @@ export type WorkerMessage =
   | { t: "initError"; message: string }
   /** guest __host.callSync: the worker blocks until the answer (SyncReply) arrives. */
   | { t: "sync"; seq: number; name: string; argsJson: string }
-  /** a batch of guest __host.callAsync calls, JSON of [name, args][]: the worker blocks until AsyncReply. */
-  | { t: "async"; seq: number; batchJson: string }
+  /**
+   * a batch of guest __host.callAsync calls, JSON of [name, args][]: the worker blocks until
+   * AsyncReply, unless `wait` says otherwise (AsyncWait).
+   */
+  | { t: "async"; seq: number; batchJson: string; wait?: AsyncWait }
   /** guest __host.notify calls, JSON of [name, args][]; no answer. */
   | { t: "notify"; json: string }
-  | { t: "done"; ok: true; json: string }
+  /**
+   * json null: a resumable call whose Promise has not settled yet (its entry ended first).
+   * settled: the resumable calls of earlier entries whose Promise settled by the end of this one.
+   */
+  | { t: "done"; ok: true; json: string | null; settled?: SettledCall[] }
   /** fatal: the isolate's state is unusable; the main thread ends the worker. */
-  | { t: "done"; ok: false; failure: FailureInfo; fatal: boolean }
+  | { t: "done"; ok: false; failure: FailureInfo; fatal: boolean; settled?: SettledCall[] }
   | { t: "disposed"; error?: string };
+
+/**
+ * How a round of callAsync calls waits for its answer: "yieldable", the worker waits, but the
+ * main thread may answer DETACHED instead (another entry waits for the isolate), and the real
+ * answer comes later in a "resume" entry; "detached", the worker does not wait at all (its
+ * entry's budget is spent): the answer comes in a "resume" entry. Absent: the worker waits.
+ */
+export type AsyncWait = "yieldable" | "detached";
+
+/** AsyncReply.json of a round the worker is to stop waiting for: its answer comes in a "resume" entry. */
+export const DETACHED = "";
+
+/** A resumable call (EntryRequest "call", resumable) that settled in a later entry than its own. */
+export type SettledCall =
+  { id: number; ok: true; json: string } | { id: number; ok: false; failure: FailureInfo };
 
 export type SyncReply = { seq: number; ok: true; json: string } | { seq: number; ok: false; message: string };
 /** json: JSON of ([0, value] | [1, errorMessage])[], in the order of the batch. */

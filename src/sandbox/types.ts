@@ -20,6 +20,16 @@ export interface Preload {
 export interface CallOptions {
   /** Its pending jobs are independent calls: one over the time limit fails alone. */
   jobsFailAlone?: boolean;
+  /**
+   * Its Promise may outlive its entry (its pending jobs failing alone, as with jobsFailAlone):
+   * when all it has left is to await host calls (`__host.callAsync`) and its entry has run
+   * `budgetMs`, or another entry waits for the isolate, the entry ends there. The guest keeps
+   * its promises; the host calls' answers come back in later entries of their own (which
+   * resume what awaited them, the same way), and other entries run in between. The call
+   * settles when its Promise does, in whichever entry that is; `onSuspended` is told each
+   * time an entry of it ended first (the isolate is free for others then).
+   */
+  resumable?: { budgetMs: number; onSuspended: () => void };
 }
 
 export interface IsolateLimits {

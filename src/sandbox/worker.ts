@@ -3,6 +3,9 @@
  * Everything here is synchronous: an entry runs to its end, and every wait for the host
  * (callSync, a batch of callAsync) blocks this thread in Atomics.wait until the main thread
  * answers on the reply port. The time spent waiting does not count against the deadline.
+ * A resumable call's entry (CallOptions.resumable) may stop waiting for a round of callAsync
+ * calls instead: the round is parked (the guest keeps its promises), the entry ends, and a
+ * "resume" entry hands the round's answer over later, with other entries run in between.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";
@@ -22,9 +25,12 @@ import {
   LIMIT_USED_KB,
   REPLY_LENGTH,
   REPLY_TEXT_BYTE,
+  DETACHED,
   type AsyncReply,
+  type AsyncWait,
   type EntryRequest,
   type FailureInfo,
+  type SettledCall,
   type SyncReply,
   type WorkerInit,
   type WorkerMessage,
@@ -134,20 +140,29 @@ function interruptHandler(): boolean {
 
 // --- host requests ---------------------------------------------------------------------------
 
+/** The seq of the last host request (a round of callAsync calls to park is known by it). */
 let seq = 0;
 
-type HostRequest = { t: "sync"; name: string; argsJson: string } | { t: "async"; batchJson: string };
+type HostRequest =
+  { t: "sync"; name: string; argsJson: string } | { t: "async"; batchJson: string; wait?: AsyncWait };
 
 /**
  * Sends a host request and blocks until its answer: its text as a guest string (a sync one
- * marked "0" for a value, "1" for an error message).
+ * marked "0" for a value, "1" for an error message). null for a round of callAsync calls
+ * whose answer comes in a "resume" entry instead: sent "detached", or "yieldable" and
+ * answered DETACHED.
  */
-function hostRequest(request: HostRequest): QuickJSHandle {
+function hostRequest(request: HostRequest): QuickJSHandle | null {
   const wasInSegment = inSegment;
   endSegment();
+  const mySeq = ++seq;
+  if (request.t === "async" && request.wait === "detached") {
+    port.postMessage({ ...request, seq: mySeq } satisfies WorkerMessage);
+    if (wasInSegment) beginSegment();
+    return null;
+  }
   Atomics.store(ctl, CTL_STATE, STATE_HOST);
   Atomics.store(ctl, CTL_SIGNAL, 0);
-  const mySeq = ++seq;
   port.postMessage({ ...request, seq: mySeq } satisfies WorkerMessage);
   const area = replyArea;
   const reply =
@@ -156,11 +171,26 @@ function hostRequest(request: HostRequest): QuickJSHandle {
       : waitForAnswer(ctl, init.replyPort, area.header, mySeq);
   Atomics.store(ctl, CTL_STATE, STATE_IDLE);
   if (wasInSegment) beginSegment();
-  if (reply === null && area !== null) return areaText(area.bytes, area.header[REPLY_LENGTH]);
+  if (reply === null && area !== null) {
+    const n = area.header[REPLY_LENGTH];
+    // An async answer is a JSON list: only DETACHED is empty.
+    if (request.t === "async" && n === 0) return null;
+    return areaText(area.bytes, n);
+  }
   if (reply === null) throw new Error("an answer in a reply area this worker does not have");
-  if (request.t === "async") return newText((reply as AsyncReply).json);
+  if (request.t === "async") {
+    const json = (reply as AsyncReply).json;
+    return json === DETACHED ? null : newText(json);
+  }
   const sync = reply as SyncReply;
   return newText(sync.ok ? "0" + sync.json : "1" + sync.message);
+}
+
+/** hostRequest() of a request that is always answered (a sync one, or a round waited for). */
+function answered(request: HostRequest): QuickJSHandle {
+  const h = hostRequest(request);
+  if (h === null) throw new Error("a host request that must be answered was not");
+  return h;
 }
 
 // --- the isolate -----------------------------------------------------------------------------
@@ -177,7 +207,10 @@ interface Helpers {
   takeNotes: QuickJSHandle;
   takeBatch: QuickJSHandle;
   deliver: QuickJSHandle;
+  park: QuickJSHandle;
+  resume: QuickJSHandle;
   reset: QuickJSHandle;
+  resetAll: QuickJSHandle;
 }
 
 let wasmMemory: WebAssembly.Memory;
@@ -218,7 +251,7 @@ async function setUp(): Promise<void> {
   binary = probeBinary();
 
   const rawSync = ctx.newFunction("callSync", (nameH, argsH) =>
-    hostRequest({ t: "sync", name: ctx.getString(nameH), argsJson: ctx.getString(argsH) }),
+    answered({ t: "sync", name: ctx.getString(nameH), argsJson: ctx.getString(argsH) }),
   );
   const rawNotify = ctx.newFunction("notify", (jsonH) => {
     port.postMessage({ t: "notify", json: ctx.getString(jsonH) } satisfies WorkerMessage);
@@ -240,7 +273,10 @@ async function setUp(): Promise<void> {
     takeNotes: get("takeNotes"),
     takeBatch: get("takeBatch"),
     deliver: get("deliver"),
+    park: get("park"),
+    resume: get("resume"),
     reset: get("reset"),
+    resetAll: get("resetAll"),
   };
 }
 
@@ -522,14 +558,123 @@ function abortRequested(): boolean {
   return Atomics.load(ctl, CTL_ABORT) !== 0;
 }
 
+const NEVER_SETTLES: FailureInfo = {
+  kind: "throw",
+  message: "Error: the script awaits a promise that can never settle",
+};
+
+/** Resumable calls whose entry ended before their Promise settled: their start() records, by id. */
+const openCalls = new Map<number, QuickJSHandle>();
+/** Rounds of callAsync calls whose answers come in a "resume" entry (the prelude keeps their promises). */
+const parkedRounds = new Set<number>();
+
+/** A resumable entry: it may end while its guest awaits host calls, once it has run `budgetMs`. */
+interface Resumable {
+  budgetMs: number;
+  startedAt: number;
+}
+
+/**
+ * Runs the guest's pending jobs and its rounds of callAsync calls until `rec` settles (null:
+ * until none is left). A resumable entry stops at a round whose answer comes later (parked),
+ * or when `rec` awaits only parked rounds; any other entry waits for every answer.
+ */
+function drive(rec: QuickJSHandle | null, failAlone: boolean, resumable: Resumable | null): void {
+  for (;;) {
+    runJobs(failAlone);
+    flushNotes();
+    const batch = ctx.getString(enter(fns.takeBatch));
+    if (batch !== "") {
+      let wait: AsyncWait | undefined;
+      if (resumable !== null)
+        wait = Date.now() - resumable.startedAt >= resumable.budgetMs ? "detached" : "yieldable";
+      const answer = hostRequest({ t: "async", batchJson: batch, wait });
+      if (answer !== null) {
+        enter(fns.deliver, own(answer));
+        continue;
+      }
+      parkedRounds.add(seq);
+      enter(fns.park, own(ctx.newNumber(seq)));
+      return;
+    }
+    if (rec === null || ctx.getNumber(enter(fns.state, rec)) !== 0) return;
+    if (resumable !== null && parkedRounds.size > 0) return;
+    throw new EntryFailure(NEVER_SETTLES);
+  }
+}
+
+/** The outcome of a settled start() record: its JSON, or the failure it rejected with. */
+function outcomeOf(rec: QuickJSHandle): { ok: true; json: string } | { ok: false; failure: FailureInfo } {
+  const out = ctx.getString(enter(fns.finish, rec));
+  if (out[0] === "0") return { ok: true, json: out.slice(1) };
+  return { ok: false, failure: classify(JSON.parse(out.slice(1)) as Described, false) };
+}
+
+/**
+ * The open calls that settled by now, after an entry. Those left with no parked round (no
+ * host call they could be waiting for) can never settle: they fail so.
+ */
+function collectSettled(): SettledCall[] | undefined {
+  if (openCalls.size === 0) return undefined;
+  const settled: SettledCall[] = [];
+  const stuck = parkedRounds.size === 0;
+  for (const [id, rec] of openCalls) {
+    let outcome: ReturnType<typeof outcomeOf> | null = null;
+    // Reading an outcome may run guest code (a toJSON): a budget of its own, as for an error.
+    interruptReason = undefined;
+    remaining = Math.max(remaining, DESCRIBE_BUDGET_MS);
+    try {
+      if (ctx.getNumber(enter(fns.state, rec)) !== 0) outcome = outcomeOf(rec);
+      else if (stuck) outcome = { ok: false, failure: NEVER_SETTLES };
+    } catch (e) {
+      if (!(e instanceof EntryFailure)) throw e;
+      outcome = { ok: false, failure: e.info };
+    }
+    if (outcome === null) continue;
+    openCalls.delete(id);
+    rec.dispose();
+    settled.push({ id, ...outcome });
+  }
+  return settled.length > 0 ? settled : undefined;
+}
+
+/** Every open call fails with `failure`, and their parked rounds are forgotten (a resume entry failed). */
+function failOpenCalls(failure: FailureInfo): SettledCall[] | undefined {
+  parkedRounds.clear();
+  const r = ctx.callFunction(fns.resetAll, ctx.undefined);
+  if (r.error) r.error.dispose();
+  else r.value.dispose();
+  if (openCalls.size === 0) return undefined;
+  const settled: SettledCall[] = [];
+  for (const [id, rec] of openCalls) {
+    rec.dispose();
+    settled.push({ id, ok: false, failure });
+  }
+  openCalls.clear();
+  return settled;
+}
+
 function runEntry(req: EntryRequest): WorkerMessage {
   owned = [];
   interruptReason = undefined;
   remaining = timeoutMs();
   capReached = false;
   let fatal = false;
+  const resuming = req.op === "resume";
+  const resumableCall = req.op === "call" ? req.resumable : undefined;
+  const budgetMs = req.op === "resume" ? req.budgetMs : resumableCall?.budgetMs;
+  const resumable: Resumable | null = budgetMs === undefined ? null : { budgetMs, startedAt: Date.now() };
   try {
     if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
+    if (req.op === "resume") {
+      for (const [round, json] of req.rounds) {
+        if (!parkedRounds.delete(round)) continue;
+        enter(fns.resume, own(ctx.newNumber(round)), own(newText(json)));
+      }
+      drive(null, true, resumable);
+      checkEnd();
+      return { t: "done", ok: true, json: "null", settled: collectSettled() };
+    }
     let first: QuickJSHandle;
     if (req.op === "eval") {
       evaluate(req.source, req.filename, true);
@@ -549,35 +694,31 @@ function runEntry(req: EntryRequest): WorkerMessage {
       );
     }
     const rec = enter(fns.start, first);
-    const jobsFailAlone = req.op === "call" && req.jobsFailAlone === true;
-    for (;;) {
-      runJobs(jobsFailAlone);
-      flushNotes();
-      const batch = ctx.getString(enter(fns.takeBatch));
-      if (batch !== "") {
-        enter(fns.deliver, own(hostRequest({ t: "async", batchJson: batch })));
-        continue;
-      }
-      if (ctx.getNumber(enter(fns.state, rec)) !== 0) break;
-      throw new EntryFailure({
-        kind: "throw",
-        message: "Error: the script awaits a promise that can never settle",
-      });
+    const jobsFailAlone = req.op === "call" && (req.jobsFailAlone === true || resumable !== null);
+    drive(rec, jobsFailAlone, resumable);
+    if (resumableCall !== undefined && ctx.getNumber(enter(fns.state, rec)) === 0) {
+      checkEnd();
+      // Its Promise outlives the entry: the record stays until it settles (collectSettled).
+      owned.splice(owned.lastIndexOf(rec), 1);
+      openCalls.set(resumableCall.id, rec);
+      return { t: "done", ok: true, json: null, settled: collectSettled() };
     }
-    const out = ctx.getString(enter(fns.finish, rec));
-    if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
-    // Reaching the memory cap ends the entry even when the script caught the error.
-    if (capReached) {
-      throw new EntryFailure({ kind: "memory", message: memoryMessage(init.memoryLimitMb) });
-    }
-    if (out[0] === "0") return { t: "done", ok: true, json: out.slice(1) };
-    throw new EntryFailure(classify(JSON.parse(out.slice(1)) as Described, false));
+    const out = outcomeOf(rec);
+    checkEnd();
+    if (!out.ok) throw new EntryFailure(out.failure);
+    return { t: "done", ok: true, json: out.json, settled: collectSettled() };
   } catch (e) {
     if (e instanceof EntryFailure) {
-      const r = ctx.callFunction(fns.reset, ctx.undefined);
-      if (r.error) r.error.dispose();
-      else r.value.dispose();
-      return { t: "done", ok: false, failure: e.info, fatal: false };
+      let settled: SettledCall[] | undefined;
+      if (resuming) {
+        settled = failOpenCalls(e.info);
+      } else {
+        const r = ctx.callFunction(fns.reset, ctx.undefined);
+        if (r.error) r.error.dispose();
+        else r.value.dispose();
+        settled = collectSettled();
+      }
+      return { t: "done", ok: false, failure: e.info, fatal: false, settled };
     }
     fatal = true;
     broken = true;
@@ -599,12 +740,27 @@ function runEntry(req: EntryRequest): WorkerMessage {
   }
 }
 
+/** What ends an entry that ran to its end: an abort asked meanwhile, or the memory cap reached. */
+function checkEnd(): void {
+  if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
+  // Reaching the memory cap ends the entry even when the script caught the error.
+  if (capReached) throw new EntryFailure({ kind: "memory", message: memoryMessage(init.memoryLimitMb) });
+}
+
+/** The open calls' records go before their runtime does. */
+function forgetOpenCalls(): void {
+  for (const rec of openCalls.values()) if (rec.alive) rec.dispose();
+  openCalls.clear();
+  parkedRounds.clear();
+}
+
 /**
  * The isolate's thread passes to a new isolate: the runtime and wasm instance go (their memory
  * with the instance, once this thread's V8 collects it) and fresh ones are made, as at start.
  */
 async function renew(): Promise<void> {
   try {
+    forgetOpenCalls();
     tearDown();
     capReached = false;
     interruptReason = undefined;
@@ -630,6 +786,7 @@ function onRequest(req: WorkerRequest): void {
   if (req.op === "dispose" || req.op === "renew") {
     if (!broken) {
       try {
+        forgetOpenCalls();
         tearDown();
       } catch {
         // A leak assertion or a broken runtime: the thread ends anyway.

@@ -216,9 +216,15 @@ export const CALLS_MORE = 1;
 /** T&F's reply when the isolate's limits end a call: in the guest, and on the host (gears/tf/libraries.ts). */
 export const LIMITS_ERROR = "Err Execution was terminated due to OOM or timeout";
 
-/** The host call a batch of TFCALLASYNCs makes with each round of its calls (guest/tf/async-batch.ts). */
+/** The host call a batch of TFCALLASYNCs makes with each round of its calls, after the batch's id (guest/tf/async-batch.ts). */
 export const ASYNC_JOIN = "joinAsync";
-/** The note a TFCALLASYNC's outcome travels in: its index in the entry, then its FlatPairs pair. */
+/**
+ * The host call of a `client.call` (sync or async) that names its database: [db, noWrites,
+ * raw, command...]. A batch of TFCALLASYNCs' calls use it: they may go on in later entries,
+ * while the host serves other databases' TFCALLs ("call" runs in the database served now).
+ */
+export const CALL_IN = "callIn";
+/** The note a TFCALLASYNC's outcome travels in: its batch's id, its index in the batch, then its FlatPairs pair. */
 export const ASYNC_SETTLED = "settled";
 
 export interface TfEntry {
@@ -237,12 +243,13 @@ export interface TfEntry {
    */
   callFunctions(calls: BatchCalls, budgetMs: number): FlatPairs | Promise<FlatPairs>;
   /**
-   * TFCALLASYNCs (blocking allowed) in one entry, as BatchCalls, running concurrently
-   * (guest/tf/async-batch.ts): each one's outcome goes to the host as a note as soon as it
-   * settles, [index, FlatPairs pair], and the host may hand over more while they run (the
-   * answer to their "joinAsync" calls). Settles when all have.
+   * A batch of TFCALLASYNCs (blocking allowed) of database `db`, as BatchCalls, running
+   * concurrently (guest/tf/async-batch.ts); `batch` is the host's id of it. Each one's outcome goes to the
+   * host as a note as soon as it settles, [batch, index, FlatPairs pair], and the host may
+   * hand over more while they run (the answer to their "joinAsync" calls). Settles when all
+   * have, which may be entries later (the sandbox resumes them: CallOptions.resumable).
    */
-  callFunctionsAsync(calls: BatchCalls): null | Promise<null>;
+  callFunctionsAsync(batch: number, db: number, calls: BatchCalls): null | Promise<null>;
   /**
    * Keyspace trigger events in one entry, as BatchCalls: for each, the trigger's name, 3
    * arguments (the event, the key or null when it is not UTF-8, the key in latin1: one char a

@@ -31,12 +31,20 @@ const MAX_ASYNC_ENTRY = 4096;
  * arrived before it (per-slot order). Calls of different databases go in different
  * entries (the bridge serves one database at a time). TFCALLs that arrive while an entry's
  * calls are in Redis may join it (guest/tf/batch.ts): the isolate runs them meanwhile.
+ *
+ * A batch of TFCALLASYNCs holds the line only while it may take the TFCALLASYNCs that arrive:
+ * once a call arrives that it does not take (a TFCALL, another database's, any after its
+ * budget is spent), or its entry ended past its budget (its calls still awaiting Redis), the
+ * line goes on, and the isolate resumes the batch's calls in entries of their own between the
+ * next ones (CallOptions.resumable). Each call is still answered when its own Promise settles.
  */
 export class CallBatcher {
   private queue: Pending[] = [];
   private busy = false;
   /** Wakes a running batch that waits for its replies or for more TFCALLs (tf-bridge.ts). */
   private arrived: (() => void) | null = null;
+  /** The batch of TFCALLASYNCs the line waits for: whether it takes a call that arrives, and letting the line go on. */
+  private holding: { takes: (p: Pending) => boolean; release: () => void } | null = null;
 
   constructor(private readonly library: () => Promise<TfLibrary>) {}
 
@@ -49,8 +57,10 @@ export class CallBatcher {
     blockAllowed: boolean,
     settle: SettleTfCall,
   ): void {
-    this.queue.push({ fn, args, slots, db, blockAllowed, settle });
+    const p: Pending = { fn, args, slots, db, blockAllowed, settle };
+    this.queue.push(p);
     if (!this.busy) void this.pump();
+    else if (this.holding !== null && !this.holding.takes(p)) this.holding.release();
     else if (this.arrived !== null) {
       // Those parsed from the same read arrive together: wake the batch once, after them.
       const wake = this.arrived;
@@ -82,53 +92,90 @@ export class CallBatcher {
   }
 
   /**
-   * TFCALLASYNCs in one entry, running concurrently (guest/tf/async-batch.ts): each is
-   * answered when its own Promise settles; those that arrive while the entry runs join it
-   * until its budget is spent (then it ends once its calls have settled, so the library's
-   * other entries, trigger events among them, get their turn).
+   * A batch of TFCALLASYNCs, running concurrently (guest/tf/async-batch.ts): each is
+   * answered when its own Promise settles; those that arrive while it holds the line join it.
+   * Resolves once the line may go on (see the class): the batch may still be under way, and
+   * answers the rest of its calls as they settle.
    */
   private async runAsync(): Promise<void> {
     const db = this.queue[0].db;
     const batch = this.takeAsync(db, MAX_BATCH);
-    /** Which calls of the batch were answered (by their notes, as they settled). */
-    const answered: boolean[] = [];
-    let library: TfLibrary | undefined;
-    let failure: unknown = null;
+    let library: TfLibrary;
     try {
       library = await this.library();
-      const bridge = library.bridge;
-      bridge.db = db;
-      bridge.pendingJobs += batch.length;
-      const until = Date.now() + entryBudgetMs(library.guest.isolate);
-      bridge.asyncEntry = {
-        settled: (index, out) => {
-          const p = batch[index];
-          if (p === undefined || answered[index] === true) return;
-          answered[index] = true;
-          bridge.pendingJobs--;
-          p.settle(out);
-        },
-        take: (lone) => {
-          if (Date.now() >= until || batch.length >= MAX_ASYNC_ENTRY) return null;
-          const joining = this.takeAsync(db, MAX_BATCH);
-          if (joining.length === 0) return lone ? null : [];
-          bridge.pendingJobs += joining.length;
-          for (const p of joining) batch.push(p);
-          return joining.map((p) => [p.fn, p.args, p.slots]);
-        },
-      };
-      await library.guest.callFunctionsAsync(batch.map((p) => [p.fn, p.args, p.slots]));
     } catch (err) {
-      failure = err;
-    } finally {
-      if (library !== undefined) library.bridge.asyncEntry = null;
+      for (const p of batch) p.settle(null, err);
+      return;
     }
-    // Those the entry did not settle: its failure (a time limit, a Promise that can never settle).
-    for (let i = 0; i < batch.length; i++) {
-      if (answered[i] === true) continue;
-      if (library !== undefined) library.bridge.pendingJobs--;
-      batch[i].settle(null, failure ?? new Error("the call ended without an outcome"));
-    }
+    const bridge = library.bridge;
+    bridge.db = db;
+    bridge.pendingJobs += batch.length;
+    /** Which calls of the batch were answered (by their notes, as they settled). */
+    const answered: boolean[] = [];
+    const budgetMs = entryBudgetMs(library.guest.isolate);
+    const until = Date.now() + budgetMs;
+    /** Set once the line went on: the batch takes no more calls. */
+    let released = false;
+    let release = (): void => {};
+    const lineGoesOn = new Promise<void>((resolve) => (release = resolve));
+    const releaseLine = (): void => {
+      if (released) return;
+      released = true;
+      if (this.holding === holding) this.holding = null;
+      release();
+    };
+    const holding = {
+      takes: (p: Pending) =>
+        p.blockAllowed && p.db === db && Date.now() < until && batch.length < MAX_ASYNC_ENTRY,
+      release: releaseLine,
+    };
+    this.holding = holding;
+    const id = bridge.startAsync({
+      settled: (index, out) => {
+        const p = batch[index];
+        if (p === undefined || answered[index] === true) return;
+        answered[index] = true;
+        bridge.pendingJobs--;
+        p.settle(out);
+      },
+      take: (lone) => {
+        if (released || Date.now() >= until || batch.length >= MAX_ASYNC_ENTRY) return null;
+        const joining = this.takeAsync(db, MAX_BATCH);
+        if (joining.length === 0) return lone ? null : [];
+        bridge.pendingJobs += joining.length;
+        for (const p of joining) batch.push(p);
+        return joining.map((p) => [p.fn, p.args, p.slots]);
+      },
+    });
+    const done = library.guest
+      .callFunctionsAsync(
+        id,
+        db,
+        batch.map((p) => [p.fn, p.args, p.slots]),
+        budgetMs,
+        // Ended for another entry (a trigger's, a resume): it still takes joiners until its budget is spent.
+        () => {
+          if (Date.now() >= until) releaseLine();
+        },
+      )
+      .then(
+        () => null,
+        (err: unknown) => err,
+      )
+      .then((failure) => {
+        bridge.endAsync(id);
+        releaseLine();
+        // Those the batch did not settle: its failure (a time limit, a Promise that can never
+        // settle, the library deleted or its isolate gone).
+        for (let i = 0; i < batch.length; i++) {
+          if (answered[i] === true) continue;
+          answered[i] = true;
+          bridge.pendingJobs--;
+          batch[i].settle(null, failure ?? new Error("the call ended without an outcome"));
+        }
+      });
+    void done;
+    await lineGoesOn;
   }
 
   private async runBatch(): Promise<void> {

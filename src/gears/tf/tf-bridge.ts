@@ -9,6 +9,7 @@ import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
 import {
   ASYNC_JOIN,
   ASYNC_SETTLED,
+  CALL_IN,
   CALLS_MORE,
   CALLS_REPLIES,
   FLAT_ERROR,
@@ -62,13 +63,13 @@ export interface BatchJoiners {
   arrival(): Promise<void>;
 }
 
-/** The TFCALLASYNCs of the entry under way, running concurrently (call-batcher.ts, guest/tf/async-batch.ts). */
-export interface AsyncEntry {
-  /** Call `index` of the entry settled (its note arrived). */
+/** A batch of TFCALLASYNCs under way, running concurrently (call-batcher.ts, guest/tf/async-batch.ts). */
+export interface AsyncBatch {
+  /** Call `index` of the batch settled (its note arrived). */
   settled(index: number, outcome: TfOutcome): void;
   /**
    * The TFCALLASYNCs that may join now, in order ([name, args, slots] each): [] when none
-   * did, null when the entry takes no more (or none came and `lone`: nothing else is under way).
+   * did, null when the batch takes no more (or none came and `lone`: nothing else is under way).
    */
   take(lone: boolean): [string, Tagged[], number[]][] | null;
 }
@@ -95,7 +96,14 @@ export class TfBridge implements HostBridge {
   async callSync(name: string, args: JsonValue[]): Promise<JsonValue | RawJson> {
     switch (name) {
       case "call":
-        return (await this.call(args[0] === true, args[1] === true, args.slice(2))) as JsonValue;
+        return (await this.call(args[0] === true, args[1] === true, args.slice(2), this.db)) as JsonValue;
+      case CALL_IN:
+        return (await this.call(
+          args[1] === true,
+          args[2] === true,
+          args.slice(3),
+          Number(args[0]),
+        )) as JsonValue;
       case "calls":
         return this.calls(args[0], args[1] === true);
       case "runOnKey":
@@ -123,8 +131,20 @@ export class TfBridge implements HostBridge {
   /** Work of the library under way in the background: TFCALLASYNCs and stream records (pending_jobs). */
   pendingJobs = 0;
 
-  /** Set while an entry of TFCALLASYNCs runs: where their outcomes go, and those that may join. */
-  asyncEntry: AsyncEntry | null = null;
+  /** The batches of TFCALLASYNCs under way, by id: where their outcomes go, and those that may join. */
+  readonly asyncBatches = new Map<number, AsyncBatch>();
+  private lastAsyncBatch = 0;
+
+  /** Puts a batch of TFCALLASYNCs under way: its id (until endAsync). */
+  startAsync(batch: AsyncBatch): number {
+    const id = ++this.lastAsyncBatch;
+    this.asyncBatches.set(id, batch);
+    return id;
+  }
+
+  endAsync(id: number): void {
+    this.asyncBatches.delete(id);
+  }
 
   callAsync(
     calls: { name: string; args: JsonValue[] }[],
@@ -134,20 +154,21 @@ export class TfBridge implements HostBridge {
     let join = calls.length - 1;
     while (join >= 0 && calls[join].name !== ASYNC_JOIN) join--;
     if (join >= 0) {
-      if (calls.length === 1) return Promise.resolve([this.joining(true)]);
+      const batch = Number(calls[join].args[0]);
+      if (calls.length === 1) return Promise.resolve([this.joining(batch, true)]);
       const others = calls.slice(0, join).concat(calls.slice(join + 1));
       // Once the round's own calls are answered: those that arrived while they were in Redis join.
       return this.callEachTracked(others).then((results) => {
-        results.splice(join, 0, this.joining(false));
+        results.splice(join, 0, this.joining(batch, false));
         return results;
       });
     }
     return this.callEachTracked(calls);
   }
 
-  /** The answer to a batch's ASYNC_JOIN: the TFCALLASYNCs that join it, as BatchCalls, or null. */
-  private joining(lone: boolean): { ok: JsonValue } {
-    const joining = this.asyncEntry?.take(lone) ?? null;
+  /** The answer to batch `batch`'s ASYNC_JOIN: the TFCALLASYNCs that join it, as BatchCalls, or null. */
+  private joining(batch: number, lone: boolean): { ok: JsonValue } {
+    const joining = this.asyncBatches.get(batch)?.take(lone) ?? null;
     return { ok: joining === null ? null : pushBatchCalls([], joining) };
   }
 
@@ -155,10 +176,10 @@ export class TfBridge implements HostBridge {
     calls: { name: string; args: JsonValue[] }[],
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
     const tracked = (name: string, args: JsonValue[]): Promise<JsonValue | RawJson> => {
-      if (name !== "call") return this.callSync(name, args);
+      if (name !== "call" && name !== CALL_IN) return this.callSync(name, args);
       const entry = {
         text: args
-          .slice(2)
+          .slice(name === CALL_IN ? 3 : 2)
           .map((a) => commandText(a))
           .join(" "),
       };
@@ -170,7 +191,7 @@ export class TfBridge implements HostBridge {
 
   notify(name: string, args: JsonValue[]): void {
     if (name === ASYNC_SETTLED) {
-      this.asyncEntry?.settled(Number(args[0]), outcomeOfPair(args[1], args[2]));
+      this.asyncBatches.get(Number(args[0]))?.settled(Number(args[1]), outcomeOfPair(args[2], args[3]));
       return;
     }
     if (name === "log") this.log.info({ library: this.library }, `<redisgears_2> ${String(args[0])}`);
@@ -234,23 +255,23 @@ export class TfBridge implements HostBridge {
     try {
       argv = [];
       for (let k = 0; k < n; k++) argv.push(toBuffer(list[at + k]));
-      name = this.send(noWrites, argv, sink);
+      name = this.send(noWrites, argv, sink, this.db);
     } catch (err) {
       replies.set(index, FLAT_ERROR, err instanceof Error ? err.message : String(err));
     }
   }
 
-  private async call(noWrites: boolean, raw: boolean, args: JsonValue[]): Promise<Tagged> {
+  private async call(noWrites: boolean, raw: boolean, args: JsonValue[], db: number): Promise<Tagged> {
     const argv = args.map(toBuffer);
     const sink = new PromiseSink();
-    const name = this.send(noWrites, argv, sink);
+    const name = this.send(noWrites, argv, sink, db);
     const reply = await sink.promise;
     if (reply instanceof RespError) throw new Error(reply.message);
     return this.tagged(reply, name, argv, raw);
   }
 
-  /** A `client.call`'s command, checked as T&F checks it, on its way to Redis; its name (lower case). */
-  private send(noWrites: boolean, argv: Buffer[], sink: ReplySink): string {
+  /** A `client.call`'s command (in database `db`), checked as T&F checks it, on its way to Redis; its name (lower case). */
+  private send(noWrites: boolean, argv: Buffer[], sink: ReplySink, db: number): string {
     if (argv.length === 0) throw new Error("ERR wrong number of arguments for 'call'");
     const name = argv[0].toString().toLowerCase();
     // T&F ran calls in script mode, where Redis refuses these (blocking ones included, which the
@@ -277,7 +298,7 @@ export class TfBridge implements HostBridge {
           (err: unknown) => sink.fail(err instanceof Error ? err.message : String(err)),
         );
     } else {
-      this.router.forward(name, argv, null, sink, { db: this.db, affinity: 0 });
+      this.router.forward(name, argv, null, sink, { db, affinity: 0 });
     }
     return name;
   }

@@ -62,12 +62,22 @@ export class TfGuest {
   }
 
   /**
-   * TFCALLASYNCs in one entry, running concurrently (guest/tf/async-batch.ts): each one's
-   * outcome reaches the bridge as a note as soon as it settles (TfBridge.asyncEntry); this
-   * settles when all have, or fails with the entry (for those not settled by then).
+   * A batch of TFCALLASYNCs (of database `db`, TfBridge.startAsync's `batch`), running
+   * concurrently (guest/tf/async-batch.ts): each one's outcome reaches the bridge as a note as
+   * soon as it settles (TfBridge.asyncBatches); this settles when all have, or fails (for
+   * those not settled by then). Its entry may end first, once it has run `budgetMs` or
+   * another entry waits for the isolate (`onSuspended` is told): later entries resume it.
    */
-  async callFunctionsAsync(calls: [string, Tagged[], number[]][]): Promise<void> {
-    await this.isolate.call(path("callFunctionsAsync"), [pushBatchCalls([], calls)], { jobsFailAlone: true });
+  async callFunctionsAsync(
+    batch: number,
+    db: number,
+    calls: [string, Tagged[], number[]][],
+    budgetMs: number,
+    onSuspended: () => void,
+  ): Promise<void> {
+    await this.isolate.call(path("callFunctionsAsync"), [batch, db, pushBatchCalls([], calls)], {
+      resumable: { budgetMs, onSuspended },
+    });
   }
 
   /**

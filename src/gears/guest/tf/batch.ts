@@ -25,7 +25,15 @@
  * without an intermediate tagged object.
  */
 import { host } from "../core/host.js";
-import { CALLS_MORE, FLAT_ERROR, FLAT_INTEGER, FLAT_OK, type BatchCalls, type Tagged } from "../entry.js";
+import {
+  CALL_IN,
+  CALLS_MORE,
+  FLAT_ERROR,
+  FLAT_INTEGER,
+  FLAT_OK,
+  type BatchCalls,
+  type Tagged,
+} from "../entry.js";
 import { fromReply } from "./convert.js";
 
 /** A `client.call` as the host takes it: noWrites, raw, then the command and its arguments. */
@@ -90,6 +98,14 @@ export function aloneOnStack<T>(body: () => T): T {
 /** A sync client's call, its reply converted (`raw`: callRaw): through the running batch when there is one. */
 export function syncCall(args: CallArgs, raw: boolean): unknown {
   return running === null ? fromReply(direct(args), raw) : running(args, raw);
+}
+
+/**
+ * A sync client's call in database `db` (a TFCALLASYNC's `block` body, client.ts): on its own,
+ * never through a running batch (nothing starts on top of a block body).
+ */
+export function syncCallIn(db: number, args: CallArgs, raw: boolean): unknown {
+  return fromReply(host.callSync(CALL_IN, db, ...args) as Tagged, raw);
 }
 
 /**

@@ -4,15 +4,20 @@
  * Every Redis call is a host call; the host routes it like a client's command.
  */
 import { host } from "../core/host.js";
-import type { Tagged } from "../entry.js";
+import { CALL_IN, type Tagged } from "../entry.js";
 import { callGoesOut, tick } from "./async-batch.js";
-import { aloneOnStack, syncCall, type CallArgs } from "./batch.js";
+import { aloneOnStack, syncCall, syncCallIn, type CallArgs } from "./batch.js";
 import { fromReply, toArg } from "./convert.js";
 
 /** What a client may do, fixed by what it was handed to. */
 export interface ClientMode {
   noWrites: boolean;
   blockAllowed: boolean;
+  /**
+   * The database its calls run in (CALL_IN), for a TFCALLASYNC's client: its calls may go on
+   * in later entries, while the host serves another database. Absent: the one served now.
+   */
+  db?: number;
 }
 
 /** Whether a `block` body runs now (blocks do not nest). */
@@ -88,12 +93,16 @@ export class SyncClient {
 
   call(cmd: unknown, ...args: unknown[]): unknown {
     if (!this.valid) this.check();
-    return syncCall(syncArgs(this.mode.noWrites, false, cmd, args), false);
+    const db = this.mode.db;
+    const callArgs = syncArgs(this.mode.noWrites, false, cmd, args);
+    return db === undefined ? syncCall(callArgs, false) : syncCallIn(db, callArgs, false);
   }
 
   callRaw(cmd: unknown, ...args: unknown[]): unknown {
     if (!this.valid) this.check();
-    return syncCall(syncArgs(this.mode.noWrites, true, cmd, args), true);
+    const db = this.mode.db;
+    const callArgs = syncArgs(this.mode.noWrites, true, cmd, args);
+    return db === undefined ? syncCall(callArgs, true) : syncCallIn(db, callArgs, true);
   }
 
   executeAsync(fn: unknown): Promise<unknown> {
@@ -112,7 +121,11 @@ function callAsync(mode: ClientMode, raw: boolean, cmd: unknown, args: unknown[]
     return Promise.reject(e);
   }
   callGoesOut();
-  return Promise.resolve(host.callAsync("call", mode.noWrites, raw, ...argv)).then((v) => {
+  const out =
+    mode.db === undefined
+      ? host.callAsync("call", mode.noWrites, raw, ...argv)
+      : host.callAsync(CALL_IN, mode.db, mode.noWrites, raw, ...argv);
+  return Promise.resolve(out).then((v) => {
     // The coroutine goes on after its await: a call into user code of its own (async-batch.ts).
     tick();
     return fromReply(v as Tagged, raw);
@@ -131,7 +144,7 @@ export class AsyncClient extends BaseClient {
   block(fn: unknown): unknown {
     if (typeof fn !== "function") throw new Error("Argument to 'block' must be a function");
     if (blocked) throw new Error("Main thread is already blocked");
-    const client = new SyncClient({ noWrites: this.mode.noWrites, blockAllowed: true });
+    const client = new SyncClient({ noWrites: this.mode.noWrites, blockAllowed: true, db: this.mode.db });
     blocked = true;
     try {
       return aloneOnStack(() => (fn as (c: SyncClient) => unknown)(client));

@@ -113,19 +113,19 @@ function invoke(
   return settle(out, mode.blockAllowed);
 }
 
-/** Reports a TFCALLASYNC's outcome to the host (async-batch.ts): pair 0 of a FlatPairs, after its index. */
-function report(index: number, o: TfOutcome): void {
+/** Reports a TFCALLASYNC's outcome to the host (async-batch.ts): pair 0 of a FlatPairs, after its batch and index. */
+function report(batch: number, index: number, o: TfOutcome): void {
   const pair: FlatPairs = [];
   putOutcome(pair, 0, o);
-  host.notify(ASYNC_SETTLED, index, pair[0], pair[1]);
+  host.notify(ASYNC_SETTLED, batch, index, pair[0], pair[1]);
 }
 
 /** Starts a TFCALLASYNC of a batch (async-batch.ts): callFunction's work, its outcome reported. */
-const startAsync: StartAsync = (list, at, index) => {
+const startAsync: StartAsync = (batch, db, list, at, index) => {
   const name = list[at] as string;
   const def = functions.get(name);
   if (def === undefined) {
-    report(index, { err: `Unknown function ${name}` });
+    report(batch, index, { err: `Unknown function ${name}` });
     return null;
   }
   const n = list[at + 1] as number;
@@ -136,19 +136,21 @@ const startAsync: StartAsync = (list, at, index) => {
       jsArgs[k] = typeof a === "string" && !def.raw ? a : fromReply(a, def.raw);
     }
   } catch (e) {
-    report(index, { err: errorText(e) });
+    report(batch, index, { err: errorText(e) });
     return null;
   }
   tick();
-  const o = invoke(def.fn, def.modeBlocking, jsArgs, def.coroutine);
+  // Its calls name their database: they may go on in later entries (async-batch.ts).
+  const mode: ClientMode = { noWrites: def.modeBlocking.noWrites, blockAllowed: true, db };
+  const o = invoke(def.fn, mode, jsArgs, def.coroutine);
   if (!isThenable(o)) {
-    report(index, o);
+    report(batch, index, o);
     return null;
   }
   // Rejected: the isolate's limits ended it (a fatal error: stack, memory), it alone.
   return o.then(
-    (x) => report(index, x),
-    () => report(index, { err: LIMITS_ERROR }),
+    (x) => report(batch, index, x),
+    () => report(batch, index, { err: LIMITS_ERROR }),
   );
 };
 
@@ -243,8 +245,8 @@ const entry: TfEntry = {
     return later === null ? flat : Promise.all(later).then(() => flat);
   },
 
-  callFunctionsAsync(calls: BatchCalls): null | Promise<null> {
-    return runConcurrently(calls, startAsync);
+  callFunctionsAsync(batch: number, db: number, calls: BatchCalls): null | Promise<null> {
+    return runConcurrently(batch, db, calls, startAsync);
   },
 
   fireKeyspaceTriggers(events: BatchCalls, budgetMs: number): TriggerOutcomes | Promise<TriggerOutcomes> {
