@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import { Redis } from "ioredis";
 import { Backend, SERVERS_AND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { eventually } from "./support/polling.js";
@@ -42,6 +43,32 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       expect(field("num_trigger")).to.equal(5);
       expect(field("num_success")).to.equal(5);
       expect(field("num_failed")).to.equal(0);
+    });
+
+    it("a trigger's calls run in its event's database, whatever database the library's last TFCALL ran in", async function () {
+      if (mode === "cluster") this.skip(); // a cluster has database 0 only
+      const code = lib(
+        "dbs",
+        `redis.registerFunction('noop', function(){ return 1; });
+         redis.registerKeySpaceTrigger('seen', 'dbs:', function(client, data){ client.call('set', 'seen:' + data.key, 'x'); });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const db1 = new Redis({ port: t.proxy.port, db: 1 });
+      try {
+        for (const [writer, other, key] of [
+          [t.c, db1, "dbs:a"],
+          [db1, t.c, "dbs:b"],
+        ] as const) {
+          // The TFCALL before runs in the other database.
+          expect(await other.call("TFCALL", "dbs.noop", "0")).to.equal(1);
+          expect(await writer.set(key, "1")).to.equal("OK");
+          expect(await writer.get(`seen:${key}`), `${key}'s trigger wrote beside it`).to.equal("x");
+          expect(await other.get(`seen:${key}`)).to.equal(null);
+        }
+      } finally {
+        db1.disconnect();
+        await t.c.call("TFUNCTION", "DELETE", "dbs");
+      }
     });
 
     it("a write made directly on a shard reaches the trigger within a second", async () => {

@@ -115,6 +115,8 @@ interface Entry {
   aborted: boolean;
   /** CallOptions.resumable's: told when an entry of the call ended before its Promise settled. */
   onSuspended?: () => void;
+  /** CallOptions.onStart. */
+  onStart?: () => void;
 }
 
 const ignore = (): void => {};
@@ -332,6 +334,7 @@ export class Isolate {
         resumable: resumable && { id: ++this.lastCallId, budgetMs: resumable.budgetMs },
       },
       resumable?.onSuspended,
+      options?.onStart,
     );
   }
 
@@ -486,10 +489,10 @@ export class Isolate {
 
   // --- entries -------------------------------------------------------------------------------
 
-  private enqueue(request: EntryRequest, onSuspended?: () => void): Promise<JsonValue> {
+  private enqueue(request: EntryRequest, onSuspended?: () => void, onStart?: () => void): Promise<JsonValue> {
     if (!this.isAlive) return Promise.reject(new SandboxError("terminated", terminatedMessage()));
     return new Promise<JsonValue>((resolve, reject) => {
-      this.queue.push({ request, resolve, reject, aborted: false, onSuspended });
+      this.queue.push({ request, resolve, reject, aborted: false, onSuspended, onStart });
       this.yieldWaiting();
       this.pump();
     });
@@ -572,6 +575,7 @@ export class Isolate {
         continue;
       }
       this.current = entry;
+      entry.onStart?.();
       this.worker.ref();
       this.worker.postMessage(this.shared(entry.request) satisfies WorkerRequest);
       this.armWatchdog(this.firstLook());

@@ -30,6 +30,11 @@ export interface CallOptions {
    * time an entry of it ended first (the isolate is free for others then).
    */
   resumable?: { budgetMs: number; onSuspended: () => void };
+  /**
+   * Told as the call's first entry starts (the isolate runs one entry at a time): what its host
+   * calls are for can be set then, not when the call queued behind other entries.
+   */
+  onStart?: () => void;
 }
 
 export interface IsolateLimits {

@@ -188,7 +188,7 @@ export class CallBatcher {
     let outs: TfOutcome[];
     try {
       library = await this.library();
-      library.bridge.db = db;
+      const bridge = library.bridge;
       library.bridge.joiners = {
         take: () => {
           let k = 0;
@@ -206,9 +206,11 @@ export class CallBatcher {
         arrival: () => new Promise<void>((resolve) => (this.arrived = resolve)),
       };
       const budget = entryBudgetMs(library.guest.isolate);
+      // The database is set as the entry starts: a trigger's entry may run before it.
       outs = await library.guest.callFunctions(
         batch.map((p) => [p.fn, p.args, p.slots]),
         budget,
+        () => (bridge.db = db),
       );
     } catch (err) {
       for (const p of batch) p.settle(null, err);

@@ -239,11 +239,16 @@ export class KeyspaceTriggers {
     const current = new Map(
       library.registrations.keyspaceTriggers.map((t) => [t.name, prefixBytes(t.prefix)]),
     );
-    const runnable = items.filter((x) => {
+    // One database per entry: its triggers' calls run where their keys are (T&F runs a trigger
+    // in the database of its event); the items of another database go in the next entry.
+    const db = items[0].event.db;
+    let sameDb = 1;
+    while (sameDb < items.length && items[sameDb].event.db === db) sameDb++;
+    const runnable = items.slice(0, sameDb).filter((x) => {
       const prefix = current.get(x.trigger);
       return prefix !== undefined && startsWith(x.event.key, prefix);
     });
-    if (runnable.length === 0) return items.length;
+    if (runnable.length === 0) return sameDb;
     const started = Date.now();
     let outcomes: TriggerOutcomes;
     try {
@@ -252,13 +257,14 @@ export class KeyspaceTriggers {
       outcomes = await live.guest.fireKeyspaceTriggers(
         runnable.map((x) => [x.trigger, x.event.event, x.event.key]),
         budget,
+        () => (live.bridge.db = db),
       );
     } catch (err) {
       // The entry failed as a whole (its isolate ended: the time or memory limit): each counts.
       const error = sandboxText(err);
       const took = Date.now() - started;
       for (const x of runnable) this.count(library.name, x.trigger, error, took);
-      return items.length;
+      return sameDb;
     }
     const ran = Math.min(runnable.length, outcomes.length / 2);
     for (let i = 0; i < ran; i++) {
@@ -270,7 +276,7 @@ export class KeyspaceTriggers {
       );
     }
     // Items dropped above ran nowhere; the rest of `runnable` goes again, in order.
-    return ran === runnable.length ? items.length : items.indexOf(runnable[ran]);
+    return ran === runnable.length ? sameDb : items.indexOf(runnable[ran]);
   }
 
   private count(library: string, trigger: string, error: string | null, took: number): void {

@@ -179,7 +179,14 @@ export class StreamTriggers {
         live.bridge.pendingJobs += window.length;
         let errors: (string | null)[];
         try {
-          errors = await live.guest.fireStreamTrigger(trigger, stream, window, budget);
+          // Streams are read in database 0: the trigger's calls run there too.
+          errors = await live.guest.fireStreamTrigger(
+            trigger,
+            stream,
+            window,
+            budget,
+            () => (live.bridge.db = 0),
+          );
         } finally {
           live.bridge.pendingJobs -= window.length;
         }

@@ -51,8 +51,15 @@ export class TfGuest {
     return out as unknown as TfOutcome;
   }
 
-  async callFunctions(calls: [string, Tagged[], number[]][], budgetMs: number): Promise<TfOutcome[]> {
-    const out = await this.isolate.call(path("callFunctions"), [pushBatchCalls([], calls), budgetMs]);
+  /** `onStart`: told as the entry starts (CallOptions.onStart): the host serves its database from then. */
+  async callFunctions(
+    calls: [string, Tagged[], number[]][],
+    budgetMs: number,
+    onStart?: () => void,
+  ): Promise<TfOutcome[]> {
+    const out = await this.isolate.call(path("callFunctions"), [pushBatchCalls([], calls), budgetMs], {
+      onStart,
+    });
     const flat = out as unknown as FlatPairs;
     const outcomes: TfOutcome[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {
@@ -84,11 +91,17 @@ export class TfGuest {
    * Keyspace trigger events ([trigger name, event, key] each) in one entry, those of distinct
    * slots with their calls pipelined: for each one run, its error text or null and its ms.
    */
-  async fireKeyspaceTriggers(items: [string, string, Buffer][], budgetMs: number): Promise<TriggerOutcomes> {
+  async fireKeyspaceTriggers(
+    items: [string, string, Buffer][],
+    budgetMs: number,
+    onStart?: () => void,
+  ): Promise<TriggerOutcomes> {
     const calls: JsonValue[] = [];
     for (const [name, event, key] of items)
       calls.push(name, 3, event, utf8Text(key), key.toString("latin1"), 1, keySlot(key));
-    return (await this.isolate.call(path("fireKeyspaceTriggers"), [calls, budgetMs])) as TriggerOutcomes;
+    return (await this.isolate.call(path("fireKeyspaceTriggers"), [calls, budgetMs], {
+      onStart,
+    })) as TriggerOutcomes;
   }
 
   async fireStreamTrigger(
@@ -96,9 +109,10 @@ export class TfGuest {
     stream: Buffer,
     records: [string, [string | null, string][]][],
     budgetMs: number,
+    onStart?: () => void,
   ): Promise<(string | null)[]> {
     const args = [name, utf8Text(stream), stream.toString("latin1"), records, budgetMs];
-    return (await this.isolate.call(path("fireStreamTrigger"), args)) as (string | null)[];
+    return (await this.isolate.call(path("fireStreamTrigger"), args, { onStart })) as (string | null)[];
   }
 
   async callClusterFunction(name: string, argsJson: string): Promise<TfOutcome> {
