@@ -741,6 +741,39 @@ describe("guest library", () => {
       expect(out.errors[0]).to.match(/^Error: WRONGTYPE not a set in foreach at script:1/);
     });
 
+    it("event rows: a row given as an earlier row's position is a record of its own with that row's fields", async () => {
+      const guest = new Guest();
+      guest.onSync = (name, args) => (name === "readValue" ? `big:${String(args[0])}` : null);
+      guest.script("GB().map(r => { r.seen = (r.seen || 0) + 1; return JSON.stringify(r); }).run()");
+      const id = guest.gears.start(0, STANDALONE);
+      // Row 0 (at 0) and row 1 (at 4) in full, then references to them.
+      const rows = ["hot", "set", "sadd", -1, "k1", "string", "set", 0, 0, 4, 0, "k2", "string", "set", 1, 4];
+      expect(guest.gears.feed(id, 0, JSON.stringify({ rows, values: ["v1", "v2"] }))).to.equal(7);
+      const out = plain<Outcome>(await guest.gears.finish(id));
+      expect(out.errors).to.deep.equal([]);
+      const hot = { key: "hot", type: "set", event: "sadd", value: "big:hot", seen: 1 };
+      const k1 = { key: "k1", type: "string", event: "set", value: "v1", seen: 1 };
+      const k2 = { key: "k2", type: "string", event: "set", value: "v2", seen: 1 };
+      // Each record is an object of its own (each saw the map once), the same fields in the same order.
+      expect((out.results as string[]).map((r) => JSON.parse(r) as unknown)).to.deep.equal([
+        hot,
+        k1,
+        hot,
+        k1,
+        hot,
+        k2,
+        k1,
+      ]);
+      expect(out.results.map((r) => Object.keys(JSON.parse(r as string) as object))).to.deep.equal(
+        Array.from({ length: 7 }, () => ["key", "type", "event", "value", "seen"]),
+      );
+      // The lazy value was read once per record that touched it.
+      expect(guest.calledWith("readValue").map((c) => c.args)).to.deep.equal([["hot"], ["hot"], ["hot"]]);
+      expect(() => guest.gears.feed(guest.gears.start(0, STANDALONE), 0, { rows: [3], values: [] })).to.throw(
+        /bad event row reference/,
+      );
+    });
+
     it("feed() returns a Promise only while something is in flight, resolving to the records taken", async () => {
       const { guest } = asyncGuest();
       guest.script("GB().map(r => r > 1 ? executeAsync('GET', r) : r).run()");

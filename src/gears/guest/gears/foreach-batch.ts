@@ -44,13 +44,13 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
    */
   let calls: unknown[] = [];
   let count = 0;
+  /**
+   * The records waiting on this round's calls, four elements each (no list per record): the
+   * record, its partition, and which of the round's calls (their numbers) it made, from, to.
+   */
   let held: unknown[] = [];
-  let heldParts: (number | null)[] = [];
-  /** Which of this round's calls (their numbers) each held record made: from, to. */
-  let heldFrom: number[] = [];
-  let heldEnds: number[] = [];
   const collect = function execute(command: unknown, ...args: unknown[]): undefined {
-    const name = safeString(command);
+    const name = typeof command === "string" ? command : safeString(command);
     dropUnlessReadAhead(name);
     if (count === 0) {
       // Sent once the current entry's synchronous work is done: with every record fed.
@@ -58,18 +58,18 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       void settledPromise.then(send);
     }
     calls.push(at.part, args.length + 1, name);
-    for (let i = 0; i < args.length; i++) calls.push(safeString(args[i]));
+    for (let i = 0; i < args.length; i++) {
+      const v = args[i];
+      calls.push(typeof v === "string" ? v : safeString(v));
+    }
     count++;
     return undefined;
   };
   const send = (): void => {
-    const round = { list: calls, calls: count, held, heldParts, heldFrom, heldEnds };
+    const round = { list: calls, calls: count, held };
     calls = [];
     count = 0;
     held = [];
-    heldParts = [];
-    heldFrom = [];
-    heldEnds = [];
     const done = (out: unknown, err: unknown): void => deliver(round, out, err);
     try {
       host.callAsync("executeEach", round.list).then(
@@ -80,17 +80,7 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       done(null, e);
     }
   };
-  const deliver = (
-    round: {
-      calls: number;
-      held: unknown[];
-      heldParts: (number | null)[];
-      heldFrom: number[];
-      heldEnds: number[];
-    },
-    out: unknown,
-    err: unknown,
-  ): void => {
+  const deliver = (round: { calls: number; held: unknown[] }, out: unknown, err: unknown): void => {
     if (ex.dropped) return;
     // `{failed: [[index, message]...]}` (only the failures: nothing reads a reply), or one
     // `[0, reply] | [1, message]` per call.
@@ -106,19 +96,21 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       }
     }
     const saved = at.part;
+    const held = round.held;
     try {
-      for (let i = 0; i < round.held.length; i++) {
-        at.part = round.heldParts[i];
+      for (let i = 0; i < held.length; i += 4) {
+        at.part = held[i + 1] as number | null;
         let failure: unknown = err;
-        if (failure === null && errors.length > round.heldFrom[i]) {
-          for (let j = round.heldFrom[i]; j < round.heldEnds[i]; j++) {
+        const from = held[i + 2] as number;
+        if (failure === null && errors.length > from) {
+          for (let j = from; j < (held[i + 3] as number); j++) {
             if (j in errors) {
               failure = new Error(safeString(errors[j]));
               break;
             }
           }
         }
-        if (failure === null) next(round.held[i]);
+        if (failure === null) next(held[i]);
         else stepError(ex, st, failure);
       }
     } catch (e) {
@@ -156,9 +148,6 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       next(r);
       return;
     }
-    held.push(r);
-    heldParts.push(at.part);
-    heldFrom.push(before);
-    heldEnds.push(count);
+    held.push(r, at.part, before, count);
   };
 }
