@@ -9,6 +9,12 @@ import { GEARS_ENTRY } from "../src/gears/guest/entry.js";
 function callsOfFlat(flat: unknown[]): unknown[][] {
   const calls: unknown[][] = [];
   for (let i = 0; i < flat.length;) {
+    if (flat[i] === -1) {
+      // The call before with its last string replaced.
+      calls.push([...calls[calls.length - 1].slice(0, -1), flat[i + 1]]);
+      i += 2;
+      continue;
+    }
     const n = flat[i + 1] as number;
     calls.push([flat[i], ...flat.slice(i + 2, i + 2 + n)]);
     i += 2 + n;
@@ -730,11 +736,13 @@ describe("guest library", () => {
       const out = await guest.execute([input]);
       // Fed as two batches (1000 + 500 records): two host calls, none per record.
       const sent = guest.calledWith("executeEach");
-      // Each call back to back in one flat list: partition, how many strings, the strings.
+      // Each call back to back in one flat list: partition, how many strings, the strings; a
+      // call that is the one before but for its last argument as -1 and that argument.
       expect(sent.map((c) => callsOfFlat(c.args[0] as unknown[]).length)).to.deep.equal([1000, 500]);
-      expect(sent.flatMap((c) => c.args[0] as unknown[])).to.deep.equal(
-        input.flatMap((r) => [0, 3, "SADD", "all", r]),
-      );
+      expect(sent.map((c) => c.args[0] as unknown[])).to.deep.equal([
+        [0, 3, "SADD", "all", "r0", ...input.slice(1, 1000).flatMap((r) => [-1, r])],
+        [0, 3, "SADD", "all", "r1000", ...input.slice(1001).flatMap((r) => [-1, r])],
+      ]);
       expect(guest.calls.filter((c) => c.name === "execute")).to.deep.equal([]);
       expect(out.results).to.deep.equal(input.filter((r) => r !== "r7"));
       expect(out.errors).to.have.length(1);

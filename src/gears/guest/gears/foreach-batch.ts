@@ -40,10 +40,16 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
   /**
    * This round's commands, back to back in one flat list: `partition, n, name, ...args` each
    * (`n` strings: the name and its arguments): no list per call, and a shorter text to make
-   * of them; and the records waiting on them.
+   * of them; and the records waiting on them. A call that is the one before it but for its
+   * last argument (the usual foreach: the record's key last) is `-1, lastArg` alone
+   * (execute-batch.ts tableOfFlat reads both forms).
    */
   let calls: unknown[] = [];
   let count = 0;
+  /** The last call written whole: where its name is in `calls`, its `n` and partition (-1: none). */
+  let wholeAt = -1;
+  let wholeN = 0;
+  let wholePart: number | null = null;
   /**
    * The records waiting on this round's calls, four elements each (no list per record): the
    * record, its partition, and which of the round's calls (their numbers) it made, from, to.
@@ -57,18 +63,40 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       ex.pending++;
       void settledPromise.then(send);
     }
-    calls.push(at.part, args.length + 1, name);
+    count++;
+    const n = args.length + 1;
+    const part = at.part;
+    if (n === wholeN && n >= 2 && part === wholePart && calls[wholeAt] === name) {
+      // Only string arguments are compared: String() of anything else runs once, when written.
+      let same = true;
+      for (let i = 0; i < n - 2; i++) {
+        if (args[i] !== calls[wholeAt + 1 + i]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) {
+        const last = args[n - 2];
+        calls.push(-1, typeof last === "string" ? last : safeString(last));
+        return undefined;
+      }
+    }
+    wholeAt = calls.length + 2;
+    wholeN = n;
+    wholePart = part;
+    calls.push(part, n, name);
     for (let i = 0; i < args.length; i++) {
       const v = args[i];
       calls.push(typeof v === "string" ? v : safeString(v));
     }
-    count++;
     return undefined;
   };
   const send = (): void => {
     const round = { list: calls, calls: count, held };
     calls = [];
     count = 0;
+    wholeAt = -1;
+    wholeN = 0;
     held = [];
     const done = (out: unknown, err: unknown): void => deliver(round, out, err);
     try {
