@@ -749,6 +749,23 @@ describe("guest library", () => {
       expect(out.errors[0]).to.match(/^Error: WRONGTYPE not a set in foreach at script:1/);
     });
 
+    it("a batched foreach whose arguments throw drops that record with the error; the others' calls go in one host call", async () => {
+      const guest = new Guest();
+      guest.onAsync = async (name, args) =>
+        name === "executeEach" && Array.isArray(args[0]) ? { failed: [] } : null;
+      guest.script("GB().foreach(r => execute('SADD', 'all', r.k.x)).map(r => r.k.x).run()");
+      const own: unknown = vm.runInContext("execute", guest.ctx);
+      const out = await guest.execute([[{ k: { x: "A" } }, {}, { k: { x: "B" } }]]);
+      expect(out.results).to.deep.equal(["A", "B"]);
+      expect(out.errors).to.have.length(1);
+      expect(out.errors[0]).to.match(/^TypeError: .* in foreach at script:1/);
+      expect(guest.calledWith("executeEach").map((c) => c.args[0])).to.deep.equal([
+        [0, 3, "SADD", "all", "A", -1, "B"],
+      ]);
+      // The library's own execute() is the global one again after the step.
+      expect(vm.runInContext("execute", guest.ctx)).to.equal(own);
+    });
+
     it("event rows: a row given as an earlier row's position is a record of its own with that row's fields", async () => {
       const guest = new Guest();
       guest.onSync = (name, args) => (name === "readValue" ? `big:${String(args[0])}` : null);

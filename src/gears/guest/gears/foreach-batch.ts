@@ -2,9 +2,9 @@
  * foreach steps whose commands' replies nothing reads go to the host in batches, one
  * `executeEach` call for all the records fed in one entry, instead of one promise per record.
  */
-import { safeString } from "../core/errors.js";
+import { isFatal, isThenable, safeString } from "../core/errors.js";
 import { g, host } from "../core/host.js";
-import { call1 } from "./calls.js";
+import { call1, later, stepTicks } from "./calls.js";
 import { failFatal, settle, stepError } from "./execution.js";
 import { ownExecute, ownExecuteAsync } from "./globals.js";
 import { dropUnlessReadAhead } from "./read-ahead.js";
@@ -148,30 +148,36 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
     settle(ex);
   };
   const passOn: Cont = (_v, r) => next(r);
-  /** Whether the record's call1 is still on the stack, and whether it passed the record on then. */
-  let now = false;
-  let ok = false;
-  // A function that shadows execute() may return a promise: the record goes on when that settles.
-  const passed: Cont = (_v, rec) => {
-    if (now) ok = true;
-    else next(rec);
-  };
+  const where = st.where;
   return (r) => {
     if (g.execute !== ownExecute || g.executeAsync !== ownExecuteAsync) {
       call1(ex, st, f, r, passOn);
       return;
     }
     const before = count;
-    now = true;
-    ok = false;
+    // call1's body spelled out, as passLink's map and filter do (QuickJS inlines nothing):
+    // no call and no continuation per record.
+    const prev = at.step;
+    at.step = where;
+    stepTicks[0]++;
     g.execute = collect;
+    let v: unknown;
     try {
-      call1(ex, st, f, r, passed);
-    } finally {
+      v = f(r);
+    } catch (e) {
       g.execute = ownExecute;
-      now = false;
+      if (isFatal(e)) throw e; // current() keeps naming this step
+      at.step = prev;
+      stepError(ex, st, e);
+      return;
     }
-    if (!ok) return;
+    g.execute = ownExecute;
+    at.step = prev;
+    if (isThenable(v)) {
+      // A function that shadows execute() may return a promise: the record goes on when that settles.
+      later(ex, st, v as PromiseLike<unknown>, () => next(r));
+      return;
+    }
     if (count === before) {
       next(r);
       return;
