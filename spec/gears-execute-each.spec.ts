@@ -17,6 +17,15 @@ const WRITE_EACH = `GB().foreach(x => {
   execute('HSET', 'h:' + k, 'f', true, 'g', k + '\\u00ff');
 }).register('k:*')`;
 
+/**
+ * Batched foreaches (one execute() of plain arguments): consecutive calls that differ only in
+ * their last argument cross as that argument alone; any other difference, or a number among
+ * the others, writes the call whole. Events of two kinds interleave in one batch.
+ */
+const BY_EVENT = "GB().foreach(x => execute('SADD', 'by:' + x.event, x.key)).register('c:*')";
+const BY_LENGTH = "GB().foreach(x => execute('ZADD', 'len', x.key.length, x.key)).register('c:*')";
+const LAST_NUMBER = "GB().foreach(x => execute('SADD', 'lens', x.key.length)).register('c:*')";
+
 const REFUSED = `GB().foreach(x => {
   if (x.key === 'r:refused') execute('MULTI');
   else execute('SET', 'done:' + x.key, x.key);
@@ -36,6 +45,7 @@ describe("gears batched execute(): arguments reach Redis as the handler passed t
     direct = new Redis({ port: redis.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
     await execute(io, WRITE_EACH);
     await execute(io, REFUSED);
+    for (const script of [BY_EVENT, BY_LENGTH, LAST_NUMBER]) await execute(io, script);
   });
 
   after(async () => {
@@ -66,6 +76,35 @@ describe("gears batched execute(): arguments reach Redis as the handler passed t
       expect(hash.f.toString("hex")).to.equal(Buffer.from("true").toString("hex"));
       expect(hash.g.toString("hex")).to.equal(Buffer.from(k + "\u00ff").toString("hex"));
     }
+  });
+
+  it("consecutive calls alike but for their last argument, and calls that differ, over interleaved events", async () => {
+    const keys = Array.from({ length: 600 }, (_, i) => `c:${"x".repeat(i % 7)}${i}`);
+    const pipeline = io.pipeline();
+    // Runs of a few SETs then a few HSETs: calls to 'by:set' and 'by:hset' alternate in runs.
+    keys.forEach((k, i) => (Math.floor(i / 3) % 2 === 0 ? pipeline.set(k, "v") : pipeline.hset(k, "f", "v")));
+    await pipeline.exec();
+    await eventually(
+      () => direct.zcard("len"),
+      (n) => n === keys.length,
+      "every event handled",
+    );
+    await eventually(
+      async () => (await direct.scard("by:set")) + (await direct.scard("by:hset")),
+      (n) => n === keys.length,
+      "every event handled",
+    );
+    const sets = keys.filter((_, i) => Math.floor(i / 3) % 2 === 0);
+    const hashes = keys.filter((_, i) => Math.floor(i / 3) % 2 === 1);
+    expect((await direct.smembers("by:set")).sort()).to.deep.equal(sets.sort());
+    expect((await direct.smembers("by:hset")).sort()).to.deep.equal(hashes.sort());
+    const scores = await direct.zrange("len", "0", "-1", "WITHSCORES");
+    const byKey = new Map<string, string>();
+    for (let i = 0; i < scores.length; i += 2) byKey.set(scores[i], scores[i + 1]);
+    for (const k of keys) expect(byKey.get(k), k).to.equal(String(k.length));
+    expect((await direct.smembers("lens")).sort()).to.deep.equal(
+      [...new Set(keys.map((k) => String(k.length)))].sort(),
+    );
   });
 
   it("a refused command is reported; the other calls of the batch are written", async () => {

@@ -130,6 +130,44 @@ describe("gears write journal: the values of writes it saw", () => {
     expect(plain(j.confirm([notification("f", "set")]))).to.deep.equal([["f", "set", undefined]]);
   });
 
+  it("a hot key: thousands of writes answered before their notifications, each notification swallowed once, in any mix of handled(), confirm() and a settle", () => {
+    const { j, events } = journal();
+    const frame = (key: string, event: string): [Buffer, number, number, number, number] => {
+      const buf = b(`..${event}..${key}..`);
+      return [buf, event.length + 4, event.length + 4 + key.length, 2, 2 + event.length];
+    };
+    const N = 3000;
+    const sadd = (n: number): void => {
+      for (let i = 0; i < n; i++) j.watch("sadd", argv("SADD", "hot", `m${i}`), [b("hot")], 0)!(b(":1\r\n"));
+    };
+    sadd(N);
+    j.flush();
+    expect(events).to.have.length(N);
+    expect(j.waiting).to.equal(N);
+    // Past the point where the lists are cut down (1,024 dropped at their head), and on.
+    for (let i = 0; i < 2500; i++)
+      expect(j.handled(0, ...frame("hot", "sadd")), `notification ${i}`).to.equal(true);
+    expect(j.waiting).to.equal(N - 2500);
+    // More writes while some are still expected; an HSET's notification is not one of them.
+    sadd(200);
+    j.watch("hset", argv("HSET", "hot2", "f", "v"), [b("hot2")], 0)!(b(":1\r\n"));
+    expect(j.waiting).to.equal(N - 2500 + 201);
+    expect(j.handled(0, ...frame("hot", "hset"))).to.equal(false);
+    expect(j.confirm([notification("hot", "sadd"), notification("hot", "sadd")])).to.deep.equal([]);
+    for (let i = 0; i < 400; i++) expect(j.handled(0, ...frame("hot", "sadd"))).to.equal(true);
+    expect(j.waiting).to.equal(N - 2500 + 201 - 402);
+    // A settle after every write: what is still expected is no longer awaited.
+    expect(j.takeUnconfirmed(Date.now())).to.deep.equal([]);
+    expect(j.waiting).to.equal(0);
+    // Nothing left to swallow: the next notification of the key is an event.
+    expect(plain(j.confirm([notification("hot", "sadd")]))).to.deep.equal([["hot", "sadd", undefined]]);
+    sadd(3);
+    expect(j.waiting).to.equal(3);
+    for (let i = 0; i < 3; i++) expect(j.handled(0, ...frame("hot", "sadd"))).to.equal(true);
+    expect(j.handled(0, ...frame("hot", "sadd"))).to.equal(false);
+    expect(j.waiting).to.equal(0);
+  });
+
   it("keys' lists stay their own: a notification held for one key is not seen on another", () => {
     const { j, events } = journal();
     const first = j.watch("set", argv("SET", "x", "1"), [b("x")], 0)!;

@@ -9,6 +9,12 @@ import { GEARS_ENTRY } from "../src/gears/guest/entry.js";
 function callsOfFlat(flat: unknown[]): unknown[][] {
   const calls: unknown[][] = [];
   for (let i = 0; i < flat.length;) {
+    if (flat[i] === -1) {
+      // The call before with its last string replaced.
+      calls.push([...calls[calls.length - 1].slice(0, -1), flat[i + 1]]);
+      i += 2;
+      continue;
+    }
     const n = flat[i + 1] as number;
     calls.push([flat[i], ...flat.slice(i + 2, i + 2 + n)]);
     i += 2 + n;
@@ -730,15 +736,67 @@ describe("guest library", () => {
       const out = await guest.execute([input]);
       // Fed as two batches (1000 + 500 records): two host calls, none per record.
       const sent = guest.calledWith("executeEach");
-      // Each call back to back in one flat list: partition, how many strings, the strings.
+      // Each call back to back in one flat list: partition, how many strings, the strings; a
+      // call that is the one before but for its last argument as -1 and that argument.
       expect(sent.map((c) => callsOfFlat(c.args[0] as unknown[]).length)).to.deep.equal([1000, 500]);
-      expect(sent.flatMap((c) => c.args[0] as unknown[])).to.deep.equal(
-        input.flatMap((r) => [0, 3, "SADD", "all", r]),
-      );
+      expect(sent.map((c) => c.args[0] as unknown[])).to.deep.equal([
+        [0, 3, "SADD", "all", "r0", ...input.slice(1, 1000).flatMap((r) => [-1, r])],
+        [0, 3, "SADD", "all", "r1000", ...input.slice(1001).flatMap((r) => [-1, r])],
+      ]);
       expect(guest.calls.filter((c) => c.name === "execute")).to.deep.equal([]);
       expect(out.results).to.deep.equal(input.filter((r) => r !== "r7"));
       expect(out.errors).to.have.length(1);
       expect(out.errors[0]).to.match(/^Error: WRONGTYPE not a set in foreach at script:1/);
+    });
+
+    it("a batched foreach whose arguments throw drops that record with the error; the others' calls go in one host call", async () => {
+      const guest = new Guest();
+      guest.onAsync = async (name, args) =>
+        name === "executeEach" && Array.isArray(args[0]) ? { failed: [] } : null;
+      guest.script("GB().foreach(r => execute('SADD', 'all', r.k.x)).map(r => r.k.x).run()");
+      const own: unknown = vm.runInContext("execute", guest.ctx);
+      const out = await guest.execute([[{ k: { x: "A" } }, {}, { k: { x: "B" } }]]);
+      expect(out.results).to.deep.equal(["A", "B"]);
+      expect(out.errors).to.have.length(1);
+      expect(out.errors[0]).to.match(/^TypeError: .* in foreach at script:1/);
+      expect(guest.calledWith("executeEach").map((c) => c.args[0])).to.deep.equal([
+        [0, 3, "SADD", "all", "A", -1, "B"],
+      ]);
+      // The library's own execute() is the global one again after the step.
+      expect(vm.runInContext("execute", guest.ctx)).to.equal(own);
+    });
+
+    it("event rows: a row given as an earlier row's position is a record of its own with that row's fields", async () => {
+      const guest = new Guest();
+      guest.onSync = (name, args) => (name === "readValue" ? `big:${String(args[0])}` : null);
+      guest.script("GB().map(r => { r.seen = (r.seen || 0) + 1; return JSON.stringify(r); }).run()");
+      const id = guest.gears.start(0, STANDALONE);
+      // Row 0 (at 0) and row 1 (at 4) in full, then references to them.
+      const rows = ["hot", "set", "sadd", -1, "k1", "string", "set", 0, 0, 4, 0, "k2", "string", "set", 1, 4];
+      expect(guest.gears.feed(id, 0, JSON.stringify({ rows, values: ["v1", "v2"] }))).to.equal(7);
+      const out = plain<Outcome>(await guest.gears.finish(id));
+      expect(out.errors).to.deep.equal([]);
+      const hot = { key: "hot", type: "set", event: "sadd", value: "big:hot", seen: 1 };
+      const k1 = { key: "k1", type: "string", event: "set", value: "v1", seen: 1 };
+      const k2 = { key: "k2", type: "string", event: "set", value: "v2", seen: 1 };
+      // Each record is an object of its own (each saw the map once), the same fields in the same order.
+      expect((out.results as string[]).map((r) => JSON.parse(r) as unknown)).to.deep.equal([
+        hot,
+        k1,
+        hot,
+        k1,
+        hot,
+        k2,
+        k1,
+      ]);
+      expect(out.results.map((r) => Object.keys(JSON.parse(r as string) as object))).to.deep.equal(
+        Array.from({ length: 7 }, () => ["key", "type", "event", "value", "seen"]),
+      );
+      // The lazy value was read once per record that touched it.
+      expect(guest.calledWith("readValue").map((c) => c.args)).to.deep.equal([["hot"], ["hot"], ["hot"]]);
+      expect(() => guest.gears.feed(guest.gears.start(0, STANDALONE), 0, { rows: [3], values: [] })).to.throw(
+        /bad event row reference/,
+      );
     });
 
     it("feed() returns a Promise only while something is in flight, resolving to the records taken", async () => {

@@ -150,16 +150,28 @@ function tableOfLists(lists: readonly (readonly JsonValue[] | null)[]): CallTabl
 
 /**
  * A CallTable of a batched foreach's list: `partition, n, name, ...args` per call, `n`
- * strings each (guest/gears/foreach-batch.ts). Null when the list is not of that form.
+ * strings each, or `-1, last` for the call before it with its last string replaced by `last`
+ * (guest/gears/foreach-batch.ts: a foreach's calls mostly differ in their last argument).
+ * Null when the list is not of that form.
  */
-export function tableOfFlat(flat: readonly JsonValue[]): CallTable | null {
+export function tableOfFlat(list: readonly JsonValue[]): CallTable | null {
   let count = 0;
-  for (let i = 0; i < flat.length; count++) {
-    const n = flat[i + 1];
+  let repeats = false;
+  let lastN = -1;
+  for (let i = 0; i < list.length; count++) {
+    if (list[i] === -1) {
+      if (lastN < 1 || i + 2 > list.length) return null;
+      repeats = true;
+      i += 2;
+      continue;
+    }
+    const n = list[i + 1];
     if (typeof n !== "number" || !Number.isInteger(n) || n < 0) return null;
+    lastN = n;
     i += 2 + n;
-    if (i > flat.length) return null;
+    if (i > list.length) return null;
   }
+  const flat = repeats ? wholeCalls(list) : list;
   const part = new Array<JsonValue>(count);
   const from = new Int32Array(count);
   const to = new Int32Array(count);
@@ -171,6 +183,28 @@ export function tableOfFlat(flat: readonly JsonValue[]): CallTable | null {
     i += 2 + n;
   }
   return { count, flat, part, from, to };
+}
+
+/** A checked list (tableOfFlat) with every `-1, last` written as its whole call. */
+function wholeCalls(list: readonly JsonValue[]): JsonValue[] {
+  const out: JsonValue[] = [];
+  /** Where the call before starts in `out`. */
+  let prev = 0;
+  for (let i = 0; i < list.length;) {
+    if (list[i] === -1) {
+      const at = out.length;
+      const n = out[prev + 1] as number;
+      for (let j = prev; j < prev + 1 + n; j++) out.push(out[j]);
+      out.push(list[i + 1]);
+      prev = at;
+      i += 2;
+      continue;
+    }
+    prev = out.length;
+    const end = i + 2 + (list[i + 1] as number);
+    for (; i < end; i++) out.push(list[i]);
+  }
+  return out;
 }
 
 /**

@@ -45,11 +45,16 @@ function countRecords(input: Map<number, PackedRecords>): number {
 /**
  * Records of the usual event shape, `{key, type, event}` and `valueRef` or `lazyValue`, in
  * that order, as rows (guest/entry.ts EventRows); null when one has another shape, and the
- * batch goes as objects.
+ * batch goes as objects. A record whose four fields are those of an earlier row of the batch
+ * (a hot key's events: a set the handler grows) is sent as that row's position alone, one
+ * number instead of three strings and a number: a shorter text to make, copy and parse, and
+ * the guest makes the same record of it (guest/gears/records.ts recordsOfRows).
  */
 function eventRows(records: JsonValue[]): EventRows | null {
-  const rows: EventRows = new Array<string | number>(records.length * 4);
-  for (let i = 0, j = 0; i < records.length; i++, j += 4) {
+  const rows: EventRows = [];
+  /** Each key's last full row, by its position in `rows`. */
+  const rowOf = new Map<string, number>();
+  for (let i = 0; i < records.length; i++) {
     const r = records[i];
     if (r === null || typeof r !== "object" || Array.isArray(r)) return null;
     const { key, type, event, valueRef } = r;
@@ -61,10 +66,13 @@ function eventRows(records: JsonValue[]): EventRows | null {
     const fields = Object.keys(r);
     if (fields.length !== 4 || fields[0] !== "key" || fields[1] !== "type" || fields[2] !== "event")
       return null;
-    rows[j] = key;
-    rows[j + 1] = type;
-    rows[j + 2] = event;
-    rows[j + 3] = ref;
+    const at = rowOf.get(key);
+    if (at !== undefined && rows[at + 1] === type && rows[at + 2] === event && rows[at + 3] === ref) {
+      rows.push(at);
+      continue;
+    }
+    rowOf.set(key, rows.length);
+    rows.push(key, type, event, ref);
   }
   return rows;
 }

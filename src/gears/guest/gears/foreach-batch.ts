@@ -2,9 +2,9 @@
  * foreach steps whose commands' replies nothing reads go to the host in batches, one
  * `executeEach` call for all the records fed in one entry, instead of one promise per record.
  */
-import { safeString } from "../core/errors.js";
+import { isFatal, isThenable, safeString } from "../core/errors.js";
 import { g, host } from "../core/host.js";
-import { call1 } from "./calls.js";
+import { call1, later, stepTicks } from "./calls.js";
 import { failFatal, settle, stepError } from "./execution.js";
 import { ownExecute, ownExecuteAsync } from "./globals.js";
 import { dropUnlessReadAhead } from "./read-ahead.js";
@@ -40,36 +40,64 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
   /**
    * This round's commands, back to back in one flat list: `partition, n, name, ...args` each
    * (`n` strings: the name and its arguments): no list per call, and a shorter text to make
-   * of them; and the records waiting on them.
+   * of them; and the records waiting on them. A call that is the one before it but for its
+   * last argument (the usual foreach: the record's key last) is `-1, lastArg` alone
+   * (execute-batch.ts tableOfFlat reads both forms).
    */
   let calls: unknown[] = [];
   let count = 0;
+  /** The last call written whole: where its name is in `calls`, its `n` and partition (-1: none). */
+  let wholeAt = -1;
+  let wholeN = 0;
+  let wholePart: number | null = null;
+  /**
+   * The records waiting on this round's calls, four elements each (no list per record): the
+   * record, its partition, and which of the round's calls (their numbers) it made, from, to.
+   */
   let held: unknown[] = [];
-  let heldParts: (number | null)[] = [];
-  /** Which of this round's calls (their numbers) each held record made: from, to. */
-  let heldFrom: number[] = [];
-  let heldEnds: number[] = [];
   const collect = function execute(command: unknown, ...args: unknown[]): undefined {
-    const name = safeString(command);
+    const name = typeof command === "string" ? command : safeString(command);
     dropUnlessReadAhead(name);
     if (count === 0) {
       // Sent once the current entry's synchronous work is done: with every record fed.
       ex.pending++;
       void settledPromise.then(send);
     }
-    calls.push(at.part, args.length + 1, name);
-    for (let i = 0; i < args.length; i++) calls.push(safeString(args[i]));
     count++;
+    const n = args.length + 1;
+    const part = at.part;
+    if (n === wholeN && n >= 2 && part === wholePart && calls[wholeAt] === name) {
+      // Only string arguments are compared: String() of anything else runs once, when written.
+      let same = true;
+      for (let i = 0; i < n - 2; i++) {
+        if (args[i] !== calls[wholeAt + 1 + i]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) {
+        const last = args[n - 2];
+        calls.push(-1, typeof last === "string" ? last : safeString(last));
+        return undefined;
+      }
+    }
+    wholeAt = calls.length + 2;
+    wholeN = n;
+    wholePart = part;
+    calls.push(part, n, name);
+    for (let i = 0; i < args.length; i++) {
+      const v = args[i];
+      calls.push(typeof v === "string" ? v : safeString(v));
+    }
     return undefined;
   };
   const send = (): void => {
-    const round = { list: calls, calls: count, held, heldParts, heldFrom, heldEnds };
+    const round = { list: calls, calls: count, held };
     calls = [];
     count = 0;
+    wholeAt = -1;
+    wholeN = 0;
     held = [];
-    heldParts = [];
-    heldFrom = [];
-    heldEnds = [];
     const done = (out: unknown, err: unknown): void => deliver(round, out, err);
     try {
       host.callAsync("executeEach", round.list).then(
@@ -80,17 +108,7 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       done(null, e);
     }
   };
-  const deliver = (
-    round: {
-      calls: number;
-      held: unknown[];
-      heldParts: (number | null)[];
-      heldFrom: number[];
-      heldEnds: number[];
-    },
-    out: unknown,
-    err: unknown,
-  ): void => {
+  const deliver = (round: { calls: number; held: unknown[] }, out: unknown, err: unknown): void => {
     if (ex.dropped) return;
     // `{failed: [[index, message]...]}` (only the failures: nothing reads a reply), or one
     // `[0, reply] | [1, message]` per call.
@@ -106,19 +124,21 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
       }
     }
     const saved = at.part;
+    const held = round.held;
     try {
-      for (let i = 0; i < round.held.length; i++) {
-        at.part = round.heldParts[i];
+      for (let i = 0; i < held.length; i += 4) {
+        at.part = held[i + 1] as number | null;
         let failure: unknown = err;
-        if (failure === null && errors.length > round.heldFrom[i]) {
-          for (let j = round.heldFrom[i]; j < round.heldEnds[i]; j++) {
+        const from = held[i + 2] as number;
+        if (failure === null && errors.length > from) {
+          for (let j = from; j < (held[i + 3] as number); j++) {
             if (j in errors) {
               failure = new Error(safeString(errors[j]));
               break;
             }
           }
         }
-        if (failure === null) next(round.held[i]);
+        if (failure === null) next(held[i]);
         else stepError(ex, st, failure);
       }
     } catch (e) {
@@ -128,37 +148,40 @@ export function batchedForeach(ex: Exec, st: StepDef, f: Fn, next: Push): Push {
     settle(ex);
   };
   const passOn: Cont = (_v, r) => next(r);
-  /** Whether the record's call1 is still on the stack, and whether it passed the record on then. */
-  let now = false;
-  let ok = false;
-  // A function that shadows execute() may return a promise: the record goes on when that settles.
-  const passed: Cont = (_v, rec) => {
-    if (now) ok = true;
-    else next(rec);
-  };
+  const where = st.where;
   return (r) => {
     if (g.execute !== ownExecute || g.executeAsync !== ownExecuteAsync) {
       call1(ex, st, f, r, passOn);
       return;
     }
     const before = count;
-    now = true;
-    ok = false;
+    // call1's body spelled out, as passLink's map and filter do (QuickJS inlines nothing):
+    // no call and no continuation per record.
+    const prev = at.step;
+    at.step = where;
+    stepTicks[0]++;
     g.execute = collect;
+    let v: unknown;
     try {
-      call1(ex, st, f, r, passed);
-    } finally {
+      v = f(r);
+    } catch (e) {
       g.execute = ownExecute;
-      now = false;
+      if (isFatal(e)) throw e; // current() keeps naming this step
+      at.step = prev;
+      stepError(ex, st, e);
+      return;
     }
-    if (!ok) return;
+    g.execute = ownExecute;
+    at.step = prev;
+    if (isThenable(v)) {
+      // A function that shadows execute() may return a promise: the record goes on when that settles.
+      later(ex, st, v as PromiseLike<unknown>, () => next(r));
+      return;
+    }
     if (count === before) {
       next(r);
       return;
     }
-    held.push(r);
-    heldParts.push(at.part);
-    heldFrom.push(before);
-    heldEnds.push(count);
+    held.push(r, at.part, before, count);
   };
 }

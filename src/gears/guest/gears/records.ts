@@ -35,19 +35,28 @@ const LAZY_VALUE: PropertyDescriptor = {
 
 /**
  * Event records sent as rows (entry.ts EventRows): four elements each, key, type, event and
- * the index of its value in `values` (-1: read lazily). Each record is made whole, in the
- * field order the object form gives ({key, type, event, value}), with no field to delete.
+ * the index of its value in `values` (-1: read lazily); or, for a record whose four fields
+ * are those of an earlier row, that row's position in `rows` alone (a number where a key, a
+ * string, would be). Each record is made whole, an object of its own, in the field order the
+ * object form gives ({key, type, event, value}), with no field to delete.
  */
 function recordsOfRows(rows: unknown[], values: unknown[]): unknown[] {
-  const n = rows.length >> 2;
-  const out = new Array<unknown>(n);
-  for (let i = 0, j = 0; j < n; i += 4, j++) {
-    const ref = rows[i + 3] as number;
-    if (ref >= 0) out[j] = { key: rows[i], type: rows[i + 1], event: rows[i + 2], value: values[ref] };
+  const out: unknown[] = [];
+  for (let i = 0; i < rows.length;) {
+    let at = i;
+    const first = rows[i];
+    if (typeof first === "number") {
+      at = first;
+      i++;
+      if (!(at >= 0 && at < i - 1 && typeof rows[at] === "string"))
+        throw new TypeError("bad event row reference");
+    } else i += 4;
+    const ref = rows[at + 3] as number;
+    if (ref >= 0) out.push({ key: rows[at], type: rows[at + 1], event: rows[at + 2], value: values[ref] });
     else {
-      const rec = { key: rows[i], type: rows[i + 1], event: rows[i + 2] };
+      const rec = { key: rows[at], type: rows[at + 1], event: rows[at + 2] };
       Object.defineProperty(rec, "value", LAZY_VALUE);
-      out[j] = rec;
+      out.push(rec);
     }
   }
   return out;
