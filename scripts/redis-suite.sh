@@ -5,6 +5,7 @@
 # DIRECT_BASELINE=file: take the direct figures from that file (a recorded direct run of the
 # same units, e.g. scripts/redis-suite-direct.txt for "quick") instead of running them again.
 # The suite is destructive: it runs only against a disposable redis-server started here.
+# REDIS_SERVER=valkey-server: the same, in front of Valkey (and Valkey directly).
 set -eu
 SUITE=${REDIS_SUITE:-$(dirname "$0")/../vendor/redis-suite/run.sh}
 # Free ports unless given, so that two checkouts on one machine can run the suite at once.
@@ -14,7 +15,7 @@ PROXY_PORT=${PROXY_PORT:-$(free_port)}
 PROFILE=${*:-all}
 command -v tclsh >/dev/null || { echo "redis-suite: tclsh is missing (apt-get install -y tcl)" >&2; exit 2; }
 dir=$(mktemp -d)
-redis-server --port "$REDIS_PORT" --save '' --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
+"${REDIS_SERVER:-redis-server}" --port "$REDIS_PORT" --save '' --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
 redis_pid=$!
 node dist/src/cli.js --upstream "127.0.0.1:$REDIS_PORT" --port "$PROXY_PORT" --log-level warn >"$dir/proxy.log" 2>&1 &
 proxy_pid=$!
