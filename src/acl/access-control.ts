@@ -97,19 +97,27 @@ function defaultUser(catalogue: AclCatalogue, requirepass: string | undefined): 
   return user;
 }
 
+/** An aclfile's lines as words, with their line numbers; blank lines and comments left out. */
+function aclFileLines(lines: readonly string[]): { n: number; words: string[] }[] {
+  const out: { n: number; words: string[] }[] = [];
+  lines.forEach((line, i) => {
+    const words = line
+      .trim()
+      .split(/\s+/)
+      .filter((w) => w !== "");
+    if (words.length > 0 && !words[0].startsWith("#")) out.push({ n: i + 1, words });
+  });
+  return out;
+}
+
 /**
  * Users defined by aclfile lines (`user <name> <rules...>`); an error names the line. Rules
  * are split on whitespace: passwords with spaces go in as `#<sha256>`.
  */
 export function parseUsers(lines: readonly string[], source: string, catalogue: AclCatalogue): UserSpec[] {
   const users = new Map<string, UserSpec>();
-  lines.forEach((line, i) => {
-    const words = line
-      .trim()
-      .split(/\s+/)
-      .filter((w) => w !== "");
-    if (words.length === 0 || words[0].startsWith("#")) return;
-    const where = `${source}:${i + 1}`;
+  for (const { n, words } of aclFileLines(lines)) {
+    const where = `${source}:${n}`;
     if (words[0].toLowerCase() !== "user" || words.length < 2) {
       throw new Error(`${where}: should start with user keyword followed by the user name`);
     }
@@ -121,7 +129,7 @@ export function parseUsers(lines: readonly string[], source: string, catalogue: 
       if (error !== null) throw new Error(`${where}: error in user declaration '${rule}': ${error}`);
     }
     users.set(name, user);
-  });
+  }
   return [...users.values()];
 }
 
@@ -136,21 +144,15 @@ export function parseAclFile(
 ): UserSpec[] | { error: string } {
   const users = new Map<string, UserSpec>();
   let errors = "";
-  lines.forEach((line, i) => {
-    const words = line
-      .trim()
-      .split(/\s+/)
-      .filter((w) => w !== "");
-    if (words.length === 0 || words[0].startsWith("#")) return;
-    const n = i + 1;
+  for (const { n, words } of aclFileLines(lines)) {
     if (words[0].toLowerCase() !== "user" || words.length < 2) {
       errors += `${source}:${n} should start with user keyword followed by the username. `;
-      return;
+      continue;
     }
     const name = words[1];
     if (users.has(name)) {
       errors += `WARNING: Duplicate user '${name}' found on line ${n}. `;
-      return;
+      continue;
     }
     const user = newUser(name);
     let syntaxError = false;
@@ -166,7 +168,7 @@ export function parseAclFile(
       }
     }
     users.set(name, user);
-  });
+  }
   return errors === "" ? [...users.values()] : { error: errors + LOAD_FAILED };
 }
 

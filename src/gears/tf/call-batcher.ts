@@ -189,7 +189,7 @@ export class CallBatcher {
     try {
       library = await this.library();
       const bridge = library.bridge;
-      library.bridge.joiners = {
+      bridge.joiners = {
         take: () => {
           let k = 0;
           while (
