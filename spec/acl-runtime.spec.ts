@@ -13,7 +13,7 @@ import path from "node:path";
 import { Redis } from "ioredis";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { ChildProxy } from "./support/child-proxy.js";
-import { RawClient, ReplyError, toText, type Value } from "./support/raw-client.js";
+import { RawClient, ReplyError, toText, type Reply, type Value } from "./support/raw-client.js";
 import { runPython } from "./support/redis-py.js";
 import { eventually } from "./support/polling.js";
 
@@ -50,6 +50,13 @@ function redisCli(port: number, ...args: string[]): Promise<string> {
       err ? reject(err) : resolve(stdout.trim()),
     ),
   );
+}
+
+/** A reply as text, its errors as their messages (an EXEC's refused elements). */
+function withErrors(reply: Reply): unknown {
+  if (reply instanceof ReplyError) return reply.message;
+  if (Array.isArray(reply)) return reply.map(withErrors);
+  return Buffer.isBuffer(reply) ? reply.toString() : reply;
 }
 
 /** ACL LOG's entries as objects (RESP2: flat arrays of field, value). */
@@ -273,6 +280,14 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
       await admin.call("SET", "regsrc:flush", "x");
       await new Promise((r) => setTimeout(r, 500));
       expect(await admin.text("GET", "copy:regsrc:2")).to.equal(null);
+      // Logged as Redis logs a module's refused call.
+      const refusal = logEntries(await admin.text("ACL", "LOG")).find((e) => e.username === "reg");
+      expect([refusal?.reason, refusal?.context, refusal?.object]).to.deep.equal([
+        "command",
+        "module",
+        "set",
+      ]);
+      expect(String(refusal?.["client-info"])).to.match(/ fd=-1 .* user=reg /);
       expect(await admin.text("ACL", "SETUSER", "reg", "+set")).to.equal("OK");
       await admin.call("SET", "regsrc:3", "c");
       await eventually(
@@ -286,6 +301,78 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
       expect(await admin.text("GET", "copy:regsrc:4")).to.equal(null);
     } finally {
       for (const id of mine) await admin.call("RG.UNREGISTER", id);
+    }
+  });
+
+  it("EXEC after the user's rules changed: each queued command now refused answers Redis' NOPERM in its place, the rest run (as on Redis itself)", async () => {
+    // The same user and the same steps on Redis directly (its own ACL) and through the proxy
+    // (the proxy's ACL): the replies must be the same.
+    const rules = ["on", ">mp", "~mx:*", "&*", "+@all", "-@admin"];
+    const run = async (
+      c: RawClient,
+      changer: RawClient,
+      withUser: string[],
+      db = "0",
+    ): Promise<unknown[]> => {
+      expect(await changer.text("ACL", "SETUSER", "mx", "reset", ...rules)).to.equal("OK");
+      expect(await changer.text("SELECT", db)).to.equal("OK");
+      await changer.call("DEL", "mx:a", "mx:b", "mx:c", "other:mx");
+      expect(await c.text("AUTH", "mx", "mp")).to.equal("OK");
+      expect(await c.text("SELECT", db)).to.equal("OK");
+      expect(await c.text("MULTI")).to.equal("OK");
+      for (const cmd of [
+        ["SET", "mx:a", "1"],
+        ["INCR", "mx:b"],
+        ["GET", "mx:a"],
+        ["SET", "mx:c", "3"],
+      ])
+        expect(await c.text(...cmd)).to.equal("QUEUED");
+      expect(await changer.text("ACL", "SETUSER", "mx", ...withUser)).to.equal("OK");
+      const exec = await c.call("EXEC");
+      const values = await changer.text("MGET", "mx:a", "mx:b", "mx:c");
+      return [withErrors(exec), values];
+    };
+    const direct = await RawClient.connect(redis.port);
+    open.push(direct);
+    const directUser = await RawClient.connect(redis.port);
+    open.push(directUser);
+    const admin = await login("admin", "adminpw");
+    const viaProxy = await anonymous();
+    expect(await admin.text("ACL", "LOG", "RESET")).to.equal("OK");
+    try {
+      // A command taken away, then the keys; in database 0 and in another (where the proxy's
+      // MULTI may carry a SELECT of its own).
+      for (const db of ["0", "3"])
+        for (const change of [["-incr"], ["resetkeys", "~mx:b"]]) {
+          const onRedis = await run(directUser, direct, change, db);
+          const throughProxy = await run(viaProxy, admin, change, db);
+          expect(throughProxy).to.deep.equal(onRedis);
+        }
+      for (const c of [direct, directUser, admin, viaProxy])
+        expect(await c.text("SELECT", "0")).to.equal("OK");
+      const [exec] = await run(viaProxy, admin, ["-incr"]);
+      expect((exec as unknown[])[1]).to.equal(
+        "NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC call. This command is no longer allowed for the following reason: no permission to execute the command or subcommand",
+      );
+      const log = logEntries(await admin.text("ACL", "LOG")).map((e) => [e.reason, e.context, e.object]);
+      expect(log[0]).to.deep.equal(["command", "multi", "incr"]);
+      // With WATCH the server's queue cannot be filled again without losing the watch: none of it runs.
+      expect(await admin.text("ACL", "SETUSER", "mx", "reset", ...rules)).to.equal("OK");
+      await admin.call("DEL", "mx:a", "mx:b");
+      expect(await viaProxy.text("WATCH", "mx:a")).to.equal("OK");
+      expect(await viaProxy.text("MULTI")).to.equal("OK");
+      expect(await viaProxy.text("SET", "mx:a", "1")).to.equal("QUEUED");
+      expect(await viaProxy.text("INCR", "mx:b")).to.equal("QUEUED");
+      expect(await admin.text("ACL", "SETUSER", "mx", "-incr")).to.equal("OK");
+      expect(await errorOf(viaProxy, "EXEC")).to.match(
+        /^EXECABORT Transaction discarded because of: NOPERM ACLs rules changed .*no permission to execute the command or subcommand$/,
+      );
+      expect(await admin.text("MGET", "mx:a", "mx:b")).to.deep.equal([null, null]);
+      // The client goes on outside any transaction, unwatched.
+      expect(await viaProxy.text("SET", "mx:a", "2")).to.equal("OK");
+    } finally {
+      await direct.call("ACL", "DELUSER", "mx");
+      await admin.call("ACL", "DELUSER", "mx");
     }
   });
 

@@ -75,6 +75,19 @@ const LOAD_FAILED =
 /** Why a command is refused: the command itself, or the argument (key or channel) at `index`. */
 export type Denial = { kind: "command"; command: string } | { kind: "key" | "channel"; index: number };
 
+/** ACL LOG's object for a refusal: the command (`config|set`), or the key or channel refused. */
+export function refusedObject(denial: Denial, argv: readonly Buffer[]): string {
+  return denial.kind === "command" ? denial.command : argv[denial.index].toString();
+}
+
+/**
+ * ACL LOG's client-info for a script's call: the module's own client of RedisGears and T&F
+ * (RM_Call), which has no connection.
+ */
+function moduleClientInfo(user: string, command: string): string {
+  return `id=0 addr= laddr= fd=-1 name= age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=${command} user=${user} redir=-1 resp=2`;
+}
+
 /** The error a client gets for a refused command, in Redis 7.0's words. */
 export function noPermission(denial: Denial): string {
   if (denial.kind === "command")
@@ -401,7 +414,16 @@ export class AccessControl {
       const user = this.users.get(name);
       if (user === undefined) return `NOPERM the user '${name}' this script runs as no longer exists`;
       const denial = this.check(user, command, argv);
-      return denial === null ? null : noPermission(denial);
+      if (denial === null) return null;
+      // As Redis logs a module's refused RM_Call (module.c): context "module".
+      this.log.add({
+        reason: denial.kind,
+        context: "module",
+        object: refusedObject(denial, argv),
+        username: name,
+        clientInfo: moduleClientInfo(name, command),
+      });
+      return noPermission(denial);
     };
   }
 

@@ -6,7 +6,7 @@
 import { RespDouble, RespMap, type RespValue } from "../resp/values.js";
 
 export type AclLogReason = "command" | "key" | "channel" | "auth";
-export type AclLogContext = "toplevel" | "multi";
+export type AclLogContext = "toplevel" | "multi" | "module";
 
 export interface AclLogEntry {
   count: number;

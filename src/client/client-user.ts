@@ -1,6 +1,12 @@
 import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
-import { noPermission, type AclUser, type Denial, type UserFollower } from "../acl/access-control.js";
+import {
+  noPermission,
+  refusedObject,
+  type AclUser,
+  type Denial,
+  type UserFollower,
+} from "../acl/access-control.js";
 import type { AclLogReason } from "../acl/acl-log.js";
 import { dbFor } from "../routing/command-kinds.js";
 import { NO_KEYS } from "../routing/router.js";
@@ -71,6 +77,9 @@ export class ClientUser implements ClientLogin, UserFollower {
   /** The user of the proxy's ACL this client is told the changes of (ACL SETUSER...). */
   private followed: string | null = null;
 
+  /** Counts the changes of the user's rules while logged in: a transaction re-checks at EXEC after one. */
+  rulesVersion = 0;
+
   constructor(private readonly host: UserHost) {
     this.reset();
   }
@@ -117,6 +126,7 @@ export class ClientUser implements ClientLogin, UserFollower {
 
   /** UserFollower: ACL SETUSER changed the user; its rules apply from the next command on. */
   follow(user: AclUser): void {
+    this.rulesVersion++;
     this.acl = user.unrestricted ? null : user;
     this.plain = this.acl === null;
     // Redis asks for AUTH only while default needs a password (server.c processCommand).
@@ -173,6 +183,18 @@ export class ClientUser implements ClientLogin, UserFollower {
     if (denial === null) return null;
     logRefusal(this.host, denial.kind, refusedObject(denial, argv), this.name);
     return noPermission(denial);
+  }
+
+  /**
+   * EXEC's second look at a queued command, after the user's rules changed (Redis checks
+   * again as it runs each one): Redis 7.0's error for it, logged in ACL LOG, or null.
+   */
+  execDenial(name: string, argv: readonly Buffer[]): string | null {
+    if (this.acl === null) return null;
+    const denial = this.host.ctx.acl!.check(this.acl, name, argv);
+    if (denial === null) return null;
+    logRefusal(this.host, denial.kind, refusedObject(denial, argv), this.name);
+    return `NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC call. This command is no longer allowed for the following reason: ${EXEC_REASONS[denial.kind]}`;
   }
 
   /** AUTH user pass for a user of the server's own ACL: null once logged in, else the server's error. */
@@ -241,7 +263,9 @@ export class ClientUser implements ClientLogin, UserFollower {
   }
 }
 
-/** ACL LOG's object: the command (`config|set`), or the key or channel refused. */
-function refusedObject(denial: Denial, argv: readonly Buffer[]): string {
-  return denial.kind === "command" ? denial.command : argv[denial.index].toString();
-}
+/** How Redis 7.0 (multi.c) names each kind of refusal at EXEC. */
+const EXEC_REASONS: Record<Denial["kind"], string> = {
+  command: "no permission to execute the command or subcommand",
+  key: "no permission to touch the specified keys",
+  channel: "no permission to access one of the channels used as arguments",
+};

@@ -13,6 +13,8 @@ import type { ReplySlot } from "./reply-slot.js";
 import { RespError, type Protocol } from "../resp/values.js";
 import { randomBytes } from "node:crypto";
 import { countAfter } from "./subscription-frames.js";
+import type { ClientUser } from "./client-user.js";
+import { ReplyScanner } from "../resp/reply-scanner.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
@@ -30,6 +32,8 @@ export interface TransactionHost {
   tfCallInMulti(argv: Buffer[]): Promise<Buffer>;
   /** The client has subscriptions (its own connection for them). */
   readonly isPubSub: boolean;
+  /** Its user's rules as they are now, for EXEC's second look at what was queued. */
+  readonly user: Pick<ClientUser, "rulesVersion" | "execDenial">;
   /** EXEC left `lease` subscribed to `count` channels and patterns: the client's subscriptions now. */
   subscribedBy(lease: Lease, count: number): void;
 }
@@ -120,6 +124,7 @@ export class Transaction {
     }
     this.inMulti = true;
     this.clearQueue();
+    this.rulesAt = this.host.user.rulesVersion;
     const multi = ++this.multis;
     slot.onReply = (data) => {
       if (isErrorReply(data) && multi === this.multis && this.inMulti) this.multiRefused();
@@ -162,6 +167,7 @@ export class Transaction {
     this.tfTail = null;
     this.subscribing = false;
     this.replay = [];
+    this.queuedArgv = [];
   }
 
   /**
@@ -316,14 +322,26 @@ export class Transaction {
     const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
     const outcome = this.host.ctx.router.queuedTap?.(name, argv, db) ?? null;
     if (outcome !== null) this.writes.push([this.queued, outcome]);
+    // Kept for EXEC's second look, needed only where the proxy checks ACL rules itself.
+    if (this.host.ctx.acl !== null) this.queuedArgv.push(argv);
     this.queued++;
   }
 
   private end(name: string, request: Request): void {
-    const abort = name === "exec" && this.dirty;
     // Redis tells a queuing error first, then a touched watched key (here: a lost watch).
-    const unwatched = name === "exec" && !abort && this.watchLost;
+    const unwatched = name === "exec" && !this.dirty && this.watchLost;
+    const refused = name === "exec" && !this.dirty && !unwatched ? this.refusedAtExec() : null;
+    // Without the watch, the TFCALLs or the subscriptions, the commands still allowed run
+    // again in a new MULTI; with them, nothing runs (see refusedAtExec).
+    const partial = refused !== null && !this.watching && this.tfTail === null && !this.subscribing;
+    let abortText: string | null = null;
+    if (name === "exec" && this.dirty)
+      abortText = "EXECABORT Transaction discarded because of previous errors.";
+    else if (refused !== null && !partial)
+      abortText = `EXECABORT Transaction discarded because of: ${refused.values().next().value as string}`;
+    const abort = abortText !== null;
     const runs = name === "exec" && !abort && !unwatched;
+    const queuedCount = this.queuedArgv.length;
     const slot = this.host.upstreamSlot();
     this.inMulti = false;
     this.watching = false;
@@ -346,11 +364,12 @@ export class Transaction {
       return shown;
     };
     slot.onReply = (data) => {
+      if (partial) data = withRefusals(data, refused!, hidden, queuedCount);
       if (hidden && tail === null) data = unhide(data);
       if (selects.length > 0 || pauses.length > 0) this.applyEffects(data, selects, pauses, conn);
       if (writes.length > 0) settleWrites(runs ? data : null, writes, proto);
       this.finish(false);
-      if (abort) return encodeError("EXECABORT Transaction discarded because of previous errors.");
+      if (abortText !== null) return encodeError(abortText);
       // As Redis answers an EXEC whose watched key changed; an error (connection lost) as it is.
       if (unwatched && !isErrorReply(data)) return proto === 3 ? RESP3_NULL : NULL_ARRAY;
       return data;
@@ -396,7 +415,37 @@ export class Transaction {
         });
       return;
     }
+    if (partial) return this.execAllowed(conn, refused!, hidden, slot);
     conn.send(payload, slot, hidden ? ANY_DB : dbFor(sent, this.host.db, this.host.ctx.router.monitors > 0));
+  }
+
+  /**
+   * After the user's rules changed, Redis checks each queued command again as EXEC runs it,
+   * and answers the refused ones with an error in their place. The server has them queued
+   * already and cannot skip one: the error for each refused command, by position, or null
+   * when all are still allowed. Only a partial transaction without WATCH can be queued
+   * again (DISCARD drops the watch, and whether a watched key was touched with it); with
+   * one, or with TFCALLs or subscriptions after it, the proxy runs none of it (EXECABORT).
+   */
+  private refusedAtExec(): Map<number, string> | null {
+    if (this.host.ctx.acl === null || this.host.user.rulesVersion === this.rulesAt) return null;
+    let refused: Map<number, string> | null = null;
+    this.queuedArgv.forEach((argv, at) => {
+      const error = this.host.user.execDenial(argv[0].toString().toLowerCase(), argv);
+      if (error !== null) (refused ??= new Map()).set(at, error);
+    });
+    return refused;
+  }
+
+  /** EXEC of what is still allowed: the server's queue dropped and filled again without the refused commands. */
+  private execAllowed(conn: Lease, refused: Map<number, string>, hidden: boolean, slot: ReplySlot): void {
+    conn.send(encodeCommand(["DISCARD"]), DISCARD, ANY_DB);
+    conn.send(encodeCommand(["MULTI"]), DISCARD, ANY_DB);
+    if (hidden) conn.send(selectCommand(this.host.db), DISCARD, ANY_DB);
+    this.queuedArgv.forEach((argv, at) => {
+      if (!refused.has(at)) conn.send(encodeCommand(argv), DISCARD, ANY_DB);
+    });
+    conn.send(encodeCommand(["EXEC"]), slot, ANY_DB);
   }
 
   /**
@@ -448,6 +497,10 @@ export class Transaction {
 
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;
+  /** Every command queued on the server, when the proxy checks ACL rules (refusedAtExec). */
+  private queuedArgv: (readonly Buffer[])[] = [];
+  /** The user's rulesVersion when MULTI ran. */
+  private rulesAt = 0;
   /** The queued writes the write journal follows: [position, what to tell of its outcome]. */
   private writes: [number, (reply: Buffer | null) => void][] = [];
   private selects: [number, number][] = [];
@@ -577,4 +630,22 @@ function withoutFirstOk(exec: Buffer): Buffer {
   const count = Number(exec.toString("latin1", 1, eol - 1));
   if (!(count > 0) || !exec.subarray(eol + 1, eol + 6).equals(OK)) return exec;
   return Buffer.concat([Buffer.from(`*${count - 1}\r\n`), exec.subarray(eol + 6)]);
+}
+
+/**
+ * EXEC's reply to the commands still allowed, made the reply to all that were queued: each
+ * refused one's error in its place. As it is when EXEC did not run them (EXECABORT).
+ */
+function withRefusals(exec: Buffer, refused: Map<number, string>, hidden: boolean, queued: number): Buffer {
+  if (exec[0] !== 42 /* * */) return exec;
+  const eol = exec.indexOf(10);
+  const scanner = new ReplyScanner();
+  scanner.push(exec.subarray(eol + 1));
+  const parts: Buffer[] = [Buffer.from(`*${queued + (hidden ? 1 : 0)}\r\n`)];
+  if (hidden) parts.push(scanner.next()!);
+  for (let at = 0; at < queued; at++) {
+    const error = refused.get(at);
+    parts.push(error !== undefined ? encodeError(error) : scanner.next()!);
+  }
+  return Buffer.concat(parts);
 }
