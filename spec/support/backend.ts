@@ -9,32 +9,52 @@ export type BackendMode = "standalone" | "cluster";
 /** Every client spec runs once per mode. */
 export const BACKEND_MODES: readonly BackendMode[] = ["standalone", "cluster"];
 
-/** The server behind the proxy: Redis, or Valkey (a fork that loads no Redis module either). */
-export type ServerKind = "redis" | "valkey";
+/**
+ * The server behind the proxy: Redis (7.0), Valkey (a fork that loads no Redis module either),
+ * or Redis 6.0 (what many running clusters and managed services still are).
+ */
+export type ServerKind = "redis" | "valkey" | "redis6";
 
-/** Each mode on Redis, then on Valkey: the specs that must not tell either server from the proxy. */
-export const SERVERS_AND_MODES: readonly [ServerKind, BackendMode][] = (["redis", "valkey"] as const).flatMap(
-  (server) => BACKEND_MODES.map((mode): [ServerKind, BackendMode] => [server, mode]),
-);
+/** Each mode on Redis, then on Valkey, then on Redis 6.0: the specs that must not tell the servers from the proxy. */
+export const SERVERS_AND_MODES: readonly [ServerKind, BackendMode][] = (
+  ["redis", "valkey", "redis6"] as const
+).flatMap((server) => BACKEND_MODES.map((mode): [ServerKind, BackendMode] => [server, mode]));
 
-let valkeyFound: boolean | null = null;
+/** The environment variable that makes a server kind's specs fail, not skip, without its binary. */
+const REQUIRED_BY: Record<ServerKind, string | null> = {
+  redis: null,
+  valkey: "GEARS_PROXY_VALKEY",
+  redis6: "GEARS_PROXY_REDIS6",
+};
+
+const found = new Map<ServerKind, boolean>();
 
 /**
- * Whether the Valkey specs run: `valkey-server` on PATH. `.ci/run` installs it and sets
- * GEARS_PROXY_VALKEY=required, so that there a missing binary fails instead of skipping.
+ * Whether the specs of a server kind run: its `<kind>-server` on PATH (`redis6-server`: what
+ * scripts/redis6.sh installs). `.ci/run` installs Valkey and Redis 6.0 and sets
+ * GEARS_PROXY_VALKEY=required and GEARS_PROXY_REDIS6=required, so that there a missing binary
+ * fails instead of skipping.
  */
-export function valkeyAvailable(): boolean {
-  if (valkeyFound === null) {
+export function serverAvailable(kind: ServerKind): boolean {
+  let ok = found.get(kind);
+  if (ok === undefined) {
     try {
-      execFileSync("valkey-server", ["--version"], { stdio: "ignore" });
-      valkeyFound = true;
+      execFileSync(`${kind}-server`, ["--version"], { stdio: "ignore" });
+      ok = true;
     } catch {
-      valkeyFound = false;
+      ok = false;
     }
+    found.set(kind, ok);
   }
-  if (!valkeyFound && process.env.GEARS_PROXY_VALKEY === "required")
-    throw new Error("GEARS_PROXY_VALKEY=required but valkey-server is not on PATH");
-  return valkeyFound;
+  const required = REQUIRED_BY[kind];
+  if (!ok && required !== null && process.env[required] === "required")
+    throw new Error(`${required}=required but ${kind}-server is not on PATH`);
+  return ok;
+}
+
+/** Whether the Valkey specs run (serverAvailable). */
+export function valkeyAvailable(): boolean {
+  return serverAvailable("valkey");
 }
 
 /** Redis Cluster's own refusal of SELECT n (n != 0). */
@@ -86,6 +106,8 @@ export class Backend {
   /** "one redis-server" or "a 3-master cluster", for describe titles. */
   static label(mode: BackendMode, server: ServerKind = "redis"): string {
     if (server === "valkey") return mode === "standalone" ? "one valkey-server" : "a 3-master Valkey cluster";
+    if (server === "redis6")
+      return mode === "standalone" ? "one Redis 6.0 server" : "a 3-master Redis 6.0 Cluster";
     return mode === "standalone" ? "one redis-server" : "a 3-master Redis Cluster";
   }
 

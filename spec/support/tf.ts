@@ -5,7 +5,7 @@
  */
 import { Redis } from "ioredis";
 import { startProxy, type RunningProxy } from "../harness/index.js";
-import { Backend, Direct, valkeyAvailable, type BackendMode, type ServerKind } from "./backend.js";
+import { Backend, Direct, serverAvailable, type BackendMode, type ServerKind } from "./backend.js";
 
 /** A T&F library's code: the prologue line, then the body. */
 export const tfLibrary = (name: string, body: string, version = "1.0"): string =>
@@ -31,7 +31,7 @@ export function useTfProxy(mode: BackendMode, options: { clean: boolean; server?
   const t = {} as TfSetup;
   const server = options.server ?? "redis";
   before(async function () {
-    if (server === "valkey" && !valkeyAvailable()) this.skip();
+    if (!serverAvailable(server)) this.skip();
     t.backend = await Backend.start(mode, server);
     t.proxy = await startProxy([{ port: t.backend.seed.port }]);
     t.c = new Redis(t.proxy.port);

@@ -78,7 +78,14 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if min1 == nil or less(m1, m2, min1, min2) then min1, min2 = m1, m2 end
 end
 if min1 == nil then return 0 end
-return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min1, min2))`;
+local minid = string.format('%d-%d', min1, min2)
+local trimmed = redis.pcall('XTRIM', KEYS[1], 'MINID', minid)
+if type(trimmed) == 'number' then return trimmed end
+-- Before Redis 6.2 XTRIM has no MINID: keep as many of the newest as come from minid on, a
+-- count only worth reading while the groups are not far behind.
+local kept = redis.call('XRANGE', KEYS[1], minid, '+', 'COUNT', 10001)
+if #kept > 10000 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MAXLEN', #kept)`;
 
 /**
  * Takes the lease of one stream for one consumer group, or says who holds it: -1 it was this
