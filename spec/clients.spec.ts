@@ -8,7 +8,7 @@ import { encodeCommand } from "../src/resp/encode.js";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, SERVERS_AND_MODES, serverAvailable } from "./support/backend.js";
 import { eventually, sleep } from "./support/polling.js";
-import { RawClient } from "./support/raw-client.js";
+import { RawClient, ReplyError } from "./support/raw-client.js";
 import { runPython } from "./support/redis-py.js";
 
 // Every client people install, at its default options, through the proxy: node-redis 6
@@ -234,6 +234,37 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       ).to.deep.equal([]);
       expect(code, output).to.equal(0);
       expect(output.match(/^ok /gm)?.length ?? 0).to.equal(cluster ? 12 : 9);
+    });
+
+    it("CLIENT SETINFO, NO-TOUCH and unknown subcommands answer as the server does; NO-TOUCH is refused, not pretended", async () => {
+      const args = [
+        ["CLIENT", "SETINFO", "lib-name", "probe"],
+        ["CLIENT", "SETINFO", "lib-name"],
+      ];
+      const direct = await backend.connect();
+      const through = await RawClient.connect(proxy.port);
+      try {
+        for (const argv of args) {
+          const own = await direct.call(...argv);
+          const proxied = await through.call(...argv);
+          expect(String(proxied), argv.join(" ")).to.equal(String(own));
+        }
+        const own = await direct.call("CLIENT", "NO-TOUCH", "on");
+        const noTouch = await through.call("CLIENT", "NO-TOUCH", "on");
+        expect(noTouch).to.be.instanceOf(ReplyError);
+        expect(String((noTouch as ReplyError).message)).to.equal(
+          own instanceof ReplyError ? own.message : "ERR CLIENT NO-TOUCH is not supported by gears-proxy",
+        );
+        // Any subcommand the server does not know: its own words (6.0's differ from 7.0's).
+        expect(String(await through.call("CLIENT", "NOSUCHSUB"))).to.equal(
+          String(await direct.call("CLIENT", "NOSUCHSUB")),
+        );
+        if (server !== "redis" && server !== "redis6")
+          expect(String(await through.call("CLIENT", "INFO"))).to.match(/ lib-name=probe /);
+      } finally {
+        direct.close();
+        through.close();
+      }
     });
 
     it("ioredis: binary strings, maps, doubles, MULTI and pub/sub", async () => {

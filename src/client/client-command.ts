@@ -207,6 +207,8 @@ export const clientCommand: LocalCommand = (session, request) => {
     case "setname":
       return setName(session, argv);
     case "setinfo":
+      // Redis 7.2's: an older server answers with its own error, as clients meet it there.
+      if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
       return setInfo(session, argv);
     case "info":
       return session.replyText(session.describe() + "\n");
@@ -230,14 +232,27 @@ export const clientCommand: LocalCommand = (session, request) => {
     case "trackinginfo":
       return clientTrackingInfo(session, argv);
     case "no-evict":
-    case "no-touch":
+      if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
       return void session.replyNow(OK);
     case undefined:
       return session.replyError("ERR wrong number of arguments for 'client' command");
     default:
+      // A subcommand the server does not know either gets the server's own error, in its words.
+      // Others (NO-TOUCH: shared connections cannot stop touching keys for one client) are refused.
+      if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
       session.replyNow(encodeError(`ERR CLIENT ${sub.toUpperCase()} is not supported by gears-proxy`));
   }
 };
+
+/** A CLIENT subcommand the server refuses: sent to it for its error (it changes nothing there). */
+function serverSays(session: CommandHost, request: Request): void {
+  if (!session.enterSharedLane(request)) return;
+  session.ctx.router.forward("client", request.argv, request.raw, session.upstreamSlot(), {
+    db: session.db,
+    affinity: session.id,
+    proto: session.proto,
+  });
+}
 
 /**
  * The server pauses its clients, the proxy's connections among them: the proxy's clients

@@ -193,6 +193,15 @@ export class Router implements ClusterSender {
     return this.cluster === null ? null : new ClusterRuns(this.redirect!, this.cluster, affinity);
   }
 
+  /**
+   * Whether the upstream has this subcommand of a container command (CLIENT NO-TOUCH came in
+   * Redis 7.2): the proxy answers as that server would. True when its table is not known.
+   */
+  knowsSubcommand(name: string, sub: string): boolean {
+    const info = this.commands?.lookup(name, []);
+    return info === undefined || info.subcommands.has(sub);
+  }
+
   /** Whether the command writes (its COMMAND flags say "write"). */
   isWrite(name: string, argv: readonly Buffer[]): boolean {
     return this.commands?.lookup(name, argv)?.flags.has("write") ?? false;
