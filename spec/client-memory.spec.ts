@@ -2,7 +2,7 @@ import { expect } from "chai";
 import { chooseEvictions, pubsubLimitOf, type MemoryHolder } from "../src/client/memory-guard.js";
 import { startRedis, startProxy, sendCommand, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { eventually } from "./support/polling.js";
-import { RawClient, encode, toText } from "./support/raw-client.js";
+import { RawClient, ReplyError, encode, toText } from "./support/raw-client.js";
 
 const MB = 1024 * 1024;
 /**
@@ -10,6 +10,11 @@ const MB = 1024 * 1024;
  * buffers take the first tens of them (tcp_rmem/tcp_wmem maxima) before the proxy holds any.
  */
 const FLOOD_MOST = 96;
+
+async function errorText(c: RawClient, ...args: string[]): Promise<string> {
+  const reply = await c.call(...args);
+  return reply instanceof ReplyError ? reply.message : `not an error: ${String(reply)}`;
+}
 
 async function setBig(port: number): Promise<void> {
   const client = await RawClient.connect(port);
@@ -25,6 +30,7 @@ function holder(
   query: number,
   output: number,
   isPubSub = false,
+  noEvict = false,
 ): MemoryHolder & { killed: string[] } {
   const killed: string[] = [];
   return {
@@ -36,6 +42,7 @@ function holder(
     memoryMark: Infinity,
     isPubSub,
     softLimitSince: 0,
+    noEvict,
   };
 }
 
@@ -48,6 +55,21 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
       const { evictions, total } = chooseEvictions(clients, { perClientOutput: 0, total: 20 * MB });
       expect(evictions.map((e) => [e.client.id, e.reason])).to.deep.equal([[2, "maxmemory-clients"]]);
       expect(total).to.equal(47 * MB + 1);
+    });
+
+    it("passes over a CLIENT NO-EVICT client for the total, not for its own output limit", () => {
+      const clients = [
+        holder(1, 30 * MB, 0, false, true),
+        holder(2, 0, 12 * MB),
+        holder(3, 0, 9 * MB, false, true),
+      ];
+      const total = chooseEvictions(clients, { perClientOutput: 0, total: 20 * MB });
+      expect(total.evictions.map((e) => [e.client.id, e.reason])).to.deep.equal([[2, "maxmemory-clients"]]);
+      const own = chooseEvictions(clients, { perClientOutput: 8 * MB, total: 0 });
+      expect(own.evictions.map((e) => [e.client.id, e.reason])).to.deep.equal([
+        [2, "output-buffer-limit"],
+        [3, "output-buffer-limit"],
+      ]);
     });
 
     it("disconnects a client over its own output limit before looking at the total", () => {
@@ -163,6 +185,19 @@ describe("client memory bounds (client/memory-guard.ts)", function () {
       expect(await small.text("PING")).to.equal("PONG");
       // Everyone else carries on.
       expect(await sendCommand(proxy.port, ["STRLEN", "big"])).to.equal(MB);
+    });
+
+    it("leaves a CLIENT NO-EVICT client alone, as Redis does: the next largest goes (flag e in CLIENT LIST)", async () => {
+      const large = await named("keeper");
+      const small = await named("smaller");
+      expect(await large.text("CLIENT", "NO-EVICT", "on")).to.equal("OK");
+      expect(String(await large.text("CLIENT", "INFO"))).to.match(/ flags=e /);
+      expect(await errorText(large, "CLIENT", "NO-EVICT", "maybe")).to.equal("ERR syntax error");
+      pipelineAndStopReading(small, 6);
+      pipelineAndStopReading(large, 40);
+      await eventually(clientNames, (names) => !names.includes("smaller"), "the smaller client evicted");
+      expect(await clientNames()).to.include("keeper");
+      large.close();
     });
 
     it("counts a large argument still arriving, and evicts its sender", async () => {

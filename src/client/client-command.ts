@@ -36,6 +36,15 @@ function setInfo(session: CommandHost, argv: Buffer[]): void {
   session.replyNow(OK);
 }
 
+function noEvict(session: CommandHost, argv: Buffer[]): void {
+  const mode = argv[2]?.toString().toLowerCase();
+  if (argv.length !== 3)
+    return session.replyError("ERR wrong number of arguments for 'client|no-evict' command");
+  if (mode !== "on" && mode !== "off") return session.replyError("ERR syntax error");
+  session.noEvict = mode === "on";
+  session.replyNow(OK);
+}
+
 function replyMode(session: CommandHost, argv: Buffer[]): void {
   const mode = argv[2]?.toString().toLowerCase();
   if (argv.length !== 3 || (mode !== "on" && mode !== "off" && mode !== "skip")) {
@@ -233,7 +242,7 @@ export const clientCommand: LocalCommand = (session, request) => {
       return clientTrackingInfo(session, argv);
     case "no-evict":
       if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
-      return void session.replyNow(OK);
+      return noEvict(session, argv);
     case undefined:
       return session.replyError("ERR wrong number of arguments for 'client' command");
     default:

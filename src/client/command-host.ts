@@ -56,6 +56,8 @@ export interface CommandHost {
    */
   enterSharedLane(request: Request): boolean;
   resetState(): void;
+  /** CLIENT NO-EVICT: left out when clients are disconnected to get under --maxmemory-clients. */
+  noEvict: boolean;
   /** Relays every master's MONITOR stream to this client. */
   readonly monitor: { start(): void };
   /** This client's CLIENT LIST line. */

@@ -33,6 +33,8 @@ export interface MemoryHolder {
   readonly isPubSub: boolean;
   /** When the client's output went over the pubsub soft limit (ms), 0 while it is under. */
   softLimitSince: number;
+  /** CLIENT NO-EVICT ON: never chosen to bring all clients under the total (its own limits still hold). */
+  readonly noEvict: boolean;
 }
 
 /** One class of Redis' client-output-buffer-limit: bytes, bytes, seconds; 0 turns each off. */
@@ -91,7 +93,7 @@ export function chooseEvictions(
     const bytes = query + output;
     total += bytes;
     all += bytes;
-    if (bytes > 0) kept.push({ client, bytes });
+    if (bytes > 0 && !client.noEvict) kept.push({ client, bytes });
   }
   if (limits.total > 0 && total > limits.total) {
     kept.sort((a, b) => b.bytes - a.bytes);

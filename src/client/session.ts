@@ -327,6 +327,8 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
 
   /** MemoryHolder: when its output went over the pubsub soft limit, 0 while under. */
   softLimitSince = 0;
+  /** MemoryHolder, CLIENT NO-EVICT (RESET keeps it, as in Redis). */
+  noEvict = false;
 
   get isPubSub(): boolean {
     return this.pubsub.count > 0;
@@ -363,7 +365,8 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
           (this.isPubSub ? "P" : "") +
           (tracking !== null ? "t" : "") +
           (tracking?.brokenRedirect ? "R" : "") +
-          (tracking?.bcast ? "B" : "") || "N",
+          (tracking?.bcast ? "B" : "") +
+          (this.noEvict ? "e" : "") || "N",
       db: this.db,
       sub: this.pubsub.count,
       multi: this.txn.inMulti ? 0 : -1,
