@@ -165,9 +165,23 @@ export function killMatching(ctx: ProxyContext, args: string[], callerId: number
   return targets.length;
 }
 
+/** Redis' client types (networking.c getClientTypeByName). */
+const CLIENT_TYPES = new Set(["normal", "slave", "replica", "pubsub", "master"]);
+
+/** CLIENT LIST's refusal of its filters, in Redis' words and order, or null. */
+function listArgsError(args: string[]): string | null {
+  const filter = args[0]?.toLowerCase();
+  if (args.length === 2 && filter === "type")
+    return CLIENT_TYPES.has(args[1].toLowerCase()) ? null : `ERR Unknown client type '${args[1]}'`;
+  if (args.length >= 2 && filter === "id")
+    return args.slice(1).every((id) => /^-?(0|[1-9]\d{0,18})$/.test(id)) ? null : "ERR Invalid client ID";
+  return args.length === 0 ? null : "ERR syntax error";
+}
+
 function list(session: CommandHost, argv: Buffer[]): void {
   const args = argv.slice(2).map((a) => a.toString());
-  if (clientListText([], args) === null) return session.replyError("ERR syntax error");
+  const refused = listArgsError(args);
+  if (refused !== null) return session.replyError(refused);
   const threads = session.ctx.threads;
   if (threads === undefined) return session.replyText(clientListText(session.ctx.clients.all(), args) ?? "");
   session.replyLater(
@@ -208,6 +222,10 @@ function unblock(session: CommandHost, argv: Buffer[]): void {
 export const clientCommand: LocalCommand = (session, request) => {
   const argv = request.argv;
   const sub = argv[1]?.toString().toLowerCase();
+  // The server's arity for the subcommand, checked before it runs, as Redis checks it.
+  const arity = sub === undefined ? null : session.ctx.router.arityOf("client", argv);
+  if (arity !== null && (arity > 0 ? argv.length !== arity : argv.length < -arity))
+    return session.replyError(`ERR wrong number of arguments for 'client|${sub}' command`);
   switch (sub) {
     case "id":
       return void session.replyNow(encodeInteger(session.id));
@@ -243,6 +261,9 @@ export const clientCommand: LocalCommand = (session, request) => {
     case "no-evict":
       if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
       return noEvict(session, argv);
+    case "help":
+      // The server's own text.
+      return serverSays(session, request);
     case undefined:
       return session.replyError("ERR wrong number of arguments for 'client' command");
     default:

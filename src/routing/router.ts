@@ -202,6 +202,11 @@ export class Router implements ClusterSender {
     return info === undefined || info.subcommands.has(sub);
   }
 
+  /** The arity the upstream gives argv's command (its subcommand's, for containers); null when unknown. */
+  arityOf(name: string, argv: readonly Buffer[]): number | null {
+    return this.commands?.lookup(name, argv)?.arity ?? null;
+  }
+
   /** Whether the command writes (its COMMAND flags say "write"). */
   isWrite(name: string, argv: readonly Buffer[]): boolean {
     return this.commands?.lookup(name, argv)?.flags.has("write") ?? false;
