@@ -43,10 +43,9 @@ function isServerUser(session: CommandHost, user: string): boolean {
 }
 
 export const auth: LocalCommand = (session, { argv }) => {
-  if (argv.length < 2 || argv.length > 3) {
-    session.replyError(wrongArity("auth"));
-    return;
-  }
+  if (argv.length < 2) return session.replyError(wrongArity("auth"));
+  // Redis' own check past its arity (-2).
+  if (argv.length > 3) return session.replyError("ERR syntax error");
   const user = argv.length === 3 ? argv[1].toString() : "default";
   const password = argv[argv.length - 1].toString();
   if (isServerUser(session, user)) {

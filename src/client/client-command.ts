@@ -222,10 +222,6 @@ function unblock(session: CommandHost, argv: Buffer[]): void {
 export const clientCommand: LocalCommand = (session, request) => {
   const argv = request.argv;
   const sub = argv[1]?.toString().toLowerCase();
-  // The server's arity for the subcommand, checked before it runs, as Redis checks it.
-  const arity = sub === undefined ? null : session.ctx.router.arityOf("client", argv);
-  if (arity !== null && (arity > 0 ? argv.length !== arity : argv.length < -arity))
-    return session.replyError(`ERR wrong number of arguments for 'client|${sub}' command`);
   switch (sub) {
     case "id":
       return void session.replyNow(encodeInteger(session.id));

@@ -93,7 +93,12 @@ export class Dispatcher {
     }
     if (pubsub.count > 0 && host.proto === 2 && name === "ping") return pubsub.route(name, request);
     const local = LOCAL_COMMANDS.get(name);
-    if (local !== undefined) return local(host, request);
+    if (local !== undefined) {
+      // Checked as Redis checks every command, by the server's table.
+      const refusal = host.ctx.router.shapeRefusal(name, argv);
+      if (refusal !== null) return host.replyError(refusal);
+      return local(host, request);
+    }
     if (isGearsCommand(name, argv.slice(1))) gears.run(name, request);
     else if (gears.hooks(name, request)) gears.runHook(name, argv);
     else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);

@@ -202,9 +202,19 @@ export class Router implements ClusterSender {
     return info === undefined || info.subcommands.has(sub);
   }
 
-  /** The arity the upstream gives argv's command (its subcommand's, for containers); null when unknown. */
-  arityOf(name: string, argv: readonly Buffer[]): number | null {
-    return this.commands?.lookup(name, argv)?.arity ?? null;
+  /**
+   * Redis' refusal of argv before the command runs, by the upstream's table: a container's
+   * unknown subcommand, or the arity of the command (its subcommand's). Null when it passes,
+   * or when the table does not know the command.
+   */
+  shapeRefusal(name: string, argv: readonly Buffer[]): string | null {
+    const info = this.commands?.lookup(name, argv);
+    if (info === undefined) return null;
+    if (info.subcommands.size > 0 && argv.length >= 2)
+      return `ERR unknown subcommand '${argv[1].toString()}'. Try ${name.toUpperCase()} HELP.`;
+    const arity = info.arity;
+    if (arity > 0 ? argv.length === arity : argv.length >= -arity) return null;
+    return `ERR wrong number of arguments for '${info.name}' command`;
   }
 
   /** Whether the command writes (its COMMAND flags say "write"). */

@@ -1,7 +1,8 @@
 /**
- * CLIENT's subcommands answered by the proxy itself refuse bad arguments as the server does:
- * the server's arity for each subcommand, CLIENT LIST's filters, and for subcommands the
- * server does not have (or HELP), the server's own reply. Each case runs on Redis directly and
+ * The commands the proxy answers itself (CLIENT, SLOWLOG, RESET, MONITOR, AUTH...) refuse bad
+ * arguments as the server does: the server's arity for each command and subcommand, its
+ * unknown-subcommand error, CLIENT LIST's filters, and for CLIENT subcommands the server does
+ * not have (or HELP), the server's own reply. Each case runs on Redis directly and
  * through the proxy, and the replies must be the same.
  */
 import { expect } from "chai";
@@ -26,6 +27,19 @@ const CASES = [
   ["CLIENT", "LIST", "ID", "1", "2", "x"],
   ["CLIENT", "LIST", "ID", "999999"],
   ["CLIENT", "NOSUCH"],
+  ["CLIENT"],
+  ["RESET", "x"],
+  ["MONITOR", "x"],
+  ["AUTH", "a", "b", "c"],
+  ["SLOWLOG"],
+  ["SLOWLOG", "LEN", "x"],
+  ["SLOWLOG", "RESET", "x"],
+  ["SLOWLOG", "NOSUCH"],
+  ["SHUTDOWN", "nosuchoption"],
+  ["READONLY", "x"],
+  ["ECHO"],
+  ["PING", "a", "b"],
+  ["SELECT", "1", "2"],
 ];
 
 /** A reply as comparable text: errors by message. */
@@ -33,7 +47,7 @@ function shown(reply: Reply): string {
   return reply instanceof ReplyError ? `error: ${reply.message}` : JSON.stringify(reply);
 }
 
-describe("CLIENT subcommands refuse bad arguments as the server does", function () {
+describe("commands the proxy answers itself refuse bad arguments as the server does", function () {
   this.timeout(30_000);
   let redis: RedisNode;
   let proxy: RunningProxy;
