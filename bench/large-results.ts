@@ -8,7 +8,9 @@
  * spare); the large runs follow it. The bench fails unless every run returns exactly N keys.
  * With `--b-cli`, a second build is measured the same way in each round, a fresh proxy per
  * build and round, the order alternating, against the same populated server (A/B in one run);
- * `--smaps` says where the first large result's growth is. Each build is measured twice per
+ * `--smaps` says where the first large result's growth is; `--b-node-args` makes B this build (or
+ * --b-cli's) with other node flags. During each large run a second connection sends PINGs: the
+ * longest wait is the longest the proxy's main thread answered no one (a GC pause among it). Each build is measured twice per
  * round: on a fresh proxy, and on one that has first carried `--traffic` ordinary commands, as
  * a proxy in service has (V8 touches its young generation, ~16 MB, only once it has allocated
  * that much: any traffic does it, and on a fresh proxy the first large result pays it). See
@@ -17,6 +19,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import { parseArgs } from "node:util";
+import { Worker } from "node:worker_threads";
 import { Redis } from "ioredis";
 import { startRedis, type RedisNode } from "../spec/harness/redis.js";
 import { sendCommand } from "../spec/harness/resp.js";
@@ -53,6 +56,8 @@ const HELP = `Usage: node dist/bench/large-results.js [options]
                       0: fresh proxies only)
   --proxy-args "..."  extra gears-proxy flags, e.g. "--gears-config ScriptMemoryLimitMB=512"
   --node-args="..."   extra node flags for the proxy process, e.g. --node-args=--max-semi-space-size=2
+  --b-node-args="..." a build B measured beside A with these node flags instead (B is --b-cli, or
+                      this build without --b-cli): an A/B of node flags, e.g. --b-node-args=--single-threaded-gc
   --help
 `;
 
@@ -72,6 +77,8 @@ function replySize(reply: Buffer[][]): number {
 interface Build {
   label: string;
   cli: string | undefined;
+  /** Node flags of this build's proxy process. */
+  nodeArgs: string[];
   /** Ordinary commands the proxy carries before its first execution (0: a fresh proxy). */
   traffic: number;
 }
@@ -89,10 +96,65 @@ async function carryTraffic(client: Redis, n: number): Promise<void> {
   await client.del(...stale);
 }
 
+/**
+ * A second connection that sends PING, one at a time and 1 ms apart, while a large run goes on,
+ * from a worker thread (the bench's own thread is busy decoding the large reply): the longest
+ * wait is how long the proxy's main thread stopped answering anyone (a GC pause among it).
+ */
+const PINGER = `
+const { parentPort, workerData } = require("node:worker_threads");
+const net = require("node:net");
+const waits = [];
+let sentAt = 0;
+let going = true;
+const sock = net.connect(workerData.port, workerData.host, () => send());
+sock.setNoDelay(true);
+function send() {
+  if (!going) return;
+  sentAt = performance.now();
+  sock.write("PING\\r\\n");
+}
+let pending = "";
+sock.on("data", (d) => {
+  pending += d.toString();
+  while (pending.includes("\\r\\n")) {
+    pending = pending.slice(pending.indexOf("\\r\\n") + 2);
+    waits.push(performance.now() - sentAt);
+    setTimeout(send, 1);
+  }
+});
+parentPort.on("message", () => {
+  going = false;
+  sock.destroy();
+  parentPort.postMessage(waits);
+});
+`;
+
+/** Starts the pinger; stop() resolves to the longest wait and the 99th percentile, in ms, and the count. */
+function watchPings(port: number): { stop: () => Promise<{ max: number; p99: number; count: number }> } {
+  const worker = new Worker(PINGER, { eval: true, workerData: { port, host: HOST } });
+  return {
+    stop: () =>
+      new Promise((resolve, reject) => {
+        worker.once("message", (waits: number[]) => {
+          void worker.terminate();
+          waits.sort((a, b) => a - b);
+          const at = (q: number): number =>
+            waits[Math.min(waits.length - 1, Math.floor(q * waits.length))] ?? NaN;
+          resolve({ max: waits[waits.length - 1] ?? NaN, p99: at(0.99), count: waits.length });
+        });
+        worker.once("error", reject);
+        worker.postMessage("stop");
+      }),
+  };
+}
+
 /** What one fresh proxy gave: its table rows, and the first large result's growth over its reply. */
 interface Measured {
   rows: string[][];
   firstRatio: number;
+  /** The longest PING wait (ms) during each large run. */
+  pauses: number[];
   /** Peak minus before, by kind of mapping, for the first large result (--smaps). */
   smaps: Map<string, number> | null;
   failed: boolean;
@@ -158,13 +220,12 @@ async function measure(
     script: string;
     scriptGiven: boolean;
     proxyArgs: string[];
-    nodeArgs: string[];
     smaps: boolean;
   },
 ): Promise<Measured> {
   const proxy = await startGears(redis!.port, {
     profileDir: undefined,
-    nodeArgs: o.nodeArgs,
+    nodeArgs: build.nodeArgs,
     args: o.proxyArgs,
     cli: build.cli,
     readyWhen: "ping",
@@ -174,6 +235,7 @@ async function measure(
   const rows: string[][] = [];
   let failed = false;
   let firstRatio = NaN;
+  const pauses: number[] = [];
   let smaps: Map<string, number> | null = null;
   try {
     // The ready check's key is a user key too.
@@ -196,6 +258,7 @@ async function measure(
         String(reply[0].length),
         `${size} B`,
         "",
+        "",
         mb(beforeKb),
         mb(peakKb),
         mb(afterKb),
@@ -211,9 +274,13 @@ async function measure(
       const before = watchSmaps ? smapsKinds(pid) : null;
       const stopSmaps = watchSmaps ? sampleSmaps(pid, 10) : null;
       const stop = watchSmaps ? null : sampleRss(pid, 10);
+      const pinger = watchPings(proxy.port);
+      await sleep(20);
       const t0 = Date.now();
       const reply = (await client.callBuffer("RG.EXECUTE", o.script)) as Buffer[][];
       const ms = Date.now() - t0;
+      const pings = await pinger.stop();
+      pauses.push(pings.max);
       let peakKb: number;
       if (stopSmaps !== null && before !== null) {
         const atPeak = stopSmaps();
@@ -241,6 +308,7 @@ async function measure(
         count.toLocaleString("en-US"),
         `${(size / 2 ** 20).toFixed(1)} MB`,
         `${ms} ms`,
+        `${pings.max.toFixed(1)} / ${pings.p99.toFixed(1)} ms (${pings.count})`,
         mb(beforeKb),
         mb(peakKb),
         mb(afterKb),
@@ -249,14 +317,14 @@ async function measure(
         size >= 1024 ? `${ratio.toFixed(2)}x` : "",
       ]);
       say(
-        `${build.label} run ${i + 1}: ${count} keys, ${size} bytes, ${ms} ms, RSS ${mb(beforeKb)} -> ${mb(peakKb)} -> ${mb(laterKb)} (${ratio.toFixed(2)}x)`,
+        `${build.label} run ${i + 1}: ${count} keys, ${size} bytes, ${ms} ms, RSS ${mb(beforeKb)} -> ${mb(peakKb)} -> ${mb(laterKb)} (${ratio.toFixed(2)}x), longest PING ${pings.max.toFixed(1)} ms`,
       );
     }
   } finally {
     client.disconnect();
     await stopChild(proxy.child, 2000);
   }
-  return { rows, firstRatio, smaps, failed };
+  return { rows, firstRatio, pauses, smaps, failed };
 }
 
 async function main(): Promise<number> {
@@ -273,6 +341,7 @@ async function main(): Promise<number> {
       smaps: { type: "boolean" },
       "proxy-args": { type: "string" },
       "node-args": { type: "string" },
+      "b-node-args": { type: "string" },
       help: { type: "boolean" },
     },
   });
@@ -296,14 +365,16 @@ async function main(): Promise<number> {
     script,
     scriptGiven: values.script !== undefined,
     proxyArgs: words(values["proxy-args"]),
-    nodeArgs: words(values["node-args"]),
     smaps: values.smaps === true,
   };
   const traffic = Number(values.traffic ?? 200_000);
+  const nodeArgs = words(values["node-args"]);
+  const bNodeArgs = values["b-node-args"] === undefined ? nodeArgs : words(values["b-node-args"]);
+  const withB = values["b-cli"] !== undefined || values["b-node-args"] !== undefined;
   const builds: Build[] = [
-    { label: values["b-cli"] === undefined ? "A" : "A (this build)", cli: values.cli, traffic: 0 },
+    { label: values["b-cli"] === undefined ? "A" : "A (this build)", cli: values.cli, nodeArgs, traffic: 0 },
   ];
-  if (values["b-cli"] !== undefined) builds.push({ label: "B", cli: values["b-cli"], traffic: 0 });
+  if (withB) builds.push({ label: "B", cli: values["b-cli"] ?? values.cli, nodeArgs: bNodeArgs, traffic: 0 });
   if (traffic > 0) {
     for (const b of [...builds]) {
       builds.push({ ...b, label: `${b.label.split(" ")[0]} in service`, traffic });
@@ -311,6 +382,7 @@ async function main(): Promise<number> {
   }
   const rows: string[][] = [];
   const ratios = new Map<string, number[]>(builds.map((b) => [b.label, []]));
+  const pauses = new Map<string, number[]>(builds.map((b) => [b.label, []]));
   const smapsRows: string[][] = [];
   let failed = false;
   for (let round = 0; round < rounds; round++) {
@@ -320,6 +392,7 @@ async function main(): Promise<number> {
       const m = await measure(build, options);
       rows.push(...m.rows);
       ratios.get(build.label)!.push(m.firstRatio);
+      pauses.get(build.label)!.push(...m.pauses);
       failed ||= m.failed;
       if (m.smaps !== null) {
         const parts = [...m.smaps].filter(([, kb]) => Math.abs(kb) >= 512).sort((a, b) => b[1] - a[1]);
@@ -333,16 +406,18 @@ async function main(): Promise<number> {
     .join(" ");
   const summary = builds.map((b) => {
     const rs = ratios.get(b.label)!;
+    const ps = pauses.get(b.label)!;
     return [
       b.label,
-      b.cli ?? "this build",
+      `${b.cli ?? "this build"}${b.nodeArgs.length > 0 ? ` (node ${b.nodeArgs.join(" ")})` : ""}`,
       rs.map((r) => r.toFixed(2)).join(", "),
       `${median(rs).toFixed(2)}x`,
+      `${median(ps).toFixed(1)} / ${Math.max(...ps).toFixed(1)} ms`,
     ];
   });
   const out = [
     ...lines,
-    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; ${rounds} round(s), a fresh proxy per build and round${traffic > 0 ? `, and one per build and round that first carried ${traffic.toLocaleString("en-US")} ordinary commands ("in service")` : ""}; gears ${options.proxyArgs.join(" ") || "(default gears settings)"}${options.nodeArgs.length > 0 ? `; node ${options.nodeArgs.join(" ")}` : ""}`,
+    `command: node dist/bench/large-results.js${values.quick === true ? " --quick" : ""}; ${keys.toLocaleString("en-US")} keys (DEBUG POPULATE), one redis-server; script ${script}; ${rounds} round(s), a fresh proxy per build and round${traffic > 0 ? `, and one per build and round that first carried ${traffic.toLocaleString("en-US")} ordinary commands ("in service")` : ""}; gears ${options.proxyArgs.join(" ") || "(default gears settings)"}${nodeArgs.length > 0 ? `; node ${nodeArgs.join(" ")}` : ""}${withB ? `; B: ${values["b-cli"] ?? "this build"}, node ${bNodeArgs.join(" ") || "(no flags)"}` : ""}`,
     "",
     table(
       [
@@ -351,6 +426,7 @@ async function main(): Promise<number> {
         "results",
         "reply size (RESP)",
         "RG.EXECUTE time",
+        "longest / p99 PING wait meanwhile (PINGs)",
         "proxy RSS before",
         "peak during the run",
         "right after the reply",
@@ -363,7 +439,7 @@ async function main(): Promise<number> {
     "",
     "First large result, peak growth / reply size, by round:",
     "",
-    table(["build", "proxy", "rounds", "median"], summary),
+    table(["build", "proxy", "rounds", "median", "longest PING wait per large run: median / max"], summary),
     ...(smapsRows.length > 0
       ? [
           "",

@@ -37,9 +37,20 @@ const { values } = parseArgs({
     profile: { type: "string" },
     /** Another build's dist/src/cli.js: its TFCALL is measured too, in the same rounds (before/after). */
     base: { type: "string" },
+    /** Extra node flags for the proxy process (e.g. --proxy-node-args=--single-threaded-gc). */
+    "proxy-node-args": { type: "string" },
+    /**
+     * Node flags for the --base build's proxy instead of --proxy-node-args: with `--base
+     * dist/src/cli.js`, an A/B of node flags on one build (the library's worker thread is in
+     * the proxy's process, so its GC follows these flags too).
+     */
+    "base-node-args": { type: "string" },
     "beside-long": { type: "boolean", default: false },
   },
 });
+const words = (s: string | undefined): string[] => (s ?? "").split(/\s+/).filter((a) => a !== "");
+const proxyNodeArgs = words(values["proxy-node-args"]);
+const baseNodeArgs = values["base-node-args"] === undefined ? proxyNodeArgs : words(values["base-node-args"]);
 const quick = values.quick === true;
 const seconds = quick ? 2 : Number(values.seconds);
 const rounds = quick ? 1 : Number(values.rounds);
@@ -147,7 +158,7 @@ async function main(): Promise<number> {
   redis = await startRedis();
   proxy = await startGears(redis.port, {
     profileDir: values.profile,
-    nodeArgs: [],
+    nodeArgs: proxyNodeArgs,
     args: [],
     readyWhen: "ping",
   });
@@ -156,7 +167,7 @@ async function main(): Promise<number> {
       ? null
       : await startGears(redis.port, {
           profileDir: undefined,
-          nodeArgs: [],
+          nodeArgs: baseNodeArgs,
           args: [],
           readyWhen: "ping",
           cli: values.base,
@@ -262,7 +273,10 @@ async function main(): Promise<number> {
     ...machineLines(),
     `${clients} clients x ${pipeline} calls in flight, ${seconds} s per side and round.`,
     "",
-    base === null ? "" : `base: ${values.base}`,
+    base === null
+      ? ""
+      : `base: ${values.base}${baseNodeArgs.length > 0 ? ` (node ${baseNodeArgs.join(" ")})` : ""}`,
+    proxyNodeArgs.length > 0 ? `this build's proxy: node ${proxyNodeArgs.join(" ")}` : "",
     ...tables,
   ].join("\n");
   process.stdout.write(`${out}\n`);
