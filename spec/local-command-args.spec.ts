@@ -76,6 +76,51 @@ describe("commands the proxy answers itself refuse bad arguments as the server d
     }
   });
 
+  it("checks a command's arity before authentication, and inside MULTI aborts the transaction, as Redis orders its checks", async () => {
+    const locked = await startProxy([{ port: redis.port }], { requirepass: "pw" });
+    // A command that reaches the server: the proxy has the server's command table by then.
+    const warm = await RawClient.connect(locked.port);
+    expect(shown(await warm.call("AUTH", "pw"))).to.equal('"OK"');
+    expect(shown(await warm.call("GET", "k"))).to.equal("null");
+    warm.close();
+    const anonymous = await RawClient.connect(locked.port);
+    const direct = await RawClient.connect(redis.port);
+    const through = await RawClient.connect(proxy.port);
+    try {
+      // The same before AUTH on a server with a password of its own.
+      const lockedRedis = await startRedis({ password: "pw" });
+      const lockedDirect = await RawClient.connect(lockedRedis.port);
+      try {
+        for (const argv of [
+          ["PING", "a", "b"],
+          ["GET"],
+          ["GET", "k"],
+          ["SLOWLOG", "LEN", "x"],
+          ["CLIENT", "ID", "x"],
+        ])
+          expect(shown(await anonymous.call(...argv)), argv.join(" ")).to.equal(
+            shown(await lockedDirect.call(...argv)),
+          );
+      } finally {
+        lockedDirect.close();
+        await lockedRedis.stop();
+      }
+      for (const c of [direct, through]) {
+        expect(shown(await c.call("MULTI"))).to.equal('"OK"');
+        expect(shown(await c.call("SLOWLOG", "LEN", "x"))).to.equal(
+          "error: ERR wrong number of arguments for 'slowlog|len' command",
+        );
+        expect(shown(await c.call("GET"))).to.equal("error: ERR wrong number of arguments for 'get' command");
+        expect(shown(await c.call("EXEC"))).to.equal(
+          "error: EXECABORT Transaction discarded because of previous errors.",
+        );
+      }
+    } finally {
+      for (const c of [anonymous, direct, through]) c.close();
+      await locked.close();
+    }
+  });
+
   it("CLIENT HELP is the server's own text", async () => {
     const direct = await RawClient.connect(redis.port);
     const through = await RawClient.connect(proxy.port);

@@ -76,6 +76,15 @@ export class Dispatcher {
     const user = host.user;
     const { txn, pubsub, gears } = this.lanes;
     const argv = request.argv;
+    // Redis checks each command's shape first (its arity, a container's subcommand), before
+    // authentication, context and ACL: by the server's table, for what the proxy answers or
+    // refuses itself on this path. Inside MULTI the refusal aborts the transaction.
+    const malformed = host.ctx.router.shapeRefusal(name, argv);
+    if (malformed !== null) {
+      if (txn.inMulti) txn.refuse(malformed);
+      else if (!pubsub.refuse(malformed)) host.replyError(malformed);
+      return;
+    }
     if (!user.authenticated && !NO_AUTH_COMMANDS.has(name))
       return host.replyError("NOAUTH Authentication required.");
     if (pubsub.count > 0 && host.proto === 2 && !ALLOWED_WHILE_SUBSCRIBED.has(name)) {
@@ -93,12 +102,7 @@ export class Dispatcher {
     }
     if (pubsub.count > 0 && host.proto === 2 && name === "ping") return pubsub.route(name, request);
     const local = LOCAL_COMMANDS.get(name);
-    if (local !== undefined) {
-      // Checked as Redis checks every command, by the server's table.
-      const refusal = host.ctx.router.shapeRefusal(name, argv);
-      if (refusal !== null) return host.replyError(refusal);
-      return local(host, request);
-    }
+    if (local !== undefined) return local(host, request);
     if (isGearsCommand(name, argv.slice(1))) gears.run(name, request);
     else if (gears.hooks(name, request)) gears.runHook(name, argv);
     else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);
