@@ -178,6 +178,8 @@ export class ReplyQueue implements SlotOwner {
 
   /** The run reply a filled prefix waits for, to leave with it in one write; null when none. */
   private waitingOn: ReplySlot | null = null;
+  /** The filled replies ahead of waitingOn. */
+  private heldCount = 0;
   /** Whether the queue is on a list of releaseHolds. */
   private listed = false;
 
@@ -189,13 +191,16 @@ export class ReplyQueue implements SlotOwner {
   private holds(): boolean {
     const head = this.head;
     if (head === null || head.data === null) return false;
-    let stop = head.next;
-    for (let n = 1; stop !== null && stop.data !== null; n++) {
-      if (n === HOLD_LIMIT) return false;
-      stop = stop.next;
+    // The replies before the one waited for were all in when it was found: the walk goes on
+    // from there, so a pipeline's prefix is walked once, not once per node that answers.
+    let stop = this.waitingOn ?? head.next;
+    let filled = this.waitingOn === null ? 1 : this.heldCount;
+    for (; stop !== null && stop.data !== null; stop = stop.next) {
+      if (++filled === HOLD_LIMIT) return false;
     }
     if (!(stop instanceof QueuedSlot && stop.inRun)) return false;
     this.waitingOn = stop;
+    this.heldCount = filled;
     if (!this.listed) {
       this.listed = true;
       holdingNow.push(this);
