@@ -55,8 +55,9 @@ export interface QueueOwner {
 /**
  * One client's replies, in request order. Replies (from several upstreams, or computed by
  * the proxy) fill their slots in any order; the queue writes the head as soon as it is
- * filled, and the ones behind it that are. The bytes are relayed as they came: the
- * session picks the protocol (RESP2/RESP3) when it sends or builds each reply.
+ * filled, and the ones behind it that are, except that replies waiting for one of their
+ * cluster run still on its way are held back briefly (see holds()). The bytes are relayed as
+ * they came: the session picks the protocol (RESP2/RESP3) when it sends or builds each reply.
  */
 export class ReplyQueue implements SlotOwner {
   private head: ReplySlot | null = null;
