@@ -2,6 +2,42 @@ import type { OutputBuffer } from "../io/output-buffer.js";
 import type { Request } from "../resp/request-parser.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 
+/**
+ * The queue's slots: a slot also knows whether its request joined a client's cluster run
+ * (shared-lane.ts), whose replies come from several nodes, each in its own read.
+ */
+class QueuedSlot extends ReplySlot {
+  inRun = false;
+}
+
+/** Marks `slot` as the reply of a request sent in a cluster run (see ReplyQueue.flush). */
+export function joinsRun(slot: ReplySlot): void {
+  if (slot instanceof QueuedSlot) slot.inRun = true;
+}
+
+/** At most this many replies are held back for a run's reply still on its way. */
+const HOLD_LIMIT = 256;
+
+/**
+ * Queues that began holding replies back since the hold timer last fired, and those that
+ * did before that: the timer writes the older ones out, whatever is still on its way. A
+ * hold thus lasts at most about HOLD_MS twice, so a slow node delays its neighbours'
+ * replies little. (A bound in event-loop turns was too short: under load another node's
+ * replies come several turns later.)
+ */
+const HOLD_MS = 1;
+let holdingNow: ReplyQueue[] = [];
+let holdingBefore: ReplyQueue[] = [];
+let holdTimer: NodeJS.Timeout | null = null;
+
+function releaseHolds(): void {
+  const due = holdingBefore;
+  holdingBefore = holdingNow;
+  holdingNow = [];
+  for (let i = 0; i < due.length; i++) due[i].release();
+  holdTimer = holdingBefore.length > 0 ? setTimeout(releaseHolds, HOLD_MS) : null;
+}
+
 /** What the queue tells the connection it writes for. */
 export interface QueueOwner {
   /** Bytes written to the client (metrics on). */
@@ -19,8 +55,9 @@ export interface QueueOwner {
 /**
  * One client's replies, in request order. Replies (from several upstreams, or computed by
  * the proxy) fill their slots in any order; the queue writes the head as soon as it is
- * filled, and the ones behind it that are. The bytes are relayed as they came: the
- * session picks the protocol (RESP2/RESP3) when it sends or builds each reply.
+ * filled, and the ones behind it that are, except that replies waiting for one of their
+ * cluster run still on its way are held back briefly (see holds()). The bytes are relayed as
+ * they came: the session picks the protocol (RESP2/RESP3) when it sends or builds each reply.
  */
 export class ReplyQueue implements SlotOwner {
   private head: ReplySlot | null = null;
@@ -42,7 +79,7 @@ export class ReplyQueue implements SlotOwner {
 
   /** A new slot at the end of the order. */
   append(): ReplySlot {
-    const slot = new ReplySlot(this);
+    const slot = new QueuedSlot(this);
     if (this.tail === null) this.head = slot;
     else this.tail.next = slot;
     this.tail = slot;
@@ -71,7 +108,7 @@ export class ReplyQueue implements SlotOwner {
   insertPushed(frame: Buffer, after: (slot: ReplySlot) => boolean): void {
     let last: ReplySlot | null = null;
     for (let s = this.head; s !== null; s = s.next) if (after(s)) last = s;
-    const slot = new ReplySlot(this);
+    const slot = new QueuedSlot(this);
     slot.data = frame;
     slot.pushed = true;
     if (last === null) {
@@ -102,11 +139,18 @@ export class ReplyQueue implements SlotOwner {
       this.inFlight--;
     }
     if (this.closed) return;
-    if (slot === this.head) this.flush();
+    if (slot === this.head || slot === this.waitingOn) this.flush();
     this.owner.replyArrived();
   }
 
   flush(): void {
+    if (this.holds()) return;
+    this.waitingOn = null;
+    this.write();
+  }
+
+  /** Writes the filled replies at the head. */
+  private write(): void {
     const out = this.out;
     let slot = this.head;
     while (slot !== null && slot.data !== null) {
@@ -133,10 +177,52 @@ export class ReplyQueue implements SlotOwner {
     this.owner.flushed();
   }
 
+  /** The run reply a filled prefix waits for, to leave with it in one write; null when none. */
+  private waitingOn: ReplySlot | null = null;
+  /** The filled replies ahead of waitingOn. */
+  private heldCount = 0;
+  /** Whether the queue is on a list of releaseHolds. */
+  private listed = false;
+
+  /**
+   * Whether the filled replies at the head wait for a reply of the same cluster run that is
+   * still on its way (another node's): the client's pipeline is answered in one write, not
+   * one per node.
+   */
+  private holds(): boolean {
+    const head = this.head;
+    if (head === null || head.data === null) return false;
+    // The replies before the one waited for were all in when it was found: the walk goes on
+    // from there, so a pipeline's prefix is walked once, not once per node that answers.
+    let stop = this.waitingOn ?? head.next;
+    let filled = this.waitingOn === null ? 1 : this.heldCount;
+    for (; stop !== null && stop.data !== null; stop = stop.next) {
+      if (++filled === HOLD_LIMIT) return false;
+    }
+    if (!(stop instanceof QueuedSlot && stop.inRun)) return false;
+    this.waitingOn = stop;
+    this.heldCount = filled;
+    if (!this.listed) {
+      this.listed = true;
+      holdingNow.push(this);
+      holdTimer ??= setTimeout(releaseHolds, HOLD_MS);
+    }
+    return true;
+  }
+
+  /** The hold's time is up (releaseHolds): what is filled is written now. */
+  release(): void {
+    this.listed = false;
+    if (this.waitingOn === null || this.closed) return;
+    this.waitingOn = null;
+    this.write();
+  }
+
   /** Forgets every reply still queued (the connection ends). */
   clear(): void {
     this.head = null;
     this.tail = null;
+    this.waitingOn = null;
   }
 
   /** The client is gone: replies arriving later are dropped. */
