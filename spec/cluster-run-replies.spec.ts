@@ -2,7 +2,7 @@ import net from "node:net";
 import { expect } from "chai";
 import calculateSlot from "cluster-key-slot";
 import type { OutputBuffer } from "../src/io/output-buffer.js";
-import { joinsRun, ReplyQueue, type QueueOwner } from "../src/client/reply-queue.js";
+import { ReplyQueue, type QueueOwner } from "../src/client/reply-queue.js";
 import {
   startCluster,
   startProxy,
@@ -36,7 +36,7 @@ describe("ReplyQueue: replies of a cluster run", () => {
     const a = q.appendAwaited();
     const b = q.appendAwaited();
     const c = q.appendAwaited();
-    for (const s of [a, b, c]) joinsRun(s);
+    for (const s of [a, b, c]) s.inRun = true;
     a.reply(Buffer.from("a"));
     c.reply(Buffer.from("c"));
     expect(out).to.deep.equal([]);
@@ -48,7 +48,7 @@ describe("ReplyQueue: replies of a cluster run", () => {
   it("does not hold replies for a slot outside a run (a blocking command, a gears result)", () => {
     const { q, out } = queue();
     const a = q.appendAwaited();
-    joinsRun(a);
+    a.inRun = true;
     q.appendAwaited();
     a.reply(Buffer.from("a"));
     expect(out).to.deep.equal(["a"]);
@@ -58,8 +58,8 @@ describe("ReplyQueue: replies of a cluster run", () => {
     const { q, out } = queue();
     const a = q.appendAwaited();
     const b = q.appendAwaited();
-    joinsRun(a);
-    joinsRun(b);
+    a.inRun = true;
+    b.inRun = true;
     a.reply(Buffer.from("a"));
     expect(out).to.deep.equal([]);
     await sleep(20);

@@ -2,19 +2,6 @@ import type { OutputBuffer } from "../io/output-buffer.js";
 import type { Request } from "../resp/request-parser.js";
 import { ReplySlot, type SlotOwner } from "./reply-slot.js";
 
-/**
- * The queue's slots: a slot also knows whether its request joined a client's cluster run
- * (shared-lane.ts), whose replies come from several nodes, each in its own read.
- */
-class QueuedSlot extends ReplySlot {
-  inRun = false;
-}
-
-/** Marks `slot` as the reply of a request sent in a cluster run (see ReplyQueue.flush). */
-export function joinsRun(slot: ReplySlot): void {
-  if (slot instanceof QueuedSlot) slot.inRun = true;
-}
-
 /** At most this many replies are held back for a run's reply still on its way. */
 const HOLD_LIMIT = 256;
 
@@ -79,7 +66,7 @@ export class ReplyQueue implements SlotOwner {
 
   /** A new slot at the end of the order. */
   append(): ReplySlot {
-    const slot = new QueuedSlot(this);
+    const slot = new ReplySlot(this);
     if (this.tail === null) this.head = slot;
     else this.tail.next = slot;
     this.tail = slot;
@@ -108,7 +95,7 @@ export class ReplyQueue implements SlotOwner {
   insertPushed(frame: Buffer, after: (slot: ReplySlot) => boolean): void {
     let last: ReplySlot | null = null;
     for (let s = this.head; s !== null; s = s.next) if (after(s)) last = s;
-    const slot = new QueuedSlot(this);
+    const slot = new ReplySlot(this);
     slot.data = frame;
     slot.pushed = true;
     if (last === null) {
@@ -199,7 +186,7 @@ export class ReplyQueue implements SlotOwner {
     for (; stop !== null && stop.data !== null; stop = stop.next) {
       if (++filled === HOLD_LIMIT) return false;
     }
-    if (!(stop instanceof QueuedSlot && stop.inRun)) return false;
+    if (stop === null || !stop.inRun) return false;
     this.waitingOn = stop;
     this.heldCount = filled;
     if (!this.listed) {

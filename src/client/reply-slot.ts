@@ -32,6 +32,8 @@ export class ReplySlot implements ReplySink {
   cause: Request | null = null;
   /** A frame nobody asked for (a message, an invalidation), not a reply. */
   pushed = false;
+  /** Its request joined a client's cluster run: replies before it may wait for it (reply-queue.ts). */
+  inRun = false;
   startedAt = 0;
 
   constructor(private readonly owner: SlotOwner) {}

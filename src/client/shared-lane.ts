@@ -6,7 +6,6 @@ import type { Lease } from "../routing/lease.js";
 import type { Holds } from "./holds.js";
 import type { LaneHost } from "./lane.js";
 import type { ReplySlot } from "./reply-slot.js";
-import { joinsRun } from "./reply-queue.js";
 import { RequestRuns } from "./request-runs.js";
 import type { TrackingState } from "./tracking/state.js";
 
@@ -63,7 +62,8 @@ export class SharedLane {
       if (keySlot >= 0) {
         this.clusterRuns ??= router.clusterRuns(host.id);
         if (this.clusterRuns !== null) {
-          joinsRun(slot);
+          // Its reply comes from one of several nodes: the replies before it may wait for it.
+          slot.inRun = true;
           this.clusterRuns.add(
             request,
             keySlot,
