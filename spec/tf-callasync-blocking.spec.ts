@@ -1,0 +1,226 @@
+import { execFile, spawn } from "node:child_process";
+import { promisify } from "node:util";
+import { expect } from "chai";
+import { Redis } from "ioredis";
+import { Backend, BACKEND_MODES } from "./support/backend.js";
+import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
+import { rejection } from "./support/gears.js";
+import { eventually, waitUntil } from "./support/polling.js";
+
+const run = promisify(execFile);
+
+/**
+ * T&F's `client.callAsync` runs genuinely blocking commands (BLPOP...): the proxy sends each
+ * on an upstream connection of its own, so it waits for as long as Redis does without
+ * stalling the shared connections or the library. `pop` awaits BLPOP on its key with the
+ * given timeout; `xr` awaits XREAD BLOCK 0 from '$'; `get` and `quick` (sync and async)
+ * read a key; `syncPop`, `syncMpop`, `syncXread` and `syncWait` run BLPOP, BLMPOP, XREAD BLOCK
+ * and WAIT with the sync `client.call`, which T&F ran in script mode: without blocking, or
+ * refused for the commands Redis flags "noscript".
+ */
+const CODE = lib(
+  "blk",
+  `redis.registerAsyncFunction('pop', async function(client, key, timeout){
+     return await client.callAsync('BLPOP', key, timeout);
+   });
+   redis.registerAsyncFunction('xr', async function(client, key){
+     const r = await client.callAsync('XREAD', 'BLOCK', '0', 'STREAMS', key, '$');
+     return r[0][1][0][1];
+   });
+   redis.registerFunction('get', function(client, key){ return client.call('get', key); });
+   redis.registerAsyncFunction('quick', async function(client, key){
+     return 'quick ' + (await client.callAsync('get', key));
+   });
+   redis.registerFunction('syncPop', function(client, key){ return client.call('BLPOP', key, '0'); });
+   redis.registerFunction('syncMpop', function(client, key){ return client.call('BLMPOP', '0', '1', key, 'LEFT'); });
+   redis.registerFunction('syncXread', function(client, key){
+     return client.call('XREAD', 'BLOCK', '0', 'STREAMS', key, '$');
+   });
+   redis.registerFunction('syncWait', function(client){ return client.call('WAIT', '0', '0'); });`,
+);
+
+/** T&F's text when a call's isolate goes (its library deleted) before the call settled. */
+const LIMITS_ERROR = "Err Execution was terminated due to OOM or timeout";
+
+/** How long a call that must not wait for the BLPOP may take (two spec files share two cores). */
+const PROMPT_MS = 3000;
+
+/** `promise`'s value, or a failure naming `what` if it takes longer than `ms`. */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not answered within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Tells whether `promise` has settled yet (without waiting for it). */
+function tracked<T>(promise: Promise<T>): { promise: Promise<T>; settled: () => boolean } {
+  let done = false;
+  const p = promise.finally(() => (done = true));
+  p.catch(() => {});
+  return { promise: p, settled: () => done };
+}
+
+for (const mode of BACKEND_MODES) {
+  describe(`T&F callAsync of blocking commands, through the proxy in front of ${Backend.label(mode)}`, function () {
+    this.timeout(60_000);
+    const t = useTfProxy(mode, { clean: true });
+    let a: Redis;
+    let b: Redis;
+    /** Keys on different masters in a cluster. */
+    const keys = ["blk:list:a", "blk:list:b", "blk:list:c"];
+
+    beforeEach(async () => {
+      expect(await t.c.call("TFUNCTION", "LOAD", CODE)).to.equal("OK");
+      a = new Redis(t.proxy.port);
+      b = new Redis(t.proxy.port);
+      await Promise.all([a.ping(), b.ping()]);
+      for (const key of [...keys, "blk:stream", "blk:v"]) await t.direct.call("DEL", key);
+    });
+    afterEach(() => {
+      a.disconnect();
+      b.disconnect();
+    });
+
+    /** The clients blocked in BLPOP on the node of `key`, as Redis lists them. */
+    const blockedOn = async (key: string): Promise<number> => {
+      const list = String(await (await t.direct.on(key)).text("CLIENT", "LIST"));
+      return list.split("\n").filter((line) => line.includes("cmd=blpop") && / flags=\w*b/.test(line)).length;
+    };
+
+    /** pending_async_calls of the library, as TFUNCTION LIST v shows it. */
+    const pending = async (): Promise<string[]> => {
+      const libs = (await t.c.call("TFUNCTION", "LIST", "LIBRARY", "blk", "v")) as unknown[][];
+      const l = libs[0];
+      return (l[l.indexOf("pending_async_calls") + 1] as unknown[]).map(String);
+    };
+
+    for (const pusher of ["through the proxy", "directly on Redis"]) {
+      it(`BLPOP with timeout 0 answers once another client LPUSHes ${pusher}; meanwhile TFCALLs of the library and plain commands answer`, async () => {
+        for (const key of keys) {
+          const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", key, "0"));
+          await waitUntil("the BLPOP waits on the key's master", async () => (await blockedOn(key)) === 1);
+          await t.direct.call("SET", "blk:v", "x");
+          expect(await within(PROMPT_MS, "TFCALL", b.call("TFCALL", "blk.get", "1", "blk:v"))).to.equal("x");
+          expect(
+            await within(PROMPT_MS, "TFCALLASYNC", b.call("TFCALLASYNC", "blk.quick", "1", "blk:v")),
+          ).to.equal("quick x");
+          expect(await within(PROMPT_MS, "GET", b.get("blk:v"))).to.equal("x");
+          expect(await within(PROMPT_MS, "GET on a", t.c.get("blk:v"))).to.equal("x");
+          expect(pop.settled()).to.equal(false);
+          if (pusher === "through the proxy") await b.lpush(key, "v1");
+          else await t.direct.call("LPUSH", key, "v1");
+          expect(await within(PROMPT_MS, "the BLPOP", pop.promise)).to.deep.equal([key, "v1"]);
+          expect(await t.direct.call("LLEN", key)).to.equal(0);
+        }
+      });
+    }
+
+    it("BLPOP with a timeout answers nil after it", async () => {
+      const started = Date.now();
+      expect(await a.call("TFCALLASYNC", "blk.pop", "1", keys[0], "0.5")).to.equal(null);
+      expect(Date.now() - started).to.be.at.least(450);
+      expect(await blockedOn(keys[0])).to.equal(0);
+    });
+
+    it("XREAD BLOCK 0 waits for the next entry", async () => {
+      const xr = tracked(a.call("TFCALLASYNC", "blk.xr", "1", "blk:stream"));
+      await waitUntil("the XREAD waits", async () => (await pending()).length === 1);
+      expect(await within(PROMPT_MS, "TFCALL", b.call("TFCALL", "blk.get", "1", "blk:v"))).to.equal(null);
+      expect(xr.settled()).to.equal(false);
+      await b.xadd("blk:stream", "*", "f", "v");
+      expect(await within(PROMPT_MS, "the XREAD", xr.promise)).to.deep.equal(["f", "v"]);
+    });
+
+    it("TFUNCTION LIST shows the waiting call in pending_async_calls (redis-cli's TFCALLASYNC)", async () => {
+      const cli = spawn("redis-cli", [
+        "-p",
+        String(t.proxy.port),
+        "TFCALLASYNC",
+        "blk.pop",
+        "1",
+        keys[1],
+        "0",
+      ]);
+      let out = "";
+      cli.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<number | null>((resolve) => cli.on("exit", resolve));
+      try {
+        await eventually(pending, (p) => p.length === 1, "pending_async_calls");
+        expect(await pending()).to.deep.equal([`BLPOP ${keys[1]} 0`]);
+        const { stdout } = await run("redis-cli", ["-p", String(t.proxy.port), "LPUSH", keys[1], "from-cli"]);
+        expect(stdout.trim()).to.equal("1");
+        expect(await within(PROMPT_MS, "redis-cli", exited)).to.equal(0);
+        expect(out.trim().split("\n")).to.deep.equal([keys[1], "from-cli"]);
+        expect(await pending()).to.deep.equal([]);
+      } finally {
+        cli.kill();
+      }
+    });
+
+    it("TFUNCTION DELETE ends a waiting call: its client gets an error, Redis no longer waits, nothing is popped", async () => {
+      const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", keys[2], "0"));
+      await waitUntil("the BLPOP waits", async () => (await blockedOn(keys[2])) === 1);
+      expect(await t.c.call("TFUNCTION", "DELETE", "blk")).to.equal("OK");
+      const err = await within(PROMPT_MS, "the ended call", rejection(pop.promise));
+      // As any call of a deleted library still under way (tf-async-resume.spec.ts).
+      expect(err).to.equal(LIMITS_ERROR);
+      await waitUntil("Redis no longer waits", async () => (await blockedOn(keys[2])) === 0);
+      await b.lpush(keys[2], "kept");
+      expect(await t.direct.text("LRANGE", keys[2], "0", "-1")).to.deep.equal(["kept"]);
+    });
+
+    it("TFUNCTION LOAD REPLACE ends a waiting call too", async () => {
+      const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", keys[0], "0"));
+      await waitUntil("the BLPOP waits", async () => (await blockedOn(keys[0])) === 1);
+      expect(await t.c.call("TFUNCTION", "LOAD", "REPLACE", CODE)).to.equal("OK");
+      await within(PROMPT_MS, "the ended call", rejection(pop.promise));
+      await waitUntil("Redis no longer waits", async () => (await blockedOn(keys[0])) === 0);
+    });
+
+    it("the sync client.call runs blocking commands as T&F's script mode: without blocking, or refused when Redis flags them noscript", async () => {
+      expect(await within(PROMPT_MS, "BLMPOP", a.call("TFCALL", "blk.syncMpop", "1", keys[0]))).to.equal(
+        null,
+      );
+      await t.direct.call("RPUSH", keys[0], "v1", "v2");
+      expect(await a.call("TFCALL", "blk.syncMpop", "1", keys[0])).to.deep.equal([keys[0], ["v1"]]);
+      expect(await within(PROMPT_MS, "XREAD", a.call("TFCALL", "blk.syncXread", "1", "blk:stream"))).to.equal(
+        null,
+      );
+      await t.direct.call("SET", "blk:v", "string");
+      expect(await rejection(a.call("TFCALL", "blk.syncMpop", "1", "blk:v"))).to.contain("WRONGTYPE");
+      // BLPOP is "noscript" up to Redis 7.0 (refused in T&F's script mode), not after.
+      const info = JSON.stringify(await t.direct.text("COMMAND", "INFO", "blpop"));
+      const blpop = a.call("TFCALL", "blk.syncPop", "1", keys[0]);
+      if (info.includes("noscript")) {
+        expect(await rejection(blpop)).to.contain("ERR command 'blpop' is not allowed on script mode");
+      } else expect(await within(PROMPT_MS, "BLPOP", blpop)).to.deep.equal([keys[0], "v2"]);
+      expect(await rejection(a.call("TFCALL", "blk.syncWait", "0"))).to.contain(
+        "is not allowed on script mode",
+      );
+    });
+
+    if (mode === "standalone") {
+      it("waits in the database of the call", async () => {
+        await a.select(3);
+        const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", keys[0], "0"));
+        await waitUntil("the BLPOP waits", async () => (await blockedOn(keys[0])) === 1);
+        await t.direct.call("LPUSH", keys[0], "db0");
+        const db3 = await t.backend.connect();
+        try {
+          await db3.call("SELECT", "3");
+          await db3.call("LPUSH", keys[0], "db3");
+        } finally {
+          db3.close();
+        }
+        expect(await within(PROMPT_MS, "the BLPOP", pop.promise)).to.deep.equal([keys[0], "db3"]);
+        expect(await t.direct.text("LRANGE", keys[0], "0", "-1")).to.deep.equal(["db0"]);
+      });
+    }
+  });
+}
