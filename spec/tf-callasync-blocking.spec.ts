@@ -6,6 +6,8 @@ import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
 import { eventually, waitUntil } from "./support/polling.js";
+import { startProxy } from "./harness/index.js";
+import { MAX_BLOCKING_CALLS } from "../src/gears/tf/blocking-calls.js";
 
 const run = promisify(execFile);
 
@@ -13,7 +15,7 @@ const run = promisify(execFile);
  * T&F's `client.callAsync` runs genuinely blocking commands (BLPOP...): the proxy sends each
  * on an upstream connection of its own, so it waits for as long as Redis does without
  * stalling the shared connections or the library. `pop` awaits BLPOP on its key with the
- * given timeout; `xr` awaits XREAD BLOCK 0 from '$'; `get` and `quick` (sync and async)
+ * given timeout, `popMany` n BLPOPs at once; `xr` awaits XREAD BLOCK 0 from '$'; `get` and `quick` (sync and async)
  * read a key; `syncPop`, `syncMpop`, `syncXread` and `syncWait` run BLPOP, BLMPOP, XREAD BLOCK
  * and WAIT with the sync `client.call`, which T&F ran in script mode: without blocking, or
  * refused for the commands Redis flags "noscript".
@@ -26,6 +28,11 @@ const CODE = lib(
    redis.registerAsyncFunction('xr', async function(client, key){
      const r = await client.callAsync('XREAD', 'BLOCK', '0', 'STREAMS', key, '$');
      return r[0][1][0][1];
+   });
+   redis.registerAsyncFunction('popMany', async function(client, n){
+     const pops = [];
+     for (let i = 0; i < Number(n); i++) pops.push(client.callAsync('BLPOP', 'blk:many:' + i, '0'));
+     return await Promise.all(pops);
    });
    redis.registerFunction('get', function(client, key){ return client.call('get', key); });
    redis.registerAsyncFunction('quick', async function(client, key){
@@ -205,7 +212,48 @@ for (const mode of BACKEND_MODES) {
       );
     });
 
+    it("proxy shutdown ends a waiting call: Redis no longer waits, the shutdown completes", async () => {
+      const other = await startProxy([{ port: t.backend.seed.port }]);
+      const client = new Redis(other.port, { maxRetriesPerRequest: 0, retryStrategy: () => null });
+      client.on("error", () => {});
+      try {
+        const pop = tracked(client.call("TFCALLASYNC", "blk.pop", "1", keys[1], "0"));
+        await waitUntil("the BLPOP waits", async () => (await blockedOn(keys[1])) === 1);
+        await within(10_000, "the shutdown", other.server.close(2000));
+        await rejection(pop.promise);
+        await waitUntil("Redis no longer waits", async () => (await blockedOn(keys[1])) === 0);
+      } finally {
+        client.disconnect();
+        await other.close();
+      }
+    });
+
     if (mode === "standalone") {
+      it(`at most ${MAX_BLOCKING_CALLS} blocking calls wait at once; the next is refused with a clear error`, async function () {
+        this.timeout(120_000);
+        const direct = await t.backend.connect();
+        for (let i = 0; i <= MAX_BLOCKING_CALLS; i++) await direct.call("DEL", `blk:many:${i}`);
+        // One TFCALLASYNC (a client blocked in it sends nothing more) whose BLPOPs go out at once.
+        const many = tracked(a.call("TFCALLASYNC", "blk.popMany", "0", String(MAX_BLOCKING_CALLS + 1)));
+        await eventually(pending, (p) => p.length === MAX_BLOCKING_CALLS, "the BLPOPs wait", 60_000);
+        // They wait on connections of their own: a TFCALL and a plain command still answer.
+        expect(await within(PROMPT_MS, "TFCALL", b.call("TFCALL", "blk.get", "1", "blk:v"))).to.equal(null);
+        expect(await within(PROMPT_MS, "GET", b.get("blk:v"))).to.equal(null);
+        // The calls of one pass come back together (see the report): once the others are answered.
+        try {
+          for (let i = 0; i <= MAX_BLOCKING_CALLS; i++) await direct.call("RPUSH", `blk:many:${i}`, "v");
+        } finally {
+          direct.close();
+        }
+        const error = await within(10_000, "popMany", rejection(many.promise));
+        expect(error).to.contain("too many blocking commands waiting in callAsync");
+        let left = 0;
+        for (let i = 0; i <= MAX_BLOCKING_CALLS; i++)
+          left += Number(await t.direct.call("LLEN", `blk:many:${i}`));
+        expect(left).to.equal(1);
+        expect(await pending()).to.deep.equal([]);
+      });
+
       it("waits in the database of the call", async () => {
         await a.select(3);
         const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", keys[0], "0"));
