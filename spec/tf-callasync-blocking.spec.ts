@@ -128,6 +128,24 @@ for (const mode of BACKEND_MODES) {
       });
     }
 
+    it("a TFCALLASYNC of the library sent while the BLPOP waits does not wait for the BLPOP's batch", async () => {
+      // A long entry budget (half of lock-redis-timeout): a batch holding the line would hold it that long.
+      expect(await t.c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "12000")).to.equal("OK");
+      try {
+        expect(await t.c.call("TFUNCTION", "LOAD", "REPLACE", CODE)).to.equal("OK");
+        const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", keys[0], "0"));
+        await waitUntil("the BLPOP waits", async () => (await blockedOn(keys[0])) === 1);
+        expect(
+          await within(PROMPT_MS, "TFCALLASYNC", b.call("TFCALLASYNC", "blk.quick", "1", "blk:v")),
+        ).to.equal("quick null");
+        expect(pop.settled()).to.equal(false);
+        await b.lpush(keys[0], "v1");
+        expect(await within(PROMPT_MS, "the BLPOP", pop.promise)).to.deep.equal([keys[0], "v1"]);
+      } finally {
+        await t.c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "500");
+      }
+    });
+
     it("BLPOP with a timeout answers nil after it", async () => {
       const started = Date.now();
       expect(await a.call("TFCALLASYNC", "blk.pop", "1", keys[0], "0.5")).to.equal(null);
