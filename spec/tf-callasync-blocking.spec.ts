@@ -6,7 +6,7 @@ import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
 import { eventually, waitUntil } from "./support/polling.js";
-import { startProxy } from "./harness/index.js";
+import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { MAX_BLOCKING_CALLS } from "../src/gears/tf/blocking-calls.js";
 
 const run = promisify(execFile);
@@ -290,3 +290,43 @@ for (const mode of BACKEND_MODES) {
     }
   });
 }
+
+describe("T&F callAsync of a blocking command when its master becomes a replica", function () {
+  this.timeout(60_000);
+  let server: RedisNode;
+  let master: RedisNode;
+  let proxy: RunningProxy;
+  let c: Redis;
+
+  before(async () => {
+    [server, master] = await Promise.all([startRedis(), startRedis()]);
+    proxy = await startProxy([{ port: server.port }]);
+    c = new Redis(proxy.port);
+  });
+  after(async () => {
+    c?.disconnect();
+    await proxy?.close();
+    await Promise.all([server?.stop(), master?.stop()]);
+  });
+
+  it("the call throws Redis's 'instance state changed' error, as T&F's did", async () => {
+    expect(await c.call("TFUNCTION", "LOAD", CODE)).to.equal("OK");
+    const a = new Redis(proxy.port);
+    const direct = new Redis(server.port);
+    try {
+      const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", "blk:list:a", "0"));
+      await waitUntil("the BLPOP waits", async () => {
+        const list = String(await direct.call("CLIENT", "LIST"));
+        return list.split("\n").some((line) => line.includes("cmd=blpop") && / flags=\w*b/.test(line));
+      });
+      await direct.call("REPLICAOF", master.host, String(master.port));
+      expect(await within(PROMPT_MS, "the BLPOP", rejection(pop.promise))).to.contain(
+        "instance state changed",
+      );
+    } finally {
+      await direct.call("REPLICAOF", "NO", "ONE");
+      a.disconnect();
+      direct.disconnect();
+    }
+  });
+});
