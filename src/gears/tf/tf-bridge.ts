@@ -243,6 +243,8 @@ export class TfBridge implements HostBridge {
   ): Promise<Tagged> {
     const argv = args.map(toBuffer);
     const name = argv[0].toString().toLowerCase();
+    // A round that reached the host after the library left must not leave a command waiting.
+    if (this.ended !== null) throw new Error(this.ended);
     const writes = this.admit(noWrites, name, argv);
     const promised = new PromiseSink();
     const sink = writes && this.hooks.muting() ? this.muting(argv, promised) : promised;
@@ -252,8 +254,12 @@ export class TfBridge implements HostBridge {
     return this.tagged(reply, name, argv, raw);
   }
 
-  /** Ends the library's blocking `callAsync`s that still wait (it was deleted or replaced). */
+  /** Why the library's blocking `callAsync`s end now (it was deleted or replaced); null while it serves. */
+  private ended: string | null = null;
+
+  /** Ends the library's blocking `callAsync`s that still wait, and refuses those still to come. */
   endBlocking(message: string): void {
+    this.ended = message;
     this.hooks.blocking.end(this, message);
   }
 
