@@ -8,6 +8,7 @@ import { rejection } from "./support/gears.js";
 import { eventually, waitUntil } from "./support/polling.js";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { MAX_BLOCKING_CALLS } from "../src/gears/tf/blocking-calls.js";
+import type { ProxyContext } from "../src/client/context.js";
 
 const run = promisify(execFile);
 
@@ -244,6 +245,17 @@ for (const mode of BACKEND_MODES) {
         client.disconnect();
         await other.close();
       }
+    });
+
+    it("unblockAll (for the start of a shutdown) answers the waiting calls as timed out: the function goes on with nil", async () => {
+      const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", keys[2], "0"));
+      await waitUntil("the BLPOP waits", async () => (await blockedOn(keys[2])) === 1);
+      // The proxy's context is private: reached here as the proposed shutdown step would reach it.
+      const server = t.proxy.server as unknown as { context: ProxyContext };
+      await server.context.gears.tf.blocking.unblockAll();
+      expect(await within(PROMPT_MS, "the BLPOP", pop.promise)).to.equal(null);
+      expect(await blockedOn(keys[2])).to.equal(0);
+      expect(await pending()).to.deep.equal([]);
     });
 
     if (mode === "standalone") {

@@ -76,6 +76,15 @@ export class BlockingCalls {
     );
   }
 
+  /**
+   * Has Redis answer every waiting call as timed out (CLIENT UNBLOCK ... TIMEOUT on the node's
+   * control connection), as a client's blocking command is answered when the proxy shuts down:
+   * the functions go on with nil and their clients get their replies.
+   */
+  unblockAll(): Promise<void> {
+    return Promise.all([...this.waiting].map((w) => w.lease.unblock(false))).then(() => undefined);
+  }
+
   /** Ends `owner`'s waiting calls (all of them when null) with `message` as their error. */
   end(owner: object | null, message: string): void {
     for (const waiting of [...this.waiting]) {
