@@ -2,7 +2,7 @@ import { execFile, spawn } from "node:child_process";
 import { promisify } from "node:util";
 import { expect } from "chai";
 import { Redis } from "ioredis";
-import { Backend, BACKEND_MODES } from "./support/backend.js";
+import { Backend, SERVERS_AND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
 import { eventually, waitUntil } from "./support/polling.js";
@@ -74,10 +74,10 @@ function tracked<T>(promise: Promise<T>): { promise: Promise<T>; settled: () => 
   return { promise: p, settled: () => done };
 }
 
-for (const mode of BACKEND_MODES) {
-  describe(`T&F callAsync of blocking commands, through the proxy in front of ${Backend.label(mode)}`, function () {
+for (const [server, mode] of SERVERS_AND_MODES) {
+  describe(`T&F callAsync of blocking commands, through the proxy in front of ${Backend.label(mode, server)}`, function () {
     this.timeout(60_000);
-    const t = useTfProxy(mode, { clean: true });
+    const t = useTfProxy(mode, { clean: true, server });
     let a: Redis;
     let b: Redis;
     /** Keys on different masters in a cluster. */
