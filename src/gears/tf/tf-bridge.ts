@@ -25,7 +25,10 @@ import type { MutedKeys } from "./muted-keys.js";
 import { outcomeOfPair, pushBatchCalls } from "./tf-guest.js";
 import { replyToTagged } from "./values.js";
 
-/** A command run from a Lua script, whose reply (or error) is the script's: how a sync call blocks not. */
+/**
+ * The script a sync call's blocking command runs in, so that Redis runs it as inside any script
+ * (without blocking) and the script answers its reply or error as they are.
+ */
 const EVAL = Buffer.from("EVAL");
 const NON_BLOCKING = Buffer.from("return redis.pcall(unpack(ARGV))");
 const NO_ARGS: Buffer[] = [];
