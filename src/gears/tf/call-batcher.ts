@@ -146,6 +146,7 @@ export class CallBatcher {
         for (const p of joining) batch.push(p);
         return joining.map((p) => [p.fn, p.args, p.slots]);
       },
+      stopTaking: releaseLine,
     });
     const done = library.guest
       .callFunctionsAsync(

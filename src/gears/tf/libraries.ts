@@ -182,7 +182,7 @@ export class TfLibraries {
       if (library === undefined) return "library does not exists";
       this.libraries.delete(name);
       this.dropRemote(name);
-      void library.guest.isolate.dispose().catch(() => {});
+      retire(library, "deleted");
       await this.onChange(name, true);
       await this.persist(this.store.remove(name));
       return null;
@@ -194,7 +194,7 @@ export class TfLibraries {
     this.dropRemote(library.name);
     const old = this.libraries.get(library.name);
     this.libraries.set(library.name, library);
-    if (old !== undefined) void old.guest.isolate.dispose().catch(() => {});
+    if (old !== undefined) retire(old, "replaced");
     return this.onChange(library.name, false);
   }
 
@@ -305,7 +305,7 @@ export class TfLibraries {
     const remote = this.remotes.get(name);
     this.remotes.delete(name);
     this.settledRemotes.delete(name);
-    void remote?.then((r) => (typeof r === "string" ? undefined : r.guest.isolate.dispose().catch(() => {})));
+    void remote?.then((r) => (typeof r === "string" ? undefined : retire(r, "replaced or deleted")));
   }
 
   /** Loads the stored libraries (at start), then follows the store for other proxies' changes. */
@@ -361,7 +361,7 @@ export class TfLibraries {
       if (library === undefined) continue;
       this.libraries.delete(name);
       this.dropRemote(name);
-      void library.guest.isolate.dispose().catch(() => {});
+      retire(library, "deleted");
       await this.onChange(name, true);
       this.log.info({ library: name }, "T&F library deleted by another proxy");
     }
@@ -390,4 +390,13 @@ export class TfLibraries {
     await Promise.all(this.all().map((l) => l.guest.isolate.dispose().catch(() => {})));
     this.libraries.clear();
   }
+}
+
+/**
+ * A library leaves (deleted, replaced): its isolate goes, and so do the blocking commands its
+ * `callAsync`s still wait for (their connections close, so Redis pops nothing for them).
+ */
+function retire(library: TfLibrary, how: string): void {
+  library.bridge.endBlocking(`ERR library '${library.name}' was ${how} while the command waited`);
+  void library.guest.isolate.dispose().catch(() => {});
 }

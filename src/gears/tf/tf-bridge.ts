@@ -19,9 +19,19 @@ import {
   type TfOutcome,
 } from "../guest/entry.js";
 import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
+import { isBlocking } from "../../routing/command-kinds.js";
+import type { BlockingCalls } from "./blocking-calls.js";
 import type { MutedKeys } from "./muted-keys.js";
 import { outcomeOfPair, pushBatchCalls } from "./tf-guest.js";
 import { replyToTagged } from "./values.js";
+
+/**
+ * The script a sync call's blocking command runs in, so that Redis runs it as inside any script
+ * (without blocking) and the script answers its reply or error as they are.
+ */
+const EVAL = Buffer.from("EVAL");
+const NON_BLOCKING = Buffer.from("return redis.pcall(unpack(ARGV))");
+const NO_ARGS: Buffer[] = [];
 
 /** Commands whose RESP3 reply (what T&F's calls saw) is a map; the shared connections speak RESP2. */
 const MAP_REPLIES = new Set(["hgetall", "hello"]);
@@ -53,6 +63,8 @@ export interface TfHooks {
   muting(): boolean;
   /** Resolves once the keyspace events of writes answered so far have arrived. */
   barrier(): Promise<void>;
+  /** Where `callAsync`s of blocking commands wait, each on a connection of its own. */
+  blocking: BlockingCalls;
 }
 
 /** The TFCALLs waiting for a library while a batch of its runs, which may join that batch (call-batcher.ts). */
@@ -72,6 +84,11 @@ export interface AsyncBatch {
    * did, null when the batch takes no more (or none came and `lone`: nothing else is under way).
    */
   take(lone: boolean): [string, Tagged[], number[]][] | null;
+  /**
+   * The batch waits for a blocking command (its round's answer may be far off): it takes no
+   * more TFCALLASYNCs, and the library's line goes on without it.
+   */
+  stopTaking(): void;
 }
 
 /**
@@ -155,6 +172,9 @@ export class TfBridge implements HostBridge {
     while (join >= 0 && calls[join].name !== ASYNC_JOIN) join--;
     if (join >= 0) {
       const batch = Number(calls[join].args[0]);
+      // The round's answer waits for its blocking command, perhaps for ever: TFCALLASYNCs
+      // that arrive meanwhile go in a batch of their own instead of joining this one.
+      if (calls.some((c) => this.isBlockingCall(c.name, c.args))) this.asyncBatches.get(batch)?.stopTaking();
       if (calls.length === 1) return Promise.resolve([this.joining(batch, true)]);
       const others = calls.slice(0, join).concat(calls.slice(join + 1));
       // Once the round's own calls are answered: those that arrived while they were in Redis join.
@@ -177,16 +197,73 @@ export class TfBridge implements HostBridge {
   ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
     const tracked = (name: string, args: JsonValue[]): Promise<JsonValue | RawJson> => {
       if (name !== "call" && name !== CALL_IN) return this.callSync(name, args);
+      const at = name === CALL_IN ? 3 : 2;
       const entry = {
         text: args
-          .slice(name === CALL_IN ? 3 : 2)
+          .slice(at)
           .map((a) => commandText(a))
           .join(" "),
       };
       this.pendingAsyncCalls.add(entry);
-      return this.callSync(name, args).finally(() => this.pendingAsyncCalls.delete(entry));
+      const call = this.isBlockingCall(name, args)
+        ? this.callBlocking(
+            args[at - 2] === true,
+            args[at - 1] === true,
+            args.slice(at),
+            at === 3 ? Number(args[0]) : this.db,
+          )
+        : this.callSync(name, args);
+      return call.finally(() => this.pendingAsyncCalls.delete(entry));
     };
     return callEach({ callSync: tracked }, calls);
+  }
+
+  /** Whether a host call is a `callAsync` of a blocking command (BLPOP, XREAD BLOCK, WAIT...). */
+  private isBlockingCall(name: string, args: JsonValue[]): boolean {
+    if (name !== "call" && name !== CALL_IN) return false;
+    const at = name === CALL_IN ? 3 : 2;
+    const cmd = args[at];
+    if (typeof cmd !== "string") return false;
+    const lower = cmd.toLowerCase();
+    // Only XREAD and XREADGROUP need their arguments looked at (a BLOCK option).
+    if (lower !== "xread" && lower !== "xreadgroup") return isBlocking(lower, NO_ARGS);
+    try {
+      return isBlocking(lower, args.slice(at).map(toBuffer));
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * A `callAsync` of a blocking command: it waits on a connection of its own (BlockingCalls),
+   * for as long as the command blocks, while everything else goes on.
+   */
+  private async callBlocking(
+    noWrites: boolean,
+    raw: boolean,
+    args: JsonValue[],
+    db: number,
+  ): Promise<Tagged> {
+    const argv = args.map(toBuffer);
+    const name = argv[0].toString().toLowerCase();
+    // A round that reached the host after the library left must not leave a command waiting.
+    if (this.ended !== null) throw new Error(this.ended);
+    const writes = this.admit(noWrites, name, argv);
+    const promised = new PromiseSink();
+    const sink = writes && this.hooks.muting() ? this.muting(argv, promised) : promised;
+    this.hooks.blocking.run(this, name, argv, db, sink);
+    const reply = await promised.promise;
+    if (reply instanceof RespError) throw new Error(reply.message);
+    return this.tagged(reply, name, argv, raw);
+  }
+
+  /** Why the library's blocking `callAsync`s end now (it was deleted or replaced); null while it serves. */
+  private ended: string | null = null;
+
+  /** Ends the library's blocking `callAsync`s that still wait, and refuses those still to come. */
+  endBlocking(message: string): void {
+    this.ended = message;
+    this.hooks.blocking.end(this, message);
   }
 
   notify(name: string, args: JsonValue[]): void {
@@ -274,19 +351,30 @@ export class TfBridge implements HostBridge {
   private send(noWrites: boolean, argv: Buffer[], sink: ReplySink, db: number): string {
     if (argv.length === 0) throw new Error("ERR wrong number of arguments for 'call'");
     const name = argv[0].toString().toLowerCase();
-    // T&F ran calls in script mode, where Redis refuses these (blocking ones included, which the
-    // shared connections could not wait for anyway), with this text.
-    if (scriptCommandRefusal(name, argv) !== null)
-      throw new Error(`ERR command '${name}' is not allowed on script mode`);
-    // The library's loader's rights (ACL): its functions run as that user.
-    const refusal = this.guard?.(name, argv) ?? null;
-    if (refusal !== null) throw new Error(refusal);
-    const writes = this.router.isWrite(name, argv);
-    if (noWrites && writes) {
-      throw new Error(`ERR Write command '${name}' was called while write is not allowed`);
+    let blocking = isBlocking(name, argv);
+    if (blocking && (name === "xread" || name === "xreadgroup")) {
+      // Redis runs these without blocking for T&F's calls, but refuses BLOCK in a Lua script:
+      // the call goes without its BLOCK option (the same reply: what is there, or nil).
+      argv = withoutBlockOption(argv);
+      blocking = false;
     }
+    // T&F ran calls in script mode, where Redis refuses these with this text: the commands
+    // flagged "noscript" (WAIT, and BLPOP and its kind up to Redis 7.0), and those that would
+    // tie up a shared connection here. Its other blocking commands run without blocking there.
+    if (blocking ? name === "wait" || name === "waitaof" : scriptCommandRefusal(name, argv) !== null)
+      throw new Error(scriptModeRefusal(name));
+    const writes = this.admit(noWrites, name, argv);
     // Only keyspace triggers look at the muted keys: without any, there is nothing to mute.
     if (writes && this.hooks.muting()) sink = this.muting(argv, sink);
+    if (blocking) {
+      // Inside a script, Redis runs a blocking command as it would its non-blocking form (an
+      // empty list: nil at once), as it did T&F's script-mode calls, or refuses it ("noscript",
+      // which this server's own flags decide); its keys route the script.
+      const keys = this.router.keysOf(name, argv);
+      const script = [EVAL, NON_BLOCKING, Buffer.from(String(keys.length)), ...keys, ...argv];
+      this.router.forward("eval", script, null, scriptModeErrors(name, sink), { db, affinity: 0 });
+      return name;
+    }
     const target = this.target;
     if (target !== null && this.router.slotOf(name, argv) === NO_KEYS) {
       // A cluster function's keyless command runs on its master.
@@ -301,6 +389,20 @@ export class TfBridge implements HostBridge {
       this.router.forward(name, argv, null, sink, { db, affinity: 0 });
     }
     return name;
+  }
+
+  /**
+   * Whether the library's loader may run the command (ACL: its functions run as that user),
+   * and a write where writes are allowed; throws T&F's error if not. Whether it writes.
+   */
+  private admit(noWrites: boolean, name: string, argv: Buffer[]): boolean {
+    const refusal = this.guard?.(name, argv) ?? null;
+    if (refusal !== null) throw new Error(refusal);
+    const writes = this.router.isWrite(name, argv);
+    if (noWrites && writes) {
+      throw new Error(`ERR Write command '${name}' was called while write is not allowed`);
+    }
+    return writes;
   }
 
   /** `sink`, with the write's keys muted until the keyspace events of its reply have arrived. */
@@ -328,6 +430,36 @@ export class TfBridge implements HostBridge {
       MAP_REPLIES.has(name) || (name === "config" && argv[1]?.toString().toLowerCase() === "get");
     return replyToTagged(reply, raw, mapReply);
   }
+}
+
+/** XREAD or XREADGROUP's arguments without the BLOCK option (which comes before STREAMS). */
+function withoutBlockOption(argv: Buffer[]): Buffer[] {
+  for (let i = 1; i + 1 < argv.length; i++) {
+    const arg = argv[i].toString("latin1").toLowerCase();
+    if (arg === "streams") break;
+    if (arg === "block") return [...argv.slice(0, i), ...argv.slice(i + 2)];
+  }
+  return argv;
+}
+
+/** T&F's error for a command its script-mode calls may not run. */
+function scriptModeRefusal(name: string): string {
+  return `ERR command '${name}' is not allowed on script mode`;
+}
+
+/** Redis' refusal of a "noscript" command inside a script, as T&F's script mode words it. */
+const NOT_FROM_SCRIPT = "not allowed from script";
+
+/** `sink`, with Redis' refusal of command `name` inside a script given as T&F's. */
+function scriptModeErrors(name: string, sink: ReplySink): ReplySink {
+  return {
+    reply: (data) => {
+      if (data[0] === 0x2d && data.includes(NOT_FROM_SCRIPT)) {
+        sink.reply(Buffer.from(`-${scriptModeRefusal(name)}\r\n`));
+      } else sink.reply(data);
+    },
+    fail: (message) => sink.fail(message),
+  };
 }
 
 /**

@@ -14,6 +14,8 @@ import { Partitions } from "../partitions.js";
 import { keySlot } from "../../routing/key-slot.js";
 import type { KeyEvent } from "../events/keyspace-source.js";
 import { argToTagged, taggedToResp } from "./values.js";
+import { Leases } from "../../routing/lease.js";
+import { BlockingCalls } from "./blocking-calls.js";
 
 /** The most arguments (after numkeys) a TFCALL may pass to its function (see start()). */
 const MAX_FUNCTION_ARGS = 65_533;
@@ -44,6 +46,8 @@ export class TfEngine {
   readonly libraries: TfLibraries;
   readonly keyspaceTriggers: KeyspaceTriggers;
   readonly streamTriggers: StreamTriggers;
+  /** The `callAsync`s of blocking commands waiting, on connections of their own. */
+  readonly blocking: BlockingCalls;
 
   constructor(
     router: Router,
@@ -54,6 +58,9 @@ export class TfEngine {
     private readonly events: TfEvents,
   ) {
     const muted = new MutedKeys();
+    // Leases of the router's nodes, as clients' blocking commands take (the CLIENT PAUSE state
+    // they also hold is the client lane's business).
+    this.blocking = new BlockingCalls(new Leases(router));
     this.libraries = new TfLibraries(router, log, newIsolate, config, {
       runOnKey: async (library, key, fn, argsJson) => {
         const partitions = new Partitions(shards);
@@ -82,6 +89,7 @@ export class TfEngine {
       muted,
       muting: () => this.keyspaceTriggers.active,
       barrier: () => events.barrier(),
+      blocking: this.blocking,
     });
     this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log, events.maxQueuedEvents);
     this.streamTriggers = new StreamTriggers(router, shards, log, this.libraries, events);
@@ -291,6 +299,7 @@ export class TfEngine {
   }
 
   async close(): Promise<void> {
+    this.blocking.end(null, "ERR the proxy is shutting down");
     await this.streamTriggers.close();
     await this.libraries.close();
   }
