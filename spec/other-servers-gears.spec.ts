@@ -47,6 +47,32 @@ for (const server of ["valkey", "redis6"] as const)
         expect(String(await io.call("INFO", "server"))).to.match(INFO_LINE[server]!);
       });
 
+      it("commands whose keys move (XREAD BLOCK, ZUNIONSTORE, EVAL, SORT STORE) reach their keys' master", async () => {
+        // Redis 6.0's COMMAND gives these no key positions: the proxy knows them as 7.0 does.
+        const reader = connect(proxy.port);
+        try {
+          for (const stream of ["mv:s:a", "mv:s:b", "mv:s:c"]) {
+            const read = reader.xread("BLOCK", 0, "STREAMS", stream, "$");
+            await new Promise((r) => setTimeout(r, 100));
+            await (await direct.on(stream)).call("XADD", stream, "*", "f", stream);
+            const got = (await read) as [string, [string, string[]][]][];
+            expect(got[0][0]).to.equal(stream);
+            expect(got[0][1][0][1]).to.deep.equal(["f", stream]);
+          }
+        } finally {
+          reader.disconnect();
+        }
+        for (const tag of ["a", "b", "c"]) {
+          await io.zadd(`{mv${tag}}z1`, 1, "x");
+          await io.zadd(`{mv${tag}}z2`, 2, "y");
+          expect(await io.zunionstore(`{mv${tag}}dest`, 2, `{mv${tag}}z1`, `{mv${tag}}z2`)).to.equal(2);
+          expect(await io.eval("return redis.call('ZCARD', KEYS[1])", 1, `{mv${tag}}dest`)).to.equal(2);
+          await io.rpush(`{mv${tag}}l`, "3", "1", "2");
+          expect(await io.sort(`{mv${tag}}l`, "STORE", `{mv${tag}}sorted`)).to.equal(3);
+          expect(await io.lrange(`{mv${tag}}sorted`, 0, -1)).to.deep.equal(["1", "2", "3"]);
+        }
+      });
+
       it("RG.EXECUTE map/reduce reads every shard's keys", async () => {
         let sum = 0;
         for (let i = 0; i < 60; i++) {

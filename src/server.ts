@@ -337,6 +337,9 @@ export class ProxyServer {
     );
     const ctx = this.context;
     if (ctx !== null) {
+      // T&F calls waiting in a blocking command are answered as timed out, so their
+      // functions finish and their clients get a reply within the drain.
+      void ctx.gears.tf.blocking.unblockAll();
       // Gears need a share of the time to hand their leases back, so clients get most of it.
       const drained = Promise.all([...ctx.clients.all()].map((client) => client.shutdown()));
       await untilOr(drained, Math.max(0, deadline - Date.now()) * 0.7);

@@ -105,9 +105,54 @@ function parseKeySpec(raw: RespValue): KeySpec | null {
   return { begin: b, find: f, access: keyAccess(spec.get("flags")) };
 }
 
+const READ_WRITE = KEY_READ | KEY_WRITE;
+/** The key at `index`. */
+const keyAt = (index: number): KeySpec => ({
+  begin: { type: "index", index },
+  find: { type: "range", lastKey: 0, keyStep: 1, limit: 0 },
+  access: READ_WRITE,
+});
+/** A key count at `index`, the keys after it. */
+const countedAt = (index: number): KeySpec => ({
+  begin: { type: "index", index },
+  find: { type: "keynum", keyNumIdx: 0, firstKey: 1, keyStep: 1 },
+  access: READ_WRITE,
+});
+/** The key after `keyword` (looked for from `startFrom`), or the first of the args' 1/limit after it. */
+const afterKeyword = (keyword: string, startFrom: number, lastKey: number, limit: number): KeySpec => ({
+  begin: { type: "keyword", keyword, startFrom },
+  find: { type: "range", lastKey, keyStep: 1, limit },
+  access: READ_WRITE,
+});
+
+/**
+ * Key specs for the commands whose keys Redis before 7.0 gives only as "movablekeys" (its
+ * COMMAND has no key specs), after Redis 7.0's own: a 6.x cluster then routes them by their
+ * keys too (XREAD BLOCK to the stream's master, not to any master and a MOVED).
+ */
+const MOVABLE_KEYS_BEFORE_7: Readonly<Record<string, KeySpec[]>> = {
+  eval: [countedAt(2)],
+  evalsha: [countedAt(2)],
+  zunionstore: [keyAt(1), countedAt(2)],
+  zinterstore: [keyAt(1), countedAt(2)],
+  zdiffstore: [keyAt(1), countedAt(2)],
+  zunion: [countedAt(1)],
+  zinter: [countedAt(1)],
+  zdiff: [countedAt(1)],
+  sort: [keyAt(1), afterKeyword("store", 1, 0, 0)],
+  xread: [afterKeyword("streams", 1, -1, 2)],
+  xreadgroup: [afterKeyword("streams", 4, -1, 2)],
+  georadius: [keyAt(1), afterKeyword("store", 6, 0, 0), afterKeyword("storedist", 6, 0, 0)],
+  georadiusbymember: [keyAt(1), afterKeyword("store", 5, 0, 0), afterKeyword("storedist", 5, 0, 0)],
+  migrate: [keyAt(3), afterKeyword("keys", -2, -1, 0)],
+};
+
 function parseCommand(raw: RespValue): CommandInfo | null {
   if (!Array.isArray(raw) || raw.length < 6) return null;
-  const specs = Array.isArray(raw[8]) ? raw[8].map(parseKeySpec).filter((s): s is KeySpec => s !== null) : [];
+  let specs = Array.isArray(raw[8]) ? raw[8].map(parseKeySpec).filter((s): s is KeySpec => s !== null) : [];
+  const name = str(raw[0]).toLowerCase();
+  const flags = new Set(Array.isArray(raw[2]) ? raw[2].map((f) => str(f).toLowerCase()) : []);
+  if (specs.length === 0 && flags.has("movablekeys")) specs = MOVABLE_KEYS_BEFORE_7[name] ?? [];
   const subcommands = new Map<string, CommandInfo>();
   if (Array.isArray(raw[9])) {
     for (const sub of raw[9]) {
@@ -117,9 +162,9 @@ function parseCommand(raw: RespValue): CommandInfo | null {
     }
   }
   return {
-    name: str(raw[0]).toLowerCase(),
+    name,
     arity: num(raw[1]),
-    flags: new Set(Array.isArray(raw[2]) ? raw[2].map((f) => str(f).toLowerCase()) : []),
+    flags,
     firstKey: num(raw[3]),
     lastKey: num(raw[4]),
     step: num(raw[5]),
