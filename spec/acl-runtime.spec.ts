@@ -370,6 +370,35 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
       expect(await admin.text("MGET", "mx:a", "mx:b")).to.deep.equal([null, null]);
       // The client goes on outside any transaction, unwatched.
       expect(await viaProxy.text("SET", "mx:a", "2")).to.equal("OK");
+      // Commands queued after a TFCALL (run by the proxy after EXEC) are looked at too.
+      expect(await admin.text("ACL", "SETUSER", "mx", "reset", ...rules)).to.equal("OK");
+      await admin.call("DEL", "mx:a");
+      expect(
+        await admin.text(
+          "TFUNCTION",
+          "LOAD",
+          "REPLACE",
+          "#!js api_version=1.0 name=mxlib\nredis.registerFunction('f', function(){ return 1; });",
+        ),
+      ).to.equal("OK");
+      expect(await viaProxy.text("MULTI")).to.equal("OK");
+      expect(await viaProxy.text("SET", "mx:a", "1")).to.equal("QUEUED");
+      expect(await viaProxy.text("TFCALL", "mxlib.f", "0")).to.equal("QUEUED");
+      expect(await viaProxy.text("GET", "mx:a")).to.equal("QUEUED");
+      expect(await admin.text("ACL", "SETUSER", "mx", "-get")).to.equal("OK");
+      expect(await errorOf(viaProxy, "EXEC")).to.match(/^EXECABORT .*no permission to execute the command/);
+      expect(await admin.text("GET", "mx:a")).to.equal(null);
+      // EXEC itself taken away: the transaction is discarded, as Redis' execCommandAbort words it.
+      expect(await admin.text("ACL", "SETUSER", "mx", "reset", ...rules)).to.equal("OK");
+      expect(await viaProxy.text("MULTI")).to.equal("OK");
+      expect(await viaProxy.text("SET", "mx:a", "1")).to.equal("QUEUED");
+      expect(await admin.text("ACL", "SETUSER", "mx", "-exec")).to.equal("OK");
+      expect(await errorOf(viaProxy, "EXEC")).to.equal(
+        "EXECABORT Transaction discarded because of: NOPERM this user has no permissions to run the 'exec' command",
+      );
+      expect(await admin.text("GET", "mx:a")).to.equal(null);
+      expect(await viaProxy.text("GET", "mx:a")).to.equal(null);
+      await admin.call("TFUNCTION", "DELETE", "mxlib");
     } finally {
       await direct.call("ACL", "DELUSER", "mx");
       await admin.call("ACL", "DELUSER", "mx");
@@ -418,6 +447,15 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
       expect(await admin.text("CONFIG", "SET", "acllog-max-len", "128")).to.equal("OK");
     }
     expect(await admin.text("ACL", "LOG", "RESET")).to.equal("OK");
+    // A refused command with the wrong arity gets the arity error, and no entry, as Redis
+    // checks the arity first.
+    expect(await errorOf(app, "CONFIG", "GET")).to.equal(
+      "ERR wrong number of arguments for 'config|get' command",
+    );
+    expect(await errorOf(app, "EXEC", "x")).to.equal(
+      "EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command",
+    );
+    expect(await admin.text("ACL", "LOG")).to.deep.equal([]);
     const help = (await admin.text("ACL", "HELP")) as string[];
     for (const sub of ["SETUSER", "DELUSER", "LOAD", "SAVE", "LOG"])
       expect(help.some((l) => l.startsWith(sub))).to.equal(true);

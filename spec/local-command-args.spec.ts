@@ -26,6 +26,8 @@ const CASES = [
   ["CLIENT", "LIST", "ID", "1.5"],
   ["CLIENT", "LIST", "ID", "1", "2", "x"],
   ["CLIENT", "LIST", "ID", "999999"],
+  ["CLIENT", "LIST", "ID", "9223372036854775808"],
+  ["CLIENT", "LIST", "ID", "-0"],
   ["CLIENT", "NOSUCH"],
   ["CLIENT"],
   ["RESET", "x"],
@@ -115,6 +117,23 @@ describe("commands the proxy answers itself refuse bad arguments as the server d
           "error: EXECABORT Transaction discarded because of previous errors.",
         );
       }
+      // EXEC and DISCARD with the wrong arity inside MULTI: the proxy must stay in step with
+      // the server's transaction (a DISCARD x leaves it open and flagged; an EXEC x ends it).
+      const steps = [
+        ["MULTI"],
+        ["SET", "a", "1"],
+        ["DISCARD", "x"],
+        ["EXEC"],
+        ["MULTI"],
+        ["EXEC", "x"],
+        ["EXEC"],
+      ];
+      const replies = async (c: RawClient): Promise<string[]> => {
+        const out: string[] = [];
+        for (const argv of steps) out.push(shown(await c.call(...argv)));
+        return out;
+      };
+      expect(await replies(through)).to.deep.equal(await replies(direct));
     } finally {
       for (const c of [anonymous, direct, through]) c.close();
       await locked.close();

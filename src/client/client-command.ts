@@ -168,13 +168,20 @@ export function killMatching(ctx: ProxyContext, args: string[], callerId: number
 /** Redis' client types (networking.c getClientTypeByName). */
 const CLIENT_TYPES = new Set(["normal", "slave", "replica", "pubsub", "master"]);
 
+/** Whether `text` is a 64-bit integer as Redis reads one (string2ll: no sign on 0, no spaces). */
+function isLongLong(text: string): boolean {
+  if (!/^(0|-?[1-9]\d{0,18})$/.test(text)) return false;
+  const n = BigInt(text);
+  return n >= -(2n ** 63n) && n < 2n ** 63n;
+}
+
 /** CLIENT LIST's refusal of its filters, in Redis' words and order, or null. */
 function listArgsError(args: string[]): string | null {
   const filter = args[0]?.toLowerCase();
   if (args.length === 2 && filter === "type")
     return CLIENT_TYPES.has(args[1].toLowerCase()) ? null : `ERR Unknown client type '${args[1]}'`;
   if (args.length >= 2 && filter === "id")
-    return args.slice(1).every((id) => /^-?(0|[1-9]\d{0,18})$/.test(id)) ? null : "ERR Invalid client ID";
+    return args.slice(1).every(isLongLong) ? null : "ERR Invalid client ID";
   return args.length === 0 ? null : "ERR syntax error";
 }
 

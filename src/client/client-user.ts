@@ -177,10 +177,20 @@ export class ClientUser implements ClientLogin, UserFollower {
     }
   }
 
-  /** The refusal of the proxy's ACL for this command, or null when it is permitted (or no ACL applies). */
-  denial(name: string, argv: readonly Buffer[]): string | null {
+  /**
+   * The refusal of the proxy's ACL for this command, or null when it is permitted (or no ACL
+   * applies). `malformed` is asked first about a command the rules refuse: its error (arity)
+   * is the answer then, and nothing is logged, as Redis checks the shape before ACL.
+   */
+  denial(
+    name: string,
+    argv: readonly Buffer[],
+    malformed?: (name: string, argv: readonly Buffer[]) => string | null,
+  ): string | null {
     const denial = this.host.ctx.acl!.check(this.acl!, name, argv);
     if (denial === null) return null;
+    const shape = malformed?.(name, argv) ?? null;
+    if (shape !== null) return shape;
     logRefusal(this.host, denial.kind, refusedObject(denial, argv), this.name);
     return noPermission(denial);
   }

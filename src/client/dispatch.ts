@@ -62,7 +62,7 @@ export class Dispatcher {
       // of the proxy's ACL keeps it (a set lookup first), a server user takes the chain.
       if (user.plain) return this.ordinary(name, request);
       if (user.acl !== null) {
-        if (this.permitted(name, request.argv)) this.ordinary(name, request);
+        if (this.permitted(name, request)) this.ordinary(name, request);
         return;
       }
     }
@@ -77,13 +77,12 @@ export class Dispatcher {
     const { txn, pubsub, gears } = this.lanes;
     const argv = request.argv;
     // Redis checks each command's shape first (its arity, a container's subcommand), before
-    // authentication, context and ACL: by the server's table, for what the proxy answers or
-    // refuses itself on this path. Inside MULTI the refusal aborts the transaction.
-    const malformed = host.ctx.router.shapeRefusal(name, argv);
-    if (malformed !== null) {
-      if (txn.inMulti) txn.refuse(malformed);
-      else if (!pubsub.refuse(malformed)) host.replyError(malformed);
-      return;
+    // authentication, context and ACL: by the server's table, where the proxy answers or
+    // refuses the command itself (an ACL refusal looks at it in permitted()). A server user's
+    // ordinary commands go on unchecked: the server checks them.
+    if (!user.authenticated || pubsub.count > 0 || txn.inMulti || LOCAL_COMMANDS.has(name)) {
+      const malformed = host.ctx.router.shapeRefusal(name, argv);
+      if (malformed !== null) return this.refuse(name, malformed, request);
     }
     if (!user.authenticated && !NO_AUTH_COMMANDS.has(name))
       return host.replyError("NOAUTH Authentication required.");
@@ -92,9 +91,7 @@ export class Dispatcher {
       if (!pubsub.refuse(error)) host.replyError(error);
       return;
     }
-    // EXEC and DISCARD inside MULTI always run: the transaction must be able to end.
-    const ends = txn.inMulti && (name === "exec" || name === "discard");
-    if (user.acl !== null && !NO_AUTH_COMMANDS.has(name) && !ends && !this.permitted(name, argv)) return;
+    if (user.acl !== null && !NO_AUTH_COMMANDS.has(name) && !this.permitted(name, request)) return;
     if (txn.inMulti) {
       if (name === "quit" || name === "reset") LOCAL_COMMANDS.get(name)!(host, request);
       else txn.queueCommand(name, request);
@@ -141,14 +138,31 @@ export class Dispatcher {
     else if (this.host.enterLane("shared", request)) this.host.forward(name, request);
   }
 
-  /** The proxy's ACL check (user.acl set): false once the refusal is answered. */
-  private permitted(name: string, argv: readonly Buffer[]): boolean {
-    const error = this.host.user.denial(name, argv);
+  /**
+   * The proxy's ACL check (user.acl set): false once the refusal is answered. A refused
+   * command's shape is looked at first, as Redis checks arity before ACL (no ACL LOG entry
+   * then); an allowed one costs the check alone.
+   */
+  private permitted(name: string, request: Request): boolean {
+    const router = this.host.ctx.router;
+    const error = this.host.user.denial(name, request.argv, (n, argv) => router.shapeRefusal(n, argv));
     if (error === null) return true;
-    if (this.lanes.txn.inMulti) this.lanes.txn.refuse(error);
-    // Redis words a refused EXEC as the transaction's end.
-    else
-      this.host.replyError(name === "exec" ? `EXECABORT Transaction discarded because of: ${error}` : error);
+    this.refuse(name, error, request);
     return false;
+  }
+
+  /**
+   * Answers a command Redis would refuse before running it. In MULTI the transaction is
+   * flagged (EXEC then aborts); a refused EXEC ends it at once, in and out of MULTI, as Redis'
+   * execCommandAbort words it (without the error's ERR).
+   */
+  private refuse(name: string, error: string, request: Request): void {
+    const { txn, pubsub } = this.lanes;
+    const reason = error.startsWith("ERR ") ? error.slice(4) : error;
+    if (txn.inMulti) {
+      if (name === "exec") txn.abortExec(reason, request);
+      else txn.refuse(error);
+    } else if (name === "exec") this.host.replyError(`EXECABORT Transaction discarded because of: ${reason}`);
+    else if (pubsub.count === 0 || !pubsub.refuse(error)) this.host.replyError(error);
   }
 }

@@ -240,6 +240,17 @@ export class Transaction {
     this.host.replyError(message);
   }
 
+  /** EXEC itself refused (its arity, the user's rules): the transaction is discarded, with `reason`. */
+  abortExec(reason: string, request: Request): void {
+    this.sinceMulti++;
+    this.dirty = true;
+    this.abortReason = reason;
+    this.end("exec", request);
+  }
+
+  /** Why EXEC was refused, for EXECABORT's text (abortExec). */
+  private abortReason: string | null = null;
+
   /** A command inside MULTI: queued on the server (or here, until a key picks the node). */
   queueCommand(name: string, request: Request): void {
     this.sinceMulti++;
@@ -336,9 +347,10 @@ export class Transaction {
     const partial = refused !== null && !this.watching && this.tfTail === null && !this.subscribing;
     let abortText: string | null = null;
     if (name === "exec" && this.dirty)
-      abortText = "EXECABORT Transaction discarded because of previous errors.";
+      abortText = `EXECABORT Transaction discarded because of${this.abortReason === null ? " previous errors." : `: ${this.abortReason}`}`;
     else if (refused !== null && !partial)
       abortText = `EXECABORT Transaction discarded because of: ${refused.values().next().value as string}`;
+    this.abortReason = null;
     const abort = abortText !== null;
     const runs = name === "exec" && !abort && !unwatched;
     const queuedCount = this.queuedArgv.length;
@@ -430,7 +442,8 @@ export class Transaction {
   private refusedAtExec(): Map<number, string> | null {
     if (this.host.ctx.acl === null || this.host.user.rulesVersion === this.rulesAt) return null;
     let refused: Map<number, string> | null = null;
-    this.queuedArgv.forEach((argv, at) => {
+    const queued = this.tfTail === null ? this.queuedArgv : [...this.queuedArgv, ...this.tfTail.commands];
+    queued.forEach((argv, at) => {
       const error = this.host.user.execDenial(argv[0].toString().toLowerCase(), argv);
       if (error !== null) (refused ??= new Map()).set(at, error);
     });

@@ -81,11 +81,15 @@ if min1 == nil then return 0 end
 local minid = string.format('%d-%d', min1, min2)
 local trimmed = redis.pcall('XTRIM', KEYS[1], 'MINID', minid)
 if type(trimmed) == 'number' then return trimmed end
--- Before Redis 6.2 XTRIM has no MINID: keep as many of the newest as come from minid on, a
--- count only worth reading while the groups are not far behind.
-local kept = redis.call('XRANGE', KEYS[1], minid, '+', 'COUNT', 10001)
-if #kept > 10000 then return 0 end
-return redis.call('XTRIM', KEYS[1], 'MAXLEN', #kept)`;
+-- Before Redis 6.2 XTRIM has no MINID: the oldest entries below minid, up to 1000 a time (the
+-- rest on the next trim), go by an exact MAXLEN; what it reads is what it deletes.
+local older
+if min2 > 0 then older = string.format('%d-%d', min1, min2 - 1)
+elseif min1 > 0 then older = string.format('%d-18446744073709551615', min1 - 1)
+else return 0 end
+local gone = redis.call('XRANGE', KEYS[1], '-', older, 'COUNT', 1000)
+if #gone == 0 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MAXLEN', redis.call('XLEN', KEYS[1]) - #gone)`;
 
 /**
  * Takes the lease of one stream for one consumer group, or says who holds it: -1 it was this

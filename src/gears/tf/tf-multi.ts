@@ -47,6 +47,11 @@ export class TfMultiTail {
     this.steps.push(argv);
   }
 
+  /** The commands queued from the first TFCALL on (EXEC's second look at the user's rules). */
+  get commands(): readonly (readonly Buffer[])[] {
+    return this.steps;
+  }
+
   /**
    * Runs the steps after `head` (Redis's EXEC reply for the commands before the cut) and
    * returns the whole transaction's reply. A head that is not an array (WATCH made it fail, or
