@@ -399,6 +399,22 @@ describe("ACL at run time: SETUSER, DELUSER, LOAD, SAVE, LOG (the proxy's users)
       expect(await admin.text("GET", "mx:a")).to.equal(null);
       expect(await viaProxy.text("GET", "mx:a")).to.equal(null);
       await admin.call("TFUNCTION", "DELETE", "mxlib");
+      // A SLOWLOG RESET refused at EXEC leaves the slow log as it was.
+      expect(await admin.text("CONFIG", "SET", "slowlog-log-slower-than", "0")).to.equal("OK");
+      try {
+        expect(await admin.text("ACL", "SETUSER", "mx", "reset", ...rules, "+slowlog")).to.equal("OK");
+        expect(await viaProxy.text("MULTI")).to.equal("OK");
+        expect(await viaProxy.text("SLOWLOG", "RESET")).to.equal("QUEUED");
+        expect(await viaProxy.text("SET", "mx:a", "1")).to.equal("QUEUED");
+        expect(await admin.text("ACL", "SETUSER", "mx", "-slowlog")).to.equal("OK");
+        const before = Number(await admin.text("SLOWLOG", "LEN"));
+        expect(before).to.be.greaterThan(3);
+        const exec = (await viaProxy.call("EXEC")) as Reply[];
+        expect(exec[0]).to.be.instanceOf(ReplyError);
+        expect(Number(await admin.text("SLOWLOG", "LEN"))).to.be.at.least(before);
+      } finally {
+        expect(await admin.text("CONFIG", "SET", "slowlog-log-slower-than", "10000")).to.equal("OK");
+      }
     } finally {
       await direct.call("ACL", "DELUSER", "mx");
       await admin.call("ACL", "DELUSER", "mx");

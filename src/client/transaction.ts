@@ -163,7 +163,7 @@ export class Transaction {
     settleWrites(null, this.writes, this.host.proto);
     this.writes = [];
     this.pauses = [];
-    this.slowlogReset = false;
+    this.slowlogReset = null;
     this.tfTail = null;
     this.subscribing = false;
     this.replay = [];
@@ -329,7 +329,8 @@ export class Transaction {
       const db = Number(argv[1]?.toString() ?? "x");
       if (Number.isSafeInteger(db)) this.selects.push([this.queued, db]);
     } else if (pausesServer(name, argv)) this.pauses.push([this.queued, argv]);
-    else if (name === "slowlog" && argv[1]?.toString().toLowerCase() === "reset") this.slowlogReset = true;
+    else if (name === "slowlog" && argv[1]?.toString().toLowerCase() === "reset")
+      this.slowlogReset = this.queued;
     const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
     const outcome = this.host.ctx.router.queuedTap?.(name, argv, db) ?? null;
     if (outcome !== null) this.writes.push([this.queued, outcome]);
@@ -388,8 +389,10 @@ export class Transaction {
     };
     // Reset as EXEC leaves, not when it is answered: a command it unblocks (BLPOP) may be
     // answered, and logged, first.
-    if (runs && this.slowlogReset) this.host.ctx.slowlog.reset();
-    this.slowlogReset = false;
+    // Not when EXEC's second look refuses it (the others run).
+    if (runs && this.slowlogReset !== null && refused?.has(this.slowlogReset) !== true)
+      this.host.ctx.slowlog.reset();
+    this.slowlogReset = null;
     const sent = name === "exec" && !runs ? "discard" : name;
     // Whether EXEC runs MULTI's own SELECT is known from its reply only: until then (and
     // for good after a DISCARD) a command pipelined behind it selects its database again.
@@ -517,8 +520,8 @@ export class Transaction {
   /** The queued writes the write journal follows: [position, what to tell of its outcome]. */
   private writes: [number, (reply: Buffer | null) => void][] = [];
   private selects: [number, number][] = [];
-  /** A SLOWLOG RESET is queued. */
-  private slowlogReset = false;
+  /** Where a SLOWLOG RESET is queued (its position), or null. */
+  private slowlogReset: number | null = null;
   /** The CLIENT PAUSE/UNPAUSE commands queued: [position, argv]. */
   private pauses: [number, readonly Buffer[]][] = [];
 
