@@ -82,7 +82,8 @@ function nodeRedisCases(label: string, make: () => Promise<NodeRedis>, resp: 2 |
     });
 
     it("negotiates its protocol with the proxy's HELLO", async () => {
-      const hello = (await c.sendCommand(["HELLO"])) as unknown;
+      // With the version the client runs: Redis 6.0 has no bare HELLO (its arity, which the proxy follows).
+      const hello = (await c.sendCommand(["HELLO", String(resp)])) as unknown;
       // A map in RESP3; the flat array [key, value, ...] in RESP2.
       const proto = Array.isArray(hello)
         ? (hello as unknown[])[hello.indexOf("proto") + 1]

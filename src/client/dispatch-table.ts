@@ -10,6 +10,9 @@ import { infoCommand } from "./info-command.js";
 import { monitor, shutdown } from "./server-commands.js";
 import { slowlogCommand } from "./slowlog-command.js";
 
+/** Subcommands the proxy adds to a server's command, which the server's table does not know. */
+export const PROXY_SUBCOMMANDS: ReadonlySet<string> = new Set(["slowlog|shards"]);
+
 /** Commands a client may send before it has authenticated (as Redis' no-auth flag). */
 export const NO_AUTH_COMMANDS = new Set(["auth", "hello", "quit", "reset"]);
 

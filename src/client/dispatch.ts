@@ -5,7 +5,7 @@ import type { BlockingCall } from "./blocking.js";
 import type { ClientUser } from "./client-user.js";
 import type { CommandHost } from "./command-host.js";
 import { followConfigSet } from "./context.js";
-import { LOCAL_COMMANDS, NO_AUTH_COMMANDS, isSpecial } from "./dispatch-table.js";
+import { LOCAL_COMMANDS, NO_AUTH_COMMANDS, PROXY_SUBCOMMANDS, isSpecial } from "./dispatch-table.js";
 import type { GearsBranch } from "./gears-branch.js";
 import type { Lane } from "./lane.js";
 import type { PausedLane } from "./paused-lane.js";
@@ -81,7 +81,7 @@ export class Dispatcher {
     // refuses the command itself (an ACL refusal looks at it in permitted()). A server user's
     // ordinary commands go on unchecked: the server checks them.
     if (!user.authenticated || pubsub.count > 0 || txn.inMulti || LOCAL_COMMANDS.has(name)) {
-      const malformed = host.ctx.router.shapeRefusal(name, argv);
+      const malformed = host.ctx.router.shapeRefusal(name, argv, PROXY_SUBCOMMANDS);
       if (malformed !== null) return this.refuse(name, malformed, request);
     }
     if (!user.authenticated && !NO_AUTH_COMMANDS.has(name))
@@ -145,7 +145,9 @@ export class Dispatcher {
    */
   private permitted(name: string, request: Request): boolean {
     const router = this.host.ctx.router;
-    const error = this.host.user.denial(name, request.argv, (n, argv) => router.shapeRefusal(n, argv));
+    const error = this.host.user.denial(name, request.argv, (n, argv) =>
+      router.shapeRefusal(n, argv, PROXY_SUBCOMMANDS),
+    );
     if (error === null) return true;
     this.refuse(name, error, request);
     return false;

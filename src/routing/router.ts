@@ -207,11 +207,15 @@ export class Router implements ClusterSender {
    * unknown subcommand, or the arity of the command (its subcommand's). Null when it passes,
    * or when the table does not know the command.
    */
-  shapeRefusal(name: string, argv: readonly Buffer[]): string | null {
+  shapeRefusal(name: string, argv: readonly Buffer[], own?: ReadonlySet<string>): string | null {
     const info = this.commands?.lookup(name, argv);
     if (info === undefined) return null;
-    if (info.subcommands.size > 0 && argv.length >= 2)
-      return `ERR unknown subcommand '${argv[1].toString()}'. Try ${name.toUpperCase()} HELP.`;
+    if (info.subcommands.size > 0 && argv.length >= 2) {
+      const sub = argv[1].toString();
+      // A subcommand the caller adds to the server's (`container|sub`) is its own to check.
+      if (own?.has(`${name}|${sub.toLowerCase()}`) === true) return null;
+      return `ERR unknown subcommand '${sub}'. Try ${name.toUpperCase()} HELP.`;
+    }
     const arity = info.arity;
     if (arity > 0 ? argv.length === arity : argv.length >= -arity) return null;
     return `ERR wrong number of arguments for '${info.name}' command`;
