@@ -426,6 +426,13 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       const watcher = await startRawMonitor(proxy.port);
       const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
       try {
+        // Gears in use: the proxy's own reads of its bookkeeping keys must not show.
+        await io.call(
+          "TFUNCTION",
+          "LOAD",
+          "REPLACE",
+          "#!js api_version=1.0 name=monlib\nredis.registerFunction('f', function(){ return 1; });",
+        );
         const keys = ["mon:a", "mon:b", "mon:c", "mon:d", "mon:e"];
         for (const k of keys) await io.set(k, "v");
         await eventually(
@@ -433,6 +440,9 @@ for (const [server, mode] of SERVERS_AND_MODES) {
           (text) => keys.every((k) => text.includes(`"set" "${k}" "v"`)),
           "every SET in the MONITOR stream",
         );
+        await new Promise((r) => setTimeout(r, 1500));
+        await io.call("TFUNCTION", "DELETE", "monlib");
+        expect(watcher.lines.filter((l) => l.includes("gears-proxy"))).to.deep.equal([]);
       } finally {
         io.disconnect();
         watcher.close();

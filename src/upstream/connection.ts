@@ -66,9 +66,19 @@ export function selectCommand(db: number): Buffer {
   return (SELECT_CACHE[db] ??= encodeCommand(["Select", db]));
 }
 
-/** Whether a MONITOR line shows one of the proxy's own bookkeeping commands. */
+/**
+ * Whether a MONITOR line shows one of the proxy's own bookkeeping commands: its marked SELECTs
+ * and CLIENT IDs, and anything touching its own keys (`{gears-proxy}...`, the sync markers) or
+ * its consumer groups (`gears-proxy:...`): the gears store's polls, leases, stream reads.
+ */
 export function isBookkeeping(line: Buffer): boolean {
-  return line.includes('] "Select" ') || line.includes('] "Client" "Id"');
+  return (
+    line.includes('] "Select" ') ||
+    line.includes('] "Client" "Id"') ||
+    line.includes('"{gears-proxy}') ||
+    line.includes('"gears-proxy:') ||
+    line.includes("gears-proxy-sync:")
+  );
 }
 
 /** A TCP or TLS socket to `address`; commands written before it is up are buffered by Node. */
