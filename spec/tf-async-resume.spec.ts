@@ -4,7 +4,7 @@ import { createClient } from "redis";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
-import { eventually, sleep } from "./support/polling.js";
+import { eventually, sleep, tracked, within } from "./support/polling.js";
 
 /**
  * A long coroutine no longer holds its library: once its entry has run its budget (half of
@@ -64,28 +64,6 @@ const CODE = lib(
 
 /** T&F's text when the isolate's limits end a call. */
 const LIMITS_ERROR = "Err Execution was terminated due to OOM or timeout";
-
-/** `promise`'s value, or a failure naming `what` if it takes longer than `ms`. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not answered within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Tells whether `promise` has settled yet (without waiting for it). */
-function tracked<T>(promise: Promise<T>): { promise: Promise<T>; settled: () => boolean } {
-  let done = false;
-  const p = promise.finally(() => (done = true));
-  // Unhandled in the meantime is fine: the test awaits it.
-  p.catch(() => {});
-  return { promise: p, settled: () => done };
-}
 
 /**
  * How long a call of the library may take while the long one runs ("promptly"). Without the

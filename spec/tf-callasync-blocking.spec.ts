@@ -5,7 +5,7 @@ import { Redis } from "ioredis";
 import { Backend, SERVERS_AND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
-import { eventually, waitUntil } from "./support/polling.js";
+import { eventually, tracked, waitUntil, within } from "./support/polling.js";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { MAX_BLOCKING_CALLS } from "../src/gears/tf/blocking-calls.js";
 import type { ProxyContext } from "../src/client/context.js";
@@ -52,27 +52,6 @@ const LIMITS_ERROR = "Err Execution was terminated due to OOM or timeout";
 
 /** How long a call that must not wait for the BLPOP may take (two spec files share two cores). */
 const PROMPT_MS = 3000;
-
-/** `promise`'s value, or a failure naming `what` if it takes longer than `ms`. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not answered within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Tells whether `promise` has settled yet (without waiting for it). */
-function tracked<T>(promise: Promise<T>): { promise: Promise<T>; settled: () => boolean } {
-  let done = false;
-  const p = promise.finally(() => (done = true));
-  p.catch(() => {});
-  return { promise: p, settled: () => done };
-}
 
 for (const [server, mode] of SERVERS_AND_MODES) {
   describe(`T&F callAsync of blocking commands, through the proxy in front of ${Backend.label(mode, server)}`, function () {

@@ -55,3 +55,25 @@ export async function waitUntil(
     timeoutMs,
   );
 }
+
+/** `promise`'s value, or a failure naming `what` if it takes longer than `ms`. */
+export async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not answered within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Tells whether `promise` has settled yet (without waiting for it). */
+export function tracked<T>(promise: Promise<T>): { promise: Promise<T>; settled: () => boolean } {
+  let done = false;
+  const p = promise.finally(() => (done = true));
+  // Unhandled in the meantime is fine: the test awaits it.
+  p.catch(() => {});
+  return { promise: p, settled: () => done };
+}
