@@ -105,3 +105,21 @@ export function dbFor(name: string, db: number, monitored: boolean): number {
   if (!RUNS_IN_ANY_DB.has(name)) return db;
   return monitored ? anyDbIn(db) : ANY_DB;
 }
+
+/**
+ * In a cluster, channel pub/sub (PUBLISH, SUBSCRIBE, PSUBSCRIBE; PUBSUB CHANNELS, NUMSUB and
+ * NUMPAT in fan-out.ts) goes to the master of this slot, from every client and every proxy. A
+ * client sees one server: there a message published is received by every subscriber, and
+ * PUBSUB NUMSUB counts them all. Spread over the masters, a message would cross the cluster
+ * bus, which drops it while a link between two nodes is being made again (a late pong under
+ * load; Valkey 8.0 also drops a lightweight PUBLISH sent first on a new link), and NUMSUB
+ * would count one node's subscribers.
+ */
+export const PUBSUB_HOME_SLOT = 0;
+
+/** Channel pub/sub commands (not shard channels'), which go to PUBSUB_HOME_SLOT's master. */
+const CLASSIC_PUBSUB = new Set(["publish", "subscribe", "psubscribe", "unsubscribe", "punsubscribe"]);
+
+export function isClassicPubSub(name: string): boolean {
+  return CLASSIC_PUBSUB.has(name);
+}

@@ -3,7 +3,9 @@ import { encodeCommand, encodeError, encodeInteger, encodeValue, NULL_BULK } fro
 import type { UpstreamNode } from "../upstream/node.js";
 import { hideProxyKeys, PROXY_KEYS_SLOT, proxyKeysCount, isProxyKeyReply } from "./hidden-keys.js";
 import { sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
-import type { Protocol } from "../resp/values.js";
+import { RespMap, type Protocol, type RespValue } from "../resp/values.js";
+import { keySlot } from "./key-slot.js";
+import { PUBSUB_HOME_SLOT } from "./command-kinds.js";
 import {
   Gather,
   firstError,
@@ -190,6 +192,55 @@ const dbsize: FanOut = (r, argv, sink, affinity, proto) => {
   );
 };
 
+/** PUBSUB CHANNELS, NUMSUB and NUMPAT: on the master that takes every proxy's channel pub/sub. */
+const toPubSubHome: FanOut = (r, argv, sink, affinity, proto) =>
+  r.sendTo(
+    r.routeSlot(PUBSUB_HOME_SLOT, affinity),
+    encodeCommand(argv),
+    sink,
+    affinity,
+    PUBSUB_HOME_SLOT,
+    proto,
+  );
+
+/**
+ * PUBSUB SHARDNUMSUB: each shard channel counted on its own shard's master (a master knows
+ * only its own), answered in the order asked and in the layout the servers use (a flat array
+ * in Redis 7.0, also in RESP3), as one server answers.
+ */
+const shardNumSub: FanOut = (r, argv, sink, affinity, proto) => {
+  const channels = argv.slice(2);
+  if (channels.length === 0) return toOne(r, argv, sink, affinity, proto);
+  const byNode = new Map<UpstreamNode, number[]>();
+  channels.forEach((channel, i) => {
+    const node = r.routeSlot(keySlot(channel), affinity);
+    const list = byNode.get(node);
+    if (list === undefined) byNode.set(node, [i]);
+    else list.push(i);
+  });
+  const nodes = [...byNode];
+  const merge = (replies: Buffer[]): Buffer => {
+    const error = firstError(replies);
+    if (error !== undefined) return error;
+    const counts = new Array<RespValue>(channels.length);
+    let asMap = false;
+    nodes.forEach(([, indexes], n) => {
+      const reply = decodeReply(replies[n]);
+      asMap = reply instanceof RespMap;
+      const flat = reply instanceof RespMap ? reply.entries.flat() : reply;
+      if (!Array.isArray(flat)) throw new Error("PUBSUB SHARDNUMSUB did not answer an array");
+      indexes.forEach((channel, k) => (counts[channel] = flat[2 * k + 1]!));
+    });
+    const entries = channels.map((channel, i): [RespValue, RespValue] => [channel, counts[i]]);
+    return encodeValue(asMap ? new RespMap(entries) : entries.flat(), proto);
+  };
+  const gather = new Gather(nodes.length, merge, sink);
+  nodes.forEach(([node, indexes], n) => {
+    const part = encodeCommand([argv[0], argv[1], ...indexes.map((i) => channels[i])]);
+    r.sendTo(node, part, gather.part(n), affinity, keySlot(channels[indexes[0]]), proto);
+  });
+};
+
 /** INFO-like replies are left to the client session; these are the keyless commands that span shards. */
 export const FAN_OUT = new Map<string, FanOut>([
   ["dbsize", dbsize],
@@ -214,6 +265,16 @@ export const FAN_OUT = new Map<string, FanOut>([
       delete: toAll(mergeFirst),
       flush: toAll(mergeAllOk),
       restore: toAll(mergeAllOk),
+    }),
+  ],
+  [
+    "pubsub",
+    bySubcommand({
+      channels: toPubSubHome,
+      numsub: toPubSubHome,
+      numpat: toPubSubHome,
+      shardchannels: toAll(mergeConcat),
+      shardnumsub: shardNumSub,
     }),
   ],
   [

@@ -15,7 +15,7 @@ import { ClusterRuns, SPLIT_RUN } from "./cluster-runs.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, mayBeControl, sendControl } from "./control.js";
-import { dbFor } from "./command-kinds.js";
+import { dbFor, isClassicPubSub, PUBSUB_HOME_SLOT } from "./command-kinds.js";
 import { readKeys, writtenKeys } from "./tracked-keys.js";
 /** What the upstream says it is: client/ (HELLO) reads it through here, as it reaches Redis only through routing/. */
 export type { ServerIdentity } from "../upstream/connect.js";
@@ -113,7 +113,7 @@ export class Router implements ClusterSender {
       slot = split(this.redirect!, this.cluster, name, argv, sink, ctx.affinity, proto);
       if (slot === SPLIT_DONE) return;
     } else {
-      slot = this.slotOf(name, argv);
+      slot = this.routingSlot(name, argv);
       if (slot === CROSS_SLOT) return sink.reply(encodeError(CROSSSLOT_ERROR));
     }
     const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
@@ -245,6 +245,11 @@ export class Router implements ClusterSender {
     return this.commands?.lookup(name, argv)?.flags.has("readonly") ?? false;
   }
 
+  /** slotOf, but channel pub/sub in a cluster goes to PUBSUB_HOME_SLOT's master. */
+  private routingSlot(name: string, argv: readonly Buffer[]): number {
+    return this.cluster !== null && isClassicPubSub(name) ? PUBSUB_HOME_SLOT : this.slotOf(name, argv);
+  }
+
   /** The slot all keys of argv hash to, NO_KEYS, or CROSS_SLOT. */
   slotOf(name: string, argv: readonly Buffer[]): number {
     if (this.commands === null) return NO_KEYS;
@@ -266,7 +271,7 @@ export class Router implements ClusterSender {
    */
   nodeFor(name: string, argv: readonly Buffer[], affinity: number): UpstreamNode | string {
     if (this.cluster === null) return this.topology.nodeForSlot(0);
-    const slot = this.slotOf(name, argv);
+    const slot = this.routingSlot(name, argv);
     if (slot === CROSS_SLOT) return CROSSSLOT_ERROR;
     return this.cluster.route(slot, affinity);
   }

@@ -1,0 +1,170 @@
+import { expect } from "chai";
+import calculateSlot from "cluster-key-slot";
+import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { Backend } from "./support/backend.js";
+import { eventually } from "./support/polling.js";
+import { encode, RawClient, ReceivedText, toText, type Value } from "./support/raw-client.js";
+
+// Channel pub/sub through the proxy in front of a 3-master cluster, where a client sees one
+// server: every subscriber is counted wherever it subscribed, shard channels are counted on
+// their own shards, and a message published reaches its subscribers without the cluster bus.
+
+describe("channel pub/sub in front of a 3-master cluster, as one server", function () {
+  this.timeout(60_000);
+  let backend: Backend;
+  let proxy: RunningProxy;
+  let single: RedisNode;
+  const open: RawClient[] = [];
+
+  before(async function () {
+    this.timeout(120_000);
+    backend = await Backend.start("cluster");
+    proxy = await startProxy([{ port: backend.seed.port }]);
+    single = await startRedis();
+  });
+
+  afterEach(() => {
+    for (const c of open.splice(0)) c.close();
+  });
+
+  after(async () => {
+    await proxy?.close();
+    await backend?.stop();
+    await single?.stop();
+  });
+
+  async function connect(port: number): Promise<RawClient> {
+    const c = await RawClient.connect(port);
+    open.push(c);
+    return c;
+  }
+
+  /** A raw connection in `proto` (HELLO answered, its reply left behind). */
+  async function rawIn(port: number, proto: string): Promise<ReceivedText> {
+    const r = await ReceivedText.open(port);
+    r.socket.write(Buffer.concat([encode(["HELLO", proto]), encode(["PING"])]));
+    await eventually(
+      async () => r.text,
+      (t) => t.endsWith("+PONG\r\n"),
+      "HELLO",
+    );
+    return r;
+  }
+
+  /** The bytes a raw connection receives for one command (a PING behind it marks the end). */
+  async function bytesOf(r: ReceivedText, args: string[]): Promise<string> {
+    const start = r.text.length;
+    r.socket.write(Buffer.concat([encode(args), encode(["PING"])]));
+    const text = await eventually(
+      async () => r.text.slice(start),
+      (t) => t.endsWith("+PONG\r\n"),
+      args.join(" "),
+    );
+    r.socket.destroy();
+    return text.slice(0, -"+PONG\r\n".length);
+  }
+
+  /**
+   * Subscribes `count` connections to `port`, each to the same channel and pattern, then asks
+   * PUBSUB from `count` other connections: what each of them answers.
+   */
+  async function countsSeenAt(port: number, count: number, tag: string): Promise<Value[]> {
+    for (let i = 0; i < count; i++) {
+      const sub = await connect(port);
+      await sub.call("SUBSCRIBE", `${tag}:ch`);
+      await sub.call("PSUBSCRIBE", `${tag}:p*`);
+    }
+    const answers: Value[] = [];
+    for (let i = 0; i < count; i++) {
+      const asker = await connect(port);
+      answers.push(
+        toText([
+          await asker.call("PUBSUB", "NUMSUB", `${tag}:ch`, `${tag}:none`),
+          await asker.call("PUBSUB", "NUMPAT"),
+          await asker.call("PUBSUB", "CHANNELS", `${tag}:*`),
+        ]),
+      );
+    }
+    return answers;
+  }
+
+  it("PUBSUB NUMSUB, NUMPAT and CHANNELS count every subscriber, whichever connection asks", async () => {
+    const direct = await countsSeenAt(single.port, 6, "n1");
+    const through = await countsSeenAt(proxy.port, 6, "n1");
+    expect(direct[0]).to.deep.equal([["n1:ch", 6, "n1:none", 0], 1, ["n1:ch"]]);
+    expect(through).to.deep.equal(direct);
+  });
+
+  it("RESP3: PUBSUB NUMSUB in the server's layout", async () => {
+    for (const port of [proxy.port, single.port]) await (await connect(port)).call("SUBSCRIBE", "m3:ch");
+    const ask = ["PUBSUB", "NUMSUB", "m3:ch", "m3:x"];
+    const want = await bytesOf(await rawIn(single.port, "3"), ask);
+    expect(await bytesOf(await rawIn(proxy.port, "3"), ask)).to.equal(want);
+  });
+
+  /** One shard channel per master. */
+  async function channelPerShard(prefix: string): Promise<string[]> {
+    const byPort = new Map<number, string>();
+    for (let i = 0; byPort.size < 3; i++) {
+      const channel = `${prefix}${i}`;
+      const port = (await backend.nodeOf(channel)).port;
+      if (!byPort.has(port)) byPort.set(port, channel);
+    }
+    return [...byPort.values()];
+  }
+
+  it("PUBSUB SHARDNUMSUB counts each shard channel on its shard, SHARDCHANNELS lists every shard's", async () => {
+    const channels = await channelPerShard("sh:");
+    for (const port of [proxy.port, single.port]) {
+      for (const channel of channels) await (await connect(port)).call("SSUBSCRIBE", channel);
+    }
+    const asked = [channels[2], "sh:none", channels[0], channels[1], channels[0]];
+    for (const proto of ["2", "3"]) {
+      for (const ask of [
+        ["PUBSUB", "SHARDNUMSUB", ...asked],
+        ["PUBSUB", "SHARDNUMSUB"],
+      ]) {
+        const want = await bytesOf(await rawIn(single.port, proto), ask);
+        expect(await bytesOf(await rawIn(proxy.port, proto), ask), `RESP${proto} ${ask.join(" ")}`).to.equal(
+          want,
+        );
+      }
+    }
+    const listed = toText(
+      await (await connect(proxy.port)).call("PUBSUB", "SHARDCHANNELS", "sh:*"),
+    ) as string[];
+    expect([...listed].sort()).to.deep.equal([...channels].sort());
+  });
+
+  it("a message published reaches every subscriber while the other masters are paused", async () => {
+    // A key of slot 0: the master every proxy's channel pub/sub goes to.
+    let homeKey = 0;
+    while (calculateSlot(String(homeKey)) !== 0) homeKey++;
+    const home = await backend.nodeOf(String(homeKey));
+    const others = (await backend.masters()).filter((m) => m.port !== home.port);
+    for (const node of others) {
+      const c = await connect(node.port);
+      await c.call("CLIENT", "PAUSE", "3000", "ALL");
+    }
+    const started = Date.now();
+    try {
+      const subs: RawClient[] = [];
+      for (let i = 0; i < 6; i++) {
+        const sub = await connect(proxy.port);
+        expect(toText(await sub.call("SUBSCRIBE", "paused:ch"))).to.deep.equal(["subscribe", "paused:ch", 1]);
+        subs.push(sub);
+      }
+      for (let i = 0; i < 3; i++) {
+        const pub = await connect(proxy.port);
+        expect(await pub.call("PUBLISH", "paused:ch", `m${i}`)).to.equal(6);
+      }
+      for (const sub of subs) {
+        for (let i = 0; i < 3; i++)
+          expect(toText(await sub.next(1500))).to.deep.equal(["message", "paused:ch", `m${i}`]);
+      }
+      expect(Date.now() - started).to.be.below(2500);
+    } finally {
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, 3100 - (Date.now() - started))));
+    }
+  });
+});
