@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import calculateSlot from "cluster-key-slot";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { mayReceiveNotifications } from "../src/client/notification-fan-in.js";
 import { Backend } from "./support/backend.js";
 import { eventually } from "./support/polling.js";
 import { encode, RawClient, ReceivedText, toText, type Value } from "./support/raw-client.js";
@@ -102,8 +103,8 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     expect(await bytesOf(await rawIn(proxy.port, "3"), ask)).to.equal(want);
   });
 
-  /** One shard channel per master. */
-  async function channelPerShard(prefix: string): Promise<string[]> {
+  /** One name (a shard channel, a key) per master: `prefix` and a number. */
+  async function onePerMaster(prefix: string): Promise<string[]> {
     const byPort = new Map<number, string>();
     for (let i = 0; byPort.size < 3; i++) {
       const channel = `${prefix}${i}`;
@@ -114,7 +115,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
   }
 
   it("PUBSUB SHARDNUMSUB counts each shard channel on its shard, SHARDCHANNELS lists every shard's", async () => {
-    const channels = await channelPerShard("sh:");
+    const channels = await onePerMaster("sh:");
     for (const port of [proxy.port, single.port]) {
       for (const channel of channels) await (await connect(port)).call("SSUBSCRIBE", channel);
     }
@@ -166,5 +167,151 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     } finally {
       await new Promise((resolve) => setTimeout(resolve, Math.max(0, 3100 - (Date.now() - started))));
     }
+  });
+
+  describe("keyspace notifications: every master's, as one server sends them all", () => {
+    before(async () => {
+      for (const port of [proxy.port, single.port]) {
+        const c = await connect(port);
+        expect(await c.call("CONFIG", "SET", "notify-keyspace-events", "KEA")).to.equal("OK");
+      }
+    });
+
+    /** Events received on `sub` (RESP2) until `count` have come, or 3 s passed. */
+    async function collect(sub: RawClient, count: number): Promise<Value[]> {
+      const got: Value[] = [];
+      while (got.length < count) got.push(toText(await sub.next(3000)));
+      return got;
+    }
+
+    it("PSUBSCRIBE __keyevent@0__:set gets the SETs of keys on every master", async () => {
+      const keys = await onePerMaster("ev:");
+      const seen: Value[][] = [];
+      for (const port of [single.port, proxy.port]) {
+        const sub = await connect(port);
+        expect(toText(await sub.call("PSUBSCRIBE", "__keyevent@0__:set"))).to.deep.equal([
+          "psubscribe",
+          "__keyevent@0__:set",
+          1,
+        ]);
+        const writer = await connect(port);
+        for (const key of keys) expect(await writer.call("SET", key, "v")).to.equal("OK");
+        const events = await collect(sub, keys.length);
+        seen.push(events.sort());
+      }
+      expect(seen[0]).to.have.length(3);
+      expect(seen[1]).to.deep.equal(seen[0]);
+    });
+
+    it("SUBSCRIBE to one key's __keyspace@0__ channel, on whichever master the key is", async () => {
+      for (const key of await onePerMaster("ks:")) {
+        const sub = await connect(proxy.port);
+        await sub.call("SUBSCRIBE", `__keyspace@0__:${key}`);
+        const writer = await connect(proxy.port);
+        await writer.call("LPUSH", key, "a");
+        expect(toText(await sub.next(3000))).to.deep.equal(["message", `__keyspace@0__:${key}`, "lpush"]);
+      }
+    });
+
+    it("after PUNSUBSCRIBE nothing comes from any master, and the other masters drop the pattern", async () => {
+      const keys = await onePerMaster("un:");
+      const sub = await connect(proxy.port);
+      await sub.call("PSUBSCRIBE", "__keyevent@0__:incrby");
+      const writer = await connect(proxy.port);
+      for (const key of keys) await writer.call("INCRBY", key, "2");
+      expect(await collect(sub, 3)).to.have.length(3);
+      expect(toText(await sub.call("PUNSUBSCRIBE"))).to.deep.equal([
+        "punsubscribe",
+        "__keyevent@0__:incrby",
+        0,
+      ]);
+      for (const key of keys) await writer.call("INCRBY", key, "2");
+      expect(toText(await sub.call("PING"))).to.equal("PONG");
+      await eventually(
+        async () => {
+          let patterns = 0;
+          for (const master of await backend.masters())
+            patterns += Number(await (await connect(master.port)).call("PUBSUB", "NUMPAT"));
+          return patterns;
+        },
+        (n) => n === 0,
+        "no pattern left on any master",
+      );
+    });
+
+    it("a pattern that matches every channel: each PUBLISH once, notifications from every master", async () => {
+      const keys = await onePerMaster("all:");
+      const sub = await connect(proxy.port);
+      await sub.call("PSUBSCRIBE", "*");
+      const other = await connect(proxy.port);
+      expect(await other.call("PUBLISH", "plain", "hello")).to.equal(1);
+      expect(toText(await sub.next(3000))).to.deep.equal(["pmessage", "*", "plain", "hello"]);
+      for (const key of keys) await other.call("SET", key, "v");
+      for (const key of keys) await other.call("DEL", key);
+      await other.call("PUBLISH", "plain", "again");
+      // Each master's events come in its order; the masters' among themselves in any.
+      const got: string[][] = [];
+      const deleted = (): string[] => got.filter((m) => m[2] === "__keyevent@0__:del").map((m) => m[3]);
+      while (deleted().length < keys.length || !got.some((m) => m[3] === "again"))
+        got.push(toText(await sub.next(3000)) as string[]);
+      expect(deleted().sort()).to.deep.equal([...keys].sort());
+      // SET and DEL: keyspace and keyevent, 4 events per key.
+      expect(got.filter((m) => m[2].startsWith("__key"))).to.have.length(4 * keys.length);
+      expect(await other.call("PUBLISH", "plain", "last")).to.equal(1);
+      expect(toText(await sub.next(3000))).to.deep.equal(["pmessage", "*", "plain", "last"]);
+      expect(got.filter((m) => m[2] === "plain")).to.have.length(1);
+    });
+
+    it("RESP3: the other masters' notifications come as the server's pushes", async () => {
+      const keys = await onePerMaster("r3:");
+      const ask = ["PSUBSCRIBE", "__keyevent@0__:hset"];
+      const expected: string[] = [];
+      for (const port of [single.port, proxy.port]) {
+        const sub = await rawIn(port, "3");
+        const start = sub.text.length;
+        sub.socket.write(encode(ask));
+        await sub.wait(start, 1, "PSUBSCRIBE");
+        const writer = await connect(port);
+        for (const key of keys) await writer.call("HSET", key, "f", "v");
+        const want = expected[0];
+        const text = await eventually(
+          async () => sub.text.slice(start),
+          (t) => (want === undefined ? (t.match(/pmessage/g) ?? []).length === 3 : t.length >= want.length),
+          "three pushes",
+        );
+        sub.socket.destroy();
+        // The proxy's order is each master's own; compare the pushes as a set.
+        expected.push(text);
+      }
+      const split = (t: string): string[] =>
+        t
+          .split(">")
+          .filter((x) => x !== "")
+          .sort();
+      expect(split(expected[1])).to.deep.equal(split(expected[0]));
+    });
+  });
+});
+
+describe("mayReceiveNotifications", () => {
+  it("channels by their prefix, patterns by their literal start", () => {
+    expect(mayReceiveNotifications("subscribe", "__keyspace@0__:k")).to.equal(true);
+    expect(mayReceiveNotifications("subscribe", "__keyevent@3__:set")).to.equal(true);
+    expect(mayReceiveNotifications("subscribe", "news")).to.equal(false);
+    expect(mayReceiveNotifications("subscribe", "__key*")).to.equal(false);
+    for (const pattern of [
+      "*",
+      "__key*",
+      "__keyspace@*",
+      "__keyevent@0__:*",
+      "?_keyspace@0__:k",
+      "*set",
+      "_[_]key*",
+    ])
+      expect(mayReceiveNotifications("psubscribe", pattern), pattern).to.equal(true);
+    for (const pattern of ["news*", "__keyspace@0__:k", "n?ws", "__keyevents*"])
+      expect(mayReceiveNotifications("psubscribe", pattern), pattern).to.equal(
+        pattern === "__keyspace@0__:k",
+      );
   });
 });

@@ -8,6 +8,7 @@ import { borrow, type Lane, type LaneHost } from "./lane.js";
 import type { Holds } from "./holds.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { confirmationFrame, subscriptionCount, withCount } from "./subscription-frames.js";
+import { NotificationFanIn } from "./notification-fan-in.js";
 
 const PING = encodeCommand(["PING"]);
 const EMPTY = Buffer.alloc(0);
@@ -115,8 +116,19 @@ export class Subscriber {
   private draining = false;
   /** Subscriptions of every kind: the client is in subscriber mode while not 0. */
   count = 0;
+  /** In a cluster: the other masters' keyspace notifications for the client's subscriptions. */
+  private readonly notices: NotificationFanIn;
 
-  constructor(private readonly host: SubscriberHost) {}
+  constructor(private readonly host: SubscriberHost) {
+    this.notices = new NotificationFanIn({
+      get proto() {
+        return host.proto;
+      },
+      leasesBut: (except) => host.ctx.leases.onEveryMasterBut(except, 2),
+      pushed: (frame) => host.pushed(frame),
+      kill: (reason) => host.kill(reason),
+    });
+  }
 
   /** SUBSCRIBE and its kin, and PING in RESP2 while subscribed: on the subscription connection. */
   route(name: string, request: Request): void {
@@ -130,6 +142,8 @@ export class Subscriber {
       this.follow(link);
       return this.send(link, name, request);
     }
+    if (sharded && (name === "unsubscribe" || name === "punsubscribe"))
+      this.notices.leaving(name, request.argv.slice(1));
     if (this.main !== null && this.count > 0) this.follow(this.main);
     if (this.main !== null && this.mainCount === 0 && this.main.proto !== host.proto)
       this.dropLink(this.main);
@@ -327,8 +341,17 @@ export class Subscriber {
     if (total !== null) {
       this.mainCount = total;
       this.count = total + this.shardChannels.size;
+      if (this.sharded) this.fanIn(link, frame);
     }
     this.relay(link, frame);
+  }
+
+  /** A subscription confirmed on the main connection, in a cluster: the other masters' notifications too. */
+  private fanIn(link: Link, frame: Buffer): void {
+    const [kind, name] = decodeReply(frame) as [Buffer, Buffer | null, number];
+    const text = kind.toString("latin1");
+    if (name !== null && (text === "subscribe" || text === "psubscribe"))
+      this.notices.confirmed(text, name, link.lease.nodeId);
   }
 
   /**
@@ -434,6 +457,7 @@ export class Subscriber {
     if (link === this.main) {
       this.main = null;
       this.mainCount = 0;
+      this.notices.close();
     } else {
       this.shards.delete(link.lease.nodeId);
       this.confirmed -= link.serverCount;
@@ -445,6 +469,7 @@ export class Subscriber {
     if (this.main !== null) this.dropLink(this.main);
     for (const link of this.shards.values()) this.dropLink(link);
     this.shardChannels.clear();
+    this.notices.close();
     this.confirmed = 0;
     this.count = 0;
     this.draining = false;

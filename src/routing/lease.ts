@@ -192,4 +192,12 @@ export class Leases {
   onEveryMaster(proto: Protocol): (Lease | string)[] {
     return this.router.masters().map((node) => leaseOn(node, proto));
   }
+
+  /** One lease per master but the node `except` (a client's keyspace notifications, the others' share). */
+  onEveryMasterBut(except: string, proto: Protocol): (Lease | string)[] {
+    return this.router
+      .masters()
+      .filter((node) => node.id !== except)
+      .map((node) => leaseOn(node, proto));
+  }
 }
