@@ -315,3 +315,48 @@ describe("mayReceiveNotifications", () => {
       );
   });
 });
+
+for (const mode of ["standalone", "cluster"] as const) {
+  describe(`keyspace notifications of the proxy's own keys, in front of ${Backend.label(mode)}`, function () {
+    this.timeout(60_000);
+    let backend: Backend;
+    let proxy: RunningProxy;
+
+    before(async function () {
+      this.timeout(120_000);
+      backend = await Backend.start(mode);
+      proxy = await startProxy([{ port: backend.seed.port }]);
+    });
+
+    after(async () => {
+      await proxy?.close();
+      await backend?.stop();
+    });
+
+    it("a client subscribed to every notification gets its own keys' and none of the proxy's", async () => {
+      const sub = await RawClient.connect(proxy.port);
+      const c = await RawClient.connect(proxy.port);
+      try {
+        expect(await c.call("CONFIG", "SET", "notify-keyspace-events", "KEA")).to.equal("OK");
+        await sub.call("PSUBSCRIBE", "__key*");
+        // Loading a library writes the proxy's library keys; a stream trigger takes leases.
+        const code = [
+          "#!js api_version=1.0 name=own",
+          "redis.registerStreamTrigger('st', 'own:s', (client, data) => {});",
+        ].join("\n");
+        expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+        await c.call("XADD", "own:s", "*", "f", "v");
+        await c.call("SET", "own:k", "v");
+        const got: string[][] = [];
+        while (!got.some((m) => m[2] === "__keyevent@0__:set" && m[3] === "own:k"))
+          got.push(toText(await sub.next(3000)) as string[]);
+        expect(got.filter((m) => m.join(" ").includes("gears-proxy"))).to.deep.equal([]);
+        expect(got.map((m) => m[2])).to.include("__keyevent@0__:xadd");
+      } finally {
+        await c.call("TFUNCTION", "DELETE", "own").catch(() => undefined);
+        sub.close();
+        c.close();
+      }
+    });
+  });
+}

@@ -1,6 +1,7 @@
 import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeValue } from "../resp/encode.js";
 import { RespPush, type Protocol } from "../resp/values.js";
+import { isProxyKeyNotification } from "../routing/hidden-keys.js";
 import type { Lease } from "../routing/lease.js";
 
 /** Keyspace notifications' channels: `__keyspace@<db>__:<key>` and `__keyevent@<db>__:<event>`. */
@@ -119,7 +120,7 @@ export class NotificationFanIn {
       channel = text(value[2]);
       wanted = this.patterns.has(text(value[1]));
     } else return;
-    if (!wanted || !isNotificationChannel(channel)) return;
+    if (!wanted || !isNotificationChannel(channel) || isProxyKeyNotification(frame)) return;
     this.host.pushed(this.host.proto === 3 ? encodeValue(new RespPush(value), 3) : frame);
   }
 }

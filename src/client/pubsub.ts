@@ -8,7 +8,8 @@ import { borrow, type Lane, type LaneHost } from "./lane.js";
 import type { Holds } from "./holds.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { confirmationFrame, subscriptionCount, withCount } from "./subscription-frames.js";
-import { NotificationFanIn } from "./notification-fan-in.js";
+import { mayReceiveNotifications, NotificationFanIn } from "./notification-fan-in.js";
+import { isProxyKeyNotification } from "../routing/hidden-keys.js";
 
 const PING = encodeCommand(["PING"]);
 const EMPTY = Buffer.alloc(0);
@@ -118,6 +119,8 @@ export class Subscriber {
   count = 0;
   /** In a cluster: the other masters' keyspace notifications for the client's subscriptions. */
   private readonly notices: NotificationFanIn;
+  /** A subscription of the client's may receive keyspace notifications: its messages are looked at. */
+  private notified = false;
 
   constructor(private readonly host: SubscriberHost) {
     this.notices = new NotificationFanIn({
@@ -341,17 +344,22 @@ export class Subscriber {
     if (total !== null) {
       this.mainCount = total;
       this.count = total + this.shardChannels.size;
-      if (this.sharded) this.fanIn(link, frame);
-    }
+      this.confirmedOn(link, frame);
+    } else if (this.notified && isProxyKeyNotification(frame)) return;
     this.relay(link, frame);
   }
 
-  /** A subscription confirmed on the main connection, in a cluster: the other masters' notifications too. */
-  private fanIn(link: Link, frame: Buffer): void {
+  /**
+   * A confirmation on the main connection: a subscription that may receive keyspace
+   * notifications has the proxy's own keys' left out, and in a cluster every other master's too.
+   */
+  private confirmedOn(link: Link, frame: Buffer): void {
     const [kind, name] = decodeReply(frame) as [Buffer, Buffer | null, number];
     const text = kind.toString("latin1");
-    if (name !== null && (text === "subscribe" || text === "psubscribe"))
-      this.notices.confirmed(text, name, link.lease.nodeId);
+    if (name === null || (text !== "subscribe" && text !== "psubscribe")) return;
+    if (!mayReceiveNotifications(text, name.toString("latin1"))) return;
+    this.notified = true;
+    if (this.sharded) this.notices.confirmed(text, name, link.lease.nodeId);
   }
 
   /**

@@ -37,6 +37,32 @@ export function isProxyKey(key: Buffer): boolean {
   return key[0] === 123 && (key.subarray(0, PREFIX.length).equals(PREFIX) || isSyncMarker(key));
 }
 
+const NOTIFICATION = Buffer.from("__key");
+const KEYSPACE = "__keyspace@";
+const KEYEVENT = "__keyevent@";
+/** Longer frames carry a user's message, not a notification of one of the proxy's short keys. */
+const LONGEST_PROXY_NOTIFICATION = 1024;
+
+/**
+ * Whether a pub/sub message frame (RESP2 or a RESP3 push) is a keyspace notification of one
+ * of the proxy's own keys: a client subscribed to notifications does not get those, as no
+ * registration sees their events.
+ */
+export function isProxyKeyNotification(frame: Buffer): boolean {
+  if (frame.length > LONGEST_PROXY_NOTIFICATION || !frame.includes(NOTIFICATION)) return false;
+  const value = decodeReply(frame);
+  if (!Array.isArray(value) || value.length < 3 || !Buffer.isBuffer(value[0])) return false;
+  const kind = value[0].toString("latin1");
+  const channel = kind === "message" ? value[1] : kind === "pmessage" ? value[2] : null;
+  const payload = value[value.length - 1];
+  if (!Buffer.isBuffer(channel) || !Buffer.isBuffer(payload)) return false;
+  const name = channel.toString("latin1");
+  if (name.startsWith(KEYEVENT)) return isProxyKey(payload);
+  if (!name.startsWith(KEYSPACE)) return false;
+  const at = channel.indexOf("__:", KEYSPACE.length);
+  return at !== -1 && isProxyKey(channel.subarray(at + 3));
+}
+
 /** Commands whose replies list or count keys: through the proxy they leave the proxy's keys out. */
 export const KEY_LISTING_COMMANDS = new Set(["keys", "scan", "dbsize", "randomkey"]);
 
