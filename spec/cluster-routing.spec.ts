@@ -14,7 +14,7 @@ import {
   type RunningProxy,
 } from "./harness/index.js";
 import { encode, RawClient, ReplyError, toText, type Reply, type Value } from "./support/raw-client.js";
-import { waitUntil } from "./support/polling.js";
+import { eventually, waitUntil } from "./support/polling.js";
 import { TestClients } from "./support/test-clients.js";
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -383,6 +383,29 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(await io.flushall()).to.equal("OK");
     for (const m of masters) expect(await m.call("DBSIZE"), `DBSIZE of ${m.port}`).to.equal(0);
     expect(await io.dbsize()).to.equal(0);
+  });
+
+  it("SAVE and BGSAVE snapshot every master; LASTSAVE is the oldest master's", async () => {
+    const c = await client();
+    const unsaved = async (): Promise<number[]> =>
+      Promise.all(
+        masters.map(async (m) =>
+          Number(infoField(String(await m.call("INFO", "persistence")), "rdb_changes_since_last_save")),
+        ),
+      );
+    for (const key of await keyPerMaster("save:")) expect(await c.text("SET", key, "x")).to.equal("OK");
+    expect((await unsaved()).every((n) => n > 0)).to.equal(true);
+    expect(await c.text("SAVE")).to.equal("OK");
+    expect(await unsaved()).to.deep.equal([0, 0, 0]);
+    const lastSaves = await Promise.all(masters.map(async (m) => Number(await m.call("LASTSAVE"))));
+    expect(await c.call("LASTSAVE")).to.equal(Math.min(...lastSaves));
+    for (const key of await keyPerMaster("bgsave:")) expect(await c.text("SET", key, "x")).to.equal("OK");
+    expect(await c.text("BGSAVE")).to.equal("Background saving started");
+    await eventually(
+      unsaved,
+      (counts) => counts.every((n) => n === 0),
+      "every master saved in the background",
+    );
   });
 
   it("RANDOMKEY returns a key wherever it lives; null when every shard is empty", async () => {

@@ -249,6 +249,12 @@ export const FAN_OUT = new Map<string, FanOut>([
   ["flushdb", toAll(mergeAllOk)],
   ["wait", toAll(mergeMin)],
   ["randomkey", randomKey],
+  // A client sees one server: a snapshot or rewrite it asks for covers all of its data, and
+  // LASTSAVE is the oldest master's (every key was saved by then).
+  ["save", toAll(mergeAllOk)],
+  ["bgsave", toAll(mergeFirst)],
+  ["bgrewriteaof", toAll(mergeFirst)],
+  ["lastsave", toAll(mergeMin)],
   ["scan", scan],
   [
     "script",
