@@ -385,6 +385,56 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(await io.dbsize()).to.equal(0);
   });
 
+  it("CLUSTER COUNTKEYSINSLOT/GETKEYSINSLOT answer from the slot's master, as Redis; the proxy's keys left out", async () => {
+    const c = await client();
+    for (const tag of await keyPerMaster("ks")) {
+      const keys = [`{${tag}}a`, `{${tag}}b`, `{${tag}}c`];
+      for (const key of keys) expect(await c.text("SET", key, "x")).to.equal("OK");
+      const slot = calculateSlot(keys[0]);
+      expect(await c.call("CLUSTER", "COUNTKEYSINSLOT", String(slot))).to.equal(3);
+      expect(
+        (toText(await c.call("CLUSTER", "GETKEYSINSLOT", String(slot), "10")) as string[]).sort(),
+      ).to.deep.equal(keys);
+      expect(toText(await c.call("CLUSTER", "GETKEYSINSLOT", String(slot), "2"))).to.have.length(2);
+    }
+    // The slot of the proxy's own keys (a library loaded writes some): none of them listed.
+    const lib = "#!js api_version=1.0 name=slotlib\nredis.registerFunction('f', () => 1);";
+    expect(await c.call("TFUNCTION", "LOAD", "REPLACE", lib)).to.equal("OK");
+    const own = calculateSlot("{gears-proxy}");
+    expect(
+      Number(await (await ownerOf("{gears-proxy}")).call("CLUSTER", "COUNTKEYSINSLOT", String(own))),
+    ).to.be.above(0);
+    expect(await c.call("CLUSTER", "COUNTKEYSINSLOT", String(own))).to.equal(0);
+    expect(toText(await c.call("CLUSTER", "GETKEYSINSLOT", String(own), "100"))).to.deep.equal([]);
+    // Argument errors: Redis's, in Redis's order (arity, integers, range).
+    const direct = await RawClient.connect(masters[0].port);
+    try {
+      const cases = [
+        ["x"],
+        ["-1"],
+        ["16384"],
+        ["1", "2"],
+        ["x", "1"],
+        ["1", "-1"],
+        ["16384", "1"],
+        ["1", "x"],
+        [],
+      ];
+      for (const name of ["COUNTKEYSINSLOT", "GETKEYSINSLOT"]) {
+        for (const args of cases) {
+          const want = await direct.call("CLUSTER", name, ...args);
+          if (!(want instanceof ReplyError)) continue;
+          const got = await c.call("CLUSTER", name, ...args);
+          expect(got instanceof ReplyError ? got.message : got, `${name} ${args.join(" ")}`).to.equal(
+            want.message,
+          );
+        }
+      }
+    } finally {
+      direct.close();
+    }
+  });
+
   it("SAVE and BGSAVE snapshot every master; LASTSAVE is the oldest master's", async () => {
     const c = await client();
     const unsaved = async (): Promise<number[]> =>

@@ -3,7 +3,7 @@ import { RespVerbatim } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ClientHandle } from "./registry.js";
-import type { CommandHost, LocalCommand } from "./command-host.js";
+import { isLongLong, type CommandHost, type LocalCommand } from "./command-host.js";
 import { clientCaching, clientGetRedir, clientTracking, clientTrackingInfo } from "./tracking/command.js";
 
 const NAME_OK = /^[!-~]*$/;
@@ -167,13 +167,6 @@ export function killMatching(ctx: ProxyContext, args: string[], callerId: number
 
 /** Redis' client types (networking.c getClientTypeByName). */
 const CLIENT_TYPES = new Set(["normal", "slave", "replica", "pubsub", "master"]);
-
-/** Whether `text` is a 64-bit integer as Redis reads one (string2ll: no sign on 0, no spaces). */
-function isLongLong(text: string): boolean {
-  if (!/^(0|-?[1-9]\d{0,18})$/.test(text)) return false;
-  const n = BigInt(text);
-  return n >= -(2n ** 63n) && n < 2n ** 63n;
-}
 
 /** CLIENT LIST's refusal of its filters, in Redis' words and order, or null. */
 function listArgsError(args: string[]): string | null {

@@ -1,8 +1,11 @@
 import { createHash } from "node:crypto";
 import { keySlot as calculateSlot } from "../routing/key-slot.js";
-import { encodeBulk, encodeError, encodeInteger, OK } from "../resp/encode.js";
+import { decodeReply } from "../resp/decode.js";
+import { encodeBulk, encodeCommand, encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
 import { RespMap } from "../resp/values.js";
-import type { CommandHost, LocalCommand } from "./command-host.js";
+import { hideProxyKeys, PROXY_KEYS_SLOT } from "../routing/hidden-keys.js";
+import type { ReplySink } from "../routing/lease.js";
+import { isLongLong, wrongArity, type CommandHost, type LocalCommand } from "./command-host.js";
 
 /**
  * The node the proxy pretends to be: a stable id derived from its announced address. Unless
@@ -19,6 +22,39 @@ function self(session: CommandHost): { id: string; host: string; port: number } 
 
 function bulk(text: string): Buffer {
   return Buffer.from(text);
+}
+
+const SLOT_COUNT = 16384;
+/** Enough to list every key of a slot (GETKEYSINSLOT's count is a long long). */
+const ALL_KEYS = "9223372036854775807";
+
+/** A slot's keys are on its master: the question goes there, the answer comes back as it is. */
+function askSlotOwner(session: CommandHost, slot: number, argv: (string | number)[], sink?: ReplySink): void {
+  const router = session.ctx.router;
+  const node = router.routeSlot(slot, session.id);
+  router.sendTo(node, encodeCommand(argv), sink ?? session.upstreamSlot(), session.id, slot, session.proto);
+}
+
+/**
+ * GETKEYSINSLOT/COUNTKEYSINSLOT of the slot the proxy keeps its own keys in: its keys are left
+ * out, as KEYS and SCAN leave them out. All of the slot's keys are read to count or list them.
+ */
+function usersKeysInSlot(session: CommandHost, answer: (keys: Buffer[]) => Buffer): void {
+  const slot = session.upstreamSlot();
+  askSlotOwner(session, PROXY_KEYS_SLOT, ["CLUSTER", "GETKEYSINSLOT", PROXY_KEYS_SLOT, ALL_KEYS], {
+    reply: (data) => {
+      const keys = hideProxyKeys(decodeReply(data));
+      slot.reply(Array.isArray(keys) ? answer(keys as Buffer[]) : data);
+    },
+    fail: (message) => slot.fail(message),
+  });
+}
+
+/** CLUSTER COUNTKEYSINSLOT/GETKEYSINSLOT's integer arguments, or Redis' refusal of them. */
+function integers(args: Buffer[]): number[] | string {
+  const texts = args.map((a) => a.toString());
+  if (!texts.every(isLongLong)) return "ERR value is not an integer or out of range";
+  return texts.map(Number);
 }
 
 const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> = {
@@ -66,6 +102,26 @@ const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> =
   },
   myid(session) {
     session.replyNow(encodeBulk(self(session).id));
+  },
+  countkeysinslot(session, argv) {
+    if (argv.length !== 3) return session.replyError(wrongArity("cluster|countkeysinslot"));
+    const args = integers(argv.slice(2));
+    if (typeof args === "string") return session.replyError(args);
+    const [slot] = args;
+    if (slot < 0 || slot >= SLOT_COUNT) return session.replyError("ERR Invalid slot");
+    if (slot !== PROXY_KEYS_SLOT) return askSlotOwner(session, slot, ["CLUSTER", "COUNTKEYSINSLOT", slot]);
+    usersKeysInSlot(session, (keys) => encodeInteger(keys.length));
+  },
+  getkeysinslot(session, argv) {
+    if (argv.length !== 4) return session.replyError(wrongArity("cluster|getkeysinslot"));
+    const args = integers(argv.slice(2));
+    if (typeof args === "string") return session.replyError(args);
+    const [slot, count] = args;
+    if (slot < 0 || slot >= SLOT_COUNT || count < 0)
+      return session.replyError("ERR Invalid slot or number of keys");
+    if (slot !== PROXY_KEYS_SLOT)
+      return askSlotOwner(session, slot, ["CLUSTER", "GETKEYSINSLOT", slot, argv[3].toString()]);
+    usersKeysInSlot(session, (keys) => encodeValue(keys.slice(0, count), session.proto));
   },
   keyslot(session, argv) {
     if (argv.length !== 3)

@@ -83,3 +83,10 @@ export type LocalCommand = (session: CommandHost, request: Request) => void;
 export function wrongArity(name: string): string {
   return `ERR wrong number of arguments for '${name}' command`;
 }
+
+/** Whether `text` is a 64-bit integer as Redis reads one (string2ll: no sign on 0, no spaces). */
+export function isLongLong(text: string): boolean {
+  if (!/^(0|-?[1-9]\d{0,18})$/.test(text)) return false;
+  const n = BigInt(text);
+  return n >= -(2n ** 63n) && n < 2n ** 63n;
+}
