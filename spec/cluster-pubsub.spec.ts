@@ -262,6 +262,75 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
       expect(got.filter((m) => m[2] === "plain")).to.have.length(1);
     });
 
+    it("events written straight on every master right after the confirmation all come", async () => {
+      const keys = await onePerMaster("now:");
+      const owners = await Promise.all(keys.map(async (key) => connect((await backend.nodeOf(key)).port)));
+      for (let round = 0; round < 5; round++) {
+        const sub = await connect(proxy.port);
+        await sub.call("PSUBSCRIBE", `__keyevent@0__:${round === 4 ? "*" : "set"}`);
+        await Promise.all(owners.map((owner, i) => owner.call("SET", keys[i], String(round))));
+        const got = (await collect(sub, keys.length)) as string[][];
+        expect(got.map((m) => m[3]).sort(), `round ${round}`).to.deep.equal([...keys].sort());
+        sub.close();
+      }
+    });
+
+    it("PSUBSCRIBE and PUNSUBSCRIBE in one write: nothing comes after, the next reply is the next command's", async () => {
+      const keys = await onePerMaster("pu:");
+      const seen: string[] = [];
+      for (const port of [single.port, proxy.port]) {
+        const r = await ReceivedText.open(port);
+        const both = [["PSUBSCRIBE", "__keyevent@0__:set"], ["PUNSUBSCRIBE"]];
+        const confirmations = "*3\r\n$10\r\npsubscribe\r\n$18\r\n__keyevent@0__:set\r\n:1\r\n";
+        const left = "*3\r\n$12\r\npunsubscribe\r\n$18\r\n__keyevent@0__:set\r\n:0\r\n";
+        expect(await r.exchange(both, confirmations.length + left.length)).to.equal(confirmations + left);
+        const writer = await connect(port);
+        for (const key of keys) await writer.call("SET", key, "x");
+        const start = r.text.length;
+        r.socket.write(encode(["GET", keys[0]]));
+        seen.push(await r.wait(start, 7, "GET's reply"));
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        seen.push(r.text.slice(start));
+        r.socket.destroy();
+      }
+      expect(seen[1]).to.equal("$1\r\nx\r\n");
+      expect(seen.slice(2)).to.deep.equal(seen.slice(0, 2));
+    });
+
+    it("a master's connection lost: the client stays, and that master's notifications come again", async () => {
+      const keys = await onePerMaster("lost:");
+      const sub = await connect(proxy.port);
+      await sub.call("PSUBSCRIBE", "__keyevent@0__:append");
+      const writer = await connect(proxy.port);
+      for (const key of keys) await writer.call("APPEND", key, "x");
+      expect(await collect(sub, 3)).to.have.length(3);
+      // The home master is slot 0's; on the others the fan-in's connections are the only subscribers.
+      let homeKey = 0;
+      while (calculateSlot(String(homeKey)) !== 0) homeKey++;
+      const home = await backend.nodeOf(String(homeKey));
+      for (const master of await backend.masters()) {
+        if (master.port === home.port) continue;
+        expect(
+          Number(await (await connect(master.port)).call("CLIENT", "KILL", "TYPE", "pubsub")),
+        ).to.be.above(0);
+      }
+      await eventually(
+        async () => {
+          for (const key of keys) await writer.call("APPEND", key, "x");
+          const got: Value[] = [];
+          for (;;) {
+            const frame = await sub.next(300).catch(() => null);
+            if (frame === null) break;
+            got.push(toText(frame));
+          }
+          return new Set((got as string[][]).map((m) => m[3])).size;
+        },
+        (n) => n === keys.length,
+        "every master's APPEND again",
+      );
+      expect(toText(await sub.call("PING"))).to.deep.equal(["pong", ""]);
+    });
+
     it("RESP3: the other masters' notifications come as the server's pushes", async () => {
       const keys = await onePerMaster("r3:");
       const ask = ["PSUBSCRIBE", "__keyevent@0__:hset"];

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeValue } from "../resp/encode.js";
 import { RespPush, type Protocol } from "../resp/values.js";
@@ -6,8 +7,17 @@ import type { Lease } from "../routing/lease.js";
 
 /** Keyspace notifications' channels: `__keyspace@<db>__:<key>` and `__keyevent@<db>__:<event>`. */
 const NOTIFICATION_PREFIXES = ["__keyspace@", "__keyevent@"];
+const NOTIFICATION_MARK = Buffer.from("__key");
 /** Characters that make the rest of a PSUBSCRIBE pattern match more than itself. */
 const GLOB = /[*?[\\]/;
+/** A PING of the fan-in's own: its pong says the commands before it reached that master. */
+const ACK_TEXT = `gears-proxy:fan-in:${randomBytes(8).toString("hex")}`;
+const ACK_PING = encodeCommand(["PING", ACK_TEXT]);
+const ACK_PONG = encodeValue([Buffer.from("pong"), Buffer.from(ACK_TEXT)]);
+/** How long a client's confirmation waits for the other masters: a master that does not answer is not waited for longer. */
+const ACK_WAIT_MS = 1000;
+/** How often a master missing from the fan-in (down, promoted, added) is tried again. */
+const RECONCILE_MS = 1000;
 
 const text = (value: unknown): string => (Buffer.isBuffer(value) ? value.toString("latin1") : String(value));
 
@@ -33,12 +43,18 @@ export function mayReceiveNotifications(kind: "subscribe" | "psubscribe", name: 
 export interface FanInHost {
   /** The client's protocol now (a RESP3 client gets pushes). */
   readonly proto: Protocol;
-  /** A connection on each master but `except` (the one the client's main subscription is on). */
-  leasesBut(except: string): (Lease | string)[];
+  /** The ids of the masters now. */
+  masters(): string[];
+  /** A connection of the client's own to a master (RESP2), or why there is none. */
+  lease(nodeId: string): Lease | string;
   /** A message for the client: written after what is queued. */
   pushed(frame: Buffer): void;
-  /** A connection died: the client must reconnect and subscribe again, as for its own. */
-  kill(reason: string): void;
+}
+
+/** A connection to another master, and the acknowledgements awaited on it, in order. */
+interface NoticeLink {
+  readonly lease: Lease;
+  readonly acks: (() => void)[];
 }
 
 /**
@@ -46,31 +62,59 @@ export interface FanInHost {
  * subscribers only (they do not cross the cluster bus), while a client of the proxy sees one
  * server, whose notifications cover every key. So a client's subscriptions that may receive
  * notifications are also made on every other master, on connections of their own (RESP2),
- * whose notifications are relayed and everything else dropped: their confirmations (the
- * client's come from its main connection, which counts) and the messages PUBLISH broadcast
- * over the bus (the main connection has them already).
+ * at the same time as on its main connection; the client's confirmation waits until every
+ * master has them, so that no key's event after it is missed. Their notifications are relayed,
+ * everything else they receive dropped: their confirmations (the client's come from its main
+ * connection, which counts) and the messages PUBLISH broadcasts over the bus (the main
+ * connection has them already). A master down, promoted or added is subscribed within a
+ * second or so; its events in between are lost, as a server's while it is down.
  */
 export class NotificationFanIn {
-  private links: Lease[] | null = null;
-  /** The client's notification channels and patterns, as confirmed and not yet left. */
+  private readonly links = new Map<string, NoticeLink>();
+  /** The master of the client's main subscription connection, which needs no link. */
+  private main = "";
+  /** The client's notification channels and patterns, as sent and not yet left. */
   private readonly channels = new Set<string>();
   private readonly patterns = new Set<string>();
+  private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly host: FanInHost) {}
 
-  /** The main connection confirmed a subscription: on every other master too, if it may get notifications. */
-  confirmed(kind: "subscribe" | "psubscribe", name: Buffer, mainNodeId: string): void {
-    const text = name.toString("latin1");
-    if (!mayReceiveNotifications(kind, text)) return;
+  /**
+   * A (P)SUBSCRIBE the client sends on its main connection (to `mainNode`): its names that may
+   * receive notifications go to every other master too. What its confirmation waits for, or
+   * null when none of them may.
+   */
+  subscribing(
+    kind: "subscribe" | "psubscribe",
+    names: readonly Buffer[],
+    mainNode: string,
+  ): Promise<void> | null {
     const set = kind === "subscribe" ? this.channels : this.patterns;
-    if (set.has(text)) return;
-    set.add(text);
-    const links = this.open(mainNodeId);
-    const command = encodeCommand([kind, name]);
-    for (const link of links) {
-      link.sendUnmatched(command);
-      link.flush();
+    const added = names.filter((name) => {
+      const value = name.toString("latin1");
+      if (set.has(value) || !mayReceiveNotifications(kind, value)) return false;
+      set.add(value);
+      return true;
+    });
+    if (added.length === 0) return null;
+    this.main = mainNode;
+    const opened = this.reconcile();
+    const command = encodeCommand([kind, ...added]);
+    const acks: Promise<void>[] = [];
+    for (const [id, link] of this.links) {
+      // A link just opened was given every name already.
+      if (!opened.has(id)) link.lease.sendUnmatched(command);
+      acks.push(this.acknowledged(link));
     }
+    this.timer ??= setInterval(() => this.reconcile(), RECONCILE_MS);
+    this.timer.unref();
+    if (acks.length === 0) return null;
+    let timeout: NodeJS.Timeout | undefined;
+    const bound = new Promise<void>((resolve) => (timeout = setTimeout(resolve, ACK_WAIT_MS)));
+    return Promise.race([Promise.all(acks).then(() => undefined), bound]).finally(() =>
+      clearTimeout(timeout),
+    );
   }
 
   /** The client leaves channels or patterns (all of a kind when `names` is empty): no more of theirs. */
@@ -81,33 +125,72 @@ export class NotificationFanIn {
     if (names.length > 0 && named.length === 0) return;
     if (names.length === 0) set.clear();
     else for (const name of named) set.delete(name);
+    if (this.channels.size === 0 && this.patterns.size === 0) return this.close();
     const command = encodeCommand([kind, ...named]);
-    for (const link of this.links ?? []) link.sendUnmatched(command);
-    if (this.channels.size === 0 && this.patterns.size === 0) this.close();
+    for (const link of this.links.values()) link.lease.sendUnmatched(command);
   }
 
-  /** RESET or the client gone: the connections close with their subscriptions. */
+  /** RESET, the client gone, or nothing left to listen to: the connections close. */
   close(): void {
-    for (const link of this.links ?? []) link.destroy();
-    this.links = null;
+    for (const link of this.links.values()) this.drop(link);
+    this.links.clear();
     this.channels.clear();
     this.patterns.clear();
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
   }
 
-  private open(mainNodeId: string): Lease[] {
-    if (this.links !== null) return this.links;
-    const links: Lease[] = [];
-    for (const lease of this.host.leasesBut(mainNodeId)) {
-      // A master down now: its notifications are missed, as a server's are while it is down.
-      if (typeof lease === "string") continue;
-      lease.onPush((frame) => this.onFrame(frame));
-      lease.onLost(() => this.host.kill("subscription connection lost"));
-      links.push(lease);
+  /**
+   * Links to every master but the main one, each subscribed to every name: links to nodes no
+   * longer masters close, masters without one get one. The ids of the links opened now.
+   */
+  private reconcile(): Set<string> {
+    const masters = new Set(this.host.masters());
+    masters.delete(this.main);
+    for (const [id, link] of this.links) {
+      if (masters.has(id) && !link.lease.closed) continue;
+      this.drop(link);
+      this.links.delete(id);
     }
-    return (this.links = links);
+    const opened = new Set<string>();
+    for (const id of masters) {
+      if (this.links.has(id)) continue;
+      const lease = this.host.lease(id);
+      // Down now: tried again by the next round.
+      if (typeof lease === "string") continue;
+      const link: NoticeLink = { lease, acks: [] };
+      lease.onPush((frame) => this.onFrame(link, frame));
+      lease.onLost(() => {
+        if (this.links.get(id) === link) this.links.delete(id);
+        for (const ack of link.acks.splice(0)) ack();
+      });
+      if (this.channels.size > 0) lease.sendUnmatched(encodeCommand(["subscribe", ...this.channels]));
+      if (this.patterns.size > 0) lease.sendUnmatched(encodeCommand(["psubscribe", ...this.patterns]));
+      lease.flush();
+      this.links.set(id, link);
+      opened.add(id);
+    }
+    return opened;
   }
 
-  private onFrame(frame: Buffer): void {
+  /** Resolves once the master behind `link` has had what was sent on it so far. */
+  private acknowledged(link: NoticeLink): Promise<void> {
+    return new Promise((resolve) => {
+      link.acks.push(resolve);
+      link.lease.sendUnmatched(ACK_PING);
+      link.lease.flush();
+    });
+  }
+
+  private drop(link: NoticeLink): void {
+    for (const ack of link.acks.splice(0)) ack();
+    link.lease.destroy();
+  }
+
+  private onFrame(link: NoticeLink, frame: Buffer): void {
+    if (link.acks.length > 0 && frame.equals(ACK_PONG)) return link.acks.shift()!();
+    // Most frames on these links are messages PUBLISH broadcast to every node: not decoded.
+    if (!frame.includes(NOTIFICATION_MARK)) return;
     const value = decodeReply(frame);
     if (!Array.isArray(value) || value.length < 3) return;
     const kind = text(value[0]);

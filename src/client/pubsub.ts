@@ -127,9 +127,9 @@ export class Subscriber {
       get proto() {
         return host.proto;
       },
-      leasesBut: (except) => host.ctx.leases.onEveryMasterBut(except, 2),
+      masters: () => host.ctx.router.masters().map((node) => node.id),
+      lease: (nodeId) => host.ctx.leases.onMaster(nodeId, 2),
       pushed: (frame) => host.pushed(frame),
-      kill: (reason) => host.kill(reason),
     });
   }
 
@@ -143,10 +143,15 @@ export class Subscriber {
       // Only shard channels: a connection in subscriber mode answers PING as Redis does there.
       const link = this.shards.get(this.shardChannels.values().next().value!)!;
       this.follow(link);
-      return this.send(link, name, request);
+      this.send(link, name, request);
+      return;
     }
     if (sharded && (name === "unsubscribe" || name === "punsubscribe"))
       this.notices.leaving(name, request.argv.slice(1));
+    if ((name === "subscribe" || name === "psubscribe") && !this.notified)
+      this.notified = request.argv.some(
+        (arg, i) => i > 0 && mayReceiveNotifications(name, arg.toString("latin1")),
+      );
     if (this.main !== null && this.count > 0) this.follow(this.main);
     if (this.main !== null && this.mainCount === 0 && this.main.proto !== host.proto)
       this.dropLink(this.main);
@@ -158,7 +163,12 @@ export class Subscriber {
       if (lease === null) return;
       this.main = this.attach(lease, false);
     }
-    this.send(this.main, name, request);
+    const slot = this.send(this.main, name, request);
+    if (sharded && slot !== null && (name === "subscribe" || name === "psubscribe")) {
+      // The confirmation waits until the other masters have the subscription too.
+      const everywhere = this.notices.subscribing(name, request.argv.slice(1), this.main.lease.nodeId);
+      if (everywhere !== null) slot.gate = () => everywhere;
+    }
   }
 
   /** A connection EXEC left subscribed to `count` channels and patterns: the client's from now on. */
@@ -240,13 +250,15 @@ export class Subscriber {
     return link;
   }
 
-  private send(link: Link, name: string, request: Request): void {
+  /** Sends a (un)subscribe command or PING on `link`: the reply slot its confirmations fill, if it has one. */
+  private send(link: Link, name: string, request: Request): ReplySlot | null {
     this.host.markLane("subscribed");
     // Count the subscription now, so a command pipelined behind it is refused as Redis would.
     if (name !== "ping" && !name.includes("unsubscribe")) this.count = Math.max(this.count, 1);
     link.lease.sendUnmatched(request.raw ?? encodeCommand(request.argv));
-    if (this.host.proto === 3) this.mark(link);
-    else if (this.sharded) this.order(link, null);
+    let slot: ReplySlot | null = null;
+    if (this.host.proto === 3) slot = this.mark(link);
+    else if (this.sharded) slot = this.order(link, null);
     if (this.host.proto === 2 && name.includes("unsubscribe")) {
       // Whether the client is still subscribed when its next command runs is known from the
       // confirmations, unless it surely is: a command subscriber mode refuses waits for them,
@@ -262,6 +274,7 @@ export class Subscriber {
     // directly: one it sends in the same turn of the event loop is written at the turn's
     // end, on a connection that may have been written to earlier in that turn.
     link.lease.flush();
+    return slot;
   }
 
   /**
@@ -300,7 +313,7 @@ export class Subscriber {
    * not: a PING sent behind the command marks where its confirmations end, so they take
    * the command's place among the client's replies, whatever else it pipelined.
    */
-  private mark(link: Link): void {
+  private mark(link: Link): ReplySlot {
     const slot = this.host.upstreamSlot();
     // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
     slot.silent = false;
@@ -310,6 +323,7 @@ export class Subscriber {
       return Buffer.concat(link.marked.splice(0));
     };
     link.lease.send(PING, slot);
+    return slot;
   }
 
   /**
@@ -331,12 +345,13 @@ export class Subscriber {
   }
 
   /** RESP2: the place of the command just sent on `link` (or of `error`, a refusal), filled at its marker's pong. */
-  private order(link: Link, error: Buffer | null): void {
+  private order(link: Link, error: Buffer | null): ReplySlot {
     const slot = this.host.upstreamSlot();
     // Pub/sub frames are pushed even under CLIENT REPLY OFF, as Redis pushes them.
     slot.silent = false;
     link.ordered.push({ slot, error });
     link.lease.sendUnmatched(ORDER_PING);
+    return slot;
   }
 
   private onMainFrame(link: Link, frame: Buffer): void {
@@ -344,22 +359,8 @@ export class Subscriber {
     if (total !== null) {
       this.mainCount = total;
       this.count = total + this.shardChannels.size;
-      this.confirmedOn(link, frame);
     } else if (this.notified && isProxyKeyNotification(frame)) return;
     this.relay(link, frame);
-  }
-
-  /**
-   * A confirmation on the main connection: a subscription that may receive keyspace
-   * notifications has the proxy's own keys' left out, and in a cluster every other master's too.
-   */
-  private confirmedOn(link: Link, frame: Buffer): void {
-    const [kind, name] = decodeReply(frame) as [Buffer, Buffer | null, number];
-    const text = kind.toString("latin1");
-    if (name === null || (text !== "subscribe" && text !== "psubscribe")) return;
-    if (!mayReceiveNotifications(text, name.toString("latin1"))) return;
-    this.notified = true;
-    if (this.sharded) this.notices.confirmed(text, name, link.lease.nodeId);
   }
 
   /**
@@ -478,6 +479,7 @@ export class Subscriber {
     for (const link of this.shards.values()) this.dropLink(link);
     this.shardChannels.clear();
     this.notices.close();
+    this.notified = false;
     this.confirmed = 0;
     this.count = 0;
     this.draining = false;

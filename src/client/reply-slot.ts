@@ -39,7 +39,12 @@ export class ReplySlot implements ReplySink {
   constructor(private readonly owner: SlotOwner) {}
 
   reply(data: Buffer): void {
-    if (this.onReply !== null) data = this.onReply(data) ?? data;
+    const onReply = this.onReply;
+    if (onReply !== null) {
+      // Once: a gated reply comes back here when its gate settles.
+      this.onReply = null;
+      data = onReply(data) ?? data;
+    }
     const gate = this.gate;
     if (gate !== null) {
       this.gate = null;

@@ -193,11 +193,9 @@ export class Leases {
     return this.router.masters().map((node) => leaseOn(node, proto));
   }
 
-  /** One lease per master but the node `except` (a client's keyspace notifications, the others' share). */
-  onEveryMasterBut(except: string, proto: Protocol): (Lease | string)[] {
-    return this.router
-      .masters()
-      .filter((node) => node.id !== except)
-      .map((node) => leaseOn(node, proto));
+  /** A lease on the master `nodeId` (a client's keyspace notifications from every master). */
+  onMaster(nodeId: string, proto: Protocol): Lease | string {
+    const node = this.router.masters().find((m) => m.id === nodeId);
+    return node === undefined ? `ERR ${nodeId} is no longer a master` : leaseOn(node, proto);
   }
 }
