@@ -103,6 +103,27 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     expect(await bytesOf(await rawIn(proxy.port, "3"), ask)).to.equal(want);
   });
 
+  it("PUBLISH and SUBSCRIBE inside MULTI meet every other client's, as on one server", async () => {
+    const sub = await connect(proxy.port);
+    await sub.call("SUBSCRIBE", "tx:ch");
+    for (let i = 0; i < 6; i++) {
+      const c = await connect(proxy.port);
+      expect(await c.call("MULTI")).to.equal("OK");
+      expect(await c.call("PUBLISH", "tx:ch", `m${i}`)).to.equal("QUEUED");
+      expect(await c.call("EXEC")).to.deep.equal([1]);
+      expect(toText(await sub.next(3000))).to.deep.equal(["message", "tx:ch", `m${i}`]);
+    }
+    for (let i = 0; i < 4; i++) {
+      const c = await connect(proxy.port);
+      await c.call("MULTI");
+      await c.call("SUBSCRIBE", "tx:ch2");
+      expect(toText(await c.call("EXEC"))).to.deep.equal([["subscribe", "tx:ch2", 1]]);
+    }
+    const asker = await connect(proxy.port);
+    expect(toText(await asker.call("PUBSUB", "NUMSUB", "tx:ch2"))).to.deep.equal(["tx:ch2", 4]);
+    expect(await asker.call("PUBLISH", "tx:ch2", "all")).to.equal(4);
+  });
+
   /** One name (a shard channel, a key) per master: `prefix` and a number. */
   async function onePerMaster(prefix: string): Promise<string[]> {
     const byPort = new Map<number, string>();

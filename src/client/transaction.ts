@@ -1,7 +1,13 @@
 import { decodeReply, isErrorReply } from "../resp/decode.js";
 import { encodeCommand, encodeError, encodeValue, NULL_ARRAY, OK, RESP3_NULL } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
-import { dbFor, isBlocking, SUBSCRIBE_FAMILY } from "../routing/command-kinds.js";
+import {
+  dbFor,
+  isBlocking,
+  isClassicPubSub,
+  PUBSUB_HOME_SLOT,
+  SUBSCRIBE_FAMILY,
+} from "../routing/command-kinds.js";
 import { CROSS_SLOT, CROSSSLOT_ERROR, NO_KEYS } from "../routing/router.js";
 import { ANY_DB, CONNECTION_LOST, DISCARD, selectCommand, UNKNOWN_DB, type Lease } from "../routing/lease.js";
 import { RawSink } from "../routing/shards.js";
@@ -299,6 +305,14 @@ export class Transaction {
       return;
     }
     const cluster = this.host.ctx.router.topology.mode === "cluster";
+    // Channel pub/sub in a transaction without keys (yet): on the master every client's goes
+    // to (router.ts routingSlot), which a later key may still move it from.
+    if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS && isClassicPubSub(name)) {
+      if (!this.moveTo(PUBSUB_HOME_SLOT)) {
+        this.host.upstreamSlot().fail(this.pinFailure);
+        return;
+      }
+    }
     if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS) this.replay.push(payload);
     this.conn!.send(
       payload,
