@@ -169,21 +169,6 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
    * Ends a migration of `slot` from `from`: every master is told `to` owns it (`to` first,
    * then `from`, then the others), and the wait lasts until all of them agree.
    */
-  async function assignSlot(slot: number, to: RedisNode, from: RedisNode, what: string): Promise<void> {
-    const toId = text(await to.call("CLUSTER", "MYID"));
-    for (const node of [to, from, ...masters.filter((m) => m !== from && m !== to)]) {
-      expect(await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", toId)).to.equal("OK");
-    }
-    // SETSLOT NODE moves no epoch: `to` takes a newer one, so a late gossip message of the old
-    // owner cannot win the slot back on some master (seen once on a loaded machine).
-    await to.call("CLUSTER", "BUMPEPOCH");
-    await waitUntil(
-      `every master to agree on ${what}`,
-      async () => (await Promise.all(masters.map((m) => slotOwners(m)))).every((o) => o[slot] === to.port),
-      15_000,
-    );
-  }
-
   /** Writes key:<i> = value:<i> for i < count through the proxy, pipelined (ioredis). */
   async function writeKeys(count: number, prefix = "key:"): Promise<string[]> {
     const keys = Array.from({ length: count }, (_, i) => `${prefix}${i}`);
@@ -826,7 +811,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     const asked = await redirectsSent(masters);
     expect(asked.ask - before.ask).to.be.at.least(3, "the source answered ASK");
 
-    await assignSlot(slot, target, source, "the slot's new owner");
+    await cluster.assignSlots([slot], target);
     await same(...setAll("c"));
     expect(await same("MGET", ...keys)).to.include(`c-${moving}`);
     expect(await same("DEL", ...keys.slice(0, 60), moving, "mv:none")).to.equal(
@@ -840,7 +825,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     // The slot goes back the same way (the importing side takes a new epoch), so the tests
     // after this one find the layout they started with.
     await startMigrating(slot, target, source);
-    await assignSlot(slot, source, target, "the slot's first owner");
+    await cluster.assignSlots([slot], source);
     expect(await viaProxy.call("GET", moving)).to.equal(null);
   });
 
@@ -922,7 +907,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     const asked = await redirectsSent(masters);
     expect(asked.ask - before.ask).to.be.at.least(10, "the source answered ASK");
 
-    await assignSlot(slot, target, source, "the slot's new owner");
+    await cluster.assignSlots([slot], target);
     expect(await same(pipeline("c"))).to.include("c-moving-2");
     await withoutRedirects(async () => {
       expect(await same(pipeline("d"))).to.include("d-moving-2");
@@ -932,7 +917,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     // The slot goes back (see the MSET test above), so the tests after this one find the layout they started with.
     expect(await target.call("DEL", moving)).to.equal(1);
     await startMigrating(slot, target, source);
-    await assignSlot(slot, source, target, "the slot's first owner");
+    await cluster.assignSlots([slot], source);
   });
 
   it("split MSET/MGET/DEL/EXISTS pipelined among single-key commands, keys repeated, values short and long, over many reads of the client's input: Redis' replies, in order", async () => {
@@ -1011,7 +996,7 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
     expect(
       await source.call("MIGRATE", "127.0.0.1", String(target.port), "", "0", "5000", "KEYS", sibling),
     ).to.equal("OK");
-    await assignSlot(slot, target, source, "the slot's owner");
+    await cluster.assignSlots([slot], target);
     expect(await c.text("GET", key)).to.equal("before");
     expect(await c.text("SET", key, "after")).to.equal("OK");
     expect(await c.text("MGET", sibling, fresh, key)).to.deep.equal(["sib", "new", "after"]);

@@ -212,10 +212,7 @@ describe("logs", function () {
       expect(await cluster.nodeForSlot(other)).to.equal(source);
       const masters = await cluster.masters();
       const target = masters.find((n) => n !== source)!;
-      const targetId = String(await target.call("CLUSTER", "MYID"));
-      for (const node of [target, source, ...masters.filter((n) => n !== source && n !== target)]) {
-        for (const s of [slot, other]) await node.call("CLUSTER", "SETSLOT", String(s), "NODE", targetId);
-      }
+      await cluster.assignSlots([slot, other], target);
       expect(await client.set(key, "v")).to.equal("OK");
       const line = await waitForLine(proxy, "slot map changed", (l) =>
         l.msg.startsWith("cluster slot map changed"),

@@ -31,6 +31,11 @@ export interface RedisCluster {
    * with every slot owned by a running node. ok=false: every running node reports cluster_state:fail.
    */
   waitForState(ok: boolean, timeoutMs?: number): Promise<void>;
+  /**
+   * Gives `slots` (empty, or their keys migrated already) to master `to`: CLUSTER SETSLOT NODE
+   * on every master, then waits until every master agrees (15 s at most).
+   */
+  assignSlots(slots: readonly number[], to: RedisNode): Promise<void>;
   /** Stops every node and removes their dirs. */
   stop(): Promise<void>;
 }
@@ -126,6 +131,31 @@ class Cluster implements RedisCluster {
 
   replicas(): Promise<RedisNode[]> {
     return this.byRole("slave");
+  }
+
+  async assignSlots(slots: readonly number[], to: RedisNode): Promise<void> {
+    const toId = String(await to.call("CLUSTER", "MYID"));
+    const masters = await this.masters();
+    for (const node of [to, ...masters.filter((m) => m !== to)])
+      for (const slot of slots) await node.call("CLUSTER", "SETSLOT", String(slot), "NODE", toId);
+    // SETSLOT NODE moves no epoch: `to` takes a newer one, so a late gossip message of the old
+    // owner cannot win a slot back on some master (seen on loaded machines).
+    await to.call("CLUSTER", "BUMPEPOCH");
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const maps = await Promise.all(masters.map((m) => tryCall(m, "CLUSTER", "SLOTS")));
+      const agreed = maps.every((reply) => {
+        if (reply === undefined) return false;
+        const ranges = parseSlots(reply);
+        return slots.every(
+          (slot) => ranges.find((r) => r.start <= slot && slot <= r.end)?.master === to.port,
+        );
+      });
+      if (agreed) return;
+      if (Date.now() > deadline)
+        throw new Error(`assignSlots: the masters do not agree on ${slots.join(",")}`);
+      await sleep(50);
+    }
   }
 
   async nodeForSlot(slot: number): Promise<RedisNode> {
