@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import { Redis } from "ioredis";
 import { startCluster, startProxy, type RedisCluster, type RedisNode } from "./harness/index.js";
+import { eventually } from "./support/polling.js";
 
 /** How many GET calls a node has served, from INFO commandstats. */
 async function getCalls(node: RedisNode): Promise<number> {
@@ -62,5 +63,26 @@ describe("cluster with replicas: --read-from-replicas", function () {
     const served = await writeAndRead(true);
     expect(served.master).to.equal(0);
     expect(served.replica).to.be.at.least(200);
+  });
+
+  it("CONFIG SET through the proxy reaches the replicas too, so a promoted one keeps the setting", async () => {
+    const proxy = await startProxy([{ port: cluster.nodes[0].port }]);
+    const client = new Redis(proxy.port);
+    try {
+      expect(await client.config("SET", "notify-keyspace-events", "KEA")).to.equal("OK");
+      await eventually(
+        async () =>
+          Promise.all(
+            replicas.map(
+              async (r) => (await r.cli("CONFIG", "GET", "notify-keyspace-events")).split("\n")[1],
+            ),
+          ),
+        (flags) => flags.every((f) => f === "AKE"),
+        "every replica's notify-keyspace-events",
+      );
+    } finally {
+      client.disconnect();
+      await proxy.close();
+    }
   });
 });

@@ -20,6 +20,8 @@ import {
 /** What fan-out handlers need from the router. */
 export interface ClusterSender {
   masters(): UpstreamNode[];
+  /** The masters' replicas. */
+  replicas(): UpstreamNode[];
   /** Sends to one node, following redirects; `slot` -1 for keyless commands. */
   sendTo(
     node: UpstreamNode,
@@ -49,6 +51,18 @@ function toAll(merge: (replies: Buffer[]) => Buffer): FanOut {
     masters.forEach((node, i) => r.sendTo(node, payload, gather.part(i), affinity, -1));
   };
 }
+
+const IGNORED: ReplySink = { reply() {}, fail() {} };
+
+/**
+ * CONFIG SET on every master, answered by them, and on their replicas as well (their answers
+ * left aside): a client sees one server, whose settings stay what it set after a failover.
+ */
+const configSet: FanOut = (r, argv, sink, affinity, proto) => {
+  toAll(mergeAllOk)(r, argv, sink, affinity, proto);
+  const payload = encodeCommand(argv);
+  for (const replica of r.replicas()) r.sendTo(replica, payload, IGNORED, affinity, -1);
+};
 
 /** Keyless commands that concern one node: any master will do. */
 function toOne(r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number, proto: Protocol): void {
@@ -283,8 +297,5 @@ export const FAN_OUT = new Map<string, FanOut>([
       shardnumsub: shardNumSub,
     }),
   ],
-  [
-    "config",
-    bySubcommand({ set: toAll(mergeAllOk), resetstat: toAll(mergeAllOk), rewrite: toAll(mergeAllOk) }),
-  ],
+  ["config", bySubcommand({ set: configSet, resetstat: toAll(mergeAllOk), rewrite: toAll(mergeAllOk) })],
 ]);

@@ -280,6 +280,11 @@ export class Router implements ClusterSender {
     return this.topology.masters();
   }
 
+  /** The masters' replicas (none in front of one server). */
+  replicas(): UpstreamNode[] {
+    return this.cluster?.replicas() ?? [];
+  }
+
   /** The node for a slot, or for keyless commands (NO_KEYS) a master chosen by affinity. */
   routeSlot(slot: number, affinity: number): UpstreamNode {
     return this.cluster === null ? this.topology.nodeForSlot(0) : this.cluster.route(slot, affinity);

@@ -92,6 +92,11 @@ export class ClusterTopology implements Topology {
     return this.masterList;
   }
 
+  /** Every master's replicas that are not known to be down. */
+  replicas(): UpstreamNode[] {
+    return [...this.replicasOf.values()].flat().filter((node) => !node.down);
+  }
+
   slotRanges(): readonly SlotRange[] {
     // Computed once per slot map: a walk of every slot, asked for by each batch of events.
     if (this.ranges !== null) return this.ranges;
