@@ -173,6 +173,8 @@ export class Subscriber {
 
   /** A connection EXEC left subscribed to `count` channels and patterns: the client's from now on. */
   adopt(lease: Lease, count: number): void {
+    // Which channels the transaction subscribed is not looked at: its messages are.
+    this.notified = true;
     if (this.main !== null) this.dropLink(this.main);
     this.main = this.attach(lease, false);
     this.mainCount = count;

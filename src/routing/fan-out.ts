@@ -3,7 +3,7 @@ import { encodeCommand, encodeError, encodeInteger, encodeValue, NULL_BULK } fro
 import type { UpstreamNode } from "../upstream/node.js";
 import { hideProxyKeys, PROXY_KEYS_SLOT, proxyKeysCount, isProxyKeyReply } from "./hidden-keys.js";
 import { sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
-import { RespMap, type Protocol, type RespValue } from "../resp/values.js";
+import type { Protocol, RespValue } from "../resp/values.js";
 import { keySlot } from "./key-slot.js";
 import { PUBSUB_HOME_SLOT } from "./command-kinds.js";
 import {
@@ -219,8 +219,8 @@ const toPubSubHome: FanOut = (r, argv, sink, affinity, proto) =>
 
 /**
  * PUBSUB SHARDNUMSUB: each shard channel counted on its own shard's master (a master knows
- * only its own), answered in the order asked and in the layout the servers use (a flat array
- * in Redis 7.0, also in RESP3), as one server answers.
+ * only its own), answered in the order asked, as one server answers: a flat array of channel
+ * and count, in RESP3 too (Redis 7.0 to 8.0, Valkey 8).
  */
 const shardNumSub: FanOut = (r, argv, sink, affinity, proto) => {
   const channels = argv.slice(2);
@@ -237,16 +237,15 @@ const shardNumSub: FanOut = (r, argv, sink, affinity, proto) => {
     const error = firstError(replies);
     if (error !== undefined) return error;
     const counts = new Array<RespValue>(channels.length);
-    let asMap = false;
     nodes.forEach(([, indexes], n) => {
-      const reply = decodeReply(replies[n]);
-      asMap = reply instanceof RespMap;
-      const flat = reply instanceof RespMap ? reply.entries.flat() : reply;
+      const flat = decodeReply(replies[n]);
       if (!Array.isArray(flat)) throw new Error("PUBSUB SHARDNUMSUB did not answer an array");
       indexes.forEach((channel, k) => (counts[channel] = flat[2 * k + 1]!));
     });
-    const entries = channels.map((channel, i): [RespValue, RespValue] => [channel, counts[i]]);
-    return encodeValue(asMap ? new RespMap(entries) : entries.flat(), proto);
+    return encodeValue(
+      channels.flatMap((channel, i) => [channel, counts[i]]),
+      proto,
+    );
   };
   const gather = new Gather(nodes.length, merge, sink);
   nodes.forEach(([node, indexes], n) => {
