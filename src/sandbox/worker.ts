@@ -6,6 +6,9 @@
  * A resumable call's entry (CallOptions.resumable) may stop waiting for a round of callAsync
  * calls instead: the round is parked (the guest keeps its promises), the entry ends, and a
  * "resume" entry hands the round's answer over later, with other entries run in between.
+ * A round's answer may also leave some of its calls for later (LATER_PART: a host call that
+ * waits for an event): the others settle at once, the round stays parked for the rest, and
+ * each of those comes in a "resume" entry of its own when it is in.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";

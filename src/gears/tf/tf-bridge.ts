@@ -92,8 +92,9 @@ export interface AsyncBatch {
    */
   take(lone: boolean): [string, Tagged[], number[]][] | null;
   /**
-   * The batch waits for a blocking command (its round's answer may be far off): it takes no
-   * more TFCALLASYNCs, and the library's line goes on without it.
+   * A coroutine of the batch waits for a blocking command (perhaps for ever, and nothing may ask
+   * for joiners meanwhile): the batch takes no more TFCALLASYNCs, and the library's line goes
+   * on without it.
    */
   stopTaking(): void;
 }
