@@ -55,6 +55,10 @@ const CODE = lib(
      client.callAsync('BLPOP', key, '0');
      return 'fired';
    });
+   redis.registerFunction('fireSync', function(client, key){
+     client.callAsync('BLPOP', key, '0');
+     return 'fired';
+   });
    redis.registerFunction('spin', function(client, ms){
      const until = Date.now() + Number(ms);
      while (Date.now() < until) {}
@@ -179,26 +183,32 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       expect(await within(PROMPT_MS, "the BLPOP", pop.promise)).to.deep.equal([keys[1], "v1"]);
     });
 
-    it("a BLPOP never awaited, or sent from a TFCALLASYNC queued in MULTI, keeps waiting after its call answered (it pops what comes); TFUNCTION DELETE ends it and its connection", async () => {
+    it("a BLPOP never awaited (by a TFCALLASYNC, a TFCALL, a TFCALLASYNC queued in MULTI) keeps waiting after its call answered (it pops what comes); TFUNCTION DELETE ends it and its connection", async () => {
       const blocking = (t.proxy.server as unknown as { context: ProxyContext }).context.gears.tf.blocking;
       expect(
         await within(PROMPT_MS, "TFCALLASYNC", a.call("TFCALLASYNC", "blk.fire", "1", keys[0])),
       ).to.equal("fired");
       const exec = a.multi().call("TFCALLASYNC", "blk.fire", "1", keys[1]).exec();
       expect(await within(PROMPT_MS, "EXEC", exec)).to.deep.equal([[null, "fired"]]);
-      await eventually(pending, (p) => p.length === 2, "both BLPOPs wait");
+      expect(await within(PROMPT_MS, "TFCALL", a.call("TFCALL", "blk.fireSync", "1", keys[2]))).to.equal(
+        "fired",
+      );
+      await eventually(pending, (p) => p.length === 3, "the BLPOPs wait");
       // The library serves meanwhile.
       expect(await within(PROMPT_MS, "TFCALL", b.call("TFCALL", "blk.get", "1", "blk:v"))).to.equal(null);
       expect(
         await within(PROMPT_MS, "TFCALLASYNC", b.call("TFCALLASYNC", "blk.quick", "1", "blk:v")),
       ).to.equal("quick null");
-      expect((await pending()).sort()).to.deep.equal([`BLPOP ${keys[0]} 0`, `BLPOP ${keys[1]} 0`]);
-      expect(blocking.count).to.equal(2);
+      expect((await pending()).sort()).to.deep.equal(keys.map((k) => `BLPOP ${k} 0`));
+      expect(blocking.count).to.equal(3);
       await b.lpush(keys[0], "taken");
-      await eventually(pending, (p) => p.length === 1, "the first BLPOP done");
+      await eventually(pending, (p) => p.length === 2, "the first BLPOP done");
       expect(await t.direct.call("LLEN", keys[0])).to.equal(0);
       expect(await t.c.call("TFUNCTION", "DELETE", "blk")).to.equal("OK");
-      await waitUntil("Redis no longer waits", async () => (await blockedOn(keys[1])) === 0);
+      await waitUntil(
+        "Redis no longer waits",
+        async () => (await blockedOn(keys[1])) + (await blockedOn(keys[2])) === 0,
+      );
       expect(blocking.count).to.equal(0);
       await b.lpush(keys[1], "kept");
       expect(await t.direct.text("LRANGE", keys[1], "0", "-1")).to.deep.equal(["kept"]);
