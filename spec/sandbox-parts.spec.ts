@@ -18,7 +18,7 @@ function partsBridge(): HostBridge & {
     callSync(name: string, args: JsonValue[]): Promise<JsonValue> {
       return Promise.resolve(args[0] ?? name);
     },
-    callAsyncParts(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncPart[]> {
+    callAsyncParts(calls: { name: string; args: JsonValue[] }[], _mayWait: boolean): Promise<AsyncPart[]> {
       bridge.rounds++;
       return Promise.resolve(
         calls.map((c): AsyncPart => {
@@ -28,7 +28,7 @@ function partsBridge(): HostBridge & {
       );
     },
     async callAsync(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncResult[]> {
-      const parts = await bridge.callAsyncParts(calls);
+      const parts = await bridge.callAsyncParts(calls, true);
       return Promise.all(parts.map((p) => ("later" in p ? p.later : p)));
     },
     notify(): void {},

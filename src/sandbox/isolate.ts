@@ -857,7 +857,8 @@ export class Isolate {
       .then((): Promise<AsyncPart[]> => {
         if (bridge.callAsyncParts === undefined) return bridge.callAsync(calls);
         // A worker that waits for the whole answer gets it whole.
-        return pending.parts ? bridge.callAsyncParts(calls) : allAnswered(bridge.callAsyncParts(calls));
+        if (!pending.parts) return allAnswered(bridge.callAsyncParts(calls, true));
+        return bridge.callAsyncParts(calls, pending.yieldable || pending.detached);
       })
       .then(
         (results: AsyncPart[]) => {

@@ -82,8 +82,11 @@ export interface HostBridge {
    * command that waits for an event): such a call's result is `{ later }`, so that the
    * round's other results reach the guest at once; the guest's promise of that call settles
    * when `later` does. The isolate uses this instead of callAsync when the bridge has it.
+   * `mayWait`: the guest may as well wait for the whole answer (its entry stops waiting, and
+   * takes the answer later, as soon as another entry needs the isolate): a bridge may then give
+   * a slow call that has nothing else in its round whole, sparing the guest a second hop.
    */
-  callAsyncParts?(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncPart[]>;
+  callAsyncParts?(calls: { name: string; args: JsonValue[] }[], mayWait: boolean): Promise<AsyncPart[]>;
   notify(name: string, args: JsonValue[]): void;
 }
 

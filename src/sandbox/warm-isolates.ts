@@ -72,9 +72,9 @@ class LateBridge implements HostBridge {
     return this.host().callAsync(calls);
   }
 
-  callAsyncParts(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncPart[]> {
+  callAsyncParts(calls: { name: string; args: JsonValue[] }[], mayWait: boolean): Promise<AsyncPart[]> {
     const host = this.host();
-    return host.callAsyncParts === undefined ? host.callAsync(calls) : host.callAsyncParts(calls);
+    return host.callAsyncParts === undefined ? host.callAsync(calls) : host.callAsyncParts(calls, mayWait);
   }
 
   notify(name: string, args: JsonValue[]): void {

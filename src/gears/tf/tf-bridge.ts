@@ -172,15 +172,17 @@ export class TfBridge implements HostBridge {
   }
 
   callAsync(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncResult[]> {
-    return allAnswered(this.callAsyncParts(calls));
+    return allAnswered(this.callAsyncParts(calls, true));
   }
 
   /**
    * A round of host calls: a `callAsync` of a blocking command (BLPOP, XREAD BLOCK...) is
    * answered later, on its own (`later`), so that the round's other calls (sent in the same
-   * pass, by this coroutine or others) reach the guest as soon as their replies are in.
+   * pass, by this coroutine or others) reach the guest as soon as their replies are in. When
+   * it is the round's only call (a coroutine that pops one job after another) and the guest
+   * `mayWait`, it is answered with the round, in one hop, as any other call.
    */
-  callAsyncParts(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncPart[]> {
+  callAsyncParts(calls: { name: string; args: JsonValue[] }[], mayWait: boolean): Promise<AsyncPart[]> {
     // A batch of TFCALLASYNCs asks (once, anywhere in it) for those that arrived meanwhile
     // (guest/tf/async-batch.ts).
     let join = calls.length - 1;
@@ -193,12 +195,12 @@ export class TfBridge implements HostBridge {
       if (calls.length === 1) return Promise.resolve([this.joining(batch, true)]);
       const others = calls.slice(0, join).concat(calls.slice(join + 1));
       // Once the round's own calls are answered: those that arrived while they were in Redis join.
-      return this.callEachTracked(others).then((results) => {
+      return this.callEachTracked(others, mayWait).then((results) => {
         results.splice(join, 0, this.joining(batch, false));
         return results;
       });
     }
-    return this.callEachTracked(calls);
+    return this.callEachTracked(calls, mayWait);
   }
 
   /** The answer to batch `batch`'s ASYNC_JOIN: the TFCALLASYNCs that join it, as BatchCalls, or null. */
@@ -207,15 +209,21 @@ export class TfBridge implements HostBridge {
     return { ok: joining === null ? null : pushBatchCalls([], joining) };
   }
 
-  /** The calls' results once those of the calls that do not block are in; the blocking ones' `later`. */
-  private callEachTracked(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncPart[]> {
+  /**
+   * The calls' results once those of the calls that do not block are in; the blocking ones'
+   * `later` (but for a lone one the guest may wait for: callAsyncParts).
+   */
+  private callEachTracked(
+    calls: { name: string; args: JsonValue[] }[],
+    mayWait: boolean,
+  ): Promise<AsyncPart[]> {
     const results: AsyncPart[] = [];
     const now: Promise<void>[] = [];
     for (let i = 0; i < calls.length; i++) {
       const { name, args } = calls[i];
       const blocking = this.isBlockingCall(name, args);
       const call = this.tracked(name, args, blocking);
-      if (blocking) {
+      if (blocking && !(mayWait && calls.length === 1)) {
         results[i] = {
           later: call.then(
             (ok): AsyncResult => ({ ok }),
