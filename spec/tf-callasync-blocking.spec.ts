@@ -19,7 +19,9 @@ const run = promisify(execFile);
  * given timeout, `popMany` n BLPOPs at once; `xr` awaits XREAD BLOCK 0 from '$'; `get` and `quick` (sync and async)
  * read a key; `syncPop`, `syncMpop`, `syncXread` and `syncWait` run BLPOP, BLMPOP, XREAD BLOCK
  * and WAIT with the sync `client.call`, which T&F ran in script mode: without blocking, or
- * refused for the commands Redis flags "noscript".
+ * refused for the commands Redis flags "noscript". `both` awaits Promise.all of a BLPOP and a
+ * GET, writing a mark once the GET's promise settled; `fire` (async) and `fireSync` send a
+ * BLPOP they never await; `spin` keeps the library busy for a while.
  */
 const CODE = lib(
   "blk",
