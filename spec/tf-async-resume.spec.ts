@@ -129,7 +129,8 @@ for (const mode of BACKEND_MODES) {
       await t.direct.call("SET", "{r}stop", "1");
       const n = Number(await long.promise);
       expect(n).to.equal(await counter());
-      expect(n).to.be.greaterThan(3000);
+      // At least: under load the stop may come before the coroutine's next INCR.
+      expect(n).to.be.at.least(3000);
     }
 
     for (const kind of ["ioredis", "node-redis 6"] as const) {

@@ -5,7 +5,7 @@ import { Redis } from "ioredis";
 import { Backend, SERVERS_AND_MODES } from "./support/backend.js";
 import { tfLibrary as lib, useTfProxy } from "./support/tf.js";
 import { rejection } from "./support/gears.js";
-import { eventually, tracked, waitUntil, within } from "./support/polling.js";
+import { eventually, sleep, tracked, waitUntil, within } from "./support/polling.js";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { MAX_BLOCKING_CALLS } from "../src/gears/tf/blocking-calls.js";
 import type { ProxyContext } from "../src/client/context.js";
@@ -19,7 +19,9 @@ const run = promisify(execFile);
  * given timeout, `popMany` n BLPOPs at once; `xr` awaits XREAD BLOCK 0 from '$'; `get` and `quick` (sync and async)
  * read a key; `syncPop`, `syncMpop`, `syncXread` and `syncWait` run BLPOP, BLMPOP, XREAD BLOCK
  * and WAIT with the sync `client.call`, which T&F ran in script mode: without blocking, or
- * refused for the commands Redis flags "noscript".
+ * refused for the commands Redis flags "noscript". `both` awaits Promise.all of a BLPOP and a
+ * GET, writing a mark once the GET's promise settled; `fire` (async) and `fireSync` send a
+ * BLPOP they never await; `spin` keeps the library busy for a while.
  */
 const CODE = lib(
   "blk",
@@ -44,7 +46,26 @@ const CODE = lib(
    redis.registerFunction('syncXread', function(client, key){
      return client.call('XREAD', 'BLOCK', '0', 'STREAMS', key, '$');
    });
-   redis.registerFunction('syncWait', function(client){ return client.call('WAIT', '0', '0'); });`,
+   redis.registerFunction('syncWait', function(client){ return client.call('WAIT', '0', '0'); });
+   redis.registerAsyncFunction('both', async function(client, list, key, mark){
+     return await Promise.all([
+       client.callAsync('BLPOP', list, '0'),
+       client.callAsync('GET', key).then((v) => client.callAsync('SET', mark, 'got ' + v).then(() => v)),
+     ]);
+   });
+   redis.registerAsyncFunction('fire', async function(client, key){
+     client.callAsync('BLPOP', key, '0');
+     return 'fired';
+   });
+   redis.registerFunction('fireSync', function(client, key){
+     client.callAsync('BLPOP', key, '0');
+     return 'fired';
+   });
+   redis.registerFunction('spin', function(client, ms){
+     const until = Date.now() + Number(ms);
+     while (Date.now() < until) {}
+     return 'spun';
+   });`,
 );
 
 /** T&F's text when a call's isolate goes (its library deleted) before the call settled. */
@@ -59,6 +80,7 @@ for (const [server, mode] of SERVERS_AND_MODES) {
     const t = useTfProxy(mode, { clean: true, server });
     let a: Redis;
     let b: Redis;
+    let c2: Redis;
     /** Keys on different masters in a cluster. */
     const keys = ["blk:list:a", "blk:list:b", "blk:list:c"];
 
@@ -66,12 +88,14 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       expect(await t.c.call("TFUNCTION", "LOAD", CODE)).to.equal("OK");
       a = new Redis(t.proxy.port);
       b = new Redis(t.proxy.port);
-      await Promise.all([a.ping(), b.ping()]);
-      for (const key of [...keys, "blk:stream", "blk:v"]) await t.direct.call("DEL", key);
+      c2 = new Redis(t.proxy.port);
+      await Promise.all([a.ping(), b.ping(), c2.ping()]);
+      for (const key of [...keys, "blk:stream", "blk:v", "blk:mark"]) await t.direct.call("DEL", key);
     });
     afterEach(() => {
       a.disconnect();
       b.disconnect();
+      c2.disconnect();
     });
 
     /** The clients blocked in BLPOP on the node of `key`, as Redis lists them. */
@@ -124,6 +148,72 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       } finally {
         await t.c.call("CONFIG", "SET", "redisgears_2.lock-redis-timeout", "500");
       }
+    });
+
+    it("a call sent in the same pass as a BLPOP is answered at once: Promise.all([BLPOP, GET]) goes on with the GET's reply while the BLPOP waits", async () => {
+      await t.direct.call("SET", "blk:v", "x");
+      const both = tracked(a.call("TFCALLASYNC", "blk.both", "3", keys[0], "blk:v", "blk:mark"));
+      // The GET's promise settles (and the function writes the mark) while the BLPOP still waits.
+      await eventually(
+        () => b.get("blk:mark"),
+        (v) => v === "got x",
+        "the mark",
+        PROMPT_MS,
+      );
+      expect(await blockedOn(keys[0])).to.equal(1);
+      expect(await pending()).to.deep.equal([`BLPOP ${keys[0]} 0`]);
+      expect(both.settled()).to.equal(false);
+      await b.lpush(keys[0], "v1");
+      expect(await within(PROMPT_MS, "the function", both.promise)).to.deep.equal([[keys[0], "v1"], "x"]);
+      expect(await pending()).to.deep.equal([]);
+    });
+
+    it("two TFCALLASYNCs that go in together, one BLPOPing an empty list: the other answers at once, the BLPOP when an LPUSH comes (redis-cli's)", async () => {
+      await t.direct.call("SET", "blk:v", "x");
+      // The library is busy: both TFCALLASYNCs queue behind the TFCALL and go in as one batch,
+      // so that the BLPOP and the GET leave in one round.
+      const spin = c2.call("TFCALL", "blk.spin", "0", "400");
+      await sleep(100);
+      const pop = tracked(a.call("TFCALLASYNC", "blk.pop", "1", keys[1], "0"));
+      const quick = tracked(b.call("TFCALLASYNC", "blk.quick", "1", "blk:v"));
+      expect(await spin).to.equal("spun");
+      expect(await within(PROMPT_MS, "the other TFCALLASYNC", quick.promise)).to.equal("quick x");
+      await waitUntil("the BLPOP waits", async () => (await blockedOn(keys[1])) === 1);
+      expect(pop.settled()).to.equal(false);
+      const { stdout } = await run("redis-cli", ["-p", String(t.proxy.port), "LPUSH", keys[1], "v1"]);
+      expect(stdout.trim()).to.equal("1");
+      expect(await within(PROMPT_MS, "the BLPOP", pop.promise)).to.deep.equal([keys[1], "v1"]);
+    });
+
+    it("a BLPOP never awaited (by a TFCALLASYNC, a TFCALL, a TFCALLASYNC queued in MULTI) keeps waiting after its call answered (it pops what comes); TFUNCTION DELETE ends it and its connection", async () => {
+      const blocking = (t.proxy.server as unknown as { context: ProxyContext }).context.gears.tf.blocking;
+      expect(
+        await within(PROMPT_MS, "TFCALLASYNC", a.call("TFCALLASYNC", "blk.fire", "1", keys[0])),
+      ).to.equal("fired");
+      const exec = a.multi().call("TFCALLASYNC", "blk.fire", "1", keys[1]).exec();
+      expect(await within(PROMPT_MS, "EXEC", exec)).to.deep.equal([[null, "fired"]]);
+      expect(await within(PROMPT_MS, "TFCALL", a.call("TFCALL", "blk.fireSync", "1", keys[2]))).to.equal(
+        "fired",
+      );
+      await eventually(pending, (p) => p.length === 3, "the BLPOPs wait");
+      // The library serves meanwhile.
+      expect(await within(PROMPT_MS, "TFCALL", b.call("TFCALL", "blk.get", "1", "blk:v"))).to.equal(null);
+      expect(
+        await within(PROMPT_MS, "TFCALLASYNC", b.call("TFCALLASYNC", "blk.quick", "1", "blk:v")),
+      ).to.equal("quick null");
+      expect((await pending()).sort()).to.deep.equal(keys.map((k) => `BLPOP ${k} 0`));
+      expect(blocking.count).to.equal(3);
+      await b.lpush(keys[0], "taken");
+      await eventually(pending, (p) => p.length === 2, "the first BLPOP done");
+      expect(await t.direct.call("LLEN", keys[0])).to.equal(0);
+      expect(await t.c.call("TFUNCTION", "DELETE", "blk")).to.equal("OK");
+      await waitUntil(
+        "Redis no longer waits",
+        async () => (await blockedOn(keys[1])) + (await blockedOn(keys[2])) === 0,
+      );
+      expect(blocking.count).to.equal(0);
+      await b.lpush(keys[1], "kept");
+      expect(await t.direct.text("LRANGE", keys[1], "0", "-1")).to.deep.equal(["kept"]);
     });
 
     it("BLPOP with a timeout answers nil after it", async () => {
@@ -261,7 +351,7 @@ for (const [server, mode] of SERVERS_AND_MODES) {
         // They wait on connections of their own: a TFCALL and a plain command still answer.
         expect(await within(PROMPT_MS, "TFCALL", b.call("TFCALL", "blk.get", "1", "blk:v"))).to.equal(null);
         expect(await within(PROMPT_MS, "GET", b.get("blk:v"))).to.equal(null);
-        // The calls of one pass come back together (see the report): once the others are answered.
+        // The refused one failed popMany at once; the others wait on, as calls never awaited do.
         try {
           for (let i = 0; i <= MAX_BLOCKING_CALLS; i++) await direct.call("RPUSH", `blk:many:${i}`, "v");
         } finally {
@@ -269,6 +359,7 @@ for (const [server, mode] of SERVERS_AND_MODES) {
         }
         const error = await within(10_000, "popMany", rejection(many.promise));
         expect(error).to.contain("too many blocking commands waiting in callAsync");
+        await eventually(pending, (p) => p.length === 0, "the BLPOPs done", 10_000);
         let left = 0;
         for (let i = 0; i <= MAX_BLOCKING_CALLS; i++)
           left += Number(await t.direct.call("LLEN", `blk:many:${i}`));

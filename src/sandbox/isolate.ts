@@ -27,6 +27,7 @@ import {
   SIGNAL_PORT,
   STATE_GUEST,
   DETACHED,
+  LATER_PART,
   type AsyncReply,
   type AsyncWait,
   type EntryRequest,
@@ -40,6 +41,9 @@ import { abortedMessage, terminatedMessage, timeoutMessage } from "./messages.js
 import {
   RawJson,
   SandboxError,
+  allAnswered,
+  type AsyncPart,
+  type AsyncResult,
   type CallOptions,
   type HostBridge,
   type IsolateLimits,
@@ -89,6 +93,19 @@ function compiledWasm(): Promise<WebAssembly.Module> {
 
 function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
+}
+
+/** A call's part of a round's answer (AsyncReply.json): [0, its value] or [1, its error's message]. */
+function partOf(r: unknown): string {
+  if (typeof r === "object" && r !== null && "ok" in r) {
+    try {
+      return `[0,${toJson(r.ok)}]`;
+    } catch (e) {
+      return `[1,${JSON.stringify(errorMessage(e))}]`;
+    }
+  }
+  if (typeof r === "object" && r !== null && "error" in r) return `[1,${JSON.stringify(String(r.error))}]`;
+  return `[1,"no result from the host"]`;
 }
 
 function toJson(value: unknown): string {
@@ -167,6 +184,8 @@ interface PendingReply {
   yieldable: boolean;
   /** A round the worker does not wait for: its answer goes in a "resume" entry. */
   detached: boolean;
+  /** A round whose answer may leave calls for later (AsyncWait: any of them). */
+  parts: boolean;
   /** The budget of the resumable entry that sent it: its "resume" entry gets the same. */
   budgetMs: number;
 }
@@ -188,6 +207,8 @@ export class Isolate {
   private lastCallId = 0;
   /** Rounds of host calls whose answers are to go to a "resume" entry, not answered yet. */
   private detachedRounds = 0;
+  /** Calls that answers of rounds left for later (LATER_PART), not answered yet. */
+  private laterParts = 0;
   /** When the last entry ended (performance.now()); its start, before any. */
   private lastEntryEnd = performance.now();
   /** Where callBinary's bytes cross to the worker (see shared()). */
@@ -293,7 +314,8 @@ export class Isolate {
     return this.current !== undefined ||
       this.queue.length > 0 ||
       this.suspended.size > 0 ||
-      this.detachedRounds > 0
+      this.detachedRounds > 0 ||
+      this.laterParts > 0
       ? null
       : this.lastEntryEnd;
   }
@@ -518,13 +540,35 @@ export class Isolate {
     }
     this.detachedRounds--;
     if (!this.isAlive) return;
-    // Rounds answered while a resume entry waits go in with it: one entry for them all.
+    this.resume(pending.budgetMs, [pending.seq, json], null);
+  }
+
+  /** The answer `part` of call `index` of a round whose answer left it for later: in a "resume" entry. */
+  private partAnswered(pending: PendingReply, index: number, part: string): void {
+    this.laterParts--;
+    if (!this.isAlive) return;
+    this.resume(pending.budgetMs, null, [pending.seq, index, part]);
+  }
+
+  /** Hands a round's answer or a call's part of one to the guest, in a "resume" entry. */
+  private resume(
+    budgetMs: number,
+    round: [number, string] | null,
+    part: [number, number, string] | null,
+  ): void {
+    // Answers that come while a resume entry waits go in with it: one entry for them all.
     const last = this.queue[this.queue.length - 1];
     if (last !== undefined && last.request.op === "resume") {
-      last.request.rounds.push([pending.seq, json]);
+      if (round !== null) last.request.rounds.push(round);
+      if (part !== null) last.request.parts.push(part);
       return;
     }
-    const request: EntryRequest = { op: "resume", rounds: [[pending.seq, json]], budgetMs: pending.budgetMs };
+    const request: EntryRequest = {
+      op: "resume",
+      rounds: round === null ? [] : [round],
+      parts: part === null ? [] : [part],
+      budgetMs,
+    };
     this.queue.push({ request, resolve: ignore, reject: ignore, aborted: false });
     this.yieldWaiting();
     this.pump();
@@ -757,6 +801,7 @@ export class Isolate {
       count: 1,
       yieldable: false,
       detached: false,
+      parts: false,
       budgetMs: 0,
     };
     this.pendingReply = pending;
@@ -796,6 +841,7 @@ export class Isolate {
       count: calls.length,
       yieldable: wait === "yieldable",
       detached: wait === "detached",
+      parts: wait !== undefined,
       budgetMs: this.currentBudgetMs(),
     };
     if (pending.detached) this.detachedRounds++;
@@ -806,28 +852,35 @@ export class Isolate {
     }
     // An entry came while the round was on its way here.
     if (this.queue.length > 0) this.yieldWaiting();
+    const bridge = this.bridge;
     Promise.resolve()
-      .then(() => this.bridge.callAsync(calls))
+      .then((): Promise<AsyncPart[]> => {
+        if (bridge.callAsyncParts === undefined) return bridge.callAsync(calls);
+        // A worker that waits for the whole answer gets it whole.
+        if (!pending.parts) return allAnswered(bridge.callAsyncParts(calls, true));
+        return bridge.callAsyncParts(calls, pending.yieldable || pending.detached);
+      })
       .then(
-        (results) => {
+        (results: AsyncPart[]) => {
           const parts: string[] = [];
+          let later: { index: number; answer: Promise<AsyncResult> }[] | null = null;
           for (let i = 0; i < calls.length; i++) {
             const r: unknown = results[i];
-            let part: string;
-            if (typeof r === "object" && r !== null && "ok" in r) {
-              try {
-                part = `[0,${toJson(r.ok)}]`;
-              } catch (e) {
-                part = `[1,${JSON.stringify(errorMessage(e))}]`;
-              }
-            } else if (typeof r === "object" && r !== null && "error" in r) {
-              part = `[1,${JSON.stringify(String(r.error))}]`;
-            } else {
-              part = `[1,"no result from the host"]`;
-            }
-            parts.push(part);
+            if (typeof r === "object" && r !== null && "later" in r) {
+              (later ??= []).push({ index: i, answer: (r as { later: Promise<AsyncResult> }).later });
+              parts.push(LATER_PART);
+            } else parts.push(partOf(r));
           }
           this.roundAnswered(pending, `[${parts.join(",")}]`);
+          if (later === null) return;
+          // After the round's answer: a call's part goes in a resume entry after the round's.
+          for (const { index, answer } of later) {
+            this.laterParts++;
+            answer.then(
+              (r) => this.partAnswered(pending, index, partOf(r)),
+              (e: unknown) => this.partAnswered(pending, index, partOf({ error: errorMessage(e) })),
+            );
+          }
         },
         (e: unknown) => this.answerWithError(pending, errorMessage(e)),
       );

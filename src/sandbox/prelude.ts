@@ -33,8 +33,11 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
   let queue = [];
   let waiting = [];
   let inflight = [];
-  // Rounds whose answers come in a later entry (the worker parked them), by the round's seq.
+  // Rounds whose answers, or some of them, come in a later entry (the worker parked them), by
+  // the round's seq: { w: the round's resolve and reject pairs, left: how many still wait }.
   let parked = objectCreate(null);
+  // The round deliver() just settled, when some of its calls' answers come later: park() files it.
+  let unanswered = null;
 
   function flushNotes() {
     if (notes.length === 0) return;
@@ -79,15 +82,31 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
     }
   }
 
-  // Settles the promises w of a round (a resolve and a reject for each call) with its answer.
+  // Settles call i of a round (w: a resolve and a reject for each call) with its part r.
+  function settleCall(w, i, r) {
+    if (r && r[0] === 0) w[2 * i](r[1]);
+    else w[2 * i + 1](new ErrorCtor(r ? StringCtor(r[1]) : "no answer from the host"));
+  }
+
+  // Settles the promises w of a round with its answer, but for the calls whose answers come
+  // later (part [2]): how many of those.
   function settleRound(w, json) {
     let rs;
     try { rs = parse(json); } catch (_) { rs = []; }
+    let left = 0;
     for (let i = 0; 2 * i < w.length; i++) {
       const r = rs[i];
-      if (r && r[0] === 0) w[2 * i](r[1]);
-      else w[2 * i + 1](new ErrorCtor(r ? StringCtor(r[1]) : "no answer from the host"));
+      if (r && r[0] === 2) left++;
+      else settleCall(w, i, r);
     }
+    return left;
+  }
+
+  // Parked round seq's answers came: how many of its calls still wait.
+  function answered(seq, p, left) {
+    p.left = left;
+    if (left <= 0) delete parked[seq];
+    return left;
   }
 
   const host = freeze({
@@ -176,30 +195,48 @@ export const PRELUDE_SOURCE = String.raw`(function (rawSync, rawNotify) {
       waiting = [];
       return join(q);
     },
+    // How many of the round's calls wait for answers that come later (then park() files it).
     deliver(json) {
       const w = inflight;
       inflight = [];
-      settleRound(w, json);
+      const left = settleRound(w, json);
+      if (left > 0) unanswered = { w, left };
+      return left;
     },
     park(seq) {
-      parked[seq] = inflight;
+      if (unanswered !== null) {
+        parked[seq] = unanswered;
+        unanswered = null;
+        return;
+      }
+      parked[seq] = { w: inflight, left: inflight.length / 2 };
       inflight = [];
     },
+    // These two: how many calls of the round still wait (0: it is done).
     resume(seq, json) {
-      const w = parked[seq];
-      if (w === undefined) return;
-      delete parked[seq];
-      settleRound(w, json);
+      const p = parked[seq];
+      if (p === undefined) return 0;
+      return answered(seq, p, settleRound(p.w, json));
+    },
+    resumePart(seq, index, json) {
+      const p = parked[seq];
+      if (p === undefined) return 0;
+      let r;
+      try { r = parse(json); } catch (_) { r = undefined; }
+      settleCall(p.w, index, r);
+      return answered(seq, p, p.left - 1);
     },
     reset() {
       queue = [];
       waiting = [];
       inflight = [];
+      unanswered = null;
     },
     resetAll() {
       queue = [];
       waiting = [];
       inflight = [];
+      unanswered = null;
       parked = objectCreate(null);
     },
   };

@@ -76,10 +76,12 @@ export type EntryRequest =
     }
   /**
    * The answers to rounds of host calls the guest no longer waited for (AsyncRound.detached),
-   * [its seq, AsyncReply.json] each: they go to the promises awaiting them and the entry goes
-   * on as a resumable call's does (its own rounds may be detached again, within `budgetMs`).
+   * [its seq, AsyncReply.json] each, and the answers of calls that a round's answer left for
+   * later (LATER_PART), [the round's seq, the call's index in it, its part] each: they go to
+   * the promises awaiting them and the entry goes on as a resumable call's does (its own
+   * rounds may be detached again, within `budgetMs`).
    */
-  | { op: "resume"; rounds: [number, string][]; budgetMs: number }
+  | { op: "resume"; rounds: [number, string][]; parts: [number, number, string][]; budgetMs: number }
   /** Python source, for a Pyodide worker. */
   | { op: "evalPython"; source: string; filename: string }
   /** call() with args[index] replaced by the value in `bytes` (QuickJS's binary object format). */
@@ -120,9 +122,18 @@ export type WorkerMessage =
  * How a round of callAsync calls waits for its answer: "yieldable", the worker waits, but the
  * main thread may answer DETACHED instead (another entry waits for the isolate), and the real
  * answer comes later in a "resume" entry; "detached", the worker does not wait at all (its
- * entry's budget is spent): the answer comes in a "resume" entry. Absent: the worker waits.
+ * entry's budget is spent): the answer comes in a "resume" entry; "parts", the worker waits
+ * (for an entry whose own result is in: what it still runs may go on in "resume" entries).
+ * With any of these the answer may leave calls for later (LATER_PART). Absent: the worker
+ * waits for the whole answer.
  */
-export type AsyncWait = "yieldable" | "detached";
+export type AsyncWait = "yieldable" | "detached" | "parts";
+
+/**
+ * A call's part of a round's answer (AsyncReply.json) when its own answer comes later, in a
+ * "resume" entry's `parts` (HostBridge.callAsyncParts): the round's other calls go on meanwhile.
+ */
+export const LATER_PART = "[2]";
 
 /** AsyncReply.json of a round the worker is to stop waiting for: its answer comes in a "resume" entry. */
 export const DETACHED = "";
@@ -132,7 +143,7 @@ export type SettledCall =
   { id: number; ok: true; json: string } | { id: number; ok: false; failure: FailureInfo };
 
 export type SyncReply = { seq: number; ok: true; json: string } | { seq: number; ok: false; message: string };
-/** json: JSON of ([0, value] | [1, errorMessage])[], in the order of the batch. */
+/** json: JSON of ([0, value] | [1, errorMessage] | LATER_PART)[], in the order of the batch. */
 export interface AsyncReply {
   seq: number;
   json: string;

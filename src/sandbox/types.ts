@@ -76,10 +76,32 @@ export class SandboxError extends Error {
 export interface HostBridge {
   callSync(name: string, args: JsonValue[]): Promise<JsonValue | RawJson>;
   /** One batch of async calls; results in the same order (a rejected one is its error message). */
-  callAsync(
-    calls: { name: string; args: JsonValue[] }[],
-  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]>;
+  callAsync(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncResult[]>;
+  /**
+   * callAsync, for a bridge some of whose calls may take far longer than the others (a
+   * command that waits for an event): such a call's result is `{ later }`, so that the
+   * round's other results reach the guest at once; the guest's promise of that call settles
+   * when `later` does. The isolate uses this instead of callAsync when the bridge has it.
+   * `mayWait`: the guest may as well wait for the whole answer (its entry stops waiting, and
+   * takes the answer later, as soon as another entry needs the isolate): a bridge may then give
+   * a slow call that has nothing else in its round whole, sparing the guest a second hop.
+   */
+  callAsyncParts?(calls: { name: string; args: JsonValue[] }[], mayWait: boolean): Promise<AsyncPart[]>;
   notify(name: string, args: JsonValue[]): void;
+}
+
+/** A host call's result: its value, or the message of its error. */
+export type AsyncResult = { ok: JsonValue | RawJson } | { error: string };
+
+/** A result of HostBridge.callAsyncParts: now, or a promise of it (the call's answer comes later). */
+export type AsyncPart = AsyncResult | { later: Promise<AsyncResult> };
+
+/** callAsyncParts' results once every one is in: callAsync's, for a bridge that answers in parts. */
+export function allAnswered(parts: Promise<AsyncPart[]>): Promise<AsyncResult[]> {
+  return parts.then((results) => {
+    if (!results.some((r) => "later" in r)) return results as AsyncResult[];
+    return Promise.all(results.map((r) => ("later" in r ? r.later : r)));
+  });
 }
 
 /**

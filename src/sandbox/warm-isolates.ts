@@ -1,4 +1,12 @@
-import type { HostBridge, IsolateLimits, JsonValue, Preload, RawJson } from "./types.js";
+import type {
+  AsyncPart,
+  AsyncResult,
+  HostBridge,
+  IsolateLimits,
+  JsonValue,
+  Preload,
+  RawJson,
+} from "./types.js";
 
 /** What the pool needs of an isolate. */
 export interface Disposable<Self = unknown> {
@@ -60,10 +68,13 @@ class LateBridge implements HostBridge {
     return this.host().callSync(name, args);
   }
 
-  callAsync(
-    calls: { name: string; args: JsonValue[] }[],
-  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
+  callAsync(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncResult[]> {
     return this.host().callAsync(calls);
+  }
+
+  callAsyncParts(calls: { name: string; args: JsonValue[] }[], mayWait: boolean): Promise<AsyncPart[]> {
+    const host = this.host();
+    return host.callAsyncParts === undefined ? host.callAsync(calls) : host.callAsyncParts(calls, mayWait);
   }
 
   notify(name: string, args: JsonValue[]): void {

@@ -6,6 +6,9 @@
  * A resumable call's entry (CallOptions.resumable) may stop waiting for a round of callAsync
  * calls instead: the round is parked (the guest keeps its promises), the entry ends, and a
  * "resume" entry hands the round's answer over later, with other entries run in between.
+ * A round's answer may also leave some of its calls for later (LATER_PART: a host call that
+ * waits for an event): the others settle at once, the round stays parked for the rest, and
+ * each of those comes in a "resume" entry of its own when it is in.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC } from "quickjs-emscripten";
@@ -209,6 +212,7 @@ interface Helpers {
   deliver: QuickJSHandle;
   park: QuickJSHandle;
   resume: QuickJSHandle;
+  resumePart: QuickJSHandle;
   reset: QuickJSHandle;
   resetAll: QuickJSHandle;
 }
@@ -275,6 +279,7 @@ async function setUp(): Promise<void> {
     deliver: get("deliver"),
     park: get("park"),
     resume: get("resume"),
+    resumePart: get("resumePart"),
     reset: get("reset"),
     resetAll: get("resetAll"),
   };
@@ -565,7 +570,10 @@ const NEVER_SETTLES: FailureInfo = {
 
 /** Resumable calls whose entry ended before their Promise settled: their start() records, by id. */
 const openCalls = new Map<number, QuickJSHandle>();
-/** Rounds of callAsync calls whose answers come in a "resume" entry (the prelude keeps their promises). */
+/**
+ * Rounds of callAsync calls whose answers, or some of them (LATER_PART), come in a "resume"
+ * entry (the prelude keeps their promises).
+ */
 const parkedRounds = new Set<number>();
 
 /** A resumable entry: it may end while its guest awaits host calls, once it has run `budgetMs`. */
@@ -577,7 +585,8 @@ interface Resumable {
 /**
  * Runs the guest's pending jobs and its rounds of callAsync calls until `rec` settles (null:
  * until none is left). A resumable entry stops at a round whose answer comes later (parked),
- * or when `rec` awaits only parked rounds; any other entry waits for every answer.
+ * or when `rec` awaits only parked rounds; any other entry waits for every answer until its
+ * `rec` settled (the answers of the rounds it sends after that may come in parts).
  */
 function drive(rec: QuickJSHandle | null, failAlone: boolean, resumable: Resumable | null): void {
   for (;;) {
@@ -588,13 +597,19 @@ function drive(rec: QuickJSHandle | null, failAlone: boolean, resumable: Resumab
       let wait: AsyncWait | undefined;
       if (resumable !== null)
         wait = Date.now() - resumable.startedAt >= resumable.budgetMs ? "detached" : "yieldable";
+      else if (rec !== null && ctx.getNumber(enter(fns.state, rec)) !== 0) wait = "parts";
       const answer = hostRequest({ t: "async", batchJson: batch, wait });
+      const round = seq;
       if (answer !== null) {
-        enter(fns.deliver, own(answer));
+        // Calls whose answers come later (LATER_PART): their round waits for them, parked.
+        if (ctx.getNumber(enter(fns.deliver, own(answer))) > 0) {
+          parkedRounds.add(round);
+          enter(fns.park, own(ctx.newNumber(round)));
+        }
         continue;
       }
-      parkedRounds.add(seq);
-      enter(fns.park, own(ctx.newNumber(seq)));
+      parkedRounds.add(round);
+      enter(fns.park, own(ctx.newNumber(round)));
       return;
     }
     if (rec === null || ctx.getNumber(enter(fns.state, rec)) !== 0) return;
@@ -668,8 +683,20 @@ function runEntry(req: EntryRequest): WorkerMessage {
     if (abortRequested()) throw new EntryFailure({ kind: "aborted", message: abortedMessage() });
     if (req.op === "resume") {
       for (const [round, json] of req.rounds) {
-        if (!parkedRounds.delete(round)) continue;
-        enter(fns.resume, own(ctx.newNumber(round)), own(newText(json)));
+        if (!parkedRounds.has(round)) continue;
+        if (ctx.getNumber(enter(fns.resume, own(ctx.newNumber(round)), own(newText(json)))) === 0)
+          parkedRounds.delete(round);
+      }
+      // After the rounds: a round's answer comes before those of its calls it left for later.
+      for (const [round, index, json] of req.parts) {
+        if (!parkedRounds.has(round)) continue;
+        const left = enter(
+          fns.resumePart,
+          own(ctx.newNumber(round)),
+          own(ctx.newNumber(index)),
+          own(newText(json)),
+        );
+        if (ctx.getNumber(left) === 0) parkedRounds.delete(round);
       }
       drive(null, true, resumable);
       checkEnd();

@@ -5,7 +5,14 @@ import { RespError, type RespValue } from "../../resp/values.js";
 import { decodeReply } from "../../resp/decode.js";
 import { encodeCommand } from "../../resp/encode.js";
 import { PromiseSink, type ReplySink } from "../../upstream/reply-sink.js";
-import type { HostBridge, JsonValue, RawJson } from "../../sandbox/types.js";
+import {
+  allAnswered,
+  type AsyncPart,
+  type AsyncResult,
+  type HostBridge,
+  type JsonValue,
+  type RawJson,
+} from "../../sandbox/types.js";
 import {
   ASYNC_JOIN,
   ASYNC_SETTLED,
@@ -18,7 +25,7 @@ import {
   type Tagged,
   type TfOutcome,
 } from "../guest/entry.js";
-import { callEach, scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
+import { scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
 import { isBlocking } from "../../routing/command-kinds.js";
 import type { BlockingCalls } from "./blocking-calls.js";
 import type { MutedKeys } from "./muted-keys.js";
@@ -85,8 +92,9 @@ export interface AsyncBatch {
    */
   take(lone: boolean): [string, Tagged[], number[]][] | null;
   /**
-   * The batch waits for a blocking command (its round's answer may be far off): it takes no
-   * more TFCALLASYNCs, and the library's line goes on without it.
+   * A coroutine of the batch waits for a blocking command (perhaps for ever, and nothing may ask
+   * for joiners meanwhile): the batch takes no more TFCALLASYNCs, and the library's line goes
+   * on without it.
    */
   stopTaking(): void;
 }
@@ -163,27 +171,36 @@ export class TfBridge implements HostBridge {
     this.asyncBatches.delete(id);
   }
 
-  callAsync(
-    calls: { name: string; args: JsonValue[] }[],
-  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
+  callAsync(calls: { name: string; args: JsonValue[] }[]): Promise<AsyncResult[]> {
+    return allAnswered(this.callAsyncParts(calls, true));
+  }
+
+  /**
+   * A round of host calls: a `callAsync` of a blocking command (BLPOP, XREAD BLOCK...) is
+   * answered later, on its own (`later`), so that the round's other calls (sent in the same
+   * pass, by this coroutine or others) reach the guest as soon as their replies are in. When
+   * it is the round's only call (a coroutine that pops one job after another) and the guest
+   * `mayWait`, it is answered with the round, in one hop, as any other call.
+   */
+  callAsyncParts(calls: { name: string; args: JsonValue[] }[], mayWait: boolean): Promise<AsyncPart[]> {
     // A batch of TFCALLASYNCs asks (once, anywhere in it) for those that arrived meanwhile
     // (guest/tf/async-batch.ts).
     let join = calls.length - 1;
     while (join >= 0 && calls[join].name !== ASYNC_JOIN) join--;
     if (join >= 0) {
       const batch = Number(calls[join].args[0]);
-      // The round's answer waits for its blocking command, perhaps for ever: TFCALLASYNCs
-      // that arrive meanwhile go in a batch of their own instead of joining this one.
+      // The coroutines that wait for a blocking command may wait for ever, and nothing would
+      // ask for joiners meanwhile: TFCALLASYNCs that arrive now go in a batch of their own.
       if (calls.some((c) => this.isBlockingCall(c.name, c.args))) this.asyncBatches.get(batch)?.stopTaking();
       if (calls.length === 1) return Promise.resolve([this.joining(batch, true)]);
       const others = calls.slice(0, join).concat(calls.slice(join + 1));
       // Once the round's own calls are answered: those that arrived while they were in Redis join.
-      return this.callEachTracked(others).then((results) => {
+      return this.callEachTracked(others, mayWait).then((results) => {
         results.splice(join, 0, this.joining(batch, false));
         return results;
       });
     }
-    return this.callEachTracked(calls);
+    return this.callEachTracked(calls, mayWait);
   }
 
   /** The answer to batch `batch`'s ASYNC_JOIN: the TFCALLASYNCs that join it, as BatchCalls, or null. */
@@ -192,30 +209,59 @@ export class TfBridge implements HostBridge {
     return { ok: joining === null ? null : pushBatchCalls([], joining) };
   }
 
+  /**
+   * The calls' results once those of the calls that do not block are in; the blocking ones'
+   * `later` (but for a lone one the guest may wait for: callAsyncParts).
+   */
   private callEachTracked(
     calls: { name: string; args: JsonValue[] }[],
-  ): Promise<({ ok: JsonValue | RawJson } | { error: string })[]> {
-    const tracked = (name: string, args: JsonValue[]): Promise<JsonValue | RawJson> => {
-      if (name !== "call" && name !== CALL_IN) return this.callSync(name, args);
-      const at = name === CALL_IN ? 3 : 2;
-      const entry = {
-        text: args
-          .slice(at)
-          .map((a) => commandText(a))
-          .join(" "),
-      };
-      this.pendingAsyncCalls.add(entry);
-      const call = this.isBlockingCall(name, args)
-        ? this.callBlocking(
-            args[at - 2] === true,
-            args[at - 1] === true,
-            args.slice(at),
-            at === 3 ? Number(args[0]) : this.db,
-          )
-        : this.callSync(name, args);
-      return call.finally(() => this.pendingAsyncCalls.delete(entry));
+    mayWait: boolean,
+  ): Promise<AsyncPart[]> {
+    const results: AsyncPart[] = [];
+    const now: Promise<void>[] = [];
+    for (let i = 0; i < calls.length; i++) {
+      const { name, args } = calls[i];
+      const blocking = this.isBlockingCall(name, args);
+      const call = this.tracked(name, args, blocking);
+      if (blocking && !(mayWait && calls.length === 1)) {
+        results[i] = {
+          later: call.then(
+            (ok): AsyncResult => ({ ok }),
+            (err: Error): AsyncResult => ({ error: err.message }),
+          ),
+        };
+      } else {
+        now.push(
+          call.then(
+            (ok) => void (results[i] = { ok }),
+            (err: Error) => void (results[i] = { error: err.message }),
+          ),
+        );
+      }
+    }
+    return Promise.all(now).then(() => results);
+  }
+
+  /** A host call of the round; a `callAsync` shows in pending_async_calls until it is answered. */
+  private tracked(name: string, args: JsonValue[], blocking: boolean): Promise<JsonValue | RawJson> {
+    if (name !== "call" && name !== CALL_IN) return this.callSync(name, args);
+    const at = name === CALL_IN ? 3 : 2;
+    const entry = {
+      text: args
+        .slice(at)
+        .map((a) => commandText(a))
+        .join(" "),
     };
-    return callEach({ callSync: tracked }, calls);
+    this.pendingAsyncCalls.add(entry);
+    const call = blocking
+      ? this.callBlocking(
+          args[at - 2] === true,
+          args[at - 1] === true,
+          args.slice(at),
+          at === 3 ? Number(args[0]) : this.db,
+        )
+      : this.callSync(name, args);
+    return call.finally(() => this.pendingAsyncCalls.delete(entry));
   }
 
   /** Whether a host call is a `callAsync` of a blocking command (BLPOP, XREAD BLOCK, WAIT...). */
