@@ -1,0 +1,146 @@
+/**
+ * What Redis 7.2 to 8.0 changed that a client or a registration sees through the proxy, in
+ * front of Redis 8.0 (`redis8-server`, scripts/redis8.sh), standalone and as a 3-master
+ * cluster: hash-field expiry commands (HEXPIRE... 7.4, HSETEX/HGETEX/HGETDEL 8.0) and their
+ * keyspace events, the vector sets Redis 8.0 loads as a module, and HELLO's module list. The
+ * client, T&F and other-servers gears specs run in front of Redis 8.0 as well
+ * (SERVERS_AND_MODES). Skipped without the binary unless GEARS_PROXY_REDIS8=required.
+ */
+import { expect } from "chai";
+import type { Redis } from "ioredis";
+import { createClient } from "redis";
+import { startProxy, type RunningProxy } from "./harness/index.js";
+import { Backend, BACKEND_MODES, Direct, serverAvailable } from "./support/backend.js";
+import { connect, str } from "./support/gears.js";
+import { eventually, sleep } from "./support/polling.js";
+import { tfLibrary } from "./support/tf.js";
+
+/** Counts every event a registration sees, by key and event name ("r8e:d:h hset"). */
+const COUNT_EVENTS =
+  "GB().foreach(x => execute('HINCRBY', '{r8}seen', x.key + ' ' + x.event, 1)).register('r8e:*')";
+
+/**
+ * Writes of Redis 7.4 and 8.0 under `prefix`, each once: some change their hash (and
+ * notify), some change nothing (and notify nothing), some are reads flagged as writes.
+ */
+function hashFieldWrites(prefix: string): string[][] {
+  const h = `${prefix}h`;
+  return [
+    ["HSET", h, "a", "1", "b", "2"],
+    ["HSETEX", h, "FNX", "EX", "100", "FIELDS", "1", "a", "1"], // a is there: 0, nothing
+    ["HSETEX", `${prefix}short`, "PX", "200", "FIELDS", "1", "a", "1"], // hset, hexpire; later hexpired, del
+    ["HEXPIRE", h, "100", "FIELDS", "1", "nope"], // -2: nothing
+    ["HEXPIRE", h, "100", "FIELDS", "1", "a"], // 1: hexpire
+    ["HPEXPIRE", h, "100000", "NX", "FIELDS", "1", "a"], // 0 (a has one): nothing
+    ["HPERSIST", h, "FIELDS", "1", "b"], // -1: nothing
+    ["HPERSIST", h, "FIELDS", "1", "a"], // 1: hpersist
+    ["HGETEX", h, "FIELDS", "1", "a"], // a read
+    ["HGETEX", h, "PERSIST", "FIELDS", "1", "nope"], // null: nothing
+    ["HGETEX", h, "EX", "100", "FIELDS", "1", "b"], // hexpire
+    ["HGETDEL", h, "FIELDS", "1", "nope"], // null: nothing
+    ["HGETDEL", h, "FIELDS", "1", "b"], // hdel
+    ["VADD", `${prefix}v`, "VALUES", "2", "1", "2", "m"], // vector sets notify nothing
+    ["VREM", `${prefix}v`, "nope"],
+  ];
+}
+
+/** What Redis 8.0 notifies for hashFieldWrites(prefix), by "key event". */
+function redisEvents(prefix: string): Record<string, number> {
+  return {
+    [`${prefix}h hset`]: 1,
+    [`${prefix}h hexpire`]: 2,
+    [`${prefix}h hpersist`]: 1,
+    [`${prefix}h hdel`]: 1,
+    [`${prefix}short hset`]: 1,
+    [`${prefix}short hexpire`]: 1,
+    [`${prefix}short hexpired`]: 1,
+    [`${prefix}short del`]: 1,
+  };
+}
+
+for (const mode of BACKEND_MODES)
+  describe(`in front of ${Backend.label(mode, "redis8")}: what 7.2 to 8.0 changed`, function () {
+    this.timeout(60_000);
+    let backend: Backend;
+    let proxy: RunningProxy;
+    let io: Redis;
+    let direct: Direct;
+
+    before(async function () {
+      this.timeout(120_000);
+      if (!serverAvailable("redis8")) this.skip();
+      backend = await Backend.start(mode, "redis8");
+      proxy = await startProxy([{ port: backend.seed.port }]);
+      io = connect(proxy.port);
+      direct = new Direct(backend);
+    });
+
+    after(async () => {
+      io?.disconnect();
+      await proxy?.close();
+      await backend?.stop();
+    });
+
+    it("a registration sees the events Redis notifies for hash-field expiry and vector-set writes, no more, whether they go through the proxy (RESP2 and RESP3) or straight to the server", async () => {
+      expect(str(await io.call("RG.EXECUTE", COUNT_EVENTS))).to.equal("OK");
+      const resp3 = createClient({ socket: { port: proxy.port }, RESP: 3 });
+      await resp3.connect();
+      try {
+        for (const argv of hashFieldWrites("r8e:d:")) await direct.call(...argv);
+        for (const argv of hashFieldWrites("r8e:p2:")) await io.call(argv[0], ...argv.slice(1));
+        for (const argv of hashFieldWrites("r8e:p3:")) await resp3.sendCommand(argv);
+      } finally {
+        await resp3.quit();
+      }
+      const expected = {
+        ...redisEvents("r8e:d:"),
+        ...redisEvents("r8e:p2:"),
+        ...redisEvents("r8e:p3:"),
+      };
+      const seen = async (): Promise<Record<string, string>> => io.hgetall("{r8}seen");
+      await eventually(seen, (s) => Object.keys(expected).every((k) => k in s), "every event Redis notifies");
+      // A write whose notification did not come is handled from the proxy's record of it
+      // after a barrier, every 200 ms: one that changed nothing would show by now.
+      await sleep(1500);
+      const counts = Object.fromEntries(Object.entries(await seen()).map(([k, v]) => [k, Number(v)]));
+      expect(counts).to.deep.equal(expected);
+    });
+
+    it("HSETEX, HGETEX, HGETDEL and HEXPIRE reach the master of their key (COMMAND key specs)", async () => {
+      for (const i of [1, 2, 3, 4, 5, 6]) {
+        const key = `r8r:${i}`;
+        expect(await io.call("HSETEX", key, "EX", "100", "FIELDS", "2", "f", "v", "g", "w")).to.equal(1);
+        expect(await io.call("HGETEX", key, "PX", "50000", "FIELDS", "1", "f")).to.deep.equal(["v"]);
+        expect(await io.call("HEXPIRE", key, "200", "FIELDS", "1", "g")).to.deep.equal([1]);
+        expect(await io.call("HGETDEL", key, "FIELDS", "1", "g")).to.deep.equal(["w"]);
+        // On the key's own master: a wrong node would answer MOVED.
+        expect(await direct.call("HTTL", key, "FIELDS", "1", "f")).to.deep.equal([50]);
+      }
+    });
+
+    it("a T&F keyspace trigger sees a hash field expire on the server (hexpired)", async () => {
+      const code = tfLibrary(
+        "r8expiry",
+        `redis.registerKeySpaceTrigger('expired', 'r8t:', function(client, data){
+           client.call('rpush', '{r8t}log', data.key + ' ' + data.event);
+         });`,
+      );
+      expect(await io.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      try {
+        await io.call("HSETEX", "r8t:h", "PX", "100", "FIELDS", "1", "f", "v");
+        await eventually(
+          () => io.lrange("{r8t}log", 0, -1),
+          (log) => log.includes("r8t:h del"),
+          "the field's expiry, then the key's deletion",
+        );
+        expect(await io.lrange("{r8t}log", 0, -1)).to.deep.equal([
+          "r8t:h hset",
+          "r8t:h hexpire",
+          "r8t:h hexpired",
+          "r8t:h del",
+        ]);
+      } finally {
+        await io.call("TFUNCTION", "DELETE", "r8expiry");
+      }
+    });
+  });
