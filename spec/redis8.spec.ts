@@ -13,6 +13,7 @@ import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES, Direct, serverAvailable } from "./support/backend.js";
 import { connect, str } from "./support/gears.js";
 import { eventually, sleep } from "./support/polling.js";
+import { RawClient, toText, type Value } from "./support/raw-client.js";
 import { tfLibrary } from "./support/tf.js";
 
 /** Counts every event a registration sees, by key and event name ("r8e:d:h hset"). */
@@ -104,6 +105,29 @@ for (const mode of BACKEND_MODES)
       await sleep(1500);
       const counts = Object.fromEntries(Object.entries(await seen()).map(([k, v]) => [k, Number(v)]));
       expect(counts).to.deep.equal(expected);
+    });
+
+    it("HELLO lists the modules the server loaded (vectorset), as the server does; vector-set commands reach their key's master", async () => {
+      const own = await backend.connect();
+      const through = await RawClient.connect(proxy.port);
+      try {
+        const modules = (hello: Value): Value => {
+          if (!Array.isArray(hello)) throw new Error("HELLO: expected an array");
+          return hello[hello.indexOf("modules") + 1];
+        };
+        const listed = modules(toText(await own.call("HELLO", "2")));
+        expect(listed).to.deep.equal([["name", "vectorset", "ver", 1, "path", "", "args", []]]);
+        expect(modules(toText(await through.call("HELLO", "2")))).to.deep.equal(listed);
+      } finally {
+        own.close();
+        through.close();
+      }
+      for (const i of [1, 2, 3, 4, 5, 6]) {
+        const key = `r8v:${i}`;
+        expect(await io.call("VADD", key, "VALUES", "2", "1", String(i), "m")).to.equal(1);
+        expect(await io.call("VCARD", key)).to.equal(1);
+        expect(await direct.call("VCARD", key)).to.equal(1);
+      }
     });
 
     it("HSETEX, HGETEX, HGETDEL and HEXPIRE reach the master of their key (COMMAND key specs)", async () => {
