@@ -130,6 +130,26 @@ for (const mode of BACKEND_MODES)
       }
     });
 
+    it("CLIENT KILL MAXAGE (7.4) kills the clients at least that old, with the server's errors", async () => {
+      const own = await backend.connect();
+      const old = await RawClient.connect(proxy.port);
+      try {
+        const id = String(await old.call("CLIENT", "ID"));
+        expect(await io.call("CLIENT", "KILL", "ID", id, "MAXAGE", "5")).to.equal(0);
+        await sleep(1100);
+        expect(await io.call("CLIENT", "KILL", "ID", id, "MAXAGE", "1")).to.equal(1);
+        for (const age of ["0", "-3", "x", "99999999999999999999"]) {
+          const expected = String(await own.call("CLIENT", "KILL", "MAXAGE", age));
+          expect(expected).to.match(/^ReplyError: ERR maxage /);
+          const through = await io.call("CLIENT", "KILL", "MAXAGE", age).catch((e: Error) => e);
+          expect(String(through), age).to.equal(expected);
+        }
+      } finally {
+        own.close();
+        old.close();
+      }
+    });
+
     it("HSETEX, HGETEX, HGETDEL and HEXPIRE reach the master of their key (COMMAND key specs)", async () => {
       for (const i of [1, 2, 3, 4, 5, 6]) {
         const key = `r8r:${i}`;
