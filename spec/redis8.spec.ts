@@ -150,6 +150,40 @@ for (const mode of BACKEND_MODES)
       }
     });
 
+    it("CLIENT INFO and CLIENT LIST have the server's fields in its order (watch, io-thread); watch counts the keys WATCHed", async () => {
+      const own = await backend.connect();
+      const through = await RawClient.connect(proxy.port);
+      const names = (line: Value): string[] =>
+        [...String(line).matchAll(/(?:^| )([a-z-]+)=/g)].map((m) => m[1]);
+      const field = (line: Value, name: string): string | undefined =>
+        new RegExp(`(?:^| )${name}=([^ \\n]*)`).exec(String(line))?.[1];
+      try {
+        expect(names(toText(await through.call("CLIENT", "INFO")))).to.deep.equal(
+          names(toText(await own.call("CLIENT", "INFO"))),
+        );
+        expect(field(toText(await through.call("CLIENT", "INFO")), "watch")).to.equal("0");
+        // One slot, so that a cluster takes them on one WATCH connection; a repeated key counts once.
+        expect(toText(await through.call("WATCH", "{w}a", "{w}b", "{w}a"))).to.equal("OK");
+        expect(toText(await through.call("WATCH", "{w}c"))).to.equal("OK");
+        expect(toText(await own.call("WATCH", "{w}a", "{w}b", "{w}a"))).to.equal("OK");
+        expect(toText(await own.call("WATCH", "{w}c"))).to.equal("OK");
+        const id = String(await through.call("CLIENT", "ID"));
+        const listed = String(await io.call("CLIENT", "LIST", "ID", id));
+        expect(field(listed, "watch")).to.equal(field(toText(await own.call("CLIENT", "INFO")), "watch"));
+        expect(field(listed, "watch")).to.equal("3");
+        expect(field(listed, "io-thread")).to.equal("0");
+        await through.call("UNWATCH");
+        expect(field(toText(await through.call("CLIENT", "INFO")), "watch")).to.equal("0");
+        await through.call("WATCH", "{w}d");
+        await through.call("MULTI");
+        await through.call("EXEC");
+        expect(field(toText(await through.call("CLIENT", "INFO")), "watch")).to.equal("0");
+      } finally {
+        own.close();
+        through.close();
+      }
+    });
+
     it("HSETEX, HGETEX, HGETDEL and HEXPIRE reach the master of their key (COMMAND key specs)", async () => {
       for (const i of [1, 2, 3, 4, 5, 6]) {
         const key = `r8r:${i}`;

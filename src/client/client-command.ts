@@ -1,7 +1,7 @@
 import { encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
 import { RespVerbatim } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
-import type { ServerIdentity } from "../routing/router.js";
+import { since74 } from "./server-features.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ClientHandle } from "./registry.js";
 import type { CommandHost, LocalCommand } from "./command-host.js";
@@ -57,17 +57,6 @@ function replyMode(session: CommandHost, argv: Buffer[]): void {
   session.replyMode = mode;
 }
 
-/** Whether `version` ("7.4.2") is at least major.minor. */
-function atLeast(version: string, major: number, minor: number): boolean {
-  const [a, b] = version.split(".").map(Number);
-  return a > major || (a === major && b >= minor);
-}
-
-/** CLIENT KILL MAXAGE came with Redis 7.4 and Valkey 8.0: before them it is a syntax error. */
-function knowsMaxAge({ name, version }: ServerIdentity): boolean {
-  return name === "valkey" ? atLeast(version, 8, 0) : atLeast(version, 7, 4);
-}
-
 const INT64 = /^-?(0|[1-9][0-9]{0,18})$/;
 const INT64_MAX = 2n ** 63n - 1n;
 
@@ -86,7 +75,8 @@ function killFilter(
       const id = Number(value);
       if (!Number.isInteger(id) || id <= 0) return "ERR client-id should be greater than 0";
       tests.push((c) => c.id === id);
-    } else if (key === "maxage" && knowsMaxAge(session.ctx.upstreamServer)) {
+    } else if (key === "maxage" && since74(session.ctx.upstreamServer)) {
+      // Before Redis 7.4 and Valkey 8.0, MAXAGE is a syntax error, as there.
       // Whole seconds between the two clocks' seconds, as Redis compares its ctime.
       if (!INT64.test(value) || BigInt(value) > INT64_MAX || BigInt(value) < -INT64_MAX - 1n)
         return "ERR maxage is not an integer or out of range";
