@@ -12,8 +12,8 @@ import { createClient } from "redis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES, Direct, serverAvailable } from "./support/backend.js";
 import { connect, str } from "./support/gears.js";
-import { eventually, sleep } from "./support/polling.js";
-import { RawClient, toText, type Value } from "./support/raw-client.js";
+import { eventually, sleep, within } from "./support/polling.js";
+import { RawClient, toText, type ReplyError, type Value } from "./support/raw-client.js";
 import { tfLibrary } from "./support/tf.js";
 
 /** Counts every event a registration sees, by key and event name ("r8e:d:h hset"). */
@@ -181,6 +181,31 @@ for (const mode of BACKEND_MODES)
       } finally {
         own.close();
         through.close();
+      }
+    });
+
+    it("AUTH and HELLO AUTH as a server ACL user with a wrong password get the server's WRONGPASS (7.2+ drops it behind a pending reply, redis/redis#15640)", async () => {
+      for (const node of await backend.masters()) {
+        const c = await RawClient.connect(node.port);
+        expect(toText(await c.call("ACL", "SETUSER", "r8user", "on", ">right", "~*", "+@all"))).to.equal(
+          "OK",
+        );
+        c.close();
+      }
+      const wrongpass = "WRONGPASS invalid username-password pair or user is disabled.";
+      for (const login of [
+        ["AUTH", "r8user", "wrong"],
+        ["HELLO", "2", "AUTH", "r8user", "wrong"],
+      ]) {
+        const c = await RawClient.connect(proxy.port);
+        try {
+          const reply = await within(3000, `${login[0]}'s reply`, c.call(...login));
+          expect(String((reply as ReplyError).message)).to.equal(wrongpass);
+          expect(toText(await c.call("AUTH", "r8user", "right"))).to.equal("OK");
+          expect(toText(await c.call("ACL", "WHOAMI"))).to.equal("r8user");
+        } finally {
+          c.close();
+        }
       }
     });
 
