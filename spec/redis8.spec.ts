@@ -13,8 +13,11 @@ import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES, Direct, serverAvailable } from "./support/backend.js";
 import { connect, str } from "./support/gears.js";
 import { eventually, sleep, within } from "./support/polling.js";
-import { RawClient, toText, type ReplyError, type Value } from "./support/raw-client.js";
+import { RawClient, toText, type Reply, type ReplyError, type Value } from "./support/raw-client.js";
 import { tfLibrary } from "./support/tf.js";
+
+/** An error reply's text, or the reply as text. */
+const said = (reply: Reply): string => (reply instanceof Error ? reply.message : String(toText(reply)));
 
 /** Counts every event a registration sees, by key and event name ("r8e:d:h hset"). */
 const COUNT_EVENTS =
@@ -206,6 +209,37 @@ for (const mode of BACKEND_MODES)
         } finally {
           c.close();
         }
+      }
+    });
+
+    it("the proxy's own ACL (--user) refuses in the server's words: NOPERM naming the user (7.2+), ACL DRYRUN likewise", async () => {
+      const rules = ["on", "nopass", "~a*", "&c", "+get", "+publish", "+config|get", "+acl"];
+      const acl = await startProxy([{ port: backend.seed.port }], {
+        users: ["default on nopass ~* &* +@all", `r8acl ${rules.join(" ")}`],
+      });
+      const own = await backend.connect();
+      const through = await RawClient.connect(acl.port);
+      try {
+        expect(toText(await own.call("ACL", "SETUSER", "r8acl", ...rules))).to.equal("OK");
+        expect(toText(await own.call("AUTH", "r8acl", "x"))).to.equal("OK");
+        expect(toText(await through.call("AUTH", "r8acl", "x"))).to.equal("OK");
+        for (const argv of [
+          ["GET", "b"],
+          ["SET", "a", "1"],
+          ["PUBLISH", "d", "1"],
+          ["CONFIG", "SET", "maxmemory", "0"],
+          ["ACL", "DRYRUN", "r8acl", "GET", "b"],
+          ["ACL", "DRYRUN", "r8acl", "SET", "a", "1"],
+          ["ACL", "DRYRUN", "r8acl", "PUBLISH", "d", "1"],
+        ]) {
+          const expected = said(await own.call(...argv));
+          expect(expected, argv.join(" ")).to.match(/^(NOPERM|User r8acl) /);
+          expect(said(await through.call(...argv)), argv.join(" ")).to.equal(expected);
+        }
+      } finally {
+        own.close();
+        through.close();
+        await acl.close();
       }
     });
 
