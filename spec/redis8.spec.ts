@@ -243,6 +243,22 @@ for (const mode of BACKEND_MODES)
       }
     });
 
+    it("CLUSTER MYSHARDID (7.2): the emulated node's one shard in a cluster; the server's answer in front of one server", async () => {
+      const first = await io.call("CLUSTER", "MYSHARDID").catch((e: Error) => e);
+      if (mode === "cluster") {
+        expect(first).to.match(/^[0-9a-f]{40}$/);
+        const again = connect(proxy.port);
+        try {
+          expect(await again.call("CLUSTER", "MYSHARDID")).to.equal(first);
+        } finally {
+          again.disconnect();
+        }
+      } else {
+        const own = await direct.call("CLUSTER", "MYSHARDID");
+        expect(String(first)).to.equal(`ReplyError: ${(own as ReplyError).message}`);
+      }
+    });
+
     it("HSETEX, HGETEX, HGETDEL and HEXPIRE reach the master of their key (COMMAND key specs)", async () => {
       for (const i of [1, 2, 3, 4, 5, 6]) {
         const key = `r8r:${i}`;

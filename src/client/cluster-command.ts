@@ -67,6 +67,14 @@ const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> =
   myid(session) {
     session.replyNow(encodeBulk(self(session).id));
   },
+  // Redis 7.2: the id of the node's shard, the one shard here (the command table refuses it
+  // before 7.2, as the server would).
+  myshardid(session) {
+    const me = self(session);
+    session.replyNow(
+      encodeBulk(createHash("sha1").update(`gears-proxy shard ${me.host}:${me.port}`).digest("hex")),
+    );
+  },
   keyslot(session, argv) {
     if (argv.length !== 3)
       return session.replyError("ERR wrong number of arguments for 'cluster|keyslot' command");
