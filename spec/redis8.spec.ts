@@ -15,6 +15,7 @@ import { connect, str } from "./support/gears.js";
 import { eventually, sleep, within } from "./support/polling.js";
 import { RawClient, toText, type Reply, type ReplyError, type Value } from "./support/raw-client.js";
 import { tfLibrary } from "./support/tf.js";
+import { transcript, type Step } from "./support/transcript.js";
 
 /** An error reply's text, or the reply as text. */
 const said = (reply: Reply): string => (reply instanceof Error ? reply.message : String(toText(reply)));
@@ -257,6 +258,35 @@ for (const mode of BACKEND_MODES)
         const own = await direct.call("CLUSTER", "MYSHARDID");
         expect(String(first)).to.equal(`ReplyError: ${(own as ReplyError).message}`);
       }
+    });
+
+    it("client tracking: a client's own FLUSHALL tells it its null before +OK (7.4 runs it in the background), FLUSHALL ASYNC after", async () => {
+      const steps: Step[] = [
+        { send: [["HELLO", "3"]], until: "$4\r\nargs\r\n*0\r\n" },
+        { send: [["CLIENT", "TRACKING", "on"]], until: "+OK\r\n" },
+        {
+          send: [
+            ["SET", "{r8f}k", "1"],
+            ["GET", "{r8f}k"],
+          ],
+          until: "$1\r\n1\r\n",
+        },
+        { send: [["FLUSHALL"], ["PING"]], until: "+PONG\r\n" },
+        { send: [["FLUSHDB"], ["PING", "b"]], until: "$1\r\nb\r\n" },
+        {
+          send: [
+            ["FLUSHALL", "ASYNC"],
+            ["PING", "c"],
+          ],
+          until: "$1\r\nc\r\n",
+        },
+      ];
+      const through = await transcript(proxy.port, steps);
+      const invalidated = ">2\r\n$10\r\ninvalidate\r\n_\r\n";
+      expect(through.a).to.contain(`${invalidated}+OK\r\n+PONG\r\n`);
+      expect(through.a).to.contain(`${invalidated}+OK\r\n$1\r\nb\r\n`);
+      expect(through.a).to.contain(`+OK\r\n${invalidated}$1\r\nc\r\n`);
+      if (mode === "standalone") expect(through).to.deep.equal(await transcript(backend.seed.port, steps));
     });
 
     it("HSETEX, HGETEX, HGETDEL and HEXPIRE reach the master of their key (COMMAND key specs)", async () => {

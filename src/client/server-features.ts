@@ -22,6 +22,14 @@ export function since74({ name, version }: ServerIdentity): boolean {
   return name === "valkey" ? atLeast(version, 8, 0) : atLeast(version, 7, 4);
 }
 
+/**
+ * Redis 7.4 or later (not Valkey): FLUSHALL/FLUSHDB SYNC run in the background while their
+ * client waits, so that client's own tracking null comes before the command's reply.
+ */
+export function flushesInBackground({ name, version }: ServerIdentity): boolean {
+  return name !== "valkey" && atLeast(version, 7, 4);
+}
+
 /** Redis 8.0 or later: CLIENT LIST's `io-thread=` (Valkey has none). */
 export function since80({ name, version }: ServerIdentity): boolean {
   return name !== "valkey" && atLeast(version, 8, 0);
