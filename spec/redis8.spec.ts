@@ -2,9 +2,12 @@
  * What Redis 7.2 to 8.0 changed that a client or a registration sees through the proxy, in
  * front of Redis 8.0 (`redis8-server`, scripts/redis8.sh), standalone and as a 3-master
  * cluster: hash-field expiry commands (HEXPIRE... 7.4, HSETEX/HGETEX/HGETDEL 8.0) and their
- * keyspace events, the vector sets Redis 8.0 loads as a module, and HELLO's module list. The
- * client, T&F and other-servers gears specs run in front of Redis 8.0 as well
- * (SERVERS_AND_MODES). Skipped without the binary unless GEARS_PROXY_REDIS8=required.
+ * keyspace events, the vector sets Redis 8.0 loads as a module and HELLO's module list, what
+ * the proxy answers itself in the server's version's words (CLIENT LIST fields, CLIENT KILL
+ * MAXAGE, NOPERM texts, CLUSTER MYSHARDID, a tracking client's own FLUSHALL), and a failed
+ * AUTH that 7.2+ drops behind a pending reply. The client, T&F and other-servers gears specs
+ * run in front of Redis 8.0 as well (SERVERS_AND_MODES). Skipped without the binary unless
+ * GEARS_PROXY_REDIS8=required.
  */
 import { expect } from "chai";
 import type { Redis } from "ioredis";
