@@ -1,10 +1,10 @@
 /**
  * RG.* gears in front of the other servers users run, which load no Redis module either:
- * Valkey (8.x) and Redis 6.0. A batch map/reduce over every shard, a KeysReader registration
+ * Valkey (8.x), Redis 6.0 and Redis 8.0. A batch map/reduce over every shard, a KeysReader registration
  * fed by writes straight to a shard (keyspace notifications), and a StreamReader registration
  * whose streams are trimmed once handled (Redis 6.0's XTRIM has no MINID; in a cluster idle
  * streams are read by one script per master, `allow-cross-slot-keys`). The clients' and T&F
- * specs run on both too (clients.spec.ts, tf-functions.spec.ts, tf-triggers.spec.ts).
+ * specs run on each too (clients.spec.ts, tf-functions.spec.ts, tf-triggers.spec.ts).
  */
 import { expect } from "chai";
 import type { Redis } from "ioredis";
@@ -17,9 +17,10 @@ import { eventually } from "./support/polling.js";
 const INFO_LINE: Partial<Record<ServerKind, RegExp>> = {
   valkey: /^server_name:valkey\r?$/m,
   redis6: /^redis_version:6\.0\.\d+\r?$/m,
+  redis8: /^redis_version:8\.0\.\d+\r?$/m,
 };
 
-for (const server of ["valkey", "redis6"] as const)
+for (const server of ["valkey", "redis6", "redis8"] as const)
   for (const mode of BACKEND_MODES) {
     describe(`gears in front of ${Backend.label(mode, server)}`, function () {
       this.timeout(60_000);

@@ -11,6 +11,7 @@ import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
 import { GEARS_COMMANDS } from "./gears/commands.js";
 import { loadAccessControl } from "./acl/load.js";
+import { flushesInBackground, since72 } from "./client/server-features.js";
 import { gearsFigures } from "./gears/metric-figures.js";
 import { ClusterTopology } from "./upstream/cluster-topology.js";
 import { CommandTable } from "./routing/command-table.js";
@@ -110,6 +111,7 @@ export class ProxyServer {
       commands: commands === null ? null : commands.all(),
       keys: { keyAccess: (name, argv) => commands?.keyAccess(name, argv) ?? [] },
       gearsCommands: GEARS_COMMANDS,
+      namedRefusals: since72(upstream.server),
     });
     const router = new Router(
       upstream.topology,
@@ -147,7 +149,7 @@ export class ProxyServer {
       ),
       metrics,
       slowlog: new SlowLog(this.config.slowlogLogSlowerThan, this.config.slowlogMaxLen),
-      tracking: new TrackingTable(router, (id) => ctx.clients.get(id)),
+      tracking: new TrackingTable(router, (id) => ctx.clients.get(id), flushesInBackground(upstream.server)),
       acl,
       memoryGuard: this.memoryGuard,
       ...(this.thread === undefined ? {} : { threads: this.thread }),

@@ -11,13 +11,17 @@ export const BACKEND_MODES: readonly BackendMode[] = ["standalone", "cluster"];
 
 /**
  * The server behind the proxy: Redis (7.0), Valkey (a fork that loads no Redis module either),
- * or Redis 6.0 (what many running clusters and managed services still are).
+ * Redis 6.0 (what many running clusters and managed services still are), or Redis 8.0 (what new
+ * deployments get: CLIENT SETINFO, hash-field expiry, new fields in HELLO and CLIENT LIST).
  */
-export type ServerKind = "redis" | "valkey" | "redis6";
+export type ServerKind = "redis" | "valkey" | "redis6" | "redis8";
 
-/** Each mode on Redis, then on Valkey, then on Redis 6.0: the specs that must not tell the servers from the proxy. */
+/**
+ * Each mode on Redis, then on Valkey, Redis 6.0 and Redis 8.0: the specs that must not tell the
+ * servers from the proxy.
+ */
 export const SERVERS_AND_MODES: readonly [ServerKind, BackendMode][] = (
-  ["redis", "valkey", "redis6"] as const
+  ["redis", "valkey", "redis6", "redis8"] as const
 ).flatMap((server) => BACKEND_MODES.map((mode): [ServerKind, BackendMode] => [server, mode]));
 
 /** The environment variable that makes a server kind's specs fail, not skip, without its binary. */
@@ -25,15 +29,17 @@ const REQUIRED_BY: Record<ServerKind, string | null> = {
   redis: null,
   valkey: "GEARS_PROXY_VALKEY",
   redis6: "GEARS_PROXY_REDIS6",
+  redis8: "GEARS_PROXY_REDIS8",
 };
 
 const found = new Map<ServerKind, boolean>();
 
 /**
- * Whether the specs of a server kind run: its `<kind>-server` on PATH (`redis6-server`: what
- * scripts/redis6.sh installs). `.ci/run` installs Valkey and Redis 6.0 and sets
- * GEARS_PROXY_VALKEY=required and GEARS_PROXY_REDIS6=required, so that there a missing binary
- * fails instead of skipping.
+ * Whether the specs of a server kind run: its `<kind>-server` on PATH (`redis6-server`,
+ * `redis8-server`: what scripts/redis6.sh and scripts/redis8.sh install). `.ci/run` installs
+ * Valkey and Redis 6.0 and sets GEARS_PROXY_VALKEY=required and GEARS_PROXY_REDIS6=required, so
+ * that there a missing binary fails instead of skipping; GEARS_PROXY_REDIS8=required does the
+ * same for Redis 8.0.
  */
 export function serverAvailable(kind: ServerKind): boolean {
   let ok = found.get(kind);
@@ -108,6 +114,8 @@ export class Backend {
     if (server === "valkey") return mode === "standalone" ? "one valkey-server" : "a 3-master Valkey cluster";
     if (server === "redis6")
       return mode === "standalone" ? "one Redis 6.0 server" : "a 3-master Redis 6.0 Cluster";
+    if (server === "redis8")
+      return mode === "standalone" ? "one Redis 8.0 server" : "a 3-master Redis 8.0 Cluster";
     return mode === "standalone" ? "one redis-server" : "a 3-master Redis Cluster";
   }
 

@@ -88,17 +88,27 @@ function moduleClientInfo(user: string, command: string): string {
   return `id=0 addr= laddr= fd=-1 name= age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=${command} user=${user} redir=-1 resp=2`;
 }
 
-/** The error a client gets for a refused command, in Redis 7.0's words. */
-export function noPermission(denial: Denial): string {
-  if (denial.kind === "command")
-    return `NOPERM this user has no permissions to run the '${denial.command}' command`;
-  return `NOPERM this user has no permissions to access one of the ${denial.kind}s used as arguments`;
+/**
+ * The error a client gets for a refused command, in Redis 7.0's words, or in those of Redis
+ * 7.2 and later (and Valkey) with `named`: they name the user refused a command and no longer
+ * the arguments for a key or channel.
+ */
+export function noPermission(denial: Denial, user: string, named: boolean): string {
+  if (denial.kind === "command") {
+    return named
+      ? `NOPERM User ${user} has no permissions to run the '${denial.command}' command`
+      : `NOPERM this user has no permissions to run the '${denial.command}' command`;
+  }
+  return named
+    ? `NOPERM No permissions to access a ${denial.kind}`
+    : `NOPERM this user has no permissions to access one of the ${denial.kind}s used as arguments`;
 }
 
-/** ACL DRYRUN's answer for a refused command (Redis 7.0 words it per argument). */
-export function dryRunMessage(denial: Denial, argv: readonly Buffer[]): string {
-  if (denial.kind === "command") return `This user has no permissions to run the '${denial.command}' command`;
-  return `This user has no permissions to access the '${argv[denial.index].toString()}' ${denial.kind}`;
+/** ACL DRYRUN's answer for a refused command (worded per argument; naming the user with `named`). */
+export function dryRunMessage(denial: Denial, argv: readonly Buffer[], user: string, named: boolean): string {
+  const who = named ? `User ${user}` : "This user";
+  if (denial.kind === "command") return `${who} has no permissions to run the '${denial.command}' command`;
+  return `${who} has no permissions to access the '${argv[denial.index].toString()}' ${denial.kind}`;
 }
 
 /** The default user when nothing defines it: Redis' own, with --requirepass as its password. */
@@ -220,6 +230,8 @@ export class AccessControl {
     private readonly keys: KeyFinder,
     specs: readonly UserSpec[],
     private readonly requirepass?: string,
+    /** Refusals in the words of Redis 7.2 and later (noPermission's `named`): the upstream's. */
+    readonly namedRefusals = false,
   ) {
     this.users = this.compileAll(specs);
   }
@@ -423,7 +435,7 @@ export class AccessControl {
         username: name,
         clientInfo: moduleClientInfo(name, command),
       });
-      return noPermission(denial);
+      return noPermission(denial, name, this.namedRefusals);
     };
   }
 

@@ -13,6 +13,8 @@ export interface AclSources {
   commands: Iterable<AclCommandSource> | null;
   keys: KeyFinder;
   gearsCommands: readonly string[];
+  /** The upstream words refusals as Redis 7.2 and later do (AccessControl.namedRefusals). */
+  namedRefusals?: boolean;
 }
 
 /** The proxy's users from --aclfile or --user lines; null when neither is given (no ACLs). */
@@ -40,5 +42,11 @@ export function loadAccessControl(options: AclOptions, sources: AclSources): Acc
     lines = users!.map((u) => (/^\s*user\s/i.test(u) ? u : `user ${u}`));
     where = "--user";
   }
-  return new AccessControl(catalogue, sources.keys, parseUsers(lines, where, catalogue), options.requirepass);
+  return new AccessControl(
+    catalogue,
+    sources.keys,
+    parseUsers(lines, where, catalogue),
+    options.requirepass,
+    sources.namedRefusals,
+  );
 }

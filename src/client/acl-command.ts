@@ -166,7 +166,9 @@ export const aclCommand: LocalCommand = (session, request) => {
         return session.replyError(`ERR wrong number of arguments for '${name}' command`);
       }
       const denial = acl.check(user, name, command);
-      return void session.replyNow(denial === null ? OK : encodeBulk(dryRunMessage(denial, command)));
+      return void session.replyNow(
+        denial === null ? OK : encodeBulk(dryRunMessage(denial, command, user.name, acl.namedRefusals)),
+      );
     }
     case "getuser": {
       const user = argv.length === 3 ? acl.user(argv[2].toString()) : undefined;

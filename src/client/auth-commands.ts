@@ -138,7 +138,7 @@ function helloDone(session: CommandHost, proto: Protocol, name: string | null): 
       [text("id"), session.id],
       [text("mode"), text(mode)],
       [text("role"), text("master")],
-      [text("modules"), []],
+      [text("modules"), session.ctx.upstreamServer.modules],
     ]),
     proto,
   );

@@ -1,6 +1,7 @@
 import { encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
 import { RespVerbatim } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
+import { since74 } from "./server-features.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ClientHandle } from "./registry.js";
 import { isLongLong, type CommandHost, type LocalCommand } from "./command-host.js";
@@ -56,6 +57,9 @@ function replyMode(session: CommandHost, argv: Buffer[]): void {
   session.replyMode = mode;
 }
 
+const INT64 = /^-?(0|[1-9][0-9]{0,18})$/;
+const INT64_MAX = 2n ** 63n - 1n;
+
 /** Which clients a CLIENT KILL filter list selects; an error text when the filters are bad. */
 function killFilter(
   session: Pick<CommandHost, "id" | "ctx">,
@@ -71,6 +75,15 @@ function killFilter(
       const id = Number(value);
       if (!Number.isInteger(id) || id <= 0) return "ERR client-id should be greater than 0";
       tests.push((c) => c.id === id);
+    } else if (key === "maxage" && since74(session.ctx.upstreamServer)) {
+      // Before Redis 7.4 and Valkey 8.0, MAXAGE is a syntax error, as there.
+      // Whole seconds between the two clocks' seconds, as Redis compares its ctime.
+      if (!INT64.test(value) || BigInt(value) > INT64_MAX || BigInt(value) < -INT64_MAX - 1n)
+        return "ERR maxage is not an integer or out of range";
+      const maxAge = Number(value);
+      if (maxAge <= 0) return "ERR maxage should be greater than 0";
+      const now = Math.floor(Date.now() / 1000);
+      tests.push((c) => now - Math.floor(c.createdAt / 1000) >= maxAge);
     } else if (key === "addr") tests.push((c) => c.addr === value);
     else if (key === "laddr") tests.push((c) => c.laddr === value);
     else if (key === "user") {

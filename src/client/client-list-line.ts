@@ -38,6 +38,8 @@ export interface ClientListFields {
   db: number;
   sub: number;
   multi: number;
+  /** Keys WATCHed; null where the server's lines have no `watch` field (before Redis 7.4, Valkey 8.0). */
+  watch: number | null;
   qbuf: number;
   memory: ClientMemory;
   /** The last command, or null before the first. */
@@ -47,6 +49,8 @@ export interface ClientListFields {
   resp: number;
   libName: string;
   libVersion: string;
+  /** Whether the server's lines end with `io-thread` (Redis 8.0): the proxy's clients say 0, the main thread. */
+  ioThread: boolean;
 }
 
 /** A client's CLIENT LIST line: Redis's own fields, in its order. */
@@ -67,6 +71,7 @@ export function clientListLine(c: ClientListFields): string {
     ["psub", 0],
     ["ssub", 0],
     ["multi", c.multi],
+    ...(c.watch === null ? [] : [["watch", c.watch] as [string, number]]),
     ["qbuf", c.qbuf],
     ["qbuf-free", 0],
     ["argv-mem", 0],
@@ -85,5 +90,6 @@ export function clientListLine(c: ClientListFields): string {
     ["lib-name", c.libName],
     ["lib-ver", c.libVersion],
   ];
+  if (c.ioThread) fields.push(["io-thread", 0]);
   return fields.map(([k, v]) => `${k}=${v}`).join(" ");
 }

@@ -192,7 +192,7 @@ export class ClientUser implements ClientLogin, UserFollower {
     const shape = malformed?.(name, argv) ?? null;
     if (shape !== null) return shape;
     logRefusal(this.host, denial.kind, refusedObject(denial, argv), this.name);
-    return noPermission(denial);
+    return noPermission(denial, this.name, this.host.ctx.acl!.namedRefusals);
   }
 
   /**

@@ -123,6 +123,14 @@ const EMULATED: Record<string, (session: CommandHost, argv: Buffer[]) => void> =
       return askSlotOwner(session, slot, ["CLUSTER", "GETKEYSINSLOT", slot, argv[3].toString()]);
     usersKeysInSlot(session, (keys) => encodeValue(keys.slice(0, count), session.proto));
   },
+  // Redis 7.2: the id of the node's shard, the one shard here (the command table refuses it
+  // before 7.2, as the server would).
+  myshardid(session) {
+    const me = self(session);
+    session.replyNow(
+      encodeBulk(createHash("sha1").update(`gears-proxy shard ${me.host}:${me.port}`).digest("hex")),
+    );
+  },
   keyslot(session, argv) {
     if (argv.length !== 3)
       return session.replyError("ERR wrong number of arguments for 'cluster|keyslot' command");

@@ -11,6 +11,8 @@ export interface ClientHandle extends MemoryHolder, TrackedClient {
   /** True when idle timeouts do not apply (blocked, subscribed). */
   readonly exemptFromTimeout: boolean;
   readonly idleMs: number;
+  /** When it connected (ms since the epoch): CLIENT KILL MAXAGE. */
+  readonly createdAt: number;
   readonly name: string;
   /** The user it runs as (CLIENT KILL USER). */
   readonly userName: string;

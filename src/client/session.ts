@@ -10,6 +10,7 @@ import type { ClientHandle } from "./registry.js";
 import type { ClientMemory } from "./memory-guard.js";
 import type { TrackingState } from "./tracking/state.js";
 import { clientListLine } from "./client-list-line.js";
+import { since74, since80 } from "./server-features.js";
 import { ReplyWriter, type WriterHost } from "./reply-writer.js";
 import type { ReplySlot } from "./reply-slot.js";
 import type { Lane } from "./lane.js";
@@ -370,6 +371,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
       db: this.db,
       sub: this.pubsub.count,
       multi: this.txn.inMulti ? 0 : -1,
+      watch: since74(this.ctx.upstreamServer) ? this.txn.watchCount : null,
       // Redis counts the command being run in the query buffer still.
       qbuf: this.io.parser.buffered + (this.processing && last !== null ? last.end - last.start : 0),
       memory: this.memory(),
@@ -379,6 +381,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
       resp: this.proto,
       libName: this.libName,
       libVersion: this.libVersion,
+      ioThread: since80(this.ctx.upstreamServer),
     });
   }
 

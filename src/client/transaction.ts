@@ -92,12 +92,19 @@ export class Transaction {
   private broken = false;
   /** The connection died while WATCHing: nobody can tell whether the keys changed, so EXEC fails. */
   private watchLost = false;
+  /** The keys WATCHed ("db:key"), counted once each as Redis does; meaningful while watching. */
+  private readonly watchedKeys = new Set<string>();
   /** Counts MULTIs, so that a late reply to one cannot end a later transaction. */
   private multis = 0;
   /** Commands the client sent inside the transaction since MULTI. */
   private sinceMulti = 0;
 
   constructor(private readonly host: TransactionHost) {}
+
+  /** How many keys the client WATCHes (CLIENT LIST's `watch`): until EXEC, DISCARD or UNWATCH. */
+  get watchCount(): number {
+    return this.watching || this.watchLost ? this.watchedKeys.size : 0;
+  }
 
   /** True while the client holds a dedicated connection or is inside MULTI. */
   get active(): boolean {
@@ -206,6 +213,10 @@ export class Transaction {
       }
     }
     if (slot >= 0) this.slot = slot;
+    if (!this.watching && !this.watchLost) this.watchedKeys.clear();
+    const db = this.host.db;
+    for (let i = 1; i < request.argv.length; i++)
+      this.watchedKeys.add(`${db}:${request.argv[i].toString("latin1")}`);
     this.watching = true;
     this.conn!.send(request.raw ?? encodeCommand(request.argv), this.host.upstreamSlot(), this.host.db);
   }

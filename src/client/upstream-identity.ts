@@ -28,6 +28,8 @@ export class UpstreamIdentity {
   /** Authenticates a newly leased connection: null when done, else the error to send. */
   async open(lease: Lease | string): Promise<string | null> {
     if (typeof lease === "string") return lease;
+    // Alone on the connection: behind a pending reply, Redis 7.2+ would drop AUTH's error.
+    await lease.opened;
     const reply = await lease
       .call(["AUTH", this.user, this.password])
       .catch((err: Error) => new RespError(err.message));

@@ -71,6 +71,15 @@ export class Lease implements Pipe {
     this.conn.flush();
   }
 
+  /**
+   * Resolves once what the proxy sent on opening the connection (CLIENT ID) is answered.
+   * Redis 7.2 to 8.0 drop a failed AUTH's error reply while earlier replies on its
+   * connection are pending (redis/redis#15640): a login waits for this first.
+   */
+  get opened(): Promise<void> {
+    return this.conn.idKnown;
+  }
+
   /** The proxy's own request on this connection; error replies resolve as RespError. */
   call(argv: readonly Arg[]): Promise<RespValue> {
     return this.conn.call(argv);

@@ -226,6 +226,16 @@ export class Router implements ClusterSender {
     return this.commands?.lookup(name, argv)?.flags.has("write") ?? false;
   }
 
+  /**
+   * Whether the command writes and is Redis's own, not a module's (COMMAND flag "module"):
+   * what a module's write notifies is the module's choice (Redis 8.0's vector sets notify
+   * nothing), so its events can only be known from its notifications.
+   */
+  isServerWrite(name: string, argv: readonly Buffer[]): boolean {
+    const flags = this.commands?.lookup(name, argv)?.flags;
+    return flags !== undefined && flags.has("write") && !flags.has("module");
+  }
+
   /** The keys of a command, as the command table finds them. */
   keysOf(name: string, argv: readonly Buffer[]): Buffer[] {
     return this.commands?.keyIndexes(name, argv).map((i) => argv[i]) ?? [];

@@ -144,7 +144,7 @@ export class Shards {
 
   /**
    * Watches the writes forwarded (clients' and the proxy's own, in every database, those
-   * queued in MULTI included): `watch` sees each as it leaves (argv and keys are valid only
+   * queued in MULTI included; not a module's, router.isServerWrite): `watch` sees each as it leaves (argv and keys are valid only
    * during the call) and may return what to call with its outcome: the reply when the write
    * succeeded, null when it failed or its connection was lost. One watcher at a time;
    * returns the function that stops it.
@@ -159,7 +159,7 @@ export class Shards {
   ): () => void {
     const router = this.router;
     const queued = (name: string, argv: Buffer[], db: number): ((reply: Buffer | null) => void) | null =>
-      router.isWrite(name, argv) ? watch(name, argv, router.keysOf(name, argv), db) : null;
+      router.isServerWrite(name, argv) ? watch(name, argv, router.keysOf(name, argv), db) : null;
     const tap = (name: string, argv: Buffer[], sink: ReplySink, db: number): ReplySink => {
       const done = queued(name, argv, db);
       if (done === null) return sink;

@@ -1,7 +1,7 @@
 import type { HostPort, ProxyConfig } from "../config.js";
 import type tls from "node:tls";
 import type { Logger } from "../observability/log.js";
-import { RespError, type RespValue } from "../resp/values.js";
+import { RespError, RespMap, type RespValue } from "../resp/values.js";
 import { ClusterTopology } from "./cluster-topology.js";
 import { UpstreamNode, type NodeObserver } from "./node.js";
 import { StandaloneTopology, type Topology } from "./topology.js";
@@ -21,24 +21,49 @@ export interface UpstreamInfo {
   outputLimits: string | null;
 }
 
-/** HELLO's `server` and `version`: "redis" and redis_version, or e.g. "valkey" and valkey_version. */
+/**
+ * HELLO's `server` and `version`: "redis" and redis_version, or e.g. "valkey" and
+ * valkey_version; and its `modules`: the modules the server loaded, whose commands pass
+ * through the proxy (Redis 8.0 loads `vectorset`).
+ */
 export interface ServerIdentity {
   name: string;
   version: string;
+  /** One map per module (name, ver, path, args), as HELLO gives them; none where MODULE LIST is refused. */
+  modules: RespMap[];
 }
 
 /**
  * Reads INFO server. Valkey says `server_name:valkey` and its own `valkey_version` beside a
  * `redis_version` it keeps for compatibility (7.2.4), and its HELLO answers with the former.
  */
-export function serverIdentity(info: string): ServerIdentity {
+export function serverIdentity(info: string, moduleList: RespValue = []): ServerIdentity {
   const fields = new Map<string, string>();
   for (const line of info.split(/\r?\n/)) {
     const colon = line.indexOf(":");
     if (colon > 0) fields.set(line.slice(0, colon), line.slice(colon + 1));
   }
   const name = fields.get("server_name") ?? "redis";
-  return { name, version: fields.get(`${name}_version`) ?? fields.get("redis_version") ?? "7.0.0" };
+  return {
+    name,
+    version: fields.get(`${name}_version`) ?? fields.get("redis_version") ?? "7.0.0",
+    modules: moduleMaps(moduleList),
+  };
+}
+
+/** MODULE LIST's reply (RESP2: flat name, value lists) as maps; none when it is an error. */
+function moduleMaps(reply: RespValue): RespMap[] {
+  if (!Array.isArray(reply)) return [];
+  const maps: RespMap[] = [];
+  for (const module of reply) {
+    if (module instanceof RespMap) maps.push(module);
+    else if (Array.isArray(module)) {
+      const entries: [RespValue, RespValue][] = [];
+      for (let i = 0; i + 1 < module.length; i += 2) entries.push([module[i], module[i + 1]]);
+      maps.push(new RespMap(entries));
+    }
+  }
+  return maps;
 }
 
 const STARTUP_RETRY_MS = 10_000;
@@ -78,9 +103,11 @@ async function probe(seed: HostPort, options: NodeOptions) {
     const cluster = String(await ask(node, ["INFO", "cluster"]));
     const commands = await node.call(["COMMAND"]);
     const limits = await node.call(["CONFIG", "GET", "client-output-buffer-limit"]);
+    // An error (MODULE denied by ACL or renamed) reads as no module.
+    const modules = await node.call(["MODULE", "LIST"]);
     return {
       outputLimits: Array.isArray(limits) && limits.length === 2 ? String(limits[1]) : null,
-      server: serverIdentity(server),
+      server: serverIdentity(server, modules),
       isCluster: /cluster_enabled:1/.test(cluster),
       commands: commands instanceof RespError ? null : commands,
       node,

@@ -288,9 +288,12 @@ export class UpstreamConnection {
     return sink.promise;
   }
 
+  /** Resolves once learnId()'s CLIENT ID is answered (or failed); at once when it was never asked. */
+  idKnown: Promise<void> = Promise.resolve();
+
   /** Asks the server for this connection's id, so that CLIENT UNBLOCK can name it later. */
   learnId(): void {
-    this.call(["Client", "Id"]).then(
+    this.idKnown = this.call(["Client", "Id"]).then(
       (id) => {
         if (typeof id === "number") this.serverId = id;
       },

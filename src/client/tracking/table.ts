@@ -63,6 +63,8 @@ interface RecentWrite {
   nulls?: number;
   /** A FLUSHALL/FLUSHDB whose null every tracking client has had: later masters' nulls say nothing new. */
   allTold?: boolean;
+  /** A FLUSHALL/FLUSHDB whose writer is told its null before the command's reply (TrackingTable.flushNullFirst). */
+  nullFirst?: boolean;
 }
 
 /**
@@ -87,6 +89,8 @@ interface Placing {
   all: boolean;
   /** follows() has passed the anchor's slot. */
   passed: boolean;
+  /** With `all`: before the anchor's reply, not after it. */
+  beforeAnchor: boolean;
 }
 
 /** A group of invalidations for one client that share their place: one frame. */
@@ -158,6 +162,12 @@ export class TrackingTable {
   constructor(
     private readonly router: Router,
     private readonly lookup: (id: number) => TrackedClient | undefined,
+    /**
+     * The upstream runs FLUSHALL/FLUSHDB SYNC in the background while their client waits
+     * (Redis 7.4 and later): the flushing client gets its null before the command's reply,
+     * while the server still answered it after (7.0, Valkey; ASYNC flushes on 7.4+ too).
+     */
+    private readonly flushNullFirst = false,
   ) {
     this.streams = new InvalidationStreams(router, {
       onKeys: (keys) => this.invalidate(keys),
@@ -250,6 +260,7 @@ export class TrackingTable {
         lastRead: 0,
         // Outside MULTI it runs on every master (a fan-out); queued, on the transaction's node.
         nulls: queued ? 1 : this.router.masters().length,
+        nullFirst: this.flushNullFirst && !queued && argv[1]?.toString().toLowerCase() !== "async",
       };
       if (this.flushes.length < MAX_WRITES) this.flushes.push(flush);
       if (queued) this.queueWrite(id, flush);
@@ -314,7 +325,7 @@ export class TrackingTable {
       // Redis tells a blocked client at once, not after the command it is blocked in.
       else if (slot.data === null && cause !== null && isBlocking(cause.name, cause.argv))
         placing.passed = true;
-      return !placing.passed || cause?.argv === placing.anchor;
+      return !placing.passed || (cause?.argv === placing.anchor && !placing.beforeAnchor);
     }
     if (placing !== null && placing.anchor !== null) return cause?.argv === placing.anchor;
     if (cause === null) return true;
@@ -503,7 +514,7 @@ export class TrackingTable {
     const state = client?.tracking;
     if (client === undefined || state == null) return;
     flush.told = true;
-    this.send(client, state, flush.anchor, [flushValue(client.proto)], null, true);
+    this.send(client, state, flush.anchor, [flushValue(client.proto)], null, true, flush.nullFirst === true);
   }
 
   /**
@@ -575,8 +586,10 @@ export class TrackingTable {
     values: readonly Buffer[],
     keys: readonly Buffer[] | null,
     all = false,
+    beforeAnchor = false,
   ): void {
-    if (state.redirect === 0) return this.deliverFrame(client, false, anchor, values, keys, all);
+    if (state.redirect === 0)
+      return this.deliverFrame(client, false, anchor, values, keys, all, beforeAnchor);
     const redirected = this.lookup(state.redirect);
     if (redirected !== undefined) return this.deliverFrame(redirected, true, null, values, keys);
     if (this.remote?.elsewhere(state.redirect) === true)
@@ -612,6 +625,7 @@ export class TrackingTable {
     values: readonly Buffer[],
     keys: readonly Buffer[] | null,
     all = false,
+    beforeAnchor = false,
   ): void {
     let frame: Buffer;
     if (target.proto === 3) frame = Buffer.concat(values.map(invalidatePush));
@@ -624,6 +638,7 @@ export class TrackingTable {
       blocked: false,
       all: redirected ? false : all,
       passed: false,
+      beforeAnchor,
     };
     try {
       target.deliver(frame, keys);

@@ -25,6 +25,14 @@ const EVENT_OF: Record<string, string> = {
   pexpire: "expire",
   expireat: "expire",
   pexpireat: "expire",
+  // Redis 7.4 and 8.0's hash-field expiry: events of the hash class, named after HSET, HDEL
+  // and HEXPIRE whichever command made them.
+  hpexpire: "hexpire",
+  hexpireat: "hexpire",
+  hpexpireat: "hexpire",
+  hsetex: "hset",
+  hgetex: "hexpire",
+  hgetdel: "hdel",
 };
 
 /**
@@ -82,7 +90,17 @@ const ZERO_IS_NOTHING = new Set([
   "xdel",
   "lpushx",
   "rpushx",
+  // HSETEX FNX/FXX whose condition failed.
+  "hsetex",
 ]);
+
+/**
+ * Writes answered with one code per field, where none above 0 means no field changed (-2 no
+ * such field, -1 no expiry to remove, 0 a condition not met): then they emit nothing.
+ */
+const PER_FIELD_CODES = new Set(["hexpire", "hpexpire", "hexpireat", "hpexpireat", "hpersist"]);
+/** Writes answered with the values of the fields they name: all null when none was there. */
+const FIELD_VALUES = new Set(["hgetdel", "hgetex"]);
 
 /** Multi-key writes that write every key they name (each emits its own notification). */
 const EVERY_KEY_WRITTEN = new Set(["mset", "msetnx", "rename", "renamenx", "smove", "lmove", "rpoplpush"]);
@@ -320,6 +338,14 @@ export class WriteJournal {
     if (isProxyKey(buffer)) return null;
     const key = buffer.toString("latin1");
     const text = asciiText(buffer, key);
+    // HGETEX without EX, PX, EXAT, PXAT or PERSIST reads: it changes nothing and emits nothing.
+    if (
+      name === "hgetex" &&
+      argv.length > 2 &&
+      argv[2].length === 6 &&
+      /^fields$/i.test(argv[2].toString("latin1"))
+    )
+      return null;
     const kind = kindOf(name);
     const event = kind.event;
     let exact = kind.exact;
@@ -624,5 +650,41 @@ function changedNothing(name: string, reply: Buffer, conditional: boolean): bool
   // SET ... GET and GETSET answer nil for a key that was missing, and wrote it.
   if (nil || reply[0] === 95 /* _ (RESP3 null) */)
     return (name !== "set" && name !== "getset") || conditional;
+  if (reply[0] === 42 /* * */) {
+    if (PER_FIELD_CODES.has(name)) return everyElement(reply, noFieldChanged);
+    if (FIELD_VALUES.has(name)) return everyElement(reply, isNull);
+    return false;
+  }
   return reply[0] === 58 /* : */ && reply[1] === 48 /* 0 */ && reply[2] === 13 && ZERO_IS_NOTHING.has(name);
+}
+
+/** An integer element below 1 (`:-2`, `:-1`, `:0`): the field was left as it was. */
+function noFieldChanged(reply: Buffer, at: number): number {
+  const sign = reply[at + 1];
+  if (reply[at] !== 58 /* : */ || (sign !== 45 /* - */ && sign !== 48) /* 0 */) return -1;
+  const end = reply.indexOf(13 /* \r */, at);
+  return end === -1 ? -1 : end + 2;
+}
+
+/** A null element (`$-1` in RESP2, `_` in RESP3). */
+function isNull(reply: Buffer, at: number): number {
+  if (reply[at] === 95 /* _ */) return at + 3;
+  return reply[at] === 36 /* $ */ && reply[at + 1] === 45 /* - */ ? at + 5 : -1;
+}
+
+/**
+ * Whether every element of an array reply passes `test`, which answers where the next
+ * element starts, or -1 when the element fails (it stops there: no element after a failed
+ * one is read, so elements `test` cannot skip, such as bulk strings, end the scan).
+ */
+function everyElement(reply: Buffer, test: (reply: Buffer, at: number) => number): boolean {
+  const header = reply.indexOf(13 /* \r */);
+  const count = Number(reply.toString("latin1", 1, header));
+  if (!(count > 0)) return false;
+  let at = header + 2;
+  for (let i = 0; i < count; i++) {
+    at = test(reply, at);
+    if (at === -1) return false;
+  }
+  return true;
 }
