@@ -269,9 +269,19 @@ export async function startCluster(opts: StartClusterOptions): Promise<RedisClus
   for (let i = 0; i < count; i++) ports.push(await freeClusterPort());
   const tlsArgs = opts.tls !== undefined ? ["--tls-cluster", "yes", "--tls-replication", "yes"] : [];
   const args = [...CLUSTER_ARGS, ...tlsArgs, ...(opts.args ?? [])];
-  const started = await Promise.allSettled(
-    ports.map((port) => startRedis({ port, args, tls: opts.tls, binary: opts.binary })),
-  );
+  const startNode = async (first: number): Promise<RedisNode> => {
+    for (let port = first, attempt = 0; ; attempt++) {
+      try {
+        return await startRedis({ port, args, tls: opts.tls, binary: opts.binary });
+      } catch (err) {
+        // Another process (a test run beside this one) took the port or its bus port (+10000)
+        // since it was probed free: another pair.
+        if (attempt >= 3 || !/Address already in use/.test(String(err))) throw err;
+        port = await freeClusterPort();
+      }
+    }
+  };
+  const started = await Promise.allSettled(ports.map(startNode));
   const nodes = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
   const cluster = new Cluster(nodes);
   try {
