@@ -300,13 +300,21 @@ export class Subscriber {
     const quiet = slot.silent;
     slot.silent = false;
     link.marks++;
-    slot.onReply = (data) => {
-      link.marks--;
-      const frames = link.marked.splice(0);
-      if (!quiet) frames.push(data);
-      return Buffer.concat(frames);
+    // The reply and the client's own message take the command's place in the order the server
+    // sends them (the message first up to Redis 7.0, the reply first from 7.2 on): all that
+    // comes before a PING's pong.
+    const keep = (data: Buffer): void => {
+      if (!quiet) link.marked.push(data);
     };
-    link.lease.send(request.raw ?? encodeCommand(request.argv), slot);
+    link.lease.send(request.raw ?? encodeCommand(request.argv), {
+      reply: keep,
+      fail: (message) => keep(encodeError(message)),
+    });
+    slot.onReply = () => {
+      link.marks--;
+      return Buffer.concat(link.marked.splice(0));
+    };
+    link.lease.send(PING, slot);
     return true;
   }
 
