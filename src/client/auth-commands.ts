@@ -32,7 +32,9 @@ function checkPassword(
     return null;
   }
   const required = session.ctx.config.requirepass;
-  if (required === undefined) return NO_PASSWORD_SET;
+  // No password: the default user is `nopass`, which takes any password when named (AUTH
+  // default x, HELLO 3 AUTH default x); only AUTH <password> alone is refused, as in Redis.
+  if (required === undefined) return named ? null : NO_PASSWORD_SET;
   if (user !== "default" || password !== required) return WRONGPASS;
   return null;
 }
