@@ -18,7 +18,7 @@ import {
   stopAll,
   closeAllProxies,
 } from "../dist/spec/harness/index.js";
-import { check, shrink, report } from "../dist/spec/support/differential.js";
+import { check, shrink, report, signature } from "../dist/spec/support/differential.js";
 import { generateSequence } from "../dist/spec/support/command-generator.js";
 
 const { values } = parseArgs({
@@ -50,7 +50,7 @@ try {
       const found = await check(ports, sequence);
       ran++;
       if (found === null) continue;
-      const name = found.command.split(": ")[1]?.split(/[ |]/)[0].toUpperCase();
+      const name = signature(found);
       if (seen.has(name)) continue;
       seen.add(name);
       diverged = true;
@@ -59,7 +59,7 @@ try {
       if (!values.all) break;
     }
     console.log(
-      `${mode}: ${ran} seeds of ${bursts} bursts in ${((Date.now() - started) / 1000).toFixed(1)} s, ${seen.size} divergent command name(s)`,
+      `${mode}: ${ran} seeds of ${bursts} bursts in ${((Date.now() - started) / 1000).toFixed(1)} s, ${seen.size} distinct divergence(s)`,
     );
     await proxy.close();
     if (!values.all && diverged) break;

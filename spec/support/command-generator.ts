@@ -401,11 +401,11 @@ const KEYED: readonly [Template, Norm?][] = [
       ...g.maybe(0.3, () => ["ALPHA"]),
       ...g.maybe(0.3, () => ["DESC"]),
       ...g.maybe(0.3, () => ["LIMIT", g.n(), g.n()]),
+      // No BY nosort: a set's members would come in its dictionary's order. No BY or GET
+      // patterns in a cluster, which refuses patterns that may name keys in other slots.
       ...(g.cluster
-        ? g.maybe(0.2, () => ["BY", "nosort"])
-        : g.maybe(0.3, () =>
-            g.oneOf(["BY", "w_*"], ["BY", "nosort"], ["GET", "#", "GET", "w_*"], ["BY", "h_*->f1"]),
-          )),
+        ? []
+        : g.maybe(0.3, () => g.oneOf(["BY", "w_*"], ["GET", "#", "GET", "w_*"], ["BY", "h_*->f1"]))),
       ...g.maybe(0.2, () => ["STORE", g.k()]),
     ],
   ],
@@ -467,7 +467,8 @@ const KEYED: readonly [Template, Norm?][] = [
   [
     (g) => [
       "SINTERCARD",
-      g.rng.pick(["1", "2", "0", "3"]),
+      // 3 takes LIMIT for a key: a cluster's CROSSSLOT, as Redis Cluster says it.
+      g.rng.pick(g.cluster ? ["1", "2", "0"] : ["1", "2", "0", "3"]),
       g.k(),
       g.k(),
       ...g.maybe(0.4, () => ["LIMIT", g.n()]),
@@ -826,6 +827,11 @@ function recase(g: Gen, name: string): string {
  */
 function misshape(g: Gen, args: Arg[]): Arg[] {
   if (args[0] === "EXEC" || args[0] === "DISCARD" || !g.rng.chance(0.05)) return args;
+  // In a cluster, only dropped: an argument added may be taken for a key of another slot
+  // (BLPOP k 0.01 x: keys k and 0.01), and a MULTI or WATCH refused leaves a WATCH for the
+  // next transaction, maybe of another slot: CROSSSLOT, as Redis Cluster says.
+  if (g.cluster)
+    return args.length > 1 && args[0] !== "MULTI" && args[0] !== "WATCH" ? args.slice(0, -1) : args;
   return g.rng.chance(0.5) && args.length > 1 ? args.slice(0, -1) : [...args, "extra"];
 }
 
@@ -872,6 +878,9 @@ function ordinary(g: Gen, inTransaction: boolean): GenCommand {
   return command(g, g.rng.pick(SESSION)(g));
 }
 
+/** Keyless commands that fan out to every master outside a transaction. */
+const FAN_OUT_IN_CLUSTER = /^(flushall|flushdb|dbsize|keys|script|function)$/i;
+
 /**
  * A transaction: optionally WATCH first (and a write from another connection), then MULTI,
  * commands (some refused at queue time, some failing at run time), EXEC or DISCARD. In a
@@ -893,9 +902,13 @@ function transaction(g: Gen, conn: string, bursts: Burst[]): void {
   g.tag = tag;
   g.fixed = true;
   for (let i = 0; i < n; i++) {
-    const c = g.rng.chance(0.08)
+    let c = g.rng.chance(0.08)
       ? command(g, g.rng.pick([["MULTI"], ["WATCH", g.k()], ["UNKNOWNCMD", "x"], ["GET"], ["SET", g.k()]]))
       : ordinary(g, true);
+    // In front of a cluster a transaction runs on its slot's master: what fans out outside
+    // one acts on that master only (FLUSHALL empties it, DBSIZE and KEYS count its keys,
+    // SCRIPT LOAD loads there); a known gap, see the report of the differential spec.
+    if (g.cluster && FAN_OUT_IN_CLUSTER.test(c.argv[0].toString())) c = command(g, ["PING"]);
     commands.push(c);
     const name = c.argv[0].toString().toUpperCase();
     if (name !== "MULTI" && name !== "WATCH") queued.push(c.norm);

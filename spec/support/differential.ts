@@ -43,14 +43,28 @@ export async function check(ports: Ports, bursts: Burst[]): Promise<Found | null
   return { divergence, command: commandAt(bursts, entry) };
 }
 
-/** The command's name, upper case, as the shrinker's sign that a divergence is the same one. */
+/** The command's name, upper case. */
 function nameOf(command: string): string {
   return (command.split(": ")[1] ?? "").split(/[ |]/)[0].toUpperCase();
 }
 
+/** A reply's kind: an error's text, or its RESP type. */
+function kindOf(entry: string): string {
+  const reply = entry.replace(/^[^:]*: /, "");
+  return reply.startsWith("-") ? reply : reply.slice(0, 1);
+}
+
 /**
- * Drops bursts, then single commands, while the first divergence stays on a command of the
- * same name. `budget` bounds the runs.
+ * The shrinker's sign that a divergence is the same one: the command's name and what each
+ * side answered, by kind (a sequence shrunk past sense diverges for other reasons, such as a
+ * WATCH left for a transaction of another slot).
+ */
+export function signature(found: Found): string {
+  return `${nameOf(found.command)} ${kindOf(found.divergence.direct)} ${kindOf(found.divergence.proxy)}`;
+}
+
+/**
+ * Drops bursts, then single commands, while the first divergence keeps its signature. `budget` bounds the runs.
  */
 export async function shrink(
   ports: Ports,
@@ -58,14 +72,14 @@ export async function shrink(
   found: Found,
   budget = 400,
 ): Promise<{ bursts: Burst[]; found: Found }> {
-  const name = nameOf(found.command);
+  const sign = signature(found);
   let best = bursts;
   let bestFound = found;
   let runs = 0;
   const attempt = async (candidate: Burst[]): Promise<boolean> => {
     if (runs++ >= budget) return false;
     const f = await check(ports, candidate);
-    if (f === null || nameOf(f.command) !== name) return false;
+    if (f === null || signature(f) !== sign) return false;
     best = candidate;
     bestFound = f;
     return true;

@@ -98,6 +98,9 @@ export const hello: LocalCommand = (session, { argv }) => {
         session.replyError(bad);
         return;
       }
+      // Redis 7.0 names the client as it reads the option: a later one's syntax error, or
+      // NOAUTH, leaves the name set.
+      session.name = name;
     } else {
       session.replyError(`ERR Syntax error in HELLO option '${argv[i].toString()}'`);
       return;

@@ -111,6 +111,8 @@ export class Transaction {
   /** Whether a command outside MULTI belongs on the pinned connection (same node's slot). */
   owns(name: string, request: Request): boolean {
     if (this.conn === null) return this.watchLost && name === "unwatch";
+    // DBSIZE, KEYS, SCAN, FLUSHALL... go to every master, not just the watched slot's.
+    if (this.host.ctx.router.fansOut(name)) return false;
     const slot = this.slotOf(name, request.argv);
     return slot === NO_KEYS || slot === this.slot || this.slot === NO_KEYS;
   }
@@ -122,6 +124,7 @@ export class Transaction {
       slot.fail(this.pinFailure);
       return;
     }
+    this.followProto();
     this.inMulti = true;
     this.clearQueue();
     this.rulesAt = this.host.user.rulesVersion;
@@ -201,12 +204,34 @@ export class Transaction {
     }
     if (slot >= 0) this.slot = slot;
     this.watching = true;
+    this.followProto();
     this.conn!.send(request.raw ?? encodeCommand(request.argv), this.host.upstreamSlot(), this.host.db);
+  }
+
+  /**
+   * The protocol the pinned connection speaks when it differs from the lease's own: the
+   * client sent HELLO while WATCHing (HELLO is refused inside MULTI). Null when unchanged.
+   */
+  private switchedProto: Protocol | null = null;
+
+  /**
+   * Before a command goes down the pinned connection: a client that switched protocol since
+   * the pin gets its replies in the new one, as from Redis, so the connection switches too
+   * (a hidden HELLO, its reply dropped), and back when it is given back (restoreProto).
+   */
+  private followProto(): void {
+    const conn = this.conn;
+    if (conn === null) return;
+    const speaks = this.switchedProto ?? conn.proto;
+    if (speaks === this.host.proto) return;
+    this.switchedProto = this.host.proto;
+    conn.send(encodeCommand(["HELLO", String(this.host.proto)]), DISCARD, ANY_DB);
   }
 
   /** A command while WATCHing (not in MULTI): on the pinned connection. */
   send(name: string, request: Request): void {
     const slot = this.host.upstreamSlot();
+    this.followProto();
     if (name === "unwatch") this.watchLost = false;
     if (this.conn === null) {
       // UNWATCH of a watch lost with its connection (owns): nothing is left to undo upstream.
@@ -313,6 +338,7 @@ export class Transaction {
     if (this.host.ctx.leases.nodeIdForSlot(slot, this.host.id) === old.nodeId) return true;
     old.onLost(null);
     old.send(encodeCommand(["DISCARD"]), DISCARD);
+    this.restoreProto(old);
     old.release();
     this.conn = null;
     if (!this.pin(slot)) {
@@ -613,8 +639,20 @@ export class Transaction {
     this.conn = null;
     if (conn === null) return;
     conn.onLost(null);
-    if (lost) conn.destroy();
-    else conn.release();
+    if (lost) {
+      this.switchedProto = null;
+      conn.destroy();
+    } else {
+      this.restoreProto(conn);
+      conn.release();
+    }
+  }
+
+  /** A connection going back to the pool speaks its own protocol again (followProto). */
+  private restoreProto(conn: Lease): void {
+    if (this.switchedProto !== null && this.switchedProto !== conn.proto)
+      conn.send(encodeCommand(["HELLO", String(conn.proto)]), DISCARD, ANY_DB);
+    this.switchedProto = null;
   }
 }
 

@@ -9,7 +9,7 @@ import {
   Gather,
   firstError,
   mergeAllOk,
-  mergeAnd,
+  mergeScriptExists,
   mergeConcat,
   mergeFirst,
   mergeMin,
@@ -30,6 +30,8 @@ export interface ClusterSender {
   ): void;
   /** The master of a slot (the proxy's own keys live in one). */
   routeSlot(slot: number, affinity: number): UpstreamNode;
+  /** Whether the proxy knows a script's body (router's ScriptCache). */
+  knowsScript(sha: string): boolean;
 }
 
 /**
@@ -124,6 +126,17 @@ const randomKey: FanOut = (r, argv, target, affinity, proto) => {
   attempt(0);
 };
 
+/**
+ * SCRIPT EXISTS: a script every master has, or one that some master has and the proxy knows
+ * the body of: an EVALSHA of it runs wherever its keys are, the proxy loading it on a master
+ * that meets it with NOSCRIPT. An EVAL on one slot's master then SCRIPT EXISTS gives 1, as
+ * on one server.
+ */
+const scriptExists: FanOut = (r, argv, sink, affinity, proto) => {
+  const known = argv.slice(2).map((sha) => r.knowsScript(sha.toString()));
+  toAll((replies) => mergeScriptExists(replies, known))(r, argv, sink, affinity, proto);
+};
+
 /** Bits of a proxy SCAN cursor that name the master; the rest is that master's cursor. */
 const SHARD_BITS = 10n;
 
@@ -210,7 +223,7 @@ export const FAN_OUT = new Map<string, FanOut>([
     bySubcommand({
       load: toAll(mergeFirst),
       flush: toAll(mergeAllOk),
-      exists: toAll(mergeAnd),
+      exists: scriptExists,
     }),
   ],
   [

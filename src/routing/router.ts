@@ -105,6 +105,10 @@ export class Router implements ClusterSender {
     if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
     else if (name === "script" && argv.length === 3 && argv[1].toString().toLowerCase() === "load") {
       this.scripts.remember(argv[2]);
+    } else if (name === "script" && argv.length >= 2 && argv[1].toString().toLowerCase() === "flush") {
+      // A client's SCRIPT FLUSH forgets the scripts: an EVALSHA then meets NOSCRIPT, as
+      // in Redis, instead of a reload of a script the client flushed.
+      this.scripts.clear();
     }
     const fanOut = FAN_OUT.get(name);
     if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity, proto);
@@ -174,6 +178,16 @@ export class Router implements ClusterSender {
     const slot = request.commonHash(1, key.stride, keySlotIn);
     // Keys of several slots: the runs split it, one part per slot from the request's bytes.
     return slot === -1 ? SPLIT_RUN : slot;
+  }
+
+  /** Whether a command goes to every master (or any one) by the fan-out table, not by its keys. */
+  fansOut(name: string): boolean {
+    return this.cluster !== null && FAN_OUT.has(name);
+  }
+
+  /** Whether the proxy knows the body of a script (it can load it where it is missing). */
+  knowsScript(sha: string): boolean {
+    return this.scripts.body(sha) !== undefined;
   }
 
   /** Where a command's keys are, for runSlotOf: stride 0 for one key at `first`. */
