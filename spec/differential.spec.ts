@@ -112,6 +112,17 @@ const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
     ),
   ],
   [
+    "EVALSHA pipelined ahead of its EVAL: NOSCRIPT, as on one server (no reload of a script learnt after it left)",
+    bursts(["a", ["EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"], ["EVAL", "return 1", "0"]]),
+  ],
+  [
+    "SCRIPT EXISTS after an EVAL inside MULTI: 1",
+    bursts(
+      ["a", ["MULTI"], ["EVAL", "return 3", "1", "{a}k"], ["EXEC"]],
+      ["a", ["SCRIPT", "EXISTS", "09d3822de862f46d784e6a36848b4f0736dda47a"]],
+    ),
+  ],
+  [
     "HELLO 3 while WATCHing: the watched connection answers in RESP3 too",
     bursts(
       ["a", ["WATCH", "{a}k"]],

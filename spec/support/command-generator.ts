@@ -475,7 +475,7 @@ const KEYED: readonly [Template, Norm?][] = [
     ],
   ],
   [(g) => ["SMOVE", g.k(), g.k(), g.member()]],
-  [(g) => [g.rng.pick(["SPOP", "SRANDMEMBER"]), g.k(), g.rng.pick(["0", "-1", "x"])]],
+  [(g) => [g.rng.pick(["SPOP", "SRANDMEMBER"]), g.k(), g.rng.pick(["0", "x", "-0"])]],
   // sorted sets
   [
     (g) => [
@@ -835,6 +835,24 @@ function misshape(g: Gen, args: Arg[]): Arg[] {
   return g.rng.chance(0.5) && args.length > 1 ? args.slice(0, -1) : [...args, "extra"];
 }
 
+/**
+ * Inline commands as telnet users type them: quotes, escapes, runs of spaces, and a quote
+ * left open (Redis answers a protocol error and closes the connection). Not an empty line:
+ * Redis answers nothing to it, and each command here waits for one reply.
+ */
+const INLINE_LINES = [
+  'SET "in line" "a\\x41\\nb"',
+  'GET "in line"',
+  "ECHO 'single quoted'",
+  "ECHO \"tab\\there\" '\\''",
+  "PING   spaced   ",
+  'ECHO "unbalanced',
+  "ECHO 'x'y",
+  'ECHO ""',
+  'EXISTS "in line" k1',
+  'HSET "in line" f "v"',
+];
+
 /** An inline form of `args` when every argument is plain text (no spaces, quotes or control bytes). */
 function inlineForm(args: Arg[]): string | undefined {
   if (!args.every((a) => typeof a === "string" && /^[\x21-\x7e]+$/.test(a) && !/["']/.test(a)))
@@ -864,6 +882,10 @@ function command(g: Gen, args: Arg[], norm?: Norm): GenCommand {
 /** One ordinary command: keyed (one tag), split (any tags), keyless, or session-level. */
 function ordinary(g: Gen, inTransaction: boolean): GenCommand {
   g.newTag();
+  if (!inTransaction && g.rng.chance(0.015)) {
+    const line = g.rng.pick(INLINE_LINES);
+    return { argv: toBuffers(line.split(" ").filter((a) => a !== "")), inline: line };
+  }
   const r = g.rng.next();
   if (r < 0.72) {
     const [template, norm] = g.rng.pick(KEYED);

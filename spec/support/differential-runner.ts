@@ -130,6 +130,13 @@ class Conn {
     w?.();
   }
 
+  /** Whether the server closes the connection within `timeoutMs`. */
+  async closedWithin(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closed && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    return this.closed;
+  }
+
   /** The next frame; null when the connection closed or nothing came within `timeoutMs`. */
   async take(timeoutMs: number): Promise<Frame | "closed" | "timeout"> {
     const deadline = Date.now() + timeoutMs;
@@ -230,13 +237,19 @@ export async function runSequence(
         continue;
       }
       conn.socket.write(Buffer.concat(burst.commands.map((c) => requestBytes(c))));
+      let protocolError = false;
       for (let i = 0; i < burst.commands.length; i++) {
         const reply = await conn.take(timeoutMs);
         const shown =
           typeof reply === "string" ? text(reply) : text(normalise(reply, burst.commands[i].norm));
         out.push(`${b}.${i} ${burst.conn}: ${shown}`);
-        if (reply === "closed") break;
+        if (reply === "closed" || reply === "timeout") break;
+        if (reply.raw.toString("latin1", 0, 19) === "-ERR Protocol error") protocolError = true;
       }
+      // Redis closes the connection after a protocol error: wait for it, so that the next
+      // burst on this connection name opens a new one on both sides, whichever closes sooner.
+      if (protocolError)
+        out.push(`${b} ${burst.conn}: ${(await conn.closedWithin(2000)) ? "<closed>" : "<left open>"}`);
       if (conn.pushes.length > 0)
         out.push(`${b} ${burst.conn} pushes: ${conn.pushes.splice(0).map(text).join("")}`);
     }

@@ -310,6 +310,7 @@ export class Transaction {
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
+    this.host.ctx.router.noteScript(name, request.argv);
     if (SUBSCRIBE_FAMILY.has(name)) this.subscribing = true;
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;

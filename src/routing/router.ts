@@ -102,14 +102,7 @@ export class Router implements ClusterSender {
       );
       return;
     }
-    if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
-    else if (name === "script" && argv.length === 3 && argv[1].toString().toLowerCase() === "load") {
-      this.scripts.remember(argv[2]);
-    } else if (name === "script" && argv.length >= 2 && argv[1].toString().toLowerCase() === "flush") {
-      // A client's SCRIPT FLUSH forgets the scripts: an EVALSHA then meets NOSCRIPT, as
-      // in Redis, instead of a reload of a script the client flushed.
-      this.scripts.clear();
-    }
+    this.noteScript(name, argv);
     const fanOut = FAN_OUT.get(name);
     if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity, proto);
     let slot: number;
@@ -120,7 +113,14 @@ export class Router implements ClusterSender {
       slot = this.slotOf(name, argv);
       if (slot === CROSS_SLOT) return sink.reply(encodeError(CROSSSLOT_ERROR));
     }
-    const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
+    // Reloaded on NOSCRIPT only when the proxy knew the script as the EVALSHA left: an
+    // EVALSHA pipelined ahead of its EVAL meets NOSCRIPT, as on one server.
+    const evalsha =
+      (name === "evalsha" || name === "evalsha_ro") &&
+      argv[1] !== undefined &&
+      this.knowsScript(argv[1].toString())
+        ? argv[1]
+        : null;
     const node =
       this.readFromReplicas && slot >= 0 && ctx.primary !== true && this.isReadOnly(name, argv)
         ? this.cluster.replicaFor(slot, ctx.affinity)
@@ -178,6 +178,20 @@ export class Router implements ClusterSender {
     const slot = request.commonHash(1, key.stride, keySlotIn);
     // Keys of several slots: the runs split it, one part per slot from the request's bytes.
     return slot === -1 ? SPLIT_RUN : slot;
+  }
+
+  /**
+   * Scripts a client sends (EVAL, SCRIPT LOAD; queued in MULTI too), kept to load them on a
+   * master that meets their EVALSHA with NOSCRIPT (cluster mode). A client's SCRIPT FLUSH
+   * forgets them: an EVALSHA then meets NOSCRIPT, as in Redis.
+   */
+  noteScript(name: string, argv: readonly Buffer[]): void {
+    if (this.cluster === null) return;
+    if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
+    else if (name !== "script" || argv.length < 2) return;
+    const sub = argv[1].toString().toLowerCase();
+    if (sub === "load" && argv.length === 3) this.scripts.remember(argv[2]);
+    else if (sub === "flush") this.scripts.clear();
   }
 
   /** Whether a command goes to every master (or any one) by the fan-out table, not by its keys. */
