@@ -3,13 +3,15 @@
 // Long differential runs (spec/differential.spec.ts runs a few seeds in CI): many seeds of
 // generated command sequences against redis-server directly and through the proxy, in front of
 // a fresh redis-server (standalone) or a 3-master cluster. Prints each divergence with its seed
-// and a minimal sequence (shrunk: commands dropped while it still diverges on the same command).
+// and a minimal sequence (shrunk: commands dropped while the same command still diverges the
+// same way, see signature() in spec/support/differential.ts).
 //
 //   npm run build && node scripts/fuzz-diff.mjs [--mode standalone|cluster|both] [--seeds 200]
 //     [--from 1] [--bursts 80] [--all]
 //
-// Without --all it stops at the first divergence; with it, it goes on and reports one
-// divergence per command name. Exit code 1 when something diverged.
+// Without --all it stops at the first divergence; with it, it goes on and reports each
+// distinct divergence once. Exit code 1 when something diverged. Each seed resets both sides
+// (FLUSHALL, SCRIPT FLUSH, FUNCTION FLUSH); about 0.3 s a seed of 80 bursts on an idle machine.
 import { parseArgs } from "node:util";
 import {
   startCluster,

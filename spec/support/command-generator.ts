@@ -389,7 +389,8 @@ const KEYED: readonly [Template, Norm?][] = [
       ...g.maybe(0.3, () => [g.rng.pick(["NX", "XX", "GT", "LT"])]),
     ],
   ],
-  [(g) => ["TTL", g.k()]],
+  // After EXPIREAT/PEXPIREAT the seconds left depend on the clock of the run.
+  [(g) => ["TTL", g.k()], "positive"],
   [(g) => ["PTTL", g.k()], "positive"],
   // A TTL set relative to now ends at a time of the server's clock.
   [(g) => [g.rng.pick(["EXPIRETIME", "PEXPIRETIME"]), g.k()], "positive"],
