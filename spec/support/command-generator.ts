@@ -402,11 +402,11 @@ const KEYED: readonly [Template, Norm?][] = [
       ...g.maybe(0.3, () => ["ALPHA"]),
       ...g.maybe(0.3, () => ["DESC"]),
       ...g.maybe(0.3, () => ["LIMIT", g.n(), g.n()]),
-      // No BY nosort: a set's members would come in its dictionary's order. No BY or GET
-      // patterns in a cluster, which refuses patterns that may name keys in other slots.
-      ...(g.cluster
-        ? []
-        : g.maybe(0.3, () => g.oneOf(["BY", "w_*"], ["GET", "#", "GET", "w_*"], ["BY", "h_*->f1"]))),
+      // No BY: a set or sorted set is sorted from its dictionary (a seeded hash), so members
+      // of equal weight (BY a missing key: all of them) come in an order that differs between
+      // two servers; BY nosort is that order itself. No GET patterns in a cluster, which
+      // refuses patterns that may name keys in other slots.
+      ...(g.cluster ? [] : g.maybe(0.3, () => g.oneOf(["GET", "#", "GET", "w_*"], ["GET", "h_*->f1"]))),
       ...g.maybe(0.2, () => ["STORE", g.k()]),
     ],
   ],
@@ -949,8 +949,9 @@ function transaction(g: Gen, conn: string, bursts: Burst[]): void {
 
 export function generateSequence(options: GenOptions): Burst[] {
   const g = new Gen(new Rng(options.seed), options.mode);
-  const bursts: Burst[] = [];
-  const conns = ["a", "a", "a", "b", "c"];
+  // Connection c starts in RESP3, a and b in RESP2 (each may switch with HELLO or RESET).
+  const bursts: Burst[] = [{ conn: "c", commands: [{ argv: toBuffers(["HELLO", "3"]) }] }];
+  const conns = ["a", "a", "a", "b", "c", "c"];
   while (bursts.length < options.bursts) {
     const conn = g.rng.pick(conns);
     const r = g.rng.next();
