@@ -116,6 +116,13 @@ const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
     bursts(["a", ["EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"], ["EVAL", "return 1", "0"]]),
   ],
   [
+    "an EVAL refused for its key count leaves no script behind: its EVALSHA meets NOSCRIPT",
+    bursts(
+      ["a", ["EVAL", "return 5", "x", "{a}k"], ["EVAL", "return 5", "2", "{a}k"], ["EVAL", "return 5", "-1"]],
+      ["a", ["EVALSHA", "4ca238f611c9d0ae4e9a75a5dbac22aedc379801", "1", "{b}k"]],
+    ),
+  ],
+  [
     "SCRIPT EXISTS after an EVAL inside MULTI: 1",
     bursts(
       ["a", ["MULTI"], ["EVAL", "return 3", "1", "{a}k"], ["EXEC"]],

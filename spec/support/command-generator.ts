@@ -927,6 +927,8 @@ function ordinary(g: Gen, inTransaction: boolean): GenCommand {
     return command(g, template(g), norm);
   }
   if (r < 0.82) return command(g, g.rng.pick(SPLIT)(g));
+  // SELECT, MOVE and SWAPDB queued in a transaction too (the proxy follows SELECT in EXEC).
+  if (inTransaction && !g.cluster && g.rng.chance(0.1)) return command(g, g.rng.pick(DATABASES)(g));
   if (r < 0.9 || inTransaction) {
     const [template, norm] = g.rng.pick(KEYLESS);
     return command(g, template(g), norm);
@@ -992,7 +994,8 @@ export function generateSequence(options: GenOptions): Burst[] {
     if (r < 0.1) transaction(g, conn, bursts);
     else if (r < 0.17) bursts.push({ conn, commands: [scanCommand(g)] });
     else {
-      const size = g.rng.chance(0.5) ? 1 : g.count(8);
+      // Mostly one command or a few; now and then a long pipeline.
+      const size = g.rng.chance(0.5) ? 1 : g.rng.chance(0.9) ? g.count(8) : g.count(40);
       bursts.push({ conn, commands: Array.from({ length: size }, () => ordinary(g, false)) });
     }
   }

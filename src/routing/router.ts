@@ -187,8 +187,15 @@ export class Router implements ClusterSender {
    */
   noteScript(name: string, argv: readonly Buffer[]): void {
     if (this.cluster === null) return;
-    if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
-    else if (name !== "script" || argv.length < 2) return;
+    if (name === "eval" || name === "eval_ro") {
+      // An EVAL refused for its key count never reaches the script cache: Redis checks the
+      // count first (a script that does not compile is refused on a reload as well).
+      const numkeys = argv[2]?.toString() ?? "";
+      if (/^(0|[1-9]\d*)$/.test(numkeys) && Number(numkeys) <= argv.length - 3)
+        this.scripts.remember(argv[1]);
+      return;
+    }
+    if (name !== "script" || argv.length < 2) return;
     const sub = argv[1].toString().toLowerCase();
     if (sub === "load" && argv.length === 3) this.scripts.remember(argv[2]);
     else if (sub === "flush") this.scripts.clear();
