@@ -123,6 +123,19 @@ const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
     ),
   ],
   [
+    "an EVAL queued in a transaction that a WATCH stopped leaves no script behind",
+    bursts(
+      ["a", ["WATCH", "{a}k"]],
+      ["b", ["SET", "{a}k", "changed"]],
+      ["a", ["MULTI"], ["EVAL", "return 6", "1", "{a}k"], ["EXEC"]],
+      [
+        "a",
+        ["EVALSHA", "432b214c7272676165213cde73c96473ae722648", "1", "{b}k"],
+        ["SCRIPT", "EXISTS", "432b214c7272676165213cde73c96473ae722648"],
+      ],
+    ),
+  ],
+  [
     "SCRIPT EXISTS after an EVAL inside MULTI: 1",
     bursts(
       ["a", ["MULTI"], ["EVAL", "return 3", "1", "{a}k"], ["EXEC"]],

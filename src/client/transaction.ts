@@ -171,6 +171,7 @@ export class Transaction {
     this.subscribing = false;
     this.replay = [];
     this.queuedArgv = [];
+    this.scripts = [];
   }
 
   /**
@@ -310,7 +311,7 @@ export class Transaction {
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
-    this.host.ctx.router.noteScript(name, request.argv);
+    if (name.startsWith("eval") || name === "script") this.scripts.push([name, request.argv]);
     if (SUBSCRIBE_FAMILY.has(name)) this.subscribing = true;
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
@@ -394,6 +395,8 @@ export class Transaction {
     const conn = this.conn!;
     const proto = this.host.proto;
     const tail = runs ? this.tfTail : null;
+    const scripts = runs ? this.scripts : [];
+    this.scripts = [];
     const hidden = this.hiddenSelect;
     this.hiddenSelect = false;
     const db = this.host.db;
@@ -408,6 +411,8 @@ export class Transaction {
       if (hidden && tail === null) data = unhide(data);
       if (selects.length > 0 || pauses.length > 0) this.applyEffects(data, selects, pauses, conn);
       if (writes.length > 0) settleWrites(runs ? data : null, writes, proto);
+      if (scripts.length > 0 && !unwatched && data[0] === 42 /* * */ && data[1] !== 45 /* -1 */)
+        for (const [name, argv] of scripts) this.host.ctx.router.noteScript(name, argv);
       this.finish(false);
       if (abortText !== null) return encodeError(abortText);
       // As Redis answers an EXEC whose watched key changed; an error (connection lost) as it is.
@@ -537,6 +542,11 @@ export class Transaction {
 
   /** The transaction from its first TFCALL on, queued here (tf-multi.ts). */
   private tfTail: TfMultiTail | null = null;
+  /**
+   * EVAL and SCRIPT commands queued: the router notes their scripts once EXEC ran them (an
+   * EXEC that a WATCH or an error stopped leaves no script behind in Redis either).
+   */
+  private scripts: [name: string, argv: Buffer[]][] = [];
 
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;
