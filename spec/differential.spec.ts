@@ -69,6 +69,20 @@ const STANDALONE_REGRESSIONS: [name: string, sequence: Burst[]][] = [
     bursts(["a", ["HELLO", "3", "SETNAME", "early", "NOPE"], ["CLIENT", "GETNAME"]]),
   ],
   [
+    "HELLO switching protocol mid-pipeline: the commands after it do not overtake those before it",
+    bursts(
+      ...Array.from({ length: 5 }, (): [string, ...string[][]] => [
+        "c",
+        ["SET", "k3", "v"],
+        ["HELLO", "3"],
+        ["DEL", "w_2", "k3"],
+        ["HELLO", "2"],
+        ["XDEL", "k3", "1-1"],
+        ["GET", "k3"],
+      ]),
+    ),
+  ],
+  [
     "HELLO 3 while WATCHing: the watched connection answers in RESP3 too, and in RESP2 after HELLO 2",
     bursts(
       ["a", ["WATCH", "k"]],
@@ -140,6 +154,20 @@ const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
     bursts(
       ["a", ["MULTI"], ["EVAL", "return 3", "1", "{a}k"], ["EXEC"]],
       ["a", ["SCRIPT", "EXISTS", "09d3822de862f46d784e6a36848b4f0736dda47a"]],
+    ),
+  ],
+  [
+    "HELLO switching protocol mid-pipeline: the commands after it do not overtake those before it",
+    bursts(
+      ...Array.from({ length: 5 }, (): [string, ...string[][]] => [
+        "c",
+        ["SET", "{b}k3", "v"],
+        ["HELLO", "3"],
+        ["DEL", "{b}w_2", "{b}k3"],
+        ["HELLO", "2"],
+        ["XDEL", "{b}k3", "1-1"],
+        ["GET", "{b}k3"],
+      ]),
     ),
   ],
   [

@@ -69,7 +69,8 @@ export const auth: LocalCommand = (session, { argv }) => {
 const NOAUTH_HELLO =
   "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
-export const hello: LocalCommand = (session, { argv }) => {
+export const hello: LocalCommand = (session, request) => {
+  const argv = request.argv;
   let proto = session.proto;
   if (argv.length >= 2) {
     const text = argv[1].toString();
@@ -83,6 +84,10 @@ export const hello: LocalCommand = (session, { argv }) => {
       return;
     }
     proto = version;
+    // A switch of protocol waits for the replies in flight: the commands after it go on the
+    // connections of the new protocol, and must not overtake those sent before it on the
+    // old one's (DEL | HELLO 2 | XDEL of the deleted key met the key still there).
+    if (proto !== session.proto && !session.isPubSub && !session.waitForIdle(request)) return;
   }
   let name: string | null = null;
   let login: [string, string] | null = null;

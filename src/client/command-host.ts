@@ -50,6 +50,8 @@ export interface CommandHost {
   forwardInDb(argv: Buffer[], db: number, slot: ReplySlot): void;
   /** False when the request must wait for earlier replies (it runs again then). */
   waitForIdle(request: Request): boolean;
+  /** Whether the client has subscriptions (pub/sub follows a protocol switch its own way). */
+  readonly isPubSub: boolean;
   /**
    * False when the request must wait for replies due on a dedicated connection (a script,
    * a blocking command), as it would wait behind them on Redis; it runs again then.
