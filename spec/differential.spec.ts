@@ -9,6 +9,7 @@ import {
 } from "./harness/index.js";
 import type { Burst, GenCommand, Mode } from "./support/command-generator.js";
 import { check, fuzzSeed, report, type Ports } from "./support/differential.js";
+import { firstDivergence, runSequence, shorten } from "./support/differential-runner.js";
 
 // Generated command sequences (spec/support/command-generator.ts: every data type's commands
 // with valid and invalid arguments, binary and large values, databases, transactions with
@@ -181,6 +182,33 @@ const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
 
 describe("differential: generated command sequences against Redis, and through the proxy", function () {
   this.timeout(120_000);
+
+  describe("with a password (redis-server --requirepass, the proxy's --requirepass)", () => {
+    it("HELLO before AUTH: NOAUTH in the words of the server behind the proxy (7.0's have no <proto>)", async () => {
+      const [direct, backend] = await Promise.all([startRedis({ password: "pw" }), startRedis()]);
+      const proxy = await startProxy([{ port: backend.port }], { requirepass: "pw" });
+      try {
+        const sequence = bursts([
+          "a",
+          ["HELLO", "3", "SETNAME", "early"],
+          ["GET", "k"],
+          ["AUTH", "bad"],
+          ["HELLO", "3", "AUTH", "default", "bad"],
+          ["AUTH", "pw"],
+          ["CLIENT", "GETNAME"],
+        ]);
+        const found = firstDivergence(
+          await runSequence(direct.port, sequence),
+          await runSequence(proxy.port, sequence),
+        );
+        if (found !== null)
+          expect.fail(`${shorten(found.direct)}\nthrough the proxy: ${shorten(found.proxy)}`);
+      } finally {
+        await proxy.close();
+        await Promise.all([direct.stop(), backend.stop()]);
+      }
+    });
+  });
 
   describe("one redis-server against the proxy in front of another", () => {
     let direct: RedisNode;

@@ -68,6 +68,18 @@ export const auth: LocalCommand = (session, { argv }) => {
 
 const NOAUTH_HELLO =
   "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
+/** The same refusal in Redis before 7.2 (7.0.15, 6.x): without `<proto>`. */
+const NOAUTH_HELLO_BEFORE_72 =
+  "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
+
+/** HELLO's NOAUTH in the words of the server behind the proxy (Valkey's are 7.2's). */
+function noauthHello(session: CommandHost): string {
+  const { name, version } = session.ctx.upstreamServer;
+  const [major, minor] = version.split(".").map(Number);
+  return name === "redis" && (major < 7 || (major === 7 && minor < 2))
+    ? NOAUTH_HELLO_BEFORE_72
+    : NOAUTH_HELLO;
+}
 
 export const hello: LocalCommand = (session, request) => {
   const argv = request.argv;
@@ -127,7 +139,7 @@ export const hello: LocalCommand = (session, request) => {
     session.user.markAuthenticated();
   }
   if (!session.user.authenticated) {
-    session.replyError(NOAUTH_HELLO);
+    session.replyError(noauthHello(session));
     return;
   }
   session.replyNow(helloDone(session, proto, name));
