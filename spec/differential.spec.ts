@@ -90,6 +90,9 @@ const STANDALONE_REGRESSIONS: [name: string, sequence: Burst[]][] = [
       ["a", ["HELLO", "3"], ["MGET", "x", "y"], ["HGETALL", "h"], ["MULTI"], ["GET", "x"], ["EXEC"]],
       ["a", ["WATCH", "k"], ["HELLO", "2"], ["MGET", "x"], ["UNWATCH"], ["MGET", "x"]],
       ["b", ["WATCH", "k"], ["MGET", "x"], ["UNWATCH"], ["MGET", "x"]],
+      // RESET waits for the GETDEL's reply on the watched connection before it lets it go.
+      ["c", ["WATCH", "k4", "x"]],
+      ["c", ["HELLO", "3"], ["GETDEL", "k4"], ["RESET"], ["GET", "k4"]],
     ),
   ],
 ];

@@ -98,8 +98,16 @@ export const hello: LocalCommand = (session, request) => {
     proto = version;
     // A switch of protocol waits for the replies in flight: the commands after it go on the
     // connections of the new protocol, and must not overtake those sent before it on the
-    // old one's (DEL | HELLO 2 | XDEL of the deleted key met the key still there).
-    if (proto !== session.proto && !session.isPubSub && !session.waitForIdle(request)) return;
+    // old one's (DEL | HELLO 2 | XDEL of the deleted key met the key still there). Not while
+    // a WATCH holds a connection: the commands it takes stay on it (it follows the switch),
+    // and the others wait for its replies as they enter their lane.
+    if (
+      proto !== session.proto &&
+      !session.isPubSub &&
+      session.pinned === null &&
+      !session.waitForIdle(request)
+    )
+      return;
   }
   let name: string | null = null;
   let login: [string, string] | null = null;
