@@ -154,6 +154,25 @@ const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
     ),
   ],
   [
+    "an EVALSHA on a master that lacks the script runs before the commands pipelined behind it",
+    bursts(
+      ["a", ["EVAL", "return redis.call('SET', KEYS[1], ARGV[1])", "1", "{a}k", "v"]],
+      [
+        "a",
+        ["EVALSHA", "d8f2fad9f8e86a53d2a6ebd960b33c4972cacc37", "1", "{c}k", "2"],
+        ["SCARD", "{c}k"],
+        ["EVALSHA", "d8f2fad9f8e86a53d2a6ebd960b33c4972cacc37", "1", "{b}k", "3"],
+        ["GET", "{b}k"],
+      ],
+      [
+        "c",
+        ["HELLO", "3"],
+        ["EVALSHA", "d8f2fad9f8e86a53d2a6ebd960b33c4972cacc37", "1", "{b}j", "4"],
+        ["GET", "{b}j"],
+      ],
+    ),
+  ],
+  [
     "SCRIPT EXISTS after an EVAL inside MULTI: 1",
     bursts(
       ["a", ["MULTI"], ["EVAL", "return 3", "1", "{a}k"], ["EXEC"]],

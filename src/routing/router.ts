@@ -1,6 +1,6 @@
 import { keySlot as calculateSlot, keySlotIn } from "./key-slot.js";
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
-import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
+import { DISCARD, PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
@@ -125,6 +125,10 @@ export class Router implements ClusterSender {
       this.readFromReplicas && slot >= 0 && ctx.primary !== true && this.isReadOnly(name, argv)
         ? this.cluster.replicaFor(slot, ctx.affinity)
         : this.cluster.route(slot, ctx.affinity);
+    if (evalsha !== null && this.scripts.loadOnce(evalsha.toString(), node.id)) {
+      const load = encodeCommand(["SCRIPT", "LOAD", this.scripts.body(evalsha.toString())!]);
+      node.send(ctx.affinity, load, DISCARD, 0, proto);
+    }
     new RedirectingSink(
       this.redirect!,
       raw ?? encodeCommand(argv),
