@@ -422,23 +422,21 @@ describe("cluster routing: a 3-master Redis Cluster behind the proxy", function 
 
   it("SAVE and BGSAVE snapshot every master; LASTSAVE is the oldest master's", async () => {
     const c = await client();
-    const unsaved = async (): Promise<number[]> =>
+    // Snapshots made by each master (the proxy's own writes may follow a save at any time, so
+    // the count of changes since the last save is not the measure).
+    const saves = async (): Promise<number[]> =>
       Promise.all(
-        masters.map(async (m) =>
-          Number(infoField(String(await m.call("INFO", "persistence")), "rdb_changes_since_last_save")),
-        ),
+        masters.map(async (m) => Number(infoField(String(await m.call("INFO", "persistence")), "rdb_saves"))),
       );
-    for (const key of await keyPerMaster("save:")) expect(await c.text("SET", key, "x")).to.equal("OK");
-    expect((await unsaved()).every((n) => n > 0)).to.equal(true);
+    const before = await saves();
     expect(await c.text("SAVE")).to.equal("OK");
-    expect(await unsaved()).to.deep.equal([0, 0, 0]);
+    expect(await saves()).to.deep.equal(before.map((n) => n + 1));
     const lastSaves = await Promise.all(masters.map(async (m) => Number(await m.call("LASTSAVE"))));
     expect(await c.call("LASTSAVE")).to.equal(Math.min(...lastSaves));
-    for (const key of await keyPerMaster("bgsave:")) expect(await c.text("SET", key, "x")).to.equal("OK");
     expect(await c.text("BGSAVE")).to.equal("Background saving started");
     await eventually(
-      unsaved,
-      (counts) => counts.every((n) => n === 0),
+      saves,
+      (n) => n.every((count, i) => count === before[i] + 2),
       "every master saved in the background",
     );
   });

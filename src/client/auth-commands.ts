@@ -32,7 +32,9 @@ function checkPassword(
     return null;
   }
   const required = session.ctx.config.requirepass;
-  if (required === undefined) return NO_PASSWORD_SET;
+  // No password: the default user is `nopass`, which takes any password when named (AUTH
+  // default x, HELLO 3 AUTH default x); only AUTH <password> alone is refused, as in Redis.
+  if (required === undefined) return named ? null : NO_PASSWORD_SET;
   if (user !== "default" || password !== required) return WRONGPASS;
   return null;
 }
@@ -66,8 +68,21 @@ export const auth: LocalCommand = (session, { argv }) => {
 
 const NOAUTH_HELLO =
   "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
+/** The same refusal in Redis before 7.2 (7.0.15, 6.x): without `<proto>`. */
+const NOAUTH_HELLO_BEFORE_72 =
+  "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
-export const hello: LocalCommand = (session, { argv }) => {
+/** HELLO's NOAUTH in the words of the server behind the proxy (Valkey's are 7.2's). */
+function noauthHello(session: CommandHost): string {
+  const { name, version } = session.ctx.upstreamServer;
+  const [major, minor] = version.split(".").map(Number);
+  return name === "redis" && (major < 7 || (major === 7 && minor < 2))
+    ? NOAUTH_HELLO_BEFORE_72
+    : NOAUTH_HELLO;
+}
+
+export const hello: LocalCommand = (session, request) => {
+  const argv = request.argv;
   let proto = session.proto;
   if (argv.length >= 2) {
     const text = argv[1].toString();
@@ -81,6 +96,18 @@ export const hello: LocalCommand = (session, { argv }) => {
       return;
     }
     proto = version;
+    // A switch of protocol waits for the replies in flight: the commands after it go on the
+    // connections of the new protocol, and must not overtake those sent before it on the
+    // old one's (DEL | HELLO 2 | XDEL of the deleted key met the key still there). Not while
+    // a WATCH holds a connection: the commands it takes stay on it (it follows the switch),
+    // and the others wait for its replies as they enter their lane.
+    if (
+      proto !== session.proto &&
+      !session.isPubSub &&
+      session.pinned === null &&
+      !session.waitForIdle(request)
+    )
+      return;
   }
   let name: string | null = null;
   let login: [string, string] | null = null;
@@ -96,6 +123,9 @@ export const hello: LocalCommand = (session, { argv }) => {
         session.replyError(bad);
         return;
       }
+      // Redis 7.0 names the client as it reads the option: a later one's syntax error, or
+      // NOAUTH, leaves the name set.
+      session.name = name;
     } else {
       session.replyError(`ERR Syntax error in HELLO option '${argv[i].toString()}'`);
       return;
@@ -117,7 +147,7 @@ export const hello: LocalCommand = (session, { argv }) => {
     session.user.markAuthenticated();
   }
   if (!session.user.authenticated) {
-    session.replyError(NOAUTH_HELLO);
+    session.replyError(noauthHello(session));
     return;
   }
   session.replyNow(helloDone(session, proto, name));

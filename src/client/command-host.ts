@@ -4,6 +4,7 @@ import type { ProxyContext } from "./context.js";
 import type { ReplySlot } from "./reply-slot.js";
 import type { TrackingState } from "./tracking/state.js";
 import type { AclUser } from "../acl/access-control.js";
+import type { Lease } from "../routing/lease.js";
 
 /**
  * What a command the proxy answers itself may see of the client that sent it. Handlers
@@ -50,6 +51,10 @@ export interface CommandHost {
   forwardInDb(argv: Buffer[], db: number, slot: ReplySlot): void;
   /** False when the request must wait for earlier replies (it runs again then). */
   waitForIdle(request: Request): boolean;
+  /** Whether the client has subscriptions (pub/sub follows a protocol switch its own way). */
+  readonly isPubSub: boolean;
+  /** The connection a WATCH or MULTI holds for the client, if any. */
+  readonly pinned: Lease | null;
   /**
    * False when the request must wait for replies due on a dedicated connection (a script,
    * a blocking command), as it would wait behind them on Redis; it runs again then.

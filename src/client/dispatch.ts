@@ -79,8 +79,16 @@ export class Dispatcher {
     // Redis checks each command's shape first (its arity, a container's subcommand), before
     // authentication, context and ACL: by the server's table, where the proxy answers or
     // refuses the command itself (an ACL refusal looks at it in permitted()). A server user's
-    // ordinary commands go on unchecked: the server checks them.
-    if (!user.authenticated || pubsub.count > 0 || txn.inMulti || LOCAL_COMMANDS.has(name)) {
+    // ordinary commands go on unchecked: the server checks them. MULTI too is checked here:
+    // the commands pipelined behind it are queued before the server's answer comes, so a
+    // MULTI Redis refuses for its arity must not start a transaction even for a moment.
+    if (
+      !user.authenticated ||
+      pubsub.count > 0 ||
+      txn.inMulti ||
+      LOCAL_COMMANDS.has(name) ||
+      name === "multi"
+    ) {
       const malformed = host.ctx.router.shapeRefusal(name, argv, PROXY_SUBCOMMANDS);
       if (malformed !== null) return this.refuse(name, malformed, request);
     }

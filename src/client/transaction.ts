@@ -124,6 +124,8 @@ export class Transaction {
   /** Whether a command outside MULTI belongs on the pinned connection (same node's slot). */
   owns(name: string, request: Request): boolean {
     if (this.conn === null) return this.watchLost && name === "unwatch";
+    // DBSIZE, KEYS, SCAN, FLUSHALL... go to every master, not just the watched slot's.
+    if (this.host.ctx.router.fansOut(name)) return false;
     const slot = this.slotOf(name, request.argv);
     return slot === NO_KEYS || slot === this.slot || this.slot === NO_KEYS;
   }
@@ -135,6 +137,7 @@ export class Transaction {
       slot.fail(this.pinFailure);
       return;
     }
+    this.followProto();
     this.inMulti = true;
     this.clearQueue();
     this.rulesAt = this.host.user.rulesVersion;
@@ -181,6 +184,7 @@ export class Transaction {
     this.subscribing = false;
     this.replay = [];
     this.queuedArgv = [];
+    this.scripts = [];
   }
 
   /**
@@ -218,12 +222,34 @@ export class Transaction {
     for (let i = 1; i < request.argv.length; i++)
       this.watchedKeys.add(`${db}:${request.argv[i].toString("latin1")}`);
     this.watching = true;
+    this.followProto();
     this.conn!.send(request.raw ?? encodeCommand(request.argv), this.host.upstreamSlot(), this.host.db);
+  }
+
+  /**
+   * The protocol the pinned connection speaks when it differs from the lease's own: the
+   * client sent HELLO while WATCHing (HELLO is refused inside MULTI). Null when unchanged.
+   */
+  private switchedProto: Protocol | null = null;
+
+  /**
+   * Before a command goes down the pinned connection: a client that switched protocol since
+   * the pin gets its replies in the new one, as from Redis, so the connection switches too
+   * (a hidden HELLO, its reply dropped), and back when it is given back (restoreProto).
+   */
+  private followProto(): void {
+    const conn = this.conn;
+    if (conn === null) return;
+    const speaks = this.switchedProto ?? conn.proto;
+    if (speaks === this.host.proto) return;
+    this.switchedProto = this.host.proto;
+    conn.send(encodeCommand(["HELLO", String(this.host.proto)]), DISCARD, ANY_DB);
   }
 
   /** A command while WATCHing (not in MULTI): on the pinned connection. */
   send(name: string, request: Request): void {
     const slot = this.host.upstreamSlot();
+    this.followProto();
     if (name === "unwatch") this.watchLost = false;
     if (this.conn === null) {
       // UNWATCH of a watch lost with its connection (owns): nothing is left to undo upstream.
@@ -302,6 +328,7 @@ export class Transaction {
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
+    if (name.startsWith("eval") || name === "script") this.scripts.push([name, request.argv]);
     if (SUBSCRIBE_FAMILY.has(name)) this.subscribing = true;
     if (keySlot >= 0 && this.slot === NO_KEYS) {
       this.slot = keySlot;
@@ -338,6 +365,7 @@ export class Transaction {
     if (this.host.ctx.leases.nodeIdForSlot(slot, this.host.id) === old.nodeId) return true;
     old.onLost(null);
     old.send(encodeCommand(["DISCARD"]), DISCARD);
+    this.restoreProto(old);
     old.release();
     this.conn = null;
     if (!this.pin(slot)) {
@@ -392,6 +420,8 @@ export class Transaction {
     const conn = this.conn!;
     const proto = this.host.proto;
     const tail = runs ? this.tfTail : null;
+    const scripts = runs ? this.scripts : [];
+    this.scripts = [];
     const hidden = this.hiddenSelect;
     this.hiddenSelect = false;
     const db = this.host.db;
@@ -406,6 +436,8 @@ export class Transaction {
       if (hidden && tail === null) data = unhide(data);
       if (selects.length > 0 || pauses.length > 0) this.applyEffects(data, selects, pauses, conn);
       if (writes.length > 0) settleWrites(runs ? data : null, writes, proto);
+      if (scripts.length > 0 && !unwatched && data[0] === 42 /* * */ && data[1] !== 45 /* -1 */)
+        for (const [name, argv] of scripts) this.host.ctx.router.noteScript(name, argv);
       this.finish(false);
       if (abortText !== null) return encodeError(abortText);
       // As Redis answers an EXEC whose watched key changed; an error (connection lost) as it is.
@@ -535,6 +567,11 @@ export class Transaction {
 
   /** The transaction from its first TFCALL on, queued here (tf-multi.ts). */
   private tfTail: TfMultiTail | null = null;
+  /**
+   * EVAL and SCRIPT commands queued: the router notes their scripts once EXEC ran them (an
+   * EXEC that a WATCH or an error stopped leaves no script behind in Redis either).
+   */
+  private scripts: [name: string, argv: Buffer[]][] = [];
 
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;
@@ -638,8 +675,20 @@ export class Transaction {
     this.conn = null;
     if (conn === null) return;
     conn.onLost(null);
-    if (lost) conn.destroy();
-    else conn.release();
+    if (lost) {
+      this.switchedProto = null;
+      conn.destroy();
+    } else {
+      this.restoreProto(conn);
+      conn.release();
+    }
+  }
+
+  /** A connection going back to the pool speaks its own protocol again (followProto). */
+  private restoreProto(conn: Lease): void {
+    if (this.switchedProto !== null && this.switchedProto !== conn.proto)
+      conn.send(encodeCommand(["HELLO", String(conn.proto)]), DISCARD, ANY_DB);
+    this.switchedProto = null;
   }
 }
 

@@ -25,3 +25,18 @@ export function partsInProtocol(parts: Buffer[], proto: Protocol): Buffer[] {
   if (!parts.some((p) => p.indexOf(NULL_BULK_TEXT) !== -1 || p.indexOf(NULL_ARRAY_TEXT) !== -1)) return parts;
   return [inProtocol(Buffer.concat(parts), proto)];
 }
+
+/** The first bytes of the RESP2 types: + - : $ * */
+const RESP2_TYPES = new Set([43, 45, 58, 36, 42]);
+
+/**
+ * A reply the server sent in RESP3, as RESP2, for merging with the RESP2 code (fan-out parts
+ * that went on a RESP3 client's own connections). A reply of RESP2's types (the keyless
+ * commands that fan out answer arrays, integers, bulk strings and OK) is passed on as it is,
+ * a null is RESP2's null bulk, and anything else is re-encoded.
+ */
+export function inResp2(reply: Buffer): Buffer {
+  if (RESP2_TYPES.has(reply[0])) return reply;
+  if (reply[0] === 95 /* _ */) return NULL_BULK_TEXT;
+  return encodeValue(decodeReply(reply), 2);
+}

@@ -223,7 +223,9 @@ export class CommandTable {
     for (const spec of info.specs) {
       const first = beginSearch(spec.begin, argv);
       if (first === 0) continue;
-      for (const i of findKeys(spec.find, first, argv)) keys.push([i, spec.access]);
+      const found = findKeys(spec.find, first, argv);
+      if (found === null) return [];
+      for (const i of found) keys.push([i, spec.access]);
     }
     return keys;
   }
@@ -238,7 +240,9 @@ export class CommandTable {
     for (const spec of info.specs) {
       const first = beginSearch(spec.begin, argv);
       if (first === 0) continue;
-      for (const i of findKeys(spec.find, first, argv)) if (!keys.includes(i)) keys.push(i);
+      const found = findKeys(spec.find, first, argv);
+      if (found === null) return [];
+      for (const i of found) if (!keys.includes(i)) keys.push(i);
     }
     return keys;
   }
@@ -257,7 +261,13 @@ function beginSearch(begin: BeginSearch, argv: readonly Buffer[]): number {
   return 0;
 }
 
-function findKeys(find: FindKeys, first: number, argv: readonly Buffer[]): number[] {
+/**
+ * The key indexes a spec finds from `first`; null when its key count is not a number or asks
+ * for more arguments than there are (EVAL s 9 k1 k2): Redis then finds no key at all in the
+ * command (its key-count commands' getkeys procs give none), so that the server, wherever it
+ * is sent, answers its own error, not CROSSSLOT.
+ */
+function findKeys(find: FindKeys, first: number, argv: readonly Buffer[]): number[] | null {
   const argc = argv.length;
   let last: number;
   let step: number;
@@ -269,11 +279,12 @@ function findKeys(find: FindKeys, first: number, argv: readonly Buffer[]): numbe
   } else {
     step = find.keyStep;
     const at = first + find.keyNumIdx;
-    if (at >= argc) return [];
+    if (at >= argc) return null;
     const numKeys = Number(argv[at].toString());
-    if (!Number.isInteger(numKeys) || numKeys < 0) return [];
+    if (!Number.isInteger(numKeys) || numKeys < 0) return null;
     first += find.firstKey;
     last = first + (numKeys - 1) * step;
+    if (last >= argc) return null;
   }
   const out: number[] = [];
   for (let i = first; i <= last && i < argc; i += Math.max(step, 1)) out.push(i);

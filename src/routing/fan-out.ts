@@ -4,13 +4,14 @@ import type { UpstreamNode } from "../upstream/node.js";
 import { hideProxyKeys, PROXY_KEYS_SLOT, proxyKeysCount, isProxyKeyReply } from "./hidden-keys.js";
 import { sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
 import type { Protocol, RespValue } from "../resp/values.js";
+import { inResp2 } from "../resp/convert.js";
 import { keySlot } from "./key-slot.js";
 import { PUBSUB_HOME_SLOT } from "./command-kinds.js";
 import {
   Gather,
   firstError,
   mergeAllOk,
-  mergeAnd,
+  mergeScriptExists,
   mergeConcat,
   mergeFirst,
   mergeMin,
@@ -33,14 +34,24 @@ export interface ClusterSender {
   ): void;
   /** The master of a slot (the proxy's own keys live in one). */
   routeSlot(slot: number, affinity: number): UpstreamNode;
+  /** Whether the proxy knows a script's body (router's ScriptCache). */
+  knowsScript(sha: string): boolean;
 }
 
 /**
- * A keyless command across the masters. Parts go over RESP2 connections and the merged
- * reply is passed on in `proto`, the client's protocol; a command for one node goes in
- * `proto` itself, its reply forwarded untouched.
+ * A keyless command across the masters. Parts go in `proto`, the client's protocol, on the
+ * connections its other commands take, so that they run in the order the client sent them
+ * (a RESP3 client's KEYS on a RESP2 connection ran after the FLUSHDB pipelined behind it);
+ * their replies are merged in RESP2 (partSink) and the merged reply passed on in `proto`. A
+ * command for one node goes in `proto` too, its reply forwarded untouched.
  */
 type FanOut = (r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: number, proto: Protocol) => void;
+
+/** A part's sink: its reply, sent in `proto`, read back in RESP2 for the merge. */
+function partSink(sink: ReplySink, proto: Protocol): ReplySink {
+  if (proto === 2) return sink;
+  return { reply: (data) => sink.reply(inResp2(data)), fail: (message) => sink.fail(message) };
+}
 
 /** Sends argv to every master and merges the replies with `merge`. */
 function toAll(merge: (replies: Buffer[]) => Buffer): FanOut {
@@ -48,7 +59,9 @@ function toAll(merge: (replies: Buffer[]) => Buffer): FanOut {
     const masters = r.masters();
     const gather = new Gather(masters.length, merge, sinkInProtocol(sink, proto));
     const payload = encodeCommand(argv);
-    masters.forEach((node, i) => r.sendTo(node, payload, gather.part(i), affinity, -1));
+    masters.forEach((node, i) =>
+      r.sendTo(node, payload, partSink(gather.part(i), proto), affinity, -1, proto),
+    );
   };
 }
 
@@ -97,46 +110,47 @@ const randomKey: FanOut = (r, argv, target, affinity, proto) => {
   const scanFor = (i: number, cursor: Buffer): void => {
     const node = masters[(start + i) % masters.length];
     const page = encodeCommand([Buffer.from("SCAN"), cursor, Buffer.from("COUNT"), SCAN_PAGE]);
-    r.sendTo(
-      node,
-      page,
-      {
-        reply: (data) => {
-          const value = decodeReply(data);
-          if (!Array.isArray(value) || value.length !== 2 || !Buffer.isBuffer(value[0]))
-            return sink.reply(data);
-          const users = hideProxyKeys(value[1]);
-          if (Array.isArray(users) && users.length > 0)
-            return sink.reply(encodeValue(users[Math.floor(Math.random() * users.length)], proto));
-          return value[0].toString() === "0" ? attempt(i + 1) : scanFor(i, value[0]);
-        },
-        fail,
-      },
-      affinity,
-      -1,
-    );
+    const onPage = (data: Buffer): void => {
+      const value = decodeReply(data);
+      if (!Array.isArray(value) || value.length !== 2 || !Buffer.isBuffer(value[0])) return sink.reply(data);
+      const users = hideProxyKeys(value[1]);
+      if (Array.isArray(users) && users.length > 0)
+        return sink.reply(encodeValue(users[Math.floor(Math.random() * users.length)]));
+      return value[0].toString() === "0" ? attempt(i + 1) : scanFor(i, value[0]);
+    };
+    r.sendTo(node, page, partSink({ reply: onPage, fail }, proto), affinity, -1, proto);
   };
   const attempt = (i: number, tries = 0): void => {
     if (i === masters.length) return sink.reply(NULL_BULK);
+    const onKey = (data: Buffer): void =>
+      data[0] === 36 && data[1] === 45 /* $- */
+        ? attempt(i + 1)
+        : !isProxyKeyReply(data)
+          ? sink.reply(data)
+          : tries < PROXY_KEY_RETRIES
+            ? attempt(i, tries + 1)
+            : scanFor(i, Buffer.from("0"));
     r.sendTo(
       masters[(start + i) % masters.length],
       payload,
-      {
-        reply: (data) =>
-          data[0] === 36 && data[1] === 45 /* $- */
-            ? attempt(i + 1)
-            : !isProxyKeyReply(data)
-              ? sink.reply(data)
-              : tries < PROXY_KEY_RETRIES
-                ? attempt(i, tries + 1)
-                : scanFor(i, Buffer.from("0")),
-        fail,
-      },
+      partSink({ reply: onKey, fail }, proto),
       affinity,
       -1,
+      proto,
     );
   };
   attempt(0);
+};
+
+/**
+ * SCRIPT EXISTS: a script every master has, or one that some master has and the proxy knows
+ * the body of: an EVALSHA of it runs wherever its keys are, the proxy loading it on a master
+ * that meets it with NOSCRIPT. An EVAL on one slot's master then SCRIPT EXISTS gives 1, as
+ * on one server.
+ */
+const scriptExists: FanOut = (r, argv, sink, affinity, proto) => {
+  const known = argv.slice(2).map((sha) => r.knowsScript(sha.toString()));
+  toAll((replies) => mergeScriptExists(replies, known))(r, argv, sink, affinity, proto);
 };
 
 /** Bits of a proxy SCAN cursor that name the master; the rest is that master's cursor. */
@@ -163,20 +177,24 @@ const scan: FanOut = (r, argv, target, affinity, proto) => {
   r.sendTo(
     masters[index],
     encodeCommand(sub),
-    {
-      reply: (data) => {
-        const value = decodeReply(data);
-        if (!Array.isArray(value) || value.length !== 2) return sink.reply(data);
-        const next = BigInt(value[0]!.toString());
-        let proxyCursor: bigint;
-        if (next !== 0n) proxyCursor = (next << SHARD_BITS) | BigInt(index);
-        else proxyCursor = index + 1 < masters.length ? BigInt(index + 1) : 0n;
-        sink.reply(encodeValue([Buffer.from(proxyCursor.toString()), hideProxyKeys(value[1])]));
+    partSink(
+      {
+        reply: (data) => {
+          const value = decodeReply(data);
+          if (!Array.isArray(value) || value.length !== 2) return sink.reply(data);
+          const next = BigInt(value[0]!.toString());
+          let proxyCursor: bigint;
+          if (next !== 0n) proxyCursor = (next << SHARD_BITS) | BigInt(index);
+          else proxyCursor = index + 1 < masters.length ? BigInt(index + 1) : 0n;
+          sink.reply(encodeValue([Buffer.from(proxyCursor.toString()), hideProxyKeys(value[1])]));
+        },
+        fail: (message) => sink.fail(message),
       },
-      fail: (message) => sink.fail(message),
-    },
+      proto,
+    ),
     affinity,
     -1,
+    proto,
   );
 };
 
@@ -196,13 +214,14 @@ const dbsize: FanOut = (r, argv, sink, affinity, proto) => {
     sink,
   );
   const payload = encodeCommand(argv);
-  masters.forEach((node, i) => r.sendTo(node, payload, gather.part(i), affinity, -1));
+  masters.forEach((node, i) => r.sendTo(node, payload, partSink(gather.part(i), proto), affinity, -1, proto));
   r.sendTo(
     r.routeSlot(PROXY_KEYS_SLOT, affinity),
     counted,
-    gather.part(masters.length),
+    partSink(gather.part(masters.length), proto),
     affinity,
     PROXY_KEYS_SLOT,
+    proto,
   );
 };
 
@@ -274,7 +293,7 @@ export const FAN_OUT = new Map<string, FanOut>([
     bySubcommand({
       load: toAll(mergeFirst),
       flush: toAll(mergeAllOk),
-      exists: toAll(mergeAnd),
+      exists: scriptExists,
     }),
   ],
   [

@@ -80,12 +80,19 @@ export function mergeConcat(replies: Buffer[]): Buffer {
   return encodeValue(all);
 }
 
-/** Element-wise AND of 0/1 arrays (SCRIPT EXISTS). */
-export function mergeAnd(replies: Buffer[]): Buffer {
+/**
+ * SCRIPT EXISTS from every master: 1 where all have the script, or where some have it and
+ * `known[i]` (the proxy can load it on the others); else 0.
+ */
+export function mergeScriptExists(replies: Buffer[], known: readonly boolean[]): Buffer {
   const error = firstError(replies);
   if (error) return error;
   const arrays = replies.map((r) => decodeReply(r) as number[]);
-  return encodeValue(arrays[0].map((_, i) => (arrays.every((a) => a[i] === 1) ? 1 : 0)));
+  return encodeValue(
+    arrays[0].map((_, i) =>
+      arrays.every((a) => a[i] === 1) || (known[i] === true && arrays.some((a) => a[i] === 1)) ? 1 : 0,
+    ),
+  );
 }
 
 /** The same reply from every node (SCRIPT LOAD, FUNCTION LOAD): the first one, or an error. */

@@ -117,7 +117,8 @@ export class RedirectingSink implements ReplySink {
       const body = this.ctx.scripts.body(this.isEvalsha.toString());
       if (body === undefined) return false;
       this.scriptLoaded = true;
-      this.node.send(this.affinity, encodeCommand(["SCRIPT", "LOAD", body]), DISCARD, 0);
+      // On the connection the EVALSHA takes again (its protocol's), so that it runs after the load.
+      this.node.send(this.affinity, encodeCommand(["SCRIPT", "LOAD", body]), DISCARD, 0, this.proto);
       this.node.send(this.affinity, this.payload, this, 0, this.proto);
       return true;
     }

@@ -1,6 +1,6 @@
 import { keySlot as calculateSlot, keySlotIn } from "./key-slot.js";
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
-import { PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
+import { DISCARD, PromiseSink, type ReplySink } from "../upstream/reply-sink.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ClusterTopology } from "../upstream/cluster-topology.js";
@@ -102,10 +102,7 @@ export class Router implements ClusterSender {
       );
       return;
     }
-    if (name === "eval" || name === "eval_ro") this.scripts.remember(argv[1] ?? Buffer.alloc(0));
-    else if (name === "script" && argv.length === 3 && argv[1].toString().toLowerCase() === "load") {
-      this.scripts.remember(argv[2]);
-    }
+    this.noteScript(name, argv);
     const fanOut = FAN_OUT.get(name);
     if (fanOut !== undefined) return fanOut(this, argv, sink, ctx.affinity, proto);
     let slot: number;
@@ -116,11 +113,22 @@ export class Router implements ClusterSender {
       slot = this.routingSlot(name, argv);
       if (slot === CROSS_SLOT) return sink.reply(encodeError(CROSSSLOT_ERROR));
     }
-    const evalsha = name === "evalsha" || name === "evalsha_ro" ? (argv[1] ?? null) : null;
+    // Reloaded on NOSCRIPT only when the proxy knew the script as the EVALSHA left: an
+    // EVALSHA pipelined ahead of its EVAL meets NOSCRIPT, as on one server.
+    const evalsha =
+      (name === "evalsha" || name === "evalsha_ro") &&
+      argv[1] !== undefined &&
+      this.knowsScript(argv[1].toString())
+        ? argv[1]
+        : null;
     const node =
       this.readFromReplicas && slot >= 0 && ctx.primary !== true && this.isReadOnly(name, argv)
         ? this.cluster.replicaFor(slot, ctx.affinity)
         : this.cluster.route(slot, ctx.affinity);
+    if (evalsha !== null && this.scripts.loadOnce(evalsha.toString(), node.id)) {
+      const load = encodeCommand(["SCRIPT", "LOAD", this.scripts.body(evalsha.toString())!]);
+      node.send(ctx.affinity, load, DISCARD, 0, proto);
+    }
     new RedirectingSink(
       this.redirect!,
       raw ?? encodeCommand(argv),
@@ -174,6 +182,37 @@ export class Router implements ClusterSender {
     const slot = request.commonHash(1, key.stride, keySlotIn);
     // Keys of several slots: the runs split it, one part per slot from the request's bytes.
     return slot === -1 ? SPLIT_RUN : slot;
+  }
+
+  /**
+   * Scripts a client sends (EVAL, SCRIPT LOAD; queued in MULTI too), kept to load them on a
+   * master that meets their EVALSHA with NOSCRIPT (cluster mode). A client's SCRIPT FLUSH
+   * forgets them: an EVALSHA then meets NOSCRIPT, as in Redis.
+   */
+  noteScript(name: string, argv: readonly Buffer[]): void {
+    if (this.cluster === null) return;
+    if (name === "eval" || name === "eval_ro") {
+      // An EVAL refused for its key count never reaches the script cache: Redis checks the
+      // count first (a script that does not compile is refused on a reload as well).
+      const numkeys = argv[2]?.toString() ?? "";
+      if (/^(0|[1-9]\d*)$/.test(numkeys) && Number(numkeys) <= argv.length - 3)
+        this.scripts.remember(argv[1]);
+      return;
+    }
+    if (name !== "script" || argv.length < 2) return;
+    const sub = argv[1].toString().toLowerCase();
+    if (sub === "load" && argv.length === 3) this.scripts.remember(argv[2]);
+    else if (sub === "flush") this.scripts.clear();
+  }
+
+  /** Whether a command goes to every master (or any one) by the fan-out table, not by its keys. */
+  fansOut(name: string): boolean {
+    return this.cluster !== null && FAN_OUT.has(name);
+  }
+
+  /** Whether the proxy knows the body of a script (it can load it where it is missing). */
+  knowsScript(sha: string): boolean {
+    return this.scripts.body(sha) !== undefined;
   }
 
   /** Where a command's keys are, for runSlotOf: stride 0 for one key at `first`. */

@@ -22,7 +22,25 @@ export class ScriptCache {
     return this.bodies.get(sha.toLowerCase());
   }
 
+  /** `sha@node` of the scripts the proxy loaded on a node itself (loadOnce). */
+  private readonly loaded = new Set<string>();
+
+  /**
+   * Whether the proxy should load a script on a node before an EVALSHA of it goes there:
+   * true once per script and node. Loaded ahead, on the connection the EVALSHA takes, the
+   * script is there when it runs; a NOSCRIPT and a retry would let the commands pipelined
+   * behind the EVALSHA run before it.
+   */
+  loadOnce(sha: string, node: string): boolean {
+    const key = `${sha.toLowerCase()}@${node}`;
+    if (this.loaded.has(key)) return false;
+    if (this.loaded.size >= MAX_SCRIPTS) this.loaded.clear();
+    this.loaded.add(key);
+    return true;
+  }
+
   clear(): void {
     this.bodies.clear();
+    this.loaded.clear();
   }
 }
