@@ -448,5 +448,34 @@ for (const mode of ["standalone", "cluster"] as const) {
         c.close();
       }
     });
+
+    it("PUBSUB CHANNELS leaves out the channel the proxy subscribes for its leases", async () => {
+      const c = await RawClient.connect(proxy.port);
+      const code = [
+        "#!js api_version=1.0 name=leases",
+        "redis.registerKeySpaceTrigger('t', 'lease-owner:', (client, data) => {});",
+      ].join("\n");
+      try {
+        expect(await c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+        await c.call("SUBSCRIBE", "users-channel");
+        const asker = await RawClient.connect(proxy.port);
+        // On the server: the proxy's channel, where its lease keys are.
+        const owner = await RawClient.connect((await backend.nodeOf("{gears-proxy}")).port);
+        await eventually(
+          async () => toText(await owner.call("PUBSUB", "CHANNELS")) as string[],
+          (channels) => channels.some((ch) => ch.startsWith("{gears-proxy}")),
+          "the proxy's leases channel subscribed",
+        );
+        owner.close();
+        expect(toText(await asker.call("PUBSUB", "CHANNELS"))).to.deep.equal(["users-channel"]);
+        expect(toText(await asker.call("PUBSUB", "CHANNELS", "*"))).to.deep.equal(["users-channel"]);
+        asker.close();
+      } finally {
+        c.close();
+        const d = await RawClient.connect(proxy.port);
+        await d.call("TFUNCTION", "DELETE", "leases").catch(() => undefined);
+        d.close();
+      }
+    });
   });
 }

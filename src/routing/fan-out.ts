@@ -1,7 +1,13 @@
 import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeError, encodeInteger, encodeValue, NULL_BULK } from "../resp/encode.js";
 import type { UpstreamNode } from "../upstream/node.js";
-import { hideProxyKeys, PROXY_KEYS_SLOT, proxyKeysCount, isProxyKeyReply } from "./hidden-keys.js";
+import {
+  channelsWithoutProxy,
+  hideProxyKeys,
+  PROXY_KEYS_SLOT,
+  proxyKeysCount,
+  isProxyKeyReply,
+} from "./hidden-keys.js";
 import { sinkInProtocol, type ReplySink } from "../upstream/reply-sink.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import { inResp2 } from "../resp/convert.js";
@@ -226,15 +232,16 @@ const dbsize: FanOut = (r, argv, sink, affinity, proto) => {
 };
 
 /** PUBSUB CHANNELS, NUMSUB and NUMPAT: on the master that takes every proxy's channel pub/sub. */
-const toPubSubHome: FanOut = (r, argv, sink, affinity, proto) =>
-  r.sendTo(
-    r.routeSlot(PUBSUB_HOME_SLOT, affinity),
-    encodeCommand(argv),
-    sink,
-    affinity,
-    PUBSUB_HOME_SLOT,
-    proto,
-  );
+const toPubSubHome: FanOut = (r, argv, sink, affinity, proto) => {
+  if (isChannelsQuery(argv)) sink = channelsWithoutProxy(sink, proto);
+  const home = r.routeSlot(PUBSUB_HOME_SLOT, affinity);
+  r.sendTo(home, encodeCommand(argv), sink, affinity, PUBSUB_HOME_SLOT, proto);
+};
+
+/** PUBSUB CHANNELS [pattern]: its reply leaves the proxy's own channels out. */
+export function isChannelsQuery(argv: readonly Buffer[]): boolean {
+  return argv.length >= 2 && argv[1].toString("latin1").toLowerCase() === "channels";
+}
 
 /**
  * PUBSUB SHARDNUMSUB: each shard channel counted on its own shard's master (a master knows

@@ -63,6 +63,24 @@ export function isProxyKeyNotification(frame: Buffer): boolean {
   return at !== -1 && isProxyKey(channel.subarray(at + 3));
 }
 
+/**
+ * PUBSUB CHANNELS' reply without the proxy's own channels (`{gears-proxy}:leases-released`,
+ * subscribed while registrations hold leases), as key listings leave its keys out.
+ */
+export function channelsWithoutProxy(sink: ReplySink, proto: Protocol): ReplySink {
+  return {
+    reply: (data) => {
+      const channels = decodeReply(data);
+      if (!Array.isArray(channels)) return sink.reply(data);
+      const users = channels.filter(
+        (c) => !(Buffer.isBuffer(c) && c.subarray(0, PREFIX.length).equals(PREFIX)),
+      );
+      sink.reply(users.length === channels.length ? data : encodeValue(users, proto));
+    },
+    fail: (message) => sink.fail(message),
+  };
+}
+
 /** Commands whose replies list or count keys: through the proxy they leave the proxy's keys out. */
 export const KEY_LISTING_COMMANDS = new Set(["keys", "scan", "dbsize", "randomkey"]);
 

@@ -8,8 +8,8 @@ import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import type { Topology } from "../upstream/topology.js";
 import type { CommandTable } from "./command-table.js";
-import { FAN_OUT, type ClusterSender } from "./fan-out.js";
-import { KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
+import { FAN_OUT, isChannelsQuery, type ClusterSender } from "./fan-out.js";
+import { channelsWithoutProxy, KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
 import { isSplittable, split, splitStride, SPLIT_DONE } from "./split.js";
 import { ClusterRuns, SPLIT_RUN } from "./cluster-runs.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
@@ -92,6 +92,7 @@ export class Router implements ClusterSender {
         ctx.db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
       if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity, proto);
       if (ctx.db === 0 && name === "scan") sink = scanPageWithoutProxyKeys(sink, proto);
+      if (name === "pubsub" && isChannelsQuery(argv)) sink = channelsWithoutProxy(sink, proto);
       const node = this.topology.nodeForSlot(0);
       node.send(
         ctx.affinity,
@@ -147,6 +148,7 @@ export class Router implements ClusterSender {
   needsRouting(name: string, request: { readonly argv: readonly Buffer[] }, db: number): boolean {
     // The name first: a client's request splits its arguments only when they are looked at.
     if (db === 0 && KEY_LISTING_COMMANDS.has(name)) return true;
+    if (name === "pubsub") return true;
     return mayBeControl(name) && isControl(name, request.argv);
   }
 
