@@ -2,12 +2,9 @@ import { randomBytes } from "node:crypto";
 import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeValue } from "../resp/encode.js";
 import { RespPush, type Protocol } from "../resp/values.js";
-import { isProxyKeyNotification } from "../routing/hidden-keys.js";
+import { NOTIFICATION_MARK, NOTIFICATION_PREFIXES, notifiesProxyKey } from "../routing/hidden-keys.js";
 import type { Lease } from "../routing/lease.js";
 
-/** Keyspace notifications' channels: `__keyspace@<db>__:<key>` and `__keyevent@<db>__:<event>`. */
-const NOTIFICATION_PREFIXES = ["__keyspace@", "__keyevent@"];
-const NOTIFICATION_MARK = Buffer.from("__key");
 /** Characters that make the rest of a PSUBSCRIBE pattern match more than itself. */
 const GLOB = /[*?[\\]/;
 /** A PING of the fan-in's own: its pong says the commands before it reached that master. */
@@ -195,15 +192,17 @@ export class NotificationFanIn {
     if (!Array.isArray(value) || value.length < 3) return;
     const kind = text(value[0]);
     let wanted: boolean;
-    let channel: string;
+    let channel: unknown;
     if (kind === "message") {
-      channel = text(value[1]);
-      wanted = this.channels.has(channel);
+      channel = value[1];
+      wanted = this.channels.has(text(channel));
     } else if (kind === "pmessage" && value.length === 4) {
-      channel = text(value[2]);
+      channel = value[2];
       wanted = this.patterns.has(text(value[1]));
     } else return;
-    if (!wanted || !isNotificationChannel(channel) || isProxyKeyNotification(frame)) return;
+    const payload = value[value.length - 1];
+    if (!wanted || !Buffer.isBuffer(channel) || !Buffer.isBuffer(payload)) return;
+    if (!isNotificationChannel(text(channel)) || notifiesProxyKey(channel, payload)) return;
     this.host.pushed(this.host.proto === 3 ? encodeValue(new RespPush(value), 3) : frame);
   }
 }

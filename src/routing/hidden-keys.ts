@@ -37,9 +37,12 @@ export function isProxyKey(key: Buffer): boolean {
   return key[0] === 123 && (key.subarray(0, PREFIX.length).equals(PREFIX) || isSyncMarker(key));
 }
 
-const NOTIFICATION = Buffer.from("__key");
+/** Keyspace notifications' channels: `__keyspace@<db>__:<key>` and `__keyevent@<db>__:<event>`. */
 const KEYSPACE = "__keyspace@";
 const KEYEVENT = "__keyevent@";
+export const NOTIFICATION_PREFIXES: readonly string[] = [KEYSPACE, KEYEVENT];
+/** What every notification frame holds: a frame without it is no notification, undecoded. */
+export const NOTIFICATION_MARK = Buffer.from("__key");
 /** Longer frames carry a user's message, not a notification of one of the proxy's short keys. */
 const LONGEST_PROXY_NOTIFICATION = 1024;
 
@@ -49,13 +52,17 @@ const LONGEST_PROXY_NOTIFICATION = 1024;
  * registration sees their events.
  */
 export function isProxyKeyNotification(frame: Buffer): boolean {
-  if (frame.length > LONGEST_PROXY_NOTIFICATION || !frame.includes(NOTIFICATION)) return false;
+  if (frame.length > LONGEST_PROXY_NOTIFICATION || !frame.includes(NOTIFICATION_MARK)) return false;
   const value = decodeReply(frame);
   if (!Array.isArray(value) || value.length < 3 || !Buffer.isBuffer(value[0])) return false;
   const kind = value[0].toString("latin1");
   const channel = kind === "message" ? value[1] : kind === "pmessage" ? value[2] : null;
   const payload = value[value.length - 1];
-  if (!Buffer.isBuffer(channel) || !Buffer.isBuffer(payload)) return false;
+  return Buffer.isBuffer(channel) && Buffer.isBuffer(payload) && notifiesProxyKey(channel, payload);
+}
+
+/** Whether a message on `channel` with `payload` notifies an event of one of the proxy's keys. */
+export function notifiesProxyKey(channel: Buffer, payload: Buffer): boolean {
   const name = channel.toString("latin1");
   if (name.startsWith(KEYEVENT)) return isProxyKey(payload);
   if (!name.startsWith(KEYSPACE)) return false;
