@@ -124,19 +124,8 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     expect(await asker.call("PUBLISH", "tx:ch2", "all")).to.equal(4);
   });
 
-  /** One name (a shard channel, a key) per master: `prefix` and a number. */
-  async function onePerMaster(prefix: string): Promise<string[]> {
-    const byPort = new Map<number, string>();
-    for (let i = 0; byPort.size < 3; i++) {
-      const channel = `${prefix}${i}`;
-      const port = (await backend.nodeOf(channel)).port;
-      if (!byPort.has(port)) byPort.set(port, channel);
-    }
-    return [...byPort.values()];
-  }
-
   it("PUBSUB SHARDNUMSUB counts each shard channel on its shard, SHARDCHANNELS lists every shard's", async () => {
-    const channels = await onePerMaster("sh:");
+    const channels = await backend.onePerMaster("sh:");
     for (const port of [proxy.port, single.port]) {
       for (const channel of channels) await (await connect(port)).call("SSUBSCRIBE", channel);
     }
@@ -206,7 +195,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     }
 
     it("PSUBSCRIBE __keyevent@0__:set gets the SETs of keys on every master", async () => {
-      const keys = await onePerMaster("ev:");
+      const keys = await backend.onePerMaster("ev:");
       const seen: Value[][] = [];
       for (const port of [single.port, proxy.port]) {
         const sub = await connect(port);
@@ -225,7 +214,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     });
 
     it("SUBSCRIBE to one key's __keyspace@0__ channel, on whichever master the key is", async () => {
-      for (const key of await onePerMaster("ks:")) {
+      for (const key of await backend.onePerMaster("ks:")) {
         const sub = await connect(proxy.port);
         await sub.call("SUBSCRIBE", `__keyspace@0__:${key}`);
         const writer = await connect(proxy.port);
@@ -235,7 +224,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     });
 
     it("after PUNSUBSCRIBE nothing comes from any master, and the other masters drop the pattern", async () => {
-      const keys = await onePerMaster("un:");
+      const keys = await backend.onePerMaster("un:");
       const sub = await connect(proxy.port);
       await sub.call("PSUBSCRIBE", "__keyevent@0__:incrby");
       const writer = await connect(proxy.port);
@@ -261,7 +250,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     });
 
     it("a pattern that matches every channel: each PUBLISH once, notifications from every master", async () => {
-      const keys = await onePerMaster("all:");
+      const keys = await backend.onePerMaster("all:");
       const sub = await connect(proxy.port);
       await sub.call("PSUBSCRIBE", "*");
       const other = await connect(proxy.port);
@@ -284,7 +273,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     });
 
     it("events written straight on every master right after the confirmation all come", async () => {
-      const keys = await onePerMaster("now:");
+      const keys = await backend.onePerMaster("now:");
       const owners = await Promise.all(keys.map(async (key) => connect((await backend.nodeOf(key)).port)));
       for (let round = 0; round < 5; round++) {
         const sub = await connect(proxy.port);
@@ -297,7 +286,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     });
 
     it("PSUBSCRIBE and PUNSUBSCRIBE in one write: nothing comes after, the next reply is the next command's", async () => {
-      const keys = await onePerMaster("pu:");
+      const keys = await backend.onePerMaster("pu:");
       const seen: string[] = [];
       for (const port of [single.port, proxy.port]) {
         const r = await ReceivedText.open(port);
@@ -319,7 +308,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     });
 
     it("a master's connection lost: the client stays, and that master's notifications come again", async () => {
-      const keys = await onePerMaster("lost:");
+      const keys = await backend.onePerMaster("lost:");
       const sub = await connect(proxy.port);
       await sub.call("PSUBSCRIBE", "__keyevent@0__:append");
       const writer = await connect(proxy.port);
@@ -353,7 +342,7 @@ describe("channel pub/sub in front of a 3-master cluster, as one server", functi
     });
 
     it("RESP3: the other masters' notifications come as the server's pushes", async () => {
-      const keys = await onePerMaster("r3:");
+      const keys = await backend.onePerMaster("r3:");
       const ask = ["PSUBSCRIBE", "__keyevent@0__:hset"];
       const expected: string[] = [];
       for (const port of [single.port, proxy.port]) {

@@ -29,17 +29,6 @@ describe("SSUBSCRIBE to shard channels of different shards on one connection", f
     await backend?.stop();
   });
 
-  /** One channel per master, each named `prefix` and a number. */
-  async function channelPerShard(prefix: string): Promise<string[]> {
-    const byPort = new Map<number, string>();
-    for (let i = 0; byPort.size < 3; i++) {
-      const channel = `${prefix}${i}`;
-      const port = (await backend.nodeOf(channel)).port;
-      if (!byPort.has(port)) byPort.set(port, channel);
-    }
-    return [...byPort.values()];
-  }
-
   /** SHARDNUMSUB of `channel` on the shard that owns it. */
   async function shardSubscribers(channel: string): Promise<number> {
     const owner = await backend.connect(channel);
@@ -51,7 +40,7 @@ describe("SSUBSCRIBE to shard channels of different shards on one connection", f
   }
 
   it("RESP2: Redis's counts, every shard's messages, SUNSUBSCRIBE with and without channels", async () => {
-    const channels = await channelPerShard("sp2:");
+    const channels = await backend.onePerMaster("sp2:");
     const sub = await RawClient.connect(proxy.port);
     const pub = await RawClient.connect(proxy.port);
     try {
@@ -86,7 +75,7 @@ describe("SSUBSCRIBE to shard channels of different shards on one connection", f
   });
 
   it("RESP3, pipelined: each shard's confirmation takes its command's place, with the client's count", async () => {
-    const channels = await channelPerShard("sp3:");
+    const channels = await backend.onePerMaster("sp3:");
     const socket = net.connect({ host: "127.0.0.1", port: proxy.port });
     const scanner = new ReplyScanner();
     const frames: unknown[] = [];
@@ -133,7 +122,7 @@ describe("SSUBSCRIBE to shard channels of different shards on one connection", f
   });
 
   it("node-redis 6 (RESP3): sSubscribe on every shard, messages from each, a GET between, sUnsubscribe", async () => {
-    const channels = await channelPerShard("spnr:");
+    const channels = await backend.onePerMaster("spnr:");
     const sub = createClient({ socket: { port: proxy.port, host: "127.0.0.1" } });
     const pub = createClient({ socket: { port: proxy.port, host: "127.0.0.1" } });
     sub.on("error", () => {});
@@ -170,7 +159,7 @@ describe("SSUBSCRIBE to shard channels of different shards on one connection", f
   });
 
   it("SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE mixed on one connection: each kind's count and messages", async () => {
-    const channels = await channelPerShard("spmix:");
+    const channels = await backend.onePerMaster("spmix:");
     const sub = await RawClient.connect(proxy.port);
     const pub = await RawClient.connect(proxy.port);
     try {
@@ -208,7 +197,7 @@ describe("SSUBSCRIBE to shard channels of different shards on one connection", f
   });
 
   it("ioredis: ssubscribe on each shard in turn (counts 1, 2, 3), smessage from each, sunsubscribe", async () => {
-    const channels = await channelPerShard("spio:");
+    const channels = await backend.onePerMaster("spio:");
     const sub = new Redis({ port: proxy.port, host: "127.0.0.1" });
     const pub = new Redis({ port: proxy.port, host: "127.0.0.1" });
     try {

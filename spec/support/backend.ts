@@ -136,6 +136,21 @@ export class Backend {
     return node;
   }
 
+  /**
+   * One name per master (a key, a shard channel): `prefix` and the first number whose slot is
+   * that master's, in the order found.
+   */
+  async onePerMaster(prefix: string): Promise<string[]> {
+    const masters = (await this.masters()).length;
+    const byPort = new Map<number, string>();
+    for (let i = 0; byPort.size < masters; i++) {
+      const name = `${prefix}${i}`;
+      const port = (await this.nodeOf(name)).port;
+      if (!byPort.has(port)) byPort.set(port, name);
+    }
+    return [...byPort.values()];
+  }
+
   /** Every master (the one server when standalone). */
   async masters(): Promise<RedisNode[]> {
     return this.cluster === null ? [this.single!] : this.cluster.masters();
