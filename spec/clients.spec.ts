@@ -8,7 +8,7 @@ import { encodeCommand } from "../src/resp/encode.js";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, SERVERS_AND_MODES, serverAvailable } from "./support/backend.js";
 import { eventually, sleep } from "./support/polling.js";
-import { RawClient, ReplyError } from "./support/raw-client.js";
+import { RawClient, ReplyError, startRawMonitor } from "./support/raw-client.js";
 import { runPython } from "./support/redis-py.js";
 
 // Every client people install, at its default options, through the proxy: node-redis 6
@@ -44,26 +44,6 @@ async function resp3Replies(port: number, commands: (string | Buffer)[][]): Prom
     socket.destroy();
   }
   return replies.slice(1);
-}
-
-/** A raw connection in MONITOR mode, collecting the lines it receives. */
-async function startRawMonitor(port: number): Promise<{ lines: string[]; close(): void }> {
-  const socket = net.connect({ host: "127.0.0.1", port });
-  const lines: string[] = [];
-  let pending = "";
-  socket.on("data", (chunk: Buffer) => {
-    pending += chunk.toString("latin1");
-    const parts = pending.split("\r\n");
-    pending = parts.pop() ?? "";
-    lines.push(...parts);
-  });
-  socket.write(encodeCommand(["MONITOR"]));
-  await eventually(
-    async () => lines[0],
-    (first) => first === "+OK",
-    "MONITOR's OK",
-  );
-  return { lines, close: () => socket.destroy() };
 }
 
 /** The cases every node-redis client runs, RESP3 or RESP2. */

@@ -208,3 +208,27 @@ export class ReceivedText {
     return this.text.slice(start);
   }
 }
+
+/**
+ * A raw connection in MONITOR mode, collecting the lines it receives. Not ioredis' `monitor()`:
+ * it marks the connection "monitoring" a microtask after MONITOR's +OK, so a busy server's first
+ * line, read in the same chunk as the +OK, fails with "Command queue state error".
+ */
+export async function startRawMonitor(port: number): Promise<{ lines: string[]; close(): void }> {
+  const socket = await connectSocket(port);
+  const lines: string[] = [];
+  let pending = "";
+  socket.on("data", (chunk: Buffer) => {
+    pending += chunk.toString("latin1");
+    const parts = pending.split("\r\n");
+    pending = parts.pop() ?? "";
+    lines.push(...parts);
+  });
+  socket.write(encode(["MONITOR"]));
+  await eventually(
+    async () => lines[0],
+    (first) => first === "+OK",
+    "MONITOR's OK",
+  );
+  return { lines, close: () => socket.destroy() };
+}
