@@ -27,7 +27,7 @@ import {
   PROXY_CLI,
   children,
   forkChild,
-  machineLines,
+  machineHeader,
   profileTimes,
   rankProfile,
   appendReport,
@@ -1345,16 +1345,6 @@ function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup,
   ].join("\n");
 }
 
-function machine(): string {
-  let redis = "redis-server: unknown";
-  try {
-    redis = execFileSync("redis-server", ["--version"], { encoding: "utf8" }).trim();
-  } catch {
-    // reported as unknown
-  }
-  return [...machineLines(), `node ${process.version}; ${redis}`].join("\n");
-}
-
 // ---- main ----------------------------------------------------------------------------------
 
 interface Stack {
@@ -1382,7 +1372,7 @@ async function main(): Promise<number> {
   if (!fs.existsSync(PROXY_CLI)) throw new Error(`${PROXY_CLI} missing: build first (npx tsc -p .)`);
   if (opts.profileDir !== undefined) fs.mkdirSync(opts.profileDir, { recursive: true });
   const startedAt = Date.now();
-  const header = machine();
+  const header = machineHeader();
   const command =
     `node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(" ")}`.trim();
   say(header);

@@ -6,7 +6,6 @@
  * All three must give the counts computed while generating the data, or the bench fails.
  * See `--help`.
  */
-import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -18,7 +17,7 @@ import {
   HOST,
   PROXY_CLI,
   children,
-  machineLines,
+  machineHeader,
   mb,
   profileTimes,
   rankProfile,
@@ -313,16 +312,6 @@ function summarizeProfile(file: string, top = 20): string {
   ].join("\n");
 }
 
-function machine(): string {
-  let redis = "redis-server: unknown";
-  try {
-    redis = execFileSync("redis-server", ["--version"], { encoding: "utf8" }).trim();
-  } catch {
-    // reported as unknown
-  }
-  return [...machineLines(), `node ${process.version}; ${redis}`].join("\n");
-}
-
 // ---- main ----------------------------------------------------------------------------------
 
 interface Stack {
@@ -368,7 +357,7 @@ async function main(): Promise<number> {
   if (opts.profileDir !== undefined) fs.mkdirSync(opts.profileDir, { recursive: true });
   const profilesBefore = new Set(opts.profileDir !== undefined ? fs.readdirSync(opts.profileDir) : []);
   const startedAt = Date.now();
-  const header = machine();
+  const header = machineHeader();
   const command =
     `node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(" ")}`.trim();
   say(header);

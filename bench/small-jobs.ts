@@ -22,7 +22,6 @@ import {
   stopChild,
   table,
   median,
-  stopChildren,
 } from "./support.js";
 
 const HELP = `Usage: node dist/bench/small-jobs.js [options]
@@ -154,15 +153,6 @@ async function main(): Promise<number> {
 
 let redis: RedisNode | undefined;
 
-async function cleanup(): Promise<void> {
-  await stopChildren(2000);
+runBench(main, async () => {
   await redis?.stop();
-}
-
-runBench(async () => {
-  try {
-    return await main();
-  } finally {
-    await cleanup();
-  }
-}, cleanup);
+});

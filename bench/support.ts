@@ -294,6 +294,17 @@ export function machineLines(): string[] {
   ];
 }
 
+/** machineLines() and a line with node's and redis-server's versions: a report's header. */
+export function machineHeader(): string {
+  let redis = "redis-server: unknown";
+  try {
+    redis = execFileSync("redis-server", ["--version"], { encoding: "utf8" }).trim();
+  } catch {
+    // reported as unknown
+  }
+  return [...machineLines(), `node ${process.version}; ${redis}`].join("\n");
+}
+
 export function which(cmd: string): boolean {
   try {
     execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
@@ -318,10 +329,15 @@ export function say(text: string): void {
 }
 
 /**
- * Runs main, then cleanup (which stops every process started by the bench), and exits with
- * main's code; on a failure, or on SIGINT/SIGTERM, cleanup runs first too.
+ * Runs main, then stops every child process the bench started and runs `cleanup` (which stops
+ * what the bench started otherwise: its redis-servers), and exits with main's code; on a
+ * failure, or on SIGINT/SIGTERM, the same stopping runs first too.
  */
-export function runBench(main: () => Promise<number>, cleanup: () => Promise<void>): void {
+export function runBench(main: () => Promise<number>, stopOwn: () => Promise<void>): void {
+  const cleanup = async (): Promise<void> => {
+    await stopChildren();
+    await stopOwn();
+  };
   let interrupted = false;
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     process.on(signal, () => {
