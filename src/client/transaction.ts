@@ -185,6 +185,7 @@ export class Transaction {
     this.replay = [];
     this.queuedArgv = [];
     this.scripts = [];
+    this.spanning = [];
   }
 
   /**
@@ -327,6 +328,8 @@ export class Transaction {
     const payload = request.raw ?? encodeCommand(request.argv);
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
+    if (!tf && this.host.ctx.router.spansMasters(name, request.argv))
+      this.spanning.push([this.queued, request.argv]);
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
     if (name.startsWith("eval") || name === "script") this.scripts.push([name, request.argv]);
     if (SUBSCRIBE_FAMILY.has(name)) this.subscribing = true;
@@ -422,6 +425,9 @@ export class Transaction {
     const tail = runs ? this.tfTail : null;
     const scripts = runs ? this.scripts : [];
     this.scripts = [];
+    const spanning = runs && !partial && !this.subscribing ? this.spanning : [];
+    this.spanning = [];
+    const later = tail !== null || spanning.length > 0;
     const hidden = this.hiddenSelect;
     this.hiddenSelect = false;
     const db = this.host.db;
@@ -433,7 +439,7 @@ export class Transaction {
     };
     slot.onReply = (data) => {
       if (partial) data = withRefusals(data, refused!, hidden, queuedCount);
-      if (hidden && tail === null) data = unhide(data);
+      if (hidden && !later) data = unhide(data);
       if (selects.length > 0 || pauses.length > 0) this.applyEffects(data, selects, pauses, conn);
       if (writes.length > 0) settleWrites(runs ? data : null, writes, proto);
       if (scripts.length > 0 && !unwatched && data[0] === 42 /* * */ && data[1] !== 45 /* -1 */)
@@ -460,9 +466,10 @@ export class Transaction {
     const subscribing = this.subscribing;
     this.subscribing = false;
     if (runs && subscribing) return this.execSubscribing(conn, payload, slot, hidden ? ANY_DB : this.host.db);
-    if (tail !== null) {
-      // The TFCALLs and what followed them run once Redis ran the part before (tf-multi.ts);
-      // the client's next commands wait for all of it, on the same connection after it.
+    if (later) {
+      // The other masters' part of FLUSHALL, DBSIZE... (runBeside), the TFCALLs and what
+      // followed them (tf-multi.ts) run once Redis ran the transaction; the client's next
+      // commands wait for all of it, on the same connection after it.
       const release = this.host.holds.take();
       const head = new RawSink(true);
       conn.send(payload, head, hidden ? ANY_DB : this.host.db);
@@ -471,14 +478,18 @@ export class Transaction {
         conn.send(p, r, this.host.db);
         return r.promise;
       };
+      const nodeId = conn.nodeId;
       void head.promise
+        .then((h) => this.runBeside(hidden ? unhide(h) : h, spanning, nodeId))
         .then((h) =>
-          tail.run(hidden ? unhide(h) : h, {
-            tfCall: (argv) => this.host.tfCallInMulti(argv),
-            send,
-            // The write journal follows these writes as it follows forwarded ones (router.tap).
-            watch: (name, argv) => this.host.ctx.router.queuedTap?.(name, argv, this.host.db) ?? null,
-          }),
+          tail === null
+            ? h
+            : tail.run(h, {
+                tfCall: (argv) => this.host.tfCallInMulti(argv),
+                send,
+                // The write journal follows these writes as it follows forwarded ones (router.tap).
+                watch: (name, argv) => this.host.ctx.router.queuedTap?.(name, argv, this.host.db) ?? null,
+              }),
         )
         .catch((e: unknown) => encodeError(`ERR ${e instanceof Error ? e.message : String(e)}`))
         .then((data) => {
@@ -489,6 +500,30 @@ export class Transaction {
     }
     if (partial) return this.execAllowed(conn, refused!, hidden, slot);
     conn.send(payload, slot, hidden ? ANY_DB : dbFor(sent, this.host.db, this.host.ctx.router.monitors > 0));
+  }
+
+  /**
+   * EXEC's reply with each `spanning` command's element merged with the same command's
+   * replies from the masters other than `nodeId` (run there now, one command after the other,
+   * in the transaction's order). A reply that is not an array (EXECABORT, a WATCH that failed)
+   * as it is, and an element that is an error too.
+   */
+  private async runBeside(exec: Buffer, spanning: [number, Buffer[]][], nodeId: string): Promise<Buffer> {
+    if (spanning.length === 0 || exec[0] !== 42 /* * */) return exec;
+    const eol = exec.indexOf(10);
+    const count = Number(exec.subarray(1, eol - 1).toString());
+    const scanner = new ReplyScanner();
+    scanner.push(exec.subarray(eol + 1));
+    const elements: Buffer[] = [];
+    for (let i = 0; i < count; i++) elements.push(scanner.next()!);
+    for (const [at, argv] of spanning) {
+      const part = elements[at];
+      if (part === undefined || isErrorReply(part)) continue;
+      const merged = new RawSink(true);
+      if (this.host.ctx.router.runBeside(nodeId, part, argv, merged, this.host.id, this.host.proto))
+        elements[at] = await merged.promise;
+    }
+    return Buffer.concat([exec.subarray(0, eol + 1), ...elements]);
   }
 
   /**
@@ -572,6 +607,12 @@ export class Transaction {
    * EXEC that a WATCH or an error stopped leaves no script behind in Redis either).
    */
   private scripts: [name: string, argv: Buffer[]][] = [];
+  /**
+   * Commands queued in front of a cluster that act on, or answer for, every master (FLUSHALL,
+   * DBSIZE...), by position: EXEC runs them on the transaction's master, then on the others
+   * (runBeside), as they run outside a transaction.
+   */
+  private spanning: [number, Buffer[]][] = [];
 
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;

@@ -89,12 +89,17 @@ function toOne(r: ClusterSender, argv: Buffer[], sink: ReplySink, affinity: numb
   r.sendTo(masters[affinity % masters.length], encodeCommand(argv), sink, affinity, -1, proto);
 }
 
+/** The subcommand tables of bySubcommand, by command: which subcommands span the masters. */
+const SUBCOMMANDS = new Map<FanOut, Record<string, FanOut>>();
+
 /** Picks a handler by subcommand (SCRIPT LOAD, FUNCTION FLUSH...), defaulting to one node. */
 function bySubcommand(table: Record<string, FanOut>): FanOut {
-  return (r, argv, sink, affinity, proto) => {
+  const handler: FanOut = (r, argv, sink, affinity, proto) => {
     const sub = argv[1]?.toString().toLowerCase() ?? "";
     (table[sub] ?? toOne)(r, argv, sink, affinity, proto);
   };
+  SUBCOMMANDS.set(handler, table);
+  return handler;
 }
 
 /**
@@ -324,3 +329,45 @@ export const FAN_OUT = new Map<string, FanOut>([
   ],
   ["config", bySubcommand({ set: configSet, resetstat: toAll(mergeAllOk), rewrite: toAll(mergeAllOk) })],
 ]);
+
+/**
+ * Whether a command (lower-case `name`) acts on, or answers for, more than one master: not those
+ * any one master answers (FUNCTION LIST, CONFIG GET...).
+ */
+export function spansMasters(name: string, argv: readonly Buffer[]): boolean {
+  const fanOut = FAN_OUT.get(name);
+  if (fanOut === undefined) return false;
+  const table = SUBCOMMANDS.get(fanOut);
+  return table === undefined || Object.hasOwn(table, argv[1]?.toString().toLowerCase() ?? "");
+}
+
+/**
+ * A fan-out command that already ran on `done` (inside a transaction there, `part` its reply
+ * in EXEC's array): the same command on the other masters, merged with `part` as it is outside
+ * a transaction. Whatever the handler would send `done` of the same command is `part`.
+ */
+export function fanOutBeside(
+  r: ClusterSender,
+  done: UpstreamNode,
+  part: Buffer,
+  argv: Buffer[],
+  sink: ReplySink,
+  affinity: number,
+  proto: Protocol,
+): void {
+  const payload = encodeCommand(argv);
+  let answered = false;
+  const beside: ClusterSender = {
+    masters: () => r.masters(),
+    replicas: () => r.replicas(),
+    routeSlot: (slot, a) => r.routeSlot(slot, a),
+    knowsScript: (sha) => r.knowsScript(sha),
+    sendTo: (node, p, s, a, slot, pr) => {
+      if (!answered && node === done && p.equals(payload)) {
+        answered = true;
+        s.reply(part);
+      } else r.sendTo(node, p, s, a, slot, pr);
+    },
+  };
+  FAN_OUT.get(argv[0].toString().toLowerCase())!(beside, argv, sink, affinity, proto);
+}

@@ -8,7 +8,7 @@ import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import type { Topology } from "../upstream/topology.js";
 import type { CommandTable } from "./command-table.js";
-import { FAN_OUT, isChannelsQuery, type ClusterSender } from "./fan-out.js";
+import { FAN_OUT, fanOutBeside, isChannelsQuery, spansMasters, type ClusterSender } from "./fan-out.js";
 import { channelsWithoutProxy, KEY_LISTING_COMMANDS, scanPageWithoutProxyKeys } from "./hidden-keys.js";
 import { isSplittable, split, splitStride, SPLIT_DONE } from "./split.js";
 import { ClusterRuns, SPLIT_RUN } from "./cluster-runs.js";
@@ -210,6 +210,33 @@ export class Router implements ClusterSender {
   /** Whether a command goes to every master (or any one) by the fan-out table, not by its keys. */
   fansOut(name: string): boolean {
     return this.cluster !== null && FAN_OUT.has(name);
+  }
+
+  /**
+   * Whether a command queued in a transaction in front of a cluster acts on, or answers for,
+   * every master (FLUSHALL, DBSIZE, SCRIPT LOAD...): EXEC ran it on one (runBeside).
+   */
+  spansMasters(name: string, argv: readonly Buffer[]): boolean {
+    return this.cluster !== null && spansMasters(name, argv);
+  }
+
+  /**
+   * A command of spansMasters that ran in a transaction on the master `nodeId`, `part` its
+   * element of EXEC's reply: the same on the other masters, the merged reply to `sink` (as the
+   * command outside a transaction). False, and nothing sent, when `nodeId` is no longer a master.
+   */
+  runBeside(
+    nodeId: string,
+    part: Buffer,
+    argv: Buffer[],
+    sink: ReplySink,
+    affinity: number,
+    proto: Protocol,
+  ): boolean {
+    const done = this.masters().find((node) => node.id === nodeId);
+    if (done === undefined) return false;
+    fanOutBeside(this, done, part, argv, sink, affinity, proto);
+    return true;
   }
 
   /** Whether the proxy knows the body of a script (it can load it where it is missing). */
