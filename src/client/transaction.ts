@@ -328,7 +328,8 @@ export class Transaction {
     const payload = request.raw ?? encodeCommand(request.argv);
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
-    if (!tf && this.host.ctx.router.spansMasters(name, request.argv))
+    const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
+    if (!tf && this.host.ctx.router.completedAfterExec(name, request.argv, db))
       this.spanning.push([this.queued, request.argv]);
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
     if (name.startsWith("eval") || name === "script") this.scripts.push([name, request.argv]);
@@ -608,9 +609,9 @@ export class Transaction {
    */
   private scripts: [name: string, argv: Buffer[]][] = [];
   /**
-   * Commands queued in front of a cluster that act on, or answer for, every master (FLUSHALL,
-   * DBSIZE...), by position: EXEC runs them on the transaction's master, then on the others
-   * (runBeside), as they run outside a transaction.
+   * Commands queued that answer otherwise outside a transaction (Router.completedAfterExec:
+   * FLUSHALL or DBSIZE in front of a cluster, KEYS in database 0...), by position: EXEC runs
+   * them on the transaction's master, then runBeside completes their element.
    */
   private spanning: [number, Buffer[]][] = [];
 

@@ -213,17 +213,22 @@ export class Router implements ClusterSender {
   }
 
   /**
-   * Whether a command queued in a transaction in front of a cluster acts on, or answers for,
-   * every master (FLUSHALL, DBSIZE, SCRIPT LOAD...): EXEC ran it on one (runBeside).
+   * Whether a command queued in a transaction (in database `db`) answers otherwise outside
+   * one, where EXEC's reply is the server's: in a cluster the commands that act on, or answer
+   * for, every master (FLUSHALL, DBSIZE, SCRIPT LOAD...), which EXEC ran on one; in front of one
+   * server the key listings of database 0, which leave the proxy's own keys out. runBeside
+   * completes their element.
    */
-  spansMasters(name: string, argv: readonly Buffer[]): boolean {
-    return this.cluster !== null && spansMasters(name, argv);
+  completedAfterExec(name: string, argv: readonly Buffer[], db: number): boolean {
+    if (this.cluster !== null) return spansMasters(name, argv);
+    return db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name);
   }
 
   /**
-   * A command of spansMasters that ran in a transaction on the master `nodeId`, `part` its
-   * element of EXEC's reply: the same on the other masters, the merged reply to `sink` (as the
-   * command outside a transaction). False, and nothing sent, when `nodeId` is no longer a master.
+   * A command of completedAfterExec that ran in a transaction on the master `nodeId`, `part`
+   * its element of EXEC's reply: the same on the other masters, merged, the proxy's keys left
+   * out, to `sink` (as the command outside a transaction). False, and nothing sent, when
+   * `nodeId` is no longer a master.
    */
   runBeside(
     nodeId: string,

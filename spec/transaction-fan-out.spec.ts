@@ -8,6 +8,8 @@ import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend } from "./support/backend.js";
 import { runPython } from "./support/redis-py.js";
 import { encode, RawClient, toText, type Value } from "./support/raw-client.js";
+import { deleteLibraries, tfLibrary } from "./support/tf.js";
+import { eventually } from "./support/polling.js";
 
 // In front of a cluster, FLUSHALL, DBSIZE, KEYS... span every master. Queued in MULTI, EXEC
 // runs them on the transaction's master: the proxy then runs them on the other masters and
@@ -135,5 +137,46 @@ describe("FLUSHALL, DBSIZE, KEYS... inside MULTI in front of a 3-master cluster"
     } finally {
       other.disconnect();
     }
+  });
+});
+
+describe("KEYS, DBSIZE and RANDOMKEY inside MULTI in front of one server: the proxy's keys left out", function () {
+  this.timeout(60_000);
+  let backend: Backend;
+  let proxy: RunningProxy;
+  let io: Redis;
+
+  before(async () => {
+    backend = await Backend.start("standalone");
+    proxy = await startProxy([{ port: backend.seed.port }]);
+    io = new Redis({ port: proxy.port });
+    // A T&F library: the proxy keeps it in keys of its own.
+    await io.call("TFUNCTION", "LOAD", tfLibrary("multikeys", "redis.registerFunction('f', () => 1);"));
+  });
+
+  after(async () => {
+    if (io !== undefined) await deleteLibraries(io);
+    io?.disconnect();
+    await proxy?.close();
+    await backend?.stop();
+  });
+
+  it("answers as outside a transaction, in database 0 and after a SELECT inside it", async () => {
+    await io.flushall();
+    await io.set("mine", "1");
+    // Written again after the FLUSHALL, within a moment.
+    await eventually(
+      async () => (await backend.seed.call("KEYS", "*")) as string[],
+      (keys) => keys.some((k) => k.startsWith("{gears-proxy}")),
+      "the proxy's keys on the server",
+    );
+    const replies = (await io.multi().dbsize().keys("*").randomkey().randomkey().exec())!.map(([, v]) => v);
+    expect(replies).to.deep.equal([1, ["mine"], "mine", "mine"]);
+    expect(await io.multi().dbsize().exec()).to.deep.equal([[null, await io.dbsize()]]);
+    // Another database holds no keys of the proxy's: its listing is the server's.
+    const other = (await io.multi().select(5).set("five", "5").dbsize().keys("*").select(0).exec())!.map(
+      ([, v]) => v,
+    );
+    expect(other).to.deep.equal(["OK", "OK", 1, ["five"], "OK"]);
   });
 });
