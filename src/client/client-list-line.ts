@@ -36,7 +36,10 @@ export interface ClientListFields {
   idleMs: number;
   flags: string;
   db: number;
+  /** Channels, patterns and shard channels subscribed. */
   sub: number;
+  psub: number;
+  ssub: number;
   multi: number;
   /** Keys WATCHed; null where the server's lines have no `watch` field (before Redis 7.4, Valkey 8.0). */
   watch: number | null;
@@ -68,8 +71,8 @@ export function clientListLine(c: ClientListFields): string {
     ["flags", c.flags],
     ["db", c.db],
     ["sub", c.sub],
-    ["psub", 0],
-    ["ssub", 0],
+    ["psub", c.psub],
+    ["ssub", c.ssub],
     ["multi", c.multi],
     ...(c.watch === null ? [] : [["watch", c.watch] as [string, number]]),
     ["qbuf", c.qbuf],

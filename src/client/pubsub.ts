@@ -7,7 +7,7 @@ import type { Lease } from "../routing/lease.js";
 import { borrow, type Lane, type LaneHost } from "./lane.js";
 import type { Holds } from "./holds.js";
 import type { ReplySlot } from "./reply-slot.js";
-import { confirmationFrame, subscriptionCount, withCount } from "./subscription-frames.js";
+import { confirmationFrame, confirmationOf, SubscriptionNames, withCount } from "./subscription-frames.js";
 import { mayReceiveNotifications, NotificationFanIn } from "./notification-fan-in.js";
 import { isProxyKeyNotification } from "../routing/hidden-keys.js";
 
@@ -117,6 +117,8 @@ export class Subscriber {
   private draining = false;
   /** Subscriptions of every kind: the client is in subscriber mode while not 0. */
   count = 0;
+  /** What the servers confirmed, by kind (CLIENT LIST's sub, psub and ssub). */
+  readonly names = new SubscriptionNames();
   /** In a cluster: the other masters' keyspace notifications for the client's subscriptions. */
   private readonly notices: NotificationFanIn;
   /** A subscription of the client's may receive keyspace notifications: its messages are looked at. */
@@ -172,7 +174,8 @@ export class Subscriber {
   }
 
   /** A connection EXEC left subscribed to `count` channels and patterns: the client's from now on. */
-  adopt(lease: Lease, count: number): void {
+  adopt(lease: Lease, count: number, frames: readonly Buffer[]): void {
+    this.names.followAll(frames);
     // Which channels the transaction subscribed is not looked at: its messages are.
     this.notified = true;
     if (this.main !== null) this.dropLink(this.main);
@@ -365,8 +368,10 @@ export class Subscriber {
   }
 
   private onMainFrame(link: Link, frame: Buffer): void {
-    const total = subscriptionCount(frame);
-    if (total !== null) {
+    const confirmation = confirmationOf(frame);
+    if (confirmation !== null) {
+      this.names.follow(confirmation);
+      const total = confirmation[2];
       this.mainCount = total;
       this.count = total + this.shardChannels.size;
     } else if (this.notified && isProxyKeyNotification(frame)) return;
@@ -378,8 +383,10 @@ export class Subscriber {
    * its command's place (mark, order), so it carries the count as of that command.
    */
   private onShardFrame(link: Link, frame: Buffer): void {
-    const serverCount = subscriptionCount(frame);
-    if (serverCount !== null) {
+    const confirmation = confirmationOf(frame);
+    if (confirmation !== null) {
+      this.names.follow(confirmation);
+      const serverCount = confirmation[2];
       const expected = link.counts.shift();
       this.confirmed += serverCount - link.serverCount;
       link.serverCount = serverCount;
@@ -488,6 +495,7 @@ export class Subscriber {
     if (this.main !== null) this.dropLink(this.main);
     for (const link of this.shards.values()) this.dropLink(link);
     this.shardChannels.clear();
+    this.names.clear();
     this.notices.close();
     this.notified = false;
     this.confirmed = 0;

@@ -307,8 +307,8 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
   }
 
   /** TransactionHost: SUBSCRIBE inside MULTI left the transaction's connection subscribed. */
-  subscribedBy(lease: Lease, count: number): void {
-    this.pubsub.adopt(lease, count);
+  subscribedBy(lease: Lease, count: number, frames: readonly Buffer[]): void {
+    this.pubsub.adopt(lease, count, frames);
   }
 
   /** TransactionHost: a TFCALL queued in MULTI, run at EXEC. */
@@ -369,8 +369,10 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
           (tracking?.bcast ? "B" : "") +
           (this.noEvict ? "e" : "") || "N",
       db: this.db,
-      sub: this.pubsub.count,
-      multi: this.txn.inMulti ? 0 : -1,
+      sub: this.pubsub.names.channels.size,
+      psub: this.pubsub.names.patterns.size,
+      ssub: this.pubsub.names.shardChannels.size,
+      multi: this.txn.inMulti ? this.txn.queuedCommands : -1,
       watch: since74(this.ctx.upstreamServer) ? this.txn.watchCount : null,
       // Redis counts the command being run in the query buffer still.
       qbuf: this.io.parser.buffered + (this.processing && last !== null ? last.end - last.start : 0),

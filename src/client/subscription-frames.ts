@@ -11,22 +11,75 @@ const KINDS = new Set([
   "sunsubscribe",
 ]);
 
+/** A (un)subscribe confirmation: its kind, the channel or pattern (null: none to leave), the count left. */
+export type Confirmation = [kind: string, name: Buffer | null, count: number];
+
+function asConfirmation(value: unknown): Confirmation | null {
+  if (!Array.isArray(value) || value.length !== 3) return null;
+  const [kind, name, count] = value as unknown[];
+  if (!Buffer.isBuffer(kind) || typeof count !== "number" || !KINDS.has(kind.toString())) return null;
+  return [kind.toString(), Buffer.isBuffer(name) ? name : null, count];
+}
+
 /**
- * For a (un)subscribe confirmation frame, the number of subscriptions the connection
- * has left (the frame's third element); null for messages and other replies. Messages,
- * the bulk of the traffic, are told apart by their first bytes without decoding.
+ * A frame, if it is an (un)subscribe confirmation; null for messages and other replies.
+ * Messages, the bulk of the traffic, are told apart by their first bytes without decoding.
  */
-export function subscriptionCount(frame: Buffer): number | null {
+export function confirmationOf(frame: Buffer): Confirmation | null {
   // "*3\r\n$7\r\nmessage..." and "*4\r\n$8\r\npmessage..." are by far the most common frames.
   // "*" in RESP2, ">" (a push) in RESP3.
   if (frame.length < 12 || (frame[0] !== 42 && frame[0] !== 62) || frame[4] !== 36) return null;
   if (frame[5] === 55 /* 7: message */ || frame[5] === 56 /* 8: pmessage / smessage */) return null;
-  const value = decodeReply(frame);
-  if (!Array.isArray(value) || value.length !== 3) return null;
-  const kind = value[0];
-  const count = value[2];
-  if (!Buffer.isBuffer(kind) || typeof count !== "number") return null;
-  return KINDS.has(kind.toString()) ? count : null;
+  return asConfirmation(decodeReply(frame));
+}
+
+/**
+ * For a (un)subscribe confirmation frame, the number of subscriptions the connection
+ * has left (the frame's third element); null for messages and other replies.
+ */
+export function subscriptionCount(frame: Buffer): number | null {
+  return confirmationOf(frame)?.[2] ?? null;
+}
+
+/**
+ * The channels, patterns and shard channels a client's confirmations left it with: what
+ * CLIENT LIST shows as sub, psub and ssub (the confirmations' counts mix channels and patterns).
+ */
+export class SubscriptionNames {
+  readonly channels = new Set<string>();
+  readonly patterns = new Set<string>();
+  readonly shardChannels = new Set<string>();
+
+  follow([kind, name]: Confirmation): void {
+    if (name === null) return;
+    const key = name.toString("latin1");
+    if (kind === "subscribe") this.channels.add(key);
+    else if (kind === "unsubscribe") this.channels.delete(key);
+    else if (kind === "psubscribe") this.patterns.add(key);
+    else if (kind === "punsubscribe") this.patterns.delete(key);
+    else if (kind === "ssubscribe") this.shardChannels.add(key);
+    else this.shardChannels.delete(key);
+  }
+
+  /** The confirmations among `frames`, which may be elements of a frame too (EXEC's reply). */
+  followAll(frames: readonly Buffer[]): void {
+    for (const frame of frames) {
+      const value = decodeReply(frame);
+      const own = asConfirmation(value);
+      if (own !== null) this.follow(own);
+      else if (Array.isArray(value))
+        for (const element of value) {
+          const c = asConfirmation(element);
+          if (c !== null) this.follow(c);
+        }
+    }
+  }
+
+  clear(): void {
+    this.channels.clear();
+    this.patterns.clear();
+    this.shardChannels.clear();
+  }
 }
 
 /** A (un)subscribe confirmation as the server would send it: [kind, channel, count]. */

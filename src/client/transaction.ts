@@ -40,8 +40,8 @@ export interface TransactionHost {
   readonly isPubSub: boolean;
   /** Its user's rules as they are now, for EXEC's second look at what was queued. */
   readonly user: Pick<ClientUser, "rulesVersion" | "execDenial">;
-  /** EXEC left `lease` subscribed to `count` channels and patterns: the client's subscriptions now. */
-  subscribedBy(lease: Lease, count: number): void;
+  /** EXEC left `lease` subscribed to `count` channels and patterns, confirmed in `frames`: the client's subscriptions now. */
+  subscribedBy(lease: Lease, count: number, frames: readonly Buffer[]): void;
 }
 
 /** Commands Redis answers at once inside MULTI, with an error, without queuing them. */
@@ -104,6 +104,11 @@ export class Transaction {
   /** How many keys the client WATCHes (CLIENT LIST's `watch`): until EXEC, DISCARD or UNWATCH. */
   get watchCount(): number {
     return this.watching || this.watchLost ? this.watchedKeys.size : 0;
+  }
+
+  /** Commands queued since MULTI (CLIENT LIST's `multi`), those the proxy runs after EXEC included. */
+  get queuedCommands(): number {
+    return this.queued + (this.tfTail?.commands.length ?? 0);
   }
 
   /** True while the client holds a dedicated connection or is inside MULTI. */
@@ -577,7 +582,7 @@ export class Transaction {
       if (count !== null && count > 0) {
         conn.onLost(null);
         this.conn = null;
-        this.host.subscribedBy(conn, count);
+        this.host.subscribedBy(conn, count, frames);
       } else conn.onLost(() => this.connectionLost());
       release();
       if (frames.length > 0) slot.reply(Buffer.concat(frames));

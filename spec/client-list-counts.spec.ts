@@ -1,0 +1,92 @@
+import { expect } from "chai";
+import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { Backend } from "./support/backend.js";
+import { RawClient, toText } from "./support/raw-client.js";
+
+// CLIENT LIST's sub, psub and ssub count a client's channels, patterns and shard channels
+// apart, and multi the commands it queued since MULTI: monitoring tools read them. Through the
+// proxy they are compared with one redis-server's, for the same steps.
+
+/** The fields of the CLIENT LIST line of the client named `name`, seen from `observer`. */
+async function fieldsOf(observer: RawClient, name: string): Promise<Record<string, string>> {
+  const list = String(toText(await observer.call("CLIENT", "LIST")));
+  const line = list.split("\n").find((l) => l.includes(` name=${name} `));
+  if (line === undefined) throw new Error(`no client named ${name} in ${list}`);
+  return Object.fromEntries(
+    line
+      .trim()
+      .split(" ")
+      .map((f) => f.split("=", 2) as [string, string]),
+  );
+}
+
+const counts = (f: Record<string, string>): string =>
+  `sub=${f.sub} psub=${f.psub} ssub=${f.ssub} multi=${f.multi}`;
+
+/** What CLIENT LIST says of a subscriber and of a client inside MULTI, after the same steps on `port`. */
+async function stepsOn(port: number): Promise<string[]> {
+  const open: RawClient[] = [];
+  const connect = async (): Promise<RawClient> => {
+    const c = await RawClient.connect(port);
+    open.push(c);
+    return c;
+  };
+  try {
+    const observer = await connect();
+    const subscriber = await connect();
+    await subscriber.call("CLIENT", "SETNAME", "subscriber");
+    const seen: string[] = [];
+    subscriber.send("SUBSCRIBE", "c1", "c2", "c3");
+    subscriber.send("PSUBSCRIBE", "p*");
+    subscriber.send("SSUBSCRIBE", "s1");
+    for (let i = 0; i < 5; i++) await subscriber.next();
+    seen.push(counts(await fieldsOf(observer, "subscriber")));
+    subscriber.send("UNSUBSCRIBE", "c2");
+    subscriber.send("PUNSUBSCRIBE", "p*");
+    for (let i = 0; i < 2; i++) await subscriber.next();
+    seen.push(counts(await fieldsOf(observer, "subscriber")));
+    const queuing = await connect();
+    await queuing.call("CLIENT", "SETNAME", "queuing");
+    seen.push(counts(await fieldsOf(observer, "queuing")));
+    await queuing.call("MULTI");
+    seen.push(counts(await fieldsOf(observer, "queuing")));
+    await queuing.call("SET", "{k}a", "1");
+    await queuing.call("GET", "{k}a");
+    seen.push(counts(await fieldsOf(observer, "queuing")));
+    await queuing.call("EXEC");
+    seen.push(counts(await fieldsOf(observer, "queuing")));
+    return seen;
+  } finally {
+    for (const c of open) c.close();
+  }
+}
+
+for (const mode of ["standalone", "cluster"] as const) {
+  describe(`CLIENT LIST's sub, psub, ssub and multi through the proxy, ${Backend.label(mode)}`, function () {
+    this.timeout(60_000);
+    let backend: Backend;
+    let proxy: RunningProxy;
+    let single: RedisNode;
+
+    before(async function () {
+      this.timeout(120_000);
+      backend = await Backend.start(mode);
+      proxy = await startProxy([{ port: backend.seed.port }]);
+      single = await startRedis();
+    });
+
+    after(async () => {
+      await proxy?.close();
+      await backend?.stop();
+      await single?.stop();
+    });
+
+    it("count channels, patterns, shard channels and queued commands apart, as one redis-server does", async () => {
+      const direct = await stepsOn(single.port);
+      expect(direct[0]).to.equal("sub=3 psub=1 ssub=1 multi=-1");
+      // The proxy counts a confirmation before it relays it: the client has seen each one.
+      const through = await stepsOn(proxy.port);
+      expect(through).to.deep.equal(direct);
+    });
+  });
+}
