@@ -127,6 +127,15 @@ describe("FLUSHALL, DBSIZE, KEYS... inside MULTI in front of a 3-master cluster"
     }
   });
 
+  it("WAIT in a transaction answers at once, as on one server, not blocking on the other masters", async () => {
+    const started = Date.now();
+    expect(await io.multi().set("{t}w", "1").call("WAIT", "1", "3000").exec()).to.deep.equal([
+      [null, "OK"],
+      [null, 0],
+    ]);
+    expect(Date.now() - started).to.be.below(1000);
+  });
+
   it("a transaction that EXEC aborts (a WATCHed key changed) runs nothing on the other masters", async () => {
     const other = new Redis({ port: proxy.port });
     try {

@@ -220,7 +220,8 @@ export class Router implements ClusterSender {
    * completes their element.
    */
   completedAfterExec(name: string, argv: readonly Buffer[], db: number): boolean {
-    if (this.cluster !== null) return spansMasters(name, argv);
+    // WAIT in a transaction answers at once, where it ran; run alone elsewhere it would block.
+    if (this.cluster !== null) return name !== "wait" && spansMasters(name, argv);
     return db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name);
   }
 
