@@ -46,6 +46,8 @@ const { values } = parseArgs({
      */
     "base-node-args": { type: "string" },
     "beside-long": { type: "boolean", default: false },
+    /** Which rows to run: "sync" (TFCALL only), "async" (TFCALLASYNC only) or "both". */
+    kinds: { type: "string", default: "both" },
   },
 });
 const words = (s: string | undefined): string[] => (s ?? "").split(/\s+/).filter((a) => a !== "");
@@ -177,6 +179,7 @@ async function main(): Promise<number> {
   if (base !== null) await loadTf(base.port);
   await direct.call("FUNCTION", "LOAD", LUA_LIB);
   direct.disconnect();
+  const only = values.kinds;
   const kinds = [
     { name: "TFCALL", command: ["TFCALL", "bench.incr", "1", "$key"], rows: [] as string[][], long: false },
     {
@@ -185,7 +188,7 @@ async function main(): Promise<number> {
       rows: [] as string[][],
       long: false,
     },
-  ];
+  ].filter((k) => only === "both" || (only === "async") === k.name.endsWith("ASYNC"));
   if (values["beside-long"] === true)
     kinds.push(
       {
