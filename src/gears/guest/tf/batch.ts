@@ -201,16 +201,6 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
     );
   }
 
-  function mayNest(): boolean {
-    if (next >= starts.length || depth >= MAX_NESTED || keyless > 0 || blockBodies > 0 || spent())
-      return false;
-    const at = slotsAt[next];
-    const n = calls[at] as number;
-    if (n === 0) return false;
-    for (let i = 1; i <= n; i++) if (held[calls[at + i] as number] !== 0) return false;
-    return true;
-  }
-
   /**
    * Sends `g`. With `more`, the host may answer with TFCALLs to start instead of replies
    * (then true: the calls stay sent, their replies come with a later flush). Otherwise the
@@ -287,7 +277,19 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
   function serve(g: Gathering): void {
     let current = g;
     for (;;) {
-      while (gathering === current && mayNest()) runItem(next++);
+      // Items start on top while the next one may: none of its slots is held (see above). Inline,
+      // as a loop of its own: each function call costs in QuickJS, and this runs for every item.
+      while (gathering === current) {
+        if (next >= starts.length || depth >= MAX_NESTED || keyless > 0 || blockBodies > 0) break;
+        const at = slotsAt[next];
+        const n = calls[at] as number;
+        if (n === 0) break;
+        let free = true;
+        for (let i = 1; i <= n; i++) if (held[calls[at + i] as number] !== 0) free = false;
+        // The clock last: it is a call out of the interpreter.
+        if (!free || Date.now() - startedAt >= budgetMs) break;
+        runItem(next++);
+      }
       // An item on top took the gathering over and flushed it.
       if (gathering !== current) return;
       if (!flush(current, mayRefill())) return;

@@ -71,7 +71,8 @@ class BaseClient {
  */
 export class SyncClient {
   private readonly mode: ClientMode;
-  private valid: boolean;
+  /** False once the invocation left the locked section (main.ts sets it: a method call costs in QuickJS). */
+  valid: boolean;
 
   constructor(mode: ClientMode) {
     // Set here rather than as field initializers: QuickJS runs those as one more function call.

@@ -240,7 +240,7 @@ const entry: TfEntry = {
         flat[2 * i + 1] = errorText(e);
         return;
       } finally {
-        if (sync) (client as SyncClient).invalidate();
+        if (sync) (client as SyncClient).valid = false;
       }
       // The common results first: a BigInt (an integer reply passed on) or a string.
       if (typeof out === "bigint") {
