@@ -46,6 +46,8 @@ const { values } = parseArgs({
      */
     "base-node-args": { type: "string" },
     "beside-long": { type: "boolean", default: false },
+    /** Which rows to run: "sync" (TFCALL only), "async" (TFCALLASYNC only) or "both". */
+    kinds: { type: "string", default: "both" },
   },
 });
 const words = (s: string | undefined): string[] => (s ?? "").split(/\s+/).filter((a) => a !== "");
@@ -81,9 +83,23 @@ function ticks(path: string): number {
   }
 }
 
+/** Clock ticks of each thread of process `pid`, by thread id. */
+function threadTicks(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) out.set(tid, ticks(`/proc/${pid}/task/${tid}/stat`));
+  return out;
+}
+
 /**
- * Calls per second, the CPU µs per call of process `pid` over the same time, and the part of
- * it on the process's main thread (the rest is the proxy's isolate workers and Node's helpers).
+ * Calls per second, the CPU µs per call of process `pid` over the same time, the part of it
+ * on the process's main thread, and the part on its busiest other thread (for the proxy, the
+ * library's isolate worker; the rest is Node's helpers, V8's GC threads among them).
  * With `besideLong`, one more client runs `lib.long` meanwhile (its CPU counts in the figures).
  */
 async function measureCpu(
@@ -91,15 +107,21 @@ async function measureCpu(
   command: string[],
   pid: number,
   besideLong = false,
-): Promise<[number, number, number]> {
+): Promise<[number, number, number, number]> {
   const before = cpuMicros(pid);
-  const [all0, main0] = [ticks(`/proc/${pid}/stat`), ticks(`/proc/${pid}/task/${pid}/stat`)];
+  const all0 = ticks(`/proc/${pid}/stat`);
+  const threads0 = threadTicks(pid);
   const long = besideLong ? runLong(port) : null;
   const rate = await measure(port, command);
   if (long !== null) say(`  (beside it: ${await long.stop()} long coroutines of 2,000 awaits ended)`);
   const perCall = (cpuMicros(pid) - before) / (rate * seconds);
-  const [all1, main1] = [ticks(`/proc/${pid}/stat`), ticks(`/proc/${pid}/task/${pid}/stat`)];
-  return [rate, perCall, (perCall * (main1 - main0)) / (all1 - all0)];
+  const all1 = ticks(`/proc/${pid}/stat`);
+  const threads1 = threadTicks(pid);
+  const delta = (tid: string): number => (threads1.get(tid) ?? 0) - (threads0.get(tid) ?? 0);
+  let busiest = 0;
+  for (const tid of threads1.keys()) if (tid !== String(pid)) busiest = Math.max(busiest, delta(tid));
+  const share = (t: number): number => (perCall * t) / (all1 - all0);
+  return [rate, perCall, share(delta(String(pid))), share(busiest)];
 }
 
 /** Calls per second of `call` from C clients with P calls in flight each, for `seconds`. */
@@ -177,6 +199,7 @@ async function main(): Promise<number> {
   if (base !== null) await loadTf(base.port);
   await direct.call("FUNCTION", "LOAD", LUA_LIB);
   direct.disconnect();
+  const only = values.kinds;
   const kinds = [
     { name: "TFCALL", command: ["TFCALL", "bench.incr", "1", "$key"], rows: [] as string[][], long: false },
     {
@@ -185,7 +208,7 @@ async function main(): Promise<number> {
       rows: [] as string[][],
       long: false,
     },
-  ];
+  ].filter((k) => only === "both" || (only === "async") === k.name.endsWith("ASYNC"));
   if (values["beside-long"] === true)
     kinds.push(
       {
@@ -205,14 +228,19 @@ async function main(): Promise<number> {
     const [fcall, redisCpu] = await measureCpu(redis.port, ["FCALL", "incr", "1", "$key"], redis.pid);
     for (const kind of kinds) {
       // The builds take turns going first: the machine's load drifts within a round.
-      const measureBase = (): Promise<[number | null, number, number]> =>
+      const measureBase = (): Promise<[number | null, number, number, number]> =>
         base === null
-          ? Promise.resolve([null, 0, 0])
+          ? Promise.resolve([null, 0, 0, 0])
           : measureCpu(base.port, kind.command, base.child.pid, kind.long);
       const baseFirst = r % 2 === 1;
       const first = baseFirst ? await measureBase() : null;
-      const [tf, cpu, cpuMain] = await measureCpu(proxy.port, kind.command, proxy.child.pid, kind.long);
-      const [baseTf, baseCpu, baseCpuMain] = first ?? (await measureBase());
+      const [tf, cpu, cpuMain, cpuWorker] = await measureCpu(
+        proxy.port,
+        kind.command,
+        proxy.child.pid,
+        kind.long,
+      );
+      const [baseTf, baseCpu, baseCpuMain, baseCpuWorker] = first ?? (await measureBase());
       const row = [
         String(r),
         tf.toFixed(0),
@@ -220,6 +248,7 @@ async function main(): Promise<number> {
         (tf / fcall).toFixed(2),
         cpu.toFixed(0),
         cpuMain.toFixed(0),
+        cpuWorker.toFixed(0),
         redisCpu.toFixed(0),
       ];
       if (baseTf !== null)
@@ -229,6 +258,7 @@ async function main(): Promise<number> {
           (tf / baseTf).toFixed(2),
           baseCpu.toFixed(0),
           baseCpuMain.toFixed(0),
+          baseCpuWorker.toFixed(0),
         );
       kind.rows.push(row);
       say(
@@ -255,6 +285,7 @@ async function main(): Promise<number> {
       "ratio",
       `proxy CPU µs/${name}`,
       "of it main thread",
+      "of it isolate worker",
       "Redis CPU µs/FCALL",
     ];
     if (base !== null)
@@ -264,6 +295,7 @@ async function main(): Promise<number> {
         "this/base",
         `base proxy CPU µs/${name}`,
         "of it main thread",
+        "of it isolate worker",
       );
     tables.push(`${name}:`, "", table(header, rows), "");
   }

@@ -379,6 +379,50 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       expect(got?.[7]).to.equal("2.5");
     });
 
+    it("pipelined TFCALLs of one batch: client.call takes a String object command and ArrayBuffer or view arguments, refuses others, and a client kept past its call is invalid", async () => {
+      const code = lib(
+        "forms",
+        `let kept = null;
+         redis.registerFunction('run', function(client, key, what){
+           if (what === 'strobj') return client.call(new String('incr'), key);
+           if (what === 'buf') { client.call('set', key, new Uint8Array([104, 105]).buffer); return client.call('get', key); }
+           if (what === 'view') { client.call('set', key, new Uint8Array([0, 104, 105, 0]).subarray(1, 3)); return client.call('get', key); }
+           if (what === 'rawbuf') return new Uint8Array(client.callRaw('get', key)).length;
+           if (what === 'badarg') return client.call('set', key, 5);
+           if (what === 'badcmd') return client.call(5, key);
+           if (what === 'keep') { kept = client; return client.call('incr', key); }
+           if (what === 'kept') { try { kept.call('incr', key); return 'used'; } catch (e) { return e.message; } }
+           return 'unknown ' + what;
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      await t.c.set("{f4}", Buffer.from([0, 255, 1, 2]));
+      const calls: [string, string][] = [
+        ["{f1}", "strobj"],
+        ["{f2}", "buf"],
+        ["{f3}", "view"],
+        ["{f4}", "rawbuf"],
+        ["{f5}", "badarg"],
+        ["{f6}", "badcmd"],
+        ["{f7}", "keep"],
+      ];
+      const out = await t.c
+        .pipeline(calls.map(([k, w]) => ["call", "tfcall", "forms.run", "1", k, w]))
+        .exec();
+      const got = out?.map(([err, v]) => (err instanceof Error ? `error: ${err.message}` : v));
+      expect(got).to.deep.equal([
+        1,
+        "hi",
+        "hi",
+        4,
+        "error: Error: Can not convert value into bytes buffer",
+        "error: Error: Value is not string",
+        1,
+      ]);
+      // Once its call returned (a later TFCALL: the batch's calls nest while they wait).
+      expect(await t.c.call("TFCALL", "forms.run", "1", "{f8}", "kept")).to.equal("Used on invalid client");
+    });
+
     it("client.call replies of any size and text reach the function whole: small, multi-byte UTF-8, and larger than the worker's reply area", async () => {
       const code = lib(
         "sizes",

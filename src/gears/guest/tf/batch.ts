@@ -36,14 +36,19 @@ import {
 } from "../entry.js";
 import { fromReply } from "./convert.js";
 
-/** A `client.call` as the host takes it: noWrites, raw, then the command and its arguments. */
-export type CallArgs = [boolean, boolean, ...Tagged[]];
+/**
+ * A sync `client.call`'s command: its name (a string) and its arguments, each a string or a
+ * tagged value (toArg), in the list the call's rest parameter made (no copy of it is made).
+ */
+export type CallArgs = Tagged[];
 
-interface Waiting {
-  args: CallArgs;
-  status: number;
-  reply: Tagged;
-}
+/**
+ * The calls waiting to go out together, five slots each: noWrites, raw, the command's name,
+ * its arguments (CallArgs), then, once the answer is in, the reply's FlatPairs tag and value
+ * in the last two (written over noWrites and raw). One list per gathering: no object per call.
+ */
+type Gathering = unknown[];
+const SLOT = 5;
 
 /**
  * Runs the TFCALL whose record starts at `at` in `calls` (BatchCalls, entry.ts), the
@@ -64,19 +69,27 @@ const MAX_NESTED = 64;
 /** Hash slots are 0..16383 (the host computes them). */
 const SLOTS = 16384;
 
-function direct(args: CallArgs): Tagged {
-  return host.callSync("call", ...args) as Tagged;
+function direct(noWrites: boolean, raw: boolean, cmd: string, args: CallArgs): Tagged {
+  return host.callSync("call", noWrites, raw, cmd, ...args) as Tagged;
 }
 
-/** A reply as the function sees it (`raw`: callRaw's conversion). */
-function valueOf(w: Waiting, raw: boolean): unknown {
-  if (w.status === FLAT_INTEGER) return BigInt(w.reply as string);
-  if (w.status !== FLAT_OK) throw new Error(String(w.reply));
-  const r = w.reply;
-  return typeof r === "string" || r === null ? r : fromReply(r, raw);
+/** A reply as the function sees it (`raw`: callRaw's conversion), from its FlatPairs tag and value. */
+function valueOf(status: number, reply: Tagged, raw: boolean): unknown {
+  if (status === FLAT_INTEGER) return BigInt(reply as string);
+  if (status !== FLAT_OK) throw new Error(String(reply));
+  return typeof reply === "string" || reply === null ? reply : fromReply(reply, raw);
 }
 
-let running: ((args: CallArgs, raw: boolean) => unknown) | null = null;
+/** The running batch's `client.call` (client.ts calls it directly: one call fewer per call). */
+export let running: ((noWrites: boolean, raw: boolean, cmd: string, args: CallArgs) => unknown) | null = null;
+
+/**
+ * The last integer reply a batch's call gave, and its digits: a function that returns it as
+ * it is (the common `return client.call('INCR', key)`) has its outcome's digits without
+ * BigInt's toString (main.ts compares the value first).
+ */
+export let lastInteger: bigint | null = null;
+export let lastDigits = "";
 
 /**
  * `client.block` bodies running now (client.ts). Nothing starts on top of one: an async
@@ -95,17 +108,28 @@ export function aloneOnStack<T>(body: () => T): T {
   }
 }
 
-/** A sync client's call, its reply converted (`raw`: callRaw): through the running batch when there is one. */
-export function syncCall(args: CallArgs, raw: boolean): unknown {
-  return running === null ? fromReply(direct(args), raw) : running(args, raw);
+/**
+ * A sync client's call of `cmd` with `args` (already toArg'd), its reply converted (`raw`:
+ * callRaw): through the running batch when there is one.
+ */
+export function syncCall(noWrites: boolean, raw: boolean, cmd: string, args: CallArgs): unknown {
+  return running === null
+    ? fromReply(direct(noWrites, raw, cmd, args), raw)
+    : running(noWrites, raw, cmd, args);
 }
 
 /**
  * A sync client's call in database `db` (a TFCALLASYNC's `block` body, client.ts): on its own,
  * never through a running batch (nothing starts on top of a block body).
  */
-export function syncCallIn(db: number, args: CallArgs, raw: boolean): unknown {
-  return fromReply(host.callSync(CALL_IN, db, ...args) as Tagged, raw);
+export function syncCallIn(
+  db: number,
+  noWrites: boolean,
+  raw: boolean,
+  cmd: string,
+  args: CallArgs,
+): unknown {
+  return fromReply(host.callSync(CALL_IN, db, noWrites, raw, cmd, ...args) as Tagged, raw);
 }
 
 /**
@@ -118,6 +142,8 @@ export function syncCallIn(db: number, args: CallArgs, raw: boolean): unknown {
 export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refill = true): number {
   /** Where each TFCALL's record starts in `calls` (those handed over later are appended). */
   const starts: number[] = [];
+  /** Where each TFCALL's slot count is in `calls`. */
+  const slotsAt: number[] = [];
   let next = 0;
   /** How many items are on the stack now. */
   let depth = 0;
@@ -126,45 +152,39 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
   /** Items on the stack without keys (nothing may start on top of those). */
   let keyless = 0;
   /** The calls waiting to go out together, or null once they went (no more nesting then). */
-  let gathering: Waiting[] | null = null;
+  let gathering: Gathering | null = null;
   /** Gatherings sent without waiting (more TFCALLs came instead): their replies come with the next flush. */
-  let sent: Waiting[][] = [];
+  let sent: Gathering[] = [];
   const startedAt = Date.now();
 
   /** Notes where each record from `from` on starts. */
   function index(from: number): void {
     for (let at = from; at < calls.length;) {
-      starts[starts.length] = at;
-      const slotsAt = at + 2 + (calls[at + 1] as number);
-      at = slotsAt + 1 + (calls[slotsAt] as number);
+      const k = starts.length;
+      starts[k] = at;
+      const s = at + 2 + (calls[at + 1] as number);
+      slotsAt[k] = s;
+      at = s + 1 + (calls[s] as number);
     }
-  }
-
-  /** Where the slot count of item `k` is in `calls`. */
-  function slotsAt(k: number): number {
-    const at = starts[k];
-    return at + 2 + (calls[at + 1] as number);
   }
 
   function spent(): boolean {
     return Date.now() - startedAt >= budgetMs;
   }
 
-  /** Counts item k's slots in (+1) or out (-1) as it enters or leaves the stack. */
-  function hold(k: number, by: 1 | -1): void {
-    const at = slotsAt(k);
-    const n = calls[at] as number;
-    depth += by;
-    if (n === 0) keyless += by;
-    for (let i = 1; i <= n; i++) held[calls[at + i] as number] += by;
-  }
-
+  /** Runs item k, its slots counted in as it enters the stack and out as it leaves (inline: a call each costs). */
   function runItem(k: number): void {
-    hold(k, 1);
+    const at = slotsAt[k];
+    const n = calls[at] as number;
+    depth++;
+    if (n === 0) keyless++;
+    for (let i = 1; i <= n; i++) held[calls[at + i] as number]++;
     try {
       run(calls, starts[k], k);
     } finally {
-      hold(k, -1);
+      depth--;
+      if (n === 0) keyless--;
+      for (let i = 1; i <= n; i++) held[calls[at + i] as number]--;
     }
   }
 
@@ -181,30 +201,20 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
     );
   }
 
-  function mayNest(): boolean {
-    if (next >= starts.length || depth >= MAX_NESTED || keyless > 0 || blockBodies > 0 || spent())
-      return false;
-    const at = slotsAt(next);
-    const n = calls[at] as number;
-    if (n === 0) return false;
-    for (let i = 1; i <= n; i++) if (held[calls[at + i] as number] !== 0) return false;
-    return true;
-  }
-
   /**
    * Sends `g`. With `more`, the host may answer with TFCALLs to start instead of replies
    * (then true: the calls stay sent, their replies come with a later flush). Otherwise the
    * answer holds the replies of every call sent so far, in order.
    */
-  function flush(g: Waiting[], more: boolean): boolean {
+  function flush(g: Gathering, more: boolean): boolean {
     gathering = null;
-    if (!more && sent.length === 0 && g.length === 1) {
-      const only = g[0];
+    if (!more && sent.length === 0 && g.length === SLOT) {
       try {
-        only.reply = direct(only.args);
-        only.status = FLAT_OK;
+        g[4] = direct(g[0] as boolean, g[1] as boolean, g[2] as string, g[3] as CallArgs);
+        g[3] = FLAT_OK;
       } catch (e) {
-        only.reply = e instanceof Error ? e.message : String(e);
+        g[3] = FLAT_ERROR;
+        g[4] = e instanceof Error ? e.message : String(e);
       }
       return false;
     }
@@ -212,9 +222,12 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
     // its arguments. Stored by index: QuickJS's push is a generic method call, several times slower.
     const flat: unknown[] = [];
     let f = 0;
-    for (let i = 0; i < g.length; i++) {
-      const args = g[i].args;
-      flat[f++] = args.length - 2;
+    for (let i = 0; i < g.length; i += SLOT) {
+      const args = g[i + 3] as CallArgs;
+      flat[f++] = args.length + 1;
+      flat[f++] = g[i];
+      flat[f++] = g[i + 1];
+      flat[f++] = g[i + 2];
       for (let j = 0; j < args.length; j++) flat[f++] = args[j];
     }
     const waiting = sent;
@@ -226,7 +239,11 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
     } catch (e) {
       const text = e instanceof Error ? e.message : String(e);
       sent = [];
-      for (const w of waiting) for (const x of w) x.reply = text;
+      for (const w of waiting)
+        for (let i = 0; i < w.length; i += SLOT) {
+          w[i + 3] = FLAT_ERROR;
+          w[i + 4] = text;
+        }
       return false;
     }
     if (answer[0] === CALLS_MORE) {
@@ -238,9 +255,15 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
     sent = [];
     let r = 1;
     for (const w of waiting) {
-      for (let i = 0; i < w.length && r + 1 < answer.length; i++, r += 2) {
-        w[i].status = answer[r] as number;
-        w[i].reply = answer[r + 1] as Tagged;
+      for (let i = 0; i < w.length; i += SLOT) {
+        if (r + 1 < answer.length) {
+          w[i + 3] = answer[r];
+          w[i + 4] = answer[r + 1];
+        } else {
+          w[i + 3] = FLAT_ERROR;
+          w[i + 4] = "no reply from the host";
+        }
+        r += 2;
       }
     }
     return false;
@@ -251,10 +274,22 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
    * replies of all sent calls as the answer, or, while the host has more TFCALLs for this
    * entry, without waiting, and starts those on top.
    */
-  function serve(g: Waiting[]): void {
+  function serve(g: Gathering): void {
     let current = g;
     for (;;) {
-      while (gathering === current && mayNest()) runItem(next++);
+      // Items start on top while the next one may: none of its slots is held (see above). Inline,
+      // as a loop of its own: each function call costs in QuickJS, and this runs for every item.
+      while (gathering === current) {
+        if (next >= starts.length || depth >= MAX_NESTED || keyless > 0 || blockBodies > 0) break;
+        const at = slotsAt[next];
+        const n = calls[at] as number;
+        if (n === 0) break;
+        let free = true;
+        for (let i = 1; i <= n; i++) if (held[calls[at + i] as number] !== 0) free = false;
+        // The clock last: it is a call out of the interpreter.
+        if (!free || Date.now() - startedAt >= budgetMs) break;
+        runItem(next++);
+      }
       // An item on top took the gathering over and flushed it.
       if (gathering !== current) return;
       if (!flush(current, mayRefill())) return;
@@ -264,13 +299,25 @@ export function runBatch(calls: BatchCalls, run: RunCall, budgetMs: number, refi
   }
 
   /** A sync `client.call` of the item on top of the stack; its reply converted (`raw`: callRaw). */
-  function call(args: CallArgs, raw: boolean): unknown {
+  function call(noWrites: boolean, raw: boolean, cmd: string, args: CallArgs): unknown {
     const g = gathering;
-    if (g === null) return fromReply(direct(args), raw);
-    const waiting: Waiting = { args, status: FLAT_ERROR, reply: "no reply from the host" };
-    g[g.length] = waiting;
+    if (g === null) return fromReply(direct(noWrites, raw, cmd, args), raw);
+    const at = g.length;
+    g[at] = noWrites;
+    g[at + 1] = raw;
+    g[at + 2] = cmd;
+    g[at + 3] = args;
+    g[at + 4] = null;
     serve(g);
-    return valueOf(waiting, raw);
+    const status = g[at + 3];
+    if (status === FLAT_INTEGER) {
+      const digits = g[at + 4] as string;
+      const value = BigInt(digits);
+      lastInteger = value;
+      lastDigits = digits;
+      return value;
+    }
+    return valueOf(status as number, g[at + 4] as Tagged, raw);
   }
 
   index(0);

@@ -6,7 +6,7 @@
 import { host } from "../core/host.js";
 import { CALL_IN, type Tagged } from "../entry.js";
 import { callGoesOut, tick } from "./async-batch.js";
-import { aloneOnStack, syncCall, syncCallIn, type CallArgs } from "./batch.js";
+import { aloneOnStack, running, syncCall, syncCallIn, type CallArgs } from "./batch.js";
 import { fromReply, toArg } from "./convert.js";
 
 /** What a client may do, fixed by what it was handed to. */
@@ -28,15 +28,24 @@ function command(cmd: unknown, args: unknown[]): Tagged[] {
   return [String(cmd), ...args.map(toArg)];
 }
 
+/** A sync call's command name, checked. */
+function commandName(cmd: unknown): string {
+  if (typeof cmd === "string") return cmd;
+  if (!(cmd instanceof String)) throw new Error("Value is not string");
+  return String(cmd);
+}
+
 /**
- * A sync call's arguments as the host takes them, built without spreads or push (QuickJS is
- * slow at both: a generic method call each).
+ * A sync call's arguments as the host takes them: the call's own rest list, each argument
+ * toArg'd in place (a string, the common case, as it is). No second list: QuickJS makes each
+ * list about as slowly as a dozen plain operations.
  */
-function syncArgs(noWrites: boolean, raw: boolean, cmd: unknown, args: unknown[]): CallArgs {
-  if (typeof cmd !== "string" && !(cmd instanceof String)) throw new Error("Value is not string");
-  const out: CallArgs = [noWrites, raw, typeof cmd === "string" ? cmd : String(cmd)];
-  for (let i = 0; i < args.length; i++) out[3 + i] = toArg(args[i]);
-  return out;
+function syncArgs(args: unknown[]): CallArgs {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (typeof a !== "string") args[i] = toArg(a);
+  }
+  return args as CallArgs;
 }
 
 /** What both clients offer: calls that may block Redis-side, and whether blocking is allowed. */
@@ -62,7 +71,8 @@ class BaseClient {
  */
 export class SyncClient {
   private readonly mode: ClientMode;
-  private valid: boolean;
+  /** False once the invocation left the locked section (main.ts sets it: a method call costs in QuickJS). */
+  valid: boolean;
 
   constructor(mode: ClientMode) {
     // Set here rather than as field initializers: QuickJS runs those as one more function call.
@@ -93,16 +103,27 @@ export class SyncClient {
 
   call(cmd: unknown, ...args: unknown[]): unknown {
     if (!this.valid) this.check();
-    const db = this.mode.db;
-    const callArgs = syncArgs(this.mode.noWrites, false, cmd, args);
-    return db === undefined ? syncCall(callArgs, false) : syncCallIn(db, callArgs, false);
+    const mode = this.mode;
+    // The common case inline (strings, a batch running): each call into a function costs in QuickJS.
+    const name = typeof cmd === "string" ? cmd : commandName(cmd);
+    for (let i = 0; i < args.length; i++) if (typeof args[i] !== "string") args[i] = toArg(args[i]);
+    const db = mode.db;
+    if (db !== undefined) return syncCallIn(db, mode.noWrites, false, name, args as CallArgs);
+    const batch = running;
+    return batch !== null
+      ? batch(mode.noWrites, false, name, args as CallArgs)
+      : syncCall(mode.noWrites, false, name, args as CallArgs);
   }
 
   callRaw(cmd: unknown, ...args: unknown[]): unknown {
     if (!this.valid) this.check();
-    const db = this.mode.db;
-    const callArgs = syncArgs(this.mode.noWrites, true, cmd, args);
-    return db === undefined ? syncCall(callArgs, true) : syncCallIn(db, callArgs, true);
+    const mode = this.mode;
+    const name = commandName(cmd);
+    const callArgs = syncArgs(args);
+    const db = mode.db;
+    return db === undefined
+      ? syncCall(mode.noWrites, true, name, callArgs)
+      : syncCallIn(db, mode.noWrites, true, name, callArgs);
   }
 
   executeAsync(fn: unknown): Promise<unknown> {

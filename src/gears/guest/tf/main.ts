@@ -23,9 +23,10 @@ import {
   keyspaceTriggers,
   streamTriggers,
   type Fn,
+  type FunctionDef,
 } from "./api.js";
 import { runConcurrently, tick, type StartAsync } from "./async-batch.js";
-import { runBatch, type RunCall } from "./batch.js";
+import { lastDigits, lastInteger, runBatch, type RunCall } from "./batch.js";
 import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
 import { bytesToBuffer, fromReply, toReply } from "./convert.js";
 
@@ -193,6 +194,8 @@ const entry: TfEntry = {
   callFunctions(calls: BatchCalls, budgetMs: number): FlatPairs | Promise<FlatPairs> {
     const flat: FlatPairs = [];
     let later: Promise<void>[] | null = null;
+    let lastName = "";
+    let lastDef: FunctionDef | undefined;
     // callFunction's work, writing the outcome straight into `flat`.
     const run: RunCall = (list, at, i) => {
       // Its pair first: the calls started on top of it end before it does. Items start in
@@ -200,10 +203,16 @@ const entry: TfEntry = {
       flat[2 * i] = FLAT_ERROR;
       flat[2 * i + 1] = "";
       const name = list[at] as string;
-      const def = functions.get(name);
-      if (def === undefined) {
-        flat[2 * i + 1] = `Unknown function ${name}`;
-        return;
+      // A batch's calls are mostly of one function: its lookup is kept.
+      let def = lastDef;
+      if (name !== lastName || def === undefined) {
+        def = functions.get(name);
+        if (def === undefined) {
+          flat[2 * i + 1] = `Unknown function ${name}`;
+          return;
+        }
+        lastName = name;
+        lastDef = def;
       }
       const n = list[at + 1] as number;
       const first = list[at + 2];
@@ -231,14 +240,16 @@ const entry: TfEntry = {
         flat[2 * i + 1] = errorText(e);
         return;
       } finally {
-        if (sync) (client as SyncClient).invalidate();
+        if (sync) (client as SyncClient).valid = false;
       }
-      if (isThenable(out)) {
+      // The common results first: a BigInt (an integer reply passed on) or a string.
+      if (typeof out === "bigint") {
+        flat[2 * i] = FLAT_INTEGER;
+        flat[2 * i + 1] = out === lastInteger ? lastDigits : out.toString();
+      } else if (isThenable(out)) {
         const settled = Promise.resolve(settle(out, false)).then((o) => putOutcome(flat, i, o));
         (later ??= []).push(settled);
-        return;
-      }
-      putResult(flat, i, out);
+      } else putResult(flat, i, out);
     };
     const started = runBatch(calls, run, budgetMs);
     flat.length = 2 * started;
