@@ -55,6 +55,19 @@ async function stepsOn(port: number): Promise<string[]> {
     seen.push(counts(await fieldsOf(observer, "queuing")));
     await queuing.call("EXEC");
     seen.push(counts(await fieldsOf(observer, "queuing")));
+    // Redis counts no command after one it refused (queueMultiCommand): an unknown command,
+    // a wrong arity.
+    await queuing.call("MULTI");
+    await queuing.call("SET", "{k}a", "1");
+    await queuing.call("NOSUCHCMD").catch(() => null);
+    await queuing.call("SET", "{k}b", "1");
+    seen.push(counts(await fieldsOf(observer, "queuing")));
+    await queuing.call("DISCARD");
+    await queuing.call("MULTI");
+    await queuing.call("GET", "{k}a", "{k}b").catch(() => null);
+    await queuing.call("SET", "{k}c", "1");
+    seen.push(counts(await fieldsOf(observer, "queuing")));
+    await queuing.call("DISCARD");
     return seen;
   } finally {
     for (const c of open) c.close();

@@ -127,13 +127,39 @@ describe("FLUSHALL, DBSIZE, KEYS... inside MULTI in front of a 3-master cluster"
     }
   });
 
-  it("WAIT in a transaction answers at once, as on one server, not blocking on the other masters", async () => {
+  it("WAIT in a transaction answers at once, as on one server, and blocks no other client", async () => {
     const started = Date.now();
-    expect(await io.multi().set("{t}w", "1").call("WAIT", "1", "3000").exec()).to.deep.equal([
+    // Timeout 0: for ever, were it run alone on a master without replicas.
+    expect(await io.multi().set("{t}w", "1").call("WAIT", "1", "0").exec()).to.deep.equal([
       [null, "OK"],
       [null, 0],
     ]);
     expect(Date.now() - started).to.be.below(1000);
+    const other = new Redis({ port: proxy.port });
+    try {
+      expect(await other.dbsize()).to.equal(spread.length + 1);
+      for (const key of spread) expect(await other.get(key)).to.equal("v");
+    } finally {
+      other.disconnect();
+    }
+  });
+
+  it("after a TFCALL in the transaction (run by the proxy after EXEC), DBSIZE and FLUSHALL too", async () => {
+    await io.call(
+      "TFUNCTION",
+      "LOAD",
+      "REPLACE",
+      tfLibrary("txtail", "redis.registerFunction('f', () => 1);"),
+    );
+    try {
+      const replies = (await io.multi().call("TFCALL", "txtail.f", "0").dbsize().flushall().exec())!.map(
+        ([, v]) => v,
+      );
+      expect(replies).to.deep.equal([1, spread.length, "OK"]);
+      expect(await keysOnMasters()).to.deep.equal([]);
+    } finally {
+      await deleteLibraries(io);
+    }
   });
 
   it("a transaction that EXEC aborts (a WATCHed key changed) runs nothing on the other masters", async () => {
@@ -187,5 +213,10 @@ describe("KEYS, DBSIZE and RANDOMKEY inside MULTI in front of one server: the pr
       ([, v]) => v,
     );
     expect(other).to.deep.equal(["OK", "OK", 1, ["five"], "OK"]);
+    // Behind a TFCALL, which the proxy runs after EXEC, as before it.
+    const tail = (await io.multi().call("TFCALL", "multikeys.f", "0").dbsize().keys("*").exec())!.map(
+      ([, v]) => v,
+    );
+    expect(tail).to.deep.equal([1, 1, ["mine"]]);
   });
 });

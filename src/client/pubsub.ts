@@ -22,13 +22,18 @@ const DRAIN_TEXT = `gears-proxy:drained:${randomBytes(8).toString("hex")}`;
 const DRAIN_PING = encodeCommand(["PING", DRAIN_TEXT]);
 /** How a subscribed RESP2 connection answers `PING <text>`: the array of "pong" and the text. */
 const pongOf = (text: string): Buffer => encodeValue([Buffer.from("pong"), Buffer.from(text)]);
-const DRAIN_PONG = pongOf(DRAIN_TEXT);
-const REFUSAL_PONG = pongOf(REFUSAL_TEXT);
+/**
+ * A marker's pongs: as a subscribed connection answers it, and as one that has left subscriber
+ * mode does (a shard's link after its last SUNSUBSCRIBE, while the client has other subscriptions).
+ */
+const pongsOf = (text: string): Buffer[] => [pongOf(text), encodeValue(Buffer.from(text))];
+const DRAIN_PONGS = pongsOf(DRAIN_TEXT);
+const REFUSAL_PONGS = pongsOf(REFUSAL_TEXT);
 /** An unsubscribe's marker: its pong says the command's confirmations have all come. */
 const SETTLED_TEXT = `gears-proxy:settled:${randomBytes(8).toString("hex")}`;
 const SETTLED_PING = encodeCommand(["PING", SETTLED_TEXT]);
 /** As a connection still subscribed answers it (RESP2), and as one that left subscriber mode does. */
-const SETTLED_PONGS = [pongOf(SETTLED_TEXT), encodeValue(Buffer.from(SETTLED_TEXT))];
+const SETTLED_PONGS = pongsOf(SETTLED_TEXT);
 /**
  * RESP2 in front of a cluster: a PING behind each command on a subscription connection marks
  * where its frames end (see Link.ordered). Its pong as a subscribed connection answers it, or
@@ -36,7 +41,7 @@ const SETTLED_PONGS = [pongOf(SETTLED_TEXT), encodeValue(Buffer.from(SETTLED_TEX
  */
 const ORDER_TEXT = `gears-proxy:order:${randomBytes(8).toString("hex")}`;
 const ORDER_PING = encodeCommand(["PING", ORDER_TEXT]);
-const ORDER_PONGS = [pongOf(ORDER_TEXT), encodeValue(Buffer.from(ORDER_TEXT))];
+const ORDER_PONGS = pongsOf(ORDER_TEXT);
 /** Switches a subscribed RESP3 connection to RESP2, as its client did (see follow). */
 const HELLO2 = encodeCommand(["HELLO", "2"]);
 const IGNORED = { reply() {}, fail() {} };
@@ -106,8 +111,13 @@ class Link {
 export class Subscriber {
   /** The connection of SUBSCRIBE and PSUBSCRIBE (and, in front of one server, SSUBSCRIBE). */
   private main: Link | null = null;
-  /** Channels and patterns on `main`, as the server last counted them. */
+  /**
+   * Subscriptions on `main`, as the server last counted them: channels and patterns, and in
+   * front of one server shard channels too, which its confirmations count apart.
+   */
   private mainCount = 0;
+  /** Of mainCount, the shard channels (one server's SSUBSCRIBE confirmations count those alone). */
+  private mainShardCount = 0;
   /** In a cluster: a shard's link by node id, and each shard channel's node, as sent. */
   private readonly shards = new Map<string, Link>();
   private readonly shardChannels = new Map<string, string>();
@@ -181,6 +191,7 @@ export class Subscriber {
     if (this.main !== null) this.dropLink(this.main);
     this.main = this.attach(lease, false);
     this.mainCount = count;
+    this.mainShardCount = 0;
     this.count = count + this.shardChannels.size;
     this.host.markLane("subscribed");
   }
@@ -371,7 +382,10 @@ export class Subscriber {
     const confirmation = confirmationOf(frame);
     if (confirmation !== null) {
       this.names.follow(confirmation);
-      const total = confirmation[2];
+      const [kind, , count] = confirmation;
+      const shard = kind === "ssubscribe" || kind === "sunsubscribe";
+      const total = shard ? this.mainCount - this.mainShardCount + count : this.mainShardCount + count;
+      if (shard) this.mainShardCount = count;
       this.mainCount = total;
       this.count = total + this.shardChannels.size;
     } else if (this.notified && isProxyKeyNotification(frame)) return;
@@ -443,7 +457,7 @@ export class Subscriber {
       }
       return;
     }
-    if (link.drains.length > 0 && frame.equals(DRAIN_PONG)) {
+    if (link.drains.length > 0 && DRAIN_PONGS.some((pong) => pong.equals(frame))) {
       link.drains.shift()!.reply(EMPTY);
       return;
     }
@@ -454,7 +468,7 @@ export class Subscriber {
       slot.reply(Buffer.concat(frames));
       return;
     }
-    if (link.refusals.length > 0 && frame.equals(REFUSAL_PONG)) frame = link.refusals.shift()!;
+    if (link.refusals.length > 0 && REFUSAL_PONGS.some((pong) => pong.equals(frame))) frame = link.refusals.shift()!;
     if (link.marks > 0 || link.ordered.length > 0) link.marked.push(frame);
     else if (frame[0] === 62 /* > */ && this.host.proto === 2) {
       // Sent before the server had the HELLO 2 that follow() sent: as the server sends it now.
@@ -483,6 +497,7 @@ export class Subscriber {
     if (link === this.main) {
       this.main = null;
       this.mainCount = 0;
+      this.mainShardCount = 0;
       this.notices.close();
     } else {
       this.shards.delete(link.lease.nodeId);

@@ -44,6 +44,9 @@ export interface TransactionHost {
   subscribedBy(lease: Lease, count: number, frames: readonly Buffer[]): void;
 }
 
+/** A command of a transaction that the other masters were to complete, its master gone by then. */
+const BESIDE_LOST = "ERR the transaction's master changed before the other masters ran this command";
+
 /** Commands Redis answers at once inside MULTI, with an error, without queuing them. */
 const NOT_QUEUED = new Set(["multi", "watch"]);
 
@@ -106,10 +109,14 @@ export class Transaction {
     return this.watching || this.watchLost ? this.watchedKeys.size : 0;
   }
 
-  /** Commands queued since MULTI (CLIENT LIST's `multi`), those the proxy runs after EXEC included. */
+  /** Commands queued since MULTI, as Redis counts them (CLIENT LIST's `multi`; countQueued). */
   get queuedCommands(): number {
-    return this.queued + (this.tfTail?.commands.length ?? 0);
+    return this.shownQueued;
   }
+
+  private shownQueued = 0;
+  /** The server refused a command queued since MULTI: Redis counts none after it. */
+  private serverRefused = false;
 
   /** True while the client holds a dedicated connection or is inside MULTI. */
   get active(): boolean {
@@ -180,6 +187,8 @@ export class Transaction {
     this.hiddenSelect = false;
     this.sinceMulti = 0;
     this.queued = 0;
+    this.shownQueued = 0;
+    this.serverRefused = false;
     this.selects = [];
     settleWrites(null, this.writes, this.host.proto);
     this.writes = [];
@@ -348,6 +357,7 @@ export class Transaction {
     }
     if (tf) {
       (this.tfTail ??= new TfMultiTail()).push(request.argv);
+      if (!this.dirty) this.shownQueued++;
       this.host.upstreamSlot().reply(QUEUED);
       return;
     }
@@ -361,11 +371,20 @@ export class Transaction {
       }
     }
     if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS) this.replay.push(payload);
-    this.conn!.send(
-      payload,
-      this.host.upstreamSlot(),
-      dbFor(name, this.host.db, this.host.ctx.router.monitors > 0),
-    );
+    const slot = this.host.upstreamSlot();
+    const multi = this.multis;
+    slot.onReply = (data) => this.countQueued(data, multi);
+    this.conn!.send(payload, slot, dbFor(name, this.host.db, this.host.ctx.router.monitors > 0));
+  }
+
+  /**
+   * CLIENT LIST's `multi`: the commands the server queued, as Redis counts them (multi.c
+   * queueMultiCommand): none more once one was refused, by the server or here (`dirty`).
+   */
+  private countQueued(reply: Buffer, multi: number): void {
+    if (multi !== this.multis || !this.inMulti) return;
+    if (isErrorReply(reply)) this.serverRefused = true;
+    else if (!this.dirty && !this.serverRefused && QUEUED.equals(reply)) this.shownQueued++;
   }
 
   /** Moves an open transaction to the node of `slot`, replaying what it queued so far. */
@@ -493,6 +512,10 @@ export class Transaction {
             : tail.run(h, {
                 tfCall: (argv) => this.host.tfCallInMulti(argv),
                 send,
+                complete: (argv, reply) =>
+                  this.host.ctx.router.completedAfterExec(argv[0].toString().toLowerCase(), argv, this.host.db)
+                    ? this.completed(reply, argv, nodeId)
+                    : reply,
                 // The write journal follows these writes as it follows forwarded ones (router.tap).
                 watch: (name, argv) => this.host.ctx.router.queuedTap?.(name, argv, this.host.db) ?? null,
               }),
@@ -524,12 +547,20 @@ export class Transaction {
     for (let i = 0; i < count; i++) elements.push(scanner.next()!);
     for (const [at, argv] of spanning) {
       const part = elements[at];
-      if (part === undefined || isErrorReply(part)) continue;
-      const merged = new RawSink(true);
-      if (this.host.ctx.router.runBeside(nodeId, part, argv, merged, this.host.id, this.host.proto))
-        elements[at] = await merged.promise;
+      if (part !== undefined) elements[at] = await this.completed(part, argv, nodeId);
     }
     return Buffer.concat([exec.subarray(0, eol + 1), ...elements]);
+  }
+
+  /** One command's reply `part` from the master `nodeId`, completed as runBeside says. */
+  private completed(part: Buffer, argv: Buffer[], nodeId: string): Promise<Buffer> | Buffer {
+    if (isErrorReply(part)) return part;
+    const merged = new RawSink(true);
+    // The master is no longer one (a failover since): the others' part cannot be told apart
+    // from a repeat on the new master, so the command says it did not complete.
+    if (!this.host.ctx.router.runBeside(nodeId, part, argv, merged, this.host.id, this.host.proto))
+      return encodeError(BESIDE_LOST);
+    return merged.promise;
   }
 
   /**

@@ -15,7 +15,7 @@ import { ClusterRuns, SPLIT_RUN } from "./cluster-runs.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
 import { isControl, mayBeControl, sendControl } from "./control.js";
-import { dbFor, isClassicPubSub, PUBSUB_HOME_SLOT } from "./command-kinds.js";
+import { dbFor, isBlocking, isClassicPubSub, PUBSUB_HOME_SLOT } from "./command-kinds.js";
 import { readKeys, writtenKeys } from "./tracked-keys.js";
 /** What the upstream says it is: client/ (HELLO) reads it through here, as it reaches Redis only through routing/. */
 export type { ServerIdentity } from "../upstream/connect.js";
@@ -220,8 +220,9 @@ export class Router implements ClusterSender {
    * completes their element.
    */
   completedAfterExec(name: string, argv: readonly Buffer[], db: number): boolean {
-    // WAIT in a transaction answers at once, where it ran; run alone elsewhere it would block.
-    if (this.cluster !== null) return name !== "wait" && spansMasters(name, argv);
+    // A blocking command (WAIT) in a transaction answers at once where it ran; run alone on
+    // the other masters' shared connections it would block them.
+    if (this.cluster !== null) return !isBlocking(name, argv) && spansMasters(name, argv);
     return db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name);
   }
 

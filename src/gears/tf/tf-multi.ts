@@ -21,6 +21,8 @@ export const QUEUED = Buffer.from("+QUEUED\r\n");
 export interface TailRunner {
   tfCall(argv: Buffer[]): Promise<Buffer>;
   send(payload: Buffer): Promise<Buffer>;
+  /** A command's reply as outside a transaction (FLUSHALL or DBSIZE in a cluster: the other masters' part added). */
+  complete(argv: Buffer[], reply: Buffer): Promise<Buffer> | Buffer;
   /**
    * The write journal's view of a command about to be sent (the router's queuedTap): what to
    * tell it of the command's reply (null for an error), or null when it does not follow it.
@@ -70,7 +72,7 @@ export class TfMultiTail {
         replies.push(runner.tfCall(argv));
         await replies[replies.length - 1];
       } else {
-        replies.push(sendWatched(argv, runner));
+        replies.push(sendWatched(argv, runner).then((reply) => runner.complete(argv, reply)));
       }
     }
     const parts = await Promise.all(replies);
