@@ -468,7 +468,8 @@ export class Subscriber {
       slot.reply(Buffer.concat(frames));
       return;
     }
-    if (link.refusals.length > 0 && REFUSAL_PONGS.some((pong) => pong.equals(frame))) frame = link.refusals.shift()!;
+    if (link.refusals.length > 0 && REFUSAL_PONGS.some((pong) => pong.equals(frame)))
+      frame = link.refusals.shift()!;
     if (link.marks > 0 || link.ordered.length > 0) link.marked.push(frame);
     else if (frame[0] === 62 /* > */ && this.host.proto === 2) {
       // Sent before the server had the HELLO 2 that follow() sent: as the server sends it now.

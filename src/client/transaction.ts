@@ -513,7 +513,11 @@ export class Transaction {
                 tfCall: (argv) => this.host.tfCallInMulti(argv),
                 send,
                 complete: (argv, reply) =>
-                  this.host.ctx.router.completedAfterExec(argv[0].toString().toLowerCase(), argv, this.host.db)
+                  this.host.ctx.router.completedAfterExec(
+                    argv[0].toString().toLowerCase(),
+                    argv,
+                    this.host.db,
+                  )
                     ? this.completed(reply, argv, nodeId)
                     : reply,
                 // The write journal follows these writes as it follows forwarded ones (router.tap).

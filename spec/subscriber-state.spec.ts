@@ -1,7 +1,10 @@
 import { expect } from "chai";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { Backend } from "./support/backend.js";
-import { RawClient, toText } from "./support/raw-client.js";
+import { RawClient, ReplyError, toText, type Reply, type Value } from "./support/raw-client.js";
+
+const textOf = (reply: Reply): Value =>
+  reply instanceof ReplyError ? `ERROR: ${reply.message}` : toText(reply);
 
 // CLIENT LIST's sub, psub and ssub count a client's channels, patterns and shard channels
 // apart, and multi the commands it queued since MULTI: monitoring tools read them. Through the
@@ -74,8 +77,37 @@ async function stepsOn(port: number): Promise<string[]> {
   }
 }
 
+// A RESP2 client subscribed to channels, patterns and shard channels at once, which then leaves
+// its shard channels, stays in subscriber mode (one server's SSUBSCRIBE confirmations count
+// shard channels alone, the others channels and patterns), and RESET still answers (the
+// shard's connection has left subscriber mode and answers the proxy's marker PING as a plain
+// PING).
+
+/** Every reply a raw RESP2 client gets for the steps, each step's replies read before the next. */
+async function mixedStepsOn(port: number): Promise<Value[]> {
+  const c = await RawClient.connect(port);
+  try {
+    const replies: Value[] = [];
+    const step = async (frames: number, ...args: string[]): Promise<void> => {
+      c.send(...args);
+      for (let i = 0; i < frames; i++) replies.push(textOf(await c.next(3000)));
+    };
+    await step(2, "SUBSCRIBE", "c1", "c2");
+    await step(1, "PSUBSCRIBE", "p*");
+    await step(1, "SSUBSCRIBE", "s1");
+    await step(1, "SUNSUBSCRIBE", "s1");
+    await step(1, "GET", "a");
+    await step(1, "PING");
+    await step(1, "RESET");
+    await step(1, "GET", "a");
+    return replies;
+  } finally {
+    c.close();
+  }
+}
+
 for (const mode of ["standalone", "cluster"] as const) {
-  describe(`CLIENT LIST's sub, psub, ssub and multi through the proxy, ${Backend.label(mode)}`, function () {
+  describe(`a client's subscriptions and transaction through the proxy, against one redis-server, ${Backend.label(mode)}`, function () {
     this.timeout(60_000);
     let backend: Backend;
     let proxy: RunningProxy;
@@ -100,6 +132,12 @@ for (const mode of ["standalone", "cluster"] as const) {
       // The proxy counts a confirmation before it relays it: the client has seen each one.
       const through = await stepsOn(proxy.port);
       expect(through).to.deep.equal(direct);
+    });
+    it("leaving the shard channels keeps subscriber mode, and RESET answers, as one redis-server", async () => {
+      const direct = await mixedStepsOn(single.port);
+      expect(direct[5]).to.match(/^ERROR: ERR Can't execute 'get'/);
+      expect(direct[7]).to.equal("RESET");
+      expect(await mixedStepsOn(proxy.port)).to.deep.equal(direct);
     });
   });
 }
