@@ -23,11 +23,17 @@ export class GearsConfig {
     // queue past it, counted (numQueuedOverBound, num_queued_over_bound) and logged.
     ["MaxQueuedEvents", DEFAULT_MAX_QUEUED_EVENTS],
   ]);
-  /** Built-ins fixed at start. */
+  /** Built-ins fixed at start: set by --gears-config, refused by RG.CONFIGSET once started. */
   private readonly readOnly = new Set(["ExecutionThreads"]);
+  private started = false;
   private readonly extra = new Map<string, string>();
   /** T&F's settings (CONFIG GET/SET redisgears_2.*); `--gears-config redisgears_2.<name>=v` sets them at start. */
   readonly tf = new TfConfig();
+
+  /** The proxy serves clients from now on: the start-only settings are fixed. */
+  markStarted(): void {
+    this.started = true;
+  }
 
   number(name: string): number {
     return this.numbers.get(name)!;
@@ -56,7 +62,8 @@ export class GearsConfig {
         return error === null ? encodeValue("OK") : encodeError(error);
       }
       if (this.numbers.has(name)) {
-        if (this.readOnly.has(name)) return encodeError(`Config value ${name} not modifiable at runtime`);
+        if (this.started && this.readOnly.has(name))
+          return encodeError(`Config value ${name} not modifiable at runtime`);
         const n = Number(value);
         if (!/^\d+$/.test(value) || !Number.isSafeInteger(n))
           return encodeError(`Failed setting config value ${name}`);

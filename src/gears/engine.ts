@@ -687,6 +687,8 @@ export class GearsEngine {
    * store lost (a FLUSHALL through the proxy or straight to a shard) are written back.
    */
   async restore(): Promise<void> {
+    // Called once the start-time settings (--gears-config) are applied, before any client.
+    this.config.markStarted();
     await this.tf.restore();
     await this.serialized(() => this.syncFromStore());
     if (this.storedJson.size > 0) {
