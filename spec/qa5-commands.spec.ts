@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import { execFile } from "node:child_process";
 import { createClient } from "redis";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 
@@ -45,5 +46,47 @@ describe("qa5: arguments of the gears commands", () => {
     const verbose = (await client.sendCommand(["RG.DUMPSESSIONS", "DEAD", "VERBOSE"])) as unknown[][];
     expect(verbose.map((s) => s[1])).to.deep.equal(["s1"]);
     expect((verbose[0][5] as unknown[][])[0].slice(2)).to.deep.equal(["reader", "CommandReader"]);
+  });
+});
+
+describe("qa5: register() options that cannot work are refused (redis-cli)", () => {
+  let redis: RedisNode;
+  let proxy: RunningProxy;
+
+  before(async () => {
+    redis = await startRedis();
+    proxy = await startProxy([{ port: redis.port }]);
+  });
+
+  after(async () => {
+    await proxy.close();
+    await redis.stop();
+  });
+
+  const cli = (...args: string[]): Promise<string> =>
+    new Promise((resolve) =>
+      execFile("redis-cli", ["-p", String(proxy.port), ...args], { timeout: 5000 }, (_err, stdout) =>
+        resolve(stdout.trim()),
+      ),
+    );
+
+  it("answers RedisGears' errors, and registers nothing", async () => {
+    const cases: [string, string][] = [
+      // A string for a list: it registered for every event.
+      ["GB().register('x:*', {eventTypes: 'set'})", "ERR eventTypes argument must be a list"],
+      ["GB().register('x:*', {keyTypes: 'hash'})", "ERR keyTypes argument must be a list"],
+      ["GB().register('x:*', {keyTypes: ['hash', 'bogus']})", "ERR unknown key type"],
+      ["GB('CommandReader').register({})", "ERR no trigger or hook argument was given"],
+      ["GB('CommandReader').register({trigger: 5})", "ERR trigger argument is not string"],
+      [
+        "GB('CommandReader').register({trigger: 't', hook: 'set'})",
+        "ERR trigger argument can not be given with keyprefix or hook",
+      ],
+    ];
+    for (const [script, error] of cases) expect(await cli("RG.EXECUTE", script), script).to.equal(error);
+    expect(await cli("RG.DUMPREGISTRATIONS")).to.equal("");
+    expect(
+      await cli("RG.EXECUTE", "GB().register('x:*', {eventTypes: ['set'], keyTypes: ['string', 'empty']})"),
+    ).to.equal("OK");
   });
 });
