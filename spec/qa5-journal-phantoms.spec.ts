@@ -9,8 +9,8 @@ redis.registerKeySpaceTrigger('log', 'q:', function(client, data){
 
 /**
  * Writes that succeed without a keyspace notification of their own (XACK, XREADGROUP of an
- * existing consumer, a second PFADD of an element, ZPOPMIN of nothing, GETEX without an
- * expiry...). The write journal waited for a notification that never came, then announced
+ * existing consumer, a second PFADD of an element, ZADD of an unchanged score, ZPOPMIN of
+ * nothing, GETEX without an expiry...). The write journal waited for a notification that never came, then announced
  * each at its settle as a lost one: a gears registration and a T&F keyspace trigger ran on
  * events Redis never emitted ("xack", "xreadgroup"...), and a later write's notification was
  * taken for the earlier write's, so that write's event came twice.
@@ -41,6 +41,9 @@ describe("qa5: writes that notify nothing give no event", () => {
       await client.set("q:g", "v");
       expect(await client.call("GETEX", "q:g")).to.equal("v");
       expect(await client.setrange("q:g", 0, "")).to.equal(1);
+      await client.zadd("q:z", 1, "a");
+      expect(await client.zadd("q:z", 1, "a")).to.equal(0);
+      expect(await client.zadd("q:z", 2, "a")).to.equal(0);
       await client.pexpire("q:g", 100_000);
       await client.persist("q:g");
       // Past the journal's settle (a barrier each second).
@@ -54,6 +57,8 @@ describe("qa5: writes that notify nothing give no event", () => {
         "set q:g",
         "expire q:g",
         "persist q:g",
+        "zadd q:z",
+        "zadd q:z",
       ].sort();
       expect((await client.lrange("rg-log", 0, -1)).sort()).to.deep.equal(expected);
       expect((await client.lrange("tf-log", 0, -1)).sort()).to.deep.equal(expected);

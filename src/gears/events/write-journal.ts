@@ -101,6 +101,12 @@ const ZERO_IS_NOTHING = new Set([
   "copy",
   "move",
   "renamenx",
+  // ZADD (GEOADD) answers 0 both when it changed nothing (no notification) and when it only
+  // changed scores ("zadd"): not followed then, so an unchanged one gives no event at the
+  // settle; a changed one's notification comes as from any writer (lost only while a
+  // subscription is down).
+  "zadd",
+  "geoadd",
 ]);
 
 /**
