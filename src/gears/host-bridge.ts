@@ -38,6 +38,15 @@ const NOT_FROM_SCRIPTS = new Set([
   "hello",
   "auth",
   "client",
+  // SYNC/PSYNC turn the connection into a replication link (the RDB then comes as its
+  // "reply"), REPLCONF belongs to that link; READONLY, READWRITE and ASKING change how the
+  // connection's next commands are served.
+  "sync",
+  "psync",
+  "replconf",
+  "readonly",
+  "readwrite",
+  "asking",
   ...SUBSCRIBE_FAMILY,
 ]);
 
