@@ -1,6 +1,12 @@
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { expect } from "chai";
 import { Redis } from "ioredis";
+import { parseArgs } from "../src/cli.js";
 import { startProxy, startRedis } from "./harness/index.js";
+
+const CLI = path.join(fileURLToPath(new URL("../../", import.meta.url)), "dist/src/cli.js");
 
 describe("qa5: gears settings given at start", () => {
   // RedisGears took ExecutionThreads as a module argument only; --gears-config is the proxy's
@@ -29,5 +35,47 @@ describe("qa5: gears settings given at start", () => {
       await proxy.close();
       await redis.stop();
     }
+  });
+});
+
+describe("qa5: --gears-config is checked as the command line is read", () => {
+  // A bad value was found only once an upstream answered: with the upstream down, the proxy
+  // waited for it, then stopped.
+  it("a bad setting stops the proxy at once, before it looks for an upstream, with the setting's error", async () => {
+    const run = (setting: string): Promise<{ code: number | null; stderr: string; ms: number }> =>
+      new Promise((resolve) => {
+        const started = Date.now();
+        execFile(
+          process.execPath,
+          [CLI, "--port", "0", "--upstream", "127.0.0.1:1", "--gears-config", setting],
+          { timeout: 10_000 },
+          (err, _stdout, stderr) =>
+            resolve({
+              code: err === null ? 0 : ((err as { code?: number }).code ?? null),
+              stderr,
+              ms: Date.now() - started,
+            }),
+        );
+      });
+    const cases: [string, string][] = [
+      ["ScriptTimeoutMS=abc", "Failed setting config value ScriptTimeoutMS"],
+      ["redisgears_2.lock-redis-timeout=5", "argument must be between 100 and 1000000000 inclusive"],
+      [
+        "redisgears_2.nosuch=1",
+        "Unknown option or number of arguments for CONFIG SET - 'redisgears_2.nosuch'",
+      ],
+    ];
+    for (const [setting, error] of cases) {
+      const { code, stderr, ms } = await run(setting);
+      expect(code, setting).to.equal(2);
+      expect(stderr, setting).to.contain(`--gears-config: ${setting}: `).and.to.contain(error);
+      expect(ms, setting).to.be.below(5000);
+    }
+    expect(
+      parseArgs(["--gears-config", "ExecutionThreads=2", "--gears-config", "Custom=x"]).gearsConfig,
+    ).to.deep.equal({
+      ExecutionThreads: "2",
+      Custom: "x",
+    });
   });
 });

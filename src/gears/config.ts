@@ -55,6 +55,13 @@ export class GearsConfig {
     return Buffer.concat([Buffer.from(`*${parts.length}\r\n`), ...parts]);
   }
 
+  /** Why setting `name` to `value` at start would fail (RG.CONFIGSET's error text); null when it would not. */
+  settingError(name: string, value: string): string | null {
+    const reply = this.set([[name, value]]).toString();
+    const at = reply.indexOf("\r\n-");
+    return at === -1 ? null : reply.slice(at + 3, reply.indexOf("\r\n", at + 3));
+  }
+
   set(pairs: [string, string][]): Buffer {
     const parts = pairs.map(([name, value]) => {
       if (name.toLowerCase().startsWith(TF_CONFIG_PREFIX)) {
