@@ -77,4 +77,38 @@ describe("qa5: the reader's own reads give no events", () => {
       await redis.stop();
     }
   });
+
+  // T&F's triggers never saw keymiss (the module subscribed to "all", which leaves it out).
+  // With keymiss notifications on for a gears registration, the documentation's fellowship
+  // trigger saw the keymiss of a GET, and the TYPE it then calls on the missing key gave
+  // another keymiss: it ran for ever.
+  it("T&F keyspace triggers get no keymiss, also when a gears registration turned keymiss notifications on", async () => {
+    const redis = await startRedis();
+    const proxy = await startProxy([{ port: redis.port }]);
+    const client = new Redis(proxy.port);
+    try {
+      const library = `#!js api_version=1.0 name=fellowship
+redis.registerKeySpaceTrigger('consumer', 'fellowship:', function(client, data){
+  client.call('rpush', 'trigger-runs', data.event);
+  if (client.call('type', data.key) != 'hash') { return; }
+  client.call('hset', data.key, 'last_updated', client.call('time')[0]);
+});`;
+      expect(await client.call("TFUNCTION", "LOAD", library)).to.equal("OK");
+      expect(
+        await client.call(
+          "RG.EXECUTE",
+          "GB().foreach(x => overrideReply('computed')).register('cache:*', {commands: ['get'], eventTypes: ['keymiss']})",
+        ),
+      ).to.equal("OK");
+      expect(await client.get("fellowship:nobody")).to.equal(null);
+      await client.hset("fellowship:frodo", "name", "Frodo");
+      await client.del("fellowship:frodo");
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(await client.lrange("trigger-runs", 0, -1)).to.deep.equal(["hset", "del"]);
+    } finally {
+      client.disconnect();
+      await proxy.close();
+      await redis.stop();
+    }
+  });
 });
