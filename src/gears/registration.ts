@@ -4,6 +4,7 @@ import type { KeyEvent } from "./events/keyspace-source.js";
 import type { StreamConsumer, StreamOptions } from "./events/stream-consumer.js";
 import type { Execution } from "./execution.js";
 import type { Action } from "./guest-isolate.js";
+import { hookRefusal } from "./host-bridge.js";
 
 /** A keyspace event of a registration's batch (waiting ones are stored compactly, in an EventQueue). */
 export type QueuedKeyEvent = KeyEvent;
@@ -176,6 +177,7 @@ export class Registration {
       if (hasTrigger && (options.hook != null || options.keyprefix != null))
         return "trigger argument can not be given with keyprefix or hook";
       if (!hasTrigger && this.hook === null) return "no trigger or hook argument was given";
+      if (this.hook !== null) return hookRefusal(this.hook);
     }
     return null;
   }
