@@ -2,6 +2,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "chai";
+import { Redis } from "ioredis";
 import { startProxy, startRedis } from "./harness/index.js";
 import { runPython } from "./support/redis-py.js";
 
@@ -53,6 +54,28 @@ describe("qa5: hooks of commands a script may not run (redis-py)", () => {
       expect(output).to.contain("dump 1");
     } finally {
       fs.rmSync(script, { force: true });
+      await proxy.close();
+      await redis.stop();
+    }
+  });
+
+  // KeysReader's `commands` runs them in the proxy's path the same way: SUBSCRIBE there did the same.
+  it("a KeysReader's commands of the same kind are refused too (ioredis)", async () => {
+    const redis = await startRedis();
+    const proxy = await startProxy([{ port: redis.port }]);
+    const client = new Redis(proxy.port);
+    try {
+      for (const command of ["subscribe", "multi", "blpop", "eval"]) {
+        const error = await client
+          .call("RG.EXECUTE", `GB().register('*', {commands: ['get', '${command}']})`)
+          .catch((e: Error) => e.message);
+        expect(error, command).to.equal("ERR Can not hook a command which are not allowed inside a script");
+      }
+      expect(await client.call("RG.EXECUTE", "GB().register('*', {commands: ['get', 'set']})")).to.equal(
+        "OK",
+      );
+    } finally {
+      client.disconnect();
       await proxy.close();
       await redis.stop();
     }

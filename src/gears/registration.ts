@@ -170,6 +170,11 @@ export class Registration {
       if (v !== undefined && v !== null && !Array.isArray(v)) return `${name} argument must be a list`;
     }
     if (this.keyTypes !== null && this.keyTypes.some((t) => !KEY_TYPES.has(t))) return "unknown key type";
+    // `commands` runs each command in the proxy's path, on a shared connection, as a hook does.
+    for (const command of this.commands ?? []) {
+      const refusal = hookRefusal(command);
+      if (refusal !== null) return refusal;
+    }
     if (this.reader === "CommandReader") {
       // RedisGears' texts: a CommandReader registration is either a trigger or a hook.
       const hasTrigger = options.trigger !== undefined && options.trigger !== null;
