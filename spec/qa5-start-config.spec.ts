@@ -78,4 +78,33 @@ describe("qa5: --gears-config is checked as the command line is read", () => {
       Custom: "x",
     });
   });
+
+  // 5000 MB was taken, and then every RG.EXECUTE failed with "WebAssembly.Memory(): Property
+  // 'maximum': value 80000 is above the upper bound 65536"; 3000000000 ms made every step time
+  // out at once (a timer past 2^31-1 ms fires at once).
+  it("RG.CONFIGSET refuses ScriptMemoryLimitMB above 2048 and ScriptTimeoutMS above 1,000,000,000, and scripts still run", async () => {
+    const redis = await startRedis();
+    const proxy = await startProxy([{ port: redis.port }]);
+    const client = new Redis(proxy.port);
+    try {
+      const set = async (name: string, value: string): Promise<string> =>
+        String(((await client.call("RG.CONFIGSET", name, value)) as unknown[])[0]);
+      expect(await set("ScriptMemoryLimitMB", "5000")).to.contain(
+        "Failed setting config value ScriptMemoryLimitMB",
+      );
+      expect(await set("ScriptTimeoutMS", "3000000000")).to.contain(
+        "Failed setting config value ScriptTimeoutMS",
+      );
+      expect(await set("ScriptMemoryLimitMB", "2048")).to.equal("OK");
+      expect(await set("ScriptTimeoutMS", "1000000000")).to.equal("OK");
+      expect(await client.call("RG.EXECUTE", "GB('ShardsIDReader').map(() => 'ran').run()")).to.deep.equal([
+        ["ran"],
+        [],
+      ]);
+    } finally {
+      client.disconnect();
+      await proxy.close();
+      await redis.stop();
+    }
+  });
 });

@@ -2,6 +2,9 @@ import { encodeError, encodeInteger, encodeValue } from "../resp/encode.js";
 import { DEFAULT_MAX_QUEUED_EVENTS } from "./events/event-queue.js";
 import { TF_CONFIG_PREFIX, TfConfig } from "./tf/config.js";
 
+const MAX_SCRIPT_MEMORY_MB = 2048;
+const MAX_SCRIPT_TIMEOUT_MS = 1_000_000_000;
+
 /** RG.CONFIGGET/RG.CONFIGSET: the built-in settings of spec section 5, plus free-form extras. */
 export class GearsConfig {
   private readonly numbers = new Map<string, number>([
@@ -75,8 +78,10 @@ export class GearsConfig {
         if (!/^\d+$/.test(value) || !Number.isSafeInteger(n))
           return encodeError(`Failed setting config value ${name}`);
         if (
-          (name === "ScriptMemoryLimitMB" && n < 16) ||
-          (name === "ScriptTimeoutMS" && n < 1) ||
+          // QuickJS's wasm module declares 2 GB of memory at most: above that no isolate starts.
+          (name === "ScriptMemoryLimitMB" && (n < 16 || n > MAX_SCRIPT_MEMORY_MB)) ||
+          // Its timers (with some slack added) must stay below 2^31-1 ms, past which a timer fires at once.
+          (name === "ScriptTimeoutMS" && (n < 1 || n > MAX_SCRIPT_TIMEOUT_MS)) ||
           (name === "MaxResultsMB" && n < 1) ||
           (name === "EventLeaseMS" && n < 300) ||
           (name === "StreamClaimIdleMS" && n < 100) ||
