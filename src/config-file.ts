@@ -4,6 +4,7 @@
  */
 import fs from "node:fs";
 import { DEFAULT_CONFIG, parseHostPort, parseSize, type HostPort, type ProxyConfig } from "./config.js";
+import { GearsConfig } from "./gears/config.js";
 
 /** A mistake in the command line or the config file; main() prints it and exits with `exitCode`. */
 export class UsageError extends Error {
@@ -408,6 +409,13 @@ function asSettings(value: unknown): Record<string, string> {
     const eq = text.indexOf("=");
     if (eq <= 0) throw new Error(`'${text}' is not Name=Value`);
     settings[text.slice(0, eq)] = text.slice(eq + 1);
+  }
+  // Checked now, as the proxy will apply them, so that a typo stops it before it waits for
+  // an upstream (they were only checked once one answered).
+  const check = new GearsConfig();
+  for (const [name, value] of Object.entries(settings)) {
+    const error = check.settingError(name, value);
+    if (error !== null) throw new Error(`${name}=${value}: ${error}`);
   }
   return settings;
 }

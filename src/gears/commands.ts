@@ -9,6 +9,7 @@ import { keySlot } from "../routing/key-slot.js";
 import { replyValueToResp } from "./json-values.js";
 import { Partitions } from "./partitions.js";
 import type { Registration } from "./registration.js";
+import type { GearsSession } from "./registry.js";
 import { isTfConfig, runTfCommand, TF_COMMANDS } from "./tf/tf-commands.js";
 
 type Handler = (engine: GearsEngine, args: Buffer[], caller: GearsCaller) => Promise<GearsReply> | GearsReply;
@@ -356,23 +357,41 @@ function sessionLanguage(engine: GearsEngine, sessionId: string): string {
   return session === undefined ? "javascript" : languageOf(session.isolate);
 }
 
+/**
+ * RG.DUMPSESSIONS [VERBOSE] [DEAD] [SESSIONS <id> ...], as RedisGears parses it: options in
+ * any order before SESSIONS, which takes the rest; an unknown option is an error, and a named
+ * session that does not exist is answered in its place by a string saying so.
+ */
 function dumpSessions(engine: GearsEngine, args: Buffer[]): Buffer {
-  const words = args.map((a) => a.toString());
-  const verbose = words[0]?.toUpperCase() === "VERBOSE";
-  const at = words.findIndex((w) => w.toUpperCase() === "SESSIONS");
-  const only = at === -1 ? null : new Set(words.slice(at + 1));
-  const sessions = engine.registry.allSessions().filter((s) => only === null || only.has(s.id));
+  let verbose = false;
+  let only: string[] | null = null;
+  for (let i = 0; i < args.length; i++) {
+    const word = args[i].toString();
+    const option = word.toUpperCase();
+    if (option === "VERBOSE") verbose = true;
+    else if (option === "DEAD")
+      continue; // a replaced session ends with its registrations: none is dead
+    else if (option === "SESSIONS") {
+      only = args.slice(i + 1).map(String);
+      break;
+    } else return encodeError(`Unknown option ${word}`);
+  }
+  const entry = (s: GearsSession): RespValue[] => [
+    b("ID"),
+    b(s.id),
+    b("sessionDescription"),
+    s.description === null ? null : b(s.description),
+    b("registrations"),
+    s.registrations.map((r) => (verbose ? [b("id"), b(r.id), b("reader"), b(r.reader)] : b(r.id))),
+    b("language"),
+    b(languageOf(s.isolate)),
+  ];
+  if (only === null) return encodeValue(engine.registry.allSessions().map(entry));
   return encodeValue(
-    sessions.map((s) => [
-      b("ID"),
-      b(s.id),
-      b("sessionDescription"),
-      s.description === null ? null : b(s.description),
-      b("registrations"),
-      s.registrations.map((r) => (verbose ? [b("id"), b(r.id), b("reader"), b(r.reader)] : b(r.id))),
-      b("language"),
-      b(languageOf(s.isolate)),
-    ]),
+    only.map((id) => {
+      const session = engine.registry.session(id);
+      return session === undefined ? b(`Session ${id} does not exists`) : entry(session);
+    }),
   );
 }
 

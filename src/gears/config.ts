@@ -2,6 +2,9 @@ import { encodeError, encodeInteger, encodeValue } from "../resp/encode.js";
 import { DEFAULT_MAX_QUEUED_EVENTS } from "./events/event-queue.js";
 import { TF_CONFIG_PREFIX, TfConfig } from "./tf/config.js";
 
+const MAX_SCRIPT_MEMORY_MB = 2048;
+const MAX_SCRIPT_TIMEOUT_MS = 1_000_000_000;
+
 /** RG.CONFIGGET/RG.CONFIGSET: the built-in settings of spec section 5, plus free-form extras. */
 export class GearsConfig {
   private readonly numbers = new Map<string, number>([
@@ -23,11 +26,17 @@ export class GearsConfig {
     // queue past it, counted (numQueuedOverBound, num_queued_over_bound) and logged.
     ["MaxQueuedEvents", DEFAULT_MAX_QUEUED_EVENTS],
   ]);
-  /** Built-ins fixed at start. */
+  /** Built-ins fixed at start: set by --gears-config, refused by RG.CONFIGSET once started. */
   private readonly readOnly = new Set(["ExecutionThreads"]);
+  private started = false;
   private readonly extra = new Map<string, string>();
   /** T&F's settings (CONFIG GET/SET redisgears_2.*); `--gears-config redisgears_2.<name>=v` sets them at start. */
   readonly tf = new TfConfig();
+
+  /** The proxy serves clients from now on: the start-only settings are fixed. */
+  markStarted(): void {
+    this.started = true;
+  }
 
   number(name: string): number {
     return this.numbers.get(name)!;
@@ -49,6 +58,13 @@ export class GearsConfig {
     return Buffer.concat([Buffer.from(`*${parts.length}\r\n`), ...parts]);
   }
 
+  /** Why setting `name` to `value` at start would fail (RG.CONFIGSET's error text); null when it would not. */
+  settingError(name: string, value: string): string | null {
+    const reply = this.set([[name, value]]).toString();
+    const at = reply.indexOf("\r\n-");
+    return at === -1 ? null : reply.slice(at + 3, reply.indexOf("\r\n", at + 3));
+  }
+
   set(pairs: [string, string][]): Buffer {
     const parts = pairs.map(([name, value]) => {
       if (name.toLowerCase().startsWith(TF_CONFIG_PREFIX)) {
@@ -56,13 +72,16 @@ export class GearsConfig {
         return error === null ? encodeValue("OK") : encodeError(error);
       }
       if (this.numbers.has(name)) {
-        if (this.readOnly.has(name)) return encodeError(`Config value ${name} not modifiable at runtime`);
+        if (this.started && this.readOnly.has(name))
+          return encodeError(`Config value ${name} not modifiable at runtime`);
         const n = Number(value);
         if (!/^\d+$/.test(value) || !Number.isSafeInteger(n))
           return encodeError(`Failed setting config value ${name}`);
         if (
-          (name === "ScriptMemoryLimitMB" && n < 16) ||
-          (name === "ScriptTimeoutMS" && n < 1) ||
+          // QuickJS's wasm module declares 2 GB of memory at most: above that no isolate starts.
+          (name === "ScriptMemoryLimitMB" && (n < 16 || n > MAX_SCRIPT_MEMORY_MB)) ||
+          // Its timers (with some slack added) must stay below 2^31-1 ms, past which a timer fires at once.
+          (name === "ScriptTimeoutMS" && (n < 1 || n > MAX_SCRIPT_TIMEOUT_MS)) ||
           (name === "MaxResultsMB" && n < 1) ||
           (name === "EventLeaseMS" && n < 300) ||
           (name === "StreamClaimIdleMS" && n < 100) ||

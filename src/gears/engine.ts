@@ -130,6 +130,7 @@ export class GearsEngine {
         maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
         observer: () => this.observer,
         maxQueuedEvents: () => this.config.number("MaxQueuedEvents"),
+        onIsolateGone: (session) => this.revive(session),
       },
     );
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
@@ -687,6 +688,8 @@ export class GearsEngine {
    * store lost (a FLUSHALL through the proxy or straight to a shard) are written back.
    */
   async restore(): Promise<void> {
+    // Called once the start-time settings (--gears-config) are applied, before any client.
+    this.config.markStarted();
     await this.tf.restore();
     await this.serialized(() => this.syncFromStore());
     if (this.storedJson.size > 0) {
@@ -729,6 +732,33 @@ export class GearsEngine {
       );
     }
     this.stopEventsIfUnused();
+  }
+
+  /** Sessions being brought back after their isolate ended. */
+  private readonly reviving = new Set<string>();
+
+  /**
+   * A session whose isolate ended (its worker was stopped by the watchdog) runs its script
+   * again in a new isolate, as at a restart, with the same registration ids: otherwise each
+   * of its events, hooks and triggers would fail with "the isolate is gone" until a restart.
+   * Its globals start afresh.
+   */
+  private revive(session: GearsSession): void {
+    if (this.reviving.has(session.id)) return;
+    this.reviving.add(session.id);
+    void this.serialized(async () => {
+      const json = this.storedJson.get(session.id);
+      if (json === undefined || this.registry.session(session.id) !== session) return;
+      this.log.warn({ session: session.id }, "a gears session's isolate ended: running its script again");
+      await this.bringIn(JSON.parse(json) as StoredSession, json);
+    })
+      .catch((err: unknown) =>
+        this.log.warn(
+          { session: session.id, err: err instanceof Error ? err.message : String(err) },
+          "gears session not brought back",
+        ),
+      )
+      .finally(() => this.reviving.delete(session.id));
   }
 
   /** Runs a stored session's script in its session, with its registrations' old ids. */

@@ -38,6 +38,15 @@ const NOT_FROM_SCRIPTS = new Set([
   "hello",
   "auth",
   "client",
+  // SYNC/PSYNC turn the connection into a replication link (the RDB then comes as its
+  // "reply"), REPLCONF belongs to that link; READONLY, READWRITE and ASKING change how the
+  // connection's next commands are served.
+  "sync",
+  "psync",
+  "replconf",
+  "readonly",
+  "readwrite",
+  "asking",
   ...SUBSCRIBE_FAMILY,
 ]);
 
@@ -45,6 +54,20 @@ const NOT_FROM_SCRIPTS = new Set([
 export function scriptCommandRefusal(name: string, argv: readonly Buffer[]): string | null {
   return NOT_FROM_SCRIPTS.has(name) || isBlocking(name, argv)
     ? `ERR '${name}' cannot be called from a gears script`
+    : null;
+}
+
+/** Scripts' own commands: RedisGears refused to hook them, as Redis refuses them in scripts. */
+const SCRIPT_COMMANDS = new Set(["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"]);
+
+/**
+ * Why a command hook may not intercept `name` (RedisGears' text); null when it may. Its
+ * callNext() runs the command on a shared upstream connection, as a script's execute() does:
+ * a hooked SUBSCRIBE left that connection in subscriber mode for every client after it.
+ */
+export function hookRefusal(name: string): string | null {
+  return NOT_FROM_SCRIPTS.has(name) || SCRIPT_COMMANDS.has(name) || isBlocking(name, [])
+    ? "Can not hook a command which are not allowed inside a script"
     : null;
 }
 
@@ -193,6 +216,12 @@ export class GearsBridge implements HostBridge {
     const command = this.command;
     if (command === null) throw new Error("callNext() can only be called from a command hook");
     const argv = [command[0], ...(args.length > 0 ? args.map(String) : command.slice(1))];
+    // XREAD BLOCK and the like are known by their arguments only.
+    const refusal = scriptCommandRefusal(
+      command[0].toLowerCase(),
+      argv.map((a) => Buffer.from(a)),
+    );
+    if (refusal !== null) throw new Error(refusal);
     return replyToJson(await this.router.call(argv, this.db));
   }
 

@@ -119,7 +119,8 @@ const VALUE_READERS: Record<string, [(key: Buffer) => Arg[], (reply: RespValue) 
 
 /**
  * Reads the type and whole value of every key given as ARGV (after the limit), in one
- * round trip and one reply. The keys come from SCAN on this very node, so they are local,
+ * round trip and one reply. A missing key gives no keymiss notification (RedisGears: the
+ * reader's own reads give no events). The keys come from SCAN on this very node, so they are local,
  * but they span slots: hence the flags (no-writes also lets it run on a replica).
  * With a limit (ARGV[1], 0 for none), a value larger than that many elements (a string:
  * KB) is left out, with 1 as a third element: for event handlers, which read such a value
@@ -131,7 +132,10 @@ local sizes = {string = 'STRLEN', hash = 'HLEN', list = 'LLEN', set = 'SCARD', z
 local out = {}
 for i = 2, #ARGV do
   local k = ARGV[i]
-  local t = redis.call('TYPE', k)['ok']
+  -- OBJECT looks the key up without a keymiss notification, TYPE with one: a missing key
+  -- must not give an event, or a registration that sees keymiss would retrigger itself.
+  local t = 'none'
+  if redis.call('OBJECT', 'ENCODING', k) then t = redis.call('TYPE', k)['ok'] end
   local v = false
   if limit > 0 and sizes[t] and redis.call(sizes[t], k) > limit * (t == 'string' and 1024 or 1) then
     out[i - 1] = {t, false, 1}
@@ -173,12 +177,22 @@ export async function readKeyValue(
   call: (argv: readonly Arg[]) => Promise<RespValue>,
   key: Buffer,
 ): Promise<JsonValue> {
-  const type = text(await call(["TYPE", key]));
+  const type = await typeOf(call, key);
   const reader = VALUE_READERS[type];
   if (reader === undefined) return null;
   const reply = await call(reader[0](key));
   if (reply instanceof RespError) throw new Error(reply.message);
   return reader[1](reply);
+}
+
+/**
+ * A key's TYPE, asked only when OBJECT ENCODING finds the key: TYPE of a missing key
+ * notifies keymiss, which a registration reading this key's value would see as a new event.
+ */
+async function typeOf(call: (argv: readonly Arg[]) => Promise<RespValue>, key: Buffer): Promise<string> {
+  const encoding = await call(["OBJECT", "ENCODING", key]);
+  if (encoding === null) return "none";
+  return text(await call(["TYPE", key]));
 }
 
 function record(key: Buffer, rawType: string, value: RespValue): JsonValue {
@@ -210,7 +224,7 @@ export async function keyRecords(
       return record(k, text(type), value);
     });
   }
-  const types = await Promise.all(keys.map((k) => shard.call(["TYPE", k]).then(text)));
+  const types = await Promise.all(keys.map((k) => typeOf((argv) => shard.call(argv), k)));
   const values = await Promise.all(
     keys.map((k, i) => {
       const reader = VALUE_READERS[types[i]];

@@ -4,6 +4,7 @@ import type { KeyEvent } from "./events/keyspace-source.js";
 import type { StreamConsumer, StreamOptions } from "./events/stream-consumer.js";
 import type { Execution } from "./execution.js";
 import type { Action } from "./guest-isolate.js";
+import { hookRefusal } from "./host-bridge.js";
 
 /** A keyspace event of a registration's batch (waiting ones are stored compactly, in an EventQueue). */
 export type QueuedKeyEvent = KeyEvent;
@@ -73,6 +74,8 @@ function optionNumber(options: Record<string, JsonValue>, name: string, fallback
 }
 
 const MODES = new Set(["async", "async_local", "sync"]);
+/** keyTypes a KeysReader registration may name: TYPE's names, and "empty" for a key that is gone. */
+const KEY_TYPES = new Set(["string", "list", "hash", "set", "zset", "stream", "module", "empty"]);
 const POLICIES = new Set(["continue", "abort", "retry"]);
 
 function optionList(options: Record<string, JsonValue>, name: string): string[] | null {
@@ -160,6 +163,27 @@ export class Registration {
     }
     if (this.commands !== null && this.reader !== "KeysReader")
       return "commands is only for KeysReader registrations";
+    const options = this.action.options;
+    // A string where a list is meant ({eventTypes: 'set'}) would otherwise mean "every event".
+    for (const name of ["eventTypes", "keyTypes", "commands"]) {
+      const v = options[name];
+      if (v !== undefined && v !== null && !Array.isArray(v)) return `${name} argument must be a list`;
+    }
+    if (this.keyTypes !== null && this.keyTypes.some((t) => !KEY_TYPES.has(t))) return "unknown key type";
+    // `commands` runs each command in the proxy's path, on a shared connection, as a hook does.
+    for (const command of this.commands ?? []) {
+      const refusal = hookRefusal(command);
+      if (refusal !== null) return refusal;
+    }
+    if (this.reader === "CommandReader") {
+      // RedisGears' texts: a CommandReader registration is either a trigger or a hook.
+      const hasTrigger = options.trigger !== undefined && options.trigger !== null;
+      if (hasTrigger && this.trigger === null) return "trigger argument is not string";
+      if (hasTrigger && (options.hook != null || options.keyprefix != null))
+        return "trigger argument can not be given with keyprefix or hook";
+      if (!hasTrigger && this.hook === null) return "no trigger or hook argument was given";
+      if (this.hook !== null) return hookRefusal(this.hook);
+    }
     return null;
   }
 

@@ -73,6 +73,8 @@ export interface RegistryOptions {
   observer?: () => ExecutionObserver | null;
   /** MaxQueuedEvents: past it a registration's queue holds writes through the proxy back. */
   maxQueuedEvents?: () => number;
+  /** Told when a session's isolate is found gone after one of its executions (its worker ended). */
+  onIsolateGone?: (session: GearsSession) => void;
 }
 
 /**
@@ -696,6 +698,9 @@ export class RegistrationRegistry {
     registration.executions.push(execution);
     const started = Date.now();
     await execution.run();
+    // The watchdog ended its worker (a builtin call past ScriptTimeoutMS...): every later
+    // event of the session would fail with "the isolate is gone".
+    if (!session.isolate.alive) this.options.onIsolateGone?.(session);
     this.options.observer?.()?.executionFinished(execution);
     this.trimExecutions(registration);
     const streakBefore = registration.stats.failureStreak;

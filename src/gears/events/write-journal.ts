@@ -92,7 +92,34 @@ const ZERO_IS_NOTHING = new Set([
   "rpushx",
   // HSETEX FNX/FXX whose condition failed.
   "hsetex",
+  "pfadd",
+  "xtrim",
+  "zremrangebyscore",
+  "zremrangebyrank",
+  "zremrangebylex",
+  "smove",
+  "copy",
+  "move",
+  "renamenx",
+  // ZADD (GEOADD) answers 0 both when it changed nothing (no notification) and when it only
+  // changed scores ("zadd"): not followed then, so an unchanged one gives no event at the
+  // settle; a changed one's notification comes as from any writer (lost only while a
+  // subscription is down).
+  "zadd",
+  "geoadd",
 ]);
+
+/**
+ * Writes that emit no notification of their own whatever they do (XACK, XCLAIM, XAUTOCLAIM),
+ * or one only for a side effect their reply does not tell (XREADGROUP: "xgroup-createconsumer"
+ * for a new consumer): not followed. A notification such a write causes is handled when it
+ * comes, as one from a writer that bypasses the proxy; waiting for one that never comes would
+ * announce, at the settle, an event Redis never emitted.
+ */
+const NO_OWN_NOTIFICATION = new Set(["xack", "xclaim", "xautoclaim", "xreadgroup", "pfcount"]);
+
+/** Writes that change nothing when they answer an empty array (ZPOPMIN of a missing key...). */
+const EMPTY_IS_NOTHING = new Set(["zpopmin", "zpopmax", "spop", "lpop", "rpop"]);
 
 /**
  * Writes answered with one code per field, where none above 0 means no field changed (-2 no
@@ -287,6 +314,7 @@ export class WriteJournal {
    * concerns no user key.
    */
   watch(name: string, argv: readonly Buffer[], keys: Buffer[], db: number): WriteOutcome | null {
+    if (NO_OWN_NOTIFICATION.has(name)) return null;
     if (keys.length === 1) return this.watchOne(name, argv, keys[0], db);
     const names = writtenKeys(
       name,
@@ -345,6 +373,9 @@ export class WriteJournal {
       argv[2].length === 6 &&
       /^fields$/i.test(argv[2].toString("latin1"))
     )
+      return null;
+    // GETEX without an option only reads; SETRANGE of an empty string writes nothing.
+    if ((name === "getex" && argv.length === 2) || (name === "setrange" && argv[3]?.length === 0))
       return null;
     const kind = kindOf(name);
     const event = kind.event;
@@ -651,6 +682,7 @@ function changedNothing(name: string, reply: Buffer, conditional: boolean): bool
   if (nil || reply[0] === 95 /* _ (RESP3 null) */)
     return (name !== "set" && name !== "getset") || conditional;
   if (reply[0] === 42 /* * */) {
+    if (reply[1] === 48 /* *0 */ && reply[2] === 13) return EMPTY_IS_NOTHING.has(name);
     if (PER_FIELD_CODES.has(name)) return everyElement(reply, noFieldChanged);
     if (FIELD_VALUES.has(name)) return everyElement(reply, isNull);
     return false;

@@ -8,6 +8,14 @@ import { sandboxText, type TfLibraries, type TfLibrary } from "./libraries.js";
 import type { MutedKeys } from "./muted-keys.js";
 import { entryBudgetMs } from "../guest-isolate.js";
 
+/**
+ * Events T&F's keyspace triggers never saw: the module subscribed to Redis' "all" class,
+ * which leaves out keymiss ("m") and new ("n"). The proxy turns keymiss on for gears
+ * registrations that ask for it; a trigger that reads its missing key (TYPE...) would
+ * otherwise run again on the keymiss of its own read, for ever.
+ */
+const NOT_FOR_TRIGGERS = new Set(["keymiss", "new"]);
+
 /** A keyspace trigger's counters (TFUNCTION LIST v): kept across REPLACE, as T&F kept them. */
 export interface TriggerStats {
   numTrigger: number;
@@ -125,7 +133,7 @@ export class KeyspaceTriggers {
       let tags: number[] | undefined;
       let added = 0;
       for (const event of events) {
-        if (isProxyKey(event.key) || this.muted.has(event.key)) continue;
+        if (isProxyKey(event.key) || this.muted.has(event.key) || NOT_FOR_TRIGGERS.has(event.event)) continue;
         for (let t = 0; t < triggers.length; t++) {
           if (!startsWith(event.key, prefixes[t])) continue;
           if (queue === undefined) {
