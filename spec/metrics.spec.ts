@@ -57,6 +57,32 @@ describe("metrics and health endpoints (--metrics-port)", function () {
     expect(sample(after, 'gears_proxy_command_duration_seconds_sum{command="get"}')).to.be.greaterThan(0);
   });
 
+  it("counts error codes past the 512th in one OTHER series, however many new codes come", async () => {
+    const before = await page();
+    const c = await RawClient.connect(proxy.port);
+    try {
+      // 1,000 error codes never seen before (a script's error_reply), in one pipeline.
+      const n = 1000;
+      c.write(
+        Buffer.concat(
+          Array.from({ length: n }, (_, i) =>
+            encode(["EVAL", `return redis.error_reply('E${i}X${Date.now()} oops')`, "0"]),
+          ),
+        ),
+      );
+      for (let i = 0; i < n; i++) await c.next();
+    } finally {
+      c.close();
+    }
+    const after = await page();
+    const kinds = after.split("\n").filter((l) => l.startsWith("gears_proxy_errors_total{"));
+    expect(kinds.length, "error series").to.be.at.most(513);
+    const other =
+      sample(after, 'gears_proxy_errors_total{kind="OTHER"}') -
+      sample(before, 'gears_proxy_errors_total{kind="OTHER"}');
+    expect(other).to.be.at.least(1000 - 512);
+  });
+
   it("answers /healthz with 200 and /readyz by whether the upstream answers", async () => {
     expect(await status("/healthz")).to.equal(200);
     expect(await status("/readyz")).to.equal(200);

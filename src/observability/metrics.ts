@@ -72,6 +72,8 @@ export class Metrics {
   /** One observe function per command name (see FastHistogram for why not prom-client's). */
   private readonly series = new Map<string, (seconds: number) => void>();
   private readonly errorSeries = new Map<string, Counter.Internal>();
+  /** Errors of codes past MAX_LABELS, all in one series. */
+  private otherErrors: Counter.Internal | null = null;
 
   constructor(sources: MetricSources) {
     const registers = [this.registry];
@@ -339,7 +341,14 @@ export class Metrics {
     const code = reply.toString("latin1", 1, end < 0 ? reply.length : end);
     let child = this.errorSeries.get(code);
     if (child === undefined) {
-      child = this.errors.labels(this.errorSeries.size < MAX_LABELS ? code : "OTHER");
+      // Past the cap, one OTHER series, and no entry per new code: a script throwing
+      // `'x' + Math.random()` must not grow the map without bound.
+      if (this.errorSeries.size >= MAX_LABELS) {
+        this.otherErrors ??= this.errors.labels("OTHER");
+        this.otherErrors.inc();
+        return;
+      }
+      child = this.errors.labels(code);
       this.errorSeries.set(code, child);
     }
     child.inc();
