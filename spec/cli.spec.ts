@@ -405,3 +405,71 @@ describe("npm start (zero-config)", () => {
     }
   });
 });
+
+describe("a proxy killed with SIGKILL, started again on the same data directory", () => {
+  it("stops the redis-server the killed one left running (it saves), and serves what it held", async function () {
+    this.timeout(60000);
+    const dataDir = path.join(tempDir("orphan"), "data");
+    const start = async (): Promise<{
+      child: ChildProcess;
+      watched: ReturnType<typeof watch>;
+      port: number;
+    }> => {
+      const port = await freePort();
+      const child = spawn(process.execPath, [CLI, "--port", String(port), "--data-dir", dataDir], {
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      return { child, watched: watch(child), port };
+    };
+    const pids: number[] = [];
+    const children: ChildProcess[] = [];
+    try {
+      const first = await start();
+      children.push(first.child);
+      const started = await logLine(first.watched, (l) =>
+        String(l.msg).startsWith("started embedded redis-server"),
+      );
+      const orphan = started.pid as number;
+      pids.push(orphan);
+      await logLine(first.watched, (l) => String(l.msg).startsWith("gears-proxy listening"));
+      expect(await redisCli(first.port, "set", "through", "proxy")).to.equal("OK");
+      // A second proxy on the same directory while the first runs: refused, the first's server untouched.
+      const other = await start();
+      children.push(other.child);
+      const second = await Promise.race([
+        other.watched.done,
+        new Promise<Finished>((resolve) =>
+          setTimeout(() => {
+            other.child.kill("SIGKILL");
+            resolve({ code: 0, signal: null, ...other.watched.output });
+          }, 10000),
+        ),
+      ]);
+      expect(second.code, "the second proxy's exit").to.not.equal(0);
+      expect(second.stderr).to.include("another running gears-proxy");
+      expect(isAlive(orphan)).to.equal(true);
+      first.child.kill("SIGKILL");
+      await first.watched.done;
+      expect(isAlive(orphan), "the killed proxy's redis-server still runs").to.equal(true);
+      // Written after the last save: only in the orphan's memory.
+      expect(await redisCli(started.port as number, "set", "after", "kill")).to.equal("OK");
+      const again = await start();
+      children.push(again.child);
+      await logLine(again.watched, (l) => String(l.msg).startsWith("an embedded redis-server left running"));
+      const restarted = await logLine(again.watched, (l) =>
+        String(l.msg).startsWith("started embedded redis-server"),
+      );
+      pids.push(restarted.pid as number);
+      await logLine(again.watched, (l) => String(l.msg).startsWith("gears-proxy listening"));
+      expect(isAlive(orphan)).to.equal(false);
+      expect(await redisCli(again.port, "get", "through")).to.equal("proxy");
+      expect(await redisCli(again.port, "get", "after")).to.equal("kill");
+      again.child.kill("SIGINT");
+      expect((await again.watched.done).code).to.equal(0);
+    } finally {
+      for (const child of children)
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      for (const pid of pids) if (isAlive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+});

@@ -191,6 +191,84 @@ function redisArgs(port: number, dataDir: string): string[] {
   ];
 }
 
+/**
+ * Where a proxy notes the redis-server it runs on `dataDir`: a proxy killed with SIGKILL leaves
+ * it running (its own process group, so that Ctrl-C stops them in order), and the next start
+ * must not run a second server on the same files (the older dump.rdb, which the first would
+ * later overwrite with its own).
+ */
+const RUNNING_FILE = "gears-proxy-redis.json";
+const ORPHAN_EXIT_MS = 60_000;
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Whether `pid` is a redis-server started in `dir` (launch gives it `dir` as its working
+ * directory): a pid the system gave to another process since is left alone. Without /proc
+ * (not Linux), a redis-server answering PING on the noted port.
+ */
+async function servesDir(pid: number, port: number, dir: string): Promise<boolean> {
+  try {
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, "latin1");
+    return cmdline.includes("redis-server") && fs.realpathSync(`/proc/${pid}/cwd`) === fs.realpathSync(dir);
+  } catch {
+    return fs.existsSync("/proc/self") ? false : pingOnce(port);
+  }
+}
+
+/**
+ * A redis-server an earlier proxy left running on `dir` (it was killed before it could stop
+ * it): told to save and exit (SIGTERM), and waited for, so that the new one loads what it held.
+ */
+async function stopOrphan(dir: string, log: Logger): Promise<void> {
+  const file = path.join(dir, RUNNING_FILE);
+  let noted: { pid?: unknown; port?: unknown; proxy?: unknown };
+  try {
+    noted = JSON.parse(fs.readFileSync(file, "utf8")) as typeof noted;
+  } catch {
+    return;
+  }
+  const { pid, port, proxy } = noted;
+  if (
+    typeof proxy === "number" &&
+    proxy !== process.pid &&
+    processAlive(proxy) &&
+    typeof pid === "number" &&
+    processAlive(pid)
+  )
+    throw new Error(
+      `${dir} is the data directory of a redis-server that another running gears-proxy (pid ${proxy}) started; give this one another --data-dir, or --upstream 127.0.0.1:${String(port)} to share that server`,
+    );
+  if (
+    typeof pid === "number" &&
+    typeof port === "number" &&
+    processAlive(pid) &&
+    (await servesDir(pid, port, dir))
+  ) {
+    log.warn(
+      { pid, port, dir },
+      "an embedded redis-server left running by an earlier proxy holds this data directory: stopping it (it saves first)",
+    );
+    process.kill(pid, "SIGTERM");
+    const deadline = Date.now() + ORPHAN_EXIT_MS;
+    while (processAlive(pid)) {
+      if (Date.now() > deadline)
+        throw new Error(
+          `the redis-server (pid ${pid}) an earlier proxy left running on ${dir} did not exit within ${ORPHAN_EXIT_MS / 1000} s of SIGTERM; stop it, then start again`,
+        );
+      await sleep(100);
+    }
+  }
+  fs.rmSync(file, { force: true });
+}
+
 async function launch(binary: string, port: number, dataDir: string, log: Logger): Promise<EmbeddedRedis> {
   // Its own process group: Ctrl-C reaches the proxy only, which then stops redis-server in order.
   const child = spawn(binary, redisArgs(port, dataDir), {
@@ -201,8 +279,19 @@ async function launch(binary: string, port: number, dataDir: string, log: Logger
   const redis = new RedisChild(child, log);
   await redis.waitUntilReady(port);
   const pid = child.pid as number;
+  const noted = path.join(dataDir, RUNNING_FILE);
+  fs.writeFileSync(noted, JSON.stringify({ pid, port, proxy: process.pid }));
   log.info({ port, pid, dir: dataDir }, `started embedded redis-server on ${HOST}:${port}`);
-  return { host: HOST, port, pid, dataDir, stop: () => redis.stop() };
+  return {
+    host: HOST,
+    port,
+    pid,
+    dataDir,
+    stop: async () => {
+      await redis.stop();
+      fs.rmSync(noted, { force: true });
+    },
+  };
 }
 
 /** Starts redis-server from PATH on a free loopback port, with its data in `dataDir`. */
@@ -211,6 +300,7 @@ export async function startEmbeddedRedis(dataDir: string, log: Logger): Promise<
   if (!binary) throw new Error(REDIS_INSTALL_HINT);
   const dir = path.resolve(dataDir);
   fs.mkdirSync(dir, { recursive: true });
+  await stopOrphan(dir, log);
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     try {
