@@ -54,6 +54,8 @@ const SPECIAL = new Set([
   "watch",
   // CONFIG takes the full path: the gears room answers it for T&F's settings.
   "config",
+  // SCRIPT DEBUG is answered by the proxy (script-debug.ts).
+  "script",
 ]);
 
 const NO_ARGS: readonly Buffer[] = [];

@@ -12,6 +12,7 @@ import type { PausedLane } from "./paused-lane.js";
 import type { Subscriber } from "./pubsub.js";
 import type { ReplyWriter } from "./reply-writer.js";
 import type { ScriptLane } from "./scripts.js";
+import { isScriptDebug, scriptDebug } from "./script-debug.js";
 import type { SharedLane } from "./shared-lane.js";
 import type { Transaction } from "./transaction.js";
 
@@ -108,6 +109,7 @@ export class Dispatcher {
     if (pubsub.count > 0 && host.proto === 2 && name === "ping") return pubsub.route(name, request);
     const local = LOCAL_COMMANDS.get(name);
     if (local !== undefined) return local(host, request);
+    if (isScriptDebug(name, argv)) return scriptDebug(host, request, host.replies.queue.unwritten);
     if (isGearsCommand(name, argv.slice(1))) gears.run(name, request);
     else if (gears.hooks(name, request)) gears.runHook(name, argv);
     else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);
