@@ -1373,7 +1373,11 @@ export function generateSequence(options: GenOptions): Burst[] {
     else {
       // Mostly one command or a few; now and then a long pipeline.
       const size = g.rng.chance(0.5) ? 1 : g.rng.chance(0.9) ? g.count(8) : g.count(40);
-      pushSplitAtAuth(bursts, conn, Array.from({ length: size }, () => ordinary(g, false)));
+      pushSplitAtAuth(
+        bursts,
+        conn,
+        Array.from({ length: size }, () => ordinary(g, false)),
+      );
     }
   }
   return bursts;
