@@ -296,11 +296,12 @@ export async function resetServer(port: number): Promise<void> {
         encode(["FLUSHALL"]),
         encode(["SCRIPT", "FLUSH"]),
         encode(["FUNCTION", "FLUSH"]),
+        encode(["ACL", "LOG", "RESET"]),
         // The settings a sequence may change (CONFIG SET in the generator), back to Redis' defaults.
         encode(["CONFIG", "SET", ...CONFIG_DEFAULTS]),
       ]),
     );
-    for (let i = 0; i < 4; i++) {
+    for (let i = 0; i < 5; i++) {
       const reply = await conn.take(10_000);
       if (typeof reply === "string" || reply.type !== 0x2b)
         throw new Error(`reset of port ${port}: ${typeof reply === "string" ? reply : reply.raw.toString()}`);
