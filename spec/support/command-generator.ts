@@ -909,19 +909,21 @@ const KEYED: readonly [Template, Norm?][] = [
     (g) => [
       g.rng.pick(["SORT", "SORT_RO", "SORT"]),
       sortList(g),
-      // Redis Cluster refuses BY with a pattern (a '*') and GET other than '#', whatever the
-      // pattern's hash tag ("BY option of SORT denied in Cluster mode."): only those there.
+      // Redis 7.0 Cluster refuses BY with a pattern (a '*') and any GET, whatever the pattern's
+      // hash tag ("BY option of SORT denied in Cluster mode."): neither there.
       ...g.maybe(0.7, () => [
         "BY",
         pattern(g) +
           g.rng.pick(g.cluster ? ["nosort", "w_1"] : ["w_*", "h_*->f1", "nosort", "*", "w_*->", "h_*->"]),
       ]),
       ...g.maybe(0.3, () => ["LIMIT", g.rng.pick(["0", "1", "-1"]), g.rng.pick(["2", "-1", "10"])]),
-      ...g.maybe(0.5, () => [
-        "GET",
-        g.cluster ? "#" : g.rng.pick(["w_*", "h_*->f1", "*"]),
-        ...g.maybe(0.5, () => ["GET", "#"]),
-      ]),
+      ...(g.cluster
+        ? []
+        : g.maybe(0.5, () => [
+            "GET",
+            g.rng.pick(["w_*", "h_*->f1", "*"]),
+            ...g.maybe(0.5, () => ["GET", "#"]),
+          ])),
       ...g.maybe(0.3, () => ["ALPHA"]),
       ...g.maybe(0.3, () => [g.rng.pick(["DESC", "ASC"])]),
       ...g.maybe(0.2, () => ["STORE", g.k()]),
@@ -1311,7 +1313,7 @@ function ordinary(g: Gen, inTransaction: boolean): GenCommand {
 }
 
 /** Keyless commands that fan out to every master outside a transaction. */
-const FAN_OUT_IN_CLUSTER = /^(flushall|flushdb|dbsize|keys|script|function)$/i;
+const FAN_OUT_IN_CLUSTER = /^(flushall|flushdb|dbsize|keys|script|function|config)$/i;
 
 /**
  * A transaction: optionally WATCH first (and a write from another connection), then MULTI,
