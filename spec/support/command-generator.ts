@@ -748,7 +748,7 @@ const KEYED: readonly [Template, Norm?][] = [
     (g) => [
       g.rng.pick(["HRANDFIELD", "ZRANDMEMBER", "SRANDMEMBER"]),
       g.k(),
-      ...g.oneOf([], ["0"], ["x"], ["1", "WITHX"]),
+      ...g.oneOf(["0", "WITHX"], ["x", "y"], ["0"]),
     ],
   ],
   [(g) => ["ZINTERCARD", g.rng.pick(["1", "2", "0"]), g.k(), g.k(), ...g.maybe(0.4, () => ["LIMIT", g.n()])]],
@@ -1233,6 +1233,8 @@ function recase(g: Gen, name: string): string {
  */
 function misshape(g: Gen, args: Arg[]): Arg[] {
   if (args[0] === "EXEC" || args[0] === "DISCARD" || !g.rng.chance(0.05)) return args;
+  // Without its count, a random pick is random.
+  if (args.length === 3 && /^(SRANDMEMBER|HRANDFIELD|ZRANDMEMBER|SPOP)$/.test(String(args[0]))) return args;
   // In a cluster, only dropped: an argument added may be taken for a key of another slot
   // (BLPOP k 0.01 x: keys k and 0.01), and a MULTI or WATCH refused leaves a WATCH for the
   // next transaction, maybe of another slot: CROSSSLOT, as Redis Cluster says.
