@@ -207,15 +207,20 @@ function list(session: CommandHost, argv: Buffer[]): void {
 
 /** CLIENT UNBLOCK id [TIMEOUT|ERROR], for the proxy's clients: their blocking command is ended on the server. */
 function unblock(session: CommandHost, argv: Buffer[]): void {
-  if (argv.length !== 3 && argv.length !== 4)
+  // In Redis' order: the table's arity (at least 3), the subcommand's own (at most 4), the
+  // reason, then the id.
+  if (argv.length < 3)
     return session.replyError("ERR wrong number of arguments for 'client|unblock' command");
-  const text = argv[2].toString();
-  const id = Number(text);
-  if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(id))
-    return session.replyError("ERR value is not an integer or out of range");
+  if (argv.length > 4)
+    return session.replyError(
+      `ERR unknown subcommand or wrong number of arguments for '${argv[1].toString()}'. Try CLIENT HELP.`,
+    );
   const mode = argv[3]?.toString().toLowerCase() ?? "timeout";
   if (mode !== "timeout" && mode !== "error")
     return session.replyError("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR");
+  const text = argv[2].toString();
+  if (!isLongLong(text)) return session.replyError("ERR value is not an integer or out of range");
+  const id = Number(text);
   const target = session.ctx.clients.get(id);
   const threads = session.ctx.threads;
   if (target === undefined && threads !== undefined) {
