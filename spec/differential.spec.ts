@@ -100,6 +100,18 @@ const STANDALONE_REGRESSIONS: [name: string, sequence: Burst[]][] = [
 /** Divergences that show the same in front of one server and of a cluster. */
 const BOTH_REGRESSIONS: [name: string, sequence: Burst[]][] = [
   [
+    "CLIENT UNBLOCK: the reason checked before the id, an id as Redis reads integers, more than 4 arguments the subcommand's syntax error",
+    bursts([
+      "a",
+      ["CLIENT", "UNBLOCK", "x", "x"],
+      ["CLIENT", "UNBLOCK", "1", "x", "x"],
+      ["CLIENT", "unblock", "1", "x", "x"],
+      ["CLIENT", "UNBLOCK", "007"],
+      ["CLIENT", "UNBLOCK", "99999", "error"],
+      ["CLIENT", "UNBLOCK"],
+    ]),
+  ],
+  [
     "SCRIPT DEBUG NO behind another command of the same pipeline: the server's error; alone: OK",
     bursts(
       ["c", ["HELLO", "3", "NOPE"], ["SCRIPT", "DEBUG", "NO"]],
@@ -112,6 +124,17 @@ const BOTH_REGRESSIONS: [name: string, sequence: Burst[]][] = [
 ];
 
 const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
+  [
+    "SCAN: its arity error, and cursors Redis reads as invalid (spaces, hex) are invalid through the proxy too",
+    bursts([
+      "a",
+      ["SCAN"],
+      ["SCAN", " 0"],
+      ["SCAN", "0 "],
+      ["SCAN", "0x1"],
+      ["SCAN", "18446744073709551616"],
+    ]),
+  ],
   [
     "EVAL whose key count exceeds its arguments: the server's error, not CROSSSLOT",
     bursts([
