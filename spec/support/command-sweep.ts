@@ -1,0 +1,147 @@
+import { RawClient, toText, type Value } from "./raw-client.js";
+import type { Burst, GenCommand, Mode } from "./command-generator.js";
+
+// Every command and subcommand the server lists (COMMAND LIST, COMMAND INFO's subcommands),
+// sent with no arguments, with a key of each type, and with one to three junk arguments after
+// it: the errors (arity, syntax, WRONGTYPE, not an integer...) and the few replies, compared
+// directly and through the proxy (spec/differential-sweep.spec.ts). What the generator's
+// random sequences reach only now and then, all of it.
+
+/** Left out: they end, hold or turn the connection (or the server) into something else. */
+const SKIPPED = new Set([
+  "shutdown",
+  "debug",
+  "monitor",
+  "sync",
+  "psync",
+  "replicaof",
+  "slaveof",
+  "failover",
+  "module",
+  "subscribe",
+  "psubscribe",
+  "ssubscribe",
+  "unsubscribe",
+  "punsubscribe",
+  "sunsubscribe",
+  "quit",
+  "reset",
+  "multi",
+  "exec",
+  "discard",
+  "watch",
+  "hello",
+  "auth",
+  "replconf",
+  "save",
+  "bgsave",
+  "bgrewriteaof",
+  // The proxy emulates a cluster's: directly, a standalone server's refusal.
+  "cluster",
+  "readonly",
+  "readwrite",
+  "asking",
+  // Times, ids, random art, addresses, and the proxy's own slow log.
+  "time",
+  "lastsave",
+  "info",
+  "lolwut",
+  "randomkey",
+  "slowlog",
+  "latency",
+  "role",
+  "pfselftest",
+  "client|list",
+  "client|info",
+  "client|id",
+  "client|kill",
+  "client|pause",
+  "client|unpause",
+  "client|reply",
+  "client|tracking",
+  "client|no-touch",
+  "memory|stats",
+  "memory|doctor",
+  "memory|malloc-stats",
+  "memory|purge",
+  "object|idletime",
+  "object|freq",
+  "acl|setuser",
+  "acl|genpass",
+  "acl|log",
+  "acl|load",
+  "acl|save",
+  "config|set",
+  "config|rewrite",
+  "config|resetstat",
+  "script|debug",
+  "xinfo|consumers",
+  // COMMAND alone (and INFO, DOCS without names) lists every command in dictionary order.
+  "command",
+  "command|info",
+  "command|docs",
+  "command|list",
+]);
+
+/** In a cluster only: a cluster node's keys are larger (slot links). */
+const SKIPPED_IN_CLUSTER = new Set(["memory|usage"]);
+
+/** Every command name ("get") and subcommand ("config|get") the server at `port` lists, sorted. */
+export async function listCommands(port: number): Promise<string[]> {
+  const client = await RawClient.connect(port);
+  try {
+    const names = (toText(await client.call("COMMAND", "LIST")) as string[]).map((n) => n.toLowerCase());
+    const out: string[] = [];
+    for (const name of names) {
+      const info = toText(await client.call("COMMAND", "INFO", name)) as Value[][];
+      const subs = (info[0]?.[9] ?? []) as Value[][];
+      if (subs.length === 0) out.push(name);
+      for (const sub of subs) out.push(String(sub[0]).toLowerCase());
+    }
+    return out.sort();
+  } finally {
+    client.close();
+  }
+}
+
+function cmd(args: string[]): GenCommand {
+  return { argv: args.map((a) => Buffer.from(a)) };
+}
+
+/**
+ * One burst per command: the database emptied and a key of each type made, then the command
+ * in each shape. In a cluster every argument carries the same hash tag (a key there may be any
+ * argument), and no bare numbers (which would be keys of other slots).
+ */
+export function sweepSequence(commands: readonly string[], mode: Mode, resp3: boolean): Burst[] {
+  const t = mode === "cluster" ? "{a}" : "";
+  const keys = ["s", "l", "h", "st", "z", "t", "missing"].map((k) => `${t}${k}`);
+  const setup = [
+    ["FLUSHALL"],
+    ["SET", keys[0], "12"],
+    ["RPUSH", keys[1], "a"],
+    ["HSET", keys[2], "f", "v"],
+    ["SADD", keys[3], "m"],
+    ["ZADD", keys[4], "1", "m"],
+    ["XADD", keys[5], "1-1", "f", "v"],
+  ];
+  const junk = `${t}x`;
+  const one = mode === "cluster" ? [] : ["1"];
+  const bursts: Burst[] = [];
+  if (resp3) bursts.push({ conn: "a", commands: [cmd(["HELLO", "3"])] });
+  for (const full of commands) {
+    if (SKIPPED.has(full) || SKIPPED.has(full.split("|")[0])) continue;
+    if (mode === "cluster" && SKIPPED_IN_CLUSTER.has(full)) continue;
+    const head = full.split("|");
+    const shapes: string[][] = [[]];
+    for (const key of keys) {
+      shapes.push([key], [key, junk], [key, junk, junk], [key, junk, junk, junk]);
+      for (const n of one) shapes.push([key, n, junk]);
+    }
+    bursts.push({
+      conn: "a",
+      commands: [...setup.map(cmd), ...shapes.map((s) => cmd([...head, ...s]))],
+    });
+  }
+  return bursts;
+}
