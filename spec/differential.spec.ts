@@ -8,6 +8,7 @@ import {
   type RunningProxy,
 } from "./harness/index.js";
 import type { Burst, GenCommand, Mode } from "./support/command-generator.js";
+import { valkeyAvailable } from "./support/backend.js";
 import { check, fuzzSeed, report, type Ports } from "./support/differential.js";
 import { firstDivergence, runSequence, shorten } from "./support/differential-runner.js";
 
@@ -96,6 +97,18 @@ const STANDALONE_REGRESSIONS: [name: string, sequence: Burst[]][] = [
     ),
   ],
 ];
+
+/** In front of Valkey 8: its CLIENT CAPA (any capability OK, the arity error without one). */
+const VALKEY_REGRESSIONS = bursts(
+  [
+    "a",
+    ["CLIENT", "CAPA", "redirect"],
+    ["CLIENT", "CAPA", "x", "y"],
+    ["CLIENT", "CAPA"],
+    ["CLIENT", "capa", "REDIRECT"],
+  ],
+  ["c", ["HELLO", "3"], ["CLIENT", "CAPA", "redirect"]],
+);
 
 /** Divergences that show the same in front of one server and of a cluster. */
 const BOTH_REGRESSIONS: [name: string, sequence: Burst[]][] = [
@@ -267,6 +280,29 @@ describe("differential: generated command sequences against Redis, and through t
         await Promise.all([direct.stop(), backend.stop()]);
       }
     });
+  });
+
+  describe("Valkey 8 against the proxy in front of Valkey 8", () => {
+    before(function () {
+      if (!valkeyAvailable()) this.skip();
+    });
+
+    for (const mode of ["standalone", "cluster"] as const)
+      it(`CLIENT CAPA answers OK, whatever the capabilities (${mode})`, async () => {
+        const [direct, backend] = await Promise.all([
+          startRedis({ binary: "valkey-server" }),
+          mode === "cluster"
+            ? startCluster({ masters: 3, binary: "valkey-server" })
+            : startRedis({ binary: "valkey-server" }),
+        ]);
+        const proxy = await startProxy([{ port: "nodes" in backend ? backend.nodes[0].port : backend.port }]);
+        try {
+          await expectSame({ direct: direct.port, proxy: proxy.port }, mode, VALKEY_REGRESSIONS);
+        } finally {
+          await proxy.close();
+          await Promise.all([direct.stop(), backend.stop()]);
+        }
+      });
   });
 
   describe("one redis-server against the proxy in front of another", () => {

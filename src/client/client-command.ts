@@ -275,6 +275,11 @@ export const clientCommand: LocalCommand = (session, request) => {
     case "no-evict":
       if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
       return noEvict(session, argv);
+    case "capa":
+      // Valkey 8: the client's capabilities, unknown ones ignored. Its one capability,
+      // 'redirect', changes what a replica answers; the proxy's client talks to no replica.
+      if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
+      return void session.replyNow(OK);
     case "help":
       // The server's own text.
       return serverSays(session, request);
