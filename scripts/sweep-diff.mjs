@@ -22,6 +22,8 @@ const { values } = parseArgs({
     mode: { type: "string", default: "both" },
     server: { type: "string", default: "redis" },
     only: { type: "string", default: "" },
+    // Each shape in MULTI ... EXEC.
+    multi: { type: "boolean", default: false },
   },
 });
 const modes = values.mode === "both" ? ["standalone", "cluster"] : [values.mode];
@@ -36,7 +38,7 @@ try {
     let commands = await listCommands(direct.port);
     if (values.only !== "") commands = commands.filter((c) => c.startsWith(values.only));
     for (const resp3 of [false, true]) {
-      const bursts = sweepSequence(commands, mode, resp3);
+      const bursts = sweepSequence(commands, mode, resp3, values.multi);
       await Promise.all([resetServer(direct.port), resetServer(proxy.port)]);
       const a = await runSequence(direct.port, bursts);
       const b = await runSequence(proxy.port, bursts);
