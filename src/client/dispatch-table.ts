@@ -56,9 +56,17 @@ const SPECIAL = new Set([
   "config",
   // SCRIPT DEBUG is answered by the proxy (script-debug.ts).
   "script",
+  // HTTP's first lines: the connection closes (isHttpLine).
+  "post",
+  "host:",
 ]);
 
 const NO_ARGS: readonly Buffer[] = [];
+
+/** POST and Host:, which Redis takes for an HTTP request and answers by closing the connection. */
+export function isHttpLine(name: string): boolean {
+  return name === "post" || name === "host:";
+}
 
 /**
  * Whether `name` needs the dispatcher's full path. By the name alone: the one gears command

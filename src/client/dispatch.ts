@@ -5,7 +5,13 @@ import type { BlockingCall } from "./blocking.js";
 import type { ClientUser } from "./client-user.js";
 import type { CommandHost } from "./command-host.js";
 import { followConfigSet } from "./context.js";
-import { LOCAL_COMMANDS, NO_AUTH_COMMANDS, PROXY_SUBCOMMANDS, isSpecial } from "./dispatch-table.js";
+import {
+  LOCAL_COMMANDS,
+  NO_AUTH_COMMANDS,
+  PROXY_SUBCOMMANDS,
+  isHttpLine,
+  isSpecial,
+} from "./dispatch-table.js";
 import type { GearsBranch } from "./gears-branch.js";
 import type { Lane } from "./lane.js";
 import type { PausedLane } from "./paused-lane.js";
@@ -77,6 +83,8 @@ export class Dispatcher {
     const user = host.user;
     const { txn, pubsub, gears } = this.lanes;
     const argv = request.argv;
+    // Before anything else, in any context (before AUTH, in MULTI), as Redis.
+    if (isHttpLine(name)) return this.httpLine();
     // Redis checks each command's shape first (its arity, a container's subcommand), before
     // authentication, context and ACL: by the server's table, where the proxy answers or
     // refuses the command itself (an ACL refusal looks at it in permitted()). A server user's
@@ -118,6 +126,20 @@ export class Dispatcher {
     else if (name === "multi") txn.multi(request);
     else if (name === "watch") txn.watch(request);
     else this.dedicatedOrShared(name, request, false);
+  }
+
+  /**
+   * POST or Host: (an HTTP request sent to Redis' port, maybe by a browser tricked into it):
+   * Redis logs a warning and closes the connection, replies owed or not. Forwarded, it would
+   * close the shared upstream connection, failing every client's command in flight on it.
+   */
+  private httpLine(): void {
+    const host = this.host;
+    host.ctx.log.warn(
+      { client: host.id },
+      "Possible SECURITY ATTACK detected: a client sent POST or Host: (an HTTP request); connection closed",
+    );
+    host.ctx.clients.get(host.id)?.kill("POST or Host:");
   }
 
   /** An ordinary command from an authenticated client outside MULTI and pub/sub. */
