@@ -1,4 +1,4 @@
-import { RawClient, toText, type Value } from "./raw-client.js";
+import { RawClient, ReplyError, toText, type Value } from "./raw-client.js";
 import type { Burst, GenCommand, Mode } from "./command-generator.js";
 
 // Every command and subcommand the server lists (COMMAND LIST, COMMAND INFO's subcommands),
@@ -114,7 +114,13 @@ const SKIPPED_IN_CLUSTER_MULTI = new Set([
 export async function listCommands(port: number): Promise<string[]> {
   const client = await RawClient.connect(port);
   try {
-    const names = (toText(await client.call("COMMAND", "LIST")) as string[]).map((n) => n.toLowerCase());
+    // Redis 6 has no COMMAND LIST (nor subcommands): the names from COMMAND.
+    const listed = await client.call("COMMAND", "LIST");
+    const names = (
+      listed instanceof ReplyError
+        ? (toText(await client.call("COMMAND")) as Value[][]).map((entry) => String(entry[0]))
+        : (toText(listed) as string[])
+    ).map((n) => n.toLowerCase());
     const out: string[] = [];
     for (const name of names) {
       const info = toText(await client.call("COMMAND", "INFO", name)) as Value[][];

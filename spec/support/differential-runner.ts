@@ -303,7 +303,8 @@ export async function resetServer(port: number): Promise<void> {
     );
     for (let i = 0; i < 5; i++) {
       const reply = await conn.take(10_000);
-      if (typeof reply === "string" || reply.type !== 0x2b)
+      // Redis 6 has no functions, nor these settings (the sweep runs there too): only FLUSHALL must succeed.
+      if (typeof reply === "string" || (reply.type !== 0x2b && i === 0))
         throw new Error(`reset of port ${port}: ${typeof reply === "string" ? reply : reply.raw.toString()}`);
     }
   } finally {
