@@ -143,6 +143,16 @@ function cmd(args: string[]): GenCommand {
  * in each shape. In a cluster every argument carries the same hash tag (a key there may be any
  * argument), and no bare numbers (which would be keys of other slots).
  */
+/**
+ * Known differences, per server kind: commands left out of the sweep there. In front of a
+ * Redis 6.0 Cluster, MSET with a key left over: 6.0's own words ('wrong number of arguments
+ * for MSET') against the proxy's (7.0's), which splits MSET across slots (split.ts does not
+ * know the server's version).
+ */
+export const KNOWN_DIFFERENCES: Record<string, Partial<Record<Mode, string[]>>> = {
+  redis6: { cluster: ["mset"] },
+};
+
 export function sweepSequence(
   commands: readonly string[],
   mode: Mode,
