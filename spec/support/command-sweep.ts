@@ -110,6 +110,13 @@ const SKIPPED_IN_CLUSTER_MULTI = new Set([
   "spublish",
 ]);
 
+/**
+ * No numbers for the commands that may block (with a timeout of 0: forever), nor for the SCAN
+ * family (a cursor of -1 is 2^64-1: which elements it finds in a hash table depends on the
+ * server's hash seed).
+ */
+const NO_NUMBERS = /^(b[lrz]|xread|wait)|scan$/;
+
 /** Every command name ("get") and subcommand ("config|get") the server at `port` lists, sorted. */
 export async function listCommands(port: number): Promise<string[]> {
   const client = await RawClient.connect(port);
@@ -173,6 +180,10 @@ export function sweepSequence(
   ];
   const junk = `${t}x`;
   const one = mode === "cluster" ? [] : ["1"];
+  // Numbers after the key (ranges, counts, indexes), in front of one server only: in a
+  // cluster a number may sit where a key goes. Not for blocking commands (0 blocks forever).
+  const numbers =
+    mode === "cluster" ? [] : [["0"], ["-1"], ["0", "-1"], ["2", "1"], ["1.5"], ["1", "2", "3"]];
   const bursts: Burst[] = [];
   if (resp3) bursts.push({ conn: "a", commands: [cmd(["HELLO", "3"])] });
   for (const full of commands) {
@@ -186,6 +197,7 @@ export function sweepSequence(
     for (const key of keys) {
       shapes.push([key], [key, junk], [key, junk, junk], [key, junk, junk, junk]);
       for (const n of one) shapes.push([key, n, junk]);
+      if (!NO_NUMBERS.test(name)) for (const n of numbers) shapes.push([key, ...n]);
     }
     bursts.push({
       conn: "a",
