@@ -54,7 +54,14 @@ try {
     let ran = 0;
     for (let seed = from; seed < from + seeds; seed++) {
       const sequence = generateSequence({ seed, bursts, mode });
-      const found = await check(ports, sequence);
+      let found;
+      try {
+        found = await check(ports, sequence);
+      } catch (error) {
+        // A reset that failed (the proxy lost its upstream...): the seed that led there.
+        console.log(`seed ${seed}: ${error.message}`);
+        throw error;
+      }
       ran++;
       if (found === null) continue;
       const name = signature(found);

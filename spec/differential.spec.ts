@@ -8,7 +8,7 @@ import {
   type RunningProxy,
 } from "./harness/index.js";
 import type { Burst, GenCommand, Mode } from "./support/command-generator.js";
-import { valkeyAvailable } from "./support/backend.js";
+import { serverAvailable, type ServerKind } from "./support/backend.js";
 import { check, fuzzSeed, report, type Ports } from "./support/differential.js";
 import { firstDivergence, runSequence, shorten } from "./support/differential-runner.js";
 
@@ -98,17 +98,31 @@ const STANDALONE_REGRESSIONS: [name: string, sequence: Burst[]][] = [
   ],
 ];
 
-/** In front of Valkey 8: its CLIENT CAPA (any capability OK, the arity error without one). */
-const VALKEY_REGRESSIONS = bursts(
+/**
+ * In front of other servers: Valkey 8's CLIENT CAPA (any capability OK, the arity error without
+ * one); Redis 6.x's words for SELECT of a non-number and for SCRIPT DEBUG's modes.
+ */
+const OTHER_SERVER_REGRESSIONS: [server: ServerKind, name: string, sequence: Burst[]][] = [
   [
-    "a",
-    ["CLIENT", "CAPA", "redirect"],
-    ["CLIENT", "CAPA", "x", "y"],
-    ["CLIENT", "CAPA"],
-    ["CLIENT", "capa", "REDIRECT"],
+    "valkey",
+    "CLIENT CAPA answers OK, whatever the capabilities",
+    bursts(
+      [
+        "a",
+        ["CLIENT", "CAPA", "redirect"],
+        ["CLIENT", "CAPA", "x", "y"],
+        ["CLIENT", "CAPA"],
+        ["CLIENT", "capa", "REDIRECT"],
+      ],
+      ["c", ["HELLO", "3"], ["CLIENT", "CAPA", "redirect"]],
+    ),
   ],
-  ["c", ["HELLO", "3"], ["CLIENT", "CAPA", "redirect"]],
-);
+  [
+    "redis6",
+    "SELECT of a non-number and SCRIPT DEBUG of an unknown mode, in 6.x's words",
+    bursts(["a", ["SELECT", "z"], ["SELECT", "1"], ["SELECT", "0"]], ["a", ["SCRIPT", "DEBUG", "MAYBE"]]),
+  ],
+];
 
 /** Divergences that show the same in front of one server and of a cluster. */
 const BOTH_REGRESSIONS: [name: string, sequence: Burst[]][] = [
@@ -282,27 +296,31 @@ describe("differential: generated command sequences against Redis, and through t
     });
   });
 
-  describe("Valkey 8 against the proxy in front of Valkey 8", () => {
-    before(function () {
-      if (!valkeyAvailable()) this.skip();
-    });
-
-    for (const mode of ["standalone", "cluster"] as const)
-      it(`CLIENT CAPA answers OK, whatever the capabilities (${mode})`, async () => {
-        const [direct, backend] = await Promise.all([
-          startRedis({ binary: "valkey-server" }),
-          mode === "cluster"
-            ? startCluster({ masters: 3, binary: "valkey-server" })
-            : startRedis({ binary: "valkey-server" }),
-        ]);
-        const proxy = await startProxy([{ port: "nodes" in backend ? backend.nodes[0].port : backend.port }]);
-        try {
-          await expectSame({ direct: direct.port, proxy: proxy.port }, mode, VALKEY_REGRESSIONS);
-        } finally {
-          await proxy.close();
-          await Promise.all([direct.stop(), backend.stop()]);
-        }
-      });
+  describe("other servers against the proxy in front of the same server", () => {
+    for (const [server, name, sequence] of OTHER_SERVER_REGRESSIONS)
+      for (const mode of ["standalone", "cluster"] as const)
+        it(`${server}: ${name} (${mode})`, async function () {
+          if (!serverAvailable(server)) this.skip();
+          const binary = `${server}-server`;
+          const [direct, backend] = await Promise.all([
+            startRedis({ binary }),
+            mode === "cluster" ? startCluster({ masters: 3, binary }) : startRedis({ binary }),
+          ]);
+          const proxy = await startProxy([
+            { port: "nodes" in backend ? backend.nodes[0].port : backend.port },
+          ]);
+          try {
+            // A cluster refuses SELECT n itself: only the rest there.
+            const shown =
+              mode === "cluster"
+                ? sequence.filter((b) => !/^select$/i.test(b.commands[0].argv[0].toString()))
+                : sequence;
+            await expectSame({ direct: direct.port, proxy: proxy.port }, mode, shown);
+          } finally {
+            await proxy.close();
+            await Promise.all([direct.stop(), backend.stop()]);
+          }
+        });
   });
 
   describe("one redis-server against the proxy in front of another", () => {
