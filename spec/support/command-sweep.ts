@@ -194,8 +194,10 @@ export function sweepSequence(
       continue;
     const head = full.split("|");
     const shapes: string[][] = [[]];
-    for (const key of keys) {
+    for (const [i, key] of keys.entries()) {
       shapes.push([key], [key, junk], [key, junk, junk], [key, junk, junk, junk]);
+      // A typed key second (RENAME, SMOVE, LMOVE... to it; SUNION of two types).
+      shapes.push([keys[6], key], [keys[6], key, junk], [key, keys[(i + 1) % 6]]);
       for (const n of one) shapes.push([key, n, junk]);
       if (!NO_NUMBERS.test(name)) for (const n of numbers) shapes.push([key, ...n]);
     }
