@@ -24,6 +24,8 @@ const { values } = parseArgs({
     only: { type: "string", default: "" },
     // Each shape in MULTI ... EXEC.
     multi: { type: "boolean", default: false },
+    // The shapes sent while WATCHing a key.
+    watch: { type: "boolean", default: false },
   },
 });
 const modes = values.mode === "both" ? ["standalone", "cluster"] : [values.mode];
@@ -38,7 +40,7 @@ try {
     let commands = await listCommands(direct.port);
     if (values.only !== "") commands = commands.filter((c) => c.startsWith(values.only));
     for (const resp3 of [false, true]) {
-      const bursts = sweepSequence(commands, mode, resp3, values.multi);
+      const bursts = sweepSequence(commands, mode, resp3, values.multi, values.watch);
       await Promise.all([resetServer(direct.port), resetServer(proxy.port)]);
       const a = await runSequence(direct.port, bursts);
       const b = await runSequence(proxy.port, bursts);

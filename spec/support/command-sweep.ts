@@ -154,10 +154,11 @@ function cmd(args: string[]): GenCommand {
  * Known differences, per server kind: commands left out of the sweep there. In front of a
  * Redis 6.0 Cluster, MSET with a key left over: 6.0's own words ('wrong number of arguments
  * for MSET') against the proxy's (7.0's), which splits MSET across slots (split.ts does not
- * know the server's version).
+ * know the server's version). PFDEBUG, which 6.0's table declares without keys: the proxy
+ * sends it where keyless commands go, not to its key's master.
  */
 export const KNOWN_DIFFERENCES: Record<string, Partial<Record<Mode, string[]>>> = {
-  redis6: { cluster: ["mset"] },
+  redis6: { cluster: ["mset", "pfdebug"] },
 };
 
 export function sweepSequence(
@@ -166,6 +167,8 @@ export function sweepSequence(
   resp3: boolean,
   /** Each shape alone in a transaction: MULTI, the command, EXEC. */
   inMulti = false,
+  /** The shapes sent while WATCHing a key (the proxy holds a connection for the client then). */
+  watching = false,
 ): Burst[] {
   const t = mode === "cluster" ? "{a}" : "";
   const keys = ["s", "l", "h", "st", "z", "t", "missing"].map((k) => `${t}${k}`);
@@ -205,9 +208,11 @@ export function sweepSequence(
       conn: "a",
       commands: [
         ...setup.map(cmd),
+        ...(watching ? [cmd(["WATCH", keys[0]])] : []),
         ...shapes.flatMap((s) =>
           inMulti ? [cmd(["MULTI"]), cmd([...head, ...s]), cmd(["EXEC"])] : [cmd([...head, ...s])],
         ),
+        ...(watching ? [cmd(["UNWATCH"])] : []),
       ],
     });
   }
