@@ -1334,6 +1334,7 @@ function transaction(g: Gen, conn: string, bursts: Burst[]): void {
   }
   const commands: GenCommand[] = [command(g, ["MULTI"])];
   const queued: (Norm | undefined)[] = [];
+  let open = commands[0].argv.length === 1;
   const n = g.count(5);
   g.tag = tag;
   g.fixed = true;
@@ -1347,7 +1348,10 @@ function transaction(g: Gen, conn: string, bursts: Burst[]): void {
     if (g.cluster && FAN_OUT_IN_CLUSTER.test(c.argv[0].toString())) c = command(g, ["PING"]);
     commands.push(c);
     const name = c.argv[0].toString().toUpperCase();
-    if (name !== "MULTI" && name !== "WATCH") queued.push(c.norm);
+    // A MULTI refused for its arity opened nothing: the commands after it run at once, until
+    // a MULTI that opens the transaction.
+    if (name === "MULTI") open ||= c.argv.length === 1;
+    else if (name !== "WATCH" && open) queued.push(c.norm);
   }
   g.fixed = false;
   const end = g.rng.chance(0.8) ? "EXEC" : "DISCARD";
