@@ -122,6 +122,18 @@ const OTHER_SERVER_REGRESSIONS: [server: ServerKind, name: string, sequence: Bur
     "SELECT of a non-number and SCRIPT DEBUG of an unknown mode, in 6.x's words",
     bursts(["a", ["SELECT", "z"], ["SELECT", "1"], ["SELECT", "0"]], ["a", ["SCRIPT", "DEBUG", "MAYBE"]]),
   ],
+  [
+    "redis6",
+    "CLIENT SETNAME, KILL and UNBLOCK of the wrong arity, in 6.x's words",
+    bursts([
+      "a",
+      ["CLIENT", "SETNAME", "a", "b"],
+      ["CLIENT", "setname"],
+      ["CLIENT", "KILL"],
+      ["CLIENT", "UNBLOCK"],
+      ["CLIENT", "UNBLOCK", "1", "TIMEOUT", "x"],
+    ]),
+  ],
 ];
 
 /** Divergences that show the same in front of one server and of a cluster. */
