@@ -7,7 +7,7 @@
 // same way, see signature() in spec/support/differential.ts).
 //
 //   npm run build && node scripts/fuzz-diff.mjs [--mode standalone|cluster|both] [--seeds 200]
-//     [--from 1] [--bursts 80] [--all]
+//     [--from 1] [--bursts 80] [--all] [--server redis|valkey|redis6|redis8]
 //
 // Without --all it stops at the first divergence; with it, it goes on and reports each
 // distinct divergence once. Exit code 1 when something diverged. Each seed resets both sides
@@ -30,6 +30,9 @@ const { values } = parseArgs({
     from: { type: "string", default: "1" },
     bursts: { type: "string", default: "80" },
     all: { type: "boolean", default: false },
+    // Both sides run this server (`<server>-server` on PATH): Redis directly against the proxy
+    // in front of Redis, or Valkey against the proxy in front of Valkey.
+    server: { type: "string", default: "redis" },
   },
 });
 const modes = values.mode === "both" ? ["standalone", "cluster"] : [values.mode];
@@ -40,8 +43,10 @@ const bursts = Number(values.bursts);
 let diverged = false;
 try {
   for (const mode of modes) {
-    const direct = await startRedis();
-    const backend = mode === "cluster" ? await startCluster({ masters: 3 }) : await startRedis();
+    const binary = `${values.server}-server`;
+    const direct = await startRedis({ binary });
+    const backend =
+      mode === "cluster" ? await startCluster({ masters: 3, binary }) : await startRedis({ binary });
     const proxy = await startProxy([{ port: mode === "cluster" ? backend.nodes[0].port : backend.port }]);
     const ports = { direct: direct.port, proxy: proxy.port };
     const seen = new Set();
@@ -49,7 +54,14 @@ try {
     let ran = 0;
     for (let seed = from; seed < from + seeds; seed++) {
       const sequence = generateSequence({ seed, bursts, mode });
-      const found = await check(ports, sequence);
+      let found;
+      try {
+        found = await check(ports, sequence);
+      } catch (error) {
+        // A reset that failed (the proxy lost its upstream...): the seed that led there.
+        console.log(`seed ${seed}: ${error.message}`);
+        throw error;
+      }
       ran++;
       if (found === null) continue;
       const name = signature(found);
@@ -61,7 +73,7 @@ try {
       if (!values.all) break;
     }
     console.log(
-      `${mode}: ${ran} seeds of ${bursts} bursts in ${((Date.now() - started) / 1000).toFixed(1)} s, ${seen.size} distinct divergence(s)`,
+      `${values.server} ${mode}: ${ran} seeds of ${bursts} bursts in ${((Date.now() - started) / 1000).toFixed(1)} s, ${seen.size} distinct divergence(s)`,
     );
     await proxy.close();
     if (!values.all && diverged) break;

@@ -8,6 +8,7 @@ import {
   type RunningProxy,
 } from "./harness/index.js";
 import type { Burst, GenCommand, Mode } from "./support/command-generator.js";
+import { serverAvailable, type ServerKind } from "./support/backend.js";
 import { check, fuzzSeed, report, type Ports } from "./support/differential.js";
 import { firstDivergence, runSequence, shorten } from "./support/differential-runner.js";
 
@@ -97,7 +98,82 @@ const STANDALONE_REGRESSIONS: [name: string, sequence: Burst[]][] = [
   ],
 ];
 
+/**
+ * In front of other servers: Valkey 8's CLIENT CAPA (any capability OK, the arity error without
+ * one); Redis 6.x's words for SELECT of a non-number and for SCRIPT DEBUG's modes.
+ */
+const OTHER_SERVER_REGRESSIONS: [server: ServerKind, name: string, sequence: Burst[]][] = [
+  [
+    "valkey",
+    "CLIENT CAPA answers OK, whatever the capabilities",
+    bursts(
+      [
+        "a",
+        ["CLIENT", "CAPA", "redirect"],
+        ["CLIENT", "CAPA", "x", "y"],
+        ["CLIENT", "CAPA"],
+        ["CLIENT", "capa", "REDIRECT"],
+      ],
+      ["c", ["HELLO", "3"], ["CLIENT", "CAPA", "redirect"]],
+    ),
+  ],
+  [
+    "redis6",
+    "SELECT of a non-number and SCRIPT DEBUG of an unknown mode, in 6.x's words",
+    bursts(["a", ["SELECT", "z"], ["SELECT", "1"], ["SELECT", "0"]], ["a", ["SCRIPT", "DEBUG", "MAYBE"]]),
+  ],
+  [
+    "redis6",
+    "CLIENT SETNAME, KILL and UNBLOCK of the wrong arity, in 6.x's words",
+    bursts([
+      "a",
+      ["CLIENT", "SETNAME", "a", "b"],
+      ["CLIENT", "setname"],
+      ["CLIENT", "KILL"],
+      ["CLIENT", "UNBLOCK"],
+      ["CLIENT", "UNBLOCK", "1", "TIMEOUT", "x"],
+    ]),
+  ],
+];
+
+/** Divergences that show the same in front of one server and of a cluster. */
+const BOTH_REGRESSIONS: [name: string, sequence: Burst[]][] = [
+  [
+    "CLIENT UNBLOCK: the reason checked before the id, an id as Redis reads integers, more than 4 arguments the subcommand's syntax error",
+    bursts([
+      "a",
+      ["CLIENT", "UNBLOCK", "x", "x"],
+      ["CLIENT", "UNBLOCK", "1", "x", "x"],
+      ["CLIENT", "unblock", "1", "x", "x"],
+      ["CLIENT", "UNBLOCK", "007"],
+      ["CLIENT", "UNBLOCK", "99999", "error"],
+      ["CLIENT", "UNBLOCK"],
+    ]),
+  ],
+  [
+    "SCRIPT DEBUG NO behind another command of the same pipeline: the server's error; alone: OK",
+    bursts(
+      ["c", ["HELLO", "3", "NOPE"], ["SCRIPT", "DEBUG", "NO"]],
+      ["a", ["PING"], ["SCRIPT", "DEBUG", "NO"], ["SCRIPT", "DEBUG", "NO"]],
+      ["a", ["SCRIPT", "DEBUG", "NO"]],
+      ["a", ["SCRIPT", "DEBUG", "MAYBE"]],
+      ["a", ["SCRIPT", "DEBUG"]],
+    ),
+  ],
+];
+
 const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
+  [
+    "SCAN: its arity error, and cursors Redis reads as invalid (spaces, hex) are invalid through the proxy too",
+    bursts([
+      "a",
+      ["SCAN"],
+      ["SCAN", " 0"],
+      ["SCAN", "0 "],
+      ["SCAN", "0x1"],
+      ["SCAN", "18446744073709551616"],
+    ]),
+  ],
   [
     "EVAL whose key count exceeds its arguments: the server's error, not CROSSSLOT",
     bursts([
@@ -232,6 +308,33 @@ describe("differential: generated command sequences against Redis, and through t
     });
   });
 
+  describe("other servers against the proxy in front of the same server", () => {
+    for (const [server, name, sequence] of OTHER_SERVER_REGRESSIONS)
+      for (const mode of ["standalone", "cluster"] as const)
+        it(`${server}: ${name} (${mode})`, async function () {
+          if (!serverAvailable(server)) this.skip();
+          const binary = `${server}-server`;
+          const [direct, backend] = await Promise.all([
+            startRedis({ binary }),
+            mode === "cluster" ? startCluster({ masters: 3, binary }) : startRedis({ binary }),
+          ]);
+          const proxy = await startProxy([
+            { port: "nodes" in backend ? backend.nodes[0].port : backend.port },
+          ]);
+          try {
+            // A cluster refuses SELECT n itself: only the rest there.
+            const shown =
+              mode === "cluster"
+                ? sequence.filter((b) => !/^select$/i.test(b.commands[0].argv[0].toString()))
+                : sequence;
+            await expectSame({ direct: direct.port, proxy: proxy.port }, mode, shown);
+          } finally {
+            await proxy.close();
+            await Promise.all([direct.stop(), backend.stop()]);
+          }
+        });
+  });
+
   describe("one redis-server against the proxy in front of another", () => {
     let direct: RedisNode;
     let backend: RedisNode;
@@ -254,7 +357,7 @@ describe("differential: generated command sequences against Redis, and through t
       }
     });
 
-    for (const [name, sequence] of STANDALONE_REGRESSIONS)
+    for (const [name, sequence] of [...STANDALONE_REGRESSIONS, ...BOTH_REGRESSIONS])
       it(name, () => expectSame(ports, "standalone", sequence));
   });
 
@@ -280,7 +383,7 @@ describe("differential: generated command sequences against Redis, and through t
       }
     });
 
-    for (const [name, sequence] of CLUSTER_REGRESSIONS)
+    for (const [name, sequence] of [...CLUSTER_REGRESSIONS, ...BOTH_REGRESSIONS])
       it(name, () => expectSame(ports, "cluster", sequence));
   });
 });

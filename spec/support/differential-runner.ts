@@ -77,7 +77,15 @@ export function normalise(frame: Frame, norm: Norm | undefined): Frame {
     return frame;
   }
   if (norm === "sort") return rebuild(frame, [...frame.children].sort(byRaw));
-  if (norm === "pairs") return rebuild(frame, sortPairs(frame.children));
+  if (norm === "deep") return deepSorted(frame);
+  if (norm === "pairs")
+    // RESP3 HRANDFIELD/ZRANDMEMBER with values: an array of [field, value] arrays.
+    return rebuild(
+      frame,
+      frame.children.every((c) => c.children !== null)
+        ? [...frame.children].sort(byRaw)
+        : sortPairs(frame.children),
+    );
   if (typeof norm === "object" && frame.type === 0x2a) {
     const items = norm.exec;
     return rebuild(
@@ -86,6 +94,13 @@ export function normalise(frame: Frame, norm: Norm | undefined): Frame {
     );
   }
   return frame;
+}
+
+/** Every aggregate's elements sorted, innermost first; a RESP3 map's (or set's) as pairs. */
+function deepSorted(frame: Frame): Frame {
+  if (frame.children === null) return frame;
+  const children = frame.children.map(deepSorted);
+  return rebuild(frame, frame.type === 0x25 ? sortPairs(children) : children.sort(byRaw));
 }
 
 function sortPairs(items: Frame[]): Frame[] {
@@ -259,16 +274,37 @@ export async function runSequence(
   return out;
 }
 
+const CONFIG_DEFAULTS = [
+  "hash-max-listpack-entries",
+  "128",
+  "set-max-intset-entries",
+  "512",
+  "zset-max-listpack-entries",
+  "128",
+  "list-max-listpack-size",
+  "-2",
+  "maxmemory-policy",
+  "noeviction",
+];
+
 /** Everything a run leaves behind, removed (data in every database, scripts, functions). */
 export async function resetServer(port: number): Promise<void> {
   const conn = new Conn(await connectSocket(port));
   try {
     conn.socket.write(
-      Buffer.concat([encode(["FLUSHALL"]), encode(["SCRIPT", "FLUSH"]), encode(["FUNCTION", "FLUSH"])]),
+      Buffer.concat([
+        encode(["FLUSHALL"]),
+        encode(["SCRIPT", "FLUSH"]),
+        encode(["FUNCTION", "FLUSH"]),
+        encode(["ACL", "LOG", "RESET"]),
+        // The settings a sequence may change (CONFIG SET in the generator), back to Redis' defaults.
+        encode(["CONFIG", "SET", ...CONFIG_DEFAULTS]),
+      ]),
     );
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 5; i++) {
       const reply = await conn.take(10_000);
-      if (typeof reply === "string" || reply.type !== 0x2b)
+      // Redis 6 has no functions, nor these settings (the sweep runs there too): only FLUSHALL must succeed.
+      if (typeof reply === "string" || (reply.type !== 0x2b && i === 0))
         throw new Error(`reset of port ${port}: ${typeof reply === "string" ? reply : reply.raw.toString()}`);
     }
   } finally {

@@ -1,7 +1,7 @@
 import { encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
 import { RespVerbatim } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
-import { since74 } from "./server-features.js";
+import { since70, since74 } from "./server-features.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ClientHandle } from "./registry.js";
 import { isLongLong, type CommandHost, type LocalCommand } from "./command-host.js";
@@ -16,9 +16,17 @@ export function badClientName(name: string): string | null {
     : "ERR Client names cannot contain spaces, newlines or special characters.";
 }
 
+/**
+ * A CLIENT subcommand's arity error in the server's words: Redis 7.0+ and Valkey name it
+ * 'client|<sub>'; Redis 6.x, which has no subcommand table, says the subcommand is unknown.
+ */
+function subcommandArity(session: CommandHost, argv: Buffer[], sub: string): string {
+  if (since70(session.ctx.upstreamServer)) return `ERR wrong number of arguments for 'client|${sub}' command`;
+  return `ERR Unknown subcommand or wrong number of arguments for '${argv[1].toString()}'. Try CLIENT HELP`;
+}
+
 function setName(session: CommandHost, argv: Buffer[]): void {
-  if (argv.length !== 3)
-    return session.replyError("ERR wrong number of arguments for 'client|setname' command");
+  if (argv.length !== 3) return session.replyError(subcommandArity(session, argv, "setname"));
   const name = argv[2].toString();
   const bad = badClientName(name);
   if (bad !== null) return session.replyError(bad);
@@ -111,7 +119,13 @@ function killFilter(
 
 function kill(session: CommandHost, argv: Buffer[]): void {
   const args = argv.slice(2).map((a) => a.toString());
-  if (args.length === 0) return session.replyError("ERR wrong number of arguments for 'client|kill' command");
+  if (args.length === 0)
+    // Redis 6.x reads CLIENT KILL's filters before it counts them.
+    return session.replyError(
+      since70(session.ctx.upstreamServer)
+        ? "ERR wrong number of arguments for 'client|kill' command"
+        : "ERR syntax error",
+    );
   const clients = session.ctx.clients;
   if (args.length === 1) {
     // Old form: CLIENT KILL addr:port, which may name the caller itself.
@@ -207,15 +221,21 @@ function list(session: CommandHost, argv: Buffer[]): void {
 
 /** CLIENT UNBLOCK id [TIMEOUT|ERROR], for the proxy's clients: their blocking command is ended on the server. */
 function unblock(session: CommandHost, argv: Buffer[]): void {
-  if (argv.length !== 3 && argv.length !== 4)
-    return session.replyError("ERR wrong number of arguments for 'client|unblock' command");
-  const text = argv[2].toString();
-  const id = Number(text);
-  if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(id))
-    return session.replyError("ERR value is not an integer or out of range");
+  // In Redis' order: the table's arity (at least 3), the subcommand's own (at most 4), the
+  // reason, then the id.
+  if (argv.length < 3) return session.replyError(subcommandArity(session, argv, "unblock"));
+  if (argv.length > 4)
+    return session.replyError(
+      since70(session.ctx.upstreamServer)
+        ? `ERR unknown subcommand or wrong number of arguments for '${argv[1].toString()}'. Try CLIENT HELP.`
+        : subcommandArity(session, argv, "unblock"),
+    );
   const mode = argv[3]?.toString().toLowerCase() ?? "timeout";
   if (mode !== "timeout" && mode !== "error")
     return session.replyError("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR");
+  const text = argv[2].toString();
+  if (!isLongLong(text)) return session.replyError("ERR value is not an integer or out of range");
+  const id = Number(text);
   const target = session.ctx.clients.get(id);
   const threads = session.ctx.threads;
   if (target === undefined && threads !== undefined) {
@@ -270,6 +290,11 @@ export const clientCommand: LocalCommand = (session, request) => {
     case "no-evict":
       if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
       return noEvict(session, argv);
+    case "capa":
+      // Valkey 8: the client's capabilities, unknown ones ignored. Its one capability,
+      // 'redirect', changes what a replica answers; the proxy's client talks to no replica.
+      if (!session.ctx.router.knowsSubcommand("client", sub)) return serverSays(session, request);
+      return void session.replyNow(OK);
     case "help":
       // The server's own text.
       return serverSays(session, request);

@@ -1,5 +1,6 @@
 import { encodeBulk, encodeSimple, OK } from "../resp/encode.js";
 import { wrongArity, type LocalCommand } from "./command-host.js";
+import { since70 } from "./server-features.js";
 
 const PONG = encodeSimple("PONG");
 
@@ -46,7 +47,11 @@ export const select: LocalCommand = (session, { argv }) => {
   const text = argv[1].toString();
   const db = Number(text);
   if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(db)) {
-    session.replyError("ERR value is not an integer or out of range");
+    session.replyError(
+      since70(session.ctx.upstreamServer)
+        ? "ERR value is not an integer or out of range"
+        : "ERR invalid DB index",
+    );
     return;
   }
   if (session.ctx.router.topology.mode === "cluster" && db !== 0) {

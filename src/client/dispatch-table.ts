@@ -54,9 +54,19 @@ const SPECIAL = new Set([
   "watch",
   // CONFIG takes the full path: the gears room answers it for T&F's settings.
   "config",
+  // SCRIPT DEBUG is answered by the proxy (script-debug.ts).
+  "script",
+  // HTTP's first lines: the connection closes (isHttpLine).
+  "post",
+  "host:",
 ]);
 
 const NO_ARGS: readonly Buffer[] = [];
+
+/** POST and Host:, which Redis takes for an HTTP request and answers by closing the connection. */
+export function isHttpLine(name: string): boolean {
+  return name === "post" || name === "host:";
+}
 
 /**
  * Whether `name` needs the dispatcher's full path. By the name alone: the one gears command

@@ -5,13 +5,20 @@ import type { BlockingCall } from "./blocking.js";
 import type { ClientUser } from "./client-user.js";
 import type { CommandHost } from "./command-host.js";
 import { followConfigSet } from "./context.js";
-import { LOCAL_COMMANDS, NO_AUTH_COMMANDS, PROXY_SUBCOMMANDS, isSpecial } from "./dispatch-table.js";
+import {
+  LOCAL_COMMANDS,
+  NO_AUTH_COMMANDS,
+  PROXY_SUBCOMMANDS,
+  isHttpLine,
+  isSpecial,
+} from "./dispatch-table.js";
 import type { GearsBranch } from "./gears-branch.js";
 import type { Lane } from "./lane.js";
 import type { PausedLane } from "./paused-lane.js";
 import type { Subscriber } from "./pubsub.js";
 import type { ReplyWriter } from "./reply-writer.js";
 import type { ScriptLane } from "./scripts.js";
+import { isScriptDebug, scriptDebug } from "./script-debug.js";
 import type { SharedLane } from "./shared-lane.js";
 import type { Transaction } from "./transaction.js";
 
@@ -76,6 +83,8 @@ export class Dispatcher {
     const user = host.user;
     const { txn, pubsub, gears } = this.lanes;
     const argv = request.argv;
+    // Before anything else, in any context (before AUTH, in MULTI), as Redis.
+    if (isHttpLine(name)) return this.httpLine();
     // Redis checks each command's shape first (its arity, a container's subcommand), before
     // authentication, context and ACL: by the server's table, where the proxy answers or
     // refuses the command itself (an ACL refusal looks at it in permitted()). A server user's
@@ -108,6 +117,7 @@ export class Dispatcher {
     if (pubsub.count > 0 && host.proto === 2 && name === "ping") return pubsub.route(name, request);
     const local = LOCAL_COMMANDS.get(name);
     if (local !== undefined) return local(host, request);
+    if (isScriptDebug(name, argv)) return scriptDebug(host, request, host.replies.queue.unwritten);
     if (isGearsCommand(name, argv.slice(1))) gears.run(name, request);
     else if (gears.hooks(name, request)) gears.runHook(name, argv);
     else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);
@@ -116,6 +126,20 @@ export class Dispatcher {
     else if (name === "multi") txn.multi(request);
     else if (name === "watch") txn.watch(request);
     else this.dedicatedOrShared(name, request, false);
+  }
+
+  /**
+   * POST or Host: (an HTTP request sent to Redis' port, maybe by a browser tricked into it):
+   * Redis logs a warning and closes the connection, replies owed or not. Forwarded, it would
+   * close the shared upstream connection, failing every client's command in flight on it.
+   */
+  private httpLine(): void {
+    const host = this.host;
+    host.ctx.log.warn(
+      { client: host.id },
+      "Possible SECURITY ATTACK detected: a client sent POST or Host: (an HTTP request); connection closed",
+    );
+    host.ctx.clients.get(host.id)?.kill("POST or Host:");
   }
 
   /** An ordinary command from an authenticated client outside MULTI and pub/sub. */

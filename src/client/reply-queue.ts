@@ -64,6 +64,14 @@ export class ReplyQueue implements SlotOwner {
     return this.head === null;
   }
 
+  /**
+   * Whether replies are still to be written to the client: queued here, or in the output
+   * buffer (Redis' clientHasPendingReplies, which SCRIPT DEBUG looks at).
+   */
+  get unwritten(): boolean {
+    return this.head !== null || this.out.pending > 0;
+  }
+
   /** A new slot at the end of the order. */
   append(): ReplySlot {
     const slot = new ReplySlot(this);

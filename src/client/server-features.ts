@@ -12,6 +12,11 @@ function atLeast(version: string, major: number, minor: number): boolean {
   return a > major || (a === major && b >= minor);
 }
 
+/** Redis 7.0 or later, or Valkey: SELECT of a non-number says 'value is not an integer' (6.x: 'invalid DB index'). */
+export function since70({ name, version }: ServerIdentity): boolean {
+  return name === "valkey" || atLeast(version, 7, 0);
+}
+
 /** Redis 7.2 or later, or Valkey (forked from 7.2): NOPERM errors that name the user. */
 export function since72({ name, version }: ServerIdentity): boolean {
   return name === "valkey" || atLeast(version, 7, 2);

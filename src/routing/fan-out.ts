@@ -168,6 +168,18 @@ const scriptExists: FanOut = (r, argv, sink, affinity, proto) => {
 const SHARD_BITS = 10n;
 
 /**
+ * A cursor as Redis reads one (strtoul, base 10): an optional sign, digits (none is 0), no
+ * space before or after, below 2^64; a minus wraps around. Null when Redis says invalid.
+ */
+function scanCursor(text: string): bigint | null {
+  const m = /^([+-]?)(\d*)$/.exec(text);
+  if (m === null) return null;
+  const n = m[2] === "" ? 0n : BigInt(m[2]);
+  if (n >= 1n << 64n) return null;
+  return m[1] === "-" ? ((1n << 64n) - n) % (1n << 64n) : n;
+}
+
+/**
  * SCAN across masters, one after another. The proxy's cursor is the master's own cursor
  * shifted left, with the master's index (by slot order) in the low bits, so it stays a
  * plain number below 2^63 as clients expect.
@@ -175,14 +187,10 @@ const SHARD_BITS = 10n;
 const scan: FanOut = (r, argv, target, affinity, proto) => {
   const sink = sinkInProtocol(target, proto);
   const masters = r.masters();
-  let cursor: bigint;
-  try {
-    cursor = BigInt(argv[1]?.toString() ?? "x");
-  } catch {
-    return sink.reply(encodeError("ERR invalid cursor"));
-  }
-  const index = Number(cursor & ((1n << SHARD_BITS) - 1n));
-  if (cursor < 0n || index >= masters.length) return sink.reply(encodeError("ERR invalid cursor"));
+  if (argv.length < 2) return sink.reply(encodeError("ERR wrong number of arguments for 'scan' command"));
+  const cursor = scanCursor(argv[1].toString("latin1"));
+  const index = Number((cursor ?? 0n) & ((1n << SHARD_BITS) - 1n));
+  if (cursor === null || index >= masters.length) return sink.reply(encodeError("ERR invalid cursor"));
   const shardCursor = cursor >> SHARD_BITS;
   const sub = [argv[0], Buffer.from(shardCursor.toString()), ...argv.slice(2)];
   r.sendTo(
