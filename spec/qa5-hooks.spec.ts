@@ -71,6 +71,13 @@ describe("qa5: hooks of commands a script may not run (redis-py)", () => {
           .catch((e: Error) => e.message);
         expect(error, command).to.equal("ERR Can not hook a command which are not allowed inside a script");
       }
+      // XREAD/XREADGROUP block or not by their arguments: refused as RedisGears refused them.
+      for (const command of ["xread", "xreadgroup"]) {
+        const error = await client
+          .call("RG.EXECUTE", `GB().register('*', {commands: ['${command}']})`)
+          .catch((e: Error) => e.message);
+        expect(error, command).to.equal("ERR Can not hook a command with moveable keys by key prefix");
+      }
       expect(await client.call("RG.EXECUTE", "GB().register('*', {commands: ['get', 'set']})")).to.equal(
         "OK",
       );

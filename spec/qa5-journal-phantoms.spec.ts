@@ -1,5 +1,6 @@
 import { expect } from "chai";
 import { Redis } from "ioredis";
+import { createClient } from "redis";
 import { startProxy, startRedis } from "./harness/index.js";
 
 const TRIGGER_LIBRARY = `#!js api_version=1.0 name=phantoms
@@ -46,6 +47,21 @@ describe("qa5: writes that notify nothing give no event", () => {
       expect(await client.zadd("q:z", 2, "a")).to.equal(0);
       await client.pexpire("q:g", 100_000);
       await client.persist("q:g");
+      // Source and destination one key: Redis answers without a notification.
+      await client.sadd("q:set", "a");
+      expect(await client.smove("q:set", "q:set", "a")).to.equal(1);
+      await client.set("q:r", "1");
+      expect(await client.rename("q:r", "q:r")).to.equal("OK");
+      // COPY into another database: its notification is that database's.
+      expect(await client.call("COPY", "q:r", "q:c", "DB", "1")).to.equal(1);
+      // RESP3: SPOP with a count answers an empty set (~0) for a missing key.
+      const resp3 = createClient({ socket: { port: proxy.port } });
+      await resp3.connect();
+      try {
+        expect(await resp3.sendCommand(["SPOP", "q:none", "5"])).to.deep.equal([]);
+      } finally {
+        await resp3.quit();
+      }
       // Past the journal's settle (a barrier each second).
       await new Promise((r) => setTimeout(r, 3000));
       const expected = [
@@ -59,6 +75,8 @@ describe("qa5: writes that notify nothing give no event", () => {
         "persist q:g",
         "zadd q:z",
         "zadd q:z",
+        "sadd q:set",
+        "set q:r",
       ].sort();
       expect((await client.lrange("rg-log", 0, -1)).sort()).to.deep.equal(expected);
       expect((await client.lrange("tf-log", 0, -1)).sort()).to.deep.equal(expected);

@@ -27,6 +27,11 @@ describe("qa5: scripts may not turn a shared connection into something else", ()
         ["READONLY"],
         ["READWRITE"],
         ["ASKING"],
+        // Redis closes a connection whose line starts as an HTTP request.
+        ["POST", "/"],
+        ["HOST:", "x"],
+        // A debugger session on whatever shared connection the next EVAL takes.
+        ["SCRIPT", "DEBUG", "YES"],
       ];
       for (const argv of commands) {
         const name = argv[0].toLowerCase();

@@ -47,12 +47,20 @@ const NOT_FROM_SCRIPTS = new Set([
   "readonly",
   "readwrite",
   "asking",
+  // A line Redis takes for an HTTP request: it closes the connection (client/http-line.ts).
+  "post",
+  "host:",
   ...SUBSCRIBE_FAMILY,
 ]);
 
+/** SCRIPT DEBUG YES/SYNC would turn a shared connection's next EVALs into debugger sessions. */
+function isScriptDebug(name: string, argv: readonly Buffer[]): boolean {
+  return name === "script" && argv[1]?.toString().toLowerCase() === "debug";
+}
+
 /** Why a script may not send this command through the shared connections; null when it may. */
 export function scriptCommandRefusal(name: string, argv: readonly Buffer[]): string | null {
-  return NOT_FROM_SCRIPTS.has(name) || isBlocking(name, argv)
+  return NOT_FROM_SCRIPTS.has(name) || isBlocking(name, argv) || isScriptDebug(name, argv)
     ? `ERR '${name}' cannot be called from a gears script`
     : null;
 }
@@ -69,6 +77,18 @@ export function hookRefusal(name: string): string | null {
   return NOT_FROM_SCRIPTS.has(name) || SCRIPT_COMMANDS.has(name) || isBlocking(name, [])
     ? "Can not hook a command which are not allowed inside a script"
     : null;
+}
+
+/**
+ * Why a KeysReader registration's `commands` may not name `name`; null when it may. As a hook
+ * (hookRefusal), and not XREAD/XREADGROUP, blocking or not by their arguments: a client's XREAD
+ * BLOCK run in the proxy's path would hold a shared connection (RedisGears refused them too,
+ * for their keys' positions). A hook's callNext() checks each call's arguments instead.
+ */
+export function commandsRefusal(name: string): string | null {
+  if (name === "xread" || name === "xreadgroup")
+    return "Can not hook a command with moveable keys by key prefix";
+  return hookRefusal(name);
 }
 
 /** A batch of a guest's async host calls, each run as its sync call, all at once. */

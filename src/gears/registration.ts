@@ -4,7 +4,7 @@ import type { KeyEvent } from "./events/keyspace-source.js";
 import type { StreamConsumer, StreamOptions } from "./events/stream-consumer.js";
 import type { Execution } from "./execution.js";
 import type { Action } from "./guest-isolate.js";
-import { hookRefusal } from "./host-bridge.js";
+import { commandsRefusal, hookRefusal } from "./host-bridge.js";
 
 /** A keyspace event of a registration's batch (waiting ones are stored compactly, in an EventQueue). */
 export type QueuedKeyEvent = KeyEvent;
@@ -172,7 +172,7 @@ export class Registration {
     if (this.keyTypes !== null && this.keyTypes.some((t) => !KEY_TYPES.has(t))) return "unknown key type";
     // `commands` runs each command in the proxy's path, on a shared connection, as a hook does.
     for (const command of this.commands ?? []) {
-      const refusal = hookRefusal(command);
+      const refusal = commandsRefusal(command);
       if (refusal !== null) return refusal;
     }
     if (this.reader === "CommandReader") {

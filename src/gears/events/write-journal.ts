@@ -121,6 +121,9 @@ const NO_OWN_NOTIFICATION = new Set(["xack", "xclaim", "xautoclaim", "xreadgroup
 /** Writes that change nothing when they answer an empty array (ZPOPMIN of a missing key...). */
 const EMPTY_IS_NOTHING = new Set(["zpopmin", "zpopmax", "spop", "lpop", "rpop"]);
 
+/** Writes that change nothing, and notify nothing, when source and destination are one key. */
+const SAME_KEY_NOTHING = new Set(["smove", "rename"]);
+
 /**
  * Writes answered with one code per field, where none above 0 means no field changed (-2 no
  * such field, -1 no expiry to remove, 0 a condition not met): then they emit nothing.
@@ -315,6 +318,13 @@ export class WriteJournal {
    */
   watch(name: string, argv: readonly Buffer[], keys: Buffer[], db: number): WriteOutcome | null {
     if (NO_OWN_NOTIFICATION.has(name)) return null;
+    if (keys.length === 2 && SAME_KEY_NOTHING.has(name) && keys[0].equals(keys[1])) return null;
+    // COPY ... DB n writes in another database, whose notification tells of it.
+    if (
+      name === "copy" &&
+      argv.some((a, i) => i > 2 && a.length === 2 && a.toString().toLowerCase() === "db")
+    )
+      return null;
     if (keys.length === 1) return this.watchOne(name, argv, keys[0], db);
     const names = writtenKeys(
       name,
@@ -681,6 +691,8 @@ function changedNothing(name: string, reply: Buffer, conditional: boolean): bool
   // SET ... GET and GETSET answer nil for a key that was missing, and wrote it.
   if (nil || reply[0] === 95 /* _ (RESP3 null) */)
     return (name !== "set" && name !== "getset") || conditional;
+  // An empty array, or set (RESP3: SPOP with a count answers `~0`).
+  if (reply[0] === 126 /* ~ */) return reply[1] === 48 && reply[2] === 13 && EMPTY_IS_NOTHING.has(name);
   if (reply[0] === 42 /* * */) {
     if (reply[1] === 48 /* *0 */ && reply[2] === 13) return EMPTY_IS_NOTHING.has(name);
     if (PER_FIELD_CODES.has(name)) return everyElement(reply, noFieldChanged);
