@@ -280,7 +280,8 @@ export class GearsEngine {
     const registrations = [...registered].map(
       ([index, regId]) => new Registration(regId, actions[index], index, id),
     );
-    const invalid = registrations.map((r) => r.invalid()).find((e) => e !== null);
+    const restored = request.restoredIds !== undefined;
+    const invalid = registrations.map((r) => r.invalid(restored)).find((e) => e !== null);
     if (invalid !== undefined) {
       await isolate.dispose().catch(() => {});
       return encodeError(`ERR ${invalid}`);

@@ -151,8 +151,13 @@ export class Registration {
         : null;
   }
 
-  /** What makes register()'s options unusable, as the error RG.EXECUTE answers; null when fine. */
-  invalid(): string | null {
+  /**
+   * What makes register()'s options unusable, as the error RG.EXECUTE answers; null when fine.
+   * A session brought back from the store (`restored`) meets only the checks that keep shared
+   * connections safe: the others came after it was stored by an older build, which ran it.
+   */
+  invalid(restored = false): string | null {
+    if (restored) return this.unsafe();
     if (!MODES.has(this.mode)) return `Unknown execution mode '${this.mode}' (async, async_local, sync)`;
     if (this.stream !== null) {
       const policy = this.stream.onFailedPolicy;
@@ -170,11 +175,8 @@ export class Registration {
       if (v !== undefined && v !== null && !Array.isArray(v)) return `${name} argument must be a list`;
     }
     if (this.keyTypes !== null && this.keyTypes.some((t) => !KEY_TYPES.has(t))) return "unknown key type";
-    // `commands` runs each command in the proxy's path, on a shared connection, as a hook does.
-    for (const command of this.commands ?? []) {
-      const refusal = commandsRefusal(command);
-      if (refusal !== null) return refusal;
-    }
+    const unsafe = this.unsafe();
+    if (unsafe !== null) return unsafe;
     if (this.reader === "CommandReader") {
       // RedisGears' texts: a CommandReader registration is either a trigger or a hook.
       const hasTrigger = options.trigger !== undefined && options.trigger !== null;
@@ -182,9 +184,18 @@ export class Registration {
       if (hasTrigger && (options.hook != null || options.keyprefix != null))
         return "trigger argument can not be given with keyprefix or hook";
       if (!hasTrigger && this.hook === null) return "no trigger or hook argument was given";
-      if (this.hook !== null) return hookRefusal(this.hook);
     }
     return null;
+  }
+
+  /** A hook or a KeysReader's `commands` that would run, in the proxy's path, a command that ties up a shared connection. */
+  private unsafe(): string | null {
+    // `commands` runs each command in the proxy's path, on a shared connection, as a hook does.
+    for (const command of Array.isArray(this.commands) ? this.commands : []) {
+      const refusal = commandsRefusal(command);
+      if (refusal !== null) return refusal;
+    }
+    return this.reader === "CommandReader" && this.hook !== null ? hookRefusal(this.hook) : null;
   }
 
   get reader(): string {
