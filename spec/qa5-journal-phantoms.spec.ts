@@ -54,6 +54,10 @@ describe("qa5: writes that notify nothing give no event", () => {
       expect(await client.rename("q:r", "q:r")).to.equal("OK");
       // COPY into another database: its notification is that database's.
       expect(await client.call("COPY", "q:r", "q:c", "DB", "1")).to.equal(1);
+      // LINSERT of a missing key, or with a pivot not in the list.
+      expect(await client.linsert("q:none", "BEFORE", "x", "y")).to.equal(0);
+      await client.rpush("q:l", "a");
+      expect(await client.linsert("q:l", "BEFORE", "nope", "y")).to.equal(-1);
       // RESP3: SPOP with a count answers an empty set (~0) for a missing key.
       const resp3 = createClient({ socket: { port: proxy.port } });
       await resp3.connect();
@@ -77,6 +81,7 @@ describe("qa5: writes that notify nothing give no event", () => {
         "zadd q:z",
         "sadd q:set",
         "set q:r",
+        "rpush q:l",
       ].sort();
       expect((await client.lrange("rg-log", 0, -1)).sort()).to.deep.equal(expected);
       expect((await client.lrange("tf-log", 0, -1)).sort()).to.deep.equal(expected);

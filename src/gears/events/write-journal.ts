@@ -107,6 +107,8 @@ const ZERO_IS_NOTHING = new Set([
   // subscription is down).
   "zadd",
   "geoadd",
+  // LINSERT of a missing key (0); -1, its pivot not found, below.
+  "linsert",
 ]);
 
 /**
@@ -699,6 +701,7 @@ function changedNothing(name: string, reply: Buffer, conditional: boolean): bool
     if (FIELD_VALUES.has(name)) return everyElement(reply, isNull);
     return false;
   }
+  if (name === "linsert" && reply[0] === 58 && reply[1] === 45 /* :-1 */) return true;
   return reply[0] === 58 /* : */ && reply[1] === 48 /* 0 */ && reply[2] === 13 && ZERO_IS_NOTHING.has(name);
 }
 
