@@ -172,6 +172,9 @@ const CLUSTER_REGRESSIONS: [name: string, sequence: Burst[]][] = [
       ["SCAN", "0 "],
       ["SCAN", "0x1"],
       ["SCAN", "18446744073709551616"],
+      // A sign alone is no number to strtoul: invalid.
+      ["SCAN", "+"],
+      ["SCAN", "-"],
     ]),
   ],
   [

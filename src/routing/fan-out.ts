@@ -168,13 +168,15 @@ const scriptExists: FanOut = (r, argv, sink, affinity, proto) => {
 const SHARD_BITS = 10n;
 
 /**
- * A cursor as Redis reads one (strtoul, base 10): an optional sign, digits (none is 0), no
- * space before or after, below 2^64; a minus wraps around. Null when Redis says invalid.
+ * A cursor as Redis reads one (strtoul, base 10): an optional sign and digits (the empty
+ * string is 0; a sign alone, read as no number, is not), no space before or after, below
+ * 2^64; a minus wraps around. Null when Redis says invalid.
  */
 function scanCursor(text: string): bigint | null {
-  const m = /^([+-]?)(\d*)$/.exec(text);
+  if (text === "") return 0n;
+  const m = /^([+-]?)(\d+)$/.exec(text);
   if (m === null) return null;
-  const n = m[2] === "" ? 0n : BigInt(m[2]);
+  const n = BigInt(m[2]);
   if (n >= 1n << 64n) return null;
   return m[1] === "-" ? ((1n << 64n) - n) % (1n << 64n) : n;
 }
