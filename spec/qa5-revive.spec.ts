@@ -42,6 +42,34 @@ describe("qa5: a session whose isolate the watchdog ended", () => {
         15_000,
       );
       expect(await ids()).to.deep.equal(before);
+      // Its counters go on: the events before, the one that failed, and those after.
+      const dump = ((await client.call("RG.DUMPREGISTRATIONS")) as unknown[][])[0].flat(3).map(String);
+      const field = (name: string): string => dump[dump.indexOf(name) + 1];
+      expect(Number(field("numTriggered")), dump.join(" ")).to.be.at.least(3);
+      expect(Number(field("numFailures")), dump.join(" ")).to.be.at.least(1);
+      expect(field("lastError"), dump.join(" ")).to.not.equal("");
+    } finally {
+      client.disconnect();
+      await proxy.close();
+      await redis.stop();
+    }
+  });
+
+  it("a timer whose tick the watchdog ended goes on ticking in the new isolate", async () => {
+    const redis = await startRedis();
+    const proxy = await startProxy([{ port: redis.port }], { gearsConfig: { ScriptTimeoutMS: "1000" } });
+    const client = new Redis(proxy.port);
+    try {
+      const script = `registerTimeEvent(0.2, () => {
+        const n = execute('INCR', 'ticks');
+        if (n == 2) JSON.stringify(new Array(2e6).fill({a: [1, 2, 3]}));
+      })`;
+      expect(await client.call("RG.EXECUTE", script, "ID", "stucktimer")).to.equal("OK");
+      await eventually(
+        "ticks past the stuck one",
+        async () => Number(await client.get("ticks")) >= 6,
+        20_000,
+      );
     } finally {
       client.disconnect();
       await proxy.close();

@@ -56,6 +56,11 @@ export interface ExecuteRequest {
   db?: number;
   /** A stored session coming back: its registrations keep these ids (by register() index). */
   restoredIds?: Record<string, string>;
+  /**
+   * The session runs again in a new isolate after its own ended (revive): its registrations
+   * keep their counters, last error and executions, as if nothing had been re-run.
+   */
+  carryOver?: boolean;
   /** RG.PYEXECUTE: the script is Python (RedisGears 1.x's API); default JavaScript. */
   python?: boolean;
   /** The ACL user running it: owns what it creates, and its scripts run with its rights. */
@@ -302,6 +307,13 @@ export class GearsEngine {
       timers: [],
       owner: request.owner ?? null,
     };
+    if (request.carryOver === true) {
+      const old = this.registry.session(id);
+      for (const r of registrations) {
+        const before = old?.registrations.find((o) => o.id === r.id);
+        if (before !== undefined) r.carryOver(before);
+      }
+    }
     session.timers = timerRequests.map((t) => this.startTimer(session, t.id, t.seconds, t.keyName));
     this.registry.install(session, replaces);
     if (request.replaceWith !== undefined) await this.forget(request.replaceWith);
@@ -354,6 +366,8 @@ export class GearsEngine {
           { session: session.id, err: err instanceof Error ? err.message : String(err) },
           "time event failed",
         );
+        // The watchdog ended the isolate (a tick past ScriptTimeoutMS): the session runs again.
+        if (!session.isolate.alive) this.revive(session);
       } finally {
         busy = false;
       }
@@ -751,7 +765,7 @@ export class GearsEngine {
       const json = this.storedJson.get(session.id);
       if (json === undefined || this.registry.session(session.id) !== session) return;
       this.log.warn({ session: session.id }, "a gears session's isolate ended: running its script again");
-      await this.bringIn(JSON.parse(json) as StoredSession, json);
+      await this.bringIn(JSON.parse(json) as StoredSession, json, true);
     })
       .catch((err: unknown) =>
         this.log.warn(
@@ -763,7 +777,7 @@ export class GearsEngine {
   }
 
   /** Runs a stored session's script in its session, with its registrations' old ids. */
-  private async bringIn(s: StoredSession, json: string): Promise<void> {
+  private async bringIn(s: StoredSession, json: string, carryOver = false): Promise<void> {
     this.storedJson.set(s.id, json);
     this.scripts.set(s.id, s.script);
     const reply = await this.execute({
@@ -773,6 +787,7 @@ export class GearsEngine {
       description: s.description ?? undefined,
       upgrade: true,
       restoredIds: s.registrations,
+      carryOver,
       db: s.db ?? 0,
       python: s.python === true,
       owner: s.owner,

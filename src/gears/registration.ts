@@ -90,7 +90,7 @@ function optionList(options: Record<string, JsonValue>, name: string): string[] 
  * `actionIndex` of the guest library.
  */
 export class Registration {
-  readonly stats = new RegistrationStats();
+  stats = new RegistrationStats();
   readonly mode: string;
   readonly prefix: string;
   readonly eventTypes: string[] | null;
@@ -149,6 +149,12 @@ export class Registration {
             trimStream: options.trimStream !== false,
           }
         : null;
+  }
+
+  /** The same registration run again in a new isolate (revive): its counters and executions go on. */
+  carryOver(before: Registration): void {
+    this.stats = before.stats;
+    this.executions.push(...before.executions);
   }
 
   /**

@@ -698,14 +698,15 @@ export class RegistrationRegistry {
     registration.executions.push(execution);
     const started = Date.now();
     await execution.run();
-    // The watchdog ended its worker (a builtin call past ScriptTimeoutMS...): every later
-    // event of the session would fail with "the isolate is gone".
-    if (!session.isolate.alive) this.options.onIsolateGone?.(session);
     this.options.observer?.()?.executionFinished(execution);
     this.trimExecutions(registration);
     const streakBefore = registration.stats.failureStreak;
     registration.stats.record(Date.now() - started, execution.errors, execution.status === "aborted", events);
     this.logFailureStreak(registration, streakBefore, execution.errors);
+    // The watchdog ended its worker (a builtin call past ScriptTimeoutMS...): every later
+    // event of the session would fail with "the isolate is gone". After the failure is
+    // counted: the session's new registrations take the counts over (carryOver).
+    if (!session.isolate.alive) this.options.onIsolateGone?.(session);
     return execution;
   }
 
