@@ -184,6 +184,16 @@ describe("gears write journal: events of writes through the proxy, once each (on
     expect(await seen(direct0)).to.deep.equal(expected0);
   });
 
+  it("notifications cut: a GEOADD's event is named as Redis names it (zadd), once", async () => {
+    await direct0.config("SET", "notify-keyspace-events", "");
+    await db0.geoadd("k:geo", 13.36, 38.11, "palermo");
+    const expected0 = { "k:geo zadd": 1 };
+    await handled(direct0, expected0, "the GEOADD handled without its notification");
+    await direct0.config("SET", "notify-keyspace-events", "AE");
+    await drained(direct0);
+    expect(await seen(direct0)).to.deep.equal(expected0);
+  });
+
   it("a transaction that does not run (EXECABORT, DISCARD) produces no event", async () => {
     await db0.multi().set("k:discarded", "1").discard();
     await db0

@@ -22,6 +22,8 @@ const EVENT_OF: Record<string, string> = {
   lpushx: "lpush",
   rpushx: "rpush",
   zincrby: "zincr",
+  // GEOADD is ZADD underneath, and notifies as it.
+  geoadd: "zadd",
   pexpire: "expire",
   expireat: "expire",
   pexpireat: "expire",
