@@ -111,13 +111,15 @@ class Link {
 export class Subscriber {
   /** The connection of SUBSCRIBE and PSUBSCRIBE (and, in front of one server, SSUBSCRIBE). */
   private main: Link | null = null;
-  /**
-   * Subscriptions on `main`, as the server last counted them: channels and patterns, and in
-   * front of one server shard channels too, which its confirmations count apart.
-   */
-  private mainCount = 0;
-  /** Of mainCount, the shard channels (one server's SSUBSCRIBE confirmations count those alone). */
-  private mainShardCount = 0;
+  /** Channels and patterns on `main`, as the server last counted them. */
+  private mainClassic = 0;
+  /** Shard channels on `main` (one server's SSUBSCRIBE confirmations count those alone). */
+  private mainShards = 0;
+
+  /** Subscriptions on `main`: in front of one server, shard channels too. */
+  private get mainCount(): number {
+    return this.mainClassic + this.mainShards;
+  }
   /** In a cluster: a shard's link by node id, and each shard channel's node, as sent. */
   private readonly shards = new Map<string, Link>();
   private readonly shardChannels = new Map<string, string>();
@@ -190,8 +192,8 @@ export class Subscriber {
     this.notified = true;
     if (this.main !== null) this.dropLink(this.main);
     this.main = this.attach(lease, false);
-    this.mainCount = count;
-    this.mainShardCount = 0;
+    this.mainClassic = count;
+    this.mainShards = 0;
     this.count = count + this.shardChannels.size;
     this.host.markLane("subscribed");
   }
@@ -383,11 +385,9 @@ export class Subscriber {
     if (confirmation !== null) {
       this.names.follow(confirmation);
       const [kind, , count] = confirmation;
-      const shard = kind === "ssubscribe" || kind === "sunsubscribe";
-      const total = shard ? this.mainCount - this.mainShardCount + count : this.mainShardCount + count;
-      if (shard) this.mainShardCount = count;
-      this.mainCount = total;
-      this.count = total + this.shardChannels.size;
+      if (kind === "ssubscribe" || kind === "sunsubscribe") this.mainShards = count;
+      else this.mainClassic = count;
+      this.count = this.mainCount + this.shardChannels.size;
     } else if (this.notified && isProxyKeyNotification(frame)) return;
     this.relay(link, frame);
   }
@@ -497,8 +497,8 @@ export class Subscriber {
     link.lease.destroy();
     if (link === this.main) {
       this.main = null;
-      this.mainCount = 0;
-      this.mainShardCount = 0;
+      this.mainClassic = 0;
+      this.mainShards = 0;
       this.notices.close();
     } else {
       this.shards.delete(link.lease.nodeId);

@@ -33,12 +33,20 @@ export function confirmationOf(frame: Buffer): Confirmation | null {
   return asConfirmation(decodeReply(frame));
 }
 
-/**
- * For a (un)subscribe confirmation frame, the number of subscriptions the connection
- * has left (the frame's third element); null for messages and other replies.
- */
-export function subscriptionCount(frame: Buffer): number | null {
-  return confirmationOf(frame)?.[2] ?? null;
+/** The confirmations among `frames`, which may be elements of a frame too (EXEC's reply), in order. */
+function confirmationsIn(frames: readonly Buffer[]): Confirmation[] {
+  const found: Confirmation[] = [];
+  for (const frame of frames) {
+    const value = decodeReply(frame);
+    const own = asConfirmation(value);
+    if (own !== null) found.push(own);
+    else if (Array.isArray(value))
+      for (const element of value) {
+        const c = asConfirmation(element);
+        if (c !== null) found.push(c);
+      }
+  }
+  return found;
 }
 
 /**
@@ -63,16 +71,7 @@ export class SubscriptionNames {
 
   /** The confirmations among `frames`, which may be elements of a frame too (EXEC's reply). */
   followAll(frames: readonly Buffer[]): void {
-    for (const frame of frames) {
-      const value = decodeReply(frame);
-      const own = asConfirmation(value);
-      if (own !== null) this.follow(own);
-      else if (Array.isArray(value))
-        for (const element of value) {
-          const c = asConfirmation(element);
-          if (c !== null) this.follow(c);
-        }
-    }
+    for (const c of confirmationsIn(frames)) this.follow(c);
   }
 
   clear(): void {
@@ -103,27 +102,12 @@ export function withCount(frame: Buffer, count: number): Buffer {
 /** Kinds whose count is the connection's channels and patterns (not its shard channels). */
 const MAIN_KINDS = new Set(["subscribe", "unsubscribe", "psubscribe", "punsubscribe"]);
 
-function mainCount(value: unknown): number | null {
-  if (!Array.isArray(value) || value.length !== 3) return null;
-  const [kind, , count] = value as unknown[];
-  return Buffer.isBuffer(kind) && typeof count === "number" && MAIN_KINDS.has(kind.toString()) ? count : null;
-}
-
 /**
  * The channels and patterns a connection is left with after the confirmations among
  * `frames`, which may be elements of a frame too (EXEC's reply); null when there is none.
  */
 export function countAfter(frames: readonly Buffer[]): number | null {
   let last: number | null = null;
-  for (const frame of frames) {
-    const value = decodeReply(frame);
-    const own = mainCount(value);
-    if (own !== null) last = own;
-    else if (Array.isArray(value))
-      for (const element of value) {
-        const count = mainCount(element);
-        if (count !== null) last = count;
-      }
-  }
+  for (const [kind, , count] of confirmationsIn(frames)) if (MAIN_KINDS.has(kind)) last = count;
   return last;
 }

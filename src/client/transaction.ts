@@ -109,6 +109,11 @@ export class Transaction {
     return this.watching || this.watchLost ? this.watchedKeys.size : 0;
   }
 
+  /** The database a command queued now runs in: the last SELECT queued before it, or the client's. */
+  private get queuingDb(): number {
+    return this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
+  }
+
   /** Commands queued since MULTI, as Redis counts them (CLIENT LIST's `multi`; countQueued). */
   get queuedCommands(): number {
     return this.shownQueued;
@@ -340,11 +345,11 @@ export class Transaction {
     }
     const tf = this.tfTail !== null || isTfCall(name);
     const payload = request.raw ?? encodeCommand(request.argv);
+    // Its position is the one noteQueued gives it next.
+    if (!tf && this.host.ctx.router.completedAfterExec(name, request.argv, this.queuingDb))
+      this.spanning.push([this.queued, request.argv]);
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
-    const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
-    if (!tf && this.host.ctx.router.completedAfterExec(name, request.argv, db))
-      this.spanning.push([this.queued, request.argv]);
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
     if (name.startsWith("eval") || name === "script") this.scripts.push([name, request.argv]);
     if (SUBSCRIBE_FAMILY.has(name)) this.subscribing = true;
@@ -412,8 +417,7 @@ export class Transaction {
     } else if (pausesServer(name, argv)) this.pauses.push([this.queued, argv]);
     else if (name === "slowlog" && argv[1]?.toString().toLowerCase() === "reset")
       this.slowlogReset = this.queued;
-    const db = this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
-    const outcome = this.host.ctx.router.queuedTap?.(name, argv, db) ?? null;
+    const outcome = this.host.ctx.router.queuedTap?.(name, argv, this.queuingDb) ?? null;
     if (outcome !== null) this.writes.push([this.queued, outcome]);
     // Kept for EXEC's second look, needed only where the proxy checks ACL rules itself.
     if (this.host.ctx.acl !== null) this.queuedArgv.push(argv);

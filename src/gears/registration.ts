@@ -197,7 +197,7 @@ export class Registration {
   /** A hook or a KeysReader's `commands` that would run, in the proxy's path, a command that ties up a shared connection. */
   private unsafe(): string | null {
     // `commands` runs each command in the proxy's path, on a shared connection, as a hook does.
-    for (const command of Array.isArray(this.commands) ? this.commands : []) {
+    for (const command of this.commands ?? []) {
       const refusal = commandsRefusal(command);
       if (refusal !== null) return refusal;
     }

@@ -47,6 +47,15 @@ export const CROSSSLOT_ERROR = "CROSSSLOT Keys in request don't hash to the same
  * Decides where each command goes and sends it there. Client sessions and the gears
  * engine both reach Redis only through here.
  */
+/**
+ * In front of one server, a key listing of database 0 (where the proxy keeps its own keys)
+ * that its fan-out handler answers without them. Not SCAN, whose cursors the fan-out rewrites
+ * (its pages are filtered instead, scanPageWithoutProxyKeys).
+ */
+function listsProxyKeys(name: string, db: number): boolean {
+  return db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name);
+}
+
 export class Router implements ClusterSender {
   readonly scripts = new ScriptCache();
   private readonly cluster: ClusterTopology | null;
@@ -88,8 +97,7 @@ export class Router implements ClusterSender {
     if (this.cluster === null) {
       // The proxy's own keys (db 0) are left out of key listings there too; not SCAN, whose
       // cursors the fan-out rewrites, so a cursor of the server's own would be refused.
-      const hiding =
-        ctx.db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name) ? FAN_OUT.get(name) : undefined;
+      const hiding = listsProxyKeys(name, ctx.db) ? FAN_OUT.get(name) : undefined;
       if (hiding !== undefined) return hiding(this, argv, sink, ctx.affinity, proto);
       if (ctx.db === 0 && name === "scan") sink = scanPageWithoutProxyKeys(sink, proto);
       if (name === "pubsub" && isChannelsQuery(argv)) sink = channelsWithoutProxy(sink, proto);
@@ -223,7 +231,7 @@ export class Router implements ClusterSender {
     // A blocking command (WAIT) in a transaction answers at once where it ran; run alone on
     // the other masters' shared connections it would block them.
     if (this.cluster !== null) return !isBlocking(name, argv) && spansMasters(name, argv);
-    return db === 0 && name !== "scan" && KEY_LISTING_COMMANDS.has(name);
+    return listsProxyKeys(name, db);
   }
 
   /**

@@ -236,34 +236,25 @@ async function stopOrphan(dir: string, log: Logger): Promise<void> {
     return;
   }
   const { pid, port, proxy } = noted;
-  if (
-    typeof proxy === "number" &&
-    proxy !== process.pid &&
-    processAlive(proxy) &&
-    typeof pid === "number" &&
-    processAlive(pid)
-  )
-    throw new Error(
-      `${dir} is the data directory of a redis-server that another running gears-proxy (pid ${proxy}) started; give this one another --data-dir, or --upstream 127.0.0.1:${String(port)} to share that server`,
-    );
-  if (
-    typeof pid === "number" &&
-    typeof port === "number" &&
-    processAlive(pid) &&
-    (await servesDir(pid, port, dir))
-  ) {
-    log.warn(
-      { pid, port, dir },
-      "an embedded redis-server left running by an earlier proxy holds this data directory: stopping it (it saves first)",
-    );
-    process.kill(pid, "SIGTERM");
-    const deadline = Date.now() + ORPHAN_EXIT_MS;
-    while (processAlive(pid)) {
-      if (Date.now() > deadline)
-        throw new Error(
-          `the redis-server (pid ${pid}) an earlier proxy left running on ${dir} did not exit within ${ORPHAN_EXIT_MS / 1000} s of SIGTERM; stop it, then start again`,
-        );
-      await sleep(100);
+  if (typeof pid === "number" && typeof port === "number" && processAlive(pid)) {
+    if (typeof proxy === "number" && proxy !== process.pid && processAlive(proxy))
+      throw new Error(
+        `${dir} is the data directory of a redis-server that another running gears-proxy (pid ${proxy}) started; give this one another --data-dir, or --upstream 127.0.0.1:${port} to share that server`,
+      );
+    if (await servesDir(pid, port, dir)) {
+      log.warn(
+        { pid, port, dir },
+        "an embedded redis-server left running by an earlier proxy holds this data directory: stopping it (it saves first)",
+      );
+      process.kill(pid, "SIGTERM");
+      const deadline = Date.now() + ORPHAN_EXIT_MS;
+      while (processAlive(pid)) {
+        if (Date.now() > deadline)
+          throw new Error(
+            `the redis-server (pid ${pid}) an earlier proxy left running on ${dir} did not exit within ${ORPHAN_EXIT_MS / 1000} s of SIGTERM; stop it, then start again`,
+          );
+        await sleep(100);
+      }
     }
   }
   fs.rmSync(file, { force: true });

@@ -696,9 +696,9 @@ function changedNothing(name: string, reply: Buffer, conditional: boolean): bool
   if (nil || reply[0] === 95 /* _ (RESP3 null) */)
     return (name !== "set" && name !== "getset") || conditional;
   // An empty array, or set (RESP3: SPOP with a count answers `~0`).
-  if (reply[0] === 126 /* ~ */) return reply[1] === 48 && reply[2] === 13 && EMPTY_IS_NOTHING.has(name);
+  if ((reply[0] === 42 /* * */ || reply[0] === 126) /* ~ */ && reply[1] === 48 /* 0 */ && reply[2] === 13)
+    return EMPTY_IS_NOTHING.has(name);
   if (reply[0] === 42 /* * */) {
-    if (reply[1] === 48 /* *0 */ && reply[2] === 13) return EMPTY_IS_NOTHING.has(name);
     if (PER_FIELD_CODES.has(name)) return everyElement(reply, noFieldChanged);
     if (FIELD_VALUES.has(name)) return everyElement(reply, isNull);
     return false;
