@@ -35,6 +35,12 @@ const EVENT_OF: Record<string, string> = {
   hsetex: "hset",
   hgetex: "hexpire",
   hgetdel: "hdel",
+  // BITOP stores a string; BITFIELD's writes notify as SETBIT; GETEX followed only with an expiry.
+  bitop: "set",
+  bitfield: "setbit",
+  getex: "expire",
+  georadius: "georadiusstore",
+  georadiusbymember: "georadiusstore",
 };
 
 /**
@@ -111,6 +117,19 @@ const ZERO_IS_NOTHING = new Set([
   "geoadd",
   // LINSERT of a missing key (0); -1, its pivot not found, below.
   "linsert",
+  // Stores of an empty result: Redis deletes the destination, and notifies "del", only when it
+  // was there; that notification comes as from any writer.
+  "sinterstore",
+  "sunionstore",
+  "sdiffstore",
+  "zinterstore",
+  "zunionstore",
+  "zdiffstore",
+  "zrangestore",
+  "bitop",
+  "georadius",
+  "georadiusbymember",
+  "geosearchstore",
 ]);
 
 /**
@@ -156,6 +175,9 @@ const UNKNOWN_TARGET = new Set([
 const SET_EXPIRY = /^(ex|px|exat|pxat)$/i;
 const SET_CONDITION = /^(nx|xx)$/i;
 
+/** Writes whose destination is the last key they name (GEORADIUS ... STORE dst). */
+const STORE_LAST = new Set(["copy", "georadius", "georadiusbymember"]);
+
 /**
  * The keys a write changes, among those it names: every one, its destination (the first
  * key of the ...STORE family, BITOP, PFMERGE; the last of COPY), or none that can be told.
@@ -164,7 +186,7 @@ function writtenKeys(name: string, keys: string[]): string[] {
   if (COUNTED.has(name)) return [...new Set(keys)];
   if (keys.length <= 1 || EVERY_KEY_WRITTEN.has(name)) return keys;
   if (UNKNOWN_TARGET.has(name)) return [];
-  return name === "copy" ? keys.slice(-1) : keys.slice(0, 1);
+  return STORE_LAST.has(name) ? keys.slice(-1) : keys.slice(0, 1);
 }
 
 /**
@@ -391,6 +413,7 @@ export class WriteJournal {
     // GETEX without an option only reads; SETRANGE of an empty string writes nothing.
     if ((name === "getex" && argv.length === 2) || (name === "setrange" && argv[3]?.length === 0))
       return null;
+    if (mayNotifyNothing(name, argv)) return null;
     const kind = kindOf(name);
     const event = kind.event;
     let exact = kind.exact;
@@ -687,6 +710,45 @@ export class WriteJournal {
 function sameLatin1(frame: Buffer, start: number, text: string): boolean {
   for (let i = 0; i < text.length; i++) if (frame[start + i] !== text.charCodeAt(i)) return false;
   return true;
+}
+
+/** BITFIELD's subcommands that write. */
+const BITFIELD_WRITES = /^(set|incrby)$/i;
+const ZADD_FLAGS = /^(nx|xx|gt|lt|ch)$/i;
+
+/**
+ * Writes not followed because their reply cannot tell whether they notified: the notification,
+ * if any, comes as from any writer. BITFIELD with only GET (and OVERFLOW) reads, as
+ * GEORADIUS naming one key does; GETEX PERSIST
+ * notifies only when the key had a TTL; an increment of 0 (ZINCRBY, ZADD INCR) leaves a member
+ * already there unchanged, without a notification, but adds a new one.
+ */
+function mayNotifyNothing(name: string, argv: readonly Buffer[]): boolean {
+  if (name === "bitfield") {
+    for (let i = 2; i < argv.length; i++) if (BITFIELD_WRITES.test(argv[i].toString("latin1"))) return false;
+    return true;
+  }
+  // GEORADIUS without STORE or STOREDIST reads (its one key is the source).
+  if (name === "georadius" || name === "georadiusbymember") return true;
+  if (name === "getex") return argv.some((a, i) => i > 1 && /^persist$/i.test(a.toString("latin1")));
+  if (name === "zincrby") return argv.length > 2 && isZero(argv[2]);
+  if (name === "zadd") {
+    let i = 2;
+    let incr = false;
+    for (; i < argv.length; i++) {
+      const flag = argv[i].toString("latin1");
+      if (/^incr$/i.test(flag)) incr = true;
+      else if (!ZADD_FLAGS.test(flag)) break;
+    }
+    return incr && i < argv.length && isZero(argv[i]);
+  }
+  return false;
+}
+
+/** Whether a score argument reads as 0 (or -0), as Redis' strtod would. */
+function isZero(arg: Buffer): boolean {
+  const text = arg.toString("latin1");
+  return text.length > 0 && text.trim() === text && Number(text) === 0;
 }
 
 /** Whether a write's reply says it changed nothing, so it emitted no notification. */
