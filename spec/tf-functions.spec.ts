@@ -262,6 +262,36 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       expect(await t.c.call("TFCALLASYNC", "lib.isblock", "0")).to.equal(1);
     });
 
+    it("the global environment is T&F's: no eval, EvalError or SharedArrayBuffer; console there; a stack overflow is an ordinary exception with V8's text", async () => {
+      const code = lib(
+        "env",
+        `redis.registerFunction('kinds', () =>
+           [typeof eval, typeof EvalError, typeof SharedArrayBuffer, typeof console, typeof console.log].join(' '));
+         redis.registerFunction('log', () => { console.log('not read'); console.error('x'); return 'ok'; });
+         const deeper = (k) => deeper(k + 1) + 1;
+         redis.registerFunction('deep', () => deeper(0));
+         redis.registerAsyncFunction('deepAsync', async (client) => { await client.callAsync('ping'); return deeper(0); });
+         redis.registerFunction('caught', () => { try { return deeper(0); } catch (e) { return 'caught ' + (e instanceof Error); } });
+         let calls = 0;
+         redis.registerFunction('calls', () => ++calls);`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      expect(await t.c.call("TFCALL", "env.kinds", "0")).to.equal(
+        "undefined undefined undefined object function",
+      );
+      expect(await t.c.call("TFCALL", "env.log", "0")).to.equal("ok");
+      expect(await t.c.call("TFCALL", "env.calls", "0")).to.equal(1);
+      expect(await rejection(t.c.call("TFCALL", "env.deep", "0"))).to.equal(
+        "RangeError: Maximum call stack size exceeded",
+      );
+      expect(await rejection(t.c.call("TFCALLASYNC", "env.deepAsync", "0"))).to.equal(
+        "RangeError: Maximum call stack size exceeded",
+      );
+      expect(await t.c.call("TFCALL", "env.caught", "0")).to.equal("caught true");
+      // The library's state lived through them: the same isolate goes on.
+      expect(await t.c.call("TFCALL", "env.calls", "0")).to.equal(2);
+    });
+
     it("runOnShards returns one result per master; runOnKey runs on the key's master; remote errors come back", async () => {
       const code = lib(
         "cluster",

@@ -29,11 +29,13 @@ import { runConcurrently, tick, type StartAsync } from "./async-batch.js";
 import { lastDigits, lastInteger, runBatch, type RunCall } from "./batch.js";
 import { AsyncClient, isAsyncFunction, SyncClient, type ClientMode } from "./client.js";
 import { bytesToBuffer, fromReply, toReply } from "./convert.js";
+import { isStackOverflow, shapeGlobals, STACK_OVERFLOW_TEXT } from "./globals.js";
 
 const NOT_SETTLED = {};
 
 /** An uncaught exception as T&F's error reply text: the thrown value's string form. */
 function errorText(e: unknown): string {
+  if (isStackOverflow(e)) return STACK_OVERFLOW_TEXT;
   if (isFatal(e)) throw e;
   return safeString(e);
 }
@@ -377,4 +379,5 @@ const entry: TfEntry = {
   },
 };
 
+shapeGlobals();
 defineEntry(TF_ENTRY, entry);
