@@ -88,3 +88,29 @@ describe("qa5: hooks of commands a script may not run (redis-py)", () => {
     }
   });
 });
+
+describe("hooks of commands the server does not have", () => {
+  it("are refused with RedisGears' text, and nothing is registered; a known command's hook still is", async () => {
+    const redis = await startRedis();
+    const proxy = await startProxy([{ port: redis.port }]);
+    const client = new Redis(proxy.port);
+    const hook = (cmd: string): Promise<unknown> =>
+      client.call(
+        "RG.EXECUTE",
+        `GB('CommandReader').map(x => callNext(...x.slice(1))).register({hook: '${cmd}'})`,
+      );
+    try {
+      await hook("nosuchcommand").then(
+        () => expect.fail("registered"),
+        (e: Error) => expect(e.message).to.equal("ERR Can not override an unexisting command"),
+      );
+      expect(await client.call("RG.DUMPREGISTRATIONS")).to.deep.equal([]);
+      expect(await hook("HSET")).to.equal("OK");
+      expect(await client.hset("h", "f", "v")).to.equal("1");
+    } finally {
+      client.disconnect();
+      await proxy.close();
+      await redis.stop();
+    }
+  });
+});

@@ -268,6 +268,12 @@ export class GearsEngine {
     return execution.reply();
   }
 
+  /** RedisGears' refusal of a hook on a command the server does not have. */
+  private unknownHook(registrations: Registration[]): string | undefined {
+    const hook = registrations.find((r) => r.hook !== null && !this.router.knowsCommand(r.hook));
+    return hook === undefined ? undefined : "Can not override an unexisting command";
+  }
+
   /**
    * A script that registered: its isolate becomes the session's, replacing the session of
    * the same id (UPGRADE) or the one named by REPLACE_WITH at once. A run() in the same
@@ -286,7 +292,9 @@ export class GearsEngine {
       ([index, regId]) => new Registration(regId, actions[index], index, id),
     );
     const restored = request.restoredIds !== undefined;
-    const invalid = registrations.map((r) => r.invalid(restored)).find((e) => e !== null);
+    const invalid =
+      registrations.map((r) => r.invalid(restored)).find((e) => e !== null) ??
+      (restored ? undefined : this.unknownHook(registrations));
     if (invalid !== undefined) {
       await isolate.dispose().catch(() => {});
       return encodeError(`ERR ${invalid}`);

@@ -175,6 +175,11 @@ export class Router implements ClusterSender {
    * (the runs split it). Fanned-out commands, scripts the cache must see and reads that may
    * go to a replica take forward().
    */
+  /** Whether the upstream knows the command `name` (lower case); true while its table is unknown. */
+  knowsCommand(name: string): boolean {
+    return this.commands === null || this.commands.size === 0 || this.commands.lookup(name, []) !== undefined;
+  }
+
   runSlotOf(name: string, request: Request): number {
     let key = this.runKeys.get(name);
     if (key === undefined) {
