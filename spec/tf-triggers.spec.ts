@@ -173,6 +173,44 @@ for (const [server, mode] of SERVERS_AND_MODES) {
       }
     });
 
+    it("an async trigger holds its write only until its first await: the rest runs in the background, and counts when it settles", async () => {
+      const code = lib(
+        "later",
+        `redis.registerKeySpaceTrigger('bg', 'later:', async function(client, data){
+           client.block((c) => c.call('set', 'first:' + data.key, '1'));
+           await client.callAsync('blpop', 'later-never:{l}', '1');
+           client.block((c) => c.call('set', 'last:' + data.key, '1'));
+         });`,
+      );
+      expect(await t.c.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+      const stats = async (): Promise<[unknown, unknown]> => {
+        const listed = ((await t.c.call("TFUNCTION", "LIST", "LIBRARY", "later", "v")) as unknown[][])[0];
+        const trigger = (listed[listed.indexOf("keyspace_triggers") + 1] as unknown[][])[0];
+        return [trigger[trigger.indexOf("num_finished") + 1], trigger[trigger.indexOf("num_success") + 1]];
+      };
+      try {
+        const began = Date.now();
+        expect(await t.c.set("later:{l}:a", "v")).to.equal("OK");
+        // A second write while the first callback still awaits: answered as promptly.
+        expect(await t.c.set("later:{l}:b", "v")).to.equal("OK");
+        expect(Date.now() - began, "answered before the BLPOP's second").to.be.below(800);
+        expect(await t.c.get("first:later:{l}:a")).to.equal("1");
+        expect(await t.c.get("first:later:{l}:b")).to.equal("1");
+        expect(await t.c.get("last:later:{l}:a")).to.equal(null);
+        expect(await stats()).to.deep.equal([0, 0]);
+        await eventually(
+          () => t.c.get("last:later:{l}:b"),
+          (v) => v === "1",
+          "the callbacks' rest ran",
+        );
+        expect(await t.c.get("last:later:{l}:a")).to.equal("1");
+        await eventually(stats, (s) => s[0] === 2, "both counted");
+        expect(await stats()).to.deep.equal([2, 2]);
+      } finally {
+        await t.c.call("TFUNCTION", "DELETE", "later");
+      }
+    });
+
     it("the documentation's stream trigger copies entries into hashes: old entries first, then new ones, in order", async () => {
       await t.c.xadd("stream:copy", "1-1", "name", "before");
       const code = lib(

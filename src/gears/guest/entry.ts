@@ -226,6 +226,12 @@ export const ASYNC_JOIN = "joinAsync";
 export const CALL_IN = "callIn";
 /** The note a TFCALLASYNC's outcome travels in: its batch's id, its index in the batch, then its FlatPairs pair. */
 export const ASYNC_SETTLED = "settled";
+/**
+ * The note of a keyspace trigger entry whose async callbacks have all reached their first
+ * await: the TriggerOutcomes so far, an unsettled callback's time -1 (its outcome comes with
+ * the entry's result).
+ */
+export const TRIGGERS_STARTED = "triggersStarted";
 
 export interface TfEntry {
   /** Defines `redis` for the library's code about to run (its CONFIG JSON, its api version). */
@@ -256,9 +262,15 @@ export interface TfEntry {
    * byte), and the key's slot. Each runs onTriggerFired, then its callback; the calls of
    * events of distinct slots are pipelined as a batch of TFCALLs' are (guest/tf/batch.ts),
    * those of one slot run one after the other, in order. It starts none once `budgetMs` is
-   * spent. The outcomes of those it ran, in order, as TriggerOutcomes.
+   * spent. The outcomes of those it ran, in order, as TriggerOutcomes. The events are of
+   * database `db`, where their calls run. With async callbacks, a TRIGGERS_STARTED note
+   * comes once each has reached its first await; the entry may then be resumed later.
    */
-  fireKeyspaceTriggers(events: BatchCalls, budgetMs: number): TriggerOutcomes | Promise<TriggerOutcomes>;
+  fireKeyspaceTriggers(
+    events: BatchCalls,
+    budgetMs: number,
+    db: number,
+  ): TriggerOutcomes | Promise<TriggerOutcomes>;
   /**
    * Stream trigger `name` for a window of entries of one stream (name in latin1), started
    * one after the other (async callbacks then wait together): each started entry's error

@@ -259,14 +259,26 @@ export class KeyspaceTriggers {
     if (runnable.length === 0) return sameDb;
     const started = Date.now();
     let outcomes: TriggerOutcomes;
+    let whole: Promise<TriggerOutcomes> | undefined;
+    let live = library;
     try {
-      const live = await this.libraries.revive(library);
+      live = await this.libraries.revive(library);
       const budget = entryBudgetMs(live.guest.isolate);
-      outcomes = await live.guest.fireKeyspaceTriggers(
+      // The entry's outcomes, or, with async callbacks, those it had when every callback
+      // reached its first await (TRIGGERS_STARTED): the writes are answered then, and the
+      // async ones are counted when the entry ends.
+      const early = new Promise<TriggerOutcomes>((resolve) => (live.bridge.triggersStarted = resolve));
+      whole = live.guest.fireKeyspaceTriggers(
         runnable.map((x) => [x.trigger, x.event.event, x.event.key]),
+        db,
         budget,
         () => (live.bridge.db = db),
       );
+      try {
+        outcomes = await Promise.race([whole, early]);
+      } finally {
+        live.bridge.triggersStarted = null;
+      }
     } catch (err) {
       // The entry failed as a whole (its isolate ended: the time or memory limit): each counts.
       const error = sandboxText(err);
@@ -275,16 +287,43 @@ export class KeyspaceTriggers {
       return sameDb;
     }
     const ran = Math.min(runnable.length, outcomes.length / 2);
+    const pending: number[] = [];
     for (let i = 0; i < ran; i++) {
-      this.count(
-        library.name,
-        runnable[i].trigger,
-        outcomes[2 * i] as string | null,
-        outcomes[2 * i + 1] as number,
-      );
+      const took = outcomes[2 * i + 1] as number;
+      if (took === -1) pending.push(i);
+      else this.count(library.name, runnable[i].trigger, outcomes[2 * i] as string | null, took);
     }
+    if (pending.length > 0 && whole !== undefined) this.countLater(live, runnable, pending, whole, started);
     // Items dropped above ran nowhere; the rest of `runnable` goes again, in order.
     return ran === runnable.length ? sameDb : items.indexOf(runnable[ran]);
+  }
+
+  /** Counts the async callbacks of an entry when it ends (as long as their library is still the one loaded). */
+  private countLater(
+    library: TfLibrary,
+    runnable: TriggerItem[],
+    pending: number[],
+    whole: Promise<TriggerOutcomes>,
+    started: number,
+  ): void {
+    const current = (): boolean => this.libraries.get(library.name) === library;
+    whole.then(
+      (outcomes) => {
+        if (!current()) return;
+        for (const i of pending)
+          this.count(
+            library.name,
+            runnable[i].trigger,
+            outcomes[2 * i] as string | null,
+            outcomes[2 * i + 1] as number,
+          );
+      },
+      (err: unknown) => {
+        if (!current()) return;
+        const error = sandboxText(err);
+        for (const i of pending) this.count(library.name, runnable[i].trigger, error, Date.now() - started);
+      },
+    );
   }
 
   private count(library: string, trigger: string, error: string | null, took: number): void {

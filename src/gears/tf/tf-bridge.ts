@@ -22,8 +22,10 @@ import {
   FLAT_ERROR,
   FLAT_INTEGER,
   FLAT_OK,
+  TRIGGERS_STARTED,
   type Tagged,
   type TfOutcome,
+  type TriggerOutcomes,
 } from "../guest/entry.js";
 import { scriptCommandRefusal, type CommandGuard } from "../host-bridge.js";
 import { isBlocking } from "../../routing/command-kinds.js";
@@ -155,6 +157,9 @@ export class TfBridge implements HostBridge {
   readonly pendingAsyncCalls = new Set<{ text: string }>();
   /** Work of the library under way in the background: TFCALLASYNCs and stream records (pending_jobs). */
   pendingJobs = 0;
+
+  /** Told the outcomes so far of the keyspace trigger entry under way once its async callbacks await (TRIGGERS_STARTED). */
+  triggersStarted: ((outcomes: TriggerOutcomes) => void) | null = null;
 
   /** The batches of TFCALLASYNCs under way, by id: where their outcomes go, and those that may join. */
   readonly asyncBatches = new Map<number, AsyncBatch>();
@@ -315,6 +320,10 @@ export class TfBridge implements HostBridge {
   notify(name: string, args: JsonValue[]): void {
     if (name === ASYNC_SETTLED) {
       this.asyncBatches.get(Number(args[0]))?.settled(Number(args[1]), outcomeOfPair(args[2], args[3]));
+      return;
+    }
+    if (name === TRIGGERS_STARTED) {
+      this.triggersStarted?.(args as TriggerOutcomes);
       return;
     }
     if (name === "log") this.log.info({ library: this.library }, `<redisgears_2> ${String(args[0])}`);

@@ -93,14 +93,17 @@ export class TfGuest {
    */
   async fireKeyspaceTriggers(
     items: [string, string, Buffer][],
+    db: number,
     budgetMs: number,
     onStart?: () => void,
   ): Promise<TriggerOutcomes> {
     const calls: JsonValue[] = [];
     for (const [name, event, key] of items)
       calls.push(name, 3, event, utf8Text(key), key.toString("latin1"), 1, keySlot(key));
-    return (await this.isolate.call(path("fireKeyspaceTriggers"), [calls, budgetMs], {
+    // Resumable: async callbacks go on in later entries, other work in between (TRIGGERS_STARTED).
+    return (await this.isolate.call(path("fireKeyspaceTriggers"), [calls, budgetMs, db], {
       onStart,
+      resumable: { budgetMs, onSuspended: () => {} },
     })) as TriggerOutcomes;
   }
 

@@ -8,6 +8,7 @@ import {
   FLAT_OK,
   LIMITS_ERROR,
   TF_ENTRY,
+  TRIGGERS_STARTED,
   type BatchCalls,
   type FlatPairs,
   type Tagged,
@@ -262,8 +263,14 @@ const entry: TfEntry = {
     return runConcurrently(batch, db, calls, startAsync);
   },
 
-  fireKeyspaceTriggers(events: BatchCalls, budgetMs: number): TriggerOutcomes | Promise<TriggerOutcomes> {
+  fireKeyspaceTriggers(
+    events: BatchCalls,
+    budgetMs: number,
+    db: number,
+  ): TriggerOutcomes | Promise<TriggerOutcomes> {
     const out: TriggerOutcomes = [];
+    // Their calls name the database: an async callback goes on in later entries (below).
+    const mode: ClientMode = { noWrites: false, blockAllowed: true, db };
     let later: Promise<void>[] | null = null;
     // An event's time is its own: those started on top of it while it waited for a reply
     // count theirs (T&F's executions ran one after another, and their times add up so).
@@ -294,9 +301,10 @@ const entry: TfEntry = {
           return;
         }
       }
-      const o = invoke(def.fn, TRIGGER_MODE, [data]);
+      const o = invoke(def.fn, mode, [data]);
       if (isThenable(o)) {
-        // An async callback: its time is until it settles (a closure only for those).
+        // An async callback: its time is until it settles (a closure only for those); -1 until then.
+        out[2 * i + 1] = -1;
         const settled = Promise.resolve(o).then((x) => {
           out[2 * i] = "err" in x ? x.err : null;
           out[2 * i + 1] = Date.now() - started;
@@ -311,7 +319,12 @@ const entry: TfEntry = {
     };
     const started = runBatch(events, run, budgetMs, false);
     out.length = 2 * started;
-    return later === null ? out : Promise.all(later).then(() => out);
+    if (later === null) return out;
+    // Every callback has run up to its first await: the writes that fired them may be
+    // answered now, as T&F ran the rest of an async callback in the background. The note
+    // carries the outcomes so far, an async one's time as -1.
+    host.notify(TRIGGERS_STARTED, ...out);
+    return Promise.all(later).then(() => out);
   },
 
   fireStreamTrigger(
