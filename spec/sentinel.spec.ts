@@ -6,6 +6,7 @@ import { Redis } from "ioredis";
 import { createClient } from "redis";
 import { freePort, startProxy, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { startSentinels, type SentinelDeployment } from "./harness/sentinel.js";
+import { parseArgs, UsageError } from "../src/cli.js";
 import {
   configEpochOf,
   parseSentinelEvent,
@@ -114,6 +115,28 @@ describe("Redis Sentinel: reading the sentinels' replies and events", () => {
       masterId: "127.0.0.1:6379",
     });
     expect(parseSentinelEvent("+switch-master", "mymaster 127.0.0.1")).to.equal(null);
+  });
+
+  it("--sentinel takes a list or repeats; --sentinel-master alone is refused", () => {
+    const config = parseArgs(
+      [
+        "--sentinel",
+        "127.0.0.1:26379,127.0.0.1:26380",
+        "--sentinel",
+        "10.0.0.9:26381",
+        "--sentinel-master",
+        "m",
+      ],
+      {},
+    );
+    expect(config.sentinels).to.deep.equal([
+      { host: "127.0.0.1", port: 26379 },
+      { host: "127.0.0.1", port: 26380 },
+      { host: "10.0.0.9", port: 26381 },
+    ]);
+    expect(config.sentinelMaster).to.equal("m");
+    expect(config.upstreams).to.deep.equal([]);
+    expect(() => parseArgs(["--sentinel-master", "m"], {})).to.throw(UsageError, /needs --sentinel/);
   });
 
   it("answers are ranked by config epoch, each address once, and those older than the epoch followed are left out", () => {
@@ -235,6 +258,13 @@ async function acrossFailover(
     expect(await io.set("before", "io")).to.equal("OK");
     expect(await nr.get("before")).to.equal("io");
     const old = await d.master();
+    // A client blocked on the old master gets an error, not a hang.
+    const blocked = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    blocked.on("error", () => {});
+    const blpop = blocked.blpop("nothing", 0).then(
+      () => "answered",
+      (err: unknown) => (err instanceof Error ? err.message : String(err)),
+    );
     const writers = [writer((k) => io.set(k, "v"), "io:"), writer((k) => nr.set(k, "v"), "nr:")];
     await sleep(300);
     const started = Date.now();
@@ -256,6 +286,8 @@ async function acrossFailover(
     writers.forEach((w, i) => expect(w.acked.length, "writes after the switch").to.be.above(counts[i]));
     for (const w of writers) expect(await missingOn(now, w.acked)).to.deep.equal([]);
     expect(await proxyMasterPort(io)).to.equal(now.port);
+    expect(await blpop).to.match(/upstream connection lost/);
+    blocked.disconnect();
     expect(recovered, "ms from the failover to writes landing on the new master").to.be.below(15_000);
   } finally {
     io.disconnect();
@@ -286,8 +318,12 @@ describe("Redis Sentinel: following a failover (ioredis and node-redis, default 
     });
   });
 
-  it("the master killed (SIGKILL): once Sentinel promotes the replica, writes land there, none acknowledged lost", async () => {
-    await acrossFailover(d!, proxy!, (old) => old.kill());
+  it("the master killed (SIGKILL), a sentinel first: once the others promote the replica, writes land there, none acknowledged lost", async () => {
+    await acrossFailover(d!, proxy!, async (old) => {
+      // The proxy's events and answers come from the sentinels left.
+      await d!.sentinels[0].kill();
+      await old.kill();
+    });
   });
 });
 
@@ -312,8 +348,19 @@ describe("Redis Sentinel: gears across a failover", function () {
     await d?.stop();
   });
 
-  it("a KeysReader registration keeps firing for writes through the proxy, and a T&F library stays callable", async () => {
+  it("a KeysReader registration keeps firing for writes through the proxy, a T&F library stays callable, subscribers hear again", async () => {
     const c = io!;
+    // Subscribers at default options: the proxy drops them when their upstream link dies, they
+    // reconnect and subscribe again, on the new master.
+    const heard: string[] = [];
+    const sub = new Redis({ port: proxy!.port, host: "127.0.0.1" });
+    sub.on("error", () => {});
+    sub.on("message", (_channel: string, message: string) => heard.push(`io:${message}`));
+    await sub.subscribe("news");
+    const nsub = createClient({ socket: { port: proxy!.port, host: "127.0.0.1" } });
+    nsub.on("error", () => {});
+    await nsub.connect();
+    await nsub.subscribe("news", (message) => heard.push(`nr:${message}`));
     await c.call(
       "RG.EXECUTE",
       "GB().filter(x => x.key.startsWith('g:')).foreach(x => execute('SADD', 'seen', x.key)).register()",
@@ -336,5 +383,12 @@ describe("Redis Sentinel: gears across a failover", function () {
     await passes(async () => expect(await now.call("SISMEMBER", "seen", "g:after")).to.equal(1), 10_000);
     expect(await c.call("TFCALL", "lib.bump", "0")).to.equal(2);
     expect(await now.call("GET", "tf:n")).to.equal("2");
+
+    await passes(async () => {
+      await c.publish("news", "after");
+      expect(heard).to.include("io:after").and.to.include("nr:after");
+    }, 15_000);
+    sub.disconnect();
+    await nsub.disconnect().catch(() => {});
   });
 });
