@@ -26,14 +26,18 @@ const CLI = path.join(fileURLToPath(new URL("../../", import.meta.url)), "dist/s
 function writer(set: (key: string) => Promise<unknown>, prefix: string) {
   const acked: string[] = [];
   const failures: string[] = [];
+  /** When each acknowledged write was sent and acknowledged (ms), to say when a lost one was. */
+  const times = new Map<string, [number, number]>();
   let stopped = false;
   let n = 0;
   const done = (async () => {
     while (!stopped) {
       const key = `${prefix}${n++}`;
+      const sent = Date.now();
       try {
         await set(key);
         acked.push(key);
+        times.set(key, [sent, Date.now()]);
       } catch (err) {
         failures.push(err instanceof Error ? err.message : String(err));
         await sleep(20);
@@ -43,6 +47,7 @@ function writer(set: (key: string) => Promise<unknown>, prefix: string) {
   return {
     acked,
     failures,
+    times,
     async stop(): Promise<void> {
       stopped = true;
       await done;
@@ -284,7 +289,18 @@ async function acrossFailover(
     for (const w of writers) await w.stop();
     // The writers went on after the switch, and no write the proxy acknowledged is lost.
     writers.forEach((w, i) => expect(w.acked.length, "writes after the switch").to.be.above(counts[i]));
-    for (const w of writers) expect(await missingOn(now, w.acked)).to.deep.equal([]);
+    for (const w of writers) {
+      const missing = await missingOn(now, w.acked);
+      const when = missing
+        .map((k) =>
+          w.times
+            .get(k)!
+            .map((t) => t - started)
+            .join(".."),
+        )
+        .join(", ");
+      expect(missing, `lost, sent..acknowledged in ms from the failover: ${when}`).to.deep.equal([]);
+    }
     expect(await proxyMasterPort(io)).to.equal(now.port);
     expect(await blpop).to.match(/upstream connection lost/);
     blocked.disconnect();
@@ -390,5 +406,49 @@ describe("Redis Sentinel: gears across a failover", function () {
     }, 15_000);
     sub.disconnect();
     await nsub.disconnect().catch(() => {});
+  });
+});
+
+describe("Redis Sentinel: a failover that aborts", function () {
+  this.timeout(60_000);
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    // A short failover-timeout: the abort comes well before the proxy's 5 s hold would end.
+    d = await startSentinels({ failoverTimeoutMs: 1500 });
+    proxy = await startProxy([], sentinelOptions(d));
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    await proxy?.close();
+    await d?.stop();
+  });
+
+  it("the replica never answers: writes held on the master from the failover's start resume at the abort, on it", async () => {
+    const io = new Redis({ port: proxy!.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+    const [master, replica] = d!.nodes;
+    try {
+      expect(await io.set("abort:before", "1")).to.equal("OK");
+      process.kill(replica.pid, "SIGSTOP");
+      const started = Date.now();
+      expect(await d!.sentinels[0].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
+      await sleep(400);
+      const sent = Date.now();
+      expect(await io.set("abort:held", "1")).to.equal("OK");
+      const held = Date.now() - sent;
+      const resumed = Date.now() - started;
+      // Held (the failover had started), then released by the abort, not by the hold's 5 s end.
+      expect(held, "ms the write was held").to.be.above(300);
+      expect(resumed, "ms from the failover to the write's reply").to.be.below(4500);
+      expect(await master.call("GET", "abort:held")).to.equal("1");
+      expect(await proxyMasterPort(io)).to.equal(master.port);
+    } finally {
+      process.kill(replica.pid, "SIGCONT");
+      io.disconnect();
+    }
   });
 });

@@ -37,8 +37,16 @@ const FENCE_MS = 5000;
 /** As long as the start with --upstream waits for a server (connect.ts). */
 const STARTUP_RETRY_MS = 10_000;
 
-/** Events on which the sentinels are asked again at once. */
+/**
+ * Events on which the sentinels are asked again at once. The first eight say that a failover
+ * of the master has started, from its first attempt on: from there, writes the old master
+ * takes may be lost. The first steps come a sentinel tick (50-100 ms) apart, so fencing at the
+ * first leaves time before the replica is promoted, even on a busy machine.
+ */
 const EVENT_CHANNELS = [
+  "+try-failover",
+  "+elected-leader",
+  "+failover-state-select-slave",
   "+selected-slave",
   "+failover-state-send-slaveof-noone",
   "+failover-state-wait-promotion",
@@ -48,8 +56,7 @@ const EVENT_CHANNELS = [
   "+failover-end",
   "+failover-end-for-timeout",
 ];
-/** Events that say a failover of the master has started: from here its writes may be lost. */
-const FAILOVER_STARTED = new Set(EVENT_CHANNELS.slice(0, 5));
+const FAILOVER_STARTED = new Set(EVENT_CHANNELS.slice(0, 8));
 const ABORT_PATTERN = "-failover-abort-*";
 
 const ALL_SLOTS: readonly SlotRange[] = Object.freeze([Object.freeze([0, 16383, 0] as const)]);
@@ -86,7 +93,7 @@ export class Sentinels {
   private readonly nodes: UpstreamNode[];
   private readonly subscriptions: (UpstreamConnection | null)[];
   private readonly retries: (NodeJS.Timeout | null)[];
-  private onEvent: ((event: SentinelEvent) => void) | null = null;
+  private onEvent: ((event: SentinelEvent, sentinel: number) => void) | null = null;
   private closed = false;
 
   constructor(
@@ -128,7 +135,7 @@ export class Sentinels {
   }
 
   /** Subscribes every sentinel to the failover events; a lost subscription is opened again. */
-  watch(onEvent: (event: SentinelEvent) => void): void {
+  watch(onEvent: (event: SentinelEvent, sentinel: number) => void): void {
     this.onEvent = onEvent;
     this.addresses.forEach((_address, i) => this.subscribe(i));
   }
@@ -138,7 +145,7 @@ export class Sentinels {
     if (this.closed) return;
     const conn = new UpstreamConnection(this.addresses[i], { ...this.options, proto: 2 });
     this.subscriptions[i] = conn;
-    conn.pushHandler = (frame) => this.onFrame(frame);
+    conn.pushHandler = (frame) => this.onFrame(frame, i);
     conn.onClose = () => {
       if (this.closed || this.subscriptions[i] !== conn) return;
       this.subscriptions[i] = null;
@@ -149,7 +156,7 @@ export class Sentinels {
     conn.sendUnmatched(encodeCommand(["PSUBSCRIBE", ABORT_PATTERN]));
   }
 
-  private onFrame(frame: Buffer): void {
+  private onFrame(frame: Buffer, sentinel: number): void {
     const value: RespValue = decodeReply(frame);
     if (!Array.isArray(value)) return;
     const kind = String(value[0]);
@@ -157,7 +164,7 @@ export class Sentinels {
       kind === "message" ? [value[1], value[2]] : kind === "pmessage" ? [value[2], value[3]] : [null, null];
     if (channel === null || channel === undefined || message === undefined) return;
     const event = parseSentinelEvent(String(channel), String(message));
-    if (event !== null) this.onEvent?.(event);
+    if (event !== null) this.onEvent?.(event, sentinel);
   }
 
   close(): void {
@@ -194,11 +201,13 @@ export class SentinelTopology implements Topology {
   private lastCheck = 0;
   private readonly timer: NodeJS.Timeout;
   private failoverTimer: NodeJS.Timeout | null = null;
-  /** The master told to hold writes, and until when (ms). */
-  private fenced: { node: UpstreamNode; until: number } | null = null;
+  /**
+   * The master told to hold writes, until when (ms), and the sentinels (by index) whose
+   * failover of it is under way: an abort releases the writes only once every one gave up
+   * (a sentinel that loses the election aborts while the winner goes on).
+   */
+  private fenced: { node: UpstreamNode; until: number; by: Set<number> } | null = null;
   private closed = false;
-  /** Master switches followed since start. */
-  switches = 0;
 
   constructor(
     readonly name: string,
@@ -212,14 +221,11 @@ export class SentinelTopology implements Topology {
     this.current.log = log;
     this.list = [this.current];
     this.epoch = epoch;
-    sentinels.watch((event) => this.onEvent(event));
+    sentinels.watch((event, sentinel) => this.onEvent(event, sentinel));
+    // Opened now, so that the hold of writes at a failover's start needs no connect first.
+    this.current.control();
     this.timer = setInterval(() => void this.check(), PERIODIC_CHECK_MS);
     this.timer.unref();
-  }
-
-  /** The master in use now. */
-  get master(): UpstreamNode {
-    return this.current;
   }
 
   nodeForSlot(): UpstreamNode {
@@ -295,7 +301,8 @@ export class SentinelTopology implements Topology {
         return;
       }
       const node = this.nodeAt(candidate.address);
-      if (!this.closed && (await isMaster(node))) {
+      const master = await isMaster(node);
+      if (master && !this.closed) {
         this.switchTo(node, candidate.epoch);
         return;
       }
@@ -308,8 +315,8 @@ export class SentinelTopology implements Topology {
     this.current = node;
     this.list = [node];
     this.epoch = epoch;
-    this.switches++;
     node.log = this.log;
+    node.control();
     this.fenced = null;
     this.stopFailoverPolling();
     this.log.info(
@@ -320,24 +327,26 @@ export class SentinelTopology implements Topology {
     old.close();
   }
 
-  private onEvent(event: SentinelEvent): void {
+  private onEvent(event: SentinelEvent, sentinel: number): void {
     if (event.master !== this.name || this.closed) return;
     if (event.kind.startsWith("-failover-abort")) {
-      this.unfence(event.kind);
+      this.unfence(event.kind, sentinel);
       return;
     }
-    if (FAILOVER_STARTED.has(event.kind) && event.masterId === this.current.id) this.fence();
+    if (FAILOVER_STARTED.has(event.kind) && event.masterId === this.current.id) this.fence(sentinel);
     void this.check();
   }
 
   /** Holds writes on the current master until the switch (see the class comment). */
-  private fence(): void {
+  private fence(sentinel: number): void {
     const node = this.current;
     const now = Date.now();
     this.startFailoverPolling();
+    const by = this.fenced?.node === node ? this.fenced.by : new Set<number>();
+    by.add(sentinel);
     // Each step of the failover renews the hold, but not every duplicate of an event.
     if (this.fenced?.node === node && this.fenced.until - now > FENCE_MS / 2) return;
-    this.fenced = { node, until: now + FENCE_MS };
+    this.fenced = { node, until: now + FENCE_MS, by };
     this.log.info(
       { master: this.name, node: node.id, ms: FENCE_MS },
       "sentinel failover started: writes to the old master held until the switch",
@@ -357,8 +366,10 @@ export class SentinelTopology implements Topology {
       );
   }
 
-  private unfence(why: string): void {
+  private unfence(why: string, sentinel: number): void {
     const fenced = this.fenced;
+    fenced?.by.delete(sentinel);
+    if (fenced !== null && fenced.by.size > 0) return;
     this.fenced = null;
     this.stopFailoverPolling();
     if (fenced === null || fenced.node !== this.current) return;
