@@ -248,11 +248,22 @@ describe("Redis Sentinel: start", function () {
   });
 });
 
-/** Both clients' writes through the proxy across a failover `fail` causes; every acknowledged one is on the new master. */
+/**
+ * Redis replicates asynchronously: a master killed between acknowledging a write and sending it
+ * to its replica loses it, whoever sent it (on a loaded machine the process may be descheduled
+ * between the two). A write is excused only if it was sent this shortly before the kill.
+ */
+const KILL_WINDOW_MS = 50;
+
+/**
+ * Both clients' writes through the proxy across a failover `fail` causes; every acknowledged
+ * one is on the new master. `fail` resolves with the moment it sent the master SIGKILL, or
+ * null for a failover the sentinels run while the master lives.
+ */
 async function acrossFailover(
   d: SentinelDeployment,
   proxy: RunningProxy,
-  fail: (old: RedisNode) => Promise<void>,
+  fail: (old: RedisNode) => Promise<number | null>,
 ): Promise<void> {
   const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
   io.on("error", () => {});
@@ -273,7 +284,7 @@ async function acrossFailover(
     const writers = [writer((k) => io.set(k, "v"), "io:"), writer((k) => nr.set(k, "v"), "nr:")];
     await sleep(300);
     const started = Date.now();
-    await fail(old);
+    const killedAt = await fail(old);
     const now = await d.waitForNewMaster(old);
     expect(now).to.not.equal(old);
     // Writes through the proxy succeed again, and land on the new master.
@@ -290,8 +301,20 @@ async function acrossFailover(
     // The writers went on after the switch, and no write the proxy acknowledged is lost.
     writers.forEach((w, i) => expect(w.acked.length, "writes after the switch").to.be.above(counts[i]));
     for (const w of writers) {
-      const missing = await missingOn(now, w.acked);
-      const when = missing
+      const lost = await missingOn(now, w.acked);
+      const inKillWindow = (key: string): boolean => {
+        const sent = w.times.get(key)![0];
+        return killedAt !== null && sent <= killedAt && sent > killedAt - KILL_WINDOW_MS;
+      };
+      const missing = lost.filter((k) => !inKillWindow(k));
+      const excused = lost.filter(inKillWindow);
+      if (excused.length > 0) {
+        const before = excused.map((k) => killedAt! - w.times.get(k)![0]).join(", ");
+        console.log(
+          `      lost by Redis as its master died: ${excused.join(", ")} (sent ${before} ms before the kill)`,
+        );
+      }
+      const when = lost
         .map((k) =>
           w.times
             .get(k)!
@@ -299,7 +322,10 @@ async function acrossFailover(
             .join(".."),
         )
         .join(", ");
-      expect(missing, `lost, sent..acknowledged in ms from the failover: ${when}`).to.deep.equal([]);
+      expect(
+        missing,
+        `lost, sent..acknowledged in ms from the failover: ${when} (killed at ${killedAt === null ? "-" : killedAt - started})`,
+      ).to.deep.equal([]);
     }
     expect(await proxyMasterPort(io)).to.equal(now.port);
     expect(await blpop).to.match(/upstream connection lost/);
@@ -331,14 +357,17 @@ describe("Redis Sentinel: following a failover (ioredis and node-redis, default 
   it("SENTINEL FAILOVER: writes succeed again within seconds, on the new master, none acknowledged lost", async () => {
     await acrossFailover(d!, proxy!, async () => {
       expect(await d!.sentinels[0].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
+      return null;
     });
   });
 
-  it("the master killed (SIGKILL), a sentinel first: once the others promote the replica, writes land there, none acknowledged lost", async () => {
+  it("the master killed (SIGKILL), a sentinel first: once the others promote the replica, writes land there, none acknowledged lost but those Redis had not replicated as it died", async () => {
     await acrossFailover(d!, proxy!, async (old) => {
       // The proxy's events and answers come from the sentinels left.
       await d!.sentinels[0].kill();
+      const killedAt = Date.now();
       await old.kill();
+      return killedAt;
     });
   });
 });
