@@ -481,3 +481,53 @@ describe("Redis Sentinel: a failover that aborts", function () {
     }
   });
 });
+
+describe("Redis Sentinel: passwords", function () {
+  this.timeout(60_000);
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    d = await startSentinels({ password: "data-pw", sentinelPassword: "sentinel-pw" });
+  });
+
+  afterEach(async () => {
+    await proxy?.close();
+    proxy = undefined;
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    await d?.stop();
+  });
+
+  it("--sentinel-password for the sentinels, --upstream-password for the master: it starts and serves", async () => {
+    proxy = await startProxy([], {
+      ...sentinelOptions(d!),
+      sentinelPassword: "sentinel-pw",
+      upstreamPassword: "data-pw",
+    });
+    const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    try {
+      expect(await io.set("pw:k", "v")).to.equal("OK");
+      expect(await (await d!.master()).call("GET", "pw:k")).to.equal("v");
+    } finally {
+      io.disconnect();
+    }
+  });
+
+  it("a wrong sentinel password: the start fails at once, naming the credentials", async () => {
+    const started = Date.now();
+    const err = await startProxy([], {
+      ...sentinelOptions(d!),
+      sentinelPassword: "wrong",
+      upstreamPassword: "data-pw",
+    }).then(
+      () => null,
+      (e: unknown) => (e instanceof Error ? e.message : String(e)),
+    );
+    expect(err).to.match(/cannot use the sentinels: .*credentials/);
+    expect(Date.now() - started).to.be.below(5000);
+  });
+});

@@ -30,6 +30,7 @@ class SentinelProcess implements SentinelNode, Tracked {
   constructor(
     readonly port: number,
     private readonly dir: string,
+    private readonly password: string | undefined,
   ) {}
 
   get running(): boolean {
@@ -82,7 +83,7 @@ class SentinelProcess implements SentinelNode, Tracked {
   }
 
   call(...args: string[]): Promise<RespValue> {
-    return sendCommand(this.port, args, { host: HOST, timeoutMs: 2000 });
+    return sendCommand(this.port, args, { host: HOST, timeoutMs: 2000, password: this.password });
   }
 
   async kill(): Promise<void> {
@@ -110,6 +111,10 @@ export interface StartSentinelsOptions {
   sentinels?: number;
   downAfterMs?: number;
   failoverTimeoutMs?: number;
+  /** requirepass of the master and the replica (the sentinels get it as auth-pass). */
+  password?: string;
+  /** requirepass of the sentinels (and the password they use with each other). */
+  sentinelPassword?: string;
 }
 
 /** A master, one replica and sentinels watching them, all on loopback ports of their own. */
@@ -145,10 +150,15 @@ export async function startSentinels(opts: StartSentinelsOptions = {}): Promise<
   };
   try {
     // No diskless-sync delay: the replica is in sync within milliseconds, not 5 s.
-    const master = await startRedis({ args: ["--repl-diskless-sync-delay", "0"] });
+    const auth = opts.password === undefined ? [] : ["--masterauth", opts.password];
+    const master = await startRedis({
+      args: ["--repl-diskless-sync-delay", "0", ...auth],
+      password: opts.password,
+    });
     nodes.push(master);
     const replica = await startRedis({
-      args: ["--replicaof", HOST, String(master.port), "--repl-diskless-sync-delay", "0"],
+      args: ["--replicaof", HOST, String(master.port), "--repl-diskless-sync-delay", "0", ...auth],
+      password: opts.password,
     });
     nodes.push(replica);
     for (let i = 0; i < count; i++) {
@@ -165,10 +175,14 @@ export async function startSentinels(opts: StartSentinelsOptions = {}): Promise<
           `sentinel down-after-milliseconds ${name} ${opts.downAfterMs ?? 1000}`,
           `sentinel failover-timeout ${name} ${opts.failoverTimeoutMs ?? 3000}`,
           `sentinel parallel-syncs ${name} 1`,
+          ...(opts.password === undefined ? [] : [`sentinel auth-pass ${name} ${opts.password}`]),
+          ...(opts.sentinelPassword === undefined
+            ? []
+            : [`requirepass ${opts.sentinelPassword}`, `sentinel sentinel-pass ${opts.sentinelPassword}`]),
           "",
         ].join("\n"),
       );
-      const sentinel = new SentinelProcess(port, dir);
+      const sentinel = new SentinelProcess(port, dir, opts.sentinelPassword);
       sentinels.push(sentinel);
       await sentinel.start();
     }
