@@ -122,7 +122,7 @@ describe("Redis Sentinel: reading the sentinels' replies and events", () => {
     expect(parseSentinelEvent("+switch-master", "mymaster 127.0.0.1")).to.equal(null);
   });
 
-  it("--sentinel takes a list or repeats; --sentinel-master alone is refused", () => {
+  it("--sentinel takes a list or repeats; --sentinel-master or --sentinel-password alone is refused", () => {
     const config = parseArgs(
       [
         "--sentinel",
@@ -142,6 +142,10 @@ describe("Redis Sentinel: reading the sentinels' replies and events", () => {
     expect(config.sentinelMaster).to.equal("m");
     expect(config.upstreams).to.deep.equal([]);
     expect(() => parseArgs(["--sentinel-master", "m"], {})).to.throw(UsageError, /needs --sentinel/);
+    expect(() => parseArgs(["--sentinel-password", "p"], {})).to.throw(
+      UsageError,
+      /--sentinel-password needs --sentinel/,
+    );
   });
 
   it("answers are ranked by config epoch, each address once, and those older than the epoch followed are left out", () => {

@@ -567,8 +567,13 @@ export function mergeConfig(
 /** --sentinel names where to find the master: it needs the master's name and excludes --upstream. */
 function checkSentinel(config: ProxyConfig): void {
   if (config.sentinels.length === 0) {
-    const stray = config.sentinelMaster !== undefined ? "--sentinel-master" : null;
-    if (stray !== null) throw new UsageError(`${stray} needs --sentinel (the sentinels to ask)`);
+    const given: Record<string, string | undefined> = {
+      "--sentinel-master": config.sentinelMaster,
+      "--sentinel-user": config.sentinelUser,
+      "--sentinel-password": config.sentinelPassword,
+    };
+    const stray = Object.keys(given).find((flag) => given[flag] !== undefined);
+    if (stray !== undefined) throw new UsageError(`${stray} needs --sentinel (the sentinels to ask)`);
     return;
   }
   if (config.upstreams.length > 0) {
