@@ -250,6 +250,52 @@ describe("Redis Sentinel: start", function () {
     expect(both.code).to.equal(2);
     expect(both.stderr).to.include("--sentinel and --upstream exclude each other");
   });
+
+  it("the gears-proxy process with --sentinel and --threads 2: no embedded redis-server, each thread serves the sentinels' master", async () => {
+    const port = await freePort();
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        "--port",
+        String(port),
+        "--threads",
+        "2",
+        "--sentinel",
+        d!.sentinels.map((s) => `127.0.0.1:${s.port}`).join(","),
+        "--sentinel-master",
+        d!.name,
+        "--data-dir",
+        "/nonexistent/gears-proxy-sentinel",
+        "--log-format",
+        "json",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let output = "";
+    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    const clients: Redis[] = [];
+    try {
+      await passes(async () => {
+        expect(output.match(/in front of master 'mymaster' of sentinels/g) ?? []).to.have.length(2);
+      }, 15_000);
+      const master = await d!.master();
+      // Several connections, so both threads serve some.
+      for (let i = 0; i < 4; i++) {
+        const io = new Redis({ port, host: "127.0.0.1" });
+        clients.push(io);
+        expect(await io.set(`threads:${i}`, "v")).to.equal("OK");
+        expect(await master.call("GET", `threads:${i}`)).to.equal("v");
+      }
+      expect(output).to.include('"embedded":false').and.not.include('"embedded":true');
+    } finally {
+      for (const c of clients) c.disconnect();
+      child.kill("SIGTERM");
+      await exited;
+    }
+  });
 });
 
 /**
