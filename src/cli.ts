@@ -132,6 +132,9 @@ function describeUpstreams(config: ProxyConfig, embedded: EmbeddedRedis | undefi
   if (embedded) {
     return `embedded redis-server at ${formatAddress(embedded)} (pid ${embedded.pid}, data in ${embedded.dataDir})`;
   }
+  if (config.sentinels.length > 0) {
+    return `master '${config.sentinelMaster}' of sentinels ${config.sentinels.map(formatAddress).join(", ")}`;
+  }
   return `upstream ${config.upstreams.map(formatAddress).join(", ")}`;
 }
 
@@ -201,8 +204,10 @@ function onSignals(running: Running): (signal: NodeJS.Signals) => void {
 async function start(running: Running, config: ProxyConfig, thread?: ClusterLink): Promise<void> {
   let effective = config;
   const shared = thread === undefined ? null : upstreamFromSupervisor();
-  if (config.upstreams.length === 0 && shared !== null) effective = { ...config, upstreams: [shared] };
-  else if (config.upstreams.length === 0) {
+  // With --sentinel the sentinels name the upstream: no embedded redis-server.
+  const noUpstream = config.upstreams.length === 0 && config.sentinels.length === 0;
+  if (noUpstream && shared !== null) effective = { ...config, upstreams: [shared] };
+  else if (noUpstream) {
     running.embedded = await startEmbeddedRedis(config.dataDir, running.log);
     const { host, port } = running.embedded;
     effective = { ...config, upstreams: [{ host, port }] };
@@ -223,7 +228,7 @@ async function start(running: Running, config: ProxyConfig, thread?: ClusterLink
 /** --threads N > 1: the supervisor starts the one embedded redis-server (if no --upstream) for all threads. */
 async function supervise(threads: number, config: ProxyConfig, log: Logger): Promise<void> {
   let embedded: EmbeddedRedis | undefined;
-  if (config.upstreams.length === 0) {
+  if (config.upstreams.length === 0 && config.sentinels.length === 0) {
     try {
       embedded = await startEmbeddedRedis(config.dataDir, log);
     } catch (err) {

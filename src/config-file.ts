@@ -84,6 +84,33 @@ export const OPTIONS: readonly OptionSpec[] = [
       "for several seeds. Without it, the proxy starts its own redis-server from PATH.",
   },
   {
+    flag: "sentinel",
+    key: "sentinels",
+    kind: "upstreams",
+    describe:
+      "A Redis Sentinel, as host:port; repeat it (or separate with commas) for several. The proxy asks them " +
+      "for the master named by --sentinel-master and follows their failovers. Not with --upstream.",
+  },
+  {
+    flag: "sentinel-master",
+    key: "sentinelMaster",
+    kind: "text",
+    describe: "The name the sentinels monitor the master under (required with --sentinel).",
+  },
+  {
+    flag: "sentinel-user",
+    key: "sentinelUser",
+    kind: "text",
+    describe: "ACL user name the proxy authenticates with on the sentinels.",
+  },
+  {
+    flag: "sentinel-password",
+    key: "sentinelPassword",
+    kind: "text",
+    describe:
+      "Password the proxy authenticates with on the sentinels (the upstream password is for the data nodes).",
+  },
+  {
     flag: "upstream-user",
     key: "upstreamUser",
     kind: "text",
@@ -533,7 +560,32 @@ export function mergeConfig(
 ): ProxyConfig {
   const config = { ...DEFAULT_CONFIG, ...file, ...env, ...flags };
   checkTls(config);
+  checkSentinel(config);
   return config;
+}
+
+/** --sentinel names where to find the master: it needs the master's name and excludes --upstream. */
+function checkSentinel(config: ProxyConfig): void {
+  if (config.sentinels.length === 0) {
+    const given: Record<string, string | undefined> = {
+      "--sentinel-master": config.sentinelMaster,
+      "--sentinel-user": config.sentinelUser,
+      "--sentinel-password": config.sentinelPassword,
+    };
+    const stray = Object.keys(given).find((flag) => given[flag] !== undefined);
+    if (stray !== undefined) throw new UsageError(`${stray} needs --sentinel (the sentinels to ask)`);
+    return;
+  }
+  if (config.upstreams.length > 0) {
+    throw new UsageError(
+      "--sentinel and --upstream exclude each other: the sentinels name the master to use",
+    );
+  }
+  if (config.sentinelMaster === undefined) {
+    throw new UsageError(
+      "--sentinel needs --sentinel-master <name>: the name the sentinels monitor the master under",
+    );
+  }
 }
 
 /** Options that only make sense together, refused at start rather than at the first handshake. */

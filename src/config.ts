@@ -8,8 +8,18 @@ export interface ProxyConfig {
   /** Where clients connect; null (`--port off`) when only the TLS port is open. */
   port: number | null;
   bind: string;
-  /** Redis servers or cluster seed nodes. Empty: start an embedded redis-server. */
+  /** Redis servers or cluster seed nodes. Empty (and no sentinels): start an embedded redis-server. */
   upstreams: HostPort[];
+  /**
+   * Redis Sentinels that name the master to use (instead of `upstreams`): the proxy asks them
+   * at start and follows their failovers.
+   */
+  sentinels: HostPort[];
+  /** The name the sentinels monitor the master under (required with `sentinels`). */
+  sentinelMaster?: string;
+  /** Credentials for the sentinels themselves (the upstream ones stay for the data nodes). */
+  sentinelUser?: string;
+  sentinelPassword?: string;
   upstreamUser?: string;
   upstreamPassword?: string;
   /** Shared pipelined connections per upstream node. */
@@ -101,6 +111,7 @@ export const DEFAULT_CONFIG: ProxyConfig = {
   port: 6380,
   bind: "127.0.0.1",
   upstreams: [],
+  sentinels: [],
   upstreamConnections: 2,
   connectTimeoutMs: 2000,
   clusterRetryTimeoutMs: 10_000,

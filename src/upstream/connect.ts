@@ -3,6 +3,7 @@ import type tls from "node:tls";
 import type { Logger } from "../observability/log.js";
 import { RespError, RespMap, type RespValue } from "../resp/values.js";
 import { ClusterTopology } from "./cluster-topology.js";
+import { connectViaSentinels } from "./sentinel-topology.js";
 import { UpstreamNode, type NodeObserver } from "./node.js";
 import { StandaloneTopology, type Topology } from "./topology.js";
 
@@ -129,8 +130,12 @@ export async function connectUpstream(
   observer: NodeObserver | undefined,
   tlsOptions: tls.ConnectionOptions | undefined,
 ): Promise<UpstreamInfo> {
-  if (config.upstreams.length === 0) throw new Error("no upstream configured");
   const options = nodeOptions(config, log, observer, tlsOptions);
+  if (config.sentinels.length > 0) {
+    const { topology, found } = await connectViaSentinels(config, options, log, (at) => probe(at, options));
+    return { topology, server: found.server, commands: found.commands, outputLimits: found.outputLimits };
+  }
+  if (config.upstreams.length === 0) throw new Error("no upstream configured");
   const deadline = Date.now() + STARTUP_RETRY_MS;
   for (let attempt = 0; ; attempt++) {
     const seed = config.upstreams[attempt % config.upstreams.length];

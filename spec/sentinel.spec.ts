@@ -1,0 +1,583 @@
+import { spawn } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { expect } from "chai";
+import { Redis } from "ioredis";
+import { createClient } from "redis";
+import { freePort, startProxy, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { startSentinels, type SentinelDeployment } from "./harness/sentinel.js";
+import { parseArgs, UsageError } from "../src/cli.js";
+import {
+  configEpochOf,
+  parseSentinelEvent,
+  rankAnswers,
+  type SentinelAnswer,
+} from "../src/upstream/sentinel-replies.js";
+import { sleep } from "./support/polling.js";
+
+/**
+ * --sentinel: the proxy finds its master through Redis Sentinel and follows its failovers.
+ * Real processes: a master, a replica and three sentinels (quorum 2) from spec/harness/sentinel.ts.
+ */
+
+const CLI = path.join(fileURLToPath(new URL("../../", import.meta.url)), "dist/src/cli.js");
+
+/** Writes `${prefix}${n}` one after another until stopped; keeps the keys whose SET was acknowledged. */
+function writer(set: (key: string) => Promise<unknown>, prefix: string) {
+  const acked: string[] = [];
+  const failures: string[] = [];
+  /** When each acknowledged write was sent and acknowledged (ms), to say when a lost one was. */
+  const times = new Map<string, [number, number]>();
+  let stopped = false;
+  let n = 0;
+  const done = (async () => {
+    while (!stopped) {
+      const key = `${prefix}${n++}`;
+      const sent = Date.now();
+      try {
+        await set(key);
+        acked.push(key);
+        times.set(key, [sent, Date.now()]);
+      } catch (err) {
+        failures.push(err instanceof Error ? err.message : String(err));
+        await sleep(20);
+      }
+    }
+  })();
+  return {
+    acked,
+    failures,
+    times,
+    async stop(): Promise<void> {
+      stopped = true;
+      await done;
+    },
+  };
+}
+
+/** Runs `check` until it passes (its last failure is thrown after `timeoutMs`). */
+async function passes(check: () => Promise<unknown>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await check();
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await sleep(50);
+    }
+  }
+}
+
+/** The keys of `keys` that `node` does not hold. */
+async function missingOn(node: RedisNode, keys: string[]): Promise<string[]> {
+  const direct = new Redis({ port: node.port, host: node.host, lazyConnect: true });
+  try {
+    const missing: string[] = [];
+    for (let i = 0; i < keys.length; i += 500) {
+      const chunk = keys.slice(i, i + 500);
+      const values = await direct.mget(...chunk);
+      values.forEach((v, j) => {
+        if (v === null) missing.push(chunk[j]);
+      });
+    }
+    return missing;
+  } finally {
+    direct.disconnect();
+  }
+}
+
+/** How the proxy is started in front of the deployment. */
+function sentinelOptions(d: SentinelDeployment, extra: { port: number }[] = []) {
+  return {
+    sentinels: [...extra, ...d.sentinels].map((s) => ({ host: "127.0.0.1", port: s.port })),
+    sentinelMaster: d.name,
+  };
+}
+
+/** The master the proxy's INFO names (upstream0:addr=...). */
+async function proxyMasterPort(io: Redis): Promise<number> {
+  const info = await io.info("proxy");
+  return Number(/^upstream0:addr=[^,]*:(\d+),/m.exec(info)?.[1]);
+}
+
+describe("Redis Sentinel: reading the sentinels' replies and events", () => {
+  it("events about a master, a replica and +switch-master name the master they are about", () => {
+    expect(parseSentinelEvent("+switch-master", "mymaster 127.0.0.1 6379 127.0.0.1 6380")).to.deep.equal({
+      kind: "+switch-master",
+      master: "mymaster",
+      masterId: "127.0.0.1:6379",
+      to: { host: "127.0.0.1", port: 6380 },
+    });
+    expect(
+      parseSentinelEvent("+selected-slave", "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379"),
+    ).to.deep.equal({ kind: "+selected-slave", master: "mymaster", masterId: "127.0.0.1:6379" });
+    expect(
+      parseSentinelEvent("-failover-abort-no-good-slave", "master mymaster 127.0.0.1 6379"),
+    ).to.deep.equal({
+      kind: "-failover-abort-no-good-slave",
+      master: "mymaster",
+      masterId: "127.0.0.1:6379",
+    });
+    expect(parseSentinelEvent("+switch-master", "mymaster 127.0.0.1")).to.equal(null);
+  });
+
+  it("--sentinel takes a list or repeats; --sentinel-master or --sentinel-password alone is refused", () => {
+    const config = parseArgs(
+      [
+        "--sentinel",
+        "127.0.0.1:26379,127.0.0.1:26380",
+        "--sentinel",
+        "10.0.0.9:26381",
+        "--sentinel-master",
+        "m",
+      ],
+      {},
+    );
+    expect(config.sentinels).to.deep.equal([
+      { host: "127.0.0.1", port: 26379 },
+      { host: "127.0.0.1", port: 26380 },
+      { host: "10.0.0.9", port: 26381 },
+    ]);
+    expect(config.sentinelMaster).to.equal("m");
+    expect(config.upstreams).to.deep.equal([]);
+    expect(() => parseArgs(["--sentinel-master", "m"], {})).to.throw(UsageError, /needs --sentinel/);
+    expect(() => parseArgs(["--sentinel-password", "p"], {})).to.throw(
+      UsageError,
+      /--sentinel-password needs --sentinel/,
+    );
+  });
+
+  it("answers are ranked by config epoch, each address once, and those older than the epoch followed are left out", () => {
+    const a = { host: "127.0.0.1", port: 1 };
+    const b = { host: "127.0.0.1", port: 2 };
+    const answers: SentinelAnswer[] = [
+      { sentinel: "s1", error: "refused" },
+      { sentinel: "s2", address: a, epoch: 0 },
+      { sentinel: "s3", address: b, epoch: 1 },
+      { sentinel: "s4", address: b, epoch: 1 },
+      { sentinel: "s5", address: null },
+    ];
+    expect(rankAnswers(answers, 0)).to.deep.equal([
+      { address: b, epoch: 1 },
+      { address: a, epoch: 0 },
+    ]);
+    expect(rankAnswers(answers, 1)).to.deep.equal([{ address: b, epoch: 1 }]);
+    expect(
+      configEpochOf([Buffer.from("name"), Buffer.from("m"), Buffer.from("config-epoch"), Buffer.from("7")]),
+    ).to.equal(7);
+  });
+});
+
+describe("Redis Sentinel: start", function () {
+  this.timeout(60_000);
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+  const clients: Redis[] = [];
+
+  before(async () => {
+    d = await startSentinels();
+  });
+
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.disconnect();
+    await proxy?.close();
+    proxy = undefined;
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    await d?.stop();
+  });
+
+  it("the first sentinel listed being down does not matter: the others name the master", async () => {
+    const dead = await freePort();
+    proxy = await startProxy([], sentinelOptions(d!, [{ port: dead }]));
+    const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    clients.push(io);
+    expect(await io.set("start:k", "v")).to.equal("OK");
+    const master = await d!.master();
+    expect(await master.call("GET", "start:k")).to.equal("v");
+    expect(await proxyMasterPort(io)).to.equal(master.port);
+  });
+
+  it("a name no sentinel monitors: the start fails at once, saying so", async () => {
+    const started = Date.now();
+    const err = await startProxy([], { ...sentinelOptions(d!), sentinelMaster: "nosuch" }).then(
+      () => null,
+      (e: unknown) => (e instanceof Error ? e.message : String(e)),
+    );
+    expect(err).to.match(/no sentinel knows a master named 'nosuch'/);
+    expect(Date.now() - started).to.be.below(5000);
+  });
+
+  it("no sentinel reachable: the start retries as for an unreachable --upstream, then fails naming the sentinels", async () => {
+    const ports = [await freePort(), await freePort()];
+    const err = await startProxy([], {
+      sentinels: ports.map((port) => ({ host: "127.0.0.1", port })),
+      sentinelMaster: "mymaster",
+    }).then(
+      () => null,
+      (e: unknown) => (e instanceof Error ? e.message : String(e)),
+    );
+    expect(err).to.match(/cannot find master 'mymaster' through the sentinels/);
+    expect(err).to.include(`127.0.0.1:${ports[0]}`).and.to.include(`127.0.0.1:${ports[1]}`);
+  });
+
+  it("the command line: --sentinel without --sentinel-master, or beside --upstream, is refused at start (exit 2)", async () => {
+    const run = (args: string[]) =>
+      new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+        const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "ignore", "pipe"] });
+        let stderr = "";
+        child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+        child.once("error", reject);
+        child.once("close", (code) => resolve({ code, stderr }));
+      });
+    const sentinel = `127.0.0.1:${d!.sentinels[0].port}`;
+    const noName = await run(["--port", "0", "--sentinel", sentinel]);
+    expect(noName.code).to.equal(2);
+    expect(noName.stderr).to.include("--sentinel needs --sentinel-master");
+    const both = await run([
+      "--port",
+      "0",
+      "--sentinel",
+      sentinel,
+      "--sentinel-master",
+      "m",
+      "--upstream",
+      "127.0.0.1:1",
+    ]);
+    expect(both.code).to.equal(2);
+    expect(both.stderr).to.include("--sentinel and --upstream exclude each other");
+  });
+
+  it("the gears-proxy process with --sentinel and --threads 2: no embedded redis-server, each thread serves the sentinels' master", async () => {
+    const port = await freePort();
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        "--port",
+        String(port),
+        "--threads",
+        "2",
+        "--sentinel",
+        d!.sentinels.map((s) => `127.0.0.1:${s.port}`).join(","),
+        "--sentinel-master",
+        d!.name,
+        "--data-dir",
+        "/nonexistent/gears-proxy-sentinel",
+        "--log-format",
+        "json",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let output = "";
+    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    const clients: Redis[] = [];
+    try {
+      await passes(async () => {
+        expect(output.match(/in front of master 'mymaster' of sentinels/g) ?? []).to.have.length(2);
+      }, 15_000);
+      const master = await d!.master();
+      // Several connections, so both threads serve some.
+      for (let i = 0; i < 4; i++) {
+        const io = new Redis({ port, host: "127.0.0.1" });
+        clients.push(io);
+        expect(await io.set(`threads:${i}`, "v")).to.equal("OK");
+        expect(await master.call("GET", `threads:${i}`)).to.equal("v");
+      }
+      expect(output).to.include('"embedded":false').and.not.include('"embedded":true');
+    } finally {
+      for (const c of clients) c.disconnect();
+      child.kill("SIGTERM");
+      await exited;
+    }
+  });
+});
+
+/**
+ * Redis replicates asynchronously: a master killed between acknowledging a write and sending it
+ * to its replica loses it, whoever sent it (on a loaded machine the process may be descheduled
+ * between the two). A write is excused only if it was sent this shortly before the kill.
+ */
+const KILL_WINDOW_MS = 50;
+
+/**
+ * Both clients' writes through the proxy across a failover `fail` causes; every acknowledged
+ * one is on the new master. `fail` resolves with the moment it sent the master SIGKILL, or
+ * null for a failover the sentinels run while the master lives.
+ */
+async function acrossFailover(
+  d: SentinelDeployment,
+  proxy: RunningProxy,
+  fail: (old: RedisNode) => Promise<number | null>,
+): Promise<void> {
+  const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+  io.on("error", () => {});
+  const nr = createClient({ socket: { port: proxy.port, host: "127.0.0.1" } });
+  nr.on("error", () => {});
+  await nr.connect();
+  try {
+    expect(await io.set("before", "io")).to.equal("OK");
+    expect(await nr.get("before")).to.equal("io");
+    const old = await d.master();
+    // A client blocked on the old master gets an error, not a hang.
+    const blocked = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    blocked.on("error", () => {});
+    const blpop = blocked.blpop("nothing", 0).then(
+      () => "answered",
+      (err: unknown) => (err instanceof Error ? err.message : String(err)),
+    );
+    const writers = [writer((k) => io.set(k, "v"), "io:"), writer((k) => nr.set(k, "v"), "nr:")];
+    await sleep(300);
+    const started = Date.now();
+    const killedAt = await fail(old);
+    const now = await d.waitForNewMaster(old);
+    expect(now).to.not.equal(old);
+    // Writes through the proxy succeed again, and land on the new master.
+    await passes(async () => {
+      expect(await io.set("after:io", String(started))).to.equal("OK");
+      expect(await nr.set("after:nr", String(started))).to.equal("OK");
+      expect(await now.call("GET", "after:io")).to.equal(String(started));
+      expect(await now.call("GET", "after:nr")).to.equal(String(started));
+    }, 10_000);
+    const recovered = Date.now() - started;
+    const counts = writers.map((w) => w.acked.length);
+    await sleep(500);
+    for (const w of writers) await w.stop();
+    // The writers went on after the switch, and no write the proxy acknowledged is lost.
+    writers.forEach((w, i) => expect(w.acked.length, "writes after the switch").to.be.above(counts[i]));
+    for (const w of writers) {
+      const lost = await missingOn(now, w.acked);
+      const inKillWindow = (key: string): boolean => {
+        const sent = w.times.get(key)![0];
+        return killedAt !== null && sent <= killedAt && sent > killedAt - KILL_WINDOW_MS;
+      };
+      const missing = lost.filter((k) => !inKillWindow(k));
+      const excused = lost.filter(inKillWindow);
+      if (excused.length > 0) {
+        const before = excused.map((k) => killedAt! - w.times.get(k)![0]).join(", ");
+        console.log(
+          `      lost by Redis as its master died: ${excused.join(", ")} (sent ${before} ms before the kill)`,
+        );
+      }
+      const when = lost
+        .map((k) =>
+          w.times
+            .get(k)!
+            .map((t) => t - started)
+            .join(".."),
+        )
+        .join(", ");
+      expect(
+        missing,
+        `lost, sent..acknowledged in ms from the failover: ${when} (killed at ${killedAt === null ? "-" : killedAt - started})`,
+      ).to.deep.equal([]);
+    }
+    expect(await proxyMasterPort(io)).to.equal(now.port);
+    expect(await blpop).to.match(/upstream connection lost/);
+    blocked.disconnect();
+    expect(recovered, "ms from the failover to writes landing on the new master").to.be.below(15_000);
+  } finally {
+    io.disconnect();
+    await nr.disconnect().catch(() => {});
+  }
+}
+
+describe("Redis Sentinel: following a failover (ioredis and node-redis, default options)", function () {
+  this.timeout(90_000);
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+
+  beforeEach(async function () {
+    this.timeout(60_000);
+    d = await startSentinels();
+    proxy = await startProxy([], sentinelOptions(d));
+  });
+
+  afterEach(async function () {
+    this.timeout(30_000);
+    await proxy?.close();
+    await d?.stop();
+  });
+
+  it("SENTINEL FAILOVER: writes succeed again within seconds, on the new master, none acknowledged lost", async () => {
+    await acrossFailover(d!, proxy!, async () => {
+      expect(await d!.sentinels[0].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
+      return null;
+    });
+  });
+
+  it("the master killed (SIGKILL), a sentinel first: once the others promote the replica, writes land there, none acknowledged lost but those Redis had not replicated as it died", async () => {
+    await acrossFailover(d!, proxy!, async (old) => {
+      // The proxy's events and answers come from the sentinels left.
+      await d!.sentinels[0].kill();
+      const killedAt = Date.now();
+      await old.kill();
+      return killedAt;
+    });
+  });
+});
+
+describe("Redis Sentinel: gears across a failover", function () {
+  this.timeout(90_000);
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+  let io: Redis | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    d = await startSentinels();
+    proxy = await startProxy([], sentinelOptions(d));
+    io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    io?.disconnect();
+    await proxy?.close();
+    await d?.stop();
+  });
+
+  it("a KeysReader registration keeps firing for writes through the proxy, a T&F library stays callable, subscribers hear again", async () => {
+    const c = io!;
+    // Subscribers at default options: the proxy drops them when their upstream link dies, they
+    // reconnect and subscribe again, on the new master.
+    const heard: string[] = [];
+    const sub = new Redis({ port: proxy!.port, host: "127.0.0.1" });
+    sub.on("error", () => {});
+    sub.on("message", (_channel: string, message: string) => heard.push(`io:${message}`));
+    await sub.subscribe("news");
+    const nsub = createClient({ socket: { port: proxy!.port, host: "127.0.0.1" } });
+    nsub.on("error", () => {});
+    await nsub.connect();
+    await nsub.subscribe("news", (message) => heard.push(`nr:${message}`));
+    await c.call(
+      "RG.EXECUTE",
+      "GB().filter(x => x.key.startsWith('g:')).foreach(x => execute('SADD', 'seen', x.key)).register()",
+    );
+    await c.call(
+      "TFUNCTION",
+      "LOAD",
+      "#!js api_version=1.0 name=lib\nredis.registerFunction('bump', function(client){ return client.call('incr', 'tf:n'); });",
+    );
+    await c.set("g:before", "1");
+    await passes(async () => expect(await c.sismember("seen", "g:before")).to.equal(1));
+    expect(await c.call("TFCALL", "lib.bump", "0")).to.equal(1);
+
+    const old = await d!.master();
+    expect(await d!.sentinels[1].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
+    const now = await d!.waitForNewMaster(old);
+    await passes(async () => expect(await proxyMasterPort(c)).to.equal(now.port), 10_000);
+
+    await passes(async () => expect(await c.set("g:after", "1")).to.equal("OK"), 10_000);
+    await passes(async () => expect(await now.call("SISMEMBER", "seen", "g:after")).to.equal(1), 10_000);
+    expect(await c.call("TFCALL", "lib.bump", "0")).to.equal(2);
+    expect(await now.call("GET", "tf:n")).to.equal("2");
+
+    await passes(async () => {
+      await c.publish("news", "after");
+      expect(heard).to.include("io:after").and.to.include("nr:after");
+    }, 15_000);
+    sub.disconnect();
+    await nsub.disconnect().catch(() => {});
+  });
+});
+
+describe("Redis Sentinel: a failover that aborts", function () {
+  this.timeout(60_000);
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    // A short failover-timeout: the abort comes well before the proxy's 5 s hold would end.
+    d = await startSentinels({ failoverTimeoutMs: 1500 });
+    proxy = await startProxy([], sentinelOptions(d));
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    await proxy?.close();
+    await d?.stop();
+  });
+
+  it("the replica never answers: writes held on the master from the failover's start resume at the abort, on it", async () => {
+    const io = new Redis({ port: proxy!.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+    const [master, replica] = d!.nodes;
+    try {
+      expect(await io.set("abort:before", "1")).to.equal("OK");
+      process.kill(replica.pid, "SIGSTOP");
+      const started = Date.now();
+      expect(await d!.sentinels[0].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
+      await sleep(400);
+      const sent = Date.now();
+      expect(await io.set("abort:held", "1")).to.equal("OK");
+      const held = Date.now() - sent;
+      const resumed = Date.now() - started;
+      // Held (the failover had started), then released by the abort, not by the hold's 5 s end.
+      expect(held, "ms the write was held").to.be.above(300);
+      expect(resumed, "ms from the failover to the write's reply").to.be.below(4500);
+      expect(await master.call("GET", "abort:held")).to.equal("1");
+      expect(await proxyMasterPort(io)).to.equal(master.port);
+    } finally {
+      process.kill(replica.pid, "SIGCONT");
+      io.disconnect();
+    }
+  });
+});
+
+describe("Redis Sentinel: passwords", function () {
+  this.timeout(60_000);
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    d = await startSentinels({ password: "data-pw", sentinelPassword: "sentinel-pw" });
+  });
+
+  afterEach(async () => {
+    await proxy?.close();
+    proxy = undefined;
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    await d?.stop();
+  });
+
+  it("--sentinel-password for the sentinels, --upstream-password for the master: it starts and serves", async () => {
+    proxy = await startProxy([], {
+      ...sentinelOptions(d!),
+      sentinelPassword: "sentinel-pw",
+      upstreamPassword: "data-pw",
+    });
+    const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    try {
+      expect(await io.set("pw:k", "v")).to.equal("OK");
+      expect(await (await d!.master()).call("GET", "pw:k")).to.equal("v");
+    } finally {
+      io.disconnect();
+    }
+  });
+
+  it("a wrong sentinel password: the start fails at once, naming the credentials", async () => {
+    const started = Date.now();
+    const err = await startProxy([], {
+      ...sentinelOptions(d!),
+      sentinelPassword: "wrong",
+      upstreamPassword: "data-pw",
+    }).then(
+      () => null,
+      (e: unknown) => (e instanceof Error ? e.message : String(e)),
+    );
+    expect(err).to.match(/cannot use the sentinels: .*credentials/);
+    expect(Date.now() - started).to.be.below(5000);
+  });
+});

@@ -1,0 +1,489 @@
+import type { HostPort, ProxyConfig } from "../config.js";
+import type { Logger } from "../observability/log.js";
+import { decodeReply } from "../resp/decode.js";
+import { encodeCommand } from "../resp/encode.js";
+import { RespError, type RespValue } from "../resp/values.js";
+import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
+import { UpstreamNode, type NodeObserver } from "./node.js";
+import {
+  describeAnswers,
+  configEpochOf,
+  parseMasterAddress,
+  parseSentinelEvent,
+  rankAnswers,
+  roleOf,
+  type SentinelAnswer,
+  type SentinelEvent,
+} from "./sentinel-replies.js";
+import type { SlotRange, Topology } from "./topology.js";
+
+type NodeOptions = ConnectionOptions & { sharedConnections: number; log?: Logger; observer?: NodeObserver };
+
+/** How long a sentinel or a candidate master has to answer before it counts as unreachable. */
+const ASK_TIMEOUT_MS = 1000;
+/** The sentinels are asked this often even when no event came (a missed event, a lost subscription). */
+const PERIODIC_CHECK_MS = 1000;
+/** While a failover is under way they are asked this often, so the switch follows the promotion closely. */
+const FAILOVER_CHECK_MS = 100;
+/** Checks caused by lost connections are at least this far apart. */
+const MIN_CHECK_GAP_MS = 100;
+/** A lost event subscription is opened again after this long. */
+const RESUBSCRIBE_MS = 1000;
+/**
+ * How long the old master holds writes once a failover starts (CLIENT PAUSE WRITE): longer
+ * than a promotion takes, short enough that an unnoticed abort costs little.
+ */
+const FENCE_MS = 5000;
+/** As long as the start with --upstream waits for a server (connect.ts). */
+const STARTUP_RETRY_MS = 10_000;
+
+/**
+ * Events on which the sentinels are asked again at once. The first eight say that a failover
+ * of the master has started, from its first attempt on: from there, writes the old master
+ * takes may be lost. The first steps come a sentinel tick (50-100 ms) apart, so fencing at the
+ * first leaves time before the replica is promoted, even on a busy machine.
+ */
+const EVENT_CHANNELS = [
+  "+try-failover",
+  "+elected-leader",
+  "+failover-state-select-slave",
+  "+selected-slave",
+  "+failover-state-send-slaveof-noone",
+  "+failover-state-wait-promotion",
+  "+promoted-slave",
+  "+failover-state-reconf-slaves",
+  "+switch-master",
+  "+failover-end",
+  "+failover-end-for-timeout",
+];
+const FAILOVER_STARTED = new Set(EVENT_CHANNELS.slice(0, 8));
+const ABORT_PATTERN = "-failover-abort-*";
+
+const ALL_SLOTS: readonly SlotRange[] = Object.freeze([Object.freeze([0, 16383, 0] as const)]);
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Whether the node says it is a master (ROLE); false when it says otherwise or does not answer. */
+async function isMaster(node: UpstreamNode): Promise<boolean> {
+  try {
+    return roleOf(await within(node.call(["ROLE"]), ASK_TIMEOUT_MS, node.id)) === "master";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The sentinels of one deployment: asked about the master on demand, and subscribed to for
+ * their failover events. Every sentinel is subscribed, not one: only the sentinel that leads
+ * a failover publishes its first steps, and it is any of them.
+ */
+export class Sentinels {
+  private readonly nodes: UpstreamNode[];
+  private readonly subscriptions: (UpstreamConnection | null)[];
+  private readonly retries: (NodeJS.Timeout | null)[];
+  private onEvent: ((event: SentinelEvent, sentinel: number) => void) | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly addresses: readonly HostPort[],
+    private readonly options: ConnectionOptions,
+  ) {
+    this.nodes = addresses.map((address) => new UpstreamNode(address, { ...options, sharedConnections: 1 }));
+    this.subscriptions = addresses.map(() => null);
+    this.retries = addresses.map(() => null);
+  }
+
+  get ids(): string[] {
+    return this.nodes.map((node) => node.id);
+  }
+
+  /** Every sentinel's answer about the master `name`, asked at once. */
+  ask(name: string): Promise<SentinelAnswer[]> {
+    return Promise.all(this.nodes.map((node) => this.askOne(node, name)));
+  }
+
+  private async askOne(node: UpstreamNode, name: string): Promise<SentinelAnswer> {
+    const sentinel = node.id;
+    try {
+      const [addr, master] = await within(
+        Promise.all([
+          node.call(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", name]),
+          node.call(["SENTINEL", "MASTER", name]),
+        ]),
+        ASK_TIMEOUT_MS,
+        sentinel,
+      );
+      if (addr instanceof RespError) return { sentinel, error: addr.message };
+      const address = parseMasterAddress(addr);
+      if (address === null) return { sentinel, address: null };
+      return { sentinel, address, epoch: configEpochOf(master) };
+    } catch (err) {
+      return { sentinel, error: errorText(err) };
+    }
+  }
+
+  /** Subscribes every sentinel to the failover events; a lost subscription is opened again. */
+  watch(onEvent: (event: SentinelEvent, sentinel: number) => void): void {
+    this.onEvent = onEvent;
+    this.addresses.forEach((_address, i) => this.subscribe(i));
+  }
+
+  private subscribe(i: number): void {
+    this.retries[i] = null;
+    if (this.closed) return;
+    const conn = new UpstreamConnection(this.addresses[i], { ...this.options, proto: 2 });
+    this.subscriptions[i] = conn;
+    conn.pushHandler = (frame) => this.onFrame(frame, i);
+    conn.onClose = () => {
+      if (this.closed || this.subscriptions[i] !== conn) return;
+      this.subscriptions[i] = null;
+      this.retries[i] = setTimeout(() => this.subscribe(i), RESUBSCRIBE_MS);
+      this.retries[i].unref();
+    };
+    conn.sendUnmatched(encodeCommand(["SUBSCRIBE", ...EVENT_CHANNELS]));
+    conn.sendUnmatched(encodeCommand(["PSUBSCRIBE", ABORT_PATTERN]));
+  }
+
+  private onFrame(frame: Buffer, sentinel: number): void {
+    const value: RespValue = decodeReply(frame);
+    if (!Array.isArray(value)) return;
+    const kind = String(value[0]);
+    const [channel, message] =
+      kind === "message" ? [value[1], value[2]] : kind === "pmessage" ? [value[2], value[3]] : [null, null];
+    if (channel === null || channel === undefined || message === undefined) return;
+    const event = parseSentinelEvent(String(channel), String(message));
+    if (event !== null) this.onEvent?.(event, sentinel);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const node of this.nodes) node.close();
+    for (const conn of this.subscriptions) conn?.close();
+    for (const timer of this.retries) if (timer !== null) clearTimeout(timer);
+  }
+}
+
+/**
+ * One Redis master found through Redis Sentinel, followed across failovers: to the router and
+ * the gears rooms it is one server, like StandaloneTopology, whose node changes when the
+ * sentinels promote a replica. The sentinels are asked again on their failover events, when
+ * the master's connection is lost, and every second; a new address is taken only from the
+ * answer with the highest config epoch and once the node itself says ROLE master. On a switch
+ * the old node is closed: replies it still owed fail as when an upstream dies, and masters()
+ * names the new node, which is how everything that keeps state per master (keyspace
+ * subscriptions, leases, tracking links) notices.
+ *
+ * Sentinel replication is asynchronous: writes the old master accepts after the replica is
+ * promoted are dropped when it later becomes a replica. So when a failover starts, the old
+ * master is told to hold writes (CLIENT PAUSE WRITE) until the switch, when the held ones fail
+ * with the closed connection, never acknowledged; an aborted failover releases them.
+ */
+export class SentinelTopology implements Topology {
+  readonly mode = "standalone" as const;
+  private current: UpstreamNode;
+  private list: UpstreamNode[];
+  /** The config epoch of the current master's address: older answers are ignored. */
+  private epoch: number;
+  private checking: Promise<void> | null = null;
+  private checkAgain = false;
+  private lastCheck = 0;
+  private readonly timer: NodeJS.Timeout;
+  private failoverTimer: NodeJS.Timeout | null = null;
+  /**
+   * The master told to hold writes, until when (ms), and the sentinels (by index) whose
+   * failover of it is under way: an abort releases the writes only once every one gave up
+   * (a sentinel that loses the election aborts while the winner goes on).
+   */
+  private fenced: { node: UpstreamNode; until: number; by: Set<number> } | null = null;
+  private closed = false;
+
+  constructor(
+    readonly name: string,
+    address: HostPort,
+    epoch: number,
+    private readonly sentinels: Sentinels,
+    private readonly options: NodeOptions,
+    private readonly log: Logger,
+  ) {
+    this.current = this.nodeAt(address);
+    this.current.log = log;
+    this.list = [this.current];
+    this.epoch = epoch;
+    sentinels.watch((event, sentinel) => this.onEvent(event, sentinel));
+    // Opened now, so that the hold of writes at a failover's start needs no connect first.
+    this.current.control();
+    this.timer = setInterval(() => void this.check(), PERIODIC_CHECK_MS);
+    this.timer.unref();
+  }
+
+  nodeForSlot(): UpstreamNode {
+    return this.current;
+  }
+
+  masters(): UpstreamNode[] {
+    return this.list;
+  }
+
+  slotRanges(): readonly SlotRange[] {
+    return ALL_SLOTS;
+  }
+
+  /** Asks the sentinels now (or joins the round under way). */
+  refresh(): Promise<void> {
+    return this.check();
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+    this.stopFailoverPolling();
+    this.sentinels.close();
+    this.current.close();
+  }
+
+  private nodeAt(address: HostPort): UpstreamNode {
+    const node: UpstreamNode = new UpstreamNode(address, {
+      ...this.options,
+      log: undefined,
+      // After the node has marked itself lost (onLost runs first): connections the proxy
+      // closes itself (a client's aborted MULTI) are no reason to ask.
+      onLost: () =>
+        setImmediate(() => {
+          if (node === this.current && !node.reachable) void this.check();
+        }),
+    });
+    return node;
+  }
+
+  /** One round of asking at a time; a request during one runs another after it. */
+  private check(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    if (this.checking !== null) {
+      this.checkAgain = true;
+      return this.checking;
+    }
+    this.checking = this.askSentinels()
+      .catch((err: unknown) =>
+        this.log.warn({ master: this.name, err: errorText(err) }, "sentinel check failed"),
+      )
+      .finally(() => {
+        this.checking = null;
+        if (this.checkAgain) {
+          this.checkAgain = false;
+          void this.check();
+        }
+      });
+    return this.checking;
+  }
+
+  private async askSentinels(): Promise<void> {
+    const wait = this.lastCheck + MIN_CHECK_GAP_MS - Date.now();
+    if (wait > 0) await sleep(wait);
+    this.lastCheck = Date.now();
+    const answers = await this.sentinels.ask(this.name);
+    for (const candidate of rankAnswers(answers, this.epoch)) {
+      if (this.closed) return;
+      const { host, port } = candidate.address;
+      if (host === this.current.address.host && port === this.current.address.port) {
+        this.epoch = Math.max(this.epoch, candidate.epoch);
+        return;
+      }
+      const node = this.nodeAt(candidate.address);
+      const master = await isMaster(node);
+      if (master && !this.closed) {
+        this.switchTo(node, candidate.epoch);
+        return;
+      }
+      node.close();
+    }
+  }
+
+  private switchTo(node: UpstreamNode, epoch: number): void {
+    const old = this.current;
+    this.current = node;
+    this.list = [node];
+    this.epoch = epoch;
+    node.log = this.log;
+    node.control();
+    this.fenced = null;
+    this.stopFailoverPolling();
+    this.log.info(
+      { master: this.name, from: old.id, to: node.id, epoch },
+      `sentinel master '${this.name}' is now ${node.id} (was ${old.id})`,
+    );
+    // Replies still owed fail as on a lost upstream; later commands go to the new master.
+    old.close();
+  }
+
+  private onEvent(event: SentinelEvent, sentinel: number): void {
+    if (event.master !== this.name || this.closed) return;
+    if (event.kind.startsWith("-failover-abort")) {
+      this.unfence(event.kind, sentinel);
+      return;
+    }
+    if (FAILOVER_STARTED.has(event.kind) && event.masterId === this.current.id) this.fence(sentinel);
+    void this.check();
+  }
+
+  /** Holds writes on the current master until the switch (see the class comment). */
+  private fence(sentinel: number): void {
+    const node = this.current;
+    const now = Date.now();
+    this.startFailoverPolling();
+    const by = this.fenced?.node === node ? this.fenced.by : new Set<number>();
+    by.add(sentinel);
+    // Each step of the failover renews the hold, but not every duplicate of an event.
+    if (this.fenced?.node === node && this.fenced.until - now > FENCE_MS / 2) return;
+    this.fenced = { node, until: now + FENCE_MS, by };
+    this.log.info(
+      { master: this.name, node: node.id, ms: FENCE_MS },
+      "sentinel failover started: writes to the old master held until the switch",
+    );
+    node
+      .control()
+      ?.call(["CLIENT", "PAUSE", String(FENCE_MS), "WRITE"])
+      .then(
+        (reply) => {
+          if (reply instanceof RespError)
+            this.log.warn(
+              { node: node.id, err: reply.message },
+              "cannot hold writes on the old master during the failover (CLIENT PAUSE refused): writes it takes after the promotion are lost",
+            );
+        },
+        () => {},
+      );
+  }
+
+  private unfence(why: string, sentinel: number): void {
+    const fenced = this.fenced;
+    fenced?.by.delete(sentinel);
+    if (fenced !== null && fenced.by.size > 0) return;
+    this.fenced = null;
+    this.stopFailoverPolling();
+    if (fenced === null || fenced.node !== this.current) return;
+    this.log.info(
+      { master: this.name, node: fenced.node.id, why },
+      "sentinel failover aborted: writes resumed",
+    );
+    fenced.node
+      .control()
+      ?.call(["CLIENT", "UNPAUSE"])
+      .catch(() => {});
+  }
+
+  private startFailoverPolling(): void {
+    if (this.failoverTimer !== null) return;
+    const started = Date.now();
+    this.failoverTimer = setInterval(() => {
+      // Polled while the hold lasts, or a while after the start when there is none (a dead master).
+      const until = this.fenced?.until ?? started + FENCE_MS;
+      if (Date.now() > until) this.stopFailoverPolling();
+      else void this.check();
+    }, FAILOVER_CHECK_MS);
+    this.failoverTimer.unref();
+  }
+
+  private stopFailoverPolling(): void {
+    if (this.failoverTimer !== null) clearInterval(this.failoverTimer);
+    this.failoverTimer = null;
+  }
+}
+
+const CREDENTIALS = /credentials|NOAUTH|WRONGPASS|certificate/i;
+
+/** What connect.ts learns from a master it probes. */
+interface Probed {
+  node: UpstreamNode;
+  isCluster: boolean;
+}
+
+/**
+ * The start with --sentinel: asks the sentinels for the master `config.sentinelMaster`, checks
+ * the node they name (probe, then ROLE master), and follows it from then on. A sentinel that
+ * is down or knows no such master is skipped; when every sentinel that answers knows no such
+ * name, the start fails at once; when none answers, or the master does not, it retries for
+ * as long as the start with --upstream does, then fails saying why.
+ */
+export async function connectViaSentinels<T extends Probed>(
+  config: ProxyConfig,
+  options: NodeOptions,
+  log: Logger,
+  probe: (address: HostPort) => Promise<T>,
+): Promise<{ topology: SentinelTopology; found: T }> {
+  const name = config.sentinelMaster;
+  if (name === undefined) throw new Error("--sentinel needs --sentinel-master");
+  const sentinels = new Sentinels(config.sentinels, {
+    tls: options.tls,
+    connectTimeoutMs: options.connectTimeoutMs,
+    user: config.sentinelUser,
+    password: config.sentinelPassword,
+  });
+  const deadline = Date.now() + STARTUP_RETRY_MS;
+  try {
+    for (;;) {
+      const answers = await sentinels.ask(name);
+      let detail = describeAnswers(answers, name);
+      const reached = answers.filter((a) => !("error" in a));
+      if (reached.length > 0 && reached.every((a) => "address" in a && a.address === null)) {
+        throw new Error(`no sentinel knows a master named '${name}' (${detail})`);
+      }
+      if (reached.length === 0 && answers.some((a) => "error" in a && CREDENTIALS.test(a.error))) {
+        throw new Error(`cannot use the sentinels: ${detail}`);
+      }
+      for (const candidate of rankAnswers(answers, 0)) {
+        const id = `${candidate.address.host}:${candidate.address.port}`;
+        let found: T;
+        try {
+          found = await probe(candidate.address);
+        } catch (err) {
+          detail = `master ${id}: ${errorText(err)}`;
+          if (CREDENTIALS.test(detail))
+            throw new Error(`cannot use upstream ${id}: ${errorText(err)}`, { cause: err });
+          continue;
+        }
+        const master = await isMaster(found.node);
+        found.node.close();
+        if (found.isCluster) throw new Error(`${id} is a Redis Cluster node: use --upstream for a cluster`);
+        if (!master) {
+          detail = `${id}, named by the sentinels, is not a master (ROLE)`;
+          continue;
+        }
+        const topology = new SentinelTopology(
+          name,
+          candidate.address,
+          candidate.epoch,
+          sentinels,
+          options,
+          log,
+        );
+        log.info(
+          { master: name, upstream: id, sentinels: sentinels.ids, epoch: candidate.epoch },
+          `sentinel master '${name}' is ${id}`,
+        );
+        return { topology, found };
+      }
+      if (Date.now() > deadline)
+        throw new Error(`cannot find master '${name}' through the sentinels: ${detail}`);
+      log.warn(
+        { master: name, sentinels: sentinels.ids, err: detail },
+        "sentinel master not reachable yet; retrying",
+      );
+      await sleep(250);
+    }
+  } catch (err) {
+    sentinels.close();
+    throw err;
+  }
+}
