@@ -129,9 +129,15 @@ async function prepare(build: GuestBuild, refs: boolean): Promise<() => Run> {
     rec.dispose();
     const c = process.cpuUsage(c0);
     const cpuMs = (c.user + c.system) / 1000;
-    const outcome = JSON.parse(out.slice(1)) as { results: unknown[]; count?: number; json?: string; refs?: number[] };
+    const outcome = JSON.parse(out.slice(1)) as {
+      results: unknown[];
+      count?: number;
+      json?: string;
+      refs?: number[];
+    };
     const results = outcome.count ?? outcome.results.length;
-    const form = outcome.json !== undefined ? "as text" : outcome.refs !== undefined ? "by reference" : "as values";
+    const form =
+      outcome.json !== undefined ? "as text" : outcome.refs !== undefined ? "by reference" : "as values";
     return { cpuMs, hostMs: hostUs / 1000, results, form };
   };
 }

@@ -84,7 +84,7 @@ function eventRows(records: JsonValue[]): EventRows | null {
  */
 function resultsOfRefs(refs: readonly number[], input: Map<number, PackedRecords> | null): JsonValue[] {
   const out: JsonValue[] = [];
-  for (let i = 0; i < refs.length; ) {
+  for (let i = 0; i < refs.length;) {
     const packed = input?.get(refs[i++]);
     const n = refs[i++];
     if (packed === undefined || packed.values === null || !(n >= 0)) throw new Error("results out of place");

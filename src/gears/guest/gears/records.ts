@@ -99,8 +99,7 @@ export function unpackRecords(records: unknown, fed?: RowsFed): unknown {
         fed.rows = packed.rows;
         fed.values = values;
       }
-    }
-    else if (Array.isArray(list)) {
+    } else if (Array.isArray(list)) {
       for (const r of list) {
         if (
           r !== null &&

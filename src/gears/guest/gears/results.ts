@@ -128,7 +128,13 @@ function unchanged(r: unknown, fed: RowsFed, j: number): boolean {
   const rec = r as { key: unknown; type: unknown; event: unknown; value: unknown; toJSON?: unknown };
   if (getPrototypeOf(rec) !== objectPrototype || rec.toJSON !== undefined) return false;
   const keys = Object.keys(rec);
-  if (keys.length !== 4 || keys[0] !== "key" || keys[1] !== "type" || keys[2] !== "event" || keys[3] !== "value")
+  if (
+    keys.length !== 4 ||
+    keys[0] !== "key" ||
+    keys[1] !== "type" ||
+    keys[2] !== "event" ||
+    keys[3] !== "value"
+  )
     return false;
   const key = rows[row];
   const type = rows[row + 1];
