@@ -5,7 +5,6 @@
 import { formatError, isFatal } from "../core/errors.js";
 import { toRaw, toStr } from "../core/values.js";
 import { RESULTS_NONE, RESULTS_VALUES, type Streamed } from "../entry.js";
-import type { RowsFed } from "./records.js";
 import type { Exec, Result } from "./types.js";
 
 /** A partition's results as the host receives them (strings, or raw values with convertToStr off). */
@@ -110,53 +109,23 @@ function jsonText(list: unknown[]): string | null {
   }
 }
 
-/**
- * Whether result `r`, the record made from row `from[j]` of a feed, is still that record as
- * it was made: its own enumerable fields exactly key, type, event and value, in that order,
- * holding the row's strings and its value (a string or null: nothing inside to change), a
- * plain object with no toJSON. Its JSON text is then the one the host makes of its own
- * record (the same strings crossed), so the host can make it, and only if it is asked for.
- * A lazy value (the row's -1) is never read here: JSON.stringify would read it from Redis.
- */
-function unchanged(r: unknown, fed: RowsFed, j: number): boolean {
-  const rows = fed.rows;
-  const row = fed.from[j];
-  const ref = rows[row + 3];
-  if (typeof ref !== "number" || ref < 0) return false;
-  const value = fed.values[ref];
-  if (typeof value !== "string" && value !== null) return false;
-  const rec = r as { key: unknown; type: unknown; event: unknown; value: unknown; toJSON?: unknown };
-  if (getPrototypeOf(rec) !== objectPrototype || rec.toJSON !== undefined) return false;
-  const keys = Object.keys(rec);
-  if (
-    keys.length !== 4 ||
-    keys[0] !== "key" ||
-    keys[1] !== "type" ||
-    keys[2] !== "event" ||
-    keys[3] !== "value"
-  )
-    return false;
-  const key = rows[row];
-  const type = rows[row + 1];
-  const event = rows[row + 2];
-  return (
-    typeof key === "string" &&
-    typeof type === "string" &&
-    typeof event === "string" &&
-    rec.key === key &&
-    rec.type === type &&
-    rec.event === event &&
-    rec.value === value
-  );
-}
+const objectKeys = Object.keys;
 
 /**
  * The results named by the places of the host's records they are, when every one is a
- * record fed as rows to its own partition, in feed order, and unchanged (above): for each
- * partition with results, its number, how many, then each one's place among the records
- * the host fed it (counted over its feeds). Null otherwise: the results go as text. Making
- * the JSON text of 10,000 event records was a quarter of the all-keys registration's guest
- * time, for results that RG.GETRESULTS seldom asks for (bench/RESULTS.md, "evperf").
+ * record fed as rows to its own partition, in feed order, and unchanged: its own enumerable
+ * fields exactly key, type, event and value, in that order, holding its row's strings and
+ * its value (a string or null: nothing inside to change), and no toJSON (its own or
+ * inherited). Its string (JSON.stringify of it, by either of the guest's ways) is then the
+ * JSON text the host makes of its own record, as the same strings crossed, and the host
+ * makes it only if RG.GETRESULTS asks. A lazy value (the row's -1) is never read here:
+ * JSON.stringify would read it from Redis. For each partition with results: its number, how
+ * many, then each one's place among the records the host fed it (over all its feeds). Null
+ * otherwise: the results go as text. Making the text of 10,000 event records was about a
+ * fifth of the all-keys registration's guest time, for results that RG.GETRESULTS seldom
+ * asks for (bench/RESULTS.md, "evperf"); this check costs about as much per record as
+ * JSON.stringify did, but the text no longer crosses, is no longer escaped in the answer,
+ * parsed on the main thread nor kept there.
  */
 function refsOf(ex: Exec): number[] | null {
   const fed = ex.fed;
@@ -171,19 +140,39 @@ function refsOf(ex: Exec): number[] | null {
     let c = 0;
     let j = 0;
     let base = 0;
+    let f = feeds[0];
     for (let i = 0; i < list.length; i++) {
-      const r = list[i];
+      const r = list[i] as { key: unknown; type: unknown; event: unknown; value: unknown; toJSON?: unknown };
       for (;;) {
-        if (c >= feeds.length) return null;
-        const f = feeds[c];
+        if (f === undefined) return null;
         if (j >= f.taken) {
           base += f.taken;
-          c++;
+          f = feeds[++c];
           j = 0;
         } else if (f.records[j] === r) break;
         else j++;
       }
-      if (!unchanged(r, feeds[c], j)) return null;
+      // Spelled out, not a call per result (QuickJS inlines nothing).
+      const rows = f.rows;
+      const row = f.from[j];
+      const ref = rows[row + 3] as number;
+      if (ref < 0) return null;
+      const value = f.values[ref];
+      if (typeof value !== "string" && value !== null) return null;
+      if (r.toJSON !== undefined) return null;
+      const keys = objectKeys(r);
+      if (
+        keys.length !== 4 ||
+        keys[0] !== "key" ||
+        keys[1] !== "type" ||
+        keys[2] !== "event" ||
+        keys[3] !== "value" ||
+        r.key !== rows[row] ||
+        r.type !== rows[row + 1] ||
+        r.event !== rows[row + 2] ||
+        r.value !== value
+      )
+        return null;
       refs.push(base + j);
       j++;
     }
