@@ -201,6 +201,21 @@ describe("gears registration results named by reference (one redis-server)", fun
     });
   }
 
+  it("a record given another prototype reads back as its own fields; one whose prototype has a toJSON as that gives", async () => {
+    await execute(
+      io,
+      "GB().map(x => x.key === 'proto:2' ? Object.setPrototypeOf(x, {toJSON() { return 'tj'; }}) : Object.setPrototypeOf(x, {extra: 1})).register('proto:*')",
+    );
+    await io.set("proto:1", "v");
+    await handled(1);
+    await io.set("proto:2", "v");
+    await handled(2);
+    const { results } = await allResults(io);
+    expect(results).to.deep.equal([recordText("proto:1", "set", "v"), '"tj"']);
+    // JSON.stringify reads only a record's own fields and a toJSON: the first is named by place.
+    expect(forms()).to.deep.equal(["refs", "values"]);
+  });
+
   it("a record given twice, records out of order, and an unchanged one beside a changed one: text, as before", async () => {
     await execute(io, "GB().flatmap(x => [x, x]).register('twice:*')");
     await io.set("twice:1", "v");
