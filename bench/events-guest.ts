@@ -162,7 +162,7 @@ for (let run = 0; run < runs; run++) {
 builds.forEach((build, i) => {
   const r = best[i];
   console.log(
-    `${build}: ${r.cpuMs.toFixed(0)} ms CPU for ${(own ? 2 : 1) * writes} records (min of ${runs}, builds alternating; ` +
+    `${build}: ${r.cpuMs.toFixed(r.cpuMs < 10 ? 3 : 0)} ms CPU for ${(own ? 2 : 1) * writes} records (min of ${runs}, builds alternating; ` +
       `the stub host's share ${r.hostMs.toFixed(0)} ms, the guest ${(r.cpuMs - r.hostMs).toFixed(0)} ms), ${r.results} results (${r.form})`,
   );
 });
