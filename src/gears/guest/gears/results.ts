@@ -123,9 +123,9 @@ const objectKeys = Object.keys;
  * many, then each one's place among the records the host fed it (over all its feeds). Null
  * otherwise: the results go as text. Making the text of 10,000 event records was about a
  * fifth of the all-keys registration's guest time, for results that RG.GETRESULTS seldom
- * asks for (bench/RESULTS.md, "evperf"); this check costs about as much per record as
- * JSON.stringify did, but the text no longer crosses, is no longer escaped in the answer,
- * parsed on the main thread nor kept there.
+ * asks for (bench/RESULTS.md, "evperf"); this check costs about two thirds of that
+ * (Object.keys most of it), and the text no longer crosses, is no longer escaped in the
+ * answer, parsed on the main thread nor kept there.
  */
 function refsOf(ex: Exec): number[] | null {
   const fed = ex.fed;
