@@ -1,6 +1,6 @@
 import { decodeReply } from "../resp/decode.js";
 import { NotHandled, ReplyErrorText, RespCursor } from "../resp/json-text.js";
-import { NO_KEYS, type Router } from "../routing/router.js";
+import { NO_KEYS, type RouteContext, type Router } from "../routing/router.js";
 import { decimalLength } from "../resp/encode.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
 import { RawJson, type JsonValue } from "../sandbox/types.js";
@@ -321,6 +321,8 @@ export function executeTable(
 ): Promise<CallOutcome[]> {
   const outcomes = new Outcomes(calls.count);
   const { argvs, raws } = encodeCalls(calls);
+  // One route for the batch's calls (forward only reads it): not an object per call.
+  const route: RouteContext = { db, affinity: 0 };
   for (let i = 0; i < calls.count; i++) {
     let argv = argvs[i];
     let name = "";
@@ -345,7 +347,7 @@ export function executeTable(
       outcomes.set(i, { error: refused });
       continue;
     }
-    router.forward(name, argv, raws[i], new OutcomeSink(outcomes, i, repliesUnused), { db, affinity: 0 });
+    router.forward(name, argv, raws[i], new OutcomeSink(outcomes, i, repliesUnused), route);
   }
   return outcomes.done;
 }
