@@ -54,6 +54,8 @@ interface Run {
   cpuMs: number;
   hostMs: number;
   results: number;
+  /** How the results came back (guest/entry.ts Outcome): as text, by reference, as values. */
+  form: string;
 }
 
 /** A build's guest made ready: one call is one run of the batch. */
@@ -127,9 +129,16 @@ async function prepare(build: GuestBuild, refs: boolean): Promise<() => Run> {
     rec.dispose();
     const c = process.cpuUsage(c0);
     const cpuMs = (c.user + c.system) / 1000;
-    const outcome = JSON.parse(out.slice(1)) as { results: unknown[]; count?: number };
+    const outcome = JSON.parse(out.slice(1)) as {
+      results: unknown[];
+      count?: number;
+      json?: string;
+      refs?: number[];
+    };
     const results = outcome.count ?? outcome.results.length;
-    return { cpuMs, hostMs: hostUs / 1000, results };
+    const form =
+      outcome.json !== undefined ? "as text" : outcome.refs !== undefined ? "by reference" : "as values";
+    return { cpuMs, hostMs: hostUs / 1000, results, form };
   };
 }
 
@@ -143,7 +152,7 @@ const runners = await Promise.all(
     ),
   ),
 );
-const best: Run[] = builds.map(() => ({ cpuMs: Infinity, hostMs: 0, results: 0 }));
+const best: Run[] = builds.map(() => ({ cpuMs: Infinity, hostMs: 0, results: 0, form: "" }));
 for (let run = 0; run < runs; run++) {
   runners.forEach((one, i) => {
     const r = one();
@@ -153,7 +162,7 @@ for (let run = 0; run < runs; run++) {
 builds.forEach((build, i) => {
   const r = best[i];
   console.log(
-    `${build}: ${r.cpuMs.toFixed(0)} ms CPU for ${(own ? 2 : 1) * writes} records (min of ${runs}, builds alternating; ` +
-      `the stub host's share ${r.hostMs.toFixed(0)} ms, the guest ${(r.cpuMs - r.hostMs).toFixed(0)} ms), ${r.results} results`,
+    `${build}: ${r.cpuMs.toFixed(r.cpuMs < 10 ? 3 : 0)} ms CPU for ${(own ? 2 : 1) * writes} records (min of ${runs}, builds alternating; ` +
+      `the stub host's share ${r.hostMs.toFixed(0)} ms, the guest ${(r.cpuMs - r.hostMs).toFixed(0)} ms), ${r.results} results (${r.form})`,
   );
 });

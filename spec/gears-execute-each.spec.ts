@@ -26,6 +26,13 @@ const BY_EVENT = "GB().foreach(x => execute('SADD', 'by:' + x.event, x.key)).reg
 const BY_LENGTH = "GB().foreach(x => execute('ZADD', 'len', x.key.length, x.key)).register('c:*')";
 const LAST_NUMBER = "GB().foreach(x => execute('SADD', 'lens', x.key.length)).register('c:*')";
 
+/**
+ * Consecutive calls whose other arguments are equal strings (long, non-ASCII) share those
+ * arguments' views on the host; each call's bytes are still whole.
+ */
+const REPEATED_KEY = "rep:é" + "ü".repeat(40);
+const REPEATED = `GB().foreach(x => execute('SADD', '${REPEATED_KEY}', '${"ö".repeat(50)}', '日', x.key)).register('p:*')`;
+
 const REFUSED = `GB().foreach(x => {
   if (x.key === 'r:refused') execute('MULTI');
   else execute('SET', 'done:' + x.key, x.key);
@@ -45,7 +52,7 @@ describe("gears batched execute(): arguments reach Redis as the handler passed t
     direct = new Redis({ port: redis.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
     await execute(io, WRITE_EACH);
     await execute(io, REFUSED);
-    for (const script of [BY_EVENT, BY_LENGTH, LAST_NUMBER]) await execute(io, script);
+    for (const script of [BY_EVENT, BY_LENGTH, LAST_NUMBER, REPEATED]) await execute(io, script);
   });
 
   after(async () => {
@@ -105,6 +112,21 @@ describe("gears batched execute(): arguments reach Redis as the handler passed t
     expect((await direct.smembers("lens")).sort()).to.deep.equal(
       [...new Set(keys.map((k) => String(k.length)))].sort(),
     );
+  });
+
+  it("consecutive calls equal but for their last argument, with long non-ASCII arguments: every call's bytes whole", async () => {
+    const keys = Array.from({ length: 400 }, (_, i) => `p:${"é".repeat(i % 5)}${i}`);
+    const pipeline = io.pipeline();
+    for (const k of keys) pipeline.set(k, "v");
+    await pipeline.exec();
+    await eventually(
+      () => direct.scard(REPEATED_KEY),
+      (n) => n === keys.length + 2,
+      "every event handled",
+    );
+    const members = (await direct.smembersBuffer(REPEATED_KEY)).map((b) => b.toString("hex")).sort();
+    const expected = [...keys, "ö".repeat(50), "日"].map((m) => Buffer.from(m).toString("hex")).sort();
+    expect(members).to.deep.equal(expected);
   });
 
   it("a refused command is reported; the other calls of the batch are written", async () => {

@@ -1,6 +1,6 @@
 import { decodeReply } from "../resp/decode.js";
 import { NotHandled, ReplyErrorText, RespCursor } from "../resp/json-text.js";
-import { NO_KEYS, type Router } from "../routing/router.js";
+import { NO_KEYS, type RouteContext, type Router } from "../routing/router.js";
 import { decimalLength } from "../resp/encode.js";
 import type { ReplySink } from "../upstream/reply-sink.js";
 import { RawJson, type JsonValue } from "../sandbox/types.js";
@@ -235,6 +235,9 @@ function encodeCalls(calls: CallTable): {
   const argvs = new Array<Buffer[] | null>(n);
   const raws = new Array<Buffer | null>(n);
   let at = 0;
+  /** The call before, when it had as many arguments: an argument equal to its own shares its view. */
+  let prev: Buffer[] | null = null;
+  let prevFrom = 0;
   for (let i = 0; i < n; i++) {
     const argc = to[i] - from[i];
     if (argc < 1) {
@@ -245,9 +248,25 @@ function encodeCalls(calls: CallTable): {
     const begin = at;
     at = writeHeader(out, at, 42 /* * */, argc);
     const argv = new Array<Buffer>(argc);
+    const same = prev !== null && prev.length === argc ? prev : null;
     for (let j = 0; j < argc; j++) {
       const v = flat[from[i] + j];
       const text = typeof v === "string" ? v : String(v);
+      if (same !== null && typeof v === "string" && v === flat[prevFrom + j]) {
+        // A foreach's calls mostly differ in their last argument only: the name and the
+        // others are the bytes of the call before's, whose views (read only, as every
+        // argv's) serve this one too; the bytes are written again, for this call's raw.
+        const view = same[j];
+        const length = view.length;
+        at = writeHeader(out, at, 36 /* $ */, length);
+        if (length <= SHORT_TEXT) for (let c = 0; c < length; c++) out[at + c] = view[c];
+        else view.copy(out, at);
+        argv[j] = same[j];
+        at += length;
+        out[at++] = 13;
+        out[at++] = 10;
+        continue;
+      }
       const ascii = isAscii(text);
       const length = ascii ? text.length : Buffer.byteLength(text);
       at = writeHeader(out, at, 36 /* $ */, length);
@@ -263,6 +282,8 @@ function encodeCalls(calls: CallTable): {
     }
     argvs[i] = argv;
     raws[i] = out.subarray(begin, at);
+    prev = argv;
+    prevFrom = from[i];
   }
   return { argvs, raws };
 }
@@ -300,6 +321,8 @@ export function executeTable(
 ): Promise<CallOutcome[]> {
   const outcomes = new Outcomes(calls.count);
   const { argvs, raws } = encodeCalls(calls);
+  // One route for the batch's calls (forward only reads it): not an object per call.
+  const route: RouteContext = { db, affinity: 0 };
   for (let i = 0; i < calls.count; i++) {
     let argv = argvs[i];
     let name = "";
@@ -324,7 +347,7 @@ export function executeTable(
       outcomes.set(i, { error: refused });
       continue;
     }
-    router.forward(name, argv, raws[i], new OutcomeSink(outcomes, i, repliesUnused), { db, affinity: 0 });
+    router.forward(name, argv, raws[i], new OutcomeSink(outcomes, i, repliesUnused), route);
   }
   return outcomes.done;
 }

@@ -77,6 +77,28 @@ function eventRows(records: JsonValue[]): EventRows | null {
   return rows;
 }
 
+/**
+ * Results the guest named by the places of the records they are (Outcome.refs): each one's
+ * string, the JSON text of the record as the guest saw it, `{key, type, event, value}`,
+ * which is the text the guest would have made (guest/gears/results.ts refsOf).
+ */
+function resultsOfRefs(refs: readonly number[], input: Map<number, PackedRecords> | null): JsonValue[] {
+  const out: JsonValue[] = [];
+  for (let i = 0; i < refs.length;) {
+    const packed = input?.get(refs[i++]);
+    const n = refs[i++];
+    if (packed === undefined || packed.values === null || !(n >= 0)) throw new Error("results out of place");
+    const { records, values } = packed;
+    for (const end = i + n; i < end; i++) {
+      const r = records[refs[i]];
+      if (r === null || typeof r !== "object" || Array.isArray(r) || typeof r.valueRef !== "number")
+        throw new Error("results out of place");
+      out.push(JSON.stringify({ key: r.key, type: r.type, event: r.event, value: values[r.valueRef] }));
+    }
+  }
+  return out;
+}
+
 /** A packed batch as the guest's feed() takes it: rows when the records allow. */
 function packedBatch(records: JsonValue[], values: JsonValue[]): JsonValue {
   const rows = eventRows(records);
@@ -120,6 +142,8 @@ export class Execution {
    * most event executions' results are never fetched, and one string is all they cost.
    */
   private valuesJson: string | null = null;
+  /** Or as the places of the input's records they are (Outcome.refs), likewise until asked for. */
+  private valuesRefs: number[] | null = null;
   private valuesJsonCount = 0;
   /** The results as RESP bytes: executions over a reader. */
   private readonly chunks: ResultChunks | null;
@@ -168,7 +192,7 @@ export class Execution {
 
   /** How many results (RG.GETEXECUTION). */
   get resultCount(): number {
-    if (this.valuesJson !== null) return this.valuesJsonCount;
+    if (this.valuesJson !== null || this.valuesRefs !== null) return this.valuesJsonCount;
     return this.chunks?.count ?? this.values?.length ?? 0;
   }
 
@@ -181,6 +205,9 @@ export class Execution {
     if (this.valuesJson !== null) {
       this.values = resultsOfJson(this.valuesJson);
       this.valuesJson = null;
+    } else if (this.valuesRefs !== null) {
+      this.values = resultsOfRefs(this.valuesRefs, this.input);
+      this.valuesRefs = null;
     }
     return this.values;
   }
@@ -188,6 +215,7 @@ export class Execution {
   set results(values: JsonValue[] | null) {
     this.values = values;
     this.valuesJson = null;
+    this.valuesRefs = null;
   }
 
   /** The results of a guest outcome, in the form they came in. */
@@ -195,6 +223,10 @@ export class Execution {
     if (typeof out.json === "string") {
       this.values = null;
       this.valuesJson = out.json;
+      this.valuesJsonCount = out.count ?? 0;
+    } else if (Array.isArray(out.refs)) {
+      this.values = null;
+      this.valuesRefs = out.refs;
       this.valuesJsonCount = out.count ?? 0;
     } else this.results = out.results;
   }
@@ -273,7 +305,7 @@ export class Execution {
       }
       // An execution that failed as a whole has no results (as before results streamed).
       this.chunks?.clear();
-      if (this.values === null && this.valuesJson === null) this.values = [];
+      if (this.values === null && this.valuesJson === null && this.valuesRefs === null) this.values = [];
     } finally {
       this.prefetch?.stop();
       // A session's isolate lives on: free the guest's state of this execution.

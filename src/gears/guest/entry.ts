@@ -61,6 +61,14 @@ export interface Outcome {
    * (objects, arrays) or String(value) (numbers, booleans); null stays null.
    */
   json?: string;
+  /**
+   * RESULTS_JSON, instead of `json` when every result is an event record fed as rows,
+   * unchanged (guest/gears/results.ts refsOf): for each partition with results, its number,
+   * how many, then each one's place among the records the host fed that partition (over
+   * all its feeds, in order). The host makes each one's JSON text of its own record,
+   * `{key, type, event, value}`, only when they are asked for.
+   */
+  refs?: number[];
   /** RESULTS_JSON and RESULTS_NONE: how many results there were. */
   count?: number;
   /**

@@ -25,7 +25,7 @@ import { compile } from "./chain.js";
 import { whenSettled } from "./execution.js";
 import { timers } from "./globals.js";
 import { beginFeed, endFeed, feedRecord, setReadAheadNames } from "./read-ahead.js";
-import { unpackRecords } from "./records.js";
+import { unpackRecords, type RowsFed } from "./records.js";
 import { complete, takeResults } from "./results.js";
 import { at } from "./state.js";
 import type { Exec, Result, Where } from "./types.js";
@@ -116,6 +116,7 @@ const gears: GearsEntry = {
     if (Array.isArray(names)) {
       setReadAheadNames(names);
     }
+    const exForm = form === RESULTS_JSON || form === RESULTS_NONE ? form : RESULTS_VALUES;
     const ex: Exec = {
       id: ++lastExecId,
       action,
@@ -132,13 +133,15 @@ const gears: GearsEntry = {
       dropped: false,
       finishing: false,
       stream: stream === true,
-      form: form === RESULTS_JSON || form === RESULTS_NONE ? form : RESULTS_VALUES,
+      form: exForm,
+      fed: stream !== true && exForm !== RESULTS_VALUES ? [] : null,
       done: null,
       recordsIn: 0,
       recordsOut: 0,
       stage: 0,
     };
     for (let p = 0; p < parts; p++) ex.results.push([]);
+    if (ex.fed !== null) for (let p = 0; p < parts; p++) ex.fed.push([]);
     compile(ex);
     execs.set(ex.id, ex);
     return ex.id;
@@ -160,7 +163,9 @@ const gears: GearsEntry = {
     const p = Number(partition);
     if (!(p >= 0 && p < ex.parts && Number.isInteger(p)))
       throw new RangeError(`no partition ${safeString(partition)}`);
-    const list = unpackRecords(records);
+    const rowsFed: RowsFed | undefined =
+      ex.fed === null ? undefined : { records: [], rows: [], values: [], from: [], taken: 0 };
+    const list = unpackRecords(records, rowsFed);
     if (!Array.isArray(list)) throw new TypeError("records must be an array");
     const head = ex.head;
     const closed = ex.closed;
@@ -191,6 +196,14 @@ const gears: GearsEntry = {
       endFeed(taken);
     }
     at.part = saved;
+    if (rowsFed !== undefined && ex.fed !== null && taken > 0) {
+      // Records of another form cannot be named by their place: the results go as text.
+      if (rowsFed.records !== list) ex.fed = null;
+      else {
+        rowsFed.taken = taken;
+        ex.fed[p].push(rowsFed);
+      }
+    }
     // A streaming execution hands over what reached the end of the pipeline: the guest keeps none of it.
     const answer = (): number | Fed => (ex.stream ? { taken, out: takeResults(ex) } : taken);
     const settled = whenSettled(ex);

@@ -40,7 +40,7 @@ const LAZY_VALUE: PropertyDescriptor = {
  * string, would be). Each record is made whole, an object of its own, in the field order the
  * object form gives ({key, type, event, value}), with no field to delete.
  */
-function recordsOfRows(rows: unknown[], values: unknown[]): unknown[] {
+function recordsOfRows(rows: unknown[], values: unknown[], from: number[] | null): unknown[] {
   const out: unknown[] = [];
   for (let i = 0; i < rows.length;) {
     let at = i;
@@ -52,6 +52,7 @@ function recordsOfRows(rows: unknown[], values: unknown[]): unknown[] {
         throw new TypeError("bad event row reference");
     } else i += 4;
     const ref = rows[at + 3] as number;
+    if (from !== null) from.push(at);
     if (ref >= 0) out.push({ key: rows[at], type: rows[at + 1], event: rows[at + 2], value: values[ref] });
     else {
       const rec = { key: rows[at], type: rows[at + 1], event: rows[at + 2] };
@@ -63,11 +64,26 @@ function recordsOfRows(rows: unknown[], values: unknown[]): unknown[] {
 }
 
 /**
+ * A feed's records made from rows, and where each came from (`from[i]`: the position of
+ * record i's row in `rows`): what results.ts needs to name an unchanged record among the
+ * results by its place in the host's input instead of writing it out.
+ */
+export interface RowsFed {
+  records: unknown[];
+  rows: unknown[];
+  values: unknown[];
+  from: number[];
+  /** How many of `records` the feed took (ran through the pipeline). */
+  taken: number;
+}
+
+/**
  * The records of one feed, as the script sees them, from any of the forms the host sends
  * (a list, its JSON text, or a packed object). Anything else is returned as it is, for
- * the caller to refuse.
+ * the caller to refuse. With `fed`, records made from rows are described there too
+ * (RowsFed, `taken` 0); `fed.records` stays empty for the other forms.
  */
-export function unpackRecords(records: unknown): unknown {
+export function unpackRecords(records: unknown, fed?: RowsFed): unknown {
   let list: unknown = typeof records === "string" ? JSON.parse(records) : records;
   if (list !== null && typeof list === "object" && !Array.isArray(list)) {
     // {records, values}: records name their value by index, so a value that many
@@ -75,8 +91,15 @@ export function unpackRecords(records: unknown): unknown {
     const packed = list as { records?: unknown; values?: unknown; rows?: unknown };
     const values = Array.isArray(packed.values) ? packed.values : [];
     list = packed.records;
-    if (Array.isArray(packed.rows)) list = recordsOfRows(packed.rows, values);
-    else if (Array.isArray(list)) {
+    if (Array.isArray(packed.rows)) {
+      const from = fed === undefined ? null : fed.from;
+      list = recordsOfRows(packed.rows, values, from);
+      if (fed !== undefined) {
+        fed.records = list as unknown[];
+        fed.rows = packed.rows;
+        fed.values = values;
+      }
+    } else if (Array.isArray(list)) {
       for (const r of list) {
         if (
           r !== null &&

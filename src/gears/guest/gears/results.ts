@@ -109,11 +109,92 @@ function jsonText(list: unknown[]): string | null {
   }
 }
 
+const objectKeys = Object.keys;
+
+/**
+ * The results named by the places of the host's records they are, when every one is a
+ * record fed as rows to its own partition, in feed order, and unchanged: its own enumerable
+ * fields exactly key, type, event and value, in that order, holding its row's strings and
+ * its value (a string or null: nothing inside to change), and no toJSON (its own or
+ * inherited). Its string (JSON.stringify of it, by either of the guest's ways) is then the
+ * JSON text the host makes of its own record, as the same strings crossed, and the host
+ * makes it only if RG.GETRESULTS asks. A lazy value (the row's -1) is never read here:
+ * JSON.stringify would read it from Redis. For each partition with results: its number, how
+ * many, then each one's place among the records the host fed it (over all its feeds). Null
+ * otherwise: the results go as text. Making the text of 10,000 event records was about a
+ * fifth of the all-keys registration's guest time, for results that RG.GETRESULTS seldom
+ * asks for (bench/RESULTS.md, "evperf"); this check costs about two thirds of that
+ * (Object.keys most of it), and the text no longer crosses, is no longer escaped in the
+ * answer, parsed on the main thread nor kept there.
+ */
+function refsOf(ex: Exec): number[] | null {
+  const fed = ex.fed;
+  if (fed === null) return null;
+  const refs: number[] = [];
+  for (let p = 0; p < ex.results.length; p++) {
+    const list = ex.results[p];
+    if (list.length === 0) continue;
+    const feeds = fed[p];
+    refs.push(p, list.length);
+    // Where the search for the next result starts: feed c, its record j; base = records before feed c.
+    let c = 0;
+    let j = 0;
+    let base = 0;
+    let f = feeds[0];
+    for (let i = 0; i < list.length; i++) {
+      const r = list[i] as { key: unknown; type: unknown; event: unknown; value: unknown; toJSON?: unknown };
+      for (;;) {
+        if (f === undefined) return null;
+        if (j >= f.taken) {
+          base += f.taken;
+          f = feeds[++c];
+          j = 0;
+        } else if (f.records[j] === r) break;
+        else j++;
+      }
+      // Spelled out, not a call per result (QuickJS inlines nothing).
+      const rows = f.rows;
+      const row = f.from[j];
+      const ref = rows[row + 3] as number;
+      if (ref < 0) return null;
+      const value = f.values[ref];
+      if (typeof value !== "string" && value !== null) return null;
+      if (r.toJSON !== undefined) return null;
+      const keys = objectKeys(r);
+      if (
+        keys.length !== 4 ||
+        keys[0] !== "key" ||
+        keys[1] !== "type" ||
+        keys[2] !== "event" ||
+        keys[3] !== "value" ||
+        r.key !== rows[row] ||
+        r.type !== rows[row + 1] ||
+        r.event !== rows[row + 2] ||
+        r.value !== value
+      )
+        return null;
+      refs.push(base + j);
+      j++;
+    }
+  }
+  return refs;
+}
+
 /**
  * An execution over given records that hands its results over as RESULTS_JSON or
- * RESULTS_NONE: null when they must go as values (the per-result way) after all.
+ * RESULTS_NONE: null when they must go as values (the per-result way) after all. Results
+ * that are the fed records unchanged go as their places (refsOf), not as text.
  */
 function completeAsText(ex: Exec): Result | null {
+  const refs = refsOf(ex);
+  if (refs !== null) {
+    let count = 0;
+    for (const list of ex.results) count += list.length;
+    ex.results = [];
+    return ex.form === RESULTS_NONE
+      ? { results: [], errors: ex.errors, count }
+      : { results: [], errors: ex.errors, refs, count };
+  }
   const list = ex.results.length === 1 ? ex.results[0] : ([] as unknown[]).concat(...ex.results);
   const text = jsonText(list);
   if (text === null) return null;

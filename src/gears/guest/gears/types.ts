@@ -1,5 +1,6 @@
 /** The shapes the GearsBuilder engine works with: steps, actions, executions. */
 import type { Streamed } from "../entry.js";
+import type { RowsFed } from "./records.js";
 
 export type Fn = (...args: unknown[]) => unknown;
 export type Push = (r: unknown) => void;
@@ -82,6 +83,8 @@ export interface Result {
   errors: string[];
   /** The results as one JSON text (Outcome.json), and their count. */
   json?: string;
+  /** Or as the places of the host's records they are (Outcome.refs). */
+  refs?: number[];
   count?: number;
   /** A streaming execution's results by partition (see Outcome.out). */
   out?: Streamed[];
@@ -106,6 +109,12 @@ export interface Exec {
   stream: boolean;
   /** How finish() hands the results over (entry.ts ResultForm), when not streamed. */
   form: number;
+  /**
+   * The feeds of each partition, in order, while every one came as rows (results.ts may then
+   * name unchanged records among the results by their place in the host's input); null
+   * otherwise (values asked for, streamed, or a feed of another form).
+   */
+  fed: RowsFed[][] | null;
   done: Result | null;
   recordsIn: number;
   recordsOut: number;
