@@ -10,7 +10,7 @@ import { replyValueToResp } from "./json-values.js";
 import { Partitions } from "./partitions.js";
 import type { Registration } from "./registration.js";
 import type { GearsSession } from "./registry.js";
-import { isTfConfig, runTfCommand, TF_COMMANDS } from "./tf/tf-commands.js";
+import { isTfConfig, runTfCommand, TF_COMMANDS, tfConfigCommand } from "./tf/tf-commands.js";
 
 type Handler = (engine: GearsEngine, args: Buffer[], caller: GearsCaller) => Promise<GearsReply> | GearsReply;
 
@@ -535,7 +535,8 @@ export async function runGearsCommand(
   args: Buffer[],
   caller: GearsCaller,
 ): Promise<GearsReply> {
-  if (TF_COMMANDS.has(name) || name === "config") return runTfCommand(engine.tf, name, args, caller);
+  if (name === "config") return tfConfigCommand(engine.tf, engine.router, args, caller.proto);
+  if (TF_COMMANDS.has(name)) return runTfCommand(engine.tf, name, args, caller);
   const handler = HANDLERS.get(name);
   const remote = elsewhere.get(engine);
   if (
