@@ -5,6 +5,7 @@ import {
   dbFor,
   isBlocking,
   isClassicPubSub,
+  isScript,
   PUBSUB_HOME_SLOT,
   SUBSCRIBE_FAMILY,
 } from "../routing/command-kinds.js";
@@ -112,6 +113,18 @@ export class Transaction {
   /** The database a command queued now runs in: the last SELECT queued before it, or the client's. */
   private get queuingDb(): number {
     return this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
+  }
+
+  /**
+   * Whether a command queued now is to be completed after EXEC (Router.completedAfterExec) in
+   * any database it may run in: a SELECT queued before it may fail at EXEC (an index out of
+   * range, known to the server only), leaving it in the database before. runBeside decides
+   * once EXEC's reply tells which SELECTs ran.
+   */
+  private completedInSomeDb(name: string, argv: readonly Buffer[]): boolean {
+    const router = this.host.ctx.router;
+    if (router.completedAfterExec(name, argv, this.host.db)) return true;
+    return this.selects.some(([, db]) => router.completedAfterExec(name, argv, db));
   }
 
   /** Commands queued since MULTI, as Redis counts them (CLIENT LIST's `multi`; countQueued). */
@@ -346,8 +359,7 @@ export class Transaction {
     const tf = this.tfTail !== null || isTfCall(name);
     const payload = request.raw ?? encodeCommand(request.argv);
     // Its position is the one noteQueued gives it next.
-    if (!tf && this.host.ctx.router.completedAfterExec(name, request.argv, this.queuingDb))
-      this.spanning.push([this.queued, request.argv]);
+    if (!tf && this.completedInSomeDb(name, request.argv)) this.spanning.push([this.queued, request.argv]);
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
@@ -367,9 +379,15 @@ export class Transaction {
       return;
     }
     const cluster = this.host.ctx.router.topology.mode === "cluster";
-    // Channel pub/sub in a transaction without keys (yet): on the master every client's goes
-    // to (router.ts routingSlot), which a later key may still move it from.
-    if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS && isClassicPubSub(name)) {
+    // Channel pub/sub, or a script without keys (which may PUBLISH), in a transaction without
+    // keys (yet): on the master every client's goes to (router.ts routingSlot), which a later
+    // key may still move it from.
+    if (
+      cluster &&
+      keySlot === NO_KEYS &&
+      this.slot === NO_KEYS &&
+      (isClassicPubSub(name) || isScript(name))
+    ) {
       if (!this.moveTo(PUBSUB_HOME_SLOT)) {
         this.host.upstreamSlot().fail(this.pinFailure);
         return;
@@ -455,6 +473,7 @@ export class Transaction {
     const scripts = runs ? this.scripts : [];
     this.scripts = [];
     const spanning = runs && !partial && !this.subscribing ? this.spanning : [];
+    const queuedSelects = this.selects;
     this.spanning = [];
     const later = tail !== null || spanning.length > 0;
     const hidden = this.hiddenSelect;
@@ -509,7 +528,7 @@ export class Transaction {
       };
       const nodeId = conn.nodeId;
       void head.promise
-        .then((h) => this.runBeside(hidden ? unhide(h) : h, spanning, nodeId))
+        .then((h) => this.runBeside(hidden ? unhide(h) : h, spanning, nodeId, db, queuedSelects))
         .then((h) =>
           tail === null
             ? h
@@ -545,7 +564,13 @@ export class Transaction {
    * in the transaction's order). A reply that is not an array (EXECABORT, a WATCH that failed)
    * as it is, and an element that is an error too.
    */
-  private async runBeside(exec: Buffer, spanning: [number, Buffer[]][], nodeId: string): Promise<Buffer> {
+  private async runBeside(
+    exec: Buffer,
+    spanning: [number, Buffer[]][],
+    nodeId: string,
+    db: number,
+    selects: readonly [number, number][],
+  ): Promise<Buffer> {
     if (spanning.length === 0 || exec[0] !== 42 /* * */) return exec;
     const eol = exec.indexOf(10);
     const count = Number(exec.subarray(1, eol - 1).toString());
@@ -553,7 +578,13 @@ export class Transaction {
     scanner.push(exec.subarray(eol + 1));
     const elements: Buffer[] = [];
     for (let i = 0; i < count; i++) elements.push(scanner.next()!);
+    const router = this.host.ctx.router;
     for (const [at, argv] of spanning) {
+      // The database it ran in: that of the last SELECT before it that EXEC ran (OK).
+      let ranIn = db;
+      for (const [pos, selected] of selects)
+        if (pos < at && elements[pos]?.equals(OK) === true) ranIn = selected;
+      if (!router.completedAfterExec(argv[0].toString().toLowerCase(), argv, ranIn)) continue;
       const part = elements[at];
       if (part !== undefined) elements[at] = await this.completed(part, argv, nodeId);
     }
