@@ -25,6 +25,8 @@ import { PausedLane } from "./paused-lane.js";
 import { Subscriber } from "./pubsub.js";
 import { Monitor } from "./monitor.js";
 import { GearsBranch } from "./gears-branch.js";
+import { runAtExec } from "./local-in-multi.js";
+import { LOCAL_COMMANDS } from "./dispatch-table.js";
 
 /**
  * Commands one client may have at the upstreams at once. Beyond it the client's input
@@ -309,6 +311,11 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
   /** TransactionHost: SUBSCRIBE inside MULTI left the transaction's connection subscribed. */
   subscribedBy(lease: Lease, count: number, frames: readonly Buffer[]): void {
     this.pubsub.adopt(lease, count, frames);
+  }
+
+  /** TransactionHost: a CLIENT, AUTH or HELLO queued in MULTI, run as EXEC runs it. */
+  runAtExec(request: Request): Promise<{ reply: Buffer; close: boolean }> {
+    return runAtExec(this, request, LOCAL_COMMANDS.get(request.name)!);
   }
 
   /** TransactionHost: a TFCALL queued in MULTI, run at EXEC. */

@@ -22,6 +22,7 @@ import { randomBytes } from "node:crypto";
 import { countAfter } from "./subscription-frames.js";
 import type { ClientUser } from "./client-user.js";
 import { ReplyScanner } from "../resp/reply-scanner.js";
+import { answeredAtExec, encodeStandIn, standIn, type LocalInMulti } from "./local-in-multi.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
@@ -43,6 +44,8 @@ export interface TransactionHost {
   readonly user: Pick<ClientUser, "rulesVersion" | "execDenial">;
   /** EXEC left `lease` subscribed to `count` channels and patterns, confirmed in `frames`: the client's subscriptions now. */
   subscribedBy(lease: Lease, count: number, frames: readonly Buffer[]): void;
+  /** A CLIENT, AUTH or HELLO queued in MULTI, run as EXEC runs it (local-in-multi.ts): its reply. */
+  runAtExec(request: Request): Promise<{ reply: Buffer; close: boolean }>;
 }
 
 /** A command of a transaction that the other masters were to complete, its master gone by then. */
@@ -51,8 +54,11 @@ const BESIDE_LOST = "ERR the transaction's master changed before the other maste
 /** Commands Redis answers at once inside MULTI, with an error, without queuing them. */
 const NOT_QUEUED = new Set(["multi", "watch"]);
 
-/** Commands that change the client's own state, which a queued transaction cannot carry. */
-const NOT_IN_MULTI = new Set(["client", "hello", "auth", "monitor"]);
+/**
+ * Commands a queued transaction cannot carry: MONITOR, and the CLIENT subcommands that are
+ * neither the server's (PAUSE, UNPAUSE) nor answered at EXEC (answeredAtExec: CLIENT REPLY).
+ */
+const NOT_IN_MULTI = new Set(["client", "monitor"]);
 
 /** A PING only the proxy sends behind an EXEC that (un)subscribes: where its frames end. */
 const EXEC_END_TEXT = `gears-proxy:exec-end:${randomBytes(8).toString("hex")}`;
@@ -218,6 +224,7 @@ export class Transaction {
     this.queuedArgv = [];
     this.scripts = [];
     this.spanning = [];
+    this.locals = [];
   }
 
   /**
@@ -261,7 +268,7 @@ export class Transaction {
 
   /**
    * The protocol the pinned connection speaks when it differs from the lease's own: the
-   * client sent HELLO while WATCHing (HELLO is refused inside MULTI). Null when unchanged.
+   * client sent HELLO while WATCHing, or EXEC ran a HELLO (runLocals). Null when unchanged.
    */
   private switchedProto: Protocol | null = null;
 
@@ -334,12 +341,16 @@ export class Transaction {
       this.refuseBroken(name);
       return;
     }
+    const local = answeredAtExec(name, request.argv);
     if (
-      (NOT_IN_MULTI.has(name) && !pausesServer(name, request.argv)) ||
+      (NOT_IN_MULTI.has(name) && !pausesServer(name, request.argv) && !local) ||
+      // Answered at EXEC in EXEC's reply: not among TFCALLs run after it, nor subscriptions' frames.
+      (local && (this.tfTail !== null || this.subscribing)) ||
       (isGearsCommand(name, request.argv.slice(1)) && !isTfCall(name)) ||
       // Subscriptions EXEC makes become the client's own (execSubscribing), unless it has a
       // connection for them already, or TFCALLs run after EXEC.
-      (SUBSCRIBE_FAMILY.has(name) && (this.host.isPubSub || this.tfTail !== null)) ||
+      (SUBSCRIBE_FAMILY.has(name) &&
+        (this.host.isPubSub || this.tfTail !== null || this.locals.length > 0)) ||
       (this.subscribing && isTfCall(name))
     ) {
       this.dirty = true;
@@ -357,7 +368,10 @@ export class Transaction {
       return;
     }
     const tf = this.tfTail !== null || isTfCall(name);
-    const payload = request.raw ?? encodeCommand(request.argv);
+    const standin = local ? standIn(request) : null;
+    const payload =
+      standin !== null ? encodeStandIn(standin.argv) : (request.raw ?? encodeCommand(request.argv));
+    if (standin !== null) this.locals.push([this.queued, standin.entry]);
     // Its position is the one noteQueued gives it next.
     if (!tf && this.completedInSomeDb(name, request.argv)) this.spanning.push([this.queued, request.argv]);
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
@@ -448,7 +462,12 @@ export class Transaction {
     const refused = name === "exec" && !this.dirty && !unwatched ? this.refusedAtExec() : null;
     // Without the watch, the TFCALLs or the subscriptions, the commands still allowed run
     // again in a new MULTI; with them, nothing runs (see refusedAtExec).
-    const partial = refused !== null && !this.watching && this.tfTail === null && !this.subscribing;
+    const partial =
+      refused !== null &&
+      !this.watching &&
+      this.tfTail === null &&
+      !this.subscribing &&
+      this.locals.length === 0;
     let abortText: string | null = null;
     if (name === "exec" && this.dirty)
       abortText = `EXECABORT Transaction discarded because of${this.abortReason === null ? " previous errors." : `: ${this.abortReason}`}`;
@@ -475,7 +494,9 @@ export class Transaction {
     const spanning = runs && !partial && !this.subscribing ? this.spanning : [];
     const queuedSelects = this.selects;
     this.spanning = [];
-    const later = tail !== null || spanning.length > 0;
+    const locals = runs ? this.locals : [];
+    this.locals = [];
+    const later = tail !== null || spanning.length > 0 || locals.length > 0;
     const hidden = this.hiddenSelect;
     this.hiddenSelect = false;
     const db = this.host.db;
@@ -529,6 +550,7 @@ export class Transaction {
       const nodeId = conn.nodeId;
       void head.promise
         .then((h) => this.runBeside(hidden ? unhide(h) : h, spanning, nodeId, db, queuedSelects))
+        .then((h) => (locals.length === 0 ? h : this.runLocals(h, locals, slot)))
         .then((h) =>
           tail === null
             ? h
@@ -556,6 +578,43 @@ export class Transaction {
     }
     if (partial) return this.execAllowed(conn, refused!, hidden, slot);
     conn.send(payload, slot, hidden ? ANY_DB : dbFor(sent, this.host.db, this.host.ctx.router.monitors > 0));
+  }
+
+  /**
+   * EXEC's reply with each CLIENT, AUTH and HELLO's stand-in (local-in-multi.ts) replaced by
+   * the command's reply, run now, in order. After a HELLO that switched the client's
+   * protocol: the server wrote the replies after it in the new one when its stand-in was that
+   * HELLO; when it was a PING (HELLO with AUTH), they are re-encoded here (a RESP2 reply
+   * re-encoded in RESP3 keeps RESP2's types: an array where Redis would send a map).
+   */
+  private async runLocals(exec: Buffer, locals: [number, LocalInMulti][], slot: ReplySlot): Promise<Buffer> {
+    if (exec[0] !== 42 /* * */) return exec;
+    const eol = exec.indexOf(10);
+    const count = Number(exec.toString("latin1", 1, eol - 1));
+    if (!(count > 0)) return exec;
+    const scanner = new ReplyScanner();
+    scanner.push(exec.subarray(eol + 1));
+    const elements: Buffer[] = [];
+    for (let i = 0; i < count; i++) elements.push(scanner.next()!);
+    const byPosition = new Map(locals);
+    let convertTo: Protocol | null = null;
+    for (let at = 0; at < count; at++) {
+      const local = byPosition.get(at);
+      if (local === undefined) {
+        if (convertTo !== null) elements[at] = encodeValue(decodeReply(elements[at]), convertTo);
+        continue;
+      }
+      const before = this.host.proto;
+      const ran = await this.host.runAtExec(local.request);
+      if (ran.close) slot.closeAfter = true;
+      if (local.switchesTo !== null && !isErrorReply(elements[at])) {
+        // The server switched with it: the transaction's connection speaks that protocol now.
+        this.switchedProto = local.switchesTo;
+        convertTo = this.host.proto === local.switchesTo ? null : this.host.proto;
+      } else if (this.host.proto !== before) convertTo = this.host.proto;
+      elements[at] = ran.reply;
+    }
+    return Buffer.concat([exec.subarray(0, eol + 1), ...elements]);
   }
 
   /**
@@ -689,6 +748,8 @@ export class Transaction {
    * them on the transaction's master, then runBeside completes their element.
    */
   private spanning: [number, Buffer[]][] = [];
+  /** CLIENT, AUTH and HELLO queued as stand-ins, by position: runLocals answers them at EXEC. */
+  private locals: [number, LocalInMulti][] = [];
 
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;
