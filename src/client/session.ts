@@ -342,6 +342,10 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
     return this.pubsub.count > 0;
   }
 
+  subscribesPattern(pattern: string): boolean {
+    return this.pubsub.names.patterns.has(pattern);
+  }
+
   kill(reason: string): void {
     this.ctx.log.debug({ client: this.id, addr: this.addr, reason }, "closing client");
     this.close();

@@ -14,6 +14,7 @@ import { isSplittable, split, splitStride, SPLIT_DONE } from "./split.js";
 import { ClusterRuns, SPLIT_RUN } from "./cluster-runs.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
+import { OwnPatterns } from "./own-patterns.js";
 import { isControl, mayBeControl, sendControl } from "./control.js";
 import { dbFor, isBlocking, isClassicPubSub, isScript, PUBSUB_HOME_SLOT } from "./command-kinds.js";
 import { readKeys, writtenKeys } from "./tracked-keys.js";
@@ -58,6 +59,8 @@ function listsProxyKeys(name: string, db: number): boolean {
 
 export class Router implements ClusterSender {
   readonly scripts = new ScriptCache();
+  /** The patterns the proxy's own subscriptions hold, by node (PUBSUB NUMPAT leaves them out). */
+  readonly ownPatterns = new OwnPatterns();
   private readonly cluster: ClusterTopology | null;
   private readonly redirect: RedirectContext | null;
 
