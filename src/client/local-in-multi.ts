@@ -35,13 +35,13 @@ export function answeredAtExec(name: string, argv: readonly Buffer[]): boolean {
   return sub !== "pause" && sub !== "unpause" && sub !== "reply";
 }
 
-const PING = [Buffer.from("PING")];
+const PING = encodeCommand(["PING"]);
+const HELLO = { 2: encodeCommand(["HELLO", "2"]), 3: encodeCommand(["HELLO", "3"]) };
 
-/** The stand-in for `request` and what it does on the server. */
-export function standIn(request: Request): { argv: Buffer[]; entry: LocalInMulti } {
+/** The stand-in to queue on the server for `request` (its bytes), and what it does there. */
+export function standIn(request: Request): { payload: Buffer; entry: LocalInMulti } {
   const switchesTo = request.name === "hello" ? helloSwitch(request.argv) : null;
-  const argv = switchesTo === null ? PING : [Buffer.from("HELLO"), Buffer.from(String(switchesTo))];
-  return { argv, entry: { request, switchesTo } };
+  return { payload: switchesTo === null ? PING : HELLO[switchesTo], entry: { request, switchesTo } };
 }
 
 /**
@@ -58,11 +58,6 @@ function helloSwitch(argv: readonly Buffer[]): 2 | 3 | null {
     if (badClientName(argv[++i].toString()) !== null) return null;
   }
   return version === "3" ? 3 : 2;
-}
-
-/** Encodes a stand-in for the server. */
-export function encodeStandIn(argv: Buffer[]): Buffer {
-  return encodeCommand(argv);
 }
 
 /**
@@ -113,10 +108,9 @@ export function runAtExec(
       enterSharedLane: () => true,
     };
     const captured = new Proxy(host, {
-      get(target, prop, receiver) {
+      get(target, prop) {
         if (typeof prop === "string" && prop in overrides) return overrides[prop as keyof CommandHost];
         const member: unknown = Reflect.get(target, prop, target);
-        void receiver;
         return typeof member === "function"
           ? (member as (...args: unknown[]) => unknown).bind(target)
           : member;

@@ -22,7 +22,7 @@ import { randomBytes } from "node:crypto";
 import { countAfter } from "./subscription-frames.js";
 import type { ClientUser } from "./client-user.js";
 import { ReplyScanner } from "../resp/reply-scanner.js";
-import { answeredAtExec, encodeStandIn, standIn, type LocalInMulti } from "./local-in-multi.js";
+import { answeredAtExec, standIn, type LocalInMulti } from "./local-in-multi.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
@@ -369,8 +369,7 @@ export class Transaction {
     }
     const tf = this.tfTail !== null || isTfCall(name);
     const standin = local ? standIn(request) : null;
-    const payload =
-      standin !== null ? encodeStandIn(standin.argv) : (request.raw ?? encodeCommand(request.argv));
+    const payload = standin !== null ? standin.payload : (request.raw ?? encodeCommand(request.argv));
     if (standin !== null) this.locals.push([this.queued, standin.entry]);
     // Its position is the one noteQueued gives it next.
     if (!tf && this.completedInSomeDb(name, request.argv)) this.spanning.push([this.queued, request.argv]);
