@@ -2,6 +2,7 @@ import { expect } from "chai";
 import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { transcript, type Step } from "./support/transcript.js";
+import { RawClient, type Reply } from "./support/raw-client.js";
 
 // CLIENT subcommands, AUTH and HELLO inside MULTI: Redis queues them and runs them at EXEC,
 // in their place in EXEC's reply (a HELLO switching the protocol of the replies after it, in
@@ -99,6 +100,33 @@ for (const mode of BACKEND_MODES) {
       await proxy?.close();
       await backend?.stop();
       await direct?.stop();
+    });
+
+    it("CLIENT INFO and CLIENT LIST run by EXEC show the client in its transaction (flags=x, multi)", async () => {
+      /** The flags and multi fields of the CLIENT INFO and LIST lines EXEC answered. */
+      const fields = async (port: number): Promise<string[]> => {
+        const c = await RawClient.connect(port);
+        try {
+          for (const command of [
+            ["MULTI"],
+            ["SET", "{k}a", "1"],
+            ["CLIENT", "INFO"],
+            ["CLIENT", "LIST", "TYPE", "normal"],
+          ])
+            await c.call(...command);
+          const exec = (await c.call("EXEC")) as Reply[];
+          const info = String(exec[1]);
+          const list = String(exec[2])
+            .split("\n")
+            .find((line) => line.includes(" cmd=exec "))!;
+          return [info, list].map((line) =>
+            (line.match(/ (flags=\S+).* (multi=\S+)/) ?? []).slice(1).join(" "),
+          );
+        } finally {
+          c.close();
+        }
+      };
+      expect(await fields(proxy.port)).to.deep.equal(await fields(direct.port));
     });
 
     for (const [title, sequence] of Object.entries(SEQUENCES)) {

@@ -372,7 +372,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
       ageMs: Date.now() - this.createdAt,
       idleMs: this.idleMs,
       flags:
-        (this.txn.inMulti ? "x" : "") +
+        (this.txn.flaggedMulti ? "x" : "") +
           (this.blocking.active || this.txn.blocked ? "b" : "") +
           (this.isPubSub ? "P" : "") +
           (tracking !== null ? "t" : "") +
@@ -383,7 +383,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
       sub: this.pubsub.names.channels.size,
       psub: this.pubsub.names.patterns.size,
       ssub: this.pubsub.names.shardChannels.size,
-      multi: this.txn.inMulti ? this.txn.queuedCommands : -1,
+      multi: this.txn.queuedCommands,
       watch: since74(this.ctx.upstreamServer) ? this.txn.watchCount : null,
       // Redis counts the command being run in the query buffer still.
       qbuf: this.io.parser.buffered + (this.processing && last !== null ? last.end - last.start : 0),

@@ -133,10 +133,22 @@ export class Transaction {
     return this.selects.some(([, db]) => router.completedAfterExec(name, argv, db));
   }
 
-  /** Commands queued since MULTI, as Redis counts them (CLIENT LIST's `multi`; countQueued). */
+  /**
+   * CLIENT LIST's `multi`: the commands queued since MULTI, as Redis counts them
+   * (countQueued); while EXEC's CLIENT commands run (runLocals), those EXEC ran, as Redis
+   * shows them during EXEC; -1 outside a transaction.
+   */
   get queuedCommands(): number {
-    return this.shownQueued;
+    return this.inMulti ? this.shownQueued : this.execRunning;
   }
+
+  /** CLIENT LIST's `x` flag: inside MULTI, or while EXEC runs the transaction's CLIENT commands. */
+  get flaggedMulti(): boolean {
+    return this.inMulti || this.execRunning >= 0;
+  }
+
+  /** How many commands the EXEC whose CLIENT, AUTH and HELLO are running queued; -1 otherwise. */
+  private execRunning = -1;
 
   private shownQueued = 0;
   /** The server refused a command queued since MULTI: Redis counts none after it. */
@@ -597,21 +609,26 @@ export class Transaction {
     for (let i = 0; i < count; i++) elements.push(scanner.next()!);
     const byPosition = new Map(locals);
     let convertTo: Protocol | null = null;
-    for (let at = 0; at < count; at++) {
-      const local = byPosition.get(at);
-      if (local === undefined) {
-        if (convertTo !== null) elements[at] = encodeValue(decodeReply(elements[at]), convertTo);
-        continue;
+    this.execRunning = count;
+    try {
+      for (let at = 0; at < count; at++) {
+        const local = byPosition.get(at);
+        if (local === undefined) {
+          if (convertTo !== null) elements[at] = encodeValue(decodeReply(elements[at]), convertTo);
+          continue;
+        }
+        const before = this.host.proto;
+        const ran = await this.host.runAtExec(local.request);
+        if (ran.close) slot.closeAfter = true;
+        if (local.switchesTo !== null && !isErrorReply(elements[at])) {
+          // The server switched with it: the transaction's connection speaks that protocol now.
+          this.switchedProto = local.switchesTo;
+          convertTo = this.host.proto === local.switchesTo ? null : this.host.proto;
+        } else if (this.host.proto !== before) convertTo = this.host.proto;
+        elements[at] = ran.reply;
       }
-      const before = this.host.proto;
-      const ran = await this.host.runAtExec(local.request);
-      if (ran.close) slot.closeAfter = true;
-      if (local.switchesTo !== null && !isErrorReply(elements[at])) {
-        // The server switched with it: the transaction's connection speaks that protocol now.
-        this.switchedProto = local.switchesTo;
-        convertTo = this.host.proto === local.switchesTo ? null : this.host.proto;
-      } else if (this.host.proto !== before) convertTo = this.host.proto;
-      elements[at] = ran.reply;
+    } finally {
+      this.execRunning = -1;
     }
     return Buffer.concat([exec.subarray(0, eol + 1), ...elements]);
   }
