@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { startProxy, type RunningProxy } from "./harness/index.js";
+import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES } from "./support/backend.js";
 import { RawClient, ReplyError, toText, type Reply } from "./support/raw-client.js";
 
@@ -70,6 +70,18 @@ for (const mode of BACKEND_MODES) {
       ).to.deep.equal(want);
     });
 
+    it("in MULTI, a CONFIG naming the server's settings too is queued on the server", async () => {
+      expect(shown(await c.call("MULTI"))).to.equal("OK");
+      expect(shown(await c.call("CONFIG", "GET", "*"))).to.equal("QUEUED");
+      expect(shown(await c.call("CONFIG", "GET", "maxmemory", "redisgears_2.error-verbosity"))).to.equal(
+        "QUEUED",
+      );
+      const exec = (await c.call("EXEC")) as Reply[];
+      expect(exec).to.have.length(2);
+      expect(asObject(exec[0])).to.include({ maxmemory: "0" });
+      expect(asObject(exec[1])).to.deep.equal({ maxmemory: "0" });
+    });
+
     it("CONFIG SET of both kinds: all set, or none when one is refused", async () => {
       expect(
         shown(
@@ -135,3 +147,43 @@ for (const mode of BACKEND_MODES) {
     });
   });
 }
+
+describe("qa6: a user of the server's own ACL: CONFIG and PUBSUB NUMPAT are the server's to check", function () {
+  this.timeout(60_000);
+  let server: RedisNode;
+  let proxy: RunningProxy;
+  const clients: RawClient[] = [];
+
+  before(async () => {
+    server = await startRedis({
+      args: ["--user", "limited", "on", ">pw", "~*", "&*", "+@all", "-config", "-pubsub"],
+    });
+    proxy = await startProxy([{ port: server.port }]);
+  });
+  after(async () => {
+    for (const c of clients.splice(0)) c.close();
+    await proxy?.close();
+    await server?.stop();
+  });
+
+  async function asLimited(port: number, commands: string[][]): Promise<unknown[]> {
+    const c = await RawClient.connect(port);
+    clients.push(c);
+    expect(await c.call("AUTH", "limited", "pw")).to.equal("OK");
+    const out: unknown[] = [];
+    for (const command of commands) out.push(shown(await c.call(...command)));
+    return out;
+  }
+
+  it("refused by the server as directly, T&F's settings or not", async () => {
+    const commands = [
+      ["CONFIG", "GET", "*"],
+      ["CONFIG", "GET", "maxmemory", "redisgears_2.error-verbosity"],
+      ["CONFIG", "SET", "maxmemory", "0", "redisgears_2.error-verbosity", "2"],
+      ["PUBSUB", "NUMPAT"],
+    ];
+    const want = await asLimited(server.port, commands);
+    expect(want.every((r) => typeof r === "string" && r.startsWith("-NOPERM"))).to.equal(true);
+    expect(await asLimited(proxy.port, commands)).to.deep.equal(want);
+  });
+});

@@ -6,12 +6,14 @@ import type { LocalCommand } from "./command-host.js";
  * PUBSUB NUMPAT without the proxy's own patterns: the server counts the distinct patterns
  * subscribed on it, the proxy's keyspace notifications' among them (router.ownPatterns). A
  * pattern of the proxy's that one of its clients subscribes too still counts, once. The other
- * PUBSUB subcommands go on as they are (PUBSUB CHANNELS is filtered by the router).
+ * PUBSUB subcommands go on as they are (PUBSUB CHANNELS is filtered by the router), and so
+ * does a user of the server's own ACL's NUMPAT, which the server checks for that user: its
+ * count keeps the proxy's patterns.
  */
 export const pubsubCommand: LocalCommand = (session, request) => {
   if (!session.enterSharedLane(request)) return;
-  if (request.argv.length !== 2 || request.argv[1].toString().toLowerCase() !== "numpat")
-    return session.forward("pubsub", request);
+  const numpat = request.argv.length === 2 && request.argv[1].toString().toLowerCase() === "numpat";
+  if (!numpat || session.user.onServer) return session.forward("pubsub", request);
   const ctx = session.ctx;
   const slot = session.upstreamSlot();
   slot.onReply = (data) => {

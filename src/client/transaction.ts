@@ -14,7 +14,7 @@ import { ANY_DB, CONNECTION_LOST, DISCARD, selectCommand, UNKNOWN_DB, type Lease
 import { RawSink } from "../routing/shards.js";
 import type { ProxyContext } from "./context.js";
 import type { Holds } from "./holds.js";
-import { isGearsCommand } from "../gears/commands.js";
+import { isGearsCommandAlone } from "../gears/commands.js";
 import { isTfCall, QUEUED, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { RespError, type Protocol } from "../resp/values.js";
@@ -358,7 +358,8 @@ export class Transaction {
       (NOT_IN_MULTI.has(name) && !pausesServer(name, request.argv) && !local) ||
       // Answered at EXEC in EXEC's reply: not among TFCALLs run after it, nor subscriptions' frames.
       (local && (this.tfTail !== null || this.subscribing)) ||
-      (isGearsCommand(name, request.argv.slice(1)) && !isTfCall(name)) ||
+      // A CONFIG that names the server's settings too is queued there (without T&F's).
+      (isGearsCommandAlone(name, request.argv.slice(1)) && !isTfCall(name)) ||
       // Subscriptions EXEC makes become the client's own (execSubscribing), unless it has a
       // connection for them already, or TFCALLs run after EXEC.
       (SUBSCRIBE_FAMILY.has(name) &&

@@ -25,6 +25,19 @@ export function isTfConfig(args: readonly Buffer[]): boolean {
   return false;
 }
 
+/**
+ * Whether a CONFIG command of T&F's (isTfConfig) also reads or sets the server's own
+ * settings: a GET pattern or a SET name outside redisgears_2.*. Those need the server, as
+ * the client's user: not run by the proxy for a user of the server's own ACL, nor in MULTI.
+ */
+export function touchesServerSettings(args: readonly Buffer[]): boolean {
+  const sub = args[0]?.toString().toLowerCase();
+  const step = sub === "set" ? 2 : 1;
+  for (let i = 1; i < args.length; i += step)
+    if (!args[i].toString().toLowerCase().startsWith(TF_CONFIG_PREFIX)) return true;
+  return false;
+}
+
 const b = (text: string): Buffer => Buffer.from(text);
 const map = (pairs: [string, RespValue][]): RespMap => new RespMap(pairs.map(([k, v]) => [b(k), v]));
 const arity = (name: string): Buffer => encodeError(`ERR wrong number of arguments for '${name}' command`);
