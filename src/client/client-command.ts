@@ -1,7 +1,7 @@
 import { encodeError, encodeInteger, encodeValue, OK } from "../resp/encode.js";
 import { RespVerbatim } from "../resp/values.js";
 import type { ProxyContext } from "./context.js";
-import { since70, since74 } from "./server-features.js";
+import { since62, since70, since74 } from "./server-features.js";
 import type { Request } from "../resp/request-parser.js";
 import type { ClientHandle } from "./registry.js";
 import { isLongLong, type CommandHost, type LocalCommand } from "./command-host.js";
@@ -18,11 +18,14 @@ export function badClientName(name: string): string | null {
 
 /**
  * A CLIENT subcommand's arity error in the server's words: Redis 7.0+ and Valkey name it
- * 'client|<sub>'; Redis 6.x, which has no subcommand table, says the subcommand is unknown.
+ * 'client|<sub>'; Redis 6.x, which has no subcommand table, says the subcommand is unknown
+ * (6.2 with a period at the end, as its addReplySubcommandSyntaxError; 6.0 without).
  */
 function subcommandArity(session: CommandHost, argv: Buffer[], sub: string): string {
-  if (since70(session.ctx.upstreamServer)) return `ERR wrong number of arguments for 'client|${sub}' command`;
-  return `ERR Unknown subcommand or wrong number of arguments for '${argv[1].toString()}'. Try CLIENT HELP`;
+  const server = session.ctx.upstreamServer;
+  if (since70(server)) return `ERR wrong number of arguments for 'client|${sub}' command`;
+  const text = `ERR Unknown subcommand or wrong number of arguments for '${argv[1].toString()}'. Try CLIENT HELP`;
+  return since62(server) ? `${text}.` : text;
 }
 
 function setName(session: CommandHost, argv: Buffer[]): void {
@@ -251,10 +254,37 @@ function unblock(session: CommandHost, argv: Buffer[]): void {
   void target.unblock(mode === "error").then((n) => slot.reply(encodeInteger(n)));
 }
 
+/**
+ * Redis 6.x's CLIENT has no subcommand table: each subcommand checks its own argument count
+ * (networking.c clientCommand), and a count it does not take falls through to "Unknown
+ * subcommand or wrong number of arguments". [least, most] arguments, CLIENT's included.
+ */
+const ARITY_BEFORE_70: ReadonlyMap<string, readonly [number, number]> = new Map([
+  ["id", [2, 2]],
+  ["info", [2, 2]],
+  ["getname", [2, 2]],
+  ["getredir", [2, 2]],
+  ["trackinginfo", [2, 2]],
+  ["unpause", [2, 2]],
+  ["setname", [3, 3]],
+  ["reply", [3, 3]],
+  ["unblock", [3, 4]],
+  ["pause", [3, 4]],
+  ["tracking", [3, Infinity]],
+  ["caching", [3, Infinity]],
+]);
+
 /** CLIENT subcommands, answered for the proxy's own clients. */
 export const clientCommand: LocalCommand = (session, request) => {
   const argv = request.argv;
   const sub = argv[1]?.toString().toLowerCase();
+  const arity = sub === undefined ? undefined : ARITY_BEFORE_70.get(sub);
+  if (
+    arity !== undefined &&
+    (argv.length < arity[0] || argv.length > arity[1]) &&
+    !since70(session.ctx.upstreamServer)
+  )
+    return session.replyError(subcommandArity(session, argv, sub!));
   switch (sub) {
     case "id":
       return void session.replyNow(encodeInteger(session.id));

@@ -72,6 +72,8 @@ export interface CommandHost {
 /** The client's login, as AUTH and HELLO change it (client-user.ts). */
 export interface ClientLogin {
   readonly authenticated: boolean;
+  /** Logged in as a user of the server's own ACL: its commands run on its own connections. */
+  readonly onServer: boolean;
   markAuthenticated(): void;
   /** AUTH succeeded as one of the proxy's users (--aclfile): its permissions apply from now on. */
   login(user: AclUser): void;

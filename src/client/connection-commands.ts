@@ -1,6 +1,6 @@
 import { encodeBulk, encodeSimple, OK } from "../resp/encode.js";
 import { wrongArity, type LocalCommand } from "./command-host.js";
-import { since70 } from "./server-features.js";
+import { since62 } from "./server-features.js";
 
 const PONG = encodeSimple("PONG");
 
@@ -48,7 +48,7 @@ export const select: LocalCommand = (session, { argv }) => {
   const db = Number(text);
   if (!/^-?\d+$/.test(text) || !Number.isSafeInteger(db)) {
     session.replyError(
-      since70(session.ctx.upstreamServer)
+      since62(session.ctx.upstreamServer)
         ? "ERR value is not an integer or out of range"
         : "ERR invalid DB index",
     );

@@ -9,6 +9,7 @@ import { echo, ping, quit, reset, select } from "./connection-commands.js";
 import { infoCommand } from "./info-command.js";
 import { monitor, shutdown } from "./server-commands.js";
 import { slowlogCommand } from "./slowlog-command.js";
+import { pubsubCommand } from "./pubsub-command.js";
 
 /** Subcommands the proxy adds to a server's command, which the server's table does not know. */
 export const PROXY_SUBCOMMANDS: ReadonlySet<string> = new Set(["slowlog|shards"]);
@@ -38,6 +39,7 @@ export const LOCAL_COMMANDS = new Map<string, LocalCommand>([
   ["readonly", clusterFlagCommand],
   ["readwrite", clusterFlagCommand],
   ["asking", clusterFlagCommand],
+  ["pubsub", pubsubCommand],
 ]);
 
 /**

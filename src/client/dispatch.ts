@@ -1,6 +1,6 @@
 import type { Request } from "../resp/request-parser.js";
 import { ALLOWED_WHILE_SUBSCRIBED, SUBSCRIBE_FAMILY, isBlockingRequest } from "../routing/command-kinds.js";
-import { isGearsCommand } from "../gears/commands.js";
+import { isGearsCommand, isGearsCommandAlone } from "../gears/commands.js";
 import type { BlockingCall } from "./blocking.js";
 import type { ClientUser } from "./client-user.js";
 import type { CommandHost } from "./command-host.js";
@@ -118,7 +118,9 @@ export class Dispatcher {
     const local = LOCAL_COMMANDS.get(name);
     if (local !== undefined) return local(host, request);
     if (isScriptDebug(name, argv)) return scriptDebug(host, request, host.replies.queue.unwritten);
-    if (isGearsCommand(name, argv.slice(1))) gears.run(name, request);
+    // A server user's CONFIG that names the server's settings is the server's to check.
+    if (user.onServer ? isGearsCommandAlone(name, argv.slice(1)) : isGearsCommand(name, argv.slice(1)))
+      gears.run(name, request);
     else if (gears.hooks(name, request)) gears.runHook(name, argv);
     else if (user.onServer && !SUBSCRIBE_FAMILY.has(name)) user.sendAsServerUser(name, request);
     else if (SUBSCRIBE_FAMILY.has(name)) pubsub.route(name, request);

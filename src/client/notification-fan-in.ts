@@ -23,6 +23,20 @@ function isNotificationChannel(channel: string): boolean {
   return NOTIFICATION_PREFIXES.some((prefix) => channel.startsWith(prefix));
 }
 
+const KEYSPACE = Buffer.from("__keyspace@");
+const KEYEVENT = Buffer.from("__keyevent@");
+
+/**
+ * The key a message on a notification's channel is about: the channel's tail after `__:` for
+ * `__keyspace@<db>__:<key>`, the message for `__keyevent@<db>__:<event>`; null for another channel.
+ */
+export function notifiedKey(channel: Buffer, payload: Buffer): Buffer | null {
+  if (channel.subarray(0, KEYEVENT.length).equals(KEYEVENT)) return payload;
+  if (!channel.subarray(0, KEYSPACE.length).equals(KEYSPACE)) return null;
+  const at = channel.indexOf("__:", KEYSPACE.length);
+  return at === -1 ? null : channel.subarray(at + 3);
+}
+
 /**
  * Whether a SUBSCRIBE channel or PSUBSCRIBE pattern may receive keyspace notifications. A
  * pattern is judged by its literal start, which errs toward yes (`*x` may match
@@ -46,6 +60,8 @@ export interface FanInHost {
   lease(nodeId: string): Lease | string;
   /** A message for the client: written after what is queued. */
   pushed(frame: Buffer): void;
+  /** The id of the master that holds `key` now. */
+  ownerOf(key: Buffer): string;
 }
 
 /** A connection to another master, and the acknowledgements awaited on it, in order. */
@@ -65,6 +81,13 @@ interface NoticeLink {
  * connection, which counts) and the messages PUBLISH broadcasts over the bus (the main
  * connection has them already). A master down, promoted or added is subscribed within a
  * second or so; its events in between are lost, as a server's while it is down.
+ *
+ * A PUBLISH to a channel named like a notification's reaches every master (the bus carries
+ * it), so each of the client's connections gets a copy, indistinguishable from a
+ * notification. A notification is about a key of the master that sends it: of the copies,
+ * only the one from the master holding the key named (the channel's, or the message's for
+ * `__keyevent@`) is relayed (ownedElsewhere for the main connection), so the client gets one,
+ * as from one server, and every genuine notification still comes from its key's master.
  */
 export class NotificationFanIn {
   private readonly links = new Map<string, NoticeLink>();
@@ -203,6 +226,37 @@ export class NotificationFanIn {
     const payload = value[value.length - 1];
     if (!wanted || !Buffer.isBuffer(channel) || !Buffer.isBuffer(payload)) return;
     if (!isNotificationChannel(text(channel)) || notifiesProxyKey(channel, payload)) return;
+    // A copy of a PUBLISH from another master's key (or a channel naming no key): the main
+    // connection's or the key master's link relays it.
+    const key = notifiedKey(channel, payload);
+    if (key === null || this.host.ownerOf(key) !== link.lease.nodeId) return;
     this.host.pushed(this.host.proto === 3 ? encodeValue(new RespPush(value), 3) : frame);
+  }
+
+  /**
+   * Whether a message on the client's main connection (to `mainNode`) is one a link relays
+   * instead: on a notification's channel the fan-in listens to, about a key another master
+   * holds, a link to which is open. The main connection's copy of a PUBLISH is then dropped,
+   * as the key master's is relayed.
+   */
+  ownedElsewhere(frame: Buffer, mainNode: string): boolean {
+    if (this.links.size === 0 || !frame.includes(NOTIFICATION_MARK)) return false;
+    const value = decodeReply(frame);
+    if (!Array.isArray(value) || value.length < 3) return false;
+    const kind = text(value[0]);
+    let channel: unknown;
+    if (kind === "message" && value.length === 3) {
+      channel = value[1];
+      if (!this.channels.has(text(channel))) return false;
+    } else if (kind === "pmessage" && value.length === 4) {
+      channel = value[2];
+      if (!this.patterns.has(text(value[1]))) return false;
+    } else return false;
+    const payload = value[value.length - 1];
+    if (!Buffer.isBuffer(channel) || !Buffer.isBuffer(payload)) return false;
+    const key = notifiedKey(channel, payload);
+    if (key === null) return false;
+    const owner = this.host.ownerOf(key);
+    return owner !== mainNode && this.links.has(owner);
   }
 }

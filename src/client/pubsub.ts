@@ -10,6 +10,7 @@ import type { ReplySlot } from "./reply-slot.js";
 import { confirmationFrame, confirmationOf, SubscriptionNames, withCount } from "./subscription-frames.js";
 import { mayReceiveNotifications, NotificationFanIn } from "./notification-fan-in.js";
 import { isProxyKeyNotification } from "../routing/hidden-keys.js";
+import { keySlot } from "../routing/key-slot.js";
 
 const PING = encodeCommand(["PING"]);
 const EMPTY = Buffer.alloc(0);
@@ -144,6 +145,7 @@ export class Subscriber {
       masters: () => host.ctx.router.masters().map((node) => node.id),
       lease: (nodeId) => host.ctx.leases.onMaster(nodeId, 2),
       pushed: (frame) => host.pushed(frame),
+      ownerOf: (key) => host.ctx.leases.nodeIdForSlot(keySlot(key), host.id),
     });
   }
 
@@ -388,7 +390,11 @@ export class Subscriber {
       if (kind === "ssubscribe" || kind === "sunsubscribe") this.mainShards = count;
       else this.mainClassic = count;
       this.count = this.mainCount + this.shardChannels.size;
-    } else if (this.notified && isProxyKeyNotification(frame)) return;
+    } else if (
+      this.notified &&
+      (isProxyKeyNotification(frame) || this.notices.ownedElsewhere(frame, link.lease.nodeId))
+    )
+      return;
     this.relay(link, frame);
   }
 

@@ -17,6 +17,8 @@ export interface ClientHandle extends MemoryHolder, TrackedClient {
   /** The user it runs as (CLIENT KILL USER). */
   readonly userName: string;
   readonly isPubSub: boolean;
+  /** Whether it subscribes the channel pattern `pattern` (PUBSUB NUMPAT counts it then). */
+  subscribesPattern?(pattern: string): boolean;
   kill(reason: string): void;
   /** Proxy shutdown: no further command, the replies owed are written, then the connection ends. */
   shutdown(): Promise<void>;

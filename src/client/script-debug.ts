@@ -1,7 +1,7 @@
 import { OK } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import type { CommandHost } from "./command-host.js";
-import { since70 } from "./server-features.js";
+import { since62 } from "./server-features.js";
 
 /**
  * SCRIPT DEBUG, answered by the proxy. On Redis it puts the client's connection in debugging
@@ -24,6 +24,6 @@ export function scriptDebug(host: CommandHost, request: Request, unwritten: bool
   }
   if (mode === "yes" || mode === "sync")
     return host.replyError("ERR SCRIPT DEBUG is not supported by gears-proxy");
-  // Redis 6.x wrote the modes in lower case.
-  host.replyError(`ERR Use SCRIPT DEBUG ${since70(host.ctx.upstreamServer) ? "YES/SYNC/NO" : "yes/sync/no"}`);
+  // Redis 6.0 wrote the modes in lower case (6.2 as 7.0 does).
+  host.replyError(`ERR Use SCRIPT DEBUG ${since62(host.ctx.upstreamServer) ? "YES/SYNC/NO" : "yes/sync/no"}`);
 }

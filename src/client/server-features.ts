@@ -12,7 +12,16 @@ function atLeast(version: string, major: number, minor: number): boolean {
   return a > major || (a === major && b >= minor);
 }
 
-/** Redis 7.0 or later, or Valkey: SELECT of a non-number says 'value is not an integer' (6.x: 'invalid DB index'). */
+/**
+ * Redis 6.2 or later, or Valkey: SELECT of a non-number says 'value is not an integer or out of
+ * range' (6.0: 'invalid DB index'), SCRIPT DEBUG's error names YES/SYNC/NO (6.0: yes/sync/no),
+ * and CLIENT's subcommand errors end with a period (6.0: without).
+ */
+export function since62({ name, version }: ServerIdentity): boolean {
+  return name === "valkey" || atLeast(version, 6, 2);
+}
+
+/** Redis 7.0 or later, or Valkey: a subcommand table, whose arity errors name 'client|<sub>'. */
 export function since70({ name, version }: ServerIdentity): boolean {
   return name === "valkey" || atLeast(version, 7, 0);
 }

@@ -25,6 +25,8 @@ import { PausedLane } from "./paused-lane.js";
 import { Subscriber } from "./pubsub.js";
 import { Monitor } from "./monitor.js";
 import { GearsBranch } from "./gears-branch.js";
+import { runAtExec } from "./local-in-multi.js";
+import { LOCAL_COMMANDS } from "./dispatch-table.js";
 
 /**
  * Commands one client may have at the upstreams at once. Beyond it the client's input
@@ -311,6 +313,11 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
     this.pubsub.adopt(lease, count, frames);
   }
 
+  /** TransactionHost: a CLIENT, AUTH or HELLO queued in MULTI, run as EXEC runs it. */
+  runAtExec(request: Request): Promise<{ reply: Buffer; close: boolean }> {
+    return runAtExec(this, request, LOCAL_COMMANDS.get(request.name)!);
+  }
+
   /** TransactionHost: a TFCALL queued in MULTI, run at EXEC. */
   tfCallInMulti(argv: Buffer[]): Promise<Buffer> {
     return this.gears.tfCallInMulti(argv, this.proto, this.db);
@@ -333,6 +340,10 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
 
   get isPubSub(): boolean {
     return this.pubsub.count > 0;
+  }
+
+  subscribesPattern(pattern: string): boolean {
+    return this.pubsub.names.patterns.has(pattern);
   }
 
   kill(reason: string): void {
@@ -361,7 +372,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
       ageMs: Date.now() - this.createdAt,
       idleMs: this.idleMs,
       flags:
-        (this.txn.inMulti ? "x" : "") +
+        (this.txn.flaggedMulti ? "x" : "") +
           (this.blocking.active || this.txn.blocked ? "b" : "") +
           (this.isPubSub ? "P" : "") +
           (tracking !== null ? "t" : "") +
@@ -372,7 +383,7 @@ export class ClientSession implements SocketHost, WriterHost, ClientHandle, Disp
       sub: this.pubsub.names.channels.size,
       psub: this.pubsub.names.patterns.size,
       ssub: this.pubsub.names.shardChannels.size,
-      multi: this.txn.inMulti ? this.txn.queuedCommands : -1,
+      multi: this.txn.queuedCommands,
       watch: since74(this.ctx.upstreamServer) ? this.txn.watchCount : null,
       // Redis counts the command being run in the query buffer still.
       qbuf: this.io.parser.buffered + (this.processing && last !== null ? last.end - last.start : 0),

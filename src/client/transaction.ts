@@ -5,6 +5,7 @@ import {
   dbFor,
   isBlocking,
   isClassicPubSub,
+  isScript,
   PUBSUB_HOME_SLOT,
   SUBSCRIBE_FAMILY,
 } from "../routing/command-kinds.js";
@@ -13,7 +14,7 @@ import { ANY_DB, CONNECTION_LOST, DISCARD, selectCommand, UNKNOWN_DB, type Lease
 import { RawSink } from "../routing/shards.js";
 import type { ProxyContext } from "./context.js";
 import type { Holds } from "./holds.js";
-import { isGearsCommand } from "../gears/commands.js";
+import { isGearsCommandAlone } from "../gears/commands.js";
 import { isTfCall, QUEUED, TfMultiTail } from "../gears/tf/tf-multi.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { RespError, type Protocol } from "../resp/values.js";
@@ -21,6 +22,7 @@ import { randomBytes } from "node:crypto";
 import { countAfter } from "./subscription-frames.js";
 import type { ClientUser } from "./client-user.js";
 import { ReplyScanner } from "../resp/reply-scanner.js";
+import { answeredAtExec, standIn, type LocalInMulti } from "./local-in-multi.js";
 
 /** What a transaction needs from the client session that owns it. */
 export interface TransactionHost {
@@ -42,6 +44,8 @@ export interface TransactionHost {
   readonly user: Pick<ClientUser, "rulesVersion" | "execDenial">;
   /** EXEC left `lease` subscribed to `count` channels and patterns, confirmed in `frames`: the client's subscriptions now. */
   subscribedBy(lease: Lease, count: number, frames: readonly Buffer[]): void;
+  /** A CLIENT, AUTH or HELLO queued in MULTI, run as EXEC runs it (local-in-multi.ts): its reply. */
+  runAtExec(request: Request): Promise<{ reply: Buffer; close: boolean }>;
 }
 
 /** A command of a transaction that the other masters were to complete, its master gone by then. */
@@ -50,8 +54,11 @@ const BESIDE_LOST = "ERR the transaction's master changed before the other maste
 /** Commands Redis answers at once inside MULTI, with an error, without queuing them. */
 const NOT_QUEUED = new Set(["multi", "watch"]);
 
-/** Commands that change the client's own state, which a queued transaction cannot carry. */
-const NOT_IN_MULTI = new Set(["client", "hello", "auth", "monitor"]);
+/**
+ * Commands a queued transaction cannot carry: MONITOR, and the CLIENT subcommands that are
+ * neither the server's (PAUSE, UNPAUSE) nor answered at EXEC (answeredAtExec: CLIENT REPLY).
+ */
+const NOT_IN_MULTI = new Set(["client", "monitor"]);
 
 /** A PING only the proxy sends behind an EXEC that (un)subscribes: where its frames end. */
 const EXEC_END_TEXT = `gears-proxy:exec-end:${randomBytes(8).toString("hex")}`;
@@ -114,10 +121,34 @@ export class Transaction {
     return this.selects.length > 0 ? this.selects[this.selects.length - 1][1] : this.host.db;
   }
 
-  /** Commands queued since MULTI, as Redis counts them (CLIENT LIST's `multi`; countQueued). */
-  get queuedCommands(): number {
-    return this.shownQueued;
+  /**
+   * Whether a command queued now is to be completed after EXEC (Router.completedAfterExec) in
+   * any database it may run in: a SELECT queued before it may fail at EXEC (an index out of
+   * range, known to the server only), leaving it in the database before. runBeside decides
+   * once EXEC's reply tells which SELECTs ran.
+   */
+  private completedInSomeDb(name: string, argv: readonly Buffer[]): boolean {
+    const router = this.host.ctx.router;
+    if (router.completedAfterExec(name, argv, this.host.db)) return true;
+    return this.selects.some(([, db]) => router.completedAfterExec(name, argv, db));
   }
+
+  /**
+   * CLIENT LIST's `multi`: the commands queued since MULTI, as Redis counts them
+   * (countQueued); while EXEC's CLIENT commands run (runLocals), those EXEC ran, as Redis
+   * shows them during EXEC; -1 outside a transaction.
+   */
+  get queuedCommands(): number {
+    return this.inMulti ? this.shownQueued : this.execRunning;
+  }
+
+  /** CLIENT LIST's `x` flag: inside MULTI, or while EXEC runs the transaction's CLIENT commands. */
+  get flaggedMulti(): boolean {
+    return this.inMulti || this.execRunning >= 0;
+  }
+
+  /** How many commands the EXEC whose CLIENT, AUTH and HELLO are running queued; -1 otherwise. */
+  private execRunning = -1;
 
   private shownQueued = 0;
   /** The server refused a command queued since MULTI: Redis counts none after it. */
@@ -205,6 +236,7 @@ export class Transaction {
     this.queuedArgv = [];
     this.scripts = [];
     this.spanning = [];
+    this.locals = [];
   }
 
   /**
@@ -248,7 +280,7 @@ export class Transaction {
 
   /**
    * The protocol the pinned connection speaks when it differs from the lease's own: the
-   * client sent HELLO while WATCHing (HELLO is refused inside MULTI). Null when unchanged.
+   * client sent HELLO while WATCHing, or EXEC ran a HELLO (runLocals). Null when unchanged.
    */
   private switchedProto: Protocol | null = null;
 
@@ -321,12 +353,17 @@ export class Transaction {
       this.refuseBroken(name);
       return;
     }
+    const local = answeredAtExec(name, request.argv);
     if (
-      (NOT_IN_MULTI.has(name) && !pausesServer(name, request.argv)) ||
-      (isGearsCommand(name, request.argv.slice(1)) && !isTfCall(name)) ||
+      (NOT_IN_MULTI.has(name) && !pausesServer(name, request.argv) && !local) ||
+      // Answered at EXEC in EXEC's reply: not among TFCALLs run after it, nor subscriptions' frames.
+      (local && (this.tfTail !== null || this.subscribing)) ||
+      // A CONFIG that names the server's settings too is queued there (without T&F's).
+      (isGearsCommandAlone(name, request.argv.slice(1)) && !isTfCall(name)) ||
       // Subscriptions EXEC makes become the client's own (execSubscribing), unless it has a
       // connection for them already, or TFCALLs run after EXEC.
-      (SUBSCRIBE_FAMILY.has(name) && (this.host.isPubSub || this.tfTail !== null)) ||
+      (SUBSCRIBE_FAMILY.has(name) &&
+        (this.host.isPubSub || this.tfTail !== null || this.locals.length > 0)) ||
       (this.subscribing && isTfCall(name))
     ) {
       this.dirty = true;
@@ -344,10 +381,11 @@ export class Transaction {
       return;
     }
     const tf = this.tfTail !== null || isTfCall(name);
-    const payload = request.raw ?? encodeCommand(request.argv);
+    const standin = local ? standIn(request) : null;
+    const payload = standin !== null ? standin.payload : (request.raw ?? encodeCommand(request.argv));
+    if (standin !== null) this.locals.push([this.queued, standin.entry]);
     // Its position is the one noteQueued gives it next.
-    if (!tf && this.host.ctx.router.completedAfterExec(name, request.argv, this.queuingDb))
-      this.spanning.push([this.queued, request.argv]);
+    if (!tf && this.completedInSomeDb(name, request.argv)) this.spanning.push([this.queued, request.argv]);
     // From the first TFCALL on, commands run by the proxy after EXEC (tf-multi.ts): Redis's
     // transaction, and what the proxy follows of it, ends before them.
     if (!tf && !NOT_QUEUED.has(name)) this.noteQueued(name, request.argv);
@@ -367,9 +405,15 @@ export class Transaction {
       return;
     }
     const cluster = this.host.ctx.router.topology.mode === "cluster";
-    // Channel pub/sub in a transaction without keys (yet): on the master every client's goes
-    // to (router.ts routingSlot), which a later key may still move it from.
-    if (cluster && keySlot === NO_KEYS && this.slot === NO_KEYS && isClassicPubSub(name)) {
+    // Channel pub/sub, or a script without keys (which may PUBLISH), in a transaction without
+    // keys (yet): on the master every client's goes to (router.ts routingSlot), which a later
+    // key may still move it from.
+    if (
+      cluster &&
+      keySlot === NO_KEYS &&
+      this.slot === NO_KEYS &&
+      (isClassicPubSub(name) || isScript(name))
+    ) {
       if (!this.moveTo(PUBSUB_HOME_SLOT)) {
         this.host.upstreamSlot().fail(this.pinFailure);
         return;
@@ -430,7 +474,12 @@ export class Transaction {
     const refused = name === "exec" && !this.dirty && !unwatched ? this.refusedAtExec() : null;
     // Without the watch, the TFCALLs or the subscriptions, the commands still allowed run
     // again in a new MULTI; with them, nothing runs (see refusedAtExec).
-    const partial = refused !== null && !this.watching && this.tfTail === null && !this.subscribing;
+    const partial =
+      refused !== null &&
+      !this.watching &&
+      this.tfTail === null &&
+      !this.subscribing &&
+      this.locals.length === 0;
     let abortText: string | null = null;
     if (name === "exec" && this.dirty)
       abortText = `EXECABORT Transaction discarded because of${this.abortReason === null ? " previous errors." : `: ${this.abortReason}`}`;
@@ -455,8 +504,11 @@ export class Transaction {
     const scripts = runs ? this.scripts : [];
     this.scripts = [];
     const spanning = runs && !partial && !this.subscribing ? this.spanning : [];
+    const queuedSelects = this.selects;
     this.spanning = [];
-    const later = tail !== null || spanning.length > 0;
+    const locals = runs ? this.locals : [];
+    this.locals = [];
+    const later = tail !== null || spanning.length > 0 || locals.length > 0;
     const hidden = this.hiddenSelect;
     this.hiddenSelect = false;
     const db = this.host.db;
@@ -509,7 +561,8 @@ export class Transaction {
       };
       const nodeId = conn.nodeId;
       void head.promise
-        .then((h) => this.runBeside(hidden ? unhide(h) : h, spanning, nodeId))
+        .then((h) => this.runBeside(hidden ? unhide(h) : h, spanning, nodeId, db, queuedSelects))
+        .then((h) => (locals.length === 0 ? h : this.runLocals(h, locals, slot)))
         .then((h) =>
           tail === null
             ? h
@@ -540,12 +593,60 @@ export class Transaction {
   }
 
   /**
+   * EXEC's reply with each CLIENT, AUTH and HELLO's stand-in (local-in-multi.ts) replaced by
+   * the command's reply, run now, in order. After a HELLO that switched the client's
+   * protocol: the server wrote the replies after it in the new one when its stand-in was that
+   * HELLO; when it was a PING (HELLO with AUTH), they are re-encoded here (a RESP2 reply
+   * re-encoded in RESP3 keeps RESP2's types: an array where Redis would send a map).
+   */
+  private async runLocals(exec: Buffer, locals: [number, LocalInMulti][], slot: ReplySlot): Promise<Buffer> {
+    if (exec[0] !== 42 /* * */) return exec;
+    const eol = exec.indexOf(10);
+    const count = Number(exec.toString("latin1", 1, eol - 1));
+    if (!(count > 0)) return exec;
+    const scanner = new ReplyScanner();
+    scanner.push(exec.subarray(eol + 1));
+    const elements: Buffer[] = [];
+    for (let i = 0; i < count; i++) elements.push(scanner.next()!);
+    const byPosition = new Map(locals);
+    let convertTo: Protocol | null = null;
+    this.execRunning = count;
+    try {
+      for (let at = 0; at < count; at++) {
+        const local = byPosition.get(at);
+        if (local === undefined) {
+          if (convertTo !== null) elements[at] = encodeValue(decodeReply(elements[at]), convertTo);
+          continue;
+        }
+        const before = this.host.proto;
+        const ran = await this.host.runAtExec(local.request);
+        if (ran.close) slot.closeAfter = true;
+        if (local.switchesTo !== null && !isErrorReply(elements[at])) {
+          // The server switched with it: the transaction's connection speaks that protocol now.
+          this.switchedProto = local.switchesTo;
+          convertTo = this.host.proto === local.switchesTo ? null : this.host.proto;
+        } else if (this.host.proto !== before) convertTo = this.host.proto;
+        elements[at] = ran.reply;
+      }
+    } finally {
+      this.execRunning = -1;
+    }
+    return Buffer.concat([exec.subarray(0, eol + 1), ...elements]);
+  }
+
+  /**
    * EXEC's reply with each `spanning` command's element merged with the same command's
    * replies from the masters other than `nodeId` (run there now, one command after the other,
    * in the transaction's order). A reply that is not an array (EXECABORT, a WATCH that failed)
    * as it is, and an element that is an error too.
    */
-  private async runBeside(exec: Buffer, spanning: [number, Buffer[]][], nodeId: string): Promise<Buffer> {
+  private async runBeside(
+    exec: Buffer,
+    spanning: [number, Buffer[]][],
+    nodeId: string,
+    db: number,
+    selects: readonly [number, number][],
+  ): Promise<Buffer> {
     if (spanning.length === 0 || exec[0] !== 42 /* * */) return exec;
     const eol = exec.indexOf(10);
     const count = Number(exec.subarray(1, eol - 1).toString());
@@ -553,7 +654,13 @@ export class Transaction {
     scanner.push(exec.subarray(eol + 1));
     const elements: Buffer[] = [];
     for (let i = 0; i < count; i++) elements.push(scanner.next()!);
+    const router = this.host.ctx.router;
     for (const [at, argv] of spanning) {
+      // The database it ran in: that of the last SELECT before it that EXEC ran (OK).
+      let ranIn = db;
+      for (const [pos, selected] of selects)
+        if (pos < at && elements[pos]?.equals(OK) === true) ranIn = selected;
+      if (!router.completedAfterExec(argv[0].toString().toLowerCase(), argv, ranIn)) continue;
       const part = elements[at];
       if (part !== undefined) elements[at] = await this.completed(part, argv, nodeId);
     }
@@ -658,6 +765,8 @@ export class Transaction {
    * them on the transaction's master, then runBeside completes their element.
    */
   private spanning: [number, Buffer[]][] = [];
+  /** CLIENT, AUTH and HELLO queued as stand-ins, by position: runLocals answers them at EXEC. */
+  private locals: [number, LocalInMulti][] = [];
 
   /** Commands queued since MULTI, and the SELECTs among them: [position, database]. */
   private queued = 0;

@@ -10,7 +10,13 @@ import { replyValueToResp } from "./json-values.js";
 import { Partitions } from "./partitions.js";
 import type { Registration } from "./registration.js";
 import type { GearsSession } from "./registry.js";
-import { isTfConfig, runTfCommand, TF_COMMANDS } from "./tf/tf-commands.js";
+import {
+  isTfConfig,
+  runTfCommand,
+  TF_COMMANDS,
+  tfConfigCommand,
+  touchesServerSettings,
+} from "./tf/tf-commands.js";
 
 type Handler = (engine: GearsEngine, args: Buffer[], caller: GearsCaller) => Promise<GearsReply> | GearsReply;
 
@@ -506,6 +512,14 @@ export function isGearsCommand(name: string, args: readonly Buffer[]): boolean {
   return name === "config" && isTfConfig(args);
 }
 
+/**
+ * isGearsCommand, less a CONFIG that also names the server's settings (touchesServerSettings):
+ * what a user of the server's own ACL, or a transaction, leaves to the server.
+ */
+export function isGearsCommandAlone(name: string, args: readonly Buffer[]): boolean {
+  return isGearsCommand(name, args) && !(name === "config" && touchesServerSettings(args));
+}
+
 /** Asks the other threads of a --threads proxy for an execution this one does not hold; null: none has it. */
 export type RemoteExecutions = (
   name: string,
@@ -535,7 +549,8 @@ export async function runGearsCommand(
   args: Buffer[],
   caller: GearsCaller,
 ): Promise<GearsReply> {
-  if (TF_COMMANDS.has(name) || name === "config") return runTfCommand(engine.tf, name, args, caller);
+  if (name === "config") return tfConfigCommand(engine.tf, engine.router, args, caller.proto);
+  if (TF_COMMANDS.has(name)) return runTfCommand(engine.tf, name, args, caller);
   const handler = HANDLERS.get(name);
   const remote = elsewhere.get(engine);
   if (

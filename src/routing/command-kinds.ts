@@ -113,7 +113,8 @@ export function dbFor(name: string, db: number, monitored: boolean): number {
  * PUBSUB NUMSUB counts them all. Spread over the masters, a message would cross the cluster
  * bus, which drops it while a link between two nodes is being made again (a late pong under
  * load; Valkey 8.0 also drops a lightweight PUBLISH sent first on a new link), and NUMSUB
- * would count one node's subscribers.
+ * would count one node's subscribers. Scripts and functions called without keys go there too
+ * (routingSlot): what they PUBLISH counts, and reaches, every subscriber as on one server.
  */
 export const PUBSUB_HOME_SLOT = 0;
 

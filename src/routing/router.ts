@@ -14,8 +14,9 @@ import { isSplittable, split, splitStride, SPLIT_DONE } from "./split.js";
 import { ClusterRuns, SPLIT_RUN } from "./cluster-runs.js";
 import { RedirectingSink, type RedirectContext, type RedirectEvent } from "./redirect.js";
 import { ScriptCache } from "./script-cache.js";
+import { OwnPatterns } from "./own-patterns.js";
 import { isControl, mayBeControl, sendControl } from "./control.js";
-import { dbFor, isBlocking, isClassicPubSub, PUBSUB_HOME_SLOT } from "./command-kinds.js";
+import { dbFor, isBlocking, isClassicPubSub, isScript, PUBSUB_HOME_SLOT } from "./command-kinds.js";
 import { readKeys, writtenKeys } from "./tracked-keys.js";
 /** What the upstream says it is: client/ (HELLO) reads it through here, as it reaches Redis only through routing/. */
 export type { ServerIdentity } from "../upstream/connect.js";
@@ -58,6 +59,8 @@ function listsProxyKeys(name: string, db: number): boolean {
 
 export class Router implements ClusterSender {
   readonly scripts = new ScriptCache();
+  /** The patterns the proxy's own subscriptions hold, by node (PUBSUB NUMPAT leaves them out). */
+  readonly ownPatterns = new OwnPatterns();
   private readonly cluster: ClusterTopology | null;
   private readonly redirect: RedirectContext | null;
 
@@ -229,14 +232,14 @@ export class Router implements ClusterSender {
    * Whether a command queued in a transaction (in database `db`) answers otherwise outside
    * one, where EXEC's reply is the server's: in a cluster the commands that act on, or answer
    * for, every master (FLUSHALL, DBSIZE, SCRIPT LOAD...), which EXEC ran on one; in front of one
-   * server the key listings of database 0, which leave the proxy's own keys out. runBeside
-   * completes their element.
+   * server the key listings of database 0 (SCAN too), which leave the proxy's own keys out.
+   * runBeside completes their element.
    */
   completedAfterExec(name: string, argv: readonly Buffer[], db: number): boolean {
     // A blocking command (WAIT) in a transaction answers at once where it ran; run alone on
     // the other masters' shared connections it would block them.
     if (this.cluster !== null) return !isBlocking(name, argv) && spansMasters(name, argv);
-    return listsProxyKeys(name, db);
+    return db === 0 && KEY_LISTING_COMMANDS.has(name);
   }
 
   /**
@@ -255,6 +258,11 @@ export class Router implements ClusterSender {
   ): boolean {
     const done = this.masters().find((node) => node.id === nodeId);
     if (done === undefined) return false;
+    // SCAN's page in front of one server: filtered as outside a transaction, its cursor kept.
+    if (this.cluster === null && argv[0].toString().toLowerCase() === "scan") {
+      scanPageWithoutProxyKeys(sink, proto).reply(part);
+      return true;
+    }
     fanOutBeside(this, done, part, argv, sink, affinity, proto);
     return true;
   }
@@ -345,7 +353,10 @@ export class Router implements ClusterSender {
 
   /** slotOf, but channel pub/sub in a cluster goes to PUBSUB_HOME_SLOT's master. */
   private routingSlot(name: string, argv: readonly Buffer[]): number {
-    return this.cluster !== null && isClassicPubSub(name) ? PUBSUB_HOME_SLOT : this.slotOf(name, argv);
+    if (this.cluster === null) return this.slotOf(name, argv);
+    if (isClassicPubSub(name)) return PUBSUB_HOME_SLOT;
+    const slot = this.slotOf(name, argv);
+    return slot === NO_KEYS && isScript(name) ? PUBSUB_HOME_SLOT : slot;
   }
 
   /** The slot all keys of argv hash to, NO_KEYS, or CROSS_SLOT. */

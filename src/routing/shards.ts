@@ -6,6 +6,7 @@ import type { UpstreamNode } from "../upstream/node.js";
 import type { SlotRange } from "../upstream/topology.js";
 import { PromiseSink, UpstreamError, type ReplySink } from "../upstream/reply-sink.js";
 import type { Router } from "./router.js";
+import { HeldPatterns } from "./own-patterns.js";
 
 export { UpstreamError };
 export type { SlotRange };
@@ -137,9 +138,13 @@ export class Shards {
     const node = this.node(shard);
     const conn = node.acquire();
     if (conn === null) return node.failure || "node unavailable";
+    const held = new HeldPatterns(this.router.ownPatterns, node.id);
     conn.pushHandler = (frame) => handlers.onFrame(frame);
-    conn.onBorrowerLost = (reason) => handlers.onLost(reason);
-    return new LentSubscription(node, conn);
+    conn.onBorrowerLost = (reason) => {
+      held.clear();
+      handlers.onLost(reason);
+    };
+    return new LentSubscription(node, conn, held);
   }
 
   /**
@@ -234,6 +239,8 @@ class LentSubscription implements NodeSubscription {
   constructor(
     private readonly node: UpstreamNode,
     private readonly conn: UpstreamConnection,
+    /** The patterns it subscribes, which PUBSUB NUMPAT leaves out. */
+    private readonly held: HeldPatterns,
   ) {}
 
   get closed(): boolean {
@@ -245,10 +252,12 @@ class LentSubscription implements NodeSubscription {
   }
 
   send(argv: Buffer): void {
+    this.held.sent(argv);
     this.conn.sendUnmatched(argv);
   }
 
   private detach(): void {
+    this.held.clear();
     this.conn.pushHandler = null;
     this.conn.onBorrowerLost = null;
   }

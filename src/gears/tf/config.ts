@@ -15,8 +15,9 @@ export const TF_CONFIG_PREFIX = "redisgears_2.";
 
 const MB = 1024 * 1024;
 
-export class TfConfig {
-  private readonly settings = new Map<string, Setting>([
+/** T&F's settings at their defaults. */
+function defaultSettings(): Map<string, Setting> {
+  return new Map<string, Setting>([
     ["lock-redis-timeout", { value: 500, min: 100, max: 1e9, runtime: true }],
     ["db-loading-lock-redis-timeout", { value: 30000, min: 100, max: 1e9, runtime: true }],
     ["library-fatal-failure-policy", { value: "abort", choices: ["abort", "kill"], runtime: true }],
@@ -28,6 +29,21 @@ export class TfConfig {
     ["remote-task-default-timeout", { value: 500, min: 1, max: Number.MAX_SAFE_INTEGER, runtime: true }],
     ["error-verbosity", { value: 1, min: 1, max: 2, runtime: true }],
   ]);
+}
+
+/** Every T&F setting's full name (redisgears_2.<name>), as CONFIG GET lists it. */
+export const TF_SETTING_NAMES: readonly string[] = [...defaultSettings().keys()].map(
+  (n) => TF_CONFIG_PREFIX + n,
+);
+
+/** Whether CONFIG GET's `pattern` matches one of T&F's settings (CONFIG GET *, redisgears*...). */
+export function matchesTfSetting(pattern: string): boolean {
+  const re = globToRegExp(pattern);
+  return TF_SETTING_NAMES.some((name) => re.test(name));
+}
+
+export class TfConfig {
+  private readonly settings = defaultSettings();
 
   number(name: string): number {
     return Number(this.settings.get(name)!.value);
@@ -70,15 +86,32 @@ export class TfConfig {
     return null;
   }
 
-  /** CONFIG GET redisgears_2.<pattern>: name/value pairs (a map in RESP3), as Redis answers. */
-  get(pattern: string, proto: Protocol): Buffer {
-    const re = globToRegExp(pattern.toLowerCase());
+  /** CONFIG GET's name/value pairs of T&F's settings matching any of `patterns`, each once. */
+  entries(patterns: readonly string[]): [Buffer, Buffer][] {
+    const res = patterns.map(globToRegExp);
     const entries: [Buffer, Buffer][] = [];
     for (const [name, s] of this.settings) {
       const full = TF_CONFIG_PREFIX + name;
-      if (re.test(full)) entries.push([Buffer.from(full), Buffer.from(String(s.value))]);
+      if (res.some((re) => re.test(full))) entries.push([Buffer.from(full), Buffer.from(String(s.value))]);
     }
-    return encodeValue(new RespMap(entries), proto);
+    return entries;
+  }
+
+  /** CONFIG GET redisgears_2.<pattern>: name/value pairs (a map in RESP3), as Redis answers. */
+  get(pattern: string, proto: Protocol): Buffer {
+    return encodeValue(new RespMap(this.entries([pattern])), proto);
+  }
+
+  /** What CONFIG SET of `pairs` would answer, changing nothing: an error text, or null. */
+  check(pairs: [string, string][]): string | null {
+    const saved = new Map([...this.settings].map(([k, s]) => [k, s.value]));
+    let error: string | null = null;
+    for (const [full, value] of pairs) {
+      error = this.apply(full.toLowerCase().slice(TF_CONFIG_PREFIX.length), value, true);
+      if (error !== null) break;
+    }
+    for (const [k, v] of saved) this.settings.get(k)!.value = v;
+    return error;
   }
 
   /** Told of each setting a CONFIG SET changed. */
@@ -99,12 +132,37 @@ export class TfConfig {
   }
 }
 
+/**
+ * A CONFIG GET pattern as Redis matches it (util.c stringmatchlen, case-insensitive): `*`,
+ * `?`, `[...]` with `^` and ranges, `\\` escaping the next character.
+ */
 function globToRegExp(glob: string): RegExp {
+  const escape = (c: string): string => c.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&");
   let re = "";
-  for (const c of glob) {
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i];
     if (c === "*") re += ".*";
     else if (c === "?") re += ".";
-    else re += c.replace(/[.+^${}()|[\]\\]/g, "\\$&");
+    else if (c === "\\" && i + 1 < glob.length) re += escape(glob[++i]);
+    else if (c === "[") {
+      let j = i + 1;
+      let set = "";
+      if (glob[j] === "^") {
+        set += "^";
+        j++;
+      }
+      for (; j < glob.length && glob[j] !== "]"; j++) {
+        if (glob[j] === "\\" && j + 1 < glob.length) set += escape(glob[++j]);
+        else if (glob[j + 1] === "-" && j + 2 < glob.length && glob[j + 2] !== "]") {
+          const [a, b] = [glob[j], glob[j + 2]].sort();
+          set += `${escape(a)}-${escape(b)}`;
+          j += 2;
+        } else set += escape(glob[j]);
+      }
+      // An unclosed class runs to the end, as in Redis.
+      re += set === "" || set === "^" ? (set === "^" ? "[^]" : "(?!)") : `[${set}]`;
+      i = j;
+    } else re += escape(c);
   }
-  return new RegExp(`^${re}$`);
+  return new RegExp(`^${re}$`, "is");
 }

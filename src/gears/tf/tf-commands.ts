@@ -1,7 +1,8 @@
 import { encodeError, encodeValue, OK } from "../../resp/encode.js";
 import { RespBoolean, RespError, RespMap, type Protocol, type RespValue } from "../../resp/values.js";
 import type { TfFunctionInfo } from "../guest/entry.js";
-import { TF_CONFIG_PREFIX } from "./config.js";
+import { matchesTfSetting, TF_CONFIG_PREFIX } from "./config.js";
+import type { Router } from "../../routing/router.js";
 import type { TfLibrary } from "./libraries.js";
 import type { TriggerStats } from "./keyspace-triggers.js";
 import type { TfEngine } from "./tf-engine.js";
@@ -10,11 +11,31 @@ import { taggedToResp, utf8Text } from "./values.js";
 /** The T&F commands the gears room answers (lower case). */
 export const TF_COMMANDS = new Set(["tfunction", "tfcall", "tfcallasync"]);
 
-/** Whether a CONFIG command is about T&F's settings (CONFIG GET/SET redisgears_2.*). */
+/**
+ * Whether a CONFIG command is about T&F's settings: a GET with a pattern that matches one of
+ * them (redisgears_2.*, *, redis*...), a SET that names one. The others go to the server.
+ */
 export function isTfConfig(args: readonly Buffer[]): boolean {
   if (args.length < 2) return false;
   const sub = args[0].toString().toLowerCase();
-  return (sub === "get" || sub === "set") && args[1].toString().toLowerCase().startsWith(TF_CONFIG_PREFIX);
+  if (sub === "get") return args.slice(1).some((pattern) => matchesTfSetting(pattern.toString()));
+  if (sub !== "set") return false;
+  for (let i = 1; i < args.length; i += 2)
+    if (args[i].toString().toLowerCase().startsWith(TF_CONFIG_PREFIX)) return true;
+  return false;
+}
+
+/**
+ * Whether a CONFIG command of T&F's (isTfConfig) also reads or sets the server's own
+ * settings: a GET pattern or a SET name outside redisgears_2.*. Those need the server, as
+ * the client's user: not run by the proxy for a user of the server's own ACL, nor in MULTI.
+ */
+export function touchesServerSettings(args: readonly Buffer[]): boolean {
+  const sub = args[0]?.toString().toLowerCase();
+  const step = sub === "set" ? 2 : 1;
+  for (let i = 1; i < args.length; i += step)
+    if (!args[i].toString().toLowerCase().startsWith(TF_CONFIG_PREFIX)) return true;
+  return false;
 }
 
 const b = (text: string): Buffer => Buffer.from(text);
@@ -69,8 +90,6 @@ async function runOther(
   switch (name) {
     case "tfunction":
       return tfunction(tf, args, caller.proto, caller.user ?? "default");
-    case "config":
-      return config(tf, args, caller.proto);
     default:
       return encodeError(`ERR unknown command '${name}'`);
   }
@@ -236,17 +255,63 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
   return map(fields);
 }
 
-/** CONFIG GET redisgears_2.<pattern> / CONFIG SET redisgears_2.<name> <value> [...]. */
-function config(tf: TfEngine, args: Buffer[], proto: Protocol): Buffer {
+/**
+ * CONFIG GET and SET where T&F's settings are among those named, as Redis with the module
+ * answers: a GET's patterns (several since 7.0) list the server's settings and T&F's that
+ * match, in one reply; a SET of the server's and T&F's settings together sets them all or
+ * none. T&F's are checked first, then the server's set (on every master), then T&F's.
+ */
+export async function tfConfigCommand(
+  tf: TfEngine,
+  router: Router,
+  args: Buffer[],
+  proto: Protocol,
+): Promise<Buffer> {
   const sub = args[0].toString().toLowerCase();
+  const isTf = (name: Buffer): boolean => name.toString().toLowerCase().startsWith(TF_CONFIG_PREFIX);
   if (sub === "get") {
-    if (args.length !== 2) return arity("config|get");
-    return tf.config.get(args[1].toString(), proto);
+    if (args.length < 2) return arity("config|get");
+    const patterns = args.slice(1);
+    const entries = tf.config.entries(patterns.map(String));
+    // Patterns that name T&F's settings alone need nothing of the server (which may refuse CONFIG).
+    if (patterns.every(isTf)) return encodeValue(new RespMap(entries), proto);
+    const server = await router.call([b("CONFIG"), b("GET"), ...patterns]);
+    if (server instanceof RespError) return encodeError(server.message);
+    return encodeValue(new RespMap([...serverPairs(server), ...entries]), proto);
   }
   if (args.length < 3 || args.length % 2 === 0) return arity("config|set");
-  const pairs: [string, string][] = [];
-  for (let i = 1; i < args.length; i += 2) pairs.push([args[i].toString(), args[i + 1].toString()]);
-  return tf.config.set(pairs);
+  const tfPairs: [string, string][] = [];
+  const serverArgs: Buffer[] = [];
+  const seen = new Set<string>();
+  for (let i = 1; i < args.length; i += 2) {
+    const name = args[i].toString();
+    if (!isTf(args[i])) {
+      serverArgs.push(args[i], args[i + 1]);
+      continue;
+    }
+    if (seen.has(name.toLowerCase()))
+      return encodeError(
+        `ERR CONFIG SET failed (possibly related to argument '${name}') - duplicate parameter`,
+      );
+    seen.add(name.toLowerCase());
+    tfPairs.push([name, args[i + 1].toString()]);
+  }
+  const refused = tf.config.check(tfPairs);
+  if (refused !== null) return encodeError(refused);
+  if (serverArgs.length > 0) {
+    const server = await router.call([b("CONFIG"), b("SET"), ...serverArgs]);
+    if (server instanceof RespError) return encodeError(server.message);
+  }
+  return tf.config.set(tfPairs);
+}
+
+/** The server's CONFIG GET reply (a flat array in RESP2, a map in RESP3) as name/value pairs. */
+function serverPairs(reply: RespValue): [RespValue, RespValue][] {
+  if (reply instanceof RespMap) return [...reply.entries];
+  if (!Array.isArray(reply)) return [];
+  const pairs: [RespValue, RespValue][] = [];
+  for (let i = 0; i + 1 < reply.length; i += 2) pairs.push([reply[i], reply[i + 1]]);
+  return pairs;
 }
 
 /** A TFCALL/TFCALLASYNC queued in MULTI, run at EXEC (tf-multi.ts): it may not block, as in Redis. */
