@@ -535,7 +535,7 @@ export class GearsEngine {
       this.shards,
       this.log,
       (events) => this.onKeyspaceEvents(events),
-      { pattern: SYNCED_CHANNEL + this.proxyId, onMessage: (_channel, message) => this.onSynced(message) },
+      { channel: SYNCED_CHANNEL + this.proxyId, onMessage: (_channel, message) => this.onSynced(message) },
       (db, frame, keyStart, keyEnd, eventStart, eventEnd, shard, quiet) =>
         this.journal.handled(db, frame, keyStart, keyEnd, eventStart, eventEnd, shard, quiet),
     );

@@ -21,7 +21,14 @@ export const PROXY_HASHTAG = "{gears-proxy}";
  */
 export const SYNC_MARKER = "gears-proxy-sync:";
 
+/**
+ * The channel a proxy's sync answers come on, `gears-proxy:synced:<proxy id>` (a name other
+ * proxies publish to, so it keeps its form), subscribed by each proxy holding registrations.
+ */
+export const SYNCED_CHANNEL = "gears-proxy:synced:";
+
 const PREFIX = Buffer.from(PROXY_HASHTAG);
+const SYNCED = Buffer.from(SYNCED_CHANNEL);
 
 /** The slot every lasting proxy key is in. */
 export const PROXY_KEYS_SLOT = keySlot(PREFIX);
@@ -72,7 +79,8 @@ export function notifiesProxyKey(channel: Buffer, payload: Buffer): boolean {
 
 /**
  * PUBSUB CHANNELS' reply without the proxy's own channels (`{gears-proxy}:leases-released`,
- * subscribed while registrations hold leases), as key listings leave its keys out.
+ * subscribed while registrations hold leases, and each proxy's sync channel), as key
+ * listings leave its keys out.
  */
 export function channelsWithoutProxy(sink: ReplySink, proto: Protocol): ReplySink {
   return {
@@ -80,7 +88,7 @@ export function channelsWithoutProxy(sink: ReplySink, proto: Protocol): ReplySin
       const channels = decodeReply(data);
       if (!Array.isArray(channels)) return sink.reply(data);
       const users = channels.filter(
-        (c) => !(Buffer.isBuffer(c) && c.subarray(0, PREFIX.length).equals(PREFIX)),
+        (c) => !(Buffer.isBuffer(c) && (startsWithBytes(c, PREFIX) || startsWithBytes(c, SYNCED))),
       );
       sink.reply(users.length === channels.length ? data : encodeValue(users, proto));
     },
@@ -149,4 +157,8 @@ export function scanPageWithoutProxyKeys(sink: ReplySink, proto: Protocol): Repl
     },
     fail: (message) => sink.fail(message),
   };
+}
+
+function startsWithBytes(b: Buffer, prefix: Buffer): boolean {
+  return b.length >= prefix.length && b.subarray(0, prefix.length).equals(prefix);
 }

@@ -49,6 +49,8 @@ const PATTERN = "__keyevent@*__:*";
 const CHANNEL_DB_START = "__keyevent@".length;
 /** Every pattern at once: the confirmations count down to 0. */
 const PUNSUBSCRIBE = encodeCommand(["PUNSUBSCRIBE"]);
+/** The pattern, then the extra channel: the last confirmation says 0 left. */
+const UNSUBSCRIBE_BOTH = Buffer.concat([PUNSUBSCRIBE, encodeCommand(["UNSUBSCRIBE"])]);
 const PING = encodeCommand(["PING"]);
 
 /** How often the list of masters is compared with the subscriptions. */
@@ -226,18 +228,24 @@ export class KeyspaceEventSource {
     private readonly shards: Shards,
     private readonly log: Logger,
     private readonly onEvents: (events: KeyEvent[]) => void,
-    /** Another channel pattern to listen to on the same connections, and where its messages go. */
+    /**
+     * Another channel to listen to on the same connections, and where its messages go.
+     * SUBSCRIBEd, not PSUBSCRIBEd: a pattern of each proxy's would count in PUBSUB NUMPAT,
+     * where the others' cannot be told from users'.
+     */
     private readonly extra: {
-      pattern: string;
+      channel: string;
       onMessage: (channel: Buffer, message: Buffer) => void;
     } | null = null,
     /** Drops notifications already handled before they are copied out of their frame. */
     private readonly handled: NotificationFilter | null = null,
   ) {
-    this.psubscribe = encodeCommand(["PSUBSCRIBE", PATTERN, ...(extra === null ? [] : [extra.pattern])]);
+    const psubscribe = encodeCommand(["PSUBSCRIBE", PATTERN]);
+    this.subscribe =
+      extra === null ? psubscribe : Buffer.concat([psubscribe, encodeCommand(["SUBSCRIBE", extra.channel])]);
   }
 
-  private readonly psubscribe: Buffer;
+  private readonly subscribe: Buffer;
   /** pmessageParts()'s answer for the frame being read (one frame at a time). */
   private readonly parts = new Int32Array(6);
 
@@ -361,7 +369,7 @@ export class KeyspaceEventSource {
       return;
     }
     sub.conn = conn;
-    conn.send(this.psubscribe);
+    conn.send(this.subscribe);
   }
 
   /**
@@ -481,13 +489,7 @@ export class KeyspaceEventSource {
     const parts = this.parts;
     if (pmessageParts(frame, parts)) {
       if (this.stopped) return;
-      if (this.extra !== null && !sameBytes(frame, parts[0], parts[1], PATTERN_BYTES)) {
-        this.extra.onMessage(
-          Buffer.from(frame.subarray(parts[2], parts[3])),
-          Buffer.from(frame.subarray(parts[4], parts[5])),
-        );
-        return;
-      }
+      if (!sameBytes(frame, parts[0], parts[1], PATTERN_BYTES)) return;
       const start = parts[2];
       const end = parts[3];
       const eventStart = eventStartOf(frame, start, end);
@@ -529,10 +531,7 @@ export class KeyspaceEventSource {
       const channel = value[2];
       const message = value[3];
       if (!Buffer.isBuffer(channel) || !Buffer.isBuffer(message)) return;
-      if (this.extra !== null && !isWord(value[1], PATTERN)) {
-        this.extra.onMessage(Buffer.from(channel), Buffer.from(message));
-        return;
-      }
+      if (!isWord(value[1], PATTERN)) return;
       this.pending.push({
         // Copied: the frame is a view of the socket's buffer.
         key: Buffer.from(message),
@@ -550,7 +549,13 @@ export class KeyspaceEventSource {
         sub.retryMs = 0;
       }
       sub.settleFirst();
-    } else if (isWord(kind, "punsubscribe")) {
+    } else if (isWord(kind, "message")) {
+      const channel = value[1];
+      const message = value[2];
+      if (this.stopped || this.extra === null || !Buffer.isBuffer(channel) || !Buffer.isBuffer(message))
+        return;
+      this.extra.onMessage(Buffer.from(channel), Buffer.from(message));
+    } else if (isWord(kind, "punsubscribe") || isWord(kind, "unsubscribe")) {
       sub.onUnsubscribed?.(Number(value[2]));
     }
   }
@@ -592,7 +597,8 @@ export class KeyspaceEventSource {
       };
       sub.onLostWhileStopping = () => resolve(-1);
       timer = setTimeout(() => resolve(-1), STOP_WAIT_MS);
-      conn.send(PUNSUBSCRIBE);
+      // Without the extra channel no UNSUBSCRIBE: its confirmation would come after the release.
+      conn.send(this.extra === null ? PUNSUBSCRIBE : UNSUBSCRIBE_BOTH);
     });
     clearTimeout(timer);
     sub.onUnsubscribed = null;

@@ -4,5 +4,4 @@
  * (routing/hidden-keys.ts names it, SYNC_MARKER); the answer is `<seq>` published on
  * `gears-proxy:synced:<proxy id>`. Marker keys are the proxy's, never users' events.
  */
-export { SYNC_MARKER, isSyncMarker } from "../../routing/hidden-keys.js";
-export const SYNCED_CHANNEL = "gears-proxy:synced:";
+export { SYNC_MARKER, SYNCED_CHANNEL, isSyncMarker } from "../../routing/hidden-keys.js";
