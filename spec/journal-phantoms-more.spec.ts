@@ -55,10 +55,19 @@ describe("write journal: writes that may notify nothing", () => {
       expect(await client.call("BITFIELD", "q:bf", "GET", "u8", "0")).to.deep.equal([97]);
       expect(await client.call("BITFIELD", "q:bf", "OVERFLOW", "FAIL", "GET", "u8", "0")).to.deep.equal([97]);
       expect(await client.call("BITFIELD", "q:bf", "SET", "u8", "0", "98")).to.deep.equal([97]);
+      // Writes that leave every bit as it was notify nothing; one that flips a bit notifies "setbit".
+      expect(await client.call("BITFIELD", "q:bf", "SET", "u8", "0", "98")).to.deep.equal([98]);
+      expect(await client.call("BITFIELD", "q:bf", "INCRBY", "u8", "0", "0")).to.deep.equal([98]);
+      expect(
+        await client.call("BITFIELD", "q:bf", "OVERFLOW", "FAIL", "INCRBY", "u8", "0", "300"),
+      ).to.deep.equal([null]);
+      expect(await client.setbit("q:bf", 1, 1)).to.equal(1);
+      expect(await client.setbit("q:bf", 0, 0)).to.equal(0);
+      expect(await client.setbit("q:bf", 7, 1)).to.equal(0);
       // GETEX PERSIST: "persist" only when there was a TTL to remove.
-      expect(await client.call("GETEX", "q:bf", "PERSIST")).to.equal("b");
+      expect(await client.call("GETEX", "q:bf", "PERSIST")).to.equal("c");
       await client.pexpire("q:bf", 100_000);
-      expect(await client.call("GETEX", "q:bf", "PERSIST")).to.equal("b");
+      expect(await client.call("GETEX", "q:bf", "PERSIST")).to.equal("c");
       // An increment of 0 leaves an existing member's score alone; a new member is added.
       await client.zadd("q:z", 1, "a");
       expect(await client.call("ZADD", "q:z", "INCR", "0", "a")).to.equal("1");
@@ -66,11 +75,25 @@ describe("write journal: writes that may notify nothing", () => {
       expect(await client.zincrby("q:z", "-0.0", "a")).to.equal("1");
       expect(await client.zincrby("q:z", 0, "b")).to.equal("0");
       expect(await client.zincrby("q:z", 2, "a")).to.equal("3");
+      // An increment lost in a large score's precision changes nothing.
+      await client.zadd("q:big", "1e17", "a");
+      expect(await client.zincrby("q:big", 1, "a")).to.equal("1e+17");
+      expect(await client.call("ZADD", "q:big", "INCR", "1", "a")).to.equal("1e+17");
+      // STORE and STOREDIST both: Redis writes the last one named.
+      expect(
+        await client.call("GEORADIUS", "q:geo", "0", "0", "1", "km", "STOREDIST", "q:sd1", "STORE", "q:sd2"),
+      ).to.equal(1);
+      // GETEX EXAT in the past deletes the key: "del".
+      await client.set("q:gx", "v");
+      expect(await client.call("GETEX", "q:gx", "EXAT", "1")).to.equal("v");
       // Past the journal's settle (a barrier each second).
       await new Promise((r) => setTimeout(r, 3000));
       expect(seen).to.include("del q:there");
       expect(seen).to.include("zincr q:z");
       expect(seen).to.include("georadiusstore q:gs");
+      expect(seen).to.include("georadiusstore q:sd2");
+      expect(seen).to.include("del q:gx");
+      expect(seen).to.include("setbit q:bf");
       expect((await client.lrange("rg-log", 0, -1)).sort()).to.deep.equal([...seen].sort());
     } finally {
       client.disconnect();

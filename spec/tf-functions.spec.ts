@@ -271,7 +271,9 @@ for (const [server, mode] of SERVERS_AND_MODES) {
          const deeper = (k) => deeper(k + 1) + 1;
          redis.registerFunction('deep', () => deeper(0));
          redis.registerAsyncFunction('deepAsync', async (client) => { await client.callAsync('ping'); return deeper(0); });
-         redis.registerFunction('caught', () => { try { return deeper(0); } catch (e) { return 'caught ' + (e instanceof Error); } });
+         redis.registerFunction('caught', () => { try { return deeper(0); } catch (e) { return 'caught ' + (e instanceof RangeError); } });
+         const deeperCalls = (client, k) => { client.call('set', 'deep-calls', String(k)); return deeperCalls(client, k + 1) + 1; };
+         redis.registerFunction('deepCalls', (client) => deeperCalls(client, 0));
          let calls = 0;
          redis.registerFunction('calls', () => ++calls);`,
       );
@@ -288,6 +290,10 @@ for (const [server, mode] of SERVERS_AND_MODES) {
         "RangeError: Maximum call stack size exceeded",
       );
       expect(await t.c.call("TFCALL", "env.caught", "0")).to.equal("caught true");
+      // An overflow inside client.call's own work (its reply read) too.
+      expect(await rejection(t.c.call("TFCALL", "env.deepCalls", "1", "deep-calls"))).to.equal(
+        "RangeError: Maximum call stack size exceeded",
+      );
       // The library's state lived through them: the same isolate goes on.
       expect(await t.c.call("TFCALL", "env.calls", "0")).to.equal(2);
     });

@@ -171,6 +171,11 @@ export class Router implements ClusterSender {
     return this.cluster === null ? this.topology.nodeForSlot(0).sharedConnection(affinity, proto) : null;
   }
 
+  /** Whether the upstream knows the command `name` (lower case); true while its table is unknown. */
+  knowsCommand(name: string): boolean {
+    return this.commands === null || this.commands.size === 0 || this.commands.lookup(name, []) !== undefined;
+  }
+
   /**
    * In a cluster, the slot of a client's request that may join its ClusterRuns, or -1 when it
    * takes forward(): its keys (one at a fixed place, or a splittable command's, MSET's or
@@ -178,11 +183,6 @@ export class Router implements ClusterSender {
    * (the runs split it). Fanned-out commands, scripts the cache must see and reads that may
    * go to a replica take forward().
    */
-  /** Whether the upstream knows the command `name` (lower case); true while its table is unknown. */
-  knowsCommand(name: string): boolean {
-    return this.commands === null || this.commands.size === 0 || this.commands.lookup(name, []) !== undefined;
-  }
-
   runSlotOf(name: string, request: Request): number {
     let key = this.runKeys.get(name);
     if (key === undefined) {

@@ -35,9 +35,8 @@ const EVENT_OF: Record<string, string> = {
   hsetex: "hset",
   hgetex: "hexpire",
   hgetdel: "hdel",
-  // BITOP stores a string; BITFIELD's writes notify as SETBIT; GETEX followed only with an expiry.
+  // BITOP stores a string; GETEX is followed only with EX or PX.
   bitop: "set",
-  bitfield: "setbit",
   getex: "expire",
   georadius: "georadiusstore",
   georadiusbymember: "georadiusstore",
@@ -352,6 +351,8 @@ export class WriteJournal {
     )
       return null;
     if (keys.length === 1) return this.watchOne(name, argv, keys[0], db);
+    // GEORADIUS ... STORE a STOREDIST b writes the last named; the key specs list STORE's first.
+    if ((name === "georadius" || name === "georadiusbymember") && keys.length > 2) return null;
     const names = writtenKeys(
       name,
       keys.filter((k) => !isProxyKey(k)).map((k) => k.toString("latin1")),
@@ -712,43 +713,27 @@ function sameLatin1(frame: Buffer, start: number, text: string): boolean {
   return true;
 }
 
-/** BITFIELD's subcommands that write. */
-const BITFIELD_WRITES = /^(set|incrby)$/i;
-const ZADD_FLAGS = /^(nx|xx|gt|lt|ch)$/i;
+/** Writes that notify only when a value actually changed, which their reply does not tell. */
+const VALUE_CHANGES_ONLY = new Set(["setbit", "bitfield", "zincrby"]);
+const ZADD_INCR = /^incr$/i;
+/** GETEX options that may change nothing (PERSIST of a key without a TTL) or delete (a time past). */
+const GETEX_UNTOLD = /^(persist|exat|pxat)$/i;
 
 /**
- * Writes not followed because their reply cannot tell whether they notified: the notification,
- * if any, comes as from any writer. BITFIELD with only GET (and OVERFLOW) reads, as
- * GEORADIUS naming one key does; GETEX PERSIST
- * notifies only when the key had a TTL; an increment of 0 (ZINCRBY, ZADD INCR) leaves a member
- * already there unchanged, without a notification, but adds a new one.
+ * Writes not followed because their reply cannot tell whether, or what, they notified: the
+ * notification, if any, comes as from any writer. SETBIT, BITFIELD and ZINCRBY (ZADD INCR)
+ * notify only when a bit or a score really changed (a BITFIELD of GETs reads; an increment
+ * too small for a large score changes nothing); GEORADIUS naming one key reads; GETEX PERSIST
+ * notifies only when the key had a TTL, and EXAT/PXAT in the past deletes ("del").
  */
 function mayNotifyNothing(name: string, argv: readonly Buffer[]): boolean {
-  if (name === "bitfield") {
-    for (let i = 2; i < argv.length; i++) if (BITFIELD_WRITES.test(argv[i].toString("latin1"))) return false;
-    return true;
-  }
+  if (VALUE_CHANGES_ONLY.has(name)) return true;
   // GEORADIUS without STORE or STOREDIST reads (its one key is the source).
   if (name === "georadius" || name === "georadiusbymember") return true;
-  if (name === "getex") return argv.some((a, i) => i > 1 && /^persist$/i.test(a.toString("latin1")));
-  if (name === "zincrby") return argv.length > 2 && isZero(argv[2]);
-  if (name === "zadd") {
-    let i = 2;
-    let incr = false;
-    for (; i < argv.length; i++) {
-      const flag = argv[i].toString("latin1");
-      if (/^incr$/i.test(flag)) incr = true;
-      else if (!ZADD_FLAGS.test(flag)) break;
-    }
-    return incr && i < argv.length && isZero(argv[i]);
-  }
+  if (name === "getex") return argv.some((a, i) => i > 1 && GETEX_UNTOLD.test(a.toString("latin1")));
+  if (name === "zadd")
+    return argv.some((a, i) => i > 1 && a.length === 4 && ZADD_INCR.test(a.toString("latin1")));
   return false;
-}
-
-/** Whether a score argument reads as 0 (or -0), as Redis' strtod would. */
-function isZero(arg: Buffer): boolean {
-  const text = arg.toString("latin1");
-  return text.length > 0 && text.trim() === text && Number(text) === 0;
 }
 
 /** Whether a write's reply says it changed nothing, so it emitted no notification. */

@@ -11,6 +11,10 @@ const CONSOLE_METHODS = ["log", "info", "warn", "error", "debug", "trace", "dir"
 
 export function shapeGlobals(): void {
   for (const name of REMOVED) delete g[name];
+  // A stack overflow caught by the library is `instanceof RangeError`, as V8's was.
+  const internal = g.InternalError as { prototype: object } | undefined;
+  const range = g.RangeError as { prototype: object };
+  if (internal !== undefined) Object.setPrototypeOf(internal.prototype, range.prototype);
   const noop = (): void => {};
   const console: Record<string, () => void> = {};
   for (const m of CONSOLE_METHODS) console[m] = noop;
@@ -22,15 +26,18 @@ export function shapeGlobals(): void {
   });
 }
 
+/** The classes QuickJS throws its "stack overflow" as (the parser's, in JSON.parse or eval, a SyntaxError). */
+const OVERFLOW_CLASSES = new Set(["InternalError", "SyntaxError", "RangeError"]);
+
 /**
- * A guest stack overflow: QuickJS's InternalError("stack overflow") where V8 threw a
- * RangeError. In T&F it was an ordinary exception, so it is answered with V8's text.
+ * A guest stack overflow: QuickJS's "stack overflow" where V8 threw a RangeError. In T&F it
+ * was an ordinary exception, so it is answered with V8's text.
  */
 export function isStackOverflow(e: unknown): boolean {
   return (
     e !== null &&
     typeof e === "object" &&
-    (e as { name?: unknown }).name === "InternalError" &&
+    OVERFLOW_CLASSES.has((e as { name?: unknown }).name as string) &&
     (e as { message?: unknown }).message === "stack overflow"
   );
 }
