@@ -1,6 +1,5 @@
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
 import type { RespValue } from "../resp/values.js";
-import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import type { SlotRange } from "../upstream/topology.js";
@@ -78,10 +77,11 @@ export class Shards {
 
   /**
    * The replicas of a master (ids as host:port), as the master itself lists them (INFO
-   * replication); none in front of one server, where the proxy follows no failover.
+   * replication); none in front of one server, where the proxy follows no failover (a
+   * cluster's and Sentinel's replicas are listed: either may be promoted).
    */
   async replicasOf(shard: string): Promise<string[]> {
-    if (!this.clustered) return [];
+    if (!this.router.topology.followsFailovers) return [];
     const info = await this.callNode(shard, ["INFO", "replication"]);
     const text = Buffer.isBuffer(info) ? info.toString() : typeof info === "string" ? info : "";
     const out: string[] = [];
@@ -216,13 +216,13 @@ export class Shards {
     for (const listener of [...this.listeners]) listener();
   }
 
-  /** The master named `shard`, or (no longer a master) the node at that address. */
+  /** The master named `shard`, or (a replica, or no longer a master) the node at that address. */
   private node(shard: string): UpstreamNode {
     const topology = this.router.topology;
     const found = topology.masters().find((n) => n.id === shard);
-    if (found !== undefined || topology.mode !== "cluster") return found ?? topology.nodeForSlot(0);
+    if (found !== undefined) return found;
     const colon = shard.lastIndexOf(":");
-    return (topology as ClusterTopology).nodeAt(shard.slice(0, colon), Number(shard.slice(colon + 1)));
+    return topology.nodeAt(shard.slice(0, colon), Number(shard.slice(colon + 1)));
   }
 }
 
