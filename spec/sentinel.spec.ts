@@ -631,6 +631,66 @@ describe("Redis Sentinel: replicas prepared, the old master retired, what INFO a
   });
 });
 
+describe("Redis Sentinel: a master demoted behind the proxy's back (READONLY)", function () {
+  this.timeout(60_000);
+  let d: SentinelDeployment | undefined;
+  let other: RedisNode | undefined;
+  let proxy: RunningProxy | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    d = await startSentinels();
+    other = await startRedis();
+    proxy = await startProxy([], sentinelOptions(d));
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    await proxy?.close();
+    await d?.stop();
+    await other?.stop();
+  });
+
+  it("a write answered -READONLY (its outcome watched by the gears journal) makes the topology ask the sentinels at once; other errors do not", async () => {
+    const io = new Redis({ port: proxy!.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+    const master = d!.nodes[0];
+    const topology = (proxy!.server as unknown as { context: ProxyContext }).context.router.topology;
+    // Counted when asked for; the periodic check and the failover events do not go through refresh().
+    let refreshes = 0;
+    const refresh = topology.refresh.bind(topology);
+    topology.refresh = () => {
+      refreshes++;
+      return refresh();
+    };
+    try {
+      // A registration: the gears journal follows the writes, and reads their replies.
+      await io.call("RG.EXECUTE", "GB().foreach(x => {}).register()");
+      await io.set("ro:k", "v");
+      await io.set("ro:w", "v");
+      const wrongType = await io.lpush("ro:w", "x").then(
+        () => "",
+        (e: Error) => e.message,
+      );
+      expect(wrongType).to.match(/^WRONGTYPE/);
+      expect(refreshes, "refreshes after a success and a WRONGTYPE").to.equal(0);
+
+      // The master made a replica of another server, without the sentinels' doing.
+      expect(await master.call("REPLICAOF", "127.0.0.1", String(other!.port))).to.equal("OK");
+      const err = await io.set("ro:k2", "v").then(
+        () => "",
+        (e: Error) => e.message,
+      );
+      expect(err).to.match(/^READONLY/);
+      expect(refreshes, "refreshes once the READONLY reply is in").to.be.at.least(1);
+    } finally {
+      topology.refresh = refresh;
+      await master.call("REPLICAOF", "NO", "ONE").catch(() => {});
+      io.disconnect();
+    }
+  });
+});
+
 describe("UpstreamNode.retire(): a node that is no longer the master", function () {
   let redis: RedisNode | undefined;
 

@@ -166,7 +166,12 @@ export class Shards {
       return {
         reply: (data) => {
           sink.reply(data);
-          done(data[0] === 45 /* - */ ? null : data);
+          if (data[0] !== 45 /* - */) return done(data);
+          // A master that answers READONLY was demoted behind the proxy's back: the topology
+          // is re-read now (Sentinel: the sentinels asked), not at its next periodic check.
+          // Looked at here because this branch reads error replies anyway; others' are not.
+          if (isReadOnlyError(data)) void router.topology.refresh().catch(() => {});
+          done(null);
         },
         fail: (message) => {
           sink.fail(message);
@@ -224,6 +229,15 @@ export class Shards {
     const colon = shard.lastIndexOf(":");
     return topology.nodeAt(shard.slice(0, colon), Number(shard.slice(colon + 1)));
   }
+}
+
+const READONLY = Buffer.from("-READONLY ");
+
+/** Whether an error reply is "-READONLY You can't write against a read only replica." */
+function isReadOnlyError(reply: Buffer): boolean {
+  return (
+    reply.length > READONLY.length && reply.compare(READONLY, 0, READONLY.length, 0, READONLY.length) === 0
+  );
 }
 
 function shardOf(node: UpstreamNode): Shard {
