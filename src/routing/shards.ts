@@ -106,7 +106,7 @@ export class Shards {
 
   /** A command to exactly that node, no redirect (its configuration, its own SCAN). */
   callNode(shard: string, argv: readonly Arg[]): Promise<RespValue> {
-    return this.node(shard).call(argv);
+    return this.nodeNamed(shard).call(argv);
   }
 
   /** An encoded command to one master; resolves with the reply's bytes, error replies too. */
@@ -221,8 +221,19 @@ export class Shards {
     for (const listener of [...this.listeners]) listener();
   }
 
-  /** The master named `shard`, or (a replica, or no longer a master) the node at that address. */
+  /**
+   * The master named `shard`; for one no longer a master, in a cluster the node at that
+   * address (its MOVED leads on), in front of one server the master now (nothing would).
+   */
   private node(shard: string): UpstreamNode {
+    const topology = this.router.topology;
+    const found = topology.masters().find((n) => n.id === shard);
+    if (found !== undefined) return found;
+    return topology.mode === "cluster" ? this.nodeNamed(shard) : topology.nodeForSlot(0);
+  }
+
+  /** Exactly the node at host:port `shard`, a master or not (a replica's configuration). */
+  private nodeNamed(shard: string): UpstreamNode {
     const topology = this.router.topology;
     const found = topology.masters().find((n) => n.id === shard);
     if (found !== undefined) return found;

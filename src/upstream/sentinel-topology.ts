@@ -263,7 +263,8 @@ export class SentinelTopology implements Topology {
 
   /** INFO proxy's line, in the manner of Redis Sentinel's own `master0:name=...,status=ok,address=...`. */
   infoLines(): string[] {
-    const status = this.fenced !== null ? "failover" : this.current.reachable ? "ok" : "down";
+    const held = this.fenced !== null && this.fenced.until > Date.now();
+    const status = held ? "failover" : this.current.reachable ? "ok" : "down";
     return [
       `sentinel_master:name=${this.name},status=${status},addr=${this.current.id},epoch=${this.epoch},` +
         `switches=${this.switches},sentinels=${this.sentinels.ids.length}`,
