@@ -604,6 +604,10 @@ describe("Redis Sentinel: replicas prepared, the old master retired, what INFO a
 
     const oldNode = topology.masters()[0];
     expect(oldNode.id).to.equal(`127.0.0.1:${first.port}`);
+    // The replica is reached by its own node (opened by the flags' CONFIG calls), not the master's.
+    const replicaNode = topology.nodeAt("127.0.0.1", replica.port);
+    expect(replicaNode).to.not.equal(oldNode);
+    expect(replicaNode.connectionCount).to.be.at.least(1);
     expect(await d!.sentinels[0].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
     const now = await d!.waitForNewMaster(first);
     expect(now).to.equal(replica);
@@ -622,6 +626,13 @@ describe("Redis Sentinel: replicas prepared, the old master retired, what INFO a
     expect(stale).to.match(/no longer the master/);
     expect(oldNode.connectionCount).to.equal(0);
     expect(oldNode.control()).to.equal(null);
+    // The replica's node is closed once it is the master: the master's node serves that address.
+    expect(replicaNode.connectionCount).to.equal(0);
+    expect(topology.nodeAt("127.0.0.1", now.port)).to.equal(topology.masters()[0]);
+    // The demoted master is still reachable as a replica, through a node of its own.
+    const demoted = topology.nodeAt("127.0.0.1", first.port);
+    expect(demoted).to.not.equal(oldNode);
+    expect(await demoted.call(["PING"])).to.equal("PONG");
 
     // Once the proxy listens on the new master (its keyevent pattern), a write made there
     // directly, not through the proxy, reaches the registration.
