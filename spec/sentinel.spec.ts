@@ -4,7 +4,14 @@ import { fileURLToPath } from "node:url";
 import { expect } from "chai";
 import { Redis } from "ioredis";
 import { createClient } from "redis";
-import { freePort, startProxy, type RedisNode, type RunningProxy } from "./harness/index.js";
+import {
+  freePort,
+  startProxy,
+  startRedis,
+  type RedisNode,
+  type RespValue,
+  type RunningProxy,
+} from "./harness/index.js";
 import { startSentinels, type SentinelDeployment } from "./harness/sentinel.js";
 import { parseArgs, UsageError } from "../src/cli.js";
 import {
@@ -14,6 +21,10 @@ import {
   type SentinelAnswer,
 } from "../src/upstream/sentinel-replies.js";
 import { sleep } from "./support/polling.js";
+import { metricsPage, sample } from "./support/metrics.js";
+import type { ProxyContext } from "../src/client/context.js";
+import { mergeNotifyFlags } from "../src/gears/events/keyspace-source.js";
+import { UpstreamNode } from "../src/upstream/node.js";
 
 /**
  * --sentinel: the proxy finds its master through Redis Sentinel and follows its failovers.
@@ -528,6 +539,210 @@ describe("Redis Sentinel: a failover that aborts", function () {
     } finally {
       process.kill(replica.pid, "SIGCONT");
       io.disconnect();
+    }
+  });
+});
+
+describe("Redis Sentinel: replicas prepared, the old master retired, what INFO and /metrics say", function () {
+  this.timeout(90_000);
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+  let io: Redis | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    d = await startSentinels();
+    proxy = await startProxy([], { ...sentinelOptions(d), metricsPort: 0 });
+    io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    io?.disconnect();
+    await proxy?.close();
+    await d?.stop();
+  });
+
+  /** INFO proxy's sentinel_master line, as fields. */
+  async function sentinelLine(): Promise<Record<string, string>> {
+    const info = await io!.info("proxy");
+    const line = /^sentinel_master:(.*)$/m.exec(info)?.[1]?.trim();
+    expect(line, "INFO proxy has a sentinel_master line").to.be.a("string");
+    return Object.fromEntries(line!.split(",").map((f) => f.split("=") as [string, string]));
+  }
+
+  const SWITCHES = `gears_proxy_sentinel_switches_total{master="mymaster"}`;
+
+  it("a KeysReader registration: the replica gets the keyevent flags from the start; after SENTINEL FAILOVER, INFO and /metrics name the switch, the old node opens no connection again, a write on the new master reaches the registration", async () => {
+    const c = io!;
+    const [first, replica] = d!.nodes;
+    const topology = (proxy!.server as unknown as { context: ProxyContext }).context.router.topology;
+    expect(topology.followsFailovers).to.equal(true);
+
+    expect(await sentinelLine()).to.deep.include({
+      name: "mymaster",
+      status: "ok",
+      addr: `127.0.0.1:${first.port}`,
+      switches: "0",
+      sentinels: "3",
+    });
+    expect(sample(await metricsPage(proxy!), SWITCHES)).to.equal(0);
+
+    await c.call(
+      "RG.EXECUTE",
+      "GB().filter(x => x.key.startsWith('r:')).foreach(x => execute('SADD', 'r-seen', x.key)).register()",
+    );
+    // Set on the replica before any failover, so a promoted replica notifies from its first write.
+    await passes(async () => {
+      const flags = await replica.call("CONFIG", "GET", "notify-keyspace-events");
+      const current = String((flags as RespValue[])[1]);
+      expect(mergeNotifyFlags(current), `replica's notify-keyspace-events: '${current}'`).to.equal(current);
+    }, 10_000);
+    await c.set("r:before", "1");
+    await passes(async () => expect(await c.sismember("r-seen", "r:before")).to.equal(1));
+
+    const oldNode = topology.masters()[0];
+    expect(oldNode.id).to.equal(`127.0.0.1:${first.port}`);
+    // The replica is reached by its own node (opened by the flags' CONFIG calls), not the master's.
+    const replicaNode = topology.nodeAt("127.0.0.1", replica.port);
+    expect(replicaNode).to.not.equal(oldNode);
+    expect(replicaNode.connectionCount).to.be.at.least(1);
+    expect(await d!.sentinels[0].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
+    const now = await d!.waitForNewMaster(first);
+    expect(now).to.equal(replica);
+    await passes(async () => expect(await proxyMasterPort(c)).to.equal(now.port), 10_000);
+
+    const line = await sentinelLine();
+    expect(line).to.deep.include({ addr: `127.0.0.1:${now.port}`, switches: "1" });
+    expect(Number(line.epoch)).to.be.above(0);
+    expect(sample(await metricsPage(proxy!), SWITCHES)).to.equal(1);
+
+    // The demoted master's node is retired: a reference kept to it opens no connection there.
+    const stale = await oldNode.call(["PING"]).then(
+      (reply) => `answered ${String(reply)}`,
+      (err: Error) => err.message,
+    );
+    expect(stale).to.match(/no longer the master/);
+    expect(oldNode.connectionCount).to.equal(0);
+    expect(oldNode.control()).to.equal(null);
+    // The replica's node is closed once it is the master: the master's node serves that address.
+    expect(replicaNode.connectionCount).to.equal(0);
+    expect(topology.nodeAt("127.0.0.1", now.port)).to.equal(topology.masters()[0]);
+    // The demoted master is still reachable as a replica, through a node of its own.
+    const demoted = topology.nodeAt("127.0.0.1", first.port);
+    expect(demoted).to.not.equal(oldNode);
+    expect(await demoted.call(["PING"])).to.equal("PONG");
+
+    // Once the proxy listens on the new master (its keyevent pattern), a write made there
+    // directly, not through the proxy, reaches the registration.
+    await passes(async () => expect(Number(await now.call("PUBSUB", "NUMPAT"))).to.be.at.least(1), 10_000);
+    expect(await now.call("SET", "r:direct", "1")).to.equal("OK");
+    await passes(async () => expect(await now.call("SISMEMBER", "r-seen", "r:direct")).to.equal(1), 10_000);
+  });
+});
+
+describe("Redis Sentinel: a master demoted behind the proxy's back (READONLY)", function () {
+  this.timeout(60_000);
+  let d: SentinelDeployment | undefined;
+  let other: RedisNode | undefined;
+  let proxy: RunningProxy | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    d = await startSentinels();
+    other = await startRedis();
+    proxy = await startProxy([], sentinelOptions(d));
+  });
+
+  after(async function () {
+    this.timeout(30_000);
+    await proxy?.close();
+    await d?.stop();
+    await other?.stop();
+  });
+
+  it("a write answered -READONLY (its outcome watched by the gears journal) makes the topology ask the sentinels at once; other errors do not", async () => {
+    const io = new Redis({ port: proxy!.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+    const master = d!.nodes[0];
+    const topology = (proxy!.server as unknown as { context: ProxyContext }).context.router.topology;
+    // Counted when asked for; the periodic check and the failover events do not go through refresh().
+    let refreshes = 0;
+    const refresh = topology.refresh.bind(topology);
+    topology.refresh = () => {
+      refreshes++;
+      return refresh();
+    };
+    try {
+      // A registration: the gears journal follows the writes, and reads their replies.
+      await io.call("RG.EXECUTE", "GB().foreach(x => {}).register()");
+      await io.set("ro:k", "v");
+      await io.set("ro:w", "v");
+      const wrongType = await io.lpush("ro:w", "x").then(
+        () => "",
+        (e: Error) => e.message,
+      );
+      expect(wrongType).to.match(/^WRONGTYPE/);
+      expect(refreshes, "refreshes after a success and a WRONGTYPE").to.equal(0);
+
+      // The master made a replica of another server, without the sentinels' doing.
+      expect(await master.call("REPLICAOF", "127.0.0.1", String(other!.port))).to.equal("OK");
+      const err = await io.set("ro:k2", "v").then(
+        () => "",
+        (e: Error) => e.message,
+      );
+      expect(err).to.match(/^READONLY/);
+      expect(refreshes, "refreshes once the READONLY reply is in").to.be.at.least(1);
+    } finally {
+      topology.refresh = refresh;
+      await master.call("REPLICAOF", "NO", "ONE").catch(() => {});
+      io.disconnect();
+    }
+  });
+});
+
+describe("UpstreamNode.retire(): a node that is no longer the master", function () {
+  let redis: RedisNode | undefined;
+
+  before(async () => {
+    redis = await startRedis();
+  });
+
+  after(async () => {
+    await redis?.stop();
+  });
+
+  it("fails what is sent to it from then on and opens no connection again, shared, dedicated or control", async () => {
+    const node = new UpstreamNode(
+      { host: "127.0.0.1", port: redis!.port },
+      { sharedConnections: 2, connectTimeoutMs: 2000 },
+    );
+    try {
+      expect(await node.call(["SET", "retire:k", "1"])).to.equal("OK");
+      const before = String(await redis!.call("CLIENT", "LIST"))
+        .trim()
+        .split("\n").length;
+      node.retire();
+      const err = await node.call(["GET", "retire:k"], 0, 1).then(
+        () => null,
+        (e: Error) => e.message,
+      );
+      expect(err).to.equal(`ERR upstream ${node.id} is no longer the master`);
+      expect(node.sharedConnection(0)).to.equal(null);
+      expect(node.acquire()).to.equal(null);
+      expect(node.control()).to.equal(null);
+      expect(node.failure).to.match(/no longer the master/);
+      expect(node.reachable).to.equal(false);
+      expect(node.connectionCount).to.equal(0);
+      await passes(async () => {
+        const after = String(await redis!.call("CLIENT", "LIST"))
+          .trim()
+          .split("\n").length;
+        expect(after, "connections the server sees (the harness's own included)").to.be.below(before);
+      });
+    } finally {
+      node.close();
     }
   });
 });

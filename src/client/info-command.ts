@@ -37,6 +37,7 @@ export function proxySection(ctx: ProxyContext): string {
       `upstream${i}:addr=${node.id},role=master,connections=${node.connectionCount},down=${node.down ? 1 : 0}`,
     );
   });
+  lines.push(...(topology.infoLines?.() ?? []));
   return lines.join("\r\n") + "\r\n";
 }
 

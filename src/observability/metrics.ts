@@ -67,6 +67,7 @@ export class Metrics {
   /** Prepared children per "<lib>.<fn>": [calls, errors]. */
   private readonly tfSeries = new Map<string, [Counter.Internal, Counter.Internal]>();
   private readonly roundTrips: FastHistogram;
+  private readonly sentinelSwitches: Counter<"master">;
   /** One observe function per node, handed to each of its connections. */
   private readonly roundTripObservers = new Map<string, (seconds: number) => void>();
   /** One observe function per command name (see FastHistogram for why not prom-client's). */
@@ -125,6 +126,14 @@ export class Metrics {
       "retry:CLUSTERDOWN": retries.labels("CLUSTERDOWN"),
       "retry:connect": retries.labels("connect"),
     };
+    this.sentinelSwitches = new Counter({
+      name: "gears_proxy_sentinel_switches_total",
+      help: "Times the master followed through Redis Sentinel moved to another node (a failover the proxy followed), by master name.",
+      labelNames: ["master"],
+      // With --threads every thread follows the same master and counts the same switch.
+      aggregator: "max",
+      registers,
+    });
     new Gauge({
       name: "gears_proxy_upstream_in_flight",
       help: "Requests sent to an upstream master and awaiting its reply, read at scrape time.",
@@ -290,6 +299,11 @@ export class Metrics {
 
   clientBytesOut(n: number): void {
     this.bytesOut += n;
+  }
+
+  /** NodeObserver (src/upstream/node.ts): the Sentinel master `master` moved to another node. */
+  sentinelSwitch(master: string): void {
+    this.sentinelSwitches.inc({ master });
   }
 
   /** NodeObserver (src/upstream/node.ts): the function that times requests to node `id`. */

@@ -1,6 +1,5 @@
 import { encodeCommand, encodeError, type Arg } from "../resp/encode.js";
 import type { RespValue } from "../resp/values.js";
-import type { ClusterTopology } from "../upstream/cluster-topology.js";
 import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import type { SlotRange } from "../upstream/topology.js";
@@ -79,10 +78,11 @@ export class Shards {
 
   /**
    * The replicas of a master (ids as host:port), as the master itself lists them (INFO
-   * replication); none in front of one server, where the proxy follows no failover.
+   * replication); none in front of one server, where the proxy follows no failover (a
+   * cluster's and Sentinel's replicas are listed: either may be promoted).
    */
   async replicasOf(shard: string): Promise<string[]> {
-    if (!this.clustered) return [];
+    if (!this.router.topology.followsFailovers) return [];
     const info = await this.callNode(shard, ["INFO", "replication"]);
     const text = Buffer.isBuffer(info) ? info.toString() : typeof info === "string" ? info : "";
     const out: string[] = [];
@@ -107,7 +107,7 @@ export class Shards {
 
   /** A command to exactly that node, no redirect (its configuration, its own SCAN). */
   callNode(shard: string, argv: readonly Arg[]): Promise<RespValue> {
-    return this.node(shard).call(argv);
+    return this.nodeNamed(shard).call(argv);
   }
 
   /** An encoded command to one master; resolves with the reply's bytes, error replies too. */
@@ -171,7 +171,12 @@ export class Shards {
       return {
         reply: (data) => {
           sink.reply(data);
-          done(data[0] === 45 /* - */ ? null : data);
+          if (data[0] !== 45 /* - */) return done(data);
+          // A master that answers READONLY was demoted behind the proxy's back: the topology
+          // is re-read now (Sentinel: the sentinels asked), not at its next periodic check.
+          // Looked at here because this branch reads error replies anyway; others' are not.
+          if (isReadOnlyError(data)) void router.topology.refresh().catch(() => {});
+          done(null);
         },
         fail: (message) => {
           sink.fail(message);
@@ -221,14 +226,34 @@ export class Shards {
     for (const listener of [...this.listeners]) listener();
   }
 
-  /** The master named `shard`, or (no longer a master) the node at that address. */
+  /**
+   * The master named `shard`; for one no longer a master, in a cluster the node at that
+   * address (its MOVED leads on), in front of one server the master now (nothing would).
+   */
   private node(shard: string): UpstreamNode {
     const topology = this.router.topology;
     const found = topology.masters().find((n) => n.id === shard);
-    if (found !== undefined || topology.mode !== "cluster") return found ?? topology.nodeForSlot(0);
-    const colon = shard.lastIndexOf(":");
-    return (topology as ClusterTopology).nodeAt(shard.slice(0, colon), Number(shard.slice(colon + 1)));
+    if (found !== undefined) return found;
+    return topology.mode === "cluster" ? this.nodeNamed(shard) : topology.nodeForSlot(0);
   }
+
+  /** Exactly the node at host:port `shard`, a master or not (a replica's configuration). */
+  private nodeNamed(shard: string): UpstreamNode {
+    const topology = this.router.topology;
+    const found = topology.masters().find((n) => n.id === shard);
+    if (found !== undefined) return found;
+    const colon = shard.lastIndexOf(":");
+    return topology.nodeAt(shard.slice(0, colon), Number(shard.slice(colon + 1)));
+  }
+}
+
+const READONLY = Buffer.from("-READONLY ");
+
+/** Whether an error reply is "-READONLY You can't write against a read only replica." */
+function isReadOnlyError(reply: Buffer): boolean {
+  return (
+    reply.length > READONLY.length && reply.compare(READONLY, 0, READONLY.length, 0, READONLY.length) === 0
+  );
 }
 
 function shardOf(node: UpstreamNode): Shard {

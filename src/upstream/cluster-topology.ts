@@ -60,6 +60,7 @@ export function parseClusterSlots(reply: RespValue, queried: HostPort): ShardVie
  */
 export class ClusterTopology implements Topology {
   readonly mode = "cluster" as const;
+  readonly followsFailovers = true;
   private readonly slots = new Array<UpstreamNode | undefined>(SLOT_COUNT);
   /** Replicas of each master, for --read-from-replicas. */
   private replicasOf = new Map<UpstreamNode, UpstreamNode[]>();

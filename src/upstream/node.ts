@@ -9,6 +9,8 @@ import { PromiseSink, type ReplySink } from "./reply-sink.js";
 export interface NodeObserver {
   /** The function told each request's round trip to node `id`, in seconds. */
   roundTripFor(id: string): (seconds: number) => void;
+  /** The master followed through Redis Sentinel named `master` moved to another node. */
+  sentinelSwitch?(master: string): void;
 }
 
 /** Idle dedicated connections kept per node for the next transaction or blocking call. */
@@ -40,6 +42,8 @@ export class UpstreamNode {
   private lastFailure = "";
   /** Set from the first failure until a connection succeeds again, so each outage logs twice only. */
   private lost = false;
+  /** Set by retire(): no connection is opened to this node again. */
+  private retired = false;
   /** Where "upstream lost" and "upstream back" go; unset while the proxy only probes a seed. */
   log: Logger | undefined;
 
@@ -70,15 +74,15 @@ export class UpstreamNode {
     return !this.lost && !this.down;
   }
 
-  /** True while the node refuses connections and we are backing off. */
+  /** True while the node refuses connections and we are backing off, and for good once retired. */
   get down(): boolean {
-    return Date.now() < this.downUntil;
+    return this.retired || Date.now() < this.downUntil;
   }
 
   /** Sends on the shared connection assigned to `affinity`, so one client's commands stay in order. */
   send(affinity: number, payload: Buffer, sink: ReplySink, db: number, proto: Protocol = 2): void {
     const conn = this.sharedConnection(affinity, proto);
-    if (conn === null) sink.fail(this.lastFailure);
+    if (conn === null) sink.fail(this.failure);
     else conn.send(payload, sink, db);
   }
 
@@ -159,7 +163,17 @@ export class UpstreamNode {
 
   /** Why the node is unusable, as a RESP error text. */
   get failure(): string {
-    return this.lastFailure;
+    return this.retired ? `ERR upstream ${this.id} is no longer the master` : this.lastFailure;
+  }
+
+  /**
+   * Closes the node for good: the node is no longer the master (a Sentinel failover), and a
+   * reference to it kept somewhere (a request in flight, a gears room) must not open a
+   * connection to it again and write there. Everything sent to it from now fails at once.
+   */
+  retire(): void {
+    this.retired = true;
+    this.close();
   }
 
   close(): void {

@@ -181,7 +181,7 @@ export class Sentinels {
  * sentinels promote a replica. The sentinels are asked again on their failover events, when
  * the master's connection is lost, and every second; a new address is taken only from the
  * answer with the highest config epoch and once the node itself says ROLE master. On a switch
- * the old node is closed: replies it still owed fail as when an upstream dies, and masters()
+ * the old node is retired (closed, and never reopened): replies it still owed fail as when an upstream dies, and masters()
  * names the new node, which is how everything that keeps state per master (keyspace
  * subscriptions, leases, tracking links) notices.
  *
@@ -192,7 +192,12 @@ export class Sentinels {
  */
 export class SentinelTopology implements Topology {
   readonly mode = "standalone" as const;
+  readonly followsFailovers = true;
   private current: UpstreamNode;
+  /** Nodes other than the master the proxy was asked to reach (its replicas), by host:port. */
+  private readonly others = new Map<string, UpstreamNode>();
+  /** How many times the master moved to another node since the start. */
+  private switches = 0;
   private list: UpstreamNode[];
   /** The config epoch of the current master's address: older answers are ignored. */
   private epoch: number;
@@ -217,7 +222,7 @@ export class SentinelTopology implements Topology {
     private readonly options: NodeOptions,
     private readonly log: Logger,
   ) {
-    this.current = this.nodeAt(address);
+    this.current = this.candidateAt(address);
     this.current.log = log;
     this.list = [this.current];
     this.epoch = epoch;
@@ -240,6 +245,32 @@ export class SentinelTopology implements Topology {
     return ALL_SLOTS;
   }
 
+  /**
+   * The master, or another node of the deployment (a replica whose notify-keyspace-events
+   * the gears rooms set before it may be promoted): created on first use, kept until the
+   * topology closes or the node becomes the master.
+   */
+  nodeAt(host: string, port: number): UpstreamNode {
+    const id = `${host}:${port}`;
+    if (id === this.current.id) return this.current;
+    let node = this.others.get(id);
+    if (node === undefined) {
+      node = new UpstreamNode({ host, port }, { ...this.options, log: undefined });
+      this.others.set(id, node);
+    }
+    return node;
+  }
+
+  /** INFO proxy's line, in the manner of Redis Sentinel's own `master0:name=...,status=ok,address=...`. */
+  infoLines(): string[] {
+    const held = this.fenced !== null && this.fenced.until > Date.now();
+    const status = held ? "failover" : this.current.reachable ? "ok" : "down";
+    return [
+      `sentinel_master:name=${this.name},status=${status},addr=${this.current.id},epoch=${this.epoch},` +
+        `switches=${this.switches},sentinels=${this.sentinels.ids.length}`,
+    ];
+  }
+
   /** Asks the sentinels now (or joins the round under way). */
   refresh(): Promise<void> {
     return this.check();
@@ -251,9 +282,12 @@ export class SentinelTopology implements Topology {
     this.stopFailoverPolling();
     this.sentinels.close();
     this.current.close();
+    for (const node of this.others.values()) node.close();
+    this.others.clear();
   }
 
-  private nodeAt(address: HostPort): UpstreamNode {
+  /** A node that is, or may be about to become, the master: a lost connection to it makes the sentinels be asked. */
+  private candidateAt(address: HostPort): UpstreamNode {
     const node: UpstreamNode = new UpstreamNode(address, {
       ...this.options,
       log: undefined,
@@ -300,7 +334,7 @@ export class SentinelTopology implements Topology {
         this.epoch = Math.max(this.epoch, candidate.epoch);
         return;
       }
-      const node = this.nodeAt(candidate.address);
+      const node = this.candidateAt(candidate.address);
       const master = await isMaster(node);
       if (master && !this.closed) {
         this.switchTo(node, candidate.epoch);
@@ -315,6 +349,11 @@ export class SentinelTopology implements Topology {
     this.current = node;
     this.list = [node];
     this.epoch = epoch;
+    this.switches++;
+    this.options.observer?.sentinelSwitch?.(this.name);
+    // The replica's own node, if the gears rooms had one, is the master's now.
+    this.others.get(node.id)?.close();
+    this.others.delete(node.id);
     node.log = this.log;
     node.control();
     this.fenced = null;
@@ -323,8 +362,9 @@ export class SentinelTopology implements Topology {
       { master: this.name, from: old.id, to: node.id, epoch },
       `sentinel master '${this.name}' is now ${node.id} (was ${old.id})`,
     );
-    // Replies still owed fail as on a lost upstream; later commands go to the new master.
-    old.close();
+    // Replies still owed fail as on a lost upstream; later commands go to the new master, and
+    // one that still holds the old node fails rather than reopening a connection there.
+    old.retire();
   }
 
   private onEvent(event: SentinelEvent, sentinel: number): void {
