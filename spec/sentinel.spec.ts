@@ -16,7 +16,9 @@ import { startSentinels, type SentinelDeployment } from "./harness/sentinel.js";
 import { parseArgs, UsageError } from "../src/cli.js";
 import {
   configEpochOf,
+  masterStateOf,
   parseSentinelEvent,
+  peersOf,
   rankAnswers,
   type SentinelAnswer,
 } from "../src/upstream/sentinel-replies.js";
@@ -157,6 +159,25 @@ describe("Redis Sentinel: reading the sentinels' replies and events", () => {
       UsageError,
       /--sentinel-password needs --sentinel/,
     );
+  });
+
+  it("SENTINEL MASTER's down-after-milliseconds and failover flag, and SENTINEL SENTINELS' peers, are read", () => {
+    const master = ["name", "m", "flags", "master,failover_in_progress", "down-after-milliseconds", "30000"];
+    expect(masterStateOf(master.map((x) => Buffer.from(x)))).to.deep.equal({
+      downAfterMs: 30000,
+      failingOver: true,
+    });
+    expect(masterStateOf(["flags", "master"])).to.deep.equal({ downAfterMs: 0, failingOver: false });
+    expect(
+      peersOf([
+        ["name", "abc", "ip", "10.0.0.2", "port", "26379", "flags", "sentinel"],
+        ["ip", "10.0.0.3", "port", "x"],
+        ["ip", "10.0.0.4", "port", "26380"],
+      ]),
+    ).to.deep.equal([
+      { host: "10.0.0.2", port: 26379 },
+      { host: "10.0.0.4", port: 26380 },
+    ]);
   });
 
   it("answers are ranked by config epoch, each address once, and those older than the epoch followed are left out", () => {
@@ -416,6 +437,23 @@ describe("Redis Sentinel: following a failover (ioredis and node-redis, default 
   });
 
   it("SENTINEL FAILOVER: writes succeed again within seconds, on the new master, none acknowledged lost", async () => {
+    await acrossFailover(d!, proxy!, async () => {
+      expect(await d!.sentinels[0].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
+      return null;
+    });
+  });
+
+  it("one sentinel listed, not the one leading the failover: the proxy learns the others and holds writes from the failover's start: none acknowledged lost", async () => {
+    await proxy!.close();
+    proxy = await startProxy([], {
+      sentinels: [{ host: "127.0.0.1", port: d!.sentinels[2].port }],
+      sentinelMaster: d!.name,
+    });
+    // Subscribed to the leader too, which it was not told of: its 11 event channels (CLIENT LIST sub=11).
+    await passes(
+      async () => expect(String(await d!.sentinels[0].call("CLIENT", "LIST"))).to.match(/ sub=11 /),
+      10_000,
+    );
     await acrossFailover(d!, proxy!, async () => {
       expect(await d!.sentinels[0].call("SENTINEL", "FAILOVER", d!.name)).to.equal("OK");
       return null;

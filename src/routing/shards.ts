@@ -61,6 +61,11 @@ export class Shards {
     return this.router.topology.mode === "cluster";
   }
 
+  /** Whether the masters may move (a cluster, Sentinel): a lost one is worth asking the topology about. */
+  get followsFailovers(): boolean {
+    return this.router.topology.followsFailovers;
+  }
+
   /** Every master, each once, ordered by the first slot it serves (partition order). */
   masters(): Shard[] {
     return this.router.topology.masters().map(shardOf);
@@ -82,7 +87,7 @@ export class Shards {
    * cluster's and Sentinel's replicas are listed: either may be promoted).
    */
   async replicasOf(shard: string): Promise<string[]> {
-    if (!this.router.topology.followsFailovers) return [];
+    if (!this.followsFailovers) return [];
     const info = await this.callNode(shard, ["INFO", "replication"]);
     const text = Buffer.isBuffer(info) ? info.toString() : typeof info === "string" ? info : "";
     const out: string[] = [];

@@ -81,8 +81,49 @@ export function parseSentinelEvent(channel: string, message: string): SentinelEv
 }
 
 /** One sentinel's answer about the master. */
+/** What SENTINEL MASTER says of the master besides its epoch. */
+export interface MasterState {
+  /** Its down-after-milliseconds: how long a master may not answer before it counts as down. */
+  downAfterMs: number;
+  /** A failover of it is under way on this sentinel (flags: failover_in_progress). */
+  failingOver: boolean;
+}
+
+/** The fields of SENTINEL MASTER's reply (a flat field/value list in RESP2) the proxy reads. */
+export function masterStateOf(reply: RespValue): MasterState {
+  const state: MasterState = { downAfterMs: 0, failingOver: false };
+  if (!Array.isArray(reply)) return state;
+  for (let i = 0; i + 1 < reply.length; i += 2) {
+    const field = text(reply[i]);
+    if (field === "down-after-milliseconds") state.downAfterMs = Number(text(reply[i + 1])) || 0;
+    else if (field === "flags")
+      state.failingOver = text(reply[i + 1])
+        .split(",")
+        .includes("failover_in_progress");
+  }
+  return state;
+}
+
+/** The other sentinels a sentinel knows for a master (SENTINEL SENTINELS: a list of field/value lists). */
+export function peersOf(reply: RespValue): HostPort[] {
+  if (!Array.isArray(reply)) return [];
+  const peers: HostPort[] = [];
+  for (const entry of reply) {
+    if (!Array.isArray(entry)) continue;
+    let host = "";
+    let port = 0;
+    for (let i = 0; i + 1 < entry.length; i += 2) {
+      const field = text(entry[i]);
+      if (field === "ip") host = text(entry[i + 1]);
+      else if (field === "port") port = Number(text(entry[i + 1]));
+    }
+    if (host !== "" && Number.isInteger(port) && port > 0 && port < 65536) peers.push({ host, port });
+  }
+  return peers;
+}
+
 export type SentinelAnswer =
-  | { sentinel: string; address: HostPort; epoch: number }
+  | ({ sentinel: string; address: HostPort; epoch: number } & Partial<MasterState>)
   /** The sentinel answered but monitors no master of that name. */
   | { sentinel: string; address: null }
   | { sentinel: string; error: string };

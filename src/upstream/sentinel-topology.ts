@@ -8,7 +8,9 @@ import { UpstreamNode, type NodeObserver } from "./node.js";
 import {
   describeAnswers,
   configEpochOf,
+  masterStateOf,
   parseMasterAddress,
+  peersOf,
   parseSentinelEvent,
   rankAnswers,
   roleOf,
@@ -30,10 +32,16 @@ const MIN_CHECK_GAP_MS = 100;
 /** A lost event subscription is opened again after this long. */
 const RESUBSCRIBE_MS = 1000;
 /**
- * How long the old master holds writes once a failover starts (CLIENT PAUSE WRITE): longer
- * than a promotion takes, short enough that an unnoticed abort costs little.
+ * The longest the old master holds writes at a time once a failover starts (CLIENT PAUSE
+ * WRITE), renewed while a sentinel says the failover is under way. Never more than half the
+ * master's down-after-milliseconds: a WRITE pause also holds the sentinels' hello PUBLISH,
+ * and the PINGs behind it on their connection, so a longer one would have them take a
+ * healthy master for down and start a failover of their own.
  */
 const FENCE_MS = 5000;
+const MIN_FENCE_MS = 400;
+/** A hold no sentinel reports a failover for after this long (its leader died, an abort unheard) is released. */
+const FENCE_GRACE_MS = 1000;
 /** As long as the start with --upstream waits for a server (connect.ts). */
 const STARTUP_RETRY_MS = 10_000;
 
@@ -87,40 +95,60 @@ async function isMaster(node: UpstreamNode): Promise<boolean> {
 /**
  * The sentinels of one deployment: asked about the master on demand, and subscribed to for
  * their failover events. Every sentinel is subscribed, not one: only the sentinel that leads
- * a failover publishes its first steps, and it is any of them.
+ * a failover publishes its first steps, and it is any of them. So those listed are only where
+ * the proxy starts: the others they know of (SENTINEL SENTINELS) are added as they are named,
+ * or a failover led by an unlisted sentinel would go unseen until the next check, while the
+ * old master went on taking writes that are lost.
  */
 export class Sentinels {
-  private readonly nodes: UpstreamNode[];
-  private readonly subscriptions: (UpstreamConnection | null)[];
-  private readonly retries: (NodeJS.Timeout | null)[];
+  private readonly addresses: HostPort[] = [];
+  private readonly nodes: UpstreamNode[] = [];
+  private readonly subscriptions: (UpstreamConnection | null)[] = [];
+  private readonly retries: (NodeJS.Timeout | null)[] = [];
   private onEvent: ((event: SentinelEvent, sentinel: number) => void) | null = null;
   private closed = false;
 
   constructor(
-    private readonly addresses: readonly HostPort[],
+    listed: readonly HostPort[],
     private readonly options: ConnectionOptions,
+    private readonly log?: Logger,
   ) {
-    this.nodes = addresses.map((address) => new UpstreamNode(address, { ...options, sharedConnections: 1 }));
-    this.subscriptions = addresses.map(() => null);
-    this.retries = addresses.map(() => null);
+    for (const address of listed) this.add(address);
+  }
+
+  /** A sentinel not known yet joins: asked from the next round on, and subscribed when watching. */
+  private add(address: HostPort): void {
+    const id = `${address.host}:${address.port}`;
+    if (this.nodes.some((node) => node.id === id)) return;
+    const i = this.addresses.push(address) - 1;
+    this.nodes.push(new UpstreamNode(address, { ...this.options, sharedConnections: 1 }));
+    this.subscriptions.push(null);
+    this.retries.push(null);
+    if (this.onEvent === null) return;
+    this.log?.info({ sentinel: id }, "sentinel found through the others: asked and subscribed from now on");
+    this.subscribe(i);
   }
 
   get ids(): string[] {
     return this.nodes.map((node) => node.id);
   }
 
-  /** Every sentinel's answer about the master `name`, asked at once. */
-  ask(name: string): Promise<SentinelAnswer[]> {
-    return Promise.all(this.nodes.map((node) => this.askOne(node, name)));
+  /** Every sentinel's answer about the master `name`, asked at once; the peers they name join. */
+  async ask(name: string): Promise<SentinelAnswer[]> {
+    const peers: HostPort[] = [];
+    const answers = await Promise.all(this.nodes.map((node) => this.askOne(node, name, peers)));
+    for (const peer of peers) this.add(peer);
+    return answers;
   }
 
-  private async askOne(node: UpstreamNode, name: string): Promise<SentinelAnswer> {
+  private async askOne(node: UpstreamNode, name: string, peers: HostPort[]): Promise<SentinelAnswer> {
     const sentinel = node.id;
     try {
-      const [addr, master] = await within(
+      const [addr, master, others] = await within(
         Promise.all([
           node.call(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", name]),
           node.call(["SENTINEL", "MASTER", name]),
+          node.call(["SENTINEL", "SENTINELS", name]),
         ]),
         ASK_TIMEOUT_MS,
         sentinel,
@@ -128,7 +156,8 @@ export class Sentinels {
       if (addr instanceof RespError) return { sentinel, error: addr.message };
       const address = parseMasterAddress(addr);
       if (address === null) return { sentinel, address: null };
-      return { sentinel, address, epoch: configEpochOf(master) };
+      peers.push(...peersOf(others));
+      return { sentinel, address, epoch: configEpochOf(master), ...masterStateOf(master) };
     } catch (err) {
       return { sentinel, error: errorText(err) };
     }
@@ -136,6 +165,7 @@ export class Sentinels {
 
   /** Subscribes every sentinel to the failover events; a lost subscription is opened again. */
   watch(onEvent: (event: SentinelEvent, sentinel: number) => void): void {
+    if (this.onEvent !== null) return;
     this.onEvent = onEvent;
     this.addresses.forEach((_address, i) => this.subscribe(i));
   }
@@ -211,7 +241,9 @@ export class SentinelTopology implements Topology {
    * failover of it is under way: an abort releases the writes only once every one gave up
    * (a sentinel that loses the election aborts while the winner goes on).
    */
-  private fenced: { node: UpstreamNode; until: number; by: Set<number> } | null = null;
+  private fenced: { node: UpstreamNode; until: number; since: number; by: Set<number> } | null = null;
+  /** How long one hold lasts (FENCE_MS, or half the master's down-after-milliseconds when shorter). */
+  private holdMs = FENCE_MS;
   private closed = false;
 
   constructor(
@@ -231,6 +263,8 @@ export class SentinelTopology implements Topology {
     this.current.control();
     this.timer = setInterval(() => void this.check(), PERIODIC_CHECK_MS);
     this.timer.unref();
+    // At once: the hold's length and the sentinels the listed ones know of.
+    void this.check();
   }
 
   nodeForSlot(): UpstreamNode {
@@ -327,6 +361,7 @@ export class SentinelTopology implements Topology {
     if (wait > 0) await sleep(wait);
     this.lastCheck = Date.now();
     const answers = await this.sentinels.ask(this.name);
+    this.followHold(answers);
     for (const candidate of rankAnswers(answers, this.epoch)) {
       if (this.closed) return;
       const { host, port } = candidate.address;
@@ -378,22 +413,29 @@ export class SentinelTopology implements Topology {
   }
 
   /** Holds writes on the current master until the switch (see the class comment). */
-  private fence(sentinel: number): void {
+  private fence(sentinel: number | null): void {
     const node = this.current;
     const now = Date.now();
     this.startFailoverPolling();
     const by = this.fenced?.node === node ? this.fenced.by : new Set<number>();
-    by.add(sentinel);
+    // null: a renewal by the poll, which names no sentinel (an abort must find only theirs).
+    if (sentinel !== null) by.add(sentinel);
     // Each step of the failover renews the hold, but not every duplicate of an event.
-    if (this.fenced?.node === node && this.fenced.until - now > FENCE_MS / 2) return;
-    this.fenced = { node, until: now + FENCE_MS, by };
-    this.log.info(
-      { master: this.name, node: node.id, ms: FENCE_MS },
-      "sentinel failover started: writes to the old master held until the switch",
-    );
+    if (this.fenced?.node === node && this.fenced.until - now > this.holdMs / 2) return;
+    if (this.fenced?.node !== node)
+      this.log.info(
+        { master: this.name, node: node.id, ms: this.holdMs },
+        "sentinel failover started: writes to the old master held until the switch",
+      );
+    this.fenced = {
+      node,
+      until: now + this.holdMs,
+      since: this.fenced?.node === node ? this.fenced.since : now,
+      by,
+    };
     node
       .control()
-      ?.call(["CLIENT", "PAUSE", String(FENCE_MS), "WRITE"])
+      ?.call(["CLIENT", "PAUSE", String(this.holdMs), "WRITE"])
       .then(
         (reply) => {
           if (reply instanceof RespError)
@@ -404,6 +446,25 @@ export class SentinelTopology implements Topology {
         },
         () => {},
       );
+  }
+
+  /**
+   * The hold's length from the master's down-after-milliseconds; while it lasts, renewed as
+   * long as a sentinel says the failover is under way, released once none has for a while.
+   */
+  private followHold(answers: readonly SentinelAnswer[]): void {
+    const downAfter = answers.map((a) => ("epoch" in a ? (a.downAfterMs ?? 0) : 0)).filter((ms) => ms > 0);
+    if (downAfter.length > 0)
+      this.holdMs = Math.max(MIN_FENCE_MS, Math.min(FENCE_MS, Math.floor(Math.min(...downAfter) / 2)));
+    const fenced = this.fenced;
+    if (fenced === null || fenced.node !== this.current) return;
+    const now = Date.now();
+    if (answers.some((a) => "epoch" in a && a.failingOver === true)) {
+      if (fenced.until - now < this.holdMs / 2) this.fence(null);
+    } else if (now - fenced.since > FENCE_GRACE_MS) {
+      fenced.by.clear();
+      this.unfence("no sentinel reports the failover any more", -1);
+    }
   }
 
   private unfence(why: string, sentinel: number): void {
@@ -428,7 +489,7 @@ export class SentinelTopology implements Topology {
     const started = Date.now();
     this.failoverTimer = setInterval(() => {
       // Polled while the hold lasts, or a while after the start when there is none (a dead master).
-      const until = this.fenced?.until ?? started + FENCE_MS;
+      const until = this.fenced?.until ?? started + this.holdMs;
       if (Date.now() > until) this.stopFailoverPolling();
       else void this.check();
     }, FAILOVER_CHECK_MS);
@@ -464,12 +525,16 @@ export async function connectViaSentinels<T extends Probed>(
 ): Promise<{ topology: SentinelTopology; found: T }> {
   const name = config.sentinelMaster;
   if (name === undefined) throw new Error("--sentinel needs --sentinel-master");
-  const sentinels = new Sentinels(config.sentinels, {
-    tls: options.tls,
-    connectTimeoutMs: options.connectTimeoutMs,
-    user: config.sentinelUser,
-    password: config.sentinelPassword,
-  });
+  const sentinels = new Sentinels(
+    config.sentinels,
+    {
+      tls: options.tls,
+      connectTimeoutMs: options.connectTimeoutMs,
+      user: config.sentinelUser,
+      password: config.sentinelPassword,
+    },
+    log,
+  );
   const deadline = Date.now() + STARTUP_RETRY_MS;
   try {
     for (;;) {

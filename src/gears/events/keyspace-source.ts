@@ -476,7 +476,7 @@ export class KeyspaceEventSource {
     sub.retryTimer = null;
     if (this.stopped || sub.dropped) return;
     // A lost master may have been failed over: ask the cluster before trying it again.
-    if (this.shards.clustered) await this.shards.refresh().catch(() => {});
+    if (this.shards.followsFailovers) await this.shards.refresh().catch(() => {});
     if (this.stopped || sub.dropped) return;
     this.reconcile();
     if (sub.dropped) return;
