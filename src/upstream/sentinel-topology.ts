@@ -188,6 +188,15 @@ export class Sentinels {
 
   private onFrame(frame: Buffer, sentinel: number): void {
     const value: RespValue = decodeReply(frame);
+    if (value instanceof RespError) {
+      // A refused SUBSCRIBE (ACL channel rules, a password this sentinel does not take): the
+      // proxy would miss this sentinel's failovers, and hold no writes for them.
+      this.log?.warn(
+        { sentinel: this.nodes[sentinel]?.id, err: value.message },
+        "cannot subscribe to a sentinel's failover events",
+      );
+      return;
+    }
     if (!Array.isArray(value)) return;
     const kind = String(value[0]);
     const [channel, message] =
