@@ -1111,10 +1111,10 @@ const KEYLESS: readonly [Template, Norm?][] = [
 ];
 
 /**
- * Commands the proxy answers itself, never inside a transaction: there the proxy refuses them
- * (`ERR 'client' is not allowed inside a transaction by gears-proxy`, EXEC then EXECABORT)
- * where Redis queues them and answers in EXEC's reply. A known gap (docs/transparency.md): the
- * transaction runs on the server, and these commands act on the proxy's client.
+ * Commands the proxy answers itself. Kept out of generated transactions although the proxy
+ * now queues most of them there as Redis does (src/client/local-in-multi.ts): CLIENT ID, INFO
+ * and LIST answer with ids that differ between the proxy and the server, CLIENT REPLY is
+ * refused inside MULTI, and `HELLO n AUTH` still differs (docs/transparency.md).
  */
 const SESSION: readonly Template[] = [
   (g) => [
