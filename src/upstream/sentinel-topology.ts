@@ -41,7 +41,7 @@ const RESUBSCRIBE_MS = 1000;
 const FENCE_MS = 5000;
 const MIN_FENCE_MS = 400;
 /** A hold no sentinel reports a failover for after this long (its leader died, an abort unheard) is released. */
-const FENCE_GRACE_MS = 1000;
+const FENCE_GRACE_MS = 2000;
 /** As long as the start with --upstream waits for a server (connect.ts). */
 const STARTUP_RETRY_MS = 10_000;
 
@@ -250,7 +250,15 @@ export class SentinelTopology implements Topology {
    * failover of it is under way: an abort releases the writes only once every one gave up
    * (a sentinel that loses the election aborts while the winner goes on).
    */
-  private fenced: { node: UpstreamNode; until: number; since: number; by: Set<number> } | null = null;
+  private fenced: {
+    node: UpstreamNode;
+    until: number;
+    /** When a sentinel last said the failover is under way (an event, or failover_in_progress). */
+    seen: number;
+    by: Set<number>;
+  } | null = null;
+  /** Renews the hold while it lasts, on its own clock: a slow round of asking must not let it lapse. */
+  private holdTimer: NodeJS.Timeout | null = null;
   /** How long one hold lasts (FENCE_MS, or half the master's down-after-milliseconds when shorter). */
   private holdMs = FENCE_MS;
   private closed = false;
@@ -323,6 +331,7 @@ export class SentinelTopology implements Topology {
     this.closed = true;
     clearInterval(this.timer);
     this.stopFailoverPolling();
+    this.stopHoldTimer();
     this.sentinels.close();
     this.current.close();
     for (const node of this.others.values()) node.close();
@@ -401,6 +410,7 @@ export class SentinelTopology implements Topology {
     node.log = this.log;
     node.control();
     this.fenced = null;
+    this.stopHoldTimer();
     this.stopFailoverPolling();
     this.log.info(
       { master: this.name, from: old.id, to: node.id, epoch },
@@ -422,26 +432,54 @@ export class SentinelTopology implements Topology {
   }
 
   /** Holds writes on the current master until the switch (see the class comment). */
-  private fence(sentinel: number | null): void {
+  private fence(sentinel: number): void {
     const node = this.current;
     const now = Date.now();
     this.startFailoverPolling();
     const by = this.fenced?.node === node ? this.fenced.by : new Set<number>();
-    // null: a renewal by the poll, which names no sentinel (an abort must find only theirs).
-    if (sentinel !== null) by.add(sentinel);
-    // Each step of the failover renews the hold, but not every duplicate of an event.
-    if (this.fenced?.node === node && this.fenced.until - now > this.holdMs / 2) return;
-    if (this.fenced?.node !== node)
-      this.log.info(
-        { master: this.name, node: node.id, ms: this.holdMs },
-        "sentinel failover started: writes to the old master held until the switch",
-      );
-    this.fenced = {
-      node,
-      until: now + this.holdMs,
-      since: this.fenced?.node === node ? this.fenced.since : now,
-      by,
-    };
+    by.add(sentinel);
+    if (this.fenced?.node === node) {
+      this.fenced.seen = now;
+      return;
+    }
+    this.log.info(
+      { master: this.name, node: node.id, ms: this.holdMs },
+      "sentinel failover started: writes to the old master held until the switch",
+    );
+    this.fenced = { node, until: 0, seen: now, by };
+    this.hold();
+    if (this.holdTimer === null) {
+      this.holdTimer = setInterval(() => this.renewHold(), Math.max(50, Math.floor(this.holdMs / 3)));
+      this.holdTimer.unref();
+    }
+  }
+
+  /** Renewed while a sentinel said the failover is under way lately; released once none has for a while. */
+  private renewHold(): void {
+    const fenced = this.fenced;
+    if (fenced === null || fenced.node !== this.current) {
+      this.stopHoldTimer();
+      return;
+    }
+    if (Date.now() - fenced.seen > FENCE_GRACE_MS) {
+      fenced.by.clear();
+      this.unfence("no sentinel reports the failover any more", -1);
+      return;
+    }
+    this.hold();
+  }
+
+  private stopHoldTimer(): void {
+    if (this.holdTimer !== null) clearInterval(this.holdTimer);
+    this.holdTimer = null;
+  }
+
+  /** CLIENT PAUSE <holdMs> WRITE on the fenced master. */
+  private hold(): void {
+    const fenced = this.fenced;
+    if (fenced === null) return;
+    const node = fenced.node;
+    fenced.until = Date.now() + this.holdMs;
     node
       .control()
       ?.call(["CLIENT", "PAUSE", String(this.holdMs), "WRITE"])
@@ -467,13 +505,7 @@ export class SentinelTopology implements Topology {
       this.holdMs = Math.max(MIN_FENCE_MS, Math.min(FENCE_MS, Math.floor(Math.min(...downAfter) / 2)));
     const fenced = this.fenced;
     if (fenced === null || fenced.node !== this.current) return;
-    const now = Date.now();
-    if (answers.some((a) => "epoch" in a && a.failingOver === true)) {
-      if (fenced.until - now < this.holdMs / 2) this.fence(null);
-    } else if (now - fenced.since > FENCE_GRACE_MS) {
-      fenced.by.clear();
-      this.unfence("no sentinel reports the failover any more", -1);
-    }
+    if (answers.some((a) => "epoch" in a && a.failingOver === true)) fenced.seen = Date.now();
   }
 
   private unfence(why: string, sentinel: number): void {
@@ -481,6 +513,7 @@ export class SentinelTopology implements Topology {
     fenced?.by.delete(sentinel);
     if (fenced !== null && fenced.by.size > 0) return;
     this.fenced = null;
+    this.stopHoldTimer();
     this.stopFailoverPolling();
     if (fenced === null || fenced.node !== this.current) return;
     this.log.info(
