@@ -2,8 +2,8 @@ import { decodeReply } from "../resp/decode.js";
 
 /**
  * The channel patterns the proxy itself subscribes on each node (its keyspace notifications'
- * `__keyevent@*__:*` and sync pattern, made through Shards.subscribe), so that PUBSUB NUMPAT
- * can leave them out, as PUBSUB CHANNELS leaves out its channels.
+ * `__keyevent@*__:*`, made through Shards.subscribe), so that PUBSUB NUMPAT can leave them
+ * out, as PUBSUB CHANNELS leaves out its channels.
  */
 export class OwnPatterns {
   /** Node id -> pattern -> how many of the proxy's connections there subscribe it. */

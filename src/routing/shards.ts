@@ -237,9 +237,8 @@ export class Shards {
    */
   private node(shard: string): UpstreamNode {
     const topology = this.router.topology;
-    const found = topology.masters().find((n) => n.id === shard);
-    if (found !== undefined) return found;
-    return topology.mode === "cluster" ? this.nodeNamed(shard) : topology.nodeForSlot(0);
+    if (topology.mode === "cluster") return this.nodeNamed(shard);
+    return topology.masters().find((n) => n.id === shard) ?? topology.nodeForSlot(0);
   }
 
   /** Exactly the node at host:port `shard`, a master or not (a replica's configuration). */

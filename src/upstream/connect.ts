@@ -132,7 +132,13 @@ export async function connectUpstream(
 ): Promise<UpstreamInfo> {
   const options = nodeOptions(config, log, observer, tlsOptions);
   if (config.sentinels.length > 0) {
-    const { topology, found } = await connectViaSentinels(config, options, log, (at) => probe(at, options));
+    const { topology, found } = await connectViaSentinels(
+      config,
+      options,
+      log,
+      (at) => probe(at, options),
+      STARTUP_RETRY_MS,
+    );
     return { topology, server: found.server, commands: found.commands, outputLimits: found.outputLimits };
   }
   if (config.upstreams.length === 0) throw new Error("no upstream configured");

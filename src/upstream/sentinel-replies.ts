@@ -9,13 +9,27 @@ function text(v: RespValue | undefined): string {
   return Buffer.isBuffer(v) ? v.toString() : typeof v === "string" || typeof v === "number" ? String(v) : "";
 }
 
+/** A host and a port as Sentinel writes them, or null when either is not one. */
+function hostPort(host: string, portText: string): HostPort | null {
+  const port = Number(portText);
+  if (host === "" || !Number.isInteger(port) || port < 1 || port > 65535) return null;
+  return { host, port };
+}
+
+/**
+ * The value of `field` in a flat field/value list (SENTINEL MASTER's reply, an entry of
+ * SENTINEL SENTINELS'), as text; undefined when it is not there.
+ */
+function fieldOf(list: RespValue, field: string): string | undefined {
+  if (!Array.isArray(list)) return undefined;
+  for (let i = 0; i + 1 < list.length; i += 2) if (text(list[i]) === field) return text(list[i + 1]);
+  return undefined;
+}
+
 /** SENTINEL GET-MASTER-ADDR-BY-NAME's reply: [ip, port], or null when the sentinel knows no such master. */
 export function parseMasterAddress(reply: RespValue): HostPort | null {
   if (!Array.isArray(reply) || reply.length < 2) return null;
-  const host = text(reply[0]);
-  const port = Number(text(reply[1]));
-  if (host === "" || !Number.isInteger(port) || port < 1 || port > 65535) return null;
-  return { host, port };
+  return hostPort(text(reply[0]), text(reply[1]));
 }
 
 /**
@@ -24,14 +38,8 @@ export function parseMasterAddress(reply: RespValue): HostPort | null {
  * 0 when absent (an error reply, an unknown name).
  */
 export function configEpochOf(reply: RespValue): number {
-  if (!Array.isArray(reply)) return 0;
-  for (let i = 0; i + 1 < reply.length; i += 2) {
-    if (text(reply[i]) === "config-epoch") {
-      const epoch = Number(text(reply[i + 1]));
-      return Number.isFinite(epoch) ? epoch : 0;
-    }
-  }
-  return 0;
+  const epoch = Number(fieldOf(reply, "config-epoch") ?? 0);
+  return Number.isFinite(epoch) ? epoch : 0;
 }
 
 /** ROLE's first element: "master", "slave" or "sentinel"; "" when the reply is something else. */
@@ -80,7 +88,6 @@ export function parseSentinelEvent(channel: string, message: string): SentinelEv
   return null;
 }
 
-/** One sentinel's answer about the master. */
 /** What SENTINEL MASTER says of the master besides its epoch. */
 export interface MasterState {
   /** Its down-after-milliseconds: how long a master may not answer before it counts as down. */
@@ -91,17 +98,10 @@ export interface MasterState {
 
 /** The fields of SENTINEL MASTER's reply (a flat field/value list in RESP2) the proxy reads. */
 export function masterStateOf(reply: RespValue): MasterState {
-  const state: MasterState = { downAfterMs: 0, failingOver: false };
-  if (!Array.isArray(reply)) return state;
-  for (let i = 0; i + 1 < reply.length; i += 2) {
-    const field = text(reply[i]);
-    if (field === "down-after-milliseconds") state.downAfterMs = Number(text(reply[i + 1])) || 0;
-    else if (field === "flags")
-      state.failingOver = text(reply[i + 1])
-        .split(",")
-        .includes("failover_in_progress");
-  }
-  return state;
+  return {
+    downAfterMs: Number(fieldOf(reply, "down-after-milliseconds") ?? 0) || 0,
+    failingOver: (fieldOf(reply, "flags") ?? "").split(",").includes("failover_in_progress"),
+  };
 }
 
 /** The other sentinels a sentinel knows for a master (SENTINEL SENTINELS: a list of field/value lists). */
@@ -109,19 +109,13 @@ export function peersOf(reply: RespValue): HostPort[] {
   if (!Array.isArray(reply)) return [];
   const peers: HostPort[] = [];
   for (const entry of reply) {
-    if (!Array.isArray(entry)) continue;
-    let host = "";
-    let port = 0;
-    for (let i = 0; i + 1 < entry.length; i += 2) {
-      const field = text(entry[i]);
-      if (field === "ip") host = text(entry[i + 1]);
-      else if (field === "port") port = Number(text(entry[i + 1]));
-    }
-    if (host !== "" && Number.isInteger(port) && port > 0 && port < 65536) peers.push({ host, port });
+    const peer = hostPort(fieldOf(entry, "ip") ?? "", fieldOf(entry, "port") ?? "");
+    if (peer !== null) peers.push(peer);
   }
   return peers;
 }
 
+/** One sentinel's answer about the master. */
 export type SentinelAnswer =
   | ({ sentinel: string; address: HostPort; epoch: number } & Partial<MasterState>)
   /** The sentinel answered but monitors no master of that name. */

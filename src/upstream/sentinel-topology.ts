@@ -17,7 +17,7 @@ import {
   type SentinelAnswer,
   type SentinelEvent,
 } from "./sentinel-replies.js";
-import type { SlotRange, Topology } from "./topology.js";
+import { ALL_SLOTS, type SlotRange, type Topology } from "./topology.js";
 
 type NodeOptions = ConnectionOptions & { sharedConnections: number; log?: Logger; observer?: NodeObserver };
 
@@ -42,8 +42,6 @@ const FENCE_MS = 5000;
 const MIN_FENCE_MS = 400;
 /** A hold no sentinel reports a failover for after this long (its leader died, an abort unheard) is released. */
 const FENCE_GRACE_MS = 2000;
-/** As long as the start with --upstream waits for a server (connect.ts). */
-const STARTUP_RETRY_MS = 10_000;
 
 /**
  * Events on which the sentinels are asked again at once. The first eight say that a failover
@@ -66,8 +64,6 @@ const EVENT_CHANNELS = [
 ];
 const FAILOVER_STARTED = new Set(EVENT_CHANNELS.slice(0, 8));
 const ABORT_PATTERN = "-failover-abort-*";
-
-const ALL_SLOTS: readonly SlotRange[] = Object.freeze([Object.freeze([0, 16383, 0] as const)]);
 
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
@@ -101,10 +97,12 @@ async function isMaster(node: UpstreamNode): Promise<boolean> {
  * old master went on taking writes that are lost.
  */
 export class Sentinels {
-  private readonly addresses: HostPort[] = [];
-  private readonly nodes: UpstreamNode[] = [];
-  private readonly subscriptions: (UpstreamConnection | null)[] = [];
-  private readonly retries: (NodeJS.Timeout | null)[] = [];
+  /** Each sentinel: its node (asked), its event subscription and the timer that reopens it. */
+  private readonly entries: {
+    node: UpstreamNode;
+    subscription: UpstreamConnection | null;
+    retry: NodeJS.Timeout | null;
+  }[] = [];
   private onEvent: ((event: SentinelEvent, sentinel: number) => void) | null = null;
   private closed = false;
 
@@ -119,24 +117,22 @@ export class Sentinels {
   /** A sentinel not known yet joins: asked from the next round on, and subscribed when watching. */
   private add(address: HostPort): void {
     const id = `${address.host}:${address.port}`;
-    if (this.nodes.some((node) => node.id === id)) return;
-    const i = this.addresses.push(address) - 1;
-    this.nodes.push(new UpstreamNode(address, { ...this.options, sharedConnections: 1 }));
-    this.subscriptions.push(null);
-    this.retries.push(null);
+    if (this.entries.some((e) => e.node.id === id)) return;
+    const node = new UpstreamNode(address, { ...this.options, sharedConnections: 1 });
+    const i = this.entries.push({ node, subscription: null, retry: null }) - 1;
     if (this.onEvent === null) return;
     this.log?.info({ sentinel: id }, "sentinel found through the others: asked and subscribed from now on");
     this.subscribe(i);
   }
 
   get ids(): string[] {
-    return this.nodes.map((node) => node.id);
+    return this.entries.map((e) => e.node.id);
   }
 
   /** Every sentinel's answer about the master `name`, asked at once; the peers they name join. */
   async ask(name: string): Promise<SentinelAnswer[]> {
     const peers: HostPort[] = [];
-    const answers = await Promise.all(this.nodes.map((node) => this.askOne(node, name, peers)));
+    const answers = await Promise.all(this.entries.map((e) => this.askOne(e.node, name, peers)));
     for (const peer of peers) this.add(peer);
     return answers;
   }
@@ -167,20 +163,21 @@ export class Sentinels {
   watch(onEvent: (event: SentinelEvent, sentinel: number) => void): void {
     if (this.onEvent !== null) return;
     this.onEvent = onEvent;
-    this.addresses.forEach((_address, i) => this.subscribe(i));
+    this.entries.forEach((_entry, i) => this.subscribe(i));
   }
 
   private subscribe(i: number): void {
-    this.retries[i] = null;
+    const entry = this.entries[i];
+    entry.retry = null;
     if (this.closed) return;
-    const conn = new UpstreamConnection(this.addresses[i], { ...this.options, proto: 2 });
-    this.subscriptions[i] = conn;
+    const conn = new UpstreamConnection(entry.node.address, { ...this.options, proto: 2 });
+    entry.subscription = conn;
     conn.pushHandler = (frame) => this.onFrame(frame, i);
     conn.onClose = () => {
-      if (this.closed || this.subscriptions[i] !== conn) return;
-      this.subscriptions[i] = null;
-      this.retries[i] = setTimeout(() => this.subscribe(i), RESUBSCRIBE_MS);
-      this.retries[i].unref();
+      if (this.closed || entry.subscription !== conn) return;
+      entry.subscription = null;
+      entry.retry = setTimeout(() => this.subscribe(i), RESUBSCRIBE_MS);
+      entry.retry.unref();
     };
     conn.sendUnmatched(encodeCommand(["SUBSCRIBE", ...EVENT_CHANNELS]));
     conn.sendUnmatched(encodeCommand(["PSUBSCRIBE", ABORT_PATTERN]));
@@ -192,7 +189,7 @@ export class Sentinels {
       // A refused SUBSCRIBE (ACL channel rules, a password this sentinel does not take): the
       // proxy would miss this sentinel's failovers, and hold no writes for them.
       this.log?.warn(
-        { sentinel: this.nodes[sentinel]?.id, err: value.message },
+        { sentinel: this.entries[sentinel]?.node.id, err: value.message },
         "cannot subscribe to a sentinel's failover events",
       );
       return;
@@ -208,9 +205,11 @@ export class Sentinels {
 
   close(): void {
     this.closed = true;
-    for (const node of this.nodes) node.close();
-    for (const conn of this.subscriptions) conn?.close();
-    for (const timer of this.retries) if (timer !== null) clearTimeout(timer);
+    for (const { node, subscription, retry } of this.entries) {
+      node.close();
+      subscription?.close();
+      if (retry !== null) clearTimeout(retry);
+    }
   }
 }
 
@@ -220,9 +219,9 @@ export class Sentinels {
  * sentinels promote a replica. The sentinels are asked again on their failover events, when
  * the master's connection is lost, and every second; a new address is taken only from the
  * answer with the highest config epoch and once the node itself says ROLE master. On a switch
- * the old node is retired (closed, and never reopened): replies it still owed fail as when an upstream dies, and masters()
- * names the new node, which is how everything that keeps state per master (keyspace
- * subscriptions, leases, tracking links) notices.
+ * the old node is retired (closed, and never reopened): replies it still owed fail as when
+ * an upstream dies, and masters() names the new node, which is how everything that keeps
+ * state per master (keyspace subscriptions, leases, tracking links) notices.
  *
  * Sentinel replication is asynchronous: writes the old master accepts after the replica is
  * promoted are dropped when it later becomes a replica. So when a failover starts, the old
@@ -330,8 +329,7 @@ export class SentinelTopology implements Topology {
   close(): void {
     this.closed = true;
     clearInterval(this.timer);
-    this.stopFailoverPolling();
-    this.stopHoldTimer();
+    this.endFence();
     this.sentinels.close();
     this.current.close();
     for (const node of this.others.values()) node.close();
@@ -409,9 +407,7 @@ export class SentinelTopology implements Topology {
     this.others.delete(node.id);
     node.log = this.log;
     node.control();
-    this.fenced = null;
-    this.stopHoldTimer();
-    this.stopFailoverPolling();
+    this.endFence();
     this.log.info(
       { master: this.name, from: old.id, to: node.id, epoch },
       `sentinel master '${this.name}' is now ${node.id} (was ${old.id})`,
@@ -436,9 +432,8 @@ export class SentinelTopology implements Topology {
     const node = this.current;
     const now = Date.now();
     this.startFailoverPolling();
-    const by = this.fenced?.node === node ? this.fenced.by : new Set<number>();
-    by.add(sentinel);
     if (this.fenced?.node === node) {
+      this.fenced.by.add(sentinel);
       this.fenced.seen = now;
       return;
     }
@@ -446,7 +441,7 @@ export class SentinelTopology implements Topology {
       { master: this.name, node: node.id, ms: this.holdMs },
       "sentinel failover started: writes to the old master held until the switch",
     );
-    this.fenced = { node, until: 0, seen: now, by };
+    this.fenced = { node, until: 0, seen: now, by: new Set([sentinel]) };
     this.hold();
     if (this.holdTimer === null) {
       this.holdTimer = setInterval(() => this.renewHold(), Math.max(50, Math.floor(this.holdMs / 3)));
@@ -458,7 +453,7 @@ export class SentinelTopology implements Topology {
   private renewHold(): void {
     const fenced = this.fenced;
     if (fenced === null || fenced.node !== this.current) {
-      this.stopHoldTimer();
+      this.endFence();
       return;
     }
     if (Date.now() - fenced.seen > FENCE_GRACE_MS) {
@@ -469,9 +464,12 @@ export class SentinelTopology implements Topology {
     this.hold();
   }
 
-  private stopHoldTimer(): void {
+  /** No hold any more (a switch, an abort, the close): its timer and the fast polling stop. */
+  private endFence(): void {
+    this.fenced = null;
     if (this.holdTimer !== null) clearInterval(this.holdTimer);
     this.holdTimer = null;
+    this.stopFailoverPolling();
   }
 
   /** CLIENT PAUSE <holdMs> WRITE on the fenced master. */
@@ -512,9 +510,7 @@ export class SentinelTopology implements Topology {
     const fenced = this.fenced;
     fenced?.by.delete(sentinel);
     if (fenced !== null && fenced.by.size > 0) return;
-    this.fenced = null;
-    this.stopHoldTimer();
-    this.stopFailoverPolling();
+    this.endFence();
     if (fenced === null || fenced.node !== this.current) return;
     this.log.info(
       { master: this.name, node: fenced.node.id, why },
@@ -564,6 +560,8 @@ export async function connectViaSentinels<T extends Probed>(
   options: NodeOptions,
   log: Logger,
   probe: (address: HostPort) => Promise<T>,
+  /** How long to retry (as long as the start with --upstream waits for a server). */
+  retryMs: number,
 ): Promise<{ topology: SentinelTopology; found: T }> {
   const name = config.sentinelMaster;
   if (name === undefined) throw new Error("--sentinel needs --sentinel-master");
@@ -577,7 +575,7 @@ export async function connectViaSentinels<T extends Probed>(
     },
     log,
   );
-  const deadline = Date.now() + STARTUP_RETRY_MS;
+  const deadline = Date.now() + retryMs;
   try {
     for (;;) {
       const answers = await sentinels.ask(name);

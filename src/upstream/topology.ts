@@ -29,7 +29,8 @@ export interface Topology {
   close(): void;
 }
 
-const ALL_SLOTS: readonly SlotRange[] = Object.freeze([Object.freeze([0, 16383, 0] as const)]);
+/** Every slot on masters()[0]: the slot map of a topology with one master. */
+export const ALL_SLOTS: readonly SlotRange[] = Object.freeze([Object.freeze([0, 16383, 0] as const)]);
 
 /** One Redis server behind the proxy. */
 export class StandaloneTopology implements Topology {

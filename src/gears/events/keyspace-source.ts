@@ -49,8 +49,8 @@ const PATTERN = "__keyevent@*__:*";
 const CHANNEL_DB_START = "__keyevent@".length;
 /** Every pattern at once: the confirmations count down to 0. */
 const PUNSUBSCRIBE = encodeCommand(["PUNSUBSCRIBE"]);
-/** The pattern, then the extra channel: the last confirmation says 0 left. */
-const UNSUBSCRIBE_BOTH = Buffer.concat([PUNSUBSCRIBE, encodeCommand(["UNSUBSCRIBE"])]);
+/** After PUNSUBSCRIBE, for the extra channel: its confirmation says 0 left. */
+const UNSUBSCRIBE = encodeCommand(["UNSUBSCRIBE"]);
 const PING = encodeCommand(["PING"]);
 
 /** How often the list of masters is compared with the subscriptions. */
@@ -240,12 +240,12 @@ export class KeyspaceEventSource {
     /** Drops notifications already handled before they are copied out of their frame. */
     private readonly handled: NotificationFilter | null = null,
   ) {
-    const psubscribe = encodeCommand(["PSUBSCRIBE", PATTERN]);
-    this.subscribe =
-      extra === null ? psubscribe : Buffer.concat([psubscribe, encodeCommand(["SUBSCRIBE", extra.channel])]);
+    // One command a payload: the subscription follows the patterns it sends (HeldPatterns).
+    this.subscribe = [encodeCommand(["PSUBSCRIBE", PATTERN])];
+    if (extra !== null) this.subscribe.push(encodeCommand(["SUBSCRIBE", extra.channel]));
   }
 
-  private readonly subscribe: Buffer;
+  private readonly subscribe: Buffer[];
   /** pmessageParts()'s answer for the frame being read (one frame at a time). */
   private readonly parts = new Int32Array(6);
 
@@ -369,7 +369,7 @@ export class KeyspaceEventSource {
       return;
     }
     sub.conn = conn;
-    conn.send(this.subscribe);
+    for (const command of this.subscribe) conn.send(command);
   }
 
   /**
@@ -597,8 +597,9 @@ export class KeyspaceEventSource {
       };
       sub.onLostWhileStopping = () => resolve(-1);
       timer = setTimeout(() => resolve(-1), STOP_WAIT_MS);
+      conn.send(PUNSUBSCRIBE);
       // Without the extra channel no UNSUBSCRIBE: its confirmation would come after the release.
-      conn.send(this.extra === null ? PUNSUBSCRIBE : UNSUBSCRIBE_BOTH);
+      if (this.extra !== null) conn.send(UNSUBSCRIBE);
     });
     clearTimeout(timer);
     sub.onUnsubscribed = null;

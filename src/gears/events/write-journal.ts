@@ -403,18 +403,7 @@ export class WriteJournal {
     if (isProxyKey(buffer)) return null;
     const key = buffer.toString("latin1");
     const text = asciiText(buffer, key);
-    // HGETEX without EX, PX, EXAT, PXAT or PERSIST reads: it changes nothing and emits nothing.
-    if (
-      name === "hgetex" &&
-      argv.length > 2 &&
-      argv[2].length === 6 &&
-      /^fields$/i.test(argv[2].toString("latin1"))
-    )
-      return null;
-    // GETEX without an option only reads; SETRANGE of an empty string writes nothing.
-    if ((name === "getex" && argv.length === 2) || (name === "setrange" && argv[3]?.length === 0))
-      return null;
-    if (mayNotifyNothing(name, argv)) return null;
+    if (notFollowed(name, argv)) return null;
     const kind = kindOf(name);
     const event = kind.event;
     let exact = kind.exact;
@@ -720,20 +709,32 @@ const ZADD_INCR = /^incr$/i;
 const GETEX_UNTOLD = /^(persist|exat|pxat)$/i;
 
 /**
- * Writes not followed because their reply cannot tell whether, or what, they notified: the
- * notification, if any, comes as from any writer. SETBIT, BITFIELD and ZINCRBY (ZADD INCR)
- * notify only when a bit or a score really changed (a BITFIELD of GETs reads; an increment
- * too small for a large score changes nothing); GEORADIUS naming one key reads; GETEX PERSIST
- * notifies only when the key had a TTL, and EXAT/PXAT in the past deletes ("del").
+ * Writes naming one key that the journal does not follow: those that only read as sent, and
+ * those whose reply cannot tell whether, or what, they notified (the notification, if any,
+ * comes as from any writer). HGETEX without EX, PX, EXAT, PXAT or PERSIST, GETEX without an
+ * option and GEORADIUS naming one key read; SETRANGE of an empty string writes nothing.
+ * SETBIT, BITFIELD and ZINCRBY (ZADD INCR) notify only when a bit or a score really changed
+ * (a BITFIELD of GETs reads; an increment too small for a large score changes nothing);
+ * GETEX PERSIST notifies only when the key had a TTL, and EXAT/PXAT in the past deletes ("del").
  */
-function mayNotifyNothing(name: string, argv: readonly Buffer[]): boolean {
+function notFollowed(name: string, argv: readonly Buffer[]): boolean {
   if (VALUE_CHANGES_ONLY.has(name)) return true;
-  // GEORADIUS without STORE or STOREDIST reads (its one key is the source).
-  if (name === "georadius" || name === "georadiusbymember") return true;
-  if (name === "getex") return argv.some((a, i) => i > 1 && GETEX_UNTOLD.test(a.toString("latin1")));
-  if (name === "zadd")
-    return argv.some((a, i) => i > 1 && a.length === 4 && ZADD_INCR.test(a.toString("latin1")));
-  return false;
+  switch (name) {
+    case "georadius":
+    case "georadiusbymember":
+      // Without STORE or STOREDIST (its one key is the source).
+      return true;
+    case "hgetex":
+      return argv.length > 2 && argv[2].length === 6 && /^fields$/i.test(argv[2].toString("latin1"));
+    case "getex":
+      return argv.length === 2 || argv.some((a, i) => i > 1 && GETEX_UNTOLD.test(a.toString("latin1")));
+    case "setrange":
+      return argv[3]?.length === 0;
+    case "zadd":
+      return argv.some((a, i) => i > 1 && a.length === 4 && ZADD_INCR.test(a.toString("latin1")));
+    default:
+      return false;
+  }
 }
 
 /** Whether a write's reply says it changed nothing, so it emitted no notification. */

@@ -289,9 +289,8 @@ export class KeyspaceTriggers {
     const ran = Math.min(runnable.length, outcomes.length / 2);
     const pending: number[] = [];
     for (let i = 0; i < ran; i++) {
-      const took = outcomes[2 * i + 1] as number;
-      if (took === -1) pending.push(i);
-      else this.count(library.name, runnable[i].trigger, outcomes[2 * i] as string | null, took);
+      if (outcomes[2 * i + 1] === -1) pending.push(i);
+      else this.countRun(library.name, runnable[i], outcomes, i);
     }
     if (pending.length > 0 && whole !== undefined) this.countLater(live, runnable, pending, whole, started);
     // Items dropped above ran nowhere; the rest of `runnable` goes again, in order.
@@ -310,13 +309,7 @@ export class KeyspaceTriggers {
     whole.then(
       (outcomes) => {
         if (!current()) return;
-        for (const i of pending)
-          this.count(
-            library.name,
-            runnable[i].trigger,
-            outcomes[2 * i] as string | null,
-            outcomes[2 * i + 1] as number,
-          );
+        for (const i of pending) this.countRun(library.name, runnable[i], outcomes, i);
       },
       (err: unknown) => {
         if (!current()) return;
@@ -324,6 +317,11 @@ export class KeyspaceTriggers {
         for (const i of pending) this.count(library.name, runnable[i].trigger, error, Date.now() - started);
       },
     );
+  }
+
+  /** Counts item `i` of an entry by its outcome: its error text or null, then its ms. */
+  private countRun(library: string, item: TriggerItem, outcomes: TriggerOutcomes, i: number): void {
+    this.count(library, item.trigger, outcomes[2 * i] as string | null, outcomes[2 * i + 1] as number);
   }
 
   private count(library: string, trigger: string, error: string | null, took: number): void {
