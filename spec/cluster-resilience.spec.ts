@@ -424,7 +424,12 @@ describe("cluster resilience", function () {
 
   it("a master without replica killed: its slots fail after clusterRetryTimeoutMs, others keep working, and it comes back", async function () {
     this.timeout(60_000);
-    cluster = await startCluster({ masters: 3, args: ["--cluster-require-full-coverage", "no"] });
+    // The node timeout of clusters with replicas: this test waits for the cluster to flag the
+    // killed master failing.
+    cluster = await startCluster({
+      masters: 3,
+      args: ["--cluster-require-full-coverage", "no", "--cluster-node-timeout", "2000"],
+    });
     const RETRY_MS = 1500;
     proxy = await startProxy([{ port: cluster.nodes[0].port }], { clusterRetryTimeoutMs: RETRY_MS });
     const TAG = "{dead}";

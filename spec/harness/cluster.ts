@@ -50,13 +50,19 @@ const CLUSTER_ARGS = [
   "yes",
   "--cluster-config-file",
   "nodes.conf",
-  "--cluster-node-timeout",
-  "2000",
   "--repl-diskless-sync-delay",
   "0",
   "--repl-ping-replica-period",
   "1",
 ];
+
+/**
+ * With replicas, 2 s: the failover specs wait for a replica's promotion, which takes one to two
+ * node timeouts. Without replicas nothing can fail over, and a short timeout only hurts: on a
+ * loaded machine a node late answering the bus's pings for 2 s was marked failing and the whole
+ * cluster answered CLUSTERDOWN (a CI flake), so those clusters wait 15 s.
+ */
+const nodeTimeoutMs = (replicasPerMaster: number): number => (replicasPerMaster > 0 ? 2000 : 15_000);
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -268,7 +274,13 @@ export async function startCluster(opts: StartClusterOptions): Promise<RedisClus
   const ports: number[] = [];
   for (let i = 0; i < count; i++) ports.push(await freeClusterPort());
   const tlsArgs = opts.tls !== undefined ? ["--tls-cluster", "yes", "--tls-replication", "yes"] : [];
-  const args = [...CLUSTER_ARGS, ...tlsArgs, ...(opts.args ?? [])];
+  const args = [
+    ...CLUSTER_ARGS,
+    "--cluster-node-timeout",
+    String(nodeTimeoutMs(replicasPerMaster)),
+    ...tlsArgs,
+    ...(opts.args ?? []),
+  ];
   const startNode = async (first: number): Promise<RedisNode> => {
     for (let port = first, attempt = 0; ; attempt++) {
       try {
