@@ -58,7 +58,11 @@ export class TfConfig {
     const s = this.settings.get(name);
     if (s === undefined)
       return `ERR Unknown option or number of arguments for CONFIG SET - '${TF_CONFIG_PREFIX}${name}'`;
-    if (runtime && !s.runtime) {
+    // T&F refuses any run-time set of a load-time setting. Setting one to the value it has
+    // changes nothing, and tools that read `CONFIG GET *` and write every pair back (Redis's
+    // own "CONFIG sanity" test among them) would fail through the proxy where the same server
+    // without it passes: that one case is accepted.
+    if (runtime && !s.runtime && value !== String(s.value)) {
       return `ERR CONFIG SET failed (possibly related to argument '${TF_CONFIG_PREFIX}${name}') - can't set immutable config`;
     }
     if (s.choices !== undefined) {
