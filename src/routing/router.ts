@@ -334,7 +334,7 @@ export class Router implements ClusterSender {
 
   /** The keys of a command, as the command table finds them. */
   keysOf(name: string, argv: readonly Buffer[]): Buffer[] {
-    return this.commands?.keyIndexes(name, argv).map((i) => argv[i]) ?? [];
+    return this.commands?.keys(name, argv) ?? [];
   }
 
   /** The keys a command reads, as client-side caching tracks them (tracked-keys.ts). */
