@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import net from "node:net";
 import { once } from "node:events";
+import { Fifo } from "../src/io/fifo.js";
 import { OutputBuffer } from "../src/io/output-buffer.js";
 import { readBytes } from "../src/io/socket-reader.js";
 import { ReplySlot, type SlotOwner } from "../src/client/reply-slot.js";
@@ -180,5 +181,32 @@ describe("forwarding's per-request objects", () => {
     expect(Buffer.concat(got).toString()).to.equal(want);
     socket.destroy();
     server.close();
+  });
+
+  it("the reply fifo keeps order over wrap-arounds, growth, emptying and drain", () => {
+    const fifo = new Fifo<number>();
+    const model: number[] = [];
+    let next = 0;
+    let seed = 7;
+    const random = (): number => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+    // Bursts that outgrow the ring (and its 4096 kept slots) between stretches of short queues.
+    for (let step = 0; step < 60_000; step++) {
+      const burst = step % 20_000 < 6_000;
+      if (random() < (burst ? 0.7 : 0.5)) {
+        fifo.push(next);
+        model.push(next++);
+      } else {
+        expect(fifo.shift()).to.equal(model.shift());
+      }
+      expect(fifo.length).to.equal(model.length);
+      expect(fifo.peek()).to.equal(model[0]);
+      if (step % 9_999 === 0) {
+        expect(fifo.drain()).to.deep.equal(model.splice(0));
+        expect(fifo.length).to.equal(0);
+      }
+    }
+    while (model.length > 0) expect(fifo.shift()).to.equal(model.shift());
+    expect(fifo.shift()).to.equal(undefined);
+    expect(fifo.peek()).to.equal(undefined);
   });
 });
