@@ -1,4 +1,6 @@
 import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
+import { callbackNow } from "../observability/callback-clock.js";
 import { OutputBuffer } from "../io/output-buffer.js";
 import { readBytes } from "../io/socket-reader.js";
 import { RequestParser } from "../resp/request-parser.js";
@@ -38,7 +40,11 @@ export class ClientSocket {
   paused = false;
   /** The proxy is shutting down: no new command runs; the connection ends once replies are out. */
   draining = false;
-  private lastActivity = Date.now();
+  /**
+   * When the client last sent bytes (monotonic ms): the event-loop turn's clock, read once
+   * per turn for all the reads of the turn, not once per read (idle times are in seconds).
+   */
+  private lastActivity = performance.now();
   private readonly socket: Socket;
 
   constructor(
@@ -59,12 +65,12 @@ export class ClientSocket {
   }
 
   get idleMs(): number {
-    return Date.now() - this.lastActivity;
+    return performance.now() - this.lastActivity;
   }
 
   private onData(chunk: Buffer): void {
     const host = this.host;
-    this.lastActivity = Date.now();
+    this.lastActivity = callbackNow();
     host.ctx.metrics?.clientBytesIn(chunk.length);
     this.parser.push(chunk);
     if (this.parser.buffered > QUERY_BUFFER_LIMIT) {

@@ -39,7 +39,9 @@ export class RequestRuns {
     const conn = this.conn;
     if (conn === null) return;
     this.conn = null;
-    const payload = this.buf.subarray(this.start, this.end);
+    const buf = this.buf;
+    // A read that held exactly the run (one request, at P=1) is sent as it is: no view.
+    const payload = this.start === 0 && this.end === buf.length ? buf : buf.subarray(this.start, this.end);
     this.buf = EMPTY;
     const more = this.more;
     const first = this.first!;

@@ -2,7 +2,8 @@ import { encodeCommand } from "../resp/encode.js";
 import type { Request } from "../resp/request-parser.js";
 import { dbFor } from "../routing/command-kinds.js";
 import type { ClusterRuns } from "../routing/cluster-runs.js";
-import type { Lease } from "../routing/lease.js";
+import type { Lease, ReplySink } from "../routing/lease.js";
+import type { Router } from "../routing/router.js";
 import type { Holds } from "./holds.js";
 import type { LaneHost } from "./lane.js";
 import type { ReplySlot } from "./reply-slot.js";
@@ -51,7 +52,7 @@ export class SharedLane {
         this.runs.add(
           conn,
           request,
-          router.tap === null ? slot : router.tap(name, request.argv, slot, db),
+          tapped(router, name, request, slot, db),
           dbFor(name, db, router.monitors > 0),
         );
         return;
@@ -64,12 +65,7 @@ export class SharedLane {
         if (this.clusterRuns !== null) {
           // Its reply comes from one of several nodes: the replies before it may wait for it.
           slot.inRun = true;
-          this.clusterRuns.add(
-            request,
-            keySlot,
-            router.tap === null ? slot : router.tap(name, request.argv, slot, db),
-            host.proto,
-          );
+          this.clusterRuns.add(request, keySlot, tapped(router, name, request, slot, db), host.proto);
           return;
         }
       }
@@ -108,4 +104,15 @@ export class SharedLane {
     this.runs.flush();
     this.clusterRuns?.flush();
   }
+}
+
+/**
+ * `slot`, or the write journal's tap around it (router.tap: a registration follows writes).
+ * A command that is no write whatever its arguments passes untapped without splitting them:
+ * the tap would return `slot` itself for it (shards.ts, onWrite).
+ */
+function tapped(router: Router, name: string, request: Request, slot: ReplySlot, db: number): ReplySink {
+  const tap = router.tap;
+  if (tap === null || !router.mayBeServerWrite(name)) return slot;
+  return tap(name, request.argv, slot, db);
 }

@@ -24,7 +24,12 @@ function flushAll(): void {
  * produced while handling this turn's reads leaves in a single write.
  */
 export class OutputBuffer {
-  private chunks: Buffer[] = [];
+  /**
+   * The first chunk of the turn; the others, if any, in `more`. At one reply per client per
+   * turn (clients that do not pipeline) that is the only one: no array is made per write.
+   */
+  private head: Buffer | null = null;
+  private more: Buffer[] | null = null;
   private bytes = 0;
   private queued = false;
 
@@ -44,7 +49,9 @@ export class OutputBuffer {
   }
 
   push(chunk: Buffer): void {
-    this.chunks.push(chunk);
+    if (this.head === null) this.head = chunk;
+    else if (this.more === null) this.more = [this.head, chunk];
+    else this.more.push(chunk);
     this.bytes += chunk.length;
     if (!this.queued) {
       this.queued = true;
@@ -58,26 +65,29 @@ export class OutputBuffer {
 
   flush(): void {
     this.queued = false;
-    const chunks = this.chunks;
-    if (chunks.length === 0) return;
+    const head = this.head;
+    if (head === null) return;
+    const more = this.more;
     const bytes = this.bytes;
-    this.chunks = [];
+    this.head = null;
+    this.more = null;
     this.bytes = 0;
     if (this.socket.destroyed) return;
-    if (chunks.length === 1) {
-      this.socket.write(chunks[0]);
+    if (more === null) {
+      this.socket.write(head);
     } else if (bytes <= CONCAT_LIMIT) {
-      this.socket.write(Buffer.concat(chunks, bytes));
+      this.socket.write(Buffer.concat(more, bytes));
     } else {
       this.socket.cork();
-      for (const c of chunks) this.socket.write(c);
+      for (const c of more) this.socket.write(c);
       this.socket.uncork();
     }
   }
 
   /** Drops what has not been written (the socket is going away). */
   discard(): void {
-    this.chunks = [];
+    this.head = null;
+    this.more = null;
     this.bytes = 0;
   }
 }

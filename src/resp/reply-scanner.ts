@@ -92,7 +92,9 @@ export class ReplyScanner {
   /** The whole reply ending at `end`, handed out and consumed. */
   private take(end: number): Buffer {
     const q = this.input;
-    const reply = q.buf.subarray(q.start, end);
+    const buf = q.buf;
+    // A read that held exactly this reply is handed out as it is: no view.
+    const reply = q.start === 0 && end === buf.length ? buf : buf.subarray(q.start, end);
     q.consume(this.pos);
     this.pos = 0;
     return reply;

@@ -231,6 +231,22 @@ export class CommandTable {
   }
 
   /** Indexes of the key arguments of argv, as Redis itself would find them. */
+  /**
+   * Whether `name` may be a Redis write, by its name alone: a container (CONFIG, OBJECT...)
+   * may have a subcommand that writes; an unknown name may be anything.
+   */
+  mayWrite(name: string): boolean {
+    const info = this.commands.get(name);
+    return info === undefined || info.subcommands.size > 0 || info.flags.has("write");
+  }
+
+  /** The key arguments themselves (keyIndexes' arguments); a one-key command's without a list of indexes. */
+  keys(name: string, argv: readonly Buffer[]): Buffer[] {
+    const single = this.commands.get(name)?.singleKey ?? null;
+    if (single !== null) return single < argv.length ? [argv[single]] : [];
+    return this.keyIndexes(name, argv).map((i) => argv[i]);
+  }
+
   keyIndexes(name: string, argv: readonly Buffer[]): number[] {
     const info = this.lookup(name, argv);
     if (info === undefined) return [];

@@ -83,7 +83,10 @@ export class Router implements ClusterSender {
     if (this.redirect !== null) this.redirect.onRedirect = count;
   }
 
-  /** Sees the commands forwarded and can watch their replies (shards.ts onWrite); null when unused. */
+  /**
+   * Sees the commands forwarded and can watch their replies (shards.ts onWrite); null when unused.
+   * It watches writes only: a command that is no write (mayBeServerWrite false) may skip it.
+   */
   tap: ((name: string, argv: Buffer[], sink: ReplySink, db: number) => ReplySink) | null = null;
   /** The same for a command queued in MULTI: what to call with its element of EXEC's reply. */
   queuedTap: ((name: string, argv: Buffer[], db: number) => ((reply: Buffer | null) => void) | null) | null =
@@ -327,6 +330,14 @@ export class Router implements ClusterSender {
    * what a module's write notifies is the module's choice (Redis 8.0's vector sets notify
    * nothing), so its events can only be known from its notifications.
    */
+  /**
+   * False when `name` is no write whatever its arguments (isServerWrite would say false): a
+   * client's request need not split its arguments for the write journal's tap then.
+   */
+  mayBeServerWrite(name: string): boolean {
+    return this.commands !== null && this.commands.mayWrite(name);
+  }
+
   isServerWrite(name: string, argv: readonly Buffer[]): boolean {
     const flags = this.commands?.lookup(name, argv)?.flags;
     return flags !== undefined && flags.has("write") && !flags.has("module");
@@ -334,7 +345,7 @@ export class Router implements ClusterSender {
 
   /** The keys of a command, as the command table finds them. */
   keysOf(name: string, argv: readonly Buffer[]): Buffer[] {
-    return this.commands?.keyIndexes(name, argv).map((i) => argv[i]) ?? [];
+    return this.commands?.keys(name, argv) ?? [];
   }
 
   /** The keys a command reads, as client-side caching tracks them (tracked-keys.ts). */

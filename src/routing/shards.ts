@@ -172,22 +172,7 @@ export class Shards {
       router.isServerWrite(name, argv) ? watch(name, argv, router.keysOf(name, argv), db) : null;
     const tap = (name: string, argv: Buffer[], sink: ReplySink, db: number): ReplySink => {
       const done = queued(name, argv, db);
-      if (done === null) return sink;
-      return {
-        reply: (data) => {
-          sink.reply(data);
-          if (data[0] !== 45 /* - */) return done(data);
-          // A master that answers READONLY was demoted behind the proxy's back: the topology
-          // is re-read now (Sentinel: the sentinels asked), not at its next periodic check.
-          // Looked at here because this branch reads error replies anyway; others' are not.
-          if (isReadOnlyError(data)) void router.topology.refresh().catch(() => {});
-          done(null);
-        },
-        fail: (message) => {
-          sink.fail(message);
-          done(null);
-        },
-      };
+      return done === null ? sink : new WatchedSink(sink, done, router);
     };
     router.tap = tap;
     router.queuedTap = queued;
@@ -254,6 +239,34 @@ export class Shards {
 const READONLY = Buffer.from("-READONLY ");
 
 /** Whether an error reply is "-READONLY You can't write against a read only replica." */
+/**
+ * A watched write's sink: passes the reply on, then tells the watcher its outcome. A class,
+ * not an object of two closures: one is made for every write while a registration follows
+ * them (the event path), and a plain object of three fields is the least garbage.
+ */
+class WatchedSink implements ReplySink {
+  constructor(
+    private readonly sink: ReplySink,
+    private readonly done: (reply: Buffer | null) => void,
+    private readonly router: Router,
+  ) {}
+
+  reply(data: Buffer): void {
+    this.sink.reply(data);
+    if (data[0] !== 45 /* - */) return this.done(data);
+    // A master that answers READONLY was demoted behind the proxy's back: the topology
+    // is re-read now (Sentinel: the sentinels asked), not at its next periodic check.
+    // Looked at here because this branch reads error replies anyway; others' are not.
+    if (isReadOnlyError(data)) void this.router.topology.refresh().catch(() => {});
+    this.done(null);
+  }
+
+  fail(message: string): void {
+    this.sink.fail(message);
+    this.done(null);
+  }
+}
+
 function isReadOnlyError(reply: Buffer): boolean {
   return (
     reply.length > READONLY.length && reply.compare(READONLY, 0, READONLY.length, 0, READONLY.length) === 0
