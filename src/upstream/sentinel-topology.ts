@@ -4,6 +4,7 @@ import { decodeReply } from "../resp/decode.js";
 import { encodeCommand } from "../resp/encode.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
+import { handOver, type HandoverCounts } from "./handover.js";
 import { UpstreamNode, type NodeObserver } from "./node.js";
 import {
   describeAnswers,
@@ -236,6 +237,8 @@ export class SentinelTopology implements Topology {
   private readonly others = new Map<string, UpstreamNode>();
   /** How many times the master moved to another node since the start. */
   private switches = 0;
+  /** What each switch did with the old master's pending requests (the specs read it). */
+  readonly handovers: HandoverCounts[] = [];
   private list: UpstreamNode[];
   /** The config epoch of the current master's address: older answers are ignored. */
   private epoch: number;
@@ -254,6 +257,8 @@ export class SentinelTopology implements Topology {
     until: number;
     /** When a sentinel last said the failover is under way (an event, or failover_in_progress). */
     seen: number;
+    /** The last CLIENT PAUSE was answered OK: the master holds writes until `until`. */
+    paused: boolean;
     by: Set<number>;
   } | null = null;
   /** Renews the hold while it lasts, on its own clock: a slow round of asking must not let it lapse. */
@@ -341,6 +346,8 @@ export class SentinelTopology implements Topology {
     const node: UpstreamNode = new UpstreamNode(address, {
       ...this.options,
       log: undefined,
+      // So that a switch can send the new master what the old one held and did not run.
+      keepRequests: true,
       // After the node has marked itself lost (onLost runs first): connections the proxy
       // closes itself (a client's aborted MULTI) are no reason to ask.
       onLost: () =>
@@ -397,6 +404,8 @@ export class SentinelTopology implements Topology {
 
   private switchTo(node: UpstreamNode, epoch: number): void {
     const old = this.current;
+    const fenced = this.fenced;
+    const paused = fenced !== null && fenced.node === old && fenced.paused && fenced.until > Date.now();
     this.current = node;
     this.list = [node];
     this.epoch = epoch;
@@ -412,9 +421,15 @@ export class SentinelTopology implements Topology {
       { master: this.name, from: old.id, to: node.id, epoch },
       `sentinel master '${this.name}' is now ${node.id} (was ${old.id})`,
     );
-    // Replies still owed fail as on a lost upstream; later commands go to the new master, and
-    // one that still holds the old node fails rather than reopening a connection there.
-    old.retire();
+    // Later commands go to the new master, and one that still holds the old node fails rather
+    // than reopening a connection there. Held writes the old master did not run go to the new
+    // one; other replies still owed fail as on a lost upstream (handover.ts).
+    handOver(old, node, {
+      paused,
+      holdMs: this.holdMs,
+      log: this.log,
+      onDone: (counts) => this.handovers.push(counts),
+    });
   }
 
   private onEvent(event: SentinelEvent, sentinel: number): void {
@@ -441,7 +456,7 @@ export class SentinelTopology implements Topology {
       { master: this.name, node: node.id, ms: this.holdMs },
       "sentinel failover started: writes to the old master held until the switch",
     );
-    this.fenced = { node, until: 0, seen: now, by: new Set([sentinel]) };
+    this.fenced = { node, until: 0, seen: now, paused: false, by: new Set([sentinel]) };
     this.hold();
     if (this.holdTimer === null) {
       this.holdTimer = setInterval(() => this.renewHold(), Math.max(50, Math.floor(this.holdMs / 3)));
@@ -477,12 +492,15 @@ export class SentinelTopology implements Topology {
     const fenced = this.fenced;
     if (fenced === null) return;
     const node = fenced.node;
-    fenced.until = Date.now() + this.holdMs;
+    const until = Date.now() + this.holdMs;
+    fenced.until = until;
     node
       .control()
       ?.call(["CLIENT", "PAUSE", String(this.holdMs), "WRITE"])
       .then(
         (reply) => {
+          // Held from before it was sent, so at least until `until`.
+          if (fenced.until === until) fenced.paused = !(reply instanceof RespError);
           if (reply instanceof RespError)
             this.log.warn(
               { node: node.id, err: reply.message },

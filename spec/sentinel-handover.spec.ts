@@ -1,0 +1,243 @@
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { expect } from "chai";
+import { Redis } from "ioredis";
+import { createClient } from "redis";
+import type { RedisNode } from "./harness/index.js";
+import { useSentinelProxy, type SentinelDeployment } from "./harness/sentinel.js";
+import { redisPy } from "./support/redis-py.js";
+import { sleep } from "./support/polling.js";
+import type { ProxyContext } from "../src/client/context.js";
+import type { SentinelTopology } from "../src/upstream/sentinel-topology.js";
+import { commandName, readCommands } from "../src/upstream/handover.js";
+
+/**
+ * A Sentinel failover no client notices: the writes the old master held from the failover's
+ * start (CLIENT PAUSE WRITE) go to the new master at the switch instead of failing
+ * (src/upstream/handover.ts). Clients write their own counters without pause, single and
+ * pipelined, through SENTINEL FAILOVER; each INCR's reply must be the next number, each GET
+ * the last INCR's, and the counter on the new master the count of INCRs acknowledged: no
+ * error, nothing lost, nothing applied twice, replies in order.
+ */
+
+/** What one client saw. */
+interface Tally {
+  client: string;
+  /** INCRs acknowledged, so the counter's value if none was lost or applied twice. */
+  acked: number;
+  errors: string[];
+  /** Replies that were not what the client's order makes them (a skipped, repeated or stale value). */
+  wrong: string[];
+}
+
+/** One client's loop: a single INCR, then a pipeline INCR, GET, INCR, INCR; checks every reply. */
+function counterWriter(
+  client: string,
+  single: (key: string) => Promise<unknown>,
+  pipeline: (key: string) => Promise<unknown[]>,
+) {
+  const key = `count:${client}`;
+  const tally: Tally = { client, acked: 0, errors: [], wrong: [] };
+  let stopped = false;
+  const check = (reply: unknown, expected: number, what: string): void => {
+    if (Number(reply) !== expected) tally.wrong.push(`${what}: ${String(reply)}, expected ${expected}`);
+  };
+  const done = (async () => {
+    while (!stopped) {
+      try {
+        const n = tally.acked;
+        check(await single(key), n + 1, "INCR");
+        tally.acked++;
+        const [a, b, c, d] = await pipeline(key);
+        check(a, n + 2, "pipelined INCR");
+        check(b, n + 2, "pipelined GET");
+        check(c, n + 3, "pipelined INCR");
+        check(d, n + 4, "pipelined INCR");
+        tally.acked += 3;
+      } catch (err) {
+        tally.errors.push(err instanceof Error ? err.message : String(err));
+        // The counter's value is not known any more: the test fails on the error anyway.
+        return;
+      }
+    }
+  })();
+  return {
+    key,
+    tally,
+    async stop(): Promise<Tally> {
+      stopped = true;
+      await done;
+      return tally;
+    },
+  };
+}
+
+/** redis-py (default options) doing what counterWriter does, for `seconds`; prints its Tally as JSON. */
+const PY_WRITER = `
+import json, sys, time
+import redis
+
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+r = redis.Redis(host="127.0.0.1", port=port)
+key = "count:py"
+tally = {"client": "redis-py", "acked": 0, "errors": [], "wrong": []}
+def check(reply, expected, what):
+    if int(reply) != expected:
+        tally["wrong"].append("%s: %s, expected %d" % (what, reply, expected))
+end = time.time() + seconds
+try:
+    while time.time() < end:
+        n = tally["acked"]
+        check(r.incr(key), n + 1, "INCR")
+        tally["acked"] += 1
+        p = r.pipeline(transaction=False)
+        p.incr(key).get(key).incr(key).incr(key)
+        a, b, c, d = p.execute()
+        check(a, n + 2, "pipelined INCR")
+        check(b, n + 2, "pipelined GET")
+        check(c, n + 3, "pipelined INCR")
+        check(d, n + 4, "pipelined INCR")
+        tally["acked"] += 3
+except Exception as e:
+    tally["errors"].append(repr(e))
+print(json.dumps(tally))
+`;
+
+function pythonWriter(port: number, seconds: number): Promise<Tally> {
+  return (async () => {
+    const python = await redisPy();
+    const script = path.join(os.tmpdir(), `gears-proxy-handover-${process.pid}.py`);
+    fs.writeFileSync(script, PY_WRITER);
+    const child = spawn(python, [script, String(port), String(seconds)], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (out += chunk.toString()));
+    await new Promise<void>((resolve) => child.once("close", () => resolve()));
+    try {
+      return JSON.parse(out.trim().split("\n").pop() ?? "") as Tally;
+    } catch {
+      return { client: "redis-py", acked: 0, errors: [`no result: ${out}`], wrong: [] };
+    }
+  })();
+}
+
+/** The master the proxy's INFO names (upstream0:addr=...). */
+async function proxyMasterPort(io: Redis): Promise<number> {
+  const info = await io.info("proxy");
+  return Number(/^upstream0:addr=[^,]*:(\d+),/m.exec(info)?.[1]);
+}
+
+function topologyOf(setup: { proxy: { server: unknown } }): SentinelTopology {
+  return (setup.proxy.server as { context: ProxyContext }).context.router.topology as SentinelTopology;
+}
+
+/**
+ * Two ioredis and two node-redis clients (default options) and one redis-py, writing
+ * through `fail`'s failover; resolves with what each saw and the new master.
+ */
+async function writersAcross(
+  d: SentinelDeployment,
+  port: number,
+  fail: (old: RedisNode) => Promise<void>,
+): Promise<{ tallies: Tally[]; now: RedisNode; keys: string[] }> {
+  const ios = [0, 1].map(() => {
+    const io = new Redis({ port, host: "127.0.0.1" });
+    io.on("error", () => {});
+    return io;
+  });
+  const nrs = [0, 1].map(() => {
+    const nr = createClient({ socket: { port, host: "127.0.0.1" } });
+    nr.on("error", () => {});
+    return nr;
+  });
+  for (const nr of nrs) await nr.connect();
+  try {
+    const old = await d.master();
+    const writers = [
+      ...ios.map((io, i) =>
+        counterWriter(
+          `io${i}`,
+          (key) => io.incr(key),
+          async (key) => {
+            const replies = (await io.pipeline().incr(key).get(key).incr(key).incr(key).exec()) ?? [];
+            for (const [err] of replies) if (err) throw err;
+            return replies.map(([, value]) => value);
+          },
+        ),
+      ),
+      ...nrs.map((nr, i) =>
+        counterWriter(
+          `nr${i}`,
+          (key) => nr.incr(key),
+          // Sent in one tick: node-redis writes them as one pipeline.
+          (key) => Promise.all([nr.incr(key), nr.get(key), nr.incr(key), nr.incr(key)]),
+        ),
+      ),
+    ];
+    const py = pythonWriter(port, 6);
+    await sleep(500);
+    await fail(old);
+    const now = await d.waitForNewMaster(old);
+    const deadline = Date.now() + 10_000;
+    while ((await proxyMasterPort(ios[0]).catch(() => 0)) !== now.port && Date.now() < deadline)
+      await sleep(50);
+    await sleep(500);
+    const tallies = [];
+    for (const w of writers) tallies.push(await w.stop());
+    tallies.push(await py);
+    return { tallies, now, keys: [...writers.map((w) => w.key), "count:py"] };
+  } finally {
+    for (const io of ios) io.disconnect();
+    for (const nr of nrs) await nr.disconnect().catch(() => {});
+  }
+}
+
+describe("Redis Sentinel handover: reading commands and COMMAND INFO", () => {
+  it("a command's name is read from its RESP array, lower case", () => {
+    expect(commandName(Buffer.from("*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n"))).to.equal("incr");
+    expect(commandName(Buffer.from("*1\r\n$7\r\nEVAL_RO\r\n"))).to.equal("eval_ro");
+    expect(commandName(Buffer.from("PING\r\n"))).to.equal("");
+  });
+
+  it("reads are the commands flagged readonly and neither write nor may_replicate", () => {
+    expect([
+      ...readCommands([
+        [Buffer.from("get"), 2, ["readonly", "fast"]],
+        [Buffer.from("incr"), 2, ["write", "denyoom", "fast"]],
+        [Buffer.from("publish"), 3, ["pubsub", "loading", "stale", "fast", "may_replicate"]],
+        null,
+      ]),
+    ]).to.deep.equal(["get"]);
+  });
+});
+
+describe("Redis Sentinel handover: SENTINEL FAILOVER under continuous writes", function () {
+  this.timeout(120_000);
+  const setup = useSentinelProxy({ each: true });
+
+  for (let round = 1; round <= 3; round++) {
+    it(`round ${round}: ioredis, node-redis and redis-py writing INCR single and pipelined: no error, none lost, none twice, replies in order`, async () => {
+      const { d, proxy } = setup;
+      const { tallies, now, keys } = await writersAcross(d, proxy.port, async () => {
+        expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
+      });
+      const handovers = topologyOf(setup).handovers;
+      console.log(
+        `      acked ${tallies.map((t) => `${t.client}=${t.acked}`).join(" ")}; handover ${JSON.stringify(handovers)}`,
+      );
+      for (const [i, t] of tallies.entries()) {
+        expect(t.errors, `${t.client}'s errors`).to.deep.equal([]);
+        expect(t.wrong, `${t.client}'s replies out of order`).to.deep.equal([]);
+        expect(Number(await now.call("GET", keys[i])), `${t.client}'s counter on the new master`).to.equal(
+          t.acked,
+        );
+        expect(t.acked, `${t.client} wrote`).to.be.above(20);
+      }
+      expect(handovers).to.have.length(1);
+    });
+  }
+});
