@@ -241,3 +241,161 @@ describe("Redis Sentinel handover: SENTINEL FAILOVER under continuous writes", f
     });
   }
 });
+
+/**
+ * What one client saw across a killed master: a write that failed may or may not have run
+ * (its connection died with it), so the checks allow for those.
+ */
+interface KillTally {
+  client: string;
+  errors: string[];
+  /** Replies no order explains: a value skipped beyond the writes that failed (applied twice), a GET not the last INCR. */
+  wrong: string[];
+  /** Values the counter went back at the switch: writes the dead master acknowledged but had not replicated. */
+  drops: number[];
+  /** When each INCR was acknowledged (ms). */
+  ackedAt: number[];
+  last: number;
+}
+
+/** counterWriter's loop, going on after errors. */
+function tolerantWriter(
+  client: string,
+  single: (key: string) => Promise<unknown>,
+  pipeline: (key: string) => Promise<PromiseSettledResult<unknown>[]>,
+) {
+  const key = `count:${client}`;
+  const t: KillTally = { client, errors: [], wrong: [], drops: [], ackedAt: [], last: 0 };
+  /** INCRs that failed since the last reply: each may have run. */
+  let uncertain = 0;
+  let stopped = false;
+  const incr = (r: PromiseSettledResult<unknown>): void => {
+    if (r.status === "rejected") {
+      t.errors.push(r.reason instanceof Error ? r.reason.message : String(r.reason));
+      uncertain++;
+      return;
+    }
+    const v = Number(r.value);
+    if (v <= t.last) t.drops.push(t.last + 1 - v);
+    else if (v > t.last + 1 + uncertain) t.wrong.push(`INCR: ${v} after ${t.last} with ${uncertain} failed`);
+    t.last = v;
+    uncertain = 0;
+    t.ackedAt.push(Date.now());
+  };
+  const done = (async () => {
+    while (!stopped) {
+      const [one] = await Promise.allSettled([single(key)]);
+      incr(one);
+      const [a, b, c, d] = await pipeline(key);
+      incr(a);
+      if (b.status === "fulfilled" && uncertain === 0 && Number(b.value) !== t.last)
+        t.wrong.push(`GET: ${String(b.value)} after INCR ${t.last}`);
+      incr(c);
+      incr(d);
+      if (t.errors.length > 0 && uncertain > 0) await sleep(20);
+    }
+  })();
+  return {
+    key,
+    async stop(): Promise<KillTally> {
+      stopped = true;
+      await done;
+      return t;
+    },
+  };
+}
+
+/** Redis loses what its master acknowledged this shortly before SIGKILL and had not sent its replica. */
+const KILL_WINDOW_MS = 50;
+
+describe("Redis Sentinel handover: the old master SIGKILLed under continuous writes", function () {
+  this.timeout(120_000);
+  const setup = useSentinelProxy({ each: true });
+
+  for (let round = 1; round <= 2; round++) {
+    it(`round ${round}: ioredis and node-redis writing INCR: what failed is "connection lost" or "unavailable" until the switch, nothing applied twice, nothing lost but Redis's own kill window`, async () => {
+      const { d, proxy } = setup;
+      const port = proxy.port;
+      const ios = [0, 1].map(() => {
+        const io = new Redis({ port, host: "127.0.0.1" });
+        io.on("error", () => {});
+        return io;
+      });
+      const nrs = [0, 1].map(() => {
+        const nr = createClient({ socket: { port, host: "127.0.0.1" } });
+        nr.on("error", () => {});
+        return nr;
+      });
+      for (const nr of nrs) await nr.connect();
+      try {
+        const old = await d.master();
+        const writers = [
+          ...ios.map((io, i) =>
+            tolerantWriter(
+              `io${i}`,
+              (key) => io.incr(key),
+              async (key) => {
+                const replies = await io
+                  .pipeline()
+                  .incr(key)
+                  .get(key)
+                  .incr(key)
+                  .incr(key)
+                  .exec()
+                  .catch(() => null);
+                if (replies === null) return Array(4).fill({ status: "rejected", reason: "pipeline failed" });
+                return replies.map(([err, value]) =>
+                  err
+                    ? { status: "rejected" as const, reason: err }
+                    : { status: "fulfilled" as const, value },
+                );
+              },
+            ),
+          ),
+          ...nrs.map((nr, i) =>
+            tolerantWriter(
+              `nr${i}`,
+              (key) => nr.incr(key),
+              (key) => Promise.allSettled([nr.incr(key), nr.get(key), nr.incr(key), nr.incr(key)]),
+            ),
+          ),
+        ];
+        await sleep(500);
+        await d.sentinels[0].kill();
+        const killedAt = Date.now();
+        await old.kill();
+        const now = await d.waitForNewMaster(old);
+        const deadline = Date.now() + 15_000;
+        while ((await proxyMasterPort(ios[0]).catch(() => 0)) !== now.port && Date.now() < deadline)
+          await sleep(50);
+        const switchedAt = Date.now();
+        await sleep(500);
+        const tallies: KillTally[] = [];
+        for (const w of writers) tallies.push(await w.stop());
+        for (const [i, t] of tallies.entries()) {
+          const kinds = [...new Set(t.errors)];
+          const inWindow = t.ackedAt.filter((at) => at <= killedAt && at > killedAt - KILL_WINDOW_MS).length;
+          console.log(
+            `      ${t.client}: ${t.ackedAt.length} acked, ${t.errors.length} failed (${kinds.join(" | ")}), went back ${JSON.stringify(t.drops)}; switch ${switchedAt - killedAt} ms after the kill`,
+          );
+          for (const kind of kinds)
+            expect(kind).to.match(
+              /^ERR upstream (connection lost|127\.0\.0\.1:\d+ (unavailable|is no longer the master))/,
+            );
+          expect(t.wrong, `${t.client}: replies no order explains`).to.deep.equal([]);
+          expect(t.drops.length, `${t.client}: the counter went back more than once`).to.be.at.most(1);
+          for (const drop of t.drops)
+            expect(drop, `${t.client}: lost beyond the kill window`).to.be.at.most(inWindow);
+          expect(Number(await now.call("GET", writers[i].key)), `${t.client}'s counter`).to.equal(t.last);
+          expect(
+            t.ackedAt.filter((at) => at > switchedAt).length,
+            `${t.client} wrote after the switch`,
+          ).to.be.above(10);
+        }
+      } finally {
+        for (const io of ios) io.disconnect();
+        for (const nr of nrs) await nr.disconnect().catch(() => {});
+      }
+    });
+  }
+});
