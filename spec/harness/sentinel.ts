@@ -276,7 +276,8 @@ export function useSentinelProxy(
   opts: {
     each?: boolean;
     deployment?: StartSentinelsOptions;
-    proxy?: Partial<ProxyConfig>;
+    /** The proxy's options beyond the sentinels' (which it may replace), or a function of the deployment giving them. */
+    proxy?: Partial<ProxyConfig> | ((d: SentinelDeployment) => Partial<ProxyConfig>);
   } = {},
 ): SentinelProxy {
   let d: SentinelDeployment | undefined;
@@ -284,7 +285,8 @@ export function useSentinelProxy(
   const setUp = async function (this: Mocha.Context): Promise<void> {
     this.timeout(60_000);
     d = await startSentinels(opts.deployment);
-    proxy = await startProxy([], { ...sentinelOptions(d), ...opts.proxy });
+    const extra = typeof opts.proxy === "function" ? opts.proxy(d) : opts.proxy;
+    proxy = await startProxy([], { ...sentinelOptions(d), ...extra });
   };
   const tearDown = async function (this: Mocha.Context): Promise<void> {
     this.timeout(30_000);

@@ -263,6 +263,12 @@ export class SentinelTopology implements Topology {
   } | null = null;
   /** Renews the hold while it lasts, on its own clock: a slow round of asking must not let it lapse. */
   private holdTimer: NodeJS.Timeout | null = null;
+  /**
+   * What the master said of itself at the last check (ROLE, on its control connection): a
+   * role other than "master" while the sentinels still name it means it was demoted behind
+   * their back (an operator's REPLICAOF); writes get READONLY until the sentinels act.
+   */
+  private role = "master";
   /** How long one hold lasts (FENCE_MS, or half the master's down-after-milliseconds when shorter). */
   private holdMs = FENCE_MS;
   private closed = false;
@@ -319,7 +325,13 @@ export class SentinelTopology implements Topology {
   /** INFO proxy's line, in the manner of Redis Sentinel's own `master0:name=...,status=ok,address=...`. */
   infoLines(): string[] {
     const held = this.fenced !== null && this.fenced.until > Date.now();
-    const status = held ? "failover" : this.current.reachable ? "ok" : "down";
+    const status = held
+      ? "failover"
+      : !this.current.reachable
+        ? "down"
+        : this.role !== "master" && this.role !== ""
+          ? "demoted"
+          : "ok";
     return [
       `sentinel_master:name=${this.name},status=${status},addr=${this.current.id},epoch=${this.epoch},` +
         `switches=${this.switches},sentinels=${this.sentinels.ids.length}`,
@@ -383,7 +395,7 @@ export class SentinelTopology implements Topology {
     const wait = this.lastCheck + MIN_CHECK_GAP_MS - Date.now();
     if (wait > 0) await sleep(wait);
     this.lastCheck = Date.now();
-    const answers = await this.sentinels.ask(this.name);
+    const [answers] = await Promise.all([this.sentinels.ask(this.name), this.checkRole(this.current)]);
     this.followHold(answers);
     for (const candidate of rankAnswers(answers, this.epoch)) {
       if (this.closed) return;
@@ -402,6 +414,27 @@ export class SentinelTopology implements Topology {
     }
   }
 
+  /**
+   * Asks the master its role, on its control connection (free while writes are held): the
+   * sentinels take down-after-milliseconds and more to notice a master turned replica, and
+   * may announce nothing for a while. A demotion is logged and shown in INFO
+   * (status=demoted); the proxy cannot switch before the sentinels name another master.
+   */
+  private async checkRole(node: UpstreamNode): Promise<void> {
+    const conn = node.control();
+    if (conn === null) return;
+    const role = await within(conn.call(["ROLE"]), ASK_TIMEOUT_MS, node.id).then(roleOf, () => "");
+    if (node !== this.current || role === "" || role === this.role) return;
+    if (role === "master")
+      this.log.info({ master: this.name, node: node.id }, "sentinel master says it is a master again");
+    else
+      this.log.warn(
+        { master: this.name, node: node.id, role },
+        `the master the sentinels name says it is a ${role} (ROLE): writes fail with READONLY until the sentinels name another`,
+      );
+    this.role = role;
+  }
+
   private switchTo(node: UpstreamNode, epoch: number): void {
     const old = this.current;
     const fenced = this.fenced;
@@ -410,6 +443,7 @@ export class SentinelTopology implements Topology {
     this.list = [node];
     this.epoch = epoch;
     this.switches++;
+    this.role = "master";
     this.options.observer?.sentinelSwitch?.(this.name);
     // The replica's own node, if the gears rooms had one, is the master's now.
     this.others.get(node.id)?.close();
