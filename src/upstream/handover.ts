@@ -41,8 +41,8 @@ import type { ReplySink } from "./reply-sink.js";
  * Meanwhile the new master's connections hold back what clients send them (hold()), and
  * the requests moved over go ahead of those, on the connection of the same place (the same
  * affinity, so the same client's), so no later command overtakes an earlier one. When every
- * moved request is settled, or after HANDOVER_MS, the old connections close and the new
- * ones send what they held.
+ * request is settled and those moved are answered, or after HANDOVER_MS, the old connections
+ * close and the new ones send what they held.
  *
  * Only the shared connections are handed over. The dedicated ones (MULTI/EXEC, blocking
  * commands, subscriptions) close at the switch as before: a transaction's queued writes are
@@ -148,7 +148,10 @@ class ConnectionHandover {
 class Handover {
   reads = new Set<string>();
   readonly counts: HandoverCounts = { passed: 0, moved: 0, failed: 0 };
+  /** Requests of the old connections not settled yet. */
   private left = 0;
+  /** Requests sent on to the new master and not answered yet. */
+  private unanswered = 0;
   private done = false;
   private readonly timer: NodeJS.Timeout;
 
@@ -181,8 +184,25 @@ class Handover {
       this.settle(request.sink, "failed", this.next.failure || CONNECTION_LOST);
       return;
     }
-    // Past the hold: ahead of what clients sent the new master since the switch.
-    conn.sendNow(command, request.sink, request.db);
+    // Past the hold: ahead of what clients sent the new master since the switch. The hold
+    // ends once it is answered, not merely sent: a client's next command may take another
+    // connection (a dedicated one, for MULTI or a blocking command), which must not overtake it.
+    this.unanswered++;
+    const sink = request.sink;
+    conn.sendNow(
+      command,
+      {
+        reply: (data) => {
+          sink.reply(data);
+          this.answered();
+        },
+        fail: (message) => {
+          sink.fail(message);
+          this.answered();
+        },
+      },
+      request.db,
+    );
     this.settle(null, "moved");
   }
 
@@ -190,7 +210,12 @@ class Handover {
   settle(sink: ReplySink | null, outcome: keyof HandoverCounts, message = CONNECTION_LOST): void {
     if (sink !== null) sink.fail(message);
     this.counts[outcome]++;
-    if (--this.left === 0) this.finish(null);
+    if (--this.left === 0 && this.unanswered === 0) this.finish(null);
+  }
+
+  /** A request sent on to the new master is answered. */
+  private answered(): void {
+    if (--this.unanswered === 0 && this.left === 0) this.finish(null);
   }
 
   /** Closes the old connections (what they still owe fails) and lets the new master's requests go. */
