@@ -399,3 +399,42 @@ describe("Redis Sentinel handover: the old master SIGKILLed under continuous wri
     });
   }
 });
+
+describe("Redis Sentinel handover: what is sent on and what fails, held behind one write", function () {
+  this.timeout(120_000);
+  const setup = useSentinelProxy();
+
+  it("a pipeline held by the failover's pause: the write and the read behind it are answered by the new master, in order; a PUBLISH held behind the write fails (it ran on the demoted master); a script behind it runs on the new master", async () => {
+    const { d, proxy } = setup;
+    const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+    try {
+      expect(await io.set("held:k", "10")).to.equal("OK");
+      const old = await d.master();
+      expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
+      // Sent once the old master holds writes: all of it waits behind the INCR.
+      for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(10))
+        if (/^sentinel_master:.*status=failover/m.test(await io.info("proxy"))) break;
+      const replies = await io
+        .pipeline()
+        .incr("held:k")
+        .get("held:k")
+        .publish("held:ch", "m")
+        .eval("return redis.call('incr', KEYS[1])", 1, "held:k")
+        .incr("held:k")
+        .get("held:k")
+        .exec();
+      const now = await d.waitForNewMaster(old);
+      const seen = (replies ?? []).map(([err, value]) => (err ? `error: ${(err as Error).message}` : value));
+      // The EVAL takes the router's path (the script cache sees it), which sends it once the
+      // replies before it are in: to the new master, after the INCR sent on.
+      expect(seen).to.deep.equal([11, "11", "error: ERR upstream connection lost", 12, 13, "13"]);
+      expect(await now.call("GET", "held:k")).to.equal("13");
+      const handovers = topologyOf(setup).handovers;
+      expect(handovers).to.have.length(1);
+      expect(handovers[0]).to.deep.equal({ passed: 0, moved: 2, failed: 1 });
+    } finally {
+      io.disconnect();
+    }
+  });
+});
