@@ -438,3 +438,35 @@ describe("Redis Sentinel handover: what is sent on and what fails, held behind o
     }
   });
 });
+
+describe("Redis Sentinel handover: a TFCALL whose writes the pause holds", function () {
+  this.timeout(120_000);
+  const setup = useSentinelProxy();
+
+  it("TFCALLs sent while the old master holds writes: their INCRs are sent on to the new master, each call answers once, in order", async () => {
+    const { d, proxy } = setup;
+    const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+    try {
+      await io.call(
+        "TFUNCTION",
+        "LOAD",
+        "#!js api_version=1.0 name=held\nredis.registerFunction('bump', function(client){ return client.call('incr', 'tf:held'); });",
+      );
+      expect(await io.call("TFCALL", "held.bump", "0")).to.equal(1);
+      const old = await d.master();
+      expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
+      for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(10))
+        if (/^sentinel_master:.*status=failover/m.test(await io.info("proxy"))) break;
+      const calls = await Promise.allSettled([1, 2, 3].map(() => io.call("TFCALL", "held.bump", "0")));
+      const now = await d.waitForNewMaster(old);
+      expect(calls.map((c) => (c.status === "fulfilled" ? c.value : String(c.reason)))).to.deep.equal([
+        2, 3, 4,
+      ]);
+      expect(await now.call("GET", "tf:held")).to.equal("4");
+      expect(topologyOf(setup).handovers[0]?.moved, "INCRs sent on").to.be.at.least(1);
+    } finally {
+      io.disconnect();
+    }
+  });
+});
