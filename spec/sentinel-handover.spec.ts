@@ -125,6 +125,19 @@ function pythonWriter(port: number, seconds: number): Promise<Tally> {
   })();
 }
 
+/** The databases of the two ioredis and the two node-redis writers. */
+const DBS = [0, 3];
+
+/** `key`'s value in database `db` of `node`. */
+async function valueIn(node: RedisNode, db: number, key: string): Promise<string | null> {
+  const direct = new Redis({ port: node.port, host: "127.0.0.1", db, lazyConnect: true });
+  try {
+    return await direct.get(key);
+  } finally {
+    direct.disconnect();
+  }
+}
+
 /** The master the proxy's INFO names (upstream0:addr=...). */
 async function proxyMasterPort(io: Redis): Promise<number> {
   const info = await io.info("proxy");
@@ -136,21 +149,22 @@ function topologyOf(setup: { proxy: { server: unknown } }): SentinelTopology {
 }
 
 /**
- * Two ioredis and two node-redis clients (default options) and one redis-py, writing
+ * Two ioredis and two node-redis clients (default options, one of each in database 3) and one redis-py, writing
  * through `fail`'s failover; resolves with what each saw and the new master.
  */
 async function writersAcross(
   d: SentinelDeployment,
   port: number,
   fail: (old: RedisNode) => Promise<void>,
-): Promise<{ tallies: Tally[]; now: RedisNode; keys: string[] }> {
-  const ios = [0, 1].map(() => {
-    const io = new Redis({ port, host: "127.0.0.1" });
+): Promise<{ tallies: Tally[]; now: RedisNode; keys: string[]; dbs: number[] }> {
+  // The second of each in database 3: the proxy's SELECTs go along with what is sent on.
+  const ios = DBS.map((db) => {
+    const io = new Redis({ port, host: "127.0.0.1", db });
     io.on("error", () => {});
     return io;
   });
-  const nrs = [0, 1].map(() => {
-    const nr = createClient({ socket: { port, host: "127.0.0.1" } });
+  const nrs = DBS.map((database) => {
+    const nr = createClient({ socket: { port, host: "127.0.0.1" }, database });
     nr.on("error", () => {});
     return nr;
   });
@@ -189,7 +203,7 @@ async function writersAcross(
     const tallies = [];
     for (const w of writers) tallies.push(await w.stop());
     tallies.push(await py);
-    return { tallies, now, keys: [...writers.map((w) => w.key), "count:py"] };
+    return { tallies, now, keys: [...writers.map((w) => w.key), "count:py"], dbs: [...DBS, ...DBS, 0] };
   } finally {
     for (const io of ios) io.disconnect();
     for (const nr of nrs) await nr.disconnect().catch(() => {});
@@ -222,7 +236,7 @@ describe("Redis Sentinel handover: SENTINEL FAILOVER under continuous writes", f
   for (let round = 1; round <= 3; round++) {
     it(`round ${round}: ioredis, node-redis and redis-py writing INCR single and pipelined: no error, none lost, none twice, replies in order`, async () => {
       const { d, proxy } = setup;
-      const { tallies, now, keys } = await writersAcross(d, proxy.port, async () => {
+      const { tallies, now, keys, dbs } = await writersAcross(d, proxy.port, async () => {
         expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
       });
       const handovers = topologyOf(setup).handovers;
@@ -232,9 +246,10 @@ describe("Redis Sentinel handover: SENTINEL FAILOVER under continuous writes", f
       for (const [i, t] of tallies.entries()) {
         expect(t.errors, `${t.client}'s errors`).to.deep.equal([]);
         expect(t.wrong, `${t.client}'s replies out of order`).to.deep.equal([]);
-        expect(Number(await now.call("GET", keys[i])), `${t.client}'s counter on the new master`).to.equal(
-          t.acked,
-        );
+        expect(
+          Number(await valueIn(now, dbs[i], keys[i])),
+          `${t.client}'s counter on the new master`,
+        ).to.equal(t.acked);
         expect(t.acked, `${t.client} wrote`).to.be.above(20);
       }
       expect(handovers).to.have.length(1);
