@@ -5,13 +5,16 @@ import path from "node:path";
 import { expect } from "chai";
 import { Redis } from "ioredis";
 import { createClient } from "redis";
-import type { RedisNode } from "./harness/index.js";
+import { startRedis, type RedisNode } from "./harness/index.js";
 import { useSentinelProxy, type SentinelDeployment } from "./harness/sentinel.js";
 import { redisPy } from "./support/redis-py.js";
 import { sleep } from "./support/polling.js";
 import type { ProxyContext } from "../src/client/context.js";
 import type { SentinelTopology } from "../src/upstream/sentinel-topology.js";
 import { commandName, readCommands } from "../src/upstream/handover.js";
+import { UpstreamConnection } from "../src/upstream/connection.js";
+import type { ReplySink } from "../src/upstream/reply-sink.js";
+import { encodeCommand } from "../src/resp/encode.js";
 
 /**
  * A Sentinel failover no client notices: the writes the old master held from the failover's
@@ -525,6 +528,78 @@ describe("Redis Sentinel handover: a TFCALL whose writes the pause holds", funct
       expect(topologyOf(setup).handovers[0]?.moved, "INCRs sent on").to.be.at.least(1);
     } finally {
       io.disconnect();
+    }
+  });
+});
+
+describe("UpstreamConnection: requests kept for a handover, and held back", function () {
+  let redis: RedisNode | undefined;
+
+  before(async () => {
+    redis = await startRedis();
+  });
+
+  after(async () => {
+    await redis?.stop();
+  });
+
+  it("handOver() gives each unanswered request its own bytes and database, and its reply goes to the sink given for it; hold() sends nothing until release(), in order", async () => {
+    const address = { host: "127.0.0.1", port: redis!.port };
+    const conn = new UpstreamConnection(address, { connectTimeoutMs: 2000, keepRequests: true });
+    const control = new UpstreamConnection(address, { connectTimeoutMs: 2000 });
+    try {
+      expect(await conn.call(["PING"])).to.equal("PONG");
+      expect(await control.call(["CLIENT", "PAUSE", "5000", "WRITE"])).to.equal("OK");
+      const incr = encodeCommand(["INCR", "kept:n"]);
+      const get = encodeCommand(["GET", "kept:n"]);
+      const answered: string[] = [];
+      const sink = (name: string): ReplySink => ({
+        reply: (data) => answered.push(`${name} to the client: ${data.toString().trim()}`),
+        fail: (message) => answered.push(`${name} failed: ${message}`),
+      });
+      // A SELECT goes in front (database 2); the pipeline is held behind its INCR.
+      conn.sendMany(Buffer.concat([incr, get]), [sink("incr"), sink("get")], 2);
+      conn.send(encodeCommand(["SET", "kept:s", "v"]), sink("set"), 2);
+      await sleep(100);
+      expect(answered).to.deep.equal([]);
+      const pending = conn.handOver((request) => ({
+        reply: (data) =>
+          answered.push(`${commandName(request.command!)} to the handover: ${data.toString().trim()}`),
+        fail: () => {},
+      }));
+      expect(pending?.map((p) => [p.command?.toString(), p.db])).to.deep.equal([
+        [incr.toString(), 2],
+        [get.toString(), 2],
+        [encodeCommand(["SET", "kept:s", "v"]).toString(), 2],
+      ]);
+      expect(await control.call(["CLIENT", "UNPAUSE"])).to.equal("OK");
+      await sleep(100);
+      expect(answered).to.deep.equal([
+        "incr to the handover: :1",
+        "get to the handover: $1\r\n1",
+        "set to the handover: +OK",
+      ]);
+
+      const held = new UpstreamConnection(address, { connectTimeoutMs: 2000 });
+      try {
+        held.hold();
+        const replies: string[] = [];
+        const first = held.call(["INCR", "kept:h"]).then((r) => replies.push(`first ${String(r)}`));
+        const second = held.call(["INCR", "kept:h"]).then((r) => replies.push(`second ${String(r)}`));
+        await sleep(100);
+        expect(held.inFlight).to.equal(2);
+        expect(replies).to.deep.equal([]);
+        expect(await redis!.call("EXISTS", "kept:h")).to.equal(0);
+        held.release();
+        await Promise.all([first, second]);
+        expect(replies).to.deep.equal(["first 1", "second 2"]);
+      } finally {
+        held.close();
+      }
+    } finally {
+      await control.call(["CLIENT", "UNPAUSE"]).catch(() => {});
+      conn.close();
+      control.close();
     }
   });
 });
