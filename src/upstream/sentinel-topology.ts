@@ -395,7 +395,9 @@ export class SentinelTopology implements Topology {
     const wait = this.lastCheck + MIN_CHECK_GAP_MS - Date.now();
     if (wait > 0) await sleep(wait);
     this.lastCheck = Date.now();
-    const [answers] = await Promise.all([this.sentinels.ask(this.name), this.checkRole(this.current)]);
+    // Not awaited: a master that hangs must not slow the round that finds its successor.
+    void this.checkRole(this.current);
+    const answers = await this.sentinels.ask(this.name);
     this.followHold(answers);
     for (const candidate of rankAnswers(answers, this.epoch)) {
       if (this.closed) return;
