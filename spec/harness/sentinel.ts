@@ -2,7 +2,9 @@ import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import type { ProxyConfig } from "../../src/config.js";
 import { freePort } from "./ports.js";
+import { startProxy, type RunningProxy } from "./proxy.js";
 import { startRedis, type RedisNode } from "./redis.js";
 import { track, untrack, type Tracked } from "./registry.js";
 import { sendCommand, type RespValue } from "./resp.js";
@@ -245,5 +247,69 @@ export async function startSentinels(opts: StartSentinelsOptions = {}): Promise<
       }
     },
     stop,
+  };
+}
+
+/** How a proxy is started in front of the deployment: every sentinel listed, `extra` ones first. */
+export function sentinelOptions(
+  d: SentinelDeployment,
+  extra: { port: number }[] = [],
+): Pick<ProxyConfig, "sentinels" | "sentinelMaster"> {
+  return {
+    sentinels: [...extra, ...d.sentinels].map((s) => ({ host: HOST, port: s.port })),
+    sentinelMaster: d.name,
+  };
+}
+
+/** What useSentinelProxy() set up, for the tests of its describe block. */
+export interface SentinelProxy {
+  readonly d: SentinelDeployment;
+  readonly proxy: RunningProxy;
+}
+
+/**
+ * A deployment (startSentinels) and a proxy in front of it, for the tests of the enclosing
+ * describe: started once for them all, or for each test with `each` (a failover leaves the
+ * deployment changed). Stopped after, the proxy first. `proxy` adds to the proxy's options.
+ */
+export function useSentinelProxy(
+  opts: {
+    each?: boolean;
+    deployment?: StartSentinelsOptions;
+    /** The proxy's options beyond the sentinels' (which it may replace), or a function of the deployment giving them. */
+    proxy?: Partial<ProxyConfig> | ((d: SentinelDeployment) => Partial<ProxyConfig>);
+  } = {},
+): SentinelProxy {
+  let d: SentinelDeployment | undefined;
+  let proxy: RunningProxy | undefined;
+  const setUp = async function (this: Mocha.Context): Promise<void> {
+    this.timeout(60_000);
+    d = await startSentinels(opts.deployment);
+    const extra = typeof opts.proxy === "function" ? opts.proxy(d) : opts.proxy;
+    proxy = await startProxy([], { ...sentinelOptions(d), ...extra });
+  };
+  const tearDown = async function (this: Mocha.Context): Promise<void> {
+    this.timeout(30_000);
+    await proxy?.close();
+    await d?.stop();
+    proxy = undefined;
+    d = undefined;
+  };
+  if (opts.each) {
+    beforeEach(setUp);
+    afterEach(tearDown);
+  } else {
+    before(setUp);
+    after(tearDown);
+  }
+  return {
+    get d(): SentinelDeployment {
+      if (d === undefined) throw new Error("no sentinel deployment: used outside its describe's tests");
+      return d;
+    },
+    get proxy(): RunningProxy {
+      if (proxy === undefined) throw new Error("no proxy: used outside its describe's tests");
+      return proxy;
+    },
   };
 }

@@ -23,6 +23,38 @@ export interface ConnectionOptions {
   tls?: tls.ConnectionOptions;
   /** Told each request's round trip in seconds (metrics on); requests are not timed without it. */
   roundTrip?: (seconds: number) => void;
+  /**
+   * Keep each request's bytes until it is answered, so that a Sentinel switch can send the
+   * ones the old master did not run to the new one (handover.ts). Off elsewhere: it costs a
+   * queue entry per send.
+   */
+  keepRequests?: boolean;
+}
+
+/** One send of a connection that keeps its requests: `replies` commands, `answered` of them so far. */
+interface SentRequest {
+  readonly payload: Buffer;
+  readonly db: number;
+  readonly replies: number;
+  answered: number;
+}
+
+/** A request held back while the connection is on hold (hold()): sent as it came at release(). */
+interface HeldRequest {
+  readonly payload: Buffer;
+  /** One sink for `count` replies (send, sendRepeated), or one per reply (sendMany). */
+  readonly sinks: ReplySink | readonly ReplySink[];
+  readonly count: number;
+  readonly db: number;
+}
+
+/** A request still unanswered when its connection is handed over (handOver()). */
+export interface PendingRequest {
+  readonly sink: ReplySink;
+  /** The command's bytes (one RESP array); null when they could not be told apart. */
+  readonly command: Buffer | null;
+  /** The database code it was sent with (a number, ANY_DB or anyDbIn()). */
+  readonly db: number;
 }
 
 export const CONNECTION_LOST = "ERR upstream connection lost";
@@ -137,6 +169,11 @@ export class UpstreamConnection {
    * the same in any database (sent in ANY_DB): their success passes.
    */
   private readonly anyDb = new WeakSet<ReplySink>();
+  /** Each send's bytes until answered, beside `waiting` (keepRequests); null when not kept. */
+  private readonly requests: Fifo<SentRequest> | null;
+  /** Requests held back by hold() until release(); null when the connection is not on hold. */
+  private held: HeldRequest[] | null = null;
+  private heldReplies = 0;
   /** The server's CLIENT ID for this connection, once learnt (dedicated connections); else -1. */
   serverId = -1;
   /** Receives replies that no request waits for: pub/sub messages on a subscribed connection. */
@@ -153,6 +190,7 @@ export class UpstreamConnection {
     this.proto = options.proto ?? 2;
     this.roundTrip = options.roundTrip ?? null;
     this.sentAt = this.roundTrip === null ? null : new Fifo<number>();
+    this.requests = options.keepRequests ? new Fifo<SentRequest>() : null;
     this.socket = dial(address, options.tls, (chunk) => this.onData(chunk));
     this.out = new OutputBuffer(this.socket, true);
     this.socket.setTimeout(options.connectTimeoutMs);
@@ -184,9 +222,9 @@ export class UpstreamConnection {
     return this.db;
   }
 
-  /** Replies still awaited; 0 means the connection is idle. */
+  /** Replies still awaited (those of requests on hold included); 0 means the connection is idle. */
   get inFlight(): number {
-    return this.waiting.length;
+    return this.waiting.length + this.heldReplies;
   }
 
   /** Sends an encoded command in database `db` (ANY_DB: wherever it is); its reply goes to `sink`. */
@@ -195,9 +233,27 @@ export class UpstreamConnection {
       sink.fail(CONNECTION_LOST);
       return;
     }
+    if (this.held !== null) {
+      this.held.push({ payload, sinks: sink, count: 1, db });
+      this.heldReplies++;
+      return;
+    }
+    this.sendNow(payload, sink, db);
+  }
+
+  /**
+   * send(), past a hold: for the requests a Sentinel switch moves here from the old master,
+   * which go ahead of those held (handover.ts).
+   */
+  sendNow(payload: Buffer, sink: ReplySink, db = this.db): void {
+    if (this.closedFlag) {
+      sink.fail(CONNECTION_LOST);
+      return;
+    }
     if (db <= ANY_DB) this.inAnyDb(sink, db);
     else this.useDb(db);
     this.out.push(payload);
+    this.requests?.push({ payload, db, replies: 1, answered: 0 });
     this.expectReply(sink);
   }
 
@@ -207,9 +263,15 @@ export class UpstreamConnection {
       for (const sink of sinks) sink.fail(CONNECTION_LOST);
       return;
     }
+    if (this.held !== null) {
+      this.held.push({ payload, sinks, count: sinks.length, db });
+      this.heldReplies += sinks.length;
+      return;
+    }
     if (db <= ANY_DB) for (const sink of sinks) this.inAnyDb(sink, db);
     else this.useDb(db);
     this.out.push(payload);
+    this.requests?.push({ payload, db, replies: sinks.length, answered: 0 });
     for (const sink of sinks) this.expectReply(sink);
   }
 
@@ -219,10 +281,75 @@ export class UpstreamConnection {
       for (let i = 0; i < count; i++) sink.fail(CONNECTION_LOST);
       return;
     }
+    if (this.held !== null) {
+      this.held.push({ payload, sinks: sink, count, db });
+      this.heldReplies += count;
+      return;
+    }
     if (db <= ANY_DB) this.inAnyDb(sink, db);
     else this.useDb(db);
     this.out.push(payload);
+    this.requests?.push({ payload, db, replies: count, answered: 0 });
     for (let i = 0; i < count; i++) this.expectReply(sink);
+  }
+
+  /**
+   * Holds back what is sent from now on, in order, until release(): while a Sentinel switch
+   * settles what the old master still owes, a client's later commands must not overtake
+   * its earlier ones moved here (handover.ts).
+   */
+  hold(): void {
+    this.held ??= [];
+  }
+
+  /** Sends what hold() held back, in the order it came. */
+  release(): void {
+    const held = this.held;
+    if (held === null) return;
+    this.held = null;
+    this.heldReplies = 0;
+    for (const { payload, sinks, count, db } of held) {
+      if (Array.isArray(sinks)) this.sendMany(payload, sinks as readonly ReplySink[], db);
+      else if (count === 1) this.send(payload, sinks as ReplySink, db);
+      else this.sendRepeated(payload, sinks as ReplySink, count, db);
+    }
+  }
+
+  /**
+   * The requests still unanswered (keepRequests), each with its own bytes, and whose replies
+   * go from now on to the sink `wrap` gives for it: a Sentinel switch decides for each what
+   * its reply from the old master means (handover.ts). The proxy's own SELECTs stay its own.
+   * Null when the connection does not keep its requests.
+   */
+  handOver(wrap: (request: PendingRequest) => ReplySink): PendingRequest[] | null {
+    const requests = this.requests;
+    if (requests === null || this.closedFlag) return null;
+    const sinks = this.waiting.drain();
+    const sent = requests.drain();
+    const pending: PendingRequest[] = [];
+    let k = 0;
+    for (const request of sent) {
+      const commands = splitCommands(request.payload);
+      for (let j = request.answered; j < request.replies; j++) {
+        const sink = sinks[k++];
+        if (sink === this.selectSink || sink === undefined) {
+          if (sink !== undefined) this.waiting.push(sink);
+          continue;
+        }
+        const entry: PendingRequest = {
+          sink,
+          command: commands !== null && commands.length === request.replies ? commands[j] : null,
+          db: request.db,
+        };
+        pending.push(entry);
+        const wrapped = wrap(entry);
+        if (this.anyDb.has(sink)) this.anyDb.add(wrapped);
+        this.waiting.push(wrapped);
+      }
+    }
+    // Kept aligned, though nothing is sent on this connection any more.
+    for (const request of sent) requests.push(request);
+    return pending;
   }
 
   /** Queues a reply slot, stamped with the time when round trips are measured. */
@@ -249,6 +376,7 @@ export class UpstreamConnection {
   private useDb(db: number): void {
     if (db === this.db) return;
     this.out.push(selectCommand(db));
+    this.requests?.push({ payload: selectCommand(db), db, replies: 1, answered: 0 });
     this.expectReply(this.selectSink);
     this.selectsInFlight++;
     this.db = db;
@@ -342,6 +470,7 @@ export class UpstreamConnection {
         }
         const sink = this.waiting.shift();
         if (sink !== undefined) {
+          if (this.requests !== null) this.answered(this.requests);
           if (this.sentAt !== null) this.roundTrip!((callbackNow() - this.sentAt.shift()!) / 1000);
           // Behind a refused SELECT an error (BUSY again, mostly) is passed on as it is; a
           // success ran in a database its sender did not mean.
@@ -358,6 +487,12 @@ export class UpstreamConnection {
     } catch (err) {
       this.socket.destroy(err instanceof Error ? err : new Error(String(err)));
     }
+  }
+
+  /** One reply of the oldest kept request is in. */
+  private answered(requests: Fifo<SentRequest>): void {
+    const head = requests.peek();
+    if (head !== undefined && ++head.answered >= head.replies) requests.shift();
   }
 
   /**
@@ -384,6 +519,7 @@ export class UpstreamConnection {
           ? CONNECTION_LOST
           : `ERR upstream ${where} unavailable: ${reason}`;
     this.sentAt?.drain();
+    this.requests?.drain();
     // Commands sent behind a refused SELECT are told why theirs was refused; the others ran
     // where they were meant to, and their outcome is unknown.
     const why = this.refusal === null ? message : errorText(this.refusal);
@@ -396,7 +532,34 @@ export class UpstreamConnection {
       if (sink === this.selectSink) left = 0;
       sink.fail(left-- > 0 ? why : message);
     }
+    const held = this.held ?? [];
+    this.held = null;
+    this.heldReplies = 0;
+    for (const { sinks, count } of held) {
+      if (Array.isArray(sinks)) for (const sink of sinks as readonly ReplySink[]) sink.fail(message);
+      else for (let i = 0; i < count; i++) (sinks as ReplySink).fail(message);
+    }
     this.onClose?.(message);
     this.onBorrowerLost?.(message);
   }
+}
+
+/** The commands (RESP arrays) `payload` holds, each its own slice; null when it is not only whole arrays. */
+export function splitCommands(payload: Buffer): Buffer[] | null {
+  const scanner = new ReplyScanner();
+  scanner.push(payload);
+  const commands: Buffer[] = [];
+  let length = 0;
+  try {
+    let command: Buffer | null;
+    while ((command = scanner.next()) !== null) {
+      if (command[0] !== 42 /* * */) return null;
+      // A copy: the slice is the scanner's buffer.
+      commands.push(Buffer.from(command));
+      length += command.length;
+    }
+  } catch {
+    return null;
+  }
+  return length === payload.length ? commands : null;
 }

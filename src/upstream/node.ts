@@ -44,6 +44,8 @@ export class UpstreamNode {
   private lost = false;
   /** Set by retire(): no connection is opened to this node again. */
   private retired = false;
+  /** Set by holdRequests(): the clients' connections hold back what is sent until releaseRequests(). */
+  private holding = false;
   /** Where "upstream lost" and "upstream back" go; unset while the proxy only probes a seed. */
   log: Logger | undefined;
 
@@ -101,6 +103,7 @@ export class UpstreamNode {
     if (conn === null || conn.closed) {
       if (this.down) return null;
       conn = this.open(proto);
+      if (this.holding) conn.hold();
       shared[i] = conn;
     }
     return conn;
@@ -141,6 +144,7 @@ export class UpstreamNode {
       conn = this.open(proto);
       conn.learnId();
     }
+    if (this.holding) conn.hold();
     this.lent.add(conn);
     return conn;
   }
@@ -174,6 +178,44 @@ export class UpstreamNode {
   retire(): void {
     this.retired = true;
     this.close();
+  }
+
+  /**
+   * Holds back what clients and the gears rooms send to this node (shared and dedicated
+   * connections; not the control one), each connection in order, until releaseRequests():
+   * a new Sentinel master, while the old one settles what it owes (handover.ts).
+   */
+  holdRequests(): void {
+    this.holding = true;
+    for (const conn of this.all()) if (conn !== this.controlConn) conn.hold();
+  }
+
+  releaseRequests(): void {
+    this.holding = false;
+    for (const conn of this.all()) conn.release();
+  }
+
+  /**
+   * retire(), but the shared connections that still owe replies, and the control connection,
+   * are handed to the caller open instead of closed (a Sentinel switch: handover.ts), each
+   * shared one with its protocol and its place (the affinity that picks it).
+   */
+  retireHandingOver(): {
+    shared: { conn: UpstreamConnection; proto: Protocol; index: number }[];
+    control: UpstreamConnection | null;
+  } {
+    const shared: { conn: UpstreamConnection; proto: Protocol; index: number }[] = [];
+    this.shared.forEach((conns, p) =>
+      conns.forEach((conn, index) => {
+        if (conn === null || conn.closed || conn.inFlight === 0) return;
+        shared.push({ conn, proto: (p + 2) as Protocol, index });
+        conns[index] = null;
+      }),
+    );
+    const control = this.controlConn !== null && !this.controlConn.closed ? this.controlConn : null;
+    this.controlConn = null;
+    this.retire();
+    return { shared, control };
   }
 
   close(): void {

@@ -4,6 +4,7 @@ import { decodeReply } from "../resp/decode.js";
 import { encodeCommand } from "../resp/encode.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
+import { handOver, type HandoverCounts } from "./handover.js";
 import { UpstreamNode, type NodeObserver } from "./node.js";
 import {
   describeAnswers,
@@ -236,6 +237,8 @@ export class SentinelTopology implements Topology {
   private readonly others = new Map<string, UpstreamNode>();
   /** How many times the master moved to another node since the start. */
   private switches = 0;
+  /** What each switch did with the old master's pending requests (the specs read it). */
+  readonly handovers: HandoverCounts[] = [];
   private list: UpstreamNode[];
   /** The config epoch of the current master's address: older answers are ignored. */
   private epoch: number;
@@ -254,10 +257,18 @@ export class SentinelTopology implements Topology {
     until: number;
     /** When a sentinel last said the failover is under way (an event, or failover_in_progress). */
     seen: number;
+    /** The last CLIENT PAUSE was answered OK: the master holds writes until `until`. */
+    paused: boolean;
     by: Set<number>;
   } | null = null;
   /** Renews the hold while it lasts, on its own clock: a slow round of asking must not let it lapse. */
   private holdTimer: NodeJS.Timeout | null = null;
+  /**
+   * What the master said of itself at the last check (ROLE, on its control connection): a
+   * role other than "master" while the sentinels still name it means it was demoted behind
+   * their back (an operator's REPLICAOF); writes get READONLY until the sentinels act.
+   */
+  private role = "master";
   /** How long one hold lasts (FENCE_MS, or half the master's down-after-milliseconds when shorter). */
   private holdMs = FENCE_MS;
   private closed = false;
@@ -314,7 +325,13 @@ export class SentinelTopology implements Topology {
   /** INFO proxy's line, in the manner of Redis Sentinel's own `master0:name=...,status=ok,address=...`. */
   infoLines(): string[] {
     const held = this.fenced !== null && this.fenced.until > Date.now();
-    const status = held ? "failover" : this.current.reachable ? "ok" : "down";
+    const status = held
+      ? "failover"
+      : !this.current.reachable
+        ? "down"
+        : this.role !== "master" && this.role !== ""
+          ? "demoted"
+          : "ok";
     return [
       `sentinel_master:name=${this.name},status=${status},addr=${this.current.id},epoch=${this.epoch},` +
         `switches=${this.switches},sentinels=${this.sentinels.ids.length}`,
@@ -341,6 +358,8 @@ export class SentinelTopology implements Topology {
     const node: UpstreamNode = new UpstreamNode(address, {
       ...this.options,
       log: undefined,
+      // So that a switch can send the new master what the old one held and did not run.
+      keepRequests: true,
       // After the node has marked itself lost (onLost runs first): connections the proxy
       // closes itself (a client's aborted MULTI) are no reason to ask.
       onLost: () =>
@@ -376,6 +395,8 @@ export class SentinelTopology implements Topology {
     const wait = this.lastCheck + MIN_CHECK_GAP_MS - Date.now();
     if (wait > 0) await sleep(wait);
     this.lastCheck = Date.now();
+    // Not awaited: a master that hangs must not slow the round that finds its successor.
+    void this.checkRole(this.current);
     const answers = await this.sentinels.ask(this.name);
     this.followHold(answers);
     for (const candidate of rankAnswers(answers, this.epoch)) {
@@ -395,12 +416,36 @@ export class SentinelTopology implements Topology {
     }
   }
 
+  /**
+   * Asks the master its role, on its control connection (free while writes are held): the
+   * sentinels take down-after-milliseconds and more to notice a master turned replica, and
+   * may announce nothing for a while. A demotion is logged and shown in INFO
+   * (status=demoted); the proxy cannot switch before the sentinels name another master.
+   */
+  private async checkRole(node: UpstreamNode): Promise<void> {
+    const conn = node.control();
+    if (conn === null) return;
+    const role = await within(conn.call(["ROLE"]), ASK_TIMEOUT_MS, node.id).then(roleOf, () => "");
+    if (node !== this.current || role === "" || role === this.role) return;
+    if (role === "master")
+      this.log.info({ master: this.name, node: node.id }, "sentinel master says it is a master again");
+    else
+      this.log.warn(
+        { master: this.name, node: node.id, role },
+        `the master the sentinels name says it is a ${role} (ROLE): writes fail with READONLY until the sentinels name another`,
+      );
+    this.role = role;
+  }
+
   private switchTo(node: UpstreamNode, epoch: number): void {
     const old = this.current;
+    const fenced = this.fenced;
+    const paused = fenced !== null && fenced.node === old && fenced.paused && fenced.until > Date.now();
     this.current = node;
     this.list = [node];
     this.epoch = epoch;
     this.switches++;
+    this.role = "master";
     this.options.observer?.sentinelSwitch?.(this.name);
     // The replica's own node, if the gears rooms had one, is the master's now.
     this.others.get(node.id)?.close();
@@ -412,9 +457,15 @@ export class SentinelTopology implements Topology {
       { master: this.name, from: old.id, to: node.id, epoch },
       `sentinel master '${this.name}' is now ${node.id} (was ${old.id})`,
     );
-    // Replies still owed fail as on a lost upstream; later commands go to the new master, and
-    // one that still holds the old node fails rather than reopening a connection there.
-    old.retire();
+    // Later commands go to the new master, and one that still holds the old node fails rather
+    // than reopening a connection there. Held writes the old master did not run go to the new
+    // one; other replies still owed fail as on a lost upstream (handover.ts).
+    handOver(old, node, {
+      paused,
+      holdMs: this.holdMs,
+      log: this.log,
+      onDone: (counts) => this.handovers.push(counts),
+    });
   }
 
   private onEvent(event: SentinelEvent, sentinel: number): void {
@@ -441,7 +492,7 @@ export class SentinelTopology implements Topology {
       { master: this.name, node: node.id, ms: this.holdMs },
       "sentinel failover started: writes to the old master held until the switch",
     );
-    this.fenced = { node, until: 0, seen: now, by: new Set([sentinel]) };
+    this.fenced = { node, until: 0, seen: now, paused: false, by: new Set([sentinel]) };
     this.hold();
     if (this.holdTimer === null) {
       this.holdTimer = setInterval(() => this.renewHold(), Math.max(50, Math.floor(this.holdMs / 3)));
@@ -477,12 +528,15 @@ export class SentinelTopology implements Topology {
     const fenced = this.fenced;
     if (fenced === null) return;
     const node = fenced.node;
-    fenced.until = Date.now() + this.holdMs;
+    const until = Date.now() + this.holdMs;
+    fenced.until = until;
     node
       .control()
       ?.call(["CLIENT", "PAUSE", String(this.holdMs), "WRITE"])
       .then(
         (reply) => {
+          // Held from before it was sent, so at least until `until`.
+          if (fenced.until === until) fenced.paused = !(reply instanceof RespError);
           if (reply instanceof RespError)
             this.log.warn(
               { node: node.id, err: reply.message },
