@@ -389,9 +389,15 @@ export class Isolate {
    * call() where args[index] is a value in QuickJS's binary object format (bjson.ts): large
    * batches decode in the guest far quicker than their JSON parses.
    */
-  callBinary(path: string, argsJson: string, index: number, bytes: Uint8Array): Promise<JsonValue> {
+  callBinary(
+    path: string,
+    argsJson: string,
+    index: number,
+    bytes: Uint8Array,
+    options?: Pick<CallOptions, "onStart">,
+  ): Promise<JsonValue> {
     if (!this.readsBinary) return Promise.reject(new Error("this isolate does not read the binary format"));
-    return this.enqueue({ op: "callBinary", path, argsJson, index, bytes });
+    return this.enqueue({ op: "callBinary", path, argsJson, index, bytes }, undefined, options?.onStart);
   }
 
   /** The current entry (or, if none runs, the next one) fails promptly with kind "aborted". */

@@ -1,0 +1,201 @@
+import { expect } from "chai";
+import { Redis } from "ioredis";
+import { encodeBinary } from "../src/sandbox/bjson.js";
+import { Isolate } from "../src/sandbox/isolate.js";
+import { SandboxError, type HostBridge, type JsonValue } from "../src/sandbox/types.js";
+import { GearsGuest } from "../src/gears/gears-guest.js";
+import type { Tagged } from "../src/gears/guest/entry.js";
+import { pushBatchCalls, TfGuest } from "../src/gears/tf/tf-guest.js";
+import { startProxy, startRedis, type RedisNode, type RunningProxy } from "./harness/index.js";
+import { eventually, execute, registrations } from "./support/registrations.js";
+import { tfLibrary } from "./support/tf.js";
+
+/**
+ * Issues 14 and 11: an event entry's rows (GearsGuest.once) and a batch of TFCALLs
+ * (TfGuest.callFunctions) enter a QuickJS isolate in its binary object format (bjson.ts),
+ * not as JSON text the guest parses. What the guest sees is what it saw from the JSON: texts
+ * with lone surrogates, U+2028, NULs, empty ones, texts of megabytes (past the isolate's
+ * shared feed area), integers at the int32 edges and past them, -0, NaN; and an argument
+ * past the memory limit fails the entry with the memory error, the isolate still answering.
+ */
+
+const bridge: HostBridge = {
+  callSync: () => Promise.resolve(null),
+  callAsync: (calls) => Promise.resolve(calls.map(() => ({ ok: null }))),
+  notify: () => {},
+};
+
+/**
+ * What a value looks like, as code units and numbers: the guest's JSON.stringify would hide
+ * a lone surrogate (and a long text is summed up by its ends and length). The same function
+ * runs here and, as its source, in the guest.
+ */
+function view(v: unknown): unknown {
+  if (typeof v === "string") {
+    const s = v.length > 64 ? v.slice(0, 8) + v.slice(-8) : v;
+    const units: number[] = [];
+    for (let i = 0; i < s.length; i++) units.push(s.charCodeAt(i));
+    return ["s", v.length, units];
+  }
+  if (typeof v === "number") return ["n", Object.is(v, -0) ? "-0" : String(v)];
+  if (Array.isArray(v)) return ["a", v.map(view)];
+  if (v !== null && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    return ["o", Object.keys(o).map((k) => [view(k), view(o[k])])];
+  }
+  return [typeof v, v];
+}
+const VIEW = `(${view.toString()})`;
+
+const BIG = "x\u00e9".repeat(1024 * 1024); // 2 MB of UTF-16, 3 MB of UTF-8: past the feed area
+const MID = "m".repeat(600 * 1024); // through the feed area
+const TEXTS = ["", "\ud800", "a\udc00b", "\ud83d\ude00", "\u2028\u2029", "nul\u0000x", "é ж 😀", MID, BIG];
+
+describe("entry requests in the binary format: what the guest sees", function () {
+  this.timeout(60_000);
+  let isolate: Isolate;
+
+  before(async () => {
+    isolate = await Isolate.create({ memoryLimitMb: 32, timeoutMs: 5000 }, bridge);
+    await isolate.evalScript(`globalThis.show = (a, v) => JSON.stringify([a, ${VIEW}(v)]); 0`, "show");
+  });
+
+  after(() => isolate?.dispose());
+
+  it("texts (lone surrogates, U+2028, NUL, empty, megabytes) and numbers decode as their JSON parses", async () => {
+    expect(isolate.binary).to.equal(true);
+    const numbers = [0, -0, 1, -1, 2147483647, -2147483647, -2147483648, 2147483648, 1.5, -0.25, 1e21, NaN];
+    const value: JsonValue = [...TEXTS, ...numbers, { "10": 1, "2": -0, k: [NaN] }];
+    // What the guest would see from the JSON (JSON.stringify turns -0 into 0, NaN into null).
+    const expected = view(JSON.parse(JSON.stringify(value)));
+    const out = await isolate.callBinary("show", JSON.stringify(["a", null]), 1, encodeBinary(value, 64));
+    const [a, seen] = JSON.parse(String(out)) as [string, unknown];
+    expect(a).to.equal("a");
+    expect(seen).to.deep.equal(JSON.parse(JSON.stringify(expected)));
+  });
+
+  it("GearsGuest.once and TfGuest.callFunctions send the binary format; the isolate sees the same arguments", async () => {
+    const sent: string[] = [];
+    const answers: unknown[] = [];
+    const spied = new Proxy(isolate, {
+      get(target, name) {
+        if (name === "call" || name === "callBinary") {
+          return async (...args: unknown[]) => {
+            sent.push(name);
+            const answer = await (target[name] as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+            answers.push(answer);
+            return answer;
+          };
+        }
+        const v: unknown = Reflect.get(target, name, target);
+        return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    await isolate.evalScript(
+      `globalThis.__gears = { once: (a, t, inputs) => ({ seen: ${VIEW}(inputs) }) };
+       globalThis.__tf = { callFunctions: (flat, budget) => [${VIEW}(flat), budget] }; 0`,
+      "entries",
+    );
+    const inputs: JsonValue = [[0, { rows: [...TEXTS, "string", "set", 0, 0], values: ["\u2028", ""] }]];
+    const once = await new GearsGuest(spied).once(0, { partitions: 1 } as never, inputs);
+    expect((once as unknown as { seen: unknown }).seen).to.deep.equal(view(inputs));
+    expect(answers[0]).to.deep.equal({ seen: view(inputs) });
+    const calls: [string, Tagged[], number[]][] = [
+      ["f", TEXTS, [1, 16383]],
+      ["g", [], []],
+    ];
+    await new TfGuest(spied).callFunctions(calls, 250);
+    expect(answers[1]).to.deep.equal([view(pushBatchCalls([], calls)), 250]);
+    expect(sent).to.deep.equal(["callBinary", "callBinary"]);
+  });
+
+  it("an argument past the memory limit fails its entry with the memory error; the isolate answers after", async () => {
+    const small = await Isolate.create({ memoryLimitMb: 16, timeoutMs: 5000 }, bridge);
+    try {
+      await small.evalScript("globalThis.len = (v) => v.length; 0", "len");
+      const huge = encodeBinary("z".repeat(24 * 1024 * 1024));
+      const err = await small.callBinary("len", "[null]", 0, huge).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(err).to.be.instanceOf(SandboxError);
+      expect((err as SandboxError).kind).to.equal("memory");
+      expect(await small.callBinary("len", "[null]", 0, encodeBinary("abc"))).to.equal(3);
+    } finally {
+      await small.dispose();
+    }
+  });
+
+  it("a worker that dies while an entry with a binary argument waits in the queue: both fail as terminated", async () => {
+    const doomed = await Isolate.create({ memoryLimitMb: 32, timeoutMs: 5000 }, bridge);
+    await doomed.evalScript(
+      "globalThis.spin = () => { for (;;) {} }; globalThis.len = (v) => v.length; 0",
+      "spin",
+    );
+    const first = doomed.call("spin", []).catch((e: unknown) => e);
+    const second = doomed.callBinary("len", "[null]", 0, encodeBinary(MID)).catch((e: unknown) => e);
+    void doomed.dispose();
+    expect(((await first) as SandboxError).kind).to.equal("terminated");
+    expect(((await second) as SandboxError).kind).to.equal("terminated");
+  });
+});
+
+describe("entry requests in the binary format, through the proxy (one redis-server)", function () {
+  this.timeout(120_000);
+  let redis: RedisNode;
+  let proxy: RunningProxy;
+  let io: Redis;
+
+  before(async () => {
+    redis = await startRedis();
+    proxy = await startProxy([{ port: redis.port }]);
+    io = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+  });
+
+  after(async () => {
+    io?.disconnect();
+    await proxy?.close();
+    await redis?.stop();
+  });
+
+  it("pipelined TFCALLs (one batch) get their arguments whole: non-ASCII, U+2028, NUL, empty, megabytes", async () => {
+    const code = tfLibrary(
+      "bin",
+      `redis.registerFunction('echo', function(client, key, arg){
+         client.call('set', key, arg);
+         return [arg.length, arg, client.call('strlen', key)];
+       });`,
+    );
+    expect(await io.call("TFUNCTION", "LOAD", code)).to.equal("OK");
+    // Valid UTF-8 only: a client's bytes cannot carry a lone surrogate as text.
+    const args = ["", "\u2028\u2029", "nul\u0000x", "é ж 😀", "3", "-0", MID, BIG];
+    const pipe = io.pipeline();
+    args.forEach((arg, i) => pipe.call("TFCALL", "bin.echo", "1", `echo:${i}`, arg));
+    const replies = await pipe.exec();
+    args.forEach((arg, i) => {
+      const [err, reply] = replies![i];
+      expect(err, `TFCALL ${i}`).to.equal(null);
+      expect(reply).to.deep.equal([arg.length, arg, Buffer.byteLength(arg)]);
+    });
+    for (let i = 0; i < args.length; i++) expect(await io.get(`echo:${i}`)).to.equal(args[i]);
+  });
+
+  it("a registration's event rows (once) carry non-ASCII and U+2028 keys, empty and megabyte values whole", async () => {
+    await execute(io, "GB().foreach(x => execute('HSET', 'copied', x.key, x.value)).register('bin:*')");
+    const keys = ["bin:é", "bin:\u2028", "bin:nul\u0000", "bin:empty", "bin:mid", "bin:big"];
+    const values = ["ж😀", "\u2029", "x\u0000y", "", MID, BIG];
+    const pipe = io.pipeline();
+    keys.forEach((k, i) => pipe.set(k, values[i]));
+    await pipe.exec();
+    await eventually(
+      () => registrations(io),
+      (all) => all.length === 1 && all[0].stats.numSuccess + all[0].stats.numFailures >= keys.length,
+      "every event handled",
+    );
+    const [reg] = await registrations(io);
+    expect(reg.stats.numFailures, String(reg.stats.lastError)).to.equal(0);
+    const copied = await io.hgetall("copied");
+    expect(Object.keys(copied)).to.have.members(keys);
+    keys.forEach((k, i) => expect(copied[k], k).to.equal(values[i]));
+  });
+});
