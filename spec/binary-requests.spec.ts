@@ -74,23 +74,16 @@ describe("entry requests in the binary format: what the guest sees", function ()
     expect(seen).to.deep.equal(JSON.parse(JSON.stringify(expected)));
   });
 
-  it("GearsGuest.once and TfGuest.callFunctions send the binary format; the isolate sees the same arguments", async () => {
-    const sent: string[] = [];
+  it("GearsGuest.once and TfGuest.callFunctions ask for the binary format; the guest sees the same arguments", async () => {
+    const asked: (number | undefined)[] = [];
     const answers: unknown[] = [];
-    const spied = new Proxy(isolate, {
-      get(target, name) {
-        if (name === "call" || name === "callBinary") {
-          return async (...args: unknown[]) => {
-            sent.push(name);
-            const answer = await (target[name] as (...a: unknown[]) => Promise<unknown>).apply(target, args);
-            answers.push(answer);
-            return answer;
-          };
-        }
-        const v: unknown = Reflect.get(target, name, target);
-        return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-      },
-    });
+    const spied = Object.create(isolate) as Isolate;
+    spied.call = async (path, args, options) => {
+      asked.push(options?.binaryAt);
+      const answer = await isolate.call(path, args, options);
+      answers.push(answer);
+      return answer;
+    };
     await isolate.evalScript(
       `globalThis.__gears = { once: (a, t, inputs) => ({ seen: ${VIEW}(inputs) }) };
        globalThis.__tf = { callFunctions: (flat, budget) => [${VIEW}(flat), budget] }; 0`,
@@ -99,14 +92,29 @@ describe("entry requests in the binary format: what the guest sees", function ()
     const inputs: JsonValue = [[0, { rows: [...TEXTS, "string", "set", 0, 0], values: ["\u2028", ""] }]];
     const once = await new GearsGuest(spied).once(0, { partitions: 1 } as never, inputs);
     expect((once as unknown as { seen: unknown }).seen).to.deep.equal(view(inputs));
-    expect(answers[0]).to.deep.equal({ seen: view(inputs) });
     const calls: [string, Tagged[], number[]][] = [
       ["f", TEXTS, [1, 16383]],
       ["g", [], []],
     ];
     await new TfGuest(spied).callFunctions(calls, 250);
     expect(answers[1]).to.deep.equal([view(pushBatchCalls([], calls)), 250]);
-    expect(sent).to.deep.equal(["callBinary", "callBinary"]);
+    expect(asked).to.deep.equal([2, 0]);
+  });
+
+  it("call() with binaryAt and without: the same answer; resumable and jobsFailAlone calls take JSON", async () => {
+    const value: JsonValue = [TEXTS, { n: [1, -0, 2.5, NaN] }];
+    const plain = await isolate.call("show", ["p", value]);
+    expect(await isolate.call("show", ["p", value], { binaryAt: 1 })).to.equal(plain);
+    expect(await isolate.call("show", ["p", value], { binaryAt: 1, jobsFailAlone: true })).to.equal(plain);
+    const resumed = await isolate.call("show", ["p", value], {
+      binaryAt: 1,
+      resumable: { budgetMs: 100, onSuspended: () => {} },
+    });
+    expect(resumed).to.equal(plain);
+    // An index past the arguments: null there, as JSON would have no such argument.
+    expect(await isolate.call("show", ["p"], { binaryAt: 1 })).to.equal(
+      await isolate.call("show", ["p", null]),
+    );
   });
 
   it("an argument past the memory limit fails its entry with the memory error; the isolate answers after", async () => {

@@ -13,13 +13,7 @@ export interface GuestIsolate {
   /** Whether callBinary() may be used: the isolate's QuickJS reads src/sandbox/bjson.ts's format. */
   readonly binary: boolean;
   /** call(), with args[index] given in QuickJS's binary object format instead of JSON. */
-  callBinary(
-    path: string,
-    argsJson: string,
-    index: number,
-    bytes: Uint8Array,
-    options?: Pick<CallOptions, "onStart">,
-  ): Promise<JsonValue>;
+  callBinary(path: string, argsJson: string, index: number, bytes: Uint8Array): Promise<JsonValue>;
   /** A new time limit for the entries that start from now on. */
   setTimeoutMs(ms: number): void;
   /** How far the memory may grow now, in MiB (0: up to its cap): a cap several isolates share. */

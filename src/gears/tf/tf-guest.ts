@@ -1,4 +1,3 @@
-import { encodeBinary } from "../../sandbox/bjson.js";
 import type { JsonValue } from "../../sandbox/types.js";
 import {
   FLAT_ERROR,
@@ -58,18 +57,11 @@ export class TfGuest {
     budgetMs: number,
     onStart?: () => void,
   ): Promise<TfOutcome[]> {
-    const flat = pushBatchCalls([], calls);
-    // The batch in the binary format when the isolate reads it: QuickJS decodes it in about
-    // half the time its JSON.parse takes (bench/RESULTS.md, "The entry's request").
-    const out = this.isolate.binary
-      ? await this.isolate.callBinary(
-          path("callFunctions"),
-          JSON.stringify([null, budgetMs]),
-          0,
-          encodeBinary(flat, 64 + 32 * calls.length),
-          { onStart },
-        )
-      : await this.isolate.call(path("callFunctions"), [flat, budgetMs], { onStart });
+    // The batch in the binary format: bench/RESULTS.md, "The entry's request".
+    const out = await this.isolate.call(path("callFunctions"), [pushBatchCalls([], calls), budgetMs], {
+      onStart,
+      binaryAt: 0,
+    });
     const pairs = out as unknown as FlatPairs;
     const outcomes: TfOutcome[] = [];
     for (let i = 0; i + 1 < pairs.length; i += 2) {
