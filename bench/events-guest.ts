@@ -8,7 +8,7 @@
  * The batch enters as the worker enters it: its JSON encoded straight into the wasm heap; with
  * `--binary`, this build runs a second time with the batch in the binary format (bjson.ts),
  * as GearsGuest.once sends it now.
- *   node dist/bench/events-guest.js [--writes 10000] [--runs 9] [--base /path/to/build] [--form 0|1|2] [--rows [--refs]] [--no-own] [--binary]
+ *   node dist/bench/events-guest.js [--writes 10000] [--runs 9] [--base /path/to/build] [--form 0|1|2] [--rows [--refs]] [--no-own] [--binary] [--prefix key:]
  */
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -44,6 +44,8 @@ const { values } = parseArgs({
     refs: { type: "boolean", default: false },
     /** --refs for the --base build too (one that reads them). */
     "base-refs": { type: "boolean", default: false },
+    /** The written keys' prefix (a non-ASCII one makes the batch's JSON a wide text in the guest). */
+    prefix: { type: "string", default: "key:" },
     /** This build once more, the batch in the binary format. */
     binary: { type: "boolean", default: false },
   },
@@ -86,14 +88,14 @@ async function prepare(build: GuestBuild, refs: boolean, binary = false): Promis
   const recordValues: string[] = [];
   for (let i = 0; i < writes; i++) {
     recordValues.push("1");
-    records.push({ key: `key:${i}`, type: "string", event: "set", valueRef: i });
+    records.push({ key: `${values.prefix}${i}`, type: "string", event: "set", valueRef: i });
   }
   if (own)
     for (let i = 0; i < writes; i++)
       records.push({ key: "all_keys", type: "set", event: "sadd", lazyValue: true });
   const topology = { partitions: 1, slots: [[0, 16383, 0]], readAhead: ["GET"] };
   const rows: (string | number)[] = [];
-  for (let i = 0; i < writes; i++) rows.push(`key:${i}`, "string", "set", i);
+  for (let i = 0; i < writes; i++) rows.push(`${values.prefix}${i}`, "string", "set", i);
   if (own) {
     const first = rows.length;
     rows.push("all_keys", "set", "sadd", -1);
