@@ -49,7 +49,8 @@ const VIEW = `(${view.toString()})`;
 
 const BIG = "x\u00e9".repeat(1024 * 1024); // 2 MB of UTF-16, 3 MB of UTF-8: past the feed area
 const MID = "m".repeat(600 * 1024); // through the feed area
-const TEXTS = ["", "\ud800", "a\udc00b", "\ud83d\ude00", "\u2028\u2029", "nul\u0000x", "é ж 😀", MID, BIG];
+const SMALL = ["", "\ud800", "a\udc00b", "\ud83d\ude00", "\u2028\u2029", "nul\u0000x", "é ж 😀"];
+const TEXTS = [...SMALL, MID, BIG];
 
 describe("entry requests in the binary format: what the guest sees", function () {
   this.timeout(60_000);
@@ -74,7 +75,7 @@ describe("entry requests in the binary format: what the guest sees", function ()
     expect(seen).to.deep.equal(JSON.parse(JSON.stringify(expected)));
   });
 
-  it("GearsGuest.once and TfGuest.callFunctions ask for the binary format; the guest sees the same arguments", async () => {
+  it("GearsGuest.once and TfGuest.callFunctions ask for the binary format past a few records or calls; the guest sees the same arguments", async () => {
     const asked: (number | undefined)[] = [];
     const answers: unknown[] = [];
     const spied = Object.create(isolate) as Isolate;
@@ -89,16 +90,28 @@ describe("entry requests in the binary format: what the guest sees", function ()
        globalThis.__tf = { callFunctions: (flat, budget) => [${VIEW}(flat), budget] }; 0`,
       "entries",
     );
-    const inputs: JsonValue = [[0, { rows: [...TEXTS, "string", "set", 0, 0], values: ["\u2028", ""] }]];
-    const once = await new GearsGuest(spied).once(0, { partitions: 1 } as never, inputs);
-    expect((once as unknown as { seen: unknown }).seen).to.deep.equal(view(inputs));
-    const calls: [string, Tagged[], number[]][] = [
-      ["f", TEXTS, [1, 16383]],
-      ["g", [], []],
+    const rows: JsonValue[] = [];
+    rows.push(...TEXTS, "string", "set", 0, 0);
+    for (let i = 1; i < 8; i++) rows.push(...SMALL, "string", "set", i, 0);
+    const few: JsonValue = [[0, { rows: [TEXTS[1], "string", "set", 0], values: ["\u2028"] }]];
+    const many: JsonValue = [
+      [0, { rows, values: ["\u2028", ""] }],
+      [1, [{ key: TEXTS[2], type: "string", event: "set", value: TEXTS[4] }]],
     ];
-    await new TfGuest(spied).callFunctions(calls, 250);
-    expect(answers[1]).to.deep.equal([view(pushBatchCalls([], calls)), 250]);
-    expect(asked).to.deep.equal([2, 0]);
+    for (const inputs of [few, many]) {
+      const once = await new GearsGuest(spied).once(0, { partitions: 2 } as never, inputs);
+      expect((once as unknown as { seen: unknown }).seen).to.deep.equal(view(inputs));
+    }
+    const call: [string, Tagged[], number[]] = ["f", SMALL, [1, 16383]];
+    const batches: [string, Tagged[], number[]][][] = [
+      [call],
+      [["g", TEXTS, [2]], ...new Array<typeof call>(15).fill(call)],
+    ];
+    for (const calls of batches) {
+      await new TfGuest(spied).callFunctions(calls, 250);
+      expect(answers[answers.length - 1]).to.deep.equal([view(pushBatchCalls([], calls)), 250]);
+    }
+    expect(asked).to.deep.equal([undefined, 2, undefined, 0]);
   });
 
   it("call() with binaryAt and without: the same answer; resumable and jobsFailAlone calls take JSON", async () => {
@@ -166,22 +179,54 @@ describe("entry requests in the binary format, through the proxy (one redis-serv
     await redis?.stop();
   });
 
+  /** The binaryAt of each entry of `path` (…once, …callFunctions) the proxy (in this process) made during `run`. */
+  async function entriesOf(path: string, run: () => Promise<void>): Promise<(number | undefined)[]> {
+    const seen: (number | undefined)[] = [];
+    const real = Isolate.prototype.call;
+    Isolate.prototype.call = function (this: Isolate, p, args, options) {
+      if (p.endsWith(path)) seen.push(options?.binaryAt);
+      return real.call(this, p, args, options);
+    };
+    try {
+      await run();
+    } finally {
+      Isolate.prototype.call = real;
+    }
+    return seen;
+  }
+
   it("pipelined TFCALLs (one batch) get their arguments whole: non-ASCII, U+2028, NUL, empty, megabytes", async () => {
     const code = tfLibrary(
       "bin",
       `redis.registerFunction('echo', function(client, key, arg){
          client.call('set', key, arg);
          return [arg.length, arg, client.call('strlen', key)];
-       });`,
+       });
+       redis.registerFunction('spin', function(){ const end = Date.now() + 100; while (Date.now() < end); return 1; });`,
     );
     expect(await io.call("TFUNCTION", "LOAD", code)).to.equal("OK");
     // Valid UTF-8 only: a client's bytes cannot carry a lone surrogate as text.
+    // Past BINARY_MIN_CALLS (tf-guest.ts), queued behind another database's call (which they
+    // cannot join: an entry serves one database): the next entry's batch crosses in the binary format.
     const args = ["", "\u2028\u2029", "nul\u0000x", "é ж 😀", "3", "-0", MID, BIG];
-    const pipe = io.pipeline();
-    args.forEach((arg, i) => pipe.call("TFCALL", "bin.echo", "1", `echo:${i}`, arg));
-    const replies = await pipe.exec();
+    for (let i = 0; i < 24; i++) args.push(`plain ${i}`);
+    let replies: [Error | null, unknown][] | null = null;
+    const entries = await entriesOf(".callFunctions", async () => {
+      const other = new Redis({ port: proxy.port, host: "127.0.0.1", db: 1, maxRetriesPerRequest: 0 });
+      try {
+        const spin = other.call("TFCALL", "bin.spin", "0");
+        await new Promise((resolve) => setTimeout(resolve, 30));
+        const pipe = io.pipeline();
+        args.forEach((arg, i) => pipe.call("TFCALL", "bin.echo", "1", `echo:${i}`, arg));
+        replies = await pipe.exec();
+        expect(await spin).to.equal(1);
+      } finally {
+        other.disconnect();
+      }
+    });
+    expect(entries).to.include(0);
     args.forEach((arg, i) => {
-      const [err, reply] = replies![i];
+      const [err, reply] = replies![i] as [Error | null, unknown];
       expect(err, `TFCALL ${i}`).to.equal(null);
       expect(reply).to.deep.equal([arg.length, arg, Buffer.byteLength(arg)]);
     });
@@ -192,14 +237,22 @@ describe("entry requests in the binary format, through the proxy (one redis-serv
     await execute(io, "GB().foreach(x => execute('HSET', 'copied', x.key, x.value)).register('bin:*')");
     const keys = ["bin:é", "bin:\u2028", "bin:nul\u0000", "bin:empty", "bin:mid", "bin:big"];
     const values = ["ж😀", "\u2029", "x\u0000y", "", MID, BIG];
-    const pipe = io.pipeline();
-    keys.forEach((k, i) => pipe.set(k, values[i]));
-    await pipe.exec();
-    await eventually(
-      () => registrations(io),
-      (all) => all.length === 1 && all[0].stats.numSuccess + all[0].stats.numFailures >= keys.length,
-      "every event handled",
-    );
+    // Past BINARY_MIN_VALUES (gears-guest.ts) in one pipeline: rows cross in the binary format.
+    for (let i = 0; i < 100; i++) {
+      keys.push(`bin:plain:${i}`);
+      values.push(`v${i}`);
+    }
+    const entries = await entriesOf(".once", async () => {
+      const pipe = io.pipeline();
+      keys.forEach((k, i) => pipe.set(k, values[i]));
+      await pipe.exec();
+      await eventually(
+        () => registrations(io),
+        (all) => all.length === 1 && all[0].stats.numSuccess + all[0].stats.numFailures >= keys.length,
+        "every event handled",
+      );
+    });
+    expect(entries).to.include(2);
     const [reg] = await registrations(io);
     expect(reg.stats.numFailures, String(reg.stats.lastError)).to.equal(0);
     const copied = await io.hgetall("copied");
