@@ -5,11 +5,21 @@
  * command. Prints the process CPU per batch (min of the runs) and the stub host's share.
  * `--base DIR` measures another build's dist too (before/after on the same machine).
  * `--no-own` leaves the `all_keys` records out, to see their share of the guest's work.
- *   node dist/bench/events-guest.js [--writes 10000] [--runs 9] [--base /path/to/build] [--form 0|1|2] [--rows [--refs]] [--no-own]
+ * The batch enters as the worker enters it: its JSON encoded straight into the wasm heap; with
+ * `--binary`, this build runs a second time with the batch in the binary format (bjson.ts),
+ * as GearsGuest.once sends it now.
+ *   node dist/bench/events-guest.js [--writes 10000] [--runs 9] [--base /path/to/build] [--form 0|1|2] [--rows [--refs]] [--no-own] [--binary] [--prefix key:]
  */
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { guestContext, loadGuestBuild, OWN_BUILD, type GuestBuild } from "./guest-builds.js";
+import {
+  guestContext,
+  heapBinary,
+  heapText,
+  loadGuestBuild,
+  OWN_BUILD,
+  type GuestBuild,
+} from "./guest-builds.js";
 
 const REGISTRATION =
   "GB().filter(x => x.key !== 'all_keys').foreach(x => execute('SADD', 'all_keys', x.key)).register()";
@@ -34,6 +44,10 @@ const { values } = parseArgs({
     refs: { type: "boolean", default: false },
     /** --refs for the --base build too (one that reads them). */
     "base-refs": { type: "boolean", default: false },
+    /** The written keys' prefix (a non-ASCII one makes the batch's JSON a wide text in the guest). */
+    prefix: { type: "string", default: "key:" },
+    /** This build once more, the batch in the binary format. */
+    binary: { type: "boolean", default: false },
   },
 });
 const writes = Number(values.writes);
@@ -59,7 +73,7 @@ interface Run {
 }
 
 /** A build's guest made ready: one call is one run of the batch. */
-async function prepare(build: GuestBuild, refs: boolean): Promise<() => Run> {
+async function prepare(build: GuestBuild, refs: boolean, binary = false): Promise<() => Run> {
   const guest = await guestContext(build, values.script!, () => "0null");
   const { ctx, enter } = guest;
   const [call, start, state, finish, takeBatch, deliver] = [
@@ -74,14 +88,14 @@ async function prepare(build: GuestBuild, refs: boolean): Promise<() => Run> {
   const recordValues: string[] = [];
   for (let i = 0; i < writes; i++) {
     recordValues.push("1");
-    records.push({ key: `key:${i}`, type: "string", event: "set", valueRef: i });
+    records.push({ key: `${values.prefix}${i}`, type: "string", event: "set", valueRef: i });
   }
   if (own)
     for (let i = 0; i < writes; i++)
       records.push({ key: "all_keys", type: "set", event: "sadd", lazyValue: true });
   const topology = { partitions: 1, slots: [[0, 16383, 0]], readAhead: ["GET"] };
   const rows: (string | number)[] = [];
-  for (let i = 0; i < writes; i++) rows.push(`key:${i}`, "string", "set", i);
+  for (let i = 0; i < writes; i++) rows.push(`${values.prefix}${i}`, "string", "set", i);
   if (own) {
     const first = rows.length;
     rows.push("all_keys", "set", "sadd", -1);
@@ -92,14 +106,26 @@ async function prepare(build: GuestBuild, refs: boolean): Promise<() => Run> {
   }
   const batch = values.rows ? { rows, values: recordValues } : { records, values: recordValues };
   const argsJson = JSON.stringify([0, topology, [[0, batch]], Number(values.form)]);
+  const callAt = guest.internal("callAt");
+  const restJson = JSON.stringify([0, topology, null, Number(values.form)]);
+  const bytes = build.encodeBinary([[0, batch]]);
   return () => {
     let hostUs = 0;
     const c0 = process.cpuUsage();
     const p = ctx.newString(`${build.entry}.once`);
-    const a = ctx.newString(argsJson);
-    const first = enter(call, p, a);
+    let first;
+    if (binary) {
+      const a = heapText(ctx, restJson);
+      const i = ctx.newNumber(2);
+      const v = heapBinary(ctx, bytes);
+      first = enter(callAt, p, a, i, v);
+      for (const h of [a, i, v]) h.dispose();
+    } else {
+      const a = heapText(ctx, argsJson);
+      first = enter(call, p, a);
+      a.dispose();
+    }
     p.dispose();
-    a.dispose();
     const rec = enter(start, first);
     first.dispose();
     for (;;) {
@@ -143,14 +169,21 @@ async function prepare(build: GuestBuild, refs: boolean): Promise<() => Run> {
 }
 
 // The builds' runs alternate, so that a change in the machine's load falls on both.
-const builds = [...(values.base !== undefined ? [path.resolve(values.base)] : []), OWN_BUILD];
+const builds = [
+  ...(values.base !== undefined ? [path.resolve(values.base)] : []),
+  OWN_BUILD,
+  ...(values.binary === true ? [`${OWN_BUILD} (binary)`] : []),
+];
 const runners = await Promise.all(
-  builds.map(async (b) =>
-    prepare(
-      await loadGuestBuild(b),
-      values.refs === true && (b === OWN_BUILD || values["base-refs"] === true),
-    ),
-  ),
+  builds.map(async (b) => {
+    const binary = b.endsWith(" (binary)");
+    const own = b === OWN_BUILD || binary;
+    return prepare(
+      await loadGuestBuild(own ? OWN_BUILD : b),
+      values.refs === true && (own || values["base-refs"] === true),
+      binary,
+    );
+  }),
 );
 const best: Run[] = builds.map(() => ({ cpuMs: Infinity, hostMs: 0, results: 0, form: "" }));
 for (let run = 0; run < runs; run++) {

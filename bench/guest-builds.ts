@@ -73,3 +73,41 @@ export async function guestContext(
     enter: (f, ...args) => ctx.unwrapResult(ctx.callFunction(f, ctx.undefined, ...args)),
   };
 }
+
+/** The parts of quickjs-emscripten's context that the worker's string and binary paths use. */
+interface ContextInternals {
+  module: { _malloc(bytes: number): number; _free(ptr: number): void; HEAPU8: Uint8Array };
+  ffi: {
+    QTS_NewString(ctx: unknown, ptr: number): number;
+    QTS_NewArrayBuffer(ctx: unknown, ptr: number, length: number): number;
+  };
+  ctx: { value: unknown };
+  memory: { heapValueHandle(ptr: number): QuickJSHandle };
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * A text as the worker enters one (src/sandbox/worker.ts newText): past 1,024 characters,
+ * encoded straight into the wasm heap, not by ctx.newString()'s loop in JS.
+ */
+export function heapText(ctx: QuickJSContext, text: string): QuickJSHandle {
+  if (text.length < 1024) return ctx.newString(text);
+  const c = ctx as unknown as ContextInternals;
+  const bytes = Buffer.byteLength(text, "utf8");
+  const ptr = c.module._malloc(bytes + 1);
+  const heap = c.module.HEAPU8.subarray(ptr, ptr + bytes + 1);
+  heap[encoder.encodeInto(text, heap).written] = 0;
+  const h = c.memory.heapValueHandle(c.ffi.QTS_NewString(c.ctx.value, ptr));
+  c.module._free(ptr);
+  return h;
+}
+
+/** A value in the binary format as the worker enters one (worker.ts decodeBinary). */
+export function heapBinary(ctx: QuickJSContext, bytes: Uint8Array): QuickJSHandle {
+  const c = ctx as unknown as ContextInternals;
+  const ptr = c.module._malloc(Math.max(1, bytes.length));
+  c.module.HEAPU8.set(bytes, ptr);
+  const buffer = c.memory.heapValueHandle(c.ffi.QTS_NewArrayBuffer(c.ctx.value, ptr, bytes.length));
+  return buffer.consume((b) => ctx.decodeBinaryJSON(b));
+}

@@ -5,12 +5,18 @@
  * Prints µs per TFCALL, the stub's own time left out (min and median of the runs): a figure
  * a loaded machine moves far less than the proxy's rates. `--base DIR` times another build's
  * dist too, the builds taking turns.
- *   node dist/bench/tf-guest.js [--calls 62] [--runs 400] [--base /path/to/build] [--fn 'function(client, key){ ... }']
+ * The batch enters as the worker enters it: its JSON encoded straight into the wasm heap; with
+ * `--binary`, this build runs a second time with the batch in the binary format (bjson.ts),
+ * as TfGuest.callFunctions sends it now.
+ *   node dist/bench/tf-guest.js [--calls 62] [--runs 400] [--base /path/to/build] [--fn 'function(client, key){ ... }'] [--binary]
  */
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { getQuickJS } from "quickjs-emscripten";
+import type { JsonValue } from "../src/sandbox/types.js";
+import { encodeBinary } from "../src/sandbox/bjson.js";
+import { heapBinary, heapText } from "./guest-builds.js";
 import { median } from "./support.js";
 
 const { values } = parseArgs({
@@ -20,6 +26,8 @@ const { values } = parseArgs({
     base: { type: "string" },
     /** The function's code (registered as 'incr'). */
     fn: { type: "string", default: "function(client, key){ return client.call('INCR', key); }" },
+    /** This build once more, the batch in the binary format. */
+    binary: { type: "boolean", default: false },
   },
 });
 const calls = Number(values.calls);
@@ -50,7 +58,7 @@ function stubReplies(flat: unknown[]): string {
 }
 
 /** A build's guest with the library loaded: one call runs one batch, its guest µs per TFCALL. */
-async function prepare(build: TfBuild): Promise<() => number> {
+async function prepare(build: TfBuild, binary = false): Promise<() => number> {
   const QuickJS = await getQuickJS();
   const rt = QuickJS.newRuntime();
   rt.setMaxStackSize(1 << 20);
@@ -69,15 +77,29 @@ async function prepare(build: TfBuild): Promise<() => number> {
   const factory = ctx.unwrapResult(ctx.evalCode(build.prelude, "prelude"));
   const internal = ctx.unwrapResult(ctx.callFunction(factory, ctx.undefined, rawSync, rawNotify));
   ctx.unwrapResult(ctx.evalCode(build.guest, "tf-library")).dispose();
-  const [call, start, finish] = ["call", "start", "finish"].map((n) => ctx.getProp(internal, n));
-  const enter = (path: string, args: unknown[]): string => {
+  const [call, callAt, start, finish] = ["call", "callAt", "start", "finish"].map((n) =>
+    ctx.getProp(internal, n),
+  );
+  /** An entry of `path`; with `binary`, its first argument in the binary format. */
+  const enter = (path: string, args: unknown[], binary = false): string => {
     const p = ctx.newString(path);
-    const a = ctx.newString(JSON.stringify(args));
-    const first = ctx.unwrapResult(ctx.callFunction(call, ctx.undefined, p, a));
+    const handles = [p];
+    let first;
+    if (binary) {
+      const a = heapText(ctx, JSON.stringify([null, ...args.slice(1)]));
+      const i = ctx.newNumber(0);
+      const v = heapBinary(ctx, encodeBinary(args[0] as JsonValue, 64 + 32 * calls));
+      handles.push(a, i, v);
+      first = ctx.unwrapResult(ctx.callFunction(callAt, ctx.undefined, p, a, i, v));
+    } else {
+      const a = heapText(ctx, JSON.stringify(args));
+      handles.push(a);
+      first = ctx.unwrapResult(ctx.callFunction(call, ctx.undefined, p, a));
+    }
     const rec = ctx.unwrapResult(ctx.callFunction(start, ctx.undefined, first));
     const out = ctx.unwrapResult(ctx.callFunction(finish, ctx.undefined, rec));
     const text = ctx.getString(out);
-    for (const h of [p, a, first, rec, out]) h.dispose();
+    for (const h of [...handles, first, rec, out]) h.dispose();
     return text;
   };
   enter("__tf.prepare", [null, "1.0"]);
@@ -88,7 +110,7 @@ async function prepare(build: TfBuild): Promise<() => number> {
   return () => {
     stubNs = 0n;
     const t0 = process.hrtime.bigint();
-    const out = enter("__tf.callFunctions", [flat, 1000]);
+    const out = enter("__tf.callFunctions", [flat, 1000], binary);
     const ns = Number(process.hrtime.bigint() - t0 - stubNs);
     if (out[0] !== "0") throw new Error(`the batch failed: ${out.slice(1, 200)}`);
     return ns / calls / 1000;
@@ -96,6 +118,7 @@ async function prepare(build: TfBuild): Promise<() => number> {
 }
 
 const builds: [string, () => number][] = [["this", await prepare(await loadBuild(OWN_BUILD))]];
+if (values.binary === true) builds.push(["this, binary", await prepare(await loadBuild(OWN_BUILD), true)]);
 if (values.base !== undefined) builds.push(["base", await prepare(await loadBuild(values.base))]);
 const times = new Map<string, number[]>(builds.map(([name]) => [name, []]));
 for (let r = 0; r < runs; r++) for (const [name, run] of builds) times.get(name)!.push(run());

@@ -17,6 +17,7 @@ const VERSION = 5;
 export const TAG_NULL = 1;
 export const TAG_FALSE = 3;
 export const TAG_TRUE = 4;
+export const TAG_INT32 = 5;
 export const TAG_FLOAT64 = 6;
 export const TAG_STRING = 7;
 export const TAG_OBJECT = 8;
@@ -146,7 +147,18 @@ export class BinaryWriter {
     this.length += len;
   }
 
+  /**
+   * A number. One that fits an int32 is written as QuickJS writes its own integers (a zigzag
+   * LEB128), so the guest gets the integer its JSON.parse would have made: an index into a
+   * batch's rows (guest/entry.ts EventRows) stays on the interpreter's integer paths.
+   */
   number(n: number): void {
+    // -2^31 is left a float64, as QuickJS's JSON.parse leaves it (it reads the digits, then the sign).
+    if ((n | 0) === n && n !== -2147483648 && !Object.is(n, -0)) {
+      this.u8(TAG_INT32);
+      this.leb((n << 1) ^ (n >> 31));
+      return;
+    }
     this.u8(TAG_FLOAT64);
     this.room(8);
     this.buf.writeDoubleLE(n, this.length);
@@ -224,20 +236,44 @@ export class BinaryWriter {
   }
 }
 
-/** A whole value in the binary format. */
-export function encodeBinary(v: JsonValue): Buffer {
-  const w = new BinaryWriter();
+/**
+ * A whole value in the binary format. `capacity`: the first buffer's size (BinaryWriter's); a
+ * small request (a batch of TFCALLs) starts small: a 64 KB buffer costs more than its encoding.
+ */
+export function encodeBinary(v: JsonValue, capacity?: number): Buffer {
+  const w = new BinaryWriter(capacity);
   w.value(v);
   return Buffer.concat([w.header(), w.body()]);
 }
 
 /**
  * What the worker compares with QuickJS's own encoding of the same value (parsed from its
- * JSON in the guest): Latin-1 and wide strings, empty ones, nesting, null, booleans. No
- * integer-like property names, whose order differs between V8's Object.keys and QuickJS.
+ * JSON in the guest): Latin-1 and wide strings, empty ones, nesting, null, booleans, integers
+ * (int32, its edges, and past it) and fractions. No integer-like property names, whose order
+ * differs between V8's Object.keys and QuickJS.
  */
 export const BJSON_PROBE: JsonValue = [
   { key: "k:1", value: { title: "Été", genres: "Д,ж", e: "" }, type: "hash", event: null },
-  ["a", "😀", true, false, null, { x: [] }],
+  [
+    "a",
+    "😀",
+    true,
+    false,
+    null,
+    { x: [] },
+    0,
+    1,
+    -1,
+    63,
+    -64,
+    64,
+    300,
+    -300,
+    2147483647,
+    -2147483648,
+    2147483648,
+    1.5,
+    -0.25,
+  ],
   "x",
 ];

@@ -38,6 +38,7 @@ import {
   type WorkerRequest,
 } from "./protocol.js";
 import { abortedMessage, terminatedMessage, timeoutMessage } from "./messages.js";
+import { encodeBinary } from "./bjson.js";
 import {
   RawJson,
   SandboxError,
@@ -56,6 +57,11 @@ export const WATCHDOG_GRACE_MS = 500;
 const ABORT_GRACE_MS = 500;
 /** How long dispose() waits for the worker to free its runtime before terminating it. */
 const DISPOSE_WAIT_MS = 2000;
+/**
+ * The first buffer of a CallOptions.binaryAt argument (encodeBinary), grown as it is written:
+ * a batch of TFCALLs fits; a 64 KB start costs more than encoding one.
+ */
+const BINARY_START_BYTES = 2048;
 /** A larger binary argument is cloned as it is: the feed area lives as long as the isolate. */
 const FEED_AREA_MAX = 1024 * 1024;
 /** The worker's native stack: QuickJS's 1 MB stack limit needs about 32x that (reference §0.2). */
@@ -339,6 +345,9 @@ export class Isolate {
 
   /** Calls the global function at a dotted path with JSON args; a returned Promise is awaited. */
   call(path: string, args: JsonValue[], options?: CallOptions): Promise<JsonValue> {
+    const at = options?.binaryAt;
+    if (at !== undefined && this.readsBinary && options?.resumable === undefined && !options?.jobsFailAlone)
+      return this.callWithBinary(path, args, at, options?.onStart);
     let argsJson: string;
     try {
       argsJson = JSON.stringify(args);
@@ -358,6 +367,26 @@ export class Isolate {
       resumable?.onSuspended,
       options?.onStart,
     );
+  }
+
+  /** call() with args[at] in the binary format (CallOptions.binaryAt). */
+  private callWithBinary(
+    path: string,
+    args: JsonValue[],
+    at: number,
+    onStart: (() => void) | undefined,
+  ): Promise<JsonValue> {
+    let argsJson: string;
+    let bytes: Uint8Array;
+    try {
+      bytes = encodeBinary(args[at] ?? null, BINARY_START_BYTES);
+      const rest = args.slice();
+      rest[at] = null;
+      argsJson = JSON.stringify(rest);
+    } catch (e) {
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+    return this.enqueue({ op: "callBinary", path, argsJson, index: at, bytes }, undefined, onStart);
   }
 
   /** A new time limit for the entries that start from now on (QuickJS isolates). */
