@@ -6,12 +6,13 @@ import { expect } from "chai";
 import { Redis } from "ioredis";
 import { createClient } from "redis";
 import { startRedis, type RedisNode } from "./harness/index.js";
-import { useSentinelProxy, type SentinelDeployment } from "./harness/sentinel.js";
+import { startSentinels, useSentinelProxy, type SentinelDeployment } from "./harness/sentinel.js";
+import { ChildProxy } from "./support/child-proxy.js";
 import { redisPy } from "./support/redis-py.js";
 import { sleep } from "./support/polling.js";
 import type { ProxyContext } from "../src/client/context.js";
 import type { SentinelTopology } from "../src/upstream/sentinel-topology.js";
-import { commandName, readCommands } from "../src/upstream/handover.js";
+import { commandKinds, commandName } from "../src/upstream/handover.js";
 import { UpstreamConnection } from "../src/upstream/connection.js";
 import type { ReplySink } from "../src/upstream/reply-sink.js";
 import { encodeCommand } from "../src/resp/encode.js";
@@ -221,15 +222,15 @@ describe("Redis Sentinel handover: reading commands and COMMAND INFO", () => {
     expect(commandName(Buffer.from("PING\r\n"))).to.equal("");
   });
 
-  it("reads are the commands flagged readonly and neither write nor may_replicate", () => {
-    expect([
-      ...readCommands([
-        [Buffer.from("get"), 2, ["readonly", "fast"]],
-        [Buffer.from("incr"), 2, ["write", "denyoom", "fast"]],
-        [Buffer.from("publish"), 3, ["pubsub", "loading", "stale", "fast", "may_replicate"]],
-        null,
-      ]),
-    ]).to.deep.equal(["get"]);
+  it("reads are the commands flagged readonly and neither write nor may_replicate; writes those flagged write", () => {
+    const kinds = commandKinds([
+      [Buffer.from("get"), 2, ["readonly", "fast"]],
+      [Buffer.from("incr"), 2, ["write", "denyoom", "fast"]],
+      [Buffer.from("publish"), 3, ["pubsub", "loading", "stale", "fast", "may_replicate"]],
+      null,
+    ]);
+    expect([...kinds.reads]).to.deep.equal(["get"]);
+    expect([...kinds.writes]).to.deep.equal(["incr"]);
   });
 });
 
@@ -500,6 +501,35 @@ describe("Redis Sentinel handover: what is sent on and what fails, held behind o
   });
 });
 
+describe("Redis Sentinel handover: a PUBLISH the pause holds, first on its connection", function () {
+  this.timeout(120_000);
+  const setup = useSentinelProxy();
+
+  it("fails with connection lost: released on the demoted master it runs there, where the new master's subscribers miss it, and its reply proves nothing", async () => {
+    const { d, proxy } = setup;
+    const io = new Redis({ port: proxy.port, host: "127.0.0.1" });
+    io.on("error", () => {});
+    try {
+      expect(await io.set("pub:k", "1")).to.equal("OK");
+      const old = await d.master();
+      expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
+      for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(10))
+        if (/^sentinel_master:.*status=failover/m.test(await io.info("proxy"))) break;
+      const published = io.publish("held:solo", "m").then(
+        (n) => `delivered to ${n}`,
+        (err: Error) => `error: ${err.message}`,
+      );
+      await d.waitForNewMaster(old);
+      expect(await published).to.equal("error: ERR upstream connection lost");
+      const handovers = topologyOf(setup).handovers;
+      expect(handovers).to.have.length(1);
+      expect(handovers[0]).to.deep.equal({ passed: 0, moved: 0, failed: 1 });
+    } finally {
+      io.disconnect();
+    }
+  });
+});
+
 describe("Redis Sentinel handover: a TFCALL whose writes the pause holds", function () {
   this.timeout(120_000);
   const setup = useSentinelProxy();
@@ -600,6 +630,75 @@ describe("UpstreamConnection: requests kept for a handover, and held back", func
       await control.call(["CLIENT", "UNPAUSE"]).catch(() => {});
       conn.close();
       control.close();
+    }
+  });
+});
+
+describe("Redis Sentinel handover: --threads 2", function () {
+  this.timeout(120_000);
+  let d: SentinelDeployment;
+  let proxy: ChildProxy;
+  before(async function () {
+    this.timeout(60_000);
+    d = await startSentinels();
+    proxy = await ChildProxy.start({
+      upstreams: [],
+      args: [
+        "--threads",
+        "2",
+        "--sentinel",
+        d.sentinels.map((s) => `127.0.0.1:${s.port}`).join(","),
+        "--sentinel-master",
+        d.name,
+      ],
+    });
+  });
+  after(async () => {
+    await proxy?.stop();
+    await d?.stop();
+  });
+
+  it("no hand-over (the first thread's UNPAUSE would release the other's held writes as READONLY): writers on both threads see at most connection-lost errors, counters equal the acknowledged INCRs give or take the failed ones", async () => {
+    const clients = Array.from({ length: 8 }, () => {
+      const c = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+      c.on("error", () => {});
+      return c;
+    });
+    try {
+      const old = await d.master();
+      let stop = false;
+      const tallies = clients.map((c, i) => {
+        const tally = { key: `threads:${i}`, acked: 0, errors: [] as string[] };
+        const done = (async () => {
+          while (!stop) {
+            try {
+              await c.incr(tally.key);
+              tally.acked++;
+            } catch (err) {
+              tally.errors.push((err as Error).message);
+              await sleep(20);
+            }
+          }
+        })();
+        return { tally, done };
+      });
+      await sleep(300);
+      expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
+      const now = await d.waitForNewMaster(old);
+      await sleep(1500);
+      stop = true;
+      await Promise.all(tallies.map((t) => t.done));
+      for (const { tally } of tallies) {
+        for (const e of tally.errors)
+          expect(e, tally.key).to.match(/^ERR upstream (connection lost|127\.0\.0\.1:\d+ )/);
+        const value = Number(await now.call("GET", tally.key));
+        expect(
+          value,
+          `${tally.key}: ${tally.acked} acknowledged, ${tally.errors.length} failed`,
+        ).to.be.within(tally.acked, tally.acked + tally.errors.length);
+      }
+    } finally {
+      for (const c of clients) c.disconnect();
     }
   });
 });

@@ -74,17 +74,22 @@ export function commandName(command: Buffer): string {
   return Number.isInteger(length) ? command.toString("utf8", start, start + length).toLowerCase() : "";
 }
 
-/** COMMAND INFO's reply: the names flagged readonly and neither write nor may_replicate. */
-export function readCommands(reply: RespValue): Set<string> {
+/**
+ * COMMAND INFO's reply: the reads (flagged readonly, neither write nor may_replicate) and the
+ * writes (flagged write), by name.
+ */
+export function commandKinds(reply: RespValue): { reads: Set<string>; writes: Set<string> } {
   const reads = new Set<string>();
-  if (!Array.isArray(reply)) return reads;
+  const writes = new Set<string>();
+  if (!Array.isArray(reply)) return { reads, writes };
   for (const entry of reply) {
     if (!Array.isArray(entry) || !Array.isArray(entry[2])) continue;
     const flags = entry[2].map((f) => String(f));
-    if (flags.includes("readonly") && !flags.includes("write") && !flags.includes("may_replicate"))
-      reads.add(String(entry[0]).toLowerCase());
+    const name = String(entry[0]).toLowerCase();
+    if (flags.includes("write")) writes.add(name);
+    else if (flags.includes("readonly") && !flags.includes("may_replicate")) reads.add(name);
   }
-  return reads;
+  return { reads, writes };
 }
 
 function within<T>(promise: Promise<T>, ms: number): Promise<T | null> {
@@ -134,7 +139,11 @@ class ConnectionHandover {
       if (command === null || SCRIPTS.has(name))
         this.handover.settle(request.sink, "failed", CONNECTION_LOST);
       else this.handover.move(request, command, this.proto, this.index);
-    } else if (!this.demoted) {
+    } else if (!this.demoted && (!this.handover.unpaused || this.handover.ranOnMaster(name))) {
+      // Before the UNPAUSE, a reply is of a command that ran before the pause (a held one
+      // holds its connection). After it, only a read's or a write's proves that: a held write
+      // is refused on the replica, a read runs anywhere. A held PUBLISH, SCRIPT, EVAL...
+      // (may_replicate, not write) is not refused there and runs on the demoted node: failed.
       request.sink.reply(data);
       this.handover.settle(null, "passed");
     } else if (command !== null && this.handover.reads.has(name)) {
@@ -147,6 +156,9 @@ class ConnectionHandover {
 
 class Handover {
   reads = new Set<string>();
+  writes = new Set<string>();
+  /** Set as CLIENT UNPAUSE goes out: from then on held commands run on the demoted node. */
+  unpaused = false;
   readonly counts: HandoverCounts = { passed: 0, moved: 0, failed: 0 };
   /** Requests of the old connections not settled yet. */
   private left = 0;
@@ -176,6 +188,11 @@ class Handover {
     }
     this.left = all.length;
     return all;
+  }
+
+  /** A command whose ordinary reply proves it ran on the old master before the pause. */
+  ranOnMaster(name: string): boolean {
+    return this.reads.has(name) || this.writes.has(name);
   }
 
   move(request: PendingRequest, command: Buffer, proto: Protocol, index: number): void {
@@ -311,7 +328,10 @@ async function settleOld(
   if (second === null) return handover.finish("the old master did not answer REPLICAOF in time");
   const [replica, flags] = second;
   if (!isOk(replica)) return handover.finish(`the old master refused REPLICAOF: ${say(replica)}`);
-  handover.reads = flags === null ? new Set() : readCommands(flags);
+  const kinds = commandKinds(flags ?? null);
+  handover.reads = kinds.reads;
+  handover.writes = kinds.writes;
   // The held commands are processed now, on a replica: writes refused, so sent on (see above).
+  handover.unpaused = true;
   await control.call(["CLIENT", "UNPAUSE"]);
 }

@@ -257,8 +257,12 @@ export class SentinelTopology implements Topology {
     until: number;
     /** When a sentinel last said the failover is under way (an event, or failover_in_progress). */
     seen: number;
-    /** The last CLIENT PAUSE was answered OK: the master holds writes until `until`. */
-    paused: boolean;
+    /**
+     * Until when the master is known to hold writes: the send time + holdMs of each CLIENT
+     * PAUSE answered OK (never moved by a renewal only sent, nor back by a refused one: the
+     * pause already granted lasts), 0 before the first OK.
+     */
+    pausedUntil: number;
     by: Set<number>;
   } | null = null;
   /** Renews the hold while it lasts, on its own clock: a slow round of asking must not let it lapse. */
@@ -280,6 +284,13 @@ export class SentinelTopology implements Topology {
     private readonly sentinels: Sentinels,
     private readonly options: NodeOptions,
     private readonly log: Logger,
+    /**
+     * Whether a switch hands the old master's held writes over (handover.ts). Not with
+     * --threads N: the first thread to switch lifts the pause (CLIENT UNPAUSE is the server's,
+     * not a client's), and the writes the other threads' connections hold would be answered
+     * READONLY straight to their clients, their reads and PUBLISHes run on the demoted node.
+     */
+    private readonly handover = true,
   ) {
     this.current = this.candidateAt(address);
     this.current.log = log;
@@ -440,7 +451,13 @@ export class SentinelTopology implements Topology {
   private switchTo(node: UpstreamNode, epoch: number): void {
     const old = this.current;
     const fenced = this.fenced;
-    const paused = fenced !== null && fenced.node === old && fenced.paused && fenced.until > Date.now();
+    // With a margin: the handover's first step renews the pause, which must reach the old master
+    // before the pause it trusts lapses.
+    const paused =
+      this.handover &&
+      fenced !== null &&
+      fenced.node === old &&
+      fenced.pausedUntil > Date.now() + Math.min(200, this.holdMs / 4);
     this.current = node;
     this.list = [node];
     this.epoch = epoch;
@@ -492,7 +509,7 @@ export class SentinelTopology implements Topology {
       { master: this.name, node: node.id, ms: this.holdMs },
       "sentinel failover started: writes to the old master held until the switch",
     );
-    this.fenced = { node, until: 0, seen: now, paused: false, by: new Set([sentinel]) };
+    this.fenced = { node, until: 0, seen: now, pausedUntil: 0, by: new Set([sentinel]) };
     this.hold();
     if (this.holdTimer === null) {
       this.holdTimer = setInterval(() => this.renewHold(), Math.max(50, Math.floor(this.holdMs / 3)));
@@ -528,15 +545,17 @@ export class SentinelTopology implements Topology {
     const fenced = this.fenced;
     if (fenced === null) return;
     const node = fenced.node;
-    const until = Date.now() + this.holdMs;
+    const holdMs = this.holdMs;
+    const sent = Date.now();
+    const until = sent + holdMs;
     fenced.until = until;
     node
       .control()
       ?.call(["CLIENT", "PAUSE", String(this.holdMs), "WRITE"])
       .then(
         (reply) => {
-          // Held from before it was sent, so at least until `until`.
-          if (fenced.until === until) fenced.paused = !(reply instanceof RespError);
+          // Held from no earlier than it was sent, so at least until `until`.
+          if (!(reply instanceof RespError)) fenced.pausedUntil = Math.max(fenced.pausedUntil, until);
           if (reply instanceof RespError)
             this.log.warn(
               { node: node.id, err: reply.message },
@@ -666,6 +685,7 @@ export async function connectViaSentinels<T extends Probed>(
           sentinels,
           options,
           log,
+          config.threads === "1",
         );
         log.info(
           { master: name, upstream: id, sentinels: sentinels.ids, epoch: candidate.epoch },
