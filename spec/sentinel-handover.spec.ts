@@ -215,6 +215,13 @@ async function writersAcross(
   }
 }
 
+/** Starts a SENTINEL FAILOVER and waits until the proxy holds writes on the old master (INFO says so). */
+async function failoverHolding(d: SentinelDeployment, io: Redis): Promise<void> {
+  expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
+  for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(10))
+    if (/^sentinel_master:.*status=failover/m.test(await io.info("proxy"))) return;
+}
+
 describe("Redis Sentinel handover: reading commands and COMMAND INFO", () => {
   it("a command's name is read from its RESP array, lower case", () => {
     expect(commandName(Buffer.from("*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n"))).to.equal("incr");
@@ -473,10 +480,8 @@ describe("Redis Sentinel handover: what is sent on and what fails, held behind o
     try {
       expect(await io.set("held:k", "10")).to.equal("OK");
       const old = await d.master();
-      expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
-      // Sent once the old master holds writes: all of it waits behind the INCR.
-      for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(10))
-        if (/^sentinel_master:.*status=failover/m.test(await io.info("proxy"))) break;
+      // What follows is sent once the old master holds writes: all of it waits behind the INCR.
+      await failoverHolding(d, io);
       const replies = await io
         .pipeline()
         .incr("held:k")
@@ -512,9 +517,7 @@ describe("Redis Sentinel handover: a PUBLISH the pause holds, first on its conne
     try {
       expect(await io.set("pub:k", "1")).to.equal("OK");
       const old = await d.master();
-      expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
-      for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(10))
-        if (/^sentinel_master:.*status=failover/m.test(await io.info("proxy"))) break;
+      await failoverHolding(d, io);
       const published = io.publish("held:solo", "m").then(
         (n) => `delivered to ${n}`,
         (err: Error) => `error: ${err.message}`,
@@ -546,9 +549,7 @@ describe("Redis Sentinel handover: a TFCALL whose writes the pause holds", funct
       );
       expect(await io.call("TFCALL", "held.bump", "0")).to.equal(1);
       const old = await d.master();
-      expect(await d.sentinels[0].call("SENTINEL", "FAILOVER", d.name)).to.equal("OK");
-      for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(10))
-        if (/^sentinel_master:.*status=failover/m.test(await io.info("proxy"))) break;
+      await failoverHolding(d, io);
       const calls = await Promise.allSettled([1, 2, 3].map(() => io.call("TFCALL", "held.bump", "0")));
       const now = await d.waitForNewMaster(old);
       expect(calls.map((c) => (c.status === "fulfilled" ? c.value : String(c.reason)))).to.deep.equal([
