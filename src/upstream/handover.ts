@@ -24,8 +24,10 @@ import type { ReplySink } from "./reply-sink.js";
  * before it runs and before the pause check (server.c). So, per connection, in reply order:
  *
  * - A reply before the connection's first such READONLY: the command ran, on the old master
- *   before the pause took hold (replicated before the promotion, which comes later), or a
- *   read; it is passed on.
+ *   before the pause took hold, or a read; it is passed on. (Replication is asynchronous: a
+ *   write the old master ran just before the pause may still miss the promotion, as with any
+ *   Sentinel client; the pause only stops new ones. After the UNPAUSE, only a read's or a
+ *   write's reply proves this, see ConnectionHandover.replied.)
  * - That exact READONLY: the write did not run; it is sent to the new master, after the
  *   switch, in its place in the client's order.
  * - After it, everything on the connection was held behind it, and runs now on a replica:
