@@ -13,7 +13,7 @@ import { sleep } from "./support/polling.js";
 import type { ProxyContext } from "../src/client/context.js";
 import type { SentinelTopology } from "../src/upstream/sentinel-topology.js";
 import { commandKinds, commandName } from "../src/upstream/handover.js";
-import { UpstreamConnection } from "../src/upstream/connection.js";
+import { CONNECTION_LOST, UpstreamConnection } from "../src/upstream/connection.js";
 import type { ReplySink } from "../src/upstream/reply-sink.js";
 import { encodeCommand } from "../src/resp/encode.js";
 
@@ -374,8 +374,8 @@ describe("Redis Sentinel handover: the old master SIGKILLed under continuous wri
   this.timeout(120_000);
   const setup = useSentinelProxy({ each: true });
 
-  for (let round = 1; round <= 2; round++) {
-    it(`round ${round}: ioredis and node-redis writing INCR: what failed is "connection lost" or "unavailable" until the switch, nothing applied twice, nothing lost but Redis's own kill window`, async () => {
+  for (let round = 1; round <= 3; round++) {
+    it(`round ${round}: ioredis and node-redis writing INCR: only what was in flight at the kill fails ("connection lost"); later commands wait for the switch (none "unavailable"); nothing applied twice, nothing lost but Redis's own kill window`, async () => {
       const { d, proxy } = setup;
       const port = proxy.port;
       const ios = [0, 1].map(() => {
@@ -440,10 +440,11 @@ describe("Redis Sentinel handover: the old master SIGKILLed under continuous wri
           console.log(
             `      ${t.client}: ${t.ackedAt.length} acked, ${t.errors.length} failed (${kinds.join(" | ")}), went back ${JSON.stringify(t.drops)}; switch ${switchedAt - killedAt} ms after the kill`,
           );
-          for (const kind of kinds)
-            expect(kind).to.match(
-              /^ERR upstream (connection lost|127\.0\.0\.1:\d+ (unavailable|is no longer the master))/,
-            );
+          // Commands sent while the master is unreachable wait for the new one
+          // (waiting-requests.ts): those in flight at the kill, a pipeline's worth or two sent
+          // before the proxy saw the connection close, are all that fail.
+          expect(kinds.filter((k) => k !== CONNECTION_LOST)).to.deep.equal([]);
+          expect(t.errors.length, `${t.client}: failed commands`).to.be.at.most(8);
           expect(t.wrong, `${t.client}: replies no order explains`).to.deep.equal([]);
           expect(t.drops.length, `${t.client}: the counter went back more than once`).to.be.at.most(1);
           for (const drop of t.drops)
