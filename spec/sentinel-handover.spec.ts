@@ -463,6 +463,75 @@ describe("Redis Sentinel handover: the old master SIGKILLed under continuous wri
   }
 });
 
+/** How long a command sent through the proxy takes to be answered, and the reply or the error's text. */
+async function timed(send: () => Promise<unknown>): Promise<{ ms: number; reply: string }> {
+  const start = Date.now();
+  const reply = await send().then(
+    (value) => String(value),
+    (err: Error) => err.message,
+  );
+  return { ms: Date.now() - start, reply };
+}
+
+describe("Redis Sentinel: commands wait for an unreachable master up to --cluster-retry-timeout", function () {
+  this.timeout(60_000);
+  const RETRY_MS = 800;
+  const setup = useSentinelProxy({ each: true, proxy: { clusterRetryTimeoutMs: RETRY_MS } });
+
+  /** The master SIGKILLed with every sentinel gone first, so that no replica is promoted. */
+  async function killWithoutFailover(d: SentinelDeployment): Promise<RedisNode> {
+    const master = await d.master();
+    for (const s of d.sentinels) await s.kill();
+    await master.kill();
+    // The proxy sees its connections close: nothing is in flight when the commands below go.
+    await sleep(200);
+    return master;
+  }
+
+  for (let round = 1; round <= 3; round++) {
+    it(`round ${round}: no promotion: a command fails "unavailable" once it waited the timeout, not before; one sent later waits its own`, async () => {
+      const { d, proxy } = setup;
+      const io = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+      io.on("error", () => {});
+      try {
+        expect(await io.set("k", "1")).to.equal("OK");
+        await killWithoutFailover(d);
+        const first = timed(() => io.incr("k"));
+        await sleep(300);
+        const second = await timed(() => io.get("k"));
+        const one = await first;
+        console.log(`      failed after ${one.ms} and ${second.ms} ms: ${one.reply}`);
+        for (const { ms, reply } of [one, second]) {
+          expect(reply).to.match(/^ERR upstream 127\.0\.0\.1:\d+ unavailable: /);
+          expect(ms).to.be.at.least(RETRY_MS);
+          expect(ms).to.be.below(RETRY_MS + 400);
+        }
+      } finally {
+        io.disconnect();
+      }
+    });
+  }
+
+  for (let round = 1; round <= 3; round++) {
+    it(`round ${round}: the same master back within the timeout: the commands that waited are answered by it, in order`, async () => {
+      const { d, proxy } = setup;
+      const io = new Redis({ port: proxy.port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
+      io.on("error", () => {});
+      try {
+        expect(await io.set("k", "1")).to.equal("OK");
+        const master = await killWithoutFailover(d);
+        const writes = [timed(() => io.incr("n")), timed(() => io.incr("n")), timed(() => io.get("n"))];
+        await master.restart();
+        const replies = await Promise.all(writes);
+        console.log(`      answered after ${replies.map((r) => r.ms).join(", ")} ms`);
+        expect(replies.map((r) => r.reply)).to.deep.equal(["1", "2", "2"]);
+      } finally {
+        io.disconnect();
+      }
+    });
+  }
+});
+
 describe("Redis Sentinel handover: what is sent on and what fails, held behind one write", function () {
   this.timeout(120_000);
   const setup = useSentinelProxy();
