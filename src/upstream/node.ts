@@ -4,7 +4,6 @@ import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
 import { encodeCommand, type Arg } from "../resp/encode.js";
 import type { Protocol, RespValue } from "../resp/values.js";
 import { PromiseSink, type ReplySink } from "./reply-sink.js";
-import type { WaitingRequests } from "./waiting-requests.js";
 
 /** What metrics learn from the nodes (src/observability/metrics.ts implements it). */
 export interface NodeObserver {
@@ -12,6 +11,15 @@ export interface NodeObserver {
   roundTripFor(id: string): (seconds: number) => void;
   /** The master followed through Redis Sentinel named `master` moved to another node. */
   sentinelSwitch?(master: string): void;
+}
+
+/** Where commands wait while their node cannot be reached (waiting-requests.ts implements it). */
+export interface WaitingRoom {
+  /** Commands waiting now. */
+  readonly size: number;
+  /** Whether the commands wait for `node` (the master followed). */
+  isFor(node: UpstreamNode): boolean;
+  add(affinity: number, payload: Buffer, sink: ReplySink, db: number, proto: Protocol): void;
 }
 
 /** Idle dedicated connections kept per node for the next transaction or blocking call. */
@@ -67,7 +75,7 @@ export class UpstreamNode {
        * Where commands wait while this node, the Sentinel master, cannot be reached, instead of
        * failing (waiting-requests.ts); unset elsewhere, and when --cluster-retry-timeout is 0.
        */
-      waiting?: WaitingRequests;
+      waiting?: WaitingRoom;
     },
   ) {
     this.id = `${address.host}:${address.port}`;
@@ -98,7 +106,8 @@ export class UpstreamNode {
 
   /** A command with no connection to take: it waits for the master (Sentinel mode), or fails. */
   private cannotSend(affinity: number, payload: Buffer, sink: ReplySink, db: number, proto: Protocol): void {
-    if (this.waitsForMaster()) this.options.waiting!.add(affinity, payload, sink, db, proto);
+    const waiting = this.options.waiting;
+    if (waiting !== undefined && this.waitsForMaster()) waiting.add(affinity, payload, sink, db, proto);
     else sink.fail(this.failure);
   }
 

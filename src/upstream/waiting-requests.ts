@@ -1,5 +1,5 @@
 import type { Protocol } from "../resp/values.js";
-import type { UpstreamNode } from "./node.js";
+import type { UpstreamNode, WaitingRoom } from "./node.js";
 import type { ReplySink } from "./reply-sink.js";
 
 /** A command that could not be sent to the master: it never left the proxy. */
@@ -27,7 +27,7 @@ const TICK_MS = 50;
  * a command. While requests wait, the node sends nothing itself (UpstreamNode.sharedConnection),
  * so that no later command overtakes an earlier one of the same client.
  */
-export class WaitingRequests {
+export class WaitingRequests implements WaitingRoom {
   private queue: WaitingRequest[] = [];
   private timer: NodeJS.Timeout | null = null;
 
