@@ -504,7 +504,8 @@ describe("Redis Sentinel: commands wait for an unreachable master up to --cluste
         for (const { ms, reply } of [one, second]) {
           expect(reply).to.match(/^ERR upstream 127\.0\.0\.1:\d+ unavailable: /);
           expect(ms).to.be.at.least(RETRY_MS);
-          expect(ms).to.be.below(RETRY_MS + 400);
+          // Failed at the next 50 ms tick past the deadline; the margin is for a loaded machine.
+          expect(ms).to.be.below(RETRY_MS + 1000);
         }
       } finally {
         io.disconnect();
