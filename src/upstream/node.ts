@@ -13,6 +13,15 @@ export interface NodeObserver {
   sentinelSwitch?(master: string): void;
 }
 
+/** Where commands wait while their node cannot be reached (waiting-requests.ts implements it). */
+export interface WaitingRoom {
+  /** Commands waiting now. */
+  readonly size: number;
+  /** Whether the commands wait for `node` (the master followed). */
+  isFor(node: UpstreamNode): boolean;
+  add(affinity: number, payload: Buffer, sink: ReplySink, db: number, proto: Protocol): void;
+}
+
 /** Idle dedicated connections kept per node for the next transaction or blocking call. */
 const MAX_IDLE_DEDICATED = 32;
 const FIRST_BACKOFF_MS = 50;
@@ -46,6 +55,8 @@ export class UpstreamNode {
   private retired = false;
   /** Set by holdRequests(): the clients' connections hold back what is sent until releaseRequests(). */
   private holding = false;
+  /** The connection probe() opened, until it is answered or fails. */
+  private probing: UpstreamConnection | null = null;
   /** Where "upstream lost" and "upstream back" go; unset while the proxy only probes a seed. */
   log: Logger | undefined;
 
@@ -60,6 +71,11 @@ export class UpstreamNode {
       log?: Logger;
       /** Times the round trips (metrics on). */
       observer?: NodeObserver;
+      /**
+       * Where commands wait while this node, the Sentinel master, cannot be reached, instead of
+       * failing (waiting-requests.ts); unset elsewhere, and when --cluster-retry-timeout is 0.
+       */
+      waiting?: WaitingRoom;
     },
   ) {
     this.id = `${address.host}:${address.port}`;
@@ -84,8 +100,48 @@ export class UpstreamNode {
   /** Sends on the shared connection assigned to `affinity`, so one client's commands stay in order. */
   send(affinity: number, payload: Buffer, sink: ReplySink, db: number, proto: Protocol = 2): void {
     const conn = this.sharedConnection(affinity, proto);
-    if (conn === null) sink.fail(this.failure);
+    if (conn === null) this.cannotSend(affinity, payload, sink, db, proto);
     else conn.send(payload, sink, db);
+  }
+
+  /** A command with no connection to take: it waits for the master (Sentinel mode), or fails. */
+  private cannotSend(affinity: number, payload: Buffer, sink: ReplySink, db: number, proto: Protocol): void {
+    const waiting = this.options.waiting;
+    if (waiting !== undefined && this.waitsForMaster()) waiting.add(affinity, payload, sink, db, proto);
+    else sink.fail(this.failure);
+  }
+
+  /**
+   * True while commands for this node must wait rather than go (options.waiting): it is the
+   * master, lost since its last connection, or earlier commands still wait. A fresh connection
+   * would only fail them with "unavailable" while a dead master is being replaced.
+   */
+  private waitsForMaster(): boolean {
+    const waiting = this.options.waiting;
+    return (
+      waiting !== undefined &&
+      !this.retired &&
+      (this.lost || this.down || waiting.size > 0) &&
+      waiting.isFor(this)
+    );
+  }
+
+  /**
+   * Opens a connection to learn whether the node answers again (reachable() once it does);
+   * `answered` is told then. Nothing while backing off, or while one probe is under way.
+   */
+  probe(answered: () => void): void {
+    if (this.probing !== null || this.down) return;
+    const conn = this.open(2);
+    this.probing = conn;
+    const done = (): void => {
+      this.probing = null;
+      conn.close();
+    };
+    conn.call(["PING"]).then(() => {
+      done();
+      answered();
+    }, done);
   }
 
   /** The proxy's own request; error replies resolve as RespError, a dead node rejects. */
@@ -101,7 +157,7 @@ export class UpstreamNode {
     const i = affinity % shared.length;
     let conn = shared[i];
     if (conn === null || conn.closed) {
-      if (this.down) return null;
+      if (this.down || this.waitsForMaster()) return null;
       conn = this.open(proto);
       if (this.holding) conn.hold();
       shared[i] = conn;

@@ -6,6 +6,7 @@ import { RespError, type RespValue } from "../resp/values.js";
 import { UpstreamConnection, type ConnectionOptions } from "./connection.js";
 import { handOver, type HandoverCounts } from "./handover.js";
 import { UpstreamNode, type NodeObserver } from "./node.js";
+import { WaitingRequests } from "./waiting-requests.js";
 import {
   describeAnswers,
   configEpochOf,
@@ -276,6 +277,11 @@ export class SentinelTopology implements Topology {
   /** How long one hold lasts (FENCE_MS, or half the master's down-after-milliseconds when shorter). */
   private holdMs = FENCE_MS;
   private closed = false;
+  /**
+   * The commands that wait while the master cannot be reached, for the switch or its return,
+   * up to --cluster-retry-timeout (waiting-requests.ts); null when that is 0.
+   */
+  private readonly waiting: WaitingRequests | null;
 
   constructor(
     readonly name: string,
@@ -291,7 +297,10 @@ export class SentinelTopology implements Topology {
      * READONLY straight to their clients, their reads and PUBLISHes run on the demoted node.
      */
     private readonly handover = true,
+    /** How long a command may wait for an unreachable master (--cluster-retry-timeout). */
+    retryTimeoutMs = 0,
   ) {
+    this.waiting = retryTimeoutMs > 0 ? new WaitingRequests(retryTimeoutMs, () => this.current) : null;
     this.current = this.candidateAt(address);
     this.current.log = log;
     this.list = [this.current];
@@ -358,6 +367,7 @@ export class SentinelTopology implements Topology {
     this.closed = true;
     clearInterval(this.timer);
     this.endFence();
+    this.waiting?.failAll(this.current.failure || `ERR upstream ${this.current.id} unavailable`);
     this.sentinels.close();
     this.current.close();
     for (const node of this.others.values()) node.close();
@@ -371,6 +381,8 @@ export class SentinelTopology implements Topology {
       log: undefined,
       // So that a switch can send the new master what the old one held and did not run.
       keepRequests: true,
+      // While it is the master and cannot be reached, commands wait for the switch.
+      ...(this.waiting !== null ? { waiting: this.waiting } : {}),
       // After the node has marked itself lost (onLost runs first): connections the proxy
       // closes itself (a client's aborted MULTI) are no reason to ask.
       onLost: () =>
@@ -483,6 +495,8 @@ export class SentinelTopology implements Topology {
       log: this.log,
       onDone: (counts) => this.handovers.push(counts),
     });
+    // Behind what the handover moves (the new master holds its requests meanwhile): they came later.
+    this.waiting?.flush();
   }
 
   private onEvent(event: SentinelEvent, sentinel: number): void {
@@ -686,6 +700,7 @@ export async function connectViaSentinels<T extends Probed>(
           options,
           log,
           config.threads === "1",
+          config.clusterRetryTimeoutMs,
         );
         log.info(
           { master: name, upstream: id, sentinels: sentinels.ids, epoch: candidate.epoch },
