@@ -142,7 +142,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     key: "clusterRetryTimeoutMs",
     kind: "count",
     describe:
-      "Milliseconds a command keeps being retried while a cluster heals (failover, CLUSTERDOWN, TRYAGAIN) before its error is returned.",
+      "Milliseconds a command keeps being retried while a cluster heals (failover, CLUSTERDOWN, TRYAGAIN), or waits for an unreachable Sentinel master to be replaced or come back, before its error is returned.",
     defaultText: String(DEFAULT_CONFIG.clusterRetryTimeoutMs),
   },
   {
