@@ -354,7 +354,7 @@ export class SentinelTopology implements Topology {
           : "ok";
     return [
       `sentinel_master:name=${this.name},status=${status},addr=${this.current.id},epoch=${this.epoch},` +
-        `switches=${this.switches},sentinels=${this.sentinels.ids.length}`,
+        `switches=${this.switches},sentinels=${this.sentinels.ids.length},waiting=${this.waiting?.size ?? 0}`,
     ];
   }
 
