@@ -66,14 +66,30 @@ const REFUSED_ON_REPLICA = Buffer.from("-READONLY You can't write against a read
 
 const SCRIPTS = new Set(["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"]);
 
+/** The bulk string at `at` ("$len\r\nbytes\r\n"), lower case, and where the next begins; null when not readable. */
+function bulkAt(command: Buffer, at: number): { text: string; next: number } | null {
+  const lenEnd = command.indexOf(13, at);
+  if (command[at] !== 36 /* $ */ || lenEnd < 0) return null;
+  const length = Number(command.toString("latin1", at + 1, lenEnd));
+  const start = lenEnd + 2;
+  if (!Number.isInteger(length) || start + length > command.length) return null;
+  return { text: command.toString("utf8", start, start + length).toLowerCase(), next: start + length + 2 };
+}
+
 /** The command's name, lower case, from its RESP array ("*N\r\n$len\r\nname..."); "" when not readable. */
 export function commandName(command: Buffer): string {
-  const lenStart = command.indexOf(13) + 3; // past "*N\r\n$"
-  const lenEnd = command.indexOf(13, lenStart);
-  if (lenStart < 3 || lenEnd < 0 || command[lenStart - 1] !== 36 /* $ */) return "";
-  const length = Number(command.toString("latin1", lenStart, lenEnd));
-  const start = lenEnd + 2;
-  return Number.isInteger(length) ? command.toString("utf8", start, start + length).toLowerCase() : "";
+  return bulkAt(command, command.indexOf(13) + 2)?.text ?? "";
+}
+
+/**
+ * The command's name and, when it has one, its first argument joined as COMMAND INFO names
+ * a container's subcommands ("object|encoding"): whether that is a subcommand is for the
+ * caller to look up.
+ */
+export function subcommandName(command: Buffer): string {
+  const name = bulkAt(command, command.indexOf(13) + 2);
+  const sub = name === null ? null : bulkAt(command, name.next);
+  return name === null || sub === null ? "" : `${name.text}|${sub.text}`;
 }
 
 /**
@@ -84,13 +100,17 @@ export function commandKinds(reply: RespValue): { reads: Set<string>; writes: Se
   const reads = new Set<string>();
   const writes = new Set<string>();
   if (!Array.isArray(reply)) return { reads, writes };
-  for (const entry of reply) {
-    if (!Array.isArray(entry) || !Array.isArray(entry[2])) continue;
+  const add = (entry: RespValue): void => {
+    if (!Array.isArray(entry) || !Array.isArray(entry[2])) return;
     const flags = entry[2].map((f) => String(f));
     const name = String(entry[0]).toLowerCase();
     if (flags.includes("write")) writes.add(name);
     else if (flags.includes("readonly") && !flags.includes("may_replicate")) reads.add(name);
-  }
+    // A container (OBJECT, XINFO, MEMORY...) has no flags of its own: its subcommands do,
+    // named "container|sub", in the entry's tenth field (Redis 7.0).
+    if (Array.isArray(entry[9])) for (const sub of entry[9]) add(sub);
+  };
+  for (const entry of reply) add(entry);
   return { reads, writes };
 }
 
@@ -135,7 +155,7 @@ class ConnectionHandover {
 
   private replied(request: PendingRequest, data: Buffer): void {
     const { command } = request;
-    const name = command === null ? "" : commandName(command);
+    const name = command === null ? "" : this.handover.kindName(command);
     if (data.equals(REFUSED_ON_REPLICA)) {
       this.demoted = true;
       if (command === null || SCRIPTS.has(name))
@@ -190,6 +210,12 @@ class Handover {
     }
     this.left = all.length;
     return all;
+  }
+
+  /** The name COMMAND INFO gave the command's flags under: its subcommand's, for a container. */
+  kindName(command: Buffer): string {
+    const sub = subcommandName(command);
+    return sub !== "" && (this.reads.has(sub) || this.writes.has(sub)) ? sub : commandName(command);
   }
 
   /** A command whose ordinary reply proves it ran on the old master before the pause. */
