@@ -208,7 +208,7 @@ async function start(running: Running, config: ProxyConfig, thread?: ClusterLink
   const noUpstream = config.upstreams.length === 0 && config.sentinels.length === 0;
   if (noUpstream && shared !== null) effective = { ...config, upstreams: [shared] };
   else if (noUpstream) {
-    running.embedded = await startEmbeddedRedis(config.dataDir, running.log);
+    running.embedded = await startEmbeddedRedis(config.dataDir, running.log, [config.port, config.tlsPort]);
     const { host, port } = running.embedded;
     effective = { ...config, upstreams: [{ host, port }] };
   }
@@ -230,7 +230,7 @@ async function supervise(threads: number, config: ProxyConfig, log: Logger): Pro
   let embedded: EmbeddedRedis | undefined;
   if (config.upstreams.length === 0 && config.sentinels.length === 0) {
     try {
-      embedded = await startEmbeddedRedis(config.dataDir, log);
+      embedded = await startEmbeddedRedis(config.dataDir, log, [config.port, config.tlsPort]);
     } catch (err) {
       process.stderr.write(`gears-proxy: could not start: ${errorMessage(err)}\n`);
       process.exit(1);

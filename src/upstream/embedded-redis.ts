@@ -285,8 +285,16 @@ async function launch(binary: string, port: number, dataDir: string, log: Logger
   };
 }
 
-/** Starts redis-server from PATH on a free loopback port, with its data in `dataDir`. */
-export async function startEmbeddedRedis(dataDir: string, log: Logger): Promise<EmbeddedRedis> {
+/**
+ * Starts redis-server from PATH on a free loopback port, with its data in `dataDir`. `avoid`:
+ * the proxy's own ports, free now because the proxy binds them only after this server is up
+ * (a free-port probe handed one of them to redis-server once, and the proxy's listen failed).
+ */
+export async function startEmbeddedRedis(
+  dataDir: string,
+  log: Logger,
+  avoid: readonly (number | null | undefined)[] = [],
+): Promise<EmbeddedRedis> {
   const binary = findOnPath("redis-server");
   if (!binary) throw new Error(REDIS_INSTALL_HINT);
   const dir = path.resolve(dataDir);
@@ -294,6 +302,7 @@ export async function startEmbeddedRedis(dataDir: string, log: Logger): Promise<
   await stopOrphan(dir, log);
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
+    if (avoid.includes(port)) continue;
     try {
       return await launch(binary, port, dir, log);
     } catch (err) {
