@@ -576,7 +576,9 @@ export class GearsEngine {
 
   /** Follows the writes forwarded through the proxy, and settles them every JOURNAL_SETTLE_MS. */
   private startJournal(): void {
-    const unwatch = this.shards.onWrite((name, argv, keys, db) => this.journal.watch(name, argv, keys, db));
+    const unwatch = this.shards.onWrite((name, argv, keys, db, byFunction) =>
+      this.journal.watch(name, argv, keys, db, byFunction),
+    );
     let busy = false;
     const timer = setInterval(() => {
       if (busy || this.journal.waiting === 0) return;

@@ -35,6 +35,11 @@ export interface RouteContext {
    * than an invalidation it already had (replicas send no invalidation for replicated writes).
    */
   primary?: boolean;
+  /**
+   * A T&F function's or trigger's `client.call`: the write journal marks the events of its
+   * writes, which fire no keyspace trigger (T&F ran them with its triggers muted).
+   */
+  byFunction?: boolean;
 }
 
 /** slotOf() for a command without keys. */
@@ -87,7 +92,9 @@ export class Router implements ClusterSender {
    * Sees the commands forwarded and can watch their replies (shards.ts onWrite); null when unused.
    * It watches writes only: a command that is no write (mayBeServerWrite false) may skip it.
    */
-  tap: ((name: string, argv: Buffer[], sink: ReplySink, db: number) => ReplySink) | null = null;
+  tap:
+    ((name: string, argv: Buffer[], sink: ReplySink, db: number, byFunction?: boolean) => ReplySink) | null =
+    null;
   /** The same for a command queued in MULTI: what to call with its element of EXEC's reply. */
   queuedTap: ((name: string, argv: Buffer[], db: number) => ((reply: Buffer | null) => void) | null) | null =
     null;
@@ -99,7 +106,7 @@ export class Router implements ClusterSender {
   forward(name: string, argv: Buffer[], raw: Buffer | null, sink: ReplySink, ctx: RouteContext): void {
     const proto = ctx.proto ?? 2;
     if (isControl(name, argv)) return sendControl(this.masters(), argv, sink);
-    if (this.tap !== null) sink = this.tap(name, argv, sink, ctx.db);
+    if (this.tap !== null) sink = this.tap(name, argv, sink, ctx.db, ctx.byFunction);
     if (this.cluster === null) {
       // The proxy's own keys (db 0) are left out of key listings there too; not SCAN, whose
       // cursors the fan-out rewrites, so a cursor of the server's own would be refused.

@@ -157,7 +157,8 @@ export class Shards {
    * queued in MULTI included; not a module's, router.isServerWrite): `watch` sees each as it leaves (argv and keys are valid only
    * during the call) and may return what to call with its outcome: the reply when the write
    * succeeded, null when it failed or its connection was lost. One watcher at a time;
-   * returns the function that stops it.
+   * returns the function that stops it. `byFunction`: a T&F function's or trigger's write
+   * (RouteContext.byFunction).
    */
   onWrite(
     watch: (
@@ -165,13 +166,25 @@ export class Shards {
       argv: readonly Buffer[],
       keys: Buffer[],
       db: number,
+      byFunction: boolean,
     ) => ((reply: Buffer | null) => void) | null,
   ): () => void {
     const router = this.router;
-    const queued = (name: string, argv: Buffer[], db: number): ((reply: Buffer | null) => void) | null =>
-      router.isServerWrite(name, argv) ? watch(name, argv, router.keysOf(name, argv), db) : null;
-    const tap = (name: string, argv: Buffer[], sink: ReplySink, db: number): ReplySink => {
-      const done = queued(name, argv, db);
+    const queued = (
+      name: string,
+      argv: Buffer[],
+      db: number,
+      byFunction = false,
+    ): ((reply: Buffer | null) => void) | null =>
+      router.isServerWrite(name, argv) ? watch(name, argv, router.keysOf(name, argv), db, byFunction) : null;
+    const tap = (
+      name: string,
+      argv: Buffer[],
+      sink: ReplySink,
+      db: number,
+      byFunction?: boolean,
+    ): ReplySink => {
+      const done = queued(name, argv, db, byFunction);
       return done === null ? sink : new WatchedSink(sink, done, router);
     };
     router.tap = tap;

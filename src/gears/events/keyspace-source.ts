@@ -24,7 +24,16 @@ export interface KeyEvent {
    * ASCII key): readers of the event take it rather than decoding `key` again.
    */
   text?: string;
+  /**
+   * Who wrote, when the write journal knows it (the event came from a write the proxy
+   * forwarded, or from the notification such a write awaited): "function" a T&F function's
+   * or trigger's `client.call`, which fires no keyspace trigger; "client" any other write.
+   * Unset for a notification no forwarded write accounts for (a writer past the proxy).
+   */
+  by?: WriteSource;
 }
+
+export type WriteSource = "function" | "client";
 
 /** Whether keyevent notifications could be enabled on one master. */
 export interface ShardKeyspaceStatus {

@@ -1,5 +1,5 @@
 import { isProxyKey } from "../../routing/hidden-keys.js";
-import type { KeyEvent } from "./keyspace-source.js";
+import type { KeyEvent, WriteSource } from "./keyspace-source.js";
 
 /**
  * The keyevent a write usually emits, where it is not the command's own name. A write
@@ -293,7 +293,7 @@ interface KeyState {
   expectedEvents: string[];
   expectedAts: number[];
   /** Successful writes whose event is not known exactly: handled from their notification, or at settle. */
-  waiting: { event: string; at: number }[];
+  waiting: { event: string; at: number; by: WriteSource }[];
   /** Notifications that came while a write of the key was in flight. */
   held: KeyEvent[];
 }
@@ -339,9 +339,17 @@ export class WriteJournal {
 
   /**
    * A write leaving the proxy in `db`: what to call with its outcome, or null when it
-   * concerns no user key.
+   * concerns no user key. `byFunction`: a T&F function's or trigger's write, whose events
+   * say so (KeyEvent.by).
    */
-  watch(name: string, argv: readonly Buffer[], keys: Buffer[], db: number): WriteOutcome | null {
+  watch(
+    name: string,
+    argv: readonly Buffer[],
+    keys: Buffer[],
+    db: number,
+    byFunction = false,
+  ): WriteOutcome | null {
+    const by: WriteSource = byFunction ? "function" : "client";
     if (NO_OWN_NOTIFICATION.has(name)) return null;
     if (keys.length === 2 && SAME_KEY_NOTHING.has(name) && keys[0].equals(keys[1])) return null;
     // COPY ... DB n writes in another database, whose notification tells of it.
@@ -350,7 +358,7 @@ export class WriteJournal {
       argv.some((a, i) => i > 2 && a.length === 2 && a.toString().toLowerCase() === "db")
     )
       return null;
-    if (keys.length === 1) return this.watchOne(name, argv, keys[0], db);
+    if (keys.length === 1) return this.watchOne(name, argv, keys[0], db, by);
     // GEORADIUS ... STORE a STOREDIST b writes the last named; the key specs list STORE's first.
     if ((name === "georadius" || name === "georadiusbymember") && keys.length > 2) return null;
     const names = writtenKeys(
@@ -390,7 +398,7 @@ export class WriteJournal {
         const state = table.get(key);
         if (state === undefined) continue;
         if (state.inFlight > 0) state.inFlight--;
-        if (followed) this.written(db, key, undefined, state, event, exact, at, values?.[k]);
+        if (followed) this.written(db, key, undefined, state, event, exact, at, values?.[k], by);
         this.releaseHeld(state);
         this.forget(table, key, state);
       }
@@ -399,7 +407,13 @@ export class WriteJournal {
   }
 
   /** watch() of a write naming one key, the usual case: no lists. */
-  private watchOne(name: string, argv: readonly Buffer[], buffer: Buffer, db: number): WriteOutcome | null {
+  private watchOne(
+    name: string,
+    argv: readonly Buffer[],
+    buffer: Buffer,
+    db: number,
+    by: WriteSource,
+  ): WriteOutcome | null {
     if (isProxyKey(buffer)) return null;
     const key = buffer.toString("latin1");
     const text = asciiText(buffer, key);
@@ -436,7 +450,7 @@ export class WriteJournal {
         return;
       }
       if (now.inFlight > 0) now.inFlight--;
-      if (followed) this.written(db, key, text, now, event, exact, Date.now(), value);
+      if (followed) this.written(db, key, text, now, event, exact, Date.now(), value, by);
       this.releaseHeld(now);
       this.forget(table, key, now);
       this.schedule();
@@ -452,6 +466,7 @@ export class WriteJournal {
     exact: boolean,
     at: number,
     value: string | undefined,
+    by: WriteSource,
   ): void {
     const heldAt = state.held.length === 0 ? -1 : state.held.findIndex((e) => e.event === event);
     if (exact) {
@@ -461,11 +476,12 @@ export class WriteJournal {
         this.heldCount--;
         // The journal's own object since it was held: it takes the value in place.
         if (value !== undefined) held.value = value;
+        held.by = by;
         this.known.push(held);
         return;
       }
       const buffer = this.keyBuffer(key);
-      this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db, value, text });
+      this.known.push({ key: buffer, event, shard: this.shardOf(buffer), at, db, value, text, by });
       if (state.expectedEvents === NONE) {
         state.expectedEvents = [];
         state.expectedAts = [];
@@ -476,8 +492,11 @@ export class WriteJournal {
       return;
     }
     // Not known exactly: a notification already there stands for it, else wait for one.
-    if (state.held.length > 0) return;
-    (state.waiting === NONE ? (state.waiting = []) : state.waiting).push({ event, at });
+    if (state.held.length > 0) {
+      state.held[heldAt === -1 ? 0 : heldAt].by = by;
+      return;
+    }
+    (state.waiting === NONE ? (state.waiting = []) : state.waiting).push({ event, at, by });
     this.size++;
   }
 
@@ -559,7 +578,8 @@ export class WriteJournal {
         this.heldCount++;
       } else {
         if (state.waiting.length > 0) {
-          state.waiting.shift();
+          // The notification this write awaited: it tells who wrote.
+          e.by = state.waiting.shift()!.by;
           this.size--;
         }
         out.push(e);
@@ -593,7 +613,7 @@ export class WriteJournal {
           const buffer = Buffer.from(key, "latin1");
           const shard = this.shardOf(buffer);
           for (const w of state.waiting.splice(0, n))
-            out.push({ key: buffer, event: w.event, shard, at: w.at, db });
+            out.push({ key: buffer, event: w.event, shard, at: w.at, db, by: w.by });
           this.size -= n;
         }
         if (state.inFlight > 0 && state.since < Date.now() - IN_FLIGHT_GIVE_UP_MS) state.inFlight = 0;

@@ -133,7 +133,7 @@ export class KeyspaceTriggers {
       let tags: number[] | undefined;
       let added = 0;
       for (const event of events) {
-        if (isProxyKey(event.key) || this.muted.has(event.key) || NOT_FOR_TRIGGERS.has(event.event)) continue;
+        if (isProxyKey(event.key) || NOT_FOR_TRIGGERS.has(event.event) || this.mutes(event)) continue;
         for (let t = 0; t < triggers.length; t++) {
           if (!startsWith(event.key, prefixes[t])) continue;
           if (queue === undefined) {
@@ -149,6 +149,17 @@ export class KeyspaceTriggers {
       this.noteQueued(library.name, queue, added);
       void this.drain(library.name);
     }
+  }
+
+  /**
+   * Whether an event is a function's or trigger's own write, which fires no keyspace trigger.
+   * The write journal says who wrote when it knows (KeyEvent.by): a client's write always
+   * fires, even on a key a function wrote a moment ago. A notification it cannot attribute
+   * (a writer past the proxy, or a second event of a function's write such as SET EX's
+   * "expire") is muted while a function's write of its key is recent (MutedKeys).
+   */
+  private mutes(event: KeyEvent): boolean {
+    return event.by === undefined ? this.muted.has(event.key) : event.by === "function";
   }
 
   /**

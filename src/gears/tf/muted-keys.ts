@@ -1,7 +1,9 @@
 /**
  * Keys written by functions and triggers: their notifications must not fire keyspace
  * triggers again (T&F ran those writes with notifications muted for its triggers). A key is
- * muted from its write until a barrier on the notification connections after the run.
+ * muted from its write until a barrier on the notification connections after the run. Only
+ * events nobody is known to have written consult it: the write journal names the writer of
+ * the others (KeyEvent.by), so a client's write of a muted key still fires its triggers.
  */
 export class MutedKeys {
   private readonly counts = new Map<string, number>();

@@ -420,7 +420,8 @@ export class TfBridge implements HostBridge {
       throw new Error(scriptModeRefusal(name));
     const writes = this.admit(noWrites, name, argv);
     // Only keyspace triggers look at the muted keys: without any, there is nothing to mute.
-    if (writes && this.hooks.muting()) sink = this.muting(argv, sink);
+    const muting = writes && this.hooks.muting();
+    if (muting) sink = this.muting(argv, sink);
     if (blocking) {
       // Inside a script, Redis runs a blocking command as it would its non-blocking form (an
       // empty list: nil at once), as it did T&F's script-mode calls, or refuses it ("noscript",
@@ -441,7 +442,7 @@ export class TfBridge implements HostBridge {
           (err: unknown) => sink.fail(err instanceof Error ? err.message : String(err)),
         );
     } else {
-      this.router.forward(name, argv, null, sink, { db, affinity: 0 });
+      this.router.forward(name, argv, null, sink, { db, affinity: 0, byFunction: muting });
     }
     return name;
   }
