@@ -367,6 +367,8 @@ interface Sample {
   cpuUs: number;
   /** read- and write-type system calls the proxy process made per request (/proc/PID/io); NaN for direct. */
   sysPerReq: number;
+  /** The alternating round it was measured in (0-based): pairs targets' samples of one round. */
+  round?: number;
 }
 
 /** Which CSV row reports a test: LRANGE_100 is preceded by its own LPUSH fill, which we skip. */
@@ -447,6 +449,7 @@ class Bench {
     c: Config,
     label: string,
     port: number,
+    round: number,
     extra: string[] = [],
     pid?: number,
   ): Promise<Sample | undefined> {
@@ -472,6 +475,7 @@ class Bench {
       return undefined;
     }
     sample.n = n;
+    sample.round = round;
     sample.seconds = (performance.now() - started) / 1000;
     if (pid !== undefined) {
       sample.cpuUs = ((treeCpuSeconds(pid).total - cpuBefore) * 1e6) / n;
@@ -490,11 +494,27 @@ class Bench {
   }
 
   median(c: Config, label: string, field: "rps" | "p50" | "p99" | "cpuUs" | "sysPerReq"): number {
-    const list = this.samples.get(configKey(c))?.get(label) ?? [];
-    const values = list.map((s) => s[field]).sort((a, b) => a - b);
-    if (values.length === 0) return NaN;
-    const mid = values.length >> 1;
-    return values.length % 2 === 1 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
+    return medianOf((this.samples.get(configKey(c))?.get(label) ?? []).map((s) => s[field]));
+  }
+
+  /**
+   * `field` of label a over label b in each round both were measured in, in round order: the
+   * two sat side by side in time, so the machine's other load moves both alike (a ratio of
+   * medians can pair a's quiet round with b's busy one). Samples of a run saved before rounds
+   * were recorded pair by their place in the list.
+   */
+  perRound(c: Config, a: string, b: string, field: "rps" | "p99" | "cpuUs"): number[] {
+    const byTarget = this.samples.get(configKey(c));
+    const round = (list: Sample[]): Map<number, number> =>
+      new Map(list.map((s, i) => [s.round ?? i, s[field]]));
+    const as = round(byTarget?.get(a) ?? []);
+    const bs = round(byTarget?.get(b) ?? []);
+    const ratios: number[] = [];
+    for (const [r, v] of as) {
+      const w = bs.get(r);
+      if (w !== undefined) ratios.push(v / w);
+    }
+    return ratios;
   }
 }
 
@@ -572,6 +592,20 @@ const fmtRps = (v: number): string => (Number.isNaN(v) ? "n/a" : Math.round(v).t
 const fmtMs = (v: number): string => (Number.isNaN(v) ? "n/a" : v.toFixed(3));
 const fmtUs = (v: number): string => (Number.isFinite(v) ? v.toFixed(2) : "n/a");
 const fmtRatio = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(2)}x` : "n/a");
+
+function medianOf(values: number[]): number {
+  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/** Per-round ratios as "median (min-max)". */
+function fmtSpread(ratios: number[]): string {
+  const ok = ratios.filter(Number.isFinite);
+  if (ok.length === 0) return "n/a";
+  return `${fmtRatio(medianOf(ok))} (${Math.min(...ok).toFixed(2)}-${Math.max(...ok).toFixed(2)})`;
+}
 const TEST_LABEL: Record<TestName, string> = {
   set: "SET",
   get: "GET",
@@ -654,7 +688,14 @@ function standaloneReport(
   if (has("twemproxy") && has("gears")) header.push("p99 gears/twem");
   const proxies = labels.filter((l) => !l.startsWith("direct"));
   for (const l of proxies) header.push(`${l} CPU µs/req`);
+  // Each round's own ratio, beside the ratio of the medians: their spread shows what one
+  // row's figure is worth on a loaded machine (3 short rounds can put a row 0.3x off).
+  const cpuPairs: [string, string][] = [];
+  if (has("twemproxy") && has("gears")) cpuPairs.push(["gears", "twemproxy"]);
+  if (has("gears-b") && has("gears")) cpuPairs.push(["gears-b", "gears"]);
+  for (const [a, b] of cpuPairs) header.push(`CPU ${a}/${b} per round: median (range)`);
   const rows: string[][] = [];
+  const roundCpuByP = new Map<number, number[]>();
   const byP = new Map<number, number[]>();
   const cpuByP = new Map<number, number[]>();
   const p99Ratios: number[] = [];
@@ -691,10 +732,14 @@ function standaloneReport(
       row.push(fmtRatio(r));
     }
     for (const l of proxies) row.push(fmtUs(bench.median(c, l, "cpuUs")));
+    for (const [a, b] of cpuPairs) row.push(fmtSpread(bench.perRound(c, a, b, "cpuUs")));
     if (has("twemproxy") && has("gears")) {
       const list = cpuByP.get(c.pipeline) ?? [];
       list.push(bench.median(c, "gears", "cpuUs") / bench.median(c, "twemproxy", "cpuUs"));
       cpuByP.set(c.pipeline, list);
+      const perRound = roundCpuByP.get(c.pipeline) ?? [];
+      perRound.push(medianOf(bench.perRound(c, "gears", "twemproxy", "cpuUs")));
+      roundCpuByP.set(c.pipeline, perRound);
     }
     rows.push(row);
   }
@@ -716,7 +761,12 @@ function standaloneReport(
     verdicts.push(verdict("standalone: gears RESP3 >= 0.95x gears RESP2 rps", resp3Ratios, (r) => r >= 0.95));
   if (p99Ratios.length > 0)
     verdicts.push(verdict("standalone: gears p99 <= 1.5x twemproxy p99", p99Ratios, (r) => r <= 1.5, true));
-  const cpu = [...cpuByP].map(([p, r]) => `P=${p} ${fmtRatio(geomean(r))}`).join(", ");
+  const cpu = [...cpuByP]
+    .map(
+      ([p, r]) =>
+        `P=${p} ${fmtRatio(geomean(r))} (of the per-round medians ${fmtRatio(geomean(roundCpuByP.get(p) ?? []))})`,
+    )
+    .join(", ");
   const note =
     cpu === ""
       ? ""
@@ -899,7 +949,7 @@ async function runStandalone(
         const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
         for (const t of order) {
           const stopSampling = t.pid !== undefined ? sampleRss(t.pid, 100) : undefined;
-          const s = await bench.measure(c, t.label, t.port, t.extra ?? [], t.pid);
+          const s = await bench.measure(c, t.label, t.port, round, t.extra ?? [], t.pid);
           if (stopSampling !== undefined) {
             const key = `${t.label} standalone P=${c.pipeline}`;
             peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));
@@ -944,7 +994,7 @@ async function runCluster(bench: Bench, opts: Options, peaks: Map<string, number
         const order = targets.map((_, k) => targets[(k + round + i) % targets.length]);
         for (const t of order) {
           const stopSampling = t.pid !== undefined ? sampleRss(t.pid, 100) : undefined;
-          const s = await bench.measure(c, t.label, t.port, t.extra, t.pid);
+          const s = await bench.measure(c, t.label, t.port, round, t.extra, t.pid);
           if (stopSampling !== undefined) {
             const key = `${t.label} cluster P=${c.pipeline}`;
             peaks.set(key, Math.max(peaks.get(key) ?? 0, stopSampling()));
