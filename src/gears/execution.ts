@@ -50,15 +50,9 @@ function countRecords(input: Map<number, PackedRecords>): number {
  * number instead of three strings and a number: a shorter text to make, copy and parse, and
  * the guest makes the same record of it (guest/gears/records.ts recordsOfRows).
  */
-function eventRows(
-  records: JsonValue[],
-  repeatedKeys: ReadonlySet<string> | null | undefined,
-): EventRows | null {
+function eventRows(records: JsonValue[]): EventRows | null {
   const rows: EventRows = [];
-  /**
-   * Each key's last full row, by its position in `rows`: only the keys that may repeat when
-   * the caller knows them (`repeatedKeys`), every key when it does not (undefined).
-   */
+  /** Each key's last full row, by its position in `rows`. */
   const rowOf = new Map<string, number>();
   for (let i = 0; i < records.length; i++) {
     const r = records[i];
@@ -69,34 +63,18 @@ function eventRows(
     else if (r.lazyValue === true) ref = -1;
     else return null;
     if (typeof key !== "string" || typeof type !== "string" || typeof event !== "string") return null;
-    if (!eventFields(r)) return null;
-    if (repeatedKeys === undefined || (repeatedKeys !== null && repeatedKeys.has(key))) {
-      const at = rowOf.get(key);
-      if (at !== undefined && rows[at + 1] === type && rows[at + 2] === event && rows[at + 3] === ref) {
-        rows.push(at);
-        continue;
-      }
-      rowOf.set(key, rows.length);
+    const fields = Object.keys(r);
+    if (fields.length !== 4 || fields[0] !== "key" || fields[1] !== "type" || fields[2] !== "event")
+      return null;
+    const at = rowOf.get(key);
+    if (at !== undefined && rows[at + 1] === type && rows[at + 2] === event && rows[at + 3] === ref) {
+      rows.push(at);
+      continue;
     }
+    rowOf.set(key, rows.length);
     rows.push(key, type, event, ref);
   }
   return rows;
-}
-
-/**
- * Whether a record's enumerable fields are four, the first three key, type and event: what
- * `Object.keys` would show, without an array per record. `for in` also walks inherited
- * enumerable fields, so a record with any is refused (sent as an object), never taken wrongly.
- */
-function eventFields(r: object): boolean {
-  let n = 0;
-  for (const field in r) {
-    if (n === 4) return false;
-    if ((n === 0 && field !== "key") || (n === 1 && field !== "type") || (n === 2 && field !== "event"))
-      return false;
-    n++;
-  }
-  return n === 4;
 }
 
 /**
@@ -122,12 +100,8 @@ function resultsOfRefs(refs: readonly number[], input: Map<number, PackedRecords
 }
 
 /** A packed batch as the guest's feed() takes it: rows when the records allow. */
-function packedBatch(
-  records: JsonValue[],
-  values: JsonValue[],
-  repeatedKeys?: ReadonlySet<string> | null,
-): JsonValue {
-  const rows = eventRows(records, repeatedKeys);
+function packedBatch(records: JsonValue[], values: JsonValue[]): JsonValue {
+  const rows = eventRows(records);
   return rows === null ? { records, values } : { rows, values };
 }
 
@@ -135,11 +109,6 @@ function packedBatch(
 export interface PackedRecords {
   records: JsonValue[];
   values: JsonValue[] | null;
-  /**
-   * The keys with more than one record (null: none), when the maker knows them: only their
-   * records can be sent as a repeat of an earlier row (eventRows).
-   */
-  repeatedKeys?: ReadonlySet<string> | null;
 }
 
 export type ExecutionStatus = "created" | "running" | "done" | "aborted";
@@ -355,9 +324,7 @@ export class Execution {
       this.recordsRead += packed.records.length;
       inputs.push([
         partition,
-        packed.values === null
-          ? packed.records
-          : packedBatch(packed.records, packed.values, packed.repeatedKeys),
+        packed.values === null ? packed.records : packedBatch(packed.records, packed.values),
       ]);
     }
     const out = await this.guest.once(this.actionIndex, topology, inputs, this.resultForm);
@@ -378,7 +345,7 @@ export class Execution {
       const packed = this.input.get(partition);
       if (packed !== undefined && packed.records.length > 0) {
         this.recordsRead += packed.records.length;
-        await this.feed(execId, partition, packed.records, packed.values, packed.repeatedKeys);
+        await this.feed(execId, partition, packed.records, packed.values);
       }
       this.partitionsDone++;
       return;
@@ -435,7 +402,6 @@ export class Execution {
     partition: number,
     records: JsonValue[] | RecordBinary,
     values: JsonValue[] | null = null,
-    repeatedKeys?: ReadonlySet<string> | null,
   ): Promise<void> {
     const budget = entryBudgetMs(this.isolate);
     const isolate = this.isolate;
@@ -455,7 +421,7 @@ export class Execution {
     }
     let rest = records;
     while (rest.length > 0 && !this.abortRequested && !this.overflowed) {
-      const batch: JsonValue = values === null ? rest : packedBatch(rest, values, repeatedKeys);
+      const batch: JsonValue = values === null ? rest : packedBatch(rest, values);
       const fed = await this.guest.feed(execId, partition, batch, budget);
       this.keep(fed.out);
       const taken = fed.taken;

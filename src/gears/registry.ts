@@ -641,8 +641,6 @@ export class RegistrationRegistry {
       }),
     );
     const kept = new Map<number, JsonValue[]>();
-    /** Records made of each key: the keys with several are the only ones a row can repeat. */
-    const made = new Uint32Array(keys.length);
     let lastPartition = -1;
     let lastList: JsonValue[] | undefined;
     for (let i = 0; i < events.length; i++) {
@@ -657,22 +655,13 @@ export class RegistrationRegistry {
         if (lastList === undefined) kept.set(partition, (lastList = []));
       }
       const list = lastList!;
-      made[k]++;
       // A carried value's record, the same fields in the same order as a read one's.
       if (record === CARRIED)
         list.push({ key: texts[k]!, type: "string", event: events[i].event, valueRef: carriedRef[k] });
       else list.push({ ...record, event: events[i].event });
     }
-    // Most keys have one event (a SET each); a few have many (the set the handler grows).
-    let repeatedKeys: Set<string> | null = null;
-    for (let k = 0; k < keys.length; k++) {
-      if (made[k] < 2) continue;
-      const record = keyRecord[k]!;
-      (repeatedKeys ??= new Set()).add(record === CARRIED ? texts[k]! : String(record.key));
-    }
     const input = new Map<number, PackedRecords>();
-    for (const [partition, records] of kept)
-      input.set(partition, { records, values: valuesOf(partition), repeatedKeys });
+    for (const [partition, records] of kept) input.set(partition, { records, values: valuesOf(partition) });
     return input;
   }
 
