@@ -63,6 +63,10 @@ interface Options {
   /** Also run the Python registration (RG.PYEXECUTE) in each round. */
   python: boolean;
   profileDir: string | undefined;
+  /** Idle time after the warm-up, before the first round: the JIT and GC work it left finish first. */
+  settleMs: number;
+  /** Where the proxy's allocation profiles of its throughput runs go (events-alloc.ts). */
+  allocDir: string | undefined;
   proxyArgs: string[];
   proxyNodeArgs: string[];
   append: string | undefined;
@@ -92,6 +96,10 @@ const HELP = `Usage: node dist/bench/events.js [options]
   --registration SCRIPT    register this instead of the issue's script (for experiments; it must
                            SADD every key but 'all_keys' into 'all_keys', and nothing else)
   --profile DIR            run gears-proxy under node --cpu-prof and print the hottest functions
+  --settle MS              after the warm-up, leave the proxy idle MS ms before the first round (the
+                           V8 compile and GC work the warm-up queued runs then, not inside round 1)
+  --alloc-profile DIR      sample the proxy main thread's allocations, garbage included, during each
+                           throughput run (bench/events-alloc.ts) and print bytes per write by function
   --proxy-args "..."       extra gears-proxy flags
   --proxy-node-args "..."  extra node flags for the proxy process
   --base CLI               also run another build (its dist/src/cli.js) in every round, alternating
@@ -128,6 +136,8 @@ function parseOptions(argv: string[]): Options | null {
       "no-python": { type: "boolean" },
       registration: { type: "string" },
       profile: { type: "string" },
+      "alloc-profile": { type: "string" },
+      settle: { type: "string" },
       "proxy-args": { type: "string" },
       "proxy-node-args": { type: "string" },
       append: { type: "string" },
@@ -168,6 +178,8 @@ function parseOptions(argv: string[]): Options | null {
     registration: values.registration ?? REGISTRATION,
     python: values["no-python"] !== true,
     profileDir: values.profile,
+    settleMs: values.settle === undefined ? 0 : Math.round(positive(values.settle, "--settle")),
+    allocDir: values["alloc-profile"] === undefined ? undefined : path.resolve(values["alloc-profile"]),
     proxyArgs: (values["proxy-args"] ?? "").split(/\s+/).filter((a) => a !== ""),
     proxyNodeArgs: (values["proxy-node-args"] ?? "").split(/\s+/).filter((a) => a !== ""),
     append: values.append,
@@ -182,6 +194,8 @@ function parseOptions(argv: string[]): Options | null {
 
 // ---- constants -----------------------------------------------------------------------------
 
+/** The allocation sampler --alloc-profile preloads into the proxy. */
+const ALLOC_PRELOAD = fileURLToPath(new URL("./events-alloc.js", import.meta.url));
 const PROXY_SET = "all_keys";
 const DIRECT_SET = "all_keys_direct";
 const FLOOR_SET = "all_keys_floor";
@@ -547,6 +561,13 @@ interface ThroughputRun {
   /** The busiest other thread (the proxy's guest worker), and the rest (V8's GC helpers...). */
   workerCpu: number;
   helpersCpu: number;
+  /**
+   * Of helpersCpu, the threads started after the process's first second (the rest, V8's platform
+   * workers, GC and JIT, start with it): in the proxy, other isolates' workers, such as a warm
+   * spare starting (src/sandbox/warm-isolates.ts starts one once the registration's isolate has
+   * been at work for busyStartMs, 1 s, or idle for keptIdleMs).
+   */
+  startedCpu: number;
   redisCpu: number;
   scard: number;
   lost: number;
@@ -575,6 +596,9 @@ function mainThreadCpuSeconds(pid: number): number {
   }
 }
 
+/** A thread's start, in clock ticks after boot, by tid (threadCpuSeconds() notes them). */
+const threadStarts = new Map<number, number>();
+
 /**
  * CPU seconds of each thread of process `pid`, by tid. Node names none of its threads, so
  * the bench tells them apart by what they did: the busiest one besides the main thread is the
@@ -594,6 +618,7 @@ function threadCpuSeconds(pid: number): Map<number, number> {
       const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       out.set(Number(tid), (Number(fields[11]) + Number(fields[12])) / clockTicks);
+      threadStarts.set(Number(tid), Number(fields[19]));
     } catch {
       // ended meanwhile
     }
@@ -601,25 +626,94 @@ function threadCpuSeconds(pid: number): Map<number, number> {
   return out;
 }
 
-/** Between two threadCpuSeconds(): the busiest thread besides the main one, and the others together. */
+/**
+ * Between two threadCpuSeconds(): the busiest thread besides the main one, the others together,
+ * and of those the ones started after the process's first second. Node names none of its
+ * threads (all are "node"): V8's platform workers (GC, JIT) start with the process, isolates'
+ * workers later.
+ */
 function workerAndHelpers(
   pid: number,
   before: Map<number, number>,
   after: Map<number, number>,
-): { worker: number; helpers: number } {
+): { worker: number; helpers: number; started: number } {
   let worker = 0;
+  let workerTid = -1;
   let all = 0;
   if (process.env.EVENTS_THREADS === "1") {
-    const used = [...after].map(([tid, s]) => `${tid - pid}:${(s - (before.get(tid) ?? 0)).toFixed(2)}`);
-    say(`    threads (tid - pid: CPU s): ${used.join(" ")}`);
+    const used = [...after].map(
+      ([tid, s]) => `${tid - pid}${late(pid, tid) ? "*" : ""}:${(s - (before.get(tid) ?? 0)).toFixed(2)}`,
+    );
+    say(`    threads (tid - pid, * started after the process's first second: CPU s): ${used.join(" ")}`);
   }
   for (const [tid, seconds] of after) {
     if (tid === pid) continue;
     const used = seconds - (before.get(tid) ?? 0);
     all += used;
-    worker = Math.max(worker, used);
+    if (used > worker) {
+      worker = used;
+      workerTid = tid;
+    }
   }
-  return { worker, helpers: all - worker };
+  let started = 0;
+  for (const [tid, seconds] of after)
+    if (tid !== pid && tid !== workerTid && late(pid, tid)) started += seconds - (before.get(tid) ?? 0);
+  return { worker, helpers: all - worker, started };
+}
+
+/**
+ * Has the proxy (preloaded with events-alloc.ts) write its allocation profile so far, as
+ * `label`, and start a new one; resolves with the file once it is there.
+ */
+async function allocMark(dir: string, pid: number, label: string): Promise<string> {
+  const file = path.join(dir, `${label}.heapprofile`);
+  fs.rmSync(file, { force: true });
+  fs.writeFileSync(path.join(dir, "label"), label);
+  process.kill(pid, "SIGUSR2");
+  for (const until = Date.now() + 10_000; Date.now() < until; await sleep(10)) {
+    // Written in one call, but not atomically: a file that does not parse yet is looked at again.
+    try {
+      JSON.parse(fs.readFileSync(file, "utf8"));
+      return file;
+    } catch {
+      // not yet
+    }
+  }
+  throw new Error(`no allocation profile ${file} from the proxy (pid ${pid})`);
+}
+
+interface HeapNode {
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  selfSize: number;
+  children: HeapNode[];
+}
+
+/** Bytes allocated per write on the proxy's main thread, by function (self), garbage included. */
+function summarizeAllocations(file: string, writes: number, top = 20): string {
+  const head = (JSON.parse(fs.readFileSync(file, "utf8")) as { head: HeapNode }).head;
+  const bytes = new Map<string, number>();
+  const walk = (n: HeapNode): void => {
+    const f = n.callFrame;
+    const url = f.url.replace(/^file:\/\//, "").replace(/^.*\/dist\//, "");
+    const name = `${f.functionName || "(anonymous)"} ${url}:${f.lineNumber + 1}`;
+    bytes.set(name, (bytes.get(name) ?? 0) + n.selfSize);
+    for (const c of n.children) walk(c);
+  };
+  walk(head);
+  const total = [...bytes.values()].reduce((a, b) => a + b, 0);
+  const lines = [...bytes]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(([name, b]) => `      ${Math.round(b / writes)} B  ${name}`);
+  return [
+    `    allocated on the main thread: ${Math.round(total / writes)} B per write (sampled; self, top ${top}):`,
+    ...lines,
+  ].join("\n");
+}
+
+/** Whether thread `tid` of `pid` started more than a second after the process. */
+function late(pid: number, tid: number): boolean {
+  return (threadStarts.get(tid) ?? 0) - (threadStarts.get(pid) ?? 0) > clockTicks;
 }
 
 async function throughput(
@@ -639,6 +733,8 @@ async function throughput(
   let writeMs = NaN;
   const redisCpu = (): number => dep.pids.reduce((a, pid) => a + cpuSeconds(pid), 0);
   const cpu0 = [cpuSeconds(handlerPid), redisCpu(), mainThreadCpuSeconds(handlerPid)];
+  const sampling = opts.allocDir !== undefined && side === "proxy" && round > 0;
+  if (sampling) fs.rmSync(await allocMark(opts.allocDir!, handlerPid, "before"));
   const threads0 = threadCpuSeconds(handlerPid);
   const t0 = performance.now();
   const writing = Promise.all(
@@ -673,6 +769,10 @@ async function throughput(
   }
   const cpu1 = [cpuSeconds(handlerPid), redisCpu(), mainThreadCpuSeconds(handlerPid)];
   const threads = workerAndHelpers(handlerPid, threads0, threadCpuSeconds(handlerPid));
+  if (sampling) {
+    const file = await allocMark(opts.allocDir!, handlerPid, `pid${handlerPid}-round${round}`);
+    say(summarizeAllocations(file, n));
+  }
   await writing;
   const s = await settle(counters, 2 * n);
   scard = await poller.scard(set);
@@ -689,6 +789,7 @@ async function throughput(
     mainCpu: cpu1[2] - cpu0[2],
     workerCpu: threads.worker,
     helpersCpu: threads.helpers,
+    startedCpu: threads.started,
     redisCpu: cpu1[1] - cpu0[1],
     scard,
     lost: n - scard,
@@ -903,7 +1004,7 @@ async function benchSetup(
   const proxy = await startGears(dep.ports[0], {
     cli,
     profileDir: opts.profileDir,
-    nodeArgs: opts.proxyNodeArgs,
+    nodeArgs: [...(opts.allocDir !== undefined ? ["--import", ALLOC_PRELOAD] : []), ...opts.proxyNodeArgs],
     args: [...opts.proxyArgs, ...(opts.python ? ["--python"] : [])],
     readyWhen: "keyed",
   });
@@ -986,6 +1087,7 @@ async function benchSetup(
       say(
         `  warm-up: ${w.writes} writes through the proxy, ${w.eventsPerS.toFixed(0)} events/s (not counted)`,
       );
+      if (opts.settleMs > 0) await sleep(opts.settleMs);
     }
     for (let round = 1; round <= opts.rounds; round++) {
       const order: Side[] = opts.python ? ["proxy", "direct", "python"] : ["proxy", "direct"];
@@ -1007,7 +1109,7 @@ async function benchSetup(
           `  round ${round} throughput ${side}: ${r.eventsPerS.toFixed(0)} events/s ` +
             `(${r.writes} writes in ${r.writeMs.toFixed(0)} ms, all in the set after ${r.ms.toFixed(0)} ms; ` +
             `scard ${r.scard}, triggered ${r.triggered}/${r.expectedTriggered}, failures ${r.failures}; ` +
-            `CPU ${side === "direct" ? "consumer" : "proxy"} ${r.handlerCpu.toFixed(2)} s (main thread ${r.mainCpu.toFixed(2)} s, busiest other thread ${r.workerCpu.toFixed(2)} s, the rest ${r.helpersCpu.toFixed(2)} s), redis ${r.redisCpu.toFixed(2)} s)`,
+            `CPU ${side === "direct" ? "consumer" : "proxy"} ${r.handlerCpu.toFixed(2)} s (main thread ${r.mainCpu.toFixed(2)} s, busiest other thread ${r.workerCpu.toFixed(2)} s, the rest ${r.helpersCpu.toFixed(2)} s of which later threads ${r.startedCpu.toFixed(2)} s), redis ${r.redisCpu.toFixed(2)} s)`,
         );
         lostNote(`throughput ${side}`, r.lost, r.failures);
       }
@@ -1316,7 +1418,7 @@ function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup,
         `${int(median(cpu))} (${cpu.map(int).join(", ")})`,
         `${int(median(mainCpu))} (${mainCpu.map(int).join(", ")})`,
         int(median(tp("proxy").map((x) => (x.workerCpu * 1e6) / x.writes))),
-        int(median(tp("proxy").map((x) => (x.helpersCpu * 1e6) / x.writes))),
+        `${int(median(tp("proxy").map((x) => (x.helpersCpu * 1e6) / x.writes)))} (${int(median(tp("proxy").map((x) => (x.startedCpu * 1e6) / x.writes)))})`,
         int(median(tp("direct").map((x) => (x.handlerCpu * 1e6) / x.writes))),
         ...p50s,
       ]);
@@ -1335,7 +1437,7 @@ function abReport(opts: Options, mine: Map<Setup, SetupResult>, base: Map<Setup,
         "proxy CPU µs per write (per round)",
         "proxy main thread CPU µs per write (per round)",
         "proxy worker µs per write",
-        "proxy other threads µs per write",
+        "proxy other threads µs per write (of which threads started after the process's first second: other isolates)",
         "consumer CPU µs per write",
         ...opts.rates.map((rate) => `p50 at ${rate}/s: proxy / consumer`),
       ],
@@ -1371,6 +1473,10 @@ async function main(): Promise<number> {
   if (opts === null) return 0;
   if (!fs.existsSync(PROXY_CLI)) throw new Error(`${PROXY_CLI} missing: build first (npx tsc -p .)`);
   if (opts.profileDir !== undefined) fs.mkdirSync(opts.profileDir, { recursive: true });
+  if (opts.allocDir !== undefined) {
+    fs.mkdirSync(opts.allocDir, { recursive: true });
+    process.env.EVENTS_ALLOC_DIR = opts.allocDir;
+  }
   const startedAt = Date.now();
   const header = machineHeader();
   const command =
