@@ -62,7 +62,11 @@ describe("ReplyQueue: replies of a cluster run", () => {
     b.inRun = true;
     a.reply(Buffer.from("a"));
     expect(out).to.deep.equal([]);
-    await sleep(20);
+    // Two timer turns, not one 20 ms sleep: the hold ends at the second of its two 1 ms timers
+    // (HOLD_MS), set when the first fires, which a loaded machine can delay past a 20 ms timer
+    // set now. The second sleep starts after the first hold timer fired, so it ends after both.
+    await sleep(10);
+    await sleep(10);
     expect(out).to.deep.equal(["a"]);
     b.reply(Buffer.from("b"));
     expect(out).to.deep.equal(["a", "b"]);

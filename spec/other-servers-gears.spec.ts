@@ -11,7 +11,8 @@ import type { Redis } from "ioredis";
 import { startProxy, type RunningProxy } from "./harness/index.js";
 import { Backend, BACKEND_MODES, Direct, serverAvailable, type ServerKind } from "./support/backend.js";
 import { connect, run, str } from "./support/gears.js";
-import { eventually } from "./support/polling.js";
+import { eventually, waitUntil } from "./support/polling.js";
+import { toText } from "./support/raw-client.js";
 
 /** What INFO server says of each. */
 const INFO_LINE: Partial<Record<ServerKind, RegExp>> = {
@@ -53,9 +54,14 @@ for (const server of ["valkey", "redis6", "redis8"] as const)
         const reader = connect(proxy.port);
         try {
           for (const stream of ["mv:s:a", "mv:s:b", "mv:s:c"]) {
+            const master = await direct.on(stream);
             const read = reader.xread("BLOCK", 0, "STREAMS", stream, "$");
-            await new Promise((r) => setTimeout(r, 100));
-            await (await direct.on(stream)).call("XADD", stream, "*", "f", stream);
+            // The XADD once the read blocks on the master, not after a fixed 100 ms: an entry
+            // added before the read arrives is not after its "$", and the read would wait forever.
+            await waitUntil(`the XREAD of ${stream} blocked on its master`, async () =>
+              /^blocked_clients:1\r?$/m.test(String(toText(await master.call("INFO", "clients")))),
+            );
+            await master.call("XADD", stream, "*", "f", stream);
             const got = (await read) as [string, [string, string[]][]][];
             expect(got[0][0]).to.equal(stream);
             expect(got[0][1][0][1]).to.deep.equal(["f", stream]);
