@@ -100,6 +100,31 @@ describe("gears: an execution is reachable through any proxy in front of the sam
         await proxyB.close();
       });
 
+      it("RG.ABORTEXECUTION on B aborts A's running execution", async () => {
+        const long = { gearsConfig: { ScriptTimeoutMS: "60000" } };
+        const proxyA = await startProxy([seed], long);
+        const proxyB = await startProxy([seed], long);
+        const a = client(proxyA.port);
+        const b = client(proxyB.port);
+        const id = str(
+          await a.call(
+            "RG.EXECUTE",
+            "GB('ShardsIDReader').map(x => { const t = Date.now(); while (Date.now() - t < 30000) {} return x; }).run()",
+            "UNBLOCKING",
+          ),
+        );
+        const started = Date.now();
+        expect(await b.call("RG.ABORTEXECUTION", id)).to.equal("OK");
+        expect(Date.now() - started, "aborted, not run to its end").to.be.below(10_000);
+        const plan = asArray(
+          asArray(asArray(await a.call("RG.GETEXECUTION", id), "shard")[0], "shard")[3],
+          "plan",
+        );
+        expect(plan.slice(0, 2)).to.deep.equal(["status", "aborted"]);
+        await proxyA.close();
+        await proxyB.close();
+      });
+
       it("the id of a SIGKILLed proxy: the unknown-execution error within a few seconds", async () => {
         const dying = await ChildProxy.start({
           upstreams: [seed],
