@@ -8,6 +8,8 @@ import { expect } from "chai";
 import { Redis } from "ioredis";
 import { startCluster, startProxy, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
 import { ChildProxy, stopChildProxies } from "./support/child-proxy.js";
+import { encode, ReceivedText } from "./support/raw-client.js";
+import { sleep } from "./support/polling.js";
 import { asArray, connect, outcome, rejection, str } from "./support/gears.js";
 
 const NO_EXECUTION = "execution plan does not exist";
@@ -21,6 +23,29 @@ function connectOnce(port: number): Redis {
   const c = connect(port, { retryStrategy: () => null });
   c.on("error", () => {});
   return c;
+}
+
+/** The bytes of the reply to `args` on a connection that said HELLO `proto` first. */
+async function replyBytes(port: number, proto: 2 | 3, args: string[]): Promise<string> {
+  const received = await ReceivedText.open(port);
+  const settled = async (): Promise<number> => {
+    // Replies come whole within a moment here; the text stops growing once they are in.
+    let length = -1;
+    while (length !== received.text.length || length === 0) {
+      length = received.text.length;
+      await sleep(100);
+    }
+    return length;
+  };
+  try {
+    received.socket.write(encode(["HELLO", String(proto)]));
+    const helloEnd = await settled();
+    received.socket.write(encode(args));
+    await settled();
+    return received.text.slice(helloEnd);
+  } finally {
+    received.socket.destroy();
+  }
 }
 
 /** What each proxy says of one execution, once it finished: the same through either. */
@@ -96,6 +121,28 @@ describe("gears: an execution is reachable through any proxy in front of the sam
           expect(direct).to.have.length(2);
           expect(direct.map(String)).to.include(`{gears-proxy}:executions:${id.split("-")[0]}`);
         }
+        await proxyA.close();
+        await proxyB.close();
+      });
+
+      it("a RESP3 and a RESP2 client get through B the bytes A gives them", async () => {
+        const proxyA = await startProxy([seed]);
+        const proxyB = await startProxy([seed]);
+        const a = client(proxyA.port);
+        const script =
+          "GB('ShardsIDReader').collect().limit(1).map(() => ({n: 1, o: {t: true}})).run({convertToStr: false})";
+        const id = str(await a.call("RG.EXECUTE", script, "UNBLOCKING"));
+        await a.call("RG.GETRESULTSBLOCKING", id);
+        const resp3 = await Promise.all(
+          [proxyA, proxyB].map((p) => replyBytes(p.port, 3, ["RG.GETRESULTS", id])),
+        );
+        expect(resp3[0]).to.match(/^\*2\r\n\*1\r\n/);
+        expect(resp3[1]).to.equal(resp3[0]);
+        const resp2 = await Promise.all(
+          [proxyA, proxyB].map((p) => replyBytes(p.port, 2, ["RG.GETRESULTS", id])),
+        );
+        expect(resp2[0]).to.match(/^\*2\r\n\*1\r\n\*4\r\n/);
+        expect(resp2[1]).to.equal(resp2[0]);
         await proxyA.close();
         await proxyB.close();
       });
