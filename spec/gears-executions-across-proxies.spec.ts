@@ -68,6 +68,39 @@ async function dropThroughOther(a: Redis, b: Redis, id: string): Promise<void> {
   expect(await rejection(b.call("RG.GETRESULTS", id))).to.include(NO_EXECUTION);
 }
 
+describe("gears: executions across proxies, when Redis refuses the proxies' channel", function () {
+  this.timeout(30_000);
+  let redis: RedisNode;
+  before(async () => {
+    redis = await startRedis();
+    // An ACL user with every command and key, but no pub/sub channel.
+    await redis.call("ACL", "SETUSER", "proxy", "on", ">pw", "~*", "+@all", "resetchannels");
+  });
+  after(async () => redis.stop());
+
+  it("RG.EXECUTE UNBLOCKING still answers, and another proxy says the execution is unknown", async () => {
+    const user = { upstreamUser: "proxy", upstreamPassword: "pw" };
+    const proxyA = await startProxy([{ port: redis.port }], user);
+    const proxyB = await startProxy([{ port: redis.port }], user);
+    const a = connectOnce(proxyA.port);
+    const b = connectOnce(proxyB.port);
+    try {
+      const started = Date.now();
+      const id = str(await a.call("RG.EXECUTE", "GB('ShardsIDReader').run()", "UNBLOCKING"));
+      expect(Date.now() - started, "RG.EXECUTE waits for the channel at most a few seconds").to.be.below(
+        5000,
+      );
+      expect(outcome(await a.call("RG.GETRESULTSBLOCKING", id)).errors).to.deep.equal([]);
+      expect(await rejection(b.call("RG.GETRESULTS", id))).to.include(NO_EXECUTION);
+    } finally {
+      a.disconnect();
+      b.disconnect();
+      await proxyA.close();
+      await proxyB.close();
+    }
+  });
+});
+
 describe("gears: an execution is reachable through any proxy in front of the same Redis", function () {
   this.timeout(60_000);
   const clients: Redis[] = [];
@@ -143,6 +176,27 @@ describe("gears: an execution is reachable through any proxy in front of the sam
         );
         expect(resp2[0]).to.match(/^\*2\r\n\*1\r\n\*4\r\n/);
         expect(resp2[1]).to.equal(resp2[0]);
+        await proxyA.close();
+        await proxyB.close();
+      });
+
+      it("a reply of several MB comes through B whole (published in parts)", async () => {
+        const proxyA = await startProxy([seed]);
+        const proxyB = await startProxy([seed]);
+        const a = client(proxyA.port);
+        const b = client(proxyB.port);
+        const value = "v".repeat(1000);
+        for (let i = 0; i < 3000; i += 500) {
+          const p = a.pipeline();
+          for (let j = i; j < i + 500; j++) p.set(`big:${j}`, value + j);
+          await p.exec();
+        }
+        const id = str(await a.call("RG.EXECUTE", "GB().map(x => x.value).run('big:*')", "UNBLOCKING"));
+        const onB = outcome(await b.call("RG.GETRESULTSBLOCKING", id));
+        expect(onB.results).to.have.length(3000);
+        expect(onB.results.map(String).sort()).to.deep.equal(
+          Array.from({ length: 3000 }, (_, j) => value + j).sort(),
+        );
         await proxyA.close();
         await proxyB.close();
       });

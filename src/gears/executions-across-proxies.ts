@@ -12,7 +12,7 @@
  */
 import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeValue } from "../resp/encode.js";
-import type { RespValue } from "../resp/values.js";
+import { RespError, type RespValue } from "../resp/values.js";
 import { PROXY_HASHTAG, PROXY_KEYS_SLOT } from "../routing/hidden-keys.js";
 import type { NodeSubscription } from "../routing/shards.js";
 import type { Logger } from "../observability/log.js";
@@ -27,6 +27,8 @@ export const EXECUTIONS_CHANNEL = `${PROXY_HASHTAG}:executions:`;
 const LIVENESS_MS = 1000;
 /** How often a lost subscription is tried again, and its node compared with the topology's. */
 const RESUBSCRIBE_MS = 1000;
+/** A SUBSCRIBE not confirmed within this is given up (and tried again). */
+const CONFIRM_MS = 2000;
 /** A reply longer than this is published in parts (a subscriber's output buffer is bounded). */
 const PART_BYTES = 1 << 20;
 
@@ -50,6 +52,8 @@ export class ExecutionsAcrossProxies {
   private confirm: ((ok: boolean) => void) | null = null;
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
+  /** A refused SUBSCRIBE was logged (once: it is tried again every second). */
+  private refusedBefore = false;
   private seq = 0;
   private readonly asked = new Map<number, Asked>();
 
@@ -90,6 +94,13 @@ export class ExecutionsAcrossProxies {
     this.sub = sub;
     this.subNode = node;
     sub.send(encodeCommand(["SUBSCRIBE", this.channel]));
+    // RG.EXECUTE waits for this: a node that never confirms must not hold it up.
+    const timer = setTimeout(() => {
+      if (this.sub !== sub || this.confirm === null) return;
+      this.lost(sub, "no confirmation of SUBSCRIBE");
+      sub.destroy();
+    }, CONFIRM_MS);
+    void listening.then(() => clearTimeout(timer));
     return listening;
   }
 
@@ -118,6 +129,16 @@ export class ExecutionsAcrossProxies {
 
   private onFrame(frame: Buffer): void {
     const value = decodeReply(frame);
+    if (value instanceof RespError) {
+      // SUBSCRIBE refused (an ACL without this channel): tried again each RESUBSCRIBE_MS.
+      const sub = this.sub;
+      if (!this.refusedBefore)
+        this.log.warn({ err: value.message }, "cannot listen for other proxies' questions");
+      this.refusedBefore = true;
+      this.lost(sub, value.message);
+      sub?.destroy();
+      return;
+    }
     if (!Array.isArray(value)) return;
     const kind = String(value[0]);
     if (kind === "subscribe") {
@@ -207,7 +228,8 @@ export class ExecutionsAcrossProxies {
       ...args,
     ]);
     const listeners = await this.engine.shards.call(node, ["PUBLISH", ownerChannel, question]).catch(() => 0);
-    if (listeners === 0) this.giveUp(seq);
+    // Nobody listens there (or the PUBLISH failed): no answer can come.
+    if (typeof listeners !== "number" || listeners === 0) this.giveUp(seq);
     try {
       return await answered;
     } finally {
