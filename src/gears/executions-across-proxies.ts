@@ -27,6 +27,8 @@ export const EXECUTIONS_CHANNEL = `${PROXY_HASHTAG}:executions:`;
 const LIVENESS_MS = 1000;
 /** How often a lost subscription is tried again, and its node compared with the topology's. */
 const RESUBSCRIBE_MS = 1000;
+/** A refused SUBSCRIBE (an ACL) is tried again after this. */
+const REFUSED_RETRY_MS = 30_000;
 /** A SUBSCRIBE not confirmed within this is given up (and tried again). */
 const CONFIRM_MS = 2000;
 /** A reply longer than this is published in parts (a subscriber's output buffer is bounded). */
@@ -52,8 +54,8 @@ export class ExecutionsAcrossProxies {
   private confirm: ((ok: boolean) => void) | null = null;
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
-  /** A refused SUBSCRIBE was logged (once: it is tried again every second). */
-  private refusedBefore = false;
+  /** After a refused SUBSCRIBE: not tried again before this time. */
+  private retryAt = 0;
   private seq = 0;
   private readonly asked = new Map<number, Asked>();
 
@@ -64,9 +66,13 @@ export class ExecutionsAcrossProxies {
     this.channel = EXECUTIONS_CHANNEL + engine.proxyId;
   }
 
-  /** The node every proxy subscribes and publishes on. */
-  private node(): string {
-    return this.engine.shards.idForSlot(PROXY_KEYS_SLOT);
+  /** The node every proxy subscribes and publishes on; null while the topology has no master. */
+  private node(): string | null {
+    try {
+      return this.engine.shards.idForSlot(PROXY_KEYS_SLOT);
+    } catch {
+      return null;
+    }
   }
 
   /**
@@ -81,6 +87,7 @@ export class ExecutionsAcrossProxies {
     }
     if (this.listening !== null) return this.listening;
     const node = this.node();
+    if (node === null || Date.now() < this.retryAt) return Promise.resolve(false);
     const listening = new Promise<boolean>((resolve) => (this.confirm = resolve));
     this.listening = listening;
     const sub = this.engine.shards.subscribe(node, {
@@ -106,10 +113,10 @@ export class ExecutionsAcrossProxies {
 
   /** A lost subscription is made again; one on a node no longer the proxy keys' master is moved. */
   private check(): void {
-    if (this.sub !== null && !this.sub.closed && this.subNode !== this.node()) {
-      const old = this.sub;
-      this.lost(old, "the proxy keys' slot moved");
-      old.destroy();
+    const sub = this.sub;
+    if (sub !== null && (sub.closed || this.subNode !== this.node())) {
+      this.lost(sub, sub.closed ? "connection closed" : "the proxy keys' slot moved");
+      if (!sub.closed) sub.destroy();
     }
     if (this.listening === null) void this.listen();
   }
@@ -130,11 +137,13 @@ export class ExecutionsAcrossProxies {
   private onFrame(frame: Buffer): void {
     const value = decodeReply(frame);
     if (value instanceof RespError) {
-      // SUBSCRIBE refused (an ACL without this channel): tried again each RESUBSCRIBE_MS.
+      // SUBSCRIBE refused (an ACL without this channel): tried again after REFUSED_RETRY_MS.
       const sub = this.sub;
-      if (!this.refusedBefore)
-        this.log.warn({ err: value.message }, "cannot listen for other proxies' questions");
-      this.refusedBefore = true;
+      this.log.warn(
+        { err: value.message, retryInSeconds: REFUSED_RETRY_MS / 1000 },
+        "cannot listen for other proxies' questions about executions",
+      );
+      this.retryAt = Date.now() + REFUSED_RETRY_MS;
       this.lost(sub, value.message);
       sub?.destroy();
       return;
@@ -185,6 +194,7 @@ export class ExecutionsAcrossProxies {
       reply = Buffer.isBuffer(answer) ? answer : Buffer.concat(answer);
     }
     const node = this.node();
+    if (node === null) return;
     for (let at = 0; ; at += PART_BYTES) {
       const last = at + PART_BYTES >= reply.length;
       const part = reply.subarray(at, at + PART_BYTES);
@@ -202,9 +212,9 @@ export class ExecutionsAcrossProxies {
   async ask(name: string, args: Buffer[], caller: GearsCaller): Promise<GearsReply | null> {
     const owner = ownerOf(args[0].toString());
     if (owner === null || owner === this.engine.proxyId) return null;
-    if (!(await this.listen())) return null;
-    const seq = ++this.seq;
     const node = this.node();
+    if (node === null || !(await this.listen())) return null;
+    const seq = ++this.seq;
     const ownerChannel = EXECUTIONS_CHANNEL + owner;
     const answered = new Promise<GearsReply | null>((resolve) => {
       this.asked.set(seq, { parts: [], done: resolve });
