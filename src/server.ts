@@ -9,7 +9,8 @@ import { MemoryGuard, REDIS_PUBSUB_LIMIT, type Eviction } from "./client/memory-
 import type { ProxyConfig } from "./config.js";
 import type { Logger } from "./observability/log.js";
 import { GearsEngine } from "./gears/engine.js";
-import { GEARS_COMMANDS } from "./gears/commands.js";
+import { findExecutionsElsewhere, GEARS_COMMANDS } from "./gears/commands.js";
+import { ExecutionsAcrossProxies } from "./gears/executions-across-proxies.js";
 import { loadAccessControl } from "./acl/load.js";
 import { flushesInBackground, since72 } from "./client/server-features.js";
 import { gearsFigures } from "./gears/metric-figures.js";
@@ -54,6 +55,8 @@ export class ProxyServer {
   private python: PyodidePool | null = null;
   /** A JavaScript isolate started ahead of the next RG.EXECUTE. */
   private warm: WarmIsolates<Isolate> | null = null;
+  /** Other proxies' executions, and this one's for them (listening once it holds any). */
+  private acrossProxies: ExecutionsAcrossProxies | null = null;
   /** The /metrics, /healthz, /readyz server (--metrics-port). */
   metricsServer: http.Server | null = null;
 
@@ -155,6 +158,9 @@ export class ProxyServer {
       ...(this.thread === undefined ? {} : { threads: this.thread }),
     };
     ctx.gears.onLargeExecution = (isolate) => warm.hold(isolate);
+    const acrossProxies = new ExecutionsAcrossProxies(ctx.gears, this.log.child({ component: "gears" }));
+    this.acrossProxies = acrossProxies;
+    ctx.gears.onExecutionId = () => acrossProxies.listen();
     if (acl !== null) {
       ctx.gears.guardFor = (user) => acl.guardFor(user);
       ctx.gears.tf.libraries.guardFor = (user) => acl.guardFor(user);
@@ -195,6 +201,8 @@ export class ProxyServer {
     }
     // Counted among the threads once it takes connections (the spec waits for that).
     this.thread?.serve(ctx);
+    // After the threads: another thread of this proxy answers before the other proxies are asked.
+    findExecutionsElsewhere(ctx.gears, (name, args, caller) => acrossProxies.ask(name, args, caller));
     this.memoryGuard.start(MEMORY_CHECK_MS);
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);
@@ -352,6 +360,7 @@ export class ProxyServer {
         ctx.gears.close().catch(() => {}),
         Math.min(1000, Math.max(0, deadline - Date.now())),
       );
+      this.acrossProxies?.close();
       ctx.tracking.close();
       ctx.router.topology.close();
     }

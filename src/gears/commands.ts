@@ -520,7 +520,10 @@ export function isGearsCommandAlone(name: string, args: readonly Buffer[]): bool
   return isGearsCommand(name, args) && !(name === "config" && touchesServerSettings(args));
 }
 
-/** Asks the other threads of a --threads proxy for an execution this one does not hold; null: none has it. */
+/**
+ * Asks elsewhere for an execution this thread does not hold (the other threads of a --threads
+ * proxy, the other proxies in front of the same Redis); null: none there has it.
+ */
 export type RemoteExecutions = (
   name: string,
   args: Buffer[],
@@ -535,11 +538,16 @@ const BY_EXECUTION_ID = new Set([
   "rg.dropexecution",
   "rg.abortexecution",
 ]);
-const elsewhere = new WeakMap<GearsEngine, RemoteExecutions>();
+const elsewhere = new WeakMap<GearsEngine, RemoteExecutions[]>();
 
-/** With --threads (src/threads/): executions unknown here are looked for on the other threads. */
+/**
+ * Executions unknown here are looked for through `remote` too, after those added before it:
+ * the other threads (src/threads/peers.ts), then the other proxies (executions-across-proxies.ts).
+ */
 export function findExecutionsElsewhere(engine: GearsEngine, remote: RemoteExecutions): void {
-  elsewhere.set(engine, remote);
+  const chain = elsewhere.get(engine);
+  if (chain === undefined) elsewhere.set(engine, [remote]);
+  else chain.push(remote);
 }
 
 /** Runs a gears command; the reply as RESP bytes. Unknown RG commands get Redis' unknown-command error. */
@@ -552,15 +560,17 @@ export async function runGearsCommand(
   if (name === "config") return tfConfigCommand(engine.tf, engine.router, args, caller.proto);
   if (TF_COMMANDS.has(name)) return runTfCommand(engine.tf, name, args, caller);
   const handler = HANDLERS.get(name);
-  const remote = elsewhere.get(engine);
+  const chain = elsewhere.get(engine);
   if (
-    remote !== undefined &&
+    chain !== undefined &&
     BY_EXECUTION_ID.has(name) &&
     args.length >= 1 &&
     engine.get(args[0].toString()) === undefined
   ) {
-    const reply = await remote(name, args, caller);
-    if (reply !== null) return reply;
+    for (const remote of chain) {
+      const reply = await remote(name, args, caller);
+      if (reply !== null) return reply;
+    }
   }
   if (handler === undefined) {
     return encodeError(

@@ -77,6 +77,11 @@ export class GearsEngine {
   /** This proxy's id in execution ids: `<40 hex>-<n>`. */
   readonly proxyId = randomBytes(20).toString("hex");
   private counter = 0;
+  /**
+   * Told of each new execution id (executions-across-proxies.ts: other proxies may then ask
+   * for it); resolves once they can.
+   */
+  onExecutionId: (() => Promise<unknown>) | null = null;
   private readonly executions = new Map<string, Execution>();
   /** Told of each finished execution (metrics on); null otherwise. */
   observer: ExecutionObserver | null = null;
@@ -123,21 +128,15 @@ export class GearsEngine {
     readonly newPythonIsolate: PythonIsolateFactory | null = null,
   ) {
     this.shards = new Shards(router);
-    this.registry = new RegistrationRegistry(
-      router,
-      this.shards,
-      log,
-      () => `${this.proxyId}-${++this.counter}`,
-      {
-        consumerName: this.proxyId,
-        claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
-        streamLeaseMs: () => this.config.number("EventLeaseMS"),
-        maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
-        observer: () => this.observer,
-        maxQueuedEvents: () => this.config.number("MaxQueuedEvents"),
-        onIsolateGone: (session) => this.revive(session),
-      },
-    );
+    this.registry = new RegistrationRegistry(router, this.shards, log, () => this.newExecutionId(), {
+      consumerName: this.proxyId,
+      claimIdleMs: () => this.config.number("StreamClaimIdleMS"),
+      streamLeaseMs: () => this.config.number("EventLeaseMS"),
+      maxExecutionsPerRegistration: () => this.config.number("MaxExecutionsPerRegistration"),
+      observer: () => this.observer,
+      maxQueuedEvents: () => this.config.number("MaxQueuedEvents"),
+      onIsolateGone: (session) => this.revive(session),
+    });
     this.registry.ownsShard = (shard) => this.leases?.owns(shard) ?? true;
     this.registry.onForeignEvents = (events) => this.backlog.add(events);
     this.store = new SessionStore(router, log);
@@ -170,6 +169,11 @@ export class GearsEngine {
       return `Session ${request.sessionId} already exists`;
     }
     return null;
+  }
+
+  private newExecutionId(): string {
+    void this.onExecutionId?.();
+    return `${this.proxyId}-${++this.counter}`;
   }
 
   /** An execution of RG.EXECUTE, or one a registration ran. */
@@ -248,7 +252,7 @@ export class GearsEngine {
     }
     partitions ??= new Partitions(this.shards, db);
     const execution = new Execution(
-      `${this.proxyId}-${++this.counter}`,
+      this.newExecutionId(),
       isolate,
       actions[runIndex],
       runIndex,
@@ -262,7 +266,11 @@ export class GearsEngine {
     execution.onLarge = () => this.onLargeExecution?.(isolate);
     this.add(execution);
     this.schedule(execution);
-    if (request.unblocking) return encodeBulk(execution.id);
+    if (request.unblocking) {
+      // The client may ask another proxy for it next: that one must find this one listening.
+      await this.onExecutionId?.();
+      return encodeBulk(execution.id);
+    }
     await execution.waitFinished();
     this.executions.delete(execution.id);
     return execution.reply();
