@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { WriteJournal } from "../src/gears/events/write-journal.js";
+import { journal, notification } from "./support/journal.js";
 import type { KeyEvent } from "../src/gears/events/keyspace-source.js";
 
 /**
@@ -10,19 +10,6 @@ import type { KeyEvent } from "../src/gears/events/keyspace-source.js";
 
 const b = (s: string): Buffer => Buffer.from(s);
 const argv = (...a: string[]): Buffer[] => a.map(b);
-
-function journal(): { j: WriteJournal; events: KeyEvent[] } {
-  const events: KeyEvent[] = [];
-  const j = new WriteJournal(
-    () => "shard-1",
-    (e) => events.push(...e),
-  );
-  return { j, events };
-}
-
-function notification(key: string, event: string): KeyEvent {
-  return { key: b(key), event, shard: "shard-1", at: Date.now(), db: 0 };
-}
 
 const plain = (events: KeyEvent[]): [string, string, string | undefined][] =>
   events.map((e) => [e.key.toString(), e.event, e.value]);

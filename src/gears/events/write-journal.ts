@@ -468,7 +468,9 @@ export class WriteJournal {
     value: string | undefined,
     by: WriteSource,
   ): void {
-    const heldAt = state.held.length === 0 ? -1 : state.held.findIndex((e) => e.event === event);
+    // A held notification no other write took yet (two writes of the key may both be held).
+    const heldAt =
+      state.held.length === 0 ? -1 : state.held.findIndex((e) => e.event === event && e.by === undefined);
     if (exact) {
       if (heldAt !== -1) {
         // Its notification came first: that is the event.
@@ -493,7 +495,8 @@ export class WriteJournal {
     }
     // Not known exactly: a notification already there stands for it, else wait for one.
     if (state.held.length > 0) {
-      state.held[heldAt === -1 ? 0 : heldAt].by = by;
+      const free = heldAt === -1 ? state.held.findIndex((e) => e.by === undefined) : heldAt;
+      if (free !== -1) state.held[free].by = by;
       return;
     }
     (state.waiting === NONE ? (state.waiting = []) : state.waiting).push({ event, at, by });
@@ -578,8 +581,10 @@ export class WriteJournal {
         this.heldCount++;
       } else {
         if (state.waiting.length > 0) {
-          // The notification this write awaited: it tells who wrote.
-          e.by = state.waiting.shift()!.by;
+          // The notification a write awaited: it tells who wrote. The first waiting write of
+          // its event (replies of writes sent on different connections may come in any order).
+          const w = state.waiting.findIndex((x) => x.event === e.event);
+          e.by = state.waiting.splice(w === -1 ? 0 : w, 1)[0].by;
           this.size--;
         }
         out.push(e);
