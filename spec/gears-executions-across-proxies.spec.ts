@@ -14,8 +14,10 @@ import { asArray, connect, outcome, rejection, str } from "./support/gears.js";
 
 const NO_EXECUTION = "execution plan does not exist";
 /** 20 keys at 50 ms each: about a second, so the other proxy asks while it runs. */
+// Slow enough (20 keys x 200 ms, 1.4 s or more per shard) that B's first question, which
+// subscribes first, finds it running on a loaded machine.
 const SLOW_KEYS =
-  "GB().map(x => { const t = Date.now(); while (Date.now() - t < 50) {} return x.key; }).run('k:*')";
+  "GB().map(x => { const t = Date.now(); while (Date.now() - t < 200) {} return x.key; }).run('k:*')";
 const KEYS = Array.from({ length: 20 }, (_, i) => `k:${i}`);
 
 /** A connection that does not reconnect (its proxy may be killed on purpose). */
@@ -97,6 +99,34 @@ describe("gears: executions across proxies, when Redis refuses the proxies' chan
       b.disconnect();
       await proxyA.close();
       await proxyB.close();
+    }
+  });
+});
+
+describe("gears: executions across proxies, with the proxies' own ACL users", function () {
+  this.timeout(30_000);
+
+  // The channel takes questions from anyone who can PUBLISH (a client of the proxy too): with
+  // users who may each read only their own executions, it is not opened.
+  it("another proxy says the execution is unknown, and a question published by a client gets no answer", async () => {
+    const redis = await startRedis();
+    const users = { users: ["default on nopass ~* &* +@all"] };
+    const proxyA = await startProxy([{ port: redis.port }], users);
+    const proxyB = await startProxy([{ port: redis.port }], users);
+    const a = connectOnce(proxyA.port);
+    const b = connectOnce(proxyB.port);
+    try {
+      const id = str(await a.call("RG.EXECUTE", "GB('ShardsIDReader').run()", "UNBLOCKING"));
+      expect(outcome(await a.call("RG.GETRESULTSBLOCKING", id)).errors).to.deep.equal([]);
+      expect(await rejection(b.call("RG.GETRESULTS", id))).to.include(NO_EXECUTION);
+      const owner = `{gears-proxy}:executions:${id.split("-")[0]}`;
+      // Seen on Redis itself: no proxy listens there.
+      expect(await redis.call("PUBSUB", "NUMSUB", owner)).to.deep.equal([owner, 0]);
+    } finally {
+      for (const c of [a, b]) c.disconnect();
+      await proxyA.close();
+      await proxyB.close();
+      await redis.stop();
     }
   });
 });

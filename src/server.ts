@@ -158,9 +158,13 @@ export class ProxyServer {
       ...(this.thread === undefined ? {} : { threads: this.thread }),
     };
     ctx.gears.onLargeExecution = (isolate) => warm.hold(isolate);
-    const acrossProxies = new ExecutionsAcrossProxies(ctx.gears, this.log.child({ component: "gears" }));
+    // Not with the proxy's own ACL users: the proxies' channel takes questions from anyone who
+    // can PUBLISH to it (a client of the proxy too), which would get round the check that a user
+    // reads only its own executions. Without them every client may read every execution anyway.
+    const acrossProxies =
+      acl === null ? new ExecutionsAcrossProxies(ctx.gears, this.log.child({ component: "gears" })) : null;
     this.acrossProxies = acrossProxies;
-    ctx.gears.onExecutionId = () => acrossProxies.listen();
+    if (acrossProxies !== null) ctx.gears.onExecutionId = () => acrossProxies.listen();
     if (acl !== null) {
       ctx.gears.guardFor = (user) => acl.guardFor(user);
       ctx.gears.tf.libraries.guardFor = (user) => acl.guardFor(user);
@@ -202,7 +206,8 @@ export class ProxyServer {
     // Counted among the threads once it takes connections (the spec waits for that).
     this.thread?.serve(ctx);
     // After the threads: another thread of this proxy answers before the other proxies are asked.
-    findExecutionsElsewhere(ctx.gears, (name, args, caller) => acrossProxies.ask(name, args, caller));
+    if (acrossProxies !== null)
+      findExecutionsElsewhere(ctx.gears, (name, args, caller) => acrossProxies.ask(name, args, caller));
     this.memoryGuard.start(MEMORY_CHECK_MS);
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);

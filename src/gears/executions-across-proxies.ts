@@ -190,8 +190,13 @@ export class ExecutionsAcrossProxies {
     // Empty: not one of this proxy's (dropped, or evicted past MaxExecutions).
     let reply: Buffer = Buffer.alloc(0);
     if (args.length > 0 && this.engine.get(args[0].toString()) !== undefined) {
-      const answer = await runGearsCommand(this.engine, name.toString(), args, caller);
-      reply = Buffer.isBuffer(answer) ? answer : Buffer.concat(answer);
+      try {
+        const answer = await runGearsCommand(this.engine, name.toString(), args, caller);
+        reply = Buffer.isBuffer(answer) ? answer : Buffer.concat(answer);
+      } catch (err) {
+        // Answered all the same: the asker waits as long as this proxy listens.
+        reply = Buffer.from(`-ERR ${err instanceof Error ? err.message : String(err)}\r\n`);
+      }
     }
     const node = this.node();
     if (node === null) return;
@@ -226,6 +231,23 @@ export class ExecutionsAcrossProxies {
         .then((v) => Array.isArray(v) && Number(v[1]) === 0 && this.giveUp(seq))
         .catch(() => {});
     }, LIVENESS_MS);
+    try {
+      return await this.publishAndWait(node, ownerChannel, seq, name, args, caller, answered);
+    } finally {
+      clearInterval(liveness);
+      this.asked.delete(seq);
+    }
+  }
+
+  private async publishAndWait(
+    node: string,
+    ownerChannel: string,
+    seq: number,
+    name: string,
+    args: Buffer[],
+    caller: GearsCaller,
+    answered: Promise<GearsReply | null>,
+  ): Promise<GearsReply | null> {
     const question = encodeValue([
       Buffer.from("ask"),
       Buffer.from(this.channel),
@@ -240,11 +262,7 @@ export class ExecutionsAcrossProxies {
     const listeners = await this.engine.shards.call(node, ["PUBLISH", ownerChannel, question]).catch(() => 0);
     // Nobody listens there (or the PUBLISH failed): no answer can come.
     if (typeof listeners !== "number" || listeners === 0) this.giveUp(seq);
-    try {
-      return await answered;
-    } finally {
-      clearInterval(liveness);
-    }
+    return answered;
   }
 
   private giveUp(seq: number): void {
