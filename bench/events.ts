@@ -732,9 +732,10 @@ async function throughput(
   let next = 0;
   let writeMs = NaN;
   const redisCpu = (): number => dep.pids.reduce((a, pid) => a + cpuSeconds(pid), 0);
-  const cpu0 = [cpuSeconds(handlerPid), redisCpu(), mainThreadCpuSeconds(handlerPid)];
   const sampling = opts.allocDir !== undefined && side === "proxy" && round > 0;
   if (sampling) fs.rmSync(await allocMark(opts.allocDir!, handlerPid, "before"));
+  // After the mark: writing the profile is not the round's work.
+  const cpu0 = [cpuSeconds(handlerPid), redisCpu(), mainThreadCpuSeconds(handlerPid)];
   const threads0 = threadCpuSeconds(handlerPid);
   const t0 = performance.now();
   const writing = Promise.all(

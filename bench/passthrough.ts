@@ -21,6 +21,7 @@ import {
   children,
   machineLines,
   mb,
+  median,
   ping,
   profileTimes,
   rankProfile,
@@ -593,12 +594,8 @@ const fmtMs = (v: number): string => (Number.isNaN(v) ? "n/a" : v.toFixed(3));
 const fmtUs = (v: number): string => (Number.isFinite(v) ? v.toFixed(2) : "n/a");
 const fmtRatio = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(2)}x` : "n/a");
 
-function medianOf(values: number[]): number {
-  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
+/** The median of the finite values (a round that measured nothing gives NaN or Infinity). */
+const medianOf = (values: number[]): number => median(values.filter(Number.isFinite));
 
 /** Per-round ratios as "median (min-max)". */
 function fmtSpread(ratios: number[]): string {
