@@ -25,6 +25,18 @@ export type { ServerIdentity } from "../upstream/connect.js";
  * Who is asking: the database to run in, which shared connection keeps their order, and
  * the protocol their replies come in (RESP2 when not given).
  */
+/**
+ * The write journal's view of a forwarded command (Router.tap): the sink its reply goes to
+ * instead of `sink`, which may watch it. `byFunction`: RouteContext.byFunction.
+ */
+export type WriteTap = (
+  name: string,
+  argv: Buffer[],
+  sink: ReplySink,
+  db: number,
+  byFunction?: boolean,
+) => ReplySink;
+
 export interface RouteContext {
   db: number;
   affinity: number;
@@ -92,9 +104,7 @@ export class Router implements ClusterSender {
    * Sees the commands forwarded and can watch their replies (shards.ts onWrite); null when unused.
    * It watches writes only: a command that is no write (mayBeServerWrite false) may skip it.
    */
-  tap:
-    ((name: string, argv: Buffer[], sink: ReplySink, db: number, byFunction?: boolean) => ReplySink) | null =
-    null;
+  tap: WriteTap | null = null;
   /** The same for a command queued in MULTI: what to call with its element of EXEC's reply. */
   queuedTap: ((name: string, argv: Buffer[], db: number) => ((reply: Buffer | null) => void) | null) | null =
     null;

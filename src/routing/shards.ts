@@ -4,7 +4,7 @@ import type { UpstreamConnection } from "../upstream/connection.js";
 import type { UpstreamNode } from "../upstream/node.js";
 import type { SlotRange } from "../upstream/topology.js";
 import { PromiseSink, UpstreamError, type ReplySink } from "../upstream/reply-sink.js";
-import type { Router } from "./router.js";
+import type { Router, WriteTap } from "./router.js";
 import { HeldPatterns } from "./own-patterns.js";
 
 export { UpstreamError };
@@ -177,13 +177,7 @@ export class Shards {
       byFunction = false,
     ): ((reply: Buffer | null) => void) | null =>
       router.isServerWrite(name, argv) ? watch(name, argv, router.keysOf(name, argv), db, byFunction) : null;
-    const tap = (
-      name: string,
-      argv: Buffer[],
-      sink: ReplySink,
-      db: number,
-      byFunction?: boolean,
-    ): ReplySink => {
+    const tap: WriteTap = (name, argv, sink, db, byFunction) => {
       const done = queued(name, argv, db, byFunction);
       return done === null ? sink : new WatchedSink(sink, done, router);
     };
