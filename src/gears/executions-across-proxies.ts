@@ -11,7 +11,7 @@
  * and ["part", seq, bytes] ... ["reply", seq, bytes] (a long reply goes in parts of PART_BYTES).
  */
 import { decodeReply } from "../resp/decode.js";
-import { encodeCommand, encodeValue } from "../resp/encode.js";
+import { encodeCommand, encodeError, encodeValue } from "../resp/encode.js";
 import { RespError, type RespValue } from "../resp/values.js";
 import { PROXY_HASHTAG, PROXY_KEYS_SLOT } from "../routing/hidden-keys.js";
 import type { NodeSubscription } from "../routing/shards.js";
@@ -129,7 +129,7 @@ export class ExecutionsAcrossProxies {
     this.confirm = null;
     if (this.asked.size > 0) this.log.warn({ reason }, "lost the channel other proxies answer on");
     // Their answers would come on the lost connection: said, not waited for.
-    const error = Buffer.from(`-ERR lost the connection another proxy answers on: ${reason}\r\n`);
+    const error = encodeError(`ERR lost the connection another proxy answers on: ${reason}`);
     for (const asked of this.asked.values()) asked.done(error);
     this.asked.clear();
   }
@@ -195,7 +195,7 @@ export class ExecutionsAcrossProxies {
         reply = Buffer.isBuffer(answer) ? answer : Buffer.concat(answer);
       } catch (err) {
         // Answered all the same: the asker waits as long as this proxy listens.
-        reply = Buffer.from(`-ERR ${err instanceof Error ? err.message : String(err)}\r\n`);
+        reply = encodeError(`ERR ${err instanceof Error ? err.message : String(err)}`);
       }
     }
     const node = this.node();
@@ -232,37 +232,27 @@ export class ExecutionsAcrossProxies {
         .catch(() => {});
     }, LIVENESS_MS);
     try {
-      return await this.publishAndWait(node, ownerChannel, seq, name, args, caller, answered);
+      const question = encodeValue([
+        Buffer.from("ask"),
+        Buffer.from(this.channel),
+        seq,
+        Buffer.from(name),
+        caller.proto,
+        caller.db,
+        Buffer.from(caller.user ?? ""),
+        caller.admin ? 1 : 0,
+        ...args,
+      ]);
+      const listeners = await this.engine.shards
+        .call(node, ["PUBLISH", ownerChannel, question])
+        .catch(() => 0);
+      // Nobody listens there (or the PUBLISH failed): no answer can come.
+      if (typeof listeners !== "number" || listeners === 0) this.giveUp(seq);
+      return await answered;
     } finally {
       clearInterval(liveness);
       this.asked.delete(seq);
     }
-  }
-
-  private async publishAndWait(
-    node: string,
-    ownerChannel: string,
-    seq: number,
-    name: string,
-    args: Buffer[],
-    caller: GearsCaller,
-    answered: Promise<GearsReply | null>,
-  ): Promise<GearsReply | null> {
-    const question = encodeValue([
-      Buffer.from("ask"),
-      Buffer.from(this.channel),
-      seq,
-      Buffer.from(name),
-      caller.proto,
-      caller.db,
-      Buffer.from(caller.user ?? ""),
-      caller.admin ? 1 : 0,
-      ...args,
-    ]);
-    const listeners = await this.engine.shards.call(node, ["PUBLISH", ownerChannel, question]).catch(() => 0);
-    // Nobody listens there (or the PUBLISH failed): no answer can come.
-    if (typeof listeners !== "number" || listeners === 0) this.giveUp(seq);
-    return answered;
   }
 
   private giveUp(seq: number): void {

@@ -22,10 +22,6 @@ import { readKeys, writtenKeys } from "./tracked-keys.js";
 export type { ServerIdentity } from "../upstream/connect.js";
 
 /**
- * Who is asking: the database to run in, which shared connection keeps their order, and
- * the protocol their replies come in (RESP2 when not given).
- */
-/**
  * The write journal's view of a forwarded command (Router.tap): the sink its reply goes to
  * instead of `sink`, which may watch it. `byFunction`: RouteContext.byFunction.
  */
@@ -37,6 +33,10 @@ export type WriteTap = (
   byFunction?: boolean,
 ) => ReplySink;
 
+/**
+ * Who is asking: the database to run in, which shared connection keeps their order, and
+ * the protocol their replies come in (RESP2 when not given).
+ */
 export interface RouteContext {
   db: number;
   affinity: number;
