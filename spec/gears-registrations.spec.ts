@@ -255,15 +255,17 @@ for (const mode of BACKEND_MODES) {
         GB().foreach(log('hset')).register('flt:user:*', {eventTypes: ['hset'], keyTypes: ['hash']});
         GB().foreach(log('novalue')).register('flt:user:*', {readValue: false});
         GB().foreach(log('lists')).register('flt:kt:*', {keyTypes: ['list']});
+        GB().foreach(log('optprefix')).register({prefix: 'flt:kt:*', keyTypes: ['list']});
         GB().foreach(log('exact')).register('flt:exact');
         GB().foreach(log('expired')).register('flt:ttl:*', {eventTypes: ['EXPIRED'], readValue: false});
       `;
       expect(await execute(io, script, "ID", "filters")).to.equal("OK");
       const regs = await registrationsOf(io, "filters");
-      expect(regs).to.have.length(5);
+      expect(regs).to.have.length(6);
       expect(regs.map((r) => r.args.get("regex"))).to.have.members([
         "flt:user:*",
         "flt:user:*",
+        "flt:kt:*",
         "flt:kt:*",
         "flt:exact",
         "flt:ttl:*",
@@ -290,7 +292,7 @@ for (const mode of BACKEND_MODES) {
         "flt:ttl:1 expires",
       );
 
-      const counts = { hset: 3, novalue: 6, lists: 1, exact: 1, expired: 1 };
+      const counts = { hset: 3, novalue: 6, lists: 1, optprefix: 1, exact: 1, expired: 1 };
       for (const [name, n] of Object.entries(counts)) {
         await eventually(
           () => io.llen(`flt:log:${name}`),
@@ -321,9 +323,11 @@ for (const mode of BACKEND_MODES) {
       // One key's events are handled in the order they happened.
       const user2 = novalue.filter((r) => r.key === "flt:user:2").map((r) => r.event);
       expect(user2).to.deep.equal(["set", "del"]);
-      expect(await records("flt:log:lists")).to.deep.equal([
-        { key: "flt:kt:l", value: ["b", "a"], type: "list", event: "lpush" },
-      ]);
+      // register({prefix, ...}), RedisGears' Python keywords as one object, filters the same.
+      for (const name of ["lists", "optprefix"])
+        expect(await records(`flt:log:${name}`)).to.deep.equal([
+          { key: "flt:kt:l", value: ["b", "a"], type: "list", event: "lpush" },
+        ]);
       expect(await records("flt:log:exact")).to.deep.equal([
         { key: "flt:exact", value: "v", type: "string", event: "set" },
       ]);

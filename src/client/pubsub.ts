@@ -9,7 +9,11 @@ import type { Holds } from "./holds.js";
 import type { ReplySlot } from "./reply-slot.js";
 import { confirmationFrame, confirmationOf, SubscriptionNames, withCount } from "./subscription-frames.js";
 import { mayReceiveNotifications, NotificationFanIn } from "./notification-fan-in.js";
-import { isProxyKeyNotification } from "../routing/hidden-keys.js";
+import {
+  isProxyChannelMessage,
+  isProxyKeyNotification,
+  mayMatchProxyChannel,
+} from "../routing/hidden-keys.js";
 import { keySlot } from "../routing/key-slot.js";
 
 const PING = encodeCommand(["PING"]);
@@ -136,6 +140,8 @@ export class Subscriber {
   private readonly notices: NotificationFanIn;
   /** A subscription of the client's may receive keyspace notifications: its messages are looked at. */
   private notified = false;
+  /** A pattern of the client's may match one of the proxy's own channels: its pmessages are looked at. */
+  private patternsMeetProxy = false;
 
   constructor(private readonly host: SubscriberHost) {
     this.notices = new NotificationFanIn({
@@ -168,6 +174,8 @@ export class Subscriber {
       this.notified = request.argv.some(
         (arg, i) => i > 0 && mayReceiveNotifications(name, arg.toString("latin1")),
       );
+    if (name === "psubscribe" && !this.patternsMeetProxy)
+      this.patternsMeetProxy = request.argv.some((arg, i) => i > 0 && mayMatchProxyChannel(arg));
     if (this.main !== null && this.count > 0) this.follow(this.main);
     if (this.main !== null && this.mainCount === 0 && this.main.proto !== host.proto)
       this.dropLink(this.main);
@@ -192,6 +200,7 @@ export class Subscriber {
     this.names.followAll(frames);
     // Which channels the transaction subscribed is not looked at: its messages are.
     this.notified = true;
+    this.patternsMeetProxy = true;
     if (this.main !== null) this.dropLink(this.main);
     this.main = this.attach(lease, false);
     this.mainClassic = count;
@@ -391,8 +400,9 @@ export class Subscriber {
       else this.mainClassic = count;
       this.count = this.mainCount + this.shardChannels.size;
     } else if (
-      this.notified &&
-      (isProxyKeyNotification(frame) || this.notices.ownedElsewhere(frame, link.lease.nodeId))
+      (this.notified &&
+        (isProxyKeyNotification(frame) || this.notices.ownedElsewhere(frame, link.lease.nodeId))) ||
+      (this.patternsMeetProxy && isProxyChannelMessage(frame))
     )
       return;
     this.relay(link, frame);
@@ -520,6 +530,7 @@ export class Subscriber {
     this.names.clear();
     this.notices.close();
     this.notified = false;
+    this.patternsMeetProxy = false;
     this.confirmed = 0;
     this.count = 0;
     this.draining = false;

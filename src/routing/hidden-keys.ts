@@ -77,6 +77,53 @@ export function notifiesProxyKey(channel: Buffer, payload: Buffer): boolean {
   return at !== -1 && isProxyKey(channel.subarray(at + 3));
 }
 
+/** The proxy's own channels all start with one of these (PUBSUB CHANNELS leaves them out). */
+const PROXY_CHANNEL_PREFIXES: readonly Buffer[] = [PREFIX, SYNCED];
+/** Every proxy channel's name holds these bytes: a frame without them near its start is a user's. */
+const PROXY_CHANNEL_MARK = Buffer.from("gears-proxy");
+/** A pmessage frame's kind, pattern and channel come first; a proxy pattern and channel fit in this. */
+const PMESSAGE_HEAD = 512;
+
+function isProxyChannel(channel: Buffer): boolean {
+  return PROXY_CHANNEL_PREFIXES.some((prefix) => startsWithBytes(channel, prefix));
+}
+
+/**
+ * Whether a PSUBSCRIBE pattern may match one of the proxy's channels: its literal start (up to
+ * its first glob character) holds one of their prefixes, or is the start of one. `*` may; a
+ * pattern without a glob character names one channel.
+ */
+export function mayMatchProxyChannel(pattern: Buffer): boolean {
+  let literal = pattern.length;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i];
+    // * ? [ \ : where a glob may start matching more than its own byte.
+    if (c === 42 || c === 63 || c === 91 || c === 92) {
+      literal = i;
+      break;
+    }
+  }
+  const head = pattern.subarray(0, literal);
+  const glob = literal < pattern.length;
+  return PROXY_CHANNEL_PREFIXES.some(
+    (prefix) => startsWithBytes(head, prefix) || (glob && startsWithBytes(prefix, head)),
+  );
+}
+
+/**
+ * Whether a pub/sub frame (RESP2 or a RESP3 push) is a pattern's message on one of the proxy's
+ * own channels (its sync answers, lease releases, executions asked across proxies): a client's
+ * `PSUBSCRIBE *` does not get those, as PUBSUB CHANNELS does not list them. A SUBSCRIBE naming
+ * such a channel asked for it and gets it, as from Redis.
+ */
+export function isProxyChannelMessage(frame: Buffer): boolean {
+  if (!frame.subarray(0, PMESSAGE_HEAD).includes(PROXY_CHANNEL_MARK)) return false;
+  const value = decodeReply(frame);
+  if (!Array.isArray(value) || value.length !== 4 || !Buffer.isBuffer(value[0]) || !Buffer.isBuffer(value[2]))
+    return false;
+  return value[0].toString("latin1") === "pmessage" && isProxyChannel(value[2]);
+}
+
 /**
  * PUBSUB CHANNELS' reply without the proxy's own channels (`{gears-proxy}:leases-released`,
  * subscribed while registrations hold leases, and each proxy's sync channel), as key
@@ -87,9 +134,7 @@ export function channelsWithoutProxy(sink: ReplySink, proto: Protocol): ReplySin
     reply: (data) => {
       const channels = decodeReply(data);
       if (!Array.isArray(channels)) return sink.reply(data);
-      const users = channels.filter(
-        (c) => !(Buffer.isBuffer(c) && (startsWithBytes(c, PREFIX) || startsWithBytes(c, SYNCED))),
-      );
+      const users = channels.filter((c) => !(Buffer.isBuffer(c) && isProxyChannel(c)));
       sink.reply(users.length === channels.length ? data : encodeValue(users, proto));
     },
     fail: (message) => sink.fail(message),

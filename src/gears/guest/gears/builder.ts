@@ -130,7 +130,10 @@ class Builder {
   action(kind: "run" | "register", arg: unknown, options: unknown): number {
     if (isOptionsObject(arg) && options === undefined) {
       options = arg;
-      arg = undefined;
+      // RedisGears' Python register(prefix=..., ...) written as one options object: its prefix
+      // (or regex, the older name) is the argument, not silently every key.
+      const named = arg as { prefix?: unknown; regex?: unknown };
+      arg = kind === "register" ? (named.prefix ?? named.regex) : undefined;
     }
     const opts = plainOptions(options);
     const raw = options as { onRegistered?: unknown } | undefined;
