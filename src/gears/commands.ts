@@ -348,14 +348,14 @@ function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
   );
 }
 
-function unregister(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Buffer {
+async function unregister(engine: GearsEngine, args: Buffer[], caller: GearsCaller): Promise<Buffer> {
   if (args.length < 1 || args.length > 2) return arity("rg.unregister");
   const sessionId = engine.registry.all().find((r) => r.id === args[0].toString())?.sessionId;
   const owner = sessionId === undefined ? null : (engine.registry.session(sessionId)?.owner ?? null);
   if (!mayTouch(caller, owner)) {
     return encodeError("NOPERM this user has no permissions to access another user's registration");
   }
-  return engine.unregister(args[0].toString()) ? OK : encodeError("execution is not registered");
+  return (await engine.unregister(args[0].toString())) ? OK : encodeError("execution is not registered");
 }
 
 function sessionLanguage(engine: GearsEngine, sessionId: string): string {

@@ -154,6 +154,25 @@ export class GearsEngine {
   /** Triggers and Functions (TFUNCTION/TFCALL): same isolates and store, its own libraries. */
   readonly tf: TfEngine;
 
+  /**
+   * Set by a --threads proxy (threads/peers.ts): the other threads follow the store now, and
+   * this resolves once they have. A session registered or a library loaded through one thread
+   * is then in place on every thread when its client is answered, as on one proxy, rather
+   * than at the other threads' next poll of the store (up to a second later: a TFCALL through
+   * another connection answered "Unknown library"). Separate proxies still follow by polling.
+   */
+  set peersFollow(follow: () => Promise<void>) {
+    this.othersFollow = follow;
+    this.tf.libraries.peersFollow = follow;
+  }
+  private othersFollow: () => Promise<void> = () => Promise.resolve();
+
+  /** Another thread of this proxy wrote the store: sessions and libraries followed now. */
+  async followStoreNow(): Promise<void> {
+    await this.tf.libraries.followNow();
+    await this.serialized(() => this.syncFromStore());
+  }
+
   /** Checks RG.EXECUTE's session options against the live sessions; an error text or null. */
   private sessionConflict(request: ExecuteRequest): string | null {
     if (request.replaceWith !== undefined) {
@@ -334,7 +353,10 @@ export class GearsEngine {
     this.registry.install(session, replaces);
     if (request.replaceWith !== undefined) await this.forget(request.replaceWith);
     // A session brought in from the store is stored already.
-    if (request.restoredIds === undefined) await this.persist(session, request.script);
+    if (request.restoredIds === undefined) {
+      await this.persist(session, request.script);
+      await this.othersFollow();
+    }
     for (const index of registered.keys()) {
       await new GearsGuest(isolate).onRegistered(index).catch((err: Error) => {
         this.log.warn({ session: id, err: err.message }, "onRegistered failed");
@@ -838,18 +860,26 @@ export class GearsEngine {
     }
   }
 
-  /** RG.UNREGISTER. */
-  unregister(id: string): boolean {
+  /** RG.UNREGISTER: resolves once the store (and the other threads) have it. */
+  async unregister(id: string): Promise<boolean> {
     const owner = this.registry.all().find((r) => r.id === id)?.sessionId;
     const removed = this.registry.unregister(id);
-    if (removed && owner !== undefined) {
-      const session = this.registry.session(owner);
-      const script = this.scripts.get(owner);
-      if (session === undefined) void this.forget(owner);
-      else if (script !== undefined) void this.persist(session, script);
-    }
-    if (removed) this.stopEventsIfUnused();
-    return removed;
+    if (!removed) return false;
+    this.stopEventsIfUnused();
+    if (owner === undefined) return true;
+    const session = this.registry.session(owner);
+    const script = this.scripts.get(owner);
+    const stored =
+      session === undefined
+        ? this.forget(owner)
+        : script !== undefined
+          ? this.persist(session, script)
+          : null;
+    if (stored === null) return true;
+    // Not stored (Redis unreachable): unregistered here all the same, as before.
+    await stored.catch(() => {});
+    await this.othersFollow();
+    return true;
   }
 
   /** Stops the event sources (giving the shard leases back to other proxies) and every session. */

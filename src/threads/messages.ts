@@ -22,6 +22,8 @@ export type ThreadQuery =
    */
   | { kind: "config-set"; argv: Uint8Array[]; from: number }
   | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown }
+  /** Thread `from` wrote a gears session or a T&F library: the others follow the store now. */
+  | { kind: "follow-store"; from: number }
   /**
    * ACL SETUSER/DELUSER/LOAD of client `by`: every thread, the asking one included, applies
    * it as the query arrives, so that all apply the changes in the supervisor's one order.

@@ -102,6 +102,8 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       if (isThreadMessage(message)) this.receive(message);
     });
     findExecutionsElsewhere(ctx.gears, (name, args, caller) => this.gears(name, args, caller));
+    ctx.gears.peersFollow = async () =>
+      void (await this.ask({ kind: "follow-store", from: this.index }, ASK_TIMEOUT_MS));
     const acl = ctx.acl;
     if (acl !== null) {
       acl.peers = {
@@ -367,6 +369,10 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         if (args.length === 0 || ctx.gears.get(args[0].toString()) === undefined) return null;
         return runGearsCommand(ctx.gears, query.name, args, query.caller as GearsCaller);
       }
+      case "follow-store":
+        // The writing thread has it already (and waits for this answer outside its queues).
+        if (query.from !== this.index) await ctx.gears.followStoreNow();
+        return null;
     }
   }
 }

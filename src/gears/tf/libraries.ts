@@ -145,8 +145,21 @@ export class TfLibraries {
     return run;
   }
 
+  /**
+   * The other threads of a --threads proxy follow the store now (GearsEngine.peersFollow).
+   * Awaited outside the serialized queue: two threads loading at once would each wait for the
+   * other's follow, queued behind its load.
+   */
+  peersFollow: () => Promise<void> = () => Promise.resolve();
+
   /** TFUNCTION LOAD: null when loaded, else T&F's error text. A failed REPLACE keeps the old library. */
-  load(request: LoadRequest): Promise<string | null> {
+  async load(request: LoadRequest): Promise<string | null> {
+    const error = await this.loadHere(request);
+    if (error === null) await this.peersFollow();
+    return error;
+  }
+
+  private loadHere(request: LoadRequest): Promise<string | null> {
     return this.serialized(async () => {
       if (this.shareMemory()) return OOM_STATE;
       const built = await this.build(request);
@@ -176,7 +189,13 @@ export class TfLibraries {
   }
 
   /** TFUNCTION DELETE: null when deleted, else T&F's error text. */
-  remove(name: string): Promise<string | null> {
+  async remove(name: string): Promise<string | null> {
+    const error = await this.removeHere(name);
+    if (error === null) await this.peersFollow();
+    return error;
+  }
+
+  private removeHere(name: string): Promise<string | null> {
     return this.serialized(async () => {
       const library = this.libraries.get(name);
       if (library === undefined) return "library does not exists";
@@ -325,6 +344,11 @@ export class TfLibraries {
         "could not persist T&F library",
       );
     }
+  }
+
+  /** Another thread of this proxy changed the store: followed now, not at the next poll. */
+  followNow(): Promise<void> {
+    return this.serialized(() => this.followStore());
   }
 
   private async pollStore(): Promise<void> {

@@ -1,0 +1,75 @@
+import { expect } from "chai";
+import { Backend } from "./support/backend.js";
+import { ChildProxy } from "./support/child-proxy.js";
+import { RawClient, ReplyError, toText } from "./support/raw-client.js";
+
+// A --threads proxy is one proxy to its users: a library loaded, a session registered or a
+// registration removed through one connection is in place on every thread when the reply
+// comes. The threads used to find each other's changes at their next poll of the store (about
+// a second): a TFCALL right after TFUNCTION LOAD, sent on a connection of the other thread,
+// answered "Unknown library", and RG.DUMPREGISTRATIONS differed between connections.
+
+const CONNECTIONS = 6;
+
+describe("--threads 2: what one thread stores is in place on every thread when its client is answered", function () {
+  this.timeout(120_000);
+  let backend: Backend;
+  let proxy: ChildProxy;
+  const conns: RawClient[] = [];
+
+  before(async function () {
+    this.timeout(120_000);
+    backend = await Backend.start("standalone");
+    proxy = await ChildProxy.start({ upstreams: [backend.seed], args: ["--threads", "2"] });
+    // Connections are dealt to the threads: several land on each.
+    for (let i = 0; i < CONNECTIONS; i++) conns.push(await RawClient.connect(proxy.port));
+  });
+  after(async () => {
+    for (const c of conns.splice(0)) c.close();
+    await proxy?.kill();
+    await backend?.stop();
+  });
+
+  /** The same command on every connection at once, as text. */
+  const everywhere = (...args: string[]): Promise<unknown[]> =>
+    Promise.all(
+      conns.map(async (c) => {
+        const reply = await c.call(...args);
+        return reply instanceof ReplyError ? reply.message : toText(reply);
+      }),
+    );
+
+  it("TFUNCTION LOAD, then TFCALL on every connection: each answers; after TFUNCTION DELETE none does", async () => {
+    for (let n = 0; n < 8; n++) {
+      const code = `#!js api_version=1.0 name=tsf${n}\nredis.registerFunction('f', () => 'from ${n}');`;
+      expect(toText(await conns[n % CONNECTIONS].call("TFUNCTION", "LOAD", code))).to.equal("OK");
+      expect(await everywhere("TFCALL", `tsf${n}.f`, "0")).to.deep.equal(
+        Array(CONNECTIONS).fill(`from ${n}`),
+      );
+    }
+    for (let n = 0; n < 8; n++) {
+      expect(toText(await conns[(n + 1) % CONNECTIONS].call("TFUNCTION", "DELETE", `tsf${n}`))).to.equal(
+        "OK",
+      );
+      expect(await everywhere("TFCALL", `tsf${n}.f`, "0")).to.deep.equal(
+        Array(CONNECTIONS).fill(`Unknown library tsf${n}`),
+      );
+    }
+  });
+
+  it("RG.EXECUTE of a registration, then RG.UNREGISTER: RG.DUMPREGISTRATIONS agrees on every connection at once", async () => {
+    const ids: string[] = [];
+    for (let n = 0; n < 6; n++) {
+      const script = `GB().foreach(x => execute('SADD', 'tsf:seen', x.key)).register('tsf${n}:*')`;
+      expect(toText(await conns[n % CONNECTIONS].call("RG.EXECUTE", script))).to.equal("OK");
+      const dumps = (await everywhere("RG.DUMPREGISTRATIONS")) as unknown[][];
+      expect(dumps.map((d) => d.length)).to.deep.equal(Array(CONNECTIONS).fill(n + 1));
+      ids.push(...(dumps[0].map((r) => (r as string[])[1]) as string[]).filter((id) => !ids.includes(id)));
+    }
+    for (const [n, id] of ids.entries()) {
+      expect(toText(await conns[(n + 2) % CONNECTIONS].call("RG.UNREGISTER", id))).to.equal("OK");
+      const dumps = (await everywhere("RG.DUMPREGISTRATIONS")) as unknown[][];
+      expect(dumps.map((d) => d.length)).to.deep.equal(Array(CONNECTIONS).fill(ids.length - n - 1));
+    }
+  });
+});
