@@ -11,7 +11,7 @@ import { RawClient, ReplyError, toText } from "./support/raw-client.js";
 
 const CONNECTIONS = 6;
 
-describe("--threads 2: what one thread stores is in place on every thread when its client is answered", function () {
+describe("--threads 2: what one thread stores or sets is in place on every thread when its client is answered", function () {
   this.timeout(120_000);
   let backend: Backend;
   let proxy: ChildProxy;
@@ -55,6 +55,35 @@ describe("--threads 2: what one thread stores is in place on every thread when i
         Array(CONNECTIONS).fill(`Unknown library tsf${n}`),
       );
     }
+  });
+
+  it("RG.CONFIGSET and CONFIG SET of T&F's settings: every connection reads the new value at once", async () => {
+    for (let n = 0; n < 4; n++) {
+      const idle = String(6000 + n);
+      const lock = String(600 + n);
+      expect(
+        toText(await conns[n % CONNECTIONS].call("RG.CONFIGSET", "ExecutionMaxIdleTime", idle)),
+      ).to.deep.equal(["OK"]);
+      expect(await everywhere("RG.CONFIGGET", "ExecutionMaxIdleTime")).to.deep.equal(
+        Array(CONNECTIONS).fill([Number(idle)]),
+      );
+      const set = await conns[(n + 1) % CONNECTIONS].call(
+        "CONFIG",
+        "SET",
+        "redisgears_2.lock-redis-timeout",
+        lock,
+      );
+      expect(toText(set)).to.equal("OK");
+      expect(await everywhere("CONFIG", "GET", "redisgears_2.lock-redis-timeout")).to.deep.equal(
+        Array(CONNECTIONS).fill(["redisgears_2.lock-redis-timeout", lock]),
+      );
+    }
+    // A refused value is refused on every thread alike: the old one stays everywhere.
+    const refused = (await conns[0].call("RG.CONFIGSET", "ExecutionMaxIdleTime", "x")) as unknown[];
+    expect(refused[0]).to.be.instanceOf(ReplyError);
+    expect(await everywhere("RG.CONFIGGET", "ExecutionMaxIdleTime")).to.deep.equal(
+      Array(CONNECTIONS).fill([6003]),
+    );
   });
 
   it("RG.EXECUTE of a registration, then RG.UNREGISTER: RG.DUMPREGISTRATIONS agrees on every connection at once", async () => {

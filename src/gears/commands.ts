@@ -211,11 +211,14 @@ function configGet(engine: GearsEngine, args: Buffer[]): Buffer {
   return engine.config.get(args.map(String));
 }
 
-function configSet(engine: GearsEngine, args: Buffer[]): Buffer {
+async function configSet(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
   if (args.length < 2 || args.length % 2 !== 0) return arity("rg.configset");
   const pairs: [string, string][] = [];
   for (let i = 0; i < args.length; i += 2) pairs.push([args[i].toString(), args[i + 1].toString()]);
-  return engine.config.set(pairs);
+  const reply = engine.config.set(pairs);
+  // Each pair is OK or refused on its own, the same way on every thread.
+  await engine.config.told(pairs);
+  return reply;
 }
 
 function infoCluster(engine: GearsEngine, args: Buffer[]): Buffer {

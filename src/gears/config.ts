@@ -33,6 +33,22 @@ export class GearsConfig {
   /** T&F's settings (CONFIG GET/SET redisgears_2.*); `--gears-config redisgears_2.<name>=v` sets them at start. */
   readonly tf = new TfConfig();
 
+  /**
+   * Set by a --threads proxy (threads/peers.ts): a client's RG.CONFIGSET (or CONFIG SET of
+   * T&F's settings, through TfConfig's own) is told to the other threads, which apply it with
+   * followSet(); resolves once they have, so that the next command on any connection sees it.
+   */
+  told: (pairs: [string, string][]) => Promise<void> = () => Promise.resolve();
+
+  /** A run-time set made on another thread of this proxy: applied here as it was there. */
+  followSet(pairs: [string, string][]): void {
+    const isTf = ([name]: [string, string]): boolean => name.toLowerCase().startsWith(TF_CONFIG_PREFIX);
+    const tf = pairs.filter(isTf);
+    if (tf.length > 0) this.tf.set(tf);
+    const gears = pairs.filter((pair) => !isTf(pair));
+    if (gears.length > 0) this.set(gears);
+  }
+
   /** The proxy serves clients from now on: the start-only settings are fixed. */
   markStarted(): void {
     this.started = true;

@@ -24,6 +24,8 @@ export type ThreadQuery =
   | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown }
   /** Thread `from` wrote a gears session or a T&F library: the others follow the store now. */
   | { kind: "follow-store"; from: number }
+  /** A client's RG.CONFIGSET or CONFIG SET of T&F's settings on thread `from`: the others apply it. */
+  | { kind: "gears-config"; pairs: [string, string][]; from: number }
   /**
    * ACL SETUSER/DELUSER/LOAD of client `by`: every thread, the asking one included, applies
    * it as the query arrives, so that all apply the changes in the supervisor's one order.

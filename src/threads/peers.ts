@@ -102,6 +102,10 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       if (isThreadMessage(message)) this.receive(message);
     });
     findExecutionsElsewhere(ctx.gears, (name, args, caller) => this.gears(name, args, caller));
+    const toldConfig = async (pairs: [string, string][]): Promise<void> =>
+      void (await this.ask({ kind: "gears-config", pairs, from: this.index }, ASK_TIMEOUT_MS));
+    ctx.gears.config.told = toldConfig;
+    ctx.gears.config.tf.told = toldConfig;
     ctx.gears.peersFollow = async () =>
       void (await this.ask({ kind: "follow-store", from: this.index }, ASK_TIMEOUT_MS));
     const acl = ctx.acl;
@@ -372,6 +376,9 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       case "follow-store":
         // The writing thread has it already (and waits for this answer outside its queues).
         if (query.from !== this.index) await ctx.gears.followStoreNow();
+        return null;
+      case "gears-config":
+        if (query.from !== this.index) ctx.gears.config.followSet(query.pairs);
         return null;
     }
   }

@@ -121,6 +121,9 @@ export class TfConfig {
   /** Told of each setting a CONFIG SET changed. */
   onSet: (name: string) => void = () => {};
 
+  /** A --threads proxy's other threads, told of a client's CONFIG SET here (GearsConfig.told). */
+  told: (pairs: [string, string][]) => Promise<void> = () => Promise.resolve();
+
   /** CONFIG SET redisgears_2.<name> <value> [...]: all or nothing, as Redis does. */
   set(pairs: [string, string][]): Buffer {
     const saved = new Map([...this.settings].map(([k, s]) => [k, s.value]));

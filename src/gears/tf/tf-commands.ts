@@ -302,7 +302,9 @@ export async function tfConfigCommand(
     const server = await router.call([b("CONFIG"), b("SET"), ...serverArgs]);
     if (server instanceof RespError) return encodeError(server.message);
   }
-  return tf.config.set(tfPairs);
+  const reply = tf.config.set(tfPairs);
+  if (tfPairs.length > 0 && reply.equals(OK)) await tf.config.told(tfPairs);
+  return reply;
 }
 
 /** The server's CONFIG GET reply (a flat array in RESP2, a map in RESP3) as name/value pairs. */
