@@ -1,3 +1,4 @@
+import { avgRunDurationMS, mergeCounters } from "./registration-counters.js";
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
 import type { Protocol } from "../resp/values.js";
 import type { RespValue } from "../resp/values.js";
@@ -285,11 +286,13 @@ function registrationArgs(r: Registration): RespValue[] {
   ];
 }
 
-function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
+async function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
   if (args.length !== 0) return arity("rg.dumpregistrations");
+  const elsewhere = await engine.registrationsElsewhere.counters();
+  const here = engine.registrationCounters();
   return encodeValue(
     engine.registry.all().map((r) => {
-      const st = r.stats;
+      const st = mergeCounters([here[r.id], ...elsewhere.flatMap((c) => c[r.id] ?? [])]);
       const data: RespValue[] = [
         b("mode"),
         b(r.mode),
@@ -306,19 +309,14 @@ function dumpRegistrations(engine: GearsEngine, args: Buffer[]): Buffer {
         b("totalRunDurationMS"),
         st.totalRunDurationMS,
         b("avgRunDurationMS"),
-        b(st.avgRunDurationMS),
+        b(avgRunDurationMS(st)),
       ];
       if (r.reader === "KeysReader") {
         // Events waiting now, and those queued past MaxQueuedEvents (none dropped).
-        data.push(
-          b("numQueued"),
-          engine.registry.queuedOf(r),
-          b("numQueuedOverBound"),
-          st.numQueuedOverBound,
-        );
+        data.push(b("numQueued"), st.numQueued, b("numQueuedOverBound"), st.numQueuedOverBound);
       }
       if (r.consumer !== null) {
-        data.push(b("lastEstimatedLagMS"), r.consumer.lastLagMs, b("avgEstimatedLagMS"), r.consumer.avgLagMs);
+        data.push(b("lastEstimatedLagMS"), st.lastLagMS, b("avgEstimatedLagMS"), st.avgLagMS);
       }
       data.push(
         b("lastError"),
@@ -405,7 +403,7 @@ function dumpSessions(engine: GearsEngine, args: Buffer[]): Buffer {
 }
 
 /** RG.PAUSEREGISTRATIONS / RG.UNPAUSEREGISTRATIONS <id> ...: StreamReader registrations stop or resume reading. */
-function setPaused(engine: GearsEngine, args: Buffer[], paused: boolean): Buffer {
+async function setPaused(engine: GearsEngine, args: Buffer[], paused: boolean): Promise<Buffer> {
   const ids = args.map(String);
   if (paused && ids[0]?.toUpperCase() === "ABORTPENDING") ids.shift();
   if (ids.length === 0) return arity(paused ? "rg.pauseregistrations" : "rg.unpauseregistrations");
@@ -415,12 +413,14 @@ function setPaused(engine: GearsEngine, args: Buffer[], paused: boolean): Buffer
     if (error !== null) return encodeError(`ERR ${error}`);
   }
   for (const id of ids) engine.registry.setPaused(id, paused);
+  await engine.registrationsElsewhere.setPaused(ids, paused);
   return OK;
 }
 
-function clearRegistrationsStats(engine: GearsEngine, args: Buffer[]): Buffer {
+async function clearRegistrationsStats(engine: GearsEngine, args: Buffer[]): Promise<Buffer> {
   if (args.length !== 0) return arity("rg.clearregistrationsstats");
   engine.registry.clearStats();
+  await engine.registrationsElsewhere.clearStats();
   return OK;
 }
 

@@ -1,3 +1,9 @@
+import {
+  countersOf,
+  NO_OTHER_THREADS,
+  type RegistrationCounters,
+  type RegistrationsElsewhere,
+} from "./registration-counters.js";
 import { randomBytes } from "node:crypto";
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
@@ -166,6 +172,16 @@ export class GearsEngine {
     this.tf.libraries.peersFollow = follow;
   }
   private othersFollow: () => Promise<void> = () => Promise.resolve();
+
+  /** RG.DUMPREGISTRATIONS' counters and the per-registration commands on a --threads proxy's other threads. */
+  registrationsElsewhere: RegistrationsElsewhere = NO_OTHER_THREADS;
+
+  /** This thread's counters of each registration (another thread's RG.DUMPREGISTRATIONS sums them). */
+  registrationCounters(): Record<string, RegistrationCounters> {
+    const counters: Record<string, RegistrationCounters> = {};
+    for (const r of this.registry.all()) counters[r.id] = countersOf(r, this.registry.queuedOf(r));
+    return counters;
+  }
 
   /** Another thread of this proxy wrote the store: sessions and libraries followed now. */
   async followStoreNow(): Promise<void> {

@@ -25,6 +25,8 @@ export class RegistrationStats {
   lastRunDurationMS = 0;
   totalRunDurationMS = 0;
   lastError: string | null = null;
+  /** When the last run ended (Date.now()): several threads' counters give the newest run's figures. */
+  lastRunAt = 0;
   /** Executions in a row that failed (not the events in them), for the "failing repeatedly" log line. */
   failureStreak = 0;
   /**
@@ -40,6 +42,7 @@ export class RegistrationStats {
   record(durationMs: number, errors: string[], aborted: boolean, events = 1): void {
     this.numTriggered += events;
     this.lastRunDurationMS = durationMs;
+    this.lastRunAt = Date.now();
     this.totalRunDurationMS += durationMs;
     if (aborted) this.numAborted += events;
     else if (errors.length > 0) {
@@ -51,11 +54,6 @@ export class RegistrationStats {
       this.lastError = null;
       this.failureStreak = 0;
     }
-  }
-
-  get avgRunDurationMS(): string {
-    const runs = this.numSuccess + this.numFailures + this.numAborted;
-    return (runs === 0 ? 0 : this.totalRunDurationMS / runs).toFixed(1);
   }
 
   clear(): void {

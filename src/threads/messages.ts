@@ -24,6 +24,13 @@ export type ThreadQuery =
   | { kind: "gears"; name: string; args: Uint8Array[]; caller: unknown }
   /** Thread `from` wrote a gears session or a T&F library: the others follow the store now. */
   | { kind: "follow-store"; from: number }
+  /**
+   * RG.DUMPREGISTRATIONS asks each thread for its counters; RG.CLEARREGISTRATIONSSTATS and
+   * RG.(UN)PAUSEREGISTRATIONS on thread `from` are applied by the others.
+   */
+  | { kind: "registration-counters"; from: number }
+  | { kind: "registrations-clear-stats"; from: number }
+  | { kind: "registrations-pause"; ids: string[]; paused: boolean; from: number }
   /** A client's RG.CONFIGSET or CONFIG SET of T&F's settings on thread `from`: the others apply it. */
   | { kind: "gears-config"; pairs: [string, string][]; from: number }
   /**

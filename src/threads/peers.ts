@@ -7,6 +7,7 @@ import { clientListText, killMatching } from "../client/client-command.js";
 import { followConfigSet, type ProxyContext, type ThreadLink } from "../client/context.js";
 import { proxySection } from "../client/info-command.js";
 import { findExecutionsElsewhere, runGearsCommand, type GearsCaller } from "../gears/commands.js";
+import type { RegistrationCounters } from "../gears/registration-counters.js";
 import type { GearsReply } from "../gears/result-chunks.js";
 import { AggregatorRegistry } from "prom-client";
 import { mergeSlowLogRows, type SlowLogRow } from "../observability/slowlog.js";
@@ -106,6 +107,18 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       void (await this.ask({ kind: "gears-config", pairs, from: this.index }, ASK_TIMEOUT_MS));
     ctx.gears.config.told = toldConfig;
     ctx.gears.config.tf.told = toldConfig;
+    ctx.gears.registrationsElsewhere = {
+      counters: async () => {
+        const answers = await this.ask({ kind: "registration-counters", from: this.index }, ASK_TIMEOUT_MS);
+        return answers.filter(
+          (a): a is Record<string, RegistrationCounters> => typeof a === "object" && a !== null,
+        );
+      },
+      clearStats: async () =>
+        void (await this.ask({ kind: "registrations-clear-stats", from: this.index }, ASK_TIMEOUT_MS)),
+      setPaused: async (ids, paused) =>
+        void (await this.ask({ kind: "registrations-pause", ids, paused, from: this.index }, ASK_TIMEOUT_MS)),
+    };
     ctx.gears.peersFollow = async () =>
       void (await this.ask({ kind: "follow-store", from: this.index }, ASK_TIMEOUT_MS));
     const acl = ctx.acl;
@@ -376,6 +389,18 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       case "follow-store":
         // The writing thread has it already (and waits for this answer outside its queues).
         if (query.from !== this.index) await ctx.gears.followStoreNow();
+        return null;
+      case "registration-counters":
+        // The asking thread has its own: the others' are summed into them.
+        return query.from === this.index ? null : ctx.gears.registrationCounters();
+      case "registrations-clear-stats":
+        if (query.from !== this.index) ctx.gears.registry.clearStats();
+        return null;
+      case "registrations-pause":
+        if (query.from !== this.index)
+          for (const id of query.ids)
+            if (ctx.gears.registry.checkPausable(id, query.paused) === null)
+              ctx.gears.registry.setPaused(id, query.paused);
         return null;
       case "gears-config":
         if (query.from !== this.index) ctx.gears.config.followSet(query.pairs);

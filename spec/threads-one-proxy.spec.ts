@@ -1,13 +1,16 @@
 import { expect } from "chai";
 import { Backend } from "./support/backend.js";
 import { ChildProxy } from "./support/child-proxy.js";
+import { eventually } from "./support/polling.js";
 import { RawClient, ReplyError, toText } from "./support/raw-client.js";
 
 // A --threads proxy is one proxy to its users: a library loaded, a session registered or a
 // registration removed through one connection is in place on every thread when the reply
 // comes. The threads used to find each other's changes at their next poll of the store (about
 // a second): a TFCALL right after TFUNCTION LOAD, sent on a connection of the other thread,
-// answered "Unknown library", and RG.DUMPREGISTRATIONS differed between connections.
+// answered "Unknown library", and RG.DUMPREGISTRATIONS differed between connections. Each
+// thread also counted only the events it ran (those of the shards it holds): its counters are
+// now summed into one listing, and RG.CLEARREGISTRATIONSSTATS clears every thread's.
 
 const CONNECTIONS = 6;
 
@@ -21,8 +24,19 @@ describe("--threads 2: what one thread stores or sets is in place on every threa
     this.timeout(120_000);
     backend = await Backend.start("standalone");
     proxy = await ChildProxy.start({ upstreams: [backend.seed], args: ["--threads", "2"] });
-    // Connections are dealt to the threads: several land on each.
-    for (let i = 0; i < CONNECTIONS; i++) conns.push(await RawClient.connect(proxy.port));
+    // Connections are dealt to the threads in turn, once both listen: several on each.
+    await eventually(
+      async () => {
+        for (const c of conns.splice(0)) c.close();
+        for (let i = 0; i < CONNECTIONS; i++) conns.push(await RawClient.connect(proxy.port));
+        const threads = new Set<string>();
+        for (const c of conns)
+          threads.add(/process_id:(\d+)/.exec(String(toText(await c.call("INFO", "proxy"))))![1]);
+        return threads.size;
+      },
+      (n) => n === 2,
+      "connections on both threads",
+    );
   });
   after(async () => {
     for (const c of conns.splice(0)) c.close();
@@ -100,5 +114,24 @@ describe("--threads 2: what one thread stores or sets is in place on every threa
       const dumps = (await everywhere("RG.DUMPREGISTRATIONS")) as unknown[][];
       expect(dumps.map((d) => d.length)).to.deep.equal(Array(CONNECTIONS).fill(ids.length - n - 1));
     }
+  });
+
+  it("RG.DUMPREGISTRATIONS counts every thread's events, the same on every connection; RG.CLEARREGISTRATIONSSTATS clears them all", async () => {
+    const script = "GB().foreach(x => execute('SADD', 'tsc:seen', x.key)).register('tsc:k*', {mode: 'sync'})";
+    expect(toText(await conns[1].call("RG.EXECUTE", script))).to.equal("OK");
+    // Writes through every connection: each thread's, counted by the thread holding the shard.
+    for (let i = 0; i < 24; i++) await conns[i % CONNECTIONS].call("SET", `tsc:k${i}`, "v");
+    const counters = async (): Promise<string[]> =>
+      ((await everywhere("RG.DUMPREGISTRATIONS")) as unknown[][][]).map((dump) => {
+        // The test before removed every other registration.
+        expect(dump).to.have.length(1);
+        const reg = dump[0];
+        const data = reg[reg.indexOf("RegistrationData") + 1] as unknown[];
+        const field = (name: string): unknown => data[data.indexOf(name) + 1];
+        return `${field("numTriggered")}/${field("numSuccess")}/${field("numFailures")}`;
+      });
+    expect(await counters()).to.deep.equal(Array(CONNECTIONS).fill("24/24/0"));
+    expect(toText(await conns[4].call("RG.CLEARREGISTRATIONSSTATS"))).to.equal("OK");
+    expect(await counters()).to.deep.equal(Array(CONNECTIONS).fill("0/0/0"));
   });
 });
