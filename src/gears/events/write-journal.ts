@@ -264,6 +264,9 @@ function dropExpected(state: KeyState, i: number): void {
   }
 }
 
+/** answered() waits this long at most. */
+const ANSWERED_WAIT_MS = 1000;
+
 /** A notification held while a write of its key is in flight is released after this long at most. */
 const HOLD_MS = 2000;
 /**
@@ -324,6 +327,11 @@ export class WriteJournal {
   private readonly queuedFlush = (): void => {
     if (this.flushQueued) this.flush();
   };
+  /** Writes watched, and those watched and not answered yet: each write's number is its place in `sent`. */
+  private sent = 0;
+  private unanswered = 0;
+  /** answered()'s waiters: the last write each waits for, and how many up to it are unanswered. */
+  private readonly answerWaits: { last: number; left: number; wake: () => void }[] = [];
 
   constructor(
     /** The shard (master id) a key lives on now. */
@@ -335,6 +343,36 @@ export class WriteJournal {
   /** Writes answered whose notification or settle is still to come, and notifications held. */
   get waiting(): number {
     return this.size + this.heldCount;
+  }
+
+  /**
+   * Resolves once every write watched so far has its outcome (its reply came: its event is
+   * made, or awaits its notification), or after `timeoutMs`: another thread asks this before
+   * it decides who wrote a notification it holds (peer-writes.ts). A write that blocks (a
+   * BLMOVE) is not waited for past the timeout.
+   */
+  answered(timeoutMs = ANSWERED_WAIT_MS): Promise<void> {
+    if (this.unanswered <= 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(wake, timeoutMs);
+      function wake(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.answerWaits.push({ last: this.sent, left: this.unanswered, wake });
+    });
+  }
+
+  /** Write number `seq` has its outcome. */
+  private answer(seq: number): void {
+    this.unanswered--;
+    if (this.answerWaits.length === 0) return;
+    let kept = 0;
+    for (const w of this.answerWaits) {
+      if (seq <= w.last && --w.left === 0) w.wake();
+      else this.answerWaits[kept++] = w;
+    }
+    this.answerWaits.length = kept;
   }
 
   /**
@@ -386,7 +424,10 @@ export class WriteJournal {
       const state = this.stateOf(table, key);
       if (state.inFlight++ === 0) state.since = Date.now();
     }
+    const seq = ++this.sent;
+    this.unanswered++;
     return (reply) => {
+      this.answer(seq);
       // DEL of several keys: which were there is unknown unless all were.
       const followed =
         reply !== null &&
@@ -440,7 +481,10 @@ export class WriteJournal {
     const table = this.table(db);
     const state = this.stateOf(table, key);
     if (state.inFlight++ === 0) state.since = Date.now();
+    const seq = ++this.sent;
+    this.unanswered++;
     return (reply) => {
+      this.answer(seq);
       const followed = reply !== null && !changedNothing(name, reply, conditional);
       if (followed && value === undefined && kind.counter && reply[0] === 58 /* : */)
         value = reply.toString("latin1", 1, reply.length - 2);
@@ -642,6 +686,7 @@ export class WriteJournal {
   }
 
   clear(): void {
+    for (const w of this.answerWaits.splice(0)) w.wake();
     this.flushQueued = false;
     this.known = [];
     this.dbs.clear();
