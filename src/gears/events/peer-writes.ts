@@ -33,7 +33,8 @@ export interface WritePeers {
 /** A peer's writes not matched to a notification by then are dropped (their notification was lost). */
 const KEPT_MS = 5000;
 
-const idOf = (db: number, key: string): string => `${db}:${key}`;
+/** A key of a database, as the threads name it to each other: `db:key` (the key's latin1 string). */
+export const keyId = (db: number, key: string): string => `${db}:${key}`;
 
 /**
  * The other threads' writes, told before their notification reached this thread: each one
@@ -52,7 +53,7 @@ export class PeerWriteTable {
     const at = Date.now();
     this.expire(at);
     for (const w of writes) {
-      const id = idOf(w.db, w.key);
+      const id = keyId(w.db, w.key);
       let list = this.byKey.get(id);
       if (list === undefined) {
         list = [];
@@ -66,7 +67,7 @@ export class PeerWriteTable {
   /** The writer of a notification of `event` on `key` a peer told of (taken: it names one notification), if any. */
   take(db: number, key: Buffer, event: string): WriteSource | undefined {
     if (this.byKey.size === 0) return undefined;
-    const id = idOf(db, key.toString("latin1"));
+    const id = keyId(db, key.toString("latin1"));
     const list = this.byKey.get(id);
     const i = list?.findIndex((w) => w.event === event) ?? -1;
     if (i === -1) return undefined;
@@ -192,7 +193,7 @@ export class AttributionGate {
     for (const h of this.held) {
       if (h.decided || h.round !== 0) continue;
       h.round = round;
-      keys.add(idOf(h.event.db, h.event.key.toString("latin1")));
+      keys.add(keyId(h.event.db, h.event.key.toString("latin1")));
     }
     if (keys.size === 0) return;
     this.asking = true;
@@ -210,7 +211,7 @@ export class AttributionGate {
       this.attribute(h);
       if (h.decided) continue;
       // Another thread's function writes the key: as this thread's MutedKeys would say of its own.
-      if (mutedIds.has(idOf(h.event.db, h.event.key.toString("latin1")))) h.event.by = "function";
+      if (mutedIds.has(keyId(h.event.db, h.event.key.toString("latin1")))) h.event.by = "function";
       h.decided = true;
     }
     this.release();

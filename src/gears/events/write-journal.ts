@@ -1,5 +1,6 @@
 import { isProxyKey } from "../../routing/hidden-keys.js";
 import type { KeyEvent, WriteSource } from "./keyspace-source.js";
+import { keyId } from "./peer-writes.js";
 
 /**
  * The keyevent a write usually emits, where it is not the command's own name. A write
@@ -327,11 +328,9 @@ export class WriteJournal {
   private readonly queuedFlush = (): void => {
     if (this.flushQueued) this.flush();
   };
-  /** Writes watched, and those watched and not answered yet: each write's number is its place in `sent`. */
+  /** Writes watched: each write's number is its place in this count. */
   private sent = 0;
-  private unanswered = 0;
-  /** answered()'s waiters: the last write each waits for, and how many up to it are unanswered. */
-  private readonly answerWaits: { last: number; left: number; wake: () => void }[] = [];
+  private readonly answerWaits: { last: number; left: number; ids: Set<string>; wake: () => void }[] = [];
 
   constructor(
     /** The shard (master id) a key lives on now. */
@@ -346,30 +345,35 @@ export class WriteJournal {
   }
 
   /**
-   * Resolves once every write watched so far has its outcome (its reply came: its event is
-   * made, or awaits its notification), or after `timeoutMs`: another thread asks this before
-   * it decides who wrote a notification it holds (peer-writes.ts). A write that blocks (a
-   * BLMOVE) is not waited for past the timeout.
+   * Resolves once every write of `ids` (keyId: db and key) watched so far has its outcome (its
+   * reply came: its event is made, or awaits its notification), or after `timeoutMs`: another
+   * thread asks this before it decides who wrote a notification of those keys it holds
+   * (peer-writes.ts). A write that blocks (a BLMOVE) is not waited for past the timeout.
    */
-  answered(timeoutMs = ANSWERED_WAIT_MS): Promise<void> {
-    if (this.unanswered <= 0) return Promise.resolve();
+  answered(ids: readonly string[], timeoutMs = ANSWERED_WAIT_MS): Promise<void> {
+    let left = 0;
+    for (const id of ids) {
+      const colon = id.indexOf(":");
+      left += this.dbs.get(Number(id.slice(0, colon)))?.get(id.slice(colon + 1))?.inFlight ?? 0;
+    }
+    if (left === 0) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(wake, timeoutMs);
       function wake(): void {
         clearTimeout(timer);
         resolve();
       }
-      this.answerWaits.push({ last: this.sent, left: this.unanswered, wake });
+      this.answerWaits.push({ last: this.sent, left, ids: new Set(ids), wake });
     });
   }
 
-  /** Write number `seq` has its outcome. */
-  private answer(seq: number): void {
-    this.unanswered--;
+  /** Write number `seq`, of `key` in `db`, has its outcome. */
+  private answer(seq: number, db: number, key: string): void {
     if (this.answerWaits.length === 0) return;
+    const id = keyId(db, key);
     let kept = 0;
     for (const w of this.answerWaits) {
-      if (seq <= w.last && --w.left === 0) w.wake();
+      if (seq <= w.last && w.ids.has(id) && --w.left === 0) w.wake();
       else this.answerWaits[kept++] = w;
     }
     this.answerWaits.length = kept;
@@ -425,9 +429,8 @@ export class WriteJournal {
       if (state.inFlight++ === 0) state.since = Date.now();
     }
     const seq = ++this.sent;
-    this.unanswered++;
     return (reply) => {
-      this.answer(seq);
+      for (const key of names) this.answer(seq, db, key);
       // DEL of several keys: which were there is unknown unless all were.
       const followed =
         reply !== null &&
@@ -482,9 +485,8 @@ export class WriteJournal {
     const state = this.stateOf(table, key);
     if (state.inFlight++ === 0) state.since = Date.now();
     const seq = ++this.sent;
-    this.unanswered++;
     return (reply) => {
-      this.answer(seq);
+      this.answer(seq, db, key);
       const followed = reply !== null && !changedNothing(name, reply, conditional);
       if (followed && value === undefined && kind.counter && reply[0] === 58 /* : */)
         value = reply.toString("latin1", 1, reply.length - 2);

@@ -89,8 +89,8 @@ export class KeyspaceTriggers {
     private readonly log: Logger,
     /** MaxQueuedEvents: a library's queue at it is logged, and its items counted, once per overload. */
     private readonly maxQueued: () => number = () => DEFAULT_MAX_QUEUED_EVENTS,
-    /** Resolves once the events of every write this proxy sent so far are made (TfEvents.settled). */
-    private readonly settled: () => Promise<void> = () => Promise.resolve(),
+    /** Resolves once the events of every write of those keys sent so far are made (TfEvents.settled). */
+    private readonly settled: (ids: readonly string[]) => Promise<void> = () => Promise.resolve(),
   ) {}
 
   /** The other threads of a --threads proxy: who wrote a key passes between them (peer-writes.ts). */
@@ -144,7 +144,7 @@ export class KeyspaceTriggers {
    * the answer), the keys among them a function of this thread is writing or just wrote.
    */
   async settleForPeer(keys: readonly string[]): Promise<string[]> {
-    await this.settled();
+    await this.settled(keys);
     this.tellPeers();
     return keys.filter((id) => this.muted.hasText(id.slice(id.indexOf(":") + 1)));
   }

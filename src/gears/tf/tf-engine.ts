@@ -28,10 +28,10 @@ export interface TfEvents {
   /** Resolves once the keyspace events of writes answered so far have arrived. */
   barrier(): Promise<void>;
   /**
-   * barrier(), once every write sent so far is answered: another thread of a --threads proxy
-   * asks it before deciding who wrote a notification (events/peer-writes.ts).
+   * barrier(), once every write of `ids` (keyId) sent so far is answered: another thread of a
+   * --threads proxy asks it before deciding who wrote a notification (events/peer-writes.ts).
    */
-  settled?(): Promise<void>;
+  settled?(ids: readonly string[]): Promise<void>;
   /** Keyspace notifications are needed (a library has keyspace triggers); resolves once they flow. */
   start(): Promise<void>;
   /** Whether this proxy handles that shard's events now (several proxies share them). */
@@ -96,8 +96,8 @@ export class TfEngine {
       barrier: () => events.barrier(),
       blocking: this.blocking,
     });
-    this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log, events.maxQueuedEvents, () =>
-      events.settled === undefined ? events.barrier() : events.settled(),
+    this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log, events.maxQueuedEvents, (ids) =>
+      events.settled === undefined ? events.barrier() : events.settled(ids),
     );
     this.streamTriggers = new StreamTriggers(router, shards, log, this.libraries, events);
     this.libraries.onChange = async (name, deleted) => {
