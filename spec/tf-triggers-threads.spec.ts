@@ -173,5 +173,25 @@ for (const mode of BACKEND_MODES) {
       expect(await other.hset(key, "client", "1")).to.equal(1);
       expect(await owner.lrange("{st}runs", 0, -1)).to.deep.equal(["hset"]);
     });
+
+    it("a write made directly on the shard, which no thread made, still fires the trigger within a second", async () => {
+      const key = "stamp:{st}d";
+      const [owner] = await threadsOf(key);
+      await reset(owner, key);
+      const node = await backend.connect(key);
+      try {
+        expect(await node.text("HSET", key, "direct", "1")).to.equal(1);
+      } finally {
+        node.close();
+      }
+      const started = Date.now();
+      await eventually(
+        () => owner.lrange("{st}runs", 0, -1),
+        (runs) => JSON.stringify(runs) === JSON.stringify(["hset"]),
+        "the trigger's run",
+        3000,
+      );
+      expect(Date.now() - started).to.be.below(1000);
+    });
   });
 }

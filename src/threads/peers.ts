@@ -290,7 +290,13 @@ export class ClusterLink implements ThreadLink, RemoteClients {
   }
 
   private noted(note: ThreadNote): void {
-    if (note.kind === "key-writes") return this.ctx?.gears.tf.keyspaceTriggers.peerWrites(note.writes);
+    if (note.kind === "key-writes") {
+      // With more than two threads, those of shards a third one handles are its business.
+      const gears = this.ctx?.gears;
+      return gears?.tf.keyspaceTriggers.peerWrites(
+        note.writes.filter((w) => gears.registry.ownsShard(w.shard)),
+      );
+    }
     const tracking = this.ctx?.tracking;
     if (tracking === undefined) return;
     if (note.kind === "tracking-broken") return tracking.redirectBroken(note.to, note.redirect);

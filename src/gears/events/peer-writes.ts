@@ -11,6 +11,8 @@ import type { KeyEvent, WriteSource } from "./keyspace-source.js";
 
 /** One event a thread's journal made of its own write, for the thread handling the key's shard. */
 export interface PeerWrite {
+  /** The master the key is on (KeyEvent.shard): only the thread handling it keeps the write. */
+  shard: string;
   db: number;
   /** The key's bytes as a latin1 string. */
   key: string;
@@ -30,8 +32,14 @@ export interface WritePeers {
   settle(keys: string[]): Promise<string[]>;
 }
 
-/** A peer's writes not matched to a notification by then are dropped (their notification was lost). */
-const KEPT_MS = 5000;
+/**
+ * A peer's writes not matched to a notification by then are dropped (their notification was
+ * lost). Not sooner: while a function of this thread writes a key, its journal may take a
+ * peer's notification of the key for the function's, and let the function's own go on
+ * unattributed when the key's writes stop, at the function's end (lock-redis-timeout, 500 ms
+ * by default, bounds it): that one then takes the peer's word.
+ */
+const KEPT_MS = 10_000;
 
 /** A key of a database, as the threads name it to each other: `db:key` (the key's latin1 string). */
 export const keyId = (db: number, key: string): string => `${db}:${key}`;

@@ -127,7 +127,13 @@ export class KeyspaceTriggers {
     const before = this.outbox.length;
     for (const e of events)
       if (e.by !== undefined && this.concerns(e))
-        this.outbox.push({ db: e.db, key: e.key.toString("latin1"), event: e.event, by: e.by });
+        this.outbox.push({
+          shard: e.shard,
+          db: e.db,
+          key: e.key.toString("latin1"),
+          event: e.event,
+          by: e.by,
+        });
     if (before === 0 && this.outbox.length > 0) queueMicrotask(() => this.tellPeers());
   }
 
