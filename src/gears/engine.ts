@@ -148,6 +148,7 @@ export class GearsEngine {
     this.store = new SessionStore(router, log);
     this.tf = new TfEngine(router, this.shards, log.child({ component: "tf" }), newIsolate, this.config.tf, {
       barrier: () => this.eventsArrived(),
+      settled: (ids) => this.journal.answered(ids).then(() => this.eventsArrived()),
       start: () => this.startKeyspaceEvents(),
       ownsShard: (shard) => this.registry.ownsShard(shard),
       consumerName: this.proxyId,

@@ -5,6 +5,7 @@
 
 import type { AclChange, AclOutcome } from "../acl/access-control.js";
 import type { AclLogEntry } from "../acl/acl-log.js";
+import type { PeerWrite } from "../gears/events/peer-writes.js";
 
 /** A question every thread answers about itself. */
 export type ThreadQuery =
@@ -41,7 +42,13 @@ export type ThreadQuery =
   /** A thread (re)starting asks the running threads for their users (ACL LIST lines). */
   | { kind: "acl-users" }
   | { kind: "acl-log"; count: number }
-  | { kind: "acl-log-reset" };
+  | { kind: "acl-log-reset" }
+  /**
+   * Thread `from` holds keyspace notifications of `keys` (db:key) for its triggers: each other
+   * thread tells the writes it made so far (a key-writes note, before its answer) and answers
+   * which of the keys a function of its own is writing (gears/events/peer-writes.ts).
+   */
+  | { kind: "key-writes-settle"; keys: string[]; from: number };
 
 /** A thread's answer to acl-change: its outcome, or `syncing` while it takes the users of the others. */
 export type AclChangeAnswer = { thread: number; outcome: AclOutcome } | { thread: number; syncing: true };
@@ -55,12 +62,17 @@ export interface AclUsersAnswer {
 /** A thread's answer to acl-log: its newest entries. */
 export type AclLogAnswer = AclLogEntry[];
 
-/** A word for one thread, answered by none: tracking invalidations for a REDIRECT client it serves. */
+/**
+ * A word for one thread, answered by none: tracking invalidations for a REDIRECT client it
+ * serves, or who wrote keys of the shards whose triggers it may run.
+ */
 export type ThreadNote =
   /** Invalidated key lists (or the flush's null) due to tracking client `from`, for its REDIRECT client `to`. */
   | { kind: "tracking-invalidate"; to: number; from: number; values: Uint8Array[] }
   /** Tracking client `to`'s REDIRECT client `redirect` is gone. */
-  | { kind: "tracking-broken"; to: number; redirect: number };
+  | { kind: "tracking-broken"; to: number; redirect: number }
+  /** Events the sender's journal made of its own writes of shards it does not handle: who wrote each. */
+  | { kind: "key-writes"; writes: PeerWrite[] };
 
 export type ThreadMessage =
   /** thread -> supervisor: ask every thread. */

@@ -25,9 +25,15 @@ import {
 import type { AccessControl, AclChange, AclOutcome } from "../acl/access-control.js";
 import { mergeAclLogs, type AclLogEntry } from "../acl/acl-log.js";
 import type { RemoteClients } from "../client/tracking/table.js";
+import type { WritePeers } from "../gears/events/peer-writes.js";
 
 /** A thread that does not answer a question about clients or counters within this is left out. */
 const ASK_TIMEOUT_MS = 5000;
+/**
+ * How long a thread's keyspace triggers wait for the others to say who wrote a notification
+ * (their journals wait up to a second for their writes' replies, then for a barrier).
+ */
+const KEY_WRITES_TIMEOUT_MS = 2000;
 
 /** INFO proxy fields that are per thread and summed; the others are the asking thread's. */
 const SUMMED = new Set([
@@ -121,6 +127,7 @@ export class ClusterLink implements ThreadLink, RemoteClients {
     };
     ctx.gears.peersFollow = async () =>
       void (await this.ask({ kind: "follow-store", from: this.index }, ASK_TIMEOUT_MS));
+    if (this.count > 1) ctx.gears.tf.keyspaceTriggers.joinPeers(this.writePeers());
     const acl = ctx.acl;
     if (acl !== null) {
       acl.peers = {
@@ -269,6 +276,21 @@ export class ClusterLink implements ThreadLink, RemoteClients {
     return null;
   }
 
+  /** Who wrote which keys, between this thread's keyspace triggers and the other threads'. */
+  private writePeers(): WritePeers {
+    return {
+      tell: (writes) => {
+        for (let thread = 0; thread < this.count; thread++)
+          if (thread !== this.index) this.tell(thread, { kind: "key-writes", writes });
+      },
+      settle: async (keys) => {
+        const query: ThreadQuery = { kind: "key-writes-settle", keys, from: this.index };
+        const answers = await this.ask(query, KEY_WRITES_TIMEOUT_MS);
+        return answers.flatMap((a) => (Array.isArray(a) ? a.filter((k) => typeof k === "string") : []));
+      },
+    };
+  }
+
   /** The thread that deals client id `id` (ClientRegistry: index + 1, then every count-th). */
   private threadOf(id: number): number {
     return (((id - 1) % this.count) + this.count) % this.count;
@@ -287,6 +309,13 @@ export class ClusterLink implements ThreadLink, RemoteClients {
   }
 
   private noted(note: ThreadNote): void {
+    if (note.kind === "key-writes") {
+      // With more than two threads, those of shards a third one handles are its business.
+      const gears = this.ctx?.gears;
+      return gears?.tf.keyspaceTriggers.peerWrites(
+        note.writes.filter((w) => gears.registry.ownsShard(w.shard)),
+      );
+    }
     const tracking = this.ctx?.tracking;
     if (tracking === undefined) return;
     if (note.kind === "tracking-broken") return tracking.redirectBroken(note.to, note.redirect);
@@ -381,6 +410,10 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         if (query.from !== this.index) followConfigSet(ctx, query.argv.map(asBuffer));
         return null;
       }
+      case "key-writes-settle":
+        // The asking thread's own writes are its journal's business.
+        if (query.from === this.index) return [];
+        return ctx.gears.tf.keyspaceTriggers.settleForPeer(query.keys);
       case "gears": {
         const args = query.args.map(asBuffer);
         if (args.length === 0 || ctx.gears.get(args[0].toString()) === undefined) return null;

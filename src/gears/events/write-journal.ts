@@ -1,5 +1,6 @@
 import { isProxyKey } from "../../routing/hidden-keys.js";
 import type { KeyEvent, WriteSource } from "./keyspace-source.js";
+import { keyId } from "./peer-writes.js";
 
 /**
  * The keyevent a write usually emits, where it is not the command's own name. A write
@@ -264,6 +265,9 @@ function dropExpected(state: KeyState, i: number): void {
   }
 }
 
+/** answered() waits this long at most. */
+const ANSWERED_WAIT_MS = 1000;
+
 /** A notification held while a write of its key is in flight is released after this long at most. */
 const HOLD_MS = 2000;
 /**
@@ -324,6 +328,9 @@ export class WriteJournal {
   private readonly queuedFlush = (): void => {
     if (this.flushQueued) this.flush();
   };
+  /** Writes watched: each write's number is its place in this count. */
+  private sent = 0;
+  private readonly answerWaits: { last: number; left: number; ids: Set<string>; wake: () => void }[] = [];
 
   constructor(
     /** The shard (master id) a key lives on now. */
@@ -335,6 +342,41 @@ export class WriteJournal {
   /** Writes answered whose notification or settle is still to come, and notifications held. */
   get waiting(): number {
     return this.size + this.heldCount;
+  }
+
+  /**
+   * Resolves once every write of `ids` (keyId: db and key) watched so far has its outcome (its
+   * reply came: its event is made, or awaits its notification), or after `timeoutMs`: another
+   * thread asks this before it decides who wrote a notification of those keys it holds
+   * (peer-writes.ts). A write that blocks (a BLMOVE) is not waited for past the timeout.
+   */
+  answered(ids: readonly string[], timeoutMs = ANSWERED_WAIT_MS): Promise<void> {
+    let left = 0;
+    for (const id of ids) {
+      const colon = id.indexOf(":");
+      left += this.dbs.get(Number(id.slice(0, colon)))?.get(id.slice(colon + 1))?.inFlight ?? 0;
+    }
+    if (left === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(wake, timeoutMs);
+      function wake(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.answerWaits.push({ last: this.sent, left, ids: new Set(ids), wake });
+    });
+  }
+
+  /** Write number `seq`, of `key` in `db`, has its outcome. */
+  private answer(seq: number, db: number, key: string): void {
+    if (this.answerWaits.length === 0) return;
+    const id = keyId(db, key);
+    let kept = 0;
+    for (const w of this.answerWaits) {
+      if (seq <= w.last && w.ids.has(id) && --w.left === 0) w.wake();
+      else this.answerWaits[kept++] = w;
+    }
+    this.answerWaits.length = kept;
   }
 
   /**
@@ -386,7 +428,9 @@ export class WriteJournal {
       const state = this.stateOf(table, key);
       if (state.inFlight++ === 0) state.since = Date.now();
     }
+    const seq = ++this.sent;
     return (reply) => {
+      for (const key of names) this.answer(seq, db, key);
       // DEL of several keys: which were there is unknown unless all were.
       const followed =
         reply !== null &&
@@ -440,7 +484,9 @@ export class WriteJournal {
     const table = this.table(db);
     const state = this.stateOf(table, key);
     if (state.inFlight++ === 0) state.since = Date.now();
+    const seq = ++this.sent;
     return (reply) => {
+      this.answer(seq, db, key);
       const followed = reply !== null && !changedNothing(name, reply, conditional);
       if (followed && value === undefined && kind.counter && reply[0] === 58 /* : */)
         value = reply.toString("latin1", 1, reply.length - 2);
@@ -642,6 +688,7 @@ export class WriteJournal {
   }
 
   clear(): void {
+    for (const w of this.answerWaits.splice(0)) w.wake();
     this.flushQueued = false;
     this.known = [];
     this.dbs.clear();

@@ -1,6 +1,7 @@
 import type { Logger } from "../../observability/log.js";
 import { DEFAULT_MAX_QUEUED_EVENTS, EventQueue } from "../events/event-queue.js";
 import type { KeyEvent } from "../events/keyspace-source.js";
+import { AttributionGate, type PeerWrite, type WritePeers } from "../events/peer-writes.js";
 import { MarkWaiters } from "../events/mark-waiters.js";
 import { isProxyKey } from "../../routing/hidden-keys.js";
 import type { Tagged, TriggerOutcomes } from "../guest/entry.js";
@@ -88,7 +89,78 @@ export class KeyspaceTriggers {
     private readonly log: Logger,
     /** MaxQueuedEvents: a library's queue at it is logged, and its items counted, once per overload. */
     private readonly maxQueued: () => number = () => DEFAULT_MAX_QUEUED_EVENTS,
+    /** Resolves once the events of every write of those keys sent so far are made (TfEvents.settled). */
+    private readonly settled: (ids: readonly string[]) => Promise<void> = () => Promise.resolve(),
   ) {}
+
+  /** The other threads of a --threads proxy: who wrote a key passes between them (peer-writes.ts). */
+  private peers: WritePeers | null = null;
+  /** Unattributed events wait here for another thread's word (null without other threads). */
+  private gate: AttributionGate | null = null;
+  /** This thread's writes of other threads' shards, told to them at the end of the turn. */
+  private outbox: PeerWrite[] = [];
+  /** Every trigger's prefix, of every library: what concerns() matches (recount() renews it). */
+  private prefixes: Buffer[] = [];
+
+  /** Joins the other threads of a --threads proxy (threads/peers.ts). */
+  joinPeers(peers: WritePeers): void {
+    this.peers = peers;
+    this.gate = new AttributionGate(
+      peers,
+      (e) => this.concerns(e),
+      (events) => this.queueEvents(events),
+    );
+  }
+
+  /** Writes another thread told of (it made them, of keys of shards this thread handles). */
+  peerWrites(writes: readonly PeerWrite[]): void {
+    this.gate?.told(writes);
+  }
+
+  /**
+   * Events of shards another thread handles, as this thread's journal made them: those of its
+   * own writes that a trigger would see are told to the other threads, so the owner knows who
+   * wrote (a function's write fires nothing, a client's always fires). One message a turn.
+   */
+  onOthersEvents(events: readonly KeyEvent[]): void {
+    if (this.peers === null) return;
+    const before = this.outbox.length;
+    for (const e of events)
+      if (e.by !== undefined && this.concerns(e))
+        this.outbox.push({
+          shard: e.shard,
+          db: e.db,
+          key: e.key.toString("latin1"),
+          event: e.event,
+          by: e.by,
+        });
+    if (before === 0 && this.outbox.length > 0) queueMicrotask(() => this.tellPeers());
+  }
+
+  private tellPeers(): void {
+    if (this.outbox.length === 0 || this.peers === null) return;
+    const writes = this.outbox;
+    this.outbox = [];
+    this.peers.tell(writes);
+  }
+
+  /**
+   * Another thread holds notifications of `keys` (db:key) and asks who wrote them: once the
+   * events of every write this thread sent so far are made and told (the tell goes before
+   * the answer), the keys among them a function of this thread is writing or just wrote.
+   */
+  async settleForPeer(keys: readonly string[]): Promise<string[]> {
+    await this.settled(keys);
+    this.tellPeers();
+    return keys.filter((id) => this.muted.hasText(id.slice(id.indexOf(":") + 1)));
+  }
+
+  /** Whether a trigger would see the event: a user key, an event triggers see, a prefix of one. */
+  private concerns(e: KeyEvent): boolean {
+    if (NOT_FOR_TRIGGERS.has(e.event) || isProxyKey(e.key)) return false;
+    for (const prefix of this.prefixes) if (startsWith(e.key, prefix)) return true;
+    return false;
+  }
 
   /**
    * Whether some library has a keyspace trigger (writes wait for triggers then). Asked for
@@ -98,6 +170,9 @@ export class KeyspaceTriggers {
 
   recount(): void {
     this.active = this.libraries.all().some((l) => l.registrations.keyspaceTriggers.length > 0);
+    this.prefixes = this.libraries
+      .all()
+      .flatMap((l) => l.registrations.keyspaceTriggers.map((t) => prefixBytes(t.prefix)));
   }
 
   statsOf(library: string, trigger: string): TriggerStats {
@@ -124,7 +199,13 @@ export class KeyspaceTriggers {
     for (const id of this.stats.keys()) if (id.startsWith(`${library}\0`)) this.stats.delete(id);
   }
 
+  /** Keyspace events of the shards this thread handles. */
   onEvents(events: KeyEvent[]): void {
+    if (this.gate === null) this.queueEvents(events);
+    else this.gate.onEvents(events);
+  }
+
+  private queueEvents(events: KeyEvent[]): void {
     for (const library of this.libraries.all()) {
       const triggers = library.registrations.keyspaceTriggers;
       if (triggers.length === 0) continue;
@@ -202,6 +283,12 @@ export class KeyspaceTriggers {
    * would wait for ever.
    */
   idle(): Promise<void> {
+    // Events waiting in the gate for their writer's word count as queued: marks are taken once they left it.
+    if (this.gate?.holding === true) return this.gate.drained().then(() => this.marks());
+    return this.marks();
+  }
+
+  private marks(): Promise<void> {
     const marks = new Map<string, number>();
     for (const [name, n] of this.queued) if ((this.done.get(name) ?? 0) < n) marks.set(name, n);
     return this.waiters.wait(marks);

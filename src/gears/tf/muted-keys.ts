@@ -27,4 +27,9 @@ export class MutedKeys {
   has(key: Buffer): boolean {
     return this.counts.size > 0 && this.counts.has(key.toString("latin1"));
   }
+
+  /** has() of a key given as its latin1 string. */
+  hasText(key: string): boolean {
+    return this.counts.has(key);
+  }
 }

@@ -27,6 +27,11 @@ const ASYNC_REFUSED =
 export interface TfEvents {
   /** Resolves once the keyspace events of writes answered so far have arrived. */
   barrier(): Promise<void>;
+  /**
+   * barrier(), once every write of `ids` (keyId) sent so far is answered: another thread of a
+   * --threads proxy asks it before deciding who wrote a notification (events/peer-writes.ts).
+   */
+  settled?(ids: readonly string[]): Promise<void>;
   /** Keyspace notifications are needed (a library has keyspace triggers); resolves once they flow. */
   start(): Promise<void>;
   /** Whether this proxy handles that shard's events now (several proxies share them). */
@@ -91,7 +96,9 @@ export class TfEngine {
       barrier: () => events.barrier(),
       blocking: this.blocking,
     });
-    this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log, events.maxQueuedEvents);
+    this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log, events.maxQueuedEvents, (ids) =>
+      events.settled === undefined ? events.barrier() : events.settled(ids),
+    );
     this.streamTriggers = new StreamTriggers(router, shards, log, this.libraries, events);
     this.libraries.onChange = async (name, deleted) => {
       this.keyspaceTriggers.recount();
@@ -165,6 +172,9 @@ export class TfEngine {
     if (!this.keyspaceTriggers.active) return;
     const mine = owned ? events : events.filter((e) => this.events.ownsShard(e.shard));
     if (mine.length > 0) this.keyspaceTriggers.onEvents(mine);
+    // The others' owners are other threads, perhaps: they are told who wrote.
+    if (mine.length < events.length)
+      this.keyspaceTriggers.onOthersEvents(events.filter((e) => !this.events.ownsShard(e.shard)));
   }
 
   /** Resolves once every keyspace trigger queued so far has run. */
