@@ -6,7 +6,7 @@
 import { clientListText, killMatching } from "../client/client-command.js";
 import { followConfigSet, type ProxyContext, type ThreadLink } from "../client/context.js";
 import { proxySection } from "../client/info-command.js";
-import { findExecutionsElsewhere, runGearsCommand, type GearsCaller } from "../gears/commands.js";
+import { answerForElsewhere, findExecutionsElsewhere, type GearsCaller } from "../gears/commands.js";
 import type { GearsReply } from "../gears/result-chunks.js";
 import { AggregatorRegistry } from "prom-client";
 import { mergeSlowLogRows, type SlowLogRow } from "../observability/slowlog.js";
@@ -101,7 +101,10 @@ export class ClusterLink implements ThreadLink, RemoteClients {
     process.on("message", (message: unknown) => {
       if (isThreadMessage(message)) this.receive(message);
     });
-    findExecutionsElsewhere(ctx.gears, (name, args, caller) => this.gears(name, args, caller));
+    findExecutionsElsewhere(ctx.gears, {
+      byId: (name, args, caller) => this.gears(name, args, caller),
+      dump: () => this.gearsDump(),
+    });
     const acl = ctx.acl;
     if (acl !== null) {
       acl.peers = {
@@ -250,6 +253,15 @@ export class ClusterLink implements ThreadLink, RemoteClients {
     return null;
   }
 
+  /** Every thread's RG.DUMPEXECUTIONS of its own executions (this one's too). */
+  private async gearsDump(): Promise<Buffer[]> {
+    const answers = await this.ask(
+      { kind: "gears", name: "rg.dumpexecutions", args: [], caller: null },
+      ASK_TIMEOUT_MS,
+    );
+    return answers.filter((a): a is Uint8Array => a instanceof Uint8Array).map(asBuffer);
+  }
+
   /** The thread that deals client id `id` (ClientRegistry: index + 1, then every count-th). */
   private threadOf(id: number): number {
     return (((id - 1) % this.count) + this.count) % this.count;
@@ -362,11 +374,13 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         if (query.from !== this.index) followConfigSet(ctx, query.argv.map(asBuffer));
         return null;
       }
-      case "gears": {
-        const args = query.args.map(asBuffer);
-        if (args.length === 0 || ctx.gears.get(args[0].toString()) === undefined) return null;
-        return runGearsCommand(ctx.gears, query.name, args, query.caller as GearsCaller);
-      }
+      case "gears":
+        return answerForElsewhere(
+          ctx.gears,
+          query.name,
+          query.args.map(asBuffer),
+          query.caller as GearsCaller,
+        );
     }
   }
 }
