@@ -180,11 +180,14 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
     this.confirm = null;
     if (this.asked.size > 0) this.log.warn({ reason }, "lost the channel other proxies answer on");
     // Their answers would come on the lost connection: asked again once this proxy listens
-    // (ask()'s ticks), or, when it is closing, said.
+    // (question()'s ticks), or, when it is closing, said. A reply begun before is forgotten:
+    // its parts published meanwhile are lost, the rest would make a broken one.
     const error = encodeError(`ERR lost the connection another proxy answers on: ${reason}`);
-    for (const question of this.asked.values()) {
+    for (const [seq, question] of this.asked) {
       if (this.stopped) question.done(error);
-      else question.delivered = false;
+      question.delivered = false;
+      question.parts.delete(seq);
+      this.asked.delete(seq);
     }
   }
 
@@ -370,6 +373,8 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
       question.publishing = true;
       try {
         const node = (await this.listen()) ? this.node() : null;
+        // Redis refuses this proxy the channel (an ACL): no answer can come.
+        if (Date.now() < this.retryAt) return question.done(null);
         if (node === null) return this.missing(question);
         const seq = ++this.seq;
         this.asked.set(seq, question);
