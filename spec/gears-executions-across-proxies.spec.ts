@@ -5,11 +5,12 @@
  * pub/sub; the id of a dead proxy gets the unknown-execution error.
  */
 import { expect } from "chai";
+import calculateSlot from "cluster-key-slot";
 import { Redis } from "ioredis";
 import { startCluster, startProxy, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
 import { ChildProxy, stopChildProxies } from "./support/child-proxy.js";
 import { encode, ReceivedText } from "./support/raw-client.js";
-import { sleep } from "./support/polling.js";
+import { eventually, sleep } from "./support/polling.js";
 import { asArray, connect, outcome, rejection, str } from "./support/gears.js";
 
 const NO_EXECUTION = "execution plan does not exist";
@@ -375,4 +376,52 @@ describe("gears: an execution is reachable through any proxy in front of the sam
       });
     });
   }
+});
+
+describe("gears: executions across proxies, through a failover of the proxy keys' slot", function () {
+  this.timeout(90_000);
+  let cluster: RedisCluster;
+  const clients: Redis[] = [];
+  before(async () => {
+    cluster = await startCluster({ masters: 3, replicasPerMaster: 1 });
+  });
+  after(async () => {
+    for (const c of clients.splice(0)) c.disconnect();
+    await cluster.stop();
+  });
+
+  it("RG.GETRESULTSBLOCKING on B, asked before the failover, gets A's result after it", async () => {
+    const seed = { port: cluster.nodes[0].port };
+    const long = { gearsConfig: { ScriptTimeoutMS: "60000" } };
+    const proxyA = await startProxy([seed], long);
+    const proxyB = await startProxy([seed], long);
+    const a = connectOnce(proxyA.port);
+    const b = connectOnce(proxyB.port);
+    clients.push(a, b);
+    const script =
+      "GB('ShardsIDReader').map(x => { const t = Date.now(); while (Date.now() - t < 2000) {} return x; }).run()";
+    const id = str(await a.call("RG.EXECUTE", script, "UNBLOCKING"));
+    expect(await rejection(b.call("RG.GETRESULTS", id))).to.include("execution is still running");
+    const waiting = b.call("RG.GETRESULTSBLOCKING", id).catch((err: Error) => err.message);
+    // Both proxies listen on the proxy keys' master: its replica takes over.
+    const master = await cluster.nodeForSlot(calculateSlot("{gears-proxy}"));
+    let replica: RedisNode | undefined;
+    for (const node of await cluster.replicas()) {
+      const text = String(await node.call("INFO", "replication"));
+      if (new RegExp(`^master_port:${master.port}\\r?$`, "m").test(text)) replica = node;
+    }
+    expect(await replica!.call("CLUSTER", "FAILOVER")).to.equal("OK");
+    await eventually(
+      () => replica!.call("ROLE").then((r) => (Array.isArray(r) ? String(r[0]) : "")),
+      (role) => role === "master",
+      "the replica took over",
+    );
+    const onB = outcome(await waiting, "RG.GETRESULTSBLOCKING on B");
+    expect(onB.errors).to.deep.equal([]);
+    expect(onB).to.deep.equal(outcome(await a.call("RG.GETRESULTS", id)));
+    // And a new question after it, through B.
+    expect(await b.call("RG.GETRESULTS", id)).to.deep.equal(await a.call("RG.GETRESULTS", id));
+    await proxyA.close();
+    await proxyB.close();
+  });
 });

@@ -36,7 +36,7 @@ export const EXECUTIONS_CHANNEL = `${PROXY_HASHTAG}:executions:`;
  */
 const LIVENESS_MS = 500;
 /** An owner seen not listening for this long (no sign of it between) is given up. */
-const GONE_MS = 1500;
+const GONE_MS = 1000;
 /** How often a lost subscription is tried again, and its node compared with the topology's. */
 const RESUBSCRIBE_MS = 1000;
 /** A confirmed subscription whose connection is lost is made again after this (not a tick later). */
@@ -408,15 +408,20 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
 
   /** The owner may die while it works on the answer: then no answer comes. */
   private async checkOwner(question: Question): Promise<void> {
+    const listens = await this.ownerListens(question.ownerChannel);
+    if (listens === true) question.missingSince = null;
+    else if (listens === false) this.missing(question);
+  }
+
+  /**
+   * Whether a proxy listens on `channel` on the proxy keys' master; null when that could not
+   * be told (a failed call says nothing either way).
+   */
+  private async ownerListens(channel: string): Promise<boolean | null> {
     const node = this.node();
-    const listeners =
-      node === null
-        ? null
-        : await this.engine.shards.call(node, ["PUBSUB", "NUMSUB", question.ownerChannel]).catch(() => null);
-    // A failed call says nothing either way.
-    if (node !== null && !Array.isArray(listeners)) return;
-    if (Array.isArray(listeners) && Number(listeners[1]) > 0) question.missingSince = null;
-    else this.missing(question);
+    if (node === null) return false;
+    const listeners = await this.engine.shards.call(node, ["PUBSUB", "NUMSUB", channel]).catch(() => null);
+    return Array.isArray(listeners) ? Number(listeners[1]) > 0 : null;
   }
 
   /** The owner not seen listening now: the question is given up after GONE_MS of that. */
