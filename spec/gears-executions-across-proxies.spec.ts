@@ -189,6 +189,25 @@ describe("gears: an execution is reachable through any proxy in front of the sam
         await proxyB.close();
       });
 
+      it("RG.DUMPEXECUTIONS through either proxy lists both proxies' executions, in one order; a closed proxy's are gone", async () => {
+        const proxyA = await startProxy([seed]);
+        const proxyB = await startProxy([seed]);
+        const a = client(proxyA.port);
+        const b = client(proxyB.port);
+        const ids = (reply: unknown): string[] =>
+          asArray(reply, "RG.DUMPEXECUTIONS").map((e) => str(asArray(e, "entry")[1]));
+        const onA = str(await a.call("RG.EXECUTE", "GB('ShardsIDReader').run()", "UNBLOCKING"));
+        const onB = str(await b.call("RG.EXECUTE", "GB('ShardsIDReader').run()", "UNBLOCKING"));
+        await a.call("RG.GETRESULTSBLOCKING", onA);
+        await b.call("RG.GETRESULTSBLOCKING", onB);
+        const listed = ids(await a.call("RG.DUMPEXECUTIONS"));
+        expect(listed).to.include.members([onA, onB]);
+        expect(ids(await b.call("RG.DUMPEXECUTIONS"))).to.deep.equal(listed);
+        await proxyA.close();
+        expect(ids(await b.call("RG.DUMPEXECUTIONS"))).to.deep.equal(listed.filter((id) => id !== onA));
+        await proxyB.close();
+      });
+
       it("a RESP3 and a RESP2 client get through B the bytes A gives them", async () => {
         const proxyA = await startProxy([seed]);
         const proxyB = await startProxy([seed]);
