@@ -5,11 +5,12 @@
  * pub/sub; the id of a dead proxy gets the unknown-execution error.
  */
 import { expect } from "chai";
+import calculateSlot from "cluster-key-slot";
 import { Redis } from "ioredis";
 import { startCluster, startProxy, startRedis, type RedisCluster, type RedisNode } from "./harness/index.js";
 import { ChildProxy, stopChildProxies } from "./support/child-proxy.js";
 import { encode, ReceivedText } from "./support/raw-client.js";
-import { sleep } from "./support/polling.js";
+import { eventually, sleep } from "./support/polling.js";
 import { asArray, connect, outcome, rejection, str } from "./support/gears.js";
 
 const NO_EXECUTION = "execution plan does not exist";
@@ -188,6 +189,25 @@ describe("gears: an execution is reachable through any proxy in front of the sam
         await proxyB.close();
       });
 
+      it("RG.DUMPEXECUTIONS through either proxy lists both proxies' executions, in one order; a closed proxy's are gone", async () => {
+        const proxyA = await startProxy([seed]);
+        const proxyB = await startProxy([seed]);
+        const a = client(proxyA.port);
+        const b = client(proxyB.port);
+        const ids = (reply: unknown): string[] =>
+          asArray(reply, "RG.DUMPEXECUTIONS").map((e) => str(asArray(e, "entry")[1]));
+        const onA = str(await a.call("RG.EXECUTE", "GB('ShardsIDReader').run()", "UNBLOCKING"));
+        const onB = str(await b.call("RG.EXECUTE", "GB('ShardsIDReader').run()", "UNBLOCKING"));
+        await a.call("RG.GETRESULTSBLOCKING", onA);
+        await b.call("RG.GETRESULTSBLOCKING", onB);
+        const listed = ids(await a.call("RG.DUMPEXECUTIONS"));
+        expect(listed).to.include.members([onA, onB]);
+        expect(ids(await b.call("RG.DUMPEXECUTIONS"))).to.deep.equal(listed);
+        await proxyA.close();
+        expect(ids(await b.call("RG.DUMPEXECUTIONS"))).to.deep.equal(listed.filter((id) => id !== onA));
+        await proxyB.close();
+      });
+
       it("a RESP3 and a RESP2 client get through B the bytes A gives them", async () => {
         const proxyA = await startProxy([seed]);
         const proxyB = await startProxy([seed]);
@@ -231,19 +251,86 @@ describe("gears: an execution is reachable through any proxy in front of the sam
         await proxyB.close();
       });
 
-      it("RG.ABORTEXECUTION on B aborts A's running execution", async () => {
+      /** Proxies A and B (ScriptTimeoutMS 60 s), and an execution on A that runs `ms` on each shard. */
+      async function busyOnA(ms: number) {
         const long = { gearsConfig: { ScriptTimeoutMS: "60000" } };
         const proxyA = await startProxy([seed], long);
         const proxyB = await startProxy([seed], long);
         const a = client(proxyA.port);
         const b = client(proxyB.port);
-        const id = str(
-          await a.call(
-            "RG.EXECUTE",
-            "GB('ShardsIDReader').map(x => { const t = Date.now(); while (Date.now() - t < 30000) {} return x; }).run()",
-            "UNBLOCKING",
-          ),
+        const script = `GB('ShardsIDReader').map(x => { const t = Date.now(); while (Date.now() - t < ${ms}) {} return x; }).run()`;
+        const id = str(await a.call("RG.EXECUTE", script, "UNBLOCKING"));
+        return { proxyA, proxyB, a, b, id };
+      }
+
+      /** Every node of the topology (the proxies subscribe on the proxy keys' master). */
+      const nodes = (): RedisNode[] => (redis !== null ? [redis] : cluster!.nodes);
+
+      it("RG.GETRESULTSBLOCKING on B gets the result though the proxies' subscriptions are killed while it waits", async () => {
+        const { proxyA, proxyB, a, b, id } = await busyOnA(4000);
+        // B's question reached A (B waits on it), then A's and B's channels are cut, three
+        // times: each time both are without a subscription for a moment (A's is the owner's gap).
+        expect(await rejection(b.call("RG.GETRESULTS", id))).to.include("execution is still running");
+        const waiting = b.call("RG.GETRESULTSBLOCKING", id).catch((err: Error) => err.message);
+        for (let i = 0; i < 3; i++) {
+          await sleep(600);
+          for (const node of nodes()) await node.call("CLIENT", "KILL", "TYPE", "pubsub");
+        }
+        const onB = outcome(await waiting, "RG.GETRESULTSBLOCKING on B");
+        expect(onB.errors).to.deep.equal([]);
+        expect(onB).to.deep.equal(outcome(await a.call("RG.GETRESULTS", id)));
+        expect(onB.results).to.have.length(redis !== null ? 1 : 3);
+        await proxyA.close();
+        await proxyB.close();
+      });
+
+      it("a reply past Redis's pubsub output limit reaches a proxy that stops reading for a while (parts acknowledged)", async () => {
+        // 6 MB hard limit; about 24 MB of reply, published while B does not read (SIGSTOP): without
+        // waiting for B's acknowledgements A would fill B's output buffer past the limit.
+        const limits = await Promise.all(
+          nodes().map((n) => n.call("CONFIG", "GET", "client-output-buffer-limit")),
         );
+        for (const node of nodes())
+          await node.call("CONFIG", "SET", "client-output-buffer-limit", "pubsub 6mb 6mb 60");
+        try {
+          const proxyA = await startProxy([seed], { gearsConfig: { ScriptTimeoutMS: "60000" } });
+          const proxyB = await ChildProxy.start({ upstreams: [seed] });
+          const a = client(proxyA.port);
+          const b = client(proxyB.port);
+          const value = "w".repeat(10_000);
+          for (let i = 0; i < 2400; i += 200) {
+            const p = a.pipeline();
+            for (let j = i; j < i + 200; j++) p.set(`huge:${j}`, value + j);
+            await p.exec();
+          }
+          // About 1.2 s of work: it ends while B is stopped.
+          const script =
+            "GB().map(x => { const t = Date.now(); while (Date.now() - t < 0.5) {} return x.value; }).run('huge:*')";
+          const id = str(await a.call("RG.EXECUTE", script, "UNBLOCKING"));
+          const waiting = b.call("RG.GETRESULTSBLOCKING", id).catch((err: Error) => err.message);
+          await sleep(300);
+          proxyB.signal("SIGSTOP");
+          await sleep(3000);
+          proxyB.signal("SIGCONT");
+          const onB = outcome(await waiting, "RG.GETRESULTSBLOCKING on B");
+          expect(onB.errors).to.deep.equal([]);
+          expect(onB.results).to.have.length(2400);
+          expect(new Set(onB.results.map(String))).to.deep.equal(
+            new Set(Array.from({ length: 2400 }, (_, j) => value + j)),
+          );
+          // Whole at the first try: B's channel was never cut.
+          expect(proxyB.output()).to.not.include("lost the channel other proxies answer on");
+          await proxyA.close();
+        } finally {
+          for (const [i, node] of nodes().entries()) {
+            const setting = asArray(limits[i], "CONFIG GET").map(String)[1];
+            await node.call("CONFIG", "SET", "client-output-buffer-limit", setting);
+          }
+        }
+      });
+
+      it("RG.ABORTEXECUTION on B aborts A's running execution", async () => {
+        const { proxyA, proxyB, a, b, id } = await busyOnA(30000);
         const started = Date.now();
         expect(await b.call("RG.ABORTEXECUTION", id)).to.equal("OK");
         expect(Date.now() - started, "aborted, not run to its end").to.be.below(10_000);
@@ -308,4 +395,52 @@ describe("gears: an execution is reachable through any proxy in front of the sam
       });
     });
   }
+});
+
+describe("gears: executions across proxies, through a failover of the proxy keys' slot", function () {
+  this.timeout(90_000);
+  let cluster: RedisCluster;
+  const clients: Redis[] = [];
+  before(async () => {
+    cluster = await startCluster({ masters: 3, replicasPerMaster: 1 });
+  });
+  after(async () => {
+    for (const c of clients.splice(0)) c.disconnect();
+    await cluster.stop();
+  });
+
+  it("RG.GETRESULTSBLOCKING on B, asked before the failover, gets A's result after it", async () => {
+    const seed = { port: cluster.nodes[0].port };
+    const long = { gearsConfig: { ScriptTimeoutMS: "60000" } };
+    const proxyA = await startProxy([seed], long);
+    const proxyB = await startProxy([seed], long);
+    const a = connectOnce(proxyA.port);
+    const b = connectOnce(proxyB.port);
+    clients.push(a, b);
+    const script =
+      "GB('ShardsIDReader').map(x => { const t = Date.now(); while (Date.now() - t < 2000) {} return x; }).run()";
+    const id = str(await a.call("RG.EXECUTE", script, "UNBLOCKING"));
+    expect(await rejection(b.call("RG.GETRESULTS", id))).to.include("execution is still running");
+    const waiting = b.call("RG.GETRESULTSBLOCKING", id).catch((err: Error) => err.message);
+    // Both proxies listen on the proxy keys' master: its replica takes over.
+    const master = await cluster.nodeForSlot(calculateSlot("{gears-proxy}"));
+    let replica: RedisNode | undefined;
+    for (const node of await cluster.replicas()) {
+      const text = String(await node.call("INFO", "replication"));
+      if (new RegExp(`^master_port:${master.port}\\r?$`, "m").test(text)) replica = node;
+    }
+    expect(await replica!.call("CLUSTER", "FAILOVER")).to.equal("OK");
+    await eventually(
+      () => replica!.call("ROLE").then((r) => (Array.isArray(r) ? String(r[0]) : "")),
+      (role) => role === "master",
+      "the replica took over",
+    );
+    const onB = outcome(await waiting, "RG.GETRESULTSBLOCKING on B");
+    expect(onB.errors).to.deep.equal([]);
+    expect(onB).to.deep.equal(outcome(await a.call("RG.GETRESULTS", id)));
+    // And a new question after it, through B.
+    expect(await b.call("RG.GETRESULTS", id)).to.deep.equal(await a.call("RG.GETRESULTS", id));
+    await proxyA.close();
+    await proxyB.close();
+  });
 });

@@ -206,8 +206,7 @@ export class ProxyServer {
     // Counted among the threads once it takes connections (the spec waits for that).
     this.thread?.serve(ctx);
     // After the threads: another thread of this proxy answers before the other proxies are asked.
-    if (acrossProxies !== null)
-      findExecutionsElsewhere(ctx.gears, (name, args, caller) => acrossProxies.ask(name, args, caller));
+    if (acrossProxies !== null) findExecutionsElsewhere(ctx.gears, acrossProxies);
     this.memoryGuard.start(MEMORY_CHECK_MS);
     if (this.config.timeout > 0) {
       this.sweeper = setInterval(() => this.closeIdleClients(ctx), 1000);

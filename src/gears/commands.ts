@@ -1,4 +1,5 @@
 import { avgRunDurationMS, mergeCounters } from "./registration-counters.js";
+import { decodeReply } from "../resp/decode.js";
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
 import type { Protocol } from "../resp/values.js";
 import type { RespValue } from "../resp/values.js";
@@ -524,14 +525,22 @@ export function isGearsCommandAlone(name: string, args: readonly Buffer[]): bool
 }
 
 /**
- * Asks elsewhere for an execution this thread does not hold (the other threads of a --threads
- * proxy, the other proxies in front of the same Redis); null: none there has it.
+ * Executions held elsewhere: by the other threads of a --threads proxy, or by the other
+ * proxies in front of the same Redis.
  */
-export type RemoteExecutions = (
-  name: string,
-  args: Buffer[],
-  caller: GearsCaller,
-) => Promise<GearsReply | null>;
+export interface ExecutionsElsewhere {
+  /**
+   * An execution-id command for an execution this engine does not hold: the reply of the
+   * one that holds it; null when none there does. Waits as long as the command does
+   * (RG.GETRESULTSBLOCKING waits for the execution).
+   */
+  byId(name: string, args: Buffer[], caller: GearsCaller): Promise<GearsReply | null>;
+  /**
+   * RG.DUMPEXECUTIONS replies of the engines there, each listing its own executions (see
+   * answerForElsewhere); those that do not answer within a few seconds are left out.
+   */
+  dump(): Promise<Buffer[]>;
+}
 
 /** The commands that name an execution by id: answered by the thread that ran it. */
 const BY_EXECUTION_ID = new Set([
@@ -541,16 +550,62 @@ const BY_EXECUTION_ID = new Set([
   "rg.dropexecution",
   "rg.abortexecution",
 ]);
-const elsewhere = new WeakMap<GearsEngine, RemoteExecutions[]>();
+const elsewhere = new WeakMap<GearsEngine, ExecutionsElsewhere[]>();
 
 /**
  * Executions unknown here are looked for through `remote` too, after those added before it:
  * the other threads (src/threads/peers.ts), then the other proxies (executions-across-proxies.ts).
  */
-export function findExecutionsElsewhere(engine: GearsEngine, remote: RemoteExecutions): void {
+export function findExecutionsElsewhere(engine: GearsEngine, remote: ExecutionsElsewhere): void {
   const chain = elsewhere.get(engine);
   if (chain === undefined) elsewhere.set(engine, [remote]);
   else chain.push(remote);
+}
+
+/**
+ * A question from another thread or proxy, answered from this engine alone: an execution-id
+ * command's reply when it holds that execution (null otherwise), or RG.DUMPEXECUTIONS of its
+ * own executions. Never asks further (the asker asks the others itself).
+ */
+export async function answerForElsewhere(
+  engine: GearsEngine,
+  name: string,
+  args: Buffer[],
+  caller: GearsCaller,
+): Promise<GearsReply | null> {
+  if (name === "rg.dumpexecutions") return dumpExecutions(engine, []);
+  if (!BY_EXECUTION_ID.has(name) || args.length === 0 || engine.get(args[0].toString()) === undefined) {
+    return null;
+  }
+  return runGearsCommand(engine, name, args, caller);
+}
+
+/**
+ * RG.DUMPEXECUTIONS of every thread and proxy, one entry per execution id: this engine's and
+ * those `replies` list. Grouped by the proxy id in the execution id, each group in its
+ * engine's order, so that every thread answers the same list.
+ */
+function mergeDumps(replies: Buffer[]): Buffer {
+  const seen = new Set<string>();
+  const entries: { owner: string; entry: RespValue[] }[] = [];
+  for (const reply of replies) {
+    const listed = decodeReply(reply);
+    if (!Array.isArray(listed)) continue;
+    for (const entry of listed) {
+      if (!Array.isArray(entry) || !Buffer.isBuffer(entry[1])) continue;
+      const id = entry[1].toString();
+      if (seen.has(id)) continue;
+      seen.add(id);
+      entries.push({ owner: id.slice(0, id.lastIndexOf("-")), entry });
+    }
+  }
+  entries.sort((x, y) => (x.owner < y.owner ? -1 : x.owner > y.owner ? 1 : 0));
+  return encodeValue(entries.map((e) => e.entry));
+}
+
+async function dumpEverywhere(engine: GearsEngine, chain: ExecutionsElsewhere[]): Promise<Buffer> {
+  const theirs = await Promise.all(chain.map((remote) => remote.dump().catch(() => [])));
+  return mergeDumps([dumpExecutions(engine, []), ...theirs.flat()]);
 }
 
 /** Runs a gears command; the reply as RESP bytes. Unknown RG commands get Redis' unknown-command error. */
@@ -564,6 +619,9 @@ export async function runGearsCommand(
   if (TF_COMMANDS.has(name)) return runTfCommand(engine.tf, name, args, caller);
   const handler = HANDLERS.get(name);
   const chain = elsewhere.get(engine);
+  if (chain !== undefined && name === "rg.dumpexecutions" && args.length === 0) {
+    return dumpEverywhere(engine, chain);
+  }
   if (
     chain !== undefined &&
     BY_EXECUTION_ID.has(name) &&
@@ -571,7 +629,7 @@ export async function runGearsCommand(
     engine.get(args[0].toString()) === undefined
   ) {
     for (const remote of chain) {
-      const reply = await remote(name, args, caller);
+      const reply = await remote.byId(name, args, caller);
       if (reply !== null) return reply;
     }
   }

@@ -6,7 +6,7 @@
 import { clientListText, killMatching } from "../client/client-command.js";
 import { followConfigSet, type ProxyContext, type ThreadLink } from "../client/context.js";
 import { proxySection } from "../client/info-command.js";
-import { findExecutionsElsewhere, runGearsCommand, type GearsCaller } from "../gears/commands.js";
+import { answerForElsewhere, findExecutionsElsewhere, type GearsCaller } from "../gears/commands.js";
 import type { RegistrationCounters } from "../gears/registration-counters.js";
 import type { GearsReply } from "../gears/result-chunks.js";
 import { AggregatorRegistry } from "prom-client";
@@ -108,7 +108,10 @@ export class ClusterLink implements ThreadLink, RemoteClients {
     process.on("message", (message: unknown) => {
       if (isThreadMessage(message)) this.receive(message);
     });
-    findExecutionsElsewhere(ctx.gears, (name, args, caller) => this.gears(name, args, caller));
+    findExecutionsElsewhere(ctx.gears, {
+      byId: (name, args, caller) => this.gears(name, args, caller),
+      dump: () => this.gearsDump(),
+    });
     const toldConfig = async (pairs: [string, string][]): Promise<void> =>
       void (await this.ask({ kind: "gears-config", pairs, from: this.index }, ASK_TIMEOUT_MS));
     ctx.gears.config.told = toldConfig;
@@ -291,6 +294,15 @@ export class ClusterLink implements ThreadLink, RemoteClients {
     };
   }
 
+  /** Every thread's RG.DUMPEXECUTIONS of its own executions (this one's too). */
+  private async gearsDump(): Promise<Buffer[]> {
+    const answers = await this.ask(
+      { kind: "gears", name: "rg.dumpexecutions", args: [], caller: null },
+      ASK_TIMEOUT_MS,
+    );
+    return answers.filter((a): a is Uint8Array => a instanceof Uint8Array).map(asBuffer);
+  }
+
   /** The thread that deals client id `id` (ClientRegistry: index + 1, then every count-th). */
   private threadOf(id: number): number {
     return (((id - 1) % this.count) + this.count) % this.count;
@@ -414,11 +426,13 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         // The asking thread's own writes are its journal's business.
         if (query.from === this.index) return [];
         return ctx.gears.tf.keyspaceTriggers.settleForPeer(query.keys);
-      case "gears": {
-        const args = query.args.map(asBuffer);
-        if (args.length === 0 || ctx.gears.get(args[0].toString()) === undefined) return null;
-        return runGearsCommand(ctx.gears, query.name, args, query.caller as GearsCaller);
-      }
+      case "gears":
+        return answerForElsewhere(
+          ctx.gears,
+          query.name,
+          query.args.map(asBuffer),
+          query.caller as GearsCaller,
+        );
       case "follow-store":
         // The writing thread has it already (and waits for this answer outside its queues).
         if (query.from !== this.index) await ctx.gears.followStoreNow();
