@@ -1,8 +1,8 @@
 import { expect } from "chai";
 import { Backend } from "./support/backend.js";
 import { ChildProxy } from "./support/child-proxy.js";
-import { eventually } from "./support/polling.js";
 import { RawClient, ReplyError, toText } from "./support/raw-client.js";
+import { connectionsOnBothThreads } from "./support/thread-connections.js";
 
 // A --threads proxy is one proxy to its users: a library loaded, a session registered or a
 // registration removed through one connection is in place on every thread when the reply
@@ -24,19 +24,7 @@ describe("--threads 2: what one thread stores or sets is in place on every threa
     this.timeout(120_000);
     backend = await Backend.start("standalone");
     proxy = await ChildProxy.start({ upstreams: [backend.seed], args: ["--threads", "2"] });
-    // Connections are dealt to the threads in turn, once both listen: several on each.
-    await eventually(
-      async () => {
-        for (const c of conns.splice(0)) c.close();
-        for (let i = 0; i < CONNECTIONS; i++) conns.push(await RawClient.connect(proxy.port));
-        const threads = new Set<string>();
-        for (const c of conns)
-          threads.add(/process_id:(\d+)/.exec(String(toText(await c.call("INFO", "proxy"))))![1]);
-        return threads.size;
-      },
-      (n) => n === 2,
-      "connections on both threads",
-    );
+    conns.push(...(await connectionsOnBothThreads(proxy.port, CONNECTIONS)));
   });
   after(async () => {
     for (const c of conns.splice(0)) c.close();

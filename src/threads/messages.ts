@@ -32,6 +32,8 @@ export type ThreadQuery =
   | { kind: "registration-counters"; from: number }
   | { kind: "registrations-clear-stats"; from: number }
   | { kind: "registrations-pause"; ids: string[]; paused: boolean; from: number }
+  /** TFUNCTION LIST on thread `from` asks the others for their figures (of `library` alone when given). */
+  | { kind: "tf-list-stats"; library: string | null; from: number }
   /** A client's RG.CONFIGSET or CONFIG SET of T&F's settings on thread `from`: the others apply it. */
   | { kind: "gears-config"; pairs: [string, string][]; from: number }
   /**

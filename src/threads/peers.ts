@@ -9,6 +9,7 @@ import { proxySection } from "../client/info-command.js";
 import { answerForElsewhere, findExecutionsElsewhere, type GearsCaller } from "../gears/commands.js";
 import type { RegistrationCounters } from "../gears/registration-counters.js";
 import type { GearsReply } from "../gears/result-chunks.js";
+import { listStatsOf, type ListStats } from "../gears/tf/list-stats.js";
 import { AggregatorRegistry } from "prom-client";
 import { mergeSlowLogRows, type SlowLogRow } from "../observability/slowlog.js";
 import {
@@ -127,6 +128,12 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         void (await this.ask({ kind: "registrations-clear-stats", from: this.index }, ASK_TIMEOUT_MS)),
       setPaused: async (ids, paused) =>
         void (await this.ask({ kind: "registrations-pause", ids, paused, from: this.index }, ASK_TIMEOUT_MS)),
+    };
+    ctx.gears.tf.listStatsElsewhere = {
+      stats: async (library) => {
+        const answers = await this.ask({ kind: "tf-list-stats", library, from: this.index }, ASK_TIMEOUT_MS);
+        return answers.filter((a): a is ListStats => typeof a === "object" && a !== null);
+      },
     };
     ctx.gears.peersFollow = async () =>
       void (await this.ask({ kind: "follow-store", from: this.index }, ASK_TIMEOUT_MS));
@@ -449,6 +456,8 @@ export class ClusterLink implements ThreadLink, RemoteClients {
             if (ctx.gears.registry.checkPausable(id, query.paused) === null)
               ctx.gears.registry.setPaused(id, query.paused);
         return null;
+      case "tf-list-stats":
+        return query.from === this.index ? null : listStatsOf(ctx.gears.tf, query.library);
       case "gears-config":
         if (query.from !== this.index) ctx.gears.config.followSet(query.pairs);
         return null;

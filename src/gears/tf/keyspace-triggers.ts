@@ -31,6 +31,13 @@ export interface TriggerStats {
    * straight to the shards: writes through the proxy wait for the triggers): none dropped.
    */
   numQueuedOverBound: number;
+  /**
+   * When its last run and its last failure ended (Date.now(), 0 before any): with --threads
+   * each thread counts the runs of its shards, and the merged listing (list-stats.ts) takes
+   * last_execution_time of the newest run and last_error of the newest failure.
+   */
+  lastRunAt: number;
+  lastErrorAt: number;
 }
 
 function prefixBytes(prefix: Tagged): Buffer {
@@ -188,6 +195,8 @@ export class KeyspaceTriggers {
         lastExecutionTime: 0,
         totalExecutionTime: 0,
         numQueuedOverBound: 0,
+        lastRunAt: 0,
+        lastErrorAt: 0,
       };
       this.stats.set(id, s);
     }
@@ -428,10 +437,12 @@ export class KeyspaceTriggers {
     stats.numFinished++;
     stats.lastExecutionTime = took;
     stats.totalExecutionTime += took;
+    stats.lastRunAt = Date.now();
     if (error === null) stats.numSuccess++;
     else {
       stats.numFailed++;
       stats.lastError = error;
+      stats.lastErrorAt = stats.lastRunAt;
       this.log.debug({ library, trigger, err: error }, "keyspace trigger failed");
     }
   }

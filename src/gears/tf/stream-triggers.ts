@@ -49,6 +49,13 @@ export interface StreamStats {
   /** The id after which the next read starts (the last one handled). */
   idToReadFrom: string | null;
   lastError: string | null;
+  /**
+   * When its last window ended and its last failure came (Date.now(), 0 before any): after a
+   * lease hand-over two threads of a --threads proxy may list the stream, and the merged
+   * listing (list-stats.ts) takes the "last" figures of the newest.
+   */
+  lastRunAt: number;
+  lastErrorAt: number;
 }
 
 export class StreamTriggers {
@@ -90,6 +97,8 @@ export class StreamTriggers {
         pendingIds: new Set(),
         idToReadFrom: null,
         lastError: null,
+        lastRunAt: 0,
+        lastErrorAt: 0,
       };
       byStream.set(key, stats);
     }
@@ -193,12 +202,14 @@ export class StreamTriggers {
         for (const error of errors) {
           if (error === null) continue;
           stats.lastError = error;
+          stats.lastErrorAt = Date.now();
           this.log.debug({ library, trigger, err: error }, "stream trigger failed");
         }
         from += Math.max(1, errors.length);
       }
     } catch (err) {
       stats.lastError = sandboxText(err);
+      stats.lastErrorAt = Date.now();
       this.log.warn({ library, trigger, err: stats.lastError }, "stream trigger failed");
     } finally {
       const took = Date.now() - started;
@@ -209,6 +220,7 @@ export class StreamTriggers {
       stats.totalLag += lag;
       stats.totalRecordProcessed += ids.length;
       if (ids.length > 0) stats.idToReadFrom = ids[ids.length - 1];
+      stats.lastRunAt = Date.now();
     }
     // T&F counted a failed record as processed: no retry.
     return { failed: false };

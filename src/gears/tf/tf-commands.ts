@@ -5,6 +5,7 @@ import { matchesTfSetting, TF_CONFIG_PREFIX } from "./config.js";
 import type { Router } from "../../routing/router.js";
 import type { TfLibrary } from "./libraries.js";
 import type { TriggerStats } from "./keyspace-triggers.js";
+import { listStatsOf, mergeListStats, type LibraryListStats } from "./list-stats.js";
 import type { TfEngine } from "./tf-engine.js";
 import { taggedToResp, utf8Text } from "./values.js";
 
@@ -146,8 +147,11 @@ async function load(tf: TfEngine, args: Buffer[], user: string): Promise<Buffer>
   return error === null ? OK : encodeError(error);
 }
 
-/** TFUNCTION LIST [WITHCODE] [LIBRARY <lib>] [VERBOSE|v|vv|vvv ...]. */
-function list(tf: TfEngine, args: Buffer[], proto: Protocol): Buffer {
+/**
+ * TFUNCTION LIST [WITHCODE] [LIBRARY <lib>] [VERBOSE|v|vv|vvv ...]. With --threads the
+ * figures are every thread's merged (list-stats.ts): the same through any connection.
+ */
+async function list(tf: TfEngine, args: Buffer[], proto: Protocol): Promise<Buffer> {
   let withCode = false;
   let library: string | null = null;
   let verbosity = 0;
@@ -164,8 +168,10 @@ function list(tf: TfEngine, args: Buffer[], proto: Protocol): Buffer {
     else return encodeError(`Unknown option '${option}'`);
   }
   const libraries = tf.libraries.all().filter((l) => library === null || l.name === library);
+  const here = listStatsOf(tf, library);
+  const stats = mergeListStats([here, ...(await tf.listStatsElsewhere.stats(library))]);
   return encodeValue(
-    libraries.map((l) => describe(tf, l, withCode, verbosity)),
+    libraries.map((l) => describe(l, stats[l.name], withCode, verbosity)),
     proto,
   );
 }
@@ -193,7 +199,7 @@ function describeFunction(f: TfFunctionInfo, verbosity: number): RespValue {
   ]);
 }
 
-function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: number): RespMap {
+function describe(l: TfLibrary, stats: LibraryListStats, withCode: boolean, verbosity: number): RespMap {
   const r = l.registrations;
   const fields: [string, RespValue][] = [];
   if (withCode) fields.push(["code", b(l.code)]);
@@ -203,7 +209,7 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
     ["name", b(l.name)],
     ["user", b(l.user)],
     ["configuration", l.config === null ? null : b(l.config)],
-    ["pending_jobs", l.bridge.pendingJobs],
+    ["pending_jobs", stats.pendingJobs],
     ["functions", r.functions.map((f) => describeFunction(f, verbosity))],
     ["cluster_functions", r.clusterFunctions.map(b)],
     [
@@ -214,7 +220,7 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
           : map([
               ["name", b(t.name)],
               ["description", t.description === null ? null : b(t.description)],
-              ...triggerStats(tf.keyspaceTriggers.statsOf(l.name, t.name)),
+              ...triggerStats(stats.keyspaceTriggers[t.name]),
             ]),
       ),
     ],
@@ -232,15 +238,15 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
         if (verbosity >= 2) {
           fields.push([
             "streams",
-            tf.streamTriggers.statsOf(l.name, t.name).map((st) =>
+            stats.streamTriggers[t.name].map((st) =>
               map([
-                ["name", st.name],
+                ["name", Buffer.from(st.name, "latin1")],
                 ["last_processed_time", st.lastProcessedTime],
                 ["total_processed_time", st.totalProcessedTime],
                 ["last_lag", st.lastLag],
                 ["total_lag", st.totalLag],
                 ["total_record_processed", st.totalRecordProcessed],
-                ["pending_ids", [...st.pendingIds].map(b)],
+                ["pending_ids", st.pendingIds.map(b)],
                 ["id_to_read_from", st.idToReadFrom === null ? null : b(st.idToReadFrom)],
                 ["last_error", st.lastError === null ? null : b(st.lastError)],
               ]),
@@ -250,7 +256,7 @@ function describe(tf: TfEngine, l: TfLibrary, withCode: boolean, verbosity: numb
         return map(fields);
       }),
     ],
-    ["pending_async_calls", [...l.bridge.pendingAsyncCalls].map((c) => b(c.text))],
+    ["pending_async_calls", stats.pendingAsyncCalls.map(b)],
   );
   return map(fields);
 }

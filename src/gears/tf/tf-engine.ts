@@ -16,6 +16,7 @@ import type { KeyEvent } from "../events/keyspace-source.js";
 import { argToTagged, taggedToResp } from "./values.js";
 import { Leases } from "../../routing/lease.js";
 import { BlockingCalls } from "./blocking-calls.js";
+import { NO_OTHER_THREADS, type ListStatsElsewhere } from "./list-stats.js";
 
 /** The most arguments (after numkeys) a TFCALL may pass to its function (see start()). */
 const MAX_FUNCTION_ARGS = 65_533;
@@ -53,6 +54,8 @@ export class TfEngine {
   readonly streamTriggers: StreamTriggers;
   /** The `callAsync`s of blocking commands waiting, on connections of their own. */
   readonly blocking: BlockingCalls;
+  /** TFUNCTION LIST's figures on a --threads proxy's other threads (threads/peers.ts sets it). */
+  listStatsElsewhere: ListStatsElsewhere = NO_OTHER_THREADS;
 
   constructor(
     router: Router,
