@@ -310,7 +310,10 @@ describe("gears: an execution is reachable through any proxy in front of the sam
           const waiting = b.call("RG.GETRESULTSBLOCKING", id).catch((err: Error) => err.message);
           await sleep(300);
           proxyB.signal("SIGSTOP");
-          await sleep(3000);
+          // The reply is published while B is stopped: held until the execution is done on A,
+          // then a second (A waits for B's acks after 4 MB; it would stop waiting after 5 s).
+          await a.call("RG.GETRESULTSBLOCKING", id);
+          await sleep(1000);
           proxyB.signal("SIGCONT");
           const onB = outcome(await waiting, "RG.GETRESULTSBLOCKING on B");
           expect(onB.errors).to.deep.equal([]);

@@ -57,7 +57,10 @@ for (const mode of BACKEND_MODES) {
     });
 
     it("PSUBSCRIBE * and patterns naming them (RESP2): only the users' messages; SUBSCRIBE of such a channel gets its own", async () => {
-      const sub = await psubscribed(proxy.port, ["*", "gears*", "{gears-proxy}*", "user:*"]);
+      // A pattern of 600 bytes, naming the proxy's prefix only at its end, puts the channel far
+      // into each frame it matches.
+      const long = `[${"x".repeat(600)}{]gears-proxy}:*`;
+      const sub = await psubscribed(proxy.port, ["*", "gears*", "{gears-proxy}*", long, "user:*"]);
       clients.push(sub);
       const named = await RawClient.connect(proxy.port);
       clients.push(named);

@@ -40,13 +40,13 @@ export class GearsConfig {
    */
   told: (pairs: [string, string][]) => Promise<void> = () => Promise.resolve();
 
-  /** A run-time set made on another thread of this proxy: applied here as it was there. */
-  followSet(pairs: [string, string][]): void {
-    const isTf = ([name]: [string, string]): boolean => name.toLowerCase().startsWith(TF_CONFIG_PREFIX);
-    const tf = pairs.filter(isTf);
-    if (tf.length > 0) this.tf.set(tf);
-    const gears = pairs.filter((pair) => !isTf(pair));
-    if (gears.length > 0) this.set(gears);
+  /**
+   * A run-time set made on another thread of this proxy, applied here by the same rules:
+   * RG.CONFIGSET's pair by pair (`via` "rg"), CONFIG SET's of T&F's settings all or nothing.
+   */
+  followSet(pairs: [string, string][], via: "rg" | "config"): void {
+    if (via === "rg") this.set(pairs);
+    else this.tf.set(pairs);
   }
 
   /** The proxy serves clients from now on: the start-only settings are fixed. */

@@ -84,8 +84,15 @@ interface Answering {
   acked: number;
   /** The asker acknowledged nothing for ACK_WAIT_MS: the rest goes without waiting. */
   unacknowledged: boolean;
+  /** The asker forgot the question (its channel was lost meanwhile; it asked again): stop. */
+  abandoned: boolean;
   wake: (() => void) | null;
 }
+
+/** An ack of this many parts says the asker forgot the question: its owner stops publishing it. */
+const ABANDONED = -1;
+/** Questions forgotten on a lost channel, remembered to tell their owners: at most this many. */
+const MAX_FORGOTTEN = 256;
 
 export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
   private readonly channel: string;
@@ -103,6 +110,12 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
   private readonly asked = new Map<number, Question>();
   /** The answers being published, by `<reply channel> <seq>`. */
   private readonly answering = new Map<string, Answering>();
+  /**
+   * Questions forgotten when this proxy's channel was lost (asked again since), by seq: the
+   * owner's channel, to tell it to stop when a part of the old answer still comes (it would
+   * otherwise wait ACK_WAIT_MS for acks, then publish the rest with no window).
+   */
+  private readonly forgotten = new Map<number, string>();
 
   constructor(
     private readonly engine: GearsEngine,
@@ -188,6 +201,8 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
       question.delivered = false;
       question.parts.delete(seq);
       this.asked.delete(seq);
+      this.forgotten.set(seq, question.ownerChannel);
+      if (this.forgotten.size > MAX_FORGOTTEN) this.forgotten.delete(this.forgotten.keys().next().value!);
     }
   }
 
@@ -225,14 +240,17 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
     if (kind === "ack") {
       const answering = this.answering.get(`${String(message[1])} ${Number(message[2])}`);
       if (answering === undefined) return;
-      answering.acked = Math.max(answering.acked, Number(message[3]));
+      const acked = Number(message[3]);
+      if (acked === ABANDONED) answering.abandoned = true;
+      else answering.acked = Math.max(answering.acked, acked);
       answering.wake?.();
       return;
     }
     const seq = Number(message[1]);
     const question = this.asked.get(seq);
     const bytes = message[2];
-    if (question === undefined || !Buffer.isBuffer(bytes)) return;
+    if (question === undefined) return this.forget(seq, kind);
+    if (!Buffer.isBuffer(bytes)) return;
     const parts = question.parts.get(seq) ?? [];
     question.parts.set(seq, parts);
     parts.push(bytes);
@@ -245,6 +263,17 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
     if (node === null) return;
     const ack = encodeValue([Buffer.from("ack"), Buffer.from(this.channel), seq, parts.length]);
     void this.engine.shards.call(node, ["PUBLISH", question.ownerChannel, ack]).catch(() => null);
+  }
+
+  /** A part of an answer to a question forgotten on a lost channel: its owner is told to stop. */
+  private forget(seq: number, kind: string): void {
+    const ownerChannel = this.forgotten.get(seq);
+    if (ownerChannel === undefined) return;
+    this.forgotten.delete(seq);
+    const node = this.node();
+    if (kind !== "part" || node === null) return;
+    const ack = encodeValue([Buffer.from("ack"), Buffer.from(this.channel), seq, ABANDONED]);
+    void this.engine.shards.call(node, ["PUBLISH", ownerChannel, ack]).catch(() => null);
   }
 
   /** Another proxy's question about one of this proxy's executions: run here, the reply published back. */
@@ -269,11 +298,12 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
       reply = encodeError(`ERR ${err instanceof Error ? err.message : String(err)}`);
     }
     const key = `${replyTo.toString()} ${Number(seq)}`;
-    const answering: Answering = { acked: 0, unacknowledged: false, wake: null };
+    const answering: Answering = { acked: 0, unacknowledged: false, abandoned: false, wake: null };
     this.answering.set(key, answering);
     try {
       for (let at = 0, part = 0; ; at += PART_BYTES, part++) {
         if (part - answering.acked >= WINDOW_PARTS) await this.acked(answering, part - WINDOW_PARTS + 1);
+        if (answering.abandoned) return;
         const node = this.node();
         if (node === null) return;
         const last = at + PART_BYTES >= reply.length;
@@ -304,7 +334,7 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
         resolve();
       };
       answering.wake = () => {
-        if (answering.acked >= parts) done();
+        if (answering.acked >= parts || answering.abandoned) done();
       };
     });
   }
@@ -383,7 +413,8 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
           .call(node, ["PUBLISH", ownerChannel, bytes(seq)])
           .catch(() => 0);
         if (typeof listeners === "number" && listeners > 0) {
-          question.delivered = this.sub !== null;
+          // Lost meanwhile (lost() dropped this seq): it must be published again.
+          question.delivered = this.asked.get(seq) === question;
           question.missingSince = null;
         } else this.missing(question);
       } finally {

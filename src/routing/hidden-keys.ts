@@ -1,3 +1,4 @@
+import { findCrlf, parseIntAscii } from "../resp/byte-queue.js";
 import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeValue } from "../resp/encode.js";
 import type { Protocol, RespValue } from "../resp/values.js";
@@ -79,10 +80,8 @@ export function notifiesProxyKey(channel: Buffer, payload: Buffer): boolean {
 
 /** The proxy's own channels all start with one of these (PUBSUB CHANNELS leaves them out). */
 const PROXY_CHANNEL_PREFIXES: readonly Buffer[] = [PREFIX, SYNCED];
-/** Every proxy channel's name holds these bytes: a frame without them near its start is a user's. */
-const PROXY_CHANNEL_MARK = Buffer.from("gears-proxy");
-/** A pmessage frame's kind, pattern and channel come first; a proxy pattern and channel fit in this. */
-const PMESSAGE_HEAD = 512;
+/** A pmessage frame's start after its 4-element header (`*4` or RESP3's `>4`): the kind. */
+const PMESSAGE_KIND = Buffer.from("$8\r\npmessage\r\n");
 
 function isProxyChannel(channel: Buffer): boolean {
   return PROXY_CHANNEL_PREFIXES.some((prefix) => startsWithBytes(channel, prefix));
@@ -117,11 +116,24 @@ export function mayMatchProxyChannel(pattern: Buffer): boolean {
  * such a channel asked for it and gets it, as from Redis.
  */
 export function isProxyChannelMessage(frame: Buffer): boolean {
-  if (!frame.subarray(0, PMESSAGE_HEAD).includes(PROXY_CHANNEL_MARK)) return false;
-  const value = decodeReply(frame);
-  if (!Array.isArray(value) || value.length !== 4 || !Buffer.isBuffer(value[0]) || !Buffer.isBuffer(value[2]))
-    return false;
-  return value[0].toString("latin1") === "pmessage" && isProxyChannel(value[2]);
+  // Read in place, header by header: a message's payload may be megabytes, the pattern long.
+  if (frame.length < 4 + PMESSAGE_KIND.length || frame[1] !== 52 /* 4 */) return false;
+  if (frame.compare(PMESSAGE_KIND, 0, PMESSAGE_KIND.length, 4, 4 + PMESSAGE_KIND.length) !== 0) return false;
+  const patternAt = 4 + PMESSAGE_KIND.length;
+  const patternEnd = bulkEnd(frame, patternAt);
+  if (patternEnd === -1) return false;
+  const channelLine = findCrlf(frame, patternEnd + 1, frame.length);
+  if (channelLine === -1 || frame[patternEnd] !== 36 /* $ */) return false;
+  return isProxyChannel(frame.subarray(channelLine + 2, frame.length));
+}
+
+/** Where the bulk string whose `$` is at `at` ends (past its CRLF); -1 when the frame is cut short. */
+function bulkEnd(frame: Buffer, at: number): number {
+  if (frame[at] !== 36 /* $ */) return -1;
+  const line = findCrlf(frame, at + 1, frame.length);
+  if (line === -1) return -1;
+  const end = line + 2 + parseIntAscii(frame, at + 1, line) + 2;
+  return end <= frame.length ? end : -1;
 }
 
 /**

@@ -35,7 +35,7 @@ export type ThreadQuery =
   /** TFUNCTION LIST on thread `from` asks the others for their figures (of `library` alone when given). */
   | { kind: "tf-list-stats"; library: string | null; from: number }
   /** A client's RG.CONFIGSET or CONFIG SET of T&F's settings on thread `from`: the others apply it. */
-  | { kind: "gears-config"; pairs: [string, string][]; from: number }
+  | { kind: "gears-config"; pairs: [string, string][]; via: "rg" | "config"; from: number }
   /**
    * ACL SETUSER/DELUSER/LOAD of client `by`: every thread, the asking one included, applies
    * it as the query arrives, so that all apply the changes in the supervisor's one order.

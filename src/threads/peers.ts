@@ -113,10 +113,12 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       byId: (name, args, caller) => this.gears(name, args, caller),
       dump: () => this.gearsDump(),
     });
-    const toldConfig = async (pairs: [string, string][]): Promise<void> =>
-      void (await this.ask({ kind: "gears-config", pairs, from: this.index }, ASK_TIMEOUT_MS));
-    ctx.gears.config.told = toldConfig;
-    ctx.gears.config.tf.told = toldConfig;
+    const toldConfig =
+      (via: "rg" | "config") =>
+      async (pairs: [string, string][]): Promise<void> =>
+        void (await this.ask({ kind: "gears-config", pairs, via, from: this.index }, ASK_TIMEOUT_MS));
+    ctx.gears.config.told = toldConfig("rg");
+    ctx.gears.config.tf.told = toldConfig("config");
     ctx.gears.registrationsElsewhere = {
       counters: async () => {
         const answers = await this.ask({ kind: "registration-counters", from: this.index }, ASK_TIMEOUT_MS);
@@ -459,7 +461,7 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       case "tf-list-stats":
         return query.from === this.index ? null : listStatsOf(ctx.gears.tf, query.library);
       case "gears-config":
-        if (query.from !== this.index) ctx.gears.config.followSet(query.pairs);
+        if (query.from !== this.index) ctx.gears.config.followSet(query.pairs, query.via);
         return null;
     }
   }

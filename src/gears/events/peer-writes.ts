@@ -98,6 +98,9 @@ export class PeerWriteTable {
   }
 }
 
+/** How long held events wait for their writers' words before a round of questions. */
+const WORD_WAIT_MS = 2;
+
 /** A notification waiting for its writer's word. */
 interface Held {
   event: KeyEvent;
@@ -123,6 +126,8 @@ export class AttributionGate {
   private entered = 0;
   private left = 0;
   private readonly drains: { mark: number; wake: () => void }[] = [];
+  /** A round of questions about to start, unless the words come first. */
+  private askTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly peers: WritePeers,
@@ -191,7 +196,14 @@ export class AttributionGate {
       this.left += n;
       this.wakeDrains();
     }
-    if (this.held.length > 0 && !this.asking) void this.ask();
+    if (this.held.length > 0 && !this.asking && this.askTimer === null)
+      // The writer's word is usually a moment behind the notification (one hop through the
+      // supervisor, against a question round's two and a barrier): a round starts only if it
+      // has not come by then.
+      this.askTimer = setTimeout(() => {
+        this.askTimer = null;
+        if (this.held.length > 0 && !this.asking) void this.ask();
+      }, WORD_WAIT_MS);
   }
 
   /** One round of questions for the events undecided now. */

@@ -358,12 +358,18 @@ export class WriteJournal {
     }
     if (left === 0) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(wake, timeoutMs);
+      const wait = { last: this.sent, left, ids: new Set(ids), wake };
+      const timer = setTimeout(() => {
+        // Timed out: a reply that never comes (or a write given up) must not keep it listed.
+        const at = this.answerWaits.indexOf(wait);
+        if (at !== -1) this.answerWaits.splice(at, 1);
+        wake();
+      }, timeoutMs);
       function wake(): void {
         clearTimeout(timer);
         resolve();
       }
-      this.answerWaits.push({ last: this.sent, left, ids: new Set(ids), wake });
+      this.answerWaits.push(wait);
     });
   }
 
