@@ -80,6 +80,19 @@ describe("--threads 2: what one thread stores or sets is in place on every threa
         Array(CONNECTIONS).fill(["redisgears_2.lock-redis-timeout", lock]),
       );
     }
+    // RG.CONFIGSET of T&F's settings, pair by pair (one refused): the same on every thread.
+    const mixed = (await conns[2].call(
+      "RG.CONFIGSET",
+      "redisgears_2.lock-redis-timeout",
+      "777",
+      "redisgears_2.error-verbosity",
+      "9",
+    )) as unknown[];
+    expect(mixed[0]).to.equal("OK");
+    expect(mixed[1]).to.be.instanceOf(ReplyError);
+    expect(await everywhere("CONFIG", "GET", "redisgears_2.lock-redis-timeout")).to.deep.equal(
+      Array(CONNECTIONS).fill(["redisgears_2.lock-redis-timeout", "777"]),
+    );
     // A refused value is refused on every thread alike: the old one stays everywhere.
     const refused = (await conns[0].call("RG.CONFIGSET", "ExecutionMaxIdleTime", "x")) as unknown[];
     expect(refused[0]).to.be.instanceOf(ReplyError);
