@@ -6,6 +6,7 @@ import { freeClusterPort, freePort, MAX_CLUSTER_PORT } from "./harness/ports.js"
 import { startRedis, type RedisNode } from "./harness/redis.js";
 import { startCluster, SLOT_COUNT, type RedisCluster } from "./harness/cluster.js";
 import { RespError, sendCommand, type RespValue } from "./harness/resp.js";
+import { fromSpare, type SpareKind } from "./harness/spares.js";
 
 function canBind(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -199,5 +200,63 @@ describe("harness: cluster with 3 masters and 1 replica each", () => {
     expect(newOwner).to.not.equal(oldOwner);
     expect(newOwner.running).to.equal(true);
     expect(await cluster.masters()).to.have.length(3);
+  });
+});
+
+describe("harness: spares started ahead", () => {
+  it("fromSpare gives the spare the kind's last call started, starts the next, and replaces an unusable one", async () => {
+    let started = 0;
+    const discarded: number[] = [];
+    let usable = true;
+    const kind: SpareKind<number> = {
+      key: `counter-${Math.random()}`,
+      start: () => Promise.resolve(++started),
+      usable: () => Promise.resolve(usable),
+      discard: (n) => {
+        discarded.push(n);
+        return Promise.resolve();
+      },
+    };
+    expect(await fromSpare(kind), "no spare yet: a fresh one (1 is the spare)").to.equal(2);
+    expect(await fromSpare(kind), "the spare").to.equal(1);
+    usable = false;
+    expect(await fromSpare(kind), "the spare unusable: a fresh one").to.equal(5);
+    expect(discarded).to.deep.equal([3]);
+  });
+
+  it("a cluster's spare outlives stopAll until taken, and every spare dies with the process", async function () {
+    this.timeout(60_000);
+    const harnessUrl = new URL("./harness/index.js", import.meta.url).href;
+    const sparesUrl = new URL("./harness/spares.js", import.meta.url).href;
+    const script = `import { execFileSync } from "node:child_process";
+      import { startCluster, stopAll } from ${JSON.stringify(harnessUrl)};
+      import { settleSpares } from ${JSON.stringify(sparesUrl)};
+      const servers = () => execFileSync("pgrep", ["-P", String(process.pid), "redis-server"]).toString().split("\\n").filter(Boolean).map(Number);
+      const first = await startCluster({ masters: 3 });
+      await settleSpares();
+      const beforeStopAll = servers();
+      await stopAll();
+      const second = await startCluster({ masters: 3 });
+      await settleSpares();
+      console.log(JSON.stringify({ first: first.nodes.map((n) => n.pid), beforeStopAll,
+        second: second.nodes.map((n) => n.pid), running: second.nodes.every((n) => n.running), atExit: servers() }));
+      process.exit(3);`;
+    const stdout = await new Promise<string>((resolve) => {
+      execFile(process.execPath, ["--input-type=module", "-e", script], { timeout: 50_000 }, (_err, out) =>
+        resolve(out),
+      );
+    });
+    const seen = JSON.parse(stdout) as Record<"first" | "beforeStopAll" | "second" | "atExit", number[]> & {
+      running: boolean;
+    };
+    expect(seen.beforeStopAll, "the first cluster and its spare").to.have.length(6);
+    expect(
+      seen.second.every((pid) => seen.beforeStopAll.includes(pid) && !seen.first.includes(pid)),
+    ).to.equal(true);
+    expect(seen.running, "the spare's servers outlived stopAll").to.equal(true);
+    expect(seen.atExit, "the second cluster and the next spare").to.have.length(6);
+    const deadline = Date.now() + 2000;
+    while (seen.atExit.some(isAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(seen.atExit.filter(isAlive), "servers left running after the process exited").to.deep.equal([]);
   });
 });

@@ -2,6 +2,7 @@ import { execFile } from "node:child_process";
 import { freeClusterPort } from "./ports.js";
 import { redisCliTlsArgs, startRedis, type RedisNode, type TlsFiles } from "./redis.js";
 import type { RespValue } from "./resp.js";
+import { fromSpare } from "./spares.js";
 
 export const SLOT_COUNT = 16384;
 
@@ -232,6 +233,13 @@ class Cluster implements RedisCluster {
     }
   }
 
+  /** Whether the first `masters` nodes are the masters and the others replicas, all healthy. */
+  async isAsStarted(masters: number, replicasPerMaster: number): Promise<boolean> {
+    if ((await this.problem(true, replicasPerMaster)) !== undefined) return false;
+    const roles = await Promise.all(this.nodes.map((n) => tryCall(n, "ROLE")));
+    return roles.every((r, i) => Array.isArray(r) && r[0] === (i < masters ? "master" : "slave"));
+  }
+
   waitForState(ok: boolean, timeoutMs = 20_000): Promise<void> {
     return this.waitUntil(ok, timeoutMs);
   }
@@ -266,8 +274,27 @@ function clusterCreate(
 /**
  * Starts masters * (1 + replicasPerMaster) cluster-enabled nodes, joins them with
  * `redis-cli --cluster create`, and waits until all agree on the slots and replicas are linked.
+ * The first `masters` nodes are the masters. Without TLS the cluster is a spare started ahead
+ * for these options when there is one (spares.ts), and another starts for the next caller.
  */
-export async function startCluster(opts: StartClusterOptions): Promise<RedisCluster> {
+export function startCluster(opts: StartClusterOptions): Promise<RedisCluster> {
+  if (opts.tls !== undefined) return createCluster(opts);
+  const replicasPerMaster = opts.replicasPerMaster ?? 0;
+  return fromSpare<Cluster>({
+    key: JSON.stringify([
+      "cluster",
+      opts.masters,
+      replicasPerMaster,
+      opts.args ?? [],
+      opts.binary ?? "redis-server",
+    ]),
+    start: () => createCluster(opts),
+    usable: (c) => c.isAsStarted(opts.masters, replicasPerMaster),
+    discard: (c) => c.stop(),
+  });
+}
+
+async function createCluster(opts: StartClusterOptions): Promise<Cluster> {
   const replicasPerMaster = opts.replicasPerMaster ?? 0;
   if (opts.masters < 3) throw new Error("startCluster: redis-cli --cluster create needs at least 3 masters");
   const count = opts.masters * (1 + replicasPerMaster);

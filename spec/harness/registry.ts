@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from "node:async_hooks";
 import fs from "node:fs";
 
 /** What the registry needs from a started server to clean it up. */
@@ -11,12 +12,50 @@ export interface Tracked {
 
 const registry = new Set<Tracked>();
 
+/**
+ * Servers started for a later test (spares.ts), one set per spare: stopAll, which the root hooks
+ * run after each spec file, leaves them running until a test claims them; the exit handler below
+ * still kills them.
+ */
+const apart = new Set<Set<Tracked>>();
+/** The set of the spare being started in this async context, if any. */
+const startingApart = new AsyncLocalStorage<Set<Tracked>>();
+
 export function track(item: Tracked): void {
-  registry.add(item);
+  (startingApart.getStore() ?? registry).add(item);
 }
 
 export function untrack(item: Tracked): void {
   registry.delete(item);
+  for (const set of apart) set.delete(item);
+}
+
+/** What startApart() started: `claim` hands its servers to stopAll, as if started now. */
+export interface Apart<T> {
+  readonly value: T;
+  claim(): T;
+}
+
+/** Runs `start`, keeping every server it starts out of stopAll's reach until claimed. */
+export async function startApart<T>(start: () => Promise<T>): Promise<Apart<T>> {
+  const servers = new Set<Tracked>();
+  apart.add(servers);
+  try {
+    const value = await startingApart.run(servers, start);
+    return {
+      value,
+      claim: () => {
+        apart.delete(servers);
+        for (const item of servers) registry.add(item);
+        return value;
+      },
+    };
+  } catch (err) {
+    // Whatever it left running is stopAll's again.
+    apart.delete(servers);
+    for (const item of servers) registry.add(item);
+    throw err;
+  }
 }
 
 /** Number of servers started and not yet stopped (killed ones count until stopped). */
@@ -35,7 +74,7 @@ export async function stopAll(): Promise<void> {
 
 /** Last resort on process exit: SIGKILL leftovers and remove their temp dirs, synchronously. */
 function killLeftovers(): void {
-  for (const item of registry) {
+  for (const item of [...registry, ...[...apart].flatMap((set) => [...set])]) {
     const pid = item.livePid;
     if (pid !== undefined) {
       try {
@@ -54,6 +93,7 @@ function killLeftovers(): void {
     }
   }
   registry.clear();
+  apart.clear();
 }
 
 process.on("exit", killLeftovers);

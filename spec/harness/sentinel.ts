@@ -8,6 +8,7 @@ import { startProxy, type RunningProxy } from "./proxy.js";
 import { startRedis, type RedisNode } from "./redis.js";
 import { track, untrack, type Tracked } from "./registry.js";
 import { sendCommand, type RespValue } from "./resp.js";
+import { fromSpare } from "./spares.js";
 
 const HOST = "127.0.0.1";
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -139,10 +140,51 @@ function field(reply: RespValue, name: string): string | undefined {
 }
 
 /**
- * Starts a master, a replica of it and `sentinels` sentinels (quorum 2) and waits until every
- * sentinel has seen the replica and the other sentinels, so a failover can run at once.
+ * Why a deployment is not ready for a failover yet (undefined once it is): the replica in sync,
+ * and every sentinel seeing the master up, the replica (from the master's INFO) and the other
+ * sentinels (hello messages).
  */
-export async function startSentinels(opts: StartSentinelsOptions = {}): Promise<SentinelDeployment> {
+async function notReady(
+  name: string,
+  replica: RedisNode,
+  sentinels: readonly SentinelNode[],
+): Promise<string | undefined> {
+  const link = String(await replica.call("INFO", "replication").catch(() => ""));
+  if (!link.includes("master_link_status:up")) return `replica not in sync: ${link}`;
+  const states = await Promise.all(
+    sentinels.map((s) => s.call("SENTINEL", "MASTER", name).catch(() => null)),
+  );
+  const ready = states.every(
+    (s) =>
+      s !== null &&
+      field(s, "flags") === "master" &&
+      field(s, "num-slaves") === "1" &&
+      field(s, "num-other-sentinels") === String(sentinels.length - 1),
+  );
+  return ready ? undefined : `sentinels not ready: ${JSON.stringify(states)}`;
+}
+
+/**
+ * Starts a master, a replica of it and `sentinels` sentinels (quorum 2) and waits until every
+ * sentinel has seen the replica and the other sentinels, so a failover can run at once. The
+ * deployment is a spare started ahead with the same options when there is one (spares.ts), and
+ * another starts for the next caller.
+ */
+export function startSentinels(opts: StartSentinelsOptions = {}): Promise<SentinelDeployment> {
+  return fromSpare<SentinelDeployment>({
+    key: JSON.stringify(["sentinels", opts]),
+    start: () => createSentinels(opts),
+    // Idle, it may have failed over (a server stalled on a loaded machine): only as started.
+    usable: async (d) =>
+      d.nodes.every((n) => n.running) &&
+      d.sentinels.every((s) => s.running) &&
+      (await d.master().catch(() => undefined)) === d.nodes[0] &&
+      (await notReady(d.name, d.nodes[1], d.sentinels)) === undefined,
+    discard: (d) => d.stop(),
+  });
+}
+
+async function createSentinels(opts: StartSentinelsOptions): Promise<SentinelDeployment> {
   const name = opts.name ?? "mymaster";
   const count = opts.sentinels ?? 3;
   const nodes: RedisNode[] = [];
@@ -188,28 +230,12 @@ export async function startSentinels(opts: StartSentinelsOptions = {}): Promise<
       sentinels.push(sentinel);
       await sentinel.start();
     }
-    // Ready once the replica is in sync, and each sentinel knows it (from the master's INFO)
-    // and the other sentinels (hello messages).
     const deadline = Date.now() + 30_000;
     for (;;) {
-      const link = String(await replica.call("INFO", "replication").catch(() => ""));
-      if (!link.includes("master_link_status:up")) {
-        if (Date.now() > deadline) throw new Error(`replica not in sync: ${link}`);
-        await sleep(50);
-        continue;
-      }
-      const states = await Promise.all(
-        sentinels.map((s) => s.call("SENTINEL", "MASTER", name).catch(() => null)),
-      );
-      const ready = states.every(
-        (s) =>
-          s !== null &&
-          field(s, "num-slaves") === "1" &&
-          field(s, "num-other-sentinels") === String(count - 1),
-      );
-      if (ready) break;
-      if (Date.now() > deadline) throw new Error(`sentinels not ready: ${JSON.stringify(states)}`);
-      await sleep(200);
+      const reason = await notReady(name, replica, sentinels);
+      if (reason === undefined) break;
+      if (Date.now() > deadline) throw new Error(reason);
+      await sleep(reason.startsWith("replica") ? 50 : 200);
     }
   } catch (err) {
     await stop();
