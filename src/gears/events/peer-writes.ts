@@ -99,7 +99,7 @@ export class PeerWriteTable {
 }
 
 /** How long held events wait for their writers' words before a round of questions. */
-const WORD_WAIT_MS = 2;
+const WORD_WAIT_MS = 1;
 
 /** A notification waiting for its writer's word. */
 interface Held {
