@@ -204,7 +204,7 @@ describe("harness: cluster with 3 masters and 1 replica each", () => {
 });
 
 describe("harness: spares started ahead", () => {
-  it("fromSpare gives the spare the kind's last call started, starts the next, and replaces an unusable one", async () => {
+  it("fromSpare gives the spare the kind's last call started, starts the next once the caller's is ready, and replaces an unusable one", async () => {
     let started = 0;
     const discarded: number[] = [];
     let usable = true;
@@ -217,11 +217,12 @@ describe("harness: spares started ahead", () => {
         return Promise.resolve();
       },
     };
-    expect(await fromSpare(kind), "no spare yet: a fresh one (1 is the spare)").to.equal(2);
-    expect(await fromSpare(kind), "the spare").to.equal(1);
+    expect(await fromSpare(kind), "no spare yet: a fresh one (then 2 starts, the spare)").to.equal(1);
+    expect(await fromSpare(kind), "the spare").to.equal(2);
     usable = false;
-    expect(await fromSpare(kind), "the spare unusable: a fresh one").to.equal(5);
+    expect(await fromSpare(kind), "the spare unusable: a fresh one").to.equal(4);
     expect(discarded).to.deep.equal([3]);
+    expect(started, "and the next spare").to.equal(5);
   });
 
   it("a cluster's spare outlives stopAll until taken, and every spare dies with the process", async function () {

@@ -29,20 +29,25 @@ const spares = new Map<string, Promise<Apart<unknown> | undefined>>();
 
 /**
  * A deployment of `kind`: its spare when there is one (waiting for it if it is still starting)
- * and usable, else a fresh one. Either way another spare of the kind starts.
+ * and usable, else a fresh one. Then another spare of the kind starts, while the caller's tests
+ * run rather than beside the caller's own start.
  */
 export async function fromSpare<T>(kind: SpareKind<T>): Promise<T> {
   const spare = spares.get(kind.key) as Promise<Apart<T> | undefined> | undefined;
+  // Taken at once (before any await): no other caller can take it too.
+  spares.delete(kind.key);
+  let deployment: T | undefined;
+  const taken = (await spare)?.claim();
+  if (taken !== undefined) {
+    if (await kind.usable(taken)) deployment = taken;
+    else await kind.discard(taken);
+  }
+  deployment ??= await kind.start();
   spares.set(
     kind.key,
     startApart(() => kind.start()).catch(() => undefined),
   );
-  const taken = (await spare)?.claim();
-  if (taken !== undefined) {
-    if (await kind.usable(taken)) return taken;
-    await kind.discard(taken);
-  }
-  return kind.start();
+  return deployment;
 }
 
 /** Resolves once every spare started so far is up (or failed): for the harness's own spec. */

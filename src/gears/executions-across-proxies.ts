@@ -196,11 +196,15 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
     // (question()'s ticks), or, when it is closing, said. A reply begun before is forgotten:
     // its parts published meanwhile are lost, the rest would make a broken one.
     const error = encodeError(`ERR lost the connection another proxy answers on: ${reason}`);
+    const node = this.node();
     for (const [seq, question] of this.asked) {
       if (this.stopped) question.done(error);
       question.delivered = false;
       question.parts.delete(seq);
       this.asked.delete(seq);
+      // Its owner may be waiting for acks of parts this proxy never got: told to stop now (a
+      // PUBLISH needs no subscription), and again if a part of that answer still comes.
+      if (node !== null) this.abandon(node, question.ownerChannel, seq);
       this.forgotten.set(seq, question.ownerChannel);
       if (this.forgotten.size > MAX_FORGOTTEN) this.forgotten.delete(this.forgotten.keys().next().value!);
     }
@@ -271,7 +275,11 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
     if (ownerChannel === undefined) return;
     this.forgotten.delete(seq);
     const node = this.node();
-    if (kind !== "part" || node === null) return;
+    if (kind === "part" && node !== null) this.abandon(node, ownerChannel, seq);
+  }
+
+  /** Tells the owner of the answer to question `seq` that this proxy no longer wants it. */
+  private abandon(node: string, ownerChannel: string, seq: number): void {
     const ack = encodeValue([Buffer.from("ack"), Buffer.from(this.channel), seq, ABANDONED]);
     void this.engine.shards.call(node, ["PUBLISH", ownerChannel, ack]).catch(() => null);
   }

@@ -118,6 +118,8 @@ export function mayMatchProxyChannel(pattern: Buffer): boolean {
 export function isProxyChannelMessage(frame: Buffer): boolean {
   // Read in place, header by header: a message's payload may be megabytes, the pattern long.
   if (frame.length < 4 + PMESSAGE_KIND.length || frame[1] !== 52 /* 4 */) return false;
+  // An array (RESP2) or a push (RESP3): a map, set or attribute of 4 is no message.
+  if (frame[0] !== 42 /* * */ && frame[0] !== 62 /* > */) return false;
   if (frame.compare(PMESSAGE_KIND, 0, PMESSAGE_KIND.length, 4, 4 + PMESSAGE_KIND.length) !== 0) return false;
   const patternAt = 4 + PMESSAGE_KIND.length;
   const patternEnd = bulkEnd(frame, patternAt);
