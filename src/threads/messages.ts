@@ -7,7 +7,10 @@ import type { AclChange, AclOutcome } from "../acl/access-control.js";
 import type { AclLogEntry } from "../acl/acl-log.js";
 import type { PeerWrite } from "../gears/events/peer-writes.js";
 
-/** A question every thread answers about itself. */
+/**
+ * A question every thread answers about itself. One that names its sender (`from`) is for the
+ * other threads only: the sender answers it with null (peers.ts).
+ */
 export type ThreadQuery =
   | { kind: "client-list"; args: string[] }
   | { kind: "client-kill"; args: string[]; callerId: number }

@@ -115,8 +115,8 @@ export class ClusterLink implements ThreadLink, RemoteClients {
     });
     const toldConfig =
       (via: "rg" | "config") =>
-      async (pairs: [string, string][]): Promise<void> =>
-        void (await this.ask({ kind: "gears-config", pairs, via, from: this.index }, ASK_TIMEOUT_MS));
+      (pairs: [string, string][]): Promise<void> =>
+        this.applied({ kind: "gears-config", pairs, via, from: this.index });
     ctx.gears.config.told = toldConfig("rg");
     ctx.gears.config.tf.told = toldConfig("config");
     ctx.gears.registrationsElsewhere = {
@@ -126,10 +126,9 @@ export class ClusterLink implements ThreadLink, RemoteClients {
           (a): a is Record<string, RegistrationCounters> => typeof a === "object" && a !== null,
         );
       },
-      clearStats: async () =>
-        void (await this.ask({ kind: "registrations-clear-stats", from: this.index }, ASK_TIMEOUT_MS)),
-      setPaused: async (ids, paused) =>
-        void (await this.ask({ kind: "registrations-pause", ids, paused, from: this.index }, ASK_TIMEOUT_MS)),
+      clearStats: () => this.applied({ kind: "registrations-clear-stats", from: this.index }),
+      setPaused: (ids, paused) =>
+        this.applied({ kind: "registrations-pause", ids, paused, from: this.index }),
     };
     ctx.gears.tf.listStatsElsewhere = {
       stats: async (library) => {
@@ -137,15 +136,14 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         return answers.filter((a): a is ListStats => typeof a === "object" && a !== null);
       },
     };
-    ctx.gears.peersFollow = async () =>
-      void (await this.ask({ kind: "follow-store", from: this.index }, ASK_TIMEOUT_MS));
+    ctx.gears.peersFollow = () => this.applied({ kind: "follow-store", from: this.index });
     if (this.count > 1) ctx.gears.tf.keyspaceTriggers.joinPeers(this.writePeers());
     const acl = ctx.acl;
     if (acl !== null) {
       acl.peers = {
         change: (change, by) => this.aclChange(change, by),
         log: (count) => this.aclLog(count),
-        resetLog: async () => void (await this.ask({ kind: "acl-log-reset" }, ASK_TIMEOUT_MS)),
+        resetLog: () => this.applied({ kind: "acl-log-reset" }),
       };
       // Changes reach this thread from now on (it is ready); the users changed before come
       // from a running thread (ACL SETUSER since the start), not from the aclfile.
@@ -344,6 +342,11 @@ export class ClusterLink implements ThreadLink, RemoteClients {
       this.tell(this.threadOf(note.from), { kind: "tracking-broken", to: note.from, redirect: note.to });
   }
 
+  /** Resolves once every thread answered `query` (applied it), or ASK_TIMEOUT_MS passed. */
+  private async applied(query: ThreadQuery): Promise<void> {
+    await this.ask(query, ASK_TIMEOUT_MS);
+  }
+
   private ask(query: ThreadQuery, timeoutMs: number): Promise<unknown[]> {
     const id = this.nextId++;
     return new Promise((resolve) => {
@@ -386,6 +389,9 @@ export class ClusterLink implements ThreadLink, RemoteClients {
   private async answer(query: ThreadQuery, id: number): Promise<unknown> {
     const ctx = this.ctx;
     if (ctx === null) return null;
+    // A query naming its sender is for the other threads: the sender did its part already
+    // (or answers for itself), and its null answer is left out by the asker.
+    if ("from" in query && query.from === this.index) return null;
     switch (query.kind) {
       case "acl-change": {
         // Applied at once (before any await): the changes keep the supervisor's order.
@@ -428,12 +434,10 @@ export class ClusterLink implements ThreadLink, RemoteClients {
         return null;
       case "config-set": {
         // The asking thread followed it as the command passed (dispatch.ts).
-        if (query.from !== this.index) followConfigSet(ctx, query.argv.map(asBuffer));
+        followConfigSet(ctx, query.argv.map(asBuffer));
         return null;
       }
       case "key-writes-settle":
-        // The asking thread's own writes are its journal's business.
-        if (query.from === this.index) return [];
         return ctx.gears.tf.keyspaceTriggers.settleForPeer(query.keys);
       case "gears":
         return answerForElsewhere(
@@ -443,25 +447,23 @@ export class ClusterLink implements ThreadLink, RemoteClients {
           query.caller as GearsCaller,
         );
       case "follow-store":
-        // The writing thread has it already (and waits for this answer outside its queues).
-        if (query.from !== this.index) await ctx.gears.followStoreNow();
+        // The writing thread waits for this answer outside its store queues.
+        await ctx.gears.followStoreNow();
         return null;
       case "registration-counters":
-        // The asking thread has its own: the others' are summed into them.
-        return query.from === this.index ? null : ctx.gears.registrationCounters();
+        return ctx.gears.registrationCounters();
       case "registrations-clear-stats":
-        if (query.from !== this.index) ctx.gears.registry.clearStats();
+        ctx.gears.registry.clearStats();
         return null;
       case "registrations-pause":
-        if (query.from !== this.index)
-          for (const id of query.ids)
-            if (ctx.gears.registry.checkPausable(id, query.paused) === null)
-              ctx.gears.registry.setPaused(id, query.paused);
+        for (const id of query.ids)
+          if (ctx.gears.registry.checkPausable(id, query.paused) === null)
+            ctx.gears.registry.setPaused(id, query.paused);
         return null;
       case "tf-list-stats":
-        return query.from === this.index ? null : listStatsOf(ctx.gears.tf, query.library);
+        return listStatsOf(ctx.gears.tf, query.library);
       case "gears-config":
-        if (query.from !== this.index) ctx.gears.config.followSet(query.pairs, query.via);
+        ctx.gears.config.followSet(query.pairs, query.via);
         return null;
     }
   }
