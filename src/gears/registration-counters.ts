@@ -1,4 +1,5 @@
 import type { Registration } from "./registration.js";
+import { newest, withTotals } from "./thread-figures.js";
 
 /**
  * One registration's counters as RG.DUMPREGISTRATIONS shows them, as plain data. Each thread
@@ -50,20 +51,19 @@ export function avgRunDurationMS(c: RegistrationCounters): string {
 
 /** One registration's counters from several threads as one: counts summed, "last" figures of the newest run. */
 export function mergeCounters(parts: readonly RegistrationCounters[]): RegistrationCounters {
-  let newest = parts[0];
-  for (const part of parts) if (part.lastRunAt > newest.lastRunAt) newest = part;
-  const sum = (field: keyof RegistrationCounters): number =>
-    parts.reduce((total, part) => total + (part[field] as number), 0);
-  return {
-    ...newest,
-    numTriggered: sum("numTriggered"),
-    numSuccess: sum("numSuccess"),
-    numFailures: sum("numFailures"),
-    numAborted: sum("numAborted"),
-    totalRunDurationMS: sum("totalRunDurationMS"),
-    numQueued: sum("numQueued"),
-    numQueuedOverBound: sum("numQueuedOverBound"),
-  };
+  return withTotals(
+    newest(parts, (p) => p.lastRunAt),
+    parts,
+    [
+      "numTriggered",
+      "numSuccess",
+      "numFailures",
+      "numAborted",
+      "totalRunDurationMS",
+      "numQueued",
+      "numQueuedOverBound",
+    ],
+  );
 }
 
 /**

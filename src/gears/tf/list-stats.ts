@@ -1,6 +1,7 @@
 import type { KeyspaceTriggers, TriggerStats } from "./keyspace-triggers.js";
 import type { TfLibraries } from "./libraries.js";
 import type { StreamStats, StreamTriggers } from "./stream-triggers.js";
+import { newest, withTotals } from "../thread-figures.js";
 
 /**
  * What TFUNCTION LIST shows of each library's activity, as plain data that passes between the
@@ -87,11 +88,6 @@ function mergeByTrigger<T>(
   return merged;
 }
 
-/** The part whose `at` is the greatest (the first among equals). */
-function newest<T>(parts: readonly T[], at: (part: T) => number): T {
-  return parts.reduce((best, part) => (at(part) > at(best) ? part : best));
-}
-
 /** Runs and failures as one thread would have counted them: "last" figures of the newest run, error of the newest failure. */
 function lastFigures<T extends { lastRunAt: number; lastErrorAt: number; lastError: string | null }>(
   parts: readonly T[],
@@ -106,17 +102,14 @@ function lastFigures<T extends { lastRunAt: number; lastErrorAt: number; lastErr
 
 /** A keyspace trigger's counters from several threads: counts and times summed. */
 export function mergeTriggerStats(parts: readonly TriggerStats[]): TriggerStats {
-  const sum = (field: keyof TriggerStats): number =>
-    parts.reduce((total, part) => total + (part[field] as number), 0);
-  return {
-    ...lastFigures(parts),
-    numTrigger: sum("numTrigger"),
-    numSuccess: sum("numSuccess"),
-    numFailed: sum("numFailed"),
-    numFinished: sum("numFinished"),
-    totalExecutionTime: sum("totalExecutionTime"),
-    numQueuedOverBound: sum("numQueuedOverBound"),
-  };
+  return withTotals(lastFigures(parts), parts, [
+    "numTrigger",
+    "numSuccess",
+    "numFailed",
+    "numFinished",
+    "totalExecutionTime",
+    "numQueuedOverBound",
+  ]);
 }
 
 /**
@@ -132,18 +125,11 @@ export function mergeStreams(parts: readonly StreamListStats[][]): StreamListSta
       if (same === undefined) byName.set(st.name, [st]);
       else same.push(st);
     }
-  return [...byName.values()].map((same) => {
-    const sum = (field: "totalProcessedTime" | "totalLag" | "totalRecordProcessed"): number =>
-      same.reduce((total, st) => total + st[field], 0);
-    return {
-      ...lastFigures(same),
-      totalProcessedTime: sum("totalProcessedTime"),
-      totalLag: sum("totalLag"),
-      totalRecordProcessed: sum("totalRecordProcessed"),
-      pendingIds: [...new Set(same.flatMap((st) => st.pendingIds))],
-      idToReadFrom: same.reduce<string | null>((id, st) => laterId(id, st.idToReadFrom), null),
-    };
-  });
+  return [...byName.values()].map((same) => ({
+    ...withTotals(lastFigures(same), same, ["totalProcessedTime", "totalLag", "totalRecordProcessed"]),
+    pendingIds: [...new Set(same.flatMap((st) => st.pendingIds))],
+    idToReadFrom: same.reduce<string | null>((id, st) => laterId(id, st.idToReadFrom), null),
+  }));
 }
 
 /** The later of two stream ids ("ms-seq"), null being before any. */
