@@ -1,4 +1,3 @@
-import { avgRunDurationMS, mergeCounters } from "./registration-counters.js";
 import { decodeReply } from "../resp/decode.js";
 import { encodeBulk, encodeError, encodeValue, OK } from "../resp/encode.js";
 import type { Protocol } from "../resp/values.js";
@@ -10,6 +9,7 @@ import type { GearsReply } from "./result-chunks.js";
 import { keySlot } from "../routing/key-slot.js";
 import { replyValueToResp } from "./json-values.js";
 import { Partitions } from "./partitions.js";
+import { avgRunDurationMS, mergeCounters } from "./registration-counters.js";
 import type { Registration } from "./registration.js";
 import type { GearsSession } from "./registry.js";
 import {

@@ -1,9 +1,3 @@
-import {
-  countersOf,
-  NO_OTHER_THREADS,
-  type RegistrationCounters,
-  type RegistrationsElsewhere,
-} from "./registration-counters.js";
 import { randomBytes } from "node:crypto";
 import type { Logger } from "../observability/log.js";
 import type { Router } from "../routing/router.js";
@@ -23,6 +17,12 @@ import { WriteJournal } from "./events/write-journal.js";
 import { ShardLeases } from "./events/shard-leases.js";
 import { isSyncMarker, SYNC_MARKER, SYNCED_CHANNEL } from "./events/sync-markers.js";
 import { Registration } from "./registration.js";
+import {
+  countersOf,
+  NO_OTHER_THREADS,
+  type RegistrationCounters,
+  type RegistrationsElsewhere,
+} from "./registration-counters.js";
 import { RegistrationRegistry, type GearsSession } from "./registry.js";
 import { keySlot } from "../routing/key-slot.js";
 import { SessionStore, type StoredSession } from "./session-store.js";
@@ -886,15 +886,10 @@ export class GearsEngine {
     if (owner === undefined) return true;
     const session = this.registry.session(owner);
     const script = this.scripts.get(owner);
-    const stored =
-      session === undefined
-        ? this.forget(owner)
-        : script !== undefined
-          ? this.persist(session, script)
-          : null;
-    if (stored === null) return true;
     // Not stored (Redis unreachable): unregistered here all the same, as before.
-    await stored.catch(() => {});
+    if (session === undefined) await this.forget(owner).catch(() => {});
+    else if (script !== undefined) await this.persist(session, script).catch(() => {});
+    else return true;
     await this.othersFollow();
     return true;
   }

@@ -97,7 +97,7 @@ export class KeyspaceTriggers {
     /** MaxQueuedEvents: a library's queue at it is logged, and its items counted, once per overload. */
     private readonly maxQueued: () => number = () => DEFAULT_MAX_QUEUED_EVENTS,
     /** Resolves once the events of every write of those keys sent so far are made (TfEvents.settled). */
-    private readonly settled: (ids: readonly string[]) => Promise<void> = () => Promise.resolve(),
+    private readonly settled: (ids: readonly string[]) => Promise<void>,
   ) {}
 
   /** The other threads of a --threads proxy: who wrote a key passes between them (peer-writes.ts). */

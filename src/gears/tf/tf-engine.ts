@@ -32,7 +32,7 @@ export interface TfEvents {
    * barrier(), once every write of `ids` (keyId) sent so far is answered: another thread of a
    * --threads proxy asks it before deciding who wrote a notification (events/peer-writes.ts).
    */
-  settled?(ids: readonly string[]): Promise<void>;
+  settled(ids: readonly string[]): Promise<void>;
   /** Keyspace notifications are needed (a library has keyspace triggers); resolves once they flow. */
   start(): Promise<void>;
   /** Whether this proxy handles that shard's events now (several proxies share them). */
@@ -100,7 +100,7 @@ export class TfEngine {
       blocking: this.blocking,
     });
     this.keyspaceTriggers = new KeyspaceTriggers(this.libraries, muted, log, events.maxQueuedEvents, (ids) =>
-      events.settled === undefined ? events.barrier() : events.settled(ids),
+      events.settled(ids),
     );
     this.streamTriggers = new StreamTriggers(router, shards, log, this.libraries, events);
     this.libraries.onChange = async (name, deleted) => {
