@@ -2,11 +2,14 @@ import { randomBytes } from "node:crypto";
 import { decodeReply } from "../resp/decode.js";
 import { encodeCommand, encodeValue } from "../resp/encode.js";
 import { RespPush, type Protocol } from "../resp/values.js";
-import { NOTIFICATION_MARK, NOTIFICATION_PREFIXES, notifiesProxyKey } from "../routing/hidden-keys.js";
+import {
+  NOTIFICATION_MARK,
+  NOTIFICATION_PREFIXES,
+  notifiesProxyKey,
+  patternMayMatch,
+} from "../routing/hidden-keys.js";
 import type { Lease } from "../routing/lease.js";
 
-/** Characters that make the rest of a PSUBSCRIBE pattern match more than itself. */
-const GLOB = /[*?[\\]/;
 /** A PING of the fan-in's own: its pong says the commands before it reached that master. */
 const ACK_TEXT = `gears-proxy:fan-in:${randomBytes(8).toString("hex")}`;
 const ACK_PING = encodeCommand(["PING", ACK_TEXT]);
@@ -43,11 +46,7 @@ export function notifiedKey(channel: Buffer, payload: Buffer): Buffer | null {
  * `__keyevent@0__:x`; so may `__k*`).
  */
 export function mayReceiveNotifications(kind: "subscribe" | "psubscribe", name: string): boolean {
-  if (kind === "subscribe") return isNotificationChannel(name);
-  const glob = name.search(GLOB);
-  if (glob === -1) return isNotificationChannel(name);
-  const literal = name.slice(0, glob);
-  return NOTIFICATION_PREFIXES.some((prefix) => prefix.startsWith(literal) || literal.startsWith(prefix));
+  return kind === "subscribe" ? isNotificationChannel(name) : patternMayMatch(name, NOTIFICATION_PREFIXES);
 }
 
 /** What the fan-in needs from the client's subscriptions. */

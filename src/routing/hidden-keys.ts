@@ -29,7 +29,6 @@ export const SYNC_MARKER = "gears-proxy-sync:";
 export const SYNCED_CHANNEL = "gears-proxy:synced:";
 
 const PREFIX = Buffer.from(PROXY_HASHTAG);
-const SYNCED = Buffer.from(SYNCED_CHANNEL);
 
 /** The slot every lasting proxy key is in. */
 export const PROXY_KEYS_SLOT = keySlot(PREFIX);
@@ -79,7 +78,8 @@ export function notifiesProxyKey(channel: Buffer, payload: Buffer): boolean {
 }
 
 /** The proxy's own channels all start with one of these (PUBSUB CHANNELS leaves them out). */
-const PROXY_CHANNEL_PREFIXES: readonly Buffer[] = [PREFIX, SYNCED];
+const PROXY_CHANNEL_STARTS: readonly string[] = [PROXY_HASHTAG, SYNCED_CHANNEL];
+const PROXY_CHANNEL_PREFIXES: readonly Buffer[] = PROXY_CHANNEL_STARTS.map((start) => Buffer.from(start));
 /** A pmessage frame's start after its 4-element header (`*4` or RESP3's `>4`): the kind. */
 const PMESSAGE_KIND = Buffer.from("$8\r\npmessage\r\n");
 
@@ -87,26 +87,24 @@ function isProxyChannel(channel: Buffer): boolean {
   return PROXY_CHANNEL_PREFIXES.some((prefix) => startsWithBytes(channel, prefix));
 }
 
+/** Characters that make the rest of a PSUBSCRIBE pattern match more than itself. */
+const GLOB = /[*?[\\]/;
+
 /**
- * Whether a PSUBSCRIBE pattern may match one of the proxy's channels: its literal start (up to
- * its first glob character) holds one of their prefixes, or is the start of one. `*` may; a
- * pattern without a glob character names one channel.
+ * Whether a PSUBSCRIBE pattern may match a channel that starts with one of `prefixes`. It is
+ * judged by its literal start (up to its first glob character), which errs toward yes (`*x`
+ * may match anything; so may `__k*`); a pattern without a glob character names one channel.
  */
+export function patternMayMatch(pattern: string, prefixes: readonly string[]): boolean {
+  const glob = pattern.search(GLOB);
+  if (glob === -1) return prefixes.some((prefix) => pattern.startsWith(prefix));
+  const literal = pattern.slice(0, glob);
+  return prefixes.some((prefix) => prefix.startsWith(literal) || literal.startsWith(prefix));
+}
+
+/** Whether a PSUBSCRIBE pattern may match one of the proxy's own channels. */
 export function mayMatchProxyChannel(pattern: Buffer): boolean {
-  let literal = pattern.length;
-  for (let i = 0; i < pattern.length; i++) {
-    const c = pattern[i];
-    // * ? [ \ : where a glob may start matching more than its own byte.
-    if (c === 42 || c === 63 || c === 91 || c === 92) {
-      literal = i;
-      break;
-    }
-  }
-  const head = pattern.subarray(0, literal);
-  const glob = literal < pattern.length;
-  return PROXY_CHANNEL_PREFIXES.some(
-    (prefix) => startsWithBytes(head, prefix) || (glob && startsWithBytes(prefix, head)),
-  );
+  return patternMayMatch(pattern.toString("latin1"), PROXY_CHANNEL_STARTS);
 }
 
 /**
