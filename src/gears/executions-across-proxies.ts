@@ -204,7 +204,7 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
       this.asked.delete(seq);
       // Its owner may be waiting for acks of parts this proxy never got: told to stop now (a
       // PUBLISH needs no subscription), and again if a part of that answer still comes.
-      if (node !== null) this.abandon(node, question.ownerChannel, seq);
+      if (node !== null) this.ack(node, question.ownerChannel, seq, ABANDONED);
       this.forgotten.set(seq, question.ownerChannel);
       if (this.forgotten.size > MAX_FORGOTTEN) this.forgotten.delete(this.forgotten.keys().next().value!);
     }
@@ -264,9 +264,7 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
       return;
     }
     const node = this.node();
-    if (node === null) return;
-    const ack = encodeValue([Buffer.from("ack"), Buffer.from(this.channel), seq, parts.length]);
-    void this.engine.shards.call(node, ["PUBLISH", question.ownerChannel, ack]).catch(() => null);
+    if (node !== null) this.ack(node, question.ownerChannel, seq, parts.length);
   }
 
   /** A part of an answer to a question forgotten on a lost channel: its owner is told to stop. */
@@ -275,12 +273,12 @@ export class ExecutionsAcrossProxies implements ExecutionsElsewhere {
     if (ownerChannel === undefined) return;
     this.forgotten.delete(seq);
     const node = this.node();
-    if (kind === "part" && node !== null) this.abandon(node, ownerChannel, seq);
+    if (kind === "part" && node !== null) this.ack(node, ownerChannel, seq, ABANDONED);
   }
 
-  /** Tells the owner of the answer to question `seq` that this proxy no longer wants it. */
-  private abandon(node: string, ownerChannel: string, seq: number): void {
-    const ack = encodeValue([Buffer.from("ack"), Buffer.from(this.channel), seq, ABANDONED]);
+  /** Tells the owner of the answer to question `seq` how many parts came (ABANDONED: stop). */
+  private ack(node: string, ownerChannel: string, seq: number, parts: number): void {
+    const ack = encodeValue([Buffer.from("ack"), Buffer.from(this.channel), seq, parts]);
     void this.engine.shards.call(node, ["PUBLISH", ownerChannel, ack]).catch(() => null);
   }
 
